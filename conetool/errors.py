@@ -1,0 +1,32 @@
+"""The one exception family of conetool.
+
+Every error a user can cause is a :class:`ConetoolError` whose message names the file, key or flag at
+fault and says how to fix it. The CLI turns it into a one-paragraph message and exit code 1 in one
+place (``conetool.cli``); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ConetoolError(Exception):
+    """Base class: a user-facing error with a message that names the culprit and the fix."""
+
+
+class SpecError(ConetoolError):
+    """The TOML spec is missing, malformed, or holds an unknown key or a bad value."""
+
+
+class ModelError(ConetoolError):
+    """A model cannot be built: unknown architecture, bad import path, bad factory."""
+
+
+class DataError(ConetoolError):
+    """A data set cannot be found, read or built."""
+
+
+class CheckpointError(ConetoolError):
+    """A checkpoint file or directory cannot be read, or does not fit the model."""
+
+
+class StoreError(ConetoolError):
+    """The output store (or a training output directory) is missing, mixed or inconsistent."""

@@ -1,0 +1,51 @@
+"""Atomic file writes: every file conetool writes appears whole or not at all.
+
+Each writer writes to a temporary name in the target's directory, flushes it to disk and renames it
+into place (``os.replace`` is atomic on POSIX and Windows within one file system).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` to fill a temporary file, then rename it to ``path``."""
+    with _atomic_path(Path(path)) as tmp:
+        write(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_save_safetensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Save ``tensors`` (made contiguous; shared storage is copied) as safetensors, atomically."""
+    flat = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=dict(metadata or {})))

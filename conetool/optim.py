@@ -1,0 +1,114 @@
+"""The spec's optimizer and learning-rate schedule, and optimizer state on disk.
+
+The schedule is a pure function of the global step, so a resumed run and the switch experiment
+evaluate exactly the learning rate the standard run used at that step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .errors import CheckpointError
+from .io import atomic_save_safetensors
+from .spec import TrainSpec
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainSpec) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or Adam with the spec's hyperparameters.
+
+    Weight decay is the coupled L2 penalty of ``torch.optim.SGD``/``Adam`` (open_lth's choice).
+    """
+    params = list(params)
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=train.lr,
+            momentum=train.momentum,
+            nesterov=train.nesterov,
+            weight_decay=train.weight_decay,
+        )
+    return torch.optim.Adam(
+        params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay
+    )
+
+
+def learning_rate(train: TrainSpec, step: int) -> float:
+    """The learning rate used for the update at global ``step`` (0-based).
+
+    ``constant``: lr. ``step``: lr · gamma^(number of milestones <= step). ``cosine``:
+    lr · (1 + cos(π · step / steps)) / 2. A linear warmup multiplies any of them by
+    min(1, (step + 1) / warmup_steps).
+    """
+    if train.schedule == "step":
+        factor = train.gamma ** sum(1 for m in train.milestones if m <= step)
+    elif train.schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(step, train.steps) / train.steps))
+    else:
+        factor = 1.0
+    if train.warmup_steps:
+        factor *= min(1.0, (step + 1) / train.warmup_steps)
+    return train.lr * factor
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set ``lr`` on every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def save_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
+    """Write the optimizer's state dict as safetensors: tensors ``state.<param>.<name>``, the
+    parameter groups and any non-tensor state as JSON metadata."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, state in state_dict["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    metadata = {
+        "step": str(step),
+        "optimizer": type(optimizer).__name__,
+        "param_groups": json.dumps(state_dict["param_groups"]),
+        "scalar_state": json.dumps(scalars),
+    }
+    atomic_save_safetensors(path, tensors, metadata)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Load a state written by :func:`save_optimizer_state` into ``optimizer``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(
+            f"optimizer state {path} cannot be read ({exc}). Delete it to restart momentum from "
+            "zero, or restore it from the run."
+        ) from exc
+    if metadata.get("optimizer") != type(optimizer).__name__:
+        raise CheckpointError(
+            f"optimizer state {path} is for {metadata.get('optimizer')}, but the spec's optimizer "
+            f"is {type(optimizer).__name__}. Use the spec the run was trained with."
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in json.loads(metadata["scalar_state"]).items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict(
+        {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+    )

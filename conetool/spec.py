@@ -1,0 +1,354 @@
+"""The TOML spec: how to rebuild the model, where the data is, which probe set, how training ran.
+
+The spec is a tree of frozen dataclasses. :func:`load_spec` reads a TOML file, fills defaults and
+validates every key and value; each error names the file, the key, the bad value and the valid
+choices. :func:`save_spec` writes the resolved spec (every default made explicit) back to TOML, so
+that ``conetool.toml`` beside a run's checkpoints says exactly how the run was made.
+
+Example::
+
+    [model]
+    arch = "lenet5"
+    num_classes = 10
+    [data]
+    dataset = "digits"
+    [train]
+    steps = 600
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .errors import SpecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+BUILTIN_DATASETS = ("digits", "mnist", "cifar10", "synthetic")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``[model]``: a built-in ``arch`` or ``"package.module:factory"``; other keys go to the factory."""
+
+    arch: str = "lenet5"
+    num_classes: int = 10
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``[data]``: the data set and, for ``synthetic``, its shape; other keys go to a user factory."""
+
+    dataset: str = "digits"
+    root: str = "~/data"
+    download: bool = False
+    # synthetic only: seeded Gaussian clusters of this input shape and class count
+    shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    num_classes: int = 10
+    train_size: int = 1000
+    test_size: int = 500
+    noise: float = 1.0
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """``[probe]``: ``size`` class-balanced examples of ``split``, drawn with ``seed``."""
+
+    size: int = 500
+    split: str = "train"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """``[train]``: the recipe of the standard run (and of the switch experiment)."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    augment: bool = True
+    seed: int = 0
+    save_every: int = 100
+    save_at: list[int] = field(default_factory=list)
+    dense_every: int = 0  # also save every dense_every steps before dense_until (0: off)
+    dense_until: int = 0
+    eval_every: int = 100
+    eval_batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole spec. ``source`` is the file it was read from (for error messages), not part of it."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    source: str = field(default="<spec>", compare=False)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The resolved spec as plain TOML-ready data (``options`` folded into their section)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            values = {
+                f.name: _plain(getattr(section, f.name))
+                for f in dataclasses.fields(section)
+                if f.name != "options"
+            }
+            values.update(_plain(getattr(section, "options", {})))
+            out[name] = values
+        return out
+
+    def hash(self) -> str:
+        """A short content hash of the resolved spec (16 hex digits of sha256 over canonical JSON)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelSpec,
+    "data": DataSpec,
+    "probe": ProbeSpec,
+    "train": TrainSpec,
+}
+# Sections whose unknown keys are passed on to a user's factory instead of being rejected.
+_OPEN_SECTIONS = {
+    "model": lambda values: True,
+    "data": lambda values: ":" in values.get("dataset", ""),
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, default-fill and validate a spec file.
+
+    Raises :class:`SpecError` naming the file, the key, the bad value and the valid choices.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(
+            f"spec file {path} does not exist. Pass the path of a TOML spec, for example "
+            "examples/digits_lenet.toml, or write one as the README's 'Spec format' section shows."
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(
+            f"spec file {path} is not valid TOML: {exc}. Fix the syntax there."
+        ) from exc
+    return spec_from_dict(raw, source=str(path))
+
+
+def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> Spec:
+    """Build a validated :class:`Spec` from parsed TOML data (the same checks as :func:`load_spec`)."""
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise SpecError(
+            f"{source}: unknown section [{unknown[0]}]. Valid sections: "
+            f"{', '.join(f'[{s}]' for s in _SECTIONS)}."
+        )
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = raw.get(name, {})
+        if not isinstance(values, Mapping):
+            raise SpecError(f"{source}: '{name}' must be a table ([{name}]), got {values!r}.")
+        sections[name] = _build_section(cls, name, dict(values), source)
+    spec = Spec(**sections, source=source)
+    _check_semantics(spec)
+    return spec
+
+
+def _build_section(cls: type, name: str, values: dict[str, Any], source: str) -> Any:
+    hints = get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    is_open = name in _OPEN_SECTIONS and _OPEN_SECTIONS[name](values)
+    for key, value in values.items():
+        if key in known:
+            kwargs[key] = _check_type(value, hints[key], f"{name}.{key}", source)
+        elif is_open:
+            extra[key] = value
+        else:
+            raise SpecError(
+                f"{source}: unknown key '{key}' in [{name}]. Valid keys: {', '.join(known)}."
+                + _open_hint(name)
+            )
+    if "options" in hints:
+        kwargs["options"] = extra
+    return cls(**kwargs)
+
+
+def _open_hint(section: str) -> str:
+    if section == "data":
+        return (
+            ' Extra keys are allowed only with a user factory (dataset = "package.module:factory").'
+        )
+    return ""
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is list:
+        return {int: "a list of integers", float: "a list of numbers"}[get_args(tp)[0]]
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
+    def bad() -> SpecError:
+        return SpecError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}.")
+
+    if get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise bad()
+        (item,) = get_args(tp)
+        try:
+            return [_check_type(v, item, key, source) for v in value]
+        except SpecError:
+            raise bad() from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise bad()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    raise AssertionError(f"unhandled spec type {tp}")  # a bug in the dataclasses above
+
+
+def _choice(source: str, key: str, value: Any, choices: tuple[str, ...], extra: str = "") -> None:
+    if value not in choices:
+        raise SpecError(
+            f"{source}: '{key}' = {value!r} is not valid. Choices: {', '.join(choices)}{extra}."
+        )
+
+
+def _positive(source: str, key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        need = "zero or more" if allow_zero else "positive"
+        raise SpecError(f"{source}: '{key}' must be {need}, got {value!r}.")
+
+
+def _check_semantics(spec: Spec) -> None:
+    src, m, d, p, t = spec.source, spec.model, spec.data, spec.probe, spec.train
+    if ":" not in d.dataset:
+        _choice(src, "data.dataset", d.dataset, BUILTIN_DATASETS, ', or "package.module:factory"')
+    _positive(src, "model.num_classes", m.num_classes)
+    if d.dataset == "synthetic":
+        if not d.shape or any(s <= 0 for s in d.shape):
+            raise SpecError(f"{src}: 'data.shape' must be a list of positive sizes, got {d.shape}.")
+        _positive(src, "data.num_classes", d.num_classes)
+        _positive(src, "data.train_size", d.train_size)
+        _positive(src, "data.test_size", d.test_size)
+        _positive(src, "data.noise", d.noise, allow_zero=True)
+    _positive(src, "probe.size", p.size)
+    _choice(src, "probe.split", p.split, SPLITS)
+    _positive(src, "train.steps", t.steps)
+    _positive(src, "train.batch_size", t.batch_size)
+    _choice(src, "train.optimizer", t.optimizer, OPTIMIZERS)
+    _positive(src, "train.lr", t.lr)
+    _positive(src, "train.momentum", t.momentum, allow_zero=True)
+    _positive(src, "train.weight_decay", t.weight_decay, allow_zero=True)
+    _choice(src, "train.schedule", t.schedule, SCHEDULES)
+    _positive(src, "train.warmup_steps", t.warmup_steps, allow_zero=True)
+    _positive(src, "train.save_every", t.save_every)
+    _positive(src, "train.eval_every", t.eval_every)
+    _positive(src, "train.dense_every", t.dense_every, allow_zero=True)
+    _positive(src, "train.dense_until", t.dense_until, allow_zero=True)
+    _positive(src, "train.eval_batch_size", t.eval_batch_size)
+    if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
+        raise SpecError(f"{src}: 'train.nesterov' needs optimizer = \"sgd\" and momentum > 0.")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise SpecError(f"{src}: 'train.betas' must be two numbers in [0, 1), got {t.betas}.")
+    if t.schedule == "step" and not t.milestones:
+        raise SpecError(
+            f"{src}: schedule = \"step\" needs 'train.milestones', the steps at which the learning "
+            "rate is multiplied by 'gamma', for example milestones = [4000, 8000]."
+        )
+    if list(t.milestones) != sorted(set(t.milestones)) or any(s <= 0 for s in t.milestones):
+        raise SpecError(
+            f"{src}: 'train.milestones' must be increasing positive steps, got {t.milestones}."
+        )
+    bad_save = [s for s in t.save_at if not 0 <= s <= t.steps]
+    if bad_save:
+        raise SpecError(
+            f"{src}: 'train.save_at' holds {bad_save}, outside 0..{t.steps} (train.steps)."
+        )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise SpecError(f"cannot write {value!r} to TOML")
+
+
+def spec_to_toml(spec: Spec) -> str:
+    """The resolved spec as TOML text; ``spec_from_dict(tomllib.loads(text)) == spec``."""
+    lines = [f"# conetool spec (resolved; hash {spec.hash()})"]
+    for name, values in spec.to_dict().items():
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def save_spec(spec: Spec, path: str | Path) -> None:
+    """Write the resolved spec to ``path`` atomically."""
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(path), spec_to_toml(spec))

@@ -1,0 +1,332 @@
+"""``conetool train``: the standard training run that writes checkpoints.
+
+The run is a pure function of the spec: parameters are initialized from ``train.seed``, the batch
+at global step s is drawn from a permutation seeded by (seed, epoch), augmentation and any other
+randomness at step s are seeded by (seed, s). So ``--resume`` from any saved step reproduces an
+uninterrupted run bit for bit, and the switch experiment can replay the same batches.
+
+The checkpoint of step s holds the weights after s updates (step 0 = the initialization).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from . import __version__, paths
+from .data import DataBundle, Split, augment_generator, batch_indices, load_data, steps_per_epoch
+from .device import resolve_device
+from .errors import SpecError, StoreError
+from .io import atomic_save_safetensors, atomic_write_text
+from .models import build_model
+from .optim import (
+    learning_rate,
+    load_optimizer_state,
+    make_optimizer,
+    save_optimizer_state,
+    set_learning_rate,
+)
+from .progress import NullProgress, Progress
+from .spec import Spec, load_spec, save_spec
+
+METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did: where, which steps it saved, and the final test metrics."""
+
+    out: Path
+    steps: int
+    saved_steps: list[int]
+    resumed_from: int | None
+    test_loss: float
+    test_acc: float
+    seconds: float
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+def save_steps(spec: Spec) -> list[int]:
+    """The steps the run saves: 0, every ``save_every``, every ``dense_every`` before
+    ``dense_until``, each of ``save_at``, and the last."""
+    t = spec.train
+    steps = set(range(0, t.steps + 1, t.save_every)) | set(t.save_at) | {0, t.steps}
+    if t.dense_every:
+        steps |= set(range(0, min(t.dense_until, t.steps + 1), t.dense_every))
+    return sorted(steps)
+
+
+def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Module, DataBundle]:
+    """The spec's data and its freshly initialized model (parameters seeded by ``train.seed``)."""
+    data = data or load_data(spec.data)
+    if spec.model.num_classes != data.num_classes:
+        raise SpecError(
+            f"{spec.source}: [model] num_classes = {spec.model.num_classes}, but data set "
+            f"'{spec.data.dataset}' has {data.num_classes} classes. Set num_classes = "
+            f"{data.num_classes} in [model]."
+        )
+    torch.manual_seed(spec.train.seed)
+    return build_model(spec.model, tuple(data.input_shape)), data
+
+
+def train(
+    spec: Spec | str | Path,
+    out: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train the spec's model, writing checkpoints, ``conetool.toml`` and ``metrics.csv`` to ``out``.
+
+    Example::
+
+        result = conetool.train("examples/digits_lenet.toml", "runs/digits")
+        print(result.test_acc)
+    """
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    progress = progress or NullProgress()
+    out = Path(out)
+    start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+    dev = resolve_device(device)
+    model, data = build_for_spec(spec)
+    model.to(dev)
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
+    if start:
+        _load_state(model, optimizer, out, start, dev)
+        progress.log(f"resuming {out} from step {start}")
+    else:
+        save_spec(spec, paths.spec(out))
+
+    loop = _Loop(spec, model, optimizer, data, out, dev, progress)
+    began = time.perf_counter()
+    loop.run(start)
+    last = loop.rows[-1]
+    return TrainResult(
+        out=out,
+        steps=spec.train.steps,
+        saved_steps=[s for s in save_steps(spec) if s >= start],
+        resumed_from=start or None,
+        test_loss=last["test_loss"],
+        test_acc=last["test_acc"],
+        seconds=time.perf_counter() - began,
+        metrics=loop.rows,
+    )
+
+
+class _Loop:
+    """The training loop, with checkpointing and evaluation as per-step callbacks."""
+
+    def __init__(self, spec, model, optimizer, data, out, device, progress) -> None:
+        self.spec, self.model, self.optimizer, self.data = spec, model, optimizer, data
+        self.out, self.device, self.progress = out, device, progress
+        self.per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
+        self.saves = set(save_steps(spec))
+        self.rows: list[dict[str, float]] = []
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        t = spec.train
+        self.callbacks: list[Callable[[int], None]] = [
+            lambda s: self.save(s) if s in self.saves else None,
+            lambda s: self.evaluate(s) if s % t.eval_every == 0 or s == t.steps else None,
+        ]
+
+    def run(self, start: int) -> None:
+        t = self.spec.train
+        bar = self.progress.task("train", total=t.steps)
+        bar.advance(start)
+        for step in range(start, t.steps):
+            for callback in self.callbacks:
+                callback(step)
+            loss = self.update(step)
+            bar.advance(1, step=step + 1, loss=f"{loss:.4f}")
+        for callback in self.callbacks:
+            callback(t.steps)
+        bar.close()
+
+    def update(self, step: int) -> float:
+        t = self.spec.train
+        self.model.train()
+        set_learning_rate(self.optimizer, learning_rate(t, step))
+        x, y = self.data.train.batch(
+            batch_indices(len(self.data.train), t.batch_size, t.seed, step)
+        )
+        if t.augment and self.data.augment is not None:
+            x = self.data.augment(x, augment_generator(t.seed, step))
+        x, y = x.to(self.device), y.to(self.device)
+        torch.manual_seed(_step_seed(t.seed, step))  # dropout and any other randomness of step s
+        logits = self.model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise StoreError(
+                f"training diverged at step {step}: the loss is {value}. Checkpoints up to step "
+                f"{max(s for s in self.saves if s <= step)} in {self.out} are valid. Lower "
+                "train.lr or add warmup_steps in the spec."
+            )
+        self.loss_sum += value * len(y)
+        self.correct += int((logits.argmax(1) == y).sum())
+        self.seen += len(y)
+        return value
+
+    def save(self, step: int) -> None:
+        metadata = {
+            "step": str(step),
+            "epoch": str(step // self.per_epoch),
+            "spec_hash": self.spec.hash(),
+            "arch": self.spec.model.arch,
+            "conetool_version": __version__,
+            "format": "conetool",
+        }
+        state = {k: v.cpu() for k, v in self.model.state_dict().items()}
+        # The optimizer state goes first: a checkpoint file present means its state is too.
+        save_optimizer_state(self.optimizer, paths.optimizer_state(self.out, step), step)
+        atomic_save_safetensors(paths.checkpoint(self.out, step), state, metadata)
+
+    def evaluate(self, step: int) -> None:
+        test_loss, test_acc = evaluate(
+            self.model, self.data.test, self.device, self.spec.train.eval_batch_size
+        )
+        row = {
+            "step": step,
+            "epoch": step / self.per_epoch,
+            "lr": learning_rate(self.spec.train, step),
+            "train_loss": self.loss_sum / self.seen if self.seen else math.nan,
+            "train_acc": self.correct / self.seen if self.seen else math.nan,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+        }
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        self.rows.append(row)
+        _append_metrics(paths.metrics(self.out), row)
+        self.progress.log(f"step {step}: test loss {test_loss:.4f}, test accuracy {test_acc:.4f}")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` (in eval mode) on a whole split."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for begin in range(0, len(split), batch_size):
+        index = torch.arange(begin, min(begin + batch_size, len(split)))
+        x, y = split.batch(index)
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return loss_sum / len(split), correct / len(split)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 2_654_435_761 + step * 40_503 + 17) % (2**63)
+
+
+def _append_metrics(path: Path, row: dict[str, float]) -> None:
+    """Append one row, rewriting the file atomically (it is small) so it is never half-written."""
+    rows = _read_metrics(path)
+    rows.append({k: str(row[k]) for k in METRIC_COLUMNS})
+    _write_metrics(path, rows)
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_metrics(path: Path, rows: list[dict[str, str]]) -> None:
+    lines = [",".join(METRIC_COLUMNS)]
+    lines += [",".join(r[k] for k in METRIC_COLUMNS) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _checkpoint_steps(out: Path) -> list[int]:
+    """Steps of the model checkpoints ``conetool train`` wrote in ``out``."""
+    steps = []
+    for path in out.glob("step_*.safetensors"):
+        if paths.is_optimizer_state(path):
+            continue
+        digits = path.name[len("step_") : -len(paths.CHECKPOINT_SUFFIX)]
+        if digits.isdigit():
+            steps.append(int(digits))
+    return sorted(steps)
+
+
+def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int:
+    """Check (and if asked, clear) the output directory; return the step to start from."""
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} is a file, not a directory. Choose a directory path.")
+    out.mkdir(parents=True, exist_ok=True)
+    ours = _checkpoint_steps(out)
+    spec_file = paths.spec(out)
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.suffix in {".safetensors", ".pt", ".pth", ".bin", ".ckpt"}
+        and not p.name.startswith("step_")
+    )
+    if foreign:
+        raise StoreError(
+            f"--out {out} holds checkpoint files that conetool train did not write "
+            f"({', '.join(foreign[:5])}). conetool never deletes them; choose an empty --out."
+        )
+    if not ours and not spec_file.exists():
+        return 0
+    previous = load_spec(spec_file).hash() if spec_file.exists() else "unknown"
+    if overwrite:
+        for step in ours:
+            paths.checkpoint(out, step).unlink(missing_ok=True)
+            paths.optimizer_state(out, step).unlink(missing_ok=True)
+        for path in out.glob("step_*.optim.safetensors"):
+            path.unlink()
+        spec_file.unlink(missing_ok=True)
+        paths.metrics(out).unlink(missing_ok=True)
+        return 0
+    if not resume:
+        raise StoreError(
+            f"--out {out} already holds a run ({len(ours)} checkpoints, spec hash {previous}). "
+            "Pass --resume to continue it, --overwrite to replace it, or choose another --out."
+        )
+    if previous != spec.hash():
+        raise StoreError(
+            f"--out {out} holds a run made with another spec (hash {previous}; {spec.source} has "
+            f"hash {spec.hash()}). --resume needs the same spec: compare with {spec_file}. "
+            "Use another --out, or --overwrite to replace that run."
+        )
+    resumable = [s for s in ours if paths.optimizer_state(out, s).exists()]
+    if not resumable:
+        return 0
+    start = resumable[-1]
+    # Metrics rows at or after the resume step are recomputed by the resumed run.
+    rows = [r for r in _read_metrics(paths.metrics(out)) if float(r["step"]) < start]
+    _write_metrics(paths.metrics(out), rows)
+    return start
+
+
+def _load_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, step: int, device: torch.device
+) -> None:
+    path = paths.checkpoint(out, step)
+    with safe_open(str(path), framework="pt") as handle:
+        found = int((handle.metadata() or {}).get("step", step))
+    if found != step:
+        raise StoreError(f"{path} says it holds step {found}, not {step}. Remove it and rerun.")
+    model.load_state_dict({k: v.to(device) for k, v in load_file(str(path)).items()})
+    load_optimizer_state(optimizer, paths.optimizer_state(out, step))

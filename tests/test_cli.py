@@ -1,0 +1,128 @@
+"""The command line end to end on tiny specs in a temporary folder (no network)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+TINY_SPEC = """
+[model]
+arch = "mlp"
+num_classes = 3
+widths = [8]
+[data]
+dataset = "synthetic"
+shape = [4]
+num_classes = 3
+train_size = 60
+test_size = 30
+[train]
+steps = 10
+batch_size = 8
+save_every = 5
+eval_every = 5
+"""
+
+
+def command_names() -> list[str]:
+    return sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPEC)
+    return path
+
+
+def test_train_end_to_end(tmp_path, spec_file):
+    out = tmp_path / "ckpts"
+    result = runner.invoke(app, ["train", str(spec_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"final test accuracy: \d\.\d{4}", result.output)
+    assert paths.checkpoint(out, 10).exists() and paths.spec(out).exists()
+    assert paths.metrics(out).exists()
+
+
+def test_second_run_refused_with_exit_1_and_no_traceback(tmp_path, spec_file):
+    out = tmp_path / "ckpts"
+    assert runner.invoke(app, ["train", str(spec_file), "--out", str(out), "-q"]).exit_code == 0
+    result = runner.invoke(app, ["train", str(spec_file), "--out", str(out), "-q"])
+    assert result.exit_code == 1
+    assert "already holds a run" in result.output and "--resume" in result.output
+    assert "Traceback" not in result.output
+    resumed = runner.invoke(app, ["train", str(spec_file), "--out", str(out), "--resume", "-q"])
+    assert resumed.exit_code == 0, resumed.output
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace("steps = 10", "stepz = 10"), "unknown key 'stepz' in [train]"),
+        (lambda s: s.replace('arch = "mlp"', 'arch = "resnet99"'), "resnet99"),
+        (lambda s: s.replace('arch = "mlp"', 'arch = "nosuchpkg.models:make"'), "nosuchpkg"),
+        (lambda s: s.replace('"synthetic"', '"imagenet"'), "imagenet"),
+    ],
+)
+def test_bad_spec_is_one_clean_message(tmp_path, spec_file, edit, message):
+    spec_file.write_text(edit(TINY_SPEC))
+    result = runner.invoke(app, ["train", str(spec_file), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_data_root_names_it(tmp_path, spec_file):
+    spec_file.write_text(
+        TINY_SPEC.replace(
+            'dataset = "synthetic"', f'dataset = "mnist"\nroot = "{tmp_path / "nodata"}"'
+        ).replace("num_classes = 3\ntrain_size", "train_size")
+    )
+    result = runner.invoke(app, ["train", str(spec_file), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert str(tmp_path / "nodata") in result.output
+    assert "download = true" in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path, spec_file):
+    spec_file.write_text(TINY_SPEC.replace("steps = 10", "stepz = 10"))
+    result = runner.invoke(app, ["train", str(spec_file), "--out", str(tmp_path / "o"), "--debug"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.output
+
+
+def test_usage_error_exits_2(spec_file):
+    result = runner.invoke(app, ["train", str(spec_file)])  # --out is required
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("name", command_names())
+def test_every_command_has_help_with_an_example(name):
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output
+
+
+def test_every_command_appears_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name in command_names():
+        assert f"conetool {name}" in readme, name
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run(
+        [sys.executable, "-m", "conetool", "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    assert "train" in done.stdout

@@ -1,0 +1,130 @@
+"""The spec: defaults, validation messages, and the TOML round trip."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conetool.errors import SpecError
+from conetool.spec import Spec, load_spec, save_spec, spec_from_dict, spec_to_toml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_fill_missing_sections(tmp_path):
+    spec = load_spec(write(tmp_path, '[model]\narch = "mlp"\n'))
+    assert spec.model.arch == "mlp"
+    assert spec.data.dataset == "digits"
+    assert spec.probe.size == 500
+    assert spec.train.optimizer == "sgd"
+    assert spec.source == str(tmp_path / "spec.toml")
+
+
+def test_model_extra_keys_become_factory_options(tmp_path):
+    spec = load_spec(write(tmp_path, '[model]\narch = "mlp"\nwidths = [32, 16]\n'))
+    assert spec.model.options == {"widths": [32, 16]}
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (
+            "[train]\nstepz = 3\n",
+            r"unknown key 'stepz' in \[train\]\. Valid keys: steps, batch_size",
+        ),
+        ("[trian]\nsteps = 3\n", r"unknown section \[trian\]\. Valid sections: \[model\]"),
+        ('[train]\nsteps = "ten"\n', r"'train\.steps' must be an integer, got 'ten'"),
+        ("[train]\nsteps = 1.5\n", r"'train\.steps' must be an integer, got 1\.5"),
+        ("[train]\naugment = 1\n", r"'train\.augment' must be true or false, got 1"),
+        (
+            '[train]\noptimizer = "rmsprop"\n',
+            r"'train\.optimizer' = 'rmsprop' is not valid\. Choices: sgd, adam",
+        ),
+        ('[train]\nschedule = "linear"\n', r"Choices: constant, step, cosine"),
+        (
+            '[data]\ndataset = "imagenet"\n',
+            r"'data\.dataset' = 'imagenet' is not valid\. Choices: digits, mnist, cifar10, synthetic",
+        ),
+        ("[data]\nsize = 3\n", r"unknown key 'size' in \[data\].*user factory"),
+        ('[probe]\nsplit = "val"\n', r"'probe\.split' = 'val' is not valid\. Choices: train, test"),
+        ("[probe]\nsize = 0\n", r"'probe\.size' must be positive, got 0"),
+        ('[train]\nschedule = "step"\n', r"needs 'train\.milestones'"),
+        ("[train]\nmilestones = [300, 200]\n", r"'train\.milestones' must be increasing"),
+        (
+            "[train]\nsteps = 10\nsave_at = [5, 11]\n",
+            r"'train\.save_at' holds \[11\], outside 0\.\.10",
+        ),
+        ('[train]\noptimizer = "adam"\nnesterov = true\n', r"'train\.nesterov' needs optimizer"),
+        ("[train]\nlr = -0.1\n", r"'train\.lr' must be positive"),
+        (
+            "[train]\nsave_at = [1, 'a']\n",
+            r"'train\.save_at' must be a list of integers, got \[1, 'a'\]",
+        ),
+        ("model = 3\n", r"'model' must be a table"),
+    ],
+)
+def test_validation_names_file_key_value_and_choices(tmp_path, text, match):
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError, match=match) as info:
+        load_spec(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.toml")
+    with pytest.raises(SpecError, match="is not valid TOML"):
+        load_spec(write(tmp_path, "[model\narch = 1\n"))
+
+
+def test_user_factory_dataset_passes_extra_keys(tmp_path):
+    spec = load_spec(write(tmp_path, '[data]\ndataset = "mypkg.data:make"\nsize = 3\n'))
+    assert spec.data.options == {"size": 3}
+
+
+def test_integer_accepted_for_float(tmp_path):
+    spec = load_spec(write(tmp_path, "[train]\nlr = 1\n"))
+    assert spec.train.lr == 1.0 and isinstance(spec.train.lr, float)
+
+
+def test_round_trip_is_exact_and_hash_stable(tmp_path):
+    spec = load_spec(
+        write(
+            tmp_path,
+            '[model]\narch = "mlp"\nwidths = [8, 4]\nactivation = "tanh"\n'
+            '[train]\nsteps = 50\nschedule = "step"\nmilestones = [10, 20]\nsave_at = [3]\n'
+            '[data]\ndataset = "synthetic"\nshape = [2, 3]\n',
+        )
+    )
+    out = tmp_path / "resolved.toml"
+    save_spec(spec, out)
+    again = load_spec(out)
+    assert again == spec
+    assert again.hash() == spec.hash()
+    assert spec_from_dict(tomllib.loads(spec_to_toml(spec))) == spec
+
+
+def test_hash_changes_with_any_value():
+    base = Spec()
+    changed = spec_from_dict({"train": {"lr": 0.05}})
+    assert base.hash() != changed.hash()
+    assert spec_from_dict({}).hash() == base.hash()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+def test_examples_are_valid(name):
+    spec = load_spec(EXAMPLES / name)
+    assert spec.train.steps > 0

@@ -1,0 +1,161 @@
+"""The training run: files written, exact resume, refusal to mix runs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conetool import paths
+from conetool.errors import StoreError
+from conetool.spec import spec_from_dict
+from conetool.training import build_for_spec, save_steps, train
+
+TINY = {
+    "model": {"arch": "mlp", "num_classes": 3, "widths": [8]},
+    "data": {
+        "dataset": "synthetic",
+        "shape": [4],
+        "num_classes": 3,
+        "train_size": 60,
+        "test_size": 30,
+        "noise": 0.5,
+    },
+    "probe": {"size": 12},
+    "train": {
+        "steps": 20,
+        "batch_size": 8,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "save_every": 5,
+        "save_at": [3],
+        "eval_every": 5,
+        "seed": 1,
+    },
+}
+
+
+def tiny_spec(**train_values):
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["train"].update(train_values)
+    return spec_from_dict(raw, source="tiny.toml")
+
+
+def weights(directory: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(paths.checkpoint(directory, step)))
+
+
+def test_writes_checkpoints_spec_and_metrics(tmp_path):
+    spec = tiny_spec()
+    result = train(spec, tmp_path / "run")
+    out = tmp_path / "run"
+    assert save_steps(spec) == [0, 3, 5, 10, 15, 20]
+    for step in save_steps(spec):
+        assert paths.checkpoint(out, step).exists()
+        assert paths.optimizer_state(out, step).exists()
+        with safe_open(str(paths.checkpoint(out, step)), framework="pt") as handle:
+            meta = handle.metadata()
+        assert meta["step"] == str(step)
+        assert meta["spec_hash"] == spec.hash()
+        assert meta["epoch"] == str(step // (60 // 8))
+        assert "conetool_version" in meta
+    assert paths.spec(out).exists()
+    with open(paths.metrics(out)) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [0, 5, 10, 15, 20]
+    assert float(rows[-1]["test_acc"]) == pytest.approx(result.test_acc)
+    assert result.test_acc > 0.6  # three well-separated clusters are learnable in 20 steps
+
+
+def test_step_zero_is_the_seeded_initialization(tmp_path):
+    spec = tiny_spec()
+    train(spec, tmp_path / "run")
+    model, _ = build_for_spec(spec)
+    saved = weights(tmp_path / "run", 0)
+    for name, value in model.state_dict().items():
+        assert torch.equal(saved[name], value)
+    final = weights(tmp_path / "run", 20)
+    assert any(not torch.equal(saved[name], final[name]) for name in saved)
+
+
+class _Interrupt:
+    """A progress reporter that raises KeyboardInterrupt once the bar reaches ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.done = at, 0
+
+    def task(self, description, total):
+        return self
+
+    def advance(self, amount=1, **fields):
+        self.done += amount
+        if self.done >= self.at:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+    def log(self, message):
+        pass
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {},
+        {"optimizer": "adam", "lr": 0.01, "schedule": "cosine", "warmup_steps": 4},
+        {"nesterov": True, "schedule": "step", "milestones": [7, 14]},
+    ],
+)
+def test_resume_gives_bit_identical_weights(tmp_path, recipe):
+    spec = tiny_spec(**recipe)
+    train(spec, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "cut", progress=_Interrupt(at=13))
+    assert not paths.checkpoint(tmp_path / "cut", 15).exists()
+    result = train(spec, tmp_path / "cut", resume=True)
+    assert result.resumed_from == 10
+    for step in (10, 15, 20):
+        a, b = weights(tmp_path / "whole", step), weights(tmp_path / "cut", step)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (step, name)
+    with open(paths.metrics(tmp_path / "cut")) as handle:
+        steps = [int(r["step"]) for r in csv.DictReader(handle)]
+    assert steps == [0, 5, 10, 15, 20]
+
+
+def test_refuses_to_write_over_a_run(tmp_path):
+    spec = tiny_spec()
+    train(spec, tmp_path / "run")
+    with pytest.raises(StoreError, match="already holds a run.*--resume.*--overwrite"):
+        train(spec, tmp_path / "run")
+    other = tiny_spec(lr=0.05)
+    with pytest.raises(StoreError, match="another spec"):
+        train(other, tmp_path / "run", resume=True)
+    result = train(other, tmp_path / "run", overwrite=True)
+    assert result.resumed_from is None
+    with safe_open(str(paths.checkpoint(tmp_path / "run", 20)), framework="pt") as handle:
+        assert handle.metadata()["spec_hash"] == other.hash()
+
+
+def test_never_touches_foreign_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model_ep3_it0.pth").write_bytes(b"not ours")
+    with pytest.raises(StoreError, match="did not write.*model_ep3_it0.pth"):
+        train(tiny_spec(), out, overwrite=True)
+    assert (out / "model_ep3_it0.pth").read_bytes() == b"not ours"
+
+
+def test_num_classes_mismatch_is_a_spec_error(tmp_path):
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["model"]["num_classes"] = 5
+    from conetool.errors import SpecError
+
+    with pytest.raises(SpecError, match="num_classes = 5.*has 3 classes"):
+        train(spec_from_dict(raw, source="x.toml"), tmp_path / "run")
