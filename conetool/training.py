@@ -27,7 +27,7 @@ from .data import DataBundle, Split, augment_generator, batch_indices, load_data
 from .device import resolve_device
 from .errors import SpecError, StoreError
 from .io import atomic_save_safetensors, atomic_write_text
-from .models import build_model
+from .models import build_model, output_check
 from .optim import (
     learning_rate,
     load_optimizer_state,
@@ -75,7 +75,9 @@ def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Modul
             f"{data.num_classes} in [model]."
         )
     torch.manual_seed(spec.train.seed)
-    return build_model(spec.model, tuple(data.input_shape)), data
+    model = build_model(spec.model, tuple(data.input_shape))
+    output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
+    return model, data
 
 
 def train(

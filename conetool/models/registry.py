@@ -1,0 +1,302 @@
+"""The model registry: a built-in name or ``"package.module:factory"`` -> ``nn.Module``.
+
+Example::
+
+    import torch
+    from conetool.models import build_model, output_check
+    from conetool.spec import ModelSpec
+
+    torch.manual_seed(0)  # seeding is the caller's job
+    spec = ModelSpec(arch="resnet20", num_classes=10, options={"width": 2})
+    model = build_model(spec, (3, 32, 32))
+    output_check(model, (3, 32, 32), 10, arch=spec.arch)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConetoolError, ModelError
+from ..spec import ModelSpec
+from .lenet import lenet5, lenet_300_100
+from .mlp import mlp
+from .resnet import resnet20
+from .vgg import vgg16
+
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": lenet5,
+    "lenet_300_100": lenet_300_100,
+    "mlp": mlp,
+    "resnet20": resnet20,
+    "vgg16": vgg16,
+}
+
+# Parameters that build_model fills in itself; every other factory parameter is an option.
+_FIXED = ("input_shape", "num_classes")
+
+
+def build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
+    """Build the model that ``spec`` describes, for examples of shape ``input_shape``.
+
+    ``spec.arch`` is a key of :data:`BUILTIN_MODELS`, called as
+    ``factory(input_shape=..., num_classes=..., **spec.options)``, or ``"package.module:factory"``
+    (the part after the colon may be dotted, ``"pkg.mod:Class.create"``), called with
+    ``num_classes=`` and ``**spec.options``, plus ``input_shape=`` when the factory's signature
+    has an ``input_shape`` parameter or ``**kwargs``. A module that is not importable from
+    ``sys.path`` is looked for in the current directory too (like ``python -m``).
+
+    The model comes back on the CPU in float32 and training mode, initialized from the global
+    RNG: call ``torch.manual_seed`` first for a reproducible model. ``input_shape`` is one
+    example's shape, e.g. ``(1, 8, 8)`` (digits), ``(1, 28, 28)`` (MNIST), ``(3, 32, 32)``
+    (CIFAR-10); the model maps ``(batch, *input_shape)`` to ``(batch, num_classes)``
+    (check it with :func:`output_check`).
+
+    Raises:
+        ModelError: unknown architecture, unknown option, bad option value, or a user factory
+            that cannot be imported, called, or does not return an ``nn.Module``.
+    """
+    arch, options = spec.arch, dict(spec.options)
+    input_shape = tuple(input_shape)
+    if not isinstance(arch, str):
+        raise ModelError(f"[model] arch = {arch!r} must be a string. {_choices_text()}")
+    if ":" in arch:
+        return _build_user_model(arch, spec.num_classes, options, input_shape)
+    if arch not in BUILTIN_MODELS:
+        close = difflib.get_close_matches(arch, BUILTIN_MODELS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ModelError(f"unknown architecture '{arch}' in [model] arch. {_choices_text()}{hint}")
+    factory = BUILTIN_MODELS[arch]
+    valid = [name for name in inspect.signature(factory).parameters if name not in _FIXED]
+    for key in options:
+        if key not in valid:
+            raise ModelError(
+                f"unknown key '{key}' in [model] for arch '{arch}'. "
+                f"Valid keys for '{arch}': arch, num_classes"
+                + "".join(f", {name}" for name in valid)
+                + ". Remove the key or fix its spelling."
+            )
+    return factory(input_shape=input_shape, num_classes=spec.num_classes, **options)
+
+
+def output_check(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    num_classes: int,
+    arch: str | None = None,
+) -> None:
+    """Run one batch of 2 examples of ``input_shape`` through ``model``; the output must be
+    ``(2, num_classes)``.
+
+    The inputs are standard normal from a private generator (the global RNG is untouched), on
+    the model's device and in its dtype. The model runs in eval mode under ``torch.no_grad()``
+    and gets its training flag back afterwards; BatchNorm statistics do not change.
+
+    Raises:
+        ModelError: the forward pass fails, or returns something other than a
+            ``(2, num_classes)`` tensor. The message names ``arch`` (default: the class name).
+    """
+    name = arch if arch is not None else type(model).__name__
+    shape = (2, *tuple(input_shape))
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except ConetoolError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"model '{name}' fails on an input batch of shape {shape} "
+            f"({type(exc).__name__}: {exc}). Check that [model] fits the data set: its examples "
+            f"have shape {tuple(input_shape)} and {num_classes} classes."
+        ) from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(
+            f"model '{name}' returned {type(out).__name__} for an input batch of shape {shape}; "
+            "conetool needs a tensor of logits of shape (batch, num_classes). Wrap the model so "
+            "that forward returns the logits tensor."
+        )
+    if tuple(out.shape) != (2, num_classes):
+        raise ModelError(
+            f"model '{name}' maps an input batch of shape {shape} to an output of shape "
+            f"{tuple(out.shape)}, expected (2, {num_classes}): one logit per class. Set "
+            f"[model] num_classes = {num_classes} to match the data set, or fix the model's "
+            "output layer."
+        )
+
+
+def _choices_text() -> str:
+    return (
+        "Built-in: "
+        + ", ".join(sorted(BUILTIN_MODELS))
+        + ', or "package.module:factory" for your own model.'
+    )
+
+
+def _is_missing(module_name: str, exc: ModuleNotFoundError) -> bool:
+    """Whether ``exc`` says ``module_name`` itself (or a parent package) is missing."""
+    return exc.name is not None and (
+        module_name == exc.name or module_name.startswith(exc.name + ".")
+    )
+
+
+def _import_module(module_name: str, arch: str) -> Any:
+    """Import ``module_name``; when it is not on ``sys.path``, retry from the current directory.
+
+    The retry makes ``arch = "mymodels:net"`` work for a ``mymodels.py`` beside the user, as
+    ``python -m`` would; the directory stays on ``sys.path`` once the import succeeds.
+    """
+    cwd = os.getcwd()
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if not _is_missing(module_name, exc) or cwd in sys.path or "" in sys.path:
+            raise _import_error(module_name, arch, exc) from exc
+        first = exc
+    except Exception as exc:
+        raise _import_error(module_name, arch, exc) from exc
+    sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:
+        sys.path.remove(cwd)
+        if isinstance(exc, ModuleNotFoundError) and _is_missing(module_name, exc):
+            raise _import_error(module_name, arch, first) from first
+        raise _import_error(module_name, arch, exc) from exc
+
+
+def _import_error(module_name: str, arch: str, exc: BaseException) -> ModelError:
+    if isinstance(exc, ModuleNotFoundError) and _is_missing(module_name, exc):
+        fix = (
+            f"Make '{module_name}' importable: install its package (pip install -e .), add its "
+            "folder to PYTHONPATH, or run conetool from the folder that contains it."
+        )
+    else:
+        fix = (
+            f"The module '{module_name}' was found but importing it failed; fix the error above "
+            "(for a missing dependency, install it)."
+        )
+    return ModelError(
+        f"cannot import module '{module_name}' for [model] arch = \"{arch}\" "
+        f"({type(exc).__name__}: {exc}). {fix}"
+    )
+
+
+def _public_callables(module: Any) -> list[str]:
+    names = [
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and callable(value) and not inspect.ismodule(value)
+    ]
+    return sorted(names)[:8]
+
+
+def _resolve(arch: str) -> Callable[..., Any]:
+    module_name, _, attr_path = arch.partition(":")
+    module_name, attr_path = module_name.strip(), attr_path.strip()
+    parts = attr_path.split(".")
+    if (
+        arch.count(":") != 1
+        or not module_name
+        or not all(p.isidentifier() for p in module_name.split("."))
+        or not all(p.isidentifier() for p in parts)
+    ):
+        raise ModelError(
+            f'[model] arch = "{arch}" is not a valid import path. Write "package.module:factory", '
+            'e.g. arch = "mymodels:build_net" for a function build_net in mymodels.py, '
+            f"or a built-in name. {_choices_text()}"
+        )
+    module = _import_module(module_name, arch)
+    target: Any = module
+    for depth, part in enumerate(parts):
+        if not hasattr(target, part):
+            where = module_name + "".join("." + p for p in parts[:depth])
+            found = _public_callables(target)
+            listing = ", ".join(found) if found else "no public callables"
+            raise ModelError(
+                f"module '{where}' has no attribute '{part}' (from [model] arch = \"{arch}\"). "
+                f"It defines: {listing}. Fix the name after the colon."
+            )
+        target = getattr(target, part)
+    if not callable(target):
+        raise ModelError(
+            f'[model] arch = "{arch}" names a {type(target).__name__}, not a callable. Point it '
+            "at a function or nn.Module class that builds the model."
+        )
+    return target
+
+
+def _accepts_input_shape(factory: Callable[..., Any]) -> bool | None:
+    """True/False from the factory's signature; None when it cannot be inspected."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return any(
+        (p.name == "input_shape" and p.kind != inspect.Parameter.POSITIONAL_ONLY)
+        or p.kind == inspect.Parameter.VAR_KEYWORD
+        for p in params
+    )
+
+
+def _build_user_model(
+    arch: str, num_classes: int, options: dict[str, Any], input_shape: tuple[int, ...]
+) -> nn.Module:
+    factory = _resolve(arch)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, **options}
+    if _accepts_input_shape(factory):
+        kwargs["input_shape"] = input_shape
+    passed = ", ".join(kwargs)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise ModelError(
+                f'the factory "{arch}" cannot be called with the keys passed ({passed}): {exc}. '
+                f"Its signature is {signature}. conetool passes num_classes, every other [model] "
+                "key, and input_shape when the factory accepts it; rename the [model] keys or "
+                "the factory's parameters to match."
+            ) from exc
+    try:
+        model = factory(**kwargs)
+    except ConetoolError:
+        raise
+    except TypeError as exc:
+        raise ModelError(
+            f'the factory "{arch}" raised TypeError when called with the keys {passed}: {exc}. '
+            "Check the [model] keys against the factory's parameters and the types it expects."
+        ) from exc
+    except Exception as exc:
+        raise ModelError(
+            f'the factory "{arch}" raised {type(exc).__name__} when called with the keys '
+            f"{passed}: {exc}. Fix the [model] keys or the factory."
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f'the factory "{arch}" returned {type(model).__name__}, not a torch.nn.Module. '
+            "Make it return the model (an nn.Module instance)."
+        )
+    return model
