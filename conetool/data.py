@@ -1,0 +1,574 @@
+"""Data sets: the embedded digits, MNIST, CIFAR-10, seeded synthetic clusters and user factories.
+
+:func:`load_data` turns the ``[data]`` section of a spec into a :class:`DataBundle`: a train and a
+test :class:`Split`, the input shape, the class count and the data set's standard training
+augmentation (a batched function of a batch and a ``torch.Generator``, or ``None``).
+
+Built-in data sets are held in memory as normalized float32 tensors, so a batch is one indexing
+operation. A user factory's datasets are read item by item.
+
+==============  ============  ==========================================================  =========
+dataset         input shape   normalization                                               augment
+==============  ============  ==========================================================  =========
+``digits``      (1, 8, 8)     /16, then minus the train split's mean, over its std         none
+``mnist``       (1, 28, 28)   /255, then (x - 0.1307) / 0.3081                             none
+``cifar10``     (3, 32, 32)   /255, then ImageNet mean/std per channel (as open_lth)       crop+flip
+``synthetic``   data.shape    none (Gaussian clusters)                                     none
+==============  ============  ==========================================================  =========
+
+The training data order is a pure function of ``(seed, step)``: :func:`batch_indices` gives the
+indices of the batch at any global step and :func:`augment_generator` the generator that draws its
+augmentation, so a resumed run or a switch experiment replays exactly the same batches.
+
+Example::
+
+    bundle = load_data(DataSpec(dataset="digits"))
+    x, y = bundle.train.batch(batch_indices(len(bundle.train), 128, seed=0, step=0))
+    # x: (128, 1, 8, 8) float32, y: (128,) int64
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import inspect
+import io
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
+
+from .errors import DataError
+from .spec import BUILTIN_DATASETS, DataSpec
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DIGITS_RANDOM_STATE",
+    "DIGITS_TEST_FRACTION",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "CropFlip",
+    "DataBundle",
+    "Split",
+    "augment_generator",
+    "batch_indices",
+    "load_data",
+    "steps_per_epoch",
+]
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+# open_lth (datasets/cifar10.py) normalizes CIFAR-10 with the ImageNet statistics, not with
+# CIFAR-10's own (0.4914, 0.4822, 0.4465) / (0.247, 0.243, 0.261); we follow open_lth because the
+# paper trains with its recipes.
+CIFAR10_MEAN = (0.485, 0.456, 0.406)
+CIFAR10_STD = (0.229, 0.224, 0.225)
+# The digits train/test split: sklearn.model_selection.train_test_split(test_size=0.2,
+# stratify=labels, random_state=0) -> 1437 train and 360 test images.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_RANDOM_STATE = 0
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and bundles
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split of a data set, backed by in-memory tensors or by a torch ``Dataset``.
+
+    Build one with :meth:`from_tensors` (inputs ``(N, *shape)`` float32, already normalized, and
+    labels ``(N,)`` int64) or :meth:`from_dataset` (any map-style dataset whose items are
+    ``(x, y)`` with ``x`` a tensor or array and ``y`` an integer).
+    """
+
+    input_shape: tuple[int, ...]
+    inputs: Tensor | None = None
+    targets: Tensor | None = None
+    dataset: Dataset | None = None
+    _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_tensors(cls, inputs: Tensor, labels: Tensor) -> Split:
+        """A split held in memory: ``inputs`` (N, *shape) -> float32, ``labels`` (N,) -> int64."""
+        if labels.ndim != 1 or inputs.ndim < 1 or inputs.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"a data split needs inputs (N, ...) and labels (N,); got inputs of shape "
+                f"{tuple(inputs.shape)} and labels of shape {tuple(labels.shape)}."
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise DataError(
+                f"labels must be integer class indices; got dtype {labels.dtype}. Convert them "
+                "with labels.long() in your data factory."
+            )
+        return cls(
+            input_shape=tuple(inputs.shape[1:]),
+            inputs=inputs.to(torch.float32).contiguous(),
+            targets=labels.to(torch.int64).contiguous(),
+        )
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, name: str = "dataset") -> Split:
+        """A split read item by item from ``dataset``; ``name`` is used in error messages.
+
+        A ``TensorDataset`` of (inputs, labels) is copied into memory instead.
+        """
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise DataError(
+                f"{name} is a {type(dataset).__name__}, not a map-style dataset (one with "
+                "__len__ and __getitem__). Return a torch.utils.data.Dataset or TensorDataset."
+            )
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+            return cls.from_tensors(*dataset.tensors)
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise DataError(f"{name} is empty: it has no examples.")
+        x, _ = _item(dataset, 0, name)
+        return cls(input_shape=tuple(x.shape), dataset=dataset)
+
+    def __len__(self) -> int:
+        if self.targets is not None:
+            return int(self.targets.shape[0])
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """The examples at ``indices`` (B,): inputs (B, *input_shape) float32, labels (B,) int64.
+
+        In-memory splits return tensors on the split's device (see :meth:`to`).
+        """
+        if self.inputs is not None and self.targets is not None:
+            idx = indices.to(device=self.inputs.device, dtype=torch.int64)
+            return self.inputs[idx], self.targets[idx]
+        items = [_item(self.dataset, int(i), "dataset") for i in indices.tolist()]
+        if not items:
+            return torch.empty((0, *self.input_shape)), torch.empty(0, dtype=torch.int64)
+        xs = [x for x, _ in items]
+        shapes = {tuple(x.shape) for x in xs}
+        if len(shapes) > 1:
+            raise DataError(
+                f"the dataset's items have different shapes {sorted(shapes)}; every input must "
+                "have the same shape (resize or crop them in your data factory)."
+            )
+        labels = torch.tensor([y for _, y in items], dtype=torch.int64)
+        return torch.stack(xs), labels
+
+    def labels(self) -> Tensor:
+        """All labels, (N,) int64 (for a ``Dataset``: read once by iterating it, then cached)."""
+        if self.targets is not None:
+            return self.targets
+        if "labels" not in self._cache:
+            ds = self.dataset
+            self._cache["labels"] = torch.tensor(
+                [_item(ds, i, "dataset")[1] for i in range(len(ds))],  # type: ignore[arg-type]
+                dtype=torch.int64,
+            )
+        return self._cache["labels"]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """All examples in order, in batches of ``batch_size`` (the last one may be smaller)."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            yield self.batch(torch.arange(start, stop))
+
+    def to(self, device: torch.device | str) -> Split:
+        """The same split with its in-memory tensors on ``device`` (a Dataset split is returned as
+        is: its items are built on the CPU)."""
+        if self.inputs is None or self.targets is None:
+            return self
+        return Split(
+            input_shape=self.input_shape,
+            inputs=self.inputs.to(device),
+            targets=self.targets.to(device),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class DataBundle:
+    """A data set: train and test splits, input shape, class count and training augmentation.
+
+    ``augment(x, generator)`` maps a normalized training batch (B, C, H, W) to an augmented batch
+    of the same shape, drawing every random choice from ``generator`` (so it is reproducible from
+    a seed); it is ``None`` when the data set has no standard augmentation.
+    """
+
+    name: str
+    train: Split
+    test: Split
+    input_shape: tuple[int, ...]
+    num_classes: int
+    augment: Augment | None = None
+
+    def split(self, name: str) -> Split:
+        """The split called ``name`` ("train" or "test")."""
+        if name == "train":
+            return self.train
+        if name == "test":
+            return self.test
+        raise DataError(f"unknown split {name!r}; valid splits: train, test.")
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """Random crop with zero padding plus random horizontal flip, batched and seeded.
+
+    The same as torchvision's ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip(0.5)`` applied
+    to each image before normalization: the padding is filled with ``fill`` per channel, which
+    should be the normalized value of pixel 0, ``-mean / std``. Each image gets its own offsets
+    (uniform in 0..2·padding) and flip (probability 0.5).
+
+    ``CropFlip(fill)(x, generator)``: x (B, C, H, W) -> (B, C, H, W), on x's device; the random
+    numbers are drawn on the CPU from ``generator``, so results do not depend on the device.
+    """
+
+    fill: tuple[float, ...]
+    padding: int = 4
+    flip: bool = True
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        b, c, h, w = x.shape
+        p = self.padding
+        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator)
+        flips = torch.rand(b, generator=generator) < 0.5
+        if not self.flip:
+            flips = torch.zeros_like(flips)
+        fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device)
+        if fill.numel() == 1:
+            fill = fill.expand(c)
+        padded = fill.view(1, c, 1, 1).expand(b, c, h + 2 * p, w + 2 * p).clone()
+        padded[:, :, p : p + h, p : p + w] = x
+        rows = offsets[0][:, None] + torch.arange(h)  # (B, H)
+        cols = offsets[1][:, None] + torch.arange(w)  # (B, W)
+        cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reverses the window
+        rows, cols = rows.to(x.device), cols.to(x.device)
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        chan = torch.arange(c, device=x.device)[None, :, None, None]
+        return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# --------------------------------------------------------------------------------------------
+# Data order
+# --------------------------------------------------------------------------------------------
+
+
+def _mix(*parts: object) -> int:
+    """A deterministic 63-bit seed from ``parts`` (sha256 of their repr), for torch generators."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Training steps per epoch: ``n_train // batch_size`` (the last partial batch is dropped)."""
+    if batch_size <= 0:
+        raise DataError(f"'train.batch_size' must be positive, got {batch_size}.")
+    if batch_size > n_train:
+        raise DataError(
+            f"'train.batch_size' = {batch_size} is larger than the training split ({n_train} "
+            f"examples). Set train.batch_size to at most {n_train}."
+        )
+    return n_train // batch_size
+
+
+@lru_cache(maxsize=4)
+def _epoch_permutation(n_train: int, seed: int, epoch: int) -> Tensor:
+    generator = torch.Generator().manual_seed(_mix("epoch", seed, epoch))
+    return torch.randperm(n_train, generator=generator)
+
+
+def batch_indices(n_train: int, batch_size: int, seed: int, step: int) -> Tensor:
+    """Indices (batch_size,) int64 of the training batch at global ``step``.
+
+    Epoch ``e = step // steps_per_epoch`` visits the training split in the order
+    ``torch.randperm(n_train)`` drawn from a generator seeded with a hash of ``("epoch", seed, e)``
+    (see ``_mix``); the step takes the ``step % steps_per_epoch``-th block of ``batch_size`` from
+    it. Every epoch visits ``steps_per_epoch * batch_size`` distinct examples (``drop_last``), and
+    the result depends on ``(n_train, batch_size, seed, step)`` only, which makes resuming exact.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    per_epoch = steps_per_epoch(n_train, batch_size)
+    epoch, position = divmod(step, per_epoch)
+    perm = _epoch_permutation(n_train, seed, epoch)
+    return perm[position * batch_size : (position + 1) * batch_size].clone()
+
+
+def augment_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator that draws the augmentation of the batch at ``step`` (seeded with a hash of
+    ``("augment", seed, step)``, independent of the data order's)."""
+    return torch.Generator().manual_seed(_mix("augment", seed, step))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_data(spec: DataSpec) -> DataBundle:
+    """Build the data set that ``spec`` (the ``[data]`` section) names.
+
+    Nothing is downloaded unless ``spec.download`` is true; missing files raise a
+    :class:`DataError` that says where conetool looked and how to get them.
+    """
+    name = spec.dataset
+    if name == "digits":
+        return _digits()
+    if name == "mnist":
+        return _mnist(spec)
+    if name == "cifar10":
+        return _cifar10(spec)
+    if name == "synthetic":
+        return _synthetic(spec)
+    if ":" in name:
+        return _user_factory(spec)
+    raise DataError(
+        f"unknown data set 'data.dataset' = {name!r}. Choices: {', '.join(BUILTIN_DATASETS)}, "
+        'or "package.module:factory" for your own.'
+    )
+
+
+def _digits() -> DataBundle:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x / 16.0, y, test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=DIGITS_RANDOM_STATE
+    )
+    # Standardize with the train split's statistics (scalars; population std, ddof=0).
+    mean, std = float(x_train.mean()), float(x_train.std())
+
+    def split(xs: Any, ys: Any) -> Split:
+        inputs = torch.from_numpy((xs - mean) / std).reshape(-1, 1, 8, 8)
+        return Split.from_tensors(inputs, torch.from_numpy(ys))
+
+    return DataBundle("digits", split(x_train, y_train), split(x_test, y_test), (1, 8, 8), 10)
+
+
+def _synthetic(spec: DataSpec) -> DataBundle:
+    """Gaussian clusters: class means ~ N(0, I) in prod(shape) dims, x = mean[y] + noise * N(0, I).
+
+    Labels are ``arange(size) % num_classes`` (balanced to within one). The means, the train noise
+    and the test noise come from three generators seeded with hashes of ``spec.seed``, so the test
+    set does not change when ``train_size`` does.
+    """
+    shape = tuple(int(s) for s in spec.shape)
+    dim, classes = math.prod(shape), spec.num_classes
+    if not shape or dim <= 0 or classes <= 0 or spec.train_size <= 0 or spec.test_size <= 0:
+        raise DataError(
+            f"synthetic data needs a positive data.shape, data.num_classes, data.train_size and "
+            f"data.test_size; got shape={list(shape)}, num_classes={classes}, "
+            f"train_size={spec.train_size}, test_size={spec.test_size}."
+        )
+    means_gen = torch.Generator().manual_seed(_mix("synthetic-means", spec.seed))
+    means = torch.randn(classes, dim, generator=means_gen, dtype=torch.float32)
+
+    def split(size: int, stream: str) -> Split:
+        gen = torch.Generator().manual_seed(_mix(stream, spec.seed))
+        labels = torch.arange(size, dtype=torch.int64) % classes
+        noise = torch.randn(size, dim, generator=gen, dtype=torch.float32)
+        inputs = means[labels] + spec.noise * noise
+        return Split.from_tensors(inputs.reshape(size, *shape), labels)
+
+    train = split(spec.train_size, "synthetic-train")
+    test = split(spec.test_size, "synthetic-test")
+    return DataBundle("synthetic", train, test, shape, classes)
+
+
+def _root(spec: DataSpec) -> Path:
+    root = Path(os.path.expanduser(spec.root))
+    if not spec.download and not root.is_dir():
+        raise DataError(
+            f"'data.root' = {spec.root!r} ({root}) does not exist. Point data.root at the folder "
+            f"that holds the {spec.dataset} files, or set `download = true` in [data] to "
+            "download them there (needs a network)."
+        )
+    return root
+
+
+def _listing(root: Path) -> str:
+    try:
+        names = sorted(p.name for p in root.iterdir())
+    except OSError:
+        return ""
+    if not names:
+        return f" {root} is empty."
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f" {root} holds: {shown}."
+
+
+def _torchvision(cls: type, root: Path, spec: DataSpec, train: bool, expected: str) -> Any:
+    """Instantiate a torchvision data set class, turning its errors into DataErrors."""
+    quiet = contextlib.redirect_stdout(io.StringIO()) if spec.download else contextlib.nullcontext()
+    try:
+        with quiet:
+            return cls(str(root), train=train, download=spec.download)
+    except (RuntimeError, OSError, ValueError) as exc:
+        if spec.download:
+            raise DataError(
+                f"could not download {spec.dataset} into {root} ({exc}). Check the network "
+                f"connection, or copy the files there by hand: torchvision expects {expected}."
+            ) from exc
+        raise DataError(
+            f"{spec.dataset} was not found (or is incomplete or corrupted) under 'data.root' = "
+            f"{root}: torchvision expects {expected} (it said: {exc}).{_listing(root)} To get "
+            "it, set `download = true` in [data] of the spec on a machine with a network, or "
+            "copy the files there."
+        ) from exc
+
+
+def _mnist(spec: DataSpec) -> DataBundle:
+    from torchvision.datasets import MNIST
+
+    root = _root(spec)
+    expected = (
+        f"{root / 'MNIST' / 'raw'}/ holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte"
+    )
+
+    def split(train: bool) -> Split:
+        ds = _torchvision(MNIST, root, spec, train, expected)
+        inputs = (ds.data.to(torch.float32).unsqueeze(1) / 255.0 - MNIST_MEAN) / MNIST_STD
+        return Split.from_tensors(inputs, ds.targets)
+
+    return DataBundle("mnist", split(True), split(False), (1, 28, 28), 10)
+
+
+def _cifar10(spec: DataSpec) -> DataBundle:
+    from torchvision.datasets import CIFAR10
+
+    root = _root(spec)
+    expected = (
+        f"{root / 'cifar-10-batches-py'}/ holding data_batch_1 ... data_batch_5, test_batch and "
+        "batches.meta (the extracted cifar-10-python.tar.gz)"
+    )
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+
+    def split(train: bool) -> Split:
+        ds = _torchvision(CIFAR10, root, spec, train, expected)
+        pixels = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+        inputs = (pixels.to(torch.float32) / 255.0 - mean) / std
+        return Split.from_tensors(inputs, torch.tensor(ds.targets, dtype=torch.int64))
+
+    # Padding fill: the normalized value of pixel 0, as torchvision pads before normalizing.
+    fill = tuple(-m / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD, strict=True))
+    return DataBundle(
+        "cifar10", split(True), split(False), (3, 32, 32), 10, augment=CropFlip(fill, padding=4)
+    )
+
+
+def _import_factory(path: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise DataError(
+            f"'data.dataset' = {path!r} is not of the form \"package.module:factory\"."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DataError(
+            f"'data.dataset' = {path!r}: cannot import module {module_name!r} ({exc}). Make sure "
+            "it is installed or on PYTHONPATH (run conetool from the folder that holds it)."
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise DataError(
+                f"'data.dataset' = {path!r}: module {module_name!r} has no attribute {attr!r}."
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise DataError(f"'data.dataset' = {path!r}: {attr!r} is not callable.")
+    return obj
+
+
+def _user_factory(spec: DataSpec) -> DataBundle:
+    """Call a user's ``factory(**options)`` returning ``(train, test)`` datasets.
+
+    ``root`` (the expanded ``data.root``, a string) and ``download`` are passed only when the
+    factory names them as parameters. ``num_classes`` is ``len(train.classes)`` when the train
+    dataset has a ``classes`` list (as torchvision's do), else the largest label + 1.
+    """
+    path = spec.dataset
+    factory = _import_factory(path)
+    kwargs: dict[str, Any] = dict(spec.options)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature: pass the options only
+        params = {}
+    named = {
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    if "root" in named:
+        kwargs["root"] = os.path.expanduser(spec.root)
+    if "download" in named:
+        kwargs["download"] = spec.download
+    if params:
+        try:
+            inspect.signature(factory).bind(**kwargs)
+        except TypeError as exc:
+            raise DataError(
+                f"'data.dataset' = {path!r} cannot be called with the [data] options "
+                f"{sorted(spec.options)} ({exc}). Its parameters are: {', '.join(params)}; "
+                "fix the extra keys in [data]."
+            ) from exc
+    result = factory(**kwargs)
+    if not isinstance(result, Sequence) or len(result) != 2:
+        raise DataError(
+            f"'data.dataset' = {path!r} returned {type(result).__name__}; a data factory must "
+            "return a pair (train, test) of torch Datasets whose items are (input, label)."
+        )
+    train = Split.from_dataset(result[0], f"the train set of {path}")
+    test = Split.from_dataset(result[1], f"the test set of {path}")
+    if test.input_shape != train.input_shape:
+        raise DataError(
+            f"{path}: train inputs have shape {train.input_shape} but test inputs have shape "
+            f"{test.input_shape}; both splits must have the same input shape."
+        )
+    classes = getattr(result[0], "classes", None)
+    if isinstance(classes, Sequence) and not isinstance(classes, str) and len(classes) > 0:
+        num_classes = len(classes)
+    else:
+        num_classes = int(max(train.labels().max(), test.labels().max())) + 1
+    return DataBundle(path, train, test, train.input_shape, num_classes)
+
+
+def _item(dataset: Any, index: int, name: str) -> tuple[Tensor, int]:
+    """Item ``index`` of a user dataset as (float32 tensor, int label)."""
+    item = dataset[index]
+    if not isinstance(item, tuple | list) or len(item) < 2:
+        raise DataError(
+            f"{name}: item {index} is a {type(item).__name__}; items must be (input, label) pairs."
+        )
+    x, y = item[0], item[1]
+    try:
+        x = torch.as_tensor(x, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(
+            f"{name}: input {index} is a {type(x).__name__}, not a tensor or array. Add "
+            "torchvision.transforms.ToTensor() (and your normalization) to the dataset."
+        ) from exc
+    try:
+        label = int(y)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(
+            f"{name}: label {index} is {y!r}; labels must be integer class indices."
+        ) from exc
+    return x, label
