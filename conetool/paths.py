@@ -49,3 +49,30 @@ def is_optimizer_state(path: Path) -> bool:
     """True for optimizer-state files, which are never model checkpoints."""
     name = Path(path).name
     return name.endswith(OPTIMIZER_SUFFIX) or name.endswith(".optim.pt")
+
+
+# The store written by the analysis commands (``--store``, default ``conetool-out``).
+DEFAULT_STORE = "conetool-out"
+MANIFEST_NAME = "manifest.json"
+PROBE_NAME = "probe.safetensors"
+KERNELS_DIR = "kernels"
+
+
+def manifest(store: Path) -> Path:
+    """The store's manifest: provenance and the per-step index of kernels."""
+    return Path(store) / MANIFEST_NAME
+
+
+def probe(store: Path) -> Path:
+    """The probe set the store's kernels were computed on."""
+    return Path(store) / PROBE_NAME
+
+
+def kernel(store: Path, step: int) -> Path:
+    """The kernel of ``step``: ``STORE/kernels/step_002000.safetensors``."""
+    return Path(store) / KERNELS_DIR / f"{step_name(step)}{CHECKPOINT_SUFFIX}"
+
+
+def kernel_relative(step: int) -> str:
+    """The kernel's path relative to the store, as recorded in the manifest."""
+    return f"{KERNELS_DIR}/{step_name(step)}{CHECKPOINT_SUFFIX}"

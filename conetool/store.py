@@ -1,0 +1,310 @@
+"""The store: a directory of kernels with a manifest, never half-written, never mixed.
+
+Layout (names from :mod:`conetool.paths`)::
+
+    STORE/manifest.json                 provenance + per-step index (see :meth:`Store.record`)
+    STORE/probe.safetensors             the probe set ("inputs", "labels", "indices")
+    STORE/kernels/step_002000.safetensors   tensor "kernel"; metadata step, kind, hashes, record
+
+Guarantees:
+
+* every file is written to a temporary name and renamed into place, kernel first, manifest after;
+  a kernel file carries its own manifest record in its metadata, so a run killed between the two
+  writes loses nothing: the next open adopts the kernel;
+* a store is identified by (spec hash, probe hash, kernel kind, dtype). Opening it for another
+  identity is refused; ``overwrite=True`` deletes what conetool wrote there and starts afresh;
+* a step is recomputed only when missing or when its source checkpoint's fingerprint changed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from . import __version__, paths
+from .errors import StoreError
+from .io import atomic_save_safetensors, atomic_write_text
+
+FORMAT = "conetool-store"
+FORMAT_VERSION = 1
+LAYOUTS = {
+    "trace": "(n, n): H[i, j] = sum_k <df_k(x_i)/dθ, df_k(x_j)/dθ>",
+    "sum": "(n, n): kernel of the logit sum g = sum_k f_k",
+    "full": "(n, c, n, c), example-major: H[i, a, j, b] = <df_a(x_i)/dθ, df_b(x_j)/dθ>",
+}
+# Output folders derived from the kernels; --overwrite clears them with the kernels.
+_DERIVED = ("distance", "embed", "switch", "report")
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    """What makes two kernels comparable: same spec, same probe set, same kind and dtype."""
+
+    spec_hash: str
+    probe_hash: str
+    kind: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One stored kernel: its source checkpoint (paths, total size, fingerprint), kernel file
+    (relative to the store), Frobenius norm and the seconds it took."""
+
+    step: int
+    source: list[str]
+    size: int
+    fingerprint: str
+    kernel: str
+    norm: float
+    seconds: float
+
+
+class Store:
+    """A store directory. Create or reopen with :meth:`open_for_writing`; read with :meth:`open`."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, root: str | Path) -> Store:
+        """Open an existing store for reading; a clear error when there is none."""
+        root = Path(root)
+        path = paths.manifest(root)
+        if not path.is_file():
+            where = "does not exist" if not root.exists() else f"has no {paths.MANIFEST_NAME}"
+            raise StoreError(
+                f"store {root} {where}. Compute kernels into it first: "
+                f"conetool kernels CKPTS --store {root}"
+            )
+        store = cls(root, _read_manifest(path))
+        store._adopt_orphans()
+        return store
+
+    @classmethod
+    def open_for_writing(
+        cls,
+        root: str | Path,
+        identity: StoreIdentity,
+        header: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> Store:
+        """Create the store, or reopen one of the same identity; refuse any other identity.
+
+        ``header`` is the provenance recorded in the manifest (checkpoint directory, resolved
+        spec, probe description, versions). With ``overwrite`` an existing store of another
+        identity is cleared first (only the files conetool writes are removed).
+        """
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"--store {root} is a file, not a directory. Choose a directory.")
+        path = paths.manifest(root)
+        if path.is_file():
+            manifest = _read_manifest(path)
+            found = _identity(manifest)
+            if found != identity and not overwrite:
+                raise StoreError(_mixed_message(root, found, identity, len(manifest["steps"])))
+            if found != identity:
+                clear(root)
+            else:
+                manifest.update(header)
+                store = cls(root, manifest)
+                store._adopt_orphans()
+                store._write_manifest()
+                return store
+        elif overwrite:
+            clear(root)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **asdict(identity),
+            "layout": LAYOUTS[identity.kind],
+            **header,
+            "steps": {},
+        }
+        store = cls(root, manifest)
+        (root / paths.KERNELS_DIR).mkdir(parents=True, exist_ok=True)
+        store._write_manifest()
+        return store
+
+    # ----------------------------------------------------------------- reading
+    @property
+    def identity(self) -> StoreIdentity:
+        return _identity(self.manifest)
+
+    def records(self) -> dict[int, StepRecord]:
+        """Every stored step's record, by step (sorted)."""
+        return {
+            int(step): StepRecord(**record)
+            for step, record in sorted(self.manifest["steps"].items(), key=lambda kv: int(kv[0]))
+        }
+
+    def steps(self) -> list[int]:
+        """The stored steps, sorted."""
+        return sorted(int(step) for step in self.manifest["steps"])
+
+    def record(self, step: int) -> StepRecord | None:
+        raw = self.manifest["steps"].get(str(step))
+        return StepRecord(**raw) if raw else None
+
+    def is_current(self, step: int, fingerprint: str) -> bool:
+        """True when ``step`` is stored, its kernel file exists and its source is unchanged."""
+        record = self.record(step)
+        return (
+            record is not None
+            and record.fingerprint == fingerprint
+            and (self.root / record.kernel).is_file()
+        )
+
+    def load_kernel(self, step: int) -> torch.Tensor:
+        """The stored kernel of ``step`` (shape per the manifest's layout); checked finite."""
+        record = self.record(step)
+        if record is None:
+            raise StoreError(
+                f"step {step} is not in store {self.root}; stored steps: "
+                f"{_nearest(self.steps(), step)}."
+            )
+        path = self.root / record.kernel
+        try:
+            kernel = load_file(str(path))["kernel"]
+        except (OSError, SafetensorError, KeyError) as exc:
+            raise StoreError(
+                f"kernel file {path} cannot be read ({exc}). Recompute it: conetool kernels "
+                f"--store {self.root} (it redoes missing or damaged steps), or pass --skip-bad."
+            ) from exc
+        if not torch.isfinite(kernel).all():
+            raise StoreError(
+                f"kernel file {path} holds non-finite values. Delete it and rerun conetool "
+                "kernels, or pass --skip-bad to leave the step out."
+            )
+        return kernel
+
+    # ----------------------------------------------------------------- writing
+    def write_kernel(self, record: StepRecord, kernel: torch.Tensor) -> None:
+        """Write one step's kernel atomically, then the manifest (the kernel file carries its
+        record, so a kill between the two writes is recovered on the next open)."""
+        ident = self.identity
+        metadata = {
+            "step": str(record.step),
+            "kind": ident.kind,
+            "spec_hash": ident.spec_hash,
+            "probe_hash": ident.probe_hash,
+            "dtype": ident.dtype,
+            "record": json.dumps(asdict(record)),
+        }
+        atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
+        self.manifest["steps"][str(record.step)] = asdict(record)
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        self.manifest["steps"] = dict(
+            sorted(self.manifest["steps"].items(), key=lambda kv: int(kv[0]))
+        )
+        self.manifest["conetool_version"] = __version__
+        atomic_write_text(
+            paths.manifest(self.root), json.dumps(self.manifest, indent=2, allow_nan=False) + "\n"
+        )
+
+    def _adopt_orphans(self) -> None:
+        """Record kernel files written by a run that died before updating the manifest."""
+        folder = self.root / paths.KERNELS_DIR
+        if not folder.is_dir():
+            return
+        ident, adopted = self.identity, False
+        for path in sorted(folder.glob("step_*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    meta = handle.metadata() or {}
+            except (OSError, SafetensorError):
+                continue  # damaged: load_kernel names it; kernels recomputes it
+            same = (meta.get("spec_hash"), meta.get("probe_hash"), meta.get("kind")) == (
+                ident.spec_hash,
+                ident.probe_hash,
+                ident.kind,
+            )
+            if same and meta.get("step") not in self.manifest["steps"] and "record" in meta:
+                self.manifest["steps"][meta["step"]] = json.loads(meta["record"])
+                adopted = True
+        if adopted:
+            self._write_manifest()
+
+
+def clear(root: Path) -> None:
+    """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs)."""
+    paths.manifest(root).unlink(missing_ok=True)
+    paths.probe(root).unlink(missing_ok=True)
+    for name in (paths.KERNELS_DIR, *_DERIVED):
+        folder = Path(root) / name
+        if folder.is_dir():
+            shutil.rmtree(folder)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(
+            f"{path} is not a readable conetool manifest ({exc}). It is written atomically, so "
+            "it was edited or damaged by hand: restore it, or rerun conetool kernels with "
+            "--overwrite to rebuild the store."
+        ) from exc
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("steps"), dict):
+        raise StoreError(
+            f"{path} is not a conetool store manifest. Point --store at a directory written by "
+            "conetool kernels."
+        )
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer conetool (store format "
+            f"{manifest['format_version']}); upgrade conetool to read it."
+        )
+    return manifest
+
+
+def _identity(manifest: Mapping[str, Any]) -> StoreIdentity:
+    return StoreIdentity(
+        spec_hash=manifest["spec_hash"],
+        probe_hash=manifest["probe_hash"],
+        kind=manifest["kind"],
+        dtype=manifest["dtype"],
+    )
+
+
+def _mixed_message(root: Path, found: StoreIdentity, wanted: StoreIdentity, count: int) -> str:
+    differences = [
+        f"{name} {getattr(found, name)} (this run: {getattr(wanted, name)})"
+        for name in ("spec_hash", "probe_hash", "kind", "dtype")
+        if getattr(found, name) != getattr(wanted, name)
+    ]
+    return (
+        f"store {root} holds {count} kernels made with another "
+        f"{', '.join(differences)}; conetool never mixes them. Use another --store, or pass "
+        "--overwrite to replace that store."
+    )
+
+
+def _nearest(steps: list[int], step: int, count: int = 5) -> str:
+    if not steps:
+        return "none"
+    near = sorted(sorted(steps, key=lambda s: abs(s - step))[:count])
+    return ", ".join(str(s) for s in near)
+
+
+def kernel_norm(kernel: torch.Tensor) -> float:
+    """‖H‖_F in float64."""
+    value = float(torch.linalg.vector_norm(kernel.double()))
+    if not math.isfinite(value):
+        raise StoreError("kernel norm is not finite")
+    return value

@@ -1,0 +1,117 @@
+"""The store contract: atomic kernels, exact round trips, no mixing, recovery after a kill."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conetool import paths
+from conetool.errors import StoreError
+from conetool.store import StepRecord, Store, StoreIdentity
+
+IDENT = StoreIdentity(spec_hash="aaaa", probe_hash="pppp", kind="trace", dtype="float32")
+HEADER = {"checkpoints": "/runs/x", "spec": {"model": {"arch": "mlp"}}}
+
+
+def record(step: int, fingerprint: str = "f1") -> StepRecord:
+    return StepRecord(
+        step=step,
+        source=[f"/runs/x/step_{step:06d}.safetensors"],
+        size=10,
+        fingerprint=fingerprint,
+        kernel=paths.kernel_relative(step),
+        norm=1.0,
+        seconds=0.5,
+    )
+
+
+def test_round_trip_is_exact(tmp_path):
+    store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
+    kernel = torch.randn(5, 5, dtype=torch.float32)
+    store.write_kernel(record(200), kernel)
+    store.write_kernel(record(100), kernel * 2)
+    again = Store.open(tmp_path / "s")
+    assert again.steps() == [100, 200]
+    assert torch.equal(again.load_kernel(200), kernel)
+    assert again.identity == IDENT
+    assert again.record(100) == record(100)
+    manifest = json.loads(paths.manifest(tmp_path / "s").read_text())
+    assert list(manifest["steps"]) == ["100", "200"]
+    assert manifest["checkpoints"] == "/runs/x" and manifest["layout"].startswith("(n, n)")
+
+
+def test_is_current_follows_fingerprint_and_kernel_file(tmp_path):
+    store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
+    store.write_kernel(record(0, "f1"), torch.eye(3))
+    assert store.is_current(0, "f1")
+    assert not store.is_current(0, "f2")  # the checkpoint changed
+    assert not store.is_current(5, "f1")  # never computed
+    paths.kernel(tmp_path / "s", 0).unlink()
+    assert not store.is_current(0, "f1")  # kernel file lost
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("spec_hash", "bbbb"), ("probe_hash", "qqqq"), ("kind", "full"), ("dtype", "float64")],
+)
+def test_another_identity_is_refused_then_overwritten(tmp_path, field, value):
+    store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
+    store.write_kernel(record(0), torch.eye(2))
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    other = StoreIdentity(**{**IDENT.__dict__, field: value})
+    with pytest.raises(
+        StoreError, match=rf"holds 1 kernels made with another {field} .*--overwrite"
+    ):
+        Store.open_for_writing(tmp_path / "s", other, HEADER)
+    assert paths.kernel(tmp_path / "s", 0).exists()  # refusing lost nothing
+    fresh = Store.open_for_writing(tmp_path / "s", other, HEADER, overwrite=True)
+    assert fresh.steps() == [] and not paths.kernel(tmp_path / "s", 0).exists()
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"  # not conetool's: kept
+
+
+def test_kernel_written_before_a_kill_is_adopted(tmp_path):
+    store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
+    store.write_kernel(record(0), torch.eye(2))
+    manifest_before = paths.manifest(tmp_path / "s").read_text()
+    store.write_kernel(record(10), 3 * torch.eye(2))
+    # Simulate a kill between the kernel write and the manifest write.
+    paths.manifest(tmp_path / "s").write_text(manifest_before)
+    again = Store.open(tmp_path / "s")
+    assert again.steps() == [0, 10]
+    assert again.record(10) == record(10)
+    assert torch.equal(again.load_kernel(10), 3 * torch.eye(2))
+
+
+def test_missing_and_damaged_stores_name_the_fix(tmp_path):
+    with pytest.raises(StoreError, match="does not exist.*conetool kernels CKPTS --store"):
+        Store.open(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="has no manifest.json"):
+        Store.open(tmp_path / "empty")
+    store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
+    store.write_kernel(record(0), torch.eye(2))
+    paths.kernel(tmp_path / "s", 0).write_bytes(b"garbage")
+    with pytest.raises(StoreError, match=r"step_000000.safetensors cannot be read"):
+        store.load_kernel(0)
+    with pytest.raises(StoreError, match=r"step 7 is not in store .*stored steps: 0"):
+        store.load_kernel(7)
+    paths.manifest(tmp_path / "s").write_text("{not json")
+    with pytest.raises(StoreError, match="not a readable conetool manifest"):
+        Store.open(tmp_path / "s")
+
+
+def test_non_finite_kernel_file_is_named(tmp_path):
+    store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
+    store.write_kernel(record(0), torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(StoreError, match="step_000000.safetensors holds non-finite values"):
+        store.load_kernel(0)
+
+
+def test_no_temporary_files_left_behind(tmp_path):
+    store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
+    for step in range(3):
+        store.write_kernel(record(step), torch.eye(2))
+    leftovers = [p.name for p in (tmp_path / "s").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
