@@ -1,0 +1,230 @@
+"""Low-dimensional pictures of a kernel trajectory (paper Fig. 1c), from the S matrix alone.
+
+Both methods embed the ``K`` unit-norm kernels ``u_k = H_k / ||H_k||_F`` using the chordal
+distance ``D = sqrt(2 S)`` (the Euclidean distance between the ``u_k``, a true metric):
+
+- ``"pca"``: classical (Torgerson) MDS of ``D``. This is *exactly* PCA of the flattened unit
+  kernels (the same coordinates up to the sign of each axis, the same explained variance ratio),
+  computed from the ``(K, K)`` Gram matrix ``G = 1 - S`` so the kernels never need to be in
+  memory: ``B = -1/2 C D^2 C = C G C`` (``C`` the centering matrix), coordinates
+  ``V sqrt(lambda)`` from its top eigenpairs, explained variance ratio ``lambda / trace(B)``.
+- ``"mds"``: metric MDS (scikit-learn's SMACOF) on ``D``, started from the classical solution,
+  every parameter passed explicitly (:func:`_sklearn_mds`). It bends the picture to fit all
+  distances in ``dims`` dimensions; its quality is Kruskal's Stress-1,
+  ``sqrt(sum_{i<j} (|x_i - x_j| - D_ij)^2 / sum_{i<j} D_ij^2)`` (0 is perfect, 0.05 good,
+  0.2 poor).
+
+Coordinates are deterministic: each axis is centred and its sign chosen so that its entry of
+largest magnitude is positive.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from conetool.geometry import GeometryError
+
+__all__ = ["Embedding", "classical_mds", "embed_kernels", "embed_mds", "embed_pca", "stress1"]
+
+Method = Literal["mds", "pca"]
+
+#: SMACOF settings used by :func:`embed_mds` (passed to scikit-learn explicitly).
+MDS_MAX_ITER = 1000
+MDS_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Coordinates of the kernels and the quality of the picture.
+
+    Attributes:
+        coords: float64 ``(K, dims)``, row ``k`` for the ``k``-th kernel (the order of ``S``).
+        method: ``"mds"`` or ``"pca"``.
+        stress: Kruskal Stress-1 of ``coords`` against ``sqrt(2 S)`` (both methods).
+        explained_variance_ratio: ``(dims,)`` for ``"pca"``; ``None`` for ``"mds"``.
+    """
+
+    coords: np.ndarray
+    method: Method
+    stress: float
+    explained_variance_ratio: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the coordinates)."""
+        evr = self.explained_variance_ratio
+        return {
+            "method": self.method,
+            "dims": int(self.coords.shape[1]),
+            "stress": self.stress,
+            "explained_variance_ratio": None if evr is None else [float(x) for x in evr],
+        }
+
+
+def _check(s: np.ndarray, dims: int) -> np.ndarray:
+    s = np.asarray(s, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise GeometryError(f"the S matrix must be square (K, K); got shape {s.shape}.")
+    if not np.all(np.isfinite(s)):
+        raise GeometryError("the S matrix holds NaN or inf; recompute it (`conetool distance`).")
+    if dims not in (1, 2, 3):
+        raise GeometryError(f"dims must be 1, 2 or 3 (`--dims`), got {dims}.")
+    if s.shape[0] < dims + 1:
+        raise GeometryError(
+            f"embedding in {dims} dimensions needs at least {dims + 1} kernels; the S matrix "
+            f"has {s.shape[0]}. Compute kernels at more steps (`conetool kernels`)."
+        )
+    return 0.5 * (s + s.T)
+
+
+def _orient(coords: np.ndarray) -> np.ndarray:
+    coords = coords - coords.mean(axis=0)
+    rows = np.argmax(np.abs(coords), axis=0)
+    signs = np.sign(coords[rows, np.arange(coords.shape[1])])
+    signs[signs == 0] = 1.0
+    return coords * signs
+
+
+def stress1(coords: np.ndarray, d: np.ndarray) -> float:
+    """Kruskal's Stress-1 of ``coords`` ``(K, dims)`` against target distances ``d`` ``(K, K)``."""
+    diff = coords[:, None, :] - coords[None, :, :]
+    fitted = np.sqrt(np.sum(diff * diff, axis=-1))
+    iu = np.triu_indices(d.shape[0], k=1)
+    denom = float(np.sum(d[iu] ** 2))
+    if denom == 0.0:
+        return 0.0
+    return float(np.sqrt(np.sum((fitted[iu] - d[iu]) ** 2) / denom))
+
+
+def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Classical (Torgerson) MDS of a Euclidean distance matrix.
+
+    Args:
+        d: ``(K, K)`` symmetric distances.
+        dims: output dimensions.
+
+    Returns:
+        ``(coords (K, dims), explained_variance_ratio (dims,))``: coordinates ``V sqrt(lambda)``
+        of the top eigenpairs of ``B = -1/2 C d^2 C``, centred, oriented as the module states;
+        the ratio is ``lambda / trace(B)``. For a distance matrix of points in ``dims``
+        dimensions the points are recovered up to rotation, reflection and translation.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    return _classical_from_b(_double_center(-0.5 * d * d), dims)
+
+
+def _double_center(a: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=0, keepdims=True)
+    return a - a.mean(axis=1, keepdims=True)
+
+
+def _classical_from_b(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    b = 0.5 * (b + b.T)
+    values, vectors = np.linalg.eigh(b)
+    order = np.argsort(values)[::-1][:dims]
+    top = np.clip(values[order], 0.0, None)  # tiny negative eigenvalues are rounding
+    coords = _orient(vectors[:, order] * np.sqrt(top))
+    total = float(np.trace(b))
+    ratio = top / total if total > 0 else np.zeros_like(top)
+    return coords, ratio
+
+
+def embed_pca(s: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the unit-norm kernels, from their S matrix (classical MDS of ``sqrt(2 S)``).
+
+    Args:
+        s: ``(K, K)`` S matrix.
+        dims: 1, 2 or 3.
+
+    Returns:
+        ``(coords (K, dims), explained_variance_ratio (dims,))``; equal to
+        ``sklearn.decomposition.PCA(dims)`` on the flattened ``H_k / ||H_k||_F`` up to the sign
+        of each axis.
+    """
+    s = _check(s, dims)
+    # -1/2 C (2 S) C = -C S C = C G C: the Gram matrix of the centred unit kernels.
+    return _classical_from_b(_double_center(-s), dims)
+
+
+def _sklearn_mds(d: np.ndarray, init: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, int]:
+    """The one call into scikit-learn's MDS: every parameter explicit, for 1.3 up to 1.9+.
+
+    SMACOF starts from ``init`` (one run, so ``n_init=1``); ``random_state`` is passed for
+    completeness (it is not used with an explicit start). Parameter names changed in 1.8
+    (``metric`` -> ``metric_mds``, ``dissimilarity`` -> ``metric``; new ``init``), so they are
+    chosen from the installed signature to avoid FutureWarnings.
+    """
+    from sklearn.manifold import MDS
+
+    accepted = inspect.signature(MDS).parameters
+    kwargs: dict[str, Any] = {
+        "n_components": dims,
+        "n_init": 1,
+        "max_iter": MDS_MAX_ITER,
+        "eps": MDS_EPS,
+        "verbose": 0,
+        "n_jobs": None,
+        "random_state": seed,
+        "normalized_stress": False,
+    }
+    if "metric_mds" in accepted:  # scikit-learn >= 1.8
+        kwargs.update(metric_mds=True, metric="precomputed", init="classical_mds")
+    else:
+        kwargs.update(metric=True, dissimilarity="precomputed")
+    model = MDS(**kwargs)
+    with warnings.catch_warnings():
+        # Older versions warn that an explicit start means one run; that is intended.
+        warnings.filterwarnings("ignore", message=".*Explicit initial positions.*")
+        coords = model.fit_transform(d, init=init)
+    return np.asarray(coords, dtype=np.float64), int(model.n_iter_)
+
+
+def embed_mds(s: np.ndarray, dims: int = 2, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Metric MDS of the chordal distances ``sqrt(2 S)``, started from :func:`embed_pca`.
+
+    Args:
+        s: ``(K, K)`` S matrix.
+        dims: 1, 2 or 3.
+        seed: ``random_state`` passed to scikit-learn (the result is deterministic anyway: the
+            start is the classical solution).
+
+    Returns:
+        ``(coords (K, dims), stress)``: centred, oriented coordinates and their Kruskal
+        Stress-1 against ``sqrt(2 S)``.
+    """
+    s = _check(s, dims)
+    d = np.sqrt(2.0 * np.clip(s, 0.0, None))
+    np.fill_diagonal(d, 0.0)
+    start, _ = _classical_from_b(_double_center(-s), dims)
+    coords, _ = _sklearn_mds(d, start, dims, seed)
+    coords = _orient(coords)
+    return coords, stress1(coords, d)
+
+
+def embed_kernels(
+    s: np.ndarray, *, method: Method = "mds", dims: int = 2, seed: int = 0
+) -> Embedding:
+    """Embed the kernels of an S matrix in ``dims`` dimensions (paper Fig. 1c).
+
+    Args:
+        s: ``(K, K)`` S matrix (:func:`conetool.geometry.distance_matrix`).
+        method: ``"mds"`` (metric MDS, default) or ``"pca"`` (exact PCA of the unit kernels).
+        dims: 2 (default) or 3 (or 1).
+        seed: random seed for ``"mds"``.
+
+    Returns:
+        An :class:`Embedding` with coordinates ``(K, dims)`` and the stress (both methods) and
+        explained variance ratio (``"pca"``).
+    """
+    if method == "pca":
+        coords, ratio = embed_pca(s, dims)
+        d = np.sqrt(2.0 * np.clip(_check(s, dims), 0.0, None))
+        return Embedding(coords, "pca", stress1(coords, d), ratio)
+    if method == "mds":
+        coords, stress = embed_mds(s, dims, seed)
+        return Embedding(coords, "mds", stress, None)
+    raise GeometryError(f"unknown embedding method {method!r} (`--method`); use 'mds' or 'pca'.")

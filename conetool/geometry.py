@@ -1,0 +1,416 @@
+"""Kernel distance, the S matrix, distance to references, adjacent distance and velocity.
+
+Pure functions: kernels come in as tensors or arrays (or through a loader the caller supplies),
+arrays of float64 go out. Nothing here reads files, prints or plots.
+
+Definitions (Fort et al. 2020, eq. 4 of Zhou et al. 2025), all computed in float64:
+
+- kernel distance ``S(H, H') = 1 - <H, H'>_F / (||H||_F ||H'||_F)``, in ``[0, 2]``;
+  ``S(H, H) = 0``; ``S(aH, bH') = S(H, H')`` for ``a, b > 0``;
+- ``sqrt(2 S)`` is the Euclidean (chordal) distance between the unit-norm kernels
+  ``H / ||H||_F``, a true metric (used by :mod:`conetool.embedding`);
+- kernel velocity ``v(t) = S(theta(t), theta(t + dt)) / dt``.
+
+Shapes: a kernel is any array (``(n, n)`` for the trace kernel, ``(n, c, n, c)`` for the full one);
+it is compared flattened. ``K`` stored steps give a ``(K, K)`` matrix ``S`` whose rows and columns
+follow ``steps`` (ascending).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from conetool.errors import ConetoolError
+
+__all__ = [
+    "DEFAULT_MAX_MEMORY",
+    "AdjacentPair",
+    "GeometryError",
+    "KernelError",
+    "adjacent",
+    "block_size_for",
+    "distance_matrix",
+    "distance_to_reference",
+    "kernel_distance",
+    "spacings",
+    "step_index",
+    "velocity_dt",
+]
+
+#: Default memory budget of :func:`distance_matrix` for its two float64 kernel blocks (1 GiB).
+DEFAULT_MAX_MEMORY = 1 << 30
+
+_FLOAT64_BYTES = 8
+
+
+class GeometryError(ConetoolError, ValueError):
+    """Kernels, steps or options that the geometry functions cannot work with.
+
+    Also a :class:`ValueError`, so plain-Python callers can catch it the usual way.
+    """
+
+
+class KernelError(GeometryError):
+    """One kernel cannot be compared: zero or non-finite norm, or a shape unlike the others.
+
+    ``index`` is the loader index of the kernel at fault in :func:`distance_matrix` (``None``
+    for :func:`kernel_distance`), so a caller can re-raise with the file name.
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+# --------------------------------------------------------------------------- single distance
+
+
+def _as_float64_vector(h: Any, name: str) -> np.ndarray:
+    if isinstance(h, torch.Tensor):
+        return h.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
+    return np.asarray(h, dtype=np.float64).reshape(-1)
+
+
+def _normed(x: np.ndarray, name: str) -> tuple[np.ndarray, float]:
+    """``(x', ||x'||)`` with ``x'`` = ``x`` or, when its norm over- or underflows, ``x`` rescaled."""
+    with np.errstate(over="ignore", under="ignore"):  # handled below
+        norm = float(np.linalg.norm(x))
+    if math.isfinite(norm) and norm > 0.0:
+        return x, norm
+    if not np.all(np.isfinite(x)):
+        raise KernelError(
+            f"{name} holds non-finite values (NaN or inf), so its kernel distance is undefined. "
+            "Recompute the kernel from a checkpoint with finite weights (`conetool kernels`)."
+        )
+    scale = float(np.max(np.abs(x))) if x.size else 0.0
+    if scale == 0.0:
+        raise KernelError(
+            f"{name} is all zeros (Frobenius norm 0), so its kernel distance is undefined. "
+            "A zero eNTK means the model's outputs do not depend on its parameters; check the "
+            "model and the checkpoint."
+        )
+    x = x / scale
+    return x, float(np.linalg.norm(x))
+
+
+# Below this, 1 - cos has lost relative digits: S is recomputed as |u1 - u2|^2 / 2.
+_SMALL_DISTANCE = 1e-3
+
+
+def kernel_distance(h1: torch.Tensor | np.ndarray, h2: torch.Tensor | np.ndarray) -> float:
+    """Kernel distance ``S(H1, H2) = 1 - <H1, H2>_F / (||H1||_F ||H2||_F)`` in float64.
+
+    Args:
+        h1, h2: kernels of the same shape, any dtype (tensors on any device, or arrays); they
+            are flattened and converted to float64.
+
+    Returns:
+        ``S`` in ``[0, 2]``, exactly symmetric. Below ``1e-3`` it is recomputed as
+        ``||u1 - u2||^2 / 2`` with ``u = H / ||H||_F``: the same number as the definition, to
+        full relative precision for small distances, and exactly 0 for identical kernels.
+
+    Raises:
+        KernelError: the shapes differ, or a kernel is all zeros or not finite.
+
+    Example:
+        >>> kernel_distance(np.eye(3), 2 * np.eye(3))
+        0.0
+    """
+    a = _as_float64_vector(h1, "h1")
+    b = _as_float64_vector(h2, "h2")
+    shape1 = tuple(h1.shape) if hasattr(h1, "shape") else a.shape
+    shape2 = tuple(h2.shape) if hasattr(h2, "shape") else b.shape
+    if shape1 != shape2:
+        raise KernelError(
+            f"kernels of different shapes cannot be compared: h1 has shape {shape1}, h2 has "
+            f"shape {shape2}. Compute both kernels on the same probe set with the same kind."
+        )
+    a, norm_a = _normed(a, "h1")
+    b, norm_b = _normed(b, "h2")
+    distance = 1.0 - float(np.dot(a, b)) / (norm_a * norm_b)
+    if distance < _SMALL_DISTANCE:
+        d = a / norm_a - b / norm_b
+        distance = 0.5 * float(np.dot(d, d))
+    return float(min(max(distance, 0.0), 2.0))
+
+
+# --------------------------------------------------------------------------- the S matrix
+
+
+def block_size_for(kernel_numel: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
+    """Number of kernels per block so that :func:`distance_matrix` stays within ``max_memory``.
+
+    The budget covers two float64 blocks of flattened kernels (``2 * b * numel * 8`` bytes) plus
+    one kernel as the loader returns it (counted as float64, ``numel * 8``). The ``(K, K)``
+    result and the loader's own caches are not counted.
+
+    Raises:
+        GeometryError: ``max_memory`` cannot hold even one kernel per block.
+    """
+    per_kernel = kernel_numel * _FLOAT64_BYTES
+    size = (int(max_memory) - per_kernel) // (2 * per_kernel)
+    if size < 1:
+        need = 3 * per_kernel
+        raise GeometryError(
+            f"max_memory={int(max_memory)} bytes is too small for kernels of {kernel_numel} "
+            f"entries: the S matrix needs at least {need} bytes ({need / 2**20:.1f} MiB: two "
+            "float64 kernels plus one being loaded). Raise max_memory (`--max-memory`)."
+        )
+    return size
+
+
+def distance_matrix(
+    load: Callable[[int], torch.Tensor | np.ndarray],
+    count: int,
+    *,
+    block_size: int | None = None,
+    max_memory: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The ``(K, K)`` matrix of kernel distances between ``K = count`` kernels, block by block.
+
+    ``S = 1 - G`` where ``G`` is the Gram matrix of the unit-norm flattened kernels. Kernels are
+    read through ``load(i)`` for ``i`` in ``range(count)`` (the caller reads files lazily) into
+    two float64 buffers of ``block_size`` kernels each; no more than those two blocks and the
+    kernel being loaded are held at once. Block ``j`` is loaded ``j`` times at most (block 0
+    once), so each kernel is read about ``K / block_size`` times; the order of the blocks reuses
+    the last one loaded, and a single block (``block_size >= K``) reads every kernel once.
+
+    Args:
+        load: ``load(i) -> kernel`` (a tensor or array of any shape and float dtype; all the
+            same shape). Called in no particular order, possibly more than once per index.
+        count: ``K``, the number of kernels.
+        block_size: kernels per block; by default the largest that fits ``max_memory``
+            (see :func:`block_size_for`).
+        max_memory: memory budget in bytes for the two blocks and one loaded kernel; default
+            :data:`DEFAULT_MAX_MEMORY` (1 GiB). Ignored when ``block_size`` is given.
+        device: where the float64 blocks live and the products run (``"cpu"``, ``"cuda"``).
+        progress: called as ``progress(loaded, total)`` after each kernel load, ``total`` being
+            the number of loads the whole computation makes.
+
+    Returns:
+        ``S``, float64 ``(K, K)``, exactly symmetric, diagonal exactly 0, values clipped to
+        ``[0, 2]``. Entries agree with :func:`kernel_distance` to about ``1e-15`` absolute
+        (``1 - G`` loses relative precision only for ``S`` below about ``1e-12``).
+
+    Raises:
+        KernelError: a kernel is all zeros or non-finite, or its shape differs from kernel 0
+            (``.index`` names it).
+        GeometryError: ``count < 1``, ``block_size < 1``, or ``max_memory`` too small.
+    """
+    if count < 1:
+        raise GeometryError(f"distance_matrix needs at least one kernel, got count={count}.")
+    if block_size is not None and block_size < 1:
+        raise GeometryError(f"block_size must be a positive integer, got {block_size}.")
+    device = torch.device(device)
+
+    first = _as_tensor(load(0))
+    shape = tuple(first.shape)
+    numel = first.numel()
+    if block_size is None:
+        budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+        block_size = block_size_for(numel, budget)
+    b = min(block_size, count)
+    blocks = [range(start, min(start + b, count)) for start in range(0, count, b)]
+    nb = len(blocks)
+    total_loads = len(blocks[0]) + sum(len(blocks[j]) * j for j in range(1, nb))
+    loaded = 0
+
+    def fill(buffer: torch.Tensor, block: range, given: torch.Tensor | None = None) -> torch.Tensor:
+        nonlocal loaded
+        for row, index in enumerate(block):
+            kernel = given if (given is not None and index == 0) else _as_tensor(load(index))
+            if tuple(kernel.shape) != shape:
+                raise KernelError(
+                    f"kernel {index} has shape {tuple(kernel.shape)} but kernel 0 has shape "
+                    f"{shape}: all kernels must come from the same probe set and kernel kind. "
+                    "Recompute the odd one out (`conetool kernels`) or start a fresh store.",
+                    index,
+                )
+            target = buffer[row]
+            target.copy_(kernel.reshape(-1))
+            norm = float(torch.linalg.vector_norm(target))
+            if not math.isfinite(norm) or norm == 0.0:
+                what = "is all zeros" if norm == 0.0 else "holds NaN or inf values"
+                raise KernelError(
+                    f"kernel {index} {what} (Frobenius norm {norm}), so its distance to the "
+                    "other kernels is undefined. Recompute it from a checkpoint with finite "
+                    "weights (`conetool kernels`), or leave that step out.",
+                    index,
+                )
+            target.div_(norm)
+            loaded += 1
+            if progress is not None:
+                progress(loaded, total_loads)
+        return buffer[: len(block)]
+
+    gram = np.empty((count, count), dtype=np.float64)
+    held = torch.empty((b, numel), dtype=torch.float64, device=device)
+    other = torch.empty((b, numel), dtype=torch.float64, device=device) if nb > 1 else held
+    rows = fill(held, blocks[0], given=first)
+    del first
+    for i in range(nb):
+        block_i = blocks[i]
+        gram[block_i.start : block_i.stop, block_i.start : block_i.stop] = (
+            (rows @ rows.T).cpu().numpy()
+        )
+        cols = rows
+        # Descending order leaves block i + 1 in `other` at the end: it becomes the next `held`.
+        for j in range(nb - 1, i, -1):
+            block_j = blocks[j]
+            cols = fill(other, block_j)
+            gram[block_i.start : block_i.stop, block_j.start : block_j.stop] = (
+                (rows @ cols.T).cpu().numpy()
+            )
+        if i + 1 < nb:
+            held, other = other, held
+            rows = cols
+    return _gram_to_distance(gram)
+
+
+def _as_tensor(kernel: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(kernel, torch.Tensor):
+        return kernel.detach()
+    with warnings.catch_warnings():
+        # A read-only array (memory-mapped file) is fine: it is only ever read from.
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(np.asarray(kernel))
+
+
+def _gram_to_distance(gram: np.ndarray) -> np.ndarray:
+    """``S = 1 - G`` from the upper triangle of ``G``: exactly symmetric, 0 diagonal, in [0, 2]."""
+    upper = np.triu(1.0 - gram, k=1)
+    s = upper + upper.T
+    np.clip(s, 0.0, 2.0, out=s)
+    np.fill_diagonal(s, 0.0)
+    return s
+
+
+# --------------------------------------------------------------------------- curves from S
+
+
+class AdjacentPair(NamedTuple):
+    """One adjacent pair: ``distance = S(theta(step), theta(step + dt))``, ``velocity = S / dt``."""
+
+    step: int
+    dt: int
+    distance: float
+    velocity: float
+
+
+def _check_steps(steps: Sequence[int], s: np.ndarray | None = None) -> np.ndarray:
+    arr = np.asarray(steps)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise GeometryError(f"steps must be a 1-D sequence of integers, got {steps!r}.")
+    arr = arr.astype(np.int64)
+    if arr.size > 1 and np.any(np.diff(arr) <= 0):
+        raise GeometryError(
+            "steps must be strictly increasing (one kernel per step, sorted); got "
+            f"{arr.tolist()[:20]}{' ...' if arr.size > 20 else ''}."
+        )
+    if s is not None and (s.ndim != 2 or s.shape != (arr.size, arr.size)):
+        raise GeometryError(
+            f"the S matrix has shape {s.shape} but there are {arr.size} steps; it must be "
+            f"({arr.size}, {arr.size}) with rows in the order of steps."
+        )
+    return arr
+
+
+def step_index(steps: Sequence[int], step: int) -> int:
+    """Position of ``step`` in the ascending ``steps``.
+
+    Raises:
+        GeometryError: ``step`` is not stored; the message names the nearest stored steps.
+    """
+    arr = _check_steps(steps)
+    pos = int(np.searchsorted(arr, step))
+    if pos < arr.size and arr[pos] == step:
+        return pos
+    near = sorted({int(arr[p]) for p in (pos - 1, pos) if 0 <= p < arr.size})
+    hint = " or ".join(str(v) for v in near) if near else "none (no steps are stored)"
+    raise GeometryError(
+        f"step {step} has no stored kernel; the nearest stored steps are {hint}. Pass one of "
+        "the stored steps (`--ref`), or compute the kernel at that step (`conetool kernels`)."
+    )
+
+
+def distance_to_reference(s: np.ndarray, steps: Sequence[int], ref: int) -> np.ndarray:
+    """``S(theta(t), theta(ref))`` for every stored step ``t`` (paper Fig. 1a).
+
+    Args:
+        s: the ``(K, K)`` S matrix, rows in the order of ``steps``.
+        steps: the ``K`` stored steps, ascending.
+        ref: the reference step ``tau``; must be stored.
+
+    Returns:
+        float64 ``(K,)``, aligned with ``steps`` (0 at ``t = ref``; steps before ``ref`` included).
+    """
+    s = np.asarray(s, dtype=np.float64)
+    _check_steps(steps, s)
+    return s[step_index(steps, ref)].copy()
+
+
+def spacings(steps: Sequence[int], *, consecutive: bool = True) -> list[int]:
+    """The step differences ``dt`` that occur between stored steps, ascending.
+
+    With ``consecutive=True`` (default) only between neighbouring stored steps (the natural
+    choices of ``dt`` for :func:`adjacent`); with ``False`` between any two stored steps.
+    """
+    arr = _check_steps(steps)
+    if consecutive:
+        return sorted({int(d) for d in np.diff(arr)})
+    diffs = arr[None, :] - arr[:, None]
+    return sorted({int(d) for d in diffs[diffs > 0]})
+
+
+def adjacent(s: np.ndarray, steps: Sequence[int], dt: int) -> list[AdjacentPair]:
+    """Adjacent distance and velocity for one ``dt`` (paper Fig. 1b).
+
+    Every pair ``(t, t + dt)`` with both steps stored gives one :class:`AdjacentPair`
+    ``(t, dt, S(theta(t), theta(t + dt)), S / dt)``, ordered by ``t``. An empty list means no such
+    pair is stored (see :func:`spacings` for the ``dt`` that occur).
+    """
+    if int(dt) != dt or dt <= 0:
+        raise GeometryError(f"dt must be a positive integer number of steps, got {dt}.")
+    dt = int(dt)
+    s = np.asarray(s, dtype=np.float64)
+    arr = _check_steps(steps, s)
+    position = {int(t): i for i, t in enumerate(arr)}
+    pairs = []
+    for i, t in enumerate(arr):
+        j = position.get(int(t) + dt)
+        if j is not None:
+            dist = float(s[i, j])
+            pairs.append(AdjacentPair(int(t), dt, dist, dist / dt))
+    return pairs
+
+
+def velocity_dt(steps: Sequence[int]) -> int | None:
+    """The ``dt`` whose adjacent pairs best cover the run: the default ``dt`` of the velocity.
+
+    Among the consecutive spacings of ``steps``, the one whose pairs ``(t, t + dt)`` (both
+    stored) span the longest range of steps, from the first pair's ``t`` to the last pair's
+    ``t + dt``; ties go to the smaller ``dt``. With checkpoints every 100 steps plus extra early
+    ones (``save_at``) this is 100, not the early spacing. ``None`` with fewer than two steps.
+    """
+    arr = _check_steps(steps)
+    if arr.size < 2:
+        return None
+    stored = set(arr.tolist())
+    best: tuple[int, int] | None = None  # (-span, dt)
+    for dt in Counter(np.diff(arr).tolist()):
+        starts = [t for t in arr.tolist() if t + dt in stored]
+        span = starts[-1] + dt - starts[0]
+        key = (-span, dt)
+        if best is None or key < best:
+            best = key
+    assert best is not None
+    return best[1]

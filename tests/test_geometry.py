@@ -1,0 +1,313 @@
+"""Kernel distance, the blocked S matrix and the curves read off it, against float64 references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from conetool.errors import ConetoolError
+from conetool.geometry import (
+    AdjacentPair,
+    GeometryError,
+    KernelError,
+    adjacent,
+    block_size_for,
+    distance_matrix,
+    distance_to_reference,
+    kernel_distance,
+    spacings,
+    step_index,
+    velocity_dt,
+)
+
+FAST = settings(max_examples=60, deadline=None)
+
+
+def reference_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The definition, written out directly in float64 numpy."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    return 1.0 - float(np.sum(a * b)) / (float(np.linalg.norm(a)) * float(np.linalg.norm(b)))
+
+
+def reference_matrix(kernels: list[np.ndarray]) -> np.ndarray:
+    return np.array([[reference_distance(a, b) for b in kernels] for a in kernels])
+
+
+_entries = st.floats(-10, 10, allow_nan=False, allow_infinity=False, allow_subnormal=False)
+
+
+@st.composite
+def kernel_pairs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """Two kernels of one shape: arbitrary matrices, or PSD ones A A^T like real eNTKs."""
+    n = draw(st.integers(1, 6))
+    m = draw(st.integers(1, 6))
+    psd = draw(st.booleans())
+    shape = (n, m)
+    mats = [draw(arrays(np.float64, shape, elements=_entries)) for _ in range(2)]
+    if psd:
+        mats = [a @ a.T for a in mats]
+    for a in mats:
+        # the definition needs a nonzero norm; keep clear of underflow in the reference
+        if np.linalg.norm(a) < 1e-3:
+            a += 1.0
+    return mats[0], mats[1]
+
+
+@FAST
+@given(kernel_pairs())
+def test_distance_matches_the_direct_float64_formula(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    a, b = pair
+    assert kernel_distance(a, b) == pytest.approx(reference_distance(a, b), abs=1e-12)
+
+
+@FAST
+@given(kernel_pairs())
+def test_distance_is_zero_on_identical_kernels_and_symmetric(
+    pair: tuple[np.ndarray, np.ndarray],
+) -> None:
+    a, b = pair
+    assert kernel_distance(a, a) == 0.0
+    assert kernel_distance(a, a.copy()) == 0.0
+    assert kernel_distance(a, b) == kernel_distance(b, a)
+
+
+@FAST
+@given(
+    kernel_pairs(),
+    st.floats(1e-3, 1e3),
+    st.floats(1e-3, 1e3),
+)
+def test_distance_is_scale_invariant_and_in_range(
+    pair: tuple[np.ndarray, np.ndarray], alpha: float, beta: float
+) -> None:
+    a, b = pair
+    s = kernel_distance(a, b)
+    assert 0.0 <= s <= 2.0
+    assert kernel_distance(alpha * a, beta * b) == pytest.approx(s, abs=1e-12)
+    # a negative scale flips the sign of the inner product: S -> 2 - S
+    assert kernel_distance(-a, b) == pytest.approx(2.0 - s, abs=1e-12)
+
+
+@FAST
+@given(arrays(np.float64, (4, 3), elements=_entries), arrays(np.float64, (4, 3), elements=_entries))
+def test_distance_between_psd_kernels_is_at_most_one(a: np.ndarray, b: np.ndarray) -> None:
+    h1, h2 = a @ a.T + 1e-3 * np.eye(4), b @ b.T + 1e-3 * np.eye(4)
+    assert 0.0 <= kernel_distance(h1, h2) <= 1.0 + 1e-15  # <H1, H2>_F >= 0 for PSD kernels
+
+
+def test_distance_accepts_tensors_of_any_dtype_and_known_values() -> None:
+    a = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    # <a, b> = 2, |a| = 2, |b| = 2: S = 1 - 2 / 4
+    assert kernel_distance(a, b) == pytest.approx(0.5, abs=1e-15)
+    assert kernel_distance(a.half(), b.numpy()) == pytest.approx(0.5, abs=1e-15)
+    assert kernel_distance(np.eye(3), -np.eye(3)) == pytest.approx(2.0)
+    assert kernel_distance(np.eye(2), np.array([[0.0, 1.0], [1.0, 0.0]])) == pytest.approx(1.0)
+
+
+def test_distance_is_accurate_for_tiny_and_huge_kernels() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((20, 20))
+    b = a + 1e-7 * rng.standard_normal((20, 20))
+    # for small S the definition is |u1 - u2|^2 / 2 to full relative precision
+    ua, ub = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    expected = 0.5 * float(np.sum((ua - ub) ** 2))
+    assert kernel_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert kernel_distance(1e200 * a, 1e-200 * b) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("h1", "h2", "match"),
+    [
+        (np.zeros((3, 3)), np.eye(3), "all zeros"),
+        (np.eye(3), np.full((3, 3), np.nan), "non-finite"),
+        (np.eye(3), np.eye(4), "different shapes"),
+        (np.ones(9), np.ones((3, 3)), "different shapes"),
+    ],
+)
+def test_distance_rejects_kernels_it_cannot_compare(
+    h1: np.ndarray, h2: np.ndarray, match: str
+) -> None:
+    with pytest.raises(KernelError, match=match) as info:
+        kernel_distance(h1, h2)
+    assert isinstance(info.value, ConetoolError)
+    assert isinstance(info.value, ValueError)
+
+
+# --------------------------------------------------------------------------- the S matrix
+
+
+def _trajectory(count: int, shape: tuple[int, ...] = (6, 6), seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal(shape)
+    out = []
+    for _ in range(count):
+        h = h + 0.3 * rng.standard_normal(shape)
+        out.append(h @ h.T if len(shape) == 2 else h.copy())
+    return out
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 6, 7, 8, 50])
+def test_blocked_matrix_equals_the_direct_one(block_size: int) -> None:
+    kernels = _trajectory(8)
+    calls: list[int] = []
+
+    def load(i: int) -> torch.Tensor:
+        calls.append(i)
+        return torch.from_numpy(kernels[i])
+
+    s = distance_matrix(load, len(kernels), block_size=block_size)
+    np.testing.assert_allclose(s, reference_matrix(kernels), rtol=0, atol=1e-14)
+    assert s.dtype == np.float64
+    assert np.array_equal(s, s.T)
+    assert np.all(np.diag(s) == 0.0)
+    # block j is read j times (block 0 once): each kernel about K / block_size times
+    b = min(block_size, 8)
+    blocks = math.ceil(8 / b)
+    counts = np.bincount(calls, minlength=8)
+    assert counts.max() <= max(1, blocks - 1)
+    assert len(calls) == sum(min(b, 8 - j * b) * max(j, 1) for j in range(blocks))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 7), st.integers(1, 8), st.integers(0, 10_000))
+def test_blocked_matrix_property(count: int, block_size: int, seed: int) -> None:
+    kernels = _trajectory(count, shape=(3, 2, 3), seed=seed)  # any kernel shape is flattened
+    s = distance_matrix(lambda i: kernels[i], count, block_size=block_size)
+    np.testing.assert_allclose(s, reference_matrix(kernels), rtol=0, atol=1e-14)
+    assert np.array_equal(s, s.T)
+    assert np.all((s >= 0.0) & (s <= 2.0))
+
+
+def test_matrix_from_float32_kernels_and_progress() -> None:
+    kernels = [k.astype(np.float32) for k in _trajectory(5)]
+    seen: list[tuple[int, int]] = []
+    s = distance_matrix(
+        lambda i: torch.from_numpy(kernels[i]),
+        5,
+        block_size=2,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    # float32 kernels are converted to float64 once; the reference does the same
+    np.testing.assert_allclose(s, reference_matrix(kernels), rtol=0, atol=1e-14)
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1][0] == seen[-1][1]
+
+
+def test_matrix_keeps_precision_for_tiny_distances() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((30, 30))
+    kernels = [base + eps * rng.standard_normal((30, 30)) for eps in (0.0, 1e-5, 2e-5, 1e-3)]
+    s = distance_matrix(lambda i: kernels[i], 4, block_size=2)
+    for i in range(4):
+        for j in range(4):
+            assert s[i, j] == pytest.approx(kernel_distance(kernels[i], kernels[j]), abs=1e-15)
+
+
+def test_block_size_follows_the_memory_budget() -> None:
+    numel = 1000 * 1000
+    per_kernel = numel * 8
+    # two float64 blocks of b kernels plus one kernel in flight
+    assert block_size_for(numel, 1 << 30) == ((1 << 30) - per_kernel) // (2 * per_kernel) == 66
+    assert block_size_for(10, 3 * 80) == 1
+    with pytest.raises(GeometryError, match="max_memory"):
+        block_size_for(10, 3 * 80 - 1)
+    kernels = _trajectory(6)
+    calls: list[int] = []
+
+    def load(i: int) -> np.ndarray:
+        calls.append(i)
+        return kernels[i]
+
+    s = distance_matrix(load, 6, max_memory=3 * 36 * 8 + 2 * 36 * 8)  # room for blocks of 2
+    np.testing.assert_allclose(s, reference_matrix(kernels), rtol=0, atol=1e-14)
+    assert len(calls) == 2 + 2 * 1 + 2 * 2
+    with pytest.raises(GeometryError, match="max_memory"):
+        distance_matrix(load, 6, max_memory=100)
+
+
+def test_matrix_names_the_kernel_at_fault() -> None:
+    kernels = _trajectory(5)
+    bad = [*kernels[:3], np.zeros((6, 6)), kernels[4]]
+    with pytest.raises(KernelError, match="kernel 3 is all zeros") as info:
+        distance_matrix(lambda i: bad[i], 5, block_size=2)
+    assert info.value.index == 3
+    odd = [*kernels[:4], np.eye(5)]
+    with pytest.raises(KernelError, match=r"kernel 4 has shape \(5, 5\)") as info:
+        distance_matrix(lambda i: odd[i], 5)
+    assert info.value.index == 4
+    nan = [kernels[0], np.full((6, 6), np.nan)]
+    with pytest.raises(KernelError, match="kernel 1 holds NaN"):
+        distance_matrix(lambda i: nan[i], 2)
+    with pytest.raises(GeometryError, match="at least one"):
+        distance_matrix(lambda i: kernels[i], 0)
+    with pytest.raises(GeometryError, match="block_size"):
+        distance_matrix(lambda i: kernels[i], 3, block_size=0)
+
+
+def test_single_kernel_matrix() -> None:
+    s = distance_matrix(lambda i: np.eye(3), 1)
+    assert s.shape == (1, 1) and s[0, 0] == 0.0
+
+
+# --------------------------------------------------------------------------- curves from S
+
+STEPS = [0, 10, 20, 30, 50, 100]
+
+
+def _random_s(k: int, seed: int = 0) -> np.ndarray:
+    return reference_matrix(_trajectory(k, seed=seed))
+
+
+def test_spacings() -> None:
+    assert spacings(STEPS) == [10, 20, 50]
+    assert spacings(STEPS, consecutive=False) == [10, 20, 30, 40, 50, 70, 80, 90, 100]
+    assert spacings([5]) == []
+
+
+def test_adjacent_reads_pairs_off_the_matrix() -> None:
+    s = _random_s(len(STEPS))
+    pairs = adjacent(s, STEPS, 10)
+    assert [p.step for p in pairs] == [0, 10, 20]
+    assert pairs[1] == AdjacentPair(10, 10, s[1, 2], s[1, 2] / 10)
+    by_20 = adjacent(s, STEPS, 20)
+    assert [(p.step, p.distance) for p in by_20] == [(0, s[0, 2]), (10, s[1, 3]), (30, s[3, 4])]
+    assert all(p.velocity == p.distance / 20 for p in by_20)
+    assert adjacent(s, STEPS, 7) == []
+    with pytest.raises(GeometryError, match="dt"):
+        adjacent(s, STEPS, 0)
+
+
+def test_distance_to_reference_and_step_index() -> None:
+    s = _random_s(len(STEPS))
+    np.testing.assert_array_equal(distance_to_reference(s, STEPS, 30), s[3])
+    assert step_index(STEPS, 50) == 4
+    with pytest.raises(GeometryError, match="nearest stored steps are 30 or 50"):
+        distance_to_reference(s, STEPS, 40)
+    with pytest.raises(GeometryError, match="nearest stored steps are 100"):
+        step_index(STEPS, 1000)
+
+
+def test_steps_and_matrix_are_checked() -> None:
+    s = _random_s(3)
+    with pytest.raises(GeometryError, match="strictly increasing"):
+        adjacent(s, [0, 20, 10], 10)
+    with pytest.raises(GeometryError, match=r"shape \(3, 3\) but there are 4 steps"):
+        adjacent(s, [0, 10, 20, 30], 10)
+    with pytest.raises(GeometryError, match="integers"):
+        spacings([0.5, 1.5])
+
+
+def test_velocity_dt_prefers_the_spacing_that_covers_the_run() -> None:
+    dense_then_sparse = list(range(0, 100)) + list(range(100, 10_001, 100))
+    assert velocity_dt(dense_then_sparse) == 100
+    assert velocity_dt(list(range(0, 1000, 25))) == 25
+    assert velocity_dt([0, 1, 2, 4, 6, 8]) == 2
+    assert velocity_dt([3]) is None
