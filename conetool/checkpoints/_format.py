@@ -1,0 +1,406 @@
+"""File formats: safetensors headers, one-pass reads with a content hash, torch.save files.
+
+Everything here works on one file and raises :class:`CheckpointError` with a message that names the
+file and the fix; discovery turns those errors into per-file problems.
+
+A safetensors file is ``u64 little-endian header length N`` + ``N bytes of JSON`` + the tensor
+data. The JSON maps each tensor name to ``{"dtype", "shape", "data_offsets": [start, end]}``
+(offsets relative to the start of the data) and may hold ``"__metadata__": {str: str}``. Listing
+parses only that header; loading reads the whole file once into one buffer, hashing it as it
+streams, and builds the tensors as views of that buffer (no second copy, no second read).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from conetool.errors import CheckpointError
+
+SAFETENSORS_SUFFIX = ".safetensors"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_CHUNK = 8 * 2**20
+_MAX_HEADER = 100 * 2**20  # safetensors itself refuses headers over 100 MB
+_ZIP_MAGIC = b"PK\x03\x04"
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in [
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("C64", "complex64"),
+]:
+    if hasattr(torch, _attr):  # newer dtypes, absent from older torch builds
+        _DTYPES[_name] = getattr(torch, _attr)
+
+
+def _open(path: Path):  # indirection so tests can simulate unreadable files
+    return open(path, "rb")
+
+
+def _stat(path: Path) -> os.stat_result:  # indirection so tests can simulate a growing file
+    return os.stat(path)
+
+
+def open_error(path: Path, error: OSError) -> CheckpointError:
+    """A :class:`CheckpointError` for an ``OSError`` raised while opening or reading ``path``."""
+    if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM):
+        return CheckpointError(
+            f"cannot read '{path}': permission denied. Make it readable "
+            f"(chmod u+r '{path}') or run as a user who may read it (or pass --skip-bad)."
+        )
+    if error.errno == errno.ELOOP:
+        return CheckpointError(
+            f"'{path}' is a symlink loop (following its links leads back to itself). Remove the "
+            f"link or point it at the real checkpoint file (or pass --skip-bad)."
+        )
+    if isinstance(error, FileNotFoundError):
+        return CheckpointError(
+            f"'{path}' disappeared (or is a broken symlink) while conetool was reading the "
+            f"directory. If a run is still writing or rotating checkpoints, wait and rerun; "
+            f"otherwise remove the broken link."
+        )
+    return CheckpointError(
+        f"cannot read '{path}': {error.strerror or error}. Check the file and the disk, or pass "
+        f"--skip-bad to go on without it."
+    )
+
+
+def _changed_error(
+    path: Path, before: os.stat_result, after: os.stat_result | None
+) -> CheckpointError:
+    what = "was replaced or removed"
+    if after is not None and after.st_size != before.st_size:
+        what = f"went from {before.st_size} to {after.st_size} bytes"
+    elif after is not None:
+        what = "was modified"
+    return CheckpointError(
+        f"'{path}' changed while conetool was reading it (it {what}): a run is probably still "
+        f"writing it. Wait until the run has written it, or rerun (or pass --skip-bad)."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# safetensors headers
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor entry of a safetensors header; ``start``/``end`` are offsets into the data."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The parsed header of one safetensors file (no tensor data)."""
+
+    path: Path
+    size: int  # bytes of the whole file
+    data_start: int  # 8 + header length
+    metadata: dict[str, str]
+    tensors: dict[str, TensorInfo]
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape."""
+        return {k: v.shape for k, v in self.tensors.items()}
+
+    @property
+    def num_values(self) -> int:
+        """Sum over tensors of the number of elements (parameters and buffers alike)."""
+        return sum(math.prod(v.shape) for v in self.tensors.values())
+
+
+def _not_safetensors(path: Path, why: str, head: bytes = b"") -> CheckpointError:
+    hint = "Re-save it with safetensors.torch.save_file, or delete it (or pass --skip-bad)."
+    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+        hint = (
+            f"It looks like a torch.save file: rename it to '{path.stem}.pt' (conetool reads it "
+            f"with torch.load(weights_only=True)) or convert it to safetensors."
+        )
+    return CheckpointError(f"'{path}' is not a safetensors file: {why}. {hint}")
+
+
+def _truncated(path: Path, size: int, needed: int) -> CheckpointError:
+    return CheckpointError(
+        f"'{path}' is truncated: it has {size} bytes but its safetensors header describes "
+        f"{needed}. If a run is still writing it, wait and rerun; otherwise re-save or delete it "
+        f"(or pass --skip-bad)."
+    )
+
+
+def _header_length(path: Path, head: bytes, size: int) -> int:
+    if size < 8:
+        raise _not_safetensors(path, f"it has only {size} bytes (a header needs 8)", head)
+    n = int.from_bytes(head[:8], "little")
+    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80" or n > _MAX_HEADER:
+        raise _not_safetensors(path, "its first 8 bytes are not a header length", head)
+    if n > size - 8:
+        raise _truncated(path, size, 8 + n)
+    return n
+
+
+def parse_header(path: Path, size: int, header: bytes) -> SafetensorsHeader:
+    """Validate the JSON ``header`` of a safetensors file of ``size`` bytes at ``path``."""
+    try:
+        raw = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _not_safetensors(path, f"its header is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise _not_safetensors(path, "its header is not a JSON object")
+    meta = raw.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _not_safetensors(path, "its __metadata__ is not a map of strings")
+    data_start = 8 + len(header)
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in raw.items():
+        try:
+            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            shape = tuple(int(s) for s in shape)
+            start, end = int(start), int(end)
+        except (TypeError, KeyError, ValueError):
+            why = f"the header entry of tensor '{name}' is malformed"
+            raise _not_safetensors(path, why) from None
+        if dtype not in _DTYPES:
+            raise CheckpointError(
+                f"'{path}' holds tensor '{name}' of dtype {dtype}, which this torch build cannot "
+                f"represent; re-save the checkpoint in float32 (or pass --skip-bad)."
+            )
+        nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+        if min(shape, default=0) < 0 or start < 0 or end - start != nbytes:
+            raise _not_safetensors(path, f"tensor '{name}' has inconsistent shape and offsets")
+        tensors[name] = TensorInfo(dtype, shape, start, end)
+    spans = sorted((t.start, t.end) for t in tensors.values())
+    for (_, end0), (start1, _) in itertools.pairwise(spans):
+        if start1 < end0:
+            raise _not_safetensors(path, "two tensors overlap in the data")
+    data_end = data_start + max((e for _, e in spans), default=0)
+    if data_end > size:
+        raise _truncated(path, size, data_end)
+    if data_end < size:
+        raise _not_safetensors(path, f"it has {size - data_end} stray bytes after the last tensor")
+    return SafetensorsHeader(path, size, data_start, dict(meta), tensors)
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Read and validate the header of the safetensors file at ``path``; reads no tensor data."""
+    try:
+        with _open(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            n = _header_length(path, head, size)
+            header = f.read(n)
+    except OSError as e:
+        raise open_error(path, e) from None
+    if len(header) < n:
+        raise _truncated(path, len(head) + len(header), 8 + n)
+    return parse_header(path, size, header)
+
+
+def tensors_from_buffer(header: SafetensorsHeader, buf: bytearray) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose bytes are ``buf``, as views of ``buf`` (no copy)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, info in header.tensors.items():
+        dtype = _DTYPES[info.dtype]
+        numel = math.prod(info.shape)
+        offset = header.data_start + info.start
+        if numel == 0:
+            t = torch.empty(info.shape, dtype=dtype)
+        elif offset % dtype.itemsize:  # writers align the data; copy in the rare case they did not
+            t = torch.frombuffer(
+                bytearray(buf[offset : offset + info.end - info.start]), dtype=dtype
+            )
+        else:
+            t = torch.frombuffer(buf, dtype=dtype, count=numel, offset=offset)
+        out[name] = t.reshape(info.shape)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# one-pass reads with a streaming hash
+
+
+def stream_file(path: Path, *, keep: bool) -> tuple[bytearray | None, int, str]:
+    """Read ``path`` once, hashing as it streams; return (bytes if ``keep``, size, sha256 hex).
+
+    Raises :class:`CheckpointError` when the file changes while it is read (size, mtime or inode
+    differ before and after, or the read ends early or runs long): it is still being written.
+    """
+    digest = hashlib.sha256()
+    try:
+        with _open(path) as f:
+            before = os.fstat(f.fileno())
+            size = before.st_size
+            buf = bytearray(size if keep else min(size, _CHUNK))
+            view = memoryview(buf)
+            pos = 0
+            while pos < size:
+                window = view[pos : pos + _CHUNK] if keep else view[: min(_CHUNK, size - pos)]
+                n = f.readinto(window)
+                if not n:
+                    break
+                digest.update(window[:n])
+                pos += n
+            view.release()
+            longer = bool(f.read(1))
+    except OSError as e:
+        raise open_error(path, e) from None
+    try:
+        after: os.stat_result | None = _stat(path)
+    except OSError:
+        after = None
+    same = after is not None and (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    if pos < size or longer or not same:
+        raise _changed_error(path, before, after)
+    return (buf if keep else None), size, digest.hexdigest()
+
+
+def combine_fingerprints(parts: list[tuple[int, str]]) -> str:
+    """``"<total bytes>:<sha256>"``: a file's own sha256, or for shards the sha256 of its lines."""
+    total = sum(size for size, _ in parts)
+    if len(parts) == 1:
+        return f"{total}:{parts[0][1]}"
+    lines = "".join(f"{size}:{hexdigest}\n" for size, hexdigest in parts)
+    return f"{total}:{hashlib.sha256(lines.encode()).hexdigest()}"
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.save files (read only with weights_only=True)
+
+
+def check_torch_file(path: Path) -> bool:
+    """Cheap validity check of a torch.save file; True for the zip format, False for legacy pickle.
+
+    Opens the zip central directory (at the end of the file), so a truncated file is caught
+    without reading the tensor data.
+    """
+    try:
+        with _open(path) as f:
+            head = f.read(8)
+            if head.startswith(_ZIP_MAGIC):
+                try:
+                    with zipfile.ZipFile(f) as z:
+                        names = z.namelist()
+                except (zipfile.BadZipFile, EOFError):
+                    raise CheckpointError(
+                        f"'{path}' is truncated or corrupt (its zip archive has no central "
+                        f"directory). If a run is still writing it, wait and rerun; otherwise "
+                        f"re-save or delete it (or pass --skip-bad)."
+                    ) from None
+                if not any(n.endswith("data.pkl") for n in names):
+                    raise CheckpointError(
+                        f"'{path}' is a zip archive but not a torch.save file (no data.pkl "
+                        f"inside); move it out of the checkpoint directory (or pass --skip-bad)."
+                    )
+                return True
+    except OSError as e:
+        raise open_error(path, e) from None
+    if head[:1] == b"\x80":
+        return False
+    hint = "move it out of the checkpoint directory (or pass --skip-bad)."
+    if len(head) == 8 and 0 < int.from_bytes(head, "little") <= _MAX_HEADER:
+        hint = f"if it is a safetensors file, rename it to '{path.stem}.safetensors'."
+    raise CheckpointError(f"'{path}' is not a torch.save checkpoint (unknown file format); {hint}")
+
+
+def _unsafe_pickle_error(path: Path, error: Exception) -> CheckpointError:
+    reason = next((ln.strip() for ln in str(error).splitlines() if "Unsupported" in ln), "")
+    return CheckpointError(
+        f"'{path}' cannot be read with torch.load(weights_only=True)"
+        f"{': ' + reason if reason else ''}. conetool never unpickles arbitrary objects (a pickle "
+        f"can run code). If you trust the file, convert it once in Python: "
+        f"sd = torch.load('{path}', weights_only=False); take the model's state dict "
+        f"(sd['state_dict'] for Lightning) and save it with "
+        f"safetensors.torch.save_file(sd, 'step_2000.safetensors', "
+        f"metadata={{'step': '2000'}}); safetensors is the preferred format."
+    )
+
+
+def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from what torch.load returned.
+
+    Accepts a mapping of tensors, or a mapping holding one under ``"state_dict"`` (Lightning),
+    ``"model_state_dict"`` or ``"model"``.
+    """
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner:
+                if all(isinstance(v, torch.Tensor) for v in inner.values()):
+                    return dict(inner)
+        keys = ", ".join(repr(k) for k in list(obj)[:10])
+        what = f"a dict with keys {keys}" if obj else "an empty dict"
+    else:
+        what = f"a {type(obj).__name__}"
+    raise CheckpointError(
+        f"'{path}' holds {what}, not a state dict. conetool reads a plain state dict "
+        f"(torch.save(model.state_dict(), ...)) or a dict holding one under 'state_dict' "
+        f"(Lightning), 'model_state_dict' or 'model'; re-save the model's state dict."
+    )
+
+
+def load_torch_bytes(path: Path, buf: bytearray) -> dict[str, torch.Tensor]:
+    """The state dict in a torch.save file whose bytes are ``buf`` (``weights_only=True``)."""
+    try:
+        obj = torch.load(io.BytesIO(buf), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise _unsafe_pickle_error(path, e) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"'{path}' is not a readable torch checkpoint ({first}). If a run is still writing "
+            f"it, wait and rerun; otherwise re-save or delete it (or pass --skip-bad)."
+        ) from None
+    return unwrap_state_dict(obj, path)
+
+
+def torch_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a zip-format torch.save file, memory-mapped: reads the pickle, no data."""
+    try:
+        obj = torch.load(str(path), weights_only=True, map_location="cpu", mmap=True)
+    except pickle.UnpicklingError as e:
+        raise _unsafe_pickle_error(path, e) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"'{path}' is not a readable torch checkpoint ({first}); re-save or delete it "
+            f"(or pass --skip-bad)."
+        ) from None
+    except OSError as e:
+        raise open_error(path, e) from None
+    return {k: tuple(v.shape) for k, v in unwrap_state_dict(obj, path).items()}

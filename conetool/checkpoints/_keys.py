@@ -1,0 +1,151 @@
+"""Matching a checkpoint's keys to a model's, and the messages when they do not match.
+
+Training wrappers prefix every key: ``module.`` (DistributedDataParallel / DataParallel),
+``model.`` (a LightningModule holding the network as ``self.model``), ``_orig_mod.``
+(``torch.compile``), sometimes two of them. A prefix is stripped only when that makes the keys
+match the model exactly, so a model whose own keys start with ``model.`` is never mangled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+KNOWN_PREFIXES = ("module.", "model.", "_orig_mod.")
+# "", each prefix, and each pair of prefixes (e.g. "module._orig_mod."), simplest first.
+_CHAINS = ("", *KNOWN_PREFIXES, *(a + b for a in KNOWN_PREFIXES for b in KNOWN_PREFIXES if a != b))
+_LIST_AT_MOST = 10
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+def _lenient(key: str) -> bool:
+    # BatchNorm's step counter: absent from old checkpoints, unused by eval-mode forward passes.
+    return key.endswith("num_batches_tracked")
+
+
+@dataclass(frozen=True)
+class KeyMatch:
+    """The best correspondence found between checkpoint keys and model keys."""
+
+    mapping: dict[str, str]  # checkpoint key -> model key
+    stripped: str  # prefix taken off the checkpoint keys ("" when none)
+    model_stripped: str  # prefix taken off the model keys (a wrapped model) ("" when none)
+    missing: list[str] = field(default_factory=list)  # model keys without a checkpoint key
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model lacks
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when all keys pair up (bar BatchNorm ``num_batches_tracked``) with equal shapes."""
+        return not self.unexpected and not self.mismatched and all(map(_lenient, self.missing))
+
+
+def strip_common_prefixes(keys: Iterable[str]) -> tuple[str, list[str]]:
+    """Strip known wrapper prefixes shared by all ``keys``; return (prefix stripped, keys)."""
+    out = list(keys)
+    stripped = ""
+    while out:
+        prefix = next((p for p in KNOWN_PREFIXES if all(k.startswith(p) for k in out)), None)
+        if prefix is None:
+            break
+        out = [k[len(prefix) :] for k in out]
+        stripped += prefix
+    return stripped, out
+
+
+def match_keys(ckpt: Shapes, model: Shapes) -> KeyMatch:
+    """Pair checkpoint keys with model keys, stripping a wrapper prefix only when that helps.
+
+    Tries the identity first, then each prefix chain; the first exact match wins. When none is
+    exact, the mapping that pairs the most keys is returned, so messages list the true differences.
+    """
+    model_keys = list(model)
+    best: tuple[int, KeyMatch] | None = None
+    for chain in _CHAINS:
+        if chain and not any(k.startswith(chain) for k in ckpt):
+            continue
+        renamed = {k: (k[len(chain) :] if chain and k.startswith(chain) else k) for k in ckpt}
+        if len(set(renamed.values())) < len(renamed):
+            continue  # stripping would merge two keys
+        for model_chain in _CHAINS:
+            if model_chain and not all(k.startswith(model_chain) for k in model_keys):
+                continue
+            target = {k[len(model_chain) :]: k for k in model_keys}
+            mapping = {ck: target[nk] for ck, nk in renamed.items() if nk in target}
+            hit = set(mapping.values())
+            match = KeyMatch(
+                mapping=mapping,
+                stripped=chain,
+                model_stripped=model_chain,
+                missing=[k for k in model_keys if k not in hit],
+                unexpected=[k for k in ckpt if k not in mapping],
+                mismatched=[
+                    (mk, tuple(model[mk]), tuple(ckpt[ck]))
+                    for ck, mk in mapping.items()
+                    if tuple(model[mk]) != tuple(ckpt[ck])
+                ],
+            )
+            if not match.missing and not match.unexpected:
+                return match
+            if best is None or len(mapping) > best[0]:
+                best = (len(mapping), match)
+    if best is None:  # empty checkpoint
+        return KeyMatch({}, "", "", missing=model_keys, unexpected=list(ckpt))
+    return best[1]
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(f"'{k}'" for k in keys[:_LIST_AT_MOST])
+    more = len(keys) - _LIST_AT_MOST
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
+    """A one-paragraph message: what does not fit, up to ten keys of each kind, and the fix."""
+    missing = [k for k in match.missing if not _lenient(k)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_listed(missing)}")
+    if match.unexpected:
+        parts.append(f"{len(match.unexpected)} unexpected key(s): {_listed(match.unexpected)}")
+    if match.mismatched:
+        shown = "; ".join(
+            f"'{k}' expected {_shape(e)}, found {_shape(f)}"
+            for k, e, f in match.mismatched[:_LIST_AT_MOST]
+        )
+        more = len(match.mismatched) - _LIST_AT_MOST
+        parts.append(
+            f"{len(match.mismatched)} shape mismatch(es): {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    how = ""
+    if match.stripped:
+        how = f" (after stripping the prefix '{match.stripped}' from its keys)"
+    return (
+        f"'{name}' does not fit the model ({model_name}){how}: " + "; ".join(parts) + ". "
+        "Check that the spec's [model] arch, num_classes and options are those of the run that "
+        "wrote this checkpoint (or pass --skip-bad to leave this file out)."
+    )
+
+
+def diff_keys(this: Shapes, other: Shapes) -> str:
+    """Short description of how key set ``this`` differs from ``other`` (for mixed-run messages)."""
+    lacks = [k for k in other if k not in this]
+    extra = [k for k in this if k not in other]
+    shapes = [k for k in this if k in other and tuple(this[k]) != tuple(other[k])]
+    parts = []
+    if lacks:
+        parts.append(f"it lacks {_listed(lacks)}")
+    if extra:
+        parts.append(f"it has extra {_listed(extra)}")
+    if shapes:
+        shown = ", ".join(
+            f"'{k}' {_shape(this[k])} vs {_shape(other[k])}" for k in shapes[:_LIST_AT_MOST]
+        )
+        parts.append(f"shapes differ: {shown}")
+    return "; ".join(parts)

@@ -1,0 +1,117 @@
+"""What a checkpoint directory holds, file by file, without stopping at the first problem.
+
+The library half of ``conetool inspect``: one :class:`InspectRow` per checkpoint candidate, bad ones
+included. Cheap by default (headers only: safetensors headers, the pickle of zip-format torch files
+memory-mapped without its data); ``verify=True`` also reads every tensor once, checks finiteness
+and shapes against the model, and records each file's fingerprint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from conetool.errors import CheckpointError
+
+from ._keys import describe_mismatch, match_keys
+from .discover import TORCH_NOTE, _Candidate, _none_selected, _scan, empty_error
+from .load import match_state_dict, read_checkpoint
+
+STATUSES = ("ok", "error")
+
+
+@dataclass(frozen=True)
+class InspectRow:
+    """One checkpoint candidate of a directory and its verdict."""
+
+    step: int | None  # None when no step could be recovered
+    file: str  # path relative to the directory ("checkpoint-2000/" for Hugging Face folders)
+    size: int  # bytes, all shards together (0 when unreadable)
+    num_params: int | None  # elements over all tensors (parameters and buffers); None if unknown
+    status: str  # "ok" | "error"
+    problem: str | None = None  # the one-paragraph message when status == "error"
+    source: str | None = None  # "safetensors" | "torch" | "hf" | "hf-sharded"
+    note: str | None = None  # e.g. for torch.save files: safetensors is preferred
+    fingerprint: str | None = None  # "<bytes>:<sha256>", with verify=True only
+
+
+def _relative(directory: Path, c: _Candidate) -> str:
+    if c.folder is not None:
+        return c.name
+    try:
+        return str(c.location.relative_to(directory))
+    except ValueError:
+        return c.location.name
+
+
+def inspect_checkpoints(
+    directory: str | Path,
+    *,
+    model: nn.Module | None = None,
+    verify: bool = False,
+    step_regex: str | None = None,
+    iterations_per_epoch: int | None = None,
+    steps: tuple[int | None, int | None] | None = None,
+    every: int | None = None,
+) -> list[InspectRow]:
+    """One row per checkpoint candidate of ``directory``, sorted by step (unknown steps last).
+
+    Per-file problems (everything :func:`list_checkpoints` would refuse, plus a key or shape
+    mismatch with ``model`` read from the headers, plus with ``verify`` NaN/Inf, unreadable data or
+    a file that changes while read) become rows with ``status="error"``; nothing is raised for them.
+    Other arguments as in :func:`list_checkpoints`.
+
+    Raises:
+        CheckpointError: the directory is missing or unreadable, holds no checkpoint candidate, or
+            the selection (``steps``/``every``) leaves none; or a flag is malformed.
+    """
+    scan = _scan(
+        directory,
+        step_regex=step_regex,
+        iterations_per_epoch=iterations_per_epoch,
+        steps=steps,
+        every=every,
+        deep=True,
+    )
+    if not scan.candidates and scan.unselected:
+        raise _none_selected(scan, steps, every)
+    if not scan.candidates:
+        raise empty_error(scan)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None
+    rows = []
+    for c in scan.candidates:
+        problem, fp = c.problem, None
+        count = sum(math.prod(s) for s in c.shapes.values()) if c.shapes is not None else None
+        if problem is None and own is not None and c.shapes is not None:
+            match = match_keys(c.shapes, own)
+            if not match.ok:
+                problem = describe_mismatch(
+                    match, str(c.folder or c.location), type(model).__name__
+                )
+        if problem is None and verify:
+            try:
+                loaded = read_checkpoint(c.ref(), check_finite=True)
+                fp = loaded.fingerprint
+                count = sum(t.numel() for t in loaded.state_dict.values())
+                if model is not None:
+                    match_state_dict(model, loaded.state_dict, name=str(loaded.ref.file))
+            except CheckpointError as e:
+                problem = str(e)
+        note = TORCH_NOTE if c.paths and c.format == "torch" else None
+        rows.append(
+            InspectRow(
+                step=c.step,
+                file=_relative(scan.directory, c),
+                size=c.size,
+                num_params=count,
+                status="ok" if problem is None else "error",
+                problem=problem,
+                source=c.source or None,
+                note=note,
+                fingerprint=fp,
+            )
+        )
+    return rows

@@ -1,0 +1,191 @@
+"""Read a checkpoint's tensors (one pass, hashed as it streams) and load them into a model.
+
+Reading costs one read of each file: the bytes go into one buffer while a sha256 is computed over
+them, and safetensors tensors are views of that buffer (no second copy). Pickle-based files are read
+the same way and handed to ``torch.load(weights_only=True)``; nothing ever unpickles arbitrary
+objects. A file whose size, modification time or inode changes during the read is reported as
+still being written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from conetool.errors import CheckpointError
+
+from ._format import (
+    _header_length,
+    combine_fingerprints,
+    load_torch_bytes,
+    parse_header,
+    stream_file,
+    tensors_from_buffer,
+)
+from ._keys import describe_mismatch, match_keys
+from .discover import CheckpointRef, checkpoint_ref
+
+_FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read into memory: its state dict and the fingerprint of the bytes read."""
+
+    state_dict: dict[str, torch.Tensor]  # key -> tensor on the CPU, keys as stored in the file
+    fingerprint: str  # "<total bytes>:<sha256 hex>", equal to fingerprint(ref)
+    size: int  # total bytes read
+    metadata: dict[str, str]  # safetensors metadata (first shard); {} for torch files
+    ref: CheckpointRef
+
+
+def _as_ref(source: CheckpointRef | str | Path) -> CheckpointRef:
+    """A ref for a ref, or for one file or Hugging Face folder (step -1 when not recoverable)."""
+    if isinstance(source, CheckpointRef):
+        return source
+    try:
+        return checkpoint_ref(source)
+    except CheckpointError:
+        # Reading needs no step: retry without one; a problem with the file itself raises again.
+        return checkpoint_ref(source, step=-1)
+
+
+def check_finite_tensors(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """Raise :class:`CheckpointError` naming ``name`` and the first tensor holding NaN or Inf."""
+    for key, t in state_dict.items():
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        x = t.float() if t.dtype in _FLOAT8 else t
+        if not bool(torch.isfinite(x).all()):
+            nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            raise CheckpointError(
+                f"'{name}' holds non-finite values in tensor '{key}' ({nan} NaN, {inf} Inf of "
+                f"{x.numel()}): the run had diverged by this step, and kernels of such weights are "
+                f"meaningless. Leave this step out (--steps) or pass --skip-bad."
+            )
+
+
+def read_checkpoint(
+    source: CheckpointRef | str | Path, *, check_finite: bool = True
+) -> LoadedCheckpoint:
+    """Read every tensor of a checkpoint, and its fingerprint, in one pass over its file(s).
+
+    Shards are merged into one state dict. Lightning's ``{"state_dict": ...}`` is unwrapped. Keys
+    are returned as stored (prefixes such as ``module.`` are dealt with by :func:`load_checkpoint`).
+    ``source`` may be a path to one file or Hugging Face folder; its ``ref.step`` is then -1 when
+    no step can be recovered (reading needs none).
+
+    Raises:
+        CheckpointError: not safetensors / truncated / not a torch file, unreadable, changed while
+            reading, a key in two shards, or (with ``check_finite``) a NaN or Inf in a tensor.
+    """
+    ref = _as_ref(source)
+    name = ref.file
+    parts: list[tuple[int, str]] = []
+    state: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
+    for i, path in enumerate(ref.paths):
+        buf, size, digest = stream_file(path, keep=True)
+        assert buf is not None
+        parts.append((size, digest))
+        if ref.format == "safetensors":
+            n = _header_length(path, bytes(buf[:8]), size)
+            header = parse_header(path, size, bytes(buf[8 : 8 + n]))
+            tensors = tensors_from_buffer(header, buf)
+            if i == 0:
+                metadata = header.metadata
+        else:
+            tensors = load_torch_bytes(path, buf)
+        twice = state.keys() & tensors.keys()
+        if twice:
+            raise CheckpointError(
+                f"tensor '{min(twice)}' of '{name}' is in two shards (again in '{path.name}'); the "
+                f"shards come from different saves: re-save the checkpoint (or pass --skip-bad)."
+            )
+        state.update(tensors)
+    if check_finite:
+        check_finite_tensors(state, str(name))
+    return LoadedCheckpoint(
+        state, combine_fingerprints(parts), sum(s for s, _ in parts), metadata, ref
+    )
+
+
+def read_state_dict(
+    source: CheckpointRef | str | Path, *, check_finite: bool = True
+) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint (see :func:`read_checkpoint`): key -> CPU tensor."""
+    return read_checkpoint(source, check_finite=check_finite).state_dict
+
+
+def fingerprint(source: CheckpointRef | str | Path) -> str:
+    """``"<total bytes>:<sha256 hex>"`` of a checkpoint's file(s), streamed (nothing kept).
+
+    For one file the hash is the file's own sha256 (``sha256sum`` prints the same); for shards it
+    is the sha256 of the lines ``"<bytes>:<sha256>\\n"`` of each shard in order. Equal to
+    :attr:`LoadedCheckpoint.fingerprint`, so a store can tell later when a source file changed.
+    """
+    ref = _as_ref(source)
+    parts = []
+    for path in ref.paths:
+        _, size, digest = stream_file(path, keep=False)
+        parts.append((size, digest))
+    return combine_fingerprints(parts)
+
+
+def match_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, name: str = "the state dict"
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` renamed to ``model``'s keys, ready for ``model.load_state_dict(strict=True)``.
+
+    A wrapper prefix (``module.``, ``model.``, ``_orig_mod.``) is stripped only when that makes the
+    keys match. BatchNorm ``num_batches_tracked`` counters missing from old checkpoints are filled
+    from the model (they do not affect eval-mode outputs).
+
+    Raises:
+        CheckpointError: missing or unexpected keys (up to ten of each listed) or shape mismatches
+            (key, expected, found), naming ``name`` and the likely fix.
+    """
+    own = model.state_dict()
+    match = match_keys(
+        {k: tuple(v.shape) for k, v in state_dict.items()},
+        {k: tuple(v.shape) for k, v in own.items()},
+    )
+    if not match.ok:
+        raise CheckpointError(describe_mismatch(match, name, type(model).__name__))
+    out = {match.mapping[k]: v for k, v in state_dict.items()}
+    for key in match.missing:  # only num_batches_tracked here, since match.ok
+        out[key] = own[key]
+    return out
+
+
+def load_checkpoint(
+    model: nn.Module,
+    source: CheckpointRef | str | Path | Mapping[str, torch.Tensor],
+    *,
+    check_finite: bool = True,
+) -> LoadedCheckpoint | None:
+    """Load a checkpoint (a ref, a path, or a state dict) into ``model``, strictly.
+
+    Keys are matched as in :func:`match_state_dict`; tensors are copied into the model's own
+    parameters and buffers (keeping their device and dtype). Returns the :class:`LoadedCheckpoint`
+    when a file was read (its ``fingerprint`` comes from that same read), None for a state dict.
+
+    Raises:
+        CheckpointError: unreadable file, NaN/Inf (with ``check_finite``), missing or unexpected
+            keys, or shape mismatches; the message names the file and the fix.
+    """
+    if isinstance(source, Mapping):
+        loaded = None
+        state: Mapping[str, torch.Tensor] = source
+        name = "the state dict"
+        if check_finite:
+            check_finite_tensors(state, name)
+    else:
+        loaded = read_checkpoint(source, check_finite=check_finite)
+        state, name = loaded.state_dict, str(loaded.ref.file)
+    model.load_state_dict(match_state_dict(model, state, name=name), strict=True)
+    return loaded

@@ -1,0 +1,600 @@
+"""Checkpoint discovery, step recovery and loading, on real files written in tmp_path.
+
+Bad inputs are in test_checkpoints_bad.py, inspect and the header-only guarantees in
+test_checkpoints_inspect.py. References: safetensors' own loader, hashlib over the file bytes,
+and the tensors that were written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from conetool import paths
+from conetool.checkpoints import (
+    _format,
+    checkpoint_ref,
+    fingerprint,
+    list_checkpoints,
+    load_checkpoint,
+    match_state_dict,
+    parse_step_range,
+    read_checkpoint,
+    read_state_dict,
+    step_from_name,
+)
+from conetool.errors import CheckpointError
+
+# ------------------------------------------------------------------------------------------------
+# helpers (shared by the other test_checkpoints_* files through plain copies: no conftest)
+
+
+class Net(nn.Module):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 5)
+        self.bn = nn.BatchNorm1d(5)
+        self.fc2 = nn.Linear(5, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def state(seed: int, classes: int = 3) -> dict[str, torch.Tensor]:
+    """A distinct, fully random state dict of Net (running statistics included)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: (
+            torch.randint(0, 100, v.shape, generator=g)
+            if not v.is_floating_point()
+            else torch.randn(v.shape, generator=g).abs() + 0.1
+        )
+        for k, v in Net(classes).state_dict().items()
+    }
+
+
+def write_conetool(directory: Path, step: int, sd: dict[str, torch.Tensor]) -> Path:
+    """What `conetool train` writes: the checkpoint with metadata and the optimizer state."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = paths.checkpoint(directory, step)
+    meta = {"step": str(step), "epoch": "0", "spec_hash": "abc", "conetool_version": "0.1.0"}
+    save_file(sd, str(path), metadata=meta)
+    save_file(
+        {"state.0.momentum_buffer": torch.ones(5)}, str(paths.optimizer_state(directory, step))
+    )
+    return path
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(sorted(a)) == list(sorted(b))
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def assert_loaded(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    assert sorted(own) == sorted(sd)
+    for k, v in sd.items():
+        assert torch.equal(own[k], v.to(own[k].dtype)), k
+
+
+# ------------------------------------------------------------------------------------------------
+# flat safetensors: what conetool train writes
+
+
+def test_conetool_layout_lists_steps_in_order_and_never_takes_optimizer_files(tmp_path: Path):
+    for step in (1000, 0, 20000, 500):
+        write_conetool(tmp_path, step, state(step))
+    (tmp_path / paths.SPEC_NAME).write_text("[model]\n")
+    (tmp_path / paths.METRICS_NAME).write_text("step,loss\n")
+    torch.save({"x": torch.ones(1)}, tmp_path / "step_000500.optim.pt")
+    refs = list_checkpoints(tmp_path)
+    assert [r.step for r in refs] == [0, 500, 1000, 20000]
+    assert [r.paths for r in refs] == [
+        (paths.checkpoint(tmp_path, s),) for s in (0, 500, 1000, 20000)
+    ]
+    assert {r.source for r in refs} == {"safetensors"}
+    assert refs[0].size == paths.checkpoint(tmp_path, 0).stat().st_size
+    assert refs[0].file == paths.checkpoint(tmp_path, 0)
+
+
+def test_metadata_step_wins_over_the_file_name(tmp_path: Path):
+    save_file(state(0), str(tmp_path / "step_100.safetensors"), metadata={"step": "4242"})
+    assert [r.step for r in list_checkpoints(tmp_path)] == [4242]
+
+
+@pytest.mark.parametrize(
+    "stem",
+    [
+        "step_2000",
+        "step=2000",
+        "epoch=3-step=2000",
+        "ckpt-2000",
+        "ckpt_2000",
+        "model_2000",
+        "step_002000",
+        "global_step2000",
+        "checkpoint_2000",
+        "resnet20_step2000",
+        "iter_2000",
+        "2000",
+        "weights-2000",
+    ],
+)
+def test_step_from_file_name(tmp_path: Path, stem: str):
+    save_file(state(0), str(tmp_path / f"{stem}.safetensors"))
+    (ref,) = list_checkpoints(tmp_path)
+    assert ref.step == 2000
+    assert step_from_name(stem) == 2000
+
+
+def test_step_from_name_rejects_names_without_a_step():
+    assert step_from_name("weights") is None
+    assert step_from_name("epoch=3") is None  # an epoch is not a step
+    assert step_from_name("resnet20") is None
+
+
+def test_open_lth_names_use_iterations_per_epoch(tmp_path: Path):
+    # open_lth: step = ep * iterations_per_epoch + it, iterations_per_epoch = ceil(n / batch).
+    ipe = math.ceil(50000 / 128)
+    sds = {(0, 0): state(0), (3, 17): state(1), (1, 0): state(2)}
+    for (ep, it), sd in sds.items():
+        torch.save(sd, tmp_path / f"model_ep{ep}_it{it}.pth")
+    torch.save({"model_state_dict": state(9), "ep": 3}, tmp_path / "checkpoint.pth")  # resume file
+    torch.save({"mask": torch.ones(1)}, tmp_path / "mask.pth")
+    (tmp_path / "hparams.log").write_text("x")
+    notes: list[str] = []
+    refs = list_checkpoints(tmp_path, iterations_per_epoch=ipe, warn=notes.append)
+    assert [r.step for r in refs] == [0, ipe, 3 * ipe + 17]
+    assert refs[2].paths == (tmp_path / "model_ep3_it17.pth",) and refs[2].source == "torch"
+    assert_same(read_state_dict(refs[2]), sds[(3, 17)])
+    assert len(notes) == 1 and "safetensors is preferred" in notes[0]
+
+
+def test_open_lth_names_without_iterations_per_epoch_say_what_to_give(tmp_path: Path):
+    torch.save(state(0), tmp_path / "model_ep3_it17.pth")
+    with pytest.raises(CheckpointError, match=r"model_ep3_it17\.pth") as e:
+        list_checkpoints(tmp_path)
+    assert "iterations per epoch" in str(e.value) and "--spec" in str(e.value)
+
+
+def test_step_regex_overrides_metadata_and_names(tmp_path: Path):
+    save_file(state(0), str(tmp_path / "run_it300_step_1.safetensors"), metadata={"step": "7"})
+    save_file(state(1), str(tmp_path / "run_it100_step_2.safetensors"), metadata={"step": "8"})
+    refs = list_checkpoints(tmp_path, step_regex=r"it(\d+)")
+    assert [(r.step, r.paths[0].name) for r in refs] == [
+        (100, "run_it100_step_2.safetensors"),
+        (300, "run_it300_step_1.safetensors"),
+    ]
+    named = list_checkpoints(tmp_path, step_regex=r"_(?P<step>\d+)\.safe")
+    assert [r.step for r in named] == [1, 2]
+    ep_it = list_checkpoints(
+        tmp_path, step_regex=r"it(?P<epoch>\d)(?P<it>\d+)_", iterations_per_epoch=10
+    )
+    assert [r.step for r in ep_it] == [10 + 0, 30 + 0]
+    epochs = list_checkpoints(tmp_path, step_regex=r"it(?P<epoch>\d)", iterations_per_epoch=7)
+    assert [r.step for r in epochs] == [7, 21]
+
+
+@pytest.mark.parametrize("regex", ["it(\\d+", "it\\d+", "(?P<it>\\d+)"])
+def test_bad_step_regex_names_the_flag(tmp_path: Path, regex: str):
+    save_file(state(0), str(tmp_path / "step_1.safetensors"))
+    with pytest.raises(CheckpointError, match="--step-regex"):
+        list_checkpoints(tmp_path, step_regex=regex)
+
+
+def test_step_regex_that_does_not_match_names_the_file(tmp_path: Path):
+    save_file(state(0), str(tmp_path / "step_1.safetensors"))
+    with pytest.raises(CheckpointError, match=r"does not match .*step_1\.safetensors"):
+        list_checkpoints(tmp_path, step_regex=r"it(\d+)")
+
+
+# ------------------------------------------------------------------------------------------------
+# selection
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0:5000", (0, 5000)),
+        ("2000:", (2000, None)),
+        (":5000", (None, 5000)),
+        ("300", (300, 300)),
+        (" 1 : 2 ", (1, 2)),
+    ],
+)
+def test_parse_step_range(text: str, expected: tuple[int | None, int | None]):
+    assert parse_step_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["a:b", "1:2:3", "", "-5:3", "5:3", "1.5:2"])
+def test_parse_step_range_errors_name_the_flag(text: str):
+    with pytest.raises(CheckpointError, match="--steps"):
+        parse_step_range(text)
+
+
+def test_steps_and_every_select_inclusively_and_skip_checking_the_rest(tmp_path: Path):
+    for step in range(0, 1001, 100):
+        write_conetool(tmp_path, step, state(step))
+    (tmp_path / "step_002500.safetensors").write_bytes(b"garbage")  # outside the range: not checked
+    refs = list_checkpoints(tmp_path, steps=(200, 800))
+    assert [r.step for r in refs] == [200, 300, 400, 500, 600, 700, 800]
+    refs = list_checkpoints(tmp_path, steps=(None, 1000), every=300)
+    assert [r.step for r in refs] == [0, 300, 600, 900]
+    with pytest.raises(CheckpointError, match=r"--steps 5000:.*steps found are 0, 100"):
+        list_checkpoints(tmp_path, steps=(5000, None))
+    with pytest.raises(CheckpointError, match="--every"):
+        list_checkpoints(tmp_path, steps=(0, 1000), every=0)
+
+
+def test_hidden_and_temporary_files_are_ignored(tmp_path: Path):
+    write_conetool(tmp_path, 0, state(0))
+    (tmp_path / ".step_000100.safetensors.abc.tmp").write_bytes(b"partial")
+    (tmp_path / ".step_000200.safetensors").write_bytes(b"partial")
+    assert [r.step for r in list_checkpoints(tmp_path)] == [0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Hugging Face Trainer layouts
+
+
+def write_trainer_state(folder: Path, step: int) -> None:
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "epoch": 1.0}))
+
+
+def write_hf(
+    root: Path, step: int, sd: dict[str, torch.Tensor], *, trainer_step: int | None = None
+):
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    torch.save({"last_epoch": 1}, folder / "scheduler.pt")
+    torch.save({"python": 1}, folder / "rng_state.pth")
+    write_trainer_state(folder, step if trainer_step is None else trainer_step)
+    return folder
+
+
+def write_hf_sharded(
+    folder: Path, sd: dict[str, torch.Tensor], groups: list[list[str]], prefix: str = "model"
+) -> list[Path]:
+    """Shards as transformers writes them, with its index JSON written by hand."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(groups)
+    weight_map, files = {}, []
+    for k, keys in enumerate(groups, start=1):
+        name = f"{prefix}-{k:05d}-of-{n:05d}.safetensors"
+        save_file({key: sd[key] for key in keys}, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in keys})
+        files.append(folder / name)
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return files
+
+
+SHARDS = [
+    ["fc2.weight", "fc2.bias", "bn.weight"],
+    [
+        "fc1.weight",
+        "fc1.bias",
+        "bn.bias",
+        "bn.running_mean",
+        "bn.running_var",
+        "bn.num_batches_tracked",
+    ],
+]
+
+
+def test_hf_trainer_folders_single_and_sharded(tmp_path: Path):
+    sds = {500: state(5), 1000: state(10)}
+    write_hf(tmp_path, 500, sds[500])
+    folder = tmp_path / "checkpoint-1000"
+    files = write_hf_sharded(folder, sds[1000], SHARDS)
+    write_trainer_state(folder, 1000)
+    (tmp_path / "runs").mkdir()  # tensorboard logs: not a checkpoint
+    (tmp_path / "config.json").write_text("{}")
+    refs = list_checkpoints(tmp_path)
+    assert [(r.step, r.source) for r in refs] == [(500, "hf"), (1000, "hf-sharded")]
+    assert refs[0].paths == (tmp_path / "checkpoint-500" / "model.safetensors",)
+    assert refs[0].file == tmp_path / "checkpoint-500"
+    assert refs[1].paths == tuple(files)
+    assert refs[1].index == folder / "model.safetensors.index.json"
+    assert refs[1].size == sum(f.stat().st_size for f in files)
+    for ref in refs:
+        model = Net()
+        loaded = load_checkpoint(model, ref)
+        assert loaded is not None and loaded.ref == ref
+        assert_loaded(model, sds[ref.step])
+    # shards merged: every key once, exactly the tensors written
+    assert_same(read_state_dict(refs[1]), sds[1000])
+
+
+def test_hf_pytorch_model_bin_and_its_shards(tmp_path: Path):
+    a = tmp_path / "checkpoint-10"
+    a.mkdir()
+    torch.save(state(1), a / "pytorch_model.bin")
+    torch.save({"x": 1}, a / "training_args.bin")
+    b = tmp_path / "checkpoint-20"
+    b.mkdir()
+    sd = state(2)
+    weight_map = {}
+    for k, keys in enumerate(SHARDS, start=1):
+        name = f"pytorch_model-{k:05d}-of-00002.bin"
+        torch.save({key: sd[key] for key in keys}, b / name)
+        weight_map.update({key: name for key in keys})
+    (b / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    refs = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.source, r.format) for r in refs] == [
+        (10, "hf", "torch"),
+        (20, "hf-sharded", "torch"),
+    ]
+    assert_same(read_state_dict(refs[0]), state(1))
+    assert_same(read_state_dict(refs[1]), sd)
+
+
+def test_hf_final_model_beside_checkpoint_folders_is_skipped(tmp_path: Path):
+    write_hf(tmp_path, 500, state(5))
+    write_hf(tmp_path, 1000, state(10))
+    save_file(state(10), str(tmp_path / "model.safetensors"))  # Trainer.save_model(output_dir)
+    torch.save({"x": 1}, tmp_path / "training_args.bin")
+    refs = list_checkpoints(tmp_path)
+    assert [(r.step, r.source) for r in refs] == [(500, "hf"), (1000, "hf")]
+
+
+def test_hf_step_from_trainer_state_when_the_folder_name_has_none(tmp_path: Path):
+    folder = tmp_path / "best"
+    folder.mkdir()
+    save_file(state(0), str(folder / "model.safetensors"))
+    write_trainer_state(folder, 1234)
+    assert [r.step for r in list_checkpoints(tmp_path)] == [1234]
+
+
+def test_hf_folder_name_checked_against_trainer_state(tmp_path: Path):
+    write_hf(tmp_path, 2000, state(0), trainer_step=1999)
+    with pytest.raises(CheckpointError, match="checkpoint-2000") as e:
+        list_checkpoints(tmp_path)
+    assert "global_step 1999" in str(e.value) and "rename" in str(e.value)
+
+
+def test_a_single_hf_folder_or_file_can_be_given(tmp_path: Path):
+    folder = write_hf(tmp_path, 300, state(3))
+    (ref,) = list_checkpoints(folder)
+    assert (ref.step, ref.source) == (300, "hf")
+    path = write_conetool(tmp_path / "flat", 700, state(7))
+    assert [r.step for r in list_checkpoints(path)] == [700]
+    assert checkpoint_ref(path).step == 700
+
+
+def test_top_level_shards_with_their_index(tmp_path: Path):
+    sd = state(4)
+    files = write_hf_sharded(tmp_path / "a", sd, SHARDS, prefix="step_300")
+    (ref,) = list_checkpoints(tmp_path / "a")
+    assert (ref.step, ref.source, ref.paths) == (300, "hf-sharded", tuple(files))
+    assert ref.file == tmp_path / "a" / "step_300.safetensors.index.json"
+    assert_same(read_state_dict(ref), sd)
+    write_hf_sharded(tmp_path / "b", sd, SHARDS)  # save_pretrained output: no step anywhere
+    with pytest.raises(CheckpointError, match=r"no step recoverable from .*model\.safetensors"):
+        list_checkpoints(tmp_path / "b")
+
+
+# ------------------------------------------------------------------------------------------------
+# loading: key prefixes, Lightning, torch files, exact weights
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "model.", "_orig_mod.", "module._orig_mod."])
+def test_prefixes_are_stripped_when_that_makes_keys_match(tmp_path: Path, prefix: str):
+    sd = state(3)
+    save_file({prefix + k: v for k, v in sd.items()}, str(tmp_path / "step_1.safetensors"))
+    model = Net()
+    load_checkpoint(model, list_checkpoints(tmp_path)[0])
+    assert_loaded(model, sd)
+
+
+class Outer(nn.Module):
+    """A model whose own keys start with "model." (must not be stripped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = Net()
+
+
+def test_a_model_prefix_that_belongs_to_the_model_is_kept():
+    outer_sd = {"model." + k: v for k, v in state(1).items()}
+    model = Outer()
+    load_checkpoint(model, outer_sd)
+    assert_loaded(model, outer_sd)
+    # and a wrapped checkpoint of that model: only "module." goes
+    model2 = Outer()
+    load_checkpoint(model2, {"module." + k: v for k, v in outer_sd.items()})
+    assert_loaded(model2, outer_sd)
+
+
+def test_a_compiled_model_loads_a_plain_checkpoint():
+    class Wrapper(nn.Module):  # what torch.compile's OptimizedModule looks like to state_dict()
+        def __init__(self) -> None:
+            super().__init__()
+            self._orig_mod = Net()
+
+    model = Wrapper()
+    sd = state(2)
+    load_checkpoint(model, sd)
+    assert_loaded(model._orig_mod, sd)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
+def test_plain_torch_state_dicts(tmp_path: Path, suffix: str):
+    sd = state(6)
+    torch.save(sd, tmp_path / f"step_7{suffix}")
+    notes: list[str] = []
+    (ref,) = list_checkpoints(tmp_path, warn=notes.append)
+    assert (ref.step, ref.source) == (7, "torch")
+    assert notes and "weights_only=True" in notes[0]
+    model = Net()
+    load_checkpoint(model, ref)
+    assert_loaded(model, sd)
+
+
+def test_lightning_ckpt_with_state_dict_and_model_prefix(tmp_path: Path):
+    sd = state(8)
+    ckpt = {
+        "epoch": 3,
+        "global_step": 2000,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {"model." + k: v for k, v in sd.items()},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}],
+        "lr_schedulers": [],
+    }
+    torch.save(ckpt, tmp_path / "epoch=3-step=2000.ckpt")
+    torch.save(ckpt, tmp_path / "last.ckpt")  # Lightning's copy of the latest: not a second step
+    (ref,) = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert ref.step == 2000 and ref.paths[0].name == "epoch=3-step=2000.ckpt"
+    model = Net()
+    load_checkpoint(model, ref)
+    assert_loaded(model, sd)
+
+
+def test_legacy_torch_serialization_is_read(tmp_path: Path):
+    sd = state(9)
+    torch.save(sd, tmp_path / "ckpt-40.pt", _use_new_zipfile_serialization=False)
+    (ref,) = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert_same(read_state_dict(ref), sd)
+
+
+def test_missing_num_batches_tracked_is_filled_from_the_model():
+    sd = state(1)
+    del sd["bn.num_batches_tracked"]
+    model = Net()
+    before = model.bn.num_batches_tracked.clone()
+    load_checkpoint(model, sd)
+    assert torch.equal(model.bn.num_batches_tracked, before)
+    assert torch.equal(model.fc1.weight, sd["fc1.weight"])
+
+
+def test_loading_casts_into_the_model_dtype_exactly():
+    sd = state(2)
+    model = Net().double()
+    load_checkpoint(model, sd)
+    assert model.fc1.weight.dtype == torch.float64
+    assert torch.equal(model.fc1.weight, sd["fc1.weight"].double())
+
+
+def test_match_state_dict_returns_model_keys():
+    sd = {"module." + k: v for k, v in state(3).items()}
+    out = match_state_dict(Net(), sd)
+    assert sorted(out) == sorted(Net().state_dict())
+    assert out["fc1.weight"] is sd["module.fc1.weight"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the reader against safetensors' own loader; fingerprints against hashlib
+
+ALL_DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
+
+
+def test_reader_matches_safetensors_for_every_dtype_and_shape(tmp_path: Path):
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i, dtype in enumerate(ALL_DTYPES):
+        x = torch.randn(3, 5, generator=g) * 50
+        tensors[f"t{i}"] = (x > 0) if dtype == torch.bool else x.to(dtype)
+    tensors["scalar"] = torch.tensor(3.5)
+    tensors["empty"] = torch.zeros(0, 4)
+    tensors["odd"] = torch.arange(7, dtype=torch.int8)  # makes later offsets unaligned
+    tensors["after_odd"] = torch.randn(3, generator=g, dtype=torch.float64)
+    path = tmp_path / "step_1.safetensors"
+    save_file(tensors, str(path), metadata={"step": "1", "note": "x"})
+    loaded = read_checkpoint(path)
+    assert_same(loaded.state_dict, load_file(str(path)))
+    assert loaded.metadata == {"step": "1", "note": "x"}
+    assert loaded.ref.step == 1
+
+
+def test_fingerprint_is_size_and_sha256_of_the_bytes(tmp_path: Path):
+    path = write_conetool(tmp_path, 100, state(1))
+    data = path.read_bytes()
+    expected = f"{len(data)}:{hashlib.sha256(data).hexdigest()}"
+    assert fingerprint(path) == expected
+    (ref,) = list_checkpoints(tmp_path)
+    assert fingerprint(ref) == expected
+    assert read_checkpoint(ref).fingerprint == expected
+    write_conetool(tmp_path, 100, state(2))  # same size, other content
+    assert path.stat().st_size == len(data)
+    assert fingerprint(ref) != expected
+
+
+def test_fingerprint_of_shards_combines_them_in_order(tmp_path: Path):
+    files = write_hf_sharded(tmp_path / "checkpoint-5", state(1), SHARDS)
+    (ref,) = list_checkpoints(tmp_path)
+    lines = "".join(
+        f"{f.stat().st_size}:{hashlib.sha256(f.read_bytes()).hexdigest()}\n" for f in files
+    )
+    total = sum(f.stat().st_size for f in files)
+    assert fingerprint(ref) == f"{total}:{hashlib.sha256(lines.encode()).hexdigest()}"
+    assert read_checkpoint(ref).fingerprint == fingerprint(ref)
+
+
+class CountingFile(io.FileIO):
+    bytes_read = 0
+    opened = 0
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "rb")
+        CountingFile.opened += 1
+
+    def readinto(self, b):
+        n = super().readinto(b)
+        CountingFile.bytes_read += n or 0
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        CountingFile.bytes_read += len(data)
+        return data
+
+
+def test_loading_reads_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = write_conetool(tmp_path, 3, state(3))
+    (ref,) = list_checkpoints(tmp_path)
+    CountingFile.bytes_read = CountingFile.opened = 0
+    monkeypatch.setattr(_format, "_open", CountingFile)
+    model = Net()
+    loaded = load_checkpoint(model, ref)
+    assert CountingFile.opened == 1
+    assert CountingFile.bytes_read == path.stat().st_size
+    assert loaded is not None and loaded.fingerprint.startswith(f"{path.stat().st_size}:")
+    assert_loaded(model, state(3))
+
+
+def test_read_by_path_without_a_recoverable_step(tmp_path: Path):
+    path = tmp_path / "weights.safetensors"
+    save_file(state(1), str(path))
+    loaded = read_checkpoint(path)
+    assert loaded.ref.step == -1
+    assert_same(loaded.state_dict, state(1))
+    assert fingerprint(path) == loaded.fingerprint
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        bad = tmp_path / "other.safetensors"
+        bad.write_bytes(b"\x05" + b"\0" * 7 + b"{bad}")
+        read_checkpoint(bad)  # a problem with the file itself is still raised

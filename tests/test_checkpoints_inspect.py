@@ -1,0 +1,245 @@
+"""inspect_checkpoints (the library half of `conetool inspect`) and the headers-only guarantees."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from conetool import paths
+from conetool.checkpoints import _format, inspect_checkpoints, list_checkpoints
+from conetool.errors import CheckpointError
+
+
+class Net(nn.Module):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 5)
+        self.bn = nn.BatchNorm1d(5)
+        self.fc2 = nn.Linear(5, classes)
+
+
+def state(seed: int, classes: int = 3) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in Net(classes).state_dict().items()}
+
+
+# fc1 4*5+5, bn 5+5+5+5+1, fc2 5*3+3: every element of every tensor, buffers included
+NUM_VALUES = 25 + 21 + 18
+
+
+def write(directory: Path, step: int, sd: dict[str, torch.Tensor] | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = paths.checkpoint(directory, step)
+    save_file(state(step) if sd is None else sd, str(path), metadata={"step": str(step)})
+    return path
+
+
+def forbid_data_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if anything reads tensor data (a whole-file read or a tensor loader)."""
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tensor data was read")
+
+    monkeypatch.setattr(_format, "stream_file", boom)
+    monkeypatch.setattr(safetensors.torch, "load_file", boom)
+    monkeypatch.setattr(safetensors.torch, "load", boom)
+    monkeypatch.setattr(safetensors, "safe_open", boom)
+    monkeypatch.setattr(torch, "load", boom)
+
+
+class CountingFile(io.FileIO):
+    bytes_read = 0
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "rb")
+
+    def readinto(self, b):
+        n = super().readinto(b)
+        CountingFile.bytes_read += n or 0
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        CountingFile.bytes_read += len(data)
+        return data
+
+
+def header_bytes(path: Path) -> int:
+    with open(path, "rb") as f:
+        return 8 + int.from_bytes(f.read(8), "little")
+
+
+def test_listing_1000_checkpoints_reads_headers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    weights = {"w": torch.zeros(64)}  # 256 bytes of data per file, never read
+    for step in range(1000):
+        save_file(
+            weights, str(paths.checkpoint(tmp_path, step * 10)), metadata={"step": str(step * 10)}
+        )
+    expected = sum(header_bytes(p) for p in tmp_path.iterdir())
+    forbid_data_reads(monkeypatch)
+    CountingFile.bytes_read = 0
+    monkeypatch.setattr(_format, "_open", CountingFile)
+    refs = list_checkpoints(tmp_path)
+    assert [r.step for r in refs] == [10 * s for s in range(1000)]
+    assert CountingFile.bytes_read == expected  # 8 + header per file, no tensor byte
+    CountingFile.bytes_read = 0
+    rows = inspect_checkpoints(tmp_path, model=None)
+    assert len(rows) == 1000 and {r.status for r in rows} == {"ok"}
+    assert CountingFile.bytes_read == expected
+
+
+def test_inspect_rows_for_a_mixed_directory(tmp_path: Path):
+    ok = write(tmp_path, 100)
+    write(tmp_path, 200)
+    hf = tmp_path / "checkpoint-300"
+    hf.mkdir()
+    save_file(state(3), str(hf / "model.safetensors"))
+    torch.save(state(4), tmp_path / "step_400.pt")
+    (tmp_path / "step_000500.safetensors").write_bytes(b"not a checkpoint")
+    save_file(state(6), str(tmp_path / "weights.safetensors"))
+    (tmp_path / "notes.txt").write_text("x")
+    rows = inspect_checkpoints(tmp_path)
+    assert [(r.step, r.file, r.status, r.source) for r in rows] == [
+        (100, "step_000100.safetensors", "ok", "safetensors"),
+        (200, "step_000200.safetensors", "ok", "safetensors"),
+        (300, "checkpoint-300/", "ok", "hf"),
+        (400, "step_400.pt", "ok", "torch"),
+        (500, "step_000500.safetensors", "error", "safetensors"),
+        (None, "weights.safetensors", "error", "safetensors"),
+    ]
+    assert rows[0].size == ok.stat().st_size
+    assert rows[2].size == (hf / "model.safetensors").stat().st_size
+    assert [r.num_params for r in rows] == [NUM_VALUES] * 4 + [None, NUM_VALUES]
+    assert rows[3].note is not None and "safetensors is preferred" in rows[3].note
+    assert rows[0].note is None and rows[0].problem is None and rows[0].fingerprint is None
+    assert rows[4].problem is not None and "is not a safetensors file" in rows[4].problem
+    assert rows[5].problem is not None and "no step recoverable" in rows[5].problem
+
+
+def test_inspect_with_a_model_checks_keys_and_shapes_from_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    write(tmp_path, 0)
+    write(tmp_path, 100, {"module." + k: v for k, v in state(1).items()})
+    wrong = write(tmp_path, 200, state(2, classes=10))
+    forbid_data_reads(monkeypatch)
+    rows = inspect_checkpoints(tmp_path, model=Net())
+    assert [r.status for r in rows[:2]] == ["ok", "ok"]
+    # a wider head is both another run (by shapes) and a mismatch with the model; one verdict
+    assert (
+        rows[2].status == "error" and rows[2].problem is not None and str(wrong) in rows[2].problem
+    )
+
+
+def test_inspect_model_mismatch_for_every_file(tmp_path: Path):
+    for step in (0, 100):
+        write(tmp_path, step, state(step, classes=10))
+    rows = inspect_checkpoints(tmp_path, model=Net(classes=3))
+    assert [r.status for r in rows] == ["error", "error"]
+    assert "'fc2.weight' expected (3, 5), found (10, 5)" in (rows[0].problem or "")
+
+
+def test_verify_reads_tensors_checks_finiteness_and_fingerprints(tmp_path: Path):
+    good = write(tmp_path, 0)
+    sd = state(1)
+    sd["fc1.bias"][0] = float("nan")
+    write(tmp_path, 100, sd)
+    cheap = inspect_checkpoints(tmp_path)
+    assert [r.status for r in cheap] == ["ok", "ok"]  # headers cannot show a NaN
+    rows = inspect_checkpoints(tmp_path, model=Net(), verify=True)
+    assert [r.status for r in rows] == ["ok", "error"]
+    assert "non-finite values in tensor 'fc1.bias' (1 NaN, 0 Inf of 5)" in (rows[1].problem or "")
+    data = good.read_bytes()
+    assert rows[0].fingerprint == f"{len(data)}:{hashlib.sha256(data).hexdigest()}"
+    assert rows[0].num_params == NUM_VALUES
+
+
+def test_verify_reports_a_file_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    write(tmp_path, 0)
+    growing = write(tmp_path, 100)
+    real_stat = _format._stat
+
+    def stat_after_growing(path: Path) -> os.stat_result:
+        if Path(path) == growing:
+            with open(growing, "ab") as f:
+                f.write(b"\0")
+        return real_stat(path)
+
+    monkeypatch.setattr(_format, "_stat", stat_after_growing)
+    rows = inspect_checkpoints(tmp_path, verify=True)
+    assert [r.status for r in rows] == ["ok", "error"]
+    assert "changed while conetool was reading it" in (rows[1].problem or "")
+
+
+class Unsafe:
+    """An arbitrary object: torch.load(weights_only=True) refuses to rebuild it."""
+
+
+def test_inspect_torch_files_from_their_pickle_only(tmp_path: Path):
+    sd = state(1)
+    torch.save(
+        {"state_dict": {"model." + k: v for k, v in sd.items()}, "epoch": 1},
+        tmp_path / "epoch=1-step=50.ckpt",
+    )
+
+    torch.save({"state_dict": sd, "hparams": Unsafe()}, tmp_path / "epoch=2-step=99.ckpt")
+    rows = inspect_checkpoints(tmp_path, model=Net())
+    assert [(r.step, r.status) for r in rows] == [(50, "ok"), (99, "error")]
+    assert rows[0].num_params == NUM_VALUES
+    assert "weights_only=True" in (rows[1].problem or "")
+
+
+def test_inspect_flags_duplicates_and_mixed_runs(tmp_path: Path):
+    for step in (0, 100, 200):
+        write(tmp_path, step)
+    write(tmp_path, 300, state(3, classes=10))
+    save_file(state(4), str(tmp_path / "ckpt-100.safetensors"))
+    rows = inspect_checkpoints(tmp_path)
+    verdicts = {(r.step, r.file): (r.status, r.problem or "") for r in rows}
+    assert verdicts[(0, "step_000000.safetensors")][0] == "ok"
+    assert "two checkpoints have step 100" in verdicts[(100, "ckpt-100.safetensors")][1]
+    assert "two checkpoints have step 100" in verdicts[(100, "step_000100.safetensors")][1]
+    assert "mix 2 runs" in verdicts[(300, "step_000300.safetensors")][1]
+
+
+def test_inspect_sharded_hf_counts_all_shards(tmp_path: Path):
+    sd = state(1)
+    folder = tmp_path / "checkpoint-10"
+    folder.mkdir()
+    keys = list(sd)
+    weight_map = {}
+    for k, part in enumerate((keys[:3], keys[3:]), start=1):
+        name = f"model-{k:05d}-of-00002.safetensors"
+        save_file({key: sd[key] for key in part}, str(folder / name))
+        weight_map.update({key: name for key in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (row,) = inspect_checkpoints(tmp_path, model=Net(), verify=True)
+    assert (row.step, row.status, row.source, row.num_params) == (
+        10,
+        "ok",
+        "hf-sharded",
+        NUM_VALUES,
+    )
+    assert row.size == sum((folder / f).stat().st_size for f in set(weight_map.values()))
+
+
+def test_inspect_raises_only_for_a_missing_or_empty_directory(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        inspect_checkpoints(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="it is empty"):
+        inspect_checkpoints(tmp_path)
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(CheckpointError, match=r"no checkpoints .*a\.txt"):
+        inspect_checkpoints(tmp_path)
