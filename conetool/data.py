@@ -341,6 +341,35 @@ def load_data(spec: DataSpec) -> DataBundle:
     )
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """What a data set looks like without loading it: one example's shape, the class count and
+    the number of training examples."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    n_train: int
+
+
+# The built-in data sets' shapes and sizes (digits: the fixed 80/20 split of 1,797 images).
+_KNOWN = {
+    "digits": DataInfo((1, 8, 8), 10, 1437),
+    "mnist": DataInfo((1, 28, 28), 10, 60000),
+    "cifar10": DataInfo((3, 32, 32), 10, 50000),
+}
+
+
+def describe_data(spec: DataSpec) -> DataInfo:
+    """Shape, class count and training-set size of ``spec``'s data set; reads no data files for
+    the built-in data sets (a user factory is called, since only it knows)."""
+    if spec.dataset in _KNOWN:
+        return _KNOWN[spec.dataset]
+    if spec.dataset == "synthetic":
+        return DataInfo(tuple(int(s) for s in spec.shape), spec.num_classes, spec.train_size)
+    bundle = load_data(spec)
+    return DataInfo(tuple(bundle.input_shape), bundle.num_classes, len(bundle.train))
+
+
 def _digits() -> DataBundle:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

@@ -441,3 +441,15 @@ def test_split_from_dataset_rejects_non_tensor_inputs() -> None:
 def test_unknown_dataset_lists_choices() -> None:
     with pytest.raises(DataError, match="digits, mnist, cifar10, synthetic"):
         load_data(DataSpec(dataset="imagenet"))
+
+
+def test_describe_data_agrees_with_loading():
+    from conetool.data import describe_data
+    from conetool.spec import DataSpec
+
+    for spec in (DataSpec(), DataSpec(dataset="synthetic", shape=[2, 3], num_classes=4,
+                                      train_size=40, test_size=8)):
+        info, bundle = describe_data(spec), load_data(spec)
+        assert info.input_shape == tuple(bundle.input_shape)
+        assert info.num_classes == bundle.num_classes
+        assert info.n_train == len(bundle.train)

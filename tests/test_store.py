@@ -115,3 +115,14 @@ def test_no_temporary_files_left_behind(tmp_path):
         store.write_kernel(record(step), torch.eye(2))
     leftovers = [p.name for p in (tmp_path / "s").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from conetool.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
