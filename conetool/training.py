@@ -11,9 +11,7 @@ The checkpoint of step s holds the weights after s updates (step 0 = the initial
 from __future__ import annotations
 
 import csv
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,18 +21,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__, paths
-from .data import DataBundle, Split, augment_generator, batch_indices, load_data, steps_per_epoch
+from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
 from .errors import SpecError, StoreError
 from .io import atomic_save_safetensors, atomic_write_text
+from .loop import TrainingLoop
 from .models import build_model, output_check
-from .optim import (
-    learning_rate,
-    load_optimizer_state,
-    make_optimizer,
-    save_optimizer_state,
-    set_learning_rate,
-)
+from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
 from .progress import NullProgress, Progress
 from .spec import Spec, load_spec, save_spec
 
@@ -110,10 +103,21 @@ def train(
     else:
         save_spec(spec, paths.spec(out))
 
-    loop = _Loop(spec, model, optimizer, data, out, dev, progress)
+    per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
+    loop = TrainingLoop(
+        spec,
+        model,
+        optimizer,
+        data,
+        dev,
+        progress,
+        on_step=[_saver(spec, model, optimizer, out, per_epoch)],
+        on_eval=lambda row: _append_metrics(paths.metrics(out), row),
+        diverged_hint=f" The checkpoints already in {out} are valid.",
+    )
     began = time.perf_counter()
-    loop.run(start)
-    last = loop.rows[-1]
+    rows = loop.run(start, spec.train.steps)
+    last = rows[-1]
     return TrainResult(
         out=out,
         steps=spec.train.steps,
@@ -122,121 +126,31 @@ def train(
         test_loss=last["test_loss"],
         test_acc=last["test_acc"],
         seconds=time.perf_counter() - began,
-        metrics=loop.rows,
+        metrics=rows,
     )
 
 
-class _Loop:
-    """The training loop, with checkpointing and evaluation as per-step callbacks."""
+def _saver(spec: Spec, model: nn.Module, optimizer, out: Path, per_epoch: int):
+    """The on_step callback that writes the checkpoints of :func:`save_steps`."""
+    saves = set(save_steps(spec))
 
-    def __init__(self, spec, model, optimizer, data, out, device, progress) -> None:
-        self.spec, self.model, self.optimizer, self.data = spec, model, optimizer, data
-        self.out, self.device, self.progress = out, device, progress
-        self.per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
-        self.saves = set(save_steps(spec))
-        self.rows: list[dict[str, float]] = []
-        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
-        t = spec.train
-        self.callbacks: list[Callable[[int], None]] = [
-            lambda s: self.save(s) if s in self.saves else None,
-            lambda s: self.evaluate(s) if s % t.eval_every == 0 or s == t.steps else None,
-        ]
-
-    def run(self, start: int) -> None:
-        t = self.spec.train
-        bar = self.progress.task("train", total=t.steps)
-        bar.advance(start)
-        for step in range(start, t.steps):
-            for callback in self.callbacks:
-                callback(step)
-            loss = self.update(step)
-            bar.advance(1, step=step + 1, loss=f"{loss:.4f}")
-        for callback in self.callbacks:
-            callback(t.steps)
-        bar.close()
-
-    def update(self, step: int) -> float:
-        t = self.spec.train
-        self.model.train()
-        set_learning_rate(self.optimizer, learning_rate(t, step))
-        x, y = self.data.train.batch(
-            batch_indices(len(self.data.train), t.batch_size, t.seed, step)
-        )
-        if t.augment and self.data.augment is not None:
-            x = self.data.augment(x, augment_generator(t.seed, step))
-        x, y = x.to(self.device), y.to(self.device)
-        torch.manual_seed(_step_seed(t.seed, step))  # dropout and any other randomness of step s
-        logits = self.model(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise StoreError(
-                f"training diverged at step {step}: the loss is {value}. Checkpoints up to step "
-                f"{max(s for s in self.saves if s <= step)} in {self.out} are valid. Lower "
-                "train.lr or add warmup_steps in the spec."
-            )
-        self.loss_sum += value * len(y)
-        self.correct += int((logits.argmax(1) == y).sum())
-        self.seen += len(y)
-        return value
-
-    def save(self, step: int) -> None:
+    def save(step: int) -> None:
+        if step not in saves:
+            return
         metadata = {
             "step": str(step),
-            "epoch": str(step // self.per_epoch),
-            "spec_hash": self.spec.hash(),
-            "arch": self.spec.model.arch,
+            "epoch": str(step // per_epoch),
+            "spec_hash": spec.hash(),
+            "arch": spec.model.arch,
             "conetool_version": __version__,
             "format": "conetool",
         }
-        state = {k: v.cpu() for k, v in self.model.state_dict().items()}
+        state = {k: v.cpu() for k, v in model.state_dict().items()}
         # The optimizer state goes first: a checkpoint file present means its state is too.
-        save_optimizer_state(self.optimizer, paths.optimizer_state(self.out, step), step)
-        atomic_save_safetensors(paths.checkpoint(self.out, step), state, metadata)
+        save_optimizer_state(optimizer, paths.optimizer_state(out, step), step)
+        atomic_save_safetensors(paths.checkpoint(out, step), state, metadata)
 
-    def evaluate(self, step: int) -> None:
-        test_loss, test_acc = evaluate(
-            self.model, self.data.test, self.device, self.spec.train.eval_batch_size
-        )
-        row = {
-            "step": step,
-            "epoch": step / self.per_epoch,
-            "lr": learning_rate(self.spec.train, step),
-            "train_loss": self.loss_sum / self.seen if self.seen else math.nan,
-            "train_acc": self.correct / self.seen if self.seen else math.nan,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-        }
-        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
-        self.rows.append(row)
-        _append_metrics(paths.metrics(self.out), row)
-        self.progress.log(f"step {step}: test loss {test_loss:.4f}, test accuracy {test_acc:.4f}")
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000
-) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` (in eval mode) on a whole split."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for begin in range(0, len(split), batch_size):
-        index = torch.arange(begin, min(begin + batch_size, len(split)))
-        x, y = split.batch(index)
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    model.train(was_training)
-    return loss_sum / len(split), correct / len(split)
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return (seed * 2_654_435_761 + step * 40_503 + 17) % (2**63)
+    return save
 
 
 def _append_metrics(path: Path, row: dict[str, float]) -> None:
