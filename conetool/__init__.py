@@ -1,7 +1,8 @@
 """conetool: how a network's empirical Neural Tangent Kernel moves during training.
 
 The public API mirrors the command line: each ``conetool <command>`` is a thin layer over the
-function of the same name here.
+function of the same name here (``conetool.train``, ``conetool.inspect``, ``conetool.kernels``,
+``conetool.distance``, ``conetool.embed``, ``conetool.switch``).
 """
 
 __version__ = "0.1.0"
@@ -14,19 +15,46 @@ from .errors import (
     SpecError,
     StoreError,
 )
+from .linearize import LinearizedModel, linearize
+from .ntk import empirical_ntk
+from .pipeline import (
+    DistanceResult,
+    EmbedResult,
+    KernelsResult,
+    SwitchResult,
+    distance,
+    embed,
+    inspect,
+    kernels,
+    switch,
+)
 from .spec import Spec, load_spec
+from .store import Store
 from .training import TrainResult, train
 
 __all__ = [
     "CheckpointError",
     "ConetoolError",
     "DataError",
+    "DistanceResult",
+    "EmbedResult",
+    "KernelsResult",
+    "LinearizedModel",
     "ModelError",
     "Spec",
     "SpecError",
+    "Store",
     "StoreError",
+    "SwitchResult",
     "TrainResult",
     "__version__",
+    "distance",
+    "embed",
+    "empirical_ntk",
+    "inspect",
+    "kernels",
+    "linearize",
     "load_spec",
+    "switch",
     "train",
 ]

@@ -287,7 +287,11 @@ def _as_tensor(kernel: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def _gram_to_distance(gram: np.ndarray) -> np.ndarray:
     """``S = 1 - G`` from the upper triangle of ``G``: exactly symmetric, 0 diagonal, in [0, 2]."""
-    upper = np.triu(1.0 - gram, k=1)
+    # Only the upper triangle of ``gram`` is read: the blocked computation may leave the lower
+    # one unset (uninitialized memory must not reach the arithmetic).
+    upper = np.zeros_like(gram)
+    rows, cols = np.triu_indices(gram.shape[0], k=1)
+    upper[rows, cols] = 1.0 - gram[rows, cols]
     s = upper + upper.T
     np.clip(s, 0.0, 2.0, out=s)
     np.fill_diagonal(s, 0.0)

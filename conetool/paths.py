@@ -76,3 +76,110 @@ def kernel(store: Path, step: int) -> Path:
 def kernel_relative(step: int) -> str:
     """The kernel's path relative to the store, as recorded in the manifest."""
     return f"{KERNELS_DIR}/{step_name(step)}{CHECKPOINT_SUFFIX}"
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs of `conetool distance` and `conetool embed`, derived from the store's kernels.
+#
+#     STORE/distance/to_ref.csv      step, ref_<τ> ...          (Fig. 1a)
+#     STORE/distance/adjacent.csv    step, dt, S, velocity      (Fig. 1b)
+#     STORE/distance/matrix.npz      "steps" (K,), "S" (K, K), "key", "excluded"
+#     STORE/distance/summary.json    the verdict and its numbers; to_ref.png, adjacent.png,
+#                                    matrix.png beside
+#     STORE/embed/coords.csv         step, x, y[, z]            (Fig. 1c)
+#     STORE/embed/summary.json       method, dims, seed, stress / explained variance; embedding.png
+DISTANCE_DIR = "distance"
+EMBED_DIR = "embed"
+
+
+def distance_dir(store: Path) -> Path:
+    """``STORE/distance``: the outputs of ``conetool distance``."""
+    return Path(store) / DISTANCE_DIR
+
+
+def to_ref_csv(store: Path) -> Path:
+    """Distance to each reference step (Fig. 1a): ``step, ref_<τ>, ...``."""
+    return distance_dir(store) / "to_ref.csv"
+
+
+def adjacent_csv(store: Path) -> Path:
+    """Adjacent distance and velocity (Fig. 1b): ``step, dt, S, velocity``, one row per pair."""
+    return distance_dir(store) / "adjacent.csv"
+
+
+def matrix_npz(store: Path) -> Path:
+    """The S matrix over all stored steps: arrays ``steps`` (K,) and ``S`` (K, K)."""
+    return distance_dir(store) / "matrix.npz"
+
+
+def distance_summary(store: Path) -> Path:
+    """The verdict, its numbers, the references, dts and rules used."""
+    return distance_dir(store) / "summary.json"
+
+
+def to_ref_png(store: Path) -> Path:
+    return distance_dir(store) / "to_ref.png"
+
+
+def adjacent_png(store: Path) -> Path:
+    return distance_dir(store) / "adjacent.png"
+
+
+def matrix_png(store: Path) -> Path:
+    return distance_dir(store) / "matrix.png"
+
+
+def embed_dir(store: Path) -> Path:
+    """``STORE/embed``: the outputs of ``conetool embed``."""
+    return Path(store) / EMBED_DIR
+
+
+def coords_csv(store: Path) -> Path:
+    """Embedding coordinates (Fig. 1c): ``step, x, y[, z]``."""
+    return embed_dir(store) / "coords.csv"
+
+
+def embed_summary(store: Path) -> Path:
+    """Method, dims, seed and the quality of the embedding (stress, explained variance)."""
+    return embed_dir(store) / "summary.json"
+
+
+def embedding_png(store: Path) -> Path:
+    return embed_dir(store) / "embedding.png"
+
+
+# ``conetool switch`` outputs.
+SWITCH_DIR = "switch"
+
+
+def switch_dir(store: Path) -> Path:
+    """``STORE/switch``: the outputs of ``conetool switch``."""
+    return Path(store) / SWITCH_DIR
+
+
+def switch_point(store: Path, at: int) -> Path:
+    """One switch point's result (JSON), written as soon as the point is done."""
+    return switch_dir(store) / f"at_{at:06d}.json"
+
+
+def switch_point_metrics(store: Path, at: int) -> Path:
+    """One switch point's train/test metrics along the linearized run (CSV)."""
+    return switch_dir(store) / f"at_{at:06d}.csv"
+
+
+def switch_reference(store: Path) -> Path:
+    """The standard model at T that the switch points are compared with (JSON)."""
+    return switch_dir(store) / "reference.json"
+
+
+def switch_results_csv(store: Path) -> Path:
+    """``at, until, test_acc, test_loss, ...``: one row per switch point (Fig. 2)."""
+    return switch_dir(store) / "results.csv"
+
+
+def switch_results_json(store: Path) -> Path:
+    return switch_dir(store) / "results.json"
+
+
+def switch_png(store: Path) -> Path:
+    return switch_dir(store) / "switch.png"

@@ -57,8 +57,8 @@ class StoreIdentity:
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One stored kernel: its source checkpoint (paths, total size, fingerprint), kernel file
-    (relative to the store), Frobenius norm and the seconds it took."""
+    """One stored kernel: its source checkpoint (paths, total size, modification time and
+    content fingerprint), kernel file (relative to the store), Frobenius norm and seconds taken."""
 
     step: int
     source: list[str]
@@ -67,6 +67,7 @@ class StepRecord:
     kernel: str
     norm: float
     seconds: float
+    mtime_ns: int = 0
 
 
 class Store:
@@ -174,7 +175,7 @@ class Store:
         if record is None:
             raise StoreError(
                 f"step {step} is not in store {self.root}; stored steps: "
-                f"{_nearest(self.steps(), step)}."
+                f"{nearest_steps(self.steps(), step)}."
             )
         path = self.root / record.kernel
         try:
@@ -295,7 +296,8 @@ def _mixed_message(root: Path, found: StoreIdentity, wanted: StoreIdentity, coun
     )
 
 
-def _nearest(steps: list[int], step: int, count: int = 5) -> str:
+def nearest_steps(steps: list[int], step: int, count: int = 5) -> str:
+    """The ``count`` stored steps nearest to ``step``, as text for error messages."""
     if not steps:
         return "none"
     near = sorted(sorted(steps, key=lambda s: abs(s - step))[:count])

@@ -1,7 +1,16 @@
 """The command line: Typer and rich live here and nowhere else in conetool."""
 
-from . import train_cmd  # noqa: F401  (each command module registers itself on the app)
+# isort: off
+# Each command module registers itself on the app; --help lists them in this (pipeline) order.
 from .app import app
+from . import train_cmd  # noqa: F401
+from . import inspect_cmd  # noqa: F401
+from . import kernels_cmd  # noqa: F401
+from . import distance_cmd  # noqa: F401
+from . import embed_cmd  # noqa: F401
+from . import switch_cmd  # noqa: F401
+
+# isort: on
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ class RichProgress:
 
 
 class _PlainTask:
-    """Prints a line at about every 10% of the work (and at most every 30 s otherwise)."""
+    """Prints a line at about every 10% of the work (at least every 30 s), once it has run 2 s."""
 
     def __init__(self, console: Console, description: str, total: int | None) -> None:
         self._console, self._description, self._total = console, description, total
@@ -84,7 +84,7 @@ class _PlainTask:
         due = now - self._last_print > 30
         if self._total:
             due = due or self._done / self._total >= self._next_fraction
-        if not due:
+        if not due or now - self._started < 2.0:  # short work needs no progress lines
             return
         elapsed = now - self._started
         rate = self._done / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,159 @@
+"""``conetool distance``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..pipeline import distance as distance_run
+from ..verdict import VerdictRules
+from .app import Debug, Quiet, app, console, handle_errors, progress_display
+from .options import DEFAULT_STORE, StoreOpt
+
+_RULES = VerdictRules()
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
+@app.command()
+def distance(
+    store: StoreOpt = DEFAULT_STORE,
+    ref: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ref",
+            help="Reference step τ for S(θ(t), θ(τ)), or 'last'; repeatable (default: 0).",
+        ),
+    ] = None,
+    dt: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--dt",
+            min=1,
+            help="Spacing of the adjacent pairs (t, t+dt); repeatable (default: the smallest "
+            "spacing of the stored steps, and the verdict's).",
+        ),
+    ] = None,
+    logx: Annotated[
+        bool, typer.Option("--logx", help="Log step axis on the curve figures (keeps step 0).")
+    ] = False,
+    logy: Annotated[
+        bool,
+        typer.Option("--logy", help="Log distance axis on to_ref.png, log colours on matrix.png."),
+    ] = False,
+    phase1_fraction: Annotated[
+        float,
+        typer.Option(
+            "--phase1-fraction",
+            help="Verdict: Phase I ends once the velocity stays at or below this fraction of "
+            "its peak.",
+        ),
+    ] = _RULES.phase1_fraction,
+    plateau_tolerance: Annotated[
+        float,
+        typer.Option(
+            "--plateau-tolerance",
+            help="Verdict: largest growth (last third of a reference curve over its middle "
+            "third) that still counts as a plateau.",
+        ),
+    ] = _RULES.plateau_tolerance,
+    lazy_level: Annotated[
+        float,
+        typer.Option("--lazy-level", help="Verdict: a distance at or below this counts as frozen."),
+    ] = _RULES.lazy_level,
+    velocity_dt: Annotated[
+        int | None,
+        typer.Option(
+            "--velocity-dt",
+            min=1,
+            help="Verdict: the dt of its velocity (default: the spacing that covers the run).",
+        ),
+    ] = None,
+    smooth_window: Annotated[
+        int,
+        typer.Option(
+            "--smooth-window", min=1, help="Verdict: running median over this many velocities."
+        ),
+    ] = _RULES.smooth_window,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="Leave out unreadable or non-finite kernels (warned)."),
+    ] = False,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory", help="Memory for the S matrix's kernel blocks (default 1GiB)."
+        ),
+    ] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Kernel distances, velocity, the S matrix and the verdict (paper Fig. 1a, 1b).
+
+    Distance to reference steps, adjacent distance and velocity, the S matrix, and a verdict:
+    Phase I then a cone, a frozen (lazy) kernel, or drift.
+
+    Writes to_ref.csv, adjacent.csv, matrix.npz, summary.json and PNG figures to STORE/distance.
+
+    Example: conetool distance --ref 0 --ref 100 --dt 5 --dt 50
+    """
+    with handle_errors(debug), progress_display(quiet) as progress:
+        rules = VerdictRules(
+            phase1_fraction=phase1_fraction,
+            velocity_dt=velocity_dt,
+            smooth_window=smooth_window,
+            plateau_tolerance=plateau_tolerance,
+            lazy_level=lazy_level,
+        )
+        result = distance_run(
+            store,
+            refs=ref,
+            dts=dt,
+            rules=rules,
+            logx=logx,
+            logy=logy,
+            skip_bad=skip_bad,
+            max_memory=max_memory,
+            progress=progress,
+        )
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    table = Table(title=f"conetool distance -> {result.store / 'distance'}", title_justify="left")
+    for column in ("curve", "points", "final S", "max S", "peak velocity", "at step"):
+        table.add_column(column, justify="right")
+    for c in result.reference_curves:
+        table.add_row(f"S(t, τ={c.ref})", str(len(result.steps)), _g(c.final), _g(c.max), "", "")
+    for a in result.adjacent_curves:
+        table.add_row(
+            f"S(t, t+{a.dt})" + (" *" if a.verdict else ""),
+            str(a.pairs),
+            _g(a.final),
+            _g(a.max),
+            _g(a.peak_velocity),
+            str(a.peak_step),
+        )
+    console.print(table)
+    if any(a.verdict for a in result.adjacent_curves):
+        console.print("* the velocity the verdict reads", highlight=False)
+    how = "reused: kernels unchanged" if result.matrix_reused else "computed"
+    console.print(
+        f"S matrix: {len(result.steps)} kernels, steps {result.steps[0]} to "
+        f"{result.steps[-1]} ({how})",
+        highlight=False,
+    )
+    verdict = result.verdict
+    end = "" if verdict.phase1_end is None else f", Phase I ends at step {verdict.phase1_end}"
+    console.print(f"verdict: [bold]{verdict.regime}[/bold]{end}", highlight=False)
+    console.print(escape(verdict.explanation), highlight=False)
+    for step, why in result.excluded.items():
+        console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
+    console.print(
+        f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'distance'}",
+        highlight=False,
+        markup=False,
+    )

@@ -1,0 +1,85 @@
+"""``conetool embed``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..pipeline import embed as embed_run
+from .app import Debug, Quiet, app, console, handle_errors, progress_display
+from .options import DEFAULT_STORE, StoreOpt
+
+
+class Method(str, Enum):
+    mds = "mds"
+    pca = "pca"
+
+
+@app.command()
+def embed(
+    store: StoreOpt = DEFAULT_STORE,
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            help="mds: metric MDS of the chordal distance sqrt(2 S); pca: PCA of the "
+            "unit-norm kernels.",
+        ),
+    ] = Method.mds,
+    dims: Annotated[int, typer.Option("--dims", min=2, max=3, help="2 or 3 dimensions.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of MDS.")] = 0,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="Leave out unreadable or non-finite kernels (warned)."),
+    ] = False,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory", help="Memory for the S matrix's kernel blocks (default 1GiB)."
+        ),
+    ] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """A 2-D (or 3-D) picture of the kernel trajectory: the cone (paper Fig. 1c).
+
+    Writes coords.csv, summary.json and embedding.png to STORE/embed.
+
+    The S matrix is reused from STORE/distance/matrix.npz when it matches the kernels.
+
+    Example: conetool embed --method pca --dims 3
+    """
+    with handle_errors(debug), progress_display(quiet) as progress:
+        result = embed_run(
+            store,
+            method=method.value,
+            dims=dims,
+            seed=seed,
+            skip_bad=skip_bad,
+            max_memory=max_memory,
+            progress=progress,
+        )
+    e = result.embedding
+    table = Table(title=f"conetool embed -> {result.store / 'embed'}", title_justify="left")
+    for column in ("method", "dims", "kernels", "stress", "explained variance", "S matrix"):
+        table.add_column(column, justify="right")
+    ratio = e.explained_variance_ratio
+    table.add_row(
+        e.method,
+        str(e.coords.shape[1]),
+        str(len(result.steps)),
+        f"{e.stress:.4f}",
+        "-" if ratio is None else " + ".join(f"{r:.1%}" for r in ratio),
+        "reused" if result.matrix_reused else "computed",
+    )
+    console.print(table)
+    for step, why in result.excluded.items():
+        console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
+    console.print(
+        f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'embed'}",
+        highlight=False,
+        markup=False,
+    )

@@ -1,0 +1,78 @@
+"""``conetool inspect CKPTS``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..pipeline import inspect as inspect_run
+from .app import Debug, app, console, handle_errors
+from .options import Every, SpecOpt, StepRegex, Steps
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def inspect(
+    ckpts: Annotated[Path, typer.Argument(help="A checkpoint directory (or one checkpoint).")],
+    spec: SpecOpt = None,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Load every tensor: check finiteness and shapes too."),
+    ] = False,
+    step_regex: StepRegex = None,
+    steps: Steps = None,
+    every: Every = None,
+    debug: Debug = False,
+) -> None:
+    """List the checkpoints of a directory and say what is wrong with any of them.
+
+    Reads file headers only (fast on thousands of files) unless --verify. With a spec
+    (--spec, or CKPTS/conetool.toml) keys and shapes are checked against the model. Exits 1
+    when any checkpoint is unusable.
+
+    Example: conetool inspect runs/digits --verify
+    """
+    with handle_errors(debug):
+        rows = inspect_run(
+            ckpts, spec=spec, verify=verify, step_regex=step_regex, steps=steps, every=every
+        )
+    table = Table(title=f"conetool inspect {ckpts}", title_justify="left")
+    for column, justify in (
+        ("step", "right"),
+        ("file", "left"),
+        ("size", "right"),
+        ("elements", "right"),
+        ("status", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        status = "[green]ok[/]" if row.status == "ok" else "[bold red]error[/]"
+        table.add_row(
+            "?" if row.step is None else str(row.step),
+            row.file,
+            _size(row.size),
+            "?" if row.num_params is None else f"{row.num_params:,}",
+            status,
+        )
+    console.print(table)
+    notes = sorted({row.note for row in rows if row.note})
+    for note in notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    bad = [row for row in rows if row.status != "ok"]
+    for row in bad:
+        console.print(f"- {row.file}: {row.problem}", highlight=False, markup=False, soft_wrap=True)
+    ok = len(rows) - len(bad)
+    checked = "headers and tensors" if verify else "headers"
+    console.print(f"{ok} of {len(rows)} checkpoints usable ({checked} checked).", highlight=False)
+    if bad:
+        raise typer.Exit(1)

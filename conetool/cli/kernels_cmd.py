@@ -1,0 +1,100 @@
+"""``conetool kernels CKPTS``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..pipeline import kernels as kernels_run
+from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+@app.command()
+def kernels(
+    ckpts: Annotated[Path, typer.Argument(help="The checkpoint directory of the run.")],
+    spec: SpecOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    probe_size: Annotated[
+        int | None,
+        typer.Option(
+            "--probe-size", min=1, help="Probe examples (default: the spec's [probe] size)."
+        ),
+    ] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help="trace (n, n) | full (n, c, n, c) | sum (n, n).")
+    ] = "trace",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="float32, or float64 for exact kernels on deep nets.")
+    ] = "float32",
+    device: DeviceOpt = "auto",
+    max_memory: Annotated[
+        str | None,
+        typer.Option("--max-memory", help="Memory budget, e.g. 4GiB (default: from free memory)."),
+    ] = None,
+    steps: Steps = None,
+    every: Every = None,
+    step_regex: StepRegex = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Warn about unusable checkpoints and go on.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a store made with another spec/probe/kind.")
+    ] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Compute the eNTK of the probe set at every checkpoint and write it to the store.
+
+    A rerun computes only the steps that are missing or whose checkpoint changed; a run killed at
+    any moment loses at most the kernel in progress.
+
+    Example: conetool kernels runs/digits --store conetool-out
+    """
+    with handle_errors(debug), progress_display(quiet) as progress:
+        result = kernels_run(
+            ckpts,
+            spec=spec,
+            store=store,
+            probe_size=probe_size,
+            kind=kind,
+            dtype=dtype,
+            device=device,
+            max_memory=max_memory,
+            steps=steps,
+            every=every,
+            step_regex=step_regex,
+            skip_bad=skip_bad,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    table = Table(title=f"conetool kernels -> {result.store}", title_justify="left")
+    for column in (
+        "computed",
+        "skipped",
+        "failed",
+        "kernel",
+        "s / kernel",
+        "peak memory",
+        "device",
+    ):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(len(result.computed)),
+        str(len(result.skipped)),
+        str(len(result.failed)),
+        " x ".join(map(str, result.kernel_shape)),
+        "-" if result.seconds_per_kernel is None else f"{result.seconds_per_kernel:.2f}",
+        _bytes(result.peak_memory),
+        result.device,
+    )
+    console.print(table)
+    for step, problem in result.failed.items():
+        console.print(f"- step {step} failed: {problem}", highlight=False, markup=False)

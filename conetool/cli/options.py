@@ -1,0 +1,35 @@
+"""Options shared by several commands (one definition each, so help texts agree)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import paths
+
+SpecOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--spec", help="The run's TOML spec (default: CKPTS/conetool.toml).", dir_okay=False
+    ),
+]
+StoreOpt = Annotated[
+    Path, typer.Option("--store", help="The output store directory.", file_okay=False)
+]
+StepRegex = Annotated[
+    str | None,
+    typer.Option(
+        "--step-regex",
+        help="Regex recovering the step from a file name: its group 'step' or its first group.",
+    ),
+]
+Steps = Annotated[
+    str | None,
+    typer.Option("--steps", help="Only steps in FIRST:LAST (both included; either may be empty)."),
+]
+Every = Annotated[
+    int | None, typer.Option("--every", min=1, help="Only steps that are multiples of K.")
+]
+DEFAULT_STORE = Path(paths.DEFAULT_STORE)

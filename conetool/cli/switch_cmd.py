@@ -1,0 +1,89 @@
+"""``conetool switch --at t``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..pipeline.run_switch import switch as switch_run
+from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .options import DEFAULT_STORE, SpecOpt, StepRegex, StoreOpt
+
+
+@app.command()
+def switch(
+    at: Annotated[
+        list[str],
+        typer.Option(
+            "--at",
+            help="Switch step t: 2000, a list 0,1000,2000, or a range 0:10000:1000 (stop excluded). "
+            "Repeatable.",
+        ),
+    ],
+    until: Annotated[
+        int | None, typer.Option("--until", min=1, help="T (default: the spec's train.steps).")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    ckpts: Annotated[
+        Path | None,
+        typer.Option("--ckpts", help="Checkpoint directory (default: from the store's manifest)."),
+    ] = None,
+    spec: SpecOpt = None,
+    reference: Annotated[
+        str,
+        typer.Option(
+            "--reference",
+            help="The standard model at T: 'checkpoint' (the stored one) or 'train' (continue "
+            "the standard run to T).",
+        ),
+    ] = "checkpoint",
+    device: DeviceOpt = "auto",
+    step_regex: StepRegex = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train normally to step t, then the linearized model from t to T (the paper's Fig. 2).
+
+    Each point is written to STORE/switch/ as soon as it is done; a rerun skips finished points.
+
+    Example: conetool switch --at 0,50,100,200 --store conetool-out
+    """
+    with handle_errors(debug), progress_display(quiet) as progress:
+        result = switch_run(
+            at,
+            until=until,
+            store=store,
+            ckpts=ckpts,
+            spec=spec,
+            reference=reference,
+            device=device,
+            step_regex=step_regex,
+            progress=progress,
+        )
+    table = Table(
+        title=f"conetool switch -> {result.store}/switch (T = {result.until})", title_justify="left"
+    )
+    for column in ("t", "test acc", "test loss", "train loss", "momentum", "seconds"):
+        table.add_column(column, justify="right")
+    for p in result.points:
+        table.add_row(
+            str(p.at),
+            f"{p.test_acc:.4f}",
+            f"{p.test_loss:.4f}",
+            f"{p.train_loss:.4f}",
+            p.momentum,
+            "reused" if p.reused else f"{p.seconds:.1f}",
+        )
+    if result.reference is not None:
+        r = result.reference
+        table.add_row(
+            f"standard {r['step']}", f"{r['test_acc']:.4f}", f"{r['test_loss']:.4f}", "", "", ""
+        )
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    for path in result.files:
+        console.print(f"wrote {path}", highlight=False, markup=False)

@@ -1,0 +1,367 @@
+"""The S matrix of a store's kernels, computed once and reused while the kernels are unchanged.
+
+Shared by ``conetool distance`` and ``conetool embed``. :func:`kernel_matrix` returns the
+``(K, K)`` matrix of kernel distances over every stored step (block by block, see
+:func:`conetool.geometry.distance_matrix`) and saves it to ``STORE/distance/matrix.npz`` with
+arrays ``steps`` (K,), ``S`` (K, K), ``key`` (the cache key, a string) and ``excluded`` (the steps
+left out with ``skip_bad``). The next call reuses that file when its key equals the store's
+current key: a SHA-256 over the store's identity and, per stored step, its record (source
+fingerprint, kernel file, ‖H‖_F) and the kernel file's size and modification time. Recomputing a
+kernel, adding a step or touching a kernel file changes the key.
+
+Before any kernel is read in full, every kernel file's safetensors header is checked (cheap):
+its metadata ``kind``, ``probe_hash``, ``spec_hash``, ``dtype`` and ``step`` must match the
+manifest, and its shape must match the other kernels'. A mismatch is refused (a store never mixes
+kernels). A file that cannot be read, or whose kernel is non-finite or zero, is an error naming
+it; with ``skip_bad`` it is left out instead, with a warning.
+
+The small CSV / JSON writers at the end are shared by ``distance`` and ``embed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .. import paths
+from ..errors import StoreError
+from ..geometry import KernelError, distance_matrix
+from ..io import atomic_write, atomic_write_text
+from ..ntk import parse_memory
+from ..progress import NullProgress, Progress
+from ..store import Store
+
+__all__ = ["KernelMatrix", "kernel_matrix", "require_kernels", "store_key"]
+
+
+@dataclass(frozen=True, eq=False)
+class KernelMatrix:
+    """The S matrix of a store.
+
+    Attributes:
+        steps: the ``K`` steps in the matrix, ascending (stored steps minus ``excluded``).
+        S: float64 ``(K, K)``, ``S[i, j] = S(θ(steps[i]), θ(steps[j]))``.
+        excluded: step -> why its kernel was left out (only with ``skip_bad``).
+        key: the store's cache key the matrix belongs to (:func:`store_key`).
+        reused: ``True`` when read back from ``distance/matrix.npz`` instead of computed.
+    """
+
+    steps: list[int]
+    S: np.ndarray
+    excluded: dict[int, str] = field(default_factory=dict)
+    key: str = ""
+    reused: bool = False
+
+
+def store_key(store: Store) -> str:
+    """SHA-256 (hex) over the store's identity, per-step records and kernel files' size/mtime."""
+    entries = []
+    for step, record in store.records().items():
+        path = store.root / record.kernel
+        try:
+            stat = path.stat()
+            file_state: list[int] | None = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            file_state = None
+        entries.append([step, record.fingerprint, record.norm, record.kernel, file_state])
+    payload = {"identity": asdict(store.identity), "steps": entries}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _checkpoints(store: Store) -> str:
+    return str(store.manifest.get("checkpoints") or "CKPTS")
+
+
+def require_kernels(store: Store, steps: list[int], excluded: dict[int, str] | None = None) -> None:
+    """Refuse a store with fewer than two usable kernels (a distance needs two)."""
+    if len(steps) >= 2:
+        return
+    fix = f"Compute more: conetool kernels {_checkpoints(store)} --store {store.root}"
+    left_out = ""
+    if excluded:
+        left_out = (
+            f" ({len(excluded)} more left out by --skip-bad: steps "
+            f"{', '.join(str(s) for s in sorted(excluded))})"
+        )
+    if not steps:
+        held = "has no kernels" if not excluded else "has no usable kernels"
+    else:
+        held = f"has 1 (step {steps[0]})"
+    raise StoreError(
+        f"the kernel distance needs at least two kernels; store {store.root} {held}{left_out}. "
+        f"{fix}"
+    )
+
+
+# --------------------------------------------------------------------------- header checks
+
+
+def _check_headers(store: Store) -> dict[int, str]:
+    """Read every kernel file's header; return the unreadable ones (step -> reason).
+
+    Raises:
+        StoreError: a kernel file's metadata or shape does not fit the store (never mixed).
+    """
+    ident = store.identity
+    expected = {
+        "kind": ident.kind,
+        "probe_hash": ident.probe_hash,
+        "spec_hash": ident.spec_hash,
+        "dtype": ident.dtype,
+    }
+    bad: dict[int, str] = {}
+    shapes: dict[int, tuple[int, ...]] = {}
+    for step, record in store.records().items():
+        path = store.root / record.kernel
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if "kernel" not in handle.keys():
+                    bad[step] = f"kernel file {path} holds no tensor 'kernel'"
+                    continue
+                shapes[step] = tuple(handle.get_slice("kernel").get_shape())
+        except (OSError, SafetensorError) as exc:
+            bad[step] = f"kernel file {path} cannot be read ({exc})"
+            continue
+        wrong = [
+            f"{name} {meta.get(name)!r} (store: {want!r})"
+            for name, want in {**expected, "step": str(step)}.items()
+            if meta.get(name) != want
+        ]
+        if wrong:
+            raise StoreError(
+                f"kernel file {path} does not belong to store {store.root}: its metadata has "
+                f"{'; '.join(wrong)}, while {paths.MANIFEST_NAME} says the store holds "
+                f"{ident.kind} kernels of probe set {ident.probe_hash} (spec {ident.spec_hash}, "
+                f"{ident.dtype}). conetool never mixes kernels: delete that file and rerun "
+                f"conetool kernels {_checkpoints(store)} --store {store.root} to recompute the "
+                "step, or use a separate --store for the other kernels."
+            )
+    if shapes:
+        common, _ = Counter(shapes.values()).most_common(1)[0]
+        odd = {step: shape for step, shape in shapes.items() if shape != common}
+        if odd:
+            listed = "; ".join(
+                f"{store.root / store.records()[s].kernel} has shape {shape}"
+                for s, shape in sorted(odd.items())[:5]
+            )
+            raise StoreError(
+                f"kernels of different shapes in store {store.root}: {listed}, the others "
+                f"{common}. They were computed on another probe set or kernel kind, and "
+                "conetool never mixes kernels: delete the odd files and rerun conetool kernels "
+                f"{_checkpoints(store)} --store {store.root}."
+            )
+    return bad
+
+
+# --------------------------------------------------------------------------- the cache file
+
+
+def _save(store: Store, matrix: KernelMatrix) -> None:
+    excluded = sorted(matrix.excluded)
+    arrays = {
+        "steps": np.asarray(matrix.steps, dtype=np.int64),
+        "S": np.asarray(matrix.S, dtype=np.float64),
+        "key": np.asarray(matrix.key),
+        "excluded": np.asarray(excluded, dtype=np.int64),
+        "excluded_reasons": np.asarray([matrix.excluded[s] for s in excluded], dtype=np.str_),
+    }
+
+    def write(tmp: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # into a buffer: savez would append ".npz" to a path
+        tmp.write_bytes(buffer.getvalue())
+
+    atomic_write(paths.matrix_npz(store.root), write)
+
+
+def _load_cached(store: Store, key: str, skip_bad: bool) -> KernelMatrix | None:
+    """The saved matrix when it belongs to ``key`` (and needs no ``skip_bad`` it lacks)."""
+    path = paths.matrix_npz(store.root)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                return None
+            steps = [int(s) for s in data["steps"]]
+            s = np.array(data["S"], dtype=np.float64)
+            excluded_steps = [int(x) for x in data["excluded"]]
+            reasons = [str(x) for x in data["excluded_reasons"]]
+    except (OSError, KeyError, ValueError, EOFError):
+        return None  # damaged or foreign: recompute (and rewrite)
+    if (
+        s.shape != (len(steps), len(steps))
+        or not np.all(np.isfinite(s))
+        or len(reasons) != len(excluded_steps)
+    ):
+        return None
+    if excluded_steps and not skip_bad:
+        return None  # recompute, so that the bad kernel raises its error
+    excluded = dict(zip(excluded_steps, reasons, strict=True))
+    return KernelMatrix(steps, s, excluded, key, reused=True)
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def kernel_matrix(
+    store: Store,
+    *,
+    skip_bad: bool = False,
+    max_memory: int | str | None = None,
+    reuse: bool = True,
+    progress: Progress | None = None,
+) -> KernelMatrix:
+    """The S matrix over every stored step, reused from ``distance/matrix.npz`` when current.
+
+    Args:
+        store: an open store.
+        skip_bad: leave out (with a warning through ``progress.log``) kernel files that cannot be
+            read or hold a non-finite or zero kernel, instead of raising.
+        max_memory: budget for the two float64 blocks of kernels (``"2GiB"`` or bytes);
+            default 1 GiB (:data:`conetool.geometry.DEFAULT_MAX_MEMORY`).
+        reuse: read the saved matrix back when its key matches the store (default).
+        progress: a bar over kernel loads ("S matrix").
+
+    Returns:
+        A :class:`KernelMatrix` (``(K, K)`` S, its steps, the left-out steps); the matrix is
+        saved to ``distance/matrix.npz`` whenever it was computed.
+
+    Raises:
+        StoreError: fewer than two usable kernels; a kernel file that does not belong to the
+            store; without ``skip_bad``, a kernel file that cannot be used (named).
+    """
+    progress = progress or NullProgress()
+    budget = None if max_memory is None else parse_memory(max_memory)
+    stored = store.steps()
+    require_kernels(store, stored)
+    key = store_key(store)
+    if reuse:
+        cached = _load_cached(store, key, skip_bad)
+        if cached is not None:
+            return cached
+
+    excluded: dict[int, str] = {}
+    for step, reason in _check_headers(store).items():
+        _exclude(store, excluded, step, reason, skip_bad, progress)
+    while True:
+        steps = [s for s in stored if s not in excluded]
+        require_kernels(store, steps, excluded)
+        try:
+            s = _compute(store, steps, budget, progress)
+            break
+        except _BadKernel as bad:
+            _exclude(store, excluded, bad.step, bad.reason, skip_bad, progress)
+    matrix = KernelMatrix(steps, s, excluded, key, reused=False)
+    _save(store, matrix)
+    return matrix
+
+
+class _BadKernel(Exception):
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(reason)
+        self.step, self.reason = step, reason
+
+
+def _exclude(
+    store: Store,
+    excluded: dict[int, str],
+    step: int,
+    reason: str,
+    skip_bad: bool,
+    progress: Progress,
+) -> None:
+    if not skip_bad:
+        raise StoreError(
+            f"step {step}: {reason}. Delete that file and rerun conetool kernels "
+            f"{_checkpoints(store)} --store {store.root} to recompute it, or pass --skip-bad to "
+            "leave the step out."
+        )
+    excluded[step] = reason
+    progress.log(f"warning: step {step} left out (--skip-bad): {reason}")
+
+
+def _compute(store: Store, steps: list[int], budget: int | None, progress: Progress) -> np.ndarray:
+    """distance_matrix over ``steps``; a kernel that cannot be used raises :class:`_BadKernel`."""
+    records = store.records()
+    bar: dict[str, object] = {}
+
+    def load(index: int) -> torch.Tensor:
+        step = steps[index]
+        try:
+            return store.load_kernel(step)
+        except StoreError as exc:
+            raise _BadKernel(step, _strip_fix(str(exc))) from exc
+
+    def report(done: int, total: int) -> None:
+        if "task" not in bar:
+            bar["task"] = progress.task("S matrix", total=total)
+            bar["done"] = 0
+        task = bar["task"]
+        task.advance(done - bar["done"])  # type: ignore[attr-defined,operator]
+        bar["done"] = done
+
+    try:
+        return distance_matrix(load, len(steps), max_memory=budget, progress=report)
+    except KernelError as exc:
+        if exc.index is None:
+            raise
+        step = steps[exc.index]
+        path = store.root / records[step].kernel
+        what = _strip_fix(str(exc)).replace(f"kernel {exc.index} ", "its kernel ", 1)
+        raise _BadKernel(step, f"kernel file {path}: {what}") from exc
+    finally:
+        if "task" in bar:
+            close: Callable[[], None] = bar["task"].close  # type: ignore[attr-defined]
+            close()
+
+
+def _strip_fix(message: str) -> str:
+    """The first sentence of an error message (the caller adds its own fix)."""
+    head, _, _ = message.partition(". ")
+    return head.rstrip(".")
+
+
+# --------------------------------------------------------------------------- output writers
+# (shared by distance and embed)
+
+
+def csv_number(x: float) -> str:
+    """Full precision (``repr``), empty for an undefined value."""
+    return repr(float(x)) if math.isfinite(x) else ""
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    """Write ``header`` and ``rows`` as CSV to ``path`` atomically; returns ``path``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python, non-finite floats to ``None``."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,43 @@
+"""Finding a run's spec and building what it describes, shared by the commands."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from torch import nn
+
+from .. import paths
+from ..data import describe_data
+from ..errors import SpecError
+from ..models import build_model
+from ..spec import Spec, load_spec
+
+
+def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
+    """``spec`` when given, else ``CKPTS/conetool.toml``; a message saying what to write if neither."""
+    if isinstance(spec, Spec):
+        return spec
+    if spec is not None:
+        return load_spec(spec)
+    found = paths.spec(ckpts)
+    if found.is_file():
+        return load_spec(found)
+    raise SpecError(
+        f"{ckpts} has no {paths.SPEC_NAME} and no --spec was given, so conetool cannot rebuild "
+        "the model. Pass --spec SPEC.toml, or save one as "
+        f"{found} with at least:\n"
+        '  [model]\n  arch = "resnet20"        # or "package.module:factory"\n'
+        '  num_classes = 10\n  [data]\n  dataset = "cifar10"\n  root = "~/data"\n'
+        "(the README's 'The spec' section lists every key)."
+    )
+
+
+def iterations_per_epoch(spec: Spec) -> int:
+    """open_lth's iterations per epoch, ceil(n_train / batch_size), for ``model_epE_itI`` names."""
+    return math.ceil(describe_data(spec.data).n_train / spec.train.batch_size)
+
+
+def model_for(spec: Spec) -> nn.Module:
+    """The spec's architecture (freshly initialized; checkpoints are loaded into it)."""
+    return build_model(spec.model, describe_data(spec.data).input_shape)

@@ -1,0 +1,422 @@
+"""``conetool distance``: distance to references, adjacent distance and velocity, the S matrix,
+and the verdict (paper Fig. 1a, 1b), into ``STORE/distance/``.
+
+Outputs (names from :mod:`conetool.paths`)::
+
+    distance/to_ref.csv     step, ref_<τ>, ...        S(θ(t), θ(τ)) for every stored t (Fig. 1a)
+    distance/adjacent.csv   step, dt, S, velocity     one row per stored pair (t, t + dt) (Fig. 1b)
+    distance/matrix.npz     steps (K,), S (K, K)      (+ key, excluded: see matrix_cache)
+    distance/summary.json   the verdict with its numbers, references, dts, rules, store identity
+    distance/to_ref.png, adjacent.png (distance and velocity panels), matrix.png
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__, paths
+from ..errors import ConetoolError, StoreError
+from ..geometry import (
+    AdjacentPair,
+    GeometryError,
+    adjacent,
+    distance_to_reference,
+    spacings,
+    step_index,
+    velocity_dt,
+)
+from ..io import atomic_write_text
+from ..plots import adjacent_figure, distance_to_reference_figure, matrix_figure, save_figure
+from ..progress import NullProgress, Progress
+from ..store import Store
+from ..verdict import Verdict, VerdictRules, phase_verdict
+from .matrix_cache import csv_number, json_safe, kernel_matrix, require_kernels, write_csv
+
+__all__ = ["AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
+
+
+@dataclass(frozen=True)
+class ReferenceCurve:
+    """Summary of ``S(θ(t), θ(ref))`` over the stored steps: its last value and its maximum."""
+
+    ref: int
+    final: float
+    max: float
+    max_step: int
+
+
+@dataclass(frozen=True)
+class AdjacentCurve:
+    """Summary of the pairs ``(t, t + dt)``: count, last and largest ``S``, peak velocity
+    ``S / dt`` and the step ``t`` where it peaks; ``verdict`` marks the ``dt`` the verdict's
+    velocity uses."""
+
+    dt: int
+    pairs: int
+    final: float
+    max: float
+    peak_velocity: float
+    peak_step: int
+    verdict: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class DistanceResult:
+    """What :func:`distance` computed and wrote.
+
+    Attributes:
+        store: the store directory.
+        steps: the ``K`` steps of the S matrix (stored steps minus ``excluded``), ascending.
+        S: float64 ``(K, K)`` kernel distances, rows and columns in the order of ``steps``.
+        refs: the reference steps τ, ascending.
+        dts: the adjacent spacings, ascending.
+        to_ref: τ -> float64 ``(K,)`` ``S(θ(t), θ(τ))`` aligned with ``steps``.
+        adjacent: dt -> the stored pairs ``(t, dt, S, velocity)``, ordered by t.
+        reference_curves, adjacent_curves: per τ and per dt, the numbers of the summary table.
+        verdict: the phase verdict (:func:`conetool.verdict.phase_verdict`).
+        rules: the thresholds the verdict used.
+        excluded: steps left out with ``skip_bad`` -> why.
+        matrix_reused: the S matrix was read back from ``distance/matrix.npz`` (kernels unchanged).
+        files: every file written.
+        notes: things the user should know (defaults taken), also printed as warnings.
+    """
+
+    store: Path
+    steps: list[int]
+    S: np.ndarray
+    refs: list[int]
+    dts: list[int]
+    to_ref: dict[int, np.ndarray]
+    adjacent: dict[int, list[AdjacentPair]]
+    reference_curves: list[ReferenceCurve]
+    adjacent_curves: list[AdjacentCurve]
+    verdict: Verdict
+    rules: VerdictRules
+    excluded: dict[int, str] = field(default_factory=dict)
+    matrix_reused: bool = False
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def distance(
+    store: str | Path = paths.DEFAULT_STORE,
+    *,
+    refs: Sequence[int | str] | None = None,
+    dts: Sequence[int] | None = None,
+    rules: VerdictRules | None = None,
+    logx: bool = False,
+    logy: bool = False,
+    skip_bad: bool = False,
+    max_memory: int | str | None = None,
+    progress: Progress | None = None,
+) -> DistanceResult:
+    """Kernel distances of a store's kernels: to references, between neighbours, all pairs.
+
+    Args:
+        store: the store directory (``conetool kernels`` wrote it).
+        refs: reference steps τ (ints, or ``"last"``); default step 0, or the first stored step
+            when 0 is not stored. Each must be stored.
+        dts: adjacent spacings; default the smallest spacing between consecutive stored steps,
+            plus the ``dt`` the verdict's velocity uses when that is another one. A ``dt`` with no
+            stored pair is an error that lists the spacings that exist.
+        rules: the verdict's thresholds (:class:`conetool.verdict.VerdictRules`). When ``refs``
+            is given, its steps in Phase II are the verdict's references.
+        logx: symmetric-log step axis on the curve figures (keeps step 0).
+        logy: log distance axis on the distance-to-reference figure and log colours on the S
+            matrix heatmap (the adjacent figure always has a log axis, as in the paper).
+        skip_bad: leave out kernel files that cannot be read or are non-finite (warned about).
+        max_memory: budget for the S matrix's two float64 kernel blocks (default 1 GiB).
+        progress: progress display (a bar over kernel loads); default silent.
+
+    Returns:
+        A :class:`DistanceResult`; the files listed in this module's docstring are written.
+
+    Example::
+
+        result = conetool.distance("conetool-out", refs=[0, 100], dts=[5, 50])
+        print(result.verdict.regime, result.verdict.phase1_end)   # e.g. "cone", 60
+        S = result.S                                               # (K, K), rows = result.steps
+    """
+    progress = progress or NullProgress()
+    rules = VerdictRules() if rules is None else rules
+    opened = Store.open(store)
+    stored = opened.steps()
+    require_kernels(opened, stored)
+    wanted = _parse_refs(refs)
+    for ref in wanted:  # before any kernel is read: a typo fails at once
+        if ref != "last":
+            step_index(stored, int(ref))
+    if dts is not None:
+        for dt in dts:
+            _check_dt(dt, stored)
+
+    matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
+    steps, s = matrix.steps, matrix.S
+    notes: list[str] = []
+    ref_steps = _resolve_refs(wanted, steps, matrix.excluded, notes)
+
+    dt_list = _default_dts(s, steps, rules) if dts is None else sorted({int(dt) for dt in dts})
+    pairs: dict[int, list[AdjacentPair]] = {}
+    for dt in dt_list:
+        pairs[dt] = adjacent(s, steps, dt)
+        if not pairs[dt]:
+            _check_dt(dt, steps, excluded=matrix.excluded)
+
+    to_ref = {ref: distance_to_reference(s, steps, ref) for ref in ref_steps}
+    verdict = _read_verdict(s, steps, ref_steps if wanted else None, rules, notes)
+    ref_curves = [_reference_curve(ref, to_ref[ref], steps) for ref in ref_steps]
+    used = verdict.numbers.get("velocity_dt")
+    dt_curves = [_adjacent_curve(dt, pairs[dt], dt == used) for dt in dt_list]
+
+    root = opened.root
+    files = [_write_to_ref(root, steps, to_ref), _write_adjacent(root, pairs)]
+    if not matrix.reused:
+        files.append(paths.matrix_npz(root))
+    files += _write_figures(root, steps, s, to_ref, pairs, verdict.phase1_end, logx, logy)
+    summary = {
+        "command": "distance",
+        "conetool_version": __version__,
+        "store": str(root),
+        "identity": asdict(opened.identity),
+        "matrix_key": matrix.key,
+        "steps": {"count": len(steps), "first": steps[0], "last": steps[-1]},
+        "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
+        "refs": ref_steps,
+        "dts": dt_list,
+        "verdict_dt": used,
+        "rules": _rules_dict(rules),
+        "verdict": verdict.to_dict(),
+        "reference_curves": [asdict(c) for c in ref_curves],
+        "adjacent_curves": [asdict(c) for c in dt_curves],
+        "options": {"logx": logx, "logy": logy, "skip_bad": skip_bad},
+        "files": [p(root).name for p in _OUTPUTS],
+        "notes": notes,
+    }
+    summary_path = paths.distance_summary(root)
+    atomic_write_text(summary_path, json.dumps(json_safe(summary), indent=2) + "\n")
+    files.append(summary_path)
+    return DistanceResult(
+        store=root,
+        steps=steps,
+        S=s,
+        refs=ref_steps,
+        dts=dt_list,
+        to_ref=to_ref,
+        adjacent=pairs,
+        reference_curves=ref_curves,
+        adjacent_curves=dt_curves,
+        verdict=verdict,
+        rules=rules,
+        excluded=matrix.excluded,
+        matrix_reused=matrix.reused,
+        files=files,
+        notes=notes,
+    )
+
+
+# Every file in STORE/distance/, in the order summary.json lists them.
+_OUTPUTS = (
+    paths.to_ref_csv,
+    paths.adjacent_csv,
+    paths.matrix_npz,
+    paths.distance_summary,
+    paths.to_ref_png,
+    paths.adjacent_png,
+    paths.matrix_png,
+)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _parse_refs(refs: Sequence[int | str] | None) -> list[int | str]:
+    """``--ref`` values as ints or ``"last"``; an error naming ``--ref`` on anything else."""
+    if refs is None:
+        return []
+    parsed: list[int | str] = []
+    for raw in refs:
+        if isinstance(raw, bool):
+            raise ConetoolError(f"--ref {raw!r} is not a step. Pass a stored step or 'last'.")
+        if isinstance(raw, int | np.integer):
+            parsed.append(int(raw))
+            continue
+        text = str(raw).strip().lower()
+        if text == "last":
+            parsed.append("last")
+        elif text.lstrip("+").isdigit():
+            parsed.append(int(text))
+        else:
+            raise ConetoolError(
+                f"--ref {raw!r} is not a step. Pass a stored step (an integer, e.g. --ref 100) "
+                "or --ref last; repeat --ref for several references."
+            )
+    return parsed
+
+
+def _resolve_refs(
+    wanted: list[int | str], steps: list[int], excluded: dict[int, str], notes: list[str]
+) -> list[int]:
+    if not wanted:
+        if 0 in steps:
+            return [0]
+        note = f"step 0 is not stored; the reference defaults to the first stored step, {steps[0]}"
+        if 0 in excluded:
+            note = (
+                f"step 0 was left out (--skip-bad); the reference defaults to the first usable "
+                f"step, {steps[0]}"
+            )
+        notes.append(note)
+        return [steps[0]]
+    resolved = []
+    for ref in wanted:
+        if ref == "last":
+            resolved.append(steps[-1])
+            continue
+        step = int(ref)
+        if step in excluded:
+            raise StoreError(
+                f"--ref {step}: that step was left out by --skip-bad ({excluded[step]}). "
+                f"Choose another reference, e.g. {_near(steps, step)}, or recompute the kernel "
+                "(conetool kernels)."
+            )
+        step_index(steps, step)
+        resolved.append(step)
+    return sorted(set(resolved))
+
+
+def _near(steps: list[int], step: int) -> str:
+    near = sorted(sorted(steps, key=lambda s: abs(s - step))[:2])
+    return " or ".join(str(s) for s in near)
+
+
+def _check_dt(dt: int, steps: list[int], excluded: dict[int, str] | None = None) -> None:
+    """Raise when no two of ``steps`` are ``dt`` apart, listing the spacings that occur."""
+    if int(dt) != dt or dt < 1:
+        raise GeometryError(f"--dt {dt} is not a positive number of steps.")
+    present = set(steps)
+    if any(t + dt in present for t in steps):
+        return
+    consecutive = spacings(steps)
+    others = [d for d in spacings(steps, consecutive=False) if d not in consecutive]
+    shown = ", ".join(str(d) for d in others[:12]) + (" ..." if len(others) > 12 else "")
+    also = f"; other differences that occur: {shown}" if others else ""
+    left_out = ""
+    if excluded:
+        left_out = (
+            f" (steps {', '.join(str(s) for s in sorted(excluded))} were left out by --skip-bad)"
+        )
+    raise GeometryError(
+        f"--dt {dt} matches no pair of stored steps: no two stored steps are {dt} apart"
+        f"{left_out}. Spacings between consecutive stored steps: "
+        f"{', '.join(str(d) for d in consecutive)}{also}. Pass one of them as --dt."
+    )
+
+
+def _default_dts(s: np.ndarray, steps: list[int], rules: VerdictRules) -> list[int]:
+    """The smallest consecutive spacing, plus the verdict's velocity dt when it has pairs."""
+    chosen = {min(spacings(steps))}
+    verdict_dt = rules.velocity_dt if rules.velocity_dt is not None else velocity_dt(steps)
+    if verdict_dt is not None and adjacent(s, steps, verdict_dt):
+        chosen.add(int(verdict_dt))
+    return sorted(chosen)
+
+
+def _read_verdict(
+    s: np.ndarray,
+    steps: list[int],
+    refs: list[int] | None,
+    rules: VerdictRules,
+    notes: list[str],
+) -> Verdict:
+    """The phase verdict, on the user's references in Phase II when any can be judged."""
+    verdict = phase_verdict(steps, s, refs=refs, rules=rules)
+    judged = [r for r in verdict.numbers.get("references", []) if r["status"] != "skipped"]
+    if refs and verdict.numbers.get("references_from") == "user" and not judged:
+        # The user's Phase II references sit too close to the end to judge (e.g. --ref last):
+        # they still get their curves, and the verdict reads its default references.
+        tried = ", ".join(str(r["ref"]) for r in verdict.numbers["references"])
+        notes.append(
+            f"the verdict cannot judge --ref {tried} (too few stored steps after it); it "
+            "uses its default references instead"
+        )
+        verdict = phase_verdict(steps, s, rules=rules)
+    return verdict
+
+
+def _rules_dict(rules: VerdictRules) -> dict[str, Any]:
+    out = asdict(rules)
+    out["reference_fractions"] = list(rules.reference_fractions)
+    return out
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _reference_curve(ref: int, values: np.ndarray, steps: list[int]) -> ReferenceCurve:
+    peak = int(np.argmax(values))
+    return ReferenceCurve(ref, float(values[-1]), float(values[peak]), int(steps[peak]))
+
+
+def _adjacent_curve(dt: int, pairs: list[AdjacentPair], for_verdict: bool) -> AdjacentCurve:
+    velocities = np.array([p.velocity for p in pairs])
+    peak = int(np.argmax(velocities))
+    return AdjacentCurve(
+        dt=dt,
+        pairs=len(pairs),
+        final=float(pairs[-1].distance),
+        max=float(max(p.distance for p in pairs)),
+        peak_velocity=float(velocities[peak]),
+        peak_step=int(pairs[peak].step),
+        verdict=for_verdict,
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_to_ref(root: Path, steps: list[int], to_ref: dict[int, np.ndarray]) -> Path:
+    refs = sorted(to_ref)
+    rows = [[step, *(csv_number(to_ref[r][i]) for r in refs)] for i, step in enumerate(steps)]
+    return write_csv(paths.to_ref_csv(root), ["step", *(f"ref_{r}" for r in refs)], rows)
+
+
+def _write_adjacent(root: Path, pairs: dict[int, list[AdjacentPair]]) -> Path:
+    rows = [
+        [p.step, p.dt, csv_number(p.distance), csv_number(p.velocity)]
+        for dt in sorted(pairs)
+        for p in pairs[dt]
+    ]
+    return write_csv(paths.adjacent_csv(root), ["step", "dt", "S", "velocity"], rows)
+
+
+def _write_figures(
+    root: Path,
+    steps: list[int],
+    s: np.ndarray,
+    to_ref: dict[int, np.ndarray],
+    pairs: dict[int, list[AdjacentPair]],
+    phase1_end: int | None,
+    logx: bool,
+    logy: bool,
+) -> list[Path]:
+    curves = {dt: ([p.step for p in ps], [p.distance for p in ps]) for dt, ps in pairs.items()}
+    figures = [
+        (
+            paths.to_ref_png(root),
+            distance_to_reference_figure(
+                steps, to_ref, logx=logx, logy=logy, phase1_end=phase1_end
+            ),
+        ),
+        (
+            paths.adjacent_png(root),
+            adjacent_figure(curves, velocity="both", logx=logx, logy=True, phase1_end=phase1_end),
+        ),
+        (paths.matrix_png(root), matrix_figure(steps, s, log_color=logy)),
+    ]
+    return [save_figure(figure, path) for path, figure in figures]

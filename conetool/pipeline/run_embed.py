@@ -1,0 +1,165 @@
+"""``conetool embed``: a 2-D or 3-D picture of the kernel trajectory (paper Fig. 1c), into
+``STORE/embed/``.
+
+Outputs (names from :mod:`conetool.paths`)::
+
+    embed/coords.csv       step, x, y[, z]           one row per kernel, in step order
+    embed/summary.json     method, dims, seed, stress, explained variance ratio, store identity
+    embed/embedding.png    the picture: H(first step) black, later steps darker
+
+The S matrix comes from ``distance/matrix.npz`` when it matches the store's kernels, else it is
+computed (and saved there) exactly as ``conetool distance`` does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__, paths
+from ..embedding import Embedding, embed_kernels
+from ..errors import ConetoolError
+from ..io import atomic_write_text
+from ..plots import embedding_figure, save_figure
+from ..progress import NullProgress, Progress
+from ..store import Store
+from ..verdict import phase_verdict
+from .matrix_cache import csv_number, json_safe, kernel_matrix, write_csv
+
+__all__ = ["METHODS", "EmbedResult", "embed"]
+
+METHODS = ("mds", "pca")
+
+
+@dataclass(frozen=True, eq=False)
+class EmbedResult:
+    """What :func:`embed` computed and wrote.
+
+    Attributes:
+        store: the store directory.
+        steps: the ``K`` embedded steps, ascending (stored steps minus ``excluded``).
+        embedding: coordinates ``(K, dims)`` (row k for ``steps[k]``), stress, explained variance.
+        seed: the seed passed to MDS.
+        phase1_end: the end of Phase I ringed on the picture (from ``distance/summary.json`` when
+            it belongs to the same kernels, else the verdict with default rules), or ``None``.
+        excluded: steps left out with ``skip_bad`` -> why.
+        matrix_reused: the S matrix was read back from ``distance/matrix.npz``.
+        files: every file written.
+    """
+
+    store: Path
+    steps: list[int]
+    embedding: Embedding
+    seed: int
+    phase1_end: int | None
+    excluded: dict[int, str] = field(default_factory=dict)
+    matrix_reused: bool = False
+    files: list[Path] = field(default_factory=list)
+
+
+def embed(
+    store: str | Path = paths.DEFAULT_STORE,
+    *,
+    method: str = "mds",
+    dims: int = 2,
+    seed: int = 0,
+    skip_bad: bool = False,
+    max_memory: int | str | None = None,
+    progress: Progress | None = None,
+) -> EmbedResult:
+    """Embed the store's kernels in ``dims`` dimensions from their chordal distances.
+
+    Args:
+        store: the store directory.
+        method: ``"mds"``, metric MDS of the chordal distance ``sqrt(2 S)`` (the Euclidean
+            distance between the unit-norm kernels; quality: Kruskal Stress-1), or ``"pca"``,
+            exact PCA of the unit-norm kernels (quality: explained variance ratio).
+        dims: 2 or 3.
+        seed: random state for MDS (its start is the PCA solution, so the result is deterministic).
+        skip_bad: leave out kernel files that cannot be read or are non-finite.
+        max_memory: budget for the S matrix's kernel blocks when it must be computed (default 1 GiB).
+        progress: progress display; default silent.
+
+    Returns:
+        An :class:`EmbedResult`; ``embed/coords.csv``, ``embed/summary.json`` and
+        ``embed/embedding.png`` are written.
+
+    Example::
+
+        result = conetool.embed("conetool-out", method="pca", dims=2)
+        xy = result.embedding.coords                      # (K, 2), rows = result.steps
+        print(result.embedding.explained_variance_ratio)  # e.g. [0.71 0.12]
+    """
+    progress = progress or NullProgress()
+    method = str(getattr(method, "value", method)).lower()
+    if method not in METHODS:
+        raise ConetoolError(f"--method {method!r} is unknown. Use one of: {', '.join(METHODS)}.")
+    if dims not in (2, 3):
+        raise ConetoolError(f"--dims {dims} is not supported. Use 2 or 3.")
+    opened = Store.open(store)
+    matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
+    steps, s = matrix.steps, matrix.S
+    embedding = embed_kernels(s, method=method, dims=dims, seed=seed)  # type: ignore[arg-type]
+    phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s)
+
+    root = opened.root
+    axes = ["x", "y", "z"][:dims]
+    rows = [[step, *(csv_number(v) for v in embedding.coords[i])] for i, step in enumerate(steps)]
+    files = [write_csv(paths.coords_csv(root), ["step", *axes], rows)]
+    if method == "pca":
+        ratio = embedding.explained_variance_ratio
+        assert ratio is not None
+        quality = f"explained variance {float(np.sum(ratio)):.0%}"
+    else:
+        quality = f"stress {embedding.stress:.3f}"
+    figure = embedding_figure(
+        embedding.coords, steps, method=method, quality=quality, phase1_end=phase1_end
+    )
+    files.append(save_figure(figure, paths.embedding_png(root)))
+    summary: dict[str, Any] = {
+        "command": "embed",
+        "conetool_version": __version__,
+        "store": str(root),
+        "identity": asdict(opened.identity),
+        "matrix_key": matrix.key,
+        "matrix": "reused" if matrix.reused else "computed",
+        **embedding.to_dict(),
+        "seed": seed,
+        "distance": "chordal sqrt(2 S) between unit-norm kernels",
+        "steps": {"count": len(steps), "first": steps[0], "last": steps[-1]},
+        "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
+        "phase1_end": phase1_end,
+        "phase1_end_from": phase1_from,
+        "files": [paths.coords_csv(root).name, paths.embedding_png(root).name, "summary.json"],
+    }
+    summary_path = paths.embed_summary(root)
+    atomic_write_text(summary_path, json.dumps(json_safe(summary), indent=2) + "\n")
+    files.append(summary_path)
+    return EmbedResult(
+        store=root,
+        steps=steps,
+        embedding=embedding,
+        seed=seed,
+        phase1_end=phase1_end,
+        excluded=matrix.excluded,
+        matrix_reused=matrix.reused,
+        files=files,
+    )
+
+
+def _phase1_end(store: Store, key: str, steps: list[int], s: np.ndarray) -> tuple[int | None, str]:
+    """The end of Phase I: from ``distance/summary.json`` when it is about these kernels (so the
+    user's verdict options count), else from the verdict with default rules."""
+    path = paths.distance_summary(store.root)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("matrix_key") == key:
+            end = saved["verdict"]["phase1_end"]
+            return (None if end is None else int(end)), "distance/summary.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return phase_verdict(steps, s).phase1_end, "verdict with default rules"

@@ -1,0 +1,48 @@
+"""``conetool inspect``: what a checkpoint directory holds and what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import paths
+from ..checkpoints import InspectRow, inspect_checkpoints, parse_step_range
+from ..spec import Spec
+from .resolve import iterations_per_epoch, model_for, resolve_spec
+
+
+def inspect(
+    ckpts: str | Path,
+    *,
+    spec: Spec | str | Path | None = None,
+    verify: bool = False,
+    step_regex: str | None = None,
+    steps: str | None = None,
+    every: int | None = None,
+) -> list[InspectRow]:
+    """One row per checkpoint found in ``ckpts``: step, file, size, parameter count, status.
+
+    Reads headers only, unless ``verify`` (then every tensor is loaded and checked finite, and
+    shapes are checked against the spec's model). The spec (``--spec`` or ``CKPTS/conetool.toml``)
+    is optional; with it, keys and shapes are checked against the model and open_lth's
+    ``model_epE_itI`` names are converted to steps.
+
+    Example::
+
+        rows = conetool.inspect("runs/digits")
+        bad = [r for r in rows if r.status != "ok"]
+    """
+    ckpts = Path(ckpts)
+    if spec is not None or paths.spec(ckpts).is_file():
+        resolved = resolve_spec(ckpts, spec)
+        model, ipe = model_for(resolved), iterations_per_epoch(resolved)
+    else:
+        model, ipe = None, None
+    return inspect_checkpoints(
+        ckpts,
+        model=model,
+        verify=verify,
+        step_regex=step_regex,
+        iterations_per_epoch=ipe,
+        steps=parse_step_range(steps) if steps else None,
+        every=every,
+    )

@@ -1,0 +1,388 @@
+"""``conetool switch``: train normally to step t, then the linearized model from t to T (Fig. 2).
+
+For each switch point t the checkpoint of step t is loaded, linearized around its weights
+(:class:`conetool.linearize.LinearizedModel`: BatchNorm in eval mode with the running statistics
+of step t, dropout off) and trained with the spec's recipe from global step t to T: the same
+optimizer and hyperparameters, the learning rate of the schedule at each global step, and the very
+batches (and augmentations) the standard run used from t on (:mod:`conetool.loop`). Momentum starts
+from the optimizer state saved beside the checkpoint when there is one, else from zero.
+
+Each point's result is written as soon as it is done (``STORE/switch/at_XXXXXX.json`` and
+``.csv``), so a rerun skips finished points and an interrupted sweep loses only the point in
+progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import paths
+from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint
+from ..data import DataBundle, load_data
+from ..device import resolve_device
+from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
+from ..io import atomic_write_text
+from ..linearize import LinearizedModel
+from ..loop import Row, TrainingLoop, evaluate
+from ..models import output_check
+from ..optim import load_optimizer_state, make_optimizer
+from ..plots import save_figure, switch_figure
+from ..progress import NullProgress, Progress
+from ..spec import Spec, spec_from_dict
+from ..store import nearest_steps
+from .resolve import iterations_per_epoch, model_for, resolve_spec
+
+REFERENCES = ("checkpoint", "train")
+RESULT_COLUMNS = (
+    "at",
+    "until",
+    "test_acc",
+    "test_loss",
+    "train_acc",
+    "train_loss",
+    "momentum",
+    "seconds",
+)
+
+
+@dataclass(frozen=True)
+class SwitchPoint:
+    """The linearized continuation from step ``at`` to ``until``: its final test and train
+    metrics, where momentum came from ("saved" optimizer state or "fresh"), the metrics rows along
+    the way, and whether it was computed now or reused from the store."""
+
+    at: int
+    until: int
+    test_acc: float
+    test_loss: float
+    train_acc: float
+    train_loss: float
+    momentum: str
+    seconds: float
+    rows: list[Row] = field(default_factory=list)
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
+    step, test_acc, test_loss, source; or None) and the files written."""
+
+    store: Path
+    until: int
+    points: list[SwitchPoint]
+    reference: dict[str, Any] | None
+    files: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_at(values: Sequence[int | str]) -> list[int]:
+    """Switch steps from ``--at`` values: ``2000``, ``0,1000,2000`` or ``0:10000:1000`` (start,
+    stop, stride as Python's range: the stop is excluded). Sorted, duplicates removed."""
+    steps: set[int] = set()
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            try:
+                if ":" in part:
+                    bounds = [int(x) for x in part.split(":")]
+                    if len(bounds) not in (2, 3) or (len(bounds) == 3 and bounds[2] <= 0):
+                        raise ValueError
+                    steps.update(range(*bounds))
+                elif part:
+                    steps.add(int(part))
+            except ValueError:
+                raise ConetoolError(
+                    f"--at {value!r} is not a step list. Use a step (--at 2000), a list "
+                    "(--at 0,1000,2000) or a range start:stop:stride (--at 0:10000:1000)."
+                ) from None
+    if not steps:
+        raise ConetoolError("--at names no step. Give at least one, e.g. --at 2000.")
+    if min(steps) < 0:
+        raise ConetoolError(f"--at steps must be >= 0, got {min(steps)}.")
+    return sorted(steps)
+
+
+def switch(
+    at: Sequence[int | str],
+    *,
+    until: int | None = None,
+    store: str | Path = paths.DEFAULT_STORE,
+    ckpts: str | Path | None = None,
+    spec: Spec | str | Path | None = None,
+    reference: str = "checkpoint",
+    device: str | torch.device = "auto",
+    step_regex: str | None = None,
+    progress: Progress | None = None,
+) -> SwitchResult:
+    """Run the switch experiment at each step of ``at`` and write the results to ``store``.
+
+    The checkpoint directory and spec come from the store's manifest (as ``conetool kernels``
+    wrote it); ``ckpts`` and ``spec`` override them (and are needed when there is no store yet).
+
+    Example::
+
+        result = conetool.switch([0, 100, 200], store="conetool-out")
+        [(p.at, p.test_acc) for p in result.points]
+    """
+    progress = progress or NullProgress()
+    store = Path(store)
+    points_at = parse_at(at)
+    if reference not in REFERENCES:
+        raise ConetoolError(f"--reference {reference!r} is unknown. Use checkpoint or train.")
+    ckpts_dir, spec = _locate(store, ckpts, spec)
+    T = spec.train.steps if until is None else until
+    late = [t for t in points_at if t >= T]
+    if late:
+        raise ConetoolError(
+            f"--at {late[0]} is not before --until {T}: the linearized model is trained from t "
+            f"to T, so t must be smaller. Drop it or raise --until (the spec trains to "
+            f"{spec.train.steps})."
+        )
+    dev = resolve_device(device)
+    refs = {
+        ref.step: ref
+        for ref in list_checkpoints(
+            ckpts_dir, step_regex=step_regex, iterations_per_epoch=iterations_per_epoch(spec)
+        )
+    }
+    for t in points_at:
+        if t not in refs:
+            raise CheckpointError(
+                f"--at {t}: {ckpts_dir} has no checkpoint of step {t}. Nearest: "
+                f"{nearest_steps(sorted(refs), t)}."
+            )
+    data = load_data(spec.data)
+    if len(data.test) == 0:
+        raise SpecError(
+            f"{spec.source}: data set '{spec.data.dataset}' has an empty test split, and the "
+            "switch experiment reports test accuracy and loss. Give the data set a test split."
+        )
+    paths.switch_dir(store).mkdir(parents=True, exist_ok=True)
+
+    results: list[SwitchPoint] = []
+    notes: list[str] = []
+    sweep = progress.task("switch points", total=len(points_at))
+    for t in points_at:
+        point = _run_point(spec, refs[t], ckpts_dir, T, data, dev, store, progress, notes)
+        results.append(point)
+        sweep.advance(1, at=t, test_acc=f"{point.test_acc:.4f}")
+    sweep.close()
+    ref_result = _reference(spec, refs, ckpts_dir, T, data, dev, store, reference, progress, notes)
+    files = _write_sweep(store, results, ref_result, T)
+    return SwitchResult(store, T, results, ref_result, files, notes)
+
+
+def _locate(
+    store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
+) -> tuple[Path, Spec]:
+    """The checkpoint directory and spec: flags first, then the store's manifest."""
+    manifest_path = paths.manifest(store)
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if ckpts is None:
+        if manifest is None:
+            raise StoreError(
+                f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are. "
+                "Pass --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists), or run "
+                f"conetool kernels CKPTS --store {store} first."
+            )
+        ckpts = manifest["checkpoints"]
+    ckpts_dir = Path(ckpts)
+    if spec is None and manifest is not None and not paths.spec(ckpts_dir).is_file():
+        spec = spec_from_dict(manifest["spec"], source=f"{manifest_path} (spec)")
+    return ckpts_dir, resolve_spec(ckpts_dir, spec)
+
+
+def _point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
+    return {"spec_hash": spec.hash(), "until": until, "source_fingerprint": fingerprint}
+
+
+def _run_point(
+    spec: Spec,
+    ref: CheckpointRef,
+    ckpts: Path,
+    until: int,
+    data: DataBundle,
+    device: torch.device,
+    store: Path,
+    progress: Progress,
+    notes: list[str],
+) -> SwitchPoint:
+    t = ref.step
+    model = model_for(spec)
+    loaded = load_checkpoint(model, ref)  # refuses non-finite weights, names the file
+    assert loaded is not None
+    key = _point_key(spec, until, loaded.fingerprint)
+    done = _read_point(store, t, key)
+    if done is not None:
+        return done
+    output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
+    began = time.perf_counter()
+    lin = LinearizedModel(model).to(device)
+    optimizer = make_optimizer((p for p in lin.parameters() if p.requires_grad), spec.train)
+    saved = paths.optimizer_state(ckpts, t)
+    momentum = "fresh"
+    if saved.is_file():
+        load_optimizer_state(optimizer, saved)
+        momentum = "saved"
+    else:
+        notes.append(f"t={t}: no optimizer state beside the checkpoint; momentum starts at zero")
+    loop = TrainingLoop(spec, lin, optimizer, data, device, progress, description=f"switch t={t}")
+    rows = loop.run(t, until)
+    last = rows[-1]
+    train_rows = [r for r in rows if r["train_loss"] == r["train_loss"]]  # not NaN
+    point = SwitchPoint(
+        at=t,
+        until=until,
+        test_acc=last["test_acc"],
+        test_loss=last["test_loss"],
+        train_acc=train_rows[-1]["train_acc"] if train_rows else float("nan"),
+        train_loss=train_rows[-1]["train_loss"] if train_rows else float("nan"),
+        momentum=momentum,
+        seconds=round(time.perf_counter() - began, 3),
+        rows=rows,
+    )
+    atomic_write_text(paths.switch_point_metrics(store, t), _rows_csv(rows))
+    payload = {**asdict(point), "key": key, "checkpoint": [str(p) for p in ref.paths]}
+    payload.pop("reused")
+    atomic_write_text(paths.switch_point(store, t), _json(payload))
+    return point
+
+
+def _read_point(store: Path, t: int, key: dict[str, Any]) -> SwitchPoint | None:
+    """A finished point of the same spec, T and checkpoint content, or None."""
+    path = paths.switch_point(store, t)
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # damaged: recomputed and rewritten
+    if payload.get("key") != key:
+        return None
+    fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
+    return SwitchPoint(**{**fields, "reused": True})
+
+
+def _reference(
+    spec: Spec,
+    refs: dict[int, CheckpointRef],
+    ckpts: Path,
+    until: int,
+    data: DataBundle,
+    device: torch.device,
+    store: Path,
+    how: str,
+    progress: Progress,
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
+    continued from the last checkpoint before T."""
+    model = model_for(spec).to(device)
+    if how == "checkpoint":
+        if until not in refs:
+            notes.append(
+                f"no checkpoint of step {until} in {ckpts}: the figure has no standard-training "
+                "line. Pass --reference train to train the standard continuation to T."
+            )
+            return None
+        load_checkpoint(model, refs[until])
+        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
+        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
+    start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
+    if start is None:
+        raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
+    path = paths.switch_reference(store)
+    loaded = load_checkpoint(model, refs[start])
+    assert loaded is not None
+    key = {**_point_key(spec, until, loaded.fingerprint), "from": start}
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("key") == key:
+            return previous["reference"]
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
+    saved = paths.optimizer_state(ckpts, start)
+    if saved.is_file():
+        load_optimizer_state(optimizer, saved)
+    loop = TrainingLoop(spec, model, optimizer, data, device, progress, description="standard")
+    last = loop.run(start, until)[-1]
+    result = {
+        "step": until,
+        "test_acc": last["test_acc"],
+        "test_loss": last["test_loss"],
+        "source": f"trained from step {start}",
+    }
+    atomic_write_text(path, _json({"key": key, "reference": result}))
+    return result
+
+
+def _write_sweep(
+    store: Path, points: list[SwitchPoint], reference: dict[str, Any] | None, until: int
+) -> list[Path]:
+    """results.csv / results.json / switch.png over every finished point in the store."""
+    rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(paths.switch_results_csv(store), text.getvalue())
+    summary = {"until": until, "reference": reference, "points": rows}
+    atomic_write_text(paths.switch_results_json(store), _json(summary))
+    figure = switch_figure(
+        [p.at for p in points],
+        [p.test_acc for p in points],
+        [p.test_loss for p in points],
+        reference_acc=reference["test_acc"] if reference else None,
+        reference_loss=reference["test_loss"] if reference else None,
+        until=until,
+        phase1_end=_phase1_end(store),
+    )
+    save_figure(figure, paths.switch_png(store))
+    return [
+        paths.switch_results_csv(store),
+        paths.switch_results_json(store),
+        paths.switch_png(store),
+    ]
+
+
+def _phase1_end(store: Path) -> int | None:
+    """Phase I's end from ``conetool distance``'s verdict, when it has run."""
+    try:
+        summary = json.loads(paths.distance_summary(store).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = summary.get("verdict", {}).get("phase1_end")
+    return int(value) if isinstance(value, int | float) else None
+
+
+def _rows_csv(rows: list[Row]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def _json(payload: Any) -> str:
+    """Strict JSON (NaN, the train metrics of a row with no step before it, becomes null)."""
+    return json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

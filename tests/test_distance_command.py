@@ -1,0 +1,508 @@
+"""`conetool distance` on stores built from synthetic kernels whose geometry is known, its bad
+inputs, and distance + embed end to end on a tiny trained run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.errors import ConetoolError, StoreError
+from conetool.geometry import GeometryError, kernel_distance
+from conetool.pipeline import distance, embed, kernels, matrix_cache, run_distance, run_embed
+from conetool.spec import spec_from_dict
+from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+from conetool.training import train
+from conetool.verdict import VerdictRules, phase_verdict
+
+runner = CliRunner()
+CONE_STEPS = list(range(0, 2001, 25))  # 81 kernels, every 25 steps
+UNEVEN_STEPS = [0, 5, 10, 15, 20, 40, 60, 80]
+
+
+# --------------------------------------------------------------------------- synthetic stores
+
+
+def cone_vectors(steps: list[int], seed: int = 1, level: float = 0.02, dim: int = 30) -> np.ndarray:
+    """Unit vectors that swing fast from near e1 to e0 (time constant 40 steps), then wander in
+    a cone around e0 (an Ornstein-Uhlenbeck walk in the other directions, correlation time 200
+    steps): a two-phase trajectory whose verdict is "cone" (as in tests/test_verdict.py)."""
+    rng = np.random.default_rng(seed)
+    sigma = np.sqrt(level / (dim - 2))
+    axis, swing = np.eye(dim)[0], np.eye(dim)[1]
+
+    def noise() -> np.ndarray:
+        z = rng.standard_normal(dim)
+        z[:2] = 0.0
+        return z
+
+    y, previous, out = sigma * noise(), steps[0], []
+    for t in steps:
+        keep = np.exp(-(t - previous) / 200.0)
+        previous = t
+        y = keep * y + np.sqrt(1.0 - keep * keep) * sigma * noise()
+        v = axis + 3.0 * np.exp(-t / 40.0) * swing + y
+        out.append(v / np.linalg.norm(v))
+    return np.array(out)
+
+
+def psd_kernels(vectors: np.ndarray, scale_seed: int = 0) -> list[np.ndarray]:
+    """Rank-one PSD kernels u u^T, each scaled by its own positive factor (S ignores scale)."""
+    scales = np.random.default_rng(scale_seed).uniform(0.5, 50.0, len(vectors))
+    return [a * np.outer(u, u) for a, u in zip(scales, vectors, strict=True)]
+
+
+def random_psd(steps: list[int], n: int = 6, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in steps:
+        a = rng.standard_normal((n, n + 2))
+        out.append(a @ a.T)
+    return out
+
+
+def write_step(store: Store, step: int, kernel: np.ndarray | torch.Tensor) -> None:
+    tensor = torch.as_tensor(kernel)
+    norm = kernel_norm(tensor) if torch.isfinite(tensor).all() else 1.0
+    record = StepRecord(
+        step=step,
+        source=[f"/ckpts/step_{step:06d}.safetensors"],
+        size=1,
+        fingerprint=f"fp-{step}-{float(tensor.flatten()[0]):.17g}",
+        kernel=paths.kernel_relative(step),
+        norm=norm,
+        seconds=0.0,
+    )
+    store.write_kernel(record, tensor)
+
+
+def make_store(
+    root: Path, steps: list[int], kernels: list[np.ndarray], kind: str = "trace"
+) -> Path:
+    identity = StoreIdentity("spec0", "probe0", kind, "float64")
+    store = Store.open_for_writing(root, identity, {"checkpoints": "/ckpts"})
+    for step, kernel in zip(steps, kernels, strict=True):
+        write_step(store, step, kernel)
+    return root
+
+
+def reference_s(kernels: list[np.ndarray]) -> np.ndarray:
+    """float64 S from the definition, pair by pair (no blocking, no Gram matrix)."""
+    flat = [np.asarray(k, dtype=np.float64).ravel() for k in kernels]
+    k = len(flat)
+    s = np.zeros((k, k))
+    for i in range(k):
+        for j in range(k):
+            if i != j:
+                s[i, j] = 1.0 - flat[i] @ flat[j] / (
+                    np.linalg.norm(flat[i]) * np.linalg.norm(flat[j])
+                )
+    return s
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def real_figures():
+    """Request this to render the PNGs; other tests skip the rendering (a second a figure)."""
+
+
+@pytest.fixture(autouse=True)
+def _stub_figures(request, monkeypatch):
+    if "real_figures" in request.fixturenames:
+        return
+
+    def save(fig, path, **kwargs):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"figure not rendered in this test")
+        return path
+
+    monkeypatch.setattr(run_distance, "save_figure", save)
+    monkeypatch.setattr(run_embed, "save_figure", save)
+
+
+@pytest.fixture(scope="module")
+def cone_store_template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cone") / "store"
+    kernels_ = psd_kernels(cone_vectors(CONE_STEPS))
+    make_store(root, CONE_STEPS, kernels_)
+    return root, kernels_
+
+
+@pytest.fixture
+def cone_store(cone_store_template, tmp_path):
+    root, kernels_ = cone_store_template
+    copy = tmp_path / "store"
+    shutil.copytree(root, copy)
+    return copy, kernels_
+
+
+@pytest.fixture
+def uneven_store(tmp_path):
+    kernels_ = random_psd(UNEVEN_STEPS)
+    return make_store(tmp_path / "uneven", UNEVEN_STEPS, kernels_), kernels_
+
+
+# --------------------------------------------------------------------------- outputs vs references
+
+
+def test_outputs_match_a_float64_reference_and_the_verdict_says_cone(cone_store, real_figures):
+    root, kernels_ = cone_store
+    result = distance(root, refs=["0", 500, "last"])
+    s_ref = reference_s(kernels_)
+
+    # the S matrix file: steps and S, against the pairwise definition
+    with np.load(paths.matrix_npz(root)) as data:
+        assert data["steps"].tolist() == CONE_STEPS
+        np.testing.assert_allclose(data["S"], s_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.S, s_ref, rtol=0, atol=1e-12)
+
+    # Fig. 1a: one column per reference, each value the kernel distance computed directly
+    rows = read_csv(paths.to_ref_csv(root))
+    assert list(rows[0]) == ["step", "ref_0", "ref_500", "ref_2000"]
+    assert [int(r["step"]) for r in rows] == CONE_STEPS
+    for ref in (0, 500, 2000):
+        j = CONE_STEPS.index(ref)
+        for i, row in enumerate(rows):
+            direct = kernel_distance(kernels_[i], kernels_[j])
+            assert float(row[f"ref_{ref}"]) == pytest.approx(direct, abs=1e-12)
+    assert result.refs == [0, 500, 2000]
+
+    # Fig. 1b: uniform spacing 25 -> one dt; every consecutive pair, velocity = S / dt
+    adjacent_rows = read_csv(paths.adjacent_csv(root))
+    assert result.dts == [25]
+    assert [int(r["step"]) for r in adjacent_rows] == CONE_STEPS[:-1]
+    for i, row in enumerate(adjacent_rows):
+        assert int(row["dt"]) == 25
+        assert float(row["S"]) == pytest.approx(s_ref[i, i + 1], abs=1e-12)
+        assert float(row["velocity"]) == pytest.approx(s_ref[i, i + 1] / 25, abs=1e-14)
+
+    # the verdict: the same as phase_verdict on the reference matrix, and "cone"
+    summary = json.loads(paths.distance_summary(root).read_text())
+    expected = phase_verdict(CONE_STEPS, s_ref, refs=[0, 500, 2000])
+    assert summary["verdict"]["regime"] == expected.regime == "cone"
+    assert summary["verdict"]["phase1_end"] == expected.phase1_end == result.verdict.phase1_end
+    assert summary["refs"] == [0, 500, 2000] and summary["dts"] == [25]
+    assert summary["identity"]["kind"] == "trace"
+    assert summary["rules"]["phase1_fraction"] == VerdictRules().phase1_fraction
+    assert summary["steps"] == {"count": 81, "first": 0, "last": 2000}
+    for name in ("to_ref.png", "adjacent.png", "matrix.png"):
+        assert (paths.distance_dir(root) / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the table's numbers
+    curve = {c.ref: c for c in result.reference_curves}[500]
+    j = CONE_STEPS.index(500)
+    assert curve.final == pytest.approx(s_ref[-1, j], abs=1e-12)
+    assert curve.max == pytest.approx(s_ref[:, j].max(), abs=1e-12)
+
+
+def test_blocked_computation_gives_the_same_matrix(cone_store):
+    root, kernels_ = cone_store
+    numel = kernels_[0].size
+    # room for two blocks of 2 kernels plus the one being loaded: 41 blocks
+    result = distance(root, max_memory=5 * numel * 8)
+    np.testing.assert_allclose(result.S, reference_s(kernels_), rtol=0, atol=1e-12)
+    assert not result.matrix_reused
+
+
+def test_uneven_steps_default_dts_and_velocities(uneven_store):
+    root, kernels_ = uneven_store
+    result = distance(root)
+    # the smallest spacing (5) and the spacing that covers the run, which the verdict reads (20)
+    assert result.dts == [5, 20]
+    rows = read_csv(paths.adjacent_csv(root))
+    got = [(int(r["step"]), int(r["dt"])) for r in rows]
+    assert got == [(0, 5), (5, 5), (10, 5), (15, 5), (0, 20), (20, 20), (40, 20), (60, 20)]
+    index = {step: i for i, step in enumerate(UNEVEN_STEPS)}
+    for r in rows:
+        t, dt = int(r["step"]), int(r["dt"])
+        direct = kernel_distance(kernels_[index[t]], kernels_[index[t + dt]])
+        assert float(r["S"]) == pytest.approx(direct, abs=1e-12)
+        assert float(r["velocity"]) == pytest.approx(direct / dt, abs=1e-14)
+    assert [c.verdict for c in result.adjacent_curves] == [False, True]
+
+
+def test_explicit_dt_uses_every_stored_pair(uneven_store):
+    root, _ = uneven_store
+    result = distance(root, dts=[10])
+    assert [p.step for p in result.adjacent[10]] == [0, 5, 10]  # 0-10, 5-15, 10-20
+    assert result.dts == [10]
+
+
+def test_the_matrix_is_reused_until_a_kernel_changes(cone_store, monkeypatch):
+    root, kernels_ = cone_store
+    first = distance(root)
+    assert not first.matrix_reused
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the S matrix should have been reused")
+
+    monkeypatch.setattr(matrix_cache, "distance_matrix", fail)
+    again = distance(root, refs=[100])
+    assert again.matrix_reused
+    np.testing.assert_array_equal(again.S, first.S)
+
+    monkeypatch.undo()
+    store = Store.open(root)
+    write_step(store, 100, kernels_[0])  # recomputed kernel: the cache no longer applies
+    changed = distance(root)
+    assert not changed.matrix_reused
+    i = CONE_STEPS.index(100)
+    assert changed.S[0, i] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_default_reference_is_the_first_stored_step_when_0_is_missing(tmp_path):
+    steps = [10, 20, 30, 40]
+    root = make_store(tmp_path / "s", steps, random_psd(steps))
+    result = distance(root)
+    assert result.refs == [10]
+    assert any("step 0 is not stored" in note for note in result.notes)
+
+
+def test_verdict_rules_are_used_and_saved(cone_store):
+    root, _ = cone_store
+    rules = VerdictRules(phase1_fraction=0.5, plateau_tolerance=0.3, lazy_level=1e-4)
+    result = distance(root, rules=rules)
+    summary = json.loads(paths.distance_summary(root).read_text())
+    assert summary["rules"]["phase1_fraction"] == 0.5
+    assert summary["verdict"]["numbers"]["rules"]["plateau_tolerance"] == 0.3
+    assert result.verdict.numbers["velocity_threshold"] == pytest.approx(
+        0.5 * result.verdict.numbers["peak_velocity"]
+    )
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_store(tmp_path):
+    with pytest.raises(StoreError, match="does not exist.*conetool kernels"):
+        distance(tmp_path / "nowhere")
+
+
+def test_empty_store(tmp_path):
+    root = make_store(tmp_path / "empty", [], [])
+    with pytest.raises(StoreError, match="has no kernels.*conetool kernels /ckpts --store"):
+        distance(root)
+
+
+def test_store_with_one_kernel(tmp_path):
+    root = make_store(tmp_path / "one", [0], random_psd([0]))
+    with pytest.raises(StoreError, match=r"at least two kernels; store .* has 1 \(step 0\)"):
+        distance(root)
+
+
+def test_reference_that_is_not_stored_lists_the_nearest(uneven_store):
+    root, _ = uneven_store
+    with pytest.raises(GeometryError, match="step 12 has no stored kernel.*10 or 15"):
+        distance(root, refs=[12])
+    with pytest.raises(ConetoolError, match="--ref 'first'"):
+        distance(root, refs=["first"])
+    assert not paths.matrix_npz(root).exists()  # refused before any kernel was read
+
+
+def test_dt_without_a_pair_lists_the_spacings(uneven_store):
+    root, _ = uneven_store
+    with pytest.raises(GeometryError, match="--dt 7 matches no pair") as info:
+        distance(root, dts=[7])
+    assert "consecutive stored steps: 5, 20" in str(info.value)
+    assert "other differences that occur: 10, 15, 25" in str(info.value)
+
+
+def test_corrupt_kernel_is_named_and_skipped_only_with_skip_bad(uneven_store):
+    root, _ = uneven_store
+    bad = paths.kernel(root, 15)
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(StoreError) as info:
+        distance(root)
+    message = str(info.value)
+    assert str(bad) in message and "cannot be read" in message and "--skip-bad" in message
+    result = distance(root, skip_bad=True)
+    assert 15 not in result.steps and set(result.excluded) == {15}
+    summary = json.loads(paths.distance_summary(root).read_text())
+    assert list(summary["excluded"]) == ["15"]
+    # the pairs through step 15 are gone
+    assert [p.step for p in result.adjacent[5]] == [0, 5]
+
+
+def test_non_finite_kernel_is_named_and_skipped_only_with_skip_bad(uneven_store):
+    root, kernels_ = uneven_store
+    nan = kernels_[2].copy()
+    nan[0, 0] = np.nan
+    write_step(Store.open(root), 10, nan)
+    with pytest.raises(StoreError, match="step 10: kernel file .*step_000010.safetensors holds"):
+        distance(root)
+    result = distance(root, skip_bad=True)
+    assert result.steps == [s for s in UNEVEN_STEPS if s != 10]
+    assert "non-finite" in result.excluded[10]
+    with pytest.raises(StoreError, match="left out by --skip-bad"):
+        distance(root, refs=[10], skip_bad=True)
+
+
+def test_kernel_file_of_another_kind_is_refused_even_with_skip_bad(uneven_store):
+    root, kernels_ = uneven_store
+    path = paths.kernel(root, 20)
+    metadata = {
+        "step": "20",
+        "kind": "full",
+        "spec_hash": "spec0",
+        "probe_hash": "probe0",
+        "dtype": "float64",
+    }
+    save_file({"kernel": torch.as_tensor(kernels_[4])}, str(path), metadata=metadata)
+    for skip_bad in (False, True):
+        with pytest.raises(StoreError) as info:
+            distance(root, skip_bad=skip_bad)
+        message = str(info.value)
+        assert str(path) in message and "kind 'full' (store: 'trace')" in message
+        assert "never mixes" in message
+
+
+def test_kernel_of_another_shape_is_refused(uneven_store):
+    root, _ = uneven_store
+    write_step(Store.open(root), 40, random_psd([0], n=7)[0])
+    with pytest.raises(StoreError, match=r"step_000040.safetensors has shape \(7, 7\)"):
+        distance(root, skip_bad=True)
+
+
+def test_bad_verdict_rule_is_a_clean_error():
+    with pytest.raises(GeometryError, match="phase1_fraction=1.5"):
+        VerdictRules(phase1_fraction=1.5)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_prints_the_table_and_the_verdict(cone_store):
+    root, _ = cone_store
+    result = runner.invoke(app, ["distance", "--store", str(root), "--ref", "0", "--ref", "last"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "S(t, τ=0)" in out and "S(t, τ=2000)" in out and "S(t, t+25) *" in out
+    assert "verdict: cone, Phase I ends at step" in out and "Cone effect" in out
+    assert "to_ref.png" in out and "summary.json" in out
+    # --ref last cannot be judged (nothing after it); the verdict falls back to its defaults
+    assert "the verdict cannot judge --ref 2000" in out
+
+
+def test_cli_verdict_options_reach_the_rules(cone_store):
+    root, _ = cone_store
+    args = [
+        "distance",
+        "--store",
+        str(root),
+        "-q",
+        "--phase1-fraction",
+        "0.3",
+        "--lazy-level",
+        "0.002",
+        "--plateau-tolerance",
+        "0.2",
+        "--velocity-dt",
+        "50",
+        "--logx",
+        "--logy",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rules = json.loads(paths.distance_summary(root).read_text())["rules"]
+    assert (rules["phase1_fraction"], rules["lazy_level"], rules["plateau_tolerance"]) == (
+        0.3,
+        0.002,
+        0.2,
+    )
+    assert rules["velocity_dt"] == 50
+    summary = json.loads(paths.distance_summary(root).read_text())
+    assert summary["dts"] == [25, 50]  # the verdict's velocity is always drawn by default
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ref", "12"], "nearest stored steps are 10 or 15"),
+        (["--dt", "7"], "spacings between consecutive stored steps: 5, 20"),
+        (["--phase1-fraction", "2"], "phase1_fraction=2.0"),
+        (["--max-memory", "lots"], "--max-memory"),
+    ],
+)
+def test_cli_bad_input_is_one_message_and_exit_1(uneven_store, args, message):
+    root, _ = uneven_store
+    result = runner.invoke(app, ["distance", "--store", str(root), *args])
+    assert result.exit_code == 1
+    assert message.lower() in " ".join(result.output.split()).lower()
+    assert "Traceback" not in result.output
+
+
+def test_cli_missing_store_and_usage_errors(tmp_path):
+    result = runner.invoke(app, ["distance", "--store", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert "Traceback" not in result.output
+    assert runner.invoke(app, ["distance", "--dt", "0"]).exit_code == 2
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+TINY = {
+    "model": {"arch": "mlp", "num_classes": 3, "widths": [8], "activation": "tanh"},
+    "data": {
+        "dataset": "synthetic",
+        "shape": [4],
+        "num_classes": 3,
+        "train_size": 48,
+        "test_size": 12,
+    },
+    "probe": {"size": 6},
+    "train": {
+        "steps": 20,
+        "batch_size": 8,
+        "lr": 0.2,
+        "save_every": 10,
+        "dense_every": 2,
+        "dense_until": 10,
+        "eval_every": 20,
+    },
+}
+
+
+def test_train_kernels_distance_embed_end_to_end(tmp_path, real_figures):
+    ckpts = tmp_path / "ckpts"
+    train(spec_from_dict(TINY, source="tiny.toml"), ckpts)
+    store = tmp_path / "store"
+    made = kernels(ckpts, store=store, dtype="float64", device="cpu")
+    steps = [0, 2, 4, 6, 8, 10, 20]
+    assert made.computed == steps
+
+    result = runner.invoke(app, ["distance", "--store", str(store), "--ref", "10"])
+    assert result.exit_code == 0, result.output
+    assert "verdict: " in result.output
+    opened = Store.open(store)
+    rows = read_csv(paths.to_ref_csv(store))
+    for row in rows:
+        direct = kernel_distance(opened.load_kernel(int(row["step"])), opened.load_kernel(10))
+        assert float(row["ref_10"]) == pytest.approx(direct, abs=1e-12)
+    summary = json.loads(paths.distance_summary(store).read_text())
+    assert summary["dts"] == [2, 10] and summary["verdict"]["regime"] in {
+        "cone",
+        "lazy",
+        "drift",
+        "undetermined",
+    }
+
+    embedded = embed(store, method="pca")
+    assert embedded.matrix_reused and embedded.steps == steps
+    coords = read_csv(paths.coords_csv(store))
+    assert len(coords) == len(steps) and list(coords[0]) == ["step", "x", "y"]
+    assert paths.embedding_png(store).read_bytes()[:4] == b"\x89PNG"

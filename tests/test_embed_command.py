@@ -1,0 +1,215 @@
+"""`conetool embed` on stores of synthetic kernels: coordinates against a direct PCA, reuse of the
+S matrix saved by `conetool distance`, bad input and the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.embedding import embed_kernels
+from conetool.errors import ConetoolError, StoreError
+from conetool.pipeline import distance, embed, matrix_cache, run_embed
+from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+
+runner = CliRunner()
+STEPS = [0, 10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 400]
+
+
+def trajectory_kernels(steps: list[int], n: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """PSD kernels A_t A_t^T whose factor moves fast early and slowly later (a cone-like path)."""
+    rng = np.random.default_rng(seed)
+    a0, a1, wander = (rng.standard_normal((n, n + 1)) for _ in range(3))
+    out = []
+    for t in steps:
+        a = a0 + (1.0 - np.exp(-t / 30.0)) * a1 + 0.05 * np.sin(t / 50.0) * wander
+        out.append(a @ a.T)
+    return out
+
+
+def make_store(root: Path, steps: list[int], kernels: list[np.ndarray]) -> Path:
+    store = Store.open_for_writing(
+        root, StoreIdentity("spec0", "probe0", "trace", "float64"), {"checkpoints": "/ckpts"}
+    )
+    for step, kernel in zip(steps, kernels, strict=True):
+        tensor = torch.as_tensor(kernel)
+        store.write_kernel(
+            StepRecord(
+                step=step,
+                source=[f"/ckpts/step_{step:06d}.safetensors"],
+                size=1,
+                fingerprint=f"fp-{step}",
+                kernel=paths.kernel_relative(step),
+                norm=kernel_norm(tensor),
+                seconds=0.0,
+            ),
+            tensor,
+        )
+    return root
+
+
+def read_coords(root: Path) -> tuple[list[str], list[int], np.ndarray]:
+    with open(paths.coords_csv(root), newline="") as handle:
+        rows = list(csv.reader(handle))
+    steps = [int(r[0]) for r in rows[1:]]
+    return rows[0], steps, np.array([[float(x) for x in r[1:]] for r in rows[1:]])
+
+
+@pytest.fixture
+def real_figures():
+    """Request this to render the PNG; other tests skip the rendering."""
+
+
+@pytest.fixture(autouse=True)
+def _stub_figures(request, monkeypatch):
+    if "real_figures" in request.fixturenames:
+        return
+
+    def save(fig, path, **kwargs):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"figure not rendered in this test")
+        return path
+
+    monkeypatch.setattr(run_embed, "save_figure", save)
+    monkeypatch.setattr("conetool.pipeline.run_distance.save_figure", save)
+
+
+@pytest.fixture
+def store(tmp_path):
+    kernels = trajectory_kernels(STEPS)
+    return make_store(tmp_path / "store", STEPS, kernels), kernels
+
+
+def test_pca_coordinates_are_the_pca_of_the_unit_kernels(store, real_figures):
+    root, kernels = store
+    result = embed(root, method="pca", dims=2)
+    header, steps, coords = read_coords(root)
+    assert header == ["step", "x", "y"] and steps == STEPS and coords.shape == (len(STEPS), 2)
+
+    units = np.stack([k.ravel() / np.linalg.norm(k) for k in kernels])
+    pca = PCA(n_components=2).fit(units)
+    expected = pca.transform(units)
+    for axis in range(2):  # equal up to the sign of each axis
+        sign = np.sign(expected[:, axis] @ coords[:, axis])
+        np.testing.assert_allclose(coords[:, axis], sign * expected[:, axis], atol=1e-9)
+    np.testing.assert_allclose(
+        result.embedding.explained_variance_ratio, pca.explained_variance_ratio_, rtol=1e-9
+    )
+    summary = json.loads(paths.embed_summary(root).read_text())
+    assert summary["method"] == "pca" and summary["dims"] == 2 and summary["seed"] == 0
+    assert summary["explained_variance_ratio"] == pytest.approx(
+        list(pca.explained_variance_ratio_), rel=1e-9
+    )
+    assert summary["matrix"] == "computed" and summary["identity"]["kind"] == "trace"
+    assert paths.embedding_png(root).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mds_in_three_dimensions(store):
+    root, _ = store
+    result = embed(root, method="mds", dims=3, seed=3)
+    header, steps, coords = read_coords(root)
+    assert header == ["step", "x", "y", "z"] and steps == STEPS and coords.shape == (12, 3)
+    np.testing.assert_allclose(coords, result.embedding.coords, atol=1e-12)
+    # the same as embedding the S matrix directly, and a stress in [0, 1)
+    s = distance(root).S
+    direct = embed_kernels(s, method="mds", dims=3, seed=3)
+    np.testing.assert_allclose(coords, direct.coords, atol=1e-8)
+    summary = json.loads(paths.embed_summary(root).read_text())
+    assert summary["stress"] == pytest.approx(direct.stress, abs=1e-10)
+    assert 0.0 <= summary["stress"] < 1.0
+    assert summary["explained_variance_ratio"] is None and summary["seed"] == 3
+
+
+def test_embed_reuses_the_matrix_that_distance_saved(store, monkeypatch):
+    root, _ = store
+    saved = distance(root)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("embed should have reused distance/matrix.npz")
+
+    monkeypatch.setattr(matrix_cache, "distance_matrix", fail)
+    result = embed(root, method="pca")
+    assert result.matrix_reused and result.steps == saved.steps
+    summary = json.loads(paths.embed_summary(root).read_text())
+    assert summary["matrix"] == "reused"
+    # the ring on the picture is the Phase I end of the saved verdict
+    assert summary["phase1_end_from"] == "distance/summary.json"
+    assert summary["phase1_end"] == saved.verdict.phase1_end
+
+
+def test_embed_computes_and_saves_the_matrix_when_none_matches(store, monkeypatch):
+    root, kernels = store
+    first = embed(root, method="pca")
+    assert not first.matrix_reused and paths.matrix_npz(root).is_file()
+    with np.load(paths.matrix_npz(root)) as data:
+        assert data["steps"].tolist() == STEPS
+    # a kernel changes: the saved matrix no longer matches, so it is computed again
+    opened = Store.open(root)
+    tensor = torch.as_tensor(kernels[0])
+    record = opened.record(10)
+    opened.write_kernel(
+        StepRecord(**{**record.__dict__, "fingerprint": "changed", "norm": kernel_norm(tensor)}),
+        tensor,
+    )
+    second = embed(root, method="pca")
+    assert not second.matrix_reused
+    assert second.embedding.coords[0] == pytest.approx(second.embedding.coords[1], abs=1e-9)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("should have been reused")
+
+    monkeypatch.setattr(matrix_cache, "distance_matrix", fail)
+    assert embed(root, method="mds").matrix_reused
+
+
+def test_bad_input(tmp_path, store):
+    root, _ = store
+    with pytest.raises(ConetoolError, match="--method 'tsne'"):
+        embed(root, method="tsne")
+    with pytest.raises(ConetoolError, match="--dims 4"):
+        embed(root, dims=4)
+    with pytest.raises(StoreError, match="does not exist"):
+        embed(tmp_path / "none")
+    one = make_store(tmp_path / "one", [0], trajectory_kernels([0]))
+    with pytest.raises(StoreError, match=r"at least two kernels.*has 1 \(step 0\)"):
+        embed(one)
+    paths.kernel(root, 20).write_bytes(b"\x00" * 16)
+    with pytest.raises(StoreError, match="step_000020.safetensors cannot be read"):
+        embed(root)
+    result = embed(root, skip_bad=True, method="pca")
+    assert 20 not in result.steps and set(result.excluded) == {20}
+
+
+def test_cli(store):
+    root, _ = store
+    result = runner.invoke(app, ["embed", "--store", str(root), "--method", "pca", "--dims", "3"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "pca" in out and "coords.csv" in out and "embedding.png" in out
+    assert "computed" in out
+    again = runner.invoke(app, ["embed", "--store", str(root)])
+    assert again.exit_code == 0 and "reused" in again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "code"), [(["--method", "tsne"], 2), (["--dims", "4"], 2), (["--dims", "1"], 2)]
+)
+def test_cli_usage_errors(store, args, code):
+    root, _ = store
+    result = runner.invoke(app, ["embed", "--store", str(root), *args])
+    assert result.exit_code == code
+
+
+def test_cli_user_error_is_one_message(tmp_path):
+    result = runner.invoke(app, ["embed", "--store", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "Traceback" not in result.output

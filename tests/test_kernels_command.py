@@ -1,0 +1,188 @@
+"""`conetool kernels` and `conetool inspect` end to end on a tiny trained run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.errors import CheckpointError, SpecError, StoreError
+from conetool.pipeline import inspect, kernels
+from conetool.pipeline.resolve import model_for
+from conetool.probe import load_probe
+from conetool.spec import spec_from_dict
+from conetool.store import Store
+from conetool.training import train
+
+runner = CliRunner()
+SPEC = {
+    "model": {"arch": "mlp", "num_classes": 3, "widths": [6], "activation": "tanh"},
+    "data": {"dataset": "synthetic", "shape": [4], "num_classes": 3, "train_size": 48,
+             "test_size": 12},
+    "probe": {"size": 6},
+    "train": {"steps": 10, "batch_size": 8, "save_every": 5, "eval_every": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "ckpts"
+    train(spec_from_dict(SPEC, source="tiny.toml"), out)
+    return out
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    copy = tmp_path / "ckpts"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def explicit_trace_kernel(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """float64 reference: the explicit Jacobian (n·c, p) by autograd, then J Jᵀ traced over c."""
+    model = model.double().eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    x = inputs.double()
+    rows = []
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1])[0]
+        for k in range(out.shape[0]):
+            grads = torch.autograd.grad(out[k], params, retain_graph=True)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    jac = torch.stack(rows).reshape(x.shape[0], -1, rows[0].numel())  # (n, c, p)
+    return torch.einsum("ikp,jkp->ij", jac, jac)
+
+
+def test_every_kernel_matches_the_explicit_reference(run, tmp_path):
+    result = kernels(run, store=tmp_path / "store", dtype="float64", device="cpu")
+    assert result.computed == [0, 5, 10] and result.skipped == [] and result.failed == {}
+    assert result.kernel_shape == (6, 6)
+    store = Store.open(tmp_path / "store")
+    probe = load_probe(paths.probe(tmp_path / "store"))
+    spec = spec_from_dict(SPEC)
+    for step in (0, 5, 10):
+        model = model_for(spec)
+        model.load_state_dict(load_file(str(paths.checkpoint(run, step))))
+        reference = explicit_trace_kernel(model, probe.inputs)
+        stored = store.load_kernel(step)
+        assert stored.dtype == torch.float64
+        error = torch.linalg.norm(stored - reference) / torch.linalg.norm(reference)
+        assert error < 1e-12, (step, float(error))
+        assert store.record(step).norm == pytest.approx(float(torch.linalg.norm(reference)))
+    assert not torch.equal(store.load_kernel(0), store.load_kernel(10))  # training moved it
+
+
+def test_second_run_does_nothing_and_changed_checkpoint_is_recomputed(run, tmp_path):
+    kernels(run, store=tmp_path / "s", device="cpu")
+    before = Store.open(tmp_path / "s").load_kernel(5)
+    again = kernels(run, store=tmp_path / "s", device="cpu")
+    assert again.computed == [] and again.skipped == [0, 5, 10]
+    # Change step 5's weights in place (same name, same metadata).
+    path = paths.checkpoint(run, 5)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata=meta)
+    third = kernels(run, store=tmp_path / "s", device="cpu")
+    assert third.computed == [5] and third.skipped == [0, 10]
+    assert not torch.equal(Store.open(tmp_path / "s").load_kernel(5), before)
+
+
+class _StopAfter:
+    """Progress whose outer bar raises KeyboardInterrupt after ``k`` checkpoints."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.done = k, 0
+
+    def task(self, description, total):
+        return self if description == "kernels" else _Quiet()
+
+    def advance(self, amount=1, **fields):
+        self.done += amount
+        if self.done >= self.k:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+    def log(self, message):
+        pass
+
+
+class _Quiet:
+    def advance(self, amount=1, **fields):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_interrupted_run_resumes_with_what_is_missing(run, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        kernels(run, store=tmp_path / "s", device="cpu", progress=_StopAfter(2))
+    assert Store.open(tmp_path / "s").steps() == [0, 5]
+    resumed = kernels(run, store=tmp_path / "s", device="cpu")
+    assert resumed.computed == [10] and resumed.skipped == [0, 5]
+
+
+def test_store_of_another_kind_or_probe_is_refused(run, tmp_path):
+    kernels(run, store=tmp_path / "s", device="cpu")
+    with pytest.raises(StoreError, match="another kind trace .this run: full."):
+        kernels(run, store=tmp_path / "s", kind="full", device="cpu")
+    with pytest.raises(StoreError, match="another spec_hash"):
+        kernels(run, store=tmp_path / "s", probe_size=3, device="cpu")
+    assert Store.open(tmp_path / "s").steps() == [0, 5, 10]  # nothing lost
+    full = kernels(run, store=tmp_path / "s", kind="full", device="cpu", overwrite=True)
+    assert full.kernel_shape == (6, 3, 6, 3)
+
+
+def test_missing_spec_says_what_to_write(run, tmp_path):
+    paths.spec(run).unlink()
+    with pytest.raises(SpecError, match=r"(?s)no conetool.toml and no --spec.*\[model\]"):
+        kernels(run, store=tmp_path / "s", device="cpu")
+
+
+def test_bad_checkpoint_stops_or_is_skipped(run, tmp_path):
+    path = paths.checkpoint(run, 5)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = load_file(str(path))
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first][0] = float("nan")
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match=r"step 5 .*--skip-bad"):
+        kernels(run, store=tmp_path / "s", device="cpu")
+    assert Store.open(tmp_path / "s").steps() == [0]  # the kernel before it is kept
+    result = kernels(run, store=tmp_path / "s", device="cpu", skip_bad=True)
+    assert list(result.failed) == [5] and result.computed == [10] and result.skipped == [0]
+
+
+def test_inspect_reports_each_problem(run):
+    rows = inspect(run)
+    assert [r.step for r in rows] == [0, 5, 10] and all(r.status == "ok" for r in rows)
+    (run / "step_000007.safetensors").write_bytes(b"\x00" * 5)
+    result = runner.invoke(app, ["inspect", str(run)])
+    assert result.exit_code == 1
+    assert "step_000007.safetensors" in result.output
+    assert "3 of 4 checkpoints usable" in result.output
+
+
+def test_cli_kernels_and_inspect(run, tmp_path):
+    ok = runner.invoke(app, ["inspect", str(run), "--verify"])
+    assert ok.exit_code == 0, ok.output
+    assert "3 of 3 checkpoints usable (headers and tensors checked)" in ok.output
+    store = tmp_path / "s"
+    first = runner.invoke(app, ["kernels", str(run), "--store", str(store), "--device", "cpu"])
+    assert first.exit_code == 0, first.output
+    assert "6 x 6" in first.output
+    second = runner.invoke(app, ["kernels", str(run), "--store", str(store), "-q"])
+    assert second.exit_code == 0
+    assert Store.open(store).steps() == [0, 5, 10]
+    bad = runner.invoke(app, ["kernels", str(run), "--store", str(store), "--kind", "full"])
+    assert bad.exit_code == 1 and "--overwrite" in bad.output and "Traceback" not in bad.output

@@ -1,0 +1,457 @@
+"""The eNTK engine against an explicit float64 Jacobian, its blocked schedule, and its checks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conetool import ntk
+from conetool.errors import ConetoolError
+from conetool.ntk import (
+    MemoryBudgetError,
+    NonFiniteKernelError,
+    check_per_example,
+    default_memory_budget,
+    empirical_ntk,
+    parse_memory,
+)
+
+KINDS = ("trace", "full", "sum")
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 3, 3, stride=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 2 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = torch.tanh(self.bn2(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.conv1 = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        h = F.relu(h + self.conv2(F.relu(self.bn(self.conv1(h)))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+class UnusedFrozen(nn.Module):
+    """One parameter never used, one frozen layer, one frozen bias in a trained layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 6)
+        self.frozen = nn.Linear(6, 6)
+        self.frozen.requires_grad_(False)
+        self.b = nn.Linear(6, 3)
+        self.b.bias.requires_grad_(False)
+        self.unused = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.frozen(torch.tanh(self.a(x)))))
+
+
+class Tied(nn.Module):
+    """A layer applied twice, and a weight shared by two modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(5, 5)
+        self.first = nn.Linear(5, 4)
+        self.second = nn.Linear(5, 4)
+        self.second.weight = self.first.weight  # the same Parameter in two modules
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.shared(torch.tanh(self.shared(x))))
+        return self.first(h) * torch.sigmoid(self.second(x))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+
+
+def conv_bn() -> nn.Module:
+    model = ConvBN()
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def residual() -> nn.Module:
+    model = Residual()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+MODELS = {
+    "mlp": (mlp, (5,)),
+    "conv_bn": (conv_bn, (2, 5, 5)),
+    "residual": (residual, (1, 5, 5)),
+    "unused_frozen": (UnusedFrozen, (5,)),
+    "tied": (Tied, (5,)),
+}
+
+
+def build(name: str, n: int = 6, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    factory, shape = MODELS[name]
+    torch.manual_seed(seed)
+    model = factory().double().eval()
+    return model, torch.randn(n, *shape, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# The reference: an explicit Jacobian, one autograd.grad per (example, logit)
+
+
+def explicit_jacobian(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``(n, c, p)`` w.r.t. the unique trainable parameters, in the model's dtype."""
+    params = [p for p in model.parameters() if p.requires_grad]  # unique: tied weights once
+    rows = []
+    for i in range(inputs.shape[0]):
+        out = model(inputs[i : i + 1]).reshape(-1)
+        per_logit = []
+        for k in range(out.shape[0]):
+            grads = torch.autograd.grad(out[k], params, retain_graph=True, allow_unused=True)
+            per_logit.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(grads, params, strict=True)
+                    ]
+                )
+            )
+        rows.append(torch.stack(per_logit))
+    return torch.stack(rows)
+
+
+def reference(model: nn.Module, inputs: torch.Tensor, kind: str) -> torch.Tensor:
+    jac = explicit_jacobian(model.eval(), inputs)
+    if kind == "trace":
+        return torch.einsum("iap,jap->ij", jac, jac)
+    if kind == "full":
+        return torch.einsum("iap,jbp->iajb", jac, jac)
+    summed = jac.sum(dim=1)
+    return summed @ summed.T
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def record_plans(monkeypatch: pytest.MonkeyPatch) -> list:
+    plans: list = []
+    original = ntk._plan
+
+    def spy(*args, **kwargs):
+        plan = original(*args, **kwargs)
+        plans.append(plan)
+        return plan
+
+    monkeypatch.setattr(ntk, "_plan", spy)
+    return plans
+
+
+# --------------------------------------------------------------------------------------------------
+# Exactness
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_matches_explicit_jacobian_float64(name: str, kind: str) -> None:
+    model, x = build(name)
+    kernel = empirical_ntk(model, x, kind=kind, device="cpu")
+    expected = reference(model, x, kind)
+    assert kernel.dtype == torch.float64
+    assert kernel.shape == expected.shape
+    assert rel(kernel, expected) < 1e-10
+
+
+def test_shapes_follow_the_documented_layout() -> None:
+    model, x = build("conv_bn", n=4)  # c = 3
+    assert empirical_ntk(model, x, kind="trace", device="cpu").shape == (4, 4)
+    assert empirical_ntk(model, x, kind="sum", device="cpu").shape == (4, 4)
+    full = empirical_ntk(model, x, kind="full", device="cpu")
+    assert full.shape == (4, 3, 4, 3)
+    jac = explicit_jacobian(model, x)  # example-major: H[i, a, j, b] = <J_a(x_i), J_b(x_j)>
+    assert torch.allclose(full[1, 2, 3, 0], jac[1, 2] @ jac[3, 0], rtol=1e-10, atol=0)
+
+
+def test_linear_model_closed_form() -> None:
+    # f(x) = W x + b: ∂f_k/∂W_kl = x_l, ∂f_k/∂b_k = 1, so the trace kernel is c (x_i·x_j + 1).
+    torch.manual_seed(1)
+    model = nn.Linear(6, 4).double()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    expected = 4 * (x @ x.T + 1)
+    assert rel(empirical_ntk(model, x, device="cpu"), expected) < 1e-14
+    full = empirical_ntk(model, x, kind="full", device="cpu")
+    eye = torch.eye(4, dtype=torch.float64)
+    assert rel(full, torch.einsum("ij,ab->iajb", x @ x.T + 1, eye)) < 1e-14
+
+
+def test_float32_mlp_agrees_with_float64_reference() -> None:
+    model64, x64 = build("mlp", n=8)
+    expected = reference(model64, x64, "trace")
+    model32 = mlp()
+    model32.load_state_dict({k: v.float() for k, v in model64.state_dict().items()})
+    kernel = empirical_ntk(model32, x64.float(), device="cpu")
+    assert kernel.dtype == torch.float32
+    assert rel(kernel, expected) < 1e-5
+    # dtype=float64 on a float32 model computes in float64 and returns float64.
+    exact = empirical_ntk(model32, x64.float(), device="cpu", dtype=torch.float64)
+    assert exact.dtype == torch.float64
+    expected32 = reference(model32.double(), x64.float().double(), "trace")
+    assert rel(exact, expected32) < 1e-10
+
+
+def test_frozen_and_unused_parameters_are_not_in_theta() -> None:
+    model, x = build("unused_frozen")
+    kernel = empirical_ntk(model, x, device="cpu")
+    model.requires_grad_(True)  # now the frozen layer counts too: a different kernel
+    assert rel(empirical_ntk(model, x, device="cpu"), kernel) > 1e-3
+
+
+def test_tied_weight_is_one_parameter() -> None:
+    model, x = build("tied")
+    names = [name for name, _ in model.named_parameters()]
+    assert "second.weight" not in names  # named_parameters lists the shared weight once
+    # Untying (two independent copies with the same values) gives a different kernel: the tied
+    # one is the kernel w.r.t. the single shared tensor, as in the explicit reference.
+    kernel = empirical_ntk(model, x, device="cpu")
+    model.second.weight = nn.Parameter(model.first.weight.detach().clone())
+    assert rel(empirical_ntk(model, x, device="cpu"), kernel) > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# Identities between kinds; symmetry and PSD
+
+
+def test_trace_is_the_logit_trace_of_full_and_sum_the_logit_sum() -> None:
+    model, x = build("residual", n=5)
+    full = empirical_ntk(model, x, kind="full", device="cpu")
+    trace = empirical_ntk(model, x, kind="trace", device="cpu")
+    total = empirical_ntk(model, x, kind="sum", device="cpu")
+    assert rel(trace, torch.einsum("iaja->ij", full)) < 1e-12
+    assert rel(total, full.sum(dim=(1, 3))) < 1e-12
+
+
+def test_sum_kind_is_the_kernel_of_the_summed_output() -> None:
+    model, x = build("conv_bn", n=5)
+    summed = nn.Sequential()
+    summed.inner = model
+    summed.forward = lambda t: model(t).sum(dim=1, keepdim=True)  # g = Σ_k f_k
+    expected = empirical_ntk(summed, x, kind="trace", device="cpu")
+    assert rel(empirical_ntk(model, x, kind="sum", device="cpu"), expected) < 1e-12
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_symmetric_and_positive_semidefinite(kind: str) -> None:
+    model, x = build("residual", n=9)
+    kernel = empirical_ntk(model, x, kind=kind, device="cpu")
+    matrix = kernel.reshape(kernel.shape[0] * (kernel.shape[1] if kind == "full" else 1), -1)
+    assert torch.equal(matrix, matrix.T)
+    eigenvalues = torch.linalg.eigvalsh(matrix)
+    assert eigenvalues.min() >= -1e-10 * eigenvalues.max()
+
+
+# --------------------------------------------------------------------------------------------------
+# The blocked schedule
+
+
+def minimum_budget(model: nn.Module, x: torch.Tensor, kind: str) -> int:
+    with pytest.raises(MemoryBudgetError) as info:
+        empirical_ntk(model, x, kind=kind, max_memory=1, device="cpu")
+    return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocked_equals_unblocked(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = build("conv_bn", n=8)
+    plans = record_plans(monkeypatch)
+    whole = empirical_ntk(model, x, kind=kind, max_memory="1GiB", device="cpu")
+    assert plans[-1].panel == 8 and len(plans[-1].groups) == 1  # everything at once
+    low = minimum_budget(model, x, kind)
+    p = sum(t.numel() for t in model.parameters())
+    row = (3 if kind == "full" else 1) * p * 8
+    seen = set()
+    for extra_rows in (1, 4, 17):
+        blocked = empirical_ntk(
+            model, x, kind=kind, max_memory=low + extra_rows * row, device="cpu"
+        )
+        plan = plans[-1]
+        seen.add((len(plan.groups), plan.panel, plan.chunk))
+        assert rel(blocked, whole) < 1e-13
+    # The budgets gave several schedules, including panels smaller than n (recomputation) and,
+    # for trace, logit groups.
+    assert len(seen) >= 3
+    assert min(panel for _, panel, _ in seen) < 8
+    if kind == "trace":  # c = 3 logits, computed in more than one group under small budgets
+        assert any(groups > 1 for groups, _, _ in seen)
+
+
+def test_minimum_budget_is_exact_and_named_in_the_message() -> None:
+    model, x = build("mlp", n=4)
+    with pytest.raises(MemoryBudgetError, match="--max-memory") as info:
+        empirical_ntk(model, x, max_memory="1KB", device="cpu")
+    assert "at least" in str(info.value)
+    low = minimum_budget(model, x, "trace")
+    expected = reference(model, x, "trace")
+    assert rel(empirical_ntk(model, x, max_memory=low, device="cpu"), expected) < 1e-10
+    with pytest.raises(MemoryBudgetError):
+        empirical_ntk(model, x, max_memory=low - 1, device="cpu")
+
+
+def test_progress_reports_every_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = build("mlp", n=10)
+    calls: list[tuple[int, int]] = []
+    low = minimum_budget(model, x, "trace")
+    empirical_ntk(
+        model, x, max_memory=low + 2000, device="cpu", on_block=lambda d, t: calls.append((d, t))
+    )
+    totals = {t for _, t in calls}
+    assert len(totals) == 1 and calls[-1][0] == calls[-1][1] > 1
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+# --------------------------------------------------------------------------------------------------
+# Modes, checks and bad input
+
+
+def test_model_in_train_mode_is_evaluated_in_eval_mode_and_restored() -> None:
+    model, x = build("conv_bn", n=5)
+    dropout = nn.Sequential(model, nn.Dropout(0.5))
+    expected = reference(model, x, "trace")
+    dropout.train()
+    state = {k: v.clone() for k, v in dropout.state_dict().items()}
+    kernel = empirical_ntk(dropout, x, device="cpu")
+    assert rel(kernel, expected) < 1e-10  # running statistics used, dropout off
+    assert all(m.training for m in dropout.modules())  # every module's mode is restored
+    assert all(torch.equal(v, state[k]) for k, v in dropout.state_dict().items())
+
+
+def test_check_per_example_flags_train_mode_batchnorm_and_dropout() -> None:
+    model, x = build("conv_bn", n=3)
+    check_per_example(model, x)  # eval mode: fine
+    model.train()
+    with pytest.raises(ConetoolError, match=r"bn1.*training mode.*model\.eval\(\)"):
+        check_per_example(model)
+    drop = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+    with pytest.raises(ConetoolError, match="random"):
+        check_per_example(drop)
+
+
+def test_batchnorm_without_running_statistics_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False))
+    with pytest.raises(ConetoolError, match="track_running_stats"):
+        empirical_ntk(model, torch.randn(4, 3), device="cpu")
+
+
+class BatchCentered(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x - x.mean(dim=0, keepdim=True))
+
+
+def test_explicit_batch_dependency_is_detected() -> None:
+    model = BatchCentered()
+    x = torch.randn(4, 3)
+    with pytest.raises(ConetoolError, match="depends on the other examples"):
+        empirical_ntk(model, x, device="cpu")
+    with pytest.raises(ConetoolError, match="depends on the other examples"):
+        check_per_example(model, x)
+    empirical_ntk(model, x, device="cpu", check=False)  # the caller may opt out
+
+
+def test_non_finite_kernel_raises() -> None:
+    model, x = build("mlp", n=3)
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteKernelError, match="non-finite"):
+        empirical_ntk(model, x, device="cpu", check=False)
+
+
+def test_bad_arguments() -> None:
+    model, x = build("mlp", n=3)
+    with pytest.raises(ConetoolError, match="trace, full, sum"):
+        empirical_ntk(model, x, kind="diag", device="cpu")
+    with pytest.raises(ConetoolError, match="no trainable parameters"):
+        empirical_ntk(model.requires_grad_(False), x, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4GiB", 4 * 2**30),
+        ("4 gib", 4 * 2**30),
+        ("500MB", 500 * 10**6),
+        ("2G", 2 * 2**30),
+        ("1.5GiB", 3 * 2**29),
+        ("1024", 1024),
+        ("64k", 65536),
+        (12345, 12345),
+    ],
+)
+def test_parse_memory(text: str | int, size: int) -> None:
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "4 bananas", "-1GB", "0", "", "GB", 0, True, 1.5])
+def test_parse_memory_rejects_bad_sizes(text: object) -> None:
+    with pytest.raises(ConetoolError, match="--max-memory"):
+        parse_memory(text)  # type: ignore[arg-type]
+
+
+def test_default_memory_budget_on_cpu() -> None:
+    budget = default_memory_budget("cpu")
+    assert 0 < budget <= 64 * 2**30
+    assert budget <= ntk._available_ram()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda() -> None:
+    model, x = build("mlp", n=2)
+    with pytest.raises(ConetoolError, match="--device cuda"):
+        empirical_ntk(model, x, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_matches_reference(kind: str) -> None:
+    model, x = build("residual", n=7)
+    expected = reference(model, x, kind)
+    kernel = empirical_ntk(model, x, kind=kind, device="cuda")
+    assert kernel.device.type == "cpu"
+    assert rel(kernel, expected) < 1e-10
+    low = minimum_budget(model, x, kind)
+    blocked = empirical_ntk(model, x, kind=kind, device="cuda", max_memory=low + 10_000)
+    assert rel(blocked, expected) < 1e-10

@@ -1,0 +1,200 @@
+"""`conetool switch` end to end: exactness on a model linear in θ, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.errors import CheckpointError, ConetoolError, ModelError
+from conetool.loop import TrainingLoop
+from conetool.pipeline.run_switch import parse_at, switch
+from conetool.spec import spec_from_dict
+from conetool.training import train
+
+runner = CliRunner()
+
+
+def spec_dict(widths):
+    return {
+        "model": {"arch": "mlp", "num_classes": 3, "widths": widths, "activation": "tanh"},
+        "data": {
+            "dataset": "synthetic",
+            "shape": [4],
+            "num_classes": 3,
+            "train_size": 48,
+            "test_size": 24,
+            "noise": 1.5,
+        },
+        "probe": {"size": 6},
+        "train": {
+            "steps": 12,
+            "batch_size": 8,
+            "lr": 0.2,
+            "momentum": 0.9,
+            "save_every": 4,
+            "eval_every": 4,
+            "weight_decay": 1e-3,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def linear_run(tmp_path_factory):
+    """A model linear in its parameters (one Linear layer), trained 12 steps."""
+    out = tmp_path_factory.mktemp("lin") / "ckpts"
+    train(spec_from_dict(spec_dict([]), source="linear.toml"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def deep_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("deep") / "ckpts"
+    train(spec_from_dict(spec_dict([8]), source="deep.toml"), out)
+    return out
+
+
+def metrics(run):
+    with open(paths.metrics(run)) as handle:
+        return {int(r["step"]): r for r in csv.DictReader(handle)}
+
+
+def test_parse_at():
+    assert parse_at(["0,4", "8"]) == [0, 4, 8]
+    assert parse_at(["0:12:4", "4"]) == [0, 4, 8]
+    with pytest.raises(ConetoolError, match="--at 'x' is not a step list"):
+        parse_at(["x"])
+    with pytest.raises(ConetoolError, match="is not a step list"):
+        parse_at(["0:10:0"])
+
+
+@pytest.mark.parametrize("at", [0, 4])
+def test_linear_model_reproduces_standard_training_step_for_step(linear_run, tmp_path, at):
+    result = switch([at], store=tmp_path / "s", ckpts=linear_run, device="cpu")
+    (point,) = result.points
+    assert point.momentum == "saved"
+    standard = metrics(linear_run)
+    for row in point.rows:
+        ref = standard[int(row["step"])]
+        assert row["test_loss"] == pytest.approx(float(ref["test_loss"]), rel=1e-5)
+        assert row["test_acc"] == pytest.approx(float(ref["test_acc"]))
+        if row["step"] > at:
+            assert row["train_loss"] == pytest.approx(float(ref["train_loss"]), rel=1e-5)
+    assert result.reference["test_loss"] == pytest.approx(point.test_loss, rel=1e-5)
+
+
+def test_nonlinear_model_differs_and_everything_is_written(deep_run, tmp_path):
+    store = tmp_path / "s"
+    result = switch(["0,4"], store=store, ckpts=deep_run, device="cpu")
+    assert [p.at for p in result.points] == [0, 4]
+    standard = metrics(deep_run)
+    assert result.points[0].test_loss != pytest.approx(float(standard[12]["test_loss"]), rel=1e-4)
+    for t in (0, 4):
+        payload = json.loads(paths.switch_point(store, t).read_text())
+        assert payload["at"] == t and payload["until"] == 12
+        assert paths.switch_point_metrics(store, t).exists()
+    with open(paths.switch_results_csv(store)) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["at"]) for r in rows] == [0, 4]
+    assert paths.switch_png(store).read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads(paths.switch_results_json(store).read_text())
+    assert summary["reference"]["source"] == "checkpoint"
+
+
+def test_rerun_does_no_training(deep_run, tmp_path, monkeypatch):
+    store = tmp_path / "s"
+    first = switch(["0,4"], store=store, ckpts=deep_run, device="cpu")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished point was trained again")
+
+    monkeypatch.setattr(TrainingLoop, "run", no_training)
+    again = switch(["0,4"], store=store, ckpts=deep_run, device="cpu")
+    assert all(p.reused for p in again.points)
+    assert [p.test_acc for p in again.points] == [p.test_acc for p in first.points]
+
+
+def test_until_and_reference_train(deep_run, tmp_path):
+    result = switch([0], until=6, store=tmp_path / "s", ckpts=deep_run, device="cpu")
+    assert result.reference is None and "--reference train" in result.notes[-1]
+    trained = switch(
+        [0], until=6, store=tmp_path / "s", ckpts=deep_run, device="cpu", reference="train"
+    )
+    assert trained.reference["source"] == "trained from step 4"
+    assert trained.points[0].reused
+
+
+def test_fresh_momentum_without_optimizer_state(deep_run, tmp_path):
+    run = tmp_path / "ckpts"
+    shutil.copytree(deep_run, run)
+    paths.optimizer_state(run, 4).unlink()
+    result = switch([4], store=tmp_path / "s", ckpts=run, device="cpu")
+    assert result.points[0].momentum == "fresh"
+    assert any("momentum starts at zero" in n for n in result.notes)
+
+
+def test_bad_input(deep_run, tmp_path):
+    with pytest.raises(CheckpointError, match=r"no checkpoint of step 5\. Nearest: 0, 4, 8, 12"):
+        switch([5], store=tmp_path / "s", ckpts=deep_run, device="cpu")
+    with pytest.raises(ConetoolError, match="--at 12 is not before --until 12"):
+        switch([12], store=tmp_path / "s", ckpts=deep_run, device="cpu")
+    with pytest.raises(ConetoolError, match="no manifest.json.*--ckpts"):
+        switch([0], store=tmp_path / "nostore", device="cpu")
+    run = tmp_path / "ckpts"
+    shutil.copytree(deep_run, run)
+    path = paths.checkpoint(run, 4)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = load_file(str(path))
+    state["fc.weight"][0, 0] = float("inf")
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="step_000004.safetensors"):
+        switch([4], store=tmp_path / "s", ckpts=run, device="cpu")
+
+
+def test_wrong_output_shape_is_refused(tmp_path, monkeypatch):
+    module = tmp_path / "badnet.py"
+    module.write_text(
+        "import torch\n"
+        "def make(num_classes, input_shape=None):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, num_classes + 2))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "ckpts"
+    run.mkdir()
+    import badnet  # the module written above
+
+    net = badnet.make(3)
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        str(paths.checkpoint(run, 0)),
+        metadata={"step": "0"},
+    )
+    spec_file = tmp_path / "bad.toml"
+    spec_file.write_text(
+        '[model]\narch = "badnet:make"\nnum_classes = 3\n[data]\ndataset = "synthetic"\n'
+        "shape = [4]\nnum_classes = 3\ntrain_size = 48\ntest_size = 24\n[train]\nsteps = 4\n"
+        "batch_size = 8\n"
+    )
+    with pytest.raises(ModelError, match=r"output of shape \(2, 5\), expected \(2, 3\)"):
+        switch([0], store=tmp_path / "s", ckpts=run, spec=spec_file, device="cpu")
+
+
+def test_cli_switch(deep_run, tmp_path):
+    store = tmp_path / "s"
+    ok = runner.invoke(
+        app, ["switch", "--at", "0:12:4", "--store", str(store), "--ckpts", str(deep_run), "-q"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "standard 12" in ok.output and "results.csv" in ok.output
+    bad = runner.invoke(
+        app, ["switch", "--at", "7", "--store", str(store), "--ckpts", str(deep_run), "-q"]
+    )
+    assert bad.exit_code == 1 and "Nearest" in bad.output and "Traceback" not in bad.output
