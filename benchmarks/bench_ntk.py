@@ -131,12 +131,12 @@ def worker(args: argparse.Namespace) -> None:
     with torch.no_grad():
         run(x[:2])  # warm-up: lazy imports and first-call costs
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         kernel = run(x)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.save(kernel.to(torch.float64).contiguous(), args.out)
-    print(json.dumps({"seconds": seconds, "peak": peak, "before": before}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak": peak, "before": before}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def main() -> None:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(SHAPES)}")
     budgets = [b.strip() for b in args.max_memory.split(",") if b.strip()]
     header = (
-        f"{'model':<9} {'params':>10} {'n':>5} {'method':<14} {'time s':>8} {'x base':>7} "
+        f"{'model':<9} {'params':>10} {'n':>5} {'method':<14} {'time s':>8} {'x base':>7} {'cpu s':>8} "
         f"{'peak MiB':>9} {'growth':>8} {'x base':>7} {'floor s':>8} {'x floor':>8} {'rel err':>9}"
     )
     print(f"kind = {args.kind}, threads = {args.threads or torch.get_num_threads()}")
@@ -304,13 +304,15 @@ def main() -> None:
                         kernel = torch.load(Path(tmp, f"e_{label.split()[1]}.pt"))
                         err = f"{float((kernel - reference).norm() / reference.norm()):.1e}"
                     print(
-                        f"{prefix} {row['seconds']:>8.2f} {fast:>7} {row['peak'] / 2**20:>9.0f} "
+                        f"{prefix} {row['seconds']:>8.2f} {fast:>7} {row['cpu']:>8.1f} "
+                        f"{row['peak'] / 2**20:>9.0f} "
                         f"{(row['peak'] - row['before']) / 2**20:>8.0f} {slow:>7} {floor:>8.2f} "
                         f"{row['seconds'] / floor:>8.1f} {err:>9}"
                     )
                 sys.stdout.flush()
     print(
-        "\npeak: the process's peak resident memory (ru_maxrss); growth: its increase during the "
+        "\ntime: wall seconds; cpu: CPU seconds of all threads (steadier on a shared machine). "
+        "peak: the process's peak resident memory (ru_maxrss); growth: its increase during the "
         "timed call, after a warm-up call on 2 examples. x base: ratio to the baseline. floor: "
         "FLOPs of the Jacobians and of the contraction of distinct pairs, over the measured "
         f"float32 matmul rate ({info['rate'] / 1e9:.0f} GFLOP/s for the last model's run)."

@@ -2,7 +2,7 @@
 
 The public API mirrors the command line: each ``conetool <command>`` is a thin layer over the
 function of the same name here (``conetool.train``, ``conetool.inspect``, ``conetool.kernels``,
-``conetool.distance``, ``conetool.embed``, ``conetool.switch``).
+``conetool.distance``, ``conetool.embed``, ``conetool.switch``, ``conetool.report``).
 """
 
 __version__ = "0.1.0"
@@ -18,14 +18,18 @@ from .errors import (
 from .linearize import LinearizedModel, linearize
 from .ntk import empirical_ntk
 from .pipeline import (
+    DemoResult,
     DistanceResult,
     EmbedResult,
     KernelsResult,
+    ReportResult,
     SwitchResult,
+    demo,
     distance,
     embed,
     inspect,
     kernels,
+    report,
     switch,
 )
 from .spec import Spec, load_spec
@@ -36,11 +40,13 @@ __all__ = [
     "CheckpointError",
     "ConetoolError",
     "DataError",
+    "DemoResult",
     "DistanceResult",
     "EmbedResult",
     "KernelsResult",
     "LinearizedModel",
     "ModelError",
+    "ReportResult",
     "Spec",
     "SpecError",
     "Store",
@@ -48,6 +54,7 @@ __all__ = [
     "SwitchResult",
     "TrainResult",
     "__version__",
+    "demo",
     "distance",
     "embed",
     "empirical_ntk",
@@ -55,6 +62,7 @@ __all__ = [
     "kernels",
     "linearize",
     "load_spec",
+    "report",
     "switch",
     "train",
 ]

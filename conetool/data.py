@@ -504,9 +504,7 @@ def _cifar10(spec: DataSpec) -> DataBundle:
 def _import_factory(path: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise DataError(
-            f"'data.dataset' = {path!r} is not of the form \"package.module:factory\"."
-        )
+        raise DataError(f"'data.dataset' = {path!r} is not of the form \"package.module:factory\".")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -16,27 +16,38 @@ Nothing here touches the disk or prints. Definitions (shared/DESIGN.md, "Definit
 - ``kind="sum"``: the kernel of the scalar ``g = Σ_k f_k``, shape ``(n, n)``.
 
 How it is computed (the reference engine: simple and exact). Rows of the Jacobian are computed with
-``vmap`` over examples of ``vjp`` (one reverse pass per example, ``vmap``-ed over a set of cotangent
-vectors): the identity rows for ``full``, groups of logits for ``trace``, the all-ones vector for
-``sum``. They are kept per parameter tensor (never concatenated into a ``p``-wide matrix) and
-contracted with one matrix product per parameter tensor, summed in float64. A "unit" is one example's
-rows for the current set of cotangents.
+``vmap`` over examples of ``vjp`` (one forward pass per example, and one reverse pass ``vmap``-ed over
+a set of cotangent vectors): the identity rows for ``full``, groups of logits for ``trace``, the
+all-ones vector for ``sum``. Rows are kept per parameter tensor (never concatenated into a ``p``-wide
+matrix) and contracted with one matrix product per parameter tensor, summed over tensors in float64.
+Only products on or above the block diagonal are computed (``H[j, i] = H[i, j]^T``); a block with
+itself uses BLAS ``syrk`` on the CPU (half the work of a product; SciPy's BLAS, which comes with
+scikit-learn) and upper-triangular sub-blocks elsewhere.
 
 The memory budget decides the schedule:
 
-- When the rows of all ``n`` examples fit, each set of cotangents is computed once and contracted with
-  itself. For ``trace`` the logits are split into as few groups as fit (``trace`` only pairs a logit
-  with the same logit), which costs one extra forward pass per group and nothing else.
-- Otherwise the examples are split into resident panels: a panel's rows are computed and kept, then
-  the rows of every later example are computed in small streamed blocks and contracted with the whole
-  panel while it is resident. Only the upper triangle of block pairs is computed;
-  ``H[j, i] = H[i, j]^T``. A panel of ``r`` examples costs ``n - start`` row computations, so the
-  total is about ``n^2 / (2 r)``: the larger the budget, the less recomputation.
+- One pass, when the rows of all ``n`` examples fit: each set of cotangents is computed once and
+  contracted with itself. For ``trace``, which only pairs a logit with the same logit, the logits are
+  split into as few groups as fit; each further group costs one more forward pass, nothing else.
+- Panels otherwise: the examples are split into resident panels; a panel's rows are computed and
+  kept, then the rows of every later example are computed in small streamed blocks and contracted
+  with the whole panel while it is resident. A panel starting at example ``a`` costs ``n - a`` row
+  computations, about ``n^2 / (2 r)`` in all for panels of ``r`` examples, so a larger budget means
+  less recomputation. ``trace`` uses one logit at a time here (the cheapest rows), ``full`` all
+  logits of an example.
 
-The budget covers the resident rows, the activations of the block being computed (estimated from the
-tensors the forward pass saves for the backward pass, measured on one example), the kernel being
-accumulated and a copy of the parameters. The Python process itself (the torch library, the data)
-is not counted.
+The engine plans for 90% of the budget, counting the resident rows, one vmap call in flight (its
+activations, estimated from the tensors the forward pass of one example saves for the backward pass,
+its rows and one transient copy of them), the kernel being accumulated and copies of the parameters.
+The Python process itself (the torch library, the model, the data) is not counted: on resnet20 with
+n = 1024 and ``max_memory="4GiB"`` the process grows by 3.4 GiB over its 0.8 GiB at the start.
+
+Time: the Jacobian costs what ``vmap(jacrev)`` costs (each extra ``trace`` group adds a forward pass;
+calls of a few dozen examples run faster per example than one call on all ``n``), and the contraction
+about half of a full product. On a CPU, per-example gradients of convolutions under ``vmap`` are slow
+(grouped convolutions): vgg16 (15M parameters) with n = 500 under an 8 GiB budget needs 5 panels
+per logit and takes tens of minutes on two cores. The structured engine of a later version is the
+fast path; this one is its exact reference.
 """
 
 from __future__ import annotations
@@ -69,9 +80,10 @@ __all__ = [
 
 KINDS = ("trace", "full", "sum")
 
-# Bytes of one vmap call (its activations and rows) when the budget allows: large calls avoid
-# copying their rows into the panel and run efficiently; larger ones gain nothing.
-_CHUNK_BYTES = 2 * 2**30
+# Activations in flight in one vmap call. Measured on a CPU, a call's time per example grows with
+# its activations (resnet20: 16 examples per call are 30% faster per example than 128); small
+# models (lenet5) take large calls, whose rows then need no copying into a panel.
+_ACTIVATION_BYTES = 2**28
 # Fewest examples per vmap call worth computing all logits at once for (else: fewer logits).
 _MIN_CHUNK = 8
 # Rows of one diagonal sub-block of a panel's self-product: only sub-block pairs on or above the
@@ -383,7 +395,14 @@ def empirical_ntk(
         x = cast(inputs)
 
         def forward(batch: Tensor, p: dict[str, Tensor] = params) -> Tensor:
-            return functional_call(model, (p, consts), (batch,))
+            out = functional_call(model, (p, consts), (batch,))
+            if not isinstance(out, Tensor):
+                raise ConetoolError(
+                    "empirical_ntk needs a model that returns one tensor of outputs "
+                    f"(batch, c), but it returned a {type(out).__name__}. Wrap the model in a "
+                    "module that returns the logits."
+                )
+            return out
 
         if check and x.shape[0] >= 2:
             _check_independence(forward, x[:2])
@@ -416,8 +435,8 @@ def _compute(
 ) -> Tensor:
     """The kernel as a float64 tensor on ``x``'s device; see :func:`empirical_ntk`."""
     n = x.shape[0]
-    c, saved, peak = _measure(forward, params, x[:1])
-    plan = _plan(kind, n, c, params, saved, peak, budget, x.device)
+    c, saved, largest = _measure(forward, params, x[:1])
+    plan = _plan(kind, n, c, params, saved, largest, budget, x.device)
     per_unit = c if kind == "full" else 1  # kernel rows per example
     kernel = torch.zeros(n * per_unit, n * per_unit, dtype=torch.float64, device=x.device)
 
@@ -458,6 +477,8 @@ def _compute(
             hi = min(lo + units, stop)
             if hi - lo <= plan.chunk:
                 pieces.append((lo * per_unit, call(cot, lo, hi)))
+                if on_block is not None and hi < stop:
+                    on_block(done, steps)
                 continue
             width = {
                 name: (1 if kind == "full" else cot.shape[0]) * t.numel()
@@ -516,25 +537,58 @@ def _contract(left: list[Tensor], right: list[Tensor]) -> Tensor:
 def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Tensor]]]) -> None:
     """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
 
-    Pieces are split into sub-blocks of about ``_SUB_ROWS`` rows and only pairs of sub-blocks on
-    or above the diagonal are multiplied: about half the work of one product for large panels.
-    (Much smaller sub-blocks would make the products memory-bound.)
+    Only the products on or above the diagonal are computed (``H[j, i] = H[i, j]^T``): one
+    product per pair of pieces, and within a piece BLAS ``syrk`` on the CPU (half the work of a
+    product), elsewhere sub-blocks of about ``_SUB_ROWS`` rows.
     """
     blocks = []
     for row, mats in pieces:
         size = mats[0].shape[0]
-        count = max(1, size // _SUB_ROWS)
+        count = 1 if _cpu_syrk(mats[0]) else max(1, size // _SUB_ROWS)
         bounds = [round(i * size / count) for i in range(count + 1)]
         blocks += [(row + lo, [m[lo:hi] for m in mats]) for lo, hi in itertools.pairwise(bounds)]
     for k, (row, left) in enumerate(blocks):
-        diag = _contract(left, left)
+        diag = _gram(left)
         rows = slice(row, row + diag.shape[0])
-        kernel[rows, rows] += (diag + diag.T) / 2  # exactly symmetric
+        kernel[rows, rows] += diag
         for col, right in blocks[k + 1 :]:
             product = _contract(left, right)
             cols = slice(col, col + product.shape[1])
             kernel[rows, cols] += product
             kernel[cols, rows] += product.T
+
+
+def _cpu_syrk(mat: Tensor) -> bool:
+    """Whether :func:`_gram` can use BLAS ``syrk`` (from SciPy) for ``mat``."""
+    if mat.device.type != "cpu" or mat.dtype not in (torch.float32, torch.float64):
+        return False
+    try:
+        from scipy.linalg import blas  # noqa: F401
+        from threadpoolctl import threadpool_limits  # noqa: F401
+    except ImportError:  # pragma: no cover - both come with scikit-learn
+        return False
+    return True
+
+
+def _gram(mats: list[Tensor]) -> Tensor:
+    """``Σ_t mats[t] @ mats[t]^T`` accumulated in float64, exactly symmetric."""
+    if not _cpu_syrk(mats[0]):
+        total = _contract(mats, mats)
+        return (total + total.T) / 2
+    from scipy.linalg import blas
+    from threadpoolctl import threadpool_limits
+
+    size = mats[0].shape[0]
+    upper = torch.zeros(size, size, dtype=torch.float64)
+    # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core.
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        for mat in mats:
+            syrk = blas.ssyrk if mat.dtype == torch.float32 else blas.dsyrk
+            # mat is a C-contiguous (m, k) matrix, so its transpose is a Fortran (k, m) array
+            # that BLAS reads in place; trans=1 gives mat @ mat.T, upper triangle.
+            product = syrk(1.0, mat.contiguous().numpy().T, trans=1, lower=0)
+            upper += torch.from_numpy(product).triu()
+    return upper + upper.triu(1).T
 
 
 def _count_steps(plan: _Plan, n: int) -> int:
@@ -549,9 +603,11 @@ def _count_steps(plan: _Plan, n: int) -> int:
 def _measure(
     forward: Callable[..., Tensor], params: dict[str, Tensor], example: Tensor
 ) -> tuple[int, int, int]:
-    """``(c, saved, peak)``: outputs per example, and the bytes of activations that one example's
+    """``(c, saved, largest)``: outputs per example, and the bytes of activations that one example's
     forward pass saves for the backward pass, in total and the largest single one.
     """
+    # Parameters (and the live copies below, which share their storage) and the input are not
+    # activations.
     owned = {t.untyped_storage().data_ptr() for t in params.values()}
     owned.add(example.untyped_storage().data_ptr())
     seen: dict[int, int] = {}
@@ -565,12 +621,7 @@ def _measure(
     live = {name: t.detach().requires_grad_() for name, t in params.items()}
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward(example, live)
-    if not isinstance(out, Tensor):
-        raise ConetoolError(
-            f"empirical_ntk needs the model to return one tensor of outputs, got {type(out).__name__}."
-        )
-    owned_live = {t.untyped_storage().data_ptr() for t in live.values()}
-    sizes = [size for ptr, size in seen.items() if ptr not in owned_live]
+    sizes = list(seen.values())
     return out.numel(), sum(sizes), max(sizes, default=0)
 
 
@@ -580,28 +631,29 @@ def _plan(
     c: int,
     params: dict[str, Tensor],
     saved: int,
-    peak: int,
+    largest: int,
     budget: int,
     device: torch.device,
 ) -> _Plan:
     """Choose cotangent groups, panel and chunk sizes so that the estimated peak fits ``budget``.
 
     Estimated bytes: ``resident examples · g · row + chunk · per_example(g) + fixed``, where ``row``
-    is one Jacobian row (``p`` values), ``per_example(g) = 3·saved + g·(2·row + 4·peak)`` covers
+    is one Jacobian row (``p`` values), ``per_example(g) = 3·saved + g·(2·row + 4·largest)`` covers
     one example in a vmap call: its saved activations, the gradients in flight, its rows and one
-    transient copy of them (torch.func returns some per-example gradients in a permuted layout;
-    measured on resnet20 and lenet5, the peak of a call is about ``2·saved + 2·g·row`` per
-    example); ``fixed`` is the kernel accumulator with its products, two copies of the parameters
-    and 32 MiB of workspace.
+    transient copy of them (the vmap-ed weight gradients pass through intermediates of their own
+    size; measured on resnet20 and lenet5, a call peaks at about ``2·saved + 2·g·row`` per
+    example); ``fixed`` is the float64 kernel with its float32 copy for the caller and the block
+    products, two copies of the parameters and 32 MiB of workspace. The plan uses 90% of the
+    budget.
     """
     item = next(iter(params.values())).element_size()
     p = sum(t.numel() for t in params.values())
     row = p * item
     size = n * (c if kind == "full" else 1)
-    fixed = 3 * size * size * 8 + 2 * row + 32 * 2**20
+    fixed = 2 * size * size * 8 + 2 * row + 32 * 2**20
 
     def per_example(g: int) -> int:
-        return 3 * saved + g * (2 * row + 4 * peak)
+        return 3 * saved + g * (2 * row + 4 * largest)
 
     eye = torch.eye(c)
     if kind == "sum":
@@ -610,11 +662,14 @@ def _plan(
         choices = [c]
     else:
         choices = list(range(c, 0, -1))
-    avail = budget - fixed
+    # Plan for 90% of the budget: headroom for what the estimate does not see (allocator slack).
+    avail = budget * 9 // 10 - fixed
 
     def chunk_size(g: int, room: int, rows: int) -> int:
-        """Examples per vmap call: as many as ``room`` and ``_CHUNK_BYTES`` allow, balanced."""
-        fit = max(1, min(room, _CHUNK_BYTES) // per_example(g))
+        """Examples per vmap call, balanced: as many as fit in ``room``, with at most
+        ``_ACTIVATION_BYTES`` of activations in flight (larger calls run slower per example)."""
+        activations = 3 * saved + 4 * g * largest
+        fit = max(1, min(room // per_example(g), _ACTIVATION_BYTES // max(1, activations)))
         return math.ceil(rows / math.ceil(rows / min(rows, fit)))
 
     # One pass: every example's rows for a group of g cotangents resident at once. The largest g
@@ -626,7 +681,9 @@ def _plan(
                 return _Plan(_groups(kind, c, g, eye), panel=n, chunk=chunk_size(g, room, n))
     # Panels: resident panel + streamed blocks, with the smallest unit.
     g = choices[-1]
-    minimum = fixed + g * row + per_example(g)
+    minimum = -(
+        -(fixed + g * row + per_example(g)) * 10 // 9
+    )  # smallest budget with avail >= 1 unit
     if budget < minimum:
         raise MemoryBudgetError(
             f"--max-memory {format_bytes(budget)} is too small for this model: one example's "
@@ -635,8 +692,9 @@ def _plan(
             f"({minimum:,} bytes) on {device}. Raise --max-memory to at least "
             f"{format_bytes(minimum)}."
         )
-    # Streamed blocks take at most a quarter of the budget, so that most of it holds the panel.
-    chunk = chunk_size(g, max(avail // 4, per_example(g)), n)
+    # Streamed blocks take at most an eighth of the budget, so that most of it holds the panel
+    # (the larger the panel, the less is recomputed).
+    chunk = chunk_size(g, max(avail // 8, per_example(g)), n)
     panel = max(1, (avail - chunk * per_example(g)) // (g * row))
     panels = math.ceil(n / panel)
     panel = math.ceil(n / panels)

@@ -183,3 +183,31 @@ def switch_results_json(store: Path) -> Path:
 
 def switch_png(store: Path) -> Path:
     return switch_dir(store) / "switch.png"
+
+
+# ``conetool report`` outputs: one self-contained page and its Markdown twin.
+#
+#     STORE/report/report.html   figures embedded as data: URIs, no network needed to view it
+#     STORE/report/report.md     figures linked by relative path (../distance/to_ref.png)
+#     STORE/report/spec.toml     the resolved spec from the manifest, for the reproduce commands
+REPORT_DIR = "report"
+
+
+def report_dir(store: Path) -> Path:
+    """``STORE/report``: the outputs of ``conetool report``."""
+    return Path(store) / REPORT_DIR
+
+
+def report_html(store: Path) -> Path:
+    """The self-contained HTML report (figures embedded)."""
+    return report_dir(store) / "report.html"
+
+
+def report_md(store: Path) -> Path:
+    """The Markdown report (figures linked relative to it)."""
+    return report_dir(store) / "report.md"
+
+
+def report_spec(store: Path) -> Path:
+    """The resolved spec the store was computed with, as TOML (``conetool train`` reads it)."""
+    return report_dir(store) / "spec.toml"

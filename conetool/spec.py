@@ -162,15 +162,24 @@ def load_spec(path: str | Path) -> Spec:
     if not path.is_file():
         raise SpecError(
             f"spec file {path} does not exist. Pass the path of a TOML spec, for example "
-            "examples/digits_lenet.toml, or write one as the README's 'Spec format' section shows."
+            "examples/digits_lenet.toml, or write one as the README's 'The spec' section shows."
         )
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file {path} is not UTF-8 text: {exc}.") from exc
+    return spec_from_toml(text, source=str(path))
+
+
+def spec_from_toml(text: str, source: str = "<spec>") -> Spec:
+    """Parse and validate spec TOML text (``source`` names it in error messages)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise SpecError(
-            f"spec file {path} is not valid TOML: {exc}. Fix the syntax there."
+            f"spec file {source} is not valid TOML: {exc}. Fix the syntax there."
         ) from exc
-    return spec_from_dict(raw, source=str(path))
+    return spec_from_dict(raw, source=source)
 
 
 def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> Spec:

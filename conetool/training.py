@@ -93,6 +93,9 @@ def train(
     progress = progress or NullProgress()
     out = Path(out)
     start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+    if start == spec.train.steps:
+        progress.log(f"{out} already holds the finished run (step {start}); nothing to train")
+        return _finished(out, spec)
     dev = resolve_device(device)
     model, data = build_for_spec(spec)
     model.to(dev)
@@ -151,6 +154,22 @@ def _saver(spec: Spec, model: nn.Module, optimizer, out: Path, per_epoch: int):
         atomic_save_safetensors(paths.checkpoint(out, step), state, metadata)
 
     return save
+
+
+def _finished(out: Path, spec: Spec) -> TrainResult:
+    """The result of a run that is already complete in ``out``, read from its metrics."""
+    rows = [{k: float(v) for k, v in r.items()} for r in _read_metrics(paths.metrics(out))]
+    last = rows[-1] if rows else {"test_loss": float("nan"), "test_acc": float("nan")}
+    return TrainResult(
+        out=out,
+        steps=spec.train.steps,
+        saved_steps=[],
+        resumed_from=spec.train.steps,
+        test_loss=last["test_loss"],
+        test_acc=last["test_acc"],
+        seconds=0.0,
+        metrics=rows,
+    )
 
 
 def _append_metrics(path: Path, row: dict[str, float]) -> None:
@@ -230,6 +249,8 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
     if not resumable:
         return 0
     start = resumable[-1]
+    if start == spec.train.steps:
+        return start  # already finished: nothing to redo, nothing rewritten
     # Metrics rows at or after the resume step are recomputed by the resumed run.
     rows = [r for r in _read_metrics(paths.metrics(out)) if float(r["step"]) < start]
     _write_metrics(paths.metrics(out), rows)

@@ -316,6 +316,27 @@ def test_blocked_equals_unblocked(kind: str, monkeypatch: pytest.MonkeyPatch) ->
         assert any(groups > 1 for groups, _, _ in seen)
 
 
+@pytest.mark.parametrize("syrk", [True, False])
+@pytest.mark.parametrize("kind", KINDS)
+def test_pieces_and_sub_blocks(kind: str, syrk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tiny sub-blocks and vmap calls exercise, on a small problem, what large ones do: panels made
+    # of several pieces (copied from several calls or taken as they are), sub-blocks within a
+    # piece, and (syrk=False) the product path used off the CPU.
+    model, x = build("residual", n=13)
+    expected = reference(model, x, kind)
+    plans = record_plans(monkeypatch)
+    monkeypatch.setattr(ntk, "_SUB_ROWS", 4)
+    if not syrk:
+        monkeypatch.setattr(ntk, "_cpu_syrk", lambda mat: False)
+    for activation_bytes in (1, 10**5, 10**9):
+        monkeypatch.setattr(ntk, "_ACTIVATION_BYTES", activation_bytes)
+        kernel = empirical_ntk(model, x, kind=kind, device="cpu")
+        assert rel(kernel, expected) < 1e-10
+        matrix = kernel.reshape(len(kernel) * (kernel.shape[1] if kind == "full" else 1), -1)
+        assert torch.equal(matrix, matrix.T)
+    assert len({plan.chunk for plan in plans}) == 3
+
+
 def test_minimum_budget_is_exact_and_named_in_the_message() -> None:
     model, x = build("mlp", n=4)
     with pytest.raises(MemoryBudgetError, match="--max-memory") as info:
@@ -455,3 +476,9 @@ def test_cuda_matches_reference(kind: str) -> None:
     low = minimum_budget(model, x, kind)
     blocked = empirical_ntk(model, x, kind=kind, device="cuda", max_memory=low + 10_000)
     assert rel(blocked, expected) < 1e-10
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    assert doctest.testmod(ntk, raise_on_error=False).failed == 0

@@ -119,6 +119,10 @@ def test_rerun_does_no_training(deep_run, tmp_path, monkeypatch):
     again = switch(["0,4"], store=store, ckpts=deep_run, device="cpu")
     assert all(p.reused for p in again.points)
     assert [p.test_acc for p in again.points] == [p.test_acc for p in first.points]
+    monkeypatch.undo()
+    switch([8], store=store, ckpts=deep_run, device="cpu")  # a later sweep adds a point
+    with open(paths.switch_results_csv(store)) as handle:
+        assert [int(r["at"]) for r in csv.DictReader(handle)] == [0, 4, 8]
 
 
 def test_until_and_reference_train(deep_run, tmp_path):

@@ -159,3 +159,12 @@ def test_num_classes_mismatch_is_a_spec_error(tmp_path):
 
     with pytest.raises(SpecError, match="num_classes = 5.*has 3 classes"):
         train(spec_from_dict(raw, source="x.toml"), tmp_path / "run")
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    spec = tiny_spec()
+    first = train(spec, tmp_path / "run")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    again = train(spec, tmp_path / "run", resume=True)
+    assert again.saved_steps == [] and again.test_acc == pytest.approx(first.test_acc)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == stamps

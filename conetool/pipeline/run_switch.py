@@ -179,7 +179,7 @@ def switch(
         sweep.advance(1, at=t, test_acc=f"{point.test_acc:.4f}")
     sweep.close()
     ref_result = _reference(spec, refs, ckpts_dir, T, data, dev, store, reference, progress, notes)
-    files = _write_sweep(store, results, ref_result, T)
+    files = _write_sweep(store, _all_points(store, spec, T, results), ref_result, T)
     return SwitchResult(store, T, results, ref_result, files, notes)
 
 
@@ -274,6 +274,25 @@ def _read_point(store: Path, t: int, key: dict[str, Any]) -> SwitchPoint | None:
     return SwitchPoint(**{**fields, "reused": True})
 
 
+def _all_points(
+    store: Path, spec: Spec, until: int, current: list[SwitchPoint]
+) -> list[SwitchPoint]:
+    """This sweep's points plus those earlier sweeps left in the store for the same spec and T."""
+    points = {p.at: p for p in current}
+    for path in sorted(paths.switch_dir(store).glob("at_*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        key = payload.get("key", {})
+        if key.get("spec_hash") != spec.hash() or key.get("until") != until:
+            continue
+        if payload.get("at") not in points:
+            fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
+            points[payload["at"]] = SwitchPoint(**{**fields, "reused": True})
+    return [points[t] for t in sorted(points)]
+
+
 def _reference(
     spec: Spec,
     refs: dict[int, CheckpointRef],
@@ -329,7 +348,8 @@ def _reference(
 def _write_sweep(
     store: Path, points: list[SwitchPoint], reference: dict[str, Any] | None, until: int
 ) -> list[Path]:
-    """results.csv / results.json / switch.png over every finished point in the store."""
+    """results.csv / results.json / switch.png over ``points`` (every finished point of this
+    spec and T in the store)."""
     rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS, lineterminator="\n")

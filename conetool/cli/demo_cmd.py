@@ -1,0 +1,59 @@
+"""``conetool demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..pipeline.run_demo import demo as demo_run
+from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the run, its store and the report.")
+    ] = Path("conetool-demo"),
+    device: DeviceOpt = "auto",
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", min=8, help="Shorten the training run (checkpoints scale along)."),
+    ] = None,
+    probe_size: Annotated[
+        int | None, typer.Option("--probe-size", min=2, help="Probe examples (default 100).")
+    ] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """The whole pipeline on the embedded digits data: train, kernels, distance, embed, switch,
+    and a report.
+
+    A second run reuses what is already done.
+
+    Example: conetool demo --out conetool-demo
+    """
+    with handle_errors(debug), progress_display(quiet) as progress:
+        result = demo_run(
+            out, device=device, steps=steps, probe_size=probe_size, progress=progress
+        )
+    table = Table(title=f"conetool demo -> {result.out}", title_justify="left")
+    for name in result.stage_seconds:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    table.add_row(
+        *(f"{s:.1f}s" for s in result.stage_seconds.values()),
+        f"{sum(result.stage_seconds.values()):.1f}s",
+    )
+    console.print(table)
+    verdict = result.verdict
+    console.print(
+        f"verdict: [bold]{verdict['regime']}[/]"
+        + (f", Phase I ends at step {verdict['phase1_end']}" if verdict.get("phase1_end") else ""),
+        highlight=False,
+    )
+    console.print(verdict.get("explanation", ""), highlight=False, markup=False)
+    console.print(f"report: {result.report_html}", highlight=False, markup=False)
+    console.print(f"        {result.report_md}", highlight=False, markup=False)

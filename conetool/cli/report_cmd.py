@@ -1,0 +1,75 @@
+"""``conetool report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..pipeline import report as report_run
+from .app import Debug, Quiet, app, console, handle_errors, progress_display
+from .options import DEFAULT_STORE, StoreOpt
+
+_TITLES = {
+    "summary": "summary",
+    "verdict": "verdict",
+    "distance": "kernel distance",
+    "embed": "cone embedding",
+    "switch": "switch experiment",
+    "checkpoints": "checkpoints and kernels",
+    "run": "run",
+    "reproduce": "reproduce",
+}
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+@app.command()
+def report(
+    store: StoreOpt = DEFAULT_STORE,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Directory for report.html and report.md (default: STORE/report).",
+            file_okay=False,
+        ),
+    ] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """One self-contained HTML page (and a Markdown version) of everything the store holds.
+
+    The page holds the verdict with its numbers, Fig. 1a, 1b, 1c, the S matrix and Fig. 2
+    (embedded: no network needed to view it), the checkpoint table, the spec, versions, and the
+    commands that reproduce it all. Parts the store lacks are listed with the command that
+    makes each.
+
+    Writes report.html, report.md and spec.toml to STORE/report.
+
+    Example: conetool report --store conetool-out
+    """
+    with handle_errors(debug), progress_display(quiet) as progress:
+        result = report_run(store, out=out, progress=progress)
+    table = Table(title=f"conetool report -> {result.html.parent}", title_justify="left")
+    table.add_column("section")
+    table.add_column("holds")
+    for name in result.sections:
+        table.add_row(_TITLES.get(name, name), escape(result.details.get(name, "")))
+    for part, command in result.missing:
+        table.add_row(f"[yellow]missing[/] {escape(part)}", f"run: {escape(command)}")
+    console.print(table, highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    console.print(
+        f"wrote {result.html.name} ({_size(result.html)}, {len(result.figures)} figures "
+        f"embedded), {result.markdown.name}" + (f", {result.spec.name}" if result.spec else ""),
+        highlight=False,
+        markup=False,
+    )

@@ -1,0 +1,128 @@
+"""``conetool demo``: the whole paper on the embedded digits data, in one command.
+
+It is the pipeline a user would run by hand, through the same library functions: ``train`` the
+small conv net of ``examples/digits_lenet.toml`` (shipped inside the package as ``demo.toml``),
+``kernels``, ``distance`` (several references, several dt), ``embed``, a ``switch`` sweep, then
+``report``. Every stage skips what is already done, so a second run only rewrites the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..progress import NullProgress, Progress
+from ..spec import Spec, spec_from_dict
+from ..training import train
+from .run_distance import distance
+from .run_embed import embed
+from .run_kernels import kernels
+from .run_report import report
+from .run_switch import switch
+
+DEMO_SPEC = "demo.toml"
+
+
+def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spec:
+    """The demo's spec (``conetool/demo.toml``, the same as ``examples/digits_lenet.toml``),
+    optionally shortened: ``steps`` scales the checkpoint schedule with the run."""
+    import tomllib
+
+    text = resources.files("conetool").joinpath(DEMO_SPEC).read_text(encoding="utf-8")
+    spec = spec_from_dict(tomllib.loads(text), source=f"conetool/{DEMO_SPEC}")
+    t = spec.train
+    if steps is not None:
+        scale = steps / t.steps
+        t = dataclasses.replace(
+            t,
+            steps=steps,
+            save_every=max(1, round(t.save_every * scale)),
+            eval_every=max(1, round(t.eval_every * scale)),
+            dense_every=max(1, round(t.dense_every * scale)) if t.dense_every else 0,
+            dense_until=round(t.dense_until * scale),
+        )
+    probe = spec.probe if probe_size is None else dataclasses.replace(spec.probe, size=probe_size)
+    return dataclasses.replace(spec, train=t, probe=probe)
+
+
+def default_switch_points(steps: int) -> list[int]:
+    """Switch steps across the run: at initialization, early in Phase I, and later."""
+    return sorted({0, round(steps / 24), round(steps / 6), steps // 2})
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where everything went, the verdict, and the seconds each stage took."""
+
+    out: Path
+    ckpts: Path
+    store: Path
+    report_html: Path
+    report_md: Path
+    verdict: dict[str, Any]
+    test_acc: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def demo(
+    out: str | Path = "conetool-demo",
+    *,
+    device: str | torch.device = "auto",
+    steps: int | None = None,
+    probe_size: int | None = None,
+    switch_at: Sequence[int] | None = None,
+    progress: Progress | None = None,
+) -> DemoResult:
+    """Train, compute kernels, distances, the embedding and a switch sweep, and write the report.
+
+    ``steps``, ``probe_size`` and ``switch_at`` shrink the demo (tests use them); by default it
+    runs ``examples/digits_lenet.toml`` as it is.
+
+    Example::
+
+        result = conetool.demo("conetool-demo")
+        print(result.report_html, result.verdict["regime"])
+    """
+    progress = progress or NullProgress()
+    out = Path(out)
+    ckpts, store = out / "ckpts", out / "store"
+    spec = demo_spec(steps=steps, probe_size=probe_size)
+    T = spec.train.steps
+    points = list(switch_at) if switch_at is not None else default_switch_points(T)
+    seconds: dict[str, float] = {}
+    stages: list[tuple[str, Callable[[], Any]]] = [
+        ("train", lambda: train(spec, ckpts, device=device, resume=True, progress=progress)),
+        ("kernels", lambda: kernels(ckpts, store=store, device=device, progress=progress)),
+        ("distance", lambda: distance(store, refs=_refs(T), progress=progress)),
+        ("embed", lambda: embed(store, progress=progress)),
+        ("switch", lambda: switch(points, store=store, device=device, progress=progress)),
+        ("report", lambda: report(store, progress=progress)),
+    ]
+    results: dict[str, Any] = {}
+    for number, (name, run) in enumerate(stages, start=1):
+        progress.log(f"[{number}/{len(stages)}] {name}")
+        began = time.perf_counter()
+        results[name] = run()
+        seconds[name] = round(time.perf_counter() - began, 2)
+    return DemoResult(
+        out=out,
+        ckpts=ckpts,
+        store=store,
+        report_html=results["report"].html,
+        report_md=results["report"].markdown,
+        verdict=results["distance"].verdict.to_dict(),
+        test_acc=results["train"].test_acc,
+        stage_seconds=seconds,
+    )
+
+
+def _refs(steps: int) -> list[int | str]:
+    """Several references for Fig. 1a: initialization, a quarter and half of the run."""
+    return [0, steps // 4, steps // 2]

@@ -1,0 +1,81 @@
+"""`conetool demo` end to end at a tiny size: every artifact, and a second run reuses them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.loop import TrainingLoop
+from conetool.pipeline import demo
+from conetool.pipeline.run_demo import default_switch_points, demo_spec
+from conetool.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_packaged_demo_spec_is_the_example():
+    assert demo_spec() == load_spec(ROOT / "examples" / "digits_lenet.toml")
+
+
+def test_shortened_spec_scales_the_checkpoints():
+    spec = demo_spec(steps=60, probe_size=10)
+    assert spec.train.steps == 60 and spec.probe.size == 10
+    assert spec.train.save_every == 5 and spec.train.dense_until == 10
+    assert default_switch_points(600) == [0, 25, 100, 300]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return demo(out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8])
+
+
+def test_demo_writes_every_artifact(finished):
+    store = finished.store
+    assert paths.checkpoint(finished.ckpts, 24).exists()
+    assert paths.manifest(store).exists() and paths.probe(store).exists()
+    assert len(list((store / paths.KERNELS_DIR).glob("*.safetensors"))) >= 8
+    for path in (
+        paths.to_ref_csv(store),
+        paths.adjacent_csv(store),
+        paths.matrix_npz(store),
+        paths.distance_summary(store),
+        paths.coords_csv(store),
+        paths.embedding_png(store),
+        paths.switch_results_csv(store),
+        paths.switch_png(store),
+        finished.report_html,
+        finished.report_md,
+    ):
+        assert path.exists() and path.stat().st_size > 0, path
+    summary = json.loads(paths.distance_summary(store).read_text())
+    assert len(summary["refs"]) >= 2  # several references
+    html = finished.report_html.read_text()
+    assert finished.verdict["regime"] in html
+    assert html.count("data:image/png;base64,") >= 5  # Fig. 1a, 1b, 1c, 2 and the S matrix
+    assert set(finished.stage_seconds) == {
+        "train", "kernels", "distance", "embed", "switch", "report"
+    }
+
+
+def test_second_run_reuses_everything(finished, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("the demo trained again")
+
+    monkeypatch.setattr(TrainingLoop, "run", no_training)
+    again = demo(finished.out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8])
+    assert again.verdict == finished.verdict
+
+
+def test_cli_demo(finished):
+    result = CliRunner().invoke(
+        app,
+        ["demo", "--out", str(finished.out), "--steps", "24", "--probe-size", "10", "-q"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "verdict:" in result.output and "report.html" in result.output

@@ -1,0 +1,385 @@
+"""`conetool report` end to end: a real (tiny) store, the page parsed back, the commands rerun."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+import shutil
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.errors import StoreError
+from conetool.pipeline import distance, embed, kernels, report, switch
+from conetool.spec import spec_from_dict
+from conetool.training import train
+from conetool.verdict import VerdictRules
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+runner = CliRunner()
+
+SPEC = {
+    "model": {"arch": "mlp", "num_classes": 3, "widths": [6], "activation": "tanh"},
+    "data": {
+        "dataset": "synthetic",
+        "shape": [4],
+        "num_classes": 3,
+        "train_size": 48,
+        "test_size": 24,
+        "noise": 1.5,
+    },
+    "probe": {"size": 6},
+    "train": {"steps": 16, "batch_size": 8, "lr": 0.2, "momentum": 0.9, "save_every": 2},
+}
+FIGURES = (
+    paths.to_ref_png,
+    paths.adjacent_png,
+    paths.matrix_png,
+    paths.embedding_png,
+    paths.switch_png,
+)
+
+
+class Page(HTMLParser):
+    """What a test needs from the page: images, every src/href, text per section, <pre> blocks."""
+
+    def __init__(self, markup: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.images: list[dict[str, str]] = []
+        self.links: list[str] = []
+        self.text: dict[str, list[str]] = {}
+        self.pre: dict[str, list[str]] = {}
+        self.captions: list[str] = []
+        self._section = ""
+        self._in: list[str] = []
+        self.feed(markup)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if tag == "section":
+            self._section = a.get("id", "")
+        if tag == "img":
+            self.images.append(a)
+        for key in ("src", "href"):
+            if key in a:
+                self.links.append(a[key])
+        if tag in ("pre", "figcaption"):
+            self._in.append(tag)
+            (self.pre if tag == "pre" else {}).setdefault(self._section, []).append("")
+            if tag == "figcaption":
+                self.captions.append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("pre", "figcaption") and self._in:
+            self._in.pop()
+
+    def handle_data(self, data):
+        self.text.setdefault(self._section, []).append(data)
+        if "pre" in self._in:
+            self.pre[self._section][-1] += data
+        if "figcaption" in self._in:
+            self.captions[-1] += data
+
+    def section(self, name: str, sep: str = " ") -> str:
+        """The text of a section, whitespace collapsed; ``sep`` joins the text pieces (table
+        cells are separate pieces; so are the spans of one paragraph)."""
+        return " ".join(sep.join(self.text.get(name, [])).split())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained tiny run (9 checkpoints) and a store with every part: kernels, distance
+    (non-default references, dts, a rule and --logx), embed (PCA) and switch."""
+    base = tmp_path_factory.mktemp("report").resolve()
+    ckpts = base / "ckpts"
+    train(spec_from_dict(SPEC, source="tiny.toml"), ckpts)
+    store = base / "store"
+    kernels(ckpts, store=store, device="cpu")
+    distance(store, refs=[0, 4], dts=[2, 4], rules=VerdictRules(phase1_fraction=0.2), logx=True)
+    embed(store, method="pca", dims=2, seed=3)
+    switch(["0,8"], store=store, device="cpu")
+    result = report(store)
+    return base, ckpts, store, result
+
+
+def test_every_figure_is_embedded_byte_for_byte_with_alt_and_caption(run):
+    _, _, store, result = run
+    page = Page(result.html.read_text(encoding="utf-8"))
+    expected = [f(store) for f in FIGURES]
+    assert result.figures == expected
+    assert len(page.images) == len(expected)
+    for image, png in zip(page.images, expected, strict=True):
+        prefix = "data:image/png;base64,"
+        assert image["src"].startswith(prefix)
+        assert base64.b64decode(image["src"][len(prefix) :]) == png.read_bytes()
+        assert len(image["alt"]) > 10
+    assert [c.split(".")[0] for c in page.captions] == [
+        "Fig",
+        "Fig",
+        "S matrix",
+        "Fig",
+        "Fig",
+    ]
+    assert [c[:7] for c in page.captions if c.startswith("Fig")] == [
+        "Fig. 1a",
+        "Fig. 1b",
+        "Fig. 1c",
+        "Fig. 2.",
+    ]
+
+
+def test_page_is_self_contained_and_escaped(run):
+    _, _, _, result = run
+    markup = result.html.read_text(encoding="utf-8")
+    page = Page(markup)
+    assert page.links, "no src/href at all is suspicious"
+    for link in page.links:
+        assert link.startswith(("data:image/png;base64,", "#")), link
+    assert not {"script", "link", "iframe", "object", "embed"} & set(page.tags)
+    assert "url(" not in markup and "@import" not in markup
+    assert "http://" not in markup and "https://" not in markup
+
+
+def test_verdict_numbers_and_tables_match_the_store(run):
+    _, ckpts, store, result = run
+    page = Page(result.html.read_text(encoding="utf-8"))
+    summary = json.loads(paths.distance_summary(store).read_text())
+    verdict = summary["verdict"]
+    text = page.section("verdict")
+    assert f"Regime: {verdict['regime']}:" in page.section("verdict", sep="")
+    assert " ".join(verdict["explanation"].split()) in text
+    numbers = verdict["numbers"]
+    if "peak_velocity" in numbers:
+        assert f"peak velocity (S per step) {numbers['peak_velocity']:.4g}" in text
+    assert f"stored steps {numbers['stored_steps']}" in text
+    assert verdict["regime"] in page.section("summary")
+    # the switch table holds every point's test accuracy, and the standard model at T
+    results = json.loads(paths.switch_results_json(store).read_text())
+    switch_text = page.section("switch")
+    for point in results["points"]:
+        assert f"{point['test_acc']:.4g} {point['test_loss']:.4g}" in switch_text
+    assert f"standard 16 {results['reference']['test_acc']:.4g}" in switch_text
+    # the checkpoint table: one row per stored step with its file, size and norm
+    manifest = json.loads(paths.manifest(store).read_text())
+    checkpoints_text = page.section("checkpoints")
+    for step, record in manifest["steps"].items():
+        name = paths.checkpoint(ckpts, int(step)).name
+        assert f"{step} {name}" in checkpoints_text
+        assert f"{record['norm']:.6g}" in checkpoints_text
+    embed_text = page.section("embed")
+    ratio = json.loads(paths.embed_summary(store).read_text())["explained_variance_ratio"]
+    assert " + ".join(f"{r:.1%}" for r in ratio) in embed_text
+    assert result.sections == [
+        "summary",
+        "verdict",
+        "distance",
+        "embed",
+        "switch",
+        "checkpoints",
+        "run",
+        "reproduce",
+    ]
+    assert result.missing == [] and result.notes == []
+
+
+def test_run_section_spec_round_trips(run):
+    _, _, store, result = run
+    manifest = json.loads(paths.manifest(store).read_text())
+    page = Page(result.html.read_text(encoding="utf-8"))
+    (spec_text, *_) = page.pre["run"]
+    spec = spec_from_dict(tomllib.loads(spec_text))
+    assert spec.hash() == manifest["spec_hash"]
+    assert result.spec is not None
+    assert spec_from_dict(tomllib.loads(result.spec.read_text())).hash() == manifest["spec_hash"]
+    run_text = page.section("run")
+    assert manifest["probe_hash"] in run_text and manifest["versions"]["torch"] in run_text
+
+
+def reproduce_lines(result) -> list[str]:
+    page = Page(result.html.read_text(encoding="utf-8"))
+    (block,) = page.pre["reproduce"]
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_reproduce_commands_are_exact(run):
+    _, ckpts, store, result = run
+    s, c, spec = (shlex.quote(str(p)) for p in (store, ckpts, result.spec))
+    assert reproduce_lines(result) == [
+        f"conetool train {spec} --out {c}",
+        f"conetool kernels {c} --store {s} --kind trace --dtype float32 --probe-size 6",
+        f"conetool distance --store {s} --ref 0 --ref 4 --dt 2 --dt 4 --phase1-fraction 0.2 --logx",
+        f"conetool embed --store {s} --method pca --dims 2 --seed 3",
+        f"conetool switch --at 0,8 --until 16 --store {s}",
+        f"conetool report --store {s}",
+    ]
+
+
+def test_running_the_reproduce_commands_rebuilds_the_same_results(run, tmp_path):
+    _, ckpts, store, result = run
+    new_ckpts, new_store = tmp_path / "ckpts", tmp_path / "store"
+    for line in reproduce_lines(result):
+        line = line.replace(f"--store {store}", f"--store {new_store}")
+        line = line.replace(f"--out {ckpts}", f"--out {new_ckpts}")
+        line = line.replace(f"kernels {ckpts}", f"kernels {new_ckpts}")
+        argv = shlex.split(line)
+        assert argv[0] == "conetool"
+        outcome = runner.invoke(app, [*argv[1:], "-q"])
+        assert outcome.exit_code == 0, (line, outcome.output)
+    old = json.loads(paths.distance_summary(store).read_text())
+    new = json.loads(paths.distance_summary(new_store).read_text())
+    for key in ("refs", "dts", "rules", "options", "identity"):
+        assert new[key] == old[key], key
+    assert new["verdict"]["regime"] == old["verdict"]["regime"]
+    assert new["verdict"]["phase1_end"] == old["verdict"]["phase1_end"]
+    for a, b in zip(old["reference_curves"], new["reference_curves"], strict=True):
+        assert b["final"] == pytest.approx(a["final"], rel=1e-5, abs=1e-9)
+    old_embed = json.loads(paths.embed_summary(store).read_text())
+    new_embed = json.loads(paths.embed_summary(new_store).read_text())
+    for key in ("method", "dims", "seed"):
+        assert new_embed[key] == old_embed[key]
+    old_switch = json.loads(paths.switch_results_json(store).read_text())
+    new_switch = json.loads(paths.switch_results_json(new_store).read_text())
+    assert [p["at"] for p in new_switch["points"]] == [p["at"] for p in old_switch["points"]]
+    for a, b in zip(old_switch["points"], new_switch["points"], strict=True):
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
+    assert paths.report_html(new_store).is_file()
+
+
+def test_markdown_links_figures_and_has_tables(run):
+    _, _, store, result = run
+    md = result.markdown.read_text(encoding="utf-8")
+    base = result.markdown.parent
+    links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", md)
+    assert links == [
+        "../distance/to_ref.png",
+        "../distance/adjacent.png",
+        "../distance/matrix.png",
+        "../embed/embedding.png",
+        "../switch/switch.png",
+    ]
+    for link in links:
+        assert (base / link).resolve() == (store / link[3:]).resolve()
+    assert "| step | checkpoint | size | ‖H‖\\_F | seconds |" in md
+    assert "| ---: | --- | ---: | ---: | ---: |" in md
+    assert re.search(r"^\| 16 \| step\\?_000016\.safetensors \|", md, re.M) or (
+        "| 16 | step_000016.safetensors |" in md
+    )
+    toml_block = re.search(r"```toml\n(.*?)\n```", md, re.S)
+    assert toml_block is not None
+    assert "[model]" in toml_block.group(1)
+    verdict = json.loads(paths.distance_summary(store).read_text())["verdict"]
+    assert f"**{verdict['regime']}**" in md
+    assert "conetool switch --at 0,8 --until 16" in md
+
+
+def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path):
+    _, ckpts, _, _ = run
+    store = tmp_path / "only-kernels"
+    kernels(ckpts, store=store, device="cpu")
+    result = report(store)
+    s = shlex.quote(str(store))
+    parts = dict(result.missing)
+    assert parts["kernel distance and verdict (Fig. 1a, 1b, S matrix)"] == (
+        f"conetool distance --store {s}"
+    )
+    assert parts["cone embedding (Fig. 1c)"] == f"conetool embed --store {s}"
+    switch_command = parts["switch results (Fig. 2)"]
+    assert switch_command.startswith("conetool switch --at 0,") and switch_command.endswith(
+        f"--store {s}"
+    )
+    assert result.sections == ["summary", "checkpoints", "run", "reproduce"]
+    page = Page(result.html.read_text(encoding="utf-8"))
+    assert page.images == []
+    missing_text = page.section("missing")
+    for command in parts.values():
+        assert command in missing_text
+    # the suggested commands work, and the report then holds what they made
+    for command in (parts["cone embedding (Fig. 1c)"], switch_command):
+        outcome = runner.invoke(app, [*shlex.split(command)[1:], "-q"])
+        assert outcome.exit_code == 0, outcome.output
+    again = report(store)
+    assert [part for part, _ in again.missing] == [
+        "kernel distance and verdict (Fig. 1a, 1b, S matrix)"
+    ]
+    assert again.figures == [paths.embedding_png(store), paths.switch_png(store)]
+
+
+def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    paths.matrix_png(copy).unlink()
+    summary = json.loads(paths.distance_summary(copy).read_text())
+    summary["steps"]["count"] -= 1
+    summary["verdict"]["explanation"] = "<b>bold?</b> & more"
+    paths.distance_summary(copy).write_text(json.dumps(summary))
+    result = report(copy)
+    s = shlex.quote(str(copy))
+    assert ("S matrix (distance/matrix.png)", f"conetool distance --store {s}") in result.missing
+    assert paths.matrix_png(copy) not in result.figures and len(result.figures) == 4
+    assert any("conetool distance results cover 8 steps" in n for n in result.notes)
+    markup = result.html.read_text(encoding="utf-8")
+    assert "&lt;b&gt;bold?&lt;/b&gt; &amp; more" in markup and "<b>bold?" not in markup
+    assert "\\<b>bold?\\</b> & more" in result.markdown.read_text(encoding="utf-8")
+
+
+def test_long_checkpoint_table_folds_away(run, tmp_path):
+    _, _, store, _ = run
+    copy = tmp_path / "many"
+    shutil.copytree(store, copy)
+    manifest = json.loads(paths.manifest(copy).read_text())
+    record = manifest["steps"]["0"]
+    for step in range(100, 100 + 60):
+        manifest["steps"][str(step)] = {**record, "step": step}
+    paths.manifest(copy).write_text(json.dumps(manifest))
+    result = report(copy)
+    markup = result.html.read_text(encoding="utf-8")
+    assert "<details><summary>Show all 69 checkpoints</summary>" in markup
+    assert "<details>" not in paths.report_html(store).read_text(encoding="utf-8")
+
+
+def test_out_directory_keeps_markdown_links_valid(run, tmp_path):
+    _, _, store, _ = run
+    result = report(store, out=tmp_path / "elsewhere")
+    md = result.markdown.read_text(encoding="utf-8")
+    for link in re.findall(r"!\[[^\]]+\]\(([^)]+)\)", md):
+        assert (result.markdown.parent / link).is_file(), link
+    assert f"--out {shlex.quote(str(tmp_path / 'elsewhere'))}" in md
+
+
+def test_cli_report_and_missing_store(run, tmp_path):
+    _, _, store, _ = run
+    outcome = runner.invoke(app, ["report", "--store", str(store)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "verdict" in outcome.output and "report.html" in outcome.output
+    assert "5 figures embedded" in outcome.output
+    missing = tmp_path / "nowhere"
+    outcome = runner.invoke(app, ["report", "--store", str(missing)])
+    assert outcome.exit_code == 1
+    assert "does not exist" in outcome.output and "conetool kernels" in outcome.output
+    assert "Traceback" not in outcome.output
+    with pytest.raises(StoreError):
+        report(missing)
+    helped = runner.invoke(app, ["report", "--help"])
+    assert helped.exit_code == 0 and "Example: conetool report" in helped.output
+
+
+def test_readme_documents_the_report_files():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "### `conetool report`" in readme
+    for name in ("report.html", "report.md", "spec.toml"):
+        assert name in readme
