@@ -20,9 +20,9 @@ How it is computed (the reference engine: simple and exact). Rows of the Jacobia
 a set of cotangent vectors): the identity rows for ``full``, groups of logits for ``trace``, the
 all-ones vector for ``sum``. Rows are kept per parameter tensor (never concatenated into a ``p``-wide
 matrix) and contracted with one matrix product per parameter tensor, summed over tensors in float64.
-Only products on or above the block diagonal are computed (``H[j, i] = H[i, j]^T``); a block with
-itself uses BLAS ``syrk`` on the CPU (half the work of a product; SciPy's BLAS, which comes with
-scikit-learn) and upper-triangular sub-blocks elsewhere.
+Only products on or above the block diagonal are computed (``H[j, i] = H[i, j]^T``); the product
+of a block of 128 rows or more with itself uses BLAS ``syrk`` on the CPU (half the work of a
+product; SciPy's BLAS, which comes with scikit-learn), and upper-triangular sub-blocks elsewhere.
 
 The memory budget decides the schedule:
 
@@ -53,12 +53,14 @@ fast path; this one is its exact reference.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +91,9 @@ _MIN_CHUNK = 8
 # Rows of one diagonal sub-block of a panel's self-product: only sub-block pairs on or above the
 # diagonal are multiplied. Below about 256 rows the products become memory-bound on CPUs.
 _SUB_ROWS = 512
+# Fewest rows for which a block's product with itself uses BLAS syrk on the CPU: below, the
+# product is memory-bound and torch's own product is faster.
+_SYRK_MIN_ROWS = 128
 # The default CPU budget: this fraction of MemAvailable, at most _CPU_CAP bytes.
 _CPU_FRACTION = 0.5
 _CPU_CAP = 64 * 2**30
@@ -201,8 +206,6 @@ def _available_ram() -> int:
 # --------------------------------------------------------------------------------------------------
 # Per-example checks
 
-_TRAIN_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
 
 def check_per_example(model: nn.Module, inputs: Tensor | None = None) -> None:
     """Raise :class:`ConetoolError` when the model's examples would not be independent.
@@ -254,7 +257,14 @@ def _check_modules(model: nn.Module) -> None:
 
 def _check_independence(forward: Callable[[Tensor], Tensor], pair: Tensor) -> None:
     """``forward(pair)`` row by row must equal ``forward`` of each example alone."""
-    together = forward(pair).reshape(pair.shape[0], -1)
+    together = forward(pair)
+    if not isinstance(together, Tensor):
+        raise ConetoolError(
+            "the eNTK needs a model that returns one tensor of outputs (batch, c), but it "
+            f"returned a {type(together).__name__}. Wrap the model in a module that returns the "
+            "logits."
+        )
+    together = together.reshape(pair.shape[0], -1)
     alone = torch.cat([forward(pair[i : i + 1]).reshape(1, -1) for i in range(pair.shape[0])])
     scale = float(together.abs().max()) if together.numel() else 0.0
     if together.is_floating_point():
@@ -398,9 +408,9 @@ def empirical_ntk(
             out = functional_call(model, (p, consts), (batch,))
             if not isinstance(out, Tensor):
                 raise ConetoolError(
-                    "empirical_ntk needs a model that returns one tensor of outputs "
-                    f"(batch, c), but it returned a {type(out).__name__}. Wrap the model in a "
-                    "module that returns the logits."
+                    "the eNTK needs a model that returns one tensor of outputs (batch, c), but "
+                    f"it returned a {type(out).__name__}. Wrap the model in a module that returns "
+                    "the logits."
                 )
             return out
 
@@ -544,7 +554,7 @@ def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Tensor]]]) -> None:
     blocks = []
     for row, mats in pieces:
         size = mats[0].shape[0]
-        count = 1 if _cpu_syrk(mats[0]) else max(1, size // _SUB_ROWS)
+        count = 1 if _use_syrk(mats[0]) else max(1, size // _SUB_ROWS)
         bounds = [round(i * size / count) for i in range(count + 1)]
         blocks += [(row + lo, [m[lo:hi] for m in mats]) for lo, hi in itertools.pairwise(bounds)]
     for k, (row, left) in enumerate(blocks):
@@ -558,32 +568,39 @@ def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Tensor]]]) -> None:
             kernel[cols, rows] += product.T
 
 
-def _cpu_syrk(mat: Tensor) -> bool:
-    """Whether :func:`_gram` can use BLAS ``syrk`` (from SciPy) for ``mat``."""
-    if mat.device.type != "cpu" or mat.dtype not in (torch.float32, torch.float64):
-        return False
+@functools.cache
+def _blas() -> tuple[Callable[..., Any], Callable[..., Any], Any] | None:
+    """SciPy's ``ssyrk`` and ``dsyrk`` and a controller of its BLAS threads, or None."""
     try:
-        from scipy.linalg import blas  # noqa: F401
-        from threadpoolctl import threadpool_limits  # noqa: F401
+        from scipy.linalg import blas
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - both come with scikit-learn
-        return False
-    return True
+        return None
+    return blas.ssyrk, blas.dsyrk, ThreadpoolController()
+
+
+def _use_syrk(mat: Tensor) -> bool:
+    """Whether :func:`_gram` uses BLAS ``syrk`` for a block whose first matrix is ``mat``."""
+    return (
+        mat.device.type == "cpu"
+        and mat.dtype in (torch.float32, torch.float64)
+        and mat.shape[0] >= _SYRK_MIN_ROWS
+        and _blas() is not None
+    )
 
 
 def _gram(mats: list[Tensor]) -> Tensor:
     """``Σ_t mats[t] @ mats[t]^T`` accumulated in float64, exactly symmetric."""
-    if not _cpu_syrk(mats[0]):
+    if not _use_syrk(mats[0]):
         total = _contract(mats, mats)
         return (total + total.T) / 2
-    from scipy.linalg import blas
-    from threadpoolctl import threadpool_limits
-
+    ssyrk, dsyrk, threads = _blas()
     size = mats[0].shape[0]
     upper = torch.zeros(size, size, dtype=torch.float64)
     # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core.
-    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+    with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
         for mat in mats:
-            syrk = blas.ssyrk if mat.dtype == torch.float32 else blas.dsyrk
+            syrk = ssyrk if mat.dtype == torch.float32 else dsyrk
             # mat is a C-contiguous (m, k) matrix, so its transpose is a Fortran (k, m) array
             # that BLAS reads in place; trans=1 gives mat @ mat.T, upper triangle.
             product = syrk(1.0, mat.contiguous().numpy().T, trans=1, lower=0)

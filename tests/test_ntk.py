@@ -216,7 +216,11 @@ def test_linear_model_closed_form() -> None:
     assert rel(full, torch.einsum("ij,ab->iajb", x @ x.T + 1, eye)) < 1e-14
 
 
-def test_float32_mlp_agrees_with_float64_reference() -> None:
+@pytest.mark.parametrize("syrk", [True, False])
+def test_float32_mlp_agrees_with_float64_reference(
+    syrk: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ntk, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
     model64, x64 = build("mlp", n=8)
     expected = reference(model64, x64, "trace")
     model32 = mlp()
@@ -326,8 +330,7 @@ def test_pieces_and_sub_blocks(kind: str, syrk: bool, monkeypatch: pytest.Monkey
     expected = reference(model, x, kind)
     plans = record_plans(monkeypatch)
     monkeypatch.setattr(ntk, "_SUB_ROWS", 4)
-    if not syrk:
-        monkeypatch.setattr(ntk, "_cpu_syrk", lambda mat: False)
+    monkeypatch.setattr(ntk, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
     for activation_bytes in (1, 10**5, 10**9):
         monkeypatch.setattr(ntk, "_ACTIVATION_BYTES", activation_bytes)
         kernel = empirical_ntk(model, x, kind=kind, device="cpu")
@@ -419,6 +422,21 @@ def test_non_finite_kernel_raises() -> None:
         model[0].weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteKernelError, match="non-finite"):
         empirical_ntk(model, x, device="cpu", check=False)
+
+
+class TupleOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc(x), x
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_model_must_return_one_tensor(check: bool) -> None:
+    with pytest.raises(ConetoolError, match="returned a tuple"):
+        empirical_ntk(TupleOutput(), torch.randn(3, 3), device="cpu", check=check)
 
 
 def test_bad_arguments() -> None:
