@@ -23,10 +23,10 @@ def test_packaged_demo_spec_is_the_example():
 
 
 def test_shortened_spec_scales_the_checkpoints():
-    spec = demo_spec(steps=60, probe_size=10)
-    assert spec.train.steps == 60 and spec.probe.size == 10
-    assert spec.train.save_every == 5 and spec.train.dense_until == 10
-    assert default_switch_points(600) == [0, 25, 100, 300]
+    spec = demo_spec(steps=240, probe_size=10)
+    assert spec.train.steps == 240 and spec.probe.size == 10
+    assert spec.train.save_every == 10 and spec.train.dense_until == 10
+    assert default_switch_points(2400) == [0, 100, 400, 1200]
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spe
 
 
 def default_switch_points(steps: int) -> list[int]:
-    """Switch steps across the run: at initialization, early in Phase I, and later."""
+    """Switch steps across the run: at initialization, in Phase I, at its end, and mid-run
+    (0, 100, 400, 1200 for the demo's 2,400 steps)."""
     return sorted({0, round(steps / 24), round(steps / 6), steps // 2})
 
 
