@@ -68,6 +68,7 @@ from torch.func import functional_call, vjp, vmap
 
 from .device import resolve_device
 from .errors import ConetoolError
+from .io import format_bytes as _format_bytes
 
 __all__ = [
     "KINDS",
@@ -168,10 +169,7 @@ def _memory_syntax_message(value: object) -> str:
 
 def format_bytes(size: float) -> str:
     """``size`` bytes in a short human form, e.g. ``"1.50 GiB"``."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.2f} {unit}"
-    return f"{int(size)} B"
+    return _format_bytes(size, digits=2)
 
 
 def default_memory_budget(device: str | torch.device | None = None) -> int:

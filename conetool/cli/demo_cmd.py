@@ -36,9 +36,7 @@ def demo(
     Example: conetool demo --out conetool-demo
     """
     with handle_errors(debug), progress_display(quiet) as progress:
-        result = demo_run(
-            out, device=device, steps=steps, probe_size=probe_size, progress=progress
-        )
+        result = demo_run(out, device=device, steps=steps, probe_size=probe_size, progress=progress)
     table = Table(title=f"conetool demo -> {result.out}", title_justify="left")
     for name in result.stage_seconds:
         table.add_column(name, justify="right")

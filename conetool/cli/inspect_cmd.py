@@ -8,17 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..io import format_bytes
 from ..pipeline import inspect as inspect_run
 from .app import Debug, app, console, handle_errors
 from .options import Every, SpecOpt, StepRegex, Steps
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @app.command()
@@ -60,7 +53,7 @@ def inspect(
         table.add_row(
             "?" if row.step is None else str(row.step),
             row.file,
-            _size(row.size),
+            format_bytes(row.size),
             "?" if row.num_params is None else f"{row.num_params:,}",
             status,
         )

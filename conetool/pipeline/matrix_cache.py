@@ -352,16 +352,3 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
     return path
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON: numpy scalars to Python, non-finite floats to ``None``."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

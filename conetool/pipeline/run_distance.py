@@ -12,7 +12,6 @@ Outputs (names from :mod:`conetool.paths`)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,12 +30,12 @@ from ..geometry import (
     step_index,
     velocity_dt,
 )
-from ..io import atomic_write_text
+from ..io import atomic_write_json
 from ..plots import adjacent_figure, distance_to_reference_figure, matrix_figure, save_figure
 from ..progress import NullProgress, Progress
 from ..store import Store
 from ..verdict import Verdict, VerdictRules, phase_verdict
-from .matrix_cache import csv_number, json_safe, kernel_matrix, require_kernels, write_csv
+from .matrix_cache import csv_number, kernel_matrix, require_kernels, write_csv
 
 __all__ = ["AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
 
@@ -199,7 +198,7 @@ def distance(
         "notes": notes,
     }
     summary_path = paths.distance_summary(root)
-    atomic_write_text(summary_path, json.dumps(json_safe(summary), indent=2) + "\n")
+    atomic_write_json(summary_path, summary)
     files.append(summary_path)
     return DistanceResult(
         store=root,

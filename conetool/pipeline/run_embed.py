@@ -23,12 +23,12 @@ import numpy as np
 from .. import __version__, paths
 from ..embedding import Embedding, embed_kernels
 from ..errors import ConetoolError
-from ..io import atomic_write_text
+from ..io import atomic_write_json
 from ..plots import embedding_figure, save_figure
 from ..progress import NullProgress, Progress
 from ..store import Store
 from ..verdict import phase_verdict
-from .matrix_cache import csv_number, json_safe, kernel_matrix, write_csv
+from .matrix_cache import csv_number, kernel_matrix, write_csv
 
 __all__ = ["METHODS", "EmbedResult", "embed"]
 
@@ -137,7 +137,7 @@ def embed(
         "files": [paths.coords_csv(root).name, paths.embedding_png(root).name, "summary.json"],
     }
     summary_path = paths.embed_summary(root)
-    atomic_write_text(summary_path, json.dumps(json_safe(summary), indent=2) + "\n")
+    atomic_write_json(summary_path, summary)
     files.append(summary_path)
     return EmbedResult(
         store=root,

@@ -28,7 +28,7 @@ import torch
 
 from .. import __version__, paths
 from ..errors import ConetoolError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, format_bytes
 from ..progress import NullProgress, Progress
 from ..report_html import (
     Block,
@@ -186,13 +186,6 @@ def _g(value: Any, digits: int = 4) -> str:
 
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value):+.1%}"
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 def _q(value: object) -> str:
@@ -793,7 +786,7 @@ class _Gathered:
                 (
                     str(step),
                     _source_name(r.source, ckpts),
-                    _bytes(r.size),
+                    format_bytes(r.size),
                     _g(r.norm, 6),
                     f"{r.seconds:.2f}",
                 )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint
 from ..data import DataBundle, load_data
 from ..device import resolve_device
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
-from ..io import atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from ..linearize import LinearizedModel
 from ..loop import Row, TrainingLoop, evaluate
 from ..models import output_check
@@ -255,7 +254,7 @@ def _run_point(
     atomic_write_text(paths.switch_point_metrics(store, t), _rows_csv(rows))
     payload = {**asdict(point), "key": key, "checkpoint": [str(p) for p in ref.paths]}
     payload.pop("reused")
-    atomic_write_text(paths.switch_point(store, t), _json(payload))
+    atomic_write_json(paths.switch_point(store, t), payload)
     return point
 
 
@@ -341,7 +340,7 @@ def _reference(
         "test_loss": last["test_loss"],
         "source": f"trained from step {start}",
     }
-    atomic_write_text(path, _json({"key": key, "reference": result}))
+    atomic_write_json(path, {"key": key, "reference": result})
     return result
 
 
@@ -357,7 +356,7 @@ def _write_sweep(
     writer.writerows(rows)
     atomic_write_text(paths.switch_results_csv(store), text.getvalue())
     summary = {"until": until, "reference": reference, "points": rows}
-    atomic_write_text(paths.switch_results_json(store), _json(summary))
+    atomic_write_json(paths.switch_results_json(store), summary)
     figure = switch_figure(
         [p.at for p in points],
         [p.test_acc for p in points],
@@ -391,18 +390,3 @@ def _rows_csv(rows: list[Row]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
-
-
-def _json(payload: Any) -> str:
-    """Strict JSON (NaN, the train metrics of a row with no step before it, becomes null)."""
-    return json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
