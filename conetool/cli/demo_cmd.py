@@ -28,10 +28,10 @@ def demo(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """The whole pipeline on the embedded digits data: train, kernels, distance, embed, switch,
-    and a report.
+    """The whole pipeline on the embedded digits data, then a report (about 2 minutes).
 
-    A second run reuses what is already done.
+    Trains examples/digits_lenet.toml, computes its kernels, distances, embedding and a switch
+    sweep, and writes the report. A second run reuses what is already done.
 
     Example: conetool demo --out conetool-demo
     """
