@@ -724,6 +724,31 @@ def torch_note(count: int, example: Path) -> str:
     )
 
 
+def scan_selected(
+    directory: str | Path,
+    *,
+    step_regex: str | None,
+    iterations_per_epoch: int | None,
+    steps: tuple[int | None, int | None] | None,
+    every: int | None,
+    deep: bool,
+) -> _Scan:
+    """The directory's candidates within the selection; an error when there are none."""
+    scan = _scan(
+        directory,
+        step_regex=step_regex,
+        iterations_per_epoch=iterations_per_epoch,
+        steps=steps,
+        every=every,
+        deep=deep,
+    )
+    if not scan.candidates and scan.unselected:
+        raise _none_selected(scan, steps, every)
+    if not scan.candidates:
+        raise empty_error(scan)
+    return scan
+
+
 def list_checkpoints(
     directory: str | Path,
     *,
@@ -756,7 +781,7 @@ def list_checkpoints(
             One error lists every problem, each naming its file and the fix.
     """
     warn = warn or _default_warn
-    scan = _scan(
+    scan = scan_selected(
         directory,
         step_regex=step_regex,
         iterations_per_epoch=iterations_per_epoch,
@@ -764,10 +789,6 @@ def list_checkpoints(
         every=every,
         deep=False,
     )
-    if not scan.candidates and scan.unselected:
-        raise _none_selected(scan, steps, every)
-    if not scan.candidates:
-        raise empty_error(scan)
     bad = [c for c in scan.candidates if c.problem is not None]
     if bad and not skip_bad:
         raise _problems_error(scan.directory, bad)

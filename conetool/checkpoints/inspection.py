@@ -17,7 +17,7 @@ from torch import nn
 from conetool.errors import CheckpointError
 
 from ._keys import describe_mismatch, match_keys
-from .discover import TORCH_NOTE, _Candidate, _none_selected, _scan, empty_error
+from .discover import TORCH_NOTE, _Candidate, scan_selected
 from .load import match_state_dict, read_checkpoint
 
 STATUSES = ("ok", "error")
@@ -68,7 +68,7 @@ def inspect_checkpoints(
         CheckpointError: the directory is missing or unreadable, holds no checkpoint candidate, or
             the selection (``steps``/``every``) leaves none; or a flag is malformed.
     """
-    scan = _scan(
+    scan = scan_selected(
         directory,
         step_regex=step_regex,
         iterations_per_epoch=iterations_per_epoch,
@@ -76,10 +76,6 @@ def inspect_checkpoints(
         every=every,
         deep=True,
     )
-    if not scan.candidates and scan.unselected:
-        raise _none_selected(scan, steps, every)
-    if not scan.candidates:
-        raise empty_error(scan)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None
     rows = []
     for c in scan.candidates:
