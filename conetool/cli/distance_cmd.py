@@ -11,7 +11,7 @@ from rich.table import Table
 from ..pipeline import distance as distance_run
 from ..verdict import VerdictRules
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
-from .options import DEFAULT_STORE, StoreOpt
+from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
 
 _RULES = VerdictRules()
 
@@ -80,16 +80,8 @@ def distance(
             "--smooth-window", min=1, help="Verdict: running median over this many velocities."
         ),
     ] = _RULES.smooth_window,
-    skip_bad: Annotated[
-        bool,
-        typer.Option("--skip-bad", help="Leave out unreadable or non-finite kernels (warned)."),
-    ] = False,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            "--max-memory", help="Memory for the S matrix's kernel blocks (default 1GiB)."
-        ),
-    ] = None,
+    skip_bad: SkipBadKernels = False,
+    max_memory: MatrixMemory = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:

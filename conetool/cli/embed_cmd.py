@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..pipeline import embed as embed_run
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
-from .options import DEFAULT_STORE, StoreOpt
+from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
 
 
 class Method(str, Enum):
@@ -31,16 +31,8 @@ def embed(
     ] = Method.mds,
     dims: Annotated[int, typer.Option("--dims", min=2, max=3, help="2 or 3 dimensions.")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of MDS.")] = 0,
-    skip_bad: Annotated[
-        bool,
-        typer.Option("--skip-bad", help="Leave out unreadable or non-finite kernels (warned)."),
-    ] = False,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            "--max-memory", help="Memory for the S matrix's kernel blocks (default 1GiB)."
-        ),
-    ] = None,
+    skip_bad: SkipBadKernels = False,
+    max_memory: MatrixMemory = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:

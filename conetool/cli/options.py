@@ -32,4 +32,12 @@ Steps = Annotated[
 Every = Annotated[
     int | None, typer.Option("--every", min=1, help="Only steps that are multiples of K.")
 ]
+SkipBadKernels = Annotated[
+    bool,
+    typer.Option("--skip-bad", help="Leave out unreadable or non-finite kernels (warned)."),
+]
+MatrixMemory = Annotated[
+    str | None,
+    typer.Option("--max-memory", help="Memory for the S matrix's kernel blocks (default 1GiB)."),
+]
 DEFAULT_STORE = Path(paths.DEFAULT_STORE)
