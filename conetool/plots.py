@@ -136,13 +136,20 @@ def _shade_phase1(ax: Axes, phase1_end: float | None) -> None:
     ax.axvline(end, color="0.55", linewidth=0.8, linestyle="--", zorder=0.5)
     ax.set_xlim(lo, hi)
     # Vertical text fits inside even a narrow Phase I band.
+    _phase_label(ax, "Phase I", end, dx=-3, ha="right", facecolor=_PHASE1_COLOR)
+    if end < hi:
+        _phase_label(ax, "Phase II", end, dx=3, ha="left", facecolor="white")
+
+
+def _phase_label(ax: Axes, text: str, end: float, *, dx: int, ha: str, facecolor: Any) -> None:
+    """A vertical label at the top of the axes, beside the Phase I boundary ``end``."""
     ax.annotate(
-        "Phase I",
+        text,
         xy=(end, 1.0),
         xycoords=("data", "axes fraction"),
-        xytext=(-3, -4),
+        xytext=(dx, -4),
         textcoords="offset points",
-        ha="right",
+        ha=ha,
         va="top",
         rotation=90,
         fontsize=9,
@@ -150,31 +157,11 @@ def _shade_phase1(ax: Axes, phase1_end: float | None) -> None:
         zorder=5,
         bbox={
             "boxstyle": "square,pad=0.1",
-            "facecolor": _PHASE1_COLOR,
+            "facecolor": facecolor,
             "edgecolor": "none",
             "alpha": 0.6,
         },
     )
-    if end < hi:
-        ax.annotate(
-            "Phase II",
-            xy=(end, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(3, -4),
-            textcoords="offset points",
-            ha="left",
-            va="top",
-            rotation=90,
-            fontsize=9,
-            color="0.3",
-            zorder=5,
-            bbox={
-                "boxstyle": "square,pad=0.1",
-                "facecolor": "white",
-                "edgecolor": "none",
-                "alpha": 0.6,
-            },
-        )
 
 
 def _legend(ax: Axes, title: str | None = None, **kwargs: Any) -> None:

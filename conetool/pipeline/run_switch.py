@@ -228,13 +228,8 @@ def _run_point(
     output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
     began = time.perf_counter()
     lin = LinearizedModel(model).to(device)
-    optimizer = make_optimizer((p for p in lin.parameters() if p.requires_grad), spec.train)
-    saved = paths.optimizer_state(ckpts, t)
-    momentum = "fresh"
-    if saved.is_file():
-        load_optimizer_state(optimizer, saved)
-        momentum = "saved"
-    else:
+    optimizer, momentum = _optimizer_at(lin, spec, ckpts, t)
+    if momentum == "fresh":
         notes.append(f"t={t}: no optimizer state beside the checkpoint; momentum starts at zero")
     loop = TrainingLoop(spec, lin, optimizer, data, device, progress, description=f"switch t={t}")
     rows = loop.run(t, until)
@@ -256,6 +251,19 @@ def _run_point(
     payload.pop("reused")
     atomic_write_json(paths.switch_point(store, t), payload)
     return point
+
+
+def _optimizer_at(
+    model: torch.nn.Module, spec: Spec, ckpts: Path, step: int
+) -> tuple[torch.optim.Optimizer, str]:
+    """The spec's optimizer over ``model``'s trainable parameters, with the state saved beside
+    the checkpoint of ``step`` when there is one ("saved"), else fresh ("fresh")."""
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
+    saved = paths.optimizer_state(ckpts, step)
+    if not saved.is_file():
+        return optimizer, "fresh"
+    load_optimizer_state(optimizer, saved)
+    return optimizer, "saved"
 
 
 def _read_point(store: Path, t: int, key: dict[str, Any]) -> SwitchPoint | None:
@@ -328,10 +336,7 @@ def _reference(
         previous = json.loads(path.read_text())
         if previous.get("key") == key:
             return previous["reference"]
-    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
-    saved = paths.optimizer_state(ckpts, start)
-    if saved.is_file():
-        load_optimizer_state(optimizer, saved)
+    optimizer, _ = _optimizer_at(model, spec, ckpts, start)
     loop = TrainingLoop(spec, model, optimizer, data, device, progress, description="standard")
     last = loop.run(start, until)[-1]
     result = {
