@@ -1,8 +1,9 @@
 """Time conetool's eNTK engine against the torch.func tutorial's vmap(jacrev) contraction.
 
 Every measurement runs in a fresh subprocess, so that its peak memory (``ru_maxrss``) is its own.
-For each (model, n) the script measures the baseline once and the engine once per ``--max-memory``
-budget, checks that both give the same kernel, and prints one table: wall time, peak resident memory
+For each (model, n) the script measures the baseline once and the engine once per method
+(``--methods``: ``structured``, the per-layer engine; ``jacobian``, the reference engine; ``auto``)
+and ``--max-memory`` budget, checks that both give the same kernel, and prints one table: wall time, peak resident memory
 of the process (and its growth during the call, after a small warm-up call), their ratios to the
 baseline, and the ratio of the engine's time to a FLOP floor.
 
@@ -22,6 +23,7 @@ Examples::
 
     python benchmarks/bench_ntk.py --quick
     python benchmarks/bench_ntk.py                                   # the full suite
+    python benchmarks/bench_ntk.py --models mlp --n 256 --methods structured,jacobian
     python benchmarks/bench_ntk.py --models resnet20 --n 1024 --max-memory auto,4GiB
     python benchmarks/bench_ntk.py --models vgg16 --n 500 --max-memory 8GiB --no-baseline
 """
@@ -40,9 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SHAPES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32), "vgg16": (3, 32, 32)}
-DEFAULT_N = {"lenet5": [256, 1024], "resnet20": [256, 1024], "vgg16": [8, 500]}
-QUICK_N = {"lenet5": [64], "resnet20": [32], "vgg16": [2]}
+SHAPES = {"mlp": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32), "vgg16": (3, 32, 32)}
+DEFAULT_N = {"mlp": [64, 256], "lenet5": [256, 1024], "resnet20": [256, 1024], "vgg16": [8, 500]}
+QUICK_N = {"mlp": [16], "lenet5": [64], "resnet20": [32], "vgg16": [2]}
 NUM_CLASSES = 10
 
 
@@ -53,9 +55,9 @@ NUM_CLASSES = 10
 def build(name: str):
     import torch
 
-    from conetool.models import lenet5, resnet20, vgg16
+    from conetool.models import lenet5, mlp, resnet20, vgg16
 
-    factories = {"lenet5": lenet5, "resnet20": resnet20, "vgg16": vgg16}
+    factories = {"mlp": mlp, "lenet5": lenet5, "resnet20": resnet20, "vgg16": vgg16}
     torch.manual_seed(0)
     model = factories[name](SHAPES[name], NUM_CLASSES)
     # Non-trivial BatchNorm statistics, as in a trained checkpoint.
@@ -107,10 +109,12 @@ def baseline(model, x, kind):
     return result.permute(0, 2, 1, 3) if kind == "full" else result  # (n, c, n, c)
 
 
-def engine(model, x, kind, max_memory):
+def engine(model, x, kind, max_memory, method):
     from conetool.ntk import empirical_ntk
 
-    return empirical_ntk(model, x, kind=kind, max_memory=max_memory, device="cpu")
+    return empirical_ntk(
+        model, x, kind=kind, max_memory=max_memory, device="cpu", method=method
+    )
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -126,7 +130,7 @@ def worker(args: argparse.Namespace) -> None:
     def run(inputs):
         if args.method == "baseline":
             return baseline(model, inputs, args.kind)
-        return engine(model, inputs, args.kind, budget)
+        return engine(model, inputs, args.kind, budget, args.method)
 
     with torch.no_grad():
         run(x[:2])  # warm-up: lazy imports and first-call costs
@@ -222,13 +226,18 @@ def available_ram() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="lenet5,resnet20,vgg16")
+    parser.add_argument("--models", default="mlp,lenet5,resnet20,vgg16")
     parser.add_argument("--n", default=None, help="comma-separated probe sizes (default per model)")
     parser.add_argument("--kind", default="trace", choices=["trace", "full", "sum"])
     parser.add_argument(
         "--max-memory",
         default="auto",
         help="comma-separated engine budgets, one engine row each (e.g. auto,4GiB)",
+    )
+    parser.add_argument(
+        "--methods",
+        default="structured",
+        help="comma-separated engine methods, one row each per budget (structured, jacobian, auto)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-baseline", action="store_true", help="time the engine only")
@@ -242,7 +251,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     # Worker-only arguments.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--method", default="engine", help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="structured", help=argparse.SUPPRESS)
     parser.add_argument("--budget", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -259,8 +268,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(SHAPES)}")
     budgets = [b.strip() for b in args.max_memory.split(",") if b.strip()]
+    engine_methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     header = (
-        f"{'model':<9} {'params':>10} {'n':>5} {'method':<14} {'time s':>8} {'x base':>7} {'cpu s':>8} "
+        f"{'model':<9} {'params':>10} {'n':>5} {'method':<20} {'time s':>8} {'x base':>7} {'cpu s':>8} "
         f"{'peak MiB':>9} {'growth':>8} {'x base':>7} {'floor s':>8} {'x floor':>8} {'rel err':>9}"
     )
     print(f"kind = {args.kind}, threads = {args.threads or torch.get_num_threads()}")
@@ -282,7 +292,9 @@ def main() -> None:
                 if methods and 1.5 * need > 0.8 * available_ram():  # resnet20: peak 1.46 x J
                     skipped = f"skipped: needs about {1.5 * need / 2**30:.1f} GiB"
                     methods = []
-                methods += [(f"engine {b}", "engine", b) for b in budgets]
+                methods += [
+                    (f"{m} {b}", m, b) for m in engine_methods for b in budgets
+                ]
                 results: dict[str, dict] = {}
                 for rep in range(args.repeat):  # alternate the order, keep the fastest run
                     for label, method, budget in methods[:: -1 if rep % 2 else 1]:
@@ -303,7 +315,7 @@ def main() -> None:
                     else None
                 )
                 for label, row in rows:
-                    prefix = f"{model:<9} {info['p']:>10,} {n:>5} {label:<14}"
+                    prefix = f"{model:<9} {info['p']:>10,} {n:>5} {label:<20}"
                     if "error" in row:
                         print(f"{prefix} {row['error']}")
                         continue

@@ -6,8 +6,8 @@ Nothing here touches the disk or prints. Definitions (shared/DESIGN.md, "Definit
 - ``f(x; θ) ∈ R^c`` is the model's output for one example, flattened; ``θ`` is every parameter with
   ``requires_grad`` (tied weights count once, as ``named_parameters()`` lists them once); frozen
   parameters and buffers (BatchNorm running statistics) are fixed inputs.
-- The model is evaluated in eval mode (BatchNorm uses running statistics, dropout is off), one
-  example at a time under :func:`torch.func.vmap`, so each output depends on its example only.
+- The model is evaluated in eval mode (BatchNorm uses running statistics, dropout is off), so each
+  output depends on its example only (:func:`check_per_example` checks it before computing).
 - ``J(x) = ∂f(x; θ)/∂θ`` has shape ``(c, p)``.
 - ``kind="trace"``: ``H[i, j] = Σ_k <∂f_k(x_i)/∂θ, ∂f_k(x_j)/∂θ>``, shape ``(n, n)``; a plain sum
   over the logits, not a mean.
@@ -15,63 +15,63 @@ Nothing here touches the disk or prints. Definitions (shared/DESIGN.md, "Definit
   example-major; ``H.reshape(n * c, n * c)`` is the Gram matrix of the rows of the stacked Jacobian.
 - ``kind="sum"``: the kernel of the scalar ``g = Σ_k f_k``, shape ``(n, n)``.
 
-How it is computed (the reference engine: simple and exact). Rows of the Jacobian are computed with
-``vmap`` over examples of ``vjp`` (one forward pass per example, and one reverse pass ``vmap``-ed over
-a set of cotangent vectors): the identity rows for ``full``, groups of logits for ``trace``, the
-all-ones vector for ``sum``. Rows are kept per parameter tensor (never concatenated into a ``p``-wide
-matrix) and contracted with one matrix product per parameter tensor, summed over tensors in float64.
-Only products on or above the block diagonal are computed (``H[j, i] = H[i, j]^T``); the product
-of a block of 128 rows or more with itself uses BLAS ``syrk`` on the CPU (half the work of a
-product; SciPy's BLAS, which comes with scikit-learn), and upper-triangular sub-blocks elsewhere.
+Two engines compute the rows of the Jacobian (``method``); both give the same kernel:
 
-The memory budget decides the schedule:
+- ``"structured"`` (:mod:`conetool.ntk_structured`, the default through ``"auto"``): one batched
+  forward pass records each layer's inputs and one batched backward pass per set of cotangents its
+  output cotangents; Linear layers are contracted from those factors without forming per-example
+  gradients, convolutions form them with one batched matrix product, other layers use torch.func on
+  that layer alone, and anything it cannot see falls back to the reference path for exactly those
+  parameters. ``"auto"`` uses it when the model has a Linear or convolution with trainable weights.
+- ``"jacobian"`` (the reference, :class:`_JacobianRows`): ``vmap`` over examples of ``vjp`` (one
+  forward pass per example, and one reverse pass ``vmap``-ed over a set of cotangent vectors), rows
+  kept per parameter tensor, never concatenated into a ``p``-wide matrix.
 
-- One pass, when the rows of all ``n`` examples fit: each set of cotangents is computed once and
-  contracted with itself. For ``trace``, which only pairs a logit with the same logit, the logits are
-  split into as few groups as fit; each further group costs one more forward pass, nothing else.
-- Panels otherwise: the examples are split into resident panels; a panel's rows are computed and
-  kept, then the rows of every later example are computed in small streamed blocks and contracted
-  with the whole panel while it is resident. A panel starting at example ``a`` costs ``n - a`` row
-  computations, about ``n^2 / (2 r)`` in all for panels of ``r`` examples, so a larger budget means
-  less recomputation. ``trace`` uses one logit at a time here (the cheapest rows), ``full`` all
-  logits of an example.
+The cotangents are the identity rows for ``full``, groups of logits for ``trace``, the all-ones
+vector for ``sum``. Rows are contracted with one matrix product per parameter tensor (or layer),
+summed in float64; only products on or above the block diagonal are computed, and the product of a
+block of 128 rows or more with itself uses BLAS ``syrk`` on the CPU (half the work of a product;
+SciPy's BLAS, which comes with scikit-learn).
 
-The engine plans for 90% of the budget, counting the resident rows, one vmap call in flight (its
-activations, estimated from the tensors the forward pass of one example saves for the backward pass,
-its rows and one transient copy of them), the kernel being accumulated and copies of the parameters.
-The Python process itself (the torch library, the model, the data) is not counted: on resnet20 with
-n = 1024 and ``max_memory="4GiB"`` the process grows by 3.4 GiB over its 0.8 GiB at the start.
+The memory budget decides the schedule (:mod:`conetool.ntk_schedule`): one pass when the rows of
+all ``n`` examples fit (``trace`` splits its logits into as few groups as fit), else resident panels
+of examples contracted with streamed blocks of the later examples (about ``n^2 / (2 r)`` row
+computations for panels of ``r`` examples). The plan uses 90% of the budget, counting the resident
+rows, one call in flight (its activations, estimated from the tensors the forward pass of one
+example saves for the backward pass, its rows and one transient copy of them), the kernel being
+accumulated and copies of the parameters. The Python process itself (the torch library, the model,
+the data) is not counted: on resnet20 with n = 1024 and ``max_memory="4GiB"`` the reference engine's
+process grows by 3.4 GiB over its 0.8 GiB at the start.
 
-Time: the Jacobian costs what ``vmap(jacrev)`` costs (each extra ``trace`` group adds a forward pass;
-calls of a few dozen examples run faster per example than one call on all ``n``), and the contraction
-about half of a full product. On a CPU, per-example gradients of convolutions under ``vmap`` are slow
-(grouped convolutions): vgg16 (15M parameters) with n = 500 under an 8 GiB budget needs 5 panels
-per logit and takes tens of minutes on two cores. The structured engine of a later version is the
-fast path; this one is its exact reference.
+Time: the reference engine costs what ``vmap(jacrev)`` costs, and on a CPU per-example gradients of
+convolutions under ``vmap`` are slow (grouped convolutions): vgg16 (15M parameters) with n = 500
+under an 8 GiB budget takes tens of minutes on two cores with it. The structured engine is the fast
+path (see the README's benchmark table); the reference is its exact check.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import math
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
+from . import ntk_schedule
 from .device import resolve_device
 from .errors import ConetoolError
 from .io import format_bytes as _format_bytes
+from .ntk_schedule import MemoryBudgetError
+from .ntk_structured import StructuredRows
+from .ntk_terms import Dense, Term
 
 __all__ = [
     "KINDS",
+    "METHODS",
     "MemoryBudgetError",
     "NonFiniteKernelError",
     "check_per_example",
@@ -82,27 +82,12 @@ __all__ = [
 ]
 
 KINDS = ("trace", "full", "sum")
+METHODS = ("auto", "structured", "jacobian")
 
-# Activations in flight in one vmap call. Measured on a CPU, a call's time per example grows with
-# its activations (resnet20: 16 examples per call are 30% faster per example than 128); small
-# models (lenet5) take large calls, whose rows then need no copying into a panel.
-_ACTIVATION_BYTES = 2**28
-# Fewest examples per vmap call worth computing all logits at once for (else: fewer logits).
-_MIN_CHUNK = 8
-# Rows of one diagonal sub-block of a panel's self-product: only sub-block pairs on or above the
-# diagonal are multiplied. Below about 256 rows the products become memory-bound on CPUs.
-_SUB_ROWS = 512
-# Fewest rows for which a block's product with itself uses BLAS syrk on the CPU: below, the
-# product is memory-bound and torch's own product is faster.
-_SYRK_MIN_ROWS = 128
 # The default CPU budget: this fraction of MemAvailable, at most _CPU_CAP bytes.
 _CPU_FRACTION = 0.5
 _CPU_CAP = 64 * 2**30
 _CUDA_FRACTION = 0.8
-
-
-class MemoryBudgetError(ConetoolError):
-    """The memory budget (``--max-memory``) is too small, or the device ran out of memory."""
 
 
 class NonFiniteKernelError(ConetoolError):
@@ -310,20 +295,6 @@ def _no_tf32() -> Iterator[None]:
 # The engine
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """The block schedule.
-
-    ``groups``: the cotangent sets, each ``(g, c)``; a unit is one example's ``g`` rows.
-    ``panel``: examples per resident panel (``>= n``: one pass, nothing recomputed).
-    ``chunk``: examples per vmap call while filling a panel, and per streamed block.
-    """
-
-    groups: tuple[Tensor, ...]
-    panel: int
-    chunk: int
-
-
 def empirical_ntk(
     model: nn.Module,
     inputs: Tensor,
@@ -334,6 +305,7 @@ def empirical_ntk(
     dtype: torch.dtype | None = None,
     on_block: Callable[[int, int], None] | None = None,
     check: bool = True,
+    method: str = "auto",
 ) -> Tensor:
     """The empirical NTK of ``model`` on ``inputs``, exact, within a memory budget.
 
@@ -352,6 +324,10 @@ def empirical_ntk(
         on_block: called as ``on_block(done, total)`` after each block of the schedule (a block of
             Jacobian rows computed and contracted with every resident block it pairs with).
         check: run :func:`check_per_example` (structural and numeric) before computing.
+        method: ``"structured"`` (per-layer contraction, :mod:`conetool.ntk_structured`),
+            ``"jacobian"`` (the reference: ``vmap`` over examples of ``vjp``, every parameter), or
+            ``"auto"`` (default): structured when the model has a Linear or convolution layer with
+            trainable weights, else jacobian. Both give the same kernel.
 
     Returns:
         The kernel on the CPU: float64 when computing in float64, else float32. Pair sums are
@@ -373,6 +349,8 @@ def empirical_ntk(
     """
     if kind not in KINDS:
         raise ConetoolError(f"kernel kind {kind!r} is unknown. Use one of: {', '.join(KINDS)}.")
+    if method not in METHODS:
+        raise ConetoolError(f"--method {method!r} is unknown. Use one of: {', '.join(METHODS)}.")
     if not isinstance(inputs, Tensor) or inputs.dim() < 1 or inputs.shape[0] < 1:
         raise ConetoolError("empirical_ntk needs inputs of shape (n, ...) with n >= 1 examples.")
     device = resolve_device(device)
@@ -415,7 +393,9 @@ def empirical_ntk(
         if check and x.shape[0] >= 2:
             _check_independence(forward, x[:2])
         try:
-            kernel = _compute(forward, params, x, kind, budget, on_block)
+            kernel = _compute(
+                model, forward, params, {**params, **consts}, x, kind, budget, on_block, method
+            )
         except torch.OutOfMemoryError as exc:
             raise MemoryBudgetError(
                 f"the device ran out of memory computing the eNTK with a budget of "
@@ -434,185 +414,84 @@ def empirical_ntk(
 
 
 def _compute(
+    model: nn.Module,
     forward: Callable[..., Tensor],
     params: dict[str, Tensor],
+    tensors: dict[str, Tensor],
     x: Tensor,
     kind: str,
     budget: int,
     on_block: Callable[[int, int], None] | None,
+    method: str,
 ) -> Tensor:
     """The kernel as a float64 tensor on ``x``'s device; see :func:`empirical_ntk`."""
-    n = x.shape[0]
-    c, saved, largest = _measure(forward, params, x[:1])
-    plan = _plan(kind, n, c, params, saved, largest, budget, x.device)
-    per_unit = c if kind == "full" else 1  # kernel rows per example
-    kernel = torch.zeros(n * per_unit, n * per_unit, dtype=torch.float64, device=x.device)
+    source: ntk_schedule.RowSource | None = None
+    if method != "jacobian":
+        structured = StructuredRows(model, forward, params, tensors, x, kind)
+        if method == "structured" or any(m != "local" for m in structured.modes().values()):
+            source = structured
+    if source is None:
+        source = _JacobianRows(forward, params, x, kind)
+    c = source.c  # type: ignore[attr-defined]
+    what = (
+        f"one example's {'Jacobian' if kind == 'full' else 'Jacobian row'} "
+        f"({c if kind == 'full' else 1} x {sum(t.numel() for t in params.values()):,} parameters)"
+    )
+    dtype = next(iter(params.values())).dtype
+    schedule = _plan(source, kind, x.shape[0], c, budget, what, x.device)
+    return ntk_schedule.run(source, schedule, kind, x.shape[0], c, dtype, x.device, on_block)
 
-    def single(p: dict[str, Tensor], example: Tensor, cotangents: Tensor) -> dict[str, Tensor]:
-        _, pullback = vjp(lambda q: forward(example.unsqueeze(0), q).reshape(-1), p)
-        return vmap(pullback)(cotangents)[0]  # name -> (g, *shape)
 
-    rows_of = vmap(single, in_dims=(None, 0, None))
-    steps = _count_steps(plan, n)
-    done = 0
+_plan = ntk_schedule.plan  # tests watch the plans through this name
 
-    def call(cot: Tensor, lo: int, hi: int) -> list[Tensor]:
-        """One vmap call: the rows of examples ``lo:hi`` as matrices, one per parameter tensor.
 
-        ``full``: ``(b·c, p_t)``, one row per (example, logit). ``trace``/``sum``: ``(b, g·p_t)``,
-        so that the product of two such matrices sums over the ``g`` cotangents of the group.
-        """
-        nonlocal done
-        block = rows_of(params, x[lo:hi], cot)  # name -> (b, g, *shape)
-        mats = []
+class _JacobianRows:
+    """The reference engine as a row source: ``vmap`` over examples of ``vjp`` (one forward pass
+    per example, one reverse pass ``vmap``-ed over the cotangents), one dense term per parameter
+    tensor.
+
+    Memory per example (measured on resnet20 and lenet5, a call peaks at about
+    ``2·saved + 2·g·row`` per example): its saved activations, the gradients in flight, its rows
+    and one transient copy of them; ``saved`` is estimated from the tensors the forward pass of one
+    example saves for the backward pass, ``largest`` the largest of them.
+    """
+
+    def __init__(
+        self, forward: Callable[..., Tensor], params: dict[str, Tensor], x: Tensor, kind: str
+    ) -> None:
+        self.params = params
+        self.x = x
+        self.full = kind == "full"
+        self.c, self.saved, self.largest = _measure(forward, params, x[:1])
+        self.row = sum(t.numel() * t.element_size() for t in params.values())
+        self.fixed = 2 * self.row  # the parameters and a copy
+
+        def single(p: dict[str, Tensor], example: Tensor, cot: Tensor) -> dict[str, Tensor]:
+            _, pullback = vjp(lambda q: forward(example.unsqueeze(0), q).reshape(-1), p)
+            return vmap(pullback)(cot)[0]  # name -> (g, *shape)
+
+        self._rows_of = vmap(single, in_dims=(None, 0, None))
+
+    def rows(self, cot: Tensor, lo: int, hi: int) -> list[Term]:
+        """Dense rows of examples ``lo:hi``: ``(b·g, p_t)`` for ``full``, else ``(b, g·p_t)``."""
+        block = self._rows_of(self.params, self.x[lo:hi], cot)  # name -> (b, g, *shape)
+        b = hi - lo
+        per = cot.shape[0] if self.full else 1
+        mats: list[Term] = []
         for name in list(block):
             value = block.pop(name)  # drop each vmap output once it is a matrix
-            mats.append(value.contiguous().view(per_unit * (hi - lo), -1))
+            mats.append(Dense(value.contiguous().view(per * b, -1)))
             del value
-        done += 1
         return mats
 
-    def panel_pieces(cot: Tensor, start: int, stop: int) -> list[tuple[int, list[Tensor]]]:
-        """The panel ``start:stop`` as pieces ``(first kernel row, matrices)``.
+    def resident(self, g: int) -> int:
+        return g * self.row
 
-        A vmap call with enough rows is a piece as it is; smaller calls are copied into pieces of
-        about ``_SUB_ROWS`` rows, so that the products between pieces stay efficient.
-        """
-        call_rows = per_unit * plan.chunk
-        units = plan.chunk * (1 if 2 * call_rows >= _SUB_ROWS else math.ceil(_SUB_ROWS / call_rows))
-        pieces = []
-        for lo in range(start, stop, units):
-            hi = min(lo + units, stop)
-            if hi - lo <= plan.chunk:
-                pieces.append((lo * per_unit, call(cot, lo, hi)))
-                if on_block is not None and hi < stop:
-                    on_block(done, steps)
-                continue
-            width = {
-                name: (1 if kind == "full" else cot.shape[0]) * t.numel()
-                for name, t in params.items()
-            }
-            mats = [
-                torch.empty((hi - lo) * per_unit, width[name], dtype=t.dtype, device=t.device)
-                for name, t in params.items()
-            ]
-            for lo2 in range(lo, hi, plan.chunk):
-                hi2 = min(lo2 + plan.chunk, hi)
-                rows = slice((lo2 - lo) * per_unit, (hi2 - lo) * per_unit)
-                for mat, value in zip(mats, call(cot, lo2, hi2), strict=True):
-                    mat[rows] = value
-                if on_block is not None and hi2 < stop:
-                    on_block(done, steps)
-            pieces.append((lo * per_unit, mats))
-        return pieces
+    def transient(self, g: int) -> int:
+        return 3 * self.saved + g * (2 * self.row + 4 * self.largest)
 
-    for cot in plan.groups:
-        cot = cot.to(device=x.device, dtype=next(iter(params.values())).dtype)
-        for start in range(0, n, plan.panel):
-            stop = min(start + plan.panel, n)
-            pieces = panel_pieces(cot, start, stop)
-            _add_self(kernel, pieces)
-            if on_block is not None:
-                on_block(done, steps)
-            for lo in range(stop, n, plan.chunk):
-                hi = min(lo + plan.chunk, n)
-                block = call(cot, lo, hi)
-                cols = slice(lo * per_unit, hi * per_unit)
-                for row, mats in pieces:
-                    product = _contract(mats, block)
-                    rows = slice(row, row + product.shape[0])
-                    kernel[rows, cols] += product
-                    kernel[cols, rows] += product.T
-                del block, product
-                if on_block is not None:
-                    on_block(done, steps)
-            del pieces
-    if kind == "full":
-        kernel = kernel.view(n, c, n, c)
-    return kernel
-
-
-def _contract(left: list[Tensor], right: list[Tensor]) -> Tensor:
-    """``Σ_t left[t] @ right[t]^T`` accumulated in float64."""
-    total = torch.zeros(
-        left[0].shape[0], right[0].shape[0], dtype=torch.float64, device=left[0].device
-    )
-    for a, b in zip(left, right, strict=True):
-        total += (a @ b.T).to(torch.float64)
-    return total
-
-
-def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Tensor]]]) -> None:
-    """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
-
-    Only the products on or above the diagonal are computed (``H[j, i] = H[i, j]^T``): one
-    product per pair of pieces, and within a piece BLAS ``syrk`` on the CPU (half the work of a
-    product), elsewhere sub-blocks of about ``_SUB_ROWS`` rows.
-    """
-    blocks = []
-    for row, mats in pieces:
-        size = mats[0].shape[0]
-        count = 1 if _use_syrk(mats[0]) else max(1, size // _SUB_ROWS)
-        bounds = [round(i * size / count) for i in range(count + 1)]
-        blocks += [(row + lo, [m[lo:hi] for m in mats]) for lo, hi in itertools.pairwise(bounds)]
-    for k, (row, left) in enumerate(blocks):
-        diag = _gram(left)
-        rows = slice(row, row + diag.shape[0])
-        kernel[rows, rows] += diag
-        for col, right in blocks[k + 1 :]:
-            product = _contract(left, right)
-            cols = slice(col, col + product.shape[1])
-            kernel[rows, cols] += product
-            kernel[cols, rows] += product.T
-
-
-@functools.cache
-def _blas() -> tuple[Callable[..., Any], Callable[..., Any], Any] | None:
-    """SciPy's ``ssyrk`` and ``dsyrk`` and a controller of its BLAS threads, or None."""
-    try:
-        from scipy.linalg import blas
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - both come with scikit-learn
-        return None
-    return blas.ssyrk, blas.dsyrk, ThreadpoolController()
-
-
-def _use_syrk(mat: Tensor) -> bool:
-    """Whether :func:`_gram` uses BLAS ``syrk`` for a block whose first matrix is ``mat``."""
-    return (
-        mat.device.type == "cpu"
-        and mat.dtype in (torch.float32, torch.float64)
-        and mat.shape[0] >= _SYRK_MIN_ROWS
-        and _blas() is not None
-    )
-
-
-def _gram(mats: list[Tensor]) -> Tensor:
-    """``Σ_t mats[t] @ mats[t]^T`` accumulated in float64, exactly symmetric."""
-    if not _use_syrk(mats[0]):
-        total = _contract(mats, mats)
-        return (total + total.T) / 2
-    ssyrk, dsyrk, threads = _blas()
-    size = mats[0].shape[0]
-    upper = torch.zeros(size, size, dtype=torch.float64)
-    # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core.
-    with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
-        for mat in mats:
-            syrk = ssyrk if mat.dtype == torch.float32 else dsyrk
-            # mat is a C-contiguous (m, k) matrix, so its transpose is a Fortran (k, m) array
-            # that BLAS reads in place; trans=1 gives mat @ mat.T, upper triangle.
-            product = syrk(1.0, mat.contiguous().numpy().T, trans=1, lower=0)
-            upper += torch.from_numpy(product).triu()
-    return upper + upper.triu(1).T
-
-
-def _count_steps(plan: _Plan, n: int) -> int:
-    """Number of ``on_block`` calls: vmap calls (panel chunks and streamed blocks)."""
-    total = 0
-    for start in range(0, n, plan.panel):
-        stop = min(start + plan.panel, n)
-        total += math.ceil((stop - start) / plan.chunk) + math.ceil((n - stop) / plan.chunk)
-    return total * len(plan.groups)
+    def activations(self, g: int) -> int:
+        return 3 * self.saved + 4 * g * self.largest
 
 
 def _measure(
@@ -640,87 +519,3 @@ def _measure(
     return out.numel(), sum(sizes), max(sizes, default=0)
 
 
-def _plan(
-    kind: str,
-    n: int,
-    c: int,
-    params: dict[str, Tensor],
-    saved: int,
-    largest: int,
-    budget: int,
-    device: torch.device,
-) -> _Plan:
-    """Choose cotangent groups, panel and chunk sizes so that the estimated peak fits ``budget``.
-
-    Estimated bytes: ``resident examples · g · row + chunk · per_example(g) + fixed``, where ``row``
-    is one Jacobian row (``p`` values), ``per_example(g) = 3·saved + g·(2·row + 4·largest)`` covers
-    one example in a vmap call: its saved activations, the gradients in flight, its rows and one
-    transient copy of them (the vmap-ed weight gradients pass through intermediates of their own
-    size; measured on resnet20 and lenet5, a call peaks at about ``2·saved + 2·g·row`` per
-    example); ``fixed`` is the float64 kernel with its float32 copy for the caller and the block
-    products, two copies of the parameters and 32 MiB of workspace. The plan uses 90% of the
-    budget.
-    """
-    item = next(iter(params.values())).element_size()
-    p = sum(t.numel() for t in params.values())
-    row = p * item
-    size = n * (c if kind == "full" else 1)
-    fixed = 2 * size * size * 8 + 2 * row + 32 * 2**20
-
-    def per_example(g: int) -> int:
-        return 3 * saved + g * (2 * row + 4 * largest)
-
-    eye = torch.eye(c)
-    if kind == "sum":
-        choices = [1]
-    elif kind == "full":
-        choices = [c]
-    else:
-        choices = list(range(c, 0, -1))
-    # Plan for 90% of the budget: headroom for what the estimate does not see (allocator slack).
-    avail = budget * 9 // 10 - fixed
-
-    def chunk_size(g: int, room: int, rows: int) -> int:
-        """Examples per vmap call, balanced: as many as fit in ``room``, with at most
-        ``_ACTIVATION_BYTES`` of activations in flight (larger calls run slower per example)."""
-        activations = 3 * saved + 4 * g * largest
-        fit = max(1, min(room // per_example(g), _ACTIVATION_BYTES // max(1, activations)))
-        return math.ceil(rows / math.ceil(rows / min(rows, fit)))
-
-    # One pass: every example's rows for a group of g cotangents resident at once. The largest g
-    # whose vmap calls still take a reasonable number of examples at once; then any g at all.
-    for smallest in (min(n, _MIN_CHUNK), 1):
-        for g in choices:
-            room = avail - n * g * row
-            if room >= smallest * per_example(g):
-                return _Plan(_groups(kind, c, g, eye), panel=n, chunk=chunk_size(g, room, n))
-    # Panels: resident panel + streamed blocks, with the smallest unit.
-    g = choices[-1]
-    minimum = -(
-        -(fixed + g * row + per_example(g)) * 10 // 9
-    )  # smallest budget with avail >= 1 unit
-    if budget < minimum:
-        raise MemoryBudgetError(
-            f"--max-memory {format_bytes(budget)} is too small for this model: one example's "
-            f"{'Jacobian' if kind == 'full' else 'Jacobian row'} ({g} x {p:,} parameters) with "
-            f"its activations and the {size} x {size} kernel need at least {format_bytes(minimum)} "
-            f"({minimum:,} bytes) on {device}. Raise --max-memory to at least "
-            f"{format_bytes(minimum)}."
-        )
-    # Streamed blocks take at most an eighth of the budget, so that most of it holds the panel
-    # (the larger the panel, the less is recomputed).
-    chunk = chunk_size(g, max(avail // 8, per_example(g)), n)
-    panel = max(1, (avail - chunk * per_example(g)) // (g * row))
-    panels = math.ceil(n / panel)
-    panel = math.ceil(n / panels)
-    return _Plan(_groups(kind, c, g, eye), panel=panel, chunk=chunk)
-
-
-def _groups(kind: str, c: int, g: int, eye: Tensor) -> tuple[Tensor, ...]:
-    if kind == "sum":
-        return (torch.ones(1, c),)
-    if kind == "full":
-        return (eye,)
-    count = math.ceil(c / g)
-    bounds = [round(i * c / count) for i in range(count + 1)]
-    return tuple(eye[lo:hi] for lo, hi in itertools.pairwise(bounds))

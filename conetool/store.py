@@ -13,7 +13,10 @@ Guarantees:
   writes loses nothing: the next open adopts the kernel;
 * a store is identified by (spec hash, probe hash, kernel kind, dtype). Opening it for another
   identity is refused; ``overwrite=True`` deletes what conetool wrote there and starts afresh;
-* a step is recomputed only when missing or when its source checkpoint's fingerprint changed.
+* a step is recomputed only when missing or when its source checkpoint's fingerprint changed;
+* several processes may share a store (torchrun ranks, :mod:`conetool.distributed`): one owns
+  ``manifest.json`` (:meth:`Store.open_for_writing`), the others :meth:`Store.join` it and write
+  kernel files only; the owner merges their records from the files (:meth:`Store.adopt_kernel_files`).
 """
 
 from __future__ import annotations
@@ -73,9 +76,10 @@ class StepRecord:
 class Store:
     """A store directory. Create or reopen with :meth:`open_for_writing`; read with :meth:`open`."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: dict[str, Any], *, owner: bool = True) -> None:
         self.root = Path(root)
         self.manifest = manifest
+        self.owner = owner  # False: never writes manifest.json (another process owns it)
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -92,6 +96,23 @@ class Store:
         store = cls(root, _read_manifest(path))
         store._adopt_orphans()
         return store
+
+    @classmethod
+    def join(cls, root: str | Path) -> Store:
+        """Open a store that another process owns (rank 0 of a torchrun job), to add kernels.
+
+        The manifest is read as it is and never written: :meth:`write_kernel` writes the kernel
+        file only (it carries its own record), and the owner adopts it.
+        """
+        root = Path(root)
+        path = paths.manifest(root)
+        if not path.is_file():
+            raise StoreError(
+                f"store {root} has no {paths.MANIFEST_NAME} although rank 0 created it. Every "
+                "rank must see the same --store directory: put it on a file system that all "
+                "nodes share."
+            )
+        return cls(root, _read_manifest(path), owner=False)
 
     @classmethod
     def open_for_writing(
@@ -195,7 +216,8 @@ class Store:
     # ----------------------------------------------------------------- writing
     def write_kernel(self, record: StepRecord, kernel: torch.Tensor) -> None:
         """Write one step's kernel atomically, then the manifest (the kernel file carries its
-        record, so a kill between the two writes is recovered on the next open)."""
+        record, so a kill between the two writes is recovered on the next open). A store opened
+        with :meth:`join` writes the kernel file only."""
         ident = self.identity
         metadata = {
             "step": str(record.step),
@@ -207,7 +229,41 @@ class Store:
         }
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
         self.manifest["steps"][str(record.step)] = asdict(record)
-        self._write_manifest()
+        if self.owner:
+            self._write_manifest()
+
+    def adopt_kernel_files(self) -> list[int]:
+        """Record in the manifest every kernel file of this store's identity whose embedded
+        record is missing from it or differs (written by another process, or by a run killed
+        before its manifest write); save the manifest if anything changed. Returns those steps.
+        """
+        folder = self.root / paths.KERNELS_DIR
+        if not folder.is_dir():
+            return []
+        ident, adopted = self.identity, []
+        for path in sorted(folder.glob("step_*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    meta = handle.metadata() or {}
+            except (OSError, SafetensorError):
+                continue  # damaged: load_kernel names it; kernels recomputes it
+            same = (meta.get("spec_hash"), meta.get("probe_hash"), meta.get("kind")) == (
+                ident.spec_hash,
+                ident.probe_hash,
+                ident.kind,
+            )
+            if not same or "record" not in meta or "step" not in meta:
+                continue
+            try:
+                embedded = json.loads(meta["record"])
+            except json.JSONDecodeError:
+                continue
+            if self.manifest["steps"].get(meta["step"]) != embedded:
+                self.manifest["steps"][meta["step"]] = embedded
+                adopted.append(int(meta["step"]))
+        if adopted and self.owner:
+            self._write_manifest()
+        return sorted(adopted)
 
     def _write_manifest(self) -> None:
         self.manifest["steps"] = dict(
@@ -220,26 +276,7 @@ class Store:
 
     def _adopt_orphans(self) -> None:
         """Record kernel files written by a run that died before updating the manifest."""
-        folder = self.root / paths.KERNELS_DIR
-        if not folder.is_dir():
-            return
-        ident, adopted = self.identity, False
-        for path in sorted(folder.glob("step_*.safetensors")):
-            try:
-                with safe_open(str(path), framework="pt") as handle:
-                    meta = handle.metadata() or {}
-            except (OSError, SafetensorError):
-                continue  # damaged: load_kernel names it; kernels recomputes it
-            same = (meta.get("spec_hash"), meta.get("probe_hash"), meta.get("kind")) == (
-                ident.spec_hash,
-                ident.probe_hash,
-                ident.kind,
-            )
-            if same and meta.get("step") not in self.manifest["steps"] and "record" in meta:
-                self.manifest["steps"][meta["step"]] = json.loads(meta["record"])
-                adopted = True
-        if adopted:
-            self._write_manifest()
+        self.adopt_kernel_files()
 
 
 def clear(root: Path) -> None:

@@ -186,3 +186,30 @@ def test_cli_kernels_and_inspect(run, tmp_path):
     assert Store.open(store).steps() == [0, 5, 10]
     bad = runner.invoke(app, ["kernels", str(run), "--store", str(store), "--kind", "full"])
     assert bad.exit_code == 1 and "--overwrite" in bad.output and "Traceback" not in bad.output
+
+
+def test_method_option_gives_the_same_kernels(run, tmp_path):
+    stores = {}
+    for method in ("structured", "jacobian"):
+        stores[method] = tmp_path / method
+        result = runner.invoke(
+            app,
+            ["kernels", str(run), "--store", str(stores[method]), "--method", method,
+             "--dtype", "float64", "--device", "cpu", "--quiet"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    structured, jacobian = Store.open(stores["structured"]), Store.open(stores["jacobian"])
+    assert structured.steps() == jacobian.steps() == [0, 5, 10]
+    for step in structured.steps():
+        a, b = structured.load_kernel(step), jacobian.load_kernel(step)
+        assert torch.linalg.norm(a - b) / torch.linalg.norm(b) < 1e-12
+
+
+def test_unknown_method_is_a_clean_error(run, tmp_path):
+    result = runner.invoke(
+        app, ["kernels", str(run), "--store", str(tmp_path / "s"), "--method", "fast", "--quiet"]
+    )
+    assert result.exit_code == 1
+    assert "--method 'fast' is unknown" in result.output
+    assert "structured" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conetool import ntk
+from conetool import ntk, ntk_schedule, ntk_terms
 from conetool.errors import ConetoolError
 from conetool.ntk import (
     MemoryBudgetError,
@@ -220,7 +220,7 @@ def test_linear_model_closed_form() -> None:
 def test_float32_mlp_agrees_with_float64_reference(
     syrk: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ntk, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
+    monkeypatch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
     model64, x64 = build("mlp", n=8)
     expected = reference(model64, x64, "trace")
     model32 = mlp()
@@ -329,10 +329,10 @@ def test_pieces_and_sub_blocks(kind: str, syrk: bool, monkeypatch: pytest.Monkey
     model, x = build("residual", n=13)
     expected = reference(model, x, kind)
     plans = record_plans(monkeypatch)
-    monkeypatch.setattr(ntk, "_SUB_ROWS", 4)
-    monkeypatch.setattr(ntk, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
+    monkeypatch.setattr(ntk_schedule, "_SUB_ROWS", 4)
+    monkeypatch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
     for activation_bytes in (1, 10**5, 10**9):
-        monkeypatch.setattr(ntk, "_ACTIVATION_BYTES", activation_bytes)
+        monkeypatch.setattr(ntk_schedule, "_ACTIVATION_BYTES", activation_bytes)
         kernel = empirical_ntk(model, x, kind=kind, device="cpu")
         assert rel(kernel, expected) < 1e-10
         matrix = kernel.reshape(len(kernel) * (kernel.shape[1] if kind == "full" else 1), -1)

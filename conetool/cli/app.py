@@ -8,6 +8,7 @@ naming the file or flag at fault and the fix, no traceback unless ``--debug``); 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..distributed import PeerFailedError, Ranks
 from ..errors import ConetoolError
 from ..progress import NullProgress
 from .progress_display import PlainProgress, RichProgress
@@ -44,31 +46,61 @@ DeviceOpt = Annotated[
 ]
 
 
+_PEER_EXIT_DELAY = 1.0  # seconds; torchrun checks its workers every 0.1 s
+
+
+def _ranks() -> Ranks:
+    try:
+        return Ranks.from_env()
+    except ConetoolError:
+        return Ranks()  # the command itself reports the bad variable
+
+
+def is_main_process() -> bool:
+    """True unless this is a rank other than 0 of a torchrun job (those print no results)."""
+    return _ranks().is_main
+
+
 @contextmanager
 def handle_errors(debug: bool = False) -> Iterator[None]:
-    """Turn a ConetoolError into a clean message and exit code 1 (traceback with ``--debug``)."""
+    """Turn a ConetoolError into a clean message and exit code 1 (traceback with ``--debug``).
+
+    Under torchrun each distinct error is printed once, by the rank that hit it (prefixed with
+    its rank unless rank 0); a rank that stopped because another one failed exits 1 silently.
+    """
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
+    ranks = _ranks()
     try:
         yield
+    except PeerFailedError:
+        if debug:
+            err_console.print_exception()
+        # The failing rank prints the error; exiting a moment after it lets torchrun name that
+        # rank, not this one, as the root cause.
+        time.sleep(_PEER_EXIT_DELAY)
+        raise typer.Exit(1) from None
     except ConetoolError as exc:
         if debug:
             err_console.print_exception()
+        where = f"rank {ranks.rank}: " if ranks.is_distributed and not ranks.is_main else ""
         err_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {escape(where + str(exc))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err_console.print(
-            "[yellow]interrupted.[/] Everything already written is complete and valid; "
-            "rerun the same command to continue."
-        )
+        if ranks.is_main:
+            err_console.print(
+                "[yellow]interrupted.[/] Everything already written is complete and valid; "
+                "rerun the same command to continue."
+            )
         raise typer.Exit(130) from None
 
 
 @contextmanager
 def progress_display(quiet: bool) -> Iterator[RichProgress | PlainProgress | NullProgress]:
-    """A rich display on a terminal, plain lines otherwise, nothing with ``--quiet``."""
-    if quiet:
+    """A rich display on a terminal, plain lines otherwise, nothing with ``--quiet`` (nor on
+    torchrun ranks other than 0: rank 0 shows the progress of the whole job)."""
+    if quiet or not is_main_process():
         yield NullProgress()
     elif console.is_terminal:
         with RichProgress(console) as display:

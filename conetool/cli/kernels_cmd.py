@@ -9,7 +9,16 @@ import typer
 from rich.table import Table
 
 from ..pipeline import kernels as kernels_run
-from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .app import (
+    Debug,
+    DeviceOpt,
+    Quiet,
+    app,
+    console,
+    handle_errors,
+    is_main_process,
+    progress_display,
+)
 from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
 
 
@@ -39,6 +48,13 @@ def kernels(
         str | None,
         typer.Option("--max-memory", help="Memory budget, e.g. 4GiB (default: from free memory)."),
     ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="eNTK engine: structured (per layer), jacobian (the reference) or auto.",
+        ),
+    ] = "auto",
     steps: Steps = None,
     every: Every = None,
     step_regex: StepRegex = None,
@@ -57,6 +73,9 @@ def kernels(
     any moment loses at most the kernel in progress.
 
     Example: conetool kernels runs/digits --store conetool-out
+
+    On several GPUs or nodes, torchrun shares the checkpoints among its processes:
+    torchrun --nproc-per-node 4 -m conetool kernels runs/digits --store conetool-out
     """
     with handle_errors(debug), progress_display(quiet) as progress:
         result = kernels_run(
@@ -68,6 +87,7 @@ def kernels(
             dtype=dtype,
             device=device,
             max_memory=max_memory,
+            method=method,
             steps=steps,
             every=every,
             step_regex=step_regex,
@@ -75,6 +95,8 @@ def kernels(
             overwrite=overwrite,
             progress=progress,
         )
+    if not is_main_process():
+        return  # rank 0 reports the whole torchrun job
     table = Table(title=f"conetool kernels -> {result.store}", title_justify="left")
     for column in (
         "computed",

@@ -9,7 +9,16 @@ import typer
 from rich.table import Table
 
 from ..pipeline.run_switch import switch as switch_run
-from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .app import (
+    Debug,
+    DeviceOpt,
+    Quiet,
+    app,
+    console,
+    handle_errors,
+    is_main_process,
+    progress_display,
+)
 from .options import DEFAULT_STORE, SpecOpt, StepRegex, StoreOpt
 
 
@@ -50,6 +59,9 @@ def switch(
     Each point is written to STORE/switch/ as soon as it is done; a rerun skips finished points.
 
     Example: conetool switch --at 0,50,100,200 --store conetool-out
+
+    On several GPUs or nodes, torchrun shares the switch points among its processes:
+    torchrun --nproc-per-node 4 -m conetool switch --at 0,50,100,200 --store conetool-out
     """
     with handle_errors(debug), progress_display(quiet) as progress:
         result = switch_run(
@@ -63,6 +75,8 @@ def switch(
             step_regex=step_regex,
             progress=progress,
         )
+    if not is_main_process():
+        return  # rank 0 reports the whole torchrun job
     table = Table(
         title=f"conetool switch -> {result.store}/switch (T = {result.until})", title_justify="left"
     )

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .. import __version__, paths
+from .. import __version__, distributed, paths
 from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint, parse_step_range
-from ..data import load_data
-from ..device import resolve_device
+from ..data import DataBundle, load_data
 from ..errors import ConetoolError, DataError, StoreError
 from ..models import output_check
-from ..ntk import KINDS, empirical_ntk
+from ..ntk import KINDS, METHODS, empirical_ntk
 from ..probe import Probe, load_probe, make_probe, save_probe
 from ..progress import NullProgress, Progress
 from ..spec import Spec
@@ -30,7 +30,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass(frozen=True)
 class KernelsResult:
-    """What :func:`kernels` did. ``failed`` maps a step to its error (with ``skip_bad``)."""
+    """What :func:`kernels` did. ``failed`` maps a step to its error (with ``skip_bad``). Under
+    torchrun it covers the whole job (every rank's steps; ``peak_memory`` is the largest of the
+    ranks'; ``device`` reads like ``cuda x8``)."""
 
     store: Path
     computed: list[int]
@@ -41,6 +43,16 @@ class KernelsResult:
     peak_memory: int
     device: str
     warnings: list[str] = field(default_factory=list)
+    ranks: int = 1
+
+
+@dataclass(frozen=True)
+class _Plan:
+    spec: Spec
+    refs: list[CheckpointRef]
+    data: DataBundle
+    probe: Probe
+    identity: StoreIdentity
 
 
 def kernels(
@@ -53,6 +65,7 @@ def kernels(
     dtype: str = "float32",
     device: str | torch.device = "auto",
     max_memory: int | str | None = None,
+    method: str = "auto",
     steps: str | None = None,
     every: int | None = None,
     step_regex: str | None = None,
@@ -65,58 +78,118 @@ def kernels(
     Steps already in the store whose checkpoint is unchanged are skipped, so a rerun (or a run
     after a kill) computes only what is missing. The store's contract is in :mod:`conetool.store`.
 
+    Under torchrun (:mod:`conetool.distributed`) every rank runs this function: rank 0 creates
+    the store, the steps still to compute are dealt round-robin to the ranks, each rank writes
+    its kernels on its own device (``cuda:LOCAL_RANK``), rank 0 shows the whole job's progress
+    and, once all ranks are done, records their kernels in ``manifest.json``.
+
     Example::
 
         result = conetool.kernels("runs/digits", store="conetool-out")
         H = conetool.Store.open("conetool-out").load_kernel(result.computed[-1])  # (n, n)
     """
-    progress = progress or NullProgress()
-    ckpts = Path(ckpts)
-    if kind not in KINDS:
-        raise ConetoolError(f"--kind {kind!r} is unknown. Use one of: {', '.join(KINDS)}.")
-    if dtype not in DTYPES:
-        raise ConetoolError(f"--dtype {dtype!r} is unknown. Use float32 or float64.")
-    if not ckpts.exists():
-        raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
-    spec = resolve_spec(ckpts, spec)
-    if probe_size is not None:
-        if probe_size < 1:
-            raise ConetoolError(f"--probe-size must be positive, got {probe_size}.")
-        spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
-    dev = resolve_device(device)
+    with distributed.job("kernels", device) as job:
+        return _kernels(
+            job,
+            Path(ckpts),
+            spec=spec,
+            store=store,
+            probe_size=probe_size,
+            kind=kind,
+            dtype=dtype,
+            max_memory=max_memory,
+            method=method,
+            steps=steps,
+            every=every,
+            step_regex=step_regex,
+            skip_bad=skip_bad,
+            overwrite=overwrite,
+            progress=(progress or NullProgress()) if job.is_main else NullProgress(),
+        )
 
+
+def _kernels(
+    job: distributed.Job,
+    ckpts: Path,
+    *,
+    spec: Spec | str | Path | None,
+    store: str | Path,
+    probe_size: int | None,
+    kind: str,
+    dtype: str,
+    max_memory: int | str | None,
+    method: str,
+    steps: str | None,
+    every: int | None,
+    step_regex: str | None,
+    skip_bad: bool,
+    overwrite: bool,
+    progress: Progress,
+) -> KernelsResult:
     notes: list[str] = []
-    refs = list_checkpoints(
-        ckpts,
-        step_regex=step_regex,
-        iterations_per_epoch=iterations_per_epoch(spec),
-        steps=parse_step_range(steps) if steps else None,
-        every=every,
-        skip_bad=skip_bad,
-        warn=lambda message: (notes.append(message), progress.log(f"warning: {message}")),
+    plan = job.agree(
+        lambda: _plan(
+            ckpts,
+            spec,
+            probe_size,
+            kind,
+            dtype,
+            method,
+            steps,
+            every,
+            step_regex,
+            skip_bad,
+            progress,
+            notes,
+        )
     )
-    data = load_data(spec.data)
-    probe = make_probe(data, spec.probe)
-    identity = StoreIdentity(spec.hash(), probe.hash, kind, dtype)
-    out = Store.open_for_writing(store, identity, _header(ckpts, spec, probe), overwrite=overwrite)
-    _ensure_probe(out.root, probe)
+    dev = job.device
 
-    model = model_for(spec)
-    output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
+    def open_store() -> tuple[Store, nn.Module]:
+        if job.is_main:
+            out = Store.open_for_writing(
+                store, plan.identity, _header(ckpts, plan.spec, plan.probe), overwrite=overwrite
+            )
+            _ensure_probe(out.root, plan.probe)
+        else:
+            out = Store.join(store)
+            if out.identity != plan.identity:
+                raise StoreError(
+                    f"rank {job.rank} made another spec, probe set or kernel kind than rank 0 "
+                    f"for store {out.root} ({out.identity} against {plan.identity}). Every node "
+                    "must run the same conetool, spec and data files."
+                )
+        model = model_for(plan.spec)
+        output_check(
+            model, tuple(plan.data.input_shape), plan.data.num_classes, arch=plan.spec.model.arch
+        )
+        return out, model
+
+    out, model = job.agree(open_store, main_first=True)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+
+    # Rank 0 decides what is missing (cheap: size and modification time); the ranks share it.
+    todo = job.broadcast(
+        [ref.step for ref in plan.refs if not _unchanged(out, ref)] if job.is_main else None
+    )
+    pending = set(todo)
+    unchanged = [ref.step for ref in plan.refs if ref.step not in pending]
+    by_step = {ref.step: ref for ref in plan.refs}
 
     computed: list[int] = []
     skipped: list[int] = []
     failed: dict[int, str] = {}
     seconds: list[float] = []
     shape: tuple[int, ...] = ()
-    bar = progress.task("kernels", total=len(refs))
-    for ref in refs:
-        if _unchanged(out, ref):
-            skipped.append(ref.step)
-            bar.advance(1, step=ref.step)
-            continue
+    error: tuple[ConetoolError, ConetoolError] | None = None
+    bar = job.bar(progress.task("kernels", total=len(plan.refs)))
+    for step in unchanged:
+        bar.advance_here(1, step=step)
+    for step in job.shard(todo):
+        if job.peer_failed():
+            break  # another rank hit an error: stop as a single process would
+        ref = by_step[step]
         try:
             began = time.perf_counter()
             loaded = load_checkpoint(model, ref)
@@ -127,9 +200,10 @@ def kernels(
                 continue
             kernel = empirical_ntk(
                 model,
-                probe.inputs,
+                plan.probe.inputs,
                 kind=kind,
                 max_memory=max_memory,
+                method=method,
                 device=dev,
                 dtype=DTYPES[dtype],
                 on_block=_inner_bar(progress, ref.step),
@@ -137,10 +211,15 @@ def kernels(
         except ConetoolError as exc:
             message = f"step {ref.step} ({ref.file}): {exc}"
             if not skip_bad:
-                raise type(exc)(
-                    f"{message} Kernels already computed are kept in {out.root}; fix this "
-                    "checkpoint and rerun, or pass --skip-bad to go on without it."
-                ) from exc
+                error = (
+                    type(exc)(
+                        f"{message} Kernels already computed are kept in {out.root}; fix this "
+                        "checkpoint and rerun, or pass --skip-bad to go on without it."
+                    ),
+                    exc,
+                )
+                job.fail()
+                break
             failed[ref.step] = str(exc)
             progress.log(f"warning: skipped {message}")
             bar.advance(1, step=ref.step)
@@ -161,18 +240,92 @@ def kernels(
         seconds.append(took)
         shape = tuple(kernel.shape)
         bar.advance(1, step=ref.step, per_kernel=f"{took:.2f}s")
+
+    share = {
+        "computed": computed,
+        "skipped": skipped,
+        "failed": {str(k): v for k, v in failed.items()},
+        "seconds": seconds,
+        "shape": list(shape),
+        "peak_memory": _peak_memory(dev),
+        "device": str(dev),
+        "error": None if error is None else str(error[0]),
+    }
+    shares = job.gather(share, while_waiting=bar.poll)  # rank 0 shows progress while it waits
     bar.close()
+    # Rank 0 records every rank's kernel files in the manifest; the others wait for it.
+    job.agree(lambda: out.adopt_kernel_files() if job.is_main and job.is_distributed else None)
+    if error is not None:
+        raise error[0] from error[1]
+    for rank, other in enumerate(shares):
+        if other["error"] is not None:
+            raise distributed.PeerFailedError(f"rank {rank} failed: {other['error']}")
+
+    all_seconds = [t for other in shares for t in other["seconds"]]
+    all_failed = {int(k): v for other in shares for k, v in other["failed"].items()}
+    found_shape = next((tuple(o["shape"]) for o in shares if o["shape"]), ())
+    devices = [other["device"] for other in shares]
     return KernelsResult(
         store=out.root,
-        computed=computed,
-        skipped=skipped,
-        failed=failed,
-        kernel_shape=shape or _stored_shape(out),
-        seconds_per_kernel=sum(seconds) / len(seconds) if seconds else None,
-        peak_memory=_peak_memory(dev),
-        device=str(dev),
+        computed=sorted(s for other in shares for s in other["computed"]),
+        skipped=sorted(unchanged + [s for other in shares for s in other["skipped"]]),
+        failed=dict(sorted(all_failed.items())),
+        kernel_shape=found_shape or _stored_shape(out),
+        seconds_per_kernel=sum(all_seconds) / len(all_seconds) if all_seconds else None,
+        peak_memory=max(other["peak_memory"] for other in shares),
+        device=devices[0] if len(devices) == 1 else _describe_devices(devices),
         warnings=notes,
+        ranks=job.world_size,
     )
+
+
+def _plan(
+    ckpts: Path,
+    spec: Spec | str | Path | None,
+    probe_size: int | None,
+    kind: str,
+    dtype: str,
+    method: str,
+    steps: str | None,
+    every: int | None,
+    step_regex: str | None,
+    skip_bad: bool,
+    progress: Progress,
+    notes: list[str],
+) -> _Plan:
+    """Check the arguments; find the spec, the checkpoints and the probe set (on every rank)."""
+    if kind not in KINDS:
+        raise ConetoolError(f"--kind {kind!r} is unknown. Use one of: {', '.join(KINDS)}.")
+    if dtype not in DTYPES:
+        raise ConetoolError(f"--dtype {dtype!r} is unknown. Use float32 or float64.")
+    if method not in METHODS:
+        raise ConetoolError(f"--method {method!r} is unknown. Use one of: {', '.join(METHODS)}.")
+    if not ckpts.exists():
+        raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
+    spec = resolve_spec(ckpts, spec)
+    if probe_size is not None:
+        if probe_size < 1:
+            raise ConetoolError(f"--probe-size must be positive, got {probe_size}.")
+        spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
+    refs = list_checkpoints(
+        ckpts,
+        step_regex=step_regex,
+        iterations_per_epoch=iterations_per_epoch(spec),
+        steps=parse_step_range(steps) if steps else None,
+        every=every,
+        skip_bad=skip_bad,
+        warn=lambda message: (notes.append(message), progress.log(f"warning: {message}")),
+    )
+    data = load_data(spec.data)
+    probe = make_probe(data, spec.probe)
+    identity = StoreIdentity(spec.hash(), probe.hash, kind, dtype)
+    return _Plan(spec, refs, data, probe, identity)
+
+
+def _describe_devices(devices: list[str]) -> str:
+    """``cuda x8`` for eight ranks on GPUs (one device type per job in practice)."""
+    kinds = sorted({d.split(":")[0] for d in devices})
+    return f"{'+'.join(kinds)} x{len(devices)}"
 
 
 def _header(ckpts: Path, spec: Spec, probe: Probe) -> dict[str, object]:

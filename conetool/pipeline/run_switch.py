@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 
-from .. import paths
-from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint
+from .. import distributed, paths
+from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints, load_checkpoint
 from ..data import DataBundle, load_data
-from ..device import resolve_device
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
 from ..io import atomic_write_json, atomic_write_text
 from ..linearize import LinearizedModel
@@ -112,6 +111,16 @@ def parse_at(values: Sequence[int | str]) -> list[int]:
     return sorted(steps)
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    points_at: list[int]
+    ckpts: Path
+    spec: Spec
+    until: int
+    refs: dict[int, CheckpointRef]
+    data: DataBundle
+
+
 def switch(
     at: Sequence[int | str],
     *,
@@ -129,13 +138,127 @@ def switch(
     The checkpoint directory and spec come from the store's manifest (as ``conetool kernels``
     wrote it); ``ckpts`` and ``spec`` override them (and are needed when there is no store yet).
 
+    Under torchrun (:mod:`conetool.distributed`) every rank runs this function: the switch points
+    still to do are dealt to the ranks (the longest continuations first, so that the work evens
+    out), each rank trains its points on its own device and writes each point's files, and rank
+    0, once all ranks are done, evaluates the standard model at T and writes ``results.csv``,
+    ``results.json`` and the figure from every point's file. The result's ``points`` and
+    ``notes`` cover the whole job on every rank; ``reference`` and ``files`` are rank 0's.
+
     Example::
 
         result = conetool.switch([0, 100, 200], store="conetool-out")
         [(p.at, p.test_acc) for p in result.points]
     """
-    progress = progress or NullProgress()
-    store = Path(store)
+    with distributed.job("switch", device) as job:
+        return _switch(
+            job,
+            at,
+            until=until,
+            store=Path(store),
+            ckpts=ckpts,
+            spec=spec,
+            reference=reference,
+            step_regex=step_regex,
+            progress=(progress or NullProgress()) if job.is_main else NullProgress(),
+        )
+
+
+def _switch(
+    job: distributed.Job,
+    at: Sequence[int | str],
+    *,
+    until: int | None,
+    store: Path,
+    ckpts: str | Path | None,
+    spec: Spec | str | Path | None,
+    reference: str,
+    step_regex: str | None,
+    progress: Progress,
+) -> SwitchResult:
+    sweep = job.agree(lambda: _prepare(at, until, store, ckpts, spec, reference, step_regex))
+    dev, T = job.device, sweep.until
+
+    # With several ranks, rank 0 finds the points already done so that only the others are dealt.
+    done: list[SwitchPoint] = []
+    if job.is_distributed:
+        found = job.agree(lambda: _finished_points(sweep, store) if job.is_main else [])
+        done = [p for p in found if p is not None]
+    finished = {p.at for p in done}
+    todo = job.broadcast([t for t in sweep.points_at if t not in finished] if job.is_main else None)
+
+    results: list[SwitchPoint] = list(done)
+    notes: list[str] = []
+    error: ConetoolError | None = None
+    bar = job.bar(progress.task("switch points", total=len(sweep.points_at)))
+    for point in done:
+        bar.advance_here(1, at=point.at, test_acc=f"{point.test_acc:.4f}")
+    for t in job.shard(todo, weights=[T - t for t in todo]):
+        if job.peer_failed():
+            break  # another rank hit an error: stop as a single process would
+        try:
+            point = _run_point(
+                sweep.spec, sweep.refs[t], sweep.ckpts, T, sweep.data, dev, store, progress, notes
+            )
+        except ConetoolError as exc:
+            error = exc
+            job.fail()
+            break
+        results.append(point)
+        bar.advance(1, at=t, test_acc=f"{point.test_acc:.4f}")
+
+    share = {
+        "points": [asdict(p) for p in results],
+        "notes": notes,
+        "error": None if error is None else str(error),
+    }
+    shares = job.gather(share, while_waiting=bar.poll)  # rank 0 shows progress while it waits
+    bar.close()
+    failures = [(r, other["error"]) for r, other in enumerate(shares) if other["error"]]
+    points = sorted(
+        (SwitchPoint(**p) for other in shares for p in other["points"]), key=lambda p: p.at
+    )
+    notes = [note for other in shares for note in other["notes"]]
+
+    def write_sweep() -> tuple[dict[str, Any] | None, list[Path]]:
+        """Rank 0, once every rank is done: the standard model at T and the sweep's files."""
+        if not job.is_main or failures:
+            return None, []
+        ref_result = _reference(
+            sweep.spec,
+            sweep.refs,
+            sweep.ckpts,
+            T,
+            sweep.data,
+            dev,
+            store,
+            reference,
+            progress,
+            notes,
+        )
+        return ref_result, _write_sweep(
+            store, _all_points(store, sweep.spec, T, points), ref_result, T
+        )
+
+    ref_result, files = job.agree(write_sweep)  # the other ranks wait for rank 0's files
+    if error is not None:
+        raise error
+    if failures:
+        rank, message = failures[0]
+        raise distributed.PeerFailedError(f"rank {rank} failed: {message}")
+    return SwitchResult(store, T, points, ref_result, files, notes)
+
+
+def _prepare(
+    at: Sequence[int | str],
+    until: int | None,
+    store: Path,
+    ckpts: str | Path | None,
+    spec: Spec | str | Path | None,
+    reference: str,
+    step_regex: str | None,
+) -> _Sweep:
+    """Check the arguments; find the checkpoints, the spec and the data (on every rank)."""
     points_at = parse_at(at)
     if reference not in REFERENCES:
         raise ConetoolError(f"--reference {reference!r} is unknown. Use checkpoint or train.")
@@ -148,7 +271,6 @@ def switch(
             f"to T, so t must be smaller. Drop it or raise --until (the spec trains to "
             f"{spec.train.steps})."
         )
-    dev = resolve_device(device)
     refs = {
         ref.step: ref
         for ref in list_checkpoints(
@@ -168,18 +290,15 @@ def switch(
             "switch experiment reports test accuracy and loss. Give the data set a test split."
         )
     paths.switch_dir(store).mkdir(parents=True, exist_ok=True)
+    return _Sweep(points_at, ckpts_dir, spec, T, refs, data)
 
-    results: list[SwitchPoint] = []
-    notes: list[str] = []
-    sweep = progress.task("switch points", total=len(points_at))
-    for t in points_at:
-        point = _run_point(spec, refs[t], ckpts_dir, T, data, dev, store, progress, notes)
-        results.append(point)
-        sweep.advance(1, at=t, test_acc=f"{point.test_acc:.4f}")
-    sweep.close()
-    ref_result = _reference(spec, refs, ckpts_dir, T, data, dev, store, reference, progress, notes)
-    files = _write_sweep(store, _all_points(store, spec, T, results), ref_result, T)
-    return SwitchResult(store, T, results, ref_result, files, notes)
+
+def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
+    """The points of the sweep already in the store for the same spec, T and checkpoint."""
+    return [
+        _read_point(store, t, _point_key(sweep.spec, sweep.until, fingerprint(sweep.refs[t])))
+        for t in sweep.points_at
+    ]
 
 
 def _locate(

@@ -1,0 +1,379 @@
+"""Sharing ``kernels`` and ``switch`` among the processes that torchrun starts.
+
+``torchrun --nproc-per-node N [--nnodes M ...] -m conetool kernels CKPTS --store S`` starts N·M
+processes and tells each its ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. Each process (a *rank*)
+takes a disjoint, balanced share of the work units (checkpoints for ``kernels``, switch points for
+``switch``; see :func:`shard`), runs it on its own device (``cuda:LOCAL_RANK`` when CUDA is there
+and ``--device`` is ``auto`` or ``cuda``, else the CPU) and writes each unit's result into the
+shared store atomically. Rank 0 alone writes the files that describe the whole job (the store's
+``manifest.json``, ``switch/results.csv``), after every rank has finished.
+
+Without torchrun (no ``WORLD_SIZE`` in the environment, or ``WORLD_SIZE=1``) there is one rank,
+no process group is started and :class:`Job` does nothing but hand the work to its only rank.
+
+Coordination goes through the key-value store of torch.distributed's default process group
+(started with gloo on the CPU, NCCL on CUDA, from the standard ``env://`` variables), never
+through lock-step collectives, so ranks with unequal shares never wait on each other until the
+end, and rank 0 can show the progress of the whole job while it waits. If a rank dies, torchrun
+stops the others; every unit already written is complete, and a rerun (with any number of ranks)
+does only what is missing.
+
+Every rank must call the coordinating methods of :class:`Job` (:meth:`~Job.agree`,
+:meth:`~Job.broadcast`, :meth:`~Job.gather`, :meth:`~Job.bar`) in the same order; the library
+functions do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from .device import resolve_device
+from .errors import ConetoolError
+from .progress import ProgressTask
+
+T = TypeVar("T")
+_FIRST_POLL, _LAST_POLL = 0.005, 0.25  # seconds between looks at the key-value store
+_JOBS = itertools.count()  # every rank opens its jobs in the same order: equal numbers, equal keys
+
+
+class PeerFailedError(ConetoolError):
+    """Raised on a rank that stops because another rank failed. That rank prints its own error,
+    so the command line exits 1 without repeating it."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process sits in a torchrun job: ``rank`` in ``0..world_size-1`` over all nodes,
+    ``local_rank`` on its node. ``Ranks()`` is a plain run (one process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Ranks:
+        """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as torchrun sets them (a plain run
+        when they are absent)."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+            raw = env.get(name, "").strip()
+            try:
+                values[name] = int(raw) if raw else default
+            except ValueError:
+                raise ConetoolError(
+                    f"environment variable {name}={raw!r} is not an integer. torchrun sets it; "
+                    f"unset it to run conetool as a single process."
+                ) from None
+        ranks = cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+        if ranks.world_size < 1 or not 0 <= ranks.rank < ranks.world_size or ranks.local_rank < 0:
+            raise ConetoolError(
+                f"environment RANK={ranks.rank}, WORLD_SIZE={ranks.world_size}, LOCAL_RANK="
+                f"{ranks.local_rank} is not a valid torchrun placement (0 <= RANK < WORLD_SIZE). "
+                "Start conetool with torchrun, or unset these variables for a single process."
+            )
+        return ranks
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that reports progress and writes the job's shared files."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, units: Sequence[T], weights: Sequence[float] | None = None) -> list[T]:
+        """This rank's share of ``units`` (see :func:`shard`)."""
+        return shard(units, self.rank, self.world_size, weights=weights)
+
+    def device(self, requested: str | torch.device | None = "auto") -> torch.device:
+        """This rank's device: ``cuda:LOCAL_RANK`` for ``auto`` or ``cuda`` when CUDA is there
+        and the job has several ranks (``cuda:0`` when the process sees one GPU only, as when the
+        launcher sets ``CUDA_VISIBLE_DEVICES`` per process); otherwise as
+        :func:`conetool.device.resolve_device` (``cpu``, or an explicit ``cuda:K`` for all)."""
+        if not self.is_distributed or isinstance(requested, torch.device):
+            return resolve_device(requested)
+        name = (requested or "auto").strip().lower()
+        if name in ("auto", "cuda") and torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            if count == 1:
+                return torch.device("cuda", 0)  # the launcher gave each process its own GPU
+            if self.local_rank >= count:
+                raise ConetoolError(
+                    f"this node has {count} CUDA device(s), but torchrun started a process with "
+                    f"LOCAL_RANK {self.local_rank}. Start at most one process per GPU "
+                    f"(--nproc-per-node {count}), or pass --device cpu."
+                )
+            return torch.device("cuda", self.local_rank)
+        return resolve_device(name)
+
+
+def shard(
+    units: Sequence[T], rank: int, world_size: int, *, weights: Sequence[float] | None = None
+) -> list[T]:
+    """The units of ``rank`` among ``world_size`` ranks: disjoint, together all of them, and
+    balanced (share sizes differ by at most one), returned in ascending order.
+
+    Units are sorted and dealt round-robin: unit ``i`` of the sorted list goes to rank
+    ``i mod world_size``. With ``weights`` (the cost of each unit, e.g. the training steps of a
+    switch point) they are dealt heaviest first in a snake order (ranks 0..W-1, then W-1..0, ...),
+    which keeps the counts balanced and evens out the cost.
+
+    Example::
+
+        shard([0, 100, 200, 300, 400], rank=1, world_size=2)   # [100, 300]
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    if weights is not None and len(weights) != len(units):
+        raise ValueError(f"{len(weights)} weights for {len(units)} units")
+    if weights is None:
+        order = sorted(range(len(units)), key=lambda i: units[i])  # type: ignore[arg-type,return-value]
+    else:
+        order = sorted(range(len(units)), key=lambda i: (-weights[i], units[i]))  # type: ignore[arg-type,return-value]
+    mine = []
+    for position, index in enumerate(order):
+        lap, seat = divmod(position, world_size)
+        if weights is not None and lap % 2:
+            seat = world_size - 1 - seat
+        if seat == rank:
+            mine.append(units[index])
+    return sorted(mine)  # type: ignore[type-var]
+
+
+class SharedBar:
+    """A progress bar of the whole job: every rank calls :meth:`advance` once per unit it
+    finishes; rank 0's bar shows the units finished by all ranks (a counter in the key-value
+    store, read whenever rank 0 advances or waits). Other ranks' bars show nothing."""
+
+    def __init__(self, task: ProgressTask, store: Any | None, key: str, is_main: bool) -> None:
+        self.task, self._store, self._key, self._is_main = task, store, key, is_main
+        self._shown = 0
+
+    def advance(self, amount: int = 1, **fields: Any) -> None:
+        """Count ``amount`` units finished on this rank (``fields`` shown beside rank 0's bar)."""
+        if self._store is None:
+            self.task.advance(amount, **fields)
+            return
+        total = int(self._store.add(self._key, amount))
+        if self._is_main:
+            self._show(total, fields)
+
+    def advance_here(self, amount: int = 1, **fields: Any) -> None:
+        """Advance rank 0's bar for work it alone knows about (e.g. units already done), without
+        counting them in the shared counter."""
+        if self._is_main:
+            self.task.advance(amount, **fields)
+
+    def poll(self) -> None:
+        """Bring rank 0's bar up to date with the other ranks' counts."""
+        if self._store is not None and self._is_main:
+            self._show(int(self._store.add(self._key, 0)), {})
+
+    def close(self) -> None:
+        self.poll()
+        self.task.close()
+
+    def _show(self, total: int, fields: dict[str, Any]) -> None:
+        if total > self._shown:
+            self.task.advance(total - self._shown, **fields)
+            self._shown = total
+
+
+class Job:
+    """One library call (``kernels``, ``switch``) as seen from one rank. Open with :func:`job`."""
+
+    def __init__(self, name: str, ranks: Ranks, device: torch.device, store: Any | None) -> None:
+        self.name, self.ranks, self.device = name, ranks, device
+        self._store = store  # a PrefixStore over the default group's store; None for one rank
+        self._calls = itertools.count()
+        self._deferred: ConetoolError | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.ranks.is_main
+
+    @property
+    def is_distributed(self) -> bool:
+        return self._store is not None
+
+    @property
+    def rank(self) -> int:
+        return self.ranks.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.ranks.world_size
+
+    def shard(self, units: Sequence[T], weights: Sequence[float] | None = None) -> list[T]:
+        """This rank's share of ``units`` (:func:`shard`); all of them for a single process."""
+        return self.ranks.shard(units, weights)
+
+    # --------------------------------------------------------------- agreement
+    def agree(self, work: Callable[[], T], *, main_first: bool = False) -> T:
+        """Run ``work`` on every rank; if it raises a ConetoolError on any rank, raise on all.
+
+        The first rank with a given message raises its error (so the command line prints each
+        distinct error once); every other rank raises :class:`PeerFailedError`. With
+        ``main_first`` the other ranks start ``work`` only after rank 0 finished it (rank 0
+        creates what they then open). Returns this rank's result.
+        """
+        if not self.is_distributed:
+            self._raise_deferred()
+            return work()
+        seq = next(self._calls)
+        result: Any = None
+        error: ConetoolError | None = None
+
+        def attempt() -> None:
+            nonlocal result, error
+            try:
+                self._raise_deferred()
+                result = work()
+            except ConetoolError as exc:
+                error = exc
+
+        if main_first and not self.is_main:
+            first = self._wait_json(f"{seq}/agree/0")
+            if first is None:
+                attempt()
+        else:
+            attempt()
+        self._set_json(f"{seq}/agree/{self.rank}", None if error is None else str(error))
+        messages = [self._wait_json(f"{seq}/agree/{r}") for r in range(self.world_size)]
+        if error is None and all(m is None for m in messages):
+            return result
+        if error is not None:
+            if str(error) in messages[: self.rank]:
+                raise PeerFailedError(str(error)) from error
+            raise error
+        first_rank = next(r for r, m in enumerate(messages) if m is not None)
+        raise PeerFailedError(f"rank {first_rank} failed: {messages[first_rank]}")
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` (JSON data) on every rank."""
+        if not self.is_distributed:
+            return value
+        key = f"{next(self._calls)}/broadcast"
+        if self.is_main:
+            self._set_json(key, value)
+            return value
+        return self._wait_json(key)
+
+    def gather(self, value: Any, *, while_waiting: Callable[[], None] | None = None) -> list[Any]:
+        """Every rank's ``value`` (JSON data), in rank order, on every rank. Waits for the
+        slowest rank without a timeout (torchrun stops the job if a rank dies), calling
+        ``while_waiting`` (e.g. :meth:`SharedBar.poll`) now and then."""
+        if not self.is_distributed:
+            return [value]
+        seq = next(self._calls)
+        self._set_json(f"{seq}/gather/{self.rank}", value)
+        return [self._wait_json(f"{seq}/gather/{r}", while_waiting) for r in range(self.world_size)]
+
+    def bar(self, task: ProgressTask) -> SharedBar:
+        """Wrap ``task`` (rank 0's bar; a silent one elsewhere) into a whole-job bar."""
+        return SharedBar(task, self._store, f"{next(self._calls)}/bar", self.is_main)
+
+    # --------------------------------------------------------------- failures
+    def fail(self) -> None:
+        """Tell the other ranks to stop after their current unit (this rank hit an error)."""
+        if self._store is not None:
+            self._store.set("failed", str(self.rank))
+
+    def peer_failed(self) -> bool:
+        """Whether a rank has called :meth:`fail`."""
+        return self._store is not None and bool(self._store.check(["failed"]))
+
+    # --------------------------------------------------------------- internals
+    def _raise_deferred(self) -> None:
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+
+    def _set_json(self, key: str, value: Any) -> None:
+        self._store.set(key, json.dumps(value))  # type: ignore[union-attr]
+
+    def _wait_json(self, key: str, while_waiting: Callable[[], None] | None = None) -> Any:
+        pause = _FIRST_POLL
+        while not self._store.check([key]):  # type: ignore[union-attr]
+            if while_waiting is not None:
+                while_waiting()
+            time.sleep(pause)
+            pause = min(pause * 1.5, _LAST_POLL)  # quick for short waits, light for long ones
+        return json.loads(self._store.get(key))  # type: ignore[union-attr]
+
+
+@contextmanager
+def job(name: str, device: str | torch.device | None = "auto") -> Iterator[Job]:
+    """Open a :class:`Job` for this process, from the torchrun environment.
+
+    With several ranks this starts torch.distributed's default process group from the ``env://``
+    variables (gloo on the CPU, NCCL when this rank's device is CUDA) unless the caller already
+    started one, and destroys it at the end if it started it. An unusable ``device`` is reported
+    by the job's first :meth:`Job.agree`, so that the ranks fail together.
+    """
+    import torch.distributed as dist
+
+    deferred: ConetoolError | None = None
+    if dist.is_available() and dist.is_initialized():
+        ranks = Ranks(dist.get_rank(), dist.get_world_size(), Ranks.from_env().local_rank)
+    else:
+        ranks = Ranks.from_env()
+    try:
+        dev = ranks.device(device)
+    except ConetoolError as exc:
+        dev, deferred = torch.device("cpu"), exc
+    if not ranks.is_distributed:
+        single = Job(name, ranks, dev, None)
+        single._deferred = deferred
+        yield single
+        return
+    started = False
+    if not dist.is_initialized():
+        _start_group(ranks, dev)
+        started = True
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        prefix = f"conetool/{restart}/{next(_JOBS)}/{name}"
+        shared = Job(name, ranks, dev, dist.PrefixStore(prefix, _get_default_store()))
+        shared._deferred = deferred
+        yield shared
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _start_group(ranks: Ranks, device: torch.device) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ConetoolError(
+            f"WORLD_SIZE={ranks.world_size} asks for several processes, but this PyTorch build "
+            "has no torch.distributed. Run conetool as a single process (without torchrun)."
+        )
+    nccl = device.type == "cuda" and dist.is_nccl_available()
+    if nccl:
+        torch.cuda.set_device(device)
+    try:
+        dist.init_process_group(
+            backend="nccl" if nccl else "gloo", rank=ranks.rank, world_size=ranks.world_size
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ConetoolError(
+            f"WORLD_SIZE={ranks.world_size} asks for several processes, but torch.distributed "
+            f"could not start ({exc}). Start conetool with torchrun (e.g. torchrun "
+            "--nproc-per-node 2 -m conetool kernels CKPTS), which sets MASTER_ADDR and "
+            "MASTER_PORT, or unset WORLD_SIZE for a single process."
+        ) from exc

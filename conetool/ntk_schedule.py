@@ -1,0 +1,270 @@
+"""The block schedule shared by the eNTK engines: which rows are resident, and which pairs multiply.
+
+An engine supplies a :class:`RowSource`: it computes the rows of a range of examples for a set of
+cotangents (logits) as a block of terms (:mod:`conetool.ntk_terms`), and says how many bytes one
+example's rows and one example's share of a call take. This module plans and runs the schedule:
+
+- One pass, when the rows of all ``n`` examples fit: each set of cotangents is computed once and
+  contracted with itself. For ``trace``, which only pairs a logit with the same logit, the logits are
+  split into as few groups as fit; each further group costs one more pass of the row source.
+- Panels otherwise: the examples are split into resident panels; a panel's rows are computed and
+  kept, then the rows of every later example are computed in small streamed blocks and contracted
+  with the whole panel while it is resident. A panel starting at example ``a`` costs ``n - a`` row
+  computations, about ``n^2 / (2 r)`` in all for panels of ``r`` examples, so a larger budget means
+  less recomputation. ``trace`` uses one logit at a time here (the cheapest rows), ``full`` all
+  logits of an example.
+
+Only products on or above the block diagonal are computed (``H[j, i] = H[i, j]^T``); a panel's
+product with itself uses BLAS ``syrk`` for large dense terms on the CPU (half the work of a
+product), and upper-triangular sub-blocks elsewhere. The plan uses 90% of the budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from . import ntk_terms
+from .errors import ConetoolError
+from .io import format_bytes
+from .ntk_terms import Term
+
+# Activations in flight in one call. Measured on a CPU, a vmap call's time per example grows with
+# its activations (resnet20: 16 examples per call are 30% faster per example than 128); small
+# models (lenet5) take large calls, whose rows then need no copying into a panel.
+_ACTIVATION_BYTES = 2**28
+# Fewest examples per call worth computing all logits at once for (else: fewer logits).
+_MIN_CHUNK = 8
+# Rows of one diagonal sub-block of a panel's self-product: only sub-block pairs on or above the
+# diagonal are multiplied. Below about 256 rows the products become memory-bound on CPUs.
+_SUB_ROWS = 512
+
+
+class MemoryBudgetError(ConetoolError):
+    """The memory budget (``--max-memory``) is too small, or the device ran out of memory."""
+
+
+class RowSource(Protocol):
+    """What an engine gives the schedule.
+
+    ``rows(cot, lo, hi)``: the rows of examples ``lo:hi`` for the cotangents ``cot`` ``(g, c)`` as
+    a block of terms with ``(hi - lo)·g`` rows for ``full`` (example-major) and ``hi - lo`` rows
+    otherwise. ``resident(g)``: bytes of one example's rows for ``g`` cotangents.
+    ``transient(g)``: bytes one example adds to a call (its activations, gradients in flight, its
+    rows and a copy of them). ``activations(g)``: the part of ``transient(g)`` that is activations
+    (calls are kept below ``_ACTIVATION_BYTES`` of them). ``fixed``: bytes the engine holds for the
+    whole computation (parameter copies, workspaces).
+    """
+
+    fixed: int
+
+    def rows(self, cot: Tensor, lo: int, hi: int) -> list[Term]: ...
+
+    def resident(self, g: int) -> int: ...
+
+    def transient(self, g: int) -> int: ...
+
+    def activations(self, g: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The block schedule.
+
+    ``groups``: the cotangent sets, each ``(g, c)``; a unit is one example's ``g`` rows.
+    ``panel``: examples per resident panel (``>= n``: one pass, nothing recomputed).
+    ``chunk``: examples per call while filling a panel, and per streamed block.
+    """
+
+    groups: tuple[Tensor, ...]
+    panel: int
+    chunk: int
+
+
+def plan(
+    source: RowSource, kind: str, n: int, c: int, budget: int, what: str, device: torch.device
+) -> Plan:
+    """Choose cotangent groups, panel and chunk sizes so that the estimated peak fits ``budget``.
+
+    Estimated bytes: ``resident examples · resident(g) + chunk · transient(g) + fixed``, where
+    ``fixed`` adds the float64 kernel with its float32 copy for the caller and the block products,
+    and 32 MiB of workspace to the source's own. ``what`` names one unit in the error message.
+    """
+    size = n * (c if kind == "full" else 1)
+    fixed = 2 * size * size * 8 + source.fixed + 32 * 2**20
+    eye = torch.eye(c)
+    if kind == "sum":
+        choices = [1]
+    elif kind == "full":
+        choices = [c]
+    else:
+        choices = list(range(c, 0, -1))
+    # Plan for 90% of the budget: headroom for what the estimate does not see (allocator slack).
+    avail = budget * 9 // 10 - fixed
+
+    def chunk_size(g: int, room: int, rows: int) -> int:
+        """Examples per call, balanced: as many as fit in ``room``, with at most
+        ``_ACTIVATION_BYTES`` of activations in flight (larger calls run slower per example)."""
+        fit = room // source.transient(g)
+        fit = max(1, min(fit, _ACTIVATION_BYTES // max(1, source.activations(g))))
+        return math.ceil(rows / math.ceil(rows / min(rows, fit)))
+
+    # One pass: every example's rows for a group of g cotangents resident at once. The largest g
+    # whose calls still take a reasonable number of examples at once; then any g at all.
+    for smallest in (min(n, _MIN_CHUNK), 1):
+        for g in choices:
+            room = avail - n * source.resident(g)
+            if room >= smallest * source.transient(g):
+                return Plan(_groups(kind, c, g, eye), panel=n, chunk=chunk_size(g, room, n))
+    # Panels: resident panel + streamed blocks, with the smallest unit.
+    g = choices[-1]
+    unit = source.resident(g) + source.transient(g)
+    minimum = -(-(fixed + unit) * 10 // 9)  # the smallest budget with avail >= one unit
+    if budget < minimum:
+        raise MemoryBudgetError(
+            f"--max-memory {format_bytes(budget, digits=2)} is too small for this model: {what} "
+            f"with its activations and the {size} x {size} kernel need at least "
+            f"{format_bytes(minimum, digits=2)} ({minimum:,} bytes) on {device}. Raise "
+            f"--max-memory to at least {format_bytes(minimum, digits=2)}."
+        )
+    # Streamed blocks take at most an eighth of the budget, so that most of it holds the panel
+    # (the larger the panel, the less is recomputed).
+    chunk = chunk_size(g, max(avail // 8, source.transient(g)), n)
+    panel = max(1, (avail - chunk * source.transient(g)) // source.resident(g))
+    panels = math.ceil(n / panel)
+    panel = math.ceil(n / panels)
+    return Plan(_groups(kind, c, g, eye), panel=panel, chunk=chunk)
+
+
+def _groups(kind: str, c: int, g: int, eye: Tensor) -> tuple[Tensor, ...]:
+    if kind == "sum":
+        return (torch.ones(1, c),)
+    if kind == "full":
+        return (eye,)
+    count = math.ceil(c / g)
+    bounds = [round(i * c / count) for i in range(count + 1)]
+    return tuple(eye[lo:hi] for lo, hi in itertools.pairwise(bounds))
+
+
+def count_steps(schedule: Plan, n: int) -> int:
+    """Number of ``on_block`` calls: row-source calls (panel chunks and streamed blocks)."""
+    total = 0
+    for start in range(0, n, schedule.panel):
+        stop = min(start + schedule.panel, n)
+        total += math.ceil((stop - start) / schedule.chunk) + math.ceil((n - stop) / schedule.chunk)
+    return total * len(schedule.groups)
+
+
+def run(
+    source: RowSource,
+    schedule: Plan,
+    kind: str,
+    n: int,
+    c: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    on_block: Callable[[int, int], None] | None,
+) -> Tensor:
+    """The kernel as a float64 tensor on ``device``: ``(n, n)``, or ``(n, c, n, c)`` for ``full``."""
+    per_unit = c if kind == "full" else 1  # kernel rows per example
+    kernel = torch.zeros(n * per_unit, n * per_unit, dtype=torch.float64, device=device)
+    steps = count_steps(schedule, n)
+    done = 0
+
+    def call(cot: Tensor, lo: int, hi: int) -> list[Term]:
+        nonlocal done
+        block = source.rows(cot, lo, hi)
+        done += 1
+        return block
+
+    def panel_pieces(cot: Tensor, start: int, stop: int) -> list[tuple[int, list[Term]]]:
+        """The panel ``start:stop`` as pieces ``(first kernel row, block)``.
+
+        A call with enough rows is a piece as it is; smaller calls are stacked into pieces of
+        about ``_SUB_ROWS`` rows, so that the products between pieces stay efficient.
+        """
+        call_rows = per_unit * schedule.chunk
+        units = schedule.chunk * (
+            1 if 2 * call_rows >= _SUB_ROWS else math.ceil(_SUB_ROWS / call_rows)
+        )
+        pieces = []
+        for lo in range(start, stop, units):
+            hi = min(lo + units, stop)
+            piece: list[Term] | None = None
+            for lo2 in range(lo, hi, schedule.chunk):
+                hi2 = min(lo2 + schedule.chunk, hi)
+                part = call(cot, lo2, hi2)
+                if hi - lo <= schedule.chunk:
+                    piece = part  # one call: the piece as it is
+                else:  # several calls: copied into one piece, one call at a time
+                    if piece is None:
+                        piece = ntk_terms.empty_like(part, hi - lo)
+                    ntk_terms.write(piece, part, lo2 - lo)
+                del part
+                if on_block is not None and hi2 < stop:
+                    on_block(done, steps)
+            assert piece is not None
+            pieces.append((lo * per_unit, piece))
+        return pieces
+
+    for cot in schedule.groups:
+        cot = cot.to(device=device, dtype=dtype)
+        for start in range(0, n, schedule.panel):
+            stop = min(start + schedule.panel, n)
+            pieces = panel_pieces(cot, start, stop)
+            _add_self(kernel, pieces)
+            if on_block is not None:
+                on_block(done, steps)
+            for lo in range(stop, n, schedule.chunk):
+                hi = min(lo + schedule.chunk, n)
+                block = call(cot, lo, hi)
+                cols = slice(lo * per_unit, hi * per_unit)
+                for row, left in pieces:
+                    product = ntk_terms.contract(left, block)
+                    rows = slice(row, row + product.shape[0])
+                    kernel[rows, cols] += product
+                    kernel[cols, rows] += product.T
+                    del product
+                del block
+                if on_block is not None:
+                    on_block(done, steps)
+            del pieces
+    if kind == "full":
+        kernel = kernel.view(n, c, n, c)
+    return kernel
+
+
+def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]]) -> None:
+    """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
+
+    Only the products on or above the diagonal are computed (``H[j, i] = H[i, j]^T``): one
+    product per pair of pieces, and within a piece BLAS ``syrk`` on the CPU when its dense terms
+    are large enough, elsewhere sub-blocks of about ``_SUB_ROWS`` rows.
+    """
+    blocks = []
+    for row, block in pieces:
+        size = ntk_terms.rows_of(block)
+        dense = [t.mat for t in block if isinstance(t, ntk_terms.Dense)]
+        whole = bool(dense) and ntk_terms.use_syrk(dense[0])
+        count = 1 if whole else max(1, size // _SUB_ROWS)
+        examples = ntk_terms.block_examples(block)
+        per = size // examples  # rows per example: sub-blocks start at an example
+        bounds = [round(i * examples / count) * per for i in range(count + 1)]
+        blocks += [(row + lo, [t[lo:hi] for t in block]) for lo, hi in itertools.pairwise(bounds)]
+    for k, (row, left) in enumerate(blocks):
+        diag = ntk_terms.gram(left)
+        rows = slice(row, row + diag.shape[0])
+        kernel[rows, rows] += diag
+        for col, right in blocks[k + 1 :]:
+            product = ntk_terms.contract(left, right)
+            cols = slice(col, col + product.shape[1])
+            kernel[rows, cols] += product
+            kernel[cols, rows] += product.T
+
+

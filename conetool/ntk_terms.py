@@ -1,0 +1,270 @@
+"""Blocks of Jacobian rows in the two forms the eNTK engines produce, and their products.
+
+A block holds the rows of some examples (one row per example for ``trace``/``sum``, one per
+(example, logit) for ``full``) as a list of *terms*, one per parameter tensor or layer. The kernel
+entry of two rows is the sum over terms of the inner product of their rows:
+
+- :class:`Dense`: the rows themselves, a matrix ``(rows, width)``; the product of two blocks is
+  ``left @ right.T``. For ``trace``/``sum`` one row is an example's gradients for the ``g``
+  cotangents of its group laid side by side (``width = g·p_t``), so the product sums over them.
+- :class:`Kron`: a layer whose weight gradient is ``Σ_t g_t ⊗ a_t`` over positions ``t`` (a Linear
+  layer: its tokens, or its calls when applied more than once; a convolution: its output pixels),
+  kept as its factors: inputs ``a`` ``(b, T, d_a)`` and output cotangents ``g`` ``(b, k, T, d_g)``
+  (``k`` cotangents per example). The inner product of two examples' weight gradients is
+  ``Σ_{t,t'} (a_it · a_jt') (g_it · g_jt')``, which never forms a ``d_g × d_a`` gradient: for a
+  Linear layer (``T = 1``) it costs ``d_a + k·d_g`` per pair instead of ``k·d_a·d_g``.
+
+Products are computed in the rows' dtype and accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# Fewest rows for which a block's product with itself uses BLAS syrk on the CPU: below, the
+# product is memory-bound and torch's own product is faster.
+_SYRK_MIN_ROWS = 128
+# Largest intermediate (elements) of a Kron product with positions (T > 1); larger products are
+# computed in slices of the left block.
+_KRON_ELEMENTS = 2**24
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Rows as a matrix ``(rows, width)``."""
+
+    mat: Tensor
+
+    @property
+    def rows(self) -> int:
+        return self.mat.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.mat.numel() * self.mat.element_size()
+
+    def __getitem__(self, rows: slice) -> Dense:
+        return Dense(self.mat[rows])
+
+
+@dataclass(frozen=True)
+class Kron:
+    """A layer's rows as factors: ``a`` ``(b, T, d_a)``, ``g`` ``(b, k, T, d_g)``.
+
+    ``full``: the block has ``b·k`` rows, row ``(i, j)`` being example ``i``'s gradient for its
+    ``j``-th cotangent. Otherwise ``b`` rows, each summing over the ``k`` cotangents (the product of
+    two rows is ``Σ_j`` of the per-cotangent products).
+    """
+
+    a: Tensor
+    g: Tensor
+    full: bool
+
+    @property
+    def rows(self) -> int:
+        return self.a.shape[0] * (self.g.shape[1] if self.full else 1)
+
+    @property
+    def nbytes(self) -> int:
+        return (self.a.numel() + self.g.numel()) * self.a.element_size()
+
+    def __getitem__(self, rows: slice) -> Kron:
+        per = self.g.shape[1] if self.full else 1
+        lo, hi, _ = rows.indices(self.rows)
+        if lo % per or hi % per:  # pragma: no cover - the scheduler cuts at example boundaries
+            raise ValueError("a Kron block is sliced at example boundaries only")
+        return Kron(self.a[lo // per : hi // per], self.g[lo // per : hi // per], self.full)
+
+
+Term = Dense | Kron
+
+
+def empty_like(block: list[Term], examples: int) -> list[Term]:
+    """An uninitialized block with the terms of ``block`` and room for ``examples`` examples."""
+    out: list[Term] = []
+    for term in block:
+        if isinstance(term, Dense):
+            per = term.rows // block_examples(block)
+            out.append(Dense(term.mat.new_empty(examples * per, term.mat.shape[1])))
+        else:
+            out.append(
+                Kron(
+                    term.a.new_empty(examples, *term.a.shape[1:]),
+                    term.g.new_empty(examples, *term.g.shape[1:]),
+                    term.full,
+                )
+            )
+    return out
+
+
+def write(dest: list[Term], part: list[Term], first: int) -> None:
+    """Copy the examples of ``part`` into ``dest`` from example ``first`` on."""
+    count = block_examples(part)
+    for target, term in zip(dest, part, strict=True):
+        if isinstance(term, Dense):
+            per = term.rows // count
+            target.mat[first * per : (first + count) * per] = term.mat  # type: ignore[union-attr]
+        else:
+            target.a[first : first + count] = term.a  # type: ignore[union-attr]
+            target.g[first : first + count] = term.g  # type: ignore[union-attr]
+
+
+def block_examples(block: list[Term]) -> int:
+    """Examples in a block (its Kron terms know; else every row is taken as one example's)."""
+    for term in block:
+        if isinstance(term, Kron):
+            return term.a.shape[0]
+    return block[0].rows
+
+
+def rows_of(block: list[Term]) -> int:
+    """Rows of a block (every term has the same)."""
+    return block[0].rows
+
+
+def contract(left: list[Term], right: list[Term]) -> Tensor:
+    """``(rows(left), rows(right))`` float64: the kernel entries between two blocks."""
+    total = torch.zeros(
+        rows_of(left), rows_of(right), dtype=torch.float64, device=_device(left[0])
+    )
+    for a, b in zip(left, right, strict=True):
+        if isinstance(a, Dense):
+            total += (a.mat @ b.mat.T).to(torch.float64)  # type: ignore[union-attr]
+        else:
+            _kron_product(a, b, total)  # type: ignore[arg-type]
+    return total
+
+
+def gram(block: list[Term]) -> Tensor:
+    """``contract(block, block)``, exactly symmetric; BLAS ``syrk`` for large dense terms on CPU."""
+    size = rows_of(block)
+    total = torch.zeros(size, size, dtype=torch.float64, device=_device(block[0]))
+    dense = [t.mat for t in block if isinstance(t, Dense)]
+    syrk = [m for m in dense if use_syrk(m)]
+    for term in block:
+        if isinstance(term, Dense):
+            if not use_syrk(term.mat):
+                total += (term.mat @ term.mat.T).to(torch.float64)
+        elif term.a.shape[1] == 1:
+            _kron_gram(term, total)
+        else:
+            _kron_product(term, term, total)
+    total = (total + total.T) / 2
+    if syrk:
+        total += _syrk_sum(syrk)
+    return total
+
+
+def use_syrk(mat: Tensor) -> bool:
+    """Whether :func:`gram` uses BLAS ``syrk`` for a dense term ``mat``."""
+    return (
+        mat.device.type == "cpu"
+        and mat.dtype in (torch.float32, torch.float64)
+        and mat.shape[0] >= _SYRK_MIN_ROWS
+        and _blas() is not None
+    )
+
+
+def _device(term: Term) -> torch.device:
+    return term.mat.device if isinstance(term, Dense) else term.a.device
+
+
+def _kron_gram(term: Kron, out: Tensor) -> None:
+    """:func:`_kron_product` of a block with itself when ``T = 1``, with symmetric products."""
+    b, k = term.g.shape[:2]
+    aa = _self_product(term.a[:, 0])
+    if term.full:
+        gg = _self_product(term.g.reshape(b * k, -1))
+        out += (gg.view(b, k, b, k) * aa.view(b, 1, b, 1)).reshape(b * k, b * k).to(torch.float64)
+    else:
+        out += (aa * _self_product(term.g.reshape(b, -1))).to(torch.float64)
+
+
+def _self_product(mat: Tensor) -> Tensor:
+    """``mat @ mat.T`` in ``mat``'s dtype; BLAS ``syrk`` (half the work) where it applies."""
+    if not use_syrk(mat):
+        return mat @ mat.T
+    blas = _blas()
+    assert blas is not None
+    ssyrk, dsyrk, threads = blas
+    syrk = ssyrk if mat.dtype == torch.float32 else dsyrk
+    with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
+        upper = torch.from_numpy(syrk(1.0, mat.contiguous().numpy().T, trans=1, lower=0)).triu()
+    return upper + upper.triu(1).T
+
+
+def _kron_product(left: Kron, right: Kron, out: Tensor) -> None:
+    """Add the kernel entries between two Kron blocks of one layer to ``out`` (float64)."""
+    bl, t, da = left.a.shape
+    br, u, _ = right.a.shape
+    k = left.g.shape[1]
+    dg = left.g.shape[3]
+    if left.full:
+        # Rows (i, j): Σ_{t,t'} (a_it·a_i't') (g_ijt·g_i'j't').
+        if t == 1 and u == 1:
+            aa = left.a[:, 0] @ right.a[:, 0].T  # (bl, br)
+            gg = left.g.reshape(bl * k, dg) @ right.g.reshape(br * k, dg).T
+            prod = gg.view(bl, k, br, k) * aa.view(bl, 1, br, 1)
+            out += prod.reshape(bl * k, br * k).to(torch.float64)
+            return
+        step = max(1, _KRON_ELEMENTS // max(1, k * t * br * k * u))
+        right_a = right.a.reshape(br * u, da)
+        right_g = right.g.reshape(br * k * u, dg)
+        for lo in range(0, bl, step):
+            hi = min(lo + step, bl)
+            m = hi - lo
+            aa = (left.a[lo:hi].reshape(m * t, da) @ right_a.T).view(m, 1, t, br, 1, u)
+            gg = (left.g[lo:hi].reshape(m * k * t, dg) @ right_g.T).view(m, k, t, br, k, u)
+            block = (aa * gg).sum(dim=(2, 5), dtype=torch.float64)
+            out[lo * k : hi * k] += block.reshape(m * k, br * k)
+        return
+    # Rows i: Σ_j Σ_{t,t'} (a_it·a_i't') (g_ijt·g_i'jt'); the cotangents become features.
+    if t == 1 and u == 1:
+        aa = left.a[:, 0] @ right.a[:, 0].T
+        gg = left.g.reshape(bl, k * dg) @ right.g.reshape(br, k * dg).T
+        out += (aa * gg).to(torch.float64)
+        return
+    step = max(1, _KRON_ELEMENTS // max(1, t * br * u))
+    right_a = right.a.reshape(br * u, da)
+    right_g = right.g.transpose(1, 2).reshape(br * u, k * dg)
+    for lo in range(0, bl, step):
+        hi = min(lo + step, bl)
+        m = hi - lo
+        aa = left.a[lo:hi].reshape(m * t, da) @ right_a.T
+        gg = left.g[lo:hi].transpose(1, 2).reshape(m * t, k * dg) @ right_g.T
+        out[lo:hi] += (aa * gg).view(m, t, br, u).sum(dim=(1, 3), dtype=torch.float64)
+
+
+@functools.cache
+def _blas() -> tuple[Callable[..., Any], Callable[..., Any], Any] | None:
+    """SciPy's ``ssyrk`` and ``dsyrk`` and a controller of its BLAS threads, or None."""
+    try:
+        from scipy.linalg import blas
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - both come with scikit-learn
+        return None
+    return blas.ssyrk, blas.dsyrk, ThreadpoolController()
+
+
+def _syrk_sum(mats: list[Tensor]) -> Tensor:
+    """``Σ mats[t] @ mats[t]^T`` (float64, symmetric) with BLAS ``syrk``: half a product's work."""
+    blas = _blas()
+    assert blas is not None
+    ssyrk, dsyrk, threads = blas
+    size = mats[0].shape[0]
+    upper = torch.zeros(size, size, dtype=torch.float64)
+    # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core.
+    with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
+        for mat in mats:
+            syrk = ssyrk if mat.dtype == torch.float32 else dsyrk
+            # mat is a C-contiguous (m, k) matrix, so its transpose is a Fortran (k, m) array
+            # that BLAS reads in place; trans=1 gives mat @ mat.T, upper triangle.
+            product = syrk(1.0, mat.contiguous().numpy().T, trans=1, lower=0)
+            upper += torch.from_numpy(product).triu()
+    return upper + upper.triu(1).T

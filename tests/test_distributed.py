@@ -1,0 +1,434 @@
+"""Sharing `kernels` and `switch` among torchrun ranks (gloo on the CPU, over loopback).
+
+End to end: two ranks give the same store as one process; a rank killed mid-run leaves a valid
+store that a single process completes; an error on one rank surfaces once, with exit code 1.
+The pieces alone: `shard`, `Ranks`, and `Job` with ranks simulated by threads over one store.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from conetool import paths
+from conetool.distributed import Job, PeerFailedError, Ranks, shard
+from conetool.errors import ConetoolError, StoreError
+from conetool.pipeline import kernels
+from conetool.pipeline.run_switch import switch
+from conetool.spec import spec_from_dict
+from conetool.store import StepRecord, Store, StoreIdentity
+from conetool.training import train
+
+SPEC = {
+    "model": {"arch": "mlp", "num_classes": 3, "widths": [6], "activation": "tanh"},
+    "data": {
+        "dataset": "synthetic",
+        "shape": [4],
+        "num_classes": 3,
+        "train_size": 48,
+        "test_size": 12,
+    },
+    "probe": {"size": 6},
+    "train": {
+        "steps": 10,
+        "batch_size": 8,
+        "lr": 0.2,
+        "momentum": 0.9,
+        "save_every": 2,
+        "eval_every": 5,
+    },
+}
+STEPS = [0, 2, 4, 6, 8, 10]
+
+# A model whose forward pass sleeps when SLOW_MODEL_DELAY is set: it makes each kernel take a
+# known time in the torchrun processes, so that a rank can be killed in the middle of the run.
+SLOW_MODEL = """
+import os, time
+from torch import nn
+
+class Slow(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        time.sleep(float(os.environ.get("SLOW_MODEL_DELAY", "0")))
+        return self.fc(x.flatten(1))
+
+def make(num_classes):
+    return Slow(num_classes)
+"""
+
+
+# ---------------------------------------------------------------------------------- helpers
+def torchrun(*args: str) -> list[str]:
+    """The command line of `torchrun --nproc-per-node 2 -m conetool ARGS` on a free port."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--monitor-interval",
+        "0.05",
+        "-m",
+        "conetool",
+        *args,
+    ]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_torchrun(*args: str, cwd: Path, timeout: float = 120, **extra: str):
+    return subprocess.run(
+        torchrun(*args),
+        cwd=cwd,
+        env=environment(**extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def records(store: Path) -> dict[str, dict]:
+    """manifest.json's per-step records as written (no adoption), without the timing."""
+    manifest = json.loads(paths.manifest(store).read_text())
+    return {
+        step: {k: v for k, v in r.items() if k != "seconds"}
+        for step, r in manifest["steps"].items()
+    }
+
+
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The process id of torchrun worker ``rank`` (a child of ``parent``), from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and f"RANK={rank}".encode() in (entry / "environ").read_bytes().split(
+                b"\0"
+            ):
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "ckpts"
+    train(spec_from_dict(SPEC, source="tiny.toml"), out)
+    return out
+
+
+# ---------------------------------------------------------------------------------- shard
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("count", [0, 1, 5, 6, 13])
+def test_shards_are_disjoint_covering_and_balanced(world, count):
+    units = [100 * i for i in range(count)][::-1]  # any order in, sorted shares out
+    weights = [float(count - i) for i in range(count)]
+    for w in (None, weights):
+        shares = [shard(units, r, world, weights=w) for r in range(world)]
+        flat = [u for s in shares for u in s]
+        assert sorted(flat) == sorted(units) and len(set(flat)) == len(flat)
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+        assert all(s == sorted(s) for s in shares)
+        assert shares == [shard(units, r, world, weights=w) for r in range(world)]
+
+
+def test_round_robin_and_snake_order():
+    assert shard([0, 100, 200, 300, 400], 0, 2) == [0, 200, 400]
+    assert shard([400, 300, 200, 100, 0], 1, 2) == [100, 300]
+    # Switch points t with cost T - t (T = 1000): heaviest first, dealt 0, 1, 1, 0.
+    at = [0, 100, 200, 300]
+    cost = [1000 - t for t in at]
+    assert shard(at, 0, 2, weights=cost) == [0, 300] and shard(at, 1, 2, weights=cost) == [100, 200]
+    with pytest.raises(ValueError):
+        shard(at, 2, 2)
+
+
+def test_ranks_from_environment():
+    assert Ranks.from_env({}) == Ranks(0, 1, 0) and not Ranks().is_distributed
+    ranks = Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (ranks.rank, ranks.world_size, ranks.local_rank, ranks.is_main) == (3, 4, 1, False)
+    with pytest.raises(ConetoolError, match="RANK='x' is not an integer"):
+        Ranks.from_env({"RANK": "x"})
+    with pytest.raises(ConetoolError, match="not a valid torchrun placement"):
+        Ranks.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    if not torch.cuda.is_available():
+        assert ranks.device("auto") == torch.device("cpu")
+        with pytest.raises(ConetoolError, match="no usable CUDA"):
+            ranks.device("cuda")
+
+
+# ---------------------------------------------------------------------------------- Job
+def fail(message: str):
+    raise ConetoolError(message)
+
+
+def on_threads(world: int, body) -> list:
+    """Run ``body(job)`` as ranks 0..world-1 on threads sharing one key-value store; each
+    thread's result, or the exception it raised."""
+    store = dist.HashStore()
+    results: list = [None] * world
+
+    def rank(r: int) -> None:
+        job = Job("t", Ranks(r, world, r), torch.device("cpu"), dist.PrefixStore("t", store))
+        try:
+            results[r] = body(job)
+        except Exception as exc:
+            results[r] = exc
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+def test_agree_raises_each_distinct_error_once():
+    def same(job):
+        return job.agree(lambda: fail("bad spec"))
+
+    first, second, third = on_threads(3, same)
+    assert type(first) is ConetoolError and str(first) == "bad spec"
+    assert isinstance(second, PeerFailedError) and isinstance(third, PeerFailedError)
+
+    def only_rank_2(job):
+        def work():
+            if job.rank == 2:
+                raise ConetoolError("disk full on node 2")
+            return job.rank
+
+        return job.agree(work)
+
+    first, second, third = on_threads(3, only_rank_2)
+    assert isinstance(first, PeerFailedError) and "rank 2 failed: disk full" in str(first)
+    assert isinstance(second, PeerFailedError) and str(third) == "disk full on node 2"
+
+
+def test_main_first_gather_broadcast_and_shared_bar():
+    order: list[int] = []
+
+    class Task:
+        def __init__(self):
+            self.done = 0
+
+        def advance(self, amount=1, **fields):
+            self.done += amount
+
+        def close(self):
+            pass
+
+    def body(job):
+        job.agree(
+            lambda: (time.sleep(0.2 if job.is_main else 0), order.append(job.rank)), main_first=True
+        )
+        todo = job.broadcast([5, 6, 7, 8, 9] if job.is_main else None)
+        task = Task()
+        bar = job.bar(task)
+        for _ in job.shard(todo):
+            if job.rank == 1:
+                time.sleep(0.1)  # the slow rank: rank 0 counts its units while it waits
+            bar.advance(1)
+        everyone = job.gather(job.shard(todo), while_waiting=bar.poll)
+        bar.close()
+        return everyone, task.done
+
+    (gathered0, shown0), (gathered1, shown1) = on_threads(2, body)
+    assert order == [0, 1]  # rank 1 started only after rank 0 finished
+    assert gathered0 == gathered1 == [[5, 7, 9], [6, 8]]
+    assert shown0 == 5 and shown1 == 0  # rank 0's bar shows both ranks' units; rank 1's nothing
+
+
+def test_single_process_job_is_plain():
+    job = Job("t", Ranks(), torch.device("cpu"), None)
+    assert job.agree(lambda: 7) == 7 and job.broadcast([1]) == [1] and job.gather(3) == [3]
+    assert job.shard([3, 1, 2]) == [1, 2, 3] and not job.peer_failed()
+    with pytest.raises(ConetoolError, match="boom"):
+        job.agree(lambda: fail("boom"))
+
+
+# ---------------------------------------------------------------------------------- the store
+def test_joined_store_writes_kernels_only_and_the_owner_merges_them(tmp_path):
+    ident = StoreIdentity("s", "p", "trace", "float32")
+
+    def record(step, fingerprint):
+        return StepRecord(step, [f"/ck/{step}"], 10, fingerprint, paths.kernel_relative(step),
+                          1.0, 0.1)  # fmt: skip
+
+    owner = Store.open_for_writing(tmp_path / "s", ident, {"checkpoints": "/ck"})
+    owner.write_kernel(record(0, "a"), torch.eye(2))
+    joined = Store.join(tmp_path / "s")
+    joined.write_kernel(record(5, "a"), 2 * torch.eye(2))
+    assert list(json.loads(paths.manifest(tmp_path / "s").read_text())["steps"]) == ["0"]
+    assert owner.adopt_kernel_files() == [5] and owner.adopt_kernel_files() == []
+    assert Store.open(tmp_path / "s").record(5) == record(5, "a")
+    # Another rank recomputes step 5 (its checkpoint changed): the file's record wins.
+    Store.join(tmp_path / "s").write_kernel(record(5, "b"), 3 * torch.eye(2))
+    assert owner.adopt_kernel_files() == [5]
+    again = Store.open(tmp_path / "s")
+    assert again.record(5) == record(5, "b") and torch.equal(again.load_kernel(5), 3 * torch.eye(2))
+    with pytest.raises(StoreError, match="file system that all nodes share"):
+        Store.join(tmp_path / "elsewhere")
+
+
+def test_readme_and_slurm_example_agree():
+    root = Path(__file__).resolve().parents[1]
+    script = root / "examples" / "slurm_kernels.sh"
+    text = script.read_text()
+    for flag in (
+        "#SBATCH --nodes",
+        "--rdzv-backend c10d",
+        "--rdzv-endpoint",
+        "-m conetool kernels",
+    ):
+        assert flag in text
+    if shutil.which("bash"):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    readme = (root / "README.md").read_text()
+    section = readme.split("## More than one GPU", 1)[1].split("\n## ", 1)[0]
+    assert "examples/slurm_kernels.sh" in section and "<!-- bench_sharding ratio -->" in section
+    assert "torchrun --nproc-per-node 4 -m conetool kernels" in section
+
+
+# ---------------------------------------------------------------------------------- end to end
+def test_two_ranks_make_the_same_store_as_one_process(run, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = kernels(run, store=one, device="cpu")
+    assert single.computed == STEPS
+    done = run_torchrun("kernels", str(run), "--store", str(two), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("conetool kernels ->") == 1  # only rank 0 reports
+    assert "cpu x2" in done.stdout
+    # One valid manifest, written by rank 0 with every rank's kernels (no adoption needed).
+    assert records(two) == records(one)
+    stored = Store.open(two)
+    assert stored.steps() == STEPS and stored.identity == Store.open(one).identity
+    for step in STEPS:
+        reference = Store.open(one).load_kernel(step)
+        torch.testing.assert_close(
+            stored.load_kernel(step), reference, rtol=1e-6, atol=1e-6 * float(reference.abs().max())
+        )
+    assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_two_ranks_share_a_switch_sweep(run, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    switch([0, 4, 8], store=one, ckpts=run, device="cpu")
+    # Point 0 is already done in the shared store: rank 0 finds it, the ranks share 4 and 8.
+    paths.switch_dir(two).mkdir(parents=True)
+    for name in ("at_000000.json", "at_000000.csv"):
+        shutil.copy(paths.switch_dir(one) / name, paths.switch_dir(two) / name)
+    args = ["--ckpts", str(run), "--store", str(two), "--device", "cpu"]
+    done = run_torchrun("switch", "--at", "0,4,8", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("conetool switch ->") == 1 and done.stdout.count("reused") == 1
+
+    def rows(store):
+        with open(paths.switch_results_csv(store)) as handle:
+            return list(csv.DictReader(handle))
+
+    expected, found = rows(one), rows(two)
+    assert [r["at"] for r in found] == ["0", "4", "8"] == [r["at"] for r in expected]
+    for a, b in zip(expected, found, strict=True):
+        same = ("until", "momentum", "test_acc")
+        assert [a[k] for k in same] == [b[k] for k in same]
+        for key in ("test_loss", "train_acc", "train_loss"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5)
+    assert paths.switch_png(two).is_file() and paths.switch_results_json(two).is_file()
+    for t in (4, 8):
+        assert json.loads(paths.switch_point(two, t).read_text())["at"] == t
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the rank's process in /proc")
+def test_killed_rank_leaves_a_store_a_single_process_completes(tmp_path, monkeypatch):
+    (tmp_path / "conetool_slow_model.py").write_text(SLOW_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = {
+        **SPEC,
+        "model": {"arch": "conetool_slow_model:make", "num_classes": 3},
+        "train": {**SPEC["train"], "steps": 14},
+    }
+    ckpts, store = tmp_path / "ckpts", tmp_path / "store"
+    train(spec_from_dict(spec, source="slow.toml"), ckpts)
+    every = list(range(0, 15, 2))
+    log = open(tmp_path / "torchrun.log", "w")
+    proc = subprocess.Popen(
+        torchrun("kernels", str(ckpts), "--store", str(store), "--device", "cpu"),
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=environment(
+            SLOW_MODEL_DELAY="0.15",
+            PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        ),
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not list((store / paths.KERNELS_DIR).glob("step_*.safetensors")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no kernel written"
+            time.sleep(0.02)
+        victim = rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        assert proc.wait(timeout=60) != 0  # torchrun stops the other rank and fails
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    survived = Store.open(store)  # readable; adopts kernel files missing from the manifest
+    kept = survived.steps()
+    assert 0 < len(kept) < len(every), kept
+    for step in kept:
+        assert torch.isfinite(survived.load_kernel(step)).all()
+    rerun = kernels(ckpts, store=store, device="cpu")
+    assert rerun.skipped == kept
+    assert rerun.computed == [s for s in every if s not in kept]
+    assert Store.open(store).steps() == every
+
+
+def test_error_on_one_rank_surfaces_once_and_the_store_stays_valid(run, tmp_path):
+    bad = tmp_path / "ckpts"
+    bad.mkdir()
+    for path in run.iterdir():
+        (bad / path.name).write_bytes(path.read_bytes())
+    # Step 2 is the first unit of rank 1 (steps are dealt 0, 2, 4, ... to ranks 0, 1, 0, ...).
+    target = paths.checkpoint(bad, 2)
+    with safe_open(str(target), framework="pt") as handle:
+        meta = handle.metadata()
+    state = load_file(str(target))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, str(target), metadata=meta)
+    done = run_torchrun(
+        "kernels", str(bad), "--store", str(tmp_path / "s"), "--device", "cpu", cwd=tmp_path
+    )
+    assert done.returncode != 0
+    assert done.stderr.count("error: rank 1: step 2 ") == 1, done.stderr[-3000:]
+    assert "--skip-bad" in done.stderr
+    assert "conetool kernels ->" not in done.stdout
+    kept = Store.open(tmp_path / "s").steps()
+    assert set(kept) <= {0, 4, 8}  # rank 1 stopped at step 2, rank 0 after its current unit
