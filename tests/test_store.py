@@ -126,3 +126,16 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_atomic_files_get_the_umask_mode_even_when_the_writer_replaces_them(tmp_path):
+    # safetensors' save_file replaces the temporary file; the mode must still follow the umask
+    # (mkstemp's 0600 would hide kernels from the other users of a shared cluster store).
+    from conetool import io
+
+    io.atomic_save_safetensors(tmp_path / "k.safetensors", {"kernel": torch.zeros(2, 2)})
+    io.atomic_write_text(tmp_path / "m.json", "{}")
+    expected = 0o666 & ~io._UMASK
+    assert expected != 0o600  # the usual umasks (022, 002) make the check meaningful
+    assert (tmp_path / "k.safetensors").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == expected
