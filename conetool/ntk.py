@@ -428,7 +428,7 @@ def _compute(
     source: ntk_schedule.RowSource | None = None
     if method != "jacobian":
         structured = StructuredRows(model, forward, params, tensors, x, kind)
-        if method == "structured" or any(m != "local" for m in structured.modes().values()):
+        if method == "structured" or {"dense", "kron"} & set(structured.modes().values()):
             source = structured
     if source is None:
         source = _JacobianRows(forward, params, x, kind)

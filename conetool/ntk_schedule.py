@@ -223,21 +223,28 @@ def run(
                 on_block(done, steps)
             for lo in range(stop, n, schedule.chunk):
                 hi = min(lo + schedule.chunk, n)
-                block = call(cot, lo, hi)
-                cols = slice(lo * per_unit, hi * per_unit)
-                for row, left in pieces:
-                    product = ntk_terms.contract(left, block)
-                    rows = slice(row, row + product.shape[0])
-                    kernel[rows, cols] += product
-                    kernel[cols, rows] += product.T
-                    del product
-                del block
+                _add_block(kernel, pieces, call(cot, lo, hi), lo * per_unit)
                 if on_block is not None:
                     on_block(done, steps)
+            # Free the panel before the next one is computed (a loop variable still holding one
+            # of its pieces would keep two panels alive at once).
             del pieces
     if kind == "full":
         kernel = kernel.view(n, c, n, c)
     return kernel
+
+
+def _add_block(
+    kernel: Tensor, pieces: list[tuple[int, list[Term]]], block: list[Term], col: int
+) -> None:
+    """Add the products of a streamed ``block`` (kernel rows from ``col``) with every piece of the
+    resident panel to ``kernel``, and their transposes."""
+    cols = slice(col, col + ntk_terms.rows_of(block))
+    for row, left in pieces:
+        product = ntk_terms.contract(left, block)
+        rows = slice(row, row + product.shape[0])
+        kernel[rows, cols] += product
+        kernel[cols, rows] += product.T
 
 
 def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]]) -> None:

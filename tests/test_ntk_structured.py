@@ -396,14 +396,14 @@ def test_mlp_layers_are_kron(monkeypatch: pytest.MonkeyPatch) -> None:
     assert source.fallback == []
 
 
-def test_large_early_convolutions_are_dense_and_batchnorm_local(
+def test_large_early_convolutions_are_dense_and_batchnorm_norm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model, x = make(lambda: _perturb(EarlyConvs()), (2, 16, 16), n=5)
     source = _source(monkeypatch, model, x)
     modes = source.modes()
     assert modes["conv1"] == "dense"
-    assert modes["bn1"] == "local"
+    assert modes["bn1"] == "norm"
     assert modes["fc"] == "kron"
     assert source.fallback == []
     assert rel(structured(model, x, "sum"), reference(model, x, "sum")) < 1e-10
@@ -417,14 +417,14 @@ def test_grouped_convolution_is_dense_where_ungrouped_is_kron(
     modes = source.modes()
     assert modes["plain"] == "kron"  # one output pixel: kron is cheaper
     assert modes["grouped"] == "dense"  # the same shape with groups: always dense
-    assert modes["ln"] == "local"
+    assert modes["ln"] == "norm"
     assert rel(structured(model, x, "full"), reference(model, x, "full")) < 1e-10
 
 
-def test_norm_layers_and_custom_modules_are_local(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_norm_layers_are_norm_and_custom_modules_local(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = get("norm_mlp")
     modes = _source(monkeypatch, model, x).modes()
-    assert modes["ln"] == "local" and modes["gn"] == "local"
+    assert modes["ln"] == "norm" and modes["gn"] == "norm"
     model, x = get("custom_parameter")
     source = _source(monkeypatch, model, x)
     assert source.modes()["scale"] == "local"
@@ -729,3 +729,52 @@ def test_prototypes_with_two_classes(kind: str) -> None:
     # A layer applied to a constant whose leading size equals the check's two examples.
     model, x = make(lambda: Prototypes(2), (4,))
     assert rel(empirical_ntk(model, x, kind=kind, device="cpu"), reference(model, x, kind)) < 1e-10
+
+
+class NormVariety(nn.Module):
+    """Norm layers in their less common shapes: BatchNorm1d on (b, C) and (b, C, L), a LayerNorm
+    over two trailing dimensions without bias, a frozen-bias GroupNorm, and a BatchNorm subclass
+    with its own forward (not a plain norm layer: it goes "local")."""
+
+    class ScaledBN(nn.BatchNorm1d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 12)
+        self.bn_flat = nn.BatchNorm1d(12)
+        self.bn_seq = nn.BatchNorm1d(3)
+        self.ln = nn.LayerNorm((3, 4), bias=False)
+        self.gn = nn.GroupNorm(3, 3)
+        self.gn.bias.requires_grad_(False)
+        self.scaled = NormVariety.ScaledBN(12)
+        self.out = nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.bn_flat(self.fc(x)))
+        s = h.view(-1, 3, 4)
+        s = torch.tanh(self.gn(self.ln(self.bn_seq(s))))
+        return self.out(torch.tanh(self.scaled(s.flatten(1))))
+
+
+def _norm_variety() -> nn.Module:
+    model = NormVariety()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+            for p in module.parameters(recurse=False):
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_norm_layers_in_every_shape(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = make(_norm_variety, (6,), n=5)
+    source = _source(monkeypatch, model, x)
+    modes = source.modes()
+    assert {modes[name] for name in ("bn_flat", "bn_seq", "ln", "gn")} == {"norm"}
+    assert modes["scaled"] == "local" and source.fallback == []
+    assert rel(structured(model, x, kind), reference(model, x, kind)) < 1e-10
