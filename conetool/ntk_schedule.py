@@ -251,17 +251,15 @@ def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]]) -> None:
     """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
 
     Only the products on or above the diagonal are computed (``H[j, i] = H[i, j]^T``): one
-    product per pair of pieces, and within a piece BLAS ``syrk`` on the CPU when its dense terms
-    are large enough, elsewhere sub-blocks of about ``_SUB_ROWS`` rows.
+    product per pair of sub-blocks of about ``_SUB_ROWS`` rows, and a sub-block with itself through
+    :func:`ntk_terms.gram` (BLAS ``syrk`` for wide dense terms on the CPU).
     """
     blocks = []
     for row, block in pieces:
         size = ntk_terms.rows_of(block)
-        dense = [t.mat for t in block if isinstance(t, ntk_terms.Dense)]
-        whole = bool(dense) and ntk_terms.use_syrk(dense[0])
-        count = 1 if whole else max(1, size // _SUB_ROWS)
         examples = ntk_terms.block_examples(block)
         per = size // examples  # rows per example: sub-blocks start at an example
+        count = max(1, size // _SUB_ROWS)
         bounds = [round(i * examples / count) * per for i in range(count + 1)]
         blocks += [(row + lo, [t[lo:hi] for t in block]) for lo, hi in itertools.pairwise(bounds)]
     for k, (row, left) in enumerate(blocks):

@@ -98,6 +98,15 @@ class StructuredRows:
         self.c = forward(x[:1]).reshape(1, -1).shape[1]
         self.item = next(iter(params.values())).element_size()
         self._recording = False
+        # On a CPU, convolutions (and their backward passes) in channels-last layout run about
+        # 20% faster (oneDNN); the recorded pass uses copies of the 4-D weights in that layout.
+        self._channels_last = x.device.type == "cpu" and x.dim() == 4
+        self._record_params = {
+            k: v.contiguous(memory_format=torch.channels_last)
+            if self._channels_last and v.dim() == 4
+            else v
+            for k, v in params.items()
+        }
         self.layers, self.fallback = self._classify()
         self.fixed = sum(t.numel() for t in params.values()) * self.item
         with self._hooks():
@@ -187,9 +196,11 @@ class StructuredRows:
             layer.calls = []
         self._recording = True
         self._batch = batch.shape[0]
+        if self._channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         try:
             with torch.enable_grad():
-                return self.forward(batch).reshape(batch.shape[0], -1)
+                return self.forward(batch, self._record_params).reshape(batch.shape[0], -1)
         finally:
             self._recording = False
 
@@ -244,18 +255,13 @@ class StructuredRows:
 
     def _layer_terms(self, layer: _Layer, grads: dict[int, Tensor]) -> list[Term]:
         full = self.kind == "full"
-        if layer.mode in ("local", "norm"):
-            return [_dense(rows, full) for rows in self._layer_grads(layer, grads).values()]
-        a, g = _factors(layer.module, layer.calls, grads)  # (b, d_a, T), (b, k, d_g, T)
         if layer.mode == "kron" and "weight" in layer.names:
+            a, g = _factors(layer.module, layer.calls, grads)  # (b, d_a, T), (b, k, d_g, T)
             if "bias" in layer.names:
                 # The bias is a weight on a constant input 1: Σ_{t,t'} (a_t·a_t' + 1)(g_t·g_t').
                 a = torch.cat([a, a.new_ones(a.shape[0], 1, a.shape[2])], dim=1)
             return [Kron(a.transpose(1, 2).contiguous(), g.transpose(2, 3).contiguous(), full)]
-        return [
-            _dense(g.sum(dim=3) if local == "bias" else _weight_grads(layer.module, a, g), full)
-            for local in layer.names
-        ]
+        return [_dense(rows, full) for rows in self._layer_grads(layer, grads).values()]
 
     def _layer_grads(self, layer: _Layer, grads: dict[int, Tensor]) -> dict[str, Tensor]:
         """Per-example gradients of a layer's parameters: full name -> ``(b, k, *shape)``."""
@@ -263,9 +269,10 @@ class StructuredRows:
             return self._local_grads(layer, grads)
         if layer.mode == "norm":
             return self._norm_grads(layer, grads)
-        a, g = _factors(layer.module, layer.calls, grads)
+        module = layer.module
+        a, g = _factors(module, layer.calls, grads)
         return {
-            name: g.sum(dim=3) if local == "bias" else _weight_grads(layer.module, a, g)
+            name: g.sum(dim=3) if local == "bias" else _weight_grads(module, a, g)
             for local, name in layer.names.items()
         }
 
@@ -432,8 +439,8 @@ class StructuredRows:
                     continue
                 p = layer.module.weight.numel()
                 layer.mode = _choose(self.kind, n, k, positions, d_a, d_g, p)
-                self._act += positions * d_a * item  # the patches of a convolution
                 if layer.mode == "kron":  # the bias rides along as a constant input
+                    self._act += positions * d_a * item  # a convolution's unfolded input
                     self._rep_fixed += positions * (d_a + bias) * item
                     self._rep_per_g += positions * d_g * item
                 else:

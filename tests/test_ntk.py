@@ -221,6 +221,7 @@ def test_float32_mlp_agrees_with_float64_reference(
     syrk: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
+    monkeypatch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 1 if syrk else 10**9)
     model64, x64 = build("mlp", n=8)
     expected = reference(model64, x64, "trace")
     model32 = mlp()
@@ -331,6 +332,7 @@ def test_pieces_and_sub_blocks(kind: str, syrk: bool, monkeypatch: pytest.Monkey
     plans = record_plans(monkeypatch)
     monkeypatch.setattr(ntk_schedule, "_SUB_ROWS", 4)
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
+    monkeypatch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 1 if syrk else 10**9)
     for activation_bytes in (1, 10**5, 10**9):
         monkeypatch.setattr(ntk_schedule, "_ACTIVATION_BYTES", activation_bytes)
         kernel = empirical_ntk(model, x, kind=kind, device="cpu")

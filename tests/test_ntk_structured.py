@@ -548,6 +548,7 @@ def test_syrk_and_product_paths(
     # frozen_middle: kron (T = 1) and dense bias-only terms; norm_mlp: kron and local terms.
     model, x = get(name)
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
+    monkeypatch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 1 if syrk else 10**9)
     kernel = structured(model, x, kind)
     assert rel(kernel, expected(name, kind)) < 1e-10
     matrix = kernel.reshape(x.shape[0] * (kernel.shape[1] if kind == "full" else 1), -1)
