@@ -401,7 +401,10 @@ class StructuredRows:
     def _measure(self, example: Tensor) -> None:
         """Bytes per example (recording, cotangents, rows) and each layer's kron/dense choice."""
         saved: dict[int, int] = {}
-        owned = {t.untyped_storage().data_ptr() for t in self.tensors.values()}
+        owned = {
+            t.untyped_storage().data_ptr()
+            for t in (*self.tensors.values(), *self._record_params.values())
+        }
 
         def pack(t: Tensor) -> Tensor:
             ptr = t.untyped_storage().data_ptr()
