@@ -9,21 +9,27 @@ pass per cotangent (logit) gives every layer's output cotangents at once. Per la
 - ``nn.Linear`` (positions: its tokens, and its calls when applied more than once) and
   ``nn.Conv1d``/``nn.Conv2d`` (positions: output pixels; any stride, padding, dilation, groups and
   padding mode) are contracted from their factors (:class:`~conetool.ntk_terms.Kron`,
-  ``Σ_{t,t'} (a_it·a_jt')(g_it·g_jt')`` per pair: for a Linear layer ``d_in + c·d_out`` per pair
-  instead of ``c·d_in·d_out``) or their per-example gradients are formed with one batched matrix
-  product over examples (unfolded patches times output cotangents) and contracted as dense rows,
-  whichever a cost estimate says is cheaper for this layer and ``n``. Biases are dense rows.
-- Any other module with parameters of its own (norm layers' affine parameters, embeddings, custom
-  modules) that is called with one tensor: its per-example gradients come from :func:`torch.func`
-  on that module alone (``vmap`` over examples of ``vjp``), from its recorded input and output
-  cotangents.
+  ``Σ_{t,t'} (a_it·a_jt')(g_it·g_jt')`` per pair, the bias as a weight on a constant input 1: for
+  a Linear layer ``d_in + c·d_out`` per pair instead of ``c·d_in·d_out``) or their per-example
+  gradients are formed with one batched matrix product over examples (unfolded patches times
+  output cotangents) and contracted as dense rows, whichever a cost estimate (:func:`_choose`) says
+  is cheaper for this layer and ``n``: Linear layers and convolutions with small feature maps
+  (VGG-16's 4x4 and 2x2 stages) go "kron", early convolutions "dense".
+- ``nn.BatchNorm*`` (with running statistics, in eval mode), ``nn.LayerNorm`` and ``nn.GroupNorm``
+  ("norm"): ``y = x̂·γ + β``, so the per-example gradients are ``Σ g·x̂`` and ``Σ g``, with ``x̂``
+  computed from the recorded input.
+- Any other module with parameters of its own (embeddings, custom modules) that is called with one
+  tensor ("local"): its per-example gradients come from :func:`torch.func` on that module alone
+  (``vmap`` over examples of ``vjp``), from its recorded input and output cotangents.
 - Everything else (a parameter shared by several modules, a module called in another way, a
   parameter used outside its module's ``forward``): the reference engine's path, ``vmap`` of ``vjp``
-  over the whole model, for exactly those parameters.
+  over the whole model, for exactly those parameters (``.fallback``).
 
-Before the first block a check runs on two examples: for a random cotangent, the gradients this
-engine reconstructs per parameter must equal the model's ordinary gradient; any parameter that does
-not (it is used somewhere the hooks do not see) moves to the fallback path. The rows then go
+Before the first block a check runs on two examples: for a random cotangent, the per-example
+gradients this engine reconstructs for each parameter must equal the model's ordinary gradient of
+that example evaluated alone; any layer that does not (a parameter used somewhere the hooks do not
+see, a layer applied to something other than the batch, or to the examples in another order) moves
+to the fallback path. The rows then go
 through the shared block schedule (:mod:`conetool.ntk_schedule`) under the same memory budget.
 """
 
@@ -98,15 +104,6 @@ class StructuredRows:
         self.c = forward(x[:1]).reshape(1, -1).shape[1]
         self.item = next(iter(params.values())).element_size()
         self._recording = False
-        # On a CPU, convolutions (and their backward passes) in channels-last layout run about
-        # 20% faster (oneDNN); the recorded pass uses copies of the 4-D weights in that layout.
-        self._channels_last = x.device.type == "cpu" and x.dim() == 4
-        self._record_params = {
-            k: v.contiguous(memory_format=torch.channels_last)
-            if self._channels_last and v.dim() == 4
-            else v
-            for k, v in params.items()
-        }
         self.layers, self.fallback = self._classify()
         self.fixed = sum(t.numel() for t in params.values()) * self.item
         with self._hooks():
@@ -196,11 +193,9 @@ class StructuredRows:
             layer.calls = []
         self._recording = True
         self._batch = batch.shape[0]
-        if self._channels_last and batch.dim() == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
         try:
             with torch.enable_grad():
-                return self.forward(batch, self._record_params).reshape(batch.shape[0], -1)
+                return self.forward(batch).reshape(batch.shape[0], -1)
         finally:
             self._recording = False
 
@@ -401,10 +396,7 @@ class StructuredRows:
     def _measure(self, example: Tensor) -> None:
         """Bytes per example (recording, cotangents, rows) and each layer's kron/dense choice."""
         saved: dict[int, int] = {}
-        owned = {
-            t.untyped_storage().data_ptr()
-            for t in (*self.tensors.values(), *self._record_params.values())
-        }
+        owned = {t.untyped_storage().data_ptr() for t in self.tensors.values()}
 
         def pack(t: Tensor) -> Tensor:
             ptr = t.untyped_storage().data_ptr()
