@@ -1,6 +1,6 @@
 """`conetool kernels` on one process against N torchrun ranks, on the same checkpoints.
 
-    python benchmarks/bench_sharding.py                    # lenet5 on digits, 81 checkpoints, n = 512
+    python benchmarks/bench_sharding.py                    # lenet5 on digits, 81 checkpoints, n = 1024
     python benchmarks/bench_sharding.py --quick            # check that it runs (about a minute)
     python benchmarks/bench_sharding.py --ckpts runs/digits --probe-size 100 --ranks 2
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpts", type=Path, help="An existing run (default: train one).")
     parser.add_argument("--steps", type=int, default=400, help="Training steps of the run.")
     parser.add_argument("--save-every", type=int, default=5, help="Its checkpoint interval.")
-    parser.add_argument("--probe-size", type=int, default=512, help="Probe examples n.")
+    parser.add_argument("--probe-size", type=int, default=1024, help="Probe examples n.")
     parser.add_argument("--ranks", type=int, default=2, help="torchrun processes.")
     parser.add_argument("--quick", action="store_true", help="A tiny run: check that it works.")
     parser.add_argument("--keep", type=Path, help="Keep the run and stores in this folder.")

@@ -204,8 +204,8 @@ def run(
                     piece = part  # one call: the piece as it is
                 else:  # several calls: copied into one piece, one call at a time
                     if piece is None:
-                        piece = ntk_terms.empty_like(part, hi - lo)
-                    ntk_terms.write(piece, part, lo2 - lo)
+                        piece = ntk_terms.empty_like(part, hi - lo, per_unit)
+                    ntk_terms.write(piece, part, lo2 - lo, per_unit)
                 del part
                 if on_block is not None and hi2 < stop:
                     on_block(done, steps)

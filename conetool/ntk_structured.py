@@ -115,6 +115,16 @@ class StructuredRows:
         """The trainable parameters whose rows come from recorded layers (not the fallback)."""
         return [name for layer in self.layers for name in layer.names.values()]
 
+    def kron_share(self) -> float:
+        """The share of the trainable parameters (by count) contracted from factors ("kron")."""
+        total = _numel(self.params, self.params)
+        kron = sum(
+            _numel(self.params, layer.names.values())
+            for layer in self.layers
+            if layer.mode == "kron"
+        )
+        return kron / max(1, total)
+
     def modes(self) -> dict[str, str]:
         """Layer name -> how its rows are formed (``kron``, ``dense``, ``local``)."""
         return {layer.name: layer.mode for layer in self.layers}

@@ -88,12 +88,12 @@ class Kron:
 Term = Dense | Kron
 
 
-def empty_like(block: list[Term], examples: int) -> list[Term]:
-    """An uninitialized block with the terms of ``block`` and room for ``examples`` examples."""
+def empty_like(block: list[Term], examples: int, per: int) -> list[Term]:
+    """An uninitialized block with the terms of ``block`` and room for ``examples`` examples of
+    ``per`` rows each."""
     out: list[Term] = []
     for term in block:
         if isinstance(term, Dense):
-            per = term.rows // block_examples(block)
             out.append(Dense(term.mat.new_empty(examples * per, term.mat.shape[1])))
         else:
             out.append(
@@ -106,14 +106,13 @@ def empty_like(block: list[Term], examples: int) -> list[Term]:
     return out
 
 
-def write(dest: list[Term], part: list[Term], first: int) -> None:
-    """Copy the examples of ``part`` into ``dest`` from example ``first`` on."""
-    count = block_examples(part)
+def write(dest: list[Term], part: list[Term], first: int, per: int) -> None:
+    """Copy the examples of ``part`` (``per`` rows each) into ``dest`` from example ``first`` on."""
     for target, term in zip(dest, part, strict=True):
         if isinstance(term, Dense):
-            per = term.rows // count
-            target.mat[first * per : (first + count) * per] = term.mat  # type: ignore[union-attr]
+            target.mat[first * per : first * per + term.rows] = term.mat  # type: ignore[union-attr]
         else:
+            count = term.a.shape[0]
             target.a[first : first + count] = term.a  # type: ignore[union-attr]
             target.g[first : first + count] = term.g  # type: ignore[union-attr]
 

@@ -21,6 +21,7 @@ from conetool.ntk import (
 )
 
 KINDS = ("trace", "full", "sum")
+METHODS = ("jacobian", "structured")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,11 +184,12 @@ def record_plans(monkeypatch: pytest.MonkeyPatch) -> list:
 # Exactness
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(MODELS))
-def test_matches_explicit_jacobian_float64(name: str, kind: str) -> None:
+def test_matches_explicit_jacobian_float64(name: str, kind: str, method: str) -> None:
     model, x = build(name)
-    kernel = empirical_ntk(model, x, kind=kind, device="cpu")
+    kernel = empirical_ntk(model, x, kind=kind, device="cpu", method=method)
     expected = reference(model, x, kind)
     assert kernel.dtype == torch.float64
     assert kernel.shape == expected.shape
@@ -290,25 +292,26 @@ def test_symmetric_and_positive_semidefinite(kind: str) -> None:
 # The blocked schedule
 
 
-def minimum_budget(model: nn.Module, x: torch.Tensor, kind: str) -> int:
+def minimum_budget(model: nn.Module, x: torch.Tensor, kind: str, method: str = "auto") -> int:
     with pytest.raises(MemoryBudgetError) as info:
-        empirical_ntk(model, x, kind=kind, max_memory=1, device="cpu")
+        empirical_ntk(model, x, kind=kind, max_memory=1, device="cpu", method=method)
     return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_blocked_equals_unblocked(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blocked_equals_unblocked(kind: str, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = build("conv_bn", n=8)
     plans = record_plans(monkeypatch)
-    whole = empirical_ntk(model, x, kind=kind, max_memory="1GiB", device="cpu")
+    whole = empirical_ntk(model, x, kind=kind, max_memory="1GiB", device="cpu", method=method)
     assert plans[-1].panel == 8 and len(plans[-1].groups) == 1  # everything at once
-    low = minimum_budget(model, x, kind)
+    low = minimum_budget(model, x, kind, method)
     p = sum(t.numel() for t in model.parameters())
     row = (3 if kind == "full" else 1) * p * 8
     seen = set()
     for extra_rows in (1, 4, 17):
         blocked = empirical_ntk(
-            model, x, kind=kind, max_memory=low + extra_rows * row, device="cpu"
+            model, x, kind=kind, max_memory=low + extra_rows * row, device="cpu", method=method
         )
         plan = plans[-1]
         seen.add((len(plan.groups), plan.panel, plan.chunk))
@@ -323,7 +326,10 @@ def test_blocked_equals_unblocked(kind: str, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.parametrize("syrk", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
-def test_pieces_and_sub_blocks(kind: str, syrk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_pieces_and_sub_blocks(
+    kind: str, syrk: bool, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Tiny sub-blocks and vmap calls exercise, on a small problem, what large ones do: panels made
     # of several pieces (copied from several calls or taken as they are), sub-blocks within a
     # piece, and (syrk=False) the product path used off the CPU.
@@ -335,7 +341,7 @@ def test_pieces_and_sub_blocks(kind: str, syrk: bool, monkeypatch: pytest.Monkey
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 1 if syrk else 10**9)
     for activation_bytes in (1, 10**5, 10**9):
         monkeypatch.setattr(ntk_schedule, "_ACTIVATION_BYTES", activation_bytes)
-        kernel = empirical_ntk(model, x, kind=kind, device="cpu")
+        kernel = empirical_ntk(model, x, kind=kind, device="cpu", method=method)
         assert rel(kernel, expected) < 1e-10
         matrix = kernel.reshape(len(kernel) * (kernel.shape[1] if kind == "full" else 1), -1)
         assert torch.equal(matrix, matrix.T)

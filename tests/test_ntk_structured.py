@@ -779,3 +779,33 @@ def test_norm_layers_in_every_shape(kind: str, monkeypatch: pytest.MonkeyPatch) 
     assert {modes[name] for name in ("bn_flat", "bn_seq", "ln", "gn")} == {"norm"}
     assert modes["scaled"] == "local" and source.fallback == []
     assert rel(structured(model, x, kind), reference(model, x, kind)) < 1e-10
+
+
+def test_auto_follows_the_share_of_parameters_contracted_from_factors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Convolutions on a large feature map holding most of the parameters: the reference engine.
+    class ConvHeavy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(2, 16, 3, padding=1)
+            self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.conv2(torch.tanh(self.conv1(x))))
+            return self.fc(h.mean(dim=(2, 3)))
+
+    model, x = make(ConvHeavy, (2, 16, 16), n=4)
+    types = record_source_types(monkeypatch)
+    made = record_sources(monkeypatch)
+    kernel = empirical_ntk(model, x, device="cpu")
+    assert made[-1].kron_share() < ntk._AUTO_KRON_SHARE
+    assert types[-1] is ntk._JacobianRows
+    assert rel(kernel, reference(model, x, "trace")) < 1e-10
+    # A wide classifier head on the same convolutions: most parameters in a Linear layer.
+    model.fc = nn.Linear(16, 2000).double()
+    kernel = empirical_ntk(model, x, device="cpu")
+    assert made[-1].kron_share() > 0.9
+    assert issubclass(types[-1], StructuredRows)
+    assert rel(kernel, reference(model, x, "trace")) < 1e-10
