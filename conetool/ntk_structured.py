@@ -110,11 +110,6 @@ class StructuredRows:
             self._check(x[: min(self.n, 2)])
         self._measure(x[:1])
 
-    @property
-    def structured(self) -> list[str]:
-        """The trainable parameters whose rows come from recorded layers (not the fallback)."""
-        return [name for layer in self.layers for name in layer.names.values()]
-
     def kron_share(self) -> float:
         """The share of the trainable parameters (by count) contracted from factors ("kron")."""
         total = _numel(self.params, self.params)

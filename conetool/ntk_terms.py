@@ -48,10 +48,6 @@ class Dense:
     def rows(self) -> int:
         return self.mat.shape[0]
 
-    @property
-    def nbytes(self) -> int:
-        return self.mat.numel() * self.mat.element_size()
-
     def __getitem__(self, rows: slice) -> Dense:
         return Dense(self.mat[rows])
 
@@ -72,10 +68,6 @@ class Kron:
     @property
     def rows(self) -> int:
         return self.a.shape[0] * (self.g.shape[1] if self.full else 1)
-
-    @property
-    def nbytes(self) -> int:
-        return (self.a.numel() + self.g.numel()) * self.a.element_size()
 
     def __getitem__(self, rows: slice) -> Kron:
         per = self.g.shape[1] if self.full else 1
