@@ -136,23 +136,17 @@ def contract(left: list[Term], right: list[Term]) -> Tensor:
 
 
 def gram(block: list[Term]) -> Tensor:
-    """``contract(block, block)``, exactly symmetric; BLAS ``syrk`` for large dense terms on CPU."""
+    """``contract(block, block)``, exactly symmetric; BLAS ``syrk`` for wide dense terms on CPU."""
     size = rows_of(block)
     total = torch.zeros(size, size, dtype=torch.float64, device=_device(block[0]))
-    dense = [t.mat for t in block if isinstance(t, Dense)]
-    syrk = [m for m in dense if use_syrk(m)]
     for term in block:
         if isinstance(term, Dense):
-            if not use_syrk(term.mat):
-                total += (term.mat @ term.mat.T).to(torch.float64)
+            total += _self_product(term.mat).to(torch.float64)
         elif term.a.shape[1] == 1:
             _kron_gram(term, total)
         else:
             _kron_product(term, term, total)
-    total = (total + total.T) / 2
-    if syrk:
-        total += _syrk_sum(syrk)
-    return total
+    return (total + total.T) / 2
 
 
 def use_syrk(mat: Tensor) -> bool:
@@ -189,6 +183,9 @@ def _self_product(mat: Tensor) -> Tensor:
     assert blas is not None
     ssyrk, dsyrk, threads = blas
     syrk = ssyrk if mat.dtype == torch.float32 else dsyrk
+    # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core. mat is
+    # a C-contiguous (m, k) matrix, so its transpose is a Fortran (k, m) array that BLAS reads in
+    # place; trans=1 gives mat @ mat.T, upper triangle.
     with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
         upper = torch.from_numpy(syrk(1.0, mat.contiguous().numpy().T, trans=1, lower=0)).triu()
     return upper + upper.triu(1).T
@@ -245,21 +242,3 @@ def _blas() -> tuple[Callable[..., Any], Callable[..., Any], Any] | None:
     except ImportError:  # pragma: no cover - both come with scikit-learn
         return None
     return blas.ssyrk, blas.dsyrk, ThreadpoolController()
-
-
-def _syrk_sum(mats: list[Tensor]) -> Tensor:
-    """``Σ mats[t] @ mats[t]^T`` (float64, symmetric) with BLAS ``syrk``: half a product's work."""
-    blas = _blas()
-    assert blas is not None
-    ssyrk, dsyrk, threads = blas
-    size = mats[0].shape[0]
-    upper = torch.zeros(size, size, dtype=torch.float64)
-    # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core.
-    with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
-        for mat in mats:
-            syrk = ssyrk if mat.dtype == torch.float32 else dsyrk
-            # mat is a C-contiguous (m, k) matrix, so its transpose is a Fortran (k, m) array
-            # that BLAS reads in place; trans=1 gives mat @ mat.T, upper triangle.
-            product = syrk(1.0, mat.contiguous().numpy().T, trans=1, lower=0)
-            upper += torch.from_numpy(product).triu()
-    return upper + upper.triu(1).T
