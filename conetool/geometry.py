@@ -36,6 +36,7 @@ __all__ = [
     "KernelError",
     "adjacent",
     "block_size_for",
+    "check_steps",
     "distance_matrix",
     "distance_to_reference",
     "kernel_distance",
@@ -310,7 +311,8 @@ class AdjacentPair(NamedTuple):
     velocity: float
 
 
-def _check_steps(steps: Sequence[int], s: np.ndarray | None = None) -> np.ndarray:
+def check_steps(steps: Sequence[int], s: np.ndarray | None = None) -> np.ndarray:
+    """``steps`` as a strictly increasing int64 array, checked against ``s`` ``(K, K)`` if given."""
     arr = np.asarray(steps)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise GeometryError(f"steps must be a 1-D sequence of integers, got {steps!r}.")
@@ -334,7 +336,7 @@ def step_index(steps: Sequence[int], step: int) -> int:
     Raises:
         GeometryError: ``step`` is not stored; the message names the nearest stored steps.
     """
-    arr = _check_steps(steps)
+    arr = check_steps(steps)
     pos = int(np.searchsorted(arr, step))
     if pos < arr.size and arr[pos] == step:
         return pos
@@ -358,7 +360,7 @@ def distance_to_reference(s: np.ndarray, steps: Sequence[int], ref: int) -> np.n
         float64 ``(K,)``, aligned with ``steps`` (0 at ``t = ref``; steps before ``ref`` included).
     """
     s = np.asarray(s, dtype=np.float64)
-    _check_steps(steps, s)
+    check_steps(steps, s)
     return s[step_index(steps, ref)].copy()
 
 
@@ -368,7 +370,7 @@ def spacings(steps: Sequence[int], *, consecutive: bool = True) -> list[int]:
     With ``consecutive=True`` (default) only between neighbouring stored steps (the natural
     choices of ``dt`` for :func:`adjacent`); with ``False`` between any two stored steps.
     """
-    arr = _check_steps(steps)
+    arr = check_steps(steps)
     if consecutive:
         return sorted({int(d) for d in np.diff(arr)})
     diffs = arr[None, :] - arr[:, None]
@@ -386,7 +388,7 @@ def adjacent(s: np.ndarray, steps: Sequence[int], dt: int) -> list[AdjacentPair]
         raise GeometryError(f"dt must be a positive integer number of steps, got {dt}.")
     dt = int(dt)
     s = np.asarray(s, dtype=np.float64)
-    arr = _check_steps(steps, s)
+    arr = check_steps(steps, s)
     position = {int(t): i for i, t in enumerate(arr)}
     pairs = []
     for i, t in enumerate(arr):
@@ -405,7 +407,7 @@ def velocity_dt(steps: Sequence[int]) -> int | None:
     ``t + dt``; ties go to the smaller ``dt``. With checkpoints every 100 steps plus extra early
     ones (``save_at``) this is 100, not the early spacing. ``None`` with fewer than two steps.
     """
-    arr = _check_steps(steps)
+    arr = check_steps(steps)
     if arr.size < 2:
         return None
     stored = set(arr.tolist())

@@ -46,14 +46,34 @@ def distance(
         bool,
         typer.Option("--logy", help="Log distance axis on to_ref.png, log colours on matrix.png."),
     ] = False,
-    phase1_fraction: Annotated[
+    min_drop: Annotated[
         float,
         typer.Option(
-            "--phase1-fraction",
-            help="Verdict: Phase I ends once the velocity stays at or below this fraction of "
-            "its peak.",
+            "--min-drop",
+            help="Verdict: the velocity must fall by at least this factor for two phases.",
         ),
-    ] = _RULES.phase1_fraction,
+    ] = _RULES.min_drop,
+    freeze_factor: Annotated[
+        float,
+        typer.Option(
+            "--freeze-factor",
+            help="Verdict: a Phase II velocity falling by this factor means the kernel froze.",
+        ),
+    ] = _RULES.freeze_factor,
+    bounded_exponent: Annotated[
+        float,
+        typer.Option(
+            "--bounded-exponent",
+            help="Verdict: Phase II S growing like lag^a with a at most this is bounded (cone).",
+        ),
+    ] = _RULES.bounded_exponent,
+    drift_exponent: Annotated[
+        float,
+        typer.Option(
+            "--drift-exponent",
+            help="Verdict: Phase II S growing like lag^a with a at least this is drift.",
+        ),
+    ] = _RULES.drift_exponent,
     plateau_tolerance: Annotated[
         float,
         typer.Option(
@@ -64,7 +84,9 @@ def distance(
     ] = _RULES.plateau_tolerance,
     lazy_level: Annotated[
         float,
-        typer.Option("--lazy-level", help="Verdict: a distance at or below this counts as frozen."),
+        typer.Option(
+            "--lazy-level", help="Verdict: kernels no farther apart than this S count as frozen."
+        ),
     ] = _RULES.lazy_level,
     velocity_dt: Annotated[
         int | None,
@@ -74,12 +96,6 @@ def distance(
             help="Verdict: the dt of its velocity (default: the spacing that covers the run).",
         ),
     ] = None,
-    smooth_window: Annotated[
-        int,
-        typer.Option(
-            "--smooth-window", min=1, help="Verdict: running median over this many velocities."
-        ),
-    ] = _RULES.smooth_window,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
     quiet: Quiet = False,
@@ -88,7 +104,7 @@ def distance(
     """Kernel distances, velocity, the S matrix and the verdict (paper Fig. 1a, 1b).
 
     Distance to reference steps, adjacent distance and velocity, the S matrix, and a verdict:
-    Phase I then a cone, a frozen (lazy) kernel, or drift.
+    no-two-phase, lazy, cone, drift-after-phase-I or undetermined, with its evidence.
 
     Writes to_ref.csv, adjacent.csv, matrix.npz, summary.json and PNG figures to STORE/distance.
 
@@ -96,9 +112,11 @@ def distance(
     """
     with handle_errors(debug), progress_display(quiet) as progress:
         rules = VerdictRules(
-            phase1_fraction=phase1_fraction,
+            min_drop=min_drop,
             velocity_dt=velocity_dt,
-            smooth_window=smooth_window,
+            freeze_factor=freeze_factor,
+            bounded_exponent=bounded_exponent,
+            drift_exponent=drift_exponent,
             plateau_tolerance=plateau_tolerance,
             lazy_level=lazy_level,
         )
@@ -140,6 +158,9 @@ def distance(
     )
     verdict = result.verdict
     end = "" if verdict.phase1_end is None else f", Phase I ends at step {verdict.phase1_end}"
+    span = verdict.numbers.get("velocity", {}).get("phase1_range")
+    if verdict.phase1_end is not None and span and span[0] != span[1]:
+        end += f" (range {span[0]} to {span[1]})"
     console.print(f"verdict: [bold]{verdict.regime}[/bold]{end}", highlight=False)
     console.print(escape(verdict.explanation), highlight=False)
     for step, why in result.excluded.items():

@@ -170,7 +170,7 @@ def distance(
     to_ref = {ref: distance_to_reference(s, steps, ref) for ref in ref_steps}
     verdict = _read_verdict(s, steps, ref_steps if wanted else None, rules, notes)
     ref_curves = [_reference_curve(ref, to_ref[ref], steps) for ref in ref_steps]
-    used = verdict.numbers.get("velocity_dt")
+    used = verdict.numbers.get("velocity", {}).get("dt")
     dt_curves = [_adjacent_curve(dt, pairs[dt], dt == used) for dt in dt_list]
 
     root = opened.root
@@ -333,25 +333,16 @@ def _read_verdict(
     rules: VerdictRules,
     notes: list[str],
 ) -> Verdict:
-    """The phase verdict, on the user's references in Phase II when any can be judged."""
+    """The phase verdict; each of the user's references it cannot use becomes a note."""
     verdict = phase_verdict(steps, s, refs=refs, rules=rules)
-    judged = [r for r in verdict.numbers.get("references", []) if r["status"] != "skipped"]
-    if refs and verdict.numbers.get("references_from") == "user" and not judged:
-        # The user's Phase II references sit too close to the end to judge (e.g. --ref last):
-        # they still get their curves, and the verdict reads its default references.
-        tried = ", ".join(str(r["ref"]) for r in verdict.numbers["references"])
-        notes.append(
-            f"the verdict cannot judge --ref {tried} (too few stored steps after it); it "
-            "uses its default references instead"
-        )
-        verdict = phase_verdict(steps, s, rules=rules)
+    for u in verdict.numbers.get("user_references", []):
+        if not u["used"]:
+            notes.append(f"the verdict does not use --ref {u['ref']}: {u['why']}")
     return verdict
 
 
 def _rules_dict(rules: VerdictRules) -> dict[str, Any]:
-    out = asdict(rules)
-    out["reference_fractions"] = list(rules.reference_fractions)
-    return out
+    return rules.to_dict()
 
 
 # --------------------------------------------------------------------------- summaries

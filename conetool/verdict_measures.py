@@ -1,0 +1,418 @@
+"""The measurements the phase verdict rests on, as pure functions of the S matrix.
+
+Everything here takes the ``K`` stored steps (ascending) and the float64 ``(K, K)`` S matrix and
+returns small frozen dataclasses of numbers; :mod:`conetool.verdict` turns them into a regime and
+a sentence. Nothing reads files or prints.
+
+- :func:`velocity_points`: the kernel velocity ``v = S(t, t + d) / d`` of every stored pair whose
+  lag ``d`` is ``dt``, ``2 dt`` or ``3 dt`` (one curve per lag), placed at the pair's midpoint.
+- :func:`fit_phase_break`: where the velocity stops falling fast. A continuous two-segment line is
+  fitted to ``log10 v`` against step (one offset per curve, shared slopes), by least squares over
+  every candidate break; the break with the least squared error is the end of Phase I, and the
+  breaks whose error is within a profile-likelihood bound (``N ln(SSE / SSE_min) <= 3.84``, about
+  95% for one parameter) give its range.
+- :func:`velocity_drop`: how far the velocity fell: the early level (geometric mean of the two
+  largest velocities before the break) over the Phase II level (median after it).
+- :func:`lag_growth`: how S grows with the lag ``t' - t`` over every pair of Phase II steps: the
+  exponent ``a`` of ``S ~ lag^a`` fitted to the median S of log-spaced lag bins between 1/10 and
+  1/2 of Phase II's length. About 0 when the kernel moves inside a bounded region (S saturates),
+  1 for a random walk (diffusive drift), 2 for motion in a straight line.
+- :func:`velocity_trend`: the velocity's fall across Phase II, first quarter over last quarter (a
+  kernel that freezes because the loss goes to zero slows down by orders of magnitude).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from conetool.geometry import check_steps
+
+__all__ = [
+    "LagGrowth",
+    "PhaseBreak",
+    "VelocityDrop",
+    "VelocityPoints",
+    "VelocityTrend",
+    "fit_phase_break",
+    "lag_growth",
+    "velocity_drop",
+    "velocity_points",
+    "velocity_trend",
+]
+
+#: Profile-likelihood bound on ``N ln(SSE / SSE_min)`` for the range of the break (chi-square
+#: with one degree of freedom at 95%).
+PROFILE_BOUND = 3.84
+
+#: Floor on velocities before taking logs: S is rounded to about 1e-16 in float64, so an S below
+#: 1e-15 is zero to the precision it is computed with.
+_S_FLOOR = 1e-15
+_V_FLOOR = 1e-300
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class VelocityPoints:
+    """Velocities of the stored pairs ``(t, t + lag)``, flattened over the curves.
+
+    Attributes:
+        start: ``(N,)`` the pair's first step ``t``.
+        lag: ``(N,)`` its lag (``dt``, ``2 dt`` or ``3 dt``).
+        velocity: ``(N,)`` ``S(t, t + lag) / lag``.
+        dts: the lags present, ascending; ``dts[0]`` is the paper's ``dt``.
+    """
+
+    start: np.ndarray
+    lag: np.ndarray
+    velocity: np.ndarray
+    dts: tuple[int, ...]
+
+    @property
+    def middle(self) -> np.ndarray:
+        """``(N,)`` the pair's midpoint ``t + lag / 2``, where its velocity is placed."""
+        return self.start + self.lag / 2.0
+
+    def curve(self, lag: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(start, velocity)`` of one lag's pairs, ordered by ``start``."""
+        keep = self.lag == lag
+        return self.start[keep], self.velocity[keep]
+
+
+def velocity_points(
+    steps: Sequence[int], s: np.ndarray, dt: int, multiples: Sequence[int] = (1, 2, 3)
+) -> VelocityPoints:
+    """Velocities of every stored pair whose lag is ``m * dt`` for ``m`` in ``multiples``.
+
+    A lag with fewer than 3 pairs is left out; ``dt`` itself is always kept. An S below 1e-15
+    (zero to float64 precision) counts as 1e-15, so that its logarithm is finite.
+    """
+    arr = check_steps(steps, s)
+    position = {int(t): i for i, t in enumerate(arr)}
+    start, lag, velocity, dts = [], [], [], []
+    for m in multiples:
+        d = int(m * dt)
+        found = [(int(t), i, position[int(t) + d]) for i, t in enumerate(arr) if int(t) + d in position]
+        if m != multiples[0] and len(found) < 3:
+            continue
+        dts.append(d)
+        for t, i, j in found:
+            start.append(t)
+            lag.append(d)
+            velocity.append(max(float(s[i, j]), _S_FLOOR) / d)
+    return VelocityPoints(
+        np.asarray(start, dtype=np.float64),
+        np.asarray(lag, dtype=np.float64),
+        np.asarray(velocity, dtype=np.float64),
+        tuple(dts),
+    )
+
+
+@dataclass(frozen=True)
+class PhaseBreak:
+    """Where the velocity stops falling: a bend of a continuous piecewise-linear fit of
+    ``log10 v`` against step.
+
+    Attributes:
+        step: the bend that ends Phase I (velocities are placed at pair midpoints, so this is a
+            step between stored steps).
+        low, high: the range of that bend's positions within the profile-likelihood bound.
+        slope_before, slope_after: fitted slopes of ``log10 v`` on either side, per 1,000 steps.
+        bends: the fitted bends (one or two), ascending.
+        points: velocity points fitted; curves: lags fitted (one offset each).
+        rms: root-mean-square residual of the fit, in decades of velocity.
+    """
+
+    step: float
+    low: float
+    high: float
+    slope_before: float
+    slope_after: float
+    bends: tuple[float, ...]
+    points: int
+    curves: int
+    rms: float
+
+
+def _candidates(x: np.ndarray, limit: int = 80) -> np.ndarray:
+    """Candidate bends: the distinct midpoints and the points half-way between them, at least
+    two distinct midpoints from either end; at most ``limit`` of them, evenly by rank."""
+    distinct = np.unique(x)
+    grid = np.unique(np.concatenate([distinct, (distinct[:-1] + distinct[1:]) / 2.0]))
+    left = np.searchsorted(distinct, grid, side="left")
+    right = distinct.size - np.searchsorted(distinct, grid, side="right")
+    grid = grid[(left >= 2) & (right >= 2)]
+    if grid.size > limit:
+        grid = grid[np.unique(np.linspace(0, grid.size - 1, limit).round().astype(int))]
+    return grid
+
+
+def _two_bend_fits(
+    x: np.ndarray, y: np.ndarray, onehot: np.ndarray, grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least squares for every pair of bends ``grid[a] < grid[b]`` at once (normal equations).
+
+    Returns ``(a, b, sse, coef)`` flattened over the pairs: ``coef`` is ``(P, m + 3)``: one offset
+    per curve, the first slope, and the slope changes at the two bends (per 1,000 steps).
+    """
+    a, b = np.triu_indices(grid.size, k=1)
+    hinge = np.maximum(x[None, :] - grid[:, None], 0.0) / 1000.0  # (G, N)
+    base = np.hstack([onehot, x[:, None] / 1000.0])  # (N, m + 1)
+    design = np.concatenate(
+        [np.broadcast_to(base, (a.size, *base.shape)), hinge[a][:, :, None], hinge[b][:, :, None]],
+        axis=2,
+    )  # (P, N, m + 3)
+    gram = np.einsum("pni,pnj->pij", design, design)
+    rhs = np.einsum("pni,n->pi", design, y)
+    ridge = 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None, None] * np.eye(gram.shape[1])
+    coef = np.linalg.solve(gram + ridge, rhs[:, :, None])[:, :, 0]
+    resid = y[None, :] - np.einsum("pni,pi->pn", design, coef)
+    return a, b, np.einsum("pn,pn->p", resid, resid), coef
+
+
+def fit_phase_break(points: VelocityPoints) -> PhaseBreak | None:
+    """The end of Phase I from a continuous fit of ``log10 v`` with two bends.
+
+    The fit has one offset per lag curve, shared slopes, and two bends, chosen by least squares
+    over every pair of candidate bends. Two bends let the fit follow a velocity that first
+    rises or holds (a late Phase I), then falls, then levels off. Phase I ends at the first bend
+    after the steepest falling segment that leads to a segment falling at less than half that
+    rate; when there is none, the velocity is still falling at the end, and the last bend is
+    returned with a ``slope_after`` that says so. The
+    range is every position at which a fit whose fall ends there is within the
+    profile-likelihood bound. ``None`` with fewer than 6 distinct velocity positions.
+    """
+    x = points.middle
+    y = np.log10(np.maximum(points.velocity, _V_FLOOR))
+    lags = np.unique(points.lag)
+    onehot = (points.lag[:, None] == lags[None, :]).astype(np.float64)
+    grid = _candidates(x)
+    if grid.size < 2 or np.unique(x).size < 6:
+        return None
+    a, b, sse, coef = _two_bend_fits(x, y, onehot, grid)
+    m = lags.size
+    slopes = np.stack(
+        [coef[:, m], coef[:, m] + coef[:, m + 1], coef[:, m] + coef[:, m + 1] + coef[:, m + 2]],
+        axis=1,
+    )  # (P, 3) the three segments' slopes
+    steepest = np.argmin(slopes, axis=1)
+    fast = slopes <= 0.5 * np.take_along_axis(slopes, steepest[:, None], axis=1)
+    # the fall ends at the first bend after the steepest segment that leads to a segment no
+    # longer falling at half its rate or more: segment k ends at bend k (-1: still falling)
+    ends = np.where(~fast[:, 1] & (steepest == 0), 0, np.where(~fast[:, 2], 1, 2))
+    ends = np.where(steepest == 2, 2, ends)
+    stop = np.where(ends == 0, a, np.where(ends == 1, b, -1))
+    best = int(np.argmin(sse))
+    n = x.size
+    sse_min = float(sse[best])
+    floor = max(sse_min, 1e-12 * n)
+    within = (n * np.log(np.maximum(sse, floor) / floor) <= PROFILE_BOUND) & (stop >= 0)
+    which = min(int(ends[best]), 1)
+    bends = (float(grid[a[best]]), float(grid[b[best]]))
+    inside = grid[np.unique(stop[within])] if np.any(within) else np.array([bends[which]])
+    return PhaseBreak(
+        step=bends[which],
+        low=float(inside.min()),
+        high=float(inside.max()),
+        slope_before=float(slopes[best, which]),
+        slope_after=float(slopes[best, which + 1]),
+        bends=bends,
+        points=int(n),
+        curves=int(m),
+        rms=math.sqrt(sse_min / n),
+    )
+
+
+@dataclass(frozen=True)
+class VelocityDrop:
+    """How far the velocity fell across the break (the paper's ``dt`` only).
+
+    Attributes:
+        early: geometric mean of the two largest velocities before the break (the one, if one).
+        late: median velocity after the break.
+        factor: ``early / late``.
+        rebound: the largest 3-point running median after the break, over ``late``.
+        before, after: how many velocities each level rests on.
+    """
+
+    early: float
+    late: float
+    factor: float
+    rebound: float
+    before: int
+    after: int
+
+
+def velocity_drop(points: VelocityPoints, break_step: float) -> VelocityDrop | None:
+    """The drop of the ``dt`` curve's velocity across ``break_step``; ``None`` if a side is empty."""
+    dt = points.dts[0]
+    start, v = points.curve(dt)
+    middle = start + dt / 2.0
+    before = np.sort(v[middle <= break_step])[::-1]
+    after = v[middle > break_step]
+    if before.size == 0 or after.size == 0:
+        return None
+    top = before[:2]
+    early = float(np.exp(np.mean(np.log(np.maximum(top, _TINY)))))
+    late = float(np.median(after))
+    window = [float(np.median(after[max(0, i - 1) : i + 2])) for i in range(after.size)]
+    late_safe = max(late, _TINY)
+    return VelocityDrop(
+        early=early,
+        late=late,
+        factor=early / late_safe,
+        rebound=max(window) / late_safe,
+        before=int(before.size),
+        after=int(after.size),
+    )
+
+
+@dataclass(frozen=True)
+class LagGrowth:
+    """How S between Phase II steps grows with their lag.
+
+    Attributes:
+        exponent: slope of ``log S`` against ``log lag`` over the lag bins (``S ~ lag^exponent``).
+        pairs: Phase II pairs whose lag lies in the fitted range; bins: non-empty bins fitted.
+        lag_low, lag_high: the fitted range of lags (steps).
+        s_low, s_high: median S in the first and last bin.
+        s_max: the largest S between any two Phase II steps.
+    """
+
+    exponent: float
+    pairs: int
+    bins: int
+    lag_low: int
+    lag_high: int
+    s_low: float
+    s_high: float
+    s_max: float
+
+
+def lag_growth(
+    steps: Sequence[int],
+    s: np.ndarray,
+    start: int,
+    *,
+    low: float = 0.1,
+    high: float = 0.5,
+    bins: int = 6,
+) -> LagGrowth | None:
+    """Fit ``S ~ lag^a`` over the pairs of stored steps at or after ``start``.
+
+    Lags between ``low`` and ``high`` times Phase II's length ``T - start`` are put into ``bins``
+    log-spaced bins; the median S of each non-empty bin is fitted in log-log, each bin weighted
+    by the square root of its pair count. ``None`` when fewer than 3 bins hold pairs.
+    """
+    arr = check_steps(steps, s)
+    keep = arr >= start
+    t = arr[keep].astype(np.float64)
+    sub = np.asarray(s, dtype=np.float64)[np.ix_(keep, keep)]
+    if t.size < 3:
+        return None
+    length = t[-1] - t[0]
+    i, j = np.triu_indices(t.size, k=1)
+    lag = t[j] - t[i]
+    values = sub[i, j]
+    s_max = float(values.max())
+    lo, hi = low * length, high * length
+    sel = (lag >= lo) & (lag <= hi)
+    if not np.any(sel):
+        return None
+    edges = np.geomspace(max(lo, lag[sel].min()), hi, bins + 1)
+    edges[-1] = np.nextafter(edges[-1], np.inf)
+    xs, ys, ws, counts = [], [], [], 0
+    for a, b in itertools.pairwise(edges):
+        inbin = sel & (lag >= a) & (lag < b)
+        if not np.any(inbin):
+            continue
+        counts += int(inbin.sum())
+        xs.append(math.log(float(np.median(lag[inbin]))))
+        ys.append(math.log(max(float(np.median(values[inbin])), _TINY)))
+        ws.append(math.sqrt(float(inbin.sum())))
+    if len(xs) < 3:
+        return None
+    x, y, w = np.array(xs), np.array(ys), np.array(ws)
+    xm, ym = np.average(x, weights=w), np.average(y, weights=w)
+    slope = float(np.sum(w * (x - xm) * (y - ym)) / np.sum(w * (x - xm) ** 2))
+    return LagGrowth(
+        exponent=slope,
+        pairs=counts,
+        bins=len(xs),
+        lag_low=round(math.exp(xs[0])),
+        lag_high=round(math.exp(xs[-1])),
+        s_low=math.exp(ys[0]),
+        s_high=math.exp(ys[-1]),
+        s_max=s_max,
+    )
+
+
+@dataclass(frozen=True)
+class VelocityTrend:
+    """The ``dt`` velocity's fall across Phase II.
+
+    Attributes:
+        fall: median of the first quarter of Phase II's velocities over that of the last quarter
+            (above 1: slowing down).
+        points: velocities in Phase II; per_quarter: how many each quarter's median rests on.
+        head, tail: the first and last quarter's median velocity; dt: their lag.
+    """
+
+    fall: float
+    points: int
+    per_quarter: int
+    head: float
+    tail: float
+    dt: int
+
+
+def velocity_trend(
+    steps: Sequence[int],
+    s: np.ndarray,
+    start: int,
+    dt: int,
+    noise_floor: float | None = None,
+) -> VelocityTrend | None:
+    """The fall of the velocity across the pairs ``(t, t + lag)`` with ``t >= start``.
+
+    ``lag`` is ``dt``, or when the numerical noise floor of S is known, the smallest multiple of
+    ``dt`` (up to a quarter of Phase II) whose median S is at least 10 times that floor, so that
+    the trend is not read off rounding noise. ``None`` with fewer than 4 such pairs.
+    """
+    arr = check_steps(steps, s)
+    position = {int(t): i for i, t in enumerate(arr)}
+    length = int(arr[-1]) - int(start)
+    chosen: tuple[int, np.ndarray] | None = None
+    for m in range(1, max(1, length // (4 * dt)) + 1):
+        lag = m * dt
+        v = np.array(
+            [
+                float(s[i, position[int(t) + lag]]) / lag
+                for i, t in enumerate(arr)
+                if t >= start and int(t) + lag in position
+            ]
+        )
+        if v.size < 4:
+            break
+        if chosen is None or noise_floor is None or chosen[1].size == 0:
+            chosen = (lag, v)
+        if noise_floor is None or float(np.median(v)) * lag >= 10.0 * noise_floor:
+            chosen = (lag, v)
+            break
+    if chosen is None:
+        return None
+    lag, v = chosen
+    q = max(1, v.size // 4)
+    head, tail = float(np.median(v[:q])), float(np.median(v[-q:]))
+    return VelocityTrend(
+        fall=head / max(tail, _TINY),
+        points=int(v.size),
+        per_quarter=q,
+        head=head,
+        tail=tail,
+        dt=int(lag),
+    )
