@@ -14,8 +14,8 @@ a sentence. Nothing reads files or prints.
 - :func:`velocity_drop`: how far the velocity fell: the early level (geometric mean of the two
   largest velocities before the break) over the Phase II level (median after it).
 - :func:`lag_growth`: how S grows with the lag ``t' - t`` over every pair of Phase II steps: the
-  exponent ``a`` of ``S ~ lag^a`` fitted to the median S of log-spaced lag bins between 1/10 and
-  1/2 of Phase II's length. About 0 when the kernel moves inside a bounded region (S saturates),
+  exponent ``a`` of ``S ~ lag^a`` fitted to the median S of log-spaced lag bins between 1/5 and
+  3/5 of Phase II's length. About 0 when the kernel moves inside a bounded region (S saturates),
   1 for a random walk (diffusive drift), 2 for motion in a straight line.
 - :func:`velocity_trend`: the velocity's fall across Phase II, first quarter over last quarter (a
   kernel that freezes because the loss goes to zero slows down by orders of magnitude).
@@ -298,8 +298,8 @@ def lag_growth(
     s: np.ndarray,
     start: int,
     *,
-    low: float = 0.1,
-    high: float = 0.5,
+    low: float = 0.2,
+    high: float = 0.6,
     bins: int = 6,
 ) -> LagGrowth | None:
     """Fit ``S ~ lag^a`` over the pairs of stored steps at or after ``start``.

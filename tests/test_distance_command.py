@@ -22,7 +22,7 @@ from conetool.pipeline import distance, embed, kernels, matrix_cache, run_distan
 from conetool.spec import spec_from_dict
 from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
 from conetool.training import train
-from conetool.verdict import VerdictRules, phase_verdict
+from conetool.verdict import REGIMES, VerdictRules, phase_verdict
 
 runner = CliRunner()
 CONE_STEPS = list(range(0, 2001, 25))  # 81 kernels, every 25 steps
@@ -197,7 +197,7 @@ def test_outputs_match_a_float64_reference_and_the_verdict_says_cone(cone_store,
     assert summary["verdict"]["phase1_end"] == expected.phase1_end == result.verdict.phase1_end
     assert summary["refs"] == [0, 500, 2000] and summary["dts"] == [25]
     assert summary["identity"]["kind"] == "trace"
-    assert summary["rules"]["phase1_fraction"] == VerdictRules().phase1_fraction
+    assert summary["rules"]["min_drop"] == VerdictRules().min_drop
     assert summary["steps"] == {"count": 81, "first": 0, "last": 2000}
     for name in ("to_ref.png", "adjacent.png", "matrix.png"):
         assert (paths.distance_dir(root) / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -274,14 +274,14 @@ def test_default_reference_is_the_first_stored_step_when_0_is_missing(tmp_path):
 
 def test_verdict_rules_are_used_and_saved(cone_store):
     root, _ = cone_store
-    rules = VerdictRules(phase1_fraction=0.5, plateau_tolerance=0.3, lazy_level=1e-4)
+    rules = VerdictRules(min_drop=50.0, plateau_tolerance=0.3, lazy_level=1e-5)
     result = distance(root, rules=rules)
     summary = json.loads(paths.distance_summary(root).read_text())
-    assert summary["rules"]["phase1_fraction"] == 0.5
+    assert summary["rules"]["min_drop"] == 50.0
     assert summary["verdict"]["numbers"]["rules"]["plateau_tolerance"] == 0.3
-    assert result.verdict.numbers["velocity_threshold"] == pytest.approx(
-        0.5 * result.verdict.numbers["peak_velocity"]
-    )
+    # the cone run's velocity falls about 18x: under a 50x rule it has no second phase
+    assert result.verdict.numbers["velocity"]["drop_factor"] < 50
+    assert result.verdict.regime == "no-two-phase" == summary["verdict"]["regime"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -378,8 +378,8 @@ def test_kernel_of_another_shape_is_refused(uneven_store):
 
 
 def test_bad_verdict_rule_is_a_clean_error():
-    with pytest.raises(GeometryError, match="phase1_fraction=1.5"):
-        VerdictRules(phase1_fraction=1.5)
+    with pytest.raises(GeometryError, match="min_drop=0.5"):
+        VerdictRules(min_drop=0.5)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -391,10 +391,10 @@ def test_cli_prints_the_table_and_the_verdict(cone_store):
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "S(t, τ=0)" in out and "S(t, τ=2000)" in out and "S(t, t+25) *" in out
-    assert "verdict: cone, Phase I ends at step" in out and "Cone effect" in out
+    assert "verdict: cone, Phase I ends at step" in out and "Cone: in Phase II" in out
     assert "to_ref.png" in out and "summary.json" in out
     # --ref last cannot be judged (nothing after it); the verdict falls back to its defaults
-    assert "the verdict cannot judge --ref 2000" in out
+    assert "the verdict does not use --ref 2000: too few stored steps" in out
 
 
 def test_cli_verdict_options_reach_the_rules(cone_store):
@@ -404,8 +404,14 @@ def test_cli_verdict_options_reach_the_rules(cone_store):
         "--store",
         str(root),
         "-q",
-        "--phase1-fraction",
-        "0.3",
+        "--min-drop",
+        "3",
+        "--freeze-factor",
+        "7",
+        "--bounded-exponent",
+        "0.2",
+        "--drift-exponent",
+        "0.8",
         "--lazy-level",
         "0.002",
         "--plateau-tolerance",
@@ -418,10 +424,11 @@ def test_cli_verdict_options_reach_the_rules(cone_store):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rules = json.loads(paths.distance_summary(root).read_text())["rules"]
-    assert (rules["phase1_fraction"], rules["lazy_level"], rules["plateau_tolerance"]) == (
-        0.3,
-        0.002,
+    assert (rules["min_drop"], rules["lazy_level"], rules["plateau_tolerance"]) == (3, 0.002, 0.2)
+    assert (rules["freeze_factor"], rules["bounded_exponent"], rules["drift_exponent"]) == (
+        7,
         0.2,
+        0.8,
     )
     assert rules["velocity_dt"] == 50
     summary = json.loads(paths.distance_summary(root).read_text())
@@ -433,7 +440,7 @@ def test_cli_verdict_options_reach_the_rules(cone_store):
     [
         (["--ref", "12"], "nearest stored steps are 10 or 15"),
         (["--dt", "7"], "spacings between consecutive stored steps: 5, 20"),
-        (["--phase1-fraction", "2"], "phase1_fraction=2.0"),
+        (["--min-drop", "0.5"], "min_drop=0.5"),
         (["--max-memory", "lots"], "--max-memory"),
     ],
 )
@@ -494,12 +501,7 @@ def test_train_kernels_distance_embed_end_to_end(tmp_path, real_figures):
         direct = kernel_distance(opened.load_kernel(int(row["step"])), opened.load_kernel(10))
         assert float(row["ref_10"]) == pytest.approx(direct, abs=1e-12)
     summary = json.loads(paths.distance_summary(store).read_text())
-    assert summary["dts"] == [2, 10] and summary["verdict"]["regime"] in {
-        "cone",
-        "lazy",
-        "drift",
-        "undetermined",
-    }
+    assert summary["dts"] == [2, 10] and summary["verdict"]["regime"] in REGIMES
 
     embedded = embed(store, method="pca")
     assert embedded.matrix_reused and embedded.steps == steps

@@ -109,7 +109,7 @@ def run(tmp_path_factory):
     train(spec_from_dict(SPEC, source="tiny.toml"), ckpts)
     store = base / "store"
     kernels(ckpts, store=store, device="cpu")
-    distance(store, refs=[0, 4], dts=[2, 4], rules=VerdictRules(phase1_fraction=0.2), logx=True)
+    distance(store, refs=[0, 4], dts=[2, 4], rules=VerdictRules(min_drop=3.0), logx=True)
     embed(store, method="pca", dims=2, seed=3)
     switch(["0,8"], store=store, device="cpu")
     result = report(store)
@@ -221,7 +221,7 @@ def test_reproduce_commands_are_exact(run):
     assert reproduce_lines(result) == [
         f"conetool train {spec} --out {c}",
         f"conetool kernels {c} --store {s} --kind trace --dtype float32 --probe-size 6",
-        f"conetool distance --store {s} --ref 0 --ref 4 --dt 2 --dt 4 --phase1-fraction 0.2 --logx",
+        f"conetool distance --store {s} --ref 0 --ref 4 --dt 2 --dt 4 --min-drop 3.0 --logx",
         f"conetool embed --store {s} --method pca --dims 2 --seed 3",
         f"conetool switch --at 0,8 --until 16 --store {s}",
         f"conetool report --store {s}",

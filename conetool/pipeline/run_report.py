@@ -47,7 +47,7 @@ from ..report_html import (
 )
 from ..spec import spec_from_dict, spec_to_toml
 from ..store import Store
-from ..verdict import VerdictRules
+from ..verdict import REGIMES, VerdictRules
 
 __all__ = ["ReportResult", "report"]
 
@@ -55,23 +55,7 @@ __all__ = ["ReportResult", "report"]
 COLLAPSE_ROWS = 60
 
 # regime -> (a few words for the summary, one sentence for the verdict section)
-_REGIMES = {
-    "cone": (
-        "a fast Phase I, then a cone",
-        "after a fast first phase the kernel keeps moving, but inside a bounded region: the "
-        "cone effect",
-    ),
-    "lazy": ("the kernel froze", "the kernel froze and stayed frozen"),
-    "drift": (
-        "no two-phase pattern",
-        "the kernel keeps moving away to the end of the run, with no two-phase pattern, as in "
-        "the paper's Fig. 3",
-    ),
-    "undetermined": (
-        "the stored kernels do not settle it",
-        "the stored kernels do not settle the question; the explanation below says why",
-    ),
-}
+_REGIMES = REGIMES
 
 
 @dataclass(frozen=True)
@@ -441,24 +425,49 @@ class _Gathered:
             ),
             text(str(verdict.get("explanation", ""))),
         ]
+        velocity = numbers.get("velocity", {})
+        span = velocity.get("phase1_range") or ["-", "-"]
         rows = [
             ("stored steps", _g(numbers.get("stored_steps"))),
             ("steps", f"{numbers.get('first_step', '-')} to {numbers.get('last_step', '-')}"),
             ("largest distance S", _g(numbers.get("max_distance"))),
-            ("velocity dt", _g(numbers.get("velocity_dt"))),
-            ("velocity pairs", _g(numbers.get("velocity_pairs"))),
-            ("peak velocity (S per step)", _g(numbers.get("peak_velocity"))),
-            ("peak at step", _g(numbers.get("peak_step"))),
-            ("Phase I threshold (phase1_fraction × peak)", _g(numbers.get("velocity_threshold"))),
-            ("end of Phase I", _g(numbers.get("phase1_end"))),
-            ("steps in Phase II", _g(numbers.get("phase2_steps"))),
-            ("references", str(numbers.get("references_from", "-"))),
+            ("velocity dt (lags fitted)", _g(velocity.get("dt"))),
+            ("velocities fitted", _g(velocity.get("points"))),
+            ("early velocity (S per step)", _g(velocity.get("early_level"))),
+            ("Phase II velocity (S per step)", _g(velocity.get("phase2_level"))),
+            ("velocity drop", _g(velocity.get("drop_factor"))),
+            ("end of Phase I", _g(end)),
+            ("its range (profile likelihood)", f"{span[0]} to {span[1]}"),
+            ("steps in Phase II", _g(numbers.get("phase2", {}).get("steps"))),
+            ("noise floor of S", _g(numbers.get("noise_floor"))),
+            ("criteria agree", {True: "yes", False: "no"}.get(numbers.get("agree"), "-")),
         ]
         rows = [(k, v) for k, v in rows if v not in ("-", "- to -")]
         blocks.append(
             Table(("quantity", "value"), tuple(rows), (False, True), caption="Key numbers")
         )
+        criteria = numbers.get("criteria", [])
+        if criteria:
+            blocks.append(
+                Table(
+                    ("criterion", "value", "rests on", "reads", "at the noise floor"),
+                    tuple(
+                        (
+                            str(c.get("name")),
+                            _g(c.get("value")) if not isinstance(c.get("value"), dict)
+                            else ", ".join(f"{k} {v}" for k, v in c["value"].items()),
+                            str(c.get("rests_on")),
+                            str(c.get("reads")),
+                            "yes" if c.get("at_noise_floor") else "no",
+                        )
+                        for c in criteria
+                    ),
+                    (False, True, False, False, False),
+                    caption="Phase II criteria (README: How to read the verdict)",
+                )
+            )
         refs = numbers.get("references", [])
+        refs = [r for r in refs if r.get("status") != "skipped"]
         if refs:
             blocks.append(
                 Table(
@@ -893,18 +902,20 @@ class _Gathered:
         rules = s.get("rules", {})
         defaults = asdict(VerdictRules())
         flags = {
-            "phase1_fraction": "--phase1-fraction",
+            "min_drop": "--min-drop",
+            "freeze_factor": "--freeze-factor",
+            "bounded_exponent": "--bounded-exponent",
+            "drift_exponent": "--drift-exponent",
             "plateau_tolerance": "--plateau-tolerance",
             "lazy_level": "--lazy-level",
             "velocity_dt": "--velocity-dt",
-            "smooth_window": "--smooth-window",
         }
         for key, flag in flags.items():
             if key in rules and rules[key] != defaults[key]:
                 parts.append(f"{flag} {rules[key]}")
         python_only = [
             k
-            for k in ("reference_fractions", "min_steps", "min_window_points")
+            for k in ("reference_fractions", "min_steps", "min_phase2_steps", "min_window_points")
             if k in rules and _rule_value(rules[k]) != _rule_value(defaults[k])
         ]
         if python_only:
