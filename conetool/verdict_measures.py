@@ -180,9 +180,11 @@ def fit_phase_break(points: VelocityPoints) -> PhaseBreak | None:
     The fit has one offset per lag curve, shared slopes, and two bends, chosen by least squares
     over every pair of candidate bends. Two bends let the fit follow a velocity that first
     rises or holds (a late Phase I), then falls, then levels off. Phase I ends at the first bend
-    after the steepest falling segment that leads to a segment falling at less than half that
-    rate; when there is none, the velocity is still falling at the end, and the last bend is
-    returned with a ``slope_after`` that says so. The
+    that ends a fall: the segment before it falls at least half as fast as the steepest one,
+    and the segment after it less than half as fast as the one before (a later steepening, as
+    a decaying learning rate gives, is Phase II slowing down). When no bend ends a fall, the
+    velocity is still falling at the end, and the last bend is returned with a
+    ``slope_after`` that says so. The
     range is every position at which a fit whose fall ends there is within the
     profile-likelihood bound. ``None`` with fewer than 6 distinct velocity positions.
     """
@@ -199,19 +201,20 @@ def fit_phase_break(points: VelocityPoints) -> PhaseBreak | None:
         [coef[:, m], coef[:, m] + coef[:, m + 1], coef[:, m] + coef[:, m + 1] + coef[:, m + 2]],
         axis=1,
     )  # (P, 3) the three segments' slopes
-    steepest = np.argmin(slopes, axis=1)
-    fast = slopes <= 0.5 * np.take_along_axis(slopes, steepest[:, None], axis=1)
-    # the fall ends at the first bend after the steepest segment that leads to a segment no
-    # longer falling at half its rate or more: segment k ends at bend k (-1: still falling)
-    ends = np.where(~fast[:, 1] & (steepest == 0), 0, np.where(~fast[:, 2], 1, 2))
-    ends = np.where(steepest == 2, 2, ends)
-    stop = np.where(ends == 0, a, np.where(ends == 1, b, -1))
+    steepest = slopes.min(axis=1, keepdims=True)
+    # a bend ends the fall when the segment before it falls at least half as fast as the
+    # steepest one and the segment after it falls less than half as fast as the one before
+    ends_fall = (slopes[:, :2] <= 0.5 * steepest) & (steepest < 0) & (
+        slopes[:, 1:] > 0.5 * slopes[:, :2]
+    )
+    first_end = np.where(ends_fall[:, 0], 0, np.where(ends_fall[:, 1], 1, 2))
+    stop = np.where(first_end == 0, a, np.where(first_end == 1, b, -1))
     best = int(np.argmin(sse))
     n = x.size
     sse_min = float(sse[best])
     floor = max(sse_min, 1e-12 * n)
     within = (n * np.log(np.maximum(sse, floor) / floor) <= PROFILE_BOUND) & (stop >= 0)
-    which = min(int(ends[best]), 1)
+    which = min(int(first_end[best]), 1)
     bends = (float(grid[a[best]]), float(grid[b[best]]))
     inside = grid[np.unique(stop[within])] if np.any(within) else np.array([bends[which]])
     return PhaseBreak(

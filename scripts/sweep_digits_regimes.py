@@ -36,6 +36,8 @@ RECIPES: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
     "demo": ("the demo, 2,400 steps", {}),
     "long": ("the demo, 10,000 steps", {"train": {"steps": 10000, "save_every": 250}}),
     "lr0.01": ("lr 0.01", {"train": {"lr": 0.01}}),
+    "lr0.1": ("lr 0.1", {"train": {"lr": 0.1}}),
+    "lr0.15": ("lr 0.15", {"train": {"lr": 0.15}}),
     "lr0.2": ("lr 0.2", {"train": {"lr": 0.2}}),
     "lr0.5": ("lr 0.5", {"train": {"lr": 0.5}}),
     "bs16": ("batch 16", {"train": {"batch_size": 16}}),
@@ -49,6 +51,10 @@ RECIPES: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
         {"train": {"schedule": "step", "milestones": [3000, 4500], "gamma": 0.1}},
     ),
     "adam": ("Adam, lr 1e-3", {"train": {"optimizer": "adam", "lr": 1e-3, "momentum": 0.0}}),
+    "adam3e-3": (
+        "Adam, lr 3e-3",
+        {"train": {"optimizer": "adam", "lr": 3e-3, "momentum": 0.0}},
+    ),
     "mlp-narrow": ("MLP 64 (instead of LeNet-5)", {"model": {"arch": "mlp", "widths": [64]}}),
     "mlp-wide": (
         "MLP 2048 (instead of LeNet-5)",
@@ -86,14 +92,15 @@ def run(name: str, out: Path) -> dict[str, Any]:
         row["error"] = str(exc).splitlines()[0][:80]
         return row
     v = result.verdict
-    n = v.numbers
+    velocity = v.numbers.get("velocity", {})
+    criteria = {c["name"]: c["value"] for c in v.numbers.get("criteria", [])}
     row.update(
         regime=v.regime,
         phase1_end=v.phase1_end,
-        interval=n.get("phase1_interval"),
-        drop=n.get("drop_factor"),
-        exponent=n.get("lag_exponent"),
-        trend=n.get("phase2_velocity_fall"),
+        interval=velocity.get("phase1_range") if v.phase1_end is not None else None,
+        drop=velocity.get("drop_factor"),
+        exponent=criteria.get("lag growth"),
+        trend=criteria.get("velocity trend"),
         seconds=time.perf_counter() - started,
     )
     return row
@@ -115,10 +122,13 @@ def table(rows: list[dict[str, Any]]) -> str:
             continue
         interval = r.get("interval")
         where = _num(r["phase1_end"], "d")
-        if interval:
+        if interval and interval[0] != interval[1]:
             where += f" ({interval[0]}-{interval[1]})"
+        regime = f"`{r['regime']}`"
+        if r["test_acc"] < 0.2:  # ten classes: chance level
+            regime += " (training diverged)"
         lines.append(
-            f"| {r['change']} | {r['steps']} | {r['test_acc']:.3f} | `{r['regime']}` | {where} "
+            f"| {r['change']} | {r['steps']} | {r['test_acc']:.3f} | {regime} | {where} "
             f"| {_num(r['drop'], '.3g')}x | {_num(r['exponent'], '.2f')} "
             f"| {_num(r['trend'], '.2g')}x |"
         )
