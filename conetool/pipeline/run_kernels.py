@@ -214,6 +214,15 @@ def _compute_all(
     seconds: list[float] = []
     shape: tuple[int, ...] = ()
     error: tuple[ConetoolError, ConetoolError] | None = None
+    warned: list[str] = []
+
+    def warn_once(message: str) -> None:
+        """Lower-precision checkpoints: said for the first file only (a run saves them alike)."""
+        if not warned:
+            warned.append(message)
+            notes.append(message)
+            progress.log(f"warning: {message}")
+
     bar = job.bar(progress.task("kernels", total=len(plan.refs)))
     for step in unchanged:
         bar.advance_here(1, step=step)
@@ -223,7 +232,7 @@ def _compute_all(
         ref = by_step[step]
         try:
             began = time.perf_counter()
-            loaded = load_checkpoint(model, ref)
+            loaded = load_checkpoint(model, ref, warn=warn_once)
             assert loaded is not None  # load_checkpoint returns the record for a file
             if out.is_current(ref.step, loaded.fingerprint) and (
                 out.kernel_file_problem(ref.step) is None
