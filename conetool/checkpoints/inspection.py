@@ -29,7 +29,7 @@ class InspectRow:
 
     step: int | None  # None when no step could be recovered
     file: str  # path relative to the directory ("checkpoint-2000/" for Hugging Face folders)
-    size: int  # bytes, all shards together (0 when unreadable)
+    size: int  # bytes, all shards together (0 when unreadable, -1 when not a regular file)
     num_params: int | None  # elements over all tensors (parameters and buffers); None if unknown
     status: str  # "ok" | "error"
     problem: str | None = None  # the one-paragraph message when status == "error"
