@@ -8,6 +8,9 @@ function of the same name here (``conetool.train``, ``conetool.inspect``, ``cone
 __version__ = "0.1.0"
 
 # Importing torch takes seconds; Ctrl-C meanwhile ends the command line cleanly (exit 130).
+from ._startup import guard_start_up
+
+guard_start_up()
 try:
     from .errors import (
         CheckpointError,

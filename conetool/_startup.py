@@ -7,7 +7,9 @@ Imported before anything heavy; it needs only the standard library. A library us
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 MESSAGE = "interrupted while conetool was starting; nothing was written."
@@ -25,3 +27,22 @@ def exit_if_command_line() -> None:
     if is_command_line():
         print(MESSAGE, file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
+
+
+def guard_start_up() -> None:
+    """As the command line, make Ctrl-C during the imports exit 130 at once with one line.
+
+    A KeyboardInterrupt raised inside an extension module's import can surface as an unrelated
+    ImportError (numpy: "cannot load module more than once"), so it is not left to propagate.
+    Nothing is written during start-up, so exiting on the spot loses nothing. The command line's
+    ``main`` installs the handler used from then on.
+    """
+    if not is_command_line() or threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        sys.stderr.write(MESSAGE + "\n")
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+
+    signal.signal(signal.SIGINT, on_interrupt)

@@ -56,8 +56,8 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
         return StoreError(
             f"no space left on the device while writing {path} ({size}{left}). Nothing was "
             "corrupted: every file conetool writes appears whole or not at all, and what was "
-            "already written is kept. Free some space (or write to another directory) and rerun "
-            "the same command: it continues where it stopped."
+            "already written is kept. Free some space (or write to another directory) and rerun: "
+            "the rerun continues from what is there (conetool train: with --resume)."
         )
     if exc.errno in NOT_WRITABLE:
         why = "is on a read-only file system" if exc.errno == errno.EROFS else "is not writable"

@@ -209,12 +209,10 @@ class Store:
                 if found != identity:
                     clear(root)
                 else:
-                    before = json.dumps(manifest, sort_keys=True)
-                    manifest.update(header)
+                    manifest.update(header)  # written with the next kernel, not before
                     store = cls(root, manifest)
-                    store.adopt_kernel_files(save=False)
-                    if json.dumps(store.manifest, sort_keys=True) != before:
-                        store._write_manifest()  # nothing changed: nothing written
+                    if store.adopt_kernel_files(save=False):
+                        store._write_manifest()  # only a change of the index is written now
                     store._ensure_kernels_dir()
                     return store
         elif overwrite:
