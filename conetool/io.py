@@ -1,14 +1,20 @@
 """Atomic file writes: every file conetool writes appears whole or not at all.
 
 Each writer writes to a temporary name in the target's directory, flushes it to disk and renames it
-into place (``os.replace`` is atomic on POSIX and Windows within one file system).
+into place (``os.replace`` is atomic on POSIX and Windows within one file system). When the write
+fails because the file system is full, read-only or not writable by this user, the temporary file
+is removed, the file in place (if any) is untouched, and a :class:`~conetool.errors.StoreError`
+names the path (and, for a full disk, the space needed): see :func:`write_error`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,7 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
+
+from .errors import StoreError
+
+# The errors of a file system that cannot take a write: full, over quota, read-only, not ours.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _read_umask() -> int:
@@ -29,9 +42,59 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreError | None:
+    """The one-paragraph error for an ``OSError`` met while writing ``path``, or None when it is
+    not a full, read-only or forbidden file system (then it is a bug, and keeps its traceback).
+
+    ``needed`` is the size of what was being written, when known, for the full-disk message.
+    """
+    where = Path(exc.filename) if exc.filename else Path(path)
+    if exc.errno in NO_SPACE:
+        free = _free_space(where)
+        size = f"about {format_bytes(needed)} is needed" if needed else "more space is needed"
+        left = f", {format_bytes(free)} is free there" if free is not None else ""
+        return StoreError(
+            f"no space left on the device while writing {path} ({size}{left}). Nothing was "
+            "corrupted: every file conetool writes appears whole or not at all, and what was "
+            "already written is kept. Free some space (or write to another directory) and rerun: "
+            "the rerun continues from what is there (conetool train: with --resume)."
+        )
+    if exc.errno in NOT_WRITABLE:
+        why = "is on a read-only file system" if exc.errno == errno.EROFS else "is not writable"
+        return StoreError(
+            f"cannot write {path}: {where} {why} ({exc.strerror}). Nothing was changed. Make the "
+            "directory writable, or copy it somewhere writable (or choose another --store / "
+            "--out) and rerun there; commands that only read a store never write to it."
+        )
+    return None
+
+
+def _free_space(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
 @contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _atomic_path(path: Path, needed: int | None = None) -> Iterator[Path]:
+    try:
+        with _atomic_path_raw(path) as tmp:
+            yield tmp
+    except OSError as exc:
+        error = write_error(path, exc, needed)
+        if error is None:
+            raise
+        raise error from exc
+
+
+@contextmanager
+def _atomic_path_raw(path: Path) -> Iterator[Path]:
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -48,15 +111,21 @@ def _atomic_path(path: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` to fill a temporary file, then rename it to ``path``."""
-    with _atomic_path(Path(path)) as tmp:
+def atomic_write(path: Path, write: Callable[[Path], None], *, needed: int | None = None) -> None:
+    """Call ``write(tmp)`` to fill a temporary file, then rename it to ``path``.
+
+    Raises:
+        StoreError: the file system is full (``needed``: the bytes being written, for the
+            message), read-only or not writable; ``path`` is left as it was.
+    """
+    with _atomic_path(Path(path), needed) as tmp:
         write(tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), needed=len(data))
 
 
 def json_safe(value: Any) -> Any:
@@ -91,4 +160,16 @@ def atomic_save_safetensors(
 ) -> None:
     """Save ``tensors`` (made contiguous; shared storage is copied) as safetensors, atomically."""
     flat = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=dict(metadata or {})))
+    needed = sum(t.numel() * t.element_size() for t in flat.values())
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(flat, str(tmp), metadata=dict(metadata or {}))
+        except SafetensorError as exc:  # an I/O error from the Rust writer: keep its errno
+            match = re.search(r"os error (\d+)", str(exc))
+            if match is None:
+                raise
+            code = int(match.group(1))
+            raise OSError(code, os.strerror(code), str(tmp)) from exc
+
+    atomic_write(path, write, needed=needed)

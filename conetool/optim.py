@@ -98,17 +98,31 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
             f"optimizer state {path} cannot be read ({exc}). Delete it to restart momentum from "
             "zero, or restore it from the run."
         ) from exc
+    if "optimizer" not in metadata:
+        raise CheckpointError(
+            f"optimizer state {path} was not written by conetool train (its metadata has no "
+            "'optimizer' entry), so its momentum cannot be restored. Move or delete it to restart "
+            "momentum from zero, or restore the file conetool train wrote."
+        )
     if metadata.get("optimizer") != type(optimizer).__name__:
         raise CheckpointError(
             f"optimizer state {path} is for {metadata.get('optimizer')}, but the spec's optimizer "
             f"is {type(optimizer).__name__}. Use the spec the run was trained with."
         )
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = value
-    for index, values in json.loads(metadata["scalar_state"]).items():
-        state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict(
-        {"state": state, "param_groups": json.loads(metadata["param_groups"])}
-    )
+    try:
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+        for index, values in json.loads(metadata["scalar_state"]).items():
+            state.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict(
+            {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+        )
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(
+            f"optimizer state {path} was not written by conetool train ({what}), so its momentum "
+            "cannot be restored. Move or delete it to restart momentum from zero, or restore the "
+            "file conetool train wrote."
+        ) from exc

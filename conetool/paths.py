@@ -56,11 +56,18 @@ DEFAULT_STORE = "conetool-out"
 MANIFEST_NAME = "manifest.json"
 PROBE_NAME = "probe.safetensors"
 KERNELS_DIR = "kernels"
+LOCK_NAME = ".lock"
 
 
 def manifest(store: Path) -> Path:
     """The store's manifest: provenance and the per-step index of kernels."""
     return Path(store) / MANIFEST_NAME
+
+
+def lock(store: Path) -> Path:
+    """The file a writer of the store holds an exclusive OS lock on (``fcntl.flock``); it names
+    the process holding it. Released by the OS when that process ends, however it ends."""
+    return Path(store) / LOCK_NAME
 
 
 def probe(store: Path) -> Path:

@@ -16,18 +16,30 @@ Guarantees:
 * a step is recomputed only when missing or when its source checkpoint's fingerprint changed;
 * several processes may share a store (torchrun ranks, :mod:`conetool.distributed`): one owns
   ``manifest.json`` (:meth:`Store.open_for_writing`), the others :meth:`Store.join` it and write
-  kernel files only; the owner merges their records from the files (:meth:`Store.adopt_kernel_files`).
+  kernel files only; the owner merges their records from the files (:meth:`Store.adopt_kernel_files`);
+* the owner holds an exclusive OS lock (``fcntl.flock`` on ``STORE/.lock``) from
+  :meth:`Store.open_for_writing` to :meth:`Store.close`; the OS releases it when the process ends,
+  however it ends. A second writer is refused at once with a message naming the holder (it never
+  waits: a waiting ``--overwrite`` would silently replace the first run's kernels right after);
+* a damaged or deleted ``manifest.json`` is rebuilt by :meth:`Store.open_for_writing` from the
+  kernel files, each of which carries its own record (:attr:`Store.notes` says so);
+* :meth:`Store.open` never writes: a store on a read-only file system can be read.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import shutil
+import socket
+import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -35,7 +47,12 @@ from safetensors.torch import load_file
 
 from . import __version__, paths
 from .errors import StoreError
-from .io import atomic_save_safetensors, atomic_write_text
+from .io import NOT_WRITABLE, atomic_save_safetensors, atomic_write_text, write_error
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the store is then not locked (documented)
+    fcntl = None  # type: ignore[assignment]
 
 FORMAT = "conetool-store"
 FORMAT_VERSION = 1
@@ -80,6 +97,20 @@ class Store:
         self.root = Path(root)
         self.manifest = manifest
         self.owner = owner  # False: never writes manifest.json (another process owns it)
+        self.notes: list[str] = []  # what opening did that the user should hear of (a rebuild)
+        self._lock: StoreLock | None = None
+
+    def close(self) -> None:
+        """Release the writer's lock (:meth:`open_for_writing`); the store can still be read."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -88,13 +119,20 @@ class Store:
         root = Path(root)
         path = paths.manifest(root)
         if not path.is_file():
+            if _kernel_files(root):
+                raise StoreError(
+                    f"store {root} has kernel files but no {paths.MANIFEST_NAME} (deleted?). "
+                    f"Rebuild it: conetool kernels CKPTS --store {root} rebuilds the manifest "
+                    "from the kernel files (each carries its own record) and recomputes only "
+                    "what is missing."
+                )
             where = "does not exist" if not root.exists() else f"has no {paths.MANIFEST_NAME}"
             raise StoreError(
                 f"store {root} {where}. Compute kernels into it first: "
                 f"conetool kernels CKPTS --store {root}"
             )
         store = cls(root, _read_manifest(path))
-        store._adopt_orphans()
+        store.adopt_kernel_files(save=False)  # in memory only: reading never writes
         return store
 
     @classmethod
@@ -132,22 +170,55 @@ class Store:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise StoreError(f"--store {root} is a file, not a directory. Choose a directory.")
+        lock = StoreLock.acquire(root)
+        try:
+            store = cls._open_locked(root, identity, header, overwrite)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        store._lock = lock
+        if lock is not None:  # a store dropped without close() gives its lock back too
+            weakref.finalize(store, lock.release)
+        return store
+
+    @classmethod
+    def _open_locked(
+        cls, root: Path, identity: StoreIdentity, header: Mapping[str, Any], overwrite: bool
+    ) -> Store:
         path = paths.manifest(root)
+        notes: list[str] = []
         if path.is_file():
-            manifest = _read_manifest(path)
-            found = _identity(manifest)
-            if found != identity and not overwrite:
-                raise StoreError(_mixed_message(root, found, identity, len(manifest["steps"])))
-            if found != identity:
-                clear(root)
-            else:
-                manifest.update(header)
-                store = cls(root, manifest)
-                store._adopt_orphans()
-                store._write_manifest()
-                return store
+            try:
+                manifest: dict[str, Any] | None = _read_manifest(path)
+            except StoreError as exc:
+                if overwrite:
+                    manifest = None
+                    clear(root)
+                elif isinstance(exc.__cause__, Exception) and _looks_like_store(root):
+                    manifest = None  # damaged (not foreign, not newer): rebuilt below
+                    notes.append(
+                        f"{path} was damaged ({exc.__cause__}); rebuilt it from the kernel files"
+                    )
+                else:
+                    raise
+            if manifest is not None:
+                found = _identity(manifest)
+                if found != identity and not overwrite:
+                    raise StoreError(_mixed_message(root, found, identity, len(manifest["steps"])))
+                if found != identity:
+                    clear(root)
+                else:
+                    manifest.update(header)  # written with the next kernel, not before
+                    store = cls(root, manifest)
+                    if store.adopt_kernel_files(save=False):
+                        store._write_manifest()  # only a change of the index is written now
+                    store._ensure_kernels_dir()
+                    return store
         elif overwrite:
             clear(root)
+        elif _kernel_files(root):
+            notes.append(f"{path} was missing; rebuilt it from the kernel files")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -157,9 +228,36 @@ class Store:
             "steps": {},
         }
         store = cls(root, manifest)
-        (root / paths.KERNELS_DIR).mkdir(parents=True, exist_ok=True)
+        if notes:
+            adopted = store.adopt_kernel_files(save=False)
+            foreign = len(_kernel_files(root)) - len(adopted)
+            if foreign and not adopted:
+                raise StoreError(
+                    f"store {root} has no usable {paths.MANIFEST_NAME}, and its {foreign} kernel "
+                    "file(s) were made with another spec, probe set, kernel kind or dtype than "
+                    "this run; conetool never mixes them. Use another --store, or pass "
+                    "--overwrite to replace that store."
+                )
+            notes[-1] += (
+                f" ({len(adopted)} kernel(s) recovered, each from the record it carries"
+                + (f"; {foreign} other file(s) left out and recomputed" if foreign else "")
+                + ")."
+            )
+        store.notes = notes
+        store._ensure_kernels_dir()
         store._write_manifest()
         return store
+
+    def _ensure_kernels_dir(self) -> None:
+        folder = self.root / paths.KERNELS_DIR
+        if not folder.is_dir():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                error = write_error(folder, exc)
+                if error is None:
+                    raise
+                raise error from exc
 
     # ----------------------------------------------------------------- reading
     @property
@@ -189,6 +287,45 @@ class Store:
             and record.fingerprint == fingerprint
             and (self.root / record.kernel).is_file()
         )
+
+    def kernel_file_problem(self, step: int) -> str | None:
+        """Why the kernel file of ``step`` does not match its manifest record, or None when it
+        does (header only: metadata, embedded record, tensor shape; no data read)."""
+        record = self.record(step)
+        if record is None:
+            return f"step {step} is not in {paths.MANIFEST_NAME}"
+        path = self.root / record.kernel
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if "kernel" not in handle.keys():
+                    return f"kernel file {path} holds no tensor 'kernel'"
+                shape = tuple(handle.get_slice("kernel").get_shape())
+        except (OSError, SafetensorError) as exc:
+            return f"kernel file {path} cannot be read ({exc})"
+        ident = self.identity
+        expected = {
+            "step": str(step),
+            "kind": ident.kind,
+            "spec_hash": ident.spec_hash,
+            "probe_hash": ident.probe_hash,
+            "dtype": ident.dtype,
+        }
+        wrong = [
+            f"{k} {meta.get(k)!r} (store: {v!r})" for k, v in expected.items() if meta.get(k) != v
+        ]
+        try:
+            embedded = json.loads(meta.get("record", "null"))
+        except json.JSONDecodeError:
+            embedded = None
+        if embedded != asdict(record):
+            wrong.append("its embedded record differs from the manifest's")
+        size = (self.manifest.get("probe") or {}).get("size")
+        if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
+            wrong.append(f"shape {shape} (probe size {size})")
+        if wrong:
+            return f"kernel file {path} does not match the store: {'; '.join(wrong)}"
+        return None
 
     def load_kernel(self, step: int) -> torch.Tensor:
         """The stored kernel of ``step`` (shape per the manifest's layout); checked finite."""
@@ -232,10 +369,11 @@ class Store:
         if self.owner:
             self._write_manifest()
 
-    def adopt_kernel_files(self) -> list[int]:
+    def adopt_kernel_files(self, *, save: bool = True) -> list[int]:
         """Record in the manifest every kernel file of this store's identity whose embedded
         record is missing from it or differs (written by another process, or by a run killed
-        before its manifest write); save the manifest if anything changed. Returns those steps.
+        before its manifest write); with ``save`` (and as the owner) save the manifest if
+        anything changed. Returns those steps.
         """
         folder = self.root / paths.KERNELS_DIR
         if not folder.is_dir():
@@ -247,11 +385,12 @@ class Store:
                     meta = handle.metadata() or {}
             except (OSError, SafetensorError):
                 continue  # damaged: load_kernel names it; kernels recomputes it
-            same = (meta.get("spec_hash"), meta.get("probe_hash"), meta.get("kind")) == (
-                ident.spec_hash,
-                ident.probe_hash,
-                ident.kind,
-            )
+            same = (
+                meta.get("spec_hash"),
+                meta.get("probe_hash"),
+                meta.get("kind"),
+                meta.get("dtype", ident.dtype),
+            ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
             if not same or "record" not in meta or "step" not in meta:
                 continue
             try:
@@ -261,7 +400,7 @@ class Store:
             if self.manifest["steps"].get(meta["step"]) != embedded:
                 self.manifest["steps"][meta["step"]] = embedded
                 adopted.append(int(meta["step"]))
-        if adopted and self.owner:
+        if adopted and self.owner and save:
             self._write_manifest()
         return sorted(adopted)
 
@@ -274,10 +413,6 @@ class Store:
             paths.manifest(self.root), json.dumps(self.manifest, indent=2, allow_nan=False) + "\n"
         )
 
-    def _adopt_orphans(self) -> None:
-        """Record kernel files written by a run that died before updating the manifest."""
-        self.adopt_kernel_files()
-
 
 def clear(root: Path) -> None:
     """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs)."""
@@ -289,14 +424,26 @@ def clear(root: Path) -> None:
             shutil.rmtree(folder)
 
 
+def _looks_like_store(root: Path) -> bool:
+    return (Path(root) / paths.KERNELS_DIR).is_dir() or paths.probe(root).is_file()
+
+
+def _kernel_files(root: Path) -> list[Path]:
+    folder = Path(root) / paths.KERNELS_DIR
+    return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise StoreError(
             f"{path} is not a readable conetool manifest ({exc}). It is written atomically, so "
-            "it was edited or damaged by hand: restore it, or rerun conetool kernels with "
-            "--overwrite to rebuild the store."
+            "it was edited or damaged by hand. Rerun conetool kernels CKPTS --store "
+            f"{path.parent}: it rebuilds the manifest from the kernel files (each carries its "
+            "own record) and recomputes only what is missing."
         ) from exc
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("steps"), dict):
         raise StoreError(
@@ -347,3 +494,93 @@ def kernel_norm(kernel: torch.Tensor) -> float:
     if not math.isfinite(value):
         raise StoreError("kernel norm is not finite")
     return value
+
+
+class StoreLock:
+    """An exclusive ``fcntl.flock`` on ``STORE/.lock`` held by the process writing the store.
+
+    The OS drops it when the process ends, however it ends (a kill leaves no stale lock). The
+    file names the holder (pid, host, command) for the refusal message. On a read-only file
+    system no one can write, so no lock is needed: :meth:`acquire` returns None. Within one
+    process the lock is shared (counted): the library may open a store it is writing again.
+    """
+
+    _held: ClassVar[dict[str, list[Any]]] = {}  # realpath -> [fd, count], this process's locks
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self._key, self._released = path, key, False
+
+    @classmethod
+    def acquire(cls, root: Path) -> StoreLock | None:
+        """Take the lock of store ``root`` (created if need be), or raise :class:`StoreError`
+        naming the process that holds it. None where locking is impossible (read-only store,
+        no ``fcntl``)."""
+        if fcntl is None:
+            return None
+        root = Path(root)
+        path = paths.lock(root)
+        key = os.path.realpath(path)
+        if key in cls._held:
+            cls._held[key][1] += 1
+            return cls(path, key)
+        try:
+            if not root.is_dir():
+                root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if exc.errno not in NOT_WRITABLE:
+                error = write_error(path, exc)
+                if error is None:
+                    raise
+                raise error from exc
+            try:  # read-only: lock an existing file anyway (flock needs no write access)
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return None  # nothing can write this store, so there is nothing to guard
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise StoreError(
+                f"store {root} is being written by another conetool process ({holder}); it "
+                f"holds the lock {path}. conetool refuses a second writer rather than wait: two "
+                "writers would duplicate the work, and an --overwrite run would replace the "
+                "other's kernels. Wait until it ends and rerun (the rerun computes only what is "
+                "missing), or use another --store. The lock goes away with that process."
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            command = " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {command}\n".encode())
+        except OSError:
+            pass  # the lock itself is what matters; the note is for the message only
+        cls._held[key] = [fd, 1]
+        return cls(path, key)
+
+    def release(self) -> None:
+        """Give the lock back (the last holder in this process unlocks the file)."""
+        if self._released:
+            return
+        self._released = True
+        entry = self._held.get(self._key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del self._held[self._key]
+        try:
+            fcntl.flock(entry[0], fcntl.LOCK_UN)
+        finally:
+            os.close(entry[0])
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 500, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "pid unknown"

@@ -23,7 +23,7 @@ from torch import nn
 from . import __version__, paths
 from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
-from .errors import SpecError, StoreError
+from .errors import DataError, SpecError, StoreError
 from .io import atomic_save_safetensors, atomic_write_text
 from .loop import TrainingLoop
 from .models import build_model, output_check
@@ -92,12 +92,15 @@ def train(
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     progress = progress or NullProgress()
     out = Path(out)
+    dev = resolve_device(device)
+    # The whole spec is checked before anything is written: model, data and [probe] (which only
+    # conetool kernels uses, but a bad probe found after training would cost the run).
+    model, data = build_for_spec(spec)
+    _check_probe(spec, data, progress)
     start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
     if start == spec.train.steps:
         progress.log(f"{out} already holds the finished run (step {start}); nothing to train")
         return _finished(out, spec)
-    dev = resolve_device(device)
-    model, data = build_for_spec(spec)
     model.to(dev)
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
     if start:
@@ -190,6 +193,30 @@ def _write_metrics(path: Path, rows: list[dict[str, str]]) -> None:
     lines = [",".join(METRIC_COLUMNS)]
     lines += [",".join(r[k] for k in METRIC_COLUMNS) for r in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _check_probe(spec: Spec, data: DataBundle, progress: Progress) -> None:
+    """The spec's [probe] must be drawable from the data (checked at train, not after it).
+
+    A [probe] the spec states is refused when it does not fit; the default one (no [probe] in
+    the spec) only gets a warning, since ``conetool kernels --probe-size`` can still choose."""
+    from .probe import make_probe
+    from .spec import ProbeSpec
+
+    try:
+        make_probe(data, spec.probe)
+    except DataError as exc:
+        if spec.probe == ProbeSpec():
+            progress.log(
+                f"warning: {spec.source} has no [probe] table and the default one does not fit "
+                f"the data ({exc}) Add [probe] size to the spec, or pass --probe-size to "
+                "conetool kernels."
+            )
+            return
+        raise SpecError(
+            f"{spec.source}: [probe] does not fit the data: {exc} conetool kernels draws the "
+            "probe set from it, so train checks it before training."
+        ) from exc
 
 
 def _checkpoint_steps(out: Path) -> list[int]:

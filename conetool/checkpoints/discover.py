@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -366,6 +367,17 @@ def _looks_like_checkpoint(name: str) -> bool:
 def _read_headers(c: _Candidate, deep: bool) -> None:
     """Fill ``headers``/``shapes``/``size`` from the files' headers; record the first problem."""
     try:
+        for p in c.paths:
+            mode = os.stat(p).st_mode
+            if not stat.S_ISREG(mode):
+                what = "a directory" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+                c.size = -1  # no size to show: not a file
+                c.fail(
+                    f"'{p}' is not a regular file but {what}"
+                    + (f" (a link to '{os.path.realpath(p)}')" if os.path.islink(p) else "")
+                    + "; point it at the real checkpoint file or remove it (or pass --skip-bad)."
+                )
+                return
         if c.format == "safetensors":
             c.headers = tuple(read_header(p) for p in c.paths)
             c.size = sum(h.size for h in c.headers)

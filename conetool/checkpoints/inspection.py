@@ -29,7 +29,7 @@ class InspectRow:
 
     step: int | None  # None when no step could be recovered
     file: str  # path relative to the directory ("checkpoint-2000/" for Hugging Face folders)
-    size: int  # bytes, all shards together (0 when unreadable)
+    size: int  # bytes, all shards together (0 when unreadable, -1 when not a regular file)
     num_params: int | None  # elements over all tensors (parameters and buffers); None if unknown
     status: str  # "ok" | "error"
     problem: str | None = None  # the one-paragraph message when status == "error"
@@ -87,16 +87,21 @@ def inspect_checkpoints(
                 problem = describe_mismatch(
                     match, str(c.folder or c.location), type(model).__name__
                 )
+        warned: list[str] = []
         if problem is None and verify:
             try:
                 loaded = read_checkpoint(c.ref(), check_finite=True)
                 fp = loaded.fingerprint
                 count = sum(t.numel() for t in loaded.state_dict.values())
                 if model is not None:
-                    match_state_dict(model, loaded.state_dict, name=str(loaded.ref.file))
+                    match_state_dict(
+                        model, loaded.state_dict, name=str(loaded.ref.file), warn=warned.append
+                    )
             except CheckpointError as e:
                 problem = str(e)
         note = TORCH_NOTE if c.paths and c.format == "torch" else None
+        if warned:
+            note = " ".join([*([note] if note else []), *warned])
         rows.append(
             InspectRow(
                 step=c.step,

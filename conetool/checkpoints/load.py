@@ -9,7 +9,7 @@ still being written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from ._format import (
     tensors_from_buffer,
 )
 from ._keys import describe_mismatch, match_keys
-from .discover import CheckpointRef, checkpoint_ref
+from .discover import CheckpointRef, _default_warn, checkpoint_ref
 
 _FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
@@ -54,17 +54,25 @@ def _as_ref(source: CheckpointRef | str | Path) -> CheckpointRef:
         return checkpoint_ref(source, step=-1)
 
 
-def check_finite_tensors(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
-    """Raise :class:`CheckpointError` naming ``name`` and the first tensor holding NaN or Inf."""
+def check_finite_tensors(
+    state_dict: Mapping[str, torch.Tensor], name: str, step: int | None = None
+) -> None:
+    """Raise :class:`CheckpointError` naming ``name`` and the first tensor holding NaN or Inf
+    (``step``, when known, words the cause: at step 0 nothing was trained yet)."""
     for key, t in state_dict.items():
         if not (t.is_floating_point() or t.is_complex()):
             continue
         x = t.float() if t.dtype in _FLOAT8 else t
         if not bool(torch.isfinite(x).all()):
             nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            cause = (
+                "these are the initial weights, so the initialization (or the saving) went wrong"
+                if step == 0
+                else "the run had diverged by this step"
+            )
             raise CheckpointError(
                 f"'{name}' holds non-finite values in tensor '{key}' ({nan} NaN, {inf} Inf of "
-                f"{x.numel()}): the run had diverged by this step, and kernels of such weights are "
+                f"{x.numel()}): {cause}, and kernels of such weights are "
                 f"meaningless. Leave this step out (--steps) or pass --skip-bad."
             )
 
@@ -108,7 +116,7 @@ def read_checkpoint(
             )
         state.update(tensors)
     if check_finite:
-        check_finite_tensors(state, str(name))
+        check_finite_tensors(state, str(name), ref.step)
     return LoadedCheckpoint(
         state, combine_fingerprints(parts), sum(s for s, _ in parts), metadata, ref
     )
@@ -136,18 +144,64 @@ def fingerprint(source: CheckpointRef | str | Path) -> str:
     return combine_fingerprints(parts)
 
 
+def check_dtypes(
+    own: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
+    mapping: Mapping[str, str],
+    name: str,
+    warn: Callable[[str], None] | None = None,
+) -> None:
+    """Refuse a tensor whose dtype cannot hold the model's (integers or booleans for a floating
+    parameter, complex for a real one), naming the file, the key and both dtypes; warn once per
+    file (through ``warn``) about floating tensors of lower precision than the model's, which
+    load fine but were rounded when saved."""
+    lower: list[tuple[str, torch.dtype]] = []
+    for key, tensor in state_dict.items():
+        target = own.get(mapping.get(key, key))
+        if target is None or not target.is_floating_point():
+            continue
+        found, wanted = tensor.dtype, target.dtype
+        if not tensor.is_floating_point() or tensor.is_complex():
+            raise CheckpointError(
+                f"'{name}' stores tensor '{key}' as {_dtype(found)}, but the model's parameter is "
+                f"{_dtype(wanted)}: {_dtype(found)} cannot hold its values (loading would silently "
+                "round or cast them, and the kernel would be wrong). Re-save the checkpoint from "
+                "the model's state_dict() without converting it (or pass --skip-bad)."
+            )
+        if torch.finfo(found).bits < torch.finfo(wanted).bits:
+            lower.append((f"'{key}' ({_dtype(found)})", wanted))
+    if lower:
+        shown = ", ".join(k for k, _ in lower[:3])
+        more = f" and {len(lower) - 3} more" if len(lower) > 3 else ""
+        (warn or _default_warn)(
+            f"'{name}' stores {shown}{more} in lower precision than the model's "
+            f"{_dtype(lower[0][1])}; they are loaded into the model's dtype and the kernel is "
+            "computed in the model's dtype (the digits lost when saving do not come back)."
+        )
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def match_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, name: str = "the state dict"
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    name: str = "the state dict",
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``state_dict`` renamed to ``model``'s keys, ready for ``model.load_state_dict(strict=True)``.
 
     A wrapper prefix (``module.``, ``model.``, ``_orig_mod.``) is stripped only when that makes the
     keys match. BatchNorm ``num_batches_tracked`` counters missing from old checkpoints are filled
-    from the model (they do not affect eval-mode outputs).
+    from the model (they do not affect eval-mode outputs). Tensors of lower floating precision than
+    the model's are accepted with a warning through ``warn`` (default :func:`warnings.warn`).
 
     Raises:
-        CheckpointError: missing or unexpected keys (up to ten of each listed) or shape mismatches
-            (key, expected, found), naming ``name`` and the likely fix.
+        CheckpointError: missing or unexpected keys (up to ten of each listed), shape mismatches
+            (key, expected, found), or a dtype that cannot hold the parameter (key, both dtypes),
+            naming ``name`` and the likely fix.
     """
     own = model.state_dict()
     match = match_keys(
@@ -156,6 +210,7 @@ def match_state_dict(
     )
     if not match.ok:
         raise CheckpointError(describe_mismatch(match, name, type(model).__name__))
+    check_dtypes(own, state_dict, match.mapping, name, warn)
     out = {match.mapping[k]: v for k, v in state_dict.items()}
     for key in match.missing:  # only num_batches_tracked here, since match.ok
         out[key] = own[key]
@@ -167,6 +222,7 @@ def load_checkpoint(
     source: CheckpointRef | str | Path | Mapping[str, torch.Tensor],
     *,
     check_finite: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> LoadedCheckpoint | None:
     """Load a checkpoint (a ref, a path, or a state dict) into ``model``, strictly.
 
@@ -187,5 +243,5 @@ def load_checkpoint(
     else:
         loaded = read_checkpoint(source, check_finite=check_finite)
         state, name = loaded.state_dict, str(loaded.ref.file)
-    model.load_state_dict(match_state_dict(model, state, name=name), strict=True)
+    model.load_state_dict(match_state_dict(model, state, name=name, warn=warn), strict=True)
     return loaded

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +20,7 @@ from rich.markup import escape
 
 from ..distributed import PeerFailedError, Ranks
 from ..errors import ConetoolError
+from ..io import write_error
 from ..progress import NullProgress
 from .progress_display import PlainProgress, RichProgress
 
@@ -85,6 +87,18 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
         where = f"rank {ranks.rank}: " if ranks.is_distributed and not ranks.is_main else ""
         err_console.print(
             f"[bold red]error:[/] {escape(where + str(exc))}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        # A full, read-only or forbidden file system met outside conetool's own writers (which
+        # raise StoreError for it): still one paragraph naming the path. Anything else is a bug.
+        error = write_error(Path(exc.filename or "."), exc)
+        if error is None:
+            raise
+        if debug:
+            err_console.print_exception()
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -53,7 +53,7 @@ def inspect(
         table.add_row(
             "?" if row.step is None else str(row.step),
             row.file,
-            format_bytes(row.size),
+            "-" if row.size < 0 else format_bytes(row.size),
             "?" if row.num_params is None else f"{row.num_params:,}",
             status,
         )

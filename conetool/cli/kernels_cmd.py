@@ -34,7 +34,7 @@ def kernels(
     probe_size: Annotated[
         int | None,
         typer.Option(
-            "--probe-size", min=1, help="Probe examples (default: the spec's [probe] size)."
+            "--probe-size", min=1, help="Probe examples (default: the spec's \\[probe] size)."
         ),
     ] = None,
     kind: Annotated[

@@ -33,8 +33,21 @@ def switch(
         ),
     ],
     until: Annotated[
-        int | None, typer.Option("--until", min=1, help="T (default: the spec's train.steps).")
+        int | None,
+        typer.Option(
+            "--until",
+            min=1,
+            help="T (default: the spec's train.steps; a larger T needs --beyond-run).",
+        ),
     ] = None,
+    beyond_run: Annotated[
+        bool,
+        typer.Option(
+            "--beyond-run",
+            help="Allow --until beyond the spec's train.steps (the standard run ends there, so "
+            "there is no standard model at T to compare with).",
+        ),
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
     ckpts: Annotated[
         Path | None,
@@ -73,6 +86,7 @@ def switch(
             reference=reference,
             device=device,
             step_regex=step_regex,
+            beyond_run=beyond_run,
             progress=progress,
         )
     if not is_main_process():

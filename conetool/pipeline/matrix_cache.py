@@ -25,6 +25,8 @@ import hashlib
 import io
 import json
 import math
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -179,12 +181,10 @@ def _save(store: Store, matrix: KernelMatrix) -> None:
         "excluded_reasons": np.asarray([matrix.excluded[s] for s in excluded], dtype=np.str_),
     }
 
-    def write(tmp: Path) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)  # into a buffer: savez would append ".npz" to a path
-        tmp.write_bytes(buffer.getvalue())
-
-    atomic_write(paths.matrix_npz(store.root), write)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # into a buffer: savez would append ".npz" to a path
+    data = buffer.getvalue()
+    atomic_write(paths.matrix_npz(store.root), lambda tmp: tmp.write_bytes(data), needed=len(data))
 
 
 def _load_cached(store: Store, key: str, skip_bad: bool) -> KernelMatrix | None:
@@ -200,8 +200,8 @@ def _load_cached(store: Store, key: str, skip_bad: bool) -> KernelMatrix | None:
             s = np.array(data["S"], dtype=np.float64)
             excluded_steps = [int(x) for x in data["excluded"]]
             reasons = [str(x) for x in data["excluded_reasons"]]
-    except (OSError, KeyError, ValueError, EOFError):
-        return None  # damaged or foreign: recompute (and rewrite)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # damaged (truncated) or foreign: recompute (and rewrite)
     if (
         s.shape != (len(steps), len(steps))
         or not np.all(np.isfinite(s))
@@ -285,8 +285,11 @@ def _exclude(
     progress: Progress,
 ) -> None:
     if not skip_bad:
+        record = store.record(step)
+        missing = record is not None and not (store.root / record.kernel).exists()
+        fix = "Rerun" if missing else "Delete that file and rerun"
         raise StoreError(
-            f"step {step}: {reason}. Delete that file and rerun conetool kernels "
+            f"step {step}: {reason}. {fix} conetool kernels "
             f"{_checkpoints(store)} --store {store.root} to recompute it, or pass --skip-bad to "
             "leave the step out."
         )

@@ -18,7 +18,7 @@ from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint, pars
 from ..data import DataBundle, load_data
 from ..errors import ConetoolError, DataError, StoreError
 from ..models import output_check
-from ..ntk import KINDS, METHODS, empirical_ntk
+from ..ntk import KINDS, METHODS, empirical_ntk, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
 from ..progress import NullProgress, Progress
 from ..spec import Spec
@@ -135,6 +135,7 @@ def _kernels(
             kind,
             dtype,
             method,
+            max_memory,
             steps,
             every,
             step_regex,
@@ -143,13 +144,17 @@ def _kernels(
             notes,
         )
     )
-    dev = job.device
+    holder: list[Store] = []  # the store rank 0 opened (and locked), closed whatever happens
 
     def open_store() -> tuple[Store, nn.Module]:
         if job.is_main:
             out = Store.open_for_writing(
                 store, plan.identity, _header(ckpts, plan.spec, plan.probe), overwrite=overwrite
             )
+            holder.append(out)
+            for note in out.notes:
+                notes.append(note)
+                progress.log(f"note: {note}")
             _ensure_probe(out.root, plan.probe)
         else:
             out = Store.join(store)
@@ -165,13 +170,39 @@ def _kernels(
         )
         return out, model
 
-    out, model = job.agree(open_store, main_first=True)
+    try:
+        out, model = job.agree(open_store, main_first=True)
+        return _compute_all(
+            job, plan, out, model, kind, dtype, max_memory, method, skip_bad, progress, notes
+        )
+    finally:
+        for opened in holder:
+            opened.close()  # releases the store's lock
+
+
+def _compute_all(
+    job: distributed.Job,
+    plan: _Plan,
+    out: Store,
+    model: nn.Module,
+    kind: str,
+    dtype: str,
+    max_memory: int | str | None,
+    method: str,
+    skip_bad: bool,
+    progress: Progress,
+    notes: list[str],
+) -> KernelsResult:
+    dev = job.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    # Rank 0 decides what is missing (cheap: size and modification time); the ranks share it.
+    # Rank 0 decides what is missing (cheap: size and modification time, and the kernel file's
+    # header against its record); the ranks share it.
     todo = job.broadcast(
-        [ref.step for ref in plan.refs if not _unchanged(out, ref)] if job.is_main else None
+        [ref.step for ref in plan.refs if not _unchanged(out, ref, notes, progress)]
+        if job.is_main
+        else None
     )
     pending = set(todo)
     unchanged = [ref.step for ref in plan.refs if ref.step not in pending]
@@ -183,6 +214,15 @@ def _kernels(
     seconds: list[float] = []
     shape: tuple[int, ...] = ()
     error: tuple[ConetoolError, ConetoolError] | None = None
+    warned: list[str] = []
+
+    def warn_once(message: str) -> None:
+        """Lower-precision checkpoints: said for the first file only (a run saves them alike)."""
+        if not warned:
+            warned.append(message)
+            notes.append(message)
+            progress.log(f"warning: {message}")
+
     bar = job.bar(progress.task("kernels", total=len(plan.refs)))
     for step in unchanged:
         bar.advance_here(1, step=step)
@@ -192,9 +232,11 @@ def _kernels(
         ref = by_step[step]
         try:
             began = time.perf_counter()
-            loaded = load_checkpoint(model, ref)
+            loaded = load_checkpoint(model, ref, warn=warn_once)
             assert loaded is not None  # load_checkpoint returns the record for a file
-            if out.is_current(ref.step, loaded.fingerprint):
+            if out.is_current(ref.step, loaded.fingerprint) and (
+                out.kernel_file_problem(ref.step) is None
+            ):
                 skipped.append(ref.step)
                 bar.advance(1, step=ref.step)
                 continue
@@ -263,6 +305,15 @@ def _kernels(
 
     all_seconds = [t for other in shares for t in other["seconds"]]
     all_failed = {int(k): v for other in shares for k, v in other["failed"].items()}
+    done = sum(len(other["computed"]) + len(other["skipped"]) for other in shares) + len(unchanged)
+    if all_failed and not done:
+        listed = "; ".join(f"step {s}: {m}" for s, m in sorted(all_failed.items())[:3])
+        more = f" (and {len(all_failed) - 3} more)" if len(all_failed) > 3 else ""
+        raise StoreError(
+            f"every checkpoint failed ({len(all_failed)} of {len(plan.refs)}); no kernel was "
+            f"computed into {out.root}. {listed}{more}. Fix the checkpoints (or the options) "
+            "and rerun."
+        )
     found_shape = next((tuple(o["shape"]) for o in shares if o["shape"]), ())
     devices = [other["device"] for other in shares]
     return KernelsResult(
@@ -286,6 +337,7 @@ def _plan(
     kind: str,
     dtype: str,
     method: str,
+    max_memory: int | str | None,
     steps: str | None,
     every: int | None,
     step_regex: str | None,
@@ -293,7 +345,10 @@ def _plan(
     progress: Progress,
     notes: list[str],
 ) -> _Plan:
-    """Check the arguments; find the spec, the checkpoints and the probe set (on every rank)."""
+    """Check the arguments; find the spec, the checkpoints and the probe set (on every rank).
+    Nothing is written before every option is checked."""
+    if max_memory is not None:
+        parse_memory(max_memory)  # names --max-memory; before any file is touched
     if kind not in KINDS:
         raise ConetoolError(f"--kind {kind!r} is unknown. Use one of: {', '.join(KINDS)}.")
     if dtype not in DTYPES:
@@ -364,16 +419,33 @@ def _mtime_ns(ref: CheckpointRef) -> int:
     return max(p.stat().st_mtime_ns for p in ref.paths)
 
 
-def _unchanged(store: Store, ref: CheckpointRef) -> bool:
-    """Cheap check before reading the file: same size and modification time as when stored."""
+def _unchanged(
+    store: Store,
+    ref: CheckpointRef,
+    notes: list[str] | None = None,
+    progress: Progress | None = None,
+) -> bool:
+    """Cheap check before reading the file: same size and modification time as when stored, and
+    a kernel file whose header matches its manifest record (else it is recomputed, said once)."""
     record = store.record(ref.step)
     if record is None or not record.mtime_ns or not (store.root / record.kernel).is_file():
         return False
     try:
         size = sum(p.stat().st_size for p in ref.paths)
-        return size == record.size and _mtime_ns(ref) == record.mtime_ns
+        same = size == record.size and _mtime_ns(ref) == record.mtime_ns
     except OSError:
         return False
+    if not same:
+        return False
+    problem = store.kernel_file_problem(ref.step)
+    if problem is not None:
+        message = f"step {ref.step}: {problem}; recomputing it"
+        if notes is not None:
+            notes.append(message)
+        if progress is not None:
+            progress.log(f"warning: {message}")
+        return False
+    return True
 
 
 def _inner_bar(progress: Progress, step: int) -> Callable[[int, int], None]:

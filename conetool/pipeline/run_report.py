@@ -356,6 +356,12 @@ class _Gathered:
                 if end is not None
                 else "Phase I has no measured end. "
             )
+        elif len(steps) == 1:
+            parts += [
+                "No verdict: the kernel distance needs at least two kernels (",
+                code(self._kernels_command(minimal=True)),
+                " computes the others). ",
+            ]
         else:
             parts += ["No verdict yet (", code(self._distance_command_default()), " makes it). "]
         span = f"steps {steps[0]} to {steps[-1]}" if steps else "no steps yet"
@@ -392,6 +398,19 @@ class _Gathered:
             blocks.append(Items(tuple(text(note) for note in self.notes)))
         return Section("missing", "Missing parts" if self.missing else "Notes", tuple(blocks))
 
+    def _one_kernel(self, what: str) -> Text:
+        """A one-kernel store: distance and embed would fail; more kernels come first."""
+        command = self._kernels_command(minimal=True)
+        if ("second kernel", command) not in self.missing:
+            self.missing.append(("second kernel", command))
+        return text(
+            f"The store holds one kernel (step {self.steps[0]}); {what} needs at least two. "
+            "Compute more with ",
+            code(command),
+            " (it adds the checkpoints' missing steps), then run conetool distance and embed.",
+            note=True,
+        )
+
     def _absent(self, part: str, command: str, *, register: bool = True) -> Text:
         """A placeholder saying which command makes ``part``; listed under Missing parts."""
         if register and (part, command) not in self.missing:
@@ -403,6 +422,8 @@ class _Gathered:
         if not self.steps:
             command = self._kernels_command(minimal=True)
             return Section("verdict", "Verdict", (self._absent("kernels", command),))
+        if len(self.steps) == 1:
+            return Section("verdict", "Verdict", (self._one_kernel("a verdict"),))
         summary = self.distance
         if summary is None or "verdict" not in summary:
             return Section(
@@ -522,6 +543,8 @@ class _Gathered:
         title = "Kernel distance (Fig. 1a, 1b, S matrix)"
         if not self.steps:
             return Section("distance", title, (text("No kernels yet: nothing to compare."),))
+        if len(self.steps) == 1:
+            return Section("distance", title, (self._one_kernel("a kernel distance"),))
         summary = self.distance
         if summary is None:
             return Section(
@@ -623,6 +646,8 @@ class _Gathered:
         title = "Cone embedding (Fig. 1c)"
         if not self.steps:
             return Section("embed", title, (text("No kernels yet: nothing to embed."),))
+        if len(self.steps) == 1:
+            return Section("embed", title, (self._one_kernel("an embedding"),))
         summary = self.embed
         if summary is None:
             return Section(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from .. import distributed, paths
 from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints, load_checkpoint
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, write_error
 from ..linearize import LinearizedModel
 from ..loop import Row, TrainingLoop, evaluate
 from ..models import output_check
@@ -131,12 +132,16 @@ def switch(
     reference: str = "checkpoint",
     device: str | torch.device = "auto",
     step_regex: str | None = None,
+    beyond_run: bool = False,
     progress: Progress | None = None,
 ) -> SwitchResult:
     """Run the switch experiment at each step of ``at`` and write the results to ``store``.
 
     The checkpoint directory and spec come from the store's manifest (as ``conetool kernels``
     wrote it); ``ckpts`` and ``spec`` override them (and are needed when there is no store yet).
+    ``until`` (T) defaults to the spec's ``train.steps``; a T beyond it is refused unless
+    ``beyond_run`` (``--beyond-run``). Only the checkpoints the sweep needs are read: an unusable
+    file at another step is left alone.
 
     Under torchrun (:mod:`conetool.distributed`) every rank runs this function: the switch points
     still to do are dealt to the ranks (the longest continuations first, so that the work evens
@@ -160,6 +165,7 @@ def switch(
             spec=spec,
             reference=reference,
             step_regex=step_regex,
+            beyond_run=beyond_run,
             progress=(progress or NullProgress()) if job.is_main else NullProgress(),
         )
 
@@ -174,9 +180,12 @@ def _switch(
     spec: Spec | str | Path | None,
     reference: str,
     step_regex: str | None,
+    beyond_run: bool,
     progress: Progress,
 ) -> SwitchResult:
-    sweep = job.agree(lambda: _prepare(at, until, store, ckpts, spec, reference, step_regex))
+    sweep = job.agree(
+        lambda: _prepare(at, until, store, ckpts, spec, reference, step_regex, beyond_run)
+    )
     dev, T = job.device, sweep.until
 
     # With several ranks, rank 0 finds the points already done so that only the others are dealt.
@@ -200,6 +209,10 @@ def _switch(
             point = _run_point(
                 sweep.spec, sweep.refs[t], sweep.ckpts, T, sweep.data, dev, store, progress, notes
             )
+        except CheckpointError as exc:
+            error = _for_switch(exc)
+            job.fail()
+            break
         except ConetoolError as exc:
             error = exc
             job.fail()
@@ -224,18 +237,21 @@ def _switch(
         """Rank 0, once every rank is done: the standard model at T and the sweep's files."""
         if not job.is_main or failures:
             return None, []
-        ref_result = _reference(
-            sweep.spec,
-            sweep.refs,
-            sweep.ckpts,
-            T,
-            sweep.data,
-            dev,
-            store,
-            reference,
-            progress,
-            notes,
-        )
+        try:
+            ref_result = _reference(
+                sweep.spec,
+                sweep.refs,
+                sweep.ckpts,
+                T,
+                sweep.data,
+                dev,
+                store,
+                reference,
+                progress,
+                notes,
+            )
+        except CheckpointError as exc:
+            raise _for_switch(exc) from exc
         return ref_result, _write_sweep(
             store, _all_points(store, sweep.spec, T, points), ref_result, T
         )
@@ -257,6 +273,7 @@ def _prepare(
     spec: Spec | str | Path | None,
     reference: str,
     step_regex: str | None,
+    beyond_run: bool = False,
 ) -> _Sweep:
     """Check the arguments; find the checkpoints, the spec and the data (on every rank)."""
     points_at = parse_at(at)
@@ -264,6 +281,13 @@ def _prepare(
         raise ConetoolError(f"--reference {reference!r} is unknown. Use checkpoint or train.")
     ckpts_dir, spec = _locate(store, ckpts, spec)
     T = spec.train.steps if until is None else until
+    if T > spec.train.steps and not beyond_run:
+        raise ConetoolError(
+            f"--until {T} is beyond the standard run: its T is {spec.train.steps} (train.steps "
+            f"of {spec.source}), so there is no standard model at step {T} to compare with, and "
+            f"the linearized model would train {T - spec.train.steps} steps past the run. Drop "
+            f"--until (T = {spec.train.steps}), or pass --beyond-run to train to {T} anyway."
+        )
     late = [t for t in points_at if t >= T]
     if late:
         raise ConetoolError(
@@ -271,26 +295,75 @@ def _prepare(
             f"to T, so t must be smaller. Drop it or raise --until (the spec trains to "
             f"{spec.train.steps})."
         )
-    refs = {
-        ref.step: ref
-        for ref in list_checkpoints(
-            ckpts_dir, step_regex=step_regex, iterations_per_epoch=iterations_per_epoch(spec)
+    # Only the checkpoints the sweep needs matter: an unusable file elsewhere is left alone.
+    ipe = iterations_per_epoch(spec)
+    try:
+        found = list_checkpoints(
+            ckpts_dir,
+            step_regex=step_regex,
+            iterations_per_epoch=ipe,
+            skip_bad=True,
+            warn=lambda message: None,
         )
-    }
-    for t in points_at:
-        if t not in refs:
-            raise CheckpointError(
-                f"--at {t}: {ckpts_dir} has no checkpoint of step {t}. Nearest: "
-                f"{nearest_steps(sorted(refs), t)}."
+    except CheckpointError as exc:
+        raise _for_switch(exc) from exc
+    refs = {ref.step: ref for ref in found}
+    needed = points_at + ([T] if reference == "checkpoint" else [])
+    for t in needed:
+        if t in refs:
+            continue
+        try:  # the file of step t, if there is one, and why it cannot be used
+            list_checkpoints(
+                ckpts_dir, step_regex=step_regex, iterations_per_epoch=ipe, steps=(t, t)
             )
+        except CheckpointError as exc:
+            if "is selected by" not in str(exc):
+                raise _for_switch(exc) from exc
+        if t == T and t not in points_at:
+            continue  # no checkpoint at T: the figure goes without the standard line (a note)
+        raise CheckpointError(
+            f"--at {t}: {ckpts_dir} has no checkpoint of step {t}. Nearest: "
+            f"{nearest_steps(sorted(refs), t)}."
+        )
     data = load_data(spec.data)
     if len(data.test) == 0:
         raise SpecError(
             f"{spec.source}: data set '{spec.data.dataset}' has an empty test split, and the "
             "switch experiment reports test accuracy and loss. Give the data set a test split."
         )
-    paths.switch_dir(store).mkdir(parents=True, exist_ok=True)
+    folder = paths.switch_dir(store)
+    if not folder.is_dir():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = write_error(folder, exc)
+            if problem is None:
+                raise
+            raise problem from exc
     return _Sweep(points_at, ckpts_dir, spec, T, refs, data)
+
+
+def _for_switch(exc: CheckpointError) -> CheckpointError:
+    """A checkpoint error reworded for ``switch``, which has no --skip-bad or --steps: the step is
+    needed, so the advice is to fix the file or choose another switch point."""
+    text = str(exc)
+    text = re.sub(
+        r"Leave this step out \(--steps\) or pass --skip-bad\.",
+        "Fix the file, or choose another --at step.",
+        text,
+    )
+    text = re.sub(
+        r"Fix or move these files, or pass --skip-bad to skip them with a warning\.",
+        "Fix or move these files, or choose another --at step.",
+        text,
+    )
+    text = re.sub(r"\s*\((?:or )?pass --skip-bad[^)]*\)", "", text)
+    text = re.sub(r"\s*\(--skip-bad[^)]*\)", "", text)
+    text = re.sub(r",? or pass --skip-bad[^.]*\.", ".", text)
+    text = re.sub(r",? or pass --skip-bad\b", "", text)
+    if text == str(exc):
+        return exc
+    return CheckpointError(text)
 
 
 def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
@@ -306,7 +379,19 @@ def _locate(
 ) -> tuple[Path, Spec]:
     """The checkpoint directory and spec: flags first, then the store's manifest."""
     manifest_path = paths.manifest(store)
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    manifest = None
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if not isinstance(manifest, dict) or "checkpoints" not in manifest:
+                raise ValueError("not a conetool store manifest")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise StoreError(
+                f"{manifest_path} is not a readable conetool manifest ({exc}), so it cannot say "
+                "where the checkpoints are. Pass --ckpts CKPTS (and --spec SPEC), or rebuild it: "
+                f"conetool kernels CKPTS --store {store} rebuilds the manifest from the kernel "
+                "files."
+            ) from exc
     if ckpts is None:
         if manifest is None:
             raise StoreError(

@@ -1,0 +1,545 @@
+"""Fault injection on the store and the inputs (issue 17): no lost work, no silent wrong result,
+no traceback.
+
+Every fault below is met with exit code 1 (or 2, or 0 where the tool repairs it), no traceback, a
+message naming the culprit, and every byte already computed still in place. Read-only and full
+file systems are simulated with mocked ``OSError(EROFS)`` / ``OSError(ENOSPC)``; the concurrent
+writer is a real second process holding the store's lock.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import conetool.io
+from conetool import paths
+from conetool.checkpoints import check_finite_tensors, load_checkpoint
+from conetool.cli import app
+from conetool.errors import CheckpointError, SpecError, StoreError
+from conetool.pipeline import kernels
+from conetool.pipeline.resolve import model_for
+from conetool.spec import spec_from_dict
+from conetool.store import Store
+from conetool.training import train
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = {
+    "model": {"arch": "mlp", "num_classes": 3, "widths": [6], "activation": "tanh"},
+    "data": {
+        "dataset": "synthetic",
+        "shape": [4],
+        "num_classes": 3,
+        "train_size": 48,
+        "test_size": 12,
+    },
+    "probe": {"size": 6},
+    "train": {"steps": 10, "batch_size": 8, "save_every": 5, "eval_every": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory):
+    """A tiny trained run (steps 0, 5, 10) and a store with its three kernels."""
+    base = tmp_path_factory.mktemp("faults")
+    run = base / "ckpts"
+    train(spec_from_dict(SPEC, source="tiny.toml"), run)
+    kernels(run, store=base / "store", device="cpu")
+    return base
+
+
+@pytest.fixture
+def run(computed, tmp_path):
+    shutil.copytree(computed / "ckpts", tmp_path / "ckpts")
+    return tmp_path / "ckpts"
+
+
+@pytest.fixture
+def store(computed, tmp_path, run):
+    shutil.copytree(computed / "store", tmp_path / "store")
+    manifest = json.loads(paths.manifest(tmp_path / "store").read_text())
+    manifest["checkpoints"] = str(run.resolve())  # the copied run
+    paths.manifest(tmp_path / "store").write_text(json.dumps(manifest, indent=2))
+    return tmp_path / "store"
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every kernel file's bytes (what must survive every fault)."""
+    return {p.name: p.read_bytes() for p in sorted((root / paths.KERNELS_DIR).glob("*"))}
+
+
+def cli(*args: str):
+    result = runner.invoke(app, [*args])
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------------------ 1. damaged manifest
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_damaged_manifest_is_rebuilt_from_the_kernel_files(run, store, damage):
+    before = snapshot(store)
+    if damage == "truncated":
+        text = paths.manifest(store).read_text()
+        paths.manifest(store).write_text(text[: len(text) // 2])
+    else:
+        paths.manifest(store).unlink()
+    read = cli("distance", "--store", str(store), "-q")  # reading: refused, advice given
+    assert read.exit_code == 1
+    assert "manifest.json" in read.output and "rebuilds the manifest" in flat(read.output)
+    fixed = cli("kernels", str(run), "--store", str(store), "--device", "cpu")
+    assert fixed.exit_code == 0, fixed.output
+    assert "rebuilt it from the kernel files" in flat(fixed.output)
+    assert "3 kernel(s) recovered" in flat(fixed.output)
+    assert snapshot(store) == before  # adopted, not recomputed
+    assert Store.open(store).steps() == [0, 5, 10]
+
+
+def test_damaged_manifest_overwrite_advice_works(run, store):
+    paths.manifest(store).write_text("{ not json")
+    result = cli("kernels", str(run), "--store", str(store), "--overwrite", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert Store.open(store).steps() == [0, 5, 10]
+
+
+# ------------------------------------------------------------------ 2. lock, verified skips
+
+
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"pid {os.getpid()} on testhost: conetool kernels".encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_second_writer_is_refused_while_the_first_holds_the_lock(run, store):
+    before = snapshot(store)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(paths.lock(store))], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        args = ["kernels", str(run), "--store", str(store), "--device", "cpu"]
+        refused = cli(*args, "--probe-size", "4", "--overwrite")
+        assert refused.exit_code == 1
+        text = flat(refused.output)
+        assert "being written by another conetool process" in text
+        assert f"pid {holder.pid}" in text and ".lock" in text
+        assert snapshot(store) == before  # --overwrite did not clear anything
+        assert cli(*args).exit_code == 1  # a plain second run does not duplicate the work
+    finally:
+        holder.kill()  # the OS drops the lock with the process, however it ends
+        holder.wait()
+    after = cli("kernels", str(run), "--store", str(store), "--device", "cpu")
+    assert after.exit_code == 0, after.output
+    assert snapshot(store) == before
+
+
+def test_lock_is_shared_by_the_library_and_released(run, store):
+    result = kernels(run, store=store, device="cpu")  # the lock is taken and given back
+    assert result.skipped == [0, 5, 10]
+    import fcntl
+
+    fd = os.open(paths.lock(store), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+    finally:
+        os.close(fd)
+
+
+def test_a_kernel_file_of_another_probe_set_is_recomputed(run, store, tmp_path):
+    other = tmp_path / "other"
+    kernels(run, store=other, probe_size=4, device="cpu")
+    shutil.copy(paths.kernel(other, 5), paths.kernel(store, 5))  # a 4x4 kernel in a 6x6 store
+    result = kernels(run, store=store, device="cpu")
+    assert result.computed == [5] and result.skipped == [0, 10]
+    assert any("does not match the store" in w for w in result.warnings)
+    assert Store.open(store).load_kernel(5).shape == (6, 6)
+
+
+# ------------------------------------------------------------------ 3. checkpoint dtypes
+
+
+def _recast(run: Path, step: int, dtype: torch.dtype) -> Path:
+    path = paths.checkpoint(run, step)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = load_file(str(path))
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = (state[key] * 100).to(dtype)
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def test_integer_weights_are_refused(run, tmp_path):
+    path = _recast(run, 5, torch.int64)
+    result = cli("kernels", str(run), "--store", str(tmp_path / "s"), "--device", "cpu")
+    assert result.exit_code == 1
+    text = flat(result.output)
+    assert path.name in text and "int64" in text and "float32" in text and "weight" in text
+    verify = cli("inspect", str(run), "--verify")
+    assert verify.exit_code == 1 and "int64" in flat(verify.output)
+
+
+def test_lower_precision_is_accepted_with_a_warning(run, tmp_path):
+    _recast(run, 5, torch.float16)
+    result = kernels(run, store=tmp_path / "s", device="cpu")
+    assert result.computed == [0, 5, 10]
+    assert any("float16" in w and "model's dtype" in w for w in result.warnings)
+
+
+# ------------------------------------------------------------------ 4. switch --until
+
+
+def test_switch_until_beyond_the_run_needs_the_flag(run, store):
+    result = cli("switch", "--at", "0", "--until", "999999", "--store", str(store), "-q")
+    assert result.exit_code == 1
+    text = flat(result.output)
+    assert "--until 999999" in text and "T is 10" in text and "--beyond-run" in text
+    assert not paths.switch_dir(store).exists()
+
+
+# ------------------------------------------------------------------ 5. tracebacks
+
+
+def test_truncated_matrix_cache_is_recomputed(store):
+    assert cli("distance", "--store", str(store), "-q").exit_code == 0
+    npz = paths.matrix_npz(store)
+    npz.write_bytes(npz.read_bytes()[:100])
+    again = cli("distance", "--store", str(store), "-q")
+    assert again.exit_code == 0, again.output
+    assert len(npz.read_bytes()) > 100
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Make every path under the given root behave as on a read-only file system."""
+
+    def under(root: Path):
+        root = os.path.realpath(root)
+
+        def inside(path) -> bool:
+            try:
+                return os.path.realpath(os.fspath(path)).startswith(root)
+            except TypeError:
+                return False  # a file descriptor
+
+        def erofs(path):
+            raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+
+        writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        real_open, real_builtin_open = os.open, builtins.open
+
+        def fake_open(path, flags, *args, **kwargs):
+            if flags & writing and inside(path):
+                erofs(path)
+            return real_open(path, flags, *args, **kwargs)
+
+        def fake_builtin_open(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and inside(file):
+                erofs(file)
+            return real_builtin_open(file, mode, *args, **kwargs)
+
+        def guard(real):
+            def fake(path, *args, **kwargs):
+                if inside(path):
+                    erofs(path)
+                return real(path, *args, **kwargs)
+
+            return fake
+
+        monkeypatch.setattr(os, "open", fake_open)
+        monkeypatch.setattr(builtins, "open", fake_builtin_open)
+        for name in ("mkdir", "unlink", "rmdir", "replace", "rename"):
+            monkeypatch.setattr(os, name, guard(getattr(os, name)))
+
+    return under
+
+
+def test_read_only_store(run, store, read_only):
+    before, manifest = snapshot(store), paths.manifest(store).read_bytes()
+    paths.lock(store).unlink()  # as on a store copied to read-only media: no lock file
+    read_only(store)
+    nothing = cli("kernels", str(run), "--store", str(store), "--device", "cpu", "-q")
+    assert nothing.exit_code == 0, nothing.output  # nothing to compute: nothing written
+    assert Store.open(store).steps() == [0, 5, 10]
+    for args in (
+        ["distance"],
+        ["embed"],
+        ["report"],
+        ["switch", "--at", "0"],
+    ):
+        result = cli(*args, "--store", str(store), "-q")
+        assert result.exit_code == 1, (args, result.output)
+        assert "read-only" in result.output and str(store) in flat(result.output), args
+    assert snapshot(store) == before and paths.manifest(store).read_bytes() == manifest
+
+
+def test_read_only_store_with_work_to_do(run, store, read_only):
+    paths.kernel(store, 10).unlink()
+    before = snapshot(store)
+    read_only(store)
+    result = cli("kernels", str(run), "--store", str(store), "--device", "cpu", "-q")
+    assert result.exit_code == 1
+    assert "read-only" in result.output and "step_000010" in flat(result.output)
+    assert snapshot(store) == before
+
+
+def test_opening_to_read_never_writes(store, read_only):
+    record = json.loads(paths.manifest(store).read_text())
+    del record["steps"]["10"]  # a kernel file the manifest does not list yet (an orphan)
+    paths.manifest(store).write_text(json.dumps(record))
+    read_only(store)
+    assert Store.open(store).steps() == [0, 5, 10]  # adopted in memory, nothing written
+
+
+def _full_disk(monkeypatch, after: int) -> None:
+    """Let ``after`` atomic writes through, then fail each with ENOSPC halfway."""
+    real = conetool.io.os.fsync
+    calls = {"n": 0}
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(conetool.io.os, "fsync", fsync)
+
+
+def test_full_disk_during_kernels(run, store, monkeypatch):
+    paths.kernel(store, 10).unlink()
+    before = snapshot(store)
+    _full_disk(monkeypatch, after=0)
+    result = cli("kernels", str(run), "--store", str(store), "--device", "cpu", "-q")
+    assert result.exit_code == 1
+    text = flat(result.output)
+    assert "no space left" in text and "step_000010.safetensors" in text and "is needed" in text
+    assert snapshot(store) == before  # nothing half-written, no temporary left
+    monkeypatch.undo()
+    assert kernels(run, store=store, device="cpu").computed == [10]
+
+
+def test_full_disk_during_train(tmp_path, monkeypatch):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        textwrap.dedent(
+            """
+            [model]
+            arch = "mlp"
+            num_classes = 3
+            widths = [6]
+            [data]
+            dataset = "synthetic"
+            shape = [4]
+            num_classes = 3
+            train_size = 48
+            test_size = 12
+            [probe]
+            size = 6
+            [train]
+            steps = 10
+            batch_size = 8
+            save_every = 5
+            """
+        )
+    )
+    out = tmp_path / "out"
+    _full_disk(monkeypatch, after=3)  # spec, step 0 and its optimizer state get through
+    result = cli("train", str(spec), "--out", str(out), "--device", "cpu", "-q")
+    assert result.exit_code == 1
+    assert "no space left" in flat(result.output) and str(out) in flat(result.output)
+    kept = load_file(str(paths.checkpoint(out, 0)))  # whole and readable
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    done = cli("train", str(spec), "--out", str(out), "--device", "cpu", "--resume", "-q")
+    assert done.exit_code == 0, done.output
+    assert paths.checkpoint(out, 10).is_file()
+    first = load_file(str(paths.checkpoint(out, 0)))
+    assert first.keys() == kept.keys() and all(torch.equal(first[k], kept[k]) for k in first)
+
+
+def test_full_disk_during_distance(store, monkeypatch):
+    before = snapshot(store)
+    _full_disk(monkeypatch, after=0)
+    result = cli("distance", "--store", str(store), "-q")
+    assert result.exit_code == 1
+    assert "no space left" in flat(result.output) and "matrix.npz" in flat(result.output)
+    assert snapshot(store) == before and not paths.matrix_npz(store).exists()
+    monkeypatch.undo()
+    assert cli("distance", "--store", str(store), "-q").exit_code == 0
+
+
+def test_foreign_optimizer_state_is_named(run, store):
+    path = paths.optimizer_state(run, 0)
+    save_file({"x": torch.zeros(2)}, str(path), metadata={"optimizer": "SGD"})
+    result = cli("switch", "--at", "0", "--store", str(store), "-q")
+    assert result.exit_code == 1
+    assert path.name in flat(result.output) and "not written by conetool train" in result.output
+
+
+INTERRUPT_AT_IMPORT = """
+import builtins, sys
+sys.argv = ["conetool", "--help"]
+real = builtins.__import__
+def hook(name, *args, **kwargs):
+    if name == "torch":
+        raise KeyboardInterrupt
+    return real(name, *args, **kwargs)
+builtins.__import__ = hook
+from conetool.cli import main
+main()
+"""
+
+
+def test_interrupt_during_start_up():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_AT_IMPORT], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "interrupted" in done.stderr
+
+
+def test_real_ctrl_c_exits_130(run, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["kernels", str(run), "--store", str(tmp_path / "s"), "--device", "cpu"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "conetool", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.8)  # start-up: importing torch
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ 6. checks made too late
+
+
+@pytest.mark.parametrize("budget", ["lots", "0", "-1GiB"])
+def test_max_memory_checked_before_anything(run, tmp_path, budget):
+    target = tmp_path / "s"
+    result = cli("kernels", str(run), "--store", str(target), "--max-memory", budget, "--skip-bad")
+    assert result.exit_code == 1 and "--max-memory" in result.output
+    assert not target.exists()
+
+
+def test_skip_bad_exits_1_when_every_checkpoint_failed(run, tmp_path):
+    for step in (0, 5, 10):
+        _recast(run, step, torch.int64)
+    result = cli("kernels", str(run), "--store", str(tmp_path / "s"), "--skip-bad")
+    assert result.exit_code == 1 and "every checkpoint failed" in flat(result.output)
+
+
+def test_train_checks_the_probe_before_training(tmp_path):
+    spec = dict(SPEC, probe={"size": 100})  # the train split has 48 examples
+    out = tmp_path / "out"
+    with pytest.raises(SpecError, match=r"big\.toml: \[probe\].*probe\.size' = 100"):
+        train(spec_from_dict(spec, source="big.toml"), out)
+    assert not out.exists()  # refused before anything was written
+
+
+# ------------------------------------------------------------------ 7. advice that works
+
+
+def test_switch_ignores_an_unrelated_bad_checkpoint(run, store):
+    paths.checkpoint(run, 5).write_bytes(b"\x00" * 10)  # truncated, not needed by --at 0
+    ok = cli("switch", "--at", "0", "--store", str(store), "-q")
+    assert ok.exit_code == 0, ok.output
+    bad = cli("switch", "--at", "5", "--store", str(store), "-q")
+    assert bad.exit_code == 1 and "step_000005" in bad.output
+    assert "--skip-bad" not in bad.output
+
+
+def test_switch_nan_message_has_no_skip_bad(run, store):
+    path = paths.checkpoint(run, 5)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = load_file(str(path))
+    next(iter(state.values())).view(-1)[0] = float("nan")
+    save_file(state, str(path), metadata=meta)
+    result = cli("switch", "--at", "5", "--store", str(store), "-q")
+    assert result.exit_code == 1 and path.name in result.output
+    assert "--skip-bad" not in result.output and "--steps" not in result.output
+
+
+def test_nan_at_step_zero_is_not_called_divergence():
+    state = {"w": torch.tensor([float("nan")])}
+    with pytest.raises(CheckpointError) as caught:
+        check_finite_tensors(state, "step_000000.safetensors", 0)
+    assert "diverged" not in str(caught.value) and "initial" in str(caught.value)
+
+
+def test_report_on_one_kernel_store_suggests_what_works(run, tmp_path):
+    target = tmp_path / "one"
+    kernels(run, store=target, steps="0:0", device="cpu")
+    result = cli("report", "--store", str(target), "-q")
+    assert result.exit_code == 0, result.output
+    text = paths.report_md(target).read_text()
+    assert "conetool distance --store" not in text and "conetool embed --store" not in text
+    assert "needs at least two" in text and "conetool kernels" in text
+
+
+def test_missing_kernel_file_advice(store):
+    paths.kernel(store, 5).unlink()
+    result = cli("distance", "--store", str(store), "-q")
+    assert result.exit_code == 1 and "step_000005" in result.output
+    assert "Delete that file" not in flat(result.output)
+    assert "Rerun conetool kernels" in flat(result.output)
+
+
+def test_probe_size_help_keeps_its_brackets():
+    result = runner.invoke(app, ["kernels", "--help"], env={"COLUMNS": "200"})
+    assert "[probe] size" in result.output
+
+
+def test_inspect_shows_no_size_for_a_link_to_a_special_file(run):
+    folder = run / "checkpoint-300"
+    folder.mkdir()
+    (folder / "model.safetensors").symlink_to("/dev/zero")
+    result = cli("inspect", str(run))
+    assert result.exit_code == 1 and "not a regular file" in flat(result.output)
+    row = next(line for line in result.output.splitlines() if "checkpoint-300/" in line)
+    assert "0 B" not in row and "-" in row
+
+
+def test_load_checkpoint_names_key_and_dtypes(run):
+    path = _recast(run, 5, torch.int32)
+    with pytest.raises(CheckpointError, match=r"int32.*float32"):
+        load_checkpoint(model_for(spec_from_dict(SPEC)), path)
+
+
+def test_store_error_for_write_failures_names_the_path(tmp_path):
+    exc = OSError(errno.ENOSPC, "No space left on device")
+    error = conetool.io.write_error(tmp_path / "x.bin", exc, needed=2048)
+    assert isinstance(error, StoreError) and "x.bin" in str(error) and "2.0 KiB" in str(error)
