@@ -391,7 +391,8 @@ def test_cli_prints_the_table_and_the_verdict(cone_store):
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "S(t, τ=0)" in out and "S(t, τ=2000)" in out and "S(t, t+25) *" in out
-    assert "verdict: cone, Phase I ends at step" in out and "Cone: in Phase II" in out
+    assert "verdict: cone (two phases, then a cone), Phase I ends at step" in out
+    assert "Cone: in Phase II" in out
     assert "to_ref.png" in out and "summary.json" in out
     # --ref last cannot be judged (nothing after it); the verdict falls back to its defaults
     assert "the verdict does not use --ref 2000: too few stored steps" in out

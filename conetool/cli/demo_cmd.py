@@ -46,9 +46,11 @@ def demo(
         f"{sum(result.stage_seconds.values()):.1f}s",
     )
     console.print(table)
+    from ..verdict import REGIMES
+
     verdict = result.verdict
     console.print(
-        f"verdict: [bold]{verdict['regime']}[/]"
+        f"verdict: [bold]{verdict['regime']}[/] ({REGIMES[verdict['regime']][0]})"
         + (f", Phase I ends at step {verdict['phase1_end']}" if verdict.get("phase1_end") else ""),
         highlight=False,
     )

@@ -161,7 +161,10 @@ def distance(
     span = verdict.numbers.get("velocity", {}).get("phase1_range")
     if verdict.phase1_end is not None and span and span[0] != span[1]:
         end += f" (range {span[0]} to {span[1]})"
-    console.print(f"verdict: [bold]{verdict.regime}[/bold]{end}", highlight=False)
+    from ..verdict import REGIMES
+
+    short = REGIMES[verdict.regime][0]
+    console.print(f"verdict: [bold]{verdict.regime}[/bold] ({short}){end}", highlight=False)
     console.print(escape(verdict.explanation), highlight=False)
     for step, why in result.excluded.items():
         console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
