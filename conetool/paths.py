@@ -155,6 +155,33 @@ def embedding_png(store: Path) -> Path:
     return embed_dir(store) / "embedding.png"
 
 
+# ``conetool spectrum`` outputs: alignment and spectrum of each stored kernel.
+#
+#     STORE/spectrum/spectrum.csv     step, alignment, effective_rank, label_energy, trace,
+#                                     eig_1 ... eig_k
+#     STORE/spectrum/summary.json     top_k, the probe's classes, the store's identity, notes
+#     STORE/spectrum/spectrum.png     the three measures against step, Phase I's end marked
+SPECTRUM_DIR = "spectrum"
+
+
+def spectrum_dir(store: Path) -> Path:
+    """``STORE/spectrum``: the outputs of ``conetool spectrum``."""
+    return Path(store) / SPECTRUM_DIR
+
+
+def spectrum_csv(store: Path) -> Path:
+    """One row per stored step: alignment, effective rank, label energy, top eigenvalues."""
+    return spectrum_dir(store) / "spectrum.csv"
+
+
+def spectrum_summary(store: Path) -> Path:
+    return spectrum_dir(store) / "summary.json"
+
+
+def spectrum_png(store: Path) -> Path:
+    return spectrum_dir(store) / "spectrum.png"
+
+
 # ``conetool switch`` outputs.
 SWITCH_DIR = "switch"
 

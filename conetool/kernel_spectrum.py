@@ -1,0 +1,141 @@
+"""How a kernel lines up with the labels: centered alignment, spectrum, label energy.
+
+Pure numpy in float64: one kernel and the probe set's labels go in, numbers come out.
+
+Definitions (``n`` probe examples, ``c`` classes, ``Y`` the ``(n, c)`` one-hot labels,
+``C = I - 11^T / N`` the centering matrix of the ``N`` kernel rows):
+
+- the kernel as a matrix ``K``: ``(n, n)`` for the trace and sum kinds; the full kind
+  ``(n, c, n, c)`` is reshaped to ``(n c, n c)`` and its target is the flattened ``Y``
+  (``n c`` values, example-major, as the kernel);
+- **centered kernel-target alignment** (Cortes, Mohri and Rostamizadeh 2012):
+  ``A = <C K C, C T C>_F / (||C K C||_F ||C T C||_F)`` with ``T = Y Y^T`` (``y y^T`` for the full
+  kind), in ``[-1, 1]``; 1 when the centered kernel is a positive multiple of the centered label
+  kernel;
+- **spectrum**: the eigenvalues of ``K`` in descending order; the **effective rank** is
+  ``exp(-sum p_i log p_i)`` with ``p = lambda / sum(lambda)`` over the non-negative eigenvalues
+  (Roy and Vetterli 2007): ``N`` for a multiple of the identity, 1 for rank one;
+- **label energy in the top k**: the share of the centered labels' energy in the span of the top
+  ``k`` eigenvectors, ``||U_k^T C Y||_F^2 / ||C Y||_F^2``, in ``[0, 1]`` (Kopitkov and Indelman
+  2020 follow how fast it grows during training).
+
+Example::
+
+    point = spectrum_point(kernel, labels, num_classes=10, top_k=10)
+    point.alignment, point.effective_rank, point.label_energy, point.eigenvalues[:3]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SpectrumPoint", "as_matrix", "centered_alignment", "one_hot", "spectrum_point"]
+
+
+@dataclass(frozen=True)
+class SpectrumPoint:
+    """The measurements of one kernel.
+
+    Attributes:
+        alignment: centered kernel-target alignment.
+        effective_rank: ``exp`` of the entropy of the normalised eigenvalues.
+        label_energy: share of the centered labels' energy in the top ``top_k`` eigenvectors.
+        eigenvalues: ``(top_k,)`` the largest eigenvalues, descending.
+        trace: the sum of all eigenvalues (the kernel's trace).
+    """
+
+    alignment: float
+    effective_rank: float
+    label_energy: float
+    eigenvalues: np.ndarray
+    trace: float
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(n, num_classes)`` float64 one-hot rows of the integer ``labels`` ``(n,)``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.zeros((labels.size, num_classes))
+    out[np.arange(labels.size), labels] = 1.0
+    return out
+
+
+def as_matrix(kernel: np.ndarray) -> np.ndarray:
+    """The kernel as a square float64 matrix: ``(n, n)`` as it is, ``(n, c, n, c)`` reshaped to
+    ``(n c, n c)``, symmetrised (it is symmetric up to rounding)."""
+    k = np.asarray(kernel, dtype=np.float64)
+    if k.ndim == 4:
+        n, c = k.shape[0], k.shape[1]
+        k = k.reshape(n * c, n * c)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"a kernel is (n, n) or (n, c, n, c), got shape {k.shape}")
+    return (k + k.T) / 2.0
+
+
+def _target(y: np.ndarray, size: int) -> np.ndarray:
+    """``(size, m)`` label columns matching the kernel's rows: ``Y`` or the flattened ``Y``."""
+    if y.shape[0] == size:
+        return y
+    if y.size == size:
+        return y.reshape(size, 1)
+    raise ValueError(f"labels of shape {y.shape} do not match a kernel with {size} rows")
+
+
+def _center(m: np.ndarray) -> np.ndarray:
+    """``C M`` for a matrix with ``N`` rows (subtract the column means)."""
+    return m - m.mean(axis=0, keepdims=True)
+
+
+def centered_alignment(kernel: np.ndarray, y: np.ndarray) -> float:
+    """Centered alignment of ``kernel`` with ``T = y y^T``; ``y`` is ``(n, c)`` one-hot rows (or
+    already flattened for the full kind). 0 when either centered matrix is zero."""
+    k = as_matrix(kernel)
+    t = _target(np.asarray(y, dtype=np.float64), k.shape[0])
+    kc = _center(_center(k).T)  # C K C (K symmetric)
+    tc = _center(t)  # C Y; C T C = (C Y)(C Y)^T
+    inner = float(np.sum(tc * (kc @ tc)))  # <C K C, C Y Y^T C> = tr(Y^T C K C Y)
+    norm_t = float(np.linalg.norm(tc.T @ tc))  # ||C Y Y^T C||_F = ||Y^T C Y||_F
+    norm_k = float(np.linalg.norm(kc))
+    if norm_t == 0.0 or norm_k == 0.0:
+        return 0.0
+    return inner / (norm_k * norm_t)
+
+
+def spectrum_point(
+    kernel: np.ndarray, labels: np.ndarray, num_classes: int, top_k: int = 10
+) -> SpectrumPoint:
+    """Alignment, effective rank, label energy and top eigenvalues of one kernel.
+
+    Args:
+        kernel: ``(n, n)`` or ``(n, c, n, c)``.
+        labels: ``(n,)`` integer classes of the probe examples.
+        num_classes: ``c``.
+        top_k: how many eigenvalues (and eigenvectors, for the label energy) to keep.
+    """
+    k = as_matrix(kernel)
+    y = one_hot(labels, num_classes)
+    if k.shape[0] != y.shape[0]:
+        y = y.reshape(-1, 1)
+    t = _target(y, k.shape[0])
+    values, vectors = np.linalg.eigh(k)
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order], vectors[:, order]
+    top = max(1, min(int(top_k), values.size))
+    positive = np.clip(values, 0.0, None)
+    total = float(positive.sum())
+    if total > 0.0:
+        p = positive[positive > 0.0] / total
+        effective_rank = float(np.exp(-np.sum(p * np.log(p))))
+    else:
+        effective_rank = 0.0
+    tc = _center(t)
+    energy = float(np.sum(tc * tc))
+    captured = float(np.sum((vectors[:, :top].T @ tc) ** 2))
+    return SpectrumPoint(
+        alignment=centered_alignment(k, t),
+        effective_rank=effective_rank,
+        label_energy=captured / energy if energy > 0.0 else 0.0,
+        eigenvalues=values[:top].copy(),
+        trace=float(np.trace(k)),
+    )

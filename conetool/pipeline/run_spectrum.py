@@ -1,0 +1,164 @@
+"""``conetool spectrum``: how each stored kernel lines up with the probe labels, into
+``STORE/spectrum/``.
+
+Outputs (names from :mod:`conetool.paths`)::
+
+    spectrum/spectrum.csv   step, alignment, effective_rank, label_energy, trace, eig_1 ... eig_k
+    spectrum/summary.json   top_k, classes, the store's identity, the steps left out, notes
+    spectrum/spectrum.png   the three measures against step, Phase I shaded
+
+The measures are defined in :mod:`conetool.kernel_spectrum`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, paths
+from ..errors import StoreError
+from ..io import atomic_write_json
+from ..kernel_spectrum import SpectrumPoint, spectrum_point
+from ..plots import save_figure
+from ..plots_spectrum import spectrum_figure
+from ..probe import load_probe
+from ..progress import NullProgress, Progress
+from ..store import Store
+from .matrix_cache import csv_number, require_kernels, write_csv
+
+__all__ = ["SpectrumResult", "spectrum"]
+
+
+@dataclass(frozen=True, eq=False)
+class SpectrumResult:
+    """What :func:`spectrum` computed and wrote.
+
+    Attributes:
+        store: the store directory.
+        steps: the ``K`` steps measured, ascending.
+        points: one :class:`conetool.kernel_spectrum.SpectrumPoint` per step.
+        top_k: eigenvalues kept per step.
+        phase1_end: Phase I's end from ``distance/summary.json`` (``None`` before ``distance``).
+        excluded: steps left out with ``skip_bad`` -> why.
+        files: every file written.
+    """
+
+    store: Path
+    steps: list[int]
+    points: list[SpectrumPoint]
+    top_k: int
+    phase1_end: int | None
+    excluded: dict[int, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def spectrum(
+    store: str | Path = paths.DEFAULT_STORE,
+    *,
+    top_k: int = 10,
+    logx: bool = False,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+) -> SpectrumResult:
+    """Alignment with the labels, effective rank, label energy and top eigenvalues of every
+    stored kernel (float64 eigendecomposition of the ``(n, n)`` kernel, ``(n c, n c)`` for the
+    full kind).
+
+    Example::
+
+        r = conetool.spectrum("conetool-out", top_k=10)
+        [p.alignment for p in r.points]          # one per stored step, in step order
+    """
+    if int(top_k) < 1:
+        raise StoreError(f"--top-k {top_k}: pass a positive number of eigenvalues, e.g. 10.")
+    progress = progress or NullProgress()
+    opened = Store.open(store)
+    steps = opened.steps()
+    require_kernels(opened, steps)
+    probe = load_probe(paths.probe(opened.root))
+    labels = probe.labels.numpy()
+    classes = _classes(opened, labels)
+    kept, points, excluded = [], [], {}
+    task = progress.task("spectrum", total=len(steps))
+    for step in steps:
+        try:
+            kernel = opened.load_kernel(step).numpy()
+            if not np.all(np.isfinite(kernel)):
+                raise StoreError(f"the kernel of step {step} holds NaN or inf")
+        except StoreError as exc:
+            if not skip_bad:
+                raise
+            excluded[step] = str(exc).splitlines()[0]
+            progress.log(f"warning: step {step} left out: {excluded[step]}")
+            task.advance()
+            continue
+        points.append(spectrum_point(kernel, labels, classes, top_k))
+        kept.append(step)
+        task.advance(step=step)
+    task.close()
+    if not points:
+        raise StoreError(f"no kernel of {opened.root} could be read; see the warnings above.")
+    root = opened.root
+    k = min(int(top_k), points[0].eigenvalues.size)
+    header = ["step", "alignment", "effective_rank", "label_energy", "trace"]
+    header += [f"eig_{i + 1}" for i in range(k)]
+    rows = [
+        [
+            step,
+            csv_number(p.alignment),
+            csv_number(p.effective_rank),
+            csv_number(p.label_energy),
+            csv_number(p.trace),
+            *(csv_number(v) for v in p.eigenvalues[:k]),
+        ]
+        for step, p in zip(kept, points, strict=True)
+    ]
+    files = [write_csv(paths.spectrum_csv(root), header, rows)]
+    end = _phase1_end(root)
+    figure = spectrum_figure(
+        kept,
+        [p.alignment for p in points],
+        [p.effective_rank for p in points],
+        [p.label_energy for p in points],
+        top_k=k,
+        phase1_end=end,
+        logx=logx,
+    )
+    files.append(save_figure(figure, paths.spectrum_png(root)))
+    summary = {
+        "command": "spectrum",
+        "conetool_version": __version__,
+        "store": str(root),
+        "identity": asdict(opened.identity),
+        "top_k": k,
+        "classes": classes,
+        "probe_size": int(labels.size),
+        "steps": {"count": len(kept), "first": kept[0], "last": kept[-1]},
+        "phase1_end": end,
+        "excluded": {str(s): why for s, why in sorted(excluded.items())},
+        "definitions": "README: conetool spectrum",
+    }
+    atomic_write_json(paths.spectrum_summary(root), summary)
+    files.append(paths.spectrum_summary(root))
+    return SpectrumResult(root, kept, points, k, end, excluded, files)
+
+
+def _classes(store: Store, labels: np.ndarray) -> int:
+    """The number of classes: the spec's ``num_classes``, else one more than the largest label."""
+    spec_classes = (store.manifest.get("spec") or {}).get("model", {}).get("num_classes")
+    if isinstance(spec_classes, int) and spec_classes > int(labels.max(initial=0)):
+        return spec_classes
+    return int(labels.max(initial=0)) + 1
+
+
+def _phase1_end(root: Path) -> int | None:
+    """Phase I's end from ``conetool distance``'s verdict, when it has run."""
+    try:
+        summary = json.loads(paths.distance_summary(root).read_text())
+    except (OSError, ValueError):
+        return None
+    value = summary.get("verdict", {}).get("phase1_end")
+    return int(value) if isinstance(value, int | float) else None

@@ -1,0 +1,46 @@
+"""The figure of ``conetool spectrum``: alignment, effective rank and label energy against step.
+
+Built like :mod:`conetool.plots` (object-oriented matplotlib, returned, saved by the pipeline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from conetool.plots import _figure, _set_logx, _shade_phase1, _style
+
+__all__ = ["spectrum_figure"]
+
+
+def spectrum_figure(
+    steps: Sequence[int],
+    alignment: Sequence[float],
+    effective_rank: Sequence[float],
+    label_energy: Sequence[float],
+    *,
+    top_k: int,
+    phase1_end: int | None = None,
+    logx: bool = False,
+) -> Figure:
+    """Three panels against step: centered kernel-target alignment, effective rank, and the share
+    of the labels' energy in the top ``top_k`` eigenvectors; Phase I shaded when known."""
+    t = np.asarray(steps, dtype=np.float64)
+    fig = _figure(ncols=3, size=(4.2, 3.6))
+    axes = fig.subplots(1, 3)
+    panels = (
+        (alignment, "centered kernel-target alignment"),
+        (effective_rank, "effective rank"),
+        (label_energy, f"label energy in the top {top_k} eigenvectors"),
+    )
+    for ax, (values, title) in zip(axes, panels, strict=True):
+        ax.plot(t, np.asarray(values, dtype=np.float64), color="C0", marker="o", markersize=2.5)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step t")
+        if logx:
+            _set_logx(ax, t)
+        _style(ax)
+        _shade_phase1(ax, phase1_end)
+    return fig

@@ -1,0 +1,130 @@
+"""Alignment, spectrum and label energy against direct float64 numpy computations."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conetool import paths
+from conetool.kernel_spectrum import centered_alignment, one_hot, spectrum_point
+from conetool.pipeline.run_spectrum import spectrum
+from conetool.probe import Probe, probe_hash, save_probe
+from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+
+
+def _direct(k: np.ndarray, y: np.ndarray, top: int) -> tuple[float, float, float, np.ndarray]:
+    """Textbook formulas with an explicit centering matrix and a full eigendecomposition."""
+    n = k.shape[0]
+    c = np.eye(n) - np.ones((n, n)) / n
+    t = y @ y.T
+    kc, tc = c @ k @ c, c @ t @ c
+    alignment = np.sum(kc * tc) / (np.linalg.norm(kc) * np.linalg.norm(tc))
+    w, v = np.linalg.eigh(k)
+    w, v = w[::-1], v[:, ::-1]
+    p = np.clip(w, 0, None) / np.clip(w, 0, None).sum()
+    p = p[p > 0]
+    erank = np.exp(-(p * np.log(p)).sum())
+    yc = c @ y
+    energy = np.linalg.norm(v[:, :top].T @ yc) ** 2 / np.linalg.norm(yc) ** 2
+    return float(alignment), float(erank), float(energy), w[:top]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_measures_match_textbook_formulas(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, 30)
+    a = rng.standard_normal((30, 12)) + 2.0 * one_hot(labels, 4) @ rng.standard_normal((4, 12))
+    k = a @ a.T
+    point = spectrum_point(k, labels, 4, top_k=5)
+    alignment, erank, energy, top = _direct(k, one_hot(labels, 4), 5)
+    assert point.alignment == pytest.approx(alignment, rel=1e-10)
+    assert point.effective_rank == pytest.approx(erank, rel=1e-10)
+    assert point.label_energy == pytest.approx(energy, rel=1e-10)
+    np.testing.assert_allclose(point.eigenvalues, top, rtol=1e-10)
+    assert point.trace == pytest.approx(np.trace(k), rel=1e-12)
+
+
+def test_closed_forms() -> None:
+    labels = np.repeat(np.arange(3), 5)
+    y = one_hot(labels, 3)
+    # the label kernel itself: alignment 1, all label energy in its top eigenvectors
+    ideal = spectrum_point(y @ y.T, labels, 3, top_k=3)
+    assert ideal.alignment == pytest.approx(1.0, abs=1e-12)
+    assert ideal.label_energy == pytest.approx(1.0, abs=1e-12)
+    assert ideal.effective_rank == pytest.approx(3.0, abs=1e-9)
+    # the identity: effective rank n, alignment of I with the labels is known in closed form
+    eye = spectrum_point(np.eye(15), labels, 3, top_k=2)
+    assert eye.effective_rank == pytest.approx(15.0, rel=1e-12)
+    c = np.eye(15) - 1 / 15
+    tc = c @ y @ y.T @ c
+    assert eye.alignment == pytest.approx(np.trace(tc) / (np.linalg.norm(c) * np.linalg.norm(tc)))
+    # scale invariance
+    k = np.random.default_rng(3).standard_normal((15, 15))
+    k = k @ k.T
+    assert centered_alignment(7.5 * k, y) == pytest.approx(centered_alignment(k, y), rel=1e-12)
+
+
+def test_full_kind_is_read_as_an_nc_by_nc_matrix() -> None:
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 6)
+    j = rng.standard_normal((6 * 3, 20))
+    full = (j @ j.T).reshape(6, 3, 6, 3)
+    point = spectrum_point(full, labels, 3, top_k=4)
+    flat_y = one_hot(labels, 3).reshape(-1, 1)
+    alignment, _, energy, top = _direct(j @ j.T, flat_y, 4)
+    assert point.alignment == pytest.approx(alignment, rel=1e-10)
+    assert point.label_energy == pytest.approx(energy, rel=1e-10)
+    np.testing.assert_allclose(point.eigenvalues, top, rtol=1e-10)
+
+
+def _store(root, kernels: list[np.ndarray], labels: np.ndarray):
+    identity = StoreIdentity("spec0", "probe0", "trace", "float64")
+    store = Store.open_for_writing(
+        root, identity, {"checkpoints": "/ckpts", "spec": {"model": {"num_classes": 3}}}
+    )
+    inputs = torch.zeros(labels.size, 2)
+    lab = torch.as_tensor(labels)
+    idx = torch.arange(labels.size)
+    save_probe(Probe(inputs, lab, idx, "train", probe_hash(inputs, lab, idx)), paths.probe(root))
+    for step, k in zip(range(0, 100 * len(kernels), 100), kernels, strict=True):
+        t = torch.as_tensor(k)
+        record = StepRecord(
+            step=step,
+            source=[f"/ckpts/step_{step:06d}.safetensors"],
+            size=1,
+            fingerprint=f"fp-{step}",
+            kernel=paths.kernel_relative(step),
+            norm=kernel_norm(t),
+            seconds=0.0,
+        )
+        store.write_kernel(record, t)
+    store.close()
+    return root
+
+
+def test_spectrum_command_writes_one_row_per_step(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(3), 4)
+    kernels = []
+    for _ in range(4):
+        a = rng.standard_normal((12, 6))
+        kernels.append(a @ a.T)
+    root = _store(tmp_path / "store", kernels, labels)
+    result = spectrum(root, top_k=3)
+    with open(paths.spectrum_csv(root), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [0, 100, 200, 300] == result.steps
+    assert list(rows[0])[-3:] == ["eig_1", "eig_2", "eig_3"]
+    for row, k in zip(rows, kernels, strict=True):
+        alignment, erank, energy, top = _direct(k, one_hot(labels, 3), 3)
+        assert float(row["alignment"]) == pytest.approx(alignment, rel=1e-9)
+        assert float(row["effective_rank"]) == pytest.approx(erank, rel=1e-9)
+        assert float(row["label_energy"]) == pytest.approx(energy, rel=1e-9)
+        assert float(row["eig_1"]) == pytest.approx(top[0], rel=1e-9)
+    summary = json.loads(paths.spectrum_summary(root).read_text())
+    assert summary["top_k"] == 3 and summary["classes"] == 3
+    assert paths.spectrum_png(root).read_bytes()[:4] == b"\x89PNG"
