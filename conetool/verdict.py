@@ -328,7 +328,7 @@ def phase_verdict(
     dt = rules.velocity_dt if rules.velocity_dt is not None else velocity_dt(arr.tolist())
     assert dt is not None
     points = velocity_points(arr, s, dt)
-    fit = fit_phase_break(points)
+    fit = fit_phase_break(points, min_fall=0.5 * float(np.log10(rules.min_drop)))
     n["velocity"] = {"dt": int(dt), "lags": list(points.dts), "points": int(points.start.size)}
     if fit is None:
         return r.done(

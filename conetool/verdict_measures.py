@@ -174,17 +174,16 @@ def _two_bend_fits(
     return a, b, np.einsum("pn,pn->p", resid, resid), coef
 
 
-def fit_phase_break(points: VelocityPoints) -> PhaseBreak | None:
+def fit_phase_break(points: VelocityPoints, min_fall: float = 0.35) -> PhaseBreak | None:
     """The end of Phase I from a continuous fit of ``log10 v`` with two bends.
 
     The fit has one offset per lag curve, shared slopes, and two bends, chosen by least squares
     over every pair of candidate bends. Two bends let the fit follow a velocity that first
     rises or holds (a late Phase I), then falls, then levels off. Phase I ends at the first bend
-    that ends a fall: the segment before it falls at least half as fast as the steepest one,
-    and the segment after it less than half as fast as the one before (a later steepening, as
-    a decaying learning rate gives, is Phase II slowing down). When no bend ends a fall, the
-    velocity is still falling at the end, and the last bend is returned with a
-    ``slope_after`` that says so. The
+    that ends a fall: the segment before it loses at least ``min_fall`` decades of velocity,
+    and the segment after it falls less than half as fast (a later fall, as a decaying learning
+    rate gives, is Phase II slowing down). When no bend ends a fall, the last bend is returned,
+    with a ``slope_after`` that says whether the velocity is still falling at the end. The
     range is every position at which a fit whose fall ends there is within the
     profile-likelihood bound. ``None`` with fewer than 6 distinct velocity positions.
     """
@@ -201,12 +200,12 @@ def fit_phase_break(points: VelocityPoints) -> PhaseBreak | None:
         [coef[:, m], coef[:, m] + coef[:, m + 1], coef[:, m] + coef[:, m + 1] + coef[:, m + 2]],
         axis=1,
     )  # (P, 3) the three segments' slopes
-    steepest = slopes.min(axis=1, keepdims=True)
-    # a bend ends the fall when the segment before it falls at least half as fast as the
-    # steepest one and the segment after it falls less than half as fast as the one before
-    ends_fall = (slopes[:, :2] <= 0.5 * steepest) & (steepest < 0) & (
-        slopes[:, 1:] > 0.5 * slopes[:, :2]
-    )
+    # decades each segment falls: a segment is a fall when it loses at least `min_fall`
+    lo, hi = float(x.min()), float(x.max())
+    lengths = np.stack([grid[a] - lo, grid[b] - grid[a], hi - grid[b]], axis=1) / 1000.0
+    falls = -slopes * lengths >= min_fall
+    # a bend ends the fall before it when the segment after it falls less than half as fast
+    ends_fall = falls[:, :2] & (slopes[:, 1:] > 0.5 * slopes[:, :2])
     first_end = np.where(ends_fall[:, 0], 0, np.where(ends_fall[:, 1], 1, 2))
     stop = np.where(first_end == 0, a, np.where(first_end == 1, b, -1))
     best = int(np.argmin(sse))
