@@ -128,3 +128,45 @@ def test_spectrum_command_writes_one_row_per_step(tmp_path) -> None:
     summary = json.loads(paths.spectrum_summary(root).read_text())
     assert summary["top_k"] == 3 and summary["classes"] == 3
     assert paths.spectrum_png(root).read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- kernel regression
+
+
+def test_kernel_regression_equals_ridge_regression_in_closed_form() -> None:
+    """A linear kernel K = X X^T: kernel ridge regression is ridge regression on X, whose
+    weights are W = (X^T X + lambda I)^-1 X^T Y_c (the primal closed form)."""
+    from conetool.kernel_regression import kernel_regression
+
+    rng = np.random.default_rng(6)
+    centers = rng.standard_normal((3, 5)) * 3
+    train_labels = np.repeat(np.arange(3), 8)
+    eval_labels = np.tile(np.arange(3), 5)
+    x = centers[train_labels] + rng.standard_normal((24, 5))
+    xe = centers[eval_labels] + rng.standard_normal((15, 5))
+    k, ke = x @ x.T, xe @ x.T
+    result = kernel_regression(k, ke, train_labels, eval_labels, 3, ridge=0.05)
+    lam = 0.05 * np.trace(k) / 24
+    yc = one_hot(train_labels, 3) - 1 / 3
+    w = np.linalg.solve(x.T @ x + lam * np.eye(5), x.T @ yc)
+    np.testing.assert_allclose(result.predictions, xe @ w, rtol=1e-8, atol=1e-10)
+    expected = np.mean(np.argmax(xe @ w, axis=1) == eval_labels)
+    assert result.accuracy == pytest.approx(expected) and result.accuracy > 0.9
+    assert result.ridge == pytest.approx(lam)
+
+
+def test_kernel_regression_full_kind_with_a_block_diagonal_kernel_matches_trace() -> None:
+    """A full kernel K ⊗ I (outputs independent, same kernel) predicts what the trace kind
+    predicts with K."""
+    from conetool.kernel_regression import kernel_regression
+
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((12, 6))
+    b = rng.standard_normal((4, 6))
+    k, ke = a @ a.T, b @ a.T
+    labels, eval_labels = rng.integers(0, 3, 12), rng.integers(0, 3, 4)
+    full = np.einsum("ij,ab->iajb", k, np.eye(3))
+    full_eval = np.einsum("ij,ab->iajb", ke, np.eye(3))
+    plain = kernel_regression(k, ke, labels, eval_labels, 3)
+    blocked = kernel_regression(full, full_eval, labels, eval_labels, 3)
+    np.testing.assert_allclose(blocked.predictions, plain.predictions, rtol=1e-9, atol=1e-12)
