@@ -11,16 +11,18 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..distributed import PeerFailedError, Ranks
 from ..errors import ConetoolError
 from ..progress import NullProgress
 from .progress_display import PlainProgress, RichProgress
+
+if TYPE_CHECKING:  # conetool.distributed imports torch: only commands that run load it
+    from ..distributed import Ranks
 
 app = typer.Typer(
     name="conetool",
@@ -50,6 +52,8 @@ _PEER_EXIT_DELAY = 1.0  # seconds; torchrun checks its workers every 0.1 s
 
 
 def _ranks() -> Ranks:
+    from ..distributed import Ranks
+
     try:
         return Ranks.from_env()
     except ConetoolError:
@@ -68,6 +72,8 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
     Under torchrun each distinct error is printed once, by the rank that hit it (prefixed with
     its rank unless rank 0); a rank that stopped because another one failed exits 1 silently.
     """
+    from ..distributed import PeerFailedError
+
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
     try:

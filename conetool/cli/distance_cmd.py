@@ -8,12 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..pipeline import distance as distance_run
-from ..verdict import VerdictRules
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
-from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
+from .options import DEFAULT_STORE, VERDICT_DEFAULTS, MatrixMemory, SkipBadKernels, StoreOpt
+from .runtime import Threads, starting
 
-_RULES = VerdictRules()
+_RULES = VERDICT_DEFAULTS
 
 
 def _g(x: float) -> str:
@@ -82,6 +81,7 @@ def distance(
     ] = _RULES.smooth_window,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -94,7 +94,12 @@ def distance(
 
     Example: conetool distance --ref 0 --ref 100 --dt 5 --dt 50
     """
-    with handle_errors(debug), progress_display(quiet) as progress:
+    starting("distance", quiet)
+    from ..pipeline import distance as distance_run
+    from ..threads import limit_threads
+    from ..verdict import VerdictRules
+
+    with handle_errors(debug), progress_display(quiet) as progress, limit_threads(threads):
         rules = VerdictRules(
             phase1_fraction=phase1_fraction,
             velocity_dt=velocity_dt,

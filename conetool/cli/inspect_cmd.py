@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..io import format_bytes
-from ..pipeline import inspect as inspect_run
 from .app import Debug, app, console, handle_errors
 from .options import Every, SpecOpt, StepRegex, Steps
 
@@ -35,6 +33,9 @@ def inspect(
 
     Example: conetool inspect runs/digits --verify
     """
+    from ..io import format_bytes
+    from ..pipeline import inspect as inspect_run
+
     with handle_errors(debug):
         rows = inspect_run(
             ckpts, spec=spec, verify=verify, step_regex=step_regex, steps=steps, every=every

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..pipeline import kernels as kernels_run
 from .app import (
     Debug,
     DeviceOpt,
@@ -20,6 +19,7 @@ from .app import (
     progress_display,
 )
 from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
+from .runtime import Threads, starting
 
 
 def _bytes(n: int) -> str:
@@ -64,6 +64,7 @@ def kernels(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a store made with another spec/probe/kind.")
     ] = False,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -77,6 +78,9 @@ def kernels(
     On several GPUs or nodes, torchrun shares the checkpoints among its processes:
     torchrun --nproc-per-node 4 -m conetool kernels runs/digits --store conetool-out
     """
+    starting("kernels", quiet)
+    from ..pipeline import kernels as kernels_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
         result = kernels_run(
             ckpts,
@@ -93,6 +97,7 @@ def kernels(
             step_regex=step_regex,
             skip_bad=skip_bad,
             overwrite=overwrite,
+            threads=threads,
             progress=progress,
         )
     if not is_main_process():

@@ -41,3 +41,17 @@ MatrixMemory = Annotated[
     typer.Option("--max-memory", help="Memory for the S matrix's kernel blocks (default 1GiB)."),
 ]
 DEFAULT_STORE = Path(paths.DEFAULT_STORE)
+
+
+class _VerdictDefaults:
+    """The defaults of :class:`conetool.verdict.VerdictRules` that ``distance`` shows in its
+    help, copied here because the verdict module loads NumPy and PyTorch (a test keeps them
+    equal)."""
+
+    phase1_fraction = 0.1
+    plateau_tolerance = 0.15
+    lazy_level = 1e-3
+    smooth_window = 1
+
+
+VERDICT_DEFAULTS = _VerdictDefaults()

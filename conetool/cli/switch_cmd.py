@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..pipeline.run_switch import switch as switch_run
 from .app import (
     Debug,
     DeviceOpt,
@@ -20,6 +19,7 @@ from .app import (
     progress_display,
 )
 from .options import DEFAULT_STORE, SpecOpt, StepRegex, StoreOpt
+from .runtime import Threads, starting
 
 
 @app.command()
@@ -51,6 +51,7 @@ def switch(
     ] = "checkpoint",
     device: DeviceOpt = "auto",
     step_regex: StepRegex = None,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -63,6 +64,9 @@ def switch(
     On several GPUs or nodes, torchrun shares the switch points among its processes:
     torchrun --nproc-per-node 4 -m conetool switch --at 0,50,100,200 --store conetool-out
     """
+    starting("switch", quiet)
+    from ..pipeline.run_switch import switch as switch_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
         result = switch_run(
             at,
@@ -73,6 +77,7 @@ def switch(
             reference=reference,
             device=device,
             step_regex=step_regex,
+            threads=threads,
             progress=progress,
         )
     if not is_main_process():

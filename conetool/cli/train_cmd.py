@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..training import train as train_run
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .runtime import Threads, starting
 
 
 @app.command()
@@ -23,6 +23,7 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the run already in --out.")
     ] = False,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -33,9 +34,18 @@ def train(
 
     Example: conetool train examples/digits_lenet.toml --out runs/digits
     """
+    starting("train", quiet)
+    from ..training import train as train_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
         result = train_run(
-            spec, out, device=device, resume=resume, overwrite=overwrite, progress=progress
+            spec,
+            out,
+            device=device,
+            resume=resume,
+            overwrite=overwrite,
+            threads=threads,
+            progress=progress,
         )
     table = Table(title=f"conetool train -> {result.out}", title_justify="left")
     for column in ("steps", "checkpoints", "test loss", "test accuracy", "seconds"):
