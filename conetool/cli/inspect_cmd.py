@@ -33,6 +33,7 @@ def inspect(
 
     Example: conetool inspect runs/digits --verify
     """
+    from ..checkpoints.discover import summarize_problems
     from ..io import format_bytes
     from ..pipeline import inspect as inspect_run
 
@@ -63,8 +64,10 @@ def inspect(
     for note in notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     bad = [row for row in rows if row.status != "ok"]
-    for row in bad:
-        console.print(f"- {row.file}: {row.problem}", highlight=False, markup=False, soft_wrap=True)
+    # Identical problems of many files (61 epoch_N.pt without a spec) make one line.
+    problems = [(ckpts.expanduser() / row.file, row.problem or "") for row in bad]
+    for line in summarize_problems(problems):
+        console.print(f"- {line}", highlight=False, markup=False, soft_wrap=True)
     ok = len(rows) - len(bad)
     checked = "headers and tensors" if verify else "headers"
     console.print(f"{ok} of {len(rows)} checkpoints usable ({checked} checked).", highlight=False)

@@ -22,7 +22,11 @@ StepRegex = Annotated[
     str | None,
     typer.Option(
         "--step-regex",
-        help="Regex recovering the step from a file name: its group 'step' or its first group.",
+        help="Regex recovering the step from each file (or checkpoint-N folder) name. Its "
+        "group 'step' (or its first group) is the step: 'it(\\d+)'. A group 'epoch' (and "
+        "optionally 'it', the iteration within the epoch) is converted with the spec: step = "
+        "epoch x iterations per epoch + it, as in 'epoch_(?P<epoch>\\d+)'. Names like "
+        "epoch_3 and ep3 are converted so without it.",
     ),
 ]
 Steps = Annotated[
