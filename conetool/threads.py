@@ -4,10 +4,11 @@ PyTorch starts one intra-op thread per physical core, and SciPy's and NumPy's BL
 logical core. On a machine whose cores are busy with other work (a shared server, other jobs,
 another conetool process) those threads wait on each other at every operation: each parallel
 region ends only when its slowest thread has been scheduled, so a small network's thousands of
-tiny operations per step each wait for a time slice. Measured on a 2-core machine with two busy
-processes beside it (``benchmarks/bench_contention.py``), the demo's training steps ran about
-4x slower with PyTorch's default two threads than alone, and with one thread 1.5x slower (the
-cores really are shared three ways).
+tiny operations per step each wait for a time slice. Measured on a 2-core machine already
+loaded by other work (``benchmarks/bench_contention.py``, two more busy processes beside it), the
+demo's training steps took 155 ms with PyTorch's default two threads and 23 ms with one; its
+kernel 3.8 s against 0.18 s. Even with the cores only partly busy, one thread was 5x faster than
+two on the kernel.
 
 :func:`limit_threads` sets PyTorch's intra-op threads and every BLAS/OpenMP pool that
 threadpoolctl knows (SciPy's ``syrk`` in the eNTK engine, NumPy in the geometry and embedding,
@@ -147,11 +148,13 @@ def limit_threads(threads: int | str | None = "auto") -> Iterator[int]:
 # --------------------------------------------------------------------------------------------------
 # slow steps
 
-# A CPU core multiplies at well over 1 GFLOP/s even on small PyTorch layers, and a training step's
-# Python, optimizer and data overhead is a few milliseconds. A step slower than this floor by the
-# factor below is not the model: the cores are oversubscribed or busy.
-SLOW_FLOPS_PER_SECOND = 1e9
-SLOW_OVERHEAD_SECONDS = 0.005
+# One CPU core runs the demo's LeNet-5 steps at about 10 GFLOP/s, overhead included (2.5 ms for
+# 26 MFLOP, measured on a shared 2-core VM), and a small step's Python, optimizer and data
+# overhead is a millisecond or two. A step 10x slower than that is not the model: the cores are
+# oversubscribed (the same steps took 155 ms with PyTorch's two threads beside two busy
+# processes, 23 ms with one thread).
+SLOW_FLOPS_PER_SECOND = 1e10
+SLOW_OVERHEAD_SECONDS = 0.002
 SLOW_FACTOR = 10.0
 SLOW_AFTER_STEPS = 20
 
@@ -166,7 +169,7 @@ class SlowStepWatch:
 
     The heuristic: a step costs about ``step_flops`` floating-point operations (3 x 2 x the
     multiply-adds of a forward pass of the batch: forward, and backward for inputs and weights);
-    at 1 GFLOP/s plus 5 ms of overhead, a step should take at most
+    at 10 GFLOP/s plus 2 ms of overhead, a step should take about
     :func:`expected_step_seconds`. When the median of the first 20 steps (and of each later 20)
     is more than 10 times that, ``warn`` is called once with the measured and expected times and
     the fix (``--threads 1`` on a busy machine). Only on the CPU: GPUs are not oversubscribed by
