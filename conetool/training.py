@@ -115,6 +115,7 @@ def _train(
         progress.log(f"{out} already holds the finished run (step {start}); nothing to train")
         return _finished(out, spec)
     dev = resolve_device(device)
+    progress.log(f"loading data '{spec.data.dataset}' and building '{spec.model.arch}' ...")
     model, data = build_for_spec(spec)
     model.to(dev)
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)

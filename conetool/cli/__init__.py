@@ -11,8 +11,11 @@ from . import embed_cmd  # noqa: F401
 from . import switch_cmd  # noqa: F401
 from . import report_cmd  # noqa: F401
 from . import demo_cmd  # noqa: F401
+from .help_format import tidy_help
 
 # isort: on
+
+tidy_help(app)
 
 
 def main() -> None:

@@ -44,7 +44,12 @@ Debug = Annotated[
     typer.Option("--debug", help="Show the full traceback of an error (or set CONETOOL_DEBUG=1)."),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:K.")
+    str,
+    typer.Option(
+        "--device",
+        metavar="auto|cpu|cuda|cuda:K",
+        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:K.",
+    ),
 ]
 
 

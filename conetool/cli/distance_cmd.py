@@ -26,6 +26,7 @@ def distance(
         list[str] | None,
         typer.Option(
             "--ref",
+            metavar="STEP|last",
             help="Reference step τ for S(θ(t), θ(τ)), or 'last'; repeatable (default: 0).",
         ),
     ] = None,
@@ -34,6 +35,7 @@ def distance(
         typer.Option(
             "--dt",
             min=1,
+            metavar="DT",
             help="Spacing of the adjacent pairs (t, t+dt); repeatable (default: the smallest "
             "spacing of the stored steps, and the verdict's).",
         ),

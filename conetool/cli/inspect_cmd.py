@@ -14,7 +14,7 @@ from .options import Every, SpecOpt, StepRegex, Steps
 
 @app.command()
 def inspect(
-    ckpts: Annotated[Path, typer.Argument(help="A checkpoint directory (or one checkpoint).")],
+    ckpts: Annotated[Path, typer.Argument(help="A checkpoint directory (or one checkpoint).", metavar="CKPTS")],
     spec: SpecOpt = None,
     verify: Annotated[
         bool,

@@ -28,30 +28,31 @@ def _bytes(n: int) -> str:
 
 @app.command()
 def kernels(
-    ckpts: Annotated[Path, typer.Argument(help="The checkpoint directory of the run.")],
+    ckpts: Annotated[Path, typer.Argument(help="The checkpoint directory of the run.", metavar="CKPTS")],
     spec: SpecOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     probe_size: Annotated[
         int | None,
         typer.Option(
-            "--probe-size", min=1, help="Probe examples (default: the spec's [probe] size)."
+            "--probe-size", min=1, help="Probe examples (default: the spec's \\[probe] size)."
         ),
     ] = None,
     kind: Annotated[
-        str, typer.Option("--kind", help="trace (n, n) | full (n, c, n, c) | sum (n, n).")
+        str, typer.Option("--kind", metavar="trace|full|sum", help="trace (n, n) | full (n, c, n, c) | sum (n, n).")
     ] = "trace",
     dtype: Annotated[
-        str, typer.Option("--dtype", help="float32, or float64 for exact kernels on deep nets.")
+        str, typer.Option("--dtype", metavar="float32|float64", help="float32, or float64 for exact kernels on deep nets.")
     ] = "float32",
     device: DeviceOpt = "auto",
     max_memory: Annotated[
         str | None,
-        typer.Option("--max-memory", help="Memory budget, e.g. 4GiB (default: from free memory)."),
+        typer.Option("--max-memory", metavar="SIZE", help="Memory budget, e.g. 4GiB (default: from free memory)."),
     ] = None,
     method: Annotated[
         str,
         typer.Option(
             "--method",
+            metavar="auto|structured|jacobian",
             help="eNTK engine: structured (per layer), jacobian (the reference) or auto.",
         ),
     ] = "auto",

@@ -12,16 +12,20 @@ from .. import paths
 SpecOpt = Annotated[
     Path | None,
     typer.Option(
-        "--spec", help="The run's TOML spec (default: CKPTS/conetool.toml).", dir_okay=False
+        "--spec",
+        help="The run's TOML spec (default: CKPTS/conetool.toml).",
+        dir_okay=False,
+        metavar="FILE",
     ),
 ]
 StoreOpt = Annotated[
-    Path, typer.Option("--store", help="The output store directory.", file_okay=False)
+    Path, typer.Option("--store", help="The output store directory.", file_okay=False, metavar="DIR")
 ]
 StepRegex = Annotated[
     str | None,
     typer.Option(
         "--step-regex",
+        metavar="REGEX",
         help="Regex recovering the step from each file (or checkpoint-N folder) name. Its "
         "group 'step' (or its first group) is the step: 'it(\\d+)'. A group 'epoch' (and "
         "optionally 'it', the iteration within the epoch) is converted with the spec: step = "
@@ -31,10 +35,10 @@ StepRegex = Annotated[
 ]
 Steps = Annotated[
     str | None,
-    typer.Option("--steps", help="Only steps in FIRST:LAST (both included; either may be empty)."),
+    typer.Option("--steps", metavar="FIRST:LAST", help="Only steps in FIRST:LAST (both included; either may be empty)."),
 ]
 Every = Annotated[
-    int | None, typer.Option("--every", min=1, help="Only steps that are multiples of K.")
+    int | None, typer.Option("--every", min=1, metavar="K", help="Only steps that are multiples of K.")
 ]
 SkipBadKernels = Annotated[
     bool,
@@ -42,7 +46,7 @@ SkipBadKernels = Annotated[
 ]
 MatrixMemory = Annotated[
     str | None,
-    typer.Option("--max-memory", help="Memory for the S matrix's kernel blocks (default 1GiB)."),
+    typer.Option("--max-memory", metavar="SIZE", help="Memory for the S matrix's kernel blocks (default 1GiB)."),
 ]
 DEFAULT_STORE = Path(paths.DEFAULT_STORE)
 

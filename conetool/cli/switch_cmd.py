@@ -28,6 +28,7 @@ def switch(
         list[str],
         typer.Option(
             "--at",
+            metavar="STEPS",
             help="Switch step t: 2000, a list 0,1000,2000, or a range 0:10000:1000 (stop excluded). "
             "Repeatable.",
         ),
@@ -38,13 +39,14 @@ def switch(
     store: StoreOpt = DEFAULT_STORE,
     ckpts: Annotated[
         Path | None,
-        typer.Option("--ckpts", help="Checkpoint directory (default: from the store's manifest)."),
+        typer.Option("--ckpts", metavar="DIR", help="Checkpoint directory (default: from the store's manifest)."),
     ] = None,
     spec: SpecOpt = None,
     reference: Annotated[
         str,
         typer.Option(
             "--reference",
+            metavar="checkpoint|train",
             help="The standard model at T: 'checkpoint' (the stored one) or 'train' (continue "
             "the standard run to T).",
         ),

@@ -308,6 +308,7 @@ def _plan(
     if not ckpts.exists():
         raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
     spec = resolve_spec(ckpts, spec)
+    progress.log(f"loading data '{spec.data.dataset}' and listing {ckpts} ...")
     if probe_size is not None:
         if probe_size < 1:
             raise ConetoolError(f"--probe-size must be positive, got {probe_size}.")
