@@ -1,6 +1,6 @@
 """How much conetool slows down when the CPU cores are shared, against a plain PyTorch loop.
 
-    python benchmarks/bench_contention.py            # about 2 minutes on a 2-core machine
+    python benchmarks/bench_contention.py            # minutes (10 on a busy 2-core machine)
     python benchmarks/bench_contention.py --quick    # fewer steps and repeats
     python benchmarks/bench_contention.py --busy 4   # four busy processes instead of two
 

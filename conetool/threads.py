@@ -7,8 +7,8 @@ region ends only when its slowest thread has been scheduled, so a small network'
 tiny operations per step each wait for a time slice. Measured on a 2-core machine already
 loaded by other work (``benchmarks/bench_contention.py``, two more busy processes beside it), the
 demo's training steps took 155 ms with PyTorch's default two threads and 23 ms with one; its
-kernel 3.8 s against 0.18 s. Even with the cores only partly busy, one thread was 5x faster than
-two on the kernel.
+kernel 3.8 s against 0.18 s. Even without the two extra busy processes (the machine was still
+shared with other jobs), one thread was 5.7x faster than two on the kernel.
 
 :func:`limit_threads` sets PyTorch's intra-op threads and every BLAS/OpenMP pool that
 threadpoolctl knows (SciPy's ``syrk`` in the eNTK engine, NumPy in the geometry and embedding,

@@ -50,3 +50,11 @@ def test_reflow_joins_lines_but_keeps_commands() -> None:
 )
 def test_progress_shows_time_per_item(done: int, seconds: float, text: str) -> None:
     assert per_item(done, seconds) == text
+
+
+def test_a_command_prints_its_first_line_before_loading(tmp_path) -> None:
+    result = runner.invoke(app, ["embed", "--store", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert result.output.startswith("conetool embed: loading PyTorch ...")
+    quiet = runner.invoke(app, ["embed", "--store", str(tmp_path / "none"), "-q"])
+    assert "loading PyTorch" not in quiet.output

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from .app import Debug, app, console, handle_errors
 from .options import Every, SpecOpt, StepRegex, Steps
+from .runtime import starting
 
 
 @app.command()
@@ -33,6 +34,7 @@ def inspect(
 
     Example: conetool inspect runs/digits --verify
     """
+    starting("inspect", False)
     from ..checkpoints.discover import summarize_problems
     from ..io import format_bytes
     from ..pipeline import inspect as inspect_run

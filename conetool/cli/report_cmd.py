@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, StoreOpt
+from .runtime import starting
 
 _TITLES = {
     "summary": "summary",
@@ -54,6 +55,7 @@ def report(
 
     Example: conetool report --store conetool-out
     """
+    starting("report", quiet)
     from ..pipeline import report as report_run
 
     with handle_errors(debug), progress_display(quiet) as progress:
