@@ -3,7 +3,17 @@
 The public API mirrors the command line: each ``conetool <command>`` is a thin layer over the
 function of the same name here (``conetool.train``, ``conetool.inspect``, ``conetool.kernels``,
 ``conetool.distance``, ``conetool.embed``, ``conetool.switch``, ``conetool.report``).
+
+The names are imported on first use (PEP 562), so that ``import conetool`` and the command
+line's ``--help`` do not load PyTorch.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -11,7 +21,40 @@ __version__ = "0.1.0"
 from ._startup import guard_start_up
 
 guard_start_up()
-try:
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "CheckpointError": "errors",
+    "ConetoolError": "errors",
+    "DataError": "errors",
+    "ModelError": "errors",
+    "SpecError": "errors",
+    "StoreError": "errors",
+    "LinearizedModel": "linearize",
+    "linearize": "linearize",
+    "empirical_ntk": "ntk",
+    "DemoResult": "pipeline",
+    "DistanceResult": "pipeline",
+    "EmbedResult": "pipeline",
+    "KernelsResult": "pipeline",
+    "ReportResult": "pipeline",
+    "SwitchResult": "pipeline",
+    "demo": "pipeline",
+    "distance": "pipeline",
+    "embed": "pipeline",
+    "inspect": "pipeline",
+    "kernels": "pipeline",
+    "report": "pipeline",
+    "switch": "pipeline",
+    "Spec": "spec",
+    "load_spec": "spec",
+    "Store": "store",
+    "TrainResult": "training",
+    "train": "training",
+    "limit_threads": "threads",
+}
+
+if TYPE_CHECKING:
     from .errors import (
         CheckpointError,
         ConetoolError,
@@ -39,12 +82,35 @@ try:
     )
     from .spec import Spec, load_spec
     from .store import Store
+    from .threads import limit_threads
     from .training import TrainResult, train
-except KeyboardInterrupt:
-    from ._startup import exit_if_command_line
 
-    exit_if_command_line()
-    raise
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conetool' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``conetool.linearize`` the function when the submodule of that name is imported
+    (the import system sets a package attribute for each submodule it loads)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "CheckpointError",
@@ -70,6 +136,7 @@ __all__ = [
     "empirical_ntk",
     "inspect",
     "kernels",
+    "limit_threads",
     "linearize",
     "load_spec",
     "report",

@@ -527,9 +527,12 @@ def _import_factory(path: str) -> Callable[..., Any]:
 def _user_factory(spec: DataSpec) -> DataBundle:
     """Call a user's ``factory(**options)`` returning ``(train, test)`` datasets.
 
-    ``root`` (the expanded ``data.root``, a string) and ``download`` are passed only when the
-    factory names them as parameters. ``num_classes`` is ``len(train.classes)`` when the train
-    dataset has a ``classes`` list (as torchvision's do), else the largest label + 1.
+    Every ``[data]`` key but ``dataset``, ``root`` and ``download`` is passed as a keyword
+    argument; a key the factory has no parameter for (and no ``**kwargs``) is refused, naming it
+    and the parameters it accepts. ``root`` (the expanded ``data.root``, a string) and
+    ``download`` are passed only when the factory names them as parameters. ``num_classes`` is
+    ``len(train.classes)`` when the train dataset has a ``classes`` list (as torchvision's do),
+    else the largest label + 1.
     """
     path = spec.dataset
     factory = _import_factory(path)
@@ -543,6 +546,17 @@ def _user_factory(spec: DataSpec) -> DataBundle:
         for n, p in params.items()
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
+    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+    refused = sorted(k for k in kwargs if k not in named) if params and not takes_any else []
+    if refused:
+        accepted = sorted(named) or ["(none)"]
+        raise DataError(
+            f"[data] key{'s' if len(refused) > 1 else ''} {', '.join(repr(k) for k in refused)} "
+            f"{'are' if len(refused) > 1 else 'is'} not a parameter of the data factory {path!r}, "
+            f"which accepts: {', '.join(accepted)}. Remove "
+            f"{'them' if len(refused) > 1 else 'it'} from [data], or add the parameter to the "
+            f"factory (every [data] key but dataset, root and download is passed to it)."
+        )
     if "root" in named:
         kwargs["root"] = os.path.expanduser(spec.root)
     if "download" in named:

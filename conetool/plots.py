@@ -124,8 +124,21 @@ def _set_logy(ax: Axes, ys: np.ndarray) -> None:
         ax.set_yscale("log", nonpositive="mask")
 
 
-def _shade_phase1(ax: Axes, phase1_end: float | None) -> None:
-    """Shade ``x < phase1_end`` and label the two phases; call after all data is drawn."""
+def _phase_headroom(ax: Axes, x: np.ndarray, until: int) -> None:
+    """Room for the phase labels above the data (they overlapped the last point), and the x
+    axis carried on to T so that Phase II has width."""
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.14 * (hi - lo))
+    if x.size and np.isfinite(x).any() and until > np.nanmax(x):
+        left, right = ax.get_xlim()
+        ax.set_xlim(left, max(right, until + 0.02 * (until - left)))
+
+
+def _shade_phase1(ax: Axes, phase1_end: float | None, *, horizontal: bool = False) -> None:
+    """Shade ``x < phase1_end`` and label the two phases; call after all data is drawn.
+
+    ``horizontal``: the labels run horizontally in the band above the data that
+    :func:`_phase_headroom` made (switch figure); else vertically at the top of the axes."""
     if phase1_end is None:
         return
     lo, hi = ax.get_xlim()
@@ -136,13 +149,16 @@ def _shade_phase1(ax: Axes, phase1_end: float | None) -> None:
     ax.axvline(end, color="0.55", linewidth=0.8, linestyle="--", zorder=0.5)
     ax.set_xlim(lo, hi)
     # Vertical text fits inside even a narrow Phase I band.
-    _phase_label(ax, "Phase I", end, dx=-3, ha="right", facecolor=_PHASE1_COLOR)
+    rotation = 0 if horizontal else 90
+    _phase_label(ax, "Phase I", end, dx=-3, ha="right", facecolor=_PHASE1_COLOR, rotation=rotation)
     if end < hi:
-        _phase_label(ax, "Phase II", end, dx=3, ha="left", facecolor="white")
+        _phase_label(ax, "Phase II", end, dx=3, ha="left", facecolor="white", rotation=rotation)
 
 
-def _phase_label(ax: Axes, text: str, end: float, *, dx: int, ha: str, facecolor: Any) -> None:
-    """A vertical label at the top of the axes, beside the Phase I boundary ``end``."""
+def _phase_label(
+    ax: Axes, text: str, end: float, *, dx: int, ha: str, facecolor: Any, rotation: int = 90
+) -> None:
+    """A label (vertical by default) at the top of the axes, beside the Phase I boundary."""
     ax.annotate(
         text,
         xy=(end, 1.0),
@@ -151,7 +167,7 @@ def _phase_label(ax: Axes, text: str, end: float, *, dx: int, ha: str, facecolor
         textcoords="offset points",
         ha=ha,
         va="top",
-        rotation=90,
+        rotation=rotation,
         fontsize=9,
         color="0.3",
         zorder=5,
@@ -324,7 +340,9 @@ def embedding_figure(
 ) -> Figure:
     """Paper Fig. 1c: the kernels H(t) as points of a 2-D (or 3-D) embedding.
 
-    The earliest kernel (normally H(0)) is a large black point labelled ``"H(<step>)"``; the
+    The earliest kernel (normally H(0)) is a large black point labelled ``"H(<step>)"`` beside
+    it (in 3-D, where points are not labelled, in the legend instead: a legend entry beside a
+    labelled point read as a second H(0)); the
     others are coloured by step along a light-to-dark sequential colormap (later is darker, the
     pale end is cut so early points stay visible), with a colorbar "training step".
     Consecutive steps are joined by a thin grey line; both axes use the same scale (the
@@ -381,7 +399,7 @@ def embedding_figure(
             edgecolors="white",
             linewidths=0.8,
             zorder=4,
-            label=first,
+            label=first if dims == 3 else f"_{first}",  # 2-D: labelled beside the point
         )
         if phase1_end is not None and np.any(t <= phase1_end):
             i = int(np.flatnonzero(t <= phase1_end)[-1])
@@ -466,8 +484,9 @@ def matrix_figure(
     """Heatmap of the S matrix ``S[i, j] = S(θ(steps[i]), θ(steps[j]))``.
 
     Cells are drawn one per checkpoint (index space, so dense early checkpoints are not squeezed
-    into a sliver); at most ~8 ticks on each axis are labelled with their step. ``NaN`` cells
-    are light grey.
+    into a sliver); at most ~8 ticks on each axis are labelled with their step, always including
+    the last step before the checkpoint spacing changes (e.g. from every 5 steps to every 100),
+    where a thin white line marks that the axes change scale. ``NaN`` cells are light grey.
 
     Args:
         steps: ``(K,)`` the stored steps, in the order of the rows of ``S``.
@@ -501,17 +520,38 @@ def matrix_figure(
         hi = float(finite.max()) if finite.size else 1.0
         norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
     image = ax.imshow(masked, cmap=cmap, norm=norm, interpolation="nearest", origin="upper")
-    k = t.size
-    ticks = np.unique(np.linspace(0, k - 1, min(k, _MAX_TICKS)).round().astype(int)) if k else []
+    ticks, changes = _matrix_ticks(t)
     ax.set_xticks(ticks, [_step_label(t[i]) for i in ticks], rotation=45, ha="right")
     ax.set_yticks(ticks, [_step_label(t[i]) for i in ticks])
+    for i in changes:  # where the checkpoint spacing changes: the axes are not to scale there
+        ax.axvline(i + 0.5, color="white", linewidth=0.8, alpha=0.9)
+        ax.axhline(i + 0.5, color="white", linewidth=0.8, alpha=0.9)
     ax.tick_params(labelsize=8)
-    ax.set_xlabel("training step")
+    ax.set_xlabel("training step (one cell per checkpoint)")
     ax.set_ylabel("training step")
     ax.set_title("Kernel distance S between checkpoints" if title is None else title, fontsize=11)
     cbar = fig.colorbar(image, ax=ax)
     cbar.set_label("S")
     return fig
+
+
+def _matrix_ticks(t: np.ndarray) -> tuple[list[int], list[int]]:
+    """Tick indices for the S matrix's step axes, and the indices after which the spacing of
+    the steps changes by more than half (a dense early range giving way to a sparse one)."""
+    k = t.size
+    if k == 0:
+        return [], []
+    ticks = {int(i) for i in np.linspace(0, k - 1, min(k, _MAX_TICKS)).round()}
+    gaps = np.diff(t)
+    changes = [
+        i
+        for i in range(1, k - 1)
+        if gaps[i - 1] > 0 and not 2 / 3 <= gaps[i] / gaps[i - 1] <= 3 / 2
+    ]
+    near = max(1, k // _MAX_TICKS)
+    for i in changes[:3]:  # a few boundaries at most: more would crowd the axis
+        ticks = {j for j in ticks if abs(j - i) >= near or j in (0, k - 1)} | {i}
+    return sorted(ticks), changes[:3]
 
 
 # --------------------------------------------------------------------------- Fig. 2
@@ -584,7 +624,9 @@ def switch_figure(
         ax.set_ylabel(name)
         if logx:
             _set_logx(ax, x)
-        _shade_phase1(ax, phase1_end)
+        if phase1_end is not None:
+            _phase_headroom(ax, x, until)
+        _shade_phase1(ax, phase1_end, horizontal=True)
         _legend(ax, loc="best")
     if title is None:
         title = "Switching to the linearized model at step t"

@@ -52,7 +52,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """``[data]``: the data set and, for ``synthetic``, its shape; other keys go to a user factory."""
+    """``[data]``: the data set and, for ``synthetic``, its shape.
+
+    With a user factory (``dataset = "package.module:factory"``) every key but ``dataset``,
+    ``root`` and ``download`` goes to ``options`` and from there to the factory (``seed = 7`` is
+    the factory's ``seed``, not the synthetic set's); the synthetic-only fields keep their
+    defaults, unused, and stay out of :meth:`Spec.to_dict`.
+    """
 
     dataset: str = "digits"
     root: str = "~/data"
@@ -122,6 +128,8 @@ class Spec:
                 for f in dataclasses.fields(section)
                 if f.name != "options"
             }
+            if name == "data" and is_user_dataset(section.dataset):
+                values = _user_data_values(section)
             values.update(_plain(getattr(section, "options", {})))
             out[name] = values
         return out
@@ -143,6 +151,27 @@ _OPEN_SECTIONS = {
     "model": lambda values: True,
     "data": lambda values: ":" in values.get("dataset", ""),
 }
+
+
+# [data] keys that conetool itself reads for a user factory (root and download are passed on only
+# when the factory names them); every other key is the factory's.
+USER_DATA_KEYS = ("dataset", "root", "download")
+
+
+def is_user_dataset(dataset: str) -> bool:
+    """True for ``"package.module:factory"``, False for the built-in data sets."""
+    return ":" in dataset
+
+
+def _user_data_values(data: DataSpec) -> dict[str, Any]:
+    """A user factory's [data] in the resolved spec: ``dataset``, ``root`` and ``download`` when
+    they are not the defaults, then the factory's own keys (no synthetic-only defaults)."""
+    default = DataSpec()
+    values: dict[str, Any] = {"dataset": data.dataset}
+    for key in ("root", "download"):
+        if getattr(data, key) != getattr(default, key):
+            values[key] = getattr(data, key)
+    return values
 
 
 def _plain(value: Any) -> Any:
@@ -207,6 +236,8 @@ def _build_section(cls: type, name: str, values: dict[str, Any], source: str) ->
     kwargs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     is_open = name in _OPEN_SECTIONS and _OPEN_SECTIONS[name](values)
+    if name == "data" and is_open:
+        known = list(USER_DATA_KEYS)  # the rest (seed, shape, ...) is the factory's
     for key, value in values.items():
         if key in known:
             kwargs[key] = _check_type(value, hints[key], f"{name}.{key}", source)

@@ -30,6 +30,7 @@ from .models import build_model, output_check
 from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
 from .progress import NullProgress, Progress
 from .spec import Spec, load_spec, save_spec
+from .threads import limit_threads, slow_step_watch
 
 METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -80,21 +81,39 @@ def train(
     device: str | torch.device = "auto",
     resume: bool = False,
     overwrite: bool = False,
+    threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> TrainResult:
     """Train the spec's model, writing checkpoints, ``conetool.toml`` and ``metrics.csv`` to ``out``.
+
+    ``threads``: CPU threads of PyTorch and BLAS, a count or ``"auto"`` (the idle cores;
+    :func:`conetool.limit_threads`). On the CPU, a warning goes to ``progress`` when the steps run
+    implausibly slowly for the model's size (:class:`conetool.threads.SlowStepWatch`).
 
     Example::
 
         result = conetool.train("examples/digits_lenet.toml", "runs/digits")
         print(result.test_acc)
     """
+    with limit_threads(threads) as count:
+        return _train(spec, Path(out), device, resume, overwrite, count, progress)
+
+
+def _train(
+    spec: Spec | str | Path,
+    out: Path,
+    device: str | torch.device,
+    resume: bool,
+    overwrite: bool,
+    threads: int,
+    progress: Progress | None,
+) -> TrainResult:
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     progress = progress or NullProgress()
-    out = Path(out)
     dev = resolve_device(device)
     # The whole spec is checked before anything is written: model, data and [probe] (which only
     # conetool kernels uses, but a bad probe found after training would cost the run).
+    progress.log(f"loading data '{spec.data.dataset}' and building '{spec.model.arch}' ...")
     model, data = build_for_spec(spec)
     _check_probe(spec, data, progress)
     start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
@@ -117,7 +136,10 @@ def train(
         data,
         dev,
         progress,
-        on_step=[_saver(spec, model, optimizer, out, per_epoch)],
+        on_step=[
+            _saver(spec, model, optimizer, out, per_epoch),
+            *slow_step_watch(model, data, spec, dev, threads, progress),
+        ],
         on_eval=lambda row: _append_metrics(paths.metrics(out), row),
         diverged_hint=f" The checkpoints already in {out} are valid.",
     )

@@ -138,7 +138,9 @@ def test_step_from_file_name(tmp_path: Path, stem: str):
 
 def test_step_from_name_rejects_names_without_a_step():
     assert step_from_name("weights") is None
-    assert step_from_name("epoch=3") is None  # an epoch is not a step
+    with pytest.raises(CheckpointError, match="named by epoch"):  # an epoch is not a step
+        step_from_name("epoch=3")
+    assert step_from_name("epoch=3", iterations_per_epoch=10) == 30
     assert step_from_name("resnet20") is None
 
 

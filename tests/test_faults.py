@@ -405,7 +405,7 @@ def test_foreign_optimizer_state_is_named(run, store):
 
 INTERRUPT_AT_IMPORT = """
 import builtins, sys
-sys.argv = ["conetool", "--help"]
+sys.argv = ["conetool", "distance", "--store", "no-such-store"]  # loads torch in its body
 real = builtins.__import__
 def hook(name, *args, **kwargs):
     if name == "torch":

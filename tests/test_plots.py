@@ -206,11 +206,12 @@ def test_embedding_2d_styling():
     assert ax.get_title() == "Kernel trajectory (MDS, stress 0.012)"
     assert ax.get_xlabel() == "MDS 1" and ax.get_ylabel() == "MDS 2"
     assert ax.get_aspect() == 1.0
-    # H(0): a black marker, larger than the others, labelled, in the legend.
-    h0 = _collection(ax, "H(0)")
+    # H(0): a black marker, larger than the others, labelled beside it; not in the legend, where
+    # a black dot labelled H(0) read as a second H(0) (issue 16).
+    h0 = _collection(ax, "_H(0)")
     assert to_rgba(h0.get_facecolor()[0]) == pytest.approx(to_rgba("black"))
     np.testing.assert_allclose(h0.get_offsets(), coords[:1])
-    assert "H(0)" in _legend_texts(ax) and "H(0)" in [t.get_text() for t in ax.texts]
+    assert "H(0)" not in _legend_texts(ax) and "H(0)" in [t.get_text() for t in ax.texts]
     assert "end of Phase I (t = 100)" in _legend_texts(ax)
     # The path joins consecutive steps (sorted by step).
     (path,) = ax.get_lines()
@@ -246,7 +247,7 @@ def test_embedding_nan_rows_single_point_and_shape_errors():
     np.testing.assert_array_equal(path.get_xdata(), [0.0, 1.0])  # the NaN row is left out
     _render(fig)
     fig = plots.embedding_figure(np.zeros((1, 2)), [5], method="pca", quality="q")
-    assert "H(5)" in _legend_texts(fig.axes[0])
+    assert "H(5)" in [t.get_text() for t in fig.axes[0].texts]
     _render(fig)
     _render(plots.embedding_figure(np.full((2, 2), np.nan), [0, 1], method="mds", quality=""))
     with pytest.raises(ValueError, match=r"\(K, 2\) or \(K, 3\)"):
@@ -281,6 +282,14 @@ def test_matrix_figure():
     assert image.get_array().mask[0, 0]  # the zero diagonal cannot be shown on a log scale
     _render(fig)
     _render(plots.matrix_figure([0], np.zeros((1, 1)), log_color=True))
+    # Dense early checkpoints then sparse ones: the last dense step is a labelled tick.
+    steps = [*range(0, 21), *range(40, 481, 20)]
+    fig = plots.matrix_figure(steps, _s_matrix(np.array(steps)))
+    ax = fig.axes[0]
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        texts = [t.get_text() for t in labels]
+        assert "20" in texts and texts[0] == "0" and texts[-1] == "480"
+    assert "one cell per checkpoint" in ax.get_xlabel()
     with pytest.raises(ValueError, match="shape"):
         plots.matrix_figure([0, 1], np.zeros((3, 3)))
 
@@ -307,6 +316,16 @@ def test_switch_figure():
         assert "standard training at T=1000" in _legend_texts(ax)
         assert "Phase I" in [t.get_text() for t in ax.texts]
     _render(fig)
+    # The phase labels sit in a band above the data (they overlapped the last point).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax, ys in ((acc_ax, acc), (loss_ax, loss)):
+        label = next(t for t in ax.texts if t.get_text() == "Phase II")
+        box = label.get_window_extent(renderer)
+        top = ax.transData.transform((0, max(ys)))[1]
+        assert box.y0 >= top, (box.y0, top)
+        assert ax.get_xlim()[1] >= 1000  # the axis runs on to T
     fig = plots.switch_figure(
         [500], [np.nan], [0.3], reference_acc=None, reference_loss=float("nan"), until=1000
     )

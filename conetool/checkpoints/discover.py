@@ -24,9 +24,11 @@ The step of each checkpoint, in order of precedence:
    ``epoch × iterations per epoch + it``;
 2. the safetensors metadata key ``step``;
 3. the name: ``step_2000``, ``step=2000``, ``epoch=3-step=2000``, ``global_step2000``,
-   ``ckpt-2000``, ``checkpoint-2000``, ``model_2000``, ``iter_2000``, a bare ``2000``, or open_lth's
-   ``model_ep3_it17`` (step = 3 × iterations per epoch + 17, open_lth's convention, with iterations
-   per epoch = ceil(training examples / batch size); without it, an error says what to give);
+   ``ckpt-2000``, ``checkpoint-2000``, ``model_2000``, ``iter_2000``, a bare ``2000``; or an epoch
+   name, ``epoch_3``, ``epoch=3``, ``ep3`` (step = 3 × iterations per epoch) or open_lth's
+   ``model_ep3_it17`` (3 × iterations per epoch + 17), with iterations per epoch = ceil(training
+   examples / batch size) from the spec; without it, an error says what to give (the rules are in
+   :mod:`conetool.checkpoints.step_names`);
 4. for Hugging Face folders, ``trainer_state.json`` ``global_step``, which is also checked against
    the folder name when both are present.
 """
@@ -56,6 +58,13 @@ from ._format import (
     torch_shapes,
 )
 from ._keys import diff_keys, strip_common_prefixes
+from .step_names import (
+    STEP_REGEX_EXAMPLE,
+    compile_step_regex,
+    epoch_note,
+    name_step,
+    regex_step,
+)
 
 CHECKPOINT_SUFFIXES = (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
 SOURCES = ("safetensors", "torch", "hf", "hf-sharded")
@@ -71,14 +80,7 @@ _HF_WEIGHTS = (
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
 _HF_FINAL = re.compile(r"^(model\.safetensors|pytorch_model\.bin)(\.index\.json)?$")
-_OPEN_LTH = re.compile(r"^model_ep(\d+)_it(\d+)$")
-_NAME_RULES = (
-    re.compile(r"(?:^|[^a-z0-9])(?:global_)?step[_=\-]?(\d+)(?![0-9])", re.IGNORECASE),
-    re.compile(r"(?:^|[^a-z0-9])(?:ckpt|checkpoint)[_=\-]?(\d+)(?![0-9])", re.IGNORECASE),
-    re.compile(r"(?:^|[^a-z0-9])(?:model|weights|iter|iteration)[_=\-]?(\d+)(?![0-9])", re.I),
-    re.compile(r"^(\d+)$"),
-)
-_STEP_REGEX_HELP = "--step-regex 'it(\\d+)'"
+_STEP_REGEX_HELP = STEP_REGEX_EXAMPLE
 TORCH_NOTE = (
     "a torch.save file, read only with torch.load(weights_only=True); safetensors is preferred "
     "(no pickle, checked from its header)"
@@ -131,6 +133,7 @@ class _Candidate:
     headers: tuple[SafetensorsHeader, ...] = ()
     shapes: dict[str, tuple[int, ...]] | None = None  # key -> shape, when known without loading
     global_step: int | None = None  # trainer_state.json
+    epoch: int | None = None  # set when the step was converted from an epoch in the name
 
     def fail(self, message: str) -> None:
         if self.problem is None:
@@ -191,26 +194,6 @@ def parse_step_range(text: str) -> tuple[int | None, int | None]:
     return lo, hi
 
 
-def _compile_step_regex(step_regex: str | None) -> re.Pattern[str] | None:
-    if step_regex is None:
-        return None
-    try:
-        pattern = re.compile(step_regex)
-    except re.error as e:
-        raise CheckpointError(
-            f"--step-regex '{step_regex}' is not a valid regular expression ({e}); write one with "
-            f"a group around the step digits, such as {_STEP_REGEX_HELP}."
-        ) from None
-    named = pattern.groupindex
-    if not pattern.groups or ("it" in named and "epoch" not in named):
-        raise CheckpointError(
-            f"--step-regex '{step_regex}' needs a capturing group around the step digits, such as "
-            f"{_STEP_REGEX_HELP} (or a group named 'epoch', and optionally one named 'it', for "
-            f"epoch x iterations per epoch + it)."
-        )
-    return pattern
-
-
 def _check_selection(steps: tuple[int | None, int | None] | None, every: int | None) -> None:
     if every is not None and (not isinstance(every, int) or every < 1):
         raise CheckpointError(f"--every must be a positive whole number of steps, not {every!r}.")
@@ -234,59 +217,14 @@ def _selected(step: int, steps: tuple[int | None, int | None] | None, every: int
 # steps
 
 
-def _open_lth_error(path: Path, epoch: int, it: int) -> CheckpointError:
-    return CheckpointError(
-        f"'{path}' is named the open_lth way (epoch {epoch}, iteration {it} within it), and its "
-        f"step (epoch x iterations per epoch + it) needs the iterations per epoch: give a spec "
-        f"(--spec) with [data] and [train] batch_size, so that conetool computes ceil(training "
-        f"examples / batch size) as open_lth does, or pass --step-regex."
-    )
-
-
 def step_from_name(name: str, *, iterations_per_epoch: int | None = None) -> int | None:
-    """The step a checkpoint's name (without suffix) gives, or None (see the module docstring).
+    """The step a checkpoint's name (without suffix) gives, or None (see
+    :mod:`conetool.checkpoints.step_names`).
 
-    Raises :class:`CheckpointError` for open_lth's ``model_ep3_it17`` without
-    ``iterations_per_epoch``.
+    Raises :class:`CheckpointError` for a name that gives an epoch (``epoch_3``, open_lth's
+    ``model_ep3_it17``) without ``iterations_per_epoch``.
     """
-    return _name_step(name, iterations_per_epoch, Path(name))
-
-
-def _name_step(name: str, ipe: int | None, where: Path) -> int | None:
-    m = _OPEN_LTH.match(name)
-    if m:
-        epoch, it = int(m.group(1)), int(m.group(2))
-        if ipe is None:
-            raise _open_lth_error(where, epoch, it)
-        return epoch * ipe + it
-    for rule in _NAME_RULES:
-        m = rule.search(name)
-        if m:
-            return int(m.group(1))
-    return None
-
-
-def _step_from_regex(pattern: re.Pattern[str], name: str, ipe: int | None, where: Path) -> int:
-    m = pattern.search(name)
-    if m is None:
-        raise CheckpointError(
-            f"--step-regex '{pattern.pattern}' does not match '{where}' (it is searched in the "
-            f"name '{name}'); change the regex, or move the file out of the directory."
-        )
-    try:
-        if "epoch" in pattern.groupindex:
-            epoch = int(m.group("epoch"))
-            it = int(m.group("it") or 0) if "it" in pattern.groupindex else 0
-            if ipe is None:
-                raise _open_lth_error(where, epoch, it)
-            return epoch * ipe + it
-        value = m.group("step") if "step" in pattern.groupindex else m.group(1)
-        return int(value)
-    except (TypeError, ValueError):
-        raise CheckpointError(
-            f"--step-regex '{pattern.pattern}' matched '{name}' ({where}) but its group is not a "
-            f"whole number; put the group around the digits only, as in {_STEP_REGEX_HELP}."
-        ) from None
+    return name_step(name, iterations_per_epoch, Path(name))[0]
 
 
 def _no_step(path: Path) -> CheckpointError:
@@ -309,7 +247,7 @@ def _recover_step(c: _Candidate, pattern: re.Pattern[str] | None, ipe: int | Non
     where = c.folder or c.location
     if pattern is not None:
         name = c.folder.name if c.folder is not None else c.location.name
-        c.step = _step_from_regex(pattern, name, ipe, where)
+        c.step, c.epoch = regex_step(pattern, name, ipe, where)
         return
     meta = c.metadata.get("step")
     if meta is not None and c.folder is None:
@@ -322,7 +260,7 @@ def _recover_step(c: _Candidate, pattern: re.Pattern[str] | None, ipe: int | Non
                 f"from the file name instead."
             ) from None
         return
-    c.step = _name_step(_stem(c), ipe, where)
+    c.step, c.epoch = name_step(_stem(c), ipe, where)
     if c.folder is not None and c.global_step is not None:
         if c.step is None:
             c.step = c.global_step
@@ -631,7 +569,7 @@ def _scan(
 
     ``deep`` also reads the key sets of zip-format torch files (memory-mapped pickle, no data).
     """
-    pattern = _compile_step_regex(step_regex)
+    pattern = compile_step_regex(step_regex)
     _check_selection(steps, every)
     if iterations_per_epoch is not None and iterations_per_epoch < 1:
         raise CheckpointError(
@@ -697,9 +635,38 @@ def empty_error(scan: _Scan) -> CheckpointError:
     )
 
 
+_COLLAPSE_AT = 3
+
+
+def summarize_problems(problems: list[tuple[Path, str]]) -> list[str]:
+    """One line per distinct problem: three or more ``(file, message)`` pairs whose messages
+    differ only by the file become ``"61 files (epoch_0.pt, epoch_1.pt, epoch_2.pt, ...,
+    epoch_60.pt): <message>"``, the message naming "each file" instead of one (it still says how
+    to fix it). Fewer are listed as they are."""
+    groups: dict[str, list[tuple[Path, str]]] = {}
+    for where, message in problems:
+        key = message.replace(f"'{where}'", "each file").replace(str(where), "each file")
+        groups.setdefault(key, []).append((where, message))
+    lines = []
+    for key, members in groups.items():
+        if len(members) < _COLLAPSE_AT:
+            lines.extend(message for _, message in members)
+            continue
+        names = [where.name or str(where) for where, _ in members]
+        shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
+        lines.append(f"{len(members)} files ({shown}): {key}")
+    return lines
+
+
+def _problem_lines(bad: list[_Candidate]) -> list[str]:
+    assert all(c.problem is not None for c in bad)
+    return summarize_problems([(c.folder or c.location, c.problem or "") for c in bad])
+
+
 def _problems_error(directory: Path, bad: list[_Candidate]) -> CheckpointError:
-    shown = "\n".join(f"  - {c.problem}" for c in bad[:20])
-    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    lines = _problem_lines(bad)
+    shown = "\n".join(f"  - {line}" for line in lines[:20])
+    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
     return CheckpointError(
         f"{len(bad)} unusable checkpoint(s) in '{directory}':\n{shown}{more}\n"
         f"Fix or move these files, or pass --skip-bad to skip them with a warning."
@@ -778,8 +745,9 @@ def list_checkpoints(
             checkpoint file or Hugging Face folder.
         step_regex: overrides step recovery (``--step-regex``), searched in each file name (the
             folder name for Hugging Face folders); its group ``step``, or its first group.
-        iterations_per_epoch: for open_lth's ``model_ep{E}_it{I}`` names (step = E x this + I);
-            open_lth uses ceil(training examples / batch size).
+        iterations_per_epoch: for names that give an epoch (``epoch_3``: step = 3 x this;
+            open_lth's ``model_ep{E}_it{I}``: E x this + I; see
+            :mod:`conetool.checkpoints.step_names`): ceil(training examples / batch size).
         steps: ``(first, last)``, both included, either may be None (``--steps``; see
             :func:`parse_step_range`). Files outside the range are not checked.
         every: keep only steps that are multiples of ``every`` (``--every``).
@@ -804,14 +772,17 @@ def list_checkpoints(
     bad = [c for c in scan.candidates if c.problem is not None]
     if bad and not skip_bad:
         raise _problems_error(scan.directory, bad)
-    for c in bad:
-        warn(f"skipping a checkpoint: {c.problem}")
+    for line in _problem_lines(bad):
+        warn(f"skipping {line}" if line[0].isdigit() else f"skipping a checkpoint: {line}")
     refs = [c.ref() for c in scan.candidates if c.problem is None]
     if not refs:
         raise CheckpointError(
             f"no usable checkpoint left in '{scan.directory}': all {len(bad)} were skipped "
             f"(--skip-bad; see the warnings). Fix the files or point at another directory."
         )
+    from_epochs = sum(1 for c in scan.candidates if c.problem is None and c.epoch is not None)
+    if from_epochs and iterations_per_epoch is not None:
+        warn(epoch_note(iterations_per_epoch, from_epochs))
     pickled = [r for r in refs if r.format == "torch"]
     if pickled:
         warn(torch_note(len(pickled), pickled[0].file))

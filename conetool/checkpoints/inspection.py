@@ -19,6 +19,7 @@ from conetool.errors import CheckpointError
 from ._keys import describe_mismatch, match_keys
 from .discover import TORCH_NOTE, _Candidate, scan_selected
 from .load import match_state_dict, read_checkpoint
+from .step_names import epoch_note
 
 STATUSES = ("ok", "error")
 
@@ -77,6 +78,7 @@ def inspect_checkpoints(
         deep=True,
     )
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None
+    from_epochs = sum(1 for c in scan.candidates if c.epoch is not None)
     rows = []
     for c in scan.candidates:
         problem, fp = c.problem, None
@@ -102,6 +104,9 @@ def inspect_checkpoints(
         note = TORCH_NOTE if c.paths and c.format == "torch" else None
         if warned:
             note = " ".join([*([note] if note else []), *warned])
+        if c.epoch is not None and iterations_per_epoch is not None:
+            epochs = epoch_note(iterations_per_epoch, from_epochs)
+            note = " ".join([*([note] if note else []), epochs])
         rows.append(
             InspectRow(
                 step=c.step,

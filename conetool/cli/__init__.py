@@ -17,11 +17,14 @@ try:
     from . import switch_cmd  # noqa: F401
     from . import report_cmd  # noqa: F401
     from . import demo_cmd  # noqa: F401
+    from .help_format import tidy_help
 except KeyboardInterrupt:
     exit_if_command_line()
     raise
 
 # isort: on
+
+tidy_help(app)
 
 
 def main() -> None:
@@ -47,6 +50,10 @@ def main() -> None:
         print("interrupted.", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
     except SystemExit as done:
+        from .app import INTERRUPT_ANNOUNCED
+
+        if (interrupted or done.code == INTERRUPTED) and not INTERRUPT_ANNOUNCED:
+            print("interrupted.", file=sys.stderr)  # e.g. Typer's own exit 130 says nothing
         if interrupted and done.code != INTERRUPTED:
             raise SystemExit(INTERRUPTED) from None
         raise

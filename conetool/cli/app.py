@@ -12,17 +12,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..distributed import PeerFailedError, Ranks
 from ..errors import ConetoolError
-from ..io import write_error
 from ..progress import NullProgress
 from .progress_display import PlainProgress, RichProgress
+
+if TYPE_CHECKING:  # conetool.distributed imports torch: only commands that run load it
+    from ..distributed import Ranks
 
 app = typer.Typer(
     name="conetool",
@@ -37,6 +38,8 @@ app = typer.Typer(
 
 console = Console()
 err_console = Console(stderr=True)
+#: Set when a command has said it was interrupted, so that ``main`` does not say it again.
+INTERRUPT_ANNOUNCED: list[bool] = []
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")]
 Debug = Annotated[
@@ -44,7 +47,12 @@ Debug = Annotated[
     typer.Option("--debug", help="Show the full traceback of an error (or set CONETOOL_DEBUG=1)."),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:K.")
+    str,
+    typer.Option(
+        "--device",
+        metavar="auto|cpu|cuda|cuda:K",
+        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:K.",
+    ),
 ]
 
 
@@ -52,6 +60,8 @@ _PEER_EXIT_DELAY = 1.0  # seconds; torchrun checks its workers every 0.1 s
 
 
 def _ranks() -> Ranks:
+    from ..distributed import Ranks
+
     try:
         return Ranks.from_env()
     except ConetoolError:
@@ -70,6 +80,8 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
     Under torchrun each distinct error is printed once, by the rank that hit it (prefixed with
     its rank unless rank 0); a rank that stopped because another one failed exits 1 silently.
     """
+    from ..distributed import PeerFailedError
+
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
     try:
@@ -92,6 +104,8 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
     except OSError as exc:
         # A full, read-only or forbidden file system met outside conetool's own writers (which
         # raise StoreError for it): still one paragraph naming the path. Anything else is a bug.
+        from ..io import write_error  # torch-free --help: conetool.io loads safetensors.torch
+
         error = write_error(Path(exc.filename or "."), exc)
         if error is None:
             raise
@@ -102,6 +116,7 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
         )
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
+        INTERRUPT_ANNOUNCED.append(True)
         if ranks.is_main:
             err_console.print(
                 "[yellow]interrupted.[/] Everything already written is complete and valid; "

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..pipeline.run_demo import demo as demo_run
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .runtime import Threads, starting
 
 
 @app.command()
@@ -25,6 +25,7 @@ def demo(
     probe_size: Annotated[
         int | None, typer.Option("--probe-size", min=2, help="Probe examples (default 100).")
     ] = None,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -35,8 +36,18 @@ def demo(
 
     Example: conetool demo --out conetool-demo
     """
+    starting("demo", quiet)
+    from ..pipeline.run_demo import demo as demo_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
-        result = demo_run(out, device=device, steps=steps, probe_size=probe_size, progress=progress)
+        result = demo_run(
+            out,
+            device=device,
+            steps=steps,
+            probe_size=probe_size,
+            threads=threads,
+            progress=progress,
+        )
     table = Table(title=f"conetool demo -> {result.out}", title_justify="left")
     for name in result.stage_seconds:
         table.add_column(name, justify="right")

@@ -8,12 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..pipeline import distance as distance_run
-from ..verdict import VerdictRules
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
-from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
+from .options import DEFAULT_STORE, VERDICT_DEFAULTS, MatrixMemory, SkipBadKernels, StoreOpt
+from .runtime import Threads, starting
 
-_RULES = VerdictRules()
+_RULES = VERDICT_DEFAULTS
 
 
 def _g(x: float) -> str:
@@ -27,6 +26,7 @@ def distance(
         list[str] | None,
         typer.Option(
             "--ref",
+            metavar="STEP|last",
             help="Reference step τ for S(θ(t), θ(τ)), or 'last'; repeatable (default: 0).",
         ),
     ] = None,
@@ -35,6 +35,7 @@ def distance(
         typer.Option(
             "--dt",
             min=1,
+            metavar="DT",
             help="Spacing of the adjacent pairs (t, t+dt); repeatable (default: the smallest "
             "spacing of the stored steps, and the verdict's).",
         ),
@@ -98,6 +99,7 @@ def distance(
     ] = None,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -110,7 +112,12 @@ def distance(
 
     Example: conetool distance --ref 0 --ref 100 --dt 5 --dt 50
     """
-    with handle_errors(debug), progress_display(quiet) as progress:
+    starting("distance", quiet)
+    from ..pipeline import distance as distance_run
+    from ..threads import limit_threads
+    from ..verdict import VerdictRules
+
+    with handle_errors(debug), progress_display(quiet) as progress, limit_threads(threads):
         rules = VerdictRules(
             min_drop=min_drop,
             velocity_dt=velocity_dt,

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..pipeline import embed as embed_run
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
+from .runtime import Threads, starting
 
 
 class Method(str, Enum):
@@ -33,6 +33,7 @@ def embed(
     seed: Annotated[int, typer.Option("--seed", help="Random seed of MDS.")] = 0,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -44,6 +45,9 @@ def embed(
 
     Example: conetool embed --method pca --dims 3
     """
+    starting("embed", quiet)
+    from ..pipeline import embed as embed_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
         result = embed_run(
             store,
@@ -52,6 +56,7 @@ def embed(
             seed=seed,
             skip_bad=skip_bad,
             max_memory=max_memory,
+            threads=threads,
             progress=progress,
         )
     e = result.embedding

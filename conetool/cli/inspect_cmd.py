@@ -8,15 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..io import format_bytes
-from ..pipeline import inspect as inspect_run
 from .app import Debug, app, console, handle_errors
 from .options import Every, SpecOpt, StepRegex, Steps
+from .runtime import starting
 
 
 @app.command()
 def inspect(
-    ckpts: Annotated[Path, typer.Argument(help="A checkpoint directory (or one checkpoint).")],
+    ckpts: Annotated[Path, typer.Argument(help="A checkpoint directory (or one checkpoint).", metavar="CKPTS")],
     spec: SpecOpt = None,
     verify: Annotated[
         bool,
@@ -35,6 +34,11 @@ def inspect(
 
     Example: conetool inspect runs/digits --verify
     """
+    starting("inspect", False)
+    from ..checkpoints.discover import summarize_problems
+    from ..io import format_bytes
+    from ..pipeline import inspect as inspect_run
+
     with handle_errors(debug):
         rows = inspect_run(
             ckpts, spec=spec, verify=verify, step_regex=step_regex, steps=steps, every=every
@@ -62,8 +66,10 @@ def inspect(
     for note in notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     bad = [row for row in rows if row.status != "ok"]
-    for row in bad:
-        console.print(f"- {row.file}: {row.problem}", highlight=False, markup=False, soft_wrap=True)
+    # Identical problems of many files (61 epoch_N.pt without a spec) make one line.
+    problems = [(ckpts.expanduser() / row.file, row.problem or "") for row in bad]
+    for line in summarize_problems(problems):
+        console.print(f"- {line}", highlight=False, markup=False, soft_wrap=True)
     ok = len(rows) - len(bad)
     checked = "headers and tensors" if verify else "headers"
     console.print(f"{ok} of {len(rows)} checkpoints usable ({checked} checked).", highlight=False)

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..pipeline import kernels as kernels_run
 from .app import (
     Debug,
     DeviceOpt,
@@ -20,6 +19,7 @@ from .app import (
     progress_display,
 )
 from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
+from .runtime import Threads, starting
 
 
 def _bytes(n: int) -> str:
@@ -28,7 +28,7 @@ def _bytes(n: int) -> str:
 
 @app.command()
 def kernels(
-    ckpts: Annotated[Path, typer.Argument(help="The checkpoint directory of the run.")],
+    ckpts: Annotated[Path, typer.Argument(help="The checkpoint directory of the run.", metavar="CKPTS")],
     spec: SpecOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     probe_size: Annotated[
@@ -38,20 +38,21 @@ def kernels(
         ),
     ] = None,
     kind: Annotated[
-        str, typer.Option("--kind", help="trace (n, n) | full (n, c, n, c) | sum (n, n).")
+        str, typer.Option("--kind", metavar="trace|full|sum", help="trace (n, n) | full (n, c, n, c) | sum (n, n).")
     ] = "trace",
     dtype: Annotated[
-        str, typer.Option("--dtype", help="float32, or float64 for exact kernels on deep nets.")
+        str, typer.Option("--dtype", metavar="float32|float64", help="float32, or float64 for exact kernels on deep nets.")
     ] = "float32",
     device: DeviceOpt = "auto",
     max_memory: Annotated[
         str | None,
-        typer.Option("--max-memory", help="Memory budget, e.g. 4GiB (default: from free memory)."),
+        typer.Option("--max-memory", metavar="SIZE", help="Memory budget, e.g. 4GiB (default: from free memory)."),
     ] = None,
     method: Annotated[
         str,
         typer.Option(
             "--method",
+            metavar="auto|structured|jacobian",
             help="eNTK engine: structured (per layer), jacobian (the reference) or auto.",
         ),
     ] = "auto",
@@ -64,6 +65,7 @@ def kernels(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a store made with another spec/probe/kind.")
     ] = False,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -77,6 +79,9 @@ def kernels(
     On several GPUs or nodes, torchrun shares the checkpoints among its processes:
     torchrun --nproc-per-node 4 -m conetool kernels runs/digits --store conetool-out
     """
+    starting("kernels", quiet)
+    from ..pipeline import kernels as kernels_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
         result = kernels_run(
             ckpts,
@@ -93,6 +98,7 @@ def kernels(
             step_regex=step_regex,
             skip_bad=skip_bad,
             overwrite=overwrite,
+            threads=threads,
             progress=progress,
         )
     if not is_main_process():

@@ -12,25 +12,33 @@ from .. import paths
 SpecOpt = Annotated[
     Path | None,
     typer.Option(
-        "--spec", help="The run's TOML spec (default: CKPTS/conetool.toml).", dir_okay=False
+        "--spec",
+        help="The run's TOML spec (default: CKPTS/conetool.toml).",
+        dir_okay=False,
+        metavar="FILE",
     ),
 ]
 StoreOpt = Annotated[
-    Path, typer.Option("--store", help="The output store directory.", file_okay=False)
+    Path, typer.Option("--store", help="The output store directory.", file_okay=False, metavar="DIR")
 ]
 StepRegex = Annotated[
     str | None,
     typer.Option(
         "--step-regex",
-        help="Regex recovering the step from a file name: its group 'step' or its first group.",
+        metavar="REGEX",
+        help="Regex recovering the step from each file (or checkpoint-N folder) name. Its "
+        "group 'step' (or its first group) is the step: 'it(\\d+)'. A group 'epoch' (and "
+        "optionally 'it', the iteration within the epoch) is converted with the spec: step = "
+        "epoch x iterations per epoch + it, as in 'epoch_(?P<epoch>\\d+)'. Names like "
+        "epoch_3 and ep3 are converted so without it.",
     ),
 ]
 Steps = Annotated[
     str | None,
-    typer.Option("--steps", help="Only steps in FIRST:LAST (both included; either may be empty)."),
+    typer.Option("--steps", metavar="FIRST:LAST", help="Only steps in FIRST:LAST (both included; either may be empty)."),
 ]
 Every = Annotated[
-    int | None, typer.Option("--every", min=1, help="Only steps that are multiples of K.")
+    int | None, typer.Option("--every", min=1, metavar="K", help="Only steps that are multiples of K.")
 ]
 SkipBadKernels = Annotated[
     bool,
@@ -38,6 +46,22 @@ SkipBadKernels = Annotated[
 ]
 MatrixMemory = Annotated[
     str | None,
-    typer.Option("--max-memory", help="Memory for the S matrix's kernel blocks (default 1GiB)."),
+    typer.Option("--max-memory", metavar="SIZE", help="Memory for the S matrix's kernel blocks (default 1GiB)."),
 ]
 DEFAULT_STORE = Path(paths.DEFAULT_STORE)
+
+
+class _VerdictDefaults:
+    """The defaults of :class:`conetool.verdict.VerdictRules` that ``distance`` shows in its
+    help, copied here because the verdict module loads NumPy and PyTorch (a test keeps them
+    equal)."""
+
+    min_drop = 5.0
+    freeze_factor = 5.0
+    bounded_exponent = 0.25
+    drift_exponent = 0.5
+    plateau_tolerance = 0.15
+    lazy_level = 1e-4
+
+
+VERDICT_DEFAULTS = _VerdictDefaults()

@@ -21,24 +21,50 @@ def _fields_text(fields: dict[str, Any]) -> str:
     return "  ".join(f"{k}={v}" for k, v in fields.items())
 
 
+def per_item(done: int, elapsed: float) -> str:
+    """The time one item took on average, "3.2 ms each" or "12.4 s each"; "" before the first.
+
+    A duration reads better than a rate at both ends: "890.4/s" for training steps and "0.0/s"
+    for kernels that take minutes each.
+    """
+    if done <= 0 or elapsed <= 0:
+        return ""
+    each = elapsed / done
+    if each < 1e-3:
+        return f"{each * 1e6:.0f} µs each"
+    if each < 1.0:
+        return f"{each * 1e3:.1f} ms each" if each < 0.01 else f"{each * 1e3:.0f} ms each"
+    if each < 120:
+        return f"{each:.1f} s each"
+    return f"{each / 60:.1f} min each"
+
+
 class _RichTask:
     def __init__(self, progress: Progress, task: TaskID) -> None:
         self._progress, self._task = progress, task
         self._started = time.perf_counter()
+        self._first: tuple[float, float] | None = None
 
     def advance(self, amount: int = 1, **fields: Any) -> None:
         task = self._progress.tasks[self._task]
-        elapsed = max(time.perf_counter() - self._started, 1e-9)
-        rate = task.completed / elapsed if task.completed else 0.0
+        if self._first is None:  # a first jump of several (a resumed run) is not timed
+            jump = amount > 1
+            self._first = (
+                (task.completed + amount, time.perf_counter())
+                if jump
+                else (task.completed, self._started)
+            )
+        done = task.completed + amount - self._first[0]
+        rate = per_item(done, time.perf_counter() - self._first[1])
         info = _fields_text(fields) if fields else task.fields.get("info", "")
-        self._progress.update(self._task, advance=amount, info=info, rate=f"{rate:.1f}/s")
+        self._progress.update(self._task, advance=amount, info=info, rate=rate)
 
     def close(self) -> None:
         self._progress.stop_task(self._task)
 
 
 class RichProgress:
-    """Bars with count, rate, elapsed and remaining time, and the task's latest fields."""
+    """Bars with count, time per item, elapsed and remaining time, and the task's latest fields."""
 
     def __init__(self, console: Console) -> None:
         self._console = console
@@ -87,13 +113,13 @@ class _PlainTask:
         if not due or now - self._started < 2.0:  # short work needs no progress lines
             return
         elapsed = now - self._started
-        rate = self._done / elapsed if elapsed > 0 else 0.0
+        each = per_item(self._done, elapsed)
         total = f"/{self._total}" if self._total else ""
         left = ""
-        if self._total and rate > 0:
-            left = f", {(self._total - self._done) / rate:.0f}s left"
+        if self._total and self._done:
+            left = f", {(self._total - self._done) * elapsed / self._done:.0f} s left"
         self._console.print(
-            f"{self._description}: {self._done}{total} ({rate:.1f}/s{left}) {_fields_text(fields)}",
+            f"{self._description}: {self._done}{total} ({each}{left}) {_fields_text(fields)}",
             highlight=False,
             markup=False,
         )

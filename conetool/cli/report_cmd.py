@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..pipeline import report as report_run
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, StoreOpt
+from .runtime import starting
 
 _TITLES = {
     "summary": "summary",
@@ -55,6 +55,9 @@ def report(
 
     Example: conetool report --store conetool-out
     """
+    starting("report", quiet)
+    from ..pipeline import report as report_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
         result = report_run(store, out=out, progress=progress)
     table = Table(title=f"conetool report -> {result.html.parent}", title_justify="left")

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..pipeline.run_switch import switch as switch_run
 from .app import (
     Debug,
     DeviceOpt,
@@ -20,6 +19,7 @@ from .app import (
     progress_display,
 )
 from .options import DEFAULT_STORE, SpecOpt, StepRegex, StoreOpt
+from .runtime import Threads, starting
 
 
 @app.command()
@@ -28,6 +28,7 @@ def switch(
         list[str],
         typer.Option(
             "--at",
+            metavar="STEPS",
             help="Switch step t: 2000, a list 0,1000,2000, or a range 0:10000:1000 (stop excluded). "
             "Repeatable.",
         ),
@@ -51,19 +52,21 @@ def switch(
     store: StoreOpt = DEFAULT_STORE,
     ckpts: Annotated[
         Path | None,
-        typer.Option("--ckpts", help="Checkpoint directory (default: from the store's manifest)."),
+        typer.Option("--ckpts", metavar="DIR", help="Checkpoint directory (default: from the store's manifest)."),
     ] = None,
     spec: SpecOpt = None,
     reference: Annotated[
         str,
         typer.Option(
             "--reference",
+            metavar="checkpoint|train",
             help="The standard model at T: 'checkpoint' (the stored one) or 'train' (continue "
             "the standard run to T).",
         ),
     ] = "checkpoint",
     device: DeviceOpt = "auto",
     step_regex: StepRegex = None,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -76,6 +79,9 @@ def switch(
     On several GPUs or nodes, torchrun shares the switch points among its processes:
     torchrun --nproc-per-node 4 -m conetool switch --at 0,50,100,200 --store conetool-out
     """
+    starting("switch", quiet)
+    from ..pipeline.run_switch import switch as switch_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
         result = switch_run(
             at,
@@ -87,6 +93,7 @@ def switch(
             device=device,
             step_regex=step_regex,
             beyond_run=beyond_run,
+            threads=threads,
             progress=progress,
         )
     if not is_main_process():

@@ -8,14 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..training import train as train_run
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .runtime import Threads, starting
 
 
 @app.command()
 def train(
-    spec: Annotated[Path, typer.Argument(help="The TOML spec of the run.", dir_okay=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the checkpoints.")],
+    spec: Annotated[Path, typer.Argument(help="The TOML spec of the run.", dir_okay=False, metavar="SPEC")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the checkpoints.", metavar="DIR")],
     device: DeviceOpt = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
@@ -23,6 +23,7 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the run already in --out.")
     ] = False,
+    threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -33,9 +34,18 @@ def train(
 
     Example: conetool train examples/digits_lenet.toml --out runs/digits
     """
+    starting("train", quiet)
+    from ..training import train as train_run
+
     with handle_errors(debug), progress_display(quiet) as progress:
         result = train_run(
-            spec, out, device=device, resume=resume, overwrite=overwrite, progress=progress
+            spec,
+            out,
+            device=device,
+            resume=resume,
+            overwrite=overwrite,
+            threads=threads,
+            progress=progress,
         )
     table = Table(title=f"conetool train -> {result.out}", title_justify="left")
     for column in ("steps", "checkpoints", "test loss", "test accuracy", "seconds"):

@@ -20,6 +20,7 @@ import torch
 
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
+from ..threads import limit_threads
 from ..training import train
 from .run_distance import distance
 from .run_embed import embed
@@ -79,18 +80,33 @@ def demo(
     steps: int | None = None,
     probe_size: int | None = None,
     switch_at: Sequence[int] | None = None,
+    threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> DemoResult:
     """Train, compute kernels, distances, the embedding and a switch sweep, and write the report.
 
     ``steps``, ``probe_size`` and ``switch_at`` shrink the demo (tests use them); by default it
-    runs ``examples/digits_lenet.toml`` as it is.
+    runs ``examples/digits_lenet.toml`` as it is. ``threads`` (a count or ``"auto"``) is resolved
+    once, before training, so that the later stages do not count the demo's own load.
 
     Example::
 
         result = conetool.demo("conetool-demo")
         print(result.report_html, result.verdict["regime"])
     """
+    with limit_threads(threads) as count:
+        return _demo(out, device, steps, probe_size, switch_at, count, progress)
+
+
+def _demo(
+    out: str | Path,
+    device: str | torch.device,
+    steps: int | None,
+    probe_size: int | None,
+    switch_at: Sequence[int] | None,
+    threads: int,
+    progress: Progress | None,
+) -> DemoResult:
     progress = progress or NullProgress()
     out = Path(out)
     ckpts, store = out / "ckpts", out / "store"
@@ -99,11 +115,24 @@ def demo(
     points = list(switch_at) if switch_at is not None else default_switch_points(T)
     seconds: dict[str, float] = {}
     stages: list[tuple[str, Callable[[], Any]]] = [
-        ("train", lambda: train(spec, ckpts, device=device, resume=True, progress=progress)),
-        ("kernels", lambda: kernels(ckpts, store=store, device=device, progress=progress)),
+        (
+            "train",
+            lambda: train(
+                spec, ckpts, device=device, resume=True, threads=threads, progress=progress
+            ),
+        ),
+        (
+            "kernels",
+            lambda: kernels(ckpts, store=store, device=device, threads=threads, progress=progress),
+        ),
         ("distance", lambda: distance(store, refs=_refs(T), progress=progress)),
-        ("embed", lambda: embed(store, progress=progress)),
-        ("switch", lambda: switch(points, store=store, device=device, progress=progress)),
+        ("embed", lambda: embed(store, threads=threads, progress=progress)),
+        (
+            "switch",
+            lambda: switch(
+                points, store=store, device=device, threads=threads, progress=progress
+            ),
+        ),
         ("report", lambda: report(store, progress=progress)),
     ]
     results: dict[str, Any] = {}

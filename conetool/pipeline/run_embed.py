@@ -27,6 +27,7 @@ from ..io import atomic_write_json
 from ..plots import embedding_figure, save_figure
 from ..progress import NullProgress, Progress
 from ..store import Store
+from ..threads import limit_threads
 from ..verdict import phase_verdict
 from .matrix_cache import csv_number, kernel_matrix, write_csv
 
@@ -69,6 +70,7 @@ def embed(
     seed: int = 0,
     skip_bad: bool = False,
     max_memory: int | str | None = None,
+    threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> EmbedResult:
     """Embed the store's kernels in ``dims`` dimensions from their chordal distances.
@@ -82,6 +84,8 @@ def embed(
         seed: random state for MDS (its start is the PCA solution, so the result is deterministic).
         skip_bad: leave out kernel files that cannot be read or are non-finite.
         max_memory: budget for the S matrix's kernel blocks when it must be computed (default 1 GiB).
+        threads: CPU threads (PyTorch, BLAS, scikit-learn's MDS): a count or ``"auto"``
+            (:func:`conetool.limit_threads`).
         progress: progress display; default silent.
 
     Returns:
@@ -101,9 +105,10 @@ def embed(
     if dims not in (2, 3):
         raise ConetoolError(f"--dims {dims} is not supported. Use 2 or 3.")
     opened = Store.open(store)
-    matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
-    steps, s = matrix.steps, matrix.S
-    embedding = embed_kernels(s, method=method, dims=dims, seed=seed)  # type: ignore[arg-type]
+    with limit_threads(threads):
+        matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
+        steps, s = matrix.steps, matrix.S
+        embedding = embed_kernels(s, method=method, dims=dims, seed=seed)  # type: ignore[arg-type]
     phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s)
 
     root = opened.root

@@ -23,6 +23,7 @@ from ..probe import Probe, load_probe, make_probe, save_probe
 from ..progress import NullProgress, Progress
 from ..spec import Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
+from ..threads import limit_threads
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -71,6 +72,7 @@ def kernels(
     step_regex: str | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,
+    threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> KernelsResult:
     """Compute the eNTK of the spec's probe set at every checkpoint of ``ckpts`` into ``store``.
@@ -83,12 +85,15 @@ def kernels(
     its kernels on its own device (``cuda:LOCAL_RANK``), rank 0 shows the whole job's progress
     and, once all ranks are done, records their kernels in ``manifest.json``.
 
+    ``threads`` sets the CPU threads of PyTorch and BLAS for the call: a count, or ``"auto"``
+    (the idle cores; :func:`conetool.limit_threads`).
+
     Example::
 
         result = conetool.kernels("runs/digits", store="conetool-out")
         H = conetool.Store.open("conetool-out").load_kernel(result.computed[-1])  # (n, n)
     """
-    with distributed.job("kernels", device) as job:
+    with limit_threads(threads), distributed.job("kernels", device) as job:
         return _kernels(
             job,
             Path(ckpts),
@@ -358,6 +363,7 @@ def _plan(
     if not ckpts.exists():
         raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
     spec = resolve_spec(ckpts, spec)
+    progress.log(f"loading data '{spec.data.dataset}' and listing {ckpts} ...")
     if probe_size is not None:
         if probe_size < 1:
             raise ConetoolError(f"--probe-size must be positive, got {probe_size}.")

@@ -39,6 +39,7 @@ from ..plots import save_figure, switch_figure
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
 from ..store import nearest_steps
+from ..threads import limit_threads, slow_step_watch
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 REFERENCES = ("checkpoint", "train")
@@ -83,6 +84,14 @@ class SwitchResult:
     reference: dict[str, Any] | None
     files: list[Path]
     notes: list[str] = field(default_factory=list)
+
+
+FOREIGN_NOTE = (
+    "these checkpoints were not written by `conetool train` (no conetool metadata): the "
+    "linearized model is trained on conetool's seeded batch order (the spec's [train] seed, "
+    "batch_size and augment), not on the batches of the loop that wrote them, so the switch "
+    "replays the spec's recipe, not your run's exact data order."
+)
 
 
 def parse_at(values: Sequence[int | str]) -> list[int]:
@@ -133,6 +142,7 @@ def switch(
     device: str | torch.device = "auto",
     step_regex: str | None = None,
     beyond_run: bool = False,
+    threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> SwitchResult:
     """Run the switch experiment at each step of ``at`` and write the results to ``store``.
@@ -150,12 +160,15 @@ def switch(
     ``results.json`` and the figure from every point's file. The result's ``points`` and
     ``notes`` cover the whole job on every rank; ``reference`` and ``files`` are rank 0's.
 
+    ``threads`` sets the CPU threads of PyTorch and BLAS for the call: a count, or ``"auto"``
+    (the idle cores; :func:`conetool.limit_threads`).
+
     Example::
 
         result = conetool.switch([0, 100, 200], store="conetool-out")
         [(p.at, p.test_acc) for p in result.points]
     """
-    with distributed.job("switch", device) as job:
+    with limit_threads(threads) as count, distributed.job("switch", device) as job:
         return _switch(
             job,
             at,
@@ -166,6 +179,7 @@ def switch(
             reference=reference,
             step_regex=step_regex,
             beyond_run=beyond_run,
+            threads=count,
             progress=(progress or NullProgress()) if job.is_main else NullProgress(),
         )
 
@@ -181,6 +195,7 @@ def _switch(
     reference: str,
     step_regex: str | None,
     beyond_run: bool,
+    threads: int,
     progress: Progress,
 ) -> SwitchResult:
     sweep = job.agree(
@@ -207,7 +222,16 @@ def _switch(
             break  # another rank hit an error: stop as a single process would
         try:
             point = _run_point(
-                sweep.spec, sweep.refs[t], sweep.ckpts, T, sweep.data, dev, store, progress, notes
+                sweep.spec,
+                sweep.refs[t],
+                sweep.ckpts,
+                T,
+                sweep.data,
+                dev,
+                store,
+                threads,
+                progress,
+                notes,
             )
         except CheckpointError as exc:
             error = _for_switch(exc)
@@ -418,6 +442,7 @@ def _run_point(
     data: DataBundle,
     device: torch.device,
     store: Path,
+    threads: int,
     progress: Progress,
     notes: list[str],
 ) -> SwitchPoint:
@@ -425,6 +450,8 @@ def _run_point(
     model = model_for(spec)
     loaded = load_checkpoint(model, ref)  # refuses non-finite weights, names the file
     assert loaded is not None
+    if loaded.metadata.get("format") != "conetool" and FOREIGN_NOTE not in notes:
+        notes.append(FOREIGN_NOTE)
     key = _point_key(spec, until, loaded.fingerprint)
     done = _read_point(store, t, key)
     if done is not None:
@@ -435,7 +462,11 @@ def _run_point(
     optimizer, momentum = _optimizer_at(lin, spec, ckpts, t)
     if momentum == "fresh":
         notes.append(f"t={t}: no optimizer state beside the checkpoint; momentum starts at zero")
-    loop = TrainingLoop(spec, lin, optimizer, data, device, progress, description=f"switch t={t}")
+    # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
+    watch = slow_step_watch(model, data, spec, device, threads, progress, passes=6.0)
+    loop = TrainingLoop(
+        spec, lin, optimizer, data, device, progress, description=f"switch t={t}", on_step=watch
+    )
     rows = loop.run(t, until)
     last = rows[-1]
     train_rows = [r for r in rows if r["train_loss"] == r["train_loss"]]  # not NaN

@@ -1,0 +1,170 @@
+"""The training step a checkpoint's name gives: built-in name rules and ``--step-regex``.
+
+Names that give a step directly: ``step_2000``, ``step=2000``, ``epoch=3-step=2000`` (Lightning:
+the step wins over the epoch), ``global_step2000``, ``ckpt-2000``, ``checkpoint-2000``,
+``model_2000``, ``weights-2000``, ``iter_2000``, a bare ``2000``.
+
+Names that give an epoch, converted with the iterations (optimizer steps) per epoch, which the
+spec gives as ceil(training examples / batch size):
+
+- open_lth's ``model_ep3_it17``: step = 3 x iterations per epoch + 17;
+- ``epoch_3``, ``epoch=3``, ``epoch-3``, ``epoch3``, ``model_epoch_3``, ``ep3``, ``ep_3``:
+  step = 3 x iterations per epoch, the weights after 3 whole epochs (``epoch_0`` is the
+  initialization). A loop that counts epochs from 0 *after* the first epoch gives steps one epoch
+  early; distances and the verdict compare kernels, so only the step axis shifts.
+
+Without the iterations per epoch (no spec), an epoch name is an error that says what to give.
+
+``--step-regex`` is searched in the file name (the folder name for Hugging Face folders):
+
+- a group named ``step`` (or, failing that, the first group) is the step: ``'it(\\d+)'``,
+  ``'_(?P<step>\\d+)\\.pt'``;
+- a group named ``epoch`` (with an optional group ``it``, the iteration within the epoch) is
+  converted as above: ``'epoch_(?P<epoch>\\d+)'``, ``'ep(?P<epoch>\\d+)_it(?P<it>\\d+)'``.
+
+A regex whose only, unnamed group follows the word ``epoch`` or ``ep`` (``'epoch_(\\d+)'``) is
+refused: taking epochs for steps would silently shrink the step axis. Name the group ``epoch``
+(or ``step`` if the numbers really are steps).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from conetool.errors import CheckpointError
+
+STEP_REGEX_EXAMPLE = "--step-regex 'it(\\d+)'"
+EPOCH_REGEX_EXAMPLE = "--step-regex 'epoch_(?P<epoch>\\d+)'"
+
+_OPEN_LTH = re.compile(r"^model_ep(\d+)_it(\d+)$")
+_NAME_RULES = (
+    re.compile(r"(?:^|[^a-z0-9])(?:global_)?step[_=\-]?(\d+)(?![0-9])", re.IGNORECASE),
+    re.compile(r"(?:^|[^a-z0-9])(?:ckpt|checkpoint)[_=\-]?(\d+)(?![0-9])", re.IGNORECASE),
+    re.compile(r"(?:^|[^a-z0-9])(?:model|weights|iter|iteration)[_=\-]?(\d+)(?![0-9])", re.I),
+    re.compile(r"^(\d+)$"),
+)
+_EPOCH_RULE = re.compile(r"(?:^|[^a-z0-9])(?:epoch|ep)[_=\-]?(\d+)(?![0-9])", re.IGNORECASE)
+# The text of a regex just before its first group, when that reads as an epoch label.
+_EPOCH_BEFORE_GROUP = re.compile(r"(?:epoch|ep)[^a-z0-9(]*$", re.IGNORECASE)
+
+
+def epoch_error(path: Path, *, open_lth: bool = False) -> CheckpointError:
+    """The error for a name that gives an epoch when the iterations per epoch are unknown (the
+    same text for every file but the path, so that a directory of them reads as one line)."""
+    if open_lth:
+        what = (
+            "is named the open_lth way (model_epE_itI: epoch E, iteration I within it), and its "
+            "step (E x iterations per epoch + I)"
+        )
+    else:
+        what = "is named by epoch, and its step (epoch x iterations per epoch)"
+    return CheckpointError(
+        f"'{path}' {what} needs the iterations per epoch: give a spec (--spec, or conetool.toml "
+        f"in the checkpoint directory) with [data] and [train] batch_size, so that conetool "
+        f"computes ceil(training examples / batch size), or pass --step-regex with a group "
+        f"named 'step' if the name holds the step."
+    )
+
+
+def epoch_note(iterations_per_epoch: int, count: int) -> str:
+    """What the listing says when steps came from epoch names."""
+    return (
+        f"{count} checkpoint(s) are named by epoch: step = epoch x {iterations_per_epoch} "
+        f"iterations per epoch (from the spec: ceil(training examples / batch size)), the "
+        f"weights after that many whole epochs."
+    )
+
+
+def compile_step_regex(step_regex: str | None) -> re.Pattern[str] | None:
+    """``--step-regex`` compiled and checked; None when not given."""
+    if step_regex is None:
+        return None
+    try:
+        pattern = re.compile(step_regex)
+    except re.error as e:
+        raise CheckpointError(
+            f"--step-regex '{step_regex}' is not a valid regular expression ({e}); write one with "
+            f"a group around the step digits, such as {STEP_REGEX_EXAMPLE}."
+        ) from None
+    named = pattern.groupindex
+    if not pattern.groups or ("it" in named and "epoch" not in named):
+        raise CheckpointError(
+            f"--step-regex '{step_regex}' needs a capturing group around the step digits, such as "
+            f"{STEP_REGEX_EXAMPLE} (or a group named 'epoch', and optionally one named 'it', for "
+            f"epoch x iterations per epoch + it)."
+        )
+    if "step" not in named and "epoch" not in named:
+        before = step_regex[: _first_group(step_regex)]
+        if _EPOCH_BEFORE_GROUP.search(before):
+            raise CheckpointError(
+                f"--step-regex '{step_regex}': its group follows '{before}', so it reads an "
+                f"epoch, and taking epochs for steps would shrink the step axis. Name the group "
+                f"'epoch' to convert epochs to steps with the spec ({EPOCH_REGEX_EXAMPLE}), or "
+                f"'step' if the numbers really are steps ('...(?P<step>\\d+)')."
+            )
+    return pattern
+
+
+def _first_group(regex: str) -> int:
+    """The index of the first capturing group's '(' in ``regex`` (not escaped, not ``(?:``)."""
+    i = 0
+    while i < len(regex):
+        ch = regex[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "(" and (not regex.startswith("(?", i) or regex.startswith("(?P<", i)):
+            return i
+        i += 1
+    return len(regex)
+
+
+def name_step(name: str, ipe: int | None, where: Path) -> tuple[int | None, int | None]:
+    """``(step, epoch)`` from a name without suffix: ``epoch`` is set when the step was converted
+    from an epoch name; ``(None, None)`` when the name gives nothing."""
+    m = _OPEN_LTH.match(name)
+    if m:
+        epoch, it = int(m.group(1)), int(m.group(2))
+        if ipe is None:
+            raise epoch_error(where, open_lth=True)
+        return epoch * ipe + it, None  # open_lth's names are expected: no note
+    for rule in _NAME_RULES:
+        m = rule.search(name)
+        if m:
+            return int(m.group(1)), None
+    m = _EPOCH_RULE.search(name)
+    if m:
+        epoch = int(m.group(1))
+        if ipe is None:
+            raise epoch_error(where)
+        return epoch * ipe, epoch
+    return None, None
+
+
+def regex_step(
+    pattern: re.Pattern[str], name: str, ipe: int | None, where: Path
+) -> tuple[int, int | None]:
+    """``(step, epoch)`` from ``--step-regex`` searched in ``name`` (``epoch`` as in
+    :func:`name_step`)."""
+    m = pattern.search(name)
+    if m is None:
+        raise CheckpointError(
+            f"--step-regex '{pattern.pattern}' does not match the name of '{where}' (it is "
+            f"searched in the file name, or the folder name of a checkpoint-N folder); change the "
+            f"regex, or move the file out of the directory."
+        )
+    try:
+        if "epoch" in pattern.groupindex:
+            epoch = int(m.group("epoch"))
+            it = int(m.group("it") or 0) if "it" in pattern.groupindex else 0
+            if ipe is None:
+                raise epoch_error(where, open_lth="it" in pattern.groupindex)
+            return epoch * ipe + it, None if "it" in pattern.groupindex else epoch
+        value = m.group("step") if "step" in pattern.groupindex else m.group(1)
+        return int(value), None
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f"--step-regex '{pattern.pattern}' matched '{name}' ({where}) but its group is not a "
+            f"whole number; put the group around the digits only, as in {STEP_REGEX_EXAMPLE}."
+        ) from None

@@ -1,0 +1,38 @@
+"""What every computing command shares: ``--threads``, and a first line printed at once.
+
+Nothing here imports PyTorch: ``conetool --help``, each command's ``--help`` and usage errors
+answer from Typer alone, and a command imports the library inside its body, after printing its
+first line (PyTorch and a user's data factory can take many seconds to load).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from ..threads import THREADS_HELP, parse_threads
+from .app import console
+
+
+def _check_threads(value: str) -> str:
+    try:
+        parse_threads(value)
+    except ValueError as e:
+        raise typer.BadParameter(f"{e}; for example --threads 1 or --threads auto") from None
+    return value
+
+
+Threads = Annotated[
+    str,
+    typer.Option("--threads", metavar="N|auto", help=THREADS_HELP, callback=_check_threads),
+]
+
+
+def starting(command: str, quiet: bool, what: str = "loading PyTorch") -> None:
+    """Print ``conetool COMMAND: WHAT ...`` at once (not with --quiet, nor on torchrun ranks
+    other than 0)."""
+    if quiet or os.environ.get("RANK", "0").strip() not in ("", "0"):
+        return
+    console.print(f"conetool {command}: {what} ...", highlight=False, markup=False)

@@ -1,0 +1,237 @@
+"""Bring your own run (issue 16): epoch-named checkpoints, [data] keys for a user factory,
+switch on checkpoints from another loop, --threads and the slow-step warning, end to end."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.data import load_data
+from conetool.errors import DataError
+from conetool.spec import load_spec, spec_from_dict, spec_to_toml
+
+runner = CliRunner()
+
+TINY_SPEC = """
+[model]
+arch = "mlp"
+num_classes = 3
+widths = [8]
+[data]
+dataset = "synthetic"
+shape = [4]
+num_classes = 3
+train_size = 60
+test_size = 30
+[probe]
+size = 6
+[train]
+steps = 10
+batch_size = 8
+save_every = 5
+eval_every = 5
+"""  # 60 examples at batch 8: 8 iterations per epoch
+
+FACTORY = """
+import torch
+from torch.utils.data import TensorDataset
+
+calls = []
+
+
+def make(seed=0, n_train=40):
+    calls.append({"seed": seed, "n_train": n_train})
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + 20, 4, generator=g)
+    y = torch.arange(n_train + 20) % 3
+    return TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:])
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPEC)
+    return path
+
+
+@pytest.fixture
+def factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "conetool_byo_data.py").write_text(textwrap.dedent(FACTORY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("conetool_byo_data")
+    module.calls.clear()
+    return module
+
+
+def _epoch_dir(tmp_path: Path, tiny: Path) -> Path:
+    """A run saved by a plain loop as epoch_N.pt (torch.save state dicts, no conetool metadata)."""
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(tiny), "--out", str(run), "-q"]).exit_code == 0
+    epochs = tmp_path / "epochs"
+    epochs.mkdir()
+    for epoch, step in ((0, 0), (1, 5), (2, 10)):
+        torch.save(load_file(str(paths.checkpoint(run, step))), epochs / f"epoch_{epoch}.pt")
+    return epochs
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints named by epoch
+
+
+def test_epoch_named_directory_end_to_end(tmp_path: Path, tiny: Path) -> None:
+    epochs = _epoch_dir(tmp_path, tiny)
+    for n in range(3, 9):  # enough files for identical problems to collapse
+        (epochs / f"epoch_{n}.pt").write_bytes((epochs / "epoch_0.pt").read_bytes())
+
+    alone = runner.invoke(app, ["inspect", str(epochs)])  # no spec: no iterations per epoch
+    assert alone.exit_code == 1
+    assert alone.output.count("named by epoch") == 1
+    assert "9 files (epoch_0.pt, epoch_1.pt, epoch_2.pt, ..., epoch_8.pt)" in alone.output
+    assert "give a spec" in alone.output
+
+    listed = runner.invoke(app, ["inspect", str(epochs), "--spec", str(tiny)])
+    assert listed.exit_code == 0, listed.output
+    assert "step = epoch x 8 iterations per epoch" in listed.output
+
+    store = tmp_path / "store"
+    done = runner.invoke(
+        app,
+        ["kernels", str(epochs), "--spec", str(tiny), "--store", str(store), "--steps", ":16"],
+    )
+    assert done.exit_code == 0, done.output
+    assert "named by epoch: step = epoch x 8" in done.output
+    assert sorted(int(p.stem.split("_")[1]) for p in (store / "kernels").glob("*.safetensors")) == [
+        0,
+        8,
+        16,
+    ]
+
+    as_steps = runner.invoke(
+        app,
+        [
+            "kernels",
+            str(epochs),
+            "--spec",
+            str(tiny),
+            "--store",
+            str(tmp_path / "s2"),
+            "-q",
+            "--step-regex",
+            r"epoch_(\d+)",
+        ],
+    )
+    assert as_steps.exit_code == 1
+    assert "Name the group 'epoch'" in as_steps.output
+
+
+def test_switch_on_foreign_checkpoints_says_it_replays_conetools_batches(
+    tmp_path: Path, tiny: Path
+) -> None:
+    epochs = _epoch_dir(tmp_path, tiny)
+    store = tmp_path / "store"
+    made = runner.invoke(app, ["kernels", str(epochs), "--spec", str(tiny), "--store", str(store)])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["switch", "--at", "0", "--until", "8", "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "not written by `conetool train`" in text
+    assert "conetool's seeded batch order" in text and "not on the batches of the loop" in text
+
+
+def test_switch_on_conetool_checkpoints_has_no_such_note(tmp_path: Path, tiny: Path) -> None:
+    run, store = tmp_path / "run", tmp_path / "store"
+    assert runner.invoke(app, ["train", str(tiny), "--out", str(run), "-q"]).exit_code == 0
+    assert runner.invoke(app, ["kernels", str(run), "--store", str(store), "-q"]).exit_code == 0
+    result = runner.invoke(app, ["switch", "--at", "5", "--store", str(store), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "not written by `conetool train`" not in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# [data] keys for a user factory
+
+
+def test_every_data_key_reaches_the_factory(factory) -> None:
+    spec = spec_from_dict(
+        {
+            "model": {"arch": "mlp", "num_classes": 3},
+            "data": {"dataset": "conetool_byo_data:make", "seed": 7, "n_train": 30},
+        }
+    )
+    assert spec.data.options == {"seed": 7, "n_train": 30}
+    load_data(spec.data)
+    assert factory.calls == [{"seed": 7, "n_train": 30}]
+    resolved = spec.to_dict()["data"]
+    assert resolved == {"dataset": "conetool_byo_data:make", "seed": 7, "n_train": 30}
+    assert spec_from_dict({**spec.to_dict()}) == spec  # the resolved spec reads back the same
+    assert "train_size" not in spec_to_toml(spec) and "shape" not in spec_to_toml(spec)
+
+
+def test_a_data_key_the_factory_does_not_accept_is_refused(factory) -> None:
+    spec = spec_from_dict(
+        {"data": {"dataset": "conetool_byo_data:make", "seed": 7, "colour": "red"}}
+    )
+    with pytest.raises(DataError) as e:
+        load_data(spec.data)
+    message = str(e.value)
+    assert "'colour' is not a parameter" in message and "accepts: n_train, seed" in message
+    assert factory.calls == []  # refused before the factory runs
+
+
+def test_cli_data_keys_end_to_end(tmp_path: Path, factory) -> None:
+    spec = tmp_path / "byo.toml"
+    spec.write_text(
+        TINY_SPEC.replace(
+            'dataset = "synthetic"\nshape = [4]\nnum_classes = 3\ntrain_size = 60\ntest_size = 30',
+            'dataset = "conetool_byo_data:make"\nseed = 7\nn_train = 40',
+        )
+    )
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(spec), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert {"seed": 7, "n_train": 40} in factory.calls
+    saved = load_spec(paths.spec(out))
+    assert saved.to_dict()["data"] == {
+        "dataset": "conetool_byo_data:make",
+        "seed": 7,
+        "n_train": 40,
+    }
+
+    spec.write_text(spec.read_text().replace("seed = 7", "seed = 7\ncolour = 1"))
+    refused = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "r2"), "-q"])
+    assert refused.exit_code == 1
+    assert "'colour' is not a parameter" in refused.output and "Traceback" not in refused.output
+
+
+# --------------------------------------------------------------------------------------------------
+# threads
+
+
+def test_threads_option_and_slow_step_warning(
+    tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conetool import threads
+
+    # Make every step "implausibly slow" for the model, so that the warning must show.
+    monkeypatch.setattr(threads, "SLOW_FLOPS_PER_SECOND", 1e30)
+    monkeypatch.setattr(threads, "SLOW_OVERHEAD_SECONDS", 1e-9)
+    tiny.write_text(TINY_SPEC.replace("steps = 10", "steps = 30"))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(tiny), "--out", str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert text.count("warning: training steps take") == 1
+    assert "1 thread(s): pass --threads 1" in text
+    assert (
+        runner.invoke(app, ["train", str(tiny), "--out", str(out), "--threads", "0"]).exit_code == 2
+    )

@@ -1,0 +1,97 @@
+"""The command line answers --help and usage errors without importing PyTorch (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_PROBE = """
+import json, sys
+from conetool.cli import main
+sys.argv = ["conetool", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+heavy = sorted(m for m in ("torch", "numpy", "scipy", "sklearn", "matplotlib") if m in sys.modules)
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def _run(args: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--help"], 0),
+        (["kernels", "--help"], 0),
+        (["kernels"], 2),  # usage error: CKPTS missing
+        (["train", "spec.toml", "--out", "x", "--threads", "many"], 2),
+    ],
+)
+def test_help_and_usage_errors_do_not_import_torch(args: list[str], code: int) -> None:
+    result = _run(args)
+    assert result["code"] == code
+    assert result["heavy"] == []
+
+
+def test_every_command_help_is_torch_free() -> None:
+    """Each command's --help, in one process (the command modules import the library lazily)."""
+    script = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom conetool.cli import app\n"
+        "for c in ['train','inspect','kernels','distance','embed','switch','report','demo']:\n"
+        "    assert CliRunner().invoke(app, [c, '--help']).exit_code == 0, c\n"
+        "print('torch' in sys.modules, 'numpy' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_verdict_defaults_shown_by_distance_match_the_rules() -> None:
+    from conetool.cli.options import VERDICT_DEFAULTS
+    from conetool.verdict import VerdictRules
+
+    rules = VerdictRules()
+    for name in (
+        "min_drop",
+        "freeze_factor",
+        "bounded_exponent",
+        "drift_exponent",
+        "plateau_tolerance",
+        "lazy_level",
+    ):
+        assert getattr(VERDICT_DEFAULTS, name) == getattr(rules, name), name
+
+
+def test_package_attributes_are_loaded_on_use() -> None:
+    import conetool
+    import conetool.linearize  # the submodule must not shadow the function of the same name
+
+    assert callable(conetool.linearize) and not isinstance(conetool.linearize, type(conetool))
+    assert set(conetool.__all__) <= set(dir(conetool))
+    assert conetool.limit_threads.__module__ == "conetool.threads"

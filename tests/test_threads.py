@@ -1,0 +1,88 @@
+"""--threads / threads=: one setting for PyTorch and every BLAS pool, and the slow-step warning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+from torch import nn
+
+from conetool import threads as th
+from conetool.errors import ConetoolError
+
+
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_limit_threads_sets_torch_and_blas_and_restores() -> None:
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, which the eNTK engine's syrk uses)
+
+    before_torch, before_blas = torch.get_num_threads(), _blas_threads()
+    with th.limit_threads(1) as count:
+        assert count == 1
+        assert torch.get_num_threads() == 1
+        assert _blas_threads() == {1}
+    assert torch.get_num_threads() == before_torch
+    assert _blas_threads() == before_blas
+
+
+def test_auto_threads_counts_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (th.THREADS_ENV, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(th, "_torch_default", lambda: 4)
+    assert th.auto_threads(cpus=8, busy=0.1) == 4  # idle: PyTorch's default (physical cores)
+    assert th.auto_threads(cpus=8, busy=6.3) == 2
+    assert th.auto_threads(cpus=2, busy=5.5) == 1  # busy machine: one thread, never zero
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert th.auto_threads(cpus=2, busy=5.5) == 3  # the user's own setting wins
+    monkeypatch.setenv(th.THREADS_ENV, "2")
+    assert th.auto_threads(cpus=8, busy=0.0) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", 0, 1.5])
+def test_bad_thread_counts_are_refused(value: object) -> None:
+    with pytest.raises(ConetoolError, match="threads"):
+        th.resolve_threads(value)  # type: ignore[arg-type]
+
+
+def test_parse_threads() -> None:
+    assert th.parse_threads("auto") is None and th.parse_threads(None) is None
+    assert th.parse_threads("3") == 3 and th.parse_threads(2) == 2
+
+
+class _Clock:
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_slow_steps_warn_once_with_the_fix() -> None:
+    warnings: list[str] = []
+    flops = 1e8  # expected: 1e8 / 1e10 s + 2 ms = 12 ms per step; warns above 120 ms
+    watch = th.SlowStepWatch(flops, warnings.append, threads=2, clock=_Clock(0.2))
+    for step in range(100):
+        watch(step)
+    assert len(warnings) == 1
+    assert "200 ms each" in warnings[0] and "--threads 1" in warnings[0]
+    assert "2 thread(s)" in warnings[0]
+
+
+def test_plausible_steps_do_not_warn() -> None:
+    warnings: list[str] = []
+    watch = th.SlowStepWatch(1e8, warnings.append, threads=2, clock=_Clock(0.1))
+    for step in range(100):
+        watch(step)
+    assert warnings == []
+
+
+def test_forward_flops_counts_linear_and_conv_layers() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    flops = th.forward_flops(model, torch.zeros(2, 1, 8, 8))
+    conv = 2 * (2 * 4 * 6 * 6) * (1 * 3 * 3)
+    linear = 2 * (2 * 10) * (4 * 6 * 6)
+    assert flops == conv + linear
+    assert model.training  # its mode is restored
