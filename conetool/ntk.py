@@ -333,8 +333,10 @@ def empirical_ntk(
             gradients dominate and the reference computes them faster). Both give the same kernel.
 
     Returns:
-        The kernel on the CPU: float64 when computing in float64, else float32. Pair sums are
-        accumulated in float64; TF32 is off during the computation.
+        The kernel on the CPU: float64 when computing in float64, else float32. Products are
+        summed in float64 across parameter tensors and, inside a product wider than 4,096
+        columns, across float32 pieces (:mod:`conetool.ntk_precision`); TF32 is off during the
+        computation.
 
     Raises:
         MemoryBudgetError: the budget cannot hold even one example (the message gives the

@@ -14,7 +14,11 @@ entry of two rows is the sum over terms of the inner product of their rows:
   ``Σ_{t,t'} (a_it · a_jt') (g_it · g_jt')``, which never forms a ``d_g × d_a`` gradient: for a
   Linear layer (``T = 1``) it costs ``d_a + k·d_g`` per pair instead of ``k·d_a·d_g``.
 
-Products are computed in the rows' dtype and accumulated in float64.
+Products are computed in the rows' dtype and summed in float64: across terms, and inside a dense
+product wider than ``_CHUNK`` columns across float32 pieces of ``_CHUNK`` columns each
+(:func:`product`), because one float32 product accumulates along its whole inner dimension (8 rows
+of 368,640 columns: 3e-5 off; in pieces of 4,096: about 3e-8). :mod:`conetool.ntk_precision`
+switches the pieces off for benchmarks.
 """
 
 from __future__ import annotations
@@ -27,12 +31,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import ntk_precision
+
 # Fewest rows and columns for which a block's product with itself uses BLAS syrk (half the work of
 # a product) on the CPU. Measured on a 2-core x86 CPU: SciPy's ssyrk beats torch's product (MKL)
 # only on wide blocks (1024 x 110,000: 0.73 s against 1.02 s); at 30,000 columns or fewer they
 # are even.
 _SYRK_MIN_ROWS = 128
 _SYRK_MIN_WIDTH = 65536
+# Widest float32 product computed in one piece when the accuracy fixes are on (ntk_precision); wider
+# products are summed in float64 over pieces of this many columns. Measured on a 2-core x86 CPU:
+# 8 x 368,640 rows in one float32 product are 3.1e-5 off, in pieces of 2,048 columns 2.7e-8 and of
+# 8,192 1.8e-7 (as fast as one product, or faster: MKL's product of few rows is slow); 512 x
+# 368,640: 5.8e-7 in one product, 2.2e-8 in pieces of 8,192, at the same speed.
+_CHUNK = 4096
+# Partial products (elements) held at once while summing the pieces.
+_PIECE_ELEMENTS = 2**22
+# Columns per piece of the syrk path when the accuracy fixes are on (syrk needs wide pieces to be
+# fast; 256-512 rows of 368,640 columns: 4e-7 in one call, 6e-8 in pieces of 32,768).
+_SYRK_CHUNK = 32768
 # Largest intermediate (elements) of a Kron product with positions (T > 1); larger products are
 # computed in slices of the left block.
 _KRON_ELEMENTS = 2**24
@@ -129,7 +146,7 @@ def contract(left: list[Term], right: list[Term]) -> Tensor:
     )
     for a, b in zip(left, right, strict=True):
         if isinstance(a, Dense):
-            total += (a.mat @ b.mat.T).to(torch.float64)  # type: ignore[union-attr]
+            total += product(a.mat, b.mat)  # type: ignore[union-attr]
         else:
             _kron_product(a, b, total)  # type: ignore[arg-type]
     return total
@@ -141,7 +158,7 @@ def gram(block: list[Term]) -> Tensor:
     total = torch.zeros(size, size, dtype=torch.float64, device=_device(block[0]))
     for term in block:
         if isinstance(term, Dense):
-            total += _self_product(term.mat).to(torch.float64)
+            total += _self_product(term.mat)
         elif term.a.shape[1] == 1:
             _kron_gram(term, total)
         else:
@@ -160,6 +177,30 @@ def use_syrk(mat: Tensor) -> bool:
     )
 
 
+def product(left: Tensor, right: Tensor) -> Tensor:
+    """``left @ right.T`` ``(m, n)`` in float64 from rows ``(m, w)`` and ``(n, w)`` in any dtype.
+
+    With the accuracy fixes on (:mod:`conetool.ntk_precision`) and ``w > _CHUNK``, float32 (or
+    narrower) rows are multiplied in pieces of ``_CHUNK`` columns, batched, whose partial products
+    are summed in float64; otherwise one product in the rows' dtype.
+    """
+    width = left.shape[1]
+    if left.dtype == torch.float64 or width <= _CHUNK or not ntk_precision.enabled():
+        return (left @ right.T).to(torch.float64)
+    m, n = left.shape[0], right.shape[0]
+    pieces = width // _CHUNK
+    main = pieces * _CHUNK
+    out = torch.zeros(m, n, dtype=torch.float64, device=left.device)
+    lhs = left[:, :main].unflatten(1, (pieces, _CHUNK)).transpose(0, 1)  # (pieces, m, chunk)
+    rhs = right[:, :main].unflatten(1, (pieces, _CHUNK)).permute(1, 2, 0)  # (pieces, chunk, n)
+    step = max(1, _PIECE_ELEMENTS // max(1, m * n))
+    for lo in range(0, pieces, step):
+        out += torch.bmm(lhs[lo : lo + step], rhs[lo : lo + step]).sum(0, dtype=torch.float64)
+    if main < width:
+        out += (left[:, main:] @ right[:, main:].T).to(torch.float64)
+    return out
+
+
 def _device(term: Term) -> torch.device:
     return term.mat.device if isinstance(term, Dense) else term.a.device
 
@@ -170,24 +211,32 @@ def _kron_gram(term: Kron, out: Tensor) -> None:
     aa = _self_product(term.a[:, 0])
     if term.full:
         gg = _self_product(term.g.reshape(b * k, -1))
-        out += (gg.view(b, k, b, k) * aa.view(b, 1, b, 1)).reshape(b * k, b * k).to(torch.float64)
+        out += (gg.view(b, k, b, k) * aa.view(b, 1, b, 1)).reshape(b * k, b * k)
     else:
-        out += (aa * _self_product(term.g.reshape(b, -1))).to(torch.float64)
+        out += aa * _self_product(term.g.reshape(b, -1))
 
 
 def _self_product(mat: Tensor) -> Tensor:
-    """``mat @ mat.T`` in ``mat``'s dtype; BLAS ``syrk`` (half the work) where it applies."""
+    """``mat @ mat.T`` in float64 (:func:`product`); BLAS ``syrk`` (half the work) where it
+    applies, in pieces of ``_SYRK_CHUNK`` columns summed in float64 while the accuracy fixes are on.
+    """
     if not use_syrk(mat):
-        return mat @ mat.T
+        return product(mat, mat)
     blas = _blas()
     assert blas is not None
     ssyrk, dsyrk, threads = blas
     syrk = ssyrk if mat.dtype == torch.float32 else dsyrk
-    # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core. mat is
-    # a C-contiguous (m, k) matrix, so its transpose is a Fortran (k, m) array that BLAS reads in
-    # place; trans=1 gives mat @ mat.T, upper triangle.
+    mat = mat.contiguous()
+    width = mat.shape[1]
+    step = _SYRK_CHUNK if ntk_precision.enabled() and mat.dtype != torch.float64 else width
+    upper = torch.zeros(mat.shape[0], mat.shape[0], dtype=torch.float64)
+    # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core. A
+    # C-contiguous (m, k) matrix's transpose is a Fortran (k, m) array that BLAS reads in place
+    # (a piece of its columns is copied once); trans=1 gives mat @ mat.T, upper triangle.
     with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
-        upper = torch.from_numpy(syrk(1.0, mat.contiguous().numpy().T, trans=1, lower=0)).triu()
+        for lo in range(0, width, step):
+            piece = mat[:, lo : lo + step].numpy().T
+            upper += torch.from_numpy(syrk(1.0, piece, trans=1, lower=0)).triu()
     return upper + upper.triu(1).T
 
 
@@ -200,10 +249,10 @@ def _kron_product(left: Kron, right: Kron, out: Tensor) -> None:
     if left.full:
         # Rows (i, j): Σ_{t,t'} (a_it·a_i't') (g_ijt·g_i'j't').
         if t == 1 and u == 1:
-            aa = left.a[:, 0] @ right.a[:, 0].T  # (bl, br)
-            gg = left.g.reshape(bl * k, dg) @ right.g.reshape(br * k, dg).T
+            aa = product(left.a[:, 0], right.a[:, 0])  # (bl, br)
+            gg = product(left.g.reshape(bl * k, dg), right.g.reshape(br * k, dg))
             prod = gg.view(bl, k, br, k) * aa.view(bl, 1, br, 1)
-            out += prod.reshape(bl * k, br * k).to(torch.float64)
+            out += prod.reshape(bl * k, br * k)
             return
         step = max(1, _KRON_ELEMENTS // max(1, k * t * br * k * u))
         right_a = right.a.reshape(br * u, da)
@@ -218,9 +267,9 @@ def _kron_product(left: Kron, right: Kron, out: Tensor) -> None:
         return
     # Rows i: Σ_j Σ_{t,t'} (a_it·a_i't') (g_ijt·g_i'jt'); the cotangents become features.
     if t == 1 and u == 1:
-        aa = left.a[:, 0] @ right.a[:, 0].T
-        gg = left.g.reshape(bl, k * dg) @ right.g.reshape(br, k * dg).T
-        out += (aa * gg).to(torch.float64)
+        aa = product(left.a[:, 0], right.a[:, 0])
+        gg = product(left.g.reshape(bl, k * dg), right.g.reshape(br, k * dg))
+        out += aa * gg
         return
     step = max(1, _KRON_ELEMENTS // max(1, t * br * u))
     right_a = right.a.reshape(br * u, da)

@@ -1,0 +1,174 @@
+"""float32 kernels against float64 explicit Jacobians: within 1e-6 on every built-in model and zoo model.
+
+Every built-in architecture at a small input (8x8 images; VGG-16 keeps its 32x32 input and its 13
+convolutions at an eighth of the width), each engine and kind, with BatchNorm statistics fresh and
+from training. The inputs are wide enough to reach both causes of issue 14: ResNet-20 and the MLP
+have layers of 36,864 and 262,144 parameters, so a trace kernel's rows are 368,640 and 2.6M wide
+(one float32 product of them is 3e-5 off), and the structured engine runs batched convolutions.
+The reference is the float64 Jacobian ``J`` ``(n·c, p)`` from :func:`torch.func.jacrev` of the same
+weights cast to float64, the kernels formed from ``J Jᵀ``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+
+# tests/ has no __init__.py, so pytest's default ("prepend") import mode puts it on sys.path.
+from test_ntk_structured import ALL_MODELS, make
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from conetool import ntk_precision, ntk_terms
+from conetool.models import lenet5, lenet_300_100, mlp, resnet20
+from conetool.models.vgg import VGG16_PLAN, CifarVGG
+from conetool.ntk import empirical_ntk
+
+KINDS = ("trace", "full", "sum")
+METHODS = ("structured", "jacobian")
+TOLERANCE = 1e-6
+N = 4
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+
+
+def _vgg16_narrow(shape: tuple[int, ...], classes: int) -> nn.Module:
+    plan = [spec if spec == "M" else int(spec) // 8 for spec in VGG16_PLAN]
+    return CifarVGG(plan, classes, input_shape=shape)
+
+
+BUILTINS = {
+    "mlp": (lambda s: mlp(s, 10), (1, 8, 8)),
+    "lenet5": (lambda s: lenet5(s, 10), (1, 8, 8)),
+    "lenet_300_100": (lambda s: lenet_300_100(s, 10), (1, 8, 8)),
+    "resnet20": (lambda s: resnet20(s, 10), (3, 8, 8)),
+    "vgg16": (lambda s: _vgg16_narrow(s, 10), (3, 32, 32)),
+}
+
+
+def reference(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three kinds from the float64 explicit Jacobian of ``model`` (cast) at ``x`` (cast)."""
+    model64 = copy.deepcopy(model).double().eval()
+    params = {k: v.detach() for k, v in model64.named_parameters() if v.requires_grad}
+    fixed = {k: v.detach() for k, v in model64.named_parameters() if not v.requires_grad}
+    fixed.update(dict(model64.named_buffers()))
+
+    def f(p: dict[str, torch.Tensor], example: torch.Tensor) -> torch.Tensor:
+        return functional_call(model64, (p, fixed), (example.unsqueeze(0),)).reshape(-1)
+
+    with torch.no_grad():
+        jac = vmap(jacrev(f), (None, 0))(params, x.double())  # name -> (n, c, *shape)
+    n, c = x.shape[0], next(iter(jac.values())).shape[1]
+    rows = torch.cat([j.reshape(n * c, -1) for j in jac.values()], dim=1)  # J: (n·c, p)
+    full = (rows @ rows.T).view(n, c, n, c)
+    summed = rows.view(n, c, -1).sum(dim=1)
+    return {"trace": torch.einsum("iaja->ij", full), "full": full, "sum": summed @ summed.T}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def trained(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """Running statistics set by a few train-mode forward passes on shifted, scaled inputs."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(1.5 * torch.randn(16, *shape) + 0.3)
+    return model.eval()
+
+
+@functools.cache
+def builtin(name: str, bn: str) -> tuple[nn.Module, torch.Tensor, dict[str, torch.Tensor]]:
+    factory, shape = BUILTINS[name]
+    torch.manual_seed(0)
+    model = factory(shape)
+    if bn == "trained":
+        trained(model, shape)
+    model.eval()
+    x = torch.randn(N, *shape)
+    return model, x, reference(model, x)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bn", ["fresh", "trained"])
+@pytest.mark.parametrize("name", list(BUILTINS))
+def test_builtin_float32_within_1e6_of_float64(name: str, bn: str, method: str) -> None:
+    if bn == "trained" and name in ("mlp", "lenet5", "lenet_300_100"):
+        pytest.skip("no BatchNorm")
+    model, x, expected = builtin(name, bn)
+    for kind in KINDS:
+        kernel = empirical_ntk(model, x, kind=kind, device="cpu", method=method)
+        assert kernel.dtype == torch.float32
+        assert rel(kernel, expected[kind]) < TOLERANCE, (kind, rel(kernel, expected[kind]))
+
+
+def test_the_fixes_are_what_makes_the_wide_products_exact() -> None:
+    # Without the fixes (ntk_precision.accurate(False)) the trace kernel of ResNet-20, whose rows
+    # are 368,640 wide, is off by more than the tolerance: the test above tests the fixes.
+    model, x, expected = builtin("resnet20", "fresh")
+    with ntk_precision.accurate(False):
+        before = empirical_ntk(model, x, device="cpu", method="jacobian")
+    after = empirical_ntk(model, x, device="cpu", method="jacobian")
+    assert rel(before, expected["trace"]) > 2 * TOLERANCE
+    assert rel(after, expected["trace"]) < TOLERANCE
+
+
+@pytest.mark.parametrize("rows", [1, 8, 200])
+def test_wide_product_in_pieces(rows: int) -> None:
+    # Positive entries, as on a Gram matrix's diagonal, where one float32 product drifts most.
+    torch.manual_seed(0)
+    width = 3 * ntk_terms._CHUNK + 123  # three pieces and a remainder
+    a, b = torch.rand(rows, width), torch.rand(rows + 1, width)
+    exact = a.double() @ b.double().T
+    got = ntk_terms.product(a, b)
+    assert got.dtype == torch.float64
+    assert rel(got, exact) < 5e-7  # a missing or doubled piece would be O(1) off
+    for syrk in (False, True):  # the syrk path in pieces of _SYRK_CHUNK columns, and without
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
+            patch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 1 if syrk else 10**9)
+            patch.setattr(ntk_terms, "_SYRK_CHUNK", ntk_terms._CHUNK)
+            assert ntk_terms.use_syrk(a) == syrk
+            gram = ntk_terms._self_product(a)
+        assert rel(gram, a.double() @ a.double().T) < 5e-7
+        assert torch.equal(gram, gram.T) or not syrk  # syrk's upper triangle, mirrored
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", list(ALL_MODELS))
+def test_zoo_float32_within_1e6_of_float64(name: str, method: str) -> None:
+    model64, x64 = make(*ALL_MODELS[name], n=6)
+    model = copy.deepcopy(model64).float()
+    x = x64.float()
+    expected = reference(model, x)
+    for kind in KINDS:
+        kernel = empirical_ntk(model, x, kind=kind, device="cpu", method=method)
+        assert rel(kernel, expected[kind]) < TOLERANCE, (kind, rel(kernel, expected[kind]))
+
+
+def test_onednn_is_off_only_inside_and_only_on_the_cpu() -> None:
+    before = torch.backends.mkldnn.enabled
+    with ntk_precision.outside_onednn(torch.device("cpu")):
+        assert not torch.backends.mkldnn.enabled or not torch.backends.mkldnn.is_available()
+        with ntk_precision.accurate(False), ntk_precision.outside_onednn(torch.device("cpu")):
+            assert not torch.backends.mkldnn.enabled or not torch.backends.mkldnn.is_available()
+    assert torch.backends.mkldnn.enabled == before
+    with ntk_precision.outside_onednn(torch.device("cuda")):
+        assert torch.backends.mkldnn.enabled == before
+    assert ntk_precision.enabled()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bn", ["fresh", "trained"])
+@pytest.mark.parametrize("name", list(BUILTINS))
+def test_builtin_float32_within_1e6_of_float64_on_cuda(name: str, bn: str, method: str) -> None:
+    if bn == "trained" and name in ("mlp", "lenet5", "lenet_300_100"):
+        pytest.skip("no BatchNorm")
+    model, x, expected = builtin(name, bn)
+    for kind in KINDS:
+        kernel = empirical_ntk(model, x, kind=kind, device="cuda", method=method)
+        assert rel(kernel, expected[kind]) < TOLERANCE, (kind, rel(kernel, expected[kind]))
