@@ -124,6 +124,11 @@ def distance_summary(store: Path) -> Path:
     return distance_dir(store) / "summary.json"
 
 
+def noise_json(store: Path) -> Path:
+    """The noise floor of S estimated on the run's model, with the key it is valid for."""
+    return distance_dir(store) / "noise.json"
+
+
 def to_ref_png(store: Path) -> Path:
     return distance_dir(store) / "to_ref.png"
 

@@ -262,6 +262,7 @@ def adjacent_figure(
     logx: bool = False,
     logy: bool = True,
     phase1_end: int | None = None,
+    noise_floor: float | None = None,
     title: str | None = None,
 ) -> Figure:
     """Paper Fig. 1b: the adjacent distance ``S(θ(t), θ(t + dt))`` against t, one curve per dt.
@@ -274,6 +275,9 @@ def adjacent_figure(
         logx: symmetric-log x axis that keeps t = 0.
         logy: log y axis (default, as in the paper); values <= 0 are dropped.
         phase1_end: shade ``t < phase1_end`` as Phase I.
+        noise_floor: the numerical noise floor of S (:mod:`conetool.noise_floor`), drawn as a
+            dashed line on the distance panel (``noise_floor / dt`` would depend on dt, so the
+            velocity panel has none); distances at or below it cannot be told from rounding.
         title: the figure title; ``None`` gives a default, ``""`` none.
 
     Returns:
@@ -307,6 +311,11 @@ def adjacent_figure(
             ys.append(y)
         if not data:
             _no_data(ax, "no adjacent pairs")
+        if kind == "distance" and noise_floor is not None and noise_floor > 0:
+            ax.axhline(
+                noise_floor, color="0.45", linestyle="--", linewidth=1.0, label="noise floor of S"
+            )
+            ys.append(np.array([noise_floor]))
         ax.set_xlabel("training step t")
         if kind == "velocity":
             ax.set_ylabel("kernel velocity S(θ(t), θ(t+dt)) / dt")

@@ -268,6 +268,14 @@ class _Reading:
 
     def done(self, regime: Regime, phase1_end: int | None, text: str) -> Verdict:
         self.numbers["regime"] = regime
+        if self.noise is not None:
+            flagged = [c["name"] for c in self.numbers.get("criteria", []) if c["at_noise_floor"]]
+            where = (
+                f"at or within 3x of it: {', '.join(flagged)}"
+                if flagged
+                else "no reading is within 3x of it"
+            )
+            text += f" Noise floor of S on this run: {_g(self.noise)}; {where}."
         return Verdict(regime, phase1_end, self.numbers, text)
 
 

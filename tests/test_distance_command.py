@@ -503,6 +503,15 @@ def test_train_kernels_distance_embed_end_to_end(tmp_path, real_figures):
         assert float(row["ref_10"]) == pytest.approx(direct, abs=1e-12)
     summary = json.loads(paths.distance_summary(store).read_text())
     assert summary["dts"] == [2, 10] and summary["verdict"]["regime"] in REGIMES
+    # the noise floor, measured on the run's own model at the last step against float64
+    noise = summary["noise"]
+    assert noise["step"] == 20 and noise["dtype"] == "float64" and noise["examples"] >= 1
+    assert 0 <= noise["relative_error"] < 1e-10  # this store computes in float64
+    assert noise["floor"] == pytest.approx(2 * noise["S_against_float64"])
+    assert summary["verdict"]["numbers"]["noise_floor"] == noise["floor"]
+    cached = paths.noise_json(store).stat().st_mtime_ns
+    assert runner.invoke(app, ["distance", "--store", str(store), "-q"]).exit_code == 0
+    assert paths.noise_json(store).stat().st_mtime_ns == cached  # reused, not recomputed
 
     embedded = embed(store, method="pca")
     assert embedded.matrix_reused and embedded.steps == steps

@@ -6,7 +6,8 @@ Outputs (names from :mod:`conetool.paths`)::
     distance/to_ref.csv     step, ref_<τ>, ...        S(θ(t), θ(τ)) for every stored t (Fig. 1a)
     distance/adjacent.csv   step, dt, S, velocity     one row per stored pair (t, t + dt) (Fig. 1b)
     distance/matrix.npz     steps (K,), S (K, K)      (+ key, excluded: see matrix_cache)
-    distance/summary.json   the verdict with its numbers, references, dts, rules, store identity
+    distance/summary.json   the verdict with its numbers, references, dts, rules, store identity,
+                            and the noise floor of S (also cached in distance/noise.json)
     distance/to_ref.png, adjacent.png (distance and velocity panels), matrix.png
 """
 
@@ -36,6 +37,7 @@ from ..progress import NullProgress, Progress
 from ..store import Store
 from ..verdict import Verdict, VerdictRules, phase_verdict
 from .matrix_cache import csv_number, kernel_matrix, require_kernels, write_csv
+from .noise_estimate import estimate_noise_floor
 
 __all__ = ["AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
 
@@ -113,6 +115,7 @@ def distance(
     logy: bool = False,
     skip_bad: bool = False,
     max_memory: int | str | None = None,
+    noise: bool = True,
     progress: Progress | None = None,
 ) -> DistanceResult:
     """Kernel distances of a store's kernels: to references, between neighbours, all pairs.
@@ -131,6 +134,10 @@ def distance(
             matrix heatmap (the adjacent figure always has a log axis, as in the paper).
         skip_bad: leave out kernel files that cannot be read or are non-finite (warned about).
         max_memory: budget for the S matrix's two float64 kernel blocks (default 1 GiB).
+        noise: estimate the numerical noise floor of S on the run's model (rebuilt from the
+            last stored step's checkpoint; :mod:`conetool.pipeline.noise_estimate`), read by
+            the verdict and drawn on the adjacent figure; reused while that checkpoint is
+            unchanged.
         progress: progress display (a bar over kernel loads); default silent.
 
     Returns:
@@ -168,7 +175,14 @@ def distance(
             _check_dt(dt, steps, excluded=matrix.excluded)
 
     to_ref = {ref: distance_to_reference(s, steps, ref) for ref in ref_steps}
-    verdict = _read_verdict(s, steps, ref_steps if wanted else None, rules, notes)
+    noise_record = None
+    if noise:
+        progress.log("estimating the noise floor of S on the run's model ...")
+        noise_record, why = estimate_noise_floor(opened, device="auto")
+        if why:
+            notes.append(why)
+    floor = None if noise_record is None else float(noise_record["floor"])
+    verdict = _read_verdict(s, steps, ref_steps if wanted else None, rules, notes, floor)
     ref_curves = [_reference_curve(ref, to_ref[ref], steps) for ref in ref_steps]
     used = verdict.numbers.get("velocity", {}).get("dt")
     dt_curves = [_adjacent_curve(dt, pairs[dt], dt == used) for dt in dt_list]
@@ -177,7 +191,7 @@ def distance(
     files = [_write_to_ref(root, steps, to_ref), _write_adjacent(root, pairs)]
     if not matrix.reused:
         files.append(paths.matrix_npz(root))
-    files += _write_figures(root, steps, s, to_ref, pairs, verdict.phase1_end, logx, logy)
+    files += _write_figures(root, steps, s, to_ref, pairs, verdict.phase1_end, logx, logy, floor)
     summary = {
         "command": "distance",
         "conetool_version": __version__,
@@ -190,6 +204,7 @@ def distance(
         "dts": dt_list,
         "verdict_dt": used,
         "rules": _rules_dict(rules),
+        "noise": noise_record,
         "verdict": verdict.to_dict(),
         "reference_curves": [asdict(c) for c in ref_curves],
         "adjacent_curves": [asdict(c) for c in dt_curves],
@@ -332,9 +347,10 @@ def _read_verdict(
     refs: list[int] | None,
     rules: VerdictRules,
     notes: list[str],
+    noise_floor: float | None = None,
 ) -> Verdict:
     """The phase verdict; each of the user's references it cannot use becomes a note."""
-    verdict = phase_verdict(steps, s, refs=refs, rules=rules)
+    verdict = phase_verdict(steps, s, refs=refs, rules=rules, noise_floor=noise_floor)
     for u in verdict.numbers.get("user_references", []):
         if not u["used"]:
             notes.append(f"the verdict does not use --ref {u['ref']}: {u['why']}")
@@ -394,6 +410,7 @@ def _write_figures(
     phase1_end: int | None,
     logx: bool,
     logy: bool,
+    noise_floor: float | None = None,
 ) -> list[Path]:
     curves = {dt: ([p.step for p in ps], [p.distance for p in ps]) for dt, ps in pairs.items()}
     figures = [
@@ -405,7 +422,14 @@ def _write_figures(
         ),
         (
             paths.adjacent_png(root),
-            adjacent_figure(curves, velocity="both", logx=logx, logy=True, phase1_end=phase1_end),
+            adjacent_figure(
+                curves,
+                velocity="both",
+                logx=logx,
+                logy=True,
+                phase1_end=phase1_end,
+                noise_floor=noise_floor,
+            ),
         ),
         (paths.matrix_png(root), matrix_figure(steps, s, log_color=logy)),
     ]

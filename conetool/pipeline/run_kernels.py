@@ -154,7 +154,10 @@ def _kernels(
     def open_store() -> tuple[Store, nn.Module]:
         if job.is_main:
             out = Store.open_for_writing(
-                store, plan.identity, _header(ckpts, plan.spec, plan.probe), overwrite=overwrite
+                store,
+                plan.identity,
+                _header(ckpts, plan.spec, plan.probe, method),
+                overwrite=overwrite,
             )
             holder.append(out)
             for note in out.notes:
@@ -389,9 +392,10 @@ def _describe_devices(devices: list[str]) -> str:
     return f"{'+'.join(kinds)} x{len(devices)}"
 
 
-def _header(ckpts: Path, spec: Spec, probe: Probe) -> dict[str, object]:
+def _header(ckpts: Path, spec: Spec, probe: Probe, method: str = "auto") -> dict[str, object]:
     return {
         "checkpoints": str(ckpts.resolve()),
+        "method": method,
         "spec_source": spec.source,
         "spec": spec.to_dict(),
         "probe": {

@@ -1,0 +1,108 @@
+"""The noise floor of S on the run's own model, for ``conetool distance`` (cached in
+``STORE/distance/noise.json``).
+
+The kernel of the first 32 probe examples at the last stored step is computed twice, as the store
+computed it (its engine and dtype) and by the float64 reference engine
+(:func:`conetool.noise_floor.kernel_noise`). ``S_est`` is their distance. Two kernels of the run
+each carry such an error, so the floor under a measured S between two of them is
+``2 * S_est`` (about ``relative_error**2`` for unstructured errors).
+
+Rebuilding the model needs the checkpoint the manifest names and the spec it records; when the
+checkpoint is gone the floor is not estimated and a note says so. The result is reused while the
+store's identity and that checkpoint's fingerprint stay the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import paths
+from ..checkpoints import checkpoint_ref, load_checkpoint
+from ..errors import ConetoolError
+from ..io import atomic_write_json
+from ..noise_floor import kernel_noise
+from ..probe import load_probe
+from ..spec import spec_from_dict
+from ..store import Store
+from .resolve import model_for
+
+__all__ = ["SUBSET", "estimate_noise_floor"]
+
+#: Probe examples in each of the two kernels (one of them in float64).
+SUBSET = 32
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def estimate_noise_floor(
+    store: Store, *, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, note)``: the noise record (JSON-ready, ``floor`` is the floor of S) and
+    ``None``, or ``None`` and a note saying why it could not be estimated."""
+    steps = store.steps()
+    if not steps:
+        return None, "no stored kernels"
+    step = steps[-1]
+    record = store.record(step)
+    if record is None or not record.source:
+        return None, f"the manifest has no source checkpoint for step {step}"
+    source = Path(record.source[0])
+    key = {
+        "identity": [
+            store.identity.spec_hash,
+            store.identity.probe_hash,
+            store.identity.kind,
+            store.identity.dtype,
+        ],
+        "step": step,
+        "fingerprint": record.fingerprint,
+        "subset": SUBSET,
+    }
+    cache = paths.noise_json(store.root)
+    try:
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["noise"], None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not source.exists():
+        return None, (
+            f"the noise floor of S was not estimated: the checkpoint of step {step} ({source}) "
+            "is not there to rebuild the model from"
+        )
+    try:
+        spec = spec_from_dict(store.manifest["spec"], source=f"{paths.manifest(store.root)}")
+        model = model_for(spec)
+        load_checkpoint(model, checkpoint_ref(source, step=step))
+        inputs = load_probe(paths.probe(store.root)).inputs
+        method = str(store.manifest.get("method", "auto"))
+        estimate = kernel_noise(
+            model,
+            inputs,
+            kind=store.identity.kind,
+            method=method,
+            dtype=_DTYPES.get(store.identity.dtype, torch.float32),
+            subset=SUBSET,
+            device=device,
+        )
+    except ConetoolError as exc:
+        return None, f"the noise floor of S was not estimated: {str(exc).splitlines()[0]}"
+    noise = {
+        "step": step,
+        "checkpoint": str(source),
+        "examples": estimate.n,
+        "method": estimate.method,
+        "dtype": estimate.dtype,
+        "relative_error": estimate.relative_error,
+        "S_against_float64": estimate.S,
+        "floor": 2.0 * estimate.S,
+    }
+    try:
+        atomic_write_json(cache, {"key": key, "noise": noise})
+    except ConetoolError:
+        pass  # a read-only store still gets the estimate, only not the cache
+    return noise, None
