@@ -20,7 +20,7 @@ function of the lag ``t' - t``. Three readings:
   the kernel moves inside a bounded region; ``a >= drift_exponent`` [0.5]: S keeps growing
   (about 1 for a random walk, 2 for a straight line); in between: not settled.
 - *reference curves* (Fig. 1a: the distance from a Phase II reference "first increases and then
-  keeps nearly constant"): for each reference τ (the user's references in Phase II, else the
+  keeps nearly constant"): for each reference τ (the user's references in Phase II, and the
   stored steps 10%, 30% and 50% into Phase II), the mean of ``S(τ, t)`` over the last third of
   ``[τ, T]`` against the middle third: *plateau* when it grew by at most ``plateau_tolerance``
   [15%], *rising* above, *frozen* when the level is at most ``lazy_level``.
@@ -294,7 +294,7 @@ def phase_verdict(
         s: the ``(K, K)`` S matrix (:func:`conetool.geometry.distance_matrix`), rows in the order
             of ``steps``.
         refs: the user's reference steps; those in Phase II with enough stored steps after them
-            are the reference curves judged (else the defaults). Each must be stored; each one
+            are judged beside the default references. Each must be stored; each one
             that cannot be used is named in ``numbers["user_references"]`` with the reason.
         rules: thresholds; default :class:`VerdictRules` ``()``.
         noise_floor: the numerical noise of S on this run (:mod:`conetool.noise_floor`), or
@@ -473,10 +473,12 @@ def _phase_two(
     growth = lag_growth(arr, s, phase1_end)
     trend = velocity_trend(arr, s, phase1_end, points.dts[0], r.noise)
     usable = [u["ref"] for u in user if u["used"]]
-    taus = usable or _default_references(arr, phase1_end, rules)
+    taus = sorted(set(usable) | set(_default_references(arr, phase1_end, rules)))
     records = [_judge_reference(s, arr, tau, rules) for tau in taus]
+    for record in records:
+        record["from"] = "user" if record["ref"] in usable else "default"
     r.numbers["references"] = records
-    r.numbers["references_from"] = "user" if usable else "default"
+    r.numbers["references_from"] = "user and default" if usable else "default"
     judged = [x for x in records if x["status"] != "skipped"]
     counts = Counter(x["status"] for x in judged)
     status, votes = counts.most_common(1)[0] if counts else ("none", 0)

@@ -144,7 +144,9 @@ def test_every_unusable_user_reference_is_named_with_the_reason() -> None:
     assert user[2000]["used"] and not user[0]["used"] and not user[last]["used"]
     assert "in Phase I" in user[0]["why"] and "too few stored steps" in user[last]["why"]
     assert "--ref 0: in Phase I" in v.explanation and f"--ref {last}: too few" in v.explanation
-    assert [r["ref"] for r in v.numbers["references"]] == [2000]
+    judged = {r["ref"]: r["from"] for r in v.numbers["references"]}
+    assert judged[2000] == "user" and 0 not in judged and last not in judged
+    assert sorted(k for k, origin in judged.items() if origin == "default")  # defaults beside
     assert json.loads(json.dumps(v.to_dict()))["regime"] == v.regime
 
 

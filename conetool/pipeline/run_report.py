@@ -920,7 +920,7 @@ class _Gathered:
         comments: list[str] = []
         refs = [int(r) for r in s.get("refs", [])]
         first = s.get("steps", {}).get("first")
-        by_user = s.get("verdict", {}).get("numbers", {}).get("references_from") == "user"
+        by_user = "user" in str(s.get("verdict", {}).get("numbers", {}).get("references_from"))
         if refs and (refs != [first] or by_user):
             parts += [f"--ref {r}" for r in refs]
         parts += [f"--dt {d}" for d in s.get("dts", [])]
