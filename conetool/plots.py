@@ -312,10 +312,17 @@ def adjacent_figure(
         if not data:
             _no_data(ax, "no adjacent pairs")
         if kind == "distance" and noise_floor is not None and noise_floor > 0:
-            ax.axhline(
-                noise_floor, color="0.45", linestyle="--", linewidth=1.0, label="noise floor of S"
-            )
-            ys.append(np.array([noise_floor]))
+            shown = np.concatenate(ys)
+            lowest = float(shown[shown > 0].min()) if np.any(shown > 0) else noise_floor
+            if noise_floor >= 1e-3 * lowest:  # near the data: a line
+                ax.axhline(
+                    noise_floor, color="0.45", linestyle="--", linewidth=1.0,
+                    label="noise floor of S",
+                )
+                ys.append(np.array([noise_floor]))
+            else:  # far below: a line would squash the curves, so say where it is
+                ax.plot([], [], color="0.45", linestyle="--", linewidth=1.0,
+                        label=f"noise floor of S: {noise_floor:.2g} (below the axis)")
         ax.set_xlabel("training step t")
         if kind == "velocity":
             ax.set_ylabel("kernel velocity S(θ(t), θ(t+dt)) / dt")

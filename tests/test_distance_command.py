@@ -419,6 +419,7 @@ def test_cli_verdict_options_reach_the_rules(cone_store):
         "0.2",
         "--velocity-dt",
         "50",
+        "--no-noise",
         "--logx",
         "--logy",
     ]
@@ -433,6 +434,7 @@ def test_cli_verdict_options_reach_the_rules(cone_store):
     )
     assert rules["velocity_dt"] == 50
     summary = json.loads(paths.distance_summary(root).read_text())
+
     assert summary["dts"] == [25, 50]  # the verdict's velocity is always drawn by default
 
 
@@ -512,6 +514,9 @@ def test_train_kernels_distance_embed_end_to_end(tmp_path, real_figures):
     cached = paths.noise_json(store).stat().st_mtime_ns
     assert runner.invoke(app, ["distance", "--store", str(store), "-q"]).exit_code == 0
     assert paths.noise_json(store).stat().st_mtime_ns == cached  # reused, not recomputed
+    assert runner.invoke(app, ["distance", "--store", str(store), "-q", "--no-noise"]).exit_code == 0
+    skipped = json.loads(paths.distance_summary(store).read_text())
+    assert skipped["noise"] is None and skipped["verdict"]["numbers"]["noise_floor"] is None
 
     embedded = embed(store, method="pca")
     assert embedded.matrix_reused and embedded.steps == steps

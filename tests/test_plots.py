@@ -408,3 +408,18 @@ def test_no_pyplot_needed():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_adjacent_figure_draws_the_noise_floor_near_the_data_and_names_it_when_far_below():
+    from conetool.plots import adjacent_figure
+
+    curves = {100: ([0, 100, 200, 300], [1e-1, 1e-3, 1e-4, 1e-4])}
+    near = adjacent_figure(curves, velocity="both", noise_floor=1e-6)
+    distance_ax = near.axes[0]
+    floors = [line for line in distance_ax.lines if line.get_label() == "noise floor of S"]
+    assert len(floors) == 1 and list(floors[0].get_ydata()) == [1e-6, 1e-6]
+    assert not any("noise" in line.get_label() for line in near.axes[1].lines)
+    far = adjacent_figure(curves, velocity="both", noise_floor=1e-14)
+    labels = [text.get_text() for text in far.axes[0].get_legend().get_texts()]
+    assert any("below the axis" in label and "1e-14" in label for label in labels)
+    assert far.axes[0].get_ylim()[0] > 1e-9  # the curves keep their scale

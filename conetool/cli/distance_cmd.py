@@ -97,6 +97,14 @@ def distance(
             help="Verdict: the dt of its velocity (default: the spacing that covers the run).",
         ),
     ] = None,
+    no_noise: Annotated[
+        bool,
+        typer.Option(
+            "--no-noise",
+            help="Skip estimating the noise floor of S (it rebuilds the model at the last "
+            "stored step and computes 32 examples' kernel again in float64).",
+        ),
+    ] = False,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
     threads: Threads = "auto",
@@ -136,6 +144,7 @@ def distance(
             logy=logy,
             skip_bad=skip_bad,
             max_memory=max_memory,
+            noise=not no_noise,
             progress=progress,
         )
     for note in result.notes:
