@@ -15,10 +15,9 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 # Importing torch takes seconds; Ctrl-C meanwhile ends the command line cleanly (exit 130).
 from ._startup import guard_start_up
+from ._version import __version__
 
 guard_start_up()
 

@@ -45,7 +45,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from . import __version__, paths
+from . import paths
+from ._version import __version__
 from .errors import StoreError
 from .io import NOT_WRITABLE, atomic_save_safetensors, atomic_write_text, write_error
 

@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from . import __version__, paths
+from . import paths
+from ._version import __version__
 from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
 from .errors import DataError, SpecError, StoreError

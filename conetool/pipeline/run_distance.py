@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, paths
+from .. import paths
+from .._version import __version__
 from ..errors import ConetoolError, StoreError
 from ..geometry import (
     AdjacentPair,

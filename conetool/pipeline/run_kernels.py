@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__, distributed, paths
+from .. import distributed, paths
+from .._version import __version__
 from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint, parse_step_range
 from ..data import DataBundle, load_data
 from ..errors import ConetoolError, DataError, StoreError

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from .. import __version__, paths
+from .. import paths
+from .._version import __version__
 from ..errors import ConetoolError
 from ..io import atomic_write_text, format_bytes
 from ..progress import NullProgress, Progress

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, paths
+from .. import paths
+from .._version import __version__
 from ..errors import StoreError
 from ..io import atomic_write_json
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
