@@ -75,7 +75,7 @@ def test_distance_to_reference_lines_labels_and_data():
         assert v.get_linestyle() == ":"
         assert v.get_color() == ln.get_color()
     # Sequential colormap in the order of τ: first curve is the colormap's start.
-    cmap = matplotlib.colormaps[plots.CURVE_CMAP]
+    cmap = matplotlib.colormaps[plots.style.CURVE_CMAP]
     assert to_rgba(lines[0].get_color()) == pytest.approx(cmap(0.0))
     assert len({to_rgba(ln.get_color()) for ln in lines}) == 3
     assert ax.get_xlabel() == "training step t"

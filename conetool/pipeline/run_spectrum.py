@@ -23,8 +23,7 @@ from .._version import __version__
 from ..errors import StoreError
 from ..io import atomic_write_json
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
-from ..plots import save_figure
-from ..plots_spectrum import spectrum_figure
+from ..plots import save_figure, spectrum_figure
 from ..probe import load_probe
 from ..progress import NullProgress, Progress
 from ..store import Store

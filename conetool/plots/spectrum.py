@@ -1,6 +1,6 @@
 """The figure of ``conetool spectrum``: alignment, effective rank and label energy against step.
 
-Built like :mod:`conetool.plots` (object-oriented matplotlib, returned, saved by the pipeline).
+Built like the other figures (object-oriented matplotlib, returned, saved by the pipeline).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from conetool.plots import _figure, _set_logx, _shade_phase1, _style
+from .style import new_figure, set_logx, shade_phase1, style_axes
 
 __all__ = ["spectrum_figure"]
 
@@ -28,7 +28,7 @@ def spectrum_figure(
     """Three panels against step: centered kernel-target alignment, effective rank, and the share
     of the labels' energy in the top ``top_k`` eigenvectors; Phase I shaded when known."""
     t = np.asarray(steps, dtype=np.float64)
-    fig = _figure(ncols=3, size=(4.2, 3.6))
+    fig = new_figure(ncols=3, size=(4.2, 3.6))
     axes = fig.subplots(1, 3)
     panels = (
         (alignment, "centered kernel-target alignment"),
@@ -40,7 +40,7 @@ def spectrum_figure(
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step t")
         if logx:
-            _set_logx(ax, t)
-        _style(ax)
-        _shade_phase1(ax, phase1_end)
+            set_logx(ax, t)
+        style_axes(ax)
+        shade_phase1(ax, phase1_end)
     return fig
