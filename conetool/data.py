@@ -16,9 +16,10 @@ dataset         input shape   normalization                                     
 ``synthetic``   data.shape    none (Gaussian clusters)                                     none
 ==============  ============  ==========================================================  =========
 
-The training data order is a pure function of ``(seed, step)``: :func:`batch_indices` gives the
-indices of the batch at any global step and :func:`augment_generator` the generator that draws its
-augmentation, so a resumed run or a switch experiment replays exactly the same batches.
+The containers (:class:`Split`, :class:`DataBundle`, the CIFAR-10 augmentation) live in
+:mod:`conetool.data_split`; the training data order, a pure function of ``(seed, step)``
+(:func:`batch_indices`, :func:`augment_generator`), in :mod:`conetool.data_order`. Both are
+re-exported here.
 
 Example::
 
@@ -30,22 +31,20 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import inspect
 import io
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset, TensorDataset
 
+from .data_order import augment_generator, batch_indices, mix_seed, steps_per_epoch
+from .data_split import CropFlip, DataBundle, Split
 from .errors import DataError
 from .spec import BUILTIN_DATASETS, DataSpec
 
@@ -77,240 +76,6 @@ CIFAR10_STD = (0.229, 0.224, 0.225)
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_RANDOM_STATE = 0
 
-Augment = Callable[[Tensor, torch.Generator], Tensor]
-
-
-# --------------------------------------------------------------------------------------------
-# Splits and bundles
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Split:
-    """One split of a data set, backed by in-memory tensors or by a torch ``Dataset``.
-
-    Build one with :meth:`from_tensors` (inputs ``(N, *shape)`` float32, already normalized, and
-    labels ``(N,)`` int64) or :meth:`from_dataset` (any map-style dataset whose items are
-    ``(x, y)`` with ``x`` a tensor or array and ``y`` an integer).
-    """
-
-    input_shape: tuple[int, ...]
-    inputs: Tensor | None = None
-    targets: Tensor | None = None
-    dataset: Dataset | None = None
-    _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_tensors(cls, inputs: Tensor, labels: Tensor) -> Split:
-        """A split held in memory: ``inputs`` (N, *shape) -> float32, ``labels`` (N,) -> int64."""
-        if labels.ndim != 1 or inputs.ndim < 1 or inputs.shape[0] != labels.shape[0]:
-            raise DataError(
-                f"a data split needs inputs (N, ...) and labels (N,); got inputs of shape "
-                f"{tuple(inputs.shape)} and labels of shape {tuple(labels.shape)}."
-            )
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise DataError(
-                f"labels must be integer class indices; got dtype {labels.dtype}. Convert them "
-                "with labels.long() in your data factory."
-            )
-        return cls(
-            input_shape=tuple(inputs.shape[1:]),
-            inputs=inputs.to(torch.float32).contiguous(),
-            targets=labels.to(torch.int64).contiguous(),
-        )
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset, name: str = "dataset") -> Split:
-        """A split read item by item from ``dataset``; ``name`` is used in error messages.
-
-        A ``TensorDataset`` of (inputs, labels) is copied into memory instead.
-        """
-        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise DataError(
-                f"{name} is a {type(dataset).__name__}, not a map-style dataset (one with "
-                "__len__ and __getitem__). Return a torch.utils.data.Dataset or TensorDataset."
-            )
-        if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-            return cls.from_tensors(*dataset.tensors)
-        if len(dataset) == 0:  # type: ignore[arg-type]
-            raise DataError(f"{name} is empty: it has no examples.")
-        x, _ = _item(dataset, 0, name)
-        return cls(input_shape=tuple(x.shape), dataset=dataset)
-
-    def __len__(self) -> int:
-        if self.targets is not None:
-            return int(self.targets.shape[0])
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """The examples at ``indices`` (B,): inputs (B, *input_shape) float32, labels (B,) int64.
-
-        In-memory splits return tensors on the split's device (see :meth:`to`).
-        """
-        if self.inputs is not None and self.targets is not None:
-            idx = indices.to(device=self.inputs.device, dtype=torch.int64)
-            return self.inputs[idx], self.targets[idx]
-        items = [_item(self.dataset, int(i), "dataset") for i in indices.tolist()]
-        if not items:
-            return torch.empty((0, *self.input_shape)), torch.empty(0, dtype=torch.int64)
-        xs = [x for x, _ in items]
-        shapes = {tuple(x.shape) for x in xs}
-        if len(shapes) > 1:
-            raise DataError(
-                f"the dataset's items have different shapes {sorted(shapes)}; every input must "
-                "have the same shape (resize or crop them in your data factory)."
-            )
-        labels = torch.tensor([y for _, y in items], dtype=torch.int64)
-        return torch.stack(xs), labels
-
-    def labels(self) -> Tensor:
-        """All labels, (N,) int64 (for a ``Dataset``: read once by iterating it, then cached)."""
-        if self.targets is not None:
-            return self.targets
-        if "labels" not in self._cache:
-            ds = self.dataset
-            self._cache["labels"] = torch.tensor(
-                [_item(ds, i, "dataset")[1] for i in range(len(ds))],  # type: ignore[arg-type]
-                dtype=torch.int64,
-            )
-        return self._cache["labels"]
-
-    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """All examples in order, in batches of ``batch_size`` (the last one may be smaller)."""
-        for start in range(0, len(self), batch_size):
-            stop = min(start + batch_size, len(self))
-            yield self.batch(torch.arange(start, stop))
-
-    def to(self, device: torch.device | str) -> Split:
-        """The same split with its in-memory tensors on ``device`` (a Dataset split is returned as
-        is: its items are built on the CPU)."""
-        if self.inputs is None or self.targets is None:
-            return self
-        return Split(
-            input_shape=self.input_shape,
-            inputs=self.inputs.to(device),
-            targets=self.targets.to(device),
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class DataBundle:
-    """A data set: train and test splits, input shape, class count and training augmentation.
-
-    ``augment(x, generator)`` maps a normalized training batch (B, C, H, W) to an augmented batch
-    of the same shape, drawing every random choice from ``generator`` (so it is reproducible from
-    a seed); it is ``None`` when the data set has no standard augmentation.
-    """
-
-    name: str
-    train: Split
-    test: Split
-    input_shape: tuple[int, ...]
-    num_classes: int
-    augment: Augment | None = None
-
-    def split(self, name: str) -> Split:
-        """The split called ``name`` ("train" or "test")."""
-        if name == "train":
-            return self.train
-        if name == "test":
-            return self.test
-        raise DataError(f"unknown split {name!r}; valid splits: train, test.")
-
-
-# --------------------------------------------------------------------------------------------
-# Augmentation
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CropFlip:
-    """Random crop with zero padding plus random horizontal flip, batched and seeded.
-
-    The same as torchvision's ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip(0.5)`` applied
-    to each image before normalization: the padding is filled with ``fill`` per channel, which
-    should be the normalized value of pixel 0, ``-mean / std``. Each image gets its own offsets
-    (uniform in 0..2·padding) and flip (probability 0.5).
-
-    ``CropFlip(fill)(x, generator)``: x (B, C, H, W) -> (B, C, H, W), on x's device; the random
-    numbers are drawn on the CPU from ``generator``, so results do not depend on the device.
-    """
-
-    fill: tuple[float, ...]
-    padding: int = 4
-    flip: bool = True
-
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        b, c, h, w = x.shape
-        p = self.padding
-        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator)
-        flips = torch.rand(b, generator=generator) < 0.5
-        if not self.flip:
-            flips = torch.zeros_like(flips)
-        fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device)
-        if fill.numel() == 1:
-            fill = fill.expand(c)
-        padded = fill.view(1, c, 1, 1).expand(b, c, h + 2 * p, w + 2 * p).clone()
-        padded[:, :, p : p + h, p : p + w] = x
-        rows = offsets[0][:, None] + torch.arange(h)  # (B, H)
-        cols = offsets[1][:, None] + torch.arange(w)  # (B, W)
-        cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reverses the window
-        rows, cols = rows.to(x.device), cols.to(x.device)
-        batch = torch.arange(b, device=x.device)[:, None, None, None]
-        chan = torch.arange(c, device=x.device)[None, :, None, None]
-        return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-# --------------------------------------------------------------------------------------------
-# Data order
-# --------------------------------------------------------------------------------------------
-
-
-def _mix(*parts: object) -> int:
-    """A deterministic 63-bit seed from ``parts`` (sha256 of their repr), for torch generators."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Training steps per epoch: ``n_train // batch_size`` (the last partial batch is dropped)."""
-    if batch_size <= 0:
-        raise DataError(f"'train.batch_size' must be positive, got {batch_size}.")
-    if batch_size > n_train:
-        raise DataError(
-            f"'train.batch_size' = {batch_size} is larger than the training split ({n_train} "
-            f"examples). Set train.batch_size to at most {n_train}."
-        )
-    return n_train // batch_size
-
-
-@lru_cache(maxsize=4)
-def _epoch_permutation(n_train: int, seed: int, epoch: int) -> Tensor:
-    generator = torch.Generator().manual_seed(_mix("epoch", seed, epoch))
-    return torch.randperm(n_train, generator=generator)
-
-
-def batch_indices(n_train: int, batch_size: int, seed: int, step: int) -> Tensor:
-    """Indices (batch_size,) int64 of the training batch at global ``step``.
-
-    Epoch ``e = step // steps_per_epoch`` visits the training split in the order
-    ``torch.randperm(n_train)`` drawn from a generator seeded with a hash of ``("epoch", seed, e)``
-    (see ``_mix``); the step takes the ``step % steps_per_epoch``-th block of ``batch_size`` from
-    it. Every epoch visits ``steps_per_epoch * batch_size`` distinct examples (``drop_last``), and
-    the result depends on ``(n_train, batch_size, seed, step)`` only, which makes resuming exact.
-    """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    per_epoch = steps_per_epoch(n_train, batch_size)
-    epoch, position = divmod(step, per_epoch)
-    perm = _epoch_permutation(n_train, seed, epoch)
-    return perm[position * batch_size : (position + 1) * batch_size].clone()
-
-
-def augment_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator that draws the augmentation of the batch at ``step`` (seeded with a hash of
-    ``("augment", seed, step)``, independent of the data order's)."""
-    return torch.Generator().manual_seed(_mix("augment", seed, step))
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,11 +168,11 @@ def _synthetic(spec: DataSpec) -> DataBundle:
             f"data.test_size; got shape={list(shape)}, num_classes={classes}, "
             f"train_size={spec.train_size}, test_size={spec.test_size}."
         )
-    means_gen = torch.Generator().manual_seed(_mix("synthetic-means", spec.seed))
+    means_gen = torch.Generator().manual_seed(mix_seed("synthetic-means", spec.seed))
     means = torch.randn(classes, dim, generator=means_gen, dtype=torch.float32)
 
     def split(size: int, stream: str) -> Split:
-        gen = torch.Generator().manual_seed(_mix(stream, spec.seed))
+        gen = torch.Generator().manual_seed(mix_seed(stream, spec.seed))
         labels = torch.arange(size, dtype=torch.int64) % classes
         noise = torch.randn(size, dim, generator=gen, dtype=torch.float32)
         inputs = means[labels] + spec.noise * noise
@@ -589,27 +354,3 @@ def _user_factory(spec: DataSpec) -> DataBundle:
     else:
         num_classes = int(max(train.labels().max(), test.labels().max())) + 1
     return DataBundle(path, train, test, train.input_shape, num_classes)
-
-
-def _item(dataset: Any, index: int, name: str) -> tuple[Tensor, int]:
-    """Item ``index`` of a user dataset as (float32 tensor, int label)."""
-    item = dataset[index]
-    if not isinstance(item, tuple | list) or len(item) < 2:
-        raise DataError(
-            f"{name}: item {index} is a {type(item).__name__}; items must be (input, label) pairs."
-        )
-    x, y = item[0], item[1]
-    try:
-        x = torch.as_tensor(x, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(
-            f"{name}: input {index} is a {type(x).__name__}, not a tensor or array. Add "
-            "torchvision.transforms.ToTensor() (and your normalization) to the dataset."
-        ) from exc
-    try:
-        label = int(y)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(
-            f"{name}: label {index} is {y!r}; labels must be integer class indices."
-        ) from exc
-    return x, label

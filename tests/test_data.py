@@ -76,7 +76,7 @@ def test_split_batch_indexes_in_memory_tensors() -> None:
     assert torch.equal(x[0], bundle.train.inputs[5])
     assert torch.equal(x[2], bundle.train.inputs[1436])
     assert torch.equal(y, bundle.train.labels()[idx])
-    chunks = list(bundle.test.batches(100))
+    chunks = [bundle.test.batch(torch.arange(a, min(a + 100, 360))) for a in range(0, 360, 100)]
     assert [len(c[1]) for c in chunks] == [100, 100, 100, 60]
     assert torch.equal(torch.cat([c[0] for c in chunks]), bundle.test.inputs)
 
