@@ -17,7 +17,7 @@ from torch import nn
 from conetool.errors import CheckpointError
 
 from ._keys import describe_mismatch, match_keys
-from .discover import TORCH_NOTE, _Candidate, scan_selected
+from .discover import TORCH_NOTE, Candidate, scan_selected
 from .load import match_state_dict, read_checkpoint
 from .step_names import epoch_note
 
@@ -39,7 +39,7 @@ class InspectRow:
     fingerprint: str | None = None  # "<bytes>:<sha256>", with verify=True only
 
 
-def _relative(directory: Path, c: _Candidate) -> str:
+def _relative(directory: Path, c: Candidate) -> str:
     if c.folder is not None:
         return c.name
     try:

@@ -27,7 +27,7 @@ from ._format import (
     tensors_from_buffer,
 )
 from ._keys import describe_mismatch, match_keys
-from .discover import CheckpointRef, _default_warn, checkpoint_ref
+from .discover import CheckpointRef, checkpoint_ref, default_warn
 
 _FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
@@ -173,7 +173,7 @@ def check_dtypes(
     if lower:
         shown = ", ".join(k for k, _ in lower[:3])
         more = f" and {len(lower) - 3} more" if len(lower) > 3 else ""
-        (warn or _default_warn)(
+        (warn or default_warn)(
             f"'{name}' stores {shown}{more} in lower precision than the model's "
             f"{_dtype(lower[0][1])}; they are loaded into the model's dtype and the kernel is "
             "computed in the model's dtype (the digits lost when saving do not come back)."

@@ -1,0 +1,96 @@
+"""The records of a directory scan: a checkpoint reference (step, files, format) and the
+candidates and results of one scan, with the warning class checkpoint problems use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._format import (
+    SAFETENSORS_SUFFIX,
+    TORCH_SUFFIXES,
+    SafetensorsHeader,
+)
+
+CHECKPOINT_SUFFIXES = (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
+SOURCES = ("safetensors", "torch", "hf", "hf-sharded")
+TORCH_NOTE = (
+    "a torch.save file, read only with torch.load(weights_only=True); safetensors is preferred "
+    "(no pickle, checked from its header)"
+)
+
+
+class CheckpointWarning(UserWarning):
+    """A per-file checkpoint problem skipped under ``skip_bad``, or a note on the file format."""
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint of a directory: its training step and the file(s) holding its weights.
+
+    ``paths`` is one file, or the shards of a sharded checkpoint in order. ``source`` is
+    ``"safetensors"`` or ``"torch"`` for flat files, ``"hf"`` for a Hugging Face folder with one
+    weights file, ``"hf-sharded"`` for shards with their index. ``size`` is the total size in
+    bytes when it was listed.
+    """
+
+    step: int
+    paths: tuple[Path, ...]
+    source: str
+    folder: Path | None = None  # the Hugging Face checkpoint-N/ folder
+    index: Path | None = None  # the shard index (*.index.json)
+    size: int = 0
+
+    @property
+    def file(self) -> Path:
+        """What to show the user: the Hugging Face folder, else the shard index, else the file."""
+        return self.folder or self.index or self.paths[0]
+
+    @property
+    def format(self) -> str:
+        """``"safetensors"`` or ``"torch"`` (pickle-based, read with ``weights_only=True``)."""
+        return "safetensors" if self.paths[0].suffix == SAFETENSORS_SUFFIX else "torch"
+
+
+@dataclass
+class Candidate:
+    name: str  # relative to the directory, for display ("checkpoint-2000/" for folders)
+    location: Path
+    paths: tuple[Path, ...] = ()
+    source: str = ""
+    folder: Path | None = None
+    index: Path | None = None
+    size: int = 0
+    step: int | None = None
+    problem: str | None = None
+    headers: tuple[SafetensorsHeader, ...] = ()
+    shapes: dict[str, tuple[int, ...]] | None = None  # key -> shape, when known without loading
+    global_step: int | None = None  # trainer_state.json
+    epoch: int | None = None  # set when the step was converted from an epoch in the name
+
+    def fail(self, message: str) -> None:
+        if self.problem is None:
+            self.problem = message
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.headers[0].metadata if self.headers else {}
+
+    @property
+    def format(self) -> str:
+        return (
+            "safetensors" if self.paths and self.paths[0].suffix == SAFETENSORS_SUFFIX else "torch"
+        )
+
+    def ref(self) -> CheckpointRef:
+        assert self.step is not None and self.problem is None
+        return CheckpointRef(self.step, self.paths, self.source, self.folder, self.index, self.size)
+
+
+@dataclass
+class Scan:
+    directory: Path
+    candidates: list[Candidate]  # selected ones, sorted by step (unknown steps last)
+    ignored: list[str] = field(default_factory=list)  # skipped on purpose (optimizer states, ...)
+    others: list[str] = field(default_factory=list)  # everything else in the directory
+    unselected: list[int] = field(default_factory=list)  # steps left out by --steps / --every

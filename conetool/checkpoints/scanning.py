@@ -1,0 +1,383 @@
+"""Scanning a checkpoint directory: flat files, Hugging Face folders and shards, read headers
+only; duplicates and mixed runs are flagged."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections import Counter
+from pathlib import Path
+
+from conetool import paths
+from conetool.errors import CheckpointError
+
+from ._format import (
+    SAFETENSORS_SUFFIX,
+    check_torch_file,
+    open_error,
+    read_header,
+    torch_shapes,
+)
+from ._keys import diff_keys, strip_common_prefixes
+from .records import (
+    CHECKPOINT_SUFFIXES,
+    Candidate,
+    Scan,
+)
+from .selection import candidate_stem, check_selection, is_selected, recover_step, step_from_name
+from .step_names import (
+    compile_step_regex,
+)
+
+# --------------------------------------------------------------------------------------------------
+# candidates
+
+_NOT_MODEL = re.compile(
+    r"^(optimizer\.(pt|bin)|scheduler\.pt|scaler\.pt|training_args\.bin|rng_state.*\.pth"
+    r"|checkpoint\.pth|mask\.pth|last(-v\d+)?\.ckpt)$"
+)
+_SHARD = re.compile(r"^(?P<prefix>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})(?P<suffix>\.safetensors|\.bin)$")
+_HF_FOLDER = re.compile(r"^checkpoint-\d+$")
+_HF_WEIGHTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+_HF_FINAL = re.compile(r"^(model\.safetensors|pytorch_model\.bin)(\.index\.json)?$")
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False instead of an error for unreadable directories."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _entry_kind(entry: os.DirEntry[str]) -> tuple[str, OSError | None]:
+    try:
+        if entry.is_dir():
+            return "dir", None
+        if entry.is_file():
+            return "file", None
+        os.stat(entry.path)  # a symlink to something else, or a special file
+        return "other", None
+    except OSError as e:  # a symlink loop (ELOOP) or a broken link (ENOENT)
+        return "broken", e
+
+
+def _looks_like_checkpoint(name: str) -> bool:
+    return name.endswith(CHECKPOINT_SUFFIXES) or bool(_HF_FOLDER.match(name))
+
+
+def _read_headers(c: Candidate, deep: bool) -> None:
+    """Fill ``headers``/``shapes``/``size`` from the files' headers; record the first problem."""
+    try:
+        for p in c.paths:
+            mode = os.stat(p).st_mode
+            if not stat.S_ISREG(mode):
+                what = "a directory" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+                c.size = -1  # no size to show: not a file
+                c.fail(
+                    f"'{p}' is not a regular file but {what}"
+                    + (f" (a link to '{os.path.realpath(p)}')" if os.path.islink(p) else "")
+                    + "; point it at the real checkpoint file or remove it (or pass --skip-bad)."
+                )
+                return
+        if c.format == "safetensors":
+            c.headers = tuple(read_header(p) for p in c.paths)
+            c.size = sum(h.size for h in c.headers)
+            shapes: dict[str, tuple[int, ...]] = {}
+            for h in c.headers:
+                shapes.update(h.shapes)
+            c.shapes = shapes
+        else:
+            zipped = [check_torch_file(p) for p in c.paths]
+            c.size = sum(os.stat(p).st_size for p in c.paths)
+            if deep and all(zipped):
+                c.shapes = {}
+                for p in c.paths:
+                    c.shapes.update(torch_shapes(p))
+    except CheckpointError as e:
+        c.fail(str(e))
+    except OSError as e:
+        c.fail(str(open_error(Path(e.filename or c.location), e)))
+
+
+def _file_candidate(path: Path, deep: bool) -> Candidate:
+    is_st = path.suffix == SAFETENSORS_SUFFIX
+    c = Candidate(path.name, path, (path,), "safetensors" if is_st else "torch")
+    _read_headers(c, deep)
+    return c
+
+
+def _sharded(c: Candidate, index: Path, deep: bool) -> None:
+    """Fill a candidate from a shard index (``*.index.json`` with a ``weight_map``)."""
+    c.index, c.source = index, "hf-sharded"
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not all(isinstance(v, str) and Path(v).name == v for v in dict(weight_map).values()):
+            raise TypeError  # shard names are plain file names beside the index
+    except OSError as e:
+        c.fail(str(open_error(index, e)))
+        return
+    except (ValueError, KeyError, TypeError):
+        c.fail(
+            f"'{index}' is not a valid shard index (it needs a JSON 'weight_map' from tensor name "
+            f"to shard file); re-save the checkpoint, or restore the index if a copy cut it short."
+        )
+        return
+    shard_names = sorted(set(weight_map.values()))
+    c.paths = tuple(index.parent / s for s in shard_names)
+    absent = [s for s in shard_names if not _is_file(index.parent / s)]
+    if absent:
+        c.fail(
+            f"'{index}' names shard(s) that are missing: {', '.join(absent)}. The checkpoint is "
+            f"incomplete; if a run or a copy is still writing it, wait and rerun, otherwise "
+            f"restore the shards (or pass --skip-bad)."
+        )
+        return
+    if not c.paths:
+        c.fail(f"'{index}' lists no tensors; re-save the checkpoint (or pass --skip-bad).")
+        return
+    _read_headers(c, deep)
+    if c.problem is not None or not c.headers:
+        return
+    where = {k: h.path.name for h in c.headers for k in h.tensors}
+    wrong = [k for k, s in weight_map.items() if where.get(k) != s]
+    extra = [k for k in where if k not in weight_map]
+    if wrong or extra:
+        listed = ", ".join(f"'{k}'" for k in (wrong + extra)[:10])
+        c.fail(
+            f"the shards of '{index}' do not hold what the index says ({len(wrong) + len(extra)} "
+            f"tensor(s) absent or in another shard, e.g. {listed}); the shards and the index come "
+            f"from different saves: re-save the checkpoint (or pass --skip-bad)."
+        )
+
+
+def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
+    """A Hugging Face checkpoint folder, or None when the folder holds no model weights."""
+    c = Candidate(folder.name + "/", folder, folder=folder, source="hf")
+    try:
+        names = set(os.listdir(folder))
+    except OSError as e:
+        if not _HF_FOLDER.match(folder.name):
+            return None
+        c.fail(str(open_error(folder, e)))
+        return c
+    for index_name, single in _HF_WEIGHTS:
+        if index_name in names:
+            _sharded(c, folder / index_name, deep)
+            break
+        if single in names:
+            c.paths = (folder / single,)
+            _read_headers(c, deep)
+            break
+    else:
+        if not _HF_FOLDER.match(folder.name):
+            return None
+        listed = ", ".join(sorted(names)[:10]) or "nothing"
+        c.fail(
+            f"'{folder}' holds no model weights (model.safetensors, its shards with "
+            f"model.safetensors.index.json, or pytorch_model.bin); it has: {listed}. If the run "
+            f"is still saving it, wait and rerun; otherwise remove the folder (or pass --skip-bad)."
+        )
+        return c
+    if "trainer_state.json" in names:
+        state = folder / "trainer_state.json"
+        try:
+            c.global_step = int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            c.fail(
+                f"'{state}' is unreadable or has no integer global_step; if the run is still "
+                f"saving it, wait and rerun, otherwise fix or remove it (or pass --skip-bad)."
+            )
+    return c
+
+
+def _list_directory(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        if isinstance(e, PermissionError):
+            raise CheckpointError(
+                f"cannot list checkpoint directory '{directory}': permission denied. Make it "
+                f"readable (chmod u+rx '{directory}') or run as a user who may read it."
+            ) from None
+        raise CheckpointError(f"cannot list checkpoint directory '{directory}': {e}.") from None
+
+
+def _collect(directory: Path, deep: bool) -> Scan:
+    scan = Scan(directory, [])
+    shards: dict[tuple[str, str], list[Path]] = {}
+    for entry in _list_directory(directory):
+        name, path = entry.name, Path(entry.path)
+        if name.startswith("."):
+            scan.ignored.append(name)
+            continue
+        kind, error = _entry_kind(entry)
+        if kind == "broken":
+            if _looks_like_checkpoint(name):
+                assert error is not None
+                scan.candidates.append(Candidate(name, path, problem=str(open_error(path, error))))
+            else:
+                scan.others.append(name)
+        elif kind == "dir":
+            c = _folder_candidate(path, deep)
+            if c is None:
+                scan.others.append(name + "/")
+            else:
+                scan.candidates.append(c)
+        elif kind != "file" or not name.endswith(CHECKPOINT_SUFFIXES):
+            scan.others.append(name)
+        elif paths.is_optimizer_state(path) or _NOT_MODEL.match(name):
+            scan.ignored.append(name)
+        elif m := _SHARD.match(name):
+            shards.setdefault((m["prefix"], m["suffix"]), []).append(path)
+        else:
+            scan.candidates.append(_file_candidate(path, deep))
+    for (prefix, suffix), files in sorted(shards.items()):
+        index = directory / f"{prefix}{suffix}.index.json"
+        c = Candidate(index.name, index, tuple(files), "hf-sharded", index=index)
+        if _is_file(index):
+            _sharded(c, index, deep)
+            if index.name in scan.others:
+                scan.others.remove(index.name)
+        else:
+            c.fail(
+                f"'{files[0]}' is a shard ({len(files)} found) but its index '{index.name}' is "
+                f"missing; restore the index, which says which tensor is in which shard (or pass "
+                f"--skip-bad)."
+            )
+        scan.candidates.append(c)
+    if any(c.folder is not None for c in scan.candidates):
+        # Trainer.save_model's final model beside the checkpoint-N/ folders: it has no step.
+        final = [c for c in scan.candidates if c.folder is None and _HF_FINAL.match(c.name)]
+        for c in final:
+            scan.candidates.remove(c)
+            scan.ignored.append(c.name)
+    return scan
+
+
+def _flag_duplicates(cands: list[Candidate]) -> None:
+    by_step: dict[int, list[Candidate]] = {}
+    for c in cands:
+        if c.problem is None and c.step is not None:
+            by_step.setdefault(c.step, []).append(c)
+    for step, group in by_step.items():
+        if len(group) > 1:
+            names = " and ".join(f"'{c.location}'" for c in group)
+            for c in group:
+                c.fail(
+                    f"two checkpoints have step {step}: {names}. Keep one of them (move the other "
+                    f"out of the directory), or pass --step-regex if the steps come out wrong."
+                )
+
+
+def _flag_mixed_runs(cands: list[Candidate]) -> None:
+    """Flag checkpoints whose key set (or shapes) differ from the rest: two runs in one folder."""
+    known = [c for c in cands if c.problem is None and c.shapes is not None]
+    normal: dict[int, dict[str, tuple[int, ...]]] = {}  # keys without a shared wrapper prefix
+    for c in known:
+        assert c.shapes is not None
+        _, keys = strip_common_prefixes(c.shapes)
+        normal[id(c)] = dict(zip(keys, c.shapes.values(), strict=True))
+    sig = {i: frozenset(n.items()) for i, n in normal.items()}
+    counts = Counter(sig.values())
+    if len(counts) <= 1:
+        return
+    ranked = counts.most_common()
+    majority = ranked[0][0] if ranked[0][1] > ranked[1][1] else None
+    for c in known:
+        if sig[id(c)] == majority:
+            continue
+        wanted = majority if majority is not None else next(s for s, _ in ranked if s != sig[id(c)])
+        other = next(o for o in known if sig[id(o)] == wanted)
+        diff = diff_keys(normal[id(c)], normal[id(other)])
+        c.fail(
+            f"'{c.location}' is not from the same run as {counts[wanted]} other checkpoint(s) here "
+            f"such as '{other.location}' ({diff}): the directory seems to mix {len(counts)} runs. "
+            f"Move each run's checkpoints to a directory of its own (or pass --skip-bad)."
+        )
+
+
+def _is_hf_folder(directory: Path) -> bool:
+    """True when ``directory`` is itself one Hugging Face checkpoint folder."""
+    if not _is_file(directory / "trainer_state.json") and not _HF_FOLDER.match(directory.name):
+        return False
+    return any(_is_file(directory / n) for pair in _HF_WEIGHTS for n in pair)
+
+
+def _single(path: Path, deep: bool) -> Scan:
+    scan = Scan(path.parent, [])
+    if path.is_dir():
+        c = _folder_candidate(path, deep)
+        if c is not None:
+            scan.candidates.append(c)
+    elif path.name.endswith(CHECKPOINT_SUFFIXES):
+        scan.candidates.append(_file_candidate(path, deep))
+    else:
+        scan.others.append(path.name)
+    return scan
+
+
+def scan_directory(
+    directory: str | Path,
+    *,
+    step_regex: str | None,
+    iterations_per_epoch: int | None,
+    steps: tuple[int | None, int | None] | None,
+    every: int | None,
+    deep: bool,
+    single: bool = False,
+    fixed_step: int | None = None,
+) -> Scan:
+    """Every checkpoint candidate of ``directory`` with its step or its problem (headers only).
+
+    ``deep`` also reads the key sets of zip-format torch files (memory-mapped pickle, no data).
+    """
+    pattern = compile_step_regex(step_regex)
+    check_selection(steps, every)
+    if iterations_per_epoch is not None and iterations_per_epoch < 1:
+        raise CheckpointError(
+            f"iterations per epoch must be at least 1, not {iterations_per_epoch}; check the "
+            f"spec's [train] batch_size and the data set size."
+        )
+    directory = Path(directory).expanduser()
+    if not directory.exists():
+        raise CheckpointError(
+            f"checkpoint directory '{directory}' does not exist; pass the --out directory of "
+            f"`conetool train`, or a directory of checkpoint files."
+        )
+    if directory.is_file() or single or _is_hf_folder(directory):
+        scan = _single(directory, deep)
+    else:
+        scan = _collect(directory, deep)
+    for c in scan.candidates:
+        if c.problem is None and fixed_step is not None:
+            c.step = fixed_step
+        elif c.problem is None:
+            try:
+                recover_step(c, pattern, iterations_per_epoch)
+            except CheckpointError as e:
+                c.fail(str(e))
+        elif c.step is None:  # best effort, so that --steps can leave a bad file out
+            try:
+                c.step = step_from_name(
+                    candidate_stem(c), iterations_per_epoch=iterations_per_epoch
+                )
+            except CheckpointError:
+                pass
+    kept = []
+    for c in scan.candidates:
+        if c.step is None or is_selected(c.step, steps, every):
+            kept.append(c)
+        else:
+            scan.unselected.append(c.step)
+    _flag_duplicates(kept)
+    _flag_mixed_runs(kept)
+    kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))
+    scan.candidates = kept
+    return scan

@@ -1,0 +1,124 @@
+"""Which checkpoints a run selects (``--steps FIRST:LAST``, ``--every K``) and the step each one
+recovers from ``--step-regex``, its metadata or its name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from conetool.errors import CheckpointError
+
+from .records import Candidate
+from .step_names import STEP_REGEX_EXAMPLE, name_step, regex_step
+
+# --------------------------------------------------------------------------------------------------
+# flags
+
+_STEP_REGEX_HELP = STEP_REGEX_EXAMPLE
+
+
+def parse_step_range(text: str) -> tuple[int | None, int | None]:
+    """Parse ``--steps``: ``"0:5000"`` -> ``(0, 5000)``, ``"2000:"`` -> ``(2000, None)``,
+    ``":5000"`` -> ``(None, 5000)``, ``"2000"`` -> ``(2000, 2000)``. Both ends are included."""
+    raw = text.strip()
+    lo_text, colon, hi_text = raw.partition(":")
+    try:
+        if ":" in hi_text or not raw:
+            raise ValueError
+        lo = int(lo_text) if lo_text.strip() else None
+        hi = int(hi_text) if hi_text.strip() else None
+        if not colon:
+            hi = lo
+        if any(v is not None and v < 0 for v in (lo, hi)):
+            raise ValueError
+    except ValueError:
+        raise CheckpointError(
+            f"--steps '{text}' is not a step range: write START:END with whole numbers, both "
+            f"included (--steps 0:5000), or leave an end open (--steps 2000:, --steps :5000)."
+        ) from None
+    if lo is not None and hi is not None and lo > hi:
+        raise CheckpointError(
+            f"--steps '{text}' starts after it ends; write the smaller step first "
+            f"(--steps {hi}:{lo})."
+        )
+    return lo, hi
+
+
+def check_selection(steps: tuple[int | None, int | None] | None, every: int | None) -> None:
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise CheckpointError(f"--every must be a positive whole number of steps, not {every!r}.")
+    if steps is not None:
+        ok = len(steps) == 2 and all(s is None or (isinstance(s, int) and s >= 0) for s in steps)
+        if not ok or (steps[0] is not None and steps[1] is not None and steps[0] > steps[1]):
+            raise CheckpointError(
+                f"--steps must be START:END with 0 <= START <= END (either may be left open), "
+                f"not {steps!r}."
+            )
+
+
+def is_selected(step: int, steps: tuple[int | None, int | None] | None, every: int | None) -> bool:
+    lo, hi = steps if steps is not None else (None, None)
+    if (lo is not None and step < lo) or (hi is not None and step > hi):
+        return False
+    return every is None or step % every == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# steps
+
+
+def step_from_name(name: str, *, iterations_per_epoch: int | None = None) -> int | None:
+    """The step a checkpoint's name (without suffix) gives, or None (see
+    :mod:`conetool.checkpoints.step_names`).
+
+    Raises :class:`CheckpointError` for a name that gives an epoch (``epoch_3``, open_lth's
+    ``model_ep3_it17``) without ``iterations_per_epoch``.
+    """
+    return name_step(name, iterations_per_epoch, Path(name))[0]
+
+
+def no_step_error(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"no step recoverable from '{path}': name files like step_2000.safetensors, store a "
+        f"'step' metadata key, or pass {_STEP_REGEX_HELP} (a regex with a group around the step)."
+    )
+
+
+def candidate_stem(c: Candidate) -> str:
+    if c.folder is not None:
+        return c.folder.name
+    if c.index is not None:  # top-level shards: "model" of model.safetensors.index.json
+        return c.index.name.split(".", 1)[0]
+    name = c.location.name
+    return name[: -len(c.location.suffix)] if c.location.suffix else name
+
+
+def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None) -> None:
+    where = c.folder or c.location
+    if pattern is not None:
+        name = c.folder.name if c.folder is not None else c.location.name
+        c.step, c.epoch = regex_step(pattern, name, ipe, where)
+        return
+    meta = c.metadata.get("step")
+    if meta is not None and c.folder is None:
+        try:
+            c.step = int(meta)
+        except ValueError:
+            raise CheckpointError(
+                f"'{where}' has safetensors metadata step '{meta}', which is not a whole number; "
+                f"re-save it with a numeric step, or pass {_STEP_REGEX_HELP} to take the step "
+                f"from the file name instead."
+            ) from None
+        return
+    c.step, c.epoch = name_step(candidate_stem(c), ipe, where)
+    if c.folder is not None and c.global_step is not None:
+        if c.step is None:
+            c.step = c.global_step
+        elif c.step != c.global_step:
+            raise CheckpointError(
+                f"'{c.folder}' is named for step {c.step} but its trainer_state.json says "
+                f"global_step {c.global_step}; rename the folder to checkpoint-{c.global_step} if "
+                f"that is right, or pass --step-regex to take the step from the name."
+            )
+    if c.step is None:
+        raise no_step_error(where)
