@@ -205,11 +205,33 @@ def test_method_option_gives_the_same_kernels(run, tmp_path):
         assert torch.linalg.norm(a - b) / torch.linalg.norm(b) < 1e-12
 
 
-def test_unknown_method_is_a_clean_error(run, tmp_path):
-    result = runner.invoke(
-        app, ["kernels", str(run), "--store", str(tmp_path / "s"), "--method", "fast", "--quiet"]
-    )
-    assert result.exit_code == 1
-    assert "--method 'fast' is unknown" in result.output
-    assert "structured" in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "s").exists()
+@pytest.mark.parametrize(
+    ("command", "flag", "choices"),
+    [
+        ("kernels", "--method", "auto, structured, jacobian"),
+        ("kernels", "--kind", "trace, full, sum"),
+        ("kernels", "--dtype", "float32, float64"),
+        ("switch", "--reference", "checkpoint, train"),
+        ("embed", "--method", "mds, pca"),
+    ],
+)
+def test_a_bad_choice_is_a_usage_error_naming_the_choices(run, tmp_path, command, flag, choices):
+    """Every choice flag is an Enum shared with the library: exit 2, the choices listed."""
+    args = [command] + ([str(run)] if command == "kernels" else [])
+    args += ["--store", str(tmp_path / "s"), flag, "fast"]
+    if command == "switch":
+        args += ["--at", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "'fast' is not one of" in flat and all(c.strip() in flat for c in choices.split(","))
+    assert "Traceback" not in result.output and not (tmp_path / "s").exists()
+
+
+def test_the_library_refuses_a_bad_choice_naming_it():
+    from conetool.choices import Method, choice
+    from conetool.errors import ConetoolError
+
+    assert choice(Method, "jacobian", "--method") is Method.jacobian
+    with pytest.raises(ConetoolError, match="--method 'fast' is unknown. Use one of: auto, "):
+        choice(Method, "fast", "--method")

@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from ..choices import EmbedMethod
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
 from .runtime import Threads, starting
-
-
-class Method(str, Enum):
-    mds = "mds"
-    pca = "pca"
 
 
 @app.command()
 def embed(
     store: StoreOpt = DEFAULT_STORE,
     method: Annotated[
-        Method,
+        EmbedMethod,
         typer.Option(
             "--method",
             help="mds: metric MDS of the chordal distance sqrt(2 S); pca: PCA of the "
             "unit-norm kernels.",
         ),
-    ] = Method.mds,
+    ] = EmbedMethod.mds,
     dims: Annotated[int, typer.Option("--dims", min=2, max=3, help="2 or 3 dimensions.")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of MDS.")] = 0,
     skip_bad: SkipBadKernels = False,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..choices import Dtype, Kind, Method
 from .app import (
     Debug,
     DeviceOpt,
@@ -38,24 +39,23 @@ def kernels(
         ),
     ] = None,
     kind: Annotated[
-        str, typer.Option("--kind", metavar="trace|full|sum", help="trace (n, n) | full (n, c, n, c) | sum (n, n).")
-    ] = "trace",
+        Kind, typer.Option("--kind", help="trace (n, n) | full (n, c, n, c) | sum (n, n).")
+    ] = Kind.trace,
     dtype: Annotated[
-        str, typer.Option("--dtype", metavar="float32|float64", help="float32, or float64 for exact kernels on deep nets.")
-    ] = "float32",
+        Dtype, typer.Option("--dtype", help="float32, or float64 for exact kernels on deep nets.")
+    ] = Dtype.float32,
     device: DeviceOpt = "auto",
     max_memory: Annotated[
         str | None,
         typer.Option("--max-memory", metavar="SIZE", help="Memory budget, e.g. 4GiB (default: from free memory)."),
     ] = None,
     method: Annotated[
-        str,
+        Method,
         typer.Option(
             "--method",
-            metavar="auto|structured|jacobian",
             help="eNTK engine: structured (per layer), jacobian (the reference) or auto.",
         ),
-    ] = "auto",
+    ] = Method.auto,
     steps: Steps = None,
     every: Every = None,
     step_regex: StepRegex = None,
@@ -88,11 +88,11 @@ def kernels(
             spec=spec,
             store=store,
             probe_size=probe_size,
-            kind=kind,
-            dtype=dtype,
+            kind=kind.value,
+            dtype=dtype.value,
             device=device,
             max_memory=max_memory,
-            method=method,
+            method=method.value,
             steps=steps,
             every=every,
             step_regex=step_regex,

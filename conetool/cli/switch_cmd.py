@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..choices import Reference
 from .app import (
     Debug,
     DeviceOpt,
@@ -56,14 +57,13 @@ def switch(
     ] = None,
     spec: SpecOpt = None,
     reference: Annotated[
-        str,
+        Reference,
         typer.Option(
             "--reference",
-            metavar="checkpoint|train",
             help="The standard model at T: 'checkpoint' (the stored one) or 'train' (continue "
             "the standard run to T).",
         ),
-    ] = "checkpoint",
+    ] = Reference.checkpoint,
     device: DeviceOpt = "auto",
     step_regex: StepRegex = None,
     threads: Threads = "auto",
@@ -89,7 +89,7 @@ def switch(
             store=store,
             ckpts=ckpts,
             spec=spec,
-            reference=reference,
+            reference=reference.value,
             device=device,
             step_regex=step_regex,
             beyond_run=beyond_run,
