@@ -247,6 +247,10 @@ def report_md(store: Path) -> Path:
     return report_dir(store) / "report.md"
 
 
+#: The store's folders of derived results, which ``kernels --overwrite`` clears with the kernels.
+DERIVED_DIRS = (DISTANCE_DIR, EMBED_DIR, SPECTRUM_DIR, SWITCH_DIR, REPORT_DIR)
+
+
 def report_spec(store: Path) -> Path:
     """The resolved spec the store was computed with, as TOML (``conetool train`` reads it)."""
     return report_dir(store) / "spec.toml"

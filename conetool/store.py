@@ -63,7 +63,6 @@ LAYOUTS = {
     "full": "(n, c, n, c), example-major: H[i, a, j, b] = <df_a(x_i)/dθ, df_b(x_j)/dθ>",
 }
 # Output folders derived from the kernels; --overwrite clears them with the kernels.
-_DERIVED = ("distance", "embed", "switch", "report")
 
 
 @dataclass(frozen=True)
@@ -419,7 +418,7 @@ def clear(root: Path) -> None:
     """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs)."""
     paths.manifest(root).unlink(missing_ok=True)
     paths.probe(root).unlink(missing_ok=True)
-    for name in (paths.KERNELS_DIR, *_DERIVED):
+    for name in (paths.KERNELS_DIR, *paths.DERIVED_DIRS):
         folder = Path(root) / name
         if folder.is_dir():
             shutil.rmtree(folder)

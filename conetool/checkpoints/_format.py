@@ -134,11 +134,6 @@ class SafetensorsHeader:
         """Tensor name -> shape."""
         return {k: v.shape for k, v in self.tensors.items()}
 
-    @property
-    def num_values(self) -> int:
-        """Sum over tensors of the number of elements (parameters and buffers alike)."""
-        return sum(math.prod(v.shape) for v in self.tensors.values())
-
 
 def _not_safetensors(path: Path, why: str, head: bytes = b"") -> CheckpointError:
     hint = "Re-save it with safetensors.torch.save_file, or delete it (or pass --skip-bad)."
