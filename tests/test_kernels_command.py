@@ -235,3 +235,12 @@ def test_the_library_refuses_a_bad_choice_naming_it():
     assert choice(Method, "jacobian", "--method") is Method.jacobian
     with pytest.raises(ConetoolError, match="--method 'fast' is unknown. Use one of: auto, "):
         choice(Method, "fast", "--method")
+
+
+def test_skip_bad_quiet_still_says_which_files_were_left_out(run, tmp_path):
+    (run / "step_000007.safetensors").write_bytes(b"\x00" * 5)  # truncated: not readable
+    args = ["kernels", str(run), "--store", str(tmp_path / "s"), "--skip-bad", "--quiet"]
+    result = runner.invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "warning:" in flat and "step_000007.safetensors" in flat

@@ -126,3 +126,6 @@ def kernels(
     console.print(table)
     for step, problem in result.failed.items():
         console.print(f"- step {step} failed: {problem}", highlight=False, markup=False)
+    if quiet:  # the progress display said them as they came; --quiet must not lose them
+        for message in result.warnings:
+            console.print(f"warning: {message}", highlight=False, markup=False)
