@@ -242,5 +242,5 @@ def test_skip_bad_quiet_still_says_which_files_were_left_out(run, tmp_path):
     args = ["kernels", str(run), "--store", str(tmp_path / "s"), "--skip-bad", "--quiet"]
     result = runner.invoke(app, [*args, "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    flat = " ".join(result.output.split())
-    assert "warning:" in flat and "step_000007.safetensors" in flat
+    compact = "".join(result.output.split())  # the console wraps long paths
+    assert "warning:skippingacheckpoint" in compact and "step_000007.safetensors" in compact
