@@ -45,6 +45,8 @@ _EXPORTS = {
     "kernels": "pipeline",
     "report": "pipeline",
     "switch": "pipeline",
+    "spectrum": "pipeline",
+    "SpectrumResult": "pipeline",
     "Spec": "spec",
     "load_spec": "spec",
     "Store": "store",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         EmbedResult,
         KernelsResult,
         ReportResult,
+        SpectrumResult,
         SwitchResult,
         demo,
         distance,
@@ -77,6 +80,7 @@ if TYPE_CHECKING:
         inspect,
         kernels,
         report,
+        spectrum,
         switch,
     )
     from .spec import Spec, load_spec
@@ -124,6 +128,7 @@ __all__ = [
     "ReportResult",
     "Spec",
     "SpecError",
+    "SpectrumResult",
     "Store",
     "StoreError",
     "SwitchResult",
@@ -139,6 +144,7 @@ __all__ = [
     "linearize",
     "load_spec",
     "report",
+    "spectrum",
     "switch",
     "train",
 ]

@@ -14,6 +14,7 @@ try:
     from . import kernels_cmd  # noqa: F401
     from . import distance_cmd  # noqa: F401
     from . import embed_cmd  # noqa: F401
+    from . import spectrum_cmd  # noqa: F401
     from . import switch_cmd  # noqa: F401
     from . import report_cmd  # noqa: F401
     from . import demo_cmd  # noqa: F401

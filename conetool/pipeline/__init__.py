@@ -1,5 +1,5 @@
 """One library function per command, in ``run_<command>.py``: ``inspect``, ``kernels``,
-``distance``, ``embed``, ``switch``, ``report``, ``demo`` (``train`` lives in :mod:`conetool.training`).
+``distance``, ``embed``, ``spectrum``, ``switch``, ``report``, ``demo`` (``train`` lives in :mod:`conetool.training`).
 
 Each takes plain Python values, reads and writes files, reports progress through an injected
 :class:`~conetool.progress.Progress`, and returns a result object; the CLI only formats it.
@@ -11,6 +11,7 @@ from .run_embed import EmbedResult, embed
 from .run_inspect import inspect
 from .run_kernels import KernelsResult, kernels
 from .run_report import ReportResult, report
+from .run_spectrum import SpectrumResult, spectrum
 from .run_switch import SwitchResult, switch
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "EmbedResult",
     "KernelsResult",
     "ReportResult",
+    "SpectrumResult",
     "SwitchResult",
     "demo",
     "distance",
@@ -26,5 +28,6 @@ __all__ = [
     "inspect",
     "kernels",
     "report",
+    "spectrum",
     "switch",
 ]
