@@ -24,6 +24,7 @@ from ..progress import NullProgress, Progress
 from ..spec import Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from ..threads import limit_threads
+from .remembered import imports_record, selection_record
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -152,11 +153,14 @@ def _kernels(
     holder: list[Store] = []  # the store rank 0 opened (and locked), closed whatever happens
 
     def open_store() -> tuple[Store, nn.Module]:
+        # The model first: its import (a "pkg.mod:factory" arch) is recorded in the header.
+        model = model_for(plan.spec)
         if job.is_main:
+            selected = selection_record(ckpts, step_regex, steps, every)
             out = Store.open_for_writing(
                 store,
                 plan.identity,
-                _header(ckpts, plan.spec, plan.probe, method),
+                _header(ckpts, plan.spec, plan.probe, method, selected),
                 overwrite=overwrite,
             )
             holder.append(out)
@@ -172,7 +176,6 @@ def _kernels(
                     f"for store {out.root} ({out.identity} against {plan.identity}). Every node "
                     "must run the same conetool, spec and data files."
                 )
-        model = model_for(plan.spec)
         output_check(
             model, tuple(plan.data.input_shape), plan.data.num_classes, arch=plan.spec.model.arch
         )
@@ -392,9 +395,20 @@ def _describe_devices(devices: list[str]) -> str:
     return f"{'+'.join(kinds)} x{len(devices)}"
 
 
-def _header(ckpts: Path, spec: Spec, probe: Probe, method: str = "auto") -> dict[str, object]:
+def _header(
+    ckpts: Path,
+    spec: Spec,
+    probe: Probe,
+    method: str = "auto",
+    selection: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """The manifest's provenance. ``selection`` (path, step regex, steps, every) and
+    ``imports`` (where a "pkg.mod:factory" spec's modules came from) are what the later
+    commands reuse (:mod:`conetool.pipeline.remembered`)."""
     return {
         "checkpoints": str(ckpts.resolve()),
+        "selection": selection or selection_record(ckpts, None, None, None),
+        "imports": imports_record(spec),
         "method": method,
         "spec_source": spec.source,
         "spec": spec.to_dict(),
