@@ -118,6 +118,9 @@ def test_switch_and_report_reuse_the_recorded_step_regex(
     }
     assert manifest["imports"] == []
 
+    again = _invoke("kernels", named, "--spec", spec, "--store", store)  # a rerun: no regex
+    assert f"using --step-regex '{REGEX}', recorded in the store" in again
+
     out = _invoke("switch", "--at", "5", "--store", store)  # no --step-regex
     assert f"using --step-regex '{REGEX}', recorded in the store" in out
     assert json.loads(paths.switch_results_json(store).read_text())["points"][0]["at"] == 5

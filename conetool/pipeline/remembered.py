@@ -5,7 +5,8 @@
 ``selection``
     the checkpoint selection: ``{"path": CKPTS, "step_regex": ..., "steps": "FIRST:LAST",
     "every": K}`` (``None`` for an option not given). ``switch`` reuses the step regex when
-    none is given (and says so); the report's Reproduce block repeats all four.
+    none is given (and says so), as does a rerun of ``kernels`` on the same directory; the
+    report's Reproduce block repeats all four.
 ``imports``
     for a spec that names an import path (``[model] arch`` or ``[data] dataset`` =
     ``"pkg.mod:factory"``), where each module was imported from:
@@ -22,17 +23,20 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import site
 import sys
 import sysconfig
 from pathlib import Path
 from typing import Any
 
+from .. import paths
 from ..spec import Spec, is_user_dataset
 
 __all__ = [
     "import_paths",
     "imports_record",
+    "read_manifest",
     "recorded_step_regex",
     "selection",
     "selection_record",
@@ -59,15 +63,28 @@ def selection(manifest: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def read_manifest(store: Path) -> dict[str, Any] | None:
+    """The store's manifest as JSON, or None when there is none or it cannot be read (the
+    command that opens the store says why)."""
+    try:
+        manifest = json.loads(paths.manifest(store).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def recorded_step_regex(
-    manifest: dict[str, Any] | None, given: str | None
+    manifest: dict[str, Any] | None, given: str | None, *, path: Path | None = None
 ) -> tuple[str | None, str | None]:
     """``(step_regex, note)``: ``given`` when there is one, else the one ``kernels`` recorded
-    (with a note saying so), else None."""
+    (with a note saying so; with ``path``, only when recorded for that directory), else None."""
     if given is not None or manifest is None:
         return given, None
-    regex = selection(manifest).get("step_regex")
+    chosen = selection(manifest)
+    regex = chosen.get("step_regex")
     if not isinstance(regex, str) or not regex:
+        return None, None
+    if path is not None and chosen.get("path") != str(Path(path).resolve()):
         return None, None
     return regex, (
         f"using --step-regex '{regex}', recorded in the store by conetool kernels "

@@ -24,7 +24,7 @@ from ..progress import NullProgress, Progress
 from ..spec import Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from ..threads import limit_threads
-from .remembered import imports_record, selection_record
+from .remembered import imports_record, read_manifest, recorded_step_regex, selection_record
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -55,6 +55,7 @@ class _Plan:
     data: DataBundle
     probe: Probe
     identity: StoreIdentity
+    step_regex: str | None  # given, or recorded by the store's last run on this directory
 
 
 def kernels(
@@ -148,6 +149,7 @@ def _kernels(
             skip_bad,
             progress,
             notes,
+            None if overwrite else Path(store),
         )
     )
     holder: list[Store] = []  # the store rank 0 opened (and locked), closed whatever happens
@@ -156,7 +158,7 @@ def _kernels(
         # The model first: its import (a "pkg.mod:factory" arch) is recorded in the header.
         model = model_for(plan.spec)
         if job.is_main:
-            selected = selection_record(ckpts, step_regex, steps, every)
+            selected = selection_record(ckpts, plan.step_regex, steps, every)
             out = Store.open_for_writing(
                 store,
                 plan.identity,
@@ -355,9 +357,11 @@ def _plan(
     skip_bad: bool,
     progress: Progress,
     notes: list[str],
+    store: Path | None = None,
 ) -> _Plan:
     """Check the arguments; find the spec, the checkpoints and the probe set (on every rank).
-    Nothing is written before every option is checked."""
+    Nothing is written before every option is checked. Without ``step_regex``, the one the
+    ``store`` recorded for this same directory is used (a rerun needs no regex again)."""
     if max_memory is not None:
         parse_memory(max_memory)  # names --max-memory; before any file is touched
     if kind not in KINDS:
@@ -374,6 +378,11 @@ def _plan(
         if probe_size < 1:
             raise ConetoolError(f"--probe-size must be positive, got {probe_size}.")
         spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
+    if step_regex is None and store is not None:
+        step_regex, note = recorded_step_regex(read_manifest(store), None, path=ckpts)
+        if note:
+            notes.append(note)
+            progress.log(f"note: {note}")
     refs = list_checkpoints(
         ckpts,
         step_regex=step_regex,
@@ -386,7 +395,7 @@ def _plan(
     data = load_data(spec.data)
     probe = make_probe(data, spec.probe)
     identity = StoreIdentity(spec.hash(), probe.hash, kind, dtype)
-    return _Plan(spec, refs, data, probe, identity)
+    return _Plan(spec, refs, data, probe, identity, step_regex)
 
 
 def _describe_devices(devices: list[str]) -> str:
