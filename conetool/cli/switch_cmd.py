@@ -73,6 +73,8 @@ def switch(
     """Train normally to step t, then the linearized model from t to T (the paper's Fig. 2).
 
     Each point is written to STORE/switch/ as soon as it is done; a rerun skips finished points.
+    The checkpoint directory, spec and --step-regex default to those conetool kernels recorded
+    in the store.
 
     Example: conetool switch --at 0,50,100,200 --store conetool-out
 

@@ -28,6 +28,7 @@ from ..noise_floor import kernel_noise
 from ..probe import load_probe
 from ..spec import spec_from_dict
 from ..store import Store
+from .remembered import use_recorded_imports
 from .resolve import model_for
 
 __all__ = ["SUBSET", "estimate_noise_floor"]
@@ -42,7 +43,8 @@ def estimate_noise_floor(
     store: Store, *, device: str | torch.device = "cpu"
 ) -> tuple[dict[str, Any] | None, str | None]:
     """``(record, note)``: the noise record (JSON-ready, ``floor`` is the floor of S) and
-    ``None``, or ``None`` and a note saying why it could not be estimated."""
+    ``None`` (or a note that the model's module came from the folder the store records), or
+    ``None`` and a note saying why it could not be estimated."""
     steps = store.steps()
     if not steps:
         return None, "no stored kernels"
@@ -76,6 +78,9 @@ def estimate_noise_floor(
         )
     try:
         spec = spec_from_dict(store.manifest["spec"], source=f"{paths.manifest(store.root)}")
+        # A "pkg.mod:factory" model comes from where kernels imported it when it is not
+        # importable now; the step is the recorded one (no --step-regex needed).
+        imported = use_recorded_imports(store.manifest, spec)
         model = model_for(spec)
         load_checkpoint(model, checkpoint_ref(source, step=step))
         inputs = load_probe(paths.probe(store.root)).inputs
@@ -105,4 +110,4 @@ def estimate_noise_floor(
         atomic_write_json(cache, {"key": key, "noise": noise})
     except ConetoolError:
         pass  # a read-only store still gets the estimate, only not the cache
-    return noise, None
+    return noise, "; ".join(imported) or None

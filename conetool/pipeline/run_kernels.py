@@ -25,6 +25,7 @@ from ..progress import NullProgress, Progress
 from ..spec import Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from ..threads import limit_threads
+from .remembered import imports_record, read_manifest, recorded_step_regex, selection_record
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -55,6 +56,7 @@ class _Plan:
     data: DataBundle
     probe: Probe
     identity: StoreIdentity
+    step_regex: str | None  # given, or recorded by the store's last run on this directory
 
 
 def kernels(
@@ -148,16 +150,20 @@ def _kernels(
             skip_bad,
             progress,
             notes,
+            None if overwrite else Path(store),
         )
     )
     holder: list[Store] = []  # the store rank 0 opened (and locked), closed whatever happens
 
     def open_store() -> tuple[Store, nn.Module]:
+        # The model first: its import (a "pkg.mod:factory" arch) is recorded in the header.
+        model = model_for(plan.spec)
         if job.is_main:
+            selected = selection_record(ckpts, plan.step_regex, steps, every)
             out = Store.open_for_writing(
                 store,
                 plan.identity,
-                _header(ckpts, plan.spec, plan.probe, method),
+                _header(ckpts, plan.spec, plan.probe, method, selected),
                 overwrite=overwrite,
             )
             holder.append(out)
@@ -173,7 +179,6 @@ def _kernels(
                     f"for store {out.root} ({out.identity} against {plan.identity}). Every node "
                     "must run the same conetool, spec and data files."
                 )
-        model = model_for(plan.spec)
         output_check(
             model, tuple(plan.data.input_shape), plan.data.num_classes, arch=plan.spec.model.arch
         )
@@ -353,9 +358,11 @@ def _plan(
     skip_bad: bool,
     progress: Progress,
     notes: list[str],
+    store: Path | None = None,
 ) -> _Plan:
     """Check the arguments; find the spec, the checkpoints and the probe set (on every rank).
-    Nothing is written before every option is checked."""
+    Nothing is written before every option is checked. Without ``step_regex``, the one the
+    ``store`` recorded for this same directory is used (a rerun needs no regex again)."""
     if max_memory is not None:
         parse_memory(max_memory)  # names --max-memory; before any file is touched
     if kind not in KINDS:
@@ -372,6 +379,11 @@ def _plan(
         if probe_size < 1:
             raise ConetoolError(f"--probe-size must be positive, got {probe_size}.")
         spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
+    if step_regex is None and store is not None:
+        step_regex, note = recorded_step_regex(read_manifest(store), None, path=ckpts)
+        if note:
+            notes.append(note)
+            progress.log(f"note: {note}")
     refs = list_checkpoints(
         ckpts,
         step_regex=step_regex,
@@ -384,7 +396,7 @@ def _plan(
     data = load_data(spec.data)
     probe = make_probe(data, spec.probe)
     identity = StoreIdentity(spec.hash(), probe.hash, kind, dtype)
-    return _Plan(spec, refs, data, probe, identity)
+    return _Plan(spec, refs, data, probe, identity, step_regex)
 
 
 def _describe_devices(devices: list[str]) -> str:
@@ -393,9 +405,20 @@ def _describe_devices(devices: list[str]) -> str:
     return f"{'+'.join(kinds)} x{len(devices)}"
 
 
-def _header(ckpts: Path, spec: Spec, probe: Probe, method: str = "auto") -> dict[str, object]:
+def _header(
+    ckpts: Path,
+    spec: Spec,
+    probe: Probe,
+    method: str = "auto",
+    selection: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """The manifest's provenance. ``selection`` (path, step regex, steps, every) and
+    ``imports`` (where a "pkg.mod:factory" spec's modules came from) are what the later
+    commands reuse (:mod:`conetool.pipeline.remembered`)."""
     return {
         "checkpoints": str(ckpts.resolve()),
+        "selection": selection or selection_record(ckpts, None, None, None),
+        "imports": imports_record(spec),
         "method": method,
         "spec_source": spec.source,
         "spec": spec.to_dict(),

@@ -17,6 +17,7 @@ the store's own PNG files, embedded byte for byte, never re-rendered.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ from ..report_html import (
 from ..spec import spec_from_dict, spec_to_toml
 from ..store import Store
 from ..verdict import REGIMES, VerdictRules
+from .remembered import import_paths, selection, spec_imports
 
 __all__ = ["ReportResult", "report"]
 
@@ -901,9 +903,54 @@ class _Gathered:
         return Section("run", "Run", tuple(blocks))
 
     # ----------------------------------------------------------------- reproduce
+    def _env(self) -> str:
+        """``PYTHONPATH=...`` for a command that imports the spec's "pkg.mod:factory" modules,
+        from where kernels imported them (empty when none or installed)."""
+        folders = import_paths(self.manifest)
+        return f"PYTHONPATH={_q(os.pathsep.join(folders))} " if folders else ""
+
+    def _import_comments(self) -> list[str]:
+        """Which modules the spec imports and what makes them importable."""
+        try:
+            spec = spec_from_dict(self.manifest["spec"])
+        except (ConetoolError, KeyError, TypeError):
+            return []
+        recorded = {
+            r.get("module"): r for r in self.manifest.get("imports") or [] if isinstance(r, dict)
+        }
+        comments = []
+        for key, module in spec_imports(spec):
+            record = recorded.get(module)
+            if record is None:  # a store made before the record, or a module not found then
+                comments.append(
+                    f"# {key} imports '{module}': make it importable (install it, or put its "
+                    "folder on PYTHONPATH) for train, kernels, distance and switch"
+                )
+            elif record.get("installed"):
+                comments.append(f"# {key} imports '{module}', installed in {record.get('path')}")
+            else:
+                comments.append(
+                    f"# {key} imports '{module}' from {record.get('path')}: the commands that "
+                    "build the model or the data set get PYTHONPATH"
+                )
+        return comments
+
+    def _selection_flags(self) -> list[str]:
+        """The checkpoint selection kernels recorded: --step-regex, --steps, --every."""
+        chosen = selection(self.manifest)
+        flags = []
+        if chosen.get("step_regex"):
+            flags.append(f"--step-regex {_q(chosen['step_regex'])}")
+        if chosen.get("steps"):
+            flags.append(f"--steps {_q(chosen['steps'])}")
+        if chosen.get("every"):
+            flags.append(f"--every {chosen['every']}")
+        return flags
+
     def _kernels_command(self, *, minimal: bool = False) -> str:
         m = self.manifest
-        parts = [f"conetool kernels {_q(self.ckpts)}", self._store_flag()]
+        parts = [f"{self._env()}conetool kernels {_q(self.ckpts)}", self._store_flag()]
+        parts += self._selection_flags()
         if minimal:
             return " ".join(parts)
         if not paths.spec(Path(self.ckpts)).is_file() and self.spec_toml is not None:
@@ -917,7 +964,7 @@ class _Gathered:
 
     def _distance_command(self) -> tuple[str, list[str]]:
         s = self.distance or {}
-        parts = ["conetool distance", self._store_flag()]
+        parts = [f"{self._env()}conetool distance", self._store_flag()]
         comments: list[str] = []
         refs = [int(r) for r in s.get("refs", [])]
         first = s.get("steps", {}).get("first")
@@ -975,7 +1022,7 @@ class _Gathered:
         s = self.switch or {}
         at = [int(p["at"]) for p in s.get("points", [])]
         parts = [
-            f"conetool switch --at {_steps_text(at)}",
+            f"{self._env()}conetool switch --at {_steps_text(at)}",
             f"--until {s.get('until')}",
             self._store_flag(),
         ]
@@ -1005,6 +1052,7 @@ class _Gathered:
         lines = []
         if not Path(self.store_arg).is_absolute():
             lines.append("# relative paths are from the directory the store was made in")
+        lines += self._import_comments()
         if not self.steps:
             lines.append(self._kernels_command(minimal=True))
         else:
@@ -1014,7 +1062,9 @@ class _Gathered:
                     "# conetool train refuses an --out that holds a run: to redo training, give "
                     "it a fresh --out (and kernels the same)"
                 )
-                lines.append(f"conetool train {_q(spec_file)} --out {_q(self.ckpts)}")
+                lines.append(
+                    f"{self._env()}conetool train {_q(spec_file)} --out {_q(self.ckpts)}"
+                )
             lines.append(self._kernels_command())
             if self.distance is not None:
                 command, comments = self._distance_command()

@@ -40,6 +40,7 @@ from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
 from ..store import nearest_steps
 from ..threads import limit_threads, slow_step_watch
+from .remembered import recorded_step_regex, use_recorded_imports
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 REFERENCES = ("checkpoint", "train")
@@ -129,6 +130,7 @@ class _Sweep:
     until: int
     refs: dict[int, CheckpointRef]
     data: DataBundle
+    notes: list[str] = field(default_factory=list)  # what _prepare took from the store
 
 
 def switch(
@@ -212,7 +214,7 @@ def _switch(
     todo = job.broadcast([t for t in sweep.points_at if t not in finished] if job.is_main else None)
 
     results: list[SwitchPoint] = list(done)
-    notes: list[str] = []
+    notes: list[str] = list(sweep.notes) if job.is_main else []  # said once, not per rank
     error: ConetoolError | None = None
     bar = job.bar(progress.task("switch points", total=len(sweep.points_at)))
     for point in done:
@@ -303,7 +305,11 @@ def _prepare(
     points_at = parse_at(at)
     if reference not in REFERENCES:
         raise ConetoolError(f"--reference {reference!r} is unknown. Use checkpoint or train.")
-    ckpts_dir, spec = _locate(store, ckpts, spec)
+    ckpts_dir, spec, manifest = _locate(store, ckpts, spec)
+    # What kernels recorded: its --step-regex (unless one is given) and where it imported a
+    # "pkg.mod:factory" model or data set from.
+    step_regex, regex_note = recorded_step_regex(manifest, step_regex)
+    notes = use_recorded_imports(manifest, spec) + ([regex_note] if regex_note else [])
     T = spec.train.steps if until is None else until
     if T > spec.train.steps and not beyond_run:
         raise ConetoolError(
@@ -330,6 +336,10 @@ def _prepare(
             warn=lambda message: None,
         )
     except CheckpointError as exc:
+        try:  # no file usable: the files' own errors say why (e.g. no step in their names)
+            list_checkpoints(ckpts_dir, step_regex=step_regex, iterations_per_epoch=ipe)
+        except CheckpointError as reasons:
+            raise _for_switch(reasons) from exc
         raise _for_switch(exc) from exc
     refs = {ref.step: ref for ref in found}
     needed = points_at + ([T] if reference == "checkpoint" else [])
@@ -364,7 +374,7 @@ def _prepare(
             if problem is None:
                 raise
             raise problem from exc
-    return _Sweep(points_at, ckpts_dir, spec, T, refs, data)
+    return _Sweep(points_at, ckpts_dir, spec, T, refs, data, notes)
 
 
 def _for_switch(exc: CheckpointError) -> CheckpointError:
@@ -400,8 +410,9 @@ def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
 
 def _locate(
     store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
-) -> tuple[Path, Spec]:
-    """The checkpoint directory and spec: flags first, then the store's manifest."""
+) -> tuple[Path, Spec, dict[str, Any] | None]:
+    """The checkpoint directory and spec (flags first, then the store's manifest) and the
+    manifest itself (None when the store has none)."""
     manifest_path = paths.manifest(store)
     manifest = None
     if manifest_path.is_file():
@@ -427,7 +438,7 @@ def _locate(
     ckpts_dir = Path(ckpts)
     if spec is None and manifest is not None and not paths.spec(ckpts_dir).is_file():
         spec = spec_from_dict(manifest["spec"], source=f"{manifest_path} (spec)")
-    return ckpts_dir, resolve_spec(ckpts_dir, spec)
+    return ckpts_dir, resolve_spec(ckpts_dir, spec), manifest
 
 
 def _point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
