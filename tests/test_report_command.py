@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from conetool import paths
 from conetool.cli import app
 from conetool.errors import StoreError
-from conetool.pipeline import distance, embed, kernels, report, switch
+from conetool.pipeline import distance, embed, kernels, report, spectrum, switch
 from conetool.spec import spec_from_dict
 from conetool.training import train
 from conetool.verdict import VerdictRules
@@ -47,6 +47,7 @@ FIGURES = (
     paths.adjacent_png,
     paths.matrix_png,
     paths.embedding_png,
+    paths.spectrum_png,
     paths.switch_png,
 )
 
@@ -111,6 +112,7 @@ def run(tmp_path_factory):
     kernels(ckpts, store=store, device="cpu")
     distance(store, refs=[0, 4], dts=[2, 4], rules=VerdictRules(min_drop=3.0), logx=True)
     embed(store, method="pca", dims=2, seed=3)
+    spectrum(store, top_k=3)
     switch(["0,8"], store=store, device="cpu")
     result = report(store)
     return base, ckpts, store, result
@@ -132,6 +134,7 @@ def test_every_figure_is_embedded_byte_for_byte_with_alt_and_caption(run):
         "Fig",
         "S matrix",
         "Fig",
+        "Alignment and spectrum",
         "Fig",
     ]
     assert [c[:7] for c in page.captions if c.startswith("Fig")] == [
@@ -188,6 +191,7 @@ def test_verdict_numbers_and_tables_match_the_store(run):
         "verdict",
         "distance",
         "embed",
+        "spectrum",
         "switch",
         "checkpoints",
         "run",
@@ -223,6 +227,7 @@ def test_reproduce_commands_are_exact(run):
         f"conetool kernels {c} --store {s} --kind trace --dtype float32 --probe-size 6",
         f"conetool distance --store {s} --ref 0 --ref 4 --dt 2 --dt 4 --min-drop 3.0 --logx",
         f"conetool embed --store {s} --method pca --dims 2 --seed 3",
+        f"conetool spectrum --store {s} --top-k 3",
         f"conetool switch --at 0,8 --until 16 --store {s}",
         f"conetool report --store {s}",
     ]
@@ -269,6 +274,7 @@ def test_markdown_links_figures_and_has_tables(run):
         "../distance/adjacent.png",
         "../distance/matrix.png",
         "../embed/embedding.png",
+        "../spectrum/spectrum.png",
         "../switch/switch.png",
     ]
     for link in links:
@@ -297,6 +303,7 @@ def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path
         f"conetool distance --store {s}"
     )
     assert parts["cone embedding (Fig. 1c)"] == f"conetool embed --store {s}"
+    assert parts["alignment and spectrum"] == f"conetool spectrum --store {s} --top-k 10"
     switch_command = parts["switch results (Fig. 2)"]
     assert switch_command.startswith("conetool switch --at 0,") and switch_command.endswith(
         f"--store {s}"
@@ -308,14 +315,22 @@ def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path
     for command in parts.values():
         assert command in missing_text
     # the suggested commands work, and the report then holds what they made
-    for command in (parts["cone embedding (Fig. 1c)"], switch_command):
+    for command in (
+        parts["cone embedding (Fig. 1c)"],
+        parts["alignment and spectrum"],
+        switch_command,
+    ):
         outcome = runner.invoke(app, [*shlex.split(command)[1:], "-q"])
         assert outcome.exit_code == 0, outcome.output
     again = report(store)
     assert [part for part, _ in again.missing] == [
         "kernel distance and verdict (Fig. 1a, 1b, S matrix)"
     ]
-    assert again.figures == [paths.embedding_png(store), paths.switch_png(store)]
+    assert again.figures == [
+        paths.embedding_png(store),
+        paths.spectrum_png(store),
+        paths.switch_png(store),
+    ]
 
 
 def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
@@ -330,7 +345,7 @@ def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
     result = report(copy)
     s = shlex.quote(str(copy))
     assert ("S matrix (distance/matrix.png)", f"conetool distance --store {s}") in result.missing
-    assert paths.matrix_png(copy) not in result.figures and len(result.figures) == 4
+    assert paths.matrix_png(copy) not in result.figures and len(result.figures) == 5
     assert any("conetool distance results cover 8 steps" in n for n in result.notes)
     markup = result.html.read_text(encoding="utf-8")
     assert "&lt;b&gt;bold?&lt;/b&gt; &amp; more" in markup and "<b>bold?" not in markup
@@ -366,7 +381,7 @@ def test_cli_report_and_missing_store(run, tmp_path):
     outcome = runner.invoke(app, ["report", "--store", str(store)])
     assert outcome.exit_code == 0, outcome.output
     assert "verdict" in outcome.output and "report.html" in outcome.output
-    assert "5 figures embedded" in outcome.output
+    assert "6 figures embedded" in outcome.output
     missing = tmp_path / "nowhere"
     outcome = runner.invoke(app, ["report", "--store", str(missing)])
     assert outcome.exit_code == 1

@@ -1,0 +1,217 @@
+"""The report's Reproduce block: the exact shell commands, with every option the store's JSON
+files recorded, that rebuild the store from nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import paths
+from ..errors import ConetoolError
+from ..report_html import (
+    Block,
+    Code,
+    Section,
+    code,
+    text,
+)
+from ..spec import spec_from_dict
+from ..verdict import VerdictRules
+from .remembered import import_paths, selection, spec_imports
+from .report_inputs import ReportInputs, _q, _rule_value, _steps_text
+
+__all__ = ["ReportCommands"]
+
+
+class ReportCommands(ReportInputs):
+    """The commands of the Reproduce block (mixed into the report builder)."""
+
+    def _env(self) -> str:
+        """``PYTHONPATH=...`` for a command that imports the spec's "pkg.mod:factory" modules,
+        from where kernels imported them (empty when none or installed)."""
+        folders = import_paths(self.manifest)
+        return f"PYTHONPATH={_q(os.pathsep.join(folders))} " if folders else ""
+
+    def _import_comments(self) -> list[str]:
+        """Which modules the spec imports and what makes them importable."""
+        try:
+            spec = spec_from_dict(self.manifest["spec"])
+        except (ConetoolError, KeyError, TypeError):
+            return []
+        recorded = {
+            r.get("module"): r for r in self.manifest.get("imports") or [] if isinstance(r, dict)
+        }
+        comments = []
+        for key, module in spec_imports(spec):
+            record = recorded.get(module)
+            if record is None:  # a store made before the record, or a module not found then
+                comments.append(
+                    f"# {key} imports '{module}': make it importable (install it, or put its "
+                    "folder on PYTHONPATH) for train, kernels, distance and switch"
+                )
+            elif record.get("installed"):
+                comments.append(f"# {key} imports '{module}', installed in {record.get('path')}")
+            else:
+                comments.append(
+                    f"# {key} imports '{module}' from {record.get('path')}: the commands that "
+                    "build the model or the data set get PYTHONPATH"
+                )
+        return comments
+
+    def _selection_flags(self) -> list[str]:
+        """The checkpoint selection kernels recorded: --step-regex, --steps, --every."""
+        chosen = selection(self.manifest)
+        flags = []
+        if chosen.get("step_regex"):
+            flags.append(f"--step-regex {_q(chosen['step_regex'])}")
+        if chosen.get("steps"):
+            flags.append(f"--steps {_q(chosen['steps'])}")
+        if chosen.get("every"):
+            flags.append(f"--every {chosen['every']}")
+        return flags
+
+    def _kernels_command(self, *, minimal: bool = False) -> str:
+        m = self.manifest
+        parts = [f"{self._env()}conetool kernels {_q(self.ckpts)}", self._store_flag()]
+        parts += self._selection_flags()
+        if minimal:
+            return " ".join(parts)
+        if not paths.spec(Path(self.ckpts)).is_file() and self.spec_toml is not None:
+            parts.append(f"--spec {_q(self.out_dir / paths.report_spec(self.root).name)}")
+        parts += [
+            f"--kind {m.get('kind')}",
+            f"--dtype {m.get('dtype')}",
+            f"--probe-size {m.get('probe', {}).get('size')}",
+        ]
+        return " ".join(parts)
+
+    def _distance_command(self) -> tuple[str, list[str]]:
+        s = self.distance or {}
+        parts = [f"{self._env()}conetool distance", self._store_flag()]
+        comments: list[str] = []
+        refs = [int(r) for r in s.get("refs", [])]
+        first = s.get("steps", {}).get("first")
+        by_user = "user" in str(s.get("verdict", {}).get("numbers", {}).get("references_from"))
+        if refs and (refs != [first] or by_user):
+            parts += [f"--ref {r}" for r in refs]
+        parts += [f"--dt {d}" for d in s.get("dts", [])]
+        rules = s.get("rules", {})
+        defaults = asdict(VerdictRules())
+        flags = {
+            "min_drop": "--min-drop",
+            "freeze_factor": "--freeze-factor",
+            "bounded_exponent": "--bounded-exponent",
+            "drift_exponent": "--drift-exponent",
+            "plateau_tolerance": "--plateau-tolerance",
+            "lazy_level": "--lazy-level",
+            "velocity_dt": "--velocity-dt",
+        }
+        for key, flag in flags.items():
+            if key in rules and rules[key] != defaults[key]:
+                parts.append(f"{flag} {rules[key]}")
+        python_only = [
+            k
+            for k in ("reference_fractions", "min_steps", "min_phase2_steps", "min_window_points")
+            if k in rules and _rule_value(rules[k]) != _rule_value(defaults[k])
+        ]
+        if python_only:
+            comments.append(
+                "# the verdict used "
+                + ", ".join(f"{k} = {_rule_value(rules[k])}" for k in python_only)
+                + ": set them from Python, conetool.distance(..., rules=VerdictRules(...))"
+            )
+        options = s.get("options", {})
+        parts += [
+            flag
+            for key, flag in (("logx", "--logx"), ("logy", "--logy"), ("skip_bad", "--skip-bad"))
+            if options.get(key)
+        ]
+        return " ".join(parts), comments
+
+    def _embed_command(self) -> str:
+        s = self.embed or {}
+        parts = [
+            "conetool embed",
+            self._store_flag(),
+            f"--method {s.get('method', 'mds')}",
+            f"--dims {s.get('dims', 2)}",
+            f"--seed {s.get('seed', 0)}",
+        ]
+        if s.get("excluded"):
+            parts.append("--skip-bad")
+        return " ".join(parts)
+
+    def _switch_command(self) -> str:
+        s = self.switch or {}
+        at = [int(p["at"]) for p in s.get("points", [])]
+        parts = [
+            f"{self._env()}conetool switch --at {_steps_text(at)}",
+            f"--until {s.get('until')}",
+            self._store_flag(),
+        ]
+        source = str((s.get("reference") or {}).get("source", "checkpoint"))
+        if source != "checkpoint":
+            parts.append("--reference train")
+        ckpt_dir = self._switch_checkpoint_dir()
+        if ckpt_dir is not None:
+            parts.append(f"--ckpts {_q(ckpt_dir)}")
+        return " ".join(parts)
+
+    def _switch_checkpoint_dir(self) -> str | None:
+        """The checkpoint directory switch read, when it is not the store's (``--ckpts``)."""
+        for point in self.switch_points.values():
+            files = point.get("checkpoint") or []
+            if not files:
+                continue
+            where = Path(files[0]).resolve().parent
+            if where.name.startswith("checkpoint-"):  # Hugging Face layout
+                where = where.parent
+            if where != Path(self.ckpts).resolve():
+                return str(where)
+            return None
+        return None
+
+    def _reproduce_section(self) -> Section:
+        lines = []
+        if not Path(self.store_arg).is_absolute():
+            lines.append("# relative paths are from the directory the store was made in")
+        lines += self._import_comments()
+        if not self.steps:
+            lines.append(self._kernels_command(minimal=True))
+        else:
+            spec_file = self.out_dir / paths.report_spec(self.root).name
+            if paths.spec(Path(self.ckpts)).is_file() and self.spec_toml is not None:
+                lines.append(
+                    "# conetool train refuses an --out that holds a run: to redo training, give "
+                    "it a fresh --out (and kernels the same)"
+                )
+                lines.append(f"{self._env()}conetool train {_q(spec_file)} --out {_q(self.ckpts)}")
+            lines.append(self._kernels_command())
+            if self.distance is not None:
+                command, comments = self._distance_command()
+                lines += comments
+                lines.append(command)
+            if self.embed is not None:
+                lines.append(self._embed_command())
+            if self.spectrum is not None:
+                lines.append(self._spectrum_command())
+        if self.switch is not None and self.switch.get("points"):
+            lines.append(self._switch_command())
+        lines.append(
+            f"conetool report {self._store_flag()}"
+            + ("" if self.out_dir == paths.report_dir(self.root) else f" --out {_q(self.out_dir)}")
+        )
+        blocks: list[Block] = [
+            text(
+                "These commands rebuild this store from nothing (options recorded in the store's "
+                "JSON files; ",
+                code(paths.report_spec(self.root).relative_to(self.root).as_posix()),
+                " is the resolved spec shown above, written beside this report):",
+            ),
+            Code("\n".join(lines), "sh"),
+        ]
+        self.present.add("reproduce")
+        self.details["reproduce"] = f"{len([x for x in lines if not x.startswith('#')])} commands"
+        return Section("reproduce", "Reproduce", tuple(blocks))

@@ -1,0 +1,225 @@
+"""What a report says, read from the store once: the manifest and the JSON results of
+``distance``, ``embed``, ``spectrum`` and ``switch``, whether they are current, and the
+number formatting every section shares.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..errors import ConetoolError
+from ..spec import spec_from_dict, spec_to_toml
+from ..store import Store
+from ..verdict import REGIMES
+
+__all__ = ["ReportInputs"]
+
+
+# A checkpoint table longer than this is folded away (HTML <details>).
+COLLAPSE_ROWS = 60
+
+# regime -> (a few words for the summary, one sentence for the verdict section)
+_REGIMES = REGIMES
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _g(value: Any, digits: int = 4) -> str:
+    """A number for a table: 4 significant digits; ``-`` for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return f"{float(value):.{digits}g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):+.1%}"
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _steps_text(steps: list[int]) -> str:
+    return ",".join(str(s) for s in steps)
+
+
+def _rule_value(value: Any) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, list | tuple):
+        return "(" + ", ".join(_g(v) for v in value) + ")"
+    return _g(value)
+
+
+def _source_name(source: list[str], ckpts: str) -> str:
+    """The checkpoint file(s) relative to the checkpoint directory when inside it."""
+    if not source:
+        return "-"
+    base = Path(ckpts)
+    names = []
+    for item in source:
+        path = Path(item)
+        try:
+            names.append(path.relative_to(base).as_posix())
+        except ValueError:
+            names.append(path.name)
+    return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} shards)"
+
+
+def _read_json(path: Path, command: str, notes: list[str]) -> dict[str, Any] | None:
+    """A JSON file of the store, or None when absent; a damaged one is a note naming its fix."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        if command:
+            notes.append(f"{path} cannot be read ({exc}); rerun {command} to rewrite it")
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report says, read from the store once."""
+
+    store: Store
+    store_arg: str
+    out_dir: Path
+    distance: dict[str, Any] | None
+    embed: dict[str, Any] | None
+    switch: dict[str, Any] | None
+    switch_points: dict[int, dict[str, Any]]
+    spec_toml: str | None
+    spectrum: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+    present: set[str] = field(default_factory=set)
+    details: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, store: Store, store_arg: str, out_dir: Path) -> ReportInputs:
+        notes: list[str] = []
+        root = store.root
+        distance = _read_json(paths.distance_summary(root), "conetool distance", notes)
+        embed = _read_json(paths.embed_summary(root), "conetool embed", notes)
+        spectrum = _read_json(paths.spectrum_summary(root), "conetool spectrum", notes)
+        switch = _read_json(paths.switch_results_json(root), "conetool switch", notes)
+        points: dict[int, dict[str, Any]] = {}
+        for point in (switch or {}).get("points", []):
+            saved = _read_json(paths.switch_point(root, int(point["at"])), "", [])
+            if saved is not None:
+                points[int(point["at"])] = saved
+        try:
+            spec_toml: str | None = spec_to_toml(
+                spec_from_dict(store.manifest["spec"], source=f"{paths.manifest(root)} (spec)")
+            )
+        except (ConetoolError, KeyError, TypeError) as exc:
+            spec_toml = None
+            notes.append(f"the manifest's spec cannot be read back as a spec ({exc})")
+        gathered = cls(
+            store, store_arg, out_dir, distance, embed, switch, points, spec_toml, spectrum, notes
+        )
+        gathered._check_current()
+        return gathered
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.store.manifest
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    @property
+    def steps(self) -> list[int]:
+        return self.store.steps()
+
+    @property
+    def ckpts(self) -> str:
+        return str(self.manifest.get("checkpoints", "CKPTS"))
+
+    def _store_flag(self) -> str:
+        return f"--store {_q(self.store_arg)}"
+
+    def _distance_command_default(self) -> str:
+        return f"conetool distance {self._store_flag()}"
+
+    def _embed_command_default(self) -> str:
+        return f"conetool embed {self._store_flag()}"
+
+    def _spectrum_command(self) -> str:
+        top = (self.spectrum or {}).get("top_k", 10)
+        return f"conetool spectrum {self._store_flag()} --top-k {top}"
+
+    def _switch_command_default(self) -> str:
+        return f"conetool switch --at {_steps_text(self._suggested_switch_points())} {self._store_flag()}"
+
+    def _suggested_switch_points(self) -> list[int]:
+        """A few stored steps to switch at: the start, early Phase I, its end, mid-run."""
+        steps = self.steps[:-1] or [0]
+        last = self.steps[-1] if self.steps else 0
+        wanted = [0.0, 0.05, 0.2, 0.5]
+        chosen = {min(steps, key=lambda s: abs(s - f * last)) for f in wanted}
+        end = (self.distance or {}).get("verdict", {}).get("phase1_end")
+        if isinstance(end, int) and end in steps:
+            chosen.add(end)
+        return sorted(chosen)
+
+    def _check_current(self) -> None:
+        """Note distance / embed outputs computed from other kernels than the store holds now:
+        another store identity, or another set of steps. (A kernel recomputed in place, same
+        steps, is not detected here: the summaries' cache key also covers file times, which a
+        plain copy of the store changes, so it would raise false alarms.)
+        """
+        if not self.steps:
+            return
+        identity = asdict(self.store.identity)
+        for summary, command in (
+            (self.distance, "conetool distance"),
+            (self.embed, "conetool embed"),
+        ):
+            if summary is None:
+                continue
+            rerun = f"rerun {command} {self._store_flag()} to bring them up to date"
+            counted = summary.get("steps", {})
+            excluded = {int(k) for k in summary.get("excluded", {})}
+            current = [s for s in self.steps if s not in excluded]
+            seen = (counted.get("count"), counted.get("first"), counted.get("last"))
+            if summary.get("identity") not in (None, identity):
+                self.notes.append(
+                    f"the {command} results were computed from another spec, probe set or "
+                    f"kernel kind than the store's kernels now: {rerun}"
+                )
+            elif current and seen != (len(current), current[0], current[-1]):
+                self.notes.append(
+                    f"the {command} results cover {seen[0]} steps ({seen[1]} to {seen[2]}), the "
+                    f"store now holds {len(current)} ({current[0]} to {current[-1]}): {rerun}"
+                )
+        spec_hash = self.manifest.get("spec_hash")
+        other = sorted(
+            at
+            for at, p in self.switch_points.items()
+            if p.get("key", {}).get("spec_hash") not in (None, spec_hash)
+        )
+        if other:
+            self.notes.append(
+                f"switch points {_steps_text(other)} were trained with another spec than the "
+                f"store's (hash {spec_hash}); their command needs that spec (--spec)."
+            )
+
+    # ----------------------------------------------------------------- document

@@ -1,0 +1,483 @@
+"""The report's sections of results: the verdict with its numbers, the kernel distance (Fig. 1a,
+1b, S matrix), the cone embedding (Fig. 1c) and the switch experiment (Fig. 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import paths
+from ..report_html import (
+    Block,
+    Figure,
+    Items,
+    Section,
+    Table,
+    b,
+    text,
+)
+from ..verdict import REGIMES
+from .report_inputs import _g, _pct, _rule_value
+from .report_run_sections import RunSections
+
+__all__ = ["ResultSections"]
+
+
+# A checkpoint table longer than this is folded away (HTML <details>).
+COLLAPSE_ROWS = 60
+
+# regime -> (a few words for the summary, one sentence for the verdict section)
+_REGIMES = REGIMES
+
+
+class ResultSections(RunSections):
+    """Verdict, distance, embedding and switch."""
+
+    def _verdict_section(self) -> Section:
+        if not self.steps:
+            command = self._kernels_command(minimal=True)
+            return Section("verdict", "Verdict", (self._absent("kernels", command),))
+        if len(self.steps) == 1:
+            return Section("verdict", "Verdict", (self._one_kernel("a verdict"),))
+        summary = self.distance
+        if summary is None or "verdict" not in summary:
+            return Section(
+                "verdict",
+                "Verdict",
+                (self._absent("verdict", self._distance_command_default(), register=False),),
+            )
+        verdict = summary["verdict"]
+        numbers = verdict.get("numbers", {})
+        regime = str(verdict.get("regime"))
+        end = verdict.get("phase1_end")
+        blocks: list[Block] = [
+            text(
+                "Regime: ",
+                b(regime),
+                f": {_REGIMES.get(regime, (regime, regime))[1]}. ",
+                f"Phase I ends at step {end}."
+                if end is not None
+                else "Phase I has no measured end.",
+            ),
+            text(str(verdict.get("explanation", ""))),
+        ]
+        velocity = numbers.get("velocity", {})
+        span = velocity.get("phase1_range") or ["-", "-"]
+        rows = [
+            ("stored steps", _g(numbers.get("stored_steps"))),
+            ("steps", f"{numbers.get('first_step', '-')} to {numbers.get('last_step', '-')}"),
+            ("largest distance S", _g(numbers.get("max_distance"))),
+            ("velocity dt (lags fitted)", _g(velocity.get("dt"))),
+            ("velocities fitted", _g(velocity.get("points"))),
+            ("early velocity (S per step)", _g(velocity.get("early_level"))),
+            ("Phase II velocity (S per step)", _g(velocity.get("phase2_level"))),
+            ("velocity drop", _g(velocity.get("drop_factor"))),
+            ("end of Phase I", _g(end)),
+            ("its range (profile likelihood)", f"{span[0]} to {span[1]}"),
+            ("steps in Phase II", _g(numbers.get("phase2", {}).get("steps"))),
+            ("noise floor of S", _g(numbers.get("noise_floor"))),
+            ("criteria agree", {True: "yes", False: "no"}.get(numbers.get("agree"), "-")),
+        ]
+        rows = [(k, v) for k, v in rows if v not in ("-", "- to -")]
+        blocks.append(
+            Table(("quantity", "value"), tuple(rows), (False, True), caption="Key numbers")
+        )
+        criteria = numbers.get("criteria", [])
+        if criteria:
+            blocks.append(
+                Table(
+                    ("criterion", "value", "rests on", "reads", "at the noise floor"),
+                    tuple(
+                        (
+                            str(c.get("name")),
+                            _g(c.get("value"))
+                            if not isinstance(c.get("value"), dict)
+                            else ", ".join(f"{k} {v}" for k, v in c["value"].items()),
+                            str(c.get("rests_on")),
+                            str(c.get("reads")),
+                            "yes" if c.get("at_noise_floor") else "no",
+                        )
+                        for c in criteria
+                    ),
+                    (False, True, False, False, False),
+                    caption="Phase II criteria (README: How to read the verdict)",
+                )
+            )
+        refs = numbers.get("references", [])
+        refs = [r for r in refs if r.get("status") != "skipped"]
+        if refs:
+            blocks.append(
+                Table(
+                    (
+                        "reference τ",
+                        "level",
+                        "middle third mean",
+                        "growth",
+                        "status",
+                        "points (middle, last third)",
+                    ),
+                    tuple(
+                        (
+                            str(r.get("ref")),
+                            _g(r.get("level")),
+                            _g(r.get("middle_third_mean")),
+                            _pct(r.get("growth")),
+                            str(r.get("status")),
+                            f"{r.get('middle_third_points', '-')}, {r.get('last_third_points', '-')}",
+                        )
+                        for r in refs
+                    ),
+                    (True, True, True, True, False, True),
+                    caption="Phase II references: level = mean S(τ, t) over the last third of "
+                    "[τ, T]; growth = (level − middle-third mean) / level",
+                )
+            )
+        rules = summary.get("rules") or numbers.get("rules") or {}
+        if rules:
+            blocks.append(
+                text(
+                    "Rules: "
+                    + ", ".join(f"{k} = {_rule_value(v)}" for k, v in rules.items())
+                    + ". (README: How to read the verdict.)"
+                )
+            )
+        for note in summary.get("notes", []):
+            blocks.append(text(f"Note from conetool distance: {note}."))
+        excluded = summary.get("excluded") or {}
+        if excluded:
+            blocks.append(
+                Items(tuple(text(f"step {step} left out: {why}") for step, why in excluded.items()))
+            )
+        self.present.add("verdict")
+        self.details["verdict"] = f"{regime}" + (
+            f", Phase I ends at step {end}" if end is not None else ""
+        )
+        return Section("verdict", "Verdict", tuple(blocks))
+
+    # ----------------------------------------------------------------- distance
+    def _distance_section(self) -> Section:
+        title = "Kernel distance (Fig. 1a, 1b, S matrix)"
+        if not self.steps:
+            return Section("distance", title, (text("No kernels yet: nothing to compare."),))
+        if len(self.steps) == 1:
+            return Section("distance", title, (self._one_kernel("a kernel distance"),))
+        summary = self.distance
+        if summary is None:
+            return Section(
+                "distance",
+                title,
+                (
+                    self._absent(
+                        "kernel distance and verdict (Fig. 1a, 1b, S matrix)",
+                        self._distance_command_default(),
+                    ),
+                ),
+            )
+        blocks: list[Block] = []
+        curves = []
+        count = summary.get("steps", {}).get("count", "-")
+        for c in summary.get("reference_curves", []):
+            curves.append(
+                (
+                    f"S(t, τ={c['ref']})",
+                    str(count),
+                    _g(c["final"]),
+                    _g(c["max"]),
+                    "",
+                    str(c.get("max_step", "")),
+                )
+            )
+        for a in summary.get("adjacent_curves", []):
+            curves.append(
+                (
+                    f"S(t, t+{a['dt']})" + (" *" if a.get("verdict") else ""),
+                    str(a["pairs"]),
+                    _g(a["final"]),
+                    _g(a["max"]),
+                    _g(a["peak_velocity"]),
+                    str(a["peak_step"]),
+                )
+            )
+        if curves:
+            blocks.append(
+                Table(
+                    ("curve", "points", "final S", "max S", "peak velocity", "at step"),
+                    tuple(curves),
+                    (False, True, True, True, True, True),
+                    caption="Curves (* the velocity the verdict reads; 'at step' is where the "
+                    "maximum or the peak velocity occurs)",
+                )
+            )
+        refs = ", ".join(str(r) for r in summary.get("refs", []))
+        dts = ", ".join(str(d) for d in summary.get("dts", []))
+        end = summary.get("verdict", {}).get("phase1_end")
+        marked = (
+            f" The dashed line marks the end of Phase I (step {end})." if end is not None else ""
+        )
+        figures = [
+            (
+                "Fig. 1a",
+                paths.to_ref_png(self.root),
+                "Fig. 1a: kernel distance to each reference step against training step",
+                f"Fig. 1a. Kernel distance S(θ(t), θ(τ)) from each reference step τ ({refs}) "
+                f"against the training step t.{marked} Numbers: distance/to_ref.csv.",
+            ),
+            (
+                "Fig. 1b",
+                paths.adjacent_png(self.root),
+                "Fig. 1b: adjacent kernel distance and velocity against training step",
+                f"Fig. 1b. Adjacent distance S(θ(t), θ(t+dt)) and velocity S/dt, one curve per "
+                f"dt ({dts}).{marked} Numbers: distance/adjacent.csv.",
+            ),
+            (
+                "S matrix",
+                paths.matrix_png(self.root),
+                "S matrix: kernel distance between every pair of stored steps",
+                f"S matrix. Kernel distance between every pair of the {count} stored kernels "
+                "(steps on both axes). Numbers: distance/matrix.npz.",
+            ),
+        ]
+        shown = self._figures(figures, self._distance_command_default(), blocks)
+        self.present.add("distance")
+        self.details["distance"] = ", ".join(shown) or "tables only"
+        return Section("distance", title, tuple(blocks))
+
+    def _figures(
+        self, figures: list[tuple[str, Path, str, str]], command: str, blocks: list[Block]
+    ) -> list[str]:
+        """Append each figure (label, PNG, alt text, caption) that exists; a missing PNG is a
+        missing part with the command that makes it. Returns the labels shown."""
+        shown = []
+        for label, path, alt, caption in figures:
+            if path.is_file():
+                blocks.append(Figure(path, alt, caption))
+                shown.append(label)
+            else:
+                rel = path.relative_to(self.root).as_posix()
+                blocks.append(self._absent(f"{label} ({rel})", command))
+        return shown
+
+    # ----------------------------------------------------------------- embed
+    def _embed_section(self) -> Section:
+        title = "Cone embedding (Fig. 1c)"
+        if not self.steps:
+            return Section("embed", title, (text("No kernels yet: nothing to embed."),))
+        if len(self.steps) == 1:
+            return Section("embed", title, (self._one_kernel("an embedding"),))
+        summary = self.embed
+        if summary is None:
+            return Section(
+                "embed",
+                title,
+                (self._absent("cone embedding (Fig. 1c)", self._embed_command_default()),),
+            )
+        method = str(summary.get("method", "?"))
+        ratio = summary.get("explained_variance_ratio")
+        quality = " + ".join(f"{r:.1%}" for r in ratio) if ratio else "-"
+        blocks: list[Block] = [
+            Table(
+                ("method", "dims", "kernels", "stress", "explained variance", "seed", "S matrix"),
+                (
+                    (
+                        method,
+                        _g(summary.get("dims")),
+                        _g(summary.get("steps", {}).get("count")),
+                        _g(summary.get("stress")),
+                        quality,
+                        _g(summary.get("seed")),
+                        str(summary.get("matrix", "-")),
+                    ),
+                ),
+                (False, True, True, True, True, True, False),
+            ),
+        ]
+        how = (
+            "metric MDS of the chordal distance √(2·S) between the unit-norm kernels (quality: "
+            "Kruskal stress-1; 0 is perfect, 0.05 good, 0.2 poor)"
+            if method == "mds"
+            else "PCA of the unit-norm kernels (quality: the share of variance each axis explains)"
+        )
+        end = summary.get("phase1_end")
+        ring = f" The red ring marks the end of Phase I (step {end})." if end is not None else ""
+        shown = self._figures(
+            [
+                (
+                    "Fig. 1c",
+                    paths.embedding_png(self.root),
+                    "Fig. 1c: the kernel trajectory embedded in the plane",
+                    f"Fig. 1c. Every stored kernel H(t) as a point, placed by {how}; H(0) black, "
+                    f"later steps darker.{ring} Coordinates: embed/coords.csv.",
+                )
+            ],
+            self._embed_command_default(),
+            blocks,
+        )
+        self.present.add("embed")
+        stress = summary.get("stress")
+        self.details["embed"] = (
+            ", ".join(shown)
+            + f" ({method}"
+            + (f", stress {stress:.3f})" if method == "mds" and stress is not None else ")")
+        )
+        return Section("embed", title, tuple(blocks))
+
+    # ----------------------------------------------------------------- spectrum
+    def _spectrum_section(self) -> Section:
+        title = "Alignment and spectrum"
+        if not self.steps:
+            return Section("spectrum", title, (text("No kernels yet."),))
+        summary = self.spectrum
+        if summary is None:
+            return Section(
+                "spectrum",
+                title,
+                (self._absent("alignment and spectrum", self._spectrum_command()),),
+            )
+        rows = _spectrum_rows(paths.spectrum_csv(self.root))
+        top = summary.get("top_k", "k")
+        blocks: list[Block] = []
+        if rows:
+            first, last = rows[0], rows[-1]
+            blocks.append(
+                Table(
+                    ("step", "alignment", "effective rank", f"label energy (top {top})"),
+                    tuple(
+                        (
+                            r["step"],
+                            _g(float(r["alignment"])),
+                            _g(float(r["effective_rank"])),
+                            _g(float(r["label_energy"])),
+                        )
+                        for r in (first, last)
+                    ),
+                    (True, True, True, True),
+                    caption="First and last stored step (every step: spectrum/spectrum.csv)",
+                )
+            )
+        end = summary.get("phase1_end")
+        shade = f" Phase I (to step {end}) is shaded." if end is not None else ""
+        shown = self._figures(
+            [
+                (
+                    "spectrum",
+                    paths.spectrum_png(self.root),
+                    "Alignment, effective rank and label energy against step",
+                    "Alignment and spectrum. Centered kernel-target alignment with the probe "
+                    "set's one-hot labels, the "
+                    "effective rank (exp of the entropy of the normalised eigenvalues) and the "
+                    f"share of the labels' energy in the top {top} eigenvectors, per stored "
+                    f"kernel.{shade}",
+                )
+            ],
+            self._spectrum_command(),
+            blocks,
+        )
+        self.present.add("spectrum")
+        self.details["spectrum"] = ", ".join(shown) + f" (top {top})"
+        return Section("spectrum", title, tuple(blocks))
+
+    # ----------------------------------------------------------------- switch
+    def _switch_section(self) -> Section:
+        title = "Switch experiment (Fig. 2)"
+        results = self.switch
+        if results is None or not results.get("points"):
+            return Section(
+                "switch",
+                title,
+                (self._absent("switch results (Fig. 2)", self._switch_command_default()),),
+            )
+        until = results.get("until")
+        rows = [
+            (
+                str(p["at"]),
+                _g(p.get("until")),
+                _g(p.get("test_acc")),
+                _g(p.get("test_loss")),
+                _g(p.get("train_acc")),
+                _g(p.get("train_loss")),
+                str(p.get("momentum", "-")),
+                _g(p.get("seconds"), 3),
+            )
+            for p in results["points"]
+        ]
+        ref = results.get("reference")
+        if ref:
+            rows.append(
+                (
+                    f"standard {ref.get('step')}",
+                    "",
+                    _g(ref.get("test_acc")),
+                    _g(ref.get("test_loss")),
+                    "",
+                    "",
+                    "",
+                    "",
+                )
+            )
+        blocks: list[Block] = [
+            text(
+                f"For each switch step t, the checkpoint of step t was linearized, "
+                "f_lin(x; θ) = f(x; θ_t) + J(x; θ_t)(θ − θ_t), and trained with the spec's recipe "
+                f"from t to T = {until}; its test accuracy and loss are compared with the "
+                "standard model at T."
+            ),
+            Table(
+                (
+                    "t",
+                    "until",
+                    "test acc",
+                    "test loss",
+                    "train acc",
+                    "train loss",
+                    "momentum",
+                    "seconds",
+                ),
+                tuple(rows),
+                (True, True, True, True, True, True, False, True),
+            ),
+        ]
+        if ref:
+            blocks.append(
+                text(
+                    f"Standard model at T = {ref.get('step')} ({ref.get('source')}): test accuracy "
+                    f"{_g(ref.get('test_acc'))}, test loss {_g(ref.get('test_loss'))}."
+                )
+            )
+        else:
+            blocks.append(
+                text(
+                    "No standard model at T (no checkpoint of step T; --reference train trains one)."
+                )
+            )
+        shown = self._figures(
+            [
+                (
+                    "Fig. 2",
+                    paths.switch_png(self.root),
+                    "Fig. 2: test accuracy and loss of the linearized model against the switch step",
+                    f"Fig. 2. Test accuracy and loss at T = {until} of the model trained normally "
+                    "to step t and linearized from t on, against t; the horizontal line is the "
+                    "standard model at T. Numbers: switch/results.csv.",
+                )
+            ],
+            self._switch_command_default(),
+            blocks,
+        )
+        self.present.add("switch")
+        self.details["switch"] = (
+            ", ".join(shown) + f", {len(results['points'])} switch points, T = {until}"
+        )
+        return Section("switch", title, tuple(blocks))
+
+    # ----------------------------------------------------------------- checkpoints
+
+
+def _spectrum_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of ``spectrum/spectrum.csv`` (empty when it cannot be read)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except OSError:
+        return []

@@ -1,0 +1,232 @@
+"""The report's sections about the run: the summary, the missing parts, the checkpoint table and
+the run (spec, probe set, versions).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import torch
+
+from .. import paths
+from .._version import __version__
+from ..io import format_bytes
+from ..report_html import (
+    Block,
+    Code,
+    Items,
+    Section,
+    Table,
+    Text,
+    b,
+    code,
+    text,
+)
+from ..verdict import REGIMES
+from .report_commands import ReportCommands
+from .report_inputs import _g, _source_name
+
+__all__ = ["RunSections"]
+
+
+# A checkpoint table longer than this is folded away (HTML <details>).
+COLLAPSE_ROWS = 60
+
+# regime -> (a few words for the summary, one sentence for the verdict section)
+_REGIMES = REGIMES
+
+
+class RunSections(ReportCommands):
+    """Summary, missing parts, checkpoints and run."""
+
+    def _run_name(self) -> str:
+        spec = self.manifest.get("spec", {})
+        arch = spec.get("model", {}).get("arch", "?")
+        dataset = spec.get("data", {}).get("dataset", "?")
+        return f"{arch} on {dataset}"
+
+    def _summary_section(self) -> Section:
+        m = self.manifest
+        spec = m.get("spec", {})
+        probe = m.get("probe", {})
+        steps = self.steps
+        verdict = (self.distance or {}).get("verdict")
+        parts: list[Any] = []
+        if verdict:
+            regime = str(verdict.get("regime"))
+            end = verdict.get("phase1_end")
+            parts += [
+                "Verdict: ",
+                b(regime),
+                f" ({_REGIMES.get(regime, (regime, regime))[0]}). ",
+            ]
+            parts.append(
+                "Phase I ends at step " + str(end) + ". "
+                if end is not None
+                else "Phase I has no measured end. "
+            )
+        elif len(steps) == 1:
+            parts += [
+                "No verdict: the kernel distance needs at least two kernels (",
+                code(self._kernels_command(minimal=True)),
+                " computes the others). ",
+            ]
+        else:
+            parts += ["No verdict yet (", code(self._distance_command_default()), " makes it). "]
+        span = f"steps {steps[0]} to {steps[-1]}" if steps else "no steps yet"
+        parts.append(
+            f"{str(m.get('kind', '?')).capitalize()} kernels ({m.get('dtype', '?')}) of "
+            f"{probe.get('size', '?')} probe examples ({probe.get('split', '?')} split, seed "
+            f"{probe.get('seed', '?')}) at {len(steps)} checkpoints, {span}, of "
+            f"{self._run_name()} trained for {spec.get('train', {}).get('steps', '?')} steps."
+        )
+        switch = self.switch
+        if switch and switch.get("points"):
+            first = switch["points"][0]
+            ref = switch.get("reference")
+            line = (
+                f" The model linearized at step {first['at']} and trained to T = "
+                f"{switch.get('until')} reaches test accuracy {_g(first['test_acc'])}"
+            )
+            line += f", standard training {_g(ref['test_acc'])}." if ref else "."
+            parts.append(line)
+        self.present.add("summary")
+        self.details["summary"] = f"{self._run_name()}, {len(steps)} checkpoints"
+        return Section("summary", "Summary", (text(*parts),))
+
+    def _missing_section(self) -> Section:
+        blocks: list[Block] = []
+        if self.missing:
+            blocks.append(text("These parts are not in the store yet; each command makes one:"))
+            blocks.append(
+                Items(
+                    tuple(text(f"No {part}: run ", code(command)) for part, command in self.missing)
+                )
+            )
+        if self.notes:
+            blocks.append(Items(tuple(text(note) for note in self.notes)))
+        return Section("missing", "Missing parts" if self.missing else "Notes", tuple(blocks))
+
+    def _one_kernel(self, what: str) -> Text:
+        """A one-kernel store: distance and embed would fail; more kernels come first."""
+        command = self._kernels_command(minimal=True)
+        if ("second kernel", command) not in self.missing:
+            self.missing.append(("second kernel", command))
+        return text(
+            f"The store holds one kernel (step {self.steps[0]}); {what} needs at least two. "
+            "Compute more with ",
+            code(command),
+            " (it adds the checkpoints' missing steps), then run conetool distance and embed.",
+            note=True,
+        )
+
+    def _absent(self, part: str, command: str, *, register: bool = True) -> Text:
+        """A placeholder saying which command makes ``part``; listed under Missing parts."""
+        if register and (part, command) not in self.missing:
+            self.missing.append((part, command))
+        return text(f"No {part} in this store. Run ", code(command), " to make it.", note=True)
+
+    # ----------------------------------------------------------------- verdict
+    def _checkpoints_section(self) -> Section:
+        records = self.store.records()
+        ckpts = self.ckpts
+        kind = self.manifest.get("kind")
+        n = self.manifest.get("probe", {}).get("size", "?")
+        c = self.manifest.get("spec", {}).get("model", {}).get("num_classes", "c")
+        shape = f"({n}, {c}, {n}, {c})" if kind == "full" else f"({n}, {n})"
+        total = sum(r.seconds for r in records.values())
+        blocks: list[Block] = [
+            text(
+                "Checkpoint directory ",
+                code(ckpts),
+                f": {len(records)} kernels of shape {shape} ({kind}, {self.manifest.get('dtype')}), "
+                f"{total:.1f} s of kernel computation in all. Layout: {self.manifest.get('layout', '-')}.",
+            )
+        ]
+        if records:
+            rows = tuple(
+                (
+                    str(step),
+                    _source_name(r.source, ckpts),
+                    format_bytes(r.size),
+                    _g(r.norm, 6),
+                    f"{r.seconds:.2f}",
+                )
+                for step, r in records.items()
+            )
+            blocks.append(
+                Table(
+                    ("step", "checkpoint", "size", "‖H‖_F", "seconds"),
+                    rows,
+                    (True, False, True, True, True),
+                    collapse=f"Show all {len(rows)} checkpoints"
+                    if len(rows) > COLLAPSE_ROWS
+                    else None,
+                )
+            )
+        self.present.add("checkpoints")
+        self.details["checkpoints"] = f"{len(records)} checkpoints, kernels {shape}"
+        return Section("checkpoints", "Checkpoints and kernels", tuple(blocks))
+
+    # ----------------------------------------------------------------- run
+    def _run_section(self) -> Section:
+        m = self.manifest
+        probe = m.get("probe", {})
+        versions = m.get("versions", {})
+        here = {
+            "conetool": __version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        }
+        blocks: list[Block] = [
+            text("The resolved spec (every default explicit) the kernels were computed with:"),
+        ]
+        if self.spec_toml is not None:
+            blocks.append(Code(self.spec_toml, "toml"))
+        else:
+            blocks.append(Code(json.dumps(m.get("spec", {}), indent=2), "json"))
+        blocks.append(
+            Table(
+                ("probe set", "value"),
+                (
+                    ("examples", _g(probe.get("size"))),
+                    ("split", str(probe.get("split", "-"))),
+                    ("seed", _g(probe.get("seed"))),
+                    ("hash", str(probe.get("hash", "-"))),
+                    ("file", str(probe.get("file", paths.PROBE_NAME))),
+                ),
+                (False, False),
+            )
+        )
+        blocks.append(
+            Table(
+                ("store", "value"),
+                (
+                    ("directory", self.store_arg),
+                    ("spec hash", str(m.get("spec_hash", "-"))),
+                    ("spec read from", str(m.get("spec_source", "-"))),
+                    ("probe hash", str(m.get("probe_hash", "-"))),
+                    ("kernel kind", str(m.get("kind", "-"))),
+                    ("dtype", str(m.get("dtype", "-"))),
+                    ("format", f"{m.get('format', '-')} {m.get('format_version', '')}".strip()),
+                ),
+                (False, False),
+            )
+        )
+        blocks.append(
+            Table(
+                ("versions", "kernels computed with", "report"),
+                tuple(
+                    (name, str(versions.get(name, "-")), here.get(name, ""))
+                    for name in sorted({*versions, *here})
+                ),
+                (False, False, False),
+            )
+        )
+        self.present.add("run")
+        self.details["run"] = f"spec {m.get('spec_hash')}, torch {versions.get('torch', '-')}"
+        return Section("run", "Run", tuple(blocks))
+
+    # ----------------------------------------------------------------- reproduce
