@@ -57,9 +57,9 @@ def test_demo_writes_every_artifact(finished):
     assert len(summary["refs"]) >= 2  # several references
     html = finished.report_html.read_text()
     assert finished.verdict["regime"] in html
-    assert html.count("data:image/png;base64,") >= 5  # Fig. 1a, 1b, 1c, 2 and the S matrix
+    assert html.count("data:image/png;base64,") >= 6  # Fig. 1a, 1b, 1c, 2, S matrix, spectrum
     assert set(finished.stage_seconds) == {
-        "train", "kernels", "distance", "embed", "switch", "report"
+        "train", "kernels", "distance", "embed", "spectrum", "switch", "report"
     }
 
 

@@ -2,7 +2,8 @@
 
 It is the pipeline a user would run by hand, through the same library functions: ``train`` the
 small conv net of ``examples/digits_lenet.toml`` (shipped inside the package as ``demo.toml``),
-``kernels``, ``distance`` (several references, several dt), ``embed``, a ``switch`` sweep, then
+``kernels``, ``distance`` (several references, several dt), ``embed``, ``spectrum``, a ``switch``
+sweep, then
 ``report``. Every stage skips what is already done, so a second run only rewrites the report.
 """
 
@@ -26,6 +27,7 @@ from .run_distance import distance
 from .run_embed import embed
 from .run_kernels import kernels
 from .run_report import report
+from .run_spectrum import spectrum
 from .run_switch import switch
 
 DEMO_SPEC = "demo.toml"
@@ -127,6 +129,7 @@ def _demo(
         ),
         ("distance", lambda: distance(store, refs=_refs(T), progress=progress)),
         ("embed", lambda: embed(store, threads=threads, progress=progress)),
+        ("spectrum", lambda: spectrum(store, progress=progress)),
         (
             "switch",
             lambda: switch(
