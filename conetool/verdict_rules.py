@@ -1,0 +1,142 @@
+"""The verdict's vocabulary: the regimes, the thresholds (:class:`VerdictRules`) and the
+result (:class:`Verdict`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from conetool.geometry import GeometryError
+
+__all__ = ["REGIMES", "Regime", "Verdict", "VerdictRules"]
+
+Regime = Literal["no-two-phase", "lazy", "cone", "drift-after-phase-I", "undetermined"]
+
+#: regime -> (a few words, one sentence): how the README, the CLI and the report name it.
+REGIMES: dict[str, tuple[str, str]] = {
+    "no-two-phase": (
+        "no two-phase pattern",
+        "the kernel velocity never falls for good: no two phases, as in the paper's Fig. 3",
+    ),
+    "lazy": (
+        "the kernel froze",
+        "the kernel froze: after Phase I (or from the start) it stops moving, Fort et al.'s "
+        "lazy regime",
+    ),
+    "cone": (
+        "two phases, then a cone",
+        "after a fast Phase I the kernel keeps moving, but inside a bounded region: the cone "
+        "effect",
+    ),
+    "drift-after-phase-I": (
+        "two phases, then drift",
+        "after a fast Phase I the kernel keeps moving away, with no bound in sight",
+    ),
+    "undetermined": (
+        "the stored kernels do not settle it",
+        "the stored kernels do not settle the question; the explanation says what is missing "
+        "and how to get it",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class VerdictRules:
+    """Thresholds of :func:`phase_verdict`; the module docstring states the rule that uses them.
+
+    Attributes:
+        min_drop: the velocity must fall by at least this factor across Phase I's end.
+        velocity_dt: the paper's ``dt``; ``None`` picks the spacing that covers the run best.
+        freeze_factor: a Phase II velocity falling by this factor (first quarter over last)
+            means the kernel is freezing.
+        bounded_exponent: ``S ~ lag^a`` with ``a`` at most this reads as bounded motion.
+        drift_exponent: ``a`` at least this reads as drift.
+        plateau_tolerance: largest growth, last third over middle third, of a reference curve
+            that still counts as a plateau.
+        lazy_level: S at or below this between any two kernels (of Phase II, or of the run)
+            means frozen.
+        reference_fractions: default Phase II references, as fractions of Phase II's length.
+        min_steps: fewest stored steps for any verdict.
+        min_phase2_steps: fewest stored steps in Phase II to judge it.
+        min_window_points: fewest stored steps in each third a reference curve is judged on.
+    """
+
+    min_drop: float = 5.0
+    velocity_dt: int | None = None
+    freeze_factor: float = 5.0
+    bounded_exponent: float = 0.25
+    drift_exponent: float = 0.5
+    plateau_tolerance: float = 0.15
+    lazy_level: float = 1e-4
+    reference_fractions: tuple[float, ...] = (0.1, 0.3, 0.5)
+    min_steps: int = 8
+    min_phase2_steps: int = 8
+    min_window_points: int = 2
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.min_drop > 1.0:
+            problems.append(f"min_drop={self.min_drop} (needs > 1)")
+        if self.velocity_dt is not None and self.velocity_dt < 1:
+            problems.append(f"velocity_dt={self.velocity_dt} (needs a positive step count)")
+        if not self.freeze_factor > 1.0:
+            problems.append(f"freeze_factor={self.freeze_factor} (needs > 1)")
+        if not self.bounded_exponent < self.drift_exponent:
+            problems.append(
+                f"bounded_exponent={self.bounded_exponent}, drift_exponent="
+                f"{self.drift_exponent} (needs bounded < drift)"
+            )
+        if not self.reference_fractions or not all(
+            0.0 <= f < 1.0 for f in self.reference_fractions
+        ):
+            problems.append(
+                f"reference_fractions={self.reference_fractions} (needs values in [0, 1))"
+            )
+        if not self.plateau_tolerance > 0.0:
+            problems.append(f"plateau_tolerance={self.plateau_tolerance} (needs > 0)")
+        if not self.lazy_level >= 0.0:
+            problems.append(f"lazy_level={self.lazy_level} (needs >= 0)")
+        if self.min_steps < 3:
+            problems.append(f"min_steps={self.min_steps} (needs >= 3)")
+        if self.min_phase2_steps < 4:
+            problems.append(f"min_phase2_steps={self.min_phase2_steps} (needs >= 4)")
+        if self.min_window_points < 1:
+            problems.append(f"min_window_points={self.min_window_points} (needs >= 1)")
+        if problems:
+            raise GeometryError("invalid verdict rules: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field, ``reference_fractions`` as a list."""
+        out = asdict(self)
+        out["reference_fractions"] = list(self.reference_fractions)
+        return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the distances say.
+
+    Attributes:
+        regime: one of :data:`REGIMES`.
+        phase1_end: the stored step nearest the end of Phase I; ``None`` without two phases.
+        numbers: the measurements behind the verdict (JSON-ready): ``velocity`` (the fit, the
+            drop and its range), ``criteria`` (each Phase II reading with its value, what it
+            rests on, what it reads and whether it sits at the noise floor), ``references``
+            (each judged curve), ``user_references`` (each reference the user gave: used, or
+            why not), ``agree``, ``noise_floor`` and the ``rules``.
+        explanation: one paragraph, with the numbers, that says why.
+    """
+
+    regime: Regime
+    phase1_end: int | None
+    numbers: dict[str, Any] = field(default_factory=dict)
+    explanation: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``regime``, ``phase1_end``, ``numbers``, ``explanation``."""
+        return {
+            "regime": self.regime,
+            "phase1_end": self.phase1_end,
+            "numbers": self.numbers,
+            "explanation": self.explanation,
+        }
