@@ -28,18 +28,14 @@ Guarantees:
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
 import shutil
-import socket
-import sys
 import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -48,7 +44,8 @@ from safetensors.torch import load_file
 from . import paths
 from ._version import __version__
 from .errors import StoreError
-from .io import NOT_WRITABLE, atomic_save_safetensors, atomic_write_text, write_error
+from .io import atomic_save_safetensors, atomic_write_text, write_error
+from .store_lock import StoreLock
 
 try:
     import fcntl
@@ -494,93 +491,3 @@ def kernel_norm(kernel: torch.Tensor) -> float:
     if not math.isfinite(value):
         raise StoreError("kernel norm is not finite")
     return value
-
-
-class StoreLock:
-    """An exclusive ``fcntl.flock`` on ``STORE/.lock`` held by the process writing the store.
-
-    The OS drops it when the process ends, however it ends (a kill leaves no stale lock). The
-    file names the holder (pid, host, command) for the refusal message. On a read-only file
-    system no one can write, so no lock is needed: :meth:`acquire` returns None. Within one
-    process the lock is shared (counted): the library may open a store it is writing again.
-    """
-
-    _held: ClassVar[dict[str, list[Any]]] = {}  # realpath -> [fd, count], this process's locks
-
-    def __init__(self, path: Path, key: str) -> None:
-        self.path, self._key, self._released = path, key, False
-
-    @classmethod
-    def acquire(cls, root: Path) -> StoreLock | None:
-        """Take the lock of store ``root`` (created if need be), or raise :class:`StoreError`
-        naming the process that holds it. None where locking is impossible (read-only store,
-        no ``fcntl``)."""
-        if fcntl is None:
-            return None
-        root = Path(root)
-        path = paths.lock(root)
-        key = os.path.realpath(path)
-        if key in cls._held:
-            cls._held[key][1] += 1
-            return cls(path, key)
-        try:
-            if not root.is_dir():
-                root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            if exc.errno not in NOT_WRITABLE:
-                error = write_error(path, exc)
-                if error is None:
-                    raise
-                raise error from exc
-            try:  # read-only: lock an existing file anyway (flock needs no write access)
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                return None  # nothing can write this store, so there is nothing to guard
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = _read_holder(fd)
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise StoreError(
-                f"store {root} is being written by another conetool process ({holder}); it "
-                f"holds the lock {path}. conetool refuses a second writer rather than wait: two "
-                "writers would duplicate the work, and an --overwrite run would replace the "
-                "other's kernels. Wait until it ends and rerun (the rerun computes only what is "
-                "missing), or use another --store. The lock goes away with that process."
-            ) from None
-        try:
-            os.ftruncate(fd, 0)
-            command = " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {command}\n".encode())
-        except OSError:
-            pass  # the lock itself is what matters; the note is for the message only
-        cls._held[key] = [fd, 1]
-        return cls(path, key)
-
-    def release(self) -> None:
-        """Give the lock back (the last holder in this process unlocks the file)."""
-        if self._released:
-            return
-        self._released = True
-        entry = self._held.get(self._key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] > 0:
-            return
-        del self._held[self._key]
-        try:
-            fcntl.flock(entry[0], fcntl.LOCK_UN)
-        finally:
-            os.close(entry[0])
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 500, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "pid unknown"
