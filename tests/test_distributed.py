@@ -378,11 +378,8 @@ def test_two_ranks_make_the_same_store_as_one_process(run, tmp_path):
     assert records(two) == records(one)
     stored = Store.open(two)
     assert stored.steps() == STEPS and stored.identity == Store.open(one).identity
-    for step in STEPS:
-        reference = Store.open(one).load_kernel(step)
-        torch.testing.assert_close(
-            stored.load_kernel(step), reference, rtol=1e-6, atol=1e-6 * float(reference.abs().max())
-        )
+    for step in STEPS:  # bit-identical, as the README says: the same work on either side
+        assert torch.equal(stored.load_kernel(step), Store.open(one).load_kernel(step)), step
     assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]
 
 
@@ -404,11 +401,10 @@ def test_two_ranks_share_a_switch_sweep(run, tmp_path):
 
     expected, found = rows(one), rows(two)
     assert [r["at"] for r in found] == ["0", "4", "8"] == [r["at"] for r in expected]
-    for a, b in zip(expected, found, strict=True):
-        same = ("until", "momentum", "test_acc")
-        assert [a[k] for k in same] == [b[k] for k in same]
-        for key in ("test_loss", "train_acc", "train_loss"):
-            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5)
+    for a, b in zip(expected, found, strict=True):  # every number, to the last digit
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in b.items() if k != "seconds"
+        }
     assert paths.switch_png(two).is_file() and paths.switch_results_json(two).is_file()
     for t in (4, 8):
         assert json.loads(paths.switch_point(two, t).read_text())["at"] == t
