@@ -381,8 +381,12 @@ def test_output_check_leaves_rng_mode_and_stats_alone() -> None:
 
 
 def test_output_check_uses_model_dtype() -> None:
-    model = _build("lenet5", DIGITS).double()
-    output_check(model, DIGITS, 10, arch="lenet5")  # float32 inputs would fail in conv2d
+    seen: list[torch.dtype] = []
+    for dtype in (torch.float64, torch.float32):
+        model = _build("lenet5", DIGITS).to(dtype)
+        model.register_forward_pre_hook(lambda _module, args: seen.append(args[0].dtype))
+        output_check(model, DIGITS, 10, arch="lenet5")
+    assert seen == [torch.float64, torch.float32]  # one batch each, in the model's dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +519,9 @@ def with_kwargs(num_classes, **kwargs):
 class Factories:
     @staticmethod
     def make(num_classes):
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+        model.made_by = "Factories.make"
+        return model
 
 
 def inner_type_error(num_classes):
@@ -562,7 +568,8 @@ def test_user_factory_receives_input_shape(user_mod: str) -> None:
 
 def test_user_factory_dotted_attribute(user_mod: str) -> None:
     model = _build(f"{user_mod}:Factories.make", DIGITS, num_classes=2)
-    output_check(model, DIGITS, 2)
+    assert model.made_by == "Factories.make"  # the attribute of the class, not of the module
+    assert model[1].out_features == 2
 
 
 def test_user_factory_found_in_current_directory(tmp_path, monkeypatch) -> None:

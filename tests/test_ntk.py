@@ -478,10 +478,41 @@ def test_parse_memory_rejects_bad_sizes(text: object) -> None:
         parse_memory(text)  # type: ignore[arg-type]
 
 
-def test_default_memory_budget_on_cpu() -> None:
-    budget = default_memory_budget("cpu")
-    assert 0 < budget <= 64 * 2**30
-    assert budget <= ntk._available_ram()
+class _FakeMeminfo:
+    """A stand-in for ``open("/proc/meminfo")`` with a given ``MemAvailable``."""
+
+    def __init__(self, kib: int) -> None:
+        self.lines = [
+            "MemTotal:       999999999 kB\n",
+            "MemFree:          1234567 kB\n",
+            f"MemAvailable:   {kib:>10} kB\n",
+        ]
+
+    def __call__(self, path: str, *args: object) -> _FakeMeminfo:
+        assert path == "/proc/meminfo"
+        return self
+
+    def __enter__(self) -> list[str]:
+        return self.lines
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("available_kib", "budget"),
+    [
+        (10 * 2**20, 5 * 2**30),  # 10 GiB available: half of it
+        (3 * 2**20 + 1, 3 * 2**29 + 512),  # odd: half of 3 GiB + 1 KiB
+        (200 * 2**20, 64 * 2**30),  # 200 GiB available: the 64 GiB cap
+    ],
+)
+def test_default_memory_budget_on_cpu(
+    available_kib: int, budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The documented rule, by hand: half of MemAvailable (kB = KiB in /proc/meminfo), at most 64 GiB.
+    monkeypatch.setattr(ntk, "open", _FakeMeminfo(available_kib), raising=False)
+    assert default_memory_budget("cpu") == budget
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -87,13 +86,19 @@ def test_labels_outside_num_classes_are_an_error() -> None:
 
 
 def test_probe_hash_reference(digits: DataBundle) -> None:
+    # A fixed value, computed once without torch or conetool from the format that probe_hash
+    # documents (name|dtype|shape| then the little-endian bytes, for each tensor in turn):
+    #   d = hashlib.sha256()
+    #   d.update(b"inputs|torch.float32|(2, 2)|"); d.update(struct.pack("<4f", .5, -1, 2, .25))
+    #   d.update(b"labels|torch.int64|(2,)|"); d.update(struct.pack("<2q", 1, 0))
+    #   d.update(b"indices|torch.int64|(2,)|"); d.update(struct.pack("<2q", 7, 3))
+    #   d.hexdigest()[:16]
+    inputs = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
+    labels, indices = torch.tensor([1, 0]), torch.tensor([7, 3])
+    assert probe_hash(inputs, labels, indices) == "e98761ea6ffcb745"
+    assert probe_hash(inputs.T.contiguous().T, labels, indices) == "e98761ea6ffcb745"  # strides
     probe = make_probe(digits, ProbeSpec(size=10))
-    digest = hashlib.sha256()
-    for name in ("inputs", "labels", "indices"):
-        t = getattr(probe, name)
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.numpy().tobytes())
-    assert probe.hash == digest.hexdigest()[:16]
+    assert probe.hash == probe_hash(probe.inputs, probe.labels, probe.indices)
     # Any change of content, dtype or shape changes it.
     assert probe_hash(probe.inputs + 0, probe.labels, probe.indices) == probe.hash
     assert probe_hash(probe.inputs.double(), probe.labels, probe.indices) != probe.hash

@@ -250,8 +250,7 @@ def test_running_the_reproduce_commands_rebuilds_the_same_results(run, tmp_path)
         assert new[key] == old[key], key
     assert new["verdict"]["regime"] == old["verdict"]["regime"]
     assert new["verdict"]["phase1_end"] == old["verdict"]["phase1_end"]
-    for a, b in zip(old["reference_curves"], new["reference_curves"], strict=True):
-        assert b["final"] == pytest.approx(a["final"], rel=1e-5, abs=1e-9)
+    assert new["reference_curves"] == old["reference_curves"]
     old_embed = json.loads(paths.embed_summary(store).read_text())
     new_embed = json.loads(paths.embed_summary(new_store).read_text())
     for key in ("method", "dims", "seed"):
@@ -260,7 +259,9 @@ def test_running_the_reproduce_commands_rebuilds_the_same_results(run, tmp_path)
     new_switch = json.loads(paths.switch_results_json(new_store).read_text())
     assert [p["at"] for p in new_switch["points"]] == [p["at"] for p in old_switch["points"]]
     for a, b in zip(old_switch["points"], new_switch["points"], strict=True):
-        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
+        assert {k: v for k, v in b.items() if k != "seconds"} == {
+            k: v for k, v in a.items() if k != "seconds"
+        }
     assert paths.report_html(new_store).is_file()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 
 import pytest
@@ -96,13 +97,36 @@ def test_nonlinear_model_differs_and_everything_is_written(deep_run, tmp_path):
     assert [p.at for p in result.points] == [0, 4]
     standard = metrics(deep_run)
     assert result.points[0].test_loss != pytest.approx(float(standard[12]["test_loss"]), rel=1e-4)
-    for t in (0, 4):
-        payload = json.loads(paths.switch_point(store, t).read_text())
-        assert payload["at"] == t and payload["until"] == 12
-        assert paths.switch_point_metrics(store, t).exists()
     with open(paths.switch_results_csv(store)) as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["at"]) for r in rows] == [0, 4]
+    for t, summary_row in zip((0, 4), rows, strict=True):
+        payload = json.loads(paths.switch_point(store, t).read_text())
+        assert payload["at"] == t and payload["until"] == 12
+        # The per-point CSV: one row per evaluation from t to 12 (eval_every 4), in the loop's
+        # columns, holding the point JSON's rows value for value (NaN there is null here).
+        with open(paths.switch_point_metrics(store, t)) as handle:
+            reader = csv.DictReader(handle)
+            along = [{k: float(v) for k, v in r.items()} for r in reader]
+        assert reader.fieldnames == [
+            "step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"
+        ]  # fmt: skip
+        assert [r["step"] for r in along] == list(range(t, 13, 4))
+        assert [r["epoch"] for r in along] == [s / 6 for s in range(t, 13, 4)]  # 48 / batch 8
+        assert all(r["lr"] == 0.2 for r in along)  # the constant schedule
+        assert len(payload["rows"]) == len(along)
+        for row, stored in zip(along, payload["rows"], strict=True):
+            assert stored.keys() == row.keys()
+            for key, value in row.items():
+                assert stored[key] == (None if math.isnan(value) else value), (t, key)
+        # Nothing trained at t itself; after that, train numbers on the steps since the last row.
+        assert math.isnan(along[0]["train_loss"]) and math.isnan(along[0]["train_acc"])
+        assert not any(math.isnan(r["train_loss"]) for r in along[1:])
+        # The point's result is the CSV's last row, in the JSON and in results.csv alike.
+        final = {k: along[-1][k] for k in ("test_acc", "test_loss", "train_acc", "train_loss")}
+        assert {k: payload[k] for k in final} == final
+        assert {k: float(summary_row[k]) for k in final} == final
+        assert int(summary_row["until"]) == 12 and summary_row["momentum"] == payload["momentum"]
     assert paths.switch_png(store).read_bytes()[:4] == b"\x89PNG"
     summary = json.loads(paths.switch_results_json(store).read_text())
     assert summary["reference"]["source"] == "checkpoint"
