@@ -31,6 +31,7 @@ from ..store import Store
 from ..threads import limit_threads
 from ..verdict import phase_verdict
 from .matrix_cache import csv_number, kernel_matrix, write_csv
+from .saved_results import saved_phase1_end
 
 __all__ = ["METHODS", "EmbedResult", "embed"]
 
@@ -160,12 +161,18 @@ def embed(
 def _phase1_end(store: Store, key: str, steps: list[int], s: np.ndarray) -> tuple[int | None, str]:
     """The end of Phase I: from ``distance/summary.json`` when it is about these kernels (so the
     user's verdict options count), else from the verdict with default rules."""
-    path = paths.distance_summary(store.root)
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("matrix_key") == key:
-            end = saved["verdict"]["phase1_end"]
-            return (None if end is None else int(end)), "distance/summary.json"
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    if paths.distance_summary(store.root).is_file():
+        end = saved_phase1_end(store.root, matrix_key=key)
+        summary_about_these = _summary_key(store.root) == key
+        if summary_about_these:
+            return end, "distance/summary.json"
     return phase_verdict(steps, s).phase1_end, "verdict with default rules"
+
+
+def _summary_key(root: Path) -> str | None:
+    try:
+        return json.loads(paths.distance_summary(root).read_text(encoding="utf-8")).get(
+            "matrix_key"
+        )
+    except (OSError, ValueError, AttributeError):
+        return None

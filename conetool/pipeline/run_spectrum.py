@@ -12,7 +12,6 @@ The measures are defined in :mod:`conetool.kernel_spectrum`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from ..probe import load_probe
 from ..progress import NullProgress, Progress
 from ..store import Store
 from .matrix_cache import csv_number, require_kernels, write_csv
+from .saved_results import saved_phase1_end
 
 __all__ = ["SpectrumResult", "spectrum"]
 
@@ -117,7 +117,7 @@ def spectrum(
         for step, p in zip(kept, points, strict=True)
     ]
     files = [write_csv(paths.spectrum_csv(root), header, rows)]
-    end = _phase1_end(root)
+    end = saved_phase1_end(root)
     figure = spectrum_figure(
         kept,
         [p.alignment for p in points],
@@ -152,13 +152,3 @@ def _classes(store: Store, labels: np.ndarray) -> int:
     if isinstance(spec_classes, int) and spec_classes > int(labels.max(initial=0)):
         return spec_classes
     return int(labels.max(initial=0)) + 1
-
-
-def _phase1_end(root: Path) -> int | None:
-    """Phase I's end from ``conetool distance``'s verdict, when it has run."""
-    try:
-        summary = json.loads(paths.distance_summary(root).read_text())
-    except (OSError, ValueError):
-        return None
-    value = summary.get("verdict", {}).get("phase1_end")
-    return int(value) if isinstance(value, int | float) else None

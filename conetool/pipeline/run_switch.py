@@ -14,11 +14,8 @@ progress.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,53 +24,27 @@ from typing import Any
 import torch
 
 from .. import distributed, paths
-from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints, load_checkpoint
+from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
-from ..io import atomic_write_json, atomic_write_text, write_error
-from ..linearize import LinearizedModel
-from ..loop import Row, TrainingLoop, evaluate
-from ..models import output_check
-from ..optim import load_optimizer_state, make_optimizer
-from ..plots import save_figure, switch_figure
+from ..io import write_error
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
 from ..store import nearest_steps
-from ..threads import limit_threads, slow_step_watch
+from ..threads import limit_threads
 from .remembered import recorded_step_regex, use_recorded_imports
-from .resolve import iterations_per_epoch, model_for, resolve_spec
-
-REFERENCES = ("checkpoint", "train")
-RESULT_COLUMNS = (
-    "at",
-    "until",
-    "test_acc",
-    "test_loss",
-    "train_acc",
-    "train_loss",
-    "momentum",
-    "seconds",
+from .resolve import iterations_per_epoch, resolve_spec
+from .switch_points import (
+    SwitchPoint,
+    all_points,
+    point_key,
+    read_point,
+    run_point,
+    standard_reference,
+    write_sweep,
 )
 
-
-@dataclass(frozen=True)
-class SwitchPoint:
-    """The linearized continuation from step ``at`` to ``until``: its final test and train
-    metrics, where momentum came from ("saved" optimizer state or "fresh"), the metrics rows along
-    the way, and whether it was computed now or reused from the store."""
-
-    at: int
-    until: int
-    test_acc: float
-    test_loss: float
-    train_acc: float
-    train_loss: float
-    momentum: str
-    seconds: float
-    rows: list[Row] = field(default_factory=list)
-    reused: bool = False
-
-
+REFERENCES = ("checkpoint", "train")
 @dataclass(frozen=True)
 class SwitchResult:
     """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
@@ -87,12 +58,6 @@ class SwitchResult:
     notes: list[str] = field(default_factory=list)
 
 
-FOREIGN_NOTE = (
-    "these checkpoints were not written by `conetool train` (no conetool metadata): the "
-    "linearized model is trained on conetool's seeded batch order (the spec's [train] seed, "
-    "batch_size and augment), not on the batches of the loop that wrote them, so the switch "
-    "replays the spec's recipe, not your run's exact data order."
-)
 
 
 def parse_at(values: Sequence[int | str]) -> list[int]:
@@ -223,7 +188,7 @@ def _switch(
         if job.peer_failed():
             break  # another rank hit an error: stop as a single process would
         try:
-            point = _run_point(
+            point = run_point(
                 sweep.spec,
                 sweep.refs[t],
                 sweep.ckpts,
@@ -259,12 +224,12 @@ def _switch(
     )
     notes = [note for other in shares for note in other["notes"]]
 
-    def write_sweep() -> tuple[dict[str, Any] | None, list[Path]]:
+    def write_all() -> tuple[dict[str, Any] | None, list[Path]]:
         """Rank 0, once every rank is done: the standard model at T and the sweep's files."""
         if not job.is_main or failures:
             return None, []
         try:
-            ref_result = _reference(
+            ref_result = standard_reference(
                 sweep.spec,
                 sweep.refs,
                 sweep.ckpts,
@@ -278,11 +243,11 @@ def _switch(
             )
         except CheckpointError as exc:
             raise _for_switch(exc) from exc
-        return ref_result, _write_sweep(
-            store, _all_points(store, sweep.spec, T, points), ref_result, T
+        return ref_result, write_sweep(
+            store, all_points(store, sweep.spec, T, points), ref_result, T
         )
 
-    ref_result, files = job.agree(write_sweep)  # the other ranks wait for rank 0's files
+    ref_result, files = job.agree(write_all)  # the other ranks wait for rank 0's files
     if error is not None:
         raise error
     if failures:
@@ -403,7 +368,7 @@ def _for_switch(exc: CheckpointError) -> CheckpointError:
 def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
     """The points of the sweep already in the store for the same spec, T and checkpoint."""
     return [
-        _read_point(store, t, _point_key(sweep.spec, sweep.until, fingerprint(sweep.refs[t])))
+        read_point(store, t, point_key(sweep.spec, sweep.until, fingerprint(sweep.refs[t])))
         for t in sweep.points_at
     ]
 
@@ -439,205 +404,3 @@ def _locate(
     if spec is None and manifest is not None and not paths.spec(ckpts_dir).is_file():
         spec = spec_from_dict(manifest["spec"], source=f"{manifest_path} (spec)")
     return ckpts_dir, resolve_spec(ckpts_dir, spec), manifest
-
-
-def _point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
-    return {"spec_hash": spec.hash(), "until": until, "source_fingerprint": fingerprint}
-
-
-def _run_point(
-    spec: Spec,
-    ref: CheckpointRef,
-    ckpts: Path,
-    until: int,
-    data: DataBundle,
-    device: torch.device,
-    store: Path,
-    threads: int,
-    progress: Progress,
-    notes: list[str],
-) -> SwitchPoint:
-    t = ref.step
-    model = model_for(spec)
-    loaded = load_checkpoint(model, ref)  # refuses non-finite weights, names the file
-    assert loaded is not None
-    if loaded.metadata.get("format") != "conetool" and FOREIGN_NOTE not in notes:
-        notes.append(FOREIGN_NOTE)
-    key = _point_key(spec, until, loaded.fingerprint)
-    done = _read_point(store, t, key)
-    if done is not None:
-        return done
-    output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
-    began = time.perf_counter()
-    lin = LinearizedModel(model).to(device)
-    optimizer, momentum = _optimizer_at(lin, spec, ckpts, t)
-    if momentum == "fresh":
-        notes.append(f"t={t}: no optimizer state beside the checkpoint; momentum starts at zero")
-    # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
-    watch = slow_step_watch(model, data, spec, device, threads, progress, passes=6.0)
-    loop = TrainingLoop(
-        spec, lin, optimizer, data, device, progress, description=f"switch t={t}", on_step=watch
-    )
-    rows = loop.run(t, until)
-    last = rows[-1]
-    train_rows = [r for r in rows if r["train_loss"] == r["train_loss"]]  # not NaN
-    point = SwitchPoint(
-        at=t,
-        until=until,
-        test_acc=last["test_acc"],
-        test_loss=last["test_loss"],
-        train_acc=train_rows[-1]["train_acc"] if train_rows else float("nan"),
-        train_loss=train_rows[-1]["train_loss"] if train_rows else float("nan"),
-        momentum=momentum,
-        seconds=round(time.perf_counter() - began, 3),
-        rows=rows,
-    )
-    atomic_write_text(paths.switch_point_metrics(store, t), _rows_csv(rows))
-    payload = {**asdict(point), "key": key, "checkpoint": [str(p) for p in ref.paths]}
-    payload.pop("reused")
-    atomic_write_json(paths.switch_point(store, t), payload)
-    return point
-
-
-def _optimizer_at(
-    model: torch.nn.Module, spec: Spec, ckpts: Path, step: int
-) -> tuple[torch.optim.Optimizer, str]:
-    """The spec's optimizer over ``model``'s trainable parameters, with the state saved beside
-    the checkpoint of ``step`` when there is one ("saved"), else fresh ("fresh")."""
-    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
-    saved = paths.optimizer_state(ckpts, step)
-    if not saved.is_file():
-        return optimizer, "fresh"
-    load_optimizer_state(optimizer, saved)
-    return optimizer, "saved"
-
-
-def _read_point(store: Path, t: int, key: dict[str, Any]) -> SwitchPoint | None:
-    """A finished point of the same spec, T and checkpoint content, or None."""
-    path = paths.switch_point(store, t)
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # damaged: recomputed and rewritten
-    if payload.get("key") != key:
-        return None
-    fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
-    return SwitchPoint(**{**fields, "reused": True})
-
-
-def _all_points(
-    store: Path, spec: Spec, until: int, current: list[SwitchPoint]
-) -> list[SwitchPoint]:
-    """This sweep's points plus those earlier sweeps left in the store for the same spec and T."""
-    points = {p.at: p for p in current}
-    for path in sorted(paths.switch_dir(store).glob("at_*.json")):
-        try:
-            payload = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        key = payload.get("key", {})
-        if key.get("spec_hash") != spec.hash() or key.get("until") != until:
-            continue
-        if payload.get("at") not in points:
-            fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
-            points[payload["at"]] = SwitchPoint(**{**fields, "reused": True})
-    return [points[t] for t in sorted(points)]
-
-
-def _reference(
-    spec: Spec,
-    refs: dict[int, CheckpointRef],
-    ckpts: Path,
-    until: int,
-    data: DataBundle,
-    device: torch.device,
-    store: Path,
-    how: str,
-    progress: Progress,
-    notes: list[str],
-) -> dict[str, Any] | None:
-    """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
-    continued from the last checkpoint before T."""
-    model = model_for(spec).to(device)
-    if how == "checkpoint":
-        if until not in refs:
-            notes.append(
-                f"no checkpoint of step {until} in {ckpts}: the figure has no standard-training "
-                "line. Pass --reference train to train the standard continuation to T."
-            )
-            return None
-        load_checkpoint(model, refs[until])
-        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
-        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
-    start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
-    if start is None:
-        raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
-    path = paths.switch_reference(store)
-    loaded = load_checkpoint(model, refs[start])
-    assert loaded is not None
-    key = {**_point_key(spec, until, loaded.fingerprint), "from": start}
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous.get("key") == key:
-            return previous["reference"]
-    optimizer, _ = _optimizer_at(model, spec, ckpts, start)
-    loop = TrainingLoop(spec, model, optimizer, data, device, progress, description="standard")
-    last = loop.run(start, until)[-1]
-    result = {
-        "step": until,
-        "test_acc": last["test_acc"],
-        "test_loss": last["test_loss"],
-        "source": f"trained from step {start}",
-    }
-    atomic_write_json(path, {"key": key, "reference": result})
-    return result
-
-
-def _write_sweep(
-    store: Path, points: list[SwitchPoint], reference: dict[str, Any] | None, until: int
-) -> list[Path]:
-    """results.csv / results.json / switch.png over ``points`` (every finished point of this
-    spec and T in the store)."""
-    rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(paths.switch_results_csv(store), text.getvalue())
-    summary = {"until": until, "reference": reference, "points": rows}
-    atomic_write_json(paths.switch_results_json(store), summary)
-    figure = switch_figure(
-        [p.at for p in points],
-        [p.test_acc for p in points],
-        [p.test_loss for p in points],
-        reference_acc=reference["test_acc"] if reference else None,
-        reference_loss=reference["test_loss"] if reference else None,
-        until=until,
-        phase1_end=_phase1_end(store),
-    )
-    save_figure(figure, paths.switch_png(store))
-    return [
-        paths.switch_results_csv(store),
-        paths.switch_results_json(store),
-        paths.switch_png(store),
-    ]
-
-
-def _phase1_end(store: Path) -> int | None:
-    """Phase I's end from ``conetool distance``'s verdict, when it has run."""
-    try:
-        summary = json.loads(paths.distance_summary(store).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    value = summary.get("verdict", {}).get("phase1_end")
-    return int(value) if isinstance(value, int | float) else None
-
-
-def _rows_csv(rows: list[Row]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()

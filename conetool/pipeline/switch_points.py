@@ -1,0 +1,263 @@
+"""One switch point and the sweep's files: train the linearized model from step t to T, read a
+finished point back, the standard model at T, and results.csv / results.json / switch.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import paths
+from ..checkpoints import CheckpointRef, load_checkpoint
+from ..data import DataBundle
+from ..errors import CheckpointError
+from ..io import atomic_write_json, atomic_write_text
+from ..linearize import LinearizedModel
+from ..loop import Row, TrainingLoop, evaluate
+from ..models import output_check
+from ..optim import load_optimizer_state, make_optimizer
+from ..plots import save_figure, switch_figure
+from ..progress import Progress
+from ..spec import Spec
+from ..threads import slow_step_watch
+from .resolve import model_for
+from .saved_results import saved_phase1_end
+
+FOREIGN_NOTE = (
+    "these checkpoints were not written by `conetool train` (no conetool metadata): the "
+    "linearized model is trained on conetool's seeded batch order (the spec's [train] seed, "
+    "batch_size and augment), not on the batches of the loop that wrote them, so the switch "
+    "replays the spec's recipe, not your run's exact data order."
+)
+
+RESULT_COLUMNS = (
+    "at",
+    "until",
+    "test_acc",
+    "test_loss",
+    "train_acc",
+    "train_loss",
+    "momentum",
+    "seconds",
+)
+
+
+@dataclass(frozen=True)
+class SwitchPoint:
+    """The linearized continuation from step ``at`` to ``until``: its final test and train
+    metrics, where momentum came from ("saved" optimizer state or "fresh"), the metrics rows along
+    the way, and whether it was computed now or reused from the store."""
+
+    at: int
+    until: int
+    test_acc: float
+    test_loss: float
+    train_acc: float
+    train_loss: float
+    momentum: str
+    seconds: float
+    rows: list[Row] = field(default_factory=list)
+    reused: bool = False
+
+
+
+
+def point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
+    return {"spec_hash": spec.hash(), "until": until, "source_fingerprint": fingerprint}
+
+
+def run_point(
+    spec: Spec,
+    ref: CheckpointRef,
+    ckpts: Path,
+    until: int,
+    data: DataBundle,
+    device: torch.device,
+    store: Path,
+    threads: int,
+    progress: Progress,
+    notes: list[str],
+) -> SwitchPoint:
+    t = ref.step
+    model = model_for(spec)
+    loaded = load_checkpoint(model, ref)  # refuses non-finite weights, names the file
+    assert loaded is not None
+    if loaded.metadata.get("format") != "conetool" and FOREIGN_NOTE not in notes:
+        notes.append(FOREIGN_NOTE)
+    key = point_key(spec, until, loaded.fingerprint)
+    done = read_point(store, t, key)
+    if done is not None:
+        return done
+    output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
+    began = time.perf_counter()
+    lin = LinearizedModel(model).to(device)
+    optimizer, momentum = optimizer_at(lin, spec, ckpts, t)
+    if momentum == "fresh":
+        notes.append(f"t={t}: no optimizer state beside the checkpoint; momentum starts at zero")
+    # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
+    watch = slow_step_watch(model, data, spec, device, threads, progress, passes=6.0)
+    loop = TrainingLoop(
+        spec, lin, optimizer, data, device, progress, description=f"switch t={t}", on_step=watch
+    )
+    rows = loop.run(t, until)
+    last = rows[-1]
+    train_rows = [r for r in rows if r["train_loss"] == r["train_loss"]]  # not NaN
+    point = SwitchPoint(
+        at=t,
+        until=until,
+        test_acc=last["test_acc"],
+        test_loss=last["test_loss"],
+        train_acc=train_rows[-1]["train_acc"] if train_rows else float("nan"),
+        train_loss=train_rows[-1]["train_loss"] if train_rows else float("nan"),
+        momentum=momentum,
+        seconds=round(time.perf_counter() - began, 3),
+        rows=rows,
+    )
+    atomic_write_text(paths.switch_point_metrics(store, t), rows_csv(rows))
+    payload = {**asdict(point), "key": key, "checkpoint": [str(p) for p in ref.paths]}
+    payload.pop("reused")
+    atomic_write_json(paths.switch_point(store, t), payload)
+    return point
+
+
+def optimizer_at(
+    model: torch.nn.Module, spec: Spec, ckpts: Path, step: int
+) -> tuple[torch.optim.Optimizer, str]:
+    """The spec's optimizer over ``model``'s trainable parameters, with the state saved beside
+    the checkpoint of ``step`` when there is one ("saved"), else fresh ("fresh")."""
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
+    saved = paths.optimizer_state(ckpts, step)
+    if not saved.is_file():
+        return optimizer, "fresh"
+    load_optimizer_state(optimizer, saved)
+    return optimizer, "saved"
+
+
+def read_point(store: Path, t: int, key: dict[str, Any]) -> SwitchPoint | None:
+    """A finished point of the same spec, T and checkpoint content, or None."""
+    path = paths.switch_point(store, t)
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # damaged: recomputed and rewritten
+    if payload.get("key") != key:
+        return None
+    fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
+    return SwitchPoint(**{**fields, "reused": True})
+
+
+def all_points(
+    store: Path, spec: Spec, until: int, current: list[SwitchPoint]
+) -> list[SwitchPoint]:
+    """This sweep's points plus those earlier sweeps left in the store for the same spec and T."""
+    points = {p.at: p for p in current}
+    for path in sorted(paths.switch_dir(store).glob("at_*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        key = payload.get("key", {})
+        if key.get("spec_hash") != spec.hash() or key.get("until") != until:
+            continue
+        if payload.get("at") not in points:
+            fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
+            points[payload["at"]] = SwitchPoint(**{**fields, "reused": True})
+    return [points[t] for t in sorted(points)]
+
+
+def standard_reference(
+    spec: Spec,
+    refs: dict[int, CheckpointRef],
+    ckpts: Path,
+    until: int,
+    data: DataBundle,
+    device: torch.device,
+    store: Path,
+    how: str,
+    progress: Progress,
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
+    continued from the last checkpoint before T."""
+    model = model_for(spec).to(device)
+    if how == "checkpoint":
+        if until not in refs:
+            notes.append(
+                f"no checkpoint of step {until} in {ckpts}: the figure has no standard-training "
+                "line. Pass --reference train to train the standard continuation to T."
+            )
+            return None
+        load_checkpoint(model, refs[until])
+        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
+        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
+    start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
+    if start is None:
+        raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
+    path = paths.switch_reference(store)
+    loaded = load_checkpoint(model, refs[start])
+    assert loaded is not None
+    key = {**point_key(spec, until, loaded.fingerprint), "from": start}
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("key") == key:
+            return previous["reference"]
+    optimizer, _ = optimizer_at(model, spec, ckpts, start)
+    loop = TrainingLoop(spec, model, optimizer, data, device, progress, description="standard")
+    last = loop.run(start, until)[-1]
+    result = {
+        "step": until,
+        "test_acc": last["test_acc"],
+        "test_loss": last["test_loss"],
+        "source": f"trained from step {start}",
+    }
+    atomic_write_json(path, {"key": key, "reference": result})
+    return result
+
+
+def write_sweep(
+    store: Path, points: list[SwitchPoint], reference: dict[str, Any] | None, until: int
+) -> list[Path]:
+    """results.csv / results.json / switch.png over ``points`` (every finished point of this
+    spec and T in the store)."""
+    rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(paths.switch_results_csv(store), text.getvalue())
+    summary = {"until": until, "reference": reference, "points": rows}
+    atomic_write_json(paths.switch_results_json(store), summary)
+    figure = switch_figure(
+        [p.at for p in points],
+        [p.test_acc for p in points],
+        [p.test_loss for p in points],
+        reference_acc=reference["test_acc"] if reference else None,
+        reference_loss=reference["test_loss"] if reference else None,
+        until=until,
+        phase1_end=saved_phase1_end(store),
+    )
+    save_figure(figure, paths.switch_png(store))
+    return [
+        paths.switch_results_csv(store),
+        paths.switch_results_json(store),
+        paths.switch_png(store),
+    ]
+
+
+
+
+def rows_csv(rows: list[Row]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
