@@ -410,10 +410,10 @@ def _choose(
     """``"kron"`` or ``"dense"``: the cheaper way (in multiply-adds) to contract one layer's weight.
 
     Dense: per-example gradients (``n·k·T·p`` to form) and their products (``pairs`` of
-    ``k·p``-wide rows, ``n(n+1)/2`` by default; ``full``: ``k²·p`` per pair). Kron: per pair
-    ``T²·(d_a + k·d_g)`` in two products (``full``: ``T²·(d_a + k²·d_g)``) plus the elementwise
-    product and sum, counted four times over as it runs at memory speed; grouped convolutions are
-    always dense.
+    ``k·p``-wide rows, ``n(n+1)/2`` by default; ``full``: ``k²·p`` per pair). Factored ("kron"):
+    per pair ``T²·(d_a + k·d_g)`` in two products (``full``: ``T²·(d_a + k²·d_g)``) plus the
+    elementwise product and sum, counted four times over as it runs at memory speed; grouped
+    convolutions are always dense.
     """
     if pairs is None:
         pairs = n * (n + 1) / 2
