@@ -34,9 +34,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
-from conetool import ntk, ntk_precision
+from conetool import ntk_precision, ntk_schedule
 from conetool.models import lenet5, lenet_300_100, mlp, resnet20, vgg16
 from conetool.ntk import empirical_ntk
+from conetool.ntk_reference import JacobianRows
 
 MODELS = {
     "mlp": (lambda: mlp((1, 28, 28), 10), (1, 28, 28)),
@@ -116,17 +117,17 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def auto_choice(model: nn.Module, x: torch.Tensor, device: torch.device) -> str:
     """The engine ``method="auto"`` picks for ``model`` on ``x``."""
     picked: list[str] = []
-    original = ntk._plan
+    original = ntk_schedule.plan
 
     def spy(source, *args, **kwargs):  # type: ignore[no-untyped-def]
-        picked.append("jacobian" if isinstance(source, ntk._JacobianRows) else "structured")
+        picked.append("jacobian" if isinstance(source, JacobianRows) else "structured")
         return original(source, *args, **kwargs)
 
-    ntk._plan = spy
+    ntk_schedule.plan = spy
     try:
         empirical_ntk(model, x, device=device)
     finally:
-        ntk._plan = original
+        ntk_schedule.plan = original
     return picked[-1]
 
 

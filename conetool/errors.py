@@ -30,3 +30,7 @@ class CheckpointError(ConetoolError):
 
 class StoreError(ConetoolError):
     """The output store (or a training output directory) is missing, mixed or inconsistent."""
+
+
+class MemoryBudgetError(ConetoolError):
+    """The memory budget (``--max-memory``) is too small, or the device ran out of memory."""

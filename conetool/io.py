@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .errors import StoreError
+from .units import format_bytes
 
 # The errors of a file system that cannot take a write: full, over quota, read-only, not ours.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -145,14 +146,6 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     """Write ``payload`` as strict, indented JSON (see :func:`json_safe`) atomically."""
     text = json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
     atomic_write_text(path, text)
-
-
-def format_bytes(size: float, digits: int = 1) -> str:
-    """``size`` bytes in a short human form: ``"84.4 KiB"``, ``"1.5 GiB"``, ``"512 B"``."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.{digits}f} {unit}"
-    return f"{int(size)} B"
 
 
 def atomic_save_safetensors(

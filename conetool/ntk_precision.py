@@ -1,4 +1,4 @@
-"""The switch for the eNTK engine's float32 accuracy fixes, in one private place.
+"""The eNTK engine's float32 precision: the switch for its accuracy fixes, and TF32 turned off.
 
 A float32 kernel is computed as exactly as the network allows (within 1e-6 relative Frobenius
 error of a float64 explicit-Jacobian kernel on the built-in models; see the README's accuracy table
@@ -15,6 +15,8 @@ and ``benchmarks/bench_accuracy.py``) by two fixes, both on by default:
   as the reference engine's ``vmap`` over single examples uses, is not); PyTorch's own convolution
   is exact to about 2e-7. The reference engine keeps oneDNN: it is exact there, and about five
   times slower without it.
+
+TF32 is not one of these switches: :func:`no_tf32` turns it off for every eNTK computation.
 
 :func:`accurate` switches both off and on, so that a benchmark can time "before" and "after" in
 one process (``benchmarks/bench_accuracy.py``). The flag is process-wide, like PyTorch's own
@@ -69,3 +71,17 @@ def outside_onednn(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.mkldnn.enabled = previous
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Full float32 precision in CUDA matrix products and convolutions."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    cudnn = torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn

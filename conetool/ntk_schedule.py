@@ -17,6 +17,11 @@ example's rows and one example's share of a call take. This module plans and run
 Only products on or above the block diagonal are computed (``H[j, i] = H[i, j]^T``); a panel's
 product with itself uses BLAS ``syrk`` for large dense terms on the CPU (half the work of a
 product), and upper-triangular sub-blocks elsewhere. The plan uses 90% of the budget.
+
+A cross kernel ``K(x1, x2)`` (``n2`` given: the source's examples ``0:n`` are ``x1``, ``n:n + n2``
+are ``x2``) runs the same schedule with the panels taken from ``x1`` only and every example of
+``x2`` streamed against each panel: one pass when all of ``x1``'s rows fit beside a streamed block
+(each row computed once), else ``x2``'s rows are recomputed once per panel.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import torch
 from torch import Tensor
 
 from . import ntk_terms
-from .errors import ConetoolError
-from .io import format_bytes
+from .errors import MemoryBudgetError
 from .ntk_terms import Term
+from .units import format_bytes
 
 # Activations in flight in one call. Measured on a CPU, a vmap call's time per example grows with
 # its activations (resnet20: 16 examples per call are 30% faster per example than 128); small
@@ -46,10 +51,6 @@ _MIN_CHUNK = 8
 _SUB_ROWS = 512
 
 
-class MemoryBudgetError(ConetoolError):
-    """The memory budget (``--max-memory``) is too small, or the device ran out of memory."""
-
-
 class RowSource(Protocol):
     """What an engine gives the schedule.
 
@@ -58,10 +59,11 @@ class RowSource(Protocol):
     otherwise. ``resident(g)``: bytes of one example's rows for ``g`` cotangents.
     ``transient(g)``: bytes one example adds to a call (its activations, gradients in flight, its
     rows and a copy of them). ``activations(g)``: the part of ``transient(g)`` that is activations
-    (calls are kept below ``_ACTIVATION_BYTES`` of them). ``fixed``: bytes the engine holds for the
-    whole computation (parameter copies, workspaces).
+    (calls are kept below ``_ACTIVATION_BYTES`` of them). ``c``: outputs per example. ``fixed``:
+    bytes the engine holds for the whole computation (parameter copies, workspaces).
     """
 
+    c: int
     fixed: int
 
     def rows(self, cot: Tensor, lo: int, hi: int) -> list[Term]: ...
@@ -74,7 +76,7 @@ class RowSource(Protocol):
 
 
 @dataclass(frozen=True)
-class Plan:
+class Schedule:
     """The block schedule.
 
     ``groups``: the cotangent sets, each ``(g, c)``; a unit is one example's ``g`` rows.
@@ -88,16 +90,28 @@ class Plan:
 
 
 def plan(
-    source: RowSource, kind: str, n: int, c: int, budget: int, what: str, device: torch.device
-) -> Plan:
+    source: RowSource,
+    kind: str,
+    n: int,
+    c: int,
+    budget: int,
+    what: str,
+    device: torch.device,
+    n2: int | None = None,
+) -> Schedule:
     """Choose cotangent groups, panel and chunk sizes so that the estimated peak fits ``budget``.
 
     Estimated bytes: ``resident examples · resident(g) + chunk · transient(g) + fixed``, where
     ``fixed`` adds the float64 kernel with its float32 copy for the caller and the block products,
     and 32 MiB of workspace to the source's own. ``what`` names one unit in the error message.
+    ``n2``: the second set's examples of a cross kernel (panels come from the first ``n`` only).
     """
-    size = n * (c if kind == "full" else 1)
-    fixed = 2 * size * size * 8 + source.fixed + 32 * 2**20
+    per_unit = c if kind == "full" else 1
+    size = n * per_unit
+    cols = size if n2 is None else n2 * per_unit
+    streamed = n if n2 is None else n2  # examples streamed against a panel in all
+    calls = max(n, streamed)  # examples the chunk size is balanced over
+    fixed = 2 * size * cols * 8 + source.fixed + 32 * 2**20
     eye = torch.eye(c)
     if kind == "sum":
         choices = [1]
@@ -117,11 +131,11 @@ def plan(
 
     # One pass: every example's rows for a group of g cotangents resident at once. The largest g
     # whose calls still take a reasonable number of examples at once; then any g at all.
-    for smallest in (min(n, _MIN_CHUNK), 1):
+    for smallest in (min(streamed, _MIN_CHUNK), 1):
         for g in choices:
             room = avail - n * source.resident(g)
             if room >= smallest * source.transient(g):
-                return Plan(_groups(kind, c, g, eye), panel=n, chunk=chunk_size(g, room, n))
+                return Schedule(_groups(kind, c, g, eye), panel=n, chunk=chunk_size(g, room, calls))
     # Panels: resident panel + streamed blocks, with the smallest unit.
     g = choices[-1]
     unit = source.resident(g) + source.transient(g)
@@ -129,17 +143,17 @@ def plan(
     if budget < minimum:
         raise MemoryBudgetError(
             f"--max-memory {format_bytes(budget, digits=2)} is too small for this model: {what} "
-            f"with its activations and the {size} x {size} kernel need at least "
+            f"with its activations and the {size} x {cols} kernel need at least "
             f"{format_bytes(minimum, digits=2)} ({minimum:,} bytes) on {device}. Raise "
             f"--max-memory to at least {format_bytes(minimum, digits=2)}."
         )
     # Streamed blocks take at most an eighth of the budget, so that most of it holds the panel
     # (the larger the panel, the less is recomputed).
-    chunk = chunk_size(g, max(avail // 8, source.transient(g)), n)
+    chunk = chunk_size(g, max(avail // 8, source.transient(g)), calls)
     panel = max(1, (avail - chunk * source.transient(g)) // source.resident(g))
     panels = math.ceil(n / panel)
     panel = math.ceil(n / panels)
-    return Plan(_groups(kind, c, g, eye), panel=panel, chunk=chunk)
+    return Schedule(_groups(kind, c, g, eye), panel=panel, chunk=chunk)
 
 
 def _groups(kind: str, c: int, g: int, eye: Tensor) -> tuple[Tensor, ...]:
@@ -152,29 +166,36 @@ def _groups(kind: str, c: int, g: int, eye: Tensor) -> tuple[Tensor, ...]:
     return tuple(eye[lo:hi] for lo, hi in itertools.pairwise(bounds))
 
 
-def count_steps(schedule: Plan, n: int) -> int:
+def count_steps(schedule: Schedule, n: int, n2: int | None = None) -> int:
     """Number of ``on_block`` calls: row-source calls (panel chunks and streamed blocks)."""
     total = 0
     for start in range(0, n, schedule.panel):
         stop = min(start + schedule.panel, n)
-        total += math.ceil((stop - start) / schedule.chunk) + math.ceil((n - stop) / schedule.chunk)
+        streamed = n - stop if n2 is None else n2
+        total += math.ceil((stop - start) / schedule.chunk) + math.ceil(streamed / schedule.chunk)
     return total * len(schedule.groups)
 
 
 def run(
     source: RowSource,
-    schedule: Plan,
+    schedule: Schedule,
     kind: str,
     n: int,
     c: int,
     dtype: torch.dtype,
     device: torch.device,
     on_block: Callable[[int, int], None] | None,
+    n2: int | None = None,
 ) -> Tensor:
-    """The kernel as a float64 tensor on ``device``: ``(n, n)``, or ``(n, c, n, c)`` for ``full``."""
+    """The kernel as a float64 tensor on ``device``: ``(n, n)``, or ``(n, c, n, c)`` for ``full``.
+
+    With ``n2``, the cross kernel between the source's examples ``0:n`` and ``n:n + n2``:
+    ``(n, n2)``, or ``(n, c, n2, c)`` for ``full``.
+    """
     per_unit = c if kind == "full" else 1  # kernel rows per example
-    kernel = torch.zeros(n * per_unit, n * per_unit, dtype=torch.float64, device=device)
-    steps = count_steps(schedule, n)
+    cols = n if n2 is None else n2
+    kernel = torch.zeros(n * per_unit, cols * per_unit, dtype=torch.float64, device=device)
+    steps = count_steps(schedule, n, n2)
     done = 0
 
     def call(cot: Tensor, lo: int, hi: int) -> list[Term]:
@@ -218,19 +239,27 @@ def run(
         for start in range(0, n, schedule.panel):
             stop = min(start + schedule.panel, n)
             pieces = panel_pieces(cot, start, stop)
-            _add_self(kernel, pieces)
+            if n2 is None:
+                _add_self(kernel, pieces)
             if on_block is not None:
                 on_block(done, steps)
-            for lo in range(stop, n, schedule.chunk):
-                hi = min(lo + schedule.chunk, n)
-                _add_block(kernel, pieces, call(cot, lo, hi), lo * per_unit)
-                if on_block is not None:
-                    on_block(done, steps)
+            if n2 is None:
+                for lo in range(stop, n, schedule.chunk):
+                    hi = min(lo + schedule.chunk, n)
+                    _add_block(kernel, pieces, call(cot, lo, hi), lo * per_unit)
+                    if on_block is not None:
+                        on_block(done, steps)
+            else:
+                for lo in range(n, n + n2, schedule.chunk):
+                    hi = min(lo + schedule.chunk, n + n2)
+                    _add_cross(kernel, pieces, call(cot, lo, hi), (lo - n) * per_unit)
+                    if on_block is not None:
+                        on_block(done, steps)
             # Free the panel before the next one is computed (a loop variable still holding one
             # of its pieces would keep two panels alive at once).
             del pieces
     if kind == "full":
-        kernel = kernel.view(n, c, n, c)
+        kernel = kernel.view(n, c, cols, c)
     return kernel
 
 
@@ -245,6 +274,17 @@ def _add_block(
         rows = slice(row, row + product.shape[0])
         kernel[rows, cols] += product
         kernel[cols, rows] += product.T
+
+
+def _add_cross(
+    kernel: Tensor, pieces: list[tuple[int, list[Term]]], block: list[Term], col: int
+) -> None:
+    """Add the products of every piece of the resident panel with a streamed ``block`` of the
+    second set (kernel columns from ``col``) to the cross ``kernel``."""
+    cols = slice(col, col + ntk_terms.rows_of(block))
+    for row, left in pieces:
+        product = ntk_terms.contract(left, block)
+        kernel[slice(row, row + product.shape[0]), cols] += product
 
 
 def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]]) -> None:

@@ -7,10 +7,11 @@ entry of two rows is the sum over terms of the inner product of their rows:
 - :class:`Dense`: the rows themselves, a matrix ``(rows, width)``; the product of two blocks is
   ``left @ right.T``. For ``trace``/``sum`` one row is an example's gradients for the ``g``
   cotangents of its group laid side by side (``width = g·p_t``), so the product sums over them.
-- :class:`Kron`: a layer whose weight gradient is ``Σ_t g_t ⊗ a_t`` over positions ``t`` (a Linear
-  layer: its tokens, or its calls when applied more than once; a convolution: its output pixels),
-  kept as its factors: inputs ``a`` ``(b, T, d_a)`` and output cotangents ``g`` ``(b, k, T, d_g)``
-  (``k`` cotangents per example). The inner product of two examples' weight gradients is
+- :class:`FactoredGrad`: a per-example gradient kept as factors. A layer whose weight gradient is
+  ``Σ_t g_t ⊗ a_t`` over positions ``t`` (a Linear layer: its tokens, or its calls when applied
+  more than once; a convolution: its output pixels) keeps its factors: inputs ``a``
+  ``(b, T, d_a)`` and output cotangents ``g`` ``(b, k, T, d_g)`` (``k`` cotangents per example).
+  The inner product of two examples' weight gradients is
   ``Σ_{t,t'} (a_it · a_jt') (g_it · g_jt')``, which never forms a ``d_g × d_a`` gradient: for a
   Linear layer (``T = 1``) it costs ``d_a + k·d_g`` per pair instead of ``k·d_a·d_g``.
 
@@ -50,7 +51,7 @@ _PIECE_ELEMENTS = 2**22
 # Columns per piece of the syrk path when the accuracy fixes are on (syrk needs wide pieces to be
 # fast; 256-512 rows of 368,640 columns: 4e-7 in one call, 6e-8 in pieces of 32,768).
 _SYRK_CHUNK = 32768
-# Largest intermediate (elements) of a Kron product with positions (T > 1); larger products are
+# Largest intermediate (elements) of a FactoredGrad product with positions (T > 1); larger products are
 # computed in slices of the left block.
 _KRON_ELEMENTS = 2**24
 
@@ -70,7 +71,7 @@ class Dense:
 
 
 @dataclass(frozen=True)
-class Kron:
+class FactoredGrad:
     """A layer's rows as factors: ``a`` ``(b, T, d_a)``, ``g`` ``(b, k, T, d_g)``.
 
     ``full``: the block has ``b·k`` rows, row ``(i, j)`` being example ``i``'s gradient for its
@@ -86,15 +87,15 @@ class Kron:
     def rows(self) -> int:
         return self.a.shape[0] * (self.g.shape[1] if self.full else 1)
 
-    def __getitem__(self, rows: slice) -> Kron:
+    def __getitem__(self, rows: slice) -> FactoredGrad:
         per = self.g.shape[1] if self.full else 1
         lo, hi, _ = rows.indices(self.rows)
         if lo % per or hi % per:  # pragma: no cover - the scheduler cuts at example boundaries
-            raise ValueError("a Kron block is sliced at example boundaries only")
-        return Kron(self.a[lo // per : hi // per], self.g[lo // per : hi // per], self.full)
+            raise ValueError("a FactoredGrad block is sliced at example boundaries only")
+        return FactoredGrad(self.a[lo // per : hi // per], self.g[lo // per : hi // per], self.full)
 
 
-Term = Dense | Kron
+Term = Dense | FactoredGrad
 
 
 def empty_like(block: list[Term], examples: int, per: int) -> list[Term]:
@@ -106,7 +107,7 @@ def empty_like(block: list[Term], examples: int, per: int) -> list[Term]:
             out.append(Dense(term.mat.new_empty(examples * per, term.mat.shape[1])))
         else:
             out.append(
-                Kron(
+                FactoredGrad(
                     term.a.new_empty(examples, *term.a.shape[1:]),
                     term.g.new_empty(examples, *term.g.shape[1:]),
                     term.full,
@@ -127,9 +128,9 @@ def write(dest: list[Term], part: list[Term], first: int, per: int) -> None:
 
 
 def block_examples(block: list[Term]) -> int:
-    """Examples in a block (its Kron terms know; else every row is taken as one example's)."""
+    """Examples in a block (its FactoredGrad terms know; else every row is taken as one example's)."""
     for term in block:
-        if isinstance(term, Kron):
+        if isinstance(term, FactoredGrad):
             return term.a.shape[0]
     return block[0].rows
 
@@ -148,7 +149,7 @@ def contract(left: list[Term], right: list[Term]) -> Tensor:
         if isinstance(a, Dense):
             total += product(a.mat, b.mat)  # type: ignore[union-attr]
         else:
-            _kron_product(a, b, total)  # type: ignore[arg-type]
+            _factored_product(a, b, total)  # type: ignore[arg-type]
     return total
 
 
@@ -160,9 +161,9 @@ def gram(block: list[Term]) -> Tensor:
         if isinstance(term, Dense):
             total += _self_product(term.mat)
         elif term.a.shape[1] == 1:
-            _kron_gram(term, total)
+            _factored_gram(term, total)
         else:
-            _kron_product(term, term, total)
+            _factored_product(term, term, total)
     return (total + total.T) / 2
 
 
@@ -205,8 +206,8 @@ def _device(term: Term) -> torch.device:
     return term.mat.device if isinstance(term, Dense) else term.a.device
 
 
-def _kron_gram(term: Kron, out: Tensor) -> None:
-    """:func:`_kron_product` of a block with itself when ``T = 1``, with symmetric products."""
+def _factored_gram(term: FactoredGrad, out: Tensor) -> None:
+    """:func:`_factored_product` of a block with itself when ``T = 1``, with symmetric products."""
     b, k = term.g.shape[:2]
     aa = _self_product(term.a[:, 0])
     if term.full:
@@ -240,8 +241,8 @@ def _self_product(mat: Tensor) -> Tensor:
     return upper + upper.triu(1).T
 
 
-def _kron_product(left: Kron, right: Kron, out: Tensor) -> None:
-    """Add the kernel entries between two Kron blocks of one layer to ``out`` (float64)."""
+def _factored_product(left: FactoredGrad, right: FactoredGrad, out: Tensor) -> None:
+    """Add the kernel entries between two FactoredGrad blocks of one layer to ``out`` (float64)."""
     bl, t, da = left.a.shape
     br, u, _ = right.a.shape
     k = left.g.shape[1]

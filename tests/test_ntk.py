@@ -169,14 +169,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def record_plans(monkeypatch: pytest.MonkeyPatch) -> list:
     plans: list = []
-    original = ntk._plan
+    original = ntk_schedule.plan
 
     def spy(*args, **kwargs):
         plan = original(*args, **kwargs)
         plans.append(plan)
         return plan
 
-    monkeypatch.setattr(ntk, "_plan", spy)
+    monkeypatch.setattr(ntk_schedule, "plan", spy)
     return plans
 
 

@@ -3,8 +3,8 @@
 Every model is checked per kind against ``reference`` (one ``autograd.grad`` per example and logit)
 and, where cheap, against the reference engine (``method="jacobian"``). The per-layer choices
 (kron, dense, local, fallback) are watched through the :class:`StructuredRows` instance the engine
-builds, and the internal paths (Kron products with positions and their slicing, BLAS syrk, forced
-kron/dense, the blocked schedule) are forced with monkeypatches so that small models reach them.
+builds, and the internal paths (FactoredGrad products with positions and their slicing, BLAS
+syrk, forced kron/dense, the blocked schedule) are forced with monkeypatches so that small models reach them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from test_ntk import MODELS, explicit_jacobian, record_plans, reference, rel
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from conetool import ntk, ntk_structured, ntk_terms
+from conetool import ntk, ntk_reference, ntk_schedule, ntk_structured, ntk_terms
 from conetool.errors import ConetoolError
 from conetool.ntk import MemoryBudgetError, empirical_ntk
 from conetool.ntk_structured import StructuredRows
@@ -640,13 +640,13 @@ class LocalOnly(nn.Module):
 def record_source_types(monkeypatch: pytest.MonkeyPatch) -> list[type]:
     """The class of the row source each plan is made for."""
     types: list[type] = []
-    original = ntk._plan
+    original = ntk_schedule.plan
 
     def spy(source, *args, **kwargs):  # type: ignore[no-untyped-def]
         types.append(type(source))
         return original(source, *args, **kwargs)
 
-    monkeypatch.setattr(ntk, "_plan", spy)
+    monkeypatch.setattr(ntk_schedule, "plan", spy)
     return types
 
 
@@ -661,7 +661,7 @@ def test_auto_picks_jacobian_without_linear_or_conv(monkeypatch: pytest.MonkeyPa
     types = record_source_types(monkeypatch)
     full = reference(model, x, "full")
     assert rel(empirical_ntk(model, x, kind="full", device="cpu"), full) < 1e-10
-    assert types == [ntk._JacobianRows]
+    assert types == [ntk_reference.JacobianRows]
     # Forced, the structured engine handles it with local rows only, exactly.
     assert rel(structured(model, x, "full"), full) < 1e-10
     assert types[-1] is StructuredRows
@@ -674,7 +674,7 @@ def test_auto_picks_structured_for_an_mlp(monkeypatch: pytest.MonkeyPatch) -> No
     assert types == [StructuredRows]
     assert rel(kernel, expected("mlp", "trace")) < 1e-10
     empirical_ntk(model, x, device="cpu", method="jacobian")
-    assert types[-1] is ntk._JacobianRows
+    assert types[-1] is ntk_reference.JacobianRows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -817,7 +817,7 @@ def test_auto_follows_the_share_of_parameters_contracted_from_factors(
     made = record_sources(monkeypatch)
     kernel = empirical_ntk(model, x, device="cpu")
     assert made[-1].kron_share() < ntk._AUTO_KRON_SHARE
-    assert types[-1] is ntk._JacobianRows
+    assert types[-1] is ntk_reference.JacobianRows
     assert rel(kernel, reference(model, x, "trace")) < 1e-10
     # A wide classifier head on the same convolutions: most parameters in a Linear layer.
     model.fc = nn.Linear(16, 2000).double()

@@ -36,8 +36,8 @@ def inspect(
     """
     starting("inspect", False)
     from ..checkpoints.discover import summarize_problems
-    from ..io import format_bytes
     from ..pipeline import inspect as inspect_run
+    from ..units import format_bytes
 
     with handle_errors(debug):
         rows = inspect_run(

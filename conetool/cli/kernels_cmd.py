@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..choices import Dtype, Kind, Method
+from ..units import format_bytes
 from .app import (
     Debug,
     DeviceOpt,
@@ -21,10 +22,6 @@ from .app import (
 )
 from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
 from .runtime import Threads, starting
-
-
-def _bytes(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 @app.command()
@@ -120,7 +117,7 @@ def kernels(
         str(len(result.failed)),
         " x ".join(map(str, result.kernel_shape)),
         "-" if result.seconds_per_kernel is None else f"{result.seconds_per_kernel:.2f}",
-        _bytes(result.peak_memory),
+        format_bytes(result.peak_memory, digits=2, smallest="MiB", largest="GiB"),
         result.device,
     )
     console.print(table)

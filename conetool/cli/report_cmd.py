@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..units import format_bytes
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, StoreOpt
 from .runtime import starting
@@ -23,11 +24,6 @@ _TITLES = {
     "run": "run",
     "reproduce": "reproduce",
 }
-
-
-def _size(path: Path) -> str:
-    n = path.stat().st_size
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 @app.command()
@@ -70,8 +66,9 @@ def report(
     console.print(table, highlight=False)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
+    size = format_bytes(result.html.stat().st_size, smallest="KiB", largest="MiB")
     console.print(
-        f"wrote {result.html.name} ({_size(result.html)}, {len(result.figures)} figures "
+        f"wrote {result.html.name} ({size}, {len(result.figures)} figures "
         f"embedded), {result.markdown.name}" + (f", {result.spec.name}" if result.spec else ""),
         highlight=False,
         markup=False,

@@ -41,9 +41,9 @@ from .. import paths
 from ..errors import StoreError
 from ..geometry import KernelError, distance_matrix
 from ..io import atomic_write, atomic_write_text
-from ..ntk import parse_memory
 from ..progress import NullProgress, Progress
 from ..store import Store
+from ..units import parse_memory
 
 __all__ = ["KernelMatrix", "kernel_matrix", "require_kernels", "store_key"]
 

@@ -12,7 +12,6 @@ import torch
 
 from .. import paths
 from .._version import __version__
-from ..io import format_bytes
 from ..report_html import (
     Block,
     Code,
@@ -24,6 +23,7 @@ from ..report_html import (
     code,
     text,
 )
+from ..units import format_bytes
 from ..verdict import REGIMES
 from .report_commands import ReportCommands
 from .report_inputs import _g, _source_name

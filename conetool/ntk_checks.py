@@ -1,0 +1,101 @@
+"""Checks that a model's examples are independent, and the eval mode the eNTK is computed in."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConetoolError
+
+__all__ = ["check_independence", "check_modules", "check_per_example", "eval_mode"]
+
+
+def check_per_example(model: nn.Module, inputs: Tensor | None = None) -> None:
+    """Raise :class:`ConetoolError` when the model's examples would not be independent.
+
+    The eNTK is defined per example, and the engine evaluates the model one example at a time, so
+    a model whose output for one example depends on the others in the batch would get a kernel of
+    a different function. Two checks:
+
+    - structural, always: a BatchNorm module in training mode, or one without running statistics
+      (``track_running_stats=False`` normalizes with batch statistics even in eval mode); a dropout
+      module in training mode (the kernel would be random). Call ``model.eval()`` first;
+      :func:`empirical_ntk` does, and restores each module's mode afterwards.
+    - numeric, when ``inputs`` has at least 2 examples: the outputs of the first two examples as one
+      batch must equal their outputs computed one at a time (to ``10·sqrt(eps)`` of the output
+      scale). This catches explicit batch dependencies (``x - x.mean(0)``, attention across the
+      batch). ``inputs`` must be on the model's device.
+    """
+    check_modules(model)
+    if inputs is not None and inputs.shape[0] >= 2:
+        with torch.no_grad():
+            check_independence(model, inputs[:2])
+
+
+def check_modules(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        label = f"module '{name or type(model).__name__}' ({type(module).__name__})"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if module.running_mean is None or module.running_var is None:
+                raise ConetoolError(
+                    f"{label} has no running statistics (track_running_stats=False), so it "
+                    "normalizes with the statistics of the batch even in eval mode: each example's "
+                    "output depends on the other examples and the per-example eNTK is not the "
+                    "kernel of this model. Build it with track_running_stats=True (and load running "
+                    "statistics), or use a per-example normalization such as GroupNorm or LayerNorm."
+                )
+            if module.training:
+                raise ConetoolError(
+                    f"{label} is in training mode: it normalizes with the statistics of the batch, "
+                    "so examples interact. Call model.eval() first (conetool.empirical_ntk does "
+                    "this itself and restores the mode afterwards)."
+                )
+        elif isinstance(module, nn.modules.dropout._DropoutNd) and module.training:
+            raise ConetoolError(
+                f"{label} is in training mode, so the model's output (and its kernel) is random. "
+                "Call model.eval() first (conetool.empirical_ntk does this itself and restores the "
+                "mode afterwards)."
+            )
+
+
+def check_independence(forward: Callable[[Tensor], Tensor], pair: Tensor) -> None:
+    """``forward(pair)`` row by row must equal ``forward`` of each example alone."""
+    together = forward(pair)
+    if not isinstance(together, Tensor):
+        raise ConetoolError(
+            "the eNTK needs a model that returns one tensor of outputs (batch, c), but it "
+            f"returned a {type(together).__name__}. Wrap the model in a module that returns the "
+            "logits."
+        )
+    together = together.reshape(pair.shape[0], -1)
+    alone = torch.cat([forward(pair[i : i + 1]).reshape(1, -1) for i in range(pair.shape[0])])
+    scale = float(together.abs().max()) if together.numel() else 0.0
+    if together.is_floating_point():
+        tol = 10 * math.sqrt(torch.finfo(together.dtype).eps) * max(1.0, scale)
+    else:
+        tol = 0.0
+    diff = float((together - alone).abs().max()) if together.numel() else 0.0
+    if not diff <= tol:
+        raise ConetoolError(
+            "the model's output for one example depends on the other examples in the batch: in "
+            f"eval mode, two examples evaluated together differ from the same examples evaluated "
+            f"one at a time by up to {diff:.3g} (output scale {scale:.3g}). The eNTK is defined per "
+            "example; remove the batch dependency (batch statistics, batch-wise normalization or "
+            "attention across the batch) from the model's eval-mode forward pass."
+        )
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module in eval mode and restore each module's own mode afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

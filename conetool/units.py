@@ -1,0 +1,89 @@
+"""Memory sizes as users write them (``"4GiB"``) and as conetool prints them (``"1.5 GiB"``).
+
+Torch-free, so that the command line can parse and print sizes without loading PyTorch.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import MemoryBudgetError
+
+__all__ = ["format_bytes", "parse_memory"]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kib": 2**10,
+    "kb": 10**3,
+    "m": 2**20,
+    "mib": 2**20,
+    "mb": 10**6,
+    "g": 2**30,
+    "gib": 2**30,
+    "gb": 10**9,
+    "t": 2**40,
+    "tib": 2**40,
+    "tb": 10**12,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+# The units format_bytes prints, largest first.
+_BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
+
+
+def parse_memory(value: int | str) -> int:
+    """A memory size in bytes from ``--max-memory``: an int, or a string like ``"4GiB"``.
+
+    Units (case-insensitive): none or ``B`` for bytes; ``KiB/MiB/GiB/TiB`` and the single letters
+    ``K/M/G/T`` are powers of 1024; ``KB/MB/GB/TB`` are powers of 1000. Fractions are allowed
+    (``"1.5GiB"``). Raises :class:`~conetool.errors.MemoryBudgetError` naming ``--max-memory`` on
+    anything else.
+
+    >>> parse_memory("4GiB"), parse_memory("500MB"), parse_memory("2G"), parse_memory(1024)
+    (4294967296, 500000000, 2147483648, 1024)
+    """
+    if isinstance(value, bool):
+        raise MemoryBudgetError(_memory_syntax_message(value))
+    if isinstance(value, int):
+        if value <= 0:
+            raise MemoryBudgetError(_memory_syntax_message(value))
+        return value
+    if not isinstance(value, str):
+        raise MemoryBudgetError(_memory_syntax_message(value))
+    match = _SIZE.match(value)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise MemoryBudgetError(_memory_syntax_message(value))
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise MemoryBudgetError(_memory_syntax_message(value))
+    return size
+
+
+def _memory_syntax_message(value: object) -> str:
+    return (
+        f"--max-memory {value!r} is not a memory size. Write a positive number with an optional "
+        "unit, e.g. --max-memory 4GiB, 500MB, 2G or 1073741824 (bytes); KiB/MiB/GiB and K/M/G are "
+        "powers of 1024, KB/MB/GB powers of 1000."
+    )
+
+
+def format_bytes(size: float, digits: int = 1, *, smallest: str = "B", largest: str = "TiB") -> str:
+    """``size`` bytes in a short human form, in binary units from ``smallest`` to ``largest``.
+
+    The largest unit that ``size`` reaches is printed with ``digits`` decimals; below every unit
+    above ``smallest``, ``size`` is a whole number of ``smallest``.
+
+    >>> format_bytes(86_400), format_bytes(3 * 2**29, digits=2), format_bytes(512)
+    ('84.4 KiB', '1.50 GiB', '512 B')
+    >>> format_bytes(300 * 2**20, digits=2, smallest="MiB", largest="GiB")
+    '300 MiB'
+    """
+    names = [name for name, _ in _BINARY]
+    units = _BINARY[names.index(largest) : names.index(smallest) + 1]
+    for unit, scale in units[:-1]:
+        if size >= scale:
+            return f"{size / scale:.{digits}f} {unit}"
+    unit, scale = units[-1]
+    return f"{int(size)} B" if scale == 1 else f"{size / scale:.0f} {unit}"
