@@ -9,14 +9,16 @@ names the path (and, for a full disk, the space needed): see :func:`write_error`
 
 from __future__ import annotations
 
+import csv
 import errno
+import io as _io
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,25 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, needed: int | Non
     """
     with _atomic_path(Path(path), needed) as tmp:
         write(tmp)
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> str:
+    """CSV with ``header`` then one line per row (a sequence in header order, or a mapping by
+    column), ``\n`` line ends; numbers as ``str`` gives them (``repr`` for floats)."""
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row[k] for k in header] if isinstance(row, Mapping) else row)
+    return buffer.getvalue()
+
+
+def atomic_write_csv(
+    path: Path, header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]
+) -> Path:
+    """Write :func:`csv_text` of ``header`` and ``rows`` to ``path`` atomically; returns it."""
+    atomic_write_text(Path(path), csv_text(header, rows))
+    return Path(path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

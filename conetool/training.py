@@ -25,7 +25,7 @@ from ._version import __version__
 from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
 from .errors import DataError, SpecError, StoreError
-from .io import atomic_save_safetensors, atomic_write_text
+from .io import atomic_save_safetensors, atomic_write_csv
 from .loop import TrainingLoop
 from .models import build_model, output_check
 from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
@@ -213,9 +213,7 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
 
 
 def _write_metrics(path: Path, rows: list[dict[str, str]]) -> None:
-    lines = [",".join(METRIC_COLUMNS)]
-    lines += [",".join(r[k] for k in METRIC_COLUMNS) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_csv(path, METRIC_COLUMNS, rows)
 
 
 def _check_probe(spec: Spec, data: DataBundle, progress: Progress) -> None:

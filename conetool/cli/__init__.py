@@ -1,7 +1,10 @@
 """The command line: Typer and rich live here and nowhere else in conetool."""
 
+import _thread
+import os
 import signal
 import sys
+from typing import Any, NoReturn
 
 from .._startup import INTERRUPTED, exit_if_command_line
 
@@ -31,33 +34,57 @@ tidy_help(app)
 def main() -> None:
     """Entry point of the ``conetool`` console script and ``python -m conetool``.
 
-    A Ctrl-C at any moment exits 130 without a traceback: inside a command the command says
-    so (``handle_errors``); elsewhere (option parsing, start-up) click's "Aborted!" or our line
-    is printed, and an interrupt is never turned into exit 0 or 1.
+    A Ctrl-C at any moment exits 130 with one line and no traceback: inside a command the command
+    says so (``handle_errors``); elsewhere (option parsing, start-up) this function does. An
+    interrupt is never turned into exit 0 or 1. Once interrupted the process ends at once
+    (``os._exit`` after flushing): every file conetool writes is atomic, and the OS releases the
+    store's lock, so nothing is lost by skipping the interpreter's shutdown, where a second
+    interrupt could otherwise surface as a traceback.
     """
     interrupted: list[int] = []
 
     def on_interrupt(signum: int, frame: object) -> None:
         interrupted.append(signum)
+        if len(interrupted) > 1:  # a second Ctrl-C: stop now
+            _exit_interrupted(announce=True)
         raise KeyboardInterrupt
 
+    def on_unraisable(unraisable: Any) -> None:
+        # A KeyboardInterrupt raised inside a finalizer (__del__, weakref callback) is printed
+        # and swallowed by Python; deliver it again where it can end the command.
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _thread.interrupt_main()
+            return
+        default_unraisable(unraisable)
+
+    default_unraisable = sys.unraisablehook
     try:
         signal.signal(signal.SIGINT, on_interrupt)
+        sys.unraisablehook = on_unraisable
     except ValueError:  # not the main thread (an embedding application): leave it alone
         pass
     try:
         app(prog_name="conetool")
     except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
+        _exit_interrupted(announce=True)
     except SystemExit as done:
         from .app import INTERRUPT_ANNOUNCED
 
-        if (interrupted or done.code == INTERRUPTED) and not INTERRUPT_ANNOUNCED:
-            print("interrupted.", file=sys.stderr)  # e.g. Typer's own exit 130 says nothing
-        if interrupted and done.code != INTERRUPTED:
-            raise SystemExit(INTERRUPTED) from None
+        if interrupted or done.code == INTERRUPTED:
+            # e.g. Typer's own exit 130 says nothing
+            _exit_interrupted(announce=not INTERRUPT_ANNOUNCED)
         raise
+
+
+def _exit_interrupted(*, announce: bool) -> NoReturn:
+    """Say so (unless a command already did), flush, and end the process with 130."""
+    try:
+        if announce:
+            print("interrupted.", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(INTERRUPTED)
 
 
 __all__ = ["app", "main"]

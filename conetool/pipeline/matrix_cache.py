@@ -20,7 +20,6 @@ The small CSV / JSON writers at the end are shared by ``distance`` and ``embed``
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -30,8 +29,6 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from .. import paths
 from ..errors import StoreError
 from ..geometry import KernelError, distance_matrix
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write
 from ..progress import NullProgress, Progress
 from ..store import Store
 from ..units import parse_memory
@@ -347,11 +344,3 @@ def csv_number(x: float) -> str:
     return repr(float(x)) if math.isfinite(x) else ""
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
-    """Write ``header`` and ``rows`` as CSV to ``path`` atomically; returns ``path``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-    return path

@@ -32,12 +32,12 @@ from ..geometry import (
     step_index,
     velocity_dt,
 )
-from ..io import atomic_write_json
+from ..io import atomic_write_csv, atomic_write_json
 from ..plots import adjacent_figure, distance_to_reference_figure, matrix_figure, save_figure
 from ..progress import NullProgress, Progress
 from ..store import Store
 from ..verdict import Verdict, VerdictRules, phase_verdict
-from .matrix_cache import csv_number, kernel_matrix, require_kernels, write_csv
+from .matrix_cache import csv_number, kernel_matrix, require_kernels
 from .noise_estimate import estimate_noise_floor
 
 __all__ = ["AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
@@ -390,7 +390,7 @@ def _adjacent_curve(dt: int, pairs: list[AdjacentPair], for_verdict: bool) -> Ad
 def _write_to_ref(root: Path, steps: list[int], to_ref: dict[int, np.ndarray]) -> Path:
     refs = sorted(to_ref)
     rows = [[step, *(csv_number(to_ref[r][i]) for r in refs)] for i, step in enumerate(steps)]
-    return write_csv(paths.to_ref_csv(root), ["step", *(f"ref_{r}" for r in refs)], rows)
+    return atomic_write_csv(paths.to_ref_csv(root), ["step", *(f"ref_{r}" for r in refs)], rows)
 
 
 def _write_adjacent(root: Path, pairs: dict[int, list[AdjacentPair]]) -> Path:
@@ -399,7 +399,7 @@ def _write_adjacent(root: Path, pairs: dict[int, list[AdjacentPair]]) -> Path:
         for dt in sorted(pairs)
         for p in pairs[dt]
     ]
-    return write_csv(paths.adjacent_csv(root), ["step", "dt", "S", "velocity"], rows)
+    return atomic_write_csv(paths.adjacent_csv(root), ["step", "dt", "S", "velocity"], rows)
 
 
 def _write_figures(

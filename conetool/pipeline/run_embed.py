@@ -24,13 +24,13 @@ from .. import paths
 from .._version import __version__
 from ..embedding import Embedding, embed_kernels
 from ..errors import ConetoolError
-from ..io import atomic_write_json
+from ..io import atomic_write_csv, atomic_write_json
 from ..plots import embedding_figure, save_figure
 from ..progress import NullProgress, Progress
 from ..store import Store
 from ..threads import limit_threads
 from ..verdict import phase_verdict
-from .matrix_cache import csv_number, kernel_matrix, write_csv
+from .matrix_cache import csv_number, kernel_matrix
 from .saved_results import saved_phase1_end
 
 __all__ = ["METHODS", "EmbedResult", "embed"]
@@ -116,7 +116,7 @@ def embed(
     root = opened.root
     axes = ["x", "y", "z"][:dims]
     rows = [[step, *(csv_number(v) for v in embedding.coords[i])] for i, step in enumerate(steps)]
-    files = [write_csv(paths.coords_csv(root), ["step", *axes], rows)]
+    files = [atomic_write_csv(paths.coords_csv(root), ["step", *axes], rows)]
     if method == "pca":
         ratio = embedding.explained_variance_ratio
         assert ratio is not None

@@ -20,13 +20,13 @@ import numpy as np
 from .. import paths
 from .._version import __version__
 from ..errors import StoreError
-from ..io import atomic_write_json
+from ..io import atomic_write_csv, atomic_write_json
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
 from ..plots import save_figure, spectrum_figure
 from ..probe import load_probe
 from ..progress import NullProgress, Progress
 from ..store import Store
-from .matrix_cache import csv_number, require_kernels, write_csv
+from .matrix_cache import csv_number, require_kernels
 from .saved_results import saved_phase1_end
 
 __all__ = ["SpectrumResult", "spectrum"]
@@ -116,7 +116,7 @@ def spectrum(
         ]
         for step, p in zip(kept, points, strict=True)
     ]
-    files = [write_csv(paths.spectrum_csv(root), header, rows)]
+    files = [atomic_write_csv(paths.spectrum_csv(root), header, rows)]
     end = saved_phase1_end(root)
     figure = spectrum_figure(
         kept,

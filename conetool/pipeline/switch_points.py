@@ -3,8 +3,6 @@ finished point back, the standard model at T, and results.csv / results.json / s
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,7 +15,7 @@ from .. import paths
 from ..checkpoints import CheckpointRef, load_checkpoint
 from ..data import DataBundle
 from ..errors import CheckpointError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json
 from ..linearize import LinearizedModel
 from ..loop import Row, TrainingLoop, evaluate
 from ..models import output_check
@@ -119,7 +117,7 @@ def run_point(
         seconds=round(time.perf_counter() - began, 3),
         rows=rows,
     )
-    atomic_write_text(paths.switch_point_metrics(store, t), rows_csv(rows))
+    atomic_write_csv(paths.switch_point_metrics(store, t), list(rows[0]), rows)
     payload = {**asdict(point), "key": key, "checkpoint": [str(p) for p in ref.paths]}
     payload.pop("reused")
     atomic_write_json(paths.switch_point(store, t), payload)
@@ -228,11 +226,7 @@ def write_sweep(
     """results.csv / results.json / switch.png over ``points`` (every finished point of this
     spec and T in the store)."""
     rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(paths.switch_results_csv(store), text.getvalue())
+    atomic_write_csv(paths.switch_results_csv(store), RESULT_COLUMNS, rows)
     summary = {"until": until, "reference": reference, "points": rows}
     atomic_write_json(paths.switch_results_json(store), summary)
     figure = switch_figure(
@@ -250,14 +244,3 @@ def write_sweep(
         paths.switch_results_json(store),
         paths.switch_png(store),
     ]
-
-
-
-
-def rows_csv(rows: list[Row]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
-
