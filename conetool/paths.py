@@ -247,6 +247,11 @@ def report_md(store: Path) -> Path:
     return report_dir(store) / "report.md"
 
 
+def report_training_png(store: Path) -> Path:
+    """The training curves drawn from the checkpoint directory's ``metrics.csv``."""
+    return report_dir(store) / "training.png"
+
+
 #: The store's folders of derived results, which ``kernels --overwrite`` clears with the kernels.
 DERIVED_DIRS = (DISTANCE_DIR, EMBED_DIR, SPECTRUM_DIR, SWITCH_DIR, REPORT_DIR)
 

@@ -22,6 +22,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS = np.array([0, 10, 20, 50, 100, 200, 500, 1000])
 
 
+def _png_bytes(fig, dpi: int = 150) -> bytes:
+    """The figure rendered to PNG in memory, as save_figure renders it to a file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
 def _s_matrix(steps: np.ndarray) -> np.ndarray:
     """A valid S matrix of unit vectors moving away from the first one (float64 reference)."""
     angle = np.log1p(steps / 10.0) * 0.3
@@ -47,7 +54,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def _render(fig: Figure) -> bytes:
-    data = plots.figure_to_png_bytes(fig)
+    data = _png_bytes(fig)
     assert data.startswith(PNG_SIGNATURE)
     return data
 
@@ -380,10 +387,10 @@ def test_training_curves_from_csv_rows():
 
 def test_png_bytes_and_dpi():
     fig = plots.distance_to_reference_figure(STEPS, {0: _s_matrix(STEPS)[0]})
-    data = plots.figure_to_png_bytes(fig)
+    data = _png_bytes(fig)
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
     assert _png_size(data) == (900, 600)  # (6, 4) inches at 150 dpi
-    assert _png_size(plots.figure_to_png_bytes(fig, dpi=50)) == (300, 200)
+    assert _png_size(_png_bytes(fig, dpi=50)) == (300, 200)
 
 
 def test_save_figure_atomic_and_formats(tmp_path):
@@ -401,7 +408,8 @@ def test_no_pyplot_needed():
     code = (
         "import sys, numpy as np; from conetool import plots; "
         "f = plots.matrix_figure([0, 1], np.array([[0, .1], [.1, 0]])); "
-        "assert plots.figure_to_png_bytes(f)[:4] == b'\\x89PNG'; "
+        "import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp()); "
+        "assert plots.save_figure(f, d / 'm.png').read_bytes()[:4] == b'\\x89PNG'; "
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )
     result = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import re
 import shlex
@@ -43,6 +44,7 @@ SPEC = {
     "train": {"steps": 16, "batch_size": 8, "lr": 0.2, "momentum": 0.9, "save_every": 2},
 }
 FIGURES = (
+    paths.report_training_png,
     paths.to_ref_png,
     paths.adjacent_png,
     paths.matrix_png,
@@ -130,6 +132,7 @@ def test_every_figure_is_embedded_byte_for_byte_with_alt_and_caption(run):
         assert base64.b64decode(image["src"][len(prefix) :]) == png.read_bytes()
         assert len(image["alt"]) > 10
     assert [c.split(".")[0] for c in page.captions] == [
+        "Training curves",
         "Fig",
         "Fig",
         "S matrix",
@@ -189,6 +192,7 @@ def test_verdict_numbers_and_tables_match_the_store(run):
     assert result.sections == [
         "summary",
         "verdict",
+        "training",
         "distance",
         "embed",
         "spectrum",
@@ -271,6 +275,7 @@ def test_markdown_links_figures_and_has_tables(run):
     base = result.markdown.parent
     links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", md)
     assert links == [
+        "training.png",
         "../distance/to_ref.png",
         "../distance/adjacent.png",
         "../distance/matrix.png",
@@ -278,7 +283,8 @@ def test_markdown_links_figures_and_has_tables(run):
         "../spectrum/spectrum.png",
         "../switch/switch.png",
     ]
-    for link in links:
+    assert (base / links[0]).resolve() == paths.report_training_png(store).resolve()
+    for link in links[1:]:
         assert (base / link).resolve() == (store / link[3:]).resolve()
     assert "| step | checkpoint | size | ‖H‖\\_F | seconds |" in md
     assert "| ---: | --- | ---: | ---: | ---: |" in md
@@ -309,9 +315,11 @@ def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path
     assert switch_command.startswith("conetool switch --at 0,") and switch_command.endswith(
         f"--store {s}"
     )
-    assert result.sections == ["summary", "checkpoints", "run", "reproduce"]
+    assert result.sections == ["summary", "training", "checkpoints", "run", "reproduce"]
     page = Page(result.html.read_text(encoding="utf-8"))
-    assert page.images == []
+    assert [image["alt"] for image in page.images] == [
+        "Training and test loss and accuracy against step"
+    ]  # only the training curves, drawn from metrics.csv
     missing_text = page.section("missing")
     for command in parts.values():
         assert command in missing_text
@@ -328,6 +336,7 @@ def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path
         "kernel distance and verdict (Fig. 1a, 1b, S matrix)"
     ]
     assert again.figures == [
+        paths.report_training_png(store),
         paths.embedding_png(store),
         paths.spectrum_png(store),
         paths.switch_png(store),
@@ -346,7 +355,7 @@ def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
     result = report(copy)
     s = shlex.quote(str(copy))
     assert ("S matrix (distance/matrix.png)", f"conetool distance --store {s}") in result.missing
-    assert paths.matrix_png(copy) not in result.figures and len(result.figures) == 5
+    assert paths.matrix_png(copy) not in result.figures and len(result.figures) == 6
     assert any("conetool distance results cover 8 steps" in n for n in result.notes)
     markup = result.html.read_text(encoding="utf-8")
     assert "&lt;b&gt;bold?&lt;/b&gt; &amp; more" in markup and "<b>bold?" not in markup
@@ -382,7 +391,7 @@ def test_cli_report_and_missing_store(run, tmp_path):
     outcome = runner.invoke(app, ["report", "--store", str(store)])
     assert outcome.exit_code == 0, outcome.output
     assert "verdict" in outcome.output and "report.html" in outcome.output
-    assert "6 figures embedded" in outcome.output
+    assert "7 figures embedded" in outcome.output
     missing = tmp_path / "nowhere"
     outcome = runner.invoke(app, ["report", "--store", str(missing)])
     assert outcome.exit_code == 1
@@ -399,3 +408,20 @@ def test_readme_documents_the_report_files():
     assert "### `conetool report`" in readme
     for name in ("report.html", "report.md", "spec.toml"):
         assert name in readme
+
+
+def test_training_curves_come_from_metrics_csv_and_are_left_out_without_it(run, tmp_path):
+    _, ckpts, store, result = run
+    assert "training" in result.sections and paths.report_training_png(store).is_file()
+    rows = list(csv.DictReader(open(paths.metrics(ckpts), newline="")))
+    assert rows and {"train_loss", "test_acc"} <= set(rows[0])
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    paths.metrics(ckpts).rename(tmp_path / "metrics.csv")  # a run from another training loop
+    try:
+        again = report(copy)
+    finally:
+        (tmp_path / "metrics.csv").rename(paths.metrics(ckpts))
+    assert "training" not in again.sections
+    assert paths.report_training_png(copy) not in again.figures
+    assert "No metrics.csv" in Page(again.html.read_text(encoding="utf-8")).section("training")

@@ -106,6 +106,7 @@ class ReportInputs:
     spec_toml: str | None
     spectrum: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    training_png: Path | None = None
     missing: list[tuple[str, str]] = field(default_factory=list)
     present: set[str] = field(default_factory=set)
     details: dict[str, str] = field(default_factory=dict)

@@ -15,6 +15,7 @@ from .._version import __version__
 from ..report_html import (
     Block,
     Code,
+    Figure,
     Items,
     Section,
     Table,
@@ -171,6 +172,30 @@ class RunSections(ReportCommands):
         return Section("checkpoints", "Checkpoints and kernels", tuple(blocks))
 
     # ----------------------------------------------------------------- run
+    def _training_section(self) -> Section:
+        """The run's loss and accuracy (from ``metrics.csv``), when ``conetool train`` wrote it."""
+        title = "Training"
+        if self.training_png is None:
+            return Section(
+                "training",
+                title,
+                (text("No metrics.csv in the checkpoint directory (written by conetool train)."),),
+            )
+        self.present.add("training")
+        self.details["training"] = "training curves"
+        return Section(
+            "training",
+            title,
+            (
+                Figure(
+                    self.training_png,
+                    "Training and test loss and accuracy against step",
+                    "Training curves. Loss (left) and accuracy (right), train and test, from "
+                    f"{self.ckpts}/metrics.csv; drawn by conetool report into report/training.png.",
+                ),
+            ),
+        )
+
     def _run_section(self) -> Section:
         m = self.manifest
         probe = m.get("probe", {})

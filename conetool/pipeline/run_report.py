@@ -16,6 +16,7 @@ the store's own PNG files, embedded byte for byte, never re-rendered.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from .. import paths
 from .._version import __version__
 from ..errors import ConetoolError
 from ..io import atomic_write_text
+from ..plots import save_figure, training_curves_figure
 from ..progress import NullProgress, Progress
 from ..report_html import (
     Document,
@@ -99,6 +101,7 @@ def report(
         raise ConetoolError(f"--out {out_dir} is a file, not a directory. Choose a directory.")
     bar = progress.task("report", total=3)
     gathered = ReportBuilder.read(opened, str(store), out_dir)
+    gathered.training_png = _training_curves(gathered, out_dir)
     spec_path = None
     if gathered.spec_toml is not None:
         spec_path = out_dir / paths.report_spec(opened.root).name
@@ -131,6 +134,22 @@ def report(
     )
 
 
+def _training_curves(gathered: ReportBuilder, out_dir: Path) -> Path | None:
+    """Draw ``CKPTS/metrics.csv`` (written by ``conetool train``) into ``training.png`` beside the
+    report; ``None`` when the run has no such file (checkpoints from another training loop)."""
+    metrics = paths.metrics(Path(gathered.ckpts))
+    try:
+        with open(metrics, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not rows:
+        return None
+    target = out_dir / paths.report_training_png(gathered.root).name
+    save_figure(training_curves_figure(rows), target)
+    return target
+
+
 class ReportBuilder(ResultSections):
     """Reads the store once and builds the document, section by section."""
 
@@ -145,6 +164,7 @@ class ReportBuilder(ResultSections):
         )
         body = [
             self._verdict_section(),
+            self._training_section(),
             self._distance_section(),
             self._embed_section(),
             self._spectrum_section(),

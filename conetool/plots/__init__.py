@@ -4,7 +4,7 @@ curves: pure functions from arrays to a :class:`matplotlib.figure.Figure`, and t
 Figures are built with the object-oriented API (``Figure()`` directly, never ``pyplot``), so they
 need no GUI backend, never touch pyplot's global figure manager and work on a headless machine
 (each call builds its own figure; rcParams are read, never changed). Nothing but
-:func:`save_figure` and :func:`figure_to_png_bytes` writes. A ``Figure`` made this way is not
+:func:`save_figure` writes. A ``Figure`` made this way is not
 registered with pyplot, so it needs no ``plt.close``. The conventions every figure follows are in
 :mod:`conetool.plots.style`.
 
@@ -12,12 +12,12 @@ registered with pyplot, so it needs no ``plt.close``. The conventions every figu
 - :mod:`~conetool.plots.embedding`: Fig. 1c;
 - :mod:`~conetool.plots.switch`: Fig. 2 and the training curves;
 - :mod:`~conetool.plots.spectrum`: alignment, effective rank and label energy against step;
-- :mod:`~conetool.plots.save`: PNG bytes and files.
+- :mod:`~conetool.plots.save`: writing a figure to a file.
 """
 
 from .distance import adjacent_figure, distance_to_reference_figure, matrix_figure
 from .embedding import embedding_figure
-from .save import figure_to_png_bytes, save_figure
+from .save import save_figure
 from .spectrum import spectrum_figure
 from .switch import switch_figure, training_curves_figure
 
@@ -25,7 +25,6 @@ __all__ = [
     "adjacent_figure",
     "distance_to_reference_figure",
     "embedding_figure",
-    "figure_to_png_bytes",
     "matrix_figure",
     "save_figure",
     "spectrum_figure",

@@ -1,20 +1,12 @@
-"""Writing figures: PNG bytes in memory, or a PNG file written atomically."""
+"""Writing a figure to a file atomically (PNG, or the format its suffix names)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from conetool.io import atomic_write
-
-
-def figure_to_png_bytes(fig: Figure, dpi: int = 150) -> bytes:
-    """Render ``fig`` to PNG bytes (Agg; no display needed)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
