@@ -72,7 +72,7 @@ class Split:
             )
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
             return cls.from_tensors(*dataset.tensors)
-        if len(dataset) == 0:  # type: ignore[arg-type]
+        if len(dataset) == 0:
             raise DataError(f"{name} is empty: it has no examples.")
         x, _ = dataset_item(dataset, 0, name)
         return cls(input_shape=tuple(x.shape), dataset=dataset)

@@ -173,7 +173,7 @@ def _check_headers(store: Store) -> dict[int, str]:
 
 def _save(store: Store, matrix: KernelMatrix) -> None:
     excluded = sorted(matrix.excluded)
-    arrays = {
+    arrays: dict[str, Any] = {
         "steps": np.asarray(matrix.steps, dtype=np.int64),
         "S": np.asarray(matrix.S, dtype=np.float64),
         "key": np.asarray(matrix.key),
