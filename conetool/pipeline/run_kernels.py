@@ -384,6 +384,11 @@ def _plan(
         if note:
             notes.append(note)
             progress.log(f"note: {note}")
+
+    def warn(message: str) -> None:
+        notes.append(message)
+        progress.log(f"warning: {message}")
+
     refs = list_checkpoints(
         ckpts,
         step_regex=step_regex,
@@ -391,7 +396,7 @@ def _plan(
         steps=parse_step_range(steps) if steps else None,
         every=every,
         skip_bad=skip_bad,
-        warn=lambda message: (notes.append(message), progress.log(f"warning: {message}")),
+        warn=warn,
     )
     data = load_data(spec.data)
     probe = make_probe(data, spec.probe)
