@@ -5,9 +5,9 @@ augmentation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -80,7 +80,7 @@ class Split:
     def __len__(self) -> int:
         if self.targets is not None:
             return int(self.targets.shape[0])
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(cast(Sized, self.dataset))  # no targets: a map-style dataset (from_dataset)
 
     def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """The examples at ``indices`` (B,): inputs (B, *input_shape) float32, labels (B,) int64.
@@ -110,7 +110,7 @@ class Split:
         if "labels" not in self._cache:
             ds = self.dataset
             self._cache["labels"] = torch.tensor(
-                [dataset_item(ds, i, "dataset")[1] for i in range(len(ds))],  # type: ignore[arg-type]
+                [dataset_item(ds, i, "dataset")[1] for i in range(len(cast(Sized, ds)))],
                 dtype=torch.int64,
             )
         return self._cache["labels"]

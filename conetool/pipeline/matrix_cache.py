@@ -28,7 +28,6 @@ import math
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from .. import paths
 from ..errors import StoreError
 from ..geometry import KernelError, distance_matrix
 from ..io import atomic_write, atomic_write_text
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, ProgressTask
 from ..store import Store
 from ..units import parse_memory
 
@@ -300,7 +299,8 @@ def _exclude(
 def _compute(store: Store, steps: list[int], budget: int | None, progress: Progress) -> np.ndarray:
     """distance_matrix over ``steps``; a kernel that cannot be used raises :class:`_BadKernel`."""
     records = store.records()
-    bar: dict[str, object] = {}
+    bar: ProgressTask | None = None
+    shown = 0
 
     def load(index: int) -> torch.Tensor:
         step = steps[index]
@@ -310,12 +310,11 @@ def _compute(store: Store, steps: list[int], budget: int | None, progress: Progr
             raise _BadKernel(step, _strip_fix(str(exc))) from exc
 
     def report(done: int, total: int) -> None:
-        if "task" not in bar:
-            bar["task"] = progress.task("S matrix", total=total)
-            bar["done"] = 0
-        task = bar["task"]
-        task.advance(done - bar["done"])  # type: ignore[attr-defined,operator]
-        bar["done"] = done
+        nonlocal bar, shown
+        if bar is None:
+            bar = progress.task("S matrix", total=total)
+        bar.advance(done - shown)
+        shown = done
 
     try:
         return distance_matrix(load, len(steps), max_memory=budget, progress=report)
@@ -327,9 +326,8 @@ def _compute(store: Store, steps: list[int], budget: int | None, progress: Progr
         what = _strip_fix(str(exc)).replace(f"kernel {exc.index} ", "its kernel ", 1)
         raise _BadKernel(step, f"kernel file {path}: {what}") from exc
     finally:
-        if "task" in bar:
-            close: Callable[[], None] = bar["task"].close  # type: ignore[attr-defined]
-            close()
+        if bar is not None:
+            bar.close()
 
 
 def _strip_fix(message: str) -> str:
