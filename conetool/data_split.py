@@ -37,7 +37,7 @@ class Split:
     input_shape: tuple[int, ...]
     inputs: Tensor | None = None
     targets: Tensor | None = None
-    dataset: Dataset | None = None
+    dataset: Dataset[Any] | None = None
     _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -60,7 +60,7 @@ class Split:
         )
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, name: str = "dataset") -> Split:
+    def from_dataset(cls, dataset: Dataset[Any], name: str = "dataset") -> Split:
         """A split read item by item from ``dataset``; ``name`` is used in error messages.
 
         A ``TensorDataset`` of (inputs, labels) is copied into memory instead.

@@ -164,7 +164,9 @@ class StructuredRows:
                 handle.remove()
 
     def _hook(self, layer: HookedLayer) -> Callable[..., Tensor | None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> Tensor | None:
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object
+        ) -> Tensor | None:
             if not self._recording or layer not in self.layers:
                 return None
             if kwargs or len(args) != 1 or not isinstance(args[0], Tensor):
