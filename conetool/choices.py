@@ -67,5 +67,5 @@ def choice(enum: type[E], value: object, flag: str) -> E:
     except ValueError:
         from .errors import ConetoolError
 
-        names = ", ".join(str(m.value) for m in enum)  # type: ignore[attr-defined]
+        names = ", ".join(str(m.value) for m in enum)
         raise ConetoolError(f"{flag} {value!r} is unknown. Use one of: {names}.") from None

@@ -36,7 +36,7 @@ import inspect
 import io
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,6 +302,7 @@ def _user_factory(spec: DataSpec) -> DataBundle:
     path = spec.dataset
     factory = _import_factory(path)
     kwargs: dict[str, Any] = dict(spec.options)
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins without a signature: pass the options only

@@ -5,9 +5,9 @@ augmentation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ class Split:
     input_shape: tuple[int, ...]
     inputs: Tensor | None = None
     targets: Tensor | None = None
-    dataset: Dataset | None = None
+    dataset: Dataset[Any] | None = None
     _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -60,7 +60,7 @@ class Split:
         )
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, name: str = "dataset") -> Split:
+    def from_dataset(cls, dataset: Dataset[Any], name: str = "dataset") -> Split:
         """A split read item by item from ``dataset``; ``name`` is used in error messages.
 
         A ``TensorDataset`` of (inputs, labels) is copied into memory instead.
@@ -72,7 +72,7 @@ class Split:
             )
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
             return cls.from_tensors(*dataset.tensors)
-        if len(dataset) == 0:  # type: ignore[arg-type]
+        if len(dataset) == 0:
             raise DataError(f"{name} is empty: it has no examples.")
         x, _ = dataset_item(dataset, 0, name)
         return cls(input_shape=tuple(x.shape), dataset=dataset)
@@ -80,7 +80,7 @@ class Split:
     def __len__(self) -> int:
         if self.targets is not None:
             return int(self.targets.shape[0])
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(cast(Sized, self.dataset))  # no targets: a map-style dataset (from_dataset)
 
     def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """The examples at ``indices`` (B,): inputs (B, *input_shape) float32, labels (B,) int64.
@@ -110,7 +110,7 @@ class Split:
         if "labels" not in self._cache:
             ds = self.dataset
             self._cache["labels"] = torch.tensor(
-                [dataset_item(ds, i, "dataset")[1] for i in range(len(ds))],  # type: ignore[arg-type]
+                [dataset_item(ds, i, "dataset")[1] for i in range(len(cast(Sized, ds)))],
                 dtype=torch.int64,
             )
         return self._cache["labels"]

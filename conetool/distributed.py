@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -40,7 +40,11 @@ from .device import resolve_device
 from .errors import ConetoolError
 from .progress import ProgressTask
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
+
 T = TypeVar("T")
+U = TypeVar("U", bound="SupportsRichComparison")  # a unit of work: shards come out sorted
 _FIRST_POLL, _LAST_POLL = 0.005, 0.25  # seconds between looks at the key-value store
 _JOBS = itertools.count()  # every rank opens its jobs in the same order: equal numbers, equal keys
 
@@ -92,7 +96,7 @@ class Ranks:
     def is_distributed(self) -> bool:
         return self.world_size > 1
 
-    def shard(self, units: Sequence[T], weights: Sequence[float] | None = None) -> list[T]:
+    def shard(self, units: Sequence[U], weights: Sequence[float] | None = None) -> list[U]:
         """This rank's share of ``units`` (see :func:`shard`)."""
         return shard(units, self.rank, self.world_size, weights=weights)
 
@@ -119,8 +123,8 @@ class Ranks:
 
 
 def shard(
-    units: Sequence[T], rank: int, world_size: int, *, weights: Sequence[float] | None = None
-) -> list[T]:
+    units: Sequence[U], rank: int, world_size: int, *, weights: Sequence[float] | None = None
+) -> list[U]:
     """The units of ``rank`` among ``world_size`` ranks: disjoint, together all of them, and
     balanced (share sizes differ by at most one), returned in ascending order.
 
@@ -138,9 +142,9 @@ def shard(
     if weights is not None and len(weights) != len(units):
         raise ValueError(f"{len(weights)} weights for {len(units)} units")
     if weights is None:
-        order = sorted(range(len(units)), key=lambda i: units[i])  # type: ignore[arg-type,return-value]
+        order = sorted(range(len(units)), key=lambda i: units[i])
     else:
-        order = sorted(range(len(units)), key=lambda i: (-weights[i], units[i]))  # type: ignore[arg-type,return-value]
+        order = sorted(range(len(units)), key=lambda i: (-weights[i], units[i]))
     mine = []
     for position, index in enumerate(order):
         lap, seat = divmod(position, world_size)
@@ -148,7 +152,7 @@ def shard(
             seat = world_size - 1 - seat
         if seat == rank:
             mine.append(units[index])
-    return sorted(mine)  # type: ignore[type-var]
+    return sorted(mine)
 
 
 class SharedBar:
@@ -215,7 +219,7 @@ class Job:
     def world_size(self) -> int:
         return self.ranks.world_size
 
-    def shard(self, units: Sequence[T], weights: Sequence[float] | None = None) -> list[T]:
+    def shard(self, units: Sequence[U], weights: Sequence[float] | None = None) -> list[U]:
         """This rank's share of ``units`` (:func:`shard`); all of them for a single process."""
         return self.ranks.shard(units, weights)
 
@@ -301,16 +305,18 @@ class Job:
             raise error
 
     def _set_json(self, key: str, value: Any) -> None:
-        self._store.set(key, json.dumps(value))  # type: ignore[union-attr]
+        assert self._store is not None  # only a job of several ranks exchanges values
+        self._store.set(key, json.dumps(value))
 
     def _wait_json(self, key: str, while_waiting: Callable[[], None] | None = None) -> Any:
+        assert self._store is not None  # only a job of several ranks exchanges values
         pause = _FIRST_POLL
-        while not self._store.check([key]):  # type: ignore[union-attr]
+        while not self._store.check([key]):
             if while_waiting is not None:
                 while_waiting()
             time.sleep(pause)
             pause = min(pause * 1.5, _LAST_POLL)  # quick for short waits, light for long ones
-        return json.loads(self._store.get(key))  # type: ignore[union-attr]
+        return json.loads(self._store.get(key))
 
 
 @contextmanager

@@ -311,7 +311,7 @@ class AdjacentPair(NamedTuple):
     velocity: float
 
 
-def check_steps(steps: Sequence[int], s: np.ndarray | None = None) -> np.ndarray:
+def check_steps(steps: Sequence[int] | np.ndarray, s: np.ndarray | None = None) -> np.ndarray:
     """``steps`` as a strictly increasing int64 array, checked against ``s`` ``(K, K)`` if given."""
     arr = np.asarray(steps)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
@@ -330,7 +330,7 @@ def check_steps(steps: Sequence[int], s: np.ndarray | None = None) -> np.ndarray
     return arr
 
 
-def step_index(steps: Sequence[int], step: int) -> int:
+def step_index(steps: Sequence[int] | np.ndarray, step: int) -> int:
     """Position of ``step`` in the ascending ``steps``.
 
     Raises:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.autograd.forward_ad as fwad
@@ -158,7 +158,7 @@ def _f0_and_jvp_func(
     def f(p: dict[str, Tensor]) -> Any:
         return functional_call(model, {**consts, **p}, args, kwargs)
 
-    return jvp(f, (dict(primals),), (dict(tangents),))
+    return cast("tuple[Any, Any]", jvp(f, (dict(primals),), (dict(tangents),)))  # no has_aux
 
 
 class LinearizedModel(nn.Module):
@@ -186,6 +186,11 @@ class LinearizedModel(nn.Module):
     The parameters that are trainable (``requires_grad``) at construction are ``θ``; which ones they
     are is fixed then. Frozen parameters and all buffers are constants.
     """
+    # Declared for the type checker (nn.Module.__getattr__ would give Tensor | Module); set in
+    # __init__, the network outside the module tree (object.__setattr__).
+    _network: nn.Module
+    _trainable_names: tuple[str, ...]
+    _eval_modules: tuple[nn.Module, ...]
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -98,9 +98,18 @@ def kernel_noise(
     if not isinstance(subset, int) or isinstance(subset, bool) or subset < 1:
         raise ConetoolError(f"subset must be a positive number of examples, got {subset!r}.")
     probe = inputs[:subset]
-    common = {"kind": kind, "max_memory": max_memory, "device": device}
-    kernel = empirical_ntk(model, probe, method=method, dtype=dtype, **common)
-    exact = empirical_ntk(model, probe, method="jacobian", dtype=torch.float64, **common)
+    kernel = empirical_ntk(
+        model, probe, method=method, dtype=dtype, kind=kind, max_memory=max_memory, device=device
+    )
+    exact = empirical_ntk(
+        model,
+        probe,
+        method="jacobian",
+        dtype=torch.float64,
+        kind=kind,
+        max_memory=max_memory,
+        device=device,
+    )
     error = float((kernel.double() - exact).norm() / exact.norm())
     return NoiseEstimate(
         relative_error=error,

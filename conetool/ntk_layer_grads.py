@@ -22,8 +22,9 @@ rows here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,7 @@ def _norm_grads(
             if isinstance(module, nn.GroupNorm):
                 x_hat = F.group_norm(call.inp, module.num_groups, eps=module.eps)
             else:  # BatchNorm in eval mode: the running statistics
+                module = cast(nn.modules.batchnorm._BatchNorm, module)  # is_norm chose it
                 mean = tensors[prefix + "running_mean"]
                 var = tensors[prefix + "running_var"]
                 shape = (1, -1) + (1,) * (call.inp.dim() - 2)
@@ -148,7 +150,8 @@ def _local_grads(
         def apply(p: dict[str, Tensor]) -> Tensor:
             return functional_call(module, {**state, **p}, (inp.unsqueeze(0),))
 
-        _, pullback = vjp(apply, own)
+        pair = vjp(apply, own)
+        _, pullback = cast("tuple[Tensor, Callable[..., Any]]", pair)  # no has_aux: two
         return vmap(pullback)(cot.unsqueeze(1))[0]
 
     total: dict[str, Tensor] = {}
@@ -193,9 +196,10 @@ def layer_shape(layer: HookedLayer) -> tuple[int, int, int]:
     if isinstance(module, nn.Linear):
         t = sum(call.inp.numel() // module.in_features for call in layer.calls)
         return t, module.in_features, module.out_features
+    conv = cast("nn.Conv1d | nn.Conv2d", module)  # is_structured: Linear or a convolution
     t = sum(call.eps[0, 0].numel() for call in layer.calls)  # output pixels
-    d_a = module.weight[0].numel() * module.groups
-    return t, d_a, module.out_channels
+    d_a = conv.weight[0].numel() * conv.groups
+    return t, d_a, conv.out_channels
 
 
 def dense_rows(rows: Tensor, full: bool) -> Dense:
@@ -221,8 +225,9 @@ def factors(
             a_parts.append(call.inp.reshape(b, -1, module.in_features).transpose(1, 2))
             g_parts.append(g.reshape(b, k, -1, module.out_features).transpose(2, 3))
         else:
-            a_parts.append(patches(module, call.inp))  # (b, C_in·kk, P)
-            g_parts.append(g.reshape(b, k, module.out_channels, -1))
+            conv = cast("nn.Conv1d | nn.Conv2d", module)  # is_structured: Linear or a convolution
+            a_parts.append(patches(conv, call.inp))  # (b, C_in·kk, P)
+            g_parts.append(g.reshape(b, k, conv.out_channels, -1))
     if len(calls) == 1:
         return a_parts[0], g_parts[0]
     return torch.cat(a_parts, dim=2), torch.cat(g_parts, dim=3)
@@ -250,12 +255,13 @@ def weight_grads(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
     ``(b, d_a, T)`` and ``g`` ``(b, k, d_g, T)``: ``Σ_t g_t ⊗ a_t``, one batched matrix product
     over the examples (and groups)."""
     b, k, dg, t = g.shape
+    shape = cast(Tensor, module.weight).shape
     groups = getattr(module, "groups", 1)
     if groups == 1:
         w = torch.matmul(g.reshape(b, k * dg, t), a.transpose(1, 2))  # (b, k·d_g, d_a)
-        return w.view(b, k, *module.weight.shape)
+        return w.view(b, k, *shape)
     da = a.shape[1]
     ga = g.reshape(b, k, groups, dg // groups, t).transpose(1, 2)  # (b, G, k, o, T)
     aa = a.reshape(b, groups, 1, da // groups, t).transpose(3, 4)  # (b, G, 1, T, i)
     w = torch.matmul(ga, aa)  # (b, G, k, o, i)
-    return w.transpose(1, 2).reshape(b, k, *module.weight.shape)
+    return w.transpose(1, 2).reshape(b, k, *shape)

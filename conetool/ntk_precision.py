@@ -66,7 +66,8 @@ def outside_onednn(device: torch.device) -> Iterator[None]:
         yield
         return
     previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    # torch's stubs type the flag as its ContextProp descriptor; a bool is how it is set
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
         yield
     finally:

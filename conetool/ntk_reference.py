@@ -13,6 +13,7 @@ budget takes tens of minutes on two cores with it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -45,7 +46,8 @@ class JacobianRows:
         self.fixed = 2 * self.row  # the parameters and a copy
 
         def single(p: dict[str, Tensor], example: Tensor, cot: Tensor) -> dict[str, Tensor]:
-            _, pullback = vjp(lambda q: forward(example.unsqueeze(0), q).reshape(-1), p)
+            pair = vjp(lambda q: forward(example.unsqueeze(0), q).reshape(-1), p)
+            _, pullback = cast("tuple[Tensor, Callable[..., Any]]", pair)  # no has_aux: two
             return vmap(pullback)(cot)[0]  # name -> (g, *shape)
 
         self._rows_of = vmap(single, in_dims=(None, 0, None))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -163,7 +164,9 @@ class StructuredRows:
                 handle.remove()
 
     def _hook(self, layer: HookedLayer) -> Callable[..., Tensor | None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> Tensor | None:
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object
+        ) -> Tensor | None:
             if not self._recording or layer not in self.layers:
                 return None
             if kwargs or len(args) != 1 or not isinstance(args[0], Tensor):
@@ -266,7 +269,8 @@ class StructuredRows:
             def apply(p: dict[str, Tensor]) -> Tensor:
                 return self.forward(example.unsqueeze(0), {**fixed, **p}).reshape(-1)
 
-            _, pullback = vjp(apply, chosen)
+            pair = vjp(apply, chosen)
+            _, pullback = cast("tuple[Tensor, Callable[..., Any]]", pair)  # no has_aux: two
             return vmap(pullback)(cot)[0]
 
         out = vmap(single)(batch)
@@ -295,8 +299,8 @@ class StructuredRows:
         with torch.enable_grad():
             for i in range(b):
                 out = self.forward(batch[i : i + 1], live).reshape(1, -1)
-                grads = torch.autograd.grad(out, list(live.values()), cot, allow_unused=True)
-                reference.append(dict(zip(live, grads, strict=True)))
+                alone = torch.autograd.grad(out, list(live.values()), cot, allow_unused=True)
+                reference.append(dict(zip(live, alone, strict=True)))
         tol = 10 * math.sqrt(torch.finfo(dtype).eps)
 
         def agrees(name: str, rows: Tensor) -> bool:
@@ -367,7 +371,7 @@ class StructuredRows:
             if "weight" not in layer.names:
                 row_per_cotangent += d_g
                 continue
-            p = layer.module.weight.numel()
+            p = cast(Tensor, layer.module.weight).numel()
             layer.mode = _choose(self.kind, n, k, positions, d_a, d_g, p, **choose)
             if layer.mode == "kron":  # the bias rides along as a constant input
                 activations += positions * d_a  # a convolution's unfolded input

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -119,12 +119,13 @@ def empty_like(block: list[Term], examples: int, per: int) -> list[Term]:
 def write(dest: list[Term], part: list[Term], first: int, per: int) -> None:
     """Copy the examples of ``part`` (``per`` rows each) into ``dest`` from example ``first`` on."""
     for target, term in zip(dest, part, strict=True):
-        if isinstance(term, Dense):
-            target.mat[first * per : first * per + term.rows] = term.mat  # type: ignore[union-attr]
+        if isinstance(term, Dense):  # dest was laid out like part (empty_like): same kinds
+            cast(Dense, target).mat[first * per : first * per + term.rows] = term.mat
         else:
             count = term.a.shape[0]
-            target.a[first : first + count] = term.a  # type: ignore[union-attr]
-            target.g[first : first + count] = term.g  # type: ignore[union-attr]
+            into = cast(FactoredGrad, target)
+            into.a[first : first + count] = term.a
+            into.g[first : first + count] = term.g
 
 
 def block_examples(block: list[Term]) -> int:
@@ -146,10 +147,10 @@ def contract(left: list[Term], right: list[Term]) -> Tensor:
         rows_of(left), rows_of(right), dtype=torch.float64, device=_device(left[0])
     )
     for a, b in zip(left, right, strict=True):
-        if isinstance(a, Dense):
-            total += product(a.mat, b.mat)  # type: ignore[union-attr]
+        if isinstance(a, Dense):  # the blocks come from one engine: the same kinds, term by term
+            total += product(a.mat, cast(Dense, b).mat)
         else:
-            _factored_product(a, b, total)  # type: ignore[arg-type]
+            _factored_product(a, cast(FactoredGrad, b), total)
     return total
 
 

@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -36,7 +36,10 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainSpec) -> to
             weight_decay=train.weight_decay,
         )
     return torch.optim.Adam(
-        params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay
+        params,
+        lr=train.lr,
+        betas=cast("tuple[float, float]", tuple(train.betas)),  # two: the spec checks it
+        weight_decay=train.weight_decay,
     )
 
 

@@ -47,11 +47,6 @@ from .errors import StoreError
 from .io import atomic_save_safetensors, atomic_write_text, write_error
 from .store_lock import StoreLock
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; the store is then not locked (documented)
-    fcntl = None  # type: ignore[assignment]
-
 FORMAT = "conetool-store"
 FORMAT_VERSION = 1
 LAYOUTS = {

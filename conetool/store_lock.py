@@ -17,7 +17,7 @@ from .io import NOT_WRITABLE, write_error
 try:
     import fcntl
 except ImportError:  # Windows: no flock; the store is then not locked (documented)
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # None stands for the missing module; checked first
 
 
 __all__ = ["StoreLock"]

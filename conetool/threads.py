@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -224,7 +224,7 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> float:
 
     total = 0.0
 
-    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def count(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         nonlocal total
         if isinstance(module, nn.Linear):
             total += 2.0 * output.numel() * module.in_features

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,7 +160,9 @@ def _train(
     )
 
 
-def _saver(spec: Spec, model: nn.Module, optimizer, out: Path, per_epoch: int):
+def _saver(
+    spec: Spec, model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, per_epoch: int
+) -> Callable[[int], None]:
     """The on_step callback that writes the checkpoints of :func:`save_steps`."""
     saves = set(save_steps(spec))
 

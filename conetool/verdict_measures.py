@@ -84,7 +84,10 @@ class VelocityPoints:
 
 
 def velocity_points(
-    steps: Sequence[int], s: np.ndarray, dt: int, multiples: Sequence[int] = (1, 2, 3)
+    steps: Sequence[int] | np.ndarray,
+    s: np.ndarray,
+    dt: int,
+    multiples: Sequence[int] = (1, 2, 3),
 ) -> VelocityPoints:
     """Velocities of every stored pair whose lag is ``m * dt`` for ``m`` in ``multiples``.
 
@@ -153,7 +156,7 @@ def _candidates(x: np.ndarray, limit: int = 80) -> np.ndarray:
 
 def _two_bend_fits(
     x: np.ndarray, y: np.ndarray, onehot: np.ndarray, grid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Least squares for every pair of bends ``grid[a] < grid[b]`` at once (normal equations).
 
     Returns ``(a, b, sse, coef)`` flattened over the pairs: ``coef`` is ``(P, m + 3)``: one offset
@@ -296,7 +299,7 @@ class LagGrowth:
 
 
 def lag_growth(
-    steps: Sequence[int],
+    steps: Sequence[int] | np.ndarray,
     s: np.ndarray,
     start: int,
     *,
@@ -373,7 +376,7 @@ class VelocityTrend:
 
 
 def velocity_trend(
-    steps: Sequence[int],
+    steps: Sequence[int] | np.ndarray,
     s: np.ndarray,
     start: int,
     dt: int,

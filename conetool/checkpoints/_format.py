@@ -59,7 +59,7 @@ for _name, _attr in [
         _DTYPES[_name] = getattr(torch, _attr)
 
 
-def _open(path: Path):  # indirection so tests can simulate unreadable files
+def _open(path: Path) -> io.BufferedReader:  # indirection so tests can simulate unreadable files
     return open(path, "rb")
 
 

@@ -104,7 +104,7 @@ def summarize_problems(problems: list[tuple[Path, str]]) -> list[str]:
     for where, message in problems:
         key = message.replace(f"'{where}'", "each file").replace(str(where), "each file")
         groups.setdefault(key, []).append((where, message))
-    lines = []
+    lines: list[str] = []
     for key, members in groups.items():
         if len(members) < _COLLAPSE_AT:
             lines.extend(message for _, message in members)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.table import Table
 from .app import Debug, app, console, handle_errors
 from .options import Every, SpecOpt, StepRegex, Steps
 from .runtime import starting
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 
 @app.command()
@@ -44,14 +47,15 @@ def inspect(
             ckpts, spec=spec, verify=verify, step_regex=step_regex, steps=steps, every=every
         )
     table = Table(title=f"conetool inspect {ckpts}", title_justify="left")
-    for column, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("step", "right"),
         ("file", "left"),
         ("size", "right"),
         ("elements", "right"),
         ("status", "left"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    )
+    for column, justify in columns:
+        table.add_column(column, justify=justify)
     for row in rows:
         status = "[green]ok[/]" if row.status == "ok" else "[bold red]error[/]"
         table.add_row(

@@ -21,7 +21,7 @@ def _fields_text(fields: dict[str, Any]) -> str:
     return "  ".join(f"{k}={v}" for k, v in fields.items())
 
 
-def per_item(done: int, elapsed: float) -> str:
+def per_item(done: float, elapsed: float) -> str:
     """The time one item took on average, "3.2 ms each" or "12.4 s each"; "" before the first.
 
     A duration reads better than a rate at both ends: "890.4/s" for training steps and "0.0/s"

@@ -57,7 +57,7 @@ def image_shape(arch: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
             f"(channels, height, width), but the data set gives examples of shape {shape}. "
             'Use a data set of images, or arch = "mlp" for flat inputs.'
         )
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def flat_features(arch: str, input_shape: Sequence[int]) -> int:

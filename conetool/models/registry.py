@@ -106,7 +106,7 @@ def output_check(
     """
     name = arch if arch is not None else type(model).__name__
     shape = (2, *tuple(input_shape))
-    first = next(iter(model.parameters()), None)
+    first: torch.Tensor | None = next(iter(model.parameters()), None)
     if first is None:
         first = next(iter(model.buffers()), None)
     device = first.device if first is not None else torch.device("cpu")

@@ -27,8 +27,8 @@ import math
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from .. import paths
 from ..errors import StoreError
 from ..geometry import KernelError, distance_matrix
 from ..io import atomic_write
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, ProgressTask
 from ..store import Store
 from ..units import parse_memory
 
@@ -170,7 +170,7 @@ def _check_headers(store: Store) -> dict[int, str]:
 
 def _save(store: Store, matrix: KernelMatrix) -> None:
     excluded = sorted(matrix.excluded)
-    arrays = {
+    arrays: dict[str, Any] = {
         "steps": np.asarray(matrix.steps, dtype=np.int64),
         "S": np.asarray(matrix.S, dtype=np.float64),
         "key": np.asarray(matrix.key),
@@ -297,7 +297,8 @@ def _exclude(
 def _compute(store: Store, steps: list[int], budget: int | None, progress: Progress) -> np.ndarray:
     """distance_matrix over ``steps``; a kernel that cannot be used raises :class:`_BadKernel`."""
     records = store.records()
-    bar: dict[str, object] = {}
+    bar: ProgressTask | None = None
+    shown = 0
 
     def load(index: int) -> torch.Tensor:
         step = steps[index]
@@ -307,12 +308,11 @@ def _compute(store: Store, steps: list[int], budget: int | None, progress: Progr
             raise _BadKernel(step, _strip_fix(str(exc))) from exc
 
     def report(done: int, total: int) -> None:
-        if "task" not in bar:
-            bar["task"] = progress.task("S matrix", total=total)
-            bar["done"] = 0
-        task = bar["task"]
-        task.advance(done - bar["done"])  # type: ignore[attr-defined,operator]
-        bar["done"] = done
+        nonlocal bar, shown
+        if bar is None:
+            bar = progress.task("S matrix", total=total)
+        bar.advance(done - shown)
+        shown = done
 
     try:
         return distance_matrix(load, len(steps), max_memory=budget, progress=report)
@@ -324,9 +324,8 @@ def _compute(store: Store, steps: list[int], budget: int | None, progress: Progr
         what = _strip_fix(str(exc)).replace(f"kernel {exc.index} ", "its kernel ", 1)
         raise _BadKernel(step, f"kernel file {path}: {what}") from exc
     finally:
-        if "task" in bar:
-            close: Callable[[], None] = bar["task"].close  # type: ignore[attr-defined]
-            close()
+        if bar is not None:
+            bar.close()
 
 
 def _strip_fix(message: str) -> str:

@@ -9,7 +9,7 @@ import json
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import paths
 from ..errors import ConetoolError
@@ -18,6 +18,8 @@ from ..store import Store
 from ..verdict import REGIMES
 
 __all__ = ["ReportInputs"]
+
+_Inputs = TypeVar("_Inputs", bound="ReportInputs")  # read() builds the subclass it is called on
 
 
 # A checkpoint table longer than this is folded away (HTML <details>).
@@ -112,7 +114,7 @@ class ReportInputs:
     details: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, store: Store, store_arg: str, out_dir: Path) -> ReportInputs:
+    def read(cls: type[_Inputs], store: Store, store_arg: str, out_dir: Path) -> _Inputs:
         notes: list[str] = []
         root = store.root
         distance = _read_json(paths.distance_summary(root), "conetool distance", notes)

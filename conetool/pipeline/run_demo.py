@@ -10,6 +10,7 @@ sweep, then
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ DEMO_SPEC = "demo.toml"
 def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spec:
     """The demo's spec (``conetool/demo.toml``, the same as ``examples/digits_lenet.toml``),
     optionally shortened: ``steps`` scales the checkpoint schedule with the run."""
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
 
     text = resources.files("conetool").joinpath(DEMO_SPEC).read_text(encoding="utf-8")
     spec = spec_from_dict(tomllib.loads(text), source=f"conetool/{DEMO_SPEC}")

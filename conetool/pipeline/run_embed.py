@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from .. import paths
 from .._version import __version__
-from ..embedding import Embedding, embed_kernels
+from ..embedding import Embedding, Method, embed_kernels
 from ..errors import ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
 from ..plots import embedding_figure, save_figure
@@ -110,7 +110,8 @@ def embed(
     with limit_threads(threads):
         matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
         steps, s = matrix.steps, matrix.S
-        embedding = embed_kernels(s, method=method, dims=dims, seed=seed)  # type: ignore[arg-type]
+        chosen = cast(Method, method)  # one of METHODS: checked above
+        embedding = embed_kernels(s, method=chosen, dims=dims, seed=seed)
     phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s)
 
     root = opened.root

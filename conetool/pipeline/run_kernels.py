@@ -21,7 +21,7 @@ from ..errors import ConetoolError, DataError, StoreError
 from ..models import output_check
 from ..ntk import KINDS, METHODS, empirical_ntk, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, ProgressTask
 from ..spec import Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from ..threads import limit_threads
@@ -384,6 +384,11 @@ def _plan(
         if note:
             notes.append(note)
             progress.log(f"note: {note}")
+
+    def warn(message: str) -> None:
+        notes.append(message)
+        progress.log(f"warning: {message}")
+
     refs = list_checkpoints(
         ckpts,
         step_regex=step_regex,
@@ -391,7 +396,7 @@ def _plan(
         steps=parse_step_range(steps) if steps else None,
         every=every,
         skip_bad=skip_bad,
-        warn=lambda message: (notes.append(message), progress.log(f"warning: {message}")),
+        warn=warn,
     )
     data = load_data(spec.data)
     probe = make_probe(data, spec.probe)
@@ -484,19 +489,19 @@ def _unchanged(
 
 def _inner_bar(progress: Progress, step: int) -> Callable[[int, int], None]:
     """An inner progress bar over the blocks of one kernel, opened on the first report."""
-    state: dict[str, object] = {}
+    task: ProgressTask | None = None
+    shown = 0
 
     def report(done: int, total: int) -> None:
+        nonlocal task, shown
         if total <= 1:
             return
-        if "task" not in state:
-            state["task"] = progress.task(f"  step {step}", total=total)
-            state["done"] = 0
-        task = state["task"]
-        task.advance(done - state["done"])  # type: ignore[attr-defined,operator]
-        state["done"] = done
+        if task is None:
+            task = progress.task(f"  step {step}", total=total)
+        task.advance(done - shown)
+        shown = done
         if done >= total:
-            task.close()  # type: ignore[attr-defined]
+            task.close()
 
     return report
 

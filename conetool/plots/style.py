@@ -64,7 +64,9 @@ def same_length(a: np.ndarray, b: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: lengths differ ({a.size} vs {b.size}); they must be aligned.")
 
 
-def curve_colors(n: int, cmap: str = CURVE_CMAP, lo: float = 0.0, hi: float = 0.85) -> list[tuple]:
+def curve_colors(
+    n: int, cmap: str = CURVE_CMAP, lo: float = 0.0, hi: float = 0.85
+) -> list[tuple[float, float, float, float]]:
     """``n`` colours evenly spaced along ``cmap`` (by rank, so close values stay distinguishable)."""
     cm = matplotlib.colormaps[cmap]
     if n <= 1:
