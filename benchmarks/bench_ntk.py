@@ -112,9 +112,7 @@ def baseline(model, x, kind):
 def engine(model, x, kind, max_memory, method):
     from conetool.ntk import empirical_ntk
 
-    return empirical_ntk(
-        model, x, kind=kind, max_memory=max_memory, device="cpu", method=method
-    )
+    return empirical_ntk(model, x, kind=kind, max_memory=max_memory, device="cpu", method=method)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -296,9 +294,7 @@ def main() -> None:
                 if methods and 1.5 * need > 0.8 * available_ram():  # resnet20: peak 1.46 x J
                     skipped = f"skipped: needs about {1.5 * need / 2**30:.1f} GiB"
                     methods = []
-                methods += [
-                    (f"{m} {b}", m, b) for m in engine_methods for b in budgets
-                ]
+                methods += [(f"{m} {b}", m, b) for m in engine_methods for b in budgets]
                 results: dict[str, dict] = {}
                 for rep in range(args.repeat):  # alternate the order, keep the fastest run
                     for label, method, budget in methods[:: -1 if rep % 2 else 1]:

@@ -16,8 +16,6 @@ from .errors import DataError
 __all__ = ["augment_generator", "batch_indices", "mix_seed", "steps_per_epoch"]
 
 
-
-
 def mix_seed(*parts: object) -> int:
     """A deterministic 63-bit seed from ``parts`` (sha256 of their repr), for torch generators."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -63,5 +61,3 @@ def augment_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator that draws the augmentation of the batch at ``step`` (seeded with a hash of
     ``("augment", seed, step)``, independent of the data order's)."""
     return torch.Generator().manual_seed(mix_seed("augment", seed, step))
-
-

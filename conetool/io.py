@@ -114,9 +114,7 @@ def _atomic_path_raw(path: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write(
-    path: Path, write: Callable[[Path], object], *, needed: int | None = None
-) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object], *, needed: int | None = None) -> None:
     """Call ``write(tmp)`` to fill a temporary file, then rename it to ``path``.
 
     Raises:

@@ -186,6 +186,7 @@ class LinearizedModel(nn.Module):
     The parameters that are trainable (``requires_grad``) at construction are ``θ``; which ones they
     are is fixed then. Frozen parameters and all buffers are constants.
     """
+
     # Declared for the type checker (nn.Module.__getattr__ would give Tensor | Module); set in
     # __init__, the network outside the module tree (object.__setattr__).
     _network: nn.Module

@@ -311,5 +311,3 @@ def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]]) -> None:
             cols = slice(col, col + product.shape[1])
             kernel[rows, cols] += product
             kernel[cols, rows] += product.T
-
-

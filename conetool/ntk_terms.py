@@ -143,9 +143,7 @@ def rows_of(block: list[Term]) -> int:
 
 def contract(left: list[Term], right: list[Term]) -> Tensor:
     """``(rows(left), rows(right))`` float64: the kernel entries between two blocks."""
-    total = torch.zeros(
-        rows_of(left), rows_of(right), dtype=torch.float64, device=_device(left[0])
-    )
+    total = torch.zeros(rows_of(left), rows_of(right), dtype=torch.float64, device=_device(left[0]))
     for a, b in zip(left, right, strict=True):
         if isinstance(a, Dense):  # the blocks come from one engine: the same kinds, term by term
             total += product(a.mat, cast(Dense, b).mat)

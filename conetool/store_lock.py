@@ -111,4 +111,3 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text or "pid unknown"
-

@@ -250,7 +250,6 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> float:
     return total
 
 
-
 def slow_step_watch(
     model: nn.Module,
     data: DataBundle,

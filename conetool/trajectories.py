@@ -87,9 +87,7 @@ def _angle(kind: str, t: np.ndarray, last: int) -> np.ndarray:
     return 0.8 * (1.0 - np.exp(-t / tau))  # 0.8 rad in all, speed decaying with time scale tau
 
 
-def _phase2(
-    kind: str, t: np.ndarray, last: int, dims: int, rng: np.random.Generator
-) -> np.ndarray:
+def _phase2(kind: str, t: np.ndarray, last: int, dims: int, rng: np.random.Generator) -> np.ndarray:
     """``(K, dims)`` the Phase II process at the steps ``t`` (exact transition laws)."""
     out = np.zeros((t.size, dims))
     if kind in ("frozen", "constant-velocity"):

@@ -99,7 +99,9 @@ def velocity_points(
     start, lag, velocity, dts = [], [], [], []
     for m in multiples:
         d = int(m * dt)
-        found = [(int(t), i, position[int(t) + d]) for i, t in enumerate(arr) if int(t) + d in position]
+        found = [
+            (int(t), i, position[int(t) + d]) for i, t in enumerate(arr) if int(t) + d in position
+        ]
         if m != multiples[0] and len(found) < 3:
             continue
         dts.append(d)

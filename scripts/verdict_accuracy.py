@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         total += n
         right_total += right
         others = ", ".join(f"{k} {c}" for k, c in got.items() if k != expected) or "-"
-        where = (
-            f"{np.median(errors):.0f} steps ({inside} of {timed})" if errors else "not defined"
-        )
+        where = f"{np.median(errors):.0f} steps ({inside} of {timed})" if errors else "not defined"
         print(f"| {name} | `{expected}` | {right}/{n} | {others} | {where} |")
     print(f"| all | | {right_total}/{total} ({right_total / total:.1%}) | | |")
     return 0

@@ -89,8 +89,13 @@ def test_split_batch_indexes_in_memory_tensors() -> None:
 @pytest.mark.parametrize("shape", [(3, 5), (2, 4, 4), (7,)])
 def test_synthetic_shapes_balance_and_determinism(shape: tuple[int, ...]) -> None:
     spec = DataSpec(
-        dataset="synthetic", shape=list(shape), num_classes=3, train_size=31, test_size=12,
-        noise=0.5, seed=4,
+        dataset="synthetic",
+        shape=list(shape),
+        num_classes=3,
+        train_size=31,
+        test_size=12,
+        noise=0.5,
+        seed=4,
     )
     a, b = load_data(spec), load_data(spec)
     assert a.input_shape == shape and a.num_classes == 3 and a.augment is None
@@ -105,8 +110,9 @@ def test_synthetic_shapes_balance_and_determinism(shape: tuple[int, ...]) -> Non
 
 def test_synthetic_is_gaussian_clusters() -> None:
     # noise = 0: every example is its class mean; means differ between classes.
-    spec = DataSpec(dataset="synthetic", shape=[6], num_classes=2, train_size=10, test_size=4,
-                    noise=0.0)
+    spec = DataSpec(
+        dataset="synthetic", shape=[6], num_classes=2, train_size=10, test_size=4, noise=0.0
+    )
     bundle = load_data(spec)
     x, y = bundle.train.inputs, bundle.train.labels()
     for c in range(2):
@@ -118,8 +124,11 @@ def test_synthetic_is_gaussian_clusters() -> None:
     same = load_data(dataclasses.replace(spec, noise=1.0))
     assert torch.equal(bigger.test.inputs, same.test.inputs)
     # The empirical noise has the requested scale (200 x 50 draws).
-    wide = load_data(DataSpec(dataset="synthetic", shape=[50], num_classes=1, train_size=200,
-                              test_size=1, noise=2.0))
+    wide = load_data(
+        DataSpec(
+            dataset="synthetic", shape=[50], num_classes=1, train_size=200, test_size=1, noise=2.0
+        )
+    )
     centered = wide.train.inputs - wide.train.inputs.mean(0)
     assert abs(float(centered.std()) - 2.0) < 0.1
 
@@ -161,9 +170,7 @@ def test_mnist_from_idx_files(tmp_path: Path) -> None:
     assert float(bundle.train.inputs[3, 0, 17, 9]) == pytest.approx(expected, abs=1e-6)
     full = (images.astype(np.float64) / 255.0 - MNIST_MEAN) / MNIST_STD
     np.testing.assert_allclose(bundle.train.inputs[:, 0].numpy(), full, atol=1e-5)
-    np.testing.assert_array_equal(
-        bundle.test.labels().numpy(), arrays["t10k-labels-idx1-ubyte"]
-    )
+    np.testing.assert_array_equal(bundle.test.labels().numpy(), arrays["t10k-labels-idx1-ubyte"])
 
 
 def test_mnist_root_with_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -447,8 +454,10 @@ def test_describe_data_agrees_with_loading():
     from conetool.data import describe_data
     from conetool.spec import DataSpec
 
-    for spec in (DataSpec(), DataSpec(dataset="synthetic", shape=[2, 3], num_classes=4,
-                                      train_size=40, test_size=8)):
+    for spec in (
+        DataSpec(),
+        DataSpec(dataset="synthetic", shape=[2, 3], num_classes=4, train_size=40, test_size=8),
+    ):
         info, bundle = describe_data(spec), load_data(spec)
         assert info.input_shape == tuple(bundle.input_shape)
         assert info.num_classes == bundle.num_classes

@@ -59,7 +59,13 @@ def test_demo_writes_every_artifact(finished):
     assert finished.verdict["regime"] in html
     assert html.count("data:image/png;base64,") >= 6  # Fig. 1a, 1b, 1c, 2, S matrix, spectrum
     assert set(finished.stage_seconds) == {
-        "train", "kernels", "distance", "embed", "spectrum", "switch", "report"
+        "train",
+        "kernels",
+        "distance",
+        "embed",
+        "spectrum",
+        "switch",
+        "report",
     }
 
 

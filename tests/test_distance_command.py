@@ -514,7 +514,9 @@ def test_train_kernels_distance_embed_end_to_end(tmp_path, real_figures):
     cached = paths.noise_json(store).stat().st_mtime_ns
     assert runner.invoke(app, ["distance", "--store", str(store), "-q"]).exit_code == 0
     assert paths.noise_json(store).stat().st_mtime_ns == cached  # reused, not recomputed
-    assert runner.invoke(app, ["distance", "--store", str(store), "-q", "--no-noise"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["distance", "--store", str(store), "-q", "--no-noise"]).exit_code == 0
+    )
     skipped = json.loads(paths.distance_summary(store).read_text())
     assert skipped["noise"] is None and skipped["verdict"]["numbers"]["noise_floor"] is None
 

@@ -23,8 +23,13 @@ from conetool.training import train
 runner = CliRunner()
 SPEC = {
     "model": {"arch": "mlp", "num_classes": 3, "widths": [6], "activation": "tanh"},
-    "data": {"dataset": "synthetic", "shape": [4], "num_classes": 3, "train_size": 48,
-             "test_size": 12},
+    "data": {
+        "dataset": "synthetic",
+        "shape": [4],
+        "num_classes": 3,
+        "train_size": 48,
+        "test_size": 12,
+    },
     "probe": {"size": 6},
     "train": {"steps": 10, "batch_size": 8, "save_every": 5, "eval_every": 5},
 }

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 @app.command()
 def inspect(
-    ckpts: Annotated[Path, typer.Argument(help="A checkpoint directory (or one checkpoint).", metavar="CKPTS")],
+    ckpts: Annotated[
+        Path, typer.Argument(help="A checkpoint directory (or one checkpoint).", metavar="CKPTS")
+    ],
     spec: SpecOpt = None,
     verify: Annotated[
         bool,

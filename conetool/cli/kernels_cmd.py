@@ -26,7 +26,9 @@ from .runtime import Threads, starting
 
 @app.command()
 def kernels(
-    ckpts: Annotated[Path, typer.Argument(help="The checkpoint directory of the run.", metavar="CKPTS")],
+    ckpts: Annotated[
+        Path, typer.Argument(help="The checkpoint directory of the run.", metavar="CKPTS")
+    ],
     spec: SpecOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     probe_size: Annotated[
@@ -44,7 +46,11 @@ def kernels(
     device: DeviceOpt = "auto",
     max_memory: Annotated[
         str | None,
-        typer.Option("--max-memory", metavar="SIZE", help="Memory budget, e.g. 4GiB (default: from free memory)."),
+        typer.Option(
+            "--max-memory",
+            metavar="SIZE",
+            help="Memory budget, e.g. 4GiB (default: from free memory).",
+        ),
     ] = None,
     method: Annotated[
         Method,

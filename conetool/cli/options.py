@@ -19,7 +19,8 @@ SpecOpt = Annotated[
     ),
 ]
 StoreOpt = Annotated[
-    Path, typer.Option("--store", help="The output store directory.", file_okay=False, metavar="DIR")
+    Path,
+    typer.Option("--store", help="The output store directory.", file_okay=False, metavar="DIR"),
 ]
 StepRegex = Annotated[
     str | None,
@@ -35,10 +36,15 @@ StepRegex = Annotated[
 ]
 Steps = Annotated[
     str | None,
-    typer.Option("--steps", metavar="FIRST:LAST", help="Only steps in FIRST:LAST (both included; either may be empty)."),
+    typer.Option(
+        "--steps",
+        metavar="FIRST:LAST",
+        help="Only steps in FIRST:LAST (both included; either may be empty).",
+    ),
 ]
 Every = Annotated[
-    int | None, typer.Option("--every", min=1, metavar="K", help="Only steps that are multiples of K.")
+    int | None,
+    typer.Option("--every", min=1, metavar="K", help="Only steps that are multiples of K."),
 ]
 SkipBadKernels = Annotated[
     bool,
@@ -46,7 +52,11 @@ SkipBadKernels = Annotated[
 ]
 MatrixMemory = Annotated[
     str | None,
-    typer.Option("--max-memory", metavar="SIZE", help="Memory for the S matrix's kernel blocks (default 1GiB)."),
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Memory for the S matrix's kernel blocks (default 1GiB).",
+    ),
 ]
 DEFAULT_STORE = Path(paths.DEFAULT_STORE)
 

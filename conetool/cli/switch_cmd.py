@@ -53,7 +53,11 @@ def switch(
     store: StoreOpt = DEFAULT_STORE,
     ckpts: Annotated[
         Path | None,
-        typer.Option("--ckpts", metavar="DIR", help="Checkpoint directory (default: from the store's manifest)."),
+        typer.Option(
+            "--ckpts",
+            metavar="DIR",
+            help="Checkpoint directory (default: from the store's manifest).",
+        ),
     ] = None,
     spec: SpecOpt = None,
     reference: Annotated[

@@ -14,8 +14,12 @@ from .runtime import Threads, starting
 
 @app.command()
 def train(
-    spec: Annotated[Path, typer.Argument(help="The TOML spec of the run.", dir_okay=False, metavar="SPEC")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the checkpoints.", metavar="DIR")],
+    spec: Annotated[
+        Path, typer.Argument(help="The TOML spec of the run.", dir_okay=False, metavar="SPEC")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the checkpoints.", metavar="DIR")
+    ],
     device: DeviceOpt = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")

@@ -341,5 +341,3 @@ def _strip_fix(message: str) -> str:
 def csv_number(x: float) -> str:
     """Full precision (``repr``), empty for an undefined value."""
     return repr(float(x)) if math.isfinite(x) else ""
-
-

@@ -136,9 +136,7 @@ def _demo(
         ("spectrum", lambda: spectrum(store, progress=progress)),
         (
             "switch",
-            lambda: switch(
-                points, store=store, device=device, threads=threads, progress=progress
-            ),
+            lambda: switch(points, store=store, device=device, threads=threads, progress=progress),
         ),
         ("report", lambda: report(store, progress=progress)),
     ]

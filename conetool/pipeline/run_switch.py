@@ -45,6 +45,8 @@ from .switch_points import (
 )
 
 REFERENCES = ("checkpoint", "train")
+
+
 @dataclass(frozen=True)
 class SwitchResult:
     """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
@@ -56,8 +58,6 @@ class SwitchResult:
     reference: dict[str, Any] | None
     files: list[Path]
     notes: list[str] = field(default_factory=list)
-
-
 
 
 def parse_at(values: Sequence[int | str]) -> list[int]:

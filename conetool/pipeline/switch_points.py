@@ -64,8 +64,6 @@ class SwitchPoint:
     reused: bool = False
 
 
-
-
 def point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
     return {"spec_hash": spec.hash(), "until": until, "source_fingerprint": fingerprint}
 
