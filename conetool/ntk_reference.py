@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
+from .ntk_saved import saved_activations
 from .ntk_terms import Dense, Term
 
 __all__ = ["JacobianRows"]
@@ -82,18 +83,8 @@ def _measure(
     """
     # Parameters (and the live copies below, which share their storage) and the input are not
     # activations.
-    owned = {t.untyped_storage().data_ptr() for t in params.values()}
-    owned.add(example.untyped_storage().data_ptr())
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in owned:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
     live = {name: t.detach().requires_grad_() for name, t in params.items()}
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.enable_grad(), saved_activations([*params.values(), example]) as seen:
         out = forward(example, live)
     sizes = list(seen.values())
     return out.numel(), sum(sizes), max(sizes, default=0)

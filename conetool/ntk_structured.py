@@ -55,6 +55,7 @@ from .ntk_layer_grads import (
     numel,
     per_example_grads,
 )
+from .ntk_saved import saved_activations
 from .ntk_terms import Term
 
 
@@ -334,15 +335,6 @@ class StructuredRows:
 
     def _measure(self, example: Tensor) -> None:
         """Bytes per example (recording, cotangents, rows) and each layer's kron/dense choice."""
-        saved: dict[int, int] = {}
-        owned = {t.untyped_storage().data_ptr() for t in self.tensors.values()}
-
-        def pack(t: Tensor) -> Tensor:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in owned:
-                saved[ptr] = t.untyped_storage().nbytes()
-            return t
-
         k = self.c if self.kind != "sum" else 1
         n = self.n
         # Counted in values per example, then in bytes.
@@ -350,10 +342,10 @@ class StructuredRows:
         cotangents = 0  # output cotangents, per cotangent
         row_fixed = 0  # resident rows that do not grow with the cotangents
         row_per_cotangent = 0  # and those per cotangent
+        saved: dict[int, int] = {}
         while self.layers:
-            saved.clear()
             try:
-                with self._hooks(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                with self._hooks(), saved_activations(self.tensors.values()) as saved:
                     self._record(example)
                 break
             except Unsupported as exc:
