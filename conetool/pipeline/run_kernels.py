@@ -59,6 +59,26 @@ class _Plan:
     step_regex: str | None  # given, or recorded by the store's last run on this directory
 
 
+@dataclass(frozen=True)
+class KernelsOptions:
+    """What :func:`kernels` was asked for, collected once and handed down as one value (to every
+    torchrun rank's worker, the plan and the computation); the fields are its arguments."""
+
+    ckpts: Path
+    spec: Spec | str | Path | None
+    store: str | Path
+    probe_size: int | None
+    kind: str
+    dtype: str
+    max_memory: int | str | None
+    method: str
+    steps: str | None
+    every: int | None
+    step_regex: str | None
+    skip_bad: bool
+    overwrite: bool
+
+
 def kernels(
     ckpts: str | Path,
     *,
@@ -96,63 +116,38 @@ def kernels(
         result = conetool.kernels("runs/digits", store="conetool-out")
         H = conetool.Store.open("conetool-out").load_kernel(result.computed[-1])  # (n, n)
     """
-    with limit_threads(threads), distributed.job("kernels", device) as job:
-        return _kernels(
-            job,
-            Path(ckpts),
-            spec=spec,
-            store=store,
-            probe_size=probe_size,
-            kind=kind,
-            dtype=dtype,
-            max_memory=max_memory,
-            method=method,
-            steps=steps,
-            every=every,
-            step_regex=step_regex,
-            skip_bad=skip_bad,
-            overwrite=overwrite,
-            progress=(progress or NullProgress()) if job.is_main else NullProgress(),
-        )
-
-
-def _kernels(
-    job: distributed.Job,
-    ckpts: Path,
-    *,
-    spec: Spec | str | Path | None,
-    store: str | Path,
-    probe_size: int | None,
-    kind: str,
-    dtype: str,
-    max_memory: int | str | None,
-    method: str,
-    steps: str | None,
-    every: int | None,
-    step_regex: str | None,
-    skip_bad: bool,
-    overwrite: bool,
-    progress: Progress,
-) -> KernelsResult:
-    notes: list[str] = []
-    plan = job.agree(
-        lambda: _plan(
-            ckpts,
-            spec,
-            probe_size,
-            kind,
-            dtype,
-            method,
-            max_memory,
-            steps,
-            every,
-            step_regex,
-            skip_bad,
-            progress,
-            notes,
-            None if overwrite else Path(store),
-        )
+    options = KernelsOptions(
+        ckpts=Path(ckpts),
+        spec=spec,
+        store=store,
+        probe_size=probe_size,
+        kind=kind,
+        dtype=dtype,
+        max_memory=max_memory,
+        method=method,
+        steps=steps,
+        every=every,
+        step_regex=step_regex,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
     )
+    with limit_threads(threads), distributed.job("kernels", device) as job:
+        shown = (progress or NullProgress()) if job.is_main else NullProgress()
+        return _kernels(job, options, shown)
+
+
+def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) -> KernelsResult:
+    o = options
+    ckpts, store, method, steps, every, overwrite = (
+        o.ckpts,
+        o.store,
+        o.method,
+        o.steps,
+        o.every,
+        o.overwrite,
+    )
+    notes: list[str] = []
+    plan = job.agree(lambda: _plan(options, progress, notes))
     holder: list[Store] = []  # the store rank 0 opened (and locked), closed whatever happens
 
     def open_store() -> tuple[Store, nn.Module]:
@@ -186,9 +181,7 @@ def _kernels(
 
     try:
         out, model = job.agree(open_store, main_first=True)
-        return _compute_all(
-            job, plan, out, model, kind, dtype, max_memory, method, skip_bad, progress, notes
-        )
+        return _compute_all(job, plan, out, model, options, progress, notes)
     finally:
         for opened in holder:
             opened.close()  # releases the store's lock
@@ -199,14 +192,12 @@ def _compute_all(
     plan: _Plan,
     out: Store,
     model: nn.Module,
-    kind: str,
-    dtype: str,
-    max_memory: int | str | None,
-    method: str,
-    skip_bad: bool,
+    options: KernelsOptions,
     progress: Progress,
     notes: list[str],
 ) -> KernelsResult:
+    kind, dtype, max_memory = options.kind, options.dtype, options.max_memory
+    method, skip_bad = options.method, options.skip_bad
     dev = job.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -344,25 +335,28 @@ def _compute_all(
     )
 
 
-def _plan(
-    ckpts: Path,
-    spec: Spec | str | Path | None,
-    probe_size: int | None,
-    kind: str,
-    dtype: str,
-    method: str,
-    max_memory: int | str | None,
-    steps: str | None,
-    every: int | None,
-    step_regex: str | None,
-    skip_bad: bool,
-    progress: Progress,
-    notes: list[str],
-    store: Path | None = None,
-) -> _Plan:
-    """Check the arguments; find the spec, the checkpoints and the probe set (on every rank).
+def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> _Plan:
+    """Check the options; find the spec, the checkpoints and the probe set (on every rank).
     Nothing is written before every option is checked. Without ``step_regex``, the one the
-    ``store`` recorded for this same directory is used (a rerun needs no regex again)."""
+    store recorded for this same directory is used (a rerun needs no regex again), unless the
+    store is being overwritten."""
+    o = options
+    ckpts, spec, probe_size, kind, dtype, method = (
+        o.ckpts,
+        o.spec,
+        o.probe_size,
+        o.kind,
+        o.dtype,
+        o.method,
+    )
+    max_memory, steps, every, step_regex, skip_bad = (
+        o.max_memory,
+        o.steps,
+        o.every,
+        o.step_regex,
+        o.skip_bad,
+    )
+    store = None if o.overwrite else Path(o.store)
     if max_memory is not None:
         parse_memory(max_memory)  # names --max-memory; before any file is touched
     if kind not in KINDS:
