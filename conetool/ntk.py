@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import ntk_schedule
+from .choices import Kind, Method, choice
 from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError
 from .ntk_checks import check_independence, check_modules, check_per_example, eval_mode
@@ -81,8 +82,8 @@ __all__ = [
     "resolve_device",
 ]
 
-KINDS = ("trace", "full", "sum")
-METHODS = ("auto", "structured", "jacobian")
+KINDS = tuple(k.value for k in Kind)
+METHODS = tuple(m.value for m in Method)
 
 # The default CPU budget: this fraction of MemAvailable, at most _CPU_CAP bytes.
 _CPU_FRACTION = 0.5
@@ -167,10 +168,8 @@ def empirical_ntk(
         >>> empirical_ntk(model, x1, x2, kind="full", device="cpu").shape
         torch.Size([5, 3, 2, 3])
     """
-    if kind not in KINDS:
-        raise ConetoolError(f"kernel kind {kind!r} is unknown. Use one of: {', '.join(KINDS)}.")
-    if method not in METHODS:
-        raise ConetoolError(f"--method {method!r} is unknown. Use one of: {', '.join(METHODS)}.")
+    kind = choice(Kind, kind, "kind").value
+    method = choice(Method, method, "--method").value
     if not isinstance(x1, Tensor) or x1.dim() < 1 or x1.shape[0] < 1:
         raise ConetoolError("empirical_ntk needs inputs of shape (n, ...) with n >= 1 examples.")
     if x2 is not None:

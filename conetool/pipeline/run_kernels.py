@@ -16,10 +16,11 @@ from torch import nn
 from .. import distributed, paths
 from .._version import __version__
 from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint, parse_step_range
+from ..choices import Dtype, Kind, Method, choice
 from ..data import DataBundle, load_data
 from ..errors import ConetoolError, DataError, StoreError
 from ..models import output_check
-from ..ntk import KINDS, METHODS, empirical_ntk, parse_memory
+from ..ntk import empirical_ntk, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
 from ..progress import NullProgress, Progress, ProgressTask
 from ..spec import Spec
@@ -359,12 +360,9 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> _Pla
     store = None if o.overwrite else Path(o.store)
     if max_memory is not None:
         parse_memory(max_memory)  # names --max-memory; before any file is touched
-    if kind not in KINDS:
-        raise ConetoolError(f"--kind {kind!r} is unknown. Use one of: {', '.join(KINDS)}.")
-    if dtype not in DTYPES:
-        raise ConetoolError(f"--dtype {dtype!r} is unknown. Use float32 or float64.")
-    if method not in METHODS:
-        raise ConetoolError(f"--method {method!r} is unknown. Use one of: {', '.join(METHODS)}.")
+    kind = choice(Kind, kind, "--kind").value  # the CLI's Enums, one message for Python callers
+    dtype = choice(Dtype, dtype, "--dtype").value
+    method = choice(Method, method, "--method").value
     if not ckpts.exists():
         raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
     spec = resolve_spec(ckpts, spec)

@@ -25,6 +25,7 @@ import torch
 
 from .. import distributed, paths
 from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
+from ..choices import Reference, choice
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
 from ..io import write_error
@@ -44,7 +45,7 @@ from .switch_points import (
     write_sweep,
 )
 
-REFERENCES = ("checkpoint", "train")
+REFERENCES = tuple(r.value for r in Reference)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,21 @@ class _Sweep:
     notes: list[str] = field(default_factory=list)  # what _prepare took from the store
 
 
+@dataclass(frozen=True)
+class SwitchOptions:
+    """What :func:`switch` was asked for, collected once and handed down as one value (to every
+    torchrun rank's worker and to the sweep's preparation); the fields are its arguments."""
+
+    at: Sequence[int | str]
+    until: int | None
+    store: Path
+    ckpts: str | Path | None
+    spec: Spec | str | Path | None
+    reference: str
+    step_regex: str | None
+    beyond_run: bool
+
+
 def switch(
     at: Sequence[int | str],
     *,
@@ -135,39 +151,26 @@ def switch(
         result = conetool.switch([0, 100, 200], store="conetool-out")
         [(p.at, p.test_acc) for p in result.points]
     """
+    options = SwitchOptions(
+        at=at,
+        until=until,
+        store=Path(store),
+        ckpts=ckpts,
+        spec=spec,
+        reference=reference,
+        step_regex=step_regex,
+        beyond_run=beyond_run,
+    )
     with limit_threads(threads) as count, distributed.job("switch", device) as job:
-        return _switch(
-            job,
-            at,
-            until=until,
-            store=Path(store),
-            ckpts=ckpts,
-            spec=spec,
-            reference=reference,
-            step_regex=step_regex,
-            beyond_run=beyond_run,
-            threads=count,
-            progress=(progress or NullProgress()) if job.is_main else NullProgress(),
-        )
+        shown = (progress or NullProgress()) if job.is_main else NullProgress()
+        return _switch(job, options, count, shown)
 
 
 def _switch(
-    job: distributed.Job,
-    at: Sequence[int | str],
-    *,
-    until: int | None,
-    store: Path,
-    ckpts: str | Path | None,
-    spec: Spec | str | Path | None,
-    reference: str,
-    step_regex: str | None,
-    beyond_run: bool,
-    threads: int,
-    progress: Progress,
+    job: distributed.Job, options: SwitchOptions, threads: int, progress: Progress
 ) -> SwitchResult:
-    sweep = job.agree(
-        lambda: _prepare(at, until, store, ckpts, spec, reference, step_regex, beyond_run)
-    )
+    store, reference = options.store, options.reference
+    sweep = job.agree(lambda: _prepare(options))
     dev, T = job.device, sweep.until
 
     # With several ranks, rank 0 finds the points already done so that only the others are dealt.
@@ -256,20 +259,13 @@ def _switch(
     return SwitchResult(store, T, points, ref_result, files, notes)
 
 
-def _prepare(
-    at: Sequence[int | str],
-    until: int | None,
-    store: Path,
-    ckpts: str | Path | None,
-    spec: Spec | str | Path | None,
-    reference: str,
-    step_regex: str | None,
-    beyond_run: bool = False,
-) -> _Sweep:
-    """Check the arguments; find the checkpoints, the spec and the data (on every rank)."""
-    points_at = parse_at(at)
-    if reference not in REFERENCES:
-        raise ConetoolError(f"--reference {reference!r} is unknown. Use checkpoint or train.")
+def _prepare(options: SwitchOptions) -> _Sweep:
+    """Check the options; find the checkpoints, the spec and the data (on every rank)."""
+    o = options
+    until, store, ckpts, spec = o.until, o.store, o.ckpts, o.spec
+    step_regex, beyond_run = o.step_regex, o.beyond_run
+    points_at = parse_at(o.at)
+    reference = choice(Reference, o.reference, "--reference").value
     ckpts_dir, spec, manifest = _locate(store, ckpts, spec)
     # What kernels recorded: its --step-regex (unless one is given) and where it imported a
     # "pkg.mod:factory" model or data set from.
