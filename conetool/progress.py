@@ -41,3 +41,31 @@ class NullProgress:
 
     def log(self, message: str) -> None:
         pass
+
+
+class CountBar:
+    """Adapts a ``(done, total)`` callback (what the eNTK engine and the S matrix report) to a
+    bar of ``progress``, opened on the first report; ``close()`` ends it (also done at
+    ``total``). With ``hide_single``, a job of one unit opens no bar."""
+
+    def __init__(self, progress: Progress, description: str, *, hide_single: bool = False):
+        self.progress = progress
+        self.description = description
+        self.hide_single = hide_single
+        self.task: ProgressTask | None = None
+        self.shown = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.hide_single and total <= 1:
+            return
+        if self.task is None:
+            self.task = self.progress.task(self.description, total=total)
+        self.task.advance(done - self.shown)
+        self.shown = done
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.close()
+            self.task = None

@@ -38,7 +38,7 @@ from .. import paths
 from ..errors import StoreError
 from ..geometry import KernelError, distance_matrix
 from ..io import atomic_write
-from ..progress import NullProgress, Progress, ProgressTask
+from ..progress import CountBar, NullProgress, Progress
 from ..store import Store
 from ..units import parse_memory
 
@@ -297,8 +297,7 @@ def _exclude(
 def _compute(store: Store, steps: list[int], budget: int | None, progress: Progress) -> np.ndarray:
     """distance_matrix over ``steps``; a kernel that cannot be used raises :class:`_BadKernel`."""
     records = store.records()
-    bar: ProgressTask | None = None
-    shown = 0
+    report = CountBar(progress, "S matrix")
 
     def load(index: int) -> torch.Tensor:
         step = steps[index]
@@ -306,13 +305,6 @@ def _compute(store: Store, steps: list[int], budget: int | None, progress: Progr
             return store.load_kernel(step)
         except StoreError as exc:
             raise _BadKernel(step, _strip_fix(str(exc))) from exc
-
-    def report(done: int, total: int) -> None:
-        nonlocal bar, shown
-        if bar is None:
-            bar = progress.task("S matrix", total=total)
-        bar.advance(done - shown)
-        shown = done
 
     try:
         return distance_matrix(load, len(steps), max_memory=budget, progress=report)
@@ -324,8 +316,7 @@ def _compute(store: Store, steps: list[int], budget: int | None, progress: Progr
         what = _strip_fix(str(exc)).replace(f"kernel {exc.index} ", "its kernel ", 1)
         raise _BadKernel(step, f"kernel file {path}: {what}") from exc
     finally:
-        if bar is not None:
-            bar.close()
+        report.close()
 
 
 def _strip_fix(message: str) -> str:

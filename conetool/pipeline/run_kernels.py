@@ -6,7 +6,6 @@ import dataclasses
 import resource
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from ..errors import ConetoolError, DataError, StoreError
 from ..models import output_check
 from ..ntk import empirical_ntk, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
-from ..progress import NullProgress, Progress, ProgressTask
+from ..progress import CountBar, NullProgress, Progress
 from ..spec import Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from ..threads import limit_threads
@@ -479,23 +478,9 @@ def _unchanged(
     return True
 
 
-def _inner_bar(progress: Progress, step: int) -> Callable[[int, int], None]:
-    """An inner progress bar over the blocks of one kernel, opened on the first report."""
-    task: ProgressTask | None = None
-    shown = 0
-
-    def report(done: int, total: int) -> None:
-        nonlocal task, shown
-        if total <= 1:
-            return
-        if task is None:
-            task = progress.task(f"  step {step}", total=total)
-        task.advance(done - shown)
-        shown = done
-        if done >= total:
-            task.close()
-
-    return report
+def _inner_bar(progress: Progress, step: int) -> CountBar:
+    """An inner progress bar over the blocks of one kernel (none for a one-block kernel)."""
+    return CountBar(progress, f"  step {step}", hide_single=True)
 
 
 def _stored_shape(store: Store) -> tuple[int, ...]:
