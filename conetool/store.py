@@ -123,7 +123,7 @@ class Store:
                 f"store {root} {where}. Compute kernels into it first: "
                 f"conetool kernels CKPTS --store {root}"
             )
-        store = cls(root, _read_manifest(path))
+        store = cls(root, read_manifest(path))
         store.adopt_kernel_files(save=False)  # in memory only: reading never writes
         return store
 
@@ -142,7 +142,7 @@ class Store:
                 "rank must see the same --store directory: put it on a file system that all "
                 "nodes share."
             )
-        return cls(root, _read_manifest(path), owner=False)
+        return cls(root, read_manifest(path), owner=False)
 
     @classmethod
     def open_for_writing(
@@ -182,7 +182,7 @@ class Store:
         notes: list[str] = []
         if path.is_file():
             try:
-                manifest: dict[str, Any] | None = _read_manifest(path)
+                manifest: dict[str, Any] | None = read_manifest(path)
             except StoreError as exc:
                 if overwrite:
                     manifest = None
@@ -425,7 +425,9 @@ def _kernel_files(root: Path) -> list[Path]:
     return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``, checked (a JSON object of this format, not from a newer
+    conetool); else a :class:`StoreError` naming the file and the fix."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(manifest, dict):

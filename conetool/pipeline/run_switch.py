@@ -14,7 +14,6 @@ progress.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
 from ..io import write_error
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
-from ..store import nearest_steps
+from ..store import nearest_steps, read_manifest
 from ..threads import limit_threads
 from .remembered import recorded_step_regex, use_recorded_imports
 from .resolve import iterations_per_epoch, resolve_spec
@@ -378,15 +377,14 @@ def _locate(
     manifest = None
     if manifest_path.is_file():
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if not isinstance(manifest, dict) or "checkpoints" not in manifest:
-                raise ValueError("not a conetool store manifest")
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            manifest = read_manifest(manifest_path)
+            if "checkpoints" not in manifest:
+                raise StoreError(f"{manifest_path} does not name its checkpoint directory.")
+        except StoreError as exc:
             raise StoreError(
-                f"{manifest_path} is not a readable conetool manifest ({exc}), so it cannot say "
-                "where the checkpoints are. Pass --ckpts CKPTS (and --spec SPEC), or rebuild it: "
-                f"conetool kernels CKPTS --store {store} rebuilds the manifest from the kernel "
-                "files."
+                f"{exc} So it cannot say where the checkpoints are: pass --ckpts CKPTS (and "
+                f"--spec SPEC), or rebuild it: conetool kernels CKPTS --store {store} rebuilds "
+                "the manifest from the kernel files."
             ) from exc
     if ckpts is None:
         if manifest is None:
