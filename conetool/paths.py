@@ -25,6 +25,19 @@ def step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def checkpoint_steps(directory: Path) -> list[int]:
+    """The steps of the model checkpoints ``conetool train`` wrote in ``directory``, ascending
+    (optimizer states and other names are not counted)."""
+    steps = []
+    for path in Path(directory).glob(f"step_*{CHECKPOINT_SUFFIX}"):
+        if is_optimizer_state(path):
+            continue
+        digits = path.name[len("step_") : -len(CHECKPOINT_SUFFIX)]
+        if digits.isdigit():
+            steps.append(int(digits))
+    return sorted(steps)
+
+
 def checkpoint(directory: Path, step: int) -> Path:
     """The model checkpoint of ``step`` in a directory written by ``conetool train``."""
     return Path(directory) / f"{step_name(step)}{CHECKPOINT_SUFFIX}"

@@ -243,24 +243,12 @@ def _check_probe(spec: Spec, data: DataBundle, progress: Progress) -> None:
         ) from exc
 
 
-def _checkpoint_steps(out: Path) -> list[int]:
-    """Steps of the model checkpoints ``conetool train`` wrote in ``out``."""
-    steps = []
-    for path in out.glob("step_*.safetensors"):
-        if paths.is_optimizer_state(path):
-            continue
-        digits = path.name[len("step_") : -len(paths.CHECKPOINT_SUFFIX)]
-        if digits.isdigit():
-            steps.append(int(digits))
-    return sorted(steps)
-
-
 def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int:
     """Check (and if asked, clear) the output directory; return the step to start from."""
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file, not a directory. Choose a directory path.")
     out.mkdir(parents=True, exist_ok=True)
-    ours = _checkpoint_steps(out)
+    ours = paths.checkpoint_steps(out)
     spec_file = paths.spec(out)
     foreign = sorted(
         p.name

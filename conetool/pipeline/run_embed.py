@@ -142,7 +142,11 @@ def embed(
         "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
         "phase1_end": phase1_end,
         "phase1_end_from": phase1_from,
-        "files": [paths.coords_csv(root).name, paths.embedding_png(root).name, "summary.json"],
+        "files": [
+            paths.coords_csv(root).name,
+            paths.embedding_png(root).name,
+            paths.embed_summary(root).name,
+        ],
     }
     summary_path = paths.embed_summary(root)
     atomic_write_json(summary_path, summary)
