@@ -13,6 +13,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conetool.geometry import GeometryError
 from conetool.trajectories import CLASSES, default_steps, trajectory
@@ -179,3 +181,31 @@ def test_verdict_checks_its_inputs() -> None:
     t = trajectory("bounded", seed=0, last=2000)
     with pytest.raises(GeometryError, match="nearest stored steps"):
         phase_verdict(t.steps, t.S, refs=[123])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    spacing=st.lists(st.integers(1, 400), min_size=2, max_size=60),
+    dim=st.integers(2, 12),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.floats(1e-6, 1.0),
+)
+def test_any_trajectory_and_any_checkpoint_schedule_gets_a_regime_and_a_reason(
+    spacing: list[int], dim: int, seed: int, scale: float
+) -> None:
+    """Irregular, sparse or dense schedules and any motion: never a crash, always one of the
+    regimes, and a phase1_end that is a stored step inside its range."""
+    steps = np.cumsum([0, *spacing])
+    rng = np.random.default_rng(seed)
+    walk = np.cumsum(rng.standard_normal((steps.size, dim)) * scale, axis=0)
+    u = np.hstack([np.ones((steps.size, 1)), walk])
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    s = np.clip(1.0 - u @ u.T, 0.0, 2.0)
+    np.fill_diagonal(s, 0.0)
+    v = phase_verdict(steps, (s + s.T) / 2)
+    assert v.regime in REGIMES and v.explanation
+    if v.phase1_end is not None:
+        assert v.phase1_end in steps.tolist()
+        low, high = v.numbers["velocity"]["phase1_range"]
+        assert low <= v.phase1_end <= high
+    json.dumps(v.to_dict())  # JSON-ready, whatever the input
