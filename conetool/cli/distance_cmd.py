@@ -51,6 +51,7 @@ def distance(
         float,
         typer.Option(
             "--min-drop",
+            metavar="FACTOR",
             help="Verdict: the velocity must fall by at least this factor for two phases.",
         ),
     ] = _RULES.min_drop,
@@ -58,6 +59,7 @@ def distance(
         float,
         typer.Option(
             "--freeze-factor",
+            metavar="FACTOR",
             help="Verdict: a Phase II velocity falling by this factor means the kernel froze.",
         ),
     ] = _RULES.freeze_factor,
@@ -65,6 +67,7 @@ def distance(
         float,
         typer.Option(
             "--bounded-exponent",
+            metavar="A",
             help="Verdict: Phase II S growing like lag^a with a at most this is bounded (cone).",
         ),
     ] = _RULES.bounded_exponent,
@@ -72,6 +75,7 @@ def distance(
         float,
         typer.Option(
             "--drift-exponent",
+            metavar="A",
             help="Verdict: Phase II S growing like lag^a with a at least this is drift.",
         ),
     ] = _RULES.drift_exponent,
@@ -79,6 +83,7 @@ def distance(
         float,
         typer.Option(
             "--plateau-tolerance",
+            metavar="FRACTION",
             help="Verdict: largest growth (last third of a reference curve over its middle "
             "third) that still counts as a plateau.",
         ),
@@ -86,13 +91,16 @@ def distance(
     lazy_level: Annotated[
         float,
         typer.Option(
-            "--lazy-level", help="Verdict: kernels no farther apart than this S count as frozen."
+            "--lazy-level",
+            metavar="S",
+            help="Verdict: kernels no farther apart than this S count as frozen.",
         ),
     ] = _RULES.lazy_level,
     velocity_dt: Annotated[
         int | None,
         typer.Option(
             "--velocity-dt",
+            metavar="DT",
             min=1,
             help="Verdict: the dt of its velocity (default: the spacing that covers the run).",
         ),
