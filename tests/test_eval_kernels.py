@@ -249,9 +249,15 @@ def test_cli_eval_size_end_to_end(run, tmp_path):
     shown = runner.invoke(app, ["spectrum", "--store", str(root), "--top-k", "2"])
     assert shown.exit_code == 0, shown.output
     assert "kernel machine" in shown.output
+    switched = runner.invoke(app, ["switch", "--at", "5", "--store", str(root), "-q"])
+    assert switched.exit_code == 0, switched.output
     report = runner.invoke(app, ["report", "--store", str(root)])
     assert report.exit_code == 0, report.output
     text = paths.report_md(root).read_text()
-    assert "kernel-machine test accuracy" in text
+    spectrum_part = text[text.index("Alignment and spectrum") :]
+    assert "kernel-machine test accuracy" in spectrum_part and "ridge 0.001" in spectrum_part
+    switch_part = text[text.index("Switch experiment (Fig. 2)") :]
+    assert "Beside Fig. 2: the kernel machine with the eNTK frozen at step t" in switch_part
+    assert "at step 0 and" in switch_part and "at step 10" in switch_part
     bad = runner.invoke(app, ["kernels", str(run), "--store", str(root), "--eval-size", "0"])
     assert bad.exit_code == 2
