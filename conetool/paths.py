@@ -98,6 +98,32 @@ def kernel_relative(step: int) -> str:
     return f"{KERNELS_DIR}/{step_name(step)}{CHECKPOINT_SUFFIX}"
 
 
+# ``conetool kernels --eval-size m``: a held-out evaluation set and, per step, the cross kernel
+# K(eval, probe) that the kernel machine of ``conetool spectrum`` is evaluated with.
+#
+#     STORE/eval.safetensors                   "inputs", "labels", "indices" (test split positions)
+#     STORE/eval_kernels/step_002000.safetensors   tensor "kernel" (m, n) or (m, c, n, c); metadata
+#                                              step, kind, dtype, eval_hash, probe_hash,
+#                                              spec_hash, fingerprint (of the source checkpoint)
+EVAL_NAME = "eval.safetensors"
+EVAL_KERNELS_DIR = "eval_kernels"
+
+
+def eval_set(store: Path) -> Path:
+    """The evaluation set of the kernel machine (drawn like the probe set, from the test split)."""
+    return Path(store) / EVAL_NAME
+
+
+def eval_kernels_dir(store: Path) -> Path:
+    """``STORE/eval_kernels``: the cross kernels K(eval, probe), one file per step."""
+    return Path(store) / EVAL_KERNELS_DIR
+
+
+def eval_kernel(store: Path, step: int) -> Path:
+    """The cross kernel of ``step``: ``STORE/eval_kernels/step_002000.safetensors``."""
+    return eval_kernels_dir(store) / f"{step_name(step)}{CHECKPOINT_SUFFIX}"
+
+
 # --------------------------------------------------------------------------------------------
 # Outputs of `conetool distance` and `conetool embed`, derived from the store's kernels.
 #
@@ -176,9 +202,11 @@ def embedding_png(store: Path) -> Path:
 # ``conetool spectrum`` outputs: alignment and spectrum of each stored kernel.
 #
 #     STORE/spectrum/spectrum.csv     step, alignment, effective_rank, label_energy, trace,
+#                                     eval_acc, eval_loss (empty without eval kernels),
 #                                     eig_1 ... eig_k
 #     STORE/spectrum/summary.json     top_k, the probe's classes, the store's identity, notes
-#     STORE/spectrum/spectrum.png     the three measures against step, Phase I's end marked
+#     STORE/spectrum/spectrum.png     the three measures (and the kernel machine's test accuracy)
+#                                     against step, Phase I's end marked
 SPECTRUM_DIR = "spectrum"
 
 

@@ -5,6 +5,9 @@ Layout (names from :mod:`conetool.paths`)::
     STORE/manifest.json                 provenance + per-step index (see :meth:`Store.record`)
     STORE/probe.safetensors             the probe set ("inputs", "labels", "indices")
     STORE/kernels/step_002000.safetensors   tensor "kernel"; metadata step, kind, hashes, record
+    STORE/eval.safetensors              with --eval-size: the evaluation set (like the probe set)
+    STORE/eval_kernels/step_002000.safetensors   K(eval, probe); metadata step, kind, dtype,
+                                        eval, probe and spec hashes, source fingerprint
 
 Guarantees:
 
@@ -361,6 +364,110 @@ class Store:
         if self.owner:
             self._write_manifest()
 
+    # ----------------------------------------------------------------- eval kernels
+    @property
+    def eval_record(self) -> dict[str, Any] | None:
+        """The evaluation set recorded in the manifest (size, split, seed, hash, file), if any."""
+        raw = self.manifest.get("eval")
+        return raw if isinstance(raw, dict) else None
+
+    def record_eval(self, record: dict[str, Any]) -> list[str]:
+        """Record the evaluation set ``record`` (size, split, seed, hash, file) in the manifest,
+        written now when it changed. When it replaces another evaluation set, the eval kernel
+        files of the old one are deleted (they carry its hash and would never be used again).
+        Returns the notes to show (the replacement)."""
+        old = self.eval_record
+        if old == record:
+            return []
+        notes: list[str] = []
+        self.manifest["eval"] = dict(record)
+        if self.owner:
+            self._write_manifest()
+        if old is not None and old.get("hash") != record.get("hash"):
+            removed = 0
+            for path in _eval_kernel_files(self.root):
+                if _metadata(path).get("eval_hash") != record.get("hash"):
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            notes.append(
+                f"the evaluation set changed (size {old.get('size')} -> {record.get('size')}, "
+                f"hash {old.get('hash')} -> {record.get('hash')}); its {removed} eval kernel(s) "
+                f"in {paths.eval_kernels_dir(self.root)} were deleted and are recomputed"
+            )
+        return notes
+
+    def eval_kernel_problem(self, step: int, eval_hash: str, fingerprint: str) -> str | None:
+        """Why the eval kernel of ``step`` cannot be used with the evaluation set ``eval_hash``
+        and the source checkpoint ``fingerprint``, or None when it can (header only)."""
+        path = paths.eval_kernel(self.root, step)
+        if not path.is_file():
+            return f"no eval kernel {path}"
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if "kernel" not in handle.keys():
+                    return f"eval kernel file {path} holds no tensor 'kernel'"
+                shape = tuple(handle.get_slice("kernel").get_shape())
+        except (OSError, SafetensorError) as exc:
+            return f"eval kernel file {path} cannot be read ({exc})"
+        ident = self.identity
+        expected = {
+            "step": str(step),
+            "kind": ident.kind,
+            "dtype": ident.dtype,
+            "spec_hash": ident.spec_hash,
+            "probe_hash": ident.probe_hash,
+            "eval_hash": eval_hash,
+            "fingerprint": fingerprint,
+        }
+        wrong = [
+            f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v
+        ]
+        size = (self.eval_record or {}).get("size")
+        if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
+            wrong.append(f"shape {shape} (eval size {size})")
+        if wrong:
+            return f"eval kernel file {path} is stale: {'; '.join(wrong)}"
+        return None
+
+    def write_eval_kernel(
+        self, step: int, kernel: torch.Tensor, eval_hash: str, fingerprint: str
+    ) -> Path:
+        """Write the cross kernel K(eval, probe) of ``step`` atomically. It carries what makes it
+        current (evaluation set, probe set, spec, kind, dtype, source fingerprint), so the manifest
+        is not touched: any rank may write it."""
+        ident = self.identity
+        metadata = {
+            "step": str(step),
+            "kind": ident.kind,
+            "dtype": ident.dtype,
+            "spec_hash": ident.spec_hash,
+            "probe_hash": ident.probe_hash,
+            "eval_hash": eval_hash,
+            "fingerprint": fingerprint,
+        }
+        path = paths.eval_kernel(self.root, step)
+        atomic_save_safetensors(path, {"kernel": kernel.cpu()}, metadata)
+        return path
+
+    def load_eval_kernel(self, step: int) -> torch.Tensor:
+        """The stored cross kernel K(eval, probe) of ``step``; check it with
+        :meth:`eval_kernel_problem` first."""
+        path = paths.eval_kernel(self.root, step)
+        try:
+            kernel = load_file(str(path))["kernel"]
+        except (OSError, SafetensorError, KeyError) as exc:
+            raise StoreError(
+                f"eval kernel file {path} cannot be read ({exc}). Recompute it: conetool kernels "
+                f"--store {self.root} --eval-size M."
+            ) from exc
+        if not torch.isfinite(kernel).all():
+            raise StoreError(
+                f"eval kernel file {path} holds non-finite values. Delete it and rerun conetool "
+                "kernels."
+            )
+        return kernel
+
     def adopt_kernel_files(self, *, save: bool = True) -> list[int]:
         """Record in the manifest every kernel file of this store's identity whose embedded
         record is missing from it or differs (written by another process, or by a run killed
@@ -410,10 +517,25 @@ def clear(root: Path) -> None:
     """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs)."""
     paths.manifest(root).unlink(missing_ok=True)
     paths.probe(root).unlink(missing_ok=True)
-    for name in (paths.KERNELS_DIR, *paths.DERIVED_DIRS):
+    paths.eval_set(root).unlink(missing_ok=True)
+    for name in (paths.KERNELS_DIR, paths.EVAL_KERNELS_DIR, *paths.DERIVED_DIRS):
         folder = Path(root) / name
         if folder.is_dir():
             shutil.rmtree(folder)
+
+
+def _eval_kernel_files(root: Path) -> list[Path]:
+    folder = paths.eval_kernels_dir(root)
+    return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata; empty when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (OSError, SafetensorError):
+        return {}
 
 
 def _looks_like_store(root: Path) -> bool:

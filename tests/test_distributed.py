@@ -368,9 +368,19 @@ def test_readme_sharding_numbers_are_the_benchmarks_quotients():
 # ---------------------------------------------------------------------------------- end to end
 def test_two_ranks_make_the_same_store_as_one_process(run, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = kernels(run, store=one, device="cpu")
-    assert single.computed == STEPS
-    done = run_torchrun("kernels", str(run), "--store", str(two), "--device", "cpu", cwd=tmp_path)
+    single = kernels(run, store=one, device="cpu", eval_size=4)
+    assert single.computed == STEPS and single.eval_computed == STEPS
+    done = run_torchrun(
+        "kernels",
+        str(run),
+        "--store",
+        str(two),
+        "--device",
+        "cpu",
+        "--eval-size",
+        "4",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("conetool kernels ->") == 1  # only rank 0 reports
     assert "cpu x2" in done.stdout
@@ -380,6 +390,12 @@ def test_two_ranks_make_the_same_store_as_one_process(run, tmp_path):
     assert stored.steps() == STEPS and stored.identity == Store.open(one).identity
     for step in STEPS:  # bit-identical, as the README says: the same work on either side
         assert torch.equal(stored.load_kernel(step), Store.open(one).load_kernel(step)), step
+        # each step's eval kernel, written by the rank that handled the step
+        assert torch.equal(stored.load_eval_kernel(step), Store.open(one).load_eval_kernel(step)), (
+            step
+        )
+    assert "eval kernels K(eval, probe), 4 test examples: 6 computed" in done.stdout
+    assert stored.manifest["eval"] == Store.open(one).manifest["eval"]
     assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]
 
 

@@ -68,6 +68,15 @@ def kernels(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a store made with another spec/probe/kind.")
     ] = False,
+    eval_size: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-size",
+            min=1,
+            metavar="M",
+            help="Also store K(eval, probe) for M test examples (kernel-machine accuracy).",
+        ),
+    ] = None,
     threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
@@ -76,6 +85,10 @@ def kernels(
 
     A rerun computes only the steps that are missing or whose checkpoint changed; a run killed at
     any moment loses at most the kernel in progress.
+
+    With --eval-size M it also draws M examples of the test split (like the probe set) and stores
+    the cross kernel K(eval, probe) at each step, for the kernel-machine accuracy of conetool
+    spectrum; added to an existing store, only those are computed.
 
     Example: conetool kernels runs/digits --store conetool-out
 
@@ -101,6 +114,7 @@ def kernels(
             step_regex=step_regex,
             skip_bad=skip_bad,
             overwrite=overwrite,
+            eval_size=eval_size,
             threads=threads,
             progress=progress,
         )
@@ -127,6 +141,13 @@ def kernels(
         result.device,
     )
     console.print(table)
+    if result.eval_size is not None:
+        console.print(
+            f"eval kernels K(eval, probe), {result.eval_size} test examples: "
+            f"{len(result.eval_computed)} computed (in {result.store / 'eval_kernels'})",
+            highlight=False,
+            markup=False,
+        )
     for step, problem in result.failed.items():
         console.print(f"- step {step} failed: {problem}", highlight=False, markup=False)
     if quiet:  # the progress display said them as they came; --quiet must not lose them

@@ -37,7 +37,8 @@ def spectrum(
 
     For every stored step: the centered kernel-target alignment with the probe set's one-hot
     labels, the effective rank, the share of the labels' energy in the top-k eigenvectors and the
-    top-k eigenvalues.
+    top-k eigenvalues. With the eval kernels of conetool kernels --eval-size, also the test
+    accuracy and loss of kernel regression on the probe set with the eNTK frozen at each step.
 
     Writes spectrum.csv, summary.json and spectrum.png to STORE/spectrum.
 
@@ -50,17 +51,31 @@ def spectrum(
     with handle_errors(debug), progress_display(quiet) as progress, limit_threads(threads):
         result = spectrum_run(store, top_k=top_k, logx=logx, skip_bad=skip_bad, progress=progress)
     table = Table(title=f"conetool spectrum -> {result.store / 'spectrum'}", title_justify="left")
-    for column in ("step", "alignment", "effective rank", f"label energy (top {result.top_k})"):
+    columns = ["step", "alignment", "effective rank", f"label energy (top {result.top_k})"]
+    machine = result.eval_size is not None
+    if machine:
+        columns.append("kernel machine test acc")
+    for column in columns:
         table.add_column(column, justify="right")
-    points = list(zip(result.steps, result.points, strict=True))
+    points = list(zip(result.steps, result.points, result.eval_acc, strict=True))
     shown = points if len(points) <= 8 else [*points[:3], None, *points[-4:]]
     for item in shown:
         if item is None:
-            table.add_row("...", "", "", "")
+            table.add_row(*(["..."] + [""] * (len(columns) - 1)))
             continue
-        step, p = item
-        table.add_row(str(step), _g(p.alignment), _g(p.effective_rank), _g(p.label_energy))
+        step, p, acc = item
+        row = [str(step), _g(p.alignment), _g(p.effective_rank), _g(p.label_energy)]
+        if machine:
+            row.append("-" if acc != acc else _g(acc))  # NaN: no current eval kernel
+        table.add_row(*row)
     console.print(table)
+    if machine:
+        console.print(
+            f"kernel machine: kernel regression on the probe set, eNTK frozen at each step, "
+            f"ridge {result.ridge:g} x tr(K)/n, tested on {result.eval_size} test examples",
+            highlight=False,
+            markup=False,
+        )
     if result.phase1_end is not None:
         console.print(f"Phase I ends at step {result.phase1_end} (distance/summary.json)")
     for step, why in result.excluded.items():

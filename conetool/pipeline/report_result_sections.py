@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .. import paths
 from ..report_html import (
@@ -335,12 +336,21 @@ class ResultSections(RunSections):
             )
         rows = _spectrum_rows(paths.spectrum_csv(self.root))
         top = summary.get("top_k", "k")
+        machine = _kernel_machine(summary, rows)
         blocks: list[Block] = []
         if rows:
             first, last = rows[0], rows[-1]
+            header: tuple[str, ...] = (
+                "step",
+                "alignment",
+                "effective rank",
+                f"label energy (top {top})",
+            )
+            if machine:
+                header += ("kernel-machine test accuracy",)
             blocks.append(
                 Table(
-                    ("step", "alignment", "effective rank", f"label energy (top {top})"),
+                    header,
                     tuple(
                         (
                             r["step"],
@@ -348,12 +358,19 @@ class ResultSections(RunSections):
                             _g(float(r["effective_rank"])),
                             _g(float(r["label_energy"])),
                         )
+                        + (
+                            (_g(float(r["eval_acc"])) if r.get("eval_acc") else "-",)
+                            if machine
+                            else ()
+                        )
                         for r in (first, last)
                     ),
-                    (True, True, True, True),
+                    (True,) * len(header),
                     caption="First and last stored step (every step: spectrum/spectrum.csv)",
                 )
             )
+        if machine:
+            blocks.append(text(_kernel_machine_sentence(summary)))
         end = summary.get("phase1_end")
         shade = f" Phase I (to step {end}) is shaded." if end is not None else ""
         shown = self._figures(
@@ -366,7 +383,14 @@ class ResultSections(RunSections):
                     "set's one-hot labels, the "
                     "effective rank (exp of the entropy of the normalised eigenvalues) and the "
                     f"share of the labels' energy in the top {top} eigenvectors, per stored "
-                    f"kernel.{shade}",
+                    "kernel"
+                    + (
+                        "; last panel: the kernel machine's test accuracy with the eNTK frozen "
+                        "at each step"
+                        if machine
+                        else ""
+                    )
+                    + f".{shade}",
                 )
             ],
             self._spectrum_command(),
@@ -463,13 +487,56 @@ class ResultSections(RunSections):
             self._switch_command_default(),
             blocks,
         )
+        machine = self._kernel_machine_beside_fig2()
+        if machine is not None:
+            blocks.append(text(machine))
         self.present.add("switch")
         self.details["switch"] = (
             ", ".join(shown) + f", {len(results['points'])} switch points, T = {until}"
         )
         return Section("switch", title, tuple(blocks))
 
+    def _kernel_machine_beside_fig2(self) -> str | None:
+        """One sentence naming the kernel machine's accuracy (``spectrum``) beside Fig. 2."""
+        summary = self.spectrum
+        if summary is None:
+            return None
+        rows = _spectrum_rows(paths.spectrum_csv(self.root))
+        if not _kernel_machine(summary, rows):
+            return None
+        measured = [r for r in rows if r.get("eval_acc")]
+        first, last = measured[0], measured[-1]
+        return (
+            "Beside Fig. 2: the kernel machine with the eNTK frozen at step t (Fort et al.'s "
+            '"kernel at time t", kernel regression on the probe set; Alignment and spectrum, '
+            f"last panel) reaches kernel-machine test accuracy {_g(float(first['eval_acc']))} at "
+            f"step {first['step']} and {_g(float(last['eval_acc']))} at step {last['step']}, in "
+            "seconds per checkpoint where a switch point costs a training run."
+        )
+
     # ----------------------------------------------------------------- checkpoints
+
+
+def _kernel_machine(summary: dict[str, Any], rows: list[dict[str, str]]) -> bool:
+    """True when ``spectrum`` measured the kernel machine at some step."""
+    machine = summary.get("kernel_machine")
+    return (
+        isinstance(machine, dict)
+        and bool(machine.get("eval"))
+        and any(r.get("eval_acc") for r in rows)
+    )
+
+
+def _kernel_machine_sentence(summary: dict[str, Any]) -> str:
+    machine = summary["kernel_machine"]
+    evaluated = machine["eval"]
+    return (
+        "Kernel-machine test accuracy: kernel regression on the probe set's centered one-hot "
+        "labels with the eNTK frozen at each step, ridge "
+        f"{_g(machine.get('ridge'))} x tr(K)/N (stated, not tuned), tested on "
+        f"{evaluated.get('size')} examples of the {evaluated.get('split')} split "
+        "(eval_acc, eval_loss in spectrum/spectrum.csv)."
+    )
 
 
 def _spectrum_rows(path: Path) -> list[dict[str, str]]:

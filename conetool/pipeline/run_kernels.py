@@ -22,7 +22,7 @@ from ..models import output_check
 from ..ntk import empirical_ntk, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
 from ..progress import CountBar, NullProgress, Progress
-from ..spec import Spec
+from ..spec import ProbeSpec, Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from ..threads import limit_threads
 from .remembered import imports_record, read_manifest, recorded_step_regex, selection_record
@@ -47,6 +47,8 @@ class KernelsResult:
     device: str
     warnings: list[str] = field(default_factory=list)
     ranks: int = 1
+    eval_computed: list[int] = field(default_factory=list)
+    eval_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class _Plan:
     probe: Probe
     identity: StoreIdentity
     step_regex: str | None  # given, or recorded by the store's last run on this directory
+    eval_set: Probe | None = None  # --eval-size: the held-out set of the kernel machine
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class KernelsOptions:
     step_regex: str | None
     skip_bad: bool
     overwrite: bool
+    eval_size: int | None = None
 
 
 def kernels(
@@ -95,6 +99,7 @@ def kernels(
     step_regex: str | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,
+    eval_size: int | None = None,
     threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> KernelsResult:
@@ -110,6 +115,14 @@ def kernels(
 
     ``threads`` sets the CPU threads of PyTorch and BLAS for the call: a count, or ``"auto"``
     (the idle cores; :func:`conetool.limit_threads`).
+
+    ``eval_size`` (``--eval-size m``): also draw an evaluation set of ``m`` examples like the
+    probe set but from the test split (class-balanced, the probe's seed), save it once as
+    ``STORE/eval.safetensors``, and store at each step the cross kernel K(eval, probe) in
+    ``STORE/eval_kernels/`` (``conetool spectrum`` fits a kernel machine with it). A step whose
+    kernel is current but whose eval kernel is missing or stale gets its eval kernel only. Without
+    it, a store that records an evaluation set keeps it (its eval kernels are kept complete); a
+    different ``m`` replaces the evaluation set and its eval kernels.
 
     Example::
 
@@ -130,6 +143,7 @@ def kernels(
         step_regex=step_regex,
         skip_bad=skip_bad,
         overwrite=overwrite,
+        eval_size=eval_size,
     )
     with limit_threads(threads), distributed.job("kernels", device) as job:
         shown = (progress or NullProgress()) if job.is_main else NullProgress()
@@ -166,6 +180,11 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
                 notes.append(note)
                 progress.log(f"note: {note}")
             _ensure_probe(out.root, plan.probe)
+            if plan.eval_set is not None:
+                _ensure_probe(out.root, plan.eval_set, paths.eval_set(out.root))
+                for note in out.record_eval(_eval_record(plan.spec, plan.eval_set)):
+                    notes.append(note)
+                    progress.log(f"note: {note}")
         else:
             out = Store.join(store)
             if out.identity != plan.identity:
@@ -204,8 +223,15 @@ def _compute_all(
 
     # Rank 0 decides what is missing (cheap: size and modification time, and the kernel file's
     # header against its record); the ranks share it.
+    evaluated = plan.eval_set
+    eval_hash = evaluated.hash if evaluated is not None else ""
     todo = job.broadcast(
-        [ref.step for ref in plan.refs if not _unchanged(out, ref, notes, progress)]
+        [
+            ref.step
+            for ref in plan.refs
+            if not _unchanged(out, ref, notes, progress)
+            or (evaluated is not None and not _eval_unchanged(out, ref.step, eval_hash))
+        ]
         if job.is_main
         else None
     )
@@ -214,6 +240,7 @@ def _compute_all(
     by_step = {ref.step: ref for ref in plan.refs}
 
     computed: list[int] = []
+    eval_computed: list[int] = []
     skipped: list[int] = []
     failed: dict[int, str] = {}
     seconds: list[float] = []
@@ -239,9 +266,27 @@ def _compute_all(
             began = time.perf_counter()
             loaded = load_checkpoint(model, ref, warn=warn_once)
             assert loaded is not None  # load_checkpoint returns the record for a file
-            if out.is_current(ref.step, loaded.fingerprint) and (
+            current = out.is_current(ref.step, loaded.fingerprint) and (
                 out.kernel_file_problem(ref.step) is None
+            )
+            cross = None
+            if evaluated is not None and (
+                out.eval_kernel_problem(ref.step, eval_hash, loaded.fingerprint) is not None
             ):
+                cross = empirical_ntk(
+                    model,
+                    evaluated.inputs,
+                    plan.probe.inputs,
+                    kind=kind,
+                    max_memory=max_memory,
+                    method=method,
+                    device=dev,
+                    dtype=DTYPES[dtype],
+                )
+            if current:
+                if cross is not None:
+                    out.write_eval_kernel(ref.step, cross, eval_hash, loaded.fingerprint)
+                    eval_computed.append(ref.step)
                 skipped.append(ref.step)
                 bar.advance(1, step=ref.step)
                 continue
@@ -283,6 +328,9 @@ def _compute_all(
             mtime_ns=_mtime_ns(ref),
         )
         out.write_kernel(record, kernel)
+        if cross is not None:  # after the kernel: a kill between the two loses the eval kernel only
+            out.write_eval_kernel(ref.step, cross, eval_hash, loaded.fingerprint)
+            eval_computed.append(ref.step)
         computed.append(ref.step)
         seconds.append(took)
         shape = tuple(kernel.shape)
@@ -290,6 +338,7 @@ def _compute_all(
 
     share = {
         "computed": computed,
+        "eval_computed": eval_computed,
         "skipped": skipped,
         "failed": {str(k): v for k, v in failed.items()},
         "seconds": seconds,
@@ -332,6 +381,8 @@ def _compute_all(
         device=devices[0] if len(devices) == 1 else _describe_devices(devices),
         warnings=notes,
         ranks=job.world_size,
+        eval_computed=sorted(s for other in shares for s in other["eval_computed"]),
+        eval_size=len(evaluated) if evaluated is not None else None,
     )
 
 
@@ -370,11 +421,27 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> _Pla
         if probe_size < 1:
             raise ConetoolError(f"--probe-size must be positive, got {probe_size}.")
         spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
+    recorded = read_manifest(store) if store is not None else None
     if step_regex is None and store is not None:
-        step_regex, note = recorded_step_regex(read_manifest(store), None, path=ckpts)
+        step_regex, note = recorded_step_regex(recorded, None, path=ckpts)
         if note:
             notes.append(note)
             progress.log(f"note: {note}")
+    eval_size = o.eval_size
+    if eval_size is not None and eval_size < 1:
+        raise ConetoolError(f"--eval-size must be positive, got {eval_size}.")
+    if eval_size is None and recorded is not None:
+        eval_size = _recorded_eval_size(recorded)
+        if eval_size is not None:
+            note = f"keeping the store's evaluation set of {eval_size} examples (--eval-size)"
+            notes.append(note)
+            progress.log(f"note: {note}")
+    if eval_size is not None and spec.probe.split == EVAL_SPLIT:
+        raise ConetoolError(
+            f"--eval-size draws a held-out evaluation set from the {EVAL_SPLIT} split, but the "
+            f"probe set is drawn from it too ([probe] split = {EVAL_SPLIT!r}), so the two would "
+            "overlap. Draw the probe set from the train split, or leave out --eval-size."
+        )
 
     def warn(message: str) -> None:
         notes.append(message)
@@ -391,8 +458,54 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> _Pla
     )
     data = load_data(spec.data)
     probe = make_probe(data, spec.probe)
+    evaluated = None
+    if eval_size is not None:
+        available = int(data.split(EVAL_SPLIT).labels().shape[0])
+        if eval_size > available:
+            raise DataError(
+                f"--eval-size {eval_size} is larger than the {EVAL_SPLIT} split of {data.name}, "
+                f"which has {available} examples. Pass --eval-size {available} or less."
+            )
+        evaluated = make_probe(data, _eval_spec(spec, eval_size))
     identity = StoreIdentity(spec.hash(), probe.hash, kind, dtype)
-    return _Plan(spec, refs, data, probe, identity, step_regex)
+    return _Plan(spec, refs, data, probe, identity, step_regex, evaluated)
+
+
+#: The split the evaluation set of ``--eval-size`` is drawn from.
+EVAL_SPLIT = "test"
+
+
+def _eval_spec(spec: Spec, size: int) -> ProbeSpec:
+    """The evaluation set is drawn like the probe set (class-balanced, the probe's seed), from
+    the test split."""
+    return ProbeSpec(size=size, split=EVAL_SPLIT, seed=spec.probe.seed)
+
+
+def _eval_record(spec: Spec, evaluated: Probe) -> dict[str, object]:
+    """The evaluation set as the manifest header records it."""
+    return {
+        "size": len(evaluated),
+        "split": evaluated.split,
+        "seed": spec.probe.seed,
+        "hash": evaluated.hash,
+        "file": paths.EVAL_NAME,
+    }
+
+
+def _recorded_eval_size(manifest: dict[str, object]) -> int | None:
+    record = manifest.get("eval")
+    size = record.get("size") if isinstance(record, dict) else None
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _eval_unchanged(store: Store, step: int, eval_hash: str) -> bool:
+    """Cheap check of a step whose kernel is current: its eval kernel is there and made with
+    this evaluation set from the checkpoint the kernel's record names (header only)."""
+    record = store.record(step)
+    return (
+        record is not None
+        and store.eval_kernel_problem(step, eval_hash, record.fingerprint) is None
+    )
 
 
 def _describe_devices(devices: list[str]) -> str:
@@ -433,9 +546,10 @@ def _header(
     }
 
 
-def _ensure_probe(root: Path, probe: Probe) -> None:
-    """Write the probe set once; rewrite it only if the stored copy is damaged."""
-    path = paths.probe(root)
+def _ensure_probe(root: Path, probe: Probe, path: Path | None = None) -> None:
+    """Write the probe set (or the evaluation set, at ``path``) once; rewrite it only if the
+    stored copy is damaged or another one."""
+    path = paths.probe(root) if path is None else path
     if path.is_file():
         try:
             if load_probe(path).hash == probe.hash:

@@ -3,15 +3,23 @@
 
 Outputs (names from :mod:`conetool.paths`)::
 
-    spectrum/spectrum.csv   step, alignment, effective_rank, label_energy, trace, eig_1 ... eig_k
-    spectrum/summary.json   top_k, classes, the store's identity, the steps left out, notes
-    spectrum/spectrum.png   the three measures against step, Phase I shaded
+    spectrum/spectrum.csv   step, alignment, effective_rank, label_energy, trace, eval_acc,
+                            eval_loss, eig_1 ... eig_k
+    spectrum/summary.json   top_k, classes, the store's identity, the steps left out, the kernel
+                            machine's ridge and evaluation set, notes
+    spectrum/spectrum.png   the three measures against step (and a 4th panel, the kernel
+                            machine's test accuracy, with eval kernels), Phase I shaded
 
-The measures are defined in :mod:`conetool.kernel_spectrum`.
+The measures are defined in :mod:`conetool.kernel_spectrum`. With the eval kernels of
+``conetool kernels --eval-size m``, each step's kernel machine (:mod:`conetool.kernel_regression`,
+kernel ridge regression on the probe set with the eNTK frozen at that step and the stated default
+ridge) is evaluated on the evaluation set: ``eval_acc`` and ``eval_loss`` (empty for a step without
+a current eval kernel).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,11 +27,12 @@ import numpy as np
 
 from .. import paths
 from .._version import __version__
-from ..errors import StoreError
+from ..errors import DataError, StoreError
 from ..io import atomic_write_csv, atomic_write_json
+from ..kernel_regression import DEFAULT_RIDGE, kernel_regression
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
 from ..plots import save_figure, spectrum_figure
-from ..probe import load_probe
+from ..probe import Probe, load_probe
 from ..progress import NullProgress, Progress
 from ..store import Store
 from .matrix_cache import csv_number, require_kernels
@@ -44,6 +53,10 @@ class SpectrumResult:
         phase1_end: Phase I's end from ``distance/summary.json`` (``None`` before ``distance``).
         excluded: steps left out with ``skip_bad`` -> why.
         files: every file written.
+        eval_acc, eval_loss: per step, the kernel machine's accuracy and loss on the evaluation
+            set (NaN for a step without a current eval kernel; all NaN without an eval set).
+        eval_size: the evaluation set's size (``None`` without one).
+        ridge: the kernel machine's relative ridge (:data:`conetool.kernel_regression.DEFAULT_RIDGE`).
     """
 
     store: Path
@@ -53,6 +66,10 @@ class SpectrumResult:
     phase1_end: int | None
     excluded: dict[int, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    eval_acc: list[float] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    eval_size: int | None = None
+    ridge: float = DEFAULT_RIDGE
 
 
 def spectrum(
@@ -81,7 +98,12 @@ def spectrum(
     probe = load_probe(paths.probe(opened.root))
     labels = probe.labels.numpy()
     classes = _classes(opened, labels)
+    evaluated, eval_note = _eval_set(opened)
+    if eval_note:
+        progress.log(f"note: {eval_note}")
     kept, points, excluded = [], [], {}
+    accuracy: list[float] = []
+    losses: list[float] = []
     task = progress.task("spectrum", total=len(steps))
     for step in steps:
         try:
@@ -97,13 +119,17 @@ def spectrum(
             continue
         points.append(spectrum_point(kernel, labels, classes, top_k))
         kept.append(step)
+        machine = _kernel_machine(opened, step, kernel, labels, evaluated, classes)
+        accuracy.append(machine[0])
+        losses.append(machine[1])
         task.advance(step=step)
     task.close()
     if not points:
         raise StoreError(f"no kernel of {opened.root} could be read; see the warnings above.")
     root = opened.root
     k = min(int(top_k), points[0].eigenvalues.size)
-    header = ["step", "alignment", "effective_rank", "label_energy", "trace"]
+    header = ["step", "alignment", "effective_rank", "label_energy", "trace", "eval_acc"]
+    header += ["eval_loss"]
     header += [f"eig_{i + 1}" for i in range(k)]
     rows = [
         [
@@ -112,10 +138,13 @@ def spectrum(
             csv_number(p.effective_rank),
             csv_number(p.label_energy),
             csv_number(p.trace),
+            csv_number(acc),
+            csv_number(loss),
             *(csv_number(v) for v in p.eigenvalues[:k]),
         ]
-        for step, p in zip(kept, points, strict=True)
+        for step, p, acc, loss in zip(kept, points, accuracy, losses, strict=True)
     ]
+    has_eval = any(np.isfinite(accuracy))
     files = [atomic_write_csv(paths.spectrum_csv(root), header, rows)]
     end = saved_phase1_end(root)
     figure = spectrum_figure(
@@ -126,6 +155,7 @@ def spectrum(
         top_k=k,
         phase1_end=end,
         logx=logx,
+        eval_accuracy=accuracy if has_eval else None,
     )
     files.append(save_figure(figure, paths.spectrum_png(root)))
     summary = {
@@ -139,11 +169,75 @@ def spectrum(
         "steps": {"count": len(kept), "first": kept[0], "last": kept[-1]},
         "phase1_end": end,
         "excluded": {str(s): why for s, why in sorted(excluded.items())},
+        "kernel_machine": {
+            "ridge": DEFAULT_RIDGE,
+            "ridge_rule": "lambda = ridge * tr(K) / N, N the rows of the probe kernel",
+            "eval": None
+            if evaluated is None
+            else {
+                "size": len(evaluated),
+                "split": evaluated.split,
+                "hash": evaluated.hash,
+                "steps": int(np.isfinite(accuracy).sum()),
+            },
+            "note": eval_note,
+        },
         "definitions": "README: conetool spectrum",
     }
     atomic_write_json(paths.spectrum_summary(root), summary)
     files.append(paths.spectrum_summary(root))
-    return SpectrumResult(root, kept, points, k, end, excluded, files)
+    return SpectrumResult(
+        root,
+        kept,
+        points,
+        k,
+        end,
+        excluded,
+        files,
+        accuracy,
+        losses,
+        len(evaluated) if evaluated is not None else None,
+    )
+
+
+def _eval_set(store: Store) -> tuple[Probe | None, str | None]:
+    """The store's evaluation set (``kernels --eval-size``), checked against the manifest's
+    record; ``(None, why)`` when it is recorded but unusable, ``(None, None)`` without one."""
+    record = store.eval_record
+    if record is None:
+        return None, None
+    path = paths.eval_set(store.root)
+    try:
+        evaluated = load_probe(path)
+    except DataError as exc:
+        return None, f"no kernel-machine accuracy: {str(exc).splitlines()[0]}"
+    if evaluated.hash != record.get("hash"):
+        return None, (
+            f"no kernel-machine accuracy: {path} has hash {evaluated.hash}, the manifest records "
+            f"{record.get('hash')}; rerun conetool kernels --store {store.root} --eval-size "
+            f"{record.get('size')}"
+        )
+    return evaluated, None
+
+
+def _kernel_machine(
+    store: Store,
+    step: int,
+    kernel: np.ndarray,
+    labels: np.ndarray,
+    evaluated: Probe | None,
+    classes: int,
+) -> tuple[float, float]:
+    """``(accuracy, loss)`` on the evaluation set of kernel regression on the probe set with the
+    kernel of ``step``; NaN without a current eval kernel of that step."""
+    record = store.record(step)
+    if evaluated is None or record is None:
+        return math.nan, math.nan
+    if store.eval_kernel_problem(step, evaluated.hash, record.fingerprint) is not None:
+        return math.nan, math.nan
+    cross = store.load_eval_kernel(step).numpy()
+    result = kernel_regression(kernel, cross, labels, evaluated.labels.numpy(), classes)
+    return result.accuracy, result.loss
 
 
 def _classes(store: Store, labels: np.ndarray) -> int:

@@ -24,19 +24,25 @@ def spectrum_figure(
     top_k: int,
     phase1_end: int | None = None,
     logx: bool = False,
+    eval_accuracy: Sequence[float] | None = None,
 ) -> Figure:
     """Three panels against step: centered kernel-target alignment, effective rank, and the share
-    of the labels' energy in the top ``top_k`` eigenvectors; Phase I shaded when known."""
+    of the labels' energy in the top ``top_k`` eigenvectors; with ``eval_accuracy`` (NaN for a
+    step without one) a fourth, the kernel machine's test accuracy. Phase I shaded when known."""
     t = np.asarray(steps, dtype=np.float64)
-    fig = new_figure(ncols=3, size=(4.2, 3.6))
-    axes = fig.subplots(1, 3)
-    panels = (
+    panels = [
         (alignment, "centered kernel-target alignment"),
         (effective_rank, "effective rank"),
         (label_energy, f"label energy in the top {top_k} eigenvectors"),
-    )
+    ]
+    if eval_accuracy is not None:
+        panels.append((eval_accuracy, "kernel machine test accuracy"))
+    fig = new_figure(ncols=len(panels), size=(4.2, 3.6))
+    axes = fig.subplots(1, len(panels))
     for ax, (values, title) in zip(axes, panels, strict=True):
-        ax.plot(t, np.asarray(values, dtype=np.float64), color="C0", marker="o", markersize=2.5)
+        y = np.asarray(values, dtype=np.float64)
+        keep = np.isfinite(y)
+        ax.plot(t[keep], y[keep], color="C0", marker="o", markersize=2.5)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step t")
         if logx:
