@@ -259,5 +259,7 @@ def test_cli_eval_size_end_to_end(run, tmp_path):
     switch_part = text[text.index("Switch experiment (Fig. 2)") :]
     assert "Beside Fig. 2: the kernel machine with the eNTK frozen at step t" in switch_part
     assert "at step 0 and" in switch_part and "at step 10" in switch_part
+    reproduce = [line for line in text.splitlines() if line.startswith("conetool kernels")]
+    assert len(reproduce) == 1 and reproduce[0].endswith("--eval-size 3")
     bad = runner.invoke(app, ["kernels", str(run), "--store", str(root), "--eval-size", "0"])
     assert bad.exit_code == 2

@@ -85,6 +85,9 @@ class ReportCommands(ReportInputs):
             f"--dtype {m.get('dtype')}",
             f"--probe-size {m.get('probe', {}).get('size')}",
         ]
+        evaluation = m.get("eval")
+        if isinstance(evaluation, dict) and evaluation.get("size"):
+            parts.append(f"--eval-size {evaluation['size']}")
         return " ".join(parts)
 
     def _distance_command(self) -> tuple[str, list[str]]:

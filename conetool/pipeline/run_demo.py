@@ -129,7 +129,14 @@ def _demo(
         ),
         (
             "kernels",
-            lambda: kernels(ckpts, store=store, device=device, threads=threads, progress=progress),
+            lambda: kernels(
+                ckpts,
+                store=store,
+                device=device,
+                eval_size=spec.probe.size,  # K(eval, probe): the kernel machine in spectrum
+                threads=threads,
+                progress=progress,
+            ),
         ),
         ("distance", lambda: distance(store, refs=_refs(T), progress=progress)),
         ("embed", lambda: embed(store, threads=threads, progress=progress)),
