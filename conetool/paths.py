@@ -124,6 +124,26 @@ def eval_kernel(store: Path, step: int) -> Path:
     return eval_kernels_dir(store) / f"{step_name(step)}{CHECKPOINT_SUFFIX}"
 
 
+# ``conetool kernels --per-layer``: per step, the kernel of each parameter group (they sum to the
+# step's kernel).
+#
+#     STORE/layer_kernels/step_002000.safetensors   one tensor per group (key = group name), each
+#                                              shaped like the kernel; metadata step, kind, dtype,
+#                                              probe_hash, spec_hash, fingerprint, groups (JSON:
+#                                              group -> parameter names), groups_hash
+LAYER_KERNELS_DIR = "layer_kernels"
+
+
+def layer_kernels_dir(store: Path) -> Path:
+    """``STORE/layer_kernels``: the per-group kernels, one file per step."""
+    return Path(store) / LAYER_KERNELS_DIR
+
+
+def layer_kernel(store: Path, step: int) -> Path:
+    """The per-group kernels of ``step``: ``STORE/layer_kernels/step_002000.safetensors``."""
+    return layer_kernels_dir(store) / f"{step_name(step)}{CHECKPOINT_SUFFIX}"
+
+
 # --------------------------------------------------------------------------------------------
 # Outputs of `conetool distance` and `conetool embed`, derived from the store's kernels.
 #
@@ -132,6 +152,8 @@ def eval_kernel(store: Path, step: int) -> Path:
 #     STORE/distance/matrix.npz      "steps" (K,), "S" (K, K), "key", "excluded"
 #     STORE/distance/summary.json    the verdict and its numbers; to_ref.png, adjacent.png,
 #                                    matrix.png beside
+#     STORE/distance/per_layer.csv   with layer kernels: step, group, S_ref_<τ> ..., S_adjacent,
+#                                    velocity; per_layer.png beside
 #     STORE/embed/coords.csv         step, x, y[, z]            (Fig. 1c)
 #     STORE/embed/summary.json       method, dims, seed, stress / explained variance; embedding.png
 DISTANCE_DIR = "distance"
@@ -166,6 +188,16 @@ def distance_summary(store: Path) -> Path:
 def noise_json(store: Path) -> Path:
     """The noise floor of S estimated on the run's model, with the key it is valid for."""
     return distance_dir(store) / "noise.json"
+
+
+def per_layer_csv(store: Path) -> Path:
+    """With layer kernels: ``step, group, S_ref_<τ> ..., S_adjacent, velocity`` per group."""
+    return distance_dir(store) / "per_layer.csv"
+
+
+def per_layer_png(store: Path) -> Path:
+    """With layer kernels: the velocity of each group against step."""
+    return distance_dir(store) / "per_layer.png"
 
 
 def to_ref_png(store: Path) -> Path:

@@ -8,6 +8,9 @@ Layout (names from :mod:`conetool.paths`)::
     STORE/eval.safetensors              with --eval-size: the evaluation set (like the probe set)
     STORE/eval_kernels/step_002000.safetensors   K(eval, probe); metadata step, kind, dtype,
                                         eval, probe and spec hashes, source fingerprint
+    STORE/layer_kernels/step_002000.safetensors  with --per-layer: one kernel per parameter
+                                        group; metadata step, kind, dtype, probe and spec
+                                        hashes, source fingerprint, groups and groups_hash
 
 Guarantees:
 
@@ -468,6 +471,126 @@ class Store:
             )
         return kernel
 
+    # ----------------------------------------------------------------- layer kernels
+    @property
+    def layer_record(self) -> dict[str, Any] | None:
+        """The parameter groups recorded in the manifest (``patterns``, ``groups``, ``hash``,
+        ``dir``) by ``kernels --per-layer``, if any."""
+        raw = self.manifest.get("layer_groups")
+        return raw if isinstance(raw, dict) else None
+
+    def record_layer_groups(self, record: dict[str, Any]) -> list[str]:
+        """Record the parameter groups ``record`` in the manifest, written now when it changed.
+        When it replaces another grouping, the layer files of the old one are deleted (they
+        carry its hash and would never be used again). Returns the notes to show."""
+        old = self.layer_record
+        if old == record:
+            return []
+        notes: list[str] = []
+        self.manifest["layer_groups"] = dict(record)
+        if self.owner:
+            self._write_manifest()
+        if old is not None and old.get("hash") != record.get("hash"):
+            removed = 0
+            for path in _layer_kernel_files(self.root):
+                if _metadata(path).get("groups_hash") != record.get("hash"):
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            notes.append(
+                f"the parameter groups changed ({', '.join(old.get('groups') or {})} -> "
+                f"{', '.join(record.get('groups') or {})}); the {removed} layer kernel file(s) "
+                f"in {paths.layer_kernels_dir(self.root)} were deleted and are recomputed"
+            )
+        return notes
+
+    def layer_kernel_problem(self, step: int, groups_hash: str, fingerprint: str) -> str | None:
+        """Why the layer file of ``step`` cannot be used with the grouping ``groups_hash`` and
+        the source checkpoint ``fingerprint``, or None when it can (header only)."""
+        path = paths.layer_kernel(self.root, step)
+        if not path.is_file():
+            return f"no layer kernel file {path}"
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                keys = set(handle.keys())
+        except (OSError, SafetensorError) as exc:
+            return f"layer kernel file {path} cannot be read ({exc})"
+        ident = self.identity
+        expected = {
+            "step": str(step),
+            "kind": ident.kind,
+            "dtype": ident.dtype,
+            "spec_hash": ident.spec_hash,
+            "probe_hash": ident.probe_hash,
+            "groups_hash": groups_hash,
+            "fingerprint": fingerprint,
+        }
+        wrong = [
+            f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v
+        ]
+        try:
+            groups = json.loads(meta.get("groups", "null"))
+        except json.JSONDecodeError:
+            groups = None
+        if not isinstance(groups, dict) or set(groups) != keys:
+            wrong.append("its tensors are not the groups it names")
+        if wrong:
+            return f"layer kernel file {path} is stale: {'; '.join(wrong)}"
+        return None
+
+    def write_layer_kernels(
+        self,
+        step: int,
+        kernels: Mapping[str, torch.Tensor],
+        groups: Mapping[str, list[str]],
+        groups_hash: str,
+        fingerprint: str,
+    ) -> Path:
+        """Write the per-group kernels of ``step`` atomically. The file carries what makes it
+        current (grouping, probe set, spec, kind, dtype, source fingerprint), so the manifest is
+        not touched: any rank may write it."""
+        ident = self.identity
+        metadata = {
+            "step": str(step),
+            "kind": ident.kind,
+            "dtype": ident.dtype,
+            "spec_hash": ident.spec_hash,
+            "probe_hash": ident.probe_hash,
+            "fingerprint": fingerprint,
+            "groups": json.dumps({g: list(m) for g, m in groups.items()}),
+            "groups_hash": groups_hash,
+        }
+        path = paths.layer_kernel(self.root, step)
+        atomic_save_safetensors(path, {g: k.cpu() for g, k in kernels.items()}, metadata)
+        return path
+
+    def current_layer_steps(self) -> list[int]:
+        """The stored steps whose layer file is current (the recorded grouping, the checkpoint
+        the step's kernel was computed from)."""
+        record = self.layer_record
+        if record is None:
+            return []
+        wanted = str(record.get("hash"))
+        return [
+            step
+            for step, rec in self.records().items()
+            if self.layer_kernel_problem(step, wanted, rec.fingerprint) is None
+        ]
+
+    def load_layer_kernels(self, step: int) -> dict[str, torch.Tensor]:
+        """The stored per-group kernels of ``step`` (group -> kernel, in the recorded order);
+        check them with :meth:`layer_kernel_problem` first."""
+        path = paths.layer_kernel(self.root, step)
+        try:
+            loaded = load_file(str(path))
+        except (OSError, SafetensorError) as exc:
+            raise StoreError(
+                f"layer kernel file {path} cannot be read ({exc}). Recompute it: conetool "
+                f"kernels --store {self.root} --per-layer."
+            ) from exc
+        order = list((self.layer_record or {}).get("groups") or loaded)
+        return {g: loaded[g] for g in order if g in loaded}
+
     def adopt_kernel_files(self, *, save: bool = True) -> list[int]:
         """Record in the manifest every kernel file of this store's identity whose embedded
         record is missing from it or differs (written by another process, or by a run killed
@@ -518,7 +641,12 @@ def clear(root: Path) -> None:
     paths.manifest(root).unlink(missing_ok=True)
     paths.probe(root).unlink(missing_ok=True)
     paths.eval_set(root).unlink(missing_ok=True)
-    for name in (paths.KERNELS_DIR, paths.EVAL_KERNELS_DIR, *paths.DERIVED_DIRS):
+    for name in (
+        paths.KERNELS_DIR,
+        paths.EVAL_KERNELS_DIR,
+        paths.LAYER_KERNELS_DIR,
+        *paths.DERIVED_DIRS,
+    ):
         folder = Path(root) / name
         if folder.is_dir():
             shutil.rmtree(folder)
@@ -526,6 +654,11 @@ def clear(root: Path) -> None:
 
 def _eval_kernel_files(root: Path) -> list[Path]:
     folder = paths.eval_kernels_dir(root)
+    return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+
+
+def _layer_kernel_files(root: Path) -> list[Path]:
+    folder = paths.layer_kernels_dir(root)
     return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
 
 

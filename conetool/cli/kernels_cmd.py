@@ -77,6 +77,21 @@ def kernels(
             help="Also store K(eval, probe) for M test examples (kernel-machine accuracy).",
         ),
     ] = None,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer",
+            help="Also store the kernel of each parameter group (one more kernel per group).",
+        ),
+    ] = False,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            "--groups",
+            metavar="NAME=PATTERN,...",
+            help="Parameter groups of --per-layer by fnmatch pattern (default: leaf modules).",
+        ),
+    ] = None,
     threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
@@ -89,6 +104,10 @@ def kernels(
     With --eval-size M it also draws M examples of the test split (like the probe set) and stores
     the cross kernel K(eval, probe) at each step, for the kernel-machine accuracy of conetool
     spectrum; added to an existing store, only those are computed.
+
+    With --per-layer it also stores the kernel of each parameter group (a leaf module, or the
+    groups of --groups 'stage1=layer1.*,stage2=layer2.*'; they sum to the kernel), for the
+    per-group distances of conetool distance; added to an existing store, only those are computed.
 
     Example: conetool kernels runs/digits --store conetool-out
 
@@ -115,6 +134,8 @@ def kernels(
             skip_bad=skip_bad,
             overwrite=overwrite,
             eval_size=eval_size,
+            per_layer=per_layer,
+            groups=groups,
             threads=threads,
             progress=progress,
         )
@@ -145,6 +166,13 @@ def kernels(
         console.print(
             f"eval kernels K(eval, probe), {result.eval_size} test examples: "
             f"{len(result.eval_computed)} computed (in {result.store / 'eval_kernels'})",
+            highlight=False,
+            markup=False,
+        )
+    if result.layer_groups is not None:
+        console.print(
+            f"per-layer kernels, groups {', '.join(result.layer_groups)}: "
+            f"{len(result.layer_computed)} computed (in {result.store / 'layer_kernels'})",
             highlight=False,
             markup=False,
         )

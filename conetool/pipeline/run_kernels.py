@@ -6,6 +6,7 @@ import dataclasses
 import resource
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint, pars
 from ..choices import Dtype, Kind, Method, choice
 from ..data import DataBundle, load_data
 from ..errors import ConetoolError, DataError, StoreError
+from ..layer_groups import group_kernels, groups_hash, parameter_groups, parse_groups
 from ..models import output_check
 from ..ntk import empirical_ntk, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
@@ -49,6 +51,8 @@ class KernelsResult:
     ranks: int = 1
     eval_computed: list[int] = field(default_factory=list)
     eval_size: int | None = None
+    layer_computed: list[int] = field(default_factory=list)
+    layer_groups: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class _Plan:
     identity: StoreIdentity
     step_regex: str | None  # given, or recorded by the store's last run on this directory
     eval_set: Probe | None = None  # --eval-size: the held-out set of the kernel machine
+    # --per-layer: the parameter groups (group -> parameter names) and the --groups patterns
+    layer_groups: dict[str, list[str]] | None = None
+    layer_patterns: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class KernelsOptions:
     skip_bad: bool
     overwrite: bool
     eval_size: int | None = None
+    per_layer: bool = False
+    groups: str | Mapping[str, str] | None = None
 
 
 def kernels(
@@ -100,6 +109,8 @@ def kernels(
     skip_bad: bool = False,
     overwrite: bool = False,
     eval_size: int | None = None,
+    per_layer: bool = False,
+    groups: str | Mapping[str, str] | None = None,
     threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> KernelsResult:
@@ -124,6 +135,15 @@ def kernels(
     it, a store that records an evaluation set keeps it (its eval kernels are kept complete); a
     different ``m`` replaces the evaluation set and its eval kernels.
 
+    ``per_layer`` (``--per-layer``): also store at each step the kernel of each parameter group
+    (:mod:`conetool.layer_groups`; they sum to the kernel) in ``STORE/layer_kernels/``, one more
+    kernel computation per group per step. A group is a leaf module, or with ``groups``
+    (``--groups 'stage1=layer1.*,stage2=layer2.*'``, or a mapping; implies ``per_layer``) a name
+    given to the parameters an ``fnmatch`` pattern matches (the rest make the group ``other``).
+    A step whose kernel is current but whose layer file is missing or stale gets its layer file
+    only. Without it, a store that records groups keeps them (its layer files are kept
+    complete); another grouping replaces the layer files.
+
     Example::
 
         result = conetool.kernels("runs/digits", store="conetool-out")
@@ -144,6 +164,8 @@ def kernels(
         skip_bad=skip_bad,
         overwrite=overwrite,
         eval_size=eval_size,
+        per_layer=per_layer or groups is not None,
+        groups=groups,
     )
     with limit_threads(threads), distributed.job("kernels", device) as job:
         shown = (progress or NullProgress()) if job.is_main else NullProgress()
@@ -183,6 +205,11 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             if plan.eval_set is not None:
                 _ensure_probe(out.root, plan.eval_set, paths.eval_set(out.root))
                 for note in out.record_eval(_eval_record(plan.spec, plan.eval_set)):
+                    notes.append(note)
+                    progress.log(f"note: {note}")
+            if plan.layer_groups is not None:
+                record = _layer_record(plan.layer_groups, plan.layer_patterns)
+                for note in out.record_layer_groups(record):
                     notes.append(note)
                     progress.log(f"note: {note}")
         else:
@@ -225,12 +252,15 @@ def _compute_all(
     # header against its record); the ranks share it.
     evaluated = plan.eval_set
     eval_hash = evaluated.hash if evaluated is not None else ""
+    layers = plan.layer_groups
+    layer_hash = groups_hash(layers) if layers is not None else ""
     todo = job.broadcast(
         [
             ref.step
             for ref in plan.refs
             if not _unchanged(out, ref, notes, progress)
             or (evaluated is not None and not _eval_unchanged(out, ref.step, eval_hash))
+            or (layers is not None and not _layers_unchanged(out, ref.step, layer_hash))
         ]
         if job.is_main
         else None
@@ -241,6 +271,7 @@ def _compute_all(
 
     computed: list[int] = []
     eval_computed: list[int] = []
+    layer_computed: list[int] = []
     skipped: list[int] = []
     failed: dict[int, str] = {}
     seconds: list[float] = []
@@ -283,10 +314,32 @@ def _compute_all(
                     device=dev,
                     dtype=DTYPES[dtype],
                 )
+            per_group = None
+            if layers is not None and (
+                out.layer_kernel_problem(ref.step, layer_hash, loaded.fingerprint) is not None
+            ):
+                per_group = group_kernels(
+                    model,
+                    layers,
+                    lambda: empirical_ntk(
+                        model,
+                        plan.probe.inputs,
+                        kind=kind,
+                        max_memory=max_memory,
+                        method=method,
+                        device=dev,
+                        dtype=DTYPES[dtype],
+                    ),
+                )
             if current:
                 if cross is not None:
                     out.write_eval_kernel(ref.step, cross, eval_hash, loaded.fingerprint)
                     eval_computed.append(ref.step)
+                if per_group is not None and layers is not None:
+                    out.write_layer_kernels(
+                        ref.step, per_group, layers, layer_hash, loaded.fingerprint
+                    )
+                    layer_computed.append(ref.step)
                 skipped.append(ref.step)
                 bar.advance(1, step=ref.step)
                 continue
@@ -331,6 +384,9 @@ def _compute_all(
         if cross is not None:  # after the kernel: a kill between the two loses the eval kernel only
             out.write_eval_kernel(ref.step, cross, eval_hash, loaded.fingerprint)
             eval_computed.append(ref.step)
+        if per_group is not None and layers is not None:  # after the kernel, like the eval kernel
+            out.write_layer_kernels(ref.step, per_group, layers, layer_hash, loaded.fingerprint)
+            layer_computed.append(ref.step)
         computed.append(ref.step)
         seconds.append(took)
         shape = tuple(kernel.shape)
@@ -339,6 +395,7 @@ def _compute_all(
     share = {
         "computed": computed,
         "eval_computed": eval_computed,
+        "layer_computed": layer_computed,
         "skipped": skipped,
         "failed": {str(k): v for k, v in failed.items()},
         "seconds": seconds,
@@ -383,6 +440,8 @@ def _compute_all(
         ranks=job.world_size,
         eval_computed=sorted(s for other in shares for s in other["eval_computed"]),
         eval_size=len(evaluated) if evaluated is not None else None,
+        layer_computed=sorted(s for other in shares for s in other["layer_computed"]),
+        layer_groups=list(layers) if layers is not None else None,
     )
 
 
@@ -443,6 +502,11 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> _Pla
             "overlap. Draw the probe set from the train split, or leave out --eval-size."
         )
 
+    per_layer, patterns, kept = _layer_patterns(o, recorded, notes)
+    if kept:
+        notes.append(kept)
+        progress.log(f"note: {kept}")
+
     def warn(message: str) -> None:
         notes.append(message)
         progress.log(f"warning: {message}")
@@ -468,7 +532,32 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> _Pla
             )
         evaluated = make_probe(data, _eval_spec(spec, eval_size))
     identity = StoreIdentity(spec.hash(), probe.hash, kind, dtype)
-    return _Plan(spec, refs, data, probe, identity, step_regex, evaluated)
+    layer_groups = None
+    if per_layer:
+        layer_groups = parameter_groups(model_for(spec), patterns)
+    return _Plan(spec, refs, data, probe, identity, step_regex, evaluated, layer_groups, patterns)
+
+
+def _layer_patterns(
+    options: KernelsOptions, recorded: dict[str, object] | None, notes: list[str]
+) -> tuple[bool, dict[str, str] | None, str | None]:
+    """Whether to store layer kernels, and the ``--groups`` patterns (None: leaf modules).
+    Without ``--per-layer`` or ``--groups``, a store that records groups keeps them."""
+    groups = options.groups
+    if groups is not None:
+        patterns = parse_groups(groups) if isinstance(groups, str) else dict(groups)
+        if not patterns:
+            raise ConetoolError("--groups is empty. Pass e.g. --groups 'stage1=layer1.*'.")
+        return True, patterns, None
+    if options.per_layer:
+        return True, None, None
+    record = recorded.get("layer_groups") if recorded is not None else None
+    if not isinstance(record, dict):
+        return False, None, None
+    raw = record.get("patterns")
+    kept = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+    shown = ", ".join(str(g) for g in record.get("groups") or {})
+    return True, kept, f"keeping the store's per-layer kernels (--per-layer; groups {shown})"
 
 
 #: The split the evaluation set of ``--eval-size`` is drawn from.
@@ -505,6 +594,28 @@ def _eval_unchanged(store: Store, step: int, eval_hash: str) -> bool:
     return (
         record is not None
         and store.eval_kernel_problem(step, eval_hash, record.fingerprint) is None
+    )
+
+
+def _layer_record(
+    groups: dict[str, list[str]], patterns: dict[str, str] | None
+) -> dict[str, object]:
+    """The parameter groups as the manifest header records them."""
+    return {
+        "patterns": patterns,
+        "groups": groups,
+        "hash": groups_hash(groups),
+        "dir": paths.LAYER_KERNELS_DIR,
+    }
+
+
+def _layers_unchanged(store: Store, step: int, layer_hash: str) -> bool:
+    """Cheap check of a step whose kernel is current: its layer file is there and made with
+    this grouping from the checkpoint the kernel's record names (header only)."""
+    record = store.record(step)
+    return (
+        record is not None
+        and store.layer_kernel_problem(step, layer_hash, record.fingerprint) is None
     )
 
 
