@@ -11,12 +11,14 @@ registered with pyplot, so it needs no ``plt.close``. The conventions every figu
 - :mod:`~conetool.plots.distance`: Fig. 1a, Fig. 1b, the S matrix;
 - :mod:`~conetool.plots.embedding`: Fig. 1c;
 - :mod:`~conetool.plots.switch`: Fig. 2 and the training curves;
+- :mod:`~conetool.plots.per_layer`: the velocity of each parameter group against step;
 - :mod:`~conetool.plots.spectrum`: alignment, effective rank and label energy against step;
 - :mod:`~conetool.plots.save`: writing a figure to a file.
 """
 
 from .distance import adjacent_figure, distance_to_reference_figure, matrix_figure
 from .embedding import embedding_figure
+from .per_layer import per_layer_figure
 from .save import save_figure
 from .spectrum import spectrum_figure
 from .switch import switch_figure, training_curves_figure
@@ -26,6 +28,7 @@ __all__ = [
     "distance_to_reference_figure",
     "embedding_figure",
     "matrix_figure",
+    "per_layer_figure",
     "save_figure",
     "spectrum_figure",
     "switch_figure",
