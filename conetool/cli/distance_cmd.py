@@ -126,6 +126,9 @@ def distance(
 
     Writes to_ref.csv, adjacent.csv, matrix.npz, summary.json and PNG figures to STORE/distance.
 
+    With the layer kernels of conetool kernels --per-layer, also per_layer.csv (each parameter
+    group's distance to the references and its velocity) and per_layer.png.
+
     Example: conetool distance --ref 0 --ref 100 --dt 5 --dt 50
     """
     starting("distance", quiet)
