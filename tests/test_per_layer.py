@@ -215,3 +215,19 @@ def test_cli_per_layer_end_to_end(run, tmp_path):
     out = runner.invoke(app, ["distance", "--store", str(root), "--no-noise", "--quiet"])
     assert out.exit_code == 0, out.output
     assert paths.per_layer_csv(root).is_file() and paths.per_layer_png(root).is_file()
+    # the report shows the figure and its reproduce block asks for the same groups
+    out = runner.invoke(app, ["report", "--store", str(root), "--quiet"])
+    assert out.exit_code == 0, out.output
+    text = paths.report_md(root).read_text()
+    assert "../distance/per_layer.png" in text and "Per layer. The velocity" in text
+    line = next(x for x in text.splitlines() if x.startswith("conetool kernels"))
+    assert f"--groups 'head={names[-2]}*'" in line
+
+
+def test_report_reproduces_plain_per_layer(run, tmp_path):
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", per_layer=True)
+    assert runner.invoke(app, ["report", "--store", str(root), "--quiet"]).exit_code == 0
+    text = paths.report_md(root).read_text()
+    line = next(x for x in text.splitlines() if x.startswith("conetool kernels"))
+    assert line.endswith("--per-layer")

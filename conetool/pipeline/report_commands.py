@@ -88,6 +88,14 @@ class ReportCommands(ReportInputs):
         evaluation = m.get("eval")
         if isinstance(evaluation, dict) and evaluation.get("size"):
             parts.append(f"--eval-size {evaluation['size']}")
+        layers = m.get("layer_groups")
+        if isinstance(layers, dict):
+            patterns = layers.get("patterns")
+            if isinstance(patterns, dict) and patterns:
+                spec = ",".join(f"{name}={pattern}" for name, pattern in patterns.items())
+                parts.append(f"--groups {_q(spec)}")
+            else:
+                parts.append("--per-layer")
         return " ".join(parts)
 
     def _distance_command(self) -> tuple[str, list[str]]:

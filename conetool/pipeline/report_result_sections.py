@@ -238,6 +238,19 @@ class ResultSections(RunSections):
                 "(steps on both axes). Numbers: distance/matrix.npz.",
             ),
         ]
+        per_layer = summary.get("per_layer")
+        if isinstance(per_layer, dict) and paths.per_layer_png(self.root).is_file():
+            groups = ", ".join(str(g) for g in per_layer.get("groups", {})) or "?"
+            figures.append(
+                (
+                    "per layer",
+                    paths.per_layer_png(self.root),
+                    "Kernel velocity of each parameter group against training step",
+                    f"Per layer. The velocity of each parameter group's own kernel ({groups}) at "
+                    f"dt = {per_layer.get('dt')}: which layers move in Phase I and which keep "
+                    "moving after it. Numbers: distance/per_layer.csv.",
+                )
+            )
         shown = self._figures(figures, self._distance_command_default(), blocks)
         self.present.add("distance")
         self.details["distance"] = ", ".join(shown) or "tables only"

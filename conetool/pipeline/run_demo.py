@@ -134,6 +134,7 @@ def _demo(
                 store=store,
                 device=device,
                 eval_size=spec.probe.size,  # K(eval, probe): the kernel machine in spectrum
+                per_layer=True,  # one kernel per leaf module: distance/per_layer.csv
                 threads=threads,
                 progress=progress,
             ),
