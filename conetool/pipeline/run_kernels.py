@@ -6,7 +6,7 @@ import dataclasses
 import resource
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,6 +286,24 @@ def _compute_all(
             notes.append(message)
             progress.log(f"warning: {message}")
 
+    def ntk(
+        x1: torch.Tensor,
+        x2: torch.Tensor | None = None,
+        on_block: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """The run's kernel of ``x1`` (with ``x2``: the cross kernel) on the current weights."""
+        return empirical_ntk(
+            model,
+            x1,
+            x2,
+            kind=kind,
+            max_memory=max_memory,
+            method=method,
+            device=dev,
+            dtype=DTYPES[dtype],
+            on_block=on_block,
+        )
+
     bar = job.bar(progress.task("kernels", total=len(plan.refs)))
     for step in unchanged:
         bar.advance_here(1, step=step)
@@ -304,33 +322,12 @@ def _compute_all(
             if evaluated is not None and (
                 out.eval_kernel_problem(ref.step, eval_hash, loaded.fingerprint) is not None
             ):
-                cross = empirical_ntk(
-                    model,
-                    evaluated.inputs,
-                    plan.probe.inputs,
-                    kind=kind,
-                    max_memory=max_memory,
-                    method=method,
-                    device=dev,
-                    dtype=DTYPES[dtype],
-                )
+                cross = ntk(evaluated.inputs, plan.probe.inputs)
             per_group = None
             if layers is not None and (
                 out.layer_kernel_problem(ref.step, layer_hash, loaded.fingerprint) is not None
             ):
-                per_group = group_kernels(
-                    model,
-                    layers,
-                    lambda: empirical_ntk(
-                        model,
-                        plan.probe.inputs,
-                        kind=kind,
-                        max_memory=max_memory,
-                        method=method,
-                        device=dev,
-                        dtype=DTYPES[dtype],
-                    ),
-                )
+                per_group = group_kernels(model, layers, lambda: ntk(plan.probe.inputs))
             if current:
                 if cross is not None:
                     out.write_eval_kernel(ref.step, cross, eval_hash, loaded.fingerprint)
@@ -343,16 +340,7 @@ def _compute_all(
                 skipped.append(ref.step)
                 bar.advance(1, step=ref.step)
                 continue
-            kernel = empirical_ntk(
-                model,
-                plan.probe.inputs,
-                kind=kind,
-                max_memory=max_memory,
-                method=method,
-                device=dev,
-                dtype=DTYPES[dtype],
-                on_block=_inner_bar(progress, ref.step),
-            )
+            kernel = ntk(plan.probe.inputs, on_block=_inner_bar(progress, ref.step))
         except ConetoolError as exc:
             message = f"step {ref.step} ({ref.file}): {exc}"
             if not skip_bad:
