@@ -38,7 +38,7 @@ import json
 import math
 import shutil
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -380,24 +380,57 @@ class Store:
         files of the old one are deleted (they carry its hash and would never be used again).
         Returns the notes to show (the replacement)."""
         old = self.eval_record
-        if old == record:
+        removed = self._record_companion("eval", record, paths.eval_kernels_dir, "eval_hash")
+        if removed is None:
             return []
-        notes: list[str] = []
-        self.manifest["eval"] = dict(record)
+        assert old is not None
+        return [
+            f"the evaluation set changed (size {old.get('size')} -> {record.get('size')}, "
+            f"hash {old.get('hash')} -> {record.get('hash')}); its {removed} eval kernel(s) "
+            f"in {paths.eval_kernels_dir(self.root)} were deleted and are recomputed"
+        ]
+
+    def _record_companion(
+        self,
+        key: str,
+        record: dict[str, Any],
+        folder: Callable[[Path], Path],
+        hash_key: str,
+    ) -> int | None:
+        """Record ``record`` under manifest ``key`` (written now when it changed). When it
+        replaces a record of another ``hash``, delete the files in ``folder`` whose metadata
+        ``hash_key`` is not the new hash and return how many; else None."""
+        raw = self.manifest.get(key)
+        old = raw if isinstance(raw, dict) else None
+        if old == record:
+            return None
+        self.manifest[key] = dict(record)
         if self.owner:
             self._write_manifest()
-        if old is not None and old.get("hash") != record.get("hash"):
-            removed = 0
-            for path in _eval_kernel_files(self.root):
-                if _metadata(path).get("eval_hash") != record.get("hash"):
-                    path.unlink(missing_ok=True)
-                    removed += 1
-            notes.append(
-                f"the evaluation set changed (size {old.get('size')} -> {record.get('size')}, "
-                f"hash {old.get('hash')} -> {record.get('hash')}); its {removed} eval kernel(s) "
-                f"in {paths.eval_kernels_dir(self.root)} were deleted and are recomputed"
-            )
-        return notes
+        if old is None or old.get("hash") == record.get("hash"):
+            return None
+        removed = 0
+        for path in _step_files(folder(self.root)):
+            if _metadata(path).get(hash_key) != record.get("hash"):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _companion_metadata(
+        self, step: int, fingerprint: str, hash_key: str, hash_value: str
+    ) -> dict[str, str]:
+        """What makes a per-step companion file (eval or layer kernels) current: the step, the
+        store's identity, its own set's hash and the source checkpoint's fingerprint."""
+        ident = self.identity
+        return {
+            "step": str(step),
+            "kind": ident.kind,
+            "dtype": ident.dtype,
+            "spec_hash": ident.spec_hash,
+            "probe_hash": ident.probe_hash,
+            hash_key: hash_value,
+            "fingerprint": fingerprint,
+        }
 
     def eval_kernel_problem(self, step: int, eval_hash: str, fingerprint: str) -> str | None:
         """Why the eval kernel of ``step`` cannot be used with the evaluation set ``eval_hash``
@@ -413,16 +446,7 @@ class Store:
                 shape = tuple(handle.get_slice("kernel").get_shape())
         except (OSError, SafetensorError) as exc:
             return f"eval kernel file {path} cannot be read ({exc})"
-        ident = self.identity
-        expected = {
-            "step": str(step),
-            "kind": ident.kind,
-            "dtype": ident.dtype,
-            "spec_hash": ident.spec_hash,
-            "probe_hash": ident.probe_hash,
-            "eval_hash": eval_hash,
-            "fingerprint": fingerprint,
-        }
+        expected = self._companion_metadata(step, fingerprint, "eval_hash", eval_hash)
         wrong = [
             f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v
         ]
@@ -439,16 +463,7 @@ class Store:
         """Write the cross kernel K(eval, probe) of ``step`` atomically. It carries what makes it
         current (evaluation set, probe set, spec, kind, dtype, source fingerprint), so the manifest
         is not touched: any rank may write it."""
-        ident = self.identity
-        metadata = {
-            "step": str(step),
-            "kind": ident.kind,
-            "dtype": ident.dtype,
-            "spec_hash": ident.spec_hash,
-            "probe_hash": ident.probe_hash,
-            "eval_hash": eval_hash,
-            "fingerprint": fingerprint,
-        }
+        metadata = self._companion_metadata(step, fingerprint, "eval_hash", eval_hash)
         path = paths.eval_kernel(self.root, step)
         atomic_save_safetensors(path, {"kernel": kernel.cpu()}, metadata)
         return path
@@ -484,24 +499,17 @@ class Store:
         When it replaces another grouping, the layer files of the old one are deleted (they
         carry its hash and would never be used again). Returns the notes to show."""
         old = self.layer_record
-        if old == record:
+        removed = self._record_companion(
+            "layer_groups", record, paths.layer_kernels_dir, "groups_hash"
+        )
+        if removed is None:
             return []
-        notes: list[str] = []
-        self.manifest["layer_groups"] = dict(record)
-        if self.owner:
-            self._write_manifest()
-        if old is not None and old.get("hash") != record.get("hash"):
-            removed = 0
-            for path in _layer_kernel_files(self.root):
-                if _metadata(path).get("groups_hash") != record.get("hash"):
-                    path.unlink(missing_ok=True)
-                    removed += 1
-            notes.append(
-                f"the parameter groups changed ({', '.join(old.get('groups') or {})} -> "
-                f"{', '.join(record.get('groups') or {})}); the {removed} layer kernel file(s) "
-                f"in {paths.layer_kernels_dir(self.root)} were deleted and are recomputed"
-            )
-        return notes
+        assert old is not None
+        return [
+            f"the parameter groups changed ({', '.join(old.get('groups') or {})} -> "
+            f"{', '.join(record.get('groups') or {})}); the {removed} layer kernel file(s) "
+            f"in {paths.layer_kernels_dir(self.root)} were deleted and are recomputed"
+        ]
 
     def layer_kernel_problem(self, step: int, groups_hash: str, fingerprint: str) -> str | None:
         """Why the layer file of ``step`` cannot be used with the grouping ``groups_hash`` and
@@ -515,16 +523,7 @@ class Store:
                 keys = set(handle.keys())
         except (OSError, SafetensorError) as exc:
             return f"layer kernel file {path} cannot be read ({exc})"
-        ident = self.identity
-        expected = {
-            "step": str(step),
-            "kind": ident.kind,
-            "dtype": ident.dtype,
-            "spec_hash": ident.spec_hash,
-            "probe_hash": ident.probe_hash,
-            "groups_hash": groups_hash,
-            "fingerprint": fingerprint,
-        }
+        expected = self._companion_metadata(step, fingerprint, "groups_hash", groups_hash)
         wrong = [
             f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v
         ]
@@ -549,17 +548,8 @@ class Store:
         """Write the per-group kernels of ``step`` atomically. The file carries what makes it
         current (grouping, probe set, spec, kind, dtype, source fingerprint), so the manifest is
         not touched: any rank may write it."""
-        ident = self.identity
-        metadata = {
-            "step": str(step),
-            "kind": ident.kind,
-            "dtype": ident.dtype,
-            "spec_hash": ident.spec_hash,
-            "probe_hash": ident.probe_hash,
-            "fingerprint": fingerprint,
-            "groups": json.dumps({g: list(m) for g, m in groups.items()}),
-            "groups_hash": groups_hash,
-        }
+        metadata = self._companion_metadata(step, fingerprint, "groups_hash", groups_hash)
+        metadata["groups"] = json.dumps({g: list(m) for g, m in groups.items()})
         path = paths.layer_kernel(self.root, step)
         atomic_save_safetensors(path, {g: k.cpu() for g, k in kernels.items()}, metadata)
         return path
@@ -652,13 +642,8 @@ def clear(root: Path) -> None:
             shutil.rmtree(folder)
 
 
-def _eval_kernel_files(root: Path) -> list[Path]:
-    folder = paths.eval_kernels_dir(root)
-    return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
-
-
-def _layer_kernel_files(root: Path) -> list[Path]:
-    folder = paths.layer_kernels_dir(root)
+def _step_files(folder: Path) -> list[Path]:
+    """The per-step safetensors files of ``folder`` (none when it does not exist)."""
     return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
 
 
