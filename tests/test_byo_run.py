@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import SPEC_TOML
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -19,25 +20,7 @@ from conetool.spec import load_spec, spec_from_dict, spec_to_toml
 
 runner = CliRunner()
 
-TINY_SPEC = """
-[model]
-arch = "mlp"
-num_classes = 3
-widths = [8]
-[data]
-dataset = "synthetic"
-shape = [4]
-num_classes = 3
-train_size = 60
-test_size = 30
-[probe]
-size = 6
-[train]
-steps = 10
-batch_size = 8
-save_every = 5
-eval_every = 5
-"""  # 60 examples at batch 8: 8 iterations per epoch
+TINY_SPEC = SPEC_TOML  # 60 examples at batch 8: 8 iterations per epoch
 
 FACTORY = """
 import torch

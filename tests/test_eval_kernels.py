@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tiny_run import SPEC, STEPS, copy_run, train_tiny
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -24,36 +24,18 @@ from conetool.pipeline.run_spectrum import spectrum
 from conetool.probe import load_probe
 from conetool.spec import spec_from_dict
 from conetool.store import Store
-from conetool.training import train
 
 runner = CliRunner()
-SPEC = {
-    "model": {"arch": "mlp", "num_classes": 3, "widths": [6], "activation": "tanh"},
-    "data": {
-        "dataset": "synthetic",
-        "shape": [4],
-        "num_classes": 3,
-        "train_size": 48,
-        "test_size": 12,
-    },
-    "probe": {"size": 6},
-    "train": {"steps": 10, "batch_size": 8, "save_every": 5, "eval_every": 5},
-}
-STEPS = [0, 5, 10]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "ckpts"
-    train(spec_from_dict(SPEC, source="tiny.toml"), out)
-    return out
+    return train_tiny(tmp_path_factory.mktemp("run"), SPEC)
 
 
 @pytest.fixture
 def run(trained, tmp_path):
-    copy = tmp_path / "ckpts"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_run(trained, tmp_path)
 
 
 def _jacobian(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:

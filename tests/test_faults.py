@@ -25,6 +25,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny_run import SPEC
 from typer.testing import CliRunner
 
 import conetool.io
@@ -40,18 +41,6 @@ from conetool.training import train
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = {
-    "model": {"arch": "mlp", "num_classes": 3, "widths": [6], "activation": "tanh"},
-    "data": {
-        "dataset": "synthetic",
-        "shape": [4],
-        "num_classes": 3,
-        "train_size": 48,
-        "test_size": 12,
-    },
-    "probe": {"size": 6},
-    "train": {"steps": 10, "batch_size": 8, "save_every": 5, "eval_every": 5},
-}
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_run import STEPS, copy_run, tiny_spec, train_tiny
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -21,36 +21,19 @@ from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
 from conetool.spec import spec_from_dict
 from conetool.store import Store
-from conetool.training import train
 
 runner = CliRunner()
-SPEC = {
-    "model": {"arch": "mlp", "num_classes": 3, "widths": [6, 5], "activation": "tanh"},
-    "data": {
-        "dataset": "synthetic",
-        "shape": [4],
-        "num_classes": 3,
-        "train_size": 48,
-        "test_size": 12,
-    },
-    "probe": {"size": 6},
-    "train": {"steps": 10, "batch_size": 8, "save_every": 5, "eval_every": 5},
-}
-STEPS = [0, 5, 10]
+SPEC = tiny_spec([6, 5])  # two hidden layers
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "ckpts"
-    train(spec_from_dict(SPEC, source="tiny.toml"), out)
-    return out
+    return train_tiny(tmp_path_factory.mktemp("run"), SPEC)
 
 
 @pytest.fixture
 def run(trained, tmp_path):
-    copy = tmp_path / "ckpts"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_run(trained, tmp_path)
 
 
 def _meta(path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
+from tiny_run import SPEC_TOML
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -19,25 +20,7 @@ from conetool.cli import app
 
 runner = CliRunner()
 
-TINY_SPEC = """
-[model]
-arch = "mlp"
-num_classes = 3
-widths = [8]
-[data]
-dataset = "synthetic"
-shape = [4]
-num_classes = 3
-train_size = 60
-test_size = 30
-[probe]
-size = 6
-[train]
-steps = 10
-batch_size = 8
-save_every = 5
-eval_every = 5
-"""
+TINY_SPEC = SPEC_TOML  # 60 examples at batch 8: 8 iterations per epoch
 
 REGEX = r"run-a_(\d+)"
 
