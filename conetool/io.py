@@ -72,6 +72,20 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
     return None
 
 
+def make_dir(folder: Path) -> None:
+    """Create ``folder`` (and its parents) if missing; a full, read-only or forbidden file system
+    is the one-paragraph :func:`write_error`, anything else keeps its traceback."""
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = write_error(folder, exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
 def _free_space(path: Path) -> int | None:
     for folder in (path, *path.parents):
         if folder.exists():

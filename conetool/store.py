@@ -50,7 +50,7 @@ from safetensors.torch import load_file
 from . import paths
 from ._version import __version__
 from .errors import StoreError
-from .io import atomic_save_safetensors, atomic_write_text, write_error
+from .io import atomic_save_safetensors, atomic_write_text, make_dir
 from .store_lock import StoreLock
 
 FORMAT = "conetool-store"
@@ -247,15 +247,7 @@ class Store:
         return store
 
     def _ensure_kernels_dir(self) -> None:
-        folder = self.root / paths.KERNELS_DIR
-        if not folder.is_dir():
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                error = write_error(folder, exc)
-                if error is None:
-                    raise
-                raise error from exc
+        make_dir(self.root / paths.KERNELS_DIR)
 
     # ----------------------------------------------------------------- reading
     @property

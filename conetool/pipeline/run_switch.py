@@ -27,7 +27,7 @@ from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
 from ..choices import Reference, choice
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
-from ..io import write_error
+from ..io import make_dir
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
 from ..store import nearest_steps, read_manifest
@@ -325,15 +325,7 @@ def _prepare(options: SwitchOptions) -> _Sweep:
             f"{spec.source}: data set '{spec.data.dataset}' has an empty test split, and the "
             "switch experiment reports test accuracy and loss. Give the data set a test split."
         )
-    folder = paths.switch_dir(store)
-    if not folder.is_dir():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            problem = write_error(folder, exc)
-            if problem is None:
-                raise
-            raise problem from exc
+    make_dir(paths.switch_dir(store))
     return _Sweep(points_at, ckpts_dir, spec, T, refs, data, notes)
 
 
