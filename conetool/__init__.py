@@ -32,6 +32,7 @@ _EXPORTS = {
     "LinearizedModel": "linearize",
     "linearize": "linearize",
     "empirical_ntk": "ntk",
+    "EngineMemo": "ntk_memo",
     "DemoResult": "pipeline",
     "DistanceResult": "pipeline",
     "EmbedResult": "pipeline",
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     )
     from .linearize import LinearizedModel, linearize
     from .ntk import empirical_ntk
+    from .ntk_memo import EngineMemo
     from .pipeline import (
         DemoResult,
         DistanceResult,
@@ -122,6 +124,7 @@ __all__ = [
     "DemoResult",
     "DistanceResult",
     "EmbedResult",
+    "EngineMemo",
     "KernelsResult",
     "LinearizedModel",
     "ModelError",

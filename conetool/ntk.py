@@ -65,6 +65,7 @@ from .choices import Kind, Method, choice
 from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError
 from .ntk_checks import check_independence, check_modules, check_per_example, eval_mode
+from .ntk_memo import EngineMemo, Learned, signature
 from .ntk_precision import no_tf32
 from .ntk_reference import JacobianRows
 from .ntk_structured import StructuredRows
@@ -73,6 +74,7 @@ from .units import format_bytes, parse_memory
 __all__ = [
     "KINDS",
     "METHODS",
+    "EngineMemo",
     "MemoryBudgetError",
     "NonFiniteKernelError",
     "check_per_example",
@@ -112,6 +114,7 @@ def empirical_ntk(
     on_block: Callable[[int, int], None] | None = None,
     check: bool = True,
     method: str = "auto",
+    memo: EngineMemo | None = None,
 ) -> Tensor:
     """The empirical NTK of ``model`` on ``x1`` (or between ``x1`` and ``x2``), exact, within a
     memory budget.
@@ -141,6 +144,9 @@ def empirical_ntk(
             layers, convolutions on small feature maps) hold at least half of the parameters
             (MLPs, LeNet-5, VGG-16), else jacobian (ResNet-20, where per-example convolution
             gradients dominate and the reference computes them faster). Both give the same kernel.
+        memo: an :class:`~conetool.ntk_memo.EngineMemo` shared by the calls of a run: the
+            independence check, the structured engine's set-up and ``auto``'s choice run on the
+            first call of each architecture and input shape only (:mod:`conetool.ntk_memo`).
 
     Returns:
         The kernel on the CPU: float64 when computing in float64, else float32. Products are
@@ -222,11 +228,23 @@ def empirical_ntk(
                 )
             return out
 
-        if check and x.shape[0] >= 2:
+        key = signature(model, x, n2, kind, method, device, dtype) if memo is not None else None
+        learned = memo.find(key) if memo is not None and key is not None else None
+        if check and x.shape[0] >= 2 and learned is None:
             check_independence(forward, x[:2])
         try:
-            kernel = _compute(
-                model, forward, params, {**params, **consts}, x, kind, budget, on_block, method, n2
+            kernel, found = _compute(
+                model,
+                forward,
+                params,
+                {**params, **consts},
+                x,
+                kind,
+                budget,
+                on_block,
+                method,
+                n2,
+                learned,
             )
         except torch.OutOfMemoryError as exc:
             raise MemoryBudgetError(
@@ -234,6 +252,8 @@ def empirical_ntk(
                 f"{format_bytes(budget, digits=2)} (--max-memory). Pass a smaller --max-memory, or "
                 "free memory on the device."
             ) from exc
+    if memo is not None and key is not None and learned is None:
+        memo.remember(key, found)
     if not bool(torch.isfinite(kernel).all()):
         bad = int((~torch.isfinite(kernel)).sum())
         raise NonFiniteKernelError(
@@ -256,16 +276,23 @@ def _compute(
     on_block: Callable[[int, int], None] | None,
     method: str,
     n2: int | None,
-) -> Tensor:
+    learned: Learned | None = None,
+) -> tuple[Tensor, Learned]:
     """The kernel as a float64 tensor on ``x``'s device; see :func:`empirical_ntk`. With ``n2``,
-    the cross kernel between ``x[:-n2]`` and ``x[-n2:]``."""
+    the cross kernel between ``x[:-n2]`` and ``x[-n2:]``. ``learned``: an earlier call's set-up
+    and choice for this signature, reused; returned with the kernel, this call's."""
     n = x.shape[0] if n2 is None else x.shape[0] - n2
     pairs = None if n2 is None else n * n2
     source: ntk_schedule.RowSource | None = None
-    if method != "jacobian":
-        structured = StructuredRows(model, forward, params, tensors, x, kind, pairs=pairs)
+    found = Learned(engine="jacobian")
+    if method != "jacobian" and (learned is None or learned.engine == "structured"):
+        layout = learned.layout if learned is not None else None
+        structured = StructuredRows(
+            model, forward, params, tensors, x, kind, pairs=pairs, layout=layout
+        )
         if method == "structured" or structured.kron_share() >= _AUTO_KRON_SHARE:
             source = structured
+            found = Learned(engine="structured", layout=structured.layout())
     if source is None:
         source = JacobianRows(forward, params, x, kind)
     c = source.c
@@ -275,7 +302,8 @@ def _compute(
     )
     dtype = next(iter(params.values())).dtype
     schedule = ntk_schedule.plan(source, kind, n, c, budget, what, x.device, n2=n2)
-    return ntk_schedule.run(source, schedule, kind, n, c, dtype, x.device, on_block, n2=n2)
+    kernel = ntk_schedule.run(source, schedule, kind, n, c, dtype, x.device, on_block, n2=n2)
+    return kernel, found
 
 
 def default_memory_budget(device: str | torch.device | None = None) -> int:

@@ -40,15 +40,24 @@ from .errors import MemoryBudgetError
 from .ntk_terms import Term
 from .units import format_bytes
 
-# Activations in flight in one call. Measured on a CPU, a vmap call's time per example grows with
-# its activations (resnet20: 16 examples per call are 30% faster per example than 128); small
-# models (lenet5) take large calls, whose rows then need no copying into a panel.
+# Activations in flight in one call, on the CPU. Measured on a CPU, a vmap call's time per example
+# grows with its activations (resnet20: 16 examples per call are 30% faster per example than 128,
+# the caches); small models (lenet5) take large calls, whose rows then need no copying into a
+# panel. On a GPU calls are as large as the budget allows: the device is launch-bound with small
+# calls (resnet20 at n = 1024 in chunks sized for a CPU launched 75,000 kernels, issue 15).
 _ACTIVATION_BYTES = 2**28
 # Fewest examples per call worth computing all logits at once for (else: fewer logits).
 _MIN_CHUNK = 8
 # Rows of one diagonal sub-block of a panel's self-product: only sub-block pairs on or above the
-# diagonal are multiplied. Below about 256 rows the products become memory-bound on CPUs.
+# diagonal are multiplied. Below about 256 rows the products become memory-bound on CPUs. On a
+# GPU the saving of the triangle is not worth the launches of more, smaller products.
 _SUB_ROWS = 512
+_SUB_ROWS_GPU = 4096
+
+
+def sub_rows(device: torch.device) -> int:
+    """Rows of one diagonal sub-block of a self-product on ``device``."""
+    return _SUB_ROWS if device.type == "cpu" else _SUB_ROWS_GPU
 
 
 class RowSource(Protocol):
@@ -123,10 +132,12 @@ def plan(
     avail = budget * 9 // 10 - fixed
 
     def chunk_size(g: int, room: int, rows: int) -> int:
-        """Examples per call, balanced: as many as fit in ``room``, with at most
+        """Examples per call, balanced: as many as fit in ``room``, on the CPU with at most
         ``_ACTIVATION_BYTES`` of activations in flight (larger calls run slower per example)."""
         fit = room // source.transient(g)
-        fit = max(1, min(fit, _ACTIVATION_BYTES // max(1, source.activations(g))))
+        if device.type == "cpu":
+            fit = min(fit, _ACTIVATION_BYTES // max(1, source.activations(g)))
+        fit = max(1, fit)
         return math.ceil(rows / math.ceil(rows / min(rows, fit)))
 
     # One pass: every example's rows for a group of g cotangents resident at once. The largest g
@@ -208,11 +219,11 @@ def run(
         """The panel ``start:stop`` as pieces ``(first kernel row, block)``.
 
         A call with enough rows is a piece as it is; smaller calls are stacked into pieces of
-        about ``_SUB_ROWS`` rows, so that the products between pieces stay efficient.
+        about ``sub_rows(device)`` rows, so that the products between pieces stay efficient.
         """
         call_rows = per_unit * schedule.chunk
         units = schedule.chunk * (
-            1 if 2 * call_rows >= _SUB_ROWS else math.ceil(_SUB_ROWS / call_rows)
+            1 if 2 * call_rows >= sub_rows(device) else math.ceil(sub_rows(device) / call_rows)
         )
         pieces = []
         for lo in range(start, stop, units):
@@ -240,7 +251,7 @@ def run(
             stop = min(start + schedule.panel, n)
             pieces = panel_pieces(cot, start, stop)
             if n2 is None:
-                _add_self(kernel, pieces)
+                _add_self(kernel, pieces, sub_rows(device))
             if on_block is not None:
                 on_block(done, steps)
             if n2 is None:
@@ -287,11 +298,11 @@ def _add_cross(
         kernel[slice(row, row + product.shape[0]), cols] += product
 
 
-def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]]) -> None:
+def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]], sub: int) -> None:
     """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
 
     Only the products on or above the diagonal are computed (``H[j, i] = H[i, j]^T``): one
-    product per pair of sub-blocks of about ``_SUB_ROWS`` rows, and a sub-block with itself through
+    product per pair of sub-blocks of about ``sub`` rows, and a sub-block with itself through
     :func:`ntk_terms.gram` (BLAS ``syrk`` for wide dense terms on the CPU).
     """
     blocks = []
@@ -299,7 +310,7 @@ def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]]) -> None:
         size = ntk_terms.rows_of(block)
         examples = ntk_terms.block_examples(block)
         per = size // examples  # rows per example: sub-blocks start at an example
-        count = max(1, size // _SUB_ROWS)
+        count = max(1, size // sub)
         bounds = [round(i * examples / count) * per for i in range(count + 1)]
         blocks += [(row + lo, [t[lo:hi] for t in block]) for lo, hi in itertools.pairwise(bounds)]
     for k, (row, left) in enumerate(blocks):

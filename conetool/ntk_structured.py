@@ -55,8 +55,18 @@ from .ntk_layer_grads import (
     numel,
     per_example_grads,
 )
+from .ntk_memo import StructuredLayout
 from .ntk_saved import saved_activations
 from .ntk_terms import Term
+
+# The byte counts per example that _measure sets and the schedule plans with.
+_SIZES = (
+    "_activation_bytes",
+    "_cotangent_bytes",
+    "_row_bytes_fixed",
+    "_row_bytes_per_cotangent",
+    "_fallback_row_bytes",
+)
 
 
 class StructuredRows:
@@ -80,6 +90,7 @@ class StructuredRows:
         x: Tensor,
         kind: str,
         pairs: float | None = None,
+        layout: StructuredLayout | None = None,
     ) -> None:
         self.model = model
         self.forward = forward
@@ -89,15 +100,43 @@ class StructuredRows:
         self.kind = kind
         self.n = x.shape[0]
         self.pairs = pairs
-        self.c = forward(x[:1]).reshape(1, -1).shape[1]
         self.value_bytes = next(iter(params.values())).element_size()
         self._recording = False
         self.layers, self.fallback = self._classify()
         self.fixed = sum(t.numel() for t in params.values()) * self.value_bytes
+        if layout is not None:
+            self._restore(layout)
+            return
+        self.c = forward(x[:1]).reshape(1, -1).shape[1]
         with ntk_precision.outside_onednn(x.device):
             with self._hooks():
                 self._check(x[: min(self.n, 2)])
             self._measure(x[:1])
+
+    def layout(self) -> StructuredLayout:
+        """The set-up that the check and the measurements left, for an
+        :class:`~conetool.ntk_memo.EngineMemo` to restore on the next checkpoint."""
+        return StructuredLayout(
+            modes={layer.name: layer.mode for layer in self.layers},
+            fallback=tuple(self.fallback),
+            c=self.c,
+            sizes={name: getattr(self, name) for name in _SIZES},
+            kron_share=self.kron_share(),
+        )
+
+    def _restore(self, layout: StructuredLayout) -> None:
+        """Take the set-up of an earlier call with the same signature instead of checking and
+        measuring again (the layers are this model's own modules, found by name)."""
+        by_name = {layer.name: layer for layer in self.layers}
+        self.layers = []
+        for name, mode in layout.modes.items():
+            layer = by_name[name]
+            layer.mode = mode
+            self.layers.append(layer)
+        self.fallback = list(layout.fallback)
+        self.c = layout.c
+        for name, value in layout.sizes.items():
+            setattr(self, name, value)
 
     def kron_share(self) -> float:
         """The share of the trainable parameters (by count) contracted from factors ("kron")."""

@@ -46,8 +46,10 @@ _SYRK_MIN_WIDTH = 65536
 # 8,192 1.8e-7 (as fast as one product, or faster: MKL's product of few rows is slow); 512 x
 # 368,640: 5.8e-7 in one product, 2.2e-8 in pieces of 8,192, at the same speed.
 _CHUNK = 4096
-# Partial products (elements) held at once while summing the pieces.
+# Partial products (elements) held at once while summing the pieces: on the CPU 16 MiB of float32
+# (cache-sized), on a GPU 256 MiB (fewer, larger batched products).
 _PIECE_ELEMENTS = 2**22
+_PIECE_ELEMENTS_GPU = 2**26
 # Columns per piece of the syrk path when the accuracy fixes are on (syrk needs wide pieces to be
 # fast; 256-512 rows of 368,640 columns: 4e-7 in one call, 6e-8 in pieces of 32,768).
 _SYRK_CHUNK = 32768
@@ -193,7 +195,8 @@ def product(left: Tensor, right: Tensor) -> Tensor:
     out = torch.zeros(m, n, dtype=torch.float64, device=left.device)
     lhs = left[:, :main].unflatten(1, (pieces, _CHUNK)).transpose(0, 1)  # (pieces, m, chunk)
     rhs = right[:, :main].unflatten(1, (pieces, _CHUNK)).permute(1, 2, 0)  # (pieces, chunk, n)
-    step = max(1, _PIECE_ELEMENTS // max(1, m * n))
+    held = _PIECE_ELEMENTS if left.device.type == "cpu" else _PIECE_ELEMENTS_GPU
+    step = max(1, held // max(1, m * n))
     for lo in range(0, pieces, step):
         out += torch.bmm(lhs[lo : lo + step], rhs[lo : lo + step]).sum(0, dtype=torch.float64)
     if main < width:

@@ -556,7 +556,7 @@ def test_a_panel_is_freed_before_the_next_is_computed(
     panels: list[list[weakref.ref]] = []
     original = ntk_schedule._add_self
 
-    def spy(kernel, pieces):
+    def spy(kernel, pieces, sub):
         gc.collect()
         for earlier in panels:
             assert all(ref() is None for ref in earlier), "an earlier panel is still alive"
@@ -565,7 +565,7 @@ def test_a_panel_is_freed_before_the_next_is_computed(
             for term in block:
                 refs += [weakref.ref(t) for t in vars(term).values() if isinstance(t, torch.Tensor)]
         panels.append(refs)
-        return original(kernel, pieces)
+        return original(kernel, pieces, sub)
 
     monkeypatch.setattr(ntk_schedule, "_add_self", spy)
     low = minimum_budget(model, x, "trace", method)

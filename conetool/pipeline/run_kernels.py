@@ -22,6 +22,7 @@ from ..errors import ConetoolError, DataError, StoreError
 from ..layer_groups import group_kernels, groups_hash, parameter_groups, parse_groups
 from ..models import output_check
 from ..ntk import empirical_ntk, parse_memory
+from ..ntk_memo import EngineMemo
 from ..probe import Probe, load_probe, make_probe, save_probe
 from ..progress import CountBar, NullProgress, Progress
 from ..spec import ProbeSpec, Spec
@@ -286,6 +287,8 @@ def _compute_all(
             notes.append(message)
             progress.log(f"warning: {message}")
 
+    memo = EngineMemo()  # the checks and the engine's set-up run once per run, not per checkpoint
+
     def ntk(
         x1: torch.Tensor,
         x2: torch.Tensor | None = None,
@@ -302,6 +305,7 @@ def _compute_all(
             device=dev,
             dtype=DTYPES[dtype],
             on_block=on_block,
+            memo=memo,
         )
 
     bar = job.bar(progress.task("kernels", total=len(plan.refs)))
