@@ -94,7 +94,11 @@ _CUDA_FRACTION = 0.8
 # method="auto" takes the structured engine when at least this share of the parameters is
 # contracted from factors (Linear layers, convolutions on small feature maps). Below, per-example
 # convolution gradients dominate both engines, and the reference computes them faster (measured
-# on a 2-core CPU, resnet20 at n = 1024: 86 s against 98-116 s).
+# on a 2-core CPU, resnet20 at n = 1024: 86 s against 98-116 s). Off the CPU auto always takes the
+# structured engine: under vmap, cuDNN computes per-example convolution weight gradients as a
+# grouped convolution that launches a kernel per example and layer (resnet20 at n = 1024 on an
+# H200: 17,408 launches per Winograd stage, the reference engine launch-bound), where the
+# structured engine forms them with one batched matrix product per layer.
 _AUTO_KRON_SHARE = 0.5
 
 
@@ -143,7 +147,8 @@ def empirical_ntk(
             ``"auto"`` (default): structured when layers it contracts from their factors (Linear
             layers, convolutions on small feature maps) hold at least half of the parameters
             (MLPs, LeNet-5, VGG-16), else jacobian (ResNet-20, where per-example convolution
-            gradients dominate and the reference computes them faster). Both give the same kernel.
+            gradients dominate and the reference computes them faster on a CPU); always
+            structured on a GPU. Both give the same kernel.
         memo: an :class:`~conetool.ntk_memo.EngineMemo` shared by the calls of a run: the
             independence check, the structured engine's set-up and ``auto``'s choice run on the
             first call of each architecture and input shape only (:mod:`conetool.ntk_memo`).
@@ -290,7 +295,11 @@ def _compute(
         structured = StructuredRows(
             model, forward, params, tensors, x, kind, pairs=pairs, layout=layout
         )
-        if method == "structured" or structured.kron_share() >= _AUTO_KRON_SHARE:
+        if (
+            method == "structured"
+            or x.device.type != "cpu"
+            or structured.kron_share() >= _AUTO_KRON_SHARE
+        ):
             source = structured
             found = Learned(engine="structured", layout=structured.layout())
     if source is None:

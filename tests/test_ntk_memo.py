@@ -163,3 +163,14 @@ def test_calls_on_a_gpu_are_as_large_as_the_budget_allows() -> None:
     assert gpu.chunk == 1024 and cpu.chunk < 16
     assert gpu.panel == cpu.panel == 1024
     assert ntk_schedule.sub_rows(torch.device("cuda")) > ntk_schedule.sub_rows(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_takes_the_structured_engine_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ntk, "_AUTO_KRON_SHARE", 1.5)  # on the CPU: the reference engine
+    model, x = build("conv_bn", n=4)
+    on_cpu, on_gpu = EngineMemo(), EngineMemo()
+    cpu = empirical_ntk(model, x, device="cpu", memo=on_cpu)
+    gpu = empirical_ntk(model, x, device="cuda", memo=on_gpu)
+    assert (on_cpu.engines(), on_gpu.engines()) == (["jacobian"], ["structured"])
+    assert rel(gpu, cpu) < 1e-10
