@@ -29,7 +29,10 @@ Guarantees:
   waits: a waiting ``--overwrite`` would silently replace the first run's kernels right after);
 * a damaged or deleted ``manifest.json`` is rebuilt by :meth:`Store.open_for_writing` from the
   kernel files, each of which carries its own record (:attr:`Store.notes` says so);
-* :meth:`Store.open` never writes: a store on a read-only file system can be read.
+* :meth:`Store.open` never writes: a store on a read-only file system can be read;
+* one thread may write kernels while another reads records and checks files (``conetool kernels``
+  writes step k in the background while it checks step k + 1): the in-memory manifest is read and
+  changed under one lock, and manifest writes are serialised by it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -97,6 +101,8 @@ class Store:
         self.owner = owner  # False: never writes manifest.json (another process owns it)
         self.notes: list[str] = []  # what opening did that the user should hear of (a rebuild)
         self._lock: StoreLock | None = None
+        # Guards self.manifest (and manifest.json's writes) between a writer thread and readers.
+        self._manifest_guard = threading.RLock()
 
     def close(self) -> None:
         """Release the writer's lock (:meth:`open_for_writing`); the store can still be read."""
@@ -252,22 +258,24 @@ class Store:
     # ----------------------------------------------------------------- reading
     @property
     def identity(self) -> StoreIdentity:
-        return _identity(self.manifest)
+        with self._manifest_guard:
+            return _identity(self.manifest)
 
     def records(self) -> dict[int, StepRecord]:
         """Every stored step's record, by step (sorted)."""
-        return {
-            int(step): StepRecord(**record)
-            for step, record in sorted(self.manifest["steps"].items(), key=lambda kv: int(kv[0]))
-        }
+        with self._manifest_guard:
+            items = sorted(self.manifest["steps"].items(), key=lambda kv: int(kv[0]))
+            return {int(step): StepRecord(**record) for step, record in items}
 
     def steps(self) -> list[int]:
         """The stored steps, sorted."""
-        return sorted(int(step) for step in self.manifest["steps"])
+        with self._manifest_guard:
+            return sorted(int(step) for step in self.manifest["steps"])
 
     def record(self, step: int) -> StepRecord | None:
-        raw = self.manifest["steps"].get(str(step))
-        return StepRecord(**raw) if raw else None
+        with self._manifest_guard:
+            raw = self.manifest["steps"].get(str(step))
+            return StepRecord(**raw) if raw else None
 
     def is_current(self, step: int, fingerprint: str) -> bool:
         """True when ``step`` is stored, its kernel file exists and its source is unchanged."""
@@ -310,7 +318,8 @@ class Store:
             embedded = None
         if embedded != asdict(record):
             wrong.append("its embedded record differs from the manifest's")
-        size = (self.manifest.get("probe") or {}).get("size")
+        with self._manifest_guard:
+            size = (self.manifest.get("probe") or {}).get("size")
         if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
             wrong.append(f"shape {shape} (probe size {size})")
         if wrong:
@@ -355,15 +364,17 @@ class Store:
             "record": json.dumps(asdict(record)),
         }
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
-        self.manifest["steps"][str(record.step)] = asdict(record)
-        if self.owner:
-            self._write_manifest()
+        with self._manifest_guard:
+            self.manifest["steps"][str(record.step)] = asdict(record)
+            if self.owner:
+                self._write_manifest()
 
     # ----------------------------------------------------------------- eval kernels
     @property
     def eval_record(self) -> dict[str, Any] | None:
         """The evaluation set recorded in the manifest (size, split, seed, hash, file), if any."""
-        raw = self.manifest.get("eval")
+        with self._manifest_guard:
+            raw = self.manifest.get("eval")
         return raw if isinstance(raw, dict) else None
 
     def record_eval(self, record: dict[str, Any]) -> list[str]:
@@ -392,13 +403,14 @@ class Store:
         """Record ``record`` under manifest ``key`` (written now when it changed). When it
         replaces a record of another ``hash``, delete the files in ``folder`` whose metadata
         ``hash_key`` is not the new hash and return how many; else None."""
-        raw = self.manifest.get(key)
-        old = raw if isinstance(raw, dict) else None
-        if old == record:
-            return None
-        self.manifest[key] = dict(record)
-        if self.owner:
-            self._write_manifest()
+        with self._manifest_guard:
+            raw = self.manifest.get(key)
+            old = raw if isinstance(raw, dict) else None
+            if old == record:
+                return None
+            self.manifest[key] = dict(record)
+            if self.owner:
+                self._write_manifest()
         if old is None or old.get("hash") == record.get("hash"):
             return None
         removed = 0
@@ -483,7 +495,8 @@ class Store:
     def layer_record(self) -> dict[str, Any] | None:
         """The parameter groups recorded in the manifest (``patterns``, ``groups``, ``hash``,
         ``dir``) by ``kernels --per-layer``, if any."""
-        raw = self.manifest.get("layer_groups")
+        with self._manifest_guard:
+            raw = self.manifest.get("layer_groups")
         return raw if isinstance(raw, dict) else None
 
     def record_layer_groups(self, record: dict[str, Any]) -> list[str]:
@@ -601,21 +614,22 @@ class Store:
                 embedded = json.loads(meta["record"])
             except json.JSONDecodeError:
                 continue
-            if self.manifest["steps"].get(meta["step"]) != embedded:
-                self.manifest["steps"][meta["step"]] = embedded
-                adopted.append(int(meta["step"]))
+            with self._manifest_guard:
+                if self.manifest["steps"].get(meta["step"]) != embedded:
+                    self.manifest["steps"][meta["step"]] = embedded
+                    adopted.append(int(meta["step"]))
         if adopted and self.owner and save:
             self._write_manifest()
         return sorted(adopted)
 
     def _write_manifest(self) -> None:
-        self.manifest["steps"] = dict(
-            sorted(self.manifest["steps"].items(), key=lambda kv: int(kv[0]))
-        )
-        self.manifest["conetool_version"] = __version__
-        atomic_write_text(
-            paths.manifest(self.root), json.dumps(self.manifest, indent=2, allow_nan=False) + "\n"
-        )
+        with self._manifest_guard:
+            self.manifest["steps"] = dict(
+                sorted(self.manifest["steps"].items(), key=lambda kv: int(kv[0]))
+            )
+            self.manifest["conetool_version"] = __version__
+            text = json.dumps(self.manifest, indent=2, allow_nan=False) + "\n"
+            atomic_write_text(paths.manifest(self.root), text)
 
 
 def clear(root: Path) -> None:

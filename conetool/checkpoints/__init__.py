@@ -12,7 +12,8 @@ Typical use::
   layouts and the step rules are in :mod:`conetool.checkpoints.discover`.
 - :func:`read_checkpoint` / :func:`read_state_dict`: the tensors (and fingerprint) in one pass.
 - :func:`load_checkpoint`: strict load into a model, stripping ``module.`` / ``model.`` /
-  ``_orig_mod.`` only when that makes the keys match.
+  ``_orig_mod.`` only when that makes the keys match; it is :func:`read_checkpoint` (no model
+  touched: safe in another thread) then :func:`apply_checkpoint` (into the model).
 - :func:`fingerprint`: ``"<bytes>:<sha256>"`` streamed, for telling when a source file changed.
 - :func:`inspect_checkpoints`: one :class:`InspectRow` per file, problems included
   (``conetool inspect``).
@@ -35,6 +36,7 @@ from .discover import (
 from .inspection import InspectRow, inspect_checkpoints
 from .load import (
     LoadedCheckpoint,
+    apply_checkpoint,
     check_finite_tensors,
     fingerprint,
     load_checkpoint,
@@ -49,6 +51,7 @@ __all__ = [
     "CheckpointWarning",
     "InspectRow",
     "LoadedCheckpoint",
+    "apply_checkpoint",
     "check_finite_tensors",
     "checkpoint_ref",
     "fingerprint",

@@ -235,13 +235,39 @@ def load_checkpoint(
             keys, or shape mismatches; the message names the file and the fix.
     """
     if isinstance(source, Mapping):
-        loaded = None
-        state: Mapping[str, torch.Tensor] = source
         name = "the state dict"
         if check_finite:
-            check_finite_tensors(state, name)
-    else:
-        loaded = read_checkpoint(source, check_finite=check_finite)
-        state, name = loaded.state_dict, str(loaded.ref.file)
-    model.load_state_dict(match_state_dict(model, state, name=name, warn=warn), strict=True)
+            check_finite_tensors(source, name)
+        _apply(model, source, name, warn)
+        return None
+    loaded = read_checkpoint(source, check_finite=check_finite)
+    apply_checkpoint(model, loaded, warn=warn)
     return loaded
+
+
+def apply_checkpoint(
+    model: nn.Module,
+    loaded: LoadedCheckpoint,
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> None:
+    """Load a checkpoint already read by :func:`read_checkpoint` into ``model``, strictly.
+
+    :func:`load_checkpoint` is :func:`read_checkpoint` (file I/O, decoding, the fingerprint and
+    the finiteness check; it touches no model, so another thread may run it) followed by this
+    (key matching, the dtype check and its warning, the copy into the model's tensors).
+
+    Raises:
+        CheckpointError: missing or unexpected keys, shape mismatches, or a dtype that cannot
+            hold a parameter; the message names the file and the fix.
+    """
+    _apply(model, loaded.state_dict, str(loaded.ref.file), warn)
+
+
+def _apply(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    name: str,
+    warn: Callable[[str], None] | None,
+) -> None:
+    model.load_state_dict(match_state_dict(model, state, name=name, warn=warn), strict=True)

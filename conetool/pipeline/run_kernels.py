@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,7 +16,13 @@ from torch import nn
 
 from .. import distributed, paths
 from .._version import __version__
-from ..checkpoints import CheckpointRef, list_checkpoints, load_checkpoint, parse_step_range
+from ..checkpoints import (
+    CheckpointRef,
+    apply_checkpoint,
+    list_checkpoints,
+    parse_step_range,
+    read_checkpoint,
+)
 from ..choices import Dtype, Kind, Method, choice
 from ..data import DataBundle, load_data
 from ..errors import ConetoolError, DataError, StoreError
@@ -28,6 +35,7 @@ from ..progress import CountBar, NullProgress, Progress
 from ..spec import ProbeSpec, Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from ..threads import limit_threads
+from .prefetch import ReadAhead, Writer
 from .remembered import imports_record, read_manifest, recorded_step_regex, selection_record
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
@@ -308,81 +316,120 @@ def _compute_all(
             memo=memo,
         )
 
+    def give_up(ref: CheckpointRef, exc: ConetoolError) -> bool:
+        """A step that failed: True to stop (the error is raised once the ranks have met), False
+        to go on without it (--skip-bad)."""
+        nonlocal error
+        message = f"step {ref.step} ({ref.file}): {exc}"
+        if not skip_bad:
+            error = (
+                type(exc)(
+                    f"{message} Kernels already computed are kept in {out.root}; fix this "
+                    "checkpoint and rerun, or pass --skip-bad to go on without it."
+                ),
+                exc,
+            )
+            job.fail()
+            return True
+        failed[ref.step] = str(exc)
+        progress.log(f"warning: skipped {message}")
+        bar.advance(1, step=ref.step)
+        return False
+
+    def save(
+        ref: CheckpointRef,
+        fingerprint: str,
+        record: StepRecord,
+        kernel: torch.Tensor,
+        cross: torch.Tensor | None,
+        per_group: dict[str, torch.Tensor] | None,
+    ) -> None:
+        """One step's files, in the store's order (run by the background writer)."""
+        out.write_kernel(record, kernel)
+        if cross is not None:  # after the kernel: a kill between the two loses the eval kernel only
+            out.write_eval_kernel(ref.step, cross, eval_hash, fingerprint)
+        if per_group is not None and layers is not None:  # after the kernel, like the eval kernel
+            out.write_layer_kernels(ref.step, per_group, layers, layer_hash, fingerprint)
+
     bar = job.bar(progress.task("kernels", total=len(plan.refs)))
     for step in unchanged:
         bar.advance_here(1, step=step)
-    for step in job.shard(todo):
-        if job.peer_failed():
-            break  # another rank hit an error: stop as a single process would
-        ref = by_step[step]
-        try:
-            began = time.perf_counter()
-            loaded = load_checkpoint(model, ref, warn=warn_once)
-            assert loaded is not None  # load_checkpoint returns the record for a file
-            current = out.is_current(ref.step, loaded.fingerprint) and (
-                out.kernel_file_problem(ref.step) is None
-            )
-            cross = None
-            if evaluated is not None and (
-                out.eval_kernel_problem(ref.step, eval_hash, loaded.fingerprint) is not None
-            ):
-                cross = ntk(evaluated.inputs, plan.probe.inputs)
-            per_group = None
-            if layers is not None and (
-                out.layer_kernel_problem(ref.step, layer_hash, loaded.fingerprint) is not None
-            ):
-                per_group = group_kernels(model, layers, lambda: ntk(plan.probe.inputs))
-            if current:
-                if cross is not None:
-                    out.write_eval_kernel(ref.step, cross, eval_hash, loaded.fingerprint)
-                    eval_computed.append(ref.step)
-                if per_group is not None and layers is not None:
-                    out.write_layer_kernels(
-                        ref.step, per_group, layers, layer_hash, loaded.fingerprint
-                    )
-                    layer_computed.append(ref.step)
+    # Overlap (.prefetch): the next checkpoint is read in a background thread while this step's
+    # kernel is computed, and a step's files are written in another while the next step is
+    # computed (one write in flight, in step order), so a run on a GPU waits on the device, not
+    # on files. This rank's steps are read in its own order.
+    mine = [by_step[step] for step in job.shard(todo)]
+    with ReadAhead(mine, read_checkpoint) as reads, Writer() as writer:
+        for ref, take in reads:
+            writer.check()  # a write that failed stops the run here, as it did when inline
+            if job.peer_failed():
+                break  # another rank hit an error: stop as a single process would
+            try:
+                began = time.perf_counter()
+                loaded = take()  # read while the step before was computed; raises its error now
+                apply_checkpoint(model, loaded, warn=warn_once)
+                fingerprint, size = loaded.fingerprint, loaded.size
+                del loaded  # the model holds the weights: no second state dict kept
+                current = out.is_current(ref.step, fingerprint) and (
+                    out.kernel_file_problem(ref.step) is None
+                )
+                cross = None
+                if evaluated is not None and (
+                    out.eval_kernel_problem(ref.step, eval_hash, fingerprint) is not None
+                ):
+                    cross = ntk(evaluated.inputs, plan.probe.inputs)
+                per_group = None
+                if layers is not None and (
+                    out.layer_kernel_problem(ref.step, layer_hash, fingerprint) is not None
+                ):
+                    per_group = group_kernels(model, layers, lambda: ntk(plan.probe.inputs))
+                kernel = (
+                    None
+                    if current
+                    else ntk(plan.probe.inputs, on_block=_inner_bar(progress, ref.step))
+                )
+            except ConetoolError as exc:
+                if give_up(ref, exc):
+                    break
+                continue
+            if kernel is None:  # current: only its eval or layer kernels were missing
+                writer.join()  # the step before's files first; a failed write raises as it did
+                try:
+                    if cross is not None:
+                        out.write_eval_kernel(ref.step, cross, eval_hash, fingerprint)
+                        eval_computed.append(ref.step)
+                    if per_group is not None and layers is not None:
+                        out.write_layer_kernels(
+                            ref.step, per_group, layers, layer_hash, fingerprint
+                        )
+                        layer_computed.append(ref.step)
+                except ConetoolError as exc:
+                    if give_up(ref, exc):
+                        break
+                    continue
                 skipped.append(ref.step)
                 bar.advance(1, step=ref.step)
                 continue
-            kernel = ntk(plan.probe.inputs, on_block=_inner_bar(progress, ref.step))
-        except ConetoolError as exc:
-            message = f"step {ref.step} ({ref.file}): {exc}"
-            if not skip_bad:
-                error = (
-                    type(exc)(
-                        f"{message} Kernels already computed are kept in {out.root}; fix this "
-                        "checkpoint and rerun, or pass --skip-bad to go on without it."
-                    ),
-                    exc,
-                )
-                job.fail()
-                break
-            failed[ref.step] = str(exc)
-            progress.log(f"warning: skipped {message}")
-            bar.advance(1, step=ref.step)
-            continue
-        took = time.perf_counter() - began
-        record = StepRecord(
-            step=ref.step,
-            source=[str(p.resolve()) for p in ref.paths],
-            size=loaded.size,
-            fingerprint=loaded.fingerprint,
-            kernel=paths.kernel_relative(ref.step),
-            norm=kernel_norm(kernel),
-            seconds=round(took, 4),
-            mtime_ns=_mtime_ns(ref),
-        )
-        out.write_kernel(record, kernel)
-        if cross is not None:  # after the kernel: a kill between the two loses the eval kernel only
-            out.write_eval_kernel(ref.step, cross, eval_hash, loaded.fingerprint)
-            eval_computed.append(ref.step)
-        if per_group is not None and layers is not None:  # after the kernel, like the eval kernel
-            out.write_layer_kernels(ref.step, per_group, layers, layer_hash, loaded.fingerprint)
-            layer_computed.append(ref.step)
-        computed.append(ref.step)
-        seconds.append(took)
-        shape = tuple(kernel.shape)
-        bar.advance(1, step=ref.step, per_kernel=f"{took:.2f}s")
+            took = time.perf_counter() - began
+            record = StepRecord(
+                step=ref.step,
+                source=[str(p.resolve()) for p in ref.paths],
+                size=size,
+                fingerprint=fingerprint,
+                kernel=paths.kernel_relative(ref.step),
+                norm=kernel_norm(kernel),
+                seconds=round(took, 4),
+                mtime_ns=_mtime_ns(ref),
+            )
+            writer.submit(partial(save, ref, fingerprint, record, kernel, cross, per_group))
+            if cross is not None:
+                eval_computed.append(ref.step)
+            if per_group is not None and layers is not None:
+                layer_computed.append(ref.step)
+            computed.append(ref.step)
+            seconds.append(took)
+            shape = tuple(kernel.shape)
+            bar.advance(1, step=ref.step, per_kernel=f"{took:.2f}s")
 
     share = {
         "computed": computed,
