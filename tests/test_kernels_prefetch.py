@@ -24,7 +24,7 @@ import conetool.io
 import conetool.store
 from conetool import paths
 from conetool.errors import CheckpointError, StoreError
-from conetool.pipeline import kernels, run_kernels
+from conetool.pipeline import kernels, kernels_loop
 from conetool.pipeline.prefetch import ReadAhead, Writer
 from conetool.store import Store
 
@@ -86,8 +86,8 @@ class _InlineWriter:
 def one_by_one(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Run ``kernels`` without overlap (the reference)."""
     with monkeypatch.context() as patch:
-        patch.setattr(run_kernels, "ReadAhead", _InlineReads)
-        patch.setattr(run_kernels, "Writer", _InlineWriter)
+        patch.setattr(kernels_loop, "ReadAhead", _InlineReads)
+        patch.setattr(kernels_loop, "Writer", _InlineWriter)
         yield
 
 
@@ -163,7 +163,7 @@ def test_the_next_checkpoint_is_read_while_the_kernel_is_computed(run, tmp_path,
     lock = threading.Lock()
     read_started = {step: threading.Event() for step in STEPS}
     missed: list[int] = []
-    real_read, real_engine = run_kernels.read_checkpoint, run_kernels.empirical_ntk
+    real_read, real_engine = kernels_loop.read_checkpoint, kernels_loop.empirical_ntk
     calls = iter(STEPS)  # one engine call per step (no eval set, no layers)
 
     def read(ref: Any, **options: Any) -> Any:
@@ -183,8 +183,8 @@ def test_the_next_checkpoint_is_read_while_the_kernel_is_computed(run, tmp_path,
             events.append(("engine returns", step))
         return kernel
 
-    monkeypatch.setattr(run_kernels, "read_checkpoint", read)
-    monkeypatch.setattr(run_kernels, "empirical_ntk", engine)
+    monkeypatch.setattr(kernels_loop, "read_checkpoint", read)
+    monkeypatch.setattr(kernels_loop, "empirical_ntk", engine)
     assert kernels(run, store=tmp_path / "s", device="cpu").computed == STEPS
     assert not missed, f"the read of the step after {missed[0]} had not started"
     for i, step in enumerate(STEPS[:-1]):
@@ -197,7 +197,7 @@ def test_the_next_checkpoint_is_read_while_the_kernel_is_computed(run, tmp_path,
 def test_a_kernel_is_written_while_the_next_is_computed(run, tmp_path, monkeypatch):
     engine_started = {step: threading.Event() for step in STEPS}
     missed: list[int] = []
-    real_write, real_engine = Store.write_kernel, run_kernels.empirical_ntk
+    real_write, real_engine = Store.write_kernel, kernels_loop.empirical_ntk
     calls = iter(STEPS)
 
     def engine(*args: Any, **options: Any) -> torch.Tensor:
@@ -211,7 +211,7 @@ def test_a_kernel_is_written_while_the_next_is_computed(run, tmp_path, monkeypat
             missed.append(record.step)
         real_write(self, record, kernel)
 
-    monkeypatch.setattr(run_kernels, "empirical_ntk", engine)
+    monkeypatch.setattr(kernels_loop, "empirical_ntk", engine)
     monkeypatch.setattr(Store, "write_kernel", write_kernel)
     assert kernels(run, store=tmp_path / "s", device="cpu").computed == STEPS
     assert not missed, f"step {missed[0]} was written before the next step was computed"
@@ -302,7 +302,7 @@ def test_a_failed_write_says_the_same_and_keeps_the_kernels_before(
 
 
 def test_ctrl_c_finishes_the_write_in_flight_and_ends_the_threads(run, tmp_path, monkeypatch):
-    real_write, real_engine = Store.write_kernel, run_kernels.empirical_ntk
+    real_write, real_engine = Store.write_kernel, kernels_loop.empirical_ntk
     calls = iter(STEPS)
 
     def engine(*args: Any, **options: Any) -> torch.Tensor:
@@ -314,7 +314,7 @@ def test_ctrl_c_finishes_the_write_in_flight_and_ends_the_threads(run, tmp_path,
         time.sleep(0.3)  # still writing step 2 when step 4 is interrupted
         real_write(self, record, kernel)
 
-    monkeypatch.setattr(run_kernels, "empirical_ntk", engine)
+    monkeypatch.setattr(kernels_loop, "empirical_ntk", engine)
     monkeypatch.setattr(Store, "write_kernel", slow_write)
     with pytest.raises(KeyboardInterrupt):
         kernels(run, store=tmp_path / "s", device="cpu")
