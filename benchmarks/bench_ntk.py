@@ -19,6 +19,29 @@ The baseline is the tutorial's ``empirical_ntk_jacobian_contraction``
 ``x1 is x2`` it computes the Jacobian once (the tutorial computes it twice), which makes the baseline
 faster and smaller than the tutorial's own code.
 
+On CUDA (``--device cuda``) the worker moves the model and inputs to the device, sets
+``torch.backends.cuda.matmul.allow_tf32 = False`` and ``torch.backends.cudnn.allow_tf32 = False``
+(the engine turns TF32 off itself; the baseline gets the same full float32 precision), makes one
+warm-up call (on all ``n`` examples: ``--warmup full``, the default there), then ``--repeat``
+timed calls (default 2) in the same process, each between ``torch.cuda.synchronize()`` calls, and
+reports their median. Peak GPU memory is ``torch.cuda.max_memory_allocated()`` after
+``torch.cuda.reset_peak_memory_stats()`` (the largest over the timed calls; "growth" subtracts
+what was allocated before the call: the model and the inputs). A baseline that runs out of device
+memory is reported as ``OOM``; it is skipped, with the memory it would need, when 1.5 times its
+Jacobian (``n·c·p`` float32) exceeds 90% of the device's free memory (vgg16 at n = 500). The FLOP
+floor uses the device's float32 matmul rate (TF32 off), measured once in a subprocess that also
+reports the device's name and memory. The engine's budget (``auto``: 80% of the free device memory
+at the call) is printed beside its peak. The CPU table and its defaults (a warm-up on 2 examples,
+one run, ``--repeat`` as separate alternating processes with the fastest kept) are unchanged.
+
+``--profile`` adds, for one more call per measurement (after the timed ones), a line with what
+torch.profiler saw (``benchmarks/profiling.py``): aten op calls, CUDA launch calls and device
+kernels, the summed kernel time and the device's busy time (union of its kernel and copy
+intervals) over the timed wall time (the profiled call itself runs slower). On the CPU only the
+aten count shows; fewer, larger calls is the direction the CUDA launch count must go.
+``--profile-top FILE`` appends the top 20 kernels (by total device time; on the CPU, aten ops) of
+each profiled call to FILE.
+
 Examples::
 
     python benchmarks/bench_ntk.py --quick
@@ -26,6 +49,8 @@ Examples::
     python benchmarks/bench_ntk.py --models mlp --n 256 --methods structured,jacobian
     python benchmarks/bench_ntk.py --models resnet20 --n 1024 --max-memory auto,4GiB
     python benchmarks/bench_ntk.py --models vgg16 --n 500 --max-memory 8GiB --no-baseline
+    python benchmarks/bench_ntk.py --device cuda --models resnet20 --n 1024 --methods auto,jacobian
+    python benchmarks/bench_ntk.py --device cuda --models resnet20 --n 1024 --profile
 """
 
 from __future__ import annotations
@@ -34,6 +59,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +72,8 @@ SHAPES = {"mlp": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32), "v
 DEFAULT_N = {"mlp": [64, 256], "lenet5": [256, 1024], "resnet20": [256, 1024], "vgg16": [8, 500]}
 QUICK_N = {"mlp": [16], "lenet5": [64], "resnet20": [32], "vgg16": [2]}
 NUM_CLASSES = 10
+MARK = "RESULT "  # the worker's result line on stdout starts with this
+GIB = 2**30
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,10 +137,10 @@ def baseline(model, x, kind):
     return result.permute(0, 2, 1, 3) if kind == "full" else result  # (n, c, n, c)
 
 
-def engine(model, x, kind, max_memory, method):
+def engine(model, x, kind, max_memory, method, device="cpu"):
     from conetool.ntk import empirical_ntk
 
-    return empirical_ntk(model, x, kind=kind, max_memory=max_memory, device="cpu", method=method)
+    return empirical_ntk(model, x, kind=kind, max_memory=max_memory, device=device, method=method)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -120,16 +148,25 @@ def worker(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    cuda = args.device != "cpu"
+    if cuda:  # full float32 for the baseline too (the engine turns TF32 off itself)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     model = build(args.model)
     torch.manual_seed(1)
     x = torch.randn(args.n, *SHAPES[args.model])
+    if cuda:
+        model, x = model.to(args.device), x.to(args.device)
     budget = None if args.budget == "auto" else args.budget
 
     def run(inputs):
         if args.method == "baseline":
             return baseline(model, inputs, args.kind)
-        return engine(model, inputs, args.kind, budget, args.method)
+        return engine(model, inputs, args.kind, budget, args.method, args.device)
 
+    if cuda:
+        worker_cuda(args, run, x)
+        return
     with torch.no_grad():
         if args.method != "baseline":
             from conetool import ntk_terms
@@ -142,7 +179,123 @@ def worker(args: argparse.Namespace) -> None:
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.save(kernel.to(torch.float64).contiguous(), args.out)
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak": peak, "before": before}))
+    result = {"seconds": seconds, "cpu": cpu, "peak": peak, "before": before}
+    if args.profile:
+        result["profile"] = profiled(args, run, x, cuda=False)
+    print(MARK + json.dumps(result))
+
+
+def profiled(args: argparse.Namespace, run, x, cuda: bool) -> dict:
+    """One more call under torch.profiler: counts (benchmarks/profiling.py) and its wall time."""
+    import torch
+    from profiling import format_top, profile_call
+
+    with torch.no_grad():
+        _, summary, wall = profile_call(lambda: run(x), cuda)
+    if args.profile_top:
+        title = f"{args.model} n={args.n} {args.method} {args.budget} ({args.device})"
+        with open(args.profile_top, "a") as handle:
+            handle.write(format_top(summary, title) + "\n\n")
+    summary.pop("top")
+    summary["wall"] = wall
+    return summary
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    from conetool.errors import MemoryBudgetError
+
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryBudgetError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def worker_cuda(args: argparse.Namespace, run, x) -> None:
+    """Warm-up, then ``--repeat`` synchronised timed calls; median time, peak allocated memory."""
+    import torch
+
+    from conetool.ntk import default_memory_budget
+
+    device = x.device
+    budget = default_memory_budget(device) if args.budget == "auto" else parse_size(args.budget)
+    times: list[float] = []
+    peaks: list[int] = []
+    before = torch.cuda.memory_allocated(device)
+    kernel = None
+    try:
+        with torch.no_grad():
+            if args.method != "baseline":
+                from conetool import ntk_terms
+
+                ntk_terms._blas()
+            warm = run(x if args.warmup == "full" else x[:2])
+            del warm
+            for _ in range(args.repeat):
+                kernel = None  # the last call's kernel is not counted in this one's peak
+                torch.cuda.synchronize(device)
+                before = torch.cuda.memory_allocated(device)
+                if args.budget == "auto":
+                    budget = min(budget, default_memory_budget(device))
+                torch.cuda.reset_peak_memory_stats(device)
+                start = time.perf_counter()
+                kernel = run(x)
+                torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+                peaks.append(torch.cuda.max_memory_allocated(device))
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        peak = torch.cuda.max_memory_allocated(device)
+        print(MARK + json.dumps({"error": "OOM", "peak": peak, "before": before}))
+        return
+    torch.save(kernel.to(device="cpu", dtype=torch.float64).contiguous(), args.out)
+    result = {
+        "seconds": statistics.median(times),
+        "times": times,
+        "peak": max(peaks),
+        "before": before,
+        "budget": budget,
+        "tf32": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32],
+    }
+    if args.profile:
+        kernel = None
+        result["profile"] = profiled(args, run, x, cuda=True)
+    print(MARK + json.dumps(result))
+
+
+def parse_size(text: str) -> int:
+    from conetool.units import parse_memory
+
+    return parse_memory(text)
+
+
+def device_info(args: argparse.Namespace) -> None:
+    """The device's name, memory and float32 matmul rate (TF32 off), for the parent's header."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    device = torch.device(args.device)
+    free, total = torch.cuda.mem_get_info(device)
+    a = torch.randn(8192, 8192, device=device)
+    b = torch.randn(8192, 8192, device=device)
+    a @ b
+    torch.cuda.synchronize(device)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    info = {
+        "name": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "free": free,
+        "total": total,
+        "rate": 2 * 8192**3 / best,
+    }
+    print(MARK + json.dumps(info))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,17 +358,34 @@ def measure(
     ]  # fmt: skip
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.device != "cpu":
+        command += ["--device", args.device, "--repeat", str(args.repeat)]
+    if args.warmup:
+        command += ["--warmup", args.warmup]
+    if args.profile:
+        command += ["--profile"]
+    if args.profile_top:
+        command += ["--profile-top", str(Path(args.profile_top).resolve())]
+    return run_worker(command, args.timeout)
+
+
+def run_worker(command: list[str], timeout: float | None) -> dict:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, env=env, timeout=args.timeout, check=False
+            command, capture_output=True, text=True, env=env, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {args.timeout} s"}
+        return {"error": f"timeout after {timeout} s"}
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"error": f"exit {done.returncode}: {tail[0][:100]}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        oom = any("out of memory" in line.lower() for line in lines[-20:])
+        tail = lines[-1:] or ["?"]
+        return {"error": ("OOM: " if oom else "") + f"exit {done.returncode}: {tail[0][:100]}"}
+    results = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
+    if not results:
+        return {"error": "no result line from the worker"}
+    return json.loads(results[-1][len(MARK) :])
 
 
 def available_ram() -> int:
@@ -224,6 +394,22 @@ def available_ram() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def profile_line(row: dict) -> str | None:
+    """The ``--profile`` line under a row: what one more (profiled) call did."""
+    prof = row.get("profile")
+    if prof is None:
+        return None
+    text = f"    profile: {prof['aten']:,} aten calls"
+    if prof["kernels"] or prof["launches"]:
+        busy = prof["busy_s"] / row["seconds"] if row.get("seconds") else float("nan")
+        text += (
+            f", {prof['launches']:,} launch calls, {prof['kernels']:,} device kernels "
+            f"(+{prof['copies']:,} copies), kernels {prof['kernel_s']:.3f} s, device busy "
+            f"{prof['busy_s']:.3f} s = {100 * busy:.0f}% of the timed {row['seconds']:.3f} s"
+        )
+    return text + f"; profiled call {prof['wall']:.3f} s"
 
 
 def main() -> None:
@@ -241,25 +427,56 @@ def main() -> None:
         default="structured",
         help="comma-separated engine methods, one row each per budget (structured, jacobian, auto)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:k")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-baseline", action="store_true", help="time the engine only")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement")
     parser.add_argument(
         "--repeat",
         type=int,
-        default=1,
-        help="runs per measurement, in alternating order; best kept",
+        default=None,
+        help="CPU (default 1): runs per measurement in separate processes, in alternating order, "
+        "fastest kept; CUDA (default 2): timed calls in the measurement's process, median kept",
+    )
+    parser.add_argument(
+        "--warmup",
+        choices=["small", "full"],
+        default=None,
+        help="the untimed first call: on 2 examples (CPU default) or on all n (CUDA default)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more call per measurement under torch.profiler: aten calls, CUDA launches, "
+        "device busy time",
+    )
+    parser.add_argument(
+        "--profile-top",
+        default=None,
+        metavar="FILE",
+        help="with --profile: append each profiled call's top 20 kernels to FILE",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     # Worker-only arguments.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device-info", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="structured", help=argparse.SUPPRESS)
     parser.add_argument("--budget", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile_top:
+        args.profile = True
+    cuda = args.device != "cpu"
+    if args.repeat is None:
+        args.repeat = 2 if cuda else 1
     if args.worker:
         args.model, args.n = args.models, int(args.n)
+        if args.warmup is None:
+            args.warmup = "full" if cuda else "small"
         worker(args)
+        return
+    if args.device_info:
+        device_info(args)
         return
 
     import torch
@@ -271,6 +488,9 @@ def main() -> None:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(SHAPES)}")
     budgets = [b.strip() for b in args.max_memory.split(",") if b.strip()]
     engine_methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if cuda:
+        main_cuda(args, models, budgets, engine_methods)
+        return
     header = (
         f"{'model':<9} {'params':>10} {'n':>5} {'method':<20} {'time s':>8} {'x base':>7} {'cpu s':>8} "
         f"{'peak MiB':>9} {'growth':>8} {'x base':>7} {'floor s':>8} {'x floor':>8} {'rel err':>9}"
@@ -331,6 +551,9 @@ def main() -> None:
                         f"{(row['peak'] - row['before']) / 2**20:>8.0f} {slow:>7} {floor:>8.2f} "
                         f"{row['seconds'] / floor:>8.1f} {err:>9}"
                     )
+                    line = profile_line(row)
+                    if line:
+                        print(line)
                 sys.stdout.flush()
     print(
         "\ntime: wall seconds; cpu: CPU seconds of all threads (steadier on a shared machine). "
@@ -340,6 +563,117 @@ def main() -> None:
         "FLOPs of the Jacobians and of the contraction of distinct pairs, over the measured "
         f"float32 matmul rate ({info['rate'] / 1e9:.0f} GFLOP/s for the last model's run)."
     )
+
+
+def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[str]) -> None:
+    """The CUDA table: one measurement process per (model, n, method, budget)."""
+    import torch
+
+    command = [sys.executable, str(Path(__file__).resolve()), "--device-info"]
+    device = run_worker([*command, "--device", args.device], args.timeout)
+    if "error" in device:
+        print(f"no usable CUDA device ({args.device}): {device['error']}")
+        sys.exit(2)
+    print(
+        f"device {args.device}: {device['name']}, {device['total'] / GIB:.1f} GiB "
+        f"({device['free'] / GIB:.1f} GiB free), torch {device['torch']} (CUDA {device['cuda']}), "
+        f"float32 matmul {device['rate'] / 1e12:.1f} TFLOP/s (TF32 off)"
+    )
+    print(
+        f"kind = {args.kind}, TF32 off for both, warm-up {args.warmup or 'full'}, median of "
+        f"{args.repeat} synchronised call(s) per measurement, one process each"
+    )
+    header = (
+        f"{'model':<9} {'params':>10} {'n':>5} {'method':<20} {'time s':>8} {'x base':>7} "
+        f"{'peak GiB':>9} {'growth':>7} {'budget':>7} {'x base':>7} {'floor s':>8} {'x floor':>8} "
+        f"{'rel err':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    summary: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            info = probe(model, args.kind, args.threads)
+            info["rate"] = device["rate"]
+            sizes = (
+                [int(v) for v in args.n.split(",")]
+                if args.n
+                else (QUICK_N if args.quick else DEFAULT_N)[model]
+            )
+            for n in sizes:
+                floor = floor_seconds(info, n, args.kind)
+                need = n * info["c"] * info["p"] * 4
+                methods = [] if args.no_baseline else [("baseline", "baseline", "auto")]
+                rows: list[tuple[str, dict]] = []
+                if methods and 1.5 * need > 0.9 * device["free"]:
+                    rows.append(
+                        (
+                            "baseline",
+                            {
+                                "error": f"skipped: would need {1.5 * need / GIB:.1f} GiB "
+                                f"(1.5 x its Jacobian; {device['free'] / GIB:.0f} GiB free)"
+                            },
+                        )
+                    )
+                    methods = []
+                methods += [(f"{m} {b}", m, b) for m in engine_methods for b in budgets]
+                for label, method, budget in methods:
+                    out = Path(tmp, f"{label.replace(' ', '_')}.pt")
+                    out.unlink(missing_ok=True)
+                    rows.append((label, measure(model, n, args.kind, method, budget, args, out)))
+                base = dict(rows).get("baseline")
+                reference = (
+                    torch.load(Path(tmp, "baseline.pt"))
+                    if base is not None and "error" not in base
+                    else None
+                )
+                for label, row in rows:
+                    prefix = f"{model:<9} {info['p']:>10,} {n:>5} {label:<20}"
+                    if "error" in row:
+                        extra = (
+                            f" (peak {row['peak'] / GIB:.1f} GiB when it failed)"
+                            if "peak" in row
+                            else ""
+                        )
+                        print(f"{prefix} {row['error']}{extra}")
+                        summary.append(f"| {model} | {n} | {label} | {row['error']} | | | |")
+                        continue
+                    fast = slow = err = "-"
+                    if reference is not None and label != "baseline":
+                        fast = f"{row['seconds'] / base['seconds']:.2f}"
+                        slow = f"{row['peak'] / base['peak']:.2f}"
+                        kernel = torch.load(Path(tmp, f"{label.replace(' ', '_')}.pt"))
+                        err = f"{float((kernel - reference).norm() / reference.norm()):.1e}"
+                    budget = f"{row['budget'] / GIB:.1f}" if row.get("budget") else "-"
+                    growth = (row["peak"] - row["before"]) / GIB
+                    print(
+                        f"{prefix} {row['seconds']:>8.3f} {fast:>7} {row['peak'] / GIB:>9.2f} "
+                        f"{growth:>7.2f} {budget:>7} {slow:>7} {floor:>8.3f} "
+                        f"{row['seconds'] / floor:>8.1f} {err:>9}"
+                    )
+                    if row.get("budget") and growth * GIB > row["budget"]:
+                        print(f"    OVER BUDGET: grew {growth:.2f} GiB on a {budget} GiB budget")
+                    line = profile_line(row)
+                    if line:
+                        print(line)
+                    times = ", ".join(f"{t:.3f}" for t in row.get("times", []))
+                    summary.append(
+                        f"| {model} | {n} | {label} | {row['seconds']:.3f} ({times}) | {fast} | "
+                        f"{row['peak'] / GIB:.2f} | {err} |"
+                    )
+                sys.stdout.flush()
+    print(
+        "\ntime: median wall seconds of the synchronised calls; x base: ratio to the baseline "
+        "(time, then peak). peak: torch.cuda.max_memory_allocated during the call (model and "
+        "inputs included); growth: peak minus what was allocated before the call; budget: the "
+        "engine's --max-memory (auto: 80% of the free device memory at the call). floor: FLOPs "
+        "of the Jacobians and of the contraction of distinct pairs over the device's float32 "
+        "matmul rate. rel err: relative Frobenius difference from the baseline's kernel."
+    )
+    print(f"\n{device['name']}, torch {device['torch']}, kind = {args.kind}, TF32 off:\n")
+    print("| model | n | method | time s (each call) | x baseline | peak GiB | rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":
