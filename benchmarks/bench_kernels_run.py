@@ -13,10 +13,11 @@ imports) and once on all K (timed, into a fresh store), and prints:
 
 - the whole run's wall time and seconds per kernel (wall / K, and ``KernelsResult``'s own mean,
   which counts each checkpoint from its loading to its kernel);
-- the time inside the engine calls (``empirical_ntk`` as ``conetool.pipeline.run_kernels`` calls
+- the time inside the engine calls (``empirical_ntk`` as ``conetool.pipeline.kernels_loop`` calls
   it, wrapped with a timer; on CUDA each call returns its kernel on the host, so it ends when the
   device is done) and the share of the wall spent outside them: loading checkpoints
-  (``load_checkpoint``), writing kernels (``Store.write_kernel``) and the rest (data, probe set,
+  (``read_checkpoint``, in a read-ahead thread, and ``apply_checkpoint``), writing kernels
+  (``Store.write_kernel``, in a background thread) and the rest (data, probe set,
   store, manifest). That outside share is what overlapping loading and writing with the device's
   work removes. Overlapping intervals (calls on other threads) are counted once.
 - on CUDA, the device's peak memory (``KernelsResult.peak_memory``) and its busy fraction.
@@ -178,12 +179,13 @@ def instrument(timers: Timers) -> Callable[[], None]:
     returns the function that undoes it. A name the pipeline no longer uses is left out (its
     line then shows ``-``)."""
     from conetool import store
-    from conetool.pipeline import run_kernels
+    from conetool.pipeline import kernels_loop
 
     undo: list[Callable[[], None]] = []
     for owner, attribute, name in (
-        (run_kernels, "empirical_ntk", "engine"),
-        (run_kernels, "load_checkpoint", "load"),
+        (kernels_loop, "empirical_ntk", "engine"),
+        (kernels_loop, "read_checkpoint", "load"),
+        (kernels_loop, "apply_checkpoint", "apply"),
         (store.Store, "write_kernel", "write"),
     ):
         original = getattr(owner, attribute, None)
@@ -337,7 +339,8 @@ def main() -> None:
             restore()
         k = len(result.computed)
         engine = timers.total("engine")
-        load, write = timers.total("load"), timers.total("write")
+        load, apply = timers.total("load"), timers.total("apply")
+        write = timers.total("write")
         outside = wall - (engine or 0.0)
         calls = [b - a for a, b in timers.spans.get("engine", [])]
         print(
@@ -349,11 +352,12 @@ def main() -> None:
         def share(seconds: float | None) -> str:
             return "-" if seconds is None else f"{seconds:.2f} s ({100 * seconds / wall:.1f}%)"
 
-        other = wall - timers.union_of(["engine", "load", "write"])
+        other = wall - timers.union_of(["engine", "load", "apply", "write"])
         print(
-            f"engine calls: {share(engine)}; outside the engine: {share(outside)} = loading "
-            f"{share(load)}, writing {share(write)}, other {share(other)} (start-up: data, probe "
-            "set, store; manifest)"
+            f"engine calls: {share(engine)}; outside the engine: {share(outside)}. Reading "
+            f"checkpoints {share(load)} and writing kernels {share(write)} run in background "
+            f"threads beside the engine; applying weights {share(apply)}; other {share(other)} "
+            "(start-up: data, probe set, store; manifest)"
         )
         record: dict[str, Any] = {
             "model": args.model,
@@ -365,6 +369,7 @@ def main() -> None:
             "engine": engine,
             "outside_share": outside / wall,
             "load": load,
+            "apply": apply,
             "write": write,
         }
         if cuda:

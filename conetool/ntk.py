@@ -320,12 +320,17 @@ def default_memory_budget(device: str | torch.device | None = None) -> int:
 
     CPU: half of ``MemAvailable`` from ``/proc/meminfo`` (elsewhere half of the free physical
     memory that ``os.sysconf`` reports, or 4 GiB when neither is known), at most 64 GiB. CUDA: 80%
-    of the device's free memory (``torch.cuda.mem_get_info``).
+    of the device's free memory (``torch.cuda.mem_get_info``), counting the memory PyTorch's
+    caching allocator holds unused as free.
     """
     device = resolve_device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free * _CUDA_FRACTION)
+        # Memory PyTorch's caching allocator holds but does not use (a previous kernel's blocks)
+        # is free to this process, though not to the driver: without it, every kernel after the
+        # first of a run would get a smaller budget.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + max(0, cached)) * _CUDA_FRACTION)
     available = _available_ram()
     return int(min(available * _CPU_FRACTION, _CPU_CAP))
 

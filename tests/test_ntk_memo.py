@@ -174,3 +174,16 @@ def test_auto_takes_the_structured_engine_on_a_gpu(monkeypatch: pytest.MonkeyPat
     gpu = empirical_ntk(model, x, device="cuda", memo=on_gpu)
     assert (on_cpu.engines(), on_gpu.engines()) == (["jacobian"], ["structured"])
     assert rel(gpu, cpu) < 1e-10
+
+
+def test_the_default_gpu_budget_counts_memory_torch_holds_unused_as_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After a run's first kernel, PyTorch's caching allocator keeps its blocks: the driver reports
+    # them used, but they are this process's to reuse. Without them the budget would shrink.
+    gib = 2**30
+    monkeypatch.setattr(ntk, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 140 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 6 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 * gib)
+    assert ntk.default_memory_budget("cuda") == int(14 * gib * 0.8)
