@@ -25,9 +25,11 @@ that example evaluated alone; any layer that does not (a parameter used somewher
 see, a layer applied to something other than the batch, or to the examples in another order) moves
 to the fallback path.
 
-On the CPU the batched passes run outside oneDNN (:func:`conetool.ntk_precision.outside_onednn`):
-on some CPUs its float32 convolution backward with a batch of two or more examples is up to 8.5e-4
-off, where PyTorch's own convolutions are exact to about 2e-7.
+On a CPU where oneDNN's float32 convolutions are inexact (checked once per process), the batched
+passes of a model with convolutions run outside oneDNN
+(:func:`conetool.ntk_precision.outside_onednn`): on some CPUs its float32 convolution backward with
+a batch of two or more examples is up to 8.5e-4 off, where PyTorch's own convolutions are exact to
+about 2e-7.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class StructuredRows:
         self.n = x.shape[0]
         self.pairs = pairs
         self.value_bytes = next(iter(params.values())).element_size()
+        self.convolutions = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
         self._recording = False
         self.layers, self.fallback = self._classify()
         self.fixed = sum(t.numel() for t in params.values()) * self.value_bytes
@@ -108,7 +111,7 @@ class StructuredRows:
             self._restore(layout)
             return
         self.c = forward(x[:1]).reshape(1, -1).shape[1]
-        with ntk_precision.outside_onednn(x.device):
+        with ntk_precision.outside_onednn(x.device, self.convolutions):
             with self._hooks():
                 self._check(x[: min(self.n, 2)])
             self._measure(x[:1])
@@ -243,7 +246,7 @@ class StructuredRows:
 
     def rows(self, cot: Tensor, lo: int, hi: int) -> list[Term]:
         """The rows of examples ``lo:hi`` for cotangents ``cot`` ``(g, c)`` (see RowSource)."""
-        with ntk_precision.outside_onednn(self.x.device):
+        with ntk_precision.outside_onednn(self.x.device, self.convolutions):
             return self._rows(cot, lo, hi)
 
     def _rows(self, cot: Tensor, lo: int, hi: int) -> list[Term]:

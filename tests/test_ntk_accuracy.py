@@ -149,16 +149,45 @@ def test_zoo_float32_within_1e6_of_float64(name: str, method: str) -> None:
         assert rel(kernel, expected[kind]) < TOLERANCE, (kind, rel(kernel, expected[kind]))
 
 
-def test_onednn_is_off_only_inside_and_only_on_the_cpu() -> None:
+def test_onednn_is_off_only_inside_only_on_the_cpu_and_only_where_inexact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
     before = torch.backends.mkldnn.enabled
-    with ntk_precision.outside_onednn(torch.device("cpu")):
+    monkeypatch.setattr(ntk_precision, "onednn_exact", lambda: False)
+    with ntk_precision.outside_onednn(cpu):
         assert not torch.backends.mkldnn.enabled or not torch.backends.mkldnn.is_available()
-        with ntk_precision.accurate(False), ntk_precision.outside_onednn(torch.device("cpu")):
+        with ntk_precision.accurate(False), ntk_precision.outside_onednn(cpu):
             assert not torch.backends.mkldnn.enabled or not torch.backends.mkldnn.is_available()
     assert torch.backends.mkldnn.enabled == before
     with ntk_precision.outside_onednn(torch.device("cuda")):
         assert torch.backends.mkldnn.enabled == before
+    with ntk_precision.outside_onednn(cpu, convolutions=False):  # nothing to make exact
+        assert torch.backends.mkldnn.enabled == before
+    with ntk_precision.accurate(False), ntk_precision.outside_onednn(cpu):
+        assert torch.backends.mkldnn.enabled == before
+    monkeypatch.setattr(ntk_precision, "onednn_exact", lambda: True)  # exact: keep the fast path
+    with ntk_precision.outside_onednn(cpu):
+        assert torch.backends.mkldnn.enabled == before
     assert ntk_precision.enabled()
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN")
+def test_an_inexact_onednn_convolution_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in for the CPU where oneDNN's batched float32 convolutions were 7e-5 to 8.5e-4 off:
+    # while oneDNN is enabled, float32 convolutions get a relative error of 1e-4.
+    assert ntk_precision._conv_stack_error(onednn=True) < 1e-5  # this CPU's, unperturbed
+    conv2d = torch.nn.functional.conv2d
+
+    def inexact(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        out = conv2d(x, *args, **kwargs)  # type: ignore[arg-type]
+        if torch.backends.mkldnn.enabled and out.dtype == torch.float32:
+            out = out * (1 + 1e-4 * torch.randn_like(out))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", inexact)
+    assert not ntk_precision.onednn_exact.__wrapped__()
+    assert ntk_precision._conv_stack_error(onednn=False) < 1e-6
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
