@@ -20,6 +20,10 @@ The reference is the float64 Jacobian ``J`` ``(n·c, p)`` of the same weights ca
 (at most ``--reference-memory`` of Jacobian per group) and contracted into ``J Jᵀ`` in float64;
 the trace and sum kernels are the logit trace and logit sum of that full kernel.
 
+On a CPU the script first says whether oneDNN's float32 convolutions are exact on it
+(:func:`conetool.ntk_precision.onednn_exact`, with both errors): where they are, the structured
+engine keeps oneDNN and its "after" equals its "before" in that respect.
+
 Then the speed of each engine before and after the fixes: trace kernels of ``--speed-n`` examples,
 before and after alternating in the same process, ``--repeat`` times each, the fastest kept, and
 their ratio (after / before).
@@ -29,6 +33,7 @@ Examples::
     python benchmarks/bench_accuracy.py                       # CPU, every model (a few minutes)
     python benchmarks/bench_accuracy.py --device cuda         # on a GPU
     python benchmarks/bench_accuracy.py --models resnet20 --n 8 --speed-n 64 --threads 1
+    python benchmarks/bench_accuracy.py --no-accuracy --models vgg16 --speed-n 8   # speed only
 """
 
 from __future__ import annotations
@@ -261,25 +266,9 @@ def timed(call) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
-    parser.add_argument("--n", type=int, default=8, help="examples for the accuracy table")
-    parser.add_argument("--speed-n", type=int, default=32, help="examples for the speed table")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:k")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each, fastest kept")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument(
-        "--reference-memory", type=float, default=2.0, help="GiB of float64 Jacobian per group"
-    )
-    parser.add_argument("--no-speed", action="store_true", help="only the accuracy table")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    names = [m for m in args.models.split(",") if m]
+def accuracy_table(names: list[str], args: argparse.Namespace, device: torch.device) -> None:
+    """Print the accuracy table: every model, BatchNorm state, engine and kind."""
     memory = int(args.reference_memory * 2**30)
-
     print(
         f"float32 against float64 explicit Jacobians, n = {args.n}, device {device}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}. "
@@ -347,6 +336,38 @@ def main() -> None:
         f"\nLargest error after the fixes: {worst:.1e}; "
         f"of the cells not marked †: {worst_unmarked:.1e}."
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument("--n", type=int, default=8, help="examples for the accuracy table")
+    parser.add_argument("--speed-n", type=int, default=32, help="examples for the speed table")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:k")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each, fastest kept")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--reference-memory", type=float, default=2.0, help="GiB of float64 Jacobian per group"
+    )
+    parser.add_argument("--no-speed", action="store_true", help="only the accuracy table")
+    parser.add_argument("--no-accuracy", action="store_true", help="only the speed table")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = [m for m in args.models.split(",") if m]
+
+    exact = ntk_precision.onednn_exact() if device.type == "cpu" else None
+    if exact is not None:
+        errors = [ntk_precision._conv_stack_error(onednn=on) for on in (True, False)]
+        print(
+            f"oneDNN's float32 convolutions on this CPU: {'exact' if exact else 'INEXACT'} "
+            f"(ntk_precision.onednn_exact: relative error {errors[0]:.1e} with oneDNN, "
+            f"{errors[1]:.1e} without); the structured engine "
+            f"{'keeps oneDNN' if exact else 'runs its passes outside oneDNN'}.\n"
+        )
+    if not args.no_accuracy:
+        accuracy_table(names, args, device)
     if args.no_speed:
         return
 
