@@ -18,7 +18,7 @@ from conetool import paths
 from conetool.cli import app
 from conetool.errors import ConetoolError, StoreError
 from conetool.geometry import GeometryError, kernel_distance
-from conetool.pipeline import distance, embed, kernels, matrix_cache, run_distance, run_embed
+from conetool.pipeline import distance, distance_outputs, embed, kernels, matrix_cache, run_embed
 from conetool.spec import spec_from_dict
 from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
 from conetool.training import train
@@ -130,7 +130,7 @@ def _stub_figures(request, monkeypatch):
         path.write_bytes(b"figure not rendered in this test")
         return path
 
-    monkeypatch.setattr(run_distance, "save_figure", save)
+    monkeypatch.setattr(distance_outputs, "save_figure", save)
     monkeypatch.setattr(run_embed, "save_figure", save)
 
 

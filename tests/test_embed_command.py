@@ -80,7 +80,7 @@ def _stub_figures(request, monkeypatch):
         return path
 
     monkeypatch.setattr(run_embed, "save_figure", save)
-    monkeypatch.setattr("conetool.pipeline.run_distance.save_figure", save)
+    monkeypatch.setattr("conetool.pipeline.distance_outputs.save_figure", save)
 
 
 @pytest.fixture
