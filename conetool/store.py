@@ -33,63 +33,61 @@ Guarantees:
 * one thread may write kernels while another reads records and checks files (``conetool kernels``
   writes step k in the background while it checks step k + 1): the in-memory manifest is read and
   changed under one lock, and manifest writes are serialised by it.
+
+The manifest (format, values, reading, writing, rebuilding) and the record each kernel file
+carries are in :mod:`conetool.store_manifest`; the eval and layer kernel files in
+:mod:`conetool.store_companions`; the writer lock in :mod:`conetool.store_lock`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import paths
-from ._version import __version__
+from . import store_companions as companions
 from .errors import StoreError
-from .io import atomic_save_safetensors, atomic_write_text, make_dir
+from .io import atomic_save_safetensors, make_dir
 from .store_lock import StoreLock
+from .store_manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    LAYOUTS,
+    StepRecord,
+    StoreIdentity,
+    embedded_record,
+    kernel_file_problem,
+    kernel_metadata,
+    manifest_identity,
+    mixed_message,
+    new_manifest,
+    read_manifest,
+    rebuilt_note,
+    write_manifest,
+)
 
-FORMAT = "conetool-store"
-FORMAT_VERSION = 1
-LAYOUTS = {
-    "trace": "(n, n): H[i, j] = sum_k <df_k(x_i)/dθ, df_k(x_j)/dθ>",
-    "sum": "(n, n): kernel of the logit sum g = sum_k f_k",
-    "full": "(n, c, n, c), example-major: H[i, a, j, b] = <df_a(x_i)/dθ, df_b(x_j)/dθ>",
-}
-# Output folders derived from the kernels; --overwrite clears them with the kernels.
-
-
-@dataclass(frozen=True)
-class StoreIdentity:
-    """What makes two kernels comparable: same spec, same probe set, same kind and dtype."""
-
-    spec_hash: str
-    probe_hash: str
-    kind: str
-    dtype: str
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One stored kernel: its source checkpoint (paths, total size, modification time and
-    content fingerprint), kernel file (relative to the store), Frobenius norm and seconds taken."""
-
-    step: int
-    source: list[str]
-    size: int
-    fingerprint: str
-    kernel: str
-    norm: float
-    seconds: float
-    mtime_ns: int = 0
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LAYOUTS",
+    "StepRecord",
+    "Store",
+    "StoreIdentity",
+    "clear",
+    "kernel_norm",
+    "nearest_steps",
+    "read_manifest",
+]
 
 
 class Store:
@@ -207,9 +205,9 @@ class Store:
                 else:
                     raise
             if manifest is not None:
-                found = _identity(manifest)
+                found = manifest_identity(manifest)
                 if found != identity and not overwrite:
-                    raise StoreError(_mixed_message(root, found, identity, len(manifest["steps"])))
+                    raise StoreError(mixed_message(root, found, identity, len(manifest["steps"])))
                 if found != identity:
                     clear(root)
                 else:
@@ -223,30 +221,12 @@ class Store:
             clear(root)
         elif _kernel_files(root):
             notes.append(f"{path} was missing; rebuilt it from the kernel files")
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            **asdict(identity),
-            "layout": LAYOUTS[identity.kind],
-            **header,
-            "steps": {},
-        }
+        manifest = new_manifest(identity, header)
         store = cls(root, manifest)
         if notes:
             adopted = store.adopt_kernel_files(save=False)
             foreign = len(_kernel_files(root)) - len(adopted)
-            if foreign and not adopted:
-                raise StoreError(
-                    f"store {root} has no usable {paths.MANIFEST_NAME}, and its {foreign} kernel "
-                    "file(s) were made with another spec, probe set, kernel kind or dtype than "
-                    "this run; conetool never mixes them. Use another --store, or pass "
-                    "--overwrite to replace that store."
-                )
-            notes[-1] += (
-                f" ({len(adopted)} kernel(s) recovered, each from the record it carries"
-                + (f"; {foreign} other file(s) left out and recomputed" if foreign else "")
-                + ")."
-            )
+            notes[-1] = rebuilt_note(root, notes[-1], len(adopted), foreign)
         store.notes = notes
         store._ensure_kernels_dir()
         store._write_manifest()
@@ -259,7 +239,7 @@ class Store:
     @property
     def identity(self) -> StoreIdentity:
         with self._manifest_guard:
-            return _identity(self.manifest)
+            return manifest_identity(self.manifest)
 
     def records(self) -> dict[int, StepRecord]:
         """Every stored step's record, by step (sorted)."""
@@ -292,39 +272,9 @@ class Store:
         record = self.record(step)
         if record is None:
             return f"step {step} is not in {paths.MANIFEST_NAME}"
-        path = self.root / record.kernel
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if "kernel" not in handle.keys():
-                    return f"kernel file {path} holds no tensor 'kernel'"
-                shape = tuple(handle.get_slice("kernel").get_shape())
-        except (OSError, SafetensorError) as exc:
-            return f"kernel file {path} cannot be read ({exc})"
-        ident = self.identity
-        expected = {
-            "step": str(step),
-            "kind": ident.kind,
-            "spec_hash": ident.spec_hash,
-            "probe_hash": ident.probe_hash,
-            "dtype": ident.dtype,
-        }
-        wrong = [
-            f"{k} {meta.get(k)!r} (store: {v!r})" for k, v in expected.items() if meta.get(k) != v
-        ]
-        try:
-            embedded = json.loads(meta.get("record", "null"))
-        except json.JSONDecodeError:
-            embedded = None
-        if embedded != asdict(record):
-            wrong.append("its embedded record differs from the manifest's")
         with self._manifest_guard:
             size = (self.manifest.get("probe") or {}).get("size")
-        if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
-            wrong.append(f"shape {shape} (probe size {size})")
-        if wrong:
-            return f"kernel file {path} does not match the store: {'; '.join(wrong)}"
-        return None
+        return kernel_file_problem(self.root / record.kernel, step, self.identity, record, size)
 
     def load_kernel(self, step: int) -> torch.Tensor:
         """The stored kernel of ``step`` (shape per the manifest's layout); checked finite."""
@@ -354,15 +304,7 @@ class Store:
         """Write one step's kernel atomically, then the manifest (the kernel file carries its
         record, so a kill between the two writes is recovered on the next open). A store opened
         with :meth:`join` writes the kernel file only."""
-        ident = self.identity
-        metadata = {
-            "step": str(record.step),
-            "kind": ident.kind,
-            "spec_hash": ident.spec_hash,
-            "probe_hash": ident.probe_hash,
-            "dtype": ident.dtype,
-            "record": json.dumps(asdict(record)),
-        }
+        metadata = kernel_metadata(self.identity, record)
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
         with self._manifest_guard:
             self.manifest["steps"][str(record.step)] = asdict(record)
@@ -387,11 +329,7 @@ class Store:
         if removed is None:
             return []
         assert old is not None
-        return [
-            f"the evaluation set changed (size {old.get('size')} -> {record.get('size')}, "
-            f"hash {old.get('hash')} -> {record.get('hash')}); its {removed} eval kernel(s) "
-            f"in {paths.eval_kernels_dir(self.root)} were deleted and are recomputed"
-        ]
+        return [companions.eval_set_changed_note(self.root, old, record, removed)]
 
     def _record_companion(
         self,
@@ -413,53 +351,21 @@ class Store:
                 self._write_manifest()
         if old is None or old.get("hash") == record.get("hash"):
             return None
-        removed = 0
-        for path in _step_files(folder(self.root)):
-            if _metadata(path).get(hash_key) != record.get("hash"):
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
+        return companions.delete_other_sets(folder(self.root), hash_key, record.get("hash"))
 
     def _companion_metadata(
         self, step: int, fingerprint: str, hash_key: str, hash_value: str
     ) -> dict[str, str]:
-        """What makes a per-step companion file (eval or layer kernels) current: the step, the
-        store's identity, its own set's hash and the source checkpoint's fingerprint."""
-        ident = self.identity
-        return {
-            "step": str(step),
-            "kind": ident.kind,
-            "dtype": ident.dtype,
-            "spec_hash": ident.spec_hash,
-            "probe_hash": ident.probe_hash,
-            hash_key: hash_value,
-            "fingerprint": fingerprint,
-        }
+        """What makes a per-step companion file current (see
+        :func:`conetool.store_companions.companion_metadata`), for this store's identity."""
+        return companions.companion_metadata(self.identity, step, fingerprint, hash_key, hash_value)
 
     def eval_kernel_problem(self, step: int, eval_hash: str, fingerprint: str) -> str | None:
         """Why the eval kernel of ``step`` cannot be used with the evaluation set ``eval_hash``
         and the source checkpoint ``fingerprint``, or None when it can (header only)."""
-        path = paths.eval_kernel(self.root, step)
-        if not path.is_file():
-            return f"no eval kernel {path}"
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if "kernel" not in handle.keys():
-                    return f"eval kernel file {path} holds no tensor 'kernel'"
-                shape = tuple(handle.get_slice("kernel").get_shape())
-        except (OSError, SafetensorError) as exc:
-            return f"eval kernel file {path} cannot be read ({exc})"
         expected = self._companion_metadata(step, fingerprint, "eval_hash", eval_hash)
-        wrong = [
-            f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v
-        ]
         size = (self.eval_record or {}).get("size")
-        if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
-            wrong.append(f"shape {shape} (eval size {size})")
-        if wrong:
-            return f"eval kernel file {path} is stale: {'; '.join(wrong)}"
-        return None
+        return companions.eval_kernel_problem(self.root, step, expected, size)
 
     def write_eval_kernel(
         self, step: int, kernel: torch.Tensor, eval_hash: str, fingerprint: str
@@ -468,27 +374,12 @@ class Store:
         current (evaluation set, probe set, spec, kind, dtype, source fingerprint), so the manifest
         is not touched: any rank may write it."""
         metadata = self._companion_metadata(step, fingerprint, "eval_hash", eval_hash)
-        path = paths.eval_kernel(self.root, step)
-        atomic_save_safetensors(path, {"kernel": kernel.cpu()}, metadata)
-        return path
+        return companions.write_eval_kernel(self.root, step, kernel, metadata)
 
     def load_eval_kernel(self, step: int) -> torch.Tensor:
         """The stored cross kernel K(eval, probe) of ``step``; check it with
         :meth:`eval_kernel_problem` first."""
-        path = paths.eval_kernel(self.root, step)
-        try:
-            kernel = load_file(str(path))["kernel"]
-        except (OSError, SafetensorError, KeyError) as exc:
-            raise StoreError(
-                f"eval kernel file {path} cannot be read ({exc}). Recompute it: conetool kernels "
-                f"--store {self.root} --eval-size M."
-            ) from exc
-        if not torch.isfinite(kernel).all():
-            raise StoreError(
-                f"eval kernel file {path} holds non-finite values. Delete it and rerun conetool "
-                "kernels."
-            )
-        return kernel
+        return companions.load_eval_kernel(self.root, step)
 
     # ----------------------------------------------------------------- layer kernels
     @property
@@ -510,37 +401,13 @@ class Store:
         if removed is None:
             return []
         assert old is not None
-        return [
-            f"the parameter groups changed ({', '.join(old.get('groups') or {})} -> "
-            f"{', '.join(record.get('groups') or {})}); the {removed} layer kernel file(s) "
-            f"in {paths.layer_kernels_dir(self.root)} were deleted and are recomputed"
-        ]
+        return [companions.layer_groups_changed_note(self.root, old, record, removed)]
 
     def layer_kernel_problem(self, step: int, groups_hash: str, fingerprint: str) -> str | None:
         """Why the layer file of ``step`` cannot be used with the grouping ``groups_hash`` and
         the source checkpoint ``fingerprint``, or None when it can (header only)."""
-        path = paths.layer_kernel(self.root, step)
-        if not path.is_file():
-            return f"no layer kernel file {path}"
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                keys = set(handle.keys())
-        except (OSError, SafetensorError) as exc:
-            return f"layer kernel file {path} cannot be read ({exc})"
         expected = self._companion_metadata(step, fingerprint, "groups_hash", groups_hash)
-        wrong = [
-            f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v
-        ]
-        try:
-            groups = json.loads(meta.get("groups", "null"))
-        except json.JSONDecodeError:
-            groups = None
-        if not isinstance(groups, dict) or set(groups) != keys:
-            wrong.append("its tensors are not the groups it names")
-        if wrong:
-            return f"layer kernel file {path} is stale: {'; '.join(wrong)}"
-        return None
+        return companions.layer_kernel_problem(self.root, step, expected)
 
     def write_layer_kernels(
         self,
@@ -554,10 +421,7 @@ class Store:
         current (grouping, probe set, spec, kind, dtype, source fingerprint), so the manifest is
         not touched: any rank may write it."""
         metadata = self._companion_metadata(step, fingerprint, "groups_hash", groups_hash)
-        metadata["groups"] = json.dumps({g: list(m) for g, m in groups.items()})
-        path = paths.layer_kernel(self.root, step)
-        atomic_save_safetensors(path, {g: k.cpu() for g, k in kernels.items()}, metadata)
-        return path
+        return companions.write_layer_kernels(self.root, step, kernels, groups, metadata)
 
     def current_layer_steps(self) -> list[int]:
         """The stored steps whose layer file is current (the recorded grouping, the checkpoint
@@ -575,17 +439,9 @@ class Store:
     def load_layer_kernels(self, step: int) -> dict[str, torch.Tensor]:
         """The stored per-group kernels of ``step`` (group -> kernel, in the recorded order);
         check them with :meth:`layer_kernel_problem` first."""
-        path = paths.layer_kernel(self.root, step)
-        try:
-            loaded = load_file(str(path))
-        except (OSError, SafetensorError) as exc:
-            raise StoreError(
-                f"layer kernel file {path} cannot be read ({exc}). Recompute it: conetool "
-                f"kernels --store {self.root} --per-layer."
-            ) from exc
-        order = list((self.layer_record or {}).get("groups") or loaded)
-        return {g: loaded[g] for g in order if g in loaded}
+        return companions.load_layer_kernels(self.root, step, self.layer_record)
 
+    # ----------------------------------------------------------------- the manifest
     def adopt_kernel_files(self, *, save: bool = True) -> list[int]:
         """Record in the manifest every kernel file of this store's identity whose embedded
         record is missing from it or differs (written by another process, or by a run killed
@@ -597,39 +453,21 @@ class Store:
             return []
         ident, adopted = self.identity, []
         for path in sorted(folder.glob("step_*.safetensors")):
-            try:
-                with safe_open(str(path), framework="pt") as handle:
-                    meta = handle.metadata() or {}
-            except (OSError, SafetensorError):
-                continue  # damaged: load_kernel names it; kernels recomputes it
-            same = (
-                meta.get("spec_hash"),
-                meta.get("probe_hash"),
-                meta.get("kind"),
-                meta.get("dtype", ident.dtype),
-            ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
-            if not same or "record" not in meta or "step" not in meta:
+            found = embedded_record(path, ident)
+            if found is None:
                 continue
-            try:
-                embedded = json.loads(meta["record"])
-            except json.JSONDecodeError:
-                continue
+            step, embedded = found
             with self._manifest_guard:
-                if self.manifest["steps"].get(meta["step"]) != embedded:
-                    self.manifest["steps"][meta["step"]] = embedded
-                    adopted.append(int(meta["step"]))
+                if self.manifest["steps"].get(step) != embedded:
+                    self.manifest["steps"][step] = embedded
+                    adopted.append(int(step))
         if adopted and self.owner and save:
             self._write_manifest()
         return sorted(adopted)
 
     def _write_manifest(self) -> None:
         with self._manifest_guard:
-            self.manifest["steps"] = dict(
-                sorted(self.manifest["steps"].items(), key=lambda kv: int(kv[0]))
-            )
-            self.manifest["conetool_version"] = __version__
-            text = json.dumps(self.manifest, indent=2, allow_nan=False) + "\n"
-            atomic_write_text(paths.manifest(self.root), text)
+            write_manifest(self.root, self.manifest)
 
 
 def clear(root: Path) -> None:
@@ -648,20 +486,6 @@ def clear(root: Path) -> None:
             shutil.rmtree(folder)
 
 
-def _step_files(folder: Path) -> list[Path]:
-    """The per-step safetensors files of ``folder`` (none when it does not exist)."""
-    return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    """A safetensors file's metadata; empty when it cannot be read."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except (OSError, SafetensorError):
-        return {}
-
-
 def _looks_like_store(root: Path) -> bool:
     return (Path(root) / paths.KERNELS_DIR).is_dir() or paths.probe(root).is_file()
 
@@ -669,55 +493,6 @@ def _looks_like_store(root: Path) -> bool:
 def _kernel_files(root: Path) -> list[Path]:
     folder = Path(root) / paths.KERNELS_DIR
     return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest at ``path``, checked (a JSON object of this format, not from a newer
-    conetool); else a :class:`StoreError` naming the file and the fix."""
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise StoreError(
-            f"{path} is not a readable conetool manifest ({exc}). It is written atomically, so "
-            "it was edited or damaged by hand. Rerun conetool kernels CKPTS --store "
-            f"{path.parent}: it rebuilds the manifest from the kernel files (each carries its "
-            "own record) and recomputes only what is missing."
-        ) from exc
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("steps"), dict):
-        raise StoreError(
-            f"{path} is not a conetool store manifest. Point --store at a directory written by "
-            "conetool kernels."
-        )
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise StoreError(
-            f"{path} was written by a newer conetool (store format "
-            f"{manifest['format_version']}); upgrade conetool to read it."
-        )
-    return manifest
-
-
-def _identity(manifest: Mapping[str, Any]) -> StoreIdentity:
-    return StoreIdentity(
-        spec_hash=manifest["spec_hash"],
-        probe_hash=manifest["probe_hash"],
-        kind=manifest["kind"],
-        dtype=manifest["dtype"],
-    )
-
-
-def _mixed_message(root: Path, found: StoreIdentity, wanted: StoreIdentity, count: int) -> str:
-    differences = [
-        f"{name} {getattr(found, name)} (this run: {getattr(wanted, name)})"
-        for name in ("spec_hash", "probe_hash", "kind", "dtype")
-        if getattr(found, name) != getattr(wanted, name)
-    ]
-    return (
-        f"store {root} holds {count} kernels made with another "
-        f"{', '.join(differences)}; conetool never mixes them. Use another --store, or pass "
-        "--overwrite to replace that store."
-    )
 
 
 def nearest_steps(steps: list[int], step: int, count: int = 5) -> str:

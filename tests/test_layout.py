@@ -120,7 +120,7 @@ def test_the_graph_sees_imports() -> None:
     graph = import_graph()
     assert "conetool.paths" in graph["conetool.store"]
     assert "conetool.geometry" in graph["conetool.verdict"]
-    assert "conetool._version" in graph["conetool.store"]
+    assert "conetool._version" in graph["conetool.store_manifest"]
 
 
 def test_no_import_cycle_inside_conetool() -> None:

@@ -1,0 +1,194 @@
+"""The store's companion files: the eval kernels K(eval, probe) (``eval_kernels/``) and the
+per-layer kernels (``layer_kernels/``), one file per step, each carrying in its metadata what
+makes it current. :class:`conetool.store.Store` records their sets in the manifest and calls
+these."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from . import paths
+from .errors import StoreError
+from .io import atomic_save_safetensors
+from .store_manifest import StoreIdentity
+
+
+def companion_metadata(
+    ident: StoreIdentity, step: int, fingerprint: str, hash_key: str, hash_value: str
+) -> dict[str, str]:
+    """What makes a per-step companion file (eval or layer kernels) current: the step, the
+    store's identity, its own set's hash and the source checkpoint's fingerprint."""
+    return {
+        "step": str(step),
+        "kind": ident.kind,
+        "dtype": ident.dtype,
+        "spec_hash": ident.spec_hash,
+        "probe_hash": ident.probe_hash,
+        hash_key: hash_value,
+        "fingerprint": fingerprint,
+    }
+
+
+def delete_other_sets(folder: Path, hash_key: str, hash_value: Any) -> int:
+    """Delete the files in ``folder`` whose metadata ``hash_key`` is not ``hash_value``; return
+    how many."""
+    removed = 0
+    for path in _step_files(folder):
+        if _metadata(path).get(hash_key) != hash_value:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _step_files(folder: Path) -> list[Path]:
+    """The per-step safetensors files of ``folder`` (none when it does not exist)."""
+    return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata; empty when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (OSError, SafetensorError):
+        return {}
+
+
+# ----------------------------------------------------------------- eval kernels
+def eval_set_changed_note(
+    root: Path, old: Mapping[str, Any], record: Mapping[str, Any], removed: int
+) -> str:
+    """The note shown when the evaluation set ``old`` of the store ``root`` was replaced by
+    ``record`` and ``removed`` of its eval kernel files were deleted."""
+    return (
+        f"the evaluation set changed (size {old.get('size')} -> {record.get('size')}, "
+        f"hash {old.get('hash')} -> {record.get('hash')}); its {removed} eval kernel(s) "
+        f"in {paths.eval_kernels_dir(root)} were deleted and are recomputed"
+    )
+
+
+def eval_kernel_problem(
+    root: Path, step: int, expected: Mapping[str, str], size: Any
+) -> str | None:
+    """Why the eval kernel file of ``step`` does not carry the metadata ``expected`` or the eval
+    set's ``size`` rows, or None when it does (header only)."""
+    path = paths.eval_kernel(root, step)
+    if not path.is_file():
+        return f"no eval kernel {path}"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if "kernel" not in handle.keys():
+                return f"eval kernel file {path} holds no tensor 'kernel'"
+            shape = tuple(handle.get_slice("kernel").get_shape())
+    except (OSError, SafetensorError) as exc:
+        return f"eval kernel file {path} cannot be read ({exc})"
+    wrong = [f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v]
+    if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
+        wrong.append(f"shape {shape} (eval size {size})")
+    if wrong:
+        return f"eval kernel file {path} is stale: {'; '.join(wrong)}"
+    return None
+
+
+def write_eval_kernel(
+    root: Path, step: int, kernel: torch.Tensor, metadata: Mapping[str, str]
+) -> Path:
+    """Write the cross kernel ``kernel`` of ``step`` atomically with ``metadata``; its path."""
+    path = paths.eval_kernel(root, step)
+    atomic_save_safetensors(path, {"kernel": kernel.cpu()}, metadata)
+    return path
+
+
+def load_eval_kernel(root: Path, step: int) -> torch.Tensor:
+    """The stored cross kernel of ``step``; checked finite."""
+    path = paths.eval_kernel(root, step)
+    try:
+        kernel = load_file(str(path))["kernel"]
+    except (OSError, SafetensorError, KeyError) as exc:
+        raise StoreError(
+            f"eval kernel file {path} cannot be read ({exc}). Recompute it: conetool kernels "
+            f"--store {root} --eval-size M."
+        ) from exc
+    if not torch.isfinite(kernel).all():
+        raise StoreError(
+            f"eval kernel file {path} holds non-finite values. Delete it and rerun conetool "
+            "kernels."
+        )
+    return kernel
+
+
+# ----------------------------------------------------------------- layer kernels
+def layer_groups_changed_note(
+    root: Path, old: Mapping[str, Any], record: Mapping[str, Any], removed: int
+) -> str:
+    """The note shown when the parameter groups ``old`` of the store ``root`` were replaced by
+    ``record`` and ``removed`` of its layer kernel files were deleted."""
+    return (
+        f"the parameter groups changed ({', '.join(old.get('groups') or {})} -> "
+        f"{', '.join(record.get('groups') or {})}); the {removed} layer kernel file(s) "
+        f"in {paths.layer_kernels_dir(root)} were deleted and are recomputed"
+    )
+
+
+def layer_kernel_problem(root: Path, step: int, expected: Mapping[str, str]) -> str | None:
+    """Why the layer file of ``step`` does not carry the metadata ``expected`` or one tensor per
+    group it names, or None when it does (header only)."""
+    path = paths.layer_kernel(root, step)
+    if not path.is_file():
+        return f"no layer kernel file {path}"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            keys = set(handle.keys())
+    except (OSError, SafetensorError) as exc:
+        return f"layer kernel file {path} cannot be read ({exc})"
+    wrong = [f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v]
+    try:
+        groups = json.loads(meta.get("groups", "null"))
+    except json.JSONDecodeError:
+        groups = None
+    if not isinstance(groups, dict) or set(groups) != keys:
+        wrong.append("its tensors are not the groups it names")
+    if wrong:
+        return f"layer kernel file {path} is stale: {'; '.join(wrong)}"
+    return None
+
+
+def write_layer_kernels(
+    root: Path,
+    step: int,
+    kernels: Mapping[str, torch.Tensor],
+    groups: Mapping[str, list[str]],
+    metadata: Mapping[str, str],
+) -> Path:
+    """Write the per-group ``kernels`` of ``step`` atomically with ``metadata`` and the
+    ``groups`` (group -> parameter names) they were made of; its path."""
+    metadata = {**metadata, "groups": json.dumps({g: list(m) for g, m in groups.items()})}
+    path = paths.layer_kernel(root, step)
+    atomic_save_safetensors(path, {g: k.cpu() for g, k in kernels.items()}, metadata)
+    return path
+
+
+def load_layer_kernels(
+    root: Path, step: int, recorded: Mapping[str, Any] | None
+) -> dict[str, torch.Tensor]:
+    """The stored per-group kernels of ``step``, group -> kernel, in the order of the
+    ``recorded`` groups (the file's own order without a record)."""
+    path = paths.layer_kernel(root, step)
+    try:
+        loaded = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise StoreError(
+            f"layer kernel file {path} cannot be read ({exc}). Recompute it: conetool "
+            f"kernels --store {root} --per-layer."
+        ) from exc
+    order = list((recorded or {}).get("groups") or loaded)
+    return {g: loaded[g] for g in order if g in loaded}

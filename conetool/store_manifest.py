@@ -1,0 +1,215 @@
+"""The store's index: ``manifest.json`` (its format, the values it holds, :class:`StoreIdentity`
+and :class:`StepRecord`, reading it checked, writing it, rebuilding it) and the copy of its record
+that each kernel file carries in its metadata (written, checked, read back to rebuild the
+manifest). :class:`conetool.store.Store` holds the manifest in memory and calls these."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+
+from . import paths
+from ._version import __version__
+from .errors import StoreError
+from .io import atomic_write_text
+
+FORMAT = "conetool-store"
+FORMAT_VERSION = 1
+LAYOUTS = {
+    "trace": "(n, n): H[i, j] = sum_k <df_k(x_i)/dθ, df_k(x_j)/dθ>",
+    "sum": "(n, n): kernel of the logit sum g = sum_k f_k",
+    "full": "(n, c, n, c), example-major: H[i, a, j, b] = <df_a(x_i)/dθ, df_b(x_j)/dθ>",
+}
+# Output folders derived from the kernels; --overwrite clears them with the kernels.
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    """What makes two kernels comparable: same spec, same probe set, same kind and dtype."""
+
+    spec_hash: str
+    probe_hash: str
+    kind: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One stored kernel: its source checkpoint (paths, total size, modification time and
+    content fingerprint), kernel file (relative to the store), Frobenius norm and seconds taken."""
+
+    step: int
+    source: list[str]
+    size: int
+    fingerprint: str
+    kernel: str
+    norm: float
+    seconds: float
+    mtime_ns: int = 0
+
+
+def new_manifest(identity: StoreIdentity, header: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest of a fresh store of ``identity`` with the provenance ``header``, no steps."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **asdict(identity),
+        "layout": LAYOUTS[identity.kind],
+        **header,
+        "steps": {},
+    }
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``, checked (a JSON object of this format, not from a newer
+    conetool); else a :class:`StoreError` naming the file and the fix."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(
+            f"{path} is not a readable conetool manifest ({exc}). It is written atomically, so "
+            "it was edited or damaged by hand. Rerun conetool kernels CKPTS --store "
+            f"{path.parent}: it rebuilds the manifest from the kernel files (each carries its "
+            "own record) and recomputes only what is missing."
+        ) from exc
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("steps"), dict):
+        raise StoreError(
+            f"{path} is not a conetool store manifest. Point --store at a directory written by "
+            "conetool kernels."
+        )
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer conetool (store format "
+            f"{manifest['format_version']}); upgrade conetool to read it."
+        )
+    return manifest
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Sort ``manifest``'s steps (in place), stamp this conetool's version and write it
+    atomically as ``root``'s manifest. The caller holds the store's manifest lock."""
+    manifest["steps"] = dict(sorted(manifest["steps"].items(), key=lambda kv: int(kv[0])))
+    manifest["conetool_version"] = __version__
+    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    atomic_write_text(paths.manifest(root), text)
+
+
+def manifest_identity(manifest: Mapping[str, Any]) -> StoreIdentity:
+    """The identity a manifest records."""
+    return StoreIdentity(
+        spec_hash=manifest["spec_hash"],
+        probe_hash=manifest["probe_hash"],
+        kind=manifest["kind"],
+        dtype=manifest["dtype"],
+    )
+
+
+def mixed_message(root: Path, found: StoreIdentity, wanted: StoreIdentity, count: int) -> str:
+    """The refusal to open the store ``root`` of identity ``found`` for ``wanted``."""
+    differences = [
+        f"{name} {getattr(found, name)} (this run: {getattr(wanted, name)})"
+        for name in ("spec_hash", "probe_hash", "kind", "dtype")
+        if getattr(found, name) != getattr(wanted, name)
+    ]
+    return (
+        f"store {root} holds {count} kernels made with another "
+        f"{', '.join(differences)}; conetool never mixes them. Use another --store, or pass "
+        "--overwrite to replace that store."
+    )
+
+
+def rebuilt_note(root: Path, note: str, adopted: int, foreign: int) -> str:
+    """``note`` (the manifest was missing or damaged) completed with how many kernels were
+    recovered from their files (``adopted``) and how many were left out (``foreign``); a
+    :class:`StoreError` when every kernel file was made with another identity."""
+    if foreign and not adopted:
+        raise StoreError(
+            f"store {root} has no usable {paths.MANIFEST_NAME}, and its {foreign} kernel "
+            "file(s) were made with another spec, probe set, kernel kind or dtype than "
+            "this run; conetool never mixes them. Use another --store, or pass "
+            "--overwrite to replace that store."
+        )
+    return note + (
+        f" ({adopted} kernel(s) recovered, each from the record it carries"
+        + (f"; {foreign} other file(s) left out and recomputed" if foreign else "")
+        + ")."
+    )
+
+
+# ------------------------------------------------ the record each kernel file carries
+def kernel_metadata(ident: StoreIdentity, record: StepRecord) -> dict[str, str]:
+    """The metadata of a kernel file: its step, the store's identity and its own manifest
+    record (from which a lost or damaged manifest is rebuilt)."""
+    return {
+        "step": str(record.step),
+        "kind": ident.kind,
+        "spec_hash": ident.spec_hash,
+        "probe_hash": ident.probe_hash,
+        "dtype": ident.dtype,
+        "record": json.dumps(asdict(record)),
+    }
+
+
+def kernel_file_problem(
+    path: Path, step: int, ident: StoreIdentity, record: StepRecord, size: Any
+) -> str | None:
+    """Why the kernel file ``path`` of ``step`` does not match the store's identity ``ident``,
+    its manifest ``record`` and the probe ``size``, or None when it does (header only:
+    metadata, embedded record, tensor shape; no data read)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if "kernel" not in handle.keys():
+                return f"kernel file {path} holds no tensor 'kernel'"
+            shape = tuple(handle.get_slice("kernel").get_shape())
+    except (OSError, SafetensorError) as exc:
+        return f"kernel file {path} cannot be read ({exc})"
+    expected = {
+        "step": str(step),
+        "kind": ident.kind,
+        "spec_hash": ident.spec_hash,
+        "probe_hash": ident.probe_hash,
+        "dtype": ident.dtype,
+    }
+    wrong = [f"{k} {meta.get(k)!r} (store: {v!r})" for k, v in expected.items() if meta.get(k) != v]
+    try:
+        embedded = json.loads(meta.get("record", "null"))
+    except json.JSONDecodeError:
+        embedded = None
+    if embedded != asdict(record):
+        wrong.append("its embedded record differs from the manifest's")
+    if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
+        wrong.append(f"shape {shape} (probe size {size})")
+    if wrong:
+        return f"kernel file {path} does not match the store: {'; '.join(wrong)}"
+    return None
+
+
+def embedded_record(path: Path, ident: StoreIdentity) -> tuple[str, dict[str, Any]] | None:
+    """The step (as the manifest keys it) and the record the kernel file ``path`` carries, when
+    the file is readable, made with ``ident`` and carries both; else None."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except (OSError, SafetensorError):
+        return None  # damaged: load_kernel names it; kernels recomputes it
+    same = (
+        meta.get("spec_hash"),
+        meta.get("probe_hash"),
+        meta.get("kind"),
+        meta.get("dtype", ident.dtype),
+    ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
+    if not same or "record" not in meta or "step" not in meta:
+        return None
+    try:
+        embedded = json.loads(meta["record"])
+    except json.JSONDecodeError:
+        return None
+    return meta["step"], embedded
