@@ -25,7 +25,6 @@ LAYOUTS = {
     "sum": "(n, n): kernel of the logit sum g = sum_k f_k",
     "full": "(n, c, n, c), example-major: H[i, a, j, b] = <df_a(x_i)/dθ, df_b(x_j)/dθ>",
 }
-# Output folders derived from the kernels; --overwrite clears them with the kernels.
 
 
 @dataclass(frozen=True)
