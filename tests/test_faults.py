@@ -415,6 +415,37 @@ def test_interrupt_during_start_up():
     assert "Traceback" not in done.stderr and "interrupted" in done.stderr
 
 
+INTERRUPT_TURNED_INTO_ANOTHER_ERROR = """
+import os, signal, time
+import conetool.cli as cli
+
+def app(prog_name):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    except KeyboardInterrupt:  # what an import interrupted half-way can leave behind
+        raise RecursionError("maximum recursion depth exceeded") from None
+
+cli.app = app
+cli.main()
+"""
+
+
+def test_an_interrupt_that_surfaces_as_another_error_still_exits_130():
+    # A real Ctrl-C during `import scipy.linalg` once ended as numpy's RecursionError, a
+    # traceback and exit 1 (test_real_ctrl_c_exits_130 on a fresh checkout, imports slow).
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_TURNED_INTO_ANOTHER_ERROR],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "interrupted" in done.stderr
+
+
 def test_real_ctrl_c_exits_130(run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["kernels", str(run), "--store", str(tmp_path / "s"), "--device", "cpu"]

@@ -74,6 +74,12 @@ def main() -> None:
             # e.g. Typer's own exit 130 says nothing
             _exit_interrupted(announce=not INTERRUPT_ANNOUNCED)
         raise
+    except BaseException:
+        # An interrupt that surfaced as another error: a Ctrl-C inside an import can leave a
+        # module half-initialized (numpy's lazy attributes then recurse until a RecursionError).
+        if interrupted:
+            _exit_interrupted(announce=True)
+        raise
 
 
 def _exit_interrupted(*, announce: bool) -> NoReturn:
