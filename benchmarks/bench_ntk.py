@@ -501,12 +501,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             info = probe(model, args.kind, args.threads)
-            sizes = (
-                [int(v) for v in args.n.split(",")]
-                if args.n
-                else (QUICK_N if args.quick else DEFAULT_N)[model]
-            )
-            for n in sizes:
+            for n in sizes_of(args, model):
                 floor = floor_seconds(info, n, args.kind)
                 need = n * info["c"] * info["p"] * 4
                 methods = [] if args.no_baseline else [("baseline", "baseline", "auto")]
@@ -529,22 +524,12 @@ def main() -> None:
                 if skipped:
                     rows.insert(0, ("baseline", {"error": skipped}))
                 base = results.get("baseline")
-                reference = (
-                    torch.load(Path(tmp, "baseline.pt"))
-                    if base is not None and "error" not in base
-                    else None
-                )
                 for label, row in rows:
                     prefix = f"{model:<9} {info['p']:>10,} {n:>5} {label:<20}"
                     if "error" in row:
                         print(f"{prefix} {row['error']}")
                         continue
-                    fast = slow = err = "-"
-                    if reference is not None and label != "baseline":
-                        fast = f"{row['seconds'] / base['seconds']:.2f}"
-                        slow = f"{row['peak'] / base['peak']:.2f}"
-                        kernel = torch.load(Path(tmp, f"{label.replace(' ', '_')}.pt"))
-                        err = f"{float((kernel - reference).norm() / reference.norm()):.1e}"
+                    fast, slow, err = against_baseline(tmp, label, row, base)
                     print(
                         f"{prefix} {row['seconds']:>8.2f} {fast:>7} {row['cpu']:>8.1f} "
                         f"{row['peak'] / 2**20:>9.0f} "
@@ -565,9 +550,32 @@ def main() -> None:
     )
 
 
+def sizes_of(args: argparse.Namespace, model: str) -> list[int]:
+    """The n of each row of ``model``: ``--n``, else the quick or the default sizes."""
+    if args.n:
+        return [int(v) for v in args.n.split(",")]
+    return (QUICK_N if args.quick else DEFAULT_N)[model]
+
+
+def against_baseline(tmp: str, label: str, row: dict, base: dict | None) -> tuple[str, str, str]:
+    """``(time ratio, peak ratio, relative Frobenius difference)`` of a row to the baseline's,
+    from the kernels the workers saved in ``tmp``; dashes for the baseline itself or without one."""
+    import torch
+
+    if base is None or "error" in base or label == "baseline":
+        return "-", "-", "-"
+    reference = torch.load(Path(tmp, "baseline.pt"))
+    kernel = torch.load(Path(tmp, f"{label.replace(' ', '_')}.pt"))
+    err = float((kernel - reference).norm() / reference.norm())
+    return (
+        f"{row['seconds'] / base['seconds']:.2f}",
+        f"{row['peak'] / base['peak']:.2f}",
+        f"{err:.1e}",
+    )
+
+
 def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[str]) -> None:
     """The CUDA table: one measurement process per (model, n, method, budget)."""
-    import torch
 
     command = [sys.executable, str(Path(__file__).resolve()), "--device-info"]
     device = run_worker([*command, "--device", args.device], args.timeout)
@@ -595,12 +603,7 @@ def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[
         for model in models:
             info = probe(model, args.kind, args.threads)
             info["rate"] = device["rate"]
-            sizes = (
-                [int(v) for v in args.n.split(",")]
-                if args.n
-                else (QUICK_N if args.quick else DEFAULT_N)[model]
-            )
-            for n in sizes:
+            for n in sizes_of(args, model):
                 floor = floor_seconds(info, n, args.kind)
                 need = n * info["c"] * info["p"] * 4
                 methods = [] if args.no_baseline else [("baseline", "baseline", "auto")]
@@ -622,11 +625,6 @@ def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[
                     out.unlink(missing_ok=True)
                     rows.append((label, measure(model, n, args.kind, method, budget, args, out)))
                 base = dict(rows).get("baseline")
-                reference = (
-                    torch.load(Path(tmp, "baseline.pt"))
-                    if base is not None and "error" not in base
-                    else None
-                )
                 for label, row in rows:
                     prefix = f"{model:<9} {info['p']:>10,} {n:>5} {label:<20}"
                     if "error" in row:
@@ -638,12 +636,7 @@ def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[
                         print(f"{prefix} {row['error']}{extra}")
                         summary.append(f"| {model} | {n} | {label} | {row['error']} | | | |")
                         continue
-                    fast = slow = err = "-"
-                    if reference is not None and label != "baseline":
-                        fast = f"{row['seconds'] / base['seconds']:.2f}"
-                        slow = f"{row['peak'] / base['peak']:.2f}"
-                        kernel = torch.load(Path(tmp, f"{label.replace(' ', '_')}.pt"))
-                        err = f"{float((kernel - reference).norm() / reference.norm()):.1e}"
+                    fast, slow, err = against_baseline(tmp, label, row, base)
                     budget = f"{row['budget'] / GIB:.1f}" if row.get("budget") else "-"
                     growth = (row["peak"] - row["before"]) / GIB
                     print(
