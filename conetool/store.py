@@ -51,8 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from . import paths
 from . import store_companions as companions
@@ -68,6 +66,7 @@ from .store_manifest import (
     embedded_record,
     kernel_file_problem,
     kernel_metadata,
+    load_finite_kernel,
     manifest_identity,
     mixed_message,
     new_manifest,
@@ -284,20 +283,14 @@ class Store:
                 f"step {step} is not in store {self.root}; stored steps: "
                 f"{nearest_steps(self.steps(), step)}."
             )
-        path = self.root / record.kernel
-        try:
-            kernel = load_file(str(path))["kernel"]
-        except (OSError, SafetensorError, KeyError) as exc:
-            raise StoreError(
-                f"kernel file {path} cannot be read ({exc}). Recompute it: conetool kernels "
-                f"--store {self.root} (it redoes missing or damaged steps), or pass --skip-bad."
-            ) from exc
-        if not torch.isfinite(kernel).all():
-            raise StoreError(
-                f"kernel file {path} holds non-finite values. Delete it and rerun conetool "
-                "kernels, or pass --skip-bad to leave the step out."
-            )
-        return kernel
+        return load_finite_kernel(
+            self.root / record.kernel,
+            "kernel file",
+            unreadable=f"Recompute it: conetool kernels --store {self.root} (it redoes missing "
+            "or damaged steps), or pass --skip-bad.",
+            non_finite="Delete it and rerun conetool kernels, or pass --skip-bad to leave the "
+            "step out.",
+        )
 
     # ----------------------------------------------------------------- writing
     def write_kernel(self, record: StepRecord, kernel: torch.Tensor) -> None:

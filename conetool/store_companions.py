@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from . import paths
 from .errors import StoreError
 from .io import atomic_save_safetensors
-from .store_manifest import StoreIdentity
+from .store_manifest import StoreIdentity, kernel_header, load_finite_kernel
 
 
 def companion_metadata(
@@ -82,14 +82,10 @@ def eval_kernel_problem(
     path = paths.eval_kernel(root, step)
     if not path.is_file():
         return f"no eval kernel {path}"
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            if "kernel" not in handle.keys():
-                return f"eval kernel file {path} holds no tensor 'kernel'"
-            shape = tuple(handle.get_slice("kernel").get_shape())
-    except (OSError, SafetensorError) as exc:
-        return f"eval kernel file {path} cannot be read ({exc})"
+    header = kernel_header(path, "eval kernel file")
+    if isinstance(header, str):
+        return header
+    meta, shape = header
     wrong = [f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v]
     if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
         wrong.append(f"shape {shape} (eval size {size})")
@@ -109,20 +105,12 @@ def write_eval_kernel(
 
 def load_eval_kernel(root: Path, step: int) -> torch.Tensor:
     """The stored cross kernel of ``step``; checked finite."""
-    path = paths.eval_kernel(root, step)
-    try:
-        kernel = load_file(str(path))["kernel"]
-    except (OSError, SafetensorError, KeyError) as exc:
-        raise StoreError(
-            f"eval kernel file {path} cannot be read ({exc}). Recompute it: conetool kernels "
-            f"--store {root} --eval-size M."
-        ) from exc
-    if not torch.isfinite(kernel).all():
-        raise StoreError(
-            f"eval kernel file {path} holds non-finite values. Delete it and rerun conetool "
-            "kernels."
-        )
-    return kernel
+    return load_finite_kernel(
+        paths.eval_kernel(root, step),
+        "eval kernel file",
+        unreadable=f"Recompute it: conetool kernels --store {root} --eval-size M.",
+        non_finite="Delete it and rerun conetool kernels.",
+    )
 
 
 # ----------------------------------------------------------------- layer kernels

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from . import paths
 from ._version import __version__
@@ -162,14 +164,10 @@ def kernel_file_problem(
     """Why the kernel file ``path`` of ``step`` does not match the store's identity ``ident``,
     its manifest ``record`` and the probe ``size``, or None when it does (header only:
     metadata, embedded record, tensor shape; no data read)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            if "kernel" not in handle.keys():
-                return f"kernel file {path} holds no tensor 'kernel'"
-            shape = tuple(handle.get_slice("kernel").get_shape())
-    except (OSError, SafetensorError) as exc:
-        return f"kernel file {path} cannot be read ({exc})"
+    header = kernel_header(path, "kernel file")
+    if isinstance(header, str):
+        return header
+    meta, shape = header
     expected = {
         "step": str(step),
         "kind": ident.kind,
@@ -189,6 +187,32 @@ def kernel_file_problem(
     if wrong:
         return f"kernel file {path} does not match the store: {'; '.join(wrong)}"
     return None
+
+
+def kernel_header(path: Path, label: str) -> tuple[dict[str, str], tuple[int, ...]] | str:
+    """The metadata and the shape of the tensor ``kernel`` of the safetensors file ``path``
+    (header only, no data read), or why they cannot be had, naming the file as ``label``."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if "kernel" not in handle.keys():
+                return f"{label} {path} holds no tensor 'kernel'"
+            return meta, tuple(handle.get_slice("kernel").get_shape())
+    except (OSError, SafetensorError) as exc:
+        return f"{label} {path} cannot be read ({exc})"
+
+
+def load_finite_kernel(path: Path, label: str, unreadable: str, non_finite: str) -> torch.Tensor:
+    """The tensor ``kernel`` of the safetensors file ``path``, checked finite; a
+    :class:`StoreError` naming the file as ``label`` and ending with the fix ``unreadable`` or
+    ``non_finite`` otherwise."""
+    try:
+        kernel = load_file(str(path))["kernel"]
+    except (OSError, SafetensorError, KeyError) as exc:
+        raise StoreError(f"{label} {path} cannot be read ({exc}). {unreadable}") from exc
+    if not torch.isfinite(kernel).all():
+        raise StoreError(f"{label} {path} holds non-finite values. {non_finite}")
+    return kernel
 
 
 def embedded_record(path: Path, ident: StoreIdentity) -> tuple[str, dict[str, Any]] | None:
