@@ -92,15 +92,26 @@ def builtin(name: str, bn: str) -> tuple[nn.Module, torch.Tensor, dict[str, torc
     return model, x, reference(model, x)
 
 
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("bn", ["fresh", "trained"])
 @pytest.mark.parametrize("name", list(BUILTINS))
-def test_builtin_float32_within_1e6_of_float64(name: str, bn: str, method: str) -> None:
+def test_builtin_float32_within_1e6_of_float64(
+    name: str, bn: str, method: str, device: str
+) -> None:
     if bn == "trained" and name in ("mlp", "lenet5", "lenet_300_100"):
         pytest.skip("no BatchNorm")
     model, x, expected = builtin(name, bn)
     for kind in KINDS:
-        kernel = empirical_ntk(model, x, kind=kind, device="cpu", method=method)
+        kernel = empirical_ntk(model, x, kind=kind, device=device, method=method)
         assert kernel.dtype == torch.float32
         assert rel(kernel, expected[kind]) < TOLERANCE, (kind, rel(kernel, expected[kind]))
 
@@ -188,16 +199,3 @@ def test_an_inexact_onednn_convolution_is_detected(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(torch.nn.functional, "conv2d", inexact)
     assert not ntk_precision.onednn_exact.__wrapped__()
     assert ntk_precision._conv_stack_error(onednn=False) < 1e-6
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("bn", ["fresh", "trained"])
-@pytest.mark.parametrize("name", list(BUILTINS))
-def test_builtin_float32_within_1e6_of_float64_on_cuda(name: str, bn: str, method: str) -> None:
-    if bn == "trained" and name in ("mlp", "lenet5", "lenet_300_100"):
-        pytest.skip("no BatchNorm")
-    model, x, expected = builtin(name, bn)
-    for kind in KINDS:
-        kernel = empirical_ntk(model, x, kind=kind, device="cuda", method=method)
-        assert rel(kernel, expected[kind]) < TOLERANCE, (kind, rel(kernel, expected[kind]))
