@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_ntk import explicit_jacobian
 from tiny_run import SPEC, STEPS, copy_run, train_tiny
 from typer.testing import CliRunner
 
@@ -36,19 +37,6 @@ def trained(tmp_path_factory):
 @pytest.fixture
 def run(trained, tmp_path):
     return copy_run(trained, tmp_path)
-
-
-def _jacobian(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """float64 explicit Jacobian (n, c, p) by autograd, one logit at a time."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    x = inputs.double()
-    rows = []
-    for i in range(x.shape[0]):
-        out = model(x[i : i + 1])[0]
-        for k in range(out.shape[0]):
-            grads = torch.autograd.grad(out[k], params, retain_graph=True)
-            rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    return torch.stack(rows).reshape(x.shape[0], -1, rows[0].numel())
 
 
 def _meta(path):
@@ -80,7 +68,10 @@ def test_eval_kernel_is_the_explicit_cross_kernel(run, tmp_path, kind):
     for step in STEPS:
         model = model_for(spec_from_dict(SPEC)).double().eval()
         model.load_state_dict(load_file(str(paths.checkpoint(run, step))))
-        j_eval, j_probe = _jacobian(model, evaluated.inputs), _jacobian(model, probe.inputs)
+        j_eval, j_probe = (
+            explicit_jacobian(model, evaluated.inputs.double()),
+            explicit_jacobian(model, probe.inputs.double()),
+        )
         if kind == "trace":
             reference = torch.einsum("ikp,jkp->ij", j_eval, j_probe)
         else:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_ntk import explicit_jacobian
 from tiny_run import SPEC, copy_run, train_tiny
 from typer.testing import CliRunner
 
@@ -32,17 +33,8 @@ def run(trained, tmp_path):
 
 
 def explicit_trace_kernel(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """float64 reference: the explicit Jacobian (n·c, p) by autograd, then J Jᵀ traced over c."""
-    model = model.double().eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    x = inputs.double()
-    rows = []
-    for i in range(x.shape[0]):
-        out = model(x[i : i + 1])[0]
-        for k in range(out.shape[0]):
-            grads = torch.autograd.grad(out[k], params, retain_graph=True)
-            rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    jac = torch.stack(rows).reshape(x.shape[0], -1, rows[0].numel())  # (n, c, p)
+    """float64 reference: the explicit Jacobian (n, c, p) by autograd, then J Jᵀ traced over c."""
+    jac = explicit_jacobian(model.double().eval(), inputs.double())
     return torch.einsum("ikp,jkp->ij", jac, jac)
 
 
