@@ -169,9 +169,9 @@ def worker(args: argparse.Namespace) -> None:
         return
     with torch.no_grad():
         if args.method != "baseline":
-            from conetool import ntk_terms
+            from conetool import blas_syrk
 
-            ntk_terms._blas()  # SciPy's BLAS, imported once per process on first use
+            blas_syrk.available()  # SciPy's BLAS, imported once per process on first use
         run(x[:2])  # warm-up: lazy imports and first-call costs
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         start, cpu = time.perf_counter(), time.process_time()
@@ -226,9 +226,9 @@ def worker_cuda(args: argparse.Namespace, run, x) -> None:
     try:
         with torch.no_grad():
             if args.method != "baseline":
-                from conetool import ntk_terms
+                from conetool import blas_syrk
 
-                ntk_terms._blas()
+                blas_syrk.available()
             warm = run(x if args.warmup == "full" else x[:2])
             del warm
             for _ in range(args.repeat):

@@ -64,6 +64,7 @@ from . import ntk_schedule
 from .choices import Kind, Method, choice
 from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError
+from .heap import kept_freed_memory
 from .ntk_checks import check_independence, check_modules, check_per_example, eval_mode
 from .ntk_memo import EngineMemo, Learned, signature
 from .ntk_precision import no_tf32
@@ -213,7 +214,7 @@ def empirical_ntk(
         t = t.detach()
         return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
 
-    with eval_mode(model), no_tf32(), torch.no_grad():
+    with eval_mode(model), no_tf32(), torch.no_grad(), kept_freed_memory():
         if check:
             check_modules(model)
         params = {name: cast(p) for name, p in trainable.items()}

@@ -15,24 +15,25 @@ entry of two rows is the sum over terms of the inner product of their rows:
   ``Σ_{t,t'} (a_it · a_jt') (g_it · g_jt')``, which never forms a ``d_g × d_a`` gradient: for a
   Linear layer (``T = 1``) it costs ``d_a + k·d_g`` per pair instead of ``k·d_a·d_g``.
 
-Products are computed in the rows' dtype and summed in float64: across terms, and inside a dense
-product wider than ``_CHUNK`` columns across float32 pieces of ``_CHUNK`` columns each
-(:func:`product`), because one float32 product accumulates along its whole inner dimension (8 rows
+The schedule (:mod:`conetool.ntk_schedule`) contracts blocks :func:`merged`: every dense term laid
+side by side as one wide matrix, so that one product (or one ``syrk`` on the CPU) covers every
+parameter tensor with dense rows. Products are computed in the rows' dtype and summed in float64:
+across terms, and inside a dense product wider than ``_CHUNK`` columns across float32 pieces of
+``_CHUNK`` columns each (:func:`product`; the ``syrk`` path in pieces of up to ``_SYRK_CHUNK``
+columns), because one float32 product accumulates along its whole inner dimension (8 rows
 of 368,640 columns: 3e-5 off; in pieces of 4,096: about 3e-8). :mod:`conetool.ntk_precision`
 switches the pieces off for benchmarks.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from . import ntk_precision
+from . import blas_syrk, ntk_precision
 
 # Fewest rows and columns for which a block's product with itself uses BLAS syrk (half the work of
 # a product) on the CPU. Measured on a 2-core x86 CPU: SciPy's ssyrk beats torch's product (MKL)
@@ -50,8 +51,8 @@ _CHUNK = 4096
 # (cache-sized), on a GPU 256 MiB (fewer, larger batched products).
 _PIECE_ELEMENTS = 2**22
 _PIECE_ELEMENTS_GPU = 2**26
-# Columns per piece of the syrk path when the accuracy fixes are on (syrk needs wide pieces to be
-# fast; 256-512 rows of 368,640 columns: 4e-7 in one call, 6e-8 in pieces of 32,768).
+# Columns per piece of the syrk path when the accuracy fixes are on (256-512 rows of 368,640
+# columns: 4e-7 in one call, 6e-8 in pieces of 32,768). The pieces are read in place.
 _SYRK_CHUNK = 32768
 # Largest intermediate (elements) of a FactoredGrad product with positions (T > 1); larger products are
 # computed in slices of the left block.
@@ -100,14 +101,67 @@ class FactoredGrad:
 Term = Dense | FactoredGrad
 
 
-def empty_like(block: list[Term], examples: int, per: int) -> list[Term]:
-    """An uninitialized block with the terms of ``block`` and room for ``examples`` examples of
-    ``per`` rows each."""
+def merged(block: list[Term]) -> list[Term]:
+    """The block with its dense terms laid side by side as one :class:`Dense` (a copy when there
+    are several), followed by its factored terms in their order.
+
+    The kernel entries are the same (the inner product of two rows is the sum over terms); one wide
+    product replaces one per parameter tensor, most of them narrow (resnet20: 65 tensors, 46 of them
+    at most 4,096 columns wide), and wide products run at BLAS speed (``syrk`` on the CPU, fewer
+    launches on a GPU). The schedule contracts only merged blocks with each other.
+    """
+    dense = [term for term in block if isinstance(term, Dense)]
+    factored = [term for term in block if isinstance(term, FactoredGrad)]
+    if len(dense) <= 1:
+        return [*dense, *factored]
+    return [Dense(torch.cat([term.mat for term in dense], dim=1)), *factored]
+
+
+class Spare:
+    """The memory of a freed panel piece, kept for the next piece in its place.
+
+    A panel's merged dense term is one large allocation (resnet20, n = 1024, 3 logits: 3.3 GB);
+    glibc returns such an allocation to the system when it is freed, and the next panel's would be
+    faulted in again a page at a time (measured on a 2-core CPU: 0.5 million page faults per
+    group of logits, about 1.5 s of system time). Holding it between panels costs nothing the
+    plan does not count: the next panel takes its place.
+    """
+
+    def __init__(self) -> None:
+        self._flat: Tensor | None = None
+
+    def take(self, like: Tensor, rows: int, width: int) -> Tensor:
+        """An uninitialized ``(rows, width)`` matrix of ``like``'s dtype and device, in the kept
+        memory when it is large enough (the memory is then kept for the next call)."""
+        size = rows * width
+        flat = self._flat
+        if (
+            flat is None
+            or flat.numel() < size
+            or flat.dtype != like.dtype
+            or flat.device != like.device
+        ):
+            self._flat = None
+            del flat  # the old memory goes before the new is allocated
+            self._flat = flat = like.new_empty(size)
+        return flat[:size].view(rows, width)
+
+
+def empty_like(
+    block: list[Term], examples: int, per: int, spare: Spare | None = None
+) -> list[Term]:
+    """An uninitialized merged block (:func:`merged`) with the terms of ``block`` and room for
+    ``examples`` examples of ``per`` rows each; its dense term in ``spare``'s memory when given."""
     out: list[Term] = []
-    for term in block:
-        if isinstance(term, Dense):
-            out.append(Dense(term.mat.new_empty(examples * per, term.mat.shape[1])))
+    dense = [term.mat for term in block if isinstance(term, Dense)]
+    if dense:
+        rows, width = examples * per, sum(mat.shape[1] for mat in dense)
+        if spare is None:
+            out.append(Dense(dense[0].new_empty(rows, width)))
         else:
+            out.append(Dense(spare.take(dense[0], rows, width)))
+    for term in block:
+        if isinstance(term, FactoredGrad):
             out.append(
                 FactoredGrad(
                     term.a.new_empty(examples, *term.a.shape[1:]),
@@ -119,13 +173,23 @@ def empty_like(block: list[Term], examples: int, per: int) -> list[Term]:
 
 
 def write(dest: list[Term], part: list[Term], first: int, per: int) -> None:
-    """Copy the examples of ``part`` (``per`` rows each) into ``dest`` from example ``first`` on."""
-    for target, term in zip(dest, part, strict=True):
-        if isinstance(term, Dense):  # dest was laid out like part (empty_like): same kinds
-            cast(Dense, target).mat[first * per : first * per + term.rows] = term.mat
-        else:
+    """Copy the examples of ``part`` (``per`` rows each) into the merged block ``dest``
+    (:func:`empty_like` of ``part``) from example ``first`` on; its dense terms go side by side
+    into ``dest``'s one dense term."""
+    targets = iter(dest)
+    column = 0
+    wide: Tensor | None = None
+    for term in part:
+        if isinstance(term, Dense):
+            if wide is None:
+                wide = cast(Dense, next(targets)).mat
+            rows = slice(first * per, first * per + term.rows)
+            wide[rows, column : column + term.mat.shape[1]] = term.mat
+            column += term.mat.shape[1]
+    for term in part:
+        if isinstance(term, FactoredGrad):
             count = term.a.shape[0]
-            into = cast(FactoredGrad, target)
+            into = cast(FactoredGrad, next(targets))
             into.a[first : first + count] = term.a
             into.g[first : first + count] = term.g
 
@@ -175,7 +239,7 @@ def use_syrk(mat: Tensor) -> bool:
         and mat.dtype in (torch.float32, torch.float64)
         and mat.shape[0] >= _SYRK_MIN_ROWS
         and mat.shape[1] >= _SYRK_MIN_WIDTH
-        and _blas() is not None
+        and blas_syrk.available()
     )
 
 
@@ -220,27 +284,14 @@ def _factored_gram(term: FactoredGrad, out: Tensor) -> None:
 
 
 def _self_product(mat: Tensor) -> Tensor:
-    """``mat @ mat.T`` in float64 (:func:`product`); BLAS ``syrk`` (half the work) where it
-    applies, in pieces of ``_SYRK_CHUNK`` columns summed in float64 while the accuracy fixes are on.
+    """``mat @ mat.T`` in float64 (:func:`product`); BLAS ``syrk`` (half the work,
+    :mod:`conetool.blas_syrk`) where it applies, in pieces of ``_SYRK_CHUNK`` columns summed in
+    float64 while the accuracy fixes are on.
     """
     if not use_syrk(mat):
         return product(mat, mat)
-    blas = _blas()
-    assert blas is not None
-    ssyrk, dsyrk, threads = blas
-    syrk = ssyrk if mat.dtype == torch.float32 else dsyrk
-    mat = mat.contiguous()
-    width = mat.shape[1]
-    step = _SYRK_CHUNK if ntk_precision.enabled() and mat.dtype != torch.float64 else width
-    upper = torch.zeros(mat.shape[0], mat.shape[0], dtype=torch.float64)
-    # SciPy's BLAS has its own thread pool: give it torch's thread count, not every core. A
-    # C-contiguous (m, k) matrix's transpose is a Fortran (k, m) array that BLAS reads in place
-    # (a piece of its columns is copied once); trans=1 gives mat @ mat.T, upper triangle.
-    with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
-        for lo in range(0, width, step):
-            piece = mat[:, lo : lo + step].numpy().T
-            upper += torch.from_numpy(syrk(1.0, piece, trans=1, lower=0)).triu()
-    return upper + upper.triu(1).T
+    fixes = ntk_precision.enabled() and mat.dtype != torch.float64
+    return blas_syrk.gram(mat, _SYRK_CHUNK if fixes else mat.shape[1])
 
 
 def _factored_product(left: FactoredGrad, right: FactoredGrad, out: Tensor) -> None:
@@ -283,14 +334,3 @@ def _factored_product(left: FactoredGrad, right: FactoredGrad, out: Tensor) -> N
         aa = left.a[lo:hi].reshape(m * t, da) @ right_a.T
         gg = left.g[lo:hi].transpose(1, 2).reshape(m * t, k * dg) @ right_g.T
         out[lo:hi] += (aa * gg).view(m, t, br, u).sum(dim=(1, 3), dtype=torch.float64)
-
-
-@functools.cache
-def _blas() -> tuple[Callable[..., Any], Callable[..., Any], Any] | None:
-    """SciPy's ``ssyrk`` and ``dsyrk`` and a controller of its BLAS threads, or None."""
-    try:
-        from scipy.linalg import blas
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - both come with scikit-learn
-        return None
-    return blas.ssyrk, blas.dsyrk, ThreadpoolController()

@@ -26,6 +26,7 @@ from ..checkpoints import (
 )
 from ..data import DataBundle
 from ..errors import ConetoolError, StoreError
+from ..heap import kept_freed_memory
 from ..layer_groups import group_kernels, groups_hash
 from ..ntk import empirical_ntk
 from ..ntk_memo import EngineMemo
@@ -214,7 +215,8 @@ def compute_all(
     # computed (one write in flight, in step order), so a run on a GPU waits on the device, not
     # on files. This rank's steps are read in its own order.
     mine = [by_step[step] for step in job.shard(todo)]
-    with ReadAhead(mine, read_checkpoint) as reads, Writer() as writer:
+    # Freed memory stays in the process between kernels (.heap): each kernel reuses the last one's.
+    with kept_freed_memory(), ReadAhead(mine, read_checkpoint) as reads, Writer() as writer:
         for ref, take in reads:
             writer.check()  # a write that failed stops the run here, as it did when inline
             if job.peer_failed():
