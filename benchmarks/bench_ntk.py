@@ -17,7 +17,10 @@ number of threads.
 The baseline is the tutorial's ``empirical_ntk_jacobian_contraction``
 (https://pytorch.org/tutorials/intermediate/neural_tangent_kernels.html), written out below. When
 ``x1 is x2`` it computes the Jacobian once (the tutorial computes it twice), which makes the baseline
-faster and smaller than the tutorial's own code.
+faster and smaller than the tutorial's own code. ``--baseline-kept-heap`` adds a row: the same
+baseline inside :func:`conetool.heap.kept_freed_memory`, the allocator setting every conetool eNTK
+call runs under on the CPU (glibc keeps freed memory for reuse instead of faulting it in again),
+so that the table shows how much of a ratio is that setting and how much the engine.
 
 On CUDA (``--device cuda``) the worker moves the model and inputs to the device, sets
 ``torch.backends.cuda.matmul.allow_tf32 = False`` and ``torch.backends.cudnn.allow_tf32 = False``
@@ -162,13 +165,18 @@ def worker(args: argparse.Namespace) -> None:
     def run(inputs):
         if args.method == "baseline":
             return baseline(model, inputs, args.kind)
+        if args.method == "baseline-kept":  # the baseline with conetool's allocator setting
+            from conetool.heap import kept_freed_memory
+
+            with kept_freed_memory():
+                return baseline(model, inputs, args.kind)
         return engine(model, inputs, args.kind, budget, args.method, args.device)
 
     if cuda:
         worker_cuda(args, run, x)
         return
     with torch.no_grad():
-        if args.method != "baseline":
+        if not args.method.startswith("baseline"):
             from conetool import blas_syrk
 
             blas_syrk.available()  # SciPy's BLAS, imported once per process on first use
@@ -430,6 +438,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:k")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-baseline", action="store_true", help="time the engine only")
+    parser.add_argument(
+        "--baseline-kept-heap",
+        action="store_true",
+        help="also time the baseline inside conetool.heap.kept_freed_memory (CPU), the allocator "
+        "setting conetool's own calls use, to show how much of a ratio that setting is",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement")
     parser.add_argument(
         "--repeat",
@@ -505,6 +519,8 @@ def main() -> None:
                 floor = floor_seconds(info, n, args.kind)
                 need = n * info["c"] * info["p"] * 4
                 methods = [] if args.no_baseline else [("baseline", "baseline", "auto")]
+                if methods and args.baseline_kept_heap:
+                    methods.append(("baseline kept heap", "baseline-kept", "auto"))
                 skipped = None
                 if methods and 1.5 * need > 0.8 * available_ram():  # resnet20: peak 1.46 x J
                     skipped = f"skipped: needs about {1.5 * need / 2**30:.1f} GiB"
