@@ -31,10 +31,13 @@ Two engines compute the rows of the Jacobian (``method``); both give the same ke
 - ``"jacobian"`` (the reference, :mod:`conetool.ntk_reference`): ``vmap`` over examples of ``vjp``.
 
 The cotangents are the identity rows for ``full``, groups of logits for ``trace``, the all-ones
-vector for ``sum``. Rows are contracted with one matrix product per parameter tensor (or layer),
-summed in float64 (:mod:`conetool.ntk_terms`); for a symmetric kernel only products on or above the
-block diagonal are computed, and the product of a block of 128 rows or more with itself uses BLAS
-``syrk`` on the CPU (half the work of a product; SciPy's BLAS, which comes with scikit-learn).
+vector for ``sum``. The rows of every parameter tensor with per-example gradients are laid side by
+side and contracted in one wide product per pair of blocks, in float32 pieces summed in float64;
+layers kept as factors get one product each (:mod:`conetool.ntk_terms`). For a symmetric kernel
+only products on or above the block diagonal are computed, and the product of a block of 128 rows
+or more with itself uses BLAS ``syrk`` on the CPU, reading the rows in place (half the work of a
+product; SciPy's BLAS, which comes with scikit-learn: :mod:`conetool.blas_syrk`). On Linux (glibc)
+memory freed during the call is kept for reuse until it returns (:mod:`conetool.heap`).
 
 The memory budget decides the schedule (:mod:`conetool.ntk_schedule`): one pass when the rows of
 all ``n`` examples fit (``trace`` splits its logits into as few groups as fit), else resident panels
@@ -156,9 +159,8 @@ def empirical_ntk(
 
     Returns:
         The kernel on the CPU: float64 when computing in float64, else float32. Products are
-        summed in float64 across parameter tensors and, inside a product wider than 4,096
-        columns, across float32 pieces (:mod:`conetool.ntk_precision`); TF32 is off during the
-        computation.
+        computed in float32 pieces of at most 4,096 columns (32,768 for the CPU's ``syrk``) and
+        summed in float64 (:mod:`conetool.ntk_precision`); TF32 is off during the computation.
 
     Raises:
         MemoryBudgetError: the budget cannot hold even one example (the message gives the

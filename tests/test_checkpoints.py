@@ -20,6 +20,7 @@ from torch import nn
 
 from conetool import paths
 from conetool.checkpoints import (
+    CheckpointWarning,
     _format,
     checkpoint_ref,
     fingerprint,
@@ -182,7 +183,8 @@ def test_step_regex_overrides_metadata_and_names(tmp_path: Path):
         tmp_path, step_regex=r"it(?P<epoch>\d)(?P<it>\d+)_", iterations_per_epoch=10
     )
     assert [r.step for r in ep_it] == [10 + 0, 30 + 0]
-    epochs = list_checkpoints(tmp_path, step_regex=r"it(?P<epoch>\d)", iterations_per_epoch=7)
+    with pytest.warns(CheckpointWarning, match="named by epoch: step = epoch x 7"):
+        epochs = list_checkpoints(tmp_path, step_regex=r"it(?P<epoch>\d)", iterations_per_epoch=7)
     assert [r.step for r in epochs] == [7, 21]
 
 
@@ -486,7 +488,8 @@ def test_missing_num_batches_tracked_is_filled_from_the_model():
 def test_loading_casts_into_the_model_dtype_exactly():
     sd = state(2)
     model = Net().double()
-    load_checkpoint(model, sd)
+    with pytest.warns(CheckpointWarning, match="lower precision than the model's float64"):
+        load_checkpoint(model, sd)
     assert model.fc1.weight.dtype == torch.float64
     assert torch.equal(model.fc1.weight, sd["fc1.weight"].double())
 

@@ -64,3 +64,24 @@ def test_a_panel_written_call_by_call_is_the_merged_block() -> None:
         assert len(panel) == len(whole) == 2
         assert torch.equal(panel[0].mat, whole[0].mat)
         assert torch.equal(panel[1].a, whole[1].a) and torch.equal(panel[1].g, whole[1].g)
+
+
+def test_spare_memory_is_reused_until_a_larger_piece_needs_more() -> None:
+    spare = ntk_terms.Spare()
+    like = torch.zeros(1)
+    first = spare.take(like, 4, 6)
+    assert first.shape == (4, 6)
+    smaller = spare.take(like, 3, 5)  # fits: the same memory
+    assert smaller.shape == (3, 5) and smaller.data_ptr() == first.data_ptr()
+    larger = spare.take(like, 5, 6)  # does not fit: new memory, kept from now on
+    assert larger.shape == (5, 6) and spare.take(like, 2, 2).data_ptr() == larger.data_ptr()
+    other = spare.take(torch.zeros(1, dtype=torch.float64), 2, 2)
+    assert other.dtype == torch.float64
+
+
+def test_logit_groups_run_largest_first() -> None:
+    from conetool import ntk_schedule
+
+    groups = ntk_schedule._groups("trace", 10, 3, torch.eye(10))
+    assert [len(g) for g in groups] == [3, 3, 2, 2]
+    assert torch.equal(torch.cat(groups).sum(0), torch.ones(10))  # every logit once
