@@ -1,21 +1,24 @@
 """Keeping freed memory in the process while an eNTK is computed (glibc only).
 
-The engines allocate and free the same large tensors over and over: every call of a row source
+The engines allocate and free the same tensors over and over: every call of a row source
 allocates its activations, gradients and rows, and frees them before the next call. glibc's
-``malloc`` serves each allocation above its ``mmap`` threshold (at most 32 MiB with its dynamic
-rule) with fresh pages from the kernel and returns them on ``free``, and trims the top of its heap
-once 64 MiB are free there, so each call faults its memory in again, a page at a time, each
-zeroed by the kernel. Measured on a 2-core CPU (resnet20, n = 256, reference engine; one run each,
-not a committed script): 3.5 million page faults and 7.3 s of system time in a 15.1 s kernel; with
-freed memory kept, 1.0 million and 2.3 s, and an 11.0 s kernel at the same peak resident memory
-(4.3 GiB against 4.1).
+``malloc`` returns the top of its heap to the system once more than its trim threshold is free
+there (64 MiB once its dynamic rule has adjusted, 128 KiB before), so each call faults its memory
+in again, a page at a time, each page zeroed by the kernel. Measured on a 2-core CPU (resnet20,
+n = 256, reference engine; one run each, not a committed script): 3.5 million page faults and
+7.3 s of system time in a 15.1 s kernel; with freed memory kept, 1.5 million and 3.3 s, and an
+11.2 s kernel at about the same peak resident memory (4.25 GB against 4.12).
 
-:func:`kept_freed_memory` raises both thresholds to 2 GiB - 1 (``mallopt`` takes an ``int``) for
-the duration of a block, so freed memory is reused instead of returned. On leaving the outermost
-such block it sets them to the values glibc's dynamic rule reaches in a process that has freed a
-large tensor (``mmap`` threshold 32 MiB, trim threshold 64 MiB) and returns the free memory to the
-system (``malloc_trim(0)``), so the process's resident memory after the computation is what it
-would have been.
+:func:`kept_freed_memory` raises the trim threshold to 2 GiB - 1 (``mallopt`` takes an ``int``)
+and fixes the ``mmap`` threshold at 32 MiB (the ceiling of glibc's dynamic rule, which a process
+that has freed a large tensor has reached anyway) for the duration of a block, so freed heap
+memory is reused instead of returned. Allocations above 32 MiB still get their own ``mmap``:
+served from the heap they would not be reused either (PyTorch asks for 64-byte alignment, and
+glibc cannot fit such a request into a freed chunk of the same size), and the heap would grow
+with every one (the torch.func baseline at resnet20, n = 1024, was killed for memory that way).
+On leaving the outermost such block the trim threshold goes back to 64 MiB and the free memory
+is returned to the system (``malloc_trim(0)``), so the process's resident memory after the
+computation is what it would have been.
 
 Nothing happens where ``malloc`` is not glibc's (macOS, Windows, musl), or where the user chose
 glibc's malloc settings themselves (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
@@ -38,10 +41,11 @@ __all__ = ["kept_freed_memory"]
 # mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Held: the largest value mallopt's int takes. Restored: glibc's dynamic rule's ceiling on 64-bit
-# (DEFAULT_MMAP_THRESHOLD_MAX) and the trim threshold it sets beside it (twice the mmap threshold).
+# The mmap threshold: glibc's dynamic rule's ceiling on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), held
+# and restored. The trim threshold: the largest value mallopt's int takes while held; restored to
+# what the dynamic rule sets beside its ceiling (twice the mmap threshold).
+_MMAP = 32 * 2**20
 _HELD = 2**31 - 1
-_RESTORED_MMAP = 32 * 2**20
 _RESTORED_TRIM = 64 * 2**20
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
@@ -91,7 +95,7 @@ def kept_freed_memory() -> Iterator[None]:
     with _lock:
         _depth += 1
         if _depth == 1:
-            libc.mallopt(_M_MMAP_THRESHOLD, _HELD)
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP)
             libc.mallopt(_M_TRIM_THRESHOLD, _HELD)
     try:
         yield
@@ -99,6 +103,6 @@ def kept_freed_memory() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                libc.mallopt(_M_MMAP_THRESHOLD, _RESTORED_MMAP)
+                libc.mallopt(_M_MMAP_THRESHOLD, _MMAP)
                 libc.mallopt(_M_TRIM_THRESHOLD, _RESTORED_TRIM)
                 libc.malloc_trim(0)
