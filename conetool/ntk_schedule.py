@@ -49,18 +49,26 @@ _ACTIVATION_BYTES = 2**28
 # Fewest examples per call worth computing all logits at once for (else: fewer logits).
 _MIN_CHUNK = 8
 # Rows of one diagonal sub-block of a panel's self-product: only sub-block pairs on or above the
-# diagonal are multiplied. On the CPU a sub-block's product with itself is one BLAS syrk (half
-# the work of a product) over its merged rows, and syrk runs faster on taller blocks (measured on
-# a 2-core x86 CPU, resnet20's rows for 3 logits: 1024 rows in one sub-block 132 GFLOP/s, in two
-# of 512 114; 2048 rows in one 173, in four of 512 152). On a GPU the saving of the triangle is
-# not worth the launches of more, smaller products.
-_SUB_ROWS = 2048
+# diagonal are multiplied. Below about 256 rows the products become memory-bound on CPUs. On a
+# GPU the saving of the triangle is not worth the launches of more, smaller products.
+_SUB_ROWS = 512
 _SUB_ROWS_GPU = 4096
+# On the CPU, rows of a panel piece, and of a sub-block for the terms multiplied by BLAS syrk (the
+# merged dense rows): one syrk is already half the work of a product, and it runs faster on taller
+# blocks (measured on a 2-core x86 CPU, resnet20's merged rows for 3 logits: 1024 rows in one
+# sub-block 132 GFLOP/s, in two of 512 114; 2048 rows in one 173, in four of 512 152). The other
+# terms (factored layers, narrow dense rows) keep sub-blocks of _SUB_ROWS and their triangle.
+_SYRK_ROWS = 2048
 
 
 def sub_rows(device: torch.device) -> int:
-    """Rows of one diagonal sub-block of a self-product on ``device``."""
+    """Rows of one diagonal sub-block of a self-product on ``device`` (terms not using syrk)."""
     return _SUB_ROWS if device.type == "cpu" else _SUB_ROWS_GPU
+
+
+def piece_rows(device: torch.device) -> int:
+    """Rows of about which a panel is made of pieces on ``device``."""
+    return _SYRK_ROWS if device.type == "cpu" else _SUB_ROWS_GPU
 
 
 class RowSource(Protocol):
@@ -226,11 +234,11 @@ def run(
         """The panel ``start:stop`` as pieces ``(first kernel row, block)``.
 
         A call with enough rows is a piece as it is; smaller calls are stacked into pieces of
-        about ``sub_rows(device)`` rows, so that the products between pieces stay efficient.
+        about ``piece_rows(device)`` rows, so that the products between pieces stay efficient.
         """
         call_rows = per_unit * schedule.chunk
         units = schedule.chunk * (
-            1 if 2 * call_rows >= sub_rows(device) else math.ceil(sub_rows(device) / call_rows)
+            1 if 2 * call_rows >= piece_rows(device) else math.ceil(piece_rows(device) / call_rows)
         )
         pieces = []
         for index, lo in enumerate(range(start, stop, units)):
@@ -260,7 +268,7 @@ def run(
             stop = min(start + schedule.panel, n)
             pieces = panel_pieces(cot, start, stop)
             if n2 is None:
-                _add_self(kernel, pieces, sub_rows(device))
+                _add_self(kernel, pieces, device)
             if on_block is not None:
                 on_block(done, steps)
             if n2 is None:
@@ -311,7 +319,22 @@ def _add_cross(
         kernel[slice(row, row + product.shape[0]), cols] += product
 
 
-def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]], sub: int) -> None:
+def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]], device: torch.device) -> None:
+    """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
+
+    The terms that BLAS ``syrk`` multiplies (wide dense rows on the CPU) go in sub-blocks of
+    ``_SYRK_ROWS``, the others in sub-blocks of :func:`sub_rows` (:func:`_add_gram`): the kernel
+    is the sum over terms, so each set of terms can take the blocking that suits it.
+    """
+    first = pieces[0][1]
+    wide = [i for i, term in enumerate(first) if ntk_terms.syrk_term(term)]
+    rest = [i for i in range(len(first)) if i not in wide]
+    for chosen, sub in ((wide, _SYRK_ROWS), (rest, sub_rows(device))):
+        if chosen:
+            _add_gram(kernel, [(row, [block[i] for i in chosen]) for row, block in pieces], sub)
+
+
+def _add_gram(kernel: Tensor, pieces: list[tuple[int, list[Term]]], sub: int) -> None:
     """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
 
     Only the products on or above the diagonal are computed (``H[j, i] = H[i, j]^T``): one

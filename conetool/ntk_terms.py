@@ -232,6 +232,18 @@ def gram(block: list[Term]) -> Tensor:
     return (total + total.T) / 2
 
 
+def syrk_term(term: Term) -> bool:
+    """Whether a term's products with itself go to BLAS ``syrk`` (:func:`use_syrk`) whenever its
+    block has enough rows: dense rows on the CPU, wide enough."""
+    return (
+        isinstance(term, Dense)
+        and term.mat.device.type == "cpu"
+        and term.mat.dtype in (torch.float32, torch.float64)
+        and term.mat.shape[1] >= _SYRK_MIN_WIDTH
+        and blas_syrk.available()
+    )
+
+
 def use_syrk(mat: Tensor) -> bool:
     """Whether :func:`gram` uses BLAS ``syrk`` for a dense term ``mat``."""
     return (

@@ -9,10 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from test_ntk import explicit_jacobian
-from tiny_run import SPEC, STEPS, copy_run, train_tiny
+from tiny_run import SPEC, STEPS, metadata, run_fixtures
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -29,19 +28,7 @@ from conetool.store import Store
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("run"), SPEC)
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-    return copy_run(trained, tmp_path)
-
-
-def _meta(path):
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata()
+trained, run = run_fixtures(SPEC)
 
 
 def _bytes(root):
@@ -80,7 +67,7 @@ def test_eval_kernel_is_the_explicit_cross_kernel(run, tmp_path, kind):
         assert stored.dtype == torch.float64 and stored.shape == reference.shape
         error = torch.linalg.norm(stored - reference) / torch.linalg.norm(reference)
         assert error < 1e-12, (step, float(error))
-        meta = _meta(paths.eval_kernel(root, step))
+        meta = metadata(paths.eval_kernel(root, step))
         record = store.record(step)
         assert meta["step"] == str(step) and meta["kind"] == kind
         assert meta["eval_hash"] == evaluated.hash and meta["probe_hash"] == probe.hash
@@ -131,14 +118,14 @@ def test_another_eval_size_replaces_the_eval_kernels(run, tmp_path):
     assert new != old and len(load_probe(paths.eval_set(root))) == 6
     for step in STEPS:
         assert store.load_eval_kernel(step).shape == (6, 6)
-        assert _meta(paths.eval_kernel(root, step))["eval_hash"] == new
+        assert metadata(paths.eval_kernel(root, step))["eval_hash"] == new
 
 
 def test_changed_checkpoint_recomputes_both(run, tmp_path):
     root = tmp_path / "s"
     kernels(run, store=root, device="cpu", eval_size=3)
     path = paths.checkpoint(run, 5)
-    meta = _meta(path)
+    meta = metadata(path)
     state = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     from safetensors.torch import save_file
 
@@ -193,7 +180,7 @@ def test_spectrum_eval_acc_is_kernel_regression_on_the_stored_tensors(run, tmp_p
     tensor = load_file(str(path))
     from safetensors.torch import save_file
 
-    save_file(tensor, str(path), metadata={**_meta(path), "fingerprint": "other"})
+    save_file(tensor, str(path), metadata={**metadata(path), "fingerprint": "other"})
     spectrum(root, top_k=3)
     with open(paths.spectrum_csv(root), newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_ntk import explicit_jacobian
-from tiny_run import SPEC, copy_run, train_tiny
+from tiny_run import SPEC, run_fixtures
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -22,14 +22,7 @@ from conetool.store import Store
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("run"), SPEC)
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-    return copy_run(trained, tmp_path)
+trained, run = run_fixtures(SPEC)
 
 
 def explicit_trace_kernel(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:

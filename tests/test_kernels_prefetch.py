@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tiny_run import copy_run, tiny_spec, train_tiny
+from tiny_run import run_fixtures, tiny_spec
 
 import conetool.io
 import conetool.store
@@ -34,17 +34,14 @@ STEPS = [0, 2, 4, 6, 8, 10]
 TIMEOUT = 10.0
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def _every_second_step() -> dict:
     """The tiny run with a checkpoint every 2 steps: 0, 2, ..., 10."""
     spec = tiny_spec()
     spec["train"]["save_every"] = 2
-    return train_tiny(tmp_path_factory.mktemp("run"), spec)
+    return spec
 
 
-@pytest.fixture
-def run(trained, tmp_path):
-    return copy_run(trained, tmp_path)
+trained, run = run_fixtures(_every_second_step())
 
 
 class _InlineReads:

@@ -337,6 +337,7 @@ def test_pieces_and_sub_blocks(
     expected = reference(model, x, kind)
     plans = record_plans(monkeypatch)
     monkeypatch.setattr(ntk_schedule, "_SUB_ROWS", 4)
+    monkeypatch.setattr(ntk_schedule, "_SYRK_ROWS", 6)  # pieces, and the syrk terms' sub-blocks
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 1 if syrk else 10**9)
     for activation_bytes in (1, 10**5, 10**9):

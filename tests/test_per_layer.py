@@ -8,8 +8,7 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
-from tiny_run import STEPS, copy_run, tiny_spec, train_tiny
+from tiny_run import STEPS, metadata, run_fixtures, tiny_spec
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -26,19 +25,7 @@ runner = CliRunner()
 SPEC = tiny_spec([6, 5])  # two hidden layers
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("run"), SPEC)
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-    return copy_run(trained, tmp_path)
-
-
-def _meta(path):
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata()
+trained, run = run_fixtures(SPEC)
 
 
 def _names():
@@ -70,7 +57,7 @@ def test_leaf_module_groups_sum_to_the_kernel(run, tmp_path, kind):
     record = store.layer_record
     assert record is not None and record["groups"] == leaves and record["patterns"] is None
     for step in STEPS:
-        meta = _meta(paths.layer_kernel(root, step))
+        meta = metadata(paths.layer_kernel(root, step))
         rec = store.record(step)
         assert rec is not None and meta["fingerprint"] == rec.fingerprint
         assert meta["step"] == str(step) and meta["kind"] == kind and meta["dtype"] == "float64"

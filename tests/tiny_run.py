@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+from safetensors import safe_open
+
 from conetool.spec import spec_from_dict
 from conetool.training import train
 
@@ -69,3 +72,27 @@ def copy_run(trained: Path, folder: Path) -> Path:
     out = Path(folder) / "ckpts"
     shutil.copytree(trained, out)
     return out
+
+
+def run_fixtures(spec: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The fixture pair of a module whose tests use the tiny run of ``spec`` (default
+    :data:`SPEC`): ``trained``, trained once per module, and ``run``, a copy per test::
+
+        trained, run = run_fixtures(SPEC)
+    """
+
+    @pytest.fixture(scope="module")
+    def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return train_tiny(tmp_path_factory.mktemp("run"), spec)
+
+    @pytest.fixture
+    def run(trained: Path, tmp_path: Path) -> Path:
+        return copy_run(trained, tmp_path)
+
+    return trained, run
+
+
+def metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file."""
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
