@@ -25,18 +25,10 @@ from ..report_html import (
     text,
 )
 from ..units import format_bytes
-from ..verdict import REGIMES
 from .report_commands import ReportCommands
-from .report_inputs import _g, _source_name
+from .report_inputs import _REGIMES, COLLAPSE_ROWS, _g, _source_name
 
 __all__ = ["RunSections"]
-
-
-# A checkpoint table longer than this is folded away (HTML <details>).
-COLLAPSE_ROWS = 60
-
-# regime -> (a few words for the summary, one sentence for the verdict section)
-_REGIMES = REGIMES
 
 
 class RunSections(ReportCommands):

@@ -1,0 +1,268 @@
+"""The report's sections of the two experiments beyond the distances: the alignment and spectrum
+of the kernels, and the switch experiment (Fig. 2) with its kernel machine; and the figure helper
+the result sections share.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..report_html import (
+    Block,
+    Figure,
+    Section,
+    Table,
+    text,
+)
+from .report_inputs import _g
+from .report_run_sections import RunSections
+
+__all__ = ["ExperimentSections"]
+
+
+class ExperimentSections(RunSections):
+    """Spectrum and switch, and :meth:`_figures`."""
+
+    def _figures(
+        self, figures: list[tuple[str, Path, str, str]], command: str, blocks: list[Block]
+    ) -> list[str]:
+        """Append each figure (label, PNG, alt text, caption) that exists; a missing PNG is a
+        missing part with the command that makes it. Returns the labels shown."""
+        shown = []
+        for label, path, alt, caption in figures:
+            if path.is_file():
+                blocks.append(Figure(path, alt, caption))
+                shown.append(label)
+            else:
+                rel = path.relative_to(self.root).as_posix()
+                blocks.append(self._absent(f"{label} ({rel})", command))
+        return shown
+
+    # ----------------------------------------------------------------- spectrum
+    def _spectrum_section(self) -> Section:
+        title = "Alignment and spectrum"
+        if not self.steps:
+            return Section("spectrum", title, (text("No kernels yet."),))
+        summary = self.spectrum
+        if summary is None:
+            return Section(
+                "spectrum",
+                title,
+                (self._absent("alignment and spectrum", self._spectrum_command()),),
+            )
+        rows = _spectrum_rows(paths.spectrum_csv(self.root))
+        top = summary.get("top_k", "k")
+        machine = _kernel_machine(summary, rows)
+        blocks: list[Block] = []
+        if rows:
+            first, last = rows[0], rows[-1]
+            header: tuple[str, ...] = (
+                "step",
+                "alignment",
+                "effective rank",
+                f"label energy (top {top})",
+            )
+            if machine:
+                header += ("kernel-machine test accuracy",)
+            blocks.append(
+                Table(
+                    header,
+                    tuple(
+                        (
+                            r["step"],
+                            _g(float(r["alignment"])),
+                            _g(float(r["effective_rank"])),
+                            _g(float(r["label_energy"])),
+                        )
+                        + (
+                            (_g(float(r["eval_acc"])) if r.get("eval_acc") else "-",)
+                            if machine
+                            else ()
+                        )
+                        for r in (first, last)
+                    ),
+                    (True,) * len(header),
+                    caption="First and last stored step (every step: spectrum/spectrum.csv)",
+                )
+            )
+        if machine:
+            blocks.append(text(_kernel_machine_sentence(summary)))
+        end = summary.get("phase1_end")
+        shade = f" Phase I (to step {end}) is shaded." if end is not None else ""
+        shown = self._figures(
+            [
+                (
+                    "spectrum",
+                    paths.spectrum_png(self.root),
+                    "Alignment, effective rank and label energy against step",
+                    "Alignment and spectrum. Centered kernel-target alignment with the probe "
+                    "set's one-hot labels, the "
+                    "effective rank (exp of the entropy of the normalised eigenvalues) and the "
+                    f"share of the labels' energy in the top {top} eigenvectors, per stored "
+                    "kernel"
+                    + (
+                        "; last panel: the kernel machine's test accuracy with the eNTK frozen "
+                        "at each step"
+                        if machine
+                        else ""
+                    )
+                    + f".{shade}",
+                )
+            ],
+            self._spectrum_command(),
+            blocks,
+        )
+        self.present.add("spectrum")
+        self.details["spectrum"] = ", ".join(shown) + f" (top {top})"
+        return Section("spectrum", title, tuple(blocks))
+
+    # ----------------------------------------------------------------- switch
+    def _switch_section(self) -> Section:
+        title = "Switch experiment (Fig. 2)"
+        results = self.switch
+        if results is None or not results.get("points"):
+            return Section(
+                "switch",
+                title,
+                (self._absent("switch results (Fig. 2)", self._switch_command_default()),),
+            )
+        until = results.get("until")
+        rows = [
+            (
+                str(p["at"]),
+                _g(p.get("until")),
+                _g(p.get("test_acc")),
+                _g(p.get("test_loss")),
+                _g(p.get("train_acc")),
+                _g(p.get("train_loss")),
+                str(p.get("momentum", "-")),
+                _g(p.get("seconds"), 3),
+            )
+            for p in results["points"]
+        ]
+        ref = results.get("reference")
+        if ref:
+            rows.append(
+                (
+                    f"standard {ref.get('step')}",
+                    "",
+                    _g(ref.get("test_acc")),
+                    _g(ref.get("test_loss")),
+                    "",
+                    "",
+                    "",
+                    "",
+                )
+            )
+        blocks: list[Block] = [
+            text(
+                f"For each switch step t, the checkpoint of step t was linearized, "
+                "f_lin(x; θ) = f(x; θ_t) + J(x; θ_t)(θ − θ_t), and trained with the spec's recipe "
+                f"from t to T = {until}; its test accuracy and loss are compared with the "
+                "standard model at T."
+            ),
+            Table(
+                (
+                    "t",
+                    "until",
+                    "test acc",
+                    "test loss",
+                    "train acc",
+                    "train loss",
+                    "momentum",
+                    "seconds",
+                ),
+                tuple(rows),
+                (True, True, True, True, True, True, False, True),
+            ),
+        ]
+        if ref:
+            blocks.append(
+                text(
+                    f"Standard model at T = {ref.get('step')} ({ref.get('source')}): test accuracy "
+                    f"{_g(ref.get('test_acc'))}, test loss {_g(ref.get('test_loss'))}."
+                )
+            )
+        else:
+            blocks.append(
+                text(
+                    "No standard model at T (no checkpoint of step T; --reference train trains one)."
+                )
+            )
+        shown = self._figures(
+            [
+                (
+                    "Fig. 2",
+                    paths.switch_png(self.root),
+                    "Fig. 2: test accuracy and loss of the linearized model against the switch step",
+                    f"Fig. 2. Test accuracy and loss at T = {until} of the model trained normally "
+                    "to step t and linearized from t on, against t; the horizontal line is the "
+                    "standard model at T. Numbers: switch/results.csv.",
+                )
+            ],
+            self._switch_command_default(),
+            blocks,
+        )
+        machine = self._kernel_machine_beside_fig2()
+        if machine is not None:
+            blocks.append(text(machine))
+        self.present.add("switch")
+        self.details["switch"] = (
+            ", ".join(shown) + f", {len(results['points'])} switch points, T = {until}"
+        )
+        return Section("switch", title, tuple(blocks))
+
+    def _kernel_machine_beside_fig2(self) -> str | None:
+        """One sentence naming the kernel machine's accuracy (``spectrum``) beside Fig. 2."""
+        summary = self.spectrum
+        if summary is None:
+            return None
+        rows = _spectrum_rows(paths.spectrum_csv(self.root))
+        if not _kernel_machine(summary, rows):
+            return None
+        measured = [r for r in rows if r.get("eval_acc")]
+        first, last = measured[0], measured[-1]
+        return (
+            "Beside Fig. 2: the kernel machine with the eNTK frozen at step t (Fort et al.'s "
+            '"kernel at time t", kernel regression on the probe set; Alignment and spectrum, '
+            f"last panel) reaches kernel-machine test accuracy {_g(float(first['eval_acc']))} at "
+            f"step {first['step']} and {_g(float(last['eval_acc']))} at step {last['step']}, in "
+            "seconds per checkpoint where a switch point costs a training run."
+        )
+
+    # ----------------------------------------------------------------- checkpoints
+
+
+def _kernel_machine(summary: dict[str, Any], rows: list[dict[str, str]]) -> bool:
+    """True when ``spectrum`` measured the kernel machine at some step."""
+    machine = summary.get("kernel_machine")
+    return (
+        isinstance(machine, dict)
+        and bool(machine.get("eval"))
+        and any(r.get("eval_acc") for r in rows)
+    )
+
+
+def _kernel_machine_sentence(summary: dict[str, Any]) -> str:
+    machine = summary["kernel_machine"]
+    evaluated = machine["eval"]
+    return (
+        "Kernel-machine test accuracy: kernel regression on the probe set's centered one-hot "
+        "labels with the eNTK frozen at each step, ridge "
+        f"{_g(machine.get('ridge'))} x tr(K)/N (stated, not tuned), tested on "
+        f"{evaluated.get('size')} examples of the {evaluated.get('split')} split "
+        "(eval_acc, eval_loss in spectrum/spectrum.csv)."
+    )
+
+
+def _spectrum_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of ``spectrum/spectrum.csv`` (empty when it cannot be read)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except OSError:
+        return []
