@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MARK = "RESULT "
+from bench_ntk import MARK  # the worker's result line, as bench_ntk.py's workers write it
 
 
 def worker(args: argparse.Namespace) -> None:

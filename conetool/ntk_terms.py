@@ -245,14 +245,9 @@ def syrk_term(term: Term) -> bool:
 
 
 def use_syrk(mat: Tensor) -> bool:
-    """Whether :func:`gram` uses BLAS ``syrk`` for a dense term ``mat``."""
-    return (
-        mat.device.type == "cpu"
-        and mat.dtype in (torch.float32, torch.float64)
-        and mat.shape[0] >= _SYRK_MIN_ROWS
-        and mat.shape[1] >= _SYRK_MIN_WIDTH
-        and blas_syrk.available()
-    )
+    """Whether :func:`gram` uses BLAS ``syrk`` for a dense term ``mat``: a :func:`syrk_term` with
+    enough rows."""
+    return mat.shape[0] >= _SYRK_MIN_ROWS and syrk_term(Dense(mat))
 
 
 def product(left: Tensor, right: Tensor) -> Tensor:
