@@ -234,20 +234,32 @@ def factors(
 
 
 def patches(module: nn.Conv1d | nn.Conv2d, inp: Tensor) -> Tensor:
-    """The convolution's input patches, ``(b, C_in·kh·kw, P)`` (``F.unfold``'s layout)."""
+    """The convolution's input patches, ``(b, C_in·kh·kw, P)`` (``F.unfold``'s layout).
+
+    Formed as a strided view of the padded input and one copy, not with ``F.unfold``: on CUDA
+    ``F.unfold`` launches one im2col kernel per example (a loop over the batch in ATen's
+    ``Im2Col.cu``), which made the structured engine launch-bound on a GPU (issue 15).
+    """
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
     x = F.pad(inp, module._reversed_padding_repeated_twice, mode=mode)
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
-        return F.unfold(
-            x,
-            kernel_size=(1, module.kernel_size[0]),
-            dilation=(1, module.dilation[0]),
-            stride=(1, module.stride[0]),
+        kernel, dilation, stride = (
+            (1, *module.kernel_size),
+            (1, *module.dilation),
+            (1, *module.stride),
         )
-    return F.unfold(
-        x, kernel_size=module.kernel_size, dilation=module.dilation, stride=module.stride
-    )
+    else:
+        kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+    b, c = x.shape[:2]
+    # Windows along each spatial axis: (b, c, oh, ow, span_h, span_w), then every dilation-th
+    # element of a window: (b, c, oh, ow, kh, kw).
+    for axis in (2, 3):
+        span = dilation[axis - 2] * (kernel[axis - 2] - 1) + 1
+        x = x.unfold(axis, span, stride[axis - 2])
+    windows = x[..., :: dilation[0], :: dilation[1]]
+    oh, ow = windows.shape[2:4]
+    return windows.permute(0, 1, 4, 5, 2, 3).reshape(b, c * kernel[0] * kernel[1], oh * ow)
 
 
 def weight_grads(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
