@@ -346,15 +346,23 @@ class StructuredRows:
                 reference.append(dict(zip(live, alone, strict=True)))
         tol = 10 * math.sqrt(torch.finfo(dtype).eps)
 
-        def agrees(name: str, rows: Tensor) -> bool:
+        def misfit(name: str, rows: Tensor) -> Tensor | None:
+            """``|got - want| - tol·(|got| + |want|)`` per example (``<= 0``: agrees), as one
+            tensor (read back once for all layers: no host round trip per parameter on a GPU);
+            None where the shapes differ."""
+            gaps = []
             for i in range(b):
                 got, want = rows[i, 0], reference[i][name]
                 if want is None:
                     want = torch.zeros_like(got)
-                scale = float(want.norm()) + float(got.norm())
-                if got.shape != want.shape or not float((got - want).norm()) <= tol * scale:
-                    return False
-            return True
+                if got.shape != want.shape:
+                    return None
+                err, scale = (
+                    (got - want).norm().double(),
+                    want.norm().double() + got.norm().double(),
+                )
+                gaps.append(err - tol * scale)
+            return torch.stack(gaps)
 
         while self.layers:
             try:
@@ -363,13 +371,20 @@ class StructuredRows:
                 self._drop(exc.layer)
                 continue
             grads = self._cotangents(out, cot)
+            checked: list[tuple[HookedLayer, list[Tensor | None]]] = []
             for layer in list(self.layers):
                 try:
                     found = per_example_grads(layer, grads, self.params, self.tensors)
                 except RuntimeError:
                     self._drop(layer)
                     continue
-                if not all(agrees(name, rows) for name, rows in found.items()):
+                checked.append((layer, [misfit(name, rows) for name, rows in found.items()]))
+            gaps = [gap for _, layer_gaps in checked for gap in layer_gaps if gap is not None]
+            worst = iter(torch.stack([g.max() for g in gaps]).tolist() if gaps else [])
+            for layer, layer_gaps in checked:
+                # NaN (not <= 0) disagrees, as a NaN gradient must.
+                results = [gap is not None and next(worst) <= 0 for gap in layer_gaps]
+                if not all(results):
                     self._drop(layer)
             for layer in self.layers:
                 layer.calls = []
