@@ -42,6 +42,9 @@ torch.profiler saw (``benchmarks/profiling.py``): aten op calls, CUDA launch cal
 kernels, the summed kernel time and the device's busy time (union of its kernel and copy
 intervals) over the timed wall time (the profiled call itself runs slower). On the CPU only the
 aten count shows; fewer, larger calls is the direction the CUDA launch count must go.
+``--gpu-calls`` (CPU only) lifts the CPU's cap on the activations of one call
+(``ntk_schedule._ACTIVATION_BYTES``), so that calls are as large as the budget allows, as on a GPU:
+with ``--profile`` it shows on the CPU the aten calls a GPU would dispatch per call.
 ``--profile-top FILE`` appends the top 20 kernels (by total device time; on the CPU, aten ops) of
 each profiled call to FILE.
 
@@ -54,6 +57,7 @@ Examples::
     python benchmarks/bench_ntk.py --models vgg16 --n 500 --max-memory 8GiB --no-baseline
     python benchmarks/bench_ntk.py --device cuda --models resnet20 --n 1024 --methods auto,jacobian
     python benchmarks/bench_ntk.py --device cuda --models resnet20 --n 1024 --profile
+    python benchmarks/bench_ntk.py --models resnet20 --n 256 --max-memory 16GiB --profile --gpu-calls
 """
 
 from __future__ import annotations
@@ -161,6 +165,10 @@ def worker(args: argparse.Namespace) -> None:
     if cuda:
         model, x = model.to(args.device), x.to(args.device)
     budget = None if args.budget == "auto" else args.budget
+    if args.gpu_calls:  # calls as large as the budget allows, as on a GPU
+        from conetool import ntk_schedule
+
+        ntk_schedule._ACTIVATION_BYTES = 2**62
 
     def run(inputs):
         if args.method == "baseline":
@@ -372,6 +380,8 @@ def measure(
         command += ["--warmup", args.warmup]
     if args.profile:
         command += ["--profile"]
+    if args.gpu_calls:
+        command += ["--gpu-calls"]
     if args.profile_top:
         command += ["--profile-top", str(Path(args.profile_top).resolve())]
     return run_worker(command, args.timeout)
@@ -465,6 +475,12 @@ def main() -> None:
         "device busy time",
     )
     parser.add_argument(
+        "--gpu-calls",
+        action="store_true",
+        help="CPU: no cap on a call's activations, so that calls are as large as the budget "
+        "allows, as on a GPU (with --profile: the aten calls a GPU would dispatch)",
+    )
+    parser.add_argument(
         "--profile-top",
         default=None,
         metavar="FILE",
@@ -509,7 +525,8 @@ def main() -> None:
         f"{'model':<9} {'params':>10} {'n':>5} {'method':<20} {'time s':>8} {'x base':>7} {'cpu s':>8} "
         f"{'peak MiB':>9} {'growth':>8} {'x base':>7} {'floor s':>8} {'x floor':>8} {'rel err':>9}"
     )
-    print(f"kind = {args.kind}, threads = {args.threads or torch.get_num_threads()}")
+    calls = ", calls as large as the budget allows (--gpu-calls)" if args.gpu_calls else ""
+    print(f"kind = {args.kind}, threads = {args.threads or torch.get_num_threads()}{calls}")
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
