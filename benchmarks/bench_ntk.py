@@ -42,6 +42,13 @@ torch.profiler saw (``benchmarks/profiling.py``): aten op calls, CUDA launch cal
 kernels, the summed kernel time and the device's busy time (union of its kernel and copy
 intervals) over the timed wall time (the profiled call itself runs slower). On the CPU only the
 aten count shows; fewer, larger calls is the direction the CUDA launch count must go.
+A method with ``+memo`` (``auto+memo``, ``structured+memo``) times a kernel as ``conetool kernels``
+computes each one after the first: every call of the measurement shares one
+:class:`conetool.EngineMemo`, filled by one more untimed call on all ``n`` examples, so the timed
+call skips the independence check, the structured engine's set-up and ``auto``'s choice (once per
+run, issue 15). Without it each timed call is a lone ``empirical_ntk`` call, set-up included.
+CUDA only (on the CPU the extra call would be counted in the process's peak memory).
+
 ``--gpu-calls`` (CPU only) lifts the CPU's cap on the activations of one call
 (``ntk_schedule._ACTIVATION_BYTES``), so that calls are as large as the budget allows, as on a GPU:
 with ``--profile`` it shows on the CPU the aten calls a GPU would dispatch per call.
@@ -57,6 +64,7 @@ Examples::
     python benchmarks/bench_ntk.py --models vgg16 --n 500 --max-memory 8GiB --no-baseline
     python benchmarks/bench_ntk.py --device cuda --models resnet20 --n 1024 --methods auto,jacobian
     python benchmarks/bench_ntk.py --device cuda --models resnet20 --n 1024 --profile
+    python benchmarks/bench_ntk.py --device cuda --models lenet5 --n 1024 --methods auto,auto+memo
     python benchmarks/bench_ntk.py --models resnet20 --n 256 --max-memory 16GiB --profile --gpu-calls
 """
 
@@ -144,10 +152,12 @@ def baseline(model, x, kind):
     return result.permute(0, 2, 1, 3) if kind == "full" else result  # (n, c, n, c)
 
 
-def engine(model, x, kind, max_memory, method, device="cpu"):
+def engine(model, x, kind, max_memory, method, device="cpu", memo=None):
     from conetool.ntk import empirical_ntk
 
-    return empirical_ntk(model, x, kind=kind, max_memory=max_memory, device=device, method=method)
+    return empirical_ntk(
+        model, x, kind=kind, max_memory=max_memory, device=device, method=method, memo=memo
+    )
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -170,6 +180,12 @@ def worker(args: argparse.Namespace) -> None:
 
         ntk_schedule._ACTIVATION_BYTES = 2**62
 
+    method, memo = args.method, None
+    if method.endswith("+memo"):  # the calls share one memo, as a `kernels` run's do
+        from conetool.ntk_memo import EngineMemo
+
+        method, memo = method.removesuffix("+memo"), EngineMemo()
+
     def run(inputs):
         if args.method == "baseline":
             return baseline(model, inputs, args.kind)
@@ -178,7 +194,13 @@ def worker(args: argparse.Namespace) -> None:
 
             with kept_freed_memory():
                 return baseline(model, inputs, args.kind)
-        return engine(model, inputs, args.kind, budget, args.method, args.device)
+        return engine(model, inputs, args.kind, budget, method, args.device, memo)
+
+    if memo is not None:  # fill the memo: the set-up of the timed calls' signature, untimed
+        with torch.no_grad():
+            run(x)
+        if cuda:
+            torch.cuda.synchronize(x.device)
 
     if cuda:
         worker_cuda(args, run, x)
@@ -443,7 +465,8 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="structured",
-        help="comma-separated engine methods, one row each per budget (structured, jacobian, auto)",
+        help="comma-separated engine methods, one row each per budget (structured, jacobian, auto; "
+        "with +memo: the set-up done once before, as in a kernels run)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:k")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
@@ -518,6 +541,8 @@ def main() -> None:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(SHAPES)}")
     budgets = [b.strip() for b in args.max_memory.split(",") if b.strip()]
     engine_methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not cuda and any(m.endswith("+memo") for m in engine_methods):
+        parser.error("--methods ...+memo needs --device cuda (on the CPU use conetool kernels)")
     if cuda:
         main_cuda(args, models, budgets, engine_methods)
         return

@@ -7,7 +7,8 @@
 #
 # It installs the project, prints the device and torch version, then runs, in this order, each
 # under `timeout` within one overall budget (TOTAL seconds, default 540 = 9 minutes):
-#   1. bench_ntk.py --device cuda for the rows (baseline vs engine)   -> $OUT/bench_ntk.txt
+#   1. bench_ntk.py --device cuda for the rows (baseline vs engine;    -> $OUT/bench_ntk.txt
+#      auto alone and with the set-up done before, auto+memo)
 #   2. the CUDA tests (tests/test_ntk_cuda.py and the *cuda* tests elsewhere) -> $OUT/tests.txt
 #   3. bench_kernels_run.py: a whole `conetool kernels` run                   -> $OUT/kernels_run.txt
 #   4. torch.profiler counts and top-20 kernels, resnet20 n = 1024            -> $OUT/profile.txt
@@ -47,6 +48,8 @@ else
     BIG=()
 fi
 METHODS=auto,structured,jacobian
+# auto+memo: a kernel as `conetool kernels` computes each after the first (set-up once per run).
+[ "$DEVICE" = cpu ] || METHODS=auto,auto+memo,structured,jacobian
 
 SUMMARY="$OUT/summary.txt"
 START=$(date +%s)
