@@ -127,7 +127,7 @@ PARALLEL=()
 if [ "$XDIST" != 0 ] && "$PYTHON" -c "import xdist" >/dev/null 2>&1; then PARALLEL=(-n "$XDIST"); fi
 run_part "tests (cuda)" "$TESTS" 150 "$PYTHON" -m pytest -q -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} \
     --maxfail=20 --durations=10 tests/test_ntk_cuda.py tests/test_ntk_accuracy.py tests/test_ntk.py \
-    tests/test_ntk_memo.py -k "cuda or gpu"
+    tests/test_ntk_memo.py tests/test_ntk_layer_grads.py -k "cuda or gpu"
 
 # 3. The whole `conetool kernels` run.
 RUN="$OUT/kernels_run.txt"
