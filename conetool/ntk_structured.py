@@ -279,8 +279,16 @@ class StructuredRows:
         g = cot.shape[0]
         # One batched backward pass per cotangent (measured on a CPU: faster than one pass
         # vmap-ed over the cotangents, and than one pass over the batch repeated g times).
-        per_cot = [
-            torch.autograd.grad(
+        if g == 1:
+            grads = torch.autograd.grad(
+                out, eps, cot[0].expand(b, -1), allow_unused=True, materialize_grads=True
+            )
+            return {id(e): grad.unsqueeze(1) for e, grad in zip(eps, grads, strict=True)}
+        # Each pass's cotangents go straight into their slot of (b, g, ...) and are freed: the
+        # cotangents are held once, not once per pass and again stacked.
+        stacked = [e.new_empty((b, g, *e.shape[1:])) for e in eps]
+        for j in range(g):
+            grads = torch.autograd.grad(
                 out,
                 eps,
                 cot[j].expand(b, -1),
@@ -288,11 +296,10 @@ class StructuredRows:
                 allow_unused=True,
                 materialize_grads=True,
             )
-            for j in range(g)
-        ]
-        if g == 1:
-            return {id(e): grad.unsqueeze(1) for e, grad in zip(eps, per_cot[0], strict=True)}
-        return {id(e): torch.stack([p[k] for p in per_cot], dim=1) for k, e in enumerate(eps)}
+            for slot, grad in zip(stacked, grads, strict=True):
+                slot[:, j] = grad
+            del grads
+        return {id(e): slot for e, slot in zip(eps, stacked, strict=True)}
 
     def _layer_terms(self, layer: HookedLayer, grads: dict[int, Tensor]) -> list[Term]:
         full = self.kind == "full"
@@ -444,10 +451,11 @@ class StructuredRows:
         return self._row_bytes_fixed + g * self._row_bytes_per_cotangent
 
     def transient(self, g: int) -> int:
-        """Bytes one example adds to a call: recording, cotangents, its rows and one copy."""
+        """Bytes one example adds to a call: recording, cotangents (``g`` held, and one backward
+        pass's in flight while ``g > 1``), its rows and one copy."""
         return (
             2 * self._activation_bytes
-            + 2 * g * self._cotangent_bytes
+            + (g + (g > 1)) * self._cotangent_bytes
             + 2 * self.resident(g)
             + 2 * g * self._fallback_row_bytes
         )
