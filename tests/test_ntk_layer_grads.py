@@ -38,18 +38,25 @@ def unfolded(module: nn.Conv1d | nn.Conv2d, inp: torch.Tensor) -> torch.Tensor:
     )
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
 @pytest.mark.parametrize(("kernel", "stride", "dilation", "padding", "mode"), CASES_2D)
+# On CUDA F.unfold launches a kernel per example, the reason patches() does not use it.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 def test_conv2d_patches_equal_unfold(
     kernel: int | tuple[int, int],
     stride: int | tuple[int, int],
     dilation: int | tuple[int, int],
     padding: int | tuple[int, int],
     mode: str,
+    device: str,
 ) -> None:
     conv = nn.Conv2d(
         3, 4, kernel, stride=stride, dilation=dilation, padding=padding, padding_mode=mode
     )
-    x = torch.randn(5, 3, 9, 11, generator=torch.Generator().manual_seed(0))
+    conv = conv.to(device)
+    x = torch.randn(5, 3, 9, 11, generator=torch.Generator().manual_seed(0)).to(device)
     got = patches(conv, x)
     assert got.shape == unfolded(conv, x).shape
     assert torch.equal(got, unfolded(conv, x))
@@ -76,20 +83,3 @@ def test_patches_of_a_non_contiguous_input() -> None:
     x = torch.randn(6, 9, 10, 3).permute(0, 3, 1, 2)[1:5]
     assert not x.is_contiguous()
     assert torch.equal(patches(conv, x), unfolded(conv, x.contiguous()))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize(("kernel", "stride", "dilation", "padding", "mode"), CASES_2D[::7])
-def test_conv2d_patches_equal_unfold_on_cuda(
-    kernel: int | tuple[int, int],
-    stride: int | tuple[int, int],
-    dilation: int | tuple[int, int],
-    padding: int | tuple[int, int],
-    mode: str,
-) -> None:
-    """On CUDA, where ``F.unfold`` launches a kernel per example, the strided copy is its equal."""
-    conv = nn.Conv2d(
-        3, 4, kernel, stride=stride, dilation=dilation, padding=padding, padding_mode=mode
-    ).cuda()
-    x = torch.randn(5, 3, 9, 11, generator=torch.Generator().manual_seed(0)).cuda()
-    assert torch.equal(patches(conv, x), unfolded(conv, x))
