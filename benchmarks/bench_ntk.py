@@ -51,7 +51,8 @@ CUDA only (on the CPU the extra call would be counted in the process's peak memo
 
 ``--gpu-calls`` (CPU only) lifts the CPU's cap on the activations of one call
 (``ntk_schedule._ACTIVATION_BYTES``), so that calls are as large as the budget allows, as on a GPU:
-with ``--profile`` it shows on the CPU the aten calls a GPU would dispatch per call.
+with ``--profile`` it shows on the CPU the aten calls a GPU would dispatch per call. The profile
+line of an engine row also gives its calls of the row source (the schedule's blocks).
 ``--profile-top FILE`` appends the top 20 kernels (by total device time; on the CPU, aten ops) of
 each profiled call to FILE.
 
@@ -152,11 +153,18 @@ def baseline(model, x, kind):
     return result.permute(0, 2, 1, 3) if kind == "full" else result  # (n, c, n, c)
 
 
-def engine(model, x, kind, max_memory, method, device="cpu", memo=None):
+def engine(model, x, kind, max_memory, method, device="cpu", memo=None, on_block=None):
     from conetool.ntk import empirical_ntk
 
     return empirical_ntk(
-        model, x, kind=kind, max_memory=max_memory, device=device, method=method, memo=memo
+        model,
+        x,
+        kind=kind,
+        max_memory=max_memory,
+        device=device,
+        method=method,
+        memo=memo,
+        on_block=on_block,
     )
 
 
@@ -194,7 +202,12 @@ def worker(args: argparse.Namespace) -> None:
 
             with kept_freed_memory():
                 return baseline(model, inputs, args.kind)
-        return engine(model, inputs, args.kind, budget, method, args.device, memo)
+        return engine(model, inputs, args.kind, budget, method, args.device, memo, on_block=count)
+
+    def count(done: int, total: int) -> None:  # the engine's calls of its row source
+        run.engine_calls += 1
+
+    run.engine_calls = 0
 
     if memo is not None:  # fill the memo: the set-up of the timed calls' signature, untimed
         with torch.no_grad():
@@ -228,8 +241,11 @@ def profiled(args: argparse.Namespace, run, x, cuda: bool) -> dict:
     import torch
     from profiling import format_top, profile_call
 
+    run.engine_calls = 0
     with torch.no_grad():
         _, summary, wall = profile_call(lambda: run(x), cuda)
+    if args.method not in ("baseline", "baseline-kept"):
+        summary["engine_calls"] = run.engine_calls
     if args.profile_top:
         title = f"{args.model} n={args.n} {args.method} {args.budget} ({args.device})"
         with open(args.profile_top, "a") as handle:
@@ -442,6 +458,8 @@ def profile_line(row: dict) -> str | None:
     if prof is None:
         return None
     text = f"    profile: {prof['aten']:,} aten calls"
+    if "engine_calls" in prof:  # row-source calls of the engine's schedule
+        text += f" in {prof['engine_calls']} engine call{'s' * (prof['engine_calls'] != 1)}"
     if prof["kernels"] or prof["launches"]:
         busy = prof["busy_s"] / row["seconds"] if row.get("seconds") else float("nan")
         text += (
