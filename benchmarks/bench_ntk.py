@@ -244,7 +244,7 @@ def profiled(args: argparse.Namespace, run, x, cuda: bool) -> dict:
     run.engine_calls = 0
     with torch.no_grad():
         _, summary, wall = profile_call(lambda: run(x), cuda)
-    if args.method not in ("baseline", "baseline-kept"):
+    if not args.method.startswith("baseline"):
         summary["engine_calls"] = run.engine_calls
     if args.profile_top:
         title = f"{args.model} n={args.n} {args.method} {args.budget} ({args.device})"

@@ -353,17 +353,17 @@ class StructuredRows:
                 reference.append(dict(zip(live, alone, strict=True)))
         tol = 10 * math.sqrt(torch.finfo(dtype).eps)
 
-        def misfit(name: str, rows: Tensor) -> Tensor | None:
-            """``|got - want| - tol·(|got| + |want|)`` per example (``<= 0``: agrees), as one
-            tensor (read back once for all layers: no host round trip per parameter on a GPU);
-            None where the shapes differ."""
+        def misfit(name: str, rows: Tensor) -> Tensor:
+            """``|got - want| - tol·(|got| + |want|)`` per example, float64 ``(b,)``: ``<= 0``
+            agrees; NaN and the ``inf`` of differing shapes do not. A tensor, so that all layers'
+            verdicts are read back at once (no host round trip per parameter on a GPU)."""
             gaps = []
             for i in range(b):
                 got, want = rows[i, 0], reference[i][name]
                 if want is None:
                     want = torch.zeros_like(got)
                 if got.shape != want.shape:
-                    return None
+                    return torch.full((1,), math.inf, dtype=torch.float64, device=rows.device)
                 err, scale = (
                     (got - want).norm().double(),
                     want.norm().double() + got.norm().double(),
@@ -378,20 +378,19 @@ class StructuredRows:
                 self._drop(exc.layer)
                 continue
             grads = self._cotangents(out, cot)
-            checked: list[tuple[HookedLayer, list[Tensor | None]]] = []
+            checked: list[tuple[HookedLayer, Tensor]] = []  # each layer's worst misfit
             for layer in list(self.layers):
                 try:
                     found = per_example_grads(layer, grads, self.params, self.tensors)
                 except RuntimeError:
                     self._drop(layer)
                     continue
-                checked.append((layer, [misfit(name, rows) for name, rows in found.items()]))
-            gaps = [gap for _, layer_gaps in checked for gap in layer_gaps if gap is not None]
-            worst = iter(torch.stack([g.max() for g in gaps]).tolist() if gaps else [])
-            for layer, layer_gaps in checked:
-                # NaN (not <= 0) disagrees, as a NaN gradient must.
-                results = [gap is not None and next(worst) <= 0 for gap in layer_gaps]
-                if not all(results):
+                gaps = [misfit(name, rows) for name, rows in found.items()]
+                worst = torch.cat(gaps).max() if gaps else batch.new_zeros((), dtype=torch.float64)
+                checked.append((layer, worst))
+            verdicts = torch.stack([w for _, w in checked]).tolist() if checked else []
+            for (layer, _), worst_gap in zip(checked, verdicts, strict=True):
+                if not worst_gap <= 0:  # NaN disagrees, as a NaN gradient must
                     self._drop(layer)
             for layer in self.layers:
                 layer.calls = []
