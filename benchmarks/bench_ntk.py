@@ -50,8 +50,11 @@ run, issue 15). Without it each timed call is a lone ``empirical_ntk`` call, set
 CUDA only (on the CPU the extra call would be counted in the process's peak memory).
 
 ``--gpu-calls`` (CPU only) lifts the CPU's cap on the activations of one call
-(``ntk_schedule._ACTIVATION_BYTES``), so that calls are as large as the budget allows, as on a GPU:
-with ``--profile`` it shows on the CPU the aten calls a GPU would dispatch per call. The profile
+(``ntk_schedule._ACTIVATION_BYTES``), so that calls are as large as the budget allows, as on a GPU,
+and has the structured engine stack its backward passes' output cotangents, as on a GPU
+(``StructuredRows.stacks_cotangents``): with ``--profile`` it shows on the CPU the aten calls a GPU
+would dispatch per call. The profile line gives all aten calls and, in brackets, the outermost ones
+that compute something (``benchmarks/profiling.py``), the closer proxy of kernel launches. The profile
 line of an engine row also gives its calls of the row source (the schedule's blocks).
 ``--profile-top FILE`` appends the top 20 kernels (by total device time; on the CPU, aten ops) of
 each profiled call to FILE.
@@ -187,6 +190,10 @@ def worker(args: argparse.Namespace) -> None:
         from conetool import ntk_schedule
 
         ntk_schedule._ACTIVATION_BYTES = 2**62
+        if not cuda:  # and the output cotangents of several backward passes stacked, as on a GPU
+            from conetool.ntk_structured import StructuredRows
+
+            StructuredRows.stacks_cotangents = lambda self: True  # type: ignore[method-assign]
 
     method, memo = args.method, None
     if method.endswith("+memo"):  # the calls share one memo, as a `kernels` run's do
@@ -458,6 +465,8 @@ def profile_line(row: dict) -> str | None:
     if prof is None:
         return None
     text = f"    profile: {prof['aten']:,} aten calls"
+    if "outer" in prof:  # the ops dispatched from Python and autograd (benchmarks/profiling.py)
+        text += f" ({prof['outer']:,} outermost computing)"
     if "engine_calls" in prof:  # row-source calls of the engine's schedule
         text += f" in {prof['engine_calls']} engine call{'s' * (prof['engine_calls'] != 1)}"
     if prof["kernels"] or prof["launches"]:
@@ -519,7 +528,8 @@ def main() -> None:
         "--gpu-calls",
         action="store_true",
         help="CPU: no cap on a call's activations, so that calls are as large as the budget "
-        "allows, as on a GPU (with --profile: the aten calls a GPU would dispatch)",
+        "allows, and cotangents stacked, as on a GPU (with --profile: the aten calls a GPU "
+        "would dispatch)",
     )
     parser.add_argument(
         "--profile-top",
@@ -568,7 +578,11 @@ def main() -> None:
         f"{'model':<9} {'params':>10} {'n':>5} {'method':<20} {'time s':>8} {'x base':>7} {'cpu s':>8} "
         f"{'peak MiB':>9} {'growth':>8} {'x base':>7} {'floor s':>8} {'x floor':>8} {'rel err':>9}"
     )
-    calls = ", calls as large as the budget allows (--gpu-calls)" if args.gpu_calls else ""
+    calls = (
+        ", calls as large as the budget allows and cotangents stacked, as on a GPU (--gpu-calls)"
+        if args.gpu_calls
+        else ""
+    )
     print(f"kind = {args.kind}, threads = {args.threads or torch.get_num_threads()}{calls}")
     print(header)
     print("-" * len(header))

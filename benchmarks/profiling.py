@@ -7,6 +7,11 @@ launch 10^5 kernels. Counted:
 
 - ``aten``: CPU events named ``aten::*`` (every dispatcher call, nested ones included: on the CPU
   this is the launch-count proxy of issue 15, fewer and larger calls being the same direction);
+- ``outer``: of those, the outermost (not called by another aten op, except by a composite that
+  only forwards: ``matmul``, ``reshape``, ...) that compute something (views, allocations and
+  other metadata-only ops not counted): the ops the host dispatches from Python and autograd, a
+  closer proxy of kernel launches than ``aten``, whose nested calls on the CPU are the CPU
+  kernels' own implementation (on CUDA one cuDNN call);
 - ``launches``: CUDA runtime/driver launch calls (``cudaLaunchKernel``, ``cuLaunchKernel``,
   ``cudaGraphLaunch``, ...), i.e. what the host dispatched;
 - ``kernels``: device events that are kernels (not memcpy/memset), with their summed duration
@@ -59,6 +64,44 @@ def _device(event: Any) -> str:
     return str(kind).split(".")[-1].upper() if kind is not None else "CPU"
 
 
+# Ops that only make views, allocate or forward to another op: not counted in ``outer``, and (the
+# forwarding ones) not hiding the ops they call.
+METADATA_OPS = frozenset(
+    "aten::" + name
+    for name in (
+        "empty empty_like empty_strided new_empty as_strided as_strided_ view view_as _unsafe_view "
+        "reshape _reshape_alias resize_ select slice narrow transpose transpose_ t t_ numpy_T "
+        "permute movedim expand expand_as unsqueeze unsqueeze_ squeeze squeeze_ flatten unflatten "
+        "unfold split split_with_sizes chunk unbind diagonal detach alias lift_fresh resolve_conj "
+        "resolve_neg _conj real imag result_type to contiguous matmul einsum tensordot "
+        "_remove_batch_dim _add_batch_dim"
+    ).split()
+)
+FORWARDING_OPS = frozenset(
+    "aten::" + name for name in ("matmul", "einsum", "tensordot", "to", "contiguous", "reshape")
+)
+
+
+def outer_ops(events: list[tuple[int, int, int, str]]) -> int:
+    """The ``outer`` count of the module docstring from aten events ``(thread, start, end, name)``."""
+    count = 0
+    by_thread: dict[int, list[tuple[int, int, str]]] = defaultdict(list)
+    for thread, start, end, name in events:
+        by_thread[thread].append((start, -end, name))
+    for spans in by_thread.values():
+        open_ends: list[int] = []  # ends of the enclosing ops that hide what they call
+        for start, neg_end, name in sorted(spans):
+            while open_ends and open_ends[-1] <= start:
+                open_ends.pop()
+            if open_ends:
+                continue
+            if name not in METADATA_OPS:
+                count += 1
+            if name not in FORWARDING_OPS:
+                open_ends.append(-neg_end)
+    return count
+
+
 def union_seconds(intervals: list[tuple[int, int]]) -> float:
     """Total length of the union of ``[start, end)`` intervals given in nanoseconds, in seconds."""
     total = 0
@@ -91,6 +134,7 @@ def summarize(events: list[Any], top: int = 20) -> dict[str, Any]:
     device_spans: list[tuple[int, int]] = []
     by_kernel: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_op: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    aten_spans: list[tuple[int, int, int, str]] = []
     for event in events:
         name = str(_call(event, "name", ""))
         device = _device(event)
@@ -98,6 +142,7 @@ def summarize(events: list[Any], top: int = 20) -> dict[str, Any]:
         if device == "CPU":
             if name.startswith("aten::"):
                 aten += 1
+                aten_spans.append((int(_call(event, "start_thread_id", 0) or 0), start, end, name))
                 by_op[name][0] += 1
                 by_op[name][1] += end - start
             elif name in LAUNCH_NAMES or (
@@ -119,6 +164,7 @@ def summarize(events: list[Any], top: int = 20) -> dict[str, Any]:
     ranked = sorted(table.items(), key=lambda item: -item[1][1])[:top]
     return {
         "aten": aten,
+        "outer": outer_ops(aten_spans),
         "launches": launches,
         "kernels": kernels,
         "copies": copies,

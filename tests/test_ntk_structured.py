@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import re
 from collections.abc import Callable
 
@@ -365,6 +366,28 @@ def test_frozen_parameters_are_fixed_inputs() -> None:
     assert rel(unfrozen, expected("frozen_middle", "trace")) > 1e-3
 
 
+@pytest.mark.parametrize("kind", ["trace", "full"])
+@pytest.mark.parametrize("name", ["conv_bn", "tied", "norm_mlp", "sequence"])
+def test_stacked_cotangents_give_the_same_kernel(
+    name: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Off the CPU, a call with several cotangents holds every backward pass's output cotangents
+    # and stacks them (fewer kernel launches); on the CPU each pass is copied into place. The GPU's
+    # way, forced here on the CPU, must give the same numbers, and the plan must count its memory.
+    model, x = get(name)
+    in_place = structured(model, x, kind)
+    monkeypatch.setattr(StructuredRows, "stacks_cotangents", lambda self: True)
+    made = record_sources(monkeypatch)
+    stacked = structured(model, x, kind)
+    assert torch.equal(stacked, in_place)
+    assert rel(stacked, expected(name, kind)) < 1e-10
+    source = made[0]
+    assert source._held_cotangents(1) == 1
+    assert source._held_cotangents(4) == 8  # all four passes held, and their stack
+    monkeypatch.undo()
+    assert source._held_cotangents(4) == 5  # four in place, and one pass in flight
+
+
 # --------------------------------------------------------------------------------------------------
 # 3. Per-layer choices
 
@@ -467,6 +490,27 @@ def test_weight_used_outside_its_module_goes_to_the_fallback(
     assert set(source.fallback) == {"fc.weight", "fc.bias"}
     assert "fc" not in source.modes()
     assert source.modes()["out"] == "kron"
+
+
+def test_check_verdicts_per_parameter() -> None:
+    """The set-up check's verdict per parameter (worst gap over the examples): agreement within the
+    tolerance, a real difference, a NaN in a later example, differing shapes, an unused parameter."""
+    ones = torch.ones(2, 1, 3)
+    close = [torch.ones(3), torch.ones(3) * (1 + 1e-9)]
+    off = [torch.ones(3), torch.tensor([1.0, 1.0, 2.0])]
+    nan = [torch.ones(3), torch.tensor([1.0, float("nan"), 1.0])]
+    other_shape = [torch.ones(4), torch.ones(4)]
+    zero_rows = torch.zeros(2, 1, 3)
+    gaps = ntk_structured._worst_gaps(
+        [(ones, close), (ones, off), (ones, nan), (ones, other_shape), (zero_rows, [None, None])],
+        tol=1e-6,
+    )
+    assert gaps[0] <= 0
+    assert gaps[1] == pytest.approx(1 - 1e-6 * (3**0.5 + 6**0.5))  # example 1: |diff| = 1
+    assert math.isnan(gaps[2])  # not skipped because example 0 agreed
+    assert gaps[3] == math.inf
+    assert gaps[4] <= 0  # unused alone and zero when reconstructed: agrees
+    assert ntk_structured._worst_gaps([(ones, [None, None])], tol=1e-6)[0] > 0
 
 
 def test_linear_subclass_with_custom_forward_is_not_a_plain_linear(
