@@ -65,6 +65,7 @@ from .ntk_terms import Term
 _SIZES = (
     "_activation_bytes",
     "_cotangent_bytes",
+    "_largest_cotangent_bytes",
     "_row_bytes_fixed",
     "_row_bytes_per_cotangent",
     "_fallback_row_bytes",
@@ -297,15 +298,16 @@ class StructuredRows:
             for j in range(g)
         )
         if self.stacks_cotangents():
-            # All passes held, then one stack per output: one kernel per layer output, where
-            # copying each pass into place would launch one per pass and layer output (resnet20:
-            # 430 copies per call against 43 stacks), on a device that small calls leave
-            # launch-bound.
-            held = list(passes)
-            return {
-                id(e): torch.stack(per_pass, dim=1)
-                for e, per_pass in zip(eps, zip(*held, strict=True), strict=True)
-            }
+            # All passes held, then one stack per layer output, whose passes are freed once it is
+            # stacked: one kernel per layer output, where copying each pass into place would
+            # launch one per pass and layer output (resnet20: 430 copies per call against 43
+            # stacks), on a device that small calls leave launch-bound.
+            held = [list(per_pass) for per_pass in zip(*passes, strict=True)]
+            stacks = {}
+            for e, per_pass in zip(eps, held, strict=True):
+                stacks[id(e)] = torch.stack(per_pass, dim=1)
+                per_pass.clear()
+            return stacks
         # Each pass's cotangents go straight into their slot of (b, g, ...) and are freed: the
         # cotangents are held once, not once per pass and again stacked.
         stacked = [e.new_empty((b, g, *e.shape[1:])) for e in eps]
@@ -407,6 +409,7 @@ class StructuredRows:
         # Counted in values per example, then in bytes.
         activations = 0  # recorded inputs and output perturbations (and unfolded patches)
         cotangents = 0  # output cotangents, per cotangent
+        largest = 0  # the largest output cotangent of one call, per cotangent
         row_fixed = 0  # resident rows that do not grow with the cotangents
         row_per_cotangent = 0  # and those per cotangent
         saved: dict[int, int] = {}
@@ -421,6 +424,7 @@ class StructuredRows:
         for layer in self.layers:
             eps = sum(call.eps.numel() for call in layer.calls)
             cotangents += eps
+            largest = max([largest, *(call.eps.numel() for call in layer.calls)])
             activations += sum(call.inp.numel() + call.eps.numel() for call in layer.calls)
             if layer.mode in ("local", "norm"):
                 row_per_cotangent += numel(self.params, layer.names.values())
@@ -442,6 +446,7 @@ class StructuredRows:
         size = self.value_bytes
         self._activation_bytes = activations * size + (sum(saved.values()) if self.layers else 0)
         self._cotangent_bytes = cotangents * size
+        self._largest_cotangent_bytes = largest * size
         self._row_bytes_fixed = row_fixed * size
         self._row_bytes_per_cotangent = row_per_cotangent * size
         self._fallback_row_bytes = numel(self.params, self.fallback) * size
@@ -459,16 +464,22 @@ class StructuredRows:
         copy."""
         return (
             2 * self._activation_bytes
-            + self._held_cotangents(g) * self._cotangent_bytes
+            + self._held_cotangent_bytes(g)
             + 2 * self.resident(g)
             + 2 * g * self._fallback_row_bytes
         )
 
-    def _held_cotangents(self, g: int) -> int:
-        """Sets of one example's output cotangents held at once during a call with ``g``."""
+    def _held_cotangent_bytes(self, g: int) -> int:
+        """Bytes of one example's output cotangents held at once during a call with ``g``: the
+        ``g`` sets, and while ``g > 1`` one backward pass's set in flight (copied into place) or
+        the stack of one layer output's ``g`` (stacked, each layer output's passes freed once
+        stacked)."""
+        held = g * self._cotangent_bytes
         if g == 1:
-            return 1
-        return 2 * g if self.stacks_cotangents() else g + 1
+            return held
+        if self.stacks_cotangents():
+            return held + g * self._largest_cotangent_bytes
+        return held + self._cotangent_bytes
 
     def activations(self, g: int) -> int:
         """The activations part of :meth:`transient`."""
