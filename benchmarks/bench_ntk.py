@@ -51,8 +51,8 @@ CUDA only (on the CPU the extra call would be counted in the process's peak memo
 
 ``--gpu-calls`` (CPU only) lifts the CPU's cap on the activations of one call
 (``ntk_schedule._ACTIVATION_BYTES``), so that calls are as large as the budget allows, as on a GPU,
-and has the structured engine stack its backward passes' output cotangents, as on a GPU
-(``StructuredRows.stacks_cotangents``): with ``--profile`` it shows on the CPU the aten calls a GPU
+and has the structured engine copy its backward passes' output cotangents as on a GPU
+(``StructuredRows.fuses_copies``; on the CPU the "fused" copy is still one per tensor): with ``--profile`` it shows on the CPU the aten calls a GPU
 would dispatch per call. The profile line gives all aten calls and, in brackets, the outermost ones
 that compute something (``benchmarks/profiling.py``), the closer proxy of kernel launches. The profile
 line of an engine row also gives its calls of the row source (the schedule's blocks).
@@ -190,10 +190,10 @@ def worker(args: argparse.Namespace) -> None:
         from conetool import ntk_schedule
 
         ntk_schedule._ACTIVATION_BYTES = 2**62
-        if not cuda:  # and the output cotangents of several backward passes stacked, as on a GPU
+        if not cuda:  # and the cotangents of several backward passes copied as on a GPU
             from conetool.ntk_structured import StructuredRows
 
-            StructuredRows.stacks_cotangents = lambda self: True  # type: ignore[method-assign]
+            StructuredRows.fuses_copies = lambda self: True  # type: ignore[method-assign]
 
     method, memo = args.method, None
     if method.endswith("+memo"):  # the calls share one memo, as a `kernels` run's do
@@ -528,7 +528,7 @@ def main() -> None:
         "--gpu-calls",
         action="store_true",
         help="CPU: no cap on a call's activations, so that calls are as large as the budget "
-        "allows, and cotangents stacked, as on a GPU (with --profile: the aten calls a GPU "
+        "allows, and cotangents copied, as on a GPU (with --profile: the aten calls a GPU "
         "would dispatch)",
     )
     parser.add_argument(
@@ -579,7 +579,7 @@ def main() -> None:
         f"{'peak MiB':>9} {'growth':>8} {'x base':>7} {'floor s':>8} {'x floor':>8} {'rel err':>9}"
     )
     calls = (
-        ", calls as large as the budget allows and cotangents stacked, as on a GPU (--gpu-calls)"
+        ", calls as large as the budget allows and cotangents copied, as on a GPU (--gpu-calls)"
         if args.gpu_calls
         else ""
     )

@@ -98,7 +98,8 @@ _CUDA_FRACTION = 0.8
 # method="auto" takes the structured engine when at least this share of the parameters is
 # contracted from factors (Linear layers, convolutions on small feature maps). Below, per-example
 # convolution gradients dominate both engines, and the reference computes them faster (measured
-# on a 2-core CPU, resnet20 at n = 1024 under 4 GiB: 52.7 s against 55.2 s, README benchmark run).
+# on a 2-core CPU, resnet20 at n = 1024 under 4 GiB: 46.0 s against 49.4 s, the fastest of three
+# processes each, README benchmark run).
 # Off the CPU auto always takes the structured engine: under vmap, cuDNN computes per-example
 # convolution weight gradients as a grouped convolution that launches a kernel per example and
 # layer (resnet20 at n = 1024 on an H200: 17,408 launches per Winograd stage, the reference engine

@@ -286,8 +286,18 @@ class StructuredRows:
                 out, eps, cot[0].expand(b, -1), allow_unused=True, materialize_grads=True
             )
             return {id(e): grad.unsqueeze(1) for e, grad in zip(eps, grads, strict=True)}
-        passes = (
-            torch.autograd.grad(
+        # Each pass's cotangents go straight into their slot of one buffer per layer output and
+        # are freed: held once, not once per pass and again stacked. On the CPU the buffer is
+        # (b, g, ...), the layout the rows are formed from without copying. Off the CPU it is
+        # (g, b, ...): a pass's slots are then contiguous, and one torch._foreach_copy_ fills
+        # them all (a fused kernel on CUDA, where a copy per slot would launch one kernel per pass
+        # and layer output, 430 per call on resnet20); each layer's rows then copy its cotangents
+        # once into the (b, g, ...) layout (one kernel per layer, a layer's worth of memory).
+        fused = self.fuses_copies()
+        shape = (g, b) if fused else (b, g)
+        buffers = [e.new_empty((*shape, *e.shape[1:])) for e in eps]
+        for j in range(g):
+            grads = torch.autograd.grad(
                 out,
                 eps,
                 cot[j].expand(b, -1),
@@ -295,32 +305,26 @@ class StructuredRows:
                 allow_unused=True,
                 materialize_grads=True,
             )
-            for j in range(g)
-        )
-        if self.stacks_cotangents():
-            # All passes held, then one stack per layer output, whose passes are freed once it is
-            # stacked: one kernel per layer output, where copying each pass into place would
-            # launch one per pass and layer output (resnet20: 430 copies per call against 43
-            # stacks), on a device that small calls leave launch-bound.
-            held = [list(per_pass) for per_pass in zip(*passes, strict=True)]
-            stacks = {}
-            for e, per_pass in zip(eps, held, strict=True):
-                stacks[id(e)] = torch.stack(per_pass, dim=1)
-                per_pass.clear()
-            return stacks
-        # Each pass's cotangents go straight into their slot of (b, g, ...) and are freed: the
-        # cotangents are held once, not once per pass and again stacked.
-        stacked = [e.new_empty((b, g, *e.shape[1:])) for e in eps]
-        for j, grads in enumerate(passes):
-            for slot, grad in zip(stacked, grads, strict=True):
-                slot[:, j] = grad
+            if fused:
+                # Only dense sources take the fused path (the final layer's is an expanded view).
+                dense = [k for k, grad in enumerate(grads) if grad.is_contiguous()]
+                torch._foreach_copy_([buffers[k][j] for k in dense], [grads[k] for k in dense])
+                for k in sorted(set(range(len(eps))) - set(dense)):
+                    buffers[k][j] = grads[k]
+            else:
+                for buffer, grad in zip(buffers, grads, strict=True):
+                    buffer[:, j] = grad
             del grads
-        return {id(e): slot for e, slot in zip(eps, stacked, strict=True)}
+        return {
+            id(e): buffer.transpose(0, 1) if fused else buffer
+            for e, buffer in zip(eps, buffers, strict=True)
+        }
 
-    def stacks_cotangents(self) -> bool:
-        """Whether a call with several cotangents holds every pass's output cotangents and stacks
-        them (off the CPU: fewer kernel launches) rather than copying each pass into place (on
-        the CPU: less memory)."""
+    def fuses_copies(self) -> bool:
+        """Whether a call with several cotangents fills its cotangent buffers with one fused copy
+        per backward pass, in the (g, b, ...) layout (off the CPU: fewer kernel launches), rather
+        than one copy per layer output into the (b, g, ...) layout (on the CPU: no copy of the
+        layout later)."""
         return self.x.device.type != "cpu"
 
     def _layer_terms(self, layer: HookedLayer, grads: dict[int, Tensor]) -> list[Term]:
@@ -459,8 +463,8 @@ class StructuredRows:
         return self._row_bytes_fixed + g * self._row_bytes_per_cotangent
 
     def transient(self, g: int) -> int:
-        """Bytes one example adds to a call: recording, cotangents (``g`` held, and with ``g > 1``
-        one backward pass's in flight, or all ``g`` again while they are stacked), its rows and one
+        """Bytes one example adds to a call: recording, cotangents (``g`` held and, with ``g > 1``,
+        one backward pass's in flight; see :meth:`_held_cotangent_bytes`), its rows and one
         copy."""
         return (
             2 * self._activation_bytes
@@ -471,14 +475,13 @@ class StructuredRows:
 
     def _held_cotangent_bytes(self, g: int) -> int:
         """Bytes of one example's output cotangents held at once during a call with ``g``: the
-        ``g`` sets, and while ``g > 1`` one backward pass's set in flight (copied into place) or
-        the stack of one layer output's ``g`` (stacked, each layer output's passes freed once
-        stacked)."""
+        ``g`` sets and, while ``g > 1``, one backward pass's set in flight or, after the passes,
+        with the fused copies, one layer output's ``g`` copied into the rows' layout."""
         held = g * self._cotangent_bytes
         if g == 1:
             return held
-        if self.stacks_cotangents():
-            return held + g * self._largest_cotangent_bytes
+        if self.fuses_copies():
+            return held + max(self._cotangent_bytes, g * self._largest_cotangent_bytes)
         return held + self._cotangent_bytes
 
     def activations(self, g: int) -> int:

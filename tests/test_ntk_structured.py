@@ -367,25 +367,36 @@ def test_frozen_parameters_are_fixed_inputs() -> None:
 
 
 @pytest.mark.parametrize("kind", ["trace", "full"])
-@pytest.mark.parametrize("name", ["conv_bn", "tied", "norm_mlp", "sequence"])
-def test_stacked_cotangents_give_the_same_kernel(
+@pytest.mark.parametrize("name", ["conv_bn", "tied", "norm_mlp", "sequence", "mlp"])
+def test_fused_cotangent_copies_give_the_same_kernel(
     name: str, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Off the CPU, a call with several cotangents holds every backward pass's output cotangents
-    # and stacks them (fewer kernel launches); on the CPU each pass is copied into place. The GPU's
+    # Off the CPU, a call with several cotangents fills (g, b, ...) buffers with one fused copy per
+    # backward pass (the final layer's expanded cotangent copied on its own), and the rows read
+    # them through a transposed view; on the CPU each pass is copied into (b, g, ...). The GPU's
     # way, forced here on the CPU, must give the same numbers, and the plan must count its memory.
     model, x = get(name)
     in_place = structured(model, x, kind)
-    monkeypatch.setattr(StructuredRows, "stacks_cotangents", lambda self: True)
+    fused: list[int] = []
+    real_copy = torch._foreach_copy_
+
+    def counting_copy(dest: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+        fused.append(len(dest))
+        real_copy(dest, src)
+
+    monkeypatch.setattr(torch, "_foreach_copy_", counting_copy)
+    monkeypatch.setattr(StructuredRows, "fuses_copies", lambda self: True)
     made = record_sources(monkeypatch)
-    stacked = structured(model, x, kind)
-    assert torch.equal(stacked, in_place)
-    assert rel(stacked, expected(name, kind)) < 1e-10
+    kernel = structured(model, x, kind)
+    assert torch.equal(kernel, in_place)
+    assert rel(kernel, expected(name, kind)) < 1e-10
+    assert fused and max(fused) >= 1  # the fused path ran
     source = made[0]
     one, largest = source._cotangent_bytes, source._largest_cotangent_bytes
-    assert 0 < largest < one or len(source.layers) == 1
+    assert 0 < largest <= one
     assert source._held_cotangent_bytes(1) == one
-    assert source._held_cotangent_bytes(4) == 4 * one + 4 * largest  # and one output's stack
+    # During the passes one pass in flight, after them one layer output's copy:
+    assert source._held_cotangent_bytes(4) == 4 * one + max(one, 4 * largest)
     monkeypatch.undo()
     assert source._held_cotangent_bytes(4) == 5 * one  # four in place, and one pass in flight
 
