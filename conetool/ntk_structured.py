@@ -291,7 +291,7 @@ class StructuredRows:
         # (b, g, ...), the layout the rows are formed from without copying. Off the CPU it is
         # (g, b, ...): a pass's slots are then contiguous, and one torch._foreach_copy_ fills
         # them all (a fused kernel on CUDA, where a copy per slot would launch one kernel per pass
-        # and layer output, 430 per call on resnet20); each layer's rows then copy its cotangents
+        # and layer output, 430 per call on resnet20 with 10 logits); each layer's rows then copy its cotangents
         # once into the (b, g, ...) layout (one kernel per layer, a layer's worth of memory).
         fused = self.fuses_copies()
         shape = (g, b) if fused else (b, g)
@@ -306,11 +306,13 @@ class StructuredRows:
                 materialize_grads=True,
             )
             if fused:
-                # Only dense sources take the fused path (the final layer's is an expanded view).
+                # Dense sources in one fused copy; the others (the final layer's cotangent is an
+                # expanded view) one by one.
                 dense = [k for k, grad in enumerate(grads) if grad.is_contiguous()]
                 torch._foreach_copy_([buffers[k][j] for k in dense], [grads[k] for k in dense])
-                for k in sorted(set(range(len(eps))) - set(dense)):
-                    buffers[k][j] = grads[k]
+                for k, grad in enumerate(grads):
+                    if not grad.is_contiguous():
+                        buffers[k][j] = grad
             else:
                 for buffer, grad in zip(buffers, grads, strict=True):
                     buffer[:, j] = grad
@@ -516,14 +518,13 @@ def _worst_gaps(pairs: list[tuple[Tensor, list[Tensor | None]]], tol: float) -> 
 
     ``pairs``: per parameter, the reconstructed per-example gradients ``(b, 1, *shape)`` and the
     gradient of each of the ``b`` examples evaluated alone (``None``: unused there, so zero). All
-    norms are three ``torch._foreach_norm`` calls (fused kernels on CUDA) and are read back once:
-    no kernel launches or host round trips per parameter on a GPU.
+    norms are three ``torch._foreach_norm`` calls and one ``torch._foreach_sub`` (fused kernels on
+    CUDA) and are read back once: no launches or host round trips per parameter on a GPU.
     """
     got: list[Tensor] = []
     want: list[Tensor] = []
-    spans: list[
-        tuple[int, int] | None
-    ] = []  # each parameter's slice of got/want; None: shapes differ
+    # Each parameter's slice of got and want; None where the shapes differ.
+    spans: list[tuple[int, int] | None] = []
     for rows, alone in pairs:
         examples = [
             (rows[i, 0], w if w is not None else torch.zeros_like(rows[i, 0]))
@@ -542,12 +543,12 @@ def _worst_gaps(pairs: list[tuple[Tensor, list[Tensor | None]]], tol: float) -> 
             for tensors in (torch._foreach_sub(got, want), got, want)
         )
         gaps = (err - tol * (got_norm + want_norm)).tolist()
-    # max() would skip a NaN that is not first; a NaN gap must disagree.
-    return [
-        math.inf
-        if span is None
-        else math.nan
-        if any(math.isnan(v) for v in gaps[span[0] : span[1]])
-        else max(gaps[span[0] : span[1]])
-        for span in spans
-    ]
+    worst = []
+    for span in spans:
+        if span is None:
+            worst.append(math.inf)
+            continue
+        mine = gaps[span[0] : span[1]]
+        # max() would skip a NaN that is not first; a NaN gap must disagree.
+        worst.append(math.nan if any(math.isnan(v) for v in mine) else max(mine))
+    return worst
