@@ -291,8 +291,9 @@ class StructuredRows:
         # (b, g, ...), the layout the rows are formed from without copying. Off the CPU it is
         # (g, b, ...): a pass's slots are then contiguous, and one torch._foreach_copy_ fills
         # them all (a fused kernel on CUDA, where a copy per slot would launch one kernel per pass
-        # and layer output, 430 per call on resnet20 with 10 logits); each layer's rows then copy its cotangents
-        # once into the (b, g, ...) layout (one kernel per layer, a layer's worth of memory).
+        # and layer output, 430 per call on resnet20 with 10 logits); each layer's rows then copy
+        # its cotangents once into the (b, g, ...) layout (one kernel per layer, a layer's worth of
+        # memory).
         fused = self.fuses_copies()
         shape = (g, b) if fused else (b, g)
         buffers = [e.new_empty((*shape, *e.shape[1:])) for e in eps]
