@@ -306,18 +306,19 @@ class StructuredRows:
                 allow_unused=True,
                 materialize_grads=True,
             )
-            if fused:
-                # Dense sources in one fused copy; the others (the final layer's cotangent is an
-                # expanded view) one by one.
-                dense = [k for k, grad in enumerate(grads) if grad.is_contiguous()]
-                torch._foreach_copy_([buffers[k][j] for k in dense], [grads[k] for k in dense])
-                for k, grad in enumerate(grads):
-                    if not grad.is_contiguous():
-                        buffers[k][j] = grad
-            else:
-                for buffer, grad in zip(buffers, grads, strict=True):
-                    buffer[:, j] = grad
-            del grads
+            # Off the CPU the dense sources go in one fused copy; the others (the final layer's
+            # cotangent is an expanded view), and every source on the CPU, one by one.
+            dest, src = [], []
+            for buffer, grad in zip(buffers, grads, strict=True):
+                slot = buffer[j] if fused else buffer[:, j]
+                if fused and grad.is_contiguous():
+                    dest.append(slot)
+                    src.append(grad)
+                else:
+                    slot.copy_(grad)
+            if dest:
+                torch._foreach_copy_(dest, src)
+            del grads, dest, src  # freed before the next pass
         return {
             id(e): buffer.transpose(0, 1) if fused else buffer
             for e, buffer in zip(eps, buffers, strict=True)
