@@ -42,6 +42,9 @@ torch.profiler saw (``benchmarks/profiling.py``): aten op calls, CUDA launch cal
 kernels, the summed kernel time and the device's busy time (union of its kernel and copy
 intervals) over the timed wall time (the profiled call itself runs slower). On the CPU only the
 aten count shows; fewer, larger calls is the direction the CUDA launch count must go.
+A method with ``+square`` (``auto+square``, ``auto+square+memo``) computes the Gram matrix of
+wide dense rows on a GPU as one square product per piece, as before the triangle of sub-blocks
+(``ntk_schedule._WIDE_ROWS_GPU``): the A/B of that change.
 A method with ``+memo`` (``auto+memo``, ``structured+memo``) times a kernel as ``conetool kernels``
 computes each one after the first: every call of the measurement shares one
 :class:`conetool.EngineMemo`, filled by one more untimed call on all ``n`` examples, so the timed
@@ -196,6 +199,11 @@ def worker(args: argparse.Namespace) -> None:
             StructuredRows.fuses_copies = lambda self: True  # type: ignore[method-assign]
 
     method, memo = args.method, None
+    if "+square" in method:  # the pre-triangle GPU schedule for wide dense rows (A/B)
+        from conetool import ntk_schedule
+
+        ntk_schedule._WIDE_ROWS_GPU = ntk_schedule._SUB_ROWS_GPU
+        method = method.replace("+square", "")
     if method.endswith("+memo"):  # the calls share one memo, as a `kernels` run's do
         from conetool.ntk_memo import EngineMemo
 

@@ -50,9 +50,18 @@ _ACTIVATION_BYTES = 2**28
 _MIN_CHUNK = 8
 # Rows of one diagonal sub-block of a panel's self-product: only sub-block pairs on or above the
 # diagonal are multiplied. Below about 256 rows the products become memory-bound on CPUs. On a
-# GPU the saving of the triangle is not worth the launches of more, smaller products.
+# GPU the saving of the triangle is not worth the launches of more, smaller products, except for
+# wide dense rows (_WIDE_ROWS_GPU).
 _SUB_ROWS = 512
 _SUB_ROWS_GPU = 4096
+# On a GPU, rows of a sub-block for the wide dense terms (at least ntk_terms._SYRK_MIN_WIDTH
+# columns: resnet20's merged per-example gradients). Their products are FLOP-bound (resnet20 at
+# n = 1024 on an H200: 96% of a call's wall with the device busy, issue 15), and one product of
+# two sub-blocks is a single batched product over its float32 pieces (ntk_terms.product), so the
+# triangle saves FLOPs without many more launches: s sub-blocks cost (s + 1) / (2 s) of the
+# square (1024 rows in four: 62.5%). Not yet timed on a GPU: benchmarks/bench_ntk.py's
+# "+square" methods are the A/B (benchmarks/gpu_session.sh runs it).
+_WIDE_ROWS_GPU = 256
 # On the CPU, rows of a panel piece, and of a sub-block for the terms multiplied by BLAS syrk (the
 # merged dense rows): one syrk is already half the work of a product, and it runs faster on taller
 # blocks (measured on a 2-core x86 CPU, resnet20's merged rows for 3 logits: 1024 rows in one
@@ -323,15 +332,25 @@ def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]], device: torc
     """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
 
     The terms that BLAS ``syrk`` multiplies (wide dense rows on the CPU) go in sub-blocks of
-    ``_SYRK_ROWS``, the others in sub-blocks of :func:`sub_rows` (:func:`_add_gram`): the kernel
-    is the sum over terms, so each set of terms can take the blocking that suits it.
+    ``_SYRK_ROWS``, wide dense rows on a GPU in sub-blocks of ``_WIDE_ROWS_GPU``, the others in
+    sub-blocks of :func:`sub_rows` (:func:`_add_gram`): the kernel is the sum over terms, so each
+    set of terms can take the blocking that suits it.
     """
     first = pieces[0][1]
-    wide = [i for i, term in enumerate(first) if ntk_terms.syrk_term(term)]
-    rest = [i for i in range(len(first)) if i not in wide]
-    for chosen, sub in ((wide, _SYRK_ROWS), (rest, sub_rows(device))):
-        if chosen:
-            _add_gram(kernel, [(row, [block[i] for i in chosen]) for row, block in pieces], sub)
+    by_rows: dict[int, list[int]] = {}
+    for i, term in enumerate(first):
+        by_rows.setdefault(_gram_rows(term, device), []).append(i)
+    for sub, chosen in by_rows.items():
+        _add_gram(kernel, [(row, [block[i] for i in chosen]) for row, block in pieces], sub)
+
+
+def _gram_rows(term: Term, device: torch.device) -> int:
+    """Rows of the sub-blocks in which ``term``'s Gram matrix is computed on ``device``."""
+    if ntk_terms.syrk_term(term):
+        return _SYRK_ROWS
+    if device.type != "cpu" and ntk_terms.wide_dense(term):
+        return _WIDE_ROWS_GPU
+    return sub_rows(device)
 
 
 def _add_gram(kernel: Tensor, pieces: list[tuple[int, list[Term]]], sub: int) -> None:

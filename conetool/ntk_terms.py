@@ -232,14 +232,19 @@ def gram(block: list[Term]) -> Tensor:
     return (total + total.T) / 2
 
 
+def wide_dense(term: Term) -> bool:
+    """Whether a term is dense rows of at least ``_SYRK_MIN_WIDTH`` columns (its products are
+    FLOP-bound: BLAS ``syrk`` on the CPU, the triangle of sub-blocks on a GPU)."""
+    return isinstance(term, Dense) and term.mat.shape[1] >= _SYRK_MIN_WIDTH
+
+
 def syrk_term(term: Term) -> bool:
     """Whether a term's products with itself go to BLAS ``syrk`` (:func:`use_syrk`) whenever its
     block has enough rows: dense rows on the CPU, wide enough."""
     return (
-        isinstance(term, Dense)
-        and term.mat.device.type == "cpu"
-        and term.mat.dtype in (torch.float32, torch.float64)
-        and term.mat.shape[1] >= _SYRK_MIN_WIDTH
+        wide_dense(term)
+        and cast(Dense, term).mat.device.type == "cpu"
+        and cast(Dense, term).mat.dtype in (torch.float32, torch.float64)
         and blas_syrk.available()
     )
 

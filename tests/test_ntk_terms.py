@@ -3,9 +3,10 @@ one matrix give the same kernel entries as the terms one by one."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from conetool import ntk_terms
+from conetool import blas_syrk, ntk_schedule, ntk_terms
 from conetool.ntk_terms import Dense, FactoredGrad, Term
 
 
@@ -85,3 +86,50 @@ def test_logit_groups_run_largest_first() -> None:
     groups = ntk_schedule._groups("trace", 10, 3, torch.eye(10))
     assert [len(g) for g in groups] == [3, 3, 2, 2]
     assert torch.equal(torch.cat(groups).sum(0), torch.ones(10))  # every logit once
+
+
+def test_wide_dense_rows_take_the_triangle_of_sub_blocks_on_a_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a GPU a wide dense term's Gram matrix is computed in sub-blocks of _WIDE_ROWS_GPU rows,
+    # pairs on or above the diagonal only; the other terms keep sub-blocks of sub_rows (4096).
+    # Sizes scaled down: "wide" from 64 columns, sub-blocks of 16 rows; the device is only read
+    # for its type, so CPU tensors stand in for the GPU's (syrk, a CPU routine, is off).
+    monkeypatch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 64)
+    monkeypatch.setattr(ntk_schedule, "_WIDE_ROWS_GPU", 16)
+    monkeypatch.setattr(blas_syrk, "available", lambda: False)
+    gen = torch.Generator().manual_seed(3)
+    examples = 64
+    wide = Dense(torch.randn(examples, 100, generator=gen, dtype=torch.float64))
+    narrow = Dense(torch.randn(examples, 7, generator=gen, dtype=torch.float64))
+    factored = FactoredGrad(
+        torch.randn(examples, 4, 6, generator=gen, dtype=torch.float64),
+        torch.randn(examples, 3, 4, 2, generator=gen, dtype=torch.float64),
+        False,
+    )
+    block = [wide, factored, narrow]
+    calls = {"gram": 0, "contract": 0}
+    for name in calls:
+        original = getattr(ntk_terms, name)
+
+        def counted(*args, _original=original, _name=name):  # type: ignore[no-untyped-def]
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(ntk_terms, name, counted)
+    halves = [(0, [t[0:32] for t in block]), (32, [t[32:64] for t in block])]  # two panel pieces
+    kernel = torch.zeros(examples, examples, dtype=torch.float64)
+    ntk_schedule._add_self(kernel, halves, torch.device("cuda"))
+    calls_seen = dict(calls)
+    want = ntk_terms.contract(block, block)
+    torch.testing.assert_close(kernel, want, rtol=1e-12, atol=1e-12)
+    # wide: 4 sub-blocks -> 4 Gram matrices and 6 products; the rest: one sub-block per piece
+    # -> 2 Gram matrices and 1 product.
+    assert calls_seen == {"gram": 6, "contract": 7}
+    assert ntk_schedule._gram_rows(wide, torch.device("cuda")) == 16
+    assert ntk_schedule._gram_rows(narrow, torch.device("cuda")) == ntk_schedule.sub_rows(
+        torch.device("cuda")
+    )
+    assert ntk_schedule._gram_rows(wide, torch.device("cpu")) == ntk_schedule.sub_rows(
+        torch.device("cpu")
+    )  # on the CPU without syrk: as before
