@@ -59,6 +59,9 @@ and has the structured engine copy its backward passes' output cotangents as on 
 would dispatch per call. The profile line gives all aten calls and, in brackets, the outermost ones
 that compute something (``benchmarks/profiling.py``), the closer proxy of kernel launches. The profile
 line of an engine row also gives its calls of the row source (the schedule's blocks).
+``--exact`` (CUDA) computes the kernel once more in float64 (``auto``, itself checked against
+explicit float64 Jacobians by the tests) and prints under each row its relative Frobenius
+difference from that kernel: which of the baseline and the engine a "rel err" comes from.
 ``--profile-top FILE`` appends the top 20 kernels (by total device time; on the CPU, aten ops) of
 each profiled call to FILE.
 
@@ -159,7 +162,7 @@ def baseline(model, x, kind):
     return result.permute(0, 2, 1, 3) if kind == "full" else result  # (n, c, n, c)
 
 
-def engine(model, x, kind, max_memory, method, device="cpu", memo=None, on_block=None):
+def engine(model, x, kind, max_memory, method, device="cpu", memo=None, on_block=None, dtype=None):
     from conetool.ntk import empirical_ntk
 
     return empirical_ntk(
@@ -171,6 +174,7 @@ def engine(model, x, kind, max_memory, method, device="cpu", memo=None, on_block
         method=method,
         memo=memo,
         on_block=on_block,
+        dtype=dtype,
     )
 
 
@@ -217,6 +221,10 @@ def worker(args: argparse.Namespace) -> None:
 
             with kept_freed_memory():
                 return baseline(model, inputs, args.kind)
+        if args.method == "float64":  # --exact: the reference kernel, computed in float64
+            return engine(
+                model, inputs, args.kind, budget, "auto", args.device, dtype=torch.float64
+            )
         return engine(model, inputs, args.kind, budget, method, args.device, memo, on_block=count)
 
     def count(done: int, total: int) -> None:  # the engine's calls of its row source
@@ -545,6 +553,12 @@ def main() -> None:
         metavar="FILE",
         help="with --profile: append each profiled call's top 20 kernels to FILE",
     )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="CUDA: also compute the kernel in float64 (auto) and print each row's relative "
+        "difference from it",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     # Worker-only arguments.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -672,6 +686,18 @@ def against_baseline(tmp: str, label: str, row: dict, base: dict | None) -> tupl
     )
 
 
+def against_float64(tmp: str, label: str, exact: dict) -> str:
+    """The relative Frobenius difference of a row's kernel from the float64 kernel (``--exact``)."""
+    import torch
+
+    if "error" in exact:
+        return f"float64 kernel: {exact['error']}"
+    reference = torch.load(Path(tmp, "float64.pt"))
+    kernel = torch.load(Path(tmp, f"{label.replace(' ', '_')}.pt"))
+    err = float((kernel - reference).norm() / reference.norm())
+    return f"against the float64 kernel: {err:.1e} (float64 call {exact['seconds']:.3f} s)"
+
+
 def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[str]) -> None:
     """The CUDA table: one measurement process per (model, n, method, budget)."""
 
@@ -722,6 +748,11 @@ def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[
                     out = Path(tmp, f"{label.replace(' ', '_')}.pt")
                     out.unlink(missing_ok=True)
                     rows.append((label, measure(model, n, args.kind, method, budget, args, out)))
+                exact = None
+                if args.exact:  # the float64 kernel every row is compared with
+                    out = Path(tmp, "float64.pt")
+                    out.unlink(missing_ok=True)
+                    exact = measure(model, n, args.kind, "float64", "auto", args, out)
                 base = dict(rows).get("baseline")
                 for label, row in rows:
                     prefix = f"{model:<9} {info['p']:>10,} {n:>5} {label:<20}"
@@ -747,6 +778,8 @@ def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[
                     line = profile_line(row)
                     if line:
                         print(line)
+                    if exact is not None:
+                        print(f"    {against_float64(tmp, label, exact)}")
                     times = ", ".join(f"{t:.3f}" for t in row.get("times", []))
                     summary.append(
                         f"| {model} | {n} | {label} | {row['seconds']:.3f} ({times}) | {fast} | "

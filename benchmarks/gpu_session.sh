@@ -7,22 +7,28 @@
 #
 # It installs the project, prints the device and torch version, then runs, in this order, each
 # under `timeout` within one overall budget (TOTAL seconds, default 540 = 9 minutes):
-#   1. bench_ntk.py --device cuda for the rows (baseline vs engine;    -> $OUT/bench_ntk.txt
-#      auto alone and with the set-up done before, auto+memo)
-#   2. the CUDA tests (tests/test_ntk_cuda.py and the *cuda* tests elsewhere) -> $OUT/tests.txt
+#   1. the CUDA tests (tests/test_ntk_cuda.py and the *cuda* tests elsewhere)  -> $OUT/tests.txt,
+#      each test's outcome and any failure's traceback the moment it is known -> $OUT/tests_live.txt
+#   2. bench_ntk.py --device cuda for the rows (baseline vs engine;    -> $OUT/bench_ntk.txt
+#      auto alone and with the set-up done before, auto+memo; on resnet20 also
+#      auto+square, the Gram matrix of wide rows without the triangle, the A/B;
+#      on mlp and resnet20 each kernel's difference from the float64 kernel, --exact)
 #   3. bench_kernels_run.py: a whole `conetool kernels` run                   -> $OUT/kernels_run.txt
 #   4. torch.profiler counts and top-20 kernels, resnet20 n = 1024            -> $OUT/profile.txt
-# and writes what ran, each part's exit code and seconds to $OUT/summary.txt (5 files in all).
+# and writes what ran, each part's exit code and seconds to $OUT/summary.txt (6 files in all).
 # A failing or timed-out part does not stop the later ones; a part is skipped when the overall
-# budget has less than 20 s left.
+# budget has less than 20 s left. PARTS chooses the parts: all four fit in about 15 device-minutes
+# as two calls, e.g. PARTS="tests rows" and then, while the machine is still warm,
+# PARTS="kernels profile" TOTAL=300.
 #
 # Environment overrides:
 #   DEVICE=cpu     a dry run on a CPU: tiny sizes everywhere (the CUDA tests then skip)
 #   PYTHON         the interpreter (default python3)
 #   INSTALL=0      skip `pip install -e .` (e.g. when PYTHONPATH already points at the checkout)
 #   TOTAL          overall budget in seconds (default 540)
+#   PARTS          the parts to run, of "tests rows kernels profile" (default all four)
 #   KCKPTS, KN     checkpoints and probe size of the whole run (default 20 and 1024)
-#   XDIST          pytest-xdist workers for the tests (default 4; 0: none)
+#   XDIST          pytest-xdist workers for the tests (default 8; 0: none)
 # Example dry run here: DEVICE=cpu INSTALL=0 PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_session.sh
 
 set -u
@@ -30,7 +36,8 @@ DEVICE=${DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
 INSTALL=${INSTALL:-1}
 TOTAL=${TOTAL:-540}
-XDIST=${XDIST:-4}
+XDIST=${XDIST:-8}
+PARTS=${PARTS:-tests rows kernels profile}
 : "${OUT:?set OUT to the folder whose files come back}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -39,18 +46,21 @@ if [ "$DEVICE" = cpu ]; then  # dry run: the same steps at sizes a laptop does i
     KCKPTS=${KCKPTS:-3}; KN=${KN:-32}; KMODEL=lenet5
     ROWS=("mlp 16" "lenet5 16" "resnet20 8 --profile" "vgg16 2" "vgg16 4" "resnet20 16 --no-baseline")
     PROFILE_N=8
+    PROFILE_METHODS=auto
     BIG=(--repeat 1)
 else
     KCKPTS=${KCKPTS:-20}; KN=${KN:-1024}; KMODEL=resnet20
     # model, n, extra arguments. vgg16 at n = 500: the baseline skips itself ("would need ...").
-    ROWS=("mlp 1024" "lenet5 1024" "resnet20 1024 --profile" "vgg16 64" "vgg16 500" "resnet20 4096 --no-baseline")
+    ROWS=("mlp 1024 --exact" "lenet5 1024" "resnet20 1024 --profile --exact" "vgg16 64" "vgg16 500" "resnet20 4096 --no-baseline")
+    # The A/B of the triangle of sub-blocks for wide dense rows (ntk_schedule._WIDE_ROWS_GPU).
     PROFILE_N=1024
+    PROFILE_METHODS=auto,auto+memo
     BIG=()
 fi
 METHODS=auto,structured,jacobian
 # auto+memo: a kernel as `conetool kernels` computes each after the first (set-up once per run).
-# On a GPU `auto` always takes the structured engine, so a structured row would repeat it; the
-# reference engine is timed on resnet20 n = 1024 only (the profiled row).
+# On a GPU `auto` always takes the structured engine, so a structured row would repeat it. The
+# reference engine was timed on resnet20 n = 1024 in the first H200 run (1.07 x the baseline).
 [ "$DEVICE" = cpu ] || METHODS=auto,auto+memo
 
 SUMMARY="$OUT/summary.txt"
@@ -79,7 +89,7 @@ run_part() {
 }
 
 {
-    echo "gpu_session.sh, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), DEVICE=$DEVICE, TOTAL=${TOTAL}s"
+    echo "gpu_session.sh, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), DEVICE=$DEVICE, TOTAL=${TOTAL}s, PARTS=$PARTS"
     echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain 2>/dev/null | wc -l | tr -d ' ') changed file(s)"
     if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L; else echo "nvidia-smi: not found"; fi
 } > "$SUMMARY"
@@ -105,44 +115,59 @@ except Exception as exc:
 EOF
 echo >> "$SUMMARY"
 
-# 1. The benchmark rows: one bench_ntk.py call per row, each with its own limit.
+# 1. The CUDA tests (they skip on a machine without CUDA), each outcome written as it happens.
+wants() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if wants tests; then
+    TESTS="$OUT/tests.txt"
+    : > "$TESTS"
+    : > "$OUT/tests_live.txt"
+    PARALLEL=()
+    if [ "$XDIST" != 0 ] && "$PYTHON" -c "import xdist" >/dev/null 2>&1; then PARALLEL=(-n "$XDIST"); fi
+    CONETOOL_LIVE_REPORT="$OUT/tests_live.txt" PYTHONPATH="benchmarks${PYTHONPATH:+:$PYTHONPATH}" \
+        run_part "tests (cuda)" "$TESTS" 200 "$PYTHON" -m pytest -q -p no:cacheprovider \
+        -p pytest_live_report ${PARALLEL[@]+"${PARALLEL[@]}"} --tb=short -o faulthandler_timeout=100 \
+        --durations=15 tests/test_ntk_cuda.py tests/test_ntk_accuracy.py tests/test_ntk.py \
+        tests/test_ntk_memo.py tests/test_ntk_layer_grads.py -k "cuda or gpu"
+fi
+
+# 2. The benchmark rows: one bench_ntk.py call per row, each with its own limit.
 BENCH="$OUT/bench_ntk.txt"
 : > "$BENCH"
-for row in "${ROWS[@]}"; do
-    # shellcheck disable=SC2086  # the row's words are separate arguments
-    set -- $row
-    model=$1 n=$2; shift 2
-    extra=("$@")
-    case "$model $n" in
-        "resnet20 4096"|"vgg16 500") limit=120; methods=auto; extra+=(${BIG[@]+"${BIG[@]}"}) ;;
-        "resnet20 1024") limit=150; methods=$METHODS; [ "$DEVICE" = cpu ] || methods+=,jacobian ;;
-        *) limit=75; methods=$METHODS ;;
-    esac
-    run_part "bench $model n=$n" "$BENCH" "$limit" "$PYTHON" benchmarks/bench_ntk.py \
-        --device "$DEVICE" --models "$model" --n "$n" --methods "$methods" --timeout 100 ${extra[@]+"${extra[@]}"}
-done
-
-# 2. The CUDA tests (they skip on a machine without CUDA).
-TESTS="$OUT/tests.txt"
-: > "$TESTS"
-PARALLEL=()
-if [ "$XDIST" != 0 ] && "$PYTHON" -c "import xdist" >/dev/null 2>&1; then PARALLEL=(-n "$XDIST"); fi
-run_part "tests (cuda)" "$TESTS" 150 "$PYTHON" -m pytest -q -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} \
-    --maxfail=20 --durations=10 tests/test_ntk_cuda.py tests/test_ntk_accuracy.py tests/test_ntk.py \
-    tests/test_ntk_memo.py tests/test_ntk_layer_grads.py -k "cuda or gpu"
+if wants rows; then
+    for row in "${ROWS[@]}"; do
+        # shellcheck disable=SC2086  # the row's words are separate arguments
+        set -- $row
+        model=$1 n=$2; shift 2
+        extra=("$@")
+        case "$model $n" in
+            "resnet20 4096") limit=120; methods=auto; extra+=(${BIG[@]+"${BIG[@]}"})
+                [ "$DEVICE" = cpu ] || methods+=,auto+square ;;
+            "vgg16 500") limit=120; methods=auto; extra+=(${BIG[@]+"${BIG[@]}"}) ;;
+            "resnet20 1024") limit=150; methods=$METHODS
+                [ "$DEVICE" = cpu ] || methods+=,auto+square,auto+square+memo ;;
+            *) limit=75; methods=$METHODS ;;
+        esac
+        run_part "bench $model n=$n" "$BENCH" "$limit" "$PYTHON" benchmarks/bench_ntk.py \
+            --device "$DEVICE" --models "$model" --n "$n" --methods "$methods" --timeout 100 ${extra[@]+"${extra[@]}"}
+    done
+fi
 
 # 3. The whole `conetool kernels` run.
 RUN="$OUT/kernels_run.txt"
 : > "$RUN"
-run_part "kernels run $KMODEL x$KCKPTS n=$KN" "$RUN" 180 "$PYTHON" benchmarks/bench_kernels_run.py \
-    --model "$KMODEL" --checkpoints "$KCKPTS" --n "$KN" --device "$DEVICE" --top
+if wants kernels; then
+    run_part "kernels run $KMODEL x$KCKPTS n=$KN" "$RUN" 180 "$PYTHON" benchmarks/bench_kernels_run.py \
+        --model "$KMODEL" --checkpoints "$KCKPTS" --n "$KN" --device "$DEVICE" --top
+fi
 
-# 4. Where the time goes: profiler counts and the top 20 kernels of each engine and the baseline.
+# 4. Where the time goes: profiler counts and the top 20 kernels of the engine and the baseline.
 PROFILE="$OUT/profile.txt"
 : > "$PROFILE"
-run_part "profile resnet20 n=$PROFILE_N" "$PROFILE" 120 "$PYTHON" benchmarks/bench_ntk.py \
-    --device "$DEVICE" --models resnet20 --n "$PROFILE_N" --methods auto,jacobian,structured \
-    --repeat 1 --timeout 100 --profile-top "$PROFILE"
+if wants profile; then
+    run_part "profile resnet20 n=$PROFILE_N" "$PROFILE" 120 "$PYTHON" benchmarks/bench_ntk.py \
+        --device "$DEVICE" --models resnet20 --n "$PROFILE_N" --methods "$PROFILE_METHODS" \
+        --repeat 1 --timeout 100 --profile-top "$PROFILE"
+fi
 
 echo >> "$SUMMARY"
 echo "total: $(( $(date +%s) - START ))s of ${TOTAL}s" >> "$SUMMARY"
