@@ -51,8 +51,8 @@ if [ "$DEVICE" = cpu ]; then  # dry run: the same steps at sizes a laptop does i
 else
     KCKPTS=${KCKPTS:-20}; KN=${KN:-1024}; KMODEL=resnet20
     # model, n, extra arguments. vgg16 at n = 500: the baseline skips itself ("would need ...").
-    ROWS=("mlp 1024 --exact" "lenet5 1024" "resnet20 1024 --profile --exact" "vgg16 64" "vgg16 500" "resnet20 4096 --no-baseline")
-    # The A/B of the triangle of sub-blocks for wide dense rows (ntk_schedule._WIDE_ROWS_GPU).
+    # Rows of a few tens of ms take the median of 5 calls (the first run's mlp memo calls: 26 and 45 ms).
+    ROWS=("mlp 1024 --exact --repeat 5" "lenet5 1024 --repeat 5" "resnet20 1024 --profile --exact" "vgg16 64 --repeat 5" "vgg16 500" "resnet20 4096 --no-baseline")
     PROFILE_N=1024
     PROFILE_METHODS=auto,auto+memo
     BIG=()
@@ -139,6 +139,7 @@ if wants rows; then
         set -- $row
         model=$1 n=$2; shift 2
         extra=("$@")
+        # On resnet20, +square is the A/B of the triangle of sub-blocks for wide dense rows.
         case "$model $n" in
             "resnet20 4096") limit=120; methods=auto; extra+=(${BIG[@]+"${BIG[@]}"})
                 [ "$DEVICE" = cpu ] || methods+=,auto+square ;;
