@@ -144,7 +144,7 @@ if wants rows; then
             "resnet20 4096") limit=120; methods=auto; extra+=(${BIG[@]+"${BIG[@]}"})
                 [ "$DEVICE" = cpu ] || methods+=,auto+square ;;
             "vgg16 500") limit=120; methods=auto; extra+=(${BIG[@]+"${BIG[@]}"}) ;;
-            "resnet20 1024") limit=150; methods=$METHODS
+            "resnet20 1024") limit=180; methods=$METHODS
                 [ "$DEVICE" = cpu ] || methods+=,auto+square,auto+square+memo ;;
             *) limit=75; methods=$METHODS ;;
         esac
