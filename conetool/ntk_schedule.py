@@ -132,7 +132,9 @@ def plan(
 
     Estimated bytes: ``resident examples · resident(g) + chunk · transient(g) + fixed``, where
     ``fixed`` adds the float64 kernel with its float32 copy for the caller and the block products,
-    and 32 MiB of workspace to the source's own. ``what`` names one unit in the error message.
+    and 32 MiB of workspace to the source's own (on a GPU also the float32 partial products
+    that :func:`ntk_terms.product` holds at once, up to 256 MiB, where the CPU's 16 MiB fit in
+    the workspace). ``what`` names one unit in the error message.
     ``n2``: the second set's examples of a cross kernel (panels come from the first ``n`` only).
     """
     per_unit = c if kind == "full" else 1
@@ -140,7 +142,7 @@ def plan(
     cols = size if n2 is None else n2 * per_unit
     streamed = n if n2 is None else n2  # examples streamed against a panel in all
     calls = max(n, streamed)  # examples the chunk size is balanced over
-    fixed = 2 * size * cols * 8 + source.fixed + 32 * 2**20
+    fixed = 2 * size * cols * 8 + source.fixed + 32 * 2**20 + ntk_terms.held_partials(device)
     eye = torch.eye(c)
     if kind == "sum":
         choices = [1]

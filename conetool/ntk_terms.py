@@ -255,6 +255,12 @@ def use_syrk(mat: Tensor) -> bool:
     return mat.shape[0] >= _SYRK_MIN_ROWS and syrk_term(Dense(mat))
 
 
+def held_partials(device: torch.device) -> int:
+    """Bytes of float32 partial products :func:`product` holds at once on ``device`` beyond what
+    the schedule's 32 MiB workspace covers: none on the CPU (16 MiB), 256 MiB on a GPU."""
+    return 0 if device.type == "cpu" else _PIECE_ELEMENTS_GPU * 4
+
+
 def product(left: Tensor, right: Tensor) -> Tensor:
     """``left @ right.T`` ``(m, n)`` in float64 from rows ``(m, w)`` and ``(n, w)`` in any dtype.
 

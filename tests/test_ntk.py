@@ -292,9 +292,11 @@ def test_symmetric_and_positive_semidefinite(kind: str) -> None:
 # The blocked schedule
 
 
-def minimum_budget(model: nn.Module, x: torch.Tensor, kind: str, method: str = "auto") -> int:
+def minimum_budget(
+    model: nn.Module, x: torch.Tensor, kind: str, method: str = "auto", device: str = "cpu"
+) -> int:
     with pytest.raises(MemoryBudgetError) as info:
-        empirical_ntk(model, x, kind=kind, max_memory=1, device="cpu", method=method)
+        empirical_ntk(model, x, kind=kind, max_memory=1, device=device, method=method)
     return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
 
 
@@ -531,7 +533,7 @@ def test_cuda_matches_reference(kind: str) -> None:
     kernel = empirical_ntk(model, x, kind=kind, device="cuda")
     assert kernel.device.type == "cpu"
     assert rel(kernel, expected) < 1e-10
-    low = minimum_budget(model, x, kind)
+    low = minimum_budget(model, x, kind, device="cuda")  # the GPU's: larger than the CPU's
     blocked = empirical_ntk(model, x, kind=kind, device="cuda", max_memory=low + 10_000)
     assert rel(blocked, expected) < 1e-10
 

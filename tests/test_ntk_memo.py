@@ -3,6 +3,8 @@ computed from a remembered set-up equals one computed from scratch."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from test_ntk import MODELS, build, reference, rel
@@ -10,8 +12,8 @@ from test_ntk_structured import Reused, ScaledMLP
 from tiny_run import train_tiny
 from torch import nn
 
-from conetool import ntk, ntk_schedule, ntk_structured
-from conetool.ntk import EngineMemo, empirical_ntk
+from conetool import ntk, ntk_schedule, ntk_structured, ntk_terms
+from conetool.ntk import EngineMemo, MemoryBudgetError, empirical_ntk
 from conetool.ntk_memo import signature
 from conetool.pipeline import kernels
 
@@ -163,6 +165,25 @@ def test_calls_on_a_gpu_are_as_large_as_the_budget_allows() -> None:
     assert gpu.chunk == 1024 and cpu.chunk < 16
     assert gpu.panel == cpu.panel == 1024
     assert ntk_schedule.sub_rows(torch.device("cuda")) > ntk_schedule.sub_rows(torch.device("cpu"))
+
+
+def test_the_gpu_plan_counts_the_partial_products_it_holds() -> None:
+    # On a GPU ntk_terms.product holds up to 256 MiB of float32 partial products at once (on the
+    # CPU 16 MiB, inside the 32 MiB workspace): the smallest budget the plan accepts is larger by
+    # that much, and a budget just above the CPU's minimum is refused on a GPU.
+    def minimum(device: str) -> int:
+        with pytest.raises(MemoryBudgetError) as info:
+            ntk_schedule.plan(_Source(), "trace", 64, 10, 1, "row", torch.device(device))
+        return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
+
+    held = ntk_terms._PIECE_ELEMENTS_GPU * 4
+    assert ntk_terms.held_partials(torch.device("cuda")) == held == 256 * 2**20
+    assert ntk_terms.held_partials(torch.device("cpu")) == 0
+    cpu, gpu = minimum("cpu"), minimum("cuda")
+    assert gpu - cpu == pytest.approx(held * 10 / 9, abs=2)
+    ntk_schedule.plan(_Source(), "trace", 64, 10, cpu, "row", torch.device("cpu"))
+    with pytest.raises(MemoryBudgetError):
+        ntk_schedule.plan(_Source(), "trace", 64, 10, cpu + 2**20, "row", torch.device("cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
