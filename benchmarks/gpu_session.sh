@@ -52,7 +52,8 @@ else
     KCKPTS=${KCKPTS:-20}; KN=${KN:-1024}; KMODEL=resnet20
     # model, n, extra arguments. vgg16 at n = 500: the baseline skips itself ("would need ...").
     # Rows of a few tens of ms take the median of 5 calls (the first run's mlp memo calls: 26 and 45 ms).
-    ROWS=("mlp 1024 --exact --repeat 5" "lenet5 1024 --repeat 5" "resnet20 1024 --profile --exact" "vgg16 64 --repeat 5" "vgg16 500" "resnet20 4096 --no-baseline")
+    ROWS=("mlp 1024 --exact --repeat 5" "lenet5 1024 --repeat 5" "resnet20 1024 --profile --exact" "vgg16 64 --repeat 5" "vgg16 500" "resnet20 4096 --no-baseline"
+          "resnet20 1024 --no-baseline --max-memory 8GiB")  # a budget that limits the schedule
     PROFILE_N=1024
     PROFILE_METHODS=auto,auto+memo
     BIG=()
@@ -144,11 +145,16 @@ if wants rows; then
             "resnet20 4096") limit=120; methods=auto; extra+=(${BIG[@]+"${BIG[@]}"})
                 [ "$DEVICE" = cpu ] || methods+=,auto+square ;;
             "vgg16 500") limit=120; methods=auto; extra+=(${BIG[@]+"${BIG[@]}"}) ;;
-            "resnet20 1024") limit=180; methods=$METHODS
-                [ "$DEVICE" = cpu ] || methods+=,auto+square,auto+square+memo ;;
+            "resnet20 1024")
+                if [[ " ${extra[*]} " == *" --max-memory "* ]]; then
+                    limit=90; methods=auto
+                else
+                    limit=180; methods=$METHODS
+                    [ "$DEVICE" = cpu ] || methods+=,auto+square,auto+square+memo
+                fi ;;
             *) limit=75; methods=$METHODS ;;
         esac
-        run_part "bench $model n=$n" "$BENCH" "$limit" "$PYTHON" benchmarks/bench_ntk.py \
+        run_part "bench $model n=$n${extra[*]:+ ${extra[*]}}" "$BENCH" "$limit" "$PYTHON" benchmarks/bench_ntk.py \
             --device "$DEVICE" --models "$model" --n "$n" --methods "$methods" --timeout 100 ${extra[@]+"${extra[@]}"}
     done
 fi
