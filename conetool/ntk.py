@@ -239,8 +239,6 @@ def empirical_ntk(
 
         key = signature(model, x, n2, kind, method, device, dtype) if memo is not None else None
         learned = memo.find(key) if memo is not None and key is not None else None
-        if check and x.shape[0] >= 2 and learned is None:
-            check_independence(forward, x[:2])
         try:
             kernel, found = _compute(
                 model,
@@ -254,6 +252,7 @@ def empirical_ntk(
                 method,
                 n2,
                 learned,
+                independence=check and x.shape[0] >= 2 and learned is None,
             )
         except torch.OutOfMemoryError as exc:
             raise MemoryBudgetError(
@@ -286,10 +285,13 @@ def _compute(
     method: str,
     n2: int | None,
     learned: Learned | None = None,
+    independence: bool = False,
 ) -> tuple[Tensor, Learned]:
     """The kernel as a float64 tensor on ``x``'s device; see :func:`empirical_ntk`. With ``n2``,
     the cross kernel between ``x[:-n2]`` and ``x[-n2:]``. ``learned``: an earlier call's set-up
-    and choice for this signature, reused; returned with the kernel, this call's."""
+    and choice for this signature, reused; returned with the kernel, this call's.
+    ``independence``: run :func:`check_independence` on ``x[:2]`` first (on the outputs the
+    structured engine's set-up computed, where it ran)."""
     n = x.shape[0] if n2 is None else x.shape[0] - n2
     pairs = None if n2 is None else n * n2
     source: ntk_schedule.RowSource | None = None
@@ -299,6 +301,9 @@ def _compute(
         structured = StructuredRows(
             model, forward, params, tensors, x, kind, pairs=pairs, layout=layout
         )
+        if independence:
+            check_independence(forward, x[:2], structured.pair_outputs)
+            independence = False
         if (
             method == "structured"
             or x.device.type != "cpu"
@@ -306,6 +311,8 @@ def _compute(
         ):
             source = structured
             found = Learned(engine="structured", layout=structured.layout())
+    if independence:
+        check_independence(forward, x[:2])
     if source is None:
         source = JacobianRows(forward, params, x, kind)
     c = source.c

@@ -62,17 +62,28 @@ def check_modules(model: nn.Module) -> None:
             )
 
 
-def check_independence(forward: Callable[[Tensor], Tensor], pair: Tensor) -> None:
-    """``forward(pair)`` row by row must equal ``forward`` of each example alone."""
-    together = forward(pair)
-    if not isinstance(together, Tensor):
-        raise ConetoolError(
-            "the eNTK needs a model that returns one tensor of outputs (batch, c), but it "
-            f"returned a {type(together).__name__}. Wrap the model in a module that returns the "
-            "logits."
-        )
-    together = together.reshape(pair.shape[0], -1)
-    alone = torch.cat([forward(pair[i : i + 1]).reshape(1, -1) for i in range(pair.shape[0])])
+def check_independence(
+    forward: Callable[[Tensor], Tensor],
+    pair: Tensor,
+    outputs: tuple[Tensor, Tensor] | None = None,
+) -> None:
+    """``forward(pair)`` row by row must equal ``forward`` of each example alone.
+
+    ``outputs``: both already computed, ``(together, alone)``, each ``(2, c)`` (the structured
+    engine's set-up computes them for its own check), so that no forward pass is run here.
+    """
+    if outputs is not None:
+        together, alone = outputs
+    else:
+        together = forward(pair)
+        if not isinstance(together, Tensor):
+            raise ConetoolError(
+                "the eNTK needs a model that returns one tensor of outputs (batch, c), but it "
+                f"returned a {type(together).__name__}. Wrap the model in a module that returns "
+                "the logits."
+            )
+        together = together.reshape(pair.shape[0], -1)
+        alone = torch.cat([forward(pair[i : i + 1]).reshape(1, -1) for i in range(pair.shape[0])])
     scale = float(together.abs().max()) if together.numel() else 0.0
     if together.is_floating_point():
         tol = 10 * math.sqrt(torch.finfo(together.dtype).eps) * max(1.0, scale)

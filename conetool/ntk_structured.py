@@ -108,10 +108,12 @@ class StructuredRows:
         self._recording = False
         self.layers, self.fallback = self._classify()
         self.fixed = sum(t.numel() for t in params.values()) * self.value_bytes
+        # The outputs of the check's first two examples, together and each alone, for the
+        # independence check (ntk_checks.check_independence), which then needs no forward passes.
+        self.pair_outputs: tuple[Tensor, Tensor] | None = None
         if layout is not None:
             self._restore(layout)
             return
-        self.c = forward(x[:1]).reshape(1, -1).shape[1]
         with ntk_precision.outside_onednn(x.device, self.convolutions):
             with self._hooks():
                 self._check(x[: min(self.n, 2)])
@@ -372,13 +374,15 @@ class StructuredRows:
         b = batch.shape[0]
         generator = torch.Generator().manual_seed(0)
         dtype = next(iter(self.params.values())).dtype
+        live = {k: v.detach().requires_grad_() for k, v in self.params.items()}
+        with torch.enable_grad():
+            outs = [self.forward(batch[i : i + 1], live).reshape(1, -1) for i in range(b)]
+        self.c = outs[0].shape[1]
         cot = torch.randn(1, self.c, generator=generator, dtype=torch.float64)
         cot = cot.to(device=batch.device, dtype=dtype)
-        live = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         reference: list[dict[str, Tensor | None]] = []
         with torch.enable_grad():
-            for i in range(b):
-                out = self.forward(batch[i : i + 1], live).reshape(1, -1)
+            for out in outs:
                 alone = torch.autograd.grad(out, list(live.values()), cot, allow_unused=True)
                 reference.append(dict(zip(live, alone, strict=True)))
         tol = 10 * math.sqrt(torch.finfo(dtype).eps)
@@ -388,6 +392,8 @@ class StructuredRows:
             except Unsupported as exc:
                 self._drop(exc.layer)
                 continue
+            if b >= 2:
+                self.pair_outputs = (out.detach()[:2], torch.cat(outs[:2]).detach())
             grads = self._cotangents(out, cot)
             checked: list[tuple[HookedLayer, list[str]]] = []
             pairs: list[tuple[Tensor, list[Tensor | None]]] = []  # per parameter: got, want

@@ -417,14 +417,40 @@ class BatchCentered(nn.Module):
         return self.fc(x - x.mean(dim=0, keepdim=True))
 
 
-def test_explicit_batch_dependency_is_detected() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_explicit_batch_dependency_is_detected(method: str) -> None:
     model = BatchCentered()
     x = torch.randn(4, 3)
     with pytest.raises(ConetoolError, match="depends on the other examples"):
-        empirical_ntk(model, x, device="cpu")
+        empirical_ntk(model, x, device="cpu", method=method)
+    with pytest.raises(ConetoolError, match="depends on the other examples"):
+        empirical_ntk(model, x[:2], x[2:], device="cpu", method=method)  # a cross kernel
     with pytest.raises(ConetoolError, match="depends on the other examples"):
         check_per_example(model, x)
-    empirical_ntk(model, x, device="cpu", check=False)  # the caller may opt out
+    empirical_ntk(model, x, device="cpu", check=False, method=method)  # the caller may opt out
+
+
+@pytest.mark.parametrize("method", [*METHODS, "auto"])
+def test_the_independence_check_reuses_the_structured_set_up_outputs(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The structured engine's set-up evaluates the first two examples together and each alone for
+    # its own check; the independence check takes those outputs and runs no forward pass. The
+    # reference engine has no set-up: the check evaluates the model itself (3 passes).
+    model, x = build("conv_bn", n=5)
+    passes = []
+    model.register_forward_hook(lambda *args: passes.append(1))
+    seen = []
+    original = ntk.check_independence
+
+    def spy(forward, pair, outputs=None):  # type: ignore[no-untyped-def]
+        before = len(passes)
+        original(forward, pair, outputs)
+        seen.append((outputs is not None, len(passes) - before))
+
+    monkeypatch.setattr(ntk, "check_independence", spy)
+    empirical_ntk(model, x, device="cpu", method=method)
+    assert seen == ([(False, 3)] if method == "jacobian" else [(True, 0)])
 
 
 def test_non_finite_kernel_raises() -> None:
