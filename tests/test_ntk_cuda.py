@@ -26,7 +26,15 @@ import torch
 
 # tests/ has no __init__.py, so pytest's default ("prepend") import mode puts it on sys.path.
 from test_ntk import record_plans
-from test_ntk_accuracy import BUILTINS, TOLERANCE, builtin, kinks, reference, rel
+from test_ntk_accuracy import (
+    BUILTINS,
+    TOLERANCE,
+    away_from_kinks,
+    builtin,
+    kinks,
+    reference,
+    rel,
+)
 from test_ntk_structured import ALL_MODELS, expected, make
 from torch import nn
 
@@ -75,9 +83,9 @@ def cross_case(
     """A float32 zoo or built-in model, x1 (4) and x2 (3), and the float64 cross kernels: the
     reference kernels of the 7 examples together, cut to the x1 rows and x2 columns."""
     if name in BUILTINS:
-        model, x1, _ = builtin(name, "trained" if name != "lenet5" else "fresh")
+        model, x1, _ = builtin(name, "trained" if name != "lenet5" else "fresh", "cuda")
         torch.manual_seed(2)
-        x2 = torch.randn(N2, *x1.shape[1:])
+        x2 = away_from_kinks(model, torch.randn(N2, *x1.shape[1:]), "cuda")
     else:
         model64, x64 = make(*ALL_MODELS[name], n=N1 + N2)
         model, x = copy.deepcopy(model64).float(), x64.float()
@@ -125,7 +133,7 @@ def test_builtin_auto_on_cuda_within_1e6_of_float64(name: str, bn: str) -> None:
     # after its own set-up, which is checked here.
     if bn == "trained" and name == "lenet5":
         pytest.skip("no BatchNorm")
-    model, x, want = builtin(name, bn)
+    model, x, want = builtin(name, bn, "cuda")
     for kind in KINDS:
         kernel = empirical_ntk(model, x, kind=kind, device="cuda", method="auto")
         err = rel(kernel, want[kind])
@@ -157,7 +165,7 @@ def test_blocked_on_cuda_within_1e6_of_float64(
     name: str, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if name in BUILTINS:
-        model, x, want = builtin(name, "fresh")
+        model, x, want = builtin(name, "fresh", "cuda")
     else:
         model, x, want = zoo32(name)
     n = x.shape[0]
