@@ -136,20 +136,19 @@ def kinks(model: nn.Module, x: torch.Tensor, device: str) -> str:
 
 
 def across_kinks(model: nn.Module, x: torch.Tensor, device: str) -> list[int]:
-    """The examples of ``x`` that a float32 forward pass on ``device``, of all of ``x`` at once or
-    of the example alone (the batch sizes of the engines' calls), puts on the other side of a
-    ReLU kink from float64: there the float32 network's own gradient is another one, so no
-    engine's float32 kernel can be within the tolerance of the float64 kernel."""
+    """The examples of ``x`` that a float32 forward pass on ``device`` puts on the other side of a
+    ReLU kink from float64, in any call an engine's schedule can make (every contiguous chunk
+    ``x[lo:lo + size]``: a device may pick its convolution algorithm by batch size). There the
+    float32 network's own gradient is another one, so no engine's float32 kernel can be within
+    the tolerance of the float64 kernel."""
     exact = _relu_inputs(model, x, torch.float64, "cpu")
-    bad = {
-        int(example)
-        for a64, a32 in zip(exact, _relu_inputs(model, x, torch.float32, device), strict=True)
-        for example in _crossed(a64, a32)[:, 0].tolist()
-    }
-    for i in range(x.shape[0]):
-        alone = _relu_inputs(model, x[i : i + 1], torch.float32, device)
-        if any(len(_crossed(a64[i : i + 1], a32)) for a64, a32 in zip(exact, alone, strict=True)):
-            bad.add(i)
+    n = x.shape[0]
+    bad: set[int] = set()
+    for size in range(1, n + 1):
+        for lo in range(0, n, size):
+            rounded = _relu_inputs(model, x[lo : lo + size], torch.float32, device)
+            for a64, a32 in zip(exact, rounded, strict=True):
+                bad.update(lo + i for i in _crossed(a64[lo : lo + size], a32)[:, 0].tolist())
     return sorted(bad)
 
 

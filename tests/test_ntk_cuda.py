@@ -85,7 +85,10 @@ def cross_case(
     if name in BUILTINS:
         model, x1, _ = builtin(name, "trained" if name != "lenet5" else "fresh", "cuda")
         torch.manual_seed(2)
-        x2 = away_from_kinks(model, torch.randn(N2, *x1.shape[1:]), "cuda")
+        x2 = torch.randn(N2, *x1.shape[1:])
+        # The engine computes the two sets as one (x1 then x2), in chunks that may span both.
+        both = away_from_kinks(model, torch.cat([x1, x2]), "cuda")
+        x1, x2 = both[:N1], both[N1:]
     else:
         model64, x64 = make(*ALL_MODELS[name], n=N1 + N2)
         model, x = copy.deepcopy(model64).float(), x64.float()
