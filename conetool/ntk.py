@@ -296,14 +296,13 @@ def _compute(
     pairs = None if n2 is None else n * n2
     source: ntk_schedule.RowSource | None = None
     found = Learned(engine="jacobian")
+    pair_outputs = None  # the structured set-up's outputs of x[:2], where it ran
     if method != "jacobian" and (learned is None or learned.engine == "structured"):
         layout = learned.layout if learned is not None else None
         structured = StructuredRows(
             model, forward, params, tensors, x, kind, pairs=pairs, layout=layout
         )
-        if independence:
-            check_independence(forward, x[:2], structured.pair_outputs)
-            independence = False
+        pair_outputs = structured.pair_outputs
         if (
             method == "structured"
             or x.device.type != "cpu"
@@ -312,7 +311,7 @@ def _compute(
             source = structured
             found = Learned(engine="structured", layout=structured.layout())
     if independence:
-        check_independence(forward, x[:2])
+        check_independence(forward, x[:2], pair_outputs)
     if source is None:
         source = JacobianRows(forward, params, x, kind)
     c = source.c

@@ -241,10 +241,12 @@ def wide_dense(term: Term) -> bool:
 def syrk_term(term: Term) -> bool:
     """Whether a term's products with itself go to BLAS ``syrk`` (:func:`use_syrk`) whenever its
     block has enough rows: dense rows on the CPU, wide enough."""
+    if not wide_dense(term):
+        return False
+    mat = cast(Dense, term).mat
     return (
-        wide_dense(term)
-        and cast(Dense, term).mat.device.type == "cpu"
-        and cast(Dense, term).mat.dtype in (torch.float32, torch.float64)
+        mat.device.type == "cpu"
+        and mat.dtype in (torch.float32, torch.float64)
         and blas_syrk.available()
     )
 
