@@ -625,7 +625,7 @@ def main() -> None:
                 results: dict[str, dict] = {}
                 for rep in range(args.repeat):  # alternate the order, keep the fastest run
                     for label, method, budget in methods[:: -1 if rep % 2 else 1]:
-                        out = Path(tmp, f"{label.replace(' ', '_')}.pt")
+                        out = kernel_path(tmp, label)
                         row = measure(model, n, args.kind, method, budget, args, out)
                         best = results.get(label)
                         if best is None or "error" in row or row["seconds"] < best["seconds"]:
@@ -672,13 +672,10 @@ def sizes_of(args: argparse.Namespace, model: str) -> list[int]:
 def against_baseline(tmp: str, label: str, row: dict, base: dict | None) -> tuple[str, str, str]:
     """``(time ratio, peak ratio, relative Frobenius difference)`` of a row to the baseline's,
     from the kernels the workers saved in ``tmp``; dashes for the baseline itself or without one."""
-    import torch
 
     if base is None or "error" in base or label == "baseline":
         return "-", "-", "-"
-    reference = torch.load(Path(tmp, "baseline.pt"))
-    kernel = torch.load(Path(tmp, f"{label.replace(' ', '_')}.pt"))
-    err = float((kernel - reference).norm() / reference.norm())
+    err = saved_difference(tmp, label, "baseline")
     return (
         f"{row['seconds'] / base['seconds']:.2f}",
         f"{row['peak'] / base['peak']:.2f}",
@@ -686,15 +683,26 @@ def against_baseline(tmp: str, label: str, row: dict, base: dict | None) -> tupl
     )
 
 
-def against_float64(tmp: str, label: str, exact: dict) -> str:
-    """The relative Frobenius difference of a row's kernel from the float64 kernel (``--exact``)."""
+def kernel_path(tmp: str, label: str) -> Path:
+    """Where the worker of row ``label`` saves its kernel in ``tmp``."""
+    return Path(tmp, f"{label.replace(' ', '_')}.pt")
+
+
+def saved_difference(tmp: str, label: str, reference: str) -> float:
+    """The relative Frobenius difference between the kernels the workers of rows ``label`` and
+    ``reference`` saved in ``tmp``."""
     import torch
 
+    want = torch.load(kernel_path(tmp, reference))
+    kernel = torch.load(kernel_path(tmp, label))
+    return float((kernel - want).norm() / want.norm())
+
+
+def against_float64(tmp: str, label: str, exact: dict) -> str:
+    """The relative Frobenius difference of a row's kernel from the float64 kernel (``--exact``)."""
     if "error" in exact:
         return f"float64 kernel: {exact['error']}"
-    reference = torch.load(Path(tmp, "float64.pt"))
-    kernel = torch.load(Path(tmp, f"{label.replace(' ', '_')}.pt"))
-    err = float((kernel - reference).norm() / reference.norm())
+    err = saved_difference(tmp, label, "float64")
     return f"against the float64 kernel: {err:.1e} (float64 call {exact['seconds']:.3f} s)"
 
 
@@ -745,12 +753,12 @@ def main_cuda(args, models: list[str], budgets: list[str], engine_methods: list[
                     methods = []
                 methods += [(f"{m} {b}", m, b) for m in engine_methods for b in budgets]
                 for label, method, budget in methods:
-                    out = Path(tmp, f"{label.replace(' ', '_')}.pt")
+                    out = kernel_path(tmp, label)
                     out.unlink(missing_ok=True)
                     rows.append((label, measure(model, n, args.kind, method, budget, args, out)))
                 exact = None
                 if args.exact:  # the float64 kernel every row is compared with
-                    out = Path(tmp, "float64.pt")
+                    out = kernel_path(tmp, "float64")
                     out.unlink(missing_ok=True)
                     exact = measure(model, n, args.kind, "float64", "auto", args, out)
                 base = dict(rows).get("baseline")
