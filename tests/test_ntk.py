@@ -292,12 +292,17 @@ def test_symmetric_and_positive_semidefinite(kind: str) -> None:
 # The blocked schedule
 
 
+def budget_named(error: BaseException) -> int:
+    """The bytes a MemoryBudgetError's message names as the smallest budget ("(12,345 bytes)")."""
+    return int(re.search(r"\(([\d,]+) bytes\)", str(error)).group(1).replace(",", ""))
+
+
 def minimum_budget(
     model: nn.Module, x: torch.Tensor, kind: str, method: str = "auto", device: str = "cpu"
 ) -> int:
     with pytest.raises(MemoryBudgetError) as info:
         empirical_ntk(model, x, kind=kind, max_memory=1, device=device, method=method)
-    return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
+    return budget_named(info.value)
 
 
 @pytest.mark.parametrize("method", METHODS)

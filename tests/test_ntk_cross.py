@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import doctest
-import re
 
 import pytest
 import torch
-from test_ntk import MODELS, build, explicit_jacobian, record_plans, rel
+from test_ntk import MODELS, budget_named, build, explicit_jacobian, record_plans, rel
 from test_ntk_structured import record_sources
 from torch import nn
 
@@ -42,7 +41,7 @@ def minimum_budget(
 ) -> int:
     with pytest.raises(MemoryBudgetError) as info:
         empirical_ntk(model, x1, x2, kind=kind, max_memory=1, device="cpu", method=method)
-    return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
+    return budget_named(info.value)
 
 
 @pytest.mark.parametrize("method", METHODS)

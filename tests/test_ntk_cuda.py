@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import re
 
 import pytest
 import torch
 
 # tests/ has no __init__.py, so pytest's default ("prepend") import mode puts it on sys.path.
-from test_ntk import record_plans
+from test_ntk import budget_named, record_plans
 from test_ntk_accuracy import (
     BUILTINS,
     TOLERANCE,
@@ -58,7 +57,7 @@ def minimum_budget(
     """The smallest budget the engine accepts on CUDA, from its message."""
     with pytest.raises(MemoryBudgetError) as info:
         empirical_ntk(model, x, x2, kind=kind, max_memory=1, device="cuda", method=method)
-    return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
+    return budget_named(info.value)
 
 
 def row_bytes(model: nn.Module, kind: str, c: int) -> int:

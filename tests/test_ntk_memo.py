@@ -3,11 +3,9 @@ computed from a remembered set-up equals one computed from scratch."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
-from test_ntk import MODELS, build, reference, rel
+from test_ntk import MODELS, budget_named, build, reference, rel
 from test_ntk_structured import Reused, ScaledMLP
 from tiny_run import train_tiny
 from torch import nn
@@ -174,7 +172,7 @@ def test_the_gpu_plan_counts_the_partial_products_it_holds() -> None:
     def minimum(device: str) -> int:
         with pytest.raises(MemoryBudgetError) as info:
             ntk_schedule.plan(_Source(), "trace", 64, 10, 1, "row", torch.device(device))
-        return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
+        return budget_named(info.value)
 
     held = ntk_terms._PIECE_ELEMENTS_GPU * 4
     assert ntk_terms.held_partials(torch.device("cuda")) == held == 256 * 2**20

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import re
 from collections.abc import Callable
 
 import pytest
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 # tests/ has no __init__.py, so pytest's default ("prepend") import mode puts it on sys.path.
-from test_ntk import MODELS, explicit_jacobian, record_plans, reference, rel
+from test_ntk import MODELS, budget_named, explicit_jacobian, record_plans, reference, rel
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -634,7 +633,7 @@ def test_syrk_and_product_paths(
 def minimum_structured_budget(model: nn.Module, x: torch.Tensor, kind: str) -> int:
     with pytest.raises(MemoryBudgetError) as info:
         structured(model, x, kind, max_memory=1)
-    return int(re.search(r"\(([\d,]+) bytes\)", str(info.value)).group(1).replace(",", ""))
+    return budget_named(info.value)
 
 
 @pytest.mark.parametrize("kind", KINDS)
