@@ -194,7 +194,7 @@ def layer_shape(layer: HookedLayer) -> tuple[int, int, int]:
     """``(T, d_a, d_g)`` of a recorded Linear/conv layer, for one example."""
     module = layer.module
     if isinstance(module, nn.Linear):
-        t = sum(call.inp.numel() // module.in_features for call in layer.calls)
+        t = sum(call.inp[0].numel() // module.in_features for call in layer.calls)
         return t, module.in_features, module.out_features
     conv = cast("nn.Conv1d | nn.Conv2d", module)  # is_structured: Linear or a convolution
     t = sum(call.eps[0, 0].numel() for call in layer.calls)  # output pixels

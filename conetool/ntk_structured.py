@@ -117,7 +117,6 @@ class StructuredRows:
         with ntk_precision.outside_onednn(x.device, self.convolutions):
             with self._hooks():
                 self._check(x[: min(self.n, 2)])
-            self._measure(x[:1])
 
     def layout(self) -> StructuredLayout:
         """The set-up that the check and the measurements left, for an
@@ -362,7 +361,8 @@ class StructuredRows:
     # Setup: the check and the measurements
 
     def _check(self, batch: Tensor) -> None:
-        """Move to the fallback every layer whose reconstructed gradients are not the model's.
+        """Move to the fallback every layer whose reconstructed gradients are not the model's, then
+        measure the bytes per example from the same hooked pass (:meth:`_measure`).
 
         For a random cotangent ``r`` ``(c,)`` and each example ``x_i`` of ``batch`` (two), the
         per-example gradient ``J(x_i)^T r`` this engine reconstructs for each parameter must equal
@@ -386,9 +386,11 @@ class StructuredRows:
                 alone = torch.autograd.grad(out, list(live.values()), cot, allow_unused=True)
                 reference.append(dict(zip(live, alone, strict=True)))
         tol = 10 * math.sqrt(torch.finfo(dtype).eps)
+        saved: dict[int, int] = {}
         while self.layers:
             try:
-                out = self._record(batch)
+                with saved_activations(self.tensors.values(), b) as saved:
+                    out = self._record(batch)
             except Unsupported as exc:
                 self._drop(exc.layer)
                 continue
@@ -412,34 +414,30 @@ class StructuredRows:
                 worst = [next(gaps) for _ in names]
                 if not all(gap <= 0 for gap in worst):  # NaN disagrees, as a NaN gradient must
                     self._drop(layer)
-            for layer in self.layers:
-                layer.calls = []
-            return
+            break
+        self._measure(b, saved)
+        for layer in self.layers:
+            layer.calls = []
 
-    def _measure(self, example: Tensor) -> None:
-        """Bytes per example (recording, cotangents, rows) and each layer's kron/dense choice."""
+    def _measure(self, b: int, saved: dict[int, int]) -> None:
+        """Bytes per example (recording, cotangents, rows) and each layer's kron/dense choice, from
+        the calls the check's hooked pass over ``b`` examples recorded for the layers that passed
+        it and the activations that pass saved (storage -> bytes per example)."""
         k = self.c if self.kind != "sum" else 1
         n = self.n
-        # Counted in values per example, then in bytes.
+        # Counted in values per example, then in bytes. A recorded call's input and output lead
+        # with the batch (the hooks check it), so one example's share is exactly 1/b of each.
         activations = 0  # recorded inputs and output perturbations (and unfolded patches)
         cotangents = 0  # output cotangents, per cotangent
         largest = 0  # the largest output cotangent of one call, per cotangent
         row_fixed = 0  # resident rows that do not grow with the cotangents
         row_per_cotangent = 0  # and those per cotangent
-        saved: dict[int, int] = {}
-        while self.layers:
-            try:
-                with self._hooks(), saved_activations(self.tensors.values()) as saved:
-                    self._record(example)
-                break
-            except Unsupported as exc:
-                self._drop(exc.layer)
         choose = {} if self.pairs is None else {"pairs": self.pairs}
         for layer in self.layers:
-            eps = sum(call.eps.numel() for call in layer.calls)
+            eps = sum(call.eps.numel() // b for call in layer.calls)
             cotangents += eps
-            largest = max([largest, *(call.eps.numel() for call in layer.calls)])
-            activations += sum(call.inp.numel() + call.eps.numel() for call in layer.calls)
+            largest = max([largest, *(call.eps.numel() // b for call in layer.calls)])
+            activations += sum((call.inp.numel() + call.eps.numel()) // b for call in layer.calls)
             if layer.mode in ("local", "norm"):
                 row_per_cotangent += numel(self.params, layer.names.values())
                 continue
@@ -456,7 +454,6 @@ class StructuredRows:
                 row_per_cotangent += positions * d_g
             else:
                 row_per_cotangent += p + bias * d_g
-            layer.calls = []
         size = self.value_bytes
         self._activation_bytes = activations * size + (sum(saved.values()) if self.layers else 0)
         self._cotangent_bytes = cotangents * size

@@ -89,6 +89,20 @@ class Tied(nn.Module):
         return self.first(h) * torch.sigmoid(self.second(x))
 
 
+class Counter:
+    """Counts calls of a function while passing them through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> None:
+        self.count = 0
+        original = getattr(owner, name)
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.count += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
 

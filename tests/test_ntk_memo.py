@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_ntk import MODELS, budget_named, build, reference, rel
+from test_ntk import MODELS, Counter, budget_named, build, reference, rel
 from test_ntk_structured import Reused, ScaledMLP
 from tiny_run import train_tiny
 from torch import nn
@@ -14,20 +14,6 @@ from conetool import ntk, ntk_schedule, ntk_structured, ntk_terms
 from conetool.ntk import EngineMemo, MemoryBudgetError, empirical_ntk
 from conetool.ntk_memo import signature
 from conetool.pipeline import kernels
-
-
-class Counter:
-    """Counts calls of a function while passing them through."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> None:
-        self.count = 0
-        original = getattr(owner, name)
-
-        def counted(*args: object, **kwargs: object) -> object:
-            self.count += 1
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(owner, name, counted)
 
 
 def perturb(model: nn.Module, seed: int) -> None:

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 
 # tests/ has no __init__.py, so pytest's default ("prepend") import mode puts it on sys.path.
-from test_ntk import MODELS, budget_named, explicit_jacobian, record_plans, reference, rel
+from test_ntk import MODELS, Counter, budget_named, explicit_jacobian, record_plans, reference, rel
 from torch import nn
 from torch.func import functional_call, jacrev
 
 from conetool import ntk, ntk_reference, ntk_schedule, ntk_structured, ntk_terms
 from conetool.errors import ConetoolError
 from conetool.ntk import MemoryBudgetError, empirical_ntk
+from conetool.ntk_saved import saved_activations
 from conetool.ntk_structured import StructuredRows
 
 KINDS = ("trace", "full", "sum")
@@ -398,6 +399,46 @@ def test_fused_cotangent_copies_give_the_same_kernel(
     assert source._held_cotangent_bytes(4) == 4 * one + max(one, 4 * largest)
     monkeypatch.undo()
     assert source._held_cotangent_bytes(4) == 5 * one  # four in place, and one pass in flight
+
+
+@pytest.mark.parametrize("name", sorted(ALL_MODELS))
+def test_the_set_up_measures_one_example_from_the_checks_own_pass(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bytes per example come from the check's hooked pass over two examples (one set-up
+    # pass, not two), and must be what a pass over one example measures. The kron/dense choice,
+    # which depends on n, is fixed so that the layouts of n = 1 and n = 2 compare.
+    monkeypatch.setattr(
+        ntk_structured, "_choose", lambda kind, n, k, t, d_a, d_g, p, pairs=None: "kron"
+    )
+    passes = Counter(monkeypatch, StructuredRows, "_record")
+    made = record_sources(monkeypatch)
+    layouts = []
+    for n in (1, 2):
+        model, x = get(name, n=n)
+        structured(model, x, "trace")
+        # The set-up's one hooked pass (run again each time a module called with keywords is
+        # unhooked: keyword_call's two), and the rows' (one chunk).
+        assert passes.count == (4 if name == "keyword_call" else 2)
+        passes.count = 0
+        layouts.append(made[-1].layout())
+    one, two = layouts
+    assert (two.modes, two.fallback, two.c) == (one.modes, one.fallback, one.c)
+    assert two.sizes == one.sizes
+
+
+def test_saved_activations_share_out_what_holds_the_batch() -> None:
+    # A saved tensor that leads with the batch is shared among its examples; one that does not
+    # (a per-channel statistic, a non-owned constant) counts whole for each example.
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    for batch, expected_bytes in ((1, [32, 192]), (2, [32, 96])):
+        with saved_activations([], batch) as seen:
+            x * w  # mul saves both factors
+        assert sorted(seen.values()) == expected_bytes
+    with saved_activations([w], 2) as seen:  # owned storage: not an activation
+        x * w
+    assert list(seen.values()) == [96]
 
 
 # --------------------------------------------------------------------------------------------------
