@@ -7,7 +7,9 @@ weights, CPU, calls as large as the budget allows as on a GPU):
   :class:`conetool.EngineMemo`, under torch.profiler; the outermost aten calls that compute
   something (``benchmarks/profiling.py``'s ``outer`` rule) counted per phase of the structured
   engine: set-up check, set-up measurement, forward, backward passes (with the copies of their
-  cotangents), layer rows, Gram products and the rest (independence check, schedule).
+  cotangents), layer rows, Gram products and the rest (independence check, schedule); and how
+  many of them run before the first block of rows (on a GPU, host time the device waits
+  through). ``--check-later`` forces the GPU's order (the set-up's check after the blocks).
 - ``--layouts``: the peak resident memory a call grows by with the CPU's cotangent layout and with
   the GPU's (``StructuredRows.fuses_copies`` forced), each in a fresh process, and whether the two
   kernels are equal to the bit.
@@ -15,6 +17,7 @@ weights, CPU, calls as large as the budget allows as on a GPU):
   ``vmap``-ed over the ``g`` cotangents (``is_grads_batched``), 64 examples.
 
     python benchmarks/bench_ntk_phases.py --model resnet20 --n 256
+    python benchmarks/bench_ntk_phases.py --model resnet20 --n 256 --check-later
     python benchmarks/bench_ntk_phases.py --model resnet20 --n 256 --layouts
     python benchmarks/bench_ntk_phases.py --model resnet20 --vmap-backward
 """
@@ -39,13 +42,14 @@ sys.path.insert(0, str(HERE))
 import bench_ntk  # noqa: E402
 from profiling import FORWARDING_OPS, METADATA_OPS  # noqa: E402
 
-from conetool import ntk_schedule, ntk_structured  # noqa: E402
+from conetool import ntk, ntk_schedule, ntk_structured  # noqa: E402
 from conetool.ntk import empirical_ntk  # noqa: E402
 from conetool.ntk_memo import EngineMemo  # noqa: E402
 
 PHASES = {  # (owner, method): phase
     (ntk_structured.StructuredRows, "_check"): "set-up check",
     (ntk_structured.StructuredRows, "_measure"): "set-up measure",
+    (ntk_structured.StructuredRows, "_measure_only"): "set-up measure",
     (ntk_structured.StructuredRows, "_record"): "forward",
     (ntk_structured.StructuredRows, "_cotangents"): "backward",
     (ntk_structured.StructuredRows, "_layer_terms"): "layer rows",
@@ -55,22 +59,34 @@ PHASES = {  # (owner, method): phase
 }
 
 
+BLOCK = "block"  # a range around each computation of rows (not a phase: phases stay innermost)
+
+
 def label_phases() -> None:
-    """Wrap each phase's function in a torch.profiler range named after the phase."""
-    for (owner, name), phase in PHASES.items():
+    """Wrap each phase's function in a torch.profiler range named after the phase, and each
+    computation of rows (``StructuredRows._rows``) in a ``block`` range."""
+    labels = {key: "phase: " + phase for key, phase in PHASES.items()}
+    labels[(ntk_structured.StructuredRows, "_rows")] = BLOCK
+    for (owner, name), label in labels.items():
         inner = getattr(owner, name)
 
         @functools.wraps(inner)
-        def wrapped(*args, _inner=inner, _phase=phase, **kwargs):
-            with torch.profiler.record_function("phase: " + _phase):
+        def wrapped(*args, _inner=inner, _label=label, **kwargs):
+            with torch.profiler.record_function(_label):
                 return _inner(*args, **kwargs)
 
         setattr(owner, name, wrapped)
 
 
-def outer_by_phase(prof) -> Counter:
-    """Outermost computing aten calls per phase (the innermost phase range around each)."""
+def outer_by_phase(prof) -> tuple[Counter, int]:
+    """Outermost computing aten calls per phase (the innermost phase range around each), and how
+    many of them start before the first block of rows: on a GPU, host time the device waits
+    through before its first large kernel."""
+    first_block = min(
+        (e.time_range.start for e in prof.events() if e.name == BLOCK), default=float("inf")
+    )
     counts: Counter = Counter()
+    before = 0
     for event in prof.events():
         if not event.name.startswith("aten::") or event.name in METADATA_OPS:
             continue
@@ -83,7 +99,8 @@ def outer_by_phase(prof) -> Counter:
             parent = parent.cpu_parent
         else:
             counts[phase] += 1
-    return counts
+            before += event.time_range.start < first_block
+    return counts, before
 
 
 def setup(args):
@@ -101,6 +118,8 @@ def call(model, x, budget, memo=None):
 def phases(args) -> None:
     model, x = setup(args)
     label_phases()
+    if args.check_later:  # the GPU's order: the set-up's check after the blocks
+        ntk._checks_later = lambda device: True
     memo = EngineMemo()
     with torch.no_grad():
         call(model, x[:2], args.max_memory)  # warm-up: lazy imports, first-call costs
@@ -108,9 +127,12 @@ def phases(args) -> None:
         for label, used in (("lone call", None), ("with the memo", memo)):
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 call(model, x, args.max_memory, used)
-            counts = outer_by_phase(prof)
+            counts, before = outer_by_phase(prof)
             parts = ", ".join(f"{phase} {count:,}" for phase, count in counts.most_common())
-            print(f"{args.model} n={args.n} {label}: {sum(counts.values()):,} outermost ({parts})")
+            print(
+                f"{args.model} n={args.n} {label}: {sum(counts.values()):,} outermost ({parts}); "
+                f"{before:,} before the first block"
+            )
 
 
 def layout_worker(args) -> None:
@@ -181,6 +203,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layouts", action="store_true")
     parser.add_argument("--vmap-backward", action="store_true")
+    parser.add_argument(
+        "--check-later",
+        action="store_true",
+        help="the GPU's order: the set-up's check after the blocks (ntk._checks_later)",
+    )
     parser.add_argument("--layout", choices=("cpu", "gpu"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -145,7 +145,10 @@ def empirical_ntk(
         dtype: compute dtype; default the dtype of the model's trainable parameters. Floating
             parameters, buffers and inputs are cast to it (``torch.float64`` for exact kernels).
         on_block: called as ``on_block(done, total)`` after each block of the schedule (a block of
-            Jacobian rows computed and contracted with every resident block it pairs with).
+            Jacobian rows computed and contracted with every resident block it pairs with). Off
+            the CPU, on a call that sets up the structured engine, the blocks are computed a
+            second time (``done`` counting from 1 again) when its check, which runs after them
+            there, moves layers to the fallback path.
         check: run :func:`check_per_example` (structural and numeric) before computing.
         method: ``"structured"`` (per-layer contraction, :mod:`conetool.ntk_structured`),
             ``"jacobian"`` (the reference: ``vmap`` over examples of ``vjp``, every parameter), or
@@ -295,34 +298,89 @@ def _compute(
     n = x.shape[0] if n2 is None else x.shape[0] - n2
     pairs = None if n2 is None else n * n2
     source: ntk_schedule.RowSource | None = None
-    found = Learned(engine="jacobian")
-    pair_outputs = None  # the structured set-up's outputs of x[:2], where it ran
+    structured: StructuredRows | None = None
+    later = False  # the structured set-up's check left for after the blocks are dispatched
     if method != "jacobian" and (learned is None or learned.engine == "structured"):
         layout = learned.layout if learned is not None else None
-        structured = StructuredRows(
-            model, forward, params, tensors, x, kind, pairs=pairs, layout=layout
+        # Only where the structured engine is used whatever the check finds (auto on a CPU
+        # chooses from the layers that pass it).
+        later = (
+            layout is None
+            and _checks_later(x.device)
+            and (method == "structured" or x.device.type != "cpu")
         )
-        pair_outputs = structured.pair_outputs
+        structured = StructuredRows(
+            model, forward, params, tensors, x, kind, pairs=pairs, layout=layout, check_later=later
+        )
         if (
             method == "structured"
             or x.device.type != "cpu"
             or structured.kron_share() >= _AUTO_KRON_SHARE
         ):
             source = structured
-            found = Learned(engine="structured", layout=structured.layout())
-    if independence:
-        check_independence(forward, x[:2], pair_outputs)
+    if independence and not later:
+        check_independence(forward, x[:2], structured.pair_outputs if structured else None)
     if source is None:
         source = JacobianRows(forward, params, x, kind)
-    c = source.c
-    what = (
-        f"one example's {'Jacobian' if kind == 'full' else 'Jacobian row'} "
-        f"({c if kind == 'full' else 1} x {sum(t.numel() for t in params.values()):,} parameters)"
-    )
     dtype = next(iter(params.values())).dtype
-    schedule = ntk_schedule.plan(source, kind, n, c, budget, what, x.device, n2=n2)
-    kernel = ntk_schedule.run(source, schedule, kind, n, c, dtype, x.device, on_block, n2=n2)
-    return kernel, found
+
+    def computed() -> Tensor:
+        assert source is not None
+        c = source.c
+        what = (
+            f"one example's {'Jacobian' if kind == 'full' else 'Jacobian row'} "
+            f"({c if kind == 'full' else 1} x {sum(t.numel() for t in params.values()):,} "
+            "parameters)"
+        )
+        schedule = ntk_schedule.plan(source, kind, n, c, budget, what, x.device, n2=n2)
+        return ntk_schedule.run(source, schedule, kind, n, c, dtype, x.device, on_block, n2=n2)
+
+    if later:
+        assert structured is not None
+        kernel = _computed_then_checked(structured, computed, forward, x, independence)
+    else:
+        kernel = computed()
+    if source is structured and structured is not None:
+        return kernel, Learned(engine="structured", layout=structured.layout())
+    return kernel, Learned(engine="jacobian")
+
+
+def _checks_later(device: torch.device) -> bool:
+    """Whether the structured engine's set-up check runs after the blocks are dispatched rather
+    than before (:mod:`conetool.ntk_structured`): off the CPU, where the device computes the blocks
+    while the host runs the check's few hundred small calls."""
+    return device.type != "cpu"
+
+
+def _computed_then_checked(
+    structured: StructuredRows,
+    computed: Callable[[], Tensor],
+    forward: Callable[..., Tensor],
+    x: Tensor,
+    independence: bool,
+) -> Tensor:
+    """The kernel of ``computed()`` with the set-up check run after its blocks were dispatched
+    (and then the independence check, on the outputs the set-up check computed). When the check
+    moves layers to the fallback path, the kernel was computed with layers this engine does not
+    reconstruct exactly: it is computed again with the new layout. A layer the check would have
+    moved may also make the first computation fail; the check then decides."""
+    failure: Exception | None = None
+    try:
+        kernel: Tensor | None = computed()
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError) as exc:  # e.g. per-example gradients a layer cannot give
+        kernel, failure = None, exc
+    changed = structured.check_later_found_changes()
+    if independence:
+        check_independence(forward, x[:2], structured.pair_outputs)
+    if changed:
+        del kernel
+        return computed()
+    if kernel is None:
+        assert failure is not None
+        raise failure
+    return kernel
 
 
 def default_memory_budget(device: str | torch.device | None = None) -> int:

@@ -1,14 +1,15 @@
 """What the eNTK engine learns about a model once and reuses for every checkpoint of a run.
 
 Before computing, :func:`conetool.ntk.empirical_ntk` checks that the model's examples are
-independent (three forward passes), and with ``method="structured"`` or ``"auto"`` the structured
-engine hooks the model, checks on two examples which layers it reconstructs exactly (one batched
-forward and backward pass, and one ordinary backward pass per example), measures the bytes per
-example and chooses each layer's kron/dense form; ``auto`` then picks an engine. None of this
-depends on the weights, only on the architecture, the input shape, the kind, the device and the
-dtype, yet it used to run before every kernel: on a GPU it is host time and kernel launches
-between kernels (issue 15), and ``auto`` built the structured set-up only to throw it away when it
-picked the reference engine.
+independent (three forward passes, or none where the structured engine's check computed those
+outputs), and with ``method="structured"`` or ``"auto"`` the structured engine hooks the model,
+checks on two examples which layers it reconstructs exactly (one batched forward and backward
+pass, one ordinary forward and backward pass per example; off the CPU after the blocks are
+dispatched), measures the bytes per example and chooses each layer's kron/dense form; ``auto``
+then picks an engine. None of this depends on the weights, only on the architecture, the input
+shape, the kind, the device and the dtype, yet it used to run before every kernel: on a GPU it is
+host time and kernel launches between kernels (issue 15), and ``auto`` built the structured set-up
+only to throw it away when it picked the reference engine.
 
 An :class:`EngineMemo` passed to every call of a run (``empirical_ntk(..., memo=memo)``) keeps
 those findings per *signature* (:func:`signature`): the module tree (names, types and

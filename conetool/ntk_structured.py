@@ -19,11 +19,15 @@ this module hooks them, runs the passes and hands the rows to the block schedule
   parameter used outside its module's ``forward``): the reference engine's path, ``vmap`` of ``vjp``
   over the whole model, for exactly those parameters (``.fallback``).
 
-Before the first block a check runs on two examples: for a random cotangent, the per-example
-gradients this engine reconstructs for each parameter must equal the model's ordinary gradient of
-that example evaluated alone; any layer that does not (a parameter used somewhere the hooks do not
-see, a layer applied to something other than the batch, or to the examples in another order) moves
-to the fallback path.
+A check runs on two examples: for a random cotangent, the per-example gradients this engine
+reconstructs for each parameter must equal the model's ordinary gradient of that example evaluated
+alone; any layer that does not (a parameter used somewhere the hooks do not see, a layer applied to
+something other than the batch, or to the examples in another order) moves to the fallback path.
+On a CPU it runs before the first block. Off the CPU (``check_later``) the set-up before the first
+block is one hooked pass that measures the bytes per example, and the check runs after the last
+block has been dispatched (:meth:`StructuredRows.check_later_found_changes`), while the device
+still computes: its few hundred small calls are host time that no longer delays the device. When
+it moves a layer, the caller computes the kernel again with the new layout.
 
 On a CPU where oneDNN's float32 convolutions are inexact (checked once per process), the batched
 passes of a model with convolutions run outside oneDNN
@@ -81,7 +85,8 @@ class StructuredRows:
     compute dtype. ``x`` ``(n, *shape)`` are the inputs. ``pairs``: how many pairs of examples
     the kernel multiplies, for the cost model of each layer's kron/dense choice (default
     ``n(n+1)/2``, the symmetric kernel of ``x``; a cross kernel of ``n1 + n2`` examples multiplies
-    ``n1·n2``).
+    ``n1·n2``). ``check_later``: measure now and leave the check for
+    :meth:`check_later_found_changes`, which the caller runs after dispatching the blocks.
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class StructuredRows:
         kind: str,
         pairs: float | None = None,
         layout: StructuredLayout | None = None,
+        check_later: bool = False,
     ) -> None:
         self.model = model
         self.forward = forward
@@ -111,12 +117,30 @@ class StructuredRows:
         # The outputs of the check's first two examples, together and each alone, for the
         # independence check (ntk_checks.check_independence), which then needs no forward passes.
         self.pair_outputs: tuple[Tensor, Tensor] | None = None
+        self._cotangent: Tensor | None = None
         if layout is not None:
             self._restore(layout)
             return
+        self.checked = not check_later
         with ntk_precision.outside_onednn(x.device, self.convolutions):
             with self._hooks():
-                self._check(x[: min(self.n, 2)])
+                if check_later:
+                    self._measure_only(x[: min(self.n, 2)])
+                else:
+                    self._check(x[: min(self.n, 2)])
+
+    def check_later_found_changes(self) -> bool:
+        """Run the check that ``check_later`` left out (after the blocks were dispatched); True
+        when it moved layers to the fallback path, so that rows computed before were not those of
+        the layout it leaves (whose bytes per example it measures again)."""
+        if self.checked:
+            return False
+        before = self.modes(), list(self.fallback)
+        with ntk_precision.outside_onednn(self.x.device, self.convolutions):
+            with self._hooks():
+                self._check(self.x[: min(self.n, 2)])
+        self.checked = True
+        return (self.modes(), self.fallback) != before
 
     def layout(self) -> StructuredLayout:
         """The set-up that the check and the measurements left, for an
@@ -372,14 +396,12 @@ class StructuredRows:
         another order fails this, and its layer falls back.
         """
         b = batch.shape[0]
-        generator = torch.Generator().manual_seed(0)
         dtype = next(iter(self.params.values())).dtype
         live = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         with torch.enable_grad():
             outs = [self.forward(batch[i : i + 1], live).reshape(1, -1) for i in range(b)]
         self.c = outs[0].shape[1]
-        cot = torch.randn(1, self.c, generator=generator, dtype=torch.float64)
-        cot = cot.to(device=batch.device, dtype=dtype)
+        cot = self._check_cotangent()
         reference: list[dict[str, Tensor | None]] = []
         with torch.enable_grad():
             for out in outs:
@@ -415,6 +437,39 @@ class StructuredRows:
                 if not all(gap <= 0 for gap in worst):  # NaN disagrees, as a NaN gradient must
                     self._drop(layer)
             break
+        self._measure(b, saved)
+        for layer in self.layers:
+            layer.calls = []
+
+    def _check_cotangent(self) -> Tensor:
+        """The check's random cotangent ``(1, c)`` (seeded), made once. The set-up that leaves the
+        check for later makes it before the blocks: a copy from the host to a GPU waits for
+        everything queued on the device, which after the blocks would be all of them."""
+        if self._cotangent is None:
+            generator = torch.Generator().manual_seed(0)
+            cot = torch.randn(1, self.c, generator=generator, dtype=torch.float64)
+            dtype = next(iter(self.params.values())).dtype
+            self._cotangent = cot.to(device=self.x.device, dtype=dtype)
+        return self._cotangent
+
+    def _measure_only(self, batch: Tensor) -> None:
+        """The check's hooked pass without the check: the output size and the bytes per example
+        (modules called in a way the hooks cannot split still move to the fallback here)."""
+        b = batch.shape[0]
+        saved: dict[int, int] = {}
+        out = None
+        while self.layers:
+            try:
+                with saved_activations(self.tensors.values(), b) as saved:
+                    out = self._record(batch)
+                break
+            except Unsupported as exc:
+                self._drop(exc.layer)
+        if out is None:  # every layer on the fallback path: the output size from a plain pass
+            out = self.forward(batch[:1]).reshape(1, -1)
+        self.c = out.shape[1]
+        del out
+        self._check_cotangent()
         self._measure(b, saved)
         for layer in self.layers:
             layer.calls = []

@@ -10,7 +10,9 @@ built-in models' symmetric float32 kernels, ``structured`` and ``jacobian``) is 
 - cross kernels ``K(x1, x2)`` on the zoo and the built-ins;
 - blocked schedules (budgets a few rows above the minimum the engine reports for CUDA);
 - the budget: a kernel whose schedule the budget limits grows ``torch.cuda.max_memory_allocated``
-  by no more than the budget, and inputs already on the device give the same kernel.
+  by no more than the budget, and inputs already on the device give the same kernel;
+- the structured set-up's check, which runs after the blocks on a GPU, waits for the device only
+  at its end (CUDA's sync debug mode).
 
 Every float64 reference is computed on the CPU, on at most 7 examples.
 """
@@ -37,6 +39,7 @@ from test_ntk_accuracy import (
 from test_ntk_structured import ALL_MODELS, expected, make
 from torch import nn
 
+from conetool import ntk_structured
 from conetool.models import resnet20
 from conetool.ntk import MemoryBudgetError, empirical_ntk
 
@@ -260,3 +263,40 @@ def test_inputs_and_model_on_the_device_give_the_same_kernel() -> None:
     assert on_device.device.type == "cpu"
     assert rel(on_device, on_host) < TOLERANCE
     assert all(p.device.type == "cpu" for p in model.parameters())  # the model was not moved
+
+
+@pytest.mark.parametrize("name", ["conv_bn", "residual", "reused_weight", "resnet20"])
+def test_the_set_up_check_after_the_blocks_waits_for_the_device_only_at_its_end(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a GPU the structured engine's check runs after the blocks are dispatched, so that its
+    # host time overlaps the device's work on them. Anything in it that waits for the device (a
+    # copy from the host, a value read back) before its one read-back of the gaps would wait for
+    # every block first: CUDA's sync debug mode makes such a call raise.
+    if name == "resnet20":
+        model, x = _resnet20_case(6)
+        want = empirical_ntk(model, x, device="cuda", method="jacobian")
+    else:
+        model, x, want_kinds = zoo32(name)
+        want = want_kinds["trace"]
+    checks: list[str] = []
+    original_check = ntk_structured.StructuredRows.check_later_found_changes
+    original_gaps = ntk_structured._worst_gaps
+
+    def check(self):  # type: ignore[no-untyped-def]
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return original_check(self)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    def gaps(*args):  # type: ignore[no-untyped-def]
+        checks.append(torch.cuda.get_sync_debug_mode())
+        torch.cuda.set_sync_debug_mode("default")  # the one read-back the check needs
+        return original_gaps(*args)
+
+    monkeypatch.setattr(ntk_structured.StructuredRows, "check_later_found_changes", check)
+    monkeypatch.setattr(ntk_structured, "_worst_gaps", gaps)
+    kernel = empirical_ntk(model, x, device="cuda", method="structured")
+    assert checks == [2]  # the check ran after the blocks, in "error" mode until its read-back
+    assert rel(kernel, want) < TOLERANCE

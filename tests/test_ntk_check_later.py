@@ -1,0 +1,172 @@
+"""The structured engine's check after the blocks (off the CPU, forced here on the CPU).
+
+Off the CPU the set-up before the first block is one hooked pass that measures the bytes per
+example; the check (reconstructed per-example gradients against each example's own) runs after
+the blocks have been dispatched, while the device computes them, and a layer it moves to the
+fallback path makes the engine compute the kernel again with the new layout. These tests force that
+order on the CPU (``ntk._checks_later``) and check that the kernels are still exact, that the check
+really runs after the blocks, and that its findings (moved layers, interacting examples) still
+decide the result.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_ntk import METHODS, BatchCentered, Counter, rel
+from test_ntk_structured import (
+    ALL_MODELS,
+    KINDS,
+    expected,
+    get,
+    minimum_structured_budget,
+    record_sources,
+)
+from torch import nn
+
+from conetool import ntk
+from conetool.errors import ConetoolError
+from conetool.ntk import EngineMemo, empirical_ntk
+from conetool.ntk_structured import StructuredRows
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+
+
+@pytest.fixture
+def later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's order on the CPU: the check after the blocks."""
+    monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
+
+
+@pytest.mark.usefixtures("later")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", sorted(ALL_MODELS))
+def test_the_check_after_the_blocks_gives_the_exact_kernel_and_the_same_layout(
+    name: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x = get(name)
+    memo = EngineMemo()
+    kernel = empirical_ntk(model, x, kind=kind, device="cpu", method="structured", memo=memo)
+    assert rel(kernel, expected(name, kind)) < 1e-10
+    (learned,) = memo.entries.values()
+    monkeypatch.undo()  # the CPU's order: the check before the blocks
+    first = EngineMemo()
+    empirical_ntk(model, x, kind=kind, device="cpu", method="structured", memo=first)
+    (checked_first,) = first.entries.values()
+    assert learned == checked_first  # what the memo keeps for the next checkpoint
+
+
+def model_size(model: nn.Module) -> int:
+    return sum(t.numel() for t in model.parameters())
+
+
+def _order(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The set-up check and the row computations, in the order they run."""
+    events: list[str] = []
+    for method, label in (("_check", "check"), ("_rows", "rows")):
+        original = getattr(StructuredRows, method)
+
+        def spy(self, *args, _original=original, _label=label, **kwargs):  # type: ignore[no-untyped-def]
+            events.append(_label)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(StructuredRows, method, spy)
+    return events
+
+
+def test_off_the_cpu_the_check_runs_after_the_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = get("conv_bn", n=6)
+    budget = minimum_structured_budget(model, x, "trace") + 3 * 8 * model_size(model)  # blocks
+    events = _order(monkeypatch)
+    empirical_ntk(model, x, device="cpu", method="structured", max_memory=budget)
+    assert events[0] == "check" and events.count("check") == 1  # the CPU: before the blocks
+    rows = events.count("rows")
+    assert rows > 1
+    events.clear()
+    monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
+    empirical_ntk(model, x, device="cpu", method="structured", max_memory=budget)
+    assert events == ["rows"] * rows + ["check"]
+
+
+@pytest.mark.usefixtures("later")
+def test_a_layer_the_check_moves_makes_the_kernel_computed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # reused_weight: a weight also used outside its module's forward. Before the check the layer
+    # is hooked and its reconstructed rows are wrong; the check moves it, and the kernel is
+    # computed again with it on the fallback path.
+    model, x = get("reused_weight")
+    made = record_sources(monkeypatch)
+    rows = Counter(monkeypatch, StructuredRows, "_rows")
+    kernel = empirical_ntk(model, x, kind="full", device="cpu", method="structured")
+    assert rel(kernel, expected("reused_weight", "full")) < 1e-10
+    assert made[0].fallback and made[0].checked
+    assert rows.count == 2  # one block, computed twice
+
+
+@pytest.mark.usefixtures("later")
+@pytest.mark.parametrize("method", METHODS)
+def test_interacting_examples_are_still_refused(method: str) -> None:
+    model = BatchCentered()
+    x = torch.randn(4, 3)
+    with pytest.raises(ConetoolError, match="depends on the other examples"):
+        empirical_ntk(model, x, device="cpu", method=method)
+    with pytest.raises(ConetoolError, match="depends on the other examples"):
+        empirical_ntk(model, x[:2], x[2:], device="cpu", method=method)  # a cross kernel
+
+
+class _Source:
+    """A stand-in for StructuredRows: what its later check finds."""
+
+    def __init__(self, changed: bool) -> None:
+        self.changed = changed
+        self.pair_outputs = None
+
+    def check_later_found_changes(self) -> bool:
+        return self.changed
+
+
+def _failing_once(result: torch.Tensor, error: Exception) -> tuple[list[int], object]:
+    calls: list[int] = []
+
+    def computed() -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return result
+
+    return calls, computed
+
+
+def test_a_first_computation_that_fails_is_decided_by_the_check() -> None:
+    # A layer the check would move may make the blocks fail before the check has run: when the
+    # check moves layers, the kernel is computed again; when it does not, the error stands.
+    ones = torch.ones(2, 2)
+    calls, computed = _failing_once(ones, RuntimeError("per-example gradients"))
+    kernel = ntk._computed_then_checked(
+        _Source(changed=True),  # type: ignore[arg-type]
+        computed,  # type: ignore[arg-type]
+        nn.Identity(),
+        ones,
+        independence=False,
+    )
+    assert torch.equal(kernel, ones) and len(calls) == 2
+    calls, computed = _failing_once(ones, RuntimeError("per-example gradients"))
+    with pytest.raises(RuntimeError, match="per-example gradients"):
+        ntk._computed_then_checked(
+            _Source(changed=False),  # type: ignore[arg-type]
+            computed,  # type: ignore[arg-type]
+            nn.Identity(),
+            ones,
+            independence=False,
+        )
+    assert len(calls) == 1
+    calls, computed = _failing_once(ones, torch.OutOfMemoryError("out of memory"))
+    with pytest.raises(torch.OutOfMemoryError):  # never taken for a layer's fault
+        ntk._computed_then_checked(
+            _Source(changed=True),  # type: ignore[arg-type]
+            computed,  # type: ignore[arg-type]
+            nn.Identity(),
+            ones,
+            independence=False,
+        )
