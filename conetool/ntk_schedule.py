@@ -273,8 +273,11 @@ def run(
             pieces.append((lo * per_unit, piece))
         return pieces
 
-    for cot in schedule.groups:
-        cot = cot.to(device=device, dtype=dtype)
+    # Every group's cotangents go to the device before the first block: a copy from the host to a
+    # GPU waits for everything queued there, and between groups it would leave the device idle
+    # while the host dispatches the next group's first calls.
+    groups = [cot.to(device=device, dtype=dtype) for cot in schedule.groups]
+    for cot in groups:
         for start in range(0, n, schedule.panel):
             stop = min(start + schedule.panel, n)
             pieces = panel_pieces(cot, start, stop)
