@@ -363,13 +363,15 @@ def _computed_then_checked(
     (and then the independence check, on the outputs the set-up check computed). When the check
     moves layers to the fallback path, the kernel was computed with layers this engine does not
     reconstruct exactly: it is computed again with the new layout. A layer the check would have
-    moved may also make the first computation fail; the check then decides."""
+    moved may also make the first computation fail (per-example gradients it cannot give, or a
+    budget too small for the layout before the check, whose minimum the layout after it decides);
+    the check then decides."""
     failure: Exception | None = None
     try:
         kernel: Tensor | None = computed()
     except torch.OutOfMemoryError:
         raise
-    except (RuntimeError, ValueError) as exc:  # e.g. per-example gradients a layer cannot give
+    except (RuntimeError, ValueError, MemoryBudgetError) as exc:
         kernel, failure = None, exc
     changed = structured.check_later_found_changes()
     if independence:

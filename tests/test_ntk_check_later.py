@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_ntk import METHODS, BatchCentered, Counter, rel
+from test_ntk_cross import cross_reference
 from test_ntk_structured import (
     ALL_MODELS,
     KINDS,
@@ -54,6 +55,10 @@ def test_the_check_after_the_blocks_gives_the_exact_kernel_and_the_same_layout(
     empirical_ntk(model, x, kind=kind, device="cpu", method="structured", memo=first)
     (checked_first,) = first.entries.values()
     assert learned == checked_first  # what the memo keeps for the next checkpoint
+
+
+def expected_n(name: str, kind: str, n: int) -> torch.Tensor:
+    return expected(name, kind, n=n)
 
 
 def model_size(model: nn.Module) -> int:
@@ -102,6 +107,40 @@ def test_a_layer_the_check_moves_makes_the_kernel_computed_again(
     assert rel(kernel, expected("reused_weight", "full")) < 1e-10
     assert made[0].fallback and made[0].checked
     assert rows.count == 2  # one block, computed twice
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_too_small_budget_names_the_minimum_of_the_checked_layout(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # reused_weight's layer moves to the fallback path, whose rows take more memory. The minimum
+    # that a too-small budget's message names must be the checked layout's, as on the CPU, not
+    # that of the layout before the check (which a later call would then also refuse).
+    model, x = get("reused_weight")
+    checked_first = minimum_structured_budget(model, x, kind)
+    monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
+    assert minimum_structured_budget(model, x, kind) == checked_first
+    kernel = empirical_ntk(
+        model, x, kind=kind, device="cpu", method="structured", max_memory=checked_first
+    )
+    assert rel(kernel, expected("reused_weight", kind)) < 1e-10
+
+
+@pytest.mark.usefixtures("later")
+@pytest.mark.parametrize("name", ["mlp", "conv_bn", "reused_weight", "tied"])
+def test_cross_and_blocked_kernels_with_the_check_after_the_blocks(name: str) -> None:
+    # Cross kernels, and a blocked schedule, in the GPU's order: reused_weight's kernel is then
+    # computed again block by block after its layer moves.
+    model, x = get(name, n=7)
+    x1, x2 = x[:4], x[4:]
+    for kind in KINDS:
+        cross = empirical_ntk(model, x1, x2, kind=kind, device="cpu", method="structured")
+        assert rel(cross, cross_reference(model, x1, x2, kind)) < 1e-10
+        low = minimum_structured_budget(model, x, kind)
+        blocked = empirical_ntk(
+            model, x, kind=kind, device="cpu", method="structured", max_memory=low
+        )
+        assert rel(blocked, expected_n(name, kind, 7)) < 1e-10
 
 
 @pytest.mark.usefixtures("later")
