@@ -118,10 +118,10 @@ class StructuredRows:
         # independence check (ntk_checks.check_independence), which then needs no forward passes.
         self.pair_outputs: tuple[Tensor, Tensor] | None = None
         self._cotangent: Tensor | None = None
+        self.checked = not check_later or layout is not None
         if layout is not None:
             self._restore(layout)
             return
-        self.checked = not check_later
         with ntk_precision.outside_onednn(x.device, self.convolutions):
             with self._hooks():
                 if check_later:
@@ -404,18 +404,12 @@ class StructuredRows:
         cot = self._check_cotangent()
         reference: list[dict[str, Tensor | None]] = []
         with torch.enable_grad():
-            for out in outs:
-                alone = torch.autograd.grad(out, list(live.values()), cot, allow_unused=True)
+            for single in outs:
+                alone = torch.autograd.grad(single, list(live.values()), cot, allow_unused=True)
                 reference.append(dict(zip(live, alone, strict=True)))
         tol = 10 * math.sqrt(torch.finfo(dtype).eps)
-        saved: dict[int, int] = {}
-        while self.layers:
-            try:
-                with saved_activations(self.tensors.values(), b) as saved:
-                    out = self._record(batch)
-            except Unsupported as exc:
-                self._drop(exc.layer)
-                continue
+        out, saved = self._hooked_pass(batch)
+        if out is not None:
             if b >= 2:
                 self.pair_outputs = (out.detach()[:2], torch.cat(outs[:2]).detach())
             grads = self._cotangents(out, cot)
@@ -436,10 +430,23 @@ class StructuredRows:
                 worst = [next(gaps) for _ in names]
                 if not all(gap <= 0 for gap in worst):  # NaN disagrees, as a NaN gradient must
                     self._drop(layer)
-            break
         self._measure(b, saved)
         for layer in self.layers:
             layer.calls = []
+
+    def _hooked_pass(self, batch: Tensor) -> tuple[Tensor | None, dict[int, int]]:
+        """The hooked forward pass of ``batch`` (outputs ``(b, c)``, each layer's calls recorded)
+        and the activations it saved (storage -> bytes per example). A module called in a way the
+        hooks cannot split moves to the fallback path and the pass runs again; ``None`` and no
+        activations when no hooked layer is left."""
+        while self.layers:
+            try:
+                with saved_activations(self.tensors.values(), batch.shape[0]) as saved:
+                    out = self._record(batch)
+                return out, saved
+            except Unsupported as exc:
+                self._drop(exc.layer)
+        return None, {}
 
     def _check_cotangent(self) -> Tensor:
         """The check's random cotangent ``(1, c)`` (seeded), made once. The set-up that leaves the
@@ -455,22 +462,13 @@ class StructuredRows:
     def _measure_only(self, batch: Tensor) -> None:
         """The check's hooked pass without the check: the output size and the bytes per example
         (modules called in a way the hooks cannot split still move to the fallback here)."""
-        b = batch.shape[0]
-        saved: dict[int, int] = {}
-        out = None
-        while self.layers:
-            try:
-                with saved_activations(self.tensors.values(), b) as saved:
-                    out = self._record(batch)
-                break
-            except Unsupported as exc:
-                self._drop(exc.layer)
+        out, saved = self._hooked_pass(batch)
         if out is None:  # every layer on the fallback path: the output size from a plain pass
             out = self.forward(batch[:1]).reshape(1, -1)
         self.c = out.shape[1]
         del out
         self._check_cotangent()
-        self._measure(b, saved)
+        self._measure(batch.shape[0], saved)
         for layer in self.layers:
             layer.calls = []
 
