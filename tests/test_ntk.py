@@ -436,8 +436,14 @@ class BatchCentered(nn.Module):
         return self.fc(x - x.mean(dim=0, keepdim=True))
 
 
+@pytest.mark.parametrize("later", [False, True], ids=["check-first", "check-later"])
 @pytest.mark.parametrize("method", METHODS)
-def test_explicit_batch_dependency_is_detected(method: str) -> None:
+def test_explicit_batch_dependency_is_detected(
+    method: str, later: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # check-later: the GPU's order (the structured set-up's check after the blocks), forced.
+    if later:
+        monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
     model = BatchCentered()
     x = torch.randn(4, 3)
     with pytest.raises(ConetoolError, match="depends on the other examples"):

@@ -5,15 +5,15 @@ example; the check (reconstructed per-example gradients against each example's o
 the blocks have been dispatched, while the device computes them, and a layer it moves to the
 fallback path makes the engine compute the kernel again with the new layout. These tests force that
 order on the CPU (``ntk._checks_later``) and check that the kernels are still exact, that the check
-really runs after the blocks, and that its findings (moved layers, interacting examples) still
-decide the result.
+really runs after the blocks, and that the layers it moves still decide the result (interacting
+examples are still refused: ``test_ntk.test_explicit_batch_dependency_is_detected``).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_ntk import METHODS, BatchCentered, Counter, rel
+from test_ntk import Counter, rel
 from test_ntk_cross import cross_reference
 from test_ntk_structured import (
     ALL_MODELS,
@@ -26,7 +26,6 @@ from test_ntk_structured import (
 from torch import nn
 
 from conetool import ntk
-from conetool.errors import ConetoolError
 from conetool.ntk import EngineMemo, empirical_ntk
 from conetool.ntk_structured import StructuredRows
 
@@ -143,17 +142,6 @@ def test_cross_and_blocked_kernels_with_the_check_after_the_blocks(name: str) ->
         assert rel(blocked, expected_n(name, kind, 7)) < 1e-10
 
 
-@pytest.mark.usefixtures("later")
-@pytest.mark.parametrize("method", METHODS)
-def test_interacting_examples_are_still_refused(method: str) -> None:
-    model = BatchCentered()
-    x = torch.randn(4, 3)
-    with pytest.raises(ConetoolError, match="depends on the other examples"):
-        empirical_ntk(model, x, device="cpu", method=method)
-    with pytest.raises(ConetoolError, match="depends on the other examples"):
-        empirical_ntk(model, x[:2], x[2:], device="cpu", method=method)  # a cross kernel
-
-
 class _Source:
     """A stand-in for StructuredRows: what its later check finds."""
 
@@ -165,47 +153,38 @@ class _Source:
         return self.changed
 
 
-def _failing_once(result: torch.Tensor, error: Exception) -> tuple[list[int], object]:
+def _decided(changed: bool, error: Exception) -> tuple[torch.Tensor | None, int]:
+    """``_computed_then_checked`` of a computation that raises ``error`` the first time and
+    returns a kernel the second, with a check that finds ``changed``: the kernel (``None`` when
+    it raised ``error``) and how many times it computed."""
+    kernel = torch.ones(2, 2)
     calls: list[int] = []
 
     def computed() -> torch.Tensor:
         calls.append(1)
         if len(calls) == 1:
             raise error
-        return result
+        return kernel
 
-    return calls, computed
+    try:
+        got = ntk._computed_then_checked(
+            _Source(changed),  # type: ignore[arg-type]
+            computed,
+            nn.Identity(),
+            kernel,
+            independence=False,
+        )
+    except type(error) as exc:
+        assert exc is error
+        return None, len(calls)
+    return got, len(calls)
 
 
 def test_a_first_computation_that_fails_is_decided_by_the_check() -> None:
     # A layer the check would move may make the blocks fail before the check has run: when the
-    # check moves layers, the kernel is computed again; when it does not, the error stands.
-    ones = torch.ones(2, 2)
-    calls, computed = _failing_once(ones, RuntimeError("per-example gradients"))
-    kernel = ntk._computed_then_checked(
-        _Source(changed=True),  # type: ignore[arg-type]
-        computed,  # type: ignore[arg-type]
-        nn.Identity(),
-        ones,
-        independence=False,
-    )
-    assert torch.equal(kernel, ones) and len(calls) == 2
-    calls, computed = _failing_once(ones, RuntimeError("per-example gradients"))
-    with pytest.raises(RuntimeError, match="per-example gradients"):
-        ntk._computed_then_checked(
-            _Source(changed=False),  # type: ignore[arg-type]
-            computed,  # type: ignore[arg-type]
-            nn.Identity(),
-            ones,
-            independence=False,
-        )
-    assert len(calls) == 1
-    calls, computed = _failing_once(ones, torch.OutOfMemoryError("out of memory"))
-    with pytest.raises(torch.OutOfMemoryError):  # never taken for a layer's fault
-        ntk._computed_then_checked(
-            _Source(changed=True),  # type: ignore[arg-type]
-            computed,  # type: ignore[arg-type]
-            nn.Identity(),
-            ones,
-            independence=False,
-        )
+    # check moves layers, the kernel is computed again; when it does not, the error stands. Running
+    # out of device memory is never taken for a layer's fault.
+    got, calls = _decided(True, RuntimeError("per-example gradients"))
+    assert got is not None and calls == 2
+    assert _decided(False, RuntimeError("per-example gradients")) == (None, 1)
+    assert _decided(True, torch.OutOfMemoryError("out of memory")) == (None, 1)
