@@ -56,10 +56,6 @@ def test_the_check_after_the_blocks_gives_the_exact_kernel_and_the_same_layout(
     assert learned == checked_first  # what the memo keeps for the next checkpoint
 
 
-def expected_n(name: str, kind: str, n: int) -> torch.Tensor:
-    return expected(name, kind, n=n)
-
-
 def model_size(model: nn.Module) -> int:
     return sum(t.numel() for t in model.parameters())
 
@@ -139,7 +135,7 @@ def test_cross_and_blocked_kernels_with_the_check_after_the_blocks(name: str) ->
         blocked = empirical_ntk(
             model, x, kind=kind, device="cpu", method="structured", max_memory=low
         )
-        assert rel(blocked, expected_n(name, kind, 7)) < 1e-10
+        assert rel(blocked, expected(name, kind, n=7)) < 1e-10
 
 
 class _Source:
