@@ -55,8 +55,8 @@ CUDA only (on the CPU the extra call would be counted in the process's peak memo
 ``--gpu-calls`` (CPU only) lifts the CPU's cap on the activations of one call
 (``ntk_schedule._ACTIVATION_BYTES``), so that calls are as large as the budget allows, as on a GPU,
 and has the structured engine copy its backward passes' output cotangents as on a GPU
-(``StructuredRows.fuses_copies``; on the CPU the "fused" copy is still one per tensor): with ``--profile`` it shows on the CPU the aten calls a GPU
-would dispatch per call. The profile line gives all aten calls and, in brackets, the outermost ones
+(``StructuredRows.fuses_copies``; on the CPU the "fused" copy is still one per tensor): with
+``--profile`` it shows on the CPU the aten calls a GPU would dispatch per call. The profile line gives all aten calls and, in brackets, the outermost ones
 that compute something (``benchmarks/profiling.py``), the closer proxy of kernel launches. The profile
 line of an engine row also gives its calls of the row source (the schedule's blocks).
 ``--exact`` (CUDA) computes the kernel once more in float64 (``auto``, itself checked against

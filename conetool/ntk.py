@@ -302,21 +302,14 @@ def _compute(
     later = False  # the structured set-up's check left for after the blocks are dispatched
     if method != "jacobian" and (learned is None or learned.engine == "structured"):
         layout = learned.layout if learned is not None else None
-        # Only where the structured engine is used whatever the check finds (auto on a CPU
-        # chooses from the layers that pass it).
-        later = (
-            layout is None
-            and _checks_later(x.device)
-            and (method == "structured" or x.device.type != "cpu")
-        )
+        # auto on a CPU chooses from the layers that pass the check; elsewhere the structured
+        # engine is used whatever the check finds, so the check may come after the blocks.
+        whatever_the_check = method == "structured" or x.device.type != "cpu"
+        later = layout is None and _checks_later(x.device) and whatever_the_check
         structured = StructuredRows(
             model, forward, params, tensors, x, kind, pairs=pairs, layout=layout, check_later=later
         )
-        if (
-            method == "structured"
-            or x.device.type != "cpu"
-            or structured.kron_share() >= _AUTO_KRON_SHARE
-        ):
+        if whatever_the_check or structured.kron_share() >= _AUTO_KRON_SHARE:
             source = structured
     if independence and not later:
         check_independence(forward, x[:2], structured.pair_outputs if structured else None)

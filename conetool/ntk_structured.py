@@ -122,12 +122,7 @@ class StructuredRows:
         if layout is not None:
             self._restore(layout)
             return
-        with ntk_precision.outside_onednn(x.device, self.convolutions):
-            with self._hooks():
-                if check_later:
-                    self._measure_only(x[: min(self.n, 2)])
-                else:
-                    self._check(x[: min(self.n, 2)])
+        self._set_up(self._measure_only if check_later else self._check)
 
     def check_later_found_changes(self) -> bool:
         """Run the check that ``check_later`` left out (after the blocks were dispatched); True
@@ -136,11 +131,16 @@ class StructuredRows:
         if self.checked:
             return False
         before = self.modes(), list(self.fallback)
-        with ntk_precision.outside_onednn(self.x.device, self.convolutions):
-            with self._hooks():
-                self._check(self.x[: min(self.n, 2)])
+        self._set_up(self._check)
         self.checked = True
         return (self.modes(), self.fallback) != before
+
+    def _set_up(self, step: Callable[[Tensor], None]) -> None:
+        """Run a set-up step (the check, or the measurement alone) on the first two examples,
+        hooked and, on a CPU with inexact oneDNN convolutions, outside oneDNN."""
+        with ntk_precision.outside_onednn(self.x.device, self.convolutions):
+            with self._hooks():
+                step(self.x[: min(self.n, 2)])
 
     def layout(self) -> StructuredLayout:
         """The set-up that the check and the measurements left, for an
@@ -213,8 +213,9 @@ class StructuredRows:
         return layers, [name for name in self.params if name not in claimed]
 
     def _drop(self, layer: HookedLayer) -> None:
-        """Move a layer's parameters to the fallback path."""
+        """Move a layer's parameters to the fallback path (and let go of what it recorded)."""
         self.layers.remove(layer)
+        layer.calls = []
         self.fallback = [n for n in self.params if n in {*self.fallback, *layer.names.values()}]
 
     # ----------------------------------------------------------------------------------------------
@@ -431,8 +432,6 @@ class StructuredRows:
                 if not all(gap <= 0 for gap in worst):  # NaN disagrees, as a NaN gradient must
                     self._drop(layer)
         self._measure(b, saved)
-        for layer in self.layers:
-            layer.calls = []
 
     def _hooked_pass(self, batch: Tensor) -> tuple[Tensor | None, dict[int, int]]:
         """The hooked forward pass of ``batch`` (outputs ``(b, c)``, each layer's calls recorded)
@@ -469,13 +468,12 @@ class StructuredRows:
         del out
         self._check_cotangent()
         self._measure(batch.shape[0], saved)
-        for layer in self.layers:
-            layer.calls = []
 
     def _measure(self, b: int, saved: dict[int, int]) -> None:
         """Bytes per example (recording, cotangents, rows) and each layer's kron/dense choice, from
         the calls the check's hooked pass over ``b`` examples recorded for the layers that passed
-        it and the activations that pass saved (storage -> bytes per example)."""
+        it (which it then lets go) and the activations that pass saved (storage -> bytes per
+        example)."""
         k = self.c if self.kind != "sum" else 1
         n = self.n
         # Counted in values per example, then in bytes. A recorded call's input and output lead
@@ -507,6 +505,8 @@ class StructuredRows:
                 row_per_cotangent += positions * d_g
             else:
                 row_per_cotangent += p + bias * d_g
+        for layer in self.layers:
+            layer.calls = []
         size = self.value_bytes
         self._activation_bytes = activations * size + (sum(saved.values()) if self.layers else 0)
         self._cotangent_bytes = cotangents * size
