@@ -46,7 +46,9 @@ class NullProgress:
 class CountBar:
     """Adapts a ``(done, total)`` callback (what the eNTK engine and the S matrix report) to a
     bar of ``progress``, opened on the first report; ``close()`` ends it (also done at
-    ``total``). With ``hide_single``, a job of one unit opens no bar."""
+    ``total``). With ``hide_single``, a job of one unit opens no bar. A count that starts again
+    (``done`` below the last report: the eNTK engine computing a kernel a second time, see
+    :func:`~conetool.ntk.empirical_ntk`'s ``on_block``) opens a fresh bar."""
 
     def __init__(self, progress: Progress, description: str, *, hide_single: bool = False):
         self.progress = progress
@@ -58,8 +60,11 @@ class CountBar:
     def __call__(self, done: int, total: int) -> None:
         if self.hide_single and total <= 1:
             return
+        if self.task is not None and done < self.shown:
+            self.close()
         if self.task is None:
             self.task = self.progress.task(self.description, total=total)
+            self.shown = 0
         self.task.advance(done - self.shown)
         self.shown = done
         if done >= total:
