@@ -528,6 +528,12 @@ def test_report_on_one_kernel_store_suggests_what_works(run, tmp_path):
     text = paths.report_md(target).read_text()
     assert "conetool distance --store" not in text and "conetool embed --store" not in text
     assert "needs at least two" in text and "conetool kernels" in text
+    # the spectrum is of each kernel alone: the report suggests it, and it works
+    assert f"conetool spectrum --store {target}" in text
+    result = cli("spectrum", "--store", str(target), "-q")
+    assert result.exit_code == 0, result.output
+    cli("report", "--store", str(target), "-q")
+    assert "No alignment and spectrum" not in paths.report_md(target).read_text()
 
 
 def test_missing_kernel_file_advice(store):

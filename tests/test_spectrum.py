@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conetool import paths
+from conetool.errors import StoreError
 from conetool.kernel_spectrum import centered_alignment, one_hot, spectrum_point
 from conetool.pipeline.run_spectrum import spectrum
 from conetool.probe import Probe, probe_hash, save_probe
@@ -128,6 +129,25 @@ def test_spectrum_command_writes_one_row_per_step(tmp_path) -> None:
     summary = json.loads(paths.spectrum_summary(root).read_text())
     assert summary["top_k"] == 3 and summary["classes"] == 3
     assert paths.spectrum_png(root).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_spectrum_of_a_store_with_one_kernel(tmp_path) -> None:
+    # The measures are of each kernel alone: one kernel is enough (a distance needs two).
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(3), 4)
+    a = rng.standard_normal((12, 6))
+    root = _store(tmp_path / "store", [a @ a.T], labels)
+    result = spectrum(root, top_k=2)
+    alignment, *_ = _direct(a @ a.T, one_hot(labels, 3), 2)
+    assert result.steps == [0]
+    assert result.points[0].alignment == pytest.approx(alignment, rel=1e-9)
+    assert paths.spectrum_png(root).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_spectrum_of_a_store_without_kernels_says_what_to_run(tmp_path) -> None:
+    root = _store(tmp_path / "store", [], np.repeat(np.arange(3), 4))
+    with pytest.raises(StoreError, match=r"the spectrum needs at least one kernel.*has no kernels"):
+        spectrum(root)
 
 
 # --------------------------------------------------------------------------- kernel regression

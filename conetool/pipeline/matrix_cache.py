@@ -83,9 +83,20 @@ def _checkpoints(store: Store) -> str:
     return str(store.manifest.get("checkpoints") or "CKPTS")
 
 
-def require_kernels(store: Store, steps: list[int], excluded: dict[int, str] | None = None) -> None:
-    """Refuse a store with fewer than two usable kernels (a distance needs two)."""
-    if len(steps) >= 2:
+_KERNEL_COUNTS = {1: "one kernel", 2: "two kernels"}
+
+
+def require_kernels(
+    store: Store,
+    steps: list[int],
+    excluded: dict[int, str] | None = None,
+    *,
+    at_least: int = 2,
+    needed_by: str = "the kernel distance",
+) -> None:
+    """Refuse a store with fewer than ``at_least`` usable kernels (a distance needs two, the
+    spectrum one); ``needed_by`` names what needs them in the message."""
+    if len(steps) >= at_least:
         return
     fix = f"Compute more: conetool kernels {_checkpoints(store)} --store {store.root}"
     left_out = ""
@@ -99,7 +110,8 @@ def require_kernels(store: Store, steps: list[int], excluded: dict[int, str] | N
     else:
         held = f"has 1 (step {steps[0]})"
     raise StoreError(
-        f"the kernel distance needs at least two kernels; store {store.root} {held}{left_out}. "
+        f"{needed_by} needs at least {_KERNEL_COUNTS.get(at_least, f'{at_least} kernels')}; "
+        f"store {store.root} {held}{left_out}. "
         f"{fix}"
     )
 

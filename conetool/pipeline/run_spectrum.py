@@ -94,7 +94,7 @@ def spectrum(
     progress = progress or NullProgress()
     opened = Store.open(store)
     steps = opened.steps()
-    require_kernels(opened, steps)
+    require_kernels(opened, steps, at_least=1, needed_by="the spectrum")
     probe = load_probe(paths.probe(opened.root))
     labels = probe.labels.numpy()
     classes = _classes(opened, labels)
