@@ -39,7 +39,8 @@ METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss",
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train` did: where, which steps it saved, and the final test metrics."""
+    """What :func:`train` did: where, which steps it saved (``saved_steps``: this call; resumed,
+    ``run_steps`` holds every step of the run's checkpoints), and the final test metrics."""
 
     out: Path
     steps: int
@@ -49,6 +50,7 @@ class TrainResult:
     test_acc: float
     seconds: float
     metrics: list[dict[str, float]] = field(default_factory=list)
+    run_steps: list[int] = field(default_factory=list)
 
 
 def save_steps(spec: Spec) -> list[int]:
@@ -157,6 +159,7 @@ def _train(
         test_acc=last["test_acc"],
         seconds=time.perf_counter() - began,
         metrics=rows,
+        run_steps=save_steps(spec),
     )
 
 
@@ -198,6 +201,7 @@ def _finished(out: Path, spec: Spec) -> TrainResult:
         test_acc=last["test_acc"],
         seconds=0.0,
         metrics=rows,
+        run_steps=save_steps(spec),
     )
 
 

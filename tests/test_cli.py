@@ -66,6 +66,41 @@ def test_second_run_refused_with_exit_1_and_no_traceback(tmp_path, spec_file):
     assert resumed.exit_code == 0, resumed.output
 
 
+def test_an_interrupted_train_names_the_command_that_continues_it(tmp_path, spec_file, monkeypatch):
+    import shlex
+
+    import conetool.training
+    from conetool.progress import NullProgress
+
+    real = conetool.training.train
+
+    class Interrupt(NullProgress):
+        def task(self, description, total):
+            bar = super().task(description, total)
+
+            def advance(amount=1, **fields):
+                if fields.get("step") == 7:
+                    raise KeyboardInterrupt
+
+            bar.advance = advance
+            return bar
+
+    monkeypatch.setattr(
+        conetool.training, "train", lambda *a, **k: real(*a, **{**k, "progress": Interrupt()})
+    )
+    out = tmp_path / "ckpts"
+    cut = runner.invoke(app, ["train", str(spec_file), "--out", str(out)])
+    assert cut.exit_code == 130 and "Traceback" not in cut.output
+    command = re.search(r"continue with: (conetool train .*)", cut.output.replace("\n", " "))
+    assert command is not None, cut.output
+    monkeypatch.undo()
+    args = shlex.split(command.group(1))[1:]
+    assert args == ["train", str(spec_file), "--out", str(out), "--resume"]
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "3 (2 written)" in resumed.output  # steps 0, 5, 10; resumed from 5, 5 written again
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -74,8 +74,10 @@ def is_main_process() -> bool:
 
 
 @contextmanager
-def handle_errors(debug: bool = False) -> Iterator[None]:
+def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iterator[None]:
     """Turn a ConetoolError into a clean message and exit code 1 (traceback with ``--debug``).
+    On Ctrl-C, exit 130 advising the command to continue with (``continue_with``; by default the
+    same command: every command but ``train`` continues where it stopped).
 
     Under torchrun each distinct error is printed once, by the rank that hit it (prefixed with
     its rank unless rank 0); a rank that stopped because another one failed exits 1 silently.
@@ -120,7 +122,13 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
         if ranks.is_main:
             err_console.print(
                 "[yellow]interrupted.[/] Everything already written is complete and valid; "
-                "rerun the same command to continue."
+                + (
+                    "rerun the same command to continue."
+                    if continue_with is None
+                    else f"continue with: {escape(continue_with)}"
+                ),
+                highlight=False,
+                soft_wrap=True,
             )
         raise typer.Exit(130) from None
 

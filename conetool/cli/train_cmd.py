@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
 from .runtime import Threads, starting
+
+if TYPE_CHECKING:
+    from ..training import TrainResult
 
 
 @app.command()
@@ -41,7 +45,9 @@ def train(
     starting("train", quiet)
     from ..training import train as train_run
 
-    with handle_errors(debug), progress_display(quiet) as progress:
+    # Rerun as it was, an interrupted run would be refused (--out holds a run): --resume it.
+    again = f"conetool train {shlex.quote(str(spec))} --out {shlex.quote(str(out))} --resume"
+    with handle_errors(debug, continue_with=again), progress_display(quiet) as progress:
         result = train_run(
             spec,
             out,
@@ -56,10 +62,18 @@ def train(
         table.add_column(column, justify="right")
     table.add_row(
         str(result.steps),
-        str(len(result.saved_steps)),
+        _checkpoints(result),
         f"{result.test_loss:.4f}",
         f"{result.test_acc:.4f}",
         f"{result.seconds:.1f}",
     )
     console.print(table)
     console.print(f"final test accuracy: {result.test_acc:.4f}", highlight=False)
+
+
+def _checkpoints(result: TrainResult) -> str:
+    """The run's checkpoints; resumed, with how many this call wrote (the step it resumed from is
+    written again, identical)."""
+    if result.resumed_from is None:
+        return str(len(result.saved_steps))
+    return f"{len(result.run_steps)} ({len(result.saved_steps)} written)"
