@@ -128,3 +128,21 @@ def test_hash_changes_with_any_value():
 def test_examples_are_valid(name):
     spec = load_spec(EXAMPLES / name)
     assert spec.train.steps > 0
+
+
+def test_the_readme_spec_block_shows_every_key_at_its_default():
+    # The README's "The spec" block says it shows the defaults: each key set there has its
+    # default value, and each key of the spec appears there (set, or named in a comment).
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## The spec\n", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = tomllib.loads(block)
+    defaults = spec_from_dict({}, source="defaults.toml")
+    for name, values in shown.items():
+        default = vars(getattr(defaults, name))
+        for key, value in values.items():
+            assert default[key] == value, (name, key, value, default[key])
+    for name in ("model", "data", "probe", "train"):
+        for key in vars(getattr(defaults, name)):
+            if key != "options":
+                assert f"{key} =" in block, (name, key)
