@@ -243,3 +243,13 @@ def test_inspect_raises_only_for_a_missing_or_empty_directory(tmp_path: Path):
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(CheckpointError, match=r"no checkpoints .*a\.txt"):
         inspect_checkpoints(tmp_path)
+
+
+@pytest.mark.parametrize("keep", [4, 40])
+def test_a_file_whose_header_cannot_be_read_shows_its_size(tmp_path: Path, keep: int):
+    write(tmp_path, 0)
+    bad = write(tmp_path, 5)
+    bad.write_bytes(bad.read_bytes()[:keep])
+    rows = {row.step: row for row in inspect_checkpoints(tmp_path)}
+    assert rows[5].status == "error" and rows[5].size == keep
+    assert rows[0].size == paths.checkpoint(tmp_path, 0).stat().st_size

@@ -74,8 +74,11 @@ def _looks_like_checkpoint(name: str) -> bool:
 def _read_headers(c: Candidate, deep: bool) -> None:
     """Fill ``headers``/``shapes``/``size`` from the files' headers; record the first problem."""
     try:
+        sizes = []
         for p in c.paths:
-            mode = os.stat(p).st_mode
+            found = os.stat(p)
+            mode = found.st_mode
+            sizes.append(found.st_size)
             if not stat.S_ISREG(mode):
                 what = "a directory" if stat.S_ISDIR(mode) else "a device, pipe or socket"
                 c.size = -1  # no size to show: not a file
@@ -85,6 +88,7 @@ def _read_headers(c: Candidate, deep: bool) -> None:
                     + "; point it at the real checkpoint file or remove it (or pass --skip-bad)."
                 )
                 return
+        c.size = sum(sizes)  # also shown for a file whose header cannot be read
         if c.format == "safetensors":
             c.headers = tuple(read_header(p) for p in c.paths)
             c.size = sum(h.size for h in c.headers)
@@ -94,7 +98,6 @@ def _read_headers(c: Candidate, deep: bool) -> None:
             c.shapes = shapes
         else:
             zipped = [check_torch_file(p) for p in c.paths]
-            c.size = sum(os.stat(p).st_size for p in c.paths)
             if deep and all(zipped):
                 c.shapes = {}
                 for p in c.paths:
