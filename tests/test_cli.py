@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
+from conetool.cli.app import _check_device
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -140,6 +141,21 @@ def test_debug_shows_the_traceback(tmp_path, spec_file):
 def test_usage_error_exits_2(spec_file):
     result = runner.invoke(app, ["train", str(spec_file)])  # --out is required
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["train", "kernels", "switch", "demo"])
+def test_a_misspelt_device_is_a_usage_error_before_anything_runs(tmp_path, spec_file, command):
+    args = {
+        "train": ["train", str(spec_file), "--out", str(tmp_path / "o")],
+        "kernels": ["kernels", str(tmp_path), "--store", str(tmp_path / "o")],
+        "switch": ["switch", "--at", "0", "--store", str(tmp_path / "o")],
+        "demo": ["demo", "--out", str(tmp_path / "o")],
+    }[command]
+    result = runner.invoke(app, [*args, "--device", "gpu"])
+    assert result.exit_code == 2 and "'gpu' is not a device" in result.output
+    assert not (tmp_path / "o").exists()
+    for good in ("cpu", "CUDA:1", " auto "):  # spellings the library accepts pass
+        assert _check_device(good) == good
 
 
 @pytest.mark.parametrize("name", command_names())

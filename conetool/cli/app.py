@@ -8,6 +8,7 @@ naming the file or flag at fault and the fix, no traceback unless ``--debug``); 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,12 +47,24 @@ Debug = Annotated[
     bool,
     typer.Option("--debug", help="Show the full traceback of an error (or set CONETOOL_DEBUG=1)."),
 ]
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
+
+
+def _check_device(value: str) -> str:
+    """The device's spelling, a usage error (exit 2) like any other bad option value; whether the
+    machine has it is the library's check (:func:`conetool.device.resolve_device`, exit 1)."""
+    if not _DEVICE_NAME.fullmatch(value.strip()):
+        raise typer.BadParameter(f"{value!r} is not a device. Use auto, cpu, cuda or cuda:K.")
+    return value
+
+
 DeviceOpt = Annotated[
     str,
     typer.Option(
         "--device",
         metavar="auto|cpu|cuda|cuda:K",
         help="auto (CUDA when present, else CPU), cpu, cuda or cuda:K.",
+        callback=_check_device,
     ),
 ]
 
