@@ -525,3 +525,38 @@ def test_train_kernels_distance_embed_end_to_end(tmp_path, real_figures):
     coords = read_csv(paths.coords_csv(store))
     assert len(coords) == len(steps) and list(coords[0]) == ["step", "x", "y"]
     assert paths.embedding_png(store).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_moved_run_is_found_with_ckpts_and_spec(tmp_path):
+    # The noise floor rebuilds the model from the last stored step's checkpoint, which the
+    # manifest names: after the run moved, --ckpts says where it is now (DESIGN: --ckpts and
+    # --spec override the manifest), and --spec must be the store's.
+    spec = spec_from_dict(TINY, source="tiny.toml")
+    train(spec, tmp_path / "ckpts")
+    store = tmp_path / "store"
+    kernels(tmp_path / "ckpts", store=store, device="cpu", steps="0:10")
+    moved = shutil.move(tmp_path / "ckpts", tmp_path / "elsewhere")
+
+    def run(*flags: str):
+        return runner.invoke(app, ["distance", "--store", str(store), "-q", *flags])
+
+    lost = run()
+    assert lost.exit_code == 0 and "noise floor of S was not estimated" in lost.output
+    assert json.loads(paths.distance_summary(store).read_text())["noise"] is None
+    found = run("--ckpts", str(moved))
+    assert found.exit_code == 0, found.output
+    noise = json.loads(paths.distance_summary(store).read_text())["noise"]
+    assert noise["step"] == 10 and noise["checkpoint"] == str(paths.checkpoint(moved, 10))
+    assert noise["floor"] > 0  # float32 kernels against float64
+
+    paths.noise_json(store).unlink()
+    wrong = run("--ckpts", str(tmp_path))
+    assert wrong.exit_code == 1
+    assert f"--ckpts {tmp_path} has no checkpoint of step 10" in " ".join(wrong.output.split())
+    assert run("--ckpts", str(tmp_path / "none")).exit_code == 1
+
+    other = tmp_path / "other.toml"
+    other.write_text(paths.spec(moved).read_text().replace("lr = 0.2", "lr = 0.1"))
+    refused = run("--ckpts", str(moved), "--spec", str(other))
+    assert refused.exit_code == 1 and spec.hash() in " ".join(refused.output.split())
+    assert run("--ckpts", str(moved), "--spec", str(paths.spec(moved))).exit_code == 0

@@ -15,21 +15,30 @@ from .runtime import Threads, starting
 @app.command()
 def demo(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for the run, its store and the report.")
+        Path,
+        typer.Option(
+            "--out", "-o", metavar="DIR", help="Folder for the run, its store and the report."
+        ),
     ] = Path("conetool-demo"),
     device: DeviceOpt = "auto",
     steps: Annotated[
         int | None,
-        typer.Option("--steps", min=8, help="Shorten the training run (checkpoints scale along)."),
+        typer.Option(
+            "--steps",
+            min=8,
+            metavar="T",
+            help="Shorten the training run (default 2400; checkpoints scale along).",
+        ),
     ] = None,
     probe_size: Annotated[
-        int | None, typer.Option("--probe-size", min=2, help="Probe examples (default 100).")
+        int | None,
+        typer.Option("--probe-size", min=2, metavar="N", help="Probe examples (default 100)."),
     ] = None,
     threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """The whole pipeline on the embedded digits data, then a report (about 2 minutes).
+    """The whole pipeline on the embedded digits data, then a report (one to two minutes on 2 CPU cores).
 
     Trains examples/digits_lenet.toml, computes its kernels, distances, embedding and a switch
     sweep, and writes the report. A second run reuses what is already done.

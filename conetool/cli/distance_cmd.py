@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,7 +38,7 @@ def distance(
             min=1,
             metavar="DT",
             help="Spacing of the adjacent pairs (t, t+dt); repeatable (default: the smallest "
-            "spacing of the stored steps, and the verdict's).",
+            "spacing of the stored steps, plus the verdict's dt when different).",
         ),
     ] = None,
     logx: Annotated[
@@ -60,7 +61,8 @@ def distance(
         typer.Option(
             "--freeze-factor",
             metavar="FACTOR",
-            help="Verdict: a Phase II velocity falling by this factor means the kernel froze.",
+            help="Verdict: a Phase II velocity falling by at least this factor from its first "
+            "quarter to its last means the kernel froze.",
         ),
     ] = _RULES.freeze_factor,
     bounded_exponent: Annotated[
@@ -109,12 +111,32 @@ def distance(
         bool,
         typer.Option(
             "--no-noise",
-            help="Skip estimating the noise floor of S (it rebuilds the model at the last "
-            "stored step and computes 32 examples' kernel again in float64).",
+            help="Skip estimating the noise floor of S (it needs the checkpoint of the last "
+            "stored step: it rebuilds the model and computes 32 examples' kernel twice, as the "
+            "store did and in float64).",
         ),
     ] = False,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
+    ckpts: Annotated[
+        Path | None,
+        typer.Option(
+            "--ckpts",
+            metavar="DIR",
+            help="The run's checkpoint directory, if it moved (default: from the store's "
+            "manifest); the noise floor's checkpoint is looked up there.",
+        ),
+    ] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            metavar="FILE",
+            dir_okay=False,
+            help="The run's TOML spec (default: the one the store's manifest records); it must "
+            "be the store's.",
+        ),
+    ] = None,
     threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
@@ -156,6 +178,8 @@ def distance(
             skip_bad=skip_bad,
             max_memory=max_memory,
             noise=not no_noise,
+            ckpts=ckpts,
+            spec=spec,
             progress=progress,
         )
     for note in result.notes:

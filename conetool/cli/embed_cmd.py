@@ -24,8 +24,17 @@ def embed(
             "unit-norm kernels.",
         ),
     ] = EmbedMethod.mds,
-    dims: Annotated[int, typer.Option("--dims", min=2, max=3, help="2 or 3 dimensions.")] = 2,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of MDS.")] = 0,
+    dims: Annotated[
+        int, typer.Option("--dims", min=2, max=3, metavar="2|3", help="2 or 3 dimensions.")
+    ] = 2,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed",
+            help="random_state passed to scikit-learn's MDS (recorded; the result does not depend "
+            "on it: MDS starts from the PCA solution). Unused by pca.",
+        ),
+    ] = 0,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
     threads: Threads = "auto",

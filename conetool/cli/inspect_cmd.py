@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from .app import Debug, app, console, handle_errors
+from .app import Debug, Quiet, app, console, handle_errors
 from .options import Every, SpecOpt, StepRegex, Steps
 from .runtime import starting
 
@@ -29,6 +29,7 @@ def inspect(
     step_regex: StepRegex = None,
     steps: Steps = None,
     every: Every = None,
+    quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """List the checkpoints of a directory and say what is wrong with any of them.
@@ -39,7 +40,7 @@ def inspect(
 
     Example: conetool inspect runs/digits --verify
     """
-    starting("inspect", False)
+    starting("inspect", quiet)
     from ..checkpoints.discover import summarize_problems
     from ..pipeline import inspect as inspect_run
     from ..units import format_bytes

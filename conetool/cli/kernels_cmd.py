@@ -34,11 +34,19 @@ def kernels(
     probe_size: Annotated[
         int | None,
         typer.Option(
-            "--probe-size", min=1, help="Probe examples (default: the spec's \\[probe] size)."
+            "--probe-size",
+            min=1,
+            metavar="N",
+            help="Probe examples (default: the spec's \\[probe] size).",
         ),
     ] = None,
     kind: Annotated[
-        Kind, typer.Option("--kind", help="trace (n, n) | full (n, c, n, c) | sum (n, n).")
+        Kind,
+        typer.Option(
+            "--kind",
+            help="trace (n, n): summed over the logits | full (n, c, n, c): every pair of logits | "
+            "sum (n, n): the kernel of the logits' sum.",
+        ),
     ] = Kind.trace,
     dtype: Annotated[
         Dtype, typer.Option("--dtype", help="float32, or float64 for exact kernels on deep nets.")
@@ -49,7 +57,8 @@ def kernels(
         typer.Option(
             "--max-memory",
             metavar="SIZE",
-            help="Memory budget, e.g. 4GiB (default: from free memory).",
+            help="Memory budget, e.g. 4GiB (default auto: half the available RAM, at most 64GiB, "
+            "on a CPU; 80% of the free memory of a GPU).",
         ),
     ] = None,
     method: Annotated[
@@ -66,7 +75,10 @@ def kernels(
         bool, typer.Option("--skip-bad", help="Warn about unusable checkpoints and go on.")
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a store made with another spec/probe/kind.")
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace a store made with another spec, probe, kind or dtype."
+        ),
     ] = False,
     eval_size: Annotated[
         int | None,
@@ -89,7 +101,8 @@ def kernels(
         typer.Option(
             "--groups",
             metavar="NAME=PATTERN,...",
-            help="Parameter groups of --per-layer by fnmatch pattern (default: leaf modules).",
+            help="Parameter groups by fnmatch pattern (implies --per-layer; default: leaf "
+            "modules).",
         ),
     ] = None,
     threads: Threads = "auto",

@@ -33,8 +33,10 @@ def report(
         Path | None,
         typer.Option(
             "--out",
-            help="Directory for report.html and report.md (default: STORE/report).",
+            help="Directory for report.html, report.md, spec.toml and training.png (default: "
+            "STORE/report).",
             file_okay=False,
+            metavar="DIR",
         ),
     ] = None,
     quiet: Quiet = False,
@@ -42,12 +44,12 @@ def report(
 ) -> None:
     """One self-contained HTML page (and a Markdown version) of everything the store holds.
 
-    The page holds the verdict with its numbers, Fig. 1a, 1b, 1c, the S matrix and Fig. 2
-    (embedded: no network needed to view it), the checkpoint table, the spec, versions, and the
-    commands that reproduce it all. Parts the store lacks are listed with the command that
-    makes each.
+    The page holds the verdict with its numbers, the training curves, Fig. 1a, 1b, 1c, the S
+    matrix, the per-layer velocities, the spectrum and Fig. 2 (embedded: no network needed to
+    view it), the checkpoint table, the spec, versions, and the commands that reproduce it all.
+    Parts the store lacks are listed with the command that makes each.
 
-    Writes report.html, report.md and spec.toml to STORE/report.
+    Writes report.html, report.md, spec.toml and training.png to STORE/report (or --out).
 
     Example: conetool report --store conetool-out
     """

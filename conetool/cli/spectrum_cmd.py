@@ -22,7 +22,10 @@ def spectrum(
     top_k: Annotated[
         int,
         typer.Option(
-            "--top-k", min=1, help="Eigenvalues kept, and eigenvectors the label energy uses."
+            "--top-k",
+            min=1,
+            metavar="K",
+            help="Eigenvalues kept, and eigenvectors the label energy uses.",
         ),
     ] = 10,
     logx: Annotated[

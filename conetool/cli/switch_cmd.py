@@ -19,7 +19,7 @@ from .app import (
     is_main_process,
     progress_display,
 )
-from .options import DEFAULT_STORE, SpecOpt, StepRegex, StoreOpt
+from .options import DEFAULT_STORE, StepRegex, StoreOpt
 from .runtime import Threads, starting
 
 
@@ -39,7 +39,9 @@ def switch(
         typer.Option(
             "--until",
             min=1,
-            help="T (default: the spec's train.steps; a larger T needs --beyond-run).",
+            metavar="T",
+            help="End step T of the linearized training and of the comparison (default: the "
+            "spec's train.steps; a larger T needs --beyond-run).",
         ),
     ] = None,
     beyond_run: Annotated[
@@ -59,7 +61,16 @@ def switch(
             help="Checkpoint directory (default: from the store's manifest).",
         ),
     ] = None,
-    spec: SpecOpt = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="The run's TOML spec (default: CKPTS/conetool.toml, else the spec recorded in "
+            "the store's manifest).",
+            dir_okay=False,
+            metavar="FILE",
+        ),
+    ] = None,
     reference: Annotated[
         Reference,
         typer.Option(
@@ -74,7 +85,7 @@ def switch(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train normally to step t, then the linearized model from t to T (the paper's Fig. 2).
+    """From the checkpoint at step t, train the linearized model to T (the paper's Fig. 2).
 
     Each point is written to STORE/switch/ as soon as it is done; a rerun skips finished points.
     The checkpoint directory, spec and --step-regex default to those conetool kernels recorded

@@ -7,9 +7,10 @@ computed it (its engine and dtype) and by the float64 reference engine
 each carry such an error, so the floor under a measured S between two of them is
 ``2 * S_est`` (about ``relative_error**2`` for unstructured errors).
 
-Rebuilding the model needs the checkpoint the manifest names and the spec it records; when the
-checkpoint is gone the floor is not estimated and a note says so. The result is reused while the
-store's identity and that checkpoint's fingerprint stay the same.
+Rebuilding the model needs the checkpoint the manifest names and the spec it records (``ckpts``
+and ``spec`` override them: a run moved since ``conetool kernels``); when the checkpoint is gone
+the floor is not estimated and a note says so. The result is reused while the store's identity and
+that checkpoint's fingerprint stay the same.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import torch
 
 from .. import paths
 from ..checkpoints import checkpoint_ref, load_checkpoint
-from ..errors import ConetoolError
+from ..errors import ConetoolError, StoreError
 from ..io import atomic_write_json
 from ..noise_floor import kernel_noise
 from ..probe import load_probe
-from ..spec import spec_from_dict
+from ..spec import Spec, spec_from_dict
 from ..store import Store
 from .remembered import use_recorded_imports
 from .resolve import model_for
@@ -40,11 +41,23 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def estimate_noise_floor(
-    store: Store, *, device: str | torch.device = "cpu"
+    store: Store,
+    *,
+    device: str | torch.device = "cpu",
+    ckpts: Path | None = None,
+    spec: Spec | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """``(record, note)``: the noise record (JSON-ready, ``floor`` is the floor of S) and
     ``None`` (or a note that the model's module came from the folder the store records), or
-    ``None`` and a note saying why it could not be estimated."""
+    ``None`` and a note saying why it could not be estimated.
+
+    ``ckpts``: the checkpoint directory now, when it moved (the checkpoint is looked up at the
+    same place relative to it as relative to the directory the manifest names); ``spec``: the
+    spec, instead of the one the manifest records (the caller checks that it is the store's).
+
+    Raises:
+        StoreError: ``ckpts`` was given and does not hold the checkpoint.
+    """
     steps = store.steps()
     if not steps:
         return None, "no stored kernels"
@@ -53,6 +66,8 @@ def estimate_noise_floor(
     if record is None or not record.source:
         return None, f"the manifest has no source checkpoint for step {step}"
     source = Path(record.source[0])
+    if ckpts is not None:
+        source = moved(source, store.manifest.get("checkpoints"), Path(ckpts))
     key = {
         "identity": [
             store.identity.spec_hash,
@@ -72,12 +87,19 @@ def estimate_noise_floor(
     except (OSError, ValueError, KeyError, TypeError):
         pass
     if not source.exists():
+        if ckpts is not None:
+            raise StoreError(
+                f"--ckpts {ckpts} has no checkpoint of step {step} (looked for {source}), the "
+                "checkpoint the noise floor of S is estimated on. Pass the directory that now "
+                "holds the run's checkpoints, or --no-noise."
+            )
         return None, (
             f"the noise floor of S was not estimated: the checkpoint of step {step} ({source}) "
             "is not there to rebuild the model from"
         )
     try:
-        spec = spec_from_dict(store.manifest["spec"], source=f"{paths.manifest(store.root)}")
+        if spec is None:
+            spec = spec_from_dict(store.manifest["spec"], source=f"{paths.manifest(store.root)}")
         # A "pkg.mod:factory" model comes from where kernels imported it when it is not
         # importable now; the step is the recorded one (no --step-regex needed).
         imported = use_recorded_imports(store.manifest, spec)
@@ -111,3 +133,15 @@ def estimate_noise_floor(
     except ConetoolError:
         pass  # a read-only store still gets the estimate, only not the cache
     return noise, "; ".join(imported) or None
+
+
+def moved(source: Path, recorded: str | None, ckpts: Path) -> Path:
+    """Where ``source`` (a checkpoint file under the recorded directory) is when the run's
+    directory is now ``ckpts``: the same path relative to it (the file name when ``source`` was
+    not under the recorded directory)."""
+    if recorded is not None:
+        try:
+            return ckpts / source.relative_to(Path(recorded))
+        except ValueError:
+            pass
+    return ckpts / source.name

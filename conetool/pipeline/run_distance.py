@@ -38,6 +38,7 @@ from ..geometry import (
 )
 from ..io import atomic_write_json
 from ..progress import NullProgress, Progress
+from ..spec import Spec, load_spec
 from ..store import Store
 from ..verdict import Verdict, VerdictRules, phase_verdict
 from .distance_outputs import (
@@ -127,6 +128,8 @@ def distance(
     skip_bad: bool = False,
     max_memory: int | str | None = None,
     noise: bool = True,
+    ckpts: str | Path | None = None,
+    spec: str | Path | Spec | None = None,
     progress: Progress | None = None,
 ) -> DistanceResult:
     """Kernel distances of a store's kernels: to references, between neighbours, all pairs.
@@ -149,6 +152,10 @@ def distance(
             last stored step's checkpoint; :mod:`conetool.pipeline.noise_estimate`), read by
             the verdict and drawn on the adjacent figure; reused while that checkpoint is
             unchanged.
+        ckpts: the run's checkpoint directory, when it is no longer where the store's manifest
+            says (the noise floor's checkpoint is looked up there); default the manifest's.
+        spec: the run's spec (a TOML path or a :class:`~conetool.spec.Spec`) instead of the one
+            the manifest records; it must be the store's (same hash).
         progress: progress display (a bar over kernel loads); default silent.
 
     Returns:
@@ -172,6 +179,12 @@ def distance(
     if dts is not None:
         for dt in dts:
             _check_dt(dt, stored)
+    given_spec = _store_spec(opened, spec)
+    given_ckpts = None if ckpts is None else Path(ckpts)
+    if given_ckpts is not None and not given_ckpts.is_dir():
+        raise StoreError(
+            f"--ckpts {ckpts} is not a directory. Pass the run's checkpoint directory."
+        )
 
     matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
     steps, s = matrix.steps, matrix.S
@@ -189,7 +202,9 @@ def distance(
     noise_record = None
     if noise:
         progress.log("estimating the noise floor of S on the run's model ...")
-        noise_record, why = estimate_noise_floor(opened, device="auto")
+        noise_record, why = estimate_noise_floor(
+            opened, device="auto", ckpts=given_ckpts, spec=given_spec
+        )
         if why:
             notes.append(why)
     floor = None if noise_record is None else float(noise_record["floor"])
@@ -292,6 +307,21 @@ def _parse_refs(refs: Sequence[int | str] | None) -> list[int | str]:
                 "or --ref last; repeat --ref for several references."
             )
     return parsed
+
+
+def _store_spec(store: Store, spec: str | Path | Spec | None) -> Spec | None:
+    """``spec`` loaded, and checked to be the one the store's kernels were computed with."""
+    if spec is None:
+        return None
+    loaded = spec if isinstance(spec, Spec) else load_spec(spec)
+    if loaded.hash() != store.identity.spec_hash:
+        raise StoreError(
+            f"--spec {loaded.source}: its hash is {loaded.hash()}, but the kernels of store "
+            f"{store.root} were computed with spec hash {store.identity.spec_hash}. Pass the "
+            "spec of that run (conetool report writes it to STORE/report/spec.toml), or leave "
+            "--spec out: the store's manifest records it."
+        )
+    return loaded
 
 
 def _resolve_refs(
