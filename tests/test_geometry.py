@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from conetool.geometry import (
     KernelError,
     adjacent,
     block_size_for,
+    check_steps,
     distance_matrix,
     distance_to_reference,
     kernel_distance,
@@ -119,8 +122,8 @@ def test_distance_is_accurate_for_tiny_and_huge_kernels() -> None:
     # for small S the definition is |u1 - u2|^2 / 2 to full relative precision
     ua, ub = a / np.linalg.norm(a), b / np.linalg.norm(b)
     expected = 0.5 * float(np.sum((ua - ub) ** 2))
-    assert kernel_distance(a, b) == pytest.approx(expected, rel=1e-9)
-    assert kernel_distance(1e200 * a, 1e-200 * b) == pytest.approx(expected, rel=1e-9)
+    assert kernel_distance(a, b) == pytest.approx(expected, rel=1e-9, abs=0)
+    assert kernel_distance(1e200 * a, 1e-200 * b) == pytest.approx(expected, rel=1e-9, abs=0)
 
 
 @pytest.mark.parametrize(
@@ -311,3 +314,65 @@ def test_velocity_dt_prefers_the_spacing_that_covers_the_run() -> None:
     assert velocity_dt(list(range(0, 1000, 25))) == 25
     assert velocity_dt([0, 1, 2, 4, 6, 8]) == 2
     assert velocity_dt([3]) is None
+
+
+def test_a_repeated_step_is_refused() -> None:
+    # reference: the definition, steps strictly increasing (a repeated step would give dt = 0)
+    for steps in ([0, 10, 10], [5, 5], [0, 10, 20, 20, 30]):
+        with pytest.raises(GeometryError, match="strictly increasing"):
+            check_steps(steps)
+        with pytest.raises(GeometryError, match="strictly increasing"):
+            velocity_dt(steps)
+    assert check_steps([0, 10, 11]).tolist() == [0, 10, 11]
+
+
+def _velocity_dt_by_hand(steps: list[int]) -> int | None:
+    """The docstring's rule, by brute force over the pairs (t, t + dt) of stored steps."""
+    stored = set(steps)
+    best = None
+    for dt in sorted({b - a for a, b in itertools.pairwise(steps)}):
+        pairs = [(t, t + dt) for t in steps if t + dt in stored]
+        span = max(end for _, end in pairs) - min(start for start, _ in pairs)
+        if best is None or span > best[0]:  # ascending dt: ties keep the smaller one
+            best = (span, dt)
+    return None if best is None else best[1]
+
+
+def test_velocity_dt_spans_from_the_first_start_to_the_last_end() -> None:
+    # reference: spans worked out by hand from the docstring, and a brute-force reading of it
+    # [0, 1, 3]: dt=1 has the pair (0, 1), span 1; dt=2 has (1, 3), span 2 -> 2
+    assert _velocity_dt_by_hand([0, 1, 3]) == 2
+    assert velocity_dt([0, 1, 3]) == 2
+    # [0, 2, 3, 5]: dt=2 pairs (0, 2), (3, 5), span 5; dt=1 (2, 3), span 1 -> 2
+    assert velocity_dt([0, 2, 3, 5]) == 2
+    # [0, 1, 2, 4]: dt=1 (0, 1), (1, 2), span 2; dt=2 (0, 2), (2, 4), span 4 -> 2
+    assert velocity_dt([0, 1, 2, 4]) == 2
+    # [0, 1, 2, 3, 5]: dt=1 spans 3, dt=2 (1, 3), (3, 5) spans 4 -> 2
+    assert velocity_dt([0, 1, 2, 3, 5]) == 2
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        steps = sorted(rng.choice(40, size=int(rng.integers(2, 9)), replace=False).tolist())
+        assert velocity_dt(steps) == _velocity_dt_by_hand(steps), steps
+
+
+def _exact_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """S = (|a|^2 |b|^2 - <a, b>^2) / (|a| |b| (|a| |b| + <a, b>)), the numerator exact."""
+    fa = [Fraction(float(v)) for v in a.ravel()]
+    fb = [Fraction(float(v)) for v in b.ravel()]
+    p = sum((x * y for x, y in zip(fa, fb, strict=True)), Fraction(0))
+    q = sum((x * x for x in fa), Fraction(0)) * sum((y * y for y in fb), Fraction(0))
+    root = math.sqrt(float(q))  # correctly rounded: relative error 1e-16
+    return float(q - p * p) / (root * (root + float(p)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("eps", [1e-4, 3e-4])
+def test_small_distances_keep_their_relative_precision(seed: int, eps: float) -> None:
+    # reference: Lagrange's identity for 1 - cos, evaluated with exact rational arithmetic
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((12, 12))
+    b = a + eps * rng.standard_normal((12, 12))
+    expected = _exact_distance(a, b)
+    assert 1e-9 < expected < 1e-6  # where 1 - cos has lost about half its digits
+    assert kernel_distance(a, b) == pytest.approx(expected, rel=1e-11, abs=0)
+    assert kernel_distance(b, a) == pytest.approx(expected, rel=1e-11, abs=0)

@@ -507,3 +507,73 @@ def test_reserved_top_level_name_is_a_model_error() -> None:
     model.add_module("_conetool_anchor", nn.Linear(2, 2))
     with pytest.raises(ModelError, match="_conetool_anchor"):
         linearize(model)
+
+
+class Structured(nn.Module):
+    """tanh(fc(x)) and a frozen head, returned as a dict (with a non-tensor) or as a tuple."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc = nn.Linear(3, 2)
+        self.const = nn.Linear(3, 2)
+        self.const.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> object:
+        logits, aux = torch.tanh(self.fc(x)), self.const(x)
+        return (
+            {"logits": logits, "aux": aux, "tag": "two"} if self.kind == "dict" else (logits, aux)
+        )
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_structured_outputs_move_with_theta(kind: str) -> None:
+    # reference: f_lin = tanh(z0) + (1 - tanh(z0)^2) (x dWᵀ + db), z0 = x W0ᵀ + b0, by hand
+    torch.manual_seed(0)
+    model = Structured(kind).double().eval()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    w0, b0 = model.fc.weight.detach().clone(), model.fc.bias.detach().clone()
+    lin = linearize(model)
+    dw = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    db = torch.tensor([0.4, -0.7], dtype=torch.float64)
+    with torch.no_grad():
+        lin.fc.weight.add_(dw)
+        lin.fc.bias.add_(db)
+    out = lin(x)
+    logits, aux = (out["logits"], out["aux"]) if kind == "dict" else out
+    t0 = torch.tanh(x @ w0.T + b0)
+    expected = t0 + (1 - t0**2) * (x @ dw.T + db)
+    torch.testing.assert_close(logits, expected, rtol=1e-12, atol=1e-12)
+    assert (expected - t0).abs().max() > 0.1  # θ moved far enough for the check to fail
+    torch.testing.assert_close(aux, x @ model.const.weight.T + model.const.bias, rtol=0, atol=1e-15)
+    if kind == "dict":
+        assert out["tag"] == "two"
+    else:
+        assert isinstance(out, tuple) and len(out) == 2
+
+
+class WithScratch(nn.Module):
+    """A top-level non-persistent buffer (not in state_dict) next to a persistent one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.register_buffer("offset", torch.tensor([0.5, -0.5]))
+        self.register_buffer("mask", torch.tensor([1.0, 2.0]), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mask * self.fc(x) + self.offset
+
+
+def test_non_persistent_buffers_stay_out_of_the_state_dict() -> None:
+    # reference: the original model's own state_dict() and named_buffers()
+    torch.manual_seed(0)
+    model = WithScratch().double().eval()
+    lin = linearize(model)
+    assert list(model.state_dict()) == ["offset", "fc.weight", "fc.bias"]
+    assert list(lin.state_dict()) == list(model.state_dict())
+    buffers = [n for n, _ in lin.named_buffers() if not n.startswith("_conetool_anchor.")]
+    assert buffers == [n for n, _ in model.named_buffers()] == ["offset", "mask"]
+    lin.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(lin(x), model(x), rtol=0, atol=1e-15)

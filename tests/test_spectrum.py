@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -173,6 +174,10 @@ def test_kernel_regression_equals_ridge_regression_in_closed_form() -> None:
     expected = np.mean(np.argmax(xe @ w, axis=1) == eval_labels)
     assert result.accuracy == pytest.approx(expected) and result.accuracy > 0.9
     assert result.ridge == pytest.approx(lam)
+    # loss: per example, the squared error summed over classes against Y_eval - 1/c, averaged
+    residual = xe @ w - (one_hot(eval_labels, 3) - 1 / 3)
+    loss = sum(float(r @ r) for r in residual) / 15
+    assert result.loss == pytest.approx(loss, rel=1e-9)
 
 
 def test_kernel_regression_full_kind_with_a_block_diagonal_kernel_matches_trace() -> None:
@@ -190,3 +195,65 @@ def test_kernel_regression_full_kind_with_a_block_diagonal_kernel_matches_trace(
     plain = kernel_regression(k, ke, labels, eval_labels, 3)
     blocked = kernel_regression(full, full_eval, labels, eval_labels, 3)
     np.testing.assert_allclose(blocked.predictions, plain.predictions, rtol=1e-9, atol=1e-12)
+
+
+def test_negative_eigenvalues_are_sorted_below_and_left_out_of_the_effective_rank() -> None:
+    # reference: eigenvalues known by construction, entropy of p = (3, 1) / 4 by hand
+    rng = np.random.default_rng(9)
+    q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    labels = np.array([0, 1, 1])
+    for k in (np.diag([3.0, 1.0, -2.0]), q @ np.diag([1.0, -2.0, 3.0]) @ q.T):
+        point = spectrum_point(k, labels, 2, top_k=3)
+        np.testing.assert_allclose(point.eigenvalues, [3.0, 1.0, -2.0], rtol=0, atol=1e-12)
+        erank = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+        assert point.effective_rank == pytest.approx(erank, rel=1e-12)
+        assert point.trace == pytest.approx(2.0, rel=1e-12)
+    # top 2 of diag(3, 1, -2): e1 and e2; C Y rows (2, -1, -1) / 3 and their negatives
+    point = spectrum_point(np.diag([3.0, 1.0, -2.0]), labels, 2, top_k=2)
+    np.testing.assert_allclose(point.eigenvalues, [3.0, 1.0], rtol=0, atol=1e-15)
+    assert point.label_energy == pytest.approx((8 / 9 + 2 / 9) / (12 / 9), rel=1e-12)
+
+
+def _center_both(k: np.ndarray) -> np.ndarray:
+    n = k.shape[0]
+    c = np.eye(n) - np.ones((n, n)) / n
+    return c @ k @ c
+
+
+def test_a_constant_kernel_has_zero_alignment() -> None:
+    # reference: C 11^T C = 0, and the alignment is defined as 0 when a centered matrix is zero
+    labels = np.array([0, 1, 2, 0, 1])
+    y = one_hot(labels, 3)
+    ones = np.ones((5, 5))
+    assert np.linalg.norm(_center_both(ones)) < 1e-15
+    assert centered_alignment(ones, y) == 0.0
+    assert centered_alignment(4.5 * ones, y) == 0.0
+    assert spectrum_point(ones, labels, 3, top_k=2).alignment == 0.0
+
+
+def test_full_kind_alignment_takes_one_hot_rows_flattened_example_major() -> None:
+    # reference: _direct on the (n c, n c) matrix with y = vec(Y) row by row (example-major)
+    rng = np.random.default_rng(10)
+    labels = np.array([0, 2, 1, 1, 0, 2, 2])
+    y = one_hot(labels, 3)
+    j = rng.standard_normal((7 * 3, 9)) + 3.0 * np.kron(y, np.eye(3))[:, :9]
+    full = (j @ j.T).reshape(7, 3, 7, 3)
+    flat = np.array([[y[i, a]] for i in range(7) for a in range(3)])
+    alignment, *_ = _direct(j @ j.T, flat, 1)
+    assert centered_alignment(full, y) == pytest.approx(alignment, rel=1e-10)
+    assert centered_alignment(full, flat) == pytest.approx(alignment, rel=1e-10)
+    # the class-major flattening is a different target: the check can fail
+    class_major = y.T.reshape(-1, 1)
+    assert abs(_direct(j @ j.T, class_major, 1)[0] - alignment) > 1e-3
+
+
+@pytest.mark.parametrize("ridge", [0.0, -1.0, float("nan")])
+def test_kernel_regression_refuses_a_ridge_that_is_not_positive(ridge: float) -> None:
+    # reference: the documented contract, ridge must be positive (K here is invertible)
+    from conetool.kernel_regression import kernel_regression
+
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((6, 10))
+    k, ke = a @ a.T, rng.standard_normal((2, 10)) @ a.T
+    with pytest.raises(ValueError, match="ridge must be positive"):
+        kernel_regression(k, ke, np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1]), 3, ridge=ridge)
