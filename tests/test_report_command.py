@@ -425,3 +425,27 @@ def test_training_curves_come_from_metrics_csv_and_are_left_out_without_it(run, 
     assert "training" not in again.sections
     assert paths.report_training_png(copy) not in again.figures
     assert "No metrics.csv" in Page(again.html.read_text(encoding="utf-8")).section("training")
+
+
+def test_a_moved_run_is_found_with_ckpts(run, tmp_path):
+    # The manifest names the checkpoint directory kernels read; after the run moved, --ckpts says
+    # where it is now: its metrics.csv gives the training curves, and the reproduce commands
+    # name it.
+    _, ckpts, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    moved = tmp_path / "moved-ckpts"
+    shutil.copytree(ckpts, moved)
+    paths.metrics(ckpts).rename(tmp_path / "metrics.csv")  # the old place has none
+    try:
+        lost = report(copy)
+        found = runner.invoke(app, ["report", "--store", str(copy), "--ckpts", str(moved), "-q"])
+    finally:
+        (tmp_path / "metrics.csv").rename(paths.metrics(ckpts))
+    assert "training" not in lost.sections
+    assert found.exit_code == 0, found.output
+    page = Page(paths.report_html(copy).read_text(encoding="utf-8"))
+    assert "Training and test loss and accuracy against step" in [i["alt"] for i in page.images]
+    assert f"conetool kernels {shlex.quote(str(moved))}" in page.section("reproduce")
+    refused = runner.invoke(app, ["report", "--store", str(copy), "--ckpts", str(tmp_path / "x")])
+    assert refused.exit_code == 1 and "--ckpts" in refused.output

@@ -39,6 +39,15 @@ def report(
             metavar="DIR",
         ),
     ] = None,
+    ckpts: Annotated[
+        Path | None,
+        typer.Option(
+            "--ckpts",
+            metavar="DIR",
+            help="The run's checkpoint directory, if it moved (default: from the store's "
+            "manifest); its metrics.csv gives the training curves.",
+        ),
+    ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -57,7 +66,7 @@ def report(
     from ..pipeline import report as report_run
 
     with handle_errors(debug), progress_display(quiet) as progress:
-        result = report_run(store, out=out, progress=progress)
+        result = report_run(store, out=out, ckpts=ckpts, progress=progress)
     table = Table(title=f"conetool report -> {result.html.parent}", title_justify="left")
     table.add_column("section")
     table.add_column("holds")

@@ -112,9 +112,17 @@ class ReportInputs:
     missing: list[tuple[str, str]] = field(default_factory=list)
     present: set[str] = field(default_factory=set)
     details: dict[str, str] = field(default_factory=dict)
+    #: the checkpoint directory given by the caller (the run moved), instead of the manifest's
+    moved_ckpts: str | None = None
 
     @classmethod
-    def read(cls: type[_Inputs], store: Store, store_arg: str, out_dir: Path) -> _Inputs:
+    def read(
+        cls: type[_Inputs],
+        store: Store,
+        store_arg: str,
+        out_dir: Path,
+        ckpts: str | None = None,
+    ) -> _Inputs:
         notes: list[str] = []
         root = store.root
         distance = _read_json(paths.distance_summary(root), "conetool distance", notes)
@@ -136,6 +144,7 @@ class ReportInputs:
         gathered = cls(
             store, store_arg, out_dir, distance, embed, switch, points, spec_toml, spectrum, notes
         )
+        gathered.moved_ckpts = ckpts
         gathered._check_current()
         return gathered
 
@@ -154,6 +163,8 @@ class ReportInputs:
 
     @property
     def ckpts(self) -> str:
+        if self.moved_ckpts is not None:
+            return self.moved_ckpts
         return str(self.manifest.get("checkpoints", "CKPTS"))
 
     def _store_flag(self) -> str:

@@ -73,6 +73,7 @@ def report(
     store: str | Path = paths.DEFAULT_STORE,
     *,
     out: str | Path | None = None,
+    ckpts: str | Path | None = None,
     progress: Progress | None = None,
 ) -> ReportResult:
     """Write ``report.html``, ``report.md`` and ``spec.toml`` about a store (into ``STORE/report/``).
@@ -81,6 +82,9 @@ def report(
         store: the store directory; it must hold a manifest (``conetool kernels`` made it).
             Distance, embedding and switch results are included when present.
         out: the directory to write the report to (default ``STORE/report``).
+        ckpts: the run's checkpoint directory, when it is no longer where the store's manifest
+            says (its ``metrics.csv`` gives the training curves, and the reproduce commands
+            name it); default the manifest's.
         progress: progress display; default silent.
 
     Returns:
@@ -100,7 +104,12 @@ def report(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConetoolError(f"--out {out_dir} is a file, not a directory. Choose a directory.")
     bar = progress.task("report", total=3)
-    gathered = ReportBuilder.read(opened, str(store), out_dir)
+    if ckpts is not None and not Path(ckpts).is_dir():
+        raise ConetoolError(
+            f"--ckpts {ckpts} is not a directory. Pass the run's checkpoint directory."
+        )
+    moved = None if ckpts is None else str(ckpts)
+    gathered = ReportBuilder.read(opened, str(store), out_dir, moved)
     gathered.training_png = _training_curves(gathered, out_dir)
     spec_path = None
     if gathered.spec_toml is not None:
