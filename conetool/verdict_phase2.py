@@ -164,7 +164,15 @@ def phase_two(
     detail = " ".join(c["sentence"] for c in criteria)
     unused = unused_text(user)
     if frozen_by:
-        r.numbers["agree"] = len(frozen_by) == len(criteria) - 2  # spread, trend (+ refs)
+        # The readings of how far apart Phase II kernels are (the spread, and the reference
+        # curves when there are any) agree that they froze; the velocity trend is the other
+        # route to lazy (a kernel still freezing), and steady once the kernel has frozen.
+        levels = [
+            c
+            for c in criteria
+            if c["name"] in ("spread", "reference curves") and c["reads"] != "none"
+        ]
+        r.numbers["agree"] = bool(levels) and all(c["reads"] == "frozen" for c in levels)
         names = " and ".join(c["name"] for c in frozen_by)
         return r.done(
             "lazy",
