@@ -1,0 +1,458 @@
+"""Guards of the store's contract that a mutation check of the store and of ``conetool kernels``
+found untested: what a damaged, foreign, newer or overwritten store does, what a rerun
+recomputes, and the order of the writes that makes a kill lose at most the kernel in progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_checkpoints import write_hf_sharded
+from test_store import HEADER, IDENT, record
+from tiny_run import SPEC, metadata, run_fixtures
+
+from conetool import paths
+from conetool.errors import StoreError
+from conetool.pipeline import kernels
+from conetool.store import Store, StoreIdentity
+
+trained, run = run_fixtures(SPEC)
+
+
+def _store_with_kernels(root: Path, ident: StoreIdentity = IDENT, steps=(0, 10)) -> Store:
+    """A store of ``ident`` holding a small kernel for each of ``steps``."""
+    store = Store.open_for_writing(root, ident, HEADER)
+    for step in steps:
+        store.write_kernel(record(step), (step + 1) * torch.eye(2))
+    store.close()
+    return store
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file's bytes under ``root`` (the lock file aside), by relative path."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != paths.LOCK_NAME
+    }
+
+
+# ------------------------------------------------------------------ manifests not to rebuild
+
+
+def test_a_store_written_by_a_newer_conetool_is_refused_and_left_byte_for_byte(tmp_path):
+    # guards: only a damaged manifest is rebuilt; a newer format is refused, never replaced
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    manifest = json.loads(paths.manifest(root).read_text())
+    manifest["format_version"] = 2
+    paths.manifest(root).write_text(json.dumps(manifest))
+    before = _files(root)
+    with pytest.raises(StoreError, match=r"manifest.json was written by a newer conetool.*upgrade"):
+        Store.open_for_writing(root, IDENT, HEADER)
+    with pytest.raises(StoreError, match="newer conetool"):
+        Store.open(root)
+    assert _files(root) == before
+
+
+def test_a_foreign_manifest_in_a_store_folder_is_refused_and_left_byte_for_byte(tmp_path):
+    # guards: a manifest.json of another format is not conetool's to rebuild over
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    paths.manifest(root).write_text(json.dumps({"format": "other-tool", "steps": {}}))
+    before = _files(root)
+    with pytest.raises(StoreError, match=r"manifest.json is not a conetool store manifest"):
+        Store.open_for_writing(root, IDENT, HEADER)
+    assert _files(root) == before
+
+
+def test_a_damaged_manifest_in_a_folder_that_is_no_store_is_refused_not_replaced(tmp_path):
+    # guards: a rebuild needs a store (kernels/ or probe); a stray manifest.json is left alone
+    root = tmp_path / "notes"
+    root.mkdir()
+    paths.manifest(root).write_text("{ someone else's file")
+    with pytest.raises(StoreError, match=r"manifest.json is not a readable conetool manifest"):
+        Store.open_for_writing(root, IDENT, HEADER)
+    assert paths.manifest(root).read_text() == "{ someone else's file"
+    assert not (root / paths.KERNELS_DIR).exists()
+
+
+# ------------------------------------------------------------------ --overwrite starts afresh
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_overwrite_of_a_store_without_a_usable_manifest_deletes_its_kernels(tmp_path, damage):
+    # guards: --overwrite clears the old kernel files even when the manifest is damaged or gone
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    if damage == "truncated":
+        paths.manifest(root).write_text(paths.manifest(root).read_text()[:40])
+    else:
+        paths.manifest(root).unlink()
+    fresh = Store.open_for_writing(root, IDENT, HEADER, overwrite=True)
+    fresh.close()
+    assert fresh.steps() == [] and fresh.notes == []
+    assert not paths.kernel(root, 0).exists() and not paths.kernel(root, 10).exists()
+    assert Store.open(root).steps() == []  # nothing of the old store comes back on reading
+
+
+def test_overwrite_removes_every_file_conetool_wrote_and_keeps_the_users(tmp_path):
+    # guards: clear() of --overwrite removes the eval set and every companion and derived folder
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    written = [
+        paths.probe(root),
+        paths.eval_set(root),
+        paths.eval_kernel(root, 0),
+        paths.layer_kernel(root, 0),
+        *(root / name / "out.csv" for name in paths.DERIVED_DIRS),
+    ]
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"old")
+    (root / "notes.txt").write_text("mine")
+    other = StoreIdentity(**{**IDENT.__dict__, "kind": "full"})
+    Store.open_for_writing(root, other, HEADER, overwrite=True).close()
+    assert [p for p in written if p.exists()] == []
+    assert not paths.eval_kernels_dir(root).exists() and not paths.layer_kernels_dir(root).exists()
+    assert not paths.kernel(root, 0).exists()
+    assert (root / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------ checking a kernel file
+
+
+def _rewrite_kernel_file(path: Path, kernel=None, **meta: str) -> None:
+    """Rewrite the safetensors file ``path`` with ``meta`` changed (and another ``kernel``)."""
+    tensors = load_file(str(path))
+    if kernel is not None:
+        tensors["kernel"] = kernel
+    save_file(tensors, str(path), metadata={**metadata(path), **meta})
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"spec_hash": "zzzz"}, "spec_hash 'zzzz' (store: 'aaaa')"),
+        ({"probe_hash": "zzzz"}, "probe_hash 'zzzz' (store: 'pppp')"),
+        ({"kind": "full"}, "kind 'full' (store: 'trace')"),
+        ({"dtype": "float64"}, "dtype 'float64' (store: 'float32')"),
+        ({"step": "11"}, "step '11' (store: '10')"),
+        (
+            {"record": json.dumps({**record(10).__dict__, "fingerprint": "f9"})},
+            "its embedded record differs from the manifest's",
+        ),
+    ],
+)
+def test_a_kernel_file_differing_from_its_record_in_one_header_field_is_named(
+    tmp_path, change, named
+):
+    # guards: each header check of kernel_file_problem (README: "Nothing mixed, nothing stale")
+    root = tmp_path / "s"
+    store = _store_with_kernels(root)
+    assert store.kernel_file_problem(10) is None
+    _rewrite_kernel_file(paths.kernel(root, 10), **change)
+    problem = store.kernel_file_problem(10)
+    assert problem is not None
+    assert str(paths.kernel(root, 10)) in problem and named in problem
+    assert store.kernel_file_problem(0) is None
+
+
+def test_a_kernel_file_of_another_shape_than_the_probe_set_is_named(tmp_path):
+    # guards: the shape check against the probe size recorded in the manifest
+    root = tmp_path / "s"
+    store = Store.open_for_writing(root, IDENT, {**HEADER, "probe": {"size": 2}})
+    store.write_kernel(record(0), torch.eye(2))
+    store.write_kernel(record(10), torch.eye(2))
+    store.close()
+    _rewrite_kernel_file(paths.kernel(root, 10), kernel=torch.eye(3))
+    assert store.kernel_file_problem(0) is None
+    assert "shape (3, 3) (probe size 2)" in str(store.kernel_file_problem(10))
+
+
+# ------------------------------------------------------------------ rebuilding the manifest
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("spec_hash", "bbbb"), ("probe_hash", "qqqq"), ("kind", "full"), ("dtype", "float64")],
+)
+def test_rebuilding_refuses_kernel_files_that_are_all_of_another_identity(tmp_path, field, value):
+    # guards: a store whose manifest is gone is still never mixed with another identity's kernels
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    paths.manifest(root).unlink()
+    before = _files(root)
+    other = StoreIdentity(**{**IDENT.__dict__, field: value})
+    with pytest.raises(
+        StoreError, match=r"its 2 kernel file\(s\) were made with another spec.*--overwrite"
+    ):
+        Store.open_for_writing(root, other, HEADER)
+    assert _files(root) == before and not paths.manifest(root).exists()
+
+
+def test_rebuilding_counts_the_kernel_files_of_another_identity_it_leaves_out(tmp_path):
+    # guards: the rebuild note says how many files were recovered and how many left out
+    root = tmp_path / "s"
+    _store_with_kernels(root, steps=(0, 10))
+    other = StoreIdentity(**{**IDENT.__dict__, "probe_hash": "qqqq"})
+    foreign = tmp_path / "foreign"
+    _store_with_kernels(foreign, other, steps=(5,))
+    paths.kernel(foreign, 5).replace(paths.kernel(root, 5))
+    paths.manifest(root).unlink()
+    store = Store.open_for_writing(root, IDENT, HEADER)
+    store.close()
+    assert store.steps() == [0, 10]
+    assert len(store.notes) == 1
+    assert "2 kernel(s) recovered" in store.notes[0]
+    assert "1 other file(s) left out and recomputed" in store.notes[0]
+
+
+def test_reopening_writes_a_kernel_orphaned_by_a_kill_into_manifest_json(tmp_path):
+    # guards: the adopted record reaches manifest.json on disk (notebooks read it directly)
+    root = tmp_path / "s"
+    store = Store.open_for_writing(root, IDENT, HEADER)
+    store.write_kernel(record(0), torch.eye(2))
+    manifest_before = paths.manifest(root).read_text()
+    store.write_kernel(record(10), 3 * torch.eye(2))
+    store.close()
+    paths.manifest(root).write_text(manifest_before)  # killed before the manifest write
+    Store.open_for_writing(root, IDENT, HEADER).close()
+    on_disk = json.loads(paths.manifest(root).read_text())
+    assert list(on_disk["steps"]) == ["0", "10"]
+    assert on_disk["steps"]["10"]["fingerprint"] == "f1"
+
+
+def test_a_damaged_manifest_beside_kernel_files_alone_is_rebuilt(tmp_path):
+    # guards: kernels/ without probe.safetensors is enough to count as a store to rebuild
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    assert not paths.probe(root).exists()
+    kernel_bytes = paths.kernel(root, 10).read_bytes()
+    paths.manifest(root).write_text(paths.manifest(root).read_text()[:40])
+    store = Store.open_for_writing(root, IDENT, HEADER)
+    store.close()
+    assert store.steps() == [0, 10] and store.record(10) == record(10)
+    assert "was damaged" in store.notes[0] and "2 kernel(s) recovered" in store.notes[0]
+    assert paths.kernel(root, 10).read_bytes() == kernel_bytes
+    assert Store.open(root).steps() == [0, 10]
+
+
+# ------------------------------------------------------------------ eval and layer kernel files
+
+EVAL_A = {"size": 3, "split": "test", "seed": 0, "hash": "ea", "file": "eval.safetensors"}
+EVAL_B = {**EVAL_A, "size": 4, "hash": "eb"}
+GROUPS = {"first": ["0.weight"], "last": ["2.weight"]}
+
+
+def _layer_record(groups_hash: str) -> dict:
+    return {"patterns": None, "groups": GROUPS, "hash": groups_hash, "dir": "layer_kernels"}
+
+
+COMPANION_CHANGES = [
+    ("step", "11", "step '11' (wanted '10')"),
+    ("kind", "full", "kind 'full' (wanted 'trace')"),
+    ("dtype", "float64", "dtype 'float64' (wanted 'float32')"),
+    ("spec_hash", "zzzz", "spec_hash 'zzzz' (wanted 'aaaa')"),
+    ("probe_hash", "zzzz", "probe_hash 'zzzz' (wanted 'pppp')"),
+    ("fingerprint", "f9", "fingerprint 'f9' (wanted 'f1')"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "named"), COMPANION_CHANGES)
+def test_an_eval_kernel_differing_in_one_header_field_is_stale(tmp_path, field, value, named):
+    # guards: each field of the eval kernel's metadata that makes it current is checked
+    root = tmp_path / "s"
+    store = _store_with_kernels(root)
+    store.record_eval(EVAL_A)
+    for step in (0, 10):
+        store.write_eval_kernel(step, torch.ones(3, 2), "ea", "f1")
+    assert store.eval_kernel_problem(10, "ea", "f1") is None
+    _rewrite_kernel_file(paths.eval_kernel(root, 10), **{field: value})
+    problem = store.eval_kernel_problem(10, "ea", "f1")
+    assert problem is not None and str(paths.eval_kernel(root, 10)) in problem
+    assert named in problem
+    assert store.eval_kernel_problem(0, "ea", "f1") is None
+    assert "eval_hash 'ea' (wanted 'eb')" in str(store.eval_kernel_problem(0, "eb", "f1"))
+
+
+def test_an_eval_kernel_of_another_eval_size_is_stale(tmp_path):
+    # guards: the eval kernel's rows are checked against the recorded evaluation set's size
+    root = tmp_path / "s"
+    store = _store_with_kernels(root)
+    store.record_eval(EVAL_A)
+    store.write_eval_kernel(0, torch.ones(3, 2), "ea", "f1")
+    store.write_eval_kernel(10, torch.ones(4, 2), "ea", "f1")
+    assert store.eval_kernel_problem(0, "ea", "f1") is None
+    assert "shape (4, 2) (eval size 3)" in str(store.eval_kernel_problem(10, "ea", "f1"))
+
+
+@pytest.mark.parametrize(("field", "value", "named"), COMPANION_CHANGES)
+def test_a_layer_file_differing_in_one_header_field_is_stale(tmp_path, field, value, named):
+    # guards: each field of the layer file's metadata that makes it current is checked
+    root = tmp_path / "s"
+    store = _store_with_kernels(root)
+    store.record_layer_groups(_layer_record("ga"))
+    parts = {"first": torch.eye(2), "last": torch.eye(2)}
+    for step in (0, 10):
+        store.write_layer_kernels(step, parts, GROUPS, "ga", "f1")
+    assert store.layer_kernel_problem(10, "ga", "f1") is None
+    assert store.current_layer_steps() == [0, 10]
+    _rewrite_kernel_file(paths.layer_kernel(root, 10), **{field: value})
+    problem = store.layer_kernel_problem(10, "ga", "f1")
+    assert problem is not None and str(paths.layer_kernel(root, 10)) in problem
+    assert named in problem
+    assert store.current_layer_steps() == [0]
+
+
+def test_a_layer_file_missing_a_group_it_names_is_stale(tmp_path):
+    # guards: a layer file must hold one tensor per group its metadata names
+    root = tmp_path / "s"
+    store = _store_with_kernels(root)
+    store.record_layer_groups(_layer_record("ga"))
+    store.write_layer_kernels(10, {"first": torch.eye(2)}, GROUPS, "ga", "f1")
+    problem = store.layer_kernel_problem(10, "ga", "f1")
+    assert "its tensors are not the groups it names" in str(problem)
+    assert store.current_layer_steps() == []
+
+
+def test_another_eval_set_deletes_exactly_the_eval_kernels_of_the_old_one(tmp_path):
+    # guards: replacing the eval set unlinks the old set's files, keeps the new set's
+    root = tmp_path / "s"
+    store = _store_with_kernels(root)
+    assert store.record_eval(EVAL_A) == []  # the first set replaces nothing
+    store.write_eval_kernel(0, torch.ones(3, 2), "ea", "f1")
+    store.write_eval_kernel(10, torch.ones(4, 2), "eb", "f1")  # already of the new set
+    kept = paths.eval_kernel(root, 10).read_bytes()
+    notes = store.record_eval(EVAL_B)
+    assert len(notes) == 1 and "its 1 eval kernel(s)" in notes[0] and "deleted" in notes[0]
+    assert not paths.eval_kernel(root, 0).exists()
+    assert paths.eval_kernel(root, 10).read_bytes() == kept
+    assert json.loads(paths.manifest(root).read_text())["eval"] == EVAL_B
+    # the same set recorded under another file name deletes nothing and says nothing
+    assert store.record_eval({**EVAL_B, "file": "renamed.safetensors"}) == []
+    assert paths.eval_kernel(root, 10).read_bytes() == kept
+
+
+def test_another_grouping_deletes_exactly_the_layer_files_of_the_old_one(tmp_path):
+    # guards: replacing the parameter groups unlinks the old grouping's files only
+    root = tmp_path / "s"
+    store = _store_with_kernels(root)
+    assert store.record_layer_groups(_layer_record("ga")) == []
+    parts = {"first": torch.eye(2), "last": torch.eye(2)}
+    store.write_layer_kernels(0, parts, GROUPS, "ga", "f1")
+    store.write_layer_kernels(10, parts, GROUPS, "gb", "f1")
+    kept = paths.layer_kernel(root, 10).read_bytes()
+    notes = store.record_layer_groups(_layer_record("gb"))
+    assert len(notes) == 1 and "the 1 layer kernel file(s)" in notes[0]
+    assert not paths.layer_kernel(root, 0).exists()
+    assert paths.layer_kernel(root, 10).read_bytes() == kept
+
+
+# ------------------------------------------------------------------ what a rerun recomputes
+
+
+def _kernel_bytes(root: Path) -> dict[int, bytes]:
+    return {step: paths.kernel(root, step).read_bytes() for step in (0, 5, 10)}
+
+
+def test_a_checkpoint_replaced_under_its_old_mtime_is_recomputed(run, tmp_path):
+    # guards: the cheap skip needs both size and mtime unchanged (rsync -t keeps the mtime)
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _kernel_bytes(root)
+    path = paths.checkpoint(run, 5)
+    old = path.stat()
+    state = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata={**metadata(path), "copied_from": "another run"})
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert path.stat().st_size != old.st_size and path.stat().st_mtime_ns == old.st_mtime_ns
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [5] and again.skipped == [0, 10]
+    after = _kernel_bytes(root)
+    assert after[5] != before[5] and (after[0], after[10]) == (before[0], before[10])
+
+
+def test_a_touched_checkpoint_whose_kernel_file_does_not_match_is_recomputed(run, tmp_path):
+    # guards: after reading a touched checkpoint, the kernel file's header is still checked
+    root, other = tmp_path / "s", tmp_path / "other"
+    kernels(run, store=root, device="cpu")
+    kernels(run, store=other, probe_size=4, device="cpu")
+    shutil.copy(paths.kernel(other, 5), paths.kernel(root, 5))  # a 4 x 4 kernel in a 6 x 6 store
+    path = paths.checkpoint(run, 5)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # `touch`
+    before = _kernel_bytes(root)
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [5] and again.skipped == [0, 10]
+    assert Store.open(root).load_kernel(5).shape == (6, 6)
+    assert Store.open(root).kernel_file_problem(5) is None
+    after = _kernel_bytes(root)
+    assert (after[0], after[10]) == (before[0], before[10])
+
+
+def test_a_touched_but_unchanged_checkpoint_is_not_recomputed(run, tmp_path):
+    # guards: a new mtime alone only makes the checkpoint be read; its fingerprint decides
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _kernel_bytes(root)
+    path = paths.checkpoint(run, 10)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [] and again.skipped == [0, 5, 10]
+    assert _kernel_bytes(root) == before
+
+
+def test_a_rewritten_shard_of_a_sharded_checkpoint_is_recomputed(run, tmp_path):
+    # guards: the cheap skip compares the newest mtime of all the shards, not the oldest
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shutil.copy(paths.spec(run), paths.spec(sharded))
+    for step in (0, 5, 10):
+        state = load_file(str(paths.checkpoint(run, step)))
+        keys = sorted(state)
+        write_hf_sharded(sharded, state, [keys[:2], keys[2:]], prefix=f"step_{step:06d}")
+    root = tmp_path / "s"
+    assert kernels(sharded, store=root, device="cpu").computed == [0, 5, 10]
+    before = _kernel_bytes(root)
+    second = sharded / "step_000005-00002-of-00002.safetensors"
+    old = second.stat()
+    changed = {k: v + 0.05 for k, v in load_file(str(second)).items()}
+    save_file(changed, str(second), metadata=metadata(second))
+    os.utime(second, ns=(old.st_atime_ns, old.st_mtime_ns + 10**9))  # written a second later
+    assert second.stat().st_size == old.st_size
+    again = kernels(sharded, store=root, device="cpu")
+    assert again.computed == [5] and again.skipped == [0, 10]
+    assert _kernel_bytes(root)[5] != before[5]
+
+
+def test_overwrite_starts_afresh_without_the_old_stores_eval_set_or_groups(run, tmp_path):
+    # guards: --overwrite does not inherit the replaced store's remembered --eval-size/--per-layer
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", eval_size=3, per_layer=True)
+    fresh = kernels(run, store=root, device="cpu", kind="sum", overwrite=True)
+    assert fresh.computed == [0, 5, 10] and fresh.eval_size is None and fresh.layer_groups is None
+    assert not any("keeping the store's" in note for note in fresh.warnings)
+    manifest = json.loads(paths.manifest(root).read_text())
+    assert manifest["kind"] == "sum" and "eval" not in manifest and "layer_groups" not in manifest
+    assert not paths.eval_set(root).exists() and not paths.eval_kernels_dir(root).exists()
+    assert not paths.layer_kernels_dir(root).exists()
+
+
+def test_a_rerun_with_nothing_to_do_reads_no_checkpoint(run, tmp_path, monkeypatch):
+    # guards: the cheap pre-check of eval and layer files uses the stored record's fingerprint
+    import conetool.pipeline.kernels_loop as loop
+
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", eval_size=3, per_layer=True)
+    read = []
+    real = loop.read_checkpoint
+    monkeypatch.setattr(loop, "read_checkpoint", lambda ref: read.append(ref.step) or real(ref))
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [] and again.eval_computed == [] and again.layer_computed == []
+    assert again.skipped == [0, 5, 10] and read == []
+    assert again.kernel_shape == (6, 6)  # from the store, as nothing was computed
