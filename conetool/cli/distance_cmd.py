@@ -10,7 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
-from .options import DEFAULT_STORE, VERDICT_DEFAULTS, MatrixMemory, SkipBadKernels, StoreOpt
+from .options import (
+    DEFAULT_STORE,
+    VERDICT_DEFAULTS,
+    MatrixMemory,
+    SkipBadKernels,
+    StoreCkpts,
+    StoreOpt,
+)
 from .runtime import Threads, starting
 
 _RULES = VERDICT_DEFAULTS
@@ -118,15 +125,7 @@ def distance(
     ] = False,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
-    ckpts: Annotated[
-        Path | None,
-        typer.Option(
-            "--ckpts",
-            metavar="DIR",
-            help="The run's checkpoint directory, if it moved (default: from the store's "
-            "manifest); the noise floor's checkpoint is looked up there.",
-        ),
-    ] = None,
+    ckpts: StoreCkpts = None,
     spec: Annotated[
         Path | None,
         typer.Option(

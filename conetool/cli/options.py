@@ -18,6 +18,15 @@ SpecOpt = Annotated[
         metavar="FILE",
     ),
 ]
+StoreCkpts = Annotated[
+    Path | None,
+    typer.Option(
+        "--ckpts",
+        metavar="DIR",
+        help="The run's checkpoint directory (default: the one the store's manifest names; give "
+        "it when the run has moved since conetool kernels).",
+    ),
+]
 StoreOpt = Annotated[
     Path,
     typer.Option("--store", help="The output store directory.", file_okay=False, metavar="DIR"),

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..units import format_bytes
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
-from .options import DEFAULT_STORE, StoreOpt
+from .options import DEFAULT_STORE, StoreCkpts, StoreOpt
 from .runtime import starting
 
 _TITLES = {
@@ -39,15 +39,7 @@ def report(
             metavar="DIR",
         ),
     ] = None,
-    ckpts: Annotated[
-        Path | None,
-        typer.Option(
-            "--ckpts",
-            metavar="DIR",
-            help="The run's checkpoint directory, if it moved (default: from the store's "
-            "manifest); its metrics.csv gives the training curves.",
-        ),
-    ] = None,
+    ckpts: StoreCkpts = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:

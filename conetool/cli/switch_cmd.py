@@ -19,7 +19,7 @@ from .app import (
     is_main_process,
     progress_display,
 )
-from .options import DEFAULT_STORE, StepRegex, StoreOpt
+from .options import DEFAULT_STORE, StepRegex, StoreCkpts, StoreOpt
 from .runtime import Threads, starting
 
 
@@ -53,14 +53,7 @@ def switch(
         ),
     ] = False,
     store: StoreOpt = DEFAULT_STORE,
-    ckpts: Annotated[
-        Path | None,
-        typer.Option(
-            "--ckpts",
-            metavar="DIR",
-            help="Checkpoint directory (default: from the store's manifest).",
-        ),
-    ] = None,
+    ckpts: StoreCkpts = None,
     spec: Annotated[
         Path | None,
         typer.Option(
