@@ -80,11 +80,15 @@ STEPS_3000 = np.arange(0, 3001, 100)
 FALL_THEN_FLAT = knots((0, -2.0), (1000, -4.0), (3000, -4.0))
 
 
-def phase_two_far(law: Callable[[np.ndarray], np.ndarray]) -> Law:
-    """Between two Phase II steps (from 1,000 on) at lags above 300: ``law(lag)``."""
+def phase_two_far(
+    law: Callable[[np.ndarray], np.ndarray],
+    log_v: Callable[[np.ndarray], np.ndarray] = FALL_THEN_FLAT,
+) -> Law:
+    """Between two Phase II steps (from 1,000 on) at lags above 300: ``law(lag)``; before
+    Phase II, ``lag * 10**log_v(midpoint)`` as :func:`built_s` gives at the smaller lags."""
 
     def far(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> np.ndarray:
-        return np.where(a >= 1000, law(lag), lag * 10.0 ** FALL_THEN_FLAT((a + b) / 2.0))
+        return np.where(a >= 1000, law(lag), lag * 10.0 ** log_v((a + b) / 2.0))
 
     return far
 
@@ -439,10 +443,7 @@ def test_a_frozen_phase_two_read_by_spread_and_references_agrees() -> None:
     # (max 5e-5) and reference levels (5e-5) are at or below lazy_level 1e-4, the trend is
     # steady: two of the four readings say frozen, as a frozen kernel gives
     log_v = knots((0, -2.0), (1000, -7.0), (3000, -7.0))
-
-    def far(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> np.ndarray:
-        return np.where(a >= 1000, 5e-5, lag * 10.0 ** log_v((a + b) / 2.0))
-
+    far = phase_two_far(lambda d: np.full_like(d, 5e-5), log_v)
     v = phase_verdict(STEPS_3000, built_s(STEPS_3000, log_v, far))
     assert v.regime == "lazy" and v.phase1_end == 1000
     reads = {c["name"]: c["reads"] for c in v.numbers["criteria"]}
@@ -453,6 +454,31 @@ def test_a_frozen_phase_two_read_by_spread_and_references_agrees() -> None:
         "velocity trend": "steady",
     }
     assert v.numbers["agree"] is True
+
+
+def test_a_lazy_phase_two_read_frozen_by_every_reading_agrees() -> None:
+    # velocity 1e-2 -> 1e-7 over 0..1,000, then on to 1e-9 by 3,000 (a 100x fall: freezing);
+    # Phase II S = 5e-5 beyond lag 300: spread, references and trend all say frozen/freezing
+    log_v = knots((0, -2.0), (1000, -7.0), (3000, -9.0))
+    far = phase_two_far(lambda d: np.full_like(d, 5e-5), log_v)
+    v = phase_verdict(STEPS_3000, built_s(STEPS_3000, log_v, far))
+    assert v.regime == "lazy" and v.phase1_end == 1000
+    reads = {c["name"]: c["reads"] for c in v.numbers["criteria"]}
+    assert reads["spread"] == "frozen" and reads["reference curves"] == "frozen"
+    assert reads["velocity trend"] == "freezing"
+    assert v.numbers["agree"] is True
+
+
+def test_a_lazy_verdict_from_the_trend_alone_does_not_agree() -> None:
+    # velocity 1e-2 -> 1e-4 over 0..1,000, then on to 1e-6 by 3,000 (a 100x fall: freezing), but
+    # Phase II kernels 1e-2 apart beyond lag 300 (above lazy_level): the levels say moving
+    log_v = knots((0, -2.0), (1000, -4.0), (3000, -6.0))
+    far = phase_two_far(lambda d: np.full_like(d, 1e-2), log_v)
+    v = phase_verdict(STEPS_3000, built_s(STEPS_3000, log_v, far))
+    reads = {c["name"]: c["reads"] for c in v.numbers["criteria"]}
+    assert v.regime == "lazy" and reads["velocity trend"] == "freezing", reads
+    assert reads["spread"] == "moving"
+    assert v.numbers["agree"] is False
 
 
 # --- VerdictRules ---------------------------------------------------------------------------------
@@ -479,34 +505,3 @@ def test_rules_that_cannot_be_applied_are_rejected_by_name(kwargs: dict, match: 
 def test_rules_at_the_edge_of_their_range_are_accepted() -> None:
     rules = VerdictRules(velocity_dt=1, reference_fractions=(0.0, 0.99), min_window_points=1)
     assert rules.velocity_dt == 1 and rules.reference_fractions == (0.0, 0.99)
-
-
-def test_a_lazy_phase_two_read_frozen_by_every_reading_agrees() -> None:
-    # velocity 1e-2 -> 1e-7 over 0..1,000, then on to 1e-9 by 3,000 (a 100x fall: freezing);
-    # Phase II S = 5e-5 beyond lag 300: spread, references and trend all say frozen/freezing
-    log_v = knots((0, -2.0), (1000, -7.0), (3000, -9.0))
-
-    def far(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> np.ndarray:
-        return np.where(a >= 1000, 5e-5, lag * 10.0 ** log_v((a + b) / 2.0))
-
-    v = phase_verdict(STEPS_3000, built_s(STEPS_3000, log_v, far))
-    assert v.regime == "lazy" and v.phase1_end == 1000
-    reads = {c["name"]: c["reads"] for c in v.numbers["criteria"]}
-    assert reads["spread"] == "frozen" and reads["reference curves"] == "frozen"
-    assert reads["velocity trend"] == "freezing"
-    assert v.numbers["agree"] is True
-
-
-def test_a_lazy_verdict_from_the_trend_alone_does_not_agree() -> None:
-    # velocity 1e-2 -> 1e-4 over 0..1,000, then on to 1e-6 by 3,000 (a 100x fall: freezing), but
-    # Phase II kernels 1e-2 apart beyond lag 300 (above lazy_level): the levels say moving
-    log_v = knots((0, -2.0), (1000, -4.0), (3000, -6.0))
-
-    def far(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> np.ndarray:
-        return np.where(a >= 1000, 1e-2, lag * 10.0 ** log_v((a + b) / 2.0))
-
-    v = phase_verdict(STEPS_3000, built_s(STEPS_3000, log_v, far))
-    reads = {c["name"]: c["reads"] for c in v.numbers["criteria"]}
-    assert v.regime == "lazy" and reads["velocity trend"] == "freezing", reads
-    assert reads["spread"] == "moving"
-    assert v.numbers["agree"] is False
