@@ -167,11 +167,24 @@ def test_thresholds_are_options() -> None:
         ({"bounded_exponent": 0.6, "drift_exponent": 0.5}, "bounded < drift"),
         ({"min_phase2_steps": 2}, "min_phase2_steps"),
         ({"lazy_level": -1.0}, "lazy_level"),
+        # dt 0 divides by zero; a reference at T has no thirds after it; a third with no step
+        # has no mean; a negative tolerance calls a falling curve rising
+        ({"velocity_dt": 0}, "velocity_dt=0"),
+        ({"velocity_dt": -100}, "velocity_dt=-100"),
+        ({"reference_fractions": (0.1, 1.0)}, "reference_fractions"),
+        ({"reference_fractions": ()}, "reference_fractions"),
+        ({"min_window_points": 0}, "min_window_points=0"),
+        ({"plateau_tolerance": -0.1}, "plateau_tolerance=-0.1"),
     ],
 )
 def test_bad_rules_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(GeometryError, match=match):
         VerdictRules(**kwargs)
+
+
+def test_rules_at_the_edge_of_their_range_are_accepted() -> None:
+    rules = VerdictRules(velocity_dt=1, reference_fractions=(0.0, 0.99), min_window_points=1)
+    assert rules.velocity_dt == 1 and rules.reference_fractions == (0.0, 0.99)
 
 
 def test_verdict_checks_its_inputs() -> None:
