@@ -113,7 +113,7 @@ class ReportInputs:
     present: set[str] = field(default_factory=set)
     details: dict[str, str] = field(default_factory=dict)
     #: the checkpoint directory given by the caller (the run moved), instead of the manifest's
-    moved_ckpts: str | None = None
+    moved_ckpts: Path | None = None
 
     @classmethod
     def read(
@@ -121,7 +121,7 @@ class ReportInputs:
         store: Store,
         store_arg: str,
         out_dir: Path,
-        ckpts: str | None = None,
+        ckpts: Path | None = None,
     ) -> _Inputs:
         notes: list[str] = []
         root = store.root
@@ -142,9 +142,18 @@ class ReportInputs:
             spec_toml = None
             notes.append(f"the manifest's spec cannot be read back as a spec ({exc})")
         gathered = cls(
-            store, store_arg, out_dir, distance, embed, switch, points, spec_toml, spectrum, notes
+            store,
+            store_arg,
+            out_dir,
+            distance,
+            embed,
+            switch,
+            points,
+            spec_toml,
+            spectrum,
+            notes,
+            moved_ckpts=ckpts,
         )
-        gathered.moved_ckpts = ckpts
         gathered._check_current()
         return gathered
 
@@ -164,7 +173,7 @@ class ReportInputs:
     @property
     def ckpts(self) -> str:
         if self.moved_ckpts is not None:
-            return self.moved_ckpts
+            return str(self.moved_ckpts)
         return str(self.manifest.get("checkpoints", "CKPTS"))
 
     def _store_flag(self) -> str:

@@ -9,7 +9,7 @@ from torch import nn
 
 from .. import paths
 from ..data import describe_data
-from ..errors import SpecError
+from ..errors import SpecError, StoreError
 from ..models import build_model
 from ..spec import Spec, load_spec
 
@@ -31,6 +31,19 @@ def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
         '  num_classes = 10\n  [data]\n  dataset = "cifar10"\n  root = "~/data"\n'
         "(the README's 'The spec' section lists every key)."
     )
+
+
+def moved_run(ckpts: str | Path | None) -> Path | None:
+    """The checkpoint directory given for a run moved since ``conetool kernels`` (``--ckpts``
+    of the analysis commands, overriding the store's manifest), checked to be a directory;
+    ``None`` when none was given."""
+    if ckpts is None:
+        return None
+    if not Path(ckpts).is_dir():
+        raise StoreError(
+            f"--ckpts {ckpts} is not a directory. Pass the run's checkpoint directory."
+        )
+    return Path(ckpts)
 
 
 def iterations_per_epoch(spec: Spec) -> int:

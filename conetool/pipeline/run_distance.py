@@ -50,6 +50,7 @@ from .distance_outputs import (
 )
 from .matrix_cache import kernel_matrix, require_kernels
 from .noise_estimate import estimate_noise_floor
+from .resolve import moved_run
 
 __all__ = ["AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
 
@@ -180,11 +181,7 @@ def distance(
         for dt in dts:
             _check_dt(dt, stored)
     given_spec = _store_spec(opened, spec)
-    given_ckpts = None if ckpts is None else Path(ckpts)
-    if given_ckpts is not None and not given_ckpts.is_dir():
-        raise StoreError(
-            f"--ckpts {ckpts} is not a directory. Pass the run's checkpoint directory."
-        )
+    given_ckpts = moved_run(ckpts)
 
     matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
     steps, s = matrix.steps, matrix.S

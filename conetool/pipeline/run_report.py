@@ -38,6 +38,7 @@ from ..store import Store
 __all__ = ["ReportResult", "report"]
 
 from .report_result_sections import ResultSections
+from .resolve import moved_run
 
 
 @dataclass(frozen=True)
@@ -103,12 +104,8 @@ def report(
     out_dir = paths.report_dir(opened.root) if out is None else Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConetoolError(f"--out {out_dir} is a file, not a directory. Choose a directory.")
+    moved = moved_run(ckpts)
     bar = progress.task("report", total=3)
-    if ckpts is not None and not Path(ckpts).is_dir():
-        raise ConetoolError(
-            f"--ckpts {ckpts} is not a directory. Pass the run's checkpoint directory."
-        )
-    moved = None if ckpts is None else str(ckpts)
     gathered = ReportBuilder.read(opened, str(store), out_dir, moved)
     gathered.training_png = _training_curves(gathered, out_dir)
     spec_path = None
