@@ -77,10 +77,9 @@ def _read_headers(c: Candidate, deep: bool) -> None:
         sizes = []
         for p in c.paths:
             found = os.stat(p)
-            mode = found.st_mode
             sizes.append(found.st_size)
-            if not stat.S_ISREG(mode):
-                what = "a directory" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+            if not stat.S_ISREG(found.st_mode):
+                what = "a directory" if stat.S_ISDIR(found.st_mode) else "a device, pipe or socket"
                 c.size = -1  # no size to show: not a file
                 c.fail(
                     f"'{p}' is not a regular file but {what}"
@@ -91,7 +90,6 @@ def _read_headers(c: Candidate, deep: bool) -> None:
         c.size = sum(sizes)  # also shown for a file whose header cannot be read
         if c.format == "safetensors":
             c.headers = tuple(read_header(p) for p in c.paths)
-            c.size = sum(h.size for h in c.headers)
             shapes: dict[str, tuple[int, ...]] = {}
             for h in c.headers:
                 shapes.update(h.shapes)
