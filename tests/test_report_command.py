@@ -449,3 +449,26 @@ def test_a_moved_run_is_found_with_ckpts(run, tmp_path):
     assert f"conetool kernels {shlex.quote(str(moved))}" in page.section("reproduce")
     refused = runner.invoke(app, ["report", "--store", str(copy), "--ckpts", str(tmp_path / "x")])
     assert refused.exit_code == 1 and "--ckpts" in refused.output
+
+
+def test_a_moved_run_keeps_its_checkpoint_names_in_folders(run, tmp_path):
+    # Checkpoints in folders (the Hugging Face layout, checkpoint-N/model.safetensors): the table
+    # names each file relative to the checkpoint directory, the same with --ckpts after the run
+    # moved as before (the names inside the run do not change when it moves).
+    _, ckpts, _, _ = run
+    folders = tmp_path / "hf"
+    for step in (0, 4, 8):
+        folder = folders / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        shutil.copy(paths.checkpoint(ckpts, step), folder / "model.safetensors")
+    shutil.copy(paths.spec(ckpts), paths.spec(folders))
+    store = tmp_path / "store"
+    kernels(folders, store=store, device="cpu")
+    moved = tmp_path / "moved"
+    folders.rename(moved)
+    result = runner.invoke(app, ["report", "--store", str(store), "--ckpts", str(moved), "-q"])
+    assert result.exit_code == 0, result.output
+    table = Page(paths.report_html(store).read_text(encoding="utf-8")).section("checkpoints")
+    assert str(moved) in table
+    for step in (0, 4, 8):
+        assert f"{step} checkpoint-{step}/model.safetensors" in table

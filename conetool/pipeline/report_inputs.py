@@ -171,10 +171,17 @@ class ReportInputs:
         return self.store.steps()
 
     @property
+    def recorded_ckpts(self) -> str:
+        """The checkpoint directory ``kernels`` read (the manifest's), which the recorded
+        checkpoint paths lie in: the names relative to it are also those inside a moved run."""
+        return str(self.manifest.get("checkpoints", "CKPTS"))
+
+    @property
     def ckpts(self) -> str:
+        """The checkpoint directory the report names: ``--ckpts``, else the recorded one."""
         if self.moved_ckpts is not None:
             return str(self.moved_ckpts)
-        return str(self.manifest.get("checkpoints", "CKPTS"))
+        return self.recorded_ckpts
 
     def _store_flag(self) -> str:
         return f"--store {_q(self.store_arg)}"

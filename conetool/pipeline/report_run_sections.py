@@ -142,7 +142,7 @@ class RunSections(ReportCommands):
             rows = tuple(
                 (
                     str(step),
-                    _source_name(r.source, ckpts),
+                    _source_name(r.source, self.recorded_ckpts),
                     format_bytes(r.size),
                     _g(r.norm, 6),
                     f"{r.seconds:.2f}",
