@@ -72,6 +72,7 @@ from .store_manifest import (
     new_manifest,
     read_manifest,
     rebuilt_note,
+    same_kernel_record,
     write_manifest,
 )
 
@@ -304,6 +305,26 @@ class Store:
             if self.owner:
                 self._write_manifest()
 
+    def refresh_mtimes(self, mtimes: Mapping[int, int]) -> None:
+        """Record new modification times (step -> ns) of checkpoints that were read and found
+        unchanged (the fingerprint of their record): a rerun then skips them without reading
+        them again. One manifest write; the kernel files keep the records they were written with
+        (see :func:`conetool.store_manifest.same_kernel_record`). A store opened with
+        :meth:`join` leaves the manifest to its owner (those steps are read again next time)."""
+        if not self.owner:
+            return
+        with self._manifest_guard:
+            steps = self.manifest["steps"]
+            changed = [
+                str(step)
+                for step, mtime in mtimes.items()
+                if str(step) in steps and steps[str(step)].get("mtime_ns") != mtime
+            ]
+            for step in changed:
+                steps[step] = {**steps[step], "mtime_ns": mtimes[int(step)]}
+            if changed:
+                self._write_manifest()
+
     # ----------------------------------------------------------------- eval kernels
     @property
     def eval_record(self) -> dict[str, Any] | None:
@@ -451,7 +472,7 @@ class Store:
                 continue
             step, embedded = found
             with self._manifest_guard:
-                if self.manifest["steps"].get(step) != embedded:
+                if not same_kernel_record(embedded, self.manifest["steps"].get(step)):
                     self.manifest["steps"][step] = embedded
                     adopted.append(int(step))
         if adopted and self.owner and save:

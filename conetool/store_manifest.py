@@ -180,13 +180,26 @@ def kernel_file_problem(
         embedded = json.loads(meta.get("record", "null"))
     except json.JSONDecodeError:
         embedded = None
-    if embedded != asdict(record):
+    if not same_kernel_record(embedded, asdict(record)):
         wrong.append("its embedded record differs from the manifest's")
     if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
         wrong.append(f"shape {shape} (probe size {size})")
     if wrong:
         return f"kernel file {path} does not match the store: {'; '.join(wrong)}"
     return None
+
+
+def same_kernel_record(embedded: Any, recorded: Mapping[str, Any] | None) -> bool:
+    """Whether a kernel file's embedded record and a manifest record describe the same kernel:
+    equal but perhaps for ``mtime_ns``, the source's modification time when it was last read,
+    which the manifest refreshes when a touched checkpoint's content is found unchanged
+    (:meth:`conetool.store.Store.refresh_mtimes`; the kernel file keeps the time it was
+    computed from)."""
+    if not isinstance(embedded, dict) or recorded is None:
+        return False
+    return {k: v for k, v in embedded.items() if k != "mtime_ns"} == {
+        k: v for k, v in recorded.items() if k != "mtime_ns"
+    }
 
 
 def kernel_header(path: Path, label: str) -> tuple[dict[str, str], tuple[int, ...]] | str:

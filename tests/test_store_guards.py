@@ -456,3 +456,74 @@ def test_a_rerun_with_nothing_to_do_reads_no_checkpoint(run, tmp_path, monkeypat
     assert again.computed == [] and again.eval_computed == [] and again.layer_computed == []
     assert again.skipped == [0, 5, 10] and read == []
     assert again.kernel_shape == (6, 6)  # from the store, as nothing was computed
+
+
+def _rewrite_same_size(path: Path, mtime_ns: int) -> None:
+    """Rewrite a checkpoint with other weights and the same size, dated ``mtime_ns``."""
+    state = {k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    size = path.stat().st_size
+    save_file(state, str(path), metadata=metadata(path))
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    assert path.stat().st_size == size
+
+
+def test_a_checkpoint_rewritten_while_its_kernel_is_computed_is_recomputed_next_time(
+    run, tmp_path, monkeypatch
+):
+    # guards: the record's mtime is the one of the bytes read (taken before reading), not the
+    # file's mtime after the kernel was computed: a checkpoint rewritten in between (same size,
+    # as a run's checkpoints are) would otherwise be recorded as current and skipped next time
+    import conetool.pipeline.kernels_loop as loop
+
+    root = tmp_path / "s"
+    path = paths.checkpoint(run, 5)
+    applied: list[int] = []  # the step whose weights the model holds
+    real_apply, real_ntk = loop.apply_checkpoint, loop.empirical_ntk
+
+    def apply(model, loaded, **kwargs):
+        applied.append(loaded.ref.step)
+        return real_apply(model, loaded, **kwargs)
+
+    def ntk_then_rewrite(*args, **kwargs):
+        kernel = real_ntk(*args, **kwargs)
+        if applied[-1] == 5 and path.stat().st_mtime_ns == old_mtime:
+            _rewrite_same_size(path, old_mtime + 10**9)  # a new save of step 5 lands now
+        return kernel
+
+    old_mtime = path.stat().st_mtime_ns
+    monkeypatch.setattr(loop, "apply_checkpoint", apply)
+    monkeypatch.setattr(loop, "empirical_ntk", ntk_then_rewrite)
+    first = kernels(run, store=root, device="cpu")
+    assert first.computed == [0, 5, 10] and path.stat().st_mtime_ns != old_mtime
+    monkeypatch.undo()
+    stale = Store.open(root).load_kernel(5)
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [5] and again.skipped == [0, 10]
+    assert not torch.equal(Store.open(root).load_kernel(5), stale)
+
+
+def test_a_touched_checkpoint_is_read_once_then_skipped_by_its_new_mtime(
+    run, tmp_path, monkeypatch
+):
+    # a new mtime alone (cp without -p, touch) makes the checkpoint be read, its fingerprint
+    # found the same, and the record's mtime refreshed: the next rerun reads nothing
+    import conetool.pipeline.kernels_loop as loop
+
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _kernel_bytes(root)
+    for step in (0, 10):
+        path = paths.checkpoint(run, step)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    read: list[int] = []
+    real = loop.read_checkpoint
+    monkeypatch.setattr(loop, "read_checkpoint", lambda ref: read.append(ref.step) or real(ref))
+    once = kernels(run, store=root, device="cpu")
+    assert once.computed == [] and sorted(read) == [0, 10]
+    records = Store.open(root).records()
+    for step in (0, 10):
+        assert records[step].mtime_ns == paths.checkpoint(run, step).stat().st_mtime_ns
+    read.clear()
+    twice = kernels(run, store=root, device="cpu")
+    assert twice.computed == [] and twice.skipped == [0, 5, 10] and read == []
+    assert _kernel_bytes(root) == before  # the kernel files are not rewritten for this

@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -244,8 +245,18 @@ def tensors_from_buffer(header: SafetensorsHeader, buf: bytearray) -> dict[str, 
 # one-pass reads with a streaming hash
 
 
-def stream_file(path: Path, *, keep: bool) -> tuple[bytearray | None, int, str]:
-    """Read ``path`` once, hashing as it streams; return (bytes if ``keep``, size, sha256 hex).
+class Streamed(NamedTuple):
+    """One file read by :func:`stream_file`."""
+
+    data: bytearray | None  # its bytes, when kept
+    size: int
+    sha256: str  # hex
+    mtime_ns: int  # its modification time when it was read (unchanged through the read)
+
+
+def stream_file(path: Path, *, keep: bool) -> Streamed:
+    """Read ``path`` once, hashing as it streams; return its bytes (if ``keep``), size, sha256
+    and modification time.
 
     Raises :class:`CheckpointError` when the file changes while it is read (size, mtime or inode
     differ before and after, or the read ends early or runs long): it is still being written.
@@ -280,7 +291,7 @@ def stream_file(path: Path, *, keep: bool) -> tuple[bytearray | None, int, str]:
     )
     if pos < size or longer or not same:
         raise _changed_error(path, before, after)
-    return (buf if keep else None), size, digest.hexdigest()
+    return Streamed(buf if keep else None, size, digest.hexdigest(), before.st_mtime_ns)
 
 
 def combine_fingerprints(parts: list[tuple[int, str]]) -> str:

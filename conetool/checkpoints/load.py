@@ -41,6 +41,10 @@ class LoadedCheckpoint:
     size: int  # total bytes read
     metadata: dict[str, str]  # safetensors metadata (first shard); {} for torch files
     ref: CheckpointRef
+    #: the newest modification time of its files as they were read (each unchanged through its
+    #: read): what a store records beside the fingerprint, so that a file rewritten later (even
+    #: while its kernel is computed) has another time than the one recorded
+    mtime_ns: int = 0
 
 
 def _as_ref(source: CheckpointRef | str | Path) -> CheckpointRef:
@@ -96,10 +100,12 @@ def read_checkpoint(
     parts: list[tuple[int, str]] = []
     state: dict[str, torch.Tensor] = {}
     metadata: dict[str, str] = {}
+    mtime_ns = 0
     for i, path in enumerate(ref.paths):
-        buf, size, digest = stream_file(path, keep=True)
+        buf, size, digest, mtime = stream_file(path, keep=True)
         assert buf is not None
         parts.append((size, digest))
+        mtime_ns = max(mtime_ns, mtime)
         if ref.format == "safetensors":
             n = _header_length(path, bytes(buf[:8]), size)
             header = parse_header(path, size, bytes(buf[8 : 8 + n]))
@@ -118,7 +124,7 @@ def read_checkpoint(
     if check_finite:
         check_finite_tensors(state, str(name), ref.step)
     return LoadedCheckpoint(
-        state, combine_fingerprints(parts), sum(s for s, _ in parts), metadata, ref
+        state, combine_fingerprints(parts), sum(s for s, _ in parts), metadata, ref, mtime_ns
     )
 
 
@@ -139,8 +145,8 @@ def fingerprint(source: CheckpointRef | str | Path) -> str:
     ref = _as_ref(source)
     parts = []
     for path in ref.paths:
-        _, size, digest = stream_file(path, keep=False)
-        parts.append((size, digest))
+        streamed = stream_file(path, keep=False)
+        parts.append((streamed.size, streamed.sha256))
     return combine_fingerprints(parts)
 
 

@@ -215,6 +215,7 @@ def compute_all(
     # computed (one write in flight, in step order), so a run on a GPU waits on the device, not
     # on files. This rank's steps are read in its own order.
     mine = [by_step[step] for step in job.shard(todo)]
+    touched: dict[int, int] = {}  # step -> mtime of a checkpoint read and found unchanged
     # Freed memory stays in the process between kernels (.heap): each kernel reuses the last one's.
     with kept_freed_memory(), ReadAhead(mine, read_checkpoint) as reads, Writer() as writer:
         for ref, take in reads:
@@ -225,7 +226,7 @@ def compute_all(
                 began = time.perf_counter()
                 loaded = take()  # read while the step before was computed; raises its error now
                 apply_checkpoint(model, loaded, warn=warn_once)
-                fingerprint, size = loaded.fingerprint, loaded.size
+                fingerprint, size, mtime = loaded.fingerprint, loaded.size, loaded.mtime_ns
                 del loaded  # the model holds the weights: no second state dict kept
                 current = out.is_current(ref.step, fingerprint) and (
                     out.kernel_file_problem(ref.step) is None
@@ -265,6 +266,7 @@ def compute_all(
                         break
                     continue
                 skipped.append(ref.step)
+                touched[ref.step] = mtime  # read and found unchanged: skipped unread next time
                 bar.advance(1, step=ref.step)
                 continue
             took = time.perf_counter() - began
@@ -276,7 +278,7 @@ def compute_all(
                 kernel=paths.kernel_relative(ref.step),
                 norm=kernel_norm(kernel),
                 seconds=round(took, 4),
-                mtime_ns=_mtime_ns(ref),
+                mtime_ns=mtime,  # of the bytes read, not the file's now: it may be rewritten since
             )
             writer.submit(partial(save, ref, fingerprint, record, kernel, cross, per_group))
             if cross is not None:
@@ -287,6 +289,7 @@ def compute_all(
             seconds.append(took)
             shape = tuple(kernel.shape)
             bar.advance(1, step=ref.step, per_kernel=f"{took:.2f}s")
+    out.refresh_mtimes(touched)
 
     share = {
         "computed": computed,
