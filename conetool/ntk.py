@@ -68,7 +68,13 @@ from .choices import Kind, Method, choice
 from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError
 from .heap import kept_freed_memory
-from .ntk_checks import check_independence, check_modules, check_per_example, eval_mode
+from .ntk_checks import (
+    check_independence,
+    check_modules,
+    check_per_example,
+    eval_mode,
+    perturbed,
+)
 from .ntk_memo import EngineMemo, Learned, signature
 from .ntk_precision import no_tf32
 from .ntk_reference import JacobianRows
@@ -312,7 +318,7 @@ def _compute(
         if whatever_the_check or structured.kron_share() >= _AUTO_KRON_SHARE:
             source = structured
     if independence and not later:
-        check_independence(forward, x[:2], structured.pair_outputs if structured else None)
+        _check_independence(forward, params, x, structured)
     if source is None:
         source = JacobianRows(forward, params, x, kind)
     dtype = next(iter(params.values())).dtype
@@ -336,6 +342,23 @@ def _compute(
     if source is structured and structured is not None:
         return kernel, Learned(engine="structured", layout=structured.layout())
     return kernel, Learned(engine="jacobian")
+
+
+def _check_independence(
+    forward: Callable[..., Tensor],
+    params: dict[str, Tensor],
+    x: Tensor,
+    structured: StructuredRows | None,
+) -> None:
+    """:func:`check_independence` of ``x[:2]`` at the perturbed weights the structured set-up
+    checked (:func:`~conetool.ntk_checks.perturbed`): on the outputs that check computed where it
+    ran, else from three forward passes of its own at those weights."""
+    outputs = structured.pair_outputs if structured is not None else None
+    if outputs is not None:
+        check_independence(forward, x[:2], outputs)
+        return
+    at = perturbed(params)
+    check_independence(lambda batch: forward(batch, at), x[:2])
 
 
 def _checks_later(device: torch.device) -> bool:
@@ -368,7 +391,7 @@ def _computed_then_checked(
         kernel, failure = None, exc
     changed = structured.check_later_found_changes()
     if independence:
-        check_independence(forward, x[:2], structured.pair_outputs)
+        _check_independence(forward, structured.params, x, structured)
     if changed:
         del kernel
         return computed()

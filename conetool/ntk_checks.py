@@ -11,7 +11,10 @@ from torch import Tensor, nn
 
 from .errors import ConetoolError
 
-__all__ = ["check_independence", "check_modules", "check_per_example", "eval_mode"]
+__all__ = ["check_independence", "check_modules", "check_per_example", "eval_mode", "perturbed"]
+
+#: The perturbation's size, relative to each parameter's root mean square (:func:`perturbed`).
+PERTURBATION = 0.01
 
 
 def check_per_example(model: nn.Module, inputs: Tensor | None = None) -> None:
@@ -98,6 +101,37 @@ def check_independence(
             "example; remove the batch dependency (batch statistics, batch-wise normalization or "
             "attention across the batch) from the model's eval-mode forward pass."
         )
+
+
+def perturbed(params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The weights the set-up's checks run at: each parameter plus seeded Gaussian noise of
+    ``PERTURBATION`` times its root mean square (for a parameter that is all zeros, times that of
+    all the parameters together). New tensors, on the parameters' device (the noise is drawn there:
+    no copy from the host, which on a GPU would wait for the work queued before it).
+
+    The checks decide what is kept for every checkpoint of a run (:mod:`conetool.ntk_memo`), so
+    they must not depend on accidents of one checkpoint's weights: at a zero-initialised head every
+    gradient behind it is zero and every output is the head's bias, which hides a parameter used
+    where the hooks do not see it and a batch dependency alike. Near generic weights neither
+    hides; the structure they test is the architecture's.
+    """
+    values = list(params.values())
+    if not values:
+        return {}
+    device, dtype = values[0].device, values[0].dtype
+    # A few fused calls whatever the number of parameters (on a GPU, few kernel launches).
+    sizes = [v.numel() for v in values]
+    norms = torch._foreach_norm(values)
+    rms = torch.stack(torch._foreach_div(norms, [math.sqrt(max(n, 1)) for n in sizes]))
+    overall = torch.stack(norms).norm() / math.sqrt(max(sum(sizes), 1))
+    scales = torch.where(rms > 0, rms, overall).to(dtype).unbind()
+    generator = torch.Generator(device=device).manual_seed(0)
+    noise = torch.randn(sum(sizes), generator=generator, device=device, dtype=dtype)
+    pieces = [
+        piece.view(v.shape).to(v.dtype) for piece, v in zip(noise.split(sizes), values, strict=True)
+    ]
+    moved = torch._foreach_add(values, torch._foreach_mul(pieces, scales), alpha=PERTURBATION)
+    return dict(zip(params, moved, strict=True))
 
 
 @contextlib.contextmanager

@@ -7,7 +7,10 @@ checks on two examples which layers it reconstructs exactly (one batched forward
 pass, one ordinary forward and backward pass per example; off the CPU after the blocks are
 dispatched), measures the bytes per example and chooses each layer's kron/dense form; ``auto``
 then picks an engine. None of this depends on the weights, only on the architecture, the input
-shape, the kind, the device and the dtype, yet it used to run before every kernel: on a GPU it is
+shape, the kind, the device and the dtype: the checks run at the weights plus a small seeded
+perturbation (:func:`conetool.ntk_checks.perturbed`), so that a first checkpoint whose weights hide
+something (a zero-initialised head makes every gradient behind it zero and every output its bias)
+cannot pass them for the whole run. Yet it used to run before every kernel: on a GPU it is
 host time and kernel launches between kernels (issue 15), and ``auto`` built the structured set-up
 only to throw it away when it picked the reference engine.
 

@@ -49,6 +49,7 @@ from torch.func import vjp, vmap
 
 from . import ntk_precision
 from .errors import ConetoolError
+from .ntk_checks import perturbed
 from .ntk_layer_grads import (
     HookedLayer,
     RecordedCall,
@@ -256,15 +257,17 @@ class StructuredRows:
 
         return hook
 
-    def _record(self, batch: Tensor) -> Tensor:
-        """The hooked forward pass of ``batch``: outputs ``(b, c)``; each layer's calls recorded."""
+    def _record(self, batch: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """The hooked forward pass of ``batch`` at ``params`` (default: the model's): outputs
+        ``(b, c)``; each layer's calls recorded."""
         for layer in self.layers:
             layer.calls = []
         self._recording = True
         self._batch = batch.shape[0]
         try:
             with torch.enable_grad():
-                return self.forward(batch).reshape(batch.shape[0], -1)
+                out = self.forward(batch) if params is None else self.forward(batch, params)
+                return out.reshape(batch.shape[0], -1)
         finally:
             self._recording = False
 
@@ -393,12 +396,20 @@ class StructuredRows:
         per-example gradient ``J(x_i)^T r`` this engine reconstructs for each parameter must equal
         the ordinary gradient of ``<r, f(x_i)>`` with ``x_i`` evaluated alone. A parameter used
         where the hooks do not see it (outside its module's forward), a module called with keyword
-        arguments or on something other than the batch, or a layer that sees the examples in
-        another order fails this, and its layer falls back.
+        arguments or on something other than the batch, or a layer that sees these two examples
+        in another order fails this, and its layer falls back.
+
+        Both sides are evaluated at the weights plus a small seeded perturbation
+        (:func:`~conetool.ntk_checks.perturbed`), not at the checkpoint's own: a weight that is
+        zero there (a zero-initialised head makes every gradient behind it zero) would hide a
+        second use of a parameter, and the layout this leaves is kept for the whole run
+        (:class:`~conetool.ntk_memo.EngineMemo`). The pair's outputs kept for the independence
+        check are those at the same perturbed weights.
         """
         b = batch.shape[0]
         dtype = next(iter(self.params.values())).dtype
-        live = {k: v.detach().requires_grad_() for k, v in self.params.items()}
+        at = perturbed(self.params)
+        live = {k: v.detach().requires_grad_() for k, v in at.items()}
         with torch.enable_grad():
             outs = [self.forward(batch[i : i + 1], live).reshape(1, -1) for i in range(b)]
         self.c = outs[0].shape[1]
@@ -409,7 +420,7 @@ class StructuredRows:
                 alone = torch.autograd.grad(single, list(live.values()), cot, allow_unused=True)
                 reference.append(dict(zip(live, alone, strict=True)))
         tol = 10 * math.sqrt(torch.finfo(dtype).eps)
-        out, saved = self._hooked_pass(batch)
+        out, saved = self._hooked_pass(batch, at)
         if out is not None:
             if b >= 2:
                 self.pair_outputs = (out.detach()[:2], torch.cat(outs[:2]).detach())
@@ -418,8 +429,8 @@ class StructuredRows:
             pairs: list[tuple[Tensor, list[Tensor | None]]] = []  # per parameter: got, want
             for layer in list(self.layers):
                 try:
-                    found = per_example_grads(layer, grads, self.params, self.tensors)
-                except RuntimeError:
+                    found = per_example_grads(layer, grads, at, {**self.tensors, **at})
+                except (RuntimeError, ValueError):
                     self._drop(layer)
                     continue
                 checked.append((layer, list(found)))
@@ -433,18 +444,26 @@ class StructuredRows:
                     self._drop(layer)
         self._measure(b, saved)
 
-    def _hooked_pass(self, batch: Tensor) -> tuple[Tensor | None, dict[int, int]]:
+    def _hooked_pass(
+        self, batch: Tensor, params: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor | None, dict[int, int]]:
         """The hooked forward pass of ``batch`` (outputs ``(b, c)``, each layer's calls recorded)
-        and the activations it saved (storage -> bytes per example). A module called in a way the
-        hooks cannot split moves to the fallback path and the pass runs again; ``None`` and no
+        at ``params`` (default: the model's) and the activations it saved (storage -> bytes per
+        example). A module called in a way the hooks cannot split moves to the fallback path and
+        the pass runs again, and one the pass did not call moves there after it; ``None`` and no
         activations when no hooked layer is left."""
         while self.layers:
             try:
                 with saved_activations(self.tensors.values(), batch.shape[0]) as saved:
-                    out = self._record(batch)
-                return out, saved
+                    out = self._record(batch, params)
             except Unsupported as exc:
                 self._drop(exc.layer)
+                continue
+            # A module never called (unused, or its weight used through F.linear, as
+            # nn.MultiheadAttention uses its out_proj's) has no rows the hooks could form.
+            for layer in [layer for layer in self.layers if not layer.calls]:
+                self._drop(layer)
+            return (out, saved) if self.layers else (None, {})
         return None, {}
 
     def _check_cotangent(self) -> Tensor:
