@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from conetool.errors import ModelError
-from conetool.linearize import LinearizedModel, f0_and_jvp, linearize
+from conetool.linearize import LinearizedModel, _no_fused_attention, f0_and_jvp, linearize
 from conetool.models import build_model
 from conetool.spec import ModelSpec
 
@@ -105,7 +105,29 @@ class FixedFeatures(nn.Module):
         return self.head(torch.tanh(self.features(x)))
 
 
-INPUTS = {"mlp": (5,), "convbn": (2, 6, 6), "resnet": (2, 6, 6), "resnet_relu": (2, 6, 6)}
+class TinyAttention(nn.Module):
+    """Self-attention over 4 tokens: in eval mode nn.MultiheadAttention takes PyTorch's fused
+    fast path, which has no forward-mode derivative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.head(torch.tanh(a + h).mean(1))
+
+
+INPUTS = {
+    "mlp": (5,),
+    "convbn": (2, 6, 6),
+    "resnet": (2, 6, 6),
+    "resnet_relu": (2, 6, 6),
+    "attention": (4, 3),
+}
 
 
 def _build(name: str, seed: int = 0) -> nn.Module:
@@ -116,8 +138,9 @@ def _build(name: str, seed: int = 0) -> nn.Module:
         "convbn": ConvBN,
         "resnet": TinyResNet,
         "resnet_relu": lambda: TinyResNet("relu"),
+        "attention": TinyAttention,
     }[name]().double()
-    if name != "mlp":
+    if name not in ("mlp", "attention"):
         model.train()
         with torch.no_grad():
             for _ in range(3):  # running statistics and num_batches_tracked move
@@ -173,8 +196,8 @@ def _direction(ref: Reference, seed: int) -> Tensor:
     return torch.randn(ref.theta_t.shape, generator=gen, dtype=torch.float64)
 
 
-ALL = ["mlp", "convbn", "resnet", "resnet_relu"]
-SMOOTH = ["mlp", "convbn", "resnet"]
+ALL = ["mlp", "convbn", "resnet", "resnet_relu", "attention"]
+SMOOTH = ["mlp", "convbn", "resnet", "attention"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -203,7 +226,8 @@ def test_second_order_agreement_with_the_network(name: str) -> None:
     def first(v: Tensor) -> Tensor:
         return torch.func.jvp(lambda u: ref.f(u, x), (v,), (d,))[1]
 
-    q = 0.5 * torch.func.jvp(first, (ref.theta_t,), (d,))[1]
+    with _no_fused_attention():  # forward mode through attention: its composite formula
+        q = 0.5 * torch.func.jvp(first, (ref.theta_t,), (d,))[1]
     assert q.abs().max() > 1e-3  # the network is not linear in θ along d
     errors = []
     for eps in (1e-2, 1e-3, 1e-4):
