@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import io
 import math
@@ -47,6 +46,7 @@ from .data_order import augment_generator, batch_indices, mix_seed, steps_per_ep
 from .data_split import CropFlip, DataBundle, Split
 from .errors import DataError
 from .spec import BUILTIN_DATASETS, DataSpec
+from .user_modules import import_user_module
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -269,13 +269,7 @@ def _import_factory(path: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise DataError(f"'data.dataset' = {path!r} is not of the form \"package.module:factory\".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DataError(
-            f"'data.dataset' = {path!r}: cannot import module {module_name!r} ({exc}). Make sure "
-            "it is installed or on PYTHONPATH (run conetool from the folder that holds it)."
-        ) from exc
+    module = import_user_module(module_name, f"[data] dataset = {path!r}", DataError)
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

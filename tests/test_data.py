@@ -7,6 +7,7 @@ import dataclasses
 import os
 import pickle
 import struct
+import sys
 import textwrap
 from pathlib import Path
 
@@ -431,6 +432,39 @@ def test_user_factory_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         load_data(DataSpec(dataset="conetool_userdata_c:bad"))
     with pytest.raises(DataError, match="colour"):
         load_data(DataSpec(dataset="conetool_userdata_c:make", options={"colour": 1}))
+
+
+def test_user_factory_found_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The conetool command's sys.path does not hold the current directory (python -m's does): a
+    # data module beside the user is found there, as a model module is.
+    name = "conetool_cwd_userdata"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(_FACTORY_MODULE))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    bundle = load_data(DataSpec(dataset=f"{name}:tensors", options={"scale": 1.0}))
+    assert bundle.num_classes == 3 and len(bundle.train) == 6
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("import conetool_not_installed_dep_zz\n", "ModuleNotFoundError"),
+        ("def make(:\n", "SyntaxError"),
+    ],
+)
+def test_a_data_module_that_fails_to_import_is_named_with_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, error: str
+) -> None:
+    name = f"conetool_broken_data_{error.lower()}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(DataError, match=rf"cannot import module '{name}'.*{error}") as caught:
+        load_data(DataSpec(dataset=f"{name}:make"))
+    assert f"importing it failed at {tmp_path / name}.py:1; fix it there" in str(caught.value)
 
 
 def test_split_from_dataset_rejects_non_tensor_inputs() -> None:

@@ -614,15 +614,17 @@ def test_module_with_missing_dependency(tmp_path, monkeypatch) -> None:
         ModelError, match=r"'conetool_broken_models'.*No module named 'not_installed_dep_xyz'"
     ) as err:
         _build("conetool_broken_models:net", DIGITS)
-    assert "importing it failed" in str(err.value)
+    where = tmp_path / "conetool_broken_models.py"
+    assert f"importing it failed at {where}:1; fix it there" in str(err.value)
 
 
 def test_module_with_syntax_error(tmp_path, monkeypatch) -> None:
     (tmp_path / "conetool_syntax_models.py").write_text("def net(:\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "conetool_syntax_models", raising=False)
-    with pytest.raises(ModelError, match=r"'conetool_syntax_models'.*SyntaxError"):
+    with pytest.raises(ModelError, match=r"'conetool_syntax_models'.*SyntaxError") as err:
         _build("conetool_syntax_models:net", DIGITS)
+    assert f"failed at {tmp_path / 'conetool_syntax_models.py'}:1" in str(err.value)
 
 
 def test_missing_attribute_lists_callables(user_mod: str) -> None:

@@ -15,10 +15,7 @@ Example::
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
-import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +24,7 @@ from torch import nn
 
 from ..errors import ConetoolError, ModelError
 from ..spec import ModelSpec
+from ..user_modules import import_user_module
 from .lenet import lenet5, lenet_300_100
 from .mlp import mlp
 from .resnet import resnet20
@@ -151,56 +149,6 @@ def _choices_text() -> str:
     )
 
 
-def _is_missing(module_name: str, exc: ModuleNotFoundError) -> bool:
-    """Whether ``exc`` says ``module_name`` itself (or a parent package) is missing."""
-    return exc.name is not None and (
-        module_name == exc.name or module_name.startswith(exc.name + ".")
-    )
-
-
-def _import_module(module_name: str, arch: str) -> Any:
-    """Import ``module_name``; when it is not on ``sys.path``, retry from the current directory.
-
-    The retry makes ``arch = "mymodels:net"`` work for a ``mymodels.py`` beside the user, as
-    ``python -m`` would; the directory stays on ``sys.path`` once the import succeeds.
-    """
-    cwd = os.getcwd()
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if not _is_missing(module_name, exc) or cwd in sys.path or "" in sys.path:
-            raise _import_error(module_name, arch, exc) from exc
-        first = exc
-    except Exception as exc:
-        raise _import_error(module_name, arch, exc) from exc
-    sys.path.insert(0, cwd)
-    importlib.invalidate_caches()
-    try:
-        return importlib.import_module(module_name)
-    except Exception as exc:
-        sys.path.remove(cwd)
-        if isinstance(exc, ModuleNotFoundError) and _is_missing(module_name, exc):
-            raise _import_error(module_name, arch, first) from first
-        raise _import_error(module_name, arch, exc) from exc
-
-
-def _import_error(module_name: str, arch: str, exc: BaseException) -> ModelError:
-    if isinstance(exc, ModuleNotFoundError) and _is_missing(module_name, exc):
-        fix = (
-            f"Make '{module_name}' importable: install its package (pip install -e .), add its "
-            "folder to PYTHONPATH, or run conetool from the folder that contains it."
-        )
-    else:
-        fix = (
-            f"The module '{module_name}' was found but importing it failed; fix the error above "
-            "(for a missing dependency, install it)."
-        )
-    return ModelError(
-        f"cannot import module '{module_name}' for [model] arch = \"{arch}\" "
-        f"({type(exc).__name__}: {exc}). {fix}"
-    )
-
-
 def _public_callables(module: Any) -> list[str]:
     names = [
         name
@@ -225,7 +173,7 @@ def _resolve(arch: str) -> Callable[..., Any]:
             'e.g. arch = "mymodels:build_net" for a function build_net in mymodels.py, '
             f"or a built-in name. {_choices_text()}"
         )
-    module = _import_module(module_name, arch)
+    module = import_user_module(module_name, f'[model] arch = "{arch}"', ModelError)
     target: Any = module
     for depth, part in enumerate(parts):
         if not hasattr(target, part):
