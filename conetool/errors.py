@@ -17,7 +17,8 @@ class SpecError(ConetoolError):
 
 
 class ModelError(ConetoolError):
-    """A model cannot be built: unknown architecture, bad import path, bad factory."""
+    """A model cannot be built (unknown architecture, bad import path, bad factory), or its
+    per-example gradients cannot be computed (a module torch.func cannot vmap)."""
 
 
 class DataError(ConetoolError):

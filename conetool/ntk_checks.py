@@ -94,6 +94,17 @@ def check_independence(
         tol = 0.0
     diff = float((together - alone).abs().max()) if together.numel() else 0.0
     if not diff <= tol:
+        # Told apart from a batch dependency: the same batch twice.
+        first, second = (forward(pair).reshape(pair.shape[0], -1) for _ in range(2))
+        drift = float((first - second).abs().max())
+        if not drift <= tol:
+            raise ConetoolError(
+                "the model's output is random in eval mode: the same two examples evaluated twice "
+                f"differ by up to {drift:.3g} (output scale {scale:.3g}). A functional dropout "
+                "(F.dropout(x, p) is on unless given training=self.training) or a random draw "
+                "(torch.rand, torch.randn) in the forward pass does this; make it follow the "
+                "module's mode, or use nn.Dropout, which eval mode turns off."
+            )
         raise ConetoolError(
             "the model's output for one example depends on the other examples in the batch: in "
             f"eval mode, two examples evaluated together differ from the same examples evaluated "

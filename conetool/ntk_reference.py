@@ -12,17 +12,44 @@ budget takes tens of minutes on two cores with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
+from .errors import ModelError
 from .ntk_saved import saved_activations
 from .ntk_terms import Dense, Term
 
-__all__ = ["JacobianRows"]
+__all__ = ["JacobianRows", "vmap_failures_named"]
+
+
+@contextlib.contextmanager
+def vmap_failures_named() -> Iterator[None]:
+    """Turn an error PyTorch raises inside ``vmap`` over examples of ``vjp`` of the model into a
+    :class:`~conetool.errors.ModelError` that says what it means and what to do (running out of
+    memory stays what it is: the callers name the budget)."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:
+        raise ModelError(
+            "computing the model's per-example gradients with torch.func (vmap over examples of "
+            f"vjp) failed inside PyTorch: {_first_line(exc)}. Some PyTorch modules have no working "
+            "vmap rule (in torch 2.14 nn.PReLU, nn.GRU and nn.LSTM among them): write such a "
+            "module with plain tensor operations (nn.PReLU: torch.where(x > 0, x, a * x) with a "
+            "parameter a; a recurrent layer: a loop over time steps of nn.GRUCell or "
+            "nn.LSTMCell)."
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")
 
 
 class JacobianRows:
@@ -55,7 +82,8 @@ class JacobianRows:
 
     def rows(self, cot: Tensor, lo: int, hi: int) -> list[Term]:
         """Dense rows of examples ``lo:hi``: ``(b·g, p_t)`` for ``full``, else ``(b, g·p_t)``."""
-        block = self._rows_of(self.params, self.x[lo:hi], cot)  # name -> (b, g, *shape)
+        with vmap_failures_named():
+            block = self._rows_of(self.params, self.x[lo:hi], cot)  # name -> (b, g, *shape)
         b = hi - lo
         per = cot.shape[0] if self.full else 1
         mats: list[Term] = []

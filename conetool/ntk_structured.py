@@ -63,6 +63,7 @@ from .ntk_layer_grads import (
     per_example_grads,
 )
 from .ntk_memo import StructuredLayout
+from .ntk_reference import vmap_failures_named
 from .ntk_saved import saved_activations
 from .ntk_terms import Term
 
@@ -382,7 +383,8 @@ class StructuredRows:
             _, pullback = cast("tuple[Tensor, Callable[..., Any]]", pair)  # no has_aux: two
             return vmap(pullback)(cot)[0]
 
-        out = vmap(single)(batch)
+        with vmap_failures_named():
+            out = vmap(single)(batch)
         return [out[name] for name in names]
 
     # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conetool import ntk, ntk_schedule, ntk_terms
-from conetool.errors import ConetoolError
+from conetool.errors import ConetoolError, ModelError
 from conetool.ntk import (
     MemoryBudgetError,
     NonFiniteKernelError,
@@ -455,6 +455,26 @@ def test_explicit_batch_dependency_is_detected(
     empirical_ntk(model, x, device="cpu", check=False, method=method)  # the caller may opt out
 
 
+class FunctionalDropout(nn.Module):
+    """``F.dropout`` without ``training=``: on in eval mode too (64 outputs: two passes drop the
+    same ones with probability 2^-128)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.lin(x), 0.5)
+
+
+@pytest.mark.parametrize("method", [*METHODS, "auto"])
+def test_a_random_output_is_named_as_such_not_as_a_batch_dependency(method: str) -> None:
+    model = FunctionalDropout()
+    with pytest.raises(ConetoolError, match=r"random in eval mode.*F\.dropout") as caught:
+        empirical_ntk(model, torch.randn(4, 3), device="cpu", method=method)
+    assert "depends on the other examples" not in str(caught.value)
+
+
 @pytest.mark.parametrize("method", [*METHODS, "auto"])
 def test_the_independence_check_reuses_the_structured_set_up_outputs(
     method: str, monkeypatch: pytest.MonkeyPatch
@@ -499,6 +519,35 @@ class TupleOutput(nn.Module):
 def test_model_must_return_one_tensor(check: bool) -> None:
     with pytest.raises(ConetoolError, match="returned a tuple"):
         empirical_ntk(TupleOutput(), torch.randn(3, 3), device="cpu", check=check)
+
+
+class PReLUNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 5)
+        self.act = nn.PReLU()
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.lin(x)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_module_torch_func_cannot_vmap_is_named_with_its_fix(method: str) -> None:
+    # nn.PReLU's backward has no working vmap rule in torch 2.14 (if a later torch mends it, the
+    # kernel must then be exact instead).
+    torch.manual_seed(0)
+    model = PReLUNet().double()
+    x = torch.randn(4, 4, dtype=torch.float64)
+    try:
+        got = empirical_ntk(model, x, device="cpu", method=method)
+    except ModelError as exc:
+        message = str(exc)
+        assert "torch.func" in message and "torch.where(x > 0, x, a * x)" in message
+        assert "\n" not in message
+        assert isinstance(exc.__cause__, RuntimeError)
+    else:
+        assert rel(got, reference(model, x, "trace")) < 1e-12
 
 
 def test_bad_arguments() -> None:
