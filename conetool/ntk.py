@@ -231,13 +231,23 @@ def empirical_ntk(
             check_modules(model)
         params = {name: cast(p) for name, p in trainable.items()}
         consts = {name: cast(p) for name, p in model.named_parameters() if not p.requires_grad}
-        consts.update({name: cast(b) for name, b in model.named_buffers()})
+        # Copies of the buffers that a forward pass in eval mode might update, so that the model's
+        # stay as they are (BatchNorm's, which eval mode leaves alone, are not copied).
+        kept = _unchanged_in_eval(model)
+        consts.update(
+            {
+                name: cast(b) if name in kept else cast(b).clone()
+                for name, b in model.named_buffers()
+            }
+        )
         # A cross kernel's row source sees both sets as one: examples 0:n1 are x1, the rest x2.
         x = cast(x1) if x2 is None else torch.cat([cast(x1), cast(x2)])
         n2 = None if x2 is None else x2.shape[0]
 
         def forward(batch: Tensor, p: dict[str, Tensor] = params) -> Tensor:
-            out = functional_call(model, (p, consts), (batch,))
+            # Each evaluation gets its own copy of the examples: a model that changes its input
+            # in place (x.sub_(mean)) changes neither the probe set nor the caller's tensor.
+            out = functional_call(model, (p, consts), (batch.clone(),))
             if not isinstance(out, Tensor):
                 raise ConetoolError(
                     "the eNTK needs a model that returns one tensor of outputs (batch, c), but "
@@ -342,6 +352,18 @@ def _compute(
     if source is structured and structured is not None:
         return kernel, Learned(engine="structured", layout=structured.layout())
     return kernel, Learned(engine="jacobian")
+
+
+def _unchanged_in_eval(model: nn.Module) -> set[str]:
+    """The names of the buffers that a forward pass in eval mode does not change: BatchNorm's
+    running statistics and batch count."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for name, buffer in module.named_buffers(recurse=False)
+        if buffer is not None
+    }
 
 
 def _check_independence(

@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_ntk import reference, rel
+from test_ntk import minimum_budget, reference, rel
 from torch import nn
 
 from conetool import ntk
@@ -185,3 +185,46 @@ def test_the_checks_leave_the_weights_as_they_were() -> None:
     empirical_ntk(model, torch.randn(4, 6, dtype=torch.float64), device="cpu")
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+class NormalizesInPlace(nn.Module):
+    """Normalizes its input in place and counts its calls in a buffer: side effects that must
+    reach neither the caller's tensors nor the next evaluation of the same examples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+        self.out = nn.Linear(6, 3)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.sub_(0.5).mul_(2.0)
+        self.calls.add_(1)
+        return self.out(torch.tanh(self.lin(x)))
+
+
+class Normalizes(NormalizesInPlace):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.lin((x - 0.5) * 2.0)))
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["check-first", "check-later"])
+@pytest.mark.parametrize("method", ["structured", "auto"])
+def test_a_model_that_changes_its_input_in_place_gets_the_kernel_of_its_function(
+    method: str, later: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every evaluation gets its own copy of the examples: the set-up's passes, the blocks and a
+    # second block of the same examples all see the probe set as given, and so does the caller.
+    if later:
+        monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
+    torch.manual_seed(0)
+    model = NormalizesInPlace().double()
+    pure = Normalizes().double()
+    pure.load_state_dict(model.state_dict())
+    x = torch.rand(5, 4, dtype=torch.float64)
+    given = x.clone()
+    low = minimum_budget(model, x, "trace", method)  # panels of fewer than 5 examples
+    got = empirical_ntk(model, x, method=method, device="cpu", max_memory=low)
+    assert torch.equal(x, given)  # the caller's tensor
+    assert rel(got, reference(pure.eval(), x, "trace")) < 1e-12
+    assert float(model.calls) == 0  # the model's own buffer
