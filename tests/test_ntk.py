@@ -532,19 +532,40 @@ class PReLUNet(nn.Module):
         return self.out(self.act(self.lin(x)))
 
 
+class RecurrentNet(nn.Module):
+    """A GRU or LSTM over 3 time steps of 4 features; the last state's logits."""
+
+    def __init__(self, cell: type[nn.GRU] | type[nn.LSTM]) -> None:
+        super().__init__()
+        self.rnn = cell(4, 5, batch_first=True)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(x.view(-1, 3, 4))[0][:, -1])
+
+
+UNVMAPPABLE = {
+    "prelu": (PReLUNet, (4,)),
+    "gru": (lambda: RecurrentNet(nn.GRU), (12,)),
+    "lstm": (lambda: RecurrentNet(nn.LSTM), (12,)),
+}
+
+
+@pytest.mark.parametrize("name", UNVMAPPABLE)
 @pytest.mark.parametrize("method", METHODS)
-def test_a_module_torch_func_cannot_vmap_is_named_with_its_fix(method: str) -> None:
-    # nn.PReLU's backward has no working vmap rule in torch 2.14 (if a later torch mends it, the
+def test_a_module_torch_func_cannot_vmap_is_named_with_its_fix(method: str, name: str) -> None:
+    # These modules have no working vmap rule in torch 2.14 (if a later torch mends one, the
     # kernel must then be exact instead).
+    factory, shape = UNVMAPPABLE[name]
     torch.manual_seed(0)
-    model = PReLUNet().double()
-    x = torch.randn(4, 4, dtype=torch.float64)
+    model = factory().double()
+    x = torch.randn(4, *shape, dtype=torch.float64)
     try:
         got = empirical_ntk(model, x, device="cpu", method=method)
     except ModelError as exc:
         message = str(exc)
         assert "torch.func" in message and "torch.where(x > 0, x, a * x)" in message
-        assert "\n" not in message
+        assert "nn.GRUCell" in message and "\n" not in message
         assert isinstance(exc.__cause__, RuntimeError)
     else:
         assert rel(got, reference(model, x, "trace")) < 1e-12
