@@ -49,10 +49,9 @@ Example (the neural-tangents ``linearize`` idiom)::
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import torch
@@ -61,6 +60,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .attention import composite_attention
 from .errors import ModelError
 
 __all__ = ["LinearizedModel", "f0_and_jvp", "linearize"]
@@ -105,7 +105,7 @@ def f0_and_jvp(
     """
     kwargs = dict(kwargs or {})
     consts = dict(consts or {})
-    with warnings.catch_warnings(), _no_fused_attention():
+    with warnings.catch_warnings(), composite_attention():
         # PyTorch scripts its forward-AD decompositions on first use and warns, from inside
         # torch, that torch.jit.script is deprecated: nothing a user can act on.
         warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
@@ -115,27 +115,6 @@ def f0_and_jvp(
             if "forward mode AD" not in str(exc) and "forward AD" not in str(exc):
                 raise
         return _f0_and_jvp_func(model, primals, tangents, args, kwargs, consts)
-
-
-@contextlib.contextmanager
-def _no_fused_attention() -> Iterator[None]:
-    """Attention by its composite formula meanwhile: PyTorch's fused attention kernels (the fast
-    path of ``nn.MultiheadAttention`` and the Transformer layers, which eval mode takes when no
-    input requires a gradient, as dual numbers do not; the flash and memory-efficient kernels of
-    ``scaled_dot_product_attention``) have no forward-mode derivative. The math is the same."""
-    with contextlib.ExitStack() as stack:
-        mha = getattr(torch.backends, "mha", None)
-        if mha is not None and hasattr(mha, "set_fastpath_enabled"):
-            before = mha.get_fastpath_enabled()
-            mha.set_fastpath_enabled(False)
-            stack.callback(mha.set_fastpath_enabled, before)
-        try:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-        except ImportError:  # an older torch: its fused kernels are chosen the same way
-            pass
-        else:
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        yield
 
 
 def _f0_and_jvp_dual(

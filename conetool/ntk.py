@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import ntk_schedule
+from .attention import composite_attention
 from .choices import Kind, Method, choice
 from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError
@@ -226,7 +227,7 @@ def empirical_ntk(
         t = t.detach()
         return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
 
-    with eval_mode(model), no_tf32(), torch.no_grad(), kept_freed_memory():
+    with eval_mode(model), no_tf32(), torch.no_grad(), kept_freed_memory(), composite_attention():
         if check:
             check_modules(model)
         params = {name: cast(p) for name, p in trainable.items()}

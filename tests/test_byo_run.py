@@ -140,6 +140,54 @@ def test_switch_on_conetool_checkpoints_has_no_such_note(tmp_path: Path, tiny: P
     assert "not written by `conetool train`" not in result.output
 
 
+ATTENTION_MODEL = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        h = self.embed(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.out(torch.tanh(a + h).mean(1))
+
+
+def make(num_classes):
+    return Net(num_classes)
+"""
+
+
+def test_an_attention_model_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nn.MultiheadAttention never calls its out_proj module (the structured engine's hooks see
+    # no call: the reference path), and in eval mode takes a fused path without a forward-mode
+    # derivative (switch's linearized model): train, kernels, distance and switch all run.
+    (tmp_path / "conetool_byo_attention.py").write_text(textwrap.dedent(ATTENTION_MODEL))
+    monkeypatch.chdir(tmp_path)  # found beside the user, as the README says
+    spec = tmp_path / "attention.toml"
+    spec.write_text(
+        TINY_SPEC.replace('arch = "mlp"', 'arch = "conetool_byo_attention:make"')
+        .replace("widths = [8]\n", "")
+        .replace("shape = [4]", "shape = [4, 3]")
+    )
+    run, store = tmp_path / "run", tmp_path / "store"
+    for args in (
+        ["train", str(spec), "--out", str(run)],
+        ["kernels", str(run), "--store", str(store)],
+        ["distance", "--store", str(store), "--no-noise"],
+        ["switch", "--at", "0,5", "--store", str(store)],
+    ):
+        result = runner.invoke(app, [*args, "-q"])
+        assert result.exit_code == 0, (args, result.output)
+    results = (store / "switch" / "results.json").read_text()
+    assert '"at": 0' in results and '"at": 5' in results
+
+
 # --------------------------------------------------------------------------------------------------
 # [data] keys for a user factory
 

@@ -228,3 +228,17 @@ def test_a_model_that_changes_its_input_in_place_gets_the_kernel_of_its_function
     assert torch.equal(x, given)  # the caller's tensor
     assert rel(got, reference(pure.eval(), x, "trace")) < 1e-12
     assert float(model.calls) == 0  # the model's own buffer
+
+
+def test_attention_runs_by_its_composite_formula_and_the_setting_is_restored() -> None:
+    # Fused attention kernels have no vmap rule (torch warns and loops over the examples); the
+    # engine turns them off meanwhile and restores PyTorch's global setting afterwards.
+    import warnings
+
+    torch.manual_seed(0)
+    model = Attention().double().eval()
+    x = torch.randn(4, 4, 3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "There is a performance drop because ..."
+        empirical_ntk(model, x, method="jacobian", device="cpu")
+    assert torch.backends.mha.get_fastpath_enabled()
