@@ -62,12 +62,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils.checkpoint import CheckpointError
 
 from . import ntk_schedule
 from .attention import composite_attention
 from .choices import Kind, Method, choice
 from .device import resolve_device
-from .errors import ConetoolError, MemoryBudgetError
+from .errors import ConetoolError, MemoryBudgetError, ModelError
 from .heap import kept_freed_memory
 from .ntk_checks import (
     check_independence,
@@ -78,7 +79,7 @@ from .ntk_checks import (
 )
 from .ntk_memo import EngineMemo, Learned, signature
 from .ntk_precision import no_tf32
-from .ntk_reference import JacobianRows
+from .ntk_reference import ACTIVATION_CHECKPOINTING, JacobianRows
 from .ntk_structured import StructuredRows
 from .units import format_bytes, parse_memory
 
@@ -274,6 +275,8 @@ def empirical_ntk(
                 learned,
                 independence=check and x.shape[0] >= 2 and learned is None,
             )
+        except CheckpointError as exc:
+            raise ModelError(ACTIVATION_CHECKPOINTING) from exc
         except torch.OutOfMemoryError as exc:
             raise MemoryBudgetError(
                 f"the device ran out of memory computing the eNTK with a budget of "

@@ -24,7 +24,16 @@ from .errors import ModelError
 from .ntk_saved import saved_activations
 from .ntk_terms import Dense, Term
 
-__all__ = ["JacobianRows", "vmap_failures_named"]
+__all__ = ["ACTIVATION_CHECKPOINTING", "JacobianRows", "vmap_failures_named"]
+
+
+#: What to do about a model that uses activation checkpointing.
+ACTIVATION_CHECKPOINTING = (
+    "the model uses activation checkpointing (torch.utils.checkpoint), which the eNTK engines "
+    "cannot differentiate through one example at a time (torch.func does not support its saved "
+    "tensor hooks, and the structured engine's batched pass recomputes other shapes). Turn it off "
+    "while computing the eNTK: it saves memory in training and does not change the function."
+)
 
 
 @contextlib.contextmanager
@@ -37,6 +46,8 @@ def vmap_failures_named() -> Iterator[None]:
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as exc:
+        if "saved tensor hooks" in str(exc):
+            raise ModelError(ACTIVATION_CHECKPOINTING) from exc
         raise ModelError(
             "computing the model's per-example gradients with torch.func (vmap over examples of "
             f"vjp) failed inside PyTorch: {_first_line(exc)}. Some PyTorch modules have no working "

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from conetool import ntk, ntk_schedule, ntk_terms
@@ -569,6 +570,31 @@ def test_a_module_torch_func_cannot_vmap_is_named_with_its_fix(method: str, name
         assert isinstance(exc.__cause__, RuntimeError)
     else:
         assert rel(got, reference(model, x, "trace")) < 1e-12
+
+
+class Checkpointed(nn.Module):
+    """Its middle layer under activation checkpointing (non-reentrant)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        h = torch.utils.checkpoint.checkpoint(self._middle, h, use_reentrant=False)
+        return self.out(h)
+
+    def _middle(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.b(h))
+
+
+@pytest.mark.parametrize("method", [*METHODS, "auto"])
+def test_activation_checkpointing_is_named_with_its_fix(method: str) -> None:
+    with pytest.raises(ModelError, match=r"activation checkpointing.*Turn it off") as caught:
+        empirical_ntk(Checkpointed(), torch.randn(4, 4), device="cpu", method=method)
+    assert isinstance(caught.value.__cause__, RuntimeError)
 
 
 def test_bad_arguments() -> None:
