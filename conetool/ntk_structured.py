@@ -456,7 +456,8 @@ class StructuredRows:
         activations when no hooked layer is left."""
         while self.layers:
             try:
-                with saved_activations(self.tensors.values(), batch.shape[0]) as saved:
+                owned = [*self.tensors.values(), *(params or {}).values()]  # not activations
+                with saved_activations(owned, batch.shape[0]) as saved:
                     out = self._record(batch, params)
             except Unsupported as exc:
                 self._drop(exc.layer)

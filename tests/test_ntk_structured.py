@@ -427,6 +427,33 @@ def test_the_set_up_measures_one_example_from_the_checks_own_pass(
     assert two.sizes == one.sizes
 
 
+@pytest.mark.parametrize("name", sorted(ALL_MODELS))
+def test_the_check_at_perturbed_weights_measures_what_the_weights_themselves_give(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check evaluates a perturbed copy of the weights, which its pass saves for the backward
+    # pass like the weights themselves: not activations. Its bytes per example must be those
+    # of the measurement alone at the model's own weights (the GPU's order measures first and
+    # checks after the blocks, forced here; the check measures again).
+    monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
+    made = record_sources(monkeypatch)
+    measured = []
+    original = StructuredRows.check_later_found_changes
+
+    def measured_first(self: StructuredRows) -> bool:
+        measured.append(self.layout())
+        return original(self)
+
+    monkeypatch.setattr(StructuredRows, "check_later_found_changes", measured_first)
+    model, x = get(name, n=4)
+    structured(model, x, "trace")
+    before, after = measured[0], made[-1].layout()
+    if (before.modes, before.fallback) != (after.modes, after.fallback):
+        assert name == "reused_weight"  # the check moved its layers: another layout
+        return
+    assert after.sizes == before.sizes
+
+
 def test_saved_activations_share_out_what_holds_the_batch() -> None:
     # A saved tensor that leads with the batch is shared among its examples; one that does not
     # (a per-channel statistic, a non-owned constant) counts whole for each example.
