@@ -130,19 +130,22 @@ def perturbed(params: dict[str, Tensor]) -> dict[str, Tensor]:
     if not values:
         return {}
     device, dtype = values[0].device, values[0].dtype
-    # A few fused calls whatever the number of parameters (on a GPU, few kernel launches).
+    # A few calls whatever the number of parameters (on a GPU, few kernel launches): one flat
+    # vector of all of them, perturbed at once, and views of it in their shapes.
     sizes = [v.numel() for v in values]
     norms = torch._foreach_norm(values)
     rms = torch.stack(torch._foreach_div(norms, [math.sqrt(max(n, 1)) for n in sizes]))
     overall = torch.stack(norms).norm() / math.sqrt(max(sum(sizes), 1))
-    scales = torch.where(rms > 0, rms, overall).to(dtype).unbind()
+    scales = torch.where(rms > 0, rms, overall).to(dtype)
+    scale = torch.cat([s.expand(n) for s, n in zip(scales.unbind(), sizes, strict=True)])
+    flat = torch.cat([v.detach().reshape(-1).to(dtype) for v in values])
     generator = torch.Generator(device=device).manual_seed(0)
-    noise = torch.randn(sum(sizes), generator=generator, device=device, dtype=dtype)
-    pieces = [
-        piece.view(v.shape).to(v.dtype) for piece, v in zip(noise.split(sizes), values, strict=True)
-    ]
-    moved = torch._foreach_add(values, torch._foreach_mul(pieces, scales), alpha=PERTURBATION)
-    return dict(zip(params, moved, strict=True))
+    noise = torch.randn(flat.shape, generator=generator, device=device, dtype=dtype)
+    moved = flat + PERTURBATION * scale * noise
+    return {
+        name: piece.view(v.shape).to(v.dtype)
+        for (name, v), piece in zip(params.items(), moved.split(sizes), strict=True)
+    }
 
 
 @contextlib.contextmanager
