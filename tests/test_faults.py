@@ -446,6 +446,90 @@ def test_an_interrupt_that_surfaces_as_another_error_still_exits_130():
     assert "Traceback" not in done.stderr and "interrupted" in done.stderr
 
 
+INTERRUPT_INSIDE_AN_IMPORT = """
+import sys
+import conetool.cli as cli
+
+def app(prog_name):
+    sys.path.insert(0, sys.argv[1])
+    import fragile
+
+cli.app = app
+cli.main()
+"""
+
+# Like PyTorch's C++ module initializers, which abort the process when a KeyboardInterrupt is
+# raised in the Python code they call ("terminate called after throwing an instance of ...").
+FRAGILE_MODULE = """
+import os, signal, time
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except BaseException:
+    os.abort()
+"""
+
+
+def test_ctrl_c_inside_an_import_exits_130_without_raising_into_it(tmp_path):
+    (tmp_path / "fragile.py").write_text(FRAGILE_MODULE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_INSIDE_AN_IMPORT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted.\n"
+
+
+# A real SIGINT while torch._C._c10d_init (run by `import torch`) calls back into Python: the
+# moment test_real_ctrl_c_exits_130 hits once in a few hundred runs (exit -6, "terminate called
+# after throwing an instance of 'pybind11::error_already_set'").
+INTERRUPT_IN_TORCH_INIT = """
+import signal, sys
+in_init = []
+
+def profile(frame, event, arg):
+    if event == "c_call" and getattr(arg, "__name__", "") == "_c10d_init":
+        in_init.append(arg)
+    elif event in ("c_return", "c_exception") and in_init:
+        in_init.pop()
+    elif event == "call" and in_init:
+        sys.setprofile(None)
+        print("in _c10d_init", file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGINT)
+
+class Arm:  # profile only from torch.distributed's import on (profiling all of torch's is slow)
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch.distributed":
+            sys.setprofile(profile)
+        return None
+
+sys.meta_path.insert(0, Arm())
+sys.argv = ["conetool", *sys.argv[1:]]
+from conetool.cli import main
+main()
+"""
+
+
+def test_ctrl_c_inside_torchs_cpp_initializer_exits_130(run, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["kernels", str(run), "--store", str(tmp_path / "s"), "--device", "cpu", "-q"]
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_IN_TORCH_INIT, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if "in _c10d_init" not in done.stderr:
+        pytest.skip("this PyTorch runs no Python code inside torch._C._c10d_init")
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "in _c10d_init\ninterrupted.\n"
+
+
 def test_real_ctrl_c_exits_130(run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["kernels", str(run), "--store", str(tmp_path / "s"), "--device", "cpu"]

@@ -4,6 +4,7 @@ import _thread
 import os
 import signal
 import sys
+from types import FrameType
 from typing import Any, NoReturn
 
 from .._startup import INTERRUPTED, exit_if_command_line
@@ -39,13 +40,15 @@ def main() -> None:
     interrupt is never turned into exit 0 or 1. Once interrupted the process ends at once
     (``os._exit`` after flushing): every file conetool writes is atomic, and the OS releases the
     store's lock, so nothing is lost by skipping the interpreter's shutdown, where a second
-    interrupt could otherwise surface as a traceback.
+    interrupt could otherwise surface as a traceback. A Ctrl-C while a module is being imported
+    (a command imports PyTorch in its body) ends the process on the spot, without raising
+    KeyboardInterrupt into the import (``_importing``).
     """
     interrupted: list[int] = []
 
-    def on_interrupt(signum: int, frame: object) -> None:
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
         interrupted.append(signum)
-        if len(interrupted) > 1:  # a second Ctrl-C: stop now
+        if len(interrupted) > 1 or _importing(frame):  # a second Ctrl-C, or inside an import
             _exit_interrupted(announce=True)
         raise KeyboardInterrupt
 
@@ -80,6 +83,27 @@ def main() -> None:
         if interrupted:
             _exit_interrupted(announce=True)
         raise
+
+
+#: The modules whose frames run an import (frozen into the interpreter).
+_IMPORT_SYSTEM = ("importlib._bootstrap", "importlib._bootstrap_external")
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """True when ``frame`` runs inside an import (importlib's frames are on its stack).
+
+    A KeyboardInterrupt must not be raised there: PyTorch's C++ module initializers
+    (``torch._C._c10d_init``, ``_autograd_init``, ...) call back into Python to import modules
+    and let the resulting C++ exception escape, which aborts the process ("terminate called
+    after throwing an instance of 'pybind11::error_already_set'", exit -6, no message of ours);
+    elsewhere an interrupted import leaves a half-initialized module behind (numpy then fails
+    with an unrelated error).
+    """
+    while frame is not None:
+        if frame.f_globals.get("__name__") in _IMPORT_SYSTEM:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _exit_interrupted(*, announce: bool) -> NoReturn:
