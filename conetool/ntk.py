@@ -62,13 +62,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.utils.checkpoint import CheckpointError
 
 from . import ntk_schedule
 from .attention import composite_attention
 from .choices import Kind, Method, choice
 from .device import resolve_device
-from .errors import ConetoolError, MemoryBudgetError, ModelError
+from .errors import ConetoolError, MemoryBudgetError
 from .heap import kept_freed_memory
 from .ntk_checks import (
     check_independence,
@@ -77,9 +76,10 @@ from .ntk_checks import (
     eval_mode,
     perturbed,
 )
+from .ntk_failures import explained
 from .ntk_memo import EngineMemo, Learned, signature
 from .ntk_precision import no_tf32
-from .ntk_reference import ACTIVATION_CHECKPOINTING, JacobianRows
+from .ntk_reference import JacobianRows
 from .ntk_structured import StructuredRows
 from .units import format_bytes, parse_memory
 
@@ -275,14 +275,17 @@ def empirical_ntk(
                 learned,
                 independence=check and x.shape[0] >= 2 and learned is None,
             )
-        except CheckpointError as exc:
-            raise ModelError(ACTIVATION_CHECKPOINTING) from exc
         except torch.OutOfMemoryError as exc:
             raise MemoryBudgetError(
                 f"the device ran out of memory computing the eNTK with a budget of "
                 f"{format_bytes(budget, digits=2)} (--max-memory). Pass a smaller --max-memory, or "
                 "free memory on the device."
             ) from exc
+        except RuntimeError as exc:  # one whose cause is known (activation checkpointing...)
+            named = explained(exc)
+            if named is None:
+                raise
+            raise named from exc
     if memo is not None and key is not None and learned is None:
         memo.remember(key, found)
     if not bool(torch.isfinite(kernel).all()):

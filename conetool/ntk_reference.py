@@ -12,55 +12,18 @@ budget takes tens of minutes on two cores with it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
-from .errors import ModelError
+from .ntk_failures import vmap_failures_named
 from .ntk_saved import saved_activations
 from .ntk_terms import Dense, Term
 
-__all__ = ["ACTIVATION_CHECKPOINTING", "JacobianRows", "vmap_failures_named"]
-
-
-#: What to do about a model that uses activation checkpointing.
-ACTIVATION_CHECKPOINTING = (
-    "the model uses activation checkpointing (torch.utils.checkpoint), which the eNTK engines "
-    "cannot differentiate through one example at a time (torch.func does not support its saved "
-    "tensor hooks, and the structured engine's batched pass recomputes other shapes). Turn it off "
-    "while computing the eNTK: it saves memory in training and does not change the function."
-)
-
-
-@contextlib.contextmanager
-def vmap_failures_named() -> Iterator[None]:
-    """Turn an error PyTorch raises inside ``vmap`` over examples of ``vjp`` of the model into a
-    :class:`~conetool.errors.ModelError` that says what it means and what to do (running out of
-    memory stays what it is: the callers name the budget)."""
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError as exc:
-        if "saved tensor hooks" in str(exc):
-            raise ModelError(ACTIVATION_CHECKPOINTING) from exc
-        raise ModelError(
-            "computing the model's per-example gradients with torch.func (vmap over examples of "
-            f"vjp) failed inside PyTorch: {_first_line(exc)}. Some PyTorch modules have no working "
-            "vmap rule (in torch 2.14 nn.PReLU, nn.GRU and nn.LSTM among them): write such a "
-            "module with plain tensor operations (nn.PReLU: torch.where(x > 0, x, a * x) with a "
-            "parameter a; a recurrent layer: a loop over time steps of nn.GRUCell or "
-            "nn.LSTMCell)."
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__).rstrip(".")
+__all__ = ["JacobianRows"]
 
 
 class JacobianRows:

@@ -50,6 +50,7 @@ from torch.func import vjp, vmap
 from . import ntk_precision
 from .errors import ConetoolError
 from .ntk_checks import perturbed
+from .ntk_failures import vmap_failures_named
 from .ntk_layer_grads import (
     HookedLayer,
     RecordedCall,
@@ -63,7 +64,6 @@ from .ntk_layer_grads import (
     per_example_grads,
 )
 from .ntk_memo import StructuredLayout
-from .ntk_reference import vmap_failures_named
 from .ntk_saved import saved_activations
 from .ntk_terms import Term
 

@@ -573,27 +573,30 @@ def test_a_module_torch_func_cannot_vmap_is_named_with_its_fix(method: str, name
 
 
 class Checkpointed(nn.Module):
-    """Its middle layer under activation checkpointing (non-reentrant)."""
+    """Its middle layer under activation checkpointing."""
 
-    def __init__(self) -> None:
+    def __init__(self, reentrant: bool) -> None:
         super().__init__()
+        self.reentrant = reentrant
         self.a = nn.Linear(4, 6)
         self.b = nn.Linear(6, 6)
         self.out = nn.Linear(6, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.a(x))
-        h = torch.utils.checkpoint.checkpoint(self._middle, h, use_reentrant=False)
+        h = torch.utils.checkpoint.checkpoint(self._middle, h, use_reentrant=self.reentrant)
         return self.out(h)
 
     def _middle(self, h: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.b(h))
 
 
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("reentrant", [False, True])
 @pytest.mark.parametrize("method", [*METHODS, "auto"])
-def test_activation_checkpointing_is_named_with_its_fix(method: str) -> None:
-    with pytest.raises(ModelError, match=r"activation checkpointing.*Turn it off") as caught:
-        empirical_ntk(Checkpointed(), torch.randn(4, 4), device="cpu", method=method)
+def test_activation_checkpointing_is_named_with_its_fix(method: str, reentrant: bool) -> None:
+    with pytest.raises(ModelError, match=r"(?i)checkpointing.*turn it off") as caught:
+        empirical_ntk(Checkpointed(reentrant), torch.randn(4, 4), device="cpu", method=method)
     assert isinstance(caught.value.__cause__, RuntimeError)
 
 

@@ -1,0 +1,74 @@
+"""What an error PyTorch raises while the eNTK engines differentiate the user's model means, and
+what to do about it: a :class:`~conetool.errors.ModelError` instead of PyTorch's own words."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.utils.checkpoint
+
+from .errors import ModelError
+
+__all__ = ["ACTIVATION_CHECKPOINTING", "explained", "vmap_failures_named"]
+
+#: A model that uses activation checkpointing.
+ACTIVATION_CHECKPOINTING = (
+    "the model uses activation checkpointing (torch.utils.checkpoint), which the eNTK engines "
+    "cannot differentiate through one example at a time (torch.func does not support its saved "
+    "tensor hooks or its use_reentrant=True autograd.Function, and the structured engine's "
+    "batched pass recomputes other shapes). Turn it off while computing the eNTK: it saves "
+    "memory in training and does not change the function."
+)
+
+#: A model with a custom torch.autograd.Function that torch.func cannot transform.
+CUSTOM_FUNCTION = (
+    "the model uses a custom torch.autograd.Function that torch.func cannot transform (vmap over "
+    "examples of vjp). Activation checkpointing with use_reentrant=True is one: turn it off while "
+    "computing the eNTK (it does not change the function). Your own: give it a setup_context "
+    "staticmethod (PyTorch's 'Extending torch.func with autograd.Function'), or write its "
+    "forward with plain tensor operations."
+)
+
+
+def explained(exc: RuntimeError) -> ModelError | None:
+    """The known cause of ``exc``, as a :class:`ModelError` naming the fix, or None."""
+    message = str(exc)
+    if (
+        isinstance(exc, torch.utils.checkpoint.CheckpointError)
+        or "saved tensor hooks" in message
+        or "torch.utils.checkpoint" in message
+    ):
+        return ModelError(ACTIVATION_CHECKPOINTING)
+    if "autograd.Function" in message and "setup_context" in message:
+        return ModelError(CUSTOM_FUNCTION)
+    return None
+
+
+@contextlib.contextmanager
+def vmap_failures_named() -> Iterator[None]:
+    """Turn an error PyTorch raises inside ``vmap`` over examples of ``vjp`` of the model into a
+    :class:`~conetool.errors.ModelError` that says what it means and what to do (running out of
+    memory stays what it is: the callers name the budget)."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:
+        raise (explained(exc) or _no_vmap_rule(exc)) from exc
+
+
+def _no_vmap_rule(exc: RuntimeError) -> ModelError:
+    return ModelError(
+        "computing the model's per-example gradients with torch.func (vmap over examples of "
+        f"vjp) failed inside PyTorch: {_first_line(exc)}. Some PyTorch modules have no working "
+        "vmap rule (in torch 2.14 nn.PReLU, nn.GRU and nn.LSTM among them): write such a "
+        "module with plain tensor operations (nn.PReLU: torch.where(x > 0, x, a * x) with a "
+        "parameter a; a recurrent layer: a loop over time steps of nn.GRUCell or nn.LSTMCell)."
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")
