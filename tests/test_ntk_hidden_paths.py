@@ -107,6 +107,15 @@ class CenteredBehindAZeroHead(nn.Module):
         return self.o(h - h.mean(0))
 
 
+@pytest.fixture(params=["check-first", "check-later"])
+def check_order(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both orders of the structured set-up: its check before the blocks (the CPU's), and after
+    them (the GPU's, forced here)."""
+    if request.param == "check-later":
+        monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
+    return request.param
+
+
 def _trained(model: nn.Module, seed: int) -> nn.Module:
     """A later checkpoint of ``model``: every parameter moved (the zero head too)."""
     later = copy.deepcopy(model)
@@ -125,16 +134,13 @@ NEVER_CALLED = {
 }
 
 
-@pytest.mark.parametrize("later", [False, True], ids=["check-first", "check-later"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", NEVER_CALLED)
 def test_a_layer_whose_module_is_never_called_is_exact(
-    name: str, method: str, later: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, method: str, check_order: str
 ) -> None:
     # The hooks record no call of such a layer: it goes to the reference path (its weight may be
     # used elsewhere, as F.linear and attention use theirs), which gives its exact rows.
-    if later:  # the GPU's order: the set-up's check after the blocks, forced
-        monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
     factory, shape = NEVER_CALLED[name]
     torch.manual_seed(0)
     model = factory().double().eval()
@@ -144,15 +150,12 @@ def test_a_layer_whose_module_is_never_called_is_exact(
         assert rel(got, reference(model, x, kind)) < 1e-12, kind
 
 
-@pytest.mark.parametrize("later", [False, True], ids=["check-first", "check-later"])
 @pytest.mark.parametrize("method", ["structured", "auto"])
 def test_a_weight_reuse_hidden_by_a_zero_head_at_the_first_checkpoint_is_still_found(
-    method: str, later: bool, monkeypatch: pytest.MonkeyPatch
+    method: str, check_order: str
 ) -> None:
     # The memo keeps the first checkpoint's set-up for the rest of the run: a check that passed
     # only because the head was zero there would give wrong kernels at every later checkpoint.
-    if later:
-        monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
     torch.manual_seed(0)
     step0 = ReusedBehindAZeroHead().double().eval()
     run = [step0, _trained(step0, 1), _trained(step0, 2)]
@@ -166,7 +169,7 @@ def test_a_weight_reuse_hidden_by_a_zero_head_at_the_first_checkpoint_is_still_f
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_batch_dependency_hidden_by_a_zero_head_is_refused_at_the_first_checkpoint(
-    method: str,
+    method: str, check_order: str
 ) -> None:
     # With the head at zero every output is the head's bias, together or alone; the check must
     # still see that the hidden units depend on the batch (it is not run again on later ones).
@@ -208,15 +211,12 @@ class Normalizes(NormalizesInPlace):
         return self.out(torch.tanh(self.lin((x - 0.5) * 2.0)))
 
 
-@pytest.mark.parametrize("later", [False, True], ids=["check-first", "check-later"])
 @pytest.mark.parametrize("method", ["structured", "auto"])
 def test_a_model_that_changes_its_input_in_place_gets_the_kernel_of_its_function(
-    method: str, later: bool, monkeypatch: pytest.MonkeyPatch
+    method: str, check_order: str
 ) -> None:
     # Every evaluation gets its own copy of the examples: the set-up's passes, the blocks and a
     # second block of the same examples all see the probe set as given, and so does the caller.
-    if later:
-        monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
     torch.manual_seed(0)
     model = NormalizesInPlace().double()
     pure = Normalizes().double()
