@@ -32,6 +32,15 @@ CUSTOM_FUNCTION = (
 )
 
 
+#: A model whose forward pass updates a buffer (or another tensor it did not create) in place.
+IN_PLACE_UPDATE = (
+    "the model's forward pass updates a buffer or another tensor it did not create in place "
+    "(self.count += 1, self.buffer.copy_(...)), which torch.func cannot do one example at a time "
+    "(the reference engine, and the structured engine's fallback path). Skip the update in eval "
+    "mode (if self.training: ...), which the eNTK is computed in."
+)
+
+
 def explained(exc: RuntimeError) -> ModelError | None:
     """The known cause of ``exc``, as a :class:`ModelError` naming the fix, or None."""
     message = str(exc)
@@ -43,6 +52,8 @@ def explained(exc: RuntimeError) -> ModelError | None:
         return ModelError(ACTIVATION_CHECKPOINTING)
     if "autograd.Function" in message and "setup_context" in message:
         return ModelError(CUSTOM_FUNCTION)
+    if "mutate a captured Tensor" in message:
+        return ModelError(IN_PLACE_UPDATE)
     return None
 
 

@@ -600,6 +600,27 @@ def test_activation_checkpointing_is_named_with_its_fix(method: str, reentrant: 
     assert isinstance(caught.value.__cause__, RuntimeError)
 
 
+class CountsCalls(nn.Module):
+    """Updates a buffer in every forward pass, eval mode too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        return self.lin(x)
+
+
+def test_a_buffer_updated_in_place_is_named_where_torch_func_cannot_run_it() -> None:
+    # The reference engine (torch.func) cannot; the structured engine can (on its own copy of the
+    # buffer: tests/test_ntk_hidden_paths.py).
+    with pytest.raises(ModelError, match=r"updates a buffer.*if self\.training") as caught:
+        empirical_ntk(CountsCalls(), torch.randn(4, 4), device="cpu", method="jacobian")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
 def test_bad_arguments() -> None:
     model, x = build("mlp", n=3)
     with pytest.raises(ConetoolError, match="trace, full, sum"):
