@@ -145,6 +145,32 @@ def test_a_torch_file_named_safetensors_is_told_to_be_renamed(tmp_path: Path):
     assert str(bad) in msg and "torch.save" in msg and "rename it to 'step_5.pt'" in msg
 
 
+def test_a_legacy_pickle_named_safetensors_is_told_to_be_renamed(tmp_path: Path):
+    bad = tmp_path / "step_5.safetensors"
+    torch.save(state(0), bad, _use_new_zipfile_serialization=False)  # starts with 0x80 0x02
+    assert bad.read_bytes()[:1] == b"\x80"
+    msg = problem(tmp_path)
+    assert str(bad) in msg and "torch.save" in msg and "rename it to 'step_5.pt'" in msg
+
+
+def test_a_safetensors_header_length_that_begins_like_a_pickle_is_read(tmp_path: Path):
+    # A header length of 128 mod 256 puts 0x80 first, as a pickle has; the JSON header's '{' at
+    # byte 8 tells them apart (1 file in 256 hit this, Hugging Face shards among them).
+    sd = state(0)
+    path = tmp_path / "step_7.safetensors"
+    for pad in range(600):
+        save_file(sd, str(path), metadata={"step": "7", "pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    head = path.read_bytes()[:9]
+    assert head[0] == 0x80 and head[8:9] == b"{"
+    assert _format.read_header(path).metadata["pad"] == "x" * pad
+    loaded = read_checkpoint(path)
+    assert loaded.state_dict.keys() == sd.keys()
+    assert all(torch.equal(loaded.state_dict[k], v) for k, v in sd.items())
+    assert loaded.ref.step == 7
+
+
 @pytest.mark.parametrize("keep", [4, 20, -10])
 def test_truncated_safetensors(tmp_path: Path, keep: int):
     good_dir(tmp_path)

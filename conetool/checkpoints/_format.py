@@ -138,7 +138,7 @@ class SafetensorsHeader:
 
 def _not_safetensors(path: Path, why: str, head: bytes = b"") -> CheckpointError:
     hint = "Re-save it with safetensors.torch.save_file, or delete it (or pass --skip-bad)."
-    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+    if _looks_like_torch_save(head):
         hint = (
             f"It looks like a torch.save file: rename it to '{path.stem}.pt' (conetool reads it "
             f"with torch.load(weights_only=True)) or convert it to safetensors."
@@ -154,11 +154,23 @@ def _truncated(path: Path, size: int, needed: int) -> CheckpointError:
     )
 
 
+def _looks_like_torch_save(head: bytes) -> bool:
+    """Whether a file's first bytes (at least 9 where it has them) are a torch.save file's: a zip
+    archive, or a pickle (0x80, its protocol byte). A safetensors file's header length can begin
+    with the same bytes (0x80 is the low byte of any length of 128 mod 256), but its JSON header
+    then opens with '{' at byte 8."""
+    if head[8:9] == b"{":
+        return False
+    return head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80"
+
+
 def _header_length(path: Path, head: bytes, size: int) -> int:
+    """The header length of the safetensors file at ``path`` from its first bytes ``head`` (9 where
+    the file has them: the header's own first byte tells a length from a pickle's opcodes)."""
     if size < 8:
         raise _not_safetensors(path, f"it has only {size} bytes (a header needs 8)", head)
     n = int.from_bytes(head[:8], "little")
-    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80" or n > _MAX_HEADER:
+    if _looks_like_torch_save(head) or n > _MAX_HEADER:
         raise _not_safetensors(path, "its first 8 bytes are not a header length", head)
     if n > size - 8:
         raise _truncated(path, size, 8 + n)
@@ -212,13 +224,13 @@ def read_header(path: Path) -> SafetensorsHeader:
     try:
         with _open(path) as f:
             size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
+            head = f.read(9)
             n = _header_length(path, head, size)
-            header = f.read(n)
+            header = head[8 : 8 + n] + f.read(max(n - 1, 0))
     except OSError as e:
         raise open_error(path, e) from None
     if len(header) < n:
-        raise _truncated(path, len(head) + len(header), 8 + n)
+        raise _truncated(path, 8 + len(header), 8 + n)
     return parse_header(path, size, header)
 
 

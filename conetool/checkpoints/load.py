@@ -107,7 +107,7 @@ def read_checkpoint(
         parts.append((size, digest))
         mtime_ns = max(mtime_ns, mtime)
         if ref.format == "safetensors":
-            n = _header_length(path, bytes(buf[:8]), size)
+            n = _header_length(path, bytes(buf[:9]), size)
             header = parse_header(path, size, bytes(buf[8 : 8 + n]))
             tensors = tensors_from_buffer(header, buf)
             if i == 0:
