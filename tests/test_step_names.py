@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -73,11 +74,32 @@ def test_summarize_problems_keeps_distinct_and_few_problems() -> None:
     assert summarize_problems([(a, "x"), (b, "y")]) == ["x", "y"]
 
 
-@pytest.mark.parametrize("regex", [r"epoch_(\d+)", r"ep(\d+)", r"epoch=(\d+)\.pt", r"EPOCH-(\d+)"])
+@pytest.mark.parametrize(
+    "regex",
+    [
+        r"epoch_(\d+)",
+        r"ep(\d+)",
+        r"epoch=(\d+)\.pt",
+        r"EPOCH-(\d+)",
+        r"\bepoch_(\d+)",
+        r"model_ep(\d+)",
+    ],
+)
 def test_step_regex_whose_group_is_an_epoch_is_refused(tmp_path: Path, regex: str) -> None:
     torch.save(_state(0), tmp_path / "epoch_1.pt")
     with pytest.raises(CheckpointError, match="Name the group 'epoch'"):
         list_checkpoints(tmp_path, step_regex=regex, iterations_per_epoch=5)
+
+
+@pytest.mark.parametrize("word", ["step_", "mystep-", "sweep", "rep_", "STEP"])
+def test_step_regex_whose_group_follows_a_word_ending_in_ep_reads_steps(
+    tmp_path: Path, word: str
+) -> None:
+    # Only "epoch" or "ep" as a word of its own reads an epoch, not "step" (which ends in "ep").
+    for step in (10, 20):
+        torch.save(_state(step), tmp_path / f"{word}{step}.pt")
+    refs = list_checkpoints(tmp_path, step_regex=re.escape(word) + r"(\d+)", warn=print)
+    assert [r.step for r in refs] == [10, 20]
 
 
 def test_step_regex_named_groups(tmp_path: Path) -> None:

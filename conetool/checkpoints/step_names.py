@@ -46,7 +46,8 @@ _NAME_RULES = (
 )
 _EPOCH_RULE = re.compile(r"(?:^|[^a-z0-9])(?:epoch|ep)[_=\-]?(\d+)(?![0-9])", re.IGNORECASE)
 # The text of a regex just before its first group, when that reads as an epoch label.
-_EPOCH_BEFORE_GROUP = re.compile(r"(?:epoch|ep)[^a-z0-9(]*$", re.IGNORECASE)
+# "epoch" or "ep" as a word of its own ("step_", "sweep", "rep-" are not), then separators.
+_EPOCH_BEFORE_GROUP = re.compile(r"(?<![a-z])(?:epoch|ep)[^a-z0-9(]*$", re.IGNORECASE)
 
 
 def epoch_error(path: Path, *, open_lth: bool = False) -> CheckpointError:
@@ -96,7 +97,7 @@ def compile_step_regex(step_regex: str | None) -> re.Pattern[str] | None:
         )
     if "step" not in named and "epoch" not in named:
         before = step_regex[: _first_group(step_regex)]
-        if _EPOCH_BEFORE_GROUP.search(before):
+        if _EPOCH_BEFORE_GROUP.search(re.sub(r"\\[A-Za-z]", " ", before)):  # \b, \d: not letters
             raise CheckpointError(
                 f"--step-regex '{step_regex}': its group follows '{before}', so it reads an "
                 f"epoch, and taking epochs for steps would shrink the step axis. Name the group "
