@@ -112,6 +112,16 @@ def test_metadata_step_wins_over_the_file_name(tmp_path: Path):
     assert [r.step for r in list_checkpoints(tmp_path)] == [4242]
 
 
+@pytest.mark.parametrize("meta", ["-3", "2.5", "two"])
+def test_a_metadata_step_that_is_not_a_count_is_refused_naming_the_file(tmp_path: Path, meta):
+    path = tmp_path / "step_100.safetensors"
+    save_file(state(0), str(path), metadata={"step": meta})
+    with pytest.raises(CheckpointError, match="metadata step") as caught:
+        list_checkpoints(tmp_path)
+    message = str(caught.value)
+    assert str(path) in message and f"'{meta}'" in message and "--step-regex" in message
+
+
 @pytest.mark.parametrize(
     "stem",
     [

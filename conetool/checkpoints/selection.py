@@ -104,11 +104,13 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
         try:
             c.step = int(meta)
         except ValueError:
+            c.step = -1
+        if c.step < 0:  # int() also takes "-3" and " 7 "; a step is a count of optimizer steps
             raise CheckpointError(
-                f"'{where}' has safetensors metadata step '{meta}', which is not a whole number; "
-                f"re-save it with a numeric step, or pass {_STEP_REGEX_HELP} to take the step "
-                f"from the file name instead."
-            ) from None
+                f"'{where}' has safetensors metadata step '{meta}', which is not a whole number "
+                f"of steps (0 or more); re-save it with its step, or pass {_STEP_REGEX_HELP} to "
+                f"take the step from the file name instead."
+            )
         return
     c.step, c.epoch = name_step(candidate_stem(c), ipe, where)
     if c.folder is not None and c.global_step is not None:
