@@ -585,6 +585,32 @@ def test_switch_ignores_an_unrelated_bad_checkpoint(run, store):
     assert "--skip-bad" not in bad.output
 
 
+@pytest.mark.parametrize("at_T", ["present", "missing"])
+def test_switch_ignores_files_without_a_step(run, store, at_T):
+    # Files whose step cannot be known (kernels --skip-bad left them out) concern no switch
+    # point, with or without a checkpoint at T (the standard model's line is then left out).
+    state = load_file(str(paths.checkpoint(run, 5)))
+    for name in ("best", "final"):
+        save_file(state, str(run / f"{name}.safetensors"))  # no step in the name or metadata
+    if at_T == "missing":
+        paths.checkpoint(run, 10).unlink()
+    result = cli("switch", "--at", "0", "--store", str(store), "-q")
+    assert result.exit_code == 0, result.output
+    points = json.loads(paths.switch_results_json(store).read_text())["points"]
+    assert [point["at"] for point in points] == [0]
+
+
+def test_switch_on_a_run_that_moved_names_ckpts(run, store, tmp_path):
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    result = cli("switch", "--at", "0", "--store", str(store), "-q")
+    assert result.exit_code == 1
+    text = flat(result.output)
+    assert str(run.resolve()) in text and "--ckpts DIR" in text
+    again = cli("switch", "--at", "0", "--store", str(store), "--ckpts", str(moved), "-q")
+    assert again.exit_code == 0, again.output
+
+
 def test_switch_nan_message_has_no_skip_bad(run, store):
     path = paths.checkpoint(run, 5)
     with safe_open(str(path), framework="pt") as handle:

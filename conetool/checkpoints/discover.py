@@ -246,6 +246,32 @@ def list_checkpoints(
     return refs
 
 
+def step_problems(
+    directory: str | Path,
+    step: int,
+    *,
+    step_regex: str | None = None,
+    iterations_per_epoch: int | None = None,
+) -> CheckpointError | None:
+    """Why the file(s) of ``step`` in ``directory`` cannot be used (one error naming each file
+    and its fix), or None when none of them has a problem or there is none. Files whose step
+    cannot be known, and files of other steps, are left out: their problems are not this step's.
+    """
+    try:
+        scan = scan_selected(
+            directory,
+            step_regex=step_regex,
+            iterations_per_epoch=iterations_per_epoch,
+            steps=(step, step),
+            every=None,
+            deep=False,
+        )
+    except CheckpointError:
+        return None  # no file of this step at all
+    mine = [c for c in scan.candidates if c.problem is not None and c.step == step]
+    return _problems_error(scan.directory, mine) if mine else None
+
+
 def checkpoint_ref(
     path: str | Path,
     *,

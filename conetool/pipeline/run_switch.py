@@ -24,6 +24,7 @@ import torch
 
 from .. import distributed, paths
 from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
+from ..checkpoints.discover import step_problems
 from ..choices import Reference, choice
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
@@ -306,13 +307,11 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     for t in needed:
         if t in refs:
             continue
-        try:  # the file of step t, if there is one, and why it cannot be used
-            list_checkpoints(
-                ckpts_dir, step_regex=step_regex, iterations_per_epoch=ipe, steps=(t, t)
-            )
-        except CheckpointError as exc:
-            if "is selected by" not in str(exc):
-                raise _for_switch(exc) from exc
+        # The file of step t, if there is one, and why it cannot be used (a file whose step
+        # cannot be known is no step's: kernels --skip-bad left it out, and so does switch).
+        problem = step_problems(ckpts_dir, t, step_regex=step_regex, iterations_per_epoch=ipe)
+        if problem is not None:
+            raise _for_switch(problem)
         if t == T and t not in points_at:
             continue  # no checkpoint at T: the figure goes without the standard line (a note)
         raise CheckpointError(
@@ -386,6 +385,12 @@ def _locate(
                 f"conetool kernels CKPTS --store {store} first."
             )
         ckpts = manifest["checkpoints"]
+        if not Path(ckpts).is_dir():
+            raise CheckpointError(
+                f"the checkpoint directory that kernels read, {ckpts} (recorded in {store}/"
+                f"{paths.MANIFEST_NAME}), is not there any more. If the run moved, pass its new "
+                "place: --ckpts DIR."
+            )
     ckpts_dir = Path(ckpts)
     if spec is None and manifest is not None and not paths.spec(ckpts_dir).is_file():
         spec = spec_from_dict(manifest["spec"], source=f"{manifest_path} (spec)")
