@@ -527,3 +527,37 @@ def test_a_touched_checkpoint_is_read_once_then_skipped_by_its_new_mtime(
     twice = kernels(run, store=root, device="cpu")
     assert twice.computed == [] and twice.skipped == [0, 5, 10] and read == []
     assert _kernel_bytes(root) == before  # the kernel files are not rewritten for this
+
+
+def test_another_run_with_the_same_spec_is_refused_before_anything_changes(run, tmp_path):
+    # guards: the identity (spec, probe, kind, dtype) does not tell two runs of one spec apart;
+    # their checkpoints do: recomputing the differing steps from the other directory and keeping
+    # the others would leave kernels of two runs in one store
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _files(root)
+    other = tmp_path / "other-run"
+    shutil.copytree(run, other)
+    path = paths.checkpoint(other, 5)
+    state = {k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata=metadata(path))  # the same size, other weights
+    for overwrite in (False, True):  # --overwrite replaces only a store of another identity
+        with pytest.raises(StoreError, match=r"another run.*own --store.*delete") as caught:
+            kernels(other, store=root, device="cpu", overwrite=overwrite)
+        assert str(run.resolve()) in str(caught.value) and "(5)" in str(caught.value)
+        assert _files(root) == before  # nothing was changed
+    assert kernels(other, store=tmp_path / "own", device="cpu").computed == [0, 5, 10]
+
+
+def test_a_run_that_moved_is_the_same_run(run, tmp_path):
+    # the same files elsewhere, with new modification times (cp without -p): read, found the
+    # same, nothing recomputed
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved, copy_function=shutil.copy)  # no times kept
+    for step in (0, 5, 10):
+        path = paths.checkpoint(moved, step)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    again = kernels(moved, store=root, device="cpu")
+    assert again.computed == [] and again.skipped == [0, 5, 10]

@@ -28,6 +28,7 @@ from ..spec import ProbeSpec, Spec
 from ..store import Store, StoreIdentity
 from ..threads import limit_threads
 from .kernels_loop import KernelsOptions, KernelsPlan, KernelsResult, compute_all
+from .mixed_runs import another_run
 from .remembered import imports_record, read_manifest, recorded_step_regex, selection_record
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
@@ -131,6 +132,9 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         model = model_for(plan.spec)
         if job.is_main:
             selected = selection_record(ckpts, plan.step_regex, steps, every)
+            mixed = another_run(Path(store), ckpts, plan.identity, plan.refs)
+            if mixed is not None:
+                raise mixed
             out = Store.open_for_writing(
                 store,
                 plan.identity,
