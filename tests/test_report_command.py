@@ -13,6 +13,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -360,6 +362,36 @@ def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
     markup = result.html.read_text(encoding="utf-8")
     assert "&lt;b&gt;bold?&lt;/b&gt; &amp; more" in markup and "<b>bold?" not in markup
     assert "\\<b>bold?\\</b> & more" in result.markdown.read_text(encoding="utf-8")
+
+
+def safe_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+def test_results_of_kernels_recomputed_since_are_noted_and_a_copy_raises_no_alarm(run, tmp_path):
+    # distance and embed record which kernels they read (not the files' times): a copy of the
+    # store reads as current, a kernel recomputed from a changed checkpoint does not
+    _, ckpts, store, _ = run
+    copied = tmp_path / "copied"
+    shutil.copytree(store, copied, copy_function=shutil.copy)  # new file times
+    assert not any("recomputed since" in n for n in report(copied).notes)
+    run_copy, changed = tmp_path / "ckpts", tmp_path / "changed"
+    shutil.copytree(ckpts, run_copy)
+    shutil.copytree(store, changed)
+    manifest = json.loads(paths.manifest(changed).read_text())
+    manifest["checkpoints"] = str(run_copy.resolve())  # the store of the copied run
+    paths.manifest(changed).write_text(json.dumps(manifest, indent=2))
+    path = paths.checkpoint(run_copy, 4)
+    state = {k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata=safe_metadata(path))
+    assert kernels(run_copy, store=changed, device="cpu").computed == [4]
+    notes = report(changed).notes
+    for command in ("conetool distance", "conetool embed"):
+        assert any(
+            f"the {command} results were computed from kernels that have been recomputed since" in n
+            for n in notes
+        ), notes
 
 
 def test_long_checkpoint_table_folds_away(run, tmp_path):

@@ -42,7 +42,7 @@ from ..progress import CountBar, NullProgress, Progress
 from ..store import Store
 from ..units import parse_memory
 
-__all__ = ["KernelMatrix", "kernel_matrix", "require_kernels", "store_key"]
+__all__ = ["KernelMatrix", "kernel_matrix", "kernels_key", "require_kernels", "store_key"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +62,16 @@ class KernelMatrix:
     excluded: dict[int, str] = field(default_factory=dict)
     key: str = ""
     reused: bool = False
+
+
+def kernels_key(store: Store) -> str:
+    """SHA-256 (hex) over the store's identity and, per stored step, the source checkpoint's
+    fingerprint and the kernel's norm: which kernels the store holds, whatever the files' times
+    (a copied store keeps it; a kernel recomputed from a changed checkpoint changes it). Recorded
+    in the distance and embed summaries, so that the report can tell results of other kernels."""
+    entries = [[step, r.fingerprint, r.norm] for step, r in store.records().items()]
+    payload = {"identity": asdict(store.identity), "steps": entries}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def store_key(store: Store) -> str:

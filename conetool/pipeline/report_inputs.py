@@ -16,6 +16,7 @@ from ..errors import ConetoolError
 from ..spec import spec_from_dict, spec_to_toml
 from ..store import Store
 from ..verdict import REGIMES
+from .matrix_cache import kernels_key
 
 __all__ = ["ReportInputs"]
 
@@ -212,13 +213,14 @@ class ReportInputs:
 
     def _check_current(self) -> None:
         """Note distance / embed outputs computed from other kernels than the store holds now:
-        another store identity, or another set of steps. (A kernel recomputed in place, same
-        steps, is not detected here: the summaries' cache key also covers file times, which a
-        plain copy of the store changes, so it would raise false alarms.)
+        another store identity, another set of steps, or kernels recomputed since (a changed
+        checkpoint: the summaries' ``kernels_key``, which file times do not change; summaries
+        written before it was recorded are not checked for this).
         """
         if not self.steps:
             return
         identity = asdict(self.store.identity)
+        current_key = kernels_key(self.store)
         for summary, command in (
             (self.distance, "conetool distance"),
             (self.embed, "conetool embed"),
@@ -239,6 +241,11 @@ class ReportInputs:
                 self.notes.append(
                     f"the {command} results cover {seen[0]} steps ({seen[1]} to {seen[2]}), the "
                     f"store now holds {len(current)} ({current[0]} to {current[-1]}): {rerun}"
+                )
+            elif summary.get("kernels_key") not in (None, current_key):
+                self.notes.append(
+                    f"the {command} results were computed from kernels that have been "
+                    f"recomputed since (a checkpoint changed): {rerun}"
                 )
         spec_hash = self.manifest.get("spec_hash")
         other = sorted(

@@ -48,7 +48,7 @@ from .distance_outputs import (
     write_per_layer,
     write_to_ref,
 )
-from .matrix_cache import kernel_matrix, require_kernels
+from .matrix_cache import kernel_matrix, kernels_key, require_kernels
 from .noise_estimate import estimate_noise_floor
 from .resolve import moved_run
 
@@ -225,6 +225,7 @@ def distance(
         "store": str(root),
         "identity": asdict(opened.identity),
         "matrix_key": matrix.key,
+        "kernels_key": kernels_key(opened),
         "steps": {"count": len(steps), "first": steps[0], "last": steps[-1]},
         "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
         "refs": ref_steps,

@@ -30,7 +30,7 @@ from ..progress import NullProgress, Progress
 from ..store import Store
 from ..threads import limit_threads
 from ..verdict import phase_verdict
-from .matrix_cache import csv_number, kernel_matrix
+from .matrix_cache import csv_number, kernel_matrix, kernels_key
 from .saved_results import saved_phase1_end
 
 __all__ = ["METHODS", "EmbedResult", "embed"]
@@ -134,6 +134,7 @@ def embed(
         "store": str(root),
         "identity": asdict(opened.identity),
         "matrix_key": matrix.key,
+        "kernels_key": kernels_key(opened),
         "matrix": "reused" if matrix.reused else "computed",
         **embedding.to_dict(),
         "seed": seed,
