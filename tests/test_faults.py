@@ -13,6 +13,8 @@ import builtins
 import errno
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -644,6 +646,12 @@ def test_report_on_one_kernel_store_suggests_what_works(run, tmp_path):
     assert result.exit_code == 0, result.output
     cli("report", "--store", str(target), "-q")
     assert "No alignment and spectrum" not in paths.report_md(target).read_text()
+    # the kernels command it suggests adds the other steps (not --steps 0:0 again)
+    suggested = re.search(r"conetool kernels [^`\n]*", text).group(0)
+    assert "--steps" not in suggested
+    more = cli(*shlex.split(suggested)[1:], "-q")
+    assert more.exit_code == 0, more.output
+    assert Store.open(target).steps() == [0, 5, 10]
 
 
 def test_missing_kernel_file_advice(store):

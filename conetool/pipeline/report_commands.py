@@ -72,6 +72,15 @@ class ReportCommands(ReportInputs):
             flags.append(f"--every {chosen['every']}")
         return flags
 
+    def _more_kernels_command(self) -> str:
+        """``kernels`` of every checkpoint of the run into the store: for a store with too few
+        kernels, whose recorded --steps/--every would select the same ones again."""
+        chosen = selection(self.manifest)
+        regex = [f"--step-regex {_q(chosen['step_regex'])}"] if chosen.get("step_regex") else []
+        return " ".join(
+            [f"{self._env()}conetool kernels {_q(self.ckpts)}", self._store_flag(), *regex]
+        )
+
     def _kernels_command(self, *, minimal: bool = False) -> str:
         m = self.manifest
         parts = [f"{self._env()}conetool kernels {_q(self.ckpts)}", self._store_flag()]

@@ -63,7 +63,7 @@ class RunSections(ReportCommands):
         elif len(steps) == 1:
             parts += [
                 "No verdict: the kernel distance needs at least two kernels (",
-                code(self._kernels_command(minimal=True)),
+                code(self._more_kernels_command()),
                 " computes the others). ",
             ]
         else:
@@ -104,7 +104,7 @@ class RunSections(ReportCommands):
 
     def _one_kernel(self, what: str) -> Text:
         """A one-kernel store: distance and embed would fail; more kernels come first."""
-        command = self._kernels_command(minimal=True)
+        command = self._more_kernels_command()
         if ("second kernel", command) not in self.missing:
             self.missing.append(("second kernel", command))
         return text(
