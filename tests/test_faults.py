@@ -654,6 +654,19 @@ def test_report_on_one_kernel_store_suggests_what_works(run, tmp_path):
     assert Store.open(target).steps() == [0, 5, 10]
 
 
+def test_report_on_two_kernel_store_does_not_suggest_embed(run, tmp_path):
+    # embed's two dimensions need three kernels: the report suggests computing more, not embed
+    target = tmp_path / "two"
+    kernels(run, store=target, steps="0:5", device="cpu")
+    assert cli("distance", "--store", str(target), "-q").exit_code == 0
+    assert cli("report", "--store", str(target), "-q").exit_code == 0
+    text = paths.report_md(target).read_text()
+    assert "conetool embed --store" not in text and "needs at least three" in text
+    suggested = re.search(r"conetool kernels [^`\n]*", text).group(0)
+    assert cli(*shlex.split(suggested)[1:], "-q").exit_code == 0
+    assert cli("embed", "--store", str(target), "-q").exit_code == 0
+
+
 def test_missing_kernel_file_advice(store):
     paths.kernel(store, 5).unlink()
     result = cli("distance", "--store", str(store), "-q")

@@ -12,6 +12,7 @@ from ..report_html import (
     Section,
     Table,
     b,
+    code,
     text,
 )
 from .report_experiment_sections import ExperimentSections
@@ -253,6 +254,23 @@ class ResultSections(ExperimentSections):
         if len(self.steps) == 1:
             return Section("embed", title, (self._one_kernel("an embedding"),))
         summary = self.embed
+        if summary is None and len(self.steps) < 3:  # embed's two dimensions need three kernels
+            command = self._more_kernels_command()
+            if ("third kernel", command) not in self.missing:
+                self.missing.append(("third kernel", command))
+            return Section(
+                "embed",
+                title,
+                (
+                    text(
+                        f"The store holds {len(self.steps)} kernels; an embedding in two "
+                        "dimensions needs at least three. Compute more with ",
+                        code(command),
+                        ", then run conetool embed.",
+                        note=True,
+                    ),
+                ),
+            )
         if summary is None:
             return Section(
                 "embed",
