@@ -199,6 +199,8 @@ def embed_mds(s: np.ndarray, dims: int = 2, seed: int = 0) -> tuple[np.ndarray, 
     s = _check(s, dims)
     d = np.sqrt(2.0 * np.clip(s, 0.0, None))
     np.fill_diagonal(d, 0.0)
+    if not np.any(d > 0):  # every kernel the same direction: one point (SMACOF would divide by 0)
+        return np.zeros((d.shape[0], dims)), 0.0
     start, _ = _classical_from_b(_double_center(-s), dims)
     coords, _ = _sklearn_mds(d, start, dims, seed)
     coords = _orient(coords)

@@ -155,3 +155,13 @@ def test_to_dict_is_json_ready() -> None:
 def test_bad_input_is_rejected(s: np.ndarray, kwargs: dict, match: str) -> None:
     with pytest.raises(GeometryError, match=match):
         embed_kernels(s, **kwargs)
+
+
+def test_mds_of_equal_kernels_is_one_point_without_warnings() -> None:
+    # every distance 0 (a lazy run's kernels all alike): SMACOF would divide by zero and warn
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        coords, stress = embed_mds(np.zeros((4, 4)), dims=2)
+    assert coords.shape == (4, 2) and not coords.any() and stress == 0.0

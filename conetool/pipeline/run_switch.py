@@ -284,7 +284,7 @@ def _prepare(options: SwitchOptions) -> _Sweep:
         raise ConetoolError(
             f"--at {late[0]} is not before --until {T}: the linearized model is trained from t "
             f"to T, so t must be smaller. Drop it or raise --until (the spec trains to "
-            f"{spec.train.steps})."
+            f"{spec.train.steps}; beyond that with --beyond-run)."
         )
     # Only the checkpoints the sweep needs matter: an unusable file elsewhere is left alone.
     ipe = iterations_per_epoch(spec)
