@@ -77,30 +77,29 @@ class Attention(nn.Module):
         return self.out(torch.tanh(a + h).mean(1))
 
 
-class ReusedBehindAZeroHead(nn.Module):
-    """``l.weight`` is used by ``l`` and again through ``F.linear``; the head starts at zero, so
-    at step 0 every gradient behind it is zero and the second use cannot show."""
+class BehindAZeroHead(nn.Module):
+    """A hidden layer ``l`` and a head ``o`` that starts at zero: at step 0 every gradient behind
+    the head is zero and every output is its bias."""
 
     def __init__(self) -> None:
         super().__init__()
         self.l = nn.Linear(6, 6)
         self.o = nn.Linear(6, 3)
         nn.init.zeros_(self.o.weight)
+
+
+class ReusedBehindAZeroHead(BehindAZeroHead):
+    """``l.weight`` is used by ``l`` and again through ``F.linear``: at step 0 the second use
+    cannot show."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.l(x))
         return self.o(torch.tanh(F.linear(h, self.l.weight)))
 
 
-class CenteredBehindAZeroHead(nn.Module):
-    """Centres the hidden units over the batch (examples depend on each other); with the head at
-    zero every output is the bias, the same together and alone."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.l = nn.Linear(6, 6)
-        self.o = nn.Linear(6, 3)
-        nn.init.zeros_(self.o.weight)
+class CenteredBehindAZeroHead(BehindAZeroHead):
+    """Centres the hidden units over the batch (examples depend on each other): at step 0 the
+    outputs are the same together and alone."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.l(x))
