@@ -190,13 +190,14 @@ class Store:
     ) -> Store:
         path = paths.manifest(root)
         notes: list[str] = []
+        cleared: str | None = None
         if path.is_file():
             try:
                 manifest: dict[str, Any] | None = read_manifest(path)
             except StoreError as exc:
                 if overwrite:
                     manifest = None
-                    clear(root)
+                    cleared = clear(root)
                 elif isinstance(exc.__cause__, Exception) and _looks_like_store(root):
                     manifest = None  # damaged (not foreign, not newer): rebuilt below
                     notes.append(
@@ -209,7 +210,7 @@ class Store:
                 if found != identity and not overwrite:
                     raise StoreError(mixed_message(root, found, identity, len(manifest["steps"])))
                 if found != identity:
-                    clear(root)
+                    cleared = clear(root)
                 else:
                     manifest.update(header)  # written with the next kernel, not before
                     store = cls(root, manifest)
@@ -218,7 +219,7 @@ class Store:
                     store._ensure_kernels_dir()
                     return store
         elif overwrite:
-            clear(root)
+            cleared = clear(root)
         elif _kernel_files(root):
             notes.append(f"{path} was missing; rebuilt it from the kernel files")
         manifest = new_manifest(identity, header)
@@ -227,7 +228,7 @@ class Store:
             adopted = store.adopt_kernel_files(save=False)
             foreign = len(_kernel_files(root)) - len(adopted)
             notes[-1] = rebuilt_note(root, notes[-1], len(adopted), foreign)
-        store.notes = notes
+        store.notes = notes + ([cleared] if cleared else [])
         store._ensure_kernels_dir()
         store._write_manifest()
         return store
@@ -484,8 +485,11 @@ class Store:
             write_manifest(self.root, self.manifest)
 
 
-def clear(root: Path) -> None:
-    """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs)."""
+def clear(root: Path) -> str | None:
+    """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs), and
+    say what was removed (None when there was nothing): ``--overwrite`` tells the user."""
+    kernels = len(_kernel_files(root))
+    derived = [name for name in paths.DERIVED_DIRS if (Path(root) / name).is_dir()]
     paths.manifest(root).unlink(missing_ok=True)
     paths.probe(root).unlink(missing_ok=True)
     paths.eval_set(root).unlink(missing_ok=True)
@@ -498,6 +502,10 @@ def clear(root: Path) -> None:
         folder = Path(root) / name
         if folder.is_dir():
             shutil.rmtree(folder)
+    if not kernels and not derived:
+        return None
+    results = f" and its {', '.join(derived)} results" if derived else ""
+    return f"--overwrite removed the replaced store's {kernels} kernel file(s){results}"
 
 
 def _looks_like_store(root: Path) -> bool:

@@ -96,7 +96,8 @@ def test_overwrite_of_a_store_without_a_usable_manifest_deletes_its_kernels(tmp_
         paths.manifest(root).unlink()
     fresh = Store.open_for_writing(root, IDENT, HEADER, overwrite=True)
     fresh.close()
-    assert fresh.steps() == [] and fresh.notes == []
+    assert fresh.steps() == []  # not rebuilt from the kernel files; what went is said
+    assert fresh.notes == ["--overwrite removed the replaced store's 2 kernel file(s)"]
     assert not paths.kernel(root, 0).exists() and not paths.kernel(root, 10).exists()
     assert Store.open(root).steps() == []  # nothing of the old store comes back on reading
 
@@ -117,7 +118,13 @@ def test_overwrite_removes_every_file_conetool_wrote_and_keeps_the_users(tmp_pat
         path.write_bytes(b"old")
     (root / "notes.txt").write_text("mine")
     other = StoreIdentity(**{**IDENT.__dict__, "kind": "full"})
-    Store.open_for_writing(root, other, HEADER, overwrite=True).close()
+    replaced = Store.open_for_writing(root, other, HEADER, overwrite=True)
+    replaced.close()
+    # and says so: the results it removed may have been expensive (switch)
+    results = ", ".join(paths.DERIVED_DIRS)
+    assert replaced.notes == [
+        f"--overwrite removed the replaced store's 2 kernel file(s) and its {results} results"
+    ]
     assert [p for p in written if p.exists()] == []
     assert not paths.eval_kernels_dir(root).exists() and not paths.layer_kernels_dir(root).exists()
     assert not paths.kernel(root, 0).exists()
