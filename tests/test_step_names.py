@@ -72,6 +72,9 @@ def test_summarize_problems_keeps_distinct_and_few_problems() -> None:
     assert summarize_problems(same) == ["3 files (a.pt, b.pt, c.pt): each file is broken; fix it"]
     assert summarize_problems(same[:2]) == [m for _, m in same[:2]]
     assert summarize_problems([(a, "x"), (b, "y")]) == ["x", "y"]
+    # both files of a duplicate step carry the one message that names them both: said once
+    twice = f"two checkpoints have step 0: '{a}' and '{b}'"
+    assert summarize_problems([(a, twice), (b, twice)]) == [f"2 files: {twice}"]
 
 
 @pytest.mark.parametrize(

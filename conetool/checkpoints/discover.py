@@ -36,6 +36,7 @@ The step of each checkpoint, in order of precedence:
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,7 +113,9 @@ def summarize_problems(problems: list[tuple[Path, str]]) -> list[str]:
         names = [where.name or str(where) for where, _ in members]
         shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
         lines.append(f"{len(members)} files ({shown}): {key}")
-    return lines
+    # A message naming two files (a duplicate step) is each file's: said once, counting both.
+    counts = Counter(lines)
+    return [line if counts[line] == 1 else f"{counts[line]} files: {line}" for line in counts]
 
 
 def _problem_lines(bad: list[Candidate]) -> list[str]:
