@@ -60,7 +60,7 @@ def metrics(directory: Path) -> Path:
 
 def is_optimizer_state(path: Path) -> bool:
     """True for optimizer-state files, which are never model checkpoints."""
-    name = Path(path).name
+    name = Path(path).name.lower()
     return name.endswith(OPTIMIZER_SUFFIX) or name.endswith(".optim.pt")
 
 

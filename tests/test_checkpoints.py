@@ -107,6 +107,23 @@ def test_conetool_layout_lists_steps_in_order_and_never_takes_optimizer_files(tm
     assert refs[0].file == paths.checkpoint(tmp_path, 0)
 
 
+def test_upper_case_extensions_are_read_and_optimizer_states_still_skipped(tmp_path: Path):
+    # names from a case-insensitive file system: left out silently before
+    save_file(state(0), str(tmp_path / "STEP_100.SAFETENSORS"))
+    torch.save(state(1), tmp_path / "step_200.PT")
+    save_file(
+        {"state.0.momentum_buffer": torch.ones(5)}, str(tmp_path / "STEP_100.OPTIM.SAFETENSORS")
+    )
+    torch.save({"state": {}}, tmp_path / "OPTIMIZER.PT")
+    refs = list_checkpoints(tmp_path, warn=lambda message: None)
+    assert [(r.step, r.file.name, r.format) for r in refs] == [
+        (100, "STEP_100.SAFETENSORS", "safetensors"),
+        (200, "step_200.PT", "torch"),
+    ]
+    assert_same(read_state_dict(refs[0]), state(0))
+    assert_same(read_state_dict(refs[1]), state(1))
+
+
 def test_metadata_step_wins_over_the_file_name(tmp_path: Path):
     save_file(state(0), str(tmp_path / "step_100.safetensors"), metadata={"step": "4242"})
     assert [r.step for r in list_checkpoints(tmp_path)] == [4242]

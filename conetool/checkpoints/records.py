@@ -13,6 +13,19 @@ from ._format import (
 )
 
 CHECKPOINT_SUFFIXES = (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
+
+
+def has_checkpoint_suffix(name: str) -> bool:
+    """Whether a file name ends with a checkpoint extension, in any case (``STEP_4.SAFETENSORS``
+    from a case-insensitive file system too)."""
+    return name.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` names a safetensors file (its extension, in any case)."""
+    return path.suffix.lower() == SAFETENSORS_SUFFIX
+
+
 SOURCES = ("safetensors", "torch", "hf", "hf-sharded")
 TORCH_NOTE = (
     "a torch.save file, read only with torch.load(weights_only=True); safetensors is preferred "
@@ -49,7 +62,7 @@ class CheckpointRef:
     @property
     def format(self) -> str:
         """``"safetensors"`` or ``"torch"`` (pickle-based, read with ``weights_only=True``)."""
-        return "safetensors" if self.paths[0].suffix == SAFETENSORS_SUFFIX else "torch"
+        return "safetensors" if is_safetensors(self.paths[0]) else "torch"
 
 
 @dataclass
@@ -78,9 +91,7 @@ class Candidate:
 
     @property
     def format(self) -> str:
-        return (
-            "safetensors" if self.paths and self.paths[0].suffix == SAFETENSORS_SUFFIX else "torch"
-        )
+        return "safetensors" if self.paths and is_safetensors(self.paths[0]) else "torch"
 
     def ref(self) -> CheckpointRef:
         assert self.step is not None and self.problem is None

@@ -14,7 +14,6 @@ from conetool import paths
 from conetool.errors import CheckpointError
 
 from ._format import (
-    SAFETENSORS_SUFFIX,
     check_torch_file,
     open_error,
     read_header,
@@ -22,9 +21,10 @@ from ._format import (
 )
 from ._keys import diff_keys, strip_common_prefixes
 from .records import (
-    CHECKPOINT_SUFFIXES,
     Candidate,
     Scan,
+    has_checkpoint_suffix,
+    is_safetensors,
 )
 from .selection import candidate_stem, check_selection, is_selected, recover_step, step_from_name
 from .step_names import (
@@ -36,9 +36,12 @@ from .step_names import (
 
 _NOT_MODEL = re.compile(
     r"^(optimizer\.(pt|bin)|scheduler\.pt|scaler\.pt|training_args\.bin|rng_state.*\.pth"
-    r"|checkpoint\.pth|mask\.pth|last(-v\d+)?\.ckpt)$"
+    r"|checkpoint\.pth|mask\.pth|last(-v\d+)?\.ckpt)$",
+    re.IGNORECASE,
 )
-_SHARD = re.compile(r"^(?P<prefix>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})(?P<suffix>\.safetensors|\.bin)$")
+_SHARD = re.compile(
+    r"^(?P<prefix>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})(?P<suffix>\.safetensors|\.bin)$", re.IGNORECASE
+)
 _HF_FOLDER = re.compile(r"^checkpoint-\d+$")
 _HF_WEIGHTS = (
     ("model.safetensors.index.json", "model.safetensors"),
@@ -68,7 +71,7 @@ def _entry_kind(entry: os.DirEntry[str]) -> tuple[str, OSError | None]:
 
 
 def _looks_like_checkpoint(name: str) -> bool:
-    return name.endswith(CHECKPOINT_SUFFIXES) or bool(_HF_FOLDER.match(name))
+    return has_checkpoint_suffix(name) or bool(_HF_FOLDER.match(name))
 
 
 def _read_headers(c: Candidate, deep: bool) -> None:
@@ -107,7 +110,7 @@ def _read_headers(c: Candidate, deep: bool) -> None:
 
 
 def _file_candidate(path: Path, deep: bool) -> Candidate:
-    is_st = path.suffix == SAFETENSORS_SUFFIX
+    is_st = is_safetensors(path)
     c = Candidate(path.name, path, (path,), "safetensors" if is_st else "torch")
     _read_headers(c, deep)
     return c
@@ -231,7 +234,7 @@ def _collect(directory: Path, deep: bool) -> Scan:
                 scan.others.append(name + "/")
             else:
                 scan.candidates.append(c)
-        elif kind != "file" or not name.endswith(CHECKPOINT_SUFFIXES):
+        elif kind != "file" or not has_checkpoint_suffix(name):
             scan.others.append(name)
         elif paths.is_optimizer_state(path) or _NOT_MODEL.match(name):
             scan.ignored.append(name)
@@ -317,7 +320,7 @@ def _single(path: Path, deep: bool) -> Scan:
         c = _folder_candidate(path, deep)
         if c is not None:
             scan.candidates.append(c)
-    elif path.name.endswith(CHECKPOINT_SUFFIXES):
+    elif has_checkpoint_suffix(path.name):
         scan.candidates.append(_file_candidate(path, deep))
     else:
         scan.others.append(path.name)
