@@ -267,7 +267,8 @@ def _cifar10(spec: DataSpec) -> DataBundle:
 
 def _import_factory(path: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
+    dotted = (module_name.split("."), attr.split("."))
+    if not all(part.isidentifier() for parts in dotted for part in parts):
         raise DataError(f"'data.dataset' = {path!r} is not of the form \"package.module:factory\".")
     module = import_user_module(module_name, f"[data] dataset = {path!r}", DataError)
     obj: Any = module

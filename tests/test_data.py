@@ -426,6 +426,9 @@ def test_user_factory_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     _factory_module(tmp_path, monkeypatch, "conetool_userdata_c")
     with pytest.raises(DataError, match="conetool_nosuchmodule_zz:make"):
         load_data(DataSpec(dataset="conetool_nosuchmodule_zz:make"))
+    for bad in (".relative:make", "pkg..mod:make", "mod:", "my-data:make", "mod:make:more"):
+        with pytest.raises(DataError, match="is not of the form"):  # not importlib's own error
+            load_data(DataSpec(dataset=bad))
     with pytest.raises(DataError, match="no attribute 'nope'"):
         load_data(DataSpec(dataset="conetool_userdata_c:nope"))
     with pytest.raises(DataError, match="conetool_userdata_c:bad"):
