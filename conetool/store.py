@@ -316,13 +316,12 @@ class Store:
             return
         with self._manifest_guard:
             steps = self.manifest["steps"]
-            changed = [
-                str(step)
-                for step, mtime in mtimes.items()
-                if str(step) in steps and steps[str(step)].get("mtime_ns") != mtime
-            ]
-            for step in changed:
-                steps[step] = {**steps[step], "mtime_ns": mtimes[int(step)]}
+            changed = False
+            for step, mtime in mtimes.items():
+                held = steps.get(str(step))
+                if held is not None and held.get("mtime_ns") != mtime:
+                    steps[str(step)] = {**held, "mtime_ns": mtime}
+                    changed = True
             if changed:
                 self._write_manifest()
 

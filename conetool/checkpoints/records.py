@@ -59,6 +59,13 @@ class CheckpointRef:
         """What to show the user: the Hugging Face folder, else the shard index, else the file."""
         return self.folder or self.index or self.paths[0]
 
+    def file_state(self) -> tuple[int, int]:
+        """``(bytes, mtime_ns)`` of its files now: their total size and the newest modification
+        time (what a store compares before reading a checkpoint). Raises OSError when one is
+        gone."""
+        stats = [p.stat() for p in self.paths]
+        return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
+
     @property
     def format(self) -> str:
         """``"safetensors"`` or ``"torch"`` (pickle-based, read with ``weights_only=True``)."""

@@ -370,10 +370,6 @@ def _describe_devices(devices: list[str]) -> str:
     return f"{'+'.join(kinds)} x{len(devices)}"
 
 
-def _mtime_ns(ref: CheckpointRef) -> int:
-    return max(p.stat().st_mtime_ns for p in ref.paths)
-
-
 def _unchanged(
     store: Store,
     ref: CheckpointRef,
@@ -386,11 +382,9 @@ def _unchanged(
     if record is None or not record.mtime_ns or not (store.root / record.kernel).is_file():
         return False
     try:
-        size = sum(p.stat().st_size for p in ref.paths)
-        same = size == record.size and _mtime_ns(ref) == record.mtime_ns
+        if ref.file_state() != (record.size, record.mtime_ns):
+            return False
     except OSError:
-        return False
-    if not same:
         return False
     problem = store.kernel_file_problem(ref.step)
     if problem is not None:

@@ -59,13 +59,12 @@ def _differs(ref: CheckpointRef, record: Any) -> bool:
     if not isinstance(record, dict):
         return False
     try:
-        stats = [p.stat() for p in ref.paths]
+        size, mtime_ns = ref.file_state()
     except OSError:
         return False  # kernels names the file itself
-    size = sum(s.st_size for s in stats)
     if size != record.get("size"):
         return True
-    if max(s.st_mtime_ns for s in stats) == record.get("mtime_ns"):
+    if mtime_ns == record.get("mtime_ns"):
         return False
     try:
         return fingerprint(ref) != record.get("fingerprint")
