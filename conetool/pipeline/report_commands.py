@@ -60,31 +60,28 @@ class ReportCommands(ReportInputs):
                 )
         return comments
 
-    def _selection_flags(self) -> list[str]:
-        """The checkpoint selection kernels recorded: --step-regex, --steps, --every."""
+    def _selection_flags(self, *, all_steps: bool = False) -> list[str]:
+        """The checkpoint selection kernels recorded: --step-regex, --steps, --every (with
+        ``all_steps``, the step regex alone: every checkpoint of the run)."""
         chosen = selection(self.manifest)
         flags = []
         if chosen.get("step_regex"):
             flags.append(f"--step-regex {_q(chosen['step_regex'])}")
+        if all_steps:
+            return flags
         if chosen.get("steps"):
             flags.append(f"--steps {_q(chosen['steps'])}")
         if chosen.get("every"):
             flags.append(f"--every {chosen['every']}")
         return flags
 
-    def _more_kernels_command(self) -> str:
-        """``kernels`` of every checkpoint of the run into the store: for a store with too few
-        kernels, whose recorded --steps/--every would select the same ones again."""
-        chosen = selection(self.manifest)
-        regex = [f"--step-regex {_q(chosen['step_regex'])}"] if chosen.get("step_regex") else []
-        return " ".join(
-            [f"{self._env()}conetool kernels {_q(self.ckpts)}", self._store_flag(), *regex]
-        )
-
-    def _kernels_command(self, *, minimal: bool = False) -> str:
+    def _kernels_command(self, *, minimal: bool = False, all_steps: bool = False) -> str:
+        """The kernels command that made the store (``minimal``: directory, store and selection
+        only; ``all_steps``: of every checkpoint, for a store with too few kernels, whose
+        recorded --steps/--every would select the same ones again)."""
         m = self.manifest
         parts = [f"{self._env()}conetool kernels {_q(self.ckpts)}", self._store_flag()]
-        parts += self._selection_flags()
+        parts += self._selection_flags(all_steps=all_steps)
         if minimal:
             return " ".join(parts)
         if not paths.spec(Path(self.ckpts)).is_file() and self.spec_toml is not None:

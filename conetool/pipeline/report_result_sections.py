@@ -12,7 +12,6 @@ from ..report_html import (
     Section,
     Table,
     b,
-    code,
     text,
 )
 from .report_experiment_sections import ExperimentSections
@@ -29,7 +28,7 @@ class ResultSections(ExperimentSections):
             command = self._kernels_command(minimal=True)
             return Section("verdict", "Verdict", (self._absent("kernels", command),))
         if len(self.steps) == 1:
-            return Section("verdict", "Verdict", (self._one_kernel("a verdict"),))
+            return Section("verdict", "Verdict", (self._too_few_kernels("a verdict"),))
         summary = self.distance
         if summary is None or "verdict" not in summary:
             return Section(
@@ -151,7 +150,7 @@ class ResultSections(ExperimentSections):
         if not self.steps:
             return Section("distance", title, (text("No kernels yet: nothing to compare."),))
         if len(self.steps) == 1:
-            return Section("distance", title, (self._one_kernel("a kernel distance"),))
+            return Section("distance", title, (self._too_few_kernels("a kernel distance"),))
         summary = self.distance
         if summary is None:
             return Section(
@@ -252,25 +251,13 @@ class ResultSections(ExperimentSections):
         if not self.steps:
             return Section("embed", title, (text("No kernels yet: nothing to embed."),))
         if len(self.steps) == 1:
-            return Section("embed", title, (self._one_kernel("an embedding"),))
+            return Section("embed", title, (self._too_few_kernels("an embedding"),))
         summary = self.embed
         if summary is None and len(self.steps) < 3:  # embed's two dimensions need three kernels
-            command = self._more_kernels_command()
-            if ("third kernel", command) not in self.missing:
-                self.missing.append(("third kernel", command))
-            return Section(
-                "embed",
-                title,
-                (
-                    text(
-                        f"The store holds {len(self.steps)} kernels; an embedding in two "
-                        "dimensions needs at least three. Compute more with ",
-                        code(command),
-                        ", then run conetool embed.",
-                        note=True,
-                    ),
-                ),
+            more = self._too_few_kernels(
+                "an embedding in two dimensions", 3, ", then run conetool embed."
             )
+            return Section("embed", title, (more,))
         if summary is None:
             return Section(
                 "embed",

@@ -31,6 +31,10 @@ from .report_inputs import _REGIMES, COLLAPSE_ROWS, _g, _source_name
 __all__ = ["RunSections"]
 
 
+#: What the report says to run after a one-kernel store has more kernels.
+_THEN_DISTANCE = " (it adds the checkpoints' missing steps), then run conetool distance and embed."
+
+
 class RunSections(ReportCommands):
     """Summary, missing parts, checkpoints and run."""
 
@@ -63,7 +67,7 @@ class RunSections(ReportCommands):
         elif len(steps) == 1:
             parts += [
                 "No verdict: the kernel distance needs at least two kernels (",
-                code(self._more_kernels_command()),
+                code(self._kernels_command(minimal=True, all_steps=True)),
                 " computes the others). ",
             ]
         else:
@@ -102,16 +106,21 @@ class RunSections(ReportCommands):
             blocks.append(Items(tuple(text(note) for note in self.notes)))
         return Section("missing", "Missing parts" if self.missing else "Notes", tuple(blocks))
 
-    def _one_kernel(self, what: str) -> Text:
-        """A one-kernel store: distance and embed would fail; more kernels come first."""
-        command = self._more_kernels_command()
-        if ("second kernel", command) not in self.missing:
-            self.missing.append(("second kernel", command))
+    def _too_few_kernels(self, what: str, needed: int = 2, then: str = _THEN_DISTANCE) -> Text:
+        """A store with fewer kernels than ``what`` needs (``needed``: two or three): the
+        command that computes the run's other kernels comes first (listed under Missing parts),
+        ``then`` says what to run after it."""
+        command = self._kernels_command(minimal=True, all_steps=True)
+        part = f"{('second', 'third')[needed - 2]} kernel"
+        if (part, command) not in self.missing:
+            self.missing.append((part, command))
+        held = len(self.steps)
+        holds = f"one kernel (step {self.steps[0]})" if held == 1 else f"{held} kernels"
         return text(
-            f"The store holds one kernel (step {self.steps[0]}); {what} needs at least two. "
+            f"The store holds {holds}; {what} needs at least {('two', 'three')[needed - 2]}. "
             "Compute more with ",
             code(command),
-            " (it adds the checkpoints' missing steps), then run conetool distance and embed.",
+            then,
             note=True,
         )
 
