@@ -46,7 +46,7 @@ from .data_order import augment_generator, batch_indices, mix_seed, steps_per_ep
 from .data_split import CropFlip, DataBundle, Split
 from .errors import DataError
 from .spec import BUILTIN_DATASETS, DataSpec
-from .user_modules import import_user_module
+from .user_modules import import_user_module, is_import_path
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -267,8 +267,7 @@ def _cifar10(spec: DataSpec) -> DataBundle:
 
 def _import_factory(path: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
-    dotted = (module_name.split("."), attr.split("."))
-    if not all(part.isidentifier() for parts in dotted for part in parts):
+    if not is_import_path(module_name, attr):
         raise DataError(f"'data.dataset' = {path!r} is not of the form \"package.module:factory\".")
     module = import_user_module(module_name, f"[data] dataset = {path!r}", DataError)
     obj: Any = module

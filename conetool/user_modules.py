@@ -11,7 +11,13 @@ from types import ModuleType
 
 from .errors import ConetoolError
 
-__all__ = ["import_user_module"]
+__all__ = ["import_user_module", "is_import_path"]
+
+
+def is_import_path(module_name: str, attribute: str) -> bool:
+    """Whether ``module_name`` and ``attribute`` (of ``"module_name:attribute"``) are dotted
+    Python identifiers (``"pkg.mod"``, ``"Factories.make"``): no relative import, no empty part."""
+    return all(part.isidentifier() for part in (*module_name.split("."), *attribute.split(".")))
 
 
 def import_user_module(module_name: str, what: str, error: type[ConetoolError]) -> ModuleType:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ConetoolError, ModelError
 from ..spec import ModelSpec
-from ..user_modules import import_user_module
+from ..user_modules import import_user_module, is_import_path
 from .lenet import lenet5, lenet_300_100
 from .mlp import mlp
 from .resnet import resnet20
@@ -162,12 +162,7 @@ def _resolve(arch: str) -> Callable[..., Any]:
     module_name, _, attr_path = arch.partition(":")
     module_name, attr_path = module_name.strip(), attr_path.strip()
     parts = attr_path.split(".")
-    if (
-        arch.count(":") != 1
-        or not module_name
-        or not all(p.isidentifier() for p in module_name.split("."))
-        or not all(p.isidentifier() for p in parts)
-    ):
+    if arch.count(":") != 1 or not is_import_path(module_name, attr_path):
         raise ModelError(
             f'[model] arch = "{arch}" is not a valid import path. Write "package.module:factory", '
             'e.g. arch = "mymodels:build_net" for a function build_net in mymodels.py, '
