@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_ntk_hidden_paths import Attention
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -106,22 +107,6 @@ class FixedFeatures(nn.Module):
         return self.head(torch.tanh(self.features(x)))
 
 
-class TinyAttention(nn.Module):
-    """Self-attention over 4 tokens: in eval mode nn.MultiheadAttention takes PyTorch's fused
-    fast path, which has no forward-mode derivative."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(3, 8)
-        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.embed(x)
-        a, _ = self.attn(h, h, h, need_weights=False)
-        return self.head(torch.tanh(a + h).mean(1))
-
-
 INPUTS = {
     "mlp": (5,),
     "convbn": (2, 6, 6),
@@ -139,7 +124,7 @@ def _build(name: str, seed: int = 0) -> nn.Module:
         "convbn": ConvBN,
         "resnet": TinyResNet,
         "resnet_relu": lambda: TinyResNet("relu"),
-        "attention": TinyAttention,
+        "attention": Attention,  # eval mode takes the fused fast path: no forward-mode AD
     }[name]().double()
     if name not in ("mlp", "attention"):
         model.train()
