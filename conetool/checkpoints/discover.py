@@ -82,8 +82,38 @@ def _describe_contents(scan: Scan) -> str:
     return f"it holds: {shown}"
 
 
+def _nested_list(scan: Scan) -> str:
+    """``seed0/ (9 checkpoints), seed1/ (9 checkpoints)``: the subfolders that hold checkpoints."""
+    shown = [f"{name} ({n} checkpoint{'s' if n > 1 else ''})" for name, n in scan.nested.items()]
+    more = len(shown) - 5
+    return ", ".join(shown[:5]) + (f" and {more} more" if more > 0 else "")
+
+
+def nested_note(scan: Scan) -> str | None:
+    """The note for checkpoints in subfolders, which are not read; None when there are none."""
+    if not scan.nested:
+        return None
+    first = scan.directory / next(iter(scan.nested))
+    plural = len(scan.nested) > 1
+    return (
+        f"not read: {'subfolders' if plural else 'subfolder'} {_nested_list(scan)} of "
+        f"'{scan.directory}' (conetool reads a directory's own checkpoint files and checkpoint-N/ "
+        f"folders, not other subfolders). To use {'them' if plural else 'it'}, point at "
+        f"{'each' if plural else 'it'}: '{first}'."
+    )
+
+
 def empty_error(scan: Scan) -> CheckpointError:
     """The error for a directory without checkpoint candidates, listing what is there."""
+    if scan.nested:
+        first = scan.directory / next(iter(scan.nested))
+        which = "one run's folder, such as" if len(scan.nested) > 1 else "that folder,"
+        return CheckpointError(
+            f"no checkpoints in '{scan.directory}' itself: they are in "
+            f"{'subfolders' if len(scan.nested) > 1 else 'its subfolder'} {_nested_list(scan)}, "
+            f"and conetool reads a directory's own checkpoint files and checkpoint-N/ folders, "
+            f"not other subfolders. Pass {which} '{first}'."
+        )
     return CheckpointError(
         f"no checkpoints in '{scan.directory}' ({_describe_contents(scan)}). conetool reads "
         f"*.safetensors and *.pt/*.pth/*.bin/*.ckpt files and Hugging Face checkpoint-N/ folders, "
@@ -246,6 +276,8 @@ def list_checkpoints(
     pickled = [r for r in refs if r.format == "torch"]
     if pickled:
         warn(torch_note(len(pickled), pickled[0].file))
+    if note := nested_note(scan):
+        warn(note)
     return refs
 
 

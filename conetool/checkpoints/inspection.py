@@ -9,6 +9,7 @@ and shapes against the model, and records each file's fingerprint.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import nn
 from conetool.errors import CheckpointError
 
 from ._keys import describe_mismatch, match_keys
-from .discover import TORCH_NOTE, Candidate, scan_selected
+from .discover import TORCH_NOTE, Candidate, default_warn, nested_note, scan_selected
 from .load import match_state_dict, read_checkpoint
 from .step_names import epoch_note
 
@@ -57,13 +58,15 @@ def inspect_checkpoints(
     iterations_per_epoch: int | None = None,
     steps: tuple[int | None, int | None] | None = None,
     every: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[InspectRow]:
     """One row per checkpoint candidate of ``directory``, sorted by step (unknown steps last).
 
     Per-file problems (everything :func:`list_checkpoints` would refuse, plus a key or shape
     mismatch with ``model`` read from the headers, plus with ``verify`` NaN/Inf, unreadable data or
     a file that changes while read) become rows with ``status="error"``; nothing is raised for them.
-    Other arguments as in :func:`list_checkpoints`.
+    Other arguments as in :func:`list_checkpoints`; ``warn`` receives a note on what the directory
+    holds but is not read (checkpoints in subfolders); default :func:`warnings.warn`.
 
     Raises:
         CheckpointError: the directory is missing or unreadable, holds no checkpoint candidate, or
@@ -77,6 +80,8 @@ def inspect_checkpoints(
         every=every,
         deep=True,
     )
+    if note := nested_note(scan):
+        (warn or default_warn)(note)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None
     from_epochs = sum(1 for c in scan.candidates if c.epoch is not None)
     rows = []

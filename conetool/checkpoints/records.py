@@ -112,3 +112,5 @@ class Scan:
     ignored: list[str] = field(default_factory=list)  # skipped on purpose (optimizer states, ...)
     others: list[str] = field(default_factory=list)  # everything else in the directory
     unselected: list[int] = field(default_factory=list)  # steps left out by --steps / --every
+    # subfolders (not checkpoint folders) holding checkpoints, which are not read: name -> count
+    nested: dict[str, int] = field(default_factory=dict)

@@ -200,6 +200,30 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
     return c
 
 
+def _nested_checkpoints(folder: Path) -> int:
+    """How many checkpoints (files and checkpoint-N/ folders) a subfolder that is not itself a
+    checkpoint folder holds at its top level; 0 for a conetool store or an unreadable folder."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError:
+        return 0
+    if any(e.name == paths.MANIFEST_NAME for e in entries):
+        return 0  # a store: its probe.safetensors is no checkpoint
+    count = 0
+    for e in entries:
+        try:
+            if e.name.startswith(".") or paths.is_optimizer_state(Path(e.name)):
+                continue
+            if e.is_dir():
+                count += bool(_HF_FOLDER.match(e.name))
+            elif e.is_file() and has_checkpoint_suffix(e.name) and not _NOT_MODEL.match(e.name):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
 def _list_directory(directory: Path) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(directory) as it:
@@ -232,6 +256,8 @@ def _collect(directory: Path, deep: bool) -> Scan:
             c = _folder_candidate(path, deep)
             if c is None:
                 scan.others.append(name + "/")
+                if count := _nested_checkpoints(path):
+                    scan.nested[name + "/"] = count
             else:
                 scan.candidates.append(c)
         elif kind != "file" or not has_checkpoint_suffix(name):

@@ -45,9 +45,16 @@ def inspect(
     from ..pipeline import inspect as inspect_run
     from ..units import format_bytes
 
+    directory_notes: list[str] = []
     with handle_errors(debug):
         rows = inspect_run(
-            ckpts, spec=spec, verify=verify, step_regex=step_regex, steps=steps, every=every
+            ckpts,
+            spec=spec,
+            verify=verify,
+            step_regex=step_regex,
+            steps=steps,
+            every=every,
+            warn=directory_notes.append,
         )
     table = Table(title=f"conetool inspect {ckpts}", title_justify="left")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
@@ -69,7 +76,7 @@ def inspect(
             status,
         )
     console.print(table)
-    notes = sorted({row.note for row in rows if row.note})
+    notes = sorted({row.note for row in rows if row.note}) + directory_notes
     for note in notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     bad = [row for row in rows if row.status != "ok"]

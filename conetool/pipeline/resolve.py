@@ -23,6 +23,18 @@ def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
     found = paths.spec(ckpts)
     if found.is_file():
         return load_spec(found)
+    runs = (
+        sorted(p.parent for p in Path(ckpts).glob(f"*/{paths.SPEC_NAME}")) if ckpts.is_dir() else []
+    )
+    if runs:
+        shown = ", ".join(f"'{r}'" for r in runs[:3]) + (" ..." if len(runs) > 3 else "")
+        raise SpecError(
+            f"{ckpts} has no {paths.SPEC_NAME} and no --spec was given, but its "
+            f"{'subfolders' if len(runs) > 1 else 'subfolder'} {shown} "
+            f"{'hold runs' if len(runs) > 1 else 'holds a run'} of `conetool train` (with "
+            f"{paths.SPEC_NAME}): checkpoints in subfolders are not read, so pass the run's own "
+            f"folder, such as '{runs[0]}'."
+        )
     raise SpecError(
         f"{ckpts} has no {paths.SPEC_NAME} and no --spec was given, so conetool cannot rebuild "
         "the model. Pass --spec SPEC.toml, or save one as "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import paths
@@ -18,6 +19,7 @@ def inspect(
     step_regex: str | None = None,
     steps: str | None = None,
     every: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[InspectRow]:
     """One row per checkpoint found in ``ckpts``: step, file, size, parameter count, status.
 
@@ -45,4 +47,5 @@ def inspect(
         iterations_per_epoch=ipe,
         steps=parse_step_range(steps) if steps else None,
         every=every,
+        warn=warn,
     )

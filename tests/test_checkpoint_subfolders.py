@@ -1,0 +1,107 @@
+"""Checkpoints in subfolders are not read; conetool says where they are instead of staying silent.
+
+A researcher points at ``runs/`` whose runs sit in ``runs/seed0/``, or keeps some checkpoints
+one level down: the empty-directory error names the subfolder to pass, and a directory with
+checkpoints of its own notes the ones it does not read (``kernels``, ``inspect``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conetool import paths
+from conetool.checkpoints import inspect_checkpoints, list_checkpoints
+from conetool.errors import CheckpointError, SpecError
+from conetool.pipeline.resolve import resolve_spec
+
+
+def write(directory: Path, *steps: int) -> None:
+    """What `conetool train` writes per step: the checkpoint and its optimizer state."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        save_file({"w": torch.full((2,), float(step))}, str(paths.checkpoint(directory, step)))
+        save_file({"m": torch.ones(2)}, str(paths.optimizer_state(directory, step)))
+
+
+def test_a_folder_of_runs_names_the_run_folder_to_pass(tmp_path: Path):
+    write(tmp_path / "runs" / "seed0", 0, 10, 20)
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(tmp_path / "runs")
+    text = str(e.value)
+    assert "its subfolder seed0/ (3 checkpoints)" in text  # optimizer states not counted
+    assert f"'{tmp_path / 'runs' / 'seed0'}'" in text
+
+
+def test_several_runs_are_each_named(tmp_path: Path):
+    write(tmp_path / "runs" / "seed0", 0, 10)
+    write(tmp_path / "runs" / "seed1", 0)
+    (tmp_path / "runs" / "logs").mkdir()  # a subfolder without checkpoints is not named
+    (tmp_path / "runs" / "logs" / "events.txt").write_text("x")
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(tmp_path / "runs")
+    text = str(e.value)
+    assert "subfolders seed0/ (2 checkpoints), seed1/ (1 checkpoint)" in text
+    assert "logs/ (" not in text
+
+
+def test_checkpoints_beside_a_subfolder_of_checkpoints_note_the_subfolder(tmp_path: Path):
+    run = tmp_path / "run"
+    write(run, 0, 10)
+    write(run / "old", 5, 15)
+    notes: list[str] = []
+    refs = list_checkpoints(run, warn=notes.append)
+    assert [r.step for r in refs] == [0, 10]  # still not read
+    assert len(notes) == 1
+    assert "not read: subfolder old/ (2 checkpoints)" in notes[0]
+    assert f"'{run / 'old'}'" in notes[0]
+    rows_notes: list[str] = []
+    rows = inspect_checkpoints(run, warn=rows_notes.append)
+    assert [r.step for r in rows] == [0, 10]
+    assert rows_notes == notes
+
+
+def test_no_note_for_a_store_optimizer_states_hidden_files_or_hf_folders(tmp_path: Path):
+    run = tmp_path / "run"
+    write(run, 0, 10)
+    store = run / "conetool-out"  # a store kept inside the run: its probe is no checkpoint
+    store.mkdir()
+    (store / paths.MANIFEST_NAME).write_text("{}")
+    save_file({"x": torch.zeros(2)}, str(store / paths.PROBE_NAME))
+    extras = run / "extras"
+    extras.mkdir()
+    save_file({"m": torch.ones(2)}, str(extras / "step_000001.optim.safetensors"))
+    save_file({"m": torch.ones(2)}, str(extras / ".step_000002.safetensors"))
+    (extras / "optimizer.pt").write_bytes(b"")
+    hf = run / "checkpoint-30"  # a Hugging Face folder is a checkpoint, read as one
+    hf.mkdir()
+    save_file({"w": torch.zeros(2)}, str(hf / "model.safetensors"))
+    (hf / "trainer_state.json").write_text(json.dumps({"global_step": 30}))
+    notes: list[str] = []
+    refs = list_checkpoints(run, warn=notes.append)
+    assert [r.step for r in refs] == [0, 10, 30]
+    assert notes == []
+
+
+def test_hf_checkpoint_folders_one_level_down_are_counted(tmp_path: Path):
+    hf = tmp_path / "runs" / "trainer_out" / "checkpoint-30"
+    hf.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(hf / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"trainer_out/ \(1 checkpoint\)"):
+        list_checkpoints(tmp_path / "runs")
+
+
+def test_a_missing_spec_names_the_subfolder_that_holds_a_run(tmp_path: Path):
+    runs = tmp_path / "runs"
+    write(runs / "seed0", 0)
+    (runs / "seed0" / paths.SPEC_NAME).write_text("[model]\n")
+    with pytest.raises(SpecError) as e:
+        resolve_spec(runs, None)
+    assert f"'{runs / 'seed0'}'" in str(e.value)
+    assert "subfolders are not read" in str(e.value)
+    with pytest.raises(SpecError, match="Pass --spec SPEC.toml"):  # no run below: as before
+        resolve_spec(runs / "seed0" / "missing", None)
