@@ -66,6 +66,47 @@ def test_second_run_does_nothing_and_changed_checkpoint_is_recomputed(run, tmp_p
     assert not torch.equal(Store.open(tmp_path / "s").load_kernel(5), before)
 
 
+def _change(path) -> None:
+    """Other weights in the same file (same name, same metadata): a retrained checkpoint."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata=meta)
+
+
+def test_a_run_retrained_with_fewer_steps_in_its_folder_is_warned_of(run, tmp_path):
+    kernels(run, store=tmp_path / "s", device="cpu")
+    for step in (0, 5):
+        _change(paths.checkpoint(run, step))
+    paths.checkpoint(run, 10).unlink()  # the new run stopped at step 5
+    again = kernels(run, store=tmp_path / "s", device="cpu")
+    assert again.computed == [0, 5]
+    warned = [w for w in again.warnings if "gone" in w]
+    assert len(warned) == 1, again.warnings
+    assert "steps 0, 5; recomputed" in warned[0] and "gone (10)" in warned[0]
+    assert "earlier run" in warned[0]
+    assert Store.open(tmp_path / "s").steps() == [0, 5, 10]  # a warning: nothing removed
+
+
+@pytest.mark.parametrize(
+    "case", ["only deleted", "only changed", "outside --steps", "kernel file lost"]
+)
+def test_no_retrain_warning_for_deleted_or_changed_checkpoints_alone(run, tmp_path, case):
+    kernels(run, store=tmp_path / "s", device="cpu")
+    steps = None
+    if case != "only changed":
+        paths.checkpoint(run, 10).unlink()  # checkpoints deleted once their kernels are stored
+    if case in ("only changed", "outside --steps"):
+        _change(paths.checkpoint(run, 5))
+    if case == "outside --steps":
+        steps = "0:5"  # step 10 is outside the selection: not gone from it
+    if case == "kernel file lost":  # recomputed from the same checkpoint: nothing changed
+        (tmp_path / "s" / paths.kernel_relative(5)).unlink()
+    again = kernels(run, store=tmp_path / "s", device="cpu", steps=steps)
+    assert again.computed == ([] if case == "only deleted" else [5])
+    assert not [w for w in again.warnings if "gone" in w], again.warnings
+
+
 class _StopAfter:
     """Progress whose outer bar raises KeyboardInterrupt after ``k`` checkpoints."""
 

@@ -22,8 +22,10 @@ from .. import distributed, paths
 from ..checkpoints import (
     CheckpointRef,
     apply_checkpoint,
+    parse_step_range,
     read_checkpoint,
 )
+from ..checkpoints.selection import is_selected
 from ..data import DataBundle
 from ..errors import ConetoolError, StoreError
 from ..heap import kept_freed_memory
@@ -35,6 +37,7 @@ from ..progress import CountBar, Progress
 from ..spec import Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from .prefetch import ReadAhead, Writer
+from .retrained_run import retrained_warning
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -132,6 +135,7 @@ def compute_all(
     )
     pending = set(todo)
     unchanged = [ref.step for ref in plan.refs if ref.step not in pending]
+    before = _fingerprints(out) if job.is_main else {}
     by_step = {ref.step: ref for ref in plan.refs}
 
     computed: list[int] = []
@@ -324,11 +328,22 @@ def compute_all(
             f"computed into {out.root}. {listed}{more}. Fix the checkpoints (or the options) "
             "and rerun."
         )
+    all_computed = sorted(s for other in shares for s in other["computed"])
+    if job.is_main:
+        selection = parse_step_range(options.steps) if options.steps else None
+        present = {ref.step for ref in plan.refs}
+        gone = [
+            s for s in out.steps() if s not in present and is_selected(s, selection, options.every)
+        ]
+        after = _fingerprints(out)
+        if note := retrained_warning(before, after, all_computed, gone, str(out.root)):
+            notes.append(note)
+            progress.log(f"warning: {note}")
     found_shape = next((tuple(o["shape"]) for o in shares if o["shape"]), ())
     devices = [other["device"] for other in shares]
     return KernelsResult(
         store=out.root,
-        computed=sorted(s for other in shares for s in other["computed"]),
+        computed=all_computed,
         skipped=sorted(unchanged + [s for other in shares for s in other["skipped"]]),
         failed=dict(sorted(all_failed.items())),
         kernel_shape=found_shape or _stored_shape(out),
@@ -342,6 +357,11 @@ def compute_all(
         layer_computed=sorted(s for other in shares for s in other["layer_computed"]),
         layer_groups=list(layers) if layers is not None else None,
     )
+
+
+def _fingerprints(store: Store) -> dict[int, str]:
+    """Each stored step's checkpoint fingerprint."""
+    return {step: record.fingerprint for step, record in store.records().items()}
 
 
 def _eval_unchanged(store: Store, step: int, eval_hash: str) -> bool:
