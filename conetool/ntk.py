@@ -69,6 +69,7 @@ from .choices import Kind, Method, choice
 from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError
 from .heap import kept_freed_memory
+from .library_call import library_call
 from .ntk_checks import (
     check_independence,
     check_modules,
@@ -119,6 +120,7 @@ class NonFiniteKernelError(ConetoolError):
     """The kernel has NaN or infinite entries (the caller adds which checkpoint it was)."""
 
 
+@library_call
 def empirical_ntk(
     model: nn.Module,
     x1: Tensor,

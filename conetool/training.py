@@ -27,6 +27,7 @@ from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
 from .errors import DataError, SpecError, StoreError
 from .io import atomic_save_safetensors, atomic_write_csv
+from .library_call import library_call
 from .loop import TrainingLoop
 from .models import build_model, output_check
 from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
@@ -78,6 +79,7 @@ def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Modul
     return model, data
 
 
+@library_call
 def train(
     spec: Spec | str | Path,
     out: str | Path,

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import ConetoolError
+from ..library_call import command_line
 from ..progress import NullProgress
 from .progress_display import PlainProgress, RichProgress
 
@@ -100,7 +101,8 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
     try:
-        yield
+        with command_line():  # messages name the flags only, not the Python arguments
+            yield
     except PeerFailedError:
         if debug:
             err_console.print_exception()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
 from ..threads import limit_threads
@@ -79,6 +80,7 @@ class DemoResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+@library_call
 def demo(
     out: str | Path = "conetool-demo",
     *,

@@ -37,6 +37,7 @@ from ..geometry import (
     velocity_dt,
 )
 from ..io import atomic_write_json
+from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, load_spec
 from ..store import Store
@@ -118,6 +119,7 @@ class DistanceResult:
     notes: list[str] = field(default_factory=list)
 
 
+@library_call
 def distance(
     store: str | Path = paths.DEFAULT_STORE,
     *,

@@ -25,6 +25,7 @@ from .._version import __version__
 from ..embedding import Embedding, Method, embed_kernels
 from ..errors import ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
+from ..library_call import library_call
 from ..plots import embedding_figure, save_figure
 from ..progress import NullProgress, Progress
 from ..store import Store
@@ -64,6 +65,7 @@ class EmbedResult:
     files: list[Path] = field(default_factory=list)
 
 
+@library_call
 def embed(
     store: str | Path = paths.DEFAULT_STORE,
     *,

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from .. import paths
 from ..checkpoints import InspectRow, inspect_checkpoints, parse_step_range
+from ..library_call import library_call
 from ..spec import Spec
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 
+@library_call
 def inspect(
     ckpts: str | Path,
     *,

@@ -20,6 +20,7 @@ from ..choices import Dtype, Kind, Method, choice
 from ..data import load_data
 from ..errors import ConetoolError, DataError, StoreError
 from ..layer_groups import groups_hash, parameter_groups, parse_groups
+from ..library_call import library_call
 from ..models import output_check
 from ..ntk import parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
@@ -33,6 +34,7 @@ from .remembered import imports_record, read_manifest, recorded_step_regex, sele
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 
+@library_call
 def kernels(
     ckpts: str | Path,
     *,

@@ -37,6 +37,7 @@ from ..store import Store
 
 __all__ = ["ReportResult", "report"]
 
+from ..library_call import library_call
 from .report_result_sections import ResultSections
 from .resolve import moved_run
 
@@ -70,6 +71,7 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
 
 
+@library_call
 def report(
     store: str | Path = paths.DEFAULT_STORE,
     *,

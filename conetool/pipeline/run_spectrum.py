@@ -31,6 +31,7 @@ from ..errors import DataError, StoreError
 from ..io import atomic_write_csv, atomic_write_json
 from ..kernel_regression import DEFAULT_RIDGE, kernel_regression
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
+from ..library_call import library_call
 from ..plots import save_figure, spectrum_figure
 from ..probe import Probe, load_probe
 from ..progress import NullProgress, Progress
@@ -72,6 +73,7 @@ class SpectrumResult:
     ridge: float = DEFAULT_RIDGE
 
 
+@library_call
 def spectrum(
     store: str | Path = paths.DEFAULT_STORE,
     *,

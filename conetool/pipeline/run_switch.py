@@ -29,6 +29,7 @@ from ..choices import Reference, choice
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
 from ..io import make_dir
+from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
 from ..store import nearest_steps, read_manifest
@@ -114,6 +115,7 @@ class SwitchOptions:
     beyond_run: bool
 
 
+@library_call
 def switch(
     at: Sequence[int | str],
     *,

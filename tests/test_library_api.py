@@ -1,0 +1,97 @@
+"""conetool used from Python (a notebook), not the command line: the caller's global state is
+left as found, and errors name the Python arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_run import SPEC, run_fixtures
+
+import conetool
+from conetool.library_call import command_line, python_names
+from conetool.spec import spec_from_dict
+
+trained, run = run_fixtures()
+
+
+def _after_seed(seed: int, call: object) -> torch.Tensor:
+    torch.manual_seed(seed)
+    if callable(call):
+        call()
+    return torch.randn(4)
+
+
+def test_library_calls_keep_the_callers_random_state(run: Path, tmp_path: Path) -> None:
+    """Building a model seeds torch's global generator with the spec's seed, and training seeds it
+    at every step: the caller's stream continues as if conetool had not been called."""
+    store = tmp_path / "store"
+    calls = {
+        "train": lambda: conetool.train(
+            spec_from_dict(SPEC, source="tiny.toml"), tmp_path / "again", overwrite=True, threads=1
+        ),
+        "inspect": lambda: conetool.inspect(run),
+        "kernels": lambda: conetool.kernels(run, store=store, threads=1),
+        "distance": lambda: conetool.distance(store),
+        "switch": lambda: conetool.switch([5], store=store, threads=1),
+    }
+    for name, call in calls.items():
+        for seed in (1, 2):
+            expected = _after_seed(seed, None)
+            assert torch.equal(_after_seed(seed, call), expected), name
+
+
+def test_a_failed_call_keeps_the_random_state_too(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    expected = torch.randn(4)
+    torch.manual_seed(3)
+    with pytest.raises(conetool.ConetoolError):
+        conetool.distance(tmp_path / "missing")
+    assert torch.equal(torch.randn(4), expected)
+
+
+def test_errors_from_python_name_the_arguments(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    conetool.kernels(run, store=store, threads=1)
+    with pytest.raises(conetool.ConetoolError, match=r"\(Python: refs= for --ref\.\)$"):
+        conetool.distance(store, refs=["abc"])
+    with pytest.raises(conetool.ConetoolError, match=r"\(Python: dts= for --dt\.\)$"):
+        conetool.distance(store, dts=[0])
+    with pytest.raises(conetool.ConetoolError, match=r"probe_size= for --probe-size"):
+        conetool.kernels(run, store=tmp_path / "other", probe_size=0, threads=1)
+    # a boolean flag is the argument set to True
+    with pytest.raises(conetool.ConetoolError, match=r"overwrite=True for --overwrite"):
+        conetool.train(spec_from_dict(SPEC, source="tiny.toml"), run, threads=1)
+    # the engine's own arguments
+    with pytest.raises(conetool.ConetoolError, match=r"method= for --method"):
+        conetool.empirical_ntk(torch.nn.Linear(2, 2), torch.randn(3, 2), method="fast")
+
+
+def test_the_command_line_keeps_its_flags(tmp_path: Path) -> None:
+    with command_line(), pytest.raises(conetool.ConetoolError) as caught:
+        conetool.distance(tmp_path / "missing")
+    assert "Python:" not in str(caught.value)
+
+
+def test_only_the_outermost_call_adds_the_names(tmp_path: Path) -> None:
+    """demo calls train, kernels, ...: the note is added once, with demo's own arguments."""
+    with pytest.raises(conetool.ConetoolError) as caught:
+        conetool.demo(tmp_path, steps=8, probe_size=4, threads="none")
+    assert str(caught.value).count("(Python:") == 1
+    assert str(caught.value).endswith("(Python: threads= for --threads.)")
+
+
+def test_python_names() -> None:
+    def f(store: str, *, refs: list[int], noise: bool = True, skip_bad: bool = False) -> None:
+        pass
+
+    import inspect
+
+    params = inspect.signature(f).parameters
+    message = "--ref 7 and --skip-bad, --no-noise; conetool kernels --store X --ref 8 --kind full"
+    assert python_names(message, params) == (
+        " (Python: refs= for --ref; skip_bad=True for --skip-bad; noise=False for --no-noise; "
+        "store= for --store.)"
+    )
+    assert python_names("nothing to name", params) == ""
