@@ -99,9 +99,10 @@ def f0_and_jvp(
     The model runs in whatever mode it is in; call ``model.eval()`` first for the eval-mode
     definitions of conetool. Inside a ``torch.func`` forward-mode transform (``torch.func.jvp``,
     ``jacfwd``), where ``torch.autograd.forward_ad`` cannot nest, it uses ``torch.func.jvp``, which
-    gives the same numbers (up to 20 % slower when differentiated, on LeNet-5 and ResNet-20). Inside
-    an outer ``torch.autograd.forward_ad.dual_level`` neither can run: PyTorch does not nest forward
-    mode AD there.
+    gives the same numbers (up to 20 % slower when differentiated, on LeNet-5 and ResNet-20); so it
+    does under ``torch.inference_mode()``, where dual numbers carry no tangent. Inside an outer
+    ``torch.autograd.forward_ad.dual_level`` neither can run: PyTorch does not nest forward mode
+    AD there.
     """
     kwargs = dict(kwargs or {})
     consts = dict(consts or {})
@@ -109,11 +110,14 @@ def f0_and_jvp(
         # PyTorch scripts its forward-AD decompositions on first use and warns, from inside
         # torch, that torch.jit.script is deprecated: nothing a user can act on.
         warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
-        try:
-            return _f0_and_jvp_dual(model, primals, tangents, args, kwargs, consts)
-        except RuntimeError as exc:
-            if "forward mode AD" not in str(exc) and "forward AD" not in str(exc):
-                raise
+        # Under torch.inference_mode() dual tensors carry no tangent: the dual path would return
+        # f(x; θ_t) with a zero J t, silently. torch.func.jvp computes it there.
+        if not torch.is_inference_mode_enabled():
+            try:
+                return _f0_and_jvp_dual(model, primals, tangents, args, kwargs, consts)
+            except RuntimeError as exc:
+                if "forward mode AD" not in str(exc) and "forward AD" not in str(exc):
+                    raise
         return _f0_and_jvp_func(model, primals, tangents, args, kwargs, consts)
 
 

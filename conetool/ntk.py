@@ -228,9 +228,19 @@ def empirical_ntk(
 
     def cast(t: Tensor) -> Tensor:
         t = t.detach()
-        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+        t = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+        # A tensor made under torch.inference_mode() cannot enter autograd: a copy can.
+        return t.clone() if t.is_inference() else t
 
-    with eval_mode(model), no_tf32(), torch.no_grad(), kept_freed_memory(), composite_attention():
+    # The engine differentiates: a caller's torch.inference_mode() is suspended for the call.
+    with (
+        torch.inference_mode(False),
+        eval_mode(model),
+        no_tf32(),
+        torch.no_grad(),
+        kept_freed_memory(),
+        composite_attention(),
+    ):
         if check:
             check_modules(model)
         params = {name: cast(p) for name, p in trainable.items()}

@@ -95,3 +95,41 @@ def test_python_names() -> None:
         "store= for --store.)"
     )
     assert python_names("nothing to name", params) == ""
+
+
+def _small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.BatchNorm2d(3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(3 * 6 * 6, 4),
+    )
+
+
+def test_linearized_model_under_inference_mode() -> None:
+    """Dual numbers carry no tangent under torch.inference_mode(): the linearized model returned
+    f(x; θ_t), the network at the anchor, instead of f_lin(x; θ)."""
+    lin = conetool.linearize(_small_net())
+    with torch.no_grad():
+        for p in lin.parameters():
+            p.add_(0.01)
+    x = torch.randn(5, 1, 8, 8)
+    expected = lin(x).detach()
+    with torch.inference_mode():
+        found = lin(x)
+    torch.testing.assert_close(found, expected)
+
+
+@pytest.mark.parametrize("kind", ["trace", "full"])
+def test_empirical_ntk_under_inference_mode(kind: str) -> None:
+    model, x = _small_net(), torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    model.double()
+    expected = conetool.empirical_ntk(model, x, kind=kind, device="cpu")
+    with torch.inference_mode():
+        inputs = x.clone()  # an inference tensor
+        found = conetool.empirical_ntk(model, inputs, kind=kind, device="cpu")
+        cross = conetool.empirical_ntk(model, inputs, inputs[:2], kind=kind, device="cpu")
+    torch.testing.assert_close(found, expected)
+    torch.testing.assert_close(cross, expected[:, :2] if kind == "trace" else expected[:, :, :2])
