@@ -133,3 +133,26 @@ def test_empirical_ntk_under_inference_mode(kind: str) -> None:
         cross = conetool.empirical_ntk(model, inputs, inputs[:2], kind=kind, device="cpu")
     torch.testing.assert_close(found, expected)
     torch.testing.assert_close(cross, expected[:, :2] if kind == "trace" else expected[:, :, :2])
+
+
+def test_one_step_and_step_pairs_as_plain_python_values(run: Path, tmp_path: Path) -> None:
+    """switch(5), distance(refs=0, dts=5), kernels(steps=(0, 5)): a bare int failed with
+    "'int' object is not iterable", a string was read one character at a time, and a (first,
+    last) pair with "'tuple' object has no attribute 'strip'"."""
+    store = tmp_path / "store"
+    assert [r.step for r in conetool.inspect(run, steps=(5, None))] == [5, 10]
+    assert [r.step for r in conetool.inspect(run, steps=[None, 5])] == [0, 5]
+    result = conetool.kernels(run, store=store, steps=(0, 5), threads=1)
+    assert result.computed == [0, 5]
+    conetool.kernels(run, store=store, threads=1)
+    d = conetool.distance(store, refs=0, dts=5, noise=False)
+    assert d.refs == [0] and d.dts == [5]
+    assert conetool.distance(store, refs="last", noise=False).refs == [10]
+    with pytest.raises(conetool.ConetoolError, match="steps= for --steps"):
+        conetool.kernels(run, store=store, steps=(0, 5, 10), threads=1)
+    assert [p.at for p in conetool.switch(5, store=store, threads=1).points] == [5]
+    assert [p.at for p in conetool.switch("0:10:5", store=store, threads=1).points] == [0, 5]
+    assert [p.at for p in conetool.switch(range(0, 10, 5), store=store, threads=1).points] == [
+        0,
+        5,
+    ]

@@ -44,6 +44,7 @@ from .load import (
     read_checkpoint,
     read_state_dict,
 )
+from .selection import StepRange, step_range_text
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -51,6 +52,7 @@ __all__ = [
     "CheckpointWarning",
     "InspectRow",
     "LoadedCheckpoint",
+    "StepRange",
     "apply_checkpoint",
     "check_finite_tensors",
     "checkpoint_ref",
@@ -63,4 +65,5 @@ __all__ = [
     "read_checkpoint",
     "read_state_dict",
     "step_from_name",
+    "step_range_text",
 ]

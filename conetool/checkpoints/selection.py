@@ -44,6 +44,25 @@ def parse_step_range(text: str) -> tuple[int | None, int | None]:
     return lo, hi
 
 
+StepRange = str | tuple[int | None, int | None] | list[int | None]
+
+
+def step_range_text(steps: StepRange | None) -> str | None:
+    """The ``steps`` argument of ``kernels`` and ``inspect`` as ``--steps`` text: a string as it
+    is, a pair ``(first, last)`` (both included, either None for an open end) as
+    ``"first:last"``; ``(0, 5000)`` -> ``"0:5000"``, ``(2000, None)`` -> ``"2000:"``."""
+    if steps is None or isinstance(steps, str):
+        return steps
+    if isinstance(steps, (tuple, list)) and len(steps) == 2:
+        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in steps):
+            return ":".join("" if v is None else str(v) for v in steps)
+    raise CheckpointError(
+        f"--steps {steps!r} is not a step range: pass a pair (first, last) of steps, both "
+        "included, with None for an open end ((0, 5000), (2000, None)), or the text "
+        "'0:5000'."
+    )
+
+
 def check_selection(steps: tuple[int | None, int | None] | None, every: int | None) -> None:
     if every is not None and (not isinstance(every, int) or every < 1):
         raise CheckpointError(f"--every must be a positive whole number of steps, not {every!r}.")

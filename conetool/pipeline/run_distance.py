@@ -17,7 +17,7 @@ Outputs (names from :mod:`conetool.paths`)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +123,8 @@ class DistanceResult:
 def distance(
     store: str | Path = paths.DEFAULT_STORE,
     *,
-    refs: Sequence[int | str] | None = None,
-    dts: Sequence[int] | None = None,
+    refs: int | str | Sequence[int | str] | None = None,
+    dts: int | Sequence[int] | None = None,
     rules: VerdictRules | None = None,
     logx: bool = False,
     logy: bool = False,
@@ -139,9 +139,9 @@ def distance(
 
     Args:
         store: the store directory (``conetool kernels`` wrote it).
-        refs: reference steps τ (ints, or ``"last"``); default step 0, or the first stored step
+        refs: reference steps τ (ints, or ``"last"``; one, or a sequence); default step 0, or the first stored step
             when 0 is not stored. Each must be stored.
-        dts: adjacent spacings; default the smallest spacing between consecutive stored steps,
+        dts: adjacent spacings (one, or a sequence); default the smallest spacing between consecutive stored steps,
             plus the ``dt`` the verdict's velocity uses when that is another one. A ``dt`` with no
             stored pair is an error that lists the spacings that exist.
         rules: the verdict's thresholds (:class:`conetool.verdict.VerdictRules`). When ``refs``
@@ -176,6 +176,8 @@ def distance(
     stored = opened.steps()
     require_kernels(opened, stored)
     wanted = _parse_refs(refs)
+    if dts is not None and not isinstance(dts, Iterable):
+        dts = [dts]
     for ref in wanted:  # before any kernel is read: a typo fails at once
         if ref != "last":
             step_index(stored, int(ref))
@@ -285,10 +287,13 @@ _OUTPUTS = (
 # --------------------------------------------------------------------------- options
 
 
-def _parse_refs(refs: Sequence[int | str] | None) -> list[int | str]:
-    """``--ref`` values as ints or ``"last"``; an error naming ``--ref`` on anything else."""
+def _parse_refs(refs: int | str | Sequence[int | str] | None) -> list[int | str]:
+    """``--ref`` values as ints or ``"last"`` (one, or a sequence of them); an error naming
+    ``--ref`` on anything else."""
     if refs is None:
         return []
+    if isinstance(refs, str) or not isinstance(refs, Iterable):
+        refs = [refs]
     parsed: list[int | str] = []
     for raw in refs:
         if isinstance(raw, bool):

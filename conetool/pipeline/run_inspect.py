@@ -6,7 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import paths
-from ..checkpoints import InspectRow, inspect_checkpoints, parse_step_range
+from ..checkpoints import (
+    InspectRow,
+    StepRange,
+    inspect_checkpoints,
+    parse_step_range,
+    step_range_text,
+)
 from ..library_call import library_call
 from ..spec import Spec
 from .resolve import iterations_per_epoch, model_for, resolve_spec
@@ -19,7 +25,7 @@ def inspect(
     spec: Spec | str | Path | None = None,
     verify: bool = False,
     step_regex: str | None = None,
-    steps: str | None = None,
+    steps: StepRange | None = None,
     every: int | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> list[InspectRow]:
@@ -28,7 +34,8 @@ def inspect(
     Reads headers only, unless ``verify`` (then every tensor is loaded and checked finite, and
     shapes are checked against the spec's model). The spec (``--spec`` or ``CKPTS/conetool.toml``)
     is optional; with it, keys and shapes are checked against the model and open_lth's
-    ``model_epE_itI`` names are converted to steps.
+    ``model_epE_itI`` names are converted to steps. ``steps``, ``every`` and ``step_regex``
+    select checkpoints as :func:`conetool.kernels` does.
 
     Example::
 
@@ -36,6 +43,7 @@ def inspect(
         bad = [r for r in rows if r.status != "ok"]
     """
     ckpts = Path(ckpts)
+    steps = step_range_text(steps)
     if spec is not None or paths.spec(ckpts).is_file():
         resolved = resolve_spec(ckpts, spec)
         model, ipe = model_for(resolved), iterations_per_epoch(resolved)

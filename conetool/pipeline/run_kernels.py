@@ -13,8 +13,10 @@ from torch import nn
 from .. import distributed, paths
 from .._version import __version__
 from ..checkpoints import (
+    StepRange,
     list_checkpoints,
     parse_step_range,
+    step_range_text,
 )
 from ..choices import Dtype, Kind, Method, choice
 from ..data import load_data
@@ -46,7 +48,7 @@ def kernels(
     device: str | torch.device = "auto",
     max_memory: int | str | None = None,
     method: str = "auto",
-    steps: str | None = None,
+    steps: StepRange | None = None,
     every: int | None = None,
     step_regex: str | None = None,
     skip_bad: bool = False,
@@ -66,6 +68,10 @@ def kernels(
     the store, the steps still to compute are dealt round-robin to the ranks, each rank writes
     its kernels on its own device (``cuda:LOCAL_RANK``), rank 0 shows the whole job's progress
     and, once all ranks are done, records their kernels in ``manifest.json``.
+
+    ``steps`` (``--steps``): only the checkpoints from ``first`` to ``last``, both included, as
+    a pair ``(first, last)`` (None for an open end) or the text ``"first:last"``; ``every``
+    (``--every``): only steps that are multiples of it.
 
     ``threads`` sets the CPU threads of PyTorch and BLAS for the call: a count, or ``"auto"``
     (the idle cores; :func:`conetool.limit_threads`).
@@ -101,7 +107,7 @@ def kernels(
         dtype=dtype,
         max_memory=max_memory,
         method=method,
-        steps=steps,
+        steps=step_range_text(steps),
         every=every,
         step_regex=step_regex,
         skip_bad=skip_bad,

@@ -15,7 +15,7 @@ progress.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,13 @@ class SwitchResult:
     notes: list[str] = field(default_factory=list)
 
 
-def parse_at(values: Sequence[int | str]) -> list[int]:
+def parse_at(values: int | str | Sequence[int | str]) -> list[int]:
     """Switch steps from ``--at`` values: ``2000``, ``0,1000,2000`` or ``0:10000:1000`` (start,
-    stop, stride as Python's range: the stop is excluded). Sorted, duplicates removed."""
+    stop, stride as Python's range: the stop is excluded), one of them or a sequence of them
+    (a ``range`` too). Sorted, duplicates removed."""
     steps: set[int] = set()
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        values = [values]
     for value in values:
         for part in str(value).split(","):
             part = part.strip()
@@ -105,7 +108,7 @@ class SwitchOptions:
     """What :func:`switch` was asked for, collected once and handed down as one value (to every
     torchrun rank's worker and to the sweep's preparation); the fields are its arguments."""
 
-    at: Sequence[int | str]
+    at: int | str | Sequence[int | str]
     until: int | None
     store: Path
     ckpts: str | Path | None
@@ -117,7 +120,7 @@ class SwitchOptions:
 
 @library_call
 def switch(
-    at: Sequence[int | str],
+    at: int | str | Sequence[int | str],
     *,
     until: int | None = None,
     store: str | Path = paths.DEFAULT_STORE,
@@ -131,6 +134,9 @@ def switch(
     progress: Progress | None = None,
 ) -> SwitchResult:
     """Run the switch experiment at each step of ``at`` and write the results to ``store``.
+
+    ``at``: a step (``100``), a sequence of steps (``[0, 100]``, ``range(0, 1000, 100)``), or
+    the text of ``--at`` (``"0,100"``, ``"0:1000:100"``, the stop excluded).
 
     The checkpoint directory and spec come from the store's manifest (as ``conetool kernels``
     wrote it); ``ckpts`` and ``spec`` override them (and are needed when there is no store yet).
