@@ -156,3 +156,46 @@ def test_one_step_and_step_pairs_as_plain_python_values(run: Path, tmp_path: Pat
         0,
         5,
     ]
+
+
+def test_demo_refuses_a_run_too_short(tmp_path: Path) -> None:
+    """demo(steps=0) trained nothing and then blamed a missing conetool.toml."""
+    for steps in (0, 7):
+        with pytest.raises(conetool.ConetoolError, match=r"^--steps \d: .*at least 8"):
+            conetool.demo(tmp_path / "demo", steps=steps, threads=1)
+    with pytest.raises(conetool.ConetoolError, match=r"probe_size= for --probe-size"):
+        conetool.demo(tmp_path / "demo", steps=8, probe_size=1, threads=1)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_distance_and_spectrum_take_threads(run: Path, tmp_path: Path) -> None:
+    """As the CLI's --threads; and the caller's thread count is back after the call."""
+    store = tmp_path / "store"
+    conetool.kernels(run, store=store, threads=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+
+    class Spy:
+        def task(self, description: str, total: int | None) -> Spy:
+            seen.append(torch.get_num_threads())
+            return self
+
+        def advance(self, amount: int = 1, **fields: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def log(self, message: str) -> None:
+            seen.append(torch.get_num_threads())
+
+    try:
+        conetool.distance(store, noise=False, threads=1, progress=Spy())
+        conetool.spectrum(store, threads=1, progress=Spy())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    with pytest.raises(conetool.ConetoolError, match="threads= for --threads"):
+        conetool.spectrum(store, threads=0)

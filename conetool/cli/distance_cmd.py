@@ -154,10 +154,9 @@ def distance(
     """
     starting("distance", quiet)
     from ..pipeline import distance as distance_run
-    from ..threads import limit_threads
     from ..verdict import VerdictRules
 
-    with handle_errors(debug), progress_display(quiet) as progress, limit_threads(threads):
+    with handle_errors(debug), progress_display(quiet) as progress:
         rules = VerdictRules(
             min_drop=min_drop,
             velocity_dt=velocity_dt,
@@ -179,6 +178,7 @@ def distance(
             noise=not no_noise,
             ckpts=ckpts,
             spec=spec,
+            threads=threads,
             progress=progress,
         )
     for note in result.notes:

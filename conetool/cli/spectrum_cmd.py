@@ -49,10 +49,16 @@ def spectrum(
     """
     starting("spectrum", quiet)
     from ..pipeline import spectrum as spectrum_run
-    from ..threads import limit_threads
 
-    with handle_errors(debug), progress_display(quiet) as progress, limit_threads(threads):
-        result = spectrum_run(store, top_k=top_k, logx=logx, skip_bad=skip_bad, progress=progress)
+    with handle_errors(debug), progress_display(quiet) as progress:
+        result = spectrum_run(
+            store,
+            top_k=top_k,
+            logx=logx,
+            skip_bad=skip_bad,
+            threads=threads,
+            progress=progress,
+        )
     table = Table(title=f"conetool spectrum -> {result.store / 'spectrum'}", title_justify="left")
     columns = ["step", "alignment", "effective rank", f"label energy (top {result.top_k})"]
     machine = result.eval_size is not None

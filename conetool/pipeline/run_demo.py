@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConetoolError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
@@ -33,6 +34,7 @@ from .run_spectrum import spectrum
 from .run_switch import switch
 
 DEMO_SPEC = "demo.toml"
+MIN_STEPS = 8  # the shortest run whose checkpoint schedule still scales (conetool demo --steps)
 
 
 def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spec:
@@ -43,6 +45,13 @@ def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spe
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
 
+    for flag, value, least in (("--steps", steps, MIN_STEPS), ("--probe-size", probe_size, 2)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < least
+        ):
+            raise ConetoolError(
+                f"{flag} {value!r}: the demo needs a whole number of at least {least}."
+            )
     text = resources.files("conetool").joinpath(DEMO_SPEC).read_text(encoding="utf-8")
     spec = spec_from_dict(tomllib.loads(text), source=f"conetool/{DEMO_SPEC}")
     t = spec.train
@@ -141,9 +150,12 @@ def _demo(
                 progress=progress,
             ),
         ),
-        ("distance", lambda: distance(store, refs=_refs(T), progress=progress)),
+        (
+            "distance",
+            lambda: distance(store, refs=_refs(T), threads=threads, progress=progress),
+        ),
         ("embed", lambda: embed(store, threads=threads, progress=progress)),
-        ("spectrum", lambda: spectrum(store, progress=progress)),
+        ("spectrum", lambda: spectrum(store, threads=threads, progress=progress)),
         (
             "switch",
             lambda: switch(points, store=store, device=device, threads=threads, progress=progress),

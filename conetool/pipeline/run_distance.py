@@ -41,6 +41,7 @@ from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, load_spec
 from ..store import Store
+from ..threads import limit_threads
 from ..verdict import Verdict, VerdictRules, phase_verdict
 from .distance_outputs import (
     PER_LAYER_OUTPUTS,
@@ -133,6 +134,7 @@ def distance(
     noise: bool = True,
     ckpts: str | Path | None = None,
     spec: str | Path | Spec | None = None,
+    threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> DistanceResult:
     """Kernel distances of a store's kernels: to references, between neighbours, all pairs.
@@ -159,6 +161,8 @@ def distance(
             says (the noise floor's checkpoint is looked up there); default the manifest's.
         spec: the run's spec (a TOML path or a :class:`~conetool.spec.Spec`) instead of the one
             the manifest records; it must be the store's (same hash).
+        threads: CPU threads of PyTorch and BLAS for the call, a count or ``"auto"`` (the idle
+            cores; :func:`conetool.limit_threads`).
         progress: progress display (a bar over kernel loads); default silent.
 
     Returns:
@@ -170,6 +174,38 @@ def distance(
         print(result.verdict.regime, result.verdict.phase1_end)   # e.g. "cone", 60
         S = result.S                                               # (K, K), rows = result.steps
     """
+    with limit_threads(threads):
+        return _distance(
+            store,
+            refs=refs,
+            dts=dts,
+            rules=rules,
+            logx=logx,
+            logy=logy,
+            skip_bad=skip_bad,
+            max_memory=max_memory,
+            noise=noise,
+            ckpts=ckpts,
+            spec=spec,
+            progress=progress,
+        )
+
+
+def _distance(
+    store: str | Path = paths.DEFAULT_STORE,
+    *,
+    refs: int | str | Sequence[int | str] | None = None,
+    dts: int | Sequence[int] | None = None,
+    rules: VerdictRules | None = None,
+    logx: bool = False,
+    logy: bool = False,
+    skip_bad: bool = False,
+    max_memory: int | str | None = None,
+    noise: bool = True,
+    ckpts: str | Path | None = None,
+    spec: str | Path | Spec | None = None,
+    progress: Progress | None = None,
+) -> DistanceResult:
     progress = progress or NullProgress()
     rules = VerdictRules() if rules is None else rules
     opened = Store.open(store)

@@ -36,6 +36,7 @@ from ..plots import save_figure, spectrum_figure
 from ..probe import Probe, load_probe
 from ..progress import NullProgress, Progress
 from ..store import Store
+from ..threads import limit_threads
 from .matrix_cache import csv_number, require_kernels
 from .saved_results import saved_phase1_end
 
@@ -80,17 +81,33 @@ def spectrum(
     top_k: int = 10,
     logx: bool = False,
     skip_bad: bool = False,
+    threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> SpectrumResult:
     """Alignment with the labels, effective rank, label energy and top eigenvalues of every
     stored kernel (float64 eigendecomposition of the ``(n, n)`` kernel, ``(n c, n c)`` for the
     full kind).
 
+    ``threads`` sets the CPU threads of PyTorch and BLAS for the call: a count, or ``"auto"``
+    (the idle cores; :func:`conetool.limit_threads`).
+
     Example::
 
         r = conetool.spectrum("conetool-out", top_k=10)
         [p.alignment for p in r.points]          # one per stored step, in step order
     """
+    with limit_threads(threads):
+        return _spectrum(store, top_k=top_k, logx=logx, skip_bad=skip_bad, progress=progress)
+
+
+def _spectrum(
+    store: str | Path = paths.DEFAULT_STORE,
+    *,
+    top_k: int = 10,
+    logx: bool = False,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+) -> SpectrumResult:
     if int(top_k) < 1:
         raise StoreError(f"--top-k {top_k}: pass a positive number of eigenvalues, e.g. 10.")
     progress = progress or NullProgress()
