@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import ConetoolError
-from ..library_call import command_line
 from ..progress import NullProgress
 from .progress_display import PlainProgress, RichProgress
 
@@ -101,8 +100,7 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
     try:
-        with command_line():  # messages name the flags only, not the Python arguments
-            yield
+        yield
     except PeerFailedError:
         if debug:
             err_console.print_exception()
