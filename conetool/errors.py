@@ -18,7 +18,8 @@ class SpecError(ConetoolError):
 
 class ModelError(ConetoolError):
     """A model cannot be built (unknown architecture, bad import path, bad factory), or its
-    per-example gradients cannot be computed (a module torch.func cannot vmap)."""
+    per-example kernel is not defined or cannot be computed (examples that interact, a module in
+    training mode, a module torch.func cannot vmap)."""
 
 
 class DataError(ConetoolError):

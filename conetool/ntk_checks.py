@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .errors import ConetoolError
+from .errors import ModelError
 
 __all__ = ["check_independence", "check_modules", "check_per_example", "eval_mode", "perturbed"]
 
@@ -18,7 +18,7 @@ PERTURBATION = 0.01
 
 
 def check_per_example(model: nn.Module, inputs: Tensor | None = None) -> None:
-    """Raise :class:`ConetoolError` when the model's examples would not be independent.
+    """Raise :class:`~conetool.errors.ModelError` when the model's examples would not be independent.
 
     The eNTK is defined per example, and the engine evaluates the model one example at a time, so
     a model whose output for one example depends on the others in the batch would get a kernel of
@@ -44,7 +44,7 @@ def check_modules(model: nn.Module) -> None:
         label = f"module '{name or type(model).__name__}' ({type(module).__name__})"
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if module.running_mean is None or module.running_var is None:
-                raise ConetoolError(
+                raise ModelError(
                     f"{label} has no running statistics (track_running_stats=False), so it "
                     "normalizes with the statistics of the batch even in eval mode: each example's "
                     "output depends on the other examples and the per-example eNTK is not the "
@@ -52,13 +52,13 @@ def check_modules(model: nn.Module) -> None:
                     "statistics), or use a per-example normalization such as GroupNorm or LayerNorm."
                 )
             if module.training:
-                raise ConetoolError(
+                raise ModelError(
                     f"{label} is in training mode: it normalizes with the statistics of the batch, "
                     "so examples interact. Call model.eval() first (conetool.empirical_ntk does "
                     "this itself and restores the mode afterwards)."
                 )
         elif isinstance(module, nn.modules.dropout._DropoutNd) and module.training:
-            raise ConetoolError(
+            raise ModelError(
                 f"{label} is in training mode, so the model's output (and its kernel) is random. "
                 "Call model.eval() first (conetool.empirical_ntk does this itself and restores the "
                 "mode afterwards)."
@@ -80,7 +80,7 @@ def check_independence(
     else:
         together = forward(pair)
         if not isinstance(together, Tensor):
-            raise ConetoolError(
+            raise ModelError(
                 "the eNTK needs a model that returns one tensor of outputs (batch, c), but it "
                 f"returned a {type(together).__name__}. Wrap the model in a module that returns "
                 "the logits."
@@ -98,14 +98,14 @@ def check_independence(
         first, second = (forward(pair).reshape(pair.shape[0], -1) for _ in range(2))
         drift = float((first - second).abs().max())
         if not drift <= tol:
-            raise ConetoolError(
+            raise ModelError(
                 "the model's output is random in eval mode: the same two examples evaluated twice "
                 f"differ by up to {drift:.3g} (output scale {scale:.3g}). A functional dropout "
                 "(F.dropout(x, p) is on unless given training=self.training) or a random draw "
                 "(torch.rand, torch.randn) in the forward pass does this; make it follow the "
                 "module's mode, or use nn.Dropout, which eval mode turns off."
             )
-        raise ConetoolError(
+        raise ModelError(
             "the model's output for one example depends on the other examples in the batch: in "
             f"eval mode, two examples evaluated together differ from the same examples evaluated "
             f"one at a time by up to {diff:.3g} (output scale {scale:.3g}). The eNTK is defined per "

@@ -188,6 +188,52 @@ def test_an_attention_model_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     assert '"at": 0' in results and '"at": 5' in results
 
 
+BATCH_MEAN_MODEL = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.out = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.out(x - x.mean(0, keepdim=True))  # each example's output depends on the batch
+
+
+def make(num_classes):
+    return Net(num_classes)
+"""
+
+
+def test_a_model_error_stops_kernels_at_once_even_with_skip_bad(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model whose examples interact (or a module without a vmap rule) fails at every
+    # checkpoint alike: the message blames the model, not "this checkpoint", and --skip-bad does
+    # not try every checkpoint in turn only to end with "every checkpoint failed".
+    (tmp_path / "conetool_byo_batch_mean.py").write_text(textwrap.dedent(BATCH_MEAN_MODEL))
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "batch_mean.toml"
+    spec.write_text(
+        TINY_SPEC.replace('arch = "mlp"', 'arch = "conetool_byo_batch_mean:make"').replace(
+            "widths = [8]\n", ""
+        )
+    )
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(spec), "--out", str(run), "-q"]).exit_code == 0
+    for skip_bad in ([], ["--skip-bad"]):
+        result = runner.invoke(
+            app, ["kernels", str(run), "--store", str(tmp_path / "store"), "-q", *skip_bad]
+        )
+        text = " ".join(result.output.split())
+        assert result.exit_code == 1, text
+        assert "depends on the other examples" in text, text
+        assert "step 0 " in text and "not this checkpoint's" in text, text
+        assert "fix this checkpoint" not in text and "every checkpoint failed" not in text, text
+        assert "skipped step" not in text, text
+
+
 # --------------------------------------------------------------------------------------------------
 # [data] keys for a user factory
 

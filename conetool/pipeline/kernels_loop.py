@@ -27,7 +27,7 @@ from ..checkpoints import (
 )
 from ..checkpoints.selection import is_selected
 from ..data import DataBundle
-from ..errors import ConetoolError, StoreError
+from ..errors import ConetoolError, MemoryBudgetError, ModelError, StoreError
 from ..heap import kept_freed_memory
 from ..layer_groups import group_kernels, groups_hash
 from ..ntk import empirical_ntk
@@ -178,9 +178,22 @@ def compute_all(
 
     def give_up(ref: CheckpointRef, exc: ConetoolError) -> bool:
         """A step that failed: True to stop (the error is raised once the ranks have met), False
-        to go on without it (--skip-bad)."""
+        to go on without it (--skip-bad). An error of the model or the options (a module
+        torch.func cannot vmap, examples that interact, a budget too small) is no checkpoint's:
+        every step would fail alike, so it stops the run even with --skip-bad."""
         nonlocal error
         message = f"step {ref.step} ({ref.file}): {exc}"
+        if isinstance(exc, ModelError | MemoryBudgetError):
+            error = (
+                type(exc)(
+                    f"{message} This is the model's (or the options'), not this checkpoint's: "
+                    "every checkpoint would fail alike, so the run stops here (with --skip-bad "
+                    f"too). Kernels already computed are kept in {out.root}; rerun after the fix."
+                ),
+                exc,
+            )
+            job.fail()
+            return True
         if not skip_bad:
             error = (
                 type(exc)(
