@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from tiny_run import SPEC_TOML
 from typer.testing import CliRunner
 
+import conetool
 from conetool import paths
 from conetool.cli import app
 from conetool.data import load_data
@@ -85,6 +86,13 @@ def test_epoch_named_directory_end_to_end(tmp_path: Path, tiny: Path) -> None:
     listed = runner.invoke(app, ["inspect", str(epochs), "--spec", str(tiny)])
     assert listed.exit_code == 0, listed.output
     assert "step = epoch x 8 iterations per epoch" in listed.output
+    # Two notes (torch.save files; named by epoch), each on a line of its own.
+    flat = " ".join(listed.output.split())
+    assert "note: 9 checkpoint(s) are named by epoch" in flat, listed.output
+    assert flat.count("note: a torch.save file") == 1, listed.output
+    rows = conetool.inspect(epochs, spec=tiny)
+    assert [len(row.notes) for row in rows] == [2] * 9
+    assert rows[0].note == " ".join(rows[0].notes)
 
     store = tmp_path / "store"
     done = runner.invoke(

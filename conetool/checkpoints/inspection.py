@@ -36,8 +36,9 @@ class InspectRow:
     status: str  # "ok" | "error"
     problem: str | None = None  # the one-paragraph message when status == "error"
     source: str | None = None  # "safetensors" | "torch" | "hf" | "hf-sharded"
-    note: str | None = None  # e.g. for torch.save files: safetensors is preferred
+    note: str | None = None  # every note of ``notes`` in one string (None when there is none)
     fingerprint: str | None = None  # "<bytes>:<sha256>", with verify=True only
+    notes: tuple[str, ...] = ()  # each note on its own: torch.save files, dtypes, epoch names
 
 
 def _relative(directory: Path, c: Candidate) -> str:
@@ -106,12 +107,10 @@ def inspect_checkpoints(
                     )
             except CheckpointError as e:
                 problem = str(e)
-        note = TORCH_NOTE if c.paths and c.format == "torch" else None
-        if warned:
-            note = " ".join([*([note] if note else []), *warned])
+        notes = [TORCH_NOTE] if c.paths and c.format == "torch" else []
+        notes += warned
         if c.epoch is not None and iterations_per_epoch is not None:
-            epochs = epoch_note(iterations_per_epoch, from_epochs)
-            note = " ".join([*([note] if note else []), epochs])
+            notes.append(epoch_note(iterations_per_epoch, from_epochs))
         rows.append(
             InspectRow(
                 step=c.step,
@@ -121,8 +120,9 @@ def inspect_checkpoints(
                 status="ok" if problem is None else "error",
                 problem=problem,
                 source=c.source or None,
-                note=note,
+                note=" ".join(notes) or None,
                 fingerprint=fp,
+                notes=tuple(notes),
             )
         )
     return rows

@@ -76,7 +76,8 @@ def inspect(
             status,
         )
     console.print(table)
-    notes = sorted({row.note for row in rows if row.note}) + directory_notes
+    notes = sorted({note for row in rows for note in row.notes})  # each once, on its own line
+    notes += directory_notes
     for note in notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     bad = [row for row in rows if row.status != "ok"]
