@@ -302,6 +302,33 @@ def test_prefix_is_not_stripped_when_keys_still_do_not_match(tmp_path: Path):
     )
 
 
+def test_a_prefix_conetool_does_not_strip_is_named_with_the_fix(tmp_path: Path):
+    # A wrapper of the user's own ("net.", "backbone.encoder."): conetool strips only the known
+    # prefixes, and a message of 2n keys should say that one prefix is the whole difference.
+    for prefix in ("net.", "backbone.encoder."):
+        folder = tmp_path / prefix.strip(".")
+        folder.mkdir()
+        path = write(folder, 1, {prefix + k: v for k, v in state(0).items()})
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(Net(), path)
+        msg = str(e.value)
+        assert f"Every key of the checkpoint is the model's with the prefix '{prefix}'" in msg
+        assert "strips only 'module.', 'model.', '_orig_mod.'" in msg and "--skip-bad" in msg
+    # The other way round: the factory wraps the network the checkpoint holds.
+    path = write(tmp_path, 2, state(0))
+    wrapped = torch.nn.Module()
+    wrapped.inner = Net()
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(wrapped, path)
+    assert "Every key of the model is the checkpoint's with the prefix 'inner.'" in str(e.value)
+    # Keys that differ otherwise get no such hint.
+    sd = state(0)
+    sd["head.weight"] = sd.pop("fc2.weight")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(Net(), write(tmp_path, 3, sd))
+    assert "with the prefix" not in str(e.value) and "[model] arch" in str(e.value)
+
+
 # ------------------------------------------------------------------------------------------------
 # non-finite weights
 

@@ -126,11 +126,53 @@ def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
     how = ""
     if match.stripped:
         how = f" (after stripping the prefix '{match.stripped}' from its keys)"
+    fix = _prefix_hint(match) or (
+        "Check that the spec's [model] arch, num_classes and options are those of the run that "
+        "wrote this checkpoint"
+    )
     return (
         f"'{name}' does not fit the model ({model_name}){how}: " + "; ".join(parts) + ". "
-        "Check that the spec's [model] arch, num_classes and options are those of the run that "
-        "wrote this checkpoint (or pass --skip-bad to leave this file out)."
+        f"{fix} (or pass --skip-bad to leave this file out)."
     )
+
+
+def _other_prefix(keys: list[str], others: list[str]) -> str | None:
+    """A dotted prefix (``net.``) that every one of ``keys`` starts with and whose removal makes
+    them exactly ``others``; None when there is none."""
+    if not keys:
+        return None
+    wanted = {k for k in others if not _lenient(k)}
+    head = keys[0].split(".")
+    for length in range(1, len(head)):
+        prefix = ".".join(head[:length]) + "."
+        if not all(k.startswith(prefix) for k in keys):
+            break
+        if {k[len(prefix) :] for k in keys if not _lenient(k)} == wanted:
+            return prefix
+    return None
+
+
+def _prefix_hint(match: KeyMatch) -> str:
+    """When the keys differ only by a prefix conetool does not strip: which one, and the fix."""
+    if not match.missing or not match.unexpected:
+        return ""
+    ckpt_keys = [*match.mapping, *match.unexpected]
+    model_keys = [*match.mapping.values(), *match.missing]
+    known = ", ".join(f"'{p}'" for p in KNOWN_PREFIXES)
+    prefix = _other_prefix(ckpt_keys, model_keys)
+    if prefix is not None:
+        return (
+            f"Every key of the checkpoint is the model's with the prefix '{prefix}' (conetool "
+            f"strips only {known}): save the state_dict of the module inside the wrapper, or "
+            f"re-save the file with '{prefix}' taken off its keys"
+        )
+    prefix = _other_prefix(model_keys, ckpt_keys)
+    if prefix is not None:
+        return (
+            f"Every key of the model is the checkpoint's with the prefix '{prefix}': the factory "
+            "wraps the network the checkpoint was saved from; let it return that network itself"
+        )
+    return ""
 
 
 def diff_keys(this: Shapes, other: Shapes) -> str:
