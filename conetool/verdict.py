@@ -111,8 +111,9 @@ def phase_verdict(
             "undetermined",
             None,
             f"Only {arr.size} kernels are stored; the verdict needs at least {rules.min_steps} "
-            "(min_steps). Compute kernels at more checkpoints (save them more often with "
-            "`save_every`).",
+            "(min_steps). Compute kernels at more checkpoints: at every checkpoint of the run "
+            "(`conetool kernels` without `--steps` or `--every`), or save checkpoints more often "
+            "(`save_every`).",
         )
     max_distance = float(s.max())
     n["max_distance"] = max_distance

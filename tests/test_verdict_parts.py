@@ -478,3 +478,14 @@ def test_a_lazy_verdict_from_the_trend_alone_does_not_agree() -> None:
     assert v.regime == "lazy" and reads["velocity trend"] == "freezing", reads
     assert reads["spread"] == "moving"
     assert v.numbers["agree"] is False
+
+
+def test_too_few_kernels_names_both_fixes_every_checkpoint_and_more_checkpoints() -> None:
+    # A store made with `kernels --every` has fewer kernels than the run has checkpoints: the
+    # fix is to compute the others, not only to save more often.
+    steps = [0, 100, 200, 300]
+    s = np.full((4, 4), 0.1) - 0.1 * np.eye(4)
+    verdict = phase_verdict(steps, s)
+    assert verdict.regime == "undetermined"
+    assert "without `--steps` or `--every`" in verdict.explanation
+    assert "`save_every`" in verdict.explanation
