@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conetool import paths
 from conetool.cli import app
 from conetool.errors import CheckpointError, SpecError, StoreError
-from conetool.pipeline import inspect, kernels
+from conetool.pipeline import inspect, kernels, switch
 from conetool.pipeline.resolve import model_for
 from conetool.probe import load_probe
 from conetool.spec import spec_from_dict
@@ -174,6 +174,23 @@ def test_bad_checkpoint_stops_or_is_skipped(run, tmp_path):
     assert Store.open(tmp_path / "s").steps() == [0]  # the kernel before it is kept
     result = kernels(run, store=tmp_path / "s", device="cpu", skip_bad=True)
     assert list(result.failed) == [5] and result.computed == [10] and result.skipped == [0]
+
+
+def test_skip_bad_is_advised_once_by_kernels_and_never_by_inspect_or_switch(run, tmp_path):
+    """Per-file messages name no flag: kernels adds --skip-bad once, inspect has no such flag,
+    and switch needs the step (its advice is another --at)."""
+    kernels(run, store=tmp_path / "s", device="cpu")
+    path = paths.checkpoint(run, 5)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError) as listed:
+        kernels(run, store=tmp_path / "other", device="cpu")
+    assert str(listed.value).count("--skip-bad") == 1, str(listed.value)
+    (row,) = [r for r in inspect(run) if r.step == 5]
+    assert row.status == "error" and "--skip-bad" not in (row.problem or "")
+    with pytest.raises(CheckpointError) as switched:
+        switch([5], store=tmp_path / "s", device="cpu")
+    assert "--skip-bad" not in str(switched.value)
+    assert "choose another --at step" in str(switched.value), str(switched.value)
 
 
 def test_inspect_reports_each_problem(run):

@@ -73,12 +73,12 @@ def open_error(path: Path, error: OSError) -> CheckpointError:
     if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM):
         return CheckpointError(
             f"cannot read '{path}': permission denied. Make it readable "
-            f"(chmod u+r '{path}') or run as a user who may read it (or pass --skip-bad)."
+            f"(chmod u+r '{path}') or run as a user who may read it."
         )
     if error.errno == errno.ELOOP:
         return CheckpointError(
             f"'{path}' is a symlink loop (following its links leads back to itself). Remove the "
-            f"link or point it at the real checkpoint file (or pass --skip-bad)."
+            f"link or point it at the real checkpoint file."
         )
     if isinstance(error, FileNotFoundError):
         return CheckpointError(
@@ -87,8 +87,7 @@ def open_error(path: Path, error: OSError) -> CheckpointError:
             f"otherwise remove the broken link."
         )
     return CheckpointError(
-        f"cannot read '{path}': {error.strerror or error}. Check the file and the disk, or pass "
-        f"--skip-bad to go on without it."
+        f"cannot read '{path}': {error.strerror or error}. Check the file and the disk."
     )
 
 
@@ -102,7 +101,7 @@ def _changed_error(
         what = "was modified"
     return CheckpointError(
         f"'{path}' changed while conetool was reading it (it {what}): a run is probably still "
-        f"writing it. Wait until the run has written it, or rerun (or pass --skip-bad)."
+        f"writing it. Wait until the run has written it, or rerun."
     )
 
 
@@ -137,7 +136,7 @@ class SafetensorsHeader:
 
 
 def _not_safetensors(path: Path, why: str, head: bytes = b"") -> CheckpointError:
-    hint = "Re-save it with safetensors.torch.save_file, or delete it (or pass --skip-bad)."
+    hint = "Re-save it with safetensors.torch.save_file, or delete it."
     if _looks_like_torch_save(head):
         hint = (
             f"It looks like a torch.save file: rename it to '{path.stem}.pt' (conetool reads it "
@@ -150,7 +149,7 @@ def _truncated(path: Path, size: int, needed: int) -> CheckpointError:
     return CheckpointError(
         f"'{path}' is truncated: it has {size} bytes but its safetensors header describes "
         f"{needed}. If a run is still writing it, wait and rerun; otherwise re-save or delete it "
-        f"(or pass --skip-bad)."
+        f"."
     )
 
 
@@ -201,7 +200,7 @@ def parse_header(path: Path, size: int, header: bytes) -> SafetensorsHeader:
         if dtype not in _DTYPES:
             raise CheckpointError(
                 f"'{path}' holds tensor '{name}' of dtype {dtype}, which this torch build cannot "
-                f"represent; re-save the checkpoint in float32 (or pass --skip-bad)."
+                f"represent; re-save the checkpoint in float32."
             )
         nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
         if min(shape, default=0) < 0 or start < 0 or end - start != nbytes:
@@ -336,19 +335,19 @@ def check_torch_file(path: Path) -> bool:
                     raise CheckpointError(
                         f"'{path}' is truncated or corrupt (its zip archive has no central "
                         f"directory). If a run is still writing it, wait and rerun; otherwise "
-                        f"re-save or delete it (or pass --skip-bad)."
+                        f"re-save or delete it."
                     ) from None
                 if not any(n.endswith("data.pkl") for n in names):
                     raise CheckpointError(
                         f"'{path}' is a zip archive but not a torch.save file (no data.pkl "
-                        f"inside); move it out of the checkpoint directory (or pass --skip-bad)."
+                        f"inside); move it out of the checkpoint directory."
                     )
                 return True
     except OSError as e:
         raise open_error(path, e) from None
     if head[:1] == b"\x80":
         return False
-    hint = "move it out of the checkpoint directory (or pass --skip-bad)."
+    hint = "move it out of the checkpoint directory."
     if len(head) == 8 and 0 < int.from_bytes(head, "little") <= _MAX_HEADER:
         hint = f"if it is a safetensors file, rename it to '{path.stem}.safetensors'."
     raise CheckpointError(f"'{path}' is not a torch.save checkpoint (unknown file format); {hint}")
@@ -402,7 +401,7 @@ def load_torch_bytes(path: Path, buf: bytearray) -> dict[str, torch.Tensor]:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
             f"'{path}' is not a readable torch checkpoint ({first}). If a run is still writing "
-            f"it, wait and rerun; otherwise re-save or delete it (or pass --skip-bad)."
+            f"it, wait and rerun; otherwise re-save or delete it."
         ) from None
     return unwrap_state_dict(obj, path)
 
@@ -416,8 +415,7 @@ def torch_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     except (RuntimeError, EOFError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
-            f"'{path}' is not a readable torch checkpoint ({first}); re-save or delete it "
-            f"(or pass --skip-bad)."
+            f"'{path}' is not a readable torch checkpoint ({first}); re-save or delete it ."
         ) from None
     except OSError as e:
         raise open_error(path, e) from None

@@ -130,10 +130,7 @@ def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
         "Check that the spec's [model] arch, num_classes and options are those of the run that "
         "wrote this checkpoint"
     )
-    return (
-        f"'{name}' does not fit the model ({model_name}){how}: " + "; ".join(parts) + ". "
-        f"{fix} (or pass --skip-bad to leave this file out)."
-    )
+    return f"'{name}' does not fit the model ({model_name}){how}: " + "; ".join(parts) + f". {fix}."
 
 
 def _other_prefix(keys: list[str], others: list[str]) -> str | None:

@@ -153,13 +153,19 @@ def _problem_lines(bad: list[Candidate]) -> list[str]:
     return summarize_problems([(c.folder or c.location, c.problem or "") for c in bad])
 
 
-def _problems_error(directory: Path, bad: list[Candidate]) -> CheckpointError:
+#: How list_checkpoints' error ends: its ``skip_bad`` is kernels' --skip-bad. Per-file messages
+#: name no flag (``inspect`` has none, ``switch`` needs the step), so the flag is said once, here.
+SKIP_BAD_ADVICE = "Fix or move these files, or pass --skip-bad to skip them with a warning."
+
+
+def _problems_error(
+    directory: Path, bad: list[Candidate], advice: str = SKIP_BAD_ADVICE
+) -> CheckpointError:
     lines = _problem_lines(bad)
     shown = "\n".join(f"  - {line}" for line in lines[:20])
     more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
     return CheckpointError(
-        f"{len(bad)} unusable checkpoint(s) in '{directory}':\n{shown}{more}\n"
-        f"Fix or move these files, or pass --skip-bad to skip them with a warning."
+        f"{len(bad)} unusable checkpoint(s) in '{directory}':\n{shown}{more}\n{advice}"
     )
 
 
@@ -304,7 +310,7 @@ def step_problems(
     except CheckpointError:
         return None  # no file of this step at all
     mine = [c for c in scan.candidates if c.problem is not None and c.step == step]
-    return _problems_error(scan.directory, mine) if mine else None
+    return _problems_error(scan.directory, mine, "Fix or move these files.") if mine else None
 
 
 def checkpoint_ref(

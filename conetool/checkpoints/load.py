@@ -77,7 +77,7 @@ def check_finite_tensors(
             raise CheckpointError(
                 f"'{name}' holds non-finite values in tensor '{key}' ({nan} NaN, {inf} Inf of "
                 f"{x.numel()}): {cause}, and kernels of such weights are "
-                f"meaningless. Leave this step out (--steps) or pass --skip-bad."
+                f"meaningless; leave this step out."
             )
 
 
@@ -118,7 +118,7 @@ def read_checkpoint(
         if twice:
             raise CheckpointError(
                 f"tensor '{min(twice)}' of '{name}' is in two shards (again in '{path.name}'); the "
-                f"shards come from different saves: re-save the checkpoint (or pass --skip-bad)."
+                f"shards come from different saves: re-save the checkpoint."
             )
         state.update(tensors)
     if check_finite:
@@ -172,7 +172,7 @@ def check_dtypes(
                 f"'{name}' stores tensor '{key}' as {_dtype(found)}, but the model's parameter is "
                 f"{_dtype(wanted)}: {_dtype(found)} cannot hold its values (loading would silently "
                 "round or cast them, and the kernel would be wrong). Re-save the checkpoint from "
-                "the model's state_dict() without converting it (or pass --skip-bad)."
+                "the model's state_dict() without converting it."
             )
         if torch.finfo(found).bits < torch.finfo(wanted).bits:
             lower.append((f"'{key}' ({_dtype(found)})", wanted))

@@ -87,7 +87,7 @@ def _read_headers(c: Candidate, deep: bool) -> None:
                 c.fail(
                     f"'{p}' is not a regular file but {what}"
                     + (f" (a link to '{os.path.realpath(p)}')" if os.path.islink(p) else "")
-                    + "; point it at the real checkpoint file or remove it (or pass --skip-bad)."
+                    + "; point it at the real checkpoint file or remove it."
                 )
                 return
         c.size = sum(sizes)  # also shown for a file whose header cannot be read
@@ -139,11 +139,11 @@ def _sharded(c: Candidate, index: Path, deep: bool) -> None:
         c.fail(
             f"'{index}' names shard(s) that are missing: {', '.join(absent)}. The checkpoint is "
             f"incomplete; if a run or a copy is still writing it, wait and rerun, otherwise "
-            f"restore the shards (or pass --skip-bad)."
+            f"restore the shards."
         )
         return
     if not c.paths:
-        c.fail(f"'{index}' lists no tensors; re-save the checkpoint (or pass --skip-bad).")
+        c.fail(f"'{index}' lists no tensors; re-save the checkpoint.")
         return
     _read_headers(c, deep)
     if c.problem is not None or not c.headers:
@@ -156,7 +156,7 @@ def _sharded(c: Candidate, index: Path, deep: bool) -> None:
         c.fail(
             f"the shards of '{index}' do not hold what the index says ({len(wrong) + len(extra)} "
             f"tensor(s) absent or in another shard, e.g. {listed}); the shards and the index come "
-            f"from different saves: re-save the checkpoint (or pass --skip-bad)."
+            f"from different saves: re-save the checkpoint."
         )
 
 
@@ -185,7 +185,7 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
         c.fail(
             f"'{folder}' holds no model weights (model.safetensors, its shards with "
             f"model.safetensors.index.json, or pytorch_model.bin); it has: {listed}. If the run "
-            f"is still saving it, wait and rerun; otherwise remove the folder (or pass --skip-bad)."
+            f"is still saving it, wait and rerun; otherwise remove the folder."
         )
         return c
     if "trainer_state.json" in names:
@@ -195,7 +195,7 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
         except (OSError, ValueError, KeyError, TypeError):
             c.fail(
                 f"'{state}' is unreadable or has no integer global_step; if the run is still "
-                f"saving it, wait and rerun, otherwise fix or remove it (or pass --skip-bad)."
+                f"saving it, wait and rerun, otherwise fix or remove it."
             )
     return c
 
@@ -278,8 +278,7 @@ def _collect(directory: Path, deep: bool) -> Scan:
         else:
             c.fail(
                 f"'{files[0]}' is a shard ({len(files)} found) but its index '{index.name}' is "
-                f"missing; restore the index, which says which tensor is in which shard (or pass "
-                f"--skip-bad)."
+                f"missing; restore the index, which says which tensor is in which shard."
             )
         scan.candidates.append(c)
     if any(c.folder is not None for c in scan.candidates):
@@ -329,7 +328,7 @@ def _flag_mixed_runs(cands: list[Candidate]) -> None:
         c.fail(
             f"'{c.location}' is not from the same run as {counts[wanted]} other checkpoint(s) here "
             f"such as '{other.location}' ({diff}): the directory seems to mix {len(counts)} runs. "
-            f"Move each run's checkpoints to a directory of its own (or pass --skip-bad)."
+            f"Move each run's checkpoints to a directory of its own."
         )
 
 

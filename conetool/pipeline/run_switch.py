@@ -24,7 +24,7 @@ import torch
 
 from .. import distributed, paths
 from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
-from ..checkpoints.discover import step_problems
+from ..checkpoints.discover import SKIP_BAD_ADVICE, step_problems
 from ..choices import Reference, choice
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
@@ -337,26 +337,14 @@ def _prepare(options: SwitchOptions) -> _Sweep:
 
 
 def _for_switch(exc: CheckpointError) -> CheckpointError:
-    """A checkpoint error reworded for ``switch``, which has no --skip-bad or --steps: the step is
-    needed, so the advice is to fix the file or choose another switch point."""
+    """A checkpoint error reworded for ``switch``, which has no --skip-bad: the step is needed,
+    so the advice is to fix the file or choose another switch point. (Per-file messages name no
+    flag; only the listing's closing advice and its all-skipped error do.)"""
     text = str(exc)
-    text = re.sub(
-        r"Leave this step out \(--steps\) or pass --skip-bad\.",
-        "Fix the file, or choose another --at step.",
-        text,
-    )
-    text = re.sub(
-        r"Fix or move these files, or pass --skip-bad to skip them with a warning\.",
-        "Fix or move these files, or choose another --at step.",
-        text,
-    )
-    text = re.sub(r"\s*\((?:or )?pass --skip-bad[^)]*\)", "", text)
+    for said in (SKIP_BAD_ADVICE, "Fix or move these files."):
+        text = text.replace(said, "Fix or move these files, or choose another --at step.")
     text = re.sub(r"\s*\(--skip-bad[^)]*\)", "", text)
-    text = re.sub(r",? or pass --skip-bad[^.]*\.", ".", text)
-    text = re.sub(r",? or pass --skip-bad\b", "", text)
-    if text == str(exc):
-        return exc
-    return CheckpointError(text)
+    return exc if text == str(exc) else CheckpointError(text)
 
 
 def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
