@@ -342,8 +342,9 @@ def step_index(steps: Sequence[int] | np.ndarray, step: int) -> int:
         return pos
     near = sorted({int(arr[p]) for p in (pos - 1, pos) if 0 <= p < arr.size})
     hint = " or ".join(str(v) for v in near) if near else "none (no steps are stored)"
+    nearest = "the nearest stored step is" if len(near) == 1 else "the nearest stored steps are"
     raise GeometryError(
-        f"step {step} has no stored kernel; the nearest stored steps are {hint}. Pass one of "
+        f"step {step} has no stored kernel; {nearest} {hint}. Pass one of "
         "the stored steps (`--ref`), or compute the kernel at that step (`conetool kernels`)."
     )
 

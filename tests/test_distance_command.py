@@ -497,7 +497,7 @@ def test_train_kernels_distance_embed_end_to_end(tmp_path, real_figures):
 
     result = runner.invoke(app, ["distance", "--store", str(store), "--ref", "10"])
     assert result.exit_code == 0, result.output
-    assert "verdict: " in result.output
+    assert "verdict: " in result.output and "estimating the noise floor" in result.output
     opened = Store.open(store)
     rows = read_csv(paths.to_ref_csv(store))
     for row in rows:
@@ -512,7 +512,8 @@ def test_train_kernels_distance_embed_end_to_end(tmp_path, real_figures):
     assert noise["floor"] == pytest.approx(2 * noise["S_against_float64"])
     assert summary["verdict"]["numbers"]["noise_floor"] == noise["floor"]
     cached = paths.noise_json(store).stat().st_mtime_ns
-    assert runner.invoke(app, ["distance", "--store", str(store), "-q"]).exit_code == 0
+    again = runner.invoke(app, ["distance", "--store", str(store)])
+    assert again.exit_code == 0 and "estimating the noise floor" not in again.output
     assert paths.noise_json(store).stat().st_mtime_ns == cached  # reused, not recomputed
     assert (
         runner.invoke(app, ["distance", "--store", str(store), "-q", "--no-noise"]).exit_code == 0

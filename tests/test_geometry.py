@@ -294,7 +294,7 @@ def test_distance_to_reference_and_step_index() -> None:
     assert step_index(STEPS, 50) == 4
     with pytest.raises(GeometryError, match="nearest stored steps are 30 or 50"):
         distance_to_reference(s, STEPS, 40)
-    with pytest.raises(GeometryError, match="nearest stored steps are 100"):
+    with pytest.raises(GeometryError, match="nearest stored step is 100"):
         step_index(STEPS, 1000)
 
 

@@ -423,7 +423,8 @@ def test_cli_report_and_missing_store(run, tmp_path):
     outcome = runner.invoke(app, ["report", "--store", str(store)])
     assert outcome.exit_code == 0, outcome.output
     assert "verdict" in outcome.output and "report.html" in outcome.output
-    assert "7 figures embedded" in outcome.output
+    wrote = " ".join(outcome.output.split())  # rich wraps the line at the terminal's width
+    assert "7 figures embedded), report.md, spec.toml, training.png" in wrote
     missing = tmp_path / "nowhere"
     outcome = runner.invoke(app, ["report", "--store", str(missing)])
     assert outcome.exit_code == 1
@@ -445,6 +446,7 @@ def test_readme_documents_the_report_files():
 def test_training_curves_come_from_metrics_csv_and_are_left_out_without_it(run, tmp_path):
     _, ckpts, store, result = run
     assert "training" in result.sections and paths.report_training_png(store).is_file()
+    assert result.training_png == paths.report_training_png(store)
     rows = list(csv.DictReader(open(paths.metrics(ckpts), newline="")))
     assert rows and {"train_loss", "test_acc"} <= set(rows[0])
     copy = tmp_path / "copy"
@@ -454,7 +456,7 @@ def test_training_curves_come_from_metrics_csv_and_are_left_out_without_it(run, 
         again = report(copy)
     finally:
         (tmp_path / "metrics.csv").rename(paths.metrics(ckpts))
-    assert "training" not in again.sections
+    assert "training" not in again.sections and again.training_png is None
     assert paths.report_training_png(copy) not in again.figures
     assert "No metrics.csv" in Page(again.html.read_text(encoding="utf-8")).section("training")
 

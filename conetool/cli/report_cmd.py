@@ -70,9 +70,10 @@ def report(
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     size = format_bytes(result.html.stat().st_size, smallest="KiB", largest="MiB")
+    beside = [p.name for p in (result.markdown, result.spec, result.training_png) if p]
     console.print(
-        f"wrote {result.html.name} ({size}, {len(result.figures)} figures "
-        f"embedded), {result.markdown.name}" + (f", {result.spec.name}" if result.spec else ""),
+        f"wrote {result.html.name} ({size}, {len(result.figures)} figures embedded), "
+        + ", ".join(beside),
         highlight=False,
         markup=False,
     )

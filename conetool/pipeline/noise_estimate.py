@@ -16,6 +16,7 @@ that checkpoint's fingerprint stay the same.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def estimate_noise_floor(
     device: str | torch.device = "cpu",
     ckpts: Path | None = None,
     spec: Spec | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """``(record, note)``: the noise record (JSON-ready, ``floor`` is the floor of S) and
     ``None`` (or a note that the model's module came from the folder the store records), or
@@ -53,7 +55,8 @@ def estimate_noise_floor(
 
     ``ckpts``: the checkpoint directory now, when it moved (the checkpoint is looked up at the
     same place relative to it as relative to the directory the manifest names); ``spec``: the
-    spec, instead of the one the manifest records (the caller checks that it is the store's).
+    spec, instead of the one the manifest records (the caller checks that it is the store's);
+    ``log``: told when the estimate is computed (not when it is read from ``noise.json``).
 
     Raises:
         StoreError: ``ckpts`` was given and does not hold the checkpoint.
@@ -86,6 +89,8 @@ def estimate_noise_floor(
             return saved["noise"], None
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    if log is not None:
+        log("estimating the noise floor of S on the run's model ...")
     if not source.exists():
         if ckpts is not None:
             raise StoreError(

@@ -238,9 +238,8 @@ def _distance(
     to_ref = {ref: distance_to_reference(s, steps, ref) for ref in ref_steps}
     noise_record = None
     if noise:
-        progress.log("estimating the noise floor of S on the run's model ...")
         noise_record, why = estimate_noise_floor(
-            opened, device="auto", ckpts=given_ckpts, spec=given_spec
+            opened, device="auto", ckpts=given_ckpts, spec=given_spec, log=progress.log
         )
         if why:
             notes.append(why)

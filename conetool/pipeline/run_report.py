@@ -58,6 +58,8 @@ class ReportResult:
         missing: (part, the command that makes it), for each part the store lacks.
         figures: the PNG files embedded in the HTML, in page order.
         notes: things the user should know (outputs older than the kernels, unreadable files).
+        training_png: the training curves written beside the page (``None`` when the run has no
+            ``metrics.csv``).
     """
 
     store: Path
@@ -69,6 +71,7 @@ class ReportResult:
     missing: list[tuple[str, str]]
     figures: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    training_png: Path | None = None
 
 
 @library_call
@@ -139,6 +142,7 @@ def report(
         missing=gathered.missing,
         figures=figures,
         notes=gathered.notes,
+        training_png=gathered.training_png,
     )
 
 
