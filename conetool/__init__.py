@@ -26,7 +26,10 @@ _EXPORTS = {
     "CheckpointError": "errors",
     "ConetoolError": "errors",
     "DataError": "errors",
+    "MemoryBudgetError": "errors",
     "ModelError": "errors",
+    "GeometryError": "geometry",
+    "NonFiniteKernelError": "ntk",
     "SpecError": "errors",
     "StoreError": "errors",
     "LinearizedModel": "linearize",
@@ -61,12 +64,14 @@ if TYPE_CHECKING:
         CheckpointError,
         ConetoolError,
         DataError,
+        MemoryBudgetError,
         ModelError,
         SpecError,
         StoreError,
     )
+    from .geometry import GeometryError
     from .linearize import LinearizedModel, linearize
-    from .ntk import empirical_ntk
+    from .ntk import NonFiniteKernelError, empirical_ntk
     from .ntk_memo import EngineMemo
     from .pipeline import (
         DemoResult,
@@ -125,9 +130,12 @@ __all__ = [
     "DistanceResult",
     "EmbedResult",
     "EngineMemo",
+    "GeometryError",
     "KernelsResult",
     "LinearizedModel",
+    "MemoryBudgetError",
     "ModelError",
+    "NonFiniteKernelError",
     "ReportResult",
     "Spec",
     "SpecError",

@@ -55,13 +55,16 @@ E = TypeVar("E", bound=Enum)
 
 
 def choice(enum: type[E], value: object, flag: str) -> E:
-    """``value`` (a member or its value) as a member of ``enum``.
+    """``value`` (a member, its value, or a torch object named by it: ``torch.float64``) as a
+    member of ``enum``.
 
     Raises:
         ConetoolError: not one of the choices; the message names ``flag`` and every choice.
     """
     if isinstance(value, enum):
         return value
+    if not isinstance(value, str) and str(value).startswith("torch."):
+        value = str(value).removeprefix("torch.")  # torch.float64, as empirical_ntk takes it
     try:
         return enum(value)
     except ValueError:

@@ -152,3 +152,16 @@ def test_distance_and_spectrum_take_threads(run: Path, tmp_path: Path) -> None:
     assert seen and set(seen) == {1}
     with pytest.raises(conetool.ConetoolError, match="--threads"):
         conetool.spectrum(store, threads=0)
+
+
+def test_kernels_take_a_torch_dtype_as_empirical_ntk_does(run: Path, tmp_path: Path) -> None:
+    made = conetool.kernels(run, store=tmp_path / "s", dtype=torch.float64, steps=(0, 0), threads=1)
+    assert conetool.Store.open(made.store).load_kernel(0).dtype == torch.float64
+    with pytest.raises(conetool.ConetoolError, match="--dtype 'int8' is unknown"):
+        conetool.kernels(run, store=tmp_path / "t", dtype=torch.int8, threads=1)
+
+
+def test_every_error_a_call_raises_is_exported_under_conetool_error() -> None:
+    for name in ("GeometryError", "MemoryBudgetError", "NonFiniteKernelError", "ModelError"):
+        assert issubclass(getattr(conetool, name), conetool.ConetoolError), name
+        assert name in conetool.__all__

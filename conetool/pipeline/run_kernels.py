@@ -44,7 +44,7 @@ def kernels(
     store: str | Path = paths.DEFAULT_STORE,
     probe_size: int | None = None,
     kind: str = "trace",
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
     device: str | torch.device = "auto",
     max_memory: int | str | None = None,
     method: str = "auto",
@@ -103,10 +103,11 @@ def kernels(
         spec=spec,
         store=store,
         probe_size=probe_size,
-        kind=kind,
-        dtype=dtype,
+        # the CLI's Enums, one message for Python callers; a torch.float64 is taken as "float64"
+        kind=choice(Kind, kind, "--kind").value,
+        dtype=choice(Dtype, dtype, "--dtype").value,
         max_memory=max_memory,
-        method=method,
+        method=choice(Method, method, "--method").value,
         steps=step_range_text(steps),
         every=every,
         step_regex=step_regex,
@@ -191,14 +192,7 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
     store recorded for this same directory is used (a rerun needs no regex again), unless the
     store is being overwritten."""
     o = options
-    ckpts, spec, probe_size, kind, dtype, method = (
-        o.ckpts,
-        o.spec,
-        o.probe_size,
-        o.kind,
-        o.dtype,
-        o.method,
-    )
+    ckpts, spec, probe_size, kind, dtype = (o.ckpts, o.spec, o.probe_size, o.kind, o.dtype)
     max_memory, steps, every, step_regex, skip_bad = (
         o.max_memory,
         o.steps,
@@ -209,9 +203,6 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
     store = None if o.overwrite else Path(o.store)
     if max_memory is not None:
         parse_memory(max_memory)  # names --max-memory; before any file is touched
-    kind = choice(Kind, kind, "--kind").value  # the CLI's Enums, one message for Python callers
-    dtype = choice(Dtype, dtype, "--dtype").value
-    method = choice(Method, method, "--method").value
     if not ckpts.exists():
         raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
     spec = resolve_spec(ckpts, spec)
