@@ -17,6 +17,14 @@ Guarantees:
 * every file is written to a temporary name and renamed into place, kernel first, manifest after;
   a kernel file carries its own manifest record in its metadata, so a run killed between the two
   writes loses nothing: the next open adopts the kernel;
+* ``manifest.json`` is not rewritten after every kernel: a whole rewrite costs time in proportion
+  to the steps it holds, so one per kernel makes a run of N fast kernels O(N^2) (at N = 2,000 tiny
+  kernels it was most of the run). :meth:`Store.write_kernel` rewrites it only once
+  :data:`MANIFEST_INTERVAL` seconds, and :data:`MANIFEST_COST_RATIO` times its last write's
+  duration, have passed since that write; :meth:`Store.flush` and :meth:`Store.close` write what
+  is left. Kernels that take a second or more still get one write each. The kernel files not yet in
+  ``manifest.json`` carry their records (the point above), so a kill loses nothing and
+  :meth:`Store.open` (in memory) and :meth:`Store.open_for_writing` (on disk) pick them up;
 * a store is identified by (spec hash, probe hash, kernel kind, dtype). Opening it for another
   identity is refused; ``overwrite=True`` deletes what conetool wrote there and starts afresh;
 * a step is recomputed only when missing or when its source checkpoint's fingerprint changed;
@@ -44,6 +52,7 @@ from __future__ import annotations
 import math
 import shutil
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -80,6 +89,8 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "LAYOUTS",
+    "MANIFEST_COST_RATIO",
+    "MANIFEST_INTERVAL",
     "StepRecord",
     "Store",
     "StoreIdentity",
@@ -88,6 +99,16 @@ __all__ = [
     "nearest_steps",
     "read_manifest",
 ]
+
+
+#: :meth:`Store.write_kernel` rewrites ``manifest.json`` only when this many seconds have passed
+#: since its last write ...
+MANIFEST_INTERVAL = 1.0
+#: ... and this many times as long as that write took: however many steps the manifest holds, its
+#: rewrites take at most about a tenth of the run.
+MANIFEST_COST_RATIO = 10.0
+#: The clock of those intervals (seconds; tests replace it).
+_now = time.monotonic
 
 
 class Store:
@@ -101,12 +122,25 @@ class Store:
         self._lock: StoreLock | None = None
         # Guards self.manifest (and manifest.json's writes) between a writer thread and readers.
         self._manifest_guard = threading.RLock()
+        self._unsaved = False  # steps recorded in self.manifest since manifest.json was written
+        self._next_save = 0.0  # _now() from which write_kernel writes manifest.json again
+
+    def flush(self) -> None:
+        """Write ``manifest.json`` now if kernels were recorded since its last write
+        (:meth:`write_kernel` spaces its writes out). The owner only; :meth:`close` calls it."""
+        with self._manifest_guard:
+            if self.owner and self._unsaved:
+                self._write_manifest()
 
     def close(self) -> None:
-        """Release the writer's lock (:meth:`open_for_writing`); the store can still be read."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Write what :meth:`write_kernel` left out of ``manifest.json`` (:meth:`flush`) and
+        release the writer's lock (:meth:`open_for_writing`); the store can still be read."""
+        try:
+            self.flush()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> Store:
         return self
@@ -208,7 +242,9 @@ class Store:
             if manifest is not None:
                 found = manifest_identity(manifest)
                 if found != identity and not overwrite:
-                    raise StoreError(mixed_message(root, found, identity, len(manifest["steps"])))
+                    # the kernel files too: manifest.json may lag behind them (write_kernel)
+                    held = max(len(manifest["steps"]), len(_kernel_files(root)))
+                    raise StoreError(mixed_message(root, found, identity, held))
                 if found != identity:
                     cleared = clear(root)
                 else:
@@ -296,15 +332,19 @@ class Store:
 
     # ----------------------------------------------------------------- writing
     def write_kernel(self, record: StepRecord, kernel: torch.Tensor) -> None:
-        """Write one step's kernel atomically, then the manifest (the kernel file carries its
-        record, so a kill between the two writes is recovered on the next open). A store opened
-        with :meth:`join` writes the kernel file only."""
+        """Write one step's kernel atomically and record it in the manifest in memory; then
+        write ``manifest.json`` if its last write is far enough behind (:data:`MANIFEST_INTERVAL`,
+        :data:`MANIFEST_COST_RATIO`), else leave it to a later kernel or :meth:`flush`. The
+        kernel file carries its record, so a kill before the manifest write is recovered on the
+        next open. A store opened with :meth:`join` writes the kernel file only."""
         metadata = kernel_metadata(self.identity, record)
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
         with self._manifest_guard:
             self.manifest["steps"][str(record.step)] = asdict(record)
             if self.owner:
-                self._write_manifest()
+                self._unsaved = True
+                if _now() >= self._next_save:
+                    self._write_manifest()
 
     def refresh_mtimes(self, mtimes: Mapping[int, int]) -> None:
         """Record new modification times (step -> ns) of checkpoints that were read and found
@@ -481,7 +521,11 @@ class Store:
 
     def _write_manifest(self) -> None:
         with self._manifest_guard:
+            began = _now()
             write_manifest(self.root, self.manifest)
+            ended = _now()
+            self._unsaved = False
+            self._next_save = ended + max(MANIFEST_INTERVAL, MANIFEST_COST_RATIO * (ended - began))
 
 
 def clear(root: Path) -> str | None:

@@ -83,6 +83,7 @@ def write_step(store: Store, step: int, kernel: np.ndarray | torch.Tensor) -> No
         seconds=0.0,
     )
     store.write_kernel(record, tensor)
+    store.flush()  # into manifest.json now, as a finished kernels run leaves it
 
 
 def make_store(

@@ -281,6 +281,7 @@ def test_joined_store_writes_kernels_only_and_the_owner_merges_them(tmp_path):
 
     owner = Store.open_for_writing(tmp_path / "s", ident, {"checkpoints": "/ck"})
     owner.write_kernel(record(0, "a"), torch.eye(2))
+    owner.flush()  # manifest.json now holds step 0 (write_kernel may leave it for later)
     joined = Store.join(tmp_path / "s")
     joined.write_kernel(record(5, "a"), 2 * torch.eye(2))
     assert list(json.loads(paths.manifest(tmp_path / "s").read_text())["steps"]) == ["0"]

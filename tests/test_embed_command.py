@@ -53,6 +53,7 @@ def make_store(root: Path, steps: list[int], kernels: list[np.ndarray]) -> Path:
             ),
             tensor,
         )
+    store.close()  # manifest.json complete, the lock released
     return root
 
 

@@ -37,6 +37,7 @@ def test_round_trip_is_exact(tmp_path):
     assert torch.equal(again.load_kernel(200), kernel)
     assert again.identity == IDENT
     assert again.record(100) == record(100)
+    store.close()  # writes what write_kernel left out of manifest.json
     manifest = json.loads(paths.manifest(tmp_path / "s").read_text())
     assert list(manifest["steps"]) == ["100", "200"]
     assert manifest["checkpoints"] == "/runs/x" and manifest["layout"].startswith("(n, n)")

@@ -307,6 +307,7 @@ def compute_all(
             shape = tuple(kernel.shape)
             bar.advance(1, step=ref.step, per_kernel=f"{took:.2f}s")
     out.refresh_mtimes(touched)
+    out.flush()  # the records write_kernel left out of manifest.json (it spaces its writes out)
 
     share = {
         "computed": computed,
