@@ -185,3 +185,23 @@ def test_a_kernels_run_that_stops_at_a_bad_checkpoint_leaves_the_manifest_comple
     with pytest.raises(CheckpointError, match="step 6"):
         kernels(run, store=store, device="cpu", threads=1)
     assert on_disk(store) == [0, 2, 4]
+
+
+def test_the_store_writes_benchmark_measures_both_behaviours(capsys):
+    """benchmarks/bench_store_writes.py (the README's numbers): its baseline really rewrites the
+    manifest after every kernel, and its spaced run writes it a few times only."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_store_writes.py"
+    spec = importlib.util.spec_from_file_location("bench_store_writes", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--count", "20", "--side", "4", "--repeat", "1"])
+    out = capsys.readouterr().out.splitlines()
+    every = next(line.split() for line in out if line.split()[:2] == ["every", "kernel"])
+    spaced = next(line.split() for line in out if line.split()[0] == "spaced")
+    assert every[-1] == "21"  # the creation and one per kernel
+    assert 1 <= int(spaced[-1]) <= 3
+    assert conetool.store.MANIFEST_INTERVAL == 1.0  # the benchmark put the settings back
