@@ -16,7 +16,8 @@ Guarantees:
 
 * every file is written to a temporary name and renamed into place, kernel first, manifest after;
   a kernel file carries its own manifest record in its metadata, so a run killed between the two
-  writes loses nothing: the next open adopts the kernel;
+  writes loses nothing: the next open adopts the kernel (and the next :meth:`Store.open_for_writing`
+  removes the temporary files a killed writer left);
 * ``manifest.json`` is not rewritten after every kernel: a whole rewrite costs time in proportion
   to the steps it holds, so one per kernel makes a run of N fast kernels O(N^2) (at N = 2,000 tiny
   kernels it was most of the run). :meth:`Store.write_kernel` rewrites it only once
@@ -225,6 +226,7 @@ class Store:
         path = paths.manifest(root)
         notes: list[str] = []
         cleared: str | None = None
+        _remove_stale_temporaries(root)
         if path.is_file():
             try:
                 manifest: dict[str, Any] | None = read_manifest(path)
@@ -549,6 +551,27 @@ def clear(root: Path) -> str | None:
         return None
     results = f" and its {', '.join(derived)} results" if derived else ""
     return f"--overwrite removed the replaced store's {kernels} kernel file(s){results}"
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Remove the temporary files of atomic writes (``.step_000100.safetensors.x1y2.tmp``) that
+    a killed writer left in the store's own folders. Called by the lock's holder before it
+    writes: conetool's other writers (torchrun ranks) join after it, and the commands that read
+    the store write only in their own result folders."""
+    own = (paths.manifest(root), paths.probe(root), paths.eval_set(root))
+    patterns = [(p.parent, f".{p.name}.*.tmp") for p in own]  # the root may hold other files
+    patterns += [(root / name, ".*.tmp") for name in _WRITER_DIRS]
+    for folder, pattern in patterns:
+        try:
+            leftovers = [p for p in folder.glob(pattern) if p.is_file()]
+        except OSError:
+            continue
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+
+
+#: The folders only ``kernels`` (the lock's holder and its ranks) writes in.
+_WRITER_DIRS = (paths.KERNELS_DIR, paths.EVAL_KERNELS_DIR, paths.LAYER_KERNELS_DIR)
 
 
 def _looks_like_store(root: Path) -> bool:

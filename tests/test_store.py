@@ -118,6 +118,29 @@ def test_no_temporary_files_left_behind(tmp_path):
     assert leftovers == []
 
 
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_writer(tmp_path):
+    root = tmp_path / "s"
+    store = Store.open_for_writing(root, IDENT, HEADER)
+    store.write_kernel(record(0), torch.eye(2))
+    store.close()
+    left = [  # what a kill -9 during atomic writes leaves
+        root / paths.KERNELS_DIR / ".step_000010.safetensors.k3j2h1.tmp",
+        root / ".manifest.json.a1b2c3.tmp",
+        root / ".probe.safetensors.zz9.tmp",
+    ]
+    (root / paths.EVAL_KERNELS_DIR).mkdir()
+    left.append(root / paths.EVAL_KERNELS_DIR / ".step_000010.safetensors.q.tmp")
+    kept = [root / "my_notes.tmp", root / ".editor.swp.tmp", root / "distance" / ".x.tmp"]
+    (root / "distance").mkdir()
+    for path in left + kept:
+        path.write_bytes(b"partial")
+    assert Store.open(root).steps() == [0]  # a reader leaves them (a writer may be running)
+    assert all(path.exists() for path in left)
+    Store.open_for_writing(root, IDENT, HEADER).close()
+    assert [path.name for path in left if path.exists()] == []
+    assert all(path.exists() for path in kept)  # not conetool's, or another command's folder
+
+
 def test_written_files_get_the_usual_permissions(tmp_path):
     import os
 
