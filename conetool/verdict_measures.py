@@ -156,27 +156,60 @@ def _candidates(x: np.ndarray, limit: int = 80) -> np.ndarray:
     return grid
 
 
+#: Bound on the elements of the ``(pairs, N)`` residual blocks of :func:`_two_bend_fits` (2 MiB
+#: each in float64), so that its memory does not grow with the number of pairs times points.
+_RESIDUAL_BLOCK = 1 << 18
+
+
 def _two_bend_fits(
     x: np.ndarray, y: np.ndarray, onehot: np.ndarray, grid: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Least squares for every pair of bends ``grid[a] < grid[b]`` at once (normal equations).
 
-    Returns ``(a, b, sse, coef)`` flattened over the pairs: ``coef`` is ``(P, m + 3)``: one offset
-    per curve, the first slope, and the slope changes at the two bends (per 1,000 steps).
+    ``x`` and ``y`` are ``(N,)``, ``onehot`` is ``(N, m)`` (the curve of each point), ``grid`` is
+    ``(G,)``. Each pair's design is ``[base, h_a, h_b]`` with ``base = [onehot, x / 1000]``
+    ``(N, m + 1)`` and the hinges ``h_g = max(x - grid[g], 0) / 1000``; its ``(m + 3, m + 3)``
+    normal equations are put together from products shared by all pairs (``base.T @ base``
+    ``(m + 1, m + 1)``, ``H @ base`` ``(G, m + 1)``, ``H @ H.T`` ``(G, G)``, ``base.T @ y`` and
+    ``H @ y`` for the hinge matrix ``H`` ``(G, N)``), and the squared errors are summed from the
+    residuals of at most ``_RESIDUAL_BLOCK // N`` pairs at a time: memory ``O(G N + P m^2)``,
+    not ``O(P N m)``.
+
+    Returns ``(a, b, sse, coef)`` flattened over the ``P = G (G - 1) / 2`` pairs: ``a`` and ``b``
+    ``(P,)`` index ``grid``, ``sse`` is ``(P,)``, ``coef`` is ``(P, m + 3)``: one offset per curve,
+    the first slope, and the slope changes at the two bends (per 1,000 steps).
     """
     a, b = np.triu_indices(grid.size, k=1)
     hinge = np.maximum(x[None, :] - grid[:, None], 0.0) / 1000.0  # (G, N)
-    base = np.hstack([onehot, x[:, None] / 1000.0])  # (N, m + 1)
-    design = np.concatenate(
-        [np.broadcast_to(base, (a.size, *base.shape)), hinge[a][:, :, None], hinge[b][:, :, None]],
-        axis=2,
-    )  # (P, N, m + 3)
-    gram = np.einsum("pni,pnj->pij", design, design)
-    rhs = np.einsum("pni,n->pi", design, y)
-    ridge = 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None, None] * np.eye(gram.shape[1])
+    base = np.hstack([onehot, x[:, None] / 1000.0])  # (N, k), k = m + 1
+    k = base.shape[1]
+    hb = hinge @ base  # (G, k)
+    hh = hinge @ hinge.T  # (G, G)
+    hy = hinge @ y  # (G,)
+    gram = np.empty((a.size, k + 2, k + 2))
+    gram[:, :k, :k] = base.T @ base
+    gram[:, :k, k] = gram[:, k, :k] = hb[a]
+    gram[:, :k, k + 1] = gram[:, k + 1, :k] = hb[b]
+    gram[:, k, k] = hh[a, a]
+    gram[:, k + 1, k + 1] = hh[b, b]
+    gram[:, k, k + 1] = gram[:, k + 1, k] = hh[a, b]
+    rhs = np.empty((a.size, k + 2))
+    rhs[:, :k] = base.T @ y
+    rhs[:, k] = hy[a]
+    rhs[:, k + 1] = hy[b]
+    ridge = 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None, None] * np.eye(k + 2)
     coef = np.linalg.solve(gram + ridge, rhs[:, :, None])[:, :, 0]
-    resid = y[None, :] - np.einsum("pni,pi->pn", design, coef)
-    return a, b, np.einsum("pn,pn->p", resid, resid), coef
+    sse = np.empty(a.size)
+    block = max(1, _RESIDUAL_BLOCK // max(x.size, 1))
+    for first in range(0, a.size, block):
+        rows = slice(first, first + block)
+        c = coef[rows]
+        resid = c[:, :k] @ base.T  # (block, N)
+        resid += c[:, k, None] * hinge[a[rows]]
+        resid += c[:, k + 1, None] * hinge[b[rows]]
+        np.subtract(y[None, :], resid, out=resid)
+        sse[rows] = np.einsum("pn,pn->p", resid, resid)
+    return a, b, sse, coef
 
 
 def fit_phase_break(points: VelocityPoints, min_fall: float = 0.35) -> PhaseBreak | None:
