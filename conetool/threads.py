@@ -259,9 +259,11 @@ def slow_step_watch(
     progress: Progress,
     *,
     passes: float = 3.0,
+    notes: list[str] | None = None,
 ) -> list[SlowStepWatch]:
     """The ``on_step`` callbacks that watch a training loop's speed: one :class:`SlowStepWatch`
-    on the CPU (its warning goes to ``progress.log``), none on a GPU. A step costs ``passes``
+    on the CPU (its warning goes to ``progress.log`` and to ``notes``, which the command's result
+    carries to a Python caller who passed no progress), none on a GPU. A step costs ``passes``
     forward passes of the batch (3: forward, backward for inputs and for weights)."""
     import torch
 
@@ -269,4 +271,10 @@ def slow_step_watch(
         return []
     example = data.train.batch(torch.arange(1))[0].to(device)
     step_flops = passes * spec.train.batch_size * forward_flops(model, example)
-    return [SlowStepWatch(step_flops, lambda m: progress.log(f"warning: {m}"), threads=threads)]
+
+    def warn(message: str) -> None:
+        if notes is not None:
+            notes.append(message)
+        progress.log(f"warning: {message}")
+
+    return [SlowStepWatch(step_flops, warn, threads=threads)]

@@ -52,6 +52,7 @@ class TrainResult:
     seconds: float
     metrics: list[dict[str, float]] = field(default_factory=list)
     run_steps: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. training steps implausibly slow
 
 
 def save_steps(spec: Spec) -> list[int]:
@@ -135,6 +136,7 @@ def _train(
         save_spec(spec, paths.spec(out))
 
     per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
+    warned: list[str] = []
     loop = TrainingLoop(
         spec,
         model,
@@ -144,7 +146,7 @@ def _train(
         progress,
         on_step=[
             _saver(spec, model, optimizer, out, per_epoch),
-            *slow_step_watch(model, data, spec, dev, threads, progress),
+            *slow_step_watch(model, data, spec, dev, threads, progress, notes=warned),
         ],
         on_eval=lambda row: _append_metrics(paths.metrics(out), row),
         diverged_hint=f" The checkpoints already in {out} are valid.",
@@ -162,6 +164,7 @@ def _train(
         seconds=time.perf_counter() - began,
         metrics=rows,
         run_steps=save_steps(spec),
+        warnings=warned,
     )
 
 

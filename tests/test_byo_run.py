@@ -320,3 +320,10 @@ def test_threads_option_and_slow_step_warning(
     assert (
         runner.invoke(app, ["train", str(tiny), "--out", str(out), "--threads", "0"]).exit_code == 2
     )
+    # --quiet says it once at the end; from Python it is in the result (no progress needed)
+    quiet = runner.invoke(
+        app, ["train", str(tiny), "--out", str(tmp_path / "q"), "--threads", "1", "-q"]
+    )
+    assert " ".join(quiet.output.split()).count("warning: training steps take") == 1
+    made = conetool.train(tiny, tmp_path / "lib", threads=1)
+    assert len(made.warnings) == 1 and made.warnings[0].startswith("training steps take")

@@ -69,6 +69,9 @@ def train(
     )
     console.print(table)
     console.print(f"final test accuracy: {result.test_acc:.4f}", highlight=False)
+    if quiet:  # the progress display said them as they came; --quiet must not lose them
+        for message in result.warnings:
+            console.print(f"warning: {message}", highlight=False, markup=False)
 
 
 def _checkpoints(result: TrainResult) -> str:
