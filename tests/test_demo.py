@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -85,3 +86,28 @@ def test_cli_demo(finished):
     )
     assert result.exit_code == 0, result.output
     assert "verdict:" in result.output and "report.html" in result.output
+
+
+def test_every_stage_runs_with_the_demos_threads(finished, monkeypatch):
+    """demo(threads=N) resolves N once and hands it to every stage: a stage left at "auto" would
+    count the cores again (here CONETOOL_THREADS makes "auto" 3)."""
+    import conetool.pipeline.run_distance as run_distance
+    import conetool.pipeline.run_spectrum as run_spectrum
+
+    monkeypatch.setenv("CONETOOL_THREADS", "3")
+    seen: dict[str, list[int]] = {"distance": [], "spectrum": []}
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            seen[name].append(torch.get_num_threads())
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(run_distance, "phase_verdict", spy("distance", run_distance.phase_verdict))
+    monkeypatch.setattr(
+        run_spectrum, "spectrum_point", spy("spectrum", run_spectrum.spectrum_point)
+    )
+    demo(finished.out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8], threads=2)
+    assert seen["distance"] and set(seen["distance"]) == {2}, seen
+    assert seen["spectrum"] and set(seen["spectrum"]) == {2}, seen

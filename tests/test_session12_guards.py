@@ -1,0 +1,343 @@
+"""Behaviour of this session's changes that the other tests left open (found by a mutation check):
+checkpoints in subfolders, the retrained-run warning, a budget error with --skip-bad, inference
+tensors, plain Python values, threads= of distance and spectrum, inspect's notes, switch's advice
+and the manifest's write spacing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tiny_run import run_fixtures
+from typer.testing import CliRunner
+
+import conetool
+import conetool.pipeline.matrix_cache
+import conetool.pipeline.run_spectrum
+import conetool.store
+from conetool import paths
+from conetool.checkpoints import list_checkpoints
+from conetool.cli import app
+from conetool.errors import CheckpointError, SpecError
+from conetool.pipeline.resolve import resolve_spec
+from conetool.pipeline.retrained_run import retrained_warning
+
+runner = CliRunner()
+trained, run = run_fixtures()
+
+
+def _write(directory: Path, *steps: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        save_file({"w": torch.full((2,), float(step))}, str(paths.checkpoint(directory, step)))
+
+
+def _change(path: Path) -> None:
+    """Other weights in the same file (same name, same metadata): a retrained checkpoint."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints in subfolders
+
+
+def test_a_subfolder_counts_its_checkpoints_not_its_own_subfolders(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _write(runs / "seed0", 0, 10)
+    (runs / "seed0" / "logs").mkdir()  # a folder inside the run is no checkpoint
+    (runs / "seed0" / "plots").mkdir()
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(runs)
+    assert "seed0/ (2 checkpoints)" in str(e.value)
+
+
+def test_many_subfolders_are_listed_five_then_counted(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed in range(7):
+        _write(runs / f"seed{seed}", 0)
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(runs)
+    text = str(e.value)
+    assert "seed4/ (1 checkpoint) and 2 more" in text
+    assert "seed5/" not in text and "seed6/" not in text
+    assert f"Pass one run's folder, such as '{runs / 'seed0'}'" in text
+
+
+def test_one_subfolder_is_the_folder_to_pass(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _write(runs / "seed0", 0)
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(runs)
+    assert f"Pass that folder, '{runs / 'seed0'}'" in str(e.value)
+
+
+def test_a_missing_spec_names_at_most_three_run_folders(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed in range(4):
+        _write(runs / f"seed{seed}", 0)
+        (runs / f"seed{seed}" / paths.SPEC_NAME).write_text("[model]\n")
+    with pytest.raises(SpecError) as e:
+        resolve_spec(runs, None)
+    text = str(e.value)
+    assert f"subfolders '{runs / 'seed0'}', '{runs / 'seed1'}', '{runs / 'seed2'}' ... " in text
+    assert "seed3" not in text and "hold runs" in text
+    one = tmp_path / "one"
+    _write(one / "seed0", 0)
+    (one / "seed0" / paths.SPEC_NAME).write_text("[model]\n")
+    with pytest.raises(SpecError) as e:
+        resolve_spec(one, None)
+    assert f"its subfolder '{one / 'seed0'}' holds a run" in str(e.value)
+
+
+def test_inspect_says_which_subfolders_it_does_not_read(run: Path) -> None:
+    _write(run / "old", 3, 7)
+    notes: list[str] = []
+    rows = conetool.inspect(run, warn=notes.append)  # the library passes warn= on
+    assert [r.step for r in rows] == [0, 5, 10]
+    assert len(notes) == 1 and "not read: subfolder old/ (2 checkpoints)" in notes[0]
+    result = runner.invoke(app, ["inspect", str(run)])  # and the command prints it
+    assert result.exit_code == 0, result.output
+    assert "note: not read: subfolder old/ (2 checkpoints)" in " ".join(result.output.split())
+
+
+# --------------------------------------------------------------------------------------------------
+# the retrained-run warning
+
+
+def _retrain_warnings(result: conetool.KernelsResult) -> list[str]:
+    return [w for w in result.warnings if "earlier run" in w]
+
+
+def test_no_retrain_warning_when_new_checkpoints_come_while_old_ones_are_deleted(
+    run: Path, tmp_path: Path
+) -> None:
+    """A run still training: its kernels are computed as it goes and old checkpoints deleted once
+    their kernels are stored. A new step is no changed checkpoint."""
+    store = tmp_path / "s"
+    assert conetool.kernels(run, store=store, steps=(0, 5), threads=1).computed == [0, 5]
+    paths.checkpoint(run, 0).unlink()
+    again = conetool.kernels(run, store=store, threads=1)
+    assert again.computed == [10]
+    assert _retrain_warnings(again) == [], again.warnings
+
+
+def test_no_retrain_warning_for_a_step_outside_every(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    conetool.kernels(run, store=store, threads=1)
+    paths.checkpoint(run, 5).unlink()  # outside --every 10: not gone from the selection
+    _change(paths.checkpoint(run, 10))
+    again = conetool.kernels(run, store=store, every=10, threads=1)
+    assert again.computed == [10]
+    assert _retrain_warnings(again) == [], again.warnings
+
+
+def test_the_cli_shows_the_retrain_warning_without_quiet(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    conetool.kernels(run, store=store, threads=1)
+    for step in (0, 5):
+        _change(paths.checkpoint(run, step))
+    paths.checkpoint(run, 10).unlink()
+    result = runner.invoke(app, ["kernels", str(run), "--store", str(store), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "warning: 2 checkpoint(s) changed" in flat and "earlier run" in flat, result.output
+
+
+def test_the_retrain_warning_lists_five_steps_of_each_kind() -> None:
+    steps = list(range(0, 70, 10))
+    note = retrained_warning(
+        {s: "old" for s in steps}, {s: "new" for s in steps}, steps, range(100, 170, 10), "store"
+    )
+    assert note is not None
+    assert "7 checkpoint(s) changed" in note
+    assert "(steps 0, 10, 20, 30, 40, ...; recomputed)" in note
+    assert "7 step(s) whose checkpoints are gone (100, 110, 120, 130, 140, ...)" in note
+
+
+# --------------------------------------------------------------------------------------------------
+# errors that are no checkpoint's stop kernels even with --skip-bad
+
+
+def test_a_budget_too_small_stops_kernels_even_with_skip_bad(run: Path, tmp_path: Path) -> None:
+    with pytest.raises(conetool.MemoryBudgetError) as e:
+        conetool.kernels(run, store=tmp_path / "s", max_memory=1, skip_bad=True, threads=1)
+    text = str(e.value)
+    assert text.startswith("step 0 ") and "not this checkpoint's" in text
+    assert "Raise --max-memory" in text
+    assert conetool.Store.open(tmp_path / "s").steps() == []  # no step tried after the first
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.inference_mode
+
+
+def test_empirical_ntk_of_a_model_built_under_inference_mode() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    expected = conetool.empirical_ntk(net.double(), x, device="cpu")
+    with torch.inference_mode():
+        built = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+        built.load_state_dict(net.state_dict())
+        built.double()
+        assert next(built.parameters()).is_inference()  # its weights are inference tensors
+        found = conetool.empirical_ntk(built, x, device="cpu")
+    torch.testing.assert_close(found, expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# plain Python values
+
+
+def test_steps_that_are_no_pair_are_refused(run: Path) -> None:
+    for steps in ((5,), (), [0, 5, 10]):
+        with pytest.raises(CheckpointError, match=r"pass a pair \(first, last\)"):
+            conetool.inspect(run, steps=steps)  # type: ignore[arg-type]
+
+
+def test_demo_refuses_steps_that_are_no_whole_number(tmp_path: Path) -> None:
+    for steps in ("12", 12.0):
+        with pytest.raises(conetool.ConetoolError, match=r"^--steps .*a whole number"):
+            conetool.demo(tmp_path / "demo", steps=steps, threads=1)  # type: ignore[arg-type]
+    assert not (tmp_path / "demo").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# threads= of distance and spectrum, from Python and from the command line
+
+
+@pytest.fixture
+def threads_seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """torch's thread count inside distance's and spectrum's computations; ``auto`` is 3 here,
+    so a call that ignored its ``threads`` would be seen."""
+    monkeypatch.setenv("CONETOOL_THREADS", "3")
+    seen: dict[str, list[int]] = {"distance": [], "spectrum": []}
+    real_matrix = conetool.pipeline.matrix_cache.distance_matrix
+    real_point = conetool.pipeline.run_spectrum.spectrum_point
+
+    def matrix(*args: Any, **kwargs: Any) -> Any:
+        seen["distance"].append(torch.get_num_threads())
+        return real_matrix(*args, **kwargs)
+
+    def point(*args: Any, **kwargs: Any) -> Any:
+        seen["spectrum"].append(torch.get_num_threads())
+        return real_point(*args, **kwargs)
+
+    monkeypatch.setattr(conetool.pipeline.matrix_cache, "distance_matrix", matrix)
+    monkeypatch.setattr(conetool.pipeline.run_spectrum, "spectrum_point", point)
+    return seen
+
+
+def test_distance_and_spectrum_compute_with_the_threads_asked_for(
+    run: Path, tmp_path: Path, threads_seen: dict[str, list[int]]
+) -> None:
+    store, fresh = tmp_path / "s", tmp_path / "fresh"
+    conetool.kernels(run, store=store, threads=1)
+    shutil.copytree(store, fresh)  # for the command line: nothing computed there yet
+    conetool.distance(store, noise=False, threads=2)
+    conetool.spectrum(store, threads=2)
+    assert threads_seen["distance"] and set(threads_seen["distance"]) == {2}
+    assert threads_seen["spectrum"] and set(threads_seen["spectrum"]) == {2}
+    threads_seen["distance"].clear()
+    threads_seen["spectrum"].clear()
+    for args in (["distance", "--no-noise"], ["spectrum"]):
+        result = runner.invoke(app, [*args, "--store", str(fresh), "--threads", "2", "-q"])
+        assert result.exit_code == 0, result.output
+    assert threads_seen["distance"] and set(threads_seen["distance"]) == {2}
+    assert threads_seen["spectrum"] and set(threads_seen["spectrum"]) == {2}
+
+
+# --------------------------------------------------------------------------------------------------
+# inspect's notes
+
+
+def test_inspect_notes_a_checkpoint_saved_in_lower_precision(run: Path) -> None:
+    path = paths.checkpoint(run, 5)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(half, str(path), metadata=meta)
+    rows = {r.step: r for r in conetool.inspect(run, verify=True)}
+    assert rows[5].status == "ok", rows[5].problem
+    assert any("lower precision" in note for note in rows[5].notes), rows[5].notes
+    assert not any("lower precision" in note for note in rows[0].notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# switch's advice
+
+
+def test_switch_on_a_directory_of_bad_checkpoints_does_not_advise_skip_bad(
+    run: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "s"
+    conetool.kernels(run, store=store, threads=1)
+    for step in (0, 5, 10):
+        path = paths.checkpoint(run, step)
+        path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError) as e:
+        conetool.switch(5, store=store, threads=1)
+    text = str(e.value)
+    assert "3 unusable checkpoint(s)" in text
+    assert "--skip-bad" not in text and "choose another --at step" in text, text
+
+
+# --------------------------------------------------------------------------------------------------
+# manifest.json's write spacing
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_slow_manifest_write_waits_ten_times_its_duration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README: rewritten at most once a second and 10x its last write's time."""
+    clock = _Clock()
+    monkeypatch.setattr(conetool.store, "_now", clock)
+    ident = conetool.store.StoreIdentity("aaaa", "pppp", "trace", "float32")
+    store = conetool.Store.open_for_writing(tmp_path / "s", ident, {"checkpoints": "/x"})
+    real = conetool.store.write_manifest
+    done: list[int] = []
+
+    def slow(root: Path, manifest: dict[str, Any]) -> None:
+        clock.now += 3.0  # a 3-second write
+        done.append(len(manifest["steps"]))
+        real(root, manifest)
+
+    monkeypatch.setattr(conetool.store, "write_manifest", slow)
+
+    def record(step: int) -> conetool.store.StepRecord:
+        return conetool.store.StepRecord(
+            step=step,
+            source=[f"/x/step_{step:06d}.safetensors"],
+            size=1,
+            fingerprint="f",
+            kernel=paths.kernel_relative(step),
+            norm=1.0,
+            seconds=0.1,
+        )
+
+    clock.now += 1.0
+    store.write_kernel(record(0), torch.eye(2))
+    assert done == [1]
+    clock.now += 29.0
+    store.write_kernel(record(1), torch.eye(2))
+    assert done == [1]  # 29 s after a 3 s write: not yet
+    clock.now += 1.0
+    store.write_kernel(record(2), torch.eye(2))
+    assert done == [1, 3]
+    store.close()
