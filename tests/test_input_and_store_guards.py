@@ -1,4 +1,4 @@
-"""Behaviour of this session's changes that the other tests left open (found by a mutation check):
+"""Behaviour the other tests left open (found by a mutation check of the changes that added it):
 checkpoints in subfolders, the retrained-run warning, a budget error with --skip-bad, inference
 tensors, plain Python values, threads= of distance and spectrum, inspect's notes, switch's advice
 and the manifest's write spacing."""
