@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import torch
+from benchmark_module import load_benchmark
 
 
 def _profiling() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profiling.py"
-    spec = importlib.util.spec_from_file_location("bench_profiling", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("profiling")
 
 
 def test_outer_ops_counts_outermost_computing_ops() -> None:

@@ -190,14 +190,9 @@ def test_a_kernels_run_that_stops_at_a_bad_checkpoint_leaves_the_manifest_comple
 def test_the_store_writes_benchmark_measures_both_behaviours(capsys):
     """benchmarks/bench_store_writes.py (the README's numbers): its baseline really rewrites the
     manifest after every kernel, and its spaced run writes it a few times only."""
-    import importlib.util
-    from pathlib import Path
+    from benchmark_module import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_store_writes.py"
-    spec = importlib.util.spec_from_file_location("bench_store_writes", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_store_writes")
     bench.main(["--count", "20", "--side", "4", "--repeat", "1"])
     out = capsys.readouterr().out.splitlines()
     every = next(line.split() for line in out if line.split()[:2] == ["every", "kernel"])

@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 import conetool.verdict_measures as vm
 from conetool.trajectories import trajectory
@@ -52,23 +53,9 @@ from conetool.verdict_measures import (
 EPS = float(np.finfo(np.float64).eps)
 
 
-def _reference_fits(
-    x: np.ndarray, y: np.ndarray, onehot: np.ndarray, grid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The former ``_two_bend_fits``, verbatim: the whole ``(P, N, m + 3)`` design at once."""
-    a, b = np.triu_indices(grid.size, k=1)
-    hinge = np.maximum(x[None, :] - grid[:, None], 0.0) / 1000.0  # (G, N)
-    base = np.hstack([onehot, x[:, None] / 1000.0])  # (N, m + 1)
-    design = np.concatenate(
-        [np.broadcast_to(base, (a.size, *base.shape)), hinge[a][:, :, None], hinge[b][:, :, None]],
-        axis=2,
-    )  # (P, N, m + 3)
-    gram = np.einsum("pni,pnj->pij", design, design)
-    rhs = np.einsum("pni,n->pi", design, y)
-    ridge = 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None, None] * np.eye(gram.shape[1])
-    coef = np.linalg.solve(gram + ridge, rhs[:, :, None])[:, :, 0]
-    resid = y[None, :] - np.einsum("pni,pi->pn", design, coef)
-    return a, b, np.einsum("pn,pn->p", resid, resid), coef
+#: The former ``_two_bend_fits`` (the whole ``(P, N, m + 3)`` design at once), kept as the
+#: baseline of ``benchmarks/bench_verdict_fit.py``: one copy for the benchmark and this test.
+_reference_fits = load_benchmark("bench_verdict_fit").baseline_fits
 
 
 def _fit_inputs(points: VelocityPoints) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
