@@ -506,3 +506,31 @@ def test_a_moved_run_keeps_its_checkpoint_names_in_folders(run, tmp_path):
     assert str(moved) in table
     for step in (0, 4, 8):
         assert f"{step} checkpoint-{step}/model.safetensors" in table
+
+
+def test_results_made_while_kernels_was_writing_are_noted(run, tmp_path):
+    # A reader run during `kernels` sees the kernel files written so far (manifest.json lags
+    # behind them); once the run has written more, the report notes every result made from the
+    # partial store, the spectrum's too (its table says "first and last stored step")
+    _, _, store, _ = run
+    partial = tmp_path / "partial"
+    shutil.copytree(store, partial)
+    last = paths.kernel(partial, 16)
+    held = tmp_path / "step_16.safetensors"
+    shutil.move(last, held)  # not written yet
+    manifest = json.loads(paths.manifest(partial).read_text())
+    del manifest["steps"]["16"]
+    paths.manifest(partial).write_text(json.dumps(manifest, indent=2))
+    distance(partial, noise=False)
+    embed(partial, method="pca", dims=2)
+    spectrum(partial, top_k=3)
+    assert report(partial).notes == []
+    shutil.move(held, last)  # kernels writes the file; manifest.json follows up to 1 s later
+    notes = report(partial).notes
+    for command in ("conetool distance", "conetool embed", "conetool spectrum"):
+        assert any(
+            f"the {command} results cover 8 steps (0 to 14), the store now holds 9 (0 to 16)" in n
+            for n in notes
+        ), notes
+    spectrum(partial, top_k=3)
+    assert not any("conetool spectrum" in n for n in report(partial).notes)

@@ -212,10 +212,11 @@ class ReportInputs:
         return sorted(chosen)
 
     def _check_current(self) -> None:
-        """Note distance / embed outputs computed from other kernels than the store holds now:
-        another store identity, another set of steps, or kernels recomputed since (a changed
-        checkpoint: the summaries' ``kernels_key``, which file times do not change; summaries
-        written before it was recorded are not checked for this).
+        """Note distance / embed / spectrum outputs computed from other kernels than the store
+        holds now (made while ``kernels`` was still writing it, say): another store identity,
+        another set of steps, or kernels recomputed since (a changed checkpoint: the summaries'
+        ``kernels_key``, which file times do not change; summaries written before it was
+        recorded are not checked for this).
         """
         if not self.steps:
             return
@@ -224,6 +225,7 @@ class ReportInputs:
         for summary, command in (
             (self.distance, "conetool distance"),
             (self.embed, "conetool embed"),
+            (self.spectrum, "conetool spectrum"),
         ):
             if summary is None:
                 continue

@@ -37,7 +37,7 @@ from ..probe import Probe, load_probe
 from ..progress import NullProgress, Progress
 from ..store import Store
 from ..threads import limit_threads
-from .matrix_cache import csv_number, require_kernels
+from .matrix_cache import csv_number, kernels_key, require_kernels
 from .saved_results import saved_phase1_end
 
 __all__ = ["SpectrumResult", "spectrum"]
@@ -171,6 +171,7 @@ def spectrum(
             "conetool_version": __version__,
             "store": str(root),
             "identity": asdict(opened.identity),
+            "kernels_key": kernels_key(opened),
             "top_k": k,
             "classes": classes,
             "probe_size": int(labels.size),
