@@ -50,6 +50,7 @@ carries are in :mod:`conetool.store_manifest`; the eval and layer kernel files i
 
 from __future__ import annotations
 
+import errno
 import math
 import shutil
 import threading
@@ -546,11 +547,34 @@ def clear(root: Path) -> str | None:
     ):
         folder = Path(root) / name
         if folder.is_dir():
-            shutil.rmtree(folder)
+            _remove_folder(folder)
     if not kernels and not derived:
         return None
     results = f" and its {', '.join(derived)} results" if derived else ""
     return f"--overwrite removed the replaced store's {kernels} kernel file(s){results}"
+
+
+#: How many times :func:`_remove_folder` starts over when files appear in a folder it removes.
+_REMOVE_TRIES = 20
+
+
+def _remove_folder(folder: Path) -> None:
+    """``shutil.rmtree(folder)`` that a command reading the store cannot make fail: ``distance``
+    (say) run while ``kernels --overwrite`` clears the store may write in its result folder
+    meanwhile, and rmtree then meets a temporary file gone before its turn (renamed into place)
+    or a folder not empty at the end (a file written after rmtree listed it). Either starts the
+    removal over; the reader's later files are its own (the report notes their other identity)."""
+    for _ in range(_REMOVE_TRIES):
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            pass  # an entry went away meanwhile (or the folder itself): look again
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if not folder.exists():
+            return
+    shutil.rmtree(folder)  # still being written to: say so
 
 
 def _remove_stale_temporaries(root: Path) -> None:

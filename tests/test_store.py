@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -163,3 +166,34 @@ def test_atomic_files_get_the_umask_mode_even_when_the_writer_replaces_them(tmp_
     assert expected != 0o600  # the usual umasks (022, 002) make the check meaningful
     assert (tmp_path / "k.safetensors").stat().st_mode & 0o777 == expected
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == expected
+
+
+def test_overwrite_is_not_stopped_by_a_reader_writing_its_results_meanwhile(tmp_path, monkeypatch):
+    # `distance` run while `kernels --overwrite` clears the store writes in distance/ meanwhile:
+    # a temporary file made after rmtree listed the folder left it not empty (ENOTEMPTY), and
+    # kernels --overwrite stopped with a traceback
+    root = tmp_path / "s"
+    Store.open_for_writing(root, IDENT, HEADER).close()
+    results = root / "distance"
+    results.mkdir()
+    (results / "to_ref.csv").write_text("step\n")
+    (results / ".summary.json.ab12.tmp").write_text("{")
+    real_unlink, calls = os.unlink, []
+
+    def unlink(path, *args, **kwargs):
+        calls.append(str(path))
+        if str(path).endswith(".summary.json.ab12.tmp"):
+            # the reader renamed its temporary file into place before rmtree's turn ...
+            real_unlink(path, *args, **kwargs)
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        real_unlink(path, *args, **kwargs)
+        if str(path).endswith("to_ref.csv") and len(calls) < 4:
+            # ... and began its next atomic write after rmtree listed the folder
+            fd, _ = tempfile.mkstemp(prefix=".adjacent.csv.", suffix=".tmp", dir=results)
+            os.close(fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert shutil.rmtree.avoids_symlink_attacks  # the dir_fd walk, which calls os.unlink
+    other = StoreIdentity(spec_hash="bbbb", probe_hash="pppp", kind="trace", dtype="float32")
+    with Store.open_for_writing(root, other, HEADER, overwrite=True) as store:
+        assert not results.exists() and store.identity == other
