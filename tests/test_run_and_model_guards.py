@@ -87,6 +87,20 @@ def test_another_run_names_five_differing_steps_then_elides_the_rest(tmp_path):
     assert "(0, 1, 2, 3, 4):" in str(five)
 
 
+def test_another_run_sees_kernel_files_the_manifest_does_not_list_yet(tmp_path):
+    """Guards _held_records: manifest.json lags the kernel files (rewritten about once a
+    second); a run killed before it listed its kernels is still the store's run, and another
+    run's checkpoints at those steps are refused."""
+    root = tmp_path / "s"
+    _store(root, steps=(0, 10))
+    manifest = json.loads(paths.manifest(root).read_text())
+    manifest["steps"] = {}  # killed before the first rewrite that listed them
+    paths.manifest(root).write_text(json.dumps(manifest))
+    ckpts, refs = _other_run(tmp_path, (0, 10), size=11, mtime_ns=MTIME)
+    refused = another_run(root, ckpts, IDENT, refs)
+    assert isinstance(refused, StoreError) and "at 2 of the steps it holds (0, 10)" in str(refused)
+
+
 def test_another_run_leaves_a_store_of_another_identity_to_opening_it(tmp_path):
     """Guards the identity check of another_run: a store of another identity is not called
     another run (opening it refuses it, or --overwrite replaces it)."""

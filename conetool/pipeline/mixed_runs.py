@@ -16,7 +16,7 @@ from typing import Any
 
 from ..checkpoints import CheckpointRef, fingerprint
 from ..errors import CheckpointError, StoreError
-from ..store import StoreIdentity
+from ..store import Store, StoreIdentity
 from ..store_manifest import manifest_identity
 from .remembered import read_manifest
 
@@ -41,7 +41,8 @@ def another_run(
     recorded = manifest.get("checkpoints")
     if not isinstance(recorded, str) or Path(recorded) == ckpts.resolve():
         return None
-    differ = [ref.step for ref in refs if _differs(ref, manifest["steps"].get(str(ref.step)))]
+    held = _held_records(store, manifest["steps"])
+    differ = [ref.step for ref in refs if _differs(ref, held.get(str(ref.step)))]
     if not differ:
         return None
     shown = ", ".join(str(step) for step in differ[:5]) + (", ..." if len(differ) > 5 else "")
@@ -52,6 +53,16 @@ def another_run(
         "it afresh from this run (--overwrite replaces only a store of another spec, probe set, "
         "kind or dtype). Nothing was changed."
     )
+
+
+def _held_records(store: Path, listed: dict[str, Any]) -> dict[str, Any]:
+    """Step -> record of every kernel the store holds: ``manifest.json``'s, and those of kernel
+    files it does not list yet (it is rewritten about once a second, so a run killed early may
+    have left kernels it never listed; :meth:`Store.open` adopts them, in memory)."""
+    try:
+        return dict(Store.open(store).manifest["steps"])
+    except StoreError:
+        return listed  # a damaged store: opening it for writing says why
 
 
 def _differs(ref: CheckpointRef, record: Any) -> bool:
