@@ -257,3 +257,26 @@ def test_kernel_regression_refuses_a_ridge_that_is_not_positive(ridge: float) ->
     k, ke = a @ a.T, rng.standard_normal((2, 10)) @ a.T
     with pytest.raises(ValueError, match="ridge must be positive"):
         kernel_regression(k, ke, np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1]), 3, ridge=ridge)
+
+
+@pytest.mark.parametrize(("recorded", "shaded"), [("same", 100), ("other", None), ("absent", 100)])
+def test_phase_one_is_shaded_only_from_a_distance_run_on_the_same_kernels(
+    tmp_path, recorded, shaded
+) -> None:
+    """The spectrum figure shades Phase I from distance's verdict when distance ran on the
+    kernels the store holds now (not on a store still being written); a summary written before
+    distance recorded its kernels_key is taken."""
+    from conetool.pipeline.matrix_cache import kernels_key
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 4)
+    a = rng.standard_normal((12, 6))
+    root = _store(tmp_path / "store", [a @ a.T] * 3, labels)
+    summary: dict = {"verdict": {"phase1_end": 100}}
+    if recorded != "absent":
+        key = kernels_key(Store.open(root)) if recorded == "same" else "made from fewer kernels"
+        summary["kernels_key"] = key
+    paths.distance_summary(root).parent.mkdir(parents=True, exist_ok=True)
+    paths.distance_summary(root).write_text(json.dumps(summary))
+    spectrum(root, top_k=2)
+    assert json.loads(paths.spectrum_summary(root).read_text())["phase1_end"] == shaded

@@ -154,7 +154,8 @@ def spectrum(
         ]
         has_eval = any(np.isfinite(accuracy))
         files = [atomic_write_csv(paths.spectrum_csv(root), header, rows)]
-        end = saved_phase1_end(root)
+        key = kernels_key(opened)
+        end = saved_phase1_end(root, kernels_key=key)  # from distance on these same kernels
         figure = spectrum_figure(
             kept,
             [p.alignment for p in points],
@@ -171,7 +172,7 @@ def spectrum(
             "conetool_version": __version__,
             "store": str(root),
             "identity": asdict(opened.identity),
-            "kernels_key": kernels_key(opened),
+            "kernels_key": key,
             "top_k": k,
             "classes": classes,
             "probe_size": int(labels.size),
