@@ -137,7 +137,7 @@ def test_changed_checkpoint_recomputes_both(run, tmp_path):
 def test_bad_eval_sizes_are_refused(run, tmp_path):
     with pytest.raises(DataError, match="--eval-size 13 is larger than the test split"):
         kernels(run, store=tmp_path / "a", device="cpu", eval_size=13)
-    with pytest.raises(ConetoolError, match="--eval-size must be positive"):
+    with pytest.raises(ConetoolError, match="--eval-size must be a positive whole number"):
         kernels(run, store=tmp_path / "b", device="cpu", eval_size=0)
     on_test = {**SPEC, "probe": {"size": 6, "split": "test"}}
     with pytest.raises(ConetoolError, match="would overlap"):

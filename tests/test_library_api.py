@@ -165,3 +165,14 @@ def test_every_error_a_call_raises_is_exported_under_conetool_error() -> None:
     for name in ("GeometryError", "MemoryBudgetError", "NonFiniteKernelError", "ModelError"):
         assert issubclass(getattr(conetool, name), conetool.ConetoolError), name
         assert name in conetool.__all__
+
+
+@pytest.mark.parametrize("name", ["probe_size", "eval_size"])
+@pytest.mark.parametrize("value", ["10", 2.5, True, 0])
+def test_a_count_that_is_no_whole_number_is_named(
+    run: Path, tmp_path: Path, name: str, value: object
+) -> None:
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(conetool.ConetoolError, match=f"{flag} must be a positive whole number"):
+        conetool.kernels(run, store=tmp_path / "s", threads=1, **{name: value})
+    assert not (tmp_path / "s").exists()  # refused before anything is written

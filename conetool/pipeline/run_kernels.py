@@ -208,8 +208,7 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
     spec = resolve_spec(ckpts, spec)
     progress.log(f"loading data '{spec.data.dataset}' and listing {ckpts} ...")
     if probe_size is not None:
-        if probe_size < 1:
-            raise ConetoolError(f"--probe-size must be positive, got {probe_size}.")
+        _check_count(probe_size, "--probe-size")
         spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
     recorded = read_manifest(store) if store is not None else None
     if step_regex is None and store is not None:
@@ -218,8 +217,8 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
             notes.append(note)
             progress.log(f"note: {note}")
     eval_size = o.eval_size
-    if eval_size is not None and eval_size < 1:
-        raise ConetoolError(f"--eval-size must be positive, got {eval_size}.")
+    if eval_size is not None:
+        _check_count(eval_size, "--eval-size")
     if eval_size is None and recorded is not None:
         eval_size = _recorded_eval_size(recorded)
         if eval_size is not None:
@@ -269,6 +268,12 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
     return KernelsPlan(
         spec, refs, data, probe, identity, step_regex, evaluated, layer_groups, patterns
     )
+
+
+def _check_count(value: object, flag: str) -> None:
+    """A number of examples: a positive whole number (``probe_size="10"`` from Python too)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConetoolError(f"{flag} must be a positive whole number of examples, got {value!r}.")
 
 
 def _layer_patterns(
