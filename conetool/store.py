@@ -531,20 +531,23 @@ class Store:
             self._next_save = ended + max(MANIFEST_INTERVAL, MANIFEST_COST_RATIO * (ended - began))
 
 
+#: The folders only ``kernels`` (the lock's holder and its ranks) writes in.
+_WRITER_DIRS = (paths.KERNELS_DIR, paths.EVAL_KERNELS_DIR, paths.LAYER_KERNELS_DIR)
+
+
+def _own_files(root: Path) -> tuple[Path, ...]:
+    """The files ``kernels`` writes at the top of a store: the manifest, probe and eval sets."""
+    return (paths.manifest(root), paths.probe(root), paths.eval_set(root))
+
+
 def clear(root: Path) -> str | None:
     """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs), and
     say what was removed (None when there was nothing): ``--overwrite`` tells the user."""
     kernels = len(_kernel_files(root))
     derived = [name for name in paths.DERIVED_DIRS if (Path(root) / name).is_dir()]
-    paths.manifest(root).unlink(missing_ok=True)
-    paths.probe(root).unlink(missing_ok=True)
-    paths.eval_set(root).unlink(missing_ok=True)
-    for name in (
-        paths.KERNELS_DIR,
-        paths.EVAL_KERNELS_DIR,
-        paths.LAYER_KERNELS_DIR,
-        *paths.DERIVED_DIRS,
-    ):
+    for path in _own_files(root):
+        path.unlink(missing_ok=True)
+    for name in (*_WRITER_DIRS, *paths.DERIVED_DIRS):
         folder = Path(root) / name
         if folder.is_dir():
             _remove_folder(folder)
@@ -582,8 +585,7 @@ def _remove_stale_temporaries(root: Path) -> None:
     a killed writer left in the store's own folders. Called by the lock's holder before it
     writes: conetool's other writers (torchrun ranks) join after it, and the commands that read
     the store write only in their own result folders."""
-    own = (paths.manifest(root), paths.probe(root), paths.eval_set(root))
-    patterns = [(p.parent, f".{p.name}.*.tmp") for p in own]  # the root may hold other files
+    patterns = [(p.parent, f".{p.name}.*.tmp") for p in _own_files(root)]  # root: not only ours
     patterns += [(root / name, ".*.tmp") for name in _WRITER_DIRS]
     for folder, pattern in patterns:
         try:
@@ -592,10 +594,6 @@ def _remove_stale_temporaries(root: Path) -> None:
             continue
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
-
-
-#: The folders only ``kernels`` (the lock's holder and its ranks) writes in.
-_WRITER_DIRS = (paths.KERNELS_DIR, paths.EVAL_KERNELS_DIR, paths.LAYER_KERNELS_DIR)
 
 
 def _looks_like_store(root: Path) -> bool:
