@@ -36,9 +36,13 @@ class InspectRow:
     status: str  # "ok" | "error"
     problem: str | None = None  # the one-paragraph message when status == "error"
     source: str | None = None  # "safetensors" | "torch" | "hf" | "hf-sharded"
-    note: str | None = None  # every note of ``notes`` in one string (None when there is none)
     fingerprint: str | None = None  # "<bytes>:<sha256>", with verify=True only
     notes: tuple[str, ...] = ()  # each note on its own: torch.save files, dtypes, epoch names
+
+    @property
+    def note(self) -> str | None:
+        """Every note of ``notes`` in one string; None when there is none."""
+        return " ".join(self.notes) or None
 
 
 def _relative(directory: Path, c: Candidate) -> str:
@@ -120,7 +124,6 @@ def inspect_checkpoints(
                 status="ok" if problem is None else "error",
                 problem=problem,
                 source=c.source or None,
-                note=" ".join(notes) or None,
                 fingerprint=fp,
                 notes=tuple(notes),
             )
