@@ -200,6 +200,12 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
     return c
 
 
+def _skipped_on_purpose(name: str) -> bool:
+    """A file with a checkpoint's extension that is never a model checkpoint (optimizer and
+    scheduler states, RNG states, open_lth's mask, Lightning's last.ckpt)."""
+    return paths.is_optimizer_state(Path(name)) or bool(_NOT_MODEL.match(name))
+
+
 def _nested_checkpoints(folder: Path) -> int:
     """How many checkpoints (files and checkpoint-N/ folders) a subfolder that is not itself a
     checkpoint folder holds at its top level; 0 for a conetool store or an unreadable folder."""
@@ -213,11 +219,11 @@ def _nested_checkpoints(folder: Path) -> int:
     count = 0
     for e in entries:
         try:
-            if e.name.startswith(".") or paths.is_optimizer_state(Path(e.name)):
+            if e.name.startswith("."):
                 continue
             if e.is_dir():
                 count += bool(_HF_FOLDER.match(e.name))
-            elif e.is_file() and has_checkpoint_suffix(e.name) and not _NOT_MODEL.match(e.name):
+            elif e.is_file() and has_checkpoint_suffix(e.name) and not _skipped_on_purpose(e.name):
                 count += 1
         except OSError:
             continue
@@ -262,7 +268,7 @@ def _collect(directory: Path, deep: bool) -> Scan:
                 scan.candidates.append(c)
         elif kind != "file" or not has_checkpoint_suffix(name):
             scan.others.append(name)
-        elif paths.is_optimizer_state(path) or _NOT_MODEL.match(name):
+        elif _skipped_on_purpose(name):
             scan.ignored.append(name)
         elif m := _SHARD.match(name):
             shards.setdefault((m["prefix"], m["suffix"]), []).append(path)
