@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TypeVar
 
-__all__ = ["Dtype", "EmbedMethod", "Kind", "Method", "Reference", "choice"]
+__all__ = ["Dtype", "EmbedMethod", "Kind", "Method", "Reference", "choice", "is_count"]
 
 
 class Kind(str, Enum):
@@ -72,3 +72,9 @@ def choice(enum: type[E], value: object, flag: str) -> E:
 
         names = ", ".join(str(m.value) for m in enum)
         raise ConetoolError(f"{flag} {value!r} is unknown. Use one of: {names}.") from None
+
+
+def is_count(value: object, least: int = 1) -> bool:
+    """Whether ``value`` is a whole number (an ``int``, not a ``bool``) of at least ``least``:
+    a count of examples or steps, as the library's callers must pass it."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least

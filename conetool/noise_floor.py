@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .choices import is_count
 from .errors import ConetoolError
 from .geometry import kernel_distance
 from .ntk import empirical_ntk
@@ -95,7 +96,7 @@ def kernel_noise(
         >>> noise.n, noise.dtype, noise.relative_error < 1e-6, 0 <= noise.S < 1e-12
         (6, 'float32', True, True)
     """
-    if not isinstance(subset, int) or isinstance(subset, bool) or subset < 1:
+    if not is_count(subset):
         raise ConetoolError(f"subset must be a positive number of examples, got {subset!r}.")
     probe = inputs[:subset]
     kernel = empirical_ntk(

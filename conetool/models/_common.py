@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import is_count
 from ..errors import ModelError
 
 # Activation name -> module class. Modules (not functionals) so that per-layer engines can see them.
@@ -27,7 +28,7 @@ def activation(arch: str, name: Any) -> nn.Module:
 
 def positive_int(arch: str, key: str, value: Any) -> int:
     """``value`` as a positive int, or ModelError naming ``[model] key``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_count(value):
         raise ModelError(
             f"[model] {key} = {value!r} is invalid for arch '{arch}': "
             "it must be a positive integer."

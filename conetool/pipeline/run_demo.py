@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..choices import is_count
 from ..errors import ConetoolError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress
@@ -46,9 +47,7 @@ def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spe
         import tomli as tomllib
 
     for flag, value, least in (("--steps", steps, MIN_STEPS), ("--probe-size", probe_size, 2)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < least
-        ):
+        if value is not None and not is_count(value, least):
             raise ConetoolError(
                 f"{flag} {value!r}: the demo needs a whole number of at least {least}."
             )

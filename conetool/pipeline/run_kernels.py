@@ -18,7 +18,7 @@ from ..checkpoints import (
     parse_step_range,
     step_range_text,
 )
-from ..choices import Dtype, Kind, Method, choice
+from ..choices import Dtype, Kind, Method, choice, is_count
 from ..data import load_data
 from ..errors import ConetoolError, DataError, StoreError
 from ..layer_groups import groups_hash, parameter_groups, parse_groups
@@ -272,7 +272,7 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
 
 def _check_count(value: object, flag: str) -> None:
     """A number of examples: a positive whole number (``probe_size="10"`` from Python too)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_count(value):
         raise ConetoolError(f"{flag} must be a positive whole number of examples, got {value!r}.")
 
 
