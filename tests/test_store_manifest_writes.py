@@ -86,6 +86,30 @@ def on_disk(root) -> list[int]:
     return [int(s) for s in json.loads(paths.manifest(root).read_text())["steps"]]
 
 
+def test_a_slow_manifest_write_waits_ten_times_its_duration(tmp_path, clock, monkeypatch):
+    """The README: rewritten at most once a second and 10x its last write's time."""
+    store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
+    real = conetool.store.write_manifest
+    done: list[int] = []
+
+    def slow(root, manifest):
+        clock.now += 3.0  # a 3-second write
+        done.append(len(manifest["steps"]))
+        real(root, manifest)
+
+    monkeypatch.setattr(conetool.store, "write_manifest", slow)
+    clock.now += 1.0
+    store.write_kernel(record(0), torch.eye(2))
+    assert done == [1]
+    clock.now += 29.0
+    store.write_kernel(record(1), torch.eye(2))
+    assert done == [1]  # 29 s after a 3 s write: not yet
+    clock.now += 1.0
+    store.write_kernel(record(2), torch.eye(2))
+    assert done == [1, 3]
+    store.close()
+
+
 def test_kernels_written_within_the_interval_share_one_manifest_write(tmp_path, clock, writes):
     root = tmp_path / "s"
     store = Store.open_for_writing(root, IDENT, HEADER)

@@ -1,7 +1,7 @@
 """Behaviour the other tests left open (found by a mutation check of the changes that added it):
 checkpoints in subfolders, the retrained-run warning, a budget error with --skip-bad, inference
-tensors, plain Python values, threads= of distance and spectrum, inspect's notes, switch's advice
-and the manifest's write spacing."""
+tensors, plain Python values, threads= of distance and spectrum, inspect's notes and switch's
+advice (the manifest's write spacing is pinned in test_store_manifest_writes.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 import conetool
 import conetool.pipeline.matrix_cache
 import conetool.pipeline.run_spectrum
-import conetool.store
 from conetool import paths
 from conetool.checkpoints import list_checkpoints
 from conetool.cli import app
@@ -288,56 +287,3 @@ def test_switch_on_a_directory_of_bad_checkpoints_does_not_advise_skip_bad(
     text = str(e.value)
     assert "3 unusable checkpoint(s)" in text
     assert "--skip-bad" not in text and "choose another --at step" in text, text
-
-
-# --------------------------------------------------------------------------------------------------
-# manifest.json's write spacing
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_slow_manifest_write_waits_ten_times_its_duration(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The README: rewritten at most once a second and 10x its last write's time."""
-    clock = _Clock()
-    monkeypatch.setattr(conetool.store, "_now", clock)
-    ident = conetool.store.StoreIdentity("aaaa", "pppp", "trace", "float32")
-    store = conetool.Store.open_for_writing(tmp_path / "s", ident, {"checkpoints": "/x"})
-    real = conetool.store.write_manifest
-    done: list[int] = []
-
-    def slow(root: Path, manifest: dict[str, Any]) -> None:
-        clock.now += 3.0  # a 3-second write
-        done.append(len(manifest["steps"]))
-        real(root, manifest)
-
-    monkeypatch.setattr(conetool.store, "write_manifest", slow)
-
-    def record(step: int) -> conetool.store.StepRecord:
-        return conetool.store.StepRecord(
-            step=step,
-            source=[f"/x/step_{step:06d}.safetensors"],
-            size=1,
-            fingerprint="f",
-            kernel=paths.kernel_relative(step),
-            norm=1.0,
-            seconds=0.1,
-        )
-
-    clock.now += 1.0
-    store.write_kernel(record(0), torch.eye(2))
-    assert done == [1]
-    clock.now += 29.0
-    store.write_kernel(record(1), torch.eye(2))
-    assert done == [1]  # 29 s after a 3 s write: not yet
-    clock.now += 1.0
-    store.write_kernel(record(2), torch.eye(2))
-    assert done == [1, 3]
-    store.close()
