@@ -20,10 +20,8 @@ import conetool
 import conetool.pipeline.matrix_cache
 import conetool.pipeline.run_spectrum
 from conetool import paths
-from conetool.checkpoints import list_checkpoints
 from conetool.cli import app
-from conetool.errors import CheckpointError, SpecError
-from conetool.pipeline.resolve import resolve_spec
+from conetool.errors import CheckpointError
 from conetool.pipeline.retrained_run import retrained_warning
 
 runner = CliRunner()
@@ -46,54 +44,6 @@ def _change(path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # checkpoints in subfolders
-
-
-def test_a_subfolder_counts_its_checkpoints_not_its_own_subfolders(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    _write(runs / "seed0", 0, 10)
-    (runs / "seed0" / "logs").mkdir()  # a folder inside the run is no checkpoint
-    (runs / "seed0" / "plots").mkdir()
-    with pytest.raises(CheckpointError) as e:
-        list_checkpoints(runs)
-    assert "seed0/ (2 checkpoints)" in str(e.value)
-
-
-def test_many_subfolders_are_listed_five_then_counted(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    for seed in range(7):
-        _write(runs / f"seed{seed}", 0)
-    with pytest.raises(CheckpointError) as e:
-        list_checkpoints(runs)
-    text = str(e.value)
-    assert "seed4/ (1 checkpoint) and 2 more" in text
-    assert "seed5/" not in text and "seed6/" not in text
-    assert f"Pass one run's folder, such as '{runs / 'seed0'}'" in text
-
-
-def test_one_subfolder_is_the_folder_to_pass(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    _write(runs / "seed0", 0)
-    with pytest.raises(CheckpointError) as e:
-        list_checkpoints(runs)
-    assert f"Pass that folder, '{runs / 'seed0'}'" in str(e.value)
-
-
-def test_a_missing_spec_names_at_most_three_run_folders(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    for seed in range(4):
-        _write(runs / f"seed{seed}", 0)
-        (runs / f"seed{seed}" / paths.SPEC_NAME).write_text("[model]\n")
-    with pytest.raises(SpecError) as e:
-        resolve_spec(runs, None)
-    text = str(e.value)
-    assert f"subfolders '{runs / 'seed0'}', '{runs / 'seed1'}', '{runs / 'seed2'}' ... " in text
-    assert "seed3" not in text and "hold runs" in text
-    one = tmp_path / "one"
-    _write(one / "seed0", 0)
-    (one / "seed0" / paths.SPEC_NAME).write_text("[model]\n")
-    with pytest.raises(SpecError) as e:
-        resolve_spec(one, None)
-    assert f"its subfolder '{one / 'seed0'}' holds a run" in str(e.value)
 
 
 def test_inspect_says_which_subfolders_it_does_not_read(run: Path) -> None:
