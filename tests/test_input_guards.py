@@ -1,7 +1,8 @@
 """Behaviour the other tests left open (found by a mutation check of the changes that added it):
-checkpoints in subfolders, the retrained-run warning, a budget error with --skip-bad, inference
-tensors, plain Python values, threads= of distance and spectrum, inspect's notes and switch's
-advice (the manifest's write spacing is pinned in test_store_manifest_writes.py)."""
+inspect's note on subfolders, a budget error with --skip-bad, inference tensors, plain Python
+values, threads= of distance and spectrum, inspect's notes and switch's advice (the subfolder
+listing, the retrained-run warning and the manifest's write spacing are pinned beside their
+other tests)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import conetool.pipeline.run_spectrum
 from conetool import paths
 from conetool.cli import app
 from conetool.errors import CheckpointError
-from conetool.pipeline.retrained_run import retrained_warning
 
 runner = CliRunner()
 trained, run = run_fixtures()
@@ -32,14 +32,6 @@ def _write(directory: Path, *steps: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for step in steps:
         save_file({"w": torch.full((2,), float(step))}, str(paths.checkpoint(directory, step)))
-
-
-def _change(path: Path) -> None:
-    """Other weights in the same file (same name, same metadata): a retrained checkpoint."""
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata()
-    state = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    save_file(state, str(path), metadata=meta)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,60 +47,6 @@ def test_inspect_says_which_subfolders_it_does_not_read(run: Path) -> None:
     result = runner.invoke(app, ["inspect", str(run)])  # and the command prints it
     assert result.exit_code == 0, result.output
     assert "note: not read: subfolder old/ (2 checkpoints)" in " ".join(result.output.split())
-
-
-# --------------------------------------------------------------------------------------------------
-# the retrained-run warning
-
-
-def _retrain_warnings(result: conetool.KernelsResult) -> list[str]:
-    return [w for w in result.warnings if "earlier run" in w]
-
-
-def test_no_retrain_warning_when_new_checkpoints_come_while_old_ones_are_deleted(
-    run: Path, tmp_path: Path
-) -> None:
-    """A run still training: its kernels are computed as it goes and old checkpoints deleted once
-    their kernels are stored. A new step is no changed checkpoint."""
-    store = tmp_path / "s"
-    assert conetool.kernels(run, store=store, steps=(0, 5), threads=1).computed == [0, 5]
-    paths.checkpoint(run, 0).unlink()
-    again = conetool.kernels(run, store=store, threads=1)
-    assert again.computed == [10]
-    assert _retrain_warnings(again) == [], again.warnings
-
-
-def test_no_retrain_warning_for_a_step_outside_every(run: Path, tmp_path: Path) -> None:
-    store = tmp_path / "s"
-    conetool.kernels(run, store=store, threads=1)
-    paths.checkpoint(run, 5).unlink()  # outside --every 10: not gone from the selection
-    _change(paths.checkpoint(run, 10))
-    again = conetool.kernels(run, store=store, every=10, threads=1)
-    assert again.computed == [10]
-    assert _retrain_warnings(again) == [], again.warnings
-
-
-def test_the_cli_shows_the_retrain_warning_without_quiet(run: Path, tmp_path: Path) -> None:
-    store = tmp_path / "s"
-    conetool.kernels(run, store=store, threads=1)
-    for step in (0, 5):
-        _change(paths.checkpoint(run, step))
-    paths.checkpoint(run, 10).unlink()
-    result = runner.invoke(app, ["kernels", str(run), "--store", str(store), "--threads", "1"])
-    assert result.exit_code == 0, result.output
-    flat = " ".join(result.output.split())
-    assert "warning: 2 checkpoint(s) changed" in flat and "earlier run" in flat, result.output
-
-
-def test_the_retrain_warning_lists_five_steps_of_each_kind() -> None:
-    steps = list(range(0, 70, 10))
-    note = retrained_warning(
-        {s: "old" for s in steps}, {s: "new" for s in steps}, steps, range(100, 170, 10), "store"
-    )
-    assert note is not None
-    assert "7 checkpoint(s) changed" in note
-    assert "(steps 0, 10, 20, 30, 40, ...; recomputed)" in note
-    assert "7 step(s) whose checkpoints are gone (100, 110, 120, 130, 140, ...)" in note
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -10,11 +12,13 @@ from test_ntk import explicit_jacobian
 from tiny_run import SPEC, run_fixtures
 from typer.testing import CliRunner
 
+import conetool
 from conetool import paths
 from conetool.cli import app
 from conetool.errors import CheckpointError, SpecError, StoreError
 from conetool.pipeline import inspect, kernels, switch
 from conetool.pipeline.resolve import model_for
+from conetool.pipeline.retrained_run import retrained_warning
 from conetool.probe import load_probe
 from conetool.spec import spec_from_dict
 from conetool.store import Store
@@ -105,6 +109,56 @@ def test_no_retrain_warning_for_deleted_or_changed_checkpoints_alone(run, tmp_pa
     again = kernels(run, store=tmp_path / "s", device="cpu", steps=steps)
     assert again.computed == ([] if case == "only deleted" else [5])
     assert not [w for w in again.warnings if "gone" in w], again.warnings
+
+
+def _retrain_warnings(result: conetool.KernelsResult) -> list[str]:
+    return [w for w in result.warnings if "earlier run" in w]
+
+
+def test_no_retrain_warning_when_new_checkpoints_come_while_old_ones_are_deleted(
+    run: Path, tmp_path: Path
+) -> None:
+    """A run still training: its kernels are computed as it goes and old checkpoints deleted once
+    their kernels are stored. A new step is no changed checkpoint."""
+    store = tmp_path / "s"
+    assert conetool.kernels(run, store=store, steps=(0, 5), threads=1).computed == [0, 5]
+    paths.checkpoint(run, 0).unlink()
+    again = conetool.kernels(run, store=store, threads=1)
+    assert again.computed == [10]
+    assert _retrain_warnings(again) == [], again.warnings
+
+
+def test_no_retrain_warning_for_a_step_outside_every(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    conetool.kernels(run, store=store, threads=1)
+    paths.checkpoint(run, 5).unlink()  # outside --every 10: not gone from the selection
+    _change(paths.checkpoint(run, 10))
+    again = conetool.kernels(run, store=store, every=10, threads=1)
+    assert again.computed == [10]
+    assert _retrain_warnings(again) == [], again.warnings
+
+
+def test_the_cli_shows_the_retrain_warning_without_quiet(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    conetool.kernels(run, store=store, threads=1)
+    for step in (0, 5):
+        _change(paths.checkpoint(run, step))
+    paths.checkpoint(run, 10).unlink()
+    result = runner.invoke(app, ["kernels", str(run), "--store", str(store), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "warning: 2 checkpoint(s) changed" in flat and "earlier run" in flat, result.output
+
+
+def test_the_retrain_warning_lists_five_steps_of_each_kind() -> None:
+    steps = list(range(0, 70, 10))
+    note = retrained_warning(
+        {s: "old" for s in steps}, {s: "new" for s in steps}, steps, range(100, 170, 10), "store"
+    )
+    assert note is not None
+    assert "7 checkpoint(s) changed" in note
+    assert "(steps 0, 10, 20, 30, 40, ...; recomputed)" in note
+    assert "7 step(s) whose checkpoints are gone (100, 110, 120, 130, 140, ...)" in note
 
 
 class _StopAfter:
