@@ -32,6 +32,7 @@ _EXPORTS = {
     "NonFiniteKernelError": "ntk",
     "SpecError": "errors",
     "StoreError": "errors",
+    "StoreReplacedError": "errors",
     "LinearizedModel": "linearize",
     "linearize": "linearize",
     "empirical_ntk": "ntk",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
         ModelError,
         SpecError,
         StoreError,
+        StoreReplacedError,
     )
     from .geometry import GeometryError
     from .linearize import LinearizedModel, linearize
@@ -142,6 +144,7 @@ __all__ = [
     "SpectrumResult",
     "Store",
     "StoreError",
+    "StoreReplacedError",
     "SwitchResult",
     "TrainResult",
     "__version__",

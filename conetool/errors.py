@@ -34,5 +34,10 @@ class StoreError(ConetoolError):
     """The output store (or a training output directory) is missing, mixed or inconsistent."""
 
 
+class StoreReplacedError(StoreError):
+    """The store was replaced (``conetool kernels --overwrite`` started a new one there) or
+    removed while a command was reading it; the command wrote nothing into the new store."""
+
+
 class MemoryBudgetError(ConetoolError):
     """The memory budget (``--max-memory``) is too small, or the device ran out of memory."""

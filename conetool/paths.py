@@ -70,6 +70,7 @@ MANIFEST_NAME = "manifest.json"
 PROBE_NAME = "probe.safetensors"
 KERNELS_DIR = "kernels"
 LOCK_NAME = ".lock"
+RESULTS_LOCK_NAME = ".results.lock"
 
 
 def manifest(store: Path) -> Path:
@@ -81,6 +82,13 @@ def lock(store: Path) -> Path:
     """The file a writer of the store holds an exclusive OS lock on (``fcntl.flock``); it names
     the process holding it. Released by the OS when that process ends, however it ends."""
     return Path(store) / LOCK_NAME
+
+
+def results_lock(store: Path) -> Path:
+    """The file the commands that read the store lock (shared) while they write their results
+    into it, and ``kernels --overwrite`` locks (exclusive) while it clears the store: results
+    never land in a store that replaced the one they were computed from."""
+    return Path(store) / RESULTS_LOCK_NAME
 
 
 def probe(store: Path) -> Path:
@@ -156,6 +164,7 @@ def layer_kernel(store: Path, step: int) -> Path:
 #                                    velocity; per_layer.png beside
 #     STORE/embed/coords.csv         step, x, y[, z]            (Fig. 1c)
 #     STORE/embed/summary.json       method, dims, seed, stress / explained variance; embedding.png
+#     STORE/embed/matrix.npz         the S matrix embedded (as distance/matrix.npz)
 DISTANCE_DIR = "distance"
 EMBED_DIR = "embed"
 
@@ -229,6 +238,12 @@ def embed_summary(store: Path) -> Path:
 
 def embedding_png(store: Path) -> Path:
     return embed_dir(store) / "embedding.png"
+
+
+def embed_matrix_npz(store: Path) -> Path:
+    """The S matrix ``conetool embed`` embedded (like :func:`matrix_npz`, which is distance's
+    own: each command keeps the matrix of its results, and reads the other's when it matches)."""
+    return embed_dir(store) / "matrix.npz"
 
 
 # ``conetool spectrum`` outputs: alignment and spectrum of each stored kernel.

@@ -39,6 +39,11 @@ Guarantees:
 * a damaged or deleted ``manifest.json`` is rebuilt by :meth:`Store.open_for_writing` from the
   kernel files, each of which carries its own record (:attr:`Store.notes` says so);
 * :meth:`Store.open` never writes: a store on a read-only file system can be read;
+* a store replaced while a command reads it (``kernels --overwrite`` clears it and starts a new
+  one, with a new ``store_id``) stops that command with a :class:`StoreReplacedError`
+  (:meth:`Store.reading`, :meth:`Store.load_kernel`), and its results are never written into
+  the new store: :meth:`Store.writing_results` holds ``STORE/.results.lock`` (shared) while it
+  checks the ``store_id`` and the command writes, and the clearing holds it exclusive;
 * one thread may write kernels while another reads records and checks files (``conetool kernels``
   writes step k in the background while it checks step k + 1): the in-memory manifest is read and
   changed under one lock, and manifest writes are serialised by it.
@@ -51,12 +56,14 @@ carries are in :mod:`conetool.store_manifest`; the eval and layer kernel files i
 from __future__ import annotations
 
 import errno
+import json
 import math
 import shutil
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -65,9 +72,9 @@ import torch
 
 from . import paths
 from . import store_companions as companions
-from .errors import StoreError
+from .errors import ConetoolError, StoreError, StoreReplacedError
 from .io import atomic_save_safetensors, make_dir
-from .store_lock import StoreLock
+from .store_lock import StoreLock, results_lock, writer_note
 from .store_manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -77,13 +84,16 @@ from .store_manifest import (
     embedded_record,
     kernel_file_problem,
     kernel_metadata,
-    load_finite_kernel,
     manifest_identity,
     mixed_message,
     new_manifest,
+    new_store_id,
+    opened_as,
+    read_finite_kernel,
     read_manifest,
     rebuilt_note,
     same_kernel_record,
+    same_store,
     write_manifest,
 )
 
@@ -119,6 +129,7 @@ class Store:
     def __init__(self, root: Path, manifest: dict[str, Any], *, owner: bool = True) -> None:
         self.root = Path(root)
         self.manifest = manifest
+        self._opened_as = opened_as(manifest)  # what replaced() compares the manifest on disk to
         self.owner = owner  # False: never writes manifest.json (another process owns it)
         self.notes: list[str] = []  # what opening did that the user should hear of (a rebuild)
         self._lock: StoreLock | None = None
@@ -157,6 +168,13 @@ class Store:
         root = Path(root)
         path = paths.manifest(root)
         if not path.is_file():
+            writer = writer_note(root)
+            if writer is not None:
+                raise StoreError(
+                    f"store {root} has no {paths.MANIFEST_NAME} yet: conetool kernels is "
+                    f"writing it ({writer}) and has not written its manifest (it clears a "
+                    "replaced store first). Wait a moment and open it again."
+                )
             if _kernel_files(root):
                 raise StoreError(
                     f"store {root} has kernel files but no {paths.MANIFEST_NAME} (deleted?). "
@@ -169,7 +187,17 @@ class Store:
                 f"store {root} {where}. Compute kernels into it first: "
                 f"conetool kernels CKPTS --store {root}"
             )
-        store = cls(root, read_manifest(path))
+        try:
+            manifest = read_manifest(path)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):  # gone between the check and the read
+                raise StoreReplacedError(
+                    f"store {root}'s {paths.MANIFEST_NAME} was removed while it was being opened: "
+                    "a conetool kernels --overwrite is clearing the store to start a new one "
+                    "there. Open it again once that run has stored the kernels you want."
+                ) from exc
+            raise
+        store = cls(root, manifest)
         store.adopt_kernel_files(save=False)  # in memory only: reading never writes
         return store
 
@@ -252,6 +280,7 @@ class Store:
                     cleared = clear(root)
                 else:
                     manifest.update(header)  # written with the next kernel, not before
+                    manifest.setdefault("store_id", new_store_id())  # a store made before it
                     store = cls(root, manifest)
                     if store.adopt_kernel_files(save=False):
                         store._write_manifest()  # only a change of the index is written now
@@ -324,14 +353,74 @@ class Store:
                 f"step {step} is not in store {self.root}; stored steps: "
                 f"{nearest_steps(self.steps(), step)}."
             )
-        return load_finite_kernel(
-            self.root / record.kernel,
-            "kernel file",
-            unreadable=f"Recompute it: conetool kernels --store {self.root} (it redoes missing "
-            "or damaged steps), or pass --skip-bad.",
-            non_finite="Delete it and rerun conetool kernels, or pass --skip-bad to leave the "
-            "step out.",
+        try:
+            kernel, meta = read_finite_kernel(
+                self.root / record.kernel,
+                "kernel file",
+                unreadable=f"Recompute it: conetool kernels --store {self.root} (it redoes "
+                "missing or damaged steps), or pass --skip-bad.",
+                non_finite="Delete it and rerun conetool kernels, or pass --skip-bad to leave the "
+                "step out.",
+            )
+        except StoreError as exc:
+            if self.replaced():  # the file went with the store it belonged to
+                raise self.replaced_error() from exc
+            raise
+        if not _file_of(meta, self.identity, record) and self.replaced():
+            raise self.replaced_error()  # the new store's kernel, now at that path
+        return kernel
+
+    # ----------------------------------------------------------------- replaced meanwhile
+    def replaced(self) -> bool:
+        """Whether the store on disk is no longer the one this object opened: its manifest is
+        gone, or it records another ``store_id`` (another identity, for a store made before
+        conetool recorded one): ``kernels --overwrite`` cleared it and started a new store."""
+        try:
+            now = json.loads(paths.manifest(self.root).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return True
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False  # damaged, not replaced: the command's own error says so
+        return isinstance(now, dict) and not same_store(self._opened_as, now)
+
+    def replaced_error(self, command: str | None = None) -> StoreReplacedError:
+        """The error of ``command`` (``"distance"``: ``conetool distance``; None: a Python
+        caller of this object) finding the store replaced; it names the rerun."""
+        if command is None:
+            who, rerun = "it was read", "Open it again (conetool.Store.open)"
+        else:
+            who = f"conetool {command} was reading it; conetool {command} stopped and wrote nothing"
+            rerun = f"Rerun conetool {command} --store {self.root}"
+        return StoreReplacedError(
+            f"store {self.root} was replaced while {who}: a conetool kernels --overwrite cleared "
+            f"it and started a new store there (or its {paths.MANIFEST_NAME} was removed). "
+            f"{rerun} once that run has stored the kernels you want."
         )
+
+    @contextmanager
+    def reading(self, command: str) -> Iterator[None]:
+        """Run ``command``'s reading of the store: a file gone or unreadable because the store
+        was replaced meanwhile (:meth:`replaced`) is that :class:`StoreReplacedError`, not a
+        traceback or a message about a damaged file."""
+        try:
+            yield
+        except StoreReplacedError as exc:
+            raise self.replaced_error(command) from exc  # named for the command
+        except (OSError, ConetoolError) as exc:
+            if self.replaced():
+                raise self.replaced_error(command) from exc
+            raise
+
+    @contextmanager
+    def writing_results(self, command: str) -> Iterator[None]:
+        """Hold the store against ``kernels --overwrite``'s clearing while ``command`` writes its
+        results into it, refusing (a :class:`StoreReplacedError`, nothing written) when the
+        store was replaced since it was opened: results of the old kernels never land in the
+        new store. The clearing waits for the writes, then removes them."""
+        with results_lock(self.root, exclusive=False):
+            if self.replaced():
+                raise self.replaced_error(command)
+            yield
 
     # ----------------------------------------------------------------- writing
     def write_kernel(self, record: StepRecord, kernel: torch.Tensor) -> None:
@@ -545,12 +634,13 @@ def clear(root: Path) -> str | None:
     say what was removed (None when there was nothing): ``--overwrite`` tells the user."""
     kernels = len(_kernel_files(root))
     derived = [name for name in paths.DERIVED_DIRS if (Path(root) / name).is_dir()]
-    for path in _own_files(root):
-        path.unlink(missing_ok=True)
-    for name in (*_WRITER_DIRS, *paths.DERIVED_DIRS):
-        folder = Path(root) / name
-        if folder.is_dir():
-            _remove_folder(folder)
+    with results_lock(root, exclusive=True):  # after the readers' writes (Store.writing_results)
+        for path in _own_files(root):
+            path.unlink(missing_ok=True)
+        for name in (*_WRITER_DIRS, *paths.DERIVED_DIRS):
+            folder = Path(root) / name
+            if folder.is_dir():
+                _remove_folder(folder)
     if not kernels and not derived:
         return None
     results = f" and its {', '.join(derived)} results" if derived else ""
@@ -566,7 +656,9 @@ def _remove_folder(folder: Path) -> None:
     (say) run while ``kernels --overwrite`` clears the store may write in its result folder
     meanwhile, and rmtree then meets a temporary file gone before its turn (renamed into place)
     or a folder not empty at the end (a file written after rmtree listed it). Either starts the
-    removal over; the reader's later files are its own (the report notes their other identity)."""
+    removal over. (A reader of this conetool writes under the results lock, which :func:`clear`
+    holds, and never into a replaced store; this guards against older readers, and file systems
+    without ``flock``.)"""
     for _ in range(_REMOVE_TRIES):
         try:
             shutil.rmtree(folder)
@@ -594,6 +686,24 @@ def _remove_stale_temporaries(root: Path) -> None:
             continue
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
+
+
+def _file_of(meta: Mapping[str, str], ident: StoreIdentity, record: StepRecord) -> bool:
+    """Whether a kernel file's metadata ``meta`` says it is the kernel ``record`` describes, in a
+    store of ``ident`` (its identity, and the record it carries: a file written before kernel
+    files carried one is judged by its identity alone)."""
+    same = (
+        meta.get("spec_hash"),
+        meta.get("probe_hash"),
+        meta.get("kind"),
+        meta.get("dtype", ident.dtype),
+    ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
+    if not same or "record" not in meta:
+        return same
+    try:
+        return same_kernel_record(json.loads(meta["record"]), asdict(record))
+    except json.JSONDecodeError:
+        return False
 
 
 def _looks_like_store(root: Path) -> bool:

@@ -1,12 +1,17 @@
 """The store's writer lock: an exclusive ``fcntl.flock`` on ``STORE/.lock``, shared and counted
-within one process, released by the OS when the process ends however it ends."""
+within one process, released by the OS when the process ends however it ends; who holds it
+(:func:`writer_note`); and the results lock, ``STORE/.results.lock``, that keeps the readers'
+result writes and ``kernels --overwrite``'s clearing of the store apart (:func:`results_lock`)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +25,7 @@ except ImportError:  # Windows: no flock; the store is then not locked (document
     fcntl = None  # type: ignore[assignment]  # None stands for the missing module; checked first
 
 
-__all__ = ["StoreLock"]
+__all__ = ["StoreLock", "results_lock", "writer_note"]
 
 
 class StoreLock:
@@ -100,6 +105,10 @@ class StoreLock:
             return
         del self._held[self._key]
         try:
+            try:  # the note names a running writer (writer_note): this one has ended
+                os.ftruncate(entry[0], 0)
+            except OSError:
+                pass  # read-only: the note was never written
             fcntl.flock(entry[0], fcntl.LOCK_UN)
         finally:
             os.close(entry[0])
@@ -111,3 +120,64 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text or "pid unknown"
+
+
+_NOTE = re.compile(r"pid (\d+) on (\S+): ")
+
+
+def writer_note(root: Path) -> str | None:
+    """The note of the process writing store ``root`` (``pid 123 on HOST: conetool kernels
+    ...``) while it runs, else None. The note is read, not the lock tried: a reader's test lock
+    would make a writer starting at that moment refuse to start. A writer empties the note when
+    it releases the lock; a killed one leaves it, so the pid must be alive too (on another host
+    it cannot be checked, and the note says so)."""
+    try:
+        text = paths.lock(root).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    match = _NOTE.match(text)
+    if match is None:
+        return None
+    pid, host = int(match.group(1)), match.group(2)
+    if host != socket.gethostname():
+        return f"{text} (on another host: whether it still runs cannot be checked from here)"
+    if pid == os.getpid():
+        return text if os.path.realpath(paths.lock(root)) in StoreLock._held else None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # killed: the OS released its lock, the note stayed
+    except OSError:
+        pass  # alive, another user's
+    return text
+
+
+@contextmanager
+def results_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold ``STORE/.results.lock``: shared while a command that reads the store writes its
+    results there, exclusive while ``kernels --overwrite`` clears the store. Either waits for
+    the other (each holds it for the seconds its writes take), so a reader's results are written
+    before the clearing, which removes them, or not at all (the reader then finds the store
+    replaced). Without ``fcntl``, or where the file cannot be opened, nothing is locked."""
+    fd = None
+    if fcntl is not None:
+        path = paths.results_lock(root)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            try:  # read-only: no result can be written there anyway
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                # a file system without flock: the readers' store_id check alone
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock

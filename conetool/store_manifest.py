@@ -6,6 +6,7 @@ manifest). :class:`conetool.store.Store` holds the manifest in memory and calls 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,7 +14,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from . import paths
 from ._version import __version__
@@ -54,11 +54,18 @@ class StepRecord:
     mtime_ns: int = 0
 
 
+def new_store_id() -> str:
+    """A fresh store's ``store_id``: random, so that a store cleared and started again (``kernels
+    --overwrite``) is told from the one it replaced even when its identity is the same."""
+    return uuid.uuid4().hex
+
+
 def new_manifest(identity: StoreIdentity, header: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest of a fresh store of ``identity`` with the provenance ``header``, no steps."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "store_id": new_store_id(),
         **asdict(identity),
         "layout": LAYOUTS[identity.kind],
         **header,
@@ -109,6 +116,24 @@ def manifest_identity(manifest: Mapping[str, Any]) -> StoreIdentity:
         probe_hash=manifest["probe_hash"],
         kind=manifest["kind"],
         dtype=manifest["dtype"],
+    )
+
+
+def opened_as(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What tells the store a reader opened from one that replaced it: the manifest's
+    ``store_id`` and identity (see :func:`same_store`)."""
+    keys = ("store_id", "spec_hash", "probe_hash", "kind", "dtype")
+    return {key: manifest.get(key) for key in keys}
+
+
+def same_store(opened: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Whether the manifest ``now`` is of the store whose :func:`opened_as` is ``opened``: the
+    same ``store_id``; for a store opened before conetool recorded one, the same identity (a
+    store is cleared only for another identity, or when its manifest is damaged)."""
+    if opened.get("store_id") is not None:
+        return bool(now.get("store_id") == opened["store_id"])
+    return all(
+        now.get(key) == opened.get(key) for key in ("spec_hash", "probe_hash", "kind", "dtype")
     )
 
 
@@ -219,13 +244,22 @@ def load_finite_kernel(path: Path, label: str, unreadable: str, non_finite: str)
     """The tensor ``kernel`` of the safetensors file ``path``, checked finite; a
     :class:`StoreError` naming the file as ``label`` and ending with the fix ``unreadable`` or
     ``non_finite`` otherwise."""
+    return read_finite_kernel(path, label, unreadable, non_finite)[0]
+
+
+def read_finite_kernel(
+    path: Path, label: str, unreadable: str, non_finite: str
+) -> tuple[torch.Tensor, dict[str, str]]:
+    """:func:`load_finite_kernel`, and the file's metadata (read in the same open)."""
     try:
-        kernel = load_file(str(path))["kernel"]
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            kernel = handle.get_tensor("kernel")
     except (OSError, SafetensorError, KeyError) as exc:
         raise StoreError(f"{label} {path} cannot be read ({exc}). {unreadable}") from exc
     if not torch.isfinite(kernel).all():
         raise StoreError(f"{label} {path} holds non-finite values. {non_finite}")
-    return kernel
+    return kernel, meta
 
 
 def embedded_record(path: Path, ident: StoreIdentity) -> tuple[str, dict[str, Any]] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,11 +17,20 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
-from conetool.errors import ConetoolError, StoreError
+from conetool.errors import ConetoolError, StoreError, StoreReplacedError
 from conetool.geometry import GeometryError, kernel_distance
-from conetool.pipeline import distance, distance_outputs, embed, kernels, matrix_cache, run_embed
+from conetool.pipeline import (
+    distance,
+    distance_outputs,
+    embed,
+    kernels,
+    matrix_cache,
+    run_distance,
+    run_embed,
+)
 from conetool.spec import spec_from_dict
 from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+from conetool.store_lock import StoreLock
 from conetool.training import train
 from conetool.verdict import REGIMES, VerdictRules, phase_verdict
 
@@ -562,3 +572,76 @@ def test_a_moved_run_is_found_with_ckpts_and_spec(tmp_path):
     refused = run("--ckpts", str(moved), "--spec", str(other))
     assert refused.exit_code == 1 and spec.hash() in " ".join(refused.output.split())
     assert run("--ckpts", str(moved), "--spec", str(paths.spec(moved))).exit_code == 0
+
+
+# --------------------------------------------------------------------------- read while written
+
+
+def _overwrite(root: Path) -> None:
+    """What `conetool kernels --overwrite` with another spec does to the store first: clear it
+    and start a new one (its first kernel not computed yet)."""
+    other = StoreIdentity("spec1", "probe0", "trace", "float64")
+    Store.open_for_writing(root, other, {"checkpoints": "/ckpts"}, overwrite=True).close()
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_store_replaced_while_distance_reads_its_kernels_stops_it_cleanly(
+    uneven_store, monkeypatch, skip_bad
+):
+    # was: "step 0: kernel file ... cannot be read ... Rerun conetool kernels" (advice about a
+    # damaged file), and with --skip-bad every kernel left out one by one
+    root, _ = uneven_store
+    real = matrix_cache.distance_matrix
+
+    def replaced_meanwhile(*args, **kwargs):
+        _overwrite(root)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(matrix_cache, "distance_matrix", replaced_meanwhile)
+    args = ["distance", "--store", str(root), "--no-noise", "-q"] + ["--skip-bad"] * skip_bad
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert f"store {root} was replaced while conetool distance was reading it" in text
+    assert f"Rerun conetool distance --store {root}" in text and "Traceback" not in text
+    assert not paths.distance_dir(root).exists()  # nothing of the old kernels in the new store
+
+
+def test_distance_writes_nothing_into_a_store_replaced_after_it_read_the_kernels(
+    uneven_store, monkeypatch
+):
+    # was: to_ref.csv, adjacent.csv, the figures and summary.json of the old kernels written
+    # into the new store (where the report called them results of another identity)
+    root, _ = uneven_store
+    real = run_distance._read_verdict
+
+    def verdict_then_replaced(*args, **kwargs):
+        verdict = real(*args, **kwargs)
+        _overwrite(root)
+        return verdict
+
+    monkeypatch.setattr(run_distance, "_read_verdict", verdict_then_replaced)
+    with pytest.raises(StoreReplacedError, match="stopped and wrote nothing"):
+        distance(root, noise=False)
+    assert not paths.distance_dir(root).exists()
+    assert Store.open(root).identity.spec_hash == "spec1"
+
+
+def test_distance_notes_that_kernels_is_still_writing_the_store(uneven_store):
+    # a kernels run holds the store (its lock) and has stored 8 of the 10 steps it selected
+    root, _ = uneven_store
+    manifest = json.loads(paths.manifest(root).read_text())
+    manifest["selected_steps"] = [*UNEVEN_STEPS, 100, 120]
+    paths.manifest(root).write_text(json.dumps(manifest))
+    assert distance(root, noise=False).notes == []
+    lock = StoreLock.acquire(root)
+    try:
+        notes = distance(root, noise=False).notes
+    finally:
+        lock.release()
+    assert any(
+        f"conetool kernels is still writing this store (pid {os.getpid()} on " in n
+        and "these results are of the 8 of 10 kernels stored so far" in n
+        for n in notes
+    ), notes
+    assert distance(root, noise=False).notes == []  # it ended

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from conetool.embedding import embed_kernels
 from conetool.errors import ConetoolError, StoreError
 from conetool.pipeline import distance, embed, matrix_cache, run_embed
 from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+from conetool.store_lock import StoreLock
 
 runner = CliRunner()
 STEPS = [0, 10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 400]
@@ -150,8 +152,10 @@ def test_embed_reuses_the_matrix_that_distance_saved(store, monkeypatch):
 def test_embed_computes_and_saves_the_matrix_when_none_matches(store, monkeypatch):
     root, kernels = store
     first = embed(root, method="pca")
-    assert not first.matrix_reused and paths.matrix_npz(root).is_file()
-    with np.load(paths.matrix_npz(root)) as data:
+    # in embed's own folder: distance/ holds only distance's results
+    assert not first.matrix_reused and paths.embed_matrix_npz(root).is_file()
+    assert not paths.distance_dir(root).exists()
+    with np.load(paths.embed_matrix_npz(root)) as data:
         assert data["steps"].tolist() == STEPS
     # a kernel changes: the saved matrix no longer matches, so it is computed again
     opened = Store.open(root)
@@ -214,3 +218,94 @@ def test_cli_user_error_is_one_message(tmp_path):
     result = runner.invoke(app, ["embed", "--store", str(tmp_path / "none")])
     assert result.exit_code == 1
     assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- read while written
+
+
+def _add_kernel(root: Path, step: int, kernel: np.ndarray) -> None:
+    """What a kernels run still writing the store does: one more kernel."""
+    store = Store.open_for_writing(
+        root, StoreIdentity("spec0", "probe0", "trace", "float64"), {"checkpoints": "/ckpts"}
+    )
+    tensor = torch.as_tensor(kernel)
+    record = StepRecord(
+        step=step,
+        source=[f"/ckpts/step_{step:06d}.safetensors"],
+        size=1,
+        fingerprint=f"fp-{step}",
+        kernel=paths.kernel_relative(step),
+        norm=kernel_norm(tensor),
+        seconds=0.0,
+    )
+    store.write_kernel(record, tensor)
+    store.close()
+
+
+def test_embed_after_distance_on_more_kernels_leaves_distances_matrix_that_of_its_summary(
+    tmp_path, monkeypatch
+):
+    # distance ran while kernels was writing the store (11 kernels), embed after it (12): embed
+    # rewrote distance/matrix.npz with 12 steps while distance/summary.json is of 11 (the
+    # report's "Numbers: distance/matrix.npz" then were of other steps than the verdict's)
+    kernels = trajectory_kernels(STEPS)
+    root = make_store(tmp_path / "store", STEPS[:-1], kernels[:-1])
+    distance(root, noise=False)
+    saved = paths.matrix_npz(root).read_bytes()
+    _add_kernel(root, STEPS[-1], kernels[-1])
+    result = embed(root, method="pca")
+    assert result.steps == STEPS and not result.matrix_reused
+    assert paths.matrix_npz(root).read_bytes() == saved  # distance's, untouched
+    summary = json.loads(paths.distance_summary(root).read_text())
+    with np.load(paths.matrix_npz(root)) as data:
+        assert data["steps"].tolist() == STEPS[:-1] and summary["steps"]["count"] == len(STEPS) - 1
+        assert str(data["key"]) == summary["matrix_key"]
+    with np.load(paths.embed_matrix_npz(root)) as data:
+        assert data["steps"].tolist() == STEPS
+        embedded = data["S"].copy()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the matrix embed saved should have been reused")
+
+    # distance, rerun, takes embed's matrix (nothing recomputed) and keeps its own copy of it
+    monkeypatch.setattr(matrix_cache, "distance_matrix", fail)
+    again = distance(root, noise=False)
+    assert again.matrix_reused and again.steps == STEPS
+    assert paths.matrix_npz(root) in again.files
+    with np.load(paths.matrix_npz(root)) as data:
+        assert data["steps"].tolist() == STEPS and np.array_equal(data["S"], embedded)
+    # and embed reuses it
+    assert embed(root, method="mds").matrix_reused
+
+
+def test_embed_writes_nothing_into_a_store_replaced_after_it_read_the_kernels(store, monkeypatch):
+    root, _ = store
+    real = run_embed.embed_kernels
+
+    def embedded_then_replaced(*args, **kwargs):
+        coords = real(*args, **kwargs)
+        other = StoreIdentity("spec1", "probe0", "trace", "float64")
+        Store.open_for_writing(root, other, {"checkpoints": "/ckpts"}, overwrite=True).close()
+        return coords
+
+    monkeypatch.setattr(run_embed, "embed_kernels", embedded_then_replaced)
+    result = runner.invoke(app, ["embed", "--store", str(root), "--method", "pca"])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "was replaced while conetool embed was reading it" in text and "Traceback" not in text
+    assert not paths.embed_dir(root).exists() and not paths.distance_dir(root).exists()
+
+
+def test_embed_says_when_kernels_is_still_writing_the_store(store):
+    root, _ = store
+    lock = StoreLock.acquire(root)
+    try:
+        result = runner.invoke(app, ["embed", "--store", str(root), "--method", "pca"])
+    finally:
+        lock.release()
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"conetool kernels is still writing this store (pid {os.getpid()}" in text
+    assert f"these results are of the {len(STEPS)} kernels stored so far" in text
+    again = runner.invoke(app, ["embed", "--store", str(root), "--method", "pca"])
+    assert "still writing" not in again.output

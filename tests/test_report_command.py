@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,9 +20,10 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
-from conetool.errors import StoreError
-from conetool.pipeline import distance, embed, kernels, report, spectrum, switch
+from conetool.errors import StoreError, StoreReplacedError
+from conetool.pipeline import distance, embed, kernels, report, run_report, spectrum, switch
 from conetool.spec import spec_from_dict
+from conetool.store import Store, StoreIdentity
 from conetool.training import train
 from conetool.verdict import VerdictRules
 
@@ -534,3 +536,92 @@ def test_results_made_while_kernels_was_writing_are_noted(run, tmp_path):
         ), notes
     spectrum(partial, top_k=3)
     assert not any("conetool spectrum" in n for n in report(partial).notes)
+
+
+# --------------------------------------------------------------------------- read while written
+
+_HOLD = (
+    "import sys\n"
+    "from conetool.store_lock import StoreLock\n"
+    "lock = StoreLock.acquire(sys.argv[1])\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def _holder(store: Path) -> subprocess.Popen:
+    """Another process holding the store's writer lock, as `conetool kernels` does, until its
+    stdin is closed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _partial(store: Path, folder: Path) -> Path:
+    """A copy of ``store`` as a kernels run leaves it after 8 of the 9 checkpoints it selected."""
+    partial = folder / "partial"
+    shutil.copytree(store, partial)
+    paths.kernel(partial, 16).unlink()
+    manifest = json.loads(paths.manifest(partial).read_text())
+    del manifest["steps"]["16"]
+    assert manifest["selected_steps"] == list(range(0, 17, 2))  # recorded by kernels
+    paths.manifest(partial).write_text(json.dumps(manifest, indent=2))
+    for folder_name in paths.DERIVED_DIRS:
+        shutil.rmtree(partial / folder_name, ignore_errors=True)
+    return partial
+
+
+def test_the_report_of_a_store_kernels_is_still_writing_says_so(run, tmp_path):
+    # was: "at 8 checkpoints", as if the run had 8; nothing said kernels was running
+    _, _, store, _ = run
+    partial = _partial(store, tmp_path)
+    holder = _holder(partial)
+    try:
+        result = report(partial)
+    finally:
+        holder.communicate("")  # ends it: the OS releases its lock
+    note = result.notes[0]
+    assert note.startswith(f"conetool kernels is still writing this store (pid {holder.pid} on ")
+    assert "the numbers here are of the 8 of 9 kernels stored so far" in note
+    page = Page(paths.report_html(partial).read_text(encoding="utf-8"))
+    assert "at the 8 of 9 checkpoints stored so far (conetool kernels is still running)" in (
+        page.section("summary")
+    )
+    assert "8 of 9 kernels stored so far" in page.section("checkpoints")
+    assert result.details["summary"].endswith("8 of 9 checkpoints so far (kernels running)")
+    # it ended: the report is of the store as it is
+    after = report(partial)
+    assert not any("still writing" in n for n in after.notes)
+    assert "at 8 checkpoints" in Page(paths.report_html(partial).read_text()).section("summary")
+
+
+def test_a_killed_kernels_run_is_not_reported_as_running(run, tmp_path):
+    # a kill leaves the lock file's note (the OS releases the lock): the pid is checked
+    _, _, store, _ = run
+    partial = _partial(store, tmp_path)
+    holder = _holder(partial)
+    holder.kill()
+    holder.wait()
+    assert f"pid {holder.pid}" in paths.lock(partial).read_text()
+    assert not any("still writing" in n for n in report(partial).notes)
+
+
+def test_report_writes_nothing_into_a_store_replaced_while_it_was_read(run, tmp_path, monkeypatch):
+    _, _, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    shutil.rmtree(paths.report_dir(copy))
+
+    def moved_then_replaced(ckpts):
+        other = StoreIdentity("spec1", "probe0", "trace", "float32")
+        Store.open_for_writing(copy, other, {"checkpoints": "/ckpts"}, overwrite=True).close()
+
+    monkeypatch.setattr(run_report, "moved_run", moved_then_replaced)
+    with pytest.raises(StoreReplacedError, match="conetool report stopped and wrote nothing"):
+        report(copy)
+    assert not paths.report_dir(copy).exists()

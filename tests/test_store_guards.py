@@ -4,6 +4,8 @@ recomputes, and the order of the writes that makes a kill lose at most the kerne
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -17,9 +19,11 @@ from test_store import HEADER, IDENT, record
 from tiny_run import SPEC, metadata, run_fixtures
 
 from conetool import paths
-from conetool.errors import StoreError
+from conetool import store as store_module
+from conetool.errors import StoreError, StoreReplacedError
 from conetool.pipeline import kernels
 from conetool.store import Store, StoreIdentity
+from conetool.store_lock import StoreLock
 
 trained, run = run_fixtures(SPEC)
 
@@ -568,3 +572,94 @@ def test_a_run_that_moved_is_the_same_run(run, tmp_path):
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     again = kernels(moved, store=root, device="cpu")
     assert again.computed == [] and again.skipped == [0, 5, 10]
+
+
+# ------------------------------------------------------------------ a store replaced while read
+
+
+OTHER = StoreIdentity(spec_hash="bbbb", probe_hash="pppp", kind="trace", dtype="float32")
+
+
+def test_a_kernel_read_after_the_store_was_replaced_is_named_as_such(tmp_path):
+    # kernels --overwrite clears the store under an open reader: the kernel file it looks for is
+    # gone (was: "cannot be read ... Recompute it", advice about a damaged file), and once the new
+    # store writes that step again the file at that path is the new store's kernel (was: returned
+    # silently, a kernel of another spec)
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    reader = Store.open(root)
+    with Store.open_for_writing(root, OTHER, HEADER, overwrite=True):
+        pass
+    with pytest.raises(StoreReplacedError, match=r"was replaced while it was read.*Open it again"):
+        reader.load_kernel(0)
+    _store_with_kernels(root, OTHER, steps=(0,))
+    with pytest.raises(StoreReplacedError, match="kernels --overwrite cleared it"):
+        reader.load_kernel(0)
+    assert torch.equal(Store.open(root).load_kernel(0), torch.eye(2))  # a new reader reads it
+
+
+def test_a_store_cleared_and_started_again_with_the_same_identity_is_told_apart(tmp_path):
+    # --overwrite of a store whose manifest is damaged starts one of the same identity: the
+    # reader of the old one must not take the new kernels for its own (the store_id differs)
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    reader = Store.open(root)
+    assert not reader.replaced()
+    paths.manifest(root).write_text("{ damaged")
+    with Store.open_for_writing(root, IDENT, HEADER, overwrite=True) as store:
+        store.write_kernel(dataclasses.replace(record(0), fingerprint="f2"), 5 * torch.eye(2))
+    assert reader.replaced() and not Store.open(root).replaced()
+    with pytest.raises(StoreReplacedError):
+        reader.load_kernel(0)
+
+
+def test_opening_a_store_that_kernels_is_clearing_says_so(tmp_path, monkeypatch):
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    # the manifest goes between the check that it is there and its reading (was: "not a
+    # readable conetool manifest ... edited or damaged by hand")
+    real = store_module.read_manifest
+
+    def read_after_clearing(path):
+        path.unlink()
+        return real(path)
+
+    monkeypatch.setattr(store_module, "read_manifest", read_after_clearing)
+    with pytest.raises(StoreReplacedError, match=r"manifest.json was removed while it was being"):
+        Store.open(root)
+    monkeypatch.undo()
+    # the manifest is gone while a kernels run holds the store (was: "deleted? Rebuild it")
+    lock = StoreLock.acquire(root)
+    try:
+        with pytest.raises(
+            StoreError, match=rf"conetool kernels is writing it \(pid {os.getpid()}"
+        ):
+            Store.open(root)
+    finally:
+        lock.release()
+    with pytest.raises(StoreError, match="deleted"):  # nobody writes it: rebuild it
+        Store.open(root)
+
+
+def test_overwrite_waits_for_a_reader_writing_its_results(tmp_path, monkeypatch):
+    # the clearing and a reader's result writes exclude each other: checking the store before
+    # writing is not enough, the clearing could fall between the check and the writes (and the
+    # results land in the new store). Made visible by turning the wait into a refusal.
+    root = tmp_path / "s"
+    _store_with_kernels(root)
+    reader = Store.open(root)
+    with reader.writing_results("distance"):
+        (root / "distance").mkdir()
+        (root / "distance" / "summary.json").write_text("{}")
+        before = _files(root)
+        real = fcntl.flock
+        monkeypatch.setattr(fcntl, "flock", lambda fd, op: real(fd, op | fcntl.LOCK_NB))
+        with pytest.raises(BlockingIOError):
+            Store.open_for_writing(root, OTHER, HEADER, overwrite=True)
+        monkeypatch.undo()
+        assert _files(root) == before  # nothing cleared while the reader writes
+    with Store.open_for_writing(root, OTHER, HEADER, overwrite=True):  # then it goes ahead
+        assert not (root / "distance").exists()
+    with pytest.raises(StoreReplacedError, match="conetool distance stopped and wrote nothing"):
+        with reader.writing_results("distance"):
+            raise AssertionError("a replaced store must not be written to")

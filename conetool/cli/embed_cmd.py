@@ -43,9 +43,10 @@ def embed(
 ) -> None:
     """A 2-D (or 3-D) picture of the kernel trajectory: the cone (paper Fig. 1c).
 
-    Writes coords.csv, summary.json and embedding.png to STORE/embed.
+    Writes coords.csv, summary.json, embedding.png and matrix.npz to STORE/embed.
 
-    The S matrix is reused from STORE/distance/matrix.npz when it matches the kernels.
+    The S matrix is reused from STORE/distance/matrix.npz (or embed/matrix.npz) when it
+    matches the kernels.
 
     Example: conetool embed --method pca --dims 3
     """

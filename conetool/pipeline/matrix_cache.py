@@ -2,12 +2,16 @@
 
 Shared by ``conetool distance`` and ``conetool embed``. :func:`kernel_matrix` returns the
 ``(K, K)`` matrix of kernel distances over every stored step (block by block, see
-:func:`conetool.geometry.distance_matrix`) and saves it to ``STORE/distance/matrix.npz`` with
-arrays ``steps`` (K,), ``S`` (K, K), ``key`` (the cache key, a string) and ``excluded`` (the steps
-left out with ``skip_bad``). The next call reuses that file when its key equals the store's
-current key: a SHA-256 over the store's identity and, per stored step, its record (source
-fingerprint, kernel file, ‖H‖_F) and the kernel file's size and modification time. Recomputing a
-kernel, adding a step or touching a kernel file changes the key.
+:func:`conetool.geometry.distance_matrix`) and saves it in the command's own result folder,
+``STORE/distance/matrix.npz`` or ``STORE/embed/matrix.npz``, with arrays ``steps`` (K,), ``S``
+(K, K), ``key`` (the cache key, a string) and ``excluded`` (the steps left out with
+``skip_bad``). Either command reuses either file when its key equals the store's current key: a
+SHA-256 over the store's identity and, per stored step, its record (source fingerprint, kernel
+file, ‖H‖_F) and the kernel file's size and modification time. Recomputing a kernel, adding a
+step or touching a kernel file changes the key. A command writes only its own file (the other's
+matrix, when reused, is copied into it): ``distance/matrix.npz`` is always the matrix of
+``distance/summary.json``, even when ``embed`` ran later on more kernels (a store still being
+written).
 
 Before any kernel is read in full, every kernel file's safetensors header is checked (cheap):
 its metadata ``kind``, ``probe_hash``, ``spec_hash``, ``dtype`` and ``step`` must match the
@@ -20,6 +24,7 @@ The small CSV / JSON writers at the end are shared by ``distance`` and ``embed``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,7 +32,9 @@ import math
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +42,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .. import paths
-from ..errors import StoreError
+from ..errors import StoreError, StoreReplacedError
 from ..geometry import KernelError, distance_matrix
 from ..io import atomic_write
 from ..progress import CountBar, NullProgress, Progress
@@ -54,7 +61,8 @@ class KernelMatrix:
         S: float64 ``(K, K)``, ``S[i, j] = S(θ(steps[i]), θ(steps[j]))``.
         excluded: step -> why its kernel was left out (only with ``skip_bad``).
         key: the store's cache key the matrix belongs to (:func:`store_key`).
-        reused: ``True`` when read back from ``distance/matrix.npz`` instead of computed.
+        reused: ``True`` when read back from a saved matrix instead of computed.
+        saved: ``True`` when written to the command's own matrix file by this call.
     """
 
     steps: list[int]
@@ -62,6 +70,7 @@ class KernelMatrix:
     excluded: dict[int, str] = field(default_factory=dict)
     key: str = ""
     reused: bool = False
+    saved: bool = False
 
 
 def kernels_key(store: Store) -> str:
@@ -190,7 +199,14 @@ def _check_headers(store: Store) -> dict[int, str]:
 # --------------------------------------------------------------------------- the cache file
 
 
-def _save(store: Store, matrix: KernelMatrix) -> None:
+#: command -> its own matrix file; the first is the one each command tries first after its own.
+CACHES: dict[str, Callable[[Path], Path]] = {
+    "distance": paths.matrix_npz,
+    "embed": paths.embed_matrix_npz,
+}
+
+
+def _save(store: Store, matrix: KernelMatrix, command: str) -> None:
     excluded = sorted(matrix.excluded)
     arrays: dict[str, Any] = {
         "steps": np.asarray(matrix.steps, dtype=np.int64),
@@ -203,12 +219,14 @@ def _save(store: Store, matrix: KernelMatrix) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # into a buffer: savez would append ".npz" to a path
     data = buffer.getvalue()
-    atomic_write(paths.matrix_npz(store.root), lambda tmp: tmp.write_bytes(data), needed=len(data))
+    target = CACHES[command](store.root)
+    with store.writing_results(command):  # never into a store replaced meanwhile
+        atomic_write(target, lambda tmp: tmp.write_bytes(data), needed=len(data))
 
 
-def _load_cached(store: Store, key: str, skip_bad: bool) -> KernelMatrix | None:
-    """The saved matrix when it belongs to ``key`` (and needs no ``skip_bad`` it lacks)."""
-    path = paths.matrix_npz(store.root)
+def _load_cached(path: Path, key: str, skip_bad: bool) -> KernelMatrix | None:
+    """The matrix saved at ``path`` when it belongs to ``key`` (and needs no ``skip_bad`` it
+    lacks)."""
     if not path.is_file():
         return None
     try:
@@ -239,15 +257,19 @@ def _load_cached(store: Store, key: str, skip_bad: bool) -> KernelMatrix | None:
 def kernel_matrix(
     store: Store,
     *,
+    command: str = "distance",
     skip_bad: bool = False,
     max_memory: int | str | None = None,
     reuse: bool = True,
     progress: Progress | None = None,
 ) -> KernelMatrix:
-    """The S matrix over every stored step, reused from ``distance/matrix.npz`` when current.
+    """The S matrix over every stored step, reused from a saved matrix when current.
 
     Args:
         store: an open store.
+        command: ``"distance"`` or ``"embed"``, the command it is for: its own matrix file
+            (``distance/matrix.npz``, ``embed/matrix.npz``) is read first, then the other's, and
+            only its own is written (with the matrix it returns, when that file held another).
         skip_bad: leave out (with a warning through ``progress.log``) kernel files that cannot be
             read or hold a non-finite or zero kernel, instead of raising.
         max_memory: budget for the two float64 blocks of kernels (``"2GiB"`` or bytes);
@@ -257,7 +279,7 @@ def kernel_matrix(
 
     Returns:
         A :class:`KernelMatrix` (``(K, K)`` S, its steps, the left-out steps); the matrix is
-        saved to ``distance/matrix.npz`` whenever it was computed.
+        saved to the command's own file whenever that file did not hold it.
 
     Raises:
         StoreError: fewer than two usable kernels; a kernel file that does not belong to the
@@ -269,9 +291,15 @@ def kernel_matrix(
     require_kernels(store, stored)
     key = store_key(store)
     if reuse:
-        cached = _load_cached(store, key, skip_bad)
-        if cached is not None:
-            return cached
+        own = CACHES[command]
+        for cache in (own, *(c for c in CACHES.values() if c is not own)):
+            cached = _load_cached(cache(store.root), key, skip_bad)
+            if cached is None:
+                continue
+            if cache is own:
+                return cached
+            _save(store, cached, command)  # the other command's: this one's file gets it too
+            return dataclasses.replace(cached, saved=True)
 
     excluded: dict[int, str] = {}
     for step, reason in _check_headers(store).items():
@@ -284,8 +312,8 @@ def kernel_matrix(
             break
         except _BadKernel as bad:
             _exclude(store, excluded, bad.step, bad.reason, skip_bad, progress)
-    matrix = KernelMatrix(steps, s, excluded, key, reused=False)
-    _save(store, matrix)
+    matrix = KernelMatrix(steps, s, excluded, key, reused=False, saved=True)
+    _save(store, matrix, command)
     return matrix
 
 
@@ -325,6 +353,8 @@ def _compute(store: Store, steps: list[int], budget: int | None, progress: Progr
         step = steps[index]
         try:
             return store.load_kernel(step)
+        except StoreReplacedError:
+            raise  # not this kernel's fault, and no --skip-bad leaves it out
         except StoreError as exc:
             raise _BadKernel(step, _strip_fix(str(exc))) from exc
 

@@ -134,9 +134,10 @@ def estimate_noise_floor(
         "floor": 2.0 * estimate.S,
     }
     try:
-        atomic_write_json(cache, {"key": key, "noise": noise})
+        with store.writing_results("distance"):  # not into a store replaced meanwhile
+            atomic_write_json(cache, {"key": key, "noise": noise})
     except ConetoolError:
-        pass  # a read-only store still gets the estimate, only not the cache
+        pass  # a read-only (or replaced) store still gets the estimate, only not the cache
     return noise, "; ".join(imported) or None
 
 

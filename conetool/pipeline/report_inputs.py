@@ -15,7 +15,9 @@ from .. import paths
 from ..errors import ConetoolError
 from ..spec import spec_from_dict, spec_to_toml
 from ..store import Store
+from ..store_lock import writer_note
 from ..verdict import REGIMES
+from .kernels_running import stored_so_far
 from .matrix_cache import kernels_key
 
 __all__ = ["ReportInputs"]
@@ -115,6 +117,8 @@ class ReportInputs:
     details: dict[str, str] = field(default_factory=dict)
     #: the checkpoint directory given by the caller (the run moved), instead of the manifest's
     moved_ckpts: Path | None = None
+    #: the ``kernels`` run still writing the store (its lock's note), else None
+    writer: str | None = None
 
     @classmethod
     def read(
@@ -156,7 +160,20 @@ class ReportInputs:
             moved_ckpts=ckpts,
         )
         gathered._check_current()
+        gathered.writer = writer_note(root)
+        if gathered.writer is not None:
+            gathered.notes.insert(
+                0,
+                f"conetool kernels is still writing this store ({gathered.writer}): the numbers "
+                f"here are of the {gathered.stored_so_far()} kernels stored so far; rerun "
+                f"conetool report {gathered._store_flag()} once it ends",
+            )
         return gathered
+
+    def stored_so_far(self) -> str:
+        """The kernels stored, ``37 of 100`` while ``kernels`` writes the store (of the
+        checkpoints it selected, when the manifest says), else ``37``."""
+        return stored_so_far(self.store) if self.writer is not None else str(len(self.steps))
 
     # ----------------------------------------------------------------- helpers
     @property

@@ -73,10 +73,13 @@ class RunSections(ReportCommands):
         else:
             parts += ["No verdict yet (", code(self._distance_command_default()), " makes it). "]
         span = f"steps {steps[0]} to {steps[-1]}" if steps else "no steps yet"
+        at = f"{len(steps)} checkpoints"
+        if self.writer is not None:
+            at = f"the {self.stored_so_far()} checkpoints stored so far (conetool kernels is still running)"
         parts.append(
             f"{str(m.get('kind', '?')).capitalize()} kernels ({m.get('dtype', '?')}) of "
             f"{probe.get('size', '?')} probe examples ({probe.get('split', '?')} split, seed "
-            f"{probe.get('seed', '?')}) at {len(steps)} checkpoints, {span}, of "
+            f"{probe.get('seed', '?')}) at {at}, {span}, of "
             f"{self._run_name()} trained for {spec.get('train', {}).get('steps', '?')} steps."
         )
         switch = self.switch
@@ -90,7 +93,9 @@ class RunSections(ReportCommands):
             line += f", standard training {_g(ref['test_acc'])}." if ref else "."
             parts.append(line)
         self.present.add("summary")
-        self.details["summary"] = f"{self._run_name()}, {len(steps)} checkpoints"
+        self.details["summary"] = f"{self._run_name()}, {self.stored_so_far()} checkpoints" + (
+            "" if self.writer is None else " so far (kernels running)"
+        )
         return Section("summary", "Summary", (text(*parts),))
 
     def _missing_section(self) -> Section:
@@ -143,7 +148,9 @@ class RunSections(ReportCommands):
             text(
                 "Checkpoint directory ",
                 code(ckpts),
-                f": {len(records)} kernels of shape {shape} ({kind}, {self.manifest.get('dtype')}), "
+                f": {self.stored_so_far()} kernels"
+                f"{' stored so far (conetool kernels is still running)' if self.writer else ''}"
+                f" of shape {shape} ({kind}, {self.manifest.get('dtype')}), "
                 f"{total:.1f} s of kernel computation in all. Layout: {self.manifest.get('layout', '-')}.",
             )
         ]
@@ -169,7 +176,11 @@ class RunSections(ReportCommands):
                 )
             )
         self.present.add("checkpoints")
-        self.details["checkpoints"] = f"{len(records)} checkpoints, kernels {shape}"
+        self.details["checkpoints"] = (
+            f"{self.stored_so_far()} checkpoints"
+            + ("" if self.writer is None else " so far (kernels running)")
+            + f", kernels {shape}"
+        )
         return Section("checkpoints", "Checkpoints and kernels", tuple(blocks))
 
     # ----------------------------------------------------------------- run

@@ -50,6 +50,7 @@ from .distance_outputs import (
     write_per_layer,
     write_to_ref,
 )
+from .kernels_running import kernels_running
 from .matrix_cache import kernel_matrix, kernels_key, require_kernels
 from .noise_estimate import estimate_noise_floor
 from .resolve import moved_run
@@ -178,82 +179,100 @@ def distance(
         progress = progress or NullProgress()
         rules = VerdictRules() if rules is None else rules
         opened = Store.open(store)
-        stored = opened.steps()
-        require_kernels(opened, stored)
-        wanted = _parse_refs(refs)
-        if dts is not None and not isinstance(dts, Iterable):
-            dts = [dts]
-        for ref in wanted:  # before any kernel is read: a typo fails at once
-            if ref != "last":
-                step_index(stored, int(ref))
-        if dts is not None:
-            for dt in dts:
-                _check_dt(dt, stored)
-        given_spec = _store_spec(opened, spec)
-        given_ckpts = moved_run(ckpts)
+        # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
+        with opened.reading("distance"):
+            stored = opened.steps()
+            require_kernels(opened, stored)
+            wanted = _parse_refs(refs)
+            if dts is not None and not isinstance(dts, Iterable):
+                dts = [dts]
+            for ref in wanted:  # before any kernel is read: a typo fails at once
+                if ref != "last":
+                    step_index(stored, int(ref))
+            if dts is not None:
+                for dt in dts:
+                    _check_dt(dt, stored)
+            given_spec = _store_spec(opened, spec)
+            given_ckpts = moved_run(ckpts)
 
-        matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
-        steps, s = matrix.steps, matrix.S
-        notes: list[str] = []
-        ref_steps = _resolve_refs(wanted, steps, matrix.excluded, notes)
-
-        dt_list = _default_dts(s, steps, rules) if dts is None else sorted({int(dt) for dt in dts})
-        pairs: dict[int, list[AdjacentPair]] = {}
-        for dt in dt_list:
-            pairs[dt] = adjacent(s, steps, dt)
-            if not pairs[dt]:
-                _check_dt(dt, steps, excluded=matrix.excluded)
-
-        to_ref = {ref: distance_to_reference(s, steps, ref) for ref in ref_steps}
-        noise_record = None
-        if noise:
-            noise_record, why = estimate_noise_floor(
-                opened, device="auto", ckpts=given_ckpts, spec=given_spec, log=progress.log
+            matrix = kernel_matrix(
+                opened,
+                command="distance",
+                skip_bad=skip_bad,
+                max_memory=max_memory,
+                progress=progress,
             )
-            if why:
-                notes.append(why)
-        floor = None if noise_record is None else float(noise_record["floor"])
-        verdict = _read_verdict(s, steps, ref_steps if wanted else None, rules, notes, floor)
-        ref_curves = [_reference_curve(ref, to_ref[ref], steps) for ref in ref_steps]
-        used = verdict.numbers.get("velocity", {}).get("dt")
-        dt_curves = [_adjacent_curve(dt, pairs[dt], dt == used) for dt in dt_list]
+            steps, s = matrix.steps, matrix.S
+            notes: list[str] = []
+            running = kernels_running(opened, "conetool distance")
+            if running is not None:
+                notes.append(running)
+            ref_steps = _resolve_refs(wanted, steps, matrix.excluded, notes)
 
-        root = opened.root
-        files = [write_to_ref(root, steps, to_ref), write_adjacent(root, pairs)]
-        if not matrix.reused:
-            files.append(paths.matrix_npz(root))
-        files += write_figures(root, steps, s, to_ref, pairs, verdict.phase1_end, logx, logy, floor)
-        layer_dt = used if used is not None else dt_list[0]
-        per_layer = write_per_layer(opened, steps, ref_steps, layer_dt, verdict.phase1_end, logx)
-        if per_layer is not None:
-            files += per_layer[0]
-        summary = {
-            "command": "distance",
-            "conetool_version": __version__,
-            "store": str(root),
-            "identity": asdict(opened.identity),
-            "matrix_key": matrix.key,
-            "kernels_key": kernels_key(opened),
-            "steps": {"count": len(steps), "first": steps[0], "last": steps[-1]},
-            "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
-            "refs": ref_steps,
-            "dts": dt_list,
-            "verdict_dt": used,
-            "rules": _rules_dict(rules),
-            "noise": noise_record,
-            "verdict": verdict.to_dict(),
-            "reference_curves": [asdict(c) for c in ref_curves],
-            "adjacent_curves": [asdict(c) for c in dt_curves],
-            "options": {"logx": logx, "logy": logy, "skip_bad": skip_bad},
-            "files": [p(root).name for p in _OUTPUTS],
-            "notes": notes,
-        }
-        if per_layer is not None:
-            summary["per_layer"] = per_layer[1]
-            summary["files"] += [p(root).name for p in PER_LAYER_OUTPUTS]
-        summary_path = paths.distance_summary(root)
-        atomic_write_json(summary_path, summary)
-        files.append(summary_path)
+            dt_list = (
+                _default_dts(s, steps, rules) if dts is None else sorted({int(dt) for dt in dts})
+            )
+            pairs: dict[int, list[AdjacentPair]] = {}
+            for dt in dt_list:
+                pairs[dt] = adjacent(s, steps, dt)
+                if not pairs[dt]:
+                    _check_dt(dt, steps, excluded=matrix.excluded)
+
+            to_ref = {ref: distance_to_reference(s, steps, ref) for ref in ref_steps}
+            noise_record = None
+            if noise:
+                noise_record, why = estimate_noise_floor(
+                    opened, device="auto", ckpts=given_ckpts, spec=given_spec, log=progress.log
+                )
+                if why:
+                    notes.append(why)
+            floor = None if noise_record is None else float(noise_record["floor"])
+            verdict = _read_verdict(s, steps, ref_steps if wanted else None, rules, notes, floor)
+            ref_curves = [_reference_curve(ref, to_ref[ref], steps) for ref in ref_steps]
+            used = verdict.numbers.get("velocity", {}).get("dt")
+            dt_curves = [_adjacent_curve(dt, pairs[dt], dt == used) for dt in dt_list]
+
+            with opened.writing_results("distance"):
+                root = opened.root
+                files = [write_to_ref(root, steps, to_ref), write_adjacent(root, pairs)]
+                if matrix.saved:
+                    files.append(paths.matrix_npz(root))
+                files += write_figures(
+                    root, steps, s, to_ref, pairs, verdict.phase1_end, logx, logy, floor
+                )
+                layer_dt = used if used is not None else dt_list[0]
+                per_layer = write_per_layer(
+                    opened, steps, ref_steps, layer_dt, verdict.phase1_end, logx
+                )
+                if per_layer is not None:
+                    files += per_layer[0]
+                summary = {
+                    "command": "distance",
+                    "conetool_version": __version__,
+                    "store": str(root),
+                    "identity": asdict(opened.identity),
+                    "matrix_key": matrix.key,
+                    "kernels_key": kernels_key(opened),
+                    "steps": {"count": len(steps), "first": steps[0], "last": steps[-1]},
+                    "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
+                    "refs": ref_steps,
+                    "dts": dt_list,
+                    "verdict_dt": used,
+                    "rules": _rules_dict(rules),
+                    "noise": noise_record,
+                    "verdict": verdict.to_dict(),
+                    "reference_curves": [asdict(c) for c in ref_curves],
+                    "adjacent_curves": [asdict(c) for c in dt_curves],
+                    "options": {"logx": logx, "logy": logy, "skip_bad": skip_bad},
+                    "files": [p(root).name for p in _OUTPUTS],
+                    "notes": notes,
+                }
+                if per_layer is not None:
+                    summary["per_layer"] = per_layer[1]
+                    summary["files"] += [p(root).name for p in PER_LAYER_OUTPUTS]
+                summary_path = paths.distance_summary(root)
+                atomic_write_json(summary_path, summary)
+                files.append(summary_path)
         return DistanceResult(
             store=root,
             steps=steps,

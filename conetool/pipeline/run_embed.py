@@ -6,9 +6,11 @@ Outputs (names from :mod:`conetool.paths`)::
     embed/coords.csv       step, x, y[, z]           one row per kernel, in step order
     embed/summary.json     method, dims, seed, stress, explained variance ratio, store identity
     embed/embedding.png    the picture: H(first step) black, later steps darker
+    embed/matrix.npz       the S matrix embedded (as distance/matrix.npz; see matrix_cache)
 
-The S matrix comes from ``distance/matrix.npz`` when it matches the store's kernels, else it is
-computed (and saved there) exactly as ``conetool distance`` does.
+The S matrix is read back from ``distance/matrix.npz`` (or ``embed/matrix.npz``) when it matches
+the store's kernels, else computed exactly as ``conetool distance`` does; it is saved in
+``embed/matrix.npz``, never into ``distance/``, whose matrix stays that of its summary.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..progress import NullProgress, Progress
 from ..store import Store
 from ..threads import limit_threads
 from ..verdict import phase_verdict
+from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernel_matrix, kernels_key
 from .saved_results import saved_phase1_end
 
@@ -51,7 +54,8 @@ class EmbedResult:
         phase1_end: the end of Phase I ringed on the picture (from ``distance/summary.json`` when
             it belongs to the same kernels, else the verdict with default rules), or ``None``.
         excluded: steps left out with ``skip_bad`` -> why.
-        matrix_reused: the S matrix was read back from ``distance/matrix.npz``.
+        matrix_reused: the S matrix was read back from ``distance/matrix.npz`` or
+            ``embed/matrix.npz`` instead of computed.
         files: every file written.
     """
 
@@ -93,8 +97,9 @@ def embed(
         progress: progress display; default silent.
 
     Returns:
-        An :class:`EmbedResult`; ``embed/coords.csv``, ``embed/summary.json`` and
-        ``embed/embedding.png`` are written.
+        An :class:`EmbedResult`; ``embed/coords.csv``, ``embed/summary.json``,
+        ``embed/embedding.png`` and (unless it already held this matrix) ``embed/matrix.npz``
+        are written.
 
     Example::
 
@@ -109,51 +114,65 @@ def embed(
     if dims not in (2, 3):
         raise ConetoolError(f"--dims {dims} is not supported. Use 2 or 3.")
     opened = Store.open(store)
-    with limit_threads(threads):
-        matrix = kernel_matrix(opened, skip_bad=skip_bad, max_memory=max_memory, progress=progress)
-        steps, s = matrix.steps, matrix.S
-        chosen = cast(Method, method)  # one of METHODS: checked above
-        embedding = embed_kernels(s, method=chosen, dims=dims, seed=seed)
-    phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s)
+    # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
+    with opened.reading("embed"):
+        with limit_threads(threads):
+            matrix = kernel_matrix(
+                opened, command="embed", skip_bad=skip_bad, max_memory=max_memory, progress=progress
+            )
+            steps, s = matrix.steps, matrix.S
+            chosen = cast(Method, method)  # one of METHODS: checked above
+            embedding = embed_kernels(s, method=chosen, dims=dims, seed=seed)
+        phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s)
 
-    root = opened.root
-    axes = ["x", "y", "z"][:dims]
-    rows = [[step, *(csv_number(v) for v in embedding.coords[i])] for i, step in enumerate(steps)]
-    files = [atomic_write_csv(paths.coords_csv(root), ["step", *axes], rows)]
-    if method == "pca":
-        ratio = embedding.explained_variance_ratio
-        assert ratio is not None
-        quality = f"explained variance {float(np.sum(ratio)):.0%}"
-    else:
-        quality = f"stress {embedding.stress:.3f}"
-    figure = embedding_figure(
-        embedding.coords, steps, method=method, quality=quality, phase1_end=phase1_end
-    )
-    files.append(save_figure(figure, paths.embedding_png(root)))
-    summary: dict[str, Any] = {
-        "command": "embed",
-        "conetool_version": __version__,
-        "store": str(root),
-        "identity": asdict(opened.identity),
-        "matrix_key": matrix.key,
-        "kernels_key": kernels_key(opened),
-        "matrix": "reused" if matrix.reused else "computed",
-        **embedding.to_dict(),
-        "seed": seed,
-        "distance": "chordal sqrt(2 S) between unit-norm kernels",
-        "steps": {"count": len(steps), "first": steps[0], "last": steps[-1]},
-        "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
-        "phase1_end": phase1_end,
-        "phase1_end_from": phase1_from,
-        "files": [
-            paths.coords_csv(root).name,
-            paths.embedding_png(root).name,
-            paths.embed_summary(root).name,
-        ],
-    }
-    summary_path = paths.embed_summary(root)
-    atomic_write_json(summary_path, summary)
-    files.append(summary_path)
+        running = kernels_running(opened, "conetool embed")
+        if running is not None:
+            progress.log(f"note: {running}")
+        with opened.writing_results("embed"):
+            root = opened.root
+            axes = ["x", "y", "z"][:dims]
+            rows = [
+                [step, *(csv_number(v) for v in embedding.coords[i])]
+                for i, step in enumerate(steps)
+            ]
+            files = [atomic_write_csv(paths.coords_csv(root), ["step", *axes], rows)]
+            if matrix.saved:
+                files.append(paths.embed_matrix_npz(root))
+            if method == "pca":
+                ratio = embedding.explained_variance_ratio
+                assert ratio is not None
+                quality = f"explained variance {float(np.sum(ratio)):.0%}"
+            else:
+                quality = f"stress {embedding.stress:.3f}"
+            figure = embedding_figure(
+                embedding.coords, steps, method=method, quality=quality, phase1_end=phase1_end
+            )
+            files.append(save_figure(figure, paths.embedding_png(root)))
+            summary: dict[str, Any] = {
+                "command": "embed",
+                "conetool_version": __version__,
+                "store": str(root),
+                "identity": asdict(opened.identity),
+                "matrix_key": matrix.key,
+                "kernels_key": kernels_key(opened),
+                "matrix": "reused" if matrix.reused else "computed",
+                **embedding.to_dict(),
+                "seed": seed,
+                "distance": "chordal sqrt(2 S) between unit-norm kernels",
+                "steps": {"count": len(steps), "first": steps[0], "last": steps[-1]},
+                "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
+                "phase1_end": phase1_end,
+                "phase1_end_from": phase1_from,
+                "files": [
+                    paths.coords_csv(root).name,
+                    paths.embedding_png(root).name,
+                    paths.embed_summary(root).name,
+                    paths.embed_matrix_npz(root).name,
+                ],
+            }
+            summary_path = paths.embed_summary(root)
+            atomic_write_json(summary_path, summary)
+            files.append(summary_path)
     return EmbedResult(
         store=root,
         steps=steps,

@@ -144,12 +144,10 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             mixed = another_run(Path(store), ckpts, plan.identity, plan.refs)
             if mixed is not None:
                 raise mixed
-            out = Store.open_for_writing(
-                store,
-                plan.identity,
-                _header(ckpts, plan.spec, plan.probe, method, selected),
-                overwrite=overwrite,
-            )
+            header = _header(ckpts, plan.spec, plan.probe, method, selected)
+            # what a reader says of a store still being written: "37 of 100 kernels so far"
+            header["selected_steps"] = sorted({ref.step for ref in plan.refs})
+            out = Store.open_for_writing(store, plan.identity, header, overwrite=overwrite)
             holder.append(out)
             for note in out.notes:
                 notes.append(note)

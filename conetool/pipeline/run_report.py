@@ -111,20 +111,23 @@ def report(
         raise ConetoolError(f"--out {out_dir} is a file, not a directory. Choose a directory.")
     moved = moved_run(ckpts)
     bar = progress.task("report", total=3)
-    gathered = ReportBuilder.read(opened, str(store), out_dir, moved)
-    gathered.training_png = _training_curves(gathered, out_dir)
-    spec_path = None
-    if gathered.spec_toml is not None:
-        spec_path = out_dir / paths.report_spec(opened.root).name
-        atomic_write_text(spec_path, gathered.spec_toml)
-    document = gathered.document()
-    bar.advance(1)
-    html_path = out_dir / paths.report_html(opened.root).name
-    atomic_write_text(html_path, to_html(document))
-    bar.advance(1)
-    md_path = out_dir / paths.report_md(opened.root).name
-    atomic_write_text(md_path, to_markdown(document, out_dir))
-    bar.advance(1)
+    # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files; the
+    # results it embeds are not removed while it reads them
+    with opened.reading("report"), opened.writing_results("report"):
+        gathered = ReportBuilder.read(opened, str(store), out_dir, moved)
+        gathered.training_png = _training_curves(gathered, out_dir)
+        spec_path = None
+        if gathered.spec_toml is not None:
+            spec_path = out_dir / paths.report_spec(opened.root).name
+            atomic_write_text(spec_path, gathered.spec_toml)
+        document = gathered.document()
+        bar.advance(1)
+        html_path = out_dir / paths.report_html(opened.root).name
+        atomic_write_text(html_path, to_html(document))
+        bar.advance(1)
+        md_path = out_dir / paths.report_md(opened.root).name
+        atomic_write_text(md_path, to_markdown(document, out_dir))
+        bar.advance(1)
     bar.close()
     figures = [
         block.path

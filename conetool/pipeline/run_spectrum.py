@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import paths
 from .._version import __version__
-from ..errors import DataError, StoreError
+from ..errors import DataError, StoreError, StoreReplacedError
 from ..io import atomic_write_csv, atomic_write_json
 from ..kernel_regression import DEFAULT_RIDGE, kernel_regression
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
@@ -37,6 +37,7 @@ from ..probe import Probe, load_probe
 from ..progress import NullProgress, Progress
 from ..store import Store
 from ..threads import limit_threads
+from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernels_key, require_kernels
 from .saved_results import saved_phase1_end
 
@@ -101,101 +102,118 @@ def spectrum(
             raise StoreError(f"--top-k {top_k}: pass a positive number of eigenvalues, e.g. 10.")
         progress = progress or NullProgress()
         opened = Store.open(store)
-        steps = opened.steps()
-        require_kernels(opened, steps, at_least=1, needed_by="the spectrum")
-        probe = load_probe(paths.probe(opened.root))
-        labels = probe.labels.numpy()
-        classes = _classes(opened, labels)
-        evaluated, eval_note = _eval_set(opened)
-        if eval_note:
-            progress.log(f"note: {eval_note}")
-        kept, points, excluded = [], [], {}
-        accuracy: list[float] = []
-        losses: list[float] = []
-        task = progress.task("spectrum", total=len(steps))
-        for step in steps:
-            try:
-                kernel = opened.load_kernel(step).numpy()
-                if not np.all(np.isfinite(kernel)):
-                    raise StoreError(f"the kernel of step {step} holds NaN or inf")
-            except StoreError as exc:
-                if not skip_bad:
-                    raise
-                excluded[step] = str(exc).splitlines()[0]
-                progress.log(f"warning: step {step} left out: {excluded[step]}")
-                task.advance()
-                continue
-            points.append(spectrum_point(kernel, labels, classes, top_k))
-            kept.append(step)
-            machine = _kernel_machine(opened, step, kernel, labels, evaluated, classes)
-            accuracy.append(machine[0])
-            losses.append(machine[1])
-            task.advance(step=step)
-        task.close()
-        if not points:
-            raise StoreError(f"no kernel of {opened.root} could be read; see the warnings above.")
-        root = opened.root
-        k = min(int(top_k), points[0].eigenvalues.size)
-        header = ["step", "alignment", "effective_rank", "label_energy", "trace", "eval_acc"]
-        header += ["eval_loss"]
-        header += [f"eig_{i + 1}" for i in range(k)]
-        rows = [
-            [
-                step,
-                csv_number(p.alignment),
-                csv_number(p.effective_rank),
-                csv_number(p.label_energy),
-                csv_number(p.trace),
-                csv_number(acc),
-                csv_number(loss),
-                *(csv_number(v) for v in p.eigenvalues[:k]),
-            ]
-            for step, p, acc, loss in zip(kept, points, accuracy, losses, strict=True)
-        ]
-        has_eval = any(np.isfinite(accuracy))
-        files = [atomic_write_csv(paths.spectrum_csv(root), header, rows)]
-        key = kernels_key(opened)
-        end = saved_phase1_end(root, kernels_key=key)  # from distance on these same kernels
-        figure = spectrum_figure(
-            kept,
-            [p.alignment for p in points],
-            [p.effective_rank for p in points],
-            [p.label_energy for p in points],
-            top_k=k,
-            phase1_end=end,
-            logx=logx,
-            eval_accuracy=accuracy if has_eval else None,
-        )
-        files.append(save_figure(figure, paths.spectrum_png(root)))
-        summary = {
-            "command": "spectrum",
-            "conetool_version": __version__,
-            "store": str(root),
-            "identity": asdict(opened.identity),
-            "kernels_key": key,
-            "top_k": k,
-            "classes": classes,
-            "probe_size": int(labels.size),
-            "steps": {"count": len(kept), "first": kept[0], "last": kept[-1]},
-            "phase1_end": end,
-            "excluded": {str(s): why for s, why in sorted(excluded.items())},
-            "kernel_machine": {
-                "ridge": DEFAULT_RIDGE,
-                "ridge_rule": "lambda = ridge * tr(K) / N, N the rows of the probe kernel",
-                "eval": None
-                if evaluated is None
-                else {
-                    "size": len(evaluated),
-                    "split": evaluated.split,
-                    "hash": evaluated.hash,
-                    "steps": int(np.isfinite(accuracy).sum()),
-                },
-                "note": eval_note,
-            },
-            "definitions": "README: conetool spectrum",
-        }
-        atomic_write_json(paths.spectrum_summary(root), summary)
-        files.append(paths.spectrum_summary(root))
+        # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
+        with opened.reading("spectrum"):
+            steps = opened.steps()
+            require_kernels(opened, steps, at_least=1, needed_by="the spectrum")
+            probe = load_probe(paths.probe(opened.root))
+            labels = probe.labels.numpy()
+            classes = _classes(opened, labels)
+            evaluated, eval_note = _eval_set(opened)
+            if eval_note:
+                progress.log(f"note: {eval_note}")
+            kept, points, excluded = [], [], {}
+            accuracy: list[float] = []
+            losses: list[float] = []
+            task = progress.task("spectrum", total=len(steps))
+            for step in steps:
+                try:
+                    kernel = opened.load_kernel(step).numpy()
+                    if not np.all(np.isfinite(kernel)):
+                        raise StoreError(f"the kernel of step {step} holds NaN or inf")
+                except StoreReplacedError:
+                    raise  # no --skip-bad leaves out the whole store
+                except StoreError as exc:
+                    if not skip_bad:
+                        raise
+                    excluded[step] = str(exc).splitlines()[0]
+                    progress.log(f"warning: step {step} left out: {excluded[step]}")
+                    task.advance()
+                    continue
+                points.append(spectrum_point(kernel, labels, classes, top_k))
+                kept.append(step)
+                machine = _kernel_machine(opened, step, kernel, labels, evaluated, classes)
+                accuracy.append(machine[0])
+                losses.append(machine[1])
+                task.advance(step=step)
+            task.close()
+            if not points:
+                raise StoreError(
+                    f"no kernel of {opened.root} could be read; see the warnings above."
+                )
+            running = kernels_running(opened, "conetool spectrum")
+            if running is not None:
+                progress.log(f"note: {running}")
+            with opened.writing_results("spectrum"):
+                root = opened.root
+                k = min(int(top_k), points[0].eigenvalues.size)
+                header = [
+                    "step",
+                    "alignment",
+                    "effective_rank",
+                    "label_energy",
+                    "trace",
+                    "eval_acc",
+                ]
+                header += ["eval_loss"]
+                header += [f"eig_{i + 1}" for i in range(k)]
+                rows = [
+                    [
+                        step,
+                        csv_number(p.alignment),
+                        csv_number(p.effective_rank),
+                        csv_number(p.label_energy),
+                        csv_number(p.trace),
+                        csv_number(acc),
+                        csv_number(loss),
+                        *(csv_number(v) for v in p.eigenvalues[:k]),
+                    ]
+                    for step, p, acc, loss in zip(kept, points, accuracy, losses, strict=True)
+                ]
+                has_eval = any(np.isfinite(accuracy))
+                files = [atomic_write_csv(paths.spectrum_csv(root), header, rows)]
+                key = kernels_key(opened)
+                end = saved_phase1_end(root, kernels_key=key)  # from distance on these same kernels
+                figure = spectrum_figure(
+                    kept,
+                    [p.alignment for p in points],
+                    [p.effective_rank for p in points],
+                    [p.label_energy for p in points],
+                    top_k=k,
+                    phase1_end=end,
+                    logx=logx,
+                    eval_accuracy=accuracy if has_eval else None,
+                )
+                files.append(save_figure(figure, paths.spectrum_png(root)))
+                summary = {
+                    "command": "spectrum",
+                    "conetool_version": __version__,
+                    "store": str(root),
+                    "identity": asdict(opened.identity),
+                    "kernels_key": key,
+                    "top_k": k,
+                    "classes": classes,
+                    "probe_size": int(labels.size),
+                    "steps": {"count": len(kept), "first": kept[0], "last": kept[-1]},
+                    "phase1_end": end,
+                    "excluded": {str(s): why for s, why in sorted(excluded.items())},
+                    "kernel_machine": {
+                        "ridge": DEFAULT_RIDGE,
+                        "ridge_rule": "lambda = ridge * tr(K) / N, N the rows of the probe kernel",
+                        "eval": None
+                        if evaluated is None
+                        else {
+                            "size": len(evaluated),
+                            "split": evaluated.split,
+                            "hash": evaluated.hash,
+                            "steps": int(np.isfinite(accuracy).sum()),
+                        },
+                        "note": eval_note,
+                    },
+                    "definitions": "README: conetool spectrum",
+                }
+                atomic_write_json(paths.spectrum_summary(root), summary)
+                files.append(paths.spectrum_summary(root))
         return SpectrumResult(
             root,
             kept,
