@@ -93,10 +93,11 @@ def _without_seconds(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def store_contents(root: Path) -> dict[str, Any]:
-    """Everything a store holds but the seconds each kernel took: the manifest and every
-    kernel, eval kernel and layer kernel file (tensors and metadata)."""
+    """Everything a store holds but the seconds each kernel took (and its random store_id): the
+    manifest and every kernel, eval kernel and layer kernel file (tensors and metadata)."""
     manifest = json.loads(paths.manifest(root).read_text())
     manifest["steps"] = {k: _without_seconds(v) for k, v in manifest["steps"].items()}
+    del manifest["store_id"]  # random: tells a store from one that replaced it
     files: dict[str, Any] = {}
     for path in sorted(root.glob("*kernels/*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
