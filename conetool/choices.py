@@ -8,10 +8,23 @@ the flag and the choices.
 
 from __future__ import annotations
 
+import operator
+import os
 from enum import Enum
+from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["Dtype", "EmbedMethod", "Kind", "Method", "Reference", "choice", "is_count"]
+__all__ = [
+    "Dtype",
+    "EmbedMethod",
+    "Kind",
+    "Method",
+    "Reference",
+    "choice",
+    "is_count",
+    "path_argument",
+    "step_or_last",
+]
 
 
 class Kind(str, Enum):
@@ -78,3 +91,39 @@ def is_count(value: object, least: int = 1) -> bool:
     """Whether ``value`` is a whole number (an ``int``, not a ``bool``) of at least ``least``:
     a count of examples or steps, as the library's callers must pass it."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def path_argument(value: object, name: str, what: str) -> Path:
+    """``value`` (a ``str`` or ``pathlib.Path``) as a Path.
+
+    ``name`` is the flag (``"--store"``) or, for what the command line takes as a positional
+    argument, the Python argument (``"ckpts"``); ``what`` says what the path is for.
+
+    Raises:
+        ConetoolError: ``value`` is no path (``None``, a number, a list of paths); the message
+            names ``name`` and what to pass.
+    """
+    if isinstance(value, str | os.PathLike) and isinstance(os.fspath(value), str):
+        return Path(value)
+    from .errors import ConetoolError
+
+    lead = f"{name} {value!r}" if name.startswith("--") else f"{name}={value!r}"
+    several = " (one path: call once per directory)" if isinstance(value, list | tuple) else ""
+    raise ConetoolError(f"{lead} is not a path. Pass {what} as a str or pathlib.Path{several}.")
+
+
+def step_or_last(value: object) -> int | str | None:
+    """A step as the library takes it where ``--ref`` does: an ``int`` (a numpy integer too, not
+    a ``bool``), its digits as text (``"100"``), or ``"last"`` (any case); ``None`` for anything
+    else, for the caller to refuse naming its flag or argument."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "last":
+            return "last"
+        return int(text) if text.lstrip("+").isdigit() else None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]  # int, numpy integer
+    except TypeError:
+        return None

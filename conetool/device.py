@@ -11,6 +11,11 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; ``cpu``; ``cuda`` / ``cuda:k`` (checked to exist)."""
     if isinstance(name, torch.device):
         return name
+    if name is not None and not isinstance(name, str):
+        raise ConetoolError(
+            f"--device {name!r} is not a device. Use 'auto', 'cpu', 'cuda' or 'cuda:K' (a str), "
+            "or a torch.device."
+        )
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

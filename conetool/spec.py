@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -187,6 +188,12 @@ def load_spec(path: str | Path) -> Spec:
 
     Raises :class:`SpecError` naming the file, the key, the bad value and the valid choices.
     """
+    if not isinstance(path, str | os.PathLike) or not isinstance(os.fspath(path), str):
+        # train's spec=, and every command's --spec (spec=), come here when no Spec is given
+        raise SpecError(
+            f"spec={path!r} is not a spec. Pass the path of a TOML spec file (a str or "
+            "pathlib.Path), or a conetool.Spec (conetool.load_spec reads one)."
+        )
     path = Path(path)
     if not path.is_file():
         raise SpecError(

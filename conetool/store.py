@@ -72,6 +72,7 @@ import torch
 
 from . import paths
 from . import store_companions as companions
+from .choices import step_or_last
 from .errors import ConetoolError, StoreError, StoreReplacedError
 from .io import atomic_save_safetensors, make_dir
 from .store_lock import StoreLock, results_lock, writer_note
@@ -345,8 +346,21 @@ class Store:
             size = (self.manifest.get("probe") or {}).get("size")
         return kernel_file_problem(self.root / record.kernel, step, self.identity, record, size)
 
-    def load_kernel(self, step: int) -> torch.Tensor:
-        """The stored kernel of ``step`` (shape per the manifest's layout); checked finite."""
+    def load_kernel(self, step: int | str) -> torch.Tensor:
+        """The stored kernel of ``step`` (shape per the manifest's layout); checked finite.
+        ``step``: an int, or ``"last"`` (the last stored step), as ``--ref`` takes them."""
+        wanted, stored = step_or_last(step), self.steps()
+        if wanted is None or (wanted == "last" and not stored):
+            held = (
+                f"it holds {len(stored)} step(s), {stored[0]} to {stored[-1]}"
+                if stored
+                else "it holds no kernel yet (conetool kernels computes them)"
+            )
+            raise StoreError(
+                f"load_kernel(step={step!r}): pass a stored step of {self.root} as an int, e.g. "
+                f"load_kernel({stored[-1] if stored else 0}), or 'last'; {held}."
+            )
+        step = stored[-1] if wanted == "last" else int(wanted)
         record = self.record(step)
         if record is None:
             raise StoreError(

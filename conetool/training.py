@@ -23,6 +23,7 @@ from torch import nn
 
 from . import paths
 from ._version import __version__
+from .choices import path_argument
 from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
 from .errors import DataError, SpecError, StoreError
@@ -103,7 +104,15 @@ def train(
         print(result.test_acc)
     """
     with limit_threads(threads) as count:
-        return _train(spec, Path(out), device, resume, overwrite, count, progress)
+        return _train(
+            spec,
+            path_argument(out, "--out", "the checkpoint directory"),
+            device,
+            resume,
+            overwrite,
+            count,
+            progress,
+        )
 
 
 def _train(

@@ -175,3 +175,17 @@ def test_switch_on_a_directory_of_bad_checkpoints_does_not_advise_skip_bad(
     text = str(e.value)
     assert "3 unusable checkpoint(s)" in text
     assert "--skip-bad" not in text and "choose another --at step" in text, text
+
+
+# --------------------------------------------------------------------------------------------------
+# spectrum's --top-k beyond the kernel's size, on the command line
+
+
+def test_spectrum_command_says_when_top_k_keeps_every_eigenvalue(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    conetool.kernels(run, store=store, threads=1)
+    result = runner.invoke(app, ["spectrum", "--store", str(store), "--top-k", "1000", "-q"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "label energy (top 6)" in text
+    assert text.count("note: --top-k 1000 is not below the 6 eigenvalues") == 1

@@ -3,13 +3,17 @@ left as found, and plain Python values work where the command line takes flags."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from tiny_run import SPEC, run_fixtures
 
 import conetool
+from conetool import paths
 from conetool.spec import spec_from_dict
 
 trained, run = run_fixtures()
@@ -176,3 +180,107 @@ def test_a_count_that_is_no_whole_number_is_named(
     with pytest.raises(conetool.ConetoolError, match=f"{flag} must be a positive whole number"):
         conetool.kernels(run, store=tmp_path / "s", threads=1, **{name: value})
     assert not (tmp_path / "s").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda run, tmp: conetool.kernels(None, store=tmp / "s", threads=1), r"^ckpts=None"),
+        (lambda run, tmp: conetool.kernels([run], store=tmp / "s", threads=1), r"^ckpts=\["),
+        (lambda run, tmp: conetool.kernels(run, store=None, threads=1), r"^--store None"),
+        (lambda run, tmp: conetool.inspect(None), r"^ckpts=None"),
+        (lambda run, tmp: conetool.train(run / "conetool.toml", None), r"^--out None"),
+        (lambda run, tmp: conetool.train(None, tmp / "t"), r"^spec=None"),
+        (lambda run, tmp: conetool.kernels(run, spec=2.5, store=tmp / "s"), r"^spec=2\.5"),
+        (lambda run, tmp: conetool.distance(None), r"^--store None"),
+        (lambda run, tmp: conetool.embed(7), r"^--store 7"),
+        (lambda run, tmp: conetool.spectrum([tmp]), r"^--store \["),
+        (lambda run, tmp: conetool.report(None), r"^--store None"),
+        (lambda run, tmp: conetool.switch(5, store=tmp / "s", ckpts=1), r"^--ckpts 1"),
+        (lambda run, tmp: conetool.switch(5, store=None), r"^--store None"),
+        (lambda run, tmp: conetool.demo(None, steps=8), r"^--out None"),
+    ],
+)
+def test_a_path_argument_that_is_no_path_is_named(
+    run: Path, tmp_path: Path, call: Any, named: str
+) -> None:
+    """kernels(None), store=None, a list of directories: a bare TypeError from pathlib."""
+    with pytest.raises(conetool.ConetoolError, match=named) as e:
+        call(run, tmp_path)
+    assert "str or pathlib.Path" in str(e.value)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
+
+
+def test_load_kernel_takes_a_step_as_ref_does(run: Path, tmp_path: Path) -> None:
+    """load_kernel("last") raised a TypeError from the nearest-steps hint; "last" is what --ref
+    takes for the last stored step, so it is the last stored kernel here too."""
+    conetool.kernels(run, store=tmp_path / "s", threads=1)
+    store = conetool.Store.open(tmp_path / "s")
+    last = store.load_kernel(10)
+    assert torch.equal(store.load_kernel("last"), last)
+    assert torch.equal(store.load_kernel("LAST"), last)
+    assert torch.equal(store.load_kernel(np.int64(10)), last)
+    assert torch.equal(store.load_kernel("5"), store.load_kernel(5))
+    for wrong in (None, "first", 2.5, True, [10]):
+        with pytest.raises(conetool.StoreError, match=r"^load_kernel\(step=.*'last'.*0 to 10"):
+            store.load_kernel(wrong)  # type: ignore[arg-type]
+    with pytest.raises(conetool.StoreError, match="step 7 is not in store"):
+        store.load_kernel(7)
+
+
+def test_spectrum_top_k_beyond_the_kernel_keeps_all_and_says_so(run: Path, tmp_path: Path) -> None:
+    """top_k=1000 on a kernel of 6 eigenvalues was taken silently: the label energy over every
+    eigenvector is 1 (an orthonormal basis holds all of the labels' energy)."""
+    store = tmp_path / "s"
+    conetool.kernels(run, store=store, threads=1)
+    n = conetool.Store.open(store).load_kernel(0).shape[0]
+    result = conetool.spectrum(store, top_k=1000, threads=1)
+    assert result.top_k == n
+    assert all(p.eigenvalues.size == n for p in result.points)
+    assert all(p.label_energy == pytest.approx(1.0) for p in result.points)
+    assert (
+        len(result.notes) == 1
+        and f"--top-k 1000 is not below the {n} eigenvalues" in (result.notes[0])
+    )
+    summary = json.loads(paths.spectrum_summary(store).read_text())
+    assert summary["notes"] == result.notes and summary["top_k"] == n
+    below = conetool.spectrum(store, top_k=n - 1, threads=1)
+    assert below.notes == [] and below.top_k == n - 1
+    for wrong in ("10", 2.5, None, True, 0):
+        with pytest.raises(conetool.ConetoolError, match=r"^--top-k .*positive whole number"):
+            conetool.spectrum(store, top_k=wrong, threads=1)  # type: ignore[arg-type]
+
+
+def test_scalar_arguments_of_the_wrong_type_are_named(run: Path, tmp_path: Path) -> None:
+    """Each of these ended in a raw TypeError, AttributeError or ValueError (or, for dts="15",
+    asked for the spacings 1 and 5)."""
+    store = tmp_path / "s"
+    conetool.kernels(run, store=store, threads=1)
+    refused: list[tuple[Any, str]] = [
+        (lambda: conetool.kernels(run, store=store, device=0.5), r"^--device 0\.5"),
+        (lambda: conetool.inspect(run, step_regex=5), r"^--step-regex 5 .* as a str"),
+        (lambda: conetool.inspect(run, every=True), r"^--every .*not True"),
+        (lambda: conetool.kernels(run, store=store, groups=5), r"^--groups 5 is no grouping"),
+        (lambda: conetool.kernels(run, store=store, groups=["a=b"]), r"^--groups \['a=b'\]"),
+        (lambda: conetool.distance(store, dts="abc"), r"^--dt 'abc' is not a number"),
+        (lambda: conetool.distance(store, dts=[True]), r"^--dt True is not a number"),
+        (lambda: conetool.distance(store, rules="x"), r"^rules='x' is not a .*VerdictRules"),
+        (lambda: conetool.embed(store, seed=-1), r"^--seed -1 is not a seed"),
+        (lambda: conetool.embed(store, seed="0"), r"^--seed '0' is not a seed"),
+        (lambda: conetool.switch(5, store=store, until="10"), r"^--until '10' is not a step"),
+        (lambda: conetool.switch(5, store=store, until=2.5), r"^--until 2\.5 is not a step"),
+    ]
+    for call, named in refused:
+        with pytest.raises(conetool.ConetoolError, match=named):
+            call()
+    assert conetool.distance(store, dts="5", noise=False).dts == [5]  # the text of --dt 5
+    assert not paths.switch_dir(store).exists()
+
+
+def test_demo_checks_switch_at_before_training(tmp_path: Path) -> None:
+    """switch_at="abc" or a step past the run failed in the switch stage, after training and the
+    kernels (minutes on the full demo)."""
+    for at, named in (("abc", r"^switch_at='abc': --at 'abc'"), ([0, 8], r"^switch_at=\[0, 8\]")):
+        with pytest.raises(conetool.ConetoolError, match=named):
+            conetool.demo(tmp_path / "demo", steps=8, switch_at=at, threads=1)
+    assert not (tmp_path / "demo").exists()

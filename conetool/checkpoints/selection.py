@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from conetool.choices import is_count
 from conetool.errors import CheckpointError
 
 from .records import Candidate
@@ -64,7 +65,7 @@ def step_range_text(steps: StepRange | None) -> str | None:
 
 
 def check_selection(steps: tuple[int | None, int | None] | None, every: int | None) -> None:
-    if every is not None and (not isinstance(every, int) or every < 1):
+    if every is not None and not is_count(every):
         raise CheckpointError(f"--every must be a positive whole number of steps, not {every!r}.")
     if steps is not None:
         ok = len(steps) == 2 and all(s is None or (isinstance(s, int) and s >= 0) for s in steps)

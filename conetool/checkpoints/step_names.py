@@ -81,6 +81,16 @@ def compile_step_regex(step_regex: str | None) -> re.Pattern[str] | None:
     """``--step-regex`` compiled and checked; None when not given."""
     if step_regex is None:
         return None
+    if not isinstance(step_regex, str):
+        compiled = (
+            " (for a compiled pattern, pass its .pattern)"
+            if isinstance(step_regex, re.Pattern)
+            else ""
+        )
+        raise CheckpointError(
+            f"--step-regex {step_regex!r} is not a regular expression: pass it as a str, such as "
+            f"{STEP_REGEX_EXAMPLE}{compiled}."
+        )
     try:
         pattern = re.compile(step_regex)
     except re.error as e:

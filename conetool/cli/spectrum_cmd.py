@@ -89,6 +89,8 @@ def spectrum(
         console.print(f"Phase I ends at step {result.phase1_end} (distance/summary.json)")
     for step, why in result.excluded.items():
         console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
     console.print(
         f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'spectrum'}",
         highlight=False,

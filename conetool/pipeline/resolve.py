@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from .. import paths
+from ..choices import path_argument
 from ..data import describe_data
 from ..errors import SpecError, StoreError
 from ..models import build_model
@@ -51,11 +52,12 @@ def moved_run(ckpts: str | Path | None) -> Path | None:
     ``None`` when none was given."""
     if ckpts is None:
         return None
-    if not Path(ckpts).is_dir():
+    ckpts = path_argument(ckpts, "--ckpts", "the run's checkpoint directory")
+    if not ckpts.is_dir():
         raise StoreError(
             f"--ckpts {ckpts} is not a directory. Pass the run's checkpoint directory."
         )
-    return Path(ckpts)
+    return ckpts
 
 
 def iterations_per_epoch(spec: Spec) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..choices import is_count
+from ..choices import is_count, path_argument
 from ..errors import ConetoolError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress
@@ -32,7 +32,7 @@ from .run_embed import embed
 from .run_kernels import kernels
 from .run_report import report
 from .run_spectrum import spectrum
-from .run_switch import switch
+from .run_switch import parse_at, switch
 
 DEMO_SPEC = "demo.toml"
 MIN_STEPS = 8  # the shortest run whose checkpoint schedule still scales (conetool demo --steps)
@@ -124,11 +124,11 @@ def _demo(
     progress: Progress | None,
 ) -> DemoResult:
     progress = progress or NullProgress()
-    out = Path(out)
+    out = path_argument(out, "--out", "the folder for the demo's run, store and report")
     ckpts, store = out / "ckpts", out / "store"
     spec = demo_spec(steps=steps, probe_size=probe_size)
     T = spec.train.steps
-    points = list(switch_at) if switch_at is not None else default_switch_points(T)
+    points = default_switch_points(T) if switch_at is None else _switch_points(switch_at, T)
     seconds: dict[str, float] = {}
     stages: list[tuple[str, Callable[[], Any]]] = [
         (
@@ -177,6 +177,22 @@ def _demo(
         test_acc=results["train"].test_acc,
         stage_seconds=seconds,
     )
+
+
+def _switch_points(switch_at: object, steps: int) -> list[int]:
+    """``switch_at`` as :func:`conetool.switch` takes ``at``, checked before anything is trained
+    (the switch stage comes after training and the kernels)."""
+    try:
+        points = parse_at(switch_at)  # type: ignore[arg-type]  # checked there
+    except ConetoolError as exc:
+        raise ConetoolError(f"switch_at={switch_at!r}: {exc}") from None
+    late = [t for t in points if t >= steps]
+    if late:
+        raise ConetoolError(
+            f"switch_at={switch_at!r}: step {late[0]} is not before the demo's last step "
+            f"{steps}; the linearized model trains from t to the end. Pass steps before {steps}."
+        )
+    return points
 
 
 def _refs(steps: int) -> list[int | str]:

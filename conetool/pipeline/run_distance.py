@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import paths
 from .._version import __version__
+from ..choices import path_argument, step_or_last
 from ..errors import ConetoolError, StoreError
 from ..geometry import (
     AdjacentPair,
@@ -178,14 +179,19 @@ def distance(
     with limit_threads(threads):
         progress = progress or NullProgress()
         rules = VerdictRules() if rules is None else rules
-        opened = Store.open(store)
+        if not isinstance(rules, VerdictRules):
+            raise ConetoolError(
+                f"rules={rules!r} is not a conetool.verdict.VerdictRules. Pass the verdict's "
+                "thresholds as one, e.g. rules=VerdictRules(min_drop=5.0) (the command line's "
+                "--min-drop, --velocity-dt, ... flags), or leave rules out for the defaults."
+            )
+        opened = Store.open(path_argument(store, "--store", "the store directory"))
         # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
         with opened.reading("distance"):
             stored = opened.steps()
             require_kernels(opened, stored)
             wanted = _parse_refs(refs)
-            if dts is not None and not isinstance(dts, Iterable):
-                dts = [dts]
+            dts = _parse_dts(dts)
             for ref in wanted:  # before any kernel is read: a typo fails at once
                 if ref != "last":
                     step_index(stored, int(ref))
@@ -319,20 +325,35 @@ def _parse_refs(refs: int | str | Sequence[int | str] | None) -> list[int | str]
         refs = [refs]
     parsed: list[int | str] = []
     for raw in refs:
-        if isinstance(raw, bool):
-            raise ConetoolError(f"--ref {raw!r} is not a step. Pass a stored step or 'last'.")
-        if isinstance(raw, int | np.integer):
-            parsed.append(int(raw))
-            continue
-        text = str(raw).strip().lower()
-        if text == "last":
-            parsed.append("last")
-        elif text.lstrip("+").isdigit():
-            parsed.append(int(text))
+        step = step_or_last(raw)
+        if step is not None:
+            parsed.append(step)
         else:
             raise ConetoolError(
                 f"--ref {raw!r} is not a step. Pass a stored step (an integer, e.g. --ref 100) "
                 "or --ref last; repeat --ref for several references."
+            )
+    return parsed
+
+
+def _parse_dts(dts: int | Sequence[int] | None) -> list[int] | None:
+    """``dts`` as ints: one or a sequence, each an int or its text (``--dt 5``); a
+    :class:`GeometryError` naming ``--dt`` on anything else (a str was read a character at a
+    time: ``dts="15"`` asked for spacings 1 and 5)."""
+    if dts is None:
+        return None
+    if isinstance(dts, str) or not isinstance(dts, Iterable):
+        dts = [dts]
+    parsed: list[int] = []
+    for raw in dts:
+        if isinstance(raw, int | np.integer) and not isinstance(raw, bool):
+            parsed.append(int(raw))
+        elif isinstance(raw, str) and raw.strip().lstrip("+").isdigit():
+            parsed.append(int(raw))
+        else:
+            raise GeometryError(
+                f"--dt {raw!r} is not a number of steps. Pass a positive whole number of steps "
+                "(e.g. --dt 5, dts=5); repeat --dt (a sequence, dts=[5, 50]) for several."
             )
     return parsed
 

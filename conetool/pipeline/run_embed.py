@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import paths
 from .._version import __version__
+from ..choices import is_count, path_argument
 from ..embedding import Embedding, Method, embed_kernels
 from ..errors import ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
@@ -113,7 +114,12 @@ def embed(
         raise ConetoolError(f"--method {method!r} is unknown. Use one of: {', '.join(METHODS)}.")
     if dims not in (2, 3):
         raise ConetoolError(f"--dims {dims} is not supported. Use 2 or 3.")
-    opened = Store.open(store)
+    if not is_count(seed, 0) or seed >= 2**32:
+        raise ConetoolError(
+            f"--seed {seed!r} is not a seed. Pass a whole number from 0 to {2**32 - 1} (MDS's "
+            "random state), e.g. --seed 0."
+        )
+    opened = Store.open(path_argument(store, "--store", "the store directory"))
     # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
     with opened.reading("embed"):
         with limit_threads(threads):

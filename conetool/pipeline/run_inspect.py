@@ -13,6 +13,7 @@ from ..checkpoints import (
     parse_step_range,
     step_range_text,
 )
+from ..choices import path_argument
 from ..library_call import library_call
 from ..spec import Spec
 from .resolve import iterations_per_epoch, model_for, resolve_spec
@@ -42,7 +43,7 @@ def inspect(
         rows = conetool.inspect("runs/digits")
         bad = [r for r in rows if r.status != "ok"]
     """
-    ckpts = Path(ckpts)
+    ckpts = path_argument(ckpts, "ckpts", "the checkpoint directory (or one checkpoint)")
     steps = step_range_text(steps)
     if spec is not None or paths.spec(ckpts).is_file():
         resolved = resolve_spec(ckpts, spec)

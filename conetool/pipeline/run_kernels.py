@@ -18,7 +18,7 @@ from ..checkpoints import (
     parse_step_range,
     step_range_text,
 )
-from ..choices import Dtype, Kind, Method, choice, is_count
+from ..choices import Dtype, Kind, Method, choice, is_count, path_argument
 from ..data import load_data
 from ..errors import ConetoolError, DataError, StoreError
 from ..layer_groups import groups_hash, parameter_groups, parse_groups
@@ -99,9 +99,9 @@ def kernels(
         H = conetool.Store.open("conetool-out").load_kernel(result.computed[-1])  # (n, n)
     """
     options = KernelsOptions(
-        ckpts=Path(ckpts),
+        ckpts=path_argument(ckpts, "ckpts", "the checkpoint directory of the run"),
         spec=spec,
-        store=store,
+        store=path_argument(store, "--store", "the store directory"),
         probe_size=probe_size,
         # the CLI's Enums, one message for Python callers; a torch.float64 is taken as "float64"
         kind=choice(Kind, kind, "--kind").value,
@@ -274,6 +274,19 @@ def _check_count(value: object, flag: str) -> None:
         raise ConetoolError(f"{flag} must be a positive whole number of examples, got {value!r}.")
 
 
+def _group_mapping(groups: object) -> dict[str, str]:
+    """``groups=`` given as a mapping: group name -> fnmatch pattern, both str."""
+    if isinstance(groups, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in groups.items()
+    ):
+        return dict(groups)
+    raise ConetoolError(
+        f"--groups {groups!r} is no grouping. Pass the text of --groups, "
+        "'stage1=layer1.*,stage2=layer2.*', or a mapping {'stage1': 'layer1.*', ...} of group "
+        "names to fnmatch patterns over parameter names."
+    )
+
+
 def _layer_patterns(
     options: KernelsOptions, recorded: dict[str, object] | None, notes: list[str]
 ) -> tuple[bool, dict[str, str] | None, str | None]:
@@ -281,7 +294,7 @@ def _layer_patterns(
     Without ``--per-layer`` or ``--groups``, a store that records groups keeps them."""
     groups = options.groups
     if groups is not None:
-        patterns = parse_groups(groups) if isinstance(groups, str) else dict(groups)
+        patterns = parse_groups(groups) if isinstance(groups, str) else _group_mapping(groups)
         if not patterns:
             raise ConetoolError("--groups is empty. Pass e.g. --groups 'stage1=layer1.*'.")
         return True, patterns, None

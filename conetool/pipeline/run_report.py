@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .. import paths
 from .._version import __version__
+from ..choices import path_argument
 from ..errors import ConetoolError
 from ..io import atomic_write_text
 from ..plots import save_figure, training_curves_figure
@@ -105,8 +106,12 @@ def report(
             print(part, "->", command)           #       "conetool switch --at 0,30,100,300 ...")
     """
     progress = progress or NullProgress()
-    opened = Store.open(store)
-    out_dir = paths.report_dir(opened.root) if out is None else Path(out)
+    opened = Store.open(path_argument(store, "--store", "the store directory"))
+    out_dir = (
+        paths.report_dir(opened.root)
+        if out is None
+        else path_argument(out, "--out", "the directory for the report")
+    )
     if out_dir.exists() and not out_dir.is_dir():
         raise ConetoolError(f"--out {out_dir} is a file, not a directory. Choose a directory.")
     moved = moved_run(ckpts)

@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import paths
 from .._version import __version__
-from ..errors import DataError, StoreError, StoreReplacedError
+from ..choices import is_count, path_argument
+from ..errors import ConetoolError, DataError, StoreError, StoreReplacedError
 from ..io import atomic_write_csv, atomic_write_json
 from ..kernel_regression import DEFAULT_RIDGE, kernel_regression
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
@@ -60,6 +61,8 @@ class SpectrumResult:
             set (NaN for a step without a current eval kernel; all NaN without an eval set).
         eval_size: the evaluation set's size (``None`` without one).
         ridge: the kernel machine's relative ridge (:data:`conetool.kernel_regression.DEFAULT_RIDGE`).
+        notes: what the caller should know about the numbers (a ``top_k`` not below the
+            kernel's size keeps every eigenvalue: the label energy is then 1 at every step).
     """
 
     store: Path
@@ -73,6 +76,7 @@ class SpectrumResult:
     eval_loss: list[float] = field(default_factory=list)
     eval_size: int | None = None
     ridge: float = DEFAULT_RIDGE
+    notes: list[str] = field(default_factory=list)
 
 
 @library_call
@@ -98,10 +102,12 @@ def spectrum(
         [p.alignment for p in r.points]          # one per stored step, in step order
     """
     with limit_threads(threads):
-        if int(top_k) < 1:
-            raise StoreError(f"--top-k {top_k}: pass a positive number of eigenvalues, e.g. 10.")
+        if not is_count(top_k):
+            raise ConetoolError(
+                f"--top-k {top_k!r}: pass a positive whole number of eigenvalues, e.g. 10."
+            )
         progress = progress or NullProgress()
-        opened = Store.open(store)
+        opened = Store.open(path_argument(store, "--store", "the store directory"))
         # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
         with opened.reading("spectrum"):
             steps = opened.steps()
@@ -131,6 +137,7 @@ def spectrum(
                     task.advance()
                     continue
                 points.append(spectrum_point(kernel, labels, classes, top_k))
+                size = int(np.prod(kernel.shape[: kernel.ndim // 2]))  # n, or n c for kind full
                 kept.append(step)
                 machine = _kernel_machine(opened, step, kernel, labels, evaluated, classes)
                 accuracy.append(machine[0])
@@ -146,7 +153,8 @@ def spectrum(
                 progress.log(f"note: {running}")
             with opened.writing_results("spectrum"):
                 root = opened.root
-                k = min(int(top_k), points[0].eigenvalues.size)
+                k = points[0].eigenvalues.size  # top_k, or every eigenvalue when there are fewer
+                notes = [] if top_k < size else [_all_eigenvalues_note(top_k, size)]
                 header = [
                     "step",
                     "alignment",
@@ -210,6 +218,7 @@ def spectrum(
                         },
                         "note": eval_note,
                     },
+                    "notes": notes,
                     "definitions": "README: conetool spectrum",
                 }
                 atomic_write_json(paths.spectrum_summary(root), summary)
@@ -225,7 +234,17 @@ def spectrum(
             accuracy,
             losses,
             len(evaluated) if evaluated is not None else None,
+            notes=notes,
         )
+
+
+def _all_eigenvalues_note(top_k: int, size: int) -> str:
+    """Why the label energy is 1 at every step when ``top_k`` reaches the kernel's size."""
+    return (
+        f"--top-k {top_k} is not below the {size} eigenvalues of each kernel: all {size} are "
+        f"kept, and the label energy in all the eigenvectors is 1 at every step. Pass a --top-k "
+        f"below {size} for a label energy that can change."
+    )
 
 
 def _eval_set(store: Store) -> tuple[Probe | None, str | None]:

@@ -25,7 +25,7 @@ import torch
 from .. import distributed, paths
 from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, step_problems
-from ..choices import Reference, choice
+from ..choices import Reference, choice, is_count, path_argument
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
 from ..io import make_dir
@@ -162,7 +162,7 @@ def switch(
     options = SwitchOptions(
         at=at,
         until=until,
-        store=Path(store),
+        store=path_argument(store, "--store", "the store directory"),
         ckpts=ckpts,
         spec=spec,
         reference=reference,
@@ -273,6 +273,11 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     until, store, ckpts, spec = o.until, o.store, o.ckpts, o.spec
     step_regex, beyond_run = o.step_regex, o.beyond_run
     points_at = parse_at(o.at)
+    if until is not None and not is_count(until):
+        raise ConetoolError(
+            f"--until {until!r} is not a step. Pass the end step T as a positive whole number "
+            "(e.g. --until 2000), or leave it out for the spec's train.steps."
+        )
     reference = choice(Reference, o.reference, "--reference").value
     ckpts_dir, spec, manifest = _locate(store, ckpts, spec)
     # What kernels recorded: its --step-regex (unless one is given) and where it imported a
@@ -373,7 +378,9 @@ def _locate(
                 f"--spec SPEC), or rebuild it: conetool kernels CKPTS --store {store} rebuilds "
                 "the manifest from the kernel files."
             ) from exc
-    if ckpts is None:
+    if ckpts is not None:
+        ckpts = path_argument(ckpts, "--ckpts", "the run's checkpoint directory")
+    else:
         if manifest is None:
             raise StoreError(
                 f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are. "
