@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_run import run_fixtures
+from tiny_run import run_fixtures, tiny_spec, train_tiny
 from typer.testing import CliRunner
 
 import conetool
@@ -23,6 +23,7 @@ import conetool.pipeline.run_spectrum
 from conetool import paths
 from conetool.cli import app
 from conetool.errors import CheckpointError
+from conetool.progress import NullProgress
 
 runner = CliRunner()
 trained, run = run_fixtures()
@@ -189,3 +190,50 @@ def test_spectrum_command_says_when_top_k_keeps_every_eigenvalue(run: Path, tmp_
     text = " ".join(result.output.split())
     assert "label energy (top 6)" in text
     assert text.count("note: --top-k 1000 is not below the 6 eigenvalues") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# switch's slow-step warning, from Python and with --quiet
+
+
+@pytest.fixture
+def slow_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every training step "implausibly slow" for the model, so that the watch must warn."""
+    from conetool import threads
+
+    monkeypatch.setattr(threads, "SLOW_FLOPS_PER_SECOND", 1e30)
+    monkeypatch.setattr(threads, "SLOW_OVERHEAD_SECONDS", 1e-9)
+
+
+def _long_run(folder: Path) -> Path:
+    """A tiny run of 50 steps: a switch point at 0 or 10 trains at least 40 (the watch's
+    window is 20)."""
+    spec = tiny_spec()
+    spec["train"].update(steps=50, save_every=10, eval_every=10)
+    return train_tiny(folder, spec)
+
+
+def test_switch_warns_of_slow_steps_once_per_sweep(tmp_path: Path, slow_steps: None) -> None:
+    """The warning went only to the progress display, once per switch point: a Python caller
+    without a progress and `switch --quiet` never saw it."""
+    ckpts = _long_run(tmp_path)
+    seen: list[str] = []
+
+    class Logged(NullProgress):
+        def log(self, message: str) -> None:
+            seen.append(message)
+
+    made = conetool.switch([0, 10], store=tmp_path / "a", ckpts=ckpts, threads=1)
+    assert len(made.warnings) == 1 and made.warnings[0].startswith("training steps take")
+    shown = conetool.switch(
+        [0, 10], store=tmp_path / "b", ckpts=ckpts, threads=1, progress=Logged()
+    )
+    assert len(shown.warnings) == 1
+    assert [m for m in seen if m.startswith("warning:")] == [f"warning: {shown.warnings[0]}"]
+    for extra in (["-q"], []):  # said once: at the end with --quiet, as it came without
+        store = tmp_path / f"cli{len(extra)}"
+        args = ["switch", "--at", "0,10", "--store", str(store), "--ckpts", str(ckpts)]
+        result = runner.invoke(app, [*args, "--threads", "1", *extra])
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        assert text.count("warning: training steps take") == 1, (extra, text)

@@ -130,5 +130,8 @@ def switch(
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
+    if quiet:  # the progress display said it as it came; --quiet must not lose it
+        for message in result.warnings:
+            console.print(f"warning: {message}", highlight=False, markup=False)
     for path in result.files:
         console.print(f"wrote {path}", highlight=False, markup=False)

@@ -52,7 +52,9 @@ REFERENCES = tuple(r.value for r in Reference)
 @dataclass(frozen=True)
 class SwitchResult:
     """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
-    step, test_acc, test_loss, source; or None) and the files written."""
+    step, test_acc, test_loss, source; or None), the files written, ``notes``, and
+    ``warnings`` (the linearized training steps implausibly slow: said once per sweep, as
+    ``progress`` showed it)."""
 
     store: Path
     until: int
@@ -60,6 +62,7 @@ class SwitchResult:
     reference: dict[str, Any] | None
     files: list[Path]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse_at(values: int | str | Sequence[int | str]) -> list[int]:
@@ -191,6 +194,7 @@ def _switch(
 
     results: list[SwitchPoint] = list(done)
     notes: list[str] = list(sweep.notes) if job.is_main else []  # said once, not per rank
+    warnings: list[str] = []  # the slow-step warning: one per rank at most
     error: ConetoolError | None = None
     bar = job.bar(progress.task("switch points", total=len(sweep.points_at)))
     for point in done:
@@ -210,6 +214,7 @@ def _switch(
                 threads,
                 progress,
                 notes,
+                warnings,
             )
         except CheckpointError as exc:
             error = _for_switch(exc)
@@ -225,6 +230,7 @@ def _switch(
     share = {
         "points": [asdict(p) for p in results],
         "notes": notes,
+        "warnings": warnings,
         "error": None if error is None else str(error),
     }
     shares = job.gather(share, while_waiting=bar.poll)  # rank 0 shows progress while it waits
@@ -234,6 +240,8 @@ def _switch(
         (SwitchPoint(**p) for other in shares for p in other["points"]), key=lambda p: p.at
     )
     notes = [note for other in shares for note in other["notes"]]
+    # one slow-step warning for the whole job: the first rank's that warned
+    warnings = next((other["warnings"] for other in shares if other["warnings"]), [])
 
     def write_all() -> tuple[dict[str, Any] | None, list[Path]]:
         """Rank 0, once every rank is done: the standard model at T and the sweep's files."""
@@ -264,7 +272,7 @@ def _switch(
     if failures:
         rank, message = failures[0]
         raise distributed.PeerFailedError(f"rank {rank} failed: {message}")
-    return SwitchResult(store, T, points, ref_result, files, notes)
+    return SwitchResult(store, T, points, ref_result, files, notes, warnings)
 
 
 def _prepare(options: SwitchOptions) -> _Sweep:

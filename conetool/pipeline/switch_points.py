@@ -79,7 +79,12 @@ def run_point(
     threads: int,
     progress: Progress,
     notes: list[str],
+    warnings: list[str],
 ) -> SwitchPoint:
+    """Train the linearized model of the checkpoint ``ref`` from its step t to ``until`` (or read
+    the finished point from ``store``). Notes go to ``notes``; the slow-step warning goes to
+    ``progress`` and ``warnings``, once per sweep: a point is watched only while ``warnings`` is
+    empty."""
     t = ref.step
     model = model_for(spec)
     loaded = load_checkpoint(model, ref)  # refuses non-finite weights, names the file
@@ -97,7 +102,13 @@ def run_point(
     if momentum == "fresh":
         notes.append(f"t={t}: no optimizer state beside the checkpoint; momentum starts at zero")
     # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
-    watch = slow_step_watch(model, data, spec, device, threads, progress, passes=6.0)
+    watch = (
+        []
+        if warnings
+        else slow_step_watch(
+            model, data, spec, device, threads, progress, passes=6.0, notes=warnings
+        )
+    )
     loop = TrainingLoop(
         spec, lin, optimizer, data, device, progress, description=f"switch t={t}", on_step=watch
     )
