@@ -72,7 +72,7 @@ import torch
 
 from . import paths
 from . import store_companions as companions
-from .choices import step_or_last
+from .choices import path_argument, step_or_last
 from .errors import ConetoolError, StoreError, StoreReplacedError
 from .io import atomic_save_safetensors, make_dir
 from .store_lock import StoreLock, results_lock, writer_note
@@ -165,8 +165,9 @@ class Store:
     # ----------------------------------------------------------------- opening
     @classmethod
     def open(cls, root: str | Path) -> Store:
-        """Open an existing store for reading; a clear error when there is none."""
-        root = Path(root)
+        """Open an existing store for reading; a clear error when there is none (or when
+        ``root`` is no path: ``None``, a number)."""
+        root = path_argument(root, "--store", "the store directory")
         path = paths.manifest(root)
         if not path.is_file():
             writer = writer_note(root)

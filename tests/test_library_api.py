@@ -199,6 +199,8 @@ def test_a_count_that_is_no_whole_number_is_named(
         (lambda run, tmp: conetool.switch(5, store=tmp / "s", ckpts=1), r"^--ckpts 1"),
         (lambda run, tmp: conetool.switch(5, store=None), r"^--store None"),
         (lambda run, tmp: conetool.demo(None, steps=8), r"^--out None"),
+        (lambda run, tmp: conetool.Store.open(None), r"^--store None"),
+        (lambda run, tmp: conetool.Store.open([tmp]), r"^--store \["),
     ],
 )
 def test_a_path_argument_that_is_no_path_is_named(

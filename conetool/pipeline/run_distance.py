@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import paths
 from .._version import __version__
-from ..choices import path_argument, step_or_last
+from ..choices import step_or_last
 from ..errors import ConetoolError, StoreError
 from ..geometry import (
     AdjacentPair,
@@ -185,7 +185,7 @@ def distance(
                 "thresholds as one, e.g. rules=VerdictRules(min_drop=5.0) (the command line's "
                 "--min-drop, --velocity-dt, ... flags), or leave rules out for the defaults."
             )
-        opened = Store.open(path_argument(store, "--store", "the store directory"))
+        opened = Store.open(store)
         # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
         with opened.reading("distance"):
             stored = opened.steps()

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import paths
 from .._version import __version__
-from ..choices import is_count, path_argument
+from ..choices import is_count
 from ..embedding import Embedding, Method, embed_kernels
 from ..errors import ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
@@ -119,7 +119,7 @@ def embed(
             f"--seed {seed!r} is not a seed. Pass a whole number from 0 to {2**32 - 1} (MDS's "
             "random state), e.g. --seed 0."
         )
-    opened = Store.open(path_argument(store, "--store", "the store directory"))
+    opened = Store.open(store)
     # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
     with opened.reading("embed"):
         with limit_threads(threads):

@@ -106,7 +106,7 @@ def report(
             print(part, "->", command)           #       "conetool switch --at 0,30,100,300 ...")
     """
     progress = progress or NullProgress()
-    opened = Store.open(path_argument(store, "--store", "the store directory"))
+    opened = Store.open(store)
     out_dir = (
         paths.report_dir(opened.root)
         if out is None

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import paths
 from .._version import __version__
-from ..choices import is_count, path_argument
+from ..choices import is_count
 from ..errors import ConetoolError, DataError, StoreError, StoreReplacedError
 from ..io import atomic_write_csv, atomic_write_json
 from ..kernel_regression import DEFAULT_RIDGE, kernel_regression
@@ -107,7 +107,7 @@ def spectrum(
                 f"--top-k {top_k!r}: pass a positive whole number of eigenvalues, e.g. 10."
             )
         progress = progress or NullProgress()
-        opened = Store.open(path_argument(store, "--store", "the store directory"))
+        opened = Store.open(store)
         # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
         with opened.reading("spectrum"):
             steps = opened.steps()
