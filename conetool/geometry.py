@@ -79,11 +79,17 @@ def _as_float64_vector(h: Any, name: str) -> np.ndarray:
     return np.asarray(h, dtype=np.float64).reshape(-1)
 
 
+# Norms in this range are computed, and multiplied in pairs, without overflow or subnormals; a
+# kernel outside it is divided by its largest entry first (S does not depend on its scale).
+_SAFE_NORM = (1e-140, 1e140)
+
+
 def _normed(x: np.ndarray, name: str) -> tuple[np.ndarray, float]:
-    """``(x', ||x'||)`` with ``x'`` = ``x`` or, when its norm over- or underflows, ``x`` rescaled."""
+    """``(x', ||x'||)`` with ``x'`` = ``x`` or, when its norm is outside :data:`_SAFE_NORM` (it
+    over- or underflows, or loses digits among the subnormals), ``x`` rescaled."""
     with np.errstate(over="ignore", under="ignore"):  # handled below
         norm = float(np.linalg.norm(x))
-    if math.isfinite(norm) and norm > 0.0:
+    if _SAFE_NORM[0] <= norm <= _SAFE_NORM[1]:
         return x, norm
     if not np.all(np.isfinite(x)):
         raise KernelError(
@@ -238,7 +244,7 @@ def distance_matrix(
                 )
             target = buffer[row]
             target.copy_(kernel.reshape(-1))
-            norm = float(torch.linalg.vector_norm(target))
+            norm = _rescaled_norm(target)
             if not math.isfinite(norm) or norm == 0.0:
                 what = "is all zeros" if norm == 0.0 else "holds NaN or inf values"
                 raise KernelError(
@@ -275,6 +281,19 @@ def distance_matrix(
             held, other = other, held
             rows = cols
     return _gram_to_distance(gram)
+
+
+def _rescaled_norm(target: torch.Tensor) -> float:
+    """``||target||``, after dividing ``target`` in place by its largest entry when its norm is
+    outside :data:`_SAFE_NORM` and it is finite and not all zeros (S does not depend on scale)."""
+    norm = float(torch.linalg.vector_norm(target))
+    if _SAFE_NORM[0] <= norm <= _SAFE_NORM[1] or not bool(torch.isfinite(target).all()):
+        return norm
+    peak = float(target.abs().max())
+    if peak == 0.0:
+        return 0.0
+    target.div_(peak)
+    return float(torch.linalg.vector_norm(target))
 
 
 def _as_tensor(kernel: torch.Tensor | np.ndarray) -> torch.Tensor:

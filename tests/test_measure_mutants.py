@@ -350,3 +350,23 @@ def test_rules_with_equal_bounded_and_drift_exponents_are_refused() -> None:
     # bounded < drift is required (mutant: bounded <= drift)
     with pytest.raises(GeometryError, match="bounded < drift"):
         VerdictRules(bounded_exponent=0.5, drift_exponent=0.5)
+
+
+# --- scale invariance at the ends of the float64 range -------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-160, 1e-157, 1e157, 1e160, 1e200, 1e300])
+def test_distance_and_matrix_are_scale_invariant_over_the_float64_range(scale: float) -> None:
+    # S(aH, bH') = S(H, H') (DESIGN): kernels whose squared norm over- or underflows (or lands
+    # among the subnormals) are rescaled, in the S matrix as in kernel_distance. Reference: the
+    # direct formula on the unscaled kernels.
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((6, 6))
+    b = a + 0.3 * rng.standard_normal((6, 6))
+    want = 1.0 - np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert kernel_distance(scale * a, b) == pytest.approx(want, rel=1e-12)
+    assert kernel_distance(scale * a, scale * b) == pytest.approx(want, rel=1e-12)
+    kernels = [scale * a, scale * b, b]
+    s = distance_matrix(lambda i: kernels[i], 3)
+    np.testing.assert_allclose(s[0, 1:], [want, want], rtol=1e-12)
+    np.testing.assert_allclose(s[1, 2], 0.0, atol=1e-15)
