@@ -29,11 +29,12 @@ function of the lag ``t' - t``. Three readings:
   a cone does not.
 
 The regime: ``lazy`` when the kernel froze (velocity falling by ``freeze_factor`` [5x] across
-Phase II, or no two Phase II kernels farther apart than ``lazy_level`` [1e-4], or than three
-times the numerical noise floor when it is known); else ``cone`` when the lag growth says bounded
-and ``drift-after-phase-I`` when it says growing, provided the reference curves' majority does
-not say the opposite; else ``undetermined``, naming what is missing and how to get it. A run
-whose kernels never moved farther than ``lazy_level`` is ``lazy`` with no Phase I.
+Phase II, or no two Phase II kernels farther apart than ``lazy_level`` [1e-4], or the median S at
+Phase II's largest lags within three times the numerical noise floor when it is known); else
+``cone`` when the lag growth says bounded and ``drift-after-phase-I`` when it says growing (the
+lag growth decides: when the reference curves' majority says the opposite, the explanation says
+so and ``numbers["agree"]`` is false); else ``undetermined``, naming what is missing and how to
+get it. A run whose kernels never moved farther than ``lazy_level`` is ``lazy`` with no Phase I.
 
 Example::
 
@@ -90,7 +91,7 @@ def phase_verdict(
         rules: thresholds; default :class:`VerdictRules` ``()``.
         noise_floor: the numerical noise of S on this run (:mod:`conetool.noise_floor`), or
             ``None`` when unknown. Readings at or below three times it say so, and a Phase II
-            whose kernels differ by no more than that is frozen.
+            whose median S at its largest lags is no more than that is frozen.
 
     Returns:
         A :class:`Verdict`.
