@@ -7,11 +7,14 @@ an invariant of the definition.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 # tests/ has no __init__.py, so pytest's default ("prepend") import mode puts it on sys.path.
+from test_distance_command import UNEVEN_STEPS, make_store, random_psd, read_csv
 from test_verdict_parts import (
     FALL_THEN_FLAT,
     STEPS_2000,
@@ -23,12 +26,14 @@ from test_verdict_parts import (
     phase_two_far,
 )
 
+from conetool import paths
 from conetool.embedding import embed_kernels
 from conetool.geometry import GeometryError, distance_matrix, kernel_distance
 from conetool.kernel_regression import kernel_regression
 from conetool.kernel_spectrum import spectrum_point
 from conetool.noise_floor import kernel_noise
 from conetool.ntk import empirical_ntk
+from conetool.pipeline import distance, distance_outputs
 from conetool.trajectories import default_steps
 from conetool.units import format_bytes, parse_memory
 from conetool.verdict import VerdictRules, phase_verdict
@@ -370,3 +375,49 @@ def test_distance_and_matrix_are_scale_invariant_over_the_float64_range(scale: f
     s = distance_matrix(lambda i: kernels[i], 3)
     np.testing.assert_allclose(s[0, 1:], [want, want], rtol=1e-12)
     np.testing.assert_allclose(s[1, 2], 0.0, atol=1e-15)
+
+
+# --- conetool distance: defaults and the summary's numbers ---------------------------------------
+
+
+@pytest.fixture
+def uneven(tmp_path, monkeypatch) -> tuple[Path, list[np.ndarray]]:
+    """A store of kernels at steps 0, 5, 10, 15, 20, 40, 60, 80; figures are not rendered."""
+    monkeypatch.setattr(distance_outputs, "save_figure", lambda fig, path, **kw: Path(path))
+    kernels_ = random_psd(UNEVEN_STEPS)
+    return make_store(tmp_path / "uneven", UNEVEN_STEPS, kernels_), kernels_
+
+
+def test_distance_defaults_to_reference_step_0_and_summarises_each_dt(uneven) -> None:
+    # no --ref: the reference is step 0 (mutant: another stored step). Each dt's summary: final
+    # and largest S, peak velocity and its step, from the pairs computed directly (mutant: the
+    # smallest velocity reported as the peak)
+    root, kernels_ = uneven
+    result = distance(root)
+    assert result.refs == [0]
+    rows = read_csv(paths.to_ref_csv(root))
+    assert list(rows[0]) == ["step", "ref_0"]
+    for row, kernel in zip(rows, kernels_, strict=True):
+        assert float(row["ref_0"]) == pytest.approx(kernel_distance(kernel, kernels_[0]), abs=1e-12)
+    index = {step: i for i, step in enumerate(UNEVEN_STEPS)}
+    for curve in result.adjacent_curves:
+        starts = [t for t in UNEVEN_STEPS if t + curve.dt in index]
+        direct = [
+            kernel_distance(kernels_[index[t]], kernels_[index[t + curve.dt]]) for t in starts
+        ]
+        peak = int(np.argmax(direct))
+        assert curve.pairs == len(starts)
+        assert curve.final == pytest.approx(direct[-1], abs=1e-12)
+        assert curve.max == pytest.approx(max(direct), abs=1e-12)
+        assert curve.peak_velocity == pytest.approx(direct[peak] / curve.dt, abs=1e-14)
+        assert curve.peak_step == starts[peak]
+
+
+def test_a_dt_whose_only_pair_starts_at_the_first_step_is_accepted(uneven) -> None:
+    # steps 0, 5, ..., 80: dt 80 has one pair, (0, 80) (mutant: the check skips the first step)
+    root, kernels_ = uneven
+    result = distance(root, dts=[80])
+    assert [(p.step, p.dt) for p in result.adjacent[80]] == [(0, 80)]
+    assert result.adjacent[80][0].distance == pytest.approx(
+        kernel_distance(kernels_[0], kernels_[-1]), abs=1e-12
+    )
