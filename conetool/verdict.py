@@ -6,7 +6,7 @@ fitted in ``log10`` by a continuous line with two bends (:func:`conetool.verdict
 fit_phase_break`); Phase I ends at the bend where the fall stops, with a range from the fit's
 profile likelihood. There is a two-phase pattern when, at the paper's ``dt``, the velocity falls
 across that bend by at least ``min_drop`` [5x] (early level: the two largest velocities before
-it; Phase II level: the median after it), the fitted slope after the bend is less than half as
+it; Phase II level: the median after it), the fitted slope after the bend is at most half as
 steep as before it, and the velocity does not climb back. Otherwise the answer is
 ``no-two-phase`` (the paper's Fig. 3), or ``undetermined`` when the velocity is still falling at
 the end of the run.
@@ -22,8 +22,8 @@ function of the lag ``t' - t``. Three readings:
 - *reference curves* (Fig. 1a: the distance from a Phase II reference "first increases and then
   keeps nearly constant"): for each reference τ (the user's references in Phase II, and the
   stored steps 10%, 30% and 50% into Phase II), the mean of ``S(τ, t)`` over the last third of
-  ``[τ, T]`` against the middle third: *plateau* when it grew by at most ``plateau_tolerance``
-  [15%], *rising* above, *frozen* when the level is at most ``lazy_level``.
+  ``[τ, T]`` against the middle third: *plateau* when its growth (last − middle) / last is at
+  most ``plateau_tolerance`` [0.15], *rising* above, *frozen* when the level is at most ``lazy_level``.
 - *velocity trend*: the Phase II velocity's first quarter over its last quarter. A kernel that
   freezes because the loss goes to zero slows down by orders of magnitude; one that moves inside
   a cone does not.

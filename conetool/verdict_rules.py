@@ -51,8 +51,8 @@ class VerdictRules:
             means the kernel is freezing.
         bounded_exponent: ``S ~ lag^a`` with ``a`` at most this reads as bounded motion.
         drift_exponent: ``a`` at least this reads as drift.
-        plateau_tolerance: largest growth, last third over middle third, of a reference curve
-            that still counts as a plateau.
+        plateau_tolerance: largest growth ``(last - middle) / last`` of a reference curve's
+            mean S over its last and middle thirds that still counts as a plateau.
         lazy_level: S at or below this between any two kernels (of Phase II, or of the run)
             means frozen.
         reference_fractions: default Phase II references, as fractions of Phase II's length.

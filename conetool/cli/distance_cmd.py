@@ -93,8 +93,8 @@ def distance(
         typer.Option(
             "--plateau-tolerance",
             metavar="FRACTION",
-            help="Verdict: largest growth (last third of a reference curve over its middle "
-            "third) that still counts as a plateau.",
+            help="Verdict: largest growth of a reference curve, (last third - middle third) / "
+            "last third of its mean S, that still counts as a plateau.",
         ),
     ] = _RULES.plateau_tolerance,
     lazy_level: Annotated[
