@@ -497,3 +497,77 @@ def test_error_on_one_rank_surfaces_once_and_the_store_stays_valid(run, tmp_path
     assert "conetool kernels ->" not in done.stdout
     kept = Store.open(tmp_path / "s").steps()
     assert set(kept) <= {0, 4, 8}  # rank 1 stopped at step 2, rank 0 after its current unit
+
+
+# ---------------------------------------------------------------------------------- by hand
+# Ranks started without torchrun (as `srun` or a second node's own command starts them): the
+# environment variables alone, each rank its own command line. Nothing stops a rank whose peer
+# failed but conetool itself, so a hang fails the test through the timeout.
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_ranks(commands: list[list[str]], cwds: list[Path], **extra: str) -> list:
+    """Start ``conetool ARGS`` once per rank with torchrun's environment variables set by hand
+    (rank 0 hosts the key-value store); their stdout and stderr go to files."""
+    port, world = str(free_port()), str(len(commands))
+    procs = []
+    for rank, (args, cwd) in enumerate(zip(commands, cwds, strict=True)):
+        env = environment(RANK=str(rank), WORLD_SIZE=world, LOCAL_RANK=str(rank), **extra)
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        with open(cwd / f"rank{rank}.log", "w") as out:
+            command = [sys.executable, "-m", "conetool", *args]
+            procs.append(
+                subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            )
+    return procs
+
+
+def finish_ranks(procs: list, cwds: list[Path], timeout: float = 60) -> list[tuple[int, str]]:
+    """Each rank's exit code and output; fails the test (killing them) if one hangs."""
+    deadline = time.monotonic() + timeout
+    try:
+        codes = [p.wait(timeout=max(0.1, deadline - time.monotonic())) for p in procs]
+    except subprocess.TimeoutExpired:
+        logs = [(cwd / f"rank{r}.log").read_text()[-2000:] for r, cwd in enumerate(cwds)]
+        pytest.fail(f"a rank hangs after its peer stopped: {logs}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [
+        (code, (cwd / f"rank{r}.log").read_text())
+        for r, (code, cwd) in enumerate(zip(codes, cwds, strict=True))
+    ]
+
+
+def test_ranks_started_with_other_arguments_stop_together_naming_the_flag(run, tmp_path):
+    store = str(tmp_path / "s")
+    base = ["kernels", str(run), "--store", store, "--device", "cpu"]
+    procs = start_ranks([base, [*base, "--steps", "0:4", "--dtype", "float64"]], [tmp_path] * 2)
+    (code0, log0), (code1, log1) = finish_ranks(procs, [tmp_path] * 2)
+    assert code0 == 1 and code1 == 1, (log0, log1)
+    assert "Traceback" not in log0 + log1
+    assert log1.count("error: rank 1: this rank was started with other arguments than rank 0") == 1
+    assert "--steps 0:4 here, not given on rank 0" in log1 and "--dtype float64 here" in log1
+    assert "error" not in log0  # one message, by the rank that differs
+
+
+def test_ranks_that_list_other_checkpoints_stop_together(run, tmp_path):
+    # The same relative CKPTS on two "nodes" whose directories differ (a node-local path).
+    cwds = [tmp_path / "node0", tmp_path / "node1"]
+    for cwd in cwds:
+        shutil.copytree(run, cwd / "ckpts")
+    for step in (6, 8, 10):  # node 1 lacks the last checkpoints, which rank 1 would get
+        paths.checkpoint(cwds[1] / "ckpts", step).unlink()
+    args = ["kernels", "ckpts", "--store", str(tmp_path / "s"), "--device", "cpu"]
+    (code0, log0), (code1, log1) = finish_ranks(start_ranks([args, args], cwds), cwds)
+    assert code0 == 1 and code1 == 1, (log0, log1)
+    assert "Traceback" not in log0 + log1
+    assert "this rank finds other checkpoints in ckpts than rank 0" in log1
+    assert "only on rank 0: [6, 8, 10]" in log1 and "file system that all nodes share" in log1

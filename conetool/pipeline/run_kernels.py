@@ -133,7 +133,13 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         o.overwrite,
     )
     notes: list[str] = []
+    if job.is_distributed:  # a rank started with other arguments would compute another job
+        theirs = job.broadcast(_arguments(options))
+        job.agree(lambda: _same_arguments(theirs, _arguments(options)))
     plan = job.agree(lambda: _plan(options, progress, notes))
+    if job.is_distributed:  # each rank computes steps from its own listing of CKPTS
+        listed = job.broadcast([ref.step for ref in plan.refs])
+        job.agree(lambda: _same_steps(listed, [ref.step for ref in plan.refs], ckpts))
     holder: list[Store] = []  # the store rank 0 opened (and locked), closed whatever happens
 
     def open_store() -> tuple[Store, nn.Module]:
@@ -182,6 +188,63 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
     finally:
         for opened in holder:
             opened.close()  # releases the store's lock
+
+
+def _arguments(options: KernelsOptions) -> dict[str, str | None]:
+    """The arguments every rank of a job must share, as text keyed by flag (None: not given).
+    ``--device``, ``--max-memory`` and ``--threads`` may differ: they are the rank's own."""
+    o = options
+    spec = o.spec
+    values: dict[str, object] = {
+        "CKPTS": o.ckpts,
+        "--spec": f"a Spec object ({spec.hash()})" if isinstance(spec, Spec) else spec,
+        "--store": o.store,
+        "--probe-size": o.probe_size,
+        "--kind": o.kind,
+        "--dtype": o.dtype,
+        "--method": o.method,
+        "--steps": o.steps,
+        "--every": o.every,
+        "--step-regex": o.step_regex,
+        "--skip-bad": o.skip_bad or None,
+        "--overwrite": o.overwrite or None,
+        "--eval-size": o.eval_size,
+        "--per-layer": o.per_layer or None,
+        "--groups": o.groups if o.groups is None or isinstance(o.groups, str) else dict(o.groups),
+    }
+    return {flag: None if v is None else str(v) for flag, v in values.items()}
+
+
+def _same_arguments(rank0: dict[str, str | None], mine: dict[str, str | None]) -> None:
+    """Refuse a rank started with other arguments than rank 0 (a node started by hand)."""
+    differ = [flag for flag in mine if mine[flag] != rank0.get(flag)]
+    if differ:
+
+        def shown(value: str | None) -> str:
+            return "not given" if value is None else ("given" if value == "True" else value)
+
+        listed = "; ".join(
+            f"{flag} {shown(mine[flag])} here, {shown(rank0.get(flag))} on rank 0"
+            for flag in differ
+        )
+        raise ConetoolError(
+            f"this rank was started with other arguments than rank 0 ({listed}). Every rank of "
+            "a torchrun job (every node) must run the same conetool kernels command; start "
+            "them again alike."
+        )
+
+
+def _same_steps(rank0: list[int], mine: list[int], ckpts: Path) -> None:
+    """Refuse a rank that lists other checkpoints than rank 0 (it could not load its share)."""
+    if mine != rank0:
+        only_here = sorted(set(mine) - set(rank0))
+        only_there = sorted(set(rank0) - set(mine))
+        raise StoreError(
+            f"this rank finds other checkpoints in {ckpts} than rank 0 (steps only here: "
+            f"{only_here[:5] or 'none'}; only on rank 0: {only_there[:5] or 'none'}). Every "
+            "rank must see the same checkpoint directory: put it on a file system that all "
+            "nodes share, and wait until no checkpoint is being written."
+        )
 
 
 def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> KernelsPlan:
