@@ -18,6 +18,12 @@ end, and rank 0 can show the progress of the whole job while it waits. If a rank
 stops the others; every unit already written is complete, and a rerun (with any number of ranks)
 does only what is missing.
 
+A rank whose peer is gone never waits forever, with or without torchrun (ranks started by hand
+or by ``srun``, a lost node that torchrun on the other nodes does not notice): a rank that ends
+with an error tells the others at once; every rank beats a counter in the key-value store from a
+background thread, and a rank waiting on a peer that has not beaten for :func:`peer_timeout`
+seconds (``CONETOOL_PEER_TIMEOUT``, default 300) stops with :class:`PeerLostError`.
+
 Every rank must call the coordinating methods of :class:`Job` (:meth:`~Job.agree`,
 :meth:`~Job.broadcast`, :meth:`~Job.gather`, :meth:`~Job.bar`) in the same order; the library
 functions do.
@@ -28,6 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,11 +54,38 @@ T = TypeVar("T")
 U = TypeVar("U", bound="SupportsRichComparison")  # a unit of work: shards come out sorted
 _FIRST_POLL, _LAST_POLL = 0.005, 0.25  # seconds between looks at the key-value store
 _JOBS = itertools.count()  # every rank opens its jobs in the same order: equal numbers, equal keys
+PEER_TIMEOUT_VARIABLE = "CONETOOL_PEER_TIMEOUT"
+_DEFAULT_PEER_TIMEOUT = 300.0  # seconds: a lost node stops the job in minutes, not gloo's 30
 
 
 class PeerFailedError(ConetoolError):
     """Raised on a rank that stops because another rank failed. That rank prints its own error,
     so the command line exits 1 without repeating it."""
+
+
+class PeerLostError(ConetoolError):
+    """Raised on a rank whose peer is gone without a word (killed, its node lost). One rank
+    says so; the others raise :class:`PeerFailedError`."""
+
+
+def peer_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds a rank waits for a silent peer before it stops:
+    ``CONETOOL_PEER_TIMEOUT``, else 300."""
+    env = os.environ if environ is None else environ
+    raw = env.get(PEER_TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return _DEFAULT_PEER_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise ConetoolError(
+            f"environment variable {PEER_TIMEOUT_VARIABLE}={raw!r} is not a positive number of "
+            f"seconds. Set it to e.g. 600, or unset it for the default "
+            f"({_DEFAULT_PEER_TIMEOUT:.0f} s)."
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -197,11 +231,21 @@ class SharedBar:
 class Job:
     """One library call (``kernels``, ``switch``) as seen from one rank. Open with :func:`job`."""
 
-    def __init__(self, name: str, ranks: Ranks, device: torch.device, store: Any | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        ranks: Ranks,
+        device: torch.device,
+        store: Any | None,
+        timeout: float = _DEFAULT_PEER_TIMEOUT,
+    ) -> None:
         self.name, self.ranks, self.device = name, ranks, device
-        self._store = store  # a PrefixStore over the default group's store; None for one rank
+        # a PrefixStore over the default group's store; None for one rank
+        self._store = store
         self._calls = itertools.count()
         self._deferred: ConetoolError | None = None
+        self.timeout = timeout  # seconds without a heartbeat after which a peer counts as lost
+        self._seen: dict[int, tuple[int, float]] = {}  # rank -> (its last beat, when it changed)
 
     @property
     def is_main(self) -> bool:
@@ -248,13 +292,13 @@ class Job:
                 error = exc
 
         if main_first and not self.is_main:
-            first = self._wait_json(f"{seq}/agree/0")
+            first = self._wait_json(f"{seq}/agree/0", rank=0)
             if first is None:
                 attempt()
         else:
             attempt()
         self._set_json(f"{seq}/agree/{self.rank}", None if error is None else str(error))
-        messages = [self._wait_json(f"{seq}/agree/{r}") for r in range(self.world_size)]
+        messages = [self._wait_json(f"{seq}/agree/{r}", rank=r) for r in range(self.world_size)]
         if error is None and all(m is None for m in messages):
             return result
         if error is not None:
@@ -272,17 +316,20 @@ class Job:
         if self.is_main:
             self._set_json(key, value)
             return value
-        return self._wait_json(key)
+        return self._wait_json(key, rank=0)
 
     def gather(self, value: Any, *, while_waiting: Callable[[], None] | None = None) -> list[Any]:
         """Every rank's ``value`` (JSON data), in rank order, on every rank. Waits for the
-        slowest rank without a timeout (torchrun stops the job if a rank dies), calling
+        slowest rank as long as it lives (its heartbeat; no timeout on the work itself), calling
         ``while_waiting`` (e.g. :meth:`SharedBar.poll`) now and then."""
         if not self.is_distributed:
             return [value]
         seq = next(self._calls)
         self._set_json(f"{seq}/gather/{self.rank}", value)
-        return [self._wait_json(f"{seq}/gather/{r}", while_waiting) for r in range(self.world_size)]
+        return [
+            self._wait_json(f"{seq}/gather/{r}", while_waiting, rank=r)
+            for r in range(self.world_size)
+        ]
 
     def bar(self, task: ProgressTask) -> SharedBar:
         """Wrap ``task`` (rank 0's bar; a silent one elsewhere) into a whole-job bar."""
@@ -295,8 +342,64 @@ class Job:
             self._store.set("failed", str(self.rank))
 
     def peer_failed(self) -> bool:
-        """Whether a rank has called :meth:`fail`."""
+        """Whether a rank has called :meth:`fail` or ended with an error."""
         return self._store is not None and bool(self._store.check(["failed"]))
+
+    def abandon(self, error: BaseException) -> None:
+        """Tell the other ranks that this one ends now, without finishing (``error``): those
+        waiting on it stop at once instead of waiting for its heartbeat to go quiet."""
+        if self._store is None:
+            return
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        said = isinstance(error, ConetoolError)  # printed by this rank; a crash or Ctrl-C not
+        try:
+            self._store.set("aborted", json.dumps([self.rank, reason[:500], said]))
+            self._store.set("failed", str(self.rank))
+        except RuntimeError:
+            pass  # the store is gone too (torch's DistError)
+
+    def beat(self) -> None:
+        """One heartbeat of this rank (a background thread calls it; see :func:`job`)."""
+        if self._store is not None:
+            self._store.add(f"beat/{self.rank}", 1)
+
+    def _check_peer(self, rank: int) -> None:
+        """Raise if rank ``rank``, which this rank waits on, ended without finishing or shows no
+        sign of life for :attr:`timeout` seconds."""
+        assert self._store is not None  # only a job of several ranks waits on peers
+        if self._store.check(["aborted"]):
+            who, reason, said = json.loads(self._store.get("aborted"))
+            if said:
+                raise PeerFailedError(f"rank {who} failed: {reason}")
+            self._lost(f"rank {who} stopped ({reason})")
+        beats = int(self._store.add(f"beat/{rank}", 0))
+        now = time.monotonic()
+        last = self._seen.get(rank)
+        if last is None or last[0] != beats:
+            self._seen[rank] = (beats, now)
+        elif now - last[1] > self.timeout:
+            self._lost(
+                f"rank {rank} has shown no sign of life for {self.timeout:.0f} s (killed, out of "
+                "memory, or its node lost) while this rank waited for it",
+                silent=True,
+            )
+
+    def _lost(self, what: str, silent: bool = False) -> None:
+        """Stop on a lost peer: the first rank to notice explains, the others stop quietly.
+        ``silent``: the peer went quiet (rather than ending with an error)."""
+        message = (
+            f"{what}. Every kernel already written into the store is complete: rerun the same "
+            "command (with any number of ranks) to compute only what is missing."
+        )
+        if silent:
+            message += (
+                f" If that rank is only slow, raise {PEER_TIMEOUT_VARIABLE} (seconds; now "
+                f"{self.timeout:.0f})."
+            )
+        first = int(self._store.add("lost", 1)) == 1 if self._store is not None else True
+        if first:
+            raise PeerLostError(message)
+        raise PeerFailedError(message)
 
     # --------------------------------------------------------------- internals
     def _raise_deferred(self) -> None:
@@ -308,10 +411,20 @@ class Job:
         assert self._store is not None  # only a job of several ranks exchanges values
         self._store.set(key, json.dumps(value))
 
-    def _wait_json(self, key: str, while_waiting: Callable[[], None] | None = None) -> Any:
+    def _wait_json(
+        self,
+        key: str,
+        while_waiting: Callable[[], None] | None = None,
+        *,
+        rank: int,
+    ) -> Any:
+        """The value rank ``rank`` sets at ``key``, once it is there; raises if that rank ended
+        without setting it (:meth:`_check_peer`)."""
         assert self._store is not None  # only a job of several ranks exchanges values
         pause = _FIRST_POLL
         while not self._store.check([key]):
+            if rank != self.rank:
+                self._check_peer(rank)
             if while_waiting is not None:
                 while_waiting()
             time.sleep(pause)
@@ -344,21 +457,43 @@ def job(name: str, device: str | torch.device | None = "auto") -> Iterator[Job]:
         single._deferred = deferred
         yield single
         return
+    timeout = peer_timeout()
     started = False
     if not dist.is_initialized():
         _start_group(ranks, dev)
         started = True
+    stop = threading.Event()
     try:
         from torch.distributed.distributed_c10d import _get_default_store
 
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         prefix = f"conetool/{restart}/{next(_JOBS)}/{name}"
-        shared = Job(name, ranks, dev, dist.PrefixStore(prefix, _get_default_store()))
+        store = dist.PrefixStore(prefix, _get_default_store())
+        shared = Job(name, ranks, dev, store, timeout)
         shared._deferred = deferred
-        yield shared
+        shared.beat()
+        beating = threading.Thread(
+            target=_keep_beating, args=(shared, stop, min(5.0, timeout / 5)), daemon=True
+        )
+        beating.start()
+        try:
+            yield shared
+        except BaseException as exc:
+            shared.abandon(exc)
+            raise
     finally:
+        stop.set()
         if started and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _keep_beating(job: Job, stop: threading.Event, every: float) -> None:
+    """The heartbeat of this rank, until the job ends (or the store is gone)."""
+    while not stop.wait(every):
+        try:
+            job.beat()
+        except RuntimeError:  # the store is gone (torch's DistError)
+            return
 
 
 def _start_group(ranks: Ranks, device: torch.device) -> None:
@@ -374,7 +509,9 @@ def _start_group(ranks: Ranks, device: torch.device) -> None:
         torch.cuda.set_device(device)
     try:
         dist.init_process_group(
-            backend="nccl" if nccl else "gloo", rank=ranks.rank, world_size=ranks.world_size
+            backend="nccl" if nccl else "gloo",
+            rank=ranks.rank,
+            world_size=ranks.world_size,
         )
     except (ValueError, RuntimeError) as exc:
         raise ConetoolError(

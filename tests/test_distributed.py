@@ -571,3 +571,63 @@ def test_ranks_that_list_other_checkpoints_stop_together(run, tmp_path):
     assert "Traceback" not in log0 + log1
     assert "this rank finds other checkpoints in ckpts than rank 0" in log1
     assert "only on rank 0: [6, 8, 10]" in log1 and "file system that all nodes share" in log1
+
+
+@pytest.fixture(scope="module")
+def slow_run(tmp_path_factory):
+    """A run of SLOW_MODEL, checkpoints at 0, 2, ..., 14, and the PYTHONPATH that imports it."""
+    folder = tmp_path_factory.mktemp("slow")
+    (folder / "conetool_slow_model.py").write_text(SLOW_MODEL)
+    spec = {
+        **SPEC,
+        "model": {"arch": "conetool_slow_model:make", "num_classes": 3},
+        "train": {**SPEC["train"], "steps": 14},
+    }
+    sys.path.insert(0, str(folder))
+    try:
+        train(spec_from_dict(spec, source="slow.toml"), folder / "ckpts")
+    finally:
+        sys.path.remove(str(folder))
+    return folder / "ckpts", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
+
+
+def start_slow_ranks(slow_run, tmp_path, **extra: str) -> tuple[list, Path]:
+    """Two ranks started by hand on the slow run, returned once the first kernel is written."""
+    ckpts, pythonpath = slow_run
+    store = tmp_path / "store"
+    args = ["kernels", str(ckpts), "--store", str(store), "--device", "cpu"]
+    procs = start_ranks(
+        [args, args], [tmp_path] * 2, SLOW_MODEL_DELAY="0.15", PYTHONPATH=pythonpath, **extra
+    )
+    deadline = time.monotonic() + 60
+    while not list((store / paths.KERNELS_DIR).glob("step_*.safetensors")):
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            finish_ranks(procs, [tmp_path] * 2, timeout=1)
+            pytest.fail("no kernel written")
+        time.sleep(0.02)
+    return procs, store
+
+
+def test_a_rank_interrupted_alone_stops_the_other(slow_run, tmp_path):
+    procs, _ = start_slow_ranks(slow_run, tmp_path)
+    procs[1].send_signal(signal.SIGINT)  # Ctrl-C reaching one rank only (one node's terminal)
+    (code0, log0), (code1, log1) = finish_ranks(procs, [tmp_path] * 2)
+    assert (code0, code1) == (1, 130), (log0, log1)
+    assert log0.count("error: rank 1 stopped (KeyboardInterrupt)") == 1, log0
+    assert "Traceback" not in log0 + log1
+
+
+def test_a_killed_rank_stops_the_other_after_the_peer_timeout(slow_run, tmp_path, monkeypatch):
+    # Without torchrun (or across nodes) nothing else stops rank 0 when rank 1 is killed.
+    procs, store = start_slow_ranks(slow_run, tmp_path, CONETOOL_PEER_TIMEOUT="2")
+    os.kill(procs[1].pid, signal.SIGKILL)
+    (code0, log0), _ = finish_ranks(procs, [tmp_path] * 2)
+    assert code0 == 1, log0
+    assert log0.count("error: rank 1 has shown no sign of life for 2 s") == 1, log0
+    assert "CONETOOL_PEER_TIMEOUT" in log0 and "Traceback" not in log0
+    kept = Store.open(store).steps()  # rank 0 finished its share; rank 1's first is there too
+    assert set(range(0, 15, 4)) <= set(kept), kept
+    ckpts, _ = slow_run
+    monkeypatch.syspath_prepend(str(ckpts.parent))  # the slow model's module
+    rerun = kernels(ckpts, store=store, device="cpu")
+    assert rerun.skipped == kept and sorted(rerun.computed + kept) == list(range(0, 15, 2))
