@@ -22,7 +22,8 @@ A rank whose peer is gone never waits forever, with or without torchrun (ranks s
 or by ``srun``, a lost node that torchrun on the other nodes does not notice): a rank that ends
 with an error tells the others at once; every rank beats a counter in the key-value store from a
 background thread, and a rank waiting on a peer that has not beaten for :func:`peer_timeout`
-seconds (``CONETOOL_PEER_TIMEOUT``, default 300) stops with :class:`PeerLostError`.
+seconds (``CONETOOL_PEER_TIMEOUT``, default 300; also how long the ranks wait for each other to
+start, instead of gloo's 30 minutes) stops with :class:`PeerLostError`.
 
 Every rank must call the coordinating methods of :class:`Job` (:meth:`~Job.agree`,
 :meth:`~Job.broadcast`, :meth:`~Job.gather`, :meth:`~Job.bar`) in the same order; the library
@@ -39,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -69,7 +71,7 @@ class PeerLostError(ConetoolError):
 
 
 def peer_timeout(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds a rank waits for a silent peer before it stops:
+    """Seconds a rank waits for a silent peer (and for every rank to start) before it stops:
     ``CONETOOL_PEER_TIMEOUT``, else 300."""
     env = os.environ if environ is None else environ
     raw = env.get(PEER_TIMEOUT_VARIABLE, "").strip()
@@ -460,7 +462,7 @@ def job(name: str, device: str | torch.device | None = "auto") -> Iterator[Job]:
     timeout = peer_timeout()
     started = False
     if not dist.is_initialized():
-        _start_group(ranks, dev)
+        _start_group(ranks, dev, timeout)
         started = True
     stop = threading.Event()
     try:
@@ -496,7 +498,7 @@ def _keep_beating(job: Job, stop: threading.Event, every: float) -> None:
             return
 
 
-def _start_group(ranks: Ranks, device: torch.device) -> None:
+def _start_group(ranks: Ranks, device: torch.device, timeout: float) -> None:
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -512,8 +514,16 @@ def _start_group(ranks: Ranks, device: torch.device) -> None:
             backend="nccl" if nccl else "gloo",
             rank=ranks.rank,
             world_size=ranks.world_size,
+            timeout=timedelta(seconds=timeout),
         )
     except (ValueError, RuntimeError) as exc:
+        if "timeout" in str(exc).lower() or "timed out" in str(exc).lower():
+            raise ConetoolError(
+                f"not all {ranks.world_size} ranks (WORLD_SIZE) joined within {timeout:.0f} s "
+                f"({PEER_TIMEOUT_VARIABLE}): a rank did not start, or started with other "
+                "MASTER_ADDR/MASTER_PORT. Start every rank alike (torchrun does), or raise "
+                f"{PEER_TIMEOUT_VARIABLE} if the ranks start slowly."
+            ) from exc
         raise ConetoolError(
             f"WORLD_SIZE={ranks.world_size} asks for several processes, but torch.distributed "
             f"could not start ({exc}). Start conetool with torchrun (e.g. torchrun "

@@ -631,3 +631,19 @@ def test_a_killed_rank_stops_the_other_after_the_peer_timeout(slow_run, tmp_path
     monkeypatch.syspath_prepend(str(ckpts.parent))  # the slow model's module
     rerun = kernels(ckpts, store=store, device="cpu")
     assert rerun.skipped == kept and sorted(rerun.computed + kept) == list(range(0, 15, 2))
+
+
+def test_a_rank_whose_peers_never_start_stops_after_the_peer_timeout(run, tmp_path):
+    # WORLD_SIZE=2 set by hand, the other rank never started: gloo would wait 30 minutes.
+    args = ["kernels", str(run), "--store", str(tmp_path / "s"), "--device", "cpu"]
+    env = environment(RANK="0", WORLD_SIZE="2", CONETOOL_PEER_TIMEOUT="1")
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    command = [sys.executable, "-m", "conetool", *args]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "error: not all 2 ranks (WORLD_SIZE) joined within 1 s (CONETOOL_PEER_TIMEOUT)" in (
+        done.stderr
+    )
+    assert not (tmp_path / "s").exists()  # nothing written
