@@ -23,7 +23,7 @@ or by ``srun``, a lost node that torchrun on the other nodes does not notice): a
 with an error tells the others at once; every rank beats a counter in the key-value store from a
 background thread, and a rank waiting on a peer that has not beaten for :func:`peer_timeout`
 seconds (``CONETOOL_PEER_TIMEOUT``, default 300; also how long the ranks wait for each other to
-start, instead of gloo's 30 minutes) stops with :class:`PeerLostError`.
+start) stops with :class:`PeerLostError`, as does a rank that loses the key-value store itself.
 
 Every rank must call the coordinating methods of :class:`Job` (:meth:`~Job.agree`,
 :meth:`~Job.broadcast`, :meth:`~Job.gather`, :meth:`~Job.bar`) in the same order; the library
@@ -66,8 +66,8 @@ class PeerFailedError(ConetoolError):
 
 
 class PeerLostError(ConetoolError):
-    """Raised on a rank whose peer is gone without a word (killed, its node lost). One rank
-    says so; the others raise :class:`PeerFailedError`."""
+    """Raised on a rank whose peer is gone without a word (killed, its node lost) or that lost
+    the job's key-value store. One rank says so; the others raise :class:`PeerFailedError`."""
 
 
 def peer_timeout(environ: Mapping[str, str] | None = None) -> float:
@@ -243,7 +243,7 @@ class Job:
     ) -> None:
         self.name, self.ranks, self.device = name, ranks, device
         # a PrefixStore over the default group's store; None for one rank
-        self._store = store
+        self._store = None if store is None else _GuardedStore(store)
         self._calls = itertools.count()
         self._deferred: ConetoolError | None = None
         self.timeout = timeout  # seconds without a heartbeat after which a peer counts as lost
@@ -333,6 +333,17 @@ class Job:
             for r in range(self.world_size)
         ]
 
+    def finish(self) -> None:
+        """The job ended well on this rank: rank 0 waits until every rank has said so, so that
+        the key-value store it may host (ranks started without torchrun) outlives their last
+        look at it."""
+        if self._store is None:
+            return
+        self._store.set(f"finished/{self.rank}", "1")
+        if self.is_main:
+            for r in range(1, self.world_size):
+                self._wait_json(f"finished/{r}", rank=r, raw=True)
+
     def bar(self, task: ProgressTask) -> SharedBar:
         """Wrap ``task`` (rank 0's bar; a silent one elsewhere) into a whole-job bar."""
         return SharedBar(task, self._store, f"{next(self._calls)}/bar", self.is_main)
@@ -357,8 +368,8 @@ class Job:
         try:
             self._store.set("aborted", json.dumps([self.rank, reason[:500], said]))
             self._store.set("failed", str(self.rank))
-        except RuntimeError:
-            pass  # the store is gone too (torch's DistError)
+        except PeerLostError:
+            pass  # the store is gone too: the others find that out themselves
 
     def beat(self) -> None:
         """One heartbeat of this rank (a background thread calls it; see :func:`job`)."""
@@ -398,7 +409,10 @@ class Job:
                 f" If that rank is only slow, raise {PEER_TIMEOUT_VARIABLE} (seconds; now "
                 f"{self.timeout:.0f})."
             )
-        first = int(self._store.add("lost", 1)) == 1 if self._store is not None else True
+        try:
+            first = int(self._store.add("lost", 1)) == 1 if self._store is not None else True
+        except PeerLostError:
+            first = True
         if first:
             raise PeerLostError(message)
         raise PeerFailedError(message)
@@ -419,6 +433,7 @@ class Job:
         while_waiting: Callable[[], None] | None = None,
         *,
         rank: int,
+        raw: bool = False,
     ) -> Any:
         """The value rank ``rank`` sets at ``key``, once it is there; raises if that rank ended
         without setting it (:meth:`_check_peer`)."""
@@ -431,7 +446,40 @@ class Job:
                 while_waiting()
             time.sleep(pause)
             pause = min(pause * 1.5, _LAST_POLL)  # quick for short waits, light for long ones
-        return json.loads(self._store.get(key))
+        found = self._store.get(key)
+        return found if raw else json.loads(found)
+
+
+class _GuardedStore:
+    """The job's key-value store, whose failures (the process hosting it ended: rank 0 started
+    without torchrun, or torchrun's agent on a lost node) raise :class:`PeerLostError`."""
+
+    def __init__(self, store: Any) -> None:
+        self._inner = store
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._inner, name)(*args)
+        except (RuntimeError, ConnectionError) as exc:  # torch's DistError is a RuntimeError
+            raise PeerLostError(
+                f"lost the job's key-value store ({exc}): the process that held it "
+                "ended (rank 0 when the ranks were started without torchrun, else "
+                "torchrun on the first node). Every kernel already written into the store is "
+                "complete: rerun the same command (with any number of ranks) to compute only "
+                "what is missing."
+            ) from exc
+
+    def set(self, key: str, value: str) -> None:
+        self._call("set", key, value)
+
+    def get(self, key: str) -> bytes:
+        return bytes(self._call("get", key))
+
+    def check(self, keys: list[str]) -> bool:
+        return bool(self._call("check", keys))
+
+    def add(self, key: str, amount: int) -> int:
+        return int(self._call("add", key, amount))
 
 
 @contextmanager
@@ -483,6 +531,7 @@ def job(name: str, device: str | torch.device | None = "auto") -> Iterator[Job]:
         except BaseException as exc:
             shared.abandon(exc)
             raise
+        shared.finish()
     finally:
         stop.set()
         if started and dist.is_initialized():
@@ -494,7 +543,7 @@ def _keep_beating(job: Job, stop: threading.Event, every: float) -> None:
     while not stop.wait(every):
         try:
             job.beat()
-        except RuntimeError:  # the store is gone (torch's DistError)
+        except ConetoolError:
             return
 
 

@@ -647,3 +647,14 @@ def test_a_rank_whose_peers_never_start_stops_after_the_peer_timeout(run, tmp_pa
         done.stderr
     )
     assert not (tmp_path / "s").exists()  # nothing written
+
+
+def test_a_rank_that_loses_the_store_says_so_without_a_traceback(slow_run, tmp_path):
+    # Started by hand, rank 0's process hosts the key-value store: killing it takes the store.
+    procs, store = start_slow_ranks(slow_run, tmp_path)
+    os.kill(procs[0].pid, signal.SIGKILL)
+    _, (code1, log1) = finish_ranks(procs, [tmp_path] * 2)
+    assert code1 == 1, log1
+    assert log1.count("error: rank 1: lost the job's key-value store") == 1, log1
+    assert "rerun the same command" in log1 and "Traceback" not in log1
+    assert Store.open(store).steps()  # what was written stays readable
