@@ -21,11 +21,18 @@ def is_command_line() -> bool:
     return first == "-m" or os.path.basename(first) in ("conetool", "conetool.exe")
 
 
+def speaks_for_the_job() -> bool:
+    """False on a torchrun rank other than 0 (``RANK`` set and not 0): a Ctrl-C reaches every
+    rank, and rank 0 alone says so. Read from the environment: nothing is imported yet."""
+    return os.environ.get("RANK", "").strip() in ("", "0")
+
+
 def exit_if_command_line() -> None:
     """Called on a KeyboardInterrupt during start-up: as the command line, print one line and
     exit 130 (no traceback); as a library, return (the caller re-raises)."""
     if is_command_line():
-        print(MESSAGE, file=sys.stderr)
+        if speaks_for_the_job():
+            print(MESSAGE, file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
 
 
@@ -41,8 +48,9 @@ def guard_start_up() -> None:
         return
 
     def on_interrupt(signum: int, frame: object) -> None:
-        sys.stderr.write(MESSAGE + "\n")
-        sys.stderr.flush()
+        if speaks_for_the_job():
+            sys.stderr.write(MESSAGE + "\n")
+            sys.stderr.flush()
         os._exit(INTERRUPTED)
 
     signal.signal(signal.SIGINT, on_interrupt)

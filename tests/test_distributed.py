@@ -61,6 +61,10 @@ SLOW_MODEL = """
 import os, time
 from torch import nn
 
+if os.environ.get("SLOW_MODEL_IMPORT_MARK"):  # the import itself blocks, after saying so
+    open(os.environ["SLOW_MODEL_IMPORT_MARK"] + os.environ.get("RANK", ""), "w").close()
+    time.sleep(60)
+
 class Slow(nn.Module):
     def __init__(self, num_classes):
         super().__init__()
@@ -658,3 +662,32 @@ def test_a_rank_that_loses_the_store_says_so_without_a_traceback(slow_run, tmp_p
     assert log1.count("error: rank 1: lost the job's key-value store") == 1, log1
     assert "rerun the same command" in log1 and "Traceback" not in log1
     assert Store.open(store).steps()  # what was written stays readable
+
+
+def test_ctrl_c_while_starting_is_announced_once_by_rank_0(slow_run, tmp_path):
+    ckpts, pythonpath = slow_run
+    mark = tmp_path / "importing"  # every rank imports the model to list its layers (--per-layer)
+    proc = subprocess.Popen(
+        torchrun(
+            "kernels", str(ckpts), "--store", str(tmp_path / "s"), "--device", "cpu", "--per-layer"
+        ),
+        cwd=tmp_path,
+        env=environment(SLOW_MODEL_IMPORT_MARK=str(mark), PYTHONPATH=pythonpath),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (Path(f"{mark}0").exists() and Path(f"{mark}1").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: every process gets it
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = [line for line in output.splitlines() if line.startswith("interrupted")]
+    assert len(said) == 1, output[-3000:]

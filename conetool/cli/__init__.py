@@ -7,7 +7,7 @@ import sys
 from types import FrameType
 from typing import Any, NoReturn
 
-from .._startup import INTERRUPTED, exit_if_command_line
+from .._startup import INTERRUPTED, exit_if_command_line, speaks_for_the_job
 
 # isort: off
 # Each command module registers itself on the app; --help lists them in this (pipeline) order.
@@ -107,9 +107,10 @@ def _importing(frame: FrameType | None) -> bool:
 
 
 def _exit_interrupted(*, announce: bool) -> NoReturn:
-    """Say so (unless a command already did), flush, and end the process with 130."""
+    """Say so (unless a command already did, or this is a torchrun rank other than 0), flush, and
+    end the process with 130."""
     try:
-        if announce:
+        if announce and speaks_for_the_job():
             print("interrupted.", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
