@@ -310,6 +310,15 @@ class Job:
         first_rank = next(r for r, m in enumerate(messages) if m is not None)
         raise PeerFailedError(f"rank {first_rank} failed: {messages[first_rank]}")
 
+    def same_arguments(self, arguments: Mapping[str, str | None], command: str) -> None:
+        """Stop every rank if this one was started with other ``arguments`` (text keyed by
+        flag, None: not given) than rank 0, as a node started by hand can be: it would compute
+        another job. The ranks that differ say how."""
+        if not self.is_distributed:
+            return
+        rank0: dict[str, str | None] = self.broadcast(dict(arguments))
+        self.agree(lambda: _same_arguments(rank0, dict(arguments), command))
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` (JSON data) on every rank."""
         if not self.is_distributed:
@@ -448,6 +457,26 @@ class Job:
             pause = min(pause * 1.5, _LAST_POLL)  # quick for short waits, light for long ones
         found = self._store.get(key)
         return found if raw else json.loads(found)
+
+
+def _same_arguments(
+    rank0: dict[str, str | None], mine: dict[str, str | None], command: str
+) -> None:
+    differ = [flag for flag in mine if mine[flag] != rank0.get(flag)]
+    if not differ:
+        return
+
+    def shown(value: str | None) -> str:
+        return "not given" if value is None else ("given" if value == "True" else value)
+
+    listed = "; ".join(
+        f"{flag} {shown(mine[flag])} here, {shown(rank0.get(flag))} on rank 0" for flag in differ
+    )
+    raise ConetoolError(
+        f"this rank was started with other arguments than rank 0 ({listed}). Every rank of a "
+        f"torchrun job (every node) must run the same {command} command; start them again "
+        "alike."
+    )
 
 
 class _GuardedStore:

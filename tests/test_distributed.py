@@ -691,3 +691,14 @@ def test_ctrl_c_while_starting_is_announced_once_by_rank_0(slow_run, tmp_path):
             proc.wait()
     said = [line for line in output.splitlines() if line.startswith("interrupted")]
     assert len(said) == 1, output[-3000:]
+
+
+def test_switch_ranks_started_with_other_points_stop_together_naming_the_flag(run, tmp_path):
+    base = ["switch", "--ckpts", str(run), "--store", str(tmp_path / "s"), "--device", "cpu"]
+    procs = start_ranks([[*base, "--at", "0,4,8"], [*base, "--at", "0,4"]], [tmp_path] * 2)
+    (code0, log0), (code1, log1) = finish_ranks(procs, [tmp_path] * 2)
+    assert code0 == 1 and code1 == 1, (log0, log1)
+    assert "Traceback" not in log0 + log1 and "error" not in log0
+    assert "error: rank 1: this rank was started with other arguments than rank 0" in log1
+    assert "--at 0,4 here, 0,4,8 on rank 0" in log1 and "conetool switch command" in log1
+    assert not list(paths.switch_dir(tmp_path / "s").glob("at_*.json"))  # no point trained

@@ -134,8 +134,7 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
     )
     notes: list[str] = []
     if job.is_distributed:  # a rank started with other arguments would compute another job
-        theirs = job.broadcast(_arguments(options))
-        job.agree(lambda: _same_arguments(theirs, _arguments(options)))
+        job.same_arguments(_arguments(options), "conetool kernels")
     plan = job.agree(lambda: _plan(options, progress, notes))
     if job.is_distributed:  # each rank computes steps from its own listing of CKPTS
         listed = job.broadcast([ref.step for ref in plan.refs])
@@ -213,25 +212,6 @@ def _arguments(options: KernelsOptions) -> dict[str, str | None]:
         "--groups": o.groups if o.groups is None or isinstance(o.groups, str) else dict(o.groups),
     }
     return {flag: None if v is None else str(v) for flag, v in values.items()}
-
-
-def _same_arguments(rank0: dict[str, str | None], mine: dict[str, str | None]) -> None:
-    """Refuse a rank started with other arguments than rank 0 (a node started by hand)."""
-    differ = [flag for flag in mine if mine[flag] != rank0.get(flag)]
-    if differ:
-
-        def shown(value: str | None) -> str:
-            return "not given" if value is None else ("given" if value == "True" else value)
-
-        listed = "; ".join(
-            f"{flag} {shown(mine[flag])} here, {shown(rank0.get(flag))} on rank 0"
-            for flag in differ
-        )
-        raise ConetoolError(
-            f"this rank was started with other arguments than rank 0 ({listed}). Every rank of "
-            "a torchrun job (every node) must run the same conetool kernels command; start "
-            "them again alike."
-        )
 
 
 def _same_steps(rank0: list[int], mine: list[int], ckpts: Path) -> None:

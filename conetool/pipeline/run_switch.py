@@ -183,6 +183,9 @@ def _switch(
     store, reference = options.store, options.reference
     sweep = job.agree(lambda: _prepare(options))
     dev, T = job.device, sweep.until
+    # A rank started with other --at, --until, ... (or seeing other checkpoints) would train
+    # other points, or fail to find the checkpoint of a point dealt to it.
+    job.same_arguments(_sweep_arguments(sweep, options), "conetool switch")
 
     # With several ranks, rank 0 finds the points already done so that only the others are dealt.
     done: list[SwitchPoint] = []
@@ -273,6 +276,20 @@ def _switch(
         rank, message = failures[0]
         raise distributed.PeerFailedError(f"rank {rank} failed: {message}")
     return SwitchResult(store, T, points, ref_result, files, notes, warnings)
+
+
+def _sweep_arguments(sweep: _Sweep, options: SwitchOptions) -> dict[str, str | None]:
+    """The resolved sweep every rank of a job must share, as text keyed by flag."""
+    return {
+        "--at": ",".join(map(str, sweep.points_at)),
+        "--until": str(sweep.until),
+        "--store": str(options.store),
+        "--ckpts": str(sweep.ckpts),
+        "--spec": f"{sweep.spec.source} ({sweep.spec.hash()})",
+        "--reference": options.reference,
+        "--beyond-run": str(options.beyond_run) if options.beyond_run else None,
+        "(the checkpoints found at the points)": ",".join(map(str, sorted(sweep.refs))),
+    }
 
 
 def _prepare(options: SwitchOptions) -> _Sweep:
