@@ -142,8 +142,6 @@ def embed(
                 for i, step in enumerate(steps)
             ]
             files = [atomic_write_csv(paths.coords_csv(root), ["step", *axes], rows)]
-            if matrix.saved:
-                files.append(paths.embed_matrix_npz(root))
             if method == "pca":
                 ratio = embedding.explained_variance_ratio
                 assert ratio is not None
@@ -179,6 +177,8 @@ def embed(
             summary_path = paths.embed_summary(root)
             atomic_write_json(summary_path, summary)
             files.append(summary_path)
+            if matrix.saved:  # by kernel_matrix, under the results lock
+                files.append(paths.embed_matrix_npz(root))
     return EmbedResult(
         store=root,
         steps=steps,
