@@ -303,12 +303,12 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
             "Use another --out, or --overwrite to replace that run."
         )
     resumable = [s for s in ours if paths.optimizer_state(out, s).exists()]
-    if not resumable:
-        return 0
-    start = resumable[-1]
+    # Without any optimizer state the run restarts from step 0 (its checkpoints come out the same).
+    start = resumable[-1] if resumable else 0
     if start == spec.train.steps:
         return start  # already finished: nothing to redo, nothing rewritten
-    # Metrics rows at or after the resume step are recomputed by the resumed run.
+    # Metrics rows at or after the resume step are recomputed by the resumed run (all of them when
+    # it restarts from 0: they were appended to the old rows).
     rows = [r for r in _read_metrics(paths.metrics(out)) if float(r["step"]) < start]
     _write_metrics(paths.metrics(out), rows)
     return start

@@ -169,3 +169,16 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert again.saved_steps == [] and again.test_acc == first.test_acc  # read back exactly
     assert again.test_loss == first.test_loss
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == stamps
+
+
+def test_resume_without_any_optimizer_state_writes_each_metrics_row_once(tmp_path):
+    """A run whose optimizer states were all deleted restarts from step 0 on --resume; its
+    metrics.csv kept the old rows and appended the new ones (each step twice)."""
+    spec = tiny_spec()
+    train(spec, tmp_path / "run")
+    for state in (tmp_path / "run").glob("*.optim.safetensors"):
+        state.unlink()
+    result = train(spec, tmp_path / "run", resume=True)
+    assert result.resumed_from is None
+    with open(paths.metrics(tmp_path / "run")) as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 5, 10, 15, 20]
