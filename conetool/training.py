@@ -133,6 +133,13 @@ def _train(
     model, data = build_for_spec(spec)
     _check_probe(spec, data, progress)
     start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+    warned: list[str] = []
+    if resume and not start and paths.checkpoint_steps(out):
+        warned.append(
+            f"--resume: {out} holds checkpoints but no optimizer state (step_*.optim.safetensors), "
+            "so training restarts from step 0 and writes every checkpoint again."
+        )
+        progress.log(f"warning: {warned[-1]}")
     if start == spec.train.steps:
         progress.log(f"{out} already holds the finished run (step {start}); nothing to train")
         return _finished(out, spec)
@@ -145,7 +152,6 @@ def _train(
         save_spec(spec, paths.spec(out))
 
     per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
-    warned: list[str] = []
     loop = TrainingLoop(
         spec,
         model,

@@ -119,6 +119,7 @@ def test_resume_gives_bit_identical_weights(tmp_path, recipe):
     assert not paths.checkpoint(tmp_path / "cut", 15).exists()
     result = train(spec, tmp_path / "cut", resume=True)
     assert result.resumed_from == 10
+    assert not any("restarts from step 0" in w for w in result.warnings)
     for step in (10, 15, 20):
         a, b = weights(tmp_path / "whole", step), weights(tmp_path / "cut", step)
         assert a.keys() == b.keys()
@@ -180,5 +181,6 @@ def test_resume_without_any_optimizer_state_writes_each_metrics_row_once(tmp_pat
         state.unlink()
     result = train(spec, tmp_path / "run", resume=True)
     assert result.resumed_from is None
+    assert any("restarts from step 0" in w and "optim.safetensors" in w for w in result.warnings)
     with open(paths.metrics(tmp_path / "run")) as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 5, 10, 15, 20]
