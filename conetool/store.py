@@ -85,6 +85,7 @@ from .store_manifest import (
     embedded_record,
     kernel_file_problem,
     kernel_metadata,
+    made_with,
     manifest_identity,
     mixed_message,
     new_manifest,
@@ -707,14 +708,10 @@ def _file_of(meta: Mapping[str, str], ident: StoreIdentity, record: StepRecord) 
     """Whether a kernel file's metadata ``meta`` says it is the kernel ``record`` describes, in a
     store of ``ident`` (its identity, and the record it carries: a file written before kernel
     files carried one is judged by its identity alone)."""
-    same = (
-        meta.get("spec_hash"),
-        meta.get("probe_hash"),
-        meta.get("kind"),
-        meta.get("dtype", ident.dtype),
-    ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
-    if not same or "record" not in meta:
-        return same
+    if not made_with(meta, ident):
+        return False
+    if "record" not in meta:
+        return True
     try:
         return same_kernel_record(json.loads(meta["record"]), asdict(record))
     except json.JSONDecodeError:

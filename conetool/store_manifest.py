@@ -262,6 +262,17 @@ def read_finite_kernel(
     return kernel, meta
 
 
+def made_with(meta: Mapping[str, str], ident: StoreIdentity) -> bool:
+    """Whether a kernel file's metadata ``meta`` says it was made with the identity ``ident``
+    (a file from before kernel files recorded their dtype counts as of ``ident``'s)."""
+    return (
+        meta.get("spec_hash"),
+        meta.get("probe_hash"),
+        meta.get("kind"),
+        meta.get("dtype", ident.dtype),
+    ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
+
+
 def embedded_record(path: Path, ident: StoreIdentity) -> tuple[str, dict[str, Any]] | None:
     """The step (as the manifest keys it) and the record the kernel file ``path`` carries, when
     the file is readable, made with ``ident`` and carries both; else None."""
@@ -270,13 +281,7 @@ def embedded_record(path: Path, ident: StoreIdentity) -> tuple[str, dict[str, An
             meta = handle.metadata() or {}
     except (OSError, SafetensorError):
         return None  # damaged: load_kernel names it; kernels recomputes it
-    same = (
-        meta.get("spec_hash"),
-        meta.get("probe_hash"),
-        meta.get("kind"),
-        meta.get("dtype", ident.dtype),
-    ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
-    if not same or "record" not in meta or "step" not in meta:
+    if not made_with(meta, ident) or "record" not in meta or "step" not in meta:
         return None
     try:
         embedded = json.loads(meta["record"])

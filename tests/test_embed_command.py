@@ -223,25 +223,6 @@ def test_cli_user_error_is_one_message(tmp_path):
 # --------------------------------------------------------------------------- read while written
 
 
-def _add_kernel(root: Path, step: int, kernel: np.ndarray) -> None:
-    """What a kernels run still writing the store does: one more kernel."""
-    store = Store.open_for_writing(
-        root, StoreIdentity("spec0", "probe0", "trace", "float64"), {"checkpoints": "/ckpts"}
-    )
-    tensor = torch.as_tensor(kernel)
-    record = StepRecord(
-        step=step,
-        source=[f"/ckpts/step_{step:06d}.safetensors"],
-        size=1,
-        fingerprint=f"fp-{step}",
-        kernel=paths.kernel_relative(step),
-        norm=kernel_norm(tensor),
-        seconds=0.0,
-    )
-    store.write_kernel(record, tensor)
-    store.close()
-
-
 def test_embed_after_distance_on_more_kernels_leaves_distances_matrix_that_of_its_summary(
     tmp_path, monkeypatch
 ):
@@ -252,7 +233,7 @@ def test_embed_after_distance_on_more_kernels_leaves_distances_matrix_that_of_it
     root = make_store(tmp_path / "store", STEPS[:-1], kernels[:-1])
     distance(root, noise=False)
     saved = paths.matrix_npz(root).read_bytes()
-    _add_kernel(root, STEPS[-1], kernels[-1])
+    make_store(root, [STEPS[-1]], [kernels[-1]])  # a kernels run still writing adds one
     result = embed(root, method="pca")
     assert result.steps == STEPS and not result.matrix_reused
     assert paths.matrix_npz(root).read_bytes() == saved  # distance's, untouched
