@@ -351,7 +351,8 @@ class Store:
     def load_kernel(self, step: int | str) -> torch.Tensor:
         """The stored kernel of ``step`` (shape per the manifest's layout); checked finite.
         ``step``: an int, or ``"last"`` (the last stored step), as ``--ref`` takes them."""
-        wanted, stored = step_or_last(step), self.steps()
+        wanted = step_or_last(step)
+        stored = [] if isinstance(wanted, int) else self.steps()  # read only when needed
         if wanted is None or (wanted == "last" and not stored):
             held = (
                 f"it holds {len(stored)} step(s), {stored[0]} to {stored[-1]}"
