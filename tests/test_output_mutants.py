@@ -41,6 +41,7 @@ from conetool.pipeline import (
     switch,
     switch_points,
 )
+from conetool.pipeline.matrix_cache import kernels_key
 from conetool.pipeline.switch_points import SwitchPoint, write_sweep
 from conetool.probe import Probe, probe_hash, save_probe
 from conetool.spec import spec_from_dict
@@ -815,3 +816,28 @@ def test_training_curves_pair_each_value_with_its_step_whatever_the_row_order():
     assert list(x) == [0, 5, 10] and list(y) == [2.0, 1.0, 0.5]
     x, y = labelled(acc_ax)["test"].get_data()
     assert list(x) == [0, 10] and list(y) == [0.25, 0.75]
+
+
+# --------------------------------------------------------------------------- found by the check
+
+
+@pytest.mark.parametrize(("recorded", "shaded"), [("same", True), ("other", False)])
+def test_switch_figure_shades_phase1_only_from_distance_on_the_kernels_held_now(
+    tmp_path, monkeypatch, recorded, shaded
+):
+    """As the spectrum and embed figures: a verdict of other kernels (distance ran while
+    kernels was still writing the store, or before a checkpoint changed) is not drawn."""
+    made: dict[str, Figure] = {}
+    monkeypatch.setattr(
+        switch_points, "save_figure", lambda fig, path, **kw: made.setdefault(Path(path).name, fig)
+    )
+    root = make_store(tmp_path / "store", [0, 5, 10], random_kernels(3))
+    key = (
+        kernels_key(Store.open(root)) if recorded == "same" else "kernels of a store being written"
+    )
+    summary = {"kernels_key": key, "verdict": {"phase1_end": 5}}
+    paths.distance_summary(root).parent.mkdir(parents=True)
+    paths.distance_summary(root).write_text(json.dumps(summary), encoding="utf-8")
+    write_sweep(root, [SwitchPoint(0, 10, 0.5, 1.0, 0.5, 1.0, "fresh", 1.0)], None, 10)
+    for ax in made["switch.png"].axes[:2]:
+        assert (5.0 in vertical_lines(ax)) is shaded

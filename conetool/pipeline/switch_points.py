@@ -14,7 +14,7 @@ import torch
 from .. import paths
 from ..checkpoints import CheckpointRef, load_checkpoint
 from ..data import DataBundle
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
 from ..linearize import LinearizedModel
 from ..loop import Row, TrainingLoop, evaluate
@@ -23,7 +23,9 @@ from ..optim import load_optimizer_state, make_optimizer
 from ..plots import save_figure, switch_figure
 from ..progress import Progress
 from ..spec import Spec
+from ..store import Store
 from ..threads import slow_step_watch
+from .matrix_cache import kernels_key
 from .resolve import model_for
 from .saved_results import saved_phase1_end
 
@@ -229,11 +231,21 @@ def standard_reference(
     return result
 
 
+def _kernels_now(store: Path) -> str | None:
+    """The key of the kernels ``store`` holds now, so that Fig. 2 shades Phase I only from a
+    distance verdict of those kernels (as the spectrum figure); None without a readable store."""
+    try:
+        return kernels_key(Store.open(store))
+    except ConetoolError:
+        return None
+
+
 def write_sweep(
     store: Path, points: list[SwitchPoint], reference: dict[str, Any] | None, until: int
 ) -> list[Path]:
     """results.csv / results.json / switch.png over ``points`` (every finished point of this
-    spec and T in the store)."""
+    spec and T in the store); the figure shades Phase I from ``distance``'s verdict when it was
+    computed on the kernels the store holds now."""
     rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
     atomic_write_csv(paths.switch_results_csv(store), RESULT_COLUMNS, rows)
     summary = {"until": until, "reference": reference, "points": rows}
@@ -245,7 +257,7 @@ def write_sweep(
         reference_acc=reference["test_acc"] if reference else None,
         reference_loss=reference["test_loss"] if reference else None,
         until=until,
-        phase1_end=saved_phase1_end(store),
+        phase1_end=saved_phase1_end(store, kernels_key=_kernels_now(store)),
     )
     save_figure(figure, paths.switch_png(store))
     return [
