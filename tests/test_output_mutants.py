@@ -42,6 +42,7 @@ from conetool.pipeline import (
     switch_points,
 )
 from conetool.pipeline.matrix_cache import kernels_key
+from conetool.pipeline.remembered import recorded_step_regex, selection_record
 from conetool.pipeline.switch_points import SwitchPoint, write_sweep
 from conetool.probe import Probe, probe_hash, save_probe
 from conetool.spec import spec_from_dict
@@ -791,6 +792,17 @@ def test_spectrum_figure_draws_the_csv_columns_and_the_summary_counts_its_eigenv
     spectrum(bare, top_k=3)
     titles = [ax.get_title() for ax in made["spectrum.png"].axes]
     assert "kernel machine test accuracy" not in titles and len(titles) == 3
+
+
+# --------------------------------------------------------------------------- remembered options
+
+
+def test_a_recorded_step_regex_is_reused_only_for_the_directory_it_was_recorded_for(tmp_path):
+    manifest = {"selection": selection_record(tmp_path / "a", r"run_(\d+)", None, None)}
+    regex, note = recorded_step_regex(manifest, None, path=tmp_path / "a")
+    assert regex == r"run_(\d+)" and note is not None and "recorded in the store" in note
+    assert recorded_step_regex(manifest, None, path=tmp_path / "b") == (None, None)
+    assert recorded_step_regex(manifest, "given", path=tmp_path / "a") == ("given", None)
 
 
 # --------------------------------------------------------------------------- figures alone
