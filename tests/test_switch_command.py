@@ -226,3 +226,25 @@ def test_cli_switch(deep_run, tmp_path):
         app, ["switch", "--at", "7", "--store", str(store), "--ckpts", str(deep_run), "-q"]
     )
     assert bad.exit_code == 1 and "Nearest" in bad.output and "Traceback" not in bad.output
+
+
+def test_points_of_earlier_sweeps_whose_checkpoint_changed_are_left_out(deep_run, tmp_path):
+    """results.csv gathered the points of earlier sweeps matched on spec and T only: a run
+    replaced under the same spec kept its old points there as current."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "ckpts"
+    shutil.copytree(deep_run, run)
+    store = tmp_path / "s"
+    switch(["0,4"], store=store, ckpts=run, device="cpu")
+    changed = run / "step_000004.safetensors"
+    with safe_open(str(changed), framework="pt") as handle:
+        meta = handle.metadata()
+        tensors = {k: handle.get_tensor(k) * 1.01 for k in handle.keys()}
+    save_file(tensors, str(changed), metadata=meta)
+
+    result = switch([8], store=store, ckpts=run, device="cpu")
+    with open(paths.switch_results_csv(store)) as handle:
+        assert [int(r["at"]) for r in csv.DictReader(handle)] == [0, 8]
+    assert any("at 4: their checkpoints changed" in n and "--at 4" in n for n in result.notes)

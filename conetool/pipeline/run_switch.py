@@ -15,7 +15,7 @@ progress.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,9 +265,8 @@ def _switch(
             )
         except CheckpointError as exc:
             raise _for_switch(exc) from exc
-        return ref_result, write_sweep(
-            store, all_points(store, sweep.spec, T, points), ref_result, T
-        )
+        gathered = all_points(store, sweep.spec, T, points, _fingerprint_now(sweep), notes)
+        return ref_result, write_sweep(store, gathered, ref_result, T)
 
     ref_result, files = job.agree(write_all)  # the other ranks wait for rank 0's files
     if error is not None:
@@ -290,6 +289,20 @@ def _sweep_arguments(sweep: _Sweep, options: SwitchOptions) -> dict[str, str | N
         "--beyond-run": str(options.beyond_run) if options.beyond_run else None,
         "(the checkpoints found at the points)": ",".join(map(str, sorted(sweep.refs))),
     }
+
+
+def _fingerprint_now(sweep: _Sweep) -> Callable[[int], str | None]:
+    """The fingerprint of the run's checkpoint of a step now (None without a readable one), for
+    telling the points of earlier sweeps whose checkpoint has changed since."""
+
+    def now(at: int) -> str | None:
+        ref = sweep.refs.get(at)
+        try:
+            return None if ref is None else fingerprint(ref)
+        except (OSError, ConetoolError):
+            return None
+
+    return now
 
 
 def _prepare(options: SwitchOptions) -> _Sweep:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,10 +165,20 @@ def read_point(store: Path, t: int, key: dict[str, Any]) -> SwitchPoint | None:
 
 
 def all_points(
-    store: Path, spec: Spec, until: int, current: list[SwitchPoint]
+    store: Path,
+    spec: Spec,
+    until: int,
+    current: list[SwitchPoint],
+    fingerprint_now: Callable[[int], str | None] = lambda at: None,
+    notes: list[str] | None = None,
 ) -> list[SwitchPoint]:
-    """This sweep's points plus those earlier sweeps left in the store for the same spec and T."""
+    """This sweep's points plus those earlier sweeps left in the store for the same spec and T.
+
+    ``fingerprint_now(t)``: the fingerprint of the run's checkpoint of step t now (None: no
+    such checkpoint, or not to be checked). An earlier point whose checkpoint has changed since
+    (a run replaced under the same spec) is left out, and ``notes`` says so."""
     points = {p.at: p for p in current}
+    changed: list[int] = []
     for path in sorted(paths.switch_dir(store).glob("at_*.json")):
         try:
             payload = json.loads(path.read_text())
@@ -177,8 +188,19 @@ def all_points(
         if key.get("spec_hash") != spec.hash() or key.get("until") != until:
             continue
         if payload.get("at") not in points:
+            now = fingerprint_now(payload.get("at"))
+            if now is not None and key.get("source_fingerprint") != now:
+                changed.append(payload.get("at"))
+                continue
             fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
             points[payload["at"]] = SwitchPoint(**{**fields, "reused": True})
+    if changed and notes is not None:
+        at = " ".join(str(t) for t in sorted(changed))
+        notes.append(
+            f"left out of results.csv the points of earlier sweeps at {at}: their checkpoints "
+            f"changed since they were computed. Recompute them: conetool switch --at "
+            f"{at.replace(' ', ',')}."
+        )
     return [points[t] for t in sorted(points)]
 
 
