@@ -237,3 +237,15 @@ def test_switch_warns_of_slow_steps_once_per_sweep(tmp_path: Path, slow_steps: N
         assert result.exit_code == 0, result.output
         text = " ".join(result.output.split())
         assert text.count("warning: training steps take") == 1, (extra, text)
+
+
+def test_demo_keeps_its_stages_slow_step_warnings(tmp_path: Path, slow_steps: None) -> None:
+    """`demo --quiet` (and a Python caller) lost the train and switch stages' slow-step warnings:
+    DemoResult had no warnings and the CLI printed none at the end."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--device", "cpu", "--steps", "24", "--probe-size", "10"]
+    result = runner.invoke(app, [*args, "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: train: training steps take" in text
+    assert "warning: switch: training steps take" in text

@@ -77,3 +77,6 @@ def demo(
     console.print(verdict.get("explanation", ""), highlight=False, markup=False)
     console.print(f"report: {result.report_html}", highlight=False, markup=False)
     console.print(f"        {result.report_md}", highlight=False, markup=False)
+    if quiet:  # the progress display said them as they came; --quiet must not lose them
+        for message in result.warnings:
+            console.print(f"warning: {message}", highlight=False, markup=False)

@@ -86,6 +86,7 @@ class DemoResult:
     verdict: dict[str, Any]
     test_acc: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # the stages' own, each named by its stage
 
 
 @library_call
@@ -176,6 +177,11 @@ def _demo(
         verdict=results["distance"].verdict.to_dict(),
         test_acc=results["train"].test_acc,
         stage_seconds=seconds,
+        warnings=[
+            f"{name}: {message}"
+            for name in ("train", "kernels", "switch")
+            for message in results[name].warnings
+        ],
     )
 
 
