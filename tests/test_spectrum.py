@@ -280,3 +280,30 @@ def test_phase_one_is_shaded_only_from_a_distance_run_on_the_same_kernels(
     paths.distance_summary(root).write_text(json.dumps(summary))
     spectrum(root, top_k=2)
     assert json.loads(paths.spectrum_summary(root).read_text())["phase1_end"] == shaded
+
+
+def test_a_kernels_run_still_writing_is_said_from_python_and_with_quiet(tmp_path) -> None:
+    """spectrum said so only on the progress display: a Python caller without one and
+    `spectrum --quiet` never heard that its numbers were of the kernels stored so far."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from conetool.cli import app
+    from conetool.store_lock import StoreLock
+
+    rng = np.random.default_rng(6)
+    labels = np.repeat(np.arange(3), 4)
+    kernels = [a @ a.T for a in (rng.standard_normal((12, 6)) for _ in range(3))]
+    root = _store(tmp_path / "store", kernels, labels)
+    lock = StoreLock.acquire(root)
+    try:
+        result = spectrum(root, top_k=3)
+        cli = CliRunner().invoke(app, ["spectrum", "--store", str(root), "--top-k", "3", "-q"])
+    finally:
+        lock.release()
+    said = f"conetool kernels is still writing this store (pid {os.getpid()}"
+    assert any(note.startswith(said) for note in result.notes)
+    assert cli.exit_code == 0, cli.output
+    assert said in " ".join(cli.output.split())
+    assert not any("still writing" in note for note in spectrum(root, top_k=3).notes)

@@ -80,6 +80,8 @@ def embed(
     console.print(table)
     for step, why in result.excluded.items():
         console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
     console.print(
         f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'embed'}",
         highlight=False,

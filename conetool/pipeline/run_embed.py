@@ -58,6 +58,8 @@ class EmbedResult:
         matrix_reused: the S matrix was read back from ``distance/matrix.npz`` or
             ``embed/matrix.npz`` instead of computed.
         files: every file written.
+        notes: what the caller should know about the numbers (a ``kernels`` run still writing
+            the store: the embedding is of the kernels stored so far).
     """
 
     store: Path
@@ -68,6 +70,7 @@ class EmbedResult:
     excluded: dict[int, str] = field(default_factory=dict)
     matrix_reused: bool = False
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @library_call
@@ -132,8 +135,7 @@ def embed(
         phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s)
 
         running = kernels_running(opened, "conetool embed")
-        if running is not None:
-            progress.log(f"note: {running}")
+        notes = [] if running is None else [running]
         with opened.writing_results("embed"):
             root = opened.root
             axes = ["x", "y", "z"][:dims]
@@ -188,6 +190,7 @@ def embed(
         excluded=matrix.excluded,
         matrix_reused=matrix.reused,
         files=files,
+        notes=notes,
     )
 
 

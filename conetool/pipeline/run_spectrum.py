@@ -61,8 +61,10 @@ class SpectrumResult:
             set (NaN for a step without a current eval kernel; all NaN without an eval set).
         eval_size: the evaluation set's size (``None`` without one).
         ridge: the kernel machine's relative ridge (:data:`conetool.kernel_regression.DEFAULT_RIDGE`).
-        notes: what the caller should know about the numbers (a ``top_k`` not below the
-            kernel's size keeps every eigenvalue: the label energy is then 1 at every step).
+        notes: what the caller should know about the numbers: why the evaluation set is not
+            used, a ``kernels`` run still writing the store (the numbers are of the kernels
+            stored so far), a ``top_k`` not below the kernel's size (every eigenvalue kept: the
+            label energy is then 1 at every step).
     """
 
     store: Path
@@ -116,8 +118,6 @@ def spectrum(
             labels = probe.labels.numpy()
             classes = _classes(opened, labels)
             evaluated, eval_note = _eval_set(opened)
-            if eval_note:
-                progress.log(f"note: {eval_note}")
             kept, points, excluded = [], [], {}
             accuracy: list[float] = []
             losses: list[float] = []
@@ -149,12 +149,12 @@ def spectrum(
                     f"no kernel of {opened.root} could be read; see the warnings above."
                 )
             running = kernels_running(opened, "conetool spectrum")
-            if running is not None:
-                progress.log(f"note: {running}")
             with opened.writing_results("spectrum"):
                 root = opened.root
                 k = points[0].eigenvalues.size  # top_k, or every eigenvalue when there are fewer
-                notes = [] if top_k < size else [_all_eigenvalues_note(top_k, size)]
+                notes = [note for note in (eval_note, running) if note is not None]
+                if top_k >= size:
+                    notes.append(_all_eigenvalues_note(top_k, size))
                 header = [
                     "step",
                     "alignment",
