@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
-from .runtime import Threads, starting
+from .runtime import Threads, starting, warned_at_the_end
 
 
 @app.command()
@@ -77,6 +77,4 @@ def demo(
     console.print(verdict.get("explanation", ""), highlight=False, markup=False)
     console.print(f"report: {result.report_html}", highlight=False, markup=False)
     console.print(f"        {result.report_md}", highlight=False, markup=False)
-    if quiet:  # the progress display said them as they came; --quiet must not lose them
-        for message in result.warnings:
-            console.print(f"warning: {message}", highlight=False, markup=False)
+    warned_at_the_end(result.warnings, quiet)

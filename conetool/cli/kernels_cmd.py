@@ -21,7 +21,7 @@ from .app import (
     progress_display,
 )
 from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
-from .runtime import Threads, starting
+from .runtime import Threads, starting, warned_at_the_end
 
 
 @app.command()
@@ -191,6 +191,4 @@ def kernels(
         )
     for step, problem in result.failed.items():
         console.print(f"- step {step} failed: {problem}", highlight=False, markup=False)
-    if quiet:  # the progress display said them as they came; --quiet must not lose them
-        for message in result.warnings:
-            console.print(f"warning: {message}", highlight=False, markup=False)
+    warned_at_the_end(result.warnings, quiet)

@@ -36,3 +36,11 @@ def starting(command: str, quiet: bool, what: str = "loading PyTorch") -> None:
     if quiet or os.environ.get("RANK", "0").strip() not in ("", "0"):
         return
     console.print(f"conetool {command}: {what} ...", highlight=False, markup=False)
+
+
+def warned_at_the_end(warnings: list[str], quiet: bool) -> None:
+    """Print a result's ``warnings`` after its table with ``--quiet``: the progress display said
+    them as they came, and ``--quiet`` must not lose them."""
+    if quiet:
+        for message in warnings:
+            console.print(f"warning: {message}", highlight=False, markup=False)

@@ -20,7 +20,7 @@ from .app import (
     progress_display,
 )
 from .options import DEFAULT_STORE, StepRegex, StoreCkpts, StoreOpt
-from .runtime import Threads, starting
+from .runtime import Threads, starting, warned_at_the_end
 
 
 @app.command()
@@ -130,8 +130,6 @@ def switch(
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
-    if quiet:  # the progress display said it as it came; --quiet must not lose it
-        for message in result.warnings:
-            console.print(f"warning: {message}", highlight=False, markup=False)
+    warned_at_the_end(result.warnings, quiet)
     for path in result.files:
         console.print(f"wrote {path}", highlight=False, markup=False)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
-from .runtime import Threads, starting
+from .runtime import Threads, starting, warned_at_the_end
 
 if TYPE_CHECKING:
     from ..training import TrainResult
@@ -69,9 +69,7 @@ def train(
     )
     console.print(table)
     console.print(f"final test accuracy: {result.test_acc:.4f}", highlight=False)
-    if quiet:  # the progress display said them as they came; --quiet must not lose them
-        for message in result.warnings:
-            console.print(f"warning: {message}", highlight=False, markup=False)
+    warned_at_the_end(result.warnings, quiet)
 
 
 def _checkpoints(result: TrainResult) -> str:
