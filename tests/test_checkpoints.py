@@ -521,6 +521,24 @@ def test_loading_casts_into_the_model_dtype_exactly():
     assert torch.equal(model.fc1.weight, sd["fc1.weight"].double())
 
 
+@pytest.mark.parametrize(
+    ("saved", "model_dtype", "warned"),
+    [
+        (torch.bfloat16, torch.float16, True),  # same width, 8 significant bits against 11
+        (torch.float16, torch.bfloat16, False),  # loading rounds, as float32 into float16 does
+        (torch.float16, torch.float32, True),
+        (torch.float32, torch.float32, False),
+    ],
+)
+def test_lower_precision_is_judged_by_significant_digits_not_width(saved, model_dtype, warned):
+    """A bfloat16 checkpoint loaded into a float16 model lost digits when it was saved, but both
+    are 16 bits wide, so the lower-precision warning compared widths and said nothing."""
+    sd = {k: v.to(saved) if v.is_floating_point() else v for k, v in state(4).items()}
+    said: list[str] = []
+    load_checkpoint(Net().to(model_dtype), sd, warn=said.append)
+    assert any("lower precision" in message for message in said) == warned, said
+
+
 def test_match_state_dict_returns_model_keys():
     sd = {"module." + k: v for k, v in state(3).items()}
     out = match_state_dict(Net(), sd)

@@ -174,8 +174,8 @@ def check_dtypes(
                 "round or cast them, and the kernel would be wrong). Re-save the checkpoint from "
                 "the model's state_dict() without converting it."
             )
-        if torch.finfo(found).bits < torch.finfo(wanted).bits:
-            lower.append((f"'{key}' ({_dtype(found)})", wanted))
+        if torch.finfo(found).eps > torch.finfo(wanted).eps:  # fewer significant digits (not
+            lower.append((f"'{key}' ({_dtype(found)})", wanted))  # bits: bfloat16 vs float16)
     if lower:
         shown = ", ".join(k for k, _ in lower[:3])
         more = f" and {len(lower) - 3} more" if len(lower) > 3 else ""
