@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..store import Store
 from ..store_lock import writer_note
 
-__all__ = ["kernels_running", "stored_so_far"]
+__all__ = ["kernels_running", "running_note", "stored_so_far"]
 
 
 def stored_so_far(store: Store) -> str:
@@ -28,9 +28,13 @@ def kernels_running(store: Store, command: str) -> str | None:
     """One line for ``command``'s output when a ``conetool kernels`` run holds ``store``'s lock
     (:func:`conetool.store_lock.writer_note`), else None."""
     holder = writer_note(store.root)
-    if holder is None:
-        return None
+    return None if holder is None else running_note(holder, stored_so_far(store), command)
+
+
+def running_note(holder: str, so_far: str, command: str, what: str = "these results") -> str:
+    """The note of :func:`kernels_running`, from the writer's lock note ``holder`` and the
+    kernels ``so_far`` (:func:`stored_so_far`); ``what`` names the numbers it is about."""
     return (
-        f"conetool kernels is still writing this store ({holder}): these results are of the "
-        f"{stored_so_far(store)} kernels stored so far; rerun {command} once it ends"
+        f"conetool kernels is still writing this store ({holder}): {what} are of the "
+        f"{so_far} kernels stored so far; rerun {command} once it ends"
     )

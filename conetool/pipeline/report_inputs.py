@@ -17,7 +17,7 @@ from ..spec import spec_from_dict, spec_to_toml
 from ..store import Store
 from ..store_lock import writer_note
 from ..verdict import REGIMES
-from .kernels_running import stored_so_far
+from .kernels_running import running_note, stored_so_far
 from .matrix_cache import kernels_key
 
 __all__ = ["ReportInputs"]
@@ -162,12 +162,11 @@ class ReportInputs:
         gathered._check_current()
         gathered.writer = writer_note(root)
         if gathered.writer is not None:
-            gathered.notes.insert(
-                0,
-                f"conetool kernels is still writing this store ({gathered.writer}): the numbers "
-                f"here are of the {gathered.stored_so_far()} kernels stored so far; rerun "
-                f"conetool report {gathered._store_flag()} once it ends",
+            command = f"conetool report {gathered._store_flag()}"
+            note = running_note(
+                gathered.writer, gathered.stored_so_far(), command, "the numbers here"
             )
+            gathered.notes.insert(0, note)
         return gathered
 
     def stored_so_far(self) -> str:

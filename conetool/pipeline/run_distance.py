@@ -346,10 +346,9 @@ def _parse_dts(dts: int | Sequence[int] | None) -> list[int] | None:
         dts = [dts]
     parsed: list[int] = []
     for raw in dts:
-        if isinstance(raw, int | np.integer) and not isinstance(raw, bool):
-            parsed.append(int(raw))
-        elif isinstance(raw, str) and raw.strip().lstrip("+").isdigit():
-            parsed.append(int(raw))
+        step = step_or_last(raw)  # an int, a numpy integer or its digits, as --ref takes them
+        if isinstance(step, int):
+            parsed.append(step)
         else:
             raise GeometryError(
                 f"--dt {raw!r} is not a number of steps. Pass a positive whole number of steps "
