@@ -125,7 +125,7 @@ if wants tests; then
     PARALLEL=()
     if [ "$XDIST" != 0 ] && "$PYTHON" -c "import xdist" >/dev/null 2>&1; then PARALLEL=(-n "$XDIST"); fi
     CONETOOL_LIVE_REPORT="$OUT/tests_live.txt" PYTHONPATH="benchmarks${PYTHONPATH:+:$PYTHONPATH}" \
-        run_part "tests (cuda)" "$TESTS" 200 "$PYTHON" -m pytest -q -p no:cacheprovider \
+        run_part "tests (cuda)" "$TESTS" 240 "$PYTHON" -m pytest -q -p no:cacheprovider \
         -p pytest_live_report ${PARALLEL[@]+"${PARALLEL[@]}"} --tb=short -o faulthandler_timeout=100 \
         --durations=15 tests/test_ntk_cuda.py tests/test_ntk_accuracy.py tests/test_ntk.py \
         tests/test_ntk_memo.py tests/test_ntk_layer_grads.py -k "cuda or gpu"

@@ -5,8 +5,8 @@ error of a float64 explicit-Jacobian kernel on the built-in models; see the READ
 and ``benchmarks/bench_accuracy.py``) by two fixes, both on by default:
 
 - **Wide products** (:func:`conetool.ntk_terms.product`): the product of two blocks of rows wider
-  than ``ntk_terms._CHUNK`` is computed in float32 pieces of that many columns whose partial
-  products are summed in float64. A single float32 product accumulates along its whole inner
+  than ``ntk_terms.piece_columns`` (4,096 on the CPU, 512 on a GPU) is computed in float32 pieces
+  of that many columns whose partial products are summed in float64. A single float32 product accumulates along its whole inner
   dimension: with 8 rows of 368,640 columns (a ResNet-20 layer's gradients for 10 logits side by
   side) it is 3e-5 off, with 2.36M columns (VGG-16) 4.5e-4; in pieces, about 3e-8.
 - **oneDNN on the CPU** (:func:`outside_onednn`): the structured engine's batched forward and

@@ -273,10 +273,12 @@ def run(
             pieces.append((lo * per_unit, piece))
         return pieces
 
-    # Every group's cotangents go to the device before the first block: a copy from the host to a
-    # GPU waits for everything queued there, and between groups it would leave the device idle
-    # while the host dispatches the next group's first calls.
-    groups = [cot.to(device=device, dtype=dtype) for cot in schedule.groups]
+    # Every group's cotangents go to the device before the first block, and without waiting: a
+    # blocking copy from the host to a GPU waits for everything queued there (here, the set-up's
+    # work), and between groups it would leave the device idle while the host dispatches the next
+    # group's first calls. From pageable memory the copy is staged before the call returns, so the
+    # host's tensor may go at once.
+    groups = [cot.to(device=device, dtype=dtype, non_blocking=True) for cot in schedule.groups]
     for cot in groups:
         for start in range(0, n, schedule.panel):
             stop = min(start + schedule.panel, n)

@@ -18,10 +18,10 @@ entry of two rows is the sum over terms of the inner product of their rows:
 The schedule (:mod:`conetool.ntk_schedule`) contracts blocks :func:`merged`: every dense term laid
 side by side as one wide matrix, so that one product (or one ``syrk`` on the CPU) covers every
 parameter tensor with dense rows. Products are computed in the rows' dtype and summed in float64:
-across terms, and inside a dense product wider than ``_CHUNK`` columns across float32 pieces of
-``_CHUNK`` columns each (:func:`product`; the ``syrk`` path in pieces of up to ``_SYRK_CHUNK``
-columns), because one float32 product accumulates along its whole inner dimension (8 rows
-of 368,640 columns: 3e-5 off; in pieces of 4,096: about 3e-8). :mod:`conetool.ntk_precision`
+across terms, and inside a dense product wider than :func:`piece_columns` across float32 pieces
+of that many columns each (4,096 on the CPU, 512 on a GPU; :func:`product`; the ``syrk`` path in
+pieces of up to ``_SYRK_CHUNK`` columns), because one float32 product accumulates along its
+whole inner dimension (8 rows of 368,640 columns: 3e-5 off; in pieces of 4,096: about 3e-8). :mod:`conetool.ntk_precision`
 switches the pieces off for benchmarks.
 """
 
@@ -47,6 +47,15 @@ _SYRK_MIN_WIDTH = 65536
 # 8,192 1.8e-7 (as fast as one product, or faster: MKL's product of few rows is slow); 512 x
 # 368,640: 5.8e-7 in one product, 2.2e-8 in pieces of 8,192, at the same speed.
 _CHUNK = 4096
+# The same on a GPU, narrower: cuBLAS may accumulate each entry of a product of few rows as one
+# float32 chain along the whole piece. Measured on an NVIDIA H200 (f9e2ea8): the reference engine's
+# full kernel of the fresh ResNet-20 test case (tests/test_ntk_accuracy.py, 40 rows of 272,474
+# columns) was 1.01e-6 off in pieces of 4,096 columns, its rows alone (contracted in float64)
+# 2.8e-7; one sequential float32 FMA chain per entry, emulated on the CPU for the same rows, adds
+# 7.8e-7 in pieces of 4,096 columns and 7.2e-8 in pieces of 512. A product of 512 columns still
+# does 128 FLOPs per byte of float32 partial products written and read, well above the H200's
+# ratio of float32 matmul rate to memory bandwidth (about 10), so the pieces stay compute-bound.
+_CHUNK_GPU = 512
 # Partial products (elements) held at once while summing the pieces: on the CPU 16 MiB of float32
 # (cache-sized), on a GPU 256 MiB (fewer, larger batched products).
 _PIECE_ELEMENTS = 2**22
@@ -263,22 +272,30 @@ def held_partials(device: torch.device) -> int:
     return 0 if device.type == "cpu" else _PIECE_ELEMENTS_GPU * 4
 
 
+def piece_columns(device: torch.device) -> int:
+    """Columns per float32 piece of :func:`product`: ``_CHUNK`` on the CPU, ``_CHUNK_GPU`` on
+    any other device."""
+    return _CHUNK if device.type == "cpu" else _CHUNK_GPU
+
+
 def product(left: Tensor, right: Tensor) -> Tensor:
     """``left @ right.T`` ``(m, n)`` in float64 from rows ``(m, w)`` and ``(n, w)`` in any dtype.
 
-    With the accuracy fixes on (:mod:`conetool.ntk_precision`) and ``w > _CHUNK``, float32 (or
-    narrower) rows are multiplied in pieces of ``_CHUNK`` columns, batched, whose partial products
-    are summed in float64; otherwise one product in the rows' dtype.
+    With the accuracy fixes on (:mod:`conetool.ntk_precision`) and ``w`` wider than
+    :func:`piece_columns`, float32 (or narrower) rows are multiplied in pieces of that many
+    columns, batched, whose partial products are summed in float64; otherwise one product in the
+    rows' dtype.
     """
     width = left.shape[1]
-    if left.dtype == torch.float64 or width <= _CHUNK or not ntk_precision.enabled():
+    chunk = piece_columns(left.device)
+    if left.dtype == torch.float64 or width <= chunk or not ntk_precision.enabled():
         return (left @ right.T).to(torch.float64)
     m, n = left.shape[0], right.shape[0]
-    pieces = width // _CHUNK
-    main = pieces * _CHUNK
+    pieces = width // chunk
+    main = pieces * chunk
     out = torch.zeros(m, n, dtype=torch.float64, device=left.device)
-    lhs = left[:, :main].unflatten(1, (pieces, _CHUNK)).transpose(0, 1)  # (pieces, m, chunk)
-    rhs = right[:, :main].unflatten(1, (pieces, _CHUNK)).permute(1, 2, 0)  # (pieces, chunk, n)
+    lhs = left[:, :main].unflatten(1, (pieces, chunk)).transpose(0, 1)  # (pieces, m, chunk)
+    rhs = right[:, :main].unflatten(1, (pieces, chunk)).permute(1, 2, 0)  # (pieces, chunk, n)
     held = _PIECE_ELEMENTS if left.device.type == "cpu" else _PIECE_ELEMENTS_GPU
     step = max(1, held // max(1, m * n))
     for lo in range(0, pieces, step):

@@ -65,6 +65,28 @@ def test_the_columns_after_the_last_whole_piece_are_counted() -> None:
     assert rel(ntk_terms.product(a, b), a.double() @ b.double().T) < 1e-6  # a column: 2e-4
 
 
+def test_on_a_gpu_the_pieces_are_512_columns_wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cuBLAS may add up each entry of a product of few rows as one float32 chain along the whole
+    # piece (on an H200, 4,096-column pieces left the reference engine's full kernel 1.01e-6 off),
+    # so a GPU's pieces are 512 columns wide; the CPU keeps 4,096 (MKL's sums are blocked). The
+    # branch, on tensors of the meta device (shapes only): every batched product's inner width.
+    widths: list[int] = []
+    bmm = torch.bmm
+
+    def recorded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        widths.append(a.shape[2])
+        return bmm(a, b)
+
+    monkeypatch.setattr(torch, "bmm", recorded)
+    for device, chunk in (("meta", 512), ("cpu", 4096)):
+        widths.clear()
+        assert ntk_terms.piece_columns(torch.device(device)) == chunk
+        rows = torch.zeros(3, 5 * 4096 + 7, device=device)
+        out = ntk_terms.product(rows, rows)
+        assert out.shape == (3, 3) and out.dtype == torch.float64
+        assert widths and set(widths) == {chunk}
+
+
 @pytest.mark.skipif(not blas_syrk.available(), reason="no BLAS syrk")
 def test_the_syrk_gram_sums_its_pieces_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     # Reference: by hand, 2^24 + 1 on the diagonal, the two products _SYRK_CHUNK columns apart.

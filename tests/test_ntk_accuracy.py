@@ -29,7 +29,8 @@ import torch
 from test_ntk_structured import ALL_MODELS, make
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from conetool import ntk_precision, ntk_terms
 from conetool.models import lenet5, lenet_300_100, mlp, resnet20
@@ -80,28 +81,45 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-class _ReluInputs(TorchDispatchMode):
-    """Records the input of every ReLU call (``aten.relu``/``aten.relu_``), in call order."""
+_RELUS = (F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
+
+
+class _ReluInputs(TorchFunctionMode):
+    """Records the input of every ReLU call, in call order (a function mode, so that inside
+    ``vmap`` it sees each example's tensor; only the outermost call of a nested one)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inputs: list[torch.Tensor] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func in (torch.ops.aten.relu.default, torch.ops.aten.relu_.default):
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in _RELUS:
             self.inputs.append(args[0].detach().clone())
         return func(*args, **(kwargs or {}))
 
 
 def _relu_inputs(
-    model: nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
+    model: nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str, per_example: bool = False
 ) -> list[torch.Tensor]:
     """Every ReLU input of one forward pass of ``x`` through ``model`` in ``dtype`` on ``device``,
-    in call order, each ``(n, ...)`` as float64 on the CPU."""
+    in call order, each ``(n, ...)`` as float64 on the CPU: one batched pass (the structured
+    engine's route), or (``per_example``) a ``vmap`` over the examples of a pass of one, as the
+    reference engine runs the network (its float32 rounding can differ from the batched one's)."""
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    with torch.no_grad(), _ReluInputs() as recorder:
-        net(x.to(device=device, dtype=dtype))
-    return [t.to(device="cpu", dtype=torch.float64) for t in recorder.inputs]
+
+    def one(example: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with _ReluInputs() as recorder:
+            net(example.unsqueeze(0))
+        return tuple(a.squeeze(0) for a in recorder.inputs)
+
+    with torch.no_grad():
+        if per_example:
+            inputs = list(vmap(one)(x.to(device=device, dtype=dtype)))
+        else:
+            with _ReluInputs() as recorder:
+                net(x.to(device=device, dtype=dtype))
+            inputs = recorder.inputs
+    return [t.to(device="cpu", dtype=torch.float64) for t in inputs]
 
 
 def _crossed(a64: torch.Tensor, a32: torch.Tensor) -> torch.Tensor:
@@ -110,24 +128,29 @@ def _crossed(a64: torch.Tensor, a32: torch.Tensor) -> torch.Tensor:
     return ((flat64 > 0) != (flat32 > 0)).nonzero()
 
 
+ROUTES = {"batched": False, "vmap": True}  # route -> _relu_inputs' per_example
+
+
 def kinks(model: nn.Module, x: torch.Tensor, device: str) -> str:
-    """Why a float32 kernel may be off by more than the tolerance: the ReLU inputs that a batched
-    float32 forward pass on ``device`` puts on the other side of zero from float64 (the float32
-    network's gradient differs there from the float64 one's, whatever the engine), and each
-    example's smallest |float64 ReLU input| relative to its layer's largest. For assertion
-    messages (computed only when an assertion fails)."""
+    """Why a float32 kernel may be off by more than the tolerance: the ReLU inputs that a float32
+    forward pass on ``device`` (batched, or ``vmap``-ed per example as the reference engine runs
+    it) puts on the other side of zero from float64 (the float32 network's gradient differs there
+    from the float64 one's, whatever the engine), and each example's smallest |float64 ReLU
+    input| relative to its layer's largest. For assertion messages (computed only when an
+    assertion fails)."""
     exact = _relu_inputs(model, x, torch.float64, "cpu")
-    rounded = _relu_inputs(model, x, torch.float32, device)
     crossed = []
     closest = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
-    for call, (a64, a32) in enumerate(zip(exact, rounded, strict=True)):
-        flat64, flat32 = a64.reshape(a64.shape[0], -1), a32.reshape(a32.shape[0], -1)
-        closest = torch.minimum(closest, flat64.abs().amin(1) / flat64.abs().amax())
-        for example, unit in _crossed(a64, a32).tolist():
-            crossed.append(
-                f"call {call} example {example}: {flat64[example, unit].item():.2e} in float64, "
-                f"{flat32[example, unit].item():.2e} in float32"
-            )
+    for route, per_example in ROUTES.items():
+        rounded = _relu_inputs(model, x, torch.float32, device, per_example)
+        for call, (a64, a32) in enumerate(zip(exact, rounded, strict=True)):
+            flat64, flat32 = a64.reshape(a64.shape[0], -1), a32.reshape(a32.shape[0], -1)
+            closest = torch.minimum(closest, flat64.abs().amin(1) / flat64.abs().amax())
+            for example, unit in _crossed(a64, a32).tolist():
+                crossed.append(
+                    f"{route} call {call} example {example}: {flat64[example, unit].item():.2e} "
+                    f"in float64, {flat32[example, unit].item():.2e} in float32"
+                )
     margins = ", ".join(f"{v:.1e}" for v in closest.tolist())
     return (
         f"ReLU inputs across zero in float32 on {device}: {crossed or 'none'}; smallest "
@@ -135,30 +158,37 @@ def kinks(model: nn.Module, x: torch.Tensor, device: str) -> str:
     )
 
 
-def across_kinks(model: nn.Module, x: torch.Tensor, device: str) -> list[int]:
+def across_kinks(
+    model: nn.Module, x: torch.Tensor, device: str, routes: tuple[str, ...] = tuple(ROUTES)
+) -> list[int]:
     """The examples of ``x`` that a float32 forward pass on ``device`` puts on the other side of a
-    ReLU kink from float64, in any call an engine's schedule can make (every contiguous chunk
-    ``x[lo:lo + size]``: a device may pick its convolution algorithm by batch size). There the
-    float32 network's own gradient is another one, so no engine's float32 kernel can be within
-    the tolerance of the float64 kernel."""
+    ReLU kink from float64, in any call an engine's schedule can make: either route of
+    :data:`ROUTES` (the structured engine's batched pass, the reference engine's ``vmap``-ed
+    one), on every contiguous chunk ``x[lo:lo + size]`` (a device may pick its convolution
+    algorithm by batch size). There the float32 network's own gradient is another one, so no
+    engine's float32 kernel can be within the tolerance of the float64 kernel."""
     exact = _relu_inputs(model, x, torch.float64, "cpu")
     n = x.shape[0]
     bad: set[int] = set()
-    for size in range(1, n + 1):
-        for lo in range(0, n, size):
-            rounded = _relu_inputs(model, x[lo : lo + size], torch.float32, device)
-            for a64, a32 in zip(exact, rounded, strict=True):
-                bad.update(lo + i for i in _crossed(a64[lo : lo + size], a32)[:, 0].tolist())
+    for route in routes:
+        for size in range(1, n + 1):
+            for lo in range(0, n, size):
+                chunk = x[lo : lo + size]
+                rounded = _relu_inputs(model, chunk, torch.float32, device, ROUTES[route])
+                for a64, a32 in zip(exact, rounded, strict=True):
+                    bad.update(lo + i for i in _crossed(a64[lo : lo + size], a32)[:, 0].tolist())
     return sorted(bad)
 
 
-def away_from_kinks(model: nn.Module, x: torch.Tensor, device: str) -> torch.Tensor:
+def away_from_kinks(
+    model: nn.Module, x: torch.Tensor, device: str, routes: tuple[str, ...] = tuple(ROUTES)
+) -> torch.Tensor:
     """``x`` with each example that :func:`across_kinks` names on ``device`` replaced by a new
     draw from the global generator (of the same shape), until none is named; ``x`` itself where
     none is (on this project's CPU, every built-in's inputs)."""
     x = x.clone()
     for _ in range(32):
-        bad = across_kinks(model, x, device)
+        bad = across_kinks(model, x, device, routes)
         if not bad:
             return x
         for i in bad:
@@ -309,7 +339,8 @@ def test_kinks_names_a_relu_input_that_float32_puts_across_zero() -> None:
         model[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
     x = torch.tensor([[1 + 3e-8, 1.0], [2.0, 1.0]], dtype=torch.float64)
     report = kinks(model, x, "cpu")
-    assert "call 0 example 0: 3.00e-08 in float64, 0.00e+00 in float32" in report
+    assert "batched call 0 example 0: 3.00e-08 in float64, 0.00e+00 in float32" in report
+    assert "vmap call 0 example 0: 3.00e-08 in float64, 0.00e+00 in float32" in report
     assert "example 1" not in report
     assert report.endswith("3.0e-08, 1.0e+00")
     assert "none" in kinks(model, x[1:], "cpu")
