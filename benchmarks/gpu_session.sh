@@ -9,24 +9,27 @@
 # under `timeout` within one overall budget (TOTAL seconds, default 540 = 9 minutes):
 #   1. the CUDA tests (tests/test_ntk_cuda.py and the *cuda* tests elsewhere)  -> $OUT/tests.txt,
 #      each test's outcome and any failure's traceback the moment it is known -> $OUT/tests_live.txt
-#   2. bench_ntk.py --device cuda for the issue's rows (baseline vs engine;    -> $OUT/bench_ntk.txt
+#   2. cuda_accuracy_diag.py: the float32 error of the test's ResNet-20 case, -> $OUT/diag.txt
+#      the rows' against the contraction's, and the schedule's waits
+#   3. bench_ntk.py --device cuda for the issue's rows (baseline vs engine;    -> $OUT/bench_ntk.txt
 #      auto alone and with the set-up done before, auto+memo; on resnet20 also
 #      auto+square, the Gram matrix of wide rows without the triangle, the A/B;
 #      on mlp and resnet20 each kernel's difference from the float64 kernel, --exact)
-#   3. bench_kernels_run.py: a whole `conetool kernels` run                   -> $OUT/kernels_run.txt
-#   4. torch.profiler counts and top-20 kernels, resnet20 n = 1024            -> $OUT/profile.txt
-# and writes what ran, each part's exit code and seconds to $OUT/summary.txt (6 files in all).
+#   4. bench_kernels_run.py: a whole `conetool kernels` run                   -> $OUT/kernels_run.txt
+#   5. torch.profiler counts and top-20 kernels, resnet20 n = 1024            -> $OUT/profile.txt
+# and writes what ran, each part's exit code and seconds to $OUT/summary.txt (7 files in all).
 # A failing or timed-out part does not stop the later ones; a part is skipped when the overall
-# budget has less than 20 s left. PARTS chooses the parts: all four fit in about 15 device-minutes
-# as two calls, e.g. PARTS="tests rows" and then, while the machine is still warm,
-# PARTS="kernels profile" TOTAL=300.
+# budget has less than 20 s left. PARTS chooses the parts. On 2026-12-01 (f9e2ea8) the CUDA tests
+# took 188 s with 8 workers, the rows up to vgg16 n = 500 254 s, the whole run 18 s, the machine's
+# start about 30 s: in a 15-minute lease, PARTS="tests diag rows" TOTAL=600 and then, while the
+# machine is still warm, PARTS="kernels profile" TOTAL=150.
 #
 # Environment overrides:
 #   DEVICE=cpu     a dry run on a CPU: tiny sizes everywhere (the CUDA tests then skip)
 #   PYTHON         the interpreter (default python3)
 #   INSTALL=0      skip `pip install -e .` (e.g. when PYTHONPATH already points at the checkout)
 #   TOTAL          overall budget in seconds (default 540)
-#   PARTS          the parts to run, of "tests rows kernels profile" (default all four)
+#   PARTS          the parts to run, of "tests diag rows kernels profile" (default all five)
 #   KCKPTS, KN     checkpoints and probe size of the whole run (default 20 and 1024)
 #   XDIST          pytest-xdist workers for the tests (default 8; 0: none)
 # Example dry run here: DEVICE=cpu INSTALL=0 PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_session.sh
@@ -37,7 +40,7 @@ PYTHON=${PYTHON:-python3}
 INSTALL=${INSTALL:-1}
 TOTAL=${TOTAL:-540}
 XDIST=${XDIST:-8}
-PARTS=${PARTS:-tests rows kernels profile}
+PARTS=${PARTS:-tests diag rows kernels profile}
 : "${OUT:?set OUT to the folder whose files come back}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -131,7 +134,13 @@ if wants tests; then
         tests/test_ntk_memo.py tests/test_ntk_layer_grads.py -k "cuda or gpu"
 fi
 
-# 2. The benchmark rows: one bench_ntk.py call per row, each with its own limit.
+# 2. Where the float32 error of the test's ResNet-20 case comes from (rows or contraction).
+if wants diag; then
+    : > "$OUT/diag.txt"
+    run_part "accuracy diagnosis" "$OUT/diag.txt" 90 "$PYTHON" benchmarks/cuda_accuracy_diag.py "$DEVICE"
+fi
+
+# 3. The benchmark rows: one bench_ntk.py call per row, each with its own limit.
 BENCH="$OUT/bench_ntk.txt"
 : > "$BENCH"
 if wants rows; then
@@ -159,7 +168,7 @@ if wants rows; then
     done
 fi
 
-# 3. The whole `conetool kernels` run.
+# 4. The whole `conetool kernels` run.
 RUN="$OUT/kernels_run.txt"
 : > "$RUN"
 if wants kernels; then
@@ -167,7 +176,7 @@ if wants kernels; then
         --model "$KMODEL" --checkpoints "$KCKPTS" --n "$KN" --device "$DEVICE" --top
 fi
 
-# 4. Where the time goes: profiler counts and the top 20 kernels of the engine and the baseline.
+# 5. Where the time goes: profiler counts and the top 20 kernels of the engine and the baseline.
 PROFILE="$OUT/profile.txt"
 : > "$PROFILE"
 if wants profile; then
