@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -112,6 +112,7 @@ __all__ = [
     "kernel_norm",
     "nearest_steps",
     "read_manifest",
+    "store_on_disk",
 ]
 
 
@@ -392,13 +393,7 @@ class Store:
         """Whether the store on disk is no longer the one this object opened: its manifest is
         gone, or it records another ``store_id`` (another identity, for a store made before
         conetool recorded one): ``kernels --overwrite`` cleared it and started a new store."""
-        try:
-            now = json.loads(paths.manifest(self.root).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return True
-        except (OSError, UnicodeDecodeError, ValueError):
-            return False  # damaged, not replaced: the command's own error says so
-        return isinstance(now, dict) and not same_store(self._opened_as, now)
+        return store_on_disk(self.root, self._opened_as) != "same"
 
     def replaced_error(self, command: str | None = None) -> StoreReplacedError:
         """The error of ``command`` (``"distance"``: ``conetool distance``; None: a Python
@@ -635,6 +630,21 @@ class Store:
             ended = _now()
             self._unsaved = False
             self._next_save = ended + max(MANIFEST_INTERVAL, MANIFEST_COST_RATIO * (ended - began))
+
+
+def store_on_disk(root: Path, opened: Mapping[str, Any]) -> Literal["same", "other", "none"]:
+    """What ``root``'s ``manifest.json`` says now of the store whose
+    :func:`~conetool.store_manifest.opened_as` is ``opened``: ``"same"`` (also when it is
+    damaged: not replaced, the command's own error says so), ``"other"`` (another ``store_id``,
+    or another identity for a store made before conetool recorded one: ``kernels --overwrite``
+    cleared it and started a new store), or ``"none"`` (no manifest: being replaced, or removed)."""
+    try:
+        now = json.loads(paths.manifest(root).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "none"
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "same"
+    return "other" if isinstance(now, dict) and not same_store(opened, now) else "same"
 
 
 #: The folders only ``kernels`` (the lock's holder and its ranks) writes in.

@@ -71,6 +71,11 @@ class Slow(nn.Module):
         self.fc = nn.Linear(4, num_classes)
 
     def forward(self, x):
+        gate = os.environ.get("SLOW_MODEL_GATE")
+        if gate and not os.path.exists(gate):  # the first pass waits for the gate, saying so
+            open(gate + ".waiting" + os.environ.get("RANK", ""), "w").close()
+            while not os.path.exists(gate):
+                time.sleep(0.01)
         time.sleep(float(os.environ.get("SLOW_MODEL_DELAY", "0")))
         return self.fc(x.flatten(1))
 
@@ -702,3 +707,41 @@ def test_switch_ranks_started_with_other_points_stop_together_naming_the_flag(ru
     assert "error: rank 1: this rank was started with other arguments than rank 0" in log1
     assert "--at 0,4 here, 0,4,8 on rank 0" in log1 and "conetool switch command" in log1
     assert not list(paths.switch_dir(tmp_path / "s").glob("at_*.json"))  # no point trained
+
+
+def test_switch_ranks_write_nothing_into_a_store_replaced_while_they_train(slow_run, tmp_path):
+    # kernels --overwrite replaces the store while both ranks train their points (each waits at
+    # its first forward pass until the test has replaced it). Was: each rank wrote its point into
+    # the new store, and rank 0 its results.csv, and the job succeeded.
+    ckpts, pythonpath = slow_run
+    store, gate = tmp_path / "store", tmp_path / "gate"
+    header = {"checkpoints": str(ckpts)}
+    Store.open_for_writing(store, StoreIdentity("s", "p", "trace", "float32"), header).close()
+    args = ["switch", "--at", "0,6", "--ckpts", str(ckpts), "--store", str(store)]
+    procs = start_ranks(
+        [[*args, "--device", "cpu"]] * 2,
+        [tmp_path] * 2,
+        SLOW_MODEL_GATE=str(gate),
+        PYTHONPATH=pythonpath,
+    )
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{gate}.waiting{rank}").exists() for rank in (0, 1)):
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            gate.touch()
+            finish_ranks(procs, [tmp_path] * 2, timeout=10)
+            pytest.fail("the ranks did not reach their points' training")
+        time.sleep(0.02)
+    other = StoreIdentity("s2", "p", "trace", "float32")
+    Store.open_for_writing(store, other, header, overwrite=True).close()
+    gate.touch()
+    (code0, log0), (code1, log1) = finish_ranks(procs, [tmp_path] * 2)
+    assert code0 == 1 and code1 == 1, (log0, log1)
+    assert "Traceback" not in log0 + log1
+    said = " ".join((log0 + log1).split())
+    assert said.count(f"store {store} was replaced while conetool switch was writing") == 1, said
+    assert "stopped and wrote nothing into the new store" in said
+    assert Store.open(store).identity == other
+    assert (
+        not list(paths.switch_dir(store).glob("at_*"))
+        and not paths.switch_results_csv(store).exists()
+    )

@@ -44,6 +44,7 @@ from conetool.pipeline import (
 from conetool.pipeline.matrix_cache import kernels_key
 from conetool.pipeline.remembered import recorded_step_regex, selection_record
 from conetool.pipeline.switch_points import SwitchPoint, write_sweep
+from conetool.pipeline.switch_store import SwitchStore
 from conetool.probe import Probe, probe_hash, save_probe
 from conetool.spec import spec_from_dict
 from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
@@ -472,7 +473,7 @@ def reported(tmp_path_factory) -> tuple[Path, Any]:
         SwitchPoint(at, 1000, acc, loss, tacc, tloss, "fresh", sec)
         for at, acc, loss, tacc, tloss, sec in SWITCH_POINTS
     ]
-    write_sweep(root, points, dict(SWITCH_REFERENCE), 1000)
+    write_sweep(SwitchStore.begin(root, None), points, dict(SWITCH_REFERENCE), 1000)
     return root, report(root)
 
 
@@ -665,7 +666,7 @@ def test_switch_files_and_figure_carry_each_points_numbers(tmp_path, monkeypatch
         SwitchPoint(at, 1000, acc, loss, tacc, tloss, "fresh", sec)
         for at, acc, loss, tacc, tloss, sec in SWITCH_POINTS
     ]
-    write_sweep(store, points, dict(SWITCH_REFERENCE), 1000)
+    write_sweep(SwitchStore.begin(store, None), points, dict(SWITCH_REFERENCE), 1000)
 
     rows = read_csv(paths.switch_results_csv(store))
     assert list(rows[0]) == list(switch_points.RESULT_COLUMNS)
@@ -850,6 +851,7 @@ def test_switch_figure_shades_phase1_only_from_distance_on_the_kernels_held_now(
     summary = {"kernels_key": key, "verdict": {"phase1_end": 5}}
     paths.distance_summary(root).parent.mkdir(parents=True)
     paths.distance_summary(root).write_text(json.dumps(summary), encoding="utf-8")
-    write_sweep(root, [SwitchPoint(0, 10, 0.5, 1.0, 0.5, 1.0, "fresh", 1.0)], None, 10)
+    point = SwitchPoint(0, 10, 0.5, 1.0, 0.5, 1.0, "fresh", 1.0)
+    write_sweep(SwitchStore.begin(root, None), [point], None, 10)
     for ax in made["switch.png"].axes[:2]:
         assert (5.0 in vertical_lines(ax)) is shaded

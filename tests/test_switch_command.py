@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -14,10 +17,13 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
-from conetool.errors import CheckpointError, ConetoolError, ModelError
+from conetool.errors import CheckpointError, ConetoolError, ModelError, StoreReplacedError
 from conetool.loop import TrainingLoop
+from conetool.pipeline import run_switch, switch_points
+from conetool.pipeline.run_kernels import kernels
 from conetool.pipeline.run_switch import parse_at, switch
 from conetool.spec import spec_from_dict
+from conetool.store import Store
 from conetool.training import train
 
 runner = CliRunner()
@@ -248,3 +254,172 @@ def test_points_of_earlier_sweeps_whose_checkpoint_changed_are_left_out(deep_run
     with open(paths.switch_results_csv(store)) as handle:
         assert [int(r["at"]) for r in csv.DictReader(handle)] == [0, 8]
     assert any("at 4: their checkpoints changed" in n and "--at 4" in n for n in result.notes)
+
+
+# ------------------------------------------------------------------ a store replaced meanwhile
+# `kernels --overwrite` clears the store (switch/ with it) and starts a new one while a sweep
+# runs. Was: the sweep wrote its later points, reference.json and results.csv into the new store
+# (a sweep of the replaced store's run there), or lost them in the clearing while reporting
+# success. Now each write holds STORE/.results.lock shared after checking the store, as the
+# readers' do (conetool.pipeline.switch_store).
+
+REPLACED = "conetool switch stopped and wrote nothing into the new store"
+
+
+@pytest.fixture(scope="module")
+def kernel_store(deep_run, tmp_path_factory):
+    """A store of deep_run's kernels (steps 0, 4, 8, 12), made once; tests copy it."""
+    store = tmp_path_factory.mktemp("kstore") / "store"
+    kernels(deep_run, store=store, device="cpu")
+    return store
+
+
+def _overwrite(store, deep_run):
+    """`conetool kernels --overwrite` with another probe set: clears the store, starts anew."""
+    kernels(deep_run, store=store, probe_size=4, overwrite=True, device="cpu")
+
+
+def _count_training(monkeypatch, after=None):
+    """Count TrainingLoop.run calls (their descriptions); ``after(n)`` runs after the n-th."""
+    trained: list[str] = []
+    real = TrainingLoop.run
+
+    def counted(loop, start, until):
+        rows = real(loop, start, until)
+        trained.append(loop.description)
+        if after is not None:
+            after(len(trained))
+        return rows
+
+    monkeypatch.setattr(TrainingLoop, "run", counted)
+    return trained
+
+
+@pytest.mark.parametrize("when", ["point trained", "between points", "before results", "reference"])
+def test_a_sweep_writes_nothing_into_a_store_replaced_meanwhile(
+    deep_run, kernel_store, tmp_path, monkeypatch, when
+):
+    store = tmp_path / "store"
+    shutil.copytree(kernel_store, store)
+    replace = lambda: _overwrite(store, deep_run)  # noqa: E731
+    # after the first point's training (before its files), or the standard run's to T
+    last = {"point trained": 1, "reference": 3}.get(when)
+    trained = _count_training(monkeypatch, lambda n: n == last and replace())
+    if when == "between points":  # the first point is written; the second must not train
+        real_point = run_switch.run_point
+
+        def then_replaced(*args, **kwargs):
+            point = real_point(*args, **kwargs)
+            if point.at == 0:
+                assert paths.switch_point(store, 0).is_file()  # written, in the old store
+                replace()
+            return point
+
+        monkeypatch.setattr(run_switch, "run_point", then_replaced)
+    if when == "before results":
+        real_all = run_switch.all_points
+
+        def replaced_first(*args, **kwargs):
+            replace()
+            return real_all(*args, **kwargs)
+
+        monkeypatch.setattr(run_switch, "all_points", replaced_first)
+    reference = "train" if when == "reference" else "checkpoint"
+    with pytest.raises(StoreReplacedError, match=REPLACED):
+        switch([0, 4], until=6, store=store, device="cpu", reference=reference)
+    assert not paths.switch_dir(store).exists()  # nothing of the sweep in the new store
+    assert Store.open(store).manifest["probe"]["size"] == 4  # the new store, untouched
+    expected = {
+        "point trained": ["switch t=0"],
+        "between points": ["switch t=0"],  # t=4 was not trained for nothing
+        "before results": ["switch t=0", "switch t=4"],
+        "reference": ["switch t=0", "switch t=4", "standard"],
+    }
+    assert trained == expected[when]
+
+
+def test_every_file_of_a_sweep_is_written_holding_the_store_against_the_clearing(
+    deep_run, kernel_store, tmp_path, monkeypatch
+):
+    # a check of the store before writing is not enough: the clearing could fall between the
+    # check and the writes. During each write the clearing's exclusive lock must be refused.
+    store = tmp_path / "store"
+    shutil.copytree(kernel_store, store)
+    unguarded: list[str] = []
+
+    def guarded(write):
+        def checked(*args, **kwargs):
+            fd = os.open(paths.results_lock(store), os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the clearing takes
+                unguarded.append(next(Path(a).name for a in args if isinstance(a, Path)))
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+            return write(*args, **kwargs)
+
+        return checked
+
+    for name in ("atomic_write_csv", "atomic_write_json", "save_figure"):
+        monkeypatch.setattr(switch_points, name, guarded(getattr(switch_points, name)))
+    switch([0, 4], until=6, store=store, device="cpu", reference="train")
+    written = sorted(p.name for p in paths.switch_dir(store).iterdir())
+    assert written == [
+        "at_000000.csv", "at_000000.json", "at_000004.csv", "at_000004.json",
+        "reference.json", "results.csv", "results.json", "switch.png",
+    ]  # fmt: skip
+    assert unguarded == []
+
+
+@pytest.mark.parametrize(
+    "meanwhile",
+    ["kernels adds a step", "manifest removed", "switch folder removed", "no store: kernels"],
+)
+def test_a_sweep_keeps_its_points_in_a_store_not_replaced_and_stops_at_a_replacement(
+    deep_run, kernel_store, tmp_path, monkeypatch, meanwhile
+):
+    # points cost minutes: only a replacement stops the sweep. A kernels run that keeps the
+    # store (it rewrites the manifest, same store_id), a manifest or switch folder removed by
+    # hand, a kernels run making the store in a folder switch began in with --ckpts: the next
+    # point is still written. Then kernels --overwrite: the last point is not.
+    store = tmp_path / "store"
+    if meanwhile == "no store: kernels":
+        store.mkdir()
+    else:
+        shutil.copytree(kernel_store, store)
+    kept: list[list[str]] = []
+
+    def event():
+        if meanwhile == "kernels adds a step":
+            paths.kernel(store, 12).unlink()
+            assert kernels(deep_run, store=store, device="cpu").computed == [12]
+        elif meanwhile == "manifest removed":
+            paths.manifest(store).unlink()
+        elif meanwhile == "switch folder removed":
+            shutil.rmtree(paths.switch_dir(store))
+        else:
+            kernels(deep_run, store=store, device="cpu")
+
+    def after(n):
+        if n == 1:
+            event()
+        if n == 2:  # the second point, trained after the event, is written
+            kept.append(sorted(p.name for p in paths.switch_dir(store).glob("at_*.json")))
+            _overwrite(store, deep_run)
+
+    trained = _count_training(monkeypatch)
+    real_point = run_switch.run_point
+
+    def watched(*args, **kwargs):
+        point = real_point(*args, **kwargs)
+        after(len(trained))
+        return point
+
+    monkeypatch.setattr(run_switch, "run_point", watched)
+    with pytest.raises(StoreReplacedError, match=REPLACED):
+        switch([0, 4, 8], store=store, ckpts=deep_run, device="cpu")
+    expected = ["at_000004.json"] if meanwhile == "switch folder removed" else None
+    assert kept == [expected or ["at_000000.json", "at_000004.json"]]
+    assert trained == ["switch t=0", "switch t=4"]  # t=8 not trained: the store was replaced
+    assert not paths.switch_dir(store).exists()

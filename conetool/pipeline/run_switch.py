@@ -28,7 +28,6 @@ from ..checkpoints.discover import SKIP_BAD_ADVICE, step_problems
 from ..choices import Reference, choice, is_count, path_argument
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
-from ..io import make_dir
 from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
@@ -45,6 +44,7 @@ from .switch_points import (
     standard_reference,
     write_sweep,
 )
+from .switch_store import SwitchStore
 
 REFERENCES = tuple(r.value for r in Reference)
 
@@ -103,6 +103,7 @@ class _Sweep:
     until: int
     refs: dict[int, CheckpointRef]
     data: DataBundle
+    store: SwitchStore  # the store as this rank began with it (rank 0's is the job's)
     notes: list[str] = field(default_factory=list)  # what _prepare took from the store
 
 
@@ -154,6 +155,10 @@ def switch(
     ``results.json`` and the figure from every point's file. The result's ``points`` and
     ``notes`` cover the whole job on every rank; ``reference`` and ``files`` are rank 0's.
 
+    A ``kernels --overwrite`` that replaces the store during the sweep stops it with a
+    :class:`~conetool.errors.StoreReplacedError`: nothing of the sweep is written into the new
+    store (:mod:`conetool.pipeline.switch_store`); the points written before went with the old one.
+
     ``threads`` sets the CPU threads of PyTorch and BLAS for the call: a count, or ``"auto"``
     (the idle cores; :func:`conetool.limit_threads`).
 
@@ -186,6 +191,9 @@ def _switch(
     # A rank started with other --at, --until, ... (or seeing other checkpoints) would train
     # other points, or fail to find the checkpoint of a point dealt to it.
     job.same_arguments(_sweep_arguments(sweep, options), "conetool switch")
+    # Every rank writes into the store as rank 0 began with it: a rank that opened it after a
+    # kernels --overwrite replaced it writes nothing there either.
+    target = SwitchStore(store, job.broadcast(sweep.store.opened if job.is_main else None))
 
     # With several ranks, rank 0 finds the points already done so that only the others are dealt.
     done: list[SwitchPoint] = []
@@ -213,7 +221,7 @@ def _switch(
                 T,
                 sweep.data,
                 dev,
-                store,
+                target,
                 threads,
                 progress,
                 notes,
@@ -258,7 +266,7 @@ def _switch(
                 T,
                 sweep.data,
                 dev,
-                store,
+                target,
                 reference,
                 progress,
                 notes,
@@ -266,10 +274,12 @@ def _switch(
         except CheckpointError as exc:
             raise _for_switch(exc) from exc
         gathered = all_points(store, sweep.spec, T, points, _fingerprint_now(sweep), notes)
-        return ref_result, write_sweep(store, gathered, ref_result, T)
+        return ref_result, write_sweep(target, gathered, ref_result, T)
 
     ref_result, files = job.agree(write_all)  # the other ranks wait for rank 0's files
     if error is not None:
+        if str(error) in [message for rank, message in failures if rank < job.rank]:
+            raise distributed.PeerFailedError(str(error)) from error  # said by that rank
         raise error
     if failures:
         rank, message = failures[0]
@@ -375,8 +385,8 @@ def _prepare(options: SwitchOptions) -> _Sweep:
             f"{spec.source}: data set '{spec.data.dataset}' has an empty test split, and the "
             "switch experiment reports test accuracy and loss. Give the data set a test split."
         )
-    make_dir(paths.switch_dir(store))
-    return _Sweep(points_at, ckpts_dir, spec, T, refs, data, notes)
+    target = SwitchStore.begin(store, manifest)
+    return _Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes)
 
 
 def _for_switch(exc: CheckpointError) -> CheckpointError:

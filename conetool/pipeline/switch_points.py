@@ -29,6 +29,7 @@ from ..threads import slow_step_watch
 from .matrix_cache import kernels_key
 from .resolve import model_for
 from .saved_results import saved_phase1_end
+from .switch_store import SwitchStore
 
 FOREIGN_NOTE = (
     "these checkpoints were not written by `conetool train` (no conetool metadata): the "
@@ -78,24 +79,26 @@ def run_point(
     until: int,
     data: DataBundle,
     device: torch.device,
-    store: Path,
+    store: SwitchStore,
     threads: int,
     progress: Progress,
     notes: list[str],
     warnings: list[str],
 ) -> SwitchPoint:
     """Train the linearized model of the checkpoint ``ref`` from its step t to ``until`` (or read
-    the finished point from ``store``). Notes go to ``notes``; the slow-step warning goes to
-    ``progress`` and ``warnings``, once per sweep: a point is watched only while ``warnings`` is
-    empty."""
+    the finished point from ``store``) and write the point's files (holding ``store`` against a
+    replacement: a :class:`~conetool.errors.StoreReplacedError`, checked before the training
+    too). Notes go to ``notes``; the slow-step warning goes to ``progress`` and ``warnings``,
+    once per sweep: a point is watched only while ``warnings`` is empty."""
     t = ref.step
+    store.check()  # no minutes of training for a point that could not be written
     model = model_for(spec)
     loaded = load_checkpoint(model, ref)  # refuses non-finite weights, names the file
     assert loaded is not None
     if loaded.metadata.get("format") != "conetool" and FOREIGN_NOTE not in notes:
         notes.append(FOREIGN_NOTE)
     key = point_key(spec, until, loaded.fingerprint)
-    done = read_point(store, t, key)
+    done = read_point(store.root, t, key)
     if done is not None:
         return done
     output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
@@ -129,10 +132,11 @@ def run_point(
         seconds=round(time.perf_counter() - began, 3),
         rows=rows,
     )
-    atomic_write_csv(paths.switch_point_metrics(store, t), list(rows[0]), rows)
     payload = {**asdict(point), "key": key, "checkpoint": [str(p) for p in ref.paths]}
     payload.pop("reused")
-    atomic_write_json(paths.switch_point(store, t), payload)
+    with store.writing():  # into the store the sweep began with, or nowhere
+        atomic_write_csv(paths.switch_point_metrics(store.root, t), list(rows[0]), rows)
+        atomic_write_json(paths.switch_point(store.root, t), payload)
     return point
 
 
@@ -211,13 +215,14 @@ def standard_reference(
     until: int,
     data: DataBundle,
     device: torch.device,
-    store: Path,
+    store: SwitchStore,
     how: str,
     progress: Progress,
     notes: list[str],
 ) -> dict[str, Any] | None:
     """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
-    continued from the last checkpoint before T."""
+    continued from the last checkpoint before T, its result kept in ``store`` (written as
+    :func:`run_point` writes a point)."""
     model = model_for(spec).to(device)
     if how == "checkpoint":
         if until not in refs:
@@ -232,7 +237,7 @@ def standard_reference(
     start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
-    path = paths.switch_reference(store)
+    path = paths.switch_reference(store.root)
     loaded = load_checkpoint(model, refs[start])
     assert loaded is not None
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
@@ -240,6 +245,7 @@ def standard_reference(
         previous = json.loads(path.read_text())
         if previous.get("key") == key:
             return previous["reference"]
+    store.check()
     optimizer, _ = optimizer_at(model, spec, ckpts, start)
     loop = TrainingLoop(spec, model, optimizer, data, device, progress, description="standard")
     last = loop.run(start, until)[-1]
@@ -249,7 +255,8 @@ def standard_reference(
         "test_loss": last["test_loss"],
         "source": f"trained from step {start}",
     }
-    atomic_write_json(path, {"key": key, "reference": result})
+    with store.writing():
+        atomic_write_json(path, {"key": key, "reference": result})
     return result
 
 
@@ -263,15 +270,15 @@ def _kernels_now(store: Path) -> str | None:
 
 
 def write_sweep(
-    store: Path, points: list[SwitchPoint], reference: dict[str, Any] | None, until: int
+    store: SwitchStore, points: list[SwitchPoint], reference: dict[str, Any] | None, until: int
 ) -> list[Path]:
     """results.csv / results.json / switch.png over ``points`` (every finished point of this
-    spec and T in the store); the figure shades Phase I from ``distance``'s verdict when it was
-    computed on the kernels the store holds now."""
+    spec and T in the store), written as :func:`run_point` writes a point; the figure shades
+    Phase I from ``distance``'s verdict when it was computed on the kernels the store holds
+    now."""
+    root = store.root
     rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
-    atomic_write_csv(paths.switch_results_csv(store), RESULT_COLUMNS, rows)
     summary = {"until": until, "reference": reference, "points": rows}
-    atomic_write_json(paths.switch_results_json(store), summary)
     figure = switch_figure(
         [p.at for p in points],
         [p.test_acc for p in points],
@@ -279,11 +286,10 @@ def write_sweep(
         reference_acc=reference["test_acc"] if reference else None,
         reference_loss=reference["test_loss"] if reference else None,
         until=until,
-        phase1_end=saved_phase1_end(store, kernels_key=_kernels_now(store)),
+        phase1_end=saved_phase1_end(root, kernels_key=_kernels_now(root)),
     )
-    save_figure(figure, paths.switch_png(store))
-    return [
-        paths.switch_results_csv(store),
-        paths.switch_results_json(store),
-        paths.switch_png(store),
-    ]
+    with store.writing():
+        atomic_write_csv(paths.switch_results_csv(root), RESULT_COLUMNS, rows)
+        atomic_write_json(paths.switch_results_json(root), summary)
+        save_figure(figure, paths.switch_png(root))
+    return [paths.switch_results_csv(root), paths.switch_results_json(root), paths.switch_png(root)]
