@@ -196,13 +196,17 @@ def test_spectrum_command_says_when_top_k_keeps_every_eigenvalue(run: Path, tmp_
 # switch's slow-step warning, from Python and with --quiet
 
 
-@pytest.fixture
-def slow_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+def _make_steps_slow(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every training step "implausibly slow" for the model, so that the watch must warn."""
     from conetool import threads
 
     monkeypatch.setattr(threads, "SLOW_FLOPS_PER_SECOND", 1e30)
     monkeypatch.setattr(threads, "SLOW_OVERHEAD_SECONDS", 1e-9)
+
+
+@pytest.fixture
+def slow_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    _make_steps_slow(monkeypatch)
 
 
 def _long_run(folder: Path) -> Path:
@@ -237,6 +241,28 @@ def test_switch_warns_of_slow_steps_once_per_sweep(tmp_path: Path, slow_steps: N
         assert result.exit_code == 0, result.output
         text = " ".join(result.output.split())
         assert text.count("warning: training steps take") == 1, (extra, text)
+
+
+def test_switch_watches_the_standard_run_it_trains_to_T(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`switch --reference train` trained the standard run from the last checkpoint before T
+    unwatched: its slow steps went unsaid, where `train` and the switch points warn."""
+    spec = tiny_spec()
+    spec["train"].update(steps=50, save_every=25, eval_every=25)
+    ckpts = train_tiny(tmp_path, spec)  # checkpoints at 0, 25, 50
+    store = tmp_path / "s"
+    conetool.switch([0], until=49, store=store, ckpts=ckpts, threads=1)  # the point, done
+    _make_steps_slow(monkeypatch)
+    # the point is reused; the standard run trains from 25 to 49 (the watch's window is 20)
+    made = conetool.switch([0], until=49, store=store, ckpts=ckpts, threads=1, reference="train")
+    assert made.points[0].reused and made.reference["source"] == "trained from step 25"
+    assert len(made.warnings) == 1 and made.warnings[0].startswith("training steps take")
+    # said once per sweep: a point that warned already, the standard run does not again
+    again = conetool.switch(
+        [0], until=49, store=tmp_path / "t", ckpts=ckpts, threads=1, reference="train"
+    )
+    assert not again.points[0].reused and len(again.warnings) == 1
 
 
 def test_demo_keeps_its_stages_slow_step_warnings(tmp_path: Path, slow_steps: None) -> None:

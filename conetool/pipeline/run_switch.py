@@ -53,8 +53,8 @@ REFERENCES = tuple(r.value for r in Reference)
 class SwitchResult:
     """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
     step, test_acc, test_loss, source; or None), the files written, ``notes``, and
-    ``warnings`` (the linearized training steps implausibly slow: said once per sweep, as
-    ``progress`` showed it)."""
+    ``warnings`` (the training steps implausibly slow, linearized or the standard run that
+    ``reference="train"`` continues: said once per sweep, as ``progress`` showed it)."""
 
     store: Path
     until: int
@@ -268,8 +268,10 @@ def _switch(
                 dev,
                 target,
                 reference,
+                threads,
                 progress,
                 notes,
+                warnings,
             )
         except CheckpointError as exc:
             raise _for_switch(exc) from exc

@@ -217,12 +217,14 @@ def standard_reference(
     device: torch.device,
     store: SwitchStore,
     how: str,
+    threads: int,
     progress: Progress,
     notes: list[str],
+    warnings: list[str],
 ) -> dict[str, Any] | None:
     """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
     continued from the last checkpoint before T, its result kept in ``store`` (written as
-    :func:`run_point` writes a point)."""
+    :func:`run_point` writes a point; its steps watched as :func:`run_point` watches them)."""
     model = model_for(spec).to(device)
     if how == "checkpoint":
         if until not in refs:
@@ -247,7 +249,14 @@ def standard_reference(
             return previous["reference"]
     store.check()
     optimizer, _ = optimizer_at(model, spec, ckpts, start)
-    loop = TrainingLoop(spec, model, optimizer, data, device, progress, description="standard")
+    watch = (
+        []
+        if warnings
+        else slow_step_watch(model, data, spec, device, threads, progress, notes=warnings)
+    )
+    loop = TrainingLoop(
+        spec, model, optimizer, data, device, progress, description="standard", on_step=watch
+    )
     last = loop.run(start, until)[-1]
     result = {
         "step": until,
