@@ -28,6 +28,7 @@ from conetool.pipeline import (
     run_distance,
     run_embed,
 )
+from conetool.progress import NullProgress
 from conetool.spec import spec_from_dict
 from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
 from conetool.store_lock import StoreLock
@@ -572,6 +573,44 @@ def test_a_moved_run_is_found_with_ckpts_and_spec(tmp_path):
     refused = run("--ckpts", str(moved), "--spec", str(other))
     assert refused.exit_code == 1 and spec.hash() in " ".join(refused.output.split())
     assert run("--ckpts", str(moved), "--spec", str(paths.spec(moved))).exit_code == 0
+
+
+def test_the_noise_floor_of_another_engine_is_not_reused(tmp_path):
+    # A cached noise floor must be what a fresh estimate gives: distance/noise.json was keyed by
+    # the store's identity, step and checkpoint fingerprint, none of which a kernels rerun with
+    # another --method changes (a damaged kernel file is recomputed under the same fingerprint),
+    # so the floor of the engine that made the store first was reported for the new engine.
+    ckpts = tmp_path / "ckpts"
+    train(spec_from_dict(TINY, source="tiny.toml"), ckpts)
+    store = tmp_path / "store"
+    kernels(ckpts, store=store, device="cpu", steps="0:10", method="jacobian")
+    first = distance(store, dts=[10])
+    assert json.loads(paths.distance_summary(store).read_text())["noise"]["method"] == "jacobian"
+    assert first.steps == [0, 2, 4, 6, 8, 10]
+
+    (store / paths.kernel_relative(10)).unlink()  # lost; recomputed by the other engine
+    assert kernels(
+        ckpts, store=store, device="cpu", steps="0:10", method="structured"
+    ).computed == [10]
+    assert json.loads(paths.manifest(store).read_text())["method"] == "structured"
+    said: list[str] = []
+    distance(store, dts=[10], progress=_Logged(said))
+    cached = json.loads(paths.distance_summary(store).read_text())["noise"]
+    assert any("estimating the noise floor" in line for line in said)  # not read from the cache
+    paths.noise_json(store).unlink()
+    distance(store, dts=[10])
+    fresh = json.loads(paths.distance_summary(store).read_text())["noise"]
+    assert cached == fresh and fresh["method"] == "structured"
+
+
+class _Logged(NullProgress):
+    """A progress display that keeps the lines logged (tasks are not shown)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
 
 
 # --------------------------------------------------------------------------- read while written

@@ -9,8 +9,8 @@ each carry such an error, so the floor under a measured S between two of them is
 
 Rebuilding the model needs the checkpoint the manifest names and the spec it records (``ckpts``
 and ``spec`` override them: a run moved since ``conetool kernels``); when the checkpoint is gone
-the floor is not estimated and a note says so. The result is reused while the store's identity and
-that checkpoint's fingerprint stay the same.
+the floor is not estimated and a note says so. The result is reused while the store's identity,
+the engine (``--method``) its manifest records and that checkpoint's fingerprint stay the same.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ def estimate_noise_floor(
     source = Path(record.source[0])
     if ckpts is not None:
         source = moved(source, store.manifest.get("checkpoints"), Path(ckpts))
+    # The engine the estimate computes with (the manifest's): the store's identity leaves it out,
+    # and a kernels rerun with another --method recomputes a damaged or missing kernel file with
+    # it under the same step and fingerprint, so without it here the old engine's floor was kept.
+    method = str(store.manifest.get("method", "auto"))
     key = {
         "identity": [
             store.identity.spec_hash,
@@ -78,6 +82,7 @@ def estimate_noise_floor(
             store.identity.kind,
             store.identity.dtype,
         ],
+        "method": method,
         "step": step,
         "fingerprint": record.fingerprint,
         "subset": SUBSET,
@@ -111,7 +116,6 @@ def estimate_noise_floor(
         model = model_for(spec)
         load_checkpoint(model, checkpoint_ref(source, step=step))
         inputs = load_probe(paths.probe(store.root)).inputs
-        method = str(store.manifest.get("method", "auto"))
         estimate = kernel_noise(
             model,
             inputs,
