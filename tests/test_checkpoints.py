@@ -539,6 +539,49 @@ def test_lower_precision_is_judged_by_significant_digits_not_width(saved, model_
     assert any("lower precision" in message for message in said) == warned, said
 
 
+@pytest.mark.parametrize(
+    ("saved", "model_dtype", "value", "holds"),
+    [
+        (torch.bfloat16, torch.float16, 1e5, "float32"),  # float16's largest is 65504
+        (torch.float32, torch.float16, -7e4, "float32"),
+        (torch.float64, torch.float32, 1e39, "float64"),  # float32's largest is 3.4e38
+    ],
+)
+def test_values_beyond_the_models_dtype_are_refused_naming_tensor_and_fix(
+    saved, model_dtype, value, holds
+):
+    """A bfloat16 checkpoint holding 1e5, loaded into a float16 model, became Inf there without
+    a word (only the lower-precision warning), and the kernel was NaN (or the model was called
+    random in eval mode). It is refused: the message names the tensor, its largest value, and a
+    dtype whose range holds it."""
+    sd = {k: v.to(saved) if v.is_floating_point() else v for k, v in state(4).items()}
+    sd["fc2.weight"][1, 2] = value
+    assert torch.isfinite(sd["fc2.weight"]).all()
+    model = Net().to(model_dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(model, sd, warn=lambda _: None)
+    message = str(refused.value)
+    stored = abs(float(sd["fc2.weight"][1, 2]))  # as the checkpoint's dtype rounded it
+    assert f"'fc2.weight' ({str(saved)[6:]}, up to {stored:.4g})" in message
+    assert "fc1.weight" not in message  # only the tensors that overflow are named
+    assert f"Load the checkpoint into a {holds} model" in message and "--dtype" in message
+    for key, tensor in model.state_dict().items():  # the model was left as it was
+        assert torch.equal(tensor, before[key]), key
+    load_checkpoint(Net().to(getattr(torch, holds)), sd, warn=lambda _: None)  # it holds them
+
+
+def test_values_within_the_models_range_and_non_finite_ones_are_not_overflow():
+    sd = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state(4).items()}
+    sd["fc2.weight"][0, 0] = 6.5e4  # bfloat16's 65024, below float16's 65504
+    model = Net().to(torch.float16)
+    load_checkpoint(model, sd, warn=lambda _: None)
+    assert model.fc2.weight[0, 0].item() == 65024.0
+    sd["fc2.weight"][0, 0] = float("inf")  # the checkpoint's own Inf: check_finite's business
+    load_checkpoint(model, sd, check_finite=False, warn=lambda _: None)
+    assert model.fc2.weight[0, 0].item() == float("inf")
+
+
 def test_match_state_dict_returns_model_keys():
     sd = {"module." + k: v for k, v in state(3).items()}
     out = match_state_dict(Net(), sd)

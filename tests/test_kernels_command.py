@@ -230,6 +230,52 @@ def test_bad_checkpoint_stops_or_is_skipped(run, tmp_path):
     assert list(result.failed) == [5] and result.computed == [10] and result.skipped == [0]
 
 
+HALF_FACTORY = """
+import torch
+
+
+def make(num_classes, input_shape):
+    return torch.nn.Sequential(
+        torch.nn.Linear(input_shape[0], 6), torch.nn.Tanh(), torch.nn.Linear(6, num_classes)
+    ).half()
+"""
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_bfloat16_checkpoint_beyond_a_float16_models_range_is_a_checkpoint_error(
+    tmp_path, monkeypatch, first
+):
+    """A float16 model (a user factory's) and bfloat16 checkpoints, one holding 1e5 (finite in
+    bfloat16, Inf in float16): the kernel of that step was NaN (NonFiniteKernelError, advising
+    --dtype float64, which does not help) or, as the first step, the model was called random in
+    eval mode (a ModelError, which stops the run even with --skip-bad). Now the load names the
+    tensor and the fix, and the kernels already computed stay in the store."""
+    (tmp_path / "half_factory.py").write_text(HALF_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {**SPEC, "model": {"arch": "half_factory:make", "num_classes": 3}}
+    spec = spec_from_dict(raw, source="half.toml")
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    bad = 0 if first else 5
+    for step in (0, 5, 10):
+        torch.manual_seed(step)
+        state = {k: v.float().to(torch.bfloat16) for k, v in model_for(spec).state_dict().items()}
+        if step == bad:
+            state["2.weight"][1, 0] = 1e5
+        save_file(state, str(paths.checkpoint(ckpts, step)))
+    store = tmp_path / "store"
+    with pytest.raises(CheckpointError, match=rf"step {bad} ") as stopped:
+        kernels(ckpts, spec=spec, store=store, device="cpu")
+    message = " ".join(str(stopped.value).split())
+    assert "'2.weight' (bfloat16, up to 9.984e+04)" in message
+    assert "beyond the largest float16" in message and "into a float32 model" in message
+    assert Store.open(store).steps() == ([] if first else [0])  # computed before it: kept
+    result = kernels(ckpts, spec=spec, store=store, device="cpu", skip_bad=True)
+    assert list(result.failed) == [bad] and result.computed == [s for s in (5, 10) if s != bad]
+    for step in Store.open(store).steps():
+        assert torch.isfinite(Store.open(store).load_kernel(step)).all()
+
+
 def test_skip_bad_is_advised_once_by_kernels_and_never_by_inspect_or_switch(run, tmp_path):
     """Per-file messages name no flag: kernels adds --skip-bad once, inspect has no such flag,
     and switch needs the step (its advice is another --at)."""

@@ -158,10 +158,13 @@ def check_dtypes(
     warn: Callable[[str], None] | None = None,
 ) -> None:
     """Refuse a tensor whose dtype cannot hold the model's (integers or booleans for a floating
-    parameter, complex for a real one), naming the file, the key and both dtypes; warn once per
-    file (through ``warn``) about floating tensors of lower precision than the model's, which
-    load fine but were rounded when saved."""
+    parameter, complex for a real one), naming the file, the key and both dtypes; refuse finite
+    values beyond the range of the model's dtype (a bfloat16 checkpoint's 1e5 in a float16
+    model), which loading would turn into Inf, naming the tensors and a dtype that holds them;
+    warn once per file (through ``warn``) about floating tensors of lower precision than the
+    model's, which load fine but were rounded when saved."""
     lower: list[tuple[str, torch.dtype]] = []
+    overflow: list[tuple[str, float, torch.dtype]] = []  # (key, largest magnitude lost, wanted)
     for key, tensor in state_dict.items():
         target = own.get(mapping.get(key, key))
         if target is None or not target.is_floating_point():
@@ -174,8 +177,16 @@ def check_dtypes(
                 "round or cast them, and the kernel would be wrong). Re-save the checkpoint from "
                 "the model's state_dict() without converting it."
             )
+        if torch.finfo(found).max > torch.finfo(wanted).max:  # a wider range: may not fit
+            largest = _beyond_range(tensor, wanted)
+            if largest is not None:
+                overflow.append(
+                    (f"'{key}' ({_dtype(found)}, up to {largest:.4g})", largest, wanted)
+                )
         if torch.finfo(found).eps > torch.finfo(wanted).eps:  # fewer significant digits (not
             lower.append((f"'{key}' ({_dtype(found)})", wanted))  # bits: bfloat16 vs float16)
+    if overflow:
+        raise CheckpointError(_overflow_message(name, overflow))
     if lower:
         shown = ", ".join(k for k, _ in lower[:3])
         more = f" and {len(lower) - 3} more" if len(lower) > 3 else ""
@@ -184,6 +195,39 @@ def check_dtypes(
             f"{_dtype(lower[0][1])}; they are loaded into the model's dtype and the kernel is "
             "computed in the model's dtype (the digits lost when saving do not come back)."
         )
+
+
+def _beyond_range(tensor: torch.Tensor, wanted: torch.dtype) -> float | None:
+    """The largest magnitude of the finite values of ``tensor`` that casting to ``wanted`` turns
+    into Inf (NaN for a float8 without Inf), or None when every finite value stays finite."""
+    source = tensor.float() if tensor.dtype in _FLOAT8 else tensor
+    cast = tensor.to(wanted)
+    lost = ~torch.isfinite(cast.float() if wanted in _FLOAT8 else cast) & torch.isfinite(source)
+    if not bool(lost.any()):
+        return None
+    return float(source[lost].abs().max())
+
+
+def _overflow_message(name: str, overflow: list[tuple[str, float, torch.dtype]]) -> str:
+    """The error of :func:`check_dtypes` for values beyond the model's dtype: which tensors, how
+    large, and a dtype whose range holds them (float32, or float64 beyond float32's)."""
+    shown = ", ".join(text for text, _, _ in overflow[:3])
+    more = f" and {len(overflow) - 3} more" if len(overflow) > 3 else ""
+    wanted = overflow[0][2]
+    largest = max(value for _, value, _ in overflow)
+    holds = next(
+        (d for d in (torch.float32, torch.float64) if torch.finfo(d).max >= largest),
+        torch.float64,
+    )
+    return (
+        f"'{name}' stores {shown}{more}: values beyond the largest {_dtype(wanted)} "
+        f"({torch.finfo(wanted).max:.4g}), so loading them into the model's {_dtype(wanted)} "
+        "parameters would make them Inf (and the kernel not finite). Load the checkpoint into a "
+        f'{_dtype(holds)} model: build the model in {_dtype(holds)} (a "pkg.mod:factory" arch '
+        f"that returns model.to(torch.{_dtype(holds)}), or model.to(torch.{_dtype(holds)}) "
+        "before loading it from Python). --dtype does not help: it sets the dtype the kernel is "
+        "computed in, after the checkpoint is loaded into the model's own dtype."
+    )
 
 
 def _dtype(dtype: torch.dtype) -> str:
