@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_distance_command import make_store, random_psd
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -301,6 +302,45 @@ def test_markdown_links_figures_and_has_tables(run):
     verdict = json.loads(paths.distance_summary(store).read_text())["verdict"]
     assert f"**{verdict['regime']}**" in md
     assert "conetool switch --at 0,8 --until 16" in md
+
+
+def test_reproduce_leaves_out_flags_whose_values_the_store_did_not_record(tmp_path):
+    """A store written by other code than kernels (here the Store API, as a converter would)
+    records no probe set: the block said --probe-size None, which kernels refuses."""
+    steps = [0, 1, 2, 4, 8]
+    store = make_store(tmp_path / "store", steps, random_psd(steps))
+    distance(store, noise=False)
+    lines = reproduce_lines(report(store))
+    s = shlex.quote(str(store))
+    assert f"conetool kernels /ckpts --store {s} --kind trace --dtype float64" in lines
+    assert not [line for line in lines if "None" in line.split()], lines
+
+
+def test_reproduce_names_the_kernels_engine_when_it_was_chosen(run, tmp_path):
+    _, ckpts, _, _ = run
+    store = tmp_path / "store"
+    kernels(ckpts, store=store, device="cpu", method="jacobian", steps="0:4")
+    (line,) = [x for x in reproduce_lines(report(store)) if x.startswith("conetool kernels")]
+    assert line.endswith("--probe-size 6 --method jacobian") and "--steps 0:4" in line
+
+
+def test_reproduce_follows_what_the_results_recorded(run, tmp_path):
+    """Switch results without their T (an older conetool's) gave --until None; a spectrum that
+    left out bad kernel files (skip_bad) was reproduced without --skip-bad."""
+    _, _, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    switched = json.loads(paths.switch_results_json(copy).read_text())
+    del switched["until"]
+    paths.switch_results_json(copy).write_text(json.dumps(switched))
+    summary = json.loads(paths.spectrum_summary(copy).read_text())
+    summary["excluded"] = {"4": "not finite"}  # as spectrum(skip_bad=True) records it
+    paths.spectrum_summary(copy).write_text(json.dumps(summary))
+    lines = reproduce_lines(report(copy))
+    s = shlex.quote(str(copy))
+    assert f"conetool switch --at 0,8 --store {s}" in lines
+    assert f"conetool spectrum --store {s} --top-k 3 --skip-bad" in lines
+    assert not [line for line in lines if "None" in line.split()], lines
 
 
 def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path):

@@ -86,11 +86,12 @@ class ReportCommands(ReportInputs):
             return " ".join(parts)
         if not paths.spec(Path(self.ckpts)).is_file() and self.spec_toml is not None:
             parts.append(f"--spec {_q(self.out_dir / paths.report_spec(self.root).name)}")
-        parts += [
-            f"--kind {m.get('kind')}",
-            f"--dtype {m.get('dtype')}",
-            f"--probe-size {m.get('probe', {}).get('size')}",
-        ]
+        probe = m.get("probe")
+        parts += _flag("--kind", m.get("kind"))
+        parts += _flag("--dtype", m.get("dtype"))
+        parts += _flag("--probe-size", probe.get("size") if isinstance(probe, dict) else None)
+        if m.get("method") not in (None, "auto"):  # the engine of a kernels --method run
+            parts += _flag("--method", m.get("method"))
         evaluation = m.get("eval")
         if isinstance(evaluation, dict) and evaluation.get("size"):
             parts.append(f"--eval-size {evaluation['size']}")
@@ -149,13 +150,9 @@ class ReportCommands(ReportInputs):
 
     def _embed_command(self) -> str:
         s = self.embed or {}
-        parts = [
-            "conetool embed",
-            self._store_flag(),
-            f"--method {s.get('method', 'mds')}",
-            f"--dims {s.get('dims', 2)}",
-            f"--seed {s.get('seed', 0)}",
-        ]
+        parts = ["conetool embed", self._store_flag()]
+        for key, flag in (("method", "--method"), ("dims", "--dims"), ("seed", "--seed")):
+            parts += _flag(flag, s.get(key))
         if s.get("excluded"):
             parts.append("--skip-bad")
         return " ".join(parts)
@@ -163,11 +160,9 @@ class ReportCommands(ReportInputs):
     def _switch_command(self) -> str:
         s = self.switch or {}
         at = [int(p["at"]) for p in s.get("points", [])]
-        parts = [
-            f"{self._env()}conetool switch --at {_steps_text(at)}",
-            f"--until {s.get('until')}",
-            self._store_flag(),
-        ]
+        parts = [f"{self._env()}conetool switch --at {_steps_text(at)}"]
+        parts += _flag("--until", s.get("until"))
+        parts.append(self._store_flag())
         source = str((s.get("reference") or {}).get("source", "checkpoint"))
         if source != "checkpoint":
             parts.append("--reference train")
@@ -232,3 +227,10 @@ class ReportCommands(ReportInputs):
         self.present.add("reproduce")
         self.details["reproduce"] = f"{len([x for x in lines if not x.startswith('#')])} commands"
         return Section("reproduce", "Reproduce", tuple(blocks))
+
+
+def _flag(flag: str, value: object) -> list[str]:
+    """``[flag value]``, or nothing when the store's files did not record the value (a store
+    written by other code than kernels, or an older conetool): the command then takes the
+    default, where ``--probe-size None`` would be refused."""
+    return [] if value is None else [f"{flag} {_q(value)}"]

@@ -211,7 +211,10 @@ class ReportInputs:
 
     def _spectrum_command(self) -> str:
         top = (self.spectrum or {}).get("top_k", 10)
-        return f"conetool spectrum {self._store_flag()} --top-k {top}"
+        command = f"conetool spectrum {self._store_flag()} --top-k {top}"
+        if (self.spectrum or {}).get("excluded"):  # it left out bad kernel files
+            command += " --skip-bad"
+        return command
 
     def _switch_command_default(self) -> str:
         return f"conetool switch --at {_steps_text(self._suggested_switch_points())} {self._store_flag()}"
