@@ -20,7 +20,9 @@ __all__ = [
     "Kind",
     "Method",
     "Reference",
+    "bool_argument",
     "choice",
+    "int_argument",
     "is_count",
     "path_argument",
     "step_or_last",
@@ -110,6 +112,57 @@ def path_argument(value: object, name: str, what: str) -> Path:
     lead = f"{name} {value!r}" if name.startswith("--") else f"{name}={value!r}"
     several = " (one path: call once per directory)" if isinstance(value, list | tuple) else ""
     raise ConetoolError(f"{lead} is not a path. Pass {what} as a str or pathlib.Path{several}.")
+
+
+def bool_argument(value: object, name: str) -> bool:
+    """``value`` when it is a ``bool``; ``name`` is the Python argument (``"overwrite"``).
+
+    Raises:
+        ConetoolError: anything else (``"no"``, ``0``, ``None``, a numpy bool): taken by its
+            truth, ``overwrite="no"`` would overwrite. The message names ``name`` and the fix.
+    """
+    if isinstance(value, bool):
+        return value
+    from .errors import ConetoolError
+
+    raise ConetoolError(
+        f"{name}={value!r} is a {type(value).__name__}, not a bool: pass {name}=True or "
+        f"{name}=False (any other value would be taken by its truth, {name}='no' as True)."
+    )
+
+
+def int_argument(value: object, name: str, *, optional: bool = False) -> int | None:
+    """``value`` when it is an ``int`` (not a ``bool``), or None when ``optional``; ``name`` is
+    the Python argument (``"dims"``). The range (positive, 2 or 3, ...) is the caller's to check.
+
+    Raises:
+        ConetoolError: anything else (``2.0``, ``"10"``, ``True``, a numpy integer); the message
+            names ``name`` and, for a whole number of another type, the int to pass.
+    """
+    if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    from .errors import ConetoolError
+
+    whole = _whole(value)
+    fix = f"{name}={whole}" if whole is not None else "a whole number as an int"
+    if optional:
+        fix += f" (or {name}=None)"
+    raise ConetoolError(f"{name}={value!r} is a {type(value).__name__}, not an int: pass {fix}.")
+
+
+def _whole(value: object) -> int | None:
+    """The int a float, text or numpy integer of a whole number stands for (None otherwise)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if text.lstrip("+-").isdigit() else None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]  # a numpy integer
+    except TypeError:
+        return None
 
 
 def step_or_last(value: object) -> int | str | None:

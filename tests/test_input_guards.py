@@ -92,8 +92,8 @@ def test_steps_that_are_no_pair_are_refused(run: Path) -> None:
 
 
 def test_demo_refuses_steps_that_are_no_whole_number(tmp_path: Path) -> None:
-    for steps in ("12", 12.0):
-        with pytest.raises(conetool.ConetoolError, match=r"^--steps .*a whole number"):
+    for steps in ("12", 12.0):  # no int: named as the Python argument, with the int to pass
+        with pytest.raises(conetool.ConetoolError, match=r"^steps=.* not an int: pass steps=12 "):
             conetool.demo(tmp_path / "demo", steps=steps, threads=1)  # type: ignore[arg-type]
     assert not (tmp_path / "demo").exists()
 

@@ -3,6 +3,7 @@ left as found, and plain Python values work where the command line takes flags."
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,10 @@ def test_every_error_a_call_raises_is_exported_under_conetool_error() -> None:
 def test_a_count_that_is_no_whole_number_is_named(
     run: Path, tmp_path: Path, name: str, value: object
 ) -> None:
+    # no int: the Python argument (the command line cannot pass one); 0: the flag, as the CLI's
     flag = "--" + name.replace("_", "-")
-    with pytest.raises(conetool.ConetoolError, match=f"{flag} must be a positive whole number"):
+    named = f"{flag} must be a positive whole number" if value == 0 else f"^{name}={value!r} is a"
+    with pytest.raises(conetool.ConetoolError, match=named):
         conetool.kernels(run, store=tmp_path / "s", threads=1, **{name: value})
     assert not (tmp_path / "s").exists()  # refused before anything is written
 
@@ -248,9 +251,11 @@ def test_spectrum_top_k_beyond_the_kernel_keeps_all_and_says_so(run: Path, tmp_p
     assert summary["notes"] == result.notes and summary["top_k"] == n
     below = conetool.spectrum(store, top_k=n - 1, threads=1)
     assert below.notes == [] and below.top_k == n - 1
-    for wrong in ("10", 2.5, None, True, 0):
-        with pytest.raises(conetool.ConetoolError, match=r"^--top-k .*positive whole number"):
+    for wrong in ("10", 2.5, None, True):
+        with pytest.raises(conetool.ConetoolError, match=rf"^top_k={wrong!r} is a .*not an int"):
             conetool.spectrum(store, top_k=wrong, threads=1)  # type: ignore[arg-type]
+    with pytest.raises(conetool.ConetoolError, match=r"^--top-k 0: .*positive whole number"):
+        conetool.spectrum(store, top_k=0, threads=1)
 
 
 def test_scalar_arguments_of_the_wrong_type_are_named(run: Path, tmp_path: Path) -> None:
@@ -261,16 +266,16 @@ def test_scalar_arguments_of_the_wrong_type_are_named(run: Path, tmp_path: Path)
     refused: list[tuple[Any, str]] = [
         (lambda: conetool.kernels(run, store=store, device=0.5), r"^--device 0\.5"),
         (lambda: conetool.inspect(run, step_regex=5), r"^--step-regex 5 .* as a str"),
-        (lambda: conetool.inspect(run, every=True), r"^--every .*not True"),
+        (lambda: conetool.inspect(run, every=True), r"^every=True is a bool, not an int"),
         (lambda: conetool.kernels(run, store=store, groups=5), r"^--groups 5 is no grouping"),
         (lambda: conetool.kernels(run, store=store, groups=["a=b"]), r"^--groups \['a=b'\]"),
         (lambda: conetool.distance(store, dts="abc"), r"^--dt 'abc' is not a number"),
         (lambda: conetool.distance(store, dts=[True]), r"^--dt True is not a number"),
         (lambda: conetool.distance(store, rules="x"), r"^rules='x' is not a .*VerdictRules"),
         (lambda: conetool.embed(store, seed=-1), r"^--seed -1 is not a seed"),
-        (lambda: conetool.embed(store, seed="0"), r"^--seed '0' is not a seed"),
-        (lambda: conetool.switch(5, store=store, until="10"), r"^--until '10' is not a step"),
-        (lambda: conetool.switch(5, store=store, until=2.5), r"^--until 2\.5 is not a step"),
+        (lambda: conetool.embed(store, seed="0"), r"^seed='0' is a str, not an int: pass seed=0"),
+        (lambda: conetool.switch(5, store=store, until="10"), r"^until='10' is a str, not an int"),
+        (lambda: conetool.switch(5, store=store, until=2.5), r"^until=2\.5 is a float, not an"),
     ]
     for call, named in refused:
         with pytest.raises(conetool.ConetoolError, match=named):
@@ -286,3 +291,88 @@ def test_demo_checks_switch_at_before_training(tmp_path: Path) -> None:
         with pytest.raises(conetool.ConetoolError, match=named):
             conetool.demo(tmp_path / "demo", steps=8, switch_at=at, threads=1)
     assert not (tmp_path / "demo").exists()
+
+
+# ------------------------------------------------------------------- bool and int argument types
+
+
+def _command_functions() -> list[str]:
+    """The library function behind each CLI command (one per command, the same name)."""
+    from conetool.cli import app
+
+    names = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+    assert set(names) <= set(conetool.__all__), names
+    return names
+
+
+#: Wrong values per annotation: taken by their truth ("no" as True), or a float where the code
+#: slices, ranges and compares (embed(dims=2.0) passed `dims in (2, 3)` and then raised a raw
+#: TypeError after computing the S matrix).
+_WRONG = {
+    "bool": ["no", "False", 0, 1, None, 0.0, np.bool_(True)],
+    "int": [2.0, "2", True, None, np.int64(2)],
+    "int | None": [2.0, "2", False, np.int64(2)],
+}
+
+#: (function, parameter, its annotation, a wrong value), over every bool and int parameter of
+#: every command's function, read from its signature, so that a new parameter is covered too.
+_TYPED = [
+    (name, parameter, str(spec.annotation), value)
+    for name in _command_functions()
+    for parameter, spec in inspect.signature(getattr(conetool, name)).parameters.items()
+    for value in _WRONG.get(str(spec.annotation), [])
+]
+
+
+def test_the_typed_parameters_include_the_known_ones() -> None:
+    seen = {(name, parameter) for name, parameter, _, _ in _TYPED}
+    for known in [
+        ("train", "overwrite"),
+        ("kernels", "skip_bad"),
+        ("kernels", "probe_size"),
+        ("distance", "noise"),
+        ("embed", "dims"),
+        ("spectrum", "logx"),
+        ("switch", "beyond_run"),
+        ("demo", "steps"),
+        ("inspect", "verify"),
+    ]:
+        assert known in seen, known
+
+
+@pytest.mark.parametrize(("name", "parameter", "annotation", "value"), _TYPED, ids=repr)
+def test_a_bool_or_int_argument_of_another_type_is_refused_naming_it(
+    tmp_path: Path, name: str, parameter: str, annotation: str, value: object
+) -> None:
+    """overwrite="no" acted as True and embed(dims=2.0) was taken: every bool parameter of a
+    command's function takes only True or False, and every int parameter only an int (not a
+    float, text, bool or numpy integer), refused before anything runs, naming the argument."""
+    function = getattr(conetool, name)
+    signature = inspect.signature(function)
+    given: dict[str, Any] = {}
+    for other, spec in signature.parameters.items():  # paths that are not there, or a step
+        if spec.default is inspect.Parameter.empty or other in ("store", "out"):
+            given[other] = 5 if other == "at" else tmp_path / other
+    given[parameter] = value
+    with pytest.raises(conetool.ConetoolError) as refused:
+        function(**given)
+    message = str(refused.value)
+    wanted = "a bool" if annotation == "bool" else "an int"
+    assert message.startswith(f"{parameter}={value!r} is a {type(value).__name__}, not {wanted}:")
+    if annotation == "bool":
+        fix = f"pass {parameter}=True or {parameter}=False"
+    elif str(value) in ("2", "2.0"):  # 2.0, "2", np.int64(2): the int it stands for
+        fix = f"pass {parameter}=2"
+    else:
+        fix = "pass a whole number as an int"
+    assert fix in message, message
+    assert list(tmp_path.iterdir()) == []  # refused before anything was read or written
+
+
+def test_a_whole_number_of_another_type_gets_the_int_to_pass() -> None:
+    with pytest.raises(
+        conetool.ConetoolError, match=r"^dims=2\.0 is a float, not an int: pass dims=2\.$"
+    ):
+        conetool.embed("nowhere", dims=2.0)
+    with pytest.raises(conetool.ConetoolError, match=r"pass every=4 \(or every=None\)\.$"):
+        conetool.inspect("nowhere", every="4")
