@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,25 @@ def record(step: int, fingerprint: str = "f1") -> StepRecord:
         norm=1.0,
         seconds=0.5,
     )
+
+
+#: (field, value) pairs that each make another store identity than IDENT's.
+IDENTITY_CHANGES = [
+    ("spec_hash", "bbbb"),
+    ("probe_hash", "qqqq"),
+    ("kind", "full"),
+    ("dtype", "float64"),
+]
+
+
+def store_with_kernels(root: Path, ident: StoreIdentity = IDENT, steps=(0, 10)) -> Store:
+    """A closed store of ``ident`` holding a small kernel ``(step + 1) · I₂`` for each of
+    ``steps``."""
+    store = Store.open_for_writing(root, ident, HEADER)
+    for step in steps:
+        store.write_kernel(record(step), (step + 1) * torch.eye(2))
+    store.close()
+    return store
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -58,7 +78,7 @@ def test_is_current_follows_fingerprint_and_kernel_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("spec_hash", "bbbb"), ("probe_hash", "qqqq"), ("kind", "full"), ("dtype", "float64")],
+    IDENTITY_CHANGES,
 )
 def test_another_identity_is_refused_then_overwritten(tmp_path, field, value):
     store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from test_checkpoints import write_hf_sharded
-from test_store import HEADER, IDENT, record
+from test_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
 from tiny_run import SPEC, metadata, run_fixtures
 
 from conetool import paths
@@ -26,15 +26,6 @@ from conetool.store import Store, StoreIdentity
 from conetool.store_lock import StoreLock
 
 trained, run = run_fixtures(SPEC)
-
-
-def _store_with_kernels(root: Path, ident: StoreIdentity = IDENT, steps=(0, 10)) -> Store:
-    """A store of ``ident`` holding a small kernel for each of ``steps``."""
-    store = Store.open_for_writing(root, ident, HEADER)
-    for step in steps:
-        store.write_kernel(record(step), (step + 1) * torch.eye(2))
-    store.close()
-    return store
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -52,7 +43,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_a_store_written_by_a_newer_conetool_is_refused_and_left_byte_for_byte(tmp_path):
     # guards: only a damaged manifest is rebuilt; a newer format is refused, never replaced
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     manifest = json.loads(paths.manifest(root).read_text())
     manifest["format_version"] = 2
     paths.manifest(root).write_text(json.dumps(manifest))
@@ -67,7 +58,7 @@ def test_a_store_written_by_a_newer_conetool_is_refused_and_left_byte_for_byte(t
 def test_a_foreign_manifest_in_a_store_folder_is_refused_and_left_byte_for_byte(tmp_path):
     # guards: a manifest.json of another format is not conetool's to rebuild over
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     paths.manifest(root).write_text(json.dumps({"format": "other-tool", "steps": {}}))
     before = _files(root)
     with pytest.raises(StoreError, match=r"manifest.json is not a conetool store manifest"):
@@ -93,7 +84,7 @@ def test_a_damaged_manifest_in_a_folder_that_is_no_store_is_refused_not_replaced
 def test_overwrite_of_a_store_without_a_usable_manifest_deletes_its_kernels(tmp_path, damage):
     # guards: --overwrite clears the old kernel files even when the manifest is damaged or gone
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     if damage == "truncated":
         paths.manifest(root).write_text(paths.manifest(root).read_text()[:40])
     else:
@@ -109,7 +100,7 @@ def test_overwrite_of_a_store_without_a_usable_manifest_deletes_its_kernels(tmp_
 def test_overwrite_removes_every_file_conetool_wrote_and_keeps_the_users(tmp_path):
     # guards: clear() of --overwrite removes the eval set and every companion and derived folder
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     written = [
         paths.probe(root),
         paths.eval_set(root),
@@ -165,7 +156,7 @@ def test_a_kernel_file_differing_from_its_record_in_one_header_field_is_named(
 ):
     # guards: each header check of kernel_file_problem (README: "Nothing mixed, nothing stale")
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     assert store.kernel_file_problem(10) is None
     _rewrite_kernel_file(paths.kernel(root, 10), **change)
     problem = store.kernel_file_problem(10)
@@ -191,12 +182,12 @@ def test_a_kernel_file_of_another_shape_than_the_probe_set_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("spec_hash", "bbbb"), ("probe_hash", "qqqq"), ("kind", "full"), ("dtype", "float64")],
+    IDENTITY_CHANGES,
 )
 def test_rebuilding_refuses_kernel_files_that_are_all_of_another_identity(tmp_path, field, value):
     # guards: a store whose manifest is gone is still never mixed with another identity's kernels
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     paths.manifest(root).unlink()
     before = _files(root)
     other = StoreIdentity(**{**IDENT.__dict__, field: value})
@@ -210,10 +201,10 @@ def test_rebuilding_refuses_kernel_files_that_are_all_of_another_identity(tmp_pa
 def test_rebuilding_counts_the_kernel_files_of_another_identity_it_leaves_out(tmp_path):
     # guards: the rebuild note says how many files were recovered and how many left out
     root = tmp_path / "s"
-    _store_with_kernels(root, steps=(0, 10))
+    store_with_kernels(root, steps=(0, 10))
     other = StoreIdentity(**{**IDENT.__dict__, "probe_hash": "qqqq"})
     foreign = tmp_path / "foreign"
-    _store_with_kernels(foreign, other, steps=(5,))
+    store_with_kernels(foreign, other, steps=(5,))
     paths.kernel(foreign, 5).replace(paths.kernel(root, 5))
     paths.manifest(root).unlink()
     store = Store.open_for_writing(root, IDENT, HEADER)
@@ -242,7 +233,7 @@ def test_reopening_writes_a_kernel_orphaned_by_a_kill_into_manifest_json(tmp_pat
 def test_a_damaged_manifest_beside_kernel_files_alone_is_rebuilt(tmp_path):
     # guards: kernels/ without probe.safetensors is enough to count as a store to rebuild
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     assert not paths.probe(root).exists()
     kernel_bytes = paths.kernel(root, 10).read_bytes()
     paths.manifest(root).write_text(paths.manifest(root).read_text()[:40])
@@ -279,7 +270,7 @@ COMPANION_CHANGES = [
 def test_an_eval_kernel_differing_in_one_header_field_is_stale(tmp_path, field, value, named):
     # guards: each field of the eval kernel's metadata that makes it current is checked
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     store.record_eval(EVAL_A)
     for step in (0, 10):
         store.write_eval_kernel(step, torch.ones(3, 2), "ea", "f1")
@@ -295,7 +286,7 @@ def test_an_eval_kernel_differing_in_one_header_field_is_stale(tmp_path, field, 
 def test_an_eval_kernel_of_another_eval_size_is_stale(tmp_path):
     # guards: the eval kernel's rows are checked against the recorded evaluation set's size
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     store.record_eval(EVAL_A)
     store.write_eval_kernel(0, torch.ones(3, 2), "ea", "f1")
     store.write_eval_kernel(10, torch.ones(4, 2), "ea", "f1")
@@ -307,7 +298,7 @@ def test_an_eval_kernel_of_another_eval_size_is_stale(tmp_path):
 def test_a_layer_file_differing_in_one_header_field_is_stale(tmp_path, field, value, named):
     # guards: each field of the layer file's metadata that makes it current is checked
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     store.record_layer_groups(_layer_record("ga"))
     parts = {"first": torch.eye(2), "last": torch.eye(2)}
     for step in (0, 10):
@@ -324,7 +315,7 @@ def test_a_layer_file_differing_in_one_header_field_is_stale(tmp_path, field, va
 def test_a_layer_file_missing_a_group_it_names_is_stale(tmp_path):
     # guards: a layer file must hold one tensor per group its metadata names
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     store.record_layer_groups(_layer_record("ga"))
     store.write_layer_kernels(10, {"first": torch.eye(2)}, GROUPS, "ga", "f1")
     problem = store.layer_kernel_problem(10, "ga", "f1")
@@ -335,7 +326,7 @@ def test_a_layer_file_missing_a_group_it_names_is_stale(tmp_path):
 def test_another_eval_set_deletes_exactly_the_eval_kernels_of_the_old_one(tmp_path):
     # guards: replacing the eval set unlinks the old set's files, keeps the new set's
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     assert store.record_eval(EVAL_A) == []  # the first set replaces nothing
     store.write_eval_kernel(0, torch.ones(3, 2), "ea", "f1")
     store.write_eval_kernel(10, torch.ones(4, 2), "eb", "f1")  # already of the new set
@@ -353,7 +344,7 @@ def test_another_eval_set_deletes_exactly_the_eval_kernels_of_the_old_one(tmp_pa
 def test_another_grouping_deletes_exactly_the_layer_files_of_the_old_one(tmp_path):
     # guards: replacing the parameter groups unlinks the old grouping's files only
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     assert store.record_layer_groups(_layer_record("ga")) == []
     parts = {"first": torch.eye(2), "last": torch.eye(2)}
     store.write_layer_kernels(0, parts, GROUPS, "ga", "f1")
@@ -586,13 +577,13 @@ def test_a_kernel_read_after_the_store_was_replaced_is_named_as_such(tmp_path):
     # store writes that step again the file at that path is the new store's kernel (was: returned
     # silently, a kernel of another spec)
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     reader = Store.open(root)
     with Store.open_for_writing(root, OTHER, HEADER, overwrite=True):
         pass
     with pytest.raises(StoreReplacedError, match=r"was replaced while it was read.*Open it again"):
         reader.load_kernel(0)
-    _store_with_kernels(root, OTHER, steps=(0,))
+    store_with_kernels(root, OTHER, steps=(0,))
     with pytest.raises(StoreReplacedError, match="kernels --overwrite cleared it"):
         reader.load_kernel(0)
     assert torch.equal(Store.open(root).load_kernel(0), torch.eye(2))  # a new reader reads it
@@ -602,7 +593,7 @@ def test_a_store_cleared_and_started_again_with_the_same_identity_is_told_apart(
     # --overwrite of a store whose manifest is damaged starts one of the same identity: the
     # reader of the old one must not take the new kernels for its own (the store_id differs)
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     reader = Store.open(root)
     assert not reader.replaced()
     paths.manifest(root).write_text("{ damaged")
@@ -615,7 +606,7 @@ def test_a_store_cleared_and_started_again_with_the_same_identity_is_told_apart(
 
 def test_opening_a_store_that_kernels_is_clearing_says_so(tmp_path, monkeypatch):
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     # the manifest goes between the check that it is there and its reading (was: "not a
     # readable conetool manifest ... edited or damaged by hand")
     real = store_module.read_manifest
@@ -646,7 +637,7 @@ def test_overwrite_waits_for_a_reader_writing_its_results(tmp_path, monkeypatch)
     # writing is not enough, the clearing could fall between the check and the writes (and the
     # results land in the new store). Made visible by turning the wait into a refusal.
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     reader = Store.open(root)
     with reader.writing_results("distance"):
         (root / "distance").mkdir()

@@ -49,7 +49,7 @@ import pytest
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from test_store import HEADER, IDENT, record
+from test_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
 
 import conetool.io
 from conetool import paths
@@ -64,15 +64,6 @@ from conetool.store_lock import StoreLock, writer_note
 from conetool.store_manifest import opened_as
 
 OTHER = StoreIdentity(spec_hash="bbbb", probe_hash="pppp", kind="trace", dtype="float32")
-
-
-def _store_with_kernels(root: Path, ident: StoreIdentity = IDENT, steps=(0, 10)) -> Store:
-    """A closed store of ``ident`` holding a small kernel for each of ``steps``."""
-    store = Store.open_for_writing(root, ident, HEADER)
-    for step in steps:
-        store.write_kernel(record(step), (step + 1) * torch.eye(2))
-    store.close()
-    return store
 
 
 def _manifest(root: Path) -> dict:
@@ -131,7 +122,7 @@ def test_a_refused_open_gives_the_writer_lock_back(tmp_path):
     # S11: a refused open (another identity) kept the lock: the next kernels run, in another
     # process, was refused as "being written by another conetool process"
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     with pytest.raises(StoreError, match="never mixes them"):
         Store.open_for_writing(root, OTHER, HEADER)
     assert _lock_is_free(root)
@@ -141,7 +132,7 @@ def test_a_rerun_records_its_own_provenance(tmp_path):
     # S17: the manifest kept the first run's header (checkpoint directory, selection) although
     # "the record is of the latest kernels run that computed a kernel" (README)
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     moved = {**HEADER, "checkpoints": "/runs/moved", "selection": {"every": 5}}
     with Store.open_for_writing(root, IDENT, moved) as store:
         store.write_kernel(record(20), torch.eye(2))
@@ -155,7 +146,7 @@ def test_a_store_made_before_store_ids_gets_one_so_its_replacement_is_told(tmp_p
     # to it; a reader of it then took a store cleared and started again with the same identity
     # (--overwrite of a damaged manifest) for its own
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     _without_store_id(root)
     with Store.open_for_writing(root, IDENT, HEADER) as store:
         store.write_kernel(record(20), torch.eye(2))
@@ -170,12 +161,12 @@ def test_a_store_made_before_store_ids_gets_one_so_its_replacement_is_told(tmp_p
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("spec_hash", "bbbb"), ("probe_hash", "qqqq"), ("kind", "full"), ("dtype", "float64")],
+    IDENTITY_CHANGES,
 )
 def test_a_store_without_a_store_id_is_replaced_by_any_other_identity(tmp_path, field, value):
     # M08: for a store made before store ids, "replaced" compared the identity without dtype
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     _without_store_id(root)
     reader = Store.open(root)
     other = StoreIdentity(**{**IDENT.__dict__, field: value})
@@ -189,7 +180,7 @@ def test_a_manifest_that_lost_its_store_id_is_another_store(tmp_path):
     # M26: a manifest without a store_id (an older conetool's --overwrite started it) counted
     # as the store the reader opened (store_on_disk: "other": another store_id)
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     reader = Store.open(root)
     _without_store_id(root)
     assert reader.replaced()
@@ -199,7 +190,7 @@ def test_a_store_being_cleared_is_replaced_not_damaged(tmp_path):
     # S30, S47: with the manifest gone (kernels --overwrite between its clearing and its new
     # manifest), a reader's missing kernel was "cannot be read ... Recompute it", not "replaced"
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     reader = Store.open(root)
     paths.manifest(root).unlink()
     shutil.rmtree(root / paths.KERNELS_DIR)
@@ -214,7 +205,7 @@ def test_a_damaged_manifest_is_not_a_replaced_store(tmp_path):
     # stopped with "kernels --overwrite cleared it" and wrote nothing (store_on_disk: "same"
     # also when it is damaged; the command's own error says what is wrong)
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     reader = Store.open(root)
     sweep = SwitchStore.begin(root, _manifest(root))
     paths.manifest(root).write_text("{ damaged")
@@ -228,7 +219,7 @@ def test_a_damaged_manifest_is_not_a_replaced_store(tmp_path):
 def test_an_error_of_a_replaced_store_is_named_for_the_command(tmp_path):
     # S31: inside Store.reading, a file gone with the replaced store was a bare OSError
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     reader = Store.open(root)
     with pytest.raises(FileNotFoundError):  # not replaced: the error is the command's own
         with reader.reading("spectrum"):
@@ -244,7 +235,7 @@ def test_a_legacy_kernel_file_is_judged_by_its_identity(tmp_path):
     # when its identity matches (it cannot be a newer store's: those write records); with the
     # manifest removed by hand the reader read current files but refused legacy ones
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     path = paths.kernel(root, 10)
     meta = _metadata(path)
     del meta["record"]
@@ -258,7 +249,7 @@ def test_a_legacy_kernel_file_is_judged_by_its_identity(tmp_path):
 def test_a_missing_step_names_the_nearest_stored_steps(tmp_path):
     # S54: "nearest" was the smallest steps (the distance's sign dropped)
     root = tmp_path / "s"
-    _store_with_kernels(root, steps=range(0, 1001, 100))
+    store_with_kernels(root, steps=range(0, 1001, 100))
     with pytest.raises(StoreError, match=r"stored steps: 300, 400, 500, 600, 700\.$"):
         Store.open(root).load_kernel(460)
 
@@ -277,7 +268,7 @@ def test_overwrite_and_the_next_writer_clean_the_layer_kernel_folder_too(tmp_pat
     # S56: layer_kernels/ was not among the writer's folders: --overwrite left the replaced
     # store's layer files, and a killed writer's temporary files there stayed forever
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     groups = {"first": ["0.weight"]}
     store.record_layer_groups({"patterns": None, "groups": groups, "hash": "ga", "dir": "x"})
     store.write_layer_kernels(0, {"first": torch.eye(2)}, groups, "ga", "f1")
@@ -293,7 +284,7 @@ def test_a_damaged_manifest_beside_the_probe_set_alone_is_rebuilt(tmp_path):
     # S57: probe.safetensors alone (kernels/ removed) no longer made the folder a store: the
     # damaged manifest was refused as foreign instead of rebuilt
     root = tmp_path / "s"
-    _store_with_kernels(root, steps=())
+    store_with_kernels(root, steps=())
     save_file({"inputs": torch.zeros(2, 4)}, str(paths.probe(root)))
     shutil.rmtree(root / paths.KERNELS_DIR)
     paths.manifest(root).write_text("{ damaged")
@@ -314,7 +305,7 @@ def test_a_damaged_manifest_beside_the_probe_set_alone_is_rebuilt(tmp_path):
 def test_a_manifest_of_the_wrong_shape_is_refused_with_the_fix(tmp_path, text, said):
     # M03 (a JSON list), M02 (steps not an object): a traceback instead of the refusal
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     paths.manifest(root).write_text(text)
     with pytest.raises(StoreError, match=said):
         Store.open(root)
@@ -323,7 +314,7 @@ def test_a_manifest_of_the_wrong_shape_is_refused_with_the_fix(tmp_path, text, s
 def test_a_joined_store_never_writes_the_manifest_when_it_adopts(tmp_path):
     # S44: a rank's adopt_kernel_files wrote manifest.json, which rank 0 owns
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     rank1, rank2 = Store.join(root), Store.join(root)
     rank2.write_kernel(record(20), torch.eye(2))
     before = paths.manifest(root).read_bytes()
@@ -360,7 +351,7 @@ def test_a_kernel_file_from_before_the_dtype_was_recorded_is_adopted(tmp_path):
     # M21: a kernel file without "dtype" metadata no longer counted as the store's dtype: a
     # kill before its manifest write lost it
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     path = paths.kernel(root, 10)
     meta = _metadata(path)
     del meta["dtype"]
@@ -375,7 +366,7 @@ def test_a_kernel_file_from_before_the_dtype_was_recorded_is_adopted(tmp_path):
 def test_a_kernel_file_without_its_step_is_left_out_when_adopting(tmp_path):
     # M23: a file carrying a record but no step made opening the store fail (KeyError)
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     stray = root / paths.KERNELS_DIR / "step_000020.safetensors"
     shutil.copy(paths.kernel(root, 10), stray)
     meta = _metadata(stray)
@@ -387,7 +378,7 @@ def test_a_kernel_file_without_its_step_is_left_out_when_adopting(tmp_path):
 def test_a_layer_file_holding_a_tensor_of_no_group_is_stale(tmp_path):
     # C04: extra tensors passed (only a missing group was caught)
     root = tmp_path / "s"
-    store = _store_with_kernels(root)
+    store = store_with_kernels(root)
     groups = {"first": ["0.weight"], "last": ["2.weight"]}
     store.record_layer_groups({"patterns": None, "groups": groups, "hash": "ga", "dir": "x"})
     parts = {"first": torch.eye(2), "last": torch.eye(2), "extra": torch.eye(2)}
@@ -405,7 +396,7 @@ def test_overwrite_is_not_stopped_by_a_file_appearing_while_it_removes_a_folder(
     # S50: rmtree's "directory not empty" (a reader's file renamed into place after rmtree
     # listed the folder) stopped --overwrite with an OSError instead of starting over
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     (root / "distance").mkdir()
     (root / "distance" / "summary.json").write_text("{}")
     real = shutil.rmtree
@@ -428,7 +419,7 @@ def test_readers_write_their_results_side_by_side(tmp_path, monkeypatch):
     # reader writes, exclusive only while --overwrite clears); a reader, or a switch sweep,
     # waited for another reader's writes. The wait is made a refusal to see it.
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     reader = Store.open(root)
     sweep = SwitchStore.begin(root, _manifest(root))
     fd = os.open(paths.results_lock(root), os.O_RDWR | os.O_CREAT)
@@ -695,7 +686,7 @@ def test_a_sweep_finds_its_store_replaced_while_it_is_being_cleared(tmp_path):
     # W01: with the manifest and switch/ both gone (the clearing removes both, before the new
     # manifest), the sweep wrote its point into the store being replaced
     root = tmp_path / "s"
-    _store_with_kernels(root)
+    store_with_kernels(root)
     sweep = SwitchStore.begin(root, _manifest(root))
     paths.manifest(root).unlink()
     shutil.rmtree(paths.switch_dir(root))
