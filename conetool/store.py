@@ -96,6 +96,7 @@ from .store_manifest import (
     rebuilt_note,
     same_kernel_record,
     same_store,
+    store_id_of_kernel_files,
     write_manifest,
 )
 
@@ -295,6 +296,10 @@ class Store:
         elif _kernel_files(root):
             notes.append(f"{path} was missing; rebuilt it from the kernel files")
         manifest = new_manifest(identity, header)
+        if notes:  # rebuilt from the kernel files: the same store, under the id they carry
+            kept = store_id_of_kernel_files(_kernel_files(root), identity)
+            if kept is not None:
+                manifest["store_id"] = kept
         store = cls(root, manifest)
         if notes:
             adopted = store.adopt_kernel_files(save=False)
@@ -441,7 +446,7 @@ class Store:
         :data:`MANIFEST_COST_RATIO`), else leave it to a later kernel or :meth:`flush`. The
         kernel file carries its record, so a kill before the manifest write is recovered on the
         next open. A store opened with :meth:`join` writes the kernel file only."""
-        metadata = kernel_metadata(self.identity, record)
+        metadata = kernel_metadata(self.identity, record, self.manifest.get("store_id"))
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
         with self._manifest_guard:
             self.manifest["steps"][str(record.step)] = asdict(record)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -170,10 +170,13 @@ def rebuilt_note(root: Path, note: str, adopted: int, foreign: int) -> str:
 
 
 # ------------------------------------------------ the record each kernel file carries
-def kernel_metadata(ident: StoreIdentity, record: StepRecord) -> dict[str, str]:
-    """The metadata of a kernel file: its step, the store's identity and its own manifest
-    record (from which a lost or damaged manifest is rebuilt)."""
-    return {
+def kernel_metadata(
+    ident: StoreIdentity, record: StepRecord, store_id: str | None = None
+) -> dict[str, str]:
+    """The metadata of a kernel file: its step, the store's identity, its own manifest record
+    and the manifest's ``store_id`` (from which a lost or damaged manifest is rebuilt as the same
+    store: :func:`store_id_of_kernel_files`)."""
+    meta = {
         "step": str(record.step),
         "kind": ident.kind,
         "spec_hash": ident.spec_hash,
@@ -181,6 +184,26 @@ def kernel_metadata(ident: StoreIdentity, record: StepRecord) -> dict[str, str]:
         "dtype": ident.dtype,
         "record": json.dumps(asdict(record)),
     }
+    if store_id is not None:
+        meta["store_id"] = store_id
+    return meta
+
+
+def store_id_of_kernel_files(paths_: Iterable[Path], ident: StoreIdentity) -> str | None:
+    """The ``store_id`` the kernel files ``paths_`` made with ``ident`` carry, when they carry
+    one and all the same (files from before conetool wrote it carry none); else None. A manifest
+    removed by hand (or damaged) and rebuilt from these files keeps it, so that a command reading
+    the store meanwhile, or a ``switch`` sweep, does not take the rebuilt store for another."""
+    found: set[str] = set()
+    for path in paths_:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+        except (OSError, SafetensorError):
+            continue  # damaged: not adopted either
+        if made_with(meta, ident) and meta.get("store_id"):
+            found.add(meta["store_id"])
+    return found.pop() if len(found) == 1 else None
 
 
 def kernel_file_problem(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_checkpoints import write_hf_sharded
 from test_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
@@ -22,6 +23,7 @@ from conetool import paths
 from conetool import store as store_module
 from conetool.errors import StoreError, StoreReplacedError
 from conetool.pipeline import kernels
+from conetool.pipeline.switch_store import SwitchStore
 from conetool.store import Store, StoreIdentity
 from conetool.store_lock import StoreLock
 
@@ -654,3 +656,48 @@ def test_overwrite_waits_for_a_reader_writing_its_results(tmp_path, monkeypatch)
     with pytest.raises(StoreReplacedError, match="conetool distance stopped and wrote nothing"):
         with reader.writing_results("distance"):
             raise AssertionError("a replaced store must not be written to")
+
+
+# ------------------------------------------------------------------ a rebuilt manifest keeps the store
+
+
+def test_a_manifest_rebuilt_from_the_kernel_files_is_the_same_store(tmp_path):
+    # A manifest.json removed by hand (or damaged) and rebuilt by the next kernels run from the
+    # kernel files: the same store, so a reader opened before and a switch sweep under way go
+    # on (the rebuilt manifest had a new random store_id, taken for a kernels --overwrite).
+    root = tmp_path / "s"
+    store_with_kernels(root)
+    manifest = json.loads(paths.manifest(root).read_text())
+    for step in (0, 10):  # each kernel file carries its store's id
+        with safe_open(str(paths.kernel(root, step)), framework="pt") as handle:
+            assert handle.metadata()["store_id"] == manifest["store_id"]
+    reader = Store.open(root)
+    sweep = SwitchStore.begin(root, manifest)
+    for damage in ("remove", "damage"):
+        if damage == "remove":
+            paths.manifest(root).unlink()
+        else:
+            paths.manifest(root).write_text("{ damaged")
+        rebuilt = Store.open_for_writing(root, IDENT, HEADER)
+        rebuilt.close()
+        assert any("rebuilt it from the kernel files" in note for note in rebuilt.notes)
+        assert json.loads(paths.manifest(root).read_text())["store_id"] == manifest["store_id"]
+        assert not reader.replaced() and not sweep.replaced()
+        assert torch.equal(reader.load_kernel(10), 11 * torch.eye(2))
+    # a store cleared by --overwrite and started again is still another store, for both
+    Store.open_for_writing(root, OTHER, HEADER, overwrite=True).close()
+    assert reader.replaced() and sweep.replaced()
+
+
+def test_kernel_files_of_two_stores_give_the_rebuilt_manifest_a_new_id(tmp_path):
+    # Files that disagree on the store they came from (copied in from another store of the same
+    # identity) do not name one: the rebuilt manifest gets a new id, as before ids were carried.
+    root, other = tmp_path / "s", tmp_path / "t"
+    store_with_kernels(root, steps=(0,))
+    store_with_kernels(other, steps=(10,))
+    shutil.copy(paths.kernel(other, 10), paths.kernel(root, 10))
+    first = json.loads(paths.manifest(root).read_text())["store_id"]
+    second = json.loads(paths.manifest(other).read_text())["store_id"]
+    paths.manifest(root).unlink()
+    Store.open_for_writing(root, IDENT, HEADER).close()
+    assert json.loads(paths.manifest(root).read_text())["store_id"] not in (first, second)
