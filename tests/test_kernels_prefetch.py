@@ -97,11 +97,13 @@ def store_contents(root: Path) -> dict[str, Any]:
     manifest and every kernel, eval kernel and layer kernel file (tensors and metadata)."""
     manifest = json.loads(paths.manifest(root).read_text())
     manifest["steps"] = {k: _without_seconds(v) for k, v in manifest["steps"].items()}
-    del manifest["store_id"]  # random: tells a store from one that replaced it
+    store_id = manifest.pop("store_id")  # random: tells a store from one that replaced it
     files: dict[str, Any] = {}
     for path in sorted(root.glob("*kernels/*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
             meta = dict(handle.metadata() or {})
+        if "store_id" in meta:  # a kernel file carries its store's id (kept by a rebuild)
+            assert meta.pop("store_id") == store_id, path
         if "record" in meta:
             meta["record"] = _without_seconds(json.loads(meta["record"]))
         files[str(path.relative_to(root))] = (load_file(str(path)), meta)
