@@ -196,12 +196,8 @@ def store_id_of_kernel_files(paths_: Iterable[Path], ident: StoreIdentity) -> st
     the store meanwhile, or a ``switch`` sweep, does not take the rebuilt store for another."""
     found: set[str] = set()
     for path in paths_:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-        except (OSError, SafetensorError):
-            continue  # damaged: not adopted either
-        if made_with(meta, ident) and meta.get("store_id"):
+        meta = metadata_made_with(path, ident)  # None: damaged, or another identity's
+        if meta is not None and meta.get("store_id"):  # none: from before conetool wrote it
             found.add(meta["store_id"])
     return found.pop() if len(found) == 1 else None
 
@@ -296,15 +292,22 @@ def made_with(meta: Mapping[str, str], ident: StoreIdentity) -> bool:
     ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
 
 
-def embedded_record(path: Path, ident: StoreIdentity) -> tuple[str, dict[str, Any]] | None:
-    """The step (as the manifest keys it) and the record the kernel file ``path`` carries, when
-    the file is readable, made with ``ident`` and carries both; else None."""
+def metadata_made_with(path: Path, ident: StoreIdentity) -> dict[str, str] | None:
+    """The metadata of the kernel file ``path`` when it is readable and made with ``ident``
+    (:func:`made_with`); else None (damaged: load_kernel names it, kernels recomputes it)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
     except (OSError, SafetensorError):
-        return None  # damaged: load_kernel names it; kernels recomputes it
-    if not made_with(meta, ident) or "record" not in meta or "step" not in meta:
+        return None
+    return meta if made_with(meta, ident) else None
+
+
+def embedded_record(path: Path, ident: StoreIdentity) -> tuple[str, dict[str, Any]] | None:
+    """The step (as the manifest keys it) and the record the kernel file ``path`` carries, when
+    the file is readable, made with ``ident`` and carries both; else None."""
+    meta = metadata_made_with(path, ident)
+    if meta is None or "record" not in meta or "step" not in meta:
         return None
     try:
         embedded = json.loads(meta["record"])
