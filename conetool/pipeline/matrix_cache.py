@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .. import paths
 from ..errors import StoreError, StoreReplacedError
@@ -47,6 +46,7 @@ from ..geometry import KernelError, distance_matrix
 from ..io import atomic_write
 from ..progress import CountBar, NullProgress, Progress
 from ..store import Store
+from ..store_manifest import kernel_header
 from ..units import parse_memory
 
 __all__ = ["KernelMatrix", "kernel_matrix", "kernels_key", "require_kernels", "store_key"]
@@ -155,16 +155,11 @@ def _check_headers(store: Store) -> dict[int, str]:
     shapes: dict[int, tuple[int, ...]] = {}
     for step, record in store.records().items():
         path = store.root / record.kernel
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if "kernel" not in handle.keys():
-                    bad[step] = f"kernel file {path} holds no tensor 'kernel'"
-                    continue
-                shapes[step] = tuple(handle.get_slice("kernel").get_shape())
-        except (OSError, SafetensorError) as exc:
-            bad[step] = f"kernel file {path} cannot be read ({exc})"
+        header = kernel_header(path, "kernel file")
+        if isinstance(header, str):
+            bad[step] = header
             continue
+        meta, shapes[step] = header
         wrong = [
             f"{name} {meta.get(name)!r} (store: {want!r})"
             for name, want in {**expected, "step": str(step)}.items()
