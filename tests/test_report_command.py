@@ -343,6 +343,33 @@ def test_reproduce_follows_what_the_results_recorded(run, tmp_path):
     assert not [line for line in lines if "None" in line.split()], lines
 
 
+def test_reproduce_repeats_spectrum_logx_and_distance_no_noise(run, tmp_path):
+    """spectrum --logx and distance --no-noise were not recorded in the results, so the
+    Reproduce block dropped them: the commands given, run from the command line, come back in
+    it, and the defaults given next time leave them out again."""
+    _, _, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    s = shlex.quote(str(copy))
+    for argv in (["distance", "--no-noise", "--logy"], ["spectrum", "--top-k", "3", "--logx"]):
+        outcome = runner.invoke(app, [*argv, "--store", str(copy), "-q"])
+        assert outcome.exit_code == 0, outcome.output
+    lines = reproduce_lines(report(copy))
+    assert f"conetool distance --store {s} --dt 2 --logy --no-noise" in lines
+    assert f"conetool spectrum --store {s} --top-k 3 --logx" in lines
+    assert json.loads(paths.distance_summary(copy).read_text())["options"]["noise"] is False
+    assert json.loads(paths.spectrum_summary(copy).read_text())["options"] == {
+        "logx": True,
+        "skip_bad": False,
+    }
+    for argv in (["distance"], ["spectrum", "--top-k", "3"]):
+        outcome = runner.invoke(app, [*argv, "--store", str(copy), "-q"])
+        assert outcome.exit_code == 0, outcome.output
+    lines = reproduce_lines(report(copy))
+    assert f"conetool distance --store {s} --dt 2" in lines
+    assert f"conetool spectrum --store {s} --top-k 3" in lines
+
+
 def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path):
     _, ckpts, _, _ = run
     store = tmp_path / "only-kernels"

@@ -146,6 +146,8 @@ class ReportCommands(ReportInputs):
             for key, flag in (("logx", "--logx"), ("logy", "--logy"), ("skip_bad", "--skip-bad"))
             if options.get(key)
         ]
+        if options.get("noise") is False:  # not recorded before: the default, the estimate
+            parts.append("--no-noise")
         return " ".join(parts), comments
 
     def _embed_command(self) -> str:

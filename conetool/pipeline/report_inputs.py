@@ -210,9 +210,14 @@ class ReportInputs:
         return f"conetool embed {self._store_flag()}"
 
     def _spectrum_command(self) -> str:
-        top = (self.spectrum or {}).get("top_k", 10)
-        command = f"conetool spectrum {self._store_flag()} --top-k {top}"
-        if (self.spectrum or {}).get("excluded"):  # it left out bad kernel files
+        s = self.spectrum or {}
+        options = s.get("options") or {}
+        command = f"conetool spectrum {self._store_flag()} --top-k {s.get('top_k', 10)}"
+        if options.get("logx"):
+            command += " --logx"
+        # skip_bad as given; a summary from before the options were recorded has only the
+        # steps it left out
+        if options.get("skip_bad") or s.get("excluded"):
             command += " --skip-bad"
         return command
 

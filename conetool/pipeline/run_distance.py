@@ -7,7 +7,8 @@ Outputs (names from :mod:`conetool.paths`)::
     distance/adjacent.csv   step, dt, S, velocity     one row per stored pair (t, t + dt) (Fig. 1b)
     distance/matrix.npz     steps (K,), S (K, K)      (+ key, excluded: see matrix_cache)
     distance/summary.json   the verdict with its numbers, references, dts, rules, store identity,
-                            and the noise floor of S (also cached in distance/noise.json)
+                            the noise floor of S (also cached in distance/noise.json), and the
+                            options given (logx, logy, skip_bad, noise: the report repeats them)
     distance/to_ref.png, adjacent.png (distance and velocity panels), matrix.png
     distance/per_layer.csv  step, group, S_ref_<τ> ..., S_adjacent, velocity   with the layer
                             kernels of ``kernels --per-layer``: each group's distance to each
@@ -269,7 +270,7 @@ def distance(
                     "verdict": verdict.to_dict(),
                     "reference_curves": [asdict(c) for c in ref_curves],
                     "adjacent_curves": [asdict(c) for c in dt_curves],
-                    "options": {"logx": logx, "logy": logy, "skip_bad": skip_bad},
+                    "options": {"logx": logx, "logy": logy, "skip_bad": skip_bad, "noise": noise},
                     "files": [p(root).name for p in _OUTPUTS],
                     "notes": notes,
                 }

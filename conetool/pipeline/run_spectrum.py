@@ -6,7 +6,8 @@ Outputs (names from :mod:`conetool.paths`)::
     spectrum/spectrum.csv   step, alignment, effective_rank, label_energy, trace, eval_acc,
                             eval_loss, eig_1 ... eig_k
     spectrum/summary.json   top_k, classes, the store's identity, the steps left out, the kernel
-                            machine's ridge and evaluation set, notes
+                            machine's ridge and evaluation set, notes, the options given
+                            (logx, skip_bad: the report's Reproduce block repeats them)
     spectrum/spectrum.png   the three measures against step (and a 4th panel, the kernel
                             machine's test accuracy, with eval kernels), Phase I shaded
 
@@ -205,6 +206,7 @@ def spectrum(
                     "steps": {"count": len(kept), "first": kept[0], "last": kept[-1]},
                     "phase1_end": end,
                     "excluded": {str(s): why for s, why in sorted(excluded.items())},
+                    "options": {"logx": logx, "skip_bad": skip_bad},
                     "kernel_machine": {
                         "ridge": DEFAULT_RIDGE,
                         "ridge_rule": "lambda = ridge * tr(K) / N, N the rows of the probe kernel",
