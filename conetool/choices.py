@@ -8,6 +8,7 @@ the flag and the choices.
 
 from __future__ import annotations
 
+import numbers
 import operator
 import os
 from enum import Enum
@@ -22,6 +23,7 @@ __all__ = [
     "Reference",
     "bool_argument",
     "choice",
+    "float_argument",
     "int_argument",
     "is_count",
     "path_argument",
@@ -132,15 +134,21 @@ def bool_argument(value: object, name: str) -> bool:
 
 
 def int_argument(value: object, name: str, *, optional: bool = False) -> int | None:
-    """``value`` when it is an ``int`` (not a ``bool``), or None when ``optional``; ``name`` is
-    the Python argument (``"dims"``). The range (positive, 2 or 3, ...) is the caller's to check.
+    """``value`` as an ``int`` when it is an integer (an ``int`` or a numpy integer, any
+    :class:`numbers.Integral` but a ``bool``), or None when ``optional``; ``name`` is the Python
+    argument (``"dims"``). The range (positive, 2 or 3, ...) is the caller's to check.
+
+    A numpy integer (``np.arange(...)[i]``, a shape) comes back a plain ``int``: the functions
+    write their arguments into JSON files, which refuse ``np.int64``.
 
     Raises:
-        ConetoolError: anything else (``2.0``, ``"10"``, ``True``, a numpy integer); the message
+        ConetoolError: anything else (``2.0``, ``"10"``, ``True``, a numpy bool); the message
             names ``name`` and, for a whole number of another type, the int to pass.
     """
-    if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
+    if value is None and optional:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
     from .errors import ConetoolError
 
     whole = _whole(value)
@@ -148,6 +156,38 @@ def int_argument(value: object, name: str, *, optional: bool = False) -> int | N
     if optional:
         fix += f" (or {name}=None)"
     raise ConetoolError(f"{name}={value!r} is a {type(value).__name__}, not an int: pass {fix}.")
+
+
+def float_argument(value: object, name: str, *, optional: bool = False) -> float | None:
+    """``value`` as a ``float`` when it is a real number (an ``int``, ``float`` or numpy number,
+    any :class:`numbers.Real` but a ``bool``), or None when ``optional``; ``name`` is the Python
+    argument. The range is the caller's to check.
+
+    Raises:
+        ConetoolError: anything else (``"0.5"``, ``True``, ``None``, a numpy bool); the message
+            names ``name`` and, for the text of a number, the float to pass.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    from .errors import ConetoolError
+
+    number = _real(value)
+    fix = f"{name}={number!r}" if number is not None else "a number as a float"
+    if optional:
+        fix += f" (or {name}=None)"
+    raise ConetoolError(f"{name}={value!r} is a {type(value).__name__}, not a float: pass {fix}.")
+
+
+def _real(value: object) -> float | None:
+    """The float the text of a number stands for (None otherwise)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 def _whole(value: object) -> int | None:

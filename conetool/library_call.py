@@ -9,13 +9,16 @@ seed the user chose. The CPU generator is restored on return (however the call e
 that of every CUDA device that was initialized before the call. The thread count is kept the same
 way by :func:`conetool.limit_threads`.
 
-**Arguments annotated ``bool`` must be bools, and those annotated ``int`` (or ``int | None``)
-ints**, checked before the function runs (:func:`conetool.choices.bool_argument`,
-:func:`conetool.choices.int_argument`). Python takes any value by its truth, so
+**Arguments annotated ``bool`` must be bools, those annotated ``int`` (or ``int | None``)
+integers, and those annotated ``float`` (or ``float | None``) real numbers**, checked before the
+function runs (:func:`conetool.choices.bool_argument`, :func:`conetool.choices.int_argument`,
+:func:`conetool.choices.float_argument`). Python takes any value by its truth, so
 ``kernels(..., overwrite="no")`` would overwrite, and ``embed(dims=2.0)`` passed ``dims in (2, 3)``
-and failed later with a raw ``TypeError``. The annotations are the functions' own signatures, so
-a new argument is checked without more code; ranges and mixed types (``threads: int | str``)
-stay with each function.
+and failed later with a raw ``TypeError``. A numpy integer (``np.int64`` from ``np.arange``) is an
+integer and a numpy float a real number: the function gets them as a plain ``int`` or ``float``
+(its JSON files refuse numpy scalars); a ``bool`` or numpy bool is neither. The annotations are
+the functions' own signatures, so a new argument is checked without more code; ranges and mixed
+types (``threads: int | str``, ``refs``, ``dts``, ``at``) stay with each function's own parser.
 """
 
 from __future__ import annotations
@@ -26,22 +29,22 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from .choices import bool_argument, int_argument
+from .choices import bool_argument, float_argument, int_argument
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def library_call(func: Callable[P, R]) -> Callable[P, R]:
-    """Wrap a public function so that the caller's random state is kept and its ``bool`` and
-    ``int`` arguments are checked (module docstring)."""
+    """Wrap a public function so that the caller's random state is kept and its ``bool``,
+    ``int`` and ``float`` arguments are checked (module docstring)."""
     signature = inspect.signature(func)
     typed = typed_parameters(signature)
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if typed:
-            check_types(signature, typed, args, kwargs)
+            args, kwargs = check_types(signature, typed, args, kwargs)  # type: ignore[assignment]
         with kept_global_rng():
             return func(*args, **kwargs)
 
@@ -49,24 +52,23 @@ def library_call(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def typed_parameters(signature: inspect.Signature) -> dict[str, str]:
-    """The parameters :func:`check_types` checks: name -> ``"bool"``, ``"int"`` or ``"int?"``
-    (``int | None``), read from the annotations (text under ``from __future__ import
-    annotations``, else the types themselves)."""
+    """The parameters :func:`check_types` checks: name -> ``"bool"``, ``"int"``, ``"int?"``
+    (``int | None``), ``"float"`` or ``"float?"`` (``float | None``), read from the annotations
+    (text under ``from __future__ import annotations``, else the types themselves)."""
     typed = {}
     for name, parameter in signature.parameters.items():
         annotation = parameter.annotation
         if annotation is inspect.Parameter.empty:
             continue
         text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-        if not isinstance(annotation, str) and text not in ("bool", "int"):
+        if not isinstance(annotation, str) and text not in ("bool", "int", "float"):
             text = str(annotation)  # int | None (types.UnionType)
         parts = {part.strip() for part in text.split("|")}
-        if parts == {"bool"}:
-            typed[name] = "bool"
-        elif parts == {"int"}:
-            typed[name] = "int"
-        elif parts == {"int", "None"}:
-            typed[name] = "int?"
+        for kind in ("bool", "int", "float"):
+            if parts == {kind}:
+                typed[name] = kind
+            elif parts == {kind, "None"} and kind != "bool":
+                typed[name] = f"{kind}?"
     return typed
 
 
@@ -74,20 +76,31 @@ def check_types(
     signature: inspect.Signature,
     typed: Mapping[str, str],
     args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-) -> None:
-    """Refuse an argument of the wrong type (:func:`typed_parameters`), naming it. Arguments
-    that do not bind (an unknown keyword) are left to the call, which raises its TypeError."""
+    kwargs: dict[str, Any],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Refuse an argument of the wrong type (:func:`typed_parameters`), naming it; return the
+    arguments to call with, numpy integers and floats made a plain ``int`` and ``float``.
+    Arguments that do not bind (an unknown keyword) are left to the call, which raises its
+    TypeError."""
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError:
-        return
+        return args, kwargs
+    changed = False
     for name, value in bound.arguments.items():
         kind = typed.get(name)
+        if kind is None:
+            continue
         if kind == "bool":
-            bool_argument(value, name)
-        elif kind is not None:
-            int_argument(value, name, optional=kind == "int?")
+            checked: object = bool_argument(value, name)
+        elif kind.startswith("int"):
+            checked = int_argument(value, name, optional=kind == "int?")
+        else:
+            checked = float_argument(value, name, optional=kind == "float?")
+        if checked is not value:
+            bound.arguments[name] = checked
+            changed = True
+    return (bound.args, bound.kwargs) if changed else (args, kwargs)
 
 
 @contextmanager

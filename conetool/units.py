@@ -5,6 +5,8 @@ Torch-free, so that the command line can parse and print sizes without loading P
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 
 from .errors import MemoryBudgetError
@@ -33,7 +35,8 @@ _BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B",
 
 
 def parse_memory(value: int | str) -> int:
-    """A memory size in bytes from ``--max-memory``: an int, or a string like ``"4GiB"``.
+    """A memory size in bytes from ``--max-memory``: a number (an int, a float such as ``2e9``,
+    a numpy number; a fraction of a byte is dropped), or a string like ``"4GiB"``.
 
     Units (case-insensitive): none or ``B`` for bytes; ``KiB/MiB/GiB/TiB`` and the single letters
     ``K/M/G/T`` are powers of 1024; ``KB/MB/GB/TB`` are powers of 1000. Fractions are allowed
@@ -45,10 +48,10 @@ def parse_memory(value: int | str) -> int:
     """
     if isinstance(value, bool):
         raise MemoryBudgetError(_memory_syntax_message(value))
-    if isinstance(value, int):
-        if value <= 0:
+    if isinstance(value, numbers.Real):  # an int, a float (2e9) or a numpy number of bytes
+        if not math.isfinite(value) or int(value) <= 0:
             raise MemoryBudgetError(_memory_syntax_message(value))
-        return value
+        return int(value)
     if not isinstance(value, str):
         raise MemoryBudgetError(_memory_syntax_message(value))
     match = _SIZE.match(value)

@@ -307,11 +307,11 @@ def _command_functions() -> list[str]:
 
 #: Wrong values per annotation: taken by their truth ("no" as True), or a float where the code
 #: slices, ranges and compares (embed(dims=2.0) passed `dims in (2, 3)` and then raised a raw
-#: TypeError after computing the S matrix).
+#: TypeError after computing the S matrix). A numpy integer is an int (it is taken, below).
 _WRONG = {
     "bool": ["no", "False", 0, 1, None, 0.0, np.bool_(True)],
-    "int": [2.0, "2", True, None, np.int64(2)],
-    "int | None": [2.0, "2", False, np.int64(2)],
+    "int": [2.0, "2", True, None, np.float64(2.0), np.bool_(True)],
+    "int | None": [2.0, "2", False, np.bool_(False)],
 }
 
 #: (function, parameter, its annotation, a wrong value), over every bool and int parameter of
@@ -345,8 +345,8 @@ def test_a_bool_or_int_argument_of_another_type_is_refused_naming_it(
     tmp_path: Path, name: str, parameter: str, annotation: str, value: object
 ) -> None:
     """overwrite="no" acted as True and embed(dims=2.0) was taken: every bool parameter of a
-    command's function takes only True or False, and every int parameter only an int (not a
-    float, text, bool or numpy integer), refused before anything runs, naming the argument."""
+    command's function takes only True or False, and every int parameter only an integer (not a
+    float, text, bool or numpy bool), refused before anything runs, naming the argument."""
     function = getattr(conetool, name)
     signature = inspect.signature(function)
     given: dict[str, Any] = {}
@@ -361,7 +361,7 @@ def test_a_bool_or_int_argument_of_another_type_is_refused_naming_it(
     assert message.startswith(f"{parameter}={value!r} is a {type(value).__name__}, not {wanted}:")
     if annotation == "bool":
         fix = f"pass {parameter}=True or {parameter}=False"
-    elif str(value) in ("2", "2.0"):  # 2.0, "2", np.int64(2): the int it stands for
+    elif str(value) in ("2", "2.0"):  # 2.0, "2", np.float64(2.0): the int it stands for
         fix = f"pass {parameter}=2"
     else:
         fix = "pass a whole number as an int"
@@ -376,3 +376,119 @@ def test_a_whole_number_of_another_type_gets_the_int_to_pass() -> None:
         conetool.embed("nowhere", dims=2.0)
     with pytest.raises(conetool.ConetoolError, match=r"pass every=4 \(or every=None\)\.$"):
         conetool.inspect("nowhere", every="4")
+
+
+# ------------------------------------------------------------- numpy numbers and mixed arguments
+
+
+def test_numpy_numbers_arrive_as_plain_ints_and_floats() -> None:
+    """np.int64 (np.arange, a shape) was refused for an int argument; it is an integer, and the
+    function gets a plain int (its JSON files refuse numpy scalars), a numpy float a plain float."""
+    from conetool.library_call import library_call
+
+    seen: dict[str, object] = {}
+
+    @library_call
+    def f(a: int, b: int | None = None, *, c: float = 1.0, d: float | None = None) -> None:
+        seen.update(a=a, b=b, c=c, d=d)
+
+    f(np.int64(3), np.uint8(4), c=np.float32(0.5), d=np.int32(2))
+    assert seen == {"a": 3, "b": 4, "c": 0.5, "d": 2.0}
+    assert [type(seen[k]) for k in "abcd"] == [int, int, float, float]
+    f(5, c=2)  # plain values as they were; an int is a real number
+    assert seen == {"a": 5, "b": None, "c": 2.0, "d": None} and type(seen["c"]) is float
+    for call, refused in [
+        (lambda: f(np.bool_(True)), r"^a=np\.True_ is a bool, not an int: pass a whole number"),
+        (lambda: f(1, c="0.5"), r"^c='0\.5' is a str, not a float: pass c=0\.5\.$"),
+        (lambda: f(1, c=True), r"^c=True is a bool, not a float: pass a number as a float\.$"),
+        (lambda: f(1, c=None), r"^c=None is a NoneType, not a float"),
+        (lambda: f(1, d=np.bool_(False)), r"^d=np\.False_ is a bool, not a float: .*\(or d=None\)"),
+    ]:
+        with pytest.raises(conetool.ConetoolError, match=refused):
+            call()
+
+
+def test_numpy_integers_work_for_every_int_and_step_argument(run: Path, tmp_path: Path) -> None:
+    """A researcher's np.int64 for a count, a step, a memory size or a step pair: refused before
+    (int arguments, max_memory, kernels(steps=)), or taken by refs, dts and at."""
+    i = np.int64
+    store = tmp_path / "store"
+    made = conetool.kernels(
+        run,
+        store=store,
+        probe_size=i(4),
+        eval_size=i(3),
+        every=i(5),
+        steps=(i(0), i(10)),
+        max_memory=i(2**28),
+        threads=i(1),
+    )
+    assert made.computed == [0, 5, 10]
+    manifest = json.loads(paths.manifest(store).read_text())
+    assert manifest["probe"]["size"] == 4 and manifest["eval"]["size"] == 3
+    assert [r.step for r in conetool.inspect(run, steps=[i(5), None], every=i(5))] == [5, 10]
+    d = conetool.distance(
+        store, refs=np.array([0, 5]), dts=i(5), max_memory=i(2**28), threads=i(1), noise=False
+    )
+    assert d.refs == [0, 5] and d.dts == [5]
+    assert conetool.distance(store, refs=i(10), dts=np.arange(5, 6), noise=False).refs == [10]
+    e = conetool.embed(store, dims=i(2), seed=i(1), method="pca")
+    summary = json.loads(paths.embed_summary(store).read_text())
+    assert e.embedding.coords.shape == (3, 2) and (summary["dims"], summary["seed"]) == (2, 1)
+    assert conetool.spectrum(store, top_k=i(2)).top_k == 2
+    switched = conetool.switch(np.array([0]), store=store, until=i(5), threads=1)
+    assert [p.at for p in switched.points] == [0]
+    assert json.loads(paths.switch_results_json(store).read_text())["until"] == 5
+
+
+def test_a_memory_budget_is_any_positive_number_of_bytes(run: Path, tmp_path: Path) -> None:
+    """max_memory=2.5e8 (Python's way to write 250 MB) was refused as "not a memory size", which
+    takes "250000000.0" as text; a number that is no size is refused naming --max-memory."""
+    from conetool.units import parse_memory
+
+    assert parse_memory(2.5e8) == 250_000_000 == parse_memory("250MB")
+    assert parse_memory(np.float32(1024.5)) == 1024 and parse_memory(np.uint32(7)) == 7
+    for wrong in (0.5, 0, -1.0, float("nan"), float("inf"), np.bool_(True), [5], None):
+        with pytest.raises(conetool.MemoryBudgetError, match=r"^--max-memory .* is not a memory"):
+            parse_memory(wrong)  # type: ignore[arg-type]
+    store = tmp_path / "store"
+    conetool.kernels(run, store=store, threads=1)
+    assert conetool.distance(store, max_memory=2.5e8, noise=False).steps == [0, 5, 10]
+
+
+def test_mixed_arguments_of_the_wrong_type_are_named(run: Path, tmp_path: Path) -> None:
+    """threads, max_memory, steps, refs, dts, at and switch_at (each a number or text or a list)
+    are parsed by their function: a wrong type is a ConetoolError naming the argument's flag and
+    the fix, never a raw TypeError."""
+    store = tmp_path / "store"
+    conetool.kernels(run, store=store, threads=1)
+    refused: list[tuple[Any, str]] = [
+        (lambda: conetool.distance(store, threads=1.5), r"^threads must be a whole .* not 1\.5"),
+        (lambda: conetool.spectrum(store, threads=[1]), r"^threads must be a whole .* not \[1\]"),
+        (lambda: conetool.distance(store, max_memory=[5]), r"^--max-memory \[5\] is not a memory"),
+        (lambda: conetool.embed(store, max_memory="abc"), r"^--max-memory 'abc' is not a memory"),
+        (
+            lambda: conetool.kernels(run, store=store, steps=[0.5, 5]),
+            r"^--steps \[0\.5, 5\] is not",
+        ),
+        (lambda: conetool.inspect(run, steps={"a": 1}), r"^--steps \{'a': 1\} is not a step range"),
+        (lambda: conetool.distance(store, refs=2.5), r"^--ref 2\.5 is not a step\. Pass a stored"),
+        (lambda: conetool.distance(store, refs=[None]), r"^--ref None is not a step"),
+        (lambda: conetool.distance(store, dts=2.5), r"^--dt 2\.5 is not a number of steps\. Pass"),
+        (lambda: conetool.distance(store, dts=[5.0]), r"^--dt 5\.0 is not a number of steps"),
+        (lambda: conetool.switch(2.5, store=store), r"^--at 2\.5 is not a step list\. Use a step"),
+        (lambda: conetool.switch(None, store=store), r"^--at None is not a step list"),
+        (lambda: conetool.switch([True], store=store), r"^--at True is not a step list"),
+        (
+            lambda: conetool.demo(tmp_path / "demo", steps=8, switch_at=[2.5]),
+            r"^switch_at=\[2\.5\]: --at 2\.5 is not a step list",
+        ),
+        (
+            lambda: conetool.demo(tmp_path / "demo", steps=8, switch_at=np.array([0, 99])),
+            r"^switch_at=array\(\[ 0, 99\]\): step 99 is not before the demo's last step 8",
+        ),
+    ]
+    for call, named in refused:
+        with pytest.raises(conetool.ConetoolError, match=named):
+            call()
+    assert not paths.switch_dir(store).exists() and not (tmp_path / "demo").exists()
