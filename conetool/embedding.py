@@ -8,6 +8,19 @@ distance ``D = sqrt(2 S)`` (the Euclidean distance between the ``u_k``, a true m
   computed from the ``(K, K)`` Gram matrix ``G = 1 - S`` so the kernels never need to be in
   memory: ``B = -1/2 C D^2 C = C G C`` (``C`` the centering matrix), coordinates
   ``V sqrt(lambda)`` from its top eigenpairs, explained variance ratio ``lambda / trace(B)``.
+  For the S matrix of kernels ``B`` is a Gram matrix, positive semi-definite up to rounding,
+  and the ratios are the PCA's, in ``[0, 1]`` and summing to at most 1; ``trace(B)`` is summed
+  over ``B``'s positive eigenvalues, which is the same up to rounding and keeps the ratios so
+  where rounding makes up all of S (kernels equal but for rounding, S near 1e-15, had ratios
+  summing above 1). An S matrix that is not that of any kernels (a user's own, or one rounded
+  to a few digits) can make ``B`` indefinite beyond rounding: there are no unit kernels to take
+  the PCA of, and the ratios of the definition would exceed 1. Such an ``S`` is refused
+  (:class:`~conetool.geometry.GeometryError`, naming ``"mds"``, which embeds any ``S``) when
+  ``B``'s negative eigenvalues sum to more than :data:`NEGATIVE_TOLERANCE` of its positive ones
+  plus ``K`` times :data:`ROUNDING` (the entries of an S of kernels are within about ``1e-15``
+  of the definition, which moves the eigenvalues by at most about ``K * 1e-15``).
+  :func:`classical_mds`, of any distances, leaves out the negative eigenvalues instead (see its
+  docstring).
 - ``"mds"``: metric MDS (scikit-learn's SMACOF) on ``D``, started from the classical solution,
   every parameter passed explicitly (:func:`_sklearn_mds`). It bends the picture to fit all
   distances in ``dims`` dimensions; its quality is Kruskal's Stress-1,
@@ -36,6 +49,14 @@ Method = Literal["mds", "pca"]
 #: SMACOF settings used by :func:`embed_mds` (passed to scikit-learn explicitly).
 MDS_MAX_ITER = 1000
 MDS_EPS = 1e-9
+
+#: The sum of ``B``'s negative eigenvalues :func:`embed_pca` allows, as a share of the sum of its
+#: positive ones (the explained variance ratios are then off by at most this share) ...
+NEGATIVE_TOLERANCE = 1e-6
+#: ... plus ``K`` times this: a thousand times what rounding leaves in the S matrix of kernels
+#: (entries within about 1e-15 of the definition, ``1 - S`` up to 1), so that kernels that
+#: hardly move (S near rounding) are not refused.
+ROUNDING = 1e-12
 
 
 @dataclass(frozen=True)
@@ -110,8 +131,12 @@ def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]
     Returns:
         ``(coords (K, dims), explained_variance_ratio (dims,))``: coordinates ``V sqrt(lambda)``
         of the top eigenpairs of ``B = -1/2 C d^2 C``, centred, oriented as the module states;
-        the ratio is ``lambda / trace(B)``. For a distance matrix of points in ``dims``
-        dimensions the points are recovered up to rotation, reflection and translation.
+        the ratio is ``lambda / trace(B)``, the trace summed over B's positive eigenvalues.
+        For a distance matrix of points in ``dims`` dimensions the points are recovered up to
+        rotation, reflection and translation. A ``d`` that is no Euclidean distance matrix
+        (``B`` indefinite) is taken as the classical method does: its negative eigenvalues are
+        left out, of the coordinates and of the trace, so the ratios stay in ``[0, 1]`` (the
+        share of B's positive part; :func:`embed_pca` refuses an S matrix of that kind).
     """
     d = np.asarray(d, dtype=np.float64)
     return _classical_from_b(_double_center(-0.5 * d * d), dims)
@@ -122,15 +147,43 @@ def _double_center(a: np.ndarray) -> np.ndarray:
     return a - a.mean(axis=1, keepdims=True)
 
 
-def _classical_from_b(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+def _classical_from_b(
+    b: np.ndarray, dims: int, *, only_psd: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates and explained variance ratios from ``B`` ``(K, K)``; with ``only_psd``, a
+    ``B`` with negative eigenvalues beyond rounding is refused first (:func:`_refuse_indefinite`,
+    for the ``-C S C`` of an S matrix)."""
     b = 0.5 * (b + b.T)
     values, vectors = np.linalg.eigh(b)
+    if only_psd:
+        _refuse_indefinite(values)
     order = np.argsort(values)[::-1][:dims]
     top = np.clip(values[order], 0.0, None)  # tiny negative eigenvalues are rounding
     coords = _orient(vectors[:, order] * np.sqrt(top))
-    total = float(np.trace(b))
+    # trace(B) of the definition, over B's positive part: for the S matrix of kernels the same
+    # up to rounding, and it keeps the ratios in [0, 1] where rounding alone makes up S
+    total = float(values[values > 0].sum())
     ratio = top / total if total > 0 else np.zeros_like(top)
     return coords, ratio
+
+
+def _refuse_indefinite(values: np.ndarray) -> None:
+    """Raise when the eigenvalues ``values`` ``(K,)`` of ``B = -C S C`` are negative beyond
+    rounding (:data:`NEGATIVE_TOLERANCE`, :data:`ROUNDING`): no kernels have that S matrix."""
+    negative = float(-values[values < 0].sum())
+    positive = float(values[values > 0].sum())
+    if negative <= NEGATIVE_TOLERANCE * positive + ROUNDING * values.size:
+        return
+    share = f"{negative / positive:.3g} times" if positive > 0 else "more than"
+    raise GeometryError(
+        f"this S matrix is not that of any kernels: -C S C (C centres; for kernels it is the "
+        f"Gram matrix of the centred unit kernels) has negative eigenvalues, down to "
+        f"{values.min():.3g} and summing to {share} its positive ones. sqrt(2 S) is then no "
+        "Euclidean distance, there are no unit kernels to take the PCA of, and the explained "
+        "variance ratios lambda / trace(-C S C) would exceed 1. Compute S from kernels (conetool "
+        "distance, conetool.geometry.distance_matrix, in float64), or embed this matrix with "
+        "method='mds' (--method mds: metric MDS takes any dissimilarities)."
+    )
 
 
 def embed_pca(s: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -144,10 +197,15 @@ def embed_pca(s: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
         ``(coords (K, dims), explained_variance_ratio (dims,))``; equal to
         ``sklearn.decomposition.PCA(dims)`` on the flattened ``H_k / ||H_k||_F`` up to the sign
         of each axis.
+
+    Raises:
+        GeometryError: ``s`` is not square, finite, or large enough for ``dims``; or it is not
+            the S matrix of any kernels (``-C S C`` has negative eigenvalues beyond rounding,
+            module docstring), whose ratios would exceed 1.
     """
     s = _check(s, dims)
     # -1/2 C (2 S) C = -C S C = C G C: the Gram matrix of the centred unit kernels.
-    return _classical_from_b(_double_center(-s), dims)
+    return _classical_from_b(_double_center(-s), dims, only_psd=True)
 
 
 def _sklearn_mds(d: np.ndarray, init: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, int]:

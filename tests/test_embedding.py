@@ -165,3 +165,72 @@ def test_mds_of_equal_kernels_is_one_point_without_warnings() -> None:
         warnings.simplefilter("error")
         coords, stress = embed_mds(np.zeros((4, 4)), dims=2)
     assert coords.shape == (4, 2) and not coords.any() and stress == 0.0
+
+
+def _minus_c_s_c(s: np.ndarray) -> np.ndarray:
+    """B = -C S C (C the centering matrix), whose eigenvalues classical MDS takes."""
+    return -s + s.mean(axis=0) + s.mean(axis=1, keepdims=True) - s.mean()
+
+
+def _not_of_kernels(seed: int = 0, count: int = 8) -> np.ndarray:
+    """A user's own S: symmetric, zero diagonal, values in [0, 2], but sqrt(2 S) is no
+    Euclidean distance (B = -C S C has large negative eigenvalues)."""
+    rng = np.random.default_rng(seed)
+    upper = np.triu(rng.uniform(0.0, 2.0, (count, count)), 1)
+    return upper + upper.T
+
+
+def test_pca_refuses_an_s_matrix_that_is_not_of_kernels() -> None:
+    """Its ratios lambda / trace(B) summed above 1 (1.15 here): B is indefinite, so there are no
+    unit kernels to take the PCA of. MDS still embeds it."""
+    s = _not_of_kernels()
+    b = _minus_c_s_c(s)
+    values = np.linalg.eigvalsh(b)
+    assert np.sort(values)[::-1][:3].sum() / np.trace(b) > 1.1  # the old ratios, dims=3
+    for call in (lambda: embed_pca(s, dims=3), lambda: embed_kernels(s, method="pca")):
+        with pytest.raises(GeometryError, match=r"^this S matrix is not that of any kernels") as e:
+            call()
+        message = str(e.value)
+        assert f"down to {values.min():.3g}" in message and "method='mds'" in message
+    assert embed_kernels(s, method="mds").coords.shape == (8, 2)
+    # classical MDS of any distances leaves the negative eigenvalues out, of the trace too
+    _, ratio = classical_mds(np.sqrt(2 * s), dims=3)
+    positive = values[values > 0]
+    np.testing.assert_allclose(ratio, np.sort(positive)[::-1][:3] / positive.sum(), atol=1e-12)
+    assert ratio.sum() <= 1.0
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1e-6, 1e-8, 0.0])
+def test_kernels_that_hardly_move_are_embedded_with_ratios_at_most_1(spread: float) -> None:
+    """An S of real kernels is never refused, down to kernels that differ by float32 rounding
+    (S of 1e-15 and below, B's eigenvalues as negative as positive); its ratios stay in [0, 1]
+    and sum to at most 1 (they summed to 1.25 with spread 1e-8)."""
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((20, 20))
+    kernels = [
+        (base + spread * rng.standard_normal((20, 20))).astype(np.float32) for _ in range(30)
+    ]
+    s = distance_matrix(lambda i: kernels[i], 30, block_size=7)
+    for dims in (1, 2, 3):
+        coords, ratio = embed_pca(s, dims=dims)
+        assert coords.shape == (30, dims)
+        assert np.all(ratio >= 0.0) and ratio.sum() <= 1.0 + 1e-12, ratio
+        _, again = classical_mds(np.sqrt(2 * s), dims=dims)
+        np.testing.assert_allclose(again, ratio, atol=1e-12)
+
+
+def test_an_s_rounded_to_a_few_digits_is_refused_by_pca_only_beyond_its_tolerance() -> None:
+    """Negative eigenvalues below NEGATIVE_TOLERANCE of the positive ones are rounding: the
+    ratios are then off by no more than that share."""
+    from conetool.embedding import NEGATIVE_TOLERANCE
+
+    rng = np.random.default_rng(9)
+    points = rng.standard_normal((12, 5))
+    units = points / np.linalg.norm(points, axis=1, keepdims=True)
+    s = 0.5 * _pairwise(units) ** 2
+    exact = embed_pca(s, dims=2)[1]
+    nudged = s + 1e-9 * _not_of_kernels(1, 12)  # a few negative eigenvalues, tiny
+    assert np.linalg.eigvalsh(_minus_c_s_c(nudged)).min() < -1e-12  # beyond float64 rounding
+    np.testing.assert_allclose(embed_pca(nudged, dims=2)[1], exact, atol=10 * NEGATIVE_TOLERANCE)
+    with pytest.raises(GeometryError, match="not that of any kernels"):
+        embed_pca(s + 1e-3 * _not_of_kernels(1, 12), dims=2)
