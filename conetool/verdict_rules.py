@@ -3,7 +3,8 @@ result (:class:`Verdict`)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from conetool.geometry import GeometryError
@@ -74,6 +75,7 @@ class VerdictRules:
     min_window_points: int = 2
 
     def __post_init__(self) -> None:
+        self._check_types()
         problems = []
         if not self.min_drop > 1.0:
             problems.append(f"min_drop={self.min_drop} (needs > 1)")
@@ -104,6 +106,30 @@ class VerdictRules:
             problems.append(f"min_window_points={self.min_window_points} (needs >= 1)")
         if problems:
             raise GeometryError("invalid verdict rules: " + "; ".join(problems) + ".")
+
+    def _check_types(self) -> None:
+        """Each field as its annotation says, numpy numbers made plain ``float`` and ``int``
+        (``to_dict`` goes into JSON); a wrong type (``min_drop="3"``, ``velocity_dt=2.5``) is a
+        ConetoolError naming the field, not a raw TypeError from the range checks."""
+        from conetool.choices import float_argument, int_argument
+        from conetool.errors import ConetoolError
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "reference_fractions":
+                if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+                    raise ConetoolError(
+                        f"reference_fractions={value!r} is not a sequence of fractions: pass "
+                        "e.g. reference_fractions=(0.1, 0.3, 0.5)."
+                    )
+                checked: object = tuple(
+                    float_argument(v, f"reference_fractions[{i}]") for i, v in enumerate(value)
+                )
+            elif f.type == "float":
+                checked = float_argument(value, f.name)
+            else:  # int, or int | None
+                checked = int_argument(value, f.name, optional="None" in str(f.type))
+            object.__setattr__(self, f.name, checked)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every field, ``reference_fractions`` as a list."""

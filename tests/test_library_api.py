@@ -492,3 +492,47 @@ def test_mixed_arguments_of_the_wrong_type_are_named(run: Path, tmp_path: Path) 
         with pytest.raises(conetool.ConetoolError, match=named):
             call()
     assert not paths.switch_dir(store).exists() and not (tmp_path / "demo").exists()
+
+
+def test_verdict_rules_take_numpy_numbers_and_name_a_wrong_type() -> None:
+    """distance(rules=VerdictRules(min_drop="3")) ended in a raw TypeError from the range check
+    ('>' between str and float), reference_fractions=np.array(...) in numpy's "truth value of
+    an array is ambiguous"; numpy numbers are taken, as plain floats and ints."""
+    from conetool.verdict import VerdictRules
+
+    rules = VerdictRules(
+        min_drop=np.float32(3.0),
+        velocity_dt=np.int64(5),
+        lazy_level=0,
+        reference_fractions=np.array([0.1, 0.3]),
+        min_steps=np.int64(9),
+    )
+    assert rules == VerdictRules(
+        min_drop=3.0, velocity_dt=5, lazy_level=0.0, reference_fractions=(0.1, 0.3), min_steps=9
+    )
+    assert [type(v) for v in rules.to_dict().values()] == [
+        float,
+        int,
+        float,
+        float,
+        float,
+        float,
+        float,
+        list,
+        int,
+        int,
+        int,
+    ]
+    assert json.loads(json.dumps(rules.to_dict()))["velocity_dt"] == 5
+    for given, refused in [
+        ({"min_drop": "3"}, r"^min_drop='3' is a str, not a float: pass min_drop=3\.0\.$"),
+        ({"min_drop": None}, r"^min_drop=None is a NoneType, not a float"),
+        ({"freeze_factor": True}, r"^freeze_factor=True is a bool, not a float"),
+        ({"velocity_dt": 2.5}, r"^velocity_dt=2\.5 is a float, not an int: .*velocity_dt=None"),
+        ({"min_steps": "8"}, r"^min_steps='8' is a str, not an int: pass min_steps=8\.$"),
+        ({"reference_fractions": "0.1"}, r"^reference_fractions='0\.1' is not a sequence"),
+        ({"reference_fractions": 0.1}, r"^reference_fractions=0\.1 is not a sequence"),
+        ({"reference_fractions": [0.1, "a"]}, r"^reference_fractions\[1\]='a' is a str"),
+    ]:
+        with pytest.raises(conetool.ConetoolError, match=refused):
+            VerdictRules(**given)
