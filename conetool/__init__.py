@@ -56,6 +56,7 @@ _EXPORTS = {
     "load_spec": "spec",
     "Store": "store",
     "TrainResult": "training",
+    "VerdictRules": "verdict_rules",
     "train": "training",
     "limit_threads": "threads",
 }
@@ -96,6 +97,7 @@ if TYPE_CHECKING:
     from .store import Store
     from .threads import limit_threads
     from .training import TrainResult, train
+    from .verdict_rules import VerdictRules
 
 
 def __getattr__(name: str) -> Any:
@@ -147,6 +149,7 @@ __all__ = [
     "StoreReplacedError",
     "SwitchResult",
     "TrainResult",
+    "VerdictRules",
     "__version__",
     "demo",
     "distance",

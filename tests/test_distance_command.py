@@ -296,6 +296,20 @@ def test_verdict_rules_are_used_and_saved(cone_store):
     assert result.verdict.regime == "no-two-phase" == summary["verdict"]["regime"]
 
 
+def test_the_rules_named_by_the_messages_are_the_package_s_own(cone_store):
+    """The refusal of rules='x' and the report's Reproduce comment tell the user to write
+    conetool.VerdictRules(...); it was not exported (an AttributeError for who followed them)."""
+    import conetool
+
+    root, _ = cone_store
+    assert conetool.VerdictRules is VerdictRules
+    assert "VerdictRules" in conetool.__all__
+    with pytest.raises(conetool.ConetoolError, match=r"conetool\.VerdictRules\(min_drop"):
+        distance(root, rules="x")
+    result = distance(root, rules=conetool.VerdictRules(min_drop=50.0))
+    assert result.verdict.regime == "no-two-phase"
+
+
 # --------------------------------------------------------------------------- bad input
 
 

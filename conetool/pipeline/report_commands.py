@@ -138,7 +138,7 @@ class ReportCommands(ReportInputs):
             comments.append(
                 "# the verdict used "
                 + ", ".join(f"{k} = {_rule_value(rules[k])}" for k in python_only)
-                + ": set them from Python, conetool.distance(..., rules=VerdictRules(...))"
+                + ": set them from Python, conetool.distance(..., rules=conetool.VerdictRules(...))"
             )
         options = s.get("options", {})
         parts += [

@@ -182,8 +182,8 @@ def distance(
         rules = VerdictRules() if rules is None else rules
         if not isinstance(rules, VerdictRules):
             raise ConetoolError(
-                f"rules={rules!r} is not a conetool.verdict.VerdictRules. Pass the verdict's "
-                "thresholds as one, e.g. rules=VerdictRules(min_drop=5.0) (the command line's "
+                f"rules={rules!r} is not a conetool.VerdictRules. Pass the verdict's "
+                "thresholds as one, e.g. rules=conetool.VerdictRules(min_drop=5.0) (the command line's "
                 "--min-drop, --velocity-dt, ... flags), or leave rules out for the defaults."
             )
         opened = Store.open(store)
