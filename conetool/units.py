@@ -34,7 +34,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 _BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
 
 
-def parse_memory(value: int | str) -> int:
+def parse_memory(value: float | str) -> int:
     """A memory size in bytes from ``--max-memory``: a number (an int, a float such as ``2e9``,
     a numpy number; a fraction of a byte is dropped), or a string like ``"4GiB"``.
 
