@@ -71,7 +71,9 @@ class EngineMemo:
     """Findings per signature, for the calls of one run (see the module docstring).
 
     ``calls`` counts the calls that used it and ``reused`` those that found their signature, so a
-    caller (or a test) can see that the set-up ran once.
+    caller (or a test) can see that the set-up ran once. ``last_engine`` is the engine of the
+    last call that completed its set-up (what ``auto`` picked for it): ``conetool kernels``
+    records it with each kernel.
 
     >>> memo = EngineMemo()
     >>> model = torch.nn.Linear(4, 3)
@@ -85,17 +87,21 @@ class EngineMemo:
     entries: dict[Signature, Learned] = field(default_factory=dict)
     calls: int = 0
     reused: int = 0
+    last_engine: str | None = None
 
     def find(self, key: Signature) -> Learned | None:
-        """The entry of ``key``, counting the call."""
+        """The entry of ``key``, counting the call (its engine is the call's: ``last_engine``)."""
         self.calls += 1
         found = self.entries.get(key)
+        self.last_engine = None if found is None else found.engine
         if found is not None:
             self.reused += 1
         return found
 
     def remember(self, key: Signature, learned: Learned) -> None:
+        """Keep what the first call of ``key`` found (its engine is the call's)."""
         self.entries[key] = learned
+        self.last_engine = learned.engine
 
     def engines(self) -> list[str]:
         """The engines chosen, one per signature seen, in the order first seen."""

@@ -42,7 +42,11 @@ class StoreIdentity:
 @dataclass(frozen=True)
 class StepRecord:
     """One stored kernel: its source checkpoint (paths, total size, modification time and
-    content fingerprint), kernel file (relative to the store), Frobenius norm and seconds taken."""
+    content fingerprint), kernel file (relative to the store), Frobenius norm and seconds taken,
+    and what computed it: ``engine``, the eNTK engine actually used (``structured`` or
+    ``jacobian``: what ``--method auto`` picked, not the option), and ``device``, the device
+    type (``cpu``, ``cuda``). Both are None in a record written before conetool recorded them
+    (a kernel file carries its record, so a rebuilt manifest keeps them)."""
 
     step: int
     source: list[str]
@@ -52,6 +56,49 @@ class StepRecord:
     norm: float
     seconds: float
     mtime_ns: int = 0
+    engine: str | None = None
+    device: str | None = None
+
+
+#: The fields a record may lack (written by an older conetool), with the value that means.
+_OPTIONAL = {"mtime_ns": 0, "engine": None, "device": None}
+
+
+def made_by(record: StepRecord) -> str:
+    """What computed the kernel of ``record``, as the notes name it: ``structured on cpu``; for a
+    record written before conetool recorded it, ``an unrecorded engine``."""
+    if record.engine is None:
+        return "an unrecorded engine" + (f" on {record.device}" if record.device else "")
+    return f"{record.engine} on {record.device or 'an unrecorded device'}"
+
+
+def mixed_engines_note(records: Mapping[int, StepRecord]) -> str | None:
+    """One line saying which steps' kernels were made by which engine on which device type, when
+    ``records`` (step -> record) were not all made alike (a kernel lost and recomputed by a rerun
+    with another ``--method``, or on another device); else None. Not an error: the engines agree
+    to about 1e-6 relative in float32, but a distance that small may then be theirs."""
+    groups: dict[str, list[int]] = {}
+    for step, record in sorted(records.items()):
+        groups.setdefault(made_by(record), []).append(step)
+    if len(groups) < 2:
+        return None
+    listed = "; ".join(f"{_steps_of(steps)} by {who}" for who, steps in groups.items())
+    return (
+        f"this store's kernels were made by more than one engine or device type: {listed}. "
+        "They agree to about 1e-6 relative in float32 (closer in float64), so a distance that "
+        "small between kernels of two groups may come from the engines, not the run; to make "
+        "them alike, delete one group's kernel files and rerun conetool kernels with the "
+        "other's --method and --device"
+    )
+
+
+def _steps_of(steps: list[int]) -> str:
+    """``step 5``, ``steps 0, 2, 4`` or ``12 steps (0 to 900)``."""
+    if len(steps) == 1:
+        return f"step {steps[0]}"
+    if len(steps) <= 4:
+        return "steps " + ", ".join(str(s) for s in steps)
+    return f"{len(steps)} steps ({steps[0]} to {steps[-1]})"
 
 
 def new_store_id() -> str:
@@ -238,12 +285,19 @@ def same_kernel_record(embedded: Any, recorded: Mapping[str, Any] | None) -> boo
     equal but perhaps for ``mtime_ns``, the source's modification time when it was last read,
     which the manifest refreshes when a touched checkpoint's content is found unchanged
     (:meth:`conetool.store.Store.refresh_mtimes`; the kernel file keeps the time it was
-    computed from)."""
+    computed from), a field missing from either counting as its default."""
     if not isinstance(embedded, dict) or recorded is None:
         return False
-    return {k: v for k, v in embedded.items() if k != "mtime_ns"} == {
-        k: v for k, v in recorded.items() if k != "mtime_ns"
-    }
+    return _compared(embedded) == _compared(recorded)
+
+
+def _compared(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` as :func:`same_kernel_record` compares it: without ``mtime_ns``, and with the
+    fields an older conetool did not write (``engine``, ``device``) at their defaults, so that a
+    kernel file written before them matches its record read back with them."""
+    full = {**_OPTIONAL, **record}
+    del full["mtime_ns"]
+    return full
 
 
 def kernel_header(path: Path, label: str) -> tuple[dict[str, str], tuple[int, ...]] | str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import conetool
 from conetool import paths
 from conetool.cli import app
 from conetool.errors import CheckpointError, SpecError, StoreError
-from conetool.pipeline import inspect, kernels, switch
+from conetool.pipeline import distance, inspect, kernels, report, switch
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.retrained_run import retrained_warning
 from conetool.probe import load_probe
@@ -374,3 +375,49 @@ def test_skip_bad_quiet_still_says_which_files_were_left_out(run, tmp_path):
     assert result.exit_code == 0, result.output
     compact = "".join(result.output.split())  # the console wraps long paths
     assert "warning:skippingacheckpoint" in compact and "step_000007.safetensors" in compact
+
+
+# --------------------------------------------------------------------------- kernel provenance
+
+
+def test_each_kernel_records_the_engine_auto_picked_and_its_device(run, tmp_path, monkeypatch):
+    """The manifest's "method" is the option of the last run ("auto"); each record says which
+    engine made its kernel (what auto picked) and on which device type, in the kernel file too."""
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu")  # an MLP on a CPU: auto takes the structured engine
+    opened = Store.open(store)
+    assert {(r.engine, r.device) for r in opened.records().values()} == {("structured", "cpu")}
+    assert "Engine: structured on cpu." in report(store).markdown.read_text()
+    monkeypatch.setattr(conetool.ntk, "_AUTO_KRON_SHARE", 1.01)  # now auto takes the reference
+    kernels(run, store=tmp_path / "ref", device="cpu")
+    again = Store.open(tmp_path / "ref")
+    assert again.manifest["method"] == "auto"
+    assert {r.engine for r in again.records().values()} == {"jacobian"}
+    with safe_open(str(paths.kernel(tmp_path / "ref", 5)), framework="pt") as handle:
+        embedded = json.loads(handle.metadata()["record"])
+    assert (embedded["engine"], embedded["device"]) == ("jacobian", "cpu")
+
+
+def test_a_kernel_recomputed_by_another_engine_is_recorded_and_noted(run, tmp_path):
+    """A lost kernel file recomputed by a rerun with another --method: the manifest's "method"
+    was the only record, so the store looked made by one engine. Now each record keeps its own
+    engine (through a rebuilt manifest too), and distance and report say the store is mixed."""
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu", method="structured")
+    assert not [n for n in distance(store, noise=False).notes if "more than one engine" in n]
+    paths.kernel(store, 10).unlink()  # lost; recomputed by the other engine
+    assert kernels(run, store=store, device="cpu", method="jacobian").computed == [10]
+    paths.manifest(store).unlink()  # rebuilt from the records the kernel files carry
+    assert kernels(run, store=store, device="cpu", method="jacobian").computed == []
+    opened = Store.open(store)
+    assert opened.manifest["method"] == "jacobian"  # the last run's option, as before
+    engines = {step: (r.engine, r.device) for step, r in opened.records().items()}
+    assert engines == {0: ("structured", "cpu"), 5: ("structured", "cpu"), 10: ("jacobian", "cpu")}
+    line = (
+        "this store's kernels were made by more than one engine or device type: steps 0, 5 by "
+        "structured on cpu; step 10 by jacobian on cpu."
+    )
+    assert [n for n in distance(store, noise=False).notes if n.startswith(line)]
+    made = report(store)
+    assert [n for n in made.notes if n.startswith(line)]
+    assert "Made by more than one engine or device type (see Notes)." in made.markdown.read_text()

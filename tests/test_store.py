@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conetool import paths
 from conetool.errors import StoreError
 from conetool.store import StepRecord, Store, StoreIdentity
+from conetool.store_manifest import mixed_engines_note
 
 IDENT = StoreIdentity(spec_hash="aaaa", probe_hash="pppp", kind="trace", dtype="float32")
 HEADER = {"checkpoints": "/runs/x", "spec": {"model": {"arch": "mlp"}}}
@@ -106,6 +110,49 @@ def test_kernel_written_before_a_kill_is_adopted(tmp_path):
     assert again.steps() == [0, 10]
     assert again.record(10) == record(10)
     assert torch.equal(again.load_kernel(10), 3 * torch.eye(2))
+
+
+def _as_written_before_engines_were_recorded(root: Path) -> None:
+    """Strip ``engine`` and ``device`` from the manifest's records and the kernel files' own,
+    as a conetool before them wrote both."""
+    manifest = json.loads(paths.manifest(root).read_text())
+    for raw in manifest["steps"].values():
+        del raw["engine"], raw["device"]
+    paths.manifest(root).write_text(json.dumps(manifest))
+    for path in sorted((root / paths.KERNELS_DIR).glob("step_*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            meta, kernel = handle.metadata(), handle.get_tensor("kernel")
+        embedded = json.loads(meta["record"])
+        del embedded["engine"], embedded["device"]
+        save_file({"kernel": kernel}, str(path), metadata={**meta, "record": json.dumps(embedded)})
+
+
+def test_kernels_from_before_engines_were_recorded_still_match_their_records(tmp_path):
+    """Records without ``engine`` and ``device`` read back with None; their kernel files still
+    match them (not recomputed as damaged), with the manifest as written or rebuilt; a kernel
+    added with them makes the store mixed, and the note names the unrecorded ones."""
+    root = tmp_path / "s"
+    store_with_kernels(root, steps=(0, 10))
+    _as_written_before_engines_were_recorded(root)
+    old = Store.open(root)
+    assert old.record(10) == record(10) and old.record(10).engine is None
+    assert old.kernel_file_problem(0) is None and old.kernel_file_problem(10) is None
+    assert mixed_engines_note(old.records()) is None  # one kind (unknown): nothing to say
+    paths.manifest(root).unlink()
+    rebuilt = Store.open_for_writing(root, IDENT, HEADER)
+    assert rebuilt.steps() == [0, 10] and rebuilt.kernel_file_problem(10) is None
+    made = dataclasses.replace(record(20), engine="jacobian", device="cuda")
+    rebuilt.write_kernel(made, torch.eye(2))
+    rebuilt.close()
+    again = Store.open(root)
+    assert again.record(20) == made and again.kernel_file_problem(20) is None
+    assert mixed_engines_note(again.records()) == (
+        "this store's kernels were made by more than one engine or device type: steps 0, 10 by "
+        "an unrecorded engine; step 20 by jacobian on cuda. They agree to about 1e-6 relative "
+        "in float32 (closer in float64), so a distance that small between kernels of two groups "
+        "may come from the engines, not the run; to make them alike, delete one group's kernel "
+        "files and rerun conetool kernels with the other's --method and --device"
+    )
 
 
 def test_missing_and_damaged_stores_name_the_fix(tmp_path):

@@ -263,6 +263,7 @@ def compute_all(
                     if current
                     else ntk(plan.probe.inputs, on_block=_inner_bar(progress, ref.step))
                 )
+                engine = memo.last_engine  # the probe kernel's: what auto picked for it
             except ConetoolError as exc:
                 if give_up(ref, exc):
                     break
@@ -296,6 +297,8 @@ def compute_all(
                 norm=kernel_norm(kernel),
                 seconds=round(took, 4),
                 mtime_ns=mtime,  # of the bytes read, not the file's now: it may be rewritten since
+                engine=engine,
+                device=dev.type,
             )
             writer.submit(partial(save, ref, fingerprint, record, kernel, cross, per_group))
             if cross is not None:

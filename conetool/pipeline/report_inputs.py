@@ -16,6 +16,7 @@ from ..errors import ConetoolError
 from ..spec import spec_from_dict, spec_to_toml
 from ..store import Store
 from ..store_lock import writer_note
+from ..store_manifest import mixed_engines_note
 from ..verdict import REGIMES
 from .kernels_running import running_note, stored_so_far
 from .matrix_cache import kernels_key
@@ -160,6 +161,9 @@ class ReportInputs:
             moved_ckpts=ckpts,
         )
         gathered._check_current()
+        mixed = mixed_engines_note(store.records())
+        if mixed is not None:  # a kernel recomputed by another engine or on another device
+            gathered.notes.append(mixed)
         gathered.writer = writer_note(root)
         if gathered.writer is not None:
             command = f"conetool report {gathered._store_flag()}"

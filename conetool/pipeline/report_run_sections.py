@@ -24,6 +24,7 @@ from ..report_html import (
     code,
     text,
 )
+from ..store_manifest import StepRecord, made_by
 from ..units import format_bytes
 from .report_commands import ReportCommands
 from .report_inputs import _REGIMES, COLLAPSE_ROWS, _g, _source_name
@@ -33,6 +34,16 @@ __all__ = ["RunSections"]
 
 #: What the report says to run after a one-kernel store has more kernels.
 _THEN_DISTANCE = " (it adds the checkpoints' missing steps), then run conetool distance and embed."
+
+
+def _engines_text(records: dict[int, StepRecord]) -> str:
+    """What computed the kernels (engine and device type), when their records say."""
+    made = {made_by(r) for r in records.values()}
+    if len(made) > 1:
+        return " Made by more than one engine or device type (see Notes)."
+    if made and all(r.engine is not None for r in records.values()):
+        return f" Engine: {made.pop()}."
+    return ""  # none stored, or made before conetool recorded it
 
 
 class RunSections(ReportCommands):
@@ -151,7 +162,8 @@ class RunSections(ReportCommands):
                 f": {self.stored_so_far()} kernels"
                 f"{' stored so far (conetool kernels is still running)' if self.writer else ''}"
                 f" of shape {shape} ({kind}, {self.manifest.get('dtype')}), "
-                f"{total:.1f} s of kernel computation in all. Layout: {self.manifest.get('layout', '-')}.",
+                f"{total:.1f} s of kernel computation in all. Layout: {self.manifest.get('layout', '-')}."
+                + _engines_text(records),
             )
         ]
         if records:

@@ -43,6 +43,7 @@ from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, load_spec
 from ..store import Store
+from ..store_manifest import mixed_engines_note
 from ..threads import limit_threads
 from ..verdict import Verdict, VerdictRules, phase_verdict
 from .distance_outputs import (
@@ -214,6 +215,12 @@ def distance(
             running = kernels_running(opened, "conetool distance")
             if running is not None:
                 notes.append(running)
+            in_matrix = set(steps)
+            mixed = mixed_engines_note(
+                {step: r for step, r in opened.records().items() if step in in_matrix}
+            )
+            if mixed is not None:  # a kernel recomputed by another engine or on another device
+                notes.append(mixed)
             ref_steps = _resolve_refs(wanted, steps, matrix.excluded, notes)
 
             dt_list = (
