@@ -19,12 +19,14 @@ from conetool import paths
 from conetool.cli import app
 from conetool.errors import ConetoolError, StoreError, StoreReplacedError
 from conetool.geometry import GeometryError, kernel_distance
+from conetool.noise_floor import NoiseEstimate
 from conetool.pipeline import (
     distance,
     distance_outputs,
     embed,
     kernels,
     matrix_cache,
+    noise_estimate,
     run_distance,
     run_embed,
 )
@@ -615,6 +617,34 @@ def test_the_noise_floor_of_another_engine_is_not_reused(tmp_path):
     distance(store, dts=[10])
     fresh = json.loads(paths.distance_summary(store).read_text())["noise"]
     assert cached == fresh and fresh["method"] == "structured"
+
+
+def test_the_noise_floor_of_another_device_type_is_not_reused(tmp_path, monkeypatch):
+    # float32 rounds differently on a GPU than on a CPU, but distance/noise.json's key had no
+    # device: a floor estimated on one was reported on the other. (No GPU here: the two kernels
+    # are stood in for, and a torch.device is taken as it is, so "cuda" is never used.)
+    ckpts = tmp_path / "ckpts"
+    train(spec_from_dict(TINY, source="tiny.toml"), ckpts)
+    store = tmp_path / "store"
+    kernels(ckpts, store=store, device="cpu", steps="0:4")
+    opened = Store.open(store)
+    estimated: list[str] = []
+
+    def stand_in(model, inputs, *, device, **kwargs):
+        estimated.append(torch.device(device).type)
+        error = {"cpu": 1e-7, "cuda": 3e-7}[estimated[-1]]
+        return NoiseEstimate(error, error**2, 4, "trace", kwargs["method"], "float32")
+
+    monkeypatch.setattr(noise_estimate, "kernel_noise", stand_in)
+    on_cpu, _ = noise_estimate.estimate_noise_floor(opened, device="cpu")
+    on_gpu, _ = noise_estimate.estimate_noise_floor(opened, device=torch.device("cuda"))
+    assert estimated == ["cpu", "cuda"]  # estimated again, not the CPU's floor
+    assert on_cpu is not None and on_cpu["device"] == "cpu"
+    assert on_gpu is not None and on_gpu["device"] == "cuda"
+    assert json.loads(paths.noise_json(store).read_text())["key"]["device"] == "cuda"
+    assert on_gpu["floor"] == pytest.approx(2 * 9e-14)
+    again, _ = noise_estimate.estimate_noise_floor(opened, device=torch.device("cuda"))
+    assert again == on_gpu and estimated == ["cpu", "cuda"]  # its own device's: reused
 
 
 class _Logged(NullProgress):

@@ -10,7 +10,8 @@ each carry such an error, so the floor under a measured S between two of them is
 Rebuilding the model needs the checkpoint the manifest names and the spec it records (``ckpts``
 and ``spec`` override them: a run moved since ``conetool kernels``); when the checkpoint is gone
 the floor is not estimated and a note says so. The result is reused while the store's identity,
-the engine (``--method``) its manifest records and that checkpoint's fingerprint stay the same.
+the engine (``--method``) its manifest records, that checkpoint's fingerprint and the device type
+it is estimated on (``cpu``, ``cuda``: float32 rounds differently on each) stay the same.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from .. import paths
 from ..checkpoints import checkpoint_ref, load_checkpoint
+from ..device import resolve_device
 from ..errors import ConetoolError, StoreError
 from ..io import atomic_write_json
 from ..noise_floor import kernel_noise
@@ -53,6 +55,8 @@ def estimate_noise_floor(
     ``None`` (or a note that the model's module came from the folder the store records), or
     ``None`` and a note saying why it could not be estimated.
 
+    ``device``: where the two kernels are computed (``"auto"``: CUDA when present); its type
+    (``cpu``, ``cuda``) is part of the cache's key and is recorded as the record's ``device``.
     ``ckpts``: the checkpoint directory now, when it moved (the checkpoint is looked up at the
     same place relative to it as relative to the directory the manifest names); ``spec``: the
     spec, instead of the one the manifest records (the caller checks that it is the store's);
@@ -75,6 +79,10 @@ def estimate_noise_floor(
     # and a kernels rerun with another --method recomputes a damaged or missing kernel file with
     # it under the same step and fingerprint, so without it here the old engine's floor was kept.
     method = str(store.manifest.get("method", "auto"))
+    try:
+        dev = resolve_device(device)
+    except ConetoolError as exc:
+        return None, f"the noise floor of S was not estimated: {str(exc).splitlines()[0]}"
     key = {
         "identity": [
             store.identity.spec_hash,
@@ -86,6 +94,8 @@ def estimate_noise_floor(
         "step": step,
         "fingerprint": record.fingerprint,
         "subset": SUBSET,
+        # float32 rounds differently on a GPU than on a CPU: a floor is reused on its own only
+        "device": dev.type,
     }
     cache = paths.noise_json(store.root)
     try:
@@ -123,7 +133,7 @@ def estimate_noise_floor(
             method=method,
             dtype=_DTYPES.get(store.identity.dtype, torch.float32),
             subset=SUBSET,
-            device=device,
+            device=dev,
         )
     except ConetoolError as exc:
         return None, f"the noise floor of S was not estimated: {str(exc).splitlines()[0]}"
@@ -133,6 +143,7 @@ def estimate_noise_floor(
         "examples": estimate.n,
         "method": estimate.method,
         "dtype": estimate.dtype,
+        "device": dev.type,
         "relative_error": estimate.relative_error,
         "S_against_float64": estimate.S,
         "floor": 2.0 * estimate.S,
