@@ -619,6 +619,24 @@ def test_the_noise_floor_of_another_engine_is_not_reused(tmp_path):
     assert cached == fresh and fresh["method"] == "structured"
 
 
+def test_the_noise_floor_is_of_the_engine_that_made_the_last_kernel(tmp_path):
+    # The estimate computed with the manifest's "method", the last kernels run's option: a
+    # rerun with another --method that recomputed only a lost early kernel made the floor of
+    # the last step that engine's, though its kernel was made by the first one.
+    ckpts = tmp_path / "ckpts"
+    train(spec_from_dict(TINY, source="tiny.toml"), ckpts)
+    store = tmp_path / "store"
+    kernels(ckpts, store=store, device="cpu", steps="0:4", method="jacobian")
+    paths.kernel(store, 0).unlink()
+    assert kernels(ckpts, store=store, device="cpu", steps="0:4", method="structured").computed == [
+        0
+    ]
+    assert Store.open(store).manifest["method"] == "structured"
+    distance(store, dts=[2])
+    noise = json.loads(paths.distance_summary(store).read_text())["noise"]
+    assert noise["step"] == 4 and noise["method"] == "jacobian"  # step 4's kernel's engine
+
+
 def test_the_noise_floor_of_another_device_type_is_not_reused(tmp_path, monkeypatch):
     # float32 rounds differently on a GPU than on a CPU, but distance/noise.json's key had no
     # device: a floor estimated on one was reported on the other. (No GPU here: the two kernels

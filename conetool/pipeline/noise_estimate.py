@@ -2,7 +2,8 @@
 ``STORE/distance/noise.json``).
 
 The kernel of the first 32 probe examples at the last stored step is computed twice, as the store
-computed it (its engine and dtype) and by the float64 reference engine
+computed it (the engine that step's record names, and the store's dtype) and by the float64
+reference engine
 (:func:`conetool.noise_floor.kernel_noise`). ``S_est`` is their distance. Two kernels of the run
 each carry such an error, so the floor under a measured S between two of them is
 ``2 * S_est`` (about ``relative_error**2`` for unstructured errors).
@@ -10,8 +11,8 @@ each carry such an error, so the floor under a measured S between two of them is
 Rebuilding the model needs the checkpoint the manifest names and the spec it records (``ckpts``
 and ``spec`` override them: a run moved since ``conetool kernels``); when the checkpoint is gone
 the floor is not estimated and a note says so. The result is reused while the store's identity,
-the engine (``--method``) its manifest records, that checkpoint's fingerprint and the device type
-it is estimated on (``cpu``, ``cuda``: float32 rounds differently on each) stay the same.
+that engine, that checkpoint's fingerprint and the device type it is estimated on (``cpu``,
+``cuda``: float32 rounds differently on each) stay the same.
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ def estimate_noise_floor(
     source = Path(record.source[0])
     if ckpts is not None:
         source = moved(source, store.manifest.get("checkpoints"), Path(ckpts))
-    # The engine the estimate computes with (the manifest's): the store's identity leaves it out,
-    # and a kernels rerun with another --method recomputes a damaged or missing kernel file with
-    # it under the same step and fingerprint, so without it here the old engine's floor was kept.
-    method = str(store.manifest.get("method", "auto"))
+    # The engine the estimate computes with: the one that made this step's kernel (its record's;
+    # the manifest's --method for a record from before conetool kept it, which names the last
+    # kernels run's option, not this kernel's). The store's identity leaves it out, and a kernels
+    # rerun with another --method recomputes a damaged or missing kernel file with it under the
+    # same step and fingerprint, so it keys the cache too.
+    method = record.engine or str(store.manifest.get("method", "auto"))
     try:
         dev = resolve_device(device)
     except ConetoolError as exc:
