@@ -324,6 +324,20 @@ def test_reproduce_names_the_kernels_engine_when_it_was_chosen(run, tmp_path):
     assert line.endswith("--probe-size 6 --method jacobian") and "--steps 0:4" in line
 
 
+def test_reproduce_repeats_the_skip_bad_of_kernels(run, tmp_path):
+    """kernels --skip-bad went on without an unreadable checkpoint, but the manifest did not
+    record it, so the Reproduce block's kernels command stopped at that checkpoint."""
+    _, ckpts, _, _ = run
+    copy = tmp_path / "ckpts"
+    shutil.copytree(ckpts, copy)
+    paths.checkpoint(copy, 2).write_bytes(b"\x00" * 5)  # truncated: not readable
+    store = tmp_path / "store"
+    assert kernels(copy, store=store, device="cpu", skip_bad=True, steps="0:4").computed == [0, 4]
+    (line,) = [x for x in reproduce_lines(report(store)) if x.startswith("conetool kernels")]
+    assert line.endswith("--probe-size 6 --skip-bad") and "--steps 0:4" in line
+    assert json.loads(paths.manifest(store).read_text())["skip_bad"] is True
+
+
 def test_reproduce_follows_what_the_results_recorded(run, tmp_path):
     """Switch results without their T (an older conetool's) gave --until None; a spectrum that
     left out bad kernel files (skip_bad) was reproduced without --skip-bad."""

@@ -92,6 +92,8 @@ class ReportCommands(ReportInputs):
         parts += _flag("--probe-size", probe.get("size") if isinstance(probe, dict) else None)
         if m.get("method") not in (None, "auto"):  # the engine of a kernels --method run
             parts += _flag("--method", m.get("method"))
+        if m.get("skip_bad") is True:  # it went on without the checkpoints it could not use
+            parts.append("--skip-bad")
         evaluation = m.get("eval")
         if isinstance(evaluation, dict) and evaluation.get("size"):
             parts.append(f"--eval-size {evaluation['size']}")

@@ -149,7 +149,7 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             mixed = another_run(Path(store), ckpts, plan.identity, plan.refs)
             if mixed is not None:
                 raise mixed
-            header = _header(ckpts, plan.spec, plan.probe, method, selected)
+            header = _header(ckpts, plan.spec, plan.probe, method, selected, o.skip_bad)
             # what a reader says of a store still being written: "37 of 100 kernels so far"
             header["selected_steps"] = sorted({ref.step for ref in plan.refs})
             out = Store.open_for_writing(store, plan.identity, header, overwrite=overwrite)
@@ -397,15 +397,18 @@ def _header(
     probe: Probe,
     method: str = "auto",
     selection: dict[str, object] | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, object]:
     """The manifest's provenance. ``selection`` (path, step regex, steps, every) and
     ``imports`` (where a "pkg.mod:factory" spec's modules came from) are what the later
-    commands reuse (:mod:`conetool.pipeline.remembered`)."""
+    commands reuse (:mod:`conetool.pipeline.remembered`); ``method`` and ``skip_bad`` are the
+    options of the run (the report's Reproduce block repeats them)."""
     return {
         "checkpoints": str(ckpts.resolve()),
         "selection": selection or selection_record(ckpts, None, None, None),
         "imports": imports_record(spec),
         "method": method,
+        "skip_bad": skip_bad,
         "spec_source": spec.source,
         "spec": spec.to_dict(),
         "probe": {
