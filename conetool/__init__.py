@@ -24,6 +24,7 @@ guard_start_up()
 # name -> the submodule that defines it
 _EXPORTS = {
     "CheckpointError": "errors",
+    "CheckpointOverflowError": "errors",
     "ConetoolError": "errors",
     "DataError": "errors",
     "MemoryBudgetError": "errors",
@@ -64,6 +65,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .errors import (
         CheckpointError,
+        CheckpointOverflowError,
         ConetoolError,
         DataError,
         MemoryBudgetError,
@@ -128,6 +130,7 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "CheckpointError",
+    "CheckpointOverflowError",
     "ConetoolError",
     "DataError",
     "DemoResult",

@@ -30,6 +30,11 @@ class CheckpointError(ConetoolError):
     """A checkpoint file or directory cannot be read, or does not fit the model."""
 
 
+class CheckpointOverflowError(CheckpointError):
+    """A checkpoint holds finite values beyond the range of the model's dtype (a bfloat16
+    checkpoint's 1e5 in a float16 model): the fix is the model's dtype, not the file."""
+
+
 class StoreError(ConetoolError):
     """The output store (or a training output directory) is missing, mixed or inconsistent."""
 

@@ -270,11 +270,30 @@ def test_a_bfloat16_checkpoint_beyond_a_float16_models_range_is_a_checkpoint_err
     message = " ".join(str(stopped.value).split())
     assert "'2.weight' (bfloat16, up to 9.984e+04)" in message
     assert "beyond the largest float16" in message and "into a float32 model" in message
+    # kernels' own advice fits the cause: the model's dtype, not a damaged file
+    assert "fix this checkpoint" not in message and message.count("--skip-bad") == 1
+    assert "the fix is the model's dtype (above), not this file" in message
+    assert isinstance(stopped.value, conetool.CheckpointOverflowError)
     assert Store.open(store).steps() == ([] if first else [0])  # computed before it: kept
     result = kernels(ckpts, spec=spec, store=store, device="cpu", skip_bad=True)
     assert list(result.failed) == [bad] and result.computed == [s for s in (5, 10) if s != bad]
     for step in Store.open(store).steps():
         assert torch.isfinite(Store.open(store).load_kernel(step)).all()
+
+
+def test_a_checkpoint_that_fails_to_load_keeps_the_advice_to_fix_it(run, tmp_path):
+    """The advice of the model's dtype is for values beyond its range only: a checkpoint
+    holding NaN is this checkpoint's to fix."""
+    path = paths.checkpoint(run, 5)
+    state = load_file(str(path))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name][0] = float("nan")
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match="step 5 ") as stopped:
+        kernels(run, store=tmp_path / "s", device="cpu")
+    message = " ".join(str(stopped.value).split())
+    assert "fix this checkpoint and rerun, or pass --skip-bad" in message
+    assert "model's dtype" not in message
 
 
 def test_skip_bad_is_advised_once_by_kernels_and_never_by_inspect_or_switch(run, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from conetool.errors import CheckpointError
+from conetool.errors import CheckpointError, CheckpointOverflowError
 
 from ._format import (
     _header_length,
@@ -186,7 +186,7 @@ def check_dtypes(
         if torch.finfo(found).eps > torch.finfo(wanted).eps:  # fewer significant digits (not
             lower.append((f"'{key}' ({_dtype(found)})", wanted))  # bits: bfloat16 vs float16)
     if overflow:
-        raise CheckpointError(_overflow_message(name, overflow))
+        raise CheckpointOverflowError(_overflow_message(name, overflow))
     if lower:
         shown = ", ".join(k for k, _ in lower[:3])
         more = f" and {len(lower) - 3} more" if len(lower) > 3 else ""

@@ -27,7 +27,13 @@ from ..checkpoints import (
 )
 from ..checkpoints.selection import is_selected
 from ..data import DataBundle
-from ..errors import ConetoolError, MemoryBudgetError, ModelError, StoreError
+from ..errors import (
+    CheckpointOverflowError,
+    ConetoolError,
+    MemoryBudgetError,
+    ModelError,
+    StoreError,
+)
 from ..heap import kept_freed_memory
 from ..layer_groups import group_kernels, groups_hash
 from ..ntk import empirical_ntk
@@ -195,10 +201,16 @@ def compute_all(
             job.fail()
             return True
         if not skip_bad:
+            fix = (
+                "the fix is the model's dtype (above), not this file: rerun once the model is "
+                "built in a dtype that holds these values"
+                if isinstance(exc, CheckpointOverflowError)
+                else "fix this checkpoint and rerun"
+            )
             error = (
                 type(exc)(
-                    f"{message} Kernels already computed are kept in {out.root}; fix this "
-                    "checkpoint and rerun, or pass --skip-bad to go on without it."
+                    f"{message} Kernels already computed are kept in {out.root}; {fix}, or pass "
+                    "--skip-bad to go on without it."
                 ),
                 exc,
             )
