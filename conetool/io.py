@@ -1,7 +1,9 @@
 """Atomic file writes: every file conetool writes appears whole or not at all.
 
 Each writer writes to a temporary name in the target's directory, flushes it to disk and renames it
-into place (``os.replace`` is atomic on POSIX and Windows within one file system). When the write
+into place (``os.replace`` is atomic on POSIX and Windows within one file system), then flushes
+the directory too on POSIX (:func:`_fsync_dir`: the rename is an entry of the directory, and
+without it a power loss may bring back the old file, or none). When the write
 fails because the file system is full, read-only or not writable by this user, the temporary file
 is removed, the file in place (if any) is untouched, and a :class:`~conetool.errors.StoreError`
 names the path (and, for a full disk, the space needed): see :func:`write_error`.
@@ -123,9 +125,40 @@ def _atomic_path_raw(path: Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+#: The errors of a directory fsync that the platform or file system does not support.
+_NO_DIR_FSYNC = (
+    errno.EINVAL,
+    errno.EBADF,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk, so that a rename into it survives a power loss (POSIX
+    makes the file's data durable with its own fsync, its name only with the directory's). Skipped
+    where a directory cannot be opened or flushed (Windows; some network file systems)."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_DIR_FSYNC:
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[Path], object], *, needed: int | None = None) -> None:

@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -310,17 +311,60 @@ def test_opening_to_read_never_writes(store, read_only):
 
 
 def _full_disk(monkeypatch, after: int) -> None:
-    """Let ``after`` atomic writes through, then fail each with ENOSPC halfway."""
+    """Let ``after`` atomic writes through, then fail each with ENOSPC halfway (at the fsync of
+    its temporary file; the directory's, after the rename, is left alone)."""
     real = conetool.io.os.fsync
     calls = {"n": 0}
 
     def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            return real(fd)
         calls["n"] += 1
         if calls["n"] > after:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd)
 
     monkeypatch.setattr(conetool.io.os, "fsync", fsync)
+
+
+def test_an_atomic_write_flushes_the_directory_after_the_rename(tmp_path, monkeypatch):
+    # the rename is an entry of the directory: without the directory's fsync after it, a power
+    # loss may bring back the old file (POSIX makes the data durable with the file's own fsync)
+    if os.name == "nt":
+        pytest.skip("Windows cannot open a directory to flush it")
+    target = tmp_path / "out" / "result.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    real = conetool.io.os.fsync
+    events: list[tuple[str, str]] = []
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        kind = "dir" if stat.S_ISDIR(info.st_mode) else "file"
+        events.append((kind, target.read_text()))  # what the target holds at that moment
+        if kind == "dir":
+            assert info.st_ino == os.stat(target.parent).st_ino
+        return real(fd)
+
+    monkeypatch.setattr(conetool.io.os, "fsync", fsync)
+    conetool.io.atomic_write_json(target, {"new": 1})
+    # the temporary file before the rename, its directory after it
+    assert events == [("file", "old"), ("dir", target.read_text())]
+    assert json.loads(target.read_text()) == {"new": 1}
+
+
+def test_an_atomic_write_goes_on_where_a_directory_cannot_be_flushed(tmp_path, monkeypatch):
+    # some file systems refuse fsync on a directory (EINVAL): the write itself stands
+    real = conetool.io.os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd)
+
+    monkeypatch.setattr(conetool.io.os, "fsync", fsync)
+    conetool.io.atomic_write_text(tmp_path / "a.txt", "text")
+    assert (tmp_path / "a.txt").read_text() == "text"
 
 
 def test_full_disk_during_kernels(run, store, monkeypatch):
