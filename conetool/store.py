@@ -664,9 +664,10 @@ def _own_files(root: Path) -> tuple[Path, ...]:
 def clear(root: Path) -> str | None:
     """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs), and
     say what was removed (None when there was nothing): ``--overwrite`` tells the user."""
-    kernels = len(_kernel_files(root))
-    derived = [name for name in paths.DERIVED_DIRS if (Path(root) / name).is_dir()]
     with results_lock(root, exclusive=True):  # after the readers' writes (Store.writing_results)
+        # counted under the lock: what is removed, once the readers waited for have written
+        kernels = len(_kernel_files(root))
+        derived = [name for name in paths.DERIVED_DIRS if (Path(root) / name).is_dir()]
         for path in _own_files(root):
             path.unlink(missing_ok=True)
         for name in (*_WRITER_DIRS, *paths.DERIVED_DIRS):

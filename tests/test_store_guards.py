@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,31 @@ def test_overwrite_removes_every_file_conetool_wrote_and_keeps_the_users(tmp_pat
     assert not paths.eval_kernels_dir(root).exists() and not paths.layer_kernels_dir(root).exists()
     assert not paths.kernel(root, 0).exists()
     assert (root / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_counts_what_it_removes_once_it_holds_the_results_lock(tmp_path, monkeypatch):
+    # guards: clear() says what it removed, counted under the results lock; a reader writing its
+    # results while the clearing waits for the lock (here: a distance folder made then, and a
+    # kernel file a rank wrote meanwhile) is counted, not only what was there before the wait
+    root = tmp_path / "s"
+    store_with_kernels(root)
+    real_lock = store_module.results_lock
+
+    @contextmanager
+    def results_lock(where, *, exclusive):
+        with real_lock(where, exclusive=exclusive):
+            if exclusive:  # what the waited-for writers left by the time the lock is had
+                (Path(where) / paths.DERIVED_DIRS[0]).mkdir()
+                shutil.copy(paths.kernel(where, 0), paths.kernel(where, 20))
+            yield
+
+    monkeypatch.setattr(store_module, "results_lock", results_lock)
+    message = store_module.clear(root)
+    assert message == (
+        "--overwrite removed the replaced store's 3 kernel file(s) and its "
+        f"{paths.DERIVED_DIRS[0]} results"
+    )
+    assert not (root / paths.KERNELS_DIR).exists()
 
 
 # ------------------------------------------------------------------ checking a kernel file
