@@ -87,6 +87,7 @@ from .store_manifest import (
     kernel_metadata,
     made_with,
     manifest_identity,
+    metadata_made_with,
     mixed_message,
     new_manifest,
     new_store_id,
@@ -296,15 +297,16 @@ class Store:
         elif _kernel_files(root):
             notes.append(f"{path} was missing; rebuilt it from the kernel files")
         manifest = new_manifest(identity, header)
-        if notes:  # rebuilt from the kernel files: the same store, under the id they carry
-            kept = store_id_of_kernel_files(_kernel_files(root), identity)
-            if kept is not None:
-                manifest["store_id"] = kept
+        # rebuilt from the kernel files: the same store, under the id they carry (each header
+        # read once, for the id and the records)
+        headers = _kernel_files_metadata(root, identity) if notes else {}
+        kept = store_id_of_kernel_files(headers.values())
+        if kept is not None:
+            manifest["store_id"] = kept
         store = cls(root, manifest)
         if notes:
-            adopted = store.adopt_kernel_files(save=False)
-            foreign = len(_kernel_files(root)) - len(adopted)
-            notes[-1] = rebuilt_note(root, notes[-1], len(adopted), foreign)
+            adopted = store._adopt(headers)
+            notes[-1] = rebuilt_note(root, notes[-1], len(adopted), len(headers) - len(adopted))
         store.notes = notes + ([cleared] if cleared else [])
         store._ensure_kernels_dir()
         store._write_manifest()
@@ -611,21 +613,25 @@ class Store:
         before its manifest write); with ``save`` (and as the owner) save the manifest if
         anything changed. Returns those steps.
         """
-        folder = self.root / paths.KERNELS_DIR
-        if not folder.is_dir():
-            return []
-        ident, adopted = self.identity, []
-        for path in sorted(folder.glob("step_*.safetensors")):
-            found = embedded_record(path, ident)
-            if found is None:
+        adopted = self._adopt(_kernel_files_metadata(self.root, self.identity))
+        if adopted and self.owner and save:
+            self._write_manifest()
+        return adopted
+
+    def _adopt(self, found: Mapping[Path, Mapping[str, str] | None]) -> list[int]:
+        """Record in the manifest (in memory) the embedded record of each kernel file of
+        ``found`` (path -> :func:`_kernel_files_metadata`'s metadata) that is missing from it or
+        differs; returns those steps, sorted."""
+        adopted = []
+        for meta in found.values():
+            carried = embedded_record(meta)
+            if carried is None:
                 continue
-            step, embedded = found
+            step, embedded = carried
             with self._manifest_guard:
                 if not same_kernel_record(embedded, self.manifest["steps"].get(step)):
                     self.manifest["steps"][step] = embedded
                     adopted.append(int(step))
-        if adopted and self.owner and save:
-            self._write_manifest()
         return sorted(adopted)
 
     def _write_manifest(self) -> None:
@@ -742,6 +748,12 @@ def _looks_like_store(root: Path) -> bool:
 def _kernel_files(root: Path) -> list[Path]:
     folder = Path(root) / paths.KERNELS_DIR
     return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+
+
+def _kernel_files_metadata(root: Path, ident: StoreIdentity) -> dict[Path, dict[str, str] | None]:
+    """Each kernel file of store ``root`` (sorted) -> its metadata when it is readable and made
+    with ``ident``, else None (:func:`~conetool.store_manifest.metadata_made_with`; header only)."""
+    return {path: metadata_made_with(path, ident) for path in _kernel_files(root)}
 
 
 def nearest_steps(steps: list[int], step: int, count: int = 5) -> str:

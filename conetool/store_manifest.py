@@ -236,14 +236,15 @@ def kernel_metadata(
     return meta
 
 
-def store_id_of_kernel_files(paths_: Iterable[Path], ident: StoreIdentity) -> str | None:
-    """The ``store_id`` the kernel files ``paths_`` made with ``ident`` carry, when they carry
-    one and all the same (files from before conetool wrote it carry none); else None. A manifest
-    removed by hand (or damaged) and rebuilt from these files keeps it, so that a command reading
-    the store meanwhile, or a ``switch`` sweep, does not take the rebuilt store for another."""
+def store_id_of_kernel_files(metadata: Iterable[Mapping[str, str] | None]) -> str | None:
+    """The ``store_id`` the kernel files carry, given the ``metadata`` of each as
+    :func:`metadata_made_with` reads it (None: damaged, or made with another identity), when they
+    carry one and all the same (files from before conetool wrote it carry none); else None. A
+    manifest removed by hand (or damaged) and rebuilt from these files keeps it, so that a command
+    reading the store meanwhile, or a ``switch`` sweep, does not take the rebuilt store for
+    another."""
     found: set[str] = set()
-    for path in paths_:
-        meta = metadata_made_with(path, ident)  # None: damaged, or another identity's
+    for meta in metadata:
         if meta is not None and meta.get("store_id"):  # none: from before conetool wrote it
             found.add(meta["store_id"])
     return found.pop() if len(found) == 1 else None
@@ -357,10 +358,10 @@ def metadata_made_with(path: Path, ident: StoreIdentity) -> dict[str, str] | Non
     return meta if made_with(meta, ident) else None
 
 
-def embedded_record(path: Path, ident: StoreIdentity) -> tuple[str, dict[str, Any]] | None:
-    """The step (as the manifest keys it) and the record the kernel file ``path`` carries, when
-    the file is readable, made with ``ident`` and carries both; else None."""
-    meta = metadata_made_with(path, ident)
+def embedded_record(meta: Mapping[str, str] | None) -> tuple[str, dict[str, Any]] | None:
+    """The step (as the manifest keys it) and the record a kernel file carries, given its
+    metadata as :func:`metadata_made_with` reads it, when the file is readable, made with the
+    store's identity and carries both; else None."""
     if meta is None or "record" not in meta or "step" not in meta:
         return None
     try:

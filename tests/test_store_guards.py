@@ -20,7 +20,7 @@ from test_checkpoints import write_hf_sharded
 from test_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
 from tiny_run import SPEC, metadata, run_fixtures
 
-from conetool import paths
+from conetool import paths, store_manifest
 from conetool import store as store_module
 from conetool.errors import StoreError, StoreReplacedError
 from conetool.pipeline import kernels
@@ -241,6 +241,29 @@ def test_rebuilding_counts_the_kernel_files_of_another_identity_it_leaves_out(tm
     assert len(store.notes) == 1
     assert "2 kernel(s) recovered" in store.notes[0]
     assert "1 other file(s) left out and recomputed" in store.notes[0]
+
+
+def test_rebuilding_reads_each_kernel_files_header_once(tmp_path, monkeypatch):
+    # the rebuild takes the store_id and the records from one read of each kernel file's header
+    # (it read every header twice: once for the id, once more for the records)
+    root = tmp_path / "s"
+    store_with_kernels(root, steps=(0, 10, 20))
+    store_id = json.loads(paths.manifest(root).read_text())["store_id"]
+    paths.manifest(root).unlink()
+    real_open = store_manifest.safe_open
+    opened: list[str] = []
+
+    def counted(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_manifest, "safe_open", counted)
+    store = Store.open_for_writing(root, IDENT, HEADER)
+    store.close()
+    assert sorted(opened) == [paths.kernel(root, s).name for s in (0, 10, 20)]
+    assert store.steps() == [0, 10, 20] and store.record(10) == record(10)
+    assert store.manifest["store_id"] == store_id
+    assert "3 kernel(s) recovered" in store.notes[0]
 
 
 def test_reopening_writes_a_kernel_orphaned_by_a_kill_into_manifest_json(tmp_path):
