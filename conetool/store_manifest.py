@@ -134,6 +134,12 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"{path.parent}: it rebuilds the manifest from the kernel files (each carries its "
             "own record) and recomputes only what is missing."
         ) from exc
+    return checked_manifest(path, manifest)
+
+
+def checked_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest``, the JSON object read from ``path``, when it is a manifest of this format
+    and not from a newer conetool; else a :class:`StoreError` naming the file and the fix."""
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("steps"), dict):
         raise StoreError(
             f"{path} is not a conetool store manifest. Point --store at a directory written by "

@@ -101,6 +101,43 @@ def test_another_run_sees_kernel_files_the_manifest_does_not_list_yet(tmp_path):
     assert isinstance(refused, StoreError) and "at 2 of the steps it holds (0, 10)" in str(refused)
 
 
+def test_another_run_reads_the_manifest_once(tmp_path, monkeypatch):
+    """another_run adopts the kernel files the manifest does not list from the manifest it read
+    (it read manifest.json a second time to open the store), and the answer is the same."""
+    root = tmp_path / "s"
+    _store(root, steps=(0, 10))
+    manifest = json.loads(paths.manifest(root).read_text())
+    del manifest["steps"]["10"]  # a kernel the manifest does not list yet: adopted from its file
+    paths.manifest(root).write_text(json.dumps(manifest))
+    ckpts, refs = _other_run(tmp_path, (10,), size=11, mtime_ns=MTIME)
+    real_read_text = Path.read_text
+    reads: list[Path] = []
+
+    def read_text(self, *args, **kwargs):
+        if self.name == paths.MANIFEST_NAME:
+            reads.append(self)
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    refused = another_run(root, ckpts, IDENT, refs)
+    assert isinstance(refused, StoreError) and "at 1 of the steps it holds (10)" in str(refused)
+    assert reads == [paths.manifest(root)]
+
+
+def test_another_run_of_a_manifest_from_a_newer_conetool_uses_the_steps_it_lists(tmp_path):
+    """A manifest conetool would not open (a newer format) still names its steps: those are
+    compared (opening it for writing then refuses it), and no kernel file is adopted."""
+    root = tmp_path / "s"
+    _store(root, steps=(0, 10))
+    manifest = json.loads(paths.manifest(root).read_text())
+    manifest["format_version"] = 99
+    del manifest["steps"]["10"]
+    paths.manifest(root).write_text(json.dumps(manifest))
+    ckpts, refs = _other_run(tmp_path, (0, 10), size=11, mtime_ns=MTIME)
+    refused = another_run(root, ckpts, IDENT, refs)
+    assert isinstance(refused, StoreError) and "at 1 of the steps it holds (0):" in str(refused)
+
+
 def test_another_run_leaves_a_store_of_another_identity_to_opening_it(tmp_path):
     """Guards the identity check of another_run: a store of another identity is not called
     another run (opening it refuses it, or --overwrite replaces it)."""

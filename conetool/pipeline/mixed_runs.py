@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import paths
 from ..checkpoints import CheckpointRef, fingerprint
 from ..errors import CheckpointError, StoreError
 from ..store import Store, StoreIdentity
-from ..store_manifest import manifest_identity
+from ..store_manifest import checked_manifest, manifest_identity
 from .remembered import read_manifest
 
 __all__ = ["another_run"]
@@ -41,7 +42,7 @@ def another_run(
     recorded = manifest.get("checkpoints")
     if not isinstance(recorded, str) or Path(recorded) == ckpts.resolve():
         return None
-    held = _held_records(store, manifest["steps"])
+    held = _held_records(store, manifest)
     differ = [ref.step for ref in refs if _differs(ref, held.get(str(ref.step)))]
     if not differ:
         return None
@@ -55,14 +56,17 @@ def another_run(
     )
 
 
-def _held_records(store: Path, listed: dict[str, Any]) -> dict[str, Any]:
-    """Step -> record of every kernel the store holds: ``manifest.json``'s, and those of kernel
-    files it does not list yet (it is rewritten about once a second, so a run killed early may
-    have left kernels it never listed; :meth:`Store.open` adopts them, in memory)."""
+def _held_records(store: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Step -> record of every kernel the store holds: those of ``manifest`` (its
+    ``manifest.json``, as read), and those of kernel files it does not list yet (it is rewritten
+    about once a second, so a run killed early may have left kernels it never listed; they are
+    adopted in memory, as :meth:`Store.open` does, from the manifest already read)."""
     try:
-        return dict(Store.open(store).manifest["steps"])
+        held = Store(store, checked_manifest(paths.manifest(store), manifest))
     except StoreError:
-        return listed  # a damaged store: opening it for writing says why
+        return dict(manifest["steps"])  # not a manifest to open: opening it for writing says why
+    held.adopt_kernel_files(save=False)
+    return dict(held.manifest["steps"])
 
 
 def _differs(ref: CheckpointRef, record: Any) -> bool:
