@@ -15,9 +15,12 @@ from typer.testing import CliRunner
 
 import conetool
 from conetool import paths
+from conetool.checkpoints import parse_step_range
 from conetool.cli import app
 from conetool.errors import CheckpointError, SpecError, StoreError
 from conetool.pipeline import distance, inspect, kernels, report, switch
+from conetool.pipeline import kernels_loop as kernels_loop_module
+from conetool.pipeline import run_kernels as run_kernels_module
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.retrained_run import retrained_warning
 from conetool.probe import load_probe
@@ -110,6 +113,22 @@ def test_no_retrain_warning_for_deleted_or_changed_checkpoints_alone(run, tmp_pa
     again = kernels(run, store=tmp_path / "s", device="cpu", steps=steps)
     assert again.computed == ([] if case == "only deleted" else [5])
     assert not [w for w in again.warnings if "gone" in w], again.warnings
+
+
+def test_steps_is_parsed_once_per_run(run, tmp_path, monkeypatch):
+    # the plan parses --steps and keeps it; the retrain check after the computation reads it
+    # from the plan (it parsed the text a second time)
+    calls: list[str] = []
+
+    def counted(text: str) -> tuple[int | None, int | None]:
+        calls.append(text)
+        return parse_step_range(text)
+
+    for module in (run_kernels_module, kernels_loop_module):
+        monkeypatch.setattr(module, "parse_step_range", counted, raising=False)
+    result = kernels(run, store=tmp_path / "s", device="cpu", steps=(0, 5))
+    assert result.computed == [0, 5]
+    assert calls == ["0:5"]
 
 
 def _retrain_warnings(result: conetool.KernelsResult) -> list[str]:

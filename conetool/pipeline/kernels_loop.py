@@ -22,7 +22,6 @@ from .. import distributed, paths
 from ..checkpoints import (
     CheckpointRef,
     apply_checkpoint,
-    parse_step_range,
     read_checkpoint,
 )
 from ..checkpoints.selection import is_selected
@@ -82,6 +81,8 @@ class KernelsPlan:
     # --per-layer: the parameter groups (group -> parameter names) and the --groups patterns
     layer_groups: dict[str, list[str]] | None = None
     layer_patterns: dict[str, str] | None = None
+    # --steps, parsed: (first, last), both included, either None for an open end
+    steps: tuple[int | None, int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -359,10 +360,9 @@ def compute_all(
         )
     all_computed = sorted(s for other in shares for s in other["computed"])
     if job.is_main:
-        selection = parse_step_range(options.steps) if options.steps else None
         present = {ref.step for ref in plan.refs}
         gone = [
-            s for s in out.steps() if s not in present and is_selected(s, selection, options.every)
+            s for s in out.steps() if s not in present and is_selected(s, plan.steps, options.every)
         ]
         after = _fingerprints(out)
         if note := retrained_warning(before, after, all_computed, gone, str(out.root)):

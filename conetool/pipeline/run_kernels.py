@@ -282,11 +282,12 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
         notes.append(message)
         progress.log(f"warning: {message}")
 
+    selection = parse_step_range(steps) if steps else None  # once: the plan keeps it
     refs = list_checkpoints(
         ckpts,
         step_regex=step_regex,
         iterations_per_epoch=iterations_per_epoch(spec),
-        steps=parse_step_range(steps) if steps else None,
+        steps=selection,
         every=every,
         skip_bad=skip_bad,
         warn=warn,
@@ -307,7 +308,7 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
     if per_layer:
         layer_groups = parameter_groups(model_for(spec), patterns)
     return KernelsPlan(
-        spec, refs, data, probe, identity, step_regex, evaluated, layer_groups, patterns
+        spec, refs, data, probe, identity, step_regex, evaluated, layer_groups, patterns, selection
     )
 
 
