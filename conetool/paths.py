@@ -71,6 +71,7 @@ PROBE_NAME = "probe.safetensors"
 KERNELS_DIR = "kernels"
 LOCK_NAME = ".lock"
 RESULTS_LOCK_NAME = ".results.lock"
+RESULTS_GATE_NAME = ".results.gate"
 
 
 def manifest(store: Path) -> Path:
@@ -89,6 +90,14 @@ def results_lock(store: Path) -> Path:
     into it, and ``kernels --overwrite`` locks (exclusive) while it clears the store: results
     never land in a store that replaced the one they were computed from."""
     return Path(store) / RESULTS_LOCK_NAME
+
+
+def results_gate(store: Path) -> Path:
+    """The file that a clearing waiting for :func:`results_lock` holds (exclusive), and that a
+    reader passes through (exclusive, for a moment) before it takes that lock shared: a reader
+    arriving while a clearing waits queues behind it, so back-to-back readers cannot keep it
+    waiting for ever."""
+    return Path(store) / RESULTS_GATE_NAME
 
 
 def probe(store: Path) -> Path:

@@ -1,7 +1,8 @@
 """The store's writer lock: an exclusive ``fcntl.flock`` on ``STORE/.lock``, shared and counted
 within one process, released by the OS when the process ends however it ends; who holds it
 (:func:`writer_note`); and the results lock, ``STORE/.results.lock``, that keeps the readers'
-result writes and ``kernels --overwrite``'s clearing of the store apart (:func:`results_lock`)."""
+result writes and ``kernels --overwrite``'s clearing of the store apart, with the gate
+``STORE/.results.gate`` that keeps the readers from starving the clearing (:func:`results_lock`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import re
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,32 +154,81 @@ def writer_note(root: Path) -> str | None:
     return text
 
 
+#: Per thread: realpath of a store's results lock -> how many shared holds this thread has on it.
+_shared_held = threading.local()
+
+
 @contextmanager
 def results_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
     """Hold ``STORE/.results.lock``: shared while a command that reads the store writes its
     results there, exclusive while ``kernels --overwrite`` clears the store. Either waits for
     the other (each holds it for the seconds its writes take), so a reader's results are written
     before the clearing, which removes them, or not at all (the reader then finds the store
-    replaced). Without ``fcntl``, or where the file cannot be opened, nothing is locked."""
-    fd = None
+    replaced). Without ``fcntl``, or where the file cannot be opened, nothing is locked.
+
+    A shared ``flock`` is granted while an exclusive one waits, so readers whose holds overlap
+    could keep the clearing waiting for ever. The clearing therefore first takes
+    ``STORE/.results.gate`` (exclusive, held to its end), and a reader passes through the gate
+    (exclusive, for a moment) before it takes the lock shared: the readers that arrive while a
+    clearing waits queue behind it. A thread that already holds the lock shared takes it again
+    without the gate (waiting there would wait for itself: the clearing at the gate waits for its
+    first hold)."""
+    fd = gate = None
+    key = ""
     if fcntl is not None:
-        path = paths.results_lock(root)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
-            try:  # read-only: no result can be written there anyway
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                fd = None
+        fd = _open_lock_file(paths.results_lock(root))
+        if fd is not None:
+            key = os.path.realpath(paths.results_lock(root))
+    held: dict[str, int] | None = getattr(_shared_held, "counts", None)
+    if held is None:
+        held = _shared_held.counts = {}
+    nested = not exclusive and held.get(key, 0) > 0
     try:
         if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                # a file system without flock: the readers' store_id check alone
-        yield
+            if not nested:
+                gate = _open_lock_file(paths.results_gate(root))
+            if gate is not None and not _flock(gate, fcntl.LOCK_EX):
+                os.close(gate)
+                gate = None
+            _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            if gate is not None and not exclusive:  # in: let the next one through the gate
+                os.close(gate)
+                gate = None
+        if not exclusive:
+            held[key] = held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            if not exclusive:
+                held[key] -= 1
+                if not held[key]:
+                    del held[key]
     finally:
         if fd is not None:
             os.close(fd)  # releases the lock
+        if gate is not None:
+            os.close(gate)
+
+
+def _open_lock_file(path: Path) -> int | None:
+    """A descriptor of the lock file ``path`` (created if need be; read-only where it cannot be
+    written), or None where it cannot be opened: nothing is locked."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        try:  # read-only: no result can be written there anyway
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+
+
+def _flock(fd: int, operation: int) -> bool:
+    """``flock(fd, operation)``, waiting; False on a file system without ``flock`` (then the
+    readers' ``store_id`` check alone guards their results)."""
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        return False
+    return True

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from conetool.errors import StoreError, StoreReplacedError
 from conetool.pipeline import kernels
 from conetool.pipeline.switch_store import SwitchStore
 from conetool.store import Store, StoreIdentity
-from conetool.store_lock import StoreLock
+from conetool.store_lock import StoreLock, results_lock
 
 trained, run = run_fixtures(SPEC)
 
@@ -705,6 +706,94 @@ def test_overwrite_waits_for_a_reader_writing_its_results(tmp_path, monkeypatch)
     with pytest.raises(StoreReplacedError, match="conetool distance stopped and wrote nothing"):
         with reader.writing_results("distance"):
             raise AssertionError("a replaced store must not be written to")
+
+
+def _watch_flock(monkeypatch, root: Path, seen) -> None:
+    """Replace ``fcntl.flock`` by one that calls ``seen(thread name, "before"/"after", whether
+    the file is the results lock, operation)`` around each call."""
+    real = fcntl.flock
+
+    def flock(fd, operation):
+        is_lock = os.fstat(fd).st_ino == os.stat(paths.results_lock(root)).st_ino
+        name = threading.current_thread().name
+        seen(name, "before", is_lock, operation)
+        real(fd, operation)
+        seen(name, "after", is_lock, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+def test_a_reader_arriving_while_the_clearing_waits_goes_after_it(tmp_path, monkeypatch):
+    # A shared flock is granted while an exclusive one waits: readers whose holds overlap kept
+    # kernels --overwrite's clearing waiting as long as they came. The clearing holds the gate
+    # while it waits, and a reader passes the gate before it takes the results lock.
+    root = tmp_path / "s"
+    root.mkdir()
+    clearing_waits = threading.Event()  # the clearing is at the results lock itself
+    reader_settled = threading.Event()  # the late reader is at the gate, or holds the lock
+    order: list[str] = []
+
+    def seen(name, when, is_lock, operation):
+        if name == "clearing" and when == "before" and is_lock and operation & fcntl.LOCK_EX:
+            clearing_waits.set()
+        if name == "late reader" and (when == "before") != is_lock:
+            reader_settled.set()
+
+    _watch_flock(monkeypatch, root, seen)
+
+    def take(name: str, exclusive: bool) -> None:
+        with results_lock(root, exclusive=exclusive):
+            order.append(name)
+
+    threads = [
+        threading.Thread(target=take, args=(name, name == "clearing"), name=name, daemon=True)
+        for name in ("clearing", "late reader")
+    ]
+    with results_lock(root, exclusive=False):  # a reader writing its results
+        threads[0].start()
+        assert clearing_waits.wait(60)
+        threads[1].start()
+        assert reader_settled.wait(60)
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive()
+    assert order == ["clearing", "late reader"]
+
+
+def test_a_reader_holding_the_results_lock_takes_it_again_while_the_clearing_waits(
+    tmp_path, monkeypatch
+):
+    # The gate is not for a thread that already holds the lock shared: the clearing at the gate
+    # waits for that hold, so waiting at the gate would wait for itself.
+    root = tmp_path / "s"
+    root.mkdir()
+    clearing_waits = threading.Event()
+
+    def seen(name, when, is_lock, operation):
+        if name == "clearing" and when == "before" and is_lock and operation & fcntl.LOCK_EX:
+            clearing_waits.set()
+
+    _watch_flock(monkeypatch, root, seen)
+    order: list[str] = []
+
+    def clearing() -> None:
+        with results_lock(root, exclusive=True):
+            order.append("clearing")
+
+    def reader() -> None:
+        with results_lock(root, exclusive=False):
+            waiting = threading.Thread(target=clearing, name="clearing", daemon=True)
+            waiting.start()
+            assert clearing_waits.wait(60)
+            with results_lock(root, exclusive=False):  # matrix_cache inside report, say
+                order.append("nested")
+        waiting.join(60)
+
+    holder = threading.Thread(target=reader, name="reader", daemon=True)
+    holder.start()
+    holder.join(60)
+    assert not holder.is_alive()
+    assert order == ["nested", "clearing"]
 
 
 # ------------------------------------------------------------------ a rebuilt manifest keeps the store
