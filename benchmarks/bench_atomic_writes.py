@@ -6,10 +6,10 @@ the directory (:func:`conetool.io._fsync_dir`), so that the rename survives a po
 baseline replaces that last fsync with nothing. Two kinds of write, ``--count`` of each per run:
 a small JSON file (``atomic_write_json``, like a result file or the manifest of a short run) and a
 kernel file of ``--side`` x ``--side`` float32 (``atomic_save_safetensors``, what
-:meth:`conetool.Store.write_kernel` writes per step). Runs alternate ``--repeat`` times, each into
-a fresh folder under ``--dir`` (default: a temporary folder; the cost depends on the file system,
-so run it on the one the store lives on). Prints the median milliseconds per write of each, and the
-ratio with / without.
+:meth:`conetool.Store.write_kernel` writes per step). After one untimed run of each, runs
+alternate ``--repeat`` times, each into a fresh folder under ``--dir`` (default: a temporary
+folder; the cost depends on the file system, so run it on the one the store lives on). Prints the
+median milliseconds per write of each, and the ratio with / without.
 
 Usage:
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200, help="writes of each kind per run")
     parser.add_argument("--side", type=int, default=256, help="the kernel file's side (float32)")
-    parser.add_argument("--repeat", type=int, default=3, help="alternating runs of each")
+    parser.add_argument("--repeat", type=int, default=5, help="alternating runs of each")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (a temp folder)")
     args = parser.parse_args(argv)
 
@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         run = 0
         for name, write in kinds.items():
             times: dict[bool, list[float]] = {True: [], False: []}
+            for flush_dir in (False, True):  # warm-up, not timed: first writes, page cache
+                run += 1
+                one_run(base / f"run_{run}", args.count, write, flush_dir)
             for _ in range(args.repeat):
                 for flush_dir in (False, True):
                     run += 1
