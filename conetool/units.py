@@ -35,8 +35,9 @@ _BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B",
 
 
 def parse_memory(value: float | str) -> int:
-    """A memory size in bytes from ``--max-memory``: a number (an int, a float such as ``2e9``,
-    a numpy number; a fraction of a byte is dropped), or a string like ``"4GiB"``.
+    """A memory size in bytes from ``--max-memory``: a whole number of bytes (an int, a float
+    such as ``2e9``, a numpy number; ``1.5`` is refused: bytes, or a slip for ``"1.5GiB"``?), or a
+    string like ``"4GiB"``.
 
     Units (case-insensitive): none or ``B`` for bytes; ``KiB/MiB/GiB/TiB`` and the single letters
     ``K/M/G/T`` are powers of 1024; ``KB/MB/GB/TB`` are powers of 1000. Fractions are allowed
@@ -49,7 +50,7 @@ def parse_memory(value: float | str) -> int:
     if isinstance(value, bool):
         raise MemoryBudgetError(_memory_syntax_message(value))
     if isinstance(value, numbers.Real):  # an int, a float (2e9) or a numpy number of bytes
-        if not math.isfinite(value) or int(value) <= 0:
+        if not math.isfinite(value) or value <= 0 or not float(value).is_integer():
             raise MemoryBudgetError(_memory_syntax_message(value))
         return int(value)
     if not isinstance(value, str):

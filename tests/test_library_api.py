@@ -447,8 +447,20 @@ def test_a_memory_budget_is_any_positive_number_of_bytes(run: Path, tmp_path: Pa
     from conetool.units import parse_memory
 
     assert parse_memory(2.5e8) == 250_000_000 == parse_memory("250MB")
-    assert parse_memory(np.float32(1024.5)) == 1024 and parse_memory(np.uint32(7)) == 7
-    for wrong in (0.5, 0, -1.0, float("nan"), float("inf"), np.bool_(True), [5], None):
+    assert parse_memory(np.float32(1024.0)) == 1024 and parse_memory(np.uint32(7)) == 7
+    # a fraction of a byte: no budget, most likely a slip for "1.5GiB"
+    for wrong in (
+        0.5,
+        1.5,
+        np.float32(1024.5),
+        0,
+        -1.0,
+        float("nan"),
+        float("inf"),
+        np.bool_(True),
+        [5],
+        None,
+    ):
         with pytest.raises(conetool.MemoryBudgetError, match=r"^--max-memory .* is not a memory"):
             parse_memory(wrong)  # type: ignore[arg-type]
     store = tmp_path / "store"
