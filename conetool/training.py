@@ -164,7 +164,7 @@ def _train(
             *slow_step_watch(model, data, spec, dev, threads, progress, notes=warned),
         ],
         on_eval=lambda row: _append_metrics(paths.metrics(out), row),
-        diverged_hint=f" The checkpoints already in {out} are valid.",
+        diverged_hint=diverged_hint(out),
     )
     began = time.perf_counter()
     rows = loop.run(start, spec.train.steps)
@@ -181,6 +181,13 @@ def _train(
         run_steps=save_steps(spec),
         warnings=warned,
     )
+
+
+def diverged_hint(ckpts: Path) -> str:
+    """What a standard training run that diverged adds to the loop's advice (lower ``train.lr`` or
+    add warmup): the checkpoints in ``ckpts`` written before the divergence are valid. Said by
+    ``train`` and by ``switch --reference train``, which continues the run from its checkpoints."""
+    return f" The checkpoints already in {ckpts} are valid."
 
 
 def _saver(

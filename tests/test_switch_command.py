@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,34 @@ def test_until_and_reference_train(deep_run, tmp_path):
     )
     assert trained.reference["source"] == "trained from step 4"
     assert trained.points[0].reused
+
+
+def test_a_diverged_reference_run_gives_trains_hint_and_keeps_the_points(
+    deep_run, tmp_path, monkeypatch
+):
+    # Was: "standard diverged at step 8: the loss is nan. Lower train.lr or add
+    # train.warmup_steps in the spec." and no more: nothing of what train says (its checkpoints
+    # are valid), nor that the points just trained are kept.
+
+    class Diverging(TrainingLoop):  # the standard run to T alone, with a learning rate far too high
+        def __init__(self, spec, *args, **kwargs):
+            if kwargs.get("description") == "standard":
+                spec = replace(spec, train=replace(spec.train, lr=math.inf))
+            super().__init__(spec, *args, **kwargs)
+
+    monkeypatch.setattr(switch_points, "TrainingLoop", Diverging)
+    store = tmp_path / "s"
+    with pytest.raises(ConetoolError) as caught:
+        switch([0], until=10, store=store, ckpts=deep_run, device="cpu", reference="train")
+    said = str(caught.value)
+    assert "standard diverged at step" in said and "Lower train.lr" in said, said
+    assert f"The checkpoints already in {deep_run} are valid." in said  # train's own hint
+    assert f"So are the switch points in {paths.switch_dir(store)}" in said, said
+    assert "--reference checkpoint keeps them" in said and said.endswith("of step 10)."), said
+    assert paths.switch_point(store, 0).is_file()  # the point is kept
+    monkeypatch.undo()
+    rerun = switch([0], until=10, store=store, ckpts=deep_run, device="cpu")
+    assert rerun.points[0].reused  # as the message says
 
 
 def test_fresh_momentum_without_optimizer_state(deep_run, tmp_path):

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conetool import paths
-from conetool.errors import StoreError
+from conetool.errors import ConetoolError, StoreError
 from conetool.spec import spec_from_dict
 from conetool.training import build_for_spec, save_steps, train
 
@@ -184,3 +184,13 @@ def test_resume_without_any_optimizer_state_writes_each_metrics_row_once(tmp_pat
     assert any("restarts from step 0" in w and "optim.safetensors" in w for w in result.warnings)
     with open(paths.metrics(tmp_path / "run")) as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 5, 10, 15, 20]
+
+
+def test_a_diverged_run_says_what_to_change_and_that_its_checkpoints_are_valid(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConetoolError) as caught:
+        train(tiny_spec(lr=1e20), out)
+    said = str(caught.value)
+    assert "train diverged at step" in said and "Lower train.lr" in said, said
+    assert said.endswith(f"The checkpoints already in {out} are valid."), said
+    assert paths.checkpoint(out, 0).is_file()  # written before the divergence, kept

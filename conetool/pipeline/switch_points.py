@@ -26,6 +26,7 @@ from ..progress import Progress
 from ..spec import Spec
 from ..store import Store
 from ..threads import slow_step_watch
+from ..training import diverged_hint
 from .matrix_cache import kernels_key
 from .resolve import model_for
 from .saved_results import saved_phase1_end
@@ -255,7 +256,15 @@ def standard_reference(
         else slow_step_watch(model, data, spec, device, threads, progress, notes=warnings)
     )
     loop = TrainingLoop(
-        spec, model, optimizer, data, device, progress, description="standard", on_step=watch
+        spec,
+        model,
+        optimizer,
+        data,
+        device,
+        progress,
+        description="standard",
+        on_step=watch,
+        diverged_hint=_reference_diverged_hint(ckpts, store.root, until),
     )
     last = loop.run(start, until)[-1]
     result = {
@@ -267,6 +276,17 @@ def standard_reference(
     with store.writing():
         atomic_write_json(path, {"key": key, "reference": result})
     return result
+
+
+def _reference_diverged_hint(ckpts: Path, store: Path, until: int) -> str:
+    """What ``--reference train`` adds when the standard run it continues diverges: train's hint
+    (its checkpoints are valid), and that the sweep's points are kept. (The run has no checkpoint
+    of T: from one, nothing is trained.)"""
+    return (
+        f"{diverged_hint(ckpts)} So are the switch points in {paths.switch_dir(store)}, which a "
+        "rerun with the same spec reuses (--reference checkpoint keeps them without training, "
+        f"and without a standard line in the figure: the run has no checkpoint of step {until})."
+    )
 
 
 def _kernels_now(store: Path) -> str | None:
