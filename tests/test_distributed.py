@@ -740,6 +740,9 @@ def test_switch_ranks_write_nothing_into_a_store_replaced_while_they_train(slow_
     said = " ".join((log0 + log1).split())
     assert said.count(f"store {store} was replaced while conetool switch was writing") == 1, said
     assert "stopped and wrote nothing into the new store" in said
+    # the points of both ranks, named once, and the command that computes them there
+    assert "the points at t = 0, 6 (in progress) are not written." in said, said
+    assert f"run: conetool switch --at 0,6 --store {store} --ckpts {ckpts}." in said, said
     assert Store.open(store).identity == other
     assert (
         not list(paths.switch_dir(store).glob("at_*"))

@@ -354,8 +354,26 @@ def test_a_sweep_writes_nothing_into_a_store_replaced_meanwhile(
 
         monkeypatch.setattr(run_switch, "all_points", replaced_first)
     reference = "train" if when == "reference" else "checkpoint"
-    with pytest.raises(StoreReplacedError, match=REPLACED):
+    with pytest.raises(StoreReplacedError, match=REPLACED) as caught:
         switch([0, 4], until=6, store=store, device="cpu", reference=reference)
+    # It names the points not written, and the command that computes the sweep in the new store
+    # (was: "Rerun the same conetool switch command", whichever point was lost).
+    lost = {
+        "point trained": "the point at t = 0 (in progress) and the point at t = 4 (not started) "
+        "are not written.",
+        "between points": "the point at t = 4 (not started) is not written, and the point at "
+        "t = 0 went with the old store.",
+        "before results": "results.csv, results.json and switch.png are not written, and the "
+        "points at t = 0, 4 went with the old store.",
+        "reference": "reference.json, results.csv, results.json and switch.png are not written, "
+        "and the points at t = 0, 4 went with the old store.",
+    }
+    said = str(caught.value)
+    assert f"wrote nothing into the new store: {lost[when]}" in said, said
+    rerun = f"conetool switch --at 0,4 --until 6 --store {store}" + (
+        " --reference train" if reference == "train" else ""
+    )
+    assert f"To compute them in the new store, run: {rerun} (without --ckpts" in said, said
     assert not paths.switch_dir(store).exists()  # nothing of the sweep in the new store
     assert Store.open(store).manifest["probe"]["size"] == 4  # the new store, untouched
     expected = {
@@ -446,8 +464,11 @@ def test_a_sweep_keeps_its_points_in_a_store_not_replaced_and_stops_at_a_replace
         return point
 
     monkeypatch.setattr(run_switch, "run_point", watched)
-    with pytest.raises(StoreReplacedError, match=REPLACED):
+    with pytest.raises(StoreReplacedError, match=REPLACED) as caught:
         switch([0, 4, 8], store=store, ckpts=deep_run, device="cpu")
+    said = str(caught.value)
+    assert "the point at t = 8 (not started) is not written, and the points at t = 0, 4" in said
+    assert said.endswith(f"run: conetool switch --at 0,4,8 --store {store} --ckpts {deep_run}.")
     expected = ["at_000004.json"] if meanwhile == "switch folder removed" else None
     assert kept == [expected or ["at_000000.json", "at_000004.json"]]
     assert trained == ["switch t=0", "switch t=4"]  # t=8 not trained: the store was replaced

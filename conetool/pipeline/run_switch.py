@@ -15,6 +15,7 @@ progress.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, step_problems
 from ..choices import Reference, choice, is_count, path_argument
 from ..data import DataBundle, load_data
-from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
+from ..errors import CheckpointError, ConetoolError, SpecError, StoreError, StoreReplacedError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
@@ -158,6 +159,7 @@ def switch(
     A ``kernels --overwrite`` that replaces the store during the sweep stops it with a
     :class:`~conetool.errors.StoreReplacedError`: nothing of the sweep is written into the new
     store (:mod:`conetool.pipeline.switch_store`); the points written before went with the old one.
+    Its message names the points not written and the command that computes the sweep anew.
 
     ``threads`` sets the CPU threads of PyTorch and BLAS for the call: a count, or ``"auto"``
     (the idle cores; :func:`conetool.limit_threads`).
@@ -207,12 +209,20 @@ def _switch(
     notes: list[str] = list(sweep.notes) if job.is_main else []  # said once, not per rank
     warnings: list[str] = []  # the slow-step warning: one per rank at most
     error: ConetoolError | None = None
+    replaced = False  # this rank found the store replaced: before a point, or during it
+    in_progress: int | None = None  # (during: the point it was training or writing)
     bar = job.bar(progress.task("switch points", total=len(sweep.points_at)))
     for point in done:
         bar.advance_here(1, at=point.at, test_acc=f"{point.test_acc:.4f}")
     for t in job.shard(todo, weights=[T - t for t in todo]):
         if job.peer_failed():
             break  # another rank hit an error: stop as a single process would
+        try:
+            target.check()  # (run_point checks too; found here, the point is not started)
+        except StoreReplacedError as exc:
+            error, replaced = exc, True
+            job.fail()
+            break
         try:
             point = run_point(
                 sweep.spec,
@@ -231,6 +241,10 @@ def _switch(
             error = _for_switch(exc)
             job.fail()
             break
+        except StoreReplacedError as exc:
+            error, replaced, in_progress = exc, True, t
+            job.fail()
+            break
         except ConetoolError as exc:
             error = exc
             job.fail()
@@ -243,6 +257,8 @@ def _switch(
         "notes": notes,
         "warnings": warnings,
         "error": None if error is None else str(error),
+        "replaced": replaced,
+        "in_progress": in_progress,
     }
     shares = job.gather(share, while_waiting=bar.poll)  # rank 0 shows progress while it waits
     bar.close()
@@ -251,6 +267,13 @@ def _switch(
         (SwitchPoint(**p) for other in shares for p in other["points"]), key=lambda p: p.at
     )
     notes = [note for other in shares for note in other["notes"]]
+    if replaced:
+        # Every rank that found the store replaced has the same message (the first one says it):
+        # the points of the whole job not written, and the command that computes them anew.
+        lost = sorted(other["in_progress"] for other in shares if other["in_progress"] is not None)
+        first = next(r for r, other in enumerate(shares) if other["replaced"])
+        said = _replaced_error(target, sweep, options, points, lost, todo)
+        error = said if job.rank == first else distributed.PeerFailedError(str(said))
     # one slow-step warning for the whole job: the first rank's that warned
     warnings = next((other["warnings"] for other in shares if other["warnings"]), [])
 
@@ -258,6 +281,12 @@ def _switch(
         """Rank 0, once every rank is done: the standard model at T and the sweep's files."""
         if not job.is_main or failures:
             return None, []
+        try:
+            return _write_all()
+        except StoreReplacedError as exc:  # every point done: the results are not written
+            raise _replaced_error(target, sweep, options, points, [], []) from exc
+
+    def _write_all() -> tuple[dict[str, Any] | None, list[Path]]:
         try:
             ref_result = standard_reference(
                 sweep.spec,
@@ -287,6 +316,65 @@ def _switch(
         rank, message = failures[0]
         raise distributed.PeerFailedError(f"rank {rank} failed: {message}")
     return SwitchResult(store, T, points, ref_result, files, notes, warnings)
+
+
+def _replaced_error(
+    target: SwitchStore,
+    sweep: _Sweep,
+    options: SwitchOptions,
+    points: list[SwitchPoint],
+    in_progress: list[int],
+    todo: list[int],
+) -> StoreReplacedError:
+    """The sweep's error when its store was replaced, naming the points not written (those
+    ``in_progress`` on the ranks that found it, those of ``todo`` not started) and those that
+    went with the old store (``points``, done), and the command that computes the sweep in the
+    new store: every point of it, since the new store has none."""
+    done = {p.at for p in points}
+    waiting = [t for t in todo if t not in done and t not in in_progress]
+
+    def steps(label: str, ats: list[int]) -> str:
+        return f"the {label}{'s' if len(ats) > 1 else ''} at t = {', '.join(map(str, ats))}"
+
+    parts = []
+    if in_progress:
+        parts.append(f"{steps('point', in_progress)} (in progress)")
+    if waiting:
+        parts.append(f"{steps('point', waiting)} (not started)")
+    if parts:
+        lost = (
+            " and ".join(parts)
+            + f" {'are' if len(in_progress + waiting) > 1 else 'is'} not written"
+        )
+    else:
+        files = [paths.switch_results_csv, paths.switch_results_json, paths.switch_png]
+        if options.reference == Reference.train.value:
+            files.insert(0, paths.switch_reference)
+        names = [f(target.root).name for f in files]
+        lost = f"{', '.join(names[:-1])} and {names[-1]} are not written"
+    if done:
+        lost += f", and {steps('point', sorted(done))} went with the old store"
+    return target.replaced_error(lost, _rerun_command(sweep, options), options.ckpts is not None)
+
+
+def _rerun_command(sweep: _Sweep, options: SwitchOptions) -> str:
+    """The ``conetool switch`` command of this sweep: its points, T, store and the flags given."""
+    parts = ["conetool switch --at", ",".join(map(str, sweep.points_at))]
+    if options.until is not None:
+        parts += ["--until", str(sweep.until)]
+    if options.beyond_run:
+        parts.append("--beyond-run")
+    parts += ["--store", shlex.quote(str(options.store))]
+    if options.ckpts is not None:
+        parts += ["--ckpts", shlex.quote(str(sweep.ckpts))]
+    if isinstance(options.spec, (str, Path)):
+        parts += ["--spec", shlex.quote(str(options.spec))]
+    reference = choice(Reference, options.reference, "--reference").value
+    if reference != Reference.checkpoint.value:
+        parts += ["--reference", reference]
+    if options.step_regex is not None:
+        parts += ["--step-regex", shlex.quote(options.step_regex)]
+    return " ".join(parts)
 
 
 def _sweep_arguments(sweep: _Sweep, options: SwitchOptions) -> dict[str, str | None]:

@@ -74,16 +74,30 @@ class SwitchStore:
             make_dir(paths.switch_dir(self.root))
             yield
 
-    def replaced_error(self) -> StoreReplacedError:
+    def replaced_error(
+        self, lost: str | None = None, rerun: str | None = None, ckpts_given: bool = False
+    ) -> StoreReplacedError:
+        """The sweep's error: ``lost`` says which points are not in the new store (e.g. "the point
+        at t = 8 (in progress) is not written"), ``rerun`` the command that computes them there
+        (``ckpts_given``: it names the checkpoints); without them, what any check can say."""
         gone = (
             f"its {paths.SWITCH_DIR} folder was removed"
             if self.opened is None
             else f"its {paths.MANIFEST_NAME} and {paths.SWITCH_DIR} folder were removed"
         )
+        again = (
+            f"To compute them in the new store, run: {rerun}"
+            if rerun
+            else "Rerun the same conetool switch command to compute the points there"
+        )
+        source = (
+            ""
+            if ckpts_given
+            else " (without --ckpts it trains on the run that the new store's manifest names)"
+        )
         return StoreReplacedError(
             f"store {self.root} was replaced while conetool switch was writing its points there: "
             f"a conetool kernels --overwrite cleared it, with the switch points it held, and "
             f"started a new store there (or {gone}). conetool switch stopped and wrote nothing "
-            "into the new store. Rerun the same conetool switch command to compute the points "
-            "there (without --ckpts it trains on the run that the new store's manifest names)."
+            f"into the new store{': ' + lost if lost else ''}. {again}{source}."
         )
