@@ -65,6 +65,12 @@ class PeerFailedError(ConetoolError):
     so the command line exits 1 without repeating it."""
 
 
+class PeerInterruptedError(PeerFailedError):
+    """Raised on a rank that stops because another rank was interrupted (a Ctrl-C that reached
+    that rank alone: ranks started by hand, or another node's torchrun). The job was interrupted,
+    so the command line exits 130, as for a Ctrl-C, and rank 0 alone says so."""
+
+
 class PeerLostError(ConetoolError):
     """Raised on a rank whose peer is gone without a word (killed, its node lost) or that lost
     the job's key-value store. One rank says so; the others raise :class:`PeerFailedError`."""
@@ -374,8 +380,11 @@ class Job:
             return
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         said = isinstance(error, ConetoolError)  # printed by this rank; a crash or Ctrl-C not
+        interrupted = isinstance(error, KeyboardInterrupt)
         try:
-            self._store.set("aborted", json.dumps([self.rank, reason[:500], said]))
+            if not isinstance(error, PeerInterruptedError):  # (the interrupted rank's record stays)
+                record = [self.rank, reason[:500], said, interrupted]
+                self._store.set("aborted", json.dumps(record))
             self._store.set("failed", str(self.rank))
         except PeerLostError:
             pass  # the store is gone too: the others find that out themselves
@@ -390,7 +399,12 @@ class Job:
         sign of life for :attr:`timeout` seconds."""
         assert self._store is not None  # only a job of several ranks waits on peers
         if self._store.check(["aborted"]):
-            who, reason, said = json.loads(self._store.get("aborted"))
+            who, reason, said, *interrupted = json.loads(self._store.get("aborted"))
+            if interrupted and interrupted[0]:
+                raise PeerInterruptedError(
+                    f"rank {who} was interrupted (Ctrl-C), so every rank stopped. Everything "
+                    "already written is complete and valid; rerun the same command to continue."
+                )
             if said:
                 raise PeerFailedError(f"rank {who} failed: {reason}")
             self._lost(f"rank {who} stopped ({reason})")

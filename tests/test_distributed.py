@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conetool import paths
-from conetool.distributed import Job, PeerFailedError, Ranks, shard
+from conetool.distributed import Job, PeerFailedError, PeerInterruptedError, Ranks, shard
 from conetool.errors import ConetoolError, StoreError
 from conetool.pipeline import kernels
 from conetool.pipeline.run_switch import switch
@@ -270,6 +270,29 @@ def test_main_first_gather_broadcast_and_shared_bar():
     assert order == [0, 1]  # rank 1 started only after rank 0 finished
     assert gathered0 == gathered1 == [[5, 7, 9], [6, 8]]
     assert shown0 == 5 and shown1 == 0  # rank 0's bar shows both ranks' units; rank 1's nothing
+
+
+def test_ranks_stopped_by_an_interrupted_rank_say_which_one_was():
+    told = threading.Event()
+
+    def body(job):
+        if job.rank == 1:  # a Ctrl-C that reached rank 1 alone
+            job.abandon(KeyboardInterrupt())
+            return None
+        if job.rank == 2:
+            told.wait(10)  # rank 0 has stopped, and said so in the store, before rank 2 looks
+        try:
+            return job.gather(job.rank)
+        except PeerInterruptedError as exc:
+            job.abandon(exc)  # as distributed.job does on its way out
+            told.set()
+            raise
+
+    first, _, third = on_threads(3, body)
+    for stopped in (first, third):  # rank 2 still learns of rank 1, not of rank 0's stop
+        assert isinstance(stopped, PeerInterruptedError), stopped
+        assert str(stopped).startswith("rank 1 was interrupted (Ctrl-C), so every rank stopped.")
+    assert isinstance(first, PeerFailedError)  # a library caller's except PeerFailedError holds
 
 
 def test_single_process_job_is_plain():
@@ -621,9 +644,13 @@ def test_a_rank_interrupted_alone_stops_the_other(slow_run, tmp_path):
     procs, _ = start_slow_ranks(slow_run, tmp_path)
     procs[1].send_signal(signal.SIGINT)  # Ctrl-C reaching one rank only (one node's terminal)
     (code0, log0), (code1, log1) = finish_ranks(procs, [tmp_path] * 2)
-    assert (code0, code1) == (1, 130), (log0, log1)
-    assert log0.count("error: rank 1 stopped (KeyboardInterrupt)") == 1, log0
-    assert "Traceback" not in log0 + log1
+    # Was: rank 0 exited 1 with "error: rank 1 stopped (KeyboardInterrupt)". The job was
+    # interrupted: every rank exits 130, as a single process does, and rank 0 says it once.
+    assert (code0, code1) == (130, 130), (log0, log1)
+    said = " ".join(log0.split())
+    assert said.count("interrupted: rank 1 was interrupted (Ctrl-C), so every rank stopped.") == 1
+    assert "rerun the same command to continue" in said and "error" not in said, log0
+    assert "Traceback" not in log0 + log1 and "interrupted" not in log1  # rank 0 speaks
 
 
 def test_a_killed_rank_stops_the_other_after_the_peer_timeout(slow_run, tmp_path, monkeypatch):

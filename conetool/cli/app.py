@@ -93,14 +93,24 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     same command: every command but ``train`` continues where it stopped).
 
     Under torchrun each distinct error is printed once, by the rank that hit it (prefixed with
-    its rank unless rank 0); a rank that stopped because another one failed exits 1 silently.
+    its rank unless rank 0); a rank that stopped because another one failed exits 1 silently,
+    and 130 when that rank was interrupted (rank 0 saying so, when the Ctrl-C did not reach it).
     """
-    from ..distributed import PeerFailedError
+    from ..distributed import PeerFailedError, PeerInterruptedError
 
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
     try:
         yield
+    except PeerInterruptedError as exc:
+        # The job was interrupted on another rank: exit as for a Ctrl-C here, rank 0 saying so
+        # (unless it was the rank interrupted, which said it itself).
+        INTERRUPT_ANNOUNCED.append(True)
+        if ranks.is_main:
+            err_console.print(
+                f"[yellow]interrupted:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
+        raise typer.Exit(130) from None
     except PeerFailedError:
         if debug:
             err_console.print_exception()
