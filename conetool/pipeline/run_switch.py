@@ -348,7 +348,7 @@ def _replaced_error(
         )
     else:
         files = [paths.switch_results_csv, paths.switch_results_json, paths.switch_png]
-        if options.reference == Reference.train.value:
+        if choice(Reference, options.reference, "--reference") is Reference.train:
             files.insert(0, paths.switch_reference)
         names = [f(target.root).name for f in files]
         lost = f"{', '.join(names[:-1])} and {names[-1]} are not written"
