@@ -31,6 +31,10 @@ class TrainingLoop:
     ``until``, with the model holding the weights after s updates; ``on_eval`` receives each
     metrics row (step, epoch, lr, train_loss, train_acc, test_loss, test_acc; the train numbers
     averaged over the steps since the previous row).
+
+    A non-finite loss at step s stops the run with a :class:`~conetool.errors.ConetoolError`:
+    ``diverged(s, loss)`` when given, else "<description> diverged at step s ...", advice to
+    lower ``train.lr`` or add warmup, and ``diverged_hint``.
     """
 
     def __init__(
@@ -46,10 +50,12 @@ class TrainingLoop:
         on_step: Sequence[Callable[[int], None]] = (),
         on_eval: Callable[[Row], None] | None = None,
         diverged_hint: str = "",
+        diverged: Callable[[int, float], str] | None = None,
     ) -> None:
         self.spec, self.model, self.optimizer, self.data = spec, model, optimizer, data
         self.device, self.progress, self.description = device, progress, description
         self.on_step, self.on_eval, self.diverged_hint = list(on_step), on_eval, diverged_hint
+        self.diverged = diverged
         self.per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
         self.rows: list[Row] = []
         self._loss_sum, self._correct, self._seen = 0.0, 0, 0
@@ -90,6 +96,8 @@ class TrainingLoop:
         self.optimizer.step()
         value = loss.item()
         if not math.isfinite(value):
+            if self.diverged is not None:
+                raise ConetoolError(self.diverged(step, value))
             raise ConetoolError(
                 f"{self.description} diverged at step {step}: the loss is {value}. Lower "
                 f"train.lr or add train.warmup_steps in the spec.{self.diverged_hint}"

@@ -7,6 +7,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -184,13 +185,46 @@ def test_a_diverged_reference_run_gives_trains_hint_and_keeps_the_points(
     with pytest.raises(ConetoolError) as caught:
         switch([0], until=10, store=store, ckpts=deep_run, device="cpu", reference="train")
     said = str(caught.value)
-    assert "standard diverged at step" in said and "Lower train.lr" in said, said
+    # Was "standard diverged at step 8": the run named by the progress bar's label alone.
+    assert said.startswith("the standard (non-linearized) reference run diverged at step"), said
+    assert "Lower train.lr" in said, said
     assert f"The checkpoints already in {deep_run} are valid." in said  # train's own hint
     assert f"So are the switch points in {paths.switch_dir(store)}" in said, said
     assert "--reference checkpoint keeps them" in said and said.endswith("of step 10)."), said
     assert paths.switch_point(store, 0).is_file()  # the point is kept
     monkeypatch.undo()
     rerun = switch([0], until=10, store=store, ckpts=deep_run, device="cpu")
+    assert rerun.points[0].reused  # as the message says
+
+
+def test_a_diverged_switch_point_says_why_and_keeps_the_points_before_it(
+    deep_run, tmp_path, monkeypatch
+):
+    # Was: "switch t=4 diverged at step 4: the loss is nan. Lower train.lr or add
+    # train.warmup_steps in the spec.": advice that changes the experiment (the switch replays
+    # the run's recipe), nothing on why a linearized model can diverge, nor that t=0 is kept.
+
+    class Diverging(TrainingLoop):  # the linearized training from t=4 alone, lr far too high
+        def __init__(self, spec, *args, **kwargs):
+            if kwargs.get("description") == "switch t=4":
+                spec = replace(spec, train=replace(spec.train, lr=math.inf))
+            super().__init__(spec, *args, **kwargs)
+
+    monkeypatch.setattr(switch_points, "TrainingLoop", Diverging)
+    store = tmp_path / "s"
+    with pytest.raises(ConetoolError) as caught:
+        switch([0, 4], store=store, ckpts=deep_run, device="cpu")
+    said = str(caught.value)
+    assert re.match(r"switch t=4: the linearized model diverged at step \d+ \(the loss", said)
+    assert "the spec's learning rate there is 0.2)" in said, said  # the recipe's, at step 4
+    assert "kernel of step 4 fixed" in said and "large eigenvalues" in said, said
+    assert "Lower train.lr" not in said and "would change the recipe" in said, said
+    assert "leave 4 out of --at" in said, said
+    assert f"the points already written in {paths.switch_dir(store)} are kept" in said, said
+    assert "eig_1 in spectrum.csv" in said, said
+    assert paths.switch_point(store, 0).is_file() and not paths.switch_point(store, 4).exists()
+    monkeypatch.undo()
+    rerun = switch([0], store=store, ckpts=deep_run, device="cpu")
     assert rerun.points[0].reused  # as the message says
 
 

@@ -20,7 +20,7 @@ from ..io import atomic_write_csv, atomic_write_json
 from ..linearize import LinearizedModel
 from ..loop import Row, TrainingLoop, evaluate
 from ..models import output_check
-from ..optim import load_optimizer_state, make_optimizer
+from ..optim import learning_rate, load_optimizer_state, make_optimizer
 from ..plots import save_figure, switch_figure
 from ..progress import Progress
 from ..spec import Spec
@@ -117,7 +117,15 @@ def run_point(
         )
     )
     loop = TrainingLoop(
-        spec, lin, optimizer, data, device, progress, description=f"switch t={t}", on_step=watch
+        spec,
+        lin,
+        optimizer,
+        data,
+        device,
+        progress,
+        description=f"switch t={t}",
+        on_step=watch,
+        diverged=_linearized_diverged(spec, t, store.root),
     )
     rows = loop.run(t, until)
     last = rows[-1]
@@ -264,7 +272,11 @@ def standard_reference(
         progress,
         description="standard",
         on_step=watch,
-        diverged_hint=_reference_diverged_hint(ckpts, store.root, until),
+        diverged=lambda step, loss: (
+            f"the standard (non-linearized) reference run diverged at step {step}: the loss is "
+            f"{loss}. Lower train.lr or add train.warmup_steps in the spec."
+            f"{_reference_diverged_hint(ckpts, store.root, until)}"
+        ),
     )
     last = loop.run(start, until)[-1]
     result = {
@@ -276,6 +288,29 @@ def standard_reference(
     with store.writing():
         atomic_write_json(path, {"key": key, "reference": result})
     return result
+
+
+def _linearized_diverged(spec: Spec, t: int, store: Path) -> Callable[[int, float], str]:
+    """The message of a switch point whose linearized training diverges: why it can (its kernel
+    is frozen at step t), that the spec's learning rate is part of the experiment (so the fix is
+    not to lower it), what to do instead, and that the points already written are kept."""
+
+    def message(step: int, loss: float) -> str:
+        return (
+            f"switch t={t}: the linearized model diverged at step {step} (the loss is {loss}; "
+            f"the spec's learning rate there is {learning_rate(spec.train, step):g}). It keeps "
+            f"the kernel of step {t} fixed: with the run's learning rate, a kernel with large "
+            "eigenvalues makes each update overshoot, and where the standard network can move "
+            "its kernel and settle, the linearized one cannot. That is a result of the switch "
+            f"at t={t}, not a fault to fix: lowering train.lr or adding warmup would change the "
+            "recipe the experiment replays and the standard run it is compared with. Report it "
+            f"as such (the linearized model from t={t} diverges), and leave {t} out of --at to "
+            f"finish the sweep: the points already written in {paths.switch_dir(store)} are kept, "
+            "and a rerun with the same spec and --until reuses them. (conetool spectrum lists the "
+            "stored kernels' largest eigenvalues along training: eig_1 in spectrum.csv.)"
+        )
+
+    return message
 
 
 def _reference_diverged_hint(ckpts: Path, store: Path, until: int) -> str:
