@@ -407,6 +407,7 @@ def test_a_sweep_writes_nothing_into_a_store_replaced_meanwhile(
     rerun = f"conetool switch --at 0,4 --until 6 --store {store}" + (
         " --reference train" if reference == "train" else ""
     )
+    rerun += " --device cpu"  # was left out, and the rerun chose the device again
     assert f"To compute them in the new store, run: {rerun} (without --ckpts" in said, said
     assert not paths.switch_dir(store).exists()  # nothing of the sweep in the new store
     assert Store.open(store).manifest["probe"]["size"] == 4  # the new store, untouched
@@ -499,11 +500,47 @@ def test_a_sweep_keeps_its_points_in_a_store_not_replaced_and_stops_at_a_replace
 
     monkeypatch.setattr(run_switch, "run_point", watched)
     with pytest.raises(StoreReplacedError, match=REPLACED) as caught:
-        switch([0, 4, 8], store=store, ckpts=deep_run, device="cpu")
+        switch([0, 4, 8], store=store, ckpts=deep_run, device="cpu", threads=1)
     said = str(caught.value)
     assert "the point at t = 8 (not started) is not written, and the points at t = 0, 4" in said
-    assert said.endswith(f"run: conetool switch --at 0,4,8 --store {store} --ckpts {deep_run}.")
+    # --device and --threads as given (were left out)
+    rerun = (
+        f"conetool switch --at 0,4,8 --store {store} --ckpts {deep_run} --device cpu --threads 1"
+    )
+    assert said.endswith(f"run: {rerun}."), said
     expected = ["at_000004.json"] if meanwhile == "switch folder removed" else None
     assert kept == [expected or ["at_000000.json", "at_000004.json"]]
     assert trained == ["switch t=0", "switch t=4"]  # t=8 not trained: the store was replaced
     assert not paths.switch_dir(store).exists()
+
+
+def test_the_rerun_command_names_the_flags_given_and_no_file_for_a_spec_object(tmp_path):
+    # Was: --device and --threads left out, and a Spec object left out without a word (so the
+    # rerun read another spec: CKPTS/conetool.toml or the new store's manifest).
+    spec = spec_from_dict(spec_dict([8]), source="deep.toml")
+    sweep = run_switch._Sweep([0, 4], tmp_path / "ckpts", spec, 12, {}, None, None)
+    options = run_switch.SwitchOptions(
+        at=[0, 4],
+        until=None,
+        store=tmp_path / "s",
+        ckpts=None,
+        spec=spec,
+        reference="checkpoint",
+        step_regex=None,
+        beyond_run=False,
+        device="cuda:1",
+        threads="3",
+    )
+    said = run_switch._rerun_command(sweep, options)
+    assert said == (
+        f"conetool switch --at 0,4 --store {tmp_path / 's'} --spec FILE --device cuda:1 "
+        "--threads 3 (FILE: the spec this sweep was given as a Spec object, which names no file; "
+        "conetool.spec.save_spec(spec, FILE) writes it)"
+    )
+    defaults = replace(options, spec=tmp_path / "run.toml", device="auto", threads="auto")
+    assert run_switch._rerun_command(sweep, defaults) == (
+        f"conetool switch --at 0,4 --store {tmp_path / 's'} --spec {tmp_path / 'run.toml'}"
+    )
+    assert run_switch._rerun_command(sweep, replace(defaults, spec=None, threads=None)) == (
+        f"conetool switch --at 0,4 --store {tmp_path / 's'}"
+    )

@@ -33,7 +33,7 @@ from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
 from ..store import nearest_steps, read_manifest
-from ..threads import limit_threads
+from ..threads import limit_threads, parse_threads
 from .remembered import recorded_step_regex, use_recorded_imports
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_points import (
@@ -121,6 +121,8 @@ class SwitchOptions:
     reference: str
     step_regex: str | None
     beyond_run: bool
+    device: str | torch.device = "auto"
+    threads: int | str | None = "auto"
 
 
 @library_call
@@ -178,6 +180,8 @@ def switch(
         reference=reference,
         step_regex=step_regex,
         beyond_run=beyond_run,
+        device=device,
+        threads=threads,
     )
     with limit_threads(threads) as count, distributed.job("switch", device) as job:
         shown = (progress or NullProgress()) if job.is_main else NullProgress()
@@ -358,7 +362,9 @@ def _replaced_error(
 
 
 def _rerun_command(sweep: _Sweep, options: SwitchOptions) -> str:
-    """The ``conetool switch`` command of this sweep: its points, T, store and the flags given."""
+    """The ``conetool switch`` command of this sweep: its points, T, store and the flags given
+    (``--device`` and ``--threads`` too; a spec given as a :class:`Spec` object, which names no
+    file, as ``--spec FILE`` and a note on writing it)."""
     parts = ["conetool switch --at", ",".join(map(str, sweep.points_at))]
     if options.until is not None:
         parts += ["--until", str(sweep.until)]
@@ -369,12 +375,24 @@ def _rerun_command(sweep: _Sweep, options: SwitchOptions) -> str:
         parts += ["--ckpts", shlex.quote(str(sweep.ckpts))]
     if isinstance(options.spec, (str, Path)):
         parts += ["--spec", shlex.quote(str(options.spec))]
+    elif options.spec is not None:
+        parts += ["--spec", "FILE"]  # a Spec object: no file to name (said below)
     reference = choice(Reference, options.reference, "--reference").value
     if reference != Reference.checkpoint.value:
         parts += ["--reference", reference]
     if options.step_regex is not None:
         parts += ["--step-regex", shlex.quote(options.step_regex)]
-    return " ".join(parts)
+    if str(options.device).strip().lower() != "auto":
+        parts += ["--device", shlex.quote(str(options.device))]
+    if parse_threads(options.threads) is not None:  # (a count; "auto" and None are the default)
+        parts += ["--threads", str(parse_threads(options.threads))]
+    command = " ".join(parts)
+    if isinstance(options.spec, Spec):
+        command += (
+            " (FILE: the spec this sweep was given as a Spec object, which names no file; "
+            "conetool.spec.save_spec(spec, FILE) writes it)"
+        )
+    return command
 
 
 def _sweep_arguments(sweep: _Sweep, options: SwitchOptions) -> dict[str, str | None]:
