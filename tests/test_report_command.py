@@ -338,6 +338,32 @@ def test_reproduce_repeats_the_skip_bad_of_kernels(run, tmp_path):
     assert json.loads(paths.manifest(store).read_text())["skip_bad"] is True
 
 
+def test_the_command_that_computes_more_kernels_works_on_the_store_it_names(run, tmp_path):
+    """A store with one kernel: the Summary, Verdict and Missing parts suggest a kernels command
+    for the others. It gave directory, store and selection only, so on a store made with
+    --skip-bad it stopped at the checkpoint that run left out, and on one of another kind or
+    probe size it was refused as another store (whose message offers --overwrite)."""
+    _, ckpts, _, _ = run
+    copy = tmp_path / "ckpts"
+    shutil.copytree(ckpts, copy)
+    paths.checkpoint(copy, 2).write_bytes(b"\x00" * 5)  # truncated: not readable
+    store = tmp_path / "store"
+    made = kernels(
+        copy, store=store, device="cpu", skip_bad=True, steps="0:0", kind="sum", probe_size=4
+    )
+    assert made.computed == [0]
+    result = report(store)
+    text = paths.report_md(store).read_text()
+    (reproduce,) = [x for x in reproduce_lines(result) if x.startswith("conetool kernels")]
+    suggested = {m.group(0) for m in re.finditer(r"conetool kernels [^`\n]*", text)} - {reproduce}
+    s, c = shlex.quote(str(store)), shlex.quote(str(copy))
+    expected = f"conetool kernels {c} --store {s} --kind sum --dtype float32 --probe-size 4"
+    assert suggested == {f"{expected} --skip-bad"}, suggested
+    more = runner.invoke(app, [*shlex.split(suggested.pop())[1:], "-q"])
+    assert more.exit_code == 0, more.output
+    assert Store.open(store).steps() == [0, *range(4, 17, 2)]  # all but the bad step 2
+
+
 def test_reproduce_follows_what_the_results_recorded(run, tmp_path):
     """Switch results without their T (an older conetool's) gave --until None; a spectrum that
     left out bad kernel files (skip_bad) was reproduced without --skip-bad."""

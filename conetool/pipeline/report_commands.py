@@ -76,24 +76,28 @@ class ReportCommands(ReportInputs):
         return flags
 
     def _kernels_command(self, *, minimal: bool = False, all_steps: bool = False) -> str:
-        """The kernels command that made the store (``minimal``: directory, store and selection
-        only; ``all_steps``: of every checkpoint, for a store with too few kernels, whose
-        recorded --steps/--every would select the same ones again)."""
+        """The kernels command that made the store (``minimal``: what a command adding kernels
+        to this store needs, no more: directory, store, selection, the spec, kind, dtype and
+        probe size of its kernels (any other is refused as another store) and --skip-bad (else
+        it stops at the checkpoint that run left out); not the engine, nor the evaluation set
+        and layer groups, which the store keeps by itself. ``all_steps``: of every checkpoint,
+        for a store with too few kernels, whose recorded --steps/--every would select the same
+        ones again)."""
         m = self.manifest
         parts = [f"{self._env()}conetool kernels {_q(self.ckpts)}", self._store_flag()]
         parts += self._selection_flags(all_steps=all_steps)
-        if minimal:
-            return " ".join(parts)
         if not paths.spec(Path(self.ckpts)).is_file() and self.spec_toml is not None:
             parts.append(f"--spec {_q(self.out_dir / paths.report_spec(self.root).name)}")
         probe = m.get("probe")
         parts += _flag("--kind", m.get("kind"))
         parts += _flag("--dtype", m.get("dtype"))
         parts += _flag("--probe-size", probe.get("size") if isinstance(probe, dict) else None)
-        if m.get("method") not in (None, "auto"):  # the engine of a kernels --method run
-            parts += _flag("--method", m.get("method"))
         if m.get("skip_bad") is True:  # it went on without the checkpoints it could not use
             parts.append("--skip-bad")
+        if minimal:
+            return " ".join(parts)
+        if m.get("method") not in (None, "auto"):  # the engine of a kernels --method run
+            parts += _flag("--method", m.get("method"))
         evaluation = m.get("eval")
         if isinstance(evaluation, dict) and evaluation.get("size"):
             parts.append(f"--eval-size {evaluation['size']}")
