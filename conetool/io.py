@@ -3,7 +3,8 @@
 Each writer writes to a temporary name in the target's directory, flushes it to disk and renames it
 into place (``os.replace`` is atomic on POSIX and Windows within one file system), then flushes
 the directory too on POSIX (:func:`_fsync_dir`: the rename is an entry of the directory, and
-without it a power loss may bring back the old file, or none). When the write
+without it a power loss may bring back the old file, or none); a folder created for it is
+flushed into its parent the same way (:func:`create_dirs`). When the write
 fails because the file system is full, read-only or not writable by this user, the temporary file
 is removed, the file in place (if any) is untouched, and a :class:`~conetool.errors.StoreError`
 names the path (and, for a full disk, the space needed): see :func:`write_error`.
@@ -75,17 +76,40 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
 
 
 def make_dir(folder: Path) -> None:
-    """Create ``folder`` (and its parents) if missing; a full, read-only or forbidden file system
-    is the one-paragraph :func:`write_error`, anything else keeps its traceback."""
+    """Create ``folder`` (and its parents) if missing, durably (:func:`create_dirs`); a full,
+    read-only or forbidden file system is the one-paragraph :func:`write_error`, anything else
+    keeps its traceback."""
     if folder.is_dir():
         return
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        create_dirs(folder)
     except OSError as exc:
         error = write_error(folder, exc)
         if error is None:
             raise
         raise error from exc
+
+
+def create_dirs(folder: Path) -> None:
+    """Create ``folder`` and any missing parents (as ``mkdir(parents=True, exist_ok=True)``),
+    and flush the parent of each folder this call created (:func:`_fsync_dir`): a new folder is
+    an entry of its parent, and without that flush a power loss may take it away with the files
+    renamed (and flushed) into it. A folder that was there, or that another process created
+    meanwhile, is left alone. Raises ``OSError`` as ``mkdir`` does."""
+    folder = Path(folder)
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    for candidate in reversed(missing):  # the outermost first
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            if not candidate.is_dir():
+                raise
+            continue  # made meanwhile by another process, which flushes it
+        _fsync_dir(candidate.parent)
 
 
 def _free_space(path: Path) -> int | None:
@@ -113,7 +137,7 @@ def _atomic_path(path: Path, needed: int | None = None) -> Iterator[Path]:
 @contextmanager
 def _atomic_path_raw(path: Path) -> Iterator[Path]:
     if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from . import paths
 from .errors import StoreError
-from .io import NOT_WRITABLE, write_error
+from .io import NOT_WRITABLE, create_dirs, write_error
 
 try:
     import fcntl
@@ -59,7 +59,7 @@ class StoreLock:
             return cls(path, key)
         try:
             if not root.is_dir():
-                root.mkdir(parents=True, exist_ok=True)
+                create_dirs(root)  # the store's folder, flushed into its parent
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             if exc.errno not in NOT_WRITABLE:

@@ -353,6 +353,52 @@ def test_an_atomic_write_flushes_the_directory_after_the_rename(tmp_path, monkey
     assert json.loads(target.read_text()) == {"new": 1}
 
 
+def _flushed_dirs(monkeypatch) -> list[int]:
+    """Record the inode of every directory that conetool.io flushes (os.fsync on it)."""
+    real = conetool.io.os.fsync
+    flushed: list[int] = []
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            flushed.append(info.st_ino)
+        return real(fd)
+
+    monkeypatch.setattr(conetool.io.os, "fsync", fsync)
+    return flushed
+
+
+def test_a_new_folder_is_flushed_into_its_parent_once(tmp_path, monkeypatch):
+    # a folder made by mkdir is an entry of its parent: unflushed, a power loss may take it away
+    # with the files renamed (and flushed) into it. Was: no flush of any parent after a mkdir.
+    if os.name == "nt":
+        pytest.skip("Windows cannot open a directory to flush it")
+    flushed = _flushed_dirs(monkeypatch)
+    conetool.io.make_dir(tmp_path / "a" / "b" / "c")
+    inode = lambda p: os.stat(p).st_ino  # noqa: E731
+    assert flushed == [inode(tmp_path), inode(tmp_path / "a"), inode(tmp_path / "a" / "b")]
+    flushed.clear()
+    conetool.io.make_dir(tmp_path / "a" / "b" / "c")  # there already: nothing to flush
+    conetool.io.make_dir(tmp_path / "a" / "b" / "d")  # only d is new
+    assert flushed == [inode(tmp_path / "a" / "b")]
+    flushed.clear()
+    conetool.io.atomic_write_text(tmp_path / "e" / "f.txt", "text")  # e made for the write
+    assert flushed == [inode(tmp_path), inode(tmp_path / "e")]  # e's entry, then f's
+
+
+def test_a_new_store_and_its_kernels_folder_are_flushed_into_their_parents(
+    run, tmp_path, monkeypatch
+):
+    if os.name == "nt":
+        pytest.skip("Windows cannot open a directory to flush it")
+    flushed = _flushed_dirs(monkeypatch)
+    store = tmp_path / "new" / "store"
+    kernels(run, store=store, steps="0:0", device="cpu")
+    # new/ (never written into) and the store made by the lock, kernels/ made before its file
+    for made in (store.parent, store, store / paths.KERNELS_DIR):
+        assert os.stat(made.parent).st_ino in flushed, made
+
+
 def test_an_atomic_write_goes_on_where_a_directory_cannot_be_flushed(tmp_path, monkeypatch):
     # some file systems refuse fsync on a directory (EINVAL): the write itself stands
     real = conetool.io.os.fsync
