@@ -603,6 +603,27 @@ def test_another_run_with_the_same_spec_is_refused_before_anything_changes(run, 
     assert kernels(other, store=tmp_path / "own", device="cpu").computed == [0, 5, 10]
 
 
+def test_a_kernels_run_reads_the_manifest_once_before_opening_the_store(run, tmp_path, monkeypatch):
+    # Was three reads of manifest.json per run: the plan's (the options the store recorded),
+    # the mixed-run check's, and the one under the store's lock. The check now takes the plan's.
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", steps="0:5")
+    real_read_text = Path.read_text
+    reads: list[Path] = []
+
+    def read_text(self, *args, **kwargs):
+        if self.name == paths.MANIFEST_NAME:
+            reads.append(self)
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    for overwrite in (False, True):  # the same store: --overwrite clears nothing
+        reads.clear()
+        result = kernels(run, store=root, device="cpu", overwrite=overwrite)
+        assert result.computed == ([10] if not overwrite else []), result.computed
+        assert reads == [paths.manifest(root)] * 2  # once to plan, once under the lock
+
+
 def test_a_run_that_moved_is_the_same_run(run, tmp_path):
     # the same files elsewhere, with new modification times (cp without -p): read, found the
     # same, nothing recomputed

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,6 +84,9 @@ class KernelsPlan:
     layer_patterns: dict[str, str] | None = None
     # --steps, parsed: (first, last), both included, either None for an open end
     steps: tuple[int | None, int | None] | None = None
+    # the store's manifest.json as the plan read it (None: none, or unreadable), --overwrite or
+    # not: mixed_runs.another_run checks it without reading it again
+    manifest: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,23 @@ __all__ = ["another_run"]
 
 
 def another_run(
-    store: Path, ckpts: Path, identity: StoreIdentity, refs: list[CheckpointRef]
+    store: Path,
+    ckpts: Path,
+    identity: StoreIdentity,
+    refs: list[CheckpointRef],
+    *,
+    manifest: dict[str, Any] | None = None,
 ) -> StoreError | None:
     """Why ``kernels`` of ``refs`` (the checkpoints of ``ckpts``) into ``store`` would mix two
     runs, or None: the store (of this ``identity``) was made from another directory, and a
     checkpoint of ``ckpts`` at a step it holds has other content (size, else fingerprint; a file
-    with the recorded size and modification time is taken as the same, unread)."""
-    manifest = read_manifest(store)
+    with the recorded size and modification time is taken as the same, unread).
+
+    ``manifest``: the store's ``manifest.json`` as the caller read it (``kernels`` reads it once
+    for its plan; it is changed here, adopting kernel files it does not list), or None to read
+    it here."""
+    if manifest is None:
+        manifest = read_manifest(store)
     if manifest is None or not isinstance(manifest.get("steps"), dict):
         return None
     try:

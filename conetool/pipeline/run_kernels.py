@@ -146,7 +146,9 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         model = model_for(plan.spec)
         if job.is_main:
             selected = selection_record(ckpts, plan.step_regex, steps, every)
-            mixed = another_run(Path(store), ckpts, plan.identity, plan.refs)
+            mixed = another_run(
+                Path(store), ckpts, plan.identity, plan.refs, manifest=plan.manifest
+            )
             if mixed is not None:
                 raise mixed
             header = _header(ckpts, plan.spec, plan.probe, method, selected, o.skip_bad)
@@ -251,7 +253,10 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
     if probe_size is not None:
         _check_count(probe_size, "--probe-size")
         spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
-    recorded = read_manifest(store) if store is not None else None
+    # Read once: what the store recorded (the options a rerun keeps; None under --overwrite),
+    # and, --overwrite or not, what another_run checks for a run mixed in.
+    manifest = read_manifest(Path(o.store))
+    recorded = manifest if store is not None else None
     if step_regex is None and store is not None:
         step_regex, note = recorded_step_regex(recorded, None, path=ckpts)
         if note:
@@ -308,7 +313,17 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
     if per_layer:
         layer_groups = parameter_groups(model_for(spec), patterns)
     return KernelsPlan(
-        spec, refs, data, probe, identity, step_regex, evaluated, layer_groups, patterns, selection
+        spec,
+        refs,
+        data,
+        probe,
+        identity,
+        step_regex,
+        evaluated,
+        layer_groups,
+        patterns,
+        selection,
+        manifest,
     )
 
 
