@@ -243,7 +243,8 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 def atomic_save_safetensors(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Save ``tensors`` (made contiguous; shared storage is copied) as safetensors, atomically."""
+    """Save ``tensors`` (made contiguous; shared storage is copied) as safetensors, atomically,
+    with the same bytes for the same tensors and metadata (:func:`_sort_metadata`)."""
     flat = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     needed = sum(t.numel() * t.element_size() for t in flat.values())
 
@@ -256,5 +257,27 @@ def atomic_save_safetensors(
                 raise
             code = int(match.group(1))
             raise OSError(code, os.strerror(code), str(tmp)) from exc
+        _sort_metadata(tmp)
 
     atomic_write(path, write, needed=needed)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header of the safetensors file ``path`` in place with its ``__metadata__``
+    keys sorted: the Rust writer keeps them in a hash map whose order changes from one process to
+    the next, so the same checkpoint saved twice (a retrained run, a kernel recomputed) had other
+    bytes, another sha256 and so another fingerprint. The tensors' entries (already in a fixed
+    order) and the data are left as they are; the header keeps its length (padded with spaces,
+    as the writer pads it), so the data's offsets do not move."""
+    with open(path, "rb+") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict) or len(meta) < 2:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > size:  # cannot happen for the same keys and values; leave it unsorted
+            return
+        handle.seek(8)
+        handle.write(text.ljust(size, b" "))
