@@ -316,6 +316,28 @@ def test_reproduce_leaves_out_flags_whose_values_the_store_did_not_record(tmp_pa
     assert not [line for line in lines if "None" in line.split()], lines
 
 
+def test_reproduce_names_the_directory_its_relative_paths_start_from(tmp_path, monkeypatch):
+    """The block's relative paths are those given to report (the store's, and its --out), so they
+    start where the report was made: a store made in one folder and reported on from another
+    said "from the directory the store was made in", where `--store made/store` is no path."""
+    made = tmp_path / "made"
+    made.mkdir()
+    monkeypatch.chdir(made)
+    steps = [0, 1, 2, 4, 8]
+    make_store(Path("store"), steps, random_psd(steps))
+    monkeypatch.chdir(tmp_path)
+    result = report("made/store")
+    (block,) = Page(result.html.read_text(encoding="utf-8")).pre["reproduce"]
+    first = block.splitlines()[0]
+    assert first.startswith("# relative paths are from the directory this report was made in: ")
+    start = Path(shlex.split(first.split(": ", 1)[1])[0])
+    assert start == tmp_path
+    store_arg = shlex.split(reproduce_lines(result)[0]).index("--store") + 1
+    assert (start / shlex.split(reproduce_lines(result)[0])[store_arg]).resolve() == (
+        made / "store"
+    ).resolve()
+
+
 def test_reproduce_names_the_kernels_engine_when_it_was_chosen(run, tmp_path):
     _, ckpts, _, _ = run
     store = tmp_path / "store"

@@ -195,8 +195,11 @@ class ReportCommands(ReportInputs):
 
     def _reproduce_section(self) -> Section:
         lines = []
-        if not Path(self.store_arg).is_absolute():
-            lines.append("# relative paths are from the directory the store was made in")
+        if not (Path(self.store_arg).is_absolute() and Path(self.out_dir).is_absolute()):
+            # The paths are the ones given to report (the store's, and its --out), so they
+            # start where the report was made, not where kernels made the store.
+            here = _q(str(Path.cwd()))
+            lines.append(f"# relative paths are from the directory this report was made in: {here}")
         lines += self._import_comments()
         if not self.steps:
             lines.append(self._kernels_command(minimal=True))
