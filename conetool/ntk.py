@@ -65,7 +65,7 @@ from torch.func import functional_call
 
 from . import ntk_schedule
 from .attention import composite_attention
-from .choices import Kind, Method, choice
+from .choices import Dtype, Kind, Method, choice
 from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError
 from .heap import kept_freed_memory
@@ -129,7 +129,7 @@ def empirical_ntk(
     kind: str = "trace",
     max_memory: int | str | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     on_block: Callable[[int, int], None] | None = None,
     check: bool = True,
     method: str = "auto",
@@ -153,7 +153,8 @@ def empirical_ntk(
             or ``"auto"``: :func:`default_memory_budget` of the device.
         device: ``"auto"`` (default: CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:k"``.
         dtype: compute dtype; default the dtype of the model's trainable parameters. Floating
-            parameters, buffers and inputs are cast to it (``torch.float64`` for exact kernels).
+            parameters, buffers and inputs are cast to it (``torch.float64``, or ``"float64"`` as
+            ``kernels`` takes it, for exact kernels).
         on_block: called as ``on_block(done, total)`` after each block of the schedule (a block of
             Jacobian rows computed and contracted with every resident block it pairs with). Off
             the CPU, on a call that sets up the structured engine, the blocks are computed a
@@ -180,7 +181,7 @@ def empirical_ntk(
         MemoryBudgetError: the budget cannot hold even one example (the message gives the
             minimum), or CUDA ran out of memory.
         NonFiniteKernelError: the kernel has NaN or infinite entries.
-        ConetoolError: an unknown ``kind``, a model without trainable parameters, ``x2`` whose
+        ConetoolError: an unknown ``kind`` or ``dtype`` name, a model without trainable parameters, ``x2`` whose
             examples do not have ``x1``'s shape, or examples that interact (see
             :func:`check_per_example`).
 
@@ -198,6 +199,14 @@ def empirical_ntk(
     """
     kind = choice(Kind, kind, "kind").value
     method = choice(Method, method, "--method").value
+    # "float64" as kernels(dtype=...) takes it (a torch.dtype itself passes as it is).
+    compute = (
+        dtype
+        if dtype is None or isinstance(dtype, torch.dtype)
+        else {Dtype.float32: torch.float32, Dtype.float64: torch.float64}[
+            choice(Dtype, dtype, "dtype")
+        ]
+    )
     if not isinstance(x1, Tensor) or x1.dim() < 1 or x1.shape[0] < 1:
         raise ConetoolError("empirical_ntk needs inputs of shape (n, ...) with n >= 1 examples.")
     if x2 is not None:
@@ -223,8 +232,7 @@ def empirical_ntk(
             "the model has no trainable parameters (every parameter has requires_grad=False), so "
             "its eNTK is zero. Unfreeze the parameters the kernel should be taken with respect to."
         )
-    if dtype is None:
-        dtype = next(iter(trainable.values())).dtype
+    dtype = next(iter(trainable.values())).dtype if compute is None else compute
 
     def cast(t: Tensor) -> Tensor:
         t = t.detach()

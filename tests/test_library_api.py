@@ -166,6 +166,20 @@ def test_kernels_take_a_torch_dtype_as_empirical_ntk_does(run: Path, tmp_path: P
         conetool.kernels(run, store=tmp_path / "t", dtype=torch.int8, threads=1)
 
 
+def test_empirical_ntk_takes_a_dtype_name_as_kernels_does() -> None:
+    """The README: `dtype=` takes "float64" or torch.float64. empirical_ntk passed the string to
+    Tensor.to, whose TypeError (no ConetoolError) listed Tensor.to's signatures."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    x = torch.randn(5, 4)
+    named = conetool.empirical_ntk(model, x, dtype="float64", device="cpu")
+    assert named.dtype == torch.float64
+    assert torch.equal(named, conetool.empirical_ntk(model, x, dtype=torch.float64, device="cpu"))
+    assert conetool.empirical_ntk(model, x, dtype="float32", device="cpu").dtype == torch.float32
+    with pytest.raises(conetool.ConetoolError, match="^dtype 'float16' is unknown"):
+        conetool.empirical_ntk(model, x, dtype="float16", device="cpu")
+
+
 def test_every_error_a_call_raises_is_exported_under_conetool_error() -> None:
     for name in ("GeometryError", "MemoryBudgetError", "NonFiniteKernelError", "ModelError"):
         assert issubclass(getattr(conetool, name), conetool.ConetoolError), name
