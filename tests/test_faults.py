@@ -283,6 +283,7 @@ def test_read_only_store(run, store, read_only):
     for args in (
         ["distance"],
         ["embed"],
+        ["spectrum"],
         ["report"],
         ["switch", "--at", "0"],
     ):
