@@ -239,6 +239,17 @@ def test_two_files_with_the_same_step(tmp_path: Path):
     assert len(warnings) == 1 and "skipping 2 files: two checkpoints have step 100" in warnings[0]
 
 
+def test_four_files_with_the_same_step_are_counted_and_listed(tmp_path: Path):
+    """Four files of one step read "two checkpoints have step 100: 'a' and 'b' and 'c' and 'd'"."""
+    good_dir(tmp_path)
+    for name in ("ckpt-100.pt", "model_100.pt", "epoch-0_step-100.pt"):
+        torch.save(state(5), tmp_path / name)
+    msg = problem(tmp_path)
+    assert "4 checkpoints have step 100: '" in msg and "two checkpoints" not in msg
+    assert msg.count(" and ") == 1 and msg.count("', '") == 2
+    assert "move the others out of the directory" in msg
+
+
 def test_no_step_recoverable(tmp_path: Path):
     good_dir(tmp_path)
     bad = tmp_path / "weights.safetensors"

@@ -303,11 +303,15 @@ def _flag_duplicates(cands: list[Candidate]) -> None:
             by_step.setdefault(c.step, []).append(c)
     for step, group in by_step.items():
         if len(group) > 1:
-            names = " and ".join(f"'{c.location}'" for c in group)
+            quoted = [f"'{c.location}'" for c in group]
+            names = ", ".join(quoted[:-1]) + f" and {quoted[-1]}"
+            count = "two" if len(group) == 2 else str(len(group))
+            others = "the other" if len(group) == 2 else "the others"
             for c in group:
                 c.fail(
-                    f"two checkpoints have step {step}: {names}. Keep one of them (move the other "
-                    f"out of the directory), or pass --step-regex if the steps come out wrong."
+                    f"{count} checkpoints have step {step}: {names}. Keep one of them (move "
+                    f"{others} out of the directory), or pass --step-regex if the steps come out "
+                    "wrong."
                 )
 
 
