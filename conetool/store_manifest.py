@@ -72,6 +72,11 @@ def made_by(record: StepRecord) -> str:
     return f"{record.engine} on {record.device or 'an unrecorded device'}"
 
 
+#: How :func:`mixed_engines_note` begins (the report, which states its own, leaves out the copy
+#: that distance's summary kept).
+MIXED_ENGINES = "this store's kernels were made by more than one engine or device type:"
+
+
 def mixed_engines_note(records: Mapping[int, StepRecord]) -> str | None:
     """One line saying which steps' kernels were made by which engine on which device type, when
     ``records`` (step -> record) were not all made alike (a kernel lost and recomputed by a rerun
@@ -84,7 +89,7 @@ def mixed_engines_note(records: Mapping[int, StepRecord]) -> str | None:
         return None
     listed = "; ".join(f"{_steps_of(steps)} by {who}" for who, steps in groups.items())
     return (
-        f"this store's kernels were made by more than one engine or device type: {listed}. "
+        f"{MIXED_ENGINES} {listed}. "
         "They agree to about 1e-6 relative in float32 (closer in float64), so a distance that "
         "small between kernels of two groups may come from the engines, not the run; to make "
         "them alike, delete one group's kernel files and rerun conetool kernels with the "

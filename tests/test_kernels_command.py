@@ -458,4 +458,7 @@ def test_a_kernel_recomputed_by_another_engine_is_recorded_and_noted(run, tmp_pa
     assert [n for n in distance(store, noise=False).notes if n.startswith(line)]
     made = report(store)
     assert [n for n in made.notes if n.startswith(line)]
-    assert "Made by more than one engine or device type (see Notes)." in made.markdown.read_text()
+    page = made.markdown.read_text()
+    assert "Made by more than one engine or device type (see Notes)." in page
+    # said once, in the Notes, not again as distance's own note
+    assert page.count("made by more than one engine or device type: steps 0, 5") == 1

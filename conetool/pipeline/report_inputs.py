@@ -275,7 +275,7 @@ class ReportInputs:
             elif summary.get("kernels_key") not in (None, current_key):
                 self.notes.append(
                     f"the {command} results were computed from kernels that have been "
-                    f"recomputed since (a checkpoint changed): {rerun}"
+                    f"recomputed since (a checkpoint changed, or a kernel was recomputed): {rerun}"
                 )
         spec_hash = self.manifest.get("spec_hash")
         other = sorted(

@@ -14,6 +14,7 @@ from ..report_html import (
     b,
     text,
 )
+from ..store_manifest import MIXED_ENGINES
 from .report_experiment_sections import ExperimentSections
 from .report_inputs import _REGIMES, _g, _pct, _rule_value
 
@@ -132,6 +133,8 @@ class ResultSections(ExperimentSections):
                 )
             )
         for note in summary.get("notes", []):
+            if str(note).startswith(MIXED_ENGINES):  # the report's Notes say it, for the store now
+                continue
             blocks.append(text(f"Note from conetool distance: {note}."))
         excluded = summary.get("excluded") or {}
         if excluded:
