@@ -8,7 +8,7 @@ it, what the others got, and the median error of the end of Phase I where it is 
 
     python scripts/verdict_accuracy.py              # 10 seeds: 540 trajectories, about a minute
 
-The README's table "The verdict on labelled trajectories" is this script's output.
+The README's table under "Proof on labelled trajectories" is this script's output.
 """
 
 from __future__ import annotations
