@@ -495,6 +495,34 @@ def test_lightning_ckpt_with_state_dict_and_model_prefix(tmp_path: Path):
     assert_loaded(model, sd)
 
 
+def test_copies_named_best_or_last_are_not_taken_for_steps(tmp_path: Path):
+    """A plain loop's best.pt / last.pt beside its step files is a copy of some step, not an
+    unusable file: the directory lists cleanly without --skip-bad. Such a file that gives a step
+    (metadata) is read as any other, and a folder of nothing else says why it is empty."""
+    for step in (0, 10):
+        torch.save(state(step), tmp_path / f"ckpt_{step}.pt")
+    for name in ("best.pt", "last.pt", "LATEST.pth", "model_best.pt", "final_model.bin"):
+        torch.save(state(10), tmp_path / name)
+    save_file(state(10), str(tmp_path / "best_model.safetensors"))
+    refs = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.paths[0].name) for r in refs] == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+
+    save_file(state(20), str(tmp_path / "last.safetensors"), metadata={"step": "20"})
+    refs = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.paths[0].name) for r in refs][-1] == (20, "last.safetensors")
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    torch.save(state(1), alone / "best.pt")
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(alone, warn=lambda _: None)
+    text = str(e.value)
+    assert "it holds: best.pt" in text and "copies named without a step" in text, text
+    # Pointed at directly, the file is still one checkpoint whose step must be known.
+    with pytest.raises(CheckpointError, match="no step recoverable"):
+        list_checkpoints(alone / "best.pt", warn=lambda _: None)
+
+
 def test_legacy_torch_serialization_is_read(tmp_path: Path):
     sd = state(9)
     torch.save(sd, tmp_path / "ckpt-40.pt", _use_new_zipfile_serialization=False)

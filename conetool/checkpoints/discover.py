@@ -117,9 +117,10 @@ def empty_error(scan: Scan) -> CheckpointError:
     return CheckpointError(
         f"no checkpoints in '{scan.directory}' ({_describe_contents(scan)}). conetool reads "
         f"*.safetensors and *.pt/*.pth/*.bin/*.ckpt files and Hugging Face checkpoint-N/ folders, "
-        f"and skips optimizer states (*.optim.safetensors, optimizer.pt), Lightning's last.ckpt "
-        f"and hidden files; pass the --out directory of `conetool train` or the folder holding "
-        f"the checkpoint files."
+        f"and skips optimizer states (*.optim.safetensors, optimizer.pt), hidden files, and "
+        f"copies named without a step (Lightning's last.ckpt, best.pt, last.pt: to read one, "
+        f"give it its step, as in step_2000.pt); pass the --out directory of `conetool train` "
+        f"or the folder holding the checkpoint files."
     )
 
 

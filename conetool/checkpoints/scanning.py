@@ -48,6 +48,13 @@ _HF_WEIGHTS = (
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
 _HF_FINAL = re.compile(r"^(model\.safetensors|pytorch_model\.bin)(\.index\.json)?$")
+# A copy of some step's weights kept under a fixed name by a training loop (best.pt, last.pt,
+# latest.pth, model_best.pt, final_model.safetensors, Lightning's last-v1): no step in the name.
+_ALIAS = re.compile(
+    r"^(?:model[_-]?)?(?:best|last|latest|final)(?:[_-]?(?:model|checkpoint|ckpt|weights))?"
+    r"(?:-v\d+)?$",
+    re.IGNORECASE,
+)
 
 
 def _is_file(path: Path) -> bool:
@@ -349,6 +356,11 @@ def _is_hf_folder(directory: Path) -> bool:
     return any(_is_file(directory / n) for pair in _HF_WEIGHTS for n in pair)
 
 
+def _is_alias(c: Candidate) -> bool:
+    """True for a file named like ``best.pt`` or ``last.pt`` (see ``_ALIAS``)."""
+    return c.folder is None and c.index is None and bool(_ALIAS.match(candidate_stem(c)))
+
+
 def _single(path: Path, deep: bool) -> Scan:
     scan = Scan(path.parent, [])
     if path.is_dir():
@@ -390,10 +402,8 @@ def scan_directory(
             f"checkpoint directory '{directory}' does not exist; pass the --out directory of "
             f"`conetool train`, or a directory of checkpoint files."
         )
-    if directory.is_file() or single or _is_hf_folder(directory):
-        scan = _single(directory, deep)
-    else:
-        scan = _collect(directory, deep)
+    whole = not (directory.is_file() or single or _is_hf_folder(directory))
+    scan = _collect(directory, deep) if whole else _single(directory, deep)
     for c in scan.candidates:
         if c.problem is None and fixed_step is not None:
             c.step = fixed_step
@@ -409,6 +419,12 @@ def scan_directory(
                 )
             except CheckpointError:
                 pass
+    if whole:
+        # best.pt, last.pt: a copy of another step's weights, not a step of its own (a file of
+        # this name that gives a step, by its metadata or --step-regex, is read as any other)
+        for c in [c for c in scan.candidates if c.step is None and _is_alias(c)]:
+            scan.candidates.remove(c)
+            scan.ignored.append(c.name)
     kept = []
     for c in scan.candidates:
         if c.step is None or is_selected(c.step, steps, every):
