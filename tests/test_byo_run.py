@@ -148,6 +148,26 @@ def test_switch_on_conetool_checkpoints_has_no_such_note(tmp_path: Path, tiny: P
     assert "not written by `conetool train`" not in result.output
 
 
+def test_switch_names_until_and_reference_for_a_broken_checkpoint_at_T(
+    tmp_path: Path, tiny: Path
+) -> None:
+    """A half-written last checkpoint is the standard model at T, not a switch point: the advice
+    is --until or --reference train, not another --at."""
+    run, store = tmp_path / "run", tmp_path / "store"
+    assert runner.invoke(app, ["train", str(tiny), "--out", str(run), "-q"]).exit_code == 0
+    assert runner.invoke(app, ["kernels", str(run), "--store", str(store), "-q"]).exit_code == 0
+    last = paths.checkpoint(run, 10)
+    last.write_bytes(last.read_bytes()[:100])  # the run died while writing it
+    result = runner.invoke(app, ["switch", "--at", "0", "--store", str(store), "-q"])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert str(last.name) in text and "standard model at T" in text, text
+    assert "--until 5" in text and "--reference train" in text, text
+    assert "choose another --at" not in text and "delete it ." not in text, text
+    ok = runner.invoke(app, ["switch", "--at", "0", "--until", "5", "--store", str(store), "-q"])
+    assert ok.exit_code == 0, ok.output
+
+
 ATTENTION_MODEL = """
 import torch
 from torch import nn

@@ -148,8 +148,7 @@ def _not_safetensors(path: Path, why: str, head: bytes = b"") -> CheckpointError
 def _truncated(path: Path, size: int, needed: int) -> CheckpointError:
     return CheckpointError(
         f"'{path}' is truncated: it has {size} bytes but its safetensors header describes "
-        f"{needed}. If a run is still writing it, wait and rerun; otherwise re-save or delete it "
-        f"."
+        f"{needed}. If a run is still writing it, wait and rerun; otherwise re-save or delete it."
     )
 
 
@@ -415,7 +414,7 @@ def torch_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     except (RuntimeError, EOFError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
-            f"'{path}' is not a readable torch checkpoint ({first}); re-save or delete it ."
+            f"'{path}' is not a readable torch checkpoint ({first}); re-save or delete it."
         ) from None
     except OSError as e:
         raise open_error(path, e) from None

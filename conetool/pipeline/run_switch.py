@@ -479,6 +479,8 @@ def _prepare(options: SwitchOptions) -> _Sweep:
         # The file of step t, if there is one, and why it cannot be used (a file whose step
         # cannot be known is no step's: kernels --skip-bad left it out, and so does switch).
         problem = step_problems(ckpts_dir, t, step_regex=step_regex, iterations_per_epoch=ipe)
+        if problem is not None and t == T and t not in points_at:
+            raise _for_reference(problem, T, refs, points_at)
         if problem is not None:
             raise _for_switch(problem)
         if t == T and t not in points_at:
@@ -506,6 +508,23 @@ def _for_switch(exc: CheckpointError) -> CheckpointError:
         text = text.replace(said, "Fix or move these files, or choose another --at step.")
     text = re.sub(r"\s*\(--skip-bad[^)]*\)", "", text)
     return exc if text == str(exc) else CheckpointError(text)
+
+
+def _for_reference(
+    exc: CheckpointError, T: int, refs: dict[int, CheckpointRef], points_at: list[int]
+) -> CheckpointError:
+    """A checkpoint error at T, which no --at names: it is the standard model the sweep compares
+    with (--reference checkpoint), so the advice is the file, --until or --reference train."""
+    earlier = [s for s in refs if max(points_at, default=-1) < s < T]
+    until = f"--until {max(earlier)}" if earlier else "--until with an earlier step"
+    text = str(exc).replace(
+        "Fix or move these files.",
+        f"The checkpoint of step {T} is the standard model at T that the sweep compares with "
+        f"(--reference checkpoint, the default): fix or move these files, end the sweep at an "
+        f"earlier checkpoint ({until}), or pass --reference train to continue the standard run "
+        f"to step {T} from the last checkpoint before it.",
+    )
+    return CheckpointError(text)
 
 
 def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
