@@ -286,6 +286,25 @@ def test_missing_and_unexpected_keys_are_listed_up_to_ten(tmp_path: Path):
     assert "[model] arch, num_classes and options" in msg
 
 
+def test_a_file_without_batchnorm_statistics_is_told_to_save_the_state_dict(tmp_path: Path):
+    """Parameters saved alone (no running statistics) are the file's fault, not the spec's."""
+    sd = {k: v for k, v in state(0).items() if "running" not in k and "num_batches" not in k}
+    path = write(tmp_path, 100, sd)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(Net(), list_checkpoints(tmp_path)[0])
+    msg = str(e.value)
+    assert f"'{path}' does not fit the model (Net)" in msg
+    assert "2 missing key(s): 'bn.running_mean', 'bn.running_var'" in msg
+    assert "running statistics" in msg and "Save model.state_dict()" in msg, msg
+    assert "[model] arch" not in msg, msg
+    # Another key missing as well: the spec may be at fault, and the message says so.
+    del sd["fc1.weight"]
+    write(tmp_path, 100, sd)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(Net(), list_checkpoints(tmp_path)[0])
+    assert "running statistics" not in str(e.value) and "[model] arch" in str(e.value)
+
+
 def test_shape_mismatch_names_key_expected_and_found(tmp_path: Path):
     path = write(tmp_path, 100, state(0, classes=10))
     model = Net(classes=3)

@@ -126,11 +126,31 @@ def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
     how = ""
     if match.stripped:
         how = f" (after stripping the prefix '{match.stripped}' from its keys)"
-    fix = _prefix_hint(match) or (
-        "Check that the spec's [model] arch, num_classes and options are those of the run that "
-        "wrote this checkpoint"
+    fix = (
+        _prefix_hint(match)
+        or _statistics_hint(missing, match)
+        or (
+            "Check that the spec's [model] arch, num_classes and options are those of the run "
+            "that wrote this checkpoint"
+        )
     )
     return f"'{name}' does not fit the model ({model_name}){how}: " + "; ".join(parts) + f". {fix}."
+
+
+_STATISTICS = (".running_mean", ".running_var")
+
+
+def _statistics_hint(missing: list[str], match: KeyMatch) -> str:
+    """When only BatchNorm's running statistics are missing: the file holds parameters only."""
+    if not missing or match.unexpected or match.mismatched:
+        return ""
+    if not all(k.endswith(_STATISTICS) for k in missing):
+        return ""
+    return (
+        "Only BatchNorm's running statistics (buffers) are missing: the file holds the "
+        "parameters alone (saved from model.named_parameters(), say), and the eNTK is taken in "
+        "eval mode, which normalizes with them. Save model.state_dict(), which holds them"
+    )
 
 
 def _other_prefix(keys: list[str], others: list[str]) -> str | None:
