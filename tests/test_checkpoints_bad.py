@@ -260,6 +260,19 @@ def test_no_step_recoverable(tmp_path: Path):
     skipped(tmp_path, [0, 100, 200])
 
 
+def test_no_step_recoverable_from_a_torch_file_advises_its_own_format(tmp_path: Path):
+    """A torch.save file has no metadata: its advice names a .pt name, and says the dict's own
+    'step' entry is not read, rather than a metadata key it cannot carry."""
+    good_dir(tmp_path)
+    bad = tmp_path / "run_a.pt"
+    torch.save({"step": 300, "model_state_dict": state(0)}, bad)
+    msg = problem(tmp_path)
+    assert f"no step recoverable from '{bad}'" in msg
+    assert "name files like step_2000.pt" in msg and "--step-regex" in msg, msg
+    assert "'step' entry inside a torch.save dict is not read" in msg, msg
+    assert "store a 'step' metadata key" not in msg, msg
+
+
 def test_metadata_step_that_is_not_a_number(tmp_path: Path):
     save_file(state(0), str(tmp_path / "step_1.safetensors"), metadata={"step": "last"})
     msg = problem(tmp_path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from conetool.choices import is_count
 from conetool.errors import CheckpointError
 
+from ._format import TORCH_SUFFIXES
 from .records import Candidate
 from .step_names import STEP_REGEX_EXAMPLE, name_step, regex_step
 
@@ -99,9 +100,16 @@ def step_from_name(name: str, *, iterations_per_epoch: int | None = None) -> int
 
 
 def no_step_error(path: Path) -> CheckpointError:
+    name = "name files like step_2000.safetensors, store a 'step' metadata key"
+    if path.name.lower().endswith(TORCH_SUFFIXES) and not path.is_dir():
+        # a torch.save file has no metadata, and the entries of its dict are not read
+        name = (
+            f"name files like step_2000{path.suffix} (a 'step' entry inside a torch.save dict "
+            f"is not read; safetensors files may carry a 'step' metadata key)"
+        )
     return CheckpointError(
-        f"no step recoverable from '{path}': name files like step_2000.safetensors, store a "
-        f"'step' metadata key, or pass {_STEP_REGEX_HELP} (a regex with a group around the step)."
+        f"no step recoverable from '{path}': {name}, or pass {_STEP_REGEX_HELP} (a regex with a "
+        f"group around the step)."
     )
 
 
