@@ -107,7 +107,12 @@ def run_point(
     lin = LinearizedModel(model).to(device)
     optimizer, momentum = optimizer_at(lin, spec, ckpts, t)
     if momentum == "fresh":
-        notes.append(f"t={t}: no optimizer state beside the checkpoint; momentum starts at zero")
+        notes.append(
+            f"t={t}: no optimizer state beside the checkpoint "
+            f"({paths.optimizer_state(ckpts, t).name}, as conetool train writes it; one inside "
+            f"your own checkpoint file, such as its optimizer_state_dict, or HF's optimizer.pt "
+            f"is not read); momentum starts at zero"
+        )
     # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
     watch = (
         []
