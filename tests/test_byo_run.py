@@ -171,6 +171,30 @@ def test_switch_names_until_and_reference_for_a_broken_checkpoint_at_T(
     assert ok.exit_code == 0, ok.output
 
 
+def test_switch_says_when_the_spec_T_is_beyond_the_runs_last_checkpoint(
+    tmp_path: Path, tiny: Path
+) -> None:
+    """A spec whose [train] steps is not the run's (left at its default, say) trains every point
+    past the run's end: the note says so and names --until with the run's last step, rather than
+    only --reference train (which would train the standard run past its end too)."""
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(tiny), "--out", str(run), "-q"]).exit_code == 0
+    mine = tmp_path / "mine"  # a plain loop's run of 5 steps
+    mine.mkdir()
+    for step in (0, 5):
+        torch.save(load_file(str(paths.checkpoint(run, step))), mine / f"ckpt_{step}.pt")
+    store = tmp_path / "store"
+    made = runner.invoke(app, ["kernels", str(mine), "--spec", str(tiny), "--store", str(store)])
+    assert made.exit_code == 0, made.output
+    swept = runner.invoke(app, ["switch", "--at", "0", "--store", str(store)])
+    assert swept.exit_code == 0, swept.output
+    text = " ".join(swept.output.split())
+    assert "the run's checkpoints end at step 5, before T = 10" in text, text
+    assert "trained past the run's end" in text and "rerun with --until 5" in text, text
+    again = runner.invoke(app, ["switch", "--at", "0", "--until", "5", "--store", str(store)])
+    assert again.exit_code == 0 and "no checkpoint of step" not in again.output, again.output
+
+
 ATTENTION_MODEL = """
 import torch
 from torch import nn

@@ -242,6 +242,19 @@ def standard_reference(
     model = model_for(spec).to(device)
     if how == "checkpoint":
         if until not in refs:
+            final = max(refs, default=None)
+            if final is not None and final < until:
+                # A spec whose [train] steps is not the run's (its default, say): every point
+                # was trained past the run's end.
+                notes.append(
+                    f"no checkpoint of step {until} in {ckpts}: the run's checkpoints end at "
+                    f"step {final}, before T = {until}, so each point was trained past the run's "
+                    f"end and the figure has no standard-training line. If the run ended at step "
+                    f"{final} (the spec's [train] steps, {spec.train.steps}, is then not the "
+                    f"run's), rerun with --until {final}; to compare with the standard run "
+                    f"continued to T, pass --reference train."
+                )
+                return None
             notes.append(
                 f"no checkpoint of step {until} in {ckpts}: the figure has no standard-training "
                 "line. Pass --reference train to train the standard continuation to T."
