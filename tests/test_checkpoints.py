@@ -523,6 +523,27 @@ def test_copies_named_best_or_last_are_not_taken_for_steps(tmp_path: Path):
         list_checkpoints(alone / "best.pt", warn=lambda _: None)
 
 
+def test_every_that_keeps_one_checkpoint_says_which_spacing_works(tmp_path: Path):
+    """Steps 22 apart (epochs of 22 iterations) with --every 40 keep step 0 alone: no distance
+    can come of it, so a warning names the spacing the steps have and an --every that works."""
+    for step in range(0, 221, 22):
+        torch.save(state(step), tmp_path / f"ckpt_{step}.pt")
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, every=40, warn=said.append)
+    assert [r.step for r in refs] == [0]
+    (note,) = [m for m in said if "--every 40" in m]
+    flat = " ".join(note.split())
+    assert "keeps only step 0 of the 11 steps found" in flat, flat
+    assert "multiples of 22" in flat and "--every 44" in flat, flat
+    # Two or more kept, or the rest left out by --steps rather than --every: nothing to say.
+    said.clear()
+    assert [r.step for r in list_checkpoints(tmp_path, every=44, warn=said.append)][:2] == [0, 44]
+    assert not [m for m in said if "--every" in m]
+    said.clear()
+    list_checkpoints(tmp_path, steps=(0, 21), every=40, warn=said.append)
+    assert not [m for m in said if "--every" in m]
+
+
 def test_legacy_torch_serialization_is_read(tmp_path: Path):
     sd = state(9)
     torch.save(sd, tmp_path / "ckpt-40.pt", _use_new_zipfile_serialization=False)

@@ -35,6 +35,7 @@ The step of each checkpoint, in order of precedence:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -51,7 +52,7 @@ from .records import (
     Scan,
 )
 from .scanning import scan_directory
-from .selection import parse_step_range, step_from_name
+from .selection import is_selected, parse_step_range, step_from_name
 from .step_names import (
     epoch_note,
 )
@@ -187,6 +188,23 @@ def _none_selected(
     )
 
 
+def _every_note(every: int, kept: int, left_out: list[int]) -> str:
+    """--every kept one checkpoint: no distance can be measured; the spacing that would work."""
+    found = sorted({kept, *left_out})
+    spacing = math.gcd(*found)
+    shown = ", ".join(map(str, found[:6])) + (" ..." if len(found) > 6 else "")
+    fix = "Leave --every out, or select a range with --steps."
+    if spacing > 1:
+        fix = (
+            f"The steps found are multiples of {spacing}: pass a multiple of {spacing} (--every "
+            f"{spacing * max(1, round(every / spacing))}), or leave --every out."
+        )
+    return (
+        f"--every {every} (the steps that are multiples of {every}) keeps only step {kept} of "
+        f"the {len(found)} steps found ({shown}), and distances need two kernels. {fix}"
+    )
+
+
 def default_warn(message: str) -> None:
     warnings.warn(message, CheckpointWarning, stacklevel=3)
 
@@ -277,6 +295,9 @@ def list_checkpoints(
             f"no usable checkpoint left in '{scan.directory}': all {len(bad)} were skipped "
             f"(--skip-bad; see the warnings). Fix the files or point at another directory."
         )
+    by_every = [step for step in scan.unselected if is_selected(step, steps, None)]
+    if every is not None and len(refs) == 1 and by_every:
+        warn(_every_note(every, refs[0].step, by_every))
     from_epochs = sum(1 for c in scan.candidates if c.problem is None and c.epoch is not None)
     if from_epochs and iterations_per_epoch is not None:
         warn(epoch_note(iterations_per_epoch, from_epochs))
