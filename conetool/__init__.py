@@ -25,6 +25,7 @@ guard_start_up()
 _EXPORTS = {
     "CheckpointError": "errors",
     "CheckpointOverflowError": "errors",
+    "FactoryMismatchError": "errors",
     "ConetoolError": "errors",
     "DataError": "errors",
     "MemoryBudgetError": "errors",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
         CheckpointOverflowError,
         ConetoolError,
         DataError,
+        FactoryMismatchError,
         MemoryBudgetError,
         ModelError,
         SpecError,
@@ -137,6 +139,7 @@ __all__ = [
     "DistanceResult",
     "EmbedResult",
     "EngineMemo",
+    "FactoryMismatchError",
     "GeometryError",
     "KernelsResult",
     "LinearizedModel",

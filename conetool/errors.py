@@ -35,6 +35,12 @@ class CheckpointOverflowError(CheckpointError):
     checkpoint's 1e5 in a float16 model): the fix is the model's dtype, not the file."""
 
 
+class FactoryMismatchError(CheckpointError, ModelError):
+    """A checkpoint fits the network it was saved from, but the spec's factory returns that
+    network wrapped (every model key is a checkpoint key with one more prefix): the fix is the
+    factory, and every checkpoint of the run fails alike (a :class:`ModelError` too)."""
+
+
 class StoreError(ConetoolError):
     """The output store (or a training output directory) is missing, mixed or inconsistent."""
 

@@ -289,6 +289,67 @@ def test_a_model_error_stops_kernels_at_once_even_with_skip_bad(
         assert "skipped step" not in text, text
 
 
+WRAPPING_MODEL = """
+from torch import nn
+
+from conetool.models import mlp
+
+
+class Wrapper(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.inner = mlp((4,), num_classes, widths=[8])
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def make(num_classes):
+    return Wrapper(num_classes)
+"""
+
+
+def test_a_factory_that_wraps_the_saved_network_stops_kernels_at_once_even_with_skip_bad(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every key of the model is the checkpoint's with "inner.": the factory's fault, which every
+    # checkpoint shares. It said "fix this checkpoint and rerun, or pass --skip-bad", and with
+    # --skip-bad warned once per checkpoint before "every checkpoint failed".
+    (tmp_path / "conetool_byo_wrapper.py").write_text(textwrap.dedent(WRAPPING_MODEL))
+    monkeypatch.chdir(tmp_path)
+    plain = tmp_path / "plain.toml"
+    plain.write_text(TINY_SPEC)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(plain), "--out", str(run), "-q"]).exit_code == 0
+    paths.spec(run).unlink()  # a run of one's own: the spec comes with --spec
+    wrapping = tmp_path / "wrapping.toml"
+    wrapping.write_text(
+        TINY_SPEC.replace('arch = "mlp"', 'arch = "conetool_byo_wrapper:make"').replace(
+            "widths = [8]\n", ""
+        )
+    )
+    for skip_bad in ([], ["--skip-bad"]):
+        result = runner.invoke(
+            app,
+            [
+                "kernels",
+                str(run),
+                "--spec",
+                str(wrapping),
+                "--store",
+                str(tmp_path / "s"),
+                "-q",
+                *skip_bad,
+            ],
+        )
+        text = " ".join(result.output.split())
+        assert result.exit_code == 1, text
+        assert "with the prefix 'inner.': the factory wraps the network" in text, text
+        assert "step 0 " in text and "not this checkpoint's" in text, text
+        assert "fix this checkpoint" not in text and "every checkpoint failed" not in text, text
+        assert "skipped step" not in text, text
+
+
 # --------------------------------------------------------------------------------------------------
 # [data] keys for a user factory
 

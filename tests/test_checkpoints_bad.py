@@ -27,7 +27,7 @@ from conetool.checkpoints import (
     read_checkpoint,
     read_state_dict,
 )
-from conetool.errors import CheckpointError
+from conetool.errors import CheckpointError, FactoryMismatchError, ModelError
 
 
 def _reads_everything() -> bool:
@@ -357,12 +357,15 @@ def test_a_prefix_conetool_does_not_strip_is_named_with_the_fix(tmp_path: Path):
         msg = str(e.value)
         assert f"Every key of the checkpoint is the model's with the prefix '{prefix}'" in msg
         assert "strips only 'module.', 'model.', '_orig_mod.'" in msg
-    # The other way round: the factory wraps the network the checkpoint holds.
+        assert not isinstance(e.value, ModelError)  # the file's: saved from a wrapper
+    # The other way round: the factory wraps the network the checkpoint holds. That is the
+    # model's fault, not the file's (every checkpoint fails alike): a ModelError too.
     path = write(tmp_path, 2, state(0))
     wrapped = torch.nn.Module()
     wrapped.inner = Net()
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(FactoryMismatchError) as e:
         load_checkpoint(wrapped, path)
+    assert isinstance(e.value, CheckpointError) and isinstance(e.value, ModelError)
     assert "Every key of the model is the checkpoint's with the prefix 'inner.'" in str(e.value)
     # Keys that differ otherwise get no such hint.
     sd = state(0)

@@ -169,6 +169,20 @@ def _other_prefix(keys: list[str], others: list[str]) -> str | None:
     return None
 
 
+def factory_wraps(match: KeyMatch) -> bool:
+    """Whether every key of the model is a checkpoint key with one more dotted prefix: the
+    spec's factory wraps the network the checkpoint was saved from (and not the other way round,
+    a checkpoint saved from a wrapper, which is the file's)."""
+    if not match.missing or not match.unexpected:
+        return False
+    ckpt_keys = [*match.mapping, *match.unexpected]
+    model_keys = [*match.mapping.values(), *match.missing]
+    return (
+        _other_prefix(ckpt_keys, model_keys) is None
+        and _other_prefix(model_keys, ckpt_keys) is not None
+    )
+
+
 def _prefix_hint(match: KeyMatch) -> str:
     """When the keys differ only by a prefix conetool does not strip: which one, and the fix."""
     if not match.missing or not match.unexpected:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from conetool.errors import CheckpointError, CheckpointOverflowError
+from conetool.errors import CheckpointError, CheckpointOverflowError, FactoryMismatchError
 
 from ._format import (
     _header_length,
@@ -26,7 +26,7 @@ from ._format import (
     stream_file,
     tensors_from_buffer,
 )
-from ._keys import describe_mismatch, match_keys
+from ._keys import describe_mismatch, factory_wraps, match_keys
 from .discover import CheckpointRef, checkpoint_ref, default_warn
 
 _FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -259,7 +259,10 @@ def match_state_dict(
         {k: tuple(v.shape) for k, v in own.items()},
     )
     if not match.ok:
-        raise CheckpointError(describe_mismatch(match, name, type(model).__name__))
+        message = describe_mismatch(match, name, type(model).__name__)
+        if factory_wraps(match):  # the factory's, not the file's: every checkpoint fails alike
+            raise FactoryMismatchError(message)
+        raise CheckpointError(message)
     check_dtypes(own, state_dict, match.mapping, name, warn)
     out = {match.mapping[k]: v for k, v in state_dict.items()}
     for key in match.missing:  # only num_batches_tracked here, since match.ok
