@@ -769,7 +769,9 @@ def test_switch_ranks_write_nothing_into_a_store_replaced_while_they_train(slow_
     assert "stopped and wrote nothing into the new store" in said
     # the points of both ranks, named once, and the command that computes them there
     assert "the points at t = 0, 6 (in progress) are not written." in said, said
-    assert f"run: conetool switch --at 0,6 --store {store} --ckpts {ckpts} --device cpu." in said, said
+    assert f"run: conetool switch --at 0,6 --store {store} --ckpts {ckpts} --device cpu." in said, (
+        said
+    )
     assert Store.open(store).identity == other
     assert (
         not list(paths.switch_dir(store).glob("at_*"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_store import HEADER, IDENT, record
+from test_store import HEADER, IDENT, manifest_reads, record
 
 from conetool import paths
 from conetool.checkpoints import CheckpointRef
@@ -110,15 +110,7 @@ def test_another_run_reads_the_manifest_once(tmp_path, monkeypatch):
     del manifest["steps"]["10"]  # a kernel the manifest does not list yet: adopted from its file
     paths.manifest(root).write_text(json.dumps(manifest))
     ckpts, refs = _other_run(tmp_path, (10,), size=11, mtime_ns=MTIME)
-    real_read_text = Path.read_text
-    reads: list[Path] = []
-
-    def read_text(self, *args, **kwargs):
-        if self.name == paths.MANIFEST_NAME:
-            reads.append(self)
-        return real_read_text(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", read_text)
+    reads = manifest_reads(monkeypatch)
     refused = another_run(root, ckpts, IDENT, refs)
     assert isinstance(refused, StoreError) and "at 1 of the steps it holds (10)" in str(refused)
     assert reads == [paths.manifest(root)]

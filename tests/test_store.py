@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,6 +43,21 @@ IDENTITY_CHANGES = [
     ("kind", "full"),
     ("dtype", "float64"),
 ]
+
+
+def manifest_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths of every manifest.json read through ``Path.read_text`` from now on (the list
+    fills as they are read; clear it to count again)."""
+    real_read_text = Path.read_text
+    reads: list[Path] = []
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self.name == paths.MANIFEST_NAME:
+            reads.append(self)
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    return reads
 
 
 def store_with_kernels(root: Path, ident: StoreIdentity = IDENT, steps=(0, 10)) -> Store:

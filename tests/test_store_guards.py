@@ -18,7 +18,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_checkpoints import write_hf_sharded
-from test_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
+from test_store import (
+    HEADER,
+    IDENT,
+    IDENTITY_CHANGES,
+    manifest_reads,
+    record,
+    store_with_kernels,
+)
 from tiny_run import SPEC, metadata, run_fixtures
 
 from conetool import paths, store_manifest
@@ -608,15 +615,7 @@ def test_a_kernels_run_reads_the_manifest_once_before_opening_the_store(run, tmp
     # the mixed-run check's, and the one under the store's lock. The check now takes the plan's.
     root = tmp_path / "s"
     kernels(run, store=root, device="cpu", steps="0:5")
-    real_read_text = Path.read_text
-    reads: list[Path] = []
-
-    def read_text(self, *args, **kwargs):
-        if self.name == paths.MANIFEST_NAME:
-            reads.append(self)
-        return real_read_text(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", read_text)
+    reads = manifest_reads(monkeypatch)
     for overwrite in (False, True):  # the same store: --overwrite clears nothing
         reads.clear()
         result = kernels(run, store=root, device="cpu", overwrite=overwrite)
