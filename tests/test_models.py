@@ -585,7 +585,10 @@ def test_user_factory_found_in_current_directory(tmp_path, monkeypatch) -> None:
 @pytest.mark.parametrize(
     ("arch", "culprit"),
     [
-        ("mypkg.models.build", r"unknown architecture 'mypkg.models.build'"),
+        (
+            "mypkg.models.build",
+            r"unknown architecture 'mypkg.models.build'.* Did you mean 'mypkg.models:build'",
+        ),
         ("mymodels:", r'"mymodels:" is not a valid import path.*package.module:factory'),
         (":factory", r'":factory" is not a valid import path'),
         ("a:b:c", r'"a:b:c" is not a valid import path'),

@@ -71,6 +71,9 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
     if arch not in BUILTIN_MODELS:
         close = difflib.get_close_matches(arch, BUILTIN_MODELS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
+        if "." in arch and not close:  # "pkg.mod.factory": a factory is named with a colon
+            module, _, name = arch.rpartition(".")
+            hint = f" Did you mean '{module}:{name}' (a factory is \"package.module:factory\")?"
         raise ModelError(f"unknown architecture '{arch}' in [model] arch. {_choices_text()}{hint}")
     factory = BUILTIN_MODELS[arch]
     valid = [name for name in inspect.signature(factory).parameters if name not in _FIXED]
