@@ -250,6 +250,38 @@ def test_bad_checkpoint_stops_or_is_skipped(run, tmp_path):
     assert list(result.failed) == [5] and result.computed == [10] and result.skipped == [0]
 
 
+def test_files_refused_while_listing_are_left_out_not_lost(run, tmp_path):
+    """--skip-bad: a file the listing refuses ("warning: skipping ...") was counted nowhere (the
+    table said "skipped 0, failed 0" under "skipping 1 file"); it is KernelsResult.left_out,
+    file -> why, and the table's "left out". ``skipped`` keeps its meaning: already stored."""
+    junk = run / "step_000007.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    first = kernels(run, store=tmp_path / "s", device="cpu", skip_bad=True)
+    assert first.computed == [0, 5, 10] and first.skipped == [] and first.failed == {}
+    assert list(first.left_out) == [junk] and str(junk) in first.left_out[junk]
+    assert first.left_out[junk] in " ".join(first.warnings)  # the warning's reason
+    again = kernels(run, store=tmp_path / "s", device="cpu", skip_bad=True)
+    assert again.skipped == [0, 5, 10] and list(again.left_out) == [junk]
+    junk.unlink()
+    assert kernels(run, store=tmp_path / "s", device="cpu").left_out == {}
+
+
+def test_the_table_says_stored_before_and_left_out(run, tmp_path):
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu")
+    (run / "step_000007.safetensors").write_bytes(b"not a safetensors file")
+    args = ["kernels", str(run), "--store", str(store), "--device", "cpu", "--skip-bad"]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(line for line in lines if "computed" in line and "┃" in line)
+    columns = [c.strip() for c in header.strip("┃ ").split("┃")]
+    assert columns[:4] == ["computed", "stored before", "left out", "failed"], header
+    row = next(line for line in lines if "6 x 6" in line)
+    assert [c.strip() for c in row.strip("│ ").split("│")][:4] == ["0", "3", "1", "0"], row
+    assert "skipping a checkpoint" in " ".join(result.output.split()), result.output
+
+
 HALF_FACTORY = """
 import torch
 

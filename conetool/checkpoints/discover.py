@@ -39,6 +39,7 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from conetool.errors import CheckpointError
@@ -60,8 +61,10 @@ from .step_names import (
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "TORCH_NOTE",
+    "CheckpointListing",
     "CheckpointRef",
     "CheckpointWarning",
+    "checkpoint_listing",
     "checkpoint_ref",
     "list_checkpoints",
     "parse_step_range",
@@ -243,6 +246,17 @@ def scan_selected(
     return scan
 
 
+@dataclass(frozen=True)
+class CheckpointListing:
+    """What :func:`checkpoint_listing` found: the usable checkpoints, and the files it left out
+    under ``skip_bad``."""
+
+    refs: list[CheckpointRef]  # sorted by step
+    #: file (the Hugging Face folder, the shard index or the file) -> why it was left out; the
+    #: files of the "skipping ..." warnings, one entry each (both files of a duplicate step)
+    left_out: dict[Path, str] = field(default_factory=dict)
+
+
 def list_checkpoints(
     directory: str | Path,
     *,
@@ -275,6 +289,29 @@ def list_checkpoints(
             step, a run mixed into another, a symlink loop, unreadable, still being written.
             One error lists every problem, each naming its file and the fix.
     """
+    return checkpoint_listing(
+        directory,
+        step_regex=step_regex,
+        iterations_per_epoch=iterations_per_epoch,
+        steps=steps,
+        every=every,
+        skip_bad=skip_bad,
+        warn=warn,
+    ).refs
+
+
+def checkpoint_listing(
+    directory: str | Path,
+    *,
+    step_regex: str | None = None,
+    iterations_per_epoch: int | None = None,
+    steps: tuple[int | None, int | None] | None = None,
+    every: int | None = None,
+    skip_bad: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> CheckpointListing:
+    """:func:`list_checkpoints` (same arguments, same errors), also saying which files it left
+    out under ``skip_bad`` and why (what ``conetool kernels`` counts as "left out")."""
     warn = warn or default_warn
     scan = scan_selected(
         directory,
@@ -306,7 +343,7 @@ def list_checkpoints(
         warn(torch_note(len(pickled), pickled[0].file))
     if note := nested_note(scan):
         warn(note)
-    return refs
+    return CheckpointListing(refs, {c.folder or c.location: c.problem or "" for c in bad})
 
 
 def step_problems(

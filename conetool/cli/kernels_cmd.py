@@ -155,9 +155,13 @@ def kernels(
     if not is_main_process():
         return  # rank 0 reports the whole torchrun job
     table = Table(title=f"conetool kernels -> {result.store}", title_justify="left")
+    # "stored before": steps already in the store, not recomputed (KernelsResult.skipped);
+    # "left out": files refused while listing CKPTS (the "skipping" warnings of --skip-bad);
+    # "failed": steps whose checkpoint or kernel failed (--skip-bad), listed below the table.
     for column in (
         "computed",
-        "skipped",
+        "stored before",
+        "left out",
         "failed",
         "kernel",
         "s / kernel",
@@ -168,6 +172,7 @@ def kernels(
     table.add_row(
         str(len(result.computed)),
         str(len(result.skipped)),
+        str(len(result.left_out)),
         str(len(result.failed)),
         " x ".join(map(str, result.kernel_shape)),
         "-" if result.seconds_per_kernel is None else f"{result.seconds_per_kernel:.2f}",

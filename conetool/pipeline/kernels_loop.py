@@ -50,9 +50,14 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass(frozen=True)
 class KernelsResult:
-    """What :func:`kernels` did. ``failed`` maps a step to its error (with ``skip_bad``). Under
-    torchrun it covers the whole job (every rank's steps; ``peak_memory`` is the largest of the
-    ranks'; ``device`` reads like ``cuda x8``)."""
+    """What :func:`kernels` did, step lists sorted. ``computed``: the steps whose kernel this run
+    computed; ``skipped``: the steps already stored (checkpoint unchanged), not recomputed (the
+    table's "stored before"); ``failed`` maps a step whose checkpoint could not be read or whose
+    kernel could not be computed to its error (with ``skip_bad``); ``left_out`` maps a file that
+    listing the directory refused (no step, damaged, a duplicate step, ...; with ``skip_bad``,
+    the "skipping" warnings) to why: it has no step in the other three. Under torchrun it covers
+    the whole job (every rank's steps; ``peak_memory`` is the largest of the ranks'; ``device``
+    reads like ``cuda x8``)."""
 
     store: Path
     computed: list[int]
@@ -68,6 +73,7 @@ class KernelsResult:
     eval_size: int | None = None
     layer_computed: list[int] = field(default_factory=list)
     layer_groups: list[str] | None = None
+    left_out: dict[Path, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from .. import distributed, paths
 from .._version import __version__
 from ..checkpoints import (
     StepRange,
-    list_checkpoints,
     parse_step_range,
     step_range_text,
 )
+from ..checkpoints.discover import checkpoint_listing
 from ..choices import Dtype, Kind, Method, choice, is_count, path_argument
 from ..data import load_data
 from ..errors import ConetoolError, DataError, StoreError
@@ -133,9 +133,10 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         o.overwrite,
     )
     notes: list[str] = []
+    left_out: dict[Path, str] = {}  # the files listing CKPTS refused (--skip-bad)
     if job.is_distributed:  # a rank started with other arguments would compute another job
         job.same_arguments(_arguments(options), "conetool kernels")
-    plan = job.agree(lambda: _plan(options, progress, notes))
+    plan = job.agree(lambda: _plan(options, progress, notes, left_out))
     if job.is_distributed:  # each rank computes steps from its own listing of CKPTS
         listed = job.broadcast([ref.step for ref in plan.refs])
         job.agree(lambda: _same_steps(listed, [ref.step for ref in plan.refs], ckpts))
@@ -185,7 +186,8 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
 
     try:
         out, model = job.agree(open_store, main_first=True)
-        return compute_all(job, plan, out, model, options, progress, notes)
+        result = compute_all(job, plan, out, model, options, progress, notes)
+        return dataclasses.replace(result, left_out=left_out)
     finally:
         for opened in holder:
             opened.close()  # releases the store's lock
@@ -229,11 +231,14 @@ def _same_steps(rank0: list[int], mine: list[int], ckpts: Path) -> None:
         )
 
 
-def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> KernelsPlan:
+def _plan(
+    options: KernelsOptions, progress: Progress, notes: list[str], left_out: dict[Path, str]
+) -> KernelsPlan:
     """Check the options; find the spec, the checkpoints and the probe set (on every rank).
     Nothing is written before every option is checked. Without ``step_regex``, the one the
     store recorded for this same directory is used (a rerun needs no regex again), unless the
-    store is being overwritten."""
+    store is being overwritten. The files listing ``ckpts`` refused (``skip_bad``) go into
+    ``left_out``, file -> why."""
     o = options
     ckpts, spec, probe_size, kind, dtype = (o.ckpts, o.spec, o.probe_size, o.kind, o.dtype)
     max_memory, steps, every, step_regex, skip_bad = (
@@ -288,7 +293,7 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
         progress.log(f"warning: {message}")
 
     selection = parse_step_range(steps) if steps else None  # once: the plan keeps it
-    refs = list_checkpoints(
+    listing = checkpoint_listing(
         ckpts,
         step_regex=step_regex,
         iterations_per_epoch=iterations_per_epoch(spec),
@@ -297,6 +302,8 @@ def _plan(options: KernelsOptions, progress: Progress, notes: list[str]) -> Kern
         skip_bad=skip_bad,
         warn=warn,
     )
+    left_out.update(listing.left_out)
+    refs = listing.refs
     data = load_data(spec.data)
     probe = make_probe(data, spec.probe)
     evaluated = None
