@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from conetool.checkpoints import (
     load_checkpoint,
     read_checkpoint,
     read_state_dict,
+    scanning,
 )
 from conetool.errors import CheckpointError, FactoryMismatchError, ModelError
 
@@ -248,6 +250,58 @@ def test_four_files_with_the_same_step_are_counted_and_listed(tmp_path: Path):
     assert "4 checkpoints have step 100: '" in msg and "two checkpoints" not in msg
     assert msg.count(" and ") == 1 and msg.count("', '") == 2
     assert "move the others out of the directory" in msg
+
+
+def test_a_copy_of_a_checkpoint_under_another_name_is_read_once_with_a_note(tmp_path: Path):
+    """ckpt_0060.pt beside ckpt_60.pt, the same bytes (a backup): both were refused ("two
+    checkpoints have step 60"); the first by name is read, and one note says which is a copy."""
+    torch.save(state(1), tmp_path / "ckpt_60.pt")
+    shutil.copyfile(tmp_path / "ckpt_60.pt", tmp_path / "ckpt_0060.pt")
+    torch.save(state(2), tmp_path / "ckpt_120.pt")
+    notes: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=notes.append)
+    assert [(r.step, r.file.name) for r in refs] == [(60, "ckpt_0060.pt"), (120, "ckpt_120.pt")]
+    (note,) = [n for n in notes if "sha256" in n]
+    assert "'ckpt_60.pt'" in note and "same step (60)" in note and "sha256" in note
+    assert "taken as a copy of 'ckpt_0060.pt' and not read" in note
+    # several: one note naming each copy and what it copies
+    shutil.copyfile(tmp_path / "ckpt_120.pt", tmp_path / "ckpt_0120.pt")
+    notes.clear()
+    refs = list_checkpoints(tmp_path, warn=notes.append)
+    assert [r.file.name for r in refs] == ["ckpt_0060.pt", "ckpt_0120.pt"]
+    (note,) = [n for n in notes if "sha256" in n]
+    assert note.startswith("2 files in ")
+    assert "'ckpt_60.pt' of 'ckpt_0060.pt' (step 60)" in note
+    assert "'ckpt_120.pt' of 'ckpt_0120.pt' (step 120)" in note
+
+
+def test_files_of_one_step_are_hashed_only_when_their_sizes_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Same step, same size, other bytes: still refused, after hashing both; other sizes, or
+    no shared step: nothing is hashed (listing reads headers only)."""
+    hashed: list[str] = []
+    real = _format.stream_file
+
+    def counting(path: Path, *, keep: bool) -> object:
+        hashed.append(path.name)
+        return real(path, keep=keep)
+
+    monkeypatch.setattr(scanning, "stream_file", counting, raising=False)
+    good_dir(tmp_path)
+    assert [r.step for r in list_checkpoints(tmp_path)] == [0, 100, 200] and hashed == []
+    same_size = {"step": "100"}  # the same shapes and metadata as step_000100's: the same size
+    save_file(state(7), str(tmp_path / "ckpt-100.safetensors"), metadata=same_size)
+    assert (tmp_path / "ckpt-100.safetensors").stat().st_size == paths.checkpoint(
+        tmp_path, 100
+    ).stat().st_size
+    msg = problem(tmp_path)
+    assert "two checkpoints have step 100" in msg and "Keep one of them" in msg
+    assert sorted(hashed) == ["ckpt-100.safetensors", "step_000100.safetensors"]
+    hashed.clear()
+    (tmp_path / "ckpt-100.safetensors").unlink()
+    save_file(state(7, extra=True), str(tmp_path / "ckpt-100.safetensors"))  # larger
+    assert "two checkpoints have step 100" in problem(tmp_path) and hashed == []
 
 
 def test_no_step_recoverable(tmp_path: Path):

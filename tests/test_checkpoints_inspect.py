@@ -214,6 +214,22 @@ def test_inspect_flags_duplicates_and_mixed_runs(tmp_path: Path):
     assert "mix 2 runs" in verdicts[(300, "step_000300.safetensors")][1]
 
 
+def test_inspect_reads_a_copy_of_a_checkpoint_once_and_says_so(tmp_path: Path):
+    """A backup with another name and the same bytes was two "error" rows (a duplicate step);
+    now the first by name is a row of its own and a note says the other is its copy."""
+    for step in (0, 100):
+        write(tmp_path, step)
+    (tmp_path / "step_100.safetensors").write_bytes(paths.checkpoint(tmp_path, 100).read_bytes())
+    notes: list[str] = []
+    rows = inspect_checkpoints(tmp_path, warn=notes.append)
+    assert [(r.step, r.file, r.status) for r in rows] == [
+        (0, "step_000000.safetensors", "ok"),
+        (100, "step_000100.safetensors", "ok"),
+    ]
+    (note,) = notes
+    assert "'step_100.safetensors'" in note and "copy of 'step_000100.safetensors'" in note
+
+
 def test_inspect_sharded_hf_counts_all_shards(tmp_path: Path):
     sd = state(1)
     folder = tmp_path / "checkpoint-10"

@@ -107,6 +107,28 @@ def nested_note(scan: Scan) -> str | None:
     )
 
 
+def copies_note(scan: Scan) -> str | None:
+    """The note for files left out as copies of another file of their step (the same size and
+    sha256), naming which was taken as a copy of which; None when there are none."""
+    if not scan.copies:
+        return None
+    if len(scan.copies) == 1:
+        ((copy, kept, step),) = scan.copies
+        return (
+            f"'{copy}' in '{scan.directory}' has the same step ({step}) and the same content "
+            f"(size and sha256) as '{kept}': it is taken as a copy of '{kept}' and not read. "
+            f"Move it out of the directory to silence this note."
+        )
+    pairs = [f"'{copy}' of '{kept}' (step {step})" for copy, kept, step in scan.copies]
+    more = len(pairs) - 5
+    shown = ", ".join(pairs[:5]) + (f" and {more} more" if more > 0 else "")
+    return (
+        f"{len(pairs)} files in '{scan.directory}' have the same step and the same content (size "
+        f"and sha256) as another file and are taken as its copies, not read: {shown}. Move them "
+        f"out of the directory to silence this note."
+    )
+
+
 def empty_error(scan: Scan) -> CheckpointError:
     """The error for a directory without checkpoint candidates, listing what is there."""
     if scan.nested:
@@ -283,10 +305,15 @@ def list_checkpoints(
         skip_bad: turn per-file problems into ``warn`` calls and go on with the other files.
         warn: receives warnings (skipped files, notes); default :func:`warnings.warn`.
 
+    Files that give the same step and hold the same bytes (size and sha256; a backup
+    ``ckpt_0060.pt`` beside ``ckpt_60.pt``) are copies: the first by name is listed, the others
+    are left out with a note. Only files that share a step are hashed.
+
     Raises:
         CheckpointError: the directory is missing, unreadable or holds no checkpoint; or (unless
-            ``skip_bad``) any file is unusable: not safetensors, truncated, no step, duplicate
-            step, a run mixed into another, a symlink loop, unreadable, still being written.
+            ``skip_bad``) any file is unusable: not safetensors, truncated, no step, a step that
+            files of different content give, a run mixed into another, a symlink loop,
+            unreadable, still being written.
             One error lists every problem, each naming its file and the fix.
     """
     return checkpoint_listing(
@@ -341,6 +368,8 @@ def checkpoint_listing(
     pickled = [r for r in refs if r.format == "torch"]
     if pickled:
         warn(torch_note(len(pickled), pickled[0].file))
+    if note := copies_note(scan):
+        warn(note)
     if note := nested_note(scan):
         warn(note)
     return CheckpointListing(refs, {c.folder or c.location: c.problem or "" for c in bad})

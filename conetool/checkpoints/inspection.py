@@ -18,7 +18,14 @@ from torch import nn
 from conetool.errors import CheckpointError
 
 from ._keys import describe_mismatch, match_keys
-from .discover import TORCH_NOTE, Candidate, default_warn, nested_note, scan_selected
+from .discover import (
+    TORCH_NOTE,
+    Candidate,
+    copies_note,
+    default_warn,
+    nested_note,
+    scan_selected,
+)
 from .load import match_state_dict, read_checkpoint
 from .step_names import epoch_note
 
@@ -71,7 +78,8 @@ def inspect_checkpoints(
     mismatch with ``model`` read from the headers, plus with ``verify`` NaN/Inf, unreadable data or
     a file that changes while read) become rows with ``status="error"``; nothing is raised for them.
     Other arguments as in :func:`list_checkpoints`; ``warn`` receives a note on what the directory
-    holds but is not read (checkpoints in subfolders); default :func:`warnings.warn`.
+    holds but is not read (checkpoints in subfolders, copies of another file of the same step,
+    which get no row); default :func:`warnings.warn`.
 
     Raises:
         CheckpointError: the directory is missing or unreadable, holds no checkpoint candidate, or
@@ -85,8 +93,9 @@ def inspect_checkpoints(
         every=every,
         deep=True,
     )
-    if note := nested_note(scan):
-        (warn or default_warn)(note)
+    for note in (copies_note(scan), nested_note(scan)):
+        if note:
+            (warn or default_warn)(note)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None
     from_epochs = sum(1 for c in scan.candidates if c.epoch is not None)
     rows = []

@@ -114,3 +114,5 @@ class Scan:
     unselected: list[int] = field(default_factory=list)  # steps left out by --steps / --every
     # subfolders (not checkpoint folders) holding checkpoints, which are not read: name -> count
     nested: dict[str, int] = field(default_factory=dict)
+    # files left out as byte-for-byte copies of another file of their step: (copy, kept, step)
+    copies: list[tuple[str, str, int]] = field(default_factory=list)

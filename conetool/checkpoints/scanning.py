@@ -15,8 +15,10 @@ from conetool.errors import CheckpointError
 
 from ._format import (
     check_torch_file,
+    combine_fingerprints,
     open_error,
     read_header,
+    stream_file,
     torch_shapes,
 )
 from ._keys import diff_keys, strip_common_prefixes
@@ -303,13 +305,42 @@ def _collect(directory: Path, deep: bool) -> Scan:
     return scan
 
 
-def _flag_duplicates(cands: list[Candidate]) -> None:
+def _content(c: Candidate) -> str:
+    """``"<bytes>:<sha256>"`` of a candidate's files, as :func:`conetool.checkpoints.fingerprint`
+    gives it (streamed, nothing kept)."""
+    parts = []
+    for p in c.paths:
+        streamed = stream_file(p, keep=False)
+        parts.append((streamed.size, streamed.sha256))
+    return combine_fingerprints(parts)
+
+
+def _same_content(group: list[Candidate]) -> bool:
+    """Whether the files of one step are copies of each other (a backup ``ckpt_0060.pt`` beside
+    ``ckpt_60.pt``): the same size, then the same sha256. Only files that share a step are
+    hashed, and only when their sizes agree; a file that cannot be read counts as different."""
+    if len({c.size for c in group}) > 1 or len({len(c.paths) for c in group}) > 1:
+        return False
+    try:
+        return len({_content(c) for c in group}) == 1
+    except CheckpointError:
+        return False
+
+
+def _flag_duplicates(cands: list[Candidate]) -> list[tuple[Candidate, Candidate]]:
+    """Refuse every file of a step that several files give, unless they are copies of each
+    other (the same bytes): then the first by name is kept and the others are returned as
+    ``(copy, kept)`` pairs, for the caller to leave out with a note."""
     by_step: dict[int, list[Candidate]] = {}
     for c in cands:
         if c.problem is None and c.step is not None:
             by_step.setdefault(c.step, []).append(c)
+    copies: list[tuple[Candidate, Candidate]] = []
     for step, group in by_step.items():
-        if len(group) > 1:
+        if len(group) > 1 and _same_content(group):
+            kept, *same = sorted(group, key=lambda c: c.name)
+            copies.extend((c, kept) for c in same)
+        elif len(group) > 1:
             quoted = [f"'{c.location}'" for c in group]
             names = ", ".join(quoted[:-1]) + f" and {quoted[-1]}"
             count = "two" if len(group) == 2 else str(len(group))
@@ -320,6 +351,7 @@ def _flag_duplicates(cands: list[Candidate]) -> None:
                     f"{others} out of the directory), or pass --step-regex if the steps come out "
                     "wrong."
                 )
+    return copies
 
 
 def _flag_mixed_runs(cands: list[Candidate]) -> None:
@@ -431,7 +463,10 @@ def scan_directory(
             kept.append(c)
         else:
             scan.unselected.append(c.step)
-    _flag_duplicates(kept)
+    for copy, original in _flag_duplicates(kept):
+        kept.remove(copy)
+        assert copy.step is not None
+        scan.copies.append((copy.name, original.name, copy.step))
     _flag_mixed_runs(kept)
     kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))
     scan.candidates = kept
