@@ -202,10 +202,20 @@ def mixed_message(root: Path, found: StoreIdentity, wanted: StoreIdentity, count
         for name in ("spec_hash", "probe_hash", "kind", "dtype")
         if getattr(found, name) != getattr(wanted, name)
     ]
+    # the flags that make this run the store's, where a flag alone decides
+    matching = [
+        f"--{name} {getattr(found, name)}"
+        for name in ("kind", "dtype")
+        if getattr(found, name) != getattr(wanted, name)
+    ]
+    add_to_it = ""
+    if matching and found.spec_hash == wanted.spec_hash and found.probe_hash == wanted.probe_hash:
+        add_to_it = f"To add to it, pass {' '.join(matching)}. "
     return (
         f"store {root} holds {count} kernels made with another "
-        f"{', '.join(differences)}; conetool never mixes them. Use another --store, or pass "
-        "--overwrite to replace that store."
+        f"{', '.join(differences)}; conetool never mixes them. {add_to_it}Use another --store, "
+        f"or pass --overwrite to replace that store (it deletes those {count} kernels and the "
+        "results made from them)."
     )
 
 

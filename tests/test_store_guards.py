@@ -859,3 +859,19 @@ def test_kernel_files_of_two_stores_give_the_rebuilt_manifest_a_new_id(tmp_path)
     paths.manifest(root).unlink()
     Store.open_for_writing(root, IDENT, HEADER).close()
     assert json.loads(paths.manifest(root).read_text())["store_id"] not in (first, second)
+
+
+@pytest.mark.parametrize(("field", "value"), IDENTITY_CHANGES)
+def test_a_refused_identity_names_the_flag_that_matches_the_store(tmp_path, field, value):
+    """A store of trace kernels refused for a --kind full run: the message offered another
+    --store or --overwrite (which deletes the kernels), never the flag that adds to the store."""
+    root = tmp_path / "s"
+    store_with_kernels(root)
+    with pytest.raises(StoreError) as refused:
+        Store.open_for_writing(root, dataclasses.replace(IDENT, **{field: value}), HEADER)
+    message = str(refused.value)
+    assert "(it deletes those 2 kernels and the results made from them)" in message
+    if field in ("kind", "dtype"):  # a flag alone makes this run the store's
+        assert f"To add to it, pass --{field} {getattr(IDENT, field)}. " in message
+    else:  # the spec or the probe set: no flag to name
+        assert "To add to it" not in message
