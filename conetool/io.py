@@ -7,7 +7,9 @@ without it a power loss may bring back the old file, or none); a folder created 
 flushed into its parent the same way (:func:`create_dirs`). When the write
 fails because the file system is full, read-only or not writable by this user, the temporary file
 is removed, the file in place (if any) is untouched, and a :class:`~conetool.errors.StoreError`
-names the path (and, for a full disk, the space needed): see :func:`write_error`.
+names the path (and, for a full disk, the space needed): see :func:`write_error`. A safetensors
+file is the same bytes for the same tensors and metadata, whichever process writes it
+(:func:`_sort_metadata`).
 """
 
 from __future__ import annotations
