@@ -27,7 +27,6 @@ from conetool.checkpoints import (
     load_checkpoint,
     read_checkpoint,
     read_state_dict,
-    scanning,
 )
 from conetool.errors import CheckpointError, FactoryMismatchError, ModelError
 
@@ -287,7 +286,7 @@ def test_files_of_one_step_are_hashed_only_when_their_sizes_agree(
         hashed.append(path.name)
         return real(path, keep=keep)
 
-    monkeypatch.setattr(scanning, "stream_file", counting, raising=False)
+    monkeypatch.setattr(_format, "stream_file", counting)
     good_dir(tmp_path)
     assert [r.step for r in list_checkpoints(tmp_path)] == [0, 100, 200] and hashed == []
     same_size = {"step": "100"}  # the same shapes and metadata as step_000100's: the same size

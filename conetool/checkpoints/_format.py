@@ -21,7 +21,7 @@ import math
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -311,6 +311,16 @@ def combine_fingerprints(parts: list[tuple[int, str]]) -> str:
         return f"{total}:{parts[0][1]}"
     lines = "".join(f"{size}:{hexdigest}\n" for size, hexdigest in parts)
     return f"{total}:{hashlib.sha256(lines.encode()).hexdigest()}"
+
+
+def files_fingerprint(files: Sequence[Path]) -> str:
+    """:func:`combine_fingerprints` of ``files`` (a checkpoint's file or shards, in order),
+    each streamed and hashed, nothing kept."""
+    parts = []
+    for path in files:
+        streamed = stream_file(path, keep=False)
+        parts.append((streamed.size, streamed.sha256))
+    return combine_fingerprints(parts)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from conetool.errors import CheckpointError, CheckpointOverflowError, FactoryMis
 from ._format import (
     _header_length,
     combine_fingerprints,
+    files_fingerprint,
     load_torch_bytes,
     parse_header,
     stream_file,
@@ -142,12 +143,7 @@ def fingerprint(source: CheckpointRef | str | Path) -> str:
     is the sha256 of the lines ``"<bytes>:<sha256>\\n"`` of each shard in order. Equal to
     :attr:`LoadedCheckpoint.fingerprint`, so a store can tell later when a source file changed.
     """
-    ref = _as_ref(source)
-    parts = []
-    for path in ref.paths:
-        streamed = stream_file(path, keep=False)
-        parts.append((streamed.size, streamed.sha256))
-    return combine_fingerprints(parts)
+    return files_fingerprint(_as_ref(source).paths)
 
 
 def check_dtypes(

@@ -15,10 +15,9 @@ from conetool.errors import CheckpointError
 
 from ._format import (
     check_torch_file,
-    combine_fingerprints,
+    files_fingerprint,
     open_error,
     read_header,
-    stream_file,
     torch_shapes,
 )
 from ._keys import diff_keys, strip_common_prefixes
@@ -305,16 +304,6 @@ def _collect(directory: Path, deep: bool) -> Scan:
     return scan
 
 
-def _content(c: Candidate) -> str:
-    """``"<bytes>:<sha256>"`` of a candidate's files, as :func:`conetool.checkpoints.fingerprint`
-    gives it (streamed, nothing kept)."""
-    parts = []
-    for p in c.paths:
-        streamed = stream_file(p, keep=False)
-        parts.append((streamed.size, streamed.sha256))
-    return combine_fingerprints(parts)
-
-
 def _same_content(group: list[Candidate]) -> bool:
     """Whether the files of one step are copies of each other (a backup ``ckpt_0060.pt`` beside
     ``ckpt_60.pt``): the same size, then the same sha256. Only files that share a step are
@@ -322,7 +311,7 @@ def _same_content(group: list[Candidate]) -> bool:
     if len({c.size for c in group}) > 1 or len({len(c.paths) for c in group}) > 1:
         return False
     try:
-        return len({_content(c) for c in group}) == 1
+        return len({files_fingerprint(c.paths) for c in group}) == 1
     except CheckpointError:
         return False
 
