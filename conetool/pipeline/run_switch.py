@@ -384,8 +384,9 @@ def _rerun_command(sweep: _Sweep, options: SwitchOptions) -> str:
         parts += ["--step-regex", shlex.quote(options.step_regex)]
     if str(options.device).strip().lower() != "auto":
         parts += ["--device", shlex.quote(str(options.device))]
-    if parse_threads(options.threads) is not None:  # (a count; "auto" and None are the default)
-        parts += ["--threads", str(parse_threads(options.threads))]
+    threads = parse_threads(options.threads)  # a count; None for "auto" and None, the default
+    if threads is not None:
+        parts += ["--threads", str(threads)]
     command = " ".join(parts)
     if isinstance(options.spec, Spec):
         command += (
