@@ -423,6 +423,7 @@ def test_reproduce_repeats_spectrum_logx_and_distance_no_noise(run, tmp_path):
     assert json.loads(paths.spectrum_summary(copy).read_text())["options"] == {
         "logx": True,
         "skip_bad": False,
+        "top_k": 3,
     }
     for argv in (["distance"], ["spectrum", "--top-k", "3"]):
         outcome = runner.invoke(app, [*argv, "--store", str(copy), "-q"])
@@ -430,6 +431,20 @@ def test_reproduce_repeats_spectrum_logx_and_distance_no_noise(run, tmp_path):
     lines = reproduce_lines(report(copy))
     assert f"conetool distance --store {s} --dt 2" in lines
     assert f"conetool spectrum --store {s} --top-k 3" in lines
+
+
+def test_reproduce_repeats_the_top_k_given_beyond_the_kernels_size(run, tmp_path):
+    """A --top-k above the kernel's size keeps every eigenvalue, and the summary's top_k is the
+    number kept: the Reproduce block showed that number, not the command that was run."""
+    _, _, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    s = shlex.quote(str(copy))
+    outcome = runner.invoke(app, ["spectrum", "--top-k", "1000", "--store", str(copy), "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    summary = json.loads(paths.spectrum_summary(copy).read_text())
+    assert summary["top_k"] < 1000 and summary["options"]["top_k"] == 1000
+    assert f"conetool spectrum --store {s} --top-k 1000" in reproduce_lines(report(copy))
 
 
 def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path):

@@ -216,7 +216,11 @@ class ReportInputs:
     def _spectrum_command(self) -> str:
         s = self.spectrum or {}
         options = s.get("options") or {}
-        command = f"conetool spectrum {self._store_flag()} --top-k {s.get('top_k', 10)}"
+        # --top-k as given (a value above the kernel's size keeps every eigenvalue, and the
+        # summary's top_k is the number kept); a summary from before it was recorded has only
+        # the number kept
+        top_k = options.get("top_k", s.get("top_k", 10))
+        command = f"conetool spectrum {self._store_flag()} --top-k {top_k}"
         if options.get("logx"):
             command += " --logx"
         # skip_bad as given; a summary from before the options were recorded has only the

@@ -206,7 +206,7 @@ def spectrum(
                     "steps": {"count": len(kept), "first": kept[0], "last": kept[-1]},
                     "phase1_end": end,
                     "excluded": {str(s): why for s, why in sorted(excluded.items())},
-                    "options": {"logx": logx, "skip_bad": skip_bad},
+                    "options": {"logx": logx, "skip_bad": skip_bad, "top_k": top_k},
                     "kernel_machine": {
                         "ridge": DEFAULT_RIDGE,
                         "ridge_rule": "lambda = ridge * tr(K) / N, N the rows of the probe kernel",
