@@ -27,7 +27,7 @@ from .choices import path_argument
 from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
 from .errors import DataError, SpecError, StoreError
-from .io import atomic_save_safetensors, atomic_write_csv
+from .io import atomic_save_safetensors, atomic_write_csv, make_dir
 from .library_call import library_call
 from .loop import TrainingLoop
 from .models import build_model, output_check
@@ -278,7 +278,7 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
     """Check (and if asked, clear) the output directory; return the step to start from."""
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file, not a directory. Choose a directory path.")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)  # flushed into its parent: a power loss cannot take the folder from its files
     ours = paths.checkpoint_steps(out)
     spec_file = paths.spec(out)
     foreign = sorted(

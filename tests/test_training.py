@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import conetool.io
 from conetool import paths
 from conetool.errors import ConetoolError, StoreError
 from conetool.spec import spec_from_dict
@@ -142,6 +145,28 @@ def test_refuses_to_write_over_a_run(tmp_path):
     assert result.resumed_from is None
     with safe_open(str(paths.checkpoint(tmp_path / "run", 20)), framework="pt") as handle:
         assert handle.metadata()["spec_hash"] == other.hash()
+
+
+def test_a_new_checkpoint_folder_is_flushed_into_its_parent(tmp_path, monkeypatch):
+    """--out made by train is an entry of its parent: it was made by mkdir without flushing the
+    parent, so a power loss could take the folder away with the checkpoints renamed into it.
+    Now it is made by conetool.io.make_dir, as the store's folders are."""
+    if os.name == "nt":
+        pytest.skip("Windows cannot open a directory to flush it")
+    real = conetool.io.os.fsync
+    flushed: list[int] = []
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            flushed.append(info.st_ino)
+        return real(fd)
+
+    monkeypatch.setattr(conetool.io.os, "fsync", fsync)
+    out = tmp_path / "new" / "run"
+    train(tiny_spec(steps=3, save_every=3, save_at=[]), out)
+    for made in (out.parent, out):  # both made by train: each flushed into its parent
+        assert os.stat(made.parent).st_ino in flushed, made
 
 
 def test_never_touches_foreign_checkpoints(tmp_path):
