@@ -237,7 +237,7 @@ def test_two_files_with_the_same_step(tmp_path: Path):
     assert "step_000100.safetensors" in msg and "ckpt-100.pt" in msg
     assert "Keep one of them" in msg
     warnings = skipped(tmp_path, [0, 200])  # both are left out: neither can be chosen safely
-    assert len(warnings) == 1 and "skipping 2 files: two checkpoints have step 100" in warnings[0]
+    assert len(warnings) == 1 and "left out 2 files: two checkpoints have step 100" in warnings[0]
 
 
 def test_four_files_with_the_same_step_are_counted_and_listed(tmp_path: Path):
@@ -650,7 +650,7 @@ def test_all_files_bad_with_skip_bad(tmp_path: Path):
     (tmp_path / "step_1.safetensors").write_bytes(b"x" * 20)
     (tmp_path / "step_2.safetensors").write_bytes(b"y" * 20)
     warnings: list[str] = []
-    with pytest.raises(CheckpointError, match="no usable checkpoint left .* all 2 were skipped"):
+    with pytest.raises(CheckpointError, match="no usable checkpoint left .* all 2 were left out"):
         list_checkpoints(tmp_path, skip_bad=True, warn=warnings.append)
     assert len(warnings) == 2
 

@@ -251,7 +251,7 @@ def test_bad_checkpoint_stops_or_is_skipped(run, tmp_path):
 
 
 def test_files_refused_while_listing_are_left_out_not_lost(run, tmp_path):
-    """--skip-bad: a file the listing refuses ("warning: skipping ...") was counted nowhere (the
+    """--skip-bad: a file the listing refuses (a warning, "skipping ..." then) was counted nowhere (the
     table said "skipped 0, failed 0" under "skipping 1 file"); it is KernelsResult.left_out,
     file -> why, and the table's "left out". ``skipped`` keeps its meaning: already stored."""
     junk = run / "step_000007.safetensors"
@@ -279,7 +279,9 @@ def test_the_table_says_stored_before_and_left_out(run, tmp_path):
     assert columns[:4] == ["computed", "stored before", "left out", "failed"], header
     row = next(line for line in lines if "6 x 6" in line)
     assert [c.strip() for c in row.strip("│ ").split("│")][:4] == ["0", "3", "1", "0"], row
-    assert "skipping a checkpoint" in " ".join(result.output.split()), result.output
+    # the warning says "left out", the word of the table's column (it said "skipping")
+    text = " ".join(result.output.split())
+    assert "warning: left out a checkpoint:" in text and "skipping" not in text, result.output
 
 
 HALF_FACTORY = """
@@ -444,7 +446,7 @@ def test_skip_bad_quiet_still_says_which_files_were_left_out(run, tmp_path):
     result = runner.invoke(app, [*args, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     compact = "".join(result.output.split())  # the console wraps long paths
-    assert "warning:skippingacheckpoint" in compact and "step_000007.safetensors" in compact
+    assert "warning:leftoutacheckpoint:" in compact and "step_000007.safetensors" in compact
 
 
 # --------------------------------------------------------------------------- kernel provenance

@@ -182,7 +182,7 @@ def _problem_lines(bad: list[Candidate]) -> list[str]:
 
 #: How list_checkpoints' error ends: its ``skip_bad`` is kernels' --skip-bad. Per-file messages
 #: name no flag (``inspect`` has none, ``switch`` needs the step), so the flag is said once, here.
-SKIP_BAD_ADVICE = "Fix or move these files, or pass --skip-bad to skip them with a warning."
+SKIP_BAD_ADVICE = "Fix or move these files, or pass --skip-bad to leave them out with a warning."
 
 
 def _problems_error(
@@ -275,7 +275,7 @@ class CheckpointListing:
 
     refs: list[CheckpointRef]  # sorted by step
     #: file (the Hugging Face folder, the shard index or the file) -> why it was left out; the
-    #: files of the "skipping ..." warnings, one entry each (both files of a duplicate step)
+    #: files of the "left out ..." warnings, one entry each (both files of a duplicate step)
     left_out: dict[Path, str] = field(default_factory=dict)
 
 
@@ -352,12 +352,13 @@ def checkpoint_listing(
     if bad and not skip_bad:
         raise _problems_error(scan.directory, bad)
     for line in _problem_lines(bad):
-        warn(f"skipping {line}" if line[0].isdigit() else f"skipping a checkpoint: {line}")
+        # "left out", the word of kernels' table (its "left out" column counts these files)
+        warn(f"left out {line}" if line[0].isdigit() else f"left out a checkpoint: {line}")
     refs = [c.ref() for c in scan.candidates if c.problem is None]
     if not refs:
         raise CheckpointError(
-            f"no usable checkpoint left in '{scan.directory}': all {len(bad)} were skipped "
-            f"(--skip-bad; see the warnings). Fix the files or point at another directory."
+            f"no usable checkpoint left in '{scan.directory}': all {len(bad)} were left "
+            f"out (--skip-bad; see the warnings). Fix the files or point at another directory."
         )
     by_every = [step for step in scan.unselected if is_selected(step, steps, None)]
     if every is not None and len(refs) == 1 and by_every:

@@ -156,7 +156,7 @@ def kernels(
         return  # rank 0 reports the whole torchrun job
     table = Table(title=f"conetool kernels -> {result.store}", title_justify="left")
     # "stored before": steps already in the store, not recomputed (KernelsResult.skipped);
-    # "left out": files refused while listing CKPTS (the "skipping" warnings of --skip-bad);
+    # "left out": files refused while listing CKPTS (the "left out" warnings of --skip-bad);
     # "failed": steps whose checkpoint or kernel failed (--skip-bad), listed below the table.
     for column in (
         "computed",

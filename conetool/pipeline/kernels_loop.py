@@ -55,7 +55,7 @@ class KernelsResult:
     table's "stored before"); ``failed`` maps a step whose checkpoint could not be read or whose
     kernel could not be computed to its error (with ``skip_bad``); ``left_out`` maps a file that
     listing the directory refused (no step, damaged, a duplicate step, ...; with ``skip_bad``,
-    the "skipping" warnings) to why: it has no step in the other three. Under torchrun it covers
+    the "left out" warnings) to why: it has no step in the other three. Under torchrun it covers
     the whole job (every rank's steps; ``peak_memory`` is the largest of the ranks'; ``device``
     reads like ``cuda x8``)."""
 
