@@ -336,10 +336,15 @@ def checkpoint_listing(
     every: int | None = None,
     skip_bad: bool = False,
     warn: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> CheckpointListing:
     """:func:`list_checkpoints` (same arguments, same errors), also saying which files it left
-    out under ``skip_bad`` and why (what ``conetool kernels`` counts as "left out")."""
+    out under ``skip_bad`` and why (what ``conetool kernels`` counts as "left out").
+
+    ``note`` receives what is said for information only, nothing lost or guessed (the
+    torch.save note: ``--quiet`` leaves it out); default ``warn``."""
     warn = warn or default_warn
+    note = note or warn
     scan = scan_selected(
         directory,
         step_regex=step_regex,
@@ -368,11 +373,10 @@ def checkpoint_listing(
         warn(epoch_note(iterations_per_epoch, from_epochs))
     pickled = [r for r in refs if r.format == "torch"]
     if pickled:
-        warn(torch_note(len(pickled), pickled[0].file))
-    if note := copies_note(scan):
-        warn(note)
-    if note := nested_note(scan):
-        warn(note)
+        note(torch_note(len(pickled), pickled[0].file))
+    for said in (copies_note(scan), nested_note(scan)):
+        if said:
+            warn(said)
     return CheckpointListing(refs, {c.folder or c.location: c.problem or "" for c in bad})
 
 

@@ -292,6 +292,9 @@ def _plan(
         notes.append(message)
         progress.log(f"warning: {message}")
 
+    def inform(message: str) -> None:  # said once as it comes; no warning: --quiet drops it
+        progress.log(f"note: {message}")
+
     selection = parse_step_range(steps) if steps else None  # once: the plan keeps it
     listing = checkpoint_listing(
         ckpts,
@@ -301,6 +304,7 @@ def _plan(
         every=every,
         skip_bad=skip_bad,
         warn=warn,
+        note=inform,
     )
     left_out.update(listing.left_out)
     refs = listing.refs
