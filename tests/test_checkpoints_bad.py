@@ -201,9 +201,14 @@ def test_truncated_and_foreign_torch_files(tmp_path: Path):
 
 
 def test_torch_file_that_is_not_a_state_dict(tmp_path: Path):
-    torch.save([torch.ones(2)], tmp_path / "step_3.pt")
+    """Named on its own, a torch.save file of no tensors by name is an error saying what it
+    holds (in a directory it is not read, with a note: tests/test_checkpoints_torch.py)."""
+    path = tmp_path / "step_3.pt"
+    torch.save([torch.ones(2)], path)
     with pytest.raises(CheckpointError, match=r"step_3\.pt' holds a list, not a state dict"):
-        read_state_dict(list_checkpoints(tmp_path, warn=lambda _: None)[0])
+        read_state_dict(path)
+    with pytest.raises(CheckpointError, match=r"step_3\.pt' holds a list, not a state dict"):
+        list_checkpoints(path, warn=lambda _: None)
 
 
 def test_pickles_with_arbitrary_objects_are_never_unpickled(tmp_path: Path):
@@ -213,15 +218,15 @@ def test_pickles_with_arbitrary_objects_are_never_unpickled(tmp_path: Path):
         def __reduce__(self):  # would create the marker file if unpickled
             return (pathlib.Path.touch, (marker,))
 
-    torch.save(
-        {"state_dict": state(0), "hyper_parameters": Evil()}, tmp_path / "epoch=0-step=9.ckpt"
-    )
-    (ref,) = list_checkpoints(tmp_path, warn=lambda _: None)
-    with pytest.raises(CheckpointError) as e:
-        read_state_dict(ref)
-    msg = str(e.value)
+    path = tmp_path / "epoch=0-step=9.ckpt"
+    torch.save({"state_dict": state(0), "hyper_parameters": Evil()}, path)
+    # The listing reads each torch.save file's pickle (for a stored step), so it says so at once.
+    msg = problem(tmp_path, warn=lambda _: None)
     assert "epoch=0-step=9.ckpt' cannot be read with torch.load(weights_only=True)" in msg
     assert "never unpickles" in msg and "safetensors.torch.save_file" in msg
+    with pytest.raises(CheckpointError) as e:
+        read_state_dict(path)
+    assert "cannot be read with torch.load(weights_only=True)" in str(e.value)
     assert not marker.exists()
 
 
@@ -314,15 +319,15 @@ def test_no_step_recoverable(tmp_path: Path):
 
 
 def test_no_step_recoverable_from_a_torch_file_advises_its_own_format(tmp_path: Path):
-    """A torch.save file has no metadata: its advice names a .pt name, and says the dict's own
-    'step' entry is not read, rather than a metadata key it cannot carry."""
+    """A torch.save file has no metadata: its advice names a .pt name, or a 'step' entry of its
+    dict (which is read), rather than a metadata key it cannot carry."""
     good_dir(tmp_path)
     bad = tmp_path / "run_a.pt"
-    torch.save({"step": 300, "model_state_dict": state(0)}, bad)
-    msg = problem(tmp_path)
+    torch.save({"epoch": 3, "model_state_dict": state(0)}, bad)  # an epoch alone is no step
+    msg = problem(tmp_path, warn=lambda _: None)
     assert f"no step recoverable from '{bad}'" in msg
     assert "name files like step_2000.pt" in msg and "--step-regex" in msg, msg
-    assert "'step' entry inside a torch.save dict is not read" in msg, msg
+    assert "save the step beside the state dict ({'model_state_dict': ..., 'step': 2000})" in msg
     assert "store a 'step' metadata key" not in msg, msg
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tiny_run import SPEC, run_fixtures
 from torch import nn
 from typer.testing import CliRunner
 
 from conetool import paths
-from conetool.checkpoints import list_checkpoints
+from conetool.checkpoints import _format, inspect_checkpoints, list_checkpoints, read_state_dict
+from conetool.checkpoints.discover import checkpoint_listing
 from conetool.cli import app
 from conetool.errors import CheckpointError
 from conetool.pipeline import kernels
@@ -52,7 +53,221 @@ def problem(directory: Path, **kwargs: object) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# conetool kernels on a run folder of torch.save files
+# the step a file stores
+
+
+def test_a_safetensors_global_step_key_gives_the_step(tmp_path: Path):
+    # Was: "no step recoverable" (only the metadata key `step` was read).
+    save_file(state(0), str(tmp_path / "weights_a.safetensors"), metadata={"global_step": "300"})
+    save_file(state(1), str(tmp_path / "weights_b.safetensors"), metadata={"global_step": "600"})
+    assert listed(tmp_path) == [(300, "weights_a.safetensors"), (600, "weights_b.safetensors")]
+    # `step` first when both are there
+    both = {"step": "7", "global_step": "8"}
+    save_file(state(2), str(tmp_path / "weights_c.safetensors"), metadata=both)
+    assert listed(tmp_path)[0] == (7, "weights_c.safetensors")
+
+
+def test_a_torch_dict_step_or_global_step_entry_gives_the_step(tmp_path: Path):
+    """A plain loop's {"model_state_dict": ..., "step": 1500}, Lightning's .ckpt with a top-level
+    global_step (and epoch, which is no step), a 0-dim integer tensor: each is the file's step
+    when its name has none. Was: "no step recoverable" for each."""
+    torch.save({"model_state_dict": state(0), "step": 1500}, tmp_path / "run_a.pt")
+    lightning = {"state_dict": {f"model.{k}": v for k, v in state(1).items()}, "epoch": 2}
+    torch.save({**lightning, "global_step": 40}, tmp_path / "run_b.ckpt")
+    torch.save({"model": state(2), "global_step": torch.tensor(90)}, tmp_path / "run_c.pth")
+    torch.save({"model_state_dict": state(3), "step": 5, "global_step": 6}, tmp_path / "run_d.pt")
+    assert listed(tmp_path) == [
+        (5, "run_d.pt"),  # `step` before `global_step`, as for safetensors metadata
+        (40, "run_b.ckpt"),
+        (90, "run_c.pth"),
+        (1500, "run_a.pt"),
+    ]
+    (ref,) = [r for r in list_checkpoints(tmp_path, warn=lambda _: None) if r.step == 1500]
+    torch.testing.assert_close(read_state_dict(ref), state(0))
+
+
+def test_a_stored_step_needs_no_iterations_per_epoch_for_an_epoch_name(tmp_path: Path):
+    # Lightning's epoch=2.ckpt (a filename without the step) stores its global_step: no spec
+    # needed. Was: the epoch-name error asking for the iterations per epoch.
+    sd = {"state_dict": state(0), "epoch": 2, "global_step": 45}
+    torch.save(sd, tmp_path / "epoch=2.ckpt")
+    assert listed(tmp_path) == [(45, "epoch=2.ckpt")]
+
+
+def test_an_epoch_entry_alone_and_a_state_dict_tensor_named_step_are_no_step(tmp_path: Path):
+    torch.save({"model_state_dict": state(0), "epoch": 3}, tmp_path / "run_a.pt")
+    assert "no step recoverable from" in problem(tmp_path)
+    (tmp_path / "run_a.pt").unlink()
+    # A plain state dict's entries are the model's tensors: one named `step` is no step.
+    torch.save({**state(0), "step": torch.tensor(7)}, tmp_path / "ckpt_100.pt")
+    assert listed(tmp_path) == [(100, "ckpt_100.pt")]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(-3, "-3"), (2.5, "2.5"), ("last", "'last'"), (True, "True")]
+)
+def test_a_stored_step_that_is_not_a_count_is_refused_naming_the_file(
+    tmp_path: Path, value: object, shown: str
+):
+    path = tmp_path / "ckpt_100.pt"
+    torch.save({"model_state_dict": state(0), "step": value}, path)
+    msg = problem(tmp_path)
+    assert f"'{path}' has a 'step' entry of {shown} in its torch.save dict" in msg, msg
+    assert "not a whole number of steps" in msg and "--step-regex" in msg, msg
+    # --step-regex takes the name's step instead
+    assert listed(tmp_path, step_regex=r"ckpt_(\d+)") == [(100, "ckpt_100.pt")]
+
+
+def test_the_stored_step_wins_over_the_name_with_a_warning(tmp_path: Path):
+    """As the safetensors metadata `step` always did, a stored step is taken over the name's;
+    where the two differ (an old Lightning saved global_step + 1 beside the name's step) a
+    warning names the file, both steps and --step-regex. Was: the name's step for torch.save
+    files, and no word when metadata overrode a name."""
+    torch.save({"state_dict": state(0), "global_step": 100}, tmp_path / "epoch=0-step=99.ckpt")
+    save_file(state(1), str(tmp_path / "step_300.safetensors"), metadata={"step": "301"})
+    torch.save({"model_state_dict": state(2), "step": 500}, tmp_path / "step_500.pt")  # agrees
+    warnings: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=warnings.append)
+    assert [r.step for r in refs] == [100, 301, 500]
+    (said,) = [w for w in warnings if "name" in w]
+    text = " ".join(said.split())
+    assert "2 checkpoints store a step other than their name's" in text, text
+    stored = (
+        "epoch=0-step=99.ckpt' stores step 100 (the 'global_step' entry of its torch.save dict)"
+    )
+    assert stored in text, text
+    assert "its name says 99" in text and "--step-regex" in text, text
+    by_name = list_checkpoints(tmp_path, step_regex=r"step=?_?(\d+)", warn=lambda _: None)
+    assert [r.step for r in by_name] == [
+        99,
+        300,
+        500,
+    ]
+    # inspect says the same, once
+    notes: list[str] = []
+    inspect_checkpoints(tmp_path, warn=notes.append)
+    assert sum("other than their name's" in n for n in notes) == 1
+
+
+def test_a_torch_alias_storing_its_step_is_still_a_copy_left_out(tmp_path: Path):
+    # last.pt holds the dict of a step saved under its own name too, with other bytes (torch.save
+    # writes the file name into the archive): taking its stored step would make two files of
+    # that step and refuse both. It is left out as before.
+    for step in (0, 10):
+        torch.save({"model_state_dict": state(step), "step": step}, tmp_path / f"ckpt_{step}.pt")
+    torch.save({"model_state_dict": state(10), "step": 10}, tmp_path / "last.pt")
+    assert listed(tmp_path) == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    # named on its own, its stored step is read
+    assert listed(tmp_path / "last.pt") == [(10, "last.pt")]
+
+
+def test_the_listing_reads_a_torch_file_memory_mapped_and_weights_only(tmp_path, monkeypatch):
+    """Reading the stored step costs the pickle only: torch.load with mmap and weights_only,
+    never a full read of the file (stream_file) nor a load without weights_only."""
+    torch.save({"model_state_dict": state(0), "step": 1500}, tmp_path / "run_a.pt")
+    torch.save([1.0, 2.0], tmp_path / "losses.pt")
+    calls: list[dict[str, object]] = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(_format.torch, "load", load)
+    streamed: list[Path] = []
+    monkeypatch.setattr(_format, "stream_file", lambda path, **kw: streamed.append(path))
+    assert listed(tmp_path) == [(1500, "run_a.pt")]
+    assert len(calls) == 2 and streamed == []
+    assert all(c.get("mmap") is True and c.get("weights_only") is True for c in calls), calls
+
+
+# ------------------------------------------------------------------------------------------------
+# other torch.save files of a run folder
+
+
+def _run_folder_extras(directory: Path) -> None:
+    """What a plain loop leaves beside its checkpoints: none of them is a state dict."""
+    torch.save([0.9, 0.5, 0.31], directory / "losses.pt")
+    torch.save({"train": [0.9, 0.5], "test": [1.0, 0.7]}, directory / "history.pt")
+    torch.save({"epochs": 3, "lr": 0.1}, directory / "config.pt")
+    torch.save(torch.randn(60, 4), directory / "cached_inputs.pt")
+    net = Net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net.fc2(net.fc1(torch.randn(2, 4))).sum().backward()
+    optimizer.step()  # momentum buffers: tensors, under the parameters' numbers
+    torch.save(optimizer.state_dict(), directory / "sgd_state.pt")
+    torch.save({}, directory / "empty.pt")
+
+
+def test_torch_files_that_hold_no_state_dict_are_not_read_with_a_note(tmp_path: Path):
+    """Was: each one a "no step recoverable" error, so `kernels` refused the folder without
+    --skip-bad and `inspect` exited 1."""
+    for step in (0, 10):
+        torch.save(state(step), tmp_path / f"ckpt_{step}.pt")
+    _run_folder_extras(tmp_path)
+    warnings: list[str] = []
+    notes: list[str] = []
+    listing = checkpoint_listing(tmp_path, warn=warnings.append, note=notes.append)
+    assert [(r.step, r.paths[0].name) for r in listing.refs] == [
+        (0, "ckpt_0.pt"),
+        (10, "ckpt_10.pt"),
+    ]
+    assert listing.left_out == {} and warnings == []
+    (said,) = [n for n in notes if "not read" in n]
+    text = " ".join(said.split())
+    assert "not read: 6 torch.save files" in text and "hold no state dict" in text, text
+    for shown in (
+        "losses.pt (a list of 3 items)",
+        "cached_inputs.pt (a tensor of shape (60, 4))",
+        "config.pt (a dict without tensors by name (keys 'epochs', 'lr'))",
+        "empty.pt (an empty dict)",
+    ):
+        assert shown in text, text
+    assert "and 1 more" in text  # five named, the sixth counted
+
+    rows = inspect_checkpoints(tmp_path, warn=notes.append)
+    assert [(r.file, r.status) for r in rows] == [("ckpt_0.pt", "ok"), ("ckpt_10.pt", "ok")]
+
+
+def test_a_lone_file_that_holds_no_state_dict_is_named_with_what_it_holds(tmp_path: Path):
+    torch.save([0.9, 0.5], tmp_path / "losses.pt")
+    notes: list[str] = []
+    torch.save(state(0), tmp_path / "ckpt_0.pt")
+    checkpoint_listing(tmp_path, warn=lambda _: None, note=notes.append)
+    assert any(
+        f"not read: 'losses.pt' in '{tmp_path}' holds a list of 2 items, not a state dict" in n
+        for n in notes
+    ), notes
+    (tmp_path / "ckpt_0.pt").unlink()
+    # a folder of nothing else: the error says what each file holds
+    msg = problem(tmp_path)
+    assert "no checkpoints in" in msg and "losses.pt (a list of 2 items)" in msg, msg
+
+
+def test_files_that_hold_tensors_by_name_stay_checkpoints_with_their_errors(tmp_path: Path):
+    """A wrong architecture, a dict wrapping a state dict under an unknown key, a dict of data
+    tensors, an unreadable file: each still refused, naming the file (only files with no tensor
+    by name at all are not checkpoints)."""
+    torch.save(state(0), tmp_path / "ckpt_0.pt")
+    torch.save(state(1), tmp_path / "ckpt_10.pt")
+    torch.save(state(2, classes=10), tmp_path / "ckpt_20.pt")  # another run's architecture
+    torch.save({"net": state(3)}, tmp_path / "ckpt_30.pt")
+    torch.save({"inputs": torch.randn(6, 4), "labels": torch.arange(6)}, tmp_path / "data.pt")
+    whole = (tmp_path / "ckpt_0.pt").read_bytes()
+    (tmp_path / "ckpt_40.pt").write_bytes(whole[: len(whole) // 2])  # truncated
+    rows = {r.file: r for r in inspect_checkpoints(tmp_path, model=Net(), warn=lambda _: None)}
+    assert set(rows) == {f"ckpt_{s}.pt" for s in (0, 10, 20, 30, 40)} | {"data.pt"}
+    assert rows["ckpt_0.pt"].status == rows["ckpt_10.pt"].status == "ok"
+    assert "fc2.weight" in (rows["ckpt_20.pt"].problem or "")
+    assert "holds a dict with keys 'net', not a state dict" in (rows["ckpt_30.pt"].problem or "")
+    assert "no step recoverable" in (rows["data.pt"].problem or "")
+    assert "truncated or corrupt" in (rows["ckpt_40.pt"].problem or "")
+    msg = problem(tmp_path)
+    assert "ckpt_30.pt' holds a dict with keys 'net'" in msg and "data.pt" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------------
+# conetool kernels / inspect on a run folder of torch.save files
 
 
 def _torch_run(run: Path, tmp_path: Path, *, losses: bool = True) -> Path:
@@ -66,6 +281,24 @@ def _torch_run(run: Path, tmp_path: Path, *, losses: bool = True) -> Path:
     if losses:
         torch.save([0.5, 0.25], pts / "losses.pt")
     return pts
+
+
+def test_kernels_and_inspect_read_a_folder_with_other_torch_files(run, tmp_path):
+    pts = _torch_run(run, tmp_path)
+    looked = runner.invoke(app, ["inspect", str(pts)])
+    assert looked.exit_code == 0, looked.output
+    assert "not read: 'losses.pt'" in " ".join(looked.output.split())
+    args = ["kernels", str(pts), "--store", str(tmp_path / "s"), "--device", "cpu"]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert " ".join(done.output.split()).count("note: not read: 'losses.pt'") == 1, done.output
+    assert sorted(int(p.stem.split("_")[1]) for p in (tmp_path / "s/kernels").iterdir()) == [
+        0,
+        5,
+        10,
+    ]
+    quiet = runner.invoke(app, [*args, "-q"])  # a note, not a warning of loss
+    assert quiet.exit_code == 0 and "losses.pt" not in quiet.output, quiet.output
 
 
 def test_the_torch_save_note_is_said_once_and_quiet_drops_it(run, tmp_path):

@@ -400,6 +400,101 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
+def _holds_named_tensors(obj: object, depth: int = 3) -> bool:
+    """Whether ``obj`` is a mapping holding a tensor under a string key, itself or in a mapping
+    under a string key (``depth`` levels down): what a state dict, or a dict wrapping one, is.
+    A bare tensor, a list, a dict of numbers, an optimizer state (its tensors are under the
+    parameters' numbers) are not."""
+    if not isinstance(obj, Mapping):
+        return False
+    return any(
+        isinstance(key, str)
+        and (
+            isinstance(value, torch.Tensor)
+            or (depth > 0 and _holds_named_tensors(value, depth - 1))
+        )
+        for key, value in obj.items()
+    )
+
+
+def _what_it_holds(obj: object) -> str:
+    """``"a list of 100 items"``, ``"a tensor of shape (60, 4)"``, ``"a dict without tensors
+    (keys 'train', 'test')"``: what a file that holds no state dict holds, in a few words."""
+    if isinstance(obj, torch.Tensor):
+        return f"a tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, Mapping):
+        if not obj:
+            return "an empty dict"
+        keys = ", ".join(repr(k) for k in list(obj)[:5]) + (", ..." if len(obj) > 5 else "")
+        return f"a dict without tensors by name (keys {keys})"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} item{'s' if len(obj) != 1 else ''}"
+    return f"a {type(obj).__name__}"
+
+
+#: The entries of a training loop's dict that give its step, the first present taken: a plain
+#: loop's ``{"model_state_dict": ..., "step": 1500}``, Lightning's ``global_step`` (its ``epoch``
+#: is no step). The same names are read from safetensors metadata.
+STEP_KEYS = ("step", "global_step")
+
+
+def _step_value(value: object) -> int | str:
+    """A stored step entry: an int when it is a whole number (an int, or an integer tensor of one
+    value), else how it reads (``"2.5"``, ``"'last'"``), for the error that names it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+            return int(value.item())
+        return f"{value.item()!r} (a {value.dtype} tensor)"
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class TorchContents:
+    """What a zip-format torch.save file holds, read from its pickle with its tensors
+    memory-mapped (no tensor data read)."""
+
+    #: its state dict's key -> shape; None when it holds none that can be taken
+    shapes: dict[str, tuple[int, ...]] | None
+    #: why no state dict can be taken from it (:func:`unwrap_state_dict`'s message), or None
+    problem: str | None
+    #: what it holds when that is no tensor by name at all (``"a list of 3 items"``): not a
+    #: checkpoint (a cached data tensor, a list of losses, an optimizer state); else None
+    holds: str | None
+    #: the :data:`STEP_KEYS` entries beside a state dict that a dict wraps, as
+    #: :func:`_step_value` reads them (none for a plain state dict: its entries are tensors)
+    steps: dict[str, int | str]
+
+
+def read_torch_contents(path: Path) -> TorchContents:
+    """What the zip-format torch.save file at ``path`` holds (see :class:`TorchContents`),
+    memory-mapped: reads the pickle, not the tensor data. Raises :class:`CheckpointError` for a
+    file ``torch.load(weights_only=True)`` cannot read."""
+    try:
+        obj = torch.load(str(path), weights_only=True, map_location="cpu", mmap=True)
+    except pickle.UnpicklingError as e:
+        raise _unsafe_pickle_error(path, e) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"'{path}' is not a readable torch checkpoint ({first}); re-save or delete it."
+        ) from None
+    except OSError as e:
+        raise open_error(path, e) from None
+    try:
+        state = unwrap_state_dict(obj, path)
+    except CheckpointError as e:
+        holds = None if _holds_named_tensors(obj) else _what_it_holds(obj)
+        return TorchContents(None, str(e), holds, {})
+    steps: dict[str, int | str] = {}
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        steps = {key: _step_value(obj[key]) for key in STEP_KEYS if key in obj}
+    return TorchContents({k: tuple(v.shape) for k, v in state.items()}, None, None, steps)
+
+
 def load_torch_bytes(path: Path, buf: bytearray) -> dict[str, torch.Tensor]:
     """The state dict in a torch.save file whose bytes are ``buf`` (``weights_only=True``)."""
     try:
@@ -413,19 +508,3 @@ def load_torch_bytes(path: Path, buf: bytearray) -> dict[str, torch.Tensor]:
             f"it, wait and rerun; otherwise re-save or delete it."
         ) from None
     return unwrap_state_dict(obj, path)
-
-
-def torch_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a zip-format torch.save file, memory-mapped: reads the pickle, no data."""
-    try:
-        obj = torch.load(str(path), weights_only=True, map_location="cpu", mmap=True)
-    except pickle.UnpicklingError as e:
-        raise _unsafe_pickle_error(path, e) from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(
-            f"'{path}' is not a readable torch checkpoint ({first}); re-save or delete it."
-        ) from None
-    except OSError as e:
-        raise open_error(path, e) from None
-    return {k: tuple(v.shape) for k, v in unwrap_state_dict(obj, path).items()}

@@ -15,14 +15,22 @@ Hugging Face Trainer extras (``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, 
 ``last*.ckpt`` (a copy of the latest checkpoint, without a step in its name), hidden files
 (``.step_002000.safetensors.tmp``: a write in progress), and, beside ``checkpoint-N/`` folders, the
 final model that ``Trainer.save_model`` writes into the output directory (it has no step; it is
-usually the last checkpoint again).
+usually the last checkpoint again). Torch.save files that hold no tensor by name at all (a list of
+losses, a cached data tensor, a dict of numbers, an optimizer state) are not checkpoints either:
+they are left out with a note saying what each holds. A file that holds tensors by name stays a
+checkpoint, with its errors (another architecture, an unknown wrapping).
 
 The step of each checkpoint, in order of precedence:
 
 1. ``step_regex`` (``--step-regex``), searched in the file name (or the Hugging Face folder name):
    its group ``step`` or its first group; or a group ``epoch`` (and optionally ``it``) for
    ``epoch × iterations per epoch + it``;
-2. the safetensors metadata key ``step``;
+2. the step the file stores: its safetensors metadata ``step`` (else ``global_step``), or the
+   ``step`` (else ``global_step``) entry of a zip-format torch.save dict that wraps the state dict
+   (a plain loop's ``{"model_state_dict": ..., "step": 1500}``, Lightning's ``global_step``; an
+   ``epoch`` entry is no step). It wins over the name; files whose name gives another step get a
+   warning naming ``--step-regex``. A torch.save copy named without a step (``best.pt``,
+   ``last.pt``: the dict of a step saved under its own name too) is left out all the same;
 3. the name: ``step_2000``, ``step=2000``, ``epoch=3-step=2000``, ``global_step2000``,
    ``ckpt-2000``, ``checkpoint-2000``, ``model_2000``, ``iter_2000``, a bare ``2000``; or an epoch
    name, ``epoch_3``, ``epoch=3``, ``ep3`` (step = 3 × iterations per epoch) or open_lth's
@@ -55,6 +63,7 @@ from .records import (
 from .scanning import scan_directory
 from .selection import is_selected, parse_step_range, step_from_name
 from .step_names import (
+    STEP_REGEX_EXAMPLE,
     epoch_note,
 )
 
@@ -79,7 +88,8 @@ __all__ = [
 
 
 def _describe_contents(scan: Scan) -> str:
-    names = scan.others + scan.ignored
+    held = scan.not_state_dicts
+    names = scan.others + [f"{n} ({held[n]})" if n in held else n for n in scan.ignored]
     if not names:
         return "it is empty"
     shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
@@ -104,6 +114,43 @@ def nested_note(scan: Scan) -> str | None:
         f"'{scan.directory}' (conetool reads a directory's own checkpoint files and checkpoint-N/ "
         f"folders, not other subfolders). To use {'them' if plural else 'it'}, point at "
         f"{'each' if plural else 'it'}: '{first}'."
+    )
+
+
+def not_state_dicts_note(scan: Scan) -> str | None:
+    """The note for torch.save files left out because they hold no tensor by name (a cached
+    data tensor, a list of losses): not checkpoints. None when there are none."""
+    held = scan.not_state_dicts
+    if not held:
+        return None
+    if len(held) == 1:
+        ((name, what),) = held.items()
+        return (
+            f"not read: '{name}' in '{scan.directory}' holds {what}, not a state dict (no tensors "
+            f"by name), so it is no checkpoint."
+        )
+    shown = [f"{name} ({what})" for name, what in list(held.items())[:5]]
+    more = f" and {len(held) - 5} more" if len(held) > 5 else ""
+    return (
+        f"not read: {len(held)} torch.save files in '{scan.directory}' hold no state dict (no "
+        f"tensors by name), so they are no checkpoints: {', '.join(shown)}{more}."
+    )
+
+
+def stored_step_note(candidates: list[Candidate]) -> str | None:
+    """The warning for files whose stored step (safetensors metadata, the step entry of a
+    torch.save dict) differs from the step of their name: the stored one is taken, and
+    --step-regex takes the names'. None when every name agrees (or gives no step)."""
+    differ = [c for c in candidates if c.problem is None and c.named_step is not None]
+    if not differ:
+        return None
+    c = differ[0]
+    example = f"'{c.location}' stores step {c.step} ({c.step_inside}), its name says {c.named_step}"
+    which = f"{len(differ)} checkpoints store a step other than their name's, such as: "
+    return (
+        f"{which if len(differ) > 1 else ''}{example}. The step stored in a file is taken. If the "
+        f"names are right, pass {STEP_REGEX_EXAMPLE} (a regex with a group around the step of "
+        f"the name) to take theirs."
     )
 
 
@@ -371,9 +418,13 @@ def checkpoint_listing(
     from_epochs = sum(1 for c in scan.candidates if c.problem is None and c.epoch is not None)
     if from_epochs and iterations_per_epoch is not None:
         warn(epoch_note(iterations_per_epoch, from_epochs))
+    if said := stored_step_note(scan.candidates):
+        warn(said)
     pickled = [r for r in refs if r.format == "torch"]
     if pickled:
         note(torch_note(len(pickled), pickled[0].file))
+    if said := not_state_dicts_note(scan):
+        note(said)
     for said in (copies_note(scan), nested_note(scan)):
         if said:
             warn(said)

@@ -24,7 +24,9 @@ from .discover import (
     copies_note,
     default_warn,
     nested_note,
+    not_state_dicts_note,
     scan_selected,
+    stored_step_note,
 )
 from .load import match_state_dict, read_checkpoint
 from .step_names import epoch_note
@@ -79,7 +81,8 @@ def inspect_checkpoints(
     a file that changes while read) become rows with ``status="error"``; nothing is raised for them.
     Other arguments as in :func:`list_checkpoints`; ``warn`` receives a note on what the directory
     holds but is not read (checkpoints in subfolders, copies of another file of the same step,
-    which get no row); default :func:`warnings.warn`.
+    torch.save files that hold no state dict, which get no row) and on files whose stored step
+    differs from their name's; default :func:`warnings.warn`.
 
     Raises:
         CheckpointError: the directory is missing or unreadable, holds no checkpoint candidate, or
@@ -93,7 +96,13 @@ def inspect_checkpoints(
         every=every,
         deep=True,
     )
-    for note in (copies_note(scan), nested_note(scan)):
+    notes_of_the_directory = (
+        stored_step_note(scan.candidates),
+        not_state_dicts_note(scan),
+        copies_note(scan),
+        nested_note(scan),
+    )
+    for note in notes_of_the_directory:
         if note:
             (warn or default_warn)(note)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None

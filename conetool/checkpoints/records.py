@@ -87,6 +87,14 @@ class Candidate:
     shapes: dict[str, tuple[int, ...]] | None = None  # key -> shape, when known without loading
     global_step: int | None = None  # trainer_state.json
     epoch: int | None = None  # set when the step was converted from an epoch in the name
+    #: a flat torch.save file that holds no tensor by name (``"a list of 3 items"``): no checkpoint
+    holds: str | None = None
+    #: the step entries of a flat torch.save file's dict (``_format.STEP_KEYS``), as read
+    stored_steps: dict[str, int | str] = field(default_factory=dict)
+    #: where the step came from when the file stores it (``"safetensors metadata step"``)
+    step_inside: str | None = None
+    #: the step the name gives when it differs from the one stored in the file (which is taken)
+    named_step: int | None = None
 
     def fail(self, message: str) -> None:
         if self.problem is None:
@@ -116,3 +124,5 @@ class Scan:
     nested: dict[str, int] = field(default_factory=dict)
     # files left out as byte-for-byte copies of another file of their step: (copy, kept, step)
     copies: list[tuple[str, str, int]] = field(default_factory=list)
+    # torch.save files that hold no tensor by name, not read: name -> what ("a list of 3 items")
+    not_state_dicts: dict[str, str] = field(default_factory=dict)

@@ -18,7 +18,7 @@ from ._format import (
     files_fingerprint,
     open_error,
     read_header,
-    torch_shapes,
+    read_torch_contents,
 )
 from ._keys import diff_keys, strip_common_prefixes
 from .records import (
@@ -107,10 +107,23 @@ def _read_headers(c: Candidate, deep: bool) -> None:
             c.shapes = shapes
         else:
             zipped = [check_torch_file(p) for p in c.paths]
-            if deep and all(zipped):
-                c.shapes = {}
+            # A flat file's pickle is always read (memory-mapped, no tensor data): its dict may
+            # store the step, or it may hold no state dict at all (losses.pt: not a checkpoint).
+            # A legacy (non-zip) pickle cannot be memory-mapped: its contents wait for the load.
+            flat = c.folder is None and c.index is None
+            if all(zipped) and (deep or flat):
+                keys: dict[str, tuple[int, ...]] = {}
                 for p in c.paths:
-                    c.shapes.update(torch_shapes(p))
+                    contents = read_torch_contents(p)
+                    if contents.problem is not None:
+                        c.holds = contents.holds if flat else None
+                        c.fail(contents.problem)
+                        return
+                    assert contents.shapes is not None
+                    keys.update(contents.shapes)
+                    c.stored_steps = contents.steps if flat else {}
+                if deep:
+                    c.shapes = keys
     except CheckpointError as e:
         c.fail(str(e))
     except OSError as e:
@@ -281,7 +294,12 @@ def _collect(directory: Path, deep: bool) -> Scan:
         elif m := _SHARD.match(name):
             shards.setdefault((m["prefix"], m["suffix"]), []).append(path)
         else:
-            scan.candidates.append(_file_candidate(path, deep))
+            c = _file_candidate(path, deep)
+            if c.holds is not None:  # a cached tensor, a list of losses: not a checkpoint
+                scan.ignored.append(name)
+                scan.not_state_dicts[name] = c.holds
+            else:
+                scan.candidates.append(c)
     for (prefix, suffix), files in sorted(shards.items()):
         index = directory / f"{prefix}{suffix}.index.json"
         c = Candidate(index.name, index, tuple(files), "hf-sharded", index=index)
@@ -442,8 +460,16 @@ def scan_directory(
                 pass
     if whole:
         # best.pt, last.pt: a copy of another step's weights, not a step of its own (a file of
-        # this name that gives a step, by its metadata or --step-regex, is read as any other)
-        for c in [c for c in scan.candidates if c.step is None and _is_alias(c)]:
+        # this name that gives a step, by its metadata or --step-regex, is read as any other).
+        # A torch.save alias is left out even when its dict stores the step: it is the dict of
+        # a step saved under its own name too, and torch.save writes the file's name into its
+        # bytes, so the two are never the same bytes (as copies must be) but two of one step.
+        aliases = [
+            c
+            for c in scan.candidates
+            if _is_alias(c) and (c.step is None or (c.format == "torch" and c.step_inside))
+        ]
+        for c in aliases:
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
     kept = []

@@ -10,7 +10,7 @@ from pathlib import Path
 from conetool.choices import is_count
 from conetool.errors import CheckpointError
 
-from ._format import TORCH_SUFFIXES
+from ._format import STEP_KEYS, TORCH_SUFFIXES
 from .records import Candidate
 from .step_names import STEP_REGEX_EXAMPLE, name_step, regex_step
 
@@ -102,10 +102,10 @@ def step_from_name(name: str, *, iterations_per_epoch: int | None = None) -> int
 def no_step_error(path: Path) -> CheckpointError:
     name = "name files like step_2000.safetensors, store a 'step' metadata key"
     if path.name.lower().endswith(TORCH_SUFFIXES) and not path.is_dir():
-        # a torch.save file has no metadata, and the entries of its dict are not read
+        # a torch.save file has no metadata: its dict's own entry is what it can store
         name = (
-            f"name files like step_2000{path.suffix} (a 'step' entry inside a torch.save dict "
-            f"is not read; safetensors files may carry a 'step' metadata key)"
+            f"name files like step_2000{path.suffix}, save the step beside the state dict "
+            f"({{'model_state_dict': ..., 'step': 2000}})"
         )
     return CheckpointError(
         f"no step recoverable from '{path}': {name}, or pass {_STEP_REGEX_HELP} (a regex with a "
@@ -122,24 +122,55 @@ def candidate_stem(c: Candidate) -> str:
     return name[: -len(c.location.suffix)] if c.location.suffix else name
 
 
+def _stored_step(c: Candidate) -> tuple[str, int] | None:
+    """The step a flat file stores, and where: its safetensors metadata ``step`` (else
+    ``global_step``), or the ``step`` (else ``global_step``) entry of its torch.save dict; None
+    when it stores none. Hugging Face folders have their own rule (trainer_state.json)."""
+    if c.folder is not None:
+        return None
+    meta = c.metadata
+    for key in STEP_KEYS:
+        if key in meta:
+            text, label = meta[key], f"safetensors metadata {key}"
+            try:
+                step = int(text)
+            except ValueError:
+                step = -1
+            # int() also takes "-3" and " 7 "; a step is a count of optimizer steps
+            return label, _whole_step(c, f"{label} '{text}'", step)
+        if key in c.stored_steps:
+            value = c.stored_steps[key]
+            step = value if isinstance(value, int) else -1
+            what = f"a '{key}' entry of {value} in its torch.save dict"
+            return f"the '{key}' entry of its torch.save dict", _whole_step(c, what, step)
+    return None
+
+
+def _whole_step(c: Candidate, what: str, step: int) -> int:
+    if step < 0:
+        raise CheckpointError(
+            f"'{c.folder or c.location}' has {what}, which is not a whole number of steps (0 or "
+            f"more); re-save it with its step, or pass {_STEP_REGEX_HELP} to take the step from "
+            f"the file name instead."
+        )
+    return step
+
+
 def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None) -> None:
     where = c.folder or c.location
     if pattern is not None:
         name = c.folder.name if c.folder is not None else c.location.name
         c.step, c.epoch = regex_step(pattern, name, ipe, where)
         return
-    meta = c.metadata.get("step")
-    if meta is not None and c.folder is None:
+    stored = _stored_step(c)
+    if stored is not None:  # the file's own record wins over its name, as --step-regex does not
+        c.step_inside, c.step = stored
         try:
-            c.step = int(meta)
-        except ValueError:
-            c.step = -1
-        if c.step < 0:  # int() also takes "-3" and " 7 "; a step is a count of optimizer steps
-            raise CheckpointError(
-                f"'{where}' has safetensors metadata step '{meta}', which is not a whole number "
-                f"of steps (0 or more); re-save it with its step, or pass {_STEP_REGEX_HELP} to "
-                f"take the step from the file name instead."
-            )
+            named = name_step(candidate_stem(c), ipe, where)[0]
+        except CheckpointError:  # an epoch name without the iterations per epoch: no step
+            named = None
+        if named is not None and named != c.step:
+            c.named_step = named  # said by the listing: the name may be the right one
         return
     c.step, c.epoch = name_step(candidate_stem(c), ipe, where)
     if c.folder is not None and c.global_step is not None:
