@@ -137,9 +137,9 @@ def test_switch_on_foreign_checkpoints_says_it_replays_conetools_batches(
     text = " ".join(result.output.split())
     assert "not written by `conetool train`" in text
     assert "conetool's seeded batch order" in text and "not on the batches of the loop" in text
-    # The momentum note names the file it looked for, and what it does not read.
+    # The momentum note names the file it looked for, and the checkpoint file it looked in.
     assert "no optimizer state beside the checkpoint (step_000000.optim.safetensors" in text, text
-    assert "optimizer_state_dict, or HF's optimizer.pt is not read" in text, text
+    assert "nor in epoch_0.pt (no optimizer_state_dict, optimizer, optimizer_states entry)" in text
 
 
 def test_switch_on_conetool_checkpoints_has_no_such_note(tmp_path: Path, tiny: Path) -> None:

@@ -5,7 +5,9 @@ For each switch point t the checkpoint of step t is loaded, linearized around it
 of step t, dropout off) and trained with the spec's recipe from global step t to T: the same
 optimizer and hyperparameters, the learning rate of the schedule at each global step, and the very
 batches (and augmentations) the standard run used from t on (:mod:`conetool.loop`). Momentum starts
-from the optimizer state saved beside the checkpoint when there is one, else from zero.
+from the optimizer state saved beside the checkpoint when there is one, else from the one inside
+the checkpoint file when it verifiably is the spec's optimizer's (:mod:`conetool.checkpoint_optimizer`),
+else from zero.
 
 Each point's result is written as soon as it is done (``STORE/switch/at_XXXXXX.json`` and
 ``.csv``), so a rerun skips finished points and an interrupted sweep loses only the point in

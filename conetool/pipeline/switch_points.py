@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from .. import paths
-from ..checkpoints import CheckpointRef, load_checkpoint
+from ..checkpoint_optimizer import ENTRIES, restore_checkpoint_optimizer
+from ..checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
 from ..data import DataBundle
 from ..errors import CheckpointError, ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
@@ -105,14 +106,9 @@ def run_point(
     output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
     began = time.perf_counter()
     lin = LinearizedModel(model).to(device)
-    optimizer, momentum = optimizer_at(lin, spec, ckpts, t)
-    if momentum == "fresh":
-        notes.append(
-            f"t={t}: no optimizer state beside the checkpoint "
-            f"({paths.optimizer_state(ckpts, t).name}, as conetool train writes it; one inside "
-            f"your own checkpoint file, such as its optimizer_state_dict, or HF's optimizer.pt "
-            f"is not read); momentum starts at zero"
-        )
+    optimizer, momentum, said = optimizer_at(lin, spec, ckpts, loaded)
+    if said:
+        notes.append(f"t={t}: {said}")
     # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
     watch = (
         []
@@ -155,16 +151,60 @@ def run_point(
 
 
 def optimizer_at(
-    model: torch.nn.Module, spec: Spec, ckpts: Path, step: int
-) -> tuple[torch.optim.Optimizer, str]:
-    """The spec's optimizer over ``model``'s trainable parameters, with the state saved beside
-    the checkpoint of ``step`` when there is one ("saved"), else fresh ("fresh")."""
-    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
-    saved = paths.optimizer_state(ckpts, step)
-    if not saved.is_file():
-        return optimizer, "fresh"
-    load_optimizer_state(optimizer, saved)
-    return optimizer, "saved"
+    model: torch.nn.Module, spec: Spec, ckpts: Path, loaded: LoadedCheckpoint
+) -> tuple[torch.optim.Optimizer, str, str]:
+    """The spec's optimizer over ``model``'s trainable parameters, where momentum comes from
+    ("saved" or "fresh"), and what a note says about it ("" for nothing).
+
+    The state is the one saved beside the checkpoint ``loaded`` (``step_XXXXXX.optim.safetensors``,
+    as ``conetool train`` writes it), else the one inside the checkpoint file itself (a training
+    loop's ``optimizer_state_dict``: :mod:`conetool.checkpoint_optimizer`, used only when it
+    verifiably is the spec's optimizer over the same parameters), else none: fresh, and the note
+    says why. The hyperparameters are the spec's either way."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    optimizer = make_optimizer((p for _, p in named), spec.train)
+    ref = loaded.ref
+    beside = paths.optimizer_state(ckpts, ref.step)
+    if beside.is_file():
+        load_optimizer_state(optimizer, beside)
+        return optimizer, "saved", ""
+    return optimizer, *_from_checkpoint_file(optimizer, [n for n, _ in named], beside, loaded)
+
+
+def _from_checkpoint_file(
+    optimizer: torch.optim.Optimizer, names: list[str], beside: Path, loaded: LoadedCheckpoint
+) -> tuple[str, str]:
+    """:func:`optimizer_at` without a state beside the checkpoint: ("saved", note) when the
+    checkpoint file's own state was loaded into ``optimizer``, else ("fresh", why)."""
+    ref = loaded.ref
+    none = f"no optimizer state beside the checkpoint ({beside.name}, as conetool train writes it)"
+    fresh = "momentum starts at zero"
+    hf_state = ref.folder / "optimizer.pt" if ref.folder is not None else None
+    if hf_state is not None and hf_state.is_file():
+        return "fresh", (
+            f"{none}, and Hugging Face's {hf_state.parent.name}/optimizer.pt is not read: the "
+            "Trainer lists the parameters in two groups (weight decay, then none) by rules that "
+            "depend on the transformers version (which layers count as norms), not in the "
+            f"model's order, so its buffers cannot be matched to the parameters verifiably; {fresh}"
+        )
+    if ref.format != "torch" or len(ref.paths) != 1:
+        return "fresh", f"{none}; {fresh}"
+    file = ref.paths[0]
+    found = restore_checkpoint_optimizer(
+        optimizer, names, file, size=loaded.size, mtime_ns=loaded.mtime_ns
+    )
+    if found.entry is None:
+        return "fresh", f"{none} nor in {file.name} (no {', '.join(ENTRIES)} entry); {fresh}"
+    if not found.used:
+        where = f"the {found.entry} in {file.name}"
+        return "fresh", f"{none}, and {where} is not used: {found.reason}; {fresh}"
+    if not found.differs:
+        return "saved", ""
+    return "saved", (
+        f"momentum from the {found.entry} in {file.name}, saved with "
+        f"{', '.join(found.differs)}: the model trains with the spec's values (its recipe); if "
+        "your run used the saved ones, give the spec your run's recipe"
+    )
 
 
 def read_point(store: Path, t: int, key: dict[str, Any]) -> SwitchPoint | None:
@@ -275,7 +315,7 @@ def standard_reference(
         if previous.get("key") == key:
             return previous["reference"]
     store.check()
-    optimizer, _ = optimizer_at(model, spec, ckpts, start)
+    optimizer, _, _ = optimizer_at(model, spec, ckpts, loaded)
     watch = (
         []
         if warnings

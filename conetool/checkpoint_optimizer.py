@@ -1,0 +1,279 @@
+"""The optimizer state inside a training loop's own checkpoint file, restored into the spec's
+optimizer only when it verifiably is that optimizer's state over the same parameters.
+
+A training loop saves ``{"model_state_dict": ..., "optimizer_state_dict": optimizer.state_dict(),
+"step": ...}`` (or ``"optimizer"``; Lightning's ``.ckpt`` keeps ``"optimizer_states": [...]``).
+torch's ``Optimizer.state_dict()`` is ``{"state": {i: {buffer: tensor}}, "param_groups":
+[{"params": [i, ...], "lr": ..., ...}]}``: the indices number the parameters in the order the
+optimizer was given them, group after group, and name none of them. So the buffers can only be
+matched to the model's trainable parameters by position, and they are used only when
+
+- there is one parameter group (several, such as the weight-decay / no-decay groups of Hugging
+  Face's Trainer, may list the parameters in another order than the model's, and shapes alone
+  cannot always tell),
+- it lists as many parameters as the model has trainable ones,
+- its buffers are those of the spec's optimizer (SGD with momentum: ``momentum_buffer``; Adam:
+  ``exp_avg``, ``exp_avg_sq``, ``step``; with no buffer at all, its groups' own keys say which),
+- every buffer has the shape of its parameter, and all are finite.
+
+The hyperparameters in ``param_groups`` (lr, momentum, weight decay, ...) are never taken: the
+recipe is the spec's; those that differ from the spec's are reported.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+#: the entries of a checkpoint dict looked in, in this order
+ENTRIES = ("optimizer_state_dict", "optimizer", "optimizer_states")
+
+#: buffer names -> the optimizer that keeps them (torch.optim's; Adam's relatives keep Adam's
+#: exp_avg and exp_avg_sq besides)
+_BUFFERS_OF = {
+    "momentum_buffer": "SGD with momentum",
+    "max_exp_avg_sq": "Adam with amsgrad",
+    "square_avg": "RMSprop",
+    "sum": "Adagrad",
+    "acc_delta": "Adadelta",
+    "exp_inf": "Adamax",
+    "mu_product": "NAdam",
+    "prev": "Rprop",
+    "eta": "ASGD",
+}
+
+#: how :func:`_kind`'s names read in a message
+_SHOWN = {
+    "sgd": "SGD with momentum",
+    "adam": "Adam",
+    "sgd without momentum": "SGD without momentum",
+}
+
+#: the constant hyperparameters compared with the spec's (lr follows the schedule: not compared)
+_COMPARED = (
+    "momentum",
+    "dampening",
+    "nesterov",
+    "betas",
+    "eps",
+    "weight_decay",
+    "amsgrad",
+    "decoupled_weight_decay",  # AdamW's
+)
+
+
+@dataclass(frozen=True)
+class CheckpointOptimizer:
+    """What a checkpoint file's own optimizer state gave: ``entry`` (``"optimizer_state_dict"``,
+    ...; None when the file holds none), whether it was ``used`` (loaded into the optimizer),
+    else ``reason`` (a phrase: why not), and ``differs``: the saved hyperparameters that are not
+    the spec's (``"momentum 0.5 (the spec's 0.9)"``), when used."""
+
+    entry: str | None
+    used: bool = False
+    reason: str = ""
+    differs: tuple[str, ...] = ()
+
+
+def restore_checkpoint_optimizer(
+    optimizer: torch.optim.Optimizer,
+    names: Sequence[str],
+    path: Path,
+    *,
+    size: int | None = None,
+    mtime_ns: int | None = None,
+) -> CheckpointOptimizer:
+    """Load the optimizer state inside the torch.save checkpoint ``path`` into ``optimizer`` when
+    it verifiably is its state (see the module docstring); otherwise ``optimizer`` is left as it
+    was (fresh) and the result says why.
+
+    ``optimizer`` has one parameter group, the model's trainable parameters in the model's order,
+    named ``names`` (for the messages). The file is read with ``torch.load(weights_only=True)``,
+    memory-mapped when it is a zip archive (only the optimizer's tensors are read). ``size`` and
+    ``mtime_ns``: the file's size and modification time when its weights were read; a file that
+    is no longer so raises :class:`CheckpointError` (its buffers would belong to another save).
+    """
+    saved = _read_entry(path, size, mtime_ns)
+    if saved is None:
+        return CheckpointOptimizer(None)
+    entry, value = saved
+    checked = _match(value, optimizer, names)
+    if isinstance(checked, str):
+        return CheckpointOptimizer(entry, reason=checked)
+    own = optimizer.state_dict()["param_groups"]  # the spec's hyperparameters, kept
+    optimizer.load_state_dict({"state": checked, "param_groups": own})
+    return CheckpointOptimizer(entry, used=True, differs=_differs(value, optimizer))
+
+
+def _read_entry(path: Path, size: int | None, mtime_ns: int | None) -> tuple[str, Any] | None:
+    """``(entry name, value)`` of the first of :data:`ENTRIES` in the checkpoint dict at ``path``
+    that holds something (Lightning's list of one: its element); None when none does."""
+    failed: Exception | None = None
+    try:
+        with open(path, "rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"
+        obj = torch.load(str(path), weights_only=True, map_location="cpu", mmap=zipped)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read '{path}' again for its optimizer state ({exc.strerror or exc}). Check "
+            "the file and the disk, and rerun."
+        ) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        failed = exc
+    try:
+        after = os.stat(path)
+    except OSError:
+        raise _changed(path) from None
+    if (size is not None and after.st_size != size) or (
+        mtime_ns is not None and after.st_mtime_ns != mtime_ns
+    ):
+        raise _changed(path)
+    if failed is not None:
+        first = str(failed).splitlines()[0] if str(failed) else type(failed).__name__
+        # (a reason in place of the state: _match returns it)
+        return "optimizer state", f"it cannot be read with torch.load(weights_only=True) ({first})"
+    if not isinstance(obj, Mapping):
+        return None
+    for entry in ENTRIES:
+        value = obj.get(entry)
+        if entry == "optimizer_states" and isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, Mapping) or (entry == "optimizer_states" and value):
+            return entry, value
+    return None
+
+
+def _changed(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"'{path}' changed since its weights were read (a run is probably still writing it), so "
+        "its optimizer state may be another save's. Wait until the run has written it, and rerun."
+    )
+
+
+def _match(
+    saved: Any, optimizer: torch.optim.Optimizer, names: Sequence[str]
+) -> dict[int, dict[str, Any]] | str:
+    """The saved per-parameter state re-indexed as ``optimizer``'s (clones, so the file's mapped
+    memory is never written), or why it is not ``optimizer``'s state over these parameters."""
+    if isinstance(saved, str):
+        return saved  # why the file could not be read
+    if isinstance(saved, (list, tuple)):
+        return f"it holds the states of {len(saved)} optimizers, not one"
+    if not isinstance(saved, Mapping):
+        return f"it is a {type(saved).__name__}, not an Optimizer.state_dict()"
+    state, groups = saved.get("state"), saved.get("param_groups")
+    if not isinstance(state, Mapping) or not isinstance(groups, list):
+        keys = ", ".join(repr(k) for k in list(saved)[:6])
+        return (
+            f"it is not an Optimizer.state_dict() (its keys: {keys}; no 'state' and 'param_groups')"
+        )
+    if len(groups) != 1:
+        return (
+            f"it has {len(groups)} parameter groups, which may list the parameters in another "
+            "order than the model's (as weight-decay / no-decay groups do) that the shapes "
+            "cannot always reveal; only one group is matched to the parameters"
+        )
+    (group,) = groups
+    indices = group.get("params") if isinstance(group, Mapping) else None
+    if not isinstance(indices, list):
+        return "its parameter group lists no 'params'"
+    params: list[torch.Tensor] = list(optimizer.param_groups[0]["params"])
+    if len(indices) != len(params):
+        return f"it is over {len(indices)} parameters, the model has {len(params)} trainable ones"
+    kind, found = _kind(state, group)
+    wanted = _spec_kind(optimizer)
+    if kind != wanted:
+        shown = f" ({', '.join(sorted(found))})" if found else ""
+        return (
+            f"it is the state of {_SHOWN.get(kind, kind)}{shown}, the spec's optimizer is "
+            f"{_spec_name(optimizer)}"
+        )
+    position = {index: i for i, index in enumerate(indices)}
+    out: dict[int, dict[str, Any]] = {}
+    for index, values in state.items():
+        if index not in position or not isinstance(values, Mapping):
+            return f"its state has an entry ({index!r}) for no parameter of its group"
+        i = position[index]
+        param, name = params[i], names[i]
+        loaded: dict[str, Any] = {}
+        for key, value in values.items():
+            if not isinstance(value, torch.Tensor):
+                loaded[key] = value
+                continue
+            if key != "step" and tuple(value.shape) != tuple(param.shape):
+                return (
+                    f"its {key} of parameter {i} has shape {tuple(value.shape)}, the model's "
+                    f"trainable parameter {i} ('{name}') has {tuple(param.shape)}: it was saved "
+                    "over other parameters or in another order"
+                )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return f"its {key} of '{name}' holds NaN or Inf"
+            loaded[key] = value.detach().clone()
+        out[i] = loaded
+    return out
+
+
+def _kind(state: Mapping[Any, Any], group: Mapping[str, Any]) -> tuple[str, set[str]]:
+    """Which optimizer a saved state is, by its buffers and its group's keys (by the keys alone
+    when it has no buffer: an optimizer that has not stepped yet, or SGD without momentum), and
+    the buffer names found."""
+    found = {k for values in state.values() if isinstance(values, Mapping) for k in values}
+    found.discard("step")
+    sgd = "momentum" in group and "nesterov" in group
+    adam = "betas" in group and "amsgrad" in group  # (RAdam and NAdam's groups have no amsgrad)
+    if found == {"momentum_buffer"} and sgd:
+        return "sgd", found
+    if found == {"exp_avg", "exp_avg_sq"} and adam:
+        return "adam", found
+    if not found and sgd:
+        return ("sgd" if group["momentum"] else "sgd without momentum"), found
+    if not found and adam:
+        return "adam", found
+    if found in ({"momentum_buffer"}, {"exp_avg", "exp_avg_sq"}):  # the group is not theirs
+        which = "SGD" if found == {"momentum_buffer"} else "Adam"
+        return f"another optimizer than {which} (with {which}'s buffers, not its group)", found
+    rest = found - {"exp_avg", "exp_avg_sq"}  # what tells Adam's relatives apart
+    named = {_BUFFERS_OF.get(k, "") for k in rest}
+    return (named.pop() if len(named) == 1 and "" not in named else "another optimizer"), found
+
+
+def _spec_kind(optimizer: torch.optim.Optimizer) -> str:
+    if isinstance(optimizer, torch.optim.Adam):
+        return "adam"
+    return "sgd" if optimizer.defaults.get("momentum") else "sgd without momentum"
+
+
+def _spec_name(optimizer: torch.optim.Optimizer) -> str:
+    kind = _spec_kind(optimizer)
+    return "sgd (momentum = 0)" if kind == "sgd without momentum" else kind
+
+
+def _differs(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    """The constant hyperparameters the saved group has otherwise than ``optimizer``'s."""
+    group = saved["param_groups"][0]
+    own = optimizer.param_groups[0]
+    out = []
+    for key in _COMPARED:
+        if key in group and key in own:
+            mine, theirs = own[key], group[key]
+            if isinstance(mine, (tuple, list)):
+                same = list(mine) == list(theirs) if isinstance(theirs, (tuple, list)) else False
+            else:
+                same = mine == theirs
+            if not same:
+                out.append(f"{key} {_show(theirs)} (the spec's {_show(mine)})")
+    return tuple(out)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)

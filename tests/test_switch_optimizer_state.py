@@ -1,0 +1,308 @@
+"""`conetool switch` with the optimizer state inside a training loop's own checkpoint file
+(`{"model_state_dict": ..., "optimizer_state_dict": ..., "step": ...}`): used when it verifiably
+is the spec's optimizer over the same parameters, else fresh momentum with a note saying why."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conetool import paths
+from conetool.errors import CheckpointError
+from conetool.loop import TrainingLoop
+from conetool.optim import load_optimizer_state, make_optimizer
+from conetool.pipeline import switch_points
+from conetool.pipeline.resolve import model_for
+from conetool.pipeline.run_switch import switch
+from conetool.spec import spec_from_dict
+from conetool.training import train
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.2, 0.9, 1e-3
+
+
+def spec_dict(widths, optimizer="sgd"):
+    return {
+        "model": {"arch": "mlp", "num_classes": 3, "widths": widths, "activation": "tanh"},
+        "data": {
+            "dataset": "synthetic",
+            "shape": [4],
+            "num_classes": 3,
+            "train_size": 48,
+            "test_size": 24,
+            "noise": 1.5,
+        },
+        "probe": {"size": 6},
+        "train": {
+            "optimizer": optimizer,
+            "steps": 12,
+            "batch_size": 8,
+            "lr": LR if optimizer == "sgd" else 0.01,
+            "momentum": MOMENTUM,
+            "save_every": 4,
+            "eval_every": 4,
+            "weight_decay": WEIGHT_DECAY,
+        },
+    }
+
+
+SPEC = spec_from_dict(spec_dict([8]), source="deep.toml")
+
+
+def plain_loop(optimizer_of, steps=3):
+    """A researcher's own loop: the spec's MLP trained ``steps`` steps on its own random batches
+    by the optimizer ``optimizer_of(model)``; returns the model and the optimizer."""
+    torch.manual_seed(0)
+    model = model_for(SPEC)
+    optimizer = optimizer_of(model)
+    for _ in range(steps):
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def save_loop_checkpoint(folder, model, optimizer, entry="optimizer_state_dict", step=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"model_state_dict": model.state_dict(), "step": step}
+    if optimizer is not None:
+        payload[entry] = optimizer.state_dict()
+    torch.save(payload, folder / f"step_{step}.pt")
+    return folder
+
+
+def test_the_first_linearized_update_uses_the_saved_momentum_buffer(tmp_path, monkeypatch):
+    # Was: momentum "fresh" and the note "one inside your own checkpoint file, such as its
+    # optimizer_state_dict, ... is not read": the first update was θ - lr (g + wd θ), as if the
+    # run had just started, not θ - lr (μ buf + g + wd θ).
+    model, optimizer = plain_loop(sgd)
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
+    saved = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    updates = []
+
+    class Watched(TrainingLoop):  # records the parameters around each update, and the gradients
+        def update(self, step):
+            params = self.optimizer.param_groups[0]["params"]
+            before = [p.detach().clone() for p in params]
+            loss = super().update(step)
+            after = [p.detach().clone() for p in params]
+            updates.append((step, before, after, [p.grad.clone() for p in params]))
+            return loss
+
+    monkeypatch.setattr(switch_points, "TrainingLoop", Watched)
+    result = switch([3], until=5, store=tmp_path / "s", ckpts=ckpts, spec=SPEC, device="cpu")
+    (point,) = result.points
+    assert point.momentum == "saved"
+    assert not any("momentum" in note for note in result.notes), result.notes
+    step, before, after, grads = updates[0]
+    assert step == 3 and len(before) == len(saved) == 4  # two Linear layers' weight and bias
+    for theta, new, g, buf in zip(before, after, grads, saved, strict=True):
+        # torch.optim.SGD with momentum and coupled weight decay, by hand
+        d = g + WEIGHT_DECAY * theta
+        expected = theta - LR * (MOMENTUM * buf + d)
+        torch.testing.assert_close(new, expected, rtol=1e-5, atol=1e-7)
+        assert not torch.allclose(new, theta - LR * d)  # what fresh momentum gives
+    assert torch.equal(before[0], next(model.parameters()))  # θ_t: the file's
+
+
+def test_a_conetool_run_resaved_as_loop_checkpoints_is_reproduced_step_for_step(tmp_path):
+    # A model linear in its parameters is its own linearization: switching at t with the run's
+    # momentum replays the standard run exactly, here from the state inside the .pt files.
+    # Was: momentum "fresh" at t = 4, and the losses drifted from the run's.
+    spec = spec_from_dict(spec_dict([]), source="linear.toml")
+    run = tmp_path / "conetool_run"
+    train(spec, run)
+    ckpts = tmp_path / "loop_run"
+    ckpts.mkdir()
+    for step in (0, 4, 8):  # no checkpoint of T = 12: --reference train continues from 8
+        model = model_for(spec)
+        model.load_state_dict(load_file(paths.checkpoint(run, step)))
+        optimizer = make_optimizer(model.parameters(), spec.train)
+        load_optimizer_state(optimizer, paths.optimizer_state(run, step))
+        save_loop_checkpoint(ckpts, model, optimizer, step=step)
+    result = switch(
+        [4], store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu", reference="train"
+    )
+    (point,) = result.points
+    assert point.momentum == "saved"
+    with open(paths.metrics(run)) as handle:
+        standard = {int(r["step"]): r for r in csv.DictReader(handle)}
+    for row in point.rows:
+        ref = standard[int(row["step"])]
+        assert row["test_loss"] == pytest.approx(float(ref["test_loss"]), rel=1e-5)
+        if row["step"] > 4:
+            assert row["train_loss"] == pytest.approx(float(ref["train_loss"]), rel=1e-5)
+    # The standard run continued from step 8 with the momentum of step_8.pt: the run's step 12.
+    assert result.reference["source"] == "trained from step 8"
+    assert result.reference["test_loss"] == pytest.approx(float(standard[12]["test_loss"]), 1e-5)
+
+
+def test_other_entries_and_lightnings_list_are_read(tmp_path):
+    model, optimizer = plain_loop(sgd)
+    for entry, value in (
+        ("optimizer", optimizer.state_dict()),
+        ("optimizer_states", [optimizer.state_dict()]),  # Lightning's .ckpt
+    ):
+        folder = tmp_path / entry
+        folder.mkdir()
+        torch.save({"state_dict": model.state_dict(), entry: value}, folder / "step_3.pt")
+        result = switch(
+            [3], until=4, store=tmp_path / f"s_{entry}", ckpts=folder, spec=SPEC, device="cpu"
+        )
+        assert result.points[0].momentum == "saved", (entry, result.notes)
+
+
+def two_groups(model):  # weights, then biases: not the model's order, same count
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return torch.optim.SGD(
+        [{"params": weights}, {"params": biases, "weight_decay": 0.0}],
+        lr=LR,
+        momentum=MOMENTUM,
+        weight_decay=WEIGHT_DECAY,
+    )
+
+
+def reordered(model):  # one group, the layers in reverse order
+    params = list(model.parameters())
+    return torch.optim.SGD(params[2:] + params[:2], lr=LR, momentum=MOMENTUM)
+
+
+def last_layer(model):
+    return torch.optim.SGD(list(model.parameters())[2:], lr=LR, momentum=MOMENTUM)
+
+
+def adam(model):
+    return torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize(
+    ("optimizer_of", "said"),
+    [
+        (
+            adam,
+            "the optimizer_state_dict in step_3.pt is not used: it is the state of Adam "
+            "(exp_avg, exp_avg_sq), the spec's optimizer is sgd",
+        ),
+        (two_groups, "it has 2 parameter groups, which may list the parameters in another order"),
+        (reordered, "its momentum_buffer of parameter 0 has shape (3, 8), the model's trainable "),
+        (last_layer, "it is over 2 parameters, the model has 4 trainable ones"),
+        (None, "nor in step_3.pt (no optimizer_state_dict, optimizer, optimizer_states entry)"),
+    ],
+)
+def test_a_state_not_verifiably_the_specs_optimizer_is_left_and_the_note_says_why(
+    tmp_path, optimizer_of, said
+):
+    model, optimizer = plain_loop(optimizer_of or sgd)
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer if optimizer_of else None)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=SPEC, device="cpu")
+    assert result.points[0].momentum == "fresh"
+    (note,) = [n for n in result.notes if n.startswith("t=3:")]
+    assert said in note, note
+    assert "no optimizer state beside the checkpoint (step_000003.optim.safetensors" in note
+    assert note.endswith("; momentum starts at zero"), note
+
+
+def test_adam_state_for_an_adam_spec_and_other_hyperparameters_noted(tmp_path):
+    spec = spec_from_dict(spec_dict([8], optimizer="adam"), source="adam.toml")
+    model, optimizer = plain_loop(lambda m: torch.optim.AdamW(m.parameters(), lr=0.01))
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu")
+    assert result.points[0].momentum == "saved"
+    (note,) = [n for n in result.notes if n.startswith("t=3:")]
+    # AdamW's decoupled weight decay 0.01 where the spec has Adam's coupled 0.001: the buffers
+    # are used, the hyperparameters are the spec's, and the note names the difference.
+    assert "momentum from the optimizer_state_dict in step_3.pt, saved with weight_decay 0.01 " in (
+        note
+    )
+    assert "decoupled_weight_decay True (the spec's False)" in note
+    assert "trains with the spec's values" in note
+
+
+def test_buffers_are_loaded_into_the_optimizer_and_the_hyperparameters_stay(tmp_path):
+    from conetool.checkpoint_optimizer import restore_checkpoint_optimizer  # (new: here, so
+    # that the other tests of this file run, and fail, on the code before it)
+
+    model, optimizer = plain_loop(
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.5, nesterov=True)
+    )
+    path = save_loop_checkpoint(tmp_path, model, optimizer) / "step_3.pt"
+    mine = make_optimizer(model.parameters(), SPEC.train)
+    names = [n for n, _ in model.named_parameters()]
+    found = restore_checkpoint_optimizer(mine, names, path)
+    assert found.used and found.entry == "optimizer_state_dict"
+    assert found.differs == (
+        "momentum 0.5 (the spec's 0.9)",
+        "nesterov True (the spec's False)",
+        "weight_decay 0 (the spec's 0.001)",
+    )
+    group = mine.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (LR, MOMENTUM, False)
+    for p in model.parameters():
+        assert torch.equal(mine.state[p]["momentum_buffer"], optimizer.state[p]["momentum_buffer"])
+    # a file rewritten since its weights were read: its buffers may be another save's
+    with pytest.raises(CheckpointError, match="changed since its weights were read"):
+        restore_checkpoint_optimizer(mine, names, path, size=path.stat().st_size + 1)
+
+
+def test_hugging_faces_optimizer_pt_is_not_read_and_the_note_says_why(tmp_path):
+    model, optimizer = plain_loop(sgd)
+    folder = tmp_path / "run" / "checkpoint-3"
+    folder.mkdir(parents=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors"
+    )
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    result = switch(
+        [3], until=4, store=tmp_path / "s", ckpts=tmp_path / "run", spec=SPEC, device="cpu"
+    )
+    assert result.points[0].momentum == "fresh"
+    (note,) = [n for n in result.notes if n.startswith("t=3:")]
+    assert "Hugging Face's checkpoint-3/optimizer.pt is not read: the Trainer lists" in note, note
+    assert "cannot be matched to the parameters verifiably; momentum starts at zero" in note
+
+
+def test_a_spec_without_momentum_refuses_momentum_buffers(tmp_path):
+    spec = replace(SPEC, train=replace(SPEC.train, momentum=0.0))
+    model, optimizer = plain_loop(sgd)
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu")
+    (note,) = [n for n in result.notes if n.startswith("t=3:")]
+    assert "it is the state of SGD with momentum (momentum_buffer), the spec's optimizer is " in (
+        note
+    )
+    assert "sgd (momentum = 0)" in note
+
+
+@pytest.mark.parametrize(
+    ("optimizer_of", "said"),
+    [
+        (lambda m: torch.optim.Adam(m.parameters(), amsgrad=True), "Adam with amsgrad"),
+        (lambda m: torch.optim.NAdam(m.parameters()), "NAdam"),
+        (
+            lambda m: torch.optim.RAdam(m.parameters()),
+            "another optimizer than Adam (with Adam's buffers, not its group)",
+        ),
+        (lambda m: torch.optim.RMSprop(m.parameters(), momentum=0.9), "another optimizer"),
+        (lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), "SGD with momentum"),
+    ],
+)
+def test_an_adam_spec_takes_adams_buffers_only(tmp_path, optimizer_of, said):
+    from conetool.checkpoint_optimizer import restore_checkpoint_optimizer
+
+    spec = spec_from_dict(spec_dict([8], optimizer="adam"), source="adam.toml")
+    model, optimizer = plain_loop(optimizer_of, steps=1)
+    path = save_loop_checkpoint(tmp_path, model, optimizer) / "step_3.pt"
+    mine = make_optimizer(model.parameters(), spec.train)
+    found = restore_checkpoint_optimizer(mine, [n for n, _ in model.named_parameters()], path)
+    assert not found.used and found.reason.startswith(f"it is the state of {said} ("), found
+    assert found.reason.endswith("the spec's optimizer is adam"), found
+    assert not mine.state  # left fresh
