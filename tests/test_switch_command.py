@@ -187,7 +187,10 @@ def test_a_diverged_reference_run_gives_trains_hint_and_keeps_the_points(
     said = str(caught.value)
     # Was "standard diverged at step 8": the run named by the progress bar's label alone.
     assert said.startswith("the standard (non-linearized) reference run diverged at step"), said
-    assert "Lower train.lr" in said, said
+    # Was "Lower train.lr or add train.warmup_steps in the spec." alone: a change of the spec,
+    # so of the recipe every point replays, advised as if it touched this run only.
+    assert "A lower train.lr or added train.warmup_steps in the spec may let it finish" in said
+    assert "the spec's recipe is every switch point's too" in said, said
     assert f"The checkpoints already in {deep_run} are valid." in said  # train's own hint
     assert f"So are the switch points in {paths.switch_dir(store)}" in said, said
     assert "--reference checkpoint keeps them" in said and said.endswith("of step 10)."), said

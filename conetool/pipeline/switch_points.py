@@ -332,7 +332,11 @@ def standard_reference(
         on_step=watch,
         diverged=lambda step, loss: (
             f"the standard (non-linearized) reference run diverged at step {step}: the loss is "
-            f"{loss}. Lower train.lr or add train.warmup_steps in the spec."
+            f"{loss}. A lower train.lr or added train.warmup_steps in the spec may let it "
+            "finish, but the spec's recipe is every switch point's too: each point would be "
+            "trained again with the new recipe (points are reused only for the same spec), and "
+            "the sweep would replay a recipe other than your run's, unless your run used it "
+            "(then the spec should say so)."
             f"{_reference_diverged_hint(ckpts, store.root, until)}"
         ),
     )
