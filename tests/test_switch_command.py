@@ -361,7 +361,10 @@ def _count_training(monkeypatch, after=None):
     return trained
 
 
-@pytest.mark.parametrize("when", ["point trained", "between points", "before results", "reference"])
+@pytest.mark.parametrize(
+    "when",
+    ["point trained", "between points", "point's own check", "before results", "reference"],
+)
 def test_a_sweep_writes_nothing_into_a_store_replaced_meanwhile(
     deep_run, kernel_store, tmp_path, monkeypatch, when
 ):
@@ -382,6 +385,14 @@ def test_a_sweep_writes_nothing_into_a_store_replaced_meanwhile(
             return point
 
         monkeypatch.setattr(run_switch, "run_point", then_replaced)
+    if when == "point's own check":  # after the sweep's check before t=0, before run_point's
+        real_point = run_switch.run_point
+
+        def replaced_before(*args, **kwargs):
+            replace()
+            return real_point(*args, **kwargs)
+
+        monkeypatch.setattr(run_switch, "run_point", replaced_before)
     if when == "before results":
         real_all = run_switch.all_points
 
@@ -400,6 +411,9 @@ def test_a_sweep_writes_nothing_into_a_store_replaced_meanwhile(
         "are not written.",
         "between points": "the point at t = 4 (not started) is not written, and the point at "
         "t = 0 went with the old store.",
+        # was "the point at t = 0 (in progress) and the point at t = 4 (not started)": t = 0
+        # was refused by run_point's own check, before any training
+        "point's own check": "the points at t = 0, 4 (not started) are not written.",
         "before results": "results.csv, results.json and switch.png are not written, and the "
         "points at t = 0, 4 went with the old store.",
         "reference": "reference.json, results.csv, results.json and switch.png are not written, "
@@ -417,6 +431,7 @@ def test_a_sweep_writes_nothing_into_a_store_replaced_meanwhile(
     expected = {
         "point trained": ["switch t=0"],
         "between points": ["switch t=0"],  # t=4 was not trained for nothing
+        "point's own check": [],
         "before results": ["switch t=0", "switch t=4"],
         "reference": ["switch t=0", "switch t=4", "standard"],
     }

@@ -217,6 +217,7 @@ def _switch(
     error: ConetoolError | None = None
     replaced = False  # this rank found the store replaced: before a point, or during it
     in_progress: int | None = None  # (during: the point it was training or writing)
+    started: list[int] = []  # the points that passed run_point's own check of the store
     bar = job.bar(progress.task("switch points", total=len(sweep.points_at)))
     for point in done:
         bar.advance_here(1, at=point.at, test_acc=f"{point.test_acc:.4f}")
@@ -242,13 +243,17 @@ def _switch(
                 progress,
                 notes,
                 warnings,
+                training=started.append,
             )
         except CheckpointError as exc:
             error = _for_switch(exc)
             job.fail()
             break
         except StoreReplacedError as exc:
-            error, replaced, in_progress = exc, True, t
+            # found by run_point's own check (the store replaced since the one above): the
+            # point was not started either; found writing its files: it was in progress
+            error, replaced = exc, True
+            in_progress = t if t in started else None
             job.fail()
             break
         except ConetoolError as exc:

@@ -86,12 +86,15 @@ def run_point(
     progress: Progress,
     notes: list[str],
     warnings: list[str],
+    training: Callable[[int], None] | None = None,
 ) -> SwitchPoint:
     """Train the linearized model of the checkpoint ``ref`` from its step t to ``until`` (or read
     the finished point from ``store``) and write the point's files (holding ``store`` against a
     replacement: a :class:`~conetool.errors.StoreReplacedError`, checked before the training
     too). Notes go to ``notes``; the slow-step warning goes to ``progress`` and ``warnings``,
-    once per sweep: a point is watched only while ``warnings`` is empty."""
+    once per sweep: a point is watched only while ``warnings`` is empty. ``training(t)`` is
+    called once the point passed that check and is to be trained (a replacement found after it
+    costs the point in progress; before it, the point was not started)."""
     t = ref.step
     store.check()  # no minutes of training for a point that could not be written
     model = model_for(spec)
@@ -104,6 +107,8 @@ def run_point(
     if done is not None:
         return done
     output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
+    if training is not None:
+        training(t)
     began = time.perf_counter()
     lin = LinearizedModel(model).to(device)
     optimizer, momentum, said = optimizer_at(lin, spec, ckpts, loaded)
