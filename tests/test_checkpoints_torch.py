@@ -319,3 +319,20 @@ def test_the_torch_save_note_is_said_once_and_quiet_drops_it(run, tmp_path):
     # and not among a Python caller's warnings
     result = kernels(pts, store=tmp_path / "s2", device="cpu")
     assert not any("torch.save" in w for w in result.warnings), result.warnings
+
+
+def test_a_copy_of_a_checkpoint_is_a_note_that_quiet_leaves_out(run, tmp_path):
+    """A file with the same step and bytes as one read (a backup copy) loses nothing: its line
+    was a warning, printed under --quiet and returned among a Python caller's warnings."""
+    pts = _torch_run(run, tmp_path, losses=False)
+    shutil.copyfile(pts / "ckpt_5.pt", pts / "ckpt_0005.pt")
+    args = ["kernels", str(pts), "--store", str(tmp_path / "s"), "--device", "cpu"]
+    loud = runner.invoke(app, args)
+    assert loud.exit_code == 0, loud.output
+    text = " ".join(loud.output.split())
+    assert text.count("taken as a copy of") == 1 and "note: 'ckpt_" in text, text
+    quiet = runner.invoke(app, [*args, "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "taken as a copy" not in " ".join(quiet.output.split()), quiet.output
+    result = kernels(pts, store=tmp_path / "s2", device="cpu")
+    assert not any("taken as a copy" in w for w in result.warnings), result.warnings

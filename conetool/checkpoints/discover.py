@@ -425,9 +425,10 @@ def checkpoint_listing(
         note(torch_note(len(pickled), pickled[0].file))
     if said := not_state_dicts_note(scan):
         note(said)
-    for said in (copies_note(scan), nested_note(scan)):
-        if said:
-            warn(said)
+    if said := copies_note(scan):  # the same bytes as a file read: nothing is lost
+        note(said)
+    if said := nested_note(scan):  # checkpoints in subfolders are not read: a warning
+        warn(said)
     return CheckpointListing(refs, {c.folder or c.location: c.problem or "" for c in bad})
 
 
