@@ -21,8 +21,11 @@ distance ``D = sqrt(2 S)`` (the Euclidean distance between the ``u_k``, a true m
   of the definition, which moves the eigenvalues by at most about ``K * 1e-15``).
   :func:`classical_mds`, of any distances, leaves out the negative eigenvalues instead (see its
   docstring).
-- ``"mds"``: metric MDS (scikit-learn's SMACOF) on ``D``, started from the classical solution,
-  every parameter passed explicitly (:func:`_sklearn_mds`). It bends the picture to fit all
+- ``"mds"``: metric MDS on ``D`` by SMACOF (:func:`conetool.smacof.smacof`: the iterations and
+  stopping rule of scikit-learn's metric MDS, reimplemented for speed, equal to it up to
+  rounding; :func:`_sklearn_mds` is the scikit-learn call it replaced, kept for the tests and
+  ``benchmarks/bench_embed.py``), started from the classical solution, with
+  :data:`MDS_MAX_ITER` and :data:`MDS_EPS`. It bends the picture to fit all
   distances in ``dims`` dimensions; its quality is Kruskal's Stress-1,
   ``sqrt(sum_{i<j} (|x_i - x_j| - D_ij)^2 / sum_{i<j} D_ij^2)`` (0 is perfect, 0.05 good,
   0.2 poor).
@@ -41,12 +44,13 @@ from typing import Any, Literal
 import numpy as np
 
 from conetool.geometry import GeometryError
+from conetool.smacof import smacof
 
 __all__ = ["Embedding", "classical_mds", "embed_kernels", "embed_mds", "embed_pca", "stress1"]
 
 Method = Literal["mds", "pca"]
 
-#: SMACOF settings used by :func:`embed_mds` (passed to scikit-learn explicitly).
+#: SMACOF settings used by :func:`embed_mds` (and by :func:`_sklearn_mds`, explicitly).
 MDS_MAX_ITER = 1000
 MDS_EPS = 1e-9
 
@@ -209,7 +213,9 @@ def embed_pca(s: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sklearn_mds(d: np.ndarray, init: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, int]:
-    """The one call into scikit-learn's MDS: every parameter explicit, for 1.3 up to 1.9+.
+    """scikit-learn's MDS as :func:`embed_mds` called it before :mod:`conetool.smacof`: the
+    reference the tests and ``benchmarks/bench_embed.py`` compare against (not used otherwise).
+    Every parameter explicit, for 1.3 up to 1.9+.
 
     SMACOF starts from ``init`` (one run, so ``n_init=1``); ``random_state`` is passed for
     completeness (it is not used with an explicit start). Parameter names changed in 1.8
@@ -244,11 +250,16 @@ def _sklearn_mds(d: np.ndarray, init: np.ndarray, dims: int, seed: int) -> tuple
 def embed_mds(s: np.ndarray, dims: int = 2, seed: int = 0) -> tuple[np.ndarray, float]:
     """Metric MDS of the chordal distances ``sqrt(2 S)``, started from :func:`embed_pca`.
 
+    SMACOF (:func:`conetool.smacof.smacof`, at most :data:`MDS_MAX_ITER` iterations, stopping
+    at a relative decrease of the stress below :data:`MDS_EPS`) gives the coordinates
+    scikit-learn's ``MDS`` gives from the same start (:func:`_sklearn_mds`), up to rounding.
+
     Args:
         s: ``(K, K)`` S matrix.
         dims: 1, 2 or 3.
-        seed: ``random_state`` passed to scikit-learn (the result is deterministic anyway: the
-            start is the classical solution).
+        seed: not used: the start is the classical solution, so nothing is random (kept for
+            callers and ``summary.json``; it was scikit-learn's ``random_state``, unused there
+            too with an explicit start).
 
     Returns:
         ``(coords (K, dims), stress)``: centred, oriented coordinates and their Kruskal
@@ -260,8 +271,7 @@ def embed_mds(s: np.ndarray, dims: int = 2, seed: int = 0) -> tuple[np.ndarray, 
     if not np.any(d > 0):  # every kernel the same direction: one point (SMACOF would divide by 0)
         return np.zeros((d.shape[0], dims)), 0.0
     start, _ = _classical_from_b(_double_center(-s), dims)
-    coords, _ = _sklearn_mds(d, start, dims, seed)
-    coords = _orient(coords)
+    coords = _orient(smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS).coords)
     return coords, stress1(coords, d)
 
 
@@ -274,7 +284,7 @@ def embed_kernels(
         s: ``(K, K)`` S matrix (:func:`conetool.geometry.distance_matrix`).
         method: ``"mds"`` (metric MDS, default) or ``"pca"`` (exact PCA of the unit kernels).
         dims: 2 (default) or 3 (or 1).
-        seed: random seed for ``"mds"``.
+        seed: recorded only (:func:`embed_mds`: its ``"mds"`` has no randomness).
 
     Returns:
         An :class:`Embedding` with coordinates ``(K, dims)`` and the stress (both methods) and

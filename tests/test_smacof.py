@@ -1,0 +1,184 @@
+"""conetool.smacof against scikit-learn's SMACOF: the same iterations, to rounding.
+
+Each case runs both from the same start with the same ``max_iter`` and ``eps`` and asks for
+the same iteration count, coordinates equal to 1e-12 of their scale (1e-10 where all distances
+tie) and the same raw stress.
+The cases: a kernel trajectory (2 and 3 dimensions), ties (all distances equal), kernels that
+repeat (distances of 0 between different kernels), coinciding start points at a positive
+distance (scikit-learn's 0 -> 1e-5 rule), K = 3, an S matrix that is no kernels', a stop at
+``max_iter``, and blocks of a few rows (every path of the block walk at small K).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.manifold import smacof as sklearn_smacof
+
+from conetool.embedding import (
+    MDS_EPS,
+    MDS_MAX_ITER,
+    _check,
+    _classical_from_b,
+    _double_center,
+    _orient,
+    _sklearn_mds,
+    embed_mds,
+)
+from conetool.geometry import GeometryError, distance_matrix
+from conetool.smacof import SmacofResult, smacof
+
+
+def _trajectory(count: int, seed: int = 0, side: int = 6) -> np.ndarray:
+    """The S matrix of ``count`` kernels along a drifting curve (steps shrinking as training
+    slows down), as conetool.geometry computes it."""
+    rng = np.random.default_rng(seed)
+    position = rng.standard_normal(side * side)
+    direction = rng.standard_normal(side * side)
+    kernels = []
+    for k in range(count):
+        direction += 0.5 * rng.standard_normal(side * side) / side
+        direction /= np.linalg.norm(direction)
+        position = position + 0.1 / (1 + 10 * k / count) * direction
+        kernels.append(position.reshape(side, side).copy())
+    return distance_matrix(lambda i: kernels[i], count)
+
+
+def _start(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(D, start)`` as embed_mds makes them: chordal distances and the classical solution."""
+    s = _check(s, dims)
+    d = np.sqrt(2.0 * np.clip(s, 0.0, None))
+    np.fill_diagonal(d, 0.0)
+    return d, _classical_from_b(_double_center(-s), dims)[0]
+
+
+def _repeated_kernels() -> np.ndarray:
+    """A trajectory whose kernels 3, 7 and 11 come twice (and 0 three times): S = 0 off the
+    diagonal, coinciding start points, R = 0 between them."""
+    s = _trajectory(16, seed=1)
+    order = [0, 1, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9, 10, 11, 11, 12, 13, 14, 15, 0, 0]
+    return s[np.ix_(order, order)]
+
+
+def _simplex(count: int = 6) -> np.ndarray:
+    """Every pair of kernels at the same distance (orthogonal kernels): all distances tie."""
+    s = np.ones((count, count))
+    np.fill_diagonal(s, 0.0)
+    return s
+
+
+def _not_of_kernels() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    upper = np.triu(rng.uniform(0.0, 2.0, (12, 12)), 1)
+    return upper + upper.T
+
+
+def _reference(d: np.ndarray, start: np.ndarray, max_iter: int) -> tuple[np.ndarray, float, int]:
+    coords, stress, n_iter = sklearn_smacof(
+        d,
+        metric=True,
+        n_components=start.shape[1],
+        init=start,
+        n_init=1,
+        max_iter=max_iter,
+        eps=MDS_EPS,
+        normalized_stress=False,
+        return_n_iter=True,
+    )
+    return coords, float(stress), int(n_iter)
+
+
+def _assert_same(
+    d: np.ndarray,
+    start: np.ndarray,
+    max_iter: int = MDS_MAX_ITER,
+    tolerance: float = 1e-12,
+    **blocks: int,
+) -> SmacofResult:
+    """The same iteration count, coordinates within ``tolerance`` of their largest, the same
+    raw stress (differences seen: 1e-15 to 1e-13 of the scale; 2e-11 where all distances tie)."""
+    coords, stress, n_iter = _reference(d, start, max_iter)
+    result = smacof(d, start, max_iter=max_iter, eps=MDS_EPS, **blocks)
+    assert result.n_iter == n_iter
+    scale = float(np.max(np.abs(coords)))
+    np.testing.assert_allclose(result.coords, coords, rtol=0, atol=tolerance * scale)
+    assert result.stress == pytest.approx(stress, rel=1e-9, abs=1e-12 * float(np.sum(d * d)))
+    return result
+
+
+@pytest.mark.parametrize(
+    ("name", "dims"),
+    [
+        ("trajectory", 2),
+        ("trajectory", 3),
+        ("ties", 2),
+        ("repeated kernels", 2),
+        ("K = 3", 2),
+        ("not of kernels", 2),
+    ],
+)
+def test_the_same_iterations_as_scikit_learn(name: str, dims: int) -> None:
+    s = {
+        "trajectory": lambda: _trajectory(40),
+        "ties": _simplex,
+        "repeated kernels": _repeated_kernels,
+        "K = 3": lambda: _trajectory(3, seed=2),
+        "not of kernels": _not_of_kernels,
+    }[name]()
+    d, start = _start(s, dims)
+    # all distances tied: the start is one of many equal eigenvector bases, and SMACOF from
+    # such a symmetric configuration amplifies rounding (2e-11 of the scale after 47 steps)
+    result = _assert_same(d, start, tolerance=1e-10 if name == "ties" else 1e-12)
+    assert result.n_iter >= 2
+    if name == "repeated kernels":  # repeated kernels stay one point
+        np.testing.assert_allclose(result.coords[3], result.coords[4], atol=1e-12)
+
+
+def test_coinciding_start_points_take_scikit_learns_1e_5() -> None:
+    """Start points that coincide exactly (integer coordinates: every product exact) while
+    their kernels differ: the distance 0 is taken as 1e-5 in R, as scikit-learn does (a value
+    only rounding sees, since R_ij multiplies x_i - x_j = 0; without one, R is inf and the
+    coordinates NaN)."""
+    d, _ = _start(_trajectory(9, seed=4), 2)
+    start = np.array([[0, 0], [0, 0], [1, 0], [2, 1], [2, 1], [-1, 2], [0, 3], [1, -2], [3, 3.0]])
+    result = _assert_same(d, start)
+    assert result.n_iter > 2
+
+
+@pytest.mark.parametrize(("block_elements", "block_rows"), [(1, 1), (7, 3), (50, 4)])
+def test_small_blocks_give_the_same_iterations(block_elements: int, block_rows: int) -> None:
+    d, start = _start(_repeated_kernels(), 2)
+    _assert_same(d, start, block_elements=block_elements, block_rows=block_rows)
+
+
+def test_a_stop_at_max_iter_is_the_same() -> None:
+    d, start = _start(_trajectory(30, seed=5), 2)
+    assert _assert_same(d, start, max_iter=4).n_iter == 4
+    assert _assert_same(d, start, max_iter=1).n_iter == 1
+
+
+def test_embed_mds_is_scikit_learns_mds_without_calling_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _trajectory(50, seed=6)
+    d, start = _start(s, 2)
+    expected = _orient(_sklearn_mds(d, start, 2, 0)[0])
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embed_mds called scikit-learn's MDS")
+
+    monkeypatch.setattr("sklearn.manifold.MDS", refuse)
+    coords, _ = embed_mds(s, dims=2)
+    np.testing.assert_allclose(coords, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(
+    ("d", "init", "match"),
+    [
+        (np.zeros((3, 4)), np.zeros((3, 2)), "square"),
+        (np.array([[0.0, 1.0], [2.0, 0.0]]), np.zeros((2, 1)), "symmetric"),
+        (np.eye(3), np.zeros((3, 2)), "zero on the diagonal"),
+        (np.zeros((3, 3)), np.zeros((4, 2)), r"init must be \(3, dims\)"),
+    ],
+)
+def test_bad_input_is_refused(d: np.ndarray, init: np.ndarray, match: str) -> None:
+    with pytest.raises(GeometryError, match=match):
+        smacof(d, init)
