@@ -102,8 +102,11 @@ class _Walk:
         self.work = np.empty(largest)  # squared distances, then distances, then R
         self.diff = np.empty(largest)  # distances - D, for the stress
         self.left = np.empty((count, dims + 2))  # [X, |x|^2, 1]
-        self.right = np.empty((count, dims + 2))  # [-2 X, 1, |x|^2]
-        self.ext = np.empty((count, dims + 1))  # [X, 1]
+        # [-2 X, 1, |x|^2]^T and [X, 1] (and its transpose): row-major products (np.matmul of
+        # C-ordered operands ran 1.5-2x faster here than np.dot of a transposed one)
+        self.right = np.empty((dims + 2, count))
+        self.ext = np.empty((count, dims + 1))
+        self.ext_t = np.empty((dims + 1, count))
         self.product = np.empty((count, dims + 1))  # R [X, 1], from the blocks' rows
         self.below = np.empty((dims + 1, count))  # its transpose, from the blocks' columns
 
@@ -114,11 +117,12 @@ class _Walk:
         self.left[:, :p] = x
         self.left[:, p] = norms
         self.left[:, p + 1] = 1.0
-        np.multiply(x, -2.0, out=self.right[:, :p])
-        self.right[:, p] = 1.0
-        self.right[:, p + 1] = norms
+        np.multiply(x.T, -2.0, out=self.right[:p])
+        self.right[p] = 1.0
+        self.right[p + 1] = norms
         self.ext[:, :p] = x
         self.ext[:, p] = 1.0
+        self.ext_t[...] = self.ext.T
         self.product.fill(0.0)
         self.below.fill(0.0)
         stress = sum(self._block(a, b) for a, b in self.blocks)
@@ -137,18 +141,18 @@ class _Walk:
         # the square's diagonal (i == j) in the flat buffers: entries i * (count - a + 1)
         diagonal = np.s_[: (rows - 1) * (count - a + 1) + 1 : count - a + 1]
         target = self.d[a:b, a:]
-        np.dot(self.left[a:b], self.right[a:].T, out=dist)  # squared distances
+        np.matmul(self.left[a:b], self.right[:, a:], out=dist)  # squared distances
         self.work[diagonal] = 1.0  # no pair; positive, so that 0 / 1 gives R_ii = 0 below
         np.sqrt(dist, out=dist)
         stress = self._stress(dist, diff, target, diagonal)
         np.divide(target, dist, out=dist)  # R
-        top = np.dot(dist, self.ext[a:])
+        top = np.matmul(dist, self.ext[a:])
         if not np.isfinite(top[:, p].sum()):  # a distance of 0, or a negative squared one
             stress = self._careful(dist, diff, target, diagonal, a, b)
-            top = np.dot(dist, self.ext[a:])
+            top = np.matmul(dist, self.ext[a:])
         self.product[a:b] += top
         if b < count:  # [X, 1]^T R (a row-major product, faster than R^T [X, 1])
-            self.below[:, b:] += np.dot(self.ext[a:b].T, dist[:, rows:])
+            self.below[:, b:] += np.matmul(self.ext_t[:, a:b], dist[:, rows:])
         return stress
 
     def _stress(
@@ -177,7 +181,7 @@ class _Walk:
         returns the stress of the block's pairs. (The diagonal, 0 in scikit-learn, is whatever
         rounding leaves here: its ``R_ii = 0 / d_ii`` is 0 either way and :meth:`_stress`
         leaves it out.)"""
-        np.dot(self.left[a:b], self.right[a:].T, out=dist)
+        np.matmul(self.left[a:b], self.right[:, a:], out=dist)
         np.maximum(dist, 0.0, out=dist)
         np.sqrt(dist, out=dist)
         stress = self._stress(dist, diff, target, diagonal)
