@@ -1,0 +1,211 @@
+"""Benchmark: ``conetool embed --method mds``'s SMACOF (:mod:`conetool.smacof`) against
+scikit-learn's (the baseline, :func:`conetool.embedding._sklearn_mds`, as ``embed_mds`` called it
+before), measured in the same run.
+
+For each size ``K`` the S matrix of ``K`` kernels along a synthetic trajectory: vectors of
+``--dim`` entries (a ``sqrt(dim)`` square kernel, flattened) moving along a curve whose direction
+drifts and whose speed falls a thousandfold over the run (training slowing down), with noise
+at every step; S from :func:`conetool.geometry.distance_matrix` (``1 - <H, H'> / (|H| |H'|)``).
+Both SMACOFs start from the classical solution of ``sqrt(2 S)`` in ``--dims`` dimensions, with
+``embed``'s settings (``max_iter`` 1000, ``eps`` 1e-9), in alternating order, ``--repeat`` times
+each; the table has the median wall and CPU seconds, the new one's ratios to the baseline, the
+iterations each made, the Kruskal stress-1 of each result and the largest coordinate difference
+between them (relative to the largest coordinate).
+
+``--profile`` adds, per size, where scikit-learn's time goes: its loop body
+(``sklearn.manifold._mds._smacof_single``, metric, as in 1.9) re-run with a timer around each
+part for ``--profile-iters`` iterations from the same start: Euclidean distances, the ``B``
+matrix (the zero distances, ``R = D / d``, ``B = -R`` plus its row sums on the diagonal), ``B X``,
+the stress and the convergence check; milliseconds per iteration and shares.
+
+Usage (a minute or two on 2 busy cores; the baseline dominates):
+
+    python benchmarks/bench_embed.py --sizes 200,1000,2000 --repeat 3 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from conetool.embedding import (
+    MDS_EPS,
+    MDS_MAX_ITER,
+    _check,
+    _classical_from_b,
+    _double_center,
+    _sklearn_mds,
+    stress1,
+)
+from conetool.geometry import distance_matrix
+from conetool.smacof import smacof
+from conetool.threads import limit_threads
+
+
+def trajectory_s(count: int, dim: int = 400, seed: int = 0) -> np.ndarray:
+    """The ``(count, count)`` S matrix of ``count`` kernels of ``dim`` entries along a drifting
+    curve: the speed falls a thousandfold (``0.05 (1e-3 + exp(-k / (0.1 count)))`` per step, a
+    short Phase I and a slow drift, as the velocity of real runs falls 500-1500x), the
+    direction turns by about 17 degrees per step, and each step has noise of half its length."""
+    rng = np.random.default_rng(seed)
+    kernels = np.empty((count, dim))
+    position = rng.standard_normal(dim)
+    direction = rng.standard_normal(dim)
+    direction /= np.linalg.norm(direction)
+    for k in range(count):
+        direction += 0.3 * rng.standard_normal(dim) / np.sqrt(dim)
+        direction /= np.linalg.norm(direction)
+        speed = 0.05 * (1e-3 + np.exp(-k / (0.1 * count)))
+        noise = 0.5 * speed * rng.standard_normal(dim) / np.sqrt(dim)
+        position = position + speed * direction + noise
+        kernels[k] = position
+    return distance_matrix(lambda i: kernels[i], count)
+
+
+def problem(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(D, start)`` exactly as ``embed_mds`` makes them."""
+    s = _check(s, dims)
+    d = np.sqrt(2.0 * np.clip(s, 0.0, None))
+    np.fill_diagonal(d, 0.0)
+    return d, _classical_from_b(_double_center(-s), dims)[0]
+
+
+def baseline(d: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int]:
+    return _sklearn_mds(d, start, start.shape[1], 0)
+
+
+def new(d: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int]:
+    result = smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS)
+    return result.coords, result.n_iter
+
+
+def timed(call: Callable[[], tuple[np.ndarray, int]]) -> tuple[float, float, np.ndarray, int]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    coords, n_iter = call()
+    return time.perf_counter() - wall, time.process_time() - cpu, coords, n_iter
+
+
+def profile_sklearn(d: np.ndarray, start: np.ndarray, iterations: int) -> dict[str, float]:
+    """Seconds per iteration of each part of scikit-learn's metric SMACOF loop body."""
+    from sklearn.metrics import euclidean_distances
+
+    n = d.shape[0]
+    x = start.copy()
+    parts = {"distances": 0.0, "B matrix": 0.0, "B X": 0.0, "stress+check": 0.0}
+    distances = euclidean_distances(x)
+    old_stress = None
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        distances[distances == 0] = 1e-5
+        ratio = d / distances
+        b = -ratio
+        b[np.arange(len(b)), np.arange(len(b))] += ratio.sum(axis=1)
+        t1 = time.perf_counter()
+        x = 1.0 / n * np.dot(b, x)
+        t2 = time.perf_counter()
+        distances = euclidean_distances(x)
+        t3 = time.perf_counter()
+        stress = ((distances.ravel() - d.ravel()) ** 2).sum() / 2
+        if old_stress is not None:
+            sum_squared_distances = (distances.ravel() ** 2).sum()
+            _ = ((old_stress - stress) / (sum_squared_distances / 2)) < MDS_EPS
+        old_stress = stress
+        t4 = time.perf_counter()
+        parts["B matrix"] += t1 - t0
+        parts["B X"] += t2 - t1
+        parts["distances"] += t3 - t2
+        parts["stress+check"] += t4 - t3
+    return {k: v / iterations for k, v in parts.items()}
+
+
+def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
+    d, start = problem(trajectory_s(count, args.dim), args.dims)
+    runs: dict[str, list[tuple[float, float, np.ndarray, int]]] = {"baseline": [], "new": []}
+    for r in range(args.repeat):
+        order = ("baseline", "new") if r % 2 == 0 else ("new", "baseline")
+        for which in order:
+            call = baseline if which == "baseline" else new
+            runs[which].append(timed(lambda call=call: call(d, start)))
+    row: dict[str, Any] = {"K": count}
+    for which, results in runs.items():
+        row[which] = {
+            "wall": statistics.median(r[0] for r in results),
+            "cpu": statistics.median(r[1] for r in results),
+            "iters": results[-1][3],
+            "stress1": stress1(results[-1][2], d),
+            "coords": results[-1][2],
+        }
+    old, fresh = row["baseline"]["coords"], row["new"]["coords"]
+    row["diff"] = float(np.max(np.abs(fresh - old)) / np.max(np.abs(old)))
+    if args.profile:
+        row["profile"] = profile_sklearn(
+            d, start, min(args.profile_iters, row["baseline"]["iters"])
+        )
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="200,1000,2000", help="comma-separated kernel counts K")
+    parser.add_argument("--dims", type=int, default=2, help="embedding dimensions (2 or 3)")
+    parser.add_argument("--dim", type=int, default=400, help="entries per synthetic kernel")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each (median shown)")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (limit_threads)")
+    parser.add_argument("--profile", action="store_true", help="where scikit-learn's time goes")
+    parser.add_argument("--profile-iters", type=int, default=20, help="iterations profiled")
+    args = parser.parse_args(argv)
+    sizes = [int(k) for k in args.sizes.split(",")]
+    print(
+        f"embed --method mds: SMACOF, max_iter {MDS_MAX_ITER}, eps {MDS_EPS:g}, dims {args.dims}, "
+        f"kernels of {args.dim} entries, median of {args.repeat}, threads {args.threads} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+    )
+    header = (
+        f"{'K':>5} {'method':>8} {'wall s':>8} {'cpu s':>8} {'wall x':>7} {'cpu x':>7} "
+        f"{'iters':>5} {'ms/iter':>8} {'stress-1':>10} {'max |dx|':>9}"
+    )
+    print(header)
+    rows = []
+    with limit_threads(args.threads):
+        d, start = problem(trajectory_s(20, args.dim), args.dims)
+        baseline(d, start), new(d, start)  # warm-up: scikit-learn's imports, first calls
+        for count in sizes:
+            row = measure(count, args)
+            rows.append(row)
+            base = row["baseline"]
+            for which in ("baseline", "new"):
+                r = row[which]
+                ratios = (
+                    f"{r['wall'] / base['wall']:7.3f} {r['cpu'] / base['cpu']:7.3f}"
+                    if which == "new"
+                    else f"{'':>7} {'':>7}"
+                )
+                diff = f"{row['diff']:9.1e}" if which == "new" else f"{'':>9}"
+                print(
+                    f"{count:>5} {which:>8} {r['wall']:8.3f} {r['cpu']:8.3f} {ratios} "
+                    f"{r['iters']:>5} {1e3 * r['wall'] / r['iters']:8.2f} {r['stress1']:10.6f} "
+                    f"{diff}",
+                    flush=True,
+                )
+    if args.profile:
+        print("\nscikit-learn's loop body, ms per iteration (share):")
+        parts = list(rows[0]["profile"])
+        print(f"{'K':>5} " + " ".join(f"{p:>18}" for p in parts) + f" {'total':>8}")
+        for row in rows:
+            prof = row["profile"]
+            total = sum(prof.values())
+            cells = " ".join(f"{1e3 * prof[p]:9.2f} ({prof[p] / total:4.0%})" for p in parts)
+            print(f"{row['K']:>5} {cells} {1e3 * total:8.2f}")
+    same = all(r["baseline"]["iters"] == r["new"]["iters"] and r["diff"] < 1e-9 for r in rows)
+    print(f"\nsame iterations and coordinates (to 1e-9 of their scale): {same}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
