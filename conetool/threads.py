@@ -12,7 +12,7 @@ shared with other jobs), one thread was 5.7x faster than two on the kernel.
 
 :func:`limit_threads` sets PyTorch's intra-op threads and every BLAS/OpenMP pool that
 threadpoolctl knows (SciPy's ``syrk`` in the eNTK engine, NumPy in the geometry and embedding,
-scikit-learn's MDS) to one number for the duration of a block, and restores them after. Every
+its MDS) to one number for the duration of a block, and restores them after. Every
 computing command takes ``--threads N``; the library functions take ``threads=N``; both go
 through :func:`limit_threads`.
 

@@ -31,8 +31,8 @@ def embed(
         int,
         typer.Option(
             "--seed",
-            help="random_state passed to scikit-learn's MDS (recorded; the result does not depend "
-            "on it: MDS starts from the PCA solution). Unused by pca.",
+            help="Recorded only: MDS starts from the PCA solution and draws nothing at random, "
+            "so the result does not depend on it. Unused by pca.",
         ),
     ] = 0,
     skip_bad: SkipBadKernels = False,

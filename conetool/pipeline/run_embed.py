@@ -51,7 +51,7 @@ class EmbedResult:
         store: the store directory.
         steps: the ``K`` embedded steps, ascending (stored steps minus ``excluded``).
         embedding: coordinates ``(K, dims)`` (row k for ``steps[k]``), stress, explained variance.
-        seed: the seed passed to MDS.
+        seed: the seed given (recorded only: MDS draws nothing at random).
         phase1_end: the end of Phase I ringed on the picture (from ``distance/summary.json`` when
             it belongs to the same kernels, else the verdict with default rules), or ``None``.
         excluded: steps left out with ``skip_bad`` -> why.
@@ -93,10 +93,10 @@ def embed(
             distance between the unit-norm kernels; quality: Kruskal Stress-1), or ``"pca"``,
             exact PCA of the unit-norm kernels (quality: explained variance ratio).
         dims: 2 or 3.
-        seed: random state for MDS (its start is the PCA solution, so the result is deterministic).
+        seed: recorded only (MDS starts from the PCA solution and draws nothing at random).
         skip_bad: leave out kernel files that cannot be read or are non-finite.
         max_memory: budget for the S matrix's kernel blocks when it must be computed (default 1 GiB).
-        threads: CPU threads (PyTorch, BLAS, scikit-learn's MDS): a count or ``"auto"``
+        threads: CPU threads (PyTorch, BLAS, the MDS's products): a count or ``"auto"``
             (:func:`conetool.limit_threads`).
         progress: progress display; default silent.
 
@@ -119,8 +119,8 @@ def embed(
         raise ConetoolError(f"--dims {dims} is not supported. Use 2 or 3.")
     if not is_count(seed, 0) or seed >= 2**32:
         raise ConetoolError(
-            f"--seed {seed!r} is not a seed. Pass a whole number from 0 to {2**32 - 1} (MDS's "
-            "random state), e.g. --seed 0."
+            f"--seed {seed!r} is not a seed. Pass a whole number from 0 to {2**32 - 1} (recorded "
+            "with the embedding), e.g. --seed 0."
         )
     opened = Store.open(store)
     # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
