@@ -6,6 +6,7 @@ manifest). :class:`conetool.store.Store` holds the manifest in memory and calls 
 from __future__ import annotations
 
 import json
+import reprlib
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -133,29 +134,119 @@ def read_manifest(path: Path) -> dict[str, Any]:
         if not isinstance(manifest, dict):
             raise ValueError("not a JSON object")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise StoreError(
-            f"{path} is not a readable conetool manifest ({exc}). It is written atomically, so "
-            "it was edited or damaged by hand. Rerun conetool kernels CKPTS --store "
-            f"{path.parent}: it rebuilds the manifest from the kernel files (each carries its "
-            "own record) and recomputes only what is missing."
-        ) from exc
+        raise _damaged(path, exc) from exc
     return checked_manifest(path, manifest)
+
+
+def _damaged(path: Path, why: Exception) -> StoreError:
+    """The error for a manifest that cannot be read or is not whole; raised ``from`` ``why``,
+    which tells :meth:`~conetool.store.Store.open_for_writing` to rebuild it."""
+    return StoreError(
+        f"{path} is not a readable conetool manifest ({why}). It is written atomically, so "
+        "it was edited or damaged by hand. Rerun conetool kernels CKPTS --store "
+        f"{path.parent}: it rebuilds the manifest from the kernel files (each carries its "
+        "own record) and recomputes only what is missing."
+    )
 
 
 def checked_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest``, the JSON object read from ``path``, when it is a manifest of this format
-    and not from a newer conetool; else a :class:`StoreError` naming the file and the fix."""
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("steps"), dict):
+    and not from a newer conetool; else a :class:`StoreError` naming the file and the fix (a
+    manifest of this format with a value of the wrong type is damaged, and rebuilt by
+    ``kernels``, as an unreadable one is)."""
+    if manifest.get("format") != FORMAT:
         raise StoreError(
             f"{path} is not a conetool store manifest. Point --store at a directory written by "
             "conetool kernels."
         )
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    version = manifest.get("format_version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise StoreError(
             f"{path} was written by a newer conetool (store format "
             f"{manifest['format_version']}); upgrade conetool to read it."
         )
+    problem = _malformed(manifest)
+    if problem is not None:
+        why = ValueError(problem)
+        raise _damaged(path, why) from why
     return manifest
+
+
+#: The type of each value of a manifest that conetool reads (``_RECORD_TYPES``: of a step's
+#: record); a key absent is fine where it is optional (a store made by an older conetool).
+_REQUIRED_TYPES: dict[str, type | tuple[type, ...]] = {
+    "spec_hash": str,
+    "probe_hash": str,
+    "kind": str,
+    "dtype": str,
+    "steps": dict,
+}
+_OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format_version": int,
+    "store_id": str,
+    "checkpoints": (str, type(None)),
+    "spec": dict,
+    "probe": dict,
+    "selection": (dict, type(None)),
+    "imports": list,
+    "selected_steps": list,
+    "eval": (dict, type(None)),
+    "layer_groups": (dict, type(None)),
+}
+_RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "step": int,
+    "source": list,
+    "size": int,
+    "fingerprint": str,
+    "kernel": str,
+    "norm": (int, float),
+    "seconds": (int, float),
+    "mtime_ns": int,
+    "engine": (str, type(None)),
+    "device": (str, type(None)),
+}
+
+
+def _malformed(manifest: Mapping[str, Any]) -> str | None:
+    """What makes ``manifest`` (of this format) unusable, or None: a value of the wrong type, a
+    kind conetool does not compute, a step record that is not one."""
+
+    def wrong(value: Any, expected: type | tuple[type, ...]) -> bool:
+        # a JSON true is no integer here, though Python's bool is an int
+        if isinstance(value, bool):
+            return bool not in _as_tuple(expected)
+        return not isinstance(value, expected)
+
+    for key, expected in _REQUIRED_TYPES.items():
+        if key not in manifest:
+            return f"'{key}' is missing"
+        if wrong(manifest[key], expected):
+            return f"'{key}' is {reprlib.repr(manifest[key])}"
+    for key, expected in _OPTIONAL_TYPES.items():
+        if key in manifest and wrong(manifest[key], expected):
+            return f"'{key}' is {reprlib.repr(manifest[key])}"
+    if manifest["kind"] not in LAYOUTS:
+        return f"'kind' is {manifest['kind']!r}, not one of {', '.join(LAYOUTS)}"
+    spec = manifest.get("spec", {})
+    for section, values in spec.items():
+        if not isinstance(values, dict):
+            return f"'spec.{section}' is {reprlib.repr(values)}"
+    for key, record in manifest["steps"].items():
+        if not isinstance(record, dict) or key != str(record.get("step")):
+            return f"the record of step {key!r} is not a record of that step"
+        for name, expected in _RECORD_TYPES.items():
+            if name not in record and name not in _OPTIONAL:
+                return f"the record of step {key} has no '{name}'"
+            if name in record and wrong(record[name], expected):
+                return f"the record of step {key} has '{name}' {reprlib.repr(record[name])}"
+        unknown = sorted(set(record) - set(_RECORD_TYPES))
+        if unknown:
+            return f"the record of step {key} has an unknown field '{unknown[0]}'"
+    return None
+
+
+def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
+    return expected if isinstance(expected, tuple) else (expected,)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

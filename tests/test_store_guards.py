@@ -304,6 +304,46 @@ def test_a_damaged_manifest_beside_kernel_files_alone_is_rebuilt(tmp_path):
     assert Store.open(root).steps() == [0, 10]
 
 
+#: Manifests of this format with one value of the wrong type (edited or damaged by hand): each
+#: used to end a command with a TypeError, KeyError, ValueError or AttributeError traceback.
+MALFORMED = [
+    ("format_version is text", lambda m: m.update(format_version="1"), "'format_version' is '1'"),
+    ("spec_hash missing", lambda m: m.pop("spec_hash"), "'spec_hash' is missing"),
+    ("kind not a kind", lambda m: m.update(kind=5), "'kind' is 5"),
+    ("steps not an object", lambda m: m.update(steps=[]), "'steps' is []"),
+    ("record not an object", lambda m: m["steps"].update({"10": "x"}), "step '10'"),
+    ("step key not a step", lambda m: m["steps"].update(abc=m["steps"]["10"]), "step 'abc'"),
+    ("record of another step", lambda m: m["steps"].update({"7": m["steps"]["10"]}), "step '7'"),
+    ("record field of a wrong type", lambda m: m["steps"]["10"].update(size="10"), "'size' '10'"),
+    ("spec not an object", lambda m: m.update(spec="x"), "'spec' is 'x'"),
+    ("spec section not an object", lambda m: m["spec"].update(model="x"), "'spec.model' is 'x'"),
+    ("probe null", lambda m: m.update(probe=None), "'probe' is None"),
+]
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
+)
+def test_a_manifest_with_a_value_of_the_wrong_type_is_damaged_and_rebuilt(tmp_path, damage, named):
+    # guards: a manifest of conetool's format that is not whole is refused on reading, naming the
+    # value and the fix, and rebuilt by kernels from the kernel files, which are kept
+    root = tmp_path / "s"
+    store_with_kernels(root)
+    manifest = json.loads(paths.manifest(root).read_text())
+    manifest["probe"] = {"size": 2}
+    damage(manifest)
+    paths.manifest(root).write_text(json.dumps(manifest))
+    kernels_before = {p.name: p.read_bytes() for p in (root / paths.KERNELS_DIR).iterdir()}
+    with pytest.raises(StoreError, match="not a readable conetool manifest") as refused:
+        Store.open(root)
+    assert named in str(refused.value) and "rebuilds the manifest" in str(refused.value)
+    store = Store.open_for_writing(root, IDENT, HEADER)
+    store.close()
+    assert "was damaged" in store.notes[0] and "2 kernel(s) recovered" in store.notes[0]
+    assert store.steps() == [0, 10] and store.record(10) == record(10)
+    assert {p.name: p.read_bytes() for p in (root / paths.KERNELS_DIR).iterdir()} == kernels_before
+
+
 # ------------------------------------------------------------------ eval and layer kernel files
 
 EVAL_A = {"size": 3, "split": "test", "seed": 0, "hash": "ea", "file": "eval.safetensors"}
