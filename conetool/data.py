@@ -298,15 +298,16 @@ def _user_factory(spec: DataSpec) -> DataBundle:
     params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(factory).parameters
+        inspected = True  # a factory without parameters too: every [data] key is refused
     except (TypeError, ValueError):  # builtins without a signature: pass the options only
-        params = {}
+        params, inspected = {}, False
     named = {
         n
         for n, p in params.items()
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
     takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-    refused = sorted(k for k in kwargs if k not in named) if params and not takes_any else []
+    refused = sorted(k for k in kwargs if k not in named) if inspected and not takes_any else []
     if refused:
         accepted = sorted(named) or ["(none)"]
         raise DataError(
@@ -320,7 +321,7 @@ def _user_factory(spec: DataSpec) -> DataBundle:
         kwargs["root"] = os.path.expanduser(spec.root)
     if "download" in named:
         kwargs["download"] = spec.download
-    if params:
+    if inspected:
         try:
             inspect.signature(factory).bind(**kwargs)
         except TypeError as exc:

@@ -437,6 +437,16 @@ def test_user_factory_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         load_data(DataSpec(dataset="conetool_userdata_c:make", options={"colour": 1}))
 
 
+def test_a_data_key_for_a_factory_without_parameters_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a factory with no parameters was taken for one without a signature: the key reached the
+    # call, and a TypeError traceback ended the command
+    _factory_module(tmp_path, monkeypatch, "conetool_userdata_d")
+    with pytest.raises(DataError, match=r"key 'size' is not a parameter.*accepts: \(none\)"):
+        load_data(DataSpec(dataset="conetool_userdata_d:bad", options={"size": 40}))
+
+
 def test_user_factory_found_in_the_current_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
