@@ -345,6 +345,7 @@ def _check_semantics(spec: Spec) -> None:
     _positive(src, "train.momentum", t.momentum, allow_zero=True)
     _positive(src, "train.weight_decay", t.weight_decay, allow_zero=True)
     _choice(src, "train.schedule", t.schedule, SCHEDULES)
+    _positive(src, "train.gamma", t.gamma)  # 0 stops training at a milestone; < 0 ascends
     _positive(src, "train.warmup_steps", t.warmup_steps, allow_zero=True)
     _positive(src, "train.save_every", t.save_every)
     _positive(src, "train.eval_every", t.eval_every)

@@ -284,6 +284,10 @@ def test_evaluate_runs_the_model_in_eval_mode_on_every_example():
         ({"momentum": -0.5}, r"'train\.momentum' must be zero or more, got -0\.5"),
         ({"dense_every": -2}, r"'train\.dense_every' must be zero or more, got -2"),
         ({"weight_decay": -1e-4}, r"'train\.weight_decay' must be zero or more"),
+        # a step schedule's gamma: 0 froze the weights at the first milestone, and a negative
+        # one made the learning rate negative (gradient ascent), both without a word
+        ({"gamma": 0}, r"'train\.gamma' must be positive, got 0"),
+        ({"gamma": -1.0}, r"'train\.gamma' must be positive, got -1\.0"),
     ],
 )
 def test_spec_refuses_values_out_of_bounds(train, match):
