@@ -382,10 +382,10 @@ class Store:
             kernel, meta = read_finite_kernel(
                 self.root / record.kernel,
                 "kernel file",
-                unreadable=f"Recompute it: conetool kernels --store {self.root} (it redoes "
-                "missing or damaged steps), or pass --skip-bad.",
-                non_finite="Delete it and rerun conetool kernels, or pass --skip-bad to leave the "
-                "step out.",
+                unreadable=f"Recompute it: {self.kernels_command()} (it redoes missing or "
+                "damaged steps), or pass --skip-bad.",
+                non_finite=f"Delete it and rerun {self.kernels_command()}, or pass --skip-bad to "
+                "leave the step out.",
             )
         except StoreError as exc:
             if self.replaced():  # the file went with the store it belonged to
@@ -394,6 +394,14 @@ class Store:
         if not _file_of(meta, self.identity, record) and self.replaced():
             raise self.replaced_error()  # the new store's kernel, now at that path
         return kernel
+
+    def kernels_command(self) -> str:
+        """The ``conetool kernels`` command that completes this store (recomputing what is
+        missing or damaged), as error messages advise it: the recorded checkpoint directory, or
+        ``CKPTS`` when none is recorded."""
+        with self._manifest_guard:
+            ckpts = self.manifest.get("checkpoints") or "CKPTS"
+        return f"conetool kernels {ckpts} --store {self.root}"
 
     # ----------------------------------------------------------------- replaced meanwhile
     def replaced(self) -> bool:
@@ -544,7 +552,7 @@ class Store:
     def load_eval_kernel(self, step: int) -> torch.Tensor:
         """The stored cross kernel K(eval, probe) of ``step``; check it with
         :meth:`eval_kernel_problem` first."""
-        return companions.load_eval_kernel(self.root, step)
+        return companions.load_eval_kernel(self.root, step, self.kernels_command())
 
     # ----------------------------------------------------------------- layer kernels
     @property

@@ -103,13 +103,14 @@ def write_eval_kernel(
     return path
 
 
-def load_eval_kernel(root: Path, step: int) -> torch.Tensor:
-    """The stored cross kernel of ``step``; checked finite."""
+def load_eval_kernel(root: Path, step: int, rerun: str) -> torch.Tensor:
+    """The stored cross kernel of ``step``; checked finite. ``rerun``: the ``conetool kernels``
+    command that recomputes it (:meth:`~conetool.store.Store.kernels_command`)."""
     return load_finite_kernel(
         paths.eval_kernel(root, step),
         "eval kernel file",
-        unreadable=f"Recompute it: conetool kernels --store {root} --eval-size M.",
-        non_finite="Delete it and rerun conetool kernels.",
+        unreadable=f"Delete it and rerun {rerun}, which recomputes it.",
+        non_finite=f"Delete it and rerun {rerun}, which recomputes it.",
     )
 
 

@@ -766,6 +766,22 @@ def test_missing_kernel_file_advice(store):
     assert "Rerun conetool kernels" in flat(result.output)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not finite"])
+def test_a_damaged_kernel_file_names_the_kernels_command_that_recomputes_it(run, store, damage):
+    # spectrum (Store.load_kernel) advised "conetool kernels --store STORE", which lacks the
+    # checkpoint directory: a usage error (exit 2)
+    path = paths.kernel(store, 5)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata()
+        save_file({"kernel": torch.full((6, 6), float("nan"))}, str(path), header)
+    result = cli("spectrum", "--store", str(store), "-q")
+    assert result.exit_code == 1 and str(path) in flat(result.output)
+    assert f"conetool kernels {run.resolve()} --store {store}" in flat(result.output)
+
+
 def test_probe_size_help_keeps_its_brackets():
     result = runner.invoke(app, ["kernels", "--help"], env={"COLUMNS": "200"})
     assert "[probe] size" in result.output
