@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -185,6 +186,31 @@ def test_spectrum_eval_acc_is_kernel_regression_on_the_stored_tensors(run, tmp_p
     with open(paths.spectrum_csv(root), newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["eval_acc"] == "" for r in rows] == [False, True, False]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not finite"])
+def test_spectrum_names_an_eval_kernel_it_cannot_use_and_how_to_recompute_it(run, tmp_path, damage):
+    # a truncated eval kernel left its step's accuracy empty without a word, and one holding NaN
+    # (which kernels keeps: it reads the header only) stopped spectrum, even with --skip-bad
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", eval_size=6)
+    path = paths.eval_kernel(root, 5)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"kernel": torch.full((6, 6), float("nan"))}, str(path), metadata(path))
+    result = spectrum(root, top_k=3)
+    assert [math.isnan(a) for a in result.eval_acc] == [False, True, False]
+    (note,) = [n for n in result.notes if "kernel-machine accuracy" in n]
+    assert f"at 1 step(s) (5): eval kernel file {path}" in note
+    assert f"conetool kernels {run.resolve()} --store {root}" in note
+    assert ("delete it" in note) == (damage == "not finite")
+    if damage == "not finite":
+        path.unlink()  # as the note says
+    kernels(run, store=root, device="cpu")
+    assert not any(math.isnan(a) for a in spectrum(root, top_k=3).eval_acc)
 
 
 def test_spectrum_without_eval_kernels_leaves_the_columns_empty(run, tmp_path):

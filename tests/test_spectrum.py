@@ -151,6 +151,34 @@ def test_spectrum_of_a_store_without_kernels_says_what_to_run(tmp_path) -> None:
         spectrum(root)
 
 
+@pytest.mark.parametrize(
+    ("odd", "said"),
+    [
+        (np.eye(5), r"has shape \(5, 5\), not the \(12, 12\) of the store's 12 probe examples"),
+        (np.zeros((12, 12)), r"holds a kernel that is all zeros"),
+    ],
+    ids=["another shape", "all zeros"],
+)
+def test_spectrum_names_a_kernel_file_it_cannot_measure_and_skip_bad_leaves_it_out(
+    tmp_path, odd, said
+) -> None:
+    # a kernel file of another shape ended spectrum with a ValueError traceback (the labels do
+    # not match its rows), and an all-zero one with scipy's LinAlgError (a singular ridge)
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 4)
+    a = rng.standard_normal((12, 6))
+    root = _store(tmp_path / "store", [a @ a.T, odd, a @ a.T + np.eye(12)], labels)
+    with pytest.raises(StoreError, match=said) as refused:
+        spectrum(root, top_k=2)
+    assert f"kernel file {paths.kernel(root, 100)}" in str(refused.value)
+    assert f"Delete that file and rerun conetool kernels /ckpts --store {root}" in str(
+        refused.value
+    )
+    assert "--skip-bad" in str(refused.value)
+    result = spectrum(root, top_k=2, skip_bad=True)
+    assert result.steps == [0, 200] and list(result.excluded) == [100]
+
+
 # --------------------------------------------------------------------------- kernel regression
 
 

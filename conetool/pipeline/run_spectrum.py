@@ -122,12 +122,14 @@ def spectrum(
             kept, points, excluded = [], [], {}
             accuracy: list[float] = []
             losses: list[float] = []
+            no_accuracy: dict[int, str] = {}  # step -> why its eval kernel cannot be used
             task = progress.task("spectrum", total=len(steps))
             for step in steps:
                 try:
                     kernel = opened.load_kernel(step).numpy()
                     if not np.all(np.isfinite(kernel)):
                         raise StoreError(f"the kernel of step {step} holds NaN or inf")
+                    _check_kernel(opened, step, kernel, labels.size)
                 except StoreReplacedError:
                     raise  # no --skip-bad leaves out the whole store
                 except StoreError as exc:
@@ -143,6 +145,8 @@ def spectrum(
                 machine = _kernel_machine(opened, step, kernel, labels, evaluated, classes)
                 accuracy.append(machine[0])
                 losses.append(machine[1])
+                if machine[2] is not None:
+                    no_accuracy[step] = machine[2]
                 task.advance(step=step)
             task.close()
             if not points:
@@ -153,7 +157,8 @@ def spectrum(
             with opened.writing_results("spectrum"):
                 root = opened.root
                 k = points[0].eigenvalues.size  # top_k, or every eigenvalue when there are fewer
-                notes = [note for note in (eval_note, running) if note is not None]
+                unusable = _unusable_eval_kernels_note(opened, no_accuracy)
+                notes = [note for note in (eval_note, unusable, running) if note is not None]
                 if top_k >= size:
                     notes.append(_all_eigenvalues_note(top_k, size))
                 header = [
@@ -263,10 +268,36 @@ def _eval_set(store: Store) -> tuple[Probe | None, str | None]:
     if evaluated.hash != record.get("hash"):
         return None, (
             f"no kernel-machine accuracy: {path} has hash {evaluated.hash}, the manifest records "
-            f"{record.get('hash')}; rerun conetool kernels --store {store.root} --eval-size "
+            f"{record.get('hash')}; rerun {store.kernels_command()} --eval-size "
             f"{record.get('size')}"
         )
     return evaluated, None
+
+
+def _check_kernel(store: Store, step: int, kernel: np.ndarray, n: int) -> None:
+    """A :class:`StoreError` naming the kernel file of ``step`` and the fix when its kernel is
+    not one of the store's ``n`` probe examples (``(n, n)``, or ``(n, c, n, c)`` for the full
+    kind) or is all zeros (its spectrum and alignment are undefined)."""
+    shape = kernel.shape
+    if store.identity.kind == "full":
+        fits = len(shape) == 4 and shape[0] == shape[2] == n and shape[1] == shape[3]
+        wanted = f"(n, c, n, c) with n = {n}"
+    else:
+        fits = shape == (n, n)
+        wanted = f"({n}, {n})"
+    if fits and np.any(kernel):
+        return
+    problem = (
+        f"has shape {shape}, not the {wanted} of the store's {n} probe examples"
+        if not fits
+        else "holds a kernel that is all zeros, whose spectrum and alignment are undefined"
+    )
+    record = store.record(step)
+    path = store.root / record.kernel if record is not None else paths.kernel(store.root, step)
+    raise StoreError(
+        f"step {step}: kernel file {path} {problem}. Delete that file and rerun "
+        f"{store.kernels_command()} to recompute it, or pass --skip-bad to leave the step out."
+    )
 
 
 def _kernel_machine(
@@ -276,17 +307,47 @@ def _kernel_machine(
     labels: np.ndarray,
     evaluated: Probe | None,
     classes: int,
-) -> tuple[float, float]:
-    """``(accuracy, loss)`` on the evaluation set of kernel regression on the probe set with the
-    kernel of ``step``; NaN without a current eval kernel of that step."""
+) -> tuple[float, float, str | None]:
+    """``(accuracy, loss, None)`` on the evaluation set of kernel regression on the probe set
+    with the kernel of ``step``; ``(NaN, NaN, why)`` when the eval kernel of that step is
+    missing, stale, unreadable or not finite (``(NaN, NaN, None)`` without an evaluation set)."""
     record = store.record(step)
     if evaluated is None or record is None:
-        return math.nan, math.nan
-    if store.eval_kernel_problem(step, evaluated.hash, record.fingerprint) is not None:
-        return math.nan, math.nan
-    cross = store.load_eval_kernel(step).numpy()
+        return math.nan, math.nan, None
+    problem = store.eval_kernel_problem(step, evaluated.hash, record.fingerprint)
+    if problem is not None:
+        return math.nan, math.nan, problem
+    try:
+        cross = store.load_eval_kernel(step).numpy()
+    except StoreReplacedError:
+        raise
+    except StoreError as exc:  # its values are not finite (kernels reads only the header)
+        return math.nan, math.nan, f"{str(exc).split('. ')[0]}; {_DELETE}"
     result = kernel_regression(kernel, cross, labels, evaluated.labels.numpy(), classes)
-    return result.accuracy, result.loss
+    return result.accuracy, result.loss, None
+
+
+def _unusable_eval_kernels_note(store: Store, why: dict[int, str]) -> str | None:
+    """The note naming the steps whose eval kernel could not be used (``why``: step -> the
+    reason), with the command that recomputes them; None when there are none."""
+    if not why:
+        return None
+    steps = sorted(why)
+    shown = ", ".join(str(s) for s in steps[:5]) + (", ..." if len(steps) > 5 else "")
+    delete = (
+        "Delete the files said to, then rerun"
+        if any(_DELETE in w for w in why.values())
+        else "Rerun"
+    )
+    return (
+        f"no kernel-machine accuracy at {len(steps)} step(s) ({shown}): {why[steps[0]]}. "
+        f"{delete} {store.kernels_command()}, which recomputes the eval kernels that are "
+        "missing, stale or unreadable."
+    )
+
+
+#: Said of an eval kernel file whose header is fine and whose values are not: kernels keeps it.
+_DELETE = "delete it (conetool kernels reads only its header)"
 
 
 def _classes(store: Store, labels: np.ndarray) -> int:
