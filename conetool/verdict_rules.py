@@ -77,33 +77,41 @@ class VerdictRules:
     def __post_init__(self) -> None:
         self._check_types()
         problems = []
+
+        def bad(name: str, need: str) -> None:
+            value = getattr(self, name)
+            flag = _FLAGS.get(name)
+            problems.append(
+                f"{flag} {value} ({name}=): needs {need}"
+                if flag
+                else f"{name}={value} (needs {need})"
+            )
+
         if not self.min_drop > 1.0:
-            problems.append(f"min_drop={self.min_drop} (needs > 1)")
+            bad("min_drop", "> 1")
         if self.velocity_dt is not None and self.velocity_dt < 1:
-            problems.append(f"velocity_dt={self.velocity_dt} (needs a positive step count)")
+            bad("velocity_dt", "a positive step count")
         if not self.freeze_factor > 1.0:
-            problems.append(f"freeze_factor={self.freeze_factor} (needs > 1)")
+            bad("freeze_factor", "> 1")
         if not self.bounded_exponent < self.drift_exponent:
             problems.append(
-                f"bounded_exponent={self.bounded_exponent}, drift_exponent="
-                f"{self.drift_exponent} (needs bounded < drift)"
+                f"--bounded-exponent {self.bounded_exponent} (bounded_exponent=), "
+                f"--drift-exponent {self.drift_exponent} (drift_exponent=): needs bounded < drift"
             )
         if not self.reference_fractions or not all(
             0.0 <= f < 1.0 for f in self.reference_fractions
         ):
-            problems.append(
-                f"reference_fractions={self.reference_fractions} (needs values in [0, 1))"
-            )
+            bad("reference_fractions", "values in [0, 1)")
         if not self.plateau_tolerance > 0.0:
-            problems.append(f"plateau_tolerance={self.plateau_tolerance} (needs > 0)")
+            bad("plateau_tolerance", "> 0")
         if not self.lazy_level >= 0.0:
-            problems.append(f"lazy_level={self.lazy_level} (needs >= 0)")
+            bad("lazy_level", ">= 0")
         if self.min_steps < 3:
-            problems.append(f"min_steps={self.min_steps} (needs >= 3)")
+            bad("min_steps", ">= 3")
         if self.min_phase2_steps < 4:
-            problems.append(f"min_phase2_steps={self.min_phase2_steps} (needs >= 4)")
+            bad("min_phase2_steps", ">= 4")
         if self.min_window_points < 1:
-            problems.append(f"min_window_points={self.min_window_points} (needs >= 1)")
+            bad("min_window_points", ">= 1")
         if problems:
             raise GeometryError("invalid verdict rules: " + "; ".join(problems) + ".")
 
@@ -166,3 +174,15 @@ class Verdict:
             "numbers": self.numbers,
             "explanation": self.explanation,
         }
+
+
+#: The ``conetool distance`` flag of each rule that has one (the others are Python-only).
+_FLAGS = {
+    "min_drop": "--min-drop",
+    "velocity_dt": "--velocity-dt",
+    "freeze_factor": "--freeze-factor",
+    "bounded_exponent": "--bounded-exponent",
+    "drift_exponent": "--drift-exponent",
+    "plateau_tolerance": "--plateau-tolerance",
+    "lazy_level": "--lazy-level",
+}
