@@ -235,6 +235,18 @@ def test_missing_spec_says_what_to_write(run, tmp_path):
         kernels(run, store=tmp_path / "s", device="cpu")
 
 
+def test_a_checkpoint_file_for_ckpts_without_spec_names_the_directory(run, tmp_path):
+    # it said "step_000005.safetensors has no conetool.toml ... save one as
+    # step_000005.safetensors/conetool.toml", a path under a file
+    path = paths.checkpoint(run, 5)
+    with pytest.raises(SpecError, match=r"is a file, and no --spec was given") as refused:
+        kernels(path, store=tmp_path / "s", device="cpu")
+    assert f"Pass the directory ({run};" in str(refused.value)
+    assert not (tmp_path / "s").exists()
+    one = kernels(path, store=tmp_path / "s", device="cpu", spec=paths.spec(run))  # the way out
+    assert one.computed == [5]
+
+
 def test_bad_checkpoint_stops_or_is_skipped(run, tmp_path):
     path = paths.checkpoint(run, 5)
     with safe_open(str(path), framework="pt") as handle:

@@ -24,6 +24,12 @@ def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
     found = paths.spec(ckpts)
     if found.is_file():
         return load_spec(found)
+    if Path(ckpts).is_file():  # one checkpoint file: no conetool.toml of its own
+        raise SpecError(
+            f"{ckpts} is a file, and no --spec was given: the spec is the {paths.SPEC_NAME} of "
+            f"a run's directory. Pass the directory ({Path(ckpts).parent}; --steps FIRST:LAST "
+            "selects checkpoints), or --spec SPEC.toml with the file."
+        )
     runs = (
         sorted(p.parent for p in Path(ckpts).glob(f"*/{paths.SPEC_NAME}")) if ckpts.is_dir() else []
     )
