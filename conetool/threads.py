@@ -82,9 +82,20 @@ def auto_threads(*, cpus: int | None = None, busy: float | None = None) -> int:
         raw = os.environ.get(name, "").strip()
         if raw:
             try:
-                return max(1, int(raw))
+                value = int(raw)
             except ValueError:
-                break  # parse_threads reports a bad CONETOOL_THREADS; OMP's own is PyTorch's
+                value = 0
+            if value >= 1:
+                return value
+            if name == THREADS_ENV:
+                from .errors import ConetoolError
+
+                raise ConetoolError(
+                    f"environment variable {THREADS_ENV}={raw!r} is not a thread count. Set it "
+                    "to a whole number of at least 1 (1 on a shared machine), or unset it for "
+                    "the idle cores; --threads N overrides it."
+                )
+            break  # a bad OMP_NUM_THREADS is PyTorch's to report
     cpus = usable_cpus() if cpus is None else cpus
     busy = _busy_cpus() if busy is None else busy
     idle = cpus - math.floor(busy + 0.5)

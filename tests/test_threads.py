@@ -40,6 +40,18 @@ def test_auto_threads_counts_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None
     assert th.auto_threads(cpus=8, busy=0.0) == 2
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "many", "2.5"])
+def test_a_bad_conetool_threads_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # it was ignored without a word ("many": the idle cores) or taken as 1 ("0", "-1"), while a
+    # comment said parse_threads reported it; --threads N still overrides it
+    monkeypatch.setenv(th.THREADS_ENV, value)
+    with pytest.raises(ConetoolError, match=rf"{th.THREADS_ENV}='{value}' is not a thread count"):
+        th.resolve_threads("auto")
+    assert th.resolve_threads(2) == 2
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "many", 0, 1.5])
 def test_bad_thread_counts_are_refused(value: object) -> None:
     with pytest.raises(ConetoolError, match="threads"):
