@@ -82,7 +82,7 @@ class VerdictRules:
             value = getattr(self, name)
             flag = _FLAGS.get(name)
             problems.append(
-                f"{flag} {value} ({name}=): needs {need}"
+                f"{name}={value} ({flag} {value}): needs {need}"
                 if flag
                 else f"{name}={value} (needs {need})"
             )
@@ -95,8 +95,9 @@ class VerdictRules:
             bad("freeze_factor", "> 1")
         if not self.bounded_exponent < self.drift_exponent:
             problems.append(
-                f"--bounded-exponent {self.bounded_exponent} (bounded_exponent=), "
-                f"--drift-exponent {self.drift_exponent} (drift_exponent=): needs bounded < drift"
+                f"bounded_exponent={self.bounded_exponent} (--bounded-exponent "
+                f"{self.bounded_exponent}), drift_exponent={self.drift_exponent} "
+                f"(--drift-exponent {self.drift_exponent}): needs bounded < drift"
             )
         if not self.reference_fractions or not all(
             0.0 <= f < 1.0 for f in self.reference_fractions

@@ -406,11 +406,11 @@ def test_kernel_of_another_shape_is_refused(uneven_store):
 
 
 def test_bad_verdict_rule_is_a_clean_error():
-    # the message names the flag and the Python argument (it named min_drop= alone, which is
-    # no flag of conetool distance); a rule with no flag keeps its Python name
-    with pytest.raises(GeometryError, match=r"--min-drop 0\.5 \(min_drop=\): needs > 1"):
+    # the message names the Python argument and the flag (it named min_drop= alone, which is
+    # no flag of conetool distance); a rule with no flag keeps its Python name alone
+    with pytest.raises(GeometryError, match=r"min_drop=0\.5 \(--min-drop 0\.5\): needs > 1"):
         VerdictRules(min_drop=0.5)
-    with pytest.raises(GeometryError, match=r"--lazy-level -1\.0 \(lazy_level=\): needs >= 0"):
+    with pytest.raises(GeometryError, match=r"lazy_level=-1\.0 \(--lazy-level -1\.0\): needs >= 0"):
         VerdictRules(lazy_level=-1.0)
     with pytest.raises(GeometryError, match=r"min_steps=2 \(needs >= 3\)"):
         VerdictRules(min_steps=2)
