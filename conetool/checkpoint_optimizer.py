@@ -14,7 +14,11 @@ matched to the model's trainable parameters by position, and they are used only 
 - it lists as many parameters as the model has trainable ones,
 - its buffers are those of the spec's optimizer (SGD with momentum: ``momentum_buffer``; Adam:
   ``exp_avg``, ``exp_avg_sq``, ``step``; with no buffer at all, its groups' own keys say which),
-- every buffer has the shape of its parameter, and all are finite.
+- every buffer has the shape of its parameter, and all are finite,
+- the file's own state dict lists the model's trainable parameters in the model's order: the
+  positions follow the order the loop gave the optimizer its parameters (``model.parameters()``,
+  the order of the state dict), so a module that registered its layers in another order (``b``
+  before ``a``, same names, same shapes) would otherwise get each layer's buffers on another.
 
 The hyperparameters in ``param_groups`` (lr, momentum, weight decay, ...) are never taken: the
 recipe is the spec's; those that differ from the spec's are reported.
@@ -31,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .checkpoints._keys import match_keys
 from .errors import CheckpointError
 
 #: the entries of a checkpoint dict looked in, in this order
@@ -90,6 +95,7 @@ def restore_checkpoint_optimizer(
     *,
     size: int | None = None,
     mtime_ns: int | None = None,
+    saved_names: Sequence[str] | None = None,
 ) -> CheckpointOptimizer:
     """Load the optimizer state inside the torch.save checkpoint ``path`` into ``optimizer`` when
     it verifiably is its state (see the module docstring); otherwise ``optimizer`` is left as it
@@ -100,17 +106,36 @@ def restore_checkpoint_optimizer(
     memory-mapped when it is a zip archive (only the optimizer's tensors are read). ``size`` and
     ``mtime_ns``: the file's size and modification time when its weights were read; a file that
     is no longer so raises :class:`CheckpointError` (its buffers would belong to another save).
+    ``saved_names``: ``names`` in the order the file's state dict lists them
+    (:func:`names_in_file_order`); a state is not used when that order is not ``names``'.
     """
     saved = _read_entry(path, size, mtime_ns)
     if saved is None:
         return CheckpointOptimizer(None)
     entry, value = saved
-    checked = _match(value, optimizer, names)
+    checked = _match(value, optimizer, names, saved_names)
     if isinstance(checked, str):
         return CheckpointOptimizer(entry, reason=checked)
     own = optimizer.state_dict()["param_groups"]  # the spec's hyperparameters, kept
     optimizer.load_state_dict({"state": checked, "param_groups": own})
     return CheckpointOptimizer(entry, used=True, differs=_differs(value, optimizer))
+
+
+def names_in_file_order(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], names: Sequence[str]
+) -> list[str]:
+    """The model's trainable parameter names ``names`` in the order the checkpoint's
+    ``state_dict`` (as read from the file, wrapper prefixes and all) lists them: the order of
+    the training loop's ``model.parameters()``, which its optimizer's positions follow. Keys
+    are paired with the model's as loading pairs them (a ``model.`` or ``module.`` prefix
+    stripped)."""
+    match = match_keys(
+        {k: tuple(v.shape) for k, v in state_dict.items()},
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+    )
+    wanted = set(names)
+    order = [match.mapping.get(key) for key in state_dict]
+    return [name for name in order if name in wanted]
 
 
 def _read_entry(path: Path, size: int | None, mtime_ns: int | None) -> tuple[str, Any] | None:
@@ -159,7 +184,10 @@ def _changed(path: Path) -> CheckpointError:
 
 
 def _match(
-    saved: Any, optimizer: torch.optim.Optimizer, names: Sequence[str]
+    saved: Any,
+    optimizer: torch.optim.Optimizer,
+    names: Sequence[str],
+    saved_names: Sequence[str] | None = None,
 ) -> dict[int, dict[str, Any]] | str:
     """The saved per-parameter state re-indexed as ``optimizer``'s (clones, so the file's mapped
     memory is never written), or why it is not ``optimizer``'s state over these parameters."""
@@ -195,6 +223,15 @@ def _match(
         return (
             f"it is the state of {_SHOWN.get(kind, kind)}{shown}, the spec's optimizer is "
             f"{_spec_name(optimizer)}"
+        )
+    if saved_names is not None and list(saved_names) != list(names):
+        i, theirs, mine = next(
+            (i, a, b) for i, (a, b) in enumerate(zip(saved_names, names, strict=False)) if a != b
+        )
+        return (
+            f"its positions follow the order of the parameters in the file's state dict, whose "
+            f"trainable parameter {i} is '{theirs}' where the model's is '{mine}' (the layers "
+            "were registered in another order), so its buffers would go to other parameters"
         )
     position = {index: i for i, index in enumerate(indices)}
     out: dict[int, dict[str, Any]] = {}

@@ -306,3 +306,44 @@ def test_an_adam_spec_takes_adams_buffers_only(tmp_path, optimizer_of, said):
     assert not found.used and found.reason.startswith(f"it is the state of {said} ("), found
     assert found.reason.endswith("the spec's optimizer is adam"), found
     assert not mine.state  # left fresh
+
+
+def test_a_state_over_layers_registered_in_another_order_is_not_used(tmp_path):
+    # The researcher's module registers fc_layers.1 before fc_layers.0 (same names, same
+    # shapes), and its optimizer follows that order (model.parameters()): the buffers' positions
+    # are not the spec's model's. Was: momentum "saved", each layer given the other's buffers.
+    raw = spec_dict([8, 8])
+    raw["data"]["shape"] = [8]
+    spec = spec_from_dict(raw, source="square.toml")
+    torch.manual_seed(0)
+    model = model_for(spec)
+    params = dict(model.named_parameters())
+    order = [f"fc_layers.1.{w}" for w in ("weight", "bias")]
+    order += [f"fc_layers.0.{w}" for w in ("weight", "bias")] + ["fc.weight", "fc.bias"]
+    optimizer = torch.optim.SGD([params[n] for n in order], lr=LR, momentum=MOMENTUM)
+    for _ in range(3):
+        optimizer.zero_grad()
+        x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    state = {n: model.state_dict()[n] for n in order}  # the file lists them in its order
+    folder = tmp_path / "run"
+    folder.mkdir()
+    payload = {"model_state_dict": state, "optimizer_state_dict": optimizer.state_dict(), "step": 3}
+    torch.save(payload, folder / "step_3.pt")
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=folder, spec=spec, device="cpu")
+    assert result.points[0].momentum == "fresh"
+    (note,) = [n for n in result.notes if n.startswith("t=3:")]
+    assert "trainable parameter 0 is 'fc_layers.1.weight' where the model's is " in note, note
+    assert "'fc_layers.0.weight' (the layers were registered in another order)" in note, note
+    # a loop over model.parameters() (the file's keys prefixed, as Lightning's): used
+    ordered = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    torch.nn.functional.cross_entropy(model(torch.randn(8, 8)), torch.tensor([0] * 8)).backward()
+    ordered.step()
+    lightning = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save(
+        {"state_dict": lightning, "optimizer_states": [ordered.state_dict()], "global_step": 3},
+        folder / "step_3.pt",
+    )
+    result = switch([3], until=4, store=tmp_path / "s2", ckpts=folder, spec=spec, device="cpu")
+    assert result.points[0].momentum == "saved", result.notes

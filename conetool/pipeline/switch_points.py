@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .. import paths
-from ..checkpoint_optimizer import ENTRIES, restore_checkpoint_optimizer
+from ..checkpoint_optimizer import ENTRIES, names_in_file_order, restore_checkpoint_optimizer
 from ..checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
 from ..data import DataBundle
 from ..errors import CheckpointError, ConetoolError
@@ -173,11 +173,17 @@ def optimizer_at(
     if beside.is_file():
         load_optimizer_state(optimizer, beside)
         return optimizer, "saved", ""
-    return optimizer, *_from_checkpoint_file(optimizer, [n for n, _ in named], beside, loaded)
+    return optimizer, *_from_checkpoint_file(
+        model, optimizer, [n for n, _ in named], beside, loaded
+    )
 
 
 def _from_checkpoint_file(
-    optimizer: torch.optim.Optimizer, names: list[str], beside: Path, loaded: LoadedCheckpoint
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    beside: Path,
+    loaded: LoadedCheckpoint,
 ) -> tuple[str, str]:
     """:func:`optimizer_at` without a state beside the checkpoint: ("saved", note) when the
     checkpoint file's own state was loaded into ``optimizer``, else ("fresh", why)."""
@@ -196,7 +202,12 @@ def _from_checkpoint_file(
         return "fresh", f"{none}; {fresh}"
     file = ref.paths[0]
     found = restore_checkpoint_optimizer(
-        optimizer, names, file, size=loaded.size, mtime_ns=loaded.mtime_ns
+        optimizer,
+        names,
+        file,
+        size=loaded.size,
+        mtime_ns=loaded.mtime_ns,
+        saved_names=names_in_file_order(model, loaded.state_dict, names),
     )
     if found.entry is None:
         return "fresh", f"{none} nor in {file.name} (no {', '.join(ENTRIES)} entry); {fresh}"
