@@ -678,3 +678,17 @@ def test_step_selection_is_validated(tmp_path: Path):
         list_checkpoints(tmp_path, steps=(500, 100))
     with pytest.raises(CheckpointError, match="--every must be a positive"):
         list_checkpoints(tmp_path, every=-3)
+
+
+def test_a_best_copy_that_stores_its_step_is_the_copy_not_the_step_file(tmp_path: Path):
+    """best.safetensors with its step in the metadata, the same bytes as model_69.safetensors:
+    the step file is read and best.safetensors named as the copy. Was: best.safetensors read
+    (first by name), and the note told to move model_69.safetensors out of the directory."""
+    save_file(state(1), str(tmp_path / "model_69.safetensors"), metadata={"step": "69"})
+    shutil.copyfile(tmp_path / "model_69.safetensors", tmp_path / "best.safetensors")
+    notes: list[str] = []
+    (ref,) = list_checkpoints(tmp_path, warn=notes.append)
+    assert (ref.step, ref.file.name) == (69, "model_69.safetensors")
+    (note,) = [n for n in notes if "sha256" in n]
+    assert "'best.safetensors' in " in note, note
+    assert "taken as a copy of 'model_69.safetensors' and not read" in note, note

@@ -353,8 +353,9 @@ def list_checkpoints(
         warn: receives warnings (skipped files, notes); default :func:`warnings.warn`.
 
     Files that give the same step and hold the same bytes (size and sha256; a backup
-    ``ckpt_0060.pt`` beside ``ckpt_60.pt``) are copies: the first by name is listed, the others
-    are left out with a note. Only files that share a step are hashed.
+    ``ckpt_0060.pt`` beside ``ckpt_60.pt``) are copies: the first by name is listed (a file named
+    for its step before a ``best``/``last`` copy), the others are left out with a note. Only
+    files that share a step are hashed.
 
     Raises:
         CheckpointError: the directory is missing, unreadable or holds no checkpoint; or (unless

@@ -336,8 +336,9 @@ def _same_content(group: list[Candidate]) -> bool:
 
 def _flag_duplicates(cands: list[Candidate]) -> list[tuple[Candidate, Candidate]]:
     """Refuse every file of a step that several files give, unless they are copies of each
-    other (the same bytes): then the first by name is kept and the others are returned as
-    ``(copy, kept)`` pairs, for the caller to leave out with a note."""
+    other (the same bytes): then the first by name is kept (a file named for its step before a
+    ``best``/``last`` copy that stores it: the copy is the file a loop overwrites) and the others
+    are returned as ``(copy, kept)`` pairs, for the caller to leave out with a note."""
     by_step: dict[int, list[Candidate]] = {}
     for c in cands:
         if c.problem is None and c.step is not None:
@@ -345,7 +346,7 @@ def _flag_duplicates(cands: list[Candidate]) -> list[tuple[Candidate, Candidate]
     copies: list[tuple[Candidate, Candidate]] = []
     for step, group in by_step.items():
         if len(group) > 1 and _same_content(group):
-            kept, *same = sorted(group, key=lambda c: c.name)
+            kept, *same = sorted(group, key=lambda c: (_is_alias(c), c.name))
             copies.extend((c, kept) for c in same)
         elif len(group) > 1:
             quoted = [f"'{c.location}'" for c in group]
