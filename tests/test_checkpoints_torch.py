@@ -149,6 +149,50 @@ def test_the_stored_step_wins_over_the_name_with_a_warning(tmp_path: Path):
     assert sum("other than their name's" in n for n in notes) == 1
 
 
+def test_names_counting_epochs_beside_their_stored_steps_are_a_note(tmp_path: Path):
+    """A loop saving ckpt_{epoch}.pt with its step inside: every stored step is the name's number
+    x the spec's iterations per epoch, so the stored steps are confirmed and a note (which
+    --quiet leaves out) says so. Was: a warning on every run, suggesting --step-regex 'it(\\d+)',
+    which matches none of these names."""
+    for epoch in (0, 1, 2):
+        payload = {"model_state_dict": state(epoch), "step": 23 * epoch, "epoch": epoch}
+        torch.save(payload, tmp_path / f"ckpt_{epoch}.pt")
+    warnings: list[str] = []
+    notes: list[str] = []
+    listing = checkpoint_listing(
+        tmp_path, iterations_per_epoch=23, warn=warnings.append, note=notes.append
+    )
+    assert [r.step for r in listing.refs] == [0, 23, 46]
+    assert not [w for w in warnings if "ckpt_" in w], warnings
+    (said,) = [n for n in notes if "by epoch" in n]
+    text = " ".join(said.split())
+    assert "2 checkpoints such as '" in text and "ckpt_1.pt' are numbered by epoch" in text, text
+    assert "23 = 1 x 23 iterations per epoch from the spec" in text, text
+    # Another batch size (or no spec): the names may be steps; the warning names the regex
+    # that reads them, and that regex does.
+    for ipe in (22, None):
+        warnings.clear()
+        checkpoint_listing(tmp_path, iterations_per_epoch=ipe, warn=warnings.append)
+        (said,) = [w for w in warnings if "other than their name's" in w]
+        assert "pass --step-regex 'ckpt_(\\d+)' (a regex" in " ".join(said.split()), said
+    assert listed(tmp_path, step_regex=r"ckpt_(\d+)") == [
+        (0, "ckpt_0.pt"),
+        (1, "ckpt_1.pt"),
+        (2, "ckpt_2.pt"),
+    ]
+
+
+def test_a_name_without_a_step_rule_gets_a_regex_that_reads_it(tmp_path: Path):
+    # Was: --step-regex 'it(\d+)', which matches no such name.
+    torch.save({"model_state_dict": state(0)}, tmp_path / "run_a_40.pt")
+    msg = problem(tmp_path)
+    assert "no step recoverable from" in msg and "pass --step-regex 'run_a_(\\d+)'" in msg, msg
+    assert listed(tmp_path, step_regex=r"run_a_(\d+)") == [(40, "run_a_40.pt")]
+    # a stored step that is no count: the regex of its own name
+    torch.save({"model_state_dict": state(0), "step": None}, tmp_path / "run_a_40.pt")
+    assert "or pass --step-regex 'run_a_(\\d+)' to take the step" in problem(tmp_path)
+
+
 def test_a_torch_alias_storing_its_step_is_still_a_copy_left_out(tmp_path: Path):
     # last.pt holds the dict of a step saved under its own name too, with other bytes (torch.save
     # writes the file name into the archive): taking its stored step would make two files of

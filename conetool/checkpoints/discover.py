@@ -63,8 +63,8 @@ from .records import (
 from .scanning import scan_directory
 from .selection import is_selected, parse_step_range, step_from_name
 from .step_names import (
-    STEP_REGEX_EXAMPLE,
     epoch_note,
+    name_regex,
 )
 
 __all__ = [
@@ -137,20 +137,38 @@ def not_state_dicts_note(scan: Scan) -> str | None:
     )
 
 
-def stored_step_note(candidates: list[Candidate]) -> str | None:
-    """The warning for files whose stored step (safetensors metadata, the step entry of a
-    torch.save dict) differs from the step of their name: the stored one is taken, and
-    --step-regex takes the names'. None when every name agrees (or gives no step)."""
+def stored_step_note(
+    candidates: list[Candidate], iterations_per_epoch: int | None = None
+) -> tuple[str, bool] | None:
+    """What the listing says of files whose stored step (safetensors metadata, the step entry of
+    a torch.save dict) differs from the step of their name: the stored one is taken, and
+    --step-regex takes the names'. ``(message, True)``: a warning (the name may be right);
+    ``(message, False)``: a note, when every such name is a number of epochs (the stored step is
+    it x ``iterations_per_epoch``: a loop saving ``ckpt_{epoch}.pt`` with its step inside), which
+    the stored steps confirm. None when every name agrees (or gives no step)."""
     differ = [c for c in candidates if c.problem is None and c.named_step is not None]
     if not differ:
         return None
     c = differ[0]
+    ipe = iterations_per_epoch
+    epochs = all(d.named_step is not None and d.step == d.named_step * (ipe or 0) for d in differ)
+    if ipe is not None and epochs:
+        many = len(differ) > 1
+        which = f"{len(differ)} checkpoints such as " if many else ""
+        return (
+            f"{which}'{c.location}' {'are' if many else 'is'} numbered by epoch, not by step: "
+            f"{'each' if many else 'it'} stores its step "
+            f"({c.step_inside}: {c.step} = {c.named_step} x {ipe} iterations per epoch from the "
+            f"spec), which is taken.",
+            False,
+        )
     example = f"'{c.location}' stores step {c.step} ({c.step_inside}), its name says {c.named_step}"
     which = f"{len(differ)} checkpoints store a step other than their name's, such as: "
     return (
         f"{which if len(differ) > 1 else ''}{example}. The step stored in a file is taken. If the "
-        f"names are right, pass {STEP_REGEX_EXAMPLE} (a regex with a group around the step of "
-        f"the name) to take theirs."
+        f"names are right, pass {name_regex(c.location.name)} (a regex with a group around the "
+        f"step of the name) to take theirs.",
+        True,
     )
 
 
@@ -419,8 +437,8 @@ def checkpoint_listing(
     from_epochs = sum(1 for c in scan.candidates if c.problem is None and c.epoch is not None)
     if from_epochs and iterations_per_epoch is not None:
         warn(epoch_note(iterations_per_epoch, from_epochs))
-    if said := stored_step_note(scan.candidates):
-        warn(said)
+    if stored := stored_step_note(scan.candidates, iterations_per_epoch):
+        (warn if stored[1] else note)(stored[0])
     pickled = [r for r in refs if r.format == "torch"]
     if pickled:
         note(torch_note(len(pickled), pickled[0].file))

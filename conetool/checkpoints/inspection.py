@@ -96,8 +96,9 @@ def inspect_checkpoints(
         every=every,
         deep=True,
     )
+    stored = stored_step_note(scan.candidates, iterations_per_epoch)
     notes_of_the_directory = (
-        stored_step_note(scan.candidates),
+        stored[0] if stored else None,
         not_state_dicts_note(scan),
         copies_note(scan),
         nested_note(scan),

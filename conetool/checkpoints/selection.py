@@ -12,12 +12,10 @@ from conetool.errors import CheckpointError
 
 from ._format import STEP_KEYS, TORCH_SUFFIXES
 from .records import Candidate
-from .step_names import STEP_REGEX_EXAMPLE, name_step, regex_step
+from .step_names import name_regex, name_step, regex_step
 
 # --------------------------------------------------------------------------------------------------
 # flags
-
-_STEP_REGEX_HELP = STEP_REGEX_EXAMPLE
 
 
 def parse_step_range(text: str) -> tuple[int | None, int | None]:
@@ -108,8 +106,8 @@ def no_step_error(path: Path) -> CheckpointError:
             f"({{'model_state_dict': ..., 'step': 2000}})"
         )
     return CheckpointError(
-        f"no step recoverable from '{path}': {name}, or pass {_STEP_REGEX_HELP} (a regex with a "
-        f"group around the step)."
+        f"no step recoverable from '{path}': {name}, or pass {name_regex(path.name)} (a regex "
+        f"with a group around the step)."
     )
 
 
@@ -150,8 +148,8 @@ def _whole_step(c: Candidate, what: str, step: int) -> int:
     if step < 0:
         raise CheckpointError(
             f"'{c.folder or c.location}' has {what}, which is not a whole number of steps (0 or "
-            f"more); re-save it with its step, or pass {_STEP_REGEX_HELP} to take the step from "
-            f"the file name instead."
+            f"more); re-save it with its step, or pass {name_regex((c.folder or c.location).name)} "
+            f"to take the step from the file name instead."
         )
     return step
 

@@ -77,6 +77,38 @@ def epoch_note(iterations_per_epoch: int, count: int) -> str:
     )
 
 
+_REGEX_SPECIALS = frozenset(".^$*+?{}[]\\|()")
+
+
+def _literal(text: str) -> str:
+    """``text`` as a regex that matches it (``re.escape`` would also escape ``-``)."""
+    return "".join("\\" + ch if ch in _REGEX_SPECIALS else ch for ch in text)
+
+
+def name_regex(name: str) -> str:
+    """A ``--step-regex`` that reads the step from names like ``name`` (a file or folder name):
+    the text just before the number its name rule reads, then a group. ``ckpt_1.pt`` ->
+    ``--step-regex 'ckpt_(\\d+)'``, ``epoch=3-step=2000.ckpt`` -> ``'-step=(\\d+)'``,
+    ``epoch_3.pt`` -> ``'epoch_(?P<epoch>\\d+)'``, ``run_a_40.pt`` -> ``'run_a_(\\d+)'``; the
+    generic :data:`STEP_REGEX_EXAMPLE` for a name without a number."""
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    if _OPEN_LTH.match(stem):
+        return "--step-regex 'ep(?P<epoch>\\d+)_it(?P<it>\\d+)'"
+    found = next((m for rule in _NAME_RULES if (m := rule.search(stem))), None)
+    group = "(\\d+)"
+    if found is None and (found := _EPOCH_RULE.search(stem)) is not None:
+        group = "(?P<epoch>\\d+)"
+    numbers = list(re.finditer(r"\d+", stem))
+    if found is None and not numbers:
+        return STEP_REGEX_EXAMPLE
+    start = found.start(1) if found is not None else numbers[-1].start()
+    label = re.search(r"[^0-9]*$", stem[:start])
+    before = label.group(0) if label else ""
+    if "'" in before:
+        return STEP_REGEX_EXAMPLE
+    return f"--step-regex '{_literal(before) if before else '^'}{group}'"
+
+
 def compile_step_regex(step_regex: str | None) -> re.Pattern[str] | None:
     """``--step-regex`` compiled and checked; None when not given."""
     if step_regex is None:
