@@ -193,6 +193,18 @@ def test_a_name_without_a_step_rule_gets_a_regex_that_reads_it(tmp_path: Path):
     assert "or pass --step-regex 'run_a_(\\d+)' to take the step" in problem(tmp_path)
 
 
+def test_a_legacy_pickle_storing_its_step_is_told_why_it_is_not_read(tmp_path: Path):
+    # Was: "save the step beside the state dict", which this file does.
+    payload = {"model_state_dict": state(0), "step": 40}
+    torch.save(payload, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save(state(1), tmp_path / "run.pt")  # zip format, no step: the usual advice
+    msg = " ".join(problem(tmp_path).split())
+    legacy, plain = sorted(msg.split("no step recoverable from")[1:])
+    assert "legacy.pt': it is a legacy torch.save pickle" in legacy, msg
+    assert "whose dict's step is not read" in legacy and "torch.save's default format" in legacy
+    assert "save the step beside the state dict" in plain and "legacy torch" not in plain, msg
+
+
 def test_a_torch_alias_storing_its_step_is_still_a_copy_left_out(tmp_path: Path):
     # last.pt holds the dict of a step saved under its own name too, with other bytes (torch.save
     # writes the file name into the archive): taking its stored step would make two files of

@@ -10,7 +10,7 @@ from pathlib import Path
 from conetool.choices import is_count
 from conetool.errors import CheckpointError
 
-from ._format import STEP_KEYS, TORCH_SUFFIXES
+from ._format import STEP_KEYS, TORCH_SUFFIXES, check_torch_file
 from .records import Candidate
 from .step_names import name_regex, name_step, regex_step
 
@@ -105,10 +105,25 @@ def no_step_error(path: Path) -> CheckpointError:
             f"name files like step_2000{path.suffix}, save the step beside the state dict "
             f"({{'model_state_dict': ..., 'step': 2000}})"
         )
+        if _legacy_pickle(path):
+            name = (
+                f"it is a legacy torch.save pickle (_use_new_zipfile_serialization=False, or "
+                f"PyTorch before 1.6), whose dict's step is not read (only the zip format's "
+                f"pickle is read without loading the tensors): name files like "
+                f"step_2000{path.suffix}, re-save them with torch.save's default format"
+            )
     return CheckpointError(
         f"no step recoverable from '{path}': {name}, or pass {name_regex(path.name)} (a regex "
         f"with a group around the step)."
     )
+
+
+def _legacy_pickle(path: Path) -> bool:
+    """Whether ``path`` is a torch.save file in the legacy (non-zip) format."""
+    try:
+        return not check_torch_file(path)
+    except CheckpointError:
+        return False
 
 
 def candidate_stem(c: Candidate) -> str:
