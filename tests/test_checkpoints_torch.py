@@ -280,6 +280,18 @@ def test_torch_files_that_hold_no_state_dict_are_not_read_with_a_note(tmp_path: 
     ):
         assert shown in text, text
     assert "and 1 more" in text  # five named, the sixth counted
+    # the sixth alone: an optimizer state says so (was: "a dict without tensors by name (keys
+    # 'state', 'param_groups')")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    torch.save(state(0), alone / "ckpt_0.pt")
+    shutil.copyfile(tmp_path / "sgd_state.pt", alone / "optim_100.pt")
+    notes.clear()
+    checkpoint_listing(alone, warn=warnings.append, note=notes.append)
+    (said,) = [n for n in notes if "not read" in n]
+    assert "'optim_100.pt' in " in said and "holds an optimizer state (Optimizer.state_dict())" in (
+        " ".join(said.split())
+    ), said
 
     rows = inspect_checkpoints(tmp_path, warn=notes.append)
     assert [(r.file, r.status) for r in rows] == [("ckpt_0.pt", "ok"), ("ckpt_10.pt", "ok")]

@@ -419,12 +419,15 @@ def _holds_named_tensors(obj: object, depth: int = 3) -> bool:
 
 def _what_it_holds(obj: object) -> str:
     """``"a list of 100 items"``, ``"a tensor of shape (60, 4)"``, ``"a dict without tensors
-    (keys 'train', 'test')"``: what a file that holds no state dict holds, in a few words."""
+    (keys 'train', 'test')"``, ``"an optimizer state (Optimizer.state_dict())"``: what a file
+    that holds no state dict holds, in a few words."""
     if isinstance(obj, torch.Tensor):
         return f"a tensor of shape {tuple(obj.shape)}"
     if isinstance(obj, Mapping):
         if not obj:
             return "an empty dict"
+        if set(obj) == {"state", "param_groups"}:
+            return "an optimizer state (Optimizer.state_dict())"
         keys = ", ".join(repr(k) for k in list(obj)[:5]) + (", ..." if len(obj) > 5 else "")
         return f"a dict without tensors by name (keys {keys})"
     if isinstance(obj, (list, tuple)):
