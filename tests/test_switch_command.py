@@ -165,6 +165,14 @@ def test_until_and_reference_train(deep_run, tmp_path):
     )
     assert trained.reference["source"] == "trained from step 4"
     assert trained.points[0].reused
+    # with a checkpoint of T nothing is trained: the reference is that checkpoint, and says so
+    # (it read "trained from step 8" for no step trained, and wrote switch/reference.json)
+    at_t = switch([0], until=8, store=tmp_path / "s8", ckpts=deep_run, device="cpu")
+    by_train = switch(
+        [0], until=8, store=tmp_path / "s8", ckpts=deep_run, device="cpu", reference="train"
+    )
+    assert by_train.reference == at_t.reference
+    assert by_train.reference["source"] == "checkpoint"
 
 
 def test_a_diverged_reference_run_gives_trains_hint_and_keeps_the_points(

@@ -322,6 +322,10 @@ def standard_reference(
     start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
+    if start == until:  # the checkpoint of T is the standard model at T: nothing to train
+        load_checkpoint(model, refs[until])
+        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
+        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     path = paths.switch_reference(store.root)
     loaded = load_checkpoint(model, refs[start])
     assert loaded is not None
