@@ -10,7 +10,8 @@ Layout (names from :mod:`conetool.paths`)::
                                         eval, probe and spec hashes, source fingerprint
     STORE/layer_kernels/step_002000.safetensors  with --per-layer: one kernel per parameter
                                         group; metadata step, kind, dtype, probe and spec
-                                        hashes, source fingerprint, groups and groups_hash
+                                        hashes, source fingerprint, groups, groups_hash
+                                        and the --groups patterns
 
 Guarantees:
 
@@ -37,7 +38,9 @@ Guarantees:
   however it ends. A second writer is refused at once with a message naming the holder (it never
   waits: a waiting ``--overwrite`` would silently replace the first run's kernels right after);
 * a damaged or deleted ``manifest.json`` is rebuilt by :meth:`Store.open_for_writing` from the
-  kernel files, each of which carries its own record (:attr:`Store.notes` says so);
+  kernel files, each of which carries its own record (:attr:`Store.notes` says so), with the
+  records of the evaluation set and the parameter groups recovered from ``eval.safetensors``
+  and the layer files;
 * :meth:`Store.open` never writes: a store on a read-only file system can be read;
 * a store replaced while a command reads it (``kernels --overwrite`` clears it and starts a new
   one, with a new ``store_id``) stops that command with a :class:`StoreReplacedError`
@@ -307,10 +310,56 @@ class Store:
         if notes:
             adopted = store._adopt(headers)
             notes[-1] = rebuilt_note(root, notes[-1], len(adopted), len(headers) - len(adopted))
+            notes += store._recover_companion_records(header)
         store.notes = notes + ([cleared] if cleared else [])
         store._ensure_kernels_dir()
         store._write_manifest()
         return store
+
+    def _recover_companion_records(self, header: Mapping[str, Any]) -> list[str]:
+        """Put back in a rebuilt manifest (in memory) the records of the evaluation set
+        (``eval``, from ``eval.safetensors``) and of the parameter groups (``layer_groups``,
+        from the layer files): without them the next ``distance`` removed its per-layer outputs
+        and ``spectrum`` lost its kernel-machine accuracy, although their files were all there.
+        ``header``: the run's provenance (its spec gives the probe seed the eval record keeps).
+        Returns the notes: what was recovered, and what could not be, with the command that
+        records it again."""
+        spec = header.get("spec")
+        probe = spec.get("probe") if isinstance(spec, Mapping) else None
+        seed = probe.get("seed") if isinstance(probe, Mapping) else None
+        evaluated, eval_problem = companions.recovered_eval_record(self.root, seed)
+        layers, layer_problem = companions.recovered_layer_record(self.root, self.identity)
+        with self._manifest_guard:
+            if evaluated is not None:
+                self.manifest["eval"] = evaluated
+            if layers is not None:
+                self.manifest["layer_groups"] = layers
+        notes = []
+        kept = []
+        if evaluated is not None:
+            kept.append(f"the evaluation set of {evaluated['size']} examples (--eval-size)")
+        if layers is not None:
+            kept.append(f"the parameter groups {', '.join(layers['groups'])} (--per-layer)")
+        if kept:
+            notes.append(
+                f"recovered {' and '.join(kept)} from their files; later kernels runs keep them"
+            )
+        if eval_problem is not None:
+            size = companions.eval_size_of_kernels(self.root, self.identity)
+            notes.append(
+                f"no evaluation set was recovered: {eval_problem}. Rerun "
+                f"{self.kernels_command()} --eval-size {size or 'M'} (the size it had), which "
+                "draws it again and keeps the eval kernels made with it"
+            )
+        if layer_problem is not None:
+            notes.append(
+                f"no parameter groups were recovered: {layer_problem}. Rerun "
+                f"{self.kernels_command()} --per-layer, or --groups 'NAME=PATTERN,...' with the "
+                "patterns that made them, which records them again and keeps the layer files "
+                "made with the same groups; until then distance keeps its per-layer outputs "
+                "as they are"
+            )
+        return notes
 
     def _ensure_kernels_dir(self) -> None:
         make_dir(self.root / paths.KERNELS_DIR)
@@ -594,7 +643,14 @@ class Store:
         current (grouping, probe set, spec, kind, dtype, source fingerprint), so the manifest is
         not touched: any rank may write it."""
         metadata = self._companion_metadata(step, fingerprint, "groups_hash", groups_hash)
-        return companions.write_layer_kernels(self.root, step, kernels, groups, metadata)
+        record = self.layer_record or {}
+        patterns = record.get("patterns")  # of the recorded groups: a rebuilt manifest's record
+        known = record.get("hash") == groups_hash and (
+            patterns is None or isinstance(patterns, dict)
+        )
+        return companions.write_layer_kernels(
+            self.root, step, kernels, groups, metadata, json.dumps(patterns) if known else None
+        )
 
     def current_layer_steps(self) -> list[int]:
         """The stored steps whose layer file is current (the recorded grouping, the checkpoint

@@ -1,7 +1,8 @@
 """The store's companion files: the eval kernels K(eval, probe) (``eval_kernels/``) and the
 per-layer kernels (``layer_kernels/``), one file per step, each carrying in its metadata what
 makes it current. :class:`conetool.store.Store` records their sets in the manifest and calls
-these."""
+these; a manifest rebuilt from the kernel files gets those records back from the evaluation set
+file and the layer files (:func:`recovered_eval_record`, :func:`recovered_layer_record`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from safetensors.torch import load_file
 from . import paths
 from .errors import StoreError
 from .io import atomic_save_safetensors
-from .store_manifest import StoreIdentity, kernel_header, load_finite_kernel
+from .layer_groups import ROOT, groups_hash
+from .store_manifest import StoreIdentity, kernel_header, load_finite_kernel, made_with
+
+#: A record recovered for a rebuilt manifest, or None, and why it could not be (None: it could,
+#: or there was nothing to recover).
+Recovered = tuple[dict[str, Any] | None, str | None]
 
 
 def companion_metadata(
@@ -157,10 +163,16 @@ def write_layer_kernels(
     kernels: Mapping[str, torch.Tensor],
     groups: Mapping[str, list[str]],
     metadata: Mapping[str, str],
+    patterns: str | None = None,
 ) -> Path:
-    """Write the per-group ``kernels`` of ``step`` atomically with ``metadata`` and the
-    ``groups`` (group -> parameter names) they were made of; its path."""
+    """Write the per-group ``kernels`` of ``step`` atomically with ``metadata``, the ``groups``
+    (group -> parameter names) they were made of and ``patterns``, the JSON text of the
+    ``--groups`` patterns that made them (``null``: leaf modules; None: not known, not written),
+    from which a rebuilt manifest gets its ``layer_groups`` record back
+    (:func:`recovered_layer_record`); its path."""
     metadata = {**metadata, "groups": json.dumps({g: list(m) for g, m in groups.items()})}
+    if patterns is not None:
+        metadata["patterns"] = patterns
     path = paths.layer_kernel(root, step)
     atomic_save_safetensors(path, {g: k.cpu() for g, k in kernels.items()}, metadata)
     return path
@@ -181,3 +193,108 @@ def load_layer_kernels(
         ) from exc
     order = list((recorded or {}).get("groups") or loaded)
     return {g: loaded[g] for g in order if g in loaded}
+
+
+# ----------------------------------------------------------------- a rebuilt manifest
+def recovered_eval_record(root: Path, seed: Any) -> Recovered:
+    """The manifest's ``eval`` record (as ``kernels --eval-size`` writes it: size, split, seed,
+    hash, file) recovered from the evaluation set file of the store ``root`` (header only: its
+    metadata and the length of its labels), with the probe's ``seed`` (the spec's, which the
+    store's spec hash fixes); ``(None, None)`` when the store has no evaluation set, ``(None,
+    why)`` when it has eval kernels but no readable evaluation set."""
+    path = paths.eval_set(root)
+    if not path.is_file():
+        if not _step_files(paths.eval_kernels_dir(root)):
+            return None, None
+        return None, f"its eval kernels have no evaluation set ({path} is missing)"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            shape = handle.get_slice("labels").get_shape() if "labels" in handle.keys() else []
+    except (OSError, SafetensorError) as exc:
+        return None, f"its evaluation set {path} cannot be read ({exc})"
+    if len(shape) != 1 or "hash" not in meta or "split" not in meta:
+        return None, f"its evaluation set {path} lacks its labels, split or hash"
+    record = {
+        "size": int(shape[0]),
+        "split": meta["split"],
+        "seed": seed,
+        "hash": meta["hash"],
+        "file": paths.EVAL_NAME,
+    }
+    return record, None
+
+
+def eval_size_of_kernels(root: Path, ident: StoreIdentity) -> int | None:
+    """The evaluation set's size as the eval kernel files of the store ``root`` made with
+    ``ident`` give it (rows of the first readable one; header only), or None."""
+    for path in _step_files(paths.eval_kernels_dir(root)):
+        header = kernel_header(path, "eval kernel file")
+        if not isinstance(header, str) and made_with(header[0], ident) and header[1]:
+            return int(header[1][0])
+    return None
+
+
+def recovered_layer_record(root: Path, ident: StoreIdentity) -> Recovered:
+    """The manifest's ``layer_groups`` record (as ``kernels --per-layer`` writes it: patterns,
+    groups, hash, dir) recovered from the newest layer file of the store ``root`` made with
+    ``ident`` whose groups match the hash it carries (header only; a regrouping deletes the old
+    grouping's files, so the newest is the recorded one). A file written before layer files
+    carried their ``--groups`` patterns gives them when its groups are leaf modules (``None``,
+    as ``--per-layer`` records them); else ``(None, why)``, as when no layer file can be used.
+    ``(None, None)`` when the store has no layer files."""
+    files = _step_files(paths.layer_kernels_dir(root))
+    if not files:
+        return None, None
+    newest: tuple[int, dict[str, str], dict[str, list[str]]] | None = None
+    for path in files:
+        meta = _metadata(path)
+        groups = _groups_of(meta)
+        if groups is None or not made_with(meta, ident):
+            continue
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            continue
+        if newest is None or mtime > newest[0]:
+            newest = (mtime, meta, groups)
+    folder = paths.layer_kernels_dir(root)
+    if newest is None:
+        return None, (
+            f"none of its {len(files)} layer kernel file(s) in {folder} can be read, or "
+            "they were made with another spec, probe set, kernel kind or dtype"
+        )
+    _, meta, groups = newest
+    if "patterns" in meta:
+        try:
+            patterns = json.loads(meta["patterns"])
+        except json.JSONDecodeError:
+            patterns = "?"
+    else:  # written before layer files carried them
+        leaves = all((m.rpartition(".")[0] or ROOT) == g for g, ms in groups.items() for m in ms)
+        patterns = None if leaves else "?"
+    if patterns is not None and not (
+        isinstance(patterns, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in patterns.items())
+    ):
+        return None, (
+            f"its layer kernel files in {folder} carry the parameter groups "
+            f"{', '.join(groups)} but not the --groups patterns that made them"
+        )
+    record = {"patterns": patterns, "groups": groups, "hash": meta["groups_hash"]}
+    return {**record, "dir": paths.LAYER_KERNELS_DIR}, None
+
+
+def _groups_of(meta: Mapping[str, str]) -> dict[str, list[str]] | None:
+    """The groups (group -> parameter names) a layer file's metadata ``meta`` names, when they
+    are such a mapping and match the ``groups_hash`` it carries; else None."""
+    try:
+        groups = json.loads(meta.get("groups", "null"))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(groups, dict) or not all(
+        isinstance(members, list) and all(isinstance(m, str) for m in members)
+        for members in groups.values()
+    ):
+        return None
+    return groups if groups_hash(groups) == meta.get("groups_hash") else None

@@ -86,15 +86,27 @@ def write_per_layer(
     dt: int,
     phase1_end: int | None,
     logx: bool,
+    notes: list[str] | None = None,
 ) -> tuple[list[Path], dict[str, Any]] | None:
     """``per_layer.csv`` and ``per_layer.png`` from the steps of ``steps`` with a current layer
     file: each group's distance to each reference and its adjacent distance and velocity at
     ``dt`` (empty where the other step has no layer file, or a group kernel is all zeros).
-    Without layer files, none (and old per-layer outputs are removed)."""
+    Without layer files, none (and old per-layer outputs are removed). A store whose manifest
+    records no parameter groups although it has layer files (a manifest rebuilt without their
+    record) keeps the per-layer outputs of an earlier run, and a note added to ``notes`` says
+    how to record the groups again."""
     root = store.root
     record = store.layer_record
+    if record is None:
+        note = _no_record_note(store)
+        if note is not None and notes is not None:
+            notes.append(note)
+        if note is None:
+            for output in PER_LAYER_OUTPUTS:
+                output(root).unlink(missing_ok=True)
+        return None
     have = set(store.current_layer_steps()) & set(steps)
-    if record is None or not have:
+    if not have:
         for output in PER_LAYER_OUTPUTS:
             output(root).unlink(missing_ok=True)
         return None
@@ -153,3 +165,19 @@ def write_per_layer(
         "missing_steps": [s for s in steps if s not in have],
     }
     return [csv_path, png], info
+
+
+def _no_record_note(store: Store) -> str | None:
+    """None when the store has no layer files; else (its manifest records no parameter groups:
+    rebuilt without their record) the note that the per-layer outputs of an earlier run are
+    kept, and how to record the groups again."""
+    folder = paths.layer_kernels_dir(store.root)
+    if not (folder.is_dir() and any(folder.glob("step_*.safetensors"))):
+        return None
+    kept = [p(store.root).name for p in PER_LAYER_OUTPUTS if p(store.root).is_file()]
+    said = f"kept {' and '.join(kept)} as they were: " if kept else "no per-layer outputs: "
+    return (
+        f"{said}{paths.MANIFEST_NAME} records no parameter groups, although {folder} holds "
+        f"layer kernel files. Rerun {store.kernels_command()} --per-layer, or --groups "
+        "'NAME=PATTERN,...' with the patterns that made them, to record them again"
+    )

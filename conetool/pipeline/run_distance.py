@@ -256,7 +256,7 @@ def distance(
                 )
                 layer_dt = used if used is not None else dt_list[0]
                 per_layer = write_per_layer(
-                    opened, steps, ref_steps, layer_dt, verdict.phase1_end, logx
+                    opened, steps, ref_steps, layer_dt, verdict.phase1_end, logx, notes
                 )
                 if per_layer is not None:
                     files += per_layer[0]
