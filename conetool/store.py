@@ -668,7 +668,9 @@ class Store:
     def load_layer_kernels(self, step: int) -> dict[str, torch.Tensor]:
         """The stored per-group kernels of ``step`` (group -> kernel, in the recorded order);
         check them with :meth:`layer_kernel_problem` first."""
-        return companions.load_layer_kernels(self.root, step, self.layer_record)
+        return companions.load_layer_kernels(
+            self.root, step, self.layer_record, self.kernels_command()
+        )
 
     # ----------------------------------------------------------------- the manifest
     def adopt_kernel_files(self, *, save: bool = True) -> list[int]:

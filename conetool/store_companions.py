@@ -179,18 +179,23 @@ def write_layer_kernels(
 
 
 def load_layer_kernels(
-    root: Path, step: int, recorded: Mapping[str, Any] | None
+    root: Path, step: int, recorded: Mapping[str, Any] | None, rerun: str
 ) -> dict[str, torch.Tensor]:
     """The stored per-group kernels of ``step``, group -> kernel, in the order of the
-    ``recorded`` groups (the file's own order without a record)."""
+    ``recorded`` groups (the file's own order without a record); checked finite. ``rerun``: the
+    ``conetool kernels`` command that recomputes them
+    (:meth:`~conetool.store.Store.kernels_command`)."""
     path = paths.layer_kernel(root, step)
+    fix = f"Delete it and rerun {rerun}, which recomputes it."
     try:
         loaded = load_file(str(path))
     except (OSError, SafetensorError) as exc:
+        raise StoreError(f"layer kernel file {path} cannot be read ({exc}). {fix}") from exc
+    bad = [g for g, kernel in loaded.items() if not torch.isfinite(kernel).all()]
+    if bad:
         raise StoreError(
-            f"layer kernel file {path} cannot be read ({exc}). Recompute it: conetool "
-            f"kernels --store {root} --per-layer."
-        ) from exc
+            f"layer kernel file {path} holds non-finite values (group {bad[0]}). {fix}"
+        )
     order = list((recorded or {}).get("groups") or loaded)
     return {g: loaded[g] for g in order if g in loaded}
 

@@ -1,20 +1,25 @@
-"""A rebuilt manifest keeps the records of the evaluation set and the parameter groups.
+"""A rebuilt manifest keeps the records of the evaluation set and the parameter groups, and a bad
+layer file is named, as a bad kernel file is.
 
 A damaged or deleted ``manifest.json`` was rebuilt from the kernel files without its ``eval``
 (``kernels --eval-size``) and ``layer_groups`` (``--per-layer``) records, although their files
 were all in the store: the next ``distance`` deleted ``per_layer.csv`` and ``per_layer.png``, and
-``spectrum`` lost its kernel-machine accuracy."""
+``spectrum`` lost its kernel-machine accuracy. A layer file that was truncated, held NaN or a
+kernel of another shape left its step's per-layer cells empty without a word."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from tiny_run import STEPS, metadata, run_fixtures, tiny_spec
 
 from conetool import paths
+from conetool.errors import StoreError
 from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_spectrum import spectrum
@@ -41,6 +46,11 @@ def _damage_manifest(root, how):
     else:
         text = path.read_text()
         path.write_text(text[: len(text) // 2])
+
+
+def _rows(root):
+    with paths.per_layer_csv(root).open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _rewrite_layer_file(path, change=None, drop=()):
@@ -140,3 +150,59 @@ def test_eval_kernels_without_their_eval_set_name_the_size_to_rerun(run, tmp_pat
     restored = kernels(run, store=root, device="cpu", eval_size=6)
     assert restored.eval_computed == []  # drawn again alike: the eval kernels are current
     assert not any(math.isnan(a) for a in spectrum(root, top_k=3).eval_acc)
+
+
+def _truncated(path):
+    path.write_bytes(path.read_bytes()[:-8])
+
+
+def _not_finite(path):
+    _rewrite_layer_file(
+        path,
+        lambda t: {
+            g: k if i else torch.full_like(k, math.nan) for i, (g, k) in enumerate(t.items())
+        },
+    )
+
+
+def _wrong_shape(path):
+    _rewrite_layer_file(path, lambda t: {g: k[:-1, :-1].clone() for g, k in t.items()})
+
+
+@pytest.mark.parametrize("damage", [_truncated, _not_finite, _wrong_shape])
+def test_a_bad_layer_file_is_named_or_left_out_with_skip_bad(run, tmp_path, damage):
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", per_layer=True)
+    distance(root, noise=False)
+    written = {p: p.read_bytes() for p in sorted(paths.distance_dir(root).iterdir())}
+    path = paths.layer_kernel(root, 5)
+    damage(path)
+    # as a bad kernel file: an error naming it and the fix, and nothing written
+    with pytest.raises(StoreError) as refused:
+        distance(root, noise=False)
+    message = str(refused.value)
+    assert message.startswith(f"step 5: layer kernel file {path}")
+    assert f"conetool kernels {run.resolve()} --store {root} to recompute it" in message
+    assert "--skip-bad" in message
+    assert ("Delete that file" in message) == (damage is not _truncated)
+    assert {p: p.read_bytes() for p in sorted(paths.distance_dir(root).iterdir())} == written
+    # with --skip-bad: the step is left out of the per-layer outputs, and one note says so
+    result = distance(root, noise=False, skip_bad=True)
+    assert result.steps == STEPS  # the kernels are all used
+    (note,) = [n for n in result.notes if "per-layer" in n]
+    assert note.startswith(
+        f"no per-layer distances at 1 step(s) (5), left out (--skip-bad): layer kernel file {path}"
+    )
+    assert f"conetool kernels {run.resolve()} --store {root}, which recomputes" in note
+    rows = _rows(root)
+    assert {int(r["step"]) for r in rows} == {0, 10}
+    assert all(r["S_adjacent"] == "" and r["S_ref_0"] != "" for r in rows)  # 5 is step 0's t + dt
+    summary = json.loads(paths.distance_summary(root).read_text())["per_layer"]
+    assert list(summary["left_out"]) == ["5"] and summary["missing_steps"] == []
+    # the fix the note gives
+    if "Delete the files said to" in note:
+        path.unlink()
+    assert kernels(run, store=root, device="cpu").layer_computed == [5]
+    result = distance(root, noise=False)
+    assert not any("per-layer" in n for n in result.notes)
+    assert {int(r["step"]) for r in _rows(root)} == set(STEPS)

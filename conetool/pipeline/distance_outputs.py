@@ -6,13 +6,16 @@ written atomically into ``STORE/distance/`` (names from :mod:`conetool.paths`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .. import paths
+from ..errors import StoreError, StoreReplacedError
 from ..geometry import AdjacentPair, KernelError, kernel_distance
 from ..io import atomic_write_csv
 from ..plots import (
@@ -23,6 +26,7 @@ from ..plots import (
     save_figure,
 )
 from ..store import Store
+from ..store_manifest import kernel_header
 from .matrix_cache import csv_number
 
 #: The per-layer outputs, removed when a store has no layer kernels.
@@ -79,46 +83,100 @@ def write_figures(
     return [save_figure(figure, path) for path, figure in figures]
 
 
-def write_per_layer(
-    store: Store,
-    steps: list[int],
-    refs: list[int],
-    dt: int,
-    phase1_end: int | None,
-    logx: bool,
-    notes: list[str] | None = None,
-) -> tuple[list[Path], dict[str, Any]] | None:
-    """``per_layer.csv`` and ``per_layer.png`` from the steps of ``steps`` with a current layer
-    file: each group's distance to each reference and its adjacent distance and velocity at
-    ``dt`` (empty where the other step has no layer file, or a group kernel is all zeros).
-    Without layer files, none (and old per-layer outputs are removed). A store whose manifest
-    records no parameter groups although it has layer files (a manifest rebuilt without their
-    record) keeps the per-layer outputs of an earlier run, and a note added to ``notes`` says
-    how to record the groups again."""
-    root = store.root
+@dataclass(frozen=True)
+class PerLayerTable:
+    """What ``distance`` writes of the layer kernels, computed before it writes anything (a
+    layer file it refuses then leaves every output as it was).
+
+    Attributes:
+        rows: the rows of ``per_layer.csv`` (None: nothing to write: no recorded groups, or
+            no usable layer file).
+        header: its header.
+        curves: group -> (steps, velocities) of ``per_layer.png``.
+        dt: the dt of the adjacent distances.
+        info: ``summary.json``'s ``per_layer``.
+        keep: with no rows, keep the per-layer outputs of an earlier run (the store has layer
+            files but its manifest no record of their groups), rather than remove them.
+        notes: what the user should know: the steps whose layer file was left out
+            (``skip_bad``), per-layer outputs kept.
+    """
+
+    rows: list[list[object]] | None
+    header: list[str] = field(default_factory=list)
+    curves: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    dt: int = 1
+    info: dict[str, Any] = field(default_factory=dict)
+    keep: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def per_layer_table(
+    store: Store, steps: list[int], refs: list[int], dt: int, *, skip_bad: bool = False
+) -> PerLayerTable:
+    """The per-layer table from the steps of ``steps`` with a current layer file: each group's
+    distance to each reference and its adjacent distance and velocity at ``dt`` (empty where
+    the other step has no layer file, or a group kernel is all zeros).
+
+    A layer file that cannot be read, holds NaN or inf, or a kernel of another shape than the
+    step's kernel is an error naming it and the fix, as a kernel file is; with ``skip_bad`` its
+    step is left out (its cells empty) and one note names the steps, the reason and the command
+    that recomputes them."""
     record = store.layer_record
     if record is None:
-        note = _no_record_note(store)
-        if note is not None and notes is not None:
-            notes.append(note)
-        if note is None:
-            for output in PER_LAYER_OUTPUTS:
-                output(root).unlink(missing_ok=True)
-        return None
-    have = set(store.current_layer_steps()) & set(steps)
-    if not have:
-        for output in PER_LAYER_OUTPUTS:
-            output(root).unlink(missing_ok=True)
-        return None
-    layer_steps = sorted(have)
+        return _no_record(store)
+    wanted = str(record.get("hash"))
+    records = store.records()
+    have: set[int] = set()
+    bad: dict[int, str] = {}  # step -> why its layer file cannot be used
+    for step in steps:
+        rec = records.get(step)
+        if rec is None:
+            continue
+        if store.layer_kernel_problem(step, wanted, rec.fingerprint) is None:
+            have.add(step)
+        elif paths.layer_kernel(store.root, step).is_file():
+            unreadable = _unreadable(store, step)  # else stale: missing_steps
+            if unreadable is not None:
+                bad[step] = unreadable
     groups = list(record.get("groups") or {})
     cache: dict[int, dict[str, torch.Tensor]] = {}
 
+    def refuse(step: int) -> None:
+        """Without ``skip_bad``, the error a bad layer file of ``step`` is."""
+        if skip_bad:
+            return
+        reason, delete, _ = bad[step].partition(f"; {_DELETE}")
+        fix = "Delete that file and rerun" if delete else "Rerun"
+        raise StoreError(
+            f"step {step}: {reason}. {fix} {store.kernels_command()} to recompute it, or pass "
+            "--skip-bad to leave the step out of the per-layer outputs."
+        )
+
     def load(step: int) -> dict[str, torch.Tensor] | None:
-        if step not in have:
+        """The layer kernels of ``step``, checked (finite, shaped like the step's kernel);
+        None when it has no current layer file or a bad one (:func:`refuse`)."""
+        if step not in have or step in bad:
             return None
         if step not in cache:
-            cache[step] = store.load_layer_kernels(step)
+            try:
+                loaded = store.load_layer_kernels(step)
+            except StoreReplacedError:
+                raise
+            except StoreError as exc:  # not finite, or its data cannot be read
+                bad[step] = f"{str(exc).split('. ')[0]}; {_DELETE}"
+                refuse(step)
+                return None
+            shape = _kernel_shape(store, step)
+            odd = [g for g, k in loaded.items() if shape is not None and tuple(k.shape) != shape]
+            if odd:
+                bad[step] = (
+                    f"layer kernel file {paths.layer_kernel(store.root, step)} holds a kernel of "
+                    f"shape {tuple(loaded[odd[0]].shape)} for group {odd[0]}, not the {shape} "
+                    f"of the step's kernel; {_DELETE}"
+                )
+                refuse(step)
+                return None
+            cache[step] = loaded
         return cache[step]
 
     def between(
@@ -131,10 +189,15 @@ def write_per_layer(
         except KernelError:  # a group whose kernel is zero at one of the steps
             return float("nan")
 
+    for step in sorted(bad):  # unreadable headers: before any kernel is read
+        refuse(step)
     rows: list[list[object]] = []
     curves: dict[str, tuple[list[int], list[float]]] = {g: ([], []) for g in groups}
-    for step in layer_steps:
-        here, later = load(step), load(step + dt)
+    for step in sorted(have):
+        here = load(step)
+        if here is None:
+            continue
+        later = load(step + dt)
         for g in groups:
             to_refs = [between(here, load(ref), g) for ref in refs]
             s_adj = between(here, later, g)
@@ -152,32 +215,103 @@ def write_per_layer(
                 curves[g][1].append(s_adj / dt)
         for old in [k for k in cache if k <= step and k not in refs]:
             del cache[old]
+    notes = [_left_out_note(store, bad)] if bad else []
+    layer_steps = sorted(have - set(bad))
+    if not layer_steps:  # the outputs of an earlier run are kept while files are bad
+        return PerLayerTable(None, keep=bool(bad), notes=notes)
     header = ["step", "group", *(f"S_ref_{r}" for r in refs), "S_adjacent", "velocity"]
-    csv_path = atomic_write_csv(paths.per_layer_csv(root), header, rows)
-    figure = per_layer_figure(curves, dt=dt, logx=logx, phase1_end=phase1_end)
-    png = save_figure(figure, paths.per_layer_png(root))
     info = {
         "groups": groups,
         "patterns": record.get("patterns"),
         "refs": refs,
         "dt": dt,
         "steps": len(layer_steps),
-        "missing_steps": [s for s in steps if s not in have],
+        "missing_steps": [s for s in steps if s not in have and s not in bad],
+        "left_out": {str(s): why for s, why in sorted(bad.items())},
     }
-    return [csv_path, png], info
+    return PerLayerTable(rows, header, curves, dt, info, notes=notes)
 
 
-def _no_record_note(store: Store) -> str | None:
-    """None when the store has no layer files; else (its manifest records no parameter groups:
-    rebuilt without their record) the note that the per-layer outputs of an earlier run are
-    kept, and how to record the groups again."""
+#: Said of a layer file whose header is fine and whose values are not: kernels keeps it.
+_DELETE = "delete it (conetool kernels reads only its header)"
+
+
+def _unreadable(store: Store, step: int) -> str | None:
+    """Why the layer file of ``step`` cannot be read (its header; kernels recomputes it), or
+    None when it can."""
+    path = paths.layer_kernel(store.root, step)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (OSError, SafetensorError) as exc:
+        return f"layer kernel file {path} cannot be read ({exc})"
+    return None
+
+
+def _kernel_shape(store: Store, step: int) -> tuple[int, ...] | None:
+    """The shape of the kernel of ``step`` (its file's header), or None when it cannot be had."""
+    record = store.record(step)
+    if record is None:
+        return None
+    header = kernel_header(store.root / record.kernel, "kernel file")
+    return None if isinstance(header, str) else header[1]
+
+
+def _left_out_note(store: Store, why: dict[int, str]) -> str:
+    """The note naming the steps whose layer file was left out (``why``: step -> the reason),
+    with the command that recomputes them (the wording of spectrum's note on eval kernels)."""
+    steps = sorted(why)
+    shown = ", ".join(str(s) for s in steps[:5]) + (", ..." if len(steps) > 5 else "")
+    delete = (
+        "Delete the files said to, then rerun"
+        if any(_DELETE in w for w in why.values())
+        else "Rerun"
+    )
+    return (
+        f"no per-layer distances at {len(steps)} step(s) ({shown}), left out (--skip-bad): "
+        f"{why[steps[0]]}. {delete} {store.kernels_command()}, which recomputes the layer "
+        "kernels that are missing, stale or unreadable."
+    )
+
+
+def _no_record(store: Store) -> PerLayerTable:
+    """The table of a store whose manifest records no parameter groups: none. When the store
+    has layer files all the same (a manifest rebuilt without their record), the per-layer
+    outputs of an earlier run are kept, and a note says how to record the groups again."""
     folder = paths.layer_kernels_dir(store.root)
     if not (folder.is_dir() and any(folder.glob("step_*.safetensors"))):
-        return None
+        return PerLayerTable(None)
     kept = [p(store.root).name for p in PER_LAYER_OUTPUTS if p(store.root).is_file()]
     said = f"kept {' and '.join(kept)} as they were: " if kept else "no per-layer outputs: "
-    return (
+    note = (
         f"{said}{paths.MANIFEST_NAME} records no parameter groups, although {folder} holds "
         f"layer kernel files. Rerun {store.kernels_command()} --per-layer, or --groups "
         "'NAME=PATTERN,...' with the patterns that made them, to record them again"
     )
+    return PerLayerTable(None, keep=True, notes=[note])
+
+
+def write_per_layer(
+    store: Store,
+    steps: list[int],
+    refs: list[int],
+    dt: int,
+    phase1_end: int | None,
+    logx: bool,
+    *,
+    table: PerLayerTable | None = None,
+) -> tuple[list[Path], dict[str, Any]] | None:
+    """``per_layer.csv`` and ``per_layer.png`` of ``table`` (:func:`per_layer_table` of
+    ``steps``, ``refs`` and ``dt`` when not given). Without rows, none (and old per-layer
+    outputs are removed, unless the table keeps them)."""
+    root = store.root
+    table = per_layer_table(store, steps, refs, dt) if table is None else table
+    if table.rows is None:
+        if not table.keep:
+            for output in PER_LAYER_OUTPUTS:
+                output(root).unlink(missing_ok=True)
+        return None
+    csv_path = atomic_write_csv(paths.per_layer_csv(root), table.header, table.rows)
+    figure = per_layer_figure(table.curves, dt=table.dt, logx=logx, phase1_end=phase1_end)
+    png = save_figure(figure, paths.per_layer_png(root))
+    return [csv_path, png], table.info

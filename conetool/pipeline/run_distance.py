@@ -48,6 +48,7 @@ from ..threads import limit_threads
 from ..verdict import Verdict, VerdictRules, phase_verdict
 from .distance_outputs import (
     PER_LAYER_OUTPUTS,
+    per_layer_table,
     write_adjacent,
     write_figures,
     write_per_layer,
@@ -155,7 +156,9 @@ def distance(
         logx: symmetric-log step axis on the curve figures (keeps step 0).
         logy: log distance axis on the distance-to-reference figure and log colours on the S
             matrix heatmap (the adjacent figure always has a log axis, as in the paper).
-        skip_bad: leave out kernel files that cannot be read or are non-finite (warned about).
+        skip_bad: leave out kernel files that cannot be read or are non-finite (warned about),
+            and layer files that cannot be read, are non-finite or of another shape than the
+            step's kernel (from the per-layer outputs only; one note names them).
         max_memory: budget for the S matrix's two float64 kernel blocks (default 1 GiB).
         noise: estimate the numerical noise floor of S on the run's model (rebuilt from the
             last stored step's checkpoint; :mod:`conetool.pipeline.noise_estimate`), read by
@@ -246,6 +249,11 @@ def distance(
             used = verdict.numbers.get("velocity", {}).get("dt")
             dt_curves = [_adjacent_curve(dt, pairs[dt], dt == used) for dt in dt_list]
 
+            layer_dt = used if used is not None else dt_list[0]
+            # before any file is written: a layer file it refuses leaves them all as they were
+            layers = per_layer_table(opened, steps, ref_steps, layer_dt, skip_bad=skip_bad)
+            notes += layers.notes
+
             with opened.writing_results("distance"):
                 root = opened.root
                 files = [write_to_ref(root, steps, to_ref), write_adjacent(root, pairs)]
@@ -254,9 +262,8 @@ def distance(
                 files += write_figures(
                     root, steps, s, to_ref, pairs, verdict.phase1_end, logx, logy, floor
                 )
-                layer_dt = used if used is not None else dt_list[0]
                 per_layer = write_per_layer(
-                    opened, steps, ref_steps, layer_dt, verdict.phase1_end, logx, notes
+                    opened, steps, ref_steps, layer_dt, verdict.phase1_end, logx, table=layers
                 )
                 if per_layer is not None:
                     files += per_layer[0]
