@@ -28,6 +28,7 @@ from ..plots import (
 from ..store import Store
 from ..store_manifest import kernel_header
 from .matrix_cache import csv_number
+from .recompute_notes import DELETE, recompute_note
 
 #: The per-layer outputs, removed when a store has no layer kernels.
 PER_LAYER_OUTPUTS = (paths.per_layer_csv, paths.per_layer_png)
@@ -145,7 +146,7 @@ def per_layer_table(
         """Without ``skip_bad``, the error a bad layer file of ``step`` is."""
         if skip_bad:
             return
-        reason, delete, _ = bad[step].partition(f"; {_DELETE}")
+        reason, delete, _ = bad[step].partition(f"; {DELETE}")
         fix = "Delete that file and rerun" if delete else "Rerun"
         raise StoreError(
             f"step {step}: {reason}. {fix} {store.kernels_command()} to recompute it, or pass "
@@ -163,7 +164,7 @@ def per_layer_table(
             except StoreReplacedError:
                 raise
             except StoreError as exc:  # not finite, or its data cannot be read
-                bad[step] = f"{str(exc).split('. ')[0]}; {_DELETE}"
+                bad[step] = f"{str(exc).split('. ')[0]}; {DELETE}"
                 refuse(step)
                 return None
             shape = _kernel_shape(store, step)
@@ -172,7 +173,7 @@ def per_layer_table(
                 bad[step] = (
                     f"layer kernel file {paths.layer_kernel(store.root, step)} holds a kernel of "
                     f"shape {tuple(loaded[odd[0]].shape)} for group {odd[0]}, not the {shape} "
-                    f"of the step's kernel; {_DELETE}"
+                    f"of the step's kernel; {DELETE}"
                 )
                 refuse(step)
                 return None
@@ -233,7 +234,6 @@ def per_layer_table(
 
 
 #: Said of a layer file whose header is fine and whose values are not: kernels keeps it.
-_DELETE = "delete it (conetool kernels reads only its header)"
 
 
 def _unreadable(store: Store, step: int) -> str | None:
@@ -260,17 +260,12 @@ def _kernel_shape(store: Store, step: int) -> tuple[int, ...] | None:
 def _left_out_note(store: Store, why: dict[int, str]) -> str:
     """The note naming the steps whose layer file was left out (``why``: step -> the reason),
     with the command that recomputes them (the wording of spectrum's note on eval kernels)."""
-    steps = sorted(why)
-    shown = ", ".join(str(s) for s in steps[:5]) + (", ..." if len(steps) > 5 else "")
-    delete = (
-        "Delete the files said to, then rerun"
-        if any(_DELETE in w for w in why.values())
-        else "Rerun"
-    )
-    return (
-        f"no per-layer distances at {len(steps)} step(s) ({shown}), left out (--skip-bad): "
-        f"{why[steps[0]]}. {delete} {store.kernels_command()}, which recomputes the layer "
-        "kernels that are missing, stale or unreadable."
+    return recompute_note(
+        store,
+        why,
+        lost="per-layer distances",
+        files="layer kernels",
+        aside=", left out (--skip-bad)",
     )
 
 

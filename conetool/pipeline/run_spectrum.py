@@ -41,6 +41,7 @@ from ..store import Store
 from ..threads import limit_threads
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernels_key, require_kernels
+from .recompute_notes import DELETE, recompute_note
 from .saved_results import saved_phase1_end
 
 __all__ = ["SpectrumResult", "spectrum"]
@@ -322,7 +323,7 @@ def _kernel_machine(
     except StoreReplacedError:
         raise
     except StoreError as exc:  # its values are not finite (kernels reads only the header)
-        return math.nan, math.nan, f"{str(exc).split('. ')[0]}; {_DELETE}"
+        return math.nan, math.nan, f"{str(exc).split('. ')[0]}; {DELETE}"
     result = kernel_regression(kernel, cross, labels, evaluated.labels.numpy(), classes)
     return result.accuracy, result.loss, None
 
@@ -332,22 +333,7 @@ def _unusable_eval_kernels_note(store: Store, why: dict[int, str]) -> str | None
     reason), with the command that recomputes them; None when there are none."""
     if not why:
         return None
-    steps = sorted(why)
-    shown = ", ".join(str(s) for s in steps[:5]) + (", ..." if len(steps) > 5 else "")
-    delete = (
-        "Delete the files said to, then rerun"
-        if any(_DELETE in w for w in why.values())
-        else "Rerun"
-    )
-    return (
-        f"no kernel-machine accuracy at {len(steps)} step(s) ({shown}): {why[steps[0]]}. "
-        f"{delete} {store.kernels_command()}, which recomputes the eval kernels that are "
-        "missing, stale or unreadable."
-    )
-
-
-#: Said of an eval kernel file whose header is fine and whose values are not: kernels keeps it.
-_DELETE = "delete it (conetool kernels reads only its header)"
+    return recompute_note(store, why, lost="kernel-machine accuracy", files="eval kernels")
 
 
 def _classes(store: Store, labels: np.ndarray) -> int:
