@@ -84,6 +84,28 @@ def test_parse_at():
         parse_at(["0:10:0"])
 
 
+@pytest.mark.parametrize(
+    ("at", "fix"), [("5,,10", "--at 5,10"), ("5,", "--at 5"), (",", "--at 2000")]
+)
+def test_parse_at_refuses_an_empty_item(at, fix):
+    """A step left out of the list ("5,,10": a typo, or a shell variable that was empty) is
+    refused naming --at and the fix, not dropped (the sweep lacked the point without a word)."""
+    with pytest.raises(ConetoolError, match=f"^--at '{at}' has an empty item") as err:
+        parse_at([at])
+    assert f"({fix})." in str(err.value), str(err.value)
+    with pytest.raises(ConetoolError, match=r"^--at '' names no step"):
+        parse_at(["0", ""])  # an empty --at beside a good one
+
+
+def test_switch_refuses_an_empty_at_item_on_the_command_line(tmp_path):
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["switch", "--at", "5,,10", "--store", str(store), "-q"])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "--at '5,,10' has an empty item" in text and "(--at 5,10)" in text, text
+    assert not store.exists()
+
+
 @pytest.mark.parametrize("at", [0, 4])
 def test_linear_model_reproduces_standard_training_step_for_step(linear_run, tmp_path, at):
     result = switch([at], store=tmp_path / "s", ckpts=linear_run, device="cpu")

@@ -76,15 +76,24 @@ def parse_at(values: int | str | Sequence[int | str]) -> list[int]:
     if isinstance(values, str) or not isinstance(values, Iterable):
         values = [values]
     for value in values:
-        for part in str(value).split(","):
-            part = part.strip()
+        parts = [part.strip() for part in str(value).split(",")]
+        if "" in parts and len(parts) > 1:  # "5,,10" or "5,": a step left out, not to drop
+            kept = ",".join(part for part in parts if part) or "2000"
+            raise ConetoolError(
+                f"--at {value!r} has an empty item: each comma-separated item must be a step "
+                "or a range start:stop:stride. Write the step that was meant there, or remove "
+                f"the extra comma (--at {kept})."
+            )
+        if parts == [""]:
+            raise ConetoolError(f"--at {value!r} names no step. Give a step, e.g. --at 2000.")
+        for part in parts:
             try:
                 if ":" in part:
                     bounds = [int(x) for x in part.split(":")]
                     if len(bounds) not in (2, 3) or (len(bounds) == 3 and bounds[2] <= 0):
                         raise ValueError
                     steps.update(range(*bounds))
-                elif part:
+                else:
                     steps.add(int(part))
             except ValueError:
                 raise ConetoolError(
