@@ -83,17 +83,23 @@ def _class_counts(available: list[int], size: int) -> list[int]:
     return counts
 
 
-def make_probe(bundle: DataBundle, spec: ProbeSpec) -> Probe:
+def make_probe(bundle: DataBundle, spec: ProbeSpec, *, size_flag: str | None = None) -> Probe:
     """Draw the probe set of ``spec`` from ``bundle`` (identical on every call; see the module doc).
 
     Raises :class:`DataError` when ``probe.size`` exceeds the split or a label lies outside
-    ``0..num_classes-1``.
+    ``0..num_classes-1``. ``size_flag`` is the flag that set ``spec.size``
+    (``"--probe-size"``), named in that error in place of the spec's key.
     """
     split = bundle.split(spec.split)
     labels = split.labels().cpu()
     n, classes = int(labels.shape[0]), bundle.num_classes
     if spec.size <= 0:
         raise DataError(f"'probe.size' must be positive, got {spec.size}.")
+    if spec.size > n and size_flag is not None:
+        raise DataError(
+            f"{size_flag} {spec.size} is larger than the {spec.split} split of {bundle.name}, "
+            f"which has {n} examples. Pass {size_flag} {n} or less."
+        )
     if spec.size > n:
         raise DataError(
             f"'probe.size' = {spec.size} is larger than the {spec.split} split of "

@@ -17,6 +17,7 @@ from conetool.pipeline.run_demo import default_switch_points, demo_spec
 from conetool.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
 
 
 def test_packaged_demo_spec_is_the_example():
@@ -28,6 +29,23 @@ def test_shortened_spec_scales_the_checkpoints():
     assert spec.train.steps == 240 and spec.probe.size == 10
     assert spec.train.save_every == 10 and spec.train.dense_until == 10
     assert default_switch_points(2400) == [0, 100, 400, 1200]
+
+
+@pytest.mark.parametrize("size", [400, 2000])
+def test_a_probe_size_beyond_the_digits_is_refused_before_training(tmp_path, size):
+    """demo --probe-size 400 trained the whole run, then failed naming --eval-size (never
+    passed: the demo's evaluation set, as large as the probe set, comes from the 360 test
+    images); --probe-size 2000 was refused as the spec's [probe] and "Set probe.size"."""
+    out = tmp_path / "demo"
+    result = runner.invoke(
+        app, ["demo", "--out", str(out), "--steps", "8", "--probe-size", str(size)]
+    )
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert f"--probe-size {size} is larger than the demo's data allows" in text, text
+    assert "Pass --probe-size 360 or less." in text, text
+    assert "--eval-size" not in text and "probe.size" not in text, text
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")

@@ -229,6 +229,19 @@ def test_store_of_another_kind_or_probe_is_refused(run, tmp_path):
     assert full.kernel_shape == (6, 3, 6, 3)
 
 
+def test_a_probe_size_beyond_the_data_names_the_flag(run, tmp_path):
+    """--probe-size 1000 was refused as "'probe.size' = 1000 ... Set probe.size": the spec's
+    key, which the user never wrote, and not the flag they passed."""
+    store = tmp_path / "s"
+    args = ["kernels", str(run), "--store", str(store), "--probe-size", "1000", "--threads", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "--probe-size 1000 is larger than the train split of synthetic" in text, text
+    assert "which has 48 examples. Pass --probe-size 48 or less." in text, text
+    assert "probe.size" not in text and not store.exists(), text
+
+
 def test_missing_spec_says_what_to_write(run, tmp_path):
     paths.spec(run).unlink()
     with pytest.raises(SpecError, match=r"(?s)no conetool.toml and no --spec.*\[model\]"):

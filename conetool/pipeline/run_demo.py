@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from ..choices import is_count, path_argument
-from ..errors import ConetoolError
+from ..data import load_data
+from ..errors import ConetoolError, DataError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress
 from ..spec import Spec, spec_from_dict
@@ -29,7 +30,7 @@ from ..threads import limit_threads
 from ..training import train
 from .run_distance import distance
 from .run_embed import embed
-from .run_kernels import kernels
+from .run_kernels import EVAL_SPLIT, kernels
 from .run_report import report
 from .run_spectrum import spectrum
 from .run_switch import parse_at, switch
@@ -128,6 +129,8 @@ def _demo(
     out = path_argument(out, "--out", "the folder for the demo's run, store and report")
     ckpts, store = out / "ckpts", out / "store"
     spec = demo_spec(steps=steps, probe_size=probe_size)
+    if probe_size is not None:
+        _check_probe_size(spec)
     T = spec.train.steps
     points = default_switch_points(T) if switch_at is None else _switch_points(switch_at, T)
     seconds: dict[str, float] = {}
@@ -199,6 +202,24 @@ def _switch_points(switch_at: object, steps: int) -> list[int]:
             f"{steps}; the linearized model trains from t to the end. Pass steps before {steps}."
         )
     return points
+
+
+def _check_probe_size(spec: Spec) -> None:
+    """``--probe-size`` must fit the digits twice over, checked before anything is trained: the
+    probe set is drawn from the train split, and kernels' evaluation set, of the same size, from
+    the test split (both named by ``--probe-size``, the flag the user passed)."""
+    data = load_data(spec.data)
+    splits = (spec.probe.split, EVAL_SPLIT)
+    sizes = {name: int(data.split(name).labels().shape[0]) for name in splits}
+    most = min(sizes.values())
+    if spec.probe.size > most:
+        raise DataError(
+            f"--probe-size {spec.probe.size} is larger than the demo's data allows: it draws "
+            f"the probe set from the {spec.probe.split} split of {data.name} "
+            f"({sizes[spec.probe.split]} examples) and an evaluation set of the same size from "
+            f"its {EVAL_SPLIT} split ({sizes[EVAL_SPLIT]} examples). Pass --probe-size {most} "
+            "or less."
+        )
 
 
 def _refs(steps: int) -> list[int | str]:

@@ -309,7 +309,7 @@ def _plan(
     left_out.update(listing.left_out)
     refs = listing.refs
     data = load_data(spec.data)
-    probe = make_probe(data, spec.probe)
+    probe = make_probe(data, spec.probe, size_flag=None if probe_size is None else "--probe-size")
     evaluated = None
     if eval_size is not None:
         available = int(data.split(EVAL_SPLIT).labels().shape[0])
