@@ -406,8 +406,9 @@ class Store:
         return kernel_file_problem(self.root / record.kernel, step, self.identity, record, size)
 
     def load_kernel(self, step: int | str) -> torch.Tensor:
-        """The stored kernel of ``step`` (shape per the manifest's layout); checked finite.
-        ``step``: an int, or ``"last"`` (the last stored step), as ``--ref`` takes them."""
+        """The stored kernel of ``step`` (shape per the manifest's layout); checked finite and of
+        the store's dtype (a :class:`StoreError` naming the file otherwise). ``step``: an int,
+        or ``"last"`` (the last stored step), as ``--ref`` takes them."""
         wanted = step_or_last(step)
         stored = [] if isinstance(wanted, int) else self.steps()  # read only when needed
         if wanted is None or (wanted == "last" and not stored):
@@ -442,6 +443,15 @@ class Store:
             raise
         if not _file_of(meta, self.identity, record) and self.replaced():
             raise self.replaced_error()  # the new store's kernel, now at that path
+        dtype = self.identity.dtype  # "float32" or "float64", as kernels --dtype wrote it
+        if str(kernel.dtype) != f"torch.{dtype}":  # written or changed outside conetool
+            found = str(kernel.dtype).removeprefix("torch.")
+            raise StoreError(
+                f"kernel file {self.root / record.kernel} holds a {found} tensor, not the "
+                f"{dtype} of the store's kernels ({paths.MANIFEST_NAME}: dtype {dtype}). "
+                f"Delete that file and rerun {self.kernels_command()} to recompute it, or pass "
+                "--skip-bad to leave the step out."
+            )
         return kernel
 
     def kernels_command(self) -> str:

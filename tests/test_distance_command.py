@@ -379,6 +379,24 @@ def test_non_finite_kernel_is_named_and_skipped_only_with_skip_bad(uneven_store)
         distance(root, refs=[10], skip_bad=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32])
+def test_kernel_of_another_dtype_is_named_and_skipped_only_with_skip_bad(uneven_store, dtype):
+    """A kernel file whose tensor is not of the store's dtype (float64 here; written outside
+    conetool) was read as it was: a damaged kernel, named, left out only with --skip-bad."""
+    root, kernels_ = uneven_store
+    write_step(Store.open(root), 10, torch.as_tensor(kernels_[2] * 100).to(dtype))
+    path = paths.kernel(root, 10)
+    with pytest.raises(StoreError) as info:
+        distance(root)
+    message = str(info.value)
+    found = str(dtype).removeprefix("torch.")
+    assert f"step 10: kernel file {path} holds a {found} tensor, not the float64" in message
+    assert f"rerun conetool kernels /ckpts --store {root}" in message and "--skip-bad" in message
+    result = distance(root, skip_bad=True)
+    assert result.steps == [s for s in UNEVEN_STEPS if s != 10]
+    assert f"holds a {found} tensor" in result.excluded[10]
+
+
 def test_kernel_file_of_another_kind_is_refused_even_with_skip_bad(uneven_store):
     root, kernels_ = uneven_store
     path = paths.kernel(root, 20)

@@ -156,8 +156,9 @@ def test_spectrum_of_a_store_without_kernels_says_what_to_run(tmp_path) -> None:
     [
         (np.eye(5), r"has shape \(5, 5\), not the \(12, 12\) of the store's 12 probe examples"),
         (np.zeros((12, 12)), r"holds a kernel that is all zeros"),
+        (np.eye(12, dtype=np.float32), r"holds a float32 tensor, not the float64 of the store"),
     ],
-    ids=["another shape", "all zeros"],
+    ids=["another shape", "all zeros", "another dtype"],
 )
 def test_spectrum_names_a_kernel_file_it_cannot_measure_and_skip_bad_leaves_it_out(
     tmp_path, odd, said

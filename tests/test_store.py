@@ -196,6 +196,25 @@ def test_non_finite_kernel_file_is_named(tmp_path):
         store.load_kernel(0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
+def test_kernel_file_of_another_dtype_is_named(tmp_path, dtype):
+    """A kernel file holding a tensor of another dtype than the store's (float32 here) was
+    returned as it was; it is a damaged kernel file, named with the command that recomputes it."""
+    store = Store.open_for_writing(tmp_path / "s", IDENT, {"checkpoints": "/ckpts"})
+    store.write_kernel(record(0), torch.eye(2, dtype=dtype))
+    store.write_kernel(record(5), torch.eye(2))
+    with pytest.raises(StoreError) as info:
+        store.load_kernel(0)
+    found = str(dtype).removeprefix("torch.")
+    assert str(info.value) == (
+        f"kernel file {paths.kernel(tmp_path / 's', 0)} holds a {found} tensor, not the float32 "
+        "of the store's kernels (manifest.json: dtype float32). Delete that file and rerun "
+        f"conetool kernels /ckpts --store {tmp_path / 's'} to recompute it, or pass --skip-bad "
+        "to leave the step out."
+    )
+    assert store.load_kernel(5).dtype == torch.float32
+
+
 def test_no_temporary_files_left_behind(tmp_path):
     store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
     for step in range(3):
