@@ -77,7 +77,7 @@ from .ntk_checks import (
     eval_mode,
     perturbed,
 )
-from .ntk_failures import explained
+from .ntk_failures import FORWARD_ERRORS, explained, input_refused
 from .ntk_memo import EngineMemo, Learned, signature
 from .ntk_precision import no_tf32
 from .ntk_reference import JacobianRows
@@ -181,6 +181,8 @@ def empirical_ntk(
         MemoryBudgetError: the budget cannot hold even one example (the message gives the
             minimum), or CUDA ran out of memory.
         NonFiniteKernelError: the kernel has NaN or infinite entries.
+        ModelError: inputs the model cannot take (``x1`` of shape ``(3, 5)`` for an
+            ``nn.Linear(2, 2)``), naming their shape and what its forward pass of one raised.
         ConetoolError: an unknown ``kind`` or ``dtype`` name, a model without trainable parameters, ``x2`` whose
             examples do not have ``x1``'s shape, or examples that interact (see
             :func:`check_per_example`).
@@ -301,8 +303,11 @@ def empirical_ntk(
                 f"{format_bytes(budget, digits=2)} (--max-memory). Pass a smaller --max-memory, or "
                 "free memory on the device."
             ) from exc
-        except RuntimeError as exc:  # one whose cause is known (activation checkpointing...)
-            named = explained(exc)
+        except FORWARD_ERRORS as exc:  # one whose cause is known (activation checkpointing...)
+            known = explained(exc) if isinstance(exc, RuntimeError) else None
+            # else inputs the model cannot take (x of shape (3, 5) for an nn.Linear(2, 2)): one
+            # plain forward pass tells, on this failure only (the engines pay for none)
+            named = known or input_refused(forward, x, tuple(x1.shape))
             if named is None:
                 raise
             raise named from exc

@@ -4,14 +4,21 @@ what to do about it: a :class:`~conetool.errors.ModelError` instead of PyTorch's
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.utils.checkpoint
+from torch import Tensor
 
 from .errors import ModelError
 
-__all__ = ["ACTIVATION_CHECKPOINTING", "explained", "vmap_failures_named"]
+__all__ = [
+    "ACTIVATION_CHECKPOINTING",
+    "FORWARD_ERRORS",
+    "explained",
+    "input_refused",
+    "vmap_failures_named",
+]
 
 #: A model that uses activation checkpointing.
 ACTIVATION_CHECKPOINTING = (
@@ -54,6 +61,34 @@ def explained(exc: RuntimeError) -> ModelError | None:
         return ModelError(CUSTOM_FUNCTION)
     if "mutate a captured Tensor" in message:
         return ModelError(IN_PLACE_UPDATE)
+    return None
+
+
+#: What a model's forward pass raises on inputs it cannot take: PyTorch's shape errors are
+#: RuntimeErrors; a model's own checks raise the others (an assert, a ValueError, an index).
+FORWARD_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
+
+
+def input_refused(
+    forward: Callable[[Tensor], Tensor], x: Tensor, shape: tuple[int, ...]
+) -> ModelError | None:
+    """Whether the model cannot take the inputs ``x`` (n, ...) at all: a :class:`ModelError`
+    naming their ``shape`` (the caller's: x1's of a cross kernel, whose ``x`` holds both sets)
+    and what a plain forward pass of one example (``forward(x[:1])``, outside torch.func's
+    transforms) raised; None when that pass works (an engine failed elsewhere).
+
+    Run only after an engine failed, so that computing a kernel pays for no extra forward pass.
+    """
+    try:
+        forward(x[:1])
+    except FORWARD_ERRORS as exc:
+        return ModelError(
+            f"the model cannot take inputs of shape {shape} (n = {shape[0]} examples of shape "
+            f"{shape[1:]}): its forward pass on one of them, of shape "
+            f"{tuple(x[:1].shape)}, raised {type(exc).__name__}: {_first_line(exc)}. Pass the "
+            "inputs the model takes, with the examples along the first dimension (an "
+            "nn.Linear(5, k) takes (n, 5)), or a model whose first layer fits the data."
+        )
     return None
 
 

@@ -629,6 +629,52 @@ def test_bad_arguments() -> None:
         empirical_ntk(model.requires_grad_(False), x, device="cpu")
 
 
+@pytest.mark.parametrize("check", [True, False])
+@pytest.mark.parametrize("method", ["auto", "structured", "jacobian"])
+def test_inputs_the_model_cannot_take_are_named_with_what_its_forward_pass_said(
+    method: str, check: bool
+) -> None:
+    """x of shape (3, 5) for an nn.Linear(2, 2) raised PyTorch's RuntimeError from inside the
+    engine ("mat1 and mat2 shapes cannot be multiplied"), with no word of the inputs."""
+    with pytest.raises(ModelError) as caught:
+        empirical_ntk(nn.Linear(2, 2), torch.randn(3, 5), device="cpu", method=method, check=check)
+    message = str(caught.value)
+    assert message.startswith(
+        "the model cannot take inputs of shape (3, 5) (n = 3 examples of shape (5,)): its "
+        "forward pass on one of them, of shape (1, 5), raised RuntimeError: mat1 and mat2 "
+        "shapes cannot be multiplied (1x5 and 2x2). Pass the inputs the model takes"
+    ), message
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    # a cross kernel names x1's shape (the engine sees both sets as one)
+    with pytest.raises(ModelError, match=r"^the model cannot take inputs of shape \(3, 5\) "):
+        empirical_ntk(nn.Linear(2, 2), torch.randn(3, 5), torch.randn(4, 5), device="cpu")
+
+
+class ChecksItsInput(nn.Module):
+    """Raises a ValueError of its own on inputs of another width; one example at a time only
+    when ``single`` (a RuntimeError on a batch of more, which is no fault of the inputs)."""
+
+    def __init__(self, single: bool = False) -> None:
+        super().__init__()
+        self.lin, self.single = nn.Linear(4, 3), single
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 4:
+            raise ValueError(f"expected 4 features, got {x.shape[-1]}")
+        if self.single and x.shape[0] > 1:
+            raise RuntimeError("batches of one only")
+        return self.lin(x)
+
+
+def test_a_models_own_refusal_of_the_inputs_is_named_and_an_engine_failure_is_not() -> None:
+    with pytest.raises(ModelError, match=r"raised ValueError: expected 4 features, got 6\. Pass"):
+        empirical_ntk(ChecksItsInput(), torch.randn(3, 6), device="cpu")
+    # The model takes one example (the plain forward pass works): the failure is not the
+    # inputs', so it is not named as theirs.
+    with pytest.raises(RuntimeError, match="batches of one only"):
+        empirical_ntk(ChecksItsInput(single=True), torch.randn(3, 4), device="cpu")
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [
