@@ -40,6 +40,10 @@ BUILTIN_DATASETS = ("digits", "mnist", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 SPLITS = ("train", "test")
+#: The largest float32 (``torch.finfo(torch.float32).max``): the optimizer computes in the
+#: parameters' dtype, where a learning rate or factor beyond it overflows ("value cannot be
+#: converted to type float without overflow").
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,48 @@ def _positive(source: str, key: str, value: float, allow_zero: bool = False) -> 
         raise SpecError(f"{source}: '{key}' must be {need}, got {value!r}.")
 
 
+def _in_float32(source: str, key: str, value: float, usual: str) -> None:
+    if abs(value) > FLOAT32_MAX:
+        raise SpecError(
+            f"{source}: '{key}' = {value!r} is beyond the largest float32 ({FLOAT32_MAX:.4g}): "
+            "PyTorch cannot use it with float32 parameters, and no training works with it. "
+            f"Set a value of the usual size ({usual})."
+        )
+
+
+def _check_schedule_peak(source: str, t: TrainSpec) -> None:
+    """A step schedule with gamma > 1 raises the learning rate at each milestone: its largest
+    (every milestone counted, as switch --beyond-run may pass them all) must fit float32 too."""
+    if t.schedule != "step" or t.gamma <= 1:
+        return
+    peak = t.lr
+    for _ in t.milestones:
+        peak *= t.gamma  # inf once past float64's range: refused alike
+    if peak > FLOAT32_MAX:
+        raise SpecError(
+            f"{source}: the learning rate reaches {peak:.4g} (train.lr {t.lr!r} x train.gamma "
+            f"{t.gamma!r} at each of the {len(t.milestones)} milestones), beyond the largest "
+            f"float32 ({FLOAT32_MAX:.4g}) that training computes in. A step schedule decays the "
+            "rate: set 'train.gamma' below 1 (e.g. 0.1)."
+        )
+
+
+def recipe_warnings(spec: Spec) -> list[str]:
+    """What in the spec's ``[train]`` recipe PyTorch accepts but trains badly, each a sentence
+    naming the key (``train`` and ``switch`` say them at their start): a momentum of 1 or more
+    for SGD."""
+    t = spec.train
+    said = []
+    if t.optimizer == "sgd" and t.momentum >= 1:
+        said.append(
+            f"{spec.source}: 'train.momentum' = {t.momentum!r} is 1 or more, so SGD's updates "
+            "grow without bound (each adds momentum x the previous one) and the loss explodes; "
+            "torch.optim.SGD accepts it, conetool trains with it as asked. Momentum is usually "
+            "0.9 (0: none)."
+        )
+    return said
+
+
 def _check_semantics(spec: Spec) -> None:
     src, m, d, p, t = spec.source, spec.model, spec.data, spec.probe, spec.train
     if ":" not in d.dataset:
@@ -336,6 +382,7 @@ def _check_semantics(spec: Spec) -> None:
         _positive(src, "data.train_size", d.train_size)
         _positive(src, "data.test_size", d.test_size)
         _positive(src, "data.noise", d.noise, allow_zero=True)
+        _in_float32(src, "data.noise", d.noise, "the default: noise = 1.0")
     _positive(src, "probe.size", p.size)
     _choice(src, "probe.split", p.split, SPLITS)
     _positive(src, "train.steps", t.steps)
@@ -346,6 +393,14 @@ def _check_semantics(spec: Spec) -> None:
     _positive(src, "train.weight_decay", t.weight_decay, allow_zero=True)
     _choice(src, "train.schedule", t.schedule, SCHEDULES)
     _positive(src, "train.gamma", t.gamma)  # 0 stops training at a milestone; < 0 ascends
+    for key, value, usual in (
+        ("train.lr", t.lr, "SGD: lr = 0.1; Adam: lr = 1e-3"),
+        ("train.momentum", t.momentum, "momentum = 0.9"),
+        ("train.weight_decay", t.weight_decay, "weight_decay = 1e-4"),
+        ("train.gamma", t.gamma, "gamma = 0.1"),
+    ):
+        _in_float32(src, key, value, usual)
+    _check_schedule_peak(src, t)
     _positive(src, "train.warmup_steps", t.warmup_steps, allow_zero=True)
     _positive(src, "train.save_every", t.save_every)
     _positive(src, "train.eval_every", t.eval_every)

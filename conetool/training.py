@@ -33,7 +33,7 @@ from .loop import TrainingLoop
 from .models import build_model, output_check
 from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
 from .progress import NullProgress, Progress
-from .spec import Spec, load_spec, save_spec
+from .spec import Spec, load_spec, recipe_warnings, save_spec
 from .threads import limit_threads, slow_step_watch
 
 METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -134,6 +134,10 @@ def _train(
     _check_probe(spec, data, progress)
     start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
     warned: list[str] = []
+    if start < spec.train.steps:  # what in the recipe trains badly, said before it does
+        for concern in recipe_warnings(spec):
+            warned.append(concern)
+            progress.log(f"warning: {concern}")
     if resume and not start and paths.checkpoint_steps(out):
         warned.append(
             f"--resume: {out} holds checkpoints but no optimizer state (step_*.optim.safetensors), "

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from conetool.errors import SpecError
-from conetool.spec import Spec, load_spec, save_spec, spec_from_dict, spec_to_toml
+from conetool.spec import (
+    Spec,
+    load_spec,
+    recipe_warnings,
+    save_spec,
+    spec_from_dict,
+    spec_to_toml,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,6 +88,53 @@ def test_validation_names_file_key_value_and_choices(tmp_path, text, match):
     with pytest.raises(SpecError, match=match) as info:
         load_spec(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[train]\nlr = 1e300\n", "train.lr"),
+        ("[train]\nweight_decay = 1e300\n", "train.weight_decay"),
+        ("[train]\nmomentum = 1e39\n", "train.momentum"),
+        ("[train]\ngamma = 1e300\n", "train.gamma"),
+        ('[data]\ndataset = "synthetic"\nnoise = 1e300\n', "data.noise"),
+    ],
+)
+def test_a_value_beyond_float32_is_refused_naming_its_key(tmp_path, text, key):
+    """lr = 1e300 passed the spec check and ended training with PyTorch's "value cannot be
+    converted to type float without overflow" traceback (a weight decay or gamma alike; a noise
+    or momentum that large 'diverged', blamed on train.lr)."""
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    value = text.split("= ")[-1].strip()
+    assert message.startswith(f"{path}: '{key}' = {float(value)!r} is beyond the largest float32")
+    assert "Set a value of the usual size" in message
+    assert load_spec(write(tmp_path, text.replace(value, "1e38")))  # within float32: taken
+
+
+def test_a_step_schedule_whose_rate_grows_beyond_float32_is_refused(tmp_path):
+    text = "[train]\nschedule = 'step'\nlr = 1e30\ngamma = 1e5\nmilestones = [100, 200]\n"
+    with pytest.raises(SpecError, match=r"the learning rate reaches 1e\+40 \(train\.lr 1e\+30 x "):
+        load_spec(write(tmp_path, text))
+    with pytest.raises(SpecError, match=r"set 'train\.gamma' below 1"):  # inf past float64's range
+        load_spec(write(tmp_path, text.replace("1e5", "1e38").replace("200]", "200, 300]")))
+    assert load_spec(write(tmp_path, text.replace("1e5", "1e3")))  # 1e36: it fits
+
+
+def test_a_momentum_of_one_or_more_is_warned_about_not_refused():
+    """momentum = 5 trained silently to a test loss of 2.7e9; torch.optim.SGD takes it, so the
+    spec does too, and train and switch warn (tests/test_training.py, test_switch_command.py)."""
+    for momentum, said in ((0.99, 0), (1.0, 1), (5.0, 1)):
+        spec = spec_from_dict({"train": {"momentum": momentum}}, source="s.toml")
+        warned = recipe_warnings(spec)
+        assert len(warned) == said, warned
+        if said:
+            assert warned[0].startswith(f"s.toml: 'train.momentum' = {momentum!r} is 1 or more")
+            assert "SGD's updates grow without bound" in warned[0]
+    adam = spec_from_dict({"train": {"optimizer": "adam", "momentum": 5.0}})  # Adam ignores it
+    assert recipe_warnings(adam) == []
 
 
 def test_missing_file_and_bad_toml(tmp_path):

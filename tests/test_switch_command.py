@@ -106,6 +106,23 @@ def test_switch_refuses_an_empty_at_item_on_the_command_line(tmp_path):
     assert not store.exists()
 
 
+def test_a_momentum_of_one_or_more_is_warned_about_once_per_sweep(tmp_path, linear_run):
+    """switch trains with the spec's recipe: momentum >= 1 (which SGD accepts) is said once at
+    its start, ahead of the slow-step warning (kept apart from it: an earlier warning in that
+    list turns the slow-step watch off)."""
+    raw = spec_dict([])
+    raw["train"].update(momentum=1.5, steps=4, save_every=2, eval_every=2)
+    run = tmp_path / "run"
+    train(spec_from_dict(raw, source="fast.toml"), run)
+    result = switch([0, 2], store=tmp_path / "s", ckpts=run, device="cpu")
+    assert len(result.points) == 2
+    said = [w for w in result.warnings if "train.momentum" in w]
+    assert len(said) == 1 and result.warnings[0] == said[0], result.warnings
+    assert "'train.momentum' = 1.5 is 1 or more, so SGD's updates grow without bound" in said[0]
+    usual = switch([0], store=tmp_path / "t", ckpts=linear_run, device="cpu")  # momentum 0.9
+    assert not any("train.momentum" in w for w in usual.warnings), usual.warnings
+
+
 @pytest.mark.parametrize("at", [0, 4])
 def test_linear_model_reproduces_standard_training_step_for_step(linear_run, tmp_path, at):
     result = switch([at], store=tmp_path / "s", ckpts=linear_run, device="cpu")

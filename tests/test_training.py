@@ -211,6 +211,37 @@ def test_resume_without_any_optimizer_state_writes_each_metrics_row_once(tmp_pat
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 5, 10, 15, 20]
 
 
+def test_a_momentum_of_one_or_more_is_warned_about_before_training(tmp_path):
+    """momentum = 5 trained without a word (SGD accepts it) to a test loss of 2.7e9."""
+    from typer.testing import CliRunner
+
+    from conetool.cli import app
+    from conetool.progress import NullProgress
+    from conetool.spec import save_spec
+
+    class Logged(NullProgress):
+        def __init__(self):
+            self.lines = []
+
+        def log(self, message):
+            self.lines.append(message)
+
+    logged = Logged()
+    result = train(tiny_spec(momentum=5.0, steps=4), tmp_path / "run", progress=logged)
+    (said,) = result.warnings
+    assert said.startswith("tiny.toml: 'train.momentum' = 5.0 is 1 or more, so SGD's updates")
+    assert f"warning: {said}" in logged.lines
+    first_step = next(i for i, line in enumerate(logged.lines) if line.startswith("train step"))
+    assert logged.lines.index(f"warning: {said}") < first_step  # said before it trains
+    assert train(tiny_spec(momentum=0.9, steps=4), tmp_path / "ok").warnings == []
+    # the command says it again after its table under --quiet
+    save_spec(tiny_spec(momentum=1.0, steps=4), tmp_path / "spec.toml")
+    args = ["train", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "cli"), "-q"]
+    shown = CliRunner().invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "'train.momentum' = 1.0 is 1 or more" in " ".join(shown.output.split()), shown.output
+
+
 def test_a_diverged_run_says_what_to_change_and_that_its_checkpoints_are_valid(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ConetoolError) as caught:

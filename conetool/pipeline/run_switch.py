@@ -33,7 +33,7 @@ from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError, StoreReplacedError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress
-from ..spec import Spec, spec_from_dict
+from ..spec import Spec, recipe_warnings, spec_from_dict
 from ..store import nearest_steps, read_manifest
 from ..threads import limit_threads, parse_threads
 from .remembered import recorded_step_regex, use_recorded_imports
@@ -56,8 +56,9 @@ REFERENCES = tuple(r.value for r in Reference)
 class SwitchResult:
     """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
     step, test_acc, test_loss, source; or None), the files written, ``notes``, and
-    ``warnings`` (the training steps implausibly slow, linearized or the standard run that
-    ``reference="train"`` continues: said once per sweep, as ``progress`` showed it)."""
+    ``warnings`` (what in the spec's recipe trains badly, then the training steps implausibly
+    slow, linearized or the standard run that ``reference="train"`` continues: each said once
+    per sweep, as ``progress`` showed it)."""
 
     store: Path
     until: int
@@ -223,6 +224,10 @@ def _switch(
     results: list[SwitchPoint] = list(done)
     notes: list[str] = list(sweep.notes) if job.is_main else []  # said once, not per rank
     warnings: list[str] = []  # the slow-step warning: one per rank at most
+    # what in the recipe trains badly (momentum >= 1), said once before any point is trained
+    concerns = recipe_warnings(sweep.spec)
+    for concern in concerns:
+        progress.log(f"warning: {concern}")
     error: ConetoolError | None = None
     replaced = False  # this rank found the store replaced: before a point, or during it
     in_progress: int | None = None  # (during: the point it was training or writing)
@@ -335,7 +340,7 @@ def _switch(
     if failures:
         rank, message = failures[0]
         raise distributed.PeerFailedError(f"rank {rank} failed: {message}")
-    return SwitchResult(store, T, points, ref_result, files, notes, warnings)
+    return SwitchResult(store, T, points, ref_result, files, notes, concerns + warnings)
 
 
 def _replaced_error(
