@@ -19,7 +19,13 @@ from . import paths
 from .errors import StoreError
 from .io import atomic_save_safetensors
 from .layer_groups import ROOT, groups_hash
-from .store_manifest import StoreIdentity, kernel_header, load_finite_kernel, made_with
+from .store_manifest import (
+    StoreIdentity,
+    kernel_header,
+    load_finite_kernel,
+    made_with,
+    tensor_dtype_problem,
+)
 
 #: A record recovered for a rebuilt manifest, or None, and why it could not be (None: it could,
 #: or there was nothing to recover).
@@ -91,8 +97,10 @@ def eval_kernel_problem(
     header = kernel_header(path, "eval kernel file")
     if isinstance(header, str):
         return header
-    meta, shape = header
+    meta, shape, _ = header
     wrong = [f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in expected.items() if meta.get(k) != v]
+    if "dtype" in expected and (tensor := tensor_dtype_problem(header, expected["dtype"])):
+        wrong.append(tensor)
     if isinstance(size, int) and (len(shape) < 2 or shape[0] != size):
         wrong.append(f"shape {shape} (eval size {size})")
     if wrong:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -371,7 +371,7 @@ def kernel_file_problem(
     header = kernel_header(path, "kernel file")
     if isinstance(header, str):
         return header
-    meta, shape = header
+    meta, shape, _ = header
     expected = {
         "step": str(step),
         "kind": ident.kind,
@@ -380,6 +380,8 @@ def kernel_file_problem(
         "dtype": ident.dtype,
     }
     wrong = [f"{k} {meta.get(k)!r} (store: {v!r})" for k, v in expected.items() if meta.get(k) != v]
+    if tensor := tensor_dtype_problem(header, ident.dtype):
+        wrong.append(tensor)
     try:
         embedded = json.loads(meta.get("record", "null"))
     except json.JSONDecodeError:
@@ -413,17 +415,54 @@ def _compared(record: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
-def kernel_header(path: Path, label: str) -> tuple[dict[str, str], tuple[int, ...]] | str:
-    """The metadata and the shape of the tensor ``kernel`` of the safetensors file ``path``
-    (header only, no data read), or why they cannot be had, naming the file as ``label``."""
+#: safetensors' dtype codes -> torch's names, as a kernel file's ``dtype`` metadata says them
+_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+class KernelHeader(NamedTuple):
+    """A kernel file's header: its metadata, and the shape and dtype (``"float32"``, ...) of
+    its tensor ``kernel``."""
+
+    meta: dict[str, str]
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def kernel_header(path: Path, label: str) -> KernelHeader | str:
+    """The metadata and the shape and dtype of the tensor ``kernel`` of the safetensors file
+    ``path`` (header only, no data read), or why they cannot be had, naming the file as
+    ``label``."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
             if "kernel" not in handle.keys():
                 return f"{label} {path} holds no tensor 'kernel'"
-            return meta, tuple(handle.get_slice("kernel").get_shape())
+            tensor = handle.get_slice("kernel")
+            code = str(tensor.get_dtype())
+            return KernelHeader(meta, tuple(tensor.get_shape()), _DTYPE_NAMES.get(code, code))
     except (OSError, SafetensorError) as exc:
         return f"{label} {path} cannot be read ({exc})"
+
+
+def tensor_dtype_problem(header: KernelHeader, wanted: str) -> str | None:
+    """``"a float64 tensor (...)"`` when the file's tensor is not of the dtype ``wanted`` while
+    its metadata says it is (a file written or changed outside conetool: ``kernels`` reads
+    headers only, so this is how a rerun finds it); None otherwise (a metadata ``dtype`` of its
+    own is named by the metadata comparison)."""
+    if header.meta.get("dtype") == wanted and header.dtype != wanted:
+        return f"a {header.dtype} tensor (its metadata and the store: {wanted})"
+    return None
 
 
 def load_finite_kernel(path: Path, label: str, unreadable: str, non_finite: str) -> torch.Tensor:

@@ -174,6 +174,24 @@ def test_a_kernel_file_of_another_probe_set_is_recomputed(run, store, tmp_path):
     assert Store.open(store).load_kernel(5).shape == (6, 6)
 
 
+def test_a_kernel_file_of_another_dtype_than_its_metadata_is_recomputed(run, store):
+    """A kernel file whose tensor is float64 while its metadata (and the store) say float32, as
+    a notebook re-saving it would leave it: kernels read the header only and kept it as current,
+    so every later command refused it (Store.load_kernel) until the user deleted it by hand."""
+    path = paths.kernel(store, 5)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        kernel = handle.get_tensor("kernel")
+    save_file({"kernel": kernel.double()}, str(path), metadata=meta)
+    result = kernels(run, store=store, device="cpu")
+    assert result.computed == [5] and result.skipped == [0, 10]
+    assert any(
+        "a float64 tensor (its metadata and the store: float32)" in w for w in result.warnings
+    )
+    again = Store.open(store).load_kernel(5)
+    assert again.dtype == torch.float32 and torch.equal(again, kernel)
+
+
 # ------------------------------------------------------------------ 3. checkpoint dtypes
 
 

@@ -382,6 +382,17 @@ def test_an_eval_kernel_differing_in_one_header_field_is_stale(tmp_path, field, 
     assert "eval_hash 'ea' (wanted 'eb')" in str(store.eval_kernel_problem(0, "eb", "f1"))
 
 
+def test_an_eval_kernel_whose_tensor_is_not_of_its_metadatas_dtype_is_stale(tmp_path):
+    # guards: a float64 tensor under float32 metadata (re-saved outside conetool) passed the
+    # header check, so kernels kept it and spectrum used it
+    root = tmp_path / "s"
+    store = store_with_kernels(root)
+    store.record_eval(EVAL_A)
+    store.write_eval_kernel(10, torch.ones(3, 2, dtype=torch.float64), "ea", "f1")
+    problem = str(store.eval_kernel_problem(10, "ea", "f1"))
+    assert "is stale: a float64 tensor (its metadata and the store: float32)" in problem
+
+
 def test_an_eval_kernel_of_another_eval_size_is_stale(tmp_path):
     # guards: the eval kernel's rows are checked against the recorded evaluation set's size
     root = tmp_path / "s"

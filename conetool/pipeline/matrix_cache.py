@@ -159,7 +159,7 @@ def _check_headers(store: Store) -> dict[int, str]:
         if isinstance(header, str):
             bad[step] = header
             continue
-        meta, shapes[step] = header
+        meta, shapes[step], _ = header
         wrong = [
             f"{name} {meta.get(name)!r} (store: {want!r})"
             for name, want in {**expected, "step": str(step)}.items()
