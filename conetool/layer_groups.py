@@ -36,8 +36,15 @@ def parse_groups(text: str) -> dict[str, str]:
     """``'stage1=layer1.*,stage2=layer2.*'`` -> ``{"stage1": "layer1.*", "stage2": "layer2.*"}``
     (a :class:`ConetoolError` naming ``--groups`` on anything else)."""
     mapping: dict[str, str] = {}
-    for item in text.split(","):
-        item = item.strip()
+    items = [item.strip() for item in text.split(",")]
+    if "" in items and len(items) > 1:  # "a=x,,b=y" or "a=x,": a group left out, not to drop
+        kept = ",".join(item for item in items if item)
+        raise ConetoolError(
+            f"--groups {text!r} has an empty item: each comma-separated item must be "
+            "NAME=PATTERN. Write the group that was meant there, or remove the extra comma"
+            + (f" (--groups '{kept}')." if kept else ".")
+        )
+    for item in items:
         if not item:
             continue
         name, sep, pattern = item.partition("=")

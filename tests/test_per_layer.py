@@ -201,3 +201,13 @@ def test_report_reproduces_plain_per_layer(run, tmp_path):
     text = paths.report_md(root).read_text()
     line = next(x for x in text.splitlines() if x.startswith("conetool kernels"))
     assert line.endswith("--per-layer")
+
+
+@pytest.mark.parametrize("text", ["a=fc1.*,,b=fc2.*", "a=fc1.*,", ","])
+def test_groups_with_an_empty_item_are_refused(text: str) -> None:
+    """'a=x,,b=y' dropped the empty item without a word, as --at did (a group meant there and
+    left out); it is refused naming --groups and the list without it."""
+    with pytest.raises(ConetoolError, match=r"^--groups .* has an empty item") as info:
+        parse_groups(text)
+    kept = ",".join(item for item in text.split(",") if item)
+    assert (f"(--groups '{kept}')" in str(info.value)) == bool(kept)

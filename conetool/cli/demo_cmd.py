@@ -32,7 +32,13 @@ def demo(
     ] = None,
     probe_size: Annotated[
         int | None,
-        typer.Option("--probe-size", min=2, metavar="N", help="Probe examples (default 100)."),
+        typer.Option(
+            "--probe-size",
+            min=2,
+            metavar="N",
+            help="Probe examples (default 100, at most 360: the demo's evaluation set, as "
+            "large as the probe, is drawn from the 360 test images).",
+        ),
     ] = None,
     threads: Threads = "auto",
     quiet: Quiet = False,
