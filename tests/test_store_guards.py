@@ -548,7 +548,7 @@ def test_overwrite_starts_afresh_without_the_old_stores_eval_set_or_groups(run, 
     kernels(run, store=root, device="cpu", eval_size=3, per_layer=True)
     fresh = kernels(run, store=root, device="cpu", kind="sum", overwrite=True)
     assert fresh.computed == [0, 5, 10] and fresh.eval_size is None and fresh.layer_groups is None
-    assert not any("keeping the store's" in note for note in fresh.warnings)
+    assert not any("keeping the store's" in said for said in fresh.notes + fresh.warnings)
     manifest = json.loads(paths.manifest(root).read_text())
     assert manifest["kind"] == "sum" and "eval" not in manifest and "layer_groups" not in manifest
     assert not paths.eval_set(root).exists() and not paths.eval_kernels_dir(root).exists()

@@ -55,9 +55,12 @@ class KernelsResult:
     table's "stored before"); ``failed`` maps a step whose checkpoint could not be read or whose
     kernel could not be computed to its error (with ``skip_bad``); ``left_out`` maps a file that
     listing the directory refused (no step, damaged, a duplicate step, ...; with ``skip_bad``,
-    the "left out" warnings) to why: it has no step in the other three. Under torchrun it covers
-    the whole job (every rank's steps; ``peak_memory`` is the largest of the ranks'; ``device``
-    reads like ``cuda x8``)."""
+    the "left out" warnings) to why: it has no step in the other three. ``warnings``: what may
+    have lost something or was guessed (said as ``warning: ...``, again at the end with
+    ``--quiet``); ``notes``: what was said for information only (``note: ...``; a rerun keeping
+    the store's options, torch.save files, copies). Under torchrun it covers the whole job
+    (every rank's steps; ``peak_memory`` is the largest of the ranks'; ``device`` reads like
+    ``cuda x8``)."""
 
     store: Path
     computed: list[int]
@@ -74,6 +77,7 @@ class KernelsResult:
     layer_computed: list[int] = field(default_factory=list)
     layer_groups: list[str] | None = None
     left_out: dict[Path, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -132,11 +132,14 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         o.every,
         o.overwrite,
     )
-    notes: list[str] = []
+    # Two channels: a warning is a possible loss or a guess to check (said as it comes, again
+    # at the end under --quiet, KernelsResult.warnings); a note is information only (said once
+    # as it comes, not under --quiet, KernelsResult.notes).
+    said = _Said(progress)
     left_out: dict[Path, str] = {}  # the files listing CKPTS refused (--skip-bad)
     if job.is_distributed:  # a rank started with other arguments would compute another job
         job.same_arguments(_arguments(options), "conetool kernels")
-    plan = job.agree(lambda: _plan(options, progress, notes, left_out))
+    plan = job.agree(lambda: _plan(options, said, left_out))
     if job.is_distributed:  # each rank computes steps from its own listing of CKPTS
         listed = job.broadcast([ref.step for ref in plan.refs])
         job.agree(lambda: _same_steps(listed, [ref.step for ref in plan.refs], ckpts))
@@ -157,20 +160,20 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             header["selected_steps"] = sorted({ref.step for ref in plan.refs})
             out = Store.open_for_writing(store, plan.identity, header, overwrite=overwrite)
             holder.append(out)
-            for note in out.notes:
-                notes.append(note)
-                progress.log(f"note: {note}")
+            # Warnings: a manifest rebuilt (it was missing or damaged: kernel files left out,
+            # records not recovered) or a replaced store removed (--overwrite); files of an
+            # evaluation set or grouping that another one replaced, deleted.
+            for message in out.notes:
+                said.warn(message)
             _ensure_probe(out.root, plan.probe)
             if plan.eval_set is not None:
                 _ensure_probe(out.root, plan.eval_set, paths.eval_set(out.root))
-                for note in out.record_eval(_eval_record(plan.spec, plan.eval_set)):
-                    notes.append(note)
-                    progress.log(f"note: {note}")
+                for message in out.record_eval(_eval_record(plan.spec, plan.eval_set)):
+                    said.warn(message)
             if plan.layer_groups is not None:
                 record = _layer_record(plan.layer_groups, plan.layer_patterns)
-                for note in out.record_layer_groups(record):
-                    notes.append(note)
-                    progress.log(f"note: {note}")
+                for message in out.record_layer_groups(record):
+                    said.warn(message)
         else:
             out = Store.join(store)
             if out.identity != plan.identity:
@@ -186,8 +189,8 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
 
     try:
         out, model = job.agree(open_store, main_first=True)
-        result = compute_all(job, plan, out, model, options, progress, notes)
-        return dataclasses.replace(result, left_out=left_out)
+        result = compute_all(job, plan, out, model, options, progress, said.warnings)
+        return dataclasses.replace(result, left_out=left_out, notes=said.notes)
     finally:
         for opened in holder:
             opened.close()  # releases the store's lock
@@ -231,9 +234,26 @@ def _same_steps(rank0: list[int], mine: list[int], ckpts: Path) -> None:
         )
 
 
-def _plan(
-    options: KernelsOptions, progress: Progress, notes: list[str], left_out: dict[Path, str]
-) -> KernelsPlan:
+class _Said:
+    """What a kernels run says, in its two channels: :meth:`warn` (``warning: ...``, kept in
+    ``warnings``, which the CLI says again at the end under ``--quiet``) and :meth:`note`
+    (``note: ...``, kept in ``notes``; ``--quiet`` shows no progress, so none)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.warnings: list[str] = []
+        self.notes: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.progress.log(f"warning: {message}")
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        self.progress.log(f"note: {message}")
+
+
+def _plan(options: KernelsOptions, said: _Said, left_out: dict[Path, str]) -> KernelsPlan:
     """Check the options; find the spec, the checkpoints and the probe set (on every rank).
     Nothing is written before every option is checked. Without ``step_regex``, the one the
     store recorded for this same directory is used (a rerun needs no regex again), unless the
@@ -248,6 +268,7 @@ def _plan(
         o.step_regex,
         o.skip_bad,
     )
+    progress = said.progress
     store = None if o.overwrite else Path(o.store)
     if max_memory is not None:
         parse_memory(max_memory)  # names --max-memory; before any file is touched
@@ -264,18 +285,15 @@ def _plan(
     recorded = manifest if store is not None else None
     if step_regex is None and store is not None:
         step_regex, note = recorded_step_regex(recorded, None, path=ckpts)
-        if note:
-            notes.append(note)
-            progress.log(f"note: {note}")
+        if note:  # the option of the store's last run on this directory: information
+            said.note(note)
     eval_size = o.eval_size
     if eval_size is not None:
         _check_count(eval_size, "--eval-size")
     if eval_size is None and recorded is not None:
         eval_size = _recorded_eval_size(recorded)
         if eval_size is not None:
-            note = f"keeping the store's evaluation set of {eval_size} examples (--eval-size)"
-            notes.append(note)
-            progress.log(f"note: {note}")
+            said.note(f"keeping the store's evaluation set of {eval_size} examples (--eval-size)")
     if eval_size is not None and spec.probe.split == EVAL_SPLIT:
         raise ConetoolError(
             f"--eval-size draws a held-out evaluation set from the {EVAL_SPLIT} split, but the "
@@ -283,17 +301,9 @@ def _plan(
             "overlap. Draw the probe set from the train split, or leave out --eval-size."
         )
 
-    per_layer, patterns, kept = _layer_patterns(o, recorded, notes)
+    per_layer, patterns, kept = _layer_patterns(o, recorded)
     if kept:
-        notes.append(kept)
-        progress.log(f"note: {kept}")
-
-    def warn(message: str) -> None:
-        notes.append(message)
-        progress.log(f"warning: {message}")
-
-    def inform(message: str) -> None:  # said once as it comes; no warning: --quiet drops it
-        progress.log(f"note: {message}")
+        said.note(kept)
 
     selection = parse_step_range(steps) if steps else None  # once: the plan keeps it
     listing = checkpoint_listing(
@@ -303,8 +313,8 @@ def _plan(
         steps=selection,
         every=every,
         skip_bad=skip_bad,
-        warn=warn,
-        note=inform,
+        warn=said.warn,
+        note=said.note,
     )
     left_out.update(listing.left_out)
     refs = listing.refs
@@ -358,10 +368,11 @@ def _group_mapping(groups: object) -> dict[str, str]:
 
 
 def _layer_patterns(
-    options: KernelsOptions, recorded: dict[str, object] | None, notes: list[str]
+    options: KernelsOptions, recorded: dict[str, object] | None
 ) -> tuple[bool, dict[str, str] | None, str | None]:
-    """Whether to store layer kernels, and the ``--groups`` patterns (None: leaf modules).
-    Without ``--per-layer`` or ``--groups``, a store that records groups keeps them."""
+    """Whether to store layer kernels, the ``--groups`` patterns (None: leaf modules), and the
+    note to say. Without ``--per-layer`` or ``--groups``, a store that records groups keeps
+    them (the note says so)."""
     groups = options.groups
     if groups is not None:
         patterns = parse_groups(groups) if isinstance(groups, str) else _group_mapping(groups)

@@ -1,0 +1,73 @@
+"""The two channels of what a command says: a warning is a possible loss or a guess to check
+(``warning: ...`` as it comes, again at the end under ``--quiet``, in a result's ``warnings``); a
+note is information only (``note: ...`` once as it comes, left out by ``--quiet``, in a result's
+``notes``).
+
+References: the messages each command printed before (the same text under another channel);
+the store's own record of what was kept or replaced.
+"""
+
+from __future__ import annotations
+
+from tiny_run import SPEC, run_fixtures
+from typer.testing import CliRunner
+
+from conetool.cli import app
+from conetool.pipeline import kernels
+
+runner = CliRunner()
+trained, run = run_fixtures(SPEC)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------------------------------------------------
+# kernels
+
+
+def test_kernels_says_what_a_rerun_keeps_as_notes_once_and_quiet_leaves_them_out(run, tmp_path):
+    """A rerun keeping the store's evaluation set and groups said so in a note, and --quiet
+    printed it at the end as 'warning: keeping the store's ...' (it was in the warnings)."""
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", eval_size=3, per_layer=True)
+    args = ["kernels", str(run), "--store", str(root), "--device", "cpu"]
+    loud = runner.invoke(app, args)
+    assert loud.exit_code == 0, loud.output
+    text = flat(loud.output)
+    assert text.count("keeping the store's evaluation set of 3 examples (--eval-size)") == 1, text
+    assert "note: keeping the store's evaluation set of 3 examples" in text, text
+    assert text.count("keeping the store's per-layer kernels") == 1, text
+    assert "note: keeping the store's per-layer kernels (--per-layer; groups" in text, text
+    assert "warning:" not in text, text
+    quiet = runner.invoke(app, [*args, "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "keeping" not in quiet.output and "warning:" not in quiet.output, quiet.output
+    # from Python: in the result's notes, not among its warnings
+    result = kernels(run, store=root, device="cpu")
+    assert result.warnings == [], result.warnings
+    assert [n.split(" (")[0] for n in result.notes] == [
+        "keeping the store's evaluation set of 3 examples",
+        "keeping the store's per-layer kernels",
+    ], result.notes
+
+
+def test_kernels_says_deleted_files_as_a_warning_again_under_quiet(run, tmp_path):
+    """Another --eval-size deletes the eval kernels of the old evaluation set: that was said as
+    'note: the evaluation set changed ...' as it came; it is a warning (files are deleted)."""
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", eval_size=3)
+    args = ["kernels", str(run), "--store", str(root), "--device", "cpu"]
+    loud = runner.invoke(app, [*args, "--eval-size", "4"])
+    assert loud.exit_code == 0, loud.output
+    text = flat(loud.output)
+    assert text.count("the evaluation set changed (size 3 -> 4") == 1, text
+    assert "warning: the evaluation set changed (size 3 -> 4" in text, text
+    assert "note: the evaluation set changed" not in text, text
+    quiet = runner.invoke(app, [*args, "--eval-size", "3", "-q"])  # said at the end
+    assert quiet.exit_code == 0, quiet.output
+    assert flat(quiet.output).count("warning: the evaluation set changed (size 4 -> 3") == 1
+    result = kernels(run, store=root, device="cpu", eval_size=4)
+    assert [w[:39] for w in result.warnings] == ["the evaluation set changed (size 3 -> 4"]
+    assert result.notes == [], result.notes
