@@ -85,13 +85,14 @@ def test_epoch_named_directory_end_to_end(tmp_path: Path, tiny: Path) -> None:
 
     listed = runner.invoke(app, ["inspect", str(epochs), "--spec", str(tiny)])
     assert listed.exit_code == 0, listed.output
-    assert "step = epoch x 8 iterations per epoch" in listed.output
-    # Two notes (torch.save files; named by epoch), each on a line of its own.
+    # A warning (steps from epoch names, as kernels warns) and a note (torch.save files), each
+    # on a line of its own.
     flat = " ".join(listed.output.split())
-    assert "note: 9 checkpoint(s) are named by epoch" in flat, listed.output
+    assert "step = epoch x 8 iterations per epoch" in flat, listed.output
+    assert "warning: 9 checkpoint(s) are named by epoch" in flat, listed.output
     assert flat.count("note: a torch.save file") == 1, listed.output
     rows = conetool.inspect(epochs, spec=tiny)
-    assert [len(row.notes) for row in rows] == [2] * 9
+    assert [(len(row.notes), len(row.warnings)) for row in rows] == [(1, 1)] * 9
     assert rows[0].note == " ".join(rows[0].notes)
 
     store = tmp_path / "store"

@@ -47,7 +47,8 @@ def test_inspect_says_which_subfolders_it_does_not_read(run: Path) -> None:
     assert len(notes) == 1 and "not read: subfolder old/ (2 checkpoints)" in notes[0]
     result = runner.invoke(app, ["inspect", str(run)])  # and the command prints it
     assert result.exit_code == 0, result.output
-    assert "note: not read: subfolder old/ (2 checkpoints)" in " ".join(result.output.split())
+    # a warning, as kernels says it (checkpoints not read)
+    assert "warning: not read: subfolder old/ (2 checkpoints)" in " ".join(result.output.split())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,8 +156,9 @@ def test_inspect_notes_a_checkpoint_saved_in_lower_precision(run: Path) -> None:
     save_file(half, str(path), metadata=meta)
     rows = {r.step: r for r in conetool.inspect(run, verify=True)}
     assert rows[5].status == "ok", rows[5].problem
-    assert any("lower precision" in note for note in rows[5].notes), rows[5].notes
-    assert not any("lower precision" in note for note in rows[0].notes)
+    # a warning of the row, as kernels warns of it
+    assert any("lower precision" in said for said in rows[5].warnings), rows[5].warnings
+    assert not any("lower precision" in said for said in rows[0].warnings + rows[5].notes)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,9 +9,16 @@ the store's own record of what was kept or replaced.
 
 from __future__ import annotations
 
+import re
+import shutil
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tiny_run import SPEC, run_fixtures
 from typer.testing import CliRunner
 
+import conetool
+from conetool import paths
 from conetool.cli import app
 from conetool.pipeline import kernels
 
@@ -71,3 +78,55 @@ def test_kernels_says_deleted_files_as_a_warning_again_under_quiet(run, tmp_path
     result = kernels(run, store=root, device="cpu", eval_size=4)
     assert [w[:39] for w in result.warnings] == ["the evaluation set changed (size 3 -> 4"]
     assert result.notes == [], result.notes
+
+
+# ------------------------------------------------------------------------------------------------
+# inspect says what the directory holds as kernels says it
+
+
+def test_inspect_says_warnings_and_notes_as_kernels_does(run, tmp_path):
+    """inspect printed every message of the listing as 'note:' (checkpoints in a subfolder not
+    read, which kernels says as a warning, too) and --quiet left none out."""
+    (run / "old").mkdir()
+    shutil.copy(paths.checkpoint(run, 0), run / "old" / paths.checkpoint(run, 0).name)
+    shutil.copy(paths.checkpoint(run, 5), run / "step_5.safetensors")  # a backup copy
+    nested, copy = "not read: subfolder old/", "'step_5.safetensors' in"
+    looked = runner.invoke(app, ["inspect", str(run)])
+    assert looked.exit_code == 0, looked.output
+    text = flat(looked.output)
+    assert text.count(nested) == 1 and f"warning: {nested}" in text, text
+    assert text.count(copy) == 1 and f"note: {copy}" in text, text
+    quiet = flat(runner.invoke(app, ["inspect", str(run), "-q"]).output)
+    assert f"warning: {nested}" in quiet and copy not in quiet, quiet
+    args = ["kernels", str(run), "--store", str(tmp_path / "s"), "--device", "cpu"]
+    computed = runner.invoke(app, args)
+    assert computed.exit_code == 0, computed.output
+    said = flat(computed.output)
+    assert f"warning: {nested}" in said and f"note: {copy}" in said, said
+    # from Python: warn= and note= as checkpoint_listing takes them; a note defaults to warn
+    warned: list[str] = []
+    noted: list[str] = []
+    conetool.inspect(run, warn=warned.append, note=noted.append)
+    assert [w[: len(nested)] for w in warned] == [nested], warned
+    assert [n[: len(copy)] for n in noted] == [copy], noted
+    both: list[str] = []
+    conetool.inspect(run, warn=both.append)
+    assert sorted(both) == sorted(warned + noted)
+
+
+def test_inspect_warns_of_lower_precision_as_kernels_does(run):
+    """A float16 checkpoint under a float32 model: kernels warns; inspect --verify said it as a
+    note of the row, and --quiet kept it."""
+    path = paths.checkpoint(run, 5)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    half = {k: v.half() for k, v in load_file(str(path)).items()}
+    save_file(half, str(path), metadata=meta)
+    for extra in ([], ["-q"]):
+        looked = runner.invoke(app, ["inspect", str(run), "--verify", *extra])
+        assert looked.exit_code == 0, looked.output
+        text = flat(looked.output)
+        assert text.count("lower precision") == 1 and "note:" not in text, text
+        assert re.search(r"warning: '[^']*' stores 'fc.bias' \(float16\)", text), text
+    (row,) = [r for r in conetool.inspect(run, verify=True) if r.step == 5]
+    assert row.notes == () and len(row.warnings) == 1, row

@@ -46,7 +46,9 @@ class InspectRow:
     problem: str | None = None  # the one-paragraph message when status == "error"
     source: str | None = None  # "safetensors" | "torch" | "hf" | "hf-sharded"
     fingerprint: str | None = None  # "<bytes>:<sha256>", with verify=True only
-    notes: tuple[str, ...] = ()  # each note on its own: torch.save files, dtypes, epoch names
+    notes: tuple[str, ...] = ()  # each note on its own: information (a torch.save file)
+    # each warning on its own: what to check (dtypes below the model's, steps from epoch names)
+    warnings: tuple[str, ...] = ()
 
     @property
     def note(self) -> str | None:
@@ -73,16 +75,20 @@ def inspect_checkpoints(
     steps: tuple[int | None, int | None] | None = None,
     every: int | None = None,
     warn: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[InspectRow]:
     """One row per checkpoint candidate of ``directory``, sorted by step (unknown steps last).
 
     Per-file problems (everything :func:`list_checkpoints` would refuse, plus a key or shape
     mismatch with ``model`` read from the headers, plus with ``verify`` NaN/Inf, unreadable data or
     a file that changes while read) become rows with ``status="error"``; nothing is raised for them.
-    Other arguments as in :func:`list_checkpoints`; ``warn`` receives a note on what the directory
-    holds but is not read (checkpoints in subfolders, copies of another file of the same step,
-    torch.save files that hold no state dict, which get no row) and on files whose stored step
-    differs from their name's; default :func:`warnings.warn`.
+    Other arguments as in :func:`list_checkpoints`. What the directory holds but is not read,
+    which gets no row, and files whose stored step differs from their name's are said as
+    :func:`~conetool.checkpoints.discover.checkpoint_listing` says them to ``kernels``: ``warn``
+    receives the warnings (checkpoints in subfolders; a stored step the name contradicts),
+    default :func:`warnings.warn`; ``note`` the notes, information only (copies of another file
+    of the same step, torch.save files that hold no state dict, names counting epochs that the
+    stored steps confirm), default ``warn``. A row's own are in its ``notes`` and ``warnings``.
 
     Raises:
         CheckpointError: the directory is missing or unreadable, holds no checkpoint candidate, or
@@ -96,16 +102,18 @@ def inspect_checkpoints(
         every=every,
         deep=True,
     )
+    warn = warn or default_warn
+    note = note or warn
     stored = stored_step_note(scan.candidates, iterations_per_epoch)
-    notes_of_the_directory = (
-        stored[0] if stored else None,
-        not_state_dicts_note(scan),
-        copies_note(scan),
-        nested_note(scan),
+    said_of_the_directory = (
+        (stored[0] if stored else None, warn if stored and stored[1] else note),
+        (not_state_dicts_note(scan), note),
+        (copies_note(scan), note),  # the same bytes as a file read: nothing is lost
+        (nested_note(scan), warn),  # checkpoints in subfolders are not read
     )
-    for note in notes_of_the_directory:
-        if note:
-            (warn or default_warn)(note)
+    for message, say in said_of_the_directory:
+        if message:
+            say(message)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None
     from_epochs = sum(1 for c in scan.candidates if c.epoch is not None)
     rows = []
@@ -131,9 +139,9 @@ def inspect_checkpoints(
             except CheckpointError as e:
                 problem = str(e)
         notes = [TORCH_NOTE] if c.paths and c.format == "torch" else []
-        notes += warned
         if c.epoch is not None and iterations_per_epoch is not None:
-            notes.append(epoch_note(iterations_per_epoch, from_epochs))
+            # a step computed from the spec's batch size: a warning, as kernels says it
+            warned.append(epoch_note(iterations_per_epoch, from_epochs))
         rows.append(
             InspectRow(
                 step=c.step,
@@ -145,6 +153,7 @@ def inspect_checkpoints(
                 source=c.source or None,
                 fingerprint=fp,
                 notes=tuple(notes),
+                warnings=tuple(warned),
             )
         )
     return rows

@@ -45,6 +45,8 @@ def inspect(
     from ..pipeline import inspect as inspect_run
     from ..units import format_bytes
 
+    # As kernels says them: warnings (what to check), then notes (information; not with -q).
+    directory_warnings: list[str] = []
     directory_notes: list[str] = []
     with handle_errors(debug):
         rows = inspect_run(
@@ -54,7 +56,8 @@ def inspect(
             step_regex=step_regex,
             steps=steps,
             every=every,
-            warn=directory_notes.append,
+            warn=directory_warnings.append,
+            note=directory_notes.append,
         )
     table = Table(title=f"conetool inspect {ckpts}", title_justify="left")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
@@ -76,10 +79,12 @@ def inspect(
             status,
         )
     console.print(table)
-    notes = sorted({note for row in rows for note in row.notes})  # each once, on its own line
-    notes += directory_notes
-    for note in notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
+    # each once, on its own line
+    warnings = sorted({said for row in rows for said in row.warnings}) + directory_warnings
+    notes = [] if quiet else sorted({said for row in rows for said in row.notes}) + directory_notes
+    for channel, messages in (("warning", warnings), ("note", notes)):
+        for message in messages:
+            console.print(f"{channel}: {message}", highlight=False, markup=False)
     bad = [row for row in rows if row.status != "ok"]
     # Identical problems of many files (61 epoch_N.pt without a spec) make one line.
     problems = [(ckpts.expanduser() / row.file, row.problem or "") for row in bad]

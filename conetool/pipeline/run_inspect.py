@@ -29,6 +29,7 @@ def inspect(
     steps: StepRange | None = None,
     every: int | None = None,
     warn: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[InspectRow]:
     """One row per checkpoint found in ``ckpts``: step, file, size, parameter count, status.
 
@@ -36,7 +37,11 @@ def inspect(
     shapes are checked against the spec's model). The spec (``--spec`` or ``CKPTS/conetool.toml``)
     is optional; with it, keys and shapes are checked against the model and open_lth's
     ``model_epE_itI`` names are converted to steps. ``steps``, ``every`` and ``step_regex``
-    select checkpoints as :func:`conetool.kernels` does.
+    select checkpoints as :func:`conetool.kernels` does. What the directory holds but is not
+    read goes to ``warn`` (checkpoints in subfolders, a stored step the name contradicts:
+    default :func:`warnings.warn`) or ``note`` (information only: copies, torch.save files that
+    are no checkpoints; default ``warn``), as :func:`conetool.kernels` says them; each row's own
+    are in its ``notes`` and ``warnings``.
 
     Example::
 
@@ -59,4 +64,5 @@ def inspect(
         steps=parse_step_range(steps) if steps else None,
         every=every,
         warn=warn,
+        note=note,
     )
