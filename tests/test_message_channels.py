@@ -12,8 +12,12 @@ from __future__ import annotations
 import re
 import shutil
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_distributed import run_torchrun
+from test_switch_optimizer_state import SPEC as OPTIMIZER_SPEC
+from test_switch_optimizer_state import plain_loop, save_loop_checkpoint
 from tiny_run import SPEC, run_fixtures
 from typer.testing import CliRunner
 
@@ -21,6 +25,7 @@ import conetool
 from conetool import paths
 from conetool.cli import app
 from conetool.pipeline import kernels
+from conetool.pipeline.run_switch import switch
 
 runner = CliRunner()
 trained, run = run_fixtures(SPEC)
@@ -130,3 +135,80 @@ def test_inspect_warns_of_lower_precision_as_kernels_does(run):
         assert re.search(r"warning: '[^']*' stores 'fc.bias' \(float16\)", text), text
     (row,) = [r for r in conetool.inspect(run, verify=True) if r.step == 5]
     assert row.notes == () and len(row.warnings) == 1, row
+
+
+# ------------------------------------------------------------------------------------------------
+# switch: one momentum note for the points it applies to
+
+FRESH = (
+    "no optimizer state beside their checkpoints (step_XXXXXX.optim.safetensors, as conetool "
+    "train writes it); momentum starts at zero"
+)
+
+
+def test_switch_says_a_shared_reason_for_fresh_momentum_once(run, tmp_path):
+    """A sweep over a run without optimizer state said 't=X: no optimizer state beside the
+    checkpoint (step_0000XX.optim.safetensors, ...)' once per point."""
+    for step in (0, 5, 10):
+        paths.optimizer_state(run, step).unlink()
+    store = tmp_path / "s"
+    result = switch([0, 5], until=10, store=store, ckpts=run, device="cpu")
+    assert [p.momentum for p in result.points] == ["fresh", "fresh"]
+    assert [n for n in result.notes if "momentum" in n] == [f"t=0, 5 (2 points): {FRESH}"]
+    args = ["switch", "--at", "0,5", "--until", "10", "--store", str(tmp_path / "c")]
+    shown = runner.invoke(app, [*args, "--ckpts", str(run), "--device", "cpu"])
+    assert shown.exit_code == 0, shown.output
+    text = flat(shown.output)
+    assert text.count("momentum starts at zero") == 1, text
+    assert f"note: t=0, 5 (2 points): {FRESH}" in text, text
+
+
+def test_switch_keeps_distinct_reasons_apart_naming_one_points_files(tmp_path):
+    """Points without optimizer state share a note; a point whose file holds another
+    optimizer's state has its own, naming its files."""
+    model, adam = plain_loop(lambda m: torch.optim.Adam(m.parameters(), lr=0.01))
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, None, step=1)
+    save_loop_checkpoint(ckpts, model, None, step=2)
+    save_loop_checkpoint(ckpts, model, adam, step=3)
+    store = tmp_path / "s"
+    result = switch([1, 2, 3], until=4, store=store, ckpts=ckpts, spec=OPTIMIZER_SPEC, device="cpu")
+    said = [n for n in result.notes if "momentum" in n]
+    assert said[0] == (
+        "t=1, 2 (2 points): no optimizer state beside their checkpoints "
+        "(step_XXXXXX.optim.safetensors, as conetool train writes it) nor in their files (no "
+        "optimizer_state_dict, optimizer, optimizer_states entry); momentum starts at zero"
+    ), said
+    assert said[1].startswith(
+        "t=3: no optimizer state beside the checkpoint (step_000003.optim.safetensors, as "
+        "conetool train writes it), and the optimizer_state_dict in step_3.pt is not used: it "
+        "is the state of Adam"
+    ), said
+    assert len(said) == 2, said
+
+
+def test_momentum_notes_list_a_long_sweep_shortly():
+    from conetool.pipeline.switch_points import MomentumNote, momentum_notes
+
+    notes = [MomentumNote(t, f"one {t}", "many") for t in range(1900, -1, -100)]
+    assert momentum_notes(notes) == ["t=0, 100, 200, 300, 400, 500, ..., 1900 (20 points): many"]
+    assert momentum_notes(notes[:1]) == ["t=1900: one 1900"]
+    assert momentum_notes([]) == []
+
+
+def test_torchrun_ranks_share_one_note_per_reason(run, tmp_path):
+    """Under torchrun each rank said its own points' momentum notes and its own foreign-run
+    note: two ranks printed the foreign-run note twice and a momentum note per point."""
+    pts = tmp_path / "pts"
+    pts.mkdir()
+    shutil.copy(paths.spec(run), paths.spec(pts))
+    for step in (0, 5, 10):  # a loop's own checkpoints: no optimizer state, no conetool metadata
+        state = load_file(str(paths.checkpoint(run, step)))
+        torch.save({"model_state_dict": state, "step": step}, pts / f"ckpt_{step}.pt")
+    args = ["--until", "10", "--ckpts", str(pts), "--store", str(tmp_path / "s"), "--device", "cpu"]
+    done = run_torchrun("switch", "--at", "0,5", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = flat(done.stdout)
+    assert text.count("not written by `conetool train`") == 1, text
+    assert text.count("momentum starts at zero") == 1, text
+    assert "note: t=0, 5 (2 points): no optimizer state beside their checkpoints" in text, text
+    assert "nor in their files (no optimizer_state_dict, optimizer, optimizer_states entry)" in text

@@ -39,8 +39,10 @@ from ..threads import limit_threads, parse_threads
 from .remembered import recorded_step_regex, use_recorded_imports
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_points import (
+    MomentumNote,
     SwitchPoint,
     all_points,
+    momentum_notes,
     point_key,
     read_point,
     run_point,
@@ -224,6 +226,8 @@ def _switch(
     results: list[SwitchPoint] = list(done)
     notes: list[str] = list(sweep.notes) if job.is_main else []  # said once, not per rank
     warnings: list[str] = []  # the slow-step warning: one per rank at most
+    # what each point says of its momentum: one note per reason for the whole job, once gathered
+    momentum_said: list[MomentumNote] = []
     # what in the recipe trains badly (momentum >= 1), said once before any point is trained
     concerns = recipe_warnings(sweep.spec)
     for concern in concerns:
@@ -258,6 +262,7 @@ def _switch(
                 notes,
                 warnings,
                 training=started.append,
+                momentum_said=momentum_said,
             )
         except CheckpointError as exc:
             error = _for_switch(exc)
@@ -280,6 +285,7 @@ def _switch(
     share = {
         "points": [asdict(p) for p in results],
         "notes": notes,
+        "momentum": [[said.at, said.one, said.many] for said in momentum_said],
         "warnings": warnings,
         "error": None if error is None else str(error),
         "replaced": replaced,
@@ -291,7 +297,10 @@ def _switch(
     points = sorted(
         (SwitchPoint(**p) for other in shares for p in other["points"]), key=lambda p: p.at
     )
-    notes = [note for other in shares for note in other["notes"]]
+    # each note once (every rank that read a foreign checkpoint said so), then the momentum
+    # notes of every rank's points, one per reason
+    notes = list(dict.fromkeys(note for other in shares for note in other["notes"]))
+    notes += momentum_notes([MomentumNote(*said) for other in shares for said in other["momentum"]])
     if replaced:
         # Every rank that found the store replaced has the same message (the first one says it):
         # the points of the whole job not written, and the command that computes them anew.

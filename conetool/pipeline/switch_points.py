@@ -70,6 +70,41 @@ class SwitchPoint:
     reused: bool = False
 
 
+@dataclass(frozen=True)
+class MomentumNote:
+    """What the point ``at`` says of its momentum: why it starts at zero, or the hyperparameters
+    its saved state was saved with. ``one`` names the point's own files; ``many`` says the same
+    of any number of points and names none of their files, so that the points it applies to
+    share one note (:func:`momentum_notes`)."""
+
+    at: int
+    one: str
+    many: str
+
+
+def momentum_notes(said: list[MomentumNote]) -> list[str]:
+    """One note per distinct reason, in the order of the first point it applies to: ``t=400:
+    ONE`` for one point, ``t=0, 100, 200 (3 points): MANY`` for several (a sweep of 20 points
+    over a run without optimizer state said it 20 times, each naming its files)."""
+    groups: dict[str, list[MomentumNote]] = {}
+    for note in sorted(said, key=lambda n: n.at):
+        groups.setdefault(note.many, []).append(note)
+    out = []
+    for many, notes in groups.items():
+        if len(notes) == 1:
+            out.append(f"t={notes[0].at}: {notes[0].one}")
+            continue
+        steps = [str(n.at) for n in notes]
+        if len(steps) > _LISTED:
+            steps = [*steps[: _LISTED - 2], "...", steps[-1]]
+        out.append(f"t={', '.join(steps)} ({len(notes)} points): {many}")
+    return out
+
+
+#: The most switch points a shared momentum note lists by step (then: the first ones, ..., last).
+_LISTED = 8
+
+
 def point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
     return {"spec_hash": spec.hash(), "until": until, "source_fingerprint": fingerprint}
 
@@ -87,11 +122,15 @@ def run_point(
     notes: list[str],
     warnings: list[str],
     training: Callable[[int], None] | None = None,
+    *,
+    momentum_said: list[MomentumNote],
 ) -> SwitchPoint:
     """Train the linearized model of the checkpoint ``ref`` from its step t to ``until`` (or read
     the finished point from ``store``) and write the point's files (holding ``store`` against a
     replacement: a :class:`~conetool.errors.StoreReplacedError`, checked before the training
-    too). Notes go to ``notes``; the slow-step warning goes to ``progress`` and ``warnings``,
+    too). Notes go to ``notes``, what it says of its momentum to ``momentum_said`` (one note
+    for the points of the sweep it applies to: :func:`momentum_notes`); the slow-step warning
+    goes to ``progress`` and ``warnings``,
     once per sweep: a point is watched only while ``warnings`` is empty. ``training(t)`` is
     called once the point passed that check and is to be trained (a replacement found after it
     costs the point in progress; before it, the point was not started)."""
@@ -112,8 +151,8 @@ def run_point(
     began = time.perf_counter()
     lin = LinearizedModel(model).to(device)
     optimizer, momentum, said = optimizer_at(lin, spec, ckpts, loaded)
-    if said:
-        notes.append(f"t={t}: {said}")
+    if said is not None:
+        momentum_said.append(said)
     # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
     watch = (
         []
@@ -157,9 +196,9 @@ def run_point(
 
 def optimizer_at(
     model: torch.nn.Module, spec: Spec, ckpts: Path, loaded: LoadedCheckpoint
-) -> tuple[torch.optim.Optimizer, str, str]:
+) -> tuple[torch.optim.Optimizer, str, MomentumNote | None]:
     """The spec's optimizer over ``model``'s trainable parameters, where momentum comes from
-    ("saved" or "fresh"), and what a note says about it ("" for nothing).
+    ("saved" or "fresh"), and what a note says about it (None for nothing).
 
     The state is the one saved beside the checkpoint ``loaded`` (``step_XXXXXX.optim.safetensors``,
     as ``conetool train`` writes it), else the one inside the checkpoint file itself (a training
@@ -172,7 +211,7 @@ def optimizer_at(
     beside = paths.optimizer_state(ckpts, ref.step)
     if beside.is_file():
         load_optimizer_state(optimizer, beside)
-        return optimizer, "saved", ""
+        return optimizer, "saved", None
     return optimizer, *_from_checkpoint_file(
         model, optimizer, [n for n, _ in named], beside, loaded
     )
@@ -184,22 +223,33 @@ def _from_checkpoint_file(
     names: list[str],
     beside: Path,
     loaded: LoadedCheckpoint,
-) -> tuple[str, str]:
-    """:func:`optimizer_at` without a state beside the checkpoint: ("saved", note) when the
-    checkpoint file's own state was loaded into ``optimizer``, else ("fresh", why)."""
+) -> tuple[str, MomentumNote | None]:
+    """:func:`optimizer_at` without a state beside the checkpoint: ("saved", note or None) when
+    the checkpoint file's own state was loaded into ``optimizer``, else ("fresh", why)."""
     ref = loaded.ref
+
+    def said(one: str, many: str) -> MomentumNote:
+        return MomentumNote(ref.step, one, many)
+
     none = f"no optimizer state beside the checkpoint ({beside.name}, as conetool train writes it)"
+    nones = (
+        "no optimizer state beside their checkpoints (step_XXXXXX.optim.safetensors, as "
+        "conetool train writes it)"
+    )
     fresh = "momentum starts at zero"
     hf_state = ref.folder / "optimizer.pt" if ref.folder is not None else None
     if hf_state is not None and hf_state.is_file():
-        return "fresh", (
-            f"{none}, and Hugging Face's {hf_state.parent.name}/optimizer.pt is not read: the "
-            "Trainer lists the parameters in two groups (weight decay, then none) by rules that "
-            "depend on the transformers version (which layers count as norms), not in the "
+        why = (
+            "the Trainer lists the parameters in two groups (weight decay, then none) by rules "
+            "that depend on the transformers version (which layers count as norms), not in the "
             f"model's order, so its buffers cannot be matched to the parameters verifiably; {fresh}"
         )
+        return "fresh", said(
+            f"{none}, and Hugging Face's {hf_state.parent.name}/optimizer.pt is not read: {why}",
+            f"{nones}, and Hugging Face's optimizer.pt in their folders is not read: {why}",
+        )
     if ref.format != "torch" or len(ref.paths) != 1:
-        return "fresh", f"{none}; {fresh}"
+        return "fresh", said(f"{none}; {fresh}", f"{nones}; {fresh}")
     file = ref.paths[0]
     found = restore_checkpoint_optimizer(
         optimizer,
@@ -210,16 +260,25 @@ def _from_checkpoint_file(
         saved_names=names_in_file_order(model, loaded.state_dict, names),
     )
     if found.entry is None:
-        return "fresh", f"{none} nor in {file.name} (no {', '.join(ENTRIES)} entry); {fresh}"
+        entries = f"(no {', '.join(ENTRIES)} entry); {fresh}"
+        return "fresh", said(
+            f"{none} nor in {file.name} {entries}", f"{nones} nor in their files {entries}"
+        )
     if not found.used:
-        where = f"the {found.entry} in {file.name}"
-        return "fresh", f"{none}, and {where} is not used: {found.reason}; {fresh}"
+        why = f"is not used: {found.reason}; {fresh}"
+        return "fresh", said(
+            f"{none}, and the {found.entry} in {file.name} {why}",
+            f"{nones}, and the {found.entry} in their files {why}",
+        )
     if not found.differs:
-        return "saved", ""
-    return "saved", (
-        f"momentum from the {found.entry} in {file.name}, saved with "
-        f"{', '.join(found.differs)}: the model trains with the spec's values (its recipe); if "
-        "your run used the saved ones, give the spec your run's recipe"
+        return "saved", None
+    differs = (
+        f"saved with {', '.join(found.differs)}: the model trains with the spec's values (its "
+        "recipe); if your run used the saved ones, give the spec your run's recipe"
+    )
+    return "saved", said(
+        f"momentum from the {found.entry} in {file.name}, {differs}",
+        f"momentum from the {found.entry} in their files, {differs}",
     )
 
 
