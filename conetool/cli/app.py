@@ -42,7 +42,15 @@ err_console = Console(stderr=True)
 #: Set when a command has said it was interrupted, so that ``main`` does not say it again.
 INTERRUPT_ANNOUNCED: list[bool] = []
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bars or progress lines, nor the notes said along the way; warnings "
+        "are still printed, at the end, and the results as always.",
+    ),
+]
 Debug = Annotated[
     bool,
     typer.Option("--debug", help="Show the full traceback of an error (or set CONETOOL_DEBUG=1)."),
