@@ -4,7 +4,8 @@ Layout (names from :mod:`conetool.paths`)::
 
     STORE/manifest.json                 provenance + per-step index (see :meth:`Store.record`)
     STORE/probe.safetensors             the probe set ("inputs", "labels", "indices")
-    STORE/kernels/step_002000.safetensors   tensor "kernel"; metadata step, kind, hashes, record
+    STORE/kernels/step_002000.safetensors   tensor "kernel"; metadata step, kind, hashes, record,
+                                        store id, the writing run's checkpoint selection
     STORE/eval.safetensors              with --eval-size: the evaluation set (like the probe set)
     STORE/eval_kernels/step_002000.safetensors   K(eval, probe); metadata step, kind, dtype,
                                         eval, probe and spec hashes, source fingerprint
@@ -40,7 +41,9 @@ Guarantees:
 * a damaged or deleted ``manifest.json`` is rebuilt by :meth:`Store.open_for_writing` from the
   kernel files, each of which carries its own record (:attr:`Store.notes` says so), with the
   records of the evaluation set and the parameter groups recovered from ``eval.safetensors``
-  and the layer files;
+  and the layer files (the ``kernels`` run that rebuilds it reads them, and the step regex the
+  kernel files carry, before it opens the store: :func:`rebuilds_manifest`,
+  :func:`kernel_files_metadata`);
 * :meth:`Store.open` never writes: a store on a read-only file system can be read;
 * a store replaced while a command reads it (``kernels --overwrite`` clears it and starts a new
   one, with a new ``store_id``) stops that command with a :class:`StoreReplacedError`
@@ -72,6 +75,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from . import paths
 from . import store_companions as companions
@@ -85,6 +89,7 @@ from .store_manifest import (
     LAYOUTS,
     StepRecord,
     StoreIdentity,
+    checked_manifest,
     embedded_record,
     kernel_file_problem,
     kernel_metadata,
@@ -114,9 +119,11 @@ __all__ = [
     "Store",
     "StoreIdentity",
     "clear",
+    "kernel_files_metadata",
     "kernel_norm",
     "nearest_steps",
     "read_manifest",
+    "rebuilds_manifest",
     "store_on_disk",
 ]
 
@@ -515,7 +522,10 @@ class Store:
         :data:`MANIFEST_COST_RATIO`), else leave it to a later kernel or :meth:`flush`. The
         kernel file carries its record, so a kill before the manifest write is recovered on the
         next open. A store opened with :meth:`join` writes the kernel file only."""
-        metadata = kernel_metadata(self.identity, record, self.manifest.get("store_id"))
+        with self._manifest_guard:
+            store_id, selection = self.manifest.get("store_id"), self.manifest.get("selection")
+        selection = selection if isinstance(selection, dict) else None
+        metadata = kernel_metadata(self.identity, record, store_id, selection)
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
         with self._manifest_guard:
             self.manifest["steps"][str(record.step)] = asdict(record)
@@ -815,6 +825,42 @@ def _file_of(meta: Mapping[str, str], ident: StoreIdentity, record: StepRecord) 
         return same_kernel_record(json.loads(meta["record"]), asdict(record))
     except json.JSONDecodeError:
         return False
+
+
+def rebuilds_manifest(root: str | Path, read: Mapping[str, Any] | None = None) -> bool:
+    """Whether :meth:`Store.open_for_writing` (without ``overwrite``) rebuilds the manifest of
+    the store ``root`` from its files: it is damaged (unreadable, or not whole) in a directory
+    that holds a store, or it is missing beside kernel files. ``read``: the manifest's JSON
+    object as the caller read it, checked here instead of reading it again."""
+    root = Path(root)
+    path = paths.manifest(root)
+    if not path.is_file():
+        return bool(_kernel_files(root))
+    try:
+        read_manifest(path) if read is None else checked_manifest(path, dict(read))
+    except StoreError as exc:
+        return isinstance(exc.__cause__, Exception) and _looks_like_store(root)
+    return False
+
+
+def kernel_files_metadata(
+    root: str | Path, spec_hash: str, kind: str, dtype: str
+) -> list[dict[str, str]]:
+    """The metadata of each readable kernel file of the store ``root`` made with ``spec_hash``,
+    ``kind`` and ``dtype`` (of any probe set), the newest written first (header only): what a
+    manifest about to be rebuilt can still tell before the probe set is drawn."""
+    found = []
+    for path in _kernel_files(Path(root)):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+            written = path.stat().st_mtime_ns
+        except (OSError, SafetensorError):
+            continue
+        ident = StoreIdentity(spec_hash, meta.get("probe_hash", ""), kind, dtype)
+        if made_with(meta, ident):
+            found.append((written, meta))
+    return [meta for _, meta in sorted(found, key=lambda pair: -pair[0])]
 
 
 def _looks_like_store(root: Path) -> bool:

@@ -330,11 +330,16 @@ def rebuilt_note(root: Path, note: str, adopted: int, foreign: int) -> str:
 
 # ------------------------------------------------ the record each kernel file carries
 def kernel_metadata(
-    ident: StoreIdentity, record: StepRecord, store_id: str | None = None
+    ident: StoreIdentity,
+    record: StepRecord,
+    store_id: str | None = None,
+    selection: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The metadata of a kernel file: its step, the store's identity, its own manifest record
-    and the manifest's ``store_id`` (from which a lost or damaged manifest is rebuilt as the same
-    store: :func:`store_id_of_kernel_files`)."""
+    """The metadata of a kernel file: its step, the store's identity, its own manifest record,
+    the manifest's ``store_id`` (from which a lost or damaged manifest is rebuilt as the same
+    store: :func:`store_id_of_kernel_files`) and the checkpoint ``selection`` of the run that
+    wrote it (JSON: directory, step regex, steps, every; from which the run that rebuilds a lost
+    manifest gets the step regex it recorded: :mod:`conetool.pipeline.remembered`)."""
     meta = {
         "step": str(record.step),
         "kind": ident.kind,
@@ -345,6 +350,8 @@ def kernel_metadata(
     }
     if store_id is not None:
         meta["store_id"] = store_id
+    if selection is not None:
+        meta["selection"] = json.dumps(dict(selection))
     return meta
 
 

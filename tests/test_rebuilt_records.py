@@ -12,18 +12,23 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tiny_run import STEPS, metadata, run_fixtures, tiny_spec
+from typer.testing import CliRunner
 
 from conetool import paths
+from conetool.cli import app
 from conetool.errors import StoreError
 from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_spectrum import spectrum
 from conetool.spec import spec_from_dict
+
+runner = CliRunner()
 
 SPEC = tiny_spec([6, 5])  # two hidden layers: three leaf modules
 trained, run = run_fixtures(SPEC)
@@ -206,3 +211,106 @@ def test_a_bad_layer_file_is_named_or_left_out_with_skip_bad(run, tmp_path, dama
     result = distance(root, noise=False)
     assert not any("per-layer" in n for n in result.notes)
     assert {int(r["step"]) for r in _rows(root)} == set(STEPS)
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_the_rebuilding_run_gives_new_steps_their_eval_and_layer_files(run, tmp_path, how):
+    # The run that rebuilds the manifest read the recorded options from the damaged manifest,
+    # i.e. not at all: the checkpoint added since the last run got its kernel only, and no eval
+    # kernel or layer file until the next run.
+    root = tmp_path / "s"
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    newest = paths.checkpoint(run, 10)
+    newest.rename(hidden / newest.name)
+    kernels(run, store=root, device="cpu", eval_size=6, per_layer=True)
+    record = _manifest(root)
+    (hidden / newest.name).rename(newest)  # a checkpoint written since
+    _damage_manifest(root, how)
+
+    # as the refusal advises: no flags
+    out = runner.invoke(app, ["kernels", str(run), "--store", str(root), "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert paths.eval_kernel(root, 10).is_file() and paths.layer_kernel(root, 10).is_file()
+    said = " ".join(out.output.split())
+    assert "keeping the store's evaluation set of 6 examples (--eval-size)" in said
+    assert "keeping the store's per-layer kernels" in said
+    assert "--step-regex" not in said  # none was given: none lost
+    rebuilt = _manifest(root)
+    assert rebuilt["eval"] == record["eval"]
+    assert rebuilt["layer_groups"] == record["layer_groups"]
+    assert sorted(rebuilt["steps"], key=int) == [str(s) for s in STEPS]
+    # the new step in the per-layer outputs and the kernel machine's accuracy
+    distance(root, noise=False)
+    assert {int(r["step"]) for r in _rows(root)} == set(STEPS)
+    result = spectrum(root, top_k=3)
+    assert result.steps == STEPS and not any(math.isnan(a) for a in result.eval_acc)
+    # nothing left for the next run
+    later = kernels(run, store=root, device="cpu")
+    assert later.computed == [] and later.eval_computed == [] and later.layer_computed == []
+
+
+REGEX = r"run-a_(\d+)"
+
+
+def _named_run(run, folder, steps):
+    """The checkpoints of ``run`` at ``steps`` saved as run-a_0005.safetensors, without their
+    step metadata: only --step-regex REGEX reads their steps."""
+    named = folder / "named"
+    named.mkdir(exist_ok=True)
+    shutil.copy(paths.spec(run), paths.spec(named))
+    for step in steps:
+        tensors = load_file(str(paths.checkpoint(run, step)))
+        save_file(tensors, str(named / f"run-a_{step:04d}.safetensors"))
+    return named
+
+
+def test_the_rebuilding_run_keeps_the_step_regex_its_kernel_files_carry(run, tmp_path):
+    root = tmp_path / "s"
+    named = _named_run(run, tmp_path, [0, 5])
+    kernels(named, store=root, device="cpu", step_regex=REGEX, eval_size=6)
+    _named_run(run, tmp_path, [10])
+    _damage_manifest(root, "truncated")
+    again = kernels(named, store=root, device="cpu")  # no --step-regex: the files give it
+    assert again.computed == [10] and again.eval_computed == [10]
+    assert any(f"using --step-regex '{REGEX}', recorded in the store" in n for n in again.warnings)
+    assert _manifest(root)["selection"]["step_regex"] == REGEX  # recorded again
+
+
+def test_kernel_files_without_the_selection_say_the_step_regex_is_not_known(run, tmp_path):
+    # kernel files written before they carried their run's checkpoint selection
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    for step in STEPS:
+        path = paths.kernel(root, step)
+        meta = metadata(path)
+        assert json.loads(meta.pop("selection"))["path"] == str(run.resolve())
+        save_file(load_file(str(path)), str(path), meta)
+    _damage_manifest(root, "deleted")
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == []
+    (note,) = [n for n in again.warnings if "--step-regex" in n]
+    assert "is not known" in note and f"If {run} needs one, rerun with --step-regex" in note
+    _damage_manifest(root, "deleted")
+    given = kernels(run, store=root, device="cpu", step_regex=r"step_(\d+)")
+    assert not any("is not known" in n for n in given.warnings)
+
+
+def test_the_rebuilding_run_refuses_another_runs_checkpoints(run, tmp_path):
+    # as on an intact manifest: a run with the same spec and other checkpoints is refused, not
+    # mixed with the run whose kernels the store holds
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    path = paths.checkpoint(other, 5)
+    save_file({k: v + 1 for k, v in load_file(str(path)).items()}, str(path), metadata(path))
+    files = {p: p.read_bytes() for p in sorted(root.glob("kernels/*.safetensors"))}
+    _damage_manifest(root, "truncated")
+    with pytest.raises(StoreError) as refused:
+        kernels(other, store=root, device="cpu")
+    message = str(refused.value)
+    assert f"holds kernels of the checkpoints in {run.resolve()}" in message
+    assert f"{other} has other checkpoints at 1 of the steps it holds (5)" in message
+    assert {p: p.read_bytes() for p in files} == files
+    assert kernels(run, store=root, device="cpu").computed == []  # its own run rebuilds it

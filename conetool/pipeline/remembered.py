@@ -17,6 +17,10 @@
     otherwise (and say so); the report puts ``PYTHONPATH=...`` on the commands that import it.
 
 A store made before these records has neither: every reader falls back to the old behaviour.
+
+A ``kernels`` run that rebuilds a damaged or deleted manifest gets the records it keeps from the
+store's files instead (:func:`rebuilt_remembered`): the selection from the kernel files (each
+carries its run's), the evaluation set and the parameter groups from their files.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import site
 import sys
 import sysconfig
@@ -31,12 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from .. import store_companions as companions
 from ..spec import Spec, is_user_dataset
+from ..store import kernel_files_metadata, rebuilds_manifest
+from ..store_manifest import StoreIdentity, embedded_record, new_manifest
 
 __all__ = [
     "import_paths",
     "imports_record",
     "read_manifest",
+    "rebuilt_remembered",
     "recorded_step_regex",
     "selection",
     "selection_record",
@@ -71,6 +80,87 @@ def read_manifest(store: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+def rebuilt_remembered(
+    store: Path,
+    manifest: dict[str, Any] | None,
+    spec: Spec,
+    kind: str,
+    dtype: str,
+    ckpts: Path,
+    step_regex: str | None,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``(manifest, note)``: the manifest a ``kernels`` run reads its kept options from, given
+    ``manifest``, the store's as read (None when it cannot be). Returned as it is unless that
+    run rebuilds it (damaged or deleted: :func:`conetool.store.rebuilds_manifest`); then the
+    run, which read nothing from it, would forget the options the store recorded until the next
+    run: the steps it adds would get no eval kernel or layer file, its step regex would be
+    dropped, and another run's checkpoints would not be refused.
+
+    For such a store: a manifest in memory (never written) of the identity the kernel files of
+    ``spec``, ``kind`` and ``dtype`` carry, whose kept records come from the store's files:
+    ``selection`` from the newest kernel file's metadata, ``eval`` and ``layer_groups`` from
+    ``eval.safetensors`` and the layer files (as the rebuild recovers them), ``checkpoints``
+    from the source files the kernel files record (``ckpts`` when all lie in it); a record the
+    damaged manifest still holds, well typed, wins. ``note``: when no ``step_regex`` is given
+    and the kernel files were written before they carried their run's selection, that the
+    step regex is not known and how to pass it; else None."""
+    if not rebuilds_manifest(store, manifest):
+        return manifest, None
+    held = manifest or {}
+    carried = kernel_files_metadata(store, spec.hash(), kind, dtype)
+    probe_hash = carried[0].get("probe_hash", "") if carried else ""
+    ident = StoreIdentity(spec.hash(), probe_hash, kind, dtype)
+    records: dict[str, Any] = {"checkpoints": _recorded_directory(carried, ckpts)}
+    chosen = held.get("selection")
+    if not isinstance(chosen, dict):
+        found = (_json(meta.get("selection")) for meta in carried)
+        chosen = next((value for value in found if isinstance(value, dict)), None)
+    if isinstance(chosen, dict):
+        records["selection"] = chosen
+    evaluated = held.get("eval")
+    if not isinstance(evaluated, dict):
+        evaluated = companions.recovered_eval_record(store, spec.probe.seed)[0]
+    if evaluated is not None:
+        records["eval"] = evaluated
+    layers = held.get("layer_groups")
+    if not isinstance(layers, dict) and carried:
+        layers = companions.recovered_layer_record(store, ident)[0]
+    if isinstance(layers, dict):
+        records["layer_groups"] = layers
+    note = None
+    if step_regex is None and carried and "selection" not in records:
+        note = (
+            f"{paths.manifest(store)} is rebuilt, and the kernel files in {store} were written "
+            "before they carried the checkpoint selection, so the --step-regex that kernels "
+            "was given, if any, is not known: the steps are read from the checkpoint names and "
+            f"files as without one. If {ckpts} needs one, rerun with --step-regex REGEX, which "
+            "records it again"
+        )
+    return new_manifest(ident, records), note
+
+
+def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:
+    """The checkpoint directory whose files the kernel files (their ``carried`` metadata) were
+    computed from: ``ckpts`` when they all lie in it, else the folder all lie in."""
+    run = Path(ckpts).resolve()
+    sources = []
+    for meta in carried:
+        found = embedded_record(meta)
+        listed = found[1].get("source") if found is not None else None
+        if isinstance(listed, list):
+            sources += [Path(s) for s in listed if isinstance(s, str)]
+    if all(source.is_relative_to(run) for source in sources):
+        return str(run)
+    return os.path.commonpath([str(source.parent) for source in sources])
+
+
+def _json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        return None
 
 
 def recorded_step_regex(

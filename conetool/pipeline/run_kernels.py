@@ -32,7 +32,13 @@ from ..store import Store, StoreIdentity
 from ..threads import limit_threads
 from .kernels_loop import KernelsOptions, KernelsPlan, KernelsResult, compute_all
 from .mixed_runs import another_run
-from .remembered import imports_record, read_manifest, recorded_step_regex, selection_record
+from .remembered import (
+    imports_record,
+    read_manifest,
+    rebuilt_remembered,
+    recorded_step_regex,
+    selection_record,
+)
 from .resolve import iterations_per_epoch, model_for, resolve_spec
 
 
@@ -282,6 +288,11 @@ def _plan(options: KernelsOptions, said: _Said, left_out: dict[Path, str]) -> Ke
     # Read once: what the store recorded (the options a rerun keeps; None under --overwrite),
     # and, --overwrite or not, what another_run checks for a run mixed in.
     manifest = read_manifest(Path(o.store))
+    if store is not None:  # one to be rebuilt: what its files keep of it (selection, eval, ...)
+        manifest, lost = rebuilt_remembered(store, manifest, spec, kind, dtype, ckpts, step_regex)
+        if lost:
+            notes.append(lost)
+            progress.log(f"note: {lost}")
     recorded = manifest if store is not None else None
     if step_regex is None and store is not None:
         step_regex, note = recorded_step_regex(recorded, None, path=ckpts)
