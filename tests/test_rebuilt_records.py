@@ -273,7 +273,7 @@ def test_the_rebuilding_run_keeps_the_step_regex_its_kernel_files_carry(run, tmp
     _damage_manifest(root, "truncated")
     again = kernels(named, store=root, device="cpu")  # no --step-regex: the files give it
     assert again.computed == [10] and again.eval_computed == [10]
-    assert any(f"using --step-regex '{REGEX}', recorded in the store" in n for n in again.warnings)
+    assert any(f"using --step-regex '{REGEX}', recorded in the store" in n for n in again.notes)
     assert _manifest(root)["selection"]["step_regex"] == REGEX  # recorded again
 
 

@@ -290,9 +290,8 @@ def _plan(options: KernelsOptions, said: _Said, left_out: dict[Path, str]) -> Ke
     manifest = read_manifest(Path(o.store))
     if store is not None:  # one to be rebuilt: what its files keep of it (selection, eval, ...)
         manifest, lost = rebuilt_remembered(store, manifest, spec, kind, dtype, ckpts, step_regex)
-        if lost:
-            notes.append(lost)
-            progress.log(f"note: {lost}")
+        if lost:  # the step regex of the store's runs is not known: for the user to check
+            said.warn(lost)
     recorded = manifest if store is not None else None
     if step_regex is None and store is not None:
         step_regex, note = recorded_step_regex(recorded, None, path=ckpts)
