@@ -131,9 +131,11 @@ def _train(
     # conetool kernels uses, but a bad probe found after training would cost the run).
     progress.log(f"loading data '{spec.data.dataset}' and building '{spec.model.arch}' ...")
     model, data = build_for_spec(spec)
-    _check_probe(spec, data, progress)
-    start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
     warned: list[str] = []
+    if probe_warning := _check_probe(spec, data):
+        warned.append(probe_warning)  # in the result, so that --quiet prints it at the end
+        progress.log(f"warning: {probe_warning}")
+    start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
     if start < spec.train.steps:  # what in the recipe trains badly, said before it does
         for concern in recipe_warnings(spec):
             warned.append(concern)
@@ -254,11 +256,12 @@ def _write_metrics(path: Path, rows: list[dict[str, str]]) -> None:
     atomic_write_csv(path, METRIC_COLUMNS, rows)
 
 
-def _check_probe(spec: Spec, data: DataBundle, progress: Progress) -> None:
+def _check_probe(spec: Spec, data: DataBundle) -> str | None:
     """The spec's [probe] must be drawable from the data (checked at train, not after it).
 
     A [probe] the spec states is refused when it does not fit; the default one (no [probe] in
-    the spec) only gets a warning, since ``conetool kernels --probe-size`` can still choose."""
+    the spec) only gets a warning, returned (None: it fits), since ``conetool kernels
+    --probe-size`` can still choose."""
     from .probe import make_probe
     from .spec import ProbeSpec
 
@@ -266,16 +269,16 @@ def _check_probe(spec: Spec, data: DataBundle, progress: Progress) -> None:
         make_probe(data, spec.probe)
     except DataError as exc:
         if spec.probe == ProbeSpec():
-            progress.log(
-                f"warning: {spec.source} has no [probe] table and the default one does not fit "
+            return (
+                f"{spec.source} has no [probe] table and the default one does not fit "
                 f"the data ({exc}) Add [probe] size to the spec, or pass --probe-size to "
                 "conetool kernels."
             )
-            return
         raise SpecError(
             f"{spec.source}: [probe] does not fit the data: {exc} conetool kernels draws the "
             "probe set from it, so train checks it before training."
         ) from exc
+    return None
 
 
 def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int:

@@ -412,6 +412,21 @@ def test_a_probe_the_spec_states_is_refused_before_training_when_it_does_not_fit
     assert not paths.checkpoint(tmp_path / "run", 0).exists()
 
 
+def test_the_default_probe_that_does_not_fit_is_a_warning_of_the_result(tmp_path):
+    """Rules out: the warning on a default [probe] larger than the training split said only to
+    the progress display (``--quiet`` dropped it, and a Python caller's ``result.warnings``
+    lacked it), while the run trains on."""
+    raw = _spec().to_dict()
+    del raw["probe"]
+    spec = spec_from_dict(raw, source="small.toml")
+    result = train(spec, tmp_path / "run")
+    said = [w for w in result.warnings if "has no [probe] table" in w]
+    assert len(said) == 1
+    assert said[0].startswith("small.toml has no [probe] table and the default one does not fit")
+    assert "--probe-size" in said[0]
+    assert paths.checkpoint(tmp_path / "run", _STEPS).exists()
+
+
 def test_a_label_equal_to_num_classes_is_refused():
     """Rules out: the label bound checked as ``> num_classes`` (label 3 of 3 classes would pass
     to the probe and fail later inside the cross-entropy)."""
