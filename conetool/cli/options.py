@@ -57,7 +57,11 @@ Every = Annotated[
 ]
 SkipBadKernels = Annotated[
     bool,
-    typer.Option("--skip-bad", help="Leave out unreadable or non-finite kernels (warned)."),
+    typer.Option(
+        "--skip-bad",
+        help="Leave out kernel files that are unreadable, not finite or not of the store's dtype "
+        "(each named).",
+    ),
 ]
 MatrixMemory = Annotated[
     str | None,
