@@ -291,7 +291,8 @@ class Store:
                 if found != identity and not overwrite:
                     # the kernel files too: manifest.json may lag behind them (write_kernel)
                     held = max(len(manifest["steps"]), len(_kernel_files(root)))
-                    raise StoreError(mixed_message(root, found, identity, held))
+                    specs = (manifest.get("spec"), header.get("spec"))
+                    raise StoreError(mixed_message(root, found, identity, held, specs))
                 if found != identity:
                     cleared = clear(root)
                 else:

@@ -286,8 +286,16 @@ def same_store(opened: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
     )
 
 
-def mixed_message(root: Path, found: StoreIdentity, wanted: StoreIdentity, count: int) -> str:
-    """The refusal to open the store ``root`` of identity ``found`` for ``wanted``."""
+def mixed_message(
+    root: Path,
+    found: StoreIdentity,
+    wanted: StoreIdentity,
+    count: int,
+    specs: tuple[Any, Any] = (None, None),
+) -> str:
+    """The refusal to open the store ``root`` of identity ``found`` for ``wanted``. ``specs``:
+    the store's resolved spec and this run's (as dicts, when known), so that a store whose spec
+    differs from this run's in the probe size alone names the ``--probe-size`` that adds to it."""
     differences = [
         f"{name} {getattr(found, name)} (this run: {getattr(wanted, name)})"
         for name in ("spec_hash", "probe_hash", "kind", "dtype")
@@ -299,8 +307,12 @@ def mixed_message(root: Path, found: StoreIdentity, wanted: StoreIdentity, count
         for name in ("kind", "dtype")
         if getattr(found, name) != getattr(wanted, name)
     ]
+    same_spec = found.spec_hash == wanted.spec_hash and found.probe_hash == wanted.probe_hash
+    if not same_spec and (size := _probe_size_alone(*specs)) is not None:
+        matching.insert(0, f"--probe-size {size}")
+        same_spec = True
     add_to_it = ""
-    if matching and found.spec_hash == wanted.spec_hash and found.probe_hash == wanted.probe_hash:
+    if matching and same_spec:
         add_to_it = f"To add to it, pass {' '.join(matching)}. "
     return (
         f"store {root} holds {count} kernels made with another "
@@ -308,6 +320,26 @@ def mixed_message(root: Path, found: StoreIdentity, wanted: StoreIdentity, count
         f"or pass --overwrite to replace that store (it deletes those {count} kernels and the "
         "results made from them)."
     )
+
+
+def _probe_size_alone(stored: Any, wanted: Any) -> int | None:
+    """The store's probe size when its spec (a resolved spec's dict) differs from this run's in
+    ``[probe] size`` alone (a store made with ``kernels --probe-size``), else None."""
+    if not isinstance(stored, Mapping) or not isinstance(wanted, Mapping):
+        return None
+    try:  # as the manifest holds them (JSON: tuples become lists)
+        stored, wanted = (json.loads(json.dumps(d, allow_nan=False)) for d in (stored, wanted))
+    except (TypeError, ValueError):
+        return None
+    probe, mine = stored.get("probe"), wanted.get("probe")
+    if not isinstance(probe, Mapping) or not isinstance(mine, Mapping):
+        return None
+    size = probe.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size == mine.get("size"):
+        return None
+    if {**stored, "probe": {**probe, "size": mine.get("size")}} != wanted:
+        return None
+    return size
 
 
 def rebuilt_note(root: Path, note: str, adopted: int, foreign: int) -> str:

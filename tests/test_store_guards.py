@@ -26,7 +26,7 @@ from test_store import (
     record,
     store_with_kernels,
 )
-from tiny_run import SPEC, metadata, run_fixtures
+from tiny_run import SPEC, STEPS, metadata, run_fixtures
 
 from conetool import paths, store_manifest
 from conetool import store as store_module
@@ -896,6 +896,32 @@ def test_a_manifest_rebuilt_from_the_kernel_files_is_the_same_store(tmp_path):
     # a store cleared by --overwrite and started again is still another store, for both
     Store.open_for_writing(root, OTHER, HEADER, overwrite=True).close()
     assert reader.replaced() and sweep.replaced()
+
+
+def test_a_store_made_with_another_probe_size_names_the_probe_size_that_adds_to_it(run, tmp_path):
+    """Rules out: a store made with kernels --probe-size 4, rerun without it (the spec's 6), was
+    refused naming only two hashes: the message offered another --store or --overwrite (which
+    deletes the kernels), never the --probe-size that adds to the store."""
+    root = tmp_path / "s"
+    kernels(run, store=root, probe_size=4, device="cpu")
+    with pytest.raises(StoreError) as refused:
+        kernels(run, store=root, device="cpu")
+    assert "To add to it, pass --probe-size 4. " in str(refused.value)
+    with pytest.raises(StoreError) as refused:  # and another kind: both flags
+        kernels(run, store=root, kind="sum", device="cpu")
+    assert "To add to it, pass --probe-size 4 --kind trace. " in str(refused.value)
+    again = kernels(run, store=root, probe_size=4, device="cpu")  # the advice, followed
+    assert again.computed == [] and again.skipped == STEPS
+    # a spec that differs in more than the probe size: no flag makes it the store's
+    stored = json.loads(paths.manifest(root).read_text())["spec"]
+    wanted = json.loads(json.dumps(stored))
+    wanted["probe"]["size"], wanted["train"]["lr"] = 6, 0.05
+    ident = dataclasses.replace(IDENT, spec_hash="b" * 16, probe_hash="c" * 16)
+    message = store_manifest.mixed_message(root, IDENT, ident, 3, (stored, wanted))
+    assert "To add to it" not in message
+    wanted["train"]["lr"] = stored["train"]["lr"]
+    message = store_manifest.mixed_message(root, IDENT, ident, 3, (stored, wanted))
+    assert "To add to it, pass --probe-size 4. " in message
 
 
 def test_kernel_files_of_two_stores_give_the_rebuilt_manifest_a_new_id(tmp_path):
