@@ -34,9 +34,11 @@ def inspect(
 ) -> None:
     """List the checkpoints of a directory and say what is wrong with any of them.
 
-    Reads file headers only (fast on thousands of files) unless --verify. With a spec
-    (--spec, or CKPTS/conetool.toml) keys and shapes are checked against the model. Exits 1
-    when any checkpoint is unusable.
+    Reads file headers only (fast on thousands of safetensors files; of a torch.save file, its
+    pickle with the tensors memory-mapped) unless --verify. With a spec (--spec, or
+    CKPTS/conetool.toml) keys and shapes are checked against the model. Exits 1 when any
+    checkpoint is unusable. What to check is said in 'warning:' lines, what is information only
+    in 'note:' lines, which --quiet leaves out.
 
     Example: conetool inspect runs/digits --verify
     """
