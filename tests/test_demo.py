@@ -129,3 +129,36 @@ def test_every_stage_runs_with_the_demos_threads(finished, monkeypatch):
     demo(finished.out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8], threads=2)
     assert seen["distance"] and set(seen["distance"]) == {2}, seen
     assert seen["spectrum"] and set(seen["spectrum"]) == {2}, seen
+
+
+@pytest.mark.parametrize(
+    ("end", "span", "shown"),
+    [
+        (0, [0, 0], ", Phase I ends at step 0"),
+        (700, [700, 800], ", Phase I ends at step 700 (range 700 to 800)"),
+        (None, None, ""),
+    ],
+)
+def test_the_demo_prints_the_verdict_line_distance_prints(monkeypatch, tmp_path, end, span, shown):
+    """demo's verdict line dropped a Phase I ending at step 0 (``if phase1_end``) and the fit's
+    range that distance prints: both now come from one function."""
+    import conetool.pipeline.run_demo as run_demo
+
+    def fake(out, **_):  # type: ignore[no-untyped-def]
+        numbers = {"velocity": {"phase1_range": span}} if span else {}
+        return run_demo.DemoResult(
+            out=Path(out),
+            ckpts=tmp_path,
+            store=tmp_path,
+            report_html=tmp_path / "report.html",
+            report_md=tmp_path / "report.md",
+            verdict={"regime": "lazy", "phase1_end": end, "numbers": numbers, "explanation": ""},
+            test_acc=0.9,
+            stage_seconds={"train": 1.0},
+        )
+
+    monkeypatch.setattr(run_demo, "demo", fake)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "-q"])
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("verdict: ")]
+    assert line.split(")", 1)[1] == shown, line

@@ -103,8 +103,8 @@ def _nested_list(scan: Scan) -> str:
     return ", ".join(shown[:5]) + (f" and {more} more" if more > 0 else "")
 
 
-def nested_note(scan: Scan) -> str | None:
-    """The note for checkpoints in subfolders, which are not read; None when there are none."""
+def nested_warning(scan: Scan) -> str | None:
+    """The warning for checkpoints in subfolders, which are not read; None when there are none."""
     if not scan.nested:
         return None
     first = scan.directory / next(iter(scan.nested))
@@ -446,7 +446,7 @@ def checkpoint_listing(
         note(said)
     if said := copies_note(scan):  # the same bytes as a file read: nothing is lost
         note(said)
-    if said := nested_note(scan):  # checkpoints in subfolders are not read: a warning
+    if said := nested_warning(scan):  # checkpoints in subfolders are not read: a warning
         warn(said)
     return CheckpointListing(refs, {c.folder or c.location: c.problem or "" for c in bad})
 

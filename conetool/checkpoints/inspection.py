@@ -23,7 +23,7 @@ from .discover import (
     Candidate,
     copies_note,
     default_warn,
-    nested_note,
+    nested_warning,
     not_state_dicts_note,
     scan_selected,
     stored_step_note,
@@ -109,7 +109,7 @@ def inspect_checkpoints(
         (stored[0] if stored else None, warn if stored and stored[1] else note),
         (not_state_dicts_note(scan), note),
         (copies_note(scan), note),  # the same bytes as a file read: nothing is lost
-        (nested_note(scan), warn),  # checkpoints in subfolders are not read
+        (nested_warning(scan), warn),  # checkpoints in subfolders are not read
     )
     for message, say in said_of_the_directory:
         if message:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .distance_cmd import verdict_line
 from .runtime import Threads, starting, warned_at_the_end
 
 
@@ -72,14 +73,9 @@ def demo(
         f"{sum(result.stage_seconds.values()):.1f}s",
     )
     console.print(table)
-    from ..verdict import REGIMES
-
     verdict = result.verdict
-    console.print(
-        f"verdict: [bold]{verdict['regime']}[/] ({REGIMES[verdict['regime']][0]})"
-        + (f", Phase I ends at step {verdict['phase1_end']}" if verdict.get("phase1_end") else ""),
-        highlight=False,
-    )
+    line = verdict_line(verdict["regime"], verdict.get("phase1_end"), verdict.get("numbers", {}))
+    console.print(line, highlight=False)
     console.print(verdict.get("explanation", ""), highlight=False, markup=False)
     console.print(f"report: {result.report_html}", highlight=False, markup=False)
     console.print(f"        {result.report_md}", highlight=False, markup=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -21,6 +21,19 @@ from .options import (
 from .runtime import Threads, starting
 
 _RULES = VERDICT_DEFAULTS
+
+
+def verdict_line(regime: str, phase1_end: int | None, numbers: dict[str, Any]) -> str:
+    """``verdict: [bold]REGIME[/bold] (what it means), Phase I ends at step N (range A to B)``
+    (rich markup), as ``distance`` and ``demo`` print it; the range when the fit's is wider
+    than one checkpoint."""
+    from ..verdict import REGIMES
+
+    end = "" if phase1_end is None else f", Phase I ends at step {phase1_end}"
+    span = numbers.get("velocity", {}).get("phase1_range")
+    if phase1_end is not None and span and span[0] != span[1]:
+        end += f" (range {span[0]} to {span[1]})"
+    return f"verdict: [bold]{regime}[/bold] ({REGIMES[regime][0]}){end}"
 
 
 def _g(x: float) -> str:
@@ -207,14 +220,9 @@ def distance(
         highlight=False,
     )
     verdict = result.verdict
-    end = "" if verdict.phase1_end is None else f", Phase I ends at step {verdict.phase1_end}"
-    span = verdict.numbers.get("velocity", {}).get("phase1_range")
-    if verdict.phase1_end is not None and span and span[0] != span[1]:
-        end += f" (range {span[0]} to {span[1]})"
-    from ..verdict import REGIMES
-
-    short = REGIMES[verdict.regime][0]
-    console.print(f"verdict: [bold]{verdict.regime}[/bold] ({short}){end}", highlight=False)
+    console.print(
+        verdict_line(verdict.regime, verdict.phase1_end, verdict.numbers), highlight=False
+    )
     console.print(escape(verdict.explanation), highlight=False)
     for step, why in result.excluded.items():
         console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
