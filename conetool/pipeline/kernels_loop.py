@@ -129,7 +129,7 @@ def compute_all(
     model: nn.Module,
     options: KernelsOptions,
     progress: Progress,
-    notes: list[str],
+    warnings: list[str],
 ) -> KernelsResult:
     kind, dtype, max_memory = options.kind, options.dtype, options.max_memory
     method, skip_bad = options.method, options.skip_bad
@@ -147,7 +147,7 @@ def compute_all(
         [
             ref.step
             for ref in plan.refs
-            if not _unchanged(out, ref, notes, progress)
+            if not _unchanged(out, ref, warnings, progress)
             or (evaluated is not None and not _eval_unchanged(out, ref.step, eval_hash))
             or (layers is not None and not _layers_unchanged(out, ref.step, layer_hash))
         ]
@@ -173,7 +173,7 @@ def compute_all(
         """Lower-precision checkpoints: said for the first file only (a run saves them alike)."""
         if not warned:
             warned.append(message)
-            notes.append(message)
+            warnings.append(message)
             progress.log(f"warning: {message}")
 
     memo = EngineMemo()  # the checks and the engine's set-up run once per run, not per checkpoint
@@ -380,7 +380,7 @@ def compute_all(
         ]
         after = _fingerprints(out)
         if note := retrained_warning(before, after, all_computed, gone, str(out.root)):
-            notes.append(note)
+            warnings.append(note)
             progress.log(f"warning: {note}")
     found_shape = next((tuple(o["shape"]) for o in shares if o["shape"]), ())
     devices = [other["device"] for other in shares]
@@ -393,7 +393,7 @@ def compute_all(
         seconds_per_kernel=sum(all_seconds) / len(all_seconds) if all_seconds else None,
         peak_memory=max(other["peak_memory"] for other in shares),
         device=devices[0] if len(devices) == 1 else _describe_devices(devices),
-        warnings=notes,
+        warnings=warnings,
         ranks=job.world_size,
         eval_computed=sorted(s for other in shares for s in other["eval_computed"]),
         eval_size=len(evaluated) if evaluated is not None else None,
@@ -436,7 +436,7 @@ def _describe_devices(devices: list[str]) -> str:
 def _unchanged(
     store: Store,
     ref: CheckpointRef,
-    notes: list[str] | None = None,
+    warnings: list[str] | None = None,
     progress: Progress | None = None,
 ) -> bool:
     """Cheap check before reading the file: same size and modification time as when stored, and
@@ -452,8 +452,8 @@ def _unchanged(
     problem = store.kernel_file_problem(ref.step)
     if problem is not None:
         message = f"step {ref.step}: {problem}; recomputing it"
-        if notes is not None:
-            notes.append(message)
+        if warnings is not None:
+            warnings.append(message)
         if progress is not None:
             progress.log(f"warning: {message}")
         return False
