@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flushed_dirs import flushed_dirs
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_run import SPEC
@@ -372,27 +373,12 @@ def test_an_atomic_write_flushes_the_directory_after_the_rename(tmp_path, monkey
     assert json.loads(target.read_text()) == {"new": 1}
 
 
-def _flushed_dirs(monkeypatch) -> list[int]:
-    """Record the inode of every directory that conetool.io flushes (os.fsync on it)."""
-    real = conetool.io.os.fsync
-    flushed: list[int] = []
-
-    def fsync(fd):
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            flushed.append(info.st_ino)
-        return real(fd)
-
-    monkeypatch.setattr(conetool.io.os, "fsync", fsync)
-    return flushed
-
-
 def test_a_new_folder_is_flushed_into_its_parent_once(tmp_path, monkeypatch):
     # a folder made by mkdir is an entry of its parent: unflushed, a power loss may take it away
     # with the files renamed (and flushed) into it. Was: no flush of any parent after a mkdir.
     if os.name == "nt":
         pytest.skip("Windows cannot open a directory to flush it")
-    flushed = _flushed_dirs(monkeypatch)
+    flushed = flushed_dirs(monkeypatch)
     conetool.io.make_dir(tmp_path / "a" / "b" / "c")
     inode = lambda p: os.stat(p).st_ino  # noqa: E731
     assert flushed == [inode(tmp_path), inode(tmp_path / "a"), inode(tmp_path / "a" / "b")]
@@ -410,7 +396,7 @@ def test_a_new_store_and_its_kernels_folder_are_flushed_into_their_parents(
 ):
     if os.name == "nt":
         pytest.skip("Windows cannot open a directory to flush it")
-    flushed = _flushed_dirs(monkeypatch)
+    flushed = flushed_dirs(monkeypatch)
     store = tmp_path / "new" / "store"
     kernels(run, store=store, steps="0:0", device="cpu")
     # new/ (never written into) and the store made by the lock, kernels/ made before its file

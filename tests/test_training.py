@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
-import stat
 from pathlib import Path
 
 import pytest
 import torch
+from flushed_dirs import flushed_dirs
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import conetool.io
 from conetool import paths
 from conetool.errors import ConetoolError, StoreError
 from conetool.spec import spec_from_dict
@@ -153,16 +152,7 @@ def test_a_new_checkpoint_folder_is_flushed_into_its_parent(tmp_path, monkeypatc
     Now it is made by conetool.io.make_dir, as the store's folders are."""
     if os.name == "nt":
         pytest.skip("Windows cannot open a directory to flush it")
-    real = conetool.io.os.fsync
-    flushed: list[int] = []
-
-    def fsync(fd):
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            flushed.append(info.st_ino)
-        return real(fd)
-
-    monkeypatch.setattr(conetool.io.os, "fsync", fsync)
+    flushed = flushed_dirs(monkeypatch)
     out = tmp_path / "new" / "run"
     train(tiny_spec(steps=3, save_every=3, save_at=[]), out)
     for made in (out.parent, out):  # both made by train: each flushed into its parent
