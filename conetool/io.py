@@ -36,6 +36,30 @@ from safetensors.torch import save_file
 from .errors import StoreError
 from .units import format_bytes
 
+#: safetensors' dtype codes (a file header's ``dtype``) -> torch dtypes
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in [
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("C64", "complex64"),
+]:
+    if hasattr(torch, _attr):  # newer dtypes, absent from older torch builds
+        SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
+
 # The errors of a file system that cannot take a write: full, over quota, read-only, not ours.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)

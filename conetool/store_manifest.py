@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from . import paths
 from ._version import __version__
 from .errors import StoreError
-from .io import atomic_write_text
+from .io import SAFETENSORS_DTYPES, atomic_write_text
 
 FORMAT = "conetool-store"
 FORMAT_VERSION = 1
@@ -454,21 +454,6 @@ def _compared(record: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
-#: safetensors' dtype codes -> torch's names, as a kernel file's ``dtype`` metadata says them
-_DTYPE_NAMES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-
-
 class KernelHeader(NamedTuple):
     """A kernel file's header: its metadata, and the shape and dtype (``"float32"``, ...) of
     its tensor ``kernel``."""
@@ -489,7 +474,9 @@ def kernel_header(path: Path, label: str) -> KernelHeader | str:
                 return f"{label} {path} holds no tensor 'kernel'"
             tensor = handle.get_slice("kernel")
             code = str(tensor.get_dtype())
-            return KernelHeader(meta, tuple(tensor.get_shape()), _DTYPE_NAMES.get(code, code))
+            dtype = SAFETENSORS_DTYPES.get(code)  # "float32", as the metadata says it
+            name = code if dtype is None else str(dtype).removeprefix("torch.")
+            return KernelHeader(meta, tuple(tensor.get_shape()), name)
     except (OSError, SafetensorError) as exc:
         return f"{label} {path} cannot be read ({exc})"
 

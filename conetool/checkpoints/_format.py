@@ -29,35 +29,13 @@ from typing import NamedTuple
 import torch
 
 from conetool.errors import CheckpointError
+from conetool.io import SAFETENSORS_DTYPES as _DTYPES
 
 SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _CHUNK = 8 * 2**20
 _MAX_HEADER = 100 * 2**20  # safetensors itself refuses headers over 100 MB
 _ZIP_MAGIC = b"PK\x03\x04"
-
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-for _name, _attr in [
-    ("U16", "uint16"),
-    ("U32", "uint32"),
-    ("U64", "uint64"),
-    ("F8_E4M3", "float8_e4m3fn"),
-    ("F8_E5M2", "float8_e5m2"),
-    ("C64", "complex64"),
-]:
-    if hasattr(torch, _attr):  # newer dtypes, absent from older torch builds
-        _DTYPES[_name] = getattr(torch, _attr)
 
 
 def _open(path: Path) -> io.BufferedReader:  # indirection so tests can simulate unreadable files
