@@ -75,7 +75,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from . import paths
 from . import store_companions as companions
@@ -91,6 +90,7 @@ from .store_manifest import (
     StoreIdentity,
     checked_manifest,
     embedded_record,
+    file_metadata,
     kernel_file_problem,
     kernel_metadata,
     made_with,
@@ -852,11 +852,12 @@ def kernel_files_metadata(
     manifest about to be rebuilt can still tell before the probe set is drawn."""
     found = []
     for path in _kernel_files(Path(root)):
+        meta = file_metadata(path)
+        if meta is None:
+            continue
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
             written = path.stat().st_mtime_ns
-        except (OSError, SafetensorError):
+        except OSError:
             continue
         ident = StoreIdentity(spec_hash, meta.get("probe_hash", ""), kind, dtype)
         if made_with(meta, ident):

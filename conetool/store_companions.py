@@ -21,6 +21,7 @@ from .io import atomic_save_safetensors
 from .layer_groups import ROOT, groups_hash
 from .store_manifest import (
     StoreIdentity,
+    file_metadata,
     kernel_header,
     load_finite_kernel,
     made_with,
@@ -66,11 +67,7 @@ def _step_files(folder: Path) -> list[Path]:
 
 def _metadata(path: Path) -> dict[str, str]:
     """A safetensors file's metadata; empty when it cannot be read."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except (OSError, SafetensorError):
-        return {}
+    return file_metadata(path) or {}
 
 
 # ----------------------------------------------------------------- eval kernels

@@ -524,15 +524,21 @@ def made_with(meta: Mapping[str, str], ident: StoreIdentity) -> bool:
     ) == (ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype)
 
 
+def file_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of the safetensors file ``path`` (header only), or None when it cannot be
+    read."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (OSError, SafetensorError):
+        return None
+
+
 def metadata_made_with(path: Path, ident: StoreIdentity) -> dict[str, str] | None:
     """The metadata of the kernel file ``path`` when it is readable and made with ``ident``
     (:func:`made_with`); else None (damaged: load_kernel names it, kernels recomputes it)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-    except (OSError, SafetensorError):
-        return None
-    return meta if made_with(meta, ident) else None
+    meta = file_metadata(path)
+    return meta if meta is not None and made_with(meta, ident) else None
 
 
 def embedded_record(meta: Mapping[str, str] | None) -> tuple[str, dict[str, Any]] | None:
