@@ -279,7 +279,7 @@ class Store:
                 if overwrite:
                     manifest = None
                     cleared = clear(root)
-                elif isinstance(exc.__cause__, Exception) and _looks_like_store(root):
+                elif _damaged(exc, root):
                     manifest = None  # damaged (not foreign, not newer): rebuilt below
                     notes.append(
                         f"{path} was damaged ({exc.__cause__}); rebuilt it from the kernel files"
@@ -840,7 +840,7 @@ def rebuilds_manifest(root: str | Path, read: Mapping[str, Any] | None = None) -
     try:
         read_manifest(path) if read is None else checked_manifest(path, dict(read))
     except StoreError as exc:
-        return isinstance(exc.__cause__, Exception) and _looks_like_store(root)
+        return _damaged(exc, root)
     return False
 
 
@@ -863,6 +863,13 @@ def kernel_files_metadata(
         if made_with(meta, ident):
             found.append((written, meta))
     return [meta for _, meta in sorted(found, key=lambda pair: -pair[0])]
+
+
+def _damaged(exc: StoreError, root: Path) -> bool:
+    """Whether a manifest that :func:`read_manifest` refused with ``exc`` is a damaged one of
+    the store ``root``, which a writer rebuilds from the kernel files (a cause, in a folder that
+    looks like a store), not another tool's file or a newer format's (no cause)."""
+    return isinstance(exc.__cause__, Exception) and _looks_like_store(root)
 
 
 def _looks_like_store(root: Path) -> bool:
