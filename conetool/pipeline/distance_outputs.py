@@ -233,9 +233,6 @@ def per_layer_table(
     return PerLayerTable(rows, header, curves, dt, info, notes=notes)
 
 
-#: Said of a layer file whose header is fine and whose values are not: kernels keeps it.
-
-
 def _unreadable(store: Store, step: int) -> str | None:
     """Why the layer file of ``step`` cannot be read (its header; kernels recomputes it), or
     None when it can."""
