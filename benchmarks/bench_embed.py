@@ -37,10 +37,8 @@ import numpy as np
 from conetool.embedding import (
     MDS_EPS,
     MDS_MAX_ITER,
-    _check,
-    _classical_from_b,
-    _double_center,
     _sklearn_mds,
+    mds_problem,
     stress1,
 )
 from conetool.geometry import distance_matrix
@@ -66,14 +64,6 @@ def trajectory_s(count: int, dim: int = 400, seed: int = 0) -> np.ndarray:
         position = position + speed * direction + noise
         kernels[k] = position
     return distance_matrix(lambda i: kernels[i], count)
-
-
-def problem(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(D, start)`` exactly as ``embed_mds`` makes them."""
-    s = _check(s, dims)
-    d = np.sqrt(2.0 * np.clip(s, 0.0, None))
-    np.fill_diagonal(d, 0.0)
-    return d, _classical_from_b(_double_center(-s), dims)[0]
 
 
 def baseline(d: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int]:
@@ -125,7 +115,7 @@ def profile_sklearn(d: np.ndarray, start: np.ndarray, iterations: int) -> dict[s
 
 
 def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
-    d, start = problem(trajectory_s(count, args.dim), args.dims)
+    d, start = mds_problem(trajectory_s(count, args.dim), args.dims)
     runs: dict[str, list[tuple[float, float, np.ndarray, int]]] = {"baseline": [], "new": []}
     for r in range(args.repeat):
         order = ("baseline", "new") if r % 2 == 0 else ("new", "baseline")
@@ -173,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     rows = []
     with limit_threads(args.threads):
-        d, start = problem(trajectory_s(20, args.dim), args.dims)
+        d, start = mds_problem(trajectory_s(20, args.dim), args.dims)
         baseline(d, start), new(d, start)  # warm-up: scikit-learn's imports, first calls
         for count in sizes:
             row = measure(count, args)

@@ -265,14 +265,20 @@ def embed_mds(s: np.ndarray, dims: int = 2, seed: int = 0) -> tuple[np.ndarray, 
         ``(coords (K, dims), stress)``: centred, oriented coordinates and their Kruskal
         Stress-1 against ``sqrt(2 S)``.
     """
+    d, start = mds_problem(s, dims)
+    if not np.any(d > 0):  # every kernel the same direction: one point (SMACOF would divide by 0)
+        return np.zeros((d.shape[0], dims)), 0.0
+    coords = _orient(smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS).coords)
+    return coords, stress1(coords, d)
+
+
+def mds_problem(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`embed_mds` hands to SMACOF: ``(D (K, K), start (K, dims))``, the chordal
+    distances ``sqrt(2 S)`` (zero diagonal) and the classical solution of ``S``."""
     s = _check(s, dims)
     d = np.sqrt(2.0 * np.clip(s, 0.0, None))
     np.fill_diagonal(d, 0.0)
-    if not np.any(d > 0):  # every kernel the same direction: one point (SMACOF would divide by 0)
-        return np.zeros((d.shape[0], dims)), 0.0
-    start, _ = _classical_from_b(_double_center(-s), dims)
-    coords = _orient(smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS).coords)
-    return coords, stress1(coords, d)
+    return d, _classical_from_b(_double_center(-s), dims)[0]
 
 
 def embed_kernels(

@@ -18,12 +18,10 @@ from sklearn.manifold import smacof as sklearn_smacof
 from conetool.embedding import (
     MDS_EPS,
     MDS_MAX_ITER,
-    _check,
-    _classical_from_b,
-    _double_center,
     _orient,
     _sklearn_mds,
     embed_mds,
+    mds_problem,
 )
 from conetool.geometry import GeometryError, distance_matrix
 from conetool.smacof import SmacofResult, smacof
@@ -42,14 +40,6 @@ def _trajectory(count: int, seed: int = 0, side: int = 6) -> np.ndarray:
         position = position + 0.1 / (1 + 10 * k / count) * direction
         kernels.append(position.reshape(side, side).copy())
     return distance_matrix(lambda i: kernels[i], count)
-
-
-def _start(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(D, start)`` as embed_mds makes them: chordal distances and the classical solution."""
-    s = _check(s, dims)
-    d = np.sqrt(2.0 * np.clip(s, 0.0, None))
-    np.fill_diagonal(d, 0.0)
-    return d, _classical_from_b(_double_center(-s), dims)[0]
 
 
 def _repeated_kernels() -> np.ndarray:
@@ -125,7 +115,7 @@ def test_the_same_iterations_as_scikit_learn(name: str, dims: int) -> None:
         "K = 3": lambda: _trajectory(3, seed=2),
         "not of kernels": _not_of_kernels,
     }[name]()
-    d, start = _start(s, dims)
+    d, start = mds_problem(s, dims)
     # all distances tied: the start is one of many equal eigenvector bases, and SMACOF from
     # such a symmetric configuration amplifies rounding (2e-11 of the scale after 47 steps)
     result = _assert_same(d, start, tolerance=1e-10 if name == "ties" else 1e-12)
@@ -139,7 +129,7 @@ def test_coinciding_start_points_take_scikit_learns_1e_5() -> None:
     their kernels differ: the distance 0 is taken as 1e-5 in R, as scikit-learn does (a value
     only rounding sees, since R_ij multiplies x_i - x_j = 0; without one, R is inf and the
     coordinates NaN)."""
-    d, _ = _start(_trajectory(9, seed=4), 2)
+    d, _ = mds_problem(_trajectory(9, seed=4), 2)
     start = np.array([[0, 0], [0, 0], [1, 0], [2, 1], [2, 1], [-1, 2], [0, 3], [1, -2], [3, 3.0]])
     result = _assert_same(d, start)
     assert result.n_iter > 2
@@ -147,19 +137,19 @@ def test_coinciding_start_points_take_scikit_learns_1e_5() -> None:
 
 @pytest.mark.parametrize(("block_elements", "block_rows"), [(1, 1), (7, 3), (50, 4)])
 def test_small_blocks_give_the_same_iterations(block_elements: int, block_rows: int) -> None:
-    d, start = _start(_repeated_kernels(), 2)
+    d, start = mds_problem(_repeated_kernels(), 2)
     _assert_same(d, start, block_elements=block_elements, block_rows=block_rows)
 
 
 def test_a_stop_at_max_iter_is_the_same() -> None:
-    d, start = _start(_trajectory(30, seed=5), 2)
+    d, start = mds_problem(_trajectory(30, seed=5), 2)
     assert _assert_same(d, start, max_iter=4).n_iter == 4
     assert _assert_same(d, start, max_iter=1).n_iter == 1
 
 
 def test_embed_mds_is_scikit_learns_mds_without_calling_it(monkeypatch: pytest.MonkeyPatch) -> None:
     s = _trajectory(50, seed=6)
-    d, start = _start(s, 2)
+    d, start = mds_problem(s, 2)
     expected = _orient(_sklearn_mds(d, start, 2, 0)[0])
 
     def refuse(*args: object, **kwargs: object) -> None:
