@@ -124,29 +124,30 @@ def build(name: str):
 
 def empirical_ntk_jacobian_contraction(fnet_single, params, x1, x2, compute):
     """The torch.func tutorial's baseline (``compute``: full, trace; plus sum)."""
-    import torch
+    jac1 = baseline_jacobians(fnet_single, params, x1)
+    # The tutorial always recomputes J(x2); here it is reused when x2 is x1.
+    jac2 = jac1 if x2 is x1 else baseline_jacobians(fnet_single, params, x2)
+    return baseline_contraction(jac1, jac2, compute)
+
+
+def baseline_jacobians(fnet_single, params, x):
+    """The baseline's first half: ``J(x)`` by ``vmap(jacrev)``, one ``(n, c, p_t)`` tensor per
+    parameter tensor."""
     from torch.func import jacrev, vmap
 
-    # Compute J(x1)
-    jac1 = vmap(jacrev(fnet_single), (None, 0))(params, x1)
-    jac1 = jac1.values()
-    jac1 = [j.flatten(2) for j in jac1]
+    jac = vmap(jacrev(fnet_single), (None, 0))(params, x)
+    return [j.flatten(2) for j in jac.values()]
 
-    # Compute J(x2); the tutorial always recomputes it, here it is reused when x2 is x1.
-    if x2 is x1:
-        jac2 = jac1
-    else:
-        jac2 = vmap(jacrev(fnet_single), (None, 0))(params, x2)
-        jac2 = jac2.values()
-        jac2 = [j.flatten(2) for j in jac2]
 
-    # Compute J(x1) @ J(x2).T
+def baseline_contraction(jac1, jac2, compute):
+    """The baseline's second half: ``J(x1) @ J(x2).T``, one einsum per parameter tensor, summed."""
+    import torch
+
     einsum_expr = {"full": "Naf,Mbf->NMab", "trace": "Naf,Maf->NM", "sum": "Naf,Mbf->NM"}[compute]
     result = torch.stack(
         [torch.einsum(einsum_expr, j1, j2) for j1, j2 in zip(jac1, jac2, strict=True)]
     )
-    result = result.sum(0)
-    return result
+    return result.sum(0)
 
 
 def baseline(model, x, kind):

@@ -9,9 +9,19 @@ the call (``getrusage``), and the process's peak resident memory.
 Each configuration runs in a fresh process, alternating, ``--repeat`` times (the fastest run is
 kept): with conetool's allocator setting (``kept heap``: :func:`conetool.heap.kept_freed_memory`,
 what every call uses on Linux) and without it (``glibc default``: the setting switched off), so
-the table shows what that setting saves beside the engine's own parts. Example::
+the table shows what that setting saves beside the engine's own parts. With ``--baseline`` a third
+process per repeat times the torch.func tutorial's baseline (``bench_ntk.py``'s, glibc's default
+malloc as there) by its two halves: its Jacobian (``vmap(jacrev)`` over all examples at once, the
+``rows`` column) and its contraction (one einsum per parameter tensor). Below the table, for the
+trace kernel: each line's rows per example and logit, and its contraction's rate (the engine's
+counting the FLOPs of the distinct pairs, ``n(n+1)/2``, which BLAS ``syrk`` computes; the
+baseline's every pair, ``n²``, which its einsum computes), and, in a fourth process, the rates of
+the two BLAS routines on this CPU for the contraction's shape: torch's float32 matrix product
+(MKL, what the einsum runs) and SciPy's ``ssyrk`` (what the engine runs,
+:mod:`conetool.blas_syrk`), on an ``(n, 131,072)`` float32 matrix times its transpose, in pieces
+of 32,768 columns as the engine takes them. Example::
 
-    python benchmarks/bench_ntk_parts.py --model resnet20 --n 1024 --method jacobian --max-memory 4GiB
+    python benchmarks/bench_ntk_parts.py --model resnet20 --n 1024 --method jacobian --max-memory 4GiB --baseline
 """
 
 from __future__ import annotations
@@ -30,6 +40,12 @@ from bench_ntk import MARK  # the worker's result line, as bench_ntk.py's worker
 
 
 def worker(args: argparse.Namespace) -> None:
+    if args.baseline_worker:
+        baseline_worker(args)
+        return
+    if args.probe_worker:
+        probe_worker(args)
+        return
     import torch
     from bench_ntk import SHAPES, build
 
@@ -80,6 +96,21 @@ def worker(args: argparse.Namespace) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     call(x)
+    report(
+        parts,
+        start,
+        before,
+        sum(p.numel() for p in model.parameters()),
+        outputs_per_example(model, x),
+    )
+
+
+def report(
+    parts: dict[str, float], start: float, before: resource.struct_rusage, params: int, logits: int
+) -> None:
+    """Print a worker's result line: the call's seconds since ``start``, its ``parts``, page faults
+    and system time since ``before``, the process's peak memory, the model's parameter and logit
+    counts."""
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     result = {
@@ -88,12 +119,102 @@ def worker(args: argparse.Namespace) -> None:
         "faults": after.ru_minflt - before.ru_minflt,
         "system": after.ru_stime - before.ru_stime,
         "peak": after.ru_maxrss * 1024,
+        "params": params,
+        "logits": logits,
     }
     print(MARK + json.dumps(result))
 
 
-def measure(args: argparse.Namespace, kept: bool) -> dict:
+def baseline_worker(args: argparse.Namespace) -> None:
+    """The baseline's call (``bench_ntk.baseline``) timed by its halves: Jacobian and contraction."""
+    import bench_ntk
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = {"rows": 0.0, "copies": 0.0, "contraction": 0.0}
+
+    def timed(name: str, part: str) -> None:
+        original = getattr(bench_ntk, name)
+
+        def wrapper(*a: object) -> object:
+            start = time.perf_counter()
+            try:
+                return original(*a)
+            finally:
+                parts[part] += time.perf_counter() - start
+
+        setattr(bench_ntk, name, wrapper)
+
+    timed("baseline_jacobians", "rows")
+    timed("baseline_contraction", "contraction")
+    model = bench_ntk.build(args.model)
+    torch.manual_seed(1)
+    x = torch.randn(args.n, *bench_ntk.SHAPES[args.model])
+    bench_ntk.baseline(model, x[:2], args.kind)  # warm-up, as the engine's
+    for part in parts:
+        parts[part] = 0.0
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    bench_ntk.baseline(model, x, args.kind)
+    report(
+        parts,
+        start,
+        before,
+        sum(p.numel() for p in model.parameters()),
+        outputs_per_example(model, x),
+    )
+
+
+def probe_worker(args: argparse.Namespace) -> None:
+    """The float32 rates of torch's matrix product and of SciPy's ``ssyrk`` on an ``(n, 131072)``
+    matrix times its transpose, in pieces of 32,768 columns (the best of three; GFLOP/s of the
+    FLOPs each computes: ``2·n²·w`` for the product, ``n²·w`` for ``syrk``)."""
+    import torch
+
+    from conetool import blas_syrk
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    width, step = 131072, 32768
+    mat = torch.randn(args.n, width, generator=torch.Generator().manual_seed(0))
+
+    def product() -> None:
+        out = torch.zeros(args.n, args.n, dtype=torch.float64)
+        for lo in range(0, width, step):
+            piece = mat[:, lo : lo + step]
+            out += (piece @ piece.T).double()
+
+    def best(call: object) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            call()  # type: ignore[operator]
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    flops = 2 * args.n * args.n * width
+    result = {
+        "matmul": flops / best(product),
+        "syrk": flops / 2 / best(lambda: blas_syrk.gram(mat, step)),
+    }
+    print(MARK + json.dumps(result))
+
+
+def outputs_per_example(model: object, x: object) -> int:
+    """The model's outputs per example."""
+    import torch
+
+    with torch.no_grad():
+        return int(model(x[:1]).shape[-1])  # type: ignore[operator,index]
+
+
+def measure(
+    args: argparse.Namespace, kept: bool, baseline: bool = False, probe: bool = False
+) -> dict:
     command = [sys.executable, __file__, "--worker", *(["--kept"] if kept else [])]
+    command += ["--baseline-worker"] if baseline else []
+    command += ["--probe-worker"] if probe else []
     for flag in ("model", "n", "method", "max_memory", "kind", "threads"):
         value = getattr(args, flag)
         if value is not None:
@@ -116,39 +237,78 @@ def main() -> None:
     parser.add_argument("--kind", default="trace", choices=["trace", "full", "sum"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time the torch.func baseline's Jacobian and contraction (a third process)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    labels = {True: "kept heap", False: "glibc default"}
-    best: dict[bool, dict] = {}
+    labels = {"kept": "kept heap", "glibc": "glibc default", "baseline": "baseline"}
+    configs = ["kept", "glibc", *(["baseline"] if args.baseline else [])]
+    best: dict[str, dict] = {}
     for rep in range(args.repeat):
-        for kept in (True, False)[:: -1 if rep % 2 else 1]:
-            row = measure(args, kept)
-            if kept not in best or "error" in row or row["seconds"] < best[kept]["seconds"]:
-                best[kept] = row
+        for config in configs[:: -1 if rep % 2 else 1]:
+            row = measure(args, config == "kept", baseline=config == "baseline")
+            if config not in best or "error" in row or row["seconds"] < best[config]["seconds"]:
+                best[config] = row
     print(
         f"{args.model} n = {args.n}, {args.kind}, --method {args.method}, "
         f"--max-memory {args.max_memory}; fastest of {args.repeat}"
     )
     header = (
-        f"{'malloc':<14} {'total s':>8} {'rows s':>7} {'copies s':>9} {'contraction s':>14} "
+        f"{'run':<14} {'total s':>8} {'rows s':>7} {'copies s':>9} {'contraction s':>14} "
         f"{'faults':>10} {'system s':>9} {'peak MiB':>9}"
     )
     print(header)
     print("-" * len(header))
-    for kept in (True, False):
-        row = best[kept]
+    for config in configs:
+        row = best[config]
         if "error" in row:
-            print(f"{labels[kept]:<14} {row['error']}")
+            print(f"{labels[config]:<14} {row['error']}")
             continue
         print(
-            f"{labels[kept]:<14} {row['seconds']:>8.2f} {row['rows']:>7.2f} {row['copies']:>9.2f} "
+            f"{labels[config]:<14} {row['seconds']:>8.2f} {row['rows']:>7.2f} {row['copies']:>9.2f} "
             f"{row['contraction']:>14.2f} {row['faults']:>10,} {row['system']:>9.2f} "
             f"{row['peak'] / 2**20:>9.0f}"
         )
+    if args.kind == "trace":
+        print(rates(args.n, best, labels))
+    if args.baseline:
+        probe = measure(args, kept=False, probe=True)
+        if "error" in probe:
+            print(f"BLAS probe: {probe['error']}")
+        else:
+            print(
+                f"BLAS probe, {args.n} x 131,072 float32 times its transpose in pieces of 32,768 "
+                f"columns: torch's product {probe['matmul'] / 1e9:.0f} GFLOP/s, SciPy's ssyrk "
+                f"{probe['syrk'] / 1e9:.0f} GFLOP/s"
+            )
+
+
+def rates(n: int, best: dict[str, dict], labels: dict[str, str]) -> str:
+    """For the trace kernel: each line's rows per example and logit, and its contraction's rate
+    (distinct pairs for the engine, every pair for the baseline)."""
+    lines = []
+    for config, row in best.items():
+        if "error" in row or not row["rows"] or not row["contraction"]:
+            continue
+        width = row["logits"] * row["params"]  # values per example's row
+        pairs = n * n if config == "baseline" else n * (n + 1) / 2
+        flops = 2 * pairs * width
+        lines.append(
+            f"{labels[config]}: rows {row['rows'] / (row['logits'] * n) * 1e3:.2f} ms per example "
+            "and logit, "
+            f"contraction {flops / row['contraction'] / 1e9:.0f} GFLOP/s "
+            f"({flops / 1e12:.2f} TFLOP, {'every pair' if config == 'baseline' else 'distinct pairs'})"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
