@@ -16,10 +16,12 @@ malloc as there) by its two halves: its Jacobian (``vmap(jacrev)`` over all exam
 trace kernel: each line's rows per example and logit, and its contraction's rate (the engine's
 counting the FLOPs of the distinct pairs, ``n(n+1)/2``, which BLAS ``syrk`` computes; the
 baseline's every pair, ``n²``, which its einsum computes), and, in a fourth process, the rates of
-the two BLAS routines on this CPU for the contraction's shape: torch's float32 matrix product
-(MKL, what the einsum runs) and SciPy's ``ssyrk`` (what the engine runs,
-:mod:`conetool.blas_syrk`), on an ``(n, 131,072)`` float32 matrix times its transpose, in pieces
-of 32,768 columns as the engine takes them. Example::
+the BLAS routines on this CPU for the contraction's shape: torch's float32 matrix product (MKL,
+what the einsum runs), SciPy's ``ssyrk`` (what the engine runs, :mod:`conetool.blas_syrk`), and
+the triangle as torch products of four row blocks, each with itself and the blocks after it (what
+the engine could run instead of ``ssyrk``), on an ``(n, 131,072)`` float32 matrix times its
+transpose, in pieces of 32,768 columns as the engine takes them (``--probe-only``: the probe
+alone). Example::
 
     python benchmarks/bench_ntk_parts.py --model resnet20 --n 1024 --method jacobian --max-memory 4GiB --baseline
 """
@@ -167,9 +169,10 @@ def baseline_worker(args: argparse.Namespace) -> None:
 
 
 def probe_worker(args: argparse.Namespace) -> None:
-    """The float32 rates of torch's matrix product and of SciPy's ``ssyrk`` on an ``(n, 131072)``
-    matrix times its transpose, in pieces of 32,768 columns (the best of three; GFLOP/s of the
-    FLOPs each computes: ``2·n²·w`` for the product, ``n²·w`` for ``syrk``)."""
+    """The float32 rates of torch's matrix product, of SciPy's ``ssyrk`` and of the triangle as
+    torch products of four row blocks, on an ``(n, 131072)`` matrix times its transpose, in pieces
+    of 32,768 columns (the best of three; GFLOP/s of the FLOPs of the whole product, ``2·n²·w``,
+    for the product, of the distinct pairs, ``n²·w``, for the other two)."""
     import torch
 
     from conetool import blas_syrk
@@ -193,10 +196,20 @@ def probe_worker(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - start)
         return min(times)
 
+    def triangle(blocks: int = 4) -> None:
+        out = torch.zeros(args.n, args.n, dtype=torch.float64)
+        rows = -(-args.n // blocks)
+        for lo in range(0, width, step):
+            piece = mat[:, lo : lo + step]
+            for top in range(0, args.n, rows):
+                block = piece[top : top + rows]
+                out[top : top + rows, top:] += (block @ piece[top:].T).double()
+
     flops = 2 * args.n * args.n * width
     result = {
         "matmul": flops / best(product),
         "syrk": flops / 2 / best(lambda: blas_syrk.gram(mat, step)),
+        "triangle": flops / 2 / best(triangle),
     }
     print(MARK + json.dumps(result))
 
@@ -242,6 +255,9 @@ def main() -> None:
         action="store_true",
         help="also time the torch.func baseline's Jacobian and contraction (a third process)",
     )
+    parser.add_argument(
+        "--probe-only", action="store_true", help="only the BLAS probe (no eNTK is computed)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--probe-worker", action="store_true", help=argparse.SUPPRESS)
@@ -249,6 +265,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.probe_only:
+        print(probe_line(args))
         return
     labels = {"kept": "kept heap", "glibc": "glibc default", "baseline": "baseline"}
     configs = ["kept", "glibc", *(["baseline"] if args.baseline else [])]
@@ -281,15 +300,7 @@ def main() -> None:
     if args.kind == "trace":
         print(rates(args.n, best, labels))
     if args.baseline:
-        probe = measure(args, kept=False, probe=True)
-        if "error" in probe:
-            print(f"BLAS probe: {probe['error']}")
-        else:
-            print(
-                f"BLAS probe, {args.n} x 131,072 float32 times its transpose in pieces of 32,768 "
-                f"columns: torch's product {probe['matmul'] / 1e9:.0f} GFLOP/s, SciPy's ssyrk "
-                f"{probe['syrk'] / 1e9:.0f} GFLOP/s"
-            )
+        print(probe_line(args))
 
 
 def rates(n: int, best: dict[str, dict], labels: dict[str, str]) -> str:
@@ -309,6 +320,19 @@ def rates(n: int, best: dict[str, dict], labels: dict[str, str]) -> str:
             f"({flops / 1e12:.2f} TFLOP, {'every pair' if config == 'baseline' else 'distinct pairs'})"
         )
     return "\n".join(lines)
+
+
+def probe_line(args: argparse.Namespace) -> str:
+    """The BLAS probe's line (:func:`probe_worker`, in a fresh process)."""
+    probe = measure(args, kept=False, probe=True)
+    if "error" in probe:
+        return f"BLAS probe: {probe['error']}"
+    return (
+        f"BLAS probe, {args.n:,} x 131,072 float32 times its transpose in pieces of 32,768 "
+        f"columns: torch's product {probe['matmul'] / 1e9:.0f} GFLOP/s, SciPy's ssyrk "
+        f"{probe['syrk'] / 1e9:.0f} GFLOP/s, the triangle as torch products of four row blocks "
+        f"{probe['triangle'] / 1e9:.0f} GFLOP/s (the last two: FLOPs of the distinct pairs)"
+    )
 
 
 if __name__ == "__main__":
