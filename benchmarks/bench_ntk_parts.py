@@ -17,11 +17,12 @@ trace kernel: each line's rows per example and logit, and its contraction's rate
 counting the FLOPs of the distinct pairs, ``n(n+1)/2``, which BLAS ``syrk`` computes; the
 baseline's every pair, ``n²``, which its einsum computes), and, in a fourth process, the rates of
 the BLAS routines on this CPU for the contraction's shape: torch's float32 matrix product (MKL,
-what the einsum runs), SciPy's ``ssyrk`` (what the engine runs, :mod:`conetool.blas_syrk`), and
-the triangle as torch products of four row blocks, each with itself and the blocks after it (what
-the engine could run instead of ``ssyrk``), on an ``(n, 131,072)`` float32 matrix times its
+what the einsum runs), the two ``ssyrk`` the engine can run (:mod:`conetool.blas_syrk`: SciPy's,
+and PyTorch's MKL's where it has one), and the triangle as torch products of four row blocks,
+each with itself and the blocks after it, on an ``(n, 131,072)`` float32 matrix times its
 transpose, in pieces of 32,768 columns as the engine takes them (``--probe-only``: the probe
-alone). Example::
+alone). ``--syrk scipy`` adds a line: the engine with its syrk through SciPy's BLAS (the default
+is :func:`conetool.blas_syrk.backend`'s choice). Example::
 
     python benchmarks/bench_ntk_parts.py --model resnet20 --n 1024 --method jacobian --max-memory 4GiB --baseline
 """
@@ -55,6 +56,10 @@ def worker(args: argparse.Namespace) -> None:
     from conetool.ntk_reference import JacobianRows
     from conetool.ntk_structured import StructuredRows
 
+    if args.syrk_worker:  # the contraction's syrk through this BLAS (see --syrk)
+        from conetool import blas_syrk
+
+        blas_syrk.backend = lambda: args.syrk_worker
     if not args.kept:
         heap.applies = lambda: False  # glibc's own behaviour
     if args.threads:
@@ -169,8 +174,8 @@ def baseline_worker(args: argparse.Namespace) -> None:
 
 
 def probe_worker(args: argparse.Namespace) -> None:
-    """The float32 rates of torch's matrix product, of SciPy's ``ssyrk`` and of the triangle as
-    torch products of four row blocks, on an ``(n, 131072)`` matrix times its transpose, in pieces
+    """The float32 rates of torch's matrix product, of SciPy's ``ssyrk``, of the triangle as
+    torch products of four row blocks and of PyTorch's MKL's ``ssyrk`` (where it has one), on an ``(n, 131072)`` matrix times its transpose, in pieces
     of 32,768 columns (the best of three; GFLOP/s of the FLOPs of the whole product, ``2·n²·w``,
     for the product, of the distinct pairs, ``n²·w``, for the other two)."""
     import torch
@@ -208,9 +213,11 @@ def probe_worker(args: argparse.Namespace) -> None:
     flops = 2 * args.n * args.n * width
     result = {
         "matmul": flops / best(product),
-        "syrk": flops / 2 / best(lambda: blas_syrk.gram(mat, step)),
+        "syrk": flops / 2 / best(lambda: blas_syrk.gram(mat, step, using="scipy")),
         "triangle": flops / 2 / best(triangle),
     }
+    if blas_syrk._mkl_routines() is not None:
+        result["mkl"] = flops / 2 / best(lambda: blas_syrk.gram(mat, step, using="mkl"))
     print(MARK + json.dumps(result))
 
 
@@ -223,9 +230,14 @@ def outputs_per_example(model: object, x: object) -> int:
 
 
 def measure(
-    args: argparse.Namespace, kept: bool, baseline: bool = False, probe: bool = False
+    args: argparse.Namespace,
+    kept: bool,
+    baseline: bool = False,
+    probe: bool = False,
+    syrk: str | None = None,
 ) -> dict:
     command = [sys.executable, __file__, "--worker", *(["--kept"] if kept else [])]
+    command += ["--syrk-worker", syrk] if syrk else []
     command += ["--baseline-worker"] if baseline else []
     command += ["--probe-worker"] if probe else []
     for flag in ("model", "n", "method", "max_memory", "kind", "threads"):
@@ -262,6 +274,14 @@ def main() -> None:
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--probe-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--syrk-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--syrk",
+        default=None,
+        choices=["mkl", "scipy"],
+        help="also run the engine (kept heap) with its contraction's syrk through this BLAS "
+        "(conetool.blas_syrk: PyTorch's MKL or SciPy's), one more line",
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -271,10 +291,18 @@ def main() -> None:
         return
     labels = {"kept": "kept heap", "glibc": "glibc default", "baseline": "baseline"}
     configs = ["kept", "glibc", *(["baseline"] if args.baseline else [])]
+    if args.syrk:
+        labels["syrk"] = f"{args.syrk} syrk"
+        configs.insert(1, "syrk")
     best: dict[str, dict] = {}
     for rep in range(args.repeat):
         for config in configs[:: -1 if rep % 2 else 1]:
-            row = measure(args, config == "kept", baseline=config == "baseline")
+            row = measure(
+                args,
+                config in ("kept", "syrk"),
+                baseline=config == "baseline",
+                syrk=args.syrk if config == "syrk" else None,
+            )
             if config not in best or "error" in row or row["seconds"] < best[config]["seconds"]:
                 best[config] = row
     print(
@@ -327,11 +355,13 @@ def probe_line(args: argparse.Namespace) -> str:
     probe = measure(args, kept=False, probe=True)
     if "error" in probe:
         return f"BLAS probe: {probe['error']}"
+    mkl = f", PyTorch's MKL's ssyrk {probe['mkl'] / 1e9:.0f} GFLOP/s" if "mkl" in probe else ""
     return (
         f"BLAS probe, {args.n:,} x 131,072 float32 times its transpose in pieces of 32,768 "
         f"columns: torch's product {probe['matmul'] / 1e9:.0f} GFLOP/s, SciPy's ssyrk "
         f"{probe['syrk'] / 1e9:.0f} GFLOP/s, the triangle as torch products of four row blocks "
-        f"{probe['triangle'] / 1e9:.0f} GFLOP/s (the last two: FLOPs of the distinct pairs)"
+        f"{probe['triangle'] / 1e9:.0f} GFLOP/s{mkl} (all but the first: FLOPs of the distinct "
+        "pairs)"
     )
 
 

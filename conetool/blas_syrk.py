@@ -6,34 +6,47 @@ leading dimension ``w``, and ``mat @ mat.T = A^T A``, which ``syrk`` computes wi
 ``trans = "T"``. A piece of columns ``lo:hi`` of ``mat`` is the rows ``lo:hi`` of ``A``: a pointer
 into the same memory with the same leading dimension, so no piece is copied. SciPy's f2py
 wrappers (``scipy.linalg.blas.ssyrk``) would copy every piece into a contiguous array, and
-allocate a new ``(m, m)`` result for each; here one float32 result buffer is reused and added into
-a float64 sum after each piece.
+allocate a new ``(m, m)`` result for each; here one result buffer is reused and added into a
+float64 sum after each piece.
 
-The routines are SciPy's (``scipy.linalg.cython_blas``, the BLAS that SciPy itself links; SciPy
-comes with scikit-learn), called through the function pointers that module exports for C code.
-ctypes releases the GIL during each call. SciPy's BLAS has its own thread pool, set to torch's
-thread count for each call.
+Two BLAS libraries can serve, called through ctypes (which releases the GIL during each call):
+
+- ``"mkl"``: the MKL that PyTorch links into ``libtorch_cpu`` on x86, whose ``syrk`` driver
+  (``mkl_blas_ssyrk`` / ``mkl_blas_dsyrk``, Fortran calling convention) the library exports; its
+  threads are PyTorch's (``torch.set_num_threads`` sets MKL's). Used only after a check in this
+  process: a small ``syrk`` through it must agree with a float64 product (:func:`_mkl_checked`).
+  On the 2-core AVX-512 CPU of the README's benchmarks it ran the contraction's pieces at
+  TODO GFLOP/s where SciPy's ran at TODO (``benchmarks/bench_ntk_parts.py --probe-only``).
+- ``"scipy"``: the BLAS SciPy links (OpenBLAS in SciPy's wheels; SciPy comes with scikit-learn),
+  through the function pointers ``scipy.linalg.cython_blas`` exports for C code; its own thread
+  pool, set to torch's thread count for each call. The fallback where PyTorch has no MKL (ARM,
+  macOS) or its check fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "gram"]
+__all__ = ["available", "backend", "gram"]
 
 # void ?syrk(char *uplo, char *trans, int *n, int *k, T *alpha, T *a, int *lda, T *beta, T *c,
 #            int *ldc): every argument by pointer (Fortran).
 _SIGNATURE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 10))
 
+Routines = dict[torch.dtype, Callable[..., None]]
+
 
 @functools.cache
-def _routines() -> tuple[dict[torch.dtype, Callable[..., None]], Any] | None:
+def _scipy_routines() -> tuple[Routines, Any] | None:
     """dtype -> SciPy's ``ssyrk``/``dsyrk`` as ctypes functions, and a controller of its BLAS
     threads; None when SciPy or its exported pointers are missing."""
     try:
@@ -46,7 +59,7 @@ def _routines() -> tuple[dict[torch.dtype, Callable[..., None]], Any] | None:
         get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
         get_pointer.restype = ctypes.c_void_p
         get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-        routines: dict[torch.dtype, Callable[..., None]] = {}
+        routines: Routines = {}
         for dtype, name in ((torch.float32, "ssyrk"), (torch.float64, "dsyrk")):
             capsule = capi[name]
             routines[dtype] = _SIGNATURE(get_pointer(capsule, get_name(capsule)))
@@ -55,27 +68,93 @@ def _routines() -> tuple[dict[torch.dtype, Callable[..., None]], Any] | None:
     return routines, ThreadpoolController()
 
 
+@functools.cache
+def _mkl_routines() -> Routines | None:
+    """dtype -> MKL's ``syrk`` drivers in PyTorch's ``libtorch_cpu``, or None where that library
+    exports none (a build without MKL) or integers could be read at the wrong width.
+
+    The integer arguments are passed as 64-bit values: MKL reads them whole (ILP64) or their
+    first 4 bytes (LP64), which on a little-endian machine is the same number below 2**31."""
+    if sys.byteorder != "little" or not torch.backends.mkl.is_available():
+        return None
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        library = ctypes.CDLL(path)  # already loaded by torch: the same handle
+        routines: Routines = {
+            torch.float32: _SIGNATURE(("mkl_blas_ssyrk", library)),
+            torch.float64: _SIGNATURE(("mkl_blas_dsyrk", library)),
+        }
+    except (OSError, AttributeError):  # not Linux, or no such symbols
+        return None
+    return routines
+
+
+@functools.cache
+def _mkl_checked() -> bool:
+    """Whether MKL's ``syrk`` drivers are there and give, for a small float32 and float64 matrix
+    read in place (a leading dimension wider than the piece, several pieces), what a float64
+    product gives. Run once per process."""
+    routines = _mkl_routines()
+    if routines is None:
+        return False
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        wide = torch.randn(67, 400, generator=gen, dtype=dtype)
+        mat = wide[:, 5:333]
+        want = mat.double() @ mat.double().T
+        got = _gram(mat, 100, routines[dtype], None, ctypes.c_int64)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        if not bool(((got - want).abs().max() <= tol * want.abs().max()).item()):
+            return False
+    return True
+
+
+def backend() -> str | None:
+    """The BLAS :func:`gram` uses: ``"mkl"`` (PyTorch's, checked), else ``"scipy"``, else None."""
+    if _mkl_checked():
+        return "mkl"
+    if _scipy_routines() is not None:
+        return "scipy"
+    return None
+
+
 def available() -> bool:
-    """Whether :func:`gram` can run (SciPy's BLAS routines were found)."""
-    return _routines() is not None
+    """Whether :func:`gram` can run (a BLAS ``syrk`` was found)."""
+    return backend() is not None
 
 
-def gram(mat: Tensor, step: int) -> Tensor:
+def gram(mat: Tensor, step: int, using: str | None = None) -> Tensor:
     """``mat @ mat.T`` ``(m, m)`` in float64, exactly symmetric, for a float32 or float64 CPU
     matrix ``mat`` ``(m, w)`` whose rows are contiguous (``mat.stride(1) == 1``).
 
     Computed in pieces of ``step`` columns (one ``syrk`` each, in ``mat``'s dtype), whose upper
-    triangles are summed in float64.
+    triangles are summed in float64. ``using``: ``"mkl"`` or ``"scipy"`` (default: :func:`backend`).
     """
-    found = _routines()
-    if found is None:  # pragma: no cover - callers check available()
-        raise RuntimeError("SciPy's BLAS syrk is not available")
-    routines, threads = found
-    if mat.dtype not in routines or mat.device.type != "cpu" or mat.dim() != 2:
+    using = using or backend()
+    if mat.dtype not in (torch.float32, torch.float64) or mat.device.type != "cpu":
         raise ValueError(f"gram needs a float32 or float64 CPU matrix, got {mat.dtype} {mat.shape}")
+    if mat.dim() != 2:
+        raise ValueError(f"gram needs a float32 or float64 CPU matrix, got {mat.dtype} {mat.shape}")
+    if using == "mkl":
+        mkl = _mkl_routines()
+        if mkl is None:
+            raise RuntimeError("PyTorch's MKL syrk is not available")
+        return _gram(mat, step, mkl[mat.dtype], None, ctypes.c_int64)
+    found = _scipy_routines()
+    if using != "scipy" or found is None:
+        raise RuntimeError("no BLAS syrk is available")
+    routines, threads = found
+    return _gram(mat, step, routines[mat.dtype], threads, ctypes.c_int)
+
+
+def _gram(
+    mat: Tensor, step: int, syrk: Callable[..., None], threads: Any, integer: type[Any]
+) -> Tensor:
+    """:func:`gram` with one routine; ``threads``: SciPy's thread-pool controller, or None where
+    the routine's threads are PyTorch's (MKL); ``integer``: the ctypes type of its integer
+    arguments (64-bit for MKL, see :func:`_mkl_routines`)."""
     if mat.stride(1) != 1:
         mat = mat.contiguous()
-    syrk = routines[mat.dtype]
     m, width = mat.shape
     lda = max(1, mat.stride(0))
     total = torch.zeros(m, m, dtype=torch.float64)
@@ -86,12 +165,17 @@ def gram(mat: Tensor, step: int) -> Tensor:
     out = torch.zeros(m, m, dtype=mat.dtype)
     scalar = ctypes.c_float if mat.dtype == torch.float32 else ctypes.c_double
     one, zero = scalar(1.0), scalar(0.0)
-    n_arg, ld_arg, ldc_arg = ctypes.c_int(m), ctypes.c_int(lda), ctypes.c_int(m)
+    n_arg, ld_arg, ldc_arg = integer(m), integer(lda), integer(m)
     base = mat.data_ptr()
     size = mat.element_size()
-    with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
+    limit = (
+        threads.limit(limits=torch.get_num_threads(), user_api="blas")
+        if threads is not None
+        else contextlib.nullcontext()
+    )
+    with limit:
         for lo in range(0, width, step):
-            k_arg = ctypes.c_int(min(step, width - lo))
+            k_arg = integer(min(step, width - lo))
             syrk(
                 ctypes.c_char_p(b"U"),
                 ctypes.c_char_p(b"T"),

@@ -1,23 +1,41 @@
-"""BLAS syrk read in place (:mod:`conetool.blas_syrk`) against a float64 matrix product."""
+"""BLAS syrk read in place (:mod:`conetool.blas_syrk`) against a float64 matrix product, through
+each BLAS this machine has (PyTorch's MKL, SciPy's), and the choice between them."""
 
 from __future__ import annotations
+
+import platform
+import sys
 
 import pytest
 import torch
 
 from conetool import blas_syrk
 
-pytestmark = pytest.mark.skipif(not blas_syrk.available(), reason="needs SciPy's BLAS")
+pytestmark = pytest.mark.skipif(not blas_syrk.available(), reason="needs a BLAS syrk")
+
+BACKENDS = [
+    pytest.param(
+        "mkl",
+        marks=pytest.mark.skipif(
+            blas_syrk._mkl_routines() is None, reason="PyTorch without MKL's syrk"
+        ),
+    ),
+    pytest.param(
+        "scipy",
+        marks=pytest.mark.skipif(blas_syrk._scipy_routines() is None, reason="needs SciPy"),
+    ),
+]
 
 
+@pytest.mark.parametrize("using", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("step", [1, 7, 64, 512, 10_000])
-def test_gram_of_a_column_slice_in_pieces(dtype: torch.dtype, step: int) -> None:
+def test_gram_of_a_column_slice_in_pieces(using: str, dtype: torch.dtype, step: int) -> None:
     gen = torch.Generator().manual_seed(step)
     wide = torch.randn(37, 1000, generator=gen, dtype=dtype)
     mat = wide[3:, 100:613]  # rows with a leading dimension of 1000, not 513
     want = mat.double() @ mat.double().T
-    got = blas_syrk.gram(mat, step)
+    got = blas_syrk.gram(mat, step, using=using)
     assert got.dtype == torch.float64 and got.shape == (34, 34)
     assert torch.equal(got, got.T)
     tol = 1e-14 if dtype == torch.float64 else 1e-6
@@ -25,12 +43,81 @@ def test_gram_of_a_column_slice_in_pieces(dtype: torch.dtype, step: int) -> None
     # The memory beside the slice was read by no piece: a change there changes nothing.
     wide[:, :100] = float("nan")
     wide[:, 613:] = float("nan")
-    assert torch.equal(blas_syrk.gram(mat, step), got)
+    assert torch.equal(blas_syrk.gram(mat, step, using=using), got)
 
 
-def test_gram_of_rows_that_are_not_contiguous_and_of_empty_matrices() -> None:
+@pytest.mark.parametrize("using", BACKENDS)
+def test_gram_of_rows_that_are_not_contiguous_and_of_empty_matrices(using: str) -> None:
     mat = torch.randn(20, 9).T  # stride(1) != 1: copied
-    assert torch.allclose(blas_syrk.gram(mat, 4), mat.double() @ mat.double().T, atol=1e-5)
-    assert blas_syrk.gram(torch.zeros(3, 0), 4).eq(0).all()
+    got = blas_syrk.gram(mat, 4, using=using)
+    assert torch.allclose(got, mat.double() @ mat.double().T, atol=1e-5)
+    assert blas_syrk.gram(torch.zeros(3, 0), 4, using=using).eq(0).all()
     with pytest.raises(ValueError, match="float32 or float64"):
-        blas_syrk.gram(torch.zeros(3, 3, dtype=torch.float16), 4)
+        blas_syrk.gram(torch.zeros(3, 3, dtype=torch.float16), 4, using=using)
+
+
+@pytest.mark.parametrize("using", BACKENDS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gram_with_each_thread_count(using: str, threads: int) -> None:
+    """Large enough for the BLAS to split the work between threads; the result is the same."""
+    gen = torch.Generator().manual_seed(threads)
+    mat = torch.randn(300, 5000, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = blas_syrk.gram(mat, 2048, using=using)
+    finally:
+        torch.set_num_threads(before)
+    want = mat.double() @ mat.double().T
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-6
+
+
+@pytest.mark.skipif(
+    not (
+        sys.platform == "linux"
+        and platform.machine() in ("x86_64", "AMD64")
+        and torch.backends.mkl.is_available()
+    ),
+    reason="PyTorch's MKL is linked in on x86-64 Linux",
+)
+def test_pytorchs_mkl_is_used_where_it_is_linked_in() -> None:
+    """On x86-64 Linux PyTorch's wheels link MKL, whose syrk the contraction uses (faster than
+    SciPy's OpenBLAS on the README's CPU)."""
+    assert blas_syrk._mkl_routines() is not None
+    assert blas_syrk.backend() == "mkl"
+
+
+def test_an_mkl_syrk_that_fails_the_check_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check runs a small syrk through MKL and compares it with a float64 product: a routine
+    that computes something else (here: nothing, leaving zeros) is never used."""
+
+    def nothing(*args: object) -> None:
+        return None
+
+    wrong = blas_syrk._SIGNATURE(nothing)
+    monkeypatch.setattr(
+        blas_syrk, "_mkl_routines", lambda: {torch.float32: wrong, torch.float64: wrong}
+    )
+    blas_syrk._mkl_checked.cache_clear()
+    try:
+        assert not blas_syrk._mkl_checked()
+        expected = "scipy" if blas_syrk._scipy_routines() is not None else None
+        assert blas_syrk.backend() == expected
+    finally:
+        monkeypatch.undo()
+        blas_syrk._mkl_checked.cache_clear()
+
+
+def test_no_mkl_falls_back_to_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    if blas_syrk._scipy_routines() is None:
+        pytest.skip("needs SciPy")
+    monkeypatch.setattr(blas_syrk, "_mkl_routines", lambda: None)
+    blas_syrk._mkl_checked.cache_clear()
+    try:
+        assert blas_syrk.backend() == "scipy"
+        mat = torch.randn(10, 50)
+        got = blas_syrk.gram(mat, 16)
+        assert torch.allclose(got, mat.double() @ mat.double().T, atol=1e-5)
+    finally:
+        monkeypatch.undo()
+        blas_syrk._mkl_checked.cache_clear()
