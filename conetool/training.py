@@ -131,6 +131,7 @@ def _train(
     # conetool kernels uses, but a bad probe found after training would cost the run).
     progress.log(f"loading data '{spec.data.dataset}' and building '{spec.model.arch}' ...")
     model, data = build_for_spec(spec)
+    per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)  # batch_size fits the data
     warned: list[str] = []
     if probe_warning := _check_probe(spec, data):
         warned.append(probe_warning)  # in the result, so that --quiet prints it at the end
@@ -157,7 +158,6 @@ def _train(
     else:
         save_spec(spec, paths.spec(out))
 
-    per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
     loop = TrainingLoop(
         spec,
         model,
