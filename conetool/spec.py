@@ -355,18 +355,144 @@ def _check_schedule_peak(source: str, t: TrainSpec) -> None:
 
 
 def recipe_warnings(spec: Spec) -> list[str]:
-    """What in the spec's ``[train]`` recipe PyTorch accepts but trains badly, each a sentence
-    naming the key (``train`` and ``switch`` say them at their start): a momentum of 1 or more
-    for SGD."""
-    t = spec.train
+    """What in the spec's ``[train]`` recipe PyTorch accepts but trains badly, or sets to no
+    effect, each a sentence naming the key (``train`` and ``switch`` say them at their start): a
+    momentum of 1 or more for SGD; for Adam a momentum other than 0 and the default; for SGD
+    betas other than the default; without the step schedule milestones, or a gamma other than
+    the default (none of them applies there); a step schedule with gamma = 1 (the rate never
+    changes); a warmup longer than the run (the rate never reaches lr)."""
+    src, t = spec.source, spec.train
+    default = TrainSpec()
     said = []
     if t.optimizer == "sgd" and t.momentum >= 1:
         said.append(
-            f"{spec.source}: 'train.momentum' = {t.momentum!r} is 1 or more, so SGD's updates "
+            f"{src}: 'train.momentum' = {t.momentum!r} is 1 or more, so SGD's updates "
             "grow without bound (each adds momentum x the previous one) and the loss explodes; "
             "torch.optim.SGD accepts it, conetool trains with it as asked. Momentum is usually "
             "0.9 (0: none)."
         )
+    if t.optimizer == "adam" and t.momentum not in (0, default.momentum):  # 0: says "none"
+        said.append(
+            f"{src}: 'train.momentum' = {t.momentum!r} has no effect with optimizer = "
+            "\"adam\": it is SGD's. Adam's momentum is the first of 'train.betas' (now "
+            f"{t.betas!r}): set betas if that was meant, and remove momentum."
+        )
+    if t.optimizer == "sgd" and t.betas != default.betas:
+        said.append(
+            f"{src}: 'train.betas' = {t.betas!r} has no effect with optimizer = \"sgd\": they "
+            'are Adam\'s. Set optimizer = "adam" if that was meant, or remove betas.'
+        )
+    if t.schedule != "step":
+        unused = [
+            f"'train.{key}' = {getattr(t, key)!r}"
+            for key in ("milestones", "gamma")
+            if getattr(t, key) != getattr(default, key)
+        ]
+        if unused:
+            said.append(
+                f"{src}: {' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no "
+                f'effect with schedule = "{t.schedule}": the learning rate drops at milestones '
+                'by gamma only with schedule = "step". Set schedule = "step" if that was meant, '
+                f"or remove {' and '.join(u.split(' = ')[0] for u in unused)}."
+            )
+    elif t.gamma == 1:
+        said.append(
+            f"{src}: 'train.gamma' = 1.0 with schedule = \"step\": the learning rate is multiplied "
+            f"by 1 at each milestone {t.milestones}, so it never changes. Set gamma below 1 (for "
+            'example 0.1), or schedule = "constant".'
+        )
+    if t.warmup_steps > t.steps:
+        said.append(
+            f"{src}: 'train.warmup_steps' = {t.warmup_steps} is longer than 'train.steps' = "
+            f"{t.steps}, so the learning rate never reaches train.lr = {t.lr!r}: it ends the "
+            f"run at {t.steps / t.warmup_steps:.3g} x lr. Set warmup_steps to at most "
+            "train.steps (usually a small part of it)."
+        )
+    return said
+
+
+def _regular_saves(t: TrainSpec) -> set[int]:
+    """The checkpoints besides the dense ones: 0, every save_every, each of save_at, the last."""
+    return set(range(0, t.steps + 1, t.save_every)) | set(t.save_at) | {0, t.steps}
+
+
+def _dense_saves(t: TrainSpec) -> set[int]:
+    """Every dense_every steps before dense_until (none when dense_every is 0)."""
+    if not t.dense_every:
+        return set()
+    return set(range(0, min(t.dense_until, t.steps + 1), t.dense_every))
+
+
+def dense_only_steps(train: TrainSpec) -> list[int]:
+    """The steps that only the dense checkpoints save (none: ``dense_every`` adds nothing)."""
+    return sorted(_dense_saves(train) - _regular_saves(train))
+
+
+def save_steps(spec: Spec) -> list[int]:
+    """The steps the run saves: 0, every ``save_every``, every ``dense_every`` before
+    ``dense_until``, each of ``save_at``, and the last."""
+    return sorted(_regular_saves(spec.train) | _dense_saves(spec.train))
+
+
+def check_for_training(spec: Spec) -> None:
+    """Refuse what ``conetool train`` cannot do as the spec asks (before anything is written).
+
+    ``load_spec`` accepts these, so that a run or a store already made with such a spec (its
+    ``conetool.toml``, its manifest) still loads: only a new run is refused. Today: dense
+    checkpoints turned on (``dense_every`` > 0) with no step to save them before
+    (``dense_until`` at most ``dense_every`` saves only step 0, which is always saved).
+    """
+    t = spec.train
+    if t.dense_every and t.dense_until <= t.dense_every:
+        swapped = " (are the two swapped?)" if 0 < t.dense_until < t.dense_every else ""
+        raise SpecError(
+            f"{spec.source}: 'train.dense_every' = {t.dense_every} with 'train.dense_until' = "
+            f"{t.dense_until} saves no dense checkpoint{swapped}: they are saved every "
+            "dense_every steps before step dense_until, which here is step 0 only, and step 0 is "
+            "always saved. Set dense_until to the step where the dense checkpoints stop (for "
+            "example dense_every = 10 and dense_until = 1000: steps 0, 10, ..., 990), or "
+            "dense_every = 0 for none."
+        )
+
+
+def train_warnings(spec: Spec) -> list[str]:
+    """What ``conetool train`` says at its start: :func:`recipe_warnings`, then the keys only the
+    training run reads (its checkpoints, its data) that the spec sets to no effect, or to an
+    effect probably not meant. Each a sentence naming the keys, their values and the fix."""
+    src, t, d = spec.source, spec.train, spec.data
+    said = recipe_warnings(spec)
+    if t.dense_until and not t.dense_every:
+        said.append(
+            f"{src}: 'train.dense_until' = {t.dense_until} has no effect: 'train.dense_every' "
+            "is 0, which turns the dense checkpoints off. Set dense_every (for example 10: "
+            "every 10 steps before dense_until) for dense checkpoints, or remove dense_until."
+        )
+    elif t.dense_every and t.dense_until > t.dense_every:
+        if not dense_only_steps(t):
+            said.append(
+                f"{src}: 'train.dense_every' = {t.dense_every} (with 'train.dense_until' = "
+                f"{t.dense_until}) adds no checkpoint: each of its steps is saved anyway "
+                f"(save_every = {t.save_every}, save_at, step 0 and the last step "
+                f"{t.steps}). Set dense_every below {min(t.save_every, t.steps)} and not a "
+                "multiple of save_every for checkpoints between those, or dense_every = 0 for "
+                "none."
+            )
+        elif t.dense_until > t.steps:
+            said.append(
+                f"{src}: 'train.dense_until' = {t.dense_until} is beyond 'train.steps' = "
+                f"{t.steps}, so the whole run is saved every dense_every = {t.dense_every} "
+                f"steps ({len(save_steps(spec))} checkpoints). Set dense_until to the step "
+                "where the dense checkpoints should stop, at most train.steps."
+            )
+    if d.dataset in BUILTIN_DATASETS and d.dataset != "synthetic":
+        default = DataSpec()
+        for key in ("shape", "num_classes", "train_size", "test_size", "noise", "seed"):
+            if getattr(d, key) != getattr(default, key):
+                said.append(
+                    f"{src}: 'data.{key}' = {getattr(d, key)!r} has no effect: it applies to "
+                    f'dataset = "synthetic" only, and {d.dataset} is used whole, as it is. '
+                    f"Remove data.{key}."
+                )
     return said
 
 

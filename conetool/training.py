@@ -33,7 +33,14 @@ from .loop import TrainingLoop
 from .models import build_model, output_check
 from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
 from .progress import NullProgress, Progress
-from .spec import Spec, load_spec, recipe_warnings, save_spec
+from .spec import (
+    Spec,
+    check_for_training,
+    load_spec,
+    save_spec,
+    save_steps,
+    train_warnings,
+)
 from .threads import limit_threads, slow_step_watch
 
 METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -54,16 +61,6 @@ class TrainResult:
     metrics: list[dict[str, float]] = field(default_factory=list)
     run_steps: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. training steps implausibly slow
-
-
-def save_steps(spec: Spec) -> list[int]:
-    """The steps the run saves: 0, every ``save_every``, every ``dense_every`` before
-    ``dense_until``, each of ``save_at``, and the last."""
-    t = spec.train
-    steps = set(range(0, t.steps + 1, t.save_every)) | set(t.save_at) | {0, t.steps}
-    if t.dense_every:
-        steps |= set(range(0, min(t.dense_until, t.steps + 1), t.dense_every))
-    return sorted(steps)
 
 
 def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Module, DataBundle]:
@@ -125,6 +122,8 @@ def _train(
     progress: Progress | None,
 ) -> TrainResult:
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    if not (resume and out.is_dir() and paths.checkpoint_steps(out)):
+        check_for_training(spec)  # (a run begun with the spec goes on with it: --resume)
     progress = progress or NullProgress()
     dev = resolve_device(device)
     # The whole spec is checked before anything is written: model, data and [probe] (which only
@@ -137,8 +136,8 @@ def _train(
         warned.append(probe_warning)  # in the result, so that --quiet prints it at the end
         progress.log(f"warning: {probe_warning}")
     start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
-    if start < spec.train.steps:  # what in the recipe trains badly, said before it does
-        for concern in recipe_warnings(spec):
+    if start < spec.train.steps:  # what in the spec trains badly or does nothing, said first
+        for concern in train_warnings(spec):
             warned.append(concern)
             progress.log(f"warning: {concern}")
     if resume and not start and paths.checkpoint_steps(out):

@@ -1,16 +1,35 @@
-"""Spec keys that are each valid but, together, ask for something that does not happen."""
+"""Spec keys that are each valid but, together, ask for something that does not happen.
+
+``load_spec`` accepts every one of them (a run or a store made with such a spec must still load);
+``conetool train`` refuses a new run whose dense checkpoints save nothing, and says the rest as
+warnings at its start (``switch`` says the recipe's too).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from conetool import paths
 from conetool import spec as spec_module
-from conetool.errors import DataError
-from conetool.spec import spec_from_dict
-from conetool.training import train
+from conetool.cli import app
+from conetool.errors import DataError, SpecError
+from conetool.pipeline.run_demo import demo_spec
+from conetool.progress import NullProgress
+from conetool.spec import (
+    check_for_training,
+    load_spec,
+    recipe_warnings,
+    save_spec,
+    spec_from_dict,
+    train_warnings,
+)
+from conetool.training import save_steps, train
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def tiny(data: dict[str, Any] | None = None, **train_values: Any) -> spec_module.Spec:
@@ -22,6 +41,210 @@ def tiny(data: dict[str, Any] | None = None, **train_values: Any) -> spec_module
         "train": {"steps": 6, "batch_size": 8, "save_every": 3, "eval_every": 3, **train_values},
     }
     return spec_from_dict(raw, source="c.toml")
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- refused by conetool train: dense checkpoints that save nothing --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("every", "until", "swapped"), [(10, 0, False), (5, 5, False), (1000, 10, True)]
+)
+def test_dense_checkpoints_saving_nothing_are_refused_naming_the_keys_and_the_fix(
+    every, until, swapped
+):
+    """dense_every = 10 without dense_until was accepted and saved no dense checkpoint: the
+    researcher found out after the run, when the early kernels were not there."""
+    spec = tiny(steps=2000, save_every=100, dense_every=every, dense_until=until)
+    assert spec.train.dense_every == every  # load_spec accepts it: a saved run still loads
+    with pytest.raises(SpecError) as caught:
+        check_for_training(spec)
+    text = str(caught.value)
+    assert text.startswith(
+        f"c.toml: 'train.dense_every' = {every} with 'train.dense_until' = {until} saves no "
+        "dense checkpoint"
+    ), text
+    assert "Set dense_until to the step where the dense checkpoints stop" in text, text
+    assert "or dense_every = 0 for none" in text, text
+    assert ("(are the two swapped?)" in text) == swapped, text
+
+
+def test_train_refuses_it_before_writing_anything(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(SpecError, match="saves no dense checkpoint"):
+        train(tiny(dense_every=2), out)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_command_refuses_it_with_exit_code_1(tmp_path):
+    save_spec(tiny(dense_every=2, dense_until=1), tmp_path / "spec.toml")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "spec.toml"), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    text = flat(result.output)
+    assert "'train.dense_every' = 2 with 'train.dense_until' = 1 saves no dense" in text, text
+    assert "(are the two swapped?)" in text, text
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_run_begun_with_such_a_spec_still_resumes(tmp_path, monkeypatch):
+    """A run an earlier conetool began with dense_every and no dense_until goes on (--resume):
+    refusing it would leave its checkpoints unfinished, as its spec hash must not change."""
+    spec = tiny(dense_every=2)
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:  # as an earlier conetool did: no check
+        patch.setattr("conetool.training.check_for_training", lambda spec: None)
+        train(spec, out)
+    paths.checkpoint(out, 6).unlink()  # interrupted before its last checkpoint
+    resumed = train(spec, out, resume=True)
+    assert resumed.resumed_from == 3 and paths.checkpoint(out, 6).exists()
+    with pytest.raises(SpecError, match="saves no dense checkpoint"):  # a new run: refused
+        train(spec, out, overwrite=True)
+
+
+@pytest.mark.parametrize("steps", [8, 20, 30])
+def test_the_shortened_demo_drops_dense_checkpoints_scaled_to_nothing(steps):
+    """demo --steps 8 scaled dense_every 5 / dense_until 100 to 1 / 0, which train refuses."""
+    spec = demo_spec(steps=steps)
+    check_for_training(spec)
+    assert (spec.train.dense_every, spec.train.dense_until) == (0, 0)
+    assert save_steps(spec) == list(range(steps + 1))  # save_every 1: every step anyway
+    assert train_warnings(spec) == []
+
+
+# --- said as warnings at conetool train's start ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        (
+            {"dense_until": 4},
+            "c.toml: 'train.dense_until' = 4 has no effect: 'train.dense_every' is 0, which "
+            "turns the dense checkpoints off. Set dense_every",
+        ),
+        (
+            {"dense_every": 3, "dense_until": 6},  # 0, 3 are saved every save_every = 3 anyway
+            "c.toml: 'train.dense_every' = 3 (with 'train.dense_until' = 6) adds no checkpoint: "
+            "each of its steps is saved anyway (save_every = 3, save_at, step 0 and the last "
+            "step 6). Set dense_every below 3 and not a multiple of save_every",
+        ),
+        (
+            {"dense_every": 2, "dense_until": 5, "save_at": [2, 4]},
+            "'train.dense_every' = 2 (with 'train.dense_until' = 5) adds no checkpoint",
+        ),
+        (
+            {"dense_every": 1, "dense_until": 50},
+            "c.toml: 'train.dense_until' = 50 is beyond 'train.steps' = 6, so the whole run is "
+            "saved every dense_every = 1 steps (7 checkpoints). Set dense_until",
+        ),
+        (
+            {"optimizer": "adam", "lr": 1e-3, "momentum": 0.5},
+            "c.toml: 'train.momentum' = 0.5 has no effect with optimizer = \"adam\": it is "
+            "SGD's. Adam's momentum is the first of 'train.betas' (now [0.9, 0.999])",
+        ),
+        (
+            {"betas": [0.5, 0.9]},
+            "c.toml: 'train.betas' = [0.5, 0.9] has no effect with optimizer = \"sgd\"",
+        ),
+        (
+            {"milestones": [3]},
+            "c.toml: 'train.milestones' = [3] has no effect with schedule = \"constant\": the "
+            'learning rate drops at milestones by gamma only with schedule = "step". Set '
+            "schedule = \"step\" if that was meant, or remove 'train.milestones'.",
+        ),
+        (
+            {"schedule": "cosine", "milestones": [3], "gamma": 0.5},
+            "c.toml: 'train.milestones' = [3] and 'train.gamma' = 0.5 have no effect with "
+            'schedule = "cosine"',
+        ),
+        (
+            {"schedule": "step", "milestones": [3], "gamma": 1.0},
+            "c.toml: 'train.gamma' = 1.0 with schedule = \"step\": the learning rate is "
+            "multiplied by 1 at each milestone [3], so it never changes.",
+        ),
+        (
+            {"warmup_steps": 12},
+            "c.toml: 'train.warmup_steps' = 12 is longer than 'train.steps' = 6, so the "
+            "learning rate never reaches train.lr = 0.1: it ends the run at 0.5 x lr.",
+        ),
+    ],
+)
+def test_keys_set_to_no_effect_are_said_naming_them(values, said):
+    spec = tiny(**values)
+    check_for_training(spec)  # not refused: the run is sensible, probably not what was meant
+    (warning,) = train_warnings(spec)
+    assert said in warning, warning
+
+
+@pytest.mark.parametrize(
+    ("values", "recipe"),
+    [
+        ({"optimizer": "adam", "lr": 1e-3, "momentum": 0.5}, True),
+        ({"milestones": [3]}, True),
+        ({"warmup_steps": 12}, True),
+        ({"dense_until": 4}, False),  # checkpoints: only train saves them
+    ],
+)
+def test_switch_says_the_recipe_ones_only(values, recipe):
+    spec = tiny(**values)
+    assert bool(recipe_warnings(spec)) == recipe
+
+
+def test_synthetic_keys_with_a_built_in_data_set_are_said():
+    spec = tiny(data={"dataset": "digits", "train_size": 100, "seed": 3})
+    assert train_warnings(spec) == [
+        "c.toml: 'data.train_size' = 100 has no effect: it applies to dataset = \"synthetic\" "
+        "only, and digits is used whole, as it is. Remove data.train_size.",
+        "c.toml: 'data.seed' = 3 has no effect: it applies to dataset = \"synthetic\" only, "
+        "and digits is used whole, as it is. Remove data.seed.",
+    ]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"optimizer": "adam", "lr": 1e-3, "momentum": 0.0},  # 0: "no SGD momentum", true
+        {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9},  # the default, in every saved spec
+        {"schedule": "step", "milestones": [3, 100], "gamma": 0.5},  # 100: switch --beyond-run
+        {"warmup_steps": 6, "dense_every": 2, "dense_until": 6},
+        {"save_every": 100, "save_at": [2]},  # 0, 2 and the last: as asked
+        {"eval_every": 100},
+    ],
+)
+def test_sensible_combinations_are_said_nothing_of(values):
+    spec = tiny(**values)
+    check_for_training(spec)
+    assert train_warnings(spec) == []
+
+
+def test_no_example_spec_is_refused_or_warned():
+    examples = sorted(EXAMPLES.glob("*.toml"))
+    assert len(examples) >= 6
+    for path in examples:
+        spec = load_spec(path)
+        check_for_training(spec)
+        assert train_warnings(spec) == [], path
+
+
+def test_train_says_them_at_its_start_and_in_its_result(tmp_path):
+    class Logged(NullProgress):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def log(self, message: str) -> None:
+            self.lines.append(message)
+
+    logged = Logged()
+    result = train(tiny(milestones=[3]), tmp_path / "run", progress=logged)
+    (said,) = result.warnings
+    assert "'train.milestones' = [3] has no effect" in said
+    first_step = next(i for i, line in enumerate(logged.lines) if line.startswith("train step"))
+    assert logged.lines.index(f"warning: {said}") < first_step
 
 
 # --- found after conetool.toml was written ------------------------------------------------------

@@ -25,7 +25,7 @@ from ..data import load_data
 from ..errors import ConetoolError, DataError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress
-from ..spec import Spec, spec_from_dict
+from ..spec import Spec, dense_only_steps, spec_from_dict
 from ..threads import limit_threads
 from ..training import train
 from .run_distance import distance
@@ -65,6 +65,8 @@ def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spe
             dense_every=max(1, round(t.dense_every * scale)) if t.dense_every else 0,
             dense_until=round(t.dense_until * scale),
         )
+        if not dense_only_steps(t):  # scaled down to nothing: conetool train would say so
+            t = dataclasses.replace(t, dense_every=0, dense_until=0)
     probe = spec.probe if probe_size is None else dataclasses.replace(spec.probe, size=probe_size)
     return dataclasses.replace(spec, train=t, probe=probe)
 
