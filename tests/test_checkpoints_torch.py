@@ -118,6 +118,98 @@ def test_a_stored_step_that_is_not_a_count_is_refused_naming_the_file(
     assert listed(tmp_path, step_regex=r"ckpt_(\d+)") == [(100, "ckpt_100.pt")]
 
 
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), -3.0, torch.tensor(2.5)],
+)
+def test_a_float_or_numpy_step_that_is_not_a_count_is_refused(tmp_path: Path, value: object):
+    path = tmp_path / "ckpt_100.pt"
+    torch.save({"model_state_dict": state(0), "step": value}, path)
+    msg = problem(tmp_path)
+    assert f"'{path}' has a 'step' entry of " in msg and "not a whole number of steps" in msg, msg
+
+
+def test_a_whole_float_step_is_the_step(tmp_path: Path):
+    """float(step) in a torch.save dict, a 0-dim float tensor of it, "2000.0" in safetensors
+    metadata (str(float(step))): each is that step. Was: "not a whole number of steps"."""
+    torch.save({"model_state_dict": state(0), "step": 69.0}, tmp_path / "run_a.pt")
+    torch.save({"model": state(1), "step": torch.tensor(70.0)}, tmp_path / "run_b.pt")
+    lightning = {"state_dict": state(2), "global_step": torch.tensor(71.0, dtype=torch.float64)}
+    torch.save(lightning, tmp_path / "run_c.ckpt")
+    save_file(state(3), str(tmp_path / "run_d.safetensors"), metadata={"step": "72.0"})
+    save_file(state(4), str(tmp_path / "run_e.safetensors"), metadata={"global_step": "73.00"})
+    assert listed(tmp_path) == [
+        (69, "run_a.pt"),
+        (70, "run_b.pt"),
+        (71, "run_c.ckpt"),
+        (72, "run_d.safetensors"),
+        (73, "run_e.safetensors"),
+    ]
+    # metadata that is no whole number stays refused, naming the text
+    for text in ("72.5", "1e3", "nan", "-72.0"):
+        save_file(state(3), str(tmp_path / "run_d.safetensors"), metadata={"step": text})
+        msg = problem(tmp_path)
+        assert f"has safetensors metadata step '{text}', which is not a whole number" in msg, msg
+
+
+def test_a_float_step_past_its_exact_range_is_refused(tmp_path: Path):
+    # float32 holds every whole number only up to 2**24: 16777218.0 may be a rounded 16777217
+    torch.save({"model_state_dict": state(0), "step": torch.tensor(16777216.0)}, tmp_path / "a.pt")
+    assert listed(tmp_path) == [(16777216, "a.pt")]
+    torch.save({"model_state_dict": state(1), "step": torch.tensor(16777218.0)}, tmp_path / "b.pt")
+    msg = " ".join(problem(tmp_path).split())
+    assert "'step' entry of 16777218.0 (a torch.float32 tensor)" in msg, msg
+    assert "past 16777216, beyond which float32 does not hold every whole number" in msg, msg
+    assert "may have been rounded" in msg and "re-save it with its step as an int" in msg, msg
+
+
+def test_a_step_entry_of_none_is_no_stored_step(tmp_path: Path):
+    """A loop that saves before its counter is set: "step": None (or metadata "None") is no
+    stored step; global_step or the name gives it. Was: "not a whole number of steps"."""
+    torch.save({"model_state_dict": state(0), "step": None}, tmp_path / "ckpt_100.pt")
+    torch.save({"state_dict": state(1), "step": None, "global_step": 40}, tmp_path / "run_b.ckpt")
+    save_file(state(2), str(tmp_path / "step_300.safetensors"), metadata={"step": "None"})
+    both = {"step": "None", "global_step": "310"}
+    save_file(state(3), str(tmp_path / "run_d.safetensors"), metadata=both)
+    assert listed(tmp_path) == [
+        (40, "run_b.ckpt"),
+        (100, "ckpt_100.pt"),
+        (300, "step_300.safetensors"),
+        (310, "run_d.safetensors"),
+    ]
+    # no other step: the usual error, saying what the entry holds
+    torch.save({"model_state_dict": state(4), "step": None}, tmp_path / "run_e.pt")
+    msg = " ".join(problem(tmp_path).split())
+    assert "no step recoverable from '" in msg, msg
+    assert "run_e.pt' (its dict's 'step' entry is None): name files like" in msg, msg
+
+
+def test_a_step_beyond_any_run_is_refused_naming_the_file(tmp_path: Path):
+    """10**30 in a dict was taken, and `distance` then failed with an OverflowError traceback
+    (the store's step arrays are int64); past 2**53 a step is refused, wherever it comes from."""
+    path = tmp_path / "ckpt_100.pt"
+    torch.save({"model_state_dict": state(0), "step": 10**30}, path)
+    msg = " ".join(problem(tmp_path).split())
+    assert f"'{path}' has a 'step' entry of {10**30} in its torch.save dict" in msg, msg
+    assert "beyond any training run: conetool takes steps up to 2**53" in msg, msg
+    assert "pass --step-regex 'ckpt_(\\d+)'" in msg, msg
+    torch.save({"model_state_dict": state(0), "step": 2**2000}, path)  # no 603-digit message
+    assert "has a 'step' entry of a whole number of 2001 bits in its" in problem(tmp_path)
+    torch.save({"model_state_dict": state(0), "step": 2**53}, path)  # the largest taken
+    assert listed(tmp_path) == [(2**53, "ckpt_100.pt")]
+    path.unlink()
+    big = str(10**20)
+    save_file(state(1), str(tmp_path / "run.safetensors"), metadata={"step": big})
+    assert f"has safetensors metadata step '{big}', which is beyond any" in problem(tmp_path)
+    (tmp_path / "run.safetensors").unlink()
+    save_file(state(1), str(tmp_path / f"step_{big}.safetensors"))  # by the name
+    msg = " ".join(problem(tmp_path).split())
+    assert f"gives step {big} (by its name), which is beyond any training run" in msg, msg
+    assert "rename it for its step (step_2000), or pass --step-regex with a group" in msg, msg
+    msg = " ".join(problem(tmp_path, step_regex=r"(\d+)").split())
+    assert "(by --step-regex)" in msg and "so that its group holds the step only" in msg, msg
+
+
 def test_the_stored_step_wins_over_the_name_with_a_warning(tmp_path: Path):
     """As the safetensors metadata `step` always did, a stored step is taken over the name's;
     where the two differ (an old Lightning saved global_step + 1 beside the name's step) a
@@ -189,7 +281,7 @@ def test_a_name_without_a_step_rule_gets_a_regex_that_reads_it(tmp_path: Path):
     assert "no step recoverable from" in msg and "pass --step-regex 'run_a_(\\d+)'" in msg, msg
     assert listed(tmp_path, step_regex=r"run_a_(\d+)") == [(40, "run_a_40.pt")]
     # a stored step that is no count: the regex of its own name
-    torch.save({"model_state_dict": state(0), "step": None}, tmp_path / "run_a_40.pt")
+    torch.save({"model_state_dict": state(0), "step": "last"}, tmp_path / "run_a_40.pt")
     assert "or pass --step-regex 'run_a_(\\d+)' to take the step" in problem(tmp_path)
 
 

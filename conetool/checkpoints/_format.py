@@ -18,14 +18,18 @@ import io
 import itertools
 import json
 import math
+import numbers
 import os
 import pickle
+import re
+import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from conetool.errors import CheckpointError
@@ -415,22 +419,112 @@ def _what_it_holds(obj: object) -> str:
 
 #: The entries of a training loop's dict that give its step, the first present taken: a plain
 #: loop's ``{"model_state_dict": ..., "step": 1500}``, Lightning's ``global_step`` (its ``epoch``
-#: is no step). The same names are read from safetensors metadata.
+#: is no step). The same names are read from safetensors metadata. An entry that is None (a loop
+#: that saved before its counter was set) is taken as absent.
 STEP_KEYS = ("step", "global_step")
 
+#: The largest step taken, 2**53: up to it float64 holds every whole number exactly (plots, numpy
+#: arrays, JSON readers other than Python's), and the store's int64 step arrays hold it. No training
+#: run comes near it; a larger stored "step" is another count or a corrupt entry.
+MAX_STEP = 2**53
 
-def _step_value(value: object) -> int | str:
-    """A stored step entry: an int when it is a whole number (an int, or an integer tensor of one
-    value), else how it reads (``"2.5"``, ``"'last'"``), for the error that names it."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, torch.Tensor) and value.dim() == 0:
-        if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
-            return int(value.item())
-        return f"{value.item()!r} (a {value.dtype} tensor)"
+_NOT_A_COUNT = "which is not a whole number of steps (0 or more)"
+
+
+@dataclass(frozen=True)
+class BadStep:
+    """A stored step entry that gives no step: how it reads and why, for the error that names
+    its file."""
+
+    shown: str  # "2.5", "'last'", "np.float64(nan)", "16777218.0 (a torch.float32 tensor)"
+    why: str = _NOT_A_COUNT
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+def _count(step: int, shown: str) -> int | BadStep:
+    """``step`` when it is a count of steps (0 to :data:`MAX_STEP`), else why not."""
+    if step < 0:
+        return BadStep(shown)
+    if step > MAX_STEP:
+        return BadStep(
+            shown,
+            f"which is beyond any training run: conetool takes steps up to 2**53 = {MAX_STEP} "
+            f"(float64 holds every whole number up to it, and the store's step arrays are int64)",
+        )
+    return step
+
+
+def _shown_int(value: int) -> str:
+    # repr of a very long int is slow, and past 4300 digits Python refuses to write it
+    return (
+        str(value) if value.bit_length() <= 256 else f"a whole number of {value.bit_length()} bits"
+    )
+
+
+def _float_step(value: float, eps: float, shown: str, kind: str) -> int | BadStep:
+    """A float step: its int when it is finite and whole, within the range where ``kind``
+    (machine epsilon ``eps``) holds every whole number (2**53 for float64, 2**24 for float32):
+    past it the step the float was made from may have been rounded to another."""
+    if not (math.isfinite(value) and value.is_integer()):
+        return BadStep(shown)
+    exact = round(2 / eps)
+    if abs(value) > exact:
+        return BadStep(
+            shown,
+            f"which is past {exact}, beyond which {kind} does not hold every whole number: the "
+            f"step it was saved from may have been rounded",
+        )
+    return _count(int(value), shown)
+
+
+def _step_value(value: object) -> int | BadStep | None:
+    """A stored step entry: an int when it is a whole number of steps (an int; a float of a whole
+    value, ``float(step)``, within its type's exact range; a 0-dim tensor or numpy scalar of
+    either), None when it is None (no step stored), else a :class:`BadStep`."""
+    if value is None:
+        return None
     if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    return repr(value)
+        if value.dim() != 0:
+            return BadStep(f"a tensor of shape {tuple(value.shape)}")
+        shown = f"{value.item()!r} (a {value.dtype} tensor)"
+        if value.dtype == torch.bool or value.is_complex():
+            return BadStep(shown)
+        if value.is_floating_point():
+            kind = str(value.dtype).removeprefix("torch.")
+            return _float_step(value.item(), torch.finfo(value.dtype).eps, shown, kind)
+        return _count(int(value.item()), shown)
+    if isinstance(value, (bool, np.bool_)):
+        return BadStep(repr(value))
+    if isinstance(value, numbers.Integral):  # int and numpy integers (np.int64(1500))
+        return _count(int(value), _shown_int(int(value)))
+    if isinstance(value, np.floating):  # before float: np.float64 is a float too
+        kind = np.dtype(type(value)).name
+        return _float_step(float(value), float(np.finfo(type(value)).eps), repr(value), kind)
+    if isinstance(value, float):
+        return _float_step(value, sys.float_info.epsilon, repr(value), "float64")
+    return BadStep(repr(value))
+
+
+_WHOLE_DECIMAL = re.compile(r"\s*(\d+)\.0*\s*")
+#: metadata texts that say no step: str(None), json.dumps(None), an empty value
+_NO_STEP_TEXTS = ("", "None", "null")
+
+
+def metadata_step(text: str) -> int | BadStep | None:
+    """A safetensors metadata step (always a string): ``"2000"``, or ``"2000.0"`` as
+    ``str(float(step))`` writes it, gives 2000; ``"None"``, ``"null"`` or ``""`` (a loop that
+    wrote ``str(step)`` before its counter was set) give None, no step stored; anything else
+    (``"2.5"``, ``"-3"``, ``"last"``, ``"1e3"``) a :class:`BadStep`."""
+    if text.strip() in _NO_STEP_TEXTS:
+        return None
+    whole = _WHOLE_DECIMAL.fullmatch(text)
+    try:
+        step = int(whole.group(1) if whole else text)  # int() also takes "-3", " 7 ", "1_000"
+    except ValueError:
+        return BadStep(f"'{text}'")
+    return _count(step, f"'{text}'")
 
 
 @dataclass(frozen=True)
@@ -446,8 +540,9 @@ class TorchContents:
     #: checkpoint (a cached data tensor, a list of losses, an optimizer state); else None
     holds: str | None
     #: the :data:`STEP_KEYS` entries beside a state dict that a dict wraps, as
-    #: :func:`_step_value` reads them (none for a plain state dict: its entries are tensors)
-    steps: dict[str, int | str]
+    #: :func:`_step_value` reads them (None: the entry is None); none for a plain state dict
+    #: (its entries are tensors)
+    steps: dict[str, int | BadStep | None]
 
 
 def read_torch_contents(path: Path) -> TorchContents:
@@ -470,7 +565,7 @@ def read_torch_contents(path: Path) -> TorchContents:
     except CheckpointError as e:
         holds = None if _holds_named_tensors(obj) else _what_it_holds(obj)
         return TorchContents(None, str(e), holds, {})
-    steps: dict[str, int | str] = {}
+    steps: dict[str, int | BadStep | None] = {}
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         steps = {key: _step_value(obj[key]) for key in STEP_KEYS if key in obj}
     return TorchContents({k: tuple(v.shape) for k, v in state.items()}, None, None, steps)

@@ -9,6 +9,7 @@ from pathlib import Path
 from ._format import (
     SAFETENSORS_SUFFIX,
     TORCH_SUFFIXES,
+    BadStep,
     SafetensorsHeader,
 )
 
@@ -90,7 +91,8 @@ class Candidate:
     #: a flat torch.save file that holds no tensor by name (``"a list of 3 items"``): no checkpoint
     holds: str | None = None
     #: the step entries of a flat torch.save file's dict (``_format.STEP_KEYS``), as read
-    stored_steps: dict[str, int | str] = field(default_factory=dict)
+    #: (None: the entry is None)
+    stored_steps: dict[str, int | BadStep | None] = field(default_factory=dict)
     #: where the step came from when the file stores it (``"safetensors metadata step"``)
     step_inside: str | None = None
     #: the step the name gives when it differs from the one stored in the file (which is taken)

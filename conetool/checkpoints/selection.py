@@ -10,7 +10,7 @@ from pathlib import Path
 from conetool.choices import is_count
 from conetool.errors import CheckpointError
 
-from ._format import STEP_KEYS, TORCH_SUFFIXES, check_torch_file
+from ._format import MAX_STEP, STEP_KEYS, TORCH_SUFFIXES, BadStep, check_torch_file, metadata_step
 from .records import Candidate
 from .step_names import name_regex, name_step, regex_step
 
@@ -97,7 +97,9 @@ def step_from_name(name: str, *, iterations_per_epoch: int | None = None) -> int
     return name_step(name, iterations_per_epoch, Path(name))[0]
 
 
-def no_step_error(path: Path) -> CheckpointError:
+def no_step_error(path: Path, empty: str = "") -> CheckpointError:
+    """The error for ``path`` that gives no step; ``empty`` says which stored entries are None
+    (" (its dict's 'step' entry is None)")."""
     name = "name files like step_2000.safetensors, store a 'step' metadata key"
     if path.name.lower().endswith(TORCH_SUFFIXES) and not path.is_dir():
         # a torch.save file has no metadata: its dict's own entry is what it can store
@@ -113,8 +115,8 @@ def no_step_error(path: Path) -> CheckpointError:
                 f"step_2000{path.suffix}, re-save them with torch.save's default format"
             )
     return CheckpointError(
-        f"no step recoverable from '{path}': {name}, or pass {name_regex(path.name)} (a regex "
-        f"with a group around the step)."
+        f"no step recoverable from '{path}'{empty}: {name}, or pass {name_regex(path.name)} "
+        f"(a regex with a group around the step)."
     )
 
 
@@ -138,35 +140,59 @@ def candidate_stem(c: Candidate) -> str:
 def _stored_step(c: Candidate) -> tuple[str, int] | None:
     """The step a flat file stores, and where: its safetensors metadata ``step`` (else
     ``global_step``), or the ``step`` (else ``global_step``) entry of its torch.save dict; None
-    when it stores none. Hugging Face folders have their own rule (trainer_state.json)."""
+    when it stores none (an entry that is None, or metadata "None", is none). Hugging Face
+    folders have their own rule (trainer_state.json)."""
     if c.folder is not None:
         return None
     meta = c.metadata
     for key in STEP_KEYS:
         if key in meta:
             text, label = meta[key], f"safetensors metadata {key}"
-            try:
-                step = int(text)
-            except ValueError:
-                step = -1
-            # int() also takes "-3" and " 7 "; a step is a count of optimizer steps
-            return label, _whole_step(c, f"{label} '{text}'", step)
-        if key in c.stored_steps:
-            value = c.stored_steps[key]
-            step = value if isinstance(value, int) else -1
+            step = metadata_step(text)
+            if step is None:
+                continue
+            return label, _whole_step(c, f"{label} '{text}'", step, "its step")
+        value = c.stored_steps.get(key)
+        if value is not None:
             what = f"a '{key}' entry of {value} in its torch.save dict"
-            return f"the '{key}' entry of its torch.save dict", _whole_step(c, what, step)
+            label = f"the '{key}' entry of its torch.save dict"
+            return label, _whole_step(c, what, value, "its step as an int")
     return None
 
 
-def _whole_step(c: Candidate, what: str, step: int) -> int:
-    if step < 0:
+def _whole_step(c: Candidate, what: str, step: int | BadStep, resave: str) -> int:
+    if isinstance(step, BadStep):
         raise CheckpointError(
-            f"'{c.folder or c.location}' has {what}, which is not a whole number of steps (0 or "
-            f"more); re-save it with its step, or pass {name_regex((c.folder or c.location).name)} "
-            f"to take the step from the file name instead."
+            f"'{c.folder or c.location}' has {what}, {step.why}; re-save it with {resave}, or "
+            f"pass {name_regex((c.folder or c.location).name)} to take the step from the file "
+            f"name instead."
         )
     return step
+
+
+def _empty_entries(c: Candidate) -> str:
+    """``" (its dict's 'step' entry is None)"``: why a file that stores a step entry gives no
+    step; "" when it stores none."""
+    said = [
+        f"safetensors metadata {key} is '{c.metadata[key]}'"
+        for key in STEP_KEYS
+        if key in c.metadata
+    ]
+    said += [
+        f"dict's '{key}' entry is None"
+        for key in STEP_KEYS
+        if key in c.stored_steps and c.stored_steps[key] is None
+    ]
+    return f" (its {' and its '.join(said)})" if said else ""
+
+
+def _beyond_steps(c: Candidate, how: str, fix: str) -> CheckpointError:
+    where = c.folder or c.location
+    return CheckpointError(
+        f"'{where}' gives step {c.step} ({how}), which is beyond any training run: conetool "
+        f"takes steps up to 2**53 = {MAX_STEP} (float64 holds every whole number up to it, and "
+        f"the store's step arrays are int64); {fix}."
+    )
 
 
 def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None) -> None:
@@ -174,6 +200,9 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
     if pattern is not None:
         name = c.folder.name if c.folder is not None else c.location.name
         c.step, c.epoch = regex_step(pattern, name, ipe, where)
+        if c.step is not None and c.step > MAX_STEP:
+            fix = "correct --step-regex so that its group holds the step only"
+            raise _beyond_steps(c, "by --step-regex", fix)
         return
     stored = _stored_step(c)
     if stored is not None:  # the file's own record wins over its name, as --step-regex does not
@@ -196,4 +225,13 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
                 f"that is right, or pass --step-regex to take the step from the name."
             )
     if c.step is None:
-        raise no_step_error(where)
+        raise no_step_error(where, _empty_entries(c))
+    if c.step > MAX_STEP and c.step == c.global_step:
+        fix = "correct global_step in its trainer_state.json"
+        raise _beyond_steps(c, "its trainer_state.json global_step", fix)
+    if c.step > MAX_STEP:
+        fix = (
+            "rename it for its step (step_2000), or pass --step-regex with a group around the "
+            "part of the name that is the step"
+        )
+        raise _beyond_steps(c, "by its name", fix)
