@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .checkpoints._format import load_weights_only
 from .checkpoints._keys import match_keys
 from .errors import CheckpointError
 
@@ -145,7 +146,7 @@ def _read_entry(path: Path, size: int | None, mtime_ns: int | None) -> tuple[str
     try:
         with open(path, "rb") as handle:
             zipped = handle.read(4) == b"PK\x03\x04"
-        obj = torch.load(str(path), weights_only=True, map_location="cpu", mmap=zipped)
+        obj = load_weights_only(lambda: str(path), map_location="cpu", mmap=zipped)
     except OSError as exc:
         raise CheckpointError(
             f"cannot read '{path}' again for its optimizer state ({exc.strerror or exc}). Check "

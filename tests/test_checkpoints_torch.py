@@ -8,9 +8,12 @@ checkpoint (a wrong architecture, an unreadable file).
 
 from __future__ import annotations
 
+import pickle
 import shutil
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -120,7 +123,7 @@ def test_a_stored_step_that_is_not_a_count_is_refused_naming_the_file(
 
 @pytest.mark.parametrize(
     "value",
-    [float("nan"), float("inf"), -3.0, torch.tensor(2.5)],
+    [float("nan"), float("inf"), -3.0, torch.tensor(2.5), np.float64(2.5), np.int64(-3), np.True_],
 )
 def test_a_float_or_numpy_step_that_is_not_a_count_is_refused(tmp_path: Path, value: object):
     path = tmp_path / "ckpt_100.pt"
@@ -182,6 +185,75 @@ def test_a_step_entry_of_none_is_no_stored_step(tmp_path: Path):
     msg = " ".join(problem(tmp_path).split())
     assert "no step recoverable from '" in msg, msg
     assert "run_e.pt' (its dict's 'step' entry is None): name files like" in msg, msg
+
+
+class Recipe:  # an arbitrary object: never unpickled
+    lr = 0.1
+
+
+def test_a_numpy_step_is_read_weights_only(tmp_path: Path):
+    """np.int64(1500), np.float64(...): torch.load(weights_only=True) refused them ("Unsupported
+    global: numpy._core.multiarray.scalar"); they are read with only numpy's scalar globals
+    allowed, and the step is taken as for an int or a float."""
+    torch.save({"model_state_dict": state(0), "step": np.int64(1500)}, tmp_path / "run_a.pt")
+    torch.save({"model": state(1), "step": np.float64(1600.0)}, tmp_path / "run_b.pt")
+    torch.save({"model": state(2), "global_step": np.int32(1700)}, tmp_path / "run_c.pt")
+    torch.save({"model": state(3), "step": np.float32(1800.0)}, tmp_path / "run_d.pt")
+    refs = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.file.name) for r in refs] == [
+        (1500, "run_a.pt"),
+        (1600, "run_b.pt"),
+        (1700, "run_c.pt"),
+        (1800, "run_d.pt"),
+    ]
+    torch.testing.assert_close(read_state_dict(refs[0]), state(0))  # the full load, too
+    # only while the file is read: no numpy global stays allowed in the process
+    assert not [g for g in torch.serialization.get_safe_globals() if "numpy" in str(g)]
+    with torch.serialization.safe_globals([np.dtype]):  # one the user allowed stays allowed
+        assert listed(tmp_path)[0] == (1500, "run_a.pt")
+        assert np.dtype in torch.serialization.get_safe_globals()
+    # any other global stays refused, beside a numpy step or in place of one
+    torch.save({"model": state(0), "step": np.int64(5), "recipe": Recipe()}, tmp_path / "run_a.pt")
+    torch.save({"model": state(1), "step": np.array(1600)}, tmp_path / "run_b.pt")
+    msg = " ".join(problem(tmp_path).split())
+    assert msg.count("cannot be read with torch.load(weights_only=True)") == 2, msg
+    assert "test_checkpoints_torch.Recipe" in msg and "_reconstruct" in msg, msg
+
+
+try:
+    from numpy._core import multiarray as np_multiarray
+except ImportError:  # numpy before 1.26
+    from numpy.core import multiarray as np_multiarray  # type: ignore[no-redef]
+
+
+class _Numpy1Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes numpy's scalar global as numpy 1 named it, numpy.core.multiarray.scalar."""
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        if obj is np_multiarray.scalar:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\nscalar\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+@pytest.mark.skipif(torch.__version__ < "2.6", reason="torch 2.6 takes a name with a global")
+def test_a_numpy_step_saved_under_numpy_1_is_read(tmp_path: Path):
+    numpy1 = types.ModuleType("numpy1_pickle")
+    numpy1.Pickler = _Numpy1Pickler  # type: ignore[attr-defined]
+    payload = {"model_state_dict": state(0), "step": np.int64(1500)}
+    torch.save(payload, tmp_path / "run_a.pt", pickle_module=numpy1)
+    globs = torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "run_a.pt"))
+    assert "numpy.core.multiarray.scalar" in globs, globs
+    assert listed(tmp_path) == [(1500, "run_a.pt")]
+
+
+def test_a_numpy_step_with_a_torch_before_2_5_says_what_reads_it(tmp_path, monkeypatch):
+    monkeypatch.delattr(torch.serialization, "safe_globals")  # torch before 2.5 has none
+    torch.save({"model_state_dict": state(0), "step": np.int64(1500)}, tmp_path / "run_a.pt")
+    msg = " ".join(problem(tmp_path).split())
+    assert "cannot be read with torch.load(weights_only=True)" in msg, msg
+    assert "is read with torch 2.5 or later; or save the step as an int" in msg, msg
 
 
 def test_a_step_beyond_any_run_is_refused_naming_the_file(tmp_path: Path):

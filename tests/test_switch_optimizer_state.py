@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -158,6 +159,14 @@ def test_other_entries_and_lightnings_list_are_read(tmp_path):
             [3], until=4, store=tmp_path / f"s_{entry}", ckpts=folder, spec=SPEC, device="cpu"
         )
         assert result.points[0].momentum == "saved", (entry, result.notes)
+
+
+def test_the_state_beside_a_numpy_step_is_read(tmp_path):
+    # "step": np.int64(3) made torch.load(weights_only=True) refuse the file: fresh momentum
+    model, optimizer = plain_loop(sgd)
+    folder = save_loop_checkpoint(tmp_path / "ckpts", model, optimizer, step=np.int64(3))
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=folder, spec=SPEC, device="cpu")
+    assert result.points[0].momentum == "saved", result.notes
 
 
 def two_groups(model):  # weights, then biases: not the model's order, same count

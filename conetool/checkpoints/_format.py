@@ -23,11 +23,12 @@ import os
 import pickle
 import re
 import sys
+import threading
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -346,6 +347,11 @@ def check_torch_file(path: Path) -> bool:
 
 def _unsafe_pickle_error(path: Path, error: Exception) -> CheckpointError:
     reason = next((ln.strip() for ln in str(error).splitlines() if "Unsupported" in ln), "")
+    if "numpy" in reason and not _numpy_scalar_globals():
+        reason += (
+            " (a numpy scalar, such as a step saved as np.int64(1500), is read with torch 2.5 or "
+            "later; or save the step as an int)"
+        )
     return CheckpointError(
         f"'{path}' cannot be read with torch.load(weights_only=True)"
         f"{': ' + reason if reason else ''}. conetool never unpickles arbitrary objects (a pickle "
@@ -355,6 +361,51 @@ def _unsafe_pickle_error(path: Path, error: Exception) -> CheckpointError:
         f"safetensors.torch.save_file(sd, 'step_2000.safetensors', "
         f"metadata={{'step': '2000'}}); safetensors is the preferred format."
     )
+
+
+# safe_globals changes torch's process-wide allowlist while it is open: one file at a time (a
+# load in another thread meanwhile may read numpy scalars too, and nothing more)
+_numpy_lock = threading.Lock()
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """The globals a pickled numpy integer, float or bool scalar needs, and nothing more: numpy's
+    ``scalar`` (which builds the value from its dtype and bytes), ``numpy.dtype`` and the dtype
+    classes of those scalars. Files written under numpy 1 name ``numpy.core.multiarray.scalar``,
+    under numpy 2 ``numpy._core.multiarray.scalar``: both are allowed where torch takes a name
+    with a global (2.6 and later). Empty where torch has no ``safe_globals`` (before 2.5); those
+    already allowed by the user are left out (leaving the context would remove them)."""
+    if not hasattr(torch.serialization, "safe_globals"):
+        return []
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy before 1.26
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    scalar = multiarray.scalar
+    codes = np.typecodes["AllInteger"] + "efd?"  # integers, float16/32/64, bool
+    wanted: list[Any] = [scalar, np.dtype, *{type(np.dtype(c)) for c in codes}]
+    if torch.__version__ >= "2.6":
+        wanted += [(scalar, f"numpy.{core}.multiarray.scalar") for core in ("core", "_core")]
+    held = torch.serialization.get_safe_globals()
+    return [g for g in wanted if g not in held]
+
+
+def load_weights_only(source: Callable[[], str | io.BytesIO], **kwargs: Any) -> Any:
+    """``torch.load(source(), weights_only=True, **kwargs)``. A pickle that holds a numpy scalar
+    (a step saved as ``np.int64(1500)`` or ``np.float64(1500.0)``) is read again with only
+    :func:`_numpy_scalar_globals` allowed; any other global stays refused."""
+    try:
+        return torch.load(source(), weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        if "numpy" not in str(e):
+            raise
+        refused = e
+    with _numpy_lock:
+        allowed = _numpy_scalar_globals()
+        if not allowed:  # torch before 2.5, or the user allowed them already: not numpy scalars
+            raise refused
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(source(), weights_only=True, **kwargs)
 
 
 def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -550,7 +601,7 @@ def read_torch_contents(path: Path) -> TorchContents:
     memory-mapped: reads the pickle, not the tensor data. Raises :class:`CheckpointError` for a
     file ``torch.load(weights_only=True)`` cannot read."""
     try:
-        obj = torch.load(str(path), weights_only=True, map_location="cpu", mmap=True)
+        obj = load_weights_only(lambda: str(path), map_location="cpu", mmap=True)
     except pickle.UnpicklingError as e:
         raise _unsafe_pickle_error(path, e) from None
     except (RuntimeError, EOFError, ValueError) as e:
@@ -574,7 +625,7 @@ def read_torch_contents(path: Path) -> TorchContents:
 def load_torch_bytes(path: Path, buf: bytearray) -> dict[str, torch.Tensor]:
     """The state dict in a torch.save file whose bytes are ``buf`` (``weights_only=True``)."""
     try:
-        obj = torch.load(io.BytesIO(buf), weights_only=True, map_location="cpu")
+        obj = load_weights_only(lambda: io.BytesIO(buf), map_location="cpu")
     except pickle.UnpicklingError as e:
         raise _unsafe_pickle_error(path, e) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
