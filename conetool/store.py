@@ -39,7 +39,7 @@ Guarantees:
   however it ends. A second writer is refused at once with a message naming the holder (it never
   waits: a waiting ``--overwrite`` would silently replace the first run's kernels right after);
 * a damaged or deleted ``manifest.json`` is rebuilt by :meth:`Store.open_for_writing` from the
-  kernel files, each of which carries its own record (:attr:`Store.notes` says so), with the
+  kernel files, each of which carries its own record (:attr:`Store.warnings` says so), with the
   records of the evaluation set and the parameter groups recovered from ``eval.safetensors``
   and the layer files (the ``kernels`` run that rebuilds it reads them, and the step regex the
   kernel files carry, before it opens the store: :func:`rebuilds_manifest`,
@@ -146,7 +146,11 @@ class Store:
         self.manifest = manifest
         self._opened_as = opened_as(manifest)  # what replaced() compares the manifest on disk to
         self.owner = owner  # False: never writes manifest.json (another process owns it)
-        self.notes: list[str] = []  # what opening did that the user should hear of (a rebuild)
+        # What opening did that the user should hear of, in the two channels of every command:
+        # warnings, a possible loss to check (a manifest rebuilt, records not recovered, a
+        # replaced store removed); notes, information only (records recovered from their files).
+        self.warnings: list[str] = []
+        self.notes: list[str] = []
         self._lock: StoreLock | None = None
         # Guards self.manifest (and manifest.json's writes) between a writer thread and readers.
         self._manifest_guard = threading.RLock()
@@ -269,7 +273,7 @@ class Store:
         cls, root: Path, identity: StoreIdentity, header: Mapping[str, Any], overwrite: bool
     ) -> Store:
         path = paths.manifest(root)
-        notes: list[str] = []
+        warnings: list[str] = []  # the rebuild (its last item completed below), what is lost
         cleared: str | None = None
         _remove_stale_temporaries(root)
         if path.is_file():
@@ -281,7 +285,7 @@ class Store:
                     cleared = clear(root)
                 elif _damaged(exc, root):
                     manifest = None  # damaged (not foreign, not newer): rebuilt below
-                    notes.append(
+                    warnings.append(
                         f"{path} was damaged ({exc.__cause__}); rebuilt it from the kernel files"
                     )
                 else:
@@ -306,32 +310,38 @@ class Store:
         elif overwrite:
             cleared = clear(root)
         elif _kernel_files(root):
-            notes.append(f"{path} was missing; rebuilt it from the kernel files")
+            warnings.append(f"{path} was missing; rebuilt it from the kernel files")
         manifest = new_manifest(identity, header)
         # rebuilt from the kernel files: the same store, under the id they carry (each header
         # read once, for the id and the records)
-        headers = _kernel_files_metadata(root, identity) if notes else {}
+        rebuilt = bool(warnings)
+        headers = _kernel_files_metadata(root, identity) if rebuilt else {}
         kept = store_id_of_kernel_files(headers.values())
         if kept is not None:
             manifest["store_id"] = kept
         store = cls(root, manifest)
-        if notes:
+        if rebuilt:
             adopted = store._adopt(headers)
-            notes[-1] = rebuilt_note(root, notes[-1], len(adopted), len(headers) - len(adopted))
-            notes += store._recover_companion_records(header)
-        store.notes = notes + ([cleared] if cleared else [])
+            warnings[-1] = rebuilt_note(
+                root, warnings[-1], len(adopted), len(headers) - len(adopted)
+            )
+            recovered, lost = store._recover_companion_records(header)
+            store.notes += recovered
+            warnings += lost
+        store.warnings = warnings + ([cleared] if cleared else [])
         store._ensure_kernels_dir()
         store._write_manifest()
         return store
 
-    def _recover_companion_records(self, header: Mapping[str, Any]) -> list[str]:
+    def _recover_companion_records(self, header: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         """Put back in a rebuilt manifest (in memory) the records of the evaluation set
         (``eval``, from ``eval.safetensors``) and of the parameter groups (``layer_groups``,
         from the layer files): without them the next ``distance`` removed its per-layer outputs
         and ``spectrum`` lost its kernel-machine accuracy, although their files were all there.
         ``header``: the run's provenance (its spec gives the probe seed the eval record keeps).
-        Returns the notes: what was recovered, and what could not be, with the command that
-        records it again."""
+        Returns ``(notes, warnings)``: what was recovered (information: each record is the
+        one its files carry), and what could not be, with the command that records it again
+        (a loss: until then its files are not kept complete)."""
         spec = header.get("spec")
         probe = spec.get("probe") if isinstance(spec, Mapping) else None
         seed = probe.get("seed") if isinstance(probe, Mapping) else None
@@ -342,7 +352,7 @@ class Store:
                 self.manifest["eval"] = evaluated
             if layers is not None:
                 self.manifest["layer_groups"] = layers
-        notes = []
+        notes, warnings = [], []
         kept = []
         if evaluated is not None:
             kept.append(f"the evaluation set of {evaluated['size']} examples (--eval-size)")
@@ -354,20 +364,20 @@ class Store:
             )
         if eval_problem is not None:
             size = companions.eval_size_of_kernels(self.root, self.identity)
-            notes.append(
+            warnings.append(
                 f"no evaluation set was recovered: {eval_problem}. Rerun "
                 f"{self.kernels_command()} --eval-size {size or 'M'} (the size it had), which "
                 "draws it again and keeps the eval kernels made with it"
             )
         if layer_problem is not None:
-            notes.append(
+            warnings.append(
                 f"no parameter groups were recovered: {layer_problem}. Rerun "
                 f"{self.kernels_command()} --per-layer, or --groups 'NAME=PATTERN,...' with the "
                 "patterns that made them, which records them again and keeps the layer files "
                 "made with the same groups; until then distance keeps its per-layer outputs "
                 "as they are"
             )
-        return notes
+        return notes, warnings
 
     def _ensure_kernels_dir(self) -> None:
         make_dir(self.root / paths.KERNELS_DIR)
@@ -566,7 +576,7 @@ class Store:
         """Record the evaluation set ``record`` (size, split, seed, hash, file) in the manifest,
         written now when it changed. When it replaces another evaluation set, the eval kernel
         files of the old one are deleted (they carry its hash and would never be used again).
-        Returns the notes to show (the replacement)."""
+        Returns the warnings to show (the replacement: files deleted)."""
         old = self.eval_record
         removed = self._record_companion("eval", record, paths.eval_kernels_dir, "eval_hash")
         if removed is None:
@@ -636,7 +646,8 @@ class Store:
     def record_layer_groups(self, record: dict[str, Any]) -> list[str]:
         """Record the parameter groups ``record`` in the manifest, written now when it changed.
         When it replaces another grouping, the layer files of the old one are deleted (they
-        carry its hash and would never be used again). Returns the notes to show."""
+        carry its hash and would never be used again). Returns the warnings to show (files
+        deleted)."""
         old = self.layer_record
         removed = self._record_companion(
             "layer_groups", record, paths.layer_kernels_dir, "groups_hash"

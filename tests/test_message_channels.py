@@ -85,6 +85,47 @@ def test_kernels_says_deleted_files_as_a_warning_again_under_quiet(run, tmp_path
     assert result.notes == [], result.notes
 
 
+def test_a_rebuilt_manifest_says_the_rebuild_as_a_warning_and_the_recovered_records_as_a_note(
+    run, tmp_path
+):
+    """The store's one list (Store.notes) held the rebuild, what was recovered and what was not,
+    and kernels said all of it as warnings: --quiet printed 'warning: recovered the evaluation
+    set ...' at the end, though nothing was lost. Recovered records are a note; the rebuild and
+    a record not recovered stay warnings."""
+    recovered = "recovered the evaluation set of 3 examples (--eval-size) and the parameter groups"
+    for quiet in (False, True):
+        root = tmp_path / f"s{quiet}"
+        kernels(run, store=root, device="cpu", eval_size=3, per_layer=True)
+        manifest = paths.manifest(root)
+        manifest.write_text(manifest.read_text()[:40])  # damaged
+        args = ["kernels", str(run), "--store", str(root), "--device", "cpu"]
+        said = runner.invoke(app, [*args, *(["-q"] if quiet else [])])
+        assert said.exit_code == 0, said.output
+        text = flat(said.output)
+        bare = "".join(said.output.split())  # the paths wrap anywhere
+        assert text.count("was damaged") == 1 and f"warning:{manifest}wasdamaged" in bare, text
+        if quiet:
+            assert "recovered the" not in text, text
+        else:
+            assert text.count(recovered) == 1 and f"note: {recovered}" in text, text
+        assert "warning:recovered" not in bare, text
+    # from Python: in the result's notes; a record not recovered is a warning
+    paths.manifest(root).unlink()
+    result = kernels(run, store=root, device="cpu")
+    assert [n[: len(recovered)] for n in result.notes if "recovered" in n] == [recovered]
+    assert len(result.warnings) == 1 and "was missing" in result.warnings[0], result.warnings
+    paths.manifest(root).unlink()
+    paths.eval_set(root).unlink()  # its eval kernels have no evaluation set: not recovered
+    result = kernels(run, store=root, device="cpu")
+    assert [w.split(";")[0].split(":")[0] for w in result.warnings] == [
+        f"{paths.manifest(root)} was missing",
+        "no evaluation set was recovered",
+    ], result.warnings
+    assert [n.split(" (")[0] for n in result.notes if "recovered" in n] == [
+        "recovered the parameter groups fc_layers.0, fc"
+    ], result.notes
+
+
 # ------------------------------------------------------------------------------------------------
 # inspect says what the directory holds as kernels says it
 

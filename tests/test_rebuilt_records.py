@@ -93,7 +93,8 @@ def test_a_rebuilt_manifest_keeps_the_eval_set_and_the_parameter_groups(
     rebuilt = _manifest(root)
     assert rebuilt["eval"] == before["eval"]
     assert rebuilt["layer_groups"] == before["layer_groups"]
-    (note,) = [n for n in again.warnings if n.startswith("recovered")]
+    (note,) = [n for n in again.notes if n.startswith("recovered")]
+    assert not any(w.startswith("recovered") for w in again.warnings), again.warnings
     assert "evaluation set of 6 examples" in note and "parameter groups" in note
     # later runs keep both, and recompute none of their files
     later = kernels(run, store=root, device="cpu")

@@ -103,7 +103,7 @@ def test_overwrite_of_a_store_without_a_usable_manifest_deletes_its_kernels(tmp_
     fresh = Store.open_for_writing(root, IDENT, HEADER, overwrite=True)
     fresh.close()
     assert fresh.steps() == []  # not rebuilt from the kernel files; what went is said
-    assert fresh.notes == ["--overwrite removed the replaced store's 2 kernel file(s)"]
+    assert fresh.warnings == ["--overwrite removed the replaced store's 2 kernel file(s)"]
     assert not paths.kernel(root, 0).exists() and not paths.kernel(root, 10).exists()
     assert Store.open(root).steps() == []  # nothing of the old store comes back on reading
 
@@ -128,7 +128,7 @@ def test_overwrite_removes_every_file_conetool_wrote_and_keeps_the_users(tmp_pat
     replaced.close()
     # and says so: the results it removed may have been expensive (switch)
     results = ", ".join(paths.DERIVED_DIRS)
-    assert replaced.notes == [
+    assert replaced.warnings == [
         f"--overwrite removed the replaced store's 2 kernel file(s) and its {results} results"
     ]
     assert [p for p in written if p.exists()] == []
@@ -246,9 +246,9 @@ def test_rebuilding_counts_the_kernel_files_of_another_identity_it_leaves_out(tm
     store = Store.open_for_writing(root, IDENT, HEADER)
     store.close()
     assert store.steps() == [0, 10]
-    assert len(store.notes) == 1
-    assert "2 kernel(s) recovered" in store.notes[0]
-    assert "1 other file(s) left out and recomputed" in store.notes[0]
+    assert len(store.warnings) == 1 and store.notes == []
+    assert "2 kernel(s) recovered" in store.warnings[0]
+    assert "1 other file(s) left out and recomputed" in store.warnings[0]
 
 
 def test_rebuilding_reads_each_kernel_files_header_once(tmp_path, monkeypatch):
@@ -271,7 +271,7 @@ def test_rebuilding_reads_each_kernel_files_header_once(tmp_path, monkeypatch):
     assert sorted(opened) == [paths.kernel(root, s).name for s in (0, 10, 20)]
     assert store.steps() == [0, 10, 20] and store.record(10) == record(10)
     assert store.manifest["store_id"] == store_id
-    assert "3 kernel(s) recovered" in store.notes[0]
+    assert "3 kernel(s) recovered" in store.warnings[0]
 
 
 def test_reopening_writes_a_kernel_orphaned_by_a_kill_into_manifest_json(tmp_path):
@@ -299,7 +299,7 @@ def test_a_damaged_manifest_beside_kernel_files_alone_is_rebuilt(tmp_path):
     store = Store.open_for_writing(root, IDENT, HEADER)
     store.close()
     assert store.steps() == [0, 10] and store.record(10) == record(10)
-    assert "was damaged" in store.notes[0] and "2 kernel(s) recovered" in store.notes[0]
+    assert "was damaged" in store.warnings[0] and "2 kernel(s) recovered" in store.warnings[0]
     assert paths.kernel(root, 10).read_bytes() == kernel_bytes
     assert Store.open(root).steps() == [0, 10]
 
@@ -339,7 +339,7 @@ def test_a_manifest_with_a_value_of_the_wrong_type_is_damaged_and_rebuilt(tmp_pa
     assert named in str(refused.value) and "rebuilds the manifest" in str(refused.value)
     store = Store.open_for_writing(root, IDENT, HEADER)
     store.close()
-    assert "was damaged" in store.notes[0] and "2 kernel(s) recovered" in store.notes[0]
+    assert "was damaged" in store.warnings[0] and "2 kernel(s) recovered" in store.warnings[0]
     assert store.steps() == [0, 10] and store.record(10) == record(10)
     assert {p.name: p.read_bytes() for p in (root / paths.KERNELS_DIR).iterdir()} == kernels_before
 
@@ -889,7 +889,7 @@ def test_a_manifest_rebuilt_from_the_kernel_files_is_the_same_store(tmp_path):
             paths.manifest(root).write_text("{ damaged")
         rebuilt = Store.open_for_writing(root, IDENT, HEADER)
         rebuilt.close()
-        assert any("rebuilt it from the kernel files" in note for note in rebuilt.notes)
+        assert any("rebuilt it from the kernel files" in said for said in rebuilt.warnings)
         assert json.loads(paths.manifest(root).read_text())["store_id"] == manifest["store_id"]
         assert not reader.replaced() and not sweep.replaced()
         assert torch.equal(reader.load_kernel(10), 11 * torch.eye(2))

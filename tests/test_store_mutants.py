@@ -290,7 +290,7 @@ def test_a_damaged_manifest_beside_the_probe_set_alone_is_rebuilt(tmp_path):
     paths.manifest(root).write_text("{ damaged")
     store = Store.open_for_writing(root, IDENT, HEADER)
     store.close()
-    assert "was damaged" in store.notes[0] and store.steps() == []
+    assert "was damaged" in store.warnings[0] and store.steps() == []
     assert Store.open(root).identity == IDENT
 
 
@@ -411,7 +411,7 @@ def test_overwrite_is_not_stopped_by_a_file_appearing_while_it_removes_a_folder(
 
     monkeypatch.setattr(store_module.shutil, "rmtree", rmtree)
     with Store.open_for_writing(root, OTHER, HEADER, overwrite=True) as store:
-        assert any("distance" in note for note in store.notes)
+        assert any("distance" in said for said in store.warnings)
     assert raced and not (root / "distance").exists()
 
 

@@ -168,9 +168,12 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             holder.append(out)
             # Warnings: a manifest rebuilt (it was missing or damaged: kernel files left out,
             # records not recovered) or a replaced store removed (--overwrite); files of an
-            # evaluation set or grouping that another one replaced, deleted.
-            for message in out.notes:
+            # evaluation set or grouping that another one replaced, deleted. Notes: the records
+            # a rebuilt manifest got back from their files.
+            for message in out.warnings:
                 said.warn(message)
+            for message in out.notes:
+                said.note(message)
             _ensure_probe(out.root, plan.probe)
             if plan.eval_set is not None:
                 _ensure_probe(out.root, plan.eval_set, paths.eval_set(out.root))
