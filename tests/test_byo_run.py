@@ -176,7 +176,7 @@ def test_switch_says_when_the_spec_T_is_beyond_the_runs_last_checkpoint(
     tmp_path: Path, tiny: Path
 ) -> None:
     """A spec whose [train] steps is not the run's (left at its default, say) trains every point
-    past the run's end: the note says so and names --until with the run's last step, rather than
+    past the run's end: the warning says so and names --until with the run's last step, rather than
     only --reference train (which would train the standard run past its end too)."""
     run = tmp_path / "run"
     assert runner.invoke(app, ["train", str(tiny), "--out", str(run), "-q"]).exit_code == 0

@@ -26,6 +26,8 @@ from conetool import paths
 from conetool.cli import app
 from conetool.pipeline import kernels
 from conetool.pipeline.run_switch import switch
+from conetool.pipeline.switch_points import FOREIGN_RUN
+from conetool.spec import save_spec
 
 runner = CliRunner()
 trained, run = run_fixtures(SPEC)
@@ -213,18 +215,137 @@ def test_switch_keeps_distinct_reasons_apart_naming_one_points_files(tmp_path):
     save_loop_checkpoint(ckpts, model, adam, step=3)
     store = tmp_path / "s"
     result = switch([1, 2, 3], until=4, store=store, ckpts=ckpts, spec=OPTIMIZER_SPEC, device="cpu")
-    said = [n for n in result.notes if "momentum" in n]
-    assert said[0] == (
+    said = [n for n in result.notes if "momentum" in n]  # no state: a note
+    assert said == [
         "t=1, 2 (2 points): no optimizer state beside their checkpoints "
         "(step_XXXXXX.optim.safetensors, as conetool train writes it) nor in their files (no "
         "optimizer_state_dict, optimizer, optimizer_states entry); momentum starts at zero"
-    ), said
-    assert said[1].startswith(
+    ], said
+    warned = [w for w in result.warnings if "momentum" in w]  # a state not used: a warning
+    assert len(warned) == 1 and warned[0].startswith(
         "t=3: no optimizer state beside the checkpoint (step_000003.optim.safetensors, as "
         "conetool train writes it), and the optimizer_state_dict in step_3.pt is not used: it "
         "is the state of Adam"
-    ), said
-    assert len(said) == 2, said
+    ), warned
+
+
+def _foreign_run(run, tmp_path):
+    """``run``'s checkpoints as a loop of one's own saves them: no optimizer state beside them
+    or in them, no conetool metadata."""
+    pts = tmp_path / "pts"
+    pts.mkdir()
+    shutil.copy(paths.spec(run), paths.spec(pts))
+    for step in (0, 5, 10):
+        state = load_file(str(paths.checkpoint(run, step)))
+        torch.save({"model_state_dict": state, "step": step}, pts / f"ckpt_{step}.pt")
+    return pts
+
+
+def test_switch_says_its_notes_as_they_come_and_quiet_leaves_them_out(run, tmp_path):
+    """switch printed its notes after the table, --quiet included ('note: using --step-regex
+    ...', the momentum notes)."""
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu", step_regex=r"step_(\d+)")
+    args = ["switch", "--at", "5", "--store", str(store), "--device", "cpu"]
+    regex = r"note: using --step-regex 'step_(\d+)', recorded in the store by conetool kernels"
+    loud = runner.invoke(app, args)
+    assert loud.exit_code == 0, loud.output
+    text = flat(loud.output)
+    assert text.count("using --step-regex") == 1 and regex in text, text
+    assert text.index(regex) < text.index("conetool switch ->"), text  # as it came
+    quiet = runner.invoke(app, [*args, "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "using --step-regex" not in quiet.output and "note:" not in quiet.output, quiet.output
+    # a run without optimizer state: momentum starting at zero is a note, not under --quiet
+    pts = _foreign_run(run, tmp_path)
+    args = ["switch", "--at", "0,5", "--until", "10", "--ckpts", str(pts), "--device", "cpu"]
+    loud = runner.invoke(app, [*args, "--store", str(tmp_path / "a")])
+    assert loud.exit_code == 0, loud.output
+    text = flat(loud.output)
+    assert text.count("momentum starts at zero") == 1 and "note: t=0, 5 (2 points)" in text
+    quiet = runner.invoke(app, [*args, "--store", str(tmp_path / "b"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "momentum starts at zero" not in quiet.output, quiet.output
+
+
+def test_switch_warns_of_checkpoints_not_written_by_conetool_train(run, tmp_path):
+    """The switch replays the spec's recipe on conetool's batch order, not the run's: a guess
+    to check, said as 'note:' after the table and kept in the notes; --quiet printed it as a
+    note. It is a warning: as it comes, again at the end under --quiet."""
+    pts = _foreign_run(run, tmp_path)
+    args = ["switch", "--at", "0,5", "--until", "10", "--ckpts", str(pts), "--device", "cpu"]
+    foreign = "these checkpoints were not written by `conetool train` (no conetool metadata)"
+    loud = runner.invoke(app, [*args, "--store", str(tmp_path / "a")])
+    assert loud.exit_code == 0, loud.output
+    text = flat(loud.output)
+    assert text.count(foreign) == 1 and f"warning: {foreign}" in text, text
+    assert text.index(foreign) < text.index("conetool switch ->"), text  # as it came
+    quiet = runner.invoke(app, [*args, "--store", str(tmp_path / "b"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    text = flat(quiet.output)
+    assert text.count(foreign) == 1 and f"warning: {foreign}" in text, text
+    assert text.index(foreign) > text.index("conetool switch ->"), text  # at the end
+    result = switch([0], until=10, store=tmp_path / "c", ckpts=pts, device="cpu")
+    assert [w for w in result.warnings if foreign in w] == [FOREIGN_RUN], result.warnings
+    assert not [n for n in result.notes if foreign in n], result.notes
+
+
+def test_switch_warns_of_an_optimizer_state_it_does_not_use_under_quiet(tmp_path):
+    """A loop's Adam state under an SGD spec is not used (momentum starts at zero although the
+    run saved it, and the spec is perhaps not the run's recipe): it was a note --quiet printed
+    after the table as 'note: t=3: ...'."""
+    model, adam = plain_loop(lambda m: torch.optim.Adam(m.parameters(), lr=0.01))
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, adam, step=3)
+    save_spec(OPTIMIZER_SPEC, tmp_path / "spec.toml")
+    args = ["switch", "--at", "3", "--until", "4", "--ckpts", str(ckpts), "--device", "cpu"]
+    args += ["--spec", str(tmp_path / "spec.toml")]
+    unused = "and the optimizer_state_dict in step_3.pt is not used: it is the state of Adam"
+    for quiet in ([], ["-q"]):
+        said = runner.invoke(app, [*args, "--store", str(tmp_path / f"s{quiet}"), *quiet])
+        assert said.exit_code == 0, said.output
+        text = flat(said.output)
+        assert text.count(unused) == 1, text
+        assert "warning: t=3: no optimizer state beside the checkpoint" in text, text
+        assert "note: t=3" not in text, text
+
+
+def test_switch_reference_train_says_what_it_trains_and_a_missing_reference_warns(run, tmp_path):
+    """--reference train trained the standard model to T without a word; no standard model at
+    T, and earlier points left out of results.csv, were notes --quiet printed after the table."""
+    store = tmp_path / "s"
+    args = ["switch", "--until", "8", "--store", str(store), "--ckpts", str(run)]
+    args += ["--device", "cpu"]
+    missing = "no checkpoint of step 8 in"
+    for quiet in ([], ["-q"]):
+        said = runner.invoke(app, [*args, "--at", "0", *quiet])
+        assert said.exit_code == 0, said.output
+        text = flat(said.output)
+        assert text.count(missing) == 1 and f"warning: {missing}" in text, text
+    # the checkpoint of an earlier point changed: that point is left out of results.csv
+    changed = paths.checkpoint(run, 0)
+    with safe_open(str(changed), framework="pt") as handle:
+        meta = handle.metadata()
+    save_file({k: v * 1.01 for k, v in load_file(str(changed)).items()}, str(changed), meta)
+    trains = "note: --reference train: the run has no checkpoint of step 8, so the standard model"
+    left = "warning: left out of results.csv the points of earlier sweeps at 0"
+    for quiet in ([], ["-q"]):
+        paths.switch_reference(store).unlink(missing_ok=True)  # trained again
+        said = runner.invoke(app, [*args, "--at", "5", "--reference", "train", *quiet])
+        assert said.exit_code == 0, said.output
+        text = flat(said.output)
+        assert text.count(left) == 1, text
+        assert missing not in text, text
+        if quiet:
+            assert "--reference train:" not in text, text
+        else:
+            assert text.count(trains) == 1, text
+            assert "from the checkpoint of step 5: 3 steps of standard training" in text, text
+            assert text.index(trains) < text.index("conetool switch ->"), text  # before it trains
+    paths.switch_reference(store).unlink()
+    result = switch([5], until=8, store=store, ckpts=run, device="cpu", reference="train")
+    assert [n[: len(trains) - 6] for n in result.notes] == [trains[6:]], result.notes
+    assert not any("--reference train:" in w for w in result.warnings), result.warnings
+    assert [w for w in result.warnings if w.startswith(left[9:])], result.warnings
 
 
 def test_momentum_notes_list_a_long_sweep_shortly():
@@ -250,6 +371,7 @@ def test_torchrun_ranks_share_one_note_per_reason(run, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     text = flat(done.stdout)
     assert text.count("not written by `conetool train`") == 1, text
+    assert "warning: these checkpoints were not written by `conetool train`" in text, text
     assert text.count("momentum starts at zero") == 1, text
     assert "note: t=0, 5 (2 points): no optimizer state beside their checkpoints" in text, text
     assert "nor in their files (no optimizer_state_dict, optimizer, optimizer_states entry)" in text

@@ -198,7 +198,7 @@ def test_rerun_does_no_training(deep_run, tmp_path, monkeypatch):
 
 def test_until_and_reference_train(deep_run, tmp_path):
     result = switch([0], until=6, store=tmp_path / "s", ckpts=deep_run, device="cpu")
-    assert result.reference is None and "--reference train" in result.notes[-1]
+    assert result.reference is None and "--reference train" in result.warnings[-1]
     trained = switch(
         [0], until=6, store=tmp_path / "s", ckpts=deep_run, device="cpu", reference="train"
     )
@@ -285,6 +285,7 @@ def test_fresh_momentum_without_optimizer_state(deep_run, tmp_path):
     result = switch([4], store=tmp_path / "s", ckpts=run, device="cpu")
     assert result.points[0].momentum == "fresh"
     assert any("momentum starts at zero" in n for n in result.notes)
+    assert not any("momentum" in w for w in result.warnings), result.warnings
 
 
 def test_bad_input(deep_run, tmp_path):
@@ -366,7 +367,7 @@ def test_points_of_earlier_sweeps_whose_checkpoint_changed_are_left_out(deep_run
     result = switch([8], store=store, ckpts=run, device="cpu")
     with open(paths.switch_results_csv(store)) as handle:
         assert [int(r["at"]) for r in csv.DictReader(handle)] == [0, 8]
-    assert any("at 4: their checkpoints changed" in n and "--at 4" in n for n in result.notes)
+    assert any("at 4: their checkpoints changed" in w and "--at 4" in w for w in result.warnings)
 
 
 # ------------------------------------------------------------------ a store replaced meanwhile

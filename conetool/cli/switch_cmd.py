@@ -128,8 +128,7 @@ def switch(
             f"standard {r['step']}", f"{r['test_acc']:.4f}", f"{r['test_loss']:.4f}", "", "", ""
         )
     console.print(table)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
+    # The notes and warnings were said as they came (not with --quiet); the warnings again now.
     warned_at_the_end(result.warnings, quiet)
     for path in result.files:
         console.print(f"wrote {path}", highlight=False, markup=False)

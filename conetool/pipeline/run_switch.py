@@ -40,6 +40,7 @@ from .remembered import recorded_step_regex, use_recorded_imports
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_points import (
     MomentumNote,
+    Said,
     SwitchPoint,
     all_points,
     momentum_notes,
@@ -57,10 +58,14 @@ REFERENCES = tuple(r.value for r in Reference)
 @dataclass(frozen=True)
 class SwitchResult:
     """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
-    step, test_acc, test_loss, source; or None), the files written, ``notes``, and
-    ``warnings`` (what in the spec's recipe trains badly, then the training steps implausibly
-    slow, linearized or the standard run that ``reference="train"`` continues: each said once
-    per sweep, as ``progress`` showed it)."""
+    step, test_acc, test_loss, source; or None), the files written, ``notes`` (information:
+    options taken from the store, momentum starting at zero where no optimizer state was
+    saved, the standard run that ``reference="train"`` trains), and ``warnings`` (a possible
+    loss or a guess to check: what in the spec's recipe trains badly; checkpoints not written
+    by ``conetool train``; an optimizer state not used, or saved with other hyperparameters
+    than the spec's; no standard model at T; earlier points left out of results.csv; the
+    training steps implausibly slow, linearized or the standard run that ``reference="train"``
+    continues), each said once per sweep, as ``progress`` showed it."""
 
     store: Path
     until: int
@@ -169,8 +174,9 @@ def switch(
     still to do are dealt to the ranks (the longest continuations first, so that the work evens
     out), each rank trains its points on its own device and writes each point's files, and rank
     0, once all ranks are done, evaluates the standard model at T and writes ``results.csv``,
-    ``results.json`` and the figure from every point's file. The result's ``points`` and
-    ``notes`` cover the whole job on every rank; ``reference`` and ``files`` are rank 0's.
+    ``results.json`` and the figure from every point's file. The result's ``points``,
+    ``notes`` and ``warnings`` cover the whole job on every rank; ``reference``, ``files`` and
+    what is said of them are rank 0's.
 
     A ``kernels --overwrite`` that replaces the store during the sweep stops it with a
     :class:`~conetool.errors.StoreReplacedError`: nothing of the sweep is written into the new
@@ -224,9 +230,13 @@ def _switch(
     todo = job.broadcast([t for t in sweep.points_at if t not in finished] if job.is_main else None)
 
     results: list[SwitchPoint] = list(done)
-    notes: list[str] = list(sweep.notes) if job.is_main else []  # said once, not per rank
+    # What the sweep says in its two channels (as it comes on rank 0, whose progress is shown;
+    # gathered from every rank below). The store's options: said once, not per rank.
+    says = Said(progress)
+    for note in sweep.notes if job.is_main else []:
+        says.note(note)
     warnings: list[str] = []  # the slow-step warning: one per rank at most
-    # what each point says of its momentum: one note per reason for the whole job, once gathered
+    # what each point says of its momentum: one message per reason for the whole job, gathered
     momentum_said: list[MomentumNote] = []
     # what in the recipe trains badly (momentum >= 1), said once before any point is trained
     concerns = recipe_warnings(sweep.spec)
@@ -259,7 +269,7 @@ def _switch(
                 target,
                 threads,
                 progress,
-                notes,
+                says,
                 warnings,
                 training=started.append,
                 momentum_said=momentum_said,
@@ -284,8 +294,9 @@ def _switch(
 
     share = {
         "points": [asdict(p) for p in results],
-        "notes": notes,
-        "momentum": [[said.at, said.one, said.many] for said in momentum_said],
+        "notes": says.notes,
+        "warned": says.warnings,
+        "momentum": [[m.at, m.one, m.many, m.warning] for m in momentum_said],
         "warnings": warnings,
         "error": None if error is None else str(error),
         "replaced": replaced,
@@ -297,10 +308,20 @@ def _switch(
     points = sorted(
         (SwitchPoint(**p) for other in shares for p in other["points"]), key=lambda p: p.at
     )
-    # each note once (every rank that read a foreign checkpoint said so), then the momentum
-    # notes of every rank's points, one per reason
-    notes = list(dict.fromkeys(note for other in shares for note in other["notes"]))
-    notes += momentum_notes([MomentumNote(*said) for other in shares for said in other["momentum"]])
+    # each message once (every rank that read a foreign checkpoint warned of it; rank 0 says
+    # those only other ranks said), then the momentum messages of every rank's points, one per
+    # reason: a note where no optimizer state was saved, else a warning
+    warned = list(dict.fromkeys(w for other in shares for w in other["warned"]))
+    for message in warned:
+        if message not in says.warnings:
+            progress.log(f"warning: {message}")
+    says.warnings = warned
+    says.notes = list(dict.fromkeys(note for other in shares for note in other["notes"]))
+    momentum = [MomentumNote(*m) for other in shares for m in other["momentum"]]
+    for note in momentum_notes([m for m in momentum if not m.warning]):
+        says.note(note)
+    for message in momentum_notes([m for m in momentum if m.warning]):
+        says.warn(message)
     if replaced:
         # Every rank that found the store replaced has the same message (the first one says it):
         # the points of the whole job not written, and the command that computes them anew.
@@ -333,12 +354,15 @@ def _switch(
                 reference,
                 threads,
                 progress,
-                notes,
+                says,
                 warnings,
             )
         except CheckpointError as exc:
             raise _for_switch(exc) from exc
-        gathered = all_points(store, sweep.spec, T, points, _fingerprint_now(sweep), notes)
+        left_out: list[str] = []
+        gathered = all_points(store, sweep.spec, T, points, _fingerprint_now(sweep), left_out)
+        for message in left_out:
+            says.warn(message)
         return ref_result, write_sweep(target, gathered, ref_result, T)
 
     ref_result, files = job.agree(write_all)  # the other ranks wait for rank 0's files
@@ -349,7 +373,9 @@ def _switch(
     if failures:
         rank, message = failures[0]
         raise distributed.PeerFailedError(f"rank {rank} failed: {message}")
-    return SwitchResult(store, T, points, ref_result, files, notes, concerns + warnings)
+    return SwitchResult(
+        store, T, points, ref_result, files, says.notes, concerns + says.warnings + warnings
+    )
 
 
 def _replaced_error(

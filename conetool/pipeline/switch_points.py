@@ -33,7 +33,9 @@ from .resolve import model_for
 from .saved_results import saved_phase1_end
 from .switch_store import SwitchStore
 
-FOREIGN_NOTE = (
+#: A warning (a guess to check: the spec's [train] recipe stands in for the run's, and the
+#: batches are not the run's), said once per sweep.
+FOREIGN_RUN = (
     "these checkpoints were not written by `conetool train` (no conetool metadata): the "
     "linearized model is trained on conetool's seeded batch order (the spec's [train] seed, "
     "batch_size and augment), not on the batches of the loop that wrote them, so the switch "
@@ -70,20 +72,43 @@ class SwitchPoint:
     reused: bool = False
 
 
+class Said:
+    """What a sweep says, in the two channels of every command: :meth:`warn` (a possible loss or
+    a guess to check: ``warning: ...`` as it comes, kept in ``warnings``, which the CLI says
+    again at the end under ``--quiet``) and :meth:`note` (information only: ``note: ...`` as it
+    comes, kept in ``notes``; ``--quiet`` shows no progress, so none)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.warnings: list[str] = []
+        self.notes: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.progress.log(f"warning: {message}")
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        self.progress.log(f"note: {message}")
+
+
 @dataclass(frozen=True)
 class MomentumNote:
     """What the point ``at`` says of its momentum: why it starts at zero, or the hyperparameters
     its saved state was saved with. ``one`` names the point's own files; ``many`` says the same
     of any number of points and names none of their files, so that the points it applies to
-    share one note (:func:`momentum_notes`)."""
+    share one message (:func:`momentum_notes`). ``warning``: it is said as a warning (an
+    optimizer state the run saved is not used, or the saved hyperparameters are not the
+    spec's: a loss, or a recipe to check), else as a note (no state saved: information)."""
 
     at: int
     one: str
     many: str
+    warning: bool = False
 
 
 def momentum_notes(said: list[MomentumNote]) -> list[str]:
-    """One note per distinct reason, in the order of the first point it applies to: ``t=400:
+    """One message per distinct reason, in the order of the first point it applies to: ``t=400:
     ONE`` for one point, ``t=0, 100, 200 (3 points): MANY`` for several (a sweep of 20 points
     over a run without optimizer state said it 20 times, each naming its files)."""
     groups: dict[str, list[MomentumNote]] = {}
@@ -119,7 +144,7 @@ def run_point(
     store: SwitchStore,
     threads: int,
     progress: Progress,
-    notes: list[str],
+    says: Said,
     warnings: list[str],
     training: Callable[[int], None] | None = None,
     *,
@@ -128,9 +153,10 @@ def run_point(
     """Train the linearized model of the checkpoint ``ref`` from its step t to ``until`` (or read
     the finished point from ``store``) and write the point's files (holding ``store`` against a
     replacement: a :class:`~conetool.errors.StoreReplacedError`, checked before the training
-    too). Notes go to ``notes``, what it says of its momentum to ``momentum_said`` (one note
-    for the points of the sweep it applies to: :func:`momentum_notes`); the slow-step warning
-    goes to ``progress`` and ``warnings``,
+    too). Checkpoints not written by ``conetool train`` are said to ``says`` (a warning, once
+    per sweep), what it says of its momentum to ``momentum_said`` (one message for the points of
+    the sweep it applies to: :func:`momentum_notes`); the slow-step warning goes to ``progress``
+    and ``warnings``,
     once per sweep: a point is watched only while ``warnings`` is empty. ``training(t)`` is
     called once the point passed that check and is to be trained (a replacement found after it
     costs the point in progress; before it, the point was not started)."""
@@ -139,8 +165,8 @@ def run_point(
     model = model_for(spec)
     loaded = load_checkpoint(model, ref)  # refuses non-finite weights, names the file
     assert loaded is not None
-    if loaded.metadata.get("format") != "conetool" and FOREIGN_NOTE not in notes:
-        notes.append(FOREIGN_NOTE)
+    if loaded.metadata.get("format") != "conetool" and FOREIGN_RUN not in says.warnings:
+        says.warn(FOREIGN_RUN)
     key = point_key(spec, until, loaded.fingerprint)
     done = read_point(store.root, t, key)
     if done is not None:
@@ -228,8 +254,8 @@ def _from_checkpoint_file(
     the checkpoint file's own state was loaded into ``optimizer``, else ("fresh", why)."""
     ref = loaded.ref
 
-    def said(one: str, many: str) -> MomentumNote:
-        return MomentumNote(ref.step, one, many)
+    def said(one: str, many: str, *, warning: bool = False) -> MomentumNote:
+        return MomentumNote(ref.step, one, many, warning)
 
     none = f"no optimizer state beside the checkpoint ({beside.name}, as conetool train writes it)"
     nones = (
@@ -244,9 +270,10 @@ def _from_checkpoint_file(
             "that depend on the transformers version (which layers count as norms), not in the "
             f"model's order, so its buffers cannot be matched to the parameters verifiably; {fresh}"
         )
-        return "fresh", said(
+        return "fresh", said(  # a state the run saved, not used: a warning
             f"{none}, and Hugging Face's {hf_state.parent.name}/optimizer.pt is not read: {why}",
             f"{nones}, and Hugging Face's optimizer.pt in their folders is not read: {why}",
+            warning=True,
         )
     if ref.format != "torch" or len(ref.paths) != 1:
         return "fresh", said(f"{none}; {fresh}", f"{nones}; {fresh}")
@@ -266,9 +293,10 @@ def _from_checkpoint_file(
         )
     if not found.used:
         why = f"is not used: {found.reason}; {fresh}"
-        return "fresh", said(
+        return "fresh", said(  # a state the run saved, not used (often: not the spec's recipe)
             f"{none}, and the {found.entry} in {file.name} {why}",
             f"{nones}, and the {found.entry} in their files {why}",
+            warning=True,
         )
     if not found.differs:
         return "saved", None
@@ -276,9 +304,10 @@ def _from_checkpoint_file(
         f"saved with {', '.join(found.differs)}: the model trains with the spec's values (its "
         "recipe); if your run used the saved ones, give the spec your run's recipe"
     )
-    return "saved", said(
+    return "saved", said(  # which recipe the run used: for the user to check
         f"momentum from the {found.entry} in {file.name}, {differs}",
         f"momentum from the {found.entry} in their files, {differs}",
+        warning=True,
     )
 
 
@@ -303,13 +332,13 @@ def all_points(
     until: int,
     current: list[SwitchPoint],
     fingerprint_now: Callable[[int], str | None] = lambda at: None,
-    notes: list[str] | None = None,
+    warnings: list[str] | None = None,
 ) -> list[SwitchPoint]:
     """This sweep's points plus those earlier sweeps left in the store for the same spec and T.
 
     ``fingerprint_now(t)``: the fingerprint of the run's checkpoint of step t now (None: no
     such checkpoint, or not to be checked). An earlier point whose checkpoint has changed since
-    (a run replaced under the same spec) is left out, and ``notes`` says so."""
+    (a run replaced under the same spec) is left out, and ``warnings`` says so (a loss)."""
     points = {p.at: p for p in current}
     changed: list[int] = []
     for path in sorted(paths.switch_dir(store).glob("at_*.json")):
@@ -327,9 +356,9 @@ def all_points(
                 continue
             fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
             points[payload["at"]] = SwitchPoint(**{**fields, "reused": True})
-    if changed and notes is not None:
+    if changed and warnings is not None:
         at = " ".join(str(t) for t in sorted(changed))
-        notes.append(
+        warnings.append(
             f"left out of results.csv the points of earlier sweeps at {at}: their checkpoints "
             f"changed since they were computed. Recompute them: conetool switch --at "
             f"{at.replace(' ', ',')}."
@@ -348,12 +377,15 @@ def standard_reference(
     how: str,
     threads: int,
     progress: Progress,
-    notes: list[str],
+    says: Said,
     warnings: list[str],
 ) -> dict[str, Any] | None:
     """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
     continued from the last checkpoint before T, its result kept in ``store`` (written as
-    :func:`run_point` writes a point; its steps watched as :func:`run_point` watches them)."""
+    :func:`run_point` writes a point; its steps watched as :func:`run_point` watches them).
+    A missing checkpoint of T (no standard line) is a warning to ``says``; training the
+    continuation is a note, said before it starts (minutes a user expecting a stored model did
+    not plan)."""
     model = model_for(spec).to(device)
     if how == "checkpoint":
         if until not in refs:
@@ -361,7 +393,7 @@ def standard_reference(
             if final is not None and final < until:
                 # A spec whose [train] steps is not the run's (its default, say): every point
                 # was trained past the run's end.
-                notes.append(
+                says.warn(
                     f"no checkpoint of step {until} in {ckpts}: the run's checkpoints end at "
                     f"step {final}, before T = {until}, so each point was trained past the run's "
                     f"end and the figure has no standard-training line. If the run ended at step "
@@ -370,7 +402,7 @@ def standard_reference(
                     f"continued to T, pass --reference train."
                 )
                 return None
-            notes.append(
+            says.warn(
                 f"no checkpoint of step {until} in {ckpts}: the figure has no standard-training "
                 "line. Pass --reference train to train the standard continuation to T."
             )
@@ -394,7 +426,15 @@ def standard_reference(
         if previous.get("key") == key:
             return previous["reference"]
     store.check()
-    optimizer, _, _ = optimizer_at(model, spec, ckpts, loaded)
+    optimizer, momentum, _ = optimizer_at(model, spec, ckpts, loaded)
+    says.note(
+        f"--reference train: the run has no checkpoint of step {until}, so the standard model "
+        f"at T is trained now, from the checkpoint of step {start}: {until - start} steps of "
+        f"standard training with the spec's recipe (momentum "
+        f"{'from the saved optimizer state' if momentum == 'saved' else 'starting at zero'}), "
+        f"kept in {path} for reruns of the same spec, T and checkpoint. The figure's "
+        "standard line is this continuation, not a model your run saved."
+    )
     watch = (
         []
         if warnings
