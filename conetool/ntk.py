@@ -36,8 +36,9 @@ side and contracted in one wide product per pair of blocks, in float32 pieces su
 layers kept as factors get one product each (:mod:`conetool.ntk_terms`). For a symmetric kernel
 only products on or above the block diagonal are computed, and the product of a block of 128 rows
 or more with itself uses BLAS ``syrk`` on the CPU, reading the rows in place (half the work of a
-product; SciPy's BLAS, which comes with scikit-learn: :mod:`conetool.blas_syrk`). On Linux (glibc)
-memory freed during the call is kept for reuse until it returns (:mod:`conetool.heap`).
+product; PyTorch's own MKL where it has one, else SciPy's BLAS: :mod:`conetool.blas_syrk`). On
+Linux (glibc) memory freed during the call is kept for reuse until it returns
+(:mod:`conetool.heap`).
 
 The memory budget decides the schedule (:mod:`conetool.ntk_schedule`): one pass when the rows of
 all ``n`` examples fit (``trace`` splits its logits into as few groups as fit), else resident panels
