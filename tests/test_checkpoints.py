@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -543,6 +544,26 @@ def test_every_that_keeps_one_checkpoint_says_which_spacing_works(tmp_path: Path
     said.clear()
     list_checkpoints(tmp_path, steps=(0, 21), every=40, warn=said.append)
     assert not [m for m in said if "--every" in m]
+
+
+def test_every_beyond_the_run_suggests_an_every_that_keeps_two_checkpoints(tmp_path: Path):
+    """Steps 0 to 220, 22 apart, with --every 440: 440 is already a multiple of the spacing, so
+    the warning must not suggest it back (it said 'pass a multiple of 22 (--every 440)', the
+    flag given); it names the last step and an --every that keeps at least two checkpoints."""
+    steps = range(0, 221, 22)
+    for step in steps:
+        torch.save(state(step), tmp_path / f"ckpt_{step}.pt")
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, every=440, warn=said.append)
+    assert [r.step for r in refs] == [0]
+    (note,) = [m for m in said if "--every 440 (" in m]
+    flat = " ".join(note.split())
+    assert "keeps only step 0 of the 11 steps found" in flat, flat
+    suggested = [int(k) for k in re.findall(r"--every (\d+)\)", flat)]
+    assert suggested and all(k != 440 for k in suggested), flat
+    (k,) = suggested
+    assert k % 22 == 0 and sum(1 for s in steps if s % k == 0) >= 2, flat
+    assert "end at 220" in flat, flat
 
 
 def test_legacy_torch_serialization_is_read(tmp_path: Path):

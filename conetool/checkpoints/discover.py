@@ -285,10 +285,21 @@ def _every_note(every: int, kept: int, left_out: list[int]) -> str:
     shown = ", ".join(map(str, found[:6])) + (" ..." if len(found) > 6 else "")
     fix = "Leave --every out, or select a range with --steps."
     if spacing > 1:
-        fix = (
-            f"The steps found are multiples of {spacing}: pass a multiple of {spacing} (--every "
-            f"{spacing * max(1, round(every / spacing))}), or leave --every out."
-        )
+        near = spacing * max(1, round(every / spacing))
+        if sum(1 for step in found if step % near == 0) >= 2:
+            fix = (
+                f"The steps found are multiples of {spacing}: pass a multiple of {spacing} "
+                f"(--every {near}), or leave --every out."
+            )
+        else:  # --every beyond the run's span: the nearest multiple of the spacing keeps one too
+            last = found[-1]
+            wider = spacing * max(1, last // (2 * spacing))
+            if sum(1 for step in found if step % wider == 0) < 2:
+                wider = spacing  # keeps every step found
+            fix = (
+                f"The steps found are multiples of {spacing} and end at {last}: pass a smaller "
+                f"multiple of {spacing} (--every {wider}), or leave --every out."
+            )
     return (
         f"--every {every} (the steps that are multiples of {every}) keeps only step {kept} of "
         f"the {len(found)} steps found ({shown}), and distances need two kernels. {fix}"
