@@ -771,6 +771,13 @@ def clear(root: Path) -> str | None:
     with results_lock(root, exclusive=True):  # after the readers' writes (Store.writing_results)
         # counted under the lock: what is removed, once the readers waited for have written
         kernels = len(_kernel_files(root))
+        companions = [
+            (len(list(folder.glob("step_*.safetensors"))) if folder.is_dir() else 0, what)
+            for folder, what in (
+                (paths.eval_kernels_dir(root), "eval kernel"),
+                (paths.layer_kernels_dir(root), "layer kernel"),
+            )
+        ]
         derived = [name for name in paths.DERIVED_DIRS if (Path(root) / name).is_dir()]
         for path in _own_files(root):
             path.unlink(missing_ok=True)
@@ -778,10 +785,15 @@ def clear(root: Path) -> str | None:
             folder = Path(root) / name
             if folder.is_dir():
                 _remove_folder(folder)
-    if not kernels and not derived:
+    said = [
+        f"{count} {what} file(s)" for count, what in [(kernels, "kernel"), *companions] if count
+    ]
+    if derived:
+        said.append(f"its {', '.join(derived)} results")
+    if not said:
         return None
-    results = f" and its {', '.join(derived)} results" if derived else ""
-    return f"--overwrite removed the replaced store's {kernels} kernel file(s){results}"
+    removed = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
+    return f"--overwrite removed the replaced store's {removed}"
 
 
 #: How many times :func:`_remove_folder` starts over when files appear in a folder it removes.

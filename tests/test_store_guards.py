@@ -126,10 +126,12 @@ def test_overwrite_removes_every_file_conetool_wrote_and_keeps_the_users(tmp_pat
     other = StoreIdentity(**{**IDENT.__dict__, "kind": "full"})
     replaced = Store.open_for_writing(root, other, HEADER, overwrite=True)
     replaced.close()
-    # and says so: the results it removed may have been expensive (switch)
+    # and says so: the results it removed may have been expensive (switch), and so may the eval
+    # and layer kernels (--per-layer: one more kernel per group and step), which it named not
     results = ", ".join(paths.DERIVED_DIRS)
     assert replaced.warnings == [
-        f"--overwrite removed the replaced store's 2 kernel file(s) and its {results} results"
+        "--overwrite removed the replaced store's 2 kernel file(s), 1 eval kernel file(s), "
+        f"1 layer kernel file(s) and its {results} results"
     ]
     assert [p for p in written if p.exists()] == []
     assert not paths.eval_kernels_dir(root).exists() and not paths.layer_kernels_dir(root).exists()
