@@ -42,6 +42,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ntk import MARK  # the worker's result line, as bench_ntk.py's workers write it
 
 
+def timed(owner: object, name: str, parts: dict[str, float], part: str) -> None:
+    """Replace ``owner.name`` by a wrapper that adds each call's seconds to ``parts[part]``."""
+    original = getattr(owner, name)
+
+    def wrapper(*a: object, **k: object) -> object:
+        start = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            parts[part] += time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+
+
 def worker(args: argparse.Namespace) -> None:
     if args.baseline_worker:
         baseline_worker(args)
@@ -65,24 +79,11 @@ def worker(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = {"rows": 0.0, "copies": 0.0, "contraction": 0.0}
-
-    def timed(owner: object, name: str, part: str) -> None:
-        original = getattr(owner, name)
-
-        def wrapper(*a: object, **k: object) -> object:
-            start = time.perf_counter()
-            try:
-                return original(*a, **k)
-            finally:
-                parts[part] += time.perf_counter() - start
-
-        setattr(owner, name, wrapper)
-
-    timed(JacobianRows, "rows", "rows")
-    timed(StructuredRows, "rows", "rows")
-    timed(ntk_terms, "write", "copies")
+    timed(JacobianRows, "rows", parts, "rows")
+    timed(StructuredRows, "rows", parts, "rows")
+    timed(ntk_terms, "write", parts, "copies")
     for name in ("_add_self", "_add_block", "_add_cross"):
-        timed(ntk_schedule, name, "contraction")
+        timed(ntk_schedule, name, parts, "contraction")
     model = build(args.model)
     torch.manual_seed(1)
     x = torch.randn(args.n, *SHAPES[args.model])
@@ -140,21 +141,8 @@ def baseline_worker(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = {"rows": 0.0, "copies": 0.0, "contraction": 0.0}
-
-    def timed(name: str, part: str) -> None:
-        original = getattr(bench_ntk, name)
-
-        def wrapper(*a: object) -> object:
-            start = time.perf_counter()
-            try:
-                return original(*a)
-            finally:
-                parts[part] += time.perf_counter() - start
-
-        setattr(bench_ntk, name, wrapper)
-
-    timed("baseline_jacobians", "rows")
-    timed("baseline_contraction", "contraction")
+    timed(bench_ntk, "baseline_jacobians", parts, "rows")
+    timed(bench_ntk, "baseline_contraction", parts, "contraction")
     model = bench_ntk.build(args.model)
     torch.manual_seed(1)
     x = torch.randn(args.n, *bench_ntk.SHAPES[args.model])
@@ -175,9 +163,10 @@ def baseline_worker(args: argparse.Namespace) -> None:
 
 def probe_worker(args: argparse.Namespace) -> None:
     """The float32 rates of torch's matrix product, of SciPy's ``ssyrk``, of the triangle as
-    torch products of four row blocks and of PyTorch's MKL's ``ssyrk`` (where it has one), on an ``(n, 131072)`` matrix times its transpose, in pieces
-    of 32,768 columns (the best of three; GFLOP/s of the FLOPs of the whole product, ``2·n²·w``,
-    for the product, of the distinct pairs, ``n²·w``, for the other two)."""
+    torch products of four row blocks and of PyTorch's MKL's ``ssyrk`` (where it has one), on an
+    ``(n, 131072)`` matrix times its transpose, in pieces of 32,768 columns (the best of three;
+    GFLOP/s of the FLOPs of the whole product, ``2·n²·w``, for the product, of the distinct
+    pairs, ``n²·w``, for the others)."""
     import torch
 
     from conetool import blas_syrk

@@ -74,3 +74,23 @@ class CountBar:
         if self.task is not None:
             self.task.close()
             self.task = None
+
+
+class Said:
+    """What a command says along the way, in the two channels of every command: :meth:`warn` (a
+    possible loss or a guess to check: ``warning: ...`` as it comes, kept in ``warnings``, which
+    the CLI says again at the end under ``--quiet``) and :meth:`note` (information only:
+    ``note: ...`` as it comes, kept in ``notes``; ``--quiet`` shows no progress, so none)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.warnings: list[str] = []
+        self.notes: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.progress.log(f"warning: {message}")
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        self.progress.log(f"note: {message}")

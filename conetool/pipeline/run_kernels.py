@@ -26,7 +26,7 @@ from ..library_call import library_call
 from ..models import output_check
 from ..ntk import parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, Said
 from ..spec import ProbeSpec, Spec
 from ..store import Store, StoreIdentity
 from ..threads import limit_threads
@@ -141,7 +141,7 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
     # Two channels: a warning is a possible loss or a guess to check (said as it comes, again
     # at the end under --quiet, KernelsResult.warnings); a note is information only (said once
     # as it comes, not under --quiet, KernelsResult.notes).
-    said = _Said(progress)
+    said = Said(progress)
     left_out: dict[Path, str] = {}  # the files listing CKPTS refused (--skip-bad)
     if job.is_distributed:  # a rank started with other arguments would compute another job
         job.same_arguments(_arguments(options), "conetool kernels")
@@ -243,26 +243,7 @@ def _same_steps(rank0: list[int], mine: list[int], ckpts: Path) -> None:
         )
 
 
-class _Said:
-    """What a kernels run says, in its two channels: :meth:`warn` (``warning: ...``, kept in
-    ``warnings``, which the CLI says again at the end under ``--quiet``) and :meth:`note`
-    (``note: ...``, kept in ``notes``; ``--quiet`` shows no progress, so none)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.warnings: list[str] = []
-        self.notes: list[str] = []
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-        self.progress.log(f"warning: {message}")
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-        self.progress.log(f"note: {message}")
-
-
-def _plan(options: KernelsOptions, said: _Said, left_out: dict[Path, str]) -> KernelsPlan:
+def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> KernelsPlan:
     """Check the options; find the spec, the checkpoints and the probe set (on every rank).
     Nothing is written before every option is checked. Without ``step_regex``, the one the
     store recorded for this same directory is used (a rerun needs no regex again), unless the

@@ -32,7 +32,7 @@ from ..choices import Reference, choice, is_count, path_argument
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError, StoreReplacedError
 from ..library_call import library_call
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, Said
 from ..spec import Spec, recipe_warnings, spec_from_dict
 from ..store import nearest_steps, read_manifest
 from ..threads import limit_threads, parse_threads
@@ -40,7 +40,6 @@ from .remembered import recorded_step_regex, use_recorded_imports
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_points import (
     MomentumNote,
-    Said,
     SwitchPoint,
     all_points,
     momentum_notes,

@@ -23,7 +23,7 @@ from ..loop import Row, TrainingLoop, evaluate
 from ..models import output_check
 from ..optim import learning_rate, load_optimizer_state, make_optimizer
 from ..plots import save_figure, switch_figure
-from ..progress import Progress
+from ..progress import Progress, Said
 from ..spec import Spec
 from ..store import Store
 from ..threads import slow_step_watch
@@ -70,26 +70,6 @@ class SwitchPoint:
     seconds: float
     rows: list[Row] = field(default_factory=list)
     reused: bool = False
-
-
-class Said:
-    """What a sweep says, in the two channels of every command: :meth:`warn` (a possible loss or
-    a guess to check: ``warning: ...`` as it comes, kept in ``warnings``, which the CLI says
-    again at the end under ``--quiet``) and :meth:`note` (information only: ``note: ...`` as it
-    comes, kept in ``notes``; ``--quiet`` shows no progress, so none)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.warnings: list[str] = []
-        self.notes: list[str] = []
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-        self.progress.log(f"warning: {message}")
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-        self.progress.log(f"note: {message}")
 
 
 @dataclass(frozen=True)
