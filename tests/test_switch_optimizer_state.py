@@ -361,3 +361,26 @@ def test_a_state_over_layers_registered_in_another_order_is_not_used(tmp_path):
     )
     result = switch([3], until=4, store=tmp_path / "s2", ckpts=folder, spec=spec, device="cpu")
     assert result.points[0].momentum == "saved", result.notes
+
+
+@pytest.mark.parametrize("optimizer_of", [adam, sgd])
+def test_reference_train_warns_of_a_state_at_its_start_that_it_does_not_use(tmp_path, optimizer_of):
+    """--reference train continues the standard run from the last checkpoint before T: a state
+    saved there that it cannot use (Adam's, for an SGD spec) is a warning naming that checkpoint,
+    as it is for a switch point (was: said nowhere; its note said only 'starting at zero'). A
+    state it uses says nothing more."""
+    model, optimizer = plain_loop(optimizer_of)
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)  # step 3
+    result = switch(
+        [3], until=5, store=tmp_path / "s", ckpts=ckpts, spec=SPEC, device="cpu", reference="train"
+    )
+    assert result.reference["source"] == "trained from step 3"
+    warned = [w for w in result.warnings if w.startswith("--reference train")]
+    (note,) = [n for n in result.notes if n.startswith("--reference train")]
+    if optimizer_of is sgd:
+        assert warned == [] and "momentum from the saved optimizer state" in note, note
+        return
+    (warning,) = warned
+    assert "from the checkpoint of step 3:" in warning, warning
+    assert "the optimizer_state_dict in step_3.pt is not used: it is the state of Adam" in warning
+    assert "momentum starting at zero" in note, note

@@ -406,7 +406,9 @@ def standard_reference(
         if previous.get("key") == key:
             return previous["reference"]
     store.check()
-    optimizer, momentum, _ = optimizer_at(model, spec, ckpts, loaded)
+    optimizer, momentum, said = optimizer_at(model, spec, ckpts, loaded)
+    if said is not None and said.warning:  # a state saved and not used, or saved otherwise
+        says.warn(f"--reference train, from the checkpoint of step {start}: {said.one}")
     says.note(
         f"--reference train: the run has no checkpoint of step {until}, so the standard model "
         f"at T is trained now, from the checkpoint of step {start}: {until - start} steps of "
