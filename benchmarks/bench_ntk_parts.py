@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -98,7 +99,13 @@ def worker(args: argparse.Namespace) -> None:
             method=args.method,
         )
 
-    call(x[:2])  # warm-up: lazy imports and first-call costs
+    measured(call, model, x, parts)
+
+
+def measured(call: Any, model: Any, x: Any, parts: dict[str, float]) -> None:
+    """Time ``call(x)`` after a warm-up call on two examples (lazy imports and first-call costs),
+    with ``parts`` counted from zero, and print the result line (:func:`report`)."""
+    call(x[:2])
     for part in parts:
         parts[part] = 0.0
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -146,19 +153,7 @@ def baseline_worker(args: argparse.Namespace) -> None:
     model = bench_ntk.build(args.model)
     torch.manual_seed(1)
     x = torch.randn(args.n, *bench_ntk.SHAPES[args.model])
-    bench_ntk.baseline(model, x[:2], args.kind)  # warm-up, as the engine's
-    for part in parts:
-        parts[part] = 0.0
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
-    bench_ntk.baseline(model, x, args.kind)
-    report(
-        parts,
-        start,
-        before,
-        sum(p.numel() for p in model.parameters()),
-        outputs_per_example(model, x),
-    )
+    measured(lambda inputs: bench_ntk.baseline(model, inputs, args.kind), model, x, parts)
 
 
 def probe_worker(args: argparse.Namespace) -> None:
