@@ -133,9 +133,11 @@ def gram(mat: Tensor, step: int, using: str | None = None) -> Tensor:
     triangles are summed in float64. ``using``: ``"mkl"`` or ``"scipy"`` (default: :func:`backend`).
     """
     using = using or backend()
-    if mat.dtype not in (torch.float32, torch.float64) or mat.device.type != "cpu":
-        raise ValueError(f"gram needs a float32 or float64 CPU matrix, got {mat.dtype} {mat.shape}")
-    if mat.dim() != 2:
+    if (
+        mat.dtype not in (torch.float32, torch.float64)
+        or mat.device.type != "cpu"
+        or mat.dim() != 2
+    ):
         raise ValueError(f"gram needs a float32 or float64 CPU matrix, got {mat.dtype} {mat.shape}")
     if using == "mkl":
         mkl = _mkl_routines()
