@@ -480,6 +480,11 @@ STEP_KEYS = ("step", "global_step")
 MAX_STEP = 2**53
 
 _NOT_A_COUNT = "which is not a whole number of steps (0 or more)"
+#: Why a step above :data:`MAX_STEP` is refused, wherever it comes from (the file, its name).
+BEYOND_MAX_STEP = (
+    f"which is beyond any training run: conetool takes steps up to 2**53 = {MAX_STEP} (float64 "
+    "holds every whole number up to it, and the store's step arrays are int64)"
+)
 
 
 @dataclass(frozen=True)
@@ -499,11 +504,7 @@ def _count(step: int, shown: str) -> int | BadStep:
     if step < 0:
         return BadStep(shown)
     if step > MAX_STEP:
-        return BadStep(
-            shown,
-            f"which is beyond any training run: conetool takes steps up to 2**53 = {MAX_STEP} "
-            f"(float64 holds every whole number up to it, and the store's step arrays are int64)",
-        )
+        return BadStep(shown, BEYOND_MAX_STEP)
     return step
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 from conetool.choices import is_count
 from conetool.errors import CheckpointError
 
-from ._format import MAX_STEP, STEP_KEYS, TORCH_SUFFIXES, BadStep, check_torch_file, metadata_step
+from ._format import (
+    BEYOND_MAX_STEP,
+    MAX_STEP,
+    STEP_KEYS,
+    TORCH_SUFFIXES,
+    BadStep,
+    check_torch_file,
+    metadata_step,
+)
 from .records import Candidate
 from .step_names import name_regex, name_step, regex_step
 
@@ -188,11 +196,7 @@ def _empty_entries(c: Candidate) -> str:
 
 def _beyond_steps(c: Candidate, how: str, fix: str) -> CheckpointError:
     where = c.folder or c.location
-    return CheckpointError(
-        f"'{where}' gives step {c.step} ({how}), which is beyond any training run: conetool "
-        f"takes steps up to 2**53 = {MAX_STEP} (float64 holds every whole number up to it, and "
-        f"the store's step arrays are int64); {fix}."
-    )
+    return CheckpointError(f"'{where}' gives step {c.step} ({how}), {BEYOND_MAX_STEP}; {fix}.")
 
 
 def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None) -> None:
