@@ -32,7 +32,7 @@ from .library_call import library_call
 from .loop import TrainingLoop
 from .models import build_model, output_check
 from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
-from .progress import NullProgress, Progress
+from .progress import NullProgress, Progress, Said
 from .spec import (
     Spec,
     check_for_training,
@@ -131,21 +131,18 @@ def _train(
     progress.log(f"loading data '{spec.data.dataset}' and building '{spec.model.arch}' ...")
     model, data = build_for_spec(spec)
     per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)  # batch_size fits the data
-    warned: list[str] = []
+    said = Said(progress)  # its warnings in the result, so that --quiet prints them at the end
     if probe_warning := _check_probe(spec, data):
-        warned.append(probe_warning)  # in the result, so that --quiet prints it at the end
-        progress.log(f"warning: {probe_warning}")
+        said.warn(probe_warning)
     start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
     if start < spec.train.steps:  # what in the spec trains badly or does nothing, said first
         for concern in train_warnings(spec):
-            warned.append(concern)
-            progress.log(f"warning: {concern}")
+            said.warn(concern)
     if resume and not start and paths.checkpoint_steps(out):
-        warned.append(
+        said.warn(
             f"--resume: {out} holds checkpoints but no optimizer state (step_*.optim.safetensors), "
             "so training restarts from step 0 and writes every checkpoint again."
         )
-        progress.log(f"warning: {warned[-1]}")
     if start == spec.train.steps:
         progress.log(f"{out} already holds the finished run (step {start}); nothing to train")
         return _finished(out, spec)
@@ -166,7 +163,7 @@ def _train(
         progress,
         on_step=[
             _saver(spec, model, optimizer, out, per_epoch),
-            *slow_step_watch(model, data, spec, dev, threads, progress, notes=warned),
+            *slow_step_watch(model, data, spec, dev, threads, progress, notes=said.warnings),
         ],
         on_eval=lambda row: _append_metrics(paths.metrics(out), row),
         diverged_hint=diverged_hint(out),
@@ -184,7 +181,7 @@ def _train(
         seconds=time.perf_counter() - began,
         metrics=rows,
         run_steps=save_steps(spec),
-        warnings=warned,
+        warnings=said.warnings,
     )
 
 
