@@ -40,6 +40,15 @@ Examples::
     python benchmarks/bench_kernels_run.py --model lenet5 --checkpoints 3 --n 32 --device cpu
     python benchmarks/bench_kernels_run.py --device cuda                      # resnet20, 50, 1024
     python benchmarks/bench_kernels_run.py --device cuda --checkpoints 20 --method jacobian
+
+``--panel-memory compare`` instead times the run (after the warm-up) with the panel's memory kept
+from kernel to kernel, as ``conetool kernels`` does (``ntk_schedule.kept_panel_memory``), and
+with it given back after each kernel as before (the block replaced by a no-op), alternately,
+``--rounds`` times each, and prints each run's wall time, page faults and system time (this
+process's ``getrusage``) and the ratio of the medians, kept over fresh::
+
+    python benchmarks/bench_kernels_run.py --device cpu --checkpoints 4 --n 1024 \\
+        --max-memory 4GiB --method jacobian --panel-memory compare --rounds 2
 """
 
 from __future__ import annotations
@@ -271,6 +280,41 @@ def profiled_run(ckpts: Path, store: Path, args: argparse.Namespace, cuda: bool)
     return summary
 
 
+def panel_memory_runs(ckpts: Path, folder: Path, args: argparse.Namespace) -> None:
+    """``--panel-memory compare``: the timed run with the panel memory kept across kernels and
+    given back per kernel, alternately (see the module docstring)."""
+    import resource
+
+    from conetool.pipeline import kernels_loop
+
+    kept_block = kernels_loop.kept_panel_memory
+    times: dict[str, list[float]] = {"kept": [], "fresh": []}
+    for round_ in range(args.rounds):
+        order = ["fresh", "kept"] if round_ % 2 == 0 else ["kept", "fresh"]
+        for mode in order:
+            if mode == "fresh":
+                kernels_loop.kept_panel_memory = contextlib.nullcontext  # type: ignore[assignment]
+            try:
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                began = time.perf_counter()
+                result = run_kernels(ckpts, folder / f"store_{mode}_{round_}", args)
+                wall = time.perf_counter() - began
+                after = resource.getrusage(resource.RUSAGE_SELF)
+            finally:
+                kernels_loop.kept_panel_memory = kept_block  # type: ignore[assignment]
+            k = max(len(result.computed), 1)
+            times[mode].append(wall)
+            print(
+                f"{mode:5}  {wall:8.2f} s  {wall / k:7.2f} s per kernel  "
+                f"{(after.ru_minflt - before.ru_minflt) / k:12,.0f} page faults per kernel  "
+                f"{(after.ru_stime - before.ru_stime) / k:6.2f} s system time per kernel",
+                flush=True,
+            )
+    kept, fresh = statistics.median(times["kept"]), statistics.median(times["fresh"])
+    print(f"panel memory kept / given back per kernel: {kept / fresh:.3f} (medians)")
+    print("RESULT " + json.dumps({"kept": times["kept"], "fresh": times["fresh"]}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20", choices=list(SHAPES))
@@ -290,6 +334,13 @@ def main() -> None:
     parser.add_argument("--no-warmup", action="store_true", help="time the first call's costs too")
     parser.add_argument("--top", action="store_true", help="print the profiled run's top kernels")
     parser.add_argument("--keep", default=None, help="write the run and stores here, and keep them")
+    parser.add_argument(
+        "--panel-memory",
+        default="kept",
+        choices=["kept", "compare"],
+        help="kept (default, as conetool kernels runs), or compare kept with given back",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="--panel-memory compare's rounds")
     args = parser.parse_args()
     if args.threads != "auto":
         args.threads = int(args.threads)
@@ -322,6 +373,9 @@ def main() -> None:
             print(
                 f"warm-up (1 checkpoint, own store, not timed): {time.perf_counter() - began:.2f} s"
             )
+        if args.panel_memory == "compare":
+            panel_memory_runs(ckpts, folder, args)
+            return
 
         timers = Timers()
         restore = instrument(timers)

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +70,9 @@ _WIDE_ROWS_GPU = 256
 # sub-block 132 GFLOP/s, in two of 512 114; 2048 rows in one 173, in four of 512 152). The other
 # terms (factored layers, narrow dense rows) keep sub-blocks of _SUB_ROWS and their triangle.
 _SYRK_ROWS = 2048
+
+# The panel memory of kept_panel_memory(): set only within the block.
+_KEPT_PANEL: ContextVar[ntk_terms.Spare | None] = ContextVar("conetool_kept_panel", default=None)
 
 
 def sub_rows(device: torch.device) -> int:
@@ -111,11 +116,14 @@ class Schedule:
     ``groups``: the cotangent sets, each ``(g, c)``; a unit is one example's ``g`` rows.
     ``panel``: examples per resident panel (``>= n``: one pass, nothing recomputed).
     ``chunk``: examples per call while filling a panel, and per streamed block.
+    ``room``: bytes of the planned budget that the panel and a call leave unused (what memory
+    kept from an earlier call may hold beyond this call's panel: :func:`kept_panel_memory`).
     """
 
     groups: tuple[Tensor, ...]
     panel: int
     chunk: int
+    room: int = 0
 
 
 def plan(
@@ -168,7 +176,9 @@ def plan(
         for g in choices:
             room = avail - n * source.resident(g)
             if room >= smallest * source.transient(g):
-                return Schedule(_groups(kind, c, g, eye), panel=n, chunk=chunk_size(g, room, calls))
+                chunk = chunk_size(g, room, calls)
+                left = max(0, room - chunk * source.transient(g))
+                return Schedule(_groups(kind, c, g, eye), panel=n, chunk=chunk, room=left)
     # Panels: resident panel + streamed blocks, with the smallest unit.
     g = choices[-1]
     unit = source.resident(g) + source.transient(g)
@@ -186,7 +196,8 @@ def plan(
     panel = max(1, (avail - chunk * source.transient(g)) // source.resident(g))
     panels = math.ceil(n / panel)
     panel = math.ceil(n / panels)
-    return Schedule(_groups(kind, c, g, eye), panel=panel, chunk=chunk)
+    left = max(0, avail - chunk * source.transient(g) - panel * source.resident(g))
+    return Schedule(_groups(kind, c, g, eye), panel=panel, chunk=chunk, room=left)
 
 
 def _groups(kind: str, c: int, g: int, eye: Tensor) -> tuple[Tensor, ...]:
@@ -233,7 +244,11 @@ def run(
     kernel = torch.zeros(n * per_unit, cols * per_unit, dtype=torch.float64, device=device)
     steps = count_steps(schedule, n, n2)
     done = 0
-    spares: list[ntk_terms.Spare] = []  # the memory of each piece of the previous panel
+    # The memory of each panel's copied pieces: one matrix, reused by the next panel, and by the
+    # next call on the CPU within kept_panel_memory() (faulted in once per run, not per kernel).
+    kept = _KEPT_PANEL.get() if device.type == "cpu" else None
+    spare = ntk_terms.Spare() if kept is None else kept
+    first_take = True  # memory kept from an earlier call is checked against this call's room
 
     def call(cot: Tensor, lo: int, hi: int) -> list[Term]:
         nonlocal done
@@ -246,16 +261,19 @@ def run(
 
         A call with enough rows is a piece as it is; smaller calls are stacked into pieces of
         about ``piece_rows(device)`` rows, so that the products between pieces stay efficient.
+        The stacked pieces' dense terms are consecutive rows of one matrix in ``spare``.
         """
+        nonlocal first_take
         call_rows = per_unit * schedule.chunk
         units = schedule.chunk * (
             1 if 2 * call_rows >= piece_rows(device) else math.ceil(piece_rows(device) / call_rows)
         )
+        bounds = [(lo, min(lo + units, stop)) for lo in range(start, stop, units)]
+        stacked = sum(hi - lo for lo, hi in bounds if hi - lo > schedule.chunk) * per_unit
+        arena: Tensor | None = None  # the stacked pieces' dense rows, side by side
+        used = 0  # rows of arena handed out
         pieces = []
-        for index, lo in enumerate(range(start, stop, units)):
-            if index == len(spares):
-                spares.append(ntk_terms.Spare())
-            hi = min(lo + units, stop)
+        for lo, hi in bounds:
             piece: list[Term] | None = None
             for lo2 in range(lo, hi, schedule.chunk):
                 hi2 = min(lo2 + schedule.chunk, hi)
@@ -264,7 +282,16 @@ def run(
                     piece = ntk_terms.merged(part)  # one call: the piece as it is, merged
                 else:  # several calls: copied into one piece, one call at a time
                     if piece is None:
-                        piece = ntk_terms.empty_like(part, hi - lo, per_unit, spares[index])
+                        width = ntk_terms.dense_width(part)
+                        if arena is None and width:
+                            like = next(t.mat for t in part if isinstance(t, ntk_terms.Dense))
+                            surplus = schedule.room if first_take else None
+                            arena = spare.take(like, stacked, width, surplus)
+                            first_take = False
+                        rows = (hi - lo) * per_unit
+                        into = None if arena is None else arena[used : used + rows]
+                        used += rows
+                        piece = ntk_terms.empty_like(part, hi - lo, per_unit, into)
                     ntk_terms.write(piece, part, lo2 - lo, per_unit)
                 del part
                 if on_block is not None and hi2 < stop:
@@ -309,6 +336,29 @@ def run(
     if kind == "full":
         kernel = kernel.view(n, c, cols, c)
     return kernel
+
+
+@contextmanager
+def kept_panel_memory() -> Iterator[None]:
+    """Within the block, calls of :func:`run` on the CPU keep their panel's memory for the next
+    call instead of giving it back (``conetool kernels`` holds one block for its run).
+
+    A panel's stacked pieces are one large allocation (resnet20, n = 1024, 4 GiB: 3.3 GB), which
+    glibc maps for each call and returns when it is freed, so every kernel of a run faulted it in
+    again, a page at a time. Kept, the next call reuses it where it is large enough, and gives it
+    back first where it is smaller than needed or larger than the new call's panel plus the
+    budget that call leaves unused (:attr:`Schedule.room`): a call never holds more than its own
+    plan allows. On leaving the outermost block the memory is given back. Off the CPU nothing
+    changes (PyTorch's caching allocator keeps device memory anyway).
+    """
+    if _KEPT_PANEL.get() is not None:
+        yield
+        return
+    token = _KEPT_PANEL.set(ntk_terms.Spare())
+    try:
+        yield
+    finally:
+        _KEPT_PANEL.reset(token)
 
 
 def _add_block(

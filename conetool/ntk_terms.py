@@ -127,21 +127,34 @@ def merged(block: list[Term]) -> list[Term]:
 
 
 class Spare:
-    """The memory of a freed panel piece, kept for the next piece in its place.
+    """Memory for a panel's copied pieces, kept for the next panel in its place.
 
     A panel's merged dense term is one large allocation (resnet20, n = 1024, 3 logits: 3.3 GB);
     glibc returns such an allocation to the system when it is freed, and the next panel's would be
     faulted in again a page at a time (measured on a 2-core CPU: 0.5 million page faults per
     group of logits, about 1.5 s of system time). Holding it between panels costs nothing the
-    plan does not count: the next panel takes its place.
+    plan does not count: the next panel takes its place. Within
+    :func:`conetool.ntk_schedule.kept_panel_memory` one ``Spare`` serves every call on the CPU
+    (``conetool kernels`` holds one for its run), so a run's kernels reuse it too.
     """
 
     def __init__(self) -> None:
         self._flat: Tensor | None = None
 
-    def take(self, like: Tensor, rows: int, width: int) -> Tensor:
-        """An uninitialized ``(rows, width)`` matrix of ``like``'s dtype and device, in the kept
-        memory when it is large enough (the memory is then kept for the next call)."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (0 when nothing is)."""
+        flat = self._flat
+        return 0 if flat is None else flat.numel() * flat.element_size()
+
+    def take(self, like: Tensor, rows: int, width: int, surplus: int | None = None) -> Tensor:
+        """An uninitialized contiguous ``(rows, width)`` matrix of ``like``'s dtype and device, in
+        the kept memory when it is large enough (the memory is then kept for the next call).
+
+        ``surplus``: bytes beyond the matrix's that the caller can afford to leave held. Given,
+        kept memory larger than the matrix by more than that is given back first (a call that
+        needs less than an earlier call kept must not exceed its own budget by the difference).
+        """
         size = rows * width
         flat = self._flat
         if (
@@ -149,6 +162,7 @@ class Spare:
             or flat.numel() < size
             or flat.dtype != like.dtype
             or flat.device != like.device
+            or (surplus is not None and (flat.numel() - size) * flat.element_size() > surplus)
         ):
             self._flat = None
             del flat  # the old memory goes before the new is allocated
@@ -156,19 +170,27 @@ class Spare:
         return flat[:size].view(rows, width)
 
 
+def dense_width(block: list[Term]) -> int:
+    """Columns of ``block``'s dense terms side by side (its :func:`merged` dense term's width;
+    0 when it has none)."""
+    return sum(term.mat.shape[1] for term in block if isinstance(term, Dense))
+
+
 def empty_like(
-    block: list[Term], examples: int, per: int, spare: Spare | None = None
+    block: list[Term], examples: int, per: int, into: Tensor | None = None
 ) -> list[Term]:
     """An uninitialized merged block (:func:`merged`) with the terms of ``block`` and room for
-    ``examples`` examples of ``per`` rows each; its dense term in ``spare``'s memory when given."""
+    ``examples`` examples of ``per`` rows each; its dense term is ``into`` when given (a
+    contiguous ``(examples * per, dense_width(block))`` matrix, e.g. rows of a :class:`Spare`'s)."""
     out: list[Term] = []
     dense = [term.mat for term in block if isinstance(term, Dense)]
     if dense:
-        rows, width = examples * per, sum(mat.shape[1] for mat in dense)
-        if spare is None:
+        rows, width = examples * per, dense_width(block)
+        if into is None:
             out.append(Dense(dense[0].new_empty(rows, width)))
         else:
-            out.append(Dense(spare.take(dense[0], rows, width)))
+            assert into.shape == (rows, width) and into.is_contiguous()
+            out.append(Dense(into))
     for term in block:
         if isinstance(term, FactoredGrad):
             out.append(

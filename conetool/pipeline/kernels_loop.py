@@ -38,6 +38,7 @@ from ..heap import kept_freed_memory
 from ..layer_groups import group_kernels, groups_hash
 from ..ntk import empirical_ntk
 from ..ntk_memo import EngineMemo
+from ..ntk_schedule import kept_panel_memory
 from ..probe import Probe
 from ..progress import CountBar, Progress
 from ..spec import Spec
@@ -260,8 +261,14 @@ def compute_all(
     # on files. This rank's steps are read in its own order.
     mine = [by_step[step] for step in job.shard(todo)]
     touched: dict[int, int] = {}  # step -> mtime of a checkpoint read and found unchanged
-    # Freed memory stays in the process between kernels (.heap): each kernel reuses the last one's.
-    with kept_freed_memory(), ReadAhead(mine, read_checkpoint) as reads, Writer() as writer:
+    # Freed memory stays in the process between kernels (.heap): each kernel reuses the last one's,
+    # its panel's too (ntk_schedule.kept_panel_memory: on the CPU a panel is one large mapping).
+    with (
+        kept_freed_memory(),
+        kept_panel_memory(),
+        ReadAhead(mine, read_checkpoint) as reads,
+        Writer() as writer,
+    ):
         for ref, take in reads:
             writer.check()  # a write that failed stops the run here, as it did when inline
             if job.peer_failed():
