@@ -166,6 +166,38 @@ def test_a_float_step_past_its_exact_range_is_refused(tmp_path: Path):
     assert "may have been rounded" in msg and "re-save it with its step as an int" in msg, msg
 
 
+def test_a_one_element_tensor_step_is_the_step(tmp_path: Path):
+    """Some loops save the step as torch.tensor([1500]) (a counter kept as a 1-element tensor):
+    it reads as a 0-dim one does, under the same rules. Was: "not a whole number of steps"."""
+    torch.save({"model_state_dict": state(0), "step": torch.tensor([1500])}, tmp_path / "a.pt")
+    torch.save({"model": state(1), "global_step": torch.tensor([[40.0]])}, tmp_path / "b.ckpt")
+    assert listed(tmp_path) == [(40, "b.ckpt"), (1500, "a.pt")]
+    # the same rules as a 0-dim tensor: whole, not negative, within float32's exact range
+    for value, why in [
+        (torch.tensor([2.5]), "which is not a whole number of steps"),
+        (torch.tensor([-3]), "which is not a whole number of steps"),
+        (torch.tensor([16777218.0]), "past 16777216, beyond which float32"),
+        (torch.tensor([2**53 + 2], dtype=torch.int64), "beyond any training run"),
+    ]:
+        path = tmp_path / "a.pt"
+        torch.save({"model_state_dict": state(0), "step": value}, path)
+        msg = " ".join(problem(tmp_path).split())
+        assert f"'{path}' has a 'step' entry of " in msg and why in msg, (value, msg)
+        assert "tensor of shape (1,))" in msg, msg
+
+
+@pytest.mark.parametrize("value", [torch.tensor([1500, 1600]), torch.zeros(0, dtype=torch.long)])
+def test_a_tensor_step_of_other_than_one_element_is_refused_naming_file_and_key(
+    tmp_path: Path, value: torch.Tensor
+):
+    path = tmp_path / "run_a.pt"
+    torch.save({"model_state_dict": state(0), "global_step": value}, path)
+    msg = " ".join(problem(tmp_path).split())
+    shape = tuple(value.shape)
+    assert f"'{path}' has a 'global_step' entry of a tensor of shape {shape} in its" in msg, msg
+    assert "not one step" in msg and "re-save it with its step as an int" in msg, msg
+
+
 def test_a_step_entry_of_none_is_no_stored_step(tmp_path: Path):
     """A loop that saves before its counter is set: "step": None (or metadata "None") is no
     stored step; global_step or the name gives it. Was: "not a whole number of steps"."""

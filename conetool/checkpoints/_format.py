@@ -533,14 +533,19 @@ def _float_step(value: float, eps: float, shown: str, kind: str) -> int | BadSte
 
 def _step_value(value: object) -> int | BadStep | None:
     """A stored step entry: an int when it is a whole number of steps (an int; a float of a whole
-    value, ``float(step)``, within its type's exact range; a 0-dim tensor or numpy scalar of
-    either), None when it is None (no step stored), else a :class:`BadStep`."""
+    value, ``float(step)``, within its type's exact range; a tensor of one element (0-dim, or
+    ``torch.tensor([1500])`` as some loops save it) or numpy scalar of either), None when it is
+    None (no step stored), else a :class:`BadStep`."""
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
-        if value.dim() != 0:
-            return BadStep(f"a tensor of shape {tuple(value.shape)}")
-        shown = f"{value.item()!r} (a {value.dtype} tensor)"
+        shape = tuple(value.shape)
+        if value.numel() != 1:
+            count = f"{value.numel()} values" if value.numel() else "no value"
+            return BadStep(f"a tensor of shape {shape}", f"which holds {count}, not one step")
+        of_shape = f" of shape {shape}" if shape else ""
+        value = value.reshape(())
+        shown = f"{value.item()!r} (a {value.dtype} tensor{of_shape})"
         if value.dtype == torch.bool or value.is_complex():
             return BadStep(shown)
         if value.is_floating_point():
