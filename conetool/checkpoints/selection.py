@@ -100,7 +100,8 @@ def step_from_name(name: str, *, iterations_per_epoch: int | None = None) -> int
     :mod:`conetool.checkpoints.step_names`).
 
     Raises :class:`CheckpointError` for a name that gives an epoch (``epoch_3``, open_lth's
-    ``model_ep3_it17``) without ``iterations_per_epoch``.
+    ``model_ep3_it17``) without ``iterations_per_epoch``, and for a name whose number is a date
+    and time (``ckpt_20261201101400``), which is no step.
     """
     return name_step(name, iterations_per_epoch, Path(name))[0]
 
@@ -218,7 +219,7 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
         if named is not None and named != c.step:
             c.named_step = named  # said by the listing: the name may be the right one
         return
-    c.step, c.epoch = name_step(candidate_stem(c), ipe, where)
+    c.step, c.epoch = name_step(candidate_stem(c), ipe, where, dates=c.folder is None)
     if c.folder is not None and c.global_step is not None:
         if c.step is None:
             c.step = c.global_step

@@ -15,6 +15,16 @@ spec gives as ceil(training examples / batch size):
 
 Without the iterations per epoch (no spec), an epoch name is an error that says what to give.
 
+A number that reads as a date and time is no step: a loop that names its files by when they were
+saved (``ckpt_20261201101400.pt``, ``model-20261201-101400.safetensors``, ``ckpt-2026-12-01.pt``)
+would otherwise give steps such as 20261201101400, ordered by time but meaningless as a step axis
+(the distances per step, the velocities, ``--every`` and ``--at``). Such a name is an error naming
+the file and the fixes: store the step in the file (read before the name), or pass
+``--step-regex`` if the number really is the step. A date is YYYYMMDD of a real calendar day in the
+years 2000-2099, alone (8 digits) or followed by hhmm or hhmmss (12, 14 digits, or a second number
+of 4 or 6 digits after a separator), or YYYY-MM-DD; 8-digit steps that happen to be such a day
+(20,051,200, say) are refused too, and ``--step-regex`` takes them.
+
 ``--step-regex`` is searched in the file name (the folder name for Hugging Face folders):
 
 - a group named ``step`` (or, failing that, the first group) is the step: ``'it(\\d+)'``,
@@ -29,6 +39,7 @@ refused: taking epochs for steps would silently shrink the step axis. Name the g
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
@@ -65,6 +76,66 @@ def epoch_error(path: Path, *, open_lth: bool = False) -> CheckpointError:
         f"in the checkpoint directory) with [data] and [train] batch_size, so that conetool "
         f"computes ceil(training examples / batch size), or pass --step-regex with a group "
         f"named 'step' if the name holds the step."
+    )
+
+
+def _date_time(name: str, number: re.Match[str]) -> str | None:
+    """The form of date and time (``"YYYYMMDDhhmmss"``, ``"YYYYMMDD-hhmmss"``, ``"YYYY-MM-DD"``)
+    that the number a name rule read in ``name`` (its group 1) is, or None when it is no date:
+    YYYYMMDD a calendar day of 2000-2099, alone or with a time of day (hhmm or hhmmss) joined to
+    it or after one separator; or a year followed by -MM-DD."""
+    digits, rest = number.group(1), name[number.end(1) :]
+    if len(digits) == 4:
+        joined = _DASHED_DATE.match(rest)
+        if joined is None or not _is_day(digits + joined.group(2) + joined.group(3)):
+            return None
+        sep = joined.group(1)
+        return f"YYYY{sep}MM{sep}DD"
+    if len(digits) not in (8, 12, 14) or not _is_day(digits[:8]):
+        return None
+    clock = digits[8:]
+    if clock:
+        return f"YYYYMMDD{_CLOCKS[len(clock)]}" if _is_time(clock) else None
+    after = _TIME_AFTER.match(rest)
+    if after is not None and _is_time(after.group(2)):
+        return f"YYYYMMDD{after.group(1)}{_CLOCKS[len(after.group(2))]}"
+    return "YYYYMMDD"
+
+
+_CLOCKS = {4: "hhmm", 6: "hhmmss"}
+_DASHED_DATE = re.compile(r"([-_.])(\d{2})\1(\d{2})(?![0-9])")
+_TIME_AFTER = re.compile(r"([-_.T])(\d{4}|\d{6})(?![0-9])")
+
+
+def _is_day(digits: str) -> bool:
+    """Whether 8 digits are YYYYMMDD, a calendar day of 2000-2099."""
+    year, month, day = int(digits[:4]), int(digits[4:6]), int(digits[6:8])
+    if not 2000 <= year <= 2099:
+        return False
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_time(digits: str) -> bool:
+    """Whether 4 or 6 digits are hhmm or hhmmss, a time of day."""
+    parts = [int(digits[i : i + 2]) for i in range(0, len(digits), 2)]
+    return parts[0] < 24 and all(p < 60 for p in parts[1:])
+
+
+def date_error(path: Path, form: str) -> CheckpointError:
+    """The error for a name whose number is a date and time (the same text for every file of a
+    directory named alike but the path, so that they read as one line)."""
+    return CheckpointError(
+        f"'{path}' is named by a date and time ({form}), not by a training step: its number would "
+        f"be taken for the step, ordering the checkpoints by time on a meaningless step axis. "
+        f"Store the step in the file (a stored step wins over the name): a torch.save dict's "
+        f"entry "
+        f"({{'model_state_dict': ..., 'step': 2000}}) or safetensors metadata "
+        f"(metadata={{'step': '2000'}}); or, if the number really is the step, pass "
+        f"{name_regex(path.name)}."
     )
 
 
@@ -163,9 +234,14 @@ def _first_group(regex: str) -> int:
     return len(regex)
 
 
-def name_step(name: str, ipe: int | None, where: Path) -> tuple[int | None, int | None]:
+def name_step(
+    name: str, ipe: int | None, where: Path, *, dates: bool = True
+) -> tuple[int | None, int | None]:
     """``(step, epoch)`` from a name without suffix: ``epoch`` is set when the step was converted
-    from an epoch name; ``(None, None)`` when the name gives nothing."""
+    from an epoch name; ``(None, None)`` when the name gives nothing. Raises
+    :class:`CheckpointError` for an epoch name without ``ipe`` and (with ``dates``; a Hugging
+    Face ``checkpoint-N`` folder is named by the Trainer, by step) for a name whose number is a
+    date and time (:func:`date_error`)."""
     m = _OPEN_LTH.match(name)
     if m:
         epoch, it = int(m.group(1)), int(m.group(2))
@@ -175,6 +251,8 @@ def name_step(name: str, ipe: int | None, where: Path) -> tuple[int | None, int 
     for rule in _NAME_RULES:
         m = rule.search(name)
         if m:
+            if dates and (form := _date_time(name, m)) is not None:
+                raise date_error(where, form)
             return int(m.group(1)), None
     m = _EPOCH_RULE.search(name)
     if m:

@@ -1,0 +1,105 @@
+"""Checkpoint names whose number is a date and time (a loop that names its files by when they were
+saved): no step, refused naming the file and the fixes, unless the file stores its step or
+``--step-regex`` is given.
+
+References: the steps the tests store in the files; the names' own digits for --step-regex.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conetool.checkpoints import list_checkpoints, step_from_name
+from conetool.errors import CheckpointError
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {"w": torch.randn(3, 2), "b": torch.randn(3)}
+
+
+def _problem(directory: Path, **kwargs: object) -> str:
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(directory, warn=lambda _: None, **kwargs)  # type: ignore[arg-type]
+    return " ".join(str(e.value).split())
+
+
+@pytest.mark.parametrize(
+    ("stem", "form"),
+    [
+        ("ckpt_20261201101400", "YYYYMMDDhhmmss"),
+        ("model-20261201-101400", "YYYYMMDD-hhmmss"),
+        ("model_20261201T1014", "YYYYMMDDThhmm"),
+        ("ckpt_202612011014", "YYYYMMDDhhmm"),
+        ("ckpt_20261201", "YYYYMMDD"),
+        ("20261201101400", "YYYYMMDDhhmmss"),
+        ("ckpt-2026-12-01", "YYYY-MM-DD"),
+        ("weights_2026_02_28", "YYYY_MM_DD"),
+    ],
+)
+def test_a_date_and_time_in_the_name_is_no_step(stem: str, form: str) -> None:
+    # Was: each number taken for the step (20261201101400, 20261201, 2026, ...).
+    with pytest.raises(CheckpointError) as e:
+        step_from_name(stem)
+    msg = " ".join(str(e.value).split())
+    assert f"'{stem}' is named by a date and time ({form}), not by a training step" in msg, msg
+    assert "'step': 2000" in msg and "--step-regex '" in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("stem", "step"),
+    [
+        ("step_2000", 2000),
+        ("ckpt_2026", 2026),  # a year alone is a number like any other
+        ("ckpt_20000000", 20000000),  # month 00: no day
+        ("ckpt_20261301", 20261301),  # month 13
+        ("ckpt_20260230", 20260230),  # 30 February
+        ("iter_19991231", 19991231),  # before 2000
+        ("ckpt_202612012460", 202612012460),  # 24:60 is no time of day
+        ("model_100000000", 100000000),
+        ("ckpt-2026-13-01", 2026),  # no month 13
+    ],
+)
+def test_numbers_that_are_no_date_stay_steps(stem: str, step: int) -> None:
+    assert step_from_name(stem) == step
+
+
+def test_a_directory_named_by_date_is_one_line_with_the_fixes(tmp_path: Path) -> None:
+    for i, stamp in enumerate(("20261201101400", "20261201113000", "20261201124500")):
+        torch.save(_state(i), tmp_path / f"ckpt_{stamp}.pt")
+    msg = _problem(tmp_path)
+    assert "3 files (ckpt_20261201101400.pt, " in msg, msg
+    assert "each file is named by a date and time (YYYYMMDDhhmmss), not by a training" in msg, msg
+    assert "pass --step-regex 'ckpt_(\\d+)'" in msg, msg
+    # the regex takes the numbers when they really are steps
+    refs = list_checkpoints(tmp_path, step_regex=r"ckpt_(\d+)", warn=lambda _: None)
+    assert [r.step for r in refs] == [20261201101400, 20261201113000, 20261201124500]
+
+
+def test_a_file_named_by_date_that_stores_its_step_is_read_by_it(tmp_path: Path) -> None:
+    """The stored step wins over the name, and the name's date is no other step to warn of."""
+    torch.save({"model_state_dict": _state(0), "step": 0}, tmp_path / "ckpt_20261201101400.pt")
+    torch.save({"model_state_dict": _state(1), "step": 500}, tmp_path / "ckpt_20261201113000.pt")
+    meta = {"step": "1000"}
+    save_file(_state(2), str(tmp_path / "model-20261201-124500.safetensors"), metadata=meta)
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=said.append)
+    assert [(r.step, r.paths[0].name) for r in refs] == [
+        (0, "ckpt_20261201101400.pt"),
+        (500, "ckpt_20261201113000.pt"),
+        (1000, "model-20261201-124500.safetensors"),
+    ]
+    assert not any("stores step" in s or "date and time" in s for s in said), said
+
+
+def test_a_hugging_face_folder_keeps_its_step_even_when_it_reads_as_a_date(tmp_path: Path):
+    # The Trainer names checkpoint-N/ by its global step, which trainer_state.json confirms.
+    folder = tmp_path / "checkpoint-20261201"
+    folder.mkdir()
+    save_file(_state(0), str(folder / "model.safetensors"))
+    (folder / "trainer_state.json").write_text('{"global_step": 20261201}')
+    assert [r.step for r in list_checkpoints(tmp_path, warn=lambda _: None)] == [20261201]
