@@ -600,3 +600,69 @@ def test_a_copy_of_a_checkpoint_is_a_note_that_quiet_leaves_out(run, tmp_path):
     assert "taken as a copy" not in " ".join(quiet.output.split()), quiet.output
     result = kernels(pts, store=tmp_path / "s2", device="cpu")
     assert not any("taken as a copy" in w for w in result.warnings), result.warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# one state dict saved twice: the same tensors in other bytes
+
+
+def test_one_state_dict_saved_under_two_names_is_one_checkpoint_with_a_note(tmp_path: Path):
+    """torch.save writes the file's name into the archive, so the same dict saved as ckpt_60.pt
+    and ckpt_0060.pt is other bytes: both were refused ("two checkpoints have step 60"). The
+    same tensors, bit for bit, are one checkpoint: the first by name is read, a note names the
+    other."""
+    torch.save({"model_state_dict": state(1), "step": 60}, tmp_path / "ckpt_60.pt")
+    torch.save({"model_state_dict": state(1), "step": 60}, tmp_path / "ckpt_0060.pt")
+    torch.save(state(2), tmp_path / "ckpt_120.pt")
+    assert (tmp_path / "ckpt_60.pt").read_bytes() != (tmp_path / "ckpt_0060.pt").read_bytes()
+    notes: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=notes.append)
+    assert [(r.step, r.file.name) for r in refs] == [(60, "ckpt_0060.pt"), (120, "ckpt_120.pt")]
+    (note,) = [" ".join(n.split()) for n in notes if "copy" in n]
+    assert "'ckpt_60.pt' in '" in note and "has the same step (60) and the same tensors" in note
+    assert "bit for bit) as 'ckpt_0060.pt': it is taken as a copy of 'ckpt_0060.pt'" in note
+
+
+def test_a_torch_file_and_a_safetensors_export_of_one_step_keep_the_torch_file(tmp_path: Path):
+    """step_100.pt (a loop's dict with its optimizer state, keys under DDP's module.) beside its
+    safetensors export step_100.safetensors: the same tensors. The torch.save file is read (its
+    optimizer state is what switch can use), the export is the copy."""
+    sd = state(3)
+    optim = {"state": {}, "param_groups": [{"params": [0, 1, 2, 3], "lr": 0.1}]}
+    ddp = {f"module.{k}": v for k, v in sd.items()}
+    torch.save({"model_state_dict": ddp, "optimizer_state_dict": optim}, tmp_path / "step_100.pt")
+    save_file(sd, str(tmp_path / "step_100.safetensors"))
+    save_file(state(4), str(tmp_path / "step_200.safetensors"))
+    notes: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=notes.append)
+    assert [(r.step, r.file.name) for r in refs] == [
+        (100, "step_100.pt"),
+        (200, "step_200.safetensors"),
+    ]
+    (note,) = [" ".join(n.split()) for n in notes if "copy" in n]
+    assert "'step_100.safetensors' in '" in note and "the same tensors" in note, note
+    assert "taken as a copy of 'step_100.pt'" in note, note
+
+
+def _one_ulp_more(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = dict(sd)
+    w = out["fc1.weight"].clone()
+    w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(float("inf")))
+    out["fc1.weight"] = w
+    return out
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _one_ulp_more,  # one value one ulp away
+        lambda sd: {k: v.half() for k, v in sd.items()},  # a float16 export
+        lambda sd: {**sd, "extra": torch.zeros(1)},  # one tensor more
+        lambda sd: {k.replace("fc1", "fc0"): v for k, v in sd.items()},  # other names
+    ],
+)
+def test_files_of_one_step_with_other_tensors_stay_refused(tmp_path: Path, other) -> None:
+    torch.save({"model_state_dict": state(1), "step": 60}, tmp_path / "ckpt_60.pt")
+    save_file(other(state(1)), str(tmp_path / "ckpt_60.safetensors"))
+    msg = problem(tmp_path)
+    assert "two checkpoints have step 60" in msg and "Keep one of them" in msg, msg

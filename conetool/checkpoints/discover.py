@@ -174,23 +174,25 @@ def stored_step_note(
 
 def copies_note(scan: Scan) -> str | None:
     """The note for files left out as copies of another file of their step (the same size and
-    sha256), naming which was taken as a copy of which; None when there are none."""
+    sha256, or the same tensors), naming which was taken as a copy of which; None when there are
+    none."""
     if not scan.copies:
         return None
     if len(scan.copies) == 1:
-        ((copy, kept, step),) = scan.copies
+        ((copy, kept, step, how),) = scan.copies
         return (
-            f"'{copy}' in '{scan.directory}' has the same step ({step}) and the same content "
-            f"(size and sha256) as '{kept}': it is taken as a copy of '{kept}' and not read. "
-            f"Move it out of the directory to silence this note."
+            f"'{copy}' in '{scan.directory}' has the same step ({step}) and {how} as '{kept}': it "
+            f"is taken as a copy of '{kept}' and not read. Move it out of the directory to "
+            f"silence this note."
         )
-    pairs = [f"'{copy}' of '{kept}' (step {step})" for copy, kept, step in scan.copies]
+    pairs = [f"'{copy}' of '{kept}' (step {step})" for copy, kept, step, _ in scan.copies]
     more = len(pairs) - 5
     shown = ", ".join(pairs[:5]) + (f" and {more} more" if more > 0 else "")
+    hows = " or ".join(dict.fromkeys(how for *_, how in scan.copies))
     return (
-        f"{len(pairs)} files in '{scan.directory}' have the same step and the same content (size "
-        f"and sha256) as another file and are taken as its copies, not read: {shown}. Move them "
-        f"out of the directory to silence this note."
+        f"{len(pairs)} files in '{scan.directory}' have the same step and {hows} as another "
+        f"file and are taken as its copies, not read: {shown}. Move them out of the directory "
+        f"to silence this note."
     )
 
 
@@ -383,8 +385,11 @@ def list_checkpoints(
 
     Files that give the same step and hold the same bytes (size and sha256; a backup
     ``ckpt_0060.pt`` beside ``ckpt_60.pt``) are copies: the first by name is listed (a file named
-    for its step before a ``best``/``last`` copy), the others are left out with a note. Only
-    files that share a step are hashed.
+    for its step before a ``best``/``last`` copy), the others are left out with a note. So are
+    files of one step that hold the same tensors, bit for bit, in other bytes (one state dict
+    saved under two names, or as a ``.pt`` and a ``.safetensors``): a torch.save file is listed
+    before a safetensors one (its dict may hold the optimizer state), then the first by name.
+    Only files that share a step are hashed, and read in full to compare their tensors.
 
     Raises:
         CheckpointError: the directory is missing, unreadable or holds no checkpoint; or (unless
@@ -455,7 +460,7 @@ def checkpoint_listing(
         note(torch_note(len(pickled), pickled[0].file))
     if said := not_state_dicts_note(scan):
         note(said)
-    if said := copies_note(scan):  # the same bytes as a file read: nothing is lost
+    if said := copies_note(scan):  # the same bytes or tensors as a file read: nothing lost
         note(said)
     if said := nested_warning(scan):  # checkpoints in subfolders are not read: a warning
         warn(said)

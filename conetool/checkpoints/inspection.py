@@ -108,7 +108,7 @@ def inspect_checkpoints(
     said_of_the_directory = (
         (stored[0] if stored else None, warn if stored and stored[1] else note),
         (not_state_dicts_note(scan), note),
-        (copies_note(scan), note),  # the same bytes as a file read: nothing is lost
+        (copies_note(scan), note),  # the same bytes or tensors as a file read: nothing lost
         (nested_warning(scan), warn),  # checkpoints in subfolders are not read
     )
     for message, say in said_of_the_directory:

@@ -124,7 +124,8 @@ class Scan:
     unselected: list[int] = field(default_factory=list)  # steps left out by --steps / --every
     # subfolders (not checkpoint folders) holding checkpoints, which are not read: name -> count
     nested: dict[str, int] = field(default_factory=dict)
-    # files left out as byte-for-byte copies of another file of their step: (copy, kept, step)
-    copies: list[tuple[str, str, int]] = field(default_factory=list)
+    # files left out as copies of another file of their step: (copy, kept, step, how), ``how``
+    # saying what they share ("the same content (size and sha256)", "the same tensors (...)")
+    copies: list[tuple[str, str, int, str]] = field(default_factory=list)
     # torch.save files that hold no tensor by name, not read: name -> what ("a list of 3 items")
     not_state_dicts: dict[str, str] = field(default_factory=dict)

@@ -10,6 +10,8 @@ import stat
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from conetool import paths
 from conetool.errors import CheckpointError
 
@@ -334,20 +336,69 @@ def _same_content(group: list[Candidate]) -> bool:
         return False
 
 
-def _flag_duplicates(cands: list[Candidate]) -> list[tuple[Candidate, Candidate]]:
+#: How the files of one step are copies of each other, as the note says it.
+SAME_BYTES = "the same content (size and sha256)"
+SAME_TENSORS = "the same tensors (names, dtypes, shapes and values, bit for bit)"
+
+
+def _normalized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` under their names without a wrapper prefix they all share (``module.``)."""
+    return dict(zip(strip_common_prefixes(tensors)[1], tensors.values(), strict=True))
+
+
+def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def _same_tensors(group: list[Candidate]) -> bool:
+    """Whether the files of one step hold the same tensors: the same names (but for a wrapper
+    prefix all of one file's share: DDP's ``module.``), dtypes, shapes and bytes. The same
+    weights saved twice are not the same bytes when torch.save wrote them (it writes the file's
+    name into the archive), nor as a ``.pt`` and a ``.safetensors`` export of one state dict.
+    Known key sets are compared first; then each file is read in full (the first kept in memory
+    beside the one compared), so only files of a step several give are read. A file that
+    cannot be read counts as different."""
+    known = [c.shapes for c in group if c.shapes is not None]
+    keys = {frozenset(zip(strip_common_prefixes(s)[1], s.values(), strict=True)) for s in known}
+    if len(keys) > 1:
+        return False
+    from .load import read_checkpoint  # (load imports discover, which imports this module)
+
+    try:
+        first = _normalized(read_checkpoint(group[0].ref(), check_finite=False).state_dict)
+        for c in group[1:]:
+            other = _normalized(read_checkpoint(c.ref(), check_finite=False).state_dict)
+            if other.keys() != first.keys():
+                return False
+            if not all(_bitwise_equal(first[k], other[k]) for k in first):
+                return False
+    except CheckpointError:
+        return False
+    return True
+
+
+def _flag_duplicates(cands: list[Candidate]) -> list[tuple[Candidate, Candidate, str]]:
     """Refuse every file of a step that several files give, unless they are copies of each
-    other (the same bytes): then the first by name is kept (a file named for its step before a
-    ``best``/``last`` copy that stores it: the copy is the file a loop overwrites) and the others
-    are returned as ``(copy, kept)`` pairs, for the caller to leave out with a note."""
+    other: the same bytes, then the first by name is kept (a file named for its step before a
+    ``best``/``last`` copy that stores it: the copy is the file a loop overwrites); or the same
+    tensors (:func:`_same_tensors`), then a torch.save file is kept before a safetensors one (its
+    dict may hold the optimizer state ``switch`` reads; the weights are the same), then the first
+    by name. The others are returned as ``(copy, kept, how)`` pairs (``how``:
+    :data:`SAME_BYTES` or :data:`SAME_TENSORS`), for the caller to leave out with a note."""
     by_step: dict[int, list[Candidate]] = {}
     for c in cands:
         if c.problem is None and c.step is not None:
             by_step.setdefault(c.step, []).append(c)
-    copies: list[tuple[Candidate, Candidate]] = []
+    copies: list[tuple[Candidate, Candidate, str]] = []
     for step, group in by_step.items():
         if len(group) > 1 and _same_content(group):
             kept, *same = sorted(group, key=lambda c: (_is_alias(c), c.name))
-            copies.extend((c, kept) for c in same)
+            copies.extend((c, kept, SAME_BYTES) for c in same)
+        elif len(group) > 1 and _same_tensors(group):
+            kept, *same = sorted(group, key=lambda c: (_is_alias(c), c.format != "torch", c.name))
+            copies.extend((c, kept, SAME_TENSORS) for c in same)
         elif len(group) > 1:
             quoted = [f"'{c.location}'" for c in group]
             names = ", ".join(quoted[:-1]) + f" and {quoted[-1]}"
@@ -479,10 +530,10 @@ def scan_directory(
             kept.append(c)
         else:
             scan.unselected.append(c.step)
-    for copy, original in _flag_duplicates(kept):
+    for copy, original, how in _flag_duplicates(kept):
         kept.remove(copy)
         assert copy.step is not None
-        scan.copies.append((copy.name, original.name, copy.step))
+        scan.copies.append((copy.name, original.name, copy.step, how))
     _flag_mixed_runs(kept)
     kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))
     scan.candidates = kept
