@@ -97,6 +97,7 @@ def restore_checkpoint_optimizer(
     size: int | None = None,
     mtime_ns: int | None = None,
     saved_names: Sequence[str] | None = None,
+    entries: Mapping[str, Any] | None = None,
 ) -> CheckpointOptimizer:
     """Load the optimizer state inside the torch.save checkpoint ``path`` into ``optimizer`` when
     it verifiably is its state (see the module docstring); otherwise ``optimizer`` is left as it
@@ -109,8 +110,11 @@ def restore_checkpoint_optimizer(
     is no longer so raises :class:`CheckpointError` (its buffers would belong to another save).
     ``saved_names``: ``names`` in the order the file's state dict lists them
     (:func:`names_in_file_order`); a state is not used when that order is not ``names``'.
+    ``entries``: the file's :data:`ENTRIES` as read with its weights, in the same pass
+    (``read_checkpoint(keep=ENTRIES)``); the file is then not read again (``size`` and
+    ``mtime_ns`` are not needed: nothing can change between two reads).
     """
-    saved = _read_entry(path, size, mtime_ns)
+    saved = _read_entry(path, size, mtime_ns) if entries is None else _entry_of(entries)
     if saved is None:
         return CheckpointOptimizer(None)
     entry, value = saved
@@ -166,6 +170,12 @@ def _read_entry(path: Path, size: int | None, mtime_ns: int | None) -> tuple[str
         first = str(failed).splitlines()[0] if str(failed) else type(failed).__name__
         # (a reason in place of the state: _match returns it)
         return "optimizer state", f"it cannot be read with torch.load(weights_only=True) ({first})"
+    return _entry_of(obj)
+
+
+def _entry_of(obj: object) -> tuple[str, Any] | None:
+    """``(entry name, value)`` of the first of :data:`ENTRIES` in a checkpoint dict ``obj`` that
+    holds something (Lightning's list of one: its element); None when none does."""
     if not isinstance(obj, Mapping):
         return None
     for entry in ENTRIES:

@@ -384,3 +384,29 @@ def test_reference_train_warns_of_a_state_at_its_start_that_it_does_not_use(tmp_
     assert "from the checkpoint of step 3:" in warning, warning
     assert "the optimizer_state_dict in step_3.pt is not used: it is the state of Adam" in warning
     assert "momentum starting at zero" in note, note
+
+
+def test_the_checkpoint_file_is_read_once_for_weights_and_optimizer_state(tmp_path, monkeypatch):
+    """A switch point and the --reference train continuation read a loop's step_3.pt once: the
+    optimizer state comes from the same read as the weights. Was: the file was loaded again
+    (torch.load, memory-mapped) for its optimizer_state_dict."""
+    from conetool import checkpoint_optimizer
+    from conetool.checkpoints import _format
+
+    model, optimizer = plain_loop(sgd)
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)  # step 3
+    again: list[object] = []
+    real = _format.load_weights_only
+
+    def counted(source, **kwargs):
+        again.append(source())
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(checkpoint_optimizer, "load_weights_only", counted)
+    result = switch(
+        [3], until=5, store=tmp_path / "s", ckpts=ckpts, spec=SPEC, device="cpu", reference="train"
+    )
+    assert result.points[0].momentum == "saved"
+    (note,) = [n for n in result.notes if n.startswith("--reference train")]
+    assert "momentum from the saved optimizer state" in note, note
+    assert again == []

@@ -628,8 +628,10 @@ def read_torch_contents(path: Path) -> TorchContents:
     return TorchContents({k: tuple(v.shape) for k, v in state.items()}, None, None, steps)
 
 
-def load_torch_bytes(path: Path, buf: bytearray) -> dict[str, torch.Tensor]:
-    """The state dict in a torch.save file whose bytes are ``buf`` (``weights_only=True``)."""
+def load_torch_object(path: Path, buf: bytearray) -> Any:
+    """What torch.load(weights_only=True) reads from a torch.save file whose bytes are ``buf``:
+    the state dict, or the dict wrapping it with the loop's other entries
+    (:func:`unwrap_state_dict` takes the state dict out of it)."""
     try:
         obj = load_weights_only(lambda: io.BytesIO(buf), map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -640,4 +642,4 @@ def load_torch_bytes(path: Path, buf: bytearray) -> dict[str, torch.Tensor]:
             f"'{path}' is not a readable torch checkpoint ({first}). If a run is still writing "
             f"it, wait and rerun; otherwise re-save or delete it."
         ) from None
-    return unwrap_state_dict(obj, path)
+    return obj

@@ -9,9 +9,10 @@ still being written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,10 +23,11 @@ from ._format import (
     _header_length,
     combine_fingerprints,
     files_fingerprint,
-    load_torch_bytes,
+    load_torch_object,
     parse_header,
     stream_file,
     tensors_from_buffer,
+    unwrap_state_dict,
 )
 from ._keys import describe_mismatch, factory_wraps, match_keys
 from .discover import CheckpointRef, checkpoint_ref, default_warn
@@ -46,6 +48,10 @@ class LoadedCheckpoint:
     #: read): what a store records beside the fingerprint, so that a file rewritten later (even
     #: while its kernel is computed) has another time than the one recorded
     mtime_ns: int = 0
+    #: the entries of a torch.save dict asked for by ``read_checkpoint(keep=...)`` that it has
+    #: (``{"optimizer_state_dict": ...}``), read in the same pass as the weights; None when none
+    #: were asked for or the checkpoint is no single torch.save file
+    entries: dict[str, Any] | None = None
 
 
 def _as_ref(source: CheckpointRef | str | Path) -> CheckpointRef:
@@ -83,9 +89,16 @@ def check_finite_tensors(
 
 
 def read_checkpoint(
-    source: CheckpointRef | str | Path, *, check_finite: bool = True
+    source: CheckpointRef | str | Path,
+    *,
+    check_finite: bool = True,
+    keep: Collection[str] = (),
 ) -> LoadedCheckpoint:
     """Read every tensor of a checkpoint, and its fingerprint, in one pass over its file(s).
+
+    ``keep``: entries of a single torch.save file's dict to keep beside the state dict (the
+    optimizer state ``switch`` uses), in :attr:`LoadedCheckpoint.entries`, so that the file is
+    not read twice; the others are dropped as they are read.
 
     Shards are merged into one state dict. Lightning's ``{"state_dict": ...}`` is unwrapped. Keys
     are returned as stored (prefixes such as ``module.`` are dealt with by :func:`load_checkpoint`).
@@ -102,6 +115,7 @@ def read_checkpoint(
     state: dict[str, torch.Tensor] = {}
     metadata: dict[str, str] = {}
     mtime_ns = 0
+    entries: dict[str, Any] | None = None
     for i, path in enumerate(ref.paths):
         buf, size, digest, mtime = stream_file(path, keep=True)
         assert buf is not None
@@ -114,7 +128,10 @@ def read_checkpoint(
             if i == 0:
                 metadata = header.metadata
         else:
-            tensors = load_torch_bytes(path, buf)
+            obj = load_torch_object(path, buf)
+            tensors = unwrap_state_dict(obj, path)
+            if keep and len(ref.paths) == 1:
+                entries = {k: obj[k] for k in keep if isinstance(obj, Mapping) and k in obj}
         twice = state.keys() & tensors.keys()
         if twice:
             raise CheckpointError(
@@ -125,7 +142,13 @@ def read_checkpoint(
     if check_finite:
         check_finite_tensors(state, str(name), ref.step)
     return LoadedCheckpoint(
-        state, combine_fingerprints(parts), sum(s for s, _ in parts), metadata, ref, mtime_ns
+        state,
+        combine_fingerprints(parts),
+        sum(s for s, _ in parts),
+        metadata,
+        ref,
+        mtime_ns,
+        entries,
     )
 
 
@@ -272,8 +295,10 @@ def load_checkpoint(
     *,
     check_finite: bool = True,
     warn: Callable[[str], None] | None = None,
+    keep: Collection[str] = (),
 ) -> LoadedCheckpoint | None:
-    """Load a checkpoint (a ref, a path, or a state dict) into ``model``, strictly.
+    """Load a checkpoint (a ref, a path, or a state dict) into ``model``, strictly (``keep``:
+    as in :func:`read_checkpoint`).
 
     Keys are matched as in :func:`match_state_dict`; tensors are copied into the model's own
     parameters and buffers (keeping their device and dtype). Returns the :class:`LoadedCheckpoint`
@@ -289,7 +314,7 @@ def load_checkpoint(
             check_finite_tensors(source, name)
         _apply(model, source, name, warn)
         return None
-    loaded = read_checkpoint(source, check_finite=check_finite)
+    loaded = read_checkpoint(source, check_finite=check_finite, keep=keep)
     apply_checkpoint(model, loaded, warn=warn)
     return loaded
 

@@ -143,7 +143,8 @@ def run_point(
     t = ref.step
     store.check()  # no minutes of training for a point that could not be written
     model = model_for(spec)
-    loaded = load_checkpoint(model, ref)  # refuses non-finite weights, names the file
+    # refuses non-finite weights, names the file; keeps a loop's optimizer state, read with them
+    loaded = load_checkpoint(model, ref, keep=ENTRIES)
     assert loaded is not None
     if loaded.metadata.get("format") != "conetool" and FOREIGN_RUN not in says.warnings:
         says.warn(FOREIGN_RUN)
@@ -157,6 +158,7 @@ def run_point(
     began = time.perf_counter()
     lin = LinearizedModel(model).to(device)
     optimizer, momentum, said = optimizer_at(lin, spec, ckpts, loaded)
+    del loaded  # its optimizer state is in the optimizer now (its weights in the model)
     if said is not None:
         momentum_said.append(said)
     # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
@@ -265,6 +267,7 @@ def _from_checkpoint_file(
         size=loaded.size,
         mtime_ns=loaded.mtime_ns,
         saved_names=names_in_file_order(model, loaded.state_dict, names),
+        entries=loaded.entries,  # read with the weights: the file is not read again
     )
     if found.entry is None:
         entries = f"(no {', '.join(ENTRIES)} entry); {fresh}"
@@ -398,7 +401,7 @@ def standard_reference(
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     path = paths.switch_reference(store.root)
-    loaded = load_checkpoint(model, refs[start])
+    loaded = load_checkpoint(model, refs[start], keep=ENTRIES)
     assert loaded is not None
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
     if path.is_file():
@@ -407,6 +410,7 @@ def standard_reference(
             return previous["reference"]
     store.check()
     optimizer, momentum, said = optimizer_at(model, spec, ckpts, loaded)
+    del loaded  # its optimizer state is in the optimizer now (its weights in the model)
     if said is not None and said.warning:  # a state saved and not used, or saved otherwise
         says.warn(f"--reference train, from the checkpoint of step {start}: {said.one}")
     says.note(
