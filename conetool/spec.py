@@ -440,9 +440,21 @@ def check_for_training(spec: Spec) -> None:
     ``load_spec`` accepts these, so that a run or a store already made with such a spec (its
     ``conetool.toml``, its manifest) still loads: only a new run is refused. Today: dense
     checkpoints turned on (``dense_every`` > 0) with no step to save them before
-    (``dense_until`` at most ``dense_every`` saves only step 0, which is always saved).
+    (``dense_until`` at most ``dense_every`` saves only step 0, which is always saved); a
+    synthetic training split smaller than its class count (some classes would never be trained
+    on: the run could not learn the data set the spec describes).
     """
-    t = spec.train
+    t, d = spec.train, spec.data
+    if d.dataset == "synthetic" and d.train_size < d.num_classes:
+        raise SpecError(
+            f"{spec.source}: 'data.train_size' = {d.train_size} is smaller than "
+            f"'data.num_classes' = {d.num_classes}: the synthetic examples take the labels 0, 1, "
+            f"2, ... in turn, so {_classes_left(d.train_size, d.num_classes)} would have no "
+            f"training example and the model would never learn to predict them. Set "
+            f"data.train_size to at least {d.num_classes} (usually many times it; the default "
+            f"is {DataSpec().train_size}), or data.num_classes (and model.num_classes) to at "
+            f"most {d.train_size}."
+        )
     if t.dense_every and t.dense_until <= t.dense_every:
         swapped = " (are the two swapped?)" if 0 < t.dense_until < t.dense_every else ""
         raise SpecError(
@@ -453,6 +465,14 @@ def check_for_training(spec: Spec) -> None:
             "example dense_every = 10 and dense_until = 1000: steps 0, 10, ..., 990), or "
             "dense_every = 0 for none."
         )
+
+
+def _classes_left(size: int, num_classes: int) -> str:
+    """The classes a synthetic split of ``size`` < ``num_classes`` examples has no example of
+    (its labels are ``arange(size) % num_classes``)."""
+    if num_classes - size == 1:
+        return f"class {size}"
+    return f"classes {size} to {num_classes - 1}"
 
 
 def train_warnings(spec: Spec) -> list[str]:
@@ -484,6 +504,15 @@ def train_warnings(spec: Spec) -> list[str]:
                 f"steps ({len(save_steps(spec))} checkpoints). Set dense_until to the step "
                 "where the dense checkpoints should stop, at most train.steps."
             )
+    if d.dataset == "synthetic" and d.test_size < d.num_classes:
+        missing = _classes_left(d.test_size, d.num_classes)
+        said.append(
+            f"{src}: 'data.test_size' = {d.test_size} is smaller than 'data.num_classes' = "
+            f"{d.num_classes}: the synthetic examples take the labels 0, 1, 2, ... in turn, so "
+            f"{missing} {'has' if missing.startswith('class ') else 'have'} no test example, "
+            "and the test accuracy and loss measure the others only. Set data.test_size to at "
+            f"least {d.num_classes} (the default is {DataSpec().test_size})."
+        )
     if d.dataset in BUILTIN_DATASETS and d.dataset != "synthetic":
         default = DataSpec()
         for key in ("shape", "num_classes", "train_size", "test_size", "noise", "seed"):

@@ -204,6 +204,74 @@ def test_synthetic_keys_with_a_built_in_data_set_are_said():
     ]
 
 
+# --- a synthetic split smaller than its class count -----------------------------------------------
+
+
+def synthetic(**values: Any) -> dict[str, Any]:
+    return {"dataset": "synthetic", "shape": [4], "num_classes": 3, "train_size": 24, **values}
+
+
+@pytest.mark.parametrize(
+    ("classes", "train_size", "missing", "most"),
+    [(3, 2, "class 2", 2), (10, 4, "classes 4 to 9", 4)],
+)
+def test_a_synthetic_training_split_without_every_class_is_refused_for_training(
+    tmp_path, classes, train_size, missing, most
+):
+    """train_size = 4 with num_classes = 10 trained silently on classes 0-3 only: the labels are
+    arange(size) % num_classes, so classes 4-9 had no example, and no error said so."""
+    spec = tiny(data=synthetic(num_classes=classes, train_size=train_size), batch_size=2)
+    save_spec(spec, tmp_path / "spec.toml")
+    assert load_spec(tmp_path / "spec.toml").data.train_size == train_size  # a made store loads
+    with pytest.raises(SpecError) as caught:
+        check_for_training(spec)
+    assert flat(str(caught.value)) == (
+        f"c.toml: 'data.train_size' = {train_size} is smaller than 'data.num_classes' = "
+        f"{classes}: the synthetic examples take the labels 0, 1, 2, ... in turn, so {missing} "
+        "would have no training example and the model would never learn to predict them. Set "
+        f"data.train_size to at least {classes} (usually many times it; the default is 1000), "
+        f"or data.num_classes (and model.num_classes) to at most {most}."
+    )
+    out = tmp_path / "run"
+    with pytest.raises(SpecError, match="'data.train_size' = "):
+        train(spec, out)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_command_refuses_it_naming_the_spec_file(tmp_path):
+    spec = tiny(data=synthetic(train_size=2), batch_size=2)
+    save_spec(spec, tmp_path / "spec.toml")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "spec.toml"), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    text = flat(result.output)
+    assert f"{tmp_path / 'spec.toml'}: 'data.train_size' = 2 is smaller than" in text, text
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("test_size", "said"), [(2, "so class 2 has no test example"), (1, "so classes 1 to 2 have")]
+)
+def test_a_synthetic_test_split_without_every_class_is_warned_of(test_size, said):
+    spec = tiny(data=synthetic(test_size=test_size))
+    check_for_training(spec)  # the run is sensible; its test accuracy leaves classes out
+    (warning,) = train_warnings(spec)
+    assert warning.startswith(
+        f"c.toml: 'data.test_size' = {test_size} is smaller than 'data.num_classes' = 3: "
+    ), warning
+    assert said in warning, warning
+    assert warning.endswith(
+        "the test accuracy and loss measure the others only. Set data.test_size to at least 3 "
+        "(the default is 500)."
+    ), warning
+
+
+def test_a_synthetic_split_of_one_example_per_class_is_said_nothing_of():
+    spec = tiny(data=synthetic(train_size=3, test_size=3), batch_size=3)
+    check_for_training(spec)
+    assert train_warnings(spec) == []
+
+
 @pytest.mark.parametrize(
     "values",
     [
