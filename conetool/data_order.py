@@ -22,14 +22,18 @@ def mix_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Training steps per epoch: ``n_train // batch_size`` (the last partial batch is dropped)."""
+def steps_per_epoch(n_train: int, batch_size: int, *, spec_file: str | None = None) -> int:
+    """Training steps per epoch: ``n_train // batch_size`` (the last partial batch is dropped).
+
+    A batch larger than the split is a :class:`DataError`; ``spec_file`` (the spec's
+    ``source``, where the caller has one) begins it, as the spec's own errors begin."""
+    where = f"{spec_file}: " if spec_file else ""
     if batch_size <= 0:
-        raise DataError(f"'train.batch_size' must be positive, got {batch_size}.")
+        raise DataError(f"{where}'train.batch_size' must be positive, got {batch_size}.")
     if batch_size > n_train:
         raise DataError(
-            f"'train.batch_size' = {batch_size} is larger than the training split ({n_train} "
-            f"examples). Set train.batch_size to at most {n_train}."
+            f"{where}'train.batch_size' = {batch_size} is larger than the training split "
+            f"({n_train} examples). Set train.batch_size to at most {n_train}."
         )
     return n_train // batch_size
 

@@ -56,7 +56,9 @@ class TrainingLoop:
         self.device, self.progress, self.description = device, progress, description
         self.on_step, self.on_eval, self.diverged_hint = list(on_step), on_eval, diverged_hint
         self.diverged = diverged
-        self.per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
+        self.per_epoch = steps_per_epoch(
+            len(data.train), spec.train.batch_size, spec_file=spec.source
+        )
         self.rows: list[Row] = []
         self._loss_sum, self._correct, self._seen = 0.0, 0, 0
 

@@ -130,7 +130,8 @@ def _train(
     # conetool kernels uses, but a bad probe found after training would cost the run).
     progress.log(f"loading data '{spec.data.dataset}' and building '{spec.model.arch}' ...")
     model, data = build_for_spec(spec)
-    per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)  # batch_size fits the data
+    # batch_size fits the data
+    per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     said = Said(progress)  # its warnings in the result, so that --quiet prints them at the end
     if probe_warning := _check_probe(spec, data):
         said.warn(probe_warning)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from conetool import paths
 from conetool import spec as spec_module
 from conetool.cli import app
+from conetool.data import steps_per_epoch
 from conetool.errors import DataError, SpecError
 from conetool.pipeline.run_demo import demo_spec
 from conetool.progress import NullProgress
@@ -326,3 +327,25 @@ def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_
         train(tiny(batch_size=32), out)
     assert not paths.spec(out).exists()
     assert train(tiny(batch_size=8), out).steps == 6  # the fixed spec trains in the same --out
+
+
+def test_the_batch_size_error_names_the_spec_file(tmp_path):
+    """It named the key and the split's size but not the file that sets the batch size."""
+    spec_file = tmp_path / "spec.toml"
+    save_spec(tiny(batch_size=32), spec_file)
+    result = CliRunner().invoke(app, ["train", str(spec_file), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert (
+        f"{spec_file}: 'train.batch_size' = 32 is larger than the training split (24 examples). "
+        "Set train.batch_size to at most 24." in flat(result.output)
+    ), result.output
+    with pytest.raises(DataError, match=r"^c\.toml: 'train\.batch_size' = 32 is larger"):
+        train(tiny(batch_size=32), tmp_path / "other")
+
+
+def test_the_data_order_without_a_spec_file_names_none():
+    """steps_per_epoch, a library function, is called with sizes only, and names no file."""
+    with pytest.raises(DataError, match=r"^'train\.batch_size' = 32 is larger than the training"):
+        steps_per_epoch(24, 32)
+    with pytest.raises(DataError, match=r"^s\.toml: 'train\.batch_size' must be positive"):
+        steps_per_epoch(24, 0, spec_file="s.toml")

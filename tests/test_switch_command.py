@@ -19,12 +19,18 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
-from conetool.errors import CheckpointError, ConetoolError, ModelError, StoreReplacedError
+from conetool.errors import (
+    CheckpointError,
+    ConetoolError,
+    DataError,
+    ModelError,
+    StoreReplacedError,
+)
 from conetool.loop import TrainingLoop
 from conetool.pipeline import run_switch, switch_points
 from conetool.pipeline.run_kernels import kernels
 from conetool.pipeline.run_switch import parse_at, switch
-from conetool.spec import spec_from_dict
+from conetool.spec import save_spec, spec_from_dict
 from conetool.store import Store
 from conetool.training import train
 
@@ -305,6 +311,23 @@ def test_bad_input(deep_run, tmp_path):
     save_file(state, str(path), metadata=meta)
     with pytest.raises(CheckpointError, match="step_000004.safetensors"):
         switch([4], store=tmp_path / "s", ckpts=run, device="cpu")
+
+
+def test_a_batch_larger_than_the_data_is_refused_naming_the_spec_file(deep_run, tmp_path):
+    """switch trains with the spec's batches: a batch_size beyond the training split was refused
+    at the first point's training, naming no file; now before anything, naming the spec."""
+    raw = spec_dict([8])
+    raw["train"]["batch_size"] = 64
+    spec_file = tmp_path / "big.toml"
+    save_spec(spec_from_dict(raw), spec_file)
+    store = tmp_path / "s"
+    with pytest.raises(DataError) as caught:
+        switch([4], store=store, ckpts=deep_run, spec=spec_file, device="cpu")
+    assert str(caught.value) == (
+        f"{spec_file}: 'train.batch_size' = 64 is larger than the training split (48 "
+        "examples). Set train.batch_size to at most 48."
+    )
+    assert not paths.switch_point(store, 4).exists()
 
 
 def test_wrong_output_shape_is_refused(tmp_path, monkeypatch):

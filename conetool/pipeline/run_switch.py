@@ -29,7 +29,7 @@ from .. import distributed, paths
 from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, step_problems
 from ..choices import Reference, choice, is_count, path_argument
-from ..data import DataBundle, load_data
+from ..data import DataBundle, load_data, steps_per_epoch
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError, StoreReplacedError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
@@ -551,6 +551,8 @@ def _prepare(options: SwitchOptions) -> _Sweep:
             f"{spec.source}: data set '{spec.data.dataset}' has an empty test split, and the "
             "switch experiment reports test accuracy and loss. Give the data set a test split."
         )
+    # the batches of the spec's recipe: refused here, not when the first point starts
+    steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     target = SwitchStore.begin(store, manifest)
     return _Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes)
 
