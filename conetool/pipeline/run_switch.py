@@ -234,13 +234,14 @@ def _switch(
     says = Said(progress)
     for note in sweep.notes if job.is_main else []:
         says.note(note)
-    warnings: list[str] = []  # the slow-step warning: one per rank at most
+    # what in the recipe trains badly (momentum >= 1), said once before any point is trained
+    for concern in recipe_warnings(sweep.spec):
+        says.warn(concern)
+    # the slow-step warning, one per rank at most: kept apart from says.warnings, since the
+    # watch runs only while this list is empty
+    warnings: list[str] = []
     # what each point says of its momentum: one message per reason for the whole job, gathered
     momentum_said: list[MomentumNote] = []
-    # what in the recipe trains badly (momentum >= 1), said once before any point is trained
-    concerns = recipe_warnings(sweep.spec)
-    for concern in concerns:
-        progress.log(f"warning: {concern}")
     error: ConetoolError | None = None
     replaced = False  # this rank found the store replaced: before a point, or during it
     in_progress: int | None = None  # (during: the point it was training or writing)
@@ -308,12 +309,13 @@ def _switch(
         (SwitchPoint(**p) for other in shares for p in other["points"]), key=lambda p: p.at
     )
     # each message once (every rank that read a foreign checkpoint warned of it; rank 0 says
-    # those only other ranks said), then the momentum messages of every rank's points, one per
-    # reason: a note where no optimizer state was saved, else a warning
+    # those only other ranks said), in the job's order (rank 0's first) on every rank; then the
+    # momentum messages of every rank's points, one per reason: a note where no optimizer state
+    # was saved, else a warning
     warned = list(dict.fromkeys(w for other in shares for w in other["warned"]))
     for message in warned:
         if message not in says.warnings:
-            progress.log(f"warning: {message}")
+            says.warn(message)
     says.warnings = warned
     says.notes = list(dict.fromkeys(note for other in shares for note in other["notes"]))
     momentum = [MomentumNote(*m) for other in shares for m in other["momentum"]]
@@ -372,9 +374,7 @@ def _switch(
     if failures:
         rank, message = failures[0]
         raise distributed.PeerFailedError(f"rank {rank} failed: {message}")
-    return SwitchResult(
-        store, T, points, ref_result, files, says.notes, concerns + says.warnings + warnings
-    )
+    return SwitchResult(store, T, points, ref_result, files, says.notes, says.warnings + warnings)
 
 
 def _replaced_error(
