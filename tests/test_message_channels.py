@@ -27,6 +27,7 @@ from conetool.cli import app
 from conetool.pipeline import kernels
 from conetool.pipeline.run_switch import switch
 from conetool.pipeline.switch_points import FOREIGN_RUN
+from conetool.progress import NullProgress, ProgressTask
 from conetool.spec import save_spec
 
 runner = CliRunner()
@@ -189,9 +190,30 @@ FRESH = (
 )
 
 
+FRESH_AT_0 = (
+    "t=0: no optimizer state beside the checkpoint (step_000000.optim.safetensors, as conetool "
+    "train writes it); momentum starts at zero"
+)
+
+
+class Events(NullProgress):
+    """What a command logs, and the bars it opens (``[bar] description``), in order."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+    def task(self, description: str, total: int | None) -> ProgressTask:
+        self.lines.append(f"[bar] {description}")
+        return super().task(description, total)
+
+
 def test_switch_says_a_shared_reason_for_fresh_momentum_once(run, tmp_path):
     """A sweep over a run without optimizer state said 't=X: no optimizer state beside the
-    checkpoint (step_0000XX.optim.safetensors, ...)' once per point."""
+    checkpoint (step_0000XX.optim.safetensors, ...)' once per point. Now: at the first point, as
+    it comes, and once for all the points at the end (the result keeps that one)."""
     for step in (0, 5, 10):
         paths.optimizer_state(run, step).unlink()
     store = tmp_path / "s"
@@ -202,8 +224,28 @@ def test_switch_says_a_shared_reason_for_fresh_momentum_once(run, tmp_path):
     shown = runner.invoke(app, [*args, "--ckpts", str(run), "--device", "cpu"])
     assert shown.exit_code == 0, shown.output
     text = flat(shown.output)
-    assert text.count("momentum starts at zero") == 1, text
-    assert f"note: t=0, 5 (2 points): {FRESH}" in text, text
+    assert text.count("momentum starts at zero") == 2, text  # not once per point
+    assert text.index(f"note: {FRESH_AT_0}") < text.index(f"note: t=0, 5 (2 points): {FRESH}")
+
+
+def test_switch_says_momentum_before_the_point_trains(run, tmp_path):
+    """The momentum messages came only once every point had trained (a sweep of hours said at its
+    end that no point's momentum was the run's): each reason is said before the first point it
+    applies to trains, and a point of its own alone is not said again at the end."""
+    for step in (0, 5, 10):
+        paths.optimizer_state(run, step).unlink()
+    events = Events()
+    result = switch([0, 5], until=10, store=tmp_path / "s", ckpts=run, progress=events)
+    lines = events.lines
+    assert lines.index(f"note: {FRESH_AT_0}") < lines.index("[bar] switch t=0"), lines
+    assert lines.index(f"note: t=0, 5 (2 points): {FRESH}") > lines.index("[bar] switch t=5")
+    assert sum("momentum" in line for line in lines) == 2, lines
+    alone = Events()
+    result = switch([5], until=10, store=tmp_path / "one", ckpts=run, progress=alone)
+    fresh_at_5 = FRESH_AT_0.replace("t=0", "t=5").replace("000000", "000005")
+    assert [line for line in alone.lines if "momentum" in line] == [f"note: {fresh_at_5}"]
+    assert alone.lines.index(f"note: {fresh_at_5}") < alone.lines.index("[bar] switch t=5")
+    assert [n for n in result.notes if "momentum" in n] == [fresh_at_5]
 
 
 def test_switch_keeps_distinct_reasons_apart_naming_one_points_files(tmp_path):
@@ -262,7 +304,8 @@ def test_switch_says_its_notes_as_they_come_and_quiet_leaves_them_out(run, tmp_p
     loud = runner.invoke(app, [*args, "--store", str(tmp_path / "a")])
     assert loud.exit_code == 0, loud.output
     text = flat(loud.output)
-    assert text.count("momentum starts at zero") == 1 and "note: t=0, 5 (2 points)" in text
+    # at the first point as it came, and for both at the end
+    assert text.count("momentum starts at zero") == 2 and "note: t=0, 5 (2 points)" in text
     quiet = runner.invoke(app, [*args, "--store", str(tmp_path / "b"), "-q"])
     assert quiet.exit_code == 0, quiet.output
     assert "momentum starts at zero" not in quiet.output, quiet.output
@@ -357,6 +400,28 @@ def test_momentum_notes_list_a_long_sweep_shortly():
     assert momentum_notes([]) == []
 
 
+def test_momentum_said_as_known_gives_way_to_one_message_per_reason_for_the_job():
+    """What a rank said as it came is said again at the end only where the job's message says
+    more: points of other ranks (a reason this rank never met, or more points of its own)."""
+    from conetool.pipeline.switch_points import MomentumNote, MomentumSaid
+
+    events = Events()
+    says = conetool.progress.Said(events)
+    says.warn("before")
+    momentum = MomentumSaid(says)
+    mine = [MomentumNote(0, "zero alone", "fresh"), MomentumNote(4, "four alone", "unused", True)]
+    for note in mine:
+        momentum(note)
+    assert events.lines == ["warning: before", "note: t=0: zero alone", "warning: t=4: four alone"]
+    momentum.withdraw()
+    assert (says.notes, says.warnings) == ([], ["before"])  # what this rank shares
+    other_rank = [MomentumNote(8, "eight alone", "fresh"), MomentumNote(9, "nine", "foreign")]
+    momentum.close(mine + other_rank)
+    assert events.lines[3:] == ["note: t=0, 8 (2 points): fresh", "note: t=9: nine"]
+    assert says.notes == ["t=0, 8 (2 points): fresh", "t=9: nine"]
+    assert says.warnings == ["before", "t=4: four alone"]  # said as it came: kept, not again
+
+
 def test_torchrun_ranks_share_one_note_per_reason(run, tmp_path):
     """Under torchrun each rank said its own points' momentum notes and its own foreign-run
     note: two ranks printed the foreign-run note twice and a momentum note per point."""
@@ -372,6 +437,8 @@ def test_torchrun_ranks_share_one_note_per_reason(run, tmp_path):
     text = flat(done.stdout)
     assert text.count("not written by `conetool train`") == 1, text
     assert "warning: these checkpoints were not written by `conetool train`" in text, text
-    assert text.count("momentum starts at zero") == 1, text
+    # rank 0's point as it came (the other rank's progress is not shown), then both points once
+    assert text.count("momentum starts at zero") == 2, text
+    assert text.count("no optimizer state beside their checkpoints") == 1, text
     assert "note: t=0, 5 (2 points): no optimizer state beside their checkpoints" in text, text
     assert "nor in their files (no optimizer_state_dict, optimizer, optimizer_states entry)" in text

@@ -40,9 +40,9 @@ from .remembered import recorded_step_regex, use_recorded_imports
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_points import (
     MomentumNote,
+    MomentumSaid,
     SwitchPoint,
     all_points,
-    momentum_notes,
     point_key,
     read_point,
     run_point,
@@ -64,7 +64,10 @@ class SwitchResult:
     by ``conetool train``; an optimizer state not used, or saved with other hyperparameters
     than the spec's; no standard model at T; earlier points left out of results.csv; the
     training steps implausibly slow, linearized or the standard run that ``reference="train"``
-    continues), each said once per sweep, as ``progress`` showed it."""
+    continues), each said once per sweep, as ``progress`` showed it. A momentum message is
+    said before the first point it applies to trains and kept as one message for all the
+    points it applies to, which ``progress`` shows again at the end where it names more points
+    (:class:`~conetool.pipeline.switch_points.MomentumSaid`)."""
 
     store: Path
     until: int
@@ -240,8 +243,8 @@ def _switch(
     # the slow-step warning, one per rank at most: kept apart from says.warnings, since the
     # watch runs only while this list is empty
     warnings: list[str] = []
-    # what each point says of its momentum: one message per reason for the whole job, gathered
-    momentum_said: list[MomentumNote] = []
+    # what each point says of its momentum, as it is known; one message per reason at the end
+    momentum_said = MomentumSaid(says)
     error: ConetoolError | None = None
     replaced = False  # this rank found the store replaced: before a point, or during it
     in_progress: int | None = None  # (during: the point it was training or writing)
@@ -292,11 +295,12 @@ def _switch(
         results.append(point)
         bar.advance(1, at=t, test_acc=f"{point.test_acc:.4f}")
 
+    momentum_said.withdraw()  # said as they came: the job's one per reason takes their place
     share = {
         "points": [asdict(p) for p in results],
         "notes": says.notes,
         "warned": says.warnings,
-        "momentum": [[m.at, m.one, m.many, m.warning] for m in momentum_said],
+        "momentum": [[m.at, m.one, m.many, m.warning] for m in momentum_said.points],
         "warnings": warnings,
         "error": None if error is None else str(error),
         "replaced": replaced,
@@ -318,11 +322,7 @@ def _switch(
             says.warn(message)
     says.warnings = warned
     says.notes = list(dict.fromkeys(note for other in shares for note in other["notes"]))
-    momentum = [MomentumNote(*m) for other in shares for m in other["momentum"]]
-    for note in momentum_notes([m for m in momentum if not m.warning]):
-        says.note(note)
-    for message in momentum_notes([m for m in momentum if m.warning]):
-        says.warn(message)
+    momentum_said.close([MomentumNote(*m) for other in shares for m in other["momentum"]])
     if replaced:
         # Every rank that found the store replaced has the same message (the first one says it):
         # the points of the whole job not written, and the command that computes them anew.

@@ -110,6 +110,48 @@ def momentum_notes(said: list[MomentumNote]) -> list[str]:
 _LISTED = 8
 
 
+class MomentumSaid:
+    """What a sweep's points say of their momentum, through ``says``: each reason as soon as it is
+    known on this rank, before its point trains (that point's message, ``t=400: ONE``), and once
+    the job's points are all known (:meth:`close`) one message per reason for all the points it
+    applies to (:func:`momentum_notes`), which ``says`` keeps in place of the first. That one is
+    said again only where it says more (several points, or points only another rank trained).
+
+    Call it with each point's :class:`MomentumNote`; ``points`` holds this rank's."""
+
+    def __init__(self, says: Said) -> None:
+        self.says = says
+        self.points: list[MomentumNote] = []
+        self._first: dict[str, str] = {}  # reason (MomentumNote.many) -> what was said of it
+
+    def __call__(self, note: MomentumNote) -> None:
+        self.points.append(note)
+        if note.many not in self._first:
+            self._first[note.many] = message = momentum_notes([note])[0]
+            (self.says.warn if note.warning else self.says.note)(message)
+
+    def withdraw(self) -> None:
+        """Take the messages said as they came out of ``says``' lists (before they are shared
+        with the other ranks: :meth:`close` puts the job's in their place)."""
+        said = set(self._first.values())
+        self.says.warnings = [m for m in self.says.warnings if m not in said]
+        self.says.notes = [m for m in self.says.notes if m not in said]
+
+    def close(self, job: list[MomentumNote]) -> None:
+        """One message per reason for the ``job``'s points (every rank's), warnings apart: said
+        where it is not word for word what was said as it came, else only kept."""
+        said = set(self._first.values())
+        for warning, say, kept in (
+            (False, self.says.note, self.says.notes),
+            (True, self.says.warn, self.says.warnings),
+        ):
+            for message in momentum_notes([m for m in job if m.warning == warning]):
+                if message in said:
+                    kept.append(message)
+                else:
+                    say(message)
+
+
 def point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
     return {"spec_hash": spec.hash(), "until": until, "source_fingerprint": fingerprint}
 
@@ -128,14 +170,15 @@ def run_point(
     warnings: list[str],
     training: Callable[[int], None] | None = None,
     *,
-    momentum_said: list[MomentumNote],
+    momentum_said: Callable[[MomentumNote], None],
 ) -> SwitchPoint:
     """Train the linearized model of the checkpoint ``ref`` from its step t to ``until`` (or read
     the finished point from ``store``) and write the point's files (holding ``store`` against a
     replacement: a :class:`~conetool.errors.StoreReplacedError`, checked before the training
     too). Checkpoints not written by ``conetool train`` are said to ``says`` (a warning, once
-    per sweep), what it says of its momentum to ``momentum_said`` (one message for the points of
-    the sweep it applies to: :func:`momentum_notes`); the slow-step warning goes to ``progress``
+    per sweep), what it says of its momentum to ``momentum_said`` before the point trains (a
+    :class:`MomentumSaid`: one message for the points of the sweep it applies to); the slow-step
+    warning goes to ``progress``
     and ``warnings``,
     once per sweep: a point is watched only while ``warnings`` is empty. ``training(t)`` is
     called once the point passed that check and is to be trained (a replacement found after it
@@ -160,7 +203,7 @@ def run_point(
     optimizer, momentum, said = optimizer_at(lin, spec, ckpts, loaded)
     del loaded  # its optimizer state is in the optimizer now (its weights in the model)
     if said is not None:
-        momentum_said.append(said)
+        momentum_said(said)
     # A linearized step: the forward pass, its jvp and the vjp at θ_t, about twice a plain step.
     watch = (
         []
