@@ -90,7 +90,12 @@ def test_epoch_named_directory_end_to_end(tmp_path: Path, tiny: Path) -> None:
     flat = " ".join(listed.output.split())
     assert "step = epoch x 8 iterations per epoch" in flat, listed.output
     assert "warning: 9 checkpoint(s) are named by epoch" in flat, listed.output
-    assert flat.count("note: a torch.save file") == 1, listed.output
+    assert flat.count("torch.save file") == 1, listed.output
+    torch_note = (
+        "note: 9 checkpoints (epoch_0.pt, epoch_1.pt, epoch_2.pt, ..., epoch_8.pt) are "
+        "torch.save files, read only with torch.load(weights_only=True)"
+    )
+    assert torch_note in flat, listed.output
     rows = conetool.inspect(epochs, spec=tiny)
     assert [(len(row.notes), len(row.warnings)) for row in rows] == [(1, 1)] * 9
     assert rows[0].note == " ".join(rows[0].notes)

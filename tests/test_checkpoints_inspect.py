@@ -269,3 +269,40 @@ def test_a_file_whose_header_cannot_be_read_shows_its_size(tmp_path: Path, keep:
     rows = {row.step: row for row in inspect_checkpoints(tmp_path)}
     assert rows[5].status == "error" and rows[5].size == keep
     assert rows[0].size == paths.checkpoint(tmp_path, 0).stat().st_size
+
+
+# --- conetool inspect: the torch.save note, of one file and of several ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "said"),
+    [
+        ([400], "note: step_400.pt is a torch.save file, read only with"),
+        ([0, 400], "note: 2 checkpoints (step_0.pt, step_400.pt) are torch.save files, read only"),
+        (
+            [0, 100, 200, 300],
+            "note: 4 checkpoints (step_0.pt, step_100.pt, step_200.pt, ..., step_300.pt) are "
+            "torch.save files, read only with",
+        ),
+    ],
+)
+def test_the_cli_names_the_torch_save_files_of_its_note(tmp_path: Path, steps, said):
+    """The rows' note said 'note: a torch.save file, read only ...' once for any number of
+    files, naming none of them: for three files, 'a torch.save file'."""
+    from typer.testing import CliRunner
+
+    from conetool.cli import app
+
+    for step in steps:
+        torch.save(state(step), tmp_path / f"step_{step}.pt")
+    shown = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert text.count("torch.save file") == 1, text
+    assert said in text, text
+    assert text.endswith(
+        "torch.load(weights_only=True); safetensors is preferred (no pickle, checked from its "
+        f"header) {len(steps)} of {len(steps)} checkpoints usable (headers checked)."
+    ), text
+    quiet = CliRunner().invoke(app, ["inspect", str(tmp_path), "-q"])
+    assert quiet.exit_code == 0 and "torch.save" not in quiet.output, quiet.output

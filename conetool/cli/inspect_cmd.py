@@ -15,6 +15,8 @@ from .runtime import starting
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
 
+    from ..checkpoints import InspectRow
+
 
 @app.command()
 def inspect(
@@ -81,9 +83,9 @@ def inspect(
             status,
         )
     console.print(table)
-    # each once, on its own line
+    # each once, on its own line; a row's note naming the files it is about
     warnings = sorted({said for row in rows for said in row.warnings}) + directory_warnings
-    notes = [] if quiet else sorted({said for row in rows for said in row.notes}) + directory_notes
+    notes = [] if quiet else _row_notes(rows) + directory_notes
     for channel, messages in (("warning", warnings), ("note", notes)):
         for message in messages:
             console.print(f"{channel}: {message}", highlight=False, markup=False)
@@ -97,3 +99,31 @@ def inspect(
     console.print(f"{ok} of {len(rows)} checkpoints usable ({checked} checked).", highlight=False)
     if bad:
         raise typer.Exit(1)
+
+
+def _row_notes(rows: list[InspectRow]) -> list[str]:
+    """Each distinct note of the rows once, naming the files it is about: ``ckpt_5.pt is a
+    torch.save file, read only ...`` for one, ``3 checkpoints (ckpt_0.pt, ckpt_5.pt,
+    ckpt_10.pt) are torch.save files, read only ...`` for several (the row's own note, "a
+    torch.save file, ...", said once for all of them read as if of one file)."""
+    from ..checkpoints.records import TORCH_NOTE
+
+    files: dict[str, list[str]] = {}
+    for row in rows:
+        for note in row.notes:
+            files.setdefault(note, []).append(row.file)
+    one = "a torch.save file"
+    lines = []
+    for note, names in sorted(files.items()):
+        shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
+        many = f"{len(names)} checkpoints ({shown})"
+        if note == TORCH_NOTE and note.startswith(one):
+            rest = note[len(one) :]
+            lines.append(
+                f"{names[0]} is {one}{rest}"
+                if len(names) == 1
+                else f"{many} are torch.save files{rest}"
+            )
+        else:
+            lines.append(f"{names[0] if len(names) == 1 else many}: {note}")
+    return lines
