@@ -25,8 +25,8 @@ I io). Equivalent, 5:
 * X04 (the kernel path left out of the S matrix key): a record's kernel path is
   ``paths.kernel_relative(step)``, a function of the step, which the key holds;
 * X05 (the identity left out of the key): the identity changes only with ``--overwrite``, which
-  removes the kernel files; the new ones change the files' size/mtime in the key, and S depends
-  on the files' content alone;
+  removes the kernel files; the new ones change the files' size and kernel digest in the key,
+  and S depends on the files' content alone;
 * W06 (``switch/`` not made again before a sweep's writes): every one of those writes goes
   through ``io.atomic_write``, which creates the parent folder itself.
 

@@ -5,11 +5,16 @@ Shared by ``conetool distance`` and ``conetool embed``. :func:`kernel_matrix` re
 :func:`conetool.geometry.distance_matrix`) and saves it in the command's own result folder,
 ``STORE/distance/matrix.npz`` or ``STORE/embed/matrix.npz``, with arrays ``steps`` (K,), ``S``
 (K, K), ``key`` (the cache key, a string) and ``excluded`` (the steps left out with
-``skip_bad``). Either command reuses either file when its key equals the store's current key: a
-SHA-256 over the store's identity and, per stored step, its record (source fingerprint, kernel
-file, ‖H‖_F) and the kernel file's size and modification time. Recomputing a kernel, adding a
-step or touching a kernel file changes the key. A command writes only its own file (the other's
-matrix, when reused, is copied into it): ``distance/matrix.npz`` is always the matrix of
+``skip_bad``) and ``files`` (JSON: per stored step, the kernel file's size, modification time
+and the SHA-256 of the kernel the matrix was computed from). Either command reuses either file
+when its key equals the store's (:func:`store_key`: a SHA-256 over the store's identity and, per
+stored step, its record (source fingerprint, kernel file, ‖H‖_F), the kernel file's size and the
+digest of its kernel) and every kernel file still holds that kernel: a file of the same size and
+modification time is taken to (no read, as before); any other file (a copied store: ``cp -r``,
+``rsync`` without ``-t``) is read and its kernel's digest compared, so that a copy reuses the
+matrix (and records the new times) while a file rewritten with other contents never does.
+Recomputing a kernel or adding a step changes the key. A command writes only its own file (the
+other's matrix, when reused, is copied into it): ``distance/matrix.npz`` is always the matrix of
 ``distance/summary.json``, even when ``embed`` ran later on more kernels (a store still being
 written).
 
@@ -32,7 +37,7 @@ import math
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +50,24 @@ from ..errors import StoreError, StoreReplacedError
 from ..geometry import KernelError, distance_matrix
 from ..io import atomic_write
 from ..progress import CountBar, NullProgress, Progress
-from ..store import Store
+from ..store import StepRecord, Store
 from ..store_manifest import kernel_header
 from ..units import parse_memory
 
-__all__ = ["KernelMatrix", "kernel_matrix", "kernels_key", "require_kernels", "store_key"]
+__all__ = [
+    "KernelMatrix",
+    "kernel_digest",
+    "kernel_matrix",
+    "kernels_key",
+    "require_kernels",
+    "store_key",
+]
+
+
+#: A kernel file as the saved matrix knows it: ``(size, mtime_ns, digest)``, the digest being
+#: :func:`kernel_digest` of the kernel the matrix was computed from (None: the step was left out
+#: with ``skip_bad``); None for a file that did not exist.
+FileState = tuple[int, int, str | None] | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +81,8 @@ class KernelMatrix:
         key: the store's cache key the matrix belongs to (:func:`store_key`).
         reused: ``True`` when read back from a saved matrix instead of computed.
         saved: ``True`` when written to the command's own matrix file by this call.
+        files: stored step -> its kernel file as the matrix was computed from it
+            (:data:`FileState`), saved with it.
     """
 
     steps: list[int]
@@ -71,6 +91,7 @@ class KernelMatrix:
     key: str = ""
     reused: bool = False
     saved: bool = False
+    files: dict[int, FileState] = field(default_factory=dict)
 
 
 def kernels_key(store: Store) -> str:
@@ -83,19 +104,39 @@ def kernels_key(store: Store) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def store_key(store: Store) -> str:
-    """SHA-256 (hex) over the store's identity, per-step records and kernel files' size/mtime."""
+def kernel_digest(kernel: torch.Tensor) -> str:
+    """SHA-256 (hex) of a kernel's dtype, shape and values (what S is computed from)."""
+    array = np.ascontiguousarray(kernel.detach().cpu().numpy())
+    digest = hashlib.sha256(f"{array.dtype.str} {array.shape}".encode())
+    digest.update(array.data)  # no copy: the array is C-contiguous
+    return digest.hexdigest()
+
+
+def store_key(
+    store: Store,
+    files: Mapping[int, FileState],
+    records: Mapping[int, StepRecord] | None = None,
+) -> str:
+    """SHA-256 (hex) over the store's identity and, per stored step (of ``records``, default
+    the store's now), its record and its kernel file's size and kernel digest from ``files``
+    (step -> :data:`FileState`; not the file's modification time, which a copy changes)."""
+    records = store.records() if records is None else records
     entries = []
-    for step, record in store.records().items():
-        path = store.root / record.kernel
-        try:
-            stat = path.stat()
-            file_state: list[int] | None = [stat.st_size, stat.st_mtime_ns]
-        except OSError:
-            file_state = None
-        entries.append([step, record.fingerprint, record.norm, record.kernel, file_state])
+    for step, record in records.items():
+        state = files.get(step)
+        held = None if state is None else [state[0], state[2]]
+        entries.append([step, record.fingerprint, record.norm, record.kernel, held])
     payload = {"identity": asdict(store.identity), "steps": entries}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of ``path``, None when it cannot be had (no file)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _checkpoints(store: Store) -> str:
@@ -209,6 +250,7 @@ def _save(store: Store, matrix: KernelMatrix, command: str) -> None:
         "key": np.asarray(matrix.key),
         "excluded": np.asarray(excluded, dtype=np.int64),
         "excluded_reasons": np.asarray([matrix.excluded[s] for s in excluded], dtype=np.str_),
+        "files": np.asarray(json.dumps({str(k): v for k, v in sorted(matrix.files.items())})),
     }
 
     buffer = io.BytesIO()
@@ -219,23 +261,24 @@ def _save(store: Store, matrix: KernelMatrix, command: str) -> None:
         atomic_write(target, lambda tmp: tmp.write_bytes(data), needed=len(data))
 
 
-def _load_cached(path: Path, key: str, skip_bad: bool) -> KernelMatrix | None:
-    """The matrix saved at ``path`` when it belongs to ``key`` (and needs no ``skip_bad`` it
-    lacks)."""
+def _load_cached(path: Path, skip_bad: bool) -> KernelMatrix | None:
+    """The matrix saved at ``path``, whole (and needing no ``skip_bad`` it lacks); whether it is
+    the store's is for :func:`_current` to tell."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["key"]) != key:
-                return None
+            key = str(data["key"])
             steps = [int(s) for s in data["steps"]]
             s = np.array(data["S"], dtype=np.float64)
             excluded_steps = [int(x) for x in data["excluded"]]
             reasons = [str(x) for x in data["excluded_reasons"]]
+            files = _file_states(json.loads(str(data["files"])))
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None  # damaged (truncated) or foreign: recompute (and rewrite)
+        return None  # damaged (truncated), foreign or older: recompute (and rewrite)
     if (
-        s.shape != (len(steps), len(steps))
+        files is None
+        or s.shape != (len(steps), len(steps))
         or not np.all(np.isfinite(s))
         or len(reasons) != len(excluded_steps)
     ):
@@ -243,7 +286,72 @@ def _load_cached(path: Path, key: str, skip_bad: bool) -> KernelMatrix | None:
     if excluded_steps and not skip_bad:
         return None  # recompute, so that the bad kernel raises its error
     excluded = dict(zip(excluded_steps, reasons, strict=True))
-    return KernelMatrix(steps, s, excluded, key, reused=True)
+    return KernelMatrix(steps, s, excluded, key, reused=True, files=files)
+
+
+def _file_states(raw: Any) -> dict[int, FileState] | None:
+    """The saved ``files`` (JSON) as step -> :data:`FileState`, None when it is not that."""
+    if not isinstance(raw, dict):
+        return None
+    files: dict[int, FileState] = {}
+    for step, state in raw.items():
+        if state is None:
+            files[int(step)] = None
+            continue
+        if not isinstance(state, list) or len(state) != 3:
+            return None
+        size, mtime, digest = state
+        if not (isinstance(size, int) and isinstance(mtime, int)):
+            return None
+        if digest is not None and not isinstance(digest, str):
+            return None
+        files[int(step)] = (size, mtime, digest)
+    return files
+
+
+def _current(store: Store, cached: KernelMatrix, progress: Progress) -> dict[int, FileState] | None:
+    """The kernel files' states now when the store still holds the kernels ``cached`` was
+    computed from (its key is :func:`store_key` of the records now, and each file holds the
+    kernel of the saved digest); else None.
+
+    A file of the saved size and modification time is taken to hold it unread (the check of a
+    store in place costs a ``stat`` per file); any other (a copy) is read and its kernel's digest
+    compared. A file left out (no digest) or missing then must be as it was."""
+    saved = cached.files
+    records = store.records()
+    if set(saved) != set(records) or store_key(store, saved) != cached.key:
+        return None  # another step set or record (a recomputed kernel), or another size
+    now: dict[int, FileState] = {}
+    to_read: list[int] = []
+    for step, record in records.items():
+        state, stamp = saved[step], _stamp(store.root / record.kernel)
+        if state is None or stamp is None:
+            if (state is None) != (stamp is None):  # a file that appeared or went
+                return None
+            now[step] = None
+        elif stamp == state[:2]:
+            now[step] = state
+        elif state[2] is None or stamp[0] != state[0]:
+            return None  # a left-out file changed (or one of another size): recompute
+        else:
+            to_read.append(step)
+            now[step] = (*stamp, state[2])
+    report = CountBar(progress, "checking copied kernels")
+    try:
+        for done, step in enumerate(to_read, 1):
+            try:
+                kernel = store.load_kernel(step)
+            except StoreReplacedError:
+                raise
+            except StoreError:
+                return None  # recomputed: the bad file gets its message there
+            state = now[step]
+            if state is None or kernel_digest(kernel) != state[2]:
+                return None
+            report(done, len(to_read))
+    finally:
+        report.close()
+    return now
 
 
 # --------------------------------------------------------------------------- computing
@@ -282,20 +390,27 @@ def kernel_matrix(
     """
     progress = progress or NullProgress()
     budget = None if max_memory is None else parse_memory(max_memory)
-    stored = store.steps()
+    records = store.records()  # the steps of the matrix, and their files' key
+    stored = list(records)
     require_kernels(store, stored)
-    key = store_key(store)
     if reuse:
         own = CACHES[command]
         for cache in (own, *(c for c in CACHES.values() if c is not own)):
-            cached = _load_cached(cache(store.root), key, skip_bad)
-            if cached is None:
+            cached = _load_cached(cache(store.root), skip_bad)
+            now = None if cached is None else _current(store, cached, progress)
+            if cached is None or now is None:
                 continue
-            if cache is own:
+            if cache is own and now == cached.files:
                 return cached
-            _save(store, cached, command)  # the other command's: this one's file gets it too
-            return dataclasses.replace(cached, saved=True)
+            # the other command's file, or this one's with the times of a copy: save it anew
+            cached = dataclasses.replace(cached, files=now, saved=True)
+            _save(store, cached, command)
+            return cached
 
+    # each file's size and time before any is read: a file rewritten meanwhile is read again
+    # by the next run (its time differs), which then finds the digest of what was used here
+    stamps = {step: _stamp(store.root / r.kernel) for step, r in records.items()}
+    digests: dict[int, str] = {}
     excluded: dict[int, str] = {}
     for step, reason in _check_headers(store).items():
         _exclude(store, excluded, step, reason, skip_bad, progress)
@@ -303,11 +418,16 @@ def kernel_matrix(
         steps = [s for s in stored if s not in excluded]
         require_kernels(store, steps, excluded)
         try:
-            s = _compute(store, steps, budget, progress)
+            s = _compute(store, steps, budget, progress, digests)
             break
         except _BadKernel as bad:
             _exclude(store, excluded, bad.step, bad.reason, skip_bad, progress)
-    matrix = KernelMatrix(steps, s, excluded, key, reused=False, saved=True)
+    files: dict[int, FileState] = {
+        step: None if stamp is None else (*stamp, digests.get(step) if step in steps else None)
+        for step, stamp in stamps.items()
+    }
+    key = store_key(store, files, records)
+    matrix = KernelMatrix(steps, s, excluded, key, reused=False, saved=True, files=files)
     _save(store, matrix, command)
     return matrix
 
@@ -339,19 +459,30 @@ def _exclude(
     progress.log(f"warning: step {step} left out (--skip-bad): {reason}")
 
 
-def _compute(store: Store, steps: list[int], budget: int | None, progress: Progress) -> np.ndarray:
-    """distance_matrix over ``steps``; a kernel that cannot be used raises :class:`_BadKernel`."""
+def _compute(
+    store: Store,
+    steps: list[int],
+    budget: int | None,
+    progress: Progress,
+    digests: dict[int, str],
+) -> np.ndarray:
+    """distance_matrix over ``steps``; a kernel that cannot be used raises :class:`_BadKernel`.
+    ``digests`` gets the :func:`kernel_digest` of each kernel as first read."""
     records = store.records()
     report = CountBar(progress, "S matrix")
+    digests.clear()  # of this attempt's reads only
 
     def load(index: int) -> torch.Tensor:
         step = steps[index]
         try:
-            return store.load_kernel(step)
+            kernel = store.load_kernel(step)
         except StoreReplacedError:
             raise  # not this kernel's fault, and no --skip-bad leaves it out
         except StoreError as exc:
             raise _BadKernel(step, _strip_fix(str(exc))) from exc
+        if step not in digests:
+            digests[step] = kernel_digest(kernel)
+        return kernel
 
     try:
         return distance_matrix(load, len(steps), max_memory=budget, progress=report)

@@ -1,0 +1,146 @@
+"""The S matrix cache (conetool.pipeline.matrix_cache): a copied store reuses its matrix, a kernel
+file rewritten with other contents never does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from conetool import paths
+from conetool.pipeline import distance, embed, matrix_cache
+from conetool.pipeline.matrix_cache import kernel_matrix
+from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+
+STEPS = [0, 10, 20, 30, 40]
+IDENTITY = StoreIdentity("spec0", "probe0", "trace", "float64")
+
+
+def _kernel(seed: int, n: int = 6) -> torch.Tensor:
+    a = np.random.default_rng(seed).standard_normal((n, n + 2))
+    return torch.from_numpy(a @ a.T)
+
+
+def _write(store: Store, step: int, kernel: torch.Tensor) -> None:
+    record = StepRecord(
+        step=step,
+        source=[f"/ckpts/step_{step}.safetensors"],
+        size=1,
+        fingerprint=f"fp-{step}",
+        kernel=paths.kernel_relative(step),
+        norm=kernel_norm(kernel),
+        seconds=0.0,
+    )
+    store.write_kernel(record, kernel)
+    store.flush()
+
+
+def _store(root: Path, steps: list[int] = STEPS) -> Path:
+    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+    for step in steps:
+        _write(store, step, _kernel(step))
+    store.close()
+    return root
+
+
+def _copy(source: Path, target: Path) -> Path:
+    """``cp -r`` without ``-p``: the copies' modification times are new (set 5 s later here, so
+    that they differ whatever the clock's resolution)."""
+    shutil.copytree(source, target, copy_function=shutil.copyfile)
+    for path in (target / paths.KERNELS_DIR).iterdir():
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    return target
+
+
+def _no_compute(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the saved S matrix should have been reused")
+
+    monkeypatch.setattr(matrix_cache, "distance_matrix", fail)
+
+
+def _rewrite(path: Path, kernel: torch.Tensor) -> None:
+    """Replace the tensor of a kernel file by ``kernel`` (same shape and dtype: a file of the same
+    size), keeping its metadata (its record): a change the manifest does not show."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    size = path.stat().st_size
+    save_file({"kernel": kernel.contiguous()}, str(path), metadata=meta)
+    assert path.stat().st_size == size
+
+
+def test_a_copied_store_reuses_its_matrix(tmp_path, monkeypatch):
+    # the key held each kernel file's modification time, so a copy (cp -r, rsync without -t)
+    # recomputed its S matrix: minutes for a store of 2,000 kernels
+    first = kernel_matrix(Store.open(_store(tmp_path / "a")))
+    copy = _copy(tmp_path / "a", tmp_path / "b")
+    _no_compute(monkeypatch)
+    again = kernel_matrix(Store.open(copy))
+    assert again.reused and again.key == first.key
+    np.testing.assert_array_equal(again.S, first.S)
+    # the new times are saved with it: the next run reads no kernel at all
+    assert again.saved
+    monkeypatch.setattr(Store, "load_kernel", lambda *a, **k: pytest.fail("a kernel was read"))
+    third = kernel_matrix(Store.open(copy))
+    assert third.reused and not third.saved
+
+
+def test_a_copied_store_reuses_the_matrix_in_distance_and_embed(tmp_path, monkeypatch):
+    root = _store(tmp_path / "a")
+    distance(root, noise=False)
+    copy = _copy(root, tmp_path / "b")
+    _no_compute(monkeypatch)
+    assert distance(copy, noise=False).matrix_reused
+    assert embed(copy).matrix_reused
+
+
+def test_a_kernel_file_rewritten_with_other_contents_is_never_reused(tmp_path):
+    root = _store(tmp_path / "a")
+    first = kernel_matrix(Store.open(root))
+    path = paths.kernel(root, 20)
+    _rewrite(path, _kernel(99))  # same size, same record: only the values differ
+    again = kernel_matrix(Store.open(root))
+    assert not again.reused
+    assert not np.allclose(again.S, first.S)
+    assert again.key != first.key  # the summaries' matrix_key tells the two matrices apart
+
+
+def test_a_copy_with_one_kernel_changed_is_recomputed(tmp_path):
+    root = _store(tmp_path / "a")
+    first = kernel_matrix(Store.open(root))
+    copy = _copy(root, tmp_path / "b")
+    _rewrite(paths.kernel(copy, 30), _kernel(77))
+    again = kernel_matrix(Store.open(copy))
+    assert not again.reused and not np.allclose(again.S, first.S)
+
+
+def test_a_recomputed_kernel_or_a_new_step_is_never_reused(tmp_path):
+    root = _store(tmp_path / "a")
+    first = kernel_matrix(Store.open(root))
+    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+    _write(store, 50, _kernel(50))
+    store.close()
+    added = kernel_matrix(Store.open(root))
+    assert not added.reused and added.steps == [*STEPS, 50]
+    np.testing.assert_array_equal(added.S[:5, :5], first.S)
+
+
+def test_a_matrix_saved_before_the_files_were_recorded_is_recomputed(tmp_path):
+    root = _store(tmp_path / "a")
+    kernel_matrix(Store.open(root))
+    saved = dict(np.load(paths.matrix_npz(root)))
+    del saved["files"]
+    np.savez(paths.matrix_npz(root), **saved)
+    again = kernel_matrix(Store.open(root))
+    assert not again.reused
+    with np.load(paths.matrix_npz(root)) as data:
+        files = json.loads(str(data["files"]))
+    assert sorted(int(step) for step in files) == STEPS
