@@ -88,6 +88,7 @@ from .store_manifest import (
     LAYOUTS,
     StepRecord,
     StoreIdentity,
+    check_steps,
     checked_manifest,
     embedded_record,
     file_metadata,
@@ -218,7 +219,8 @@ class Store:
                 ) from exc
             raise
         store = cls(root, manifest)
-        store.adopt_kernel_files(save=False)  # in memory only: reading never writes
+        if store.adopt_kernel_files(save=False):  # in memory only: reading never writes
+            check_steps(path, store.manifest)  # an adopted kernel file's step too
         return store
 
     @classmethod

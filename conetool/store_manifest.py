@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from . import paths
 from ._version import __version__
+from .checkpoints._format import BEYOND_MAX_STEP, MAX_STEP
 from .errors import StoreError
 from .io import SAFETENSORS_DTYPES, atomic_write_text
 
@@ -169,7 +170,35 @@ def checked_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if problem is not None:
         why = ValueError(problem)
         raise _damaged(path, why) from why
+    check_steps(path, manifest)
     return manifest
+
+
+def check_steps(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse the manifest at ``path`` when its steps hold one above
+    :data:`~conetool.checkpoints._format.MAX_STEP`: a conetool before that refusal took one from
+    a checkpoint (a 20-digit step entry or name), and ``distance`` then failed only after its S
+    matrix was computed. A :class:`StoreError` naming the step, its kernel file and the fix."""
+    beyond = [
+        r
+        for r in manifest["steps"].values()
+        if isinstance(r, Mapping) and isinstance(r.get("step"), int) and r["step"] > MAX_STEP
+    ]
+    if not beyond:
+        return
+    beyond.sort(key=lambda r: int(r["step"]))
+    root = path.parent
+    steps = ", ".join(str(r["step"]) for r in beyond)
+    files = ", ".join(str(root / str(r.get("kernel"))) for r in beyond)
+    sources = [str(s) for r in beyond if isinstance(r.get("source"), list) for s in r["source"]]
+    taken = f" ({', '.join(sources)})" if sources else ""
+    raise StoreError(
+        f"{path} records step {steps}, {BEYOND_MAX_STEP}. An older conetool took it from a "
+        f"checkpoint{taken}. Delete the kernel file {files} and {path}, then rerun conetool "
+        f"kernels {manifest.get('checkpoints') or 'CKPTS'} --store {root}: it rebuilds the "
+        "manifest from the other kernel files (each carries its own record) without recomputing "
+        "them, and refuses a checkpoint that still gives such a step, naming the fix."
+    )
 
 
 #: The type of each value of a manifest that conetool reads (``_RECORD_TYPES``: of a step's

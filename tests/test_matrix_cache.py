@@ -1,5 +1,6 @@
 """The S matrix cache (conetool.pipeline.matrix_cache): a copied store reuses its matrix, a kernel
-file rewritten with other contents never does."""
+file rewritten with other contents never does; a store holding a step beyond 2**53 is refused
+when opened, not after its S matrix is computed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from typer.testing import CliRunner
 
 from conetool import paths
+from conetool.cli import app
+from conetool.errors import StoreError
 from conetool.pipeline import distance, embed, matrix_cache
 from conetool.pipeline.matrix_cache import kernel_matrix
 from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
@@ -144,3 +148,46 @@ def test_a_matrix_saved_before_the_files_were_recorded_is_recomputed(tmp_path):
     with np.load(paths.matrix_npz(root)) as data:
         files = json.loads(str(data["files"]))
     assert sorted(int(step) for step in files) == STEPS
+
+
+# --------------------------------------------------------------------------- steps beyond 2**53
+
+
+def test_a_store_holding_a_step_beyond_2_53_is_refused_when_opened(tmp_path, monkeypatch):
+    # a store written before 18fc58d could hold such a step; distance computed the whole S
+    # matrix and then died with an OverflowError traceback saving it (int64 steps)
+    huge = 10**20
+    root = _store(tmp_path / "s", [0, 10, huge])
+    _no_compute(monkeypatch)
+    message = rf"manifest\.json records step {huge}, which is beyond any training run"
+    with pytest.raises(StoreError, match=message) as caught:
+        distance(root, noise=False)
+    text = str(caught.value)
+    assert str(paths.kernel(root, huge)) in text and "conetool kernels /ckpts --store" in text
+    assert not paths.matrix_npz(root).exists()
+    with pytest.raises(StoreError, match=message):  # kernels too, rather than adding to it
+        Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+
+    # the fix the message gives: the other kernels are kept, and the store reads again
+    paths.kernel(root, huge).unlink()
+    paths.manifest(root).unlink()
+    Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"}).close()
+    monkeypatch.undo()
+    assert Store.open(root).steps() == [0, 10]
+    assert distance(root, noise=False).steps == [0, 10]
+
+
+def test_the_command_line_says_so_with_exit_1(tmp_path):
+    root = _store(tmp_path / "s", [0, 10, 10**20])
+    result = CliRunner().invoke(app, ["distance", "--store", str(root), "--no-noise"])
+    assert result.exit_code == 1
+    assert "beyond any training run" in result.output and "Traceback" not in result.output
+
+
+def test_a_kernel_file_of_such_a_step_left_out_of_the_manifest_is_refused(tmp_path):
+    # a kernel file that Store.open adopts (a run killed before its manifest write)
+    root = _store(tmp_path / "s", [0, 10])
+    other = _store(tmp_path / "t", [0, 10**20])
+    shutil.copy(paths.kernel(other, 10**20), paths.kernel(root, 10**20))
+    with pytest.raises(StoreError, match=r"records step 100000000000000000000, which is beyond"):
+        Store.open(root)
