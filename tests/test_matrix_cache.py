@@ -1,6 +1,6 @@
 """The S matrix cache (conetool.pipeline.matrix_cache): a copied store reuses its matrix, a kernel
 file rewritten with other contents never does; a store holding a step beyond 2**53 is refused
-when opened, not after its S matrix is computed."""
+when opened, not after its S matrix is computed; SMACOF runs under the thread setting."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from threadpoolctl import threadpool_info
 from typer.testing import CliRunner
 
-from conetool import paths
+from conetool import embedding, paths
 from conetool.cli import app
 from conetool.errors import StoreError
 from conetool.pipeline import distance, embed, matrix_cache
@@ -191,3 +192,20 @@ def test_a_kernel_file_of_such_a_step_left_out_of_the_manifest_is_refused(tmp_pa
     shutil.copy(paths.kernel(other, 10**20), paths.kernel(root, 10**20))
     with pytest.raises(StoreError, match=r"records step 100000000000000000000, which is beyond"):
         Store.open(root)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_smacof_runs_under_the_thread_setting(tmp_path, monkeypatch):
+    # guard: embed's MDS (NumPy's BLAS only) is bounded by --threads, as the rest of NumPy
+    seen: list[set[int]] = []
+    real = embedding.smacof
+
+    def watched(*args: object, **kwargs: object) -> object:
+        seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(embedding, "smacof", watched)
+    embed(_store(tmp_path / "s"), method="mds", threads=1)
+    assert seen == [{1}]
