@@ -758,10 +758,10 @@ def test_distance_notes_that_kernels_is_still_writing_the_store(uneven_store):
     manifest = json.loads(paths.manifest(root).read_text())
     manifest["selected_steps"] = [*UNEVEN_STEPS, 100, 120]
     paths.manifest(root).write_text(json.dumps(manifest))
-    assert distance(root, noise=False).notes == []
+    assert distance(root, noise=False).warnings == []
     lock = StoreLock.acquire(root)
     try:
-        notes = distance(root, noise=False).notes
+        notes = distance(root, noise=False).warnings
     finally:
         lock.release()
     assert any(
@@ -769,4 +769,4 @@ def test_distance_notes_that_kernels_is_still_writing_the_store(uneven_store):
         and "these results are of the 8 of 10 kernels stored so far" in n
         for n in notes
     ), notes
-    assert distance(root, noise=False).notes == []  # it ended
+    assert distance(root, noise=False).warnings == []  # it ended

@@ -286,7 +286,7 @@ def test_embed_says_when_kernels_is_still_writing_the_store(store):
     finally:
         lock.release()
     assert result.exit_code == 0, result.output
-    assert any("conetool kernels is still writing" in note for note in embedded.notes)
+    assert any("conetool kernels is still writing" in w for w in embedded.warnings)
     text = " ".join(result.output.split())  # said also with --quiet
     assert f"conetool kernels is still writing this store (pid {os.getpid()}" in text
     assert f"these results are of the {len(STEPS)} kernels stored so far" in text

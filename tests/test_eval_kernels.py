@@ -204,7 +204,7 @@ def test_spectrum_names_an_eval_kernel_it_cannot_use_and_how_to_recompute_it(run
         save_file({"kernel": torch.full((6, 6), float("nan"))}, str(path), metadata(path))
     result = spectrum(root, top_k=3)
     assert [math.isnan(a) for a in result.eval_acc] == [False, True, False]
-    (note,) = [n for n in result.notes if "kernel-machine accuracy" in n]
+    (note,) = [n for n in result.warnings if "kernel-machine accuracy" in n]
     assert f"at 1 step(s) (5): eval kernel file {path}" in note
     assert f"conetool kernels {run.resolve()} --store {root}" in note
     assert ("delete it" in note) == (damage == "not finite")

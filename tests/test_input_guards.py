@@ -191,7 +191,7 @@ def test_spectrum_command_says_when_top_k_keeps_every_eigenvalue(run: Path, tmp_
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "label energy (top 6)" in text
-    assert text.count("note: --top-k 1000 is not below the 6 eigenvalues") == 1
+    assert text.count("warning: --top-k 1000 is not below the 6 eigenvalues") == 1
 
 
 # --------------------------------------------------------------------------------------------------

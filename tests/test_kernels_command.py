@@ -501,7 +501,7 @@ def test_a_kernel_recomputed_by_another_engine_is_recorded_and_noted(run, tmp_pa
     engine (through a rebuilt manifest too), and distance and report say the store is mixed."""
     store = tmp_path / "s"
     kernels(run, store=store, device="cpu", method="structured")
-    assert not [n for n in distance(store, noise=False).notes if "more than one engine" in n]
+    assert not [n for n in distance(store, noise=False).warnings if "more than one engine" in n]
     paths.kernel(store, 10).unlink()  # lost; recomputed by the other engine
     assert kernels(run, store=store, device="cpu", method="jacobian").computed == [10]
     paths.manifest(store).unlink()  # rebuilt from the records the kernel files carry
@@ -514,9 +514,9 @@ def test_a_kernel_recomputed_by_another_engine_is_recorded_and_noted(run, tmp_pa
         "this store's kernels were made by more than one engine or device type: steps 0, 5 by "
         "structured on cpu; step 10 by jacobian on cpu."
     )
-    assert [n for n in distance(store, noise=False).notes if n.startswith(line)]
+    assert [n for n in distance(store, noise=False).warnings if n.startswith(line)]
     made = report(store)
-    assert [n for n in made.notes if n.startswith(line)]
+    assert [n for n in made.warnings if n.startswith(line)]
     page = made.markdown.read_text()
     assert "Made by more than one engine or device type (see Notes)." in page
     # said once, in the Notes, not again as distance's own note

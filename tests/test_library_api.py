@@ -258,13 +258,13 @@ def test_spectrum_top_k_beyond_the_kernel_keeps_all_and_says_so(run: Path, tmp_p
     assert all(p.eigenvalues.size == n for p in result.points)
     assert all(p.label_energy == pytest.approx(1.0) for p in result.points)
     assert (
-        len(result.notes) == 1
-        and f"--top-k 1000 is not below the {n} eigenvalues" in (result.notes[0])
+        len(result.warnings) == 1
+        and f"--top-k 1000 is not below the {n} eigenvalues" in (result.warnings[0])
     )
     summary = json.loads(paths.spectrum_summary(store).read_text())
-    assert summary["notes"] == result.notes and summary["top_k"] == n
+    assert summary["warnings"] == summary["notes"] == result.warnings and summary["top_k"] == n
     below = conetool.spectrum(store, top_k=n - 1, threads=1)
-    assert below.notes == [] and below.top_k == n - 1
+    assert below.warnings == below.notes == [] and below.top_k == n - 1
     for wrong in ("10", 2.5, None, True):
         with pytest.raises(conetool.ConetoolError, match=rf"^top_k={wrong!r} is a .*not an int"):
             conetool.spectrum(store, top_k=wrong, threads=1)  # type: ignore[arg-type]

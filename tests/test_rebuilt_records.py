@@ -135,12 +135,12 @@ def test_groups_that_cannot_be_recovered_keep_the_per_layer_outputs(run, tmp_pat
     assert f"conetool kernels {run.resolve()} --store {root}" in note
     result = distance(root, noise=False)
     assert {p: p.read_bytes() for p in outputs} == outputs
-    (kept,) = [n for n in result.notes if "records no parameter groups" in n]
+    (kept,) = [n for n in result.warnings if "records no parameter groups" in n]
     assert kept.startswith("kept per_layer.csv and per_layer.png as they were")
     restored = kernels(run, store=root, device="cpu", groups=mapping)
     assert restored.layer_computed == []
     result = distance(root, noise=False)
-    assert not any("parameter groups" in n for n in result.notes)
+    assert not any("parameter groups" in n for n in result.warnings)
     assert json.loads(paths.distance_summary(root).read_text())["per_layer"]["steps"] == 3
 
 
@@ -195,7 +195,7 @@ def test_a_bad_layer_file_is_named_or_left_out_with_skip_bad(run, tmp_path, dama
     # with --skip-bad: the step is left out of the per-layer outputs, and one note says so
     result = distance(root, noise=False, skip_bad=True)
     assert result.steps == STEPS  # the kernels are all used
-    (note,) = [n for n in result.notes if "per-layer" in n]
+    (note,) = [n for n in result.warnings if "per-layer" in n]
     assert note.startswith(
         f"no per-layer distances at 1 step(s) (5), left out (--skip-bad): layer kernel file {path}"
     )
@@ -210,7 +210,7 @@ def test_a_bad_layer_file_is_named_or_left_out_with_skip_bad(run, tmp_path, dama
         path.unlink()
     assert kernels(run, store=root, device="cpu").layer_computed == [5]
     result = distance(root, noise=False)
-    assert not any("per-layer" in n for n in result.notes)
+    assert not any("per-layer" in n for n in result.warnings)
     assert {int(r["step"]) for r in _rows(root)} == set(STEPS)
 
 

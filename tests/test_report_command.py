@@ -206,7 +206,7 @@ def test_verdict_numbers_and_tables_match_the_store(run):
         "run",
         "reproduce",
     ]
-    assert result.missing == [] and result.notes == []
+    assert result.missing == [] and result.warnings == result.notes == []
 
 
 def test_run_section_spec_round_trips(run):
@@ -504,7 +504,7 @@ def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
     s = shlex.quote(str(copy))
     assert ("S matrix (distance/matrix.png)", f"conetool distance --store {s}") in result.missing
     assert paths.matrix_png(copy) not in result.figures and len(result.figures) == 6
-    assert any("conetool distance results cover 8 steps" in n for n in result.notes)
+    assert any("conetool distance results cover 8 steps" in n for n in result.warnings)
     markup = result.html.read_text(encoding="utf-8")
     assert "&lt;b&gt;bold?&lt;/b&gt; &amp; more" in markup and "<b>bold?" not in markup
     assert "\\<b>bold?\\</b> & more" in result.markdown.read_text(encoding="utf-8")
@@ -521,7 +521,7 @@ def test_results_of_kernels_recomputed_since_are_noted_and_a_copy_raises_no_alar
     _, ckpts, store, _ = run
     copied = tmp_path / "copied"
     shutil.copytree(store, copied, copy_function=shutil.copy)  # new file times
-    assert not any("recomputed since" in n for n in report(copied).notes)
+    assert not any("recomputed since" in n for n in report(copied).warnings)
     run_copy, changed = tmp_path / "ckpts", tmp_path / "changed"
     shutil.copytree(ckpts, run_copy)
     shutil.copytree(store, changed)
@@ -532,7 +532,7 @@ def test_results_of_kernels_recomputed_since_are_noted_and_a_copy_raises_no_alar
     state = {k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     save_file(state, str(path), metadata=safe_metadata(path))
     assert kernels(run_copy, store=changed, device="cpu").computed == [4]
-    notes = report(changed).notes
+    notes = report(changed).warnings
     for command in ("conetool distance", "conetool embed"):
         assert any(
             f"the {command} results were computed from kernels that have been recomputed since" in n
@@ -670,16 +670,16 @@ def test_results_made_while_kernels_was_writing_are_noted(run, tmp_path):
     distance(partial, noise=False)
     embed(partial, method="pca", dims=2)
     spectrum(partial, top_k=3)
-    assert report(partial).notes == []
+    assert report(partial).warnings == []
     shutil.move(held, last)  # kernels writes the file; manifest.json follows up to 1 s later
-    notes = report(partial).notes
+    notes = report(partial).warnings
     for command in ("conetool distance", "conetool embed", "conetool spectrum"):
         assert any(
             f"the {command} results cover 8 steps (0 to 14), the store now holds 9 (0 to 16)" in n
             for n in notes
         ), notes
     spectrum(partial, top_k=3)
-    assert not any("conetool spectrum" in n for n in report(partial).notes)
+    assert not any("conetool spectrum" in n for n in report(partial).warnings)
 
 
 # --------------------------------------------------------------------------- read while written
@@ -729,7 +729,7 @@ def test_the_report_of_a_store_kernels_is_still_writing_says_so(run, tmp_path):
         result = report(partial)
     finally:
         holder.communicate("")  # ends it: the OS releases its lock
-    note = result.notes[0]
+    note = result.warnings[0]
     assert note.startswith(f"conetool kernels is still writing this store (pid {holder.pid} on ")
     assert "the numbers here are of the 8 of 9 kernels stored so far" in note
     page = Page(paths.report_html(partial).read_text(encoding="utf-8"))
@@ -740,7 +740,7 @@ def test_the_report_of_a_store_kernels_is_still_writing_says_so(run, tmp_path):
     assert result.details["summary"].endswith("8 of 9 checkpoints so far (kernels running)")
     # it ended: the report is of the store as it is
     after = report(partial)
-    assert not any("still writing" in n for n in after.notes)
+    assert not any("still writing" in n for n in after.warnings)
     assert "at 8 checkpoints" in Page(paths.report_html(partial).read_text()).section("summary")
 
 
@@ -752,7 +752,7 @@ def test_a_killed_kernels_run_is_not_reported_as_running(run, tmp_path):
     holder.kill()
     holder.wait()
     assert f"pid {holder.pid}" in paths.lock(partial).read_text()
-    assert not any("still writing" in n for n in report(partial).notes)
+    assert not any("still writing" in n for n in report(partial).warnings)
 
 
 def test_report_writes_nothing_into_a_store_replaced_while_it_was_read(run, tmp_path, monkeypatch):

@@ -264,11 +264,11 @@ def _summarised(root: Path, **summary) -> ReportInputs:
 def test_a_summary_written_before_kernels_key_was_recorded_raises_no_alarm(tmp_path):
     """Guards _check_current: a summary without kernels_key is not taken for one of other
     kernels; one with the current key neither, one with another key is."""
-    assert not any("recomputed since" in n for n in _summarised(tmp_path / "old").notes)
+    assert not any("recomputed since" in n for n in _summarised(tmp_path / "old").warnings)
     current = kernels_key(_store(tmp_path / "twin"))
-    notes = _summarised(tmp_path / "new", kernels_key=current).notes
+    notes = _summarised(tmp_path / "new", kernels_key=current).warnings
     assert not any("recomputed since" in n for n in notes)
-    stale = _summarised(tmp_path / "stale", kernels_key="0" * 64).notes
+    stale = _summarised(tmp_path / "stale", kernels_key="0" * 64).warnings
     assert any("conetool distance results were computed from kernels" in n for n in stale)
 
 
@@ -278,7 +278,7 @@ def test_results_of_other_steps_get_one_note_not_two(tmp_path):
     inputs = _summarised(
         tmp_path / "s", steps={"count": 1, "first": 0, "last": 0}, kernels_key="0" * 64
     )
-    distance_notes = [n for n in inputs.notes if "conetool distance" in n]
+    distance_notes = [n for n in inputs.warnings if "conetool distance" in n]
     assert len(distance_notes) == 1 and "cover 1 steps" in distance_notes[0]
 
 

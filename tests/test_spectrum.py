@@ -332,7 +332,7 @@ def test_a_kernels_run_still_writing_is_said_from_python_and_with_quiet(tmp_path
     finally:
         lock.release()
     said = f"conetool kernels is still writing this store (pid {os.getpid()}"
-    assert any(note.startswith(said) for note in result.notes)
+    assert any(warning.startswith(said) for warning in result.warnings)
     assert cli.exit_code == 0, cli.output
     assert said in " ".join(cli.output.split())
-    assert not any("still writing" in note for note in spectrum(root, top_k=3).notes)
+    assert not any("still writing" in w for w in spectrum(root, top_k=3).warnings)

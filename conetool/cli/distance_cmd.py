@@ -18,7 +18,7 @@ from .options import (
     StoreCkpts,
     StoreOpt,
 )
-from .runtime import Threads, starting
+from .runtime import Threads, starting, warned_at_the_end
 
 _RULES = VERDICT_DEFAULTS
 
@@ -194,8 +194,6 @@ def distance(
             threads=threads,
             progress=progress,
         )
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
     table = Table(title=f"conetool distance -> {result.store / 'distance'}", title_justify="left")
     for column in ("curve", "points", "final S", "max S", "peak velocity", "at step"):
         table.add_column(column, justify="right")
@@ -226,6 +224,8 @@ def distance(
     console.print(escape(verdict.explanation), highlight=False)
     for step, why in result.excluded.items():
         console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
+    # The notes and warnings were said as they came (not with --quiet); the warnings again now.
+    warned_at_the_end(result.warnings, quiet)
     console.print(
         f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'distance'}",
         highlight=False,

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..choices import EmbedMethod
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
-from .runtime import Threads, starting
+from .runtime import Threads, starting, warned_at_the_end
 
 
 @app.command()
@@ -80,8 +80,8 @@ def embed(
     console.print(table)
     for step, why in result.excluded.items():
         console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
+    # The notes and warnings were said as they came (not with --quiet); the warnings again now.
+    warned_at_the_end(result.warnings, quiet)
     console.print(
         f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'embed'}",
         highlight=False,

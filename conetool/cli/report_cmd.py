@@ -12,7 +12,7 @@ from rich.table import Table
 from ..units import format_bytes
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, StoreCkpts, StoreOpt
-from .runtime import starting
+from .runtime import starting, warned_at_the_end
 
 _TITLES = {
     "summary": "summary",
@@ -67,8 +67,8 @@ def report(
     for part, command in result.missing:
         table.add_row(f"[yellow]missing[/] {escape(part)}", f"run: {escape(command)}")
     console.print(table, highlight=False)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
+    # The notes and warnings were said as they came (not with --quiet); the warnings again now.
+    warned_at_the_end(result.warnings, quiet)
     size = format_bytes(result.html.stat().st_size, smallest="KiB", largest="MiB")
     beside = [p.name for p in (result.markdown, result.spec, result.training_png) if p]
     console.print(

@@ -85,15 +85,16 @@ def _source_name(source: list[str], ckpts: str) -> str:
     return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} shards)"
 
 
-def _read_json(path: Path, command: str, notes: list[str]) -> dict[str, Any] | None:
-    """A JSON file of the store, or None when absent; a damaged one is a note naming its fix."""
+def _read_json(path: Path, command: str, warnings: list[str]) -> dict[str, Any] | None:
+    """A JSON file of the store, or None when absent; a damaged one is a warning naming its fix
+    (its part of the report is missing)."""
     if not path.is_file():
         return None
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         if command:
-            notes.append(f"{path} cannot be read ({exc}); rerun {command} to rewrite it")
+            warnings.append(f"{path} cannot be read ({exc}); rerun {command} to rewrite it")
         return None
     return value if isinstance(value, dict) else None
 
@@ -111,6 +112,9 @@ class ReportInputs:
     switch_points: dict[int, dict[str, Any]]
     spec_toml: str | None
     spectrum: dict[str, Any] | None = None
+    #: what changes how the report reads or asks for a rerun (the report's Notes list them)
+    warnings: list[str] = field(default_factory=list)
+    #: information only (none at present)
     notes: list[str] = field(default_factory=list)
     training_png: Path | None = None
     missing: list[tuple[str, str]] = field(default_factory=list)
@@ -129,12 +133,12 @@ class ReportInputs:
         out_dir: Path,
         ckpts: Path | None = None,
     ) -> _Inputs:
-        notes: list[str] = []
+        warnings: list[str] = []
         root = store.root
-        distance = _read_json(paths.distance_summary(root), "conetool distance", notes)
-        embed = _read_json(paths.embed_summary(root), "conetool embed", notes)
-        spectrum = _read_json(paths.spectrum_summary(root), "conetool spectrum", notes)
-        switch = _read_json(paths.switch_results_json(root), "conetool switch", notes)
+        distance = _read_json(paths.distance_summary(root), "conetool distance", warnings)
+        embed = _read_json(paths.embed_summary(root), "conetool embed", warnings)
+        spectrum = _read_json(paths.spectrum_summary(root), "conetool spectrum", warnings)
+        switch = _read_json(paths.switch_results_json(root), "conetool switch", warnings)
         points: dict[int, dict[str, Any]] = {}
         for point in (switch or {}).get("points", []):
             saved = _read_json(paths.switch_point(root, int(point["at"])), "", [])
@@ -146,7 +150,7 @@ class ReportInputs:
             )
         except (ConetoolError, KeyError, TypeError) as exc:
             spec_toml = None
-            notes.append(f"the manifest's spec cannot be read back as a spec ({exc})")
+            warnings.append(f"the manifest's spec cannot be read back as a spec ({exc})")
         gathered = cls(
             store,
             store_arg,
@@ -157,20 +161,20 @@ class ReportInputs:
             points,
             spec_toml,
             spectrum,
-            notes,
+            warnings=warnings,
             moved_ckpts=ckpts,
         )
         gathered._check_current()
         mixed = mixed_engines_note(store.records())
         if mixed is not None:  # a kernel recomputed by another engine or on another device
-            gathered.notes.append(mixed)
+            gathered.warnings.append(mixed)
         gathered.writer = writer_note(root)
         if gathered.writer is not None:
             command = f"conetool report {gathered._store_flag()}"
             note = running_note(
                 gathered.writer, gathered.stored_so_far(), command, "the numbers here"
             )
-            gathered.notes.insert(0, note)
+            gathered.warnings.insert(0, note)
         return gathered
 
     def stored_so_far(self) -> str:
@@ -267,17 +271,17 @@ class ReportInputs:
             current = [s for s in self.steps if s not in excluded]
             seen = (counted.get("count"), counted.get("first"), counted.get("last"))
             if summary.get("identity") not in (None, identity):
-                self.notes.append(
+                self.warnings.append(
                     f"the {command} results were computed from another spec, probe set or "
                     f"kernel kind than the store's kernels now: {rerun}"
                 )
             elif current and seen != (len(current), current[0], current[-1]):
-                self.notes.append(
+                self.warnings.append(
                     f"the {command} results cover {seen[0]} steps ({seen[1]} to {seen[2]}), the "
                     f"store now holds {len(current)} ({current[0]} to {current[-1]}): {rerun}"
                 )
             elif summary.get("kernels_key") not in (None, current_key):
-                self.notes.append(
+                self.warnings.append(
                     f"the {command} results were computed from kernels that have been "
                     f"recomputed since (a checkpoint changed, or a kernel was recomputed): {rerun}"
                 )
@@ -288,7 +292,7 @@ class ReportInputs:
             if p.get("key", {}).get("spec_hash") not in (None, spec_hash)
         )
         if other:
-            self.notes.append(
+            self.warnings.append(
                 f"switch points {_steps_text(other)} were trained with another spec than the "
                 f"store's (hash {spec_hash}); their command needs that spec (--spec)."
             )

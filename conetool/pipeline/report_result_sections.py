@@ -17,6 +17,7 @@ from ..report_html import (
 from ..store_manifest import MIXED_ENGINES
 from .report_experiment_sections import ExperimentSections
 from .report_inputs import _REGIMES, _g, _pct, _rule_value
+from .saved_results import summary_said
 
 __all__ = ["ResultSections"]
 
@@ -132,10 +133,15 @@ class ResultSections(ExperimentSections):
                     + ". (README: How to read the verdict.)"
                 )
             )
-        for note in summary.get("notes", []):
-            if str(note).startswith(MIXED_ENGINES):  # the report's Notes say it, for the store now
-                continue
-            blocks.append(text(f"Note from conetool distance: {note}."))
+        # A summary from before warnings were kept apart has them all among its notes.
+        warnings, notes = summary_said(summary)
+        for kind, said in (("Warning", warnings), ("Note", notes)):
+            for message in said:
+                if message.startswith(
+                    MIXED_ENGINES
+                ):  # the report's Notes say it, for the store now
+                    continue
+                blocks.append(text(f"{kind} from conetool distance: {message}."))
         excluded = summary.get("excluded") or {}
         if excluded:
             blocks.append(

@@ -7,8 +7,9 @@ Outputs (names from :mod:`conetool.paths`)::
     distance/adjacent.csv   step, dt, S, velocity     one row per stored pair (t, t + dt) (Fig. 1b)
     distance/matrix.npz     steps (K,), S (K, K)      (+ key, excluded: see matrix_cache)
     distance/summary.json   the verdict with its numbers, references, dts, rules, store identity,
-                            the noise floor of S (also cached in distance/noise.json), and the
-                            options given (logx, logy, skip_bad, noise: the report repeats them)
+                            the noise floor of S (also cached in distance/noise.json), the
+                            options given (logx, logy, skip_bad, noise: the report repeats them),
+                            and what it said (``notes``, ``warnings``: see saved_results)
     distance/to_ref.png, adjacent.png (distance and velocity panels), matrix.png
     distance/per_layer.csv  step, group, S_ref_<τ> ..., S_adjacent, velocity   with the layer
                             kernels of ``kernels --per-layer``: each group's distance to each
@@ -18,7 +19,7 @@ Outputs (names from :mod:`conetool.paths`)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from ..geometry import (
 )
 from ..io import atomic_write_json
 from ..library_call import library_call
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, Said
 from ..spec import Spec, load_spec
 from ..store import Store
 from ..store_manifest import mixed_engines_note
@@ -58,8 +59,12 @@ from .kernels_running import kernels_running
 from .matrix_cache import kernel_matrix, kernels_key, require_kernels
 from .noise_estimate import estimate_noise_floor
 from .resolve import moved_run
+from .saved_results import said_in_summary
 
-__all__ = ["AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
+__all__ = ["UNUSED_REF", "AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
+
+#: How the warning on a ``refs`` step the verdict does not use begins.
+UNUSED_REF = "the verdict does not use --ref"
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,12 @@ class DistanceResult:
         excluded: steps left out with ``skip_bad`` -> why.
         matrix_reused: the S matrix was read back from ``distance/matrix.npz`` (kernels unchanged).
         files: every file written.
-        notes: things the user should know (defaults taken), also printed as warnings.
+        warnings: what changes how the numbers read or asks for a rerun: a ``kernels`` run still
+            writing the store, kernels made by more than one engine, the noise floor not
+            estimated, a ``refs`` step the verdict does not use, per-layer outputs left out or
+            kept as they were. Said as ``warning: ...`` through ``progress`` as they come.
+        notes: information only: a default reference taken, a model module imported from
+            where ``kernels`` found it. Said as ``note: ...`` as they come.
     """
 
     store: Path
@@ -122,6 +132,7 @@ class DistanceResult:
     excluded: dict[int, str] = field(default_factory=dict)
     matrix_reused: bool = False
     files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -170,7 +181,8 @@ def distance(
             the manifest records; it must be the store's (same hash).
         threads: CPU threads of PyTorch and BLAS for the call, a count or ``"auto"`` (the idle
             cores; :func:`conetool.limit_threads`).
-        progress: progress display (a bar over kernel loads); default silent.
+        progress: progress display (a bar over kernel loads, and the warnings and notes as they
+            come); default silent.
 
     Returns:
         A :class:`DistanceResult`; the files listed in this module's docstring are written.
@@ -214,17 +226,17 @@ def distance(
                 progress=progress,
             )
             steps, s = matrix.steps, matrix.S
-            notes: list[str] = []
+            said = Said(progress)  # each message as the work comes to it (the noise floor's too)
             running = kernels_running(opened, "conetool distance")
             if running is not None:
-                notes.append(running)
+                said.warn(running)
             in_matrix = set(steps)
             mixed = mixed_engines_note(
                 {step: r for step, r in opened.records().items() if step in in_matrix}
             )
             if mixed is not None:  # a kernel recomputed by another engine or on another device
-                notes.append(mixed)
-            ref_steps = _resolve_refs(wanted, steps, matrix.excluded, notes)
+                said.warn(mixed)
+            ref_steps = _resolve_refs(wanted, steps, matrix.excluded, said.note)
 
             dt_list = (
                 _default_dts(s, steps, rules) if dts is None else sorted({int(dt) for dt in dts})
@@ -241,10 +253,14 @@ def distance(
                 noise_record, why = estimate_noise_floor(
                     opened, device="auto", ckpts=given_ckpts, spec=given_spec, log=progress.log
                 )
-                if why:
-                    notes.append(why)
+                if why and noise_record is None:  # not estimated: the verdict reads no floor
+                    said.warn(why)
+                elif why:  # estimated, the model's module imported from where kernels found it
+                    said.note(why)
             floor = None if noise_record is None else float(noise_record["floor"])
-            verdict = _read_verdict(s, steps, ref_steps if wanted else None, rules, notes, floor)
+            verdict = _read_verdict(
+                s, steps, ref_steps if wanted else None, rules, said.warn, floor
+            )
             ref_curves = [_reference_curve(ref, to_ref[ref], steps) for ref in ref_steps]
             used = verdict.numbers.get("velocity", {}).get("dt")
             dt_curves = [_adjacent_curve(dt, pairs[dt], dt == used) for dt in dt_list]
@@ -252,7 +268,8 @@ def distance(
             layer_dt = used if used is not None else dt_list[0]
             # before any file is written: a layer file it refuses leaves them all as they were
             layers = per_layer_table(opened, steps, ref_steps, layer_dt, skip_bad=skip_bad)
-            notes += layers.notes
+            for message in layers.notes:  # per-layer outputs left out, or kept as they were
+                said.warn(message)
 
             with opened.writing_results("distance"):
                 root = opened.root
@@ -286,7 +303,7 @@ def distance(
                     "adjacent_curves": [asdict(c) for c in dt_curves],
                     "options": {"logx": logx, "logy": logy, "skip_bad": skip_bad, "noise": noise},
                     "files": [p(root).name for p in _OUTPUTS],
-                    "notes": notes,
+                    **said_in_summary(said.warnings, said.notes),
                 }
                 if per_layer is not None:
                     summary["per_layer"] = per_layer[1]
@@ -309,7 +326,8 @@ def distance(
             excluded=matrix.excluded,
             matrix_reused=matrix.reused,
             files=files,
-            notes=notes,
+            warnings=said.warnings,
+            notes=said.notes,
         )
 
 
@@ -388,18 +406,23 @@ def _store_spec(store: Store, spec: str | Path | Spec | None) -> Spec | None:
 
 
 def _resolve_refs(
-    wanted: list[int | str], steps: list[int], excluded: dict[int, str], notes: list[str]
+    wanted: list[int | str],
+    steps: list[int],
+    excluded: dict[int, str],
+    note: Callable[[str], None],
 ) -> list[int]:
+    """The reference steps: ``wanted`` resolved (``"last"``), checked to be in ``steps``; without
+    any, step 0, else the first of ``steps`` (a default taken, told to ``note``)."""
     if not wanted:
         if 0 in steps:
             return [0]
-        note = f"step 0 is not stored; the reference defaults to the first stored step, {steps[0]}"
+        said = f"step 0 is not stored; the reference defaults to the first stored step, {steps[0]}"
         if 0 in excluded:
-            note = (
+            said = (
                 f"step 0 was left out (--skip-bad); the reference defaults to the first usable "
                 f"step, {steps[0]}"
             )
-        notes.append(note)
+        note(said)
         return [steps[0]]
     resolved = []
     for ref in wanted:
@@ -460,14 +483,15 @@ def _read_verdict(
     steps: list[int],
     refs: list[int] | None,
     rules: VerdictRules,
-    notes: list[str],
+    warn: Callable[[str], None],
     noise_floor: float | None = None,
 ) -> Verdict:
-    """The phase verdict; each of the user's references it cannot use becomes a note."""
+    """The phase verdict; each of the user's references it cannot use is told to ``warn`` (the
+    verdict reads other steps than the user asked for)."""
     verdict = phase_verdict(steps, s, refs=refs, rules=rules, noise_floor=noise_floor)
     for u in verdict.numbers.get("user_references", []):
         if not u["used"]:
-            notes.append(f"the verdict does not use --ref {u['ref']}: {u['why']}")
+            warn(f"{UNUSED_REF} {u['ref']}: {u['why']}")
     return verdict
 
 

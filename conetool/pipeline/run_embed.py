@@ -4,7 +4,8 @@
 Outputs (names from :mod:`conetool.paths`)::
 
     embed/coords.csv       step, x, y[, z]           one row per kernel, in step order
-    embed/summary.json     method, dims, seed, stress, explained variance ratio, store identity
+    embed/summary.json     method, dims, seed, stress, explained variance ratio, store identity,
+                           what it said (``notes``, ``warnings``: see saved_results)
     embed/embedding.png    the picture: H(first step) black, later steps darker
     embed/matrix.npz       the S matrix embedded (as distance/matrix.npz; see matrix_cache)
 
@@ -30,13 +31,13 @@ from ..errors import ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
 from ..library_call import library_call
 from ..plots import embedding_figure, save_figure
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, Said
 from ..store import Store
 from ..threads import limit_threads
 from ..verdict import phase_verdict
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernel_matrix, kernels_key
-from .saved_results import saved_phase1_end
+from .saved_results import said_in_summary, saved_phase1_end
 
 __all__ = ["METHODS", "EmbedResult", "embed"]
 
@@ -58,8 +59,10 @@ class EmbedResult:
         matrix_reused: the S matrix was read back from ``distance/matrix.npz`` or
             ``embed/matrix.npz`` instead of computed.
         files: every file written.
-        notes: what the caller should know about the numbers (a ``kernels`` run still writing
-            the store: the embedding is of the kernels stored so far).
+        warnings: what changes how the picture reads (a ``kernels`` run still writing the
+            store: the embedding is of the kernels stored so far). Said as ``warning: ...``
+            through ``progress`` as they come.
+        notes: information only (none at present).
     """
 
     store: Path
@@ -70,6 +73,7 @@ class EmbedResult:
     excluded: dict[int, str] = field(default_factory=dict)
     matrix_reused: bool = False
     files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -134,8 +138,10 @@ def embed(
             embedding = embed_kernels(s, method=chosen, dims=dims, seed=seed)
         phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s)
 
+        said = Said(progress)
         running = kernels_running(opened, "conetool embed")
-        notes = [] if running is None else [running]
+        if running is not None:
+            said.warn(running)
         with opened.writing_results("embed"):
             root = opened.root
             axes = ["x", "y", "z"][:dims]
@@ -175,6 +181,7 @@ def embed(
                     paths.embed_summary(root).name,
                     paths.embed_matrix_npz(root).name,
                 ],
+                **said_in_summary(said.warnings, said.notes),
             }
             summary_path = paths.embed_summary(root)
             atomic_write_json(summary_path, summary)
@@ -190,7 +197,8 @@ def embed(
         excluded=matrix.excluded,
         matrix_reused=matrix.reused,
         files=files,
-        notes=notes,
+        warnings=said.warnings,
+        notes=said.notes,
     )
 
 

@@ -27,7 +27,7 @@ from ..choices import path_argument
 from ..errors import ConetoolError
 from ..io import atomic_write_text
 from ..plots import save_figure, training_curves_figure
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, Said
 from ..report_html import (
     Document,
     Figure,
@@ -58,7 +58,12 @@ class ReportResult:
         details: section -> one line about what it holds (the CLI's table).
         missing: (part, the command that makes it), for each part the store lacks.
         figures: the PNG files embedded in the HTML, in page order.
-        notes: things the user should know (outputs older than the kernels, unreadable files).
+        warnings: what changes how the report reads or asks for a rerun (results computed from
+            other kernels than the store holds now, files that cannot be read, a ``kernels``
+            run still writing the store, kernels made by more than one engine). Said as
+            ``warning: ...`` through ``progress`` once the store is read, and listed in the
+            report's Notes.
+        notes: information only (none at present).
         training_png: the training curves written beside the page (``None`` when the run has no
             ``metrics.csv``).
     """
@@ -71,6 +76,7 @@ class ReportResult:
     details: dict[str, str]
     missing: list[tuple[str, str]]
     figures: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     training_png: Path | None = None
 
@@ -120,6 +126,11 @@ def report(
     # results it embeds are not removed while it reads them
     with opened.reading("report"), opened.writing_results("report"):
         gathered = ReportBuilder.read(opened, str(store), out_dir, moved)
+        said = Said(progress)
+        for message in gathered.warnings:
+            said.warn(message)
+        for message in gathered.notes:
+            said.note(message)
         gathered.training_png = _training_curves(gathered, out_dir)
         spec_path = None
         if gathered.spec_toml is not None:
@@ -149,6 +160,7 @@ def report(
         details=gathered.details,
         missing=gathered.missing,
         figures=figures,
+        warnings=gathered.warnings,
         notes=gathered.notes,
         training_png=gathered.training_png,
     )
@@ -194,7 +206,7 @@ class ReportBuilder(ResultSections):
             self._reproduce_section(),
         ]
         sections = [self._summary_section()]
-        if self.missing or self.notes:
+        if self.missing or self.warnings or self.notes:
             sections.append(self._missing_section())
         sections += body
         return Document(title, subtitle, tuple(sections))

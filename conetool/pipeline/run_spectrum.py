@@ -6,8 +6,9 @@ Outputs (names from :mod:`conetool.paths`)::
     spectrum/spectrum.csv   step, alignment, effective_rank, label_energy, trace, eval_acc,
                             eval_loss, eig_1 ... eig_k
     spectrum/summary.json   top_k, classes, the store's identity, the steps left out, the kernel
-                            machine's ridge and evaluation set, notes, the options given
-                            (logx, skip_bad: the report's Reproduce block repeats them)
+                            machine's ridge and evaluation set, the options given (logx,
+                            skip_bad: the report's Reproduce block repeats them), and what it
+                            said (``notes``, ``warnings``: see saved_results)
     spectrum/spectrum.png   the three measures against step (and a 4th panel, the kernel
                             machine's test accuracy, with eval kernels), Phase I shaded
 
@@ -36,13 +37,13 @@ from ..kernel_spectrum import SpectrumPoint, spectrum_point
 from ..library_call import library_call
 from ..plots import save_figure, spectrum_figure
 from ..probe import Probe, load_probe
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, Said
 from ..store import Store
 from ..threads import limit_threads
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernels_key, require_kernels
 from .recompute_notes import DELETE, recompute_note
-from .saved_results import saved_phase1_end
+from .saved_results import said_in_summary, saved_phase1_end
 
 __all__ = ["SpectrumResult", "spectrum"]
 
@@ -63,10 +64,12 @@ class SpectrumResult:
             set (NaN for a step without a current eval kernel; all NaN without an eval set).
         eval_size: the evaluation set's size (``None`` without one).
         ridge: the kernel machine's relative ridge (:data:`conetool.kernel_regression.DEFAULT_RIDGE`).
-        notes: what the caller should know about the numbers: why the evaluation set is not
-            used, a ``kernels`` run still writing the store (the numbers are of the kernels
-            stored so far), a ``top_k`` not below the kernel's size (every eigenvalue kept: the
-            label energy is then 1 at every step).
+        warnings: what changes how the numbers read or asks for a rerun: why the evaluation
+            set is not used, the steps whose eval kernel could not be used, a ``kernels`` run
+            still writing the store (the numbers are of the kernels stored so far), a ``top_k``
+            not below the kernel's size (every eigenvalue kept: the label energy is then 1 at
+            every step). Said as ``warning: ...`` through ``progress`` once measured.
+        notes: information only (none at present).
     """
 
     store: Path
@@ -80,6 +83,7 @@ class SpectrumResult:
     eval_loss: list[float] = field(default_factory=list)
     eval_size: int | None = None
     ridge: float = DEFAULT_RIDGE
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -159,9 +163,12 @@ def spectrum(
                 root = opened.root
                 k = points[0].eigenvalues.size  # top_k, or every eigenvalue when there are fewer
                 unusable = _unusable_eval_kernels_note(opened, no_accuracy)
-                notes = [note for note in (eval_note, unusable, running) if note is not None]
+                said = Said(progress)
+                for warning in (eval_note, unusable, running):
+                    if warning is not None:
+                        said.warn(warning)
                 if top_k >= size:
-                    notes.append(_all_eigenvalues_note(top_k, size))
+                    said.warn(_all_eigenvalues_note(top_k, size))
                 header = [
                     "step",
                     "alignment",
@@ -226,7 +233,7 @@ def spectrum(
                         },
                         "note": eval_note,
                     },
-                    "notes": notes,
+                    **said_in_summary(said.warnings, said.notes),
                     "definitions": "README: conetool spectrum",
                 }
                 atomic_write_json(paths.spectrum_summary(root), summary)
@@ -242,7 +249,8 @@ def spectrum(
             accuracy,
             losses,
             len(evaluated) if evaluated is not None else None,
-            notes=notes,
+            warnings=said.warnings,
+            notes=said.notes,
         )
 
 

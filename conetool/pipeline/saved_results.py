@@ -1,14 +1,16 @@
 """Results that one command leaves for the next to read: Phase I's end from
-``distance/summary.json``."""
+``distance/summary.json``; what a command said, in its ``summary.json``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .. import paths
 
-__all__ = ["saved_phase1_end"]
+__all__ = ["said_in_summary", "saved_phase1_end", "summary_said"]
 
 
 def saved_phase1_end(
@@ -30,3 +32,20 @@ def saved_phase1_end(
         return None  # distance ran on other kernels (a store still being written, say)
     value = summary.get("verdict", {}).get("phase1_end")
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def said_in_summary(warnings: list[str], notes: list[str]) -> dict[str, list[str]]:
+    """The ``notes`` and ``warnings`` keys of a ``summary.json`` (``distance``, ``embed``,
+    ``spectrum``): ``notes`` is every message the command said, its warnings first, as the key
+    held before the warnings had a channel of their own (a reader of older summaries still finds
+    them all there); ``warnings`` is those of them that are warnings."""
+    return {"notes": [*warnings, *notes], "warnings": list(warnings)}
+
+
+def summary_said(summary: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """``(warnings, notes)`` of a ``summary.json`` that :func:`said_in_summary` wrote, the notes
+    without the warnings; a summary written before it kept warnings apart (no ``warnings`` key)
+    gives ``([], its notes)``: which of them were warnings is not recorded."""
+    notes = [str(n) for n in summary.get("notes") or []]
+    warnings = [str(w) for w in summary.get("warnings") or []]
+    return warnings, [n for n in notes if n not in warnings]
