@@ -4,7 +4,7 @@ comes, again at the end under ``--quiet``, in a result's ``warnings``); a note i
 (``note: ...`` as it comes, left out by ``--quiet``, in a result's ``notes``).
 
 Before, these four commands kept one ``notes`` list, printed as ``note: ...`` after the work
-(also under ``--quiet``). References: the messages each command
+(also under ``--quiet``), and ``demo`` said none of it. References: the messages each command
 printed before, under the other channel; ``summary.json`` as the old code wrote it (no
 ``warnings`` key).
 """
@@ -18,9 +18,9 @@ from test_distance_command import make_store, random_psd
 from tiny_run import SPEC, run_fixtures
 from typer.testing import CliRunner
 
-from conetool import paths
+from conetool import paths, store_manifest
 from conetool.cli import app
-from conetool.pipeline import distance, embed, kernels, report, spectrum
+from conetool.pipeline import demo, distance, embed, kernels, report, spectrum
 from conetool.pipeline.run_distance import UNUSED_REF
 from conetool.pipeline.saved_results import summary_said
 from conetool.store_lock import StoreLock
@@ -31,6 +31,21 @@ trained, run = run_fixtures(SPEC)
 
 def flat(text: str) -> str:
     return " ".join(text.split())
+
+
+class Recorded:
+    """A progress display that keeps the lines said (no bars)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def task(self, description, total):
+        from conetool.progress import NullProgress
+
+        return NullProgress().task(description, total)
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
 
 
 @pytest.fixture
@@ -188,3 +203,56 @@ def test_report_reads_distance_summaries_from_before_and_after_the_split(store):
     assert "verdict" in result.sections and result.warnings == [], result.warnings
     assert summary_said(old | {"notes": [warned, noted]}) == ([], [warned, noted])
     assert summary_said({}) == ([], [])
+
+
+# ------------------------------------------------------------------------------------------------
+# demo
+
+
+@pytest.fixture(scope="module")
+def finished_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    demo(out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8])
+    return out
+
+
+def _mixed_engines(monkeypatch) -> str:
+    """Step 0's kernel read as made by another engine: distance and report both say so."""
+    monkeypatch.setattr(
+        store_manifest,
+        "made_by",
+        lambda record: "jacobian on cpu" if record.step == 0 else "structured on cpu",
+    )
+    return store_manifest.MIXED_ENGINES + " step 0 by jacobian on cpu"
+
+
+def test_demo_says_its_stages_warnings_once_each(finished_demo, monkeypatch):
+    """The demo said only train's, kernels' and switch's warnings: distance's warning on kernels
+    made by two engines went unsaid (and report's copy of it too). Now it is said once, under
+    its stage; distance's warnings on the references the demo chose itself are not."""
+    mixed = _mixed_engines(monkeypatch)
+    said = Recorded()
+    result = demo(
+        finished_demo, device="cpu", steps=24, probe_size=10, switch_at=[0, 8], progress=said
+    )
+    lines = said.lines
+    warned = [i for i, line in enumerate(lines) if line.startswith(f"warning: {mixed}")]
+    assert len(warned) == 1, lines
+    assert lines.index("[3/7] distance") < warned[0] < lines.index("[4/7] embed"), lines
+    assert [w[: len(mixed) + 10] for w in result.warnings] == [f"distance: {mixed}"], result
+    # distance did warn of the demo's own references, Phase I steps the verdict does not use
+    summary = json.loads(paths.distance_summary(result.store).read_text())
+    assert any(w.startswith(UNUSED_REF) for w in summary["warnings"]), summary["warnings"]
+    assert not any(UNUSED_REF in line for line in lines), lines
+    assert not any(UNUSED_REF in said for said in result.warnings + result.notes), result
+
+
+def test_demo_quiet_says_its_stages_warnings_at_the_end(finished_demo, monkeypatch):
+    mixed = _mixed_engines(monkeypatch)
+    args = ["--steps", "24", "--probe-size", "10", "--device", "cpu", "-q"]
+    out = runner.invoke(app, ["demo", "--out", str(finished_demo), *args])
+    assert out.exit_code == 0, out.output
+    text = flat(out.output)
+    assert text.count(f"warning: distance: {mixed}") == 1, text
+    assert "note:" not in text and UNUSED_REF not in text, text
+    assert text.index("report:") < text.index("warning: distance:"), text

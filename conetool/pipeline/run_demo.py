@@ -5,6 +5,11 @@ small conv net of ``examples/digits_lenet.toml`` (shipped inside the package as 
 ``kernels``, ``distance`` (several references, several dt), ``embed``, ``spectrum``, a ``switch``
 sweep, then
 ``report``. Every stage skips what is already done, so a second run only rewrites the report.
+
+Each stage says its warnings and notes through the demo's ``progress`` as the stand-alone command
+does (after the stage's ``[3/7] distance`` line), except a message an earlier stage already said
+and ``distance``'s warnings on the references the verdict does not use (see :func:`_said`).
+:class:`DemoResult` keeps the same messages, each named by its stage.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from ..choices import is_count, path_argument
 from ..data import load_data
 from ..errors import ConetoolError, DataError
 from ..library_call import library_call
-from ..progress import NullProgress, Progress
+from ..progress import NullProgress, Progress, ProgressTask
 from ..spec import Spec, dense_only_steps, spec_from_dict
 from ..threads import limit_threads
 from ..training import train
-from .run_distance import distance
+from .run_distance import UNUSED_REF, distance
 from .run_embed import embed
 from .run_kernels import EVAL_SPLIT, kernels
 from .run_report import report
@@ -79,7 +84,9 @@ def default_switch_points(steps: int) -> list[int]:
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Where everything went, the verdict, and the seconds each stage took."""
+    """Where everything went, the verdict, the seconds each stage took, and what the stages
+    said: ``warnings`` and ``notes``, ``"stage: message"`` each, a message said by an earlier
+    stage left out (see the module's docstring)."""
 
     out: Path
     ckpts: Path
@@ -89,7 +96,8 @@ class DemoResult:
     verdict: dict[str, Any]
     test_acc: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)  # the stages' own, each named by its stage
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @library_call
@@ -127,7 +135,7 @@ def _demo(
     threads: int,
     progress: Progress | None,
 ) -> DemoResult:
-    progress = progress or NullProgress()
+    progress = _StagesSay(progress or NullProgress())
     out = path_argument(out, "--out", "the folder for the demo's run, store and report")
     ckpts, store = out / "ckpts", out / "store"
     spec = demo_spec(steps=steps, probe_size=probe_size)
@@ -160,7 +168,13 @@ def _demo(
             lambda: distance(store, refs=_refs(T), threads=threads, progress=progress),
         ),
         ("embed", lambda: embed(store, threads=threads, progress=progress)),
-        ("spectrum", lambda: spectrum(store, threads=threads, progress=progress)),
+        (
+            "spectrum",
+            # eigenvalues below the kernel's size: with every one kept, the label energy is 1
+            lambda: spectrum(
+                store, top_k=min(10, spec.probe.size - 1), threads=threads, progress=progress
+            ),
+        ),
         (
             "switch",
             lambda: switch(points, store=store, device=device, threads=threads, progress=progress),
@@ -173,6 +187,7 @@ def _demo(
         began = time.perf_counter()
         results[name] = run()
         seconds[name] = round(time.perf_counter() - began, 2)
+    warnings, notes = _stages_said(results)
     return DemoResult(
         out=out,
         ckpts=ckpts,
@@ -182,12 +197,54 @@ def _demo(
         verdict=results["distance"].verdict.to_dict(),
         test_acc=results["train"].test_acc,
         stage_seconds=seconds,
-        warnings=[
-            f"{name}: {message}"
-            for name in ("train", "kernels", "switch")
-            for message in results[name].warnings
-        ],
+        warnings=warnings,
+        notes=notes,
     )
+
+
+def _said(message: str) -> bool:
+    """Whether the demo says a stage's message: not ``distance``'s on a reference the verdict does
+    not use (the demo chose its references, :func:`_refs`, for Fig. 1a; the user passed no
+    ``--ref``, and the verdict's explanation names the steps it read)."""
+    return not message.startswith(UNUSED_REF)
+
+
+class _StagesSay:
+    """The demo's ``progress`` as its stages see it: their ``warning: ...`` and ``note: ...``
+    lines (:class:`~conetool.progress.Said`) as :func:`_said` lets through, each message once
+    (``distance`` and ``report`` both name kernels made by more than one engine); all else as
+    it is."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.said: set[str] = set()
+
+    def task(self, description: str, total: int | None) -> ProgressTask:
+        return self.progress.task(description, total)
+
+    def log(self, message: str) -> None:
+        for channel in ("warning: ", "note: "):
+            if message.startswith(channel):
+                told = message[len(channel) :]
+                if told in self.said or not _said(told):
+                    return
+                self.said.add(told)
+        self.progress.log(message)
+
+
+def _stages_said(results: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``(warnings, notes)`` of the stages, ``"stage: message"`` each, as :class:`_StagesSay`
+    let them through (``train`` keeps no notes)."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    seen: set[str] = set()
+    for name, result in results.items():
+        for into, said in ((warnings, result.warnings), (notes, getattr(result, "notes", []))):
+            for message in said:
+                if message not in seen and _said(message):
+                    seen.add(message)
+                    into.append(f"{name}: {message}")
+    return warnings, notes
 
 
 def _switch_points(switch_at: object, steps: int) -> list[int]:

@@ -63,7 +63,8 @@ from .saved_results import said_in_summary
 
 __all__ = ["UNUSED_REF", "AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
 
-#: How the warning on a ``refs`` step the verdict does not use begins.
+#: How the warning on a ``refs`` step the verdict does not use begins (``demo``, which chose its
+#: references itself, leaves it out: the verdict's explanation names them).
 UNUSED_REF = "the verdict does not use --ref"
 
 
