@@ -565,6 +565,32 @@ def test_kernels_and_inspect_read_a_folder_with_other_torch_files(run, tmp_path)
     assert quiet.exit_code == 0 and "losses.pt" not in quiet.output, quiet.output
 
 
+@pytest.mark.parametrize(
+    ("steps", "named"),
+    [
+        ([400], "step_400.pt is a torch.save file, read only with"),
+        ([0, 400], "2 checkpoints (step_0.pt, step_400.pt) are torch.save files, read only"),
+        (
+            [0, 100, 200, 300, 400],
+            "5 checkpoints (step_0.pt, step_100.pt, step_200.pt, ..., step_400.pt) are "
+            "torch.save files, read only with",
+        ),
+    ],
+)
+def test_the_listing_names_the_torch_save_files_of_its_note(tmp_path: Path, steps, named):
+    """The listing's note (what kernels says) said "N checkpoint(s) such as '<full path of the
+    first>'": it names them as inspect does, the first three, ..., the last; a safetensors
+    checkpoint beside them is not among them."""
+    for step in steps:
+        torch.save(state(step), tmp_path / f"step_{step}.pt")
+    save_file(state(999), str(tmp_path / "step_999.safetensors"))
+    notes: list[str] = []
+    checkpoint_listing(tmp_path, note=notes.append, warn=notes.append)
+    assert len(notes) == 1, notes
+    assert notes[0].startswith(named), notes
+    assert "safetensors is preferred" in notes[0] and "step_999" not in notes[0], notes
+
+
 def test_the_torch_save_note_is_said_once_and_quiet_drops_it(run, tmp_path):
     """The note on torch.save files was a warning: printed on every kernels run, --quiet
     included (at the end). It is a note: once, as it comes, and not with --quiet, which keeps
@@ -575,7 +601,17 @@ def test_the_torch_save_note_is_said_once_and_quiet_drops_it(run, tmp_path):
     assert loud.exit_code == 0, loud.output
     text = " ".join(loud.output.split())
     assert text.count("are torch.save files") == 1, text
-    assert "note: 3 checkpoint(s) such as" in text, text
+    # named as conetool inspect names them (was "3 checkpoint(s) such as '.../ckpt_0.pt'")
+    steps = paths.checkpoint_steps(run)
+    assert len(steps) == 3, steps
+    named = ", ".join(f"ckpt_{step}.pt" for step in steps)
+    assert f"note: 3 checkpoints ({named}) are torch.save files, read only with" in text, text
+    notes: list[str] = []
+    checkpoint_listing(pts, note=notes.append, warn=lambda said: None)
+    (said,) = [n for n in notes if "torch.save files" in n]
+    assert f"note: {said}" in text, (said, text)  # the whole note, the same word for word as
+    looked = " ".join(runner.invoke(app, ["inspect", str(pts)]).output.split())
+    assert f"note: {said}" in looked, (said, looked)  # inspect's
     assert "warning: 3 checkpoint(s)" not in text, text
     quiet = runner.invoke(app, [*args, "-q"])
     assert quiet.exit_code == 0, quiet.output

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,17 +308,40 @@ def _every_note(every: int, kept: int, left_out: list[int]) -> str:
     )
 
 
+def shown_name(directory: Path, c: Candidate) -> str:
+    """How a candidate is named to the user: relative to its directory (the folder name with a
+    slash for Hugging Face folders)."""
+    if c.folder is not None:
+        return c.name
+    try:
+        return str(c.location.relative_to(directory))
+    except ValueError:
+        return c.location.name
+
+
 def default_warn(message: str) -> None:
     warnings.warn(message, CheckpointWarning, stacklevel=3)
 
 
-def torch_note(count: int, example: Path) -> str:
-    """The note shown for pickle-based checkpoints."""
-    return (
-        f"{count} checkpoint(s) such as '{example}' are torch.save files: conetool reads them "
-        f"only with torch.load(weights_only=True). safetensors is preferred (no pickle, checked "
-        f"from its header, memory-mapped loading); see `safetensors.torch.save_file`."
-    )
+def named_files(names: Sequence[str]) -> str:
+    """The files a note is about, as the notes name them: ``ckpt_5.pt`` for one, ``3 checkpoints
+    (ckpt_0.pt, ckpt_5.pt, ckpt_10.pt)`` for several (the first three, ..., the last)."""
+    if len(names) == 1:
+        return names[0]
+    shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
+    return f"{len(names)} checkpoints ({shown})"
+
+
+def torch_note(names: Sequence[str]) -> str:
+    """The note on torch.save checkpoints, naming them (``names``: at least one, as shown to the
+    user, relative to their directory): ``ckpt_5.pt is a torch.save file, read only with ...``,
+    ``3 checkpoints (a.pt, b.pt, c.pt) are torch.save files, read only with ...``; the row note
+    :data:`TORCH_NOTE` of ``conetool inspect`` said of the files it is about."""
+    one = "a torch.save file"
+    rest = TORCH_NOTE.removeprefix(one)
+    if len(names) == 1:
+        return f"{names[0]} is {one}{rest}"
+    return f"{named_files(names)} are torch.save files{rest}"
 
 
 def scan_selected(
@@ -455,9 +478,9 @@ def checkpoint_listing(
         warn(epoch_note(iterations_per_epoch, from_epochs))
     if stored := stored_step_note(scan.candidates, iterations_per_epoch):
         (warn if stored[1] else note)(stored[0])
-    pickled = [r for r in refs if r.format == "torch"]
-    if pickled:
-        note(torch_note(len(pickled), pickled[0].file))
+    pickled = [c for c in scan.candidates if c.problem is None and c.paths and c.format == "torch"]
+    if pickled:  # named as conetool inspect names them
+        note(torch_note([shown_name(scan.directory, c) for c in pickled]))
     if said := not_state_dicts_note(scan):
         note(said)
     if said := copies_note(scan):  # the same bytes or tensors as a file read: nothing lost

@@ -20,12 +20,12 @@ from conetool.errors import CheckpointError
 from ._keys import describe_mismatch, match_keys
 from .discover import (
     TORCH_NOTE,
-    Candidate,
     copies_note,
     default_warn,
     nested_warning,
     not_state_dicts_note,
     scan_selected,
+    shown_name,
     stored_step_note,
 )
 from .load import match_state_dict, read_checkpoint
@@ -54,15 +54,6 @@ class InspectRow:
     def note(self) -> str | None:
         """Every note of ``notes`` in one string; None when there is none."""
         return " ".join(self.notes) or None
-
-
-def _relative(directory: Path, c: Candidate) -> str:
-    if c.folder is not None:
-        return c.name
-    try:
-        return str(c.location.relative_to(directory))
-    except ValueError:
-        return c.location.name
 
 
 def inspect_checkpoints(
@@ -145,7 +136,7 @@ def inspect_checkpoints(
         rows.append(
             InspectRow(
                 step=c.step,
-                file=_relative(scan.directory, c),
+                file=shown_name(scan.directory, c),
                 size=c.size,
                 num_params=count,
                 status="ok" if problem is None else "error",

@@ -105,25 +105,15 @@ def _row_notes(rows: list[InspectRow]) -> list[str]:
     """Each distinct note of the rows once, naming the files it is about: ``ckpt_5.pt is a
     torch.save file, read only ...`` for one, ``3 checkpoints (ckpt_0.pt, ckpt_5.pt,
     ckpt_10.pt) are torch.save files, read only ...`` for several (the row's own note, "a
-    torch.save file, ...", said once for all of them read as if of one file)."""
-    from ..checkpoints.records import TORCH_NOTE
+    torch.save file, ...", said once for all of them read as if of one file), as kernels' listing
+    says it."""
+    from ..checkpoints.discover import TORCH_NOTE, named_files, torch_note
 
     files: dict[str, list[str]] = {}
     for row in rows:
         for note in row.notes:
             files.setdefault(note, []).append(row.file)
-    one = "a torch.save file"
-    lines = []
-    for note, names in sorted(files.items()):
-        shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
-        many = f"{len(names)} checkpoints ({shown})"
-        if note == TORCH_NOTE and note.startswith(one):
-            rest = note[len(one) :]
-            lines.append(
-                f"{names[0]} is {one}{rest}"
-                if len(names) == 1
-                else f"{many} are torch.save files{rest}"
-            )
-        else:
-            lines.append(f"{names[0] if len(names) == 1 else many}: {note}")
-    return lines
+    return [
+        torch_note(names) if note == TORCH_NOTE else f"{named_files(names)}: {note}"
+        for note, names in sorted(files.items())
+    ]
