@@ -595,6 +595,12 @@ def test_a_moved_run_is_found_with_ckpts_and_spec(tmp_path):
 
     lost = run()
     assert lost.exit_code == 0 and "noise floor of S was not estimated" in lost.output
+    # "estimating the noise floor ..." was said before the checkpoint was looked for, then
+    # "... was not estimated": it is said only when it estimates
+    said: list[str] = []
+    missing = distance(store, progress=_Logged(said))
+    assert any("noise floor of S was not estimated" in w for w in missing.warnings)
+    assert not any("estimating the noise floor" in line for line in said), said
     assert json.loads(paths.distance_summary(store).read_text())["noise"] is None
     found = run("--ckpts", str(moved))
     assert found.exit_code == 0, found.output

@@ -199,7 +199,16 @@ def test_import_paths_are_recorded_and_reproduced_with_pythonpath(
     noted = f"imported 'conetool_remember_model' ([model] arch) from {models.resolve()}"
     out = _invoke("distance", "--store", store)  # its noise floor rebuilds the model
     assert noted in out and "not estimated" not in out
-    assert json.loads(paths.distance_summary(store).read_text())["noise"] is not None
+    noise = json.loads(paths.distance_summary(store).read_text())["noise"]
+    assert noise is not None
+    # A floor read from noise.json builds no model: nothing is imported, and no note says so
+    # (the note tells where this run imported the module from, and how to import it elsewhere).
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p) != models])
+    monkeypatch.delitem(sys.modules, "conetool_remember_model", raising=False)
+    out = _invoke("distance", "--store", store)
+    assert "imported 'conetool_remember_model'" not in out, out
+    assert "conetool_remember_model" not in sys.modules  # not imported: the note would be false
+    assert json.loads(paths.distance_summary(store).read_text())["noise"] == noise  # reused
     for name in ("conetool_remember_model", "conetool_remember_data"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p) not in (models, data)])

@@ -53,15 +53,18 @@ def estimate_noise_floor(
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """``(record, note)``: the noise record (JSON-ready, ``floor`` is the floor of S) and
-    ``None`` (or a note that the model's module came from the folder the store records), or
-    ``None`` and a note saying why it could not be estimated.
+    ``None`` (or, when it estimated the floor now, a note that it imported the model's module
+    from the folder the store records: a floor read from ``noise.json`` builds no model and
+    imports nothing, so it says nothing of where the module is), or ``None`` and a note saying
+    why it could not be estimated.
 
     ``device``: where the two kernels are computed (``"auto"``: CUDA when present); its type
     (``cpu``, ``cuda``) is part of the cache's key and is recorded as the record's ``device``.
     ``ckpts``: the checkpoint directory now, when it moved (the checkpoint is looked up at the
     same place relative to it as relative to the directory the manifest names); ``spec``: the
     spec, instead of the one the manifest records (the caller checks that it is the store's);
-    ``log``: told when the estimate is computed (not when it is read from ``noise.json``).
+    ``log``: told when the estimate is computed, before it starts (not when it is read from
+    ``noise.json``, nor when the checkpoint is not there).
 
     Raises:
         StoreError: ``ckpts`` was given and does not hold the checkpoint.
@@ -107,8 +110,6 @@ def estimate_noise_floor(
             return saved["noise"], None
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if log is not None:
-        log("estimating the noise floor of S on the run's model ...")
     if not source.exists():
         if ckpts is not None:
             raise StoreError(
@@ -120,6 +121,8 @@ def estimate_noise_floor(
             f"the noise floor of S was not estimated: the checkpoint of step {step} ({source}) "
             "is not there to rebuild the model from"
         )
+    if log is not None:  # only when it estimates: not for a cached floor or a missing checkpoint
+        log("estimating the noise floor of S on the run's model ...")
     try:
         if spec is None:
             spec = spec_from_dict(store.manifest["spec"], source=f"{paths.manifest(store.root)}")

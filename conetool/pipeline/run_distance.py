@@ -116,7 +116,8 @@ class DistanceResult:
             estimated, a ``refs`` step the verdict does not use, per-layer outputs left out or
             kept as they were. Said as ``warning: ...`` through ``progress`` as they come.
         notes: information only: a default reference taken, a model module imported from
-            where ``kernels`` found it. Said as ``note: ...`` as they come.
+            where ``kernels`` found it (for a noise floor estimated now; one read from
+            ``noise.json`` imports nothing). Said as ``note: ...`` as they come.
     """
 
     store: Path
