@@ -98,8 +98,9 @@ class PerLayerTable:
         info: ``summary.json``'s ``per_layer``.
         keep: with no rows, keep the per-layer outputs of an earlier run (the store has layer
             files but its manifest no record of their groups), rather than remove them.
-        notes: what the user should know: the steps whose layer file was left out
-            (``skip_bad``), per-layer outputs kept.
+        warnings: what ``distance`` says as warnings (per-layer numbers lost or stale): the
+            steps whose layer file was left out (``skip_bad``), per-layer outputs kept as they
+            were.
     """
 
     rows: list[list[object]] | None
@@ -108,7 +109,7 @@ class PerLayerTable:
     dt: int = 1
     info: dict[str, Any] = field(default_factory=dict)
     keep: bool = False
-    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def per_layer_table(
@@ -120,7 +121,7 @@ def per_layer_table(
 
     A layer file that cannot be read, holds NaN or inf, or a kernel of another shape than the
     step's kernel is an error naming it and the fix, as a kernel file is; with ``skip_bad`` its
-    step is left out (its cells empty) and one note names the steps, the reason and the command
+    step is left out (its cells empty) and one warning names the steps, the reason and the command
     that recomputes them."""
     record = store.layer_record
     if record is None:
@@ -216,10 +217,10 @@ def per_layer_table(
                 curves[g][1].append(s_adj / dt)
         for old in [k for k in cache if k <= step and k not in refs]:
             del cache[old]
-    notes = [_left_out_note(store, bad)] if bad else []
+    warned = [_left_out_warning(store, bad)] if bad else []
     layer_steps = sorted(have - set(bad))
     if not layer_steps:  # the outputs of an earlier run are kept while files are bad
-        return PerLayerTable(None, keep=bool(bad), notes=notes)
+        return PerLayerTable(None, keep=bool(bad), warnings=warned)
     header = ["step", "group", *(f"S_ref_{r}" for r in refs), "S_adjacent", "velocity"]
     info = {
         "groups": groups,
@@ -230,7 +231,7 @@ def per_layer_table(
         "missing_steps": [s for s in steps if s not in have and s not in bad],
         "left_out": {str(s): why for s, why in sorted(bad.items())},
     }
-    return PerLayerTable(rows, header, curves, dt, info, notes=notes)
+    return PerLayerTable(rows, header, curves, dt, info, warnings=warned)
 
 
 def _unreadable(store: Store, step: int) -> str | None:
@@ -254,9 +255,9 @@ def _kernel_shape(store: Store, step: int) -> tuple[int, ...] | None:
     return None if isinstance(header, str) else header[1]
 
 
-def _left_out_note(store: Store, why: dict[int, str]) -> str:
-    """The note naming the steps whose layer file was left out (``why``: step -> the reason),
-    with the command that recomputes them (the wording of spectrum's note on eval kernels)."""
+def _left_out_warning(store: Store, why: dict[int, str]) -> str:
+    """The warning naming the steps whose layer file was left out (``why``: step -> the reason),
+    with the command that recomputes them (the wording of spectrum's warning on eval kernels)."""
     return recompute_note(
         store,
         why,
@@ -269,18 +270,18 @@ def _left_out_note(store: Store, why: dict[int, str]) -> str:
 def _no_record(store: Store) -> PerLayerTable:
     """The table of a store whose manifest records no parameter groups: none. When the store
     has layer files all the same (a manifest rebuilt without their record), the per-layer
-    outputs of an earlier run are kept, and a note says how to record the groups again."""
+    outputs of an earlier run are kept, and a warning says how to record the groups again."""
     folder = paths.layer_kernels_dir(store.root)
     if not (folder.is_dir() and any(folder.glob("step_*.safetensors"))):
         return PerLayerTable(None)
     kept = [p(store.root).name for p in PER_LAYER_OUTPUTS if p(store.root).is_file()]
     said = f"kept {' and '.join(kept)} as they were: " if kept else "no per-layer outputs: "
-    note = (
+    warning = (
         f"{said}{paths.MANIFEST_NAME} records no parameter groups, although {folder} holds "
         f"layer kernel files. Rerun {store.kernels_command()} --per-layer, or --groups "
         "'NAME=PATTERN,...' with the patterns that made them, to record them again"
     )
-    return PerLayerTable(None, keep=True, notes=[note])
+    return PerLayerTable(None, keep=True, warnings=[warning])
 
 
 def write_per_layer(

@@ -270,7 +270,7 @@ def distance(
             layer_dt = used if used is not None else dt_list[0]
             # before any file is written: a layer file it refuses leaves them all as they were
             layers = per_layer_table(opened, steps, ref_steps, layer_dt, skip_bad=skip_bad)
-            for message in layers.notes:  # per-layer outputs left out, or kept as they were
+            for message in layers.warnings:  # per-layer outputs left out, or kept as they were
                 said.warn(message)
 
             with opened.writing_results("distance"):
