@@ -181,6 +181,37 @@ def test_report_warns_of_results_computed_from_other_kernels(store):
     assert said in markdown  # the page's Notes list it as before
 
 
+def test_report_page_marks_its_warnings_and_notes(store, monkeypatch):
+    """The page's Notes listed the report's warnings and notes as bare items, one list, not
+    telling them apart: each is marked, "Warning: ..." or "Note: ...", as the result sections
+    mark distance's ("Warning from conetool distance: ..."). (report has no note of its own at
+    present: one is added to what it read.)"""
+    from conetool.pipeline.run_report import ReportBuilder
+
+    distance(store, noise=False)
+    summary_path = paths.distance_summary(store)
+    summary = json.loads(summary_path.read_text())
+    summary["steps"]["count"] = 2
+    summary_path.write_text(json.dumps(summary))
+    warned = "the conetool distance results cover 2 steps"
+    noted = "an example of a note of the report's"
+    read = ReportBuilder.read.__func__  # type: ignore[attr-defined]
+
+    def with_a_note(cls, *args, **kwargs):
+        built = read(cls, *args, **kwargs)
+        built.notes.append(noted)
+        return built
+
+    monkeypatch.setattr(ReportBuilder, "read", classmethod(with_a_note))
+    result = report(store)
+    assert result.notes == [noted] and result.warnings[0].startswith(warned), result
+    for page in (result.html.read_text(), result.markdown.read_text()):
+        page = flat(page)
+        assert page.count(f"Warning: {warned}") == 1, page
+        assert page.count(f"Note: {noted}") == 1, page
+        assert f"Note: {warned}" not in page and f"Warning: {noted}" not in page, page
+
+
 def test_report_reads_distance_summaries_from_before_and_after_the_split(store):
     """A summary.json with a 'warnings' key has its warnings in 'notes' too (what 'notes' held
     before); one written by the old code has no 'warnings' key and every message in 'notes'.

@@ -118,9 +118,9 @@ class RunSections(ReportCommands):
                     tuple(text(f"No {part}: run ", code(command)) for part, command in self.missing)
                 )
             )
-        if self.warnings or self.notes:
-            said = (*self.warnings, *self.notes)
-            blocks.append(Items(tuple(text(message) for message in said)))
+        if self.warnings or self.notes:  # each marked, as the result sections mark theirs
+            said = [("Warning", m) for m in self.warnings] + [("Note", m) for m in self.notes]
+            blocks.append(Items(tuple(text(f"{kind}: {message}") for kind, message in said)))
         return Section("missing", "Missing parts" if self.missing else "Notes", tuple(blocks))
 
     def _too_few_kernels(self, what: str, needed: int = 2, then: str = _THEN_DISTANCE) -> Text:
