@@ -362,8 +362,20 @@ def test_names_counting_epochs_beside_their_stored_steps_are_a_note(tmp_path: Pa
     assert not [w for w in warnings if "ckpt_" in w], warnings
     (said,) = [n for n in notes if "by epoch" in n]
     text = " ".join(said.split())
-    assert "2 checkpoints such as '" in text and "ckpt_1.pt' are numbered by epoch" in text, text
+    # named as the torch.save note names them (was "2 checkpoints such as '<full path>' are")
+    assert text.startswith("2 checkpoints (ckpt_1.pt, ckpt_2.pt) are numbered by epoch"), text
+    assert str(tmp_path) not in text, text
+    assert "(ckpt_1.pt: the 'step' entry" in text, text
     assert "23 = 1 x 23 iterations per epoch from the spec" in text, text
+    # one file: named alone, relative to its directory
+    (tmp_path / "ckpt_2.pt").unlink()
+    notes.clear()
+    checkpoint_listing(tmp_path, iterations_per_epoch=23, warn=warnings.append, note=notes.append)
+    (said,) = [n for n in notes if "by epoch" in n]
+    assert " ".join(said.split()).startswith(
+        "ckpt_1.pt is numbered by epoch, not by step: it stores its step (the 'step' entry"
+    ), said
+    torch.save({"model_state_dict": state(2), "step": 46, "epoch": 2}, tmp_path / "ckpt_2.pt")
     # Another batch size (or no spec): the names may be steps; the warning names the regex
     # that reads them, and that regex does.
     for ipe in (22, None):

@@ -138,14 +138,15 @@ def not_state_dicts_note(scan: Scan) -> str | None:
 
 
 def stored_step_note(
-    candidates: list[Candidate], iterations_per_epoch: int | None = None
+    directory: Path, candidates: list[Candidate], iterations_per_epoch: int | None = None
 ) -> tuple[str, bool] | None:
     """What the listing says of files whose stored step (safetensors metadata, the step entry of
     a torch.save dict) differs from the step of their name: the stored one is taken, and
     --step-regex takes the names'. ``(message, True)``: a warning (the name may be right);
     ``(message, False)``: a note, when every such name is a number of epochs (the stored step is
     it x ``iterations_per_epoch``: a loop saving ``ckpt_{epoch}.pt`` with its step inside), which
-    the stored steps confirm. None when every name agrees (or gives no step)."""
+    the stored steps confirm, naming the files as the torch.save note does (relative to
+    ``directory``, the one listed). None when every name agrees (or gives no step)."""
     differ = [c for c in candidates if c.problem is None and c.named_step is not None]
     if not differ:
         return None
@@ -153,13 +154,13 @@ def stored_step_note(
     ipe = iterations_per_epoch
     epochs = all(d.named_step is not None and d.step == d.named_step * (ipe or 0) for d in differ)
     if ipe is not None and epochs:
+        names = [shown_name(directory, d) for d in differ]
         many = len(differ) > 1
-        which = f"{len(differ)} checkpoints such as " if many else ""
+        example = f"{names[0]}: {c.step_inside}, " if many else f"{c.step_inside}: "
         return (
-            f"{which}'{c.location}' {'are' if many else 'is'} numbered by epoch, not by step: "
-            f"{'each' if many else 'it'} stores its step "
-            f"({c.step_inside}: {c.step} = {c.named_step} x {ipe} iterations per epoch from the "
-            f"spec), which is taken.",
+            f"{named_files(names)} {'are' if many else 'is'} numbered by epoch, not by step: "
+            f"{'each' if many else 'it'} stores its step ({example}{c.step} = {c.named_step} x "
+            f"{ipe} iterations per epoch from the spec), which is taken.",
             False,
         )
     example = f"'{c.location}' stores step {c.step} ({c.step_inside}), its name says {c.named_step}"
@@ -476,7 +477,7 @@ def checkpoint_listing(
     from_epochs = sum(1 for c in scan.candidates if c.problem is None and c.epoch is not None)
     if from_epochs and iterations_per_epoch is not None:
         warn(epoch_note(iterations_per_epoch, from_epochs))
-    if stored := stored_step_note(scan.candidates, iterations_per_epoch):
+    if stored := stored_step_note(scan.directory, scan.candidates, iterations_per_epoch):
         (warn if stored[1] else note)(stored[0])
     pickled = [c for c in scan.candidates if c.problem is None and c.paths and c.format == "torch"]
     if pickled:  # named as conetool inspect names them

@@ -95,7 +95,7 @@ def inspect_checkpoints(
     )
     warn = warn or default_warn
     note = note or warn
-    stored = stored_step_note(scan.candidates, iterations_per_epoch)
+    stored = stored_step_note(scan.directory, scan.candidates, iterations_per_epoch)
     said_of_the_directory = (
         (stored[0] if stored else None, warn if stored and stored[1] else note),
         (not_state_dicts_note(scan), note),
