@@ -162,13 +162,13 @@ def spectrum(
             with opened.writing_results("spectrum"):
                 root = opened.root
                 k = points[0].eigenvalues.size  # top_k, or every eigenvalue when there are fewer
-                unusable = _unusable_eval_kernels_note(opened, no_accuracy)
+                unusable = _unusable_eval_kernels_warning(opened, no_accuracy)
                 said = Said(progress)
                 for warning in (eval_note, unusable, running):
                     if warning is not None:
                         said.warn(warning)
                 if top_k >= size:
-                    said.warn(_all_eigenvalues_note(top_k, size))
+                    said.warn(_all_eigenvalues_warning(top_k, size))
                 header = [
                     "step",
                     "alignment",
@@ -254,7 +254,7 @@ def spectrum(
         )
 
 
-def _all_eigenvalues_note(top_k: int, size: int) -> str:
+def _all_eigenvalues_warning(top_k: int, size: int) -> str:
     """Why the label energy is 1 at every step when ``top_k`` reaches the kernel's size."""
     return (
         f"--top-k {top_k} is not below the {size} eigenvalues of each kernel: all {size} are "
@@ -336,8 +336,8 @@ def _kernel_machine(
     return result.accuracy, result.loss, None
 
 
-def _unusable_eval_kernels_note(store: Store, why: dict[int, str]) -> str | None:
-    """The note naming the steps whose eval kernel could not be used (``why``: step -> the
+def _unusable_eval_kernels_warning(store: Store, why: dict[int, str]) -> str | None:
+    """The warning naming the steps whose eval kernel could not be used (``why``: step -> the
     reason), with the command that recomputes them; None when there are none."""
     if not why:
         return None
