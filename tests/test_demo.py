@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
+from conetool.errors import ConetoolError
 from conetool.loop import TrainingLoop
 from conetool.pipeline import demo
 from conetool.pipeline.run_demo import default_switch_points, demo_spec
-from conetool.spec import load_spec
+from conetool.spec import load_spec, save_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -162,3 +163,23 @@ def test_the_demo_prints_the_verdict_line_distance_prints(monkeypatch, tmp_path,
     assert result.exit_code == 0, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("verdict: ")]
     assert line.split(")", 1)[1] == shown, line
+
+
+@pytest.mark.parametrize("steps", [24, 40, 48, 100, 130, 240, 1000, 2400])
+def test_default_switch_points_are_saved_steps(steps):
+    """demo --steps 40 (checkpoints every 2 steps) failed at its switch stage, after training
+    and the kernels: 40 / 6 rounds to 7, a step with no checkpoint."""
+    spec = demo_spec(steps=steps)
+    saved = save_steps(spec)
+    points = default_switch_points(steps, saved)
+    assert points[0] == 0 and set(points) <= set(saved), (points, saved)
+    assert all(t < steps for t in points)
+    if steps == 2400:
+        assert points == [0, 100, 400, 1200]  # the demo's own, as the README shows them
+
+
+def test_switch_at_a_step_the_demo_does_not_save_is_refused_before_training(tmp_path):
+    out = tmp_path / "demo"
+    with pytest.raises(ConetoolError, match=r"saves no checkpoint at step 7.*such as 6 or 8"):
+        demo(out, steps=40, switch_at=[0, 7], threads=1)
+    assert not (out / "ckpts").exists()  # nothing trained

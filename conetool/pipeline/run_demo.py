@@ -30,7 +30,7 @@ from ..data import load_data
 from ..errors import ConetoolError, DataError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, ProgressTask
-from ..spec import Spec, dense_only_steps, spec_from_dict
+from ..spec import Spec, dense_only_steps, save_steps, spec_from_dict
 from ..threads import limit_threads
 from ..training import train
 from .run_distance import UNUSED_REF, distance
@@ -76,10 +76,17 @@ def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spe
     return dataclasses.replace(spec, train=t, probe=probe)
 
 
-def default_switch_points(steps: int) -> list[int]:
+def default_switch_points(steps: int, saved: Sequence[int] | None = None) -> list[int]:
     """Switch steps across the run: at initialization, in Phase I, at its end, and mid-run
-    (0, 100, 400, 1200 for the demo's 2,400 steps)."""
-    return sorted({0, round(steps / 24), round(steps / 6), steps // 2})
+    (0, 100, 400, 1200 for the demo's 2,400 steps). With ``saved`` (the steps the run saves),
+    each is the saved step before ``steps`` nearest to it (the earlier of two as near): a switch
+    point needs a checkpoint (``--steps 40`` saves every 2 steps, and 40 / 24 rounds to 2, but
+    40 / 6 to 7)."""
+    targets = [0, round(steps / 24), round(steps / 6), steps // 2]
+    if saved is None:
+        return sorted(set(targets))
+    before = [s for s in saved if s < steps] or [0]
+    return sorted({min(before, key=lambda s: (abs(s - t), s)) for t in targets})
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,12 @@ def _demo(
     if probe_size is not None:
         _check_probe_size(spec)
     T = spec.train.steps
-    points = default_switch_points(T) if switch_at is None else _switch_points(switch_at, T)
+    saved = save_steps(spec)
+    points = (
+        default_switch_points(T, saved)
+        if switch_at is None
+        else _switch_points(switch_at, T, saved)
+    )
     seconds: dict[str, float] = {}
     stages: list[tuple[str, Callable[[], Any]]] = [
         (
@@ -247,9 +259,10 @@ def _stages_said(results: dict[str, Any]) -> tuple[list[str], list[str]]:
     return warnings, notes
 
 
-def _switch_points(switch_at: object, steps: int) -> list[int]:
+def _switch_points(switch_at: object, steps: int, saved: Sequence[int]) -> list[int]:
     """``switch_at`` as :func:`conetool.switch` takes ``at``, checked before anything is trained
-    (the switch stage comes after training and the kernels)."""
+    (the switch stage comes after training and the kernels): before the last step, and each a
+    step the run saves (``saved``)."""
     try:
         points = parse_at(switch_at)  # type: ignore[arg-type]  # checked there
     except ConetoolError as exc:
@@ -259,6 +272,15 @@ def _switch_points(switch_at: object, steps: int) -> list[int]:
         raise ConetoolError(
             f"switch_at={switch_at!r}: step {late[0]} is not before the demo's last step "
             f"{steps}; the linearized model trains from t to the end. Pass steps before {steps}."
+        )
+    unsaved = [t for t in points if t not in set(saved)]
+    if unsaved:
+        t = unsaved[0]
+        near = sorted((s for s in saved if s < steps), key=lambda s: (abs(s - t), s))[:2]
+        raise ConetoolError(
+            f"switch_at={switch_at!r}: the demo's run saves no checkpoint at step {t}, and a "
+            f"switch point starts from one. Pass saved steps, such as "
+            f"{' or '.join(str(s) for s in sorted(near))}."
         )
     return points
 
