@@ -127,15 +127,20 @@ def _is_time(digits: str) -> bool:
 
 def date_error(path: Path, form: str) -> CheckpointError:
     """The error for a name whose number is a date and time (the same text for every file of a
-    directory named alike but the path, so that they read as one line)."""
+    directory named alike but the path, so that they read as one line). ``--step-regex`` is
+    offered only where the date is one number (``YYYYMMDDhhmmss``): a regex reading one part of a
+    date in several (``YYYY-MM-DD``) would read the year."""
+    regex = (
+        f"; or, if the number really is the step, pass {name_regex(path.name)}"
+        if form in ("YYYYMMDD", "YYYYMMDDhhmm", "YYYYMMDDhhmmss")
+        else "; or name the files by their step (ckpt_2000.pt)"
+    )
     return CheckpointError(
         f"'{path}' is named by a date and time ({form}), not by a training step: its number would "
         f"be taken for the step, ordering the checkpoints by time on a meaningless step axis. "
         f"Store the step in the file (a stored step wins over the name): a torch.save dict's "
-        f"entry "
-        f"({{'model_state_dict': ..., 'step': 2000}}) or safetensors metadata "
-        f"(metadata={{'step': '2000'}}); or, if the number really is the step, pass "
-        f"{name_regex(path.name)}."
+        f"entry ({{'model_state_dict': ..., 'step': 2000}}) or safetensors metadata "
+        f"(metadata={{'step': '2000'}}){regex}."
     )
 
 
