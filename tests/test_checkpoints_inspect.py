@@ -306,3 +306,20 @@ def test_the_cli_names_the_torch_save_files_of_its_note(tmp_path: Path, steps, s
     ), text
     quiet = CliRunner().invoke(app, ["inspect", str(tmp_path), "-q"])
     assert quiet.exit_code == 0 and "torch.save" not in quiet.output, quiet.output
+
+
+def test_the_torch_save_note_counts_only_usable_checkpoints(tmp_path: Path):
+    """A torch.save file with a problem (named by a date, storing no step) was counted among
+    the 'N checkpoints ... are torch.save files' of the note as well as listed as a problem."""
+    from typer.testing import CliRunner
+
+    from conetool.cli import app
+
+    for step in (0, 400):
+        torch.save(state(step), tmp_path / f"step_{step}.pt")
+    torch.save(state(0), tmp_path / "ckpt_20261201101400.pt")  # no stored step: an error
+    shown = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert shown.exit_code == 1, shown.output
+    text = " ".join(shown.output.split())
+    assert "note: 2 checkpoints (step_0.pt, step_400.pt) are torch.save files" in text, text
+    assert "2 of 3 checkpoints usable" in text, text

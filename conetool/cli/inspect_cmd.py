@@ -106,11 +106,14 @@ def _row_notes(rows: list[InspectRow]) -> list[str]:
     torch.save file, read only ...`` for one, ``3 checkpoints (ckpt_0.pt, ckpt_5.pt,
     ckpt_10.pt) are torch.save files, read only ...`` for several (the row's own note, "a
     torch.save file, ...", said once for all of them read as if of one file), as kernels' listing
-    says it."""
+    says it. Rows with a problem are left out: they are not usable checkpoints, and their
+    problem is listed below."""
     from ..checkpoints.discover import TORCH_NOTE, named_files, torch_note
 
     files: dict[str, list[str]] = {}
     for row in rows:
+        if row.status != "ok":
+            continue
         for note in row.notes:
             files.setdefault(note, []).append(row.file)
     return [
