@@ -41,8 +41,18 @@ def test_the_same_checkpoint_written_by_two_processes_is_the_same_bytes(tmp_path
     checkpoint saved twice had other bytes (and another fingerprint) nearly every time."""
     files = [tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"]
     code = _WRITE.format(meta=METADATA)
-    for path in files:
-        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
+    # Three processes, each seeding its own hash map: this one and two others at once (one torch
+    # import fewer, and the other two side by side).
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(path)]) for path in files[1:]]
+    try:
+        tensors = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.ones(3, dtype=torch.float64)}
+        atomic_save_safetensors(files[0], tensors, METADATA)  # as _WRITE does
+        assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
     digests = {hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
     assert len(digests) == 1
     # and the file reads back as written: tensors, metadata (the header kept its length)
