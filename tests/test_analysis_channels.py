@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from demo_run import finished_demo as shared_demo
 from test_distance_command import make_store, random_psd
 from tiny_run import SPEC, run_fixtures
 from typer.testing import CliRunner
@@ -244,9 +245,8 @@ def test_report_reads_distance_summaries_from_before_and_after_the_split(store):
 
 @pytest.fixture(scope="module")
 def finished_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    demo(out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8])
-    return out
+    # demo(out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8]), run once per session
+    return shared_demo(tmp_path_factory).out
 
 
 def _mixed_engines(monkeypatch) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_run import finished_demo
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -51,8 +52,8 @@ def test_a_probe_size_beyond_the_digits_is_refused_before_training(tmp_path, siz
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    return demo(out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8])
+    # demo(out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8]), run once per session
+    return finished_demo(tmp_path_factory)
 
 
 def test_demo_writes_every_artifact(finished):
