@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -95,3 +96,27 @@ def test_package_attributes_are_loaded_on_use() -> None:
     assert callable(conetool.linearize) and not isinstance(conetool.linearize, type(conetool))
     assert set(conetool.__all__) <= set(dir(conetool))
     assert conetool.limit_threads.__module__ == "conetool.threads"
+
+
+@pytest.mark.parametrize("command", ["kernels", "inspect"])
+def test_commands_that_draw_nothing_do_not_import_matplotlib(tmp_path: Path, command: str) -> None:
+    """conetool.pipeline imported every command's module, so conetool kernels and inspect loaded
+    matplotlib (the figures of distance and the others, 0.6 s) and SciPy for nothing."""
+    args = [command, str(tmp_path)] + (
+        ["--store", str(tmp_path / "s")] if command == "kernels" else []
+    )
+    result = _run(args)
+    assert result["code"] == 1  # an empty folder: no checkpoints (no spec), after torch loaded
+    assert "torch" in result["heavy"]
+    assert "matplotlib" not in result["heavy"] and "scipy" not in result["heavy"], result
+
+
+def test_the_pipeline_package_loads_each_command_on_use() -> None:
+    import conetool.pipeline as pipeline
+
+    assert set(pipeline.__all__) <= set(dir(pipeline))
+    for name in pipeline.__all__:
+        module = f"conetool.pipeline.run_{name.removesuffix('Result').lower()}"
+        assert getattr(pipeline, name) is getattr(importlib.import_module(module), name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = pipeline.nothing  # type: ignore[attr-defined]

@@ -3,16 +3,59 @@
 
 Each takes plain Python values, reads and writes files, reports progress through an injected
 :class:`~conetool.progress.Progress`, and returns a result object; the CLI only formats it.
+
+The names are imported on first use (PEP 562): a command imports its own module only, so that
+``conetool kernels`` does not load what the others need (matplotlib for the figures of
+``distance``, ``embed``, ``spectrum``, ``switch`` and ``report``; SciPy for ``spectrum``).
 """
 
-from .run_demo import DemoResult, demo
-from .run_distance import DistanceResult, distance
-from .run_embed import EmbedResult, embed
-from .run_inspect import inspect
-from .run_kernels import KernelsResult, kernels
-from .run_report import ReportResult, report
-from .run_spectrum import SpectrumResult, spectrum
-from .run_switch import SwitchResult, switch
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "DemoResult": "run_demo",
+    "demo": "run_demo",
+    "DistanceResult": "run_distance",
+    "distance": "run_distance",
+    "EmbedResult": "run_embed",
+    "embed": "run_embed",
+    "inspect": "run_inspect",
+    "KernelsResult": "run_kernels",
+    "kernels": "run_kernels",
+    "ReportResult": "run_report",
+    "report": "run_report",
+    "SpectrumResult": "run_spectrum",
+    "spectrum": "run_spectrum",
+    "SwitchResult": "run_switch",
+    "switch": "run_switch",
+}
+
+if TYPE_CHECKING:
+    from .run_demo import DemoResult, demo
+    from .run_distance import DistanceResult, distance
+    from .run_embed import EmbedResult, embed
+    from .run_inspect import inspect
+    from .run_kernels import KernelsResult, kernels
+    from .run_report import ReportResult, report
+    from .run_spectrum import SpectrumResult, spectrum
+    from .run_switch import SwitchResult, switch
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "DemoResult",
