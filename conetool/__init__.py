@@ -10,12 +10,12 @@ line's ``--help`` do not load PyTorch.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
 
 # Importing torch takes seconds; Ctrl-C meanwhile ends the command line cleanly (exit 130).
+from ._lazy import lazy_names
 from ._startup import guard_start_up
 from ._version import __version__
 
@@ -104,17 +104,7 @@ if TYPE_CHECKING:
     from .verdict_rules import VerdictRules
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'conetool' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)
 
 
 class _Package(types.ModuleType):

@@ -34,6 +34,17 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+def said_once_as_a_warning(args: list[str], said: str) -> None:
+    """The command ``args`` says ``said`` once, as a warning, and no note: as it comes, and with
+    ``-q`` at the end."""
+    for extra in ([], ["-q"]):
+        out = runner.invoke(app, [*args, *extra])
+        assert out.exit_code == 0, out.output
+        text = flat(out.output)
+        assert text.count(said) == 1 and f"warning: {said}" in text, text
+        assert "note:" not in text, text
+
+
 class Recorded:
     """A progress display that keeps the lines said (no bars)."""
 
@@ -111,12 +122,7 @@ def test_distance_warns_of_a_reference_the_verdict_does_not_use(tmp_path):
     assert [w[: len(said)] for w in result.warnings] == [said], result.warnings
     assert result.notes == [], result.notes
     args = ["distance", "--store", str(root), "--ref", "last", "--no-noise"]
-    for extra in ([], ["-q"]):
-        out = runner.invoke(app, [*args, *extra])
-        assert out.exit_code == 0, out.output
-        text = flat(out.output)
-        assert text.count(said) == 1 and f"warning: {said}" in text, text
-        assert "note:" not in text, text
+    said_once_as_a_warning(args, said)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,12 +134,7 @@ def test_spectrum_warns_once_that_top_k_keeps_every_eigenvalue(store):
     result reads), a warning; said once as it comes, and once at the end with --quiet."""
     said = "--top-k 1000 is not below the 6 eigenvalues"
     args = ["spectrum", "--store", str(store), "--top-k", "1000"]
-    for extra in ([], ["-q"]):
-        out = runner.invoke(app, [*args, *extra])
-        assert out.exit_code == 0, out.output
-        text = flat(out.output)
-        assert text.count(said) == 1 and f"warning: {said}" in text, text
-        assert "note:" not in text, text
+    said_once_as_a_warning(args, said)
     result = spectrum(store, top_k=1000)
     assert [w[: len(said)] for w in result.warnings] == [said] and result.notes == []
     summary = json.loads(paths.spectrum_summary(store).read_text())
@@ -171,11 +172,7 @@ def test_report_warns_of_results_computed_from_other_kernels(store):
     summary["steps"]["count"] = 2
     summary_path.write_text(json.dumps(summary))
     said = "the conetool distance results cover 2 steps"
-    for extra in ([], ["-q"]):
-        out = runner.invoke(app, ["report", "--store", str(store), *extra])
-        assert out.exit_code == 0, out.output
-        text = flat(out.output)
-        assert text.count(f"warning: {said}") == 1 and "note:" not in text, text
+    said_once_as_a_warning(["report", "--store", str(store)], said)
     result = report(store)
     assert [w[: len(said)] for w in result.warnings] == [said] and result.notes == []
     markdown = flat(result.markdown.read_text())

@@ -11,8 +11,9 @@ The names are imported on first use (PEP 562): a command imports its own module 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 # name -> the submodule that defines it
 _EXPORTS = {
@@ -44,17 +45,7 @@ if TYPE_CHECKING:
     from .run_switch import SwitchResult, switch
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)
 
 
 __all__ = [
