@@ -12,6 +12,7 @@ printed before, under the other channel; ``summary.json`` as the old code wrote 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from demo_run import finished_demo as shared_demo
@@ -163,14 +164,20 @@ def test_embed_warns_that_kernels_is_still_writing_and_its_summary_keeps_it(stor
 # report
 
 
-def test_report_warns_of_results_computed_from_other_kernels(store):
-    """'note: the conetool distance results cover 2 steps ...' (rerun distance to bring them up
-    to date): a warning, said once, with --quiet at the end."""
+def distance_results_of_two_steps(store: Path) -> None:
+    """distance's results as if computed from 2 of the store's steps: the report calls them
+    results of other kernels."""
     distance(store, noise=False)
     summary_path = paths.distance_summary(store)
     summary = json.loads(summary_path.read_text())
     summary["steps"]["count"] = 2
     summary_path.write_text(json.dumps(summary))
+
+
+def test_report_warns_of_results_computed_from_other_kernels(store):
+    """'note: the conetool distance results cover 2 steps ...' (rerun distance to bring them up
+    to date): a warning, said once, with --quiet at the end."""
+    distance_results_of_two_steps(store)
     said = "the conetool distance results cover 2 steps"
     said_once_as_a_warning(["report", "--store", str(store)], said)
     result = report(store)
@@ -186,11 +193,7 @@ def test_report_page_marks_its_warnings_and_notes(store, monkeypatch):
     present: one is added to what it read.)"""
     from conetool.pipeline.run_report import ReportBuilder
 
-    distance(store, noise=False)
-    summary_path = paths.distance_summary(store)
-    summary = json.loads(summary_path.read_text())
-    summary["steps"]["count"] = 2
-    summary_path.write_text(json.dumps(summary))
+    distance_results_of_two_steps(store)
     warned = "the conetool distance results cover 2 steps"
     noted = "an example of a note of the report's"
     read = ReportBuilder.read.__func__  # type: ignore[attr-defined]

@@ -319,7 +319,7 @@ def _current(store: Store, cached: KernelMatrix, progress: Progress) -> dict[int
     compared. A file left out (no digest) or missing then must be as it was."""
     saved = cached.files
     records = store.records()
-    if set(saved) != set(records) or store_key(store, saved) != cached.key:
+    if set(saved) != set(records) or store_key(store, saved, records) != cached.key:
         return None  # another step set or record (a recomputed kernel), or another size
     now: dict[int, FileState] = {}
     to_read: list[int] = []

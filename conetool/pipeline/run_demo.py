@@ -85,8 +85,13 @@ def default_switch_points(steps: int, saved: Sequence[int] | None = None) -> lis
     targets = [0, round(steps / 24), round(steps / 6), steps // 2]
     if saved is None:
         return sorted(set(targets))
-    before = [s for s in saved if s < steps] or [0]
-    return sorted({min(before, key=lambda s: (abs(s - t), s)) for t in targets})
+    return sorted({(_saved_near(t, saved, steps) or [0])[0] for t in targets})
+
+
+def _saved_near(t: int, saved: Sequence[int], steps: int) -> list[int]:
+    """The steps of ``saved`` before ``steps``, nearest to ``t`` first (the earlier of two as
+    near)."""
+    return sorted((s for s in saved if s < steps), key=lambda s: (abs(s - t), s))
 
 
 @dataclass(frozen=True)
@@ -273,10 +278,11 @@ def _switch_points(switch_at: object, steps: int, saved: Sequence[int]) -> list[
             f"switch_at={switch_at!r}: step {late[0]} is not before the demo's last step "
             f"{steps}; the linearized model trains from t to the end. Pass steps before {steps}."
         )
-    unsaved = [t for t in points if t not in set(saved)]
+    kept = set(saved)
+    unsaved = [t for t in points if t not in kept]
     if unsaved:
         t = unsaved[0]
-        near = sorted((s for s in saved if s < steps), key=lambda s: (abs(s - t), s))[:2]
+        near = _saved_near(t, saved, steps)[:2]
         raise ConetoolError(
             f"switch_at={switch_at!r}: the demo's run saves no checkpoint at step {t}, and a "
             f"switch point starts from one. Pass saved steps, such as "
