@@ -761,38 +761,61 @@ def test_docstring_examples_run() -> None:
     assert doctest.testmod(ntk, raise_on_error=False).failed == 0
 
 
+@pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("method", METHODS)
 def test_a_panel_is_freed_before_the_next_is_computed(
-    method: str, monkeypatch: pytest.MonkeyPatch
+    method: str, stacked: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two resident panels at once would double the memory the plan counts (this once held the
     # last piece of a panel alive through a loop variable: VGG-16 grew to 12 GiB on an 8 GiB
-    # budget). When a panel's self-product starts, every earlier panel's rows must be gone.
+    # budget). While a panel is being filled, and when its self-product starts, every earlier
+    # panel's rows must be gone: checked at each copy of a call into a panel's piece (the
+    # panel being filled is not recorded yet) and at each self-product. ``stacked``: panels of 3
+    # examples, one call each, made one piece each, so that each is filled call by call.
+    import dataclasses
     import gc
     import weakref
 
     model, x = build("conv_bn", n=8)
     plans = record_plans(monkeypatch)
     panels: list[list[weakref.ref]] = []
-    original = ntk_schedule._add_self
+    checks = {"filling": 0}
+    add_self, write = ntk_schedule._add_self, ntk_terms.write
 
-    def spy(kernel, pieces, sub):
-        # gc.collect() (a tenth of a second with torch loaded, at each of 24 panels) only where
-        # some earlier tensor is still alive: a dead weak reference stays dead, so the check is
-        # the same as collecting every time.
+    def earlier_panels_gone() -> None:
+        # gc.collect() (a tenth of a second with torch loaded) only where some earlier tensor is
+        # still alive: a dead weak reference stays dead, so the check is the same as collecting
+        # every time.
         if any(ref() is not None for earlier in panels for ref in earlier):
             gc.collect()
         for earlier in panels:
             assert all(ref() is None for ref in earlier), "an earlier panel is still alive"
+
+    def spy_write(dest, part, first, per):
+        checks["filling"] += 1
+        earlier_panels_gone()
+        return write(dest, part, first, per)
+
+    def spy(kernel, pieces, sub):
+        earlier_panels_gone()
         refs = []
         for _, block in pieces:
             for term in block:
                 refs += [weakref.ref(t) for t in vars(term).values() if isinstance(t, torch.Tensor)]
         panels.append(refs)
-        return original(kernel, pieces, sub)
+        return add_self(kernel, pieces, sub)
 
     monkeypatch.setattr(ntk_schedule, "_add_self", spy)
+    monkeypatch.setattr(ntk_terms, "write", spy_write)
     low = minimum_budget(model, x, "trace", method)
+    if stacked:
+        planned = ntk_schedule.plan  # (record_plans' spy)
+        monkeypatch.setattr(ntk_schedule, "piece_rows", lambda device: 10**6)
+        monkeypatch.setattr(
+            ntk_schedule, "plan", lambda *a, **k: dataclasses.replace(planned(*a, **k), panel=3)
+        )
     kernel = empirical_ntk(model, x, max_memory=low, device="cpu", method=method)
     assert plans[-1].panel < 8 and len(panels) >= 3  # several panels per logit
+    if stacked:  # panels were filled call by call, and checked then
+        assert checks["filling"] > len(panels)
     assert rel(kernel, reference(model, x, "trace")) < 1e-10
