@@ -8,12 +8,19 @@ torch's ``Optimizer.state_dict()`` is ``{"state": {i: {buffer: tensor}}, "param_
 optimizer was given them, group after group, and name none of them. So the buffers can only be
 matched to the model's trainable parameters by position, and they are used only when
 
-- there is one parameter group (several, such as the weight-decay / no-decay groups of Hugging
-  Face's Trainer, may list the parameters in another order than the model's, and shapes alone
-  cannot always tell),
-- it lists as many parameters as the model has trainable ones,
+- its groups list as many parameters as the model has trainable ones,
 - its buffers are those of the spec's optimizer (SGD with momentum: ``momentum_buffer``; Adam:
   ``exp_avg``, ``exp_avg_sq``, ``step``; with no buffer at all, its groups' own keys say which),
+- the positions are certain: with one group, its parameters are the model's in order; with
+  several (the weight-decay / no-decay groups of Hugging Face's Trainer, or
+  ``[{"params": decay}, {"params": no_decay, "weight_decay": 0}]``), each group is assumed to
+  list its parameters in the model's order (a list comprehension over ``named_parameters()``
+  does), so that the groups interleave into the model's order, and the buffers are used only when
+  every interleaving that gives each buffer its parameter's shape puts each buffer on the same
+  parameter (:func:`_placements`): one interleaving, or several that differ only in where
+  parameters with no state go among themselves (one that has not stepped yet takes a place in
+  its group, which moves the others, but fits any shape; nothing is loaded there). The Trainer's
+  own ``optimizer.pt`` is not read here (:mod:`conetool.pipeline.switch_points` says why),
 - every buffer has the shape of its parameter, and all are finite,
 - the file's own state dict lists the model's trainable parameters in the model's order: the
   positions follow the order the loop gave the optimizer its parameters (``model.parameters()``,
@@ -21,7 +28,8 @@ matched to the model's trainable parameters by position, and they are used only 
   before ``a``, same names, same shapes) would otherwise get each layer's buffers on another.
 
 The hyperparameters in ``param_groups`` (lr, momentum, weight decay, ...) are never taken: the
-recipe is the spec's; those that differ from the spec's are reported.
+recipe is the spec's, one value of each for every parameter; those that differ from the spec's
+are reported, per group where the groups differ (a weight decay of 0 for biases and norms, say).
 """
 
 from __future__ import annotations
@@ -75,18 +83,26 @@ _COMPARED = (
     "decoupled_weight_decay",  # AdamW's
 )
 
+#: the most parameter groups matched to the parameters, and the most positions (one per way of
+#: having gone through each group's first parameters) visited doing it, beyond which the state
+#: is not used (about ten seconds of work on one CPU core)
+_MOST_GROUPS = 8
+_MOST_STATES = 10**6
+
 
 @dataclass(frozen=True)
 class CheckpointOptimizer:
     """What a checkpoint file's own optimizer state gave: ``entry`` (``"optimizer_state_dict"``,
     ...; None when the file holds none), whether it was ``used`` (loaded into the optimizer),
-    else ``reason`` (a phrase: why not), and ``differs``: the saved hyperparameters that are not
-    the spec's (``"momentum 0.5 (the spec's 0.9)"``), when used."""
+    else ``reason`` (a phrase: why not), ``differs``: the saved hyperparameters that are not
+    the spec's (``"momentum 0.5 (the spec's 0.9)"``), and ``groups``: how many parameters each
+    of its parameter groups lists, when used."""
 
     entry: str | None
     used: bool = False
     reason: str = ""
     differs: tuple[str, ...] = ()
+    groups: tuple[int, ...] = ()
 
 
 def restore_checkpoint_optimizer(
@@ -123,7 +139,8 @@ def restore_checkpoint_optimizer(
         return CheckpointOptimizer(entry, reason=checked)
     own = optimizer.state_dict()["param_groups"]  # the spec's hyperparameters, kept
     optimizer.load_state_dict({"state": checked, "param_groups": own})
-    return CheckpointOptimizer(entry, used=True, differs=_differs(value, optimizer))
+    groups = tuple(len(group["params"]) for group in value["param_groups"])
+    return CheckpointOptimizer(entry, used=True, differs=_differs(value, optimizer), groups=groups)
 
 
 def names_in_file_order(
@@ -214,20 +231,18 @@ def _match(
         return (
             f"it is not an Optimizer.state_dict() (its keys: {keys}; no 'state' and 'param_groups')"
         )
-    if len(groups) != 1:
-        return (
-            f"it has {len(groups)} parameter groups, which may list the parameters in another "
-            "order than the model's (as weight-decay / no-decay groups do) that the shapes "
-            "cannot always reveal; only one group is matched to the parameters"
-        )
-    (group,) = groups
-    indices = group.get("params") if isinstance(group, Mapping) else None
-    if not isinstance(indices, list):
-        return "its parameter group lists no 'params'"
+    lists = _group_params(groups)
+    if isinstance(lists, str):
+        return lists
+    indices = [index for listed in lists for index in listed]
     params: list[torch.Tensor] = list(optimizer.param_groups[0]["params"])
     if len(indices) != len(params):
-        return f"it is over {len(indices)} parameters, the model has {len(params)} trainable ones"
-    kind, found = _kind(state, group)
+        within = f" in {len(lists)} parameter groups" if len(lists) > 1 else ""
+        return (
+            f"it is over {len(indices)} parameters{within}, the model has {len(params)} "
+            "trainable ones"
+        )
+    kind, found = _kind(state, groups)
     wanted = _spec_kind(optimizer)
     if kind != wanted:
         shown = f" ({', '.join(sorted(found))})" if found else ""
@@ -244,11 +259,60 @@ def _match(
             f"trainable parameter {i} is '{theirs}' where the model's is '{mine}' (the layers "
             "were registered in another order), so its buffers would go to other parameters"
         )
-    position = {index: i for i, index in enumerate(indices)}
+    if len(lists) == 1:
+        position = {index: i for i, index in enumerate(indices)}
+    else:
+        placed = _placements(lists, state, [tuple(p.shape) for p in params], names)
+        if isinstance(placed, str):
+            return placed
+        position = placed
+    return _reindexed(state, set(indices), position, params, names)
+
+
+def _group_params(groups: list[Any]) -> list[list[Any]] | str:
+    """Each saved parameter group's list of indices, or why they cannot be matched."""
+    if not groups:
+        return "it has no parameter group"
+    if len(groups) > _MOST_GROUPS:
+        return (
+            f"it has {len(groups)} parameter groups; at most {_MOST_GROUPS} are matched to the "
+            "parameters"
+        )
+    lists = [group.get("params") if isinstance(group, Mapping) else None for group in groups]
+    for j, listed in enumerate(lists):
+        if not isinstance(listed, list):
+            return (
+                "its parameter group lists no 'params'"
+                if len(lists) == 1
+                else (f"its param_groups[{j}] lists no 'params'")
+            )
+    out = [listed for listed in lists if isinstance(listed, list)]
+    seen: set[Any] = set()
+    for index in (index for listed in out for index in listed):
+        if not isinstance(index, int) or index in seen:
+            why = "twice" if isinstance(index, int) else "where torch lists an index"
+            return f"its parameter groups list {index!r} {why}"
+        seen.add(index)
+    return out
+
+
+def _reindexed(
+    state: Mapping[Any, Any],
+    listed: set[Any],
+    position: Mapping[Any, int],
+    params: list[torch.Tensor],
+    names: Sequence[str],
+) -> dict[int, dict[str, Any]] | str:
+    """The saved state ``state`` keyed by the model's positions ``position[index]`` (clones), or
+    why not: an entry for no parameter its groups list, a buffer of another shape than its
+    parameter's, NaN or Inf. An entry whose index has no position holds no state (several
+    groups: where it goes is not known, and nothing is loaded there)."""
     out: dict[int, dict[str, Any]] = {}
     for index, values in state.items():
-        if index not in position or not isinstance(values, Mapping):
-            return f"its state has an entry ({index!r}) for no parameter of its group"
+        if index not in listed or not isinstance(values, Mapping):
+            return f"its state has an entry ({index!r}) for no parameter its groups list"
+        if index not in position:
+            continue
         i = position[index]
         param, name = params[i], names[i]
         loaded: dict[str, Any] = {}
@@ -269,20 +333,123 @@ def _match(
     return out
 
 
-def _kind(state: Mapping[Any, Any], group: Mapping[str, Any]) -> tuple[str, set[str]]:
-    """Which optimizer a saved state is, by its buffers and its group's keys (by the keys alone
+_Shape = tuple[int, ...]
+_At = tuple[int, ...]  # how many parameters of each group come before a position
+
+
+def _placements(
+    lists: list[list[Any]],
+    state: Mapping[Any, Any],
+    shapes: list[_Shape],
+    names: Sequence[str],
+) -> dict[Any, int] | str:
+    """The model position of each saved index that holds state, when the groups ``lists``
+    (each in the model's order, together as many as ``shapes``) interleave into the model's
+    trainable parameters (shapes ``shapes``, named ``names``) in exactly one way as far as the
+    state goes; else why not.
+
+    A dynamic program over positions: after the model's first i parameters, the ways there are
+    the tuples of how many of each group's parameters were used (summing to i), kept where the
+    next group parameter's buffers have parameter i's shape (a parameter with no state fits any).
+    Forward, the tuples reachable from none used; backward, those of them that reach every
+    group used up: the placements of the interleavings that fit. A parameter with state placed at
+    two positions by two of them makes the buffers' parameters uncertain; parameters with no
+    state may swap among themselves (nothing is loaded there)."""
+    sizes = tuple(len(listed) for listed in lists)
+    needs = [[_shapes_of(state.get(index)) for index in listed] for listed in lists]
+
+    def fits(j: int, c: int, i: int) -> bool:
+        need = needs[j][c]
+        return need is None or need <= {shapes[i]}
+
+    def steps(at: _At, i: int) -> list[tuple[int, _At]]:
+        return [
+            (j, (*at[:j], c + 1, *at[j + 1 :]))
+            for j, c in enumerate(at)
+            if c < sizes[j] and fits(j, c, i)
+        ]
+
+    layers: list[set[_At]] = [{(0,) * len(sizes)}]
+    visited = 1
+    for i in range(len(shapes)):
+        reached = {after for at in layers[-1] for _, after in steps(at, i)}
+        if not reached:
+            return (
+                f"its {len(sizes)} parameter groups ({_counted(sizes)} parameters) cannot be "
+                "interleaved, each in the model's order, so that every buffer has its "
+                f"parameter's shape: none gets past the model's trainable parameter {i} "
+                f"('{names[i]}', shape {shapes[i]}); it was saved over other parameters, or a "
+                "group lists them in another order than the model's"
+            )
+        visited += len(reached)
+        if visited > _MOST_STATES:
+            return (
+                f"matching its {len(sizes)} parameter groups ({_counted(sizes)} parameters) to "
+                f"the parameters by shape would visit over {_MOST_STATES:,} ways"
+            )
+        layers.append(reached)
+    alive = {sizes}  # the one way after the last parameter: every group used up
+    where: dict[tuple[int, int], set[int]] = {}  # (group, its parameter) -> model positions
+    for i in range(len(shapes) - 1, -1, -1):
+        kept = set()
+        for at in layers[i]:
+            for j, after in steps(at, i):
+                if after in alive:
+                    kept.add(at)
+                    where.setdefault((j, at[j]), set()).add(i)
+        alive = kept
+    placed: dict[Any, int] = {}
+    for (j, c), positions in sorted(where.items(), key=lambda item: min(item[1])):
+        if needs[j][c] is None:
+            continue
+        if len(positions) > 1:
+            first, second = sorted(positions)[:2]
+            return (
+                f"its {len(sizes)} parameter groups ({_counted(sizes)} parameters) interleave, "
+                "each in the model's order, into the model's trainable parameters in more than "
+                "one way that fits every buffer's shape: the buffers of "
+                f"param_groups[{j}]['params'][{c}] would go to '{names[first]}' in one and to "
+                f"'{names[second]}' in another (both {shapes[first]}), so which parameter each "
+                "buffer belongs to is not certain"
+            )
+        (placed[lists[j][c]],) = positions
+    return placed
+
+
+def _shapes_of(values: Any) -> set[_Shape] | None:
+    """The shapes a saved parameter's buffers give it (``step`` gives none), or None when it has
+    no state (it fits any parameter)."""
+    if not isinstance(values, Mapping) or not values:
+        return None
+    return {
+        tuple(value.shape)
+        for key, value in values.items()
+        if isinstance(value, torch.Tensor) and key != "step"
+    }
+
+
+def _counted(sizes: Sequence[int]) -> str:
+    """``(2, 3, 4)`` -> ``"2, 3 and 4"``."""
+    shown = [str(size) for size in sizes]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def _kind(state: Mapping[Any, Any], groups: list[Mapping[str, Any]]) -> tuple[str, set[str]]:
+    """Which optimizer a saved state is, by its buffers and its groups' keys (by the keys alone
     when it has no buffer: an optimizer that has not stepped yet, or SGD without momentum), and
     the buffer names found."""
     found = {k for values in state.values() if isinstance(values, Mapping) for k in values}
     found.discard("step")
-    sgd = "momentum" in group and "nesterov" in group
-    adam = "betas" in group and "amsgrad" in group  # (RAdam and NAdam's groups have no amsgrad)
+    sgd = all("momentum" in group and "nesterov" in group for group in groups)
+    # (RAdam and NAdam's groups have no amsgrad)
+    adam = all("betas" in group and "amsgrad" in group for group in groups)
     if found == {"momentum_buffer"} and sgd:
         return "sgd", found
     if found == {"exp_avg", "exp_avg_sq"} and adam:
         return "adam", found
     if not found and sgd:
-        return ("sgd" if group["momentum"] else "sgd without momentum"), found
+        momentum = any(group["momentum"] for group in groups)
+        return ("sgd" if momentum else "sgd without momentum"), found
     if not found and adam:
         return "adam", found
     if found in ({"momentum_buffer"}, {"exp_avg", "exp_avg_sq"}):  # the group is not theirs
@@ -305,20 +472,34 @@ def _spec_name(optimizer: torch.optim.Optimizer) -> str:
 
 
 def _differs(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
-    """The constant hyperparameters the saved group has otherwise than ``optimizer``'s."""
-    group = saved["param_groups"][0]
+    """The constant hyperparameters the saved groups have otherwise than ``optimizer``'s (one
+    group: its value). Where the saved groups' values differ among themselves (a weight decay of
+    0 for the no-decay group), each group's, beside the spec's for every parameter, when any is
+    not the spec's."""
+    groups = saved["param_groups"]
     own = optimizer.param_groups[0]
     out = []
     for key in _COMPARED:
-        if key in group and key in own:
-            mine, theirs = own[key], group[key]
-            if isinstance(mine, (tuple, list)):
-                same = list(mine) == list(theirs) if isinstance(theirs, (tuple, list)) else False
-            else:
-                same = mine == theirs
-            if not same:
-                out.append(f"{key} {_show(theirs)} (the spec's {_show(mine)})")
+        if key not in own or not all(key in group for group in groups):
+            continue
+        mine, theirs = own[key], [group[key] for group in groups]
+        if all(_same(mine, value) for value in theirs):
+            continue
+        if all(_same(theirs[0], value) for value in theirs):
+            out.append(f"{key} {_show(theirs[0])} (the spec's {_show(mine)})")
+            continue
+        each = ", ".join(
+            f"{_show(value)} in param_groups[{j}] ({len(group['params'])} parameters)"
+            for j, (value, group) in enumerate(zip(theirs, groups, strict=True))
+        )
+        out.append(f"{key} {each} (the spec's {_show(mine)} for every parameter)")
     return tuple(out)
+
+
+def _same(mine: Any, theirs: Any) -> bool:
+    if isinstance(mine, (tuple, list)):
+        return list(mine) == list(theirs) if isinstance(theirs, (tuple, list)) else False
+    return bool(mine == theirs)
 
 
 def _show(value: Any) -> str:

@@ -169,11 +169,11 @@ def test_the_state_beside_a_numpy_step_is_read(tmp_path):
     assert result.points[0].momentum == "saved", result.notes
 
 
-def two_groups(model):  # weights, then biases: not the model's order, same count
+def two_groups(model, no_decay=0.0):  # weights, then biases, each in the model's order
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
     return torch.optim.SGD(
-        [{"params": weights}, {"params": biases, "weight_decay": 0.0}],
+        [{"params": weights}, {"params": biases, "weight_decay": no_decay}],
         lr=LR,
         momentum=MOMENTUM,
         weight_decay=WEIGHT_DECAY,
@@ -201,7 +201,6 @@ def adam(model):
             "the optimizer_state_dict in step_3.pt is not used: it is the state of Adam "
             "(exp_avg, exp_avg_sq), the spec's optimizer is sgd",
         ),
-        (two_groups, "it has 2 parameter groups, which may list the parameters in another order"),
         (reordered, "its momentum_buffer of parameter 0 has shape (3, 8), the model's trainable "),
         (last_layer, "it is over 2 parameters, the model has 4 trainable ones"),
         (None, "nor in step_3.pt (no optimizer_state_dict, optimizer, optimizer_states entry)"),
@@ -223,6 +222,76 @@ def test_a_state_not_verifiably_the_specs_optimizer_is_left_and_the_note_says_wh
     assert said in note, note
     assert "no optimizer state beside the checkpoint (step_000003.optim.safetensors" in note
     assert note.endswith("; momentum starts at zero"), note
+
+
+@pytest.mark.parametrize("no_decay", [0.0, WEIGHT_DECAY])
+def test_a_state_of_two_groups_in_the_models_order_is_used_and_the_note_says_so(
+    tmp_path, monkeypatch, no_decay
+):
+    # Was: "it has 2 parameter groups, which may list the parameters in another order than the
+    # model's ...": momentum "fresh". The MLP's weights (8, 4), (3, 8) and biases (8,), (3,)
+    # interleave into the model's order in one way only.
+    model, optimizer = plain_loop(lambda m: two_groups(m, no_decay))
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
+    loaded = []
+
+    class Watched(TrainingLoop):  # the optimizer's state as the linearized training starts
+        def update(self, step):
+            if not loaded:
+                params = self.optimizer.param_groups[0]["params"]
+                loaded.extend(self.optimizer.state[p]["momentum_buffer"].clone() for p in params)
+            return super().update(step)
+
+    monkeypatch.setattr(switch_points, "TrainingLoop", Watched)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=SPEC, device="cpu")
+    assert result.points[0].momentum == "saved"
+    for got, p in zip(loaded, model.parameters(), strict=True):
+        assert torch.equal(got, optimizer.state[p]["momentum_buffer"])
+    matched = (
+        "t=3: momentum from the optimizer_state_dict in step_3.pt, its 2 parameter groups (2 and "
+        "2 parameters) matched to the model's trainable parameters by shape: each group taken to "
+        "list them in the model's order, every buffer fits one parameter only"
+    )
+    if no_decay == WEIGHT_DECAY:  # the spec's recipe: information, a note
+        assert [n for n in result.notes if n.startswith("t=3:")] == [matched], result.notes
+        assert not [w for w in result.warnings if w.startswith("t=3:")], result.warnings
+        return
+    (warning,) = [w for w in result.warnings if w.startswith("t=3:")]  # a recipe to check
+    assert warning.startswith(
+        f"{matched}; saved with weight_decay 0.001 in param_groups[0] (2 parameters), 0 in "
+        "param_groups[1] (2 parameters) (the spec's 0.001 for every parameter): the model "
+        "trains with the spec's values"
+    ), warning
+
+
+def test_groups_that_fit_the_parameters_in_two_ways_leave_momentum_fresh(tmp_path):
+    # Layers 0 and 1 of a square MLP have the same shapes: a group [fc_layers.0, fc] and a group
+    # [fc_layers.1] fit the parameters as well as [fc_layers.1, fc] and [fc_layers.0] do.
+    raw = spec_dict([8, 8])
+    raw["data"]["shape"] = [8]
+    spec = spec_from_dict(raw, source="square.toml")
+    torch.manual_seed(0)
+    model = model_for(spec)
+    params = dict(model.named_parameters())
+    first = [params[n] for n in ("fc_layers.0.weight", "fc_layers.0.bias", "fc.weight")]
+    second = [params[n] for n in ("fc_layers.1.weight", "fc_layers.1.bias", "fc.bias")]
+    optimizer = torch.optim.SGD(
+        [{"params": first}, {"params": second}], lr=LR, momentum=MOMENTUM, weight_decay=0.0
+    )
+    torch.nn.functional.cross_entropy(model(torch.randn(8, 8)), torch.tensor([0] * 8)).backward()
+    optimizer.step()
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu")
+    assert result.points[0].momentum == "fresh"
+    (note,) = [n for n in result.warnings if n.startswith("t=3:")]
+    assert (
+        "the optimizer_state_dict in step_3.pt is not used: its 2 parameter groups (3 and 3 "
+        "parameters) interleave, each in the model's order, into the model's trainable "
+        "parameters in more than one way that fits every buffer's shape: the buffers of "
+        "param_groups[0]['params'][0] would go to 'fc_layers.0.weight' in one and to "
+        "'fc_layers.1.weight' in another (both (8, 8)), so which parameter each buffer belongs "
+        "to is not certain; momentum starts at zero"
+    ) in note, note
 
 
 def test_adam_state_for_an_adam_spec_and_other_hyperparameters_noted(tmp_path):

@@ -291,9 +291,10 @@ def _from_checkpoint_file(
     hf_state = ref.folder / "optimizer.pt" if ref.folder is not None else None
     if hf_state is not None and hf_state.is_file():
         why = (
-            "the Trainer lists the parameters in two groups (weight decay, then none) by rules "
-            "that depend on the transformers version (which layers count as norms), not in the "
-            f"model's order, so its buffers cannot be matched to the parameters verifiably; {fresh}"
+            "the Trainer lists the parameters in two groups (weight decay, then none), each in "
+            "the order of the model it trained, which is not checked against the spec's model "
+            "for a Trainer's folder (it is for a loop's own checkpoint file, by the order of its "
+            f"state dict), so its buffers cannot be matched to the parameters verifiably; {fresh}"
         )
         return "fresh", said(  # a state the run saved, not used: a warning
             f"{none}, and Hugging Face's {hf_state.parent.name}/optimizer.pt is not read: {why}",
@@ -324,16 +325,36 @@ def _from_checkpoint_file(
             f"{nones}, and the {found.entry} in their files {why}",
             warning=True,
         )
+    how = _groups_matched(found.groups)
     if not found.differs:
-        return "saved", None
+        if not how:
+            return "saved", None
+        return "saved", said(  # how its positions were matched: information
+            f"momentum from the {found.entry} in {file.name}, {how}",
+            f"momentum from the {found.entry} in their files, {how}",
+        )
     differs = (
         f"saved with {', '.join(found.differs)}: the model trains with the spec's values (its "
         "recipe); if your run used the saved ones, give the spec your run's recipe"
     )
+    how = f"{how}; " if how else ""
     return "saved", said(  # which recipe the run used: for the user to check
-        f"momentum from the {found.entry} in {file.name}, {differs}",
-        f"momentum from the {found.entry} in their files, {differs}",
+        f"momentum from the {found.entry} in {file.name}, {how}{differs}",
+        f"momentum from the {found.entry} in their files, {how}{differs}",
         warning=True,
+    )
+
+
+def _groups_matched(sizes: tuple[int, ...]) -> str:
+    """How a used state of several parameter groups, of ``sizes`` parameters each, was matched to
+    the model's parameters ("" for one group: in order)."""
+    if len(sizes) < 2:
+        return ""
+    counts = ", ".join(str(size) for size in sizes[:-1]) + f" and {sizes[-1]}"
+    return (
+        f"its {len(sizes)} parameter groups ({counts} parameters) matched to the model's "
+        "trainable parameters by shape: each group taken to list them in the model's order, "
+        "every buffer fits one parameter only"
     )
 
 
