@@ -281,11 +281,8 @@ def _group_params(groups: list[Any]) -> list[list[Any]] | str:
     lists = [group.get("params") if isinstance(group, Mapping) else None for group in groups]
     for j, listed in enumerate(lists):
         if not isinstance(listed, list):
-            return (
-                "its parameter group lists no 'params'"
-                if len(lists) == 1
-                else (f"its param_groups[{j}] lists no 'params'")
-            )
+            which = "its parameter group" if len(lists) == 1 else f"its param_groups[{j}]"
+            return f"{which} lists no 'params'"
     out = [listed for listed in lists if isinstance(listed, list)]
     seen: set[Any] = set()
     for index in (index for listed in out for index in listed):
