@@ -33,7 +33,8 @@ Guarantees:
 * a step is recomputed only when missing or when its source checkpoint's fingerprint changed;
 * several processes may share a store (torchrun ranks, :mod:`conetool.distributed`): one owns
   ``manifest.json`` (:meth:`Store.open_for_writing`), the others :meth:`Store.join` it and write
-  kernel files only; the owner merges their records from the files (:meth:`Store.adopt_kernel_files`);
+  kernel files only, carrying the owner's store id and selection (:meth:`Store.carry`); the owner
+  merges their records from the files (:meth:`Store.adopt_kernel_files`);
 * the owner holds an exclusive OS lock (``fcntl.flock`` on ``STORE/.lock``) from
   :meth:`Store.open_for_writing` to :meth:`Store.close`; the OS releases it when the process ends,
   however it ends. A second writer is refused at once with a message naming the holder (it never
@@ -137,6 +138,10 @@ MANIFEST_INTERVAL = 1.0
 MANIFEST_COST_RATIO = 10.0
 #: The clock of those intervals (seconds; tests replace it).
 _now = time.monotonic
+
+
+#: The manifest entries each kernel file carries in its metadata (:meth:`Store.carried`).
+_CARRIED = ("store_id", "selection")
 
 
 class Store:
@@ -535,8 +540,8 @@ class Store:
         :data:`MANIFEST_COST_RATIO`), else leave it to a later kernel or :meth:`flush`. The
         kernel file carries its record, so a kill before the manifest write is recovered on the
         next open. A store opened with :meth:`join` writes the kernel file only."""
-        with self._manifest_guard:
-            store_id, selection = self.manifest.get("store_id"), self.manifest.get("selection")
+        carried = self.carried()
+        store_id, selection = carried["store_id"], carried["selection"]
         selection = selection if isinstance(selection, dict) else None
         metadata = kernel_metadata(self.identity, record, store_id, selection)
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
@@ -546,6 +551,23 @@ class Store:
                 self._unsaved = True
                 if _now() >= self._next_save:
                     self._write_manifest()
+
+    def carried(self) -> dict[str, Any]:
+        """What each kernel file written through this store carries of its manifest besides its
+        own record: ``{"store_id": ..., "selection": ...}`` (the writing run's checkpoint
+        selection; None for a key the manifest lacks)."""
+        with self._manifest_guard:
+            return {key: self.manifest.get(key) for key in _CARRIED}
+
+    def carry(self, carried: Mapping[str, Any]) -> None:
+        """Have the kernel files written from now on carry ``carried`` (the owner's
+        :meth:`carried`; a None value changes nothing). For a store opened with :meth:`join`:
+        the ``manifest.json`` it read gets the owner's run's header (its selection) only with
+        the owner's next kernel, so until then it holds the previous run's."""
+        with self._manifest_guard:
+            for key in _CARRIED:
+                if carried.get(key) is not None:
+                    self.manifest[key] = carried[key]
 
     def refresh_mtimes(self, mtimes: Mapping[int, int]) -> None:
         """Record new modification times (step -> ns) of checkpoints that were read and found

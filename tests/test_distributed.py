@@ -432,6 +432,22 @@ def test_two_ranks_make_the_same_store_as_one_process(run, tmp_path):
     assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]
 
 
+def test_every_rank_writes_this_runs_selection_into_its_kernel_files(run, tmp_path):
+    """Each kernel file carries the checkpoint selection of the run that wrote it, from which a
+    lost manifest is rebuilt. Was: rank 1 joined the store through manifest.json, which rank 0
+    rewrites with this run's selection only with its next kernel, so rank 1's kernel files
+    carried the previous run's (--steps 0:4)."""
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu", steps="0:4")
+    args = ["--store", str(store), "--device", "cpu", "--steps", "0:10"]
+    done = run_torchrun("kernels", str(run), *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for step in (6, 8, 10):  # computed by this run, on both ranks
+        with safe_open(str(paths.kernel(store, step)), framework="pt") as handle:
+            chosen = json.loads(handle.metadata()["selection"])
+        assert chosen["steps"] == "0:10", (step, chosen)
+
+
 def test_two_ranks_share_a_switch_sweep(run, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     switch([0, 4, 8], store=one, ckpts=run, device="cpu")

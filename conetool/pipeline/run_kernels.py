@@ -198,6 +198,9 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
 
     try:
         out, model = job.agree(open_store, main_first=True)
+        if job.is_distributed:  # the others joined through manifest.json, which rank 0 rewrites
+            # with this run's selection only with its next kernel: their files carry rank 0's
+            out.carry(job.broadcast(out.carried()))
         result = compute_all(job, plan, out, model, options, progress, said.warnings)
         return dataclasses.replace(result, left_out=left_out, notes=said.notes)
     finally:
