@@ -329,9 +329,11 @@ def test_the_stored_step_wins_over_the_name_with_a_warning(tmp_path: Path):
     text = " ".join(said.split())
     assert "2 checkpoints store a step other than their name's" in text, text
     stored = (
-        "epoch=0-step=99.ckpt' stores step 100 (the 'global_step' entry of its torch.save dict)"
+        "such as: 'epoch=0-step=99.ckpt' stores step 100 (the 'global_step' entry of its "
+        "torch.save dict)"
     )
     assert stored in text, text
+    assert str(tmp_path) not in text, text  # named relative to the directory, as every note is
     assert "its name says 99" in text and "--step-regex" in text, text
     by_name = list_checkpoints(tmp_path, step_regex=r"step=?_?(\d+)", warn=lambda _: None)
     assert [r.step for r in by_name] == [
@@ -343,6 +345,22 @@ def test_the_stored_step_wins_over_the_name_with_a_warning(tmp_path: Path):
     notes: list[str] = []
     inspect_checkpoints(tmp_path, warn=notes.append)
     assert sum("other than their name's" in n for n in notes) == 1
+
+
+def test_one_stored_step_that_its_name_contradicts_is_named_relative_to_the_directory(
+    tmp_path: Path,
+):
+    # Was: the file's full path, where the other notes of a listing name it as in the directory.
+    save_file(state(0), str(tmp_path / "step_100.safetensors"), metadata={"step": "4242"})
+    for said in (list_checkpoints, inspect_checkpoints):
+        warnings: list[str] = []
+        said(tmp_path, warn=warnings.append)
+        (text,) = [" ".join(w.split()) for w in warnings if "stores step" in w]
+        assert text.startswith(
+            "'step_100.safetensors' stores step 4242 (safetensors metadata step), its name says "
+            "100. The step stored in a file is taken."
+        ), text
+        assert str(tmp_path) not in text, text
 
 
 def test_names_counting_epochs_beside_their_stored_steps_are_a_note(tmp_path: Path):

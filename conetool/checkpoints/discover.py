@@ -145,7 +145,7 @@ def stored_step_note(
     --step-regex takes the names'. ``(message, True)``: a warning (the name may be right);
     ``(message, False)``: a note, when every such name is a number of epochs (the stored step is
     it x ``iterations_per_epoch``: a loop saving ``ckpt_{epoch}.pt`` with its step inside), which
-    the stored steps confirm, naming the files as the torch.save note does (relative to
+    the stored steps confirm. Both name the files as the torch.save note does (relative to
     ``directory``, the one listed). None when every name agrees (or gives no step)."""
     differ = [c for c in candidates if c.problem is None and c.named_step is not None]
     if not differ:
@@ -163,7 +163,8 @@ def stored_step_note(
             f"{ipe} iterations per epoch from the spec), which is taken.",
             False,
         )
-    example = f"'{c.location}' stores step {c.step} ({c.step_inside}), its name says {c.named_step}"
+    shown = shown_name(directory, c)
+    example = f"'{shown}' stores step {c.step} ({c.step_inside}), its name says {c.named_step}"
     which = f"{len(differ)} checkpoints store a step other than their name's, such as: "
     return (
         f"{which if len(differ) > 1 else ''}{example}. The step stored in a file is taken. If the "
