@@ -7,11 +7,13 @@ Checkpoint directories written by ``conetool train``::
     CKPTS/step_002000.safetensors           model state dict, metadata step, epoch, spec_hash, ...
     CKPTS/step_002000.optim.safetensors     optimizer state beside it
 
-Steps are zero-padded to at least 6 digits so that names sort in step order.
+Steps are zero-padded to at least 6 digits so that names sort in step order. A Hugging Face
+Trainer run keeps each step in a folder of its own: ``CKPTS/checkpoint-2000/model.safetensors``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 SPEC_NAME = "conetool.toml"
@@ -62,6 +64,15 @@ def is_optimizer_state(path: Path) -> bool:
     """True for optimizer-state files, which are never model checkpoints."""
     name = Path(path).name.lower()
     return name.endswith(OPTIMIZER_SUFFIX) or name.endswith(".optim.pt")
+
+
+_HF_CHECKPOINT_FOLDER = re.compile(r"^checkpoint-\d+$")
+
+
+def is_hf_checkpoint_folder(name: str) -> bool:
+    """True for the name of a Hugging Face Trainer checkpoint folder (``checkpoint-2000``): one
+    step's weights, inside the run's output directory."""
+    return bool(_HF_CHECKPOINT_FOLDER.match(name))
 
 
 # The store written by the analysis commands (``--store``, default ``conetool-out``).

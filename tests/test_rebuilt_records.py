@@ -315,3 +315,23 @@ def test_the_rebuilding_run_refuses_another_runs_checkpoints(run, tmp_path):
     assert f"{other} has other checkpoints at 1 of the steps it holds (5)" in message
     assert {p: p.read_bytes() for p in files} == files
     assert kernels(run, store=root, device="cpu").computed == []  # its own run rebuilds it
+
+
+def test_a_hugging_face_run_of_one_stored_step_is_named_by_its_run_folder(run, tmp_path):
+    # Was: the rebuilding run named the store's run by the one checkpoint-N/ folder its kernel
+    # files were computed from, as if each step of a Hugging Face run were a run of its own.
+    hf = tmp_path / "hf"
+    (hf / "checkpoint-5").mkdir(parents=True)
+    shutil.copy(paths.spec(run), paths.spec(hf))
+    shutil.copy(paths.checkpoint(run, 5), hf / "checkpoint-5" / "model.safetensors")
+    root = tmp_path / "s"
+    kernels(hf, store=root, device="cpu")
+    other = tmp_path / "other"
+    shutil.copytree(hf, other)
+    weights = other / "checkpoint-5" / "model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(str(weights)).items()}, str(weights))
+    _damage_manifest(root, "deleted")
+    with pytest.raises(StoreError) as refused:
+        kernels(other, store=root, device="cpu")
+    message = str(refused.value)
+    assert f"holds kernels of the checkpoints in {hf.resolve()}, and {other} has" in message

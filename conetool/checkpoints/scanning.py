@@ -45,7 +45,6 @@ _NOT_MODEL = re.compile(
 _SHARD = re.compile(
     r"^(?P<prefix>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})(?P<suffix>\.safetensors|\.bin)$", re.IGNORECASE
 )
-_HF_FOLDER = re.compile(r"^checkpoint-\d+$")
 _HF_WEIGHTS = (
     ("model.safetensors.index.json", "model.safetensors"),
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
@@ -81,7 +80,7 @@ def _entry_kind(entry: os.DirEntry[str]) -> tuple[str, OSError | None]:
 
 
 def _looks_like_checkpoint(name: str) -> bool:
-    return has_checkpoint_suffix(name) or bool(_HF_FOLDER.match(name))
+    return has_checkpoint_suffix(name) or paths.is_hf_checkpoint_folder(name)
 
 
 def _read_headers(c: Candidate, deep: bool) -> None:
@@ -189,7 +188,7 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
     try:
         names = set(os.listdir(folder))
     except OSError as e:
-        if not _HF_FOLDER.match(folder.name):
+        if not paths.is_hf_checkpoint_folder(folder.name):
             return None
         c.fail(str(open_error(folder, e)))
         return c
@@ -202,7 +201,7 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
             _read_headers(c, deep)
             break
     else:
-        if not _HF_FOLDER.match(folder.name):
+        if not paths.is_hf_checkpoint_folder(folder.name):
             return None
         listed = ", ".join(sorted(names)[:10]) or "nothing"
         c.fail(
@@ -245,7 +244,7 @@ def _nested_checkpoints(folder: Path) -> int:
             if e.name.startswith("."):
                 continue
             if e.is_dir():
-                count += bool(_HF_FOLDER.match(e.name))
+                count += paths.is_hf_checkpoint_folder(e.name)
             elif e.is_file() and has_checkpoint_suffix(e.name) and not _skipped_on_purpose(e.name):
                 count += 1
         except OSError:
@@ -442,7 +441,9 @@ def _flag_mixed_runs(cands: list[Candidate]) -> None:
 
 def _is_hf_folder(directory: Path) -> bool:
     """True when ``directory`` is itself one Hugging Face checkpoint folder."""
-    if not _is_file(directory / "trainer_state.json") and not _HF_FOLDER.match(directory.name):
+    if not _is_file(directory / "trainer_state.json") and not paths.is_hf_checkpoint_folder(
+        directory.name
+    ):
         return False
     return any(_is_file(directory / n) for pair in _HF_WEIGHTS for n in pair)
 

@@ -143,7 +143,8 @@ def rebuilt_remembered(
 
 def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:
     """The checkpoint directory whose files the kernel files (their ``carried`` metadata) were
-    computed from: ``ckpts`` when they all lie in it, else the folder all lie in."""
+    computed from: ``ckpts`` when they all lie in it, else the folder all lie in, a Hugging Face
+    ``checkpoint-N/`` folder counting as its run's (one stored step is no run of its own)."""
     run = Path(ckpts).resolve()
     sources = []
     for meta in carried:
@@ -153,7 +154,14 @@ def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:
             sources += [Path(s) for s in listed if isinstance(s, str)]
     if all(source.is_relative_to(run) for source in sources):
         return str(run)
-    return os.path.commonpath([str(source.parent) for source in sources])
+    return os.path.commonpath([str(_run_folder(source)) for source in sources])
+
+
+def _run_folder(source: Path) -> Path:
+    """The run folder of a checkpoint file: its folder, or for a file in a Hugging Face
+    ``checkpoint-N/`` folder (``model.safetensors``, a shard) the folder that holds that one."""
+    folder = source.parent
+    return folder.parent if paths.is_hf_checkpoint_folder(folder.name) else folder
 
 
 def _json(text: str | None) -> Any:
