@@ -1,8 +1,10 @@
 """Checkpoint names whose number is a date and time (a loop that names its files by when they were
 saved): no step, refused naming the file and the fixes, unless the file stores its step or
-``--step-regex`` is given.
+``--step-regex`` is given. Names whose number reads as a Unix time: kept as steps, with a warning
+when every step read from a name is one.
 
-References: the steps the tests store in the files; the names' own digits for --step-regex.
+References: the steps the tests store in the files; the names' own digits for --step-regex; the
+dates of the Unix times (computed apart: 1764584040 s after 1970 is 2025-12-01 10:14:00 UTC).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conetool.checkpoints import list_checkpoints, step_from_name
+from conetool.checkpoints import inspect_checkpoints, list_checkpoints, step_from_name
+from conetool.checkpoints.discover import checkpoint_listing
 from conetool.errors import CheckpointError
 
 
@@ -107,3 +110,97 @@ def test_a_hugging_face_folder_keeps_its_step_even_when_it_reads_as_a_date(tmp_p
     save_file(_state(0), str(folder / "model.safetensors"))
     (folder / "trainer_state.json").write_text('{"global_step": 20261201}')
     assert [r.step for r in list_checkpoints(tmp_path, warn=lambda _: None)] == [20261201]
+
+
+# ------------------------------------------------------------------ names that read as Unix times
+# 1764584040 s after 1970-01-01 UTC is 2025-12-01 10:14:00 UTC; 1,000,000,000 s is 2001-09-09
+# 01:46:40 and 2,208,988,800 s is 2040-01-01 00:00:00 (the first second past the range).
+TIMES = (1764584040, 1764587640, 1764591240)
+
+
+def _listing_said(directory: Path, **kwargs: object) -> tuple[list[int], list[str], list[str]]:
+    """``(steps, warnings, notes)`` of listing ``directory``."""
+    warned: list[str] = []
+    noted: list[str] = []
+    listing = checkpoint_listing(directory, warn=warned.append, note=noted.append, **kwargs)  # type: ignore[arg-type]
+    return [r.step for r in listing.refs], warned, noted
+
+
+def _unix(said: list[str]) -> list[str]:
+    return [" ".join(s.split()) for s in said if "Unix time" in s]
+
+
+def test_steps_that_all_read_as_unix_times_are_kept_with_one_warning(tmp_path: Path) -> None:
+    # Was: taken for steps without a word (a loop naming its files by time.time()).
+    for i, stamp in enumerate(TIMES):
+        torch.save(_state(i), tmp_path / f"ckpt_{stamp}.pt")
+    steps, warned, noted = _listing_said(tmp_path)
+    assert steps == list(TIMES)  # not refused: a long run may count that many steps
+    (text,) = _unix(warned)
+    assert not _unix(noted)
+    assert text.startswith(
+        "the steps of 3 checkpoints (ckpt_1764584040.pt, ckpt_1764587640.pt, ckpt_1764591240.pt)"
+        ", read from their names, are Unix times of 2001-2039 (seconds since 1970: 1764584040 is "
+        "2025-12-01 10:14:00 UTC)"
+    ), text
+    assert str(tmp_path) not in text, text
+    assert "({'model_state_dict': ..., 'step': 2000})" in text, text  # the fixes
+    assert "(metadata={'step': '2000'})" in text and "--step-regex with a group" in text, text
+    assert "pass --step-regex 'ckpt_(\\d+)' to say so, which silences this warning" in text, text
+    # that regex silences it and takes the same steps
+    steps, warned, _ = _listing_said(tmp_path, step_regex=r"ckpt_(\d+)")
+    assert steps == list(TIMES) and not _unix(warned)
+    # inspect says it too, once
+    said: list[str] = []
+    inspect_checkpoints(tmp_path, warn=said.append)
+    assert len(_unix(said)) == 1, said
+
+
+def test_one_safetensors_file_named_by_a_unix_time_is_warned_of(tmp_path: Path) -> None:
+    save_file(_state(0), str(tmp_path / "model-1764584040.safetensors"))
+    steps, warned, _ = _listing_said(tmp_path)
+    assert steps == [1764584040]
+    (text,) = _unix(warned)
+    assert text.startswith(
+        "the step of model-1764584040.safetensors, read from its name, is a Unix time of "
+        "2001-2039 (seconds since 1970: 1764584040 is 2025-12-01 10:14:00 UTC)"
+    ), text
+    assert "pass --step-regex 'model-(\\d+)' to say so" in text, text
+
+
+@pytest.mark.parametrize(
+    ("names", "warned"),
+    [
+        (["ckpt_1000000000"], True),  # 2001-09-09 01:46:40 UTC, the first
+        (["ckpt_2208988799"], True),  # 2039-12-31 23:59:59 UTC, the last
+        (["ckpt_999999999"], False),
+        (["ckpt_2208988800"], False),
+        (["ckpt_2000", "ckpt_1764584040"], False),  # one step that is no such time
+        (["step_0001764584"], False),  # zero-padded: step 1,764,584
+    ],
+)
+def test_the_range_of_unix_times(tmp_path: Path, names: list[str], warned: bool) -> None:
+    for i, name in enumerate(names):
+        torch.save(_state(i), tmp_path / f"{name}.pt")
+    assert bool(_unix(_listing_said(tmp_path)[1])) is warned
+
+
+def test_steps_stored_in_the_files_or_given_by_the_trainer_are_no_unix_times(tmp_path: Path):
+    # the file's own step: a real step count however large
+    meta = {"step": "1764584040"}
+    save_file(_state(0), str(tmp_path / "ckpt_1764584040.safetensors"), metadata=meta)
+    torch.save({"model_state_dict": _state(1), "step": 1764587640}, tmp_path / "b.pt")
+    folder = tmp_path / "hf" / "checkpoint-1764591240"  # named by the Trainer, by its step
+    folder.mkdir(parents=True)
+    save_file(_state(2), str(folder / "model.safetensors"))
+    (folder / "trainer_state.json").write_text('{"global_step": 1764591240}')
+    steps, warned, _ = _listing_said(tmp_path)
+    assert steps == [1764584040, 1764587640] and not _unix(warned)
+    steps, warned, _ = _listing_said(tmp_path / "hf")
+    assert steps == [1764591240] and not _unix(warned)
+    # a file without a stored step beside them: its name's step is warned of alone
+    torch.save(_state(3), tmp_path / "ckpt_1764595000.pt")
+    steps, warned, _ = _listing_said(tmp_path)
+    assert steps == [1764584040, 1764587640, 1764595000]
+    (text,) = _unix(warned)
+    assert text.startswith("the step of ckpt_1764595000.pt, read from its name, is a"), text

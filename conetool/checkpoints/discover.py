@@ -36,13 +36,16 @@ The step of each checkpoint, in order of precedence:
    name, ``epoch_3``, ``epoch=3``, ``ep3`` (step = 3 × iterations per epoch) or open_lth's
    ``model_ep3_it17`` (3 × iterations per epoch + 17), with iterations per epoch = ceil(training
    examples / batch size) from the spec; without it, an error says what to give (the rules are in
-   :mod:`conetool.checkpoints.step_names`);
+   :mod:`conetool.checkpoints.step_names`). A name whose number is a date and time is refused;
+   one that reads as a Unix time is kept, with a warning when every step read from a name does
+   (:func:`unix_time_warning`);
 4. for Hugging Face folders, ``trainer_state.json`` ``global_step``, which is also checked against
    the folder name when both are present.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import warnings
 from collections import Counter
@@ -63,6 +66,7 @@ from .records import (
 from .scanning import scan_directory
 from .selection import is_selected, parse_step_range, step_from_name
 from .step_names import (
+    UNIX_TIMES,
     epoch_note,
     name_regex,
 )
@@ -171,6 +175,34 @@ def stored_step_note(
         f"names are right, pass {name_regex(c.location.name)} (a regex with a group around the "
         f"step of the name) to take theirs.",
         True,
+    )
+
+
+def unix_time_warning(directory: Path, candidates: list[Candidate]) -> str | None:
+    """The warning for a run whose every step read from a name by a built-in rule (the files
+    that store no step, without ``--step-regex``, not Hugging Face folders: at least one) is a
+    Unix time of 2001-2039 (:data:`~conetool.checkpoints.step_names.UNIX_TIMES`): the files were
+    probably named by when they were saved. Their steps are kept (a long run may count that
+    many); the warning names the files as the other notes do (relative to ``directory``) and the
+    fixes. None when there is no such file or one step is no such time."""
+    named = [c for c in candidates if c.problem is None and c.step_by_name_rule]
+    # (an int's "in range" is two comparisons; None never gets here: the rule read a step)
+    if not named or not all(c.step is not None and c.step in UNIX_TIMES for c in named):
+        return None
+    first, files = named[0], named_files([shown_name(directory, c) for c in named])
+    assert first.step is not None
+    when = datetime.datetime.fromtimestamp(first.step, tz=datetime.timezone.utc)
+    s, theirs, are = ("s", "their names", "are") if len(named) > 1 else ("", "its name", "is a")
+    return (
+        f"the step{s} of {files}, read from {theirs}, {are} Unix time{s} of 2001-2039 (seconds "
+        f"since 1970: {first.step} is {when:%Y-%m-%d %H:%M:%S} UTC), as when a loop names its "
+        f"files by when it saved them; "
+        f"then the step axis (the distances per step, the velocities, --every, --at) is time, "
+        f"not training. If so, store the step in each file, which is read before the name: a "
+        f"'step' entry of the torch.save dict ({{'model_state_dict': ..., 'step': 2000}}) or "
+        f"safetensors metadata (metadata={{'step': '2000'}}); or pass --step-regex with a group "
+        f"around the step, if the name holds it too. If the numbers really are steps, pass "
+        f"{name_regex(first.location.name)} to say so, which silences this warning."
     )
 
 
@@ -480,6 +512,8 @@ def checkpoint_listing(
         warn(epoch_note(iterations_per_epoch, from_epochs))
     if stored := stored_step_note(scan.directory, scan.candidates, iterations_per_epoch):
         (warn if stored[1] else note)(stored[0])
+    if said := unix_time_warning(scan.directory, scan.candidates):  # steps that may be times
+        warn(said)
     pickled = [c for c in scan.candidates if c.problem is None and c.paths and c.format == "torch"]
     if pickled:  # named as conetool inspect names them
         note(torch_note([shown_name(scan.directory, c) for c in pickled]))

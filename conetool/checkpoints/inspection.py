@@ -27,6 +27,7 @@ from .discover import (
     scan_selected,
     shown_name,
     stored_step_note,
+    unix_time_warning,
 )
 from .load import match_state_dict, read_checkpoint
 from .step_names import epoch_note
@@ -98,6 +99,7 @@ def inspect_checkpoints(
     stored = stored_step_note(scan.directory, scan.candidates, iterations_per_epoch)
     said_of_the_directory = (
         (stored[0] if stored else None, warn if stored and stored[1] else note),
+        (unix_time_warning(scan.directory, scan.candidates), warn),  # steps that may be times
         (not_state_dicts_note(scan), note),
         (copies_note(scan), note),  # the same bytes or tensors as a file read: nothing lost
         (nested_warning(scan), warn),  # checkpoints in subfolders are not read

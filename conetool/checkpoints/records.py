@@ -97,6 +97,10 @@ class Candidate:
     step_inside: str | None = None
     #: the step the name gives when it differs from the one stored in the file (which is taken)
     named_step: int | None = None
+    #: the step was read from a file's name by a built-in step rule (``ckpt_2000``): not by
+    #: --step-regex, from an epoch name or open_lth's, stored in the file, or a Hugging Face
+    #: folder's (the Trainer names it by its step)
+    step_by_name_rule: bool = False
 
     def fail(self, message: str) -> None:
         if self.problem is None:

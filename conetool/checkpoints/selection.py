@@ -20,7 +20,7 @@ from ._format import (
     metadata_step,
 )
 from .records import Candidate
-from .step_names import name_regex, name_step, regex_step
+from .step_names import is_open_lth_name, name_regex, name_step, regex_step
 
 # --------------------------------------------------------------------------------------------------
 # flags
@@ -219,7 +219,11 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
         if named is not None and named != c.step:
             c.named_step = named  # said by the listing: the name may be the right one
         return
-    c.step, c.epoch = name_step(candidate_stem(c), ipe, where, dates=c.folder is None)
+    stem = candidate_stem(c)
+    c.step, c.epoch = name_step(stem, ipe, where, dates=c.folder is None)
+    c.step_by_name_rule = (
+        c.folder is None and c.step is not None and c.epoch is None and not is_open_lth_name(stem)
+    )
     if c.folder is not None and c.global_step is not None:
         if c.step is None:
             c.step = c.global_step

@@ -25,6 +25,13 @@ years 2000-2099, alone (8 digits) or followed by hhmm or hhmmss (12, 14 digits, 
 of 4 or 6 digits after a separator), or YYYY-MM-DD; 8-digit steps that happen to be such a day
 (20,051,200, say) are refused too, and ``--step-regex`` takes them.
 
+A number that reads as a Unix time (``ckpt_1764584040.pt``, ``model-1764584040.safetensors``:
+seconds since 1970, the files named by when they were saved) is taken for the step all the same,
+as a long run may count that many steps; but when every step read from a name by the rules above
+lies in :data:`UNIX_TIMES` (2001-09-09 to the end of 2039) the listing warns, naming the fixes
+(:func:`conetool.checkpoints.discover.unix_time_warning`; files that store their step,
+``--step-regex`` and Hugging Face ``checkpoint-N`` folders are not counted).
+
 ``--step-regex`` is searched in the file name (the folder name for Hugging Face folders):
 
 - a group named ``step`` (or, failing that, the first group) is the step: ``'it(\\d+)'``,
@@ -144,6 +151,11 @@ def date_error(path: Path, form: str) -> CheckpointError:
     )
 
 
+#: The steps that read as Unix times (seconds since 1970-01-01 UTC): 10 digits from
+#: 1,000,000,000 (2001-09-09 01:46:40) to the last second of 2039.
+UNIX_TIMES = range(1_000_000_000, 2_208_988_800)
+
+
 def epoch_note(iterations_per_epoch: int, count: int) -> str:
     """What the listing says when steps came from epoch names."""
     return (
@@ -237,6 +249,11 @@ def _first_group(regex: str) -> int:
             return i
         i += 1
     return len(regex)
+
+
+def is_open_lth_name(name: str) -> bool:
+    """Whether ``name`` (without suffix) is open_lth's ``model_ep3_it17``."""
+    return _OPEN_LTH.match(name) is not None
 
 
 def name_step(
