@@ -438,23 +438,13 @@ def check_for_training(spec: Spec) -> None:
     """Refuse what ``conetool train`` cannot do as the spec asks (before anything is written).
 
     ``load_spec`` accepts these, so that a run or a store already made with such a spec (its
-    ``conetool.toml``, its manifest) still loads: only a new run is refused. Today: dense
-    checkpoints turned on (``dense_every`` > 0) with no step to save them before
-    (``dense_until`` at most ``dense_every`` saves only step 0, which is always saved); a
-    synthetic training split smaller than its class count (some classes would never be trained
-    on: the run could not learn the data set the spec describes).
+    ``conetool.toml``, its manifest) still loads: only a new run is refused. Today: what
+    :func:`check_training_data` refuses; dense checkpoints turned on (``dense_every`` > 0) with
+    no step to save them before (``dense_until`` at most ``dense_every`` saves only step 0,
+    which is always saved).
     """
-    t, d = spec.train, spec.data
-    if d.dataset == "synthetic" and d.train_size < d.num_classes:
-        raise SpecError(
-            f"{spec.source}: 'data.train_size' = {d.train_size} is smaller than "
-            f"'data.num_classes' = {d.num_classes}: the synthetic examples take the labels 0, 1, "
-            f"2, ... in turn, so {_classes_left(d.train_size, d.num_classes)} would have no "
-            f"training example and the model would never learn to predict them. Set "
-            f"data.train_size to at least {d.num_classes} (usually many times it; the default "
-            f"is {DataSpec().train_size}), or data.num_classes (and model.num_classes) to at "
-            f"most {d.train_size}."
-        )
+    check_training_data(spec)
+    t = spec.train
     if t.dense_every and t.dense_until <= t.dense_every:
         swapped = " (are the two swapped?)" if 0 < t.dense_until < t.dense_every else ""
         raise SpecError(
@@ -464,6 +454,28 @@ def check_for_training(spec: Spec) -> None:
             "always saved. Set dense_until to the step where the dense checkpoints stop (for "
             "example dense_every = 10 and dense_until = 1000: steps 0, 10, ..., 990), or "
             "dense_every = 0 for none."
+        )
+
+
+def check_training_data(spec: Spec) -> None:
+    """Refuse a spec whose data no training on it could learn as the spec describes: a synthetic
+    training split smaller than its class count (some classes would never be trained on).
+
+    Both commands that train on the spec's data refuse it before anything is written:
+    ``conetool train`` (:func:`check_for_training`) and ``conetool switch``, whose linearized
+    model trains on the same data. (Dense checkpoints that save nothing concern only the
+    checkpoints ``train`` writes, so ``switch`` does not refuse them.)
+    """
+    d = spec.data
+    if d.dataset == "synthetic" and d.train_size < d.num_classes:
+        raise SpecError(
+            f"{spec.source}: 'data.train_size' = {d.train_size} is smaller than "
+            f"'data.num_classes' = {d.num_classes}: the synthetic examples take the labels 0, 1, "
+            f"2, ... in turn, so {_classes_left(d.train_size, d.num_classes)} would have no "
+            f"training example and the model would never learn to predict them. Set "
+            f"data.train_size to at least {d.num_classes} (usually many times it; the default "
+            f"is {DataSpec().train_size}), or data.num_classes (and model.num_classes) to at "
+            f"most {d.train_size}."
         )
 
 

@@ -1,8 +1,9 @@
 """Spec keys that are each valid but, together, ask for something that does not happen.
 
 ``load_spec`` accepts every one of them (a run or a store made with such a spec must still load);
-``conetool train`` refuses a new run whose dense checkpoints save nothing, and says the rest as
-warnings at its start (``switch`` says the recipe's too).
+``conetool train`` refuses a new run whose dense checkpoints save nothing or whose synthetic split
+leaves classes out (``switch`` refuses the latter too), and says the rest as warnings at its
+start (``switch`` says the recipe's too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from conetool.cli import app
 from conetool.data import steps_per_epoch
 from conetool.errors import DataError, SpecError
 from conetool.pipeline.run_demo import demo_spec
+from conetool.pipeline.run_switch import switch as switch_run
 from conetool.progress import NullProgress
 from conetool.spec import (
     check_for_training,
@@ -248,6 +250,59 @@ def test_the_command_refuses_it_naming_the_spec_file(tmp_path):
     text = flat(result.output)
     assert f"{tmp_path / 'spec.toml'}: 'data.train_size' = 2 is smaller than" in text, text
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_switch_refuses_it_too_before_it_trains_or_writes(tmp_path):
+    """switch trains the linearized model on the spec's data, but did not make train's check: a
+    spec whose synthetic split leaves classes out trained its points without a word."""
+    run = tmp_path / "run"
+    train(tiny(), run)
+    bad = tiny(data=synthetic(train_size=2), batch_size=2)
+    save_spec(bad, tmp_path / "bad.toml")
+    store = tmp_path / "s"
+    args = ["switch", "--at", "0", "--ckpts", str(run), "--spec", str(tmp_path / "bad.toml")]
+    result = CliRunner().invoke(app, [*args, "--store", str(store), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    text = flat(result.output)
+    assert f"{tmp_path / 'bad.toml'}: 'data.train_size' = 2 is smaller than" in text, text
+    assert "Set data.train_size to at least 3" in text, text
+    assert not store.exists()  # nothing written, not even switch/
+    with pytest.raises(SpecError, match=r"^c\.toml: 'data\.train_size' = 2 is smaller than"):
+        switch_run(0, store=store, ckpts=run, spec=bad, device="cpu")
+    assert not store.exists()
+
+
+def test_switch_goes_on_with_a_sweep_begun_with_such_a_spec(tmp_path, monkeypatch):
+    """As train --resume goes on with a run begun with the spec: a store holding points an
+    earlier conetool computed with it takes more points of it (comparable with those); a new
+    sweep, or a store whose points are another spec's, is refused."""
+    run = tmp_path / "run"
+    train(tiny(), run)
+    bad = tiny(data=synthetic(train_size=2), batch_size=2)
+    begun = tmp_path / "begun"
+    with monkeypatch.context() as patch:  # as an earlier conetool did: no check
+        patch.setattr("conetool.pipeline.run_switch.check_training_data", lambda spec: None)
+        switch_run(0, store=begun, ckpts=run, spec=bad, device="cpu")
+    more = switch_run([0, 3], store=begun, ckpts=run, spec=bad, device="cpu")
+    assert [(p.at, p.reused) for p in more.points] == [(0, True), (3, False)]
+    other = tmp_path / "other"  # points of the good spec: no sweep of the bad one begun there
+    switch_run(0, store=other, ckpts=run, spec=tiny(), device="cpu")
+    for store in (other, tmp_path / "new"):
+        with pytest.raises(SpecError, match="'data.train_size' = 2 is smaller than"):
+            switch_run(3, store=store, ckpts=run, spec=bad, device="cpu")
+    assert not paths.switch_point(other, 3).exists()
+
+
+def test_switch_does_not_refuse_dense_checkpoints_that_save_nothing(tmp_path):
+    """Those keys concern only the checkpoints train writes: switch writes none, and a spec
+    fixed for it would no longer be the run's (its hash changes)."""
+    run = tmp_path / "run"
+    train(tiny(), run)
+    dense = tiny(dense_every=2)
+    with pytest.raises(SpecError, match="saves no dense checkpoint"):
+        check_for_training(dense)
+    result = switch_run(0, store=tmp_path / "s", ckpts=run, spec=dense, device="cpu")
+    assert [p.at for p in result.points] == [0]
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from ..data import DataBundle, load_data, steps_per_epoch
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError, StoreReplacedError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
-from ..spec import Spec, recipe_warnings, spec_from_dict
+from ..spec import Spec, check_training_data, recipe_warnings, spec_from_dict
 from ..store import nearest_steps, read_manifest
 from ..threads import limit_threads, parse_threads
 from .remembered import recorded_step_regex, use_recorded_imports
@@ -47,6 +47,7 @@ from .switch_points import (
     read_point,
     run_point,
     standard_reference,
+    sweep_begun,
     write_sweep,
 )
 from .switch_store import SwitchStore
@@ -170,7 +171,9 @@ def switch(
     wrote it); ``ckpts`` and ``spec`` override them (and are needed when there is no store yet).
     ``until`` (T) defaults to the spec's ``train.steps``; a T beyond it is refused unless
     ``beyond_run`` (``--beyond-run``). Only the checkpoints the sweep needs are read: an unusable
-    file at another step is left alone.
+    file at another step is left alone. A spec whose data ``conetool train`` refuses to train
+    on (:func:`conetool.spec.check_training_data`) is refused before anything is written,
+    unless the store holds points of that very spec (a sweep begun with it goes on with it).
 
     Under torchrun (:mod:`conetool.distributed`) every rank runs this function: the switch points
     still to do are dealt to the ranks (the longest continuations first, so that the work evens
@@ -492,6 +495,11 @@ def _prepare(options: SwitchOptions) -> _Sweep:
         )
     reference = choice(Reference, o.reference, "--reference").value
     ckpts_dir, spec, manifest = _locate(store, ckpts, spec)
+    # What train refuses of the data it trains on, refused here too before anything is written;
+    # a sweep begun with the spec (an earlier conetool's points in the store) goes on with it,
+    # as train --resume does: its new points stay comparable with those it holds.
+    if not sweep_begun(store, spec):
+        check_training_data(spec)
     # What kernels recorded: its --step-regex (unless one is given) and where it imported a
     # "pkg.mod:factory" model or data set from.
     step_regex, regex_note = recorded_step_regex(manifest, step_regex)

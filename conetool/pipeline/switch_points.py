@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -388,11 +388,7 @@ def all_points(
     (a run replaced under the same spec) is left out, and ``warnings`` says so (a loss)."""
     points = {p.at: p for p in current}
     changed: list[int] = []
-    for path in sorted(paths.switch_dir(store).glob("at_*.json")):
-        try:
-            payload = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for payload in _stored_points(store):
         key = payload.get("key", {})
         if key.get("spec_hash") != spec.hash() or key.get("until") != until:
             continue
@@ -411,6 +407,29 @@ def all_points(
             f"{at.replace(' ', ',')}."
         )
     return [points[t] for t in sorted(points)]
+
+
+def _stored_points(store: Path) -> Iterator[Any]:
+    """The payload (a JSON object) of each readable point file in ``store``
+    (``switch/at_XXXXXX.json``), by ``at`` (damaged ones are left out: computed again)."""
+    for path in sorted(paths.switch_dir(store).glob("at_*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(payload, dict):
+            yield payload
+
+
+def sweep_begun(store: Path, spec: Spec) -> bool:
+    """Whether ``store`` holds a point a sweep computed with ``spec`` (the same spec hash, any
+    T): a sweep begun with the spec, which goes on with it (see :func:`switch`'s refusal of a
+    spec no training could learn from)."""
+    for payload in _stored_points(store):
+        key = payload.get("key")
+        if isinstance(key, dict) and key.get("spec_hash") == spec.hash():
+            return True
+    return False
 
 
 def standard_reference(
