@@ -212,8 +212,9 @@ class Events(NullProgress):
 
 def test_switch_says_a_shared_reason_for_fresh_momentum_once(run, tmp_path):
     """A sweep over a run without optimizer state said 't=X: no optimizer state beside the
-    checkpoint (step_0000XX.optim.safetensors, ...)' once per point. Now: at the first point, as
-    it comes, and once for all the points at the end (the result keeps that one)."""
+    checkpoint (step_0000XX.optim.safetensors, ...)' once per point; then at the first point, as
+    it came, and again for all the points at the end. Now once: as it comes (the table shows each
+    point's momentum); the result keeps the line for all the points."""
     for step in (0, 5, 10):
         paths.optimizer_state(run, step).unlink()
     store = tmp_path / "s"
@@ -224,22 +225,22 @@ def test_switch_says_a_shared_reason_for_fresh_momentum_once(run, tmp_path):
     shown = runner.invoke(app, [*args, "--ckpts", str(run), "--device", "cpu"])
     assert shown.exit_code == 0, shown.output
     text = flat(shown.output)
-    assert text.count("momentum starts at zero") == 2, text  # not once per point
-    assert text.index(f"note: {FRESH_AT_0}") < text.index(f"note: t=0, 5 (2 points): {FRESH}")
+    assert text.count("momentum starts at zero") == 1, text  # not once per point, nor at the end
+    assert text.index(f"note: {FRESH_AT_0}") < text.index("conetool switch ->"), text
 
 
 def test_switch_says_momentum_before_the_point_trains(run, tmp_path):
     """The momentum messages came only once every point had trained (a sweep of hours said at its
     end that no point's momentum was the run's): each reason is said before the first point it
-    applies to trains, and a point of its own alone is not said again at the end."""
+    applies to trains, and not again at the end."""
     for step in (0, 5, 10):
         paths.optimizer_state(run, step).unlink()
     events = Events()
     result = switch([0, 5], until=10, store=tmp_path / "s", ckpts=run, progress=events)
     lines = events.lines
     assert lines.index(f"note: {FRESH_AT_0}") < lines.index("[bar] switch t=0"), lines
-    assert lines.index(f"note: t=0, 5 (2 points): {FRESH}") > lines.index("[bar] switch t=5")
-    assert sum("momentum" in line for line in lines) == 2, lines
+    assert sum("momentum" in line for line in lines) == 1, lines
+    assert [n for n in result.notes if "momentum" in n] == [f"t=0, 5 (2 points): {FRESH}"]
     alone = Events()
     result = switch([5], until=10, store=tmp_path / "one", ckpts=run, progress=alone)
     fresh_at_5 = FRESH_AT_0.replace("t=0", "t=5").replace("000000", "000005")
@@ -304,8 +305,8 @@ def test_switch_says_its_notes_as_they_come_and_quiet_leaves_them_out(run, tmp_p
     loud = runner.invoke(app, [*args, "--store", str(tmp_path / "a")])
     assert loud.exit_code == 0, loud.output
     text = flat(loud.output)
-    # at the first point as it came, and for both at the end
-    assert text.count("momentum starts at zero") == 2 and "note: t=0, 5 (2 points)" in text
+    # at the first point as it came, not again at the end
+    assert text.count("momentum starts at zero") == 1 and "note: t=0: no optimizer" in text, text
     quiet = runner.invoke(app, [*args, "--store", str(tmp_path / "b"), "-q"])
     assert quiet.exit_code == 0, quiet.output
     assert "momentum starts at zero" not in quiet.output, quiet.output
@@ -350,6 +351,31 @@ def test_switch_warns_of_an_optimizer_state_it_does_not_use_under_quiet(tmp_path
         assert text.count(unused) == 1, text
         assert "warning: t=3: no optimizer state beside the checkpoint" in text, text
         assert "note: t=3" not in text, text
+
+
+def test_a_warning_shared_by_several_points_is_said_once_with_and_without_quiet(tmp_path):
+    """An optimizer state not used at two points was warned of twice without --quiet: 't=2: ...'
+    before the first point, then 't=2, 3 (2 points): ...' at the end. Now the first only, as it
+    comes; --quiet, which shows nothing as it comes, prints the line for both points at the end."""
+    model, adam = plain_loop(lambda m: torch.optim.Adam(m.parameters(), lr=0.01))
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, adam, step=2)
+    save_loop_checkpoint(ckpts, model, adam, step=3)
+    save_spec(OPTIMIZER_SPEC, tmp_path / "spec.toml")
+    args = ["switch", "--at", "2,3", "--until", "4", "--ckpts", str(ckpts), "--device", "cpu"]
+    args += ["--spec", str(tmp_path / "spec.toml")]
+    unused = "is not used: it is the state of Adam"
+    loud = runner.invoke(app, [*args, "--store", str(tmp_path / "loud")])
+    assert loud.exit_code == 0, loud.output
+    text = flat(loud.output)
+    assert text.count(unused) == 1 and "(2 points)" not in text, text
+    assert "warning: t=2: no optimizer state beside the checkpoint (step_000002" in text, text
+    assert text.index("warning: t=2:") < text.index("conetool switch ->"), text  # as it came
+    quiet = runner.invoke(app, [*args, "--store", str(tmp_path / "quiet"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    text = flat(quiet.output)
+    assert text.count(unused) == 1, text
+    assert "warning: t=2, 3 (2 points): no optimizer state beside their checkpoints" in text, text
+    assert text.index("(2 points)") > text.index("conetool switch ->"), text  # at the end
 
 
 def test_switch_reference_train_says_what_it_trains_and_a_missing_reference_warns(run, tmp_path):
@@ -401,8 +427,9 @@ def test_momentum_notes_list_a_long_sweep_shortly():
 
 
 def test_momentum_said_as_known_gives_way_to_one_message_per_reason_for_the_job():
-    """What a rank said as it came is said again at the end only where the job's message says
-    more: points of other ranks (a reason this rank never met, or more points of its own)."""
+    """What a rank said as it came is kept as the job's message for its reason but not said
+    again (it was said twice where the job's named more points); a reason this rank never met
+    (only other ranks' points) is said at the end."""
     from conetool.pipeline.switch_points import MomentumNote, MomentumSaid
 
     events = Events()
@@ -417,7 +444,7 @@ def test_momentum_said_as_known_gives_way_to_one_message_per_reason_for_the_job(
     assert (says.notes, says.warnings) == ([], ["before"])  # what this rank shares
     other_rank = [MomentumNote(8, "eight alone", "fresh"), MomentumNote(9, "nine", "foreign")]
     momentum.close(mine + other_rank)
-    assert events.lines[3:] == ["note: t=0, 8 (2 points): fresh", "note: t=9: nine"]
+    assert events.lines[3:] == ["note: t=9: nine"]
     assert says.notes == ["t=0, 8 (2 points): fresh", "t=9: nine"]
     assert says.warnings == ["before", "t=4: four alone"]  # said as it came: kept, not again
 
@@ -437,8 +464,8 @@ def test_torchrun_ranks_share_one_note_per_reason(run, tmp_path):
     text = flat(done.stdout)
     assert text.count("not written by `conetool train`") == 1, text
     assert "warning: these checkpoints were not written by `conetool train`" in text, text
-    # rank 0's point as it came (the other rank's progress is not shown), then both points once
-    assert text.count("momentum starts at zero") == 2, text
-    assert text.count("no optimizer state beside their checkpoints") == 1, text
-    assert "note: t=0, 5 (2 points): no optimizer state beside their checkpoints" in text, text
-    assert "nor in their files (no optimizer_state_dict, optimizer, optimizer_states entry)" in text
+    # rank 0's point as it came (the other rank's progress is not shown), not again at the end
+    assert text.count("momentum starts at zero") == 1, text
+    assert "note: t=0: no optimizer state beside the checkpoint (step_000000" in text, text
+    assert "nor in ckpt_0.pt (no optimizer_state_dict, optimizer, optimizer_states entry)" in text
+    assert "(2 points)" not in text, text

@@ -66,8 +66,10 @@ class SwitchResult:
     than the spec's; no standard model at T; earlier points left out of results.csv; the
     training steps implausibly slow, linearized or the standard run that ``reference="train"``
     continues), each said once per sweep, as ``progress`` showed it. A momentum message is
-    said before the first point it applies to trains and kept as one message for all the
-    points it applies to, which ``progress`` shows again at the end where it names more points
+    said once, before the first point it applies to trains (naming that point), and kept here
+    as one message for all the points it applies to (``t=0, 100 (2 points): ...``), which
+    ``progress`` does not say again (``--quiet``, which showed nothing, prints the warnings
+    among them at the end); a reason only other torchrun ranks met is said at the end
     (:class:`~conetool.pipeline.switch_points.MomentumSaid`)."""
 
     store: Path
@@ -246,7 +248,7 @@ def _switch(
     # the slow-step warning, one per rank at most: kept apart from says.warnings, since the
     # watch runs only while this list is empty
     warnings: list[str] = []
-    # what each point says of its momentum, as it is known; one message per reason at the end
+    # what each point says of its momentum, as it is known; one message per reason kept at the end
     momentum_said = MomentumSaid(says)
     error: ConetoolError | None = None
     replaced = False  # this rank found the store replaced: before a point, or during it
@@ -317,8 +319,8 @@ def _switch(
     )
     # each message once (every rank that read a foreign checkpoint warned of it; rank 0 says
     # those only other ranks said), in the job's order (rank 0's first) on every rank; then the
-    # momentum messages of every rank's points, one per reason: a note where no optimizer state
-    # was saved, else a warning
+    # momentum messages of every rank's points, one per reason (said only where rank 0 said
+    # nothing of it yet): a note where no optimizer state was saved, else a warning
     warned = list(dict.fromkeys(w for other in shares for w in other["warned"]))
     for message in warned:
         if message not in says.warnings:

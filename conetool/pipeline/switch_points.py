@@ -91,18 +91,24 @@ def momentum_notes(said: list[MomentumNote]) -> list[str]:
     """One message per distinct reason, in the order of the first point it applies to: ``t=400:
     ONE`` for one point, ``t=0, 100, 200 (3 points): MANY`` for several (a sweep of 20 points
     over a run without optimizer state said it 20 times, each naming its files)."""
+    return [message for _, message in _by_reason(said)]
+
+
+def _by_reason(said: list[MomentumNote]) -> list[tuple[str, str]]:
+    """``(reason, message)`` for each distinct reason (``MomentumNote.many``) of ``said``, the
+    message as :func:`momentum_notes` gives it."""
     groups: dict[str, list[MomentumNote]] = {}
     for note in sorted(said, key=lambda n: n.at):
         groups.setdefault(note.many, []).append(note)
     out = []
     for many, notes in groups.items():
         if len(notes) == 1:
-            out.append(f"t={notes[0].at}: {notes[0].one}")
+            out.append((many, f"t={notes[0].at}: {notes[0].one}"))
             continue
         steps = [str(n.at) for n in notes]
         if len(steps) > _LISTED:
             steps = [*steps[: _LISTED - 2], "...", steps[-1]]
-        out.append(f"t={', '.join(steps)} ({len(notes)} points): {many}")
+        out.append((many, f"t={', '.join(steps)} ({len(notes)} points): {many}"))
     return out
 
 
@@ -111,11 +117,13 @@ _LISTED = 8
 
 
 class MomentumSaid:
-    """What a sweep's points say of their momentum, through ``says``: each reason as soon as it is
-    known on this rank, before its point trains (that point's message, ``t=400: ONE``), and once
-    the job's points are all known (:meth:`close`) one message per reason for all the points it
-    applies to (:func:`momentum_notes`), which ``says`` keeps in place of the first. That one is
-    said again only where it says more (several points, or points only another rank trained).
+    """What a sweep's points say of their momentum, through ``says``, each reason once: as soon as
+    it is known on this rank, before its point trains (that point's message, ``t=400: ONE``: the
+    table's momentum column then shows every point's), and once the job's points are all known
+    (:meth:`close`) one message per reason for all the points it applies to
+    (:func:`momentum_notes`), which ``says`` keeps in place of the first (the result's record,
+    and what ``--quiet`` prints at the end of the warnings) but says only for a reason this rank
+    did not say (one that only points of other ranks met).
 
     Call it with each point's :class:`MomentumNote`; ``points`` holds this rank's."""
 
@@ -138,15 +146,14 @@ class MomentumSaid:
         self.says.notes = [m for m in self.says.notes if m not in said]
 
     def close(self, job: list[MomentumNote]) -> None:
-        """One message per reason for the ``job``'s points (every rank's), warnings apart: said
-        where it is not word for word what was said as it came, else only kept."""
-        said = set(self._first.values())
+        """One message per reason for the ``job``'s points (every rank's), warnings apart: kept,
+        and said only where this rank said nothing of its reason as it came."""
         for warning, say, kept in (
             (False, self.says.note, self.says.notes),
             (True, self.says.warn, self.says.warnings),
         ):
-            for message in momentum_notes([m for m in job if m.warning == warning]):
-                if message in said:
+            for reason, message in _by_reason([m for m in job if m.warning == warning]):
+                if reason in self._first:
                     kept.append(message)
                 else:
                     say(message)
