@@ -121,6 +121,7 @@ __all__ = [
     "Store",
     "StoreIdentity",
     "clear",
+    "kernel_file_headers",
     "kernel_files_metadata",
     "kernel_norm",
     "nearest_steps",
@@ -897,6 +898,16 @@ def kernel_files_metadata(
     """The metadata of each readable kernel file of the store ``root`` made with ``spec_hash``,
     ``kind`` and ``dtype`` (of any probe set), the newest written first (header only): what a
     manifest about to be rebuilt can still tell before the probe set is drawn."""
+    return [
+        meta
+        for meta in kernel_file_headers(root)
+        if made_with(meta, StoreIdentity(spec_hash, meta.get("probe_hash", ""), kind, dtype))
+    ]
+
+
+def kernel_file_headers(root: str | Path) -> list[dict[str, str]]:
+    """The metadata of each readable kernel file of the store ``root``, whatever it was made
+    with, the newest written first (header only)."""
     found = []
     for path in _kernel_files(Path(root)):
         meta = file_metadata(path)
@@ -906,9 +917,7 @@ def kernel_files_metadata(
             written = path.stat().st_mtime_ns
         except OSError:
             continue
-        ident = StoreIdentity(spec_hash, meta.get("probe_hash", ""), kind, dtype)
-        if made_with(meta, ident):
-            found.append((written, meta))
+        found.append((written, meta))
     return [meta for _, meta in sorted(found, key=lambda pair: -pair[0])]
 
 

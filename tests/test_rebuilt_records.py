@@ -26,6 +26,7 @@ from conetool.errors import StoreError
 from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_spectrum import spectrum
+from conetool.pipeline.run_switch import switch
 from conetool.spec import spec_from_dict
 
 runner = CliRunner()
@@ -276,6 +277,30 @@ def test_the_rebuilding_run_keeps_the_step_regex_its_kernel_files_carry(run, tmp
     assert again.computed == [10] and again.eval_computed == [10]
     assert any(f"using --step-regex '{REGEX}', recorded in the store" in n for n in again.notes)
     assert _manifest(root)["selection"]["step_regex"] == REGEX  # recorded again
+
+
+def test_switch_on_a_store_without_manifest_uses_the_step_regex_its_kernel_files_carry(
+    run, tmp_path
+):
+    """switch --ckpts on a store whose manifest.json was deleted listed the checkpoints without
+    the --step-regex kernels was given, and failed on names only that regex reads (kernels
+    rerun there gets it back from the kernel files)."""
+    root = tmp_path / "s"
+    named = _named_run(run, tmp_path, STEPS)
+    kernels(named, store=root, device="cpu", step_regex=REGEX)
+    _damage_manifest(root, "deleted")
+    said = f"using --step-regex '{REGEX}', recorded by conetool kernels in the kernel files of"
+    result = switch(5, store=root, ckpts=named, device="cpu")
+    assert [p.at for p in result.points] == [5]
+    (note,) = [n for n in result.notes if "--step-regex" in n]
+    assert note.startswith(f"{said} {root}") and "manifest.json" in note, note
+    assert not paths.manifest(root).exists()  # switch rebuilds nothing: kernels does
+    args = ["switch", "--at", "0", "--store", str(root), "--ckpts", str(named), "--device", "cpu"]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert f"note: {said}" in " ".join(shown.output.split()), shown.output
+    given = switch(0, store=root, ckpts=named, device="cpu", step_regex=REGEX)  # the flag: no note
+    assert not any("--step-regex" in n for n in given.notes), given.notes
 
 
 def test_kernel_files_without_the_selection_say_the_step_regex_is_not_known(run, tmp_path):

@@ -6,7 +6,9 @@
     the checkpoint selection: ``{"path": CKPTS, "step_regex": ..., "steps": "FIRST:LAST",
     "every": K}`` (``None`` for an option not given). ``switch`` reuses the step regex when
     none is given (and says so), as does a rerun of ``kernels`` on the same directory; the
-    report's Reproduce block repeats all four.
+    report's Reproduce block repeats all four. Each kernel file carries its run's too: a
+    ``kernels`` run that rebuilds a deleted manifest reads it there (below), and so does
+    ``switch --ckpts`` on a store whose manifest is gone (:func:`carried_step_regex`).
 ``imports``
     for a spec that names an import path (``[model] arch`` or ``[data] dataset`` =
     ``"pkg.mod:factory"``), where each module was imported from:
@@ -38,10 +40,11 @@ from typing import Any
 from .. import paths
 from .. import store_companions as companions
 from ..spec import Spec, is_user_dataset
-from ..store import kernel_files_metadata, rebuilds_manifest
+from ..store import kernel_file_headers, kernel_files_metadata, rebuilds_manifest
 from ..store_manifest import StoreIdentity, embedded_record, new_manifest
 
 __all__ = [
+    "carried_step_regex",
     "import_paths",
     "imports_record",
     "read_manifest",
@@ -188,6 +191,29 @@ def recorded_step_regex(
         f"using --step-regex '{regex}', recorded in the store by conetool kernels "
         "(pass --step-regex to use another)"
     )
+
+
+def carried_step_regex(store: Path, given: str | None) -> tuple[str | None, str | None]:
+    """``(step_regex, note)`` for a store whose manifest is gone (deleted): ``given`` when there
+    is one, else the step regex of the checkpoint selection that the newest kernel file carrying
+    one carries (each carries its run's, as :func:`rebuilt_remembered` reads it for the
+    ``kernels`` run that rebuilds the manifest), with a note saying so; else None (no kernel
+    file, none given to kernels, or files written before they carried the selection)."""
+    if given is not None:
+        return given, None
+    for meta in kernel_file_headers(store):
+        chosen = _json(meta.get("selection"))
+        if not isinstance(chosen, dict):
+            continue
+        regex = chosen.get("step_regex")
+        if not isinstance(regex, str) or not regex:
+            return None, None  # the newest run was given none
+        return regex, (
+            f"using --step-regex '{regex}', recorded by conetool kernels in the kernel files of "
+            f"{store} (its {paths.MANIFEST_NAME}, which records it, is missing; pass "
+            "--step-regex to use another)"
+        )
+    return None, None
 
 
 def spec_imports(spec: Spec) -> list[tuple[str, str]]:

@@ -36,7 +36,7 @@ from ..progress import NullProgress, Progress, Said
 from ..spec import Spec, check_training_data, recipe_warnings, spec_from_dict
 from ..store import nearest_steps, read_manifest
 from ..threads import limit_threads, parse_threads
-from .remembered import recorded_step_regex, use_recorded_imports
+from .remembered import carried_step_regex, recorded_step_regex, use_recorded_imports
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_points import (
     MomentumNote,
@@ -502,9 +502,13 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     # as train --resume does: its new points stay comparable with those it holds.
     if not sweep_begun(store, spec):
         check_training_data(spec)
-    # What kernels recorded: its --step-regex (unless one is given) and where it imported a
-    # "pkg.mod:factory" model or data set from.
-    step_regex, regex_note = recorded_step_regex(manifest, step_regex)
+    # What kernels recorded: its --step-regex (unless one is given; the kernel files carry it
+    # too, for a store whose manifest was deleted) and where it imported a "pkg.mod:factory"
+    # model or data set from.
+    if manifest is None:
+        step_regex, regex_note = carried_step_regex(store, step_regex)
+    else:
+        step_regex, regex_note = recorded_step_regex(manifest, step_regex)
     notes = use_recorded_imports(manifest, spec) + ([regex_note] if regex_note else [])
     T = spec.train.steps if until is None else until
     if T > spec.train.steps and not beyond_run:
