@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 
 import matplotlib
 import numpy as np
@@ -402,6 +403,67 @@ def test_save_figure_atomic_and_formats(tmp_path):
     with pytest.raises(ValueError, match=r"\.png"):
         plots.save_figure(fig, tmp_path / "fig.docx")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["fig.pdf", "fig.png", "sub"]
+
+
+def _every_kind_of_figure() -> dict[str, Callable[[], Figure]]:
+    """A builder of each figure the commands write (a fresh figure per call: matplotlib's
+    second ``savefig`` of one figure can differ from its first by a few pixels)."""
+    rng = np.random.default_rng(3)
+    coords_2d, coords_3d = rng.normal(size=(len(STEPS), 2)), rng.normal(size=(6, 3))
+    steps = np.arange(0, 1300, 100)
+    return {
+        "distance": lambda: plots.distance_to_reference_figure(
+            STEPS, {0: _s_matrix(STEPS)[0], 100: _s_matrix(STEPS)[4]}, phase1_end=100
+        ),
+        "adjacent": lambda: plots.adjacent_figure(
+            _adjacent_curves(), velocity="both", logx=True, phase1_end=100, noise_floor=1e-3
+        ),
+        "matrix": lambda: plots.matrix_figure(STEPS, _s_matrix(STEPS), log_color=True),
+        "embedding": lambda: plots.embedding_figure(
+            coords_2d, STEPS, method="mds", quality="stress 0.01"
+        ),
+        "embedding 3-D": lambda: plots.embedding_figure(
+            coords_3d, np.arange(6) * 100, method="pca", quality="q"
+        ),
+        "per layer": lambda: plots.per_layer_figure(
+            {"conv": (list(STEPS[1:]), list(1 / STEPS[1:])), "fc": ([10, 20], [0.1, 0.2])},
+            dt=10,
+            logx=True,
+        ),
+        "spectrum": lambda: plots.spectrum_figure(
+            steps, steps / 2e3, 5 + steps / 100, 0.5 + steps / 3e3, top_k=10, phase1_end=300
+        ),
+        "switch": lambda: plots.switch_figure(
+            [0, 100, 400],
+            [0.5, 0.7, 0.85],
+            [1.5, 0.9, 0.4],
+            reference_acc=0.9,
+            reference_loss=0.3,
+            until=1000,
+            phase1_end=200,
+        ),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_every_kind_of_figure()))
+def test_save_figure_png_has_savefigs_pixels_drawn_once(tmp_path, kind):
+    """save_figure lays a PNG out, then draws it once (savefig drew it twice: once with
+    rendering off to run the constrained layout); the pixels are savefig's, the size the
+    figure's inches times 150 dpi, and the figure keeps its canvas, dpi and layout engine."""
+    from PIL import Image
+
+    build = _every_kind_of_figure()[kind]
+    reference = np.asarray(Image.open(io.BytesIO(_png_bytes(build()))))
+    fig = build()
+    canvas, engine, dpi = fig.canvas, fig.get_layout_engine(), fig.dpi
+    draws: list[object] = []
+    fig.canvas.mpl_connect("draw_event", draws.append)
+    data = plots.save_figure(fig, tmp_path / "fig.png").read_bytes()
+    assert len(draws) == 1
+    width, height = fig.get_size_inches() * 150
+    assert _png_size(data) == (round(width), round(height))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), reference)
+    assert (fig.canvas, fig.get_layout_engine(), fig.dpi) == (canvas, engine, dpi)
 
 
 def test_no_pyplot_needed():

@@ -1,0 +1,234 @@
+"""Benchmark: the analysis commands' PNG figures, written by :func:`conetool.plots.save.render_png`
+(the layout alone, then one draw) against matplotlib's ``fig.savefig`` (the baseline, as
+``save_figure`` wrote PNGs before: a whole draw with rendering off to run the constrained
+layout, then the draw that renders), measured in the same run.
+
+The figures are those ``conetool distance``, ``spectrum`` and ``embed`` make of a store: a
+tiny ``conetool demo`` run in a temporary folder (``--steps`` steps, a probe set of 10, on the
+CPU; about 10 s), or ``--store PATH``. Each command runs once with its figure functions wrapped
+to record their arguments; then, ``--repeat`` times in alternating order, each way builds every
+figure afresh (as the commands do) and writes it as a PNG to memory. The table has each
+figure's median wall and CPU milliseconds (building and writing), the new way's CPU ratio to
+the baseline (of the medians, and of the fastest runs: on a busy machine the steadier), and whether the two PNGs have the same pixels (decoded with Pillow). Below it, the
+three commands' own wall and CPU seconds with ``save_figure`` writing each way (alternating, the
+median of ``--repeat``).
+
+Usage (about a minute on 2 busy cores):
+
+    python benchmarks/bench_figures.py --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+import conetool.plots.save as save_module
+from conetool.pipeline import (
+    demo,
+    distance,
+    distance_outputs,
+    embed,
+    run_embed,
+    run_spectrum,
+    spectrum,
+)
+from conetool.threads import limit_threads
+
+#: The figure functions the three commands call, by the module that calls them.
+FIGURE_FUNCTIONS = {
+    distance_outputs: (
+        "distance_to_reference_figure",
+        "adjacent_figure",
+        "matrix_figure",
+        "per_layer_figure",
+    ),
+    run_spectrum: ("spectrum_figure",),
+    run_embed: ("embedding_figure",),
+}
+COMMANDS: dict[str, Callable[[Path], Any]] = {
+    "distance": distance,
+    "spectrum": spectrum,
+    "embed": embed,
+}
+DPI = 150
+RENDER_PNG = save_module.render_png
+
+
+def baseline(fig: Figure, target: io.BytesIO) -> None:
+    fig.savefig(target, format="png", dpi=DPI)
+
+
+def new(fig: Figure, target: io.BytesIO) -> None:
+    RENDER_PNG(fig, target, dpi=DPI)
+
+
+WAYS = {"savefig": baseline, "new": new}
+FigureCall = tuple[str, Callable[..., Figure], tuple[Any, ...], dict[str, Any]]
+
+
+def record_figures(store: Path) -> list[FigureCall]:
+    """Run the three commands on ``store`` with their figure functions wrapped: the calls."""
+    calls: list[FigureCall] = []
+    saved: list[tuple[Any, str, Any]] = []
+    for module, names in FIGURE_FUNCTIONS.items():
+        for name in names:
+            function = getattr(module, name)
+
+            def wrapped(*args: Any, _f: Any = function, _n: str = name, **kwargs: Any) -> Figure:
+                calls.append((_n, _f, args, kwargs))
+                return _f(*args, **kwargs)
+
+            saved.append((module, name, function))
+            setattr(module, name, wrapped)
+    try:
+        for command in COMMANDS.values():
+            command(store)
+    finally:
+        for module, name, function in saved:
+            setattr(module, name, function)
+    return calls
+
+
+@contextmanager
+def png_writer(way: Callable[[Figure, io.BytesIO], None]) -> Iterator[None]:
+    """``save_figure`` writing PNGs ``way`` for the duration."""
+
+    def render(fig: Figure, target: Any, *, dpi: int = DPI) -> None:
+        way(fig, target)
+
+    save_module.render_png = render  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        save_module.render_png = RENDER_PNG
+
+
+def timed(call: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def figure_rows(calls: list[FigureCall], repeat: int) -> list[dict[str, Any]]:
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    images: dict[tuple[str, str], bytes] = {}
+    for r in range(repeat):
+        order = list(WAYS) if r % 2 == 0 else list(reversed(WAYS))
+        for way in order:
+            for name, function, args, kwargs in calls:
+                buffer = io.BytesIO()
+                write = WAYS[way]
+                elapsed = timed(lambda: write(function(*args, **kwargs), buffer))  # noqa: B023
+                times.setdefault((name, way), []).append(elapsed)
+                images[(name, way)] = buffer.getvalue()
+    rows = []
+    for name, *_ in calls:
+        old, fresh = pixels(images[(name, "savefig")]), pixels(images[(name, "new")])
+        rows.append(
+            {
+                "figure": name,
+                "pixels": f"{old.shape[1]}x{old.shape[0]}",
+                "same": old.shape == fresh.shape and bool(np.array_equal(old, fresh)),
+                **{
+                    f"{way} {kind}": statistics.median(t[i] for t in times[(name, way)])
+                    for way in WAYS
+                    for i, kind in enumerate(("wall", "cpu"))
+                },
+                **{f"{way} min cpu": min(t[1] for t in times[(name, way)]) for way in WAYS},
+            }
+        )
+    return rows
+
+
+def command_rows(store: Path, repeat: int) -> dict[tuple[str, str], tuple[float, float]]:
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in range(repeat):
+        order = list(WAYS) if r % 2 == 0 else list(reversed(WAYS))
+        for way in order:
+            with png_writer(WAYS[way]):
+                for command, run in COMMANDS.items():
+                    times.setdefault((command, way), []).append(timed(lambda: run(store)))  # noqa: B023
+    return {
+        key: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+        for key, ts in times.items()
+    }
+
+
+def print_figure_rows(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"{'figure':>28} {'pixels':>9} {'savefig ms':>10} {'cpu ms':>7} {'new ms':>7} "
+        f"{'cpu ms':>7} {'cpu x':>6} {'min x':>6} {'same pixels':>11}"
+    )
+    for row in rows:
+        print(
+            f"{row['figure']:>28} {row['pixels']:>9} {1e3 * row['savefig wall']:10.1f} "
+            f"{1e3 * row['savefig cpu']:7.1f} {1e3 * row['new wall']:7.1f} "
+            f"{1e3 * row['new cpu']:7.1f} {row['new cpu'] / row['savefig cpu']:6.3f} "
+            f"{row['new min cpu'] / row['savefig min cpu']:6.3f} {row['same']!s:>11}"
+        )
+    total = {k: sum(row[k] for row in rows) for k in rows[0] if k.endswith("cpu")}
+    print(
+        f"{'all':>28} {'':>9} {'':>10} {1e3 * total['savefig cpu']:7.1f} {'':>7} "
+        f"{1e3 * total['new cpu']:7.1f} {total['new cpu'] / total['savefig cpu']:6.3f} "
+        f"{total['new min cpu'] / total['savefig min cpu']:6.3f}"
+    )
+
+
+def print_command_rows(commands: dict[tuple[str, str], tuple[float, float]]) -> None:
+    print(f"{'command':>10} {'savefig s':>9} {'cpu s':>7} {'new s':>7} {'cpu s':>7} {'cpu x':>6}")
+    for command in COMMANDS:
+        (old_wall, old_cpu) = commands[(command, "savefig")]
+        (new_wall, new_cpu) = commands[(command, "new")]
+        print(
+            f"{command:>10} {old_wall:9.3f} {old_cpu:7.3f} {new_wall:7.3f} {new_cpu:7.3f} "
+            f"{new_cpu / old_cpu:6.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", type=Path, help="an existing store (default: a tiny demo)")
+    parser.add_argument("--steps", type=int, default=24, help="the demo's training steps")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each way (median shown)")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (limit_threads)")
+    args = parser.parse_args(argv)
+    with limit_threads(args.threads), tempfile.TemporaryDirectory() as folder:
+        store = args.store
+        if store is None:
+            made = demo(Path(folder) / "out", device="cpu", steps=args.steps, probe_size=10)
+            store = made.store
+        calls = record_figures(store)
+        where = store if args.store else f"a demo of {args.steps} steps"
+        print(
+            f"PNG figures of distance, spectrum and embed on {where}, {DPI} dpi, median of "
+            f"{args.repeat}; load average {os.getloadavg()[0]:.2f} at the start"
+        )
+        rows = figure_rows(calls, args.repeat)
+        print_figure_rows(rows)
+        print()
+        print_command_rows(command_rows(store, args.repeat))
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    same = all(row["same"] for row in rows)
+    print(f"same pixels in every figure: {same}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
