@@ -11,11 +11,12 @@ figure afresh (as the commands do) and writes it as a PNG to memory. The table h
 figure's median wall and CPU milliseconds (building and writing), the new way's CPU ratio to
 the baseline (of the medians, and of the fastest runs: on a busy machine the steadier), and whether the two PNGs have the same pixels (decoded with Pillow). Below it, the
 three commands' own wall and CPU seconds with ``save_figure`` writing each way (alternating, the
-median of ``--repeat``).
+median of ``--repeat``). ``--phases`` adds where the new way's CPU time goes, per figure:
+building it, the layout, the draw and the PNG encoding.
 
 Usage (about a minute on 2 busy cores):
 
-    python benchmarks/bench_figures.py --repeat 5
+    python benchmarks/bench_figures.py --repeat 5 --phases
 """
 
 from __future__ import annotations
@@ -171,6 +172,50 @@ def command_rows(store: Path, repeat: int) -> dict[tuple[str, str], tuple[float,
     }
 
 
+def phase_rows(calls: list[FigureCall], repeat: int) -> dict[str, dict[str, float]]:
+    """Median CPU seconds of each part of writing each figure the new way: building it, the
+    constrained layout, the one draw, and the PNG encoding (Pillow on the drawn pixels, as
+    matplotlib's ``print_png`` does)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    parts: dict[str, dict[str, list[float]]] = {}
+    for _ in range(repeat):
+        for name, function, args, kwargs in calls:
+            clock = [time.process_time()]
+
+            def lap(part: str, _name: str = name, _clock: list[float] = clock) -> None:
+                now = time.process_time()
+                parts.setdefault(_name, {}).setdefault(part, []).append(now - _clock[0])
+                _clock[0] = now
+
+            fig = function(*args, **kwargs)
+            lap("build")
+            canvas = FigureCanvasAgg(fig)
+            fig.dpi = DPI
+            engine = fig.get_layout_engine()
+            if engine is not None:
+                engine.execute(fig)
+            fig.set_layout_engine(None)
+            lap("layout")
+            canvas.draw()
+            lap("draw")
+            Image.fromarray(np.asarray(canvas.buffer_rgba())).save(io.BytesIO(), format="png")
+            lap("encode")
+    return {
+        name: {part: statistics.median(seconds) for part, seconds in by_part.items()}
+        for name, by_part in parts.items()
+    }
+
+
+def print_phase_rows(phases: dict[str, dict[str, float]]) -> None:
+    names = ["build", "layout", "draw", "encode"]
+    print(f"{'figure':>28} " + " ".join(f"{p + ' ms':>15}" for p in names))
+    for figure, by_part in phases.items():
+        total = sum(by_part.values())
+        cells = " ".join(f"{1e3 * by_part[p]:7.1f} ({by_part[p] / total:4.0%})" for p in names)
+        print(f"{figure:>28} {cells}")
+
+
 def print_figure_rows(rows: list[dict[str, Any]]) -> None:
     print(
         f"{'figure':>28} {'pixels':>9} {'savefig ms':>10} {'cpu ms':>7} {'new ms':>7} "
@@ -208,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=24, help="the demo's training steps")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each way (median shown)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (limit_threads)")
+    parser.add_argument("--phases", action="store_true", help="where the new way's time goes")
     args = parser.parse_args(argv)
     with limit_threads(args.threads), tempfile.TemporaryDirectory() as folder:
         store = args.store
@@ -224,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         print_figure_rows(rows)
         print()
         print_command_rows(command_rows(store, args.repeat))
+        if args.phases:
+            print("\nthe new way by part, CPU ms (share):")
+            print_phase_rows(phase_rows(calls, args.repeat))
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
     same = all(row["same"] for row in rows)
     print(f"same pixels in every figure: {same}")
