@@ -368,7 +368,8 @@ class Store:
             kept.append(f"the parameter groups {', '.join(layers['groups'])} (--per-layer)")
         if kept:
             notes.append(
-                f"recovered {' and '.join(kept)} from their files; later kernels runs keep them"
+                f"recovered {' and '.join(kept)} from their files; kernels runs keep them, "
+                "this one included"
             )
         if eval_problem is not None:
             size = companions.eval_size_of_kernels(self.root, self.identity)

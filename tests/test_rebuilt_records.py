@@ -97,6 +97,9 @@ def test_a_rebuilt_manifest_keeps_the_eval_set_and_the_parameter_groups(
     (note,) = [n for n in again.notes if n.startswith("recovered")]
     assert not any(w.startswith("recovered") for w in again.warnings), again.warnings
     assert "evaluation set of 6 examples" in note and "parameter groups" in note
+    said = again.notes + again.warnings  # the plan's "keeping the store's ..." said them too
+    assert sum("evaluation set" in m for m in said) == 1, said
+    assert sum("per-layer" in m for m in said) == 1, said
     # later runs keep both, and recompute none of their files
     later = kernels(run, store=root, device="cpu")
     assert later.eval_computed == [] and later.layer_computed == []
@@ -235,8 +238,14 @@ def test_the_rebuilding_run_gives_new_steps_their_eval_and_layer_files(run, tmp_
     assert out.exit_code == 0, out.output
     assert paths.eval_kernel(root, 10).is_file() and paths.layer_kernel(root, 10).is_file()
     said = " ".join(out.output.split())
-    assert "keeping the store's evaluation set of 6 examples (--eval-size)" in said
-    assert "keeping the store's per-layer kernels" in said
+    # each record said once, by the rebuild that got it back (the plan said "keeping the
+    # store's evaluation set of 6 examples", then the rebuild "recovered the evaluation set
+    # of 6 examples")
+    assert said.count("evaluation set of 6 examples") == 1, said
+    assert said.count("(--per-layer") == 1, said
+    assert "recovered the evaluation set of 6 examples (--eval-size) and the parameter " in said
+    assert "kernels runs keep them, this one included" in said
+    assert "keeping the store's" not in said
     assert "--step-regex" not in said  # none was given: none lost
     rebuilt = _manifest(root)
     assert rebuilt["eval"] == record["eval"]

@@ -93,8 +93,8 @@ def rebuilt_remembered(
     dtype: str,
     ckpts: Path,
     step_regex: str | None,
-) -> tuple[dict[str, Any] | None, str | None]:
-    """``(manifest, note)``: the manifest a ``kernels`` run reads its kept options from, given
+) -> tuple[dict[str, Any] | None, str | None, frozenset[str]]:
+    """``(manifest, note, recovered)``: the manifest a ``kernels`` run reads its kept options from, given
     ``manifest``, the store's as read (None when it cannot be). Returned as it is unless that
     run rebuilds it (damaged or deleted: :func:`conetool.store.rebuilds_manifest`); then the
     run, which read nothing from it, would forget the options the store recorded until the next
@@ -108,9 +108,12 @@ def rebuilt_remembered(
     from the source files the kernel files record (``ckpts`` when all lie in it); a record the
     damaged manifest still holds, well typed, wins. ``note``: when no ``step_regex`` is given
     and the kernel files were written before they carried their run's selection, that the
-    step regex is not known and how to pass it; else None."""
+    step regex is not known and how to pass it; else None. ``recovered``: the kept records
+    (``"eval"``, ``"layer_groups"``) that are the ones the rebuild recovers from their files, and
+    says so (:meth:`conetool.store.Store.open_for_writing`'s note): the run need not say them
+    again; empty when nothing is rebuilt."""
     if not rebuilds_manifest(store, manifest):
-        return manifest, None
+        return manifest, None, frozenset()
     held = manifest or {}
     carried = kernel_files_metadata(store, spec.hash(), kind, dtype)
     probe_hash = carried[0].get("probe_hash", "") if carried else ""
@@ -122,16 +125,22 @@ def rebuilt_remembered(
         chosen = next((value for value in found if isinstance(value, dict)), None)
     if isinstance(chosen, dict):
         records["selection"] = chosen
-    evaluated = held.get("eval")
-    if not isinstance(evaluated, dict):
-        evaluated = companions.recovered_eval_record(store, spec.probe.seed)[0]
-    if evaluated is not None:
-        records["eval"] = evaluated
-    layers = held.get("layer_groups")
-    if not isinstance(layers, dict) and carried:
-        layers = companions.recovered_layer_record(store, ident)[0]
-    if isinstance(layers, dict):
-        records["layer_groups"] = layers
+    # the records as the rebuild gets them back from their files; one the damaged manifest
+    # still holds, well typed, wins
+    from_files = {
+        "eval": companions.recovered_eval_record(store, spec.probe.seed)[0],
+        "layer_groups": companions.recovered_layer_record(store, ident)[0] if carried else None,
+    }
+    for name, from_file in from_files.items():
+        held_record = held.get(name)
+        record = held_record if isinstance(held_record, dict) else from_file
+        if record is not None:
+            records[name] = record
+    recovered = frozenset(
+        name
+        for name, from_file in from_files.items()
+        if from_file is not None and records.get(name) == from_file
+    )
     note = None
     if step_regex is None and carried and "selection" not in records:
         note = (
@@ -141,7 +150,7 @@ def rebuilt_remembered(
             f"files as without one. If {ckpts} needs one, rerun with --step-regex REGEX, which "
             "records it again"
         )
-    return new_manifest(ident, records), note
+    return new_manifest(ident, records), note, recovered
 
 
 def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:

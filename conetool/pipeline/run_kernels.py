@@ -275,8 +275,12 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     # Read once: what the store recorded (the options a rerun keeps; None under --overwrite),
     # and, --overwrite or not, what another_run checks for a run mixed in.
     manifest = read_manifest(Path(o.store))
+    # the kept records a rebuilt manifest gets back from their files: said by the rebuild
+    recovered: frozenset[str] = frozenset()
     if store is not None:  # one to be rebuilt: what its files keep of it (selection, eval, ...)
-        manifest, lost = rebuilt_remembered(store, manifest, spec, kind, dtype, ckpts, step_regex)
+        manifest, lost, recovered = rebuilt_remembered(
+            store, manifest, spec, kind, dtype, ckpts, step_regex
+        )
         if lost:  # the step regex of the store's runs is not known: for the user to check
             said.warn(lost)
     recorded = manifest if store is not None else None
@@ -289,7 +293,7 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
         _check_count(eval_size, "--eval-size")
     if eval_size is None and recorded is not None:
         eval_size = _recorded_eval_size(recorded)
-        if eval_size is not None:
+        if eval_size is not None and "eval" not in recovered:
             said.note(f"keeping the store's evaluation set of {eval_size} examples (--eval-size)")
     if eval_size is not None and spec.probe.split == EVAL_SPLIT:
         raise ConetoolError(
@@ -299,7 +303,7 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
         )
 
     per_layer, patterns, kept = _layer_patterns(o, recorded)
-    if kept:
+    if kept and "layer_groups" not in recovered:
         said.note(kept)
 
     selection = parse_step_range(steps) if steps else None  # once: the plan keeps it
