@@ -510,6 +510,22 @@ def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
     assert "\\<b>bold?\\</b> & more" in result.markdown.read_text(encoding="utf-8")
 
 
+def test_warnings_alone_get_a_notes_section(run, tmp_path):
+    # the section of missing parts is there for the report's warnings too, titled Notes when
+    # no part is missing (README: "Missing parts, or Notes when no part is missing")
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    summary = json.loads(paths.distance_summary(copy).read_text())
+    summary["steps"]["count"] -= 1
+    paths.distance_summary(copy).write_text(json.dumps(summary))
+    result = report(copy)
+    assert result.missing == [] and result.warnings
+    notes = Page(result.html.read_text(encoding="utf-8")).section("missing")
+    assert notes.startswith("Notes") and "Missing parts" not in notes, notes
+    assert "Warning: the conetool distance results cover 8 steps" in notes
+
+
 def safe_metadata(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
