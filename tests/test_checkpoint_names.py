@@ -177,12 +177,31 @@ def test_one_safetensors_file_named_by_a_unix_time_is_warned_of(tmp_path: Path) 
         (["ckpt_2208988800"], False),
         (["ckpt_2000", "ckpt_1764584040"], False),  # one step that is no such time
         (["step_0001764584"], False),  # zero-padded: step 1,764,584
+        (["ckpt_1000000000000"], True),  # the same times in milliseconds: the first
+        (["ckpt_2208988799999"], True),  # and the last
+        (["ckpt_999999999999", "ckpt_1764584040000"], False),  # one step that is no such time
+        (["ckpt_2208988800000"], False),
+        (["ckpt_1764584040", "ckpt_1764584040000"], False),  # seconds beside milliseconds
     ],
 )
 def test_the_range_of_unix_times(tmp_path: Path, names: list[str], warned: bool) -> None:
     for i, name in enumerate(names):
         torch.save(_state(i), tmp_path / f"{name}.pt")
     assert bool(_unix(_listing_said(tmp_path)[1])) is warned
+
+
+def test_steps_that_read_as_unix_times_in_milliseconds_are_warned_of(tmp_path: Path) -> None:
+    # int(time.time() * 1000): 1764584040123 ms after 1970 is 2025-12-01 10:14:00.123 UTC
+    for i, stamp in enumerate((1764584040123, 1764587640456)):
+        torch.save(_state(i), tmp_path / f"ckpt_{stamp}.pt")
+    steps, warned, _ = _listing_said(tmp_path)
+    assert steps == [1764584040123, 1764587640456]
+    (text,) = _unix(warned)
+    assert text.startswith(
+        "the steps of 2 checkpoints (ckpt_1764584040123.pt, ckpt_1764587640456.pt), read from "
+        "their names, are Unix times of 2001-2039 (milliseconds since 1970: 1764584040123 is "
+        "2025-12-01 10:14:00 UTC)"
+    ), text
 
 
 def test_steps_stored_in_the_files_or_given_by_the_trainer_are_no_unix_times(tmp_path: Path):

@@ -66,6 +66,7 @@ from .records import (
 from .scanning import scan_directory
 from .selection import is_selected, parse_step_range, step_from_name
 from .step_names import (
+    UNIX_MILLISECONDS,
     UNIX_TIMES,
     epoch_note,
     name_regex,
@@ -181,20 +182,29 @@ def stored_step_note(
 def unix_time_warning(directory: Path, candidates: list[Candidate]) -> str | None:
     """The warning for a run whose every step read from a name by a built-in rule (the files
     that store no step, without ``--step-regex``, not Hugging Face folders: at least one) is a
-    Unix time of 2001-2039 (:data:`~conetool.checkpoints.step_names.UNIX_TIMES`): the files were
-    probably named by when they were saved. Their steps are kept (a long run may count that
+    Unix time of 2001-2039 (:data:`~conetool.checkpoints.step_names.UNIX_TIMES`), or every one
+    such a time in milliseconds (:data:`~conetool.checkpoints.step_names.UNIX_MILLISECONDS`): the
+    files were probably named by when they were saved. Their steps are kept (a long run may count that
     many); the warning names the files as the other notes do (relative to ``directory``) and the
     fixes. None when there is no such file or one step is no such time."""
     named = [c for c in candidates if c.problem is None and c.step_by_name_rule]
     # (an int's "in range" is two comparisons; None never gets here: the rule read a step)
-    if not named or not all(c.step is not None and c.step in UNIX_TIMES for c in named):
+    steps = [c.step for c in named if c.step is not None]
+    if not named or len(steps) < len(named):
+        return None
+    if all(step in UNIX_TIMES for step in steps):
+        unit, per_second = "seconds", 1
+    elif all(step in UNIX_MILLISECONDS for step in steps):
+        unit, per_second = "milliseconds", 1000
+    else:
         return None
     first, files = named[0], named_files([shown_name(directory, c) for c in named])
     assert first.step is not None
-    when = datetime.datetime.fromtimestamp(first.step, tz=datetime.timezone.utc)
+    seconds = first.step // per_second
+    when = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
     s, theirs, are = ("s", "their names", "are") if len(named) > 1 else ("", "its name", "is a")
     return (
-        f"the step{s} of {files}, read from {theirs}, {are} Unix time{s} of 2001-2039 (seconds "
+        f"the step{s} of {files}, read from {theirs}, {are} Unix time{s} of 2001-2039 ({unit} "
         f"since 1970: {first.step} is {when:%Y-%m-%d %H:%M:%S} UTC), as when a loop names its "
         f"files by when it saved them; "
         f"then the step axis (the distances per step, the velocities, --every, --at) is time, "

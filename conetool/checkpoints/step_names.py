@@ -28,7 +28,8 @@ of 4 or 6 digits after a separator), or YYYY-MM-DD; 8-digit steps that happen to
 A number that reads as a Unix time (``ckpt_1764584040.pt``, ``model-1764584040.safetensors``:
 seconds since 1970, the files named by when they were saved) is taken for the step all the same,
 as a long run may count that many steps; but when every step read from a name by the rules above
-lies in :data:`UNIX_TIMES` (2001-09-09 to the end of 2039) the listing warns, naming the fixes
+lies in :data:`UNIX_TIMES` (2001-09-09 to the end of 2039), or every one in
+:data:`UNIX_MILLISECONDS` (the same times in milliseconds), the listing warns, naming the fixes
 (:func:`conetool.checkpoints.discover.unix_time_warning`; files that store their step,
 ``--step-regex`` and Hugging Face ``checkpoint-N`` folders are not counted).
 
@@ -154,6 +155,9 @@ def date_error(path: Path, form: str) -> CheckpointError:
 #: The steps that read as Unix times (seconds since 1970-01-01 UTC): 10 digits from
 #: 1,000,000,000 (2001-09-09 01:46:40) to the last second of 2039.
 UNIX_TIMES = range(1_000_000_000, 2_208_988_800)
+#: The same times in milliseconds (``int(time.time() * 1000)``, JavaScript's ``Date.now()``):
+#: 13 digits.
+UNIX_MILLISECONDS = range(1_000_000_000_000, 2_208_988_800_000)
 
 
 def epoch_note(iterations_per_epoch: int, count: int) -> str:
