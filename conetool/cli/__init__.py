@@ -8,6 +8,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from .._startup import INTERRUPTED, exit_if_command_line, speaks_for_the_job
+from .collector import defer_collection
 
 # isort: off
 # Each command module registers itself on the app; --help lists them in this (pipeline) order.
@@ -61,6 +62,7 @@ def main() -> None:
         default_unraisable(unraisable)
 
     default_unraisable = sys.unraisablehook
+    defer_collection()  # until the command's modules are imported (conetool.cli.collector)
     try:
         signal.signal(signal.SIGINT, on_interrupt)
         sys.unraisablehook = on_unraisable

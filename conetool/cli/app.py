@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from ..errors import ConetoolError
 from ..progress import NullProgress
+from .collector import imports_done
 from .progress_display import PlainProgress, RichProgress
 
 if TYPE_CHECKING:  # conetool.distributed imports torch: only commands that run load it
@@ -106,6 +107,7 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     """
     from ..distributed import PeerFailedError, PeerInterruptedError
 
+    imports_done()  # (the command's modules are imported: see conetool.cli.collector)
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
     try:
