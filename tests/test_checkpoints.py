@@ -653,6 +653,62 @@ def test_values_within_the_models_range_and_non_finite_ones_are_not_overflow():
     assert model.fc2.weight[0, 0].item() == float("inf")
 
 
+@pytest.mark.parametrize("saved", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("value", [65504.0, 65519.0, 65520.0, -65520.0, 7e4, 1e30])
+def test_overflow_is_refused_exactly_when_casting_makes_a_value_inf(saved, value):
+    """The check reads each tensor's largest magnitude (no cast of the tensor): it refuses
+    exactly the values that the elementwise cast into float16 turns into Inf, at the rounding
+    boundary too (65519 rounds down to 65504, 65520 up to Inf)."""
+    sd = {k: v.to(saved) if v.is_floating_point() else v for k, v in state(4).items()}
+    sd["fc1.bias"][0] = value
+    becomes_inf = not bool(torch.isfinite(sd["fc1.bias"].to(torch.float16)).all())  # reference
+    model = Net().to(torch.float16)
+    if becomes_inf:
+        with pytest.raises(CheckpointError, match="'fc1.bias'"):
+            load_checkpoint(model, sd, warn=lambda _: None)
+    else:
+        load_checkpoint(model, sd, warn=lambda _: None)
+        assert torch.isfinite(model.fc1.bias).all()
+
+
+def test_overflow_beside_the_checkpoints_own_nan_is_still_refused():
+    """With check_finite off, a tensor holding NaN and 1e5 (bfloat16, into float16): its
+    largest magnitude is NaN, and the 1e5 that would become Inf is still found and named."""
+    sd = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state(4).items()}
+    sd["fc2.weight"][0, 0] = float("nan")
+    sd["fc2.weight"][0, 1] = 1e5
+    with pytest.raises(CheckpointError, match=r"'fc2.weight' \(bfloat16, up to 9.984e\+04\)"):
+        load_checkpoint(Net().to(torch.float16), sd, check_finite=False, warn=lambda _: None)
+
+
+def test_a_tensor_lost_to_zero_in_the_models_dtype_is_named():
+    """A float32 tensor of 1e-9 (a learned scale, say) loaded into a float16 model became all
+    zeros there, without a word: below float16's smallest subnormal (6e-8) every value is 0. A
+    warning names the file, the tensor, its dtype, its largest magnitude, and the fix; a tensor
+    whose small values sit beside large ones is ordinary rounding and is not named."""
+    sd = state(4)
+    sd["fc1.bias"] = torch.full_like(sd["fc1.bias"], 1e-9)
+    sd["fc2.bias"] = torch.full_like(sd["fc2.bias"], 2e-6)  # subnormal in float16, not 0
+    sd["fc1.weight"][0, 0] = 1e-9  # beside values near 1: rounding, not a loss
+    said: list[str] = []
+    model = Net().to(torch.float16)
+    load_checkpoint(model, sd, warn=said.append)
+    assert not model.fc1.bias.any()  # what loading does: all 0
+    [message] = [m for m in said if "smallest normal" in m]
+    assert message.startswith("'the state dict' stores ")
+    assert "'fc1.bias' (float32, up to 1e-09, all 0 in float16)" in message
+    assert "'fc2.bias' (float32, up to 2e-06)" in message
+    assert "fc1.weight" not in message and "'fc2.weight'" not in message
+    assert "load the checkpoint into a float32 model" in message and "--dtype" in message
+    said.clear()
+    load_checkpoint(Net().to(torch.float32), sd, warn=said.append)  # it holds them
+    assert not said
+    sd["fc1.bias"] = torch.zeros_like(sd["fc1.bias"])  # zeros stay zeros: nothing lost
+    sd["fc2.bias"] = torch.zeros_like(sd["fc2.bias"])
+    load_checkpoint(model, sd, warn=said.append)
+    assert not said
+
+
 def test_match_state_dict_returns_model_keys():
     sd = {"module." + k: v for k, v in state(3).items()}
     out = match_state_dict(Net(), sd)

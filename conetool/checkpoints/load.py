@@ -179,11 +179,18 @@ def check_dtypes(
     """Refuse a tensor whose dtype cannot hold the model's (integers or booleans for a floating
     parameter, complex for a real one), naming the file, the key and both dtypes; refuse finite
     values beyond the range of the model's dtype (a bfloat16 checkpoint's 1e5 in a float16
-    model), which loading would turn into Inf, naming the tensors and a dtype that holds them;
-    warn once per file (through ``warn``) about floating tensors of lower precision than the
-    model's, which load fine but were rounded when saved."""
+    model), which loading would turn into Inf, naming the tensors, their largest magnitude and a
+    dtype that holds them; warn once per file (through ``warn``) about floating tensors of lower
+    precision than the model's, which load fine but were rounded when saved, and about tensors
+    whose every value lies below the smallest normal number of the model's dtype (a float32
+    tensor of 1e-6 in a float16 model), which keep few significant digits there, or none.
+
+    Costs one min/max reduction over each tensor whose dtype has a wider range than the model's
+    (no cast, no copy): casting is monotonic, so the cast of the largest magnitude tells whether
+    any value overflows or whether all of them underflow."""
     lower: list[tuple[str, torch.dtype]] = []
     overflow: list[tuple[str, float, torch.dtype]] = []  # (key, largest magnitude lost, wanted)
+    tiny: list[tuple[str, float, torch.dtype]] = []  # (key, largest magnitude, wanted)
     for key, tensor in state_dict.items():
         target = own.get(mapping.get(key, key))
         if target is None or not target.is_floating_point():
@@ -196,16 +203,20 @@ def check_dtypes(
                 "round or cast them, and the kernel would be wrong). Re-save the checkpoint from "
                 "the model's state_dict() without converting it."
             )
-        if torch.finfo(found).max > torch.finfo(wanted).max:  # a wider range: may not fit
-            largest = _beyond_range(tensor, wanted)
-            if largest is not None:
-                overflow.append(
-                    (f"'{key}' ({_dtype(found)}, up to {largest:.4g})", largest, wanted)
-                )
+        if _wider_range(found, wanted):  # may not fit
+            largest, fits = _range_check(tensor, wanted)
+            shown = f"'{key}' ({_dtype(found)}, up to {largest:.4g})"
+            if fits == "overflow":
+                overflow.append((shown, largest, wanted))
+            elif fits in ("underflow", "zero"):
+                zero = f", all 0 in {_dtype(wanted)}" if fits == "zero" else ""
+                tiny.append((shown[:-1] + zero + ")", largest, wanted))
         if torch.finfo(found).eps > torch.finfo(wanted).eps:  # fewer significant digits (not
             lower.append((f"'{key}' ({_dtype(found)})", wanted))  # bits: bfloat16 vs float16)
     if overflow:
         raise CheckpointOverflowError(_overflow_message(name, overflow))
+    if tiny:
+        (warn or default_warn)(_underflow_message(name, tiny))
     if lower:
         shown = ", ".join(k for k, _ in lower[:3])
         more = f" and {len(lower) - 3} more" if len(lower) > 3 else ""
@@ -216,15 +227,58 @@ def check_dtypes(
         )
 
 
+def _wider_range(found: torch.dtype, wanted: torch.dtype) -> bool:
+    """Whether ``found`` holds magnitudes (large or small) that ``wanted`` does not."""
+    a, b = torch.finfo(found), torch.finfo(wanted)
+    return a.max > b.max or a.tiny < b.tiny
+
+
+def _range_check(tensor: torch.Tensor, wanted: torch.dtype) -> tuple[float, str]:
+    """(the largest magnitude of the finite values of ``tensor``, "overflow" when casting it to
+    ``wanted`` makes some of them Inf (NaN for a float8 without Inf), "underflow" when it makes
+    every one of them (not all 0) subnormal or 0, "zero" when it makes every one 0, else
+    "fits")."""
+    if tensor.numel() == 0:
+        return 0.0, "fits"
+    source = tensor.float() if tensor.dtype in _FLOAT8 else tensor
+    low, high = torch.aminmax(source)  # one pass, no copy
+    peak = torch.maximum(low.abs(), high.abs()).to(tensor.dtype)  # exact: a value of the tensor
+    if not _finite(peak):  # the checkpoint's own NaN or Inf (check_finite off): look closer
+        largest = _beyond_range(tensor, wanted)
+        return (largest, "overflow") if largest is not None else (0.0, "fits")
+    cast = peak.to(wanted)  # rounds as loading rounds each value: the largest decides
+    if not _finite(cast):
+        return float(peak), "overflow"
+    if float(peak) != 0 and abs(float(cast)) < torch.finfo(wanted).tiny:
+        return float(peak), "zero" if float(cast) == 0 else "underflow"
+    return float(peak), "fits"
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t.float() if t.dtype in _FLOAT8 else t).all())
+
+
 def _beyond_range(tensor: torch.Tensor, wanted: torch.dtype) -> float | None:
     """The largest magnitude of the finite values of ``tensor`` that casting to ``wanted`` turns
-    into Inf (NaN for a float8 without Inf), or None when every finite value stays finite."""
+    into Inf (NaN for a float8 without Inf), or None when every finite value stays finite: the
+    slow way (a cast and masks), only for a tensor that holds NaN or Inf itself."""
     source = tensor.float() if tensor.dtype in _FLOAT8 else tensor
     cast = tensor.to(wanted)
     lost = ~torch.isfinite(cast.float() if wanted in _FLOAT8 else cast) & torch.isfinite(source)
     if not bool(lost.any()):
         return None
     return float(source[lost].abs().max())
+
+
+def _wider_model(holds: torch.dtype) -> str:
+    """How to load the checkpoint into a model of dtype ``holds``: the spec has no dtype, so the
+    factory (or the caller) sets it."""
+    return (
+        f'build the model in {_dtype(holds)} (a "pkg.mod:factory" arch that returns '
+        f"model.to(torch.{_dtype(holds)}), or model.to(torch.{_dtype(holds)}) before loading it "
+        "from Python). --dtype does not help: it sets the dtype the kernel is computed in, after "
+        "the checkpoint is loaded into the model's own dtype."
+    )
 
 
 def _overflow_message(name: str, overflow: list[tuple[str, float, torch.dtype]]) -> str:
@@ -242,10 +296,29 @@ def _overflow_message(name: str, overflow: list[tuple[str, float, torch.dtype]])
         f"'{name}' stores {shown}{more}: values beyond the largest {_dtype(wanted)} "
         f"({torch.finfo(wanted).max:.4g}), so loading them into the model's {_dtype(wanted)} "
         "parameters would make them Inf (and the kernel not finite). Load the checkpoint into a "
-        f'{_dtype(holds)} model: build the model in {_dtype(holds)} (a "pkg.mod:factory" arch '
-        f"that returns model.to(torch.{_dtype(holds)}), or model.to(torch.{_dtype(holds)}) "
-        "before loading it from Python). --dtype does not help: it sets the dtype the kernel is "
-        "computed in, after the checkpoint is loaded into the model's own dtype."
+        f"{_dtype(holds)} model: {_wider_model(holds)}"
+    )
+
+
+def _underflow_message(name: str, tiny: list[tuple[str, float, torch.dtype]]) -> str:
+    """The warning of :func:`check_dtypes` for tensors whose values all lie below the smallest
+    normal number of the model's dtype: which tensors, how large, and a dtype that holds them."""
+    shown = ", ".join(text for text, _, _ in tiny[:3])
+    more = f" and {len(tiny) - 3} more" if len(tiny) > 3 else ""
+    wanted = tiny[0][2]
+    smallest = min(value for _, value, _ in tiny)
+    holds = next(
+        (d for d in (torch.float32, torch.float64) if torch.finfo(d).tiny <= smallest),
+        torch.float64,
+    )
+    info = torch.finfo(wanted)
+    zero = info.tiny * info.eps / 2  # half the smallest subnormal: below it, a value becomes 0
+    return (
+        f"'{name}' stores {shown}{more}: every value of each is below the smallest normal "
+        f"{_dtype(wanted)} ({info.tiny:.4g}), so the model's {_dtype(wanted)} keeps few of their "
+        f"significant digits (none below {zero:.3g}: they become 0), and the kernel is computed "
+        f"with these weights. To keep them, load the checkpoint into a {_dtype(holds)} model: "
+        f"{_wider_model(holds)}"
     )
 
 
@@ -265,12 +338,15 @@ def match_state_dict(
     A wrapper prefix (``module.``, ``model.``, ``_orig_mod.``) is stripped only when that makes the
     keys match. BatchNorm ``num_batches_tracked`` counters missing from old checkpoints are filled
     from the model (they do not affect eval-mode outputs). Tensors of lower floating precision than
-    the model's are accepted with a warning through ``warn`` (default :func:`warnings.warn`).
+    the model's, and tensors whose values all lie below the smallest normal number of the model's
+    dtype, are accepted with a warning through ``warn`` (default :func:`warnings.warn`); values
+    beyond the range of the model's dtype are refused (:func:`check_dtypes`).
 
     Raises:
         CheckpointError: missing or unexpected keys (up to ten of each listed), shape mismatches
             (key, expected, found), or a dtype that cannot hold the parameter (key, both dtypes),
-            naming ``name`` and the likely fix.
+            naming ``name`` and the likely fix; :class:`CheckpointOverflowError` for finite
+            values beyond the range of the model's dtype (key, dtype, largest magnitude).
     """
     own = model.state_dict()
     match = match_keys(
@@ -306,7 +382,8 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: unreadable file, NaN/Inf (with ``check_finite``), missing or unexpected
-            keys, or shape mismatches; the message names the file and the fix.
+            keys, shape mismatches, or values beyond the range of the model's dtype
+            (:class:`CheckpointOverflowError`); the message names the file and the fix.
     """
     if isinstance(source, Mapping):
         name = "the state dict"
@@ -332,8 +409,9 @@ def apply_checkpoint(
     (key matching, the dtype check and its warning, the copy into the model's tensors).
 
     Raises:
-        CheckpointError: missing or unexpected keys, shape mismatches, or a dtype that cannot
-            hold a parameter; the message names the file and the fix.
+        CheckpointError: missing or unexpected keys, shape mismatches, a dtype that cannot
+            hold a parameter, or values beyond its range (:class:`CheckpointOverflowError`); the
+            message names the file and the fix.
     """
     _apply(model, loaded.state_dict, str(loaded.ref.file), warn)
 
