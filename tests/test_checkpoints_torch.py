@@ -732,3 +732,71 @@ def test_files_of_one_step_with_other_tensors_stay_refused(tmp_path: Path, other
     save_file(other(state(1)), str(tmp_path / "ckpt_60.safetensors"))
     msg = problem(tmp_path)
     assert "two checkpoints have step 60" in msg and "Keep one of them" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------------
+# a dict holding a state dict under several entries
+
+
+def test_two_entries_with_different_values_are_refused_naming_both_and_the_fix(tmp_path: Path):
+    """A loop that saved the raw model under 'model' and an EMA under 'model_state_dict' (same
+    keys and shapes, other values): the reader took 'model_state_dict', the first it looked
+    for, without a word. The full read refuses it, naming both entries, the first tensor that
+    differs and how to save the one to measure alone; inspect --verify says so too."""
+    path = tmp_path / "ckpt_100.pt"
+    torch.save({"model": state(0), "model_state_dict": state(1), "step": 100}, path)
+    with pytest.raises(CheckpointError) as refused:
+        read_state_dict(path)
+    message = str(refused.value)
+    assert f"'{path}' holds a state dict under each of 'model_state_dict', 'model'" in message
+    assert "('model' from 'model_state_dict': 'fc1.weight' holds other values)" in message
+    assert f"sd = torch.load('{path}', weights_only=True)" in message
+    assert "save_file(sd['model_state_dict']" in message and "sd['model']" in message
+    # listing reads the pickle only (tensors memory-mapped): values are compared on the full read
+    assert listed(tmp_path) == [(100, "ckpt_100.pt")]
+    [row] = inspect_checkpoints(tmp_path, verify=True, warn=lambda _: None)
+    assert row.status == "error" and row.problem is not None and "they differ" in row.problem
+
+
+@pytest.mark.parametrize(
+    ("other", "why"),
+    [
+        (state(0, classes=4), "shapes differ: 'fc2.weight' (4, 5) vs (3, 5)"),
+        ({"fc1.weight": state(0)["fc1.weight"]}, "it lacks 'fc1.bias', 'fc2.weight', 'fc2.bias'"),
+        ({k: v.half() for k, v in state(0).items()}, "'fc1.weight' is float16, not float32"),
+    ],
+)
+def test_two_entries_with_other_keys_shapes_or_dtypes_are_refused_when_listed(
+    tmp_path: Path, other: dict[str, torch.Tensor], why: str
+):
+    """Names, shapes and dtypes need no tensor data: the listing (which reads the pickle only)
+    refuses the file already, as list_checkpoints refuses any unreadable file."""
+    torch.save({"model_state_dict": state(0), "model": other}, tmp_path / "ckpt_100.pt")
+    message = problem(tmp_path)
+    assert "ckpt_100.pt" in message and "'model_state_dict', 'model'" in message
+    assert why in message
+
+
+def test_entries_holding_the_same_tensors_are_read_and_the_first_is_taken(tmp_path: Path):
+    """One state dict saved under two names (one object, or a copy in other memory), the raw
+    model beside its DDP-wrapped copy, Lightning's 'state_dict' beside the plain 'model': the
+    same tensors, so the file is read; the entry taken is the first of 'state_dict',
+    'model_state_dict', 'model' (the README's order). A NaN equals itself here (bit for bit)."""
+    sd = state(0)
+    sd["fc2.bias"][0] = float("nan")
+    cases = {
+        "ckpt_1.pt": {"model": sd, "model_state_dict": sd},
+        "ckpt_2.pt": {"model": sd, "model_state_dict": {k: v.clone() for k, v in sd.items()}},
+        "ckpt_3.pt": {"model": sd, "model_state_dict": {f"module.{k}": v for k, v in sd.items()}},
+        "ckpt_4.pt": {"model": sd, "state_dict": {f"model.{k}": v for k, v in sd.items()}},
+    }
+    for name, saved in cases.items():
+        torch.save({**saved, "step": int(name[5])}, tmp_path / name)
+    first = {"ckpt_3.pt": "module.", "ckpt_4.pt": "model."}
+    for name in cases:
+        got = read_state_dict(tmp_path / name, check_finite=False)
+        prefix = first.get(name, "")
+        assert list(got) == [prefix + k for k in sd], name
+        for key, tensor in sd.items():
+            assert torch.equal(got[prefix + key].view(torch.uint8), tensor.view(torch.uint8))
+    assert [step for step, _ in listed(tmp_path)] == [1, 2, 3, 4]

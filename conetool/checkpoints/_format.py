@@ -36,6 +36,8 @@ import torch
 from conetool.errors import CheckpointError
 from conetool.io import SAFETENSORS_DTYPES as _DTYPES
 
+from ._keys import diff_keys, strip_common_prefixes
+
 SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _CHUNK = 8 * 2**20
@@ -408,20 +410,50 @@ def load_weights_only(source: Callable[[], str | io.BytesIO], **kwargs: Any) -> 
             return torch.load(source(), weights_only=True, **kwargs)
 
 
-def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+#: The entries of a dict that may hold its state dict, in the order they are read: Lightning's
+#: ``"state_dict"``, a training loop's ``"model_state_dict"`` or ``"model"``. A dict that holds
+#: several (a loop that saved ``model.state_dict()`` under two names, or the raw model beside its
+#: DDP-wrapped copy) is read only when they hold the same tensors; then the first is taken.
+STATE_DICT_ENTRIES = ("state_dict", "model_state_dict", "model")
+
+
+def _is_state_dict(value: object) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
+
+
+def unwrap_state_dict(
+    obj: object, path: Path, *, compare_values: bool = True
+) -> dict[str, torch.Tensor]:
     """A plain state dict from what torch.load returned.
 
-    Accepts a mapping of tensors, or a mapping holding one under ``"state_dict"`` (Lightning),
-    ``"model_state_dict"`` or ``"model"``.
+    Accepts a mapping of tensors, or a mapping holding one under an entry of
+    :data:`STATE_DICT_ENTRIES` (``"state_dict"`` (Lightning), ``"model_state_dict"``, ``"model"``).
+    When it holds several, they must hold the same tensors (names, but for a wrapper prefix all
+    of one entry's share, such as DDP's ``module.``; dtypes; shapes; and, with
+    ``compare_values``, values bit for bit), and the first in that order is taken; tensors that
+    are one in memory (one state dict saved under two names) are not compared. Without
+    ``compare_values`` (a memory-mapped read of the pickle only) no tensor data is read: values
+    are compared when the file is read in full.
+
+    Raises:
+        CheckpointError: no state dict in ``obj``, or entries holding different state dicts
+            (naming the entries, the first difference and the fix).
     """
     if isinstance(obj, Mapping):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj)
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner:
-                if all(isinstance(v, torch.Tensor) for v in inner.values()):
-                    return dict(inner)
+        found = {key: obj[key] for key in STATE_DICT_ENTRIES if _is_state_dict(obj.get(key))}
+        if found:
+            first, *others = found
+            for other in others:
+                why = _state_dicts_differ(found[first], found[other], compare_values)
+                if why is not None:
+                    raise CheckpointError(_different_entries(path, list(found), first, other, why))
+            return dict(found[first])
         keys = ", ".join(repr(k) for k in list(obj)[:10])
         what = f"a dict with keys {keys}" if obj else "an empty dict"
     else:
@@ -430,6 +462,62 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
         f"'{path}' holds {what}, not a state dict. conetool reads a plain state dict "
         f"(torch.save(model.state_dict(), ...)) or a dict holding one under 'state_dict' "
         f"(Lightning), 'model_state_dict' or 'model'; re-save the model's state dict."
+    )
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` have the same dtype, shape and bytes (NaN equals itself); two
+    views of the same memory are equal without a read."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if (
+        a.device == b.device
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.stride() == b.stride()
+    ):
+        return True
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def _state_dicts_differ(
+    first: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], compare_values: bool
+) -> str | None:
+    """How ``other`` differs from ``first`` (names without a prefix they all share, then
+    shapes, dtypes, then values when ``compare_values``), or None when they hold the same
+    tensors. Cheapest first: names and shapes need no tensor data."""
+    if first is other:
+        return None
+    a = dict(zip(strip_common_prefixes(first)[1], first.values(), strict=True))
+    b = dict(zip(strip_common_prefixes(other)[1], other.values(), strict=True))
+    shapes_a = {k: tuple(v.shape) for k, v in a.items()}
+    shapes_b = {k: tuple(v.shape) for k, v in b.items()}
+    if shapes_a != shapes_b:
+        return diff_keys(shapes_b, shapes_a)
+    for key, tensor in a.items():
+        if tensor.dtype != b[key].dtype:
+            return f"'{key}' is {_dtype_name(b[key].dtype)}, not {_dtype_name(tensor.dtype)}"
+    if compare_values:
+        for key, tensor in a.items():
+            if not bitwise_equal(tensor, b[key]):
+                return f"'{key}' holds other values"
+    return None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _different_entries(path: Path, found: list[str], first: str, other: str, why: str) -> str:
+    """The error for a dict holding different state dicts under two of its entries."""
+    entries = ", ".join(f"'{k}'" for k in found)
+    return (
+        f"'{path}' holds a state dict under each of {entries}, and they differ ('{other}' from "
+        f"'{first}': {why}), as when a loop saves the model beside an EMA of it; conetool "
+        "measures one network per file and will not guess which. Save the one to measure "
+        f"alone, in Python: sd = torch.load('{path}', weights_only=True); "
+        f"safetensors.torch.save_file(sd['{first}'], 'step_2000.safetensors', "
+        f"metadata={{'step': '2000'}}) with the file's step (or sd['{other}'] for the other one)."
     )
 
 
@@ -618,7 +706,7 @@ def read_torch_contents(path: Path) -> TorchContents:
     except OSError as e:
         raise open_error(path, e) from None
     try:
-        state = unwrap_state_dict(obj, path)
+        state = unwrap_state_dict(obj, path, compare_values=False)  # values: when read in full
     except CheckpointError as e:
         holds = None if _holds_named_tensors(obj) else _what_it_holds(obj)
         return TorchContents(None, str(e), holds, {})

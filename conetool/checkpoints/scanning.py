@@ -16,6 +16,7 @@ from conetool import paths
 from conetool.errors import CheckpointError
 
 from ._format import (
+    bitwise_equal,
     check_torch_file,
     files_fingerprint,
     open_error,
@@ -345,12 +346,6 @@ def _normalized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(zip(strip_common_prefixes(tensors)[1], tensors.values(), strict=True))
 
 
-def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
-
-
 def _same_tensors(group: list[Candidate]) -> bool:
     """Whether the files of one step hold the same tensors: the same names (but for a wrapper
     prefix all of one file's share: DDP's ``module.``), dtypes, shapes and bytes. The same
@@ -371,7 +366,7 @@ def _same_tensors(group: list[Candidate]) -> bool:
             other = _normalized(read_checkpoint(c.ref(), check_finite=False).state_dict)
             if other.keys() != first.keys():
                 return False
-            if not all(_bitwise_equal(first[k], other[k]) for k in first):
+            if not all(bitwise_equal(first[k], other[k]) for k in first):
                 return False
     except CheckpointError:
         return False
