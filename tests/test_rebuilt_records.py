@@ -351,18 +351,32 @@ def test_the_rebuilding_run_refuses_another_runs_checkpoints(run, tmp_path):
     assert kernels(run, store=root, device="cpu").computed == []  # its own run rebuilds it
 
 
-def test_a_hugging_face_run_of_one_stored_step_is_named_by_its_run_folder(run, tmp_path):
-    # Was: the rebuilding run named the store's run by the one checkpoint-N/ folder its kernel
-    # files were computed from, as if each step of a Hugging Face run were a run of its own.
+@pytest.mark.parametrize(
+    ("folder", "carried"), [("checkpoint-5", True), ("best", True), ("checkpoint-5", False)]
+)
+def test_a_run_of_one_stored_step_in_a_subfolder_is_named_by_its_run_folder(
+    run, tmp_path, folder, carried
+):
+    # Was: the rebuilding run named the store's run by the one folder its kernel files were
+    # computed from (checkpoint-5/ of a Hugging Face run until 281b7c5; best/ of
+    # best/model.safetensors still), as if that step were a run of its own. Each kernel file
+    # records the directory kernels was given (its run's selection): that one is the run; files
+    # written before they carried it fall back to the folder their sources lie in.
     hf = tmp_path / "hf"
-    (hf / "checkpoint-5").mkdir(parents=True)
+    (hf / folder).mkdir(parents=True)
     shutil.copy(paths.spec(run), paths.spec(hf))
-    shutil.copy(paths.checkpoint(run, 5), hf / "checkpoint-5" / "model.safetensors")
+    shutil.copy(paths.checkpoint(run, 5), hf / folder / "model.safetensors")
+    (hf / folder / "trainer_state.json").write_text('{"global_step": 5}')  # best/'s step
     root = tmp_path / "s"
     kernels(hf, store=root, device="cpu")
+    if not carried:  # kernel files written before they carried their run's selection
+        path = paths.kernel(root, 5)
+        meta = metadata(path)
+        assert json.loads(meta.pop("selection"))["path"] == str(hf.resolve())
+        save_file(load_file(str(path)), str(path), meta)
     other = tmp_path / "other"
     shutil.copytree(hf, other)
-    weights = other / "checkpoint-5" / "model.safetensors"
+    weights = other / folder / "model.safetensors"
     save_file({k: v + 1 for k, v in load_file(str(weights)).items()}, str(weights))
     _damage_manifest(root, "deleted")
     with pytest.raises(StoreError) as refused:

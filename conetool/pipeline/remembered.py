@@ -7,8 +7,11 @@
     "every": K}`` (``None`` for an option not given). ``switch`` reuses the step regex when
     none is given (and says so), as does a rerun of ``kernels`` on the same directory; the
     report's Reproduce block repeats all four. Each kernel file carries its run's too: a
-    ``kernels`` run that rebuilds a deleted manifest reads it there (below), and so does
-    ``switch --ckpts`` on a store whose manifest is gone (:func:`carried_step_regex`).
+    ``kernels`` run that rebuilds a damaged or deleted manifest reads it there, with the
+    directory of the run whose kernels the store holds (below), and so does
+    ``switch`` on a store whose manifest is missing or damaged (:func:`carried_step_regex`),
+    which also takes the directory from them when no ``--ckpts`` is given
+    (:func:`carried_directory`).
 ``imports``
     for a spec that names an import path (``[model] arch`` or ``[data] dataset`` =
     ``"pkg.mod:factory"``), where each module was imported from:
@@ -44,6 +47,7 @@ from ..store import kernel_file_headers, kernel_files_metadata, rebuilds_manifes
 from ..store_manifest import StoreIdentity, embedded_record, new_manifest
 
 __all__ = [
+    "carried_directory",
     "carried_step_regex",
     "import_paths",
     "imports_record",
@@ -121,8 +125,7 @@ def rebuilt_remembered(
     records: dict[str, Any] = {"checkpoints": _recorded_directory(carried, ckpts)}
     chosen = held.get("selection")
     if not isinstance(chosen, dict):
-        found = (_json(meta.get("selection")) for meta in carried)
-        chosen = next((value for value in found if isinstance(value, dict)), None)
+        chosen = _carried_selection(carried)
     if isinstance(chosen, dict):
         records["selection"] = chosen
     # the records as the rebuild gets them back from their files; one the damaged manifest
@@ -154,18 +157,59 @@ def rebuilt_remembered(
 
 
 def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:
-    """The checkpoint directory whose files the kernel files (their ``carried`` metadata) were
-    computed from: ``ckpts`` when they all lie in it, else the folder all lie in, a Hugging Face
-    ``checkpoint-N/`` folder counting as its run's (one stored step is no run of its own)."""
+    """The checkpoint directory whose files the kernel files (their ``carried`` metadata, the
+    newest first) were computed from: the directory ``kernels`` was given, as the newest file
+    carrying its run's selection records it; for files written before they carried it,
+    ``ckpts`` when all their sources lie in it, else the folder all lie in
+    (:func:`_sources_folder`)."""
+    given = _selection_path(carried)
+    if given is not None:
+        return given
     run = Path(ckpts).resolve()
+    sources = _sources(carried)
+    if all(source.is_relative_to(run) for source in sources):
+        return str(run)
+    return _sources_folder(sources)
+
+
+def carried_directory(store: Path) -> str | None:
+    """The checkpoint directory ``kernels`` read, for a store whose manifest (which records it)
+    is missing or damaged, from the kernel files of ``store`` (of any identity; the newest
+    first): the directory the newest file carrying its run's selection records, else (files
+    written before they carried it) the folder all their sources lie in
+    (:func:`_sources_folder`); None when no kernel file records a source."""
+    carried = kernel_file_headers(store)
+    given = _selection_path(carried)
+    if given is not None:
+        return given
+    sources = _sources(carried)
+    return _sources_folder(sources) if sources else None
+
+
+def _selection_path(carried: list[dict[str, str]]) -> str | None:
+    """The directory ``kernels`` was given, as the newest of the ``carried`` metadata that
+    records its run's selection records it (None: no file records one)."""
+    chosen = _carried_selection(carried)
+    path = chosen.get("path") if chosen is not None else None
+    return path if isinstance(path, str) and path else None
+
+
+def _sources(carried: list[dict[str, str]]) -> list[Path]:
+    """The source checkpoint files the kernel files' records list."""
     sources = []
     for meta in carried:
         found = embedded_record(meta)
         listed = found[1].get("source") if found is not None else None
         if isinstance(listed, list):
             sources += [Path(s) for s in listed if isinstance(s, str)]
-    if all(source.is_relative_to(run) for source in sources):
-        return str(run)
+    return sources
+
+
+def _sources_folder(sources: list[Path]) -> str:
+    """The folder all ``sources`` (one or more) lie in, a Hugging Face ``checkpoint-N/`` folder
+    counting as its run's (one stored step is no run of its own). A guess for kernel files that
+    do not record the directory ``kernels`` was given: one step's own folder (``best/`` of
+    ``best/model.safetensors``) is taken for the run."""
     return os.path.commonpath([str(_run_folder(source)) for source in sources])
 
 
@@ -174,6 +218,13 @@ def _run_folder(source: Path) -> Path:
     ``checkpoint-N/`` folder (``model.safetensors``, a shard) the folder that holds that one."""
     folder = source.parent
     return folder.parent if paths.is_hf_checkpoint_folder(folder.name) else folder
+
+
+def _carried_selection(carried: list[dict[str, str]]) -> dict[str, Any] | None:
+    """The checkpoint selection the newest of the ``carried`` kernel file metadata that carries
+    one carries (the run that wrote it; None: files written before they carried it)."""
+    found = (_json(meta.get("selection")) for meta in carried)
+    return next((value for value in found if isinstance(value, dict)), None)
 
 
 def _json(text: str | None) -> Any:
@@ -202,27 +253,26 @@ def recorded_step_regex(
     )
 
 
-def carried_step_regex(store: Path, given: str | None) -> tuple[str | None, str | None]:
-    """``(step_regex, note)`` for a store whose manifest is gone (deleted): ``given`` when there
-    is one, else the step regex of the checkpoint selection that the newest kernel file carrying
-    one carries (each carries its run's, as :func:`rebuilt_remembered` reads it for the
-    ``kernels`` run that rebuilds the manifest), with a note saying so; else None (no kernel
-    file, none given to kernels, or files written before they carried the selection)."""
+def carried_step_regex(
+    store: Path, given: str | None, *, manifest_is: str = "missing"
+) -> tuple[str | None, str | None]:
+    """``(step_regex, note)`` for a store whose manifest is missing (deleted) or damaged
+    (``manifest_is``, as the note says it): ``given`` when there is one, else the step regex of
+    the checkpoint selection that the newest kernel file carrying one carries (each carries its
+    run's, as :func:`rebuilt_remembered` reads it for the ``kernels`` run that rebuilds the
+    manifest), with a note saying so; else None (no kernel file, none given to kernels, or files
+    written before they carried the selection)."""
     if given is not None:
         return given, None
-    for meta in kernel_file_headers(store):
-        chosen = _json(meta.get("selection"))
-        if not isinstance(chosen, dict):
-            continue
-        regex = chosen.get("step_regex")
-        if not isinstance(regex, str) or not regex:
-            return None, None  # the newest run was given none
-        return regex, (
-            f"using --step-regex '{regex}', recorded by conetool kernels in the kernel files of "
-            f"{store} (its {paths.MANIFEST_NAME}, which records it, is missing; pass "
-            "--step-regex to use another)"
-        )
-    return None, None
+    chosen = _carried_selection(kernel_file_headers(store))
+    regex = chosen.get("step_regex") if chosen is not None else None
+    if not isinstance(regex, str) or not regex:
+        return None, None  # none carried, or the newest run was given none
+    return regex, (
+        f"using --step-regex '{regex}', recorded by conetool kernels in the kernel files of "
+        f"{store} (its {paths.MANIFEST_NAME}, which records it, is {manifest_is}; pass "
+        "--step-regex to use another)"
+    )
 
 
 def spec_imports(spec: Spec) -> list[tuple[str, str]]:
