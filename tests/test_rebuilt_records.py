@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
-from conetool.errors import StoreError
+from conetool.errors import CheckpointError, StoreError
 from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_spectrum import spectrum
@@ -310,6 +310,105 @@ def test_switch_on_a_store_without_manifest_uses_the_step_regex_its_kernel_files
     assert f"note: {said}" in " ".join(shown.output.split()), shown.output
     given = switch(0, store=root, ckpts=named, device="cpu", step_regex=REGEX)  # the flag: no note
     assert not any("--step-regex" in n for n in given.notes), given.notes
+
+
+def _said(text):
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated"])
+def test_switch_without_ckpts_takes_the_directory_the_kernel_files_record(run, tmp_path, how):
+    """switch without --ckpts on a store whose manifest.json was deleted said to run kernels
+    first, though each kernel file records the directory kernels read; a damaged (truncated)
+    one was refused even with --ckpts, though kernels rebuilds it. Both read what they need
+    from the kernel files, say so, and leave manifest.json as it is (kernels owns it)."""
+    root = tmp_path / "s"
+    named = _named_run(run, tmp_path, STEPS)
+    kernels(named, store=root, device="cpu", step_regex=REGEX)
+    _damage_manifest(root, how)
+    left = paths.manifest(root).read_bytes() if how == "truncated" else None
+    lost = "missing" if how == "deleted" else "damaged"
+    taken = (
+        f"using the checkpoint directory {named.resolve()}, recorded by conetool kernels in the "
+        f"kernel files of {root} (its manifest.json, which records it, is {lost}; pass --ckpts "
+        "to use another)"
+    )
+    regex = f"using --step-regex '{REGEX}', recorded by conetool kernels in the kernel files of"
+    result = switch(5, store=root, device="cpu")
+    assert [p.at for p in result.points] == [5]
+    assert taken in result.notes, result.notes
+    (note,) = [n for n in result.notes if n.startswith(regex)]
+    assert f"which records it, is {lost};" in note, note
+    damaged = [w for w in result.warnings if "manifest.json is damaged" in w]
+    if how == "truncated":
+        (warning,) = damaged
+        assert warning.startswith(f"{paths.manifest(root)} is damaged: switch read what it")
+        assert f"conetool kernels {named.resolve()} --store {root} rebuilds it" in warning
+    else:
+        assert damaged == [], result.warnings
+    # with --ckpts (which a damaged manifest refused): no note on the directory
+    given = switch(0, store=root, ckpts=named, device="cpu")
+    assert [p.at for p in given.points] == [0]
+    assert not any("checkpoint directory" in n for n in given.notes), given.notes
+    assert len([w for w in given.warnings if "manifest.json is damaged" in w]) == len(damaged)
+    shown = runner.invoke(app, ["switch", "--at", "0", "--store", str(root), "--device", "cpu"])
+    assert shown.exit_code == 0, shown.output
+    assert f"note: {taken}" in _said(shown.output), shown.output
+    if how == "truncated":
+        assert f"warning: {paths.manifest(root)} is damaged" in _said(shown.output)
+    # manifest.json left as it was; kernels rebuilds it from the kernel files, computing nothing
+    if how == "deleted":
+        assert not paths.manifest(root).exists()
+    else:
+        assert paths.manifest(root).read_bytes() == left
+    assert kernels(named, store=root, device="cpu").computed == []
+    assert _manifest(root)["checkpoints"] == str(named.resolve())
+
+
+def test_switch_without_ckpts_names_the_recorded_directory_that_is_gone(run, tmp_path):
+    root = tmp_path / "s"
+    named = _named_run(run, tmp_path, STEPS)
+    kernels(named, store=root, device="cpu", step_regex=REGEX)
+    _damage_manifest(root, "deleted")
+    moved = tmp_path / "moved"
+    shutil.move(named, moved)
+    with pytest.raises(CheckpointError) as gone:
+        switch(5, store=root, device="cpu")
+    message = str(gone.value)
+    assert f"store {root}'s manifest.json, which says where the checkpoints are, is missing" in (
+        message
+    )
+    assert f"record (the one conetool kernels read), {named.resolve()}, is not there" in message
+    assert "If the run moved, pass its new place: --ckpts CKPTS" in message
+    assert f"conetool kernels CKPTS --store {root} rebuilds the manifest" in message
+    shown = runner.invoke(app, ["switch", "--at", "5", "--store", str(root), "--device", "cpu"])
+    assert shown.exit_code == 1 and "is not there any more" in _said(shown.output), shown.output
+    assert [p.at for p in switch(5, store=root, ckpts=moved, device="cpu").points] == [5]
+
+
+def test_switch_still_refuses_a_manifest_that_kernels_does_not_rebuild(run, tmp_path):
+    # another tool's manifest.json (or a newer conetool's) is no damaged one: refused, as
+    # kernels refuses it, with --ckpts too
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    paths.manifest(root).write_text('{"format": "something-else"}')
+    for ckpts in (None, run):
+        with pytest.raises(StoreError, match="is not a conetool store manifest"):
+            switch(5, store=root, ckpts=ckpts, device="cpu")
+    with pytest.raises(StoreError, match="is not a conetool store manifest"):
+        kernels(run, store=root, device="cpu")
+
+
+def test_a_manifest_naming_no_checkpoint_directory_needs_ckpts_only_without_it(run, tmp_path):
+    # it was refused even with --ckpts, which the refusal advised
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    manifest = _manifest(root)
+    del manifest["checkpoints"]
+    paths.manifest(root).write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="does not name its checkpoint directory.*--ckpts"):
+        switch(5, store=root, device="cpu")
+    assert [p.at for p in switch(5, store=root, ckpts=run, device="cpu").points] == [5]
 
 
 def test_kernel_files_without_the_selection_say_the_step_regex_is_not_known(run, tmp_path):

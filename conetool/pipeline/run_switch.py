@@ -34,9 +34,14 @@ from ..errors import CheckpointError, ConetoolError, SpecError, StoreError, Stor
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
 from ..spec import Spec, check_training_data, recipe_warnings, spec_from_dict
-from ..store import nearest_steps, read_manifest
+from ..store import nearest_steps, read_manifest, rebuilds_manifest
 from ..threads import limit_threads, parse_threads
-from .remembered import carried_step_regex, recorded_step_regex, use_recorded_imports
+from .remembered import (
+    carried_directory,
+    carried_step_regex,
+    recorded_step_regex,
+    use_recorded_imports,
+)
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_points import (
     MomentumNote,
@@ -130,6 +135,7 @@ class _Sweep:
     data: DataBundle
     store: SwitchStore  # the store as this rank began with it (rank 0's is the job's)
     notes: list[str] = field(default_factory=list)  # what _prepare took from the store
+    warnings: list[str] = field(default_factory=list)  # a damaged manifest it read around
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,8 @@ def _switch(
     says = Said(progress)
     for note in sweep.notes if job.is_main else []:
         says.note(note)
+    for warning in sweep.warnings if job.is_main else []:
+        says.warn(warning)
     # what in the recipe trains badly (momentum >= 1), said once before any point is trained
     for concern in recipe_warnings(sweep.spec):
         says.warn(concern)
@@ -496,20 +504,23 @@ def _prepare(options: SwitchOptions) -> _Sweep:
             "(e.g. --until 2000), or leave it out for the spec's train.steps."
         )
     reference = choice(Reference, o.reference, "--reference").value
-    ckpts_dir, spec, manifest = _locate(store, ckpts, spec)
+    located = _locate(store, ckpts, spec)
+    ckpts_dir, spec, manifest = located.ckpts, located.spec, located.manifest
     # What train refuses of the data it trains on, refused here too before anything is written;
     # a sweep begun with the spec (an earlier conetool's points in the store) goes on with it,
     # as train --resume does: its new points stay comparable with those it holds.
     if not sweep_begun(store, spec):
         check_training_data(spec)
     # What kernels recorded: its --step-regex (unless one is given; the kernel files carry it
-    # too, for a store whose manifest was deleted) and where it imported a "pkg.mod:factory"
+    # too, for a store whose manifest is missing or damaged) and where it imported a "pkg.mod:factory"
     # model or data set from.
     if manifest is None:
-        step_regex, regex_note = carried_step_regex(store, step_regex)
+        lost = located.lost or "missing"
+        step_regex, regex_note = carried_step_regex(store, step_regex, manifest_is=lost)
     else:
         step_regex, regex_note = recorded_step_regex(manifest, step_regex)
-    notes = use_recorded_imports(manifest, spec) + ([regex_note] if regex_note else [])
+    notes = located.notes + use_recorded_imports(manifest, spec)
+    notes += [regex_note] if regex_note else []
     T = spec.train.steps if until is None else until
     if T > spec.train.steps and not beyond_run:
         raise ConetoolError(
@@ -568,7 +579,7 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     # the batches of the spec's recipe: refused here, not when the first point starts
     steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     target = SwitchStore.begin(store, manifest)
-    return _Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes)
+    return _Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, located.warnings)
 
 
 def _for_switch(exc: CheckpointError) -> CheckpointError:
@@ -607,41 +618,109 @@ def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
     ]
 
 
-def _locate(
-    store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
-) -> tuple[Path, Spec, dict[str, Any] | None]:
-    """The checkpoint directory and spec (flags first, then the store's manifest) and the
-    manifest itself (None when the store has none)."""
+@dataclass(frozen=True)
+class _Located:
+    """Where a sweep's checkpoints and spec come from: ``manifest`` is the store's (None when
+    there is none, or none to read), ``lost`` says how a manifest whose records the kernel files
+    stand in for is lost (``"missing"``, ``"damaged"``; None otherwise), ``notes`` and
+    ``warnings`` what switch says of what it took from the store."""
+
+    ckpts: Path
+    spec: Spec
+    manifest: dict[str, Any] | None
+    lost: str | None
+    notes: list[str]
+    warnings: list[str]
+
+
+def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None) -> _Located:
+    """The checkpoint directory and spec: flags first, then the store's manifest, and for a
+    store whose manifest is missing or damaged (one ``kernels`` rebuilds: kernel files without
+    it, or an unreadable one in a store) the directory ``kernels`` read as its kernel files
+    record it; switch leaves the manifest as it is (``kernels`` owns it)."""
     manifest_path = paths.manifest(store)
-    manifest = None
-    if manifest_path.is_file():
-        try:
-            manifest = read_manifest(manifest_path)
-            if "checkpoints" not in manifest:
-                raise StoreError(f"{manifest_path} does not name its checkpoint directory.")
-        except StoreError as exc:
-            raise StoreError(
-                f"{exc} So it cannot say where the checkpoints are: pass --ckpts CKPTS (and "
-                f"--spec SPEC), or rebuild it: conetool kernels CKPTS --store {store} rebuilds "
-                "the manifest from the kernel files."
-            ) from exc
+    manifest, lost = _store_manifest(store)
+    notes: list[str] = []
+    warnings: list[str] = []
     if ckpts is not None:
         ckpts = path_argument(ckpts, "--ckpts", "the run's checkpoint directory")
-    else:
-        if manifest is None:
+    elif manifest is not None:
+        ckpts = manifest.get("checkpoints")
+        if not isinstance(ckpts, str):
             raise StoreError(
-                f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are. "
-                "Pass --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists), or run "
-                f"conetool kernels CKPTS --store {store} first."
+                f"{manifest_path} does not name its checkpoint directory, so it cannot say "
+                "where the checkpoints are: pass --ckpts CKPTS (and --spec SPEC unless "
+                f"CKPTS/conetool.toml exists), or rebuild it: conetool kernels CKPTS --store "
+                f"{store} rebuilds the manifest from the kernel files."
             )
-        ckpts = manifest["checkpoints"]
         if not Path(ckpts).is_dir():
             raise CheckpointError(
                 f"the checkpoint directory that kernels read, {ckpts} (recorded in {store}/"
                 f"{paths.MANIFEST_NAME}), is not there any more. If the run moved, pass its new "
                 "place: --ckpts DIR."
             )
+    else:
+        ckpts = _carried_checkpoints(store, lost)
+        notes.append(
+            f"using the checkpoint directory {ckpts}, recorded by conetool kernels in the "
+            f"kernel files of {store} (its {paths.MANIFEST_NAME}, which records it, is {lost}; "
+            "pass --ckpts to use another)"
+        )
     ckpts_dir = Path(ckpts)
-    if spec is None and manifest is not None and not paths.spec(ckpts_dir).is_file():
-        spec = spec_from_dict(manifest["spec"], source=f"{manifest_path} (spec)")
-    return ckpts_dir, resolve_spec(ckpts_dir, spec), manifest
+    if lost == "damaged":
+        warnings.append(
+            f"{manifest_path} is damaged: switch read what it needs from the kernel files of "
+            f"{store} (each carries its own record) and left it as it is; conetool kernels "
+            f"{ckpts_dir} --store {store} rebuilds it from them (the other commands that read "
+            "the store refuse it until then)"
+        )
+    recorded_spec = manifest.get("spec") if manifest is not None else None
+    if spec is None and isinstance(recorded_spec, dict) and not paths.spec(ckpts_dir).is_file():
+        spec = spec_from_dict(recorded_spec, source=f"{manifest_path} (spec)")
+    return _Located(ckpts_dir, resolve_spec(ckpts_dir, spec), manifest, lost, notes, warnings)
+
+
+def _store_manifest(store: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(manifest, lost)``: the store's manifest as read, or None; ``lost`` is ``"missing"``
+    for kernel files without one (deleted) and ``"damaged"`` for one that cannot be read or is
+    not whole, in a store: those ``kernels`` rebuilds from the kernel files
+    (:func:`conetool.store.rebuilds_manifest`), whose records switch reads instead; else None
+    (no store there yet). Another tool's file, or a newer conetool's manifest, is refused with
+    its reason, as ``kernels`` refuses it."""
+    path = paths.manifest(store)
+    if not path.is_file():
+        return None, "missing" if rebuilds_manifest(store) else None
+    try:
+        return read_manifest(path), None
+    except StoreError:
+        if not rebuilds_manifest(store):
+            raise
+        return None, "damaged"
+
+
+def _carried_checkpoints(store: Path, lost: str | None) -> str:
+    """The checkpoint directory ``kernels`` read, as the kernel files of ``store`` record it (its
+    manifest is ``lost``: missing, damaged, or None for no store there yet), when it is still
+    there; else the error saying what to pass."""
+    if lost is None:
+        raise StoreError(
+            f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are. "
+            "Pass --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists), or run "
+            f"conetool kernels CKPTS --store {store} first."
+        )
+    recorded = carried_directory(store)
+    said = f"store {store}'s {paths.MANIFEST_NAME}, which says where the checkpoints are, is {lost}"
+    rebuild = f"conetool kernels CKPTS --store {store} rebuilds the manifest from the kernel files"
+    if recorded is None:
+        raise StoreError(
+            f"{said}, and no kernel file of it records where they are. Pass --ckpts CKPTS (and "
+            f"--spec SPEC unless CKPTS/conetool.toml exists); {rebuild}."
+        )
+    if not Path(recorded).exists():
+        raise CheckpointError(
+            f"{said}, and the checkpoint directory its kernel files record (the one conetool "
+            f"kernels read), {recorded}, is not there any more. If the run moved, pass its new "
+            f"place: --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists); "
+            f"{rebuild}."
+        )
+    return recorded
