@@ -386,6 +386,19 @@ def test_switch_without_ckpts_names_the_recorded_directory_that_is_gone(run, tmp
     assert [p.at for p in switch(5, store=root, ckpts=moved, device="cpu").points] == [5]
 
 
+@pytest.mark.parametrize("how", [None, "deleted"])
+def test_switch_without_ckpts_on_a_store_of_one_checkpoint_file(run, tmp_path, how):
+    # kernels FILE --spec SPEC records the file as its checkpoints: switch said that it "is not
+    # there any more" (it looked for a directory)
+    root = tmp_path / "s"
+    weights = paths.checkpoint(run, 5)
+    kernels(weights, store=root, spec=paths.spec(run), device="cpu")
+    if how is not None:
+        _damage_manifest(root, how)
+    result = switch(5, store=root, spec=paths.spec(run), device="cpu")
+    assert [p.at for p in result.points] == [5]
+
+
 def test_switch_still_refuses_a_manifest_that_kernels_does_not_rebuild(run, tmp_path):
     # another tool's manifest.json (or a newer conetool's) is no damaged one: refused, as
     # kernels refuses it, with --ckpts too

@@ -653,7 +653,7 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
                 f"CKPTS/conetool.toml exists), or rebuild it: conetool kernels CKPTS --store "
                 f"{store} rebuilds the manifest from the kernel files."
             )
-        if not Path(ckpts).is_dir():
+        if not Path(ckpts).exists():  # a directory, or the one file kernels was given
             raise CheckpointError(
                 f"the checkpoint directory that kernels read, {ckpts} (recorded in {store}/"
                 f"{paths.MANIFEST_NAME}), is not there any more. If the run moved, pass its new "
