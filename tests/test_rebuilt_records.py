@@ -397,6 +397,9 @@ def test_switch_without_ckpts_on_a_store_of_one_checkpoint_file(run, tmp_path, h
         _damage_manifest(root, how)
     result = switch(5, store=root, spec=paths.spec(run), device="cpu")
     assert [p.at for p in result.points] == [5]
+    # the optimizer state train saved beside the file is used (it was looked for inside FILE/)
+    assert paths.optimizer_state(run, 5).is_file()
+    assert [p.momentum for p in result.points] == ["saved"], result.notes
 
 
 def test_switch_still_refuses_a_manifest_that_kernels_does_not_rebuild(run, tmp_path):

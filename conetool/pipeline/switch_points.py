@@ -266,7 +266,8 @@ def optimizer_at(
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     optimizer = make_optimizer((p for _, p in named), spec.train)
     ref = loaded.ref
-    beside = paths.optimizer_state(ckpts, ref.step)
+    # beside the checkpoint's own file (``ckpts`` may be that file: ``kernels FILE``)
+    beside = paths.optimizer_state(ref.paths[0].parent if ref.folder is None else ckpts, ref.step)
     if beside.is_file():
         load_optimizer_state(optimizer, beside)
         return optimizer, "saved", None
