@@ -23,8 +23,8 @@ StoreCkpts = Annotated[
     typer.Option(
         "--ckpts",
         metavar="DIR",
-        help="The run's checkpoint directory (default: the one the store's manifest names; give "
-        "it when the run has moved since conetool kernels).",
+        help="The run's checkpoint directory (default: the one the store records; give it when "
+        "the run has moved since conetool kernels).",
     ),
 ]
 StoreOpt = Annotated[
