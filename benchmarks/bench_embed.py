@@ -1,16 +1,22 @@
-"""Benchmark: ``conetool embed --method mds``'s SMACOF (:mod:`conetool.smacof`) against
-scikit-learn's (the baseline, :func:`conetool.embedding._sklearn_mds`, as ``embed_mds`` called it
-before), measured in the same run.
+"""Benchmark: ``conetool embed --method mds``'s SMACOF (:mod:`conetool.smacof`) against its
+former code and against scikit-learn's, measured in the same run.
+
+The baselines: ``before``, ``benchmarks/baseline_smacof.py`` (``conetool/smacof.py`` as it was at
+5f07b49: the stress summed pair by pair at every iteration, one thread); and ``sklearn``,
+scikit-learn's ``MDS`` as ``embed_mds`` called it before either
+(:func:`conetool.embedding._sklearn_mds`; only up to ``--sklearn-max`` kernels, it is slow).
 
 For each size ``K`` the S matrix of ``K`` kernels along a synthetic trajectory: vectors of
 ``--dim`` entries (a ``sqrt(dim)`` square kernel, flattened) moving along a curve whose direction
 drifts and whose speed falls a thousandfold over the run (training slowing down), with noise
 at every step; S from :func:`conetool.geometry.distance_matrix` (``1 - <H, H'> / (|H| |H'|)``).
-Both SMACOFs start from the classical solution of ``sqrt(2 S)`` in ``--dims`` dimensions, with
-``embed``'s settings (``max_iter`` 1000, ``eps`` 1e-9), in alternating order, ``--repeat`` times
-each; the table has the median wall and CPU seconds, the new one's ratios to the baseline, the
-iterations each made, the Kruskal stress-1 of each result and the largest coordinate difference
-between them (relative to the largest coordinate).
+All start from the classical solution of ``sqrt(2 S)`` in ``--dims`` dimensions, with
+``embed``'s settings (``max_iter`` 1000, ``eps`` 1e-9), in rotating order, ``--repeat`` times
+each; the table has the median wall and CPU seconds, their ratios to ``before``, the iterations
+each made, the Kruskal stress-1 of each result and the largest coordinate difference from
+``before``'s (relative to its largest coordinate). The new code runs ``--threads`` threads
+(its result is the same for any count); the baselines run as they did (BLAS limited to
+``--threads``). The load average is printed before and after.
 
 ``--profile`` adds, per size, where scikit-learn's time goes: its loop body
 (``sklearn.manifold._mds._smacof_single``, metric, as in 1.9) re-run with a timer around each
@@ -18,9 +24,10 @@ part for ``--profile-iters`` iterations from the same start: Euclidean distances
 matrix (the zero distances, ``R = D / d``, ``B = -R`` plus its row sums on the diagonal), ``B X``,
 the stress and the convergence check; milliseconds per iteration and shares.
 
-Usage (a minute or two on 2 busy cores; the baseline dominates):
+Usage (a few minutes on 2 busy cores; the classical start at 5,000 kernels takes most of a
+minute, scikit-learn at 2,000 half a minute a run):
 
-    python benchmarks/bench_embed.py --sizes 200,1000,2000 --repeat 3 --profile
+    python benchmarks/bench_embed.py --sizes 1000,2000,5000 --repeat 3
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +53,11 @@ from conetool.embedding import (
 from conetool.geometry import distance_matrix
 from conetool.smacof import smacof
 from conetool.threads import limit_threads
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import baseline_smacof  # benchmarks/ is no package: found through sys.path above
+
+METHODS = ("sklearn", "before", "new")
 
 
 def trajectory_s(count: int, dim: int = 400, seed: int = 0) -> np.ndarray:
@@ -66,13 +80,21 @@ def trajectory_s(count: int, dim: int = 400, seed: int = 0) -> np.ndarray:
     return distance_matrix(lambda i: kernels[i], count)
 
 
-def baseline(d: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int]:
+def sklearn(d: np.ndarray, start: np.ndarray, threads: int) -> tuple[np.ndarray, int]:
     return _sklearn_mds(d, start, start.shape[1], 0)
 
 
-def new(d: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int]:
-    result = smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS)
+def before(d: np.ndarray, start: np.ndarray, threads: int) -> tuple[np.ndarray, int]:
+    result = baseline_smacof.smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS)
     return result.coords, result.n_iter
+
+
+def new(d: np.ndarray, start: np.ndarray, threads: int) -> tuple[np.ndarray, int]:
+    result = smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS, threads=threads)
+    return result.coords, result.n_iter
+
+
+CALLS = {"sklearn": sklearn, "before": before, "new": new}
 
 
 def timed(call: Callable[[], tuple[np.ndarray, int]]) -> tuple[float, float, np.ndarray, int]:
@@ -116,13 +138,13 @@ def profile_sklearn(d: np.ndarray, start: np.ndarray, iterations: int) -> dict[s
 
 def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
     d, start = mds_problem(trajectory_s(count, args.dim), args.dims)
-    runs: dict[str, list[tuple[float, float, np.ndarray, int]]] = {"baseline": [], "new": []}
+    methods = [m for m in METHODS if m != "sklearn" or count <= args.sklearn_max]
+    runs: dict[str, list[tuple[float, float, np.ndarray, int]]] = {m: [] for m in methods}
     for r in range(args.repeat):
-        order = ("baseline", "new") if r % 2 == 0 else ("new", "baseline")
-        for which in order:
-            call = baseline if which == "baseline" else new
-            runs[which].append(timed(lambda call=call: call(d, start)))
-    row: dict[str, Any] = {"K": count}
+        for which in methods[r % len(methods) :] + methods[: r % len(methods)]:
+            call = CALLS[which]
+            runs[which].append(timed(lambda call=call: call(d, start, args.threads)))
+    row: dict[str, Any] = {"K": count, "methods": methods}
     for which, results in runs.items():
         row[which] = {
             "wall": statistics.median(r[0] for r in results),
@@ -131,22 +153,45 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
             "stress1": stress1(results[-1][2], d),
             "coords": results[-1][2],
         }
-    old, fresh = row["baseline"]["coords"], row["new"]["coords"]
-    row["diff"] = float(np.max(np.abs(fresh - old)) / np.max(np.abs(old)))
-    if args.profile:
-        row["profile"] = profile_sklearn(
-            d, start, min(args.profile_iters, row["baseline"]["iters"])
-        )
+    reference = row["before"]["coords"]
+    scale = np.max(np.abs(reference))
+    for which in methods:
+        row[which]["diff"] = float(np.max(np.abs(row[which]["coords"] - reference)) / scale)
+    if args.profile and "sklearn" in methods:
+        row["profile"] = profile_sklearn(d, start, min(args.profile_iters, row["sklearn"]["iters"]))
     return row
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="200,1000,2000", help="comma-separated kernel counts K")
+    parser.add_argument("--sizes", default="1000,2000,5000", help="comma-separated kernel counts K")
     parser.add_argument("--dims", type=int, default=2, help="embedding dimensions (2 or 3)")
     parser.add_argument("--dim", type=int, default=400, help="entries per synthetic kernel")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each (median shown)")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (limit_threads)")
+    parser.add_argument("--threads", type=int, default=1, help="threads (limit_threads; new's)")
+    parser.add_argument(
+        "--sklearn-max", type=int, default=2000, help="largest K scikit-learn runs at"
+    )
     parser.add_argument("--profile", action="store_true", help="where scikit-learn's time goes")
     parser.add_argument("--profile-iters", type=int, default=20, help="iterations profiled")
     args = parser.parse_args(argv)
@@ -154,46 +199,54 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"embed --method mds: SMACOF, max_iter {MDS_MAX_ITER}, eps {MDS_EPS:g}, dims {args.dims}, "
         f"kernels of {args.dim} entries, median of {args.repeat}, threads {args.threads} "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), commit {_commit()}, "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
     )
     header = (
         f"{'K':>5} {'method':>8} {'wall s':>8} {'cpu s':>8} {'wall x':>7} {'cpu x':>7} "
         f"{'iters':>5} {'ms/iter':>8} {'stress-1':>10} {'max |dx|':>9}"
     )
-    print(header)
+    print(f"(x: against before; max |dx|: from before's coordinates, over their largest)\n{header}")
     rows = []
     with limit_threads(args.threads):
         d, start = mds_problem(trajectory_s(20, args.dim), args.dims)
-        baseline(d, start), new(d, start)  # warm-up: scikit-learn's imports, first calls
+        for call in CALLS.values():  # warm-up: scikit-learn's imports, first calls
+            call(d, start, args.threads)
         for count in sizes:
             row = measure(count, args)
             rows.append(row)
-            base = row["baseline"]
-            for which in ("baseline", "new"):
+            base = row["before"]
+            for which in row["methods"]:
                 r = row[which]
                 ratios = (
                     f"{r['wall'] / base['wall']:7.3f} {r['cpu'] / base['cpu']:7.3f}"
-                    if which == "new"
+                    if which != "before"
                     else f"{'':>7} {'':>7}"
                 )
-                diff = f"{row['diff']:9.1e}" if which == "new" else f"{'':>9}"
+                diff = f"{r['diff']:9.1e}" if which != "before" else f"{'':>9}"
                 print(
                     f"{count:>5} {which:>8} {r['wall']:8.3f} {r['cpu']:8.3f} {ratios} "
                     f"{r['iters']:>5} {1e3 * r['wall'] / r['iters']:8.2f} {r['stress1']:10.6f} "
                     f"{diff}",
                     flush=True,
                 )
-    if args.profile:
+    profiled = [row for row in rows if "profile" in row]
+    if profiled:
         print("\nscikit-learn's loop body, ms per iteration (share):")
-        parts = list(rows[0]["profile"])
+        parts = list(profiled[0]["profile"])
         print(f"{'K':>5} " + " ".join(f"{p:>18}" for p in parts) + f" {'total':>8}")
-        for row in rows:
+        for row in profiled:
             prof = row["profile"]
             total = sum(prof.values())
             cells = " ".join(f"{1e3 * prof[p]:9.2f} ({prof[p] / total:4.0%})" for p in parts)
             print(f"{row['K']:>5} {cells} {1e3 * total:8.2f}")
-    same = all(r["baseline"]["iters"] == r["new"]["iters"] and r["diff"] < 1e-9 for r in rows)
-    print(f"\nsame iterations and coordinates (to 1e-9 of their scale): {same}")
+    same = all(
+        row[m]["iters"] == row["before"]["iters"] and row[m]["diff"] < 1e-9
+        for row in rows
+        for m in row["methods"]
+    )
+    print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"same iterations and coordinates (to 1e-9 of their scale): {same}")
     return 0 if same else 1
 
 

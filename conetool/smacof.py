@@ -23,39 +23,66 @@ per iteration (distances, the zero mask, ``R``, ``B``, the stress's differences)
 over them about fifteen times; here each iteration walks the upper triangle once, in blocks of
 rows small enough to stay in cache (rows ``a:b`` by columns ``a:K``: the square on the diagonal,
 then the rest of those rows): one BLAS product gives a block's squared distances (the Gram
-matrix and both norms at once), then come the distances, the block's stress and ``R``, and two
-BLAS products add ``R [X, 1]`` and ``[X, 1]^T R`` (the Guttman product and the row sums) to the
-rows on both sides of the diagonal. A block where a distance is 0 or rounding makes a squared
-distance negative (its products come out non-finite) is redone with the clipping and the
-``1e-5`` above. The sum of squared distances for the stopping rule is
-``K sum_i |x_i - mean|^2``, the same sum in closed form.
+matrix and both norms at once), then come the distances and ``R``, and two BLAS products add
+``R [X, 1]`` and ``[X, 1]^T R`` (the Guttman product and the row sums) to the rows on both
+sides of the diagonal. A block where a distance is 0 or rounding makes a squared distance
+negative (its products come out non-finite) is redone with the clipping and the ``1e-5`` above.
+The sum of squared distances for the stopping rule is ``S(X) = K sum_i |x_i - mean|^2``, the
+same sum in closed form.
+
+The stress is not summed pair by pair at each iteration (that was a third of the time): the
+stopping rule only needs the decrease, and ``sigma(X) = sum D^2 + S(X) - 2 rho(X)`` with
+``rho(X) = sum_{i<j} R_ij |x_i - x_j|^2 = sum_i r_i |x_i|^2 - sum_i x_i . (R X)_i`` (``r`` the
+row sums of ``R``), which the Guttman product already holds. So the decrease is
+``S(X_{t-1}) - S(X_t) - 2 (rho(X_{t-1}) - rho(X_t))``, computed from ``(K, dims)`` arrays. It
+loses to cancellation what the direct sum keeps, so it only decides where it is far from the
+threshold: when it is within :func:`_rounding_bound` (a worst-case bound on how far rounding
+can move it from the direct sums, ``16 K u`` times the sizes of the terms, ``u`` the float64
+unit roundoff; about 1-5% of the threshold at ``K`` = 1,000-5,000) of ``eps S(X_t)``, or
+anything is not finite, both stresses are summed pair by pair (:meth:`_Walk.stress`) and
+decide, as before. The stress returned is always summed pair by pair.
 
 The ``1e-5`` only matters to rounding: ``R_ij`` multiplies ``x_i - x_j``, which is 0 there
 (scikit-learn's value is kept so that the rounding is alike too).
 
-Threads: only NumPy's BLAS computes in parallel here (the three products per block), so
-:func:`conetool.limit_threads` (threadpoolctl) bounds it as it bounds the rest of NumPy.
+Threads: the blocks are cut into :data:`CHUNKS` runs that ``threads`` Python threads share
+(NumPy releases the GIL in its loops and BLAS calls), each run with a sum of its own added in a
+fixed order: the result is the same to the last bit for any thread count. With more than one
+thread, NumPy's BLAS runs one thread per call meanwhile (threadpoolctl); ``threads=None`` takes
+the count NumPy's BLAS is limited to now, so :func:`conetool.limit_threads` bounds it as it
+bounds the rest of NumPy.
 """
 
 from __future__ import annotations
 
+import itertools
+import queue
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
 from conetool.geometry import GeometryError
 
-__all__ = ["BLOCK_ELEMENTS", "BLOCK_ROWS", "SmacofResult", "smacof"]
+__all__ = ["BLOCK_ELEMENTS", "BLOCK_ROWS", "CHUNKS", "SmacofResult", "smacof"]
 
 #: Entries of ``D`` per block of rows (``rows * columns``): 2**16 float64 (512 KiB) per buffer,
-#: so that a block's two buffers and its slice of ``D`` stay in a core's L2 cache ...
+#: so that a block's buffer and its slice of ``D`` stay in a core's L2 cache ...
 BLOCK_ELEMENTS = 2**16
 #: ... and at most this many rows, so that the squares on the diagonal (computed whole, both
 #: triangles) stay a small share of the work.
 BLOCK_ROWS = 64
-
+#: Runs of blocks that threads share out (:class:`_Walk`): fixed, so that the result does not
+#: depend on the thread count; enough for a balanced load on a few dozen threads.
+CHUNKS = 32
 #: What scikit-learn puts in place of a distance of exactly 0 before dividing by it.
 ZERO_DISTANCE = 1e-5
+#: :func:`_rounding_bound`'s factor on ``K u`` (a generous worst case).
+BOUND_FACTOR = 16.0
+
+_UNIT_ROUNDOFF = float(np.finfo(np.float64).eps) / 2
 
 
 @dataclass(frozen=True)
@@ -88,19 +115,57 @@ def _row_blocks(count: int, block_elements: int, block_rows: int) -> list[tuple[
     return blocks
 
 
-class _Walk:
-    """Buffers and blocks for one ``D`` ``(K, K)``: :meth:`run` computes, for coordinates
-    ``X``, the raw stress and ``R [X, 1]`` (the Guttman product and ``R``'s row sums) in one
-    walk over the upper triangle, block ``[a, b)`` being rows ``a:b`` by columns ``a:K``."""
+def _chunks(blocks: list[tuple[int, int]], count: int, chunks: int) -> list[list[tuple[int, int]]]:
+    """``blocks`` cut into at most ``chunks`` runs of consecutive blocks with about the same
+    number of entries each (the units that threads share out)."""
+    ends = np.cumsum([(b - a) * (count - a) for a, b in blocks])
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, chunks) / chunks) + 1
+    edges = sorted({0, len(blocks), *(int(c) for c in cuts if c < len(blocks))})
+    return [blocks[i:j] for i, j in itertools.pairwise(edges)]
 
-    def __init__(self, d: np.ndarray, dims: int, block_elements: int, block_rows: int) -> None:
+
+_Block = Callable[[int, int, np.ndarray, np.ndarray, np.ndarray], float]
+
+
+class _Walk:
+    """Buffers and blocks for one ``D`` ``(K, K)``, block ``[a, b)`` being rows ``a:b`` by
+    columns ``a:K`` of the upper triangle. :meth:`products` computes ``R [X, 1]`` (the Guttman
+    product and ``R``'s row sums) for coordinates ``X``, :meth:`stress` the raw stress, each in
+    one walk over the blocks.
+
+    The blocks are cut into runs (:func:`_chunks`) fixed by ``K`` and the block sizes alone;
+    each run adds its blocks' column products ``[X, 1]^T R`` (and stresses) to sums of its own,
+    which are added in the runs' order, so the result is the same to the last bit whichever
+    thread computes a run and however many threads there are (each row of ``R [X, 1]`` is
+    written by one block)."""
+
+    def __init__(
+        self, d: np.ndarray, dims: int, block_elements: int, block_rows: int, threads: int
+    ) -> None:
         count = d.shape[0]
-        self.d = d
+        self.count = count
         self.dims = dims
-        self.blocks = _row_blocks(count, block_elements, block_rows)
-        largest = max((b - a) * (count - a) for a, b in self.blocks)
-        self.work = np.empty(largest)  # squared distances, then distances, then R
-        self.diff = np.empty(largest)  # distances - D, for the stress
+        blocks = _row_blocks(count, block_elements, block_rows)
+        self.chunks = _chunks(blocks, count, CHUNKS)
+        # each block's slice of D, copied to one contiguous array in walk order (half of D's
+        # size; read once per walk, it streams from memory or the L3 cache twice as fast as
+        # the rows of D, which the divisions wait on)
+        self.targets: dict[int, np.ndarray] = {}
+        packed = np.empty(sum((b - a) * (count - a) for a, b in blocks))
+        offset = 0
+        for a, b in blocks:
+            size = (b - a) * (count - a)
+            self.targets[a] = packed[offset : offset + size].reshape(b - a, count - a)
+            self.targets[a][...] = d[a:b, a:]
+            offset += size
+        self.packed = packed
+        self.threads = max(1, min(threads, len(self.chunks)))
+        largest = max((b - a) * (count - a) for a, b in blocks)
+        # a pair of buffers per thread: squared distances, then distances, then R; distances - D
+        self.spare: queue.SimpleQueue[tuple[np.ndarray, np.ndarray]] = queue.SimpleQueue()
+        for _ in range(self.threads):
+            self.spare.put((np.empty(largest), np.empty(largest)))
+        self.norms = np.empty(count)  # |x|^2
         self.left = np.empty((count, dims + 2))  # [X, |x|^2, 1]
         # [-2 X, 1, |x|^2]^T and [X, 1] (and its transpose): row-major products (np.matmul of
         # C-ordered operands ran 1.5-2x faster here than np.dot of a transposed one)
@@ -108,86 +173,130 @@ class _Walk:
         self.ext = np.empty((count, dims + 1))
         self.ext_t = np.empty((dims + 1, count))
         self.product = np.empty((count, dims + 1))  # R [X, 1], from the blocks' rows
-        self.below = np.empty((dims + 1, count))  # its transpose, from the blocks' columns
+        # its transpose from the blocks' columns, a sum per run
+        self.below = np.empty((len(self.chunks), dims + 1, count))
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def run(self, x: np.ndarray) -> float:
-        """The raw stress of ``x`` ``(K, dims)``; :attr:`product` holds ``R [x, 1]`` after."""
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def products(self, x: np.ndarray) -> None:
+        """Set :attr:`product` to ``R [x, 1]`` for ``x`` ``(K, dims)`` (and :attr:`norms`)."""
+        self._load(x)
+        self._walk(self._block_products)
+        np.add(self.product, self.below.sum(axis=0).T, out=self.product)
+
+    def stress(self, x: np.ndarray) -> float:
+        """The raw stress of ``x`` ``(K, dims)``, summed pair by pair."""
+        self._load(x)
+        return self._walk(self._block_stress)
+
+    def _load(self, x: np.ndarray) -> None:
         p = self.dims
-        norms = np.einsum("ij,ij->i", x, x)
+        np.einsum("ij,ij->i", x, x, out=self.norms)
         self.left[:, :p] = x
-        self.left[:, p] = norms
+        self.left[:, p] = self.norms
         self.left[:, p + 1] = 1.0
         np.multiply(x.T, -2.0, out=self.right[:p])
         self.right[p] = 1.0
-        self.right[p + 1] = norms
+        self.right[p + 1] = self.norms
         self.ext[:, :p] = x
         self.ext[:, p] = 1.0
         self.ext_t[...] = self.ext.T
-        self.product.fill(0.0)
-        self.below.fill(0.0)
-        stress = sum(self._block(a, b) for a, b in self.blocks)
-        self.product += self.below.T
-        return stress
 
-    def _block(self, a: int, b: int) -> float:
-        """Block ``[a, b)``: add ``R [X, 1]`` to rows ``a:b`` (all of its columns) and, for the
-        columns right of the square, ``R^T [X, 1]`` to rows ``b:K`` (as its transpose); return
-        the stress of the pairs ``i < j`` in it."""
-        count, p, rows = self.d.shape[0], self.dims, b - a
-        shape = (rows, count - a)
-        size = shape[0] * shape[1]
-        dist = self.work[:size].reshape(shape)
-        diff = self.diff[:size].reshape(shape)
-        # the square's diagonal (i == j) in the flat buffers: entries i * (count - a + 1)
-        diagonal = np.s_[: (rows - 1) * (count - a + 1) + 1 : count - a + 1]
-        target = self.d[a:b, a:]
-        np.matmul(self.left[a:b], self.right[:, a:], out=dist)  # squared distances
-        self.work[diagonal] = 1.0  # no pair; positive, so that 0 / 1 gives R_ii = 0 below
-        np.sqrt(dist, out=dist)
-        stress = self._stress(dist, diff, target, diagonal)
-        np.divide(target, dist, out=dist)  # R
-        top = np.matmul(dist, self.ext[a:])
-        if not np.isfinite(top[:, p].sum()):  # a distance of 0, or a negative squared one
-            stress = self._careful(dist, diff, target, diagonal, a, b)
-            top = np.matmul(dist, self.ext[a:])
-        self.product[a:b] += top
-        if b < count:  # [X, 1]^T R (a row-major product, faster than R^T [X, 1])
-            self.below[:, b:] += np.matmul(self.ext_t[:, a:b], dist[:, rows:])
-        return stress
+    def _walk(self, block: _Block) -> float:
+        """``block`` over every block, run by run (on the threads); the sum of its values."""
 
-    def _stress(
-        self, dist: np.ndarray, diff: np.ndarray, target: np.ndarray, diagonal: slice
+        def run(index: int) -> float:
+            work, diff = self.spare.get()
+            try:
+                below = self.below[index]
+                below.fill(0.0)
+                # a distance of 0 divides by 0 (redone then); NumPy's error state is per thread
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    return sum(block(a, b, work, diff, below) for a, b in self.chunks[index])
+            finally:
+                self.spare.put((work, diff))
+
+        indices = range(len(self.chunks))
+        values = [run(i) for i in indices] if self.pool is None else self.pool.map(run, indices)
+        return float(sum(values))  # in the runs' order
+
+    def _distances(self, a: int, b: int, work: np.ndarray, clip: bool) -> np.ndarray:
+        """Block ``[a, b)``'s distances (squared ones clipped at 0 if ``clip``), 1 on the
+        square's diagonal (no pair; positive, so that 0 / 1 gives ``R_ii = 0``)."""
+        count = self.count
+        dist = work[: (b - a) * (count - a)].reshape(b - a, count - a)
+        np.matmul(self.left[a:b], self.right[:, a:], out=dist)
+        if clip:
+            np.maximum(dist, 0.0, out=dist)
+        work[_diagonal(a, b, count)] = 1.0
+        return np.sqrt(dist, out=dist)
+
+    def _block_products(
+        self, a: int, b: int, work: np.ndarray, _diff: np.ndarray, below: np.ndarray
     ) -> float:
-        """``sum (dist - D)^2`` over the block's pairs ``i < j``: the whole block, less half of
-        its square (which holds each of its pairs twice), the diagonal left out."""
-        rows = dist.shape[0]
-        np.subtract(dist, target, out=diff)
-        self.diff[diagonal] = 0.0
+        """Block ``[a, b)``: set rows ``a:b`` of :attr:`product` to ``R [X, 1]`` (all of the
+        block's columns) and, for the columns right of the square, add ``R^T [X, 1]`` to
+        columns ``b:K`` of ``below`` (as its transpose)."""
+        target = self.targets[a]
+        ratio = self._distances(a, b, work, False)
+        np.divide(target, ratio, out=ratio)
+        top = np.matmul(ratio, self.ext[a:], out=self.product[a:b])
+        if not np.isfinite(top[:, self.dims].sum()):  # a distance of 0, or a negative squared
+            self._distances(a, b, work, True)
+            ratio[ratio == 0.0] = ZERO_DISTANCE
+            np.divide(target, ratio, out=ratio)
+            np.matmul(ratio, self.ext[a:], out=top)
+        if b < self.count:  # [X, 1]^T R (a row-major product, faster than R^T [X, 1])
+            below[:, b:] += np.matmul(self.ext_t[:, a:b], ratio[:, b - a :])
+        return 0.0
+
+    def _block_stress(
+        self, a: int, b: int, work: np.ndarray, diffs: np.ndarray, _below: np.ndarray
+    ) -> float:
+        """``sum (dist - D)^2`` over block ``[a, b)``'s pairs ``i < j``: the whole block, less
+        half of its square (which holds each of its pairs twice), the diagonal left out."""
+        dist = self._distances(a, b, work, True)
+        diff = np.subtract(dist, self.targets[a], out=diffs[: dist.size].reshape(dist.shape))
+        diffs[_diagonal(a, b, self.count)] = 0.0
         flat = diff.ravel()
-        square = diff[:, :rows]
+        square = diff[:, : b - a]
         return float(np.dot(flat, flat)) - 0.5 * float(np.einsum("ij,ij->", square, square))
 
-    def _careful(
-        self,
-        dist: np.ndarray,
-        diff: np.ndarray,
-        target: np.ndarray,
-        diagonal: slice,
-        a: int,
-        b: int,
-    ) -> float:
-        """The block as scikit-learn computes it: squared distances clipped at 0, the stress
-        with those, then ``R`` with a distance of 0 taken as 1e-5. Leaves ``R`` in ``dist``;
-        returns the stress of the block's pairs. (The diagonal, 0 in scikit-learn, is whatever
-        rounding leaves here: its ``R_ii = 0 / d_ii`` is 0 either way and :meth:`_stress`
-        leaves it out.)"""
-        np.matmul(self.left[a:b], self.right[:, a:], out=dist)
-        np.maximum(dist, 0.0, out=dist)
-        np.sqrt(dist, out=dist)
-        stress = self._stress(dist, diff, target, diagonal)
-        dist[dist == 0.0] = ZERO_DISTANCE
-        np.divide(target, dist, out=dist)
-        return stress
+
+def _diagonal(a: int, b: int, count: int) -> slice:
+    """Block ``[a, b)``'s diagonal ``i == j`` in its flat buffer: entries ``i (count - a + 1)``."""
+    return np.s_[: (b - a - 1) * (count - a + 1) + 1 : count - a + 1]
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """What the decrease of the stress is made of at one iteration (module docstring)."""
+
+    squared: float  # S(X) = sum_{i<j} |x_i - x_j|^2
+    rho: float  # sum_{i<j} R_ij |x_i - x_j|^2
+    bound: float  # how far rounding may put S - 2 rho from the direct sums (_rounding_bound)
+
+
+def _terms(x: np.ndarray, walk: _Walk, d_squared: float) -> _Terms:
+    """:class:`_Terms` of ``x`` ``(K, dims)``, from :meth:`_Walk.products` of ``x``."""
+    count, p = x.shape
+    centred = x - x.mean(axis=0)
+    squared = count * float(np.einsum("ij,ij->", centred, centred))
+    weighted = float(np.dot(walk.product[:, p], walk.norms))  # sum_i r_i |x_i|^2
+    rho = weighted - float(np.einsum("ij,ij->", x, walk.product[:, :p]))
+    scale = abs(weighted) + count * float(walk.norms.sum()) + d_squared
+    return _Terms(squared, rho, _rounding_bound(count, scale))
+
+
+def _rounding_bound(count: int, scale: float) -> float:
+    """A worst-case bound on the rounding of a sum of ``count``-term sums of terms of total size
+    ``scale``: ``16 K u scale``. ``scale`` is ``sum_i r_i |x_i|^2 + K sum_i |x_i|^2 + sum D^2``,
+    which bounds the sizes of the terms of ``rho``, ``S`` and the direct sum of the stress (and
+    what ``R``'s rounding moves in them)."""
+    return BOUND_FACTOR * count * _UNIT_ROUNDOFF * scale
 
 
 def smacof(
@@ -198,6 +307,7 @@ def smacof(
     eps: float = 1e-6,
     block_elements: int = BLOCK_ELEMENTS,
     block_rows: int = BLOCK_ROWS,
+    threads: int | None = None,
 ) -> SmacofResult:
     """Metric SMACOF of dissimilarities ``d`` from coordinates ``init`` (module docstring).
 
@@ -213,13 +323,15 @@ def smacof(
         eps: the stopping threshold on the relative decrease of the stress.
         block_elements, block_rows: the size of the blocks of rows (tuning knobs; any values
             >= 1 give the same iterations up to rounding).
+        threads: Python threads sharing the blocks (the result is the same for any count);
+            None: as many as NumPy's BLAS may use now (:func:`conetool.limit_threads`).
 
     Returns:
         :class:`SmacofResult`: coordinates ``(K, dims)``, raw stress, iterations.
 
     Raises:
         GeometryError: ``d`` is not square, symmetric with a zero diagonal and finite, or ``init``
-            is not ``(K, dims)``, or ``max_iter < 1``.
+            is not ``(K, dims)``, or ``max_iter < 1``, or ``threads < 1``.
 
     Example:
         >>> import numpy as np
@@ -239,22 +351,69 @@ def smacof(
         raise GeometryError(f"init must be ({d.shape[0]}, dims); got shape {x.shape}.")
     if max_iter < 1:
         raise GeometryError(f"max_iter must be at least 1, got {max_iter}.")
+    if threads is not None and threads < 1:
+        raise GeometryError(f"threads must be at least 1, got {threads}.")
+    # sum_{i<j} D_ij^2 (for the bound only; the decrease does not hold it); a D with negative
+    # entries (no distances) has R of both signs, which the bound does not cover: sum directly
+    d_squared = 0.5 * float(np.einsum("ij,ij->", d, d))
+    direct = bool(np.any(d < 0))
+    walk = _Walk(d, x.shape[1], block_elements, block_rows, threads or _blas_threads())
+    try:
+        with _one_blas_thread(walk.threads > 1), np.errstate(divide="ignore", invalid="ignore"):
+            return _iterate(walk, x, max_iter, eps, d_squared, direct)
+    finally:
+        walk.close()
+
+
+def _iterate(
+    walk: _Walk, x: np.ndarray, max_iter: int, eps: float, d_squared: float, direct: bool
+) -> SmacofResult:
+    """The Guttman transforms from ``x`` until the stopping rule (module docstring).
+    ``d_squared`` is ``sum_{i<j} D_ij^2``; ``direct`` makes the direct sums decide every
+    iteration."""
     count, dims = x.shape
-    walk = _Walk(d, dims, block_elements, block_rows)
     inverse = 1.0 / count
-    previous = np.inf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for t in range(max_iter + 1):
-            stress = walk.run(x)  # the stress of X_t; walk.product = R(X_t) [X_t, 1]
-            if t >= 2:
-                centred = x - x.mean(axis=0)
-                squared = count * float(np.einsum("ij,ij->", centred, centred))
-                # numpy's division, as scikit-learn's: 0 squared gives inf or nan, not an error
-                if np.float64(previous - stress) / squared < eps:
-                    break
-            if t == max_iter:
+    before: tuple[np.ndarray, _Terms] | None = None
+    summed: dict[int, float] = {}  # stresses summed pair by pair, by iteration
+    for t in range(max_iter + 1):
+        walk.products(x)  # R(X_t) [X_t, 1]
+        terms = _terms(x, walk, d_squared)
+        if before is not None and t >= 2:
+            previous, earlier = before
+            decrease = earlier.squared - terms.squared - 2.0 * (earlier.rho - terms.rho)
+            margin = earlier.bound + terms.bound
+            threshold = eps * terms.squared
+            if direct or not abs(decrease - threshold) > margin or terms.squared <= 0:
+                # too close to call (or not finite): the direct sums decide, as scikit-learn's
+                old = summed.get(t - 1)
+                old = walk.stress(previous) if old is None else old
+                summed[t] = walk.stress(x)
+                stop = bool(np.float64(old - summed[t]) / terms.squared < eps)
+            else:
+                stop = decrease < threshold
+            if stop:
                 break
-            previous = stress
-            # Guttman transform: (1/K) (diag(rowsum R) - R) X
-            x = inverse * (walk.product[:, dims : dims + 1] * x - walk.product[:, :dims])
+        if t == max_iter:
+            break
+        before = (x, terms)
+        # Guttman transform: (1/K) (diag(rowsum R) - R) X
+        x = inverse * (walk.product[:, dims : dims + 1] * x - walk.product[:, :dims])
+    stress = summed[t] if t in summed else walk.stress(x)
     return SmacofResult(x, stress, t)
+
+
+def _blas_threads() -> int:
+    """The threads NumPy's BLAS may use now (as :func:`conetool.limit_threads` set them)."""
+    from threadpoolctl import threadpool_info
+
+    counts = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    return max(1, min(counts, default=1))
+
+
+def _one_blas_thread(parallel: bool) -> AbstractContextManager[object]:
+    """While threads share out the blocks, each block's BLAS products run on its own thread."""
+    if not parallel:
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")

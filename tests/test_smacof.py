@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 from sklearn.manifold import smacof as sklearn_smacof
 
 from conetool.embedding import (
@@ -172,3 +173,104 @@ def test_embed_mds_is_scikit_learns_mds_without_calling_it(monkeypatch: pytest.M
 def test_bad_input_is_refused(d: np.ndarray, init: np.ndarray, match: str) -> None:
     with pytest.raises(GeometryError, match=match):
         smacof(d, init)
+
+
+# ------------------------------------------------- against the former code, and over threads
+
+_before = load_benchmark("baseline_smacof").smacof  # conetool/smacof.py at 5f07b49
+
+
+def _collinear() -> np.ndarray:
+    """Kernels on a straight line (S of ``u_k`` along one direction): a perfect fit in one
+    dimension, so the stress falls towards rounding in two."""
+    base = np.eye(6)[0]
+    kernels = [base + 0.3 * k * np.eye(6)[1] for k in range(12)]
+    return distance_matrix(lambda i: kernels[i].reshape(2, 3), 12)
+
+
+_PROBLEMS = {
+    "trajectory": lambda: mds_problem(_trajectory(60, seed=7), 2),
+    "trajectory, 3 dims": lambda: mds_problem(_trajectory(45, seed=8), 3),
+    "ties": lambda: mds_problem(_simplex(7), 2),
+    "repeated kernels": lambda: mds_problem(_repeated_kernels(), 2),
+    "collinear": lambda: mds_problem(_collinear(), 2),
+    "K = 3": lambda: mds_problem(_trajectory(3, seed=9), 2),
+    "K = 2": lambda: (np.array([[0.0, 0.7], [0.7, 0.0]]), np.array([[0.1, 0.2], [0.3, -0.1]])),
+    "all zero": lambda: (np.zeros((5, 5)), np.arange(10.0).reshape(5, 2)),
+    "coinciding start": lambda: (
+        mds_problem(_trajectory(9, seed=4), 2)[0],
+        np.array([[0, 0], [0, 0], [1, 0], [2, 1], [2, 1], [-1, 2], [0, 3], [1, -2], [3, 3.0]]),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_PROBLEMS))
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_same_as_the_former_code(name: str, threads: int) -> None:
+    """The iterations (count, coordinates, stress) of conetool/smacof.py as it was, whose
+    stress was summed pair by pair at every iteration, on one thread; small blocks, so that
+    there are many runs to share out."""
+    d, start = _PROBLEMS[name]()
+    max_iter = 50 if name == "all zero" else MDS_MAX_ITER  # never stops: 0 / 0 is no decrease
+    expected = _before(d, start, max_iter=max_iter, eps=MDS_EPS)
+    result = smacof(
+        d, start, max_iter=max_iter, eps=MDS_EPS, block_elements=40, block_rows=3, threads=threads
+    )
+    assert result.n_iter == expected.n_iter
+    scale = max(float(np.max(np.abs(expected.coords))), 1e-300)
+    tolerance = 1e-10 if name == "ties" else 1e-12  # ties amplify rounding (see above)
+    np.testing.assert_allclose(result.coords, expected.coords, rtol=0, atol=tolerance * scale)
+    assert result.stress == pytest.approx(
+        expected.stress, rel=1e-9, abs=1e-12 * float(np.sum(d * d))
+    )
+
+
+@pytest.mark.parametrize("name", ["trajectory", "collinear", "coinciding start"])
+@pytest.mark.parametrize("factor", [0.0, np.inf])
+def test_either_way_of_deciding_makes_scikit_learns_iterations(
+    name: str, factor: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decrease from the Guttman product alone (a bound of 0: the stresses are never
+    summed pair by pair) and the direct sums alone (an infinite bound) each stop where
+    scikit-learn does."""
+    monkeypatch.setattr("conetool.smacof.BOUND_FACTOR", factor)
+    d, start = _PROBLEMS[name]()
+    _assert_same(d, start)
+
+
+def test_the_result_is_the_same_bits_for_any_thread_count() -> None:
+    d, start = mds_problem(_trajectory(80, seed=10), 2)
+    results = [
+        smacof(d, start, max_iter=300, eps=MDS_EPS, block_elements=64, block_rows=2, threads=t)
+        for t in (1, 2, 5, 40)
+    ]
+    for other in results[1:]:
+        assert other.n_iter == results[0].n_iter
+        assert other.stress == results[0].stress
+        np.testing.assert_array_equal(other.coords, results[0].coords)
+
+
+def test_threads_default_to_the_blas_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from threadpoolctl import threadpool_limits
+
+    import conetool.smacof as module
+
+    seen: list[int] = []
+    real = module._Walk.__init__
+
+    def watched(self: module._Walk, *args: object) -> None:
+        real(self, *args)  # type: ignore[arg-type]
+        seen.append(self.threads)
+
+    monkeypatch.setattr(module._Walk, "__init__", watched)
+    d, start = mds_problem(_trajectory(60, seed=11), 2)
+    with threadpool_limits(limits=1, user_api="blas"):
+        smacof(d, start, block_elements=40, block_rows=2)
+    smacof(d, start, block_elements=40, block_rows=2, threads=2)
+    assert seen == [1, 2]
+
+
+def test_a_thread_count_below_one_is_refused() -> None:
+    d, start = mds_problem(_trajectory(5, seed=12), 2)
+    with pytest.raises(GeometryError, match="threads must be at least 1"):
+        smacof(d, start, threads=0)
