@@ -289,9 +289,12 @@ def main() -> None:
             )
             if config not in best or "error" in row or row["seconds"] < best[config]["seconds"]:
                 best[config] = row
+    from conetool import blas_syrk
+
     print(
         f"{args.model} n = {args.n}, {args.kind}, --method {args.method}, "
-        f"--max-memory {args.max_memory}; fastest of {args.repeat}"
+        f"--max-memory {args.max_memory}; fastest of {args.repeat}; CPU vendor "
+        f"{blas_syrk.cpu_vendor()}, the engine's syrk through {blas_syrk.backend()} by default"
     )
     header = (
         f"{'run':<14} {'total s':>8} {'rows s':>7} {'copies s':>9} {'contraction s':>14} "
