@@ -18,17 +18,18 @@ Two BLAS libraries can serve, called through ctypes (which releases the GIL duri
   On the 2-core AVX-512 CPU of the README's benchmarks it ran the contraction's pieces (1,024 rows
   of 32,768 columns) at 211-258 GFLOP/s where SciPy's ran at 160-219, and ResNet-20's contraction
   at n = 1024 in 11.75 s against 13.34 s (``benchmarks/bench_ntk_parts.py``, README
-  "Benchmarks").
+  "Benchmarks"). The fallback where SciPy's pointers are missing.
 - ``"scipy"``: the BLAS SciPy links (OpenBLAS in SciPy's wheels; SciPy comes with scikit-learn),
   through the function pointers ``scipy.linalg.cython_blas`` exports for C code; its own thread
-  pool, set to torch's thread count for each call. The fallback where PyTorch has no MKL (ARM,
-  macOS) or its check fails.
+  pool, set to torch's thread count for each call.
 
-Which one (:func:`backend`) depends on the CPU's vendor: MKL on Intel's CPUs, SciPy's first on
-every other (AMD's): MKL runs its ``syrk`` on other vendors' CPUs in slower code. ResNet-20's
-contraction at n = 1024 (``benchmarks/bench_ntk_parts.py``, README "Benchmarks") took 11.75 s
-through MKL against 13.34 s through SciPy on the Intel CPU above, and 22.43 s against 17.86 s on
-a 2-core AMD EPYC.
+Which one (:func:`backend`): SciPy's, where it is there, else MKL. Through MKL the contraction
+itself ran faster on one CPU and slower on another, but the whole kernel ran slower on both: the
+rows computed between two contractions took longer after MKL's ``syrk``. ResNet-20 at n = 1024
+under 4 GiB (``benchmarks/bench_ntk_parts.py``, README "Benchmarks"): on the README's first
+2-core AVX-512 CPU 37.32 s through MKL against 36.41 s through SciPy (contraction 11.75 s against
+13.34 s, rows 23.49 s against 21.22 s); on a 2-core AMD EPYC 50.28 s against 42.67 s (contraction
+23.56 s against 18.82 s, rows 23.82 s against 21.39 s).
 """
 
 from __future__ import annotations
@@ -118,22 +119,20 @@ def _mkl_checked() -> bool:
 
 
 def backend() -> str | None:
-    """The BLAS :func:`gram` uses: on an Intel CPU (or one whose vendor is unknown) ``"mkl"``
-    (PyTorch's, checked), else ``"scipy"``; on any other CPU ``"scipy"`` first, else ``"mkl"``;
-    None where neither is there (module docstring)."""
-    if cpu_vendor() not in (None, "GenuineIntel") and _scipy_routines() is not None:
+    """The BLAS :func:`gram` uses: ``"scipy"`` where SciPy's pointers are there, else ``"mkl"``
+    (PyTorch's, checked), else None (module docstring)."""
+    if _scipy_routines() is not None:
         return "scipy"
     if _mkl_checked():
         return "mkl"
-    if _scipy_routines() is not None:
-        return "scipy"
     return None
 
 
 @functools.cache
 def cpu_vendor() -> str | None:
     """The CPU's vendor as Linux names it (``vendor_id`` in ``/proc/cpuinfo``: ``"GenuineIntel"``,
-    ``"AuthenticAMD"``, ...), None where it is not known (another system, no such line)."""
+    ``"AuthenticAMD"``, ...), None where it is not known (another system, no such line); what
+    the benchmarks print beside their timings."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             return _vendor_in(info)
