@@ -264,15 +264,21 @@ def test_a_state_of_two_groups_in_the_models_order_is_used_and_the_note_says_so(
     ), warning
 
 
-def test_groups_that_fit_the_parameters_in_two_ways_leave_momentum_fresh(tmp_path):
-    # Layers 0 and 1 of a square MLP have the same shapes: a group [fc_layers.0, fc] and a group
-    # [fc_layers.1] fit the parameters as well as [fc_layers.1, fc] and [fc_layers.0] do.
+def _square_mlp():
+    """A spec of an MLP whose layers 0 and 1 have the same shapes (8 -> 8 -> 8), its model (seed
+    0) and the model's parameters by name."""
     raw = spec_dict([8, 8])
     raw["data"]["shape"] = [8]
     spec = spec_from_dict(raw, source="square.toml")
     torch.manual_seed(0)
     model = model_for(spec)
-    params = dict(model.named_parameters())
+    return spec, model, dict(model.named_parameters())
+
+
+def test_groups_that_fit_the_parameters_in_two_ways_leave_momentum_fresh(tmp_path):
+    # Layers 0 and 1 of a square MLP have the same shapes: a group [fc_layers.0, fc] and a group
+    # [fc_layers.1] fit the parameters as well as [fc_layers.1, fc] and [fc_layers.0] do.
+    spec, model, params = _square_mlp()
     first = [params[n] for n in ("fc_layers.0.weight", "fc_layers.0.bias", "fc.weight")]
     second = [params[n] for n in ("fc_layers.1.weight", "fc_layers.1.bias", "fc.bias")]
     optimizer = torch.optim.SGD(
@@ -395,12 +401,7 @@ def test_a_state_over_layers_registered_in_another_order_is_not_used(tmp_path):
     # The researcher's module registers fc_layers.1 before fc_layers.0 (same names, same
     # shapes), and its optimizer follows that order (model.parameters()): the buffers' positions
     # are not the spec's model's. Was: momentum "saved", each layer given the other's buffers.
-    raw = spec_dict([8, 8])
-    raw["data"]["shape"] = [8]
-    spec = spec_from_dict(raw, source="square.toml")
-    torch.manual_seed(0)
-    model = model_for(spec)
-    params = dict(model.named_parameters())
+    spec, model, params = _square_mlp()
     order = [f"fc_layers.1.{w}" for w in ("weight", "bias")]
     order += [f"fc_layers.0.{w}" for w in ("weight", "bias")] + ["fc.weight", "fc.bias"]
     optimizer = torch.optim.SGD([params[n] for n in order], lr=LR, momentum=MOMENTUM)
