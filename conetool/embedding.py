@@ -32,6 +32,20 @@ distance ``D = sqrt(2 S)`` (the Euclidean distance between the ``u_k``, a true m
 
 Coordinates are deterministic: each axis is centred and its sign chosen so that its entry of
 largest magnitude is positive.
+
+The classical solution (both methods) needs only ``B``'s top ``dims`` eigenvectors, and all its
+eigenvalues for the ratios and the refusal: :func:`_top_eigenpairs` reduces ``B`` to tridiagonal
+form once and takes all eigenvalues and those ``dims`` vectors from it, not every eigenvector as
+``np.linalg.eigh`` did (``benchmarks/bench_embed.py --start-only`` times both). The results are
+``np.linalg.eigh``'s up to rounding (``tests/test_embedding.py``), with two exceptions that no
+algorithm decides: where eigenvalues among the top ``dims`` tie (points evenly on a circle), any
+basis of their eigenspace is an answer, and the coordinates may differ from ``np.linalg.eigh``'s
+by a rotation in it (the distances, the stress and the ratios are the same); where the
+``dims``-th eigenvalue ties with the next (orthogonal kernels, every S 1), the subspace taken may
+differ, with the same ratios and the same fit to ``B`` but another stress-1 (and another MDS
+result from that start). Either way the same input gives the same output (with the same BLAS
+threads), and an axis whose eigenvalue is rounding (``dims`` above ``B``'s rank) holds rounding,
+about the square root of ``1e-16`` of the scale, as before.
 """
 
 from __future__ import annotations
@@ -158,17 +172,65 @@ def _classical_from_b(
     ``B`` with negative eigenvalues beyond rounding is refused first (:func:`_refuse_indefinite`,
     for the ``-C S C`` of an S matrix)."""
     b = 0.5 * (b + b.T)
-    values, vectors = np.linalg.eigh(b)
+    values, vectors = _top_eigenpairs(b, dims)
     if only_psd:
         _refuse_indefinite(values)
-    order = np.argsort(values)[::-1][:dims]
-    top = np.clip(values[order], 0.0, None)  # tiny negative eigenvalues are rounding
-    coords = _orient(vectors[:, order] * np.sqrt(top))
+    top = np.clip(values[::-1][:dims], 0.0, None)  # tiny negative eigenvalues are rounding
+    coords = _orient(vectors * np.sqrt(top))
     # trace(B) of the definition, over B's positive part: for the S matrix of kernels the same
     # up to rounding, and it keeps the ratios in [0, 1] where rounding alone makes up S
     total = float(values[values > 0].sum())
     ratio = top / total if total > 0 else np.zeros_like(top)
     return coords, ratio
+
+
+def _top_eigenpairs(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenvalues of the symmetric ``b`` ``(K, K)``, ascending ``(K,)``, and the eigenvectors
+    of the ``dims`` largest, ``(K, dims)``, largest first: what ``np.linalg.eigh`` gives, up to
+    rounding and each vector's sign, in the time of its reduction to tridiagonal form alone
+    (:func:`_tridiagonal_top`). Should LAPACK report a failure there (inverse iteration not
+    converging on a tight cluster of eigenvalues), the full ``np.linalg.eigh`` is taken."""
+    found = _tridiagonal_top(b, dims)
+    if found is not None:
+        return found
+    values, vectors = np.linalg.eigh(b)
+    return values, vectors[:, ::-1][:, :dims]
+
+
+def _tridiagonal_top(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`_top_eigenpairs` through one tridiagonal reduction, or ``None`` where LAPACK fails.
+
+    ``b`` is reduced to ``T = Q^T b Q`` once (``dsytrd``, about ``4/3 K^3`` flops: nearly the
+    whole cost; ``np.linalg.eigh`` goes on to every eigenvector of ``T`` and applies ``Q`` to
+    all ``K`` of them); ``T``'s eigenvalues come from ``dsterf`` (what
+    ``np.linalg.eigvalsh`` runs), its top ``dims`` eigenvectors from bisection and inverse
+    iteration (``dstebz``, ``dstein``: what ``scipy.linalg.eigh(subset_by_index=...)`` runs), and
+    ``Q`` is applied to those ``dims`` vectors only (``dormqr`` on ``dsytrd``'s reflectors, as
+    ``dormtr`` does)."""
+    from scipy.linalg import LinAlgError, eigh_tridiagonal, lapack  # SciPy: not at start-up
+
+    k = b.shape[0]
+    lwork = int(lapack.dsytrd_lwork(k, lower=1)[0])
+    reflectors, diagonal, off_diagonal, tau, info = lapack.dsytrd(b, lower=1, lwork=lwork)
+    if info != 0:
+        return None
+    try:
+        values = eigh_tridiagonal(diagonal, off_diagonal, eigvals_only=True, lapack_driver="sterf")
+        _, top_vectors = eigh_tridiagonal(
+            diagonal, off_diagonal, select="i", select_range=(k - dims, k - 1)
+        )
+    except LinAlgError:
+        return None
+    vectors = np.array(top_vectors[:, ::-1], dtype=np.float64)  # largest first
+    # Q = diag(1, Q'), Q' the product of the k - 1 reflectors stored below the subdiagonal
+    lower = reflectors[1:, : k - 1]
+    _, work, info = lapack.dormqr("L", "N", lower, tau, vectors[1:], -1)
+    if info != 0:
+        return None
+    vectors[1:], _, info = lapack.dormqr("L", "N", lower, tau, vectors[1:], int(work[0]))
+    if info != 0:
+        return None
+    return np.asarray(values, dtype=np.float64), vectors
 
 
 def _refuse_indefinite(values: np.ndarray) -> None:

@@ -234,3 +234,190 @@ def test_an_s_rounded_to_a_few_digits_is_refused_by_pca_only_beyond_its_toleranc
     np.testing.assert_allclose(embed_pca(nudged, dims=2)[1], exact, atol=10 * NEGATIVE_TOLERANCE)
     with pytest.raises(GeometryError, match="not that of any kernels"):
         embed_pca(s + 1e-3 * _not_of_kernels(1, 12), dims=2)
+
+
+# The classical start computes only the top eigenpairs of B (plus all eigenvalues, from the
+# tridiagonal form): the same coordinates and ratios as the full np.linalg.eigh it replaced.
+
+
+def _classical_by_full_eigh(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """The former start (f29fdab): every eigenpair of B = -C S C from np.linalg.eigh."""
+    b = _minus_c_s_c(0.5 * (s + s.T))
+    values, vectors = np.linalg.eigh(0.5 * (b + b.T))
+    order = np.argsort(values)[::-1][:dims]
+    top = np.clip(values[order], 0.0, None)
+    coords = vectors[:, order] * np.sqrt(top)
+    coords = coords - coords.mean(axis=0)
+    rows = np.argmax(np.abs(coords), axis=0)
+    signs = np.sign(coords[rows, np.arange(dims)])
+    signs[signs == 0] = 1.0
+    total = values[values > 0].sum()
+    return coords * signs, top / total if total > 0 else np.zeros_like(top)
+
+
+def _drifting_kernels_s(count: int, seed: int = 0, side: int = 6) -> np.ndarray:
+    """The S matrix of ``count`` kernels along a drifting curve, steps shrinking."""
+    rng = np.random.default_rng(seed)
+    position = rng.standard_normal(side * side)
+    direction = rng.standard_normal(side * side)
+    kernels = []
+    for k in range(count):
+        direction += 0.5 * rng.standard_normal(side * side) / side
+        direction /= np.linalg.norm(direction)
+        position = position + 0.1 / (1 + 10 * k / count) * direction
+        kernels.append(position.reshape(side, side).copy())
+    return distance_matrix(lambda i: kernels[i], count)
+
+
+def _random_kernels_s(count: int = 40, seed: int = 10) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    kernels = rng.standard_normal((count, 6, 6)) + 1.5 * rng.standard_normal((1, 6, 6))
+    return distance_matrix(lambda i: kernels[i], count, block_size=9)
+
+
+def _regular_polygon_s(count: int = 8, radius: float = 0.3) -> np.ndarray:
+    """Points evenly on a circle (S = D^2 / 2): B's two nonzero eigenvalues are equal."""
+    angles = 2 * np.pi * np.arange(count) / count
+    return 0.5 * _pairwise(radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)) ** 2
+
+
+def _simplex_s(count: int = 6) -> np.ndarray:
+    """Orthogonal kernels, every pair at S = 1: B = C, K - 1 equal eigenvalues."""
+    return np.ones((count, count)) - np.eye(count)
+
+
+START_CASES = {
+    "random kernels": (_random_kernels_s, (2, 3)),
+    "trajectory": (lambda: _drifting_kernels_s(120), (1, 2, 3)),
+    "K = 2": (lambda: _drifting_kernels_s(2, seed=1), (1,)),
+    "K = 3": (lambda: _drifting_kernels_s(3, seed=2), (1, 2)),
+    "K = 4": (lambda: _drifting_kernels_s(4, seed=3), (2, 3)),
+    "planar points": (lambda: 0.5 * _pairwise(_planar_points(11, 30)) ** 2, (2,)),
+    "all kernels equal": (lambda: np.zeros((5, 5)), (2, 3)),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "dims"),
+    [(name, dims) for name, (_, all_dims) in START_CASES.items() for dims in all_dims],
+)
+def test_the_start_equals_the_full_eigh(name: str, dims: int) -> None:
+    """Coordinates (signs included: the orientation rule picks them from the coordinates) to
+    1e-10 of their scale, ratios to 1e-12, the mds start the pca coordinates; the eigenvalues
+    and the top vectors (up to sign) those of np.linalg.eigh. (Where B's rank is below dims,
+    planar points in 3-D, the extra axes hold rounding, the square root of eigenvalues of
+    1e-17, about 1e-9 of the scale in either code: test_equal_top_eigenvalues_...[8-3].)"""
+    from conetool.embedding import _top_eigenpairs, mds_problem
+
+    s = START_CASES[name][0]()
+    coords, ratio = embed_pca(s, dims=dims)
+    want_coords, want_ratio = _classical_by_full_eigh(s, dims)
+    scale = max(float(np.max(np.abs(want_coords))), 1e-300)
+    np.testing.assert_allclose(coords, want_coords, rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(ratio, want_ratio, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(mds_problem(s, dims)[1], coords)
+    b = _minus_c_s_c(s)
+    values, vectors = _top_eigenpairs(b, dims)
+    full_values, full_vectors = np.linalg.eigh(b)
+    size = max(float(np.max(np.abs(full_values))), 1e-300)
+    np.testing.assert_allclose(values, full_values, rtol=0, atol=1e-13 * size)
+    assert vectors.shape == (s.shape[0], dims)
+    top = full_vectors[:, ::-1][:, :dims]
+    gaps = -np.diff(full_values[::-1][: dims + 1])
+    if np.all(gaps > 1e-6 * size):  # each vector determined up to its sign
+        signs = np.sign(np.sum(vectors * top, axis=0))
+        np.testing.assert_allclose(vectors, top * signs, rtol=0, atol=1e-9)
+
+
+def test_the_start_of_an_s_not_of_kernels_equals_the_full_eigh() -> None:
+    """classical_mds takes any distances (B indefinite): its ratios leave the negative
+    eigenvalues out, which still come from the whole spectrum."""
+    s = _not_of_kernels(seed=4, count=20)
+    for dims in (2, 3):
+        coords, ratio = classical_mds(np.sqrt(2 * s), dims=dims)
+        want_coords, want_ratio = _classical_by_full_eigh(s, dims)
+        np.testing.assert_allclose(coords, want_coords, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(ratio, want_ratio, rtol=0, atol=1e-12)
+
+
+def test_the_start_computes_no_full_eigh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of _top_eigenpairs: no np.linalg.eigh of all of B (which it called before)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("np.linalg.eigh called")
+
+    s = _drifting_kernels_s(50)
+    want = _classical_by_full_eigh(s, 2)
+    monkeypatch.setattr(np.linalg, "eigh", refuse)
+    coords, ratio = embed_pca(s, dims=2)
+    np.testing.assert_allclose(coords, want[0], rtol=0, atol=1e-10 * np.max(np.abs(want[0])))
+    np.testing.assert_allclose(ratio, want[1], rtol=0, atol=1e-12)
+    assert embed_kernels(s, method="mds").coords.shape == (50, 2)
+
+
+def test_the_full_eigh_is_taken_where_inverse_iteration_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import scipy.linalg
+
+    real = scipy.linalg.eigh_tridiagonal
+    calls = []
+
+    def failing(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs.get("select", "a"))
+        if kwargs.get("select") == "i":
+            raise scipy.linalg.LinAlgError("stein: 1 eigenvectors failed to converge")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.linalg, "eigh_tridiagonal", failing)
+    s = _drifting_kernels_s(30)
+    coords, ratio = embed_pca(s, dims=3)
+    assert "i" in calls  # the tridiagonal path was tried
+    want_coords, want_ratio = _classical_by_full_eigh(s, 3)
+    np.testing.assert_allclose(coords, want_coords, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ratio, want_ratio, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize(("count", "dims"), [(8, 2), (7, 2), (8, 3)])
+def test_equal_top_eigenvalues_give_the_full_eighs_picture_turned(count: int, dims: int) -> None:
+    """A regular polygon: B's two nonzero eigenvalues tie, so any basis of their plane is an
+    answer: the new path and np.linalg.eigh pick different ones (the coordinates differ by a
+    rotation, by up to 0.57 with a radius of 0.3; which one either picks moves with the last
+    bits of B), the new path the same one on every call; the distances, so the stress, and the
+    ratios are the same. In 3-D the third axis is rounding in both (B has rank 2: the
+    square root of an eigenvalue of 1e-17, 4e-9 here)."""
+    s = _regular_polygon_s(count)
+    coords, ratio = embed_pca(s, dims=dims)
+    want_coords, want_ratio = _classical_by_full_eigh(s, dims)
+    assert _procrustes_error(coords, want_coords) < (1e-12 if dims == 2 else 1e-8)
+    d = np.sqrt(2 * s)
+    assert stress1(coords, d) == pytest.approx(stress1(want_coords, d), abs=1e-12)
+    np.testing.assert_allclose(ratio, want_ratio, rtol=0, atol=1e-12)
+    again = embed_pca(s, dims=dims)
+    np.testing.assert_array_equal(again[0], coords)
+    np.testing.assert_array_equal(again[1], ratio)
+
+
+@pytest.mark.parametrize(
+    ("name", "dims"), [("simplex", 1), ("simplex", 2), ("simplex", 3), ("polygon", 1)]
+)
+def test_a_tie_across_the_cut_is_deterministic_with_the_same_ratios_and_strain(
+    name: str, dims: int
+) -> None:
+    """The dims-th eigenvalue ties with the next: which subspace is taken is not determined
+    (the new path and np.linalg.eigh take different ones: the coordinates differ, and so may
+    the stress-1, 0.45 against 0.52 for the simplex in 2-D). What classical MDS fits is the
+    same: the ratios, and the strain |B - X X^T|_F (the left-out eigenvalues). The same input
+    gives the same output, for pca and for the mds that starts from it."""
+    s = _simplex_s() if name == "simplex" else _regular_polygon_s()
+    coords, ratio = embed_pca(s, dims=dims)
+    want_coords, want_ratio = _classical_by_full_eigh(s, dims)
+    np.testing.assert_allclose(ratio, want_ratio, rtol=0, atol=1e-12)
+    b = _minus_c_s_c(s)
+    strain = np.linalg.norm(b - coords @ coords.T)
+    assert strain == pytest.approx(np.linalg.norm(b - want_coords @ want_coords.T), abs=1e-12)
+    for method in ("pca", "mds"):
+        first = embed_kernels(s, method=method, dims=dims)
+        second = embed_kernels(s, method=method, dims=dims)
+        np.testing.assert_array_equal(first.coords, second.coords)
+        assert first.stress == second.stress
