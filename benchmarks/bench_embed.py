@@ -1,5 +1,6 @@
 """Benchmark: ``conetool embed --method mds``'s SMACOF (:mod:`conetool.smacof`) against its
-former code and against scikit-learn's, measured in the same run.
+former code and against scikit-learn's, and the classical start both methods compute (all of
+``--method pca``'s work) against its former code, measured in the same run.
 
 The baselines: ``before``, ``benchmarks/baseline_smacof.py`` (``conetool/smacof.py`` as it was at
 5f07b49: the stress summed pair by pair at every iteration, one thread); and ``sklearn``,
@@ -24,10 +25,20 @@ part for ``--profile-iters`` iterations from the same start: Euclidean distances
 matrix (the zero distances, ``R = D / d``, ``B = -R`` plus its row sums on the diagonal), ``B X``,
 the stress and the convergence check; milliseconds per iteration and shares.
 
-Usage (a few minutes on 2 busy cores; the classical start at 5,000 kernels takes most of a
-minute, scikit-learn at 2,000 half a minute a run):
+The classical start, first (``--start-only``: nothing else): ``B = -C S C`` and its top
+``--dims`` eigenpairs as :func:`conetool.embedding.embed_pca` computes them (the explained
+variance ratios and the refusal of an S not of kernels included), ``new``, against ``before``,
+the same from a full ``np.linalg.eigh`` (:func:`classical_before`, the code before
+:func:`conetool.embedding._top_eigenpairs`), in rotating order, ``--repeat`` times each, BLAS
+limited to ``--threads``: median wall and CPU seconds, their ratios, the largest coordinate
+difference (over the largest coordinate) and the largest difference of the explained variance
+ratios.
+
+Usage (a few minutes on 2 busy cores; the former start at 5,000 kernels takes most of a
+minute a run, scikit-learn at 2,000 half a minute):
 
     python benchmarks/bench_embed.py --sizes 1000,2000,5000 --repeat 3
+    python benchmarks/bench_embed.py --sizes 1000,2000,5000 --repeat 3 --start-only
 """
 
 from __future__ import annotations
@@ -46,6 +57,10 @@ import numpy as np
 from conetool.embedding import (
     MDS_EPS,
     MDS_MAX_ITER,
+    _classical_from_b,
+    _double_center,
+    _orient,
+    _refuse_indefinite,
     _sklearn_mds,
     mds_problem,
     stress1,
@@ -95,6 +110,79 @@ def new(d: np.ndarray, start: np.ndarray, threads: int) -> tuple[np.ndarray, int
 
 
 CALLS = {"sklearn": sklearn, "before": before, "new": new}
+
+
+def classical_before(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """``embed_pca``'s work as it was before ``_top_eigenpairs`` (f29fdab): the full
+    ``np.linalg.eigh`` of ``B = -C S C``, ``(coords (K, dims), explained variance ratio)``."""
+    b = _double_center(-s)
+    b = 0.5 * (b + b.T)
+    values, vectors = np.linalg.eigh(b)
+    _refuse_indefinite(values)
+    order = np.argsort(values)[::-1][:dims]
+    top = np.clip(values[order], 0.0, None)
+    coords = _orient(vectors[:, order] * np.sqrt(top))
+    total = float(values[values > 0].sum())
+    return coords, top / total if total > 0 else np.zeros_like(top)
+
+
+def classical_new(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """``embed_pca``'s work now (``_check``'s symmetrisation aside)."""
+    return _classical_from_b(_double_center(-s), dims, only_psd=True)
+
+
+STARTS = {"before": classical_before, "new": classical_new}
+
+
+def measure_start(s: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Median wall and CPU seconds of each classical start on ``s``, and the new one's
+    differences from the former's coordinates and ratios."""
+    runs: dict[str, list[tuple[float, float]]] = {which: [] for which in STARTS}
+    results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    names = list(STARTS)
+    for r in range(args.repeat):
+        for which in names[r % len(names) :] + names[: r % len(names)]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            results[which] = STARTS[which](s, args.dims)
+            runs[which].append((time.perf_counter() - wall, time.process_time() - cpu))
+    (coords, ratio), (ref_coords, ref_ratio) = results["new"], results["before"]
+    return {
+        "wall": {w: statistics.median(t[0] for t in runs[w]) for w in STARTS},
+        "cpu": {w: statistics.median(t[1] for t in runs[w]) for w in STARTS},
+        "diff": float(np.max(np.abs(coords - ref_coords)) / np.max(np.abs(ref_coords))),
+        "ratio_diff": float(np.max(np.abs(ratio - ref_ratio))),
+        "ratio": ref_ratio,
+    }
+
+
+def report_starts(sizes: list[int], args: argparse.Namespace) -> bool:
+    """Print the classical starts' table; whether the new start equals the former to 1e-9."""
+    print(
+        f"classical start (B = -C S C, top {args.dims} eigenpairs, ratios, refusal check): "
+        "before (full np.linalg.eigh) against new (_top_eigenpairs)"
+    )
+    print(
+        f"{'K':>5} {'start':>8} {'wall s':>8} {'cpu s':>8} {'wall x':>7} {'cpu x':>7} "
+        f"{'max |dx|':>9} {'max |dr|':>9}  ratios"
+    )
+    same = True
+    for count in sizes:
+        row = measure_start(trajectory_s(count, args.dim), args)
+        for which in STARTS:
+            wall, cpu = row["wall"][which], row["cpu"][which]
+            if which == "before":
+                rest = f"{'':>7} {'':>7} {'':>9} {'':>9}  " + " ".join(
+                    f"{x:.6f}" for x in row["ratio"]
+                )
+            else:
+                rest = (
+                    f"{wall / row['wall']['before']:7.3f} {cpu / row['cpu']['before']:7.3f} "
+                    f"{row['diff']:9.1e} {row['ratio_diff']:9.1e}"
+                )
+            print(f"{count:>5} {which:>8} {wall:8.3f} {cpu:8.3f} {rest}", flush=True)
+        same = same and row["diff"] < 1e-9 and row["ratio_diff"] < 1e-12
+    print(f"same coordinates (to 1e-9 of their scale) and ratios (to 1e-12): {same}\n")
+    return same
 
 
 def timed(call: Callable[[], tuple[np.ndarray, int]]) -> tuple[float, float, np.ndarray, int]:
@@ -194,8 +282,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true", help="where scikit-learn's time goes")
     parser.add_argument("--profile-iters", type=int, default=20, help="iterations profiled")
+    parser.add_argument(
+        "--start-only", action="store_true", help="only the classical starts, no SMACOF"
+    )
     args = parser.parse_args(argv)
     sizes = [int(k) for k in args.sizes.split(",")]
+    if args.start_only:
+        print(
+            f"embed: the classical start, dims {args.dims}, kernels of {args.dim} entries, median "
+            f"of {args.repeat}, threads {args.threads} (OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), commit {_commit()}, load average "
+            f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+        )
+        with limit_threads(args.threads):
+            for start in STARTS.values():  # warm-up: SciPy's import, first calls
+                start(trajectory_s(20, args.dim), args.dims)
+            same_start = report_starts(sizes, args)
+        print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        return 0 if same_start else 1
     print(
         f"embed --method mds: SMACOF, max_iter {MDS_MAX_ITER}, eps {MDS_EPS:g}, dims {args.dims}, "
         f"kernels of {args.dim} entries, median of {args.repeat}, threads {args.threads} "
@@ -206,12 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{'K':>5} {'method':>8} {'wall s':>8} {'cpu s':>8} {'wall x':>7} {'cpu x':>7} "
         f"{'iters':>5} {'ms/iter':>8} {'stress-1':>10} {'max |dx|':>9}"
     )
-    print(f"(x: against before; max |dx|: from before's coordinates, over their largest)\n{header}")
     rows = []
     with limit_threads(args.threads):
         d, start = mds_problem(trajectory_s(20, args.dim), args.dims)
         for call in CALLS.values():  # warm-up: scikit-learn's imports, first calls
             call(d, start, args.threads)
+        same_start = report_starts(sizes, args)
+        print("SMACOF (x: against before; max |dx|: from before's coordinates, over their largest)")
+        print(header)
         for count in sizes:
             row = measure(count, args)
             rows.append(row)
@@ -247,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"same iterations and coordinates (to 1e-9 of their scale): {same}")
-    return 0 if same else 1
+    return 0 if same and same_start else 1
 
 
 if __name__ == "__main__":

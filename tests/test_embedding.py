@@ -421,3 +421,16 @@ def test_a_tie_across_the_cut_is_deterministic_with_the_same_ratios_and_strain(
         second = embed_kernels(s, method=method, dims=dims)
         np.testing.assert_array_equal(first.coords, second.coords)
         assert first.stress == second.stress
+
+
+def test_the_start_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/bench_embed.py --start-only, whose former start is the reference above."""
+    from benchmark_module import load_benchmark
+
+    bench = load_benchmark("bench_embed")
+    assert bench.main(["--sizes", "30,40", "--repeat", "1", "--start-only"]) == 0
+    out = capsys.readouterr().out
+    assert "same coordinates (to 1e-9 of their scale) and ratios (to 1e-12): True" in out
+    s = _drifting_kernels_s(25)
+    for got, want in zip(bench.classical_before(s, 2), _classical_by_full_eigh(s, 2), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
