@@ -67,16 +67,33 @@ def _rewrite_layer_file(path, change=None, drop=()):
     save_file(change(tensors) if change else tensors, str(path), meta)
 
 
+@pytest.fixture(scope="module")
+def analysed(trained, tmp_path_factory):
+    """``analysed(grouping)``: a store of the module's run with kernels (``--eval-size 6``, and
+    ``--per-layer`` or ``--groups``), distance and spectrum done, made once per grouping, and
+    spectrum's kernel-machine accuracies. Tests damage a copy of it."""
+    made = {}
+
+    def make(grouping):
+        if grouping not in made:
+            root = tmp_path_factory.mktemp(grouping) / "s"
+            groups = {"per_layer": True} if grouping == "per-layer" else {"groups": _mapping()}
+            kernels(trained, store=root, device="cpu", eval_size=6, **groups)
+            distance(root, noise=False)
+            made[grouping] = root, spectrum(root, top_k=3).eval_acc
+        return made[grouping]
+
+    return make
+
+
 @pytest.mark.parametrize("how", ["truncated", "deleted"])
 @pytest.mark.parametrize("grouping", ["per-layer", "groups"])
 def test_a_rebuilt_manifest_keeps_the_eval_set_and_the_parameter_groups(
-    run, tmp_path, how, grouping
+    trained, analysed, tmp_path, how, grouping
 ):
-    root = tmp_path / "s"
-    groups = {"per_layer": True} if grouping == "per-layer" else {"groups": _mapping()}
-    kernels(run, store=root, device="cpu", eval_size=6, **groups)
-    distance(root, noise=False)
-    accuracy = spectrum(root, top_k=3).eval_acc
+    run, root = trained, tmp_path / "s"  # the checkpoints are only read
+    analysed_store, accuracy = analysed(grouping)
+    shutil.copytree(analysed_store, root)
     assert not any(math.isnan(a) for a in accuracy)
     table = paths.per_layer_csv(root).read_text()
     before = _manifest(root)
@@ -179,11 +196,22 @@ def _wrong_shape(path):
     _rewrite_layer_file(path, lambda t: {g: k[:-1, :-1].clone() for g, k in t.items()})
 
 
-@pytest.mark.parametrize("damage", [_truncated, _not_finite, _wrong_shape])
-def test_a_bad_layer_file_is_named_or_left_out_with_skip_bad(run, tmp_path, damage):
-    root = tmp_path / "s"
-    kernels(run, store=root, device="cpu", per_layer=True)
+@pytest.fixture(scope="module")
+def per_layer_store(trained, tmp_path_factory):
+    """A store of the module's run with kernels ``--per-layer`` and distance done (once per
+    module); tests damage a copy of it."""
+    root = tmp_path_factory.mktemp("per_layer") / "s"
+    kernels(trained, store=root, device="cpu", per_layer=True)
     distance(root, noise=False)
+    return root
+
+
+@pytest.mark.parametrize("damage", [_truncated, _not_finite, _wrong_shape])
+def test_a_bad_layer_file_is_named_or_left_out_with_skip_bad(
+    trained, per_layer_store, tmp_path, damage
+):
+    run, root = trained, tmp_path / "s"  # the checkpoints are only read
+    shutil.copytree(per_layer_store, root)
     written = {p: p.read_bytes() for p in sorted(paths.distance_dir(root).iterdir())}
     path = paths.layer_kernel(root, 5)
     damage(path)

@@ -29,17 +29,34 @@ print(json.dumps({"code": code, "heavy": heavy}))
 
 
 def _run(args: list[str]) -> dict:
+    (result,) = _run_side_by_side([args])
+    return result
+
+
+def _run_side_by_side(commands: list[list[str]]) -> list[dict]:
+    """:data:`_PROBE` of each command line, each in its own process, all started at once (each
+    imports what its command imports: side by side, the imports of PyTorch overlap)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROBE, json.dumps(args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for args in commands
+    ]
+    try:
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stderr
+    return [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
 
 
 @pytest.mark.parametrize(
@@ -98,17 +115,22 @@ def test_package_attributes_are_loaded_on_use() -> None:
     assert conetool.limit_threads.__module__ == "conetool.threads"
 
 
-@pytest.mark.parametrize("command", ["kernels", "inspect"])
-def test_commands_that_draw_nothing_do_not_import_matplotlib(tmp_path: Path, command: str) -> None:
+def test_commands_that_draw_nothing_do_not_import_matplotlib(tmp_path: Path) -> None:
     """conetool.pipeline imported every command's module, so conetool kernels and inspect loaded
-    matplotlib (the figures of distance and the others, 0.6 s) and SciPy for nothing."""
-    args = [command, str(tmp_path)] + (
-        ["--store", str(tmp_path / "s")] if command == "kernels" else []
-    )
-    result = _run(args)
-    assert result["code"] == 1  # an empty folder: no checkpoints (no spec), after torch loaded
-    assert "torch" in result["heavy"]
-    assert "matplotlib" not in result["heavy"] and "scipy" not in result["heavy"], result
+    matplotlib (the figures of distance and the others, 0.6 s) and SciPy for nothing. (Each
+    command in its own process, the two side by side: one PyTorch import's time for both.)"""
+    commands = {
+        "kernels": ["kernels", str(tmp_path), "--store", str(tmp_path / "s")],
+        "inspect": ["inspect", str(tmp_path)],
+    }
+    results = _run_side_by_side(list(commands.values()))
+    for command, result in zip(commands, results, strict=True):
+        assert result["code"] == 1, command  # an empty folder: no checkpoints, after torch loaded
+        assert "torch" in result["heavy"], command
+        assert "matplotlib" not in result["heavy"] and "scipy" not in result["heavy"], (
+            command,
+            result,
+        )
 
 
 def test_the_pipeline_package_loads_each_command_on_use() -> None:
