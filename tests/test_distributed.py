@@ -401,19 +401,25 @@ def test_readme_sharding_numbers_are_the_benchmarks_quotients():
 # ---------------------------------------------------------------------------------- end to end
 def test_two_ranks_make_the_same_store_as_one_process(run, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = kernels(run, store=one, device="cpu", eval_size=4)
-    assert single.computed == STEPS and single.eval_computed == STEPS
-    done = run_torchrun(
-        "kernels",
-        str(run),
-        "--store",
-        str(two),
-        "--device",
-        "cpu",
-        "--eval-size",
-        "4",
+    args = ["--store", str(two), "--device", "cpu", "--eval-size", "4"]
+    # torchrun first: the single process computes its store while torchrun imports PyTorch
+    ranks = subprocess.Popen(
+        torchrun("kernels", str(run), *args),
         cwd=tmp_path,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        single = kernels(run, store=one, device="cpu", eval_size=4)
+        stdout, stderr = ranks.communicate(timeout=120)
+    finally:
+        if ranks.poll() is None:
+            ranks.kill()
+            ranks.wait()
+    assert single.computed == STEPS and single.eval_computed == STEPS
+    done = subprocess.CompletedProcess(ranks.args, ranks.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("conetool kernels ->") == 1  # only rank 0 reports
     assert "cpu x2" in done.stdout
