@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.linalg import orthogonal_procrustes
 from sklearn.decomposition import PCA
+from synthetic_s import drifting_kernels_s
 
 from conetool.embedding import (
     Embedding,
@@ -255,20 +256,6 @@ def _classical_by_full_eigh(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.nd
     return coords * signs, top / total if total > 0 else np.zeros_like(top)
 
 
-def _drifting_kernels_s(count: int, seed: int = 0, side: int = 6) -> np.ndarray:
-    """The S matrix of ``count`` kernels along a drifting curve, steps shrinking."""
-    rng = np.random.default_rng(seed)
-    position = rng.standard_normal(side * side)
-    direction = rng.standard_normal(side * side)
-    kernels = []
-    for k in range(count):
-        direction += 0.5 * rng.standard_normal(side * side) / side
-        direction /= np.linalg.norm(direction)
-        position = position + 0.1 / (1 + 10 * k / count) * direction
-        kernels.append(position.reshape(side, side).copy())
-    return distance_matrix(lambda i: kernels[i], count)
-
-
 def _random_kernels_s(count: int = 40, seed: int = 10) -> np.ndarray:
     rng = np.random.default_rng(seed)
     kernels = rng.standard_normal((count, 6, 6)) + 1.5 * rng.standard_normal((1, 6, 6))
@@ -288,10 +275,10 @@ def _simplex_s(count: int = 6) -> np.ndarray:
 
 START_CASES = {
     "random kernels": (_random_kernels_s, (2, 3)),
-    "trajectory": (lambda: _drifting_kernels_s(120), (1, 2, 3)),
-    "K = 2": (lambda: _drifting_kernels_s(2, seed=1), (1,)),
-    "K = 3": (lambda: _drifting_kernels_s(3, seed=2), (1, 2)),
-    "K = 4": (lambda: _drifting_kernels_s(4, seed=3), (2, 3)),
+    "trajectory": (lambda: drifting_kernels_s(120), (1, 2, 3)),
+    "K = 2": (lambda: drifting_kernels_s(2, seed=1), (1,)),
+    "K = 3": (lambda: drifting_kernels_s(3, seed=2), (1, 2)),
+    "K = 4": (lambda: drifting_kernels_s(4, seed=3), (2, 3)),
     "planar points": (lambda: 0.5 * _pairwise(_planar_points(11, 30)) ** 2, (2,)),
     "all kernels equal": (lambda: np.zeros((5, 5)), (2, 3)),
 }
@@ -346,7 +333,7 @@ def test_the_start_computes_no_full_eigh(monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("np.linalg.eigh called")
 
-    s = _drifting_kernels_s(50)
+    s = drifting_kernels_s(50)
     want = _classical_by_full_eigh(s, 2)
     monkeypatch.setattr(np.linalg, "eigh", refuse)
     coords, ratio = embed_pca(s, dims=2)
@@ -370,7 +357,7 @@ def test_the_full_eigh_is_taken_where_inverse_iteration_fails(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(scipy.linalg, "eigh_tridiagonal", failing)
-    s = _drifting_kernels_s(30)
+    s = drifting_kernels_s(30)
     coords, ratio = embed_pca(s, dims=3)
     assert "i" in calls  # the tridiagonal path was tried
     want_coords, want_ratio = _classical_by_full_eigh(s, 3)
@@ -431,6 +418,6 @@ def test_the_start_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[s
     assert bench.main(["--sizes", "30,40", "--repeat", "1", "--start-only"]) == 0
     out = capsys.readouterr().out
     assert "same coordinates (to 1e-9 of their scale) and ratios (to 1e-12): True" in out
-    s = _drifting_kernels_s(25)
+    s = drifting_kernels_s(25)
     for got, want in zip(bench.classical_before(s, 2), _classical_by_full_eigh(s, 2), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from benchmark_module import load_benchmark
 from sklearn.manifold import smacof as sklearn_smacof
+from synthetic_s import drifting_kernels_s
 
 from conetool.embedding import (
     MDS_EPS,
@@ -28,25 +29,10 @@ from conetool.geometry import GeometryError, distance_matrix
 from conetool.smacof import SmacofResult, smacof
 
 
-def _trajectory(count: int, seed: int = 0, side: int = 6) -> np.ndarray:
-    """The S matrix of ``count`` kernels along a drifting curve (steps shrinking as training
-    slows down), as conetool.geometry computes it."""
-    rng = np.random.default_rng(seed)
-    position = rng.standard_normal(side * side)
-    direction = rng.standard_normal(side * side)
-    kernels = []
-    for k in range(count):
-        direction += 0.5 * rng.standard_normal(side * side) / side
-        direction /= np.linalg.norm(direction)
-        position = position + 0.1 / (1 + 10 * k / count) * direction
-        kernels.append(position.reshape(side, side).copy())
-    return distance_matrix(lambda i: kernels[i], count)
-
-
 def _repeated_kernels() -> np.ndarray:
     """A trajectory whose kernels 3, 7 and 11 come twice (and 0 three times): S = 0 off the
     diagonal, coinciding start points, R = 0 between them."""
-    s = _trajectory(16, seed=1)
+    s = drifting_kernels_s(16, seed=1)
     order = [0, 1, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9, 10, 11, 11, 12, 13, 14, 15, 0, 0]
     return s[np.ix_(order, order)]
 
@@ -110,10 +96,10 @@ def _assert_same(
 )
 def test_the_same_iterations_as_scikit_learn(name: str, dims: int) -> None:
     s = {
-        "trajectory": lambda: _trajectory(40),
+        "trajectory": lambda: drifting_kernels_s(40),
         "ties": _simplex,
         "repeated kernels": _repeated_kernels,
-        "K = 3": lambda: _trajectory(3, seed=2),
+        "K = 3": lambda: drifting_kernels_s(3, seed=2),
         "not of kernels": _not_of_kernels,
     }[name]()
     d, start = mds_problem(s, dims)
@@ -130,7 +116,7 @@ def test_coinciding_start_points_take_scikit_learns_1e_5() -> None:
     their kernels differ: the distance 0 is taken as 1e-5 in R, as scikit-learn does (a value
     only rounding sees, since R_ij multiplies x_i - x_j = 0; without one, R is inf and the
     coordinates NaN)."""
-    d, _ = mds_problem(_trajectory(9, seed=4), 2)
+    d, _ = mds_problem(drifting_kernels_s(9, seed=4), 2)
     start = np.array([[0, 0], [0, 0], [1, 0], [2, 1], [2, 1], [-1, 2], [0, 3], [1, -2], [3, 3.0]])
     result = _assert_same(d, start)
     assert result.n_iter > 2
@@ -143,13 +129,13 @@ def test_small_blocks_give_the_same_iterations(block_elements: int, block_rows: 
 
 
 def test_a_stop_at_max_iter_is_the_same() -> None:
-    d, start = mds_problem(_trajectory(30, seed=5), 2)
+    d, start = mds_problem(drifting_kernels_s(30, seed=5), 2)
     assert _assert_same(d, start, max_iter=4).n_iter == 4
     assert _assert_same(d, start, max_iter=1).n_iter == 1
 
 
 def test_embed_mds_is_scikit_learns_mds_without_calling_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = _trajectory(50, seed=6)
+    s = drifting_kernels_s(50, seed=6)
     d, start = mds_problem(s, 2)
     expected = _orient(_sklearn_mds(d, start, 2, 0)[0])
 
@@ -189,16 +175,16 @@ def _collinear() -> np.ndarray:
 
 
 _PROBLEMS = {
-    "trajectory": lambda: mds_problem(_trajectory(60, seed=7), 2),
-    "trajectory, 3 dims": lambda: mds_problem(_trajectory(45, seed=8), 3),
+    "trajectory": lambda: mds_problem(drifting_kernels_s(60, seed=7), 2),
+    "trajectory, 3 dims": lambda: mds_problem(drifting_kernels_s(45, seed=8), 3),
     "ties": lambda: mds_problem(_simplex(7), 2),
     "repeated kernels": lambda: mds_problem(_repeated_kernels(), 2),
     "collinear": lambda: mds_problem(_collinear(), 2),
-    "K = 3": lambda: mds_problem(_trajectory(3, seed=9), 2),
+    "K = 3": lambda: mds_problem(drifting_kernels_s(3, seed=9), 2),
     "K = 2": lambda: (np.array([[0.0, 0.7], [0.7, 0.0]]), np.array([[0.1, 0.2], [0.3, -0.1]])),
     "all zero": lambda: (np.zeros((5, 5)), np.arange(10.0).reshape(5, 2)),
     "coinciding start": lambda: (
-        mds_problem(_trajectory(9, seed=4), 2)[0],
+        mds_problem(drifting_kernels_s(9, seed=4), 2)[0],
         np.array([[0, 0], [0, 0], [1, 0], [2, 1], [2, 1], [-1, 2], [0, 3], [1, -2], [3, 3.0]]),
     ),
 }
@@ -239,7 +225,7 @@ def test_either_way_of_deciding_makes_scikit_learns_iterations(
 
 
 def test_the_result_is_the_same_bits_for_any_thread_count() -> None:
-    d, start = mds_problem(_trajectory(80, seed=10), 2)
+    d, start = mds_problem(drifting_kernels_s(80, seed=10), 2)
     results = [
         smacof(d, start, max_iter=300, eps=MDS_EPS, block_elements=64, block_rows=2, threads=t)
         for t in (1, 2, 5, 40)
@@ -263,7 +249,7 @@ def test_threads_default_to_the_blas_limit(monkeypatch: pytest.MonkeyPatch) -> N
         seen.append(self.threads)
 
     monkeypatch.setattr(module._Walk, "__init__", watched)
-    d, start = mds_problem(_trajectory(60, seed=11), 2)
+    d, start = mds_problem(drifting_kernels_s(60, seed=11), 2)
     with threadpool_limits(limits=1, user_api="blas"):
         smacof(d, start, block_elements=40, block_rows=2)
     smacof(d, start, block_elements=40, block_rows=2, threads=2)
@@ -271,6 +257,6 @@ def test_threads_default_to_the_blas_limit(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_a_thread_count_below_one_is_refused() -> None:
-    d, start = mds_problem(_trajectory(5, seed=12), 2)
+    d, start = mds_problem(drifting_kernels_s(5, seed=12), 2)
     with pytest.raises(GeometryError, match="threads must be at least 1"):
         smacof(d, start, threads=0)
