@@ -43,7 +43,7 @@ from typing import Any
 from .. import paths
 from .. import store_companions as companions
 from ..spec import Spec, is_user_dataset
-from ..store import kernel_file_headers, kernel_files_metadata, rebuilds_manifest
+from ..store import kernel_files_metadata, rebuilds_manifest
 from ..store_manifest import StoreIdentity, embedded_record, new_manifest
 
 __all__ = [
@@ -172,13 +172,13 @@ def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:
     return _sources_folder(sources)
 
 
-def carried_directory(store: Path) -> str | None:
+def carried_directory(carried: list[dict[str, str]]) -> str | None:
     """The checkpoint directory ``kernels`` read, for a store whose manifest (which records it)
-    is missing or damaged, from the kernel files of ``store`` (of any identity; the newest
-    first): the directory the newest file carrying its run's selection records, else (files
-    written before they carried it) the folder all their sources lie in
-    (:func:`_sources_folder`); None when no kernel file records a source."""
-    carried = kernel_file_headers(store)
+    is missing or damaged, from the metadata ``carried`` of its kernel files (of any identity,
+    the newest first: :func:`conetool.store.kernel_file_headers`): the directory the newest
+    file carrying its run's selection records, else (files written before they carried it) the
+    folder all their sources lie in (:func:`_sources_folder`); None when no kernel file records
+    a source."""
     given = _selection_path(carried)
     if given is not None:
         return given
@@ -254,17 +254,22 @@ def recorded_step_regex(
 
 
 def carried_step_regex(
-    store: Path, given: str | None, *, manifest_is: str = "missing"
+    store: Path,
+    given: str | None,
+    carried: list[dict[str, str]],
+    *,
+    manifest_is: str = "missing",
 ) -> tuple[str | None, str | None]:
-    """``(step_regex, note)`` for a store whose manifest is missing (deleted) or damaged
-    (``manifest_is``, as the note says it): ``given`` when there is one, else the step regex of
-    the checkpoint selection that the newest kernel file carrying one carries (each carries its
-    run's, as :func:`rebuilt_remembered` reads it for the ``kernels`` run that rebuilds the
-    manifest), with a note saying so; else None (no kernel file, none given to kernels, or files
-    written before they carried the selection)."""
+    """``(step_regex, note)`` for the store ``store`` whose manifest is missing (deleted) or
+    damaged (``manifest_is``, as the note says it), from the metadata ``carried`` of its kernel
+    files (the newest first: :func:`conetool.store.kernel_file_headers`): ``given`` when there
+    is one, else the step regex of the checkpoint selection that the newest kernel file carrying
+    one carries (each carries its run's, as :func:`rebuilt_remembered` reads it for the
+    ``kernels`` run that rebuilds the manifest), with a note saying so; else None (no kernel
+    file, none given to kernels, or files written before they carried the selection)."""
     if given is not None:
         return given, None
-    chosen = _carried_selection(kernel_file_headers(store))
+    chosen = _carried_selection(carried)
     regex = chosen.get("step_regex") if chosen is not None else None
     if not isinstance(regex, str) or not regex:
         return None, None  # none carried, or the newest run was given none

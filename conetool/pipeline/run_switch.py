@@ -34,7 +34,7 @@ from ..errors import CheckpointError, ConetoolError, SpecError, StoreError, Stor
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
 from ..spec import Spec, check_training_data, recipe_warnings, spec_from_dict
-from ..store import nearest_steps, read_manifest, rebuilds_manifest
+from ..store import kernel_file_headers, nearest_steps, read_manifest, rebuilds_manifest
 from ..threads import limit_threads, parse_threads
 from .remembered import (
     carried_directory,
@@ -516,7 +516,9 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     # model or data set from.
     if manifest is None:
         lost = located.lost or "missing"
-        step_regex, regex_note = carried_step_regex(store, step_regex, manifest_is=lost)
+        step_regex, regex_note = carried_step_regex(
+            store, step_regex, located.carried, manifest_is=lost
+        )
     else:
         step_regex, regex_note = recorded_step_regex(manifest, step_regex)
     notes = located.notes + use_recorded_imports(manifest, spec)
@@ -622,13 +624,15 @@ def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
 class _Located:
     """Where a sweep's checkpoints and spec come from: ``manifest`` is the store's (None when
     there is none, or none to read), ``lost`` says how a manifest whose records the kernel files
-    stand in for is lost (``"missing"``, ``"damaged"``; None otherwise), ``notes`` and
-    ``warnings`` what switch says of what it took from the store."""
+    stand in for is lost (``"missing"``, ``"damaged"``; None otherwise), ``carried`` the kernel
+    files' metadata read then (:func:`conetool.store.kernel_file_headers`, read once; empty
+    otherwise), ``notes`` and ``warnings`` what switch says of what it took from the store."""
 
     ckpts: Path
     spec: Spec
     manifest: dict[str, Any] | None
     lost: str | None
+    carried: list[dict[str, str]]
     notes: list[str]
     warnings: list[str]
 
@@ -640,6 +644,7 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
     record it; switch leaves the manifest as it is (``kernels`` owns it)."""
     manifest_path = paths.manifest(store)
     manifest, lost = _store_manifest(store)
+    carried = kernel_file_headers(store) if lost is not None else []
     notes: list[str] = []
     warnings: list[str] = []
     if ckpts is not None:
@@ -660,7 +665,7 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
                 "place: --ckpts DIR."
             )
     else:
-        ckpts = _carried_checkpoints(store, lost)
+        ckpts = _carried_checkpoints(store, lost, carried)
         notes.append(
             f"using the checkpoint directory {ckpts}, recorded by conetool kernels in the "
             f"kernel files of {store} (its {paths.MANIFEST_NAME}, which records it, is {lost}; "
@@ -677,7 +682,9 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
     recorded_spec = manifest.get("spec") if manifest is not None else None
     if spec is None and isinstance(recorded_spec, dict) and not paths.spec(ckpts_dir).is_file():
         spec = spec_from_dict(recorded_spec, source=f"{manifest_path} (spec)")
-    return _Located(ckpts_dir, resolve_spec(ckpts_dir, spec), manifest, lost, notes, warnings)
+    return _Located(
+        ckpts_dir, resolve_spec(ckpts_dir, spec), manifest, lost, carried, notes, warnings
+    )
 
 
 def _store_manifest(store: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -698,17 +705,17 @@ def _store_manifest(store: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, "damaged"
 
 
-def _carried_checkpoints(store: Path, lost: str | None) -> str:
-    """The checkpoint directory ``kernels`` read, as the kernel files of ``store`` record it (its
-    manifest is ``lost``: missing, damaged, or None for no store there yet), when it is still
-    there; else the error saying what to pass."""
+def _carried_checkpoints(store: Path, lost: str | None, carried: list[dict[str, str]]) -> str:
+    """The checkpoint directory ``kernels`` read, as the kernel files of ``store`` record it
+    (their metadata ``carried``; its manifest is ``lost``: missing, damaged, or None for no
+    store there yet), when it is still there; else the error saying what to pass."""
     if lost is None:
         raise StoreError(
             f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are. "
             "Pass --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists), or run "
             f"conetool kernels CKPTS --store {store} first."
         )
-    recorded = carried_directory(store)
+    recorded = carried_directory(carried)
     said = f"store {store}'s {paths.MANIFEST_NAME}, which says where the checkpoints are, is {lost}"
     rebuild = f"conetool kernels CKPTS --store {store} rebuilds the manifest from the kernel files"
     if recorded is None:
