@@ -35,12 +35,32 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ntk import MARK  # the worker's result line, as bench_ntk.py's workers write it
+
+
+def cpu_vendor() -> str | None:
+    """The CPU's vendor as Linux names it (``vendor_id`` in ``/proc/cpuinfo``: ``"GenuineIntel"``,
+    ``"AuthenticAMD"``, ...), None where it is not known (another system, no such line)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            return vendor_in(info)
+    except OSError:
+        return None
+
+
+def vendor_in(lines: Iterable[str]) -> str | None:
+    """The first ``vendor_id`` of ``/proc/cpuinfo``'s ``lines``, None when there is none."""
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "vendor_id" and value.strip():
+            return value.strip()
+    return None
 
 
 def timed(owner: object, name: str, parts: dict[str, float], part: str) -> None:
@@ -294,7 +314,7 @@ def main() -> None:
     print(
         f"{args.model} n = {args.n}, {args.kind}, --method {args.method}, "
         f"--max-memory {args.max_memory}; fastest of {args.repeat}; CPU vendor "
-        f"{blas_syrk.cpu_vendor()}, the engine's syrk through {blas_syrk.backend()} by default"
+        f"{cpu_vendor()}, the engine's syrk through {blas_syrk.backend()} by default"
     )
     header = (
         f"{'run':<14} {'total s':>8} {'rows s':>7} {'copies s':>9} {'contraction s':>14} "

@@ -39,13 +39,13 @@ import ctypes
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "backend", "cpu_vendor", "gram"]
+__all__ = ["available", "backend", "gram"]
 
 # void ?syrk(char *uplo, char *trans, int *n, int *k, T *alpha, T *a, int *lda, T *beta, T *c,
 #            int *ldc): every argument by pointer (Fortran).
@@ -125,27 +125,6 @@ def backend() -> str | None:
         return "scipy"
     if _mkl_checked():
         return "mkl"
-    return None
-
-
-@functools.cache
-def cpu_vendor() -> str | None:
-    """The CPU's vendor as Linux names it (``vendor_id`` in ``/proc/cpuinfo``: ``"GenuineIntel"``,
-    ``"AuthenticAMD"``, ...), None where it is not known (another system, no such line); what
-    the benchmarks print beside their timings."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            return _vendor_in(info)
-    except OSError:
-        return None
-
-
-def _vendor_in(lines: Iterable[str]) -> str | None:
-    """The first ``vendor_id`` of ``/proc/cpuinfo``'s ``lines``, None when there is none."""
-    for line in lines:
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "vendor_id" and value.strip():
-            return value.strip()
     return None
 
 

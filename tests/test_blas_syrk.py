@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from benchmark_module import load_benchmark
 
 from conetool import blas_syrk
 
@@ -102,6 +103,8 @@ def test_pytorchs_mkl_is_used_where_scipys_blas_is_missing(
 
 
 def test_the_cpu_vendor_is_read_from_cpuinfo() -> None:
+    # (what benchmarks/bench_ntk_parts.py prints beside its timings)
+    vendor_in = load_benchmark("bench_ntk_parts").vendor_in
     lines = [
         "processor\t: 0\n",
         "vendor_id\t: AuthenticAMD\n",
@@ -109,10 +112,10 @@ def test_the_cpu_vendor_is_read_from_cpuinfo() -> None:
         "processor\t: 1\n",
         "vendor_id\t: AuthenticAMD\n",
     ]
-    assert blas_syrk._vendor_in(lines) == "AuthenticAMD"
-    assert blas_syrk._vendor_in(["vendor_id : GenuineIntel"]) == "GenuineIntel"
-    assert blas_syrk._vendor_in(["processor\t: 0\n", "vendor_id\t:\n"]) is None  # (ARM: none)
-    assert blas_syrk._vendor_in([]) is None
+    assert vendor_in(lines) == "AuthenticAMD"
+    assert vendor_in(["vendor_id : GenuineIntel"]) == "GenuineIntel"
+    assert vendor_in(["processor\t: 0\n", "vendor_id\t:\n"]) is None  # (ARM: none)
+    assert vendor_in([]) is None
 
 
 def test_an_mkl_syrk_that_fails_the_check_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
