@@ -372,7 +372,7 @@ def _placements(
         reached = {after for at in layers[-1] for _, after in steps(at, i)}
         if not reached:
             return (
-                f"its {len(sizes)} parameter groups ({_counted(sizes)} parameters) cannot be "
+                f"{groups_of(sizes)} cannot be "
                 "interleaved, each in the model's order, so that every buffer has its "
                 f"parameter's shape: none gets past the model's trainable parameter {i} "
                 f"('{names[i]}', shape {shapes[i]}); it was saved over other parameters, or a "
@@ -381,7 +381,7 @@ def _placements(
         visited += len(reached)
         if visited > _MOST_STATES:
             return (
-                f"matching its {len(sizes)} parameter groups ({_counted(sizes)} parameters) to "
+                f"matching {groups_of(sizes)} to "
                 f"the parameters by shape would visit over {_MOST_STATES:,} ways"
             )
         layers.append(reached)
@@ -402,7 +402,7 @@ def _placements(
         if len(positions) > 1:
             first, second = sorted(positions)[:2]
             return (
-                f"its {len(sizes)} parameter groups ({_counted(sizes)} parameters) interleave, "
+                f"{groups_of(sizes)} interleave, "
                 "each in the model's order, into the model's trainable parameters in more than "
                 "one way that fits every buffer's shape: the buffers of "
                 f"param_groups[{j}]['params'][{c}] would go to '{names[first]}' in one and to "
@@ -425,10 +425,12 @@ def _shapes_of(values: Any) -> set[_Shape] | None:
     }
 
 
-def _counted(sizes: Sequence[int]) -> str:
-    """``(2, 3, 4)`` -> ``"2, 3 and 4"``."""
+def groups_of(sizes: Sequence[int]) -> str:
+    """``(2, 3, 4)`` -> ``"its 3 parameter groups (2, 3 and 4 parameters)"``: a saved state's
+    groups, by how many parameters each lists."""
     shown = [str(size) for size in sizes]
-    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+    counted = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+    return f"its {len(sizes)} parameter groups ({counted} parameters)"
 
 
 def _kind(state: Mapping[Any, Any], groups: list[Mapping[str, Any]]) -> tuple[str, set[str]]:

@@ -13,7 +13,12 @@ from typing import Any
 import torch
 
 from .. import paths
-from ..checkpoint_optimizer import ENTRIES, names_in_file_order, restore_checkpoint_optimizer
+from ..checkpoint_optimizer import (
+    ENTRIES,
+    groups_of,
+    names_in_file_order,
+    restore_checkpoint_optimizer,
+)
 from ..checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
 from ..data import DataBundle
 from ..errors import CheckpointError, ConetoolError
@@ -358,11 +363,9 @@ def _groups_matched(sizes: tuple[int, ...]) -> str:
     the model's parameters ("" for one group: in order)."""
     if len(sizes) < 2:
         return ""
-    counts = ", ".join(str(size) for size in sizes[:-1]) + f" and {sizes[-1]}"
     return (
-        f"its {len(sizes)} parameter groups ({counts} parameters) matched to the model's "
-        "trainable parameters by shape: each group taken to list them in the model's order, "
-        "every buffer fits one parameter only"
+        f"{groups_of(sizes)} matched to the model's trainable parameters by shape: each group "
+        "taken to list them in the model's order, every buffer fits one parameter only"
     )
 
 
