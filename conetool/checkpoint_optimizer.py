@@ -20,7 +20,8 @@ matched to the model's trainable parameters by position, and they are used only 
   parameter (:func:`_placements`): one interleaving, or several that differ only in where
   parameters with no state go among themselves (one that has not stepped yet takes a place in
   its group, which moves the others, but fits any shape; nothing is loaded there). The Trainer's
-  own ``optimizer.pt`` is not read here (:mod:`conetool.pipeline.switch_points` says why),
+  own ``optimizer.pt`` is read by :mod:`conetool.trainer_optimizer`, its two groups rebuilt from
+  the spec's model by the Trainer's rules,
 - every buffer has the shape of its parameter, and all are finite,
 - the file's own state dict lists the model's trainable parameters in the model's order: the
   positions follow the order the loop gave the optimizer its parameters (``model.parameters()``,
@@ -30,10 +31,13 @@ matched to the model's trainable parameters by position, and they are used only 
 The hyperparameters in ``param_groups`` (lr, momentum, weight decay, ...) are never taken: the
 recipe is the spec's, one value of each for every parameter; those that differ from the spec's
 are reported, per group where the groups differ (a weight decay of 0 for biases and norms, say).
+The learning rate, which the spec's schedule sets at every step, is compared only where the
+caller gives the schedule's value there (:class:`ScheduledLr`: a Trainer's ``optimizer.pt``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -95,14 +99,16 @@ class CheckpointOptimizer:
     """What a checkpoint file's own optimizer state gave: ``entry`` (``"optimizer_state_dict"``,
     ...; None when the file holds none), whether it was ``used`` (loaded into the optimizer),
     else ``reason`` (a phrase: why not), ``differs``: the saved hyperparameters that are not
-    the spec's (``"momentum 0.5 (the spec's 0.9)"``), and ``groups``: how many parameters each
-    of its parameter groups lists, when used."""
+    the spec's (``"momentum 0.5 (the spec's 0.9)"``), ``groups``: how many parameters each
+    of its parameter groups lists, when used, and ``matched``: how its positions were matched
+    to the parameters, where that is said (:mod:`conetool.trainer_optimizer`)."""
 
     entry: str | None
     used: bool = False
     reason: str = ""
     differs: tuple[str, ...] = ()
     groups: tuple[int, ...] = ()
+    matched: str = ""
 
 
 def restore_checkpoint_optimizer(
@@ -219,6 +225,43 @@ def _match(
 ) -> dict[int, dict[str, Any]] | str:
     """The saved per-parameter state re-indexed as ``optimizer``'s (clones, so the file's mapped
     memory is never written), or why it is not ``optimizer``'s state over these parameters."""
+    checked = saved_groups(saved, optimizer)
+    if isinstance(checked, str):
+        return checked
+    state, lists = checked
+    indices = [index for listed in lists for index in listed]
+    params: list[torch.Tensor] = list(optimizer.param_groups[0]["params"])
+    if saved_names is not None and list(saved_names) != list(names):
+        return order_differs(saved_names, names)
+    if len(lists) == 1:
+        position = {index: i for i, index in enumerate(indices)}
+    else:
+        placed = _placements(lists, state, [tuple(p.shape) for p in params], names)
+        if isinstance(placed, str):
+            return placed
+        position = placed
+    return _reindexed(state, set(indices), position, params, names)
+
+
+def order_differs(saved_names: Sequence[str], names: Sequence[str]) -> str:
+    """Why a state is not used when the file's state dict lists the trainable parameters
+    ``saved_names`` in another order than the model's ``names`` (:func:`names_in_file_order`)."""
+    i, theirs, mine = next(
+        (i, a, b) for i, (a, b) in enumerate(zip(saved_names, names, strict=False)) if a != b
+    )
+    return (
+        f"its positions follow the order of the parameters in the file's state dict, whose "
+        f"trainable parameter {i} is '{theirs}' where the model's is '{mine}' (the layers "
+        "were registered in another order), so its buffers would go to other parameters"
+    )
+
+
+def saved_groups(
+    saved: Any, optimizer: torch.optim.Optimizer
+) -> tuple[Mapping[Any, Any], list[list[Any]]] | str:
+    """``(state, each parameter group's list of indices)`` of a saved ``Optimizer.state_dict()``
+    ``saved`` that is the spec's ``optimizer``'s kind over as many parameters as it has (its one
+    group's), or why not (``saved`` a string: why the file could not be read)."""
     if isinstance(saved, str):
         return saved  # why the file could not be read
     if isinstance(saved, (list, tuple)):
@@ -250,23 +293,7 @@ def _match(
             f"it is the state of {_SHOWN.get(kind, kind)}{shown}, the spec's optimizer is "
             f"{_spec_name(optimizer)}"
         )
-    if saved_names is not None and list(saved_names) != list(names):
-        i, theirs, mine = next(
-            (i, a, b) for i, (a, b) in enumerate(zip(saved_names, names, strict=False)) if a != b
-        )
-        return (
-            f"its positions follow the order of the parameters in the file's state dict, whose "
-            f"trainable parameter {i} is '{theirs}' where the model's is '{mine}' (the layers "
-            "were registered in another order), so its buffers would go to other parameters"
-        )
-    if len(lists) == 1:
-        position = {index: i for i, index in enumerate(indices)}
-    else:
-        placed = _placements(lists, state, [tuple(p.shape) for p in params], names)
-        if isinstance(placed, str):
-            return placed
-        position = placed
-    return _reindexed(state, set(indices), position, params, names)
+    return state, lists
 
 
 def _group_params(groups: list[Any]) -> list[list[Any]] | str:
@@ -470,14 +497,30 @@ def _spec_name(optimizer: torch.optim.Optimizer) -> str:
     return "sgd (momentum = 0)" if kind == "sgd without momentum" else kind
 
 
-def _differs(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class ScheduledLr:
+    """The learning rates the spec's schedule gives the first update after the checkpoint of
+    ``step``: ``values[0]`` at ``step`` (the next update), ``values[1]`` at ``step - 1`` (the
+    last one; a loop that saved before stepping its scheduler keeps that)."""
+
+    step: int
+    values: tuple[float, ...]
+
+
+def _differs(
+    saved: Mapping[str, Any], optimizer: torch.optim.Optimizer, lr: ScheduledLr | None = None
+) -> tuple[str, ...]:
     """The constant hyperparameters the saved groups have otherwise than ``optimizer``'s (one
     group: its value). Where the saved groups' values differ among themselves (a weight decay of
     0 for the no-decay group), each group's, beside the spec's for every parameter, when any is
-    not the spec's."""
+    not the spec's. With ``lr``, first the groups' learning rate when it is none of the spec's
+    schedule's ``lr.values`` (a relative 1e-6 apart)."""
     groups = saved["param_groups"]
     own = optimizer.param_groups[0]
     out = []
+    said = _lr_differs(groups, lr) if lr is not None else None
+    if said is not None:
+        out.append(said)
     for key in _COMPARED:
         if key not in own or not all(key in group for group in groups):
             continue
@@ -493,6 +536,33 @@ def _differs(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> tupl
         )
         out.append(f"{key} {each} (the spec's {_show(mine)} for every parameter)")
     return tuple(out)
+
+
+def _lr_differs(groups: list[Mapping[str, Any]], lr: ScheduledLr) -> str | None:
+    """``"lr 0.1 (the spec's schedule: 0.2 at step 3)"``, per group where the groups' learning
+    rates differ among themselves, or None: each group's is one of the schedule's."""
+    theirs = []
+    for group in groups:
+        value = group.get("lr")
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()  # (a tensor lr: capturable or fused optimizers)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None  # no learning rate to compare
+        theirs.append(float(value))
+
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=1e-6)
+
+    if all(any(close(value, v) for v in lr.values) for value in theirs):
+        return None
+    spec = f"the spec's schedule: {_show(lr.values[0])} at step {lr.step}"
+    if all(close(theirs[0], value) for value in theirs):
+        return f"lr {_show(theirs[0])} ({spec})"
+    each = ", ".join(
+        f"{_show(value)} in param_groups[{j}] ({len(group['params'])} parameters)"
+        for j, (value, group) in enumerate(zip(theirs, groups, strict=True))
+    )
+    return f"lr {each} ({spec} for every parameter)"
 
 
 def _same(mine: Any, theirs: Any) -> bool:

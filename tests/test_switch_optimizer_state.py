@@ -342,7 +342,10 @@ def test_buffers_are_loaded_into_the_optimizer_and_the_hyperparameters_stay(tmp_
         restore_checkpoint_optimizer(mine, names, path, size=path.stat().st_size + 1)
 
 
-def test_hugging_faces_optimizer_pt_is_not_read_and_the_note_says_why(tmp_path):
+def test_hugging_faces_optimizer_pt_is_read_when_its_positions_fit(tmp_path):
+    # Was: momentum "fresh" and the warning "Hugging Face's checkpoint-3/optimizer.pt is not
+    # read: the Trainer lists the parameters in two groups ..." (the Trainer's two groups:
+    # tests/test_switch_trainer_optimizer.py).
     model, optimizer = plain_loop(sgd)
     folder = tmp_path / "run" / "checkpoint-3"
     folder.mkdir(parents=True)
@@ -353,10 +356,13 @@ def test_hugging_faces_optimizer_pt_is_not_read_and_the_note_says_why(tmp_path):
     result = switch(
         [3], until=4, store=tmp_path / "s", ckpts=tmp_path / "run", spec=SPEC, device="cpu"
     )
-    assert result.points[0].momentum == "fresh"
-    (note,) = [n for n in result.warnings if n.startswith("t=3:")]  # a saved state not used
-    assert "Hugging Face's checkpoint-3/optimizer.pt is not read: the Trainer lists" in note, note
-    assert "cannot be matched to the parameters verifiably; momentum starts at zero" in note
+    assert result.points[0].momentum == "saved"
+    assert not [w for w in result.warnings if w.startswith("t=3:")], result.warnings
+    (note,) = [n for n in result.notes if n.startswith("t=3:")]  # how it was matched
+    assert note.startswith(
+        "t=3: momentum from Hugging Face's checkpoint-3/optimizer.pt, its one parameter group "
+        "taken in the model's order"
+    ), note
 
 
 def test_a_spec_without_momentum_refuses_momentum_buffers(tmp_path):

@@ -15,6 +15,7 @@ import torch
 from .. import paths
 from ..checkpoint_optimizer import (
     ENTRIES,
+    ScheduledLr,
     groups_of,
     names_in_file_order,
     restore_checkpoint_optimizer,
@@ -32,6 +33,7 @@ from ..progress import Progress, Said
 from ..spec import Spec
 from ..store import Store
 from ..threads import slow_step_watch
+from ..trainer_optimizer import OPTIMIZER_FILE, restore_trainer_optimizer
 from ..training import diverged_hint
 from .matrix_cache import kernels_key
 from .resolve import model_for
@@ -264,10 +266,11 @@ def optimizer_at(
     ("saved" or "fresh"), and what a note says about it (None for nothing).
 
     The state is the one saved beside the checkpoint ``loaded`` (``step_XXXXXX.optim.safetensors``,
-    as ``conetool train`` writes it), else the one inside the checkpoint file itself (a training
-    loop's ``optimizer_state_dict``: :mod:`conetool.checkpoint_optimizer`, used only when it
-    verifiably is the spec's optimizer over the same parameters), else none: fresh, and the note
-    says why. The hyperparameters are the spec's either way."""
+    as ``conetool train`` writes it), else a Hugging Face folder's ``optimizer.pt``
+    (:mod:`conetool.trainer_optimizer`), else the one inside the checkpoint file itself (a
+    training loop's ``optimizer_state_dict``: :mod:`conetool.checkpoint_optimizer`), each used
+    only when it verifiably is the spec's optimizer over the same parameters, else none: fresh,
+    and the note says why. The hyperparameters are the spec's either way."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     optimizer = make_optimizer((p for _, p in named), spec.train)
     ref = loaded.ref
@@ -276,8 +279,12 @@ def optimizer_at(
     if beside.is_file():
         load_optimizer_state(optimizer, beside)
         return optimizer, "saved", None
+    step = max(ref.step, 0)
+    lr = ScheduledLr(
+        step, (learning_rate(spec.train, step), learning_rate(spec.train, max(step - 1, 0)))
+    )
     return optimizer, *_from_checkpoint_file(
-        model, optimizer, [n for n, _ in named], beside, loaded
+        model, optimizer, [n for n, _ in named], beside, loaded, lr
     )
 
 
@@ -287,9 +294,12 @@ def _from_checkpoint_file(
     names: list[str],
     beside: Path,
     loaded: LoadedCheckpoint,
+    lr: ScheduledLr,
 ) -> tuple[str, MomentumNote | None]:
     """:func:`optimizer_at` without a state beside the checkpoint: ("saved", note or None) when
-    the checkpoint file's own state was loaded into ``optimizer``, else ("fresh", why)."""
+    the checkpoint file's own state (or a Hugging Face folder's optimizer.pt) was loaded into
+    ``optimizer``, else ("fresh", why). ``lr``: the spec's schedule there, compared with the
+    saved learning rates."""
     ref = loaded.ref
 
     def said(one: str, many: str, *, warning: bool = False) -> MomentumNote:
@@ -301,19 +311,14 @@ def _from_checkpoint_file(
         "conetool train writes it)"
     )
     fresh = "momentum starts at zero"
-    hf_state = ref.folder / "optimizer.pt" if ref.folder is not None else None
+    hf_state = ref.folder / OPTIMIZER_FILE if ref.folder is not None else None
     if hf_state is not None and hf_state.is_file():
-        why = (
-            "the Trainer lists the parameters in two groups (weight decay, then none), each in "
-            "the order of the model it trained, which is not checked against the spec's model "
-            "for a Trainer's folder (it is for a loop's own checkpoint file, by the order of its "
-            f"state dict), so its buffers cannot be matched to the parameters verifiably; {fresh}"
-        )
-        return "fresh", said(  # a state the run saved, not used: a warning
-            f"{none}, and Hugging Face's {hf_state.parent.name}/optimizer.pt is not read: {why}",
-            f"{nones}, and Hugging Face's optimizer.pt in their folders is not read: {why}",
-            warning=True,
-        )
+        trainer = _from_trainer_file(model, optimizer, names, hf_state, loaded, lr)
+        if not trainer.used:
+            return "fresh", said(  # a state the run saved, not used: a warning
+                f"{none}, and {trainer.one}", f"{nones}, and {trainer.many}", warning=True
+            )
+        return "saved", said(trainer.one, trainer.many, warning=trainer.warning)
     if ref.format != "torch" or len(ref.paths) != 1:
         return "fresh", said(f"{none}; {fresh}", f"{nones}; {fresh}")
     file = ref.paths[0]
@@ -355,6 +360,73 @@ def _from_checkpoint_file(
         f"momentum from the {found.entry} in {file.name}, {how}{differs}",
         f"momentum from the {found.entry} in their files, {how}{differs}",
         warning=True,
+    )
+
+
+@dataclass(frozen=True)
+class _TrainerSaid:
+    """What :func:`_from_trainer_file` found: whether the state was ``used``, what a point says of
+    it (``one`` naming its folder, ``many`` naming none) and whether that is a ``warning``."""
+
+    used: bool
+    one: str
+    many: str
+    warning: bool
+
+
+def _from_trainer_file(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    path: Path,
+    loaded: LoadedCheckpoint,
+    lr: ScheduledLr,
+) -> _TrainerSaid:
+    """:func:`_from_checkpoint_file` for a Hugging Face folder's ``optimizer.pt`` ``path``
+    (:mod:`conetool.trainer_optimizer`): used, with how it was matched (a warning when saved
+    with other hyperparameters than the spec's), or why not."""
+    ref = loaded.ref
+    shown = f"Hugging Face's {path.parent.name}/{path.name}"
+    many = f"Hugging Face's {path.name} in their folders"
+    ordered = ref.format == "torch" and len(ref.paths) == 1  # pytorch_model.bin keeps the order
+    found = restore_trainer_optimizer(
+        optimizer,
+        model,
+        names,
+        path,
+        saved_names=names_in_file_order(model, loaded.state_dict, names) if ordered else None,
+        lr=lr,
+    )
+    if not found.used:
+        why = f"is not used: {found.reason}; momentum starts at zero"
+        return _TrainerSaid(False, f"{shown} {why}", f"{many} {why}", warning=True)
+    if len(found.groups) == 1:
+        how = "its one parameter group taken in the model's order"
+    else:
+        how = (
+            f"{groups_of(found.groups)} matched to the model's trainable parameters as the "
+            f"Trainer splits them (weight decay, then none, by {found.matched}), each group in "
+            "the model's order"
+        )
+    how += ", every buffer of its parameter's shape"
+    if not ordered:
+        how += (
+            " (the run's model is taken to list its parameters in the spec's model's order: "
+            f"{ref.paths[0].name} does not keep it)"
+        )
+    if not found.differs:  # how its positions were matched: information
+        return _TrainerSaid(
+            True, f"momentum from {shown}, {how}", f"momentum from {many}, {how}", False
+        )
+    differs = (
+        f"saved with {', '.join(found.differs)}: the model trains with the spec's values (its "
+        "recipe); if your run used the saved ones, give the spec your run's recipe"
+    )
+    return _TrainerSaid(  # which recipe the run used: for the user to check
+        True,
+        f"momentum from {shown}, {how}; {differs}",
+        f"momentum from {many}, {how}; {differs}",
+        True,
     )
 
 
