@@ -359,3 +359,22 @@ def test_pytorch_model_bin_keeps_the_order_and_it_is_checked(tmp_path):
     message, _ = point_says(result)
     assert "every buffer of its parameter's shape; saved with" in message, message
     assert "does not keep it" not in message
+
+
+def test_pytorch_model_bin_in_another_order_leaves_momentum_fresh(tmp_path):
+    # Its state dict lists the head first (the run's model registered it first), so the
+    # Trainer's groups, in that model's order, do not follow the spec's model's.
+    model, theirs = trained(lambda m: torch.optim.SGD(trainer_groups(m), lr=LR, momentum=MOMENTUM))
+    ckpts = hf_folder(tmp_path / "run", model, theirs, weights="pytorch_model.bin")
+    weights = ckpts / "checkpoint-3" / "pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: state[k] for k in sorted(state, key=lambda k: not k.startswith("fc."))}, weights)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=SPEC, device="cpu")
+    assert result.points[0].momentum == "fresh"
+    message, warning = point_says(result)
+    assert warning
+    assert (
+        "Hugging Face's checkpoint-3/optimizer.pt is not used: its positions follow the order of "
+        "the parameters in the file's state dict, whose trainable parameter 0 is 'fc.weight' "
+        "where the model's is 'fc_layers.0.weight'"
+    ) in message, message
