@@ -9,6 +9,7 @@ dates of the Unix times (computed apart: 1764584040 s after 1970 is 2025-12-01 1
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,11 @@ def test_one_safetensors_file_named_by_a_unix_time_is_warned_of(tmp_path: Path) 
         (["ckpt_999999999999", "ckpt_1764584040000"], False),  # one step that is no such time
         (["ckpt_2208988800000"], False),
         (["ckpt_1764584040", "ckpt_1764584040000"], False),  # seconds beside milliseconds
+        (["ckpt_1000000000000000"], True),  # in microseconds: the first
+        (["ckpt_2208988799999999"], True),  # and the last
+        (["ckpt_999999999999999"], False),
+        (["ckpt_2208988800000000"], False),
+        (["ckpt_1764584040000", "ckpt_1764584040000000"], False),  # ms beside microseconds
     ],
 )
 def test_the_range_of_unix_times(tmp_path: Path, names: list[str], warned: bool) -> None:
@@ -202,6 +208,54 @@ def test_steps_that_read_as_unix_times_in_milliseconds_are_warned_of(tmp_path: P
         "their names, are Unix times of 2001-2039 (milliseconds since 1970: 1764584040123 is "
         "2025-12-01 10:14:00 UTC)"
     ), text
+
+
+def test_steps_that_read_as_unix_times_in_microseconds_are_warned_of(tmp_path: Path) -> None:
+    # Was: taken for steps without a word (16 digits, int(time.time() * 1e6)).
+    # 1764584040123456 us after 1970 is 2025-12-01 10:14:00.123456 UTC
+    for i, stamp in enumerate((1764584040123456, 1764587640456789)):
+        torch.save(_state(i), tmp_path / f"ckpt_{stamp}.pt")
+    steps, warned, noted = _listing_said(tmp_path)
+    assert steps == [1764584040123456, 1764587640456789]  # kept: under 2**53
+    (text,) = _unix(warned)
+    assert not _unix(noted)
+    assert text.startswith(
+        "the steps of 2 checkpoints (ckpt_1764584040123456.pt, ckpt_1764587640456789.pt), read "
+        "from their names, are Unix times of 2001-2039 (microseconds since 1970: "
+        "1764584040123456 is 2025-12-01 10:14:00 UTC)"
+    ), text
+    assert "pass --step-regex 'ckpt_(\\d+)' to say so, which silences this warning" in text, text
+    said: list[str] = []
+    inspect_checkpoints(tmp_path, warn=said.append)
+    assert len(_unix(said)) == 1, said
+
+
+def test_a_name_that_reads_as_a_unix_time_in_nanoseconds_says_so(tmp_path: Path) -> None:
+    # Was: refused as a step beyond 2**53 without a word of time (19 digits, time.time_ns()).
+    # 1764584040123456789 ns after 1970 is 2025-12-01 10:14:00.123456789 UTC
+    torch.save(_state(0), tmp_path / "ckpt_1764584040123456789.pt")
+    text = _problem(tmp_path)
+    assert "'ckpt_1764584040123456789.pt' gives step 1764584040123456789 (by its name)" in (
+        text.replace(f"{tmp_path}/", "")
+    ), text
+    assert "beyond any training run" in text, text
+    assert (
+        "It reads as a Unix time of 2001-2039 (nanoseconds since 1970: 1764584040123456789 is "
+        "2025-12-01 10:14:00 UTC)"
+    ) in text, text
+    assert "({'model_state_dict': ..., 'step': 2000})" in text, text  # the fixes
+    assert "(metadata={'step': '2000'})" in text and "--step-regex with a group" in text, text
+    (row,) = inspect_checkpoints(tmp_path, warn=lambda _: None)
+    assert row.status == "error" and "nanoseconds since 1970" in (row.problem or ""), row
+    # a 19-digit number past 2039 is no such time: the plain refusal
+    shutil.rmtree(tmp_path)
+    tmp_path.mkdir()
+    torch.save(_state(0), tmp_path / "ckpt_2208988800000000000.pt")
+    text = _problem(tmp_path)
+    assert "beyond any training run" in text and "Unix time" not in text, text
+    # the file's own step is read before the name: no error
+    torch.save({"model_state_dict": _state(0), "step": 7}, tmp_path / "ckpt_2208988800000000000.pt")
+    assert [r.step for r in list_checkpoints(tmp_path, warn=lambda _: None)] == [7]
 
 
 def test_steps_stored_in_the_files_or_given_by_the_trainer_are_no_unix_times(tmp_path: Path):

@@ -45,7 +45,6 @@ The step of each checkpoint, in order of precedence:
 
 from __future__ import annotations
 
-import datetime
 import math
 import warnings
 from collections import Counter
@@ -66,10 +65,11 @@ from .records import (
 from .scanning import scan_directory
 from .selection import is_selected, parse_step_range, step_from_name
 from .step_names import (
-    UNIX_MILLISECONDS,
-    UNIX_TIMES,
+    UNIX_TIME_FIX,
     epoch_note,
     name_regex,
+    unix_time_text,
+    unix_time_unit,
 )
 
 __all__ = [
@@ -183,36 +183,25 @@ def unix_time_warning(directory: Path, candidates: list[Candidate]) -> str | Non
     """The warning for a run whose every step read from a name by a built-in rule (the files
     that store no step, without ``--step-regex``, not Hugging Face folders: at least one) is a
     Unix time of 2001-2039 (:data:`~conetool.checkpoints.step_names.UNIX_TIMES`), or every one
-    such a time in milliseconds (:data:`~conetool.checkpoints.step_names.UNIX_MILLISECONDS`): the
-    files were probably named by when they were saved. Their steps are kept (a long run may count that
+    such a time in milliseconds or microseconds (one unit for all,
+    :data:`~conetool.checkpoints.step_names.UNIX_TIME_UNITS`): the files were probably named by
+    when they were saved. Their steps are kept (a long run may count that
     many); the warning names the files as the other notes do (relative to ``directory``) and the
     fixes. None when there is no such file or one step is no such time."""
     named = [c for c in candidates if c.problem is None and c.step_by_name_rule]
     # (an int's "in range" is two comparisons; None never gets here: the rule read a step)
     steps = [c.step for c in named if c.step is not None]
-    if not named or len(steps) < len(named):
-        return None
-    if all(step in UNIX_TIMES for step in steps):
-        unit, per_second = "seconds", 1
-    elif all(step in UNIX_MILLISECONDS for step in steps):
-        unit, per_second = "milliseconds", 1000
-    else:
+    if not named or len(steps) < len(named) or (unit := unix_time_unit(steps)) is None:
         return None
     first, files = named[0], named_files([shown_name(directory, c) for c in named])
     assert first.step is not None
-    seconds = first.step // per_second
-    when = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
     s, theirs, are = ("s", "their names", "are") if len(named) > 1 else ("", "its name", "is a")
     return (
-        f"the step{s} of {files}, read from {theirs}, {are} Unix time{s} of 2001-2039 ({unit} "
-        f"since 1970: {first.step} is {when:%Y-%m-%d %H:%M:%S} UTC), as when a loop names its "
-        f"files by when it saved them; "
-        f"then the step axis (the distances per step, the velocities, --every, --at) is time, "
-        f"not training. If so, store the step in each file, which is read before the name: a "
-        f"'step' entry of the torch.save dict ({{'model_state_dict': ..., 'step': 2000}}) or "
-        f"safetensors metadata (metadata={{'step': '2000'}}); or pass --step-regex with a group "
-        f"around the step, if the name holds it too. If the numbers really are steps, pass "
-        f"{name_regex(first.location.name)} to say so, which silences this warning."
+        f"the step{s} of {files}, read from {theirs}, {are} Unix time{s} of 2001-2039 "
+        f"({unix_time_text(first.step, *unit)}), as when a loop names its files by when it "
+        f"saved them; then the step axis (the distances per step, the velocities, --every, "
+        f"--at) is time, not training. If so, {UNIX_TIME_FIX} If the numbers really are steps, "
+        f"pass {name_regex(first.location.name)} to say so, which silences this warning."
     )
 
 

@@ -20,7 +20,15 @@ from ._format import (
     metadata_step,
 )
 from .records import Candidate
-from .step_names import is_open_lth_name, name_regex, name_step, regex_step
+from .step_names import (
+    UNIX_TIME_FIX,
+    is_open_lth_name,
+    name_regex,
+    name_step,
+    regex_step,
+    unix_time_text,
+    unix_time_unit,
+)
 
 # --------------------------------------------------------------------------------------------------
 # flags
@@ -238,6 +246,13 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
     if c.step > MAX_STEP and c.step == c.global_step:
         fix = "correct global_step in its trainer_state.json"
         raise _beyond_steps(c, "its trainer_state.json global_step", fix)
+    unit = unix_time_unit([c.step]) if c.step_by_name_rule else None
+    if c.step > MAX_STEP and unit is not None:  # time.time_ns(): 19 digits
+        raise CheckpointError(
+            f"'{where}' gives step {c.step} (by its name), {BEYOND_MAX_STEP}. It reads as a Unix "
+            f"time of 2001-2039 ({unix_time_text(c.step, *unit)}), as when a loop names its "
+            f"files by when it saved them: {UNIX_TIME_FIX}"
+        )
     if c.step > MAX_STEP:
         fix = (
             "rename it for its step (step_2000), or pass --step-regex with a group around the "

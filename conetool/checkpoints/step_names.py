@@ -29,9 +29,12 @@ A number that reads as a Unix time (``ckpt_1764584040.pt``, ``model-1764584040.s
 seconds since 1970, the files named by when they were saved) is taken for the step all the same,
 as a long run may count that many steps; but when every step read from a name by the rules above
 lies in :data:`UNIX_TIMES` (2001-09-09 to the end of 2039), or every one in
-:data:`UNIX_MILLISECONDS` (the same times in milliseconds), the listing warns, naming the fixes
+:data:`UNIX_MILLISECONDS` or :data:`UNIX_MICROSECONDS` (the same times in milliseconds or
+microseconds), the listing warns, naming the fixes
 (:func:`conetool.checkpoints.discover.unix_time_warning`; files that store their step,
-``--step-regex`` and Hugging Face ``checkpoint-N`` folders are not counted).
+``--step-regex`` and Hugging Face ``checkpoint-N`` folders are not counted). The same times in
+nanoseconds (:data:`UNIX_NANOSECONDS`) are beyond the largest step taken: such a name is an error
+that says it reads as a Unix time in nanoseconds, with the same fixes.
 
 ``--step-regex`` is searched in the file name (the folder name for Hugging Face folders):
 
@@ -158,6 +161,45 @@ UNIX_TIMES = range(1_000_000_000, 2_208_988_800)
 #: The same times in milliseconds (``int(time.time() * 1000)``, JavaScript's ``Date.now()``):
 #: 13 digits.
 UNIX_MILLISECONDS = range(1_000_000_000_000, 2_208_988_800_000)
+#: The same times in microseconds (``int(time.time() * 1e6)``, ``datetime.timestamp()`` scaled):
+#: 16 digits.
+UNIX_MICROSECONDS = range(10**15, 2_208_988_800 * 10**6)
+#: The same times in nanoseconds (``time.time_ns()``): 19 digits, beyond the largest step taken
+#: (2**53), so such a name gives no step; its error says what the number is.
+UNIX_NANOSECONDS = range(10**18, 2_208_988_800 * 10**9)
+#: Each unit a name may count a Unix time in: (unit, per second, the times of 2001-2039).
+UNIX_TIME_UNITS = (
+    ("seconds", 1, UNIX_TIMES),
+    ("milliseconds", 10**3, UNIX_MILLISECONDS),
+    ("microseconds", 10**6, UNIX_MICROSECONDS),
+    ("nanoseconds", 10**9, UNIX_NANOSECONDS),
+)
+
+
+def unix_time_unit(steps: list[int]) -> tuple[str, int] | None:
+    """``(unit, per second)`` of :data:`UNIX_TIME_UNITS` when every one of ``steps`` (at least
+    one) is a Unix time of 2001-2039 in that unit; else None."""
+    for unit, per_second, times in UNIX_TIME_UNITS:
+        if steps and all(step in times for step in steps):
+            return unit, per_second
+    return None
+
+
+#: What to do about steps read from names that are Unix times: said by the warning of
+#: :func:`conetool.checkpoints.discover.unix_time_warning` and the error of a nanosecond name.
+UNIX_TIME_FIX = (
+    "store the step in each file, which is read before the name: a 'step' entry of the "
+    "torch.save dict ({'model_state_dict': ..., 'step': 2000}) or safetensors metadata "
+    "(metadata={'step': '2000'}); or pass --step-regex with a group around the step, if the "
+    "name holds it too."
+)
+
+
+def unix_time_text(step: int, unit: str, per_second: int) -> str:
+    """``"seconds since 1970: 1764584040 is 2025-12-01 10:14:00 UTC"``: what ``step`` is as a
+    Unix time in ``unit``."""
+    when = datetime.datetime.fromtimestamp(step // per_second, tz=datetime.timezone.utc)
+    return f"{unit} since 1970: {step} is {when:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def epoch_note(iterations_per_epoch: int, count: int) -> str:
