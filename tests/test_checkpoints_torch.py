@@ -800,3 +800,66 @@ def test_entries_holding_the_same_tensors_are_read_and_the_first_is_taken(tmp_pa
         for key, tensor in sd.items():
             assert torch.equal(got[prefix + key].view(torch.uint8), tensor.view(torch.uint8))
     assert [step for step, _ in listed(tmp_path)] == [1, 2, 3, 4]
+
+
+def _unsaid(said: list[str]) -> list[str]:
+    return [" ".join(s.split()) for s in said if "not compared" in s]
+
+
+def test_inspect_without_verify_says_entries_it_did_not_compare(tmp_path: Path):
+    """Two entries of one file holding the same tensor names (one through DDP's prefix), shapes
+    and dtypes but other values (the model beside an EMA of it): kernels, switch and inspect
+    --verify refuse the file; plain inspect, which reads the pickle only (no tensor data),
+    showed it ok without a word. Comparing the values there would read the tensor data the
+    headers-only inspect does not, so it says, once for the run, that it did not compare them
+    and that --verify does."""
+    for step in (100, 200, 300):
+        wrapped = {f"module.{k}": v for k, v in state(step).items()}
+        torch.save({"state_dict": wrapped, "model": state(step + 1)}, tmp_path / f"ckpt_{step}.pt")
+    said: list[str] = []
+    rows = inspect_checkpoints(tmp_path, warn=said.append, note=lambda _: None)
+    assert [r.status for r in rows] == ["ok", "ok", "ok"]  # names, shapes, dtypes agree
+    (text,) = _unsaid(said)
+    assert text.startswith(
+        "'ckpt_100.pt' and 2 other checkpoints hold a state dict under each of 'state_dict' and "
+        "'model' (the first is read) with the same names, dtypes and shapes, but their values "
+        "were not compared: inspect reads no tensor data without --verify."
+    ), text
+    assert "kernels reads each file in full and refuses it if they differ" in text, text
+    assert text.endswith("--verify compares them now."), text
+    # with --verify they are compared: errors, and no such warning
+    said.clear()
+    rows = inspect_checkpoints(tmp_path, verify=True, warn=said.append, note=lambda _: None)
+    assert all(r.status == "error" and "they differ" in (r.problem or "") for r in rows), rows
+    assert not _unsaid(said), said
+    # the CLI says it once, as a warning
+    looked = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert looked.exit_code == 0, looked.output
+    text = " ".join(looked.output.split())
+    assert text.count("warning: 'ckpt_100.pt' and 2 other checkpoints hold a state dict") == 1, text
+    verified = runner.invoke(app, ["inspect", str(tmp_path), "--verify"])
+    assert verified.exit_code == 1 and "not compared" not in verified.output, verified.output
+
+
+def test_entries_that_are_one_state_dict_in_memory_need_no_comparing(tmp_path: Path):
+    """One state dict saved under two entries (or beside its DDP-wrapped copy, the same tensors)
+    is stored once: the entries are one in memory, equal without a read, and nothing is said. A
+    copy in other memory is not known equal without its values: one file, so it is named."""
+    sd = state(0)
+    torch.save({"model": sd, "model_state_dict": sd}, tmp_path / "ckpt_1.pt")
+    module = {f"module.{k}": v for k, v in sd.items()}
+    torch.save({"model": sd, "state_dict": module}, tmp_path / "ckpt_2.pt")
+    said: list[str] = []
+    rows = inspect_checkpoints(tmp_path, warn=said.append, note=lambda _: None)
+    assert [r.status for r in rows] == ["ok", "ok"] and not _unsaid(said), said
+    copy = {k: v.clone() for k, v in sd.items()}
+    torch.save({"model": sd, "model_state_dict": copy}, tmp_path / "ckpt_3.pt")
+    rows = inspect_checkpoints(tmp_path, warn=said.append, note=lambda _: None)
+    (text,) = _unsaid(said)
+    assert text.startswith(
+        "'ckpt_3.pt' holds a state dict under each of 'model_state_dict' and 'model' (the first is "
+        "read) with the same names"
+    ), text
+    said.clear()
+    rows = inspect_checkpoints(tmp_path, verify=True, warn=said.append, note=lambda _: None)
+    assert [r.status for r in rows] == ["ok", "ok", "ok"] and not _unsaid(said), rows

@@ -465,19 +465,38 @@ def unwrap_state_dict(
     )
 
 
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are one tensor in memory (the same storage, offset, strides, dtype
+    and shape): equal without reading their values, memory-mapped ones too."""
+    return bool(
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.device == b.device
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.stride() == b.stride()
+    )
+
+
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether ``a`` and ``b`` have the same dtype, shape and bytes (NaN equals itself); two
     views of the same memory are equal without a read."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    if (
-        a.device == b.device
-        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-        and a.storage_offset() == b.storage_offset()
-        and a.stride() == b.stride()
-    ):
+    if _same_memory(a, b):
         return True
     return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def _one_in_memory(first: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> bool:
+    """Whether two state dicts that hold the same names (but for a wrapper prefix all of one's
+    share), dtypes and shapes are one in memory, tensor by tensor (one state dict saved under two
+    entries, the model beside its DDP-wrapped copy): their values are then equal without a read."""
+    if first is other:
+        return True
+    a = dict(zip(strip_common_prefixes(first)[1], first.values(), strict=True))
+    b = dict(zip(strip_common_prefixes(other)[1], other.values(), strict=True))
+    return a.keys() == b.keys() and all(_same_memory(t, b[k]) for k, t in a.items())
 
 
 def _state_dicts_differ(
@@ -688,6 +707,13 @@ class TorchContents:
     #: :func:`_step_value` reads them (None: the entry is None); none for a plain state dict
     #: (its entries are tensors)
     steps: dict[str, int | BadStep | None]
+    #: the entry of :data:`STATE_DICT_ENTRIES` whose state dict is taken; None for a plain state
+    #: dict (or none taken)
+    entry: str | None = None
+    #: the other :data:`STATE_DICT_ENTRIES` that hold a state dict of the same names, dtypes and
+    #: shapes, but not one in memory with the one taken: their values are compared only when the
+    #: file is read in full (``kernels``, ``inspect --verify``), which refuses the file if they differ
+    uncompared: tuple[str, ...] = ()
 
 
 def read_torch_contents(path: Path) -> TorchContents:
@@ -710,10 +736,13 @@ def read_torch_contents(path: Path) -> TorchContents:
     except CheckpointError as e:
         holds = None if _holds_named_tensors(obj) else _what_it_holds(obj)
         return TorchContents(None, str(e), holds, {})
-    steps: dict[str, int | BadStep | None] = {}
-    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        steps = {key: _step_value(obj[key]) for key in STEP_KEYS if key in obj}
-    return TorchContents({k: tuple(v.shape) for k, v in state.items()}, None, None, steps)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if not isinstance(obj, Mapping) or all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return TorchContents(shapes, None, None, {})
+    steps = {key: _step_value(obj[key]) for key in STEP_KEYS if key in obj}
+    first, *others = (key for key in STATE_DICT_ENTRIES if _is_state_dict(obj.get(key)))
+    uncompared = tuple(key for key in others if not _one_in_memory(obj[first], obj[key]))
+    return TorchContents(shapes, None, None, steps, first, uncompared)
 
 
 def load_torch_object(path: Path, buf: bytearray) -> Any:

@@ -205,6 +205,44 @@ def unix_time_warning(directory: Path, candidates: list[Candidate]) -> str | Non
     )
 
 
+def _one_and_others(directory: Path, held: list[Candidate]) -> tuple[str, str]:
+    """``("'ckpt_5.pt'", "s")`` for one file, ``("'ckpt_5.pt' and 59 other checkpoints", "")``
+    for more (the first named as the other notes name files, relative to ``directory``): the
+    subject of a sentence said once for a run, and the ending of its verb."""
+    first = f"'{shown_name(directory, held[0])}'"
+    if len(held) == 1:
+        return first, "s"
+    others = len(held) - 1
+    return f"{first} and {others} other checkpoint{'s' if others > 1 else ''}", ""
+
+
+def _quoted(keys: Sequence[str]) -> str:
+    shown = [f"'{k}'" for k in keys]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + f" and {shown[-1]}"
+
+
+def uncompared_warning(directory: Path, candidates: list[Candidate]) -> str | None:
+    """The warning of ``inspect`` without ``verify`` for torch.save files whose dict holds a
+    state dict under more than one of ``state_dict``, ``model_state_dict`` and ``model`` with the
+    same names, dtypes and shapes, not one in memory: their values, which ``kernels`` compares
+    when it reads the file (and refuses it when they differ), were not compared, as comparing
+    them reads the tensor data that the headers-only listing does not. Said once for the run,
+    naming the first such file and the count of the others; None when there is none."""
+    held = [c for c in candidates if c.problem is None and c.uncompared and c.entry is not None]
+    if not held:
+        return None
+    first = held[0]
+    assert first.entry is not None
+    who, s = _one_and_others(directory, held)
+    return (
+        f"{who} hold{s} a state dict under each of {_quoted([first.entry, *first.uncompared])} "
+        f"(the first is read) with the same names, dtypes and shapes, but their values were not "
+        f"compared: inspect reads no tensor data without --verify. kernels reads each file in "
+        f"full and refuses it if they differ (the model beside an EMA of it, say); --verify "
+        f"compares them now."
+    )
+
+
 def copies_note(scan: Scan) -> str | None:
     """The note for files left out as copies of another file of their step (the same size and
     sha256, or the same tensors), naming which was taken as a copy of which; None when there are

@@ -27,6 +27,7 @@ from .discover import (
     scan_selected,
     shown_name,
     stored_step_note,
+    uncompared_warning,
     unix_time_warning,
 )
 from .load import match_state_dict, read_checkpoint
@@ -77,8 +78,9 @@ def inspect_checkpoints(
     Other arguments as in :func:`list_checkpoints`. What the directory holds but is not read,
     which gets no row, and files whose stored step differs from their name's are said as
     :func:`~conetool.checkpoints.discover.checkpoint_listing` says them to ``kernels``: ``warn``
-    receives the warnings (checkpoints in subfolders; a stored step the name contradicts),
-    default :func:`warnings.warn`; ``note`` the notes, information only (copies of another file
+    receives the warnings (checkpoints in subfolders; a stored step the name contradicts; steps
+    that read as Unix times; and, without ``verify``, entries of such a dict whose values kernels
+    compares and a headers-only reading does not), default :func:`warnings.warn`; ``note`` the notes, information only (copies of another file
     of the same step, torch.save files that hold no state dict, names counting epochs that the
     stored steps confirm), default ``warn``. A row's own are in its ``notes`` and ``warnings``.
 
@@ -100,6 +102,8 @@ def inspect_checkpoints(
     said_of_the_directory = (
         (stored[0] if stored else None, warn if stored and stored[1] else note),
         (unix_time_warning(scan.directory, scan.candidates), warn),  # steps that may be times
+        # entries whose values kernels compares, which a headers-only reading does not
+        (None if verify else uncompared_warning(scan.directory, scan.candidates), warn),
         (not_state_dicts_note(scan), note),
         (copies_note(scan), note),  # the same bytes or tensors as a file read: nothing lost
         (nested_warning(scan), warn),  # checkpoints in subfolders are not read

@@ -101,6 +101,12 @@ class Candidate:
     #: --step-regex, from an epoch name or open_lth's, stored in the file, or a Hugging Face
     #: folder's (the Trainer names it by its step)
     step_by_name_rule: bool = False
+    #: a torch.save file's dict: the entry whose state dict is read (``"model"``); None for a
+    #: plain state dict or a file not read
+    entry: str | None = None
+    #: the entries beside ``entry`` that hold a state dict of the same names, dtypes and shapes,
+    #: not one in memory with it: their values are compared only when the file is read in full
+    uncompared: tuple[str, ...] = ()
 
     def fail(self, message: str) -> None:
         if self.problem is None:

@@ -124,6 +124,9 @@ def _read_headers(c: Candidate, deep: bool) -> None:
                     assert contents.shapes is not None
                     keys.update(contents.shapes)
                     c.stored_steps = contents.steps if flat else {}
+                    if contents.entry is not None:
+                        c.entry = contents.entry
+                        c.uncompared = (*dict.fromkeys(c.uncompared + contents.uncompared),)
                 if deep:
                     c.shapes = keys
     except CheckpointError as e:
