@@ -863,3 +863,74 @@ def test_entries_that_are_one_state_dict_in_memory_need_no_comparing(tmp_path: P
     said.clear()
     rows = inspect_checkpoints(tmp_path, verify=True, warn=said.append, note=lambda _: None)
     assert [r.status for r in rows] == ["ok", "ok", "ok"] and not _unsaid(said), rows
+
+
+# ------------------------------------------------------------------------------------------------
+# another state dict of the network beside the one read (an EMA)
+
+
+def _left(said: list[str]) -> list[str]:
+    return [" ".join(s.split()) for s in said if "which is not" in s]
+
+
+def test_an_ema_beside_the_state_dict_read_is_named_once(tmp_path: Path):
+    """{"model": ..., "ema": ...}: the reader took 'model' without a word, and a researcher who
+    meant the EMA weights never learned. The listing (kernels) and inspect say which entry is
+    read and which are left, once for the run (the first file and the count), and how to
+    measure one of those (save it alone; no flag or spec key chooses an entry)."""
+    for step in (0, 5, 10):
+        ema = {f"module.{k}": v for k, v in state(step + 100).items()}  # timm's ModelEmaV2
+        saved = {"model": state(step), "ema": ema, "step": step, "metrics": {"loss": 0.5}}
+        torch.save(saved, tmp_path / f"ckpt_{step}.pt")
+    warned: list[str] = []
+    listing = checkpoint_listing(tmp_path, warn=warned.append, note=lambda _: None)
+    assert [r.step for r in listing.refs] == [0, 5, 10]
+    (text,) = _left(warned)
+    path = tmp_path / "ckpt_0.pt"
+    assert text.startswith(
+        "'ckpt_0.pt' and 2 other checkpoints hold a state dict under 'model', which is read, "
+        "and another of the same network under 'ema' (an EMA of the weights, say), which is "
+        "not: conetool reads the entry 'state_dict', 'model_state_dict' or 'model', the first "
+        "present."
+    ), text
+    assert f"sd = torch.load('{path}', weights_only=True)" in text, text
+    assert "save_file(sd['ema'], 'step_2000.safetensors'" in text, text
+    said: list[str] = []
+    inspect_checkpoints(tmp_path, warn=said.append, note=lambda _: None)
+    assert _left(said) == [text], said
+    # the CLI's kernels and inspect say it as a warning, once
+    looked = " ".join(runner.invoke(app, ["inspect", str(tmp_path)]).output.split())
+    assert looked.count("warning: 'ckpt_0.pt' and 2 other checkpoints hold") == 1, looked
+
+
+@pytest.mark.parametrize("name", ["model_ema", "ema_model", "ema_state_dict", "swa"])
+def test_any_entry_holding_the_networks_tensors_is_named(tmp_path: Path, name: str):
+    torch.save({"model_state_dict": state(0), name: state(1), "step": 3}, tmp_path / "a.pt")
+    warned: list[str] = []
+    checkpoint_listing(tmp_path, warn=warned.append, note=lambda _: None)
+    (text,) = _left(warned)
+    assert text.startswith(
+        f"'a.pt' holds a state dict under 'model_state_dict', which is read, and another of the "
+        f"same network under '{name}'"
+    ), text
+
+
+def test_entries_of_no_network_tensors_are_not_named(tmp_path: Path):
+    """Metrics kept as tensors, an optimizer state, the same state dict under 'state_dict'
+    (read and compared, not left): no other state dict of the network."""
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net.fc2(net.fc1(torch.zeros(1, 4))).sum().backward()
+    opt.step()  # its state holds a momentum buffer per parameter, under the parameter's number
+    assert opt.state_dict()["state"], opt.state_dict()
+    saved = {
+        "state_dict": state(0),
+        "model": state(0),
+        "metrics": {"loss": torch.tensor(0.3), "acc": torch.tensor(0.9)},
+        "optimizer_state_dict": opt.state_dict(),
+        "step": 4,
+    }
+    torch.save(saved, tmp_path / "a.pt")
+    warned: list[str] = []
+    checkpoint_listing(tmp_path, warn=warned.append, note=lambda _: None)
+    assert not _left(warned), warned

@@ -36,7 +36,7 @@ import torch
 from conetool.errors import CheckpointError
 from conetool.io import SAFETENSORS_DTYPES as _DTYPES
 
-from ._keys import diff_keys, strip_common_prefixes
+from ._keys import KNOWN_PREFIXES, diff_keys, strip_common_prefixes
 
 SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -499,6 +499,32 @@ def _one_in_memory(first: Mapping[str, torch.Tensor], other: Mapping[str, torch.
     return a.keys() == b.keys() and all(_same_memory(t, b[k]) for k, t in a.items())
 
 
+def _bare_name(key: str) -> str:
+    """``key`` without any known wrapper prefix at its start (``module.fc.weight`` -> ``fc.weight``)."""
+    while prefix := next((p for p in KNOWN_PREFIXES if key.startswith(p)), None):
+        key = key[len(prefix) :]
+    return key
+
+
+def other_state_dicts(obj: Mapping[Any, Any], taken: Mapping[str, torch.Tensor]) -> list[str]:
+    """The entries of the dict ``obj`` that hold another state dict of the network whose state dict
+    ``taken`` is (an EMA of its weights: ``"ema"``, ``"model_ema"``, ``"ema_state_dict"``, an
+    averaged copy), which are not read: a mapping of tensors, under a string entry outside
+    :data:`STATE_DICT_ENTRIES`, that shares a tensor name with ``taken`` (each name without its
+    wrapper prefixes: timm's ``ModelEmaV2`` and ``AveragedModel`` save ``module.fc.weight``). A
+    dict of metrics (``{"loss": tensor(0.3)}``) shares none; an optimizer state is no mapping of
+    tensors."""
+    names = {_bare_name(k) for k in taken}
+    return [
+        key
+        for key, value in obj.items()
+        if isinstance(key, str)
+        and key not in STATE_DICT_ENTRIES
+        and _is_state_dict(value)
+        and any(isinstance(k, str) and _bare_name(k) in names for k in value)
+    ]
+
+
 def _state_dicts_differ(
     first: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], compare_values: bool
 ) -> str | None:
@@ -714,6 +740,9 @@ class TorchContents:
     #: shapes, but not one in memory with the one taken: their values are compared only when the
     #: file is read in full (``kernels``, ``inspect --verify``), which refuses the file if they differ
     uncompared: tuple[str, ...] = ()
+    #: other entries holding a state dict of the same network (:func:`other_state_dicts`: an EMA
+    #: of the weights), which are not read
+    left: tuple[str, ...] = ()
 
 
 def read_torch_contents(path: Path) -> TorchContents:
@@ -742,7 +771,8 @@ def read_torch_contents(path: Path) -> TorchContents:
     steps = {key: _step_value(obj[key]) for key in STEP_KEYS if key in obj}
     first, *others = (key for key in STATE_DICT_ENTRIES if _is_state_dict(obj.get(key)))
     uncompared = tuple(key for key in others if not _one_in_memory(obj[first], obj[key]))
-    return TorchContents(shapes, None, None, steps, first, uncompared)
+    left = tuple(other_state_dicts(obj, state))
+    return TorchContents(shapes, None, None, steps, first, uncompared, left)
 
 
 def load_torch_object(path: Path, buf: bytearray) -> Any:

@@ -221,6 +221,30 @@ def _quoted(keys: Sequence[str]) -> str:
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + f" and {shown[-1]}"
 
 
+def left_entries_warning(directory: Path, candidates: list[Candidate]) -> str | None:
+    """The warning for torch.save files whose dict holds, beside the state dict that is read
+    (under ``state_dict``, ``model_state_dict`` or ``model``, the first present), another of the
+    same network that is not (an EMA of the weights under ``ema``, ``model_ema``,
+    ``ema_state_dict``, ...): said once for the run, naming the first such file, the count of
+    the others, the entry read, the entries left, and how to measure one of those instead (save
+    it alone). None when no usable file holds such an entry."""
+    held = [c for c in candidates if c.problem is None and c.left and c.entry is not None]
+    if not held:
+        return None
+    first = held[0]
+    left = list(dict.fromkeys(k for c in held for k in c.left))
+    who, s = _one_and_others(directory, held)
+    return (
+        f"{who} hold{s} a state dict under '{first.entry}', which is read, and another of the "
+        f"same network under {_quoted(left)} (an EMA of the weights, say), which is not: conetool "
+        f"reads the entry 'state_dict', 'model_state_dict' or 'model', the first present. To "
+        f"measure '{left[0]}' instead, save it alone for each checkpoint into a directory of its "
+        f"own and point conetool at that, in Python: sd = torch.load('{first.location}', "
+        f"weights_only=True); safetensors.torch.save_file(sd['{left[0]}'], "
+        f"'step_2000.safetensors', metadata={{'step': '2000'}}) with the file's step."
+    )
+
+
 def uncompared_warning(directory: Path, candidates: list[Candidate]) -> str | None:
     """The warning of ``inspect`` without ``verify`` for torch.save files whose dict holds a
     state dict under more than one of ``state_dict``, ``model_state_dict`` and ``model`` with the
@@ -550,6 +574,8 @@ def checkpoint_listing(
     if stored := stored_step_note(scan.directory, scan.candidates, iterations_per_epoch):
         (warn if stored[1] else note)(stored[0])
     if said := unix_time_warning(scan.directory, scan.candidates):  # steps that may be times
+        warn(said)
+    if said := left_entries_warning(scan.directory, scan.candidates):  # an EMA not read
         warn(said)
     pickled = [c for c in scan.candidates if c.problem is None and c.paths and c.format == "torch"]
     if pickled:  # named as conetool inspect names them

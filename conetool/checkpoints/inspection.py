@@ -22,6 +22,7 @@ from .discover import (
     TORCH_NOTE,
     copies_note,
     default_warn,
+    left_entries_warning,
     nested_warning,
     not_state_dicts_note,
     scan_selected,
@@ -79,7 +80,8 @@ def inspect_checkpoints(
     which gets no row, and files whose stored step differs from their name's are said as
     :func:`~conetool.checkpoints.discover.checkpoint_listing` says them to ``kernels``: ``warn``
     receives the warnings (checkpoints in subfolders; a stored step the name contradicts; steps
-    that read as Unix times; and, without ``verify``, entries of such a dict whose values kernels
+    that read as Unix times; an EMA or other state dict of the network beside the one read in
+    a torch.save dict; and, without ``verify``, entries of such a dict whose values kernels
     compares and a headers-only reading does not), default :func:`warnings.warn`; ``note`` the notes, information only (copies of another file
     of the same step, torch.save files that hold no state dict, names counting epochs that the
     stored steps confirm), default ``warn``. A row's own are in its ``notes`` and ``warnings``.
@@ -102,6 +104,7 @@ def inspect_checkpoints(
     said_of_the_directory = (
         (stored[0] if stored else None, warn if stored and stored[1] else note),
         (unix_time_warning(scan.directory, scan.candidates), warn),  # steps that may be times
+        (left_entries_warning(scan.directory, scan.candidates), warn),  # an EMA not read
         # entries whose values kernels compares, which a headers-only reading does not
         (None if verify else uncompared_warning(scan.directory, scan.candidates), warn),
         (not_state_dicts_note(scan), note),

@@ -127,6 +127,7 @@ def _read_headers(c: Candidate, deep: bool) -> None:
                     if contents.entry is not None:
                         c.entry = contents.entry
                         c.uncompared = (*dict.fromkeys(c.uncompared + contents.uncompared),)
+                        c.left = (*dict.fromkeys(c.left + contents.left),)
                 if deep:
                     c.shapes = keys
     except CheckpointError as e:
