@@ -12,12 +12,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_run import STEPS, metadata, run_fixtures, tiny_spec
+from tiny_run import STEPS, metadata, run_fixtures, tiny_spec, train_tiny
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -526,3 +527,81 @@ def test_a_run_of_one_stored_step_in_a_subfolder_is_named_by_its_run_folder(
         kernels(other, store=root, device="cpu")
     message = str(refused.value)
     assert f"holds kernels of the checkpoints in {hf.resolve()}, and {other} has" in message
+
+
+@pytest.fixture(scope="module")
+def stray(tmp_path_factory):
+    """``(run, kernel file)``: a run of another spec (other widths) and its kernel of step 10,
+    the stray file a test copies into a store of the module's run."""
+    folder = tmp_path_factory.mktemp("stray")
+    other = train_tiny(folder, tiny_spec([7]))
+    kernels(other, store=folder / "s", device="cpu", steps="10:10")
+    return other, paths.kernel(folder / "s", 10)
+
+
+def _stray_in(root, stray):
+    """Copy the stray kernel file into ``root``, the newest file of the store."""
+    copied = paths.kernel(root, 10)
+    shutil.copy(stray[1], copied)
+    newest = max(p.stat().st_mtime_ns for p in root.glob("kernels/*.safetensors"))
+    os.utime(copied, ns=(newest + 10**9, newest + 10**9))
+    return copied
+
+
+def _taken(result):
+    """The note saying which checkpoint directory switch took, and the warning naming the kernel
+    files of other specs that record another (None: they all agree)."""
+    (note,) = [n for n in result.notes if n.startswith("using the checkpoint directory")]
+    differ = [w for w in result.warnings if "record more than one checkpoint directory" in w]
+    assert len(differ) <= 1, differ
+    return note, differ[0] if differ else None
+
+
+def test_switch_without_manifest_takes_the_directory_of_the_stores_own_kernel_files(
+    run, tmp_path, stray
+):
+    # Was: the newest kernel file of any spec decided the directory, so that one stray file of
+    # another run (another spec) sent switch to that run's checkpoints and spec, without a word.
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", steps="0:5")
+    copied = _stray_in(root, stray)
+    _damage_manifest(root, "deleted")
+    note, differ = _taken(switch(5, store=root, device="cpu"))
+    assert note.startswith(f"using the checkpoint directory {run.resolve()}, recorded"), note
+    # a warning names the files that decided, and the stray one with the directory it records
+    assert differ.startswith(f"The kernel files of {root} are of more than one spec"), differ
+    deciding = f"{paths.kernel(root, 5)}, {paths.kernel(root, 0)} (spec "
+    assert f"'{run.resolve()}' is taken from {deciding}" in differ, differ
+    assert "the spec most of them have" in differ, differ
+    assert f"while '{stray[0].resolve()}' by {copied} (spec " in differ, differ
+    assert differ.endswith(
+        "pass --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists) to use another"
+    ), differ
+    # the spec switch runs with decides: --spec of the other run takes its files' directory
+    note, differ = _taken(switch(5, store=root, spec=paths.spec(stray[0]), device="cpu"))
+    assert note.startswith(f"using the checkpoint directory {stray[0].resolve()}, "), note
+    assert f"taken from {copied} (spec " in differ and "the spec given by --spec" in differ
+    # one spec's files only: no warning
+    copied.unlink()
+    assert _taken(switch(5, store=root, device="cpu"))[1] is None
+
+
+def test_switch_without_manifest_takes_the_step_regex_of_its_specs_kernel_files(
+    run, tmp_path, stray
+):
+    # Was: the newest kernel file of any spec decided the step regex: a stray file of a run
+    # given none made switch list the named checkpoints without it (no step in their names).
+    root = tmp_path / "s"
+    named = _named_run(run, tmp_path, STEPS)
+    kernels(named, store=root, device="cpu", step_regex=REGEX, steps="0:5")
+    copied = _stray_in(root, stray)
+    _damage_manifest(root, "deleted")
+    for ckpts in (named, None):
+        result = switch(5, store=root, ckpts=ckpts, device="cpu")
+        assert [p.at for p in result.points] == [5]
+        (note,) = [n for n in result.notes if "--step-regex" in n]
+        assert note.startswith(f"using --step-regex '{REGEX}', recorded by conetool"), note
+        (differ,) = [w for w in result.warnings if "more than one step regex" in w]
+        assert f"'{REGEX}' is taken from {paths.kernel(root, 5)}" in differ, differ
+        assert "the spec switch runs with" in differ, differ
+        assert f"while none by {copied} (spec " in differ, differ

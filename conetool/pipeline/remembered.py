@@ -37,6 +37,8 @@ import os
 import site
 import sys
 import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,18 +174,116 @@ def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:
     return _sources_folder(sources)
 
 
-def carried_directory(carried: list[dict[str, str]]) -> str | None:
-    """The checkpoint directory ``kernels`` read, for a store whose manifest (which records it)
-    is missing or damaged, from the metadata ``carried`` of its kernel files (of any identity,
-    the newest first: :func:`conetool.store.kernel_file_headers`): the directory the newest
-    file carrying its run's selection records, else (files written before they carried it) the
-    folder all their sources lie in (:func:`_sources_folder`); None when no kernel file records
-    a source."""
+def carried_directory(
+    store: Path, carried: list[dict[str, str]], spec_hash: str | None = None
+) -> tuple[str | None, str | None]:
+    """``(directory, disagreement)``: the checkpoint directory ``kernels`` read, for the store
+    ``store`` whose manifest (which records it) is missing or damaged, from the metadata
+    ``carried`` of its kernel files (of any identity, the newest first:
+    :func:`conetool.store.kernel_file_headers`). The files that decide it are those of the spec
+    ``spec_hash`` (the one switch runs with: ``--spec``), or without one those of the spec most
+    files were made with (the store's run; stray files of another run are fewer), the newest
+    group on a tie; files of another spec only when these record none
+    (:func:`_decided`). From the deciding files: the directory the newest file carrying its
+    run's selection records, else (files written before they carried it) the folder all their
+    sources lie in (:func:`_sources_folder`); None when no kernel file records a source.
+    ``disagreement``: when kernel files of another spec record another directory, which files
+    decided and which record what (None when they all agree)."""
+    why = "the spec given by --spec" if spec_hash is not None else "the spec most of them have"
+    decided = _decided(carried, _directory_of, spec_hash)
+    return decided.value, _disagreement(store, "checkpoint directory", decided, why)
+
+
+def _directory_of(carried: list[dict[str, str]]) -> str | _Unknown:
+    """The directory the kernel files (their metadata ``carried``, the newest first) record:
+    the directory ``kernels`` was given, else the folder all their sources lie in;
+    :data:`_UNKNOWN` when none records a source."""
     given = _selection_path(carried)
     if given is not None:
         return given
     sources = _sources(carried)
-    return _sources_folder(sources) if sources else None
+    return _sources_folder(sources) if sources else _UNKNOWN
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """What kernel files record (a directory, a step regex), as :func:`_decided` takes it:
+    ``value`` from the files ``deciding`` (their metadata; empty when no file records it),
+    ``own`` whether those are of the spec in use, ``others`` each other spec's files that record
+    another value, with that value."""
+
+    value: str | None
+    deciding: list[dict[str, str]]
+    own: bool
+    others: list[tuple[str | None, list[dict[str, str]]]]
+
+
+class _Unknown:
+    """What a reader of kernel files returns when the files record nothing of it."""
+
+
+_UNKNOWN = _Unknown()
+
+
+def _decided(
+    carried: list[dict[str, str]],
+    read: Callable[[list[dict[str, str]]], str | _Unknown | None],
+    spec_hash: str | None,
+) -> _Decided:
+    """What the kernel files ``carried`` (the newest first) record, as ``read`` reads it from a
+    group of them (:data:`_UNKNOWN`: they record nothing of it; None: they record that there is
+    none), taken from the files of the spec in use: ``spec_hash``, or without one the spec most
+    files have (the newest group on a tie). When those files record nothing, from the newest
+    other spec's files that do (the old rule, newest first, now a fallback)."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for meta in carried:  # the newest first, so each group's files and the groups' order too
+        groups.setdefault(str(meta.get("spec_hash", "")), []).append(meta)
+    if spec_hash is None and groups:
+        spec_hash = max(groups, key=lambda h: len(groups[h]))  # first of the largest: newest
+    order = [spec_hash] if spec_hash in groups else []
+    order += [h for h in groups if h != spec_hash]
+    for h in order:
+        value = read(groups[h])
+        if isinstance(value, _Unknown):
+            continue
+        others = []
+        for other in groups:
+            said = read(groups[other]) if other != h else _UNKNOWN
+            if not isinstance(said, _Unknown) and said != value:
+                others.append((said, groups[other]))
+        return _Decided(value, groups[h], h == spec_hash, others)
+    return _Decided(None, [], False, [])
+
+
+def _disagreement(store: Path, what: str, decided: _Decided, why: str) -> str | None:
+    """The sentence saying which kernel files of ``store`` decided ``what`` (``why``: of which
+    spec, when ``decided.own``) and what the other specs' files record, when they disagree."""
+    if not decided.others:
+        return None
+    whose = why if decided.own else f"the newest that record one: no file of {why} does"
+    others = "; ".join(
+        f"{_shown(value)} by {_files(store, files)} (spec {files[0].get('spec_hash', '?')})"
+        for value, files in decided.others
+    )
+    return (
+        f"the kernel files of {store} are of more than one spec and record more than one "
+        f"{what}: {_shown(decided.value)} is taken from {_files(store, decided.deciding)} (spec "
+        f"{decided.deciding[0].get('spec_hash', '?')}, {whose}), while {others}"
+    )
+
+
+def _shown(value: str | None) -> str:
+    return "none" if value is None else f"'{value}'"
+
+
+def _files(store: Path, files: list[dict[str, str]], shown: int = 3) -> str:
+    """The kernel files of ``store`` whose metadata is ``files`` (a few, then a count)."""
+    names = []
+    for meta in files:
+        step = meta.get("step", "")
+        names.append(str(paths.kernel(store, int(step))) if step.isdigit() else "?")
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _selection_path(carried: list[dict[str, str]]) -> str | None:
@@ -258,26 +358,43 @@ def carried_step_regex(
     given: str | None,
     carried: list[dict[str, str]],
     *,
+    spec_hash: str | None = None,
     manifest_is: str = "missing",
-) -> tuple[str | None, str | None]:
-    """``(step_regex, note)`` for the store ``store`` whose manifest is missing (deleted) or
+) -> tuple[str | None, str | None, str | None]:
+    """``(step_regex, note, disagreement)`` for the store ``store`` whose manifest is missing (deleted) or
     damaged (``manifest_is``, as the note says it), from the metadata ``carried`` of its kernel
     files (the newest first: :func:`conetool.store.kernel_file_headers`): ``given`` when there
-    is one, else the step regex of the checkpoint selection that the newest kernel file carrying
-    one carries (each carries its run's, as :func:`rebuilt_remembered` reads it for the
-    ``kernels`` run that rebuilds the manifest), with a note saying so; else None (no kernel
-    file, none given to kernels, or files written before they carried the selection)."""
+    is one, else the step regex of the checkpoint selection that the newest kernel file of the
+    spec ``spec_hash`` (the one switch runs with) carrying one carries (each carries its run's,
+    as :func:`rebuilt_remembered` reads it for the ``kernels`` run that rebuilds the manifest;
+    files of another spec only when none of that spec carries one: :func:`_decided`), with a
+    note saying so; else None (no kernel file, none given to kernels, or files written before
+    they carried the selection). ``disagreement``: when kernel files of another spec record
+    another, which files decided and which record what (:func:`carried_directory`'s)."""
     if given is not None:
-        return given, None
-    chosen = _carried_selection(carried)
-    regex = chosen.get("step_regex") if chosen is not None else None
-    if not isinstance(regex, str) or not regex:
-        return None, None  # none carried, or the newest run was given none
-    return regex, (
+        return given, None, None
+    decided = _decided(carried, _regex_of, spec_hash)
+    regex = decided.value
+    differ = _disagreement(store, "step regex", decided, "the spec switch runs with")
+    if regex is None:  # none carried, or the run was given none
+        return None, None, differ
+    return (
+        regex,
         f"using --step-regex '{regex}', recorded by conetool kernels in the kernel files of "
         f"{store} (its {paths.MANIFEST_NAME}, which records it, is {manifest_is}; pass "
-        "--step-regex to use another)"
+        "--step-regex to use another)",
+        differ,
     )
+
+
+def _regex_of(carried: list[dict[str, str]]) -> str | _Unknown | None:
+    """The step regex the newest of the kernel files ``carried`` that carries its run's
+    selection records (None: that run was given none; :data:`_UNKNOWN`: no file carries one)."""
+    chosen = _carried_selection(carried)
+    if chosen is None:
+        return _UNKNOWN
+    regex = chosen.get("step_regex")
+    return regex if isinstance(regex, str) and regex else None
 
 
 def spec_imports(spec: Spec) -> list[tuple[str, str]]:

@@ -514,11 +514,16 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     # What kernels recorded: its --step-regex (unless one is given; the kernel files carry it
     # too, for a store whose manifest is missing or damaged) and where it imported a "pkg.mod:factory"
     # model or data set from.
+    warnings = list(located.warnings)
     if manifest is None:
         lost = located.lost or "missing"
-        step_regex, regex_note = carried_step_regex(
-            store, step_regex, located.carried, manifest_is=lost
+        step_regex, regex_note, differ = carried_step_regex(
+            store, step_regex, located.carried, spec_hash=spec.hash(), manifest_is=lost
         )
+        if differ:  # a guess between runs: to check
+            warnings.append(
+                f"{_sentence(differ)}. switch took the first; pass --step-regex to use another"
+            )
     else:
         step_regex, regex_note = recorded_step_regex(manifest, step_regex)
     notes = located.notes + use_recorded_imports(manifest, spec)
@@ -581,7 +586,7 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     # the batches of the spec's recipe: refused here, not when the first point starts
     steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     target = SwitchStore.begin(store, manifest)
-    return _Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, located.warnings)
+    return _Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, warnings)
 
 
 def _for_switch(exc: CheckpointError) -> CheckpointError:
@@ -665,12 +670,23 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
                 "place: --ckpts DIR."
             )
     else:
-        ckpts = _carried_checkpoints(store, lost, carried)
+        # the kernel files of the spec switch runs with decide, when it is given (else the
+        # directory's conetool.toml gives it, and the spec most files have decides)
+        if spec is not None:
+            spec = resolve_spec(Path(store), spec)  # a given spec: the directory plays no part
+        ckpts, differ = _carried_checkpoints(
+            store, lost, carried, None if spec is None else spec.hash()
+        )
         notes.append(
             f"using the checkpoint directory {ckpts}, recorded by conetool kernels in the "
             f"kernel files of {store} (its {paths.MANIFEST_NAME}, which records it, is {lost}; "
             "pass --ckpts to use another)"
         )
+        if differ:  # a guess between runs: to check
+            warnings.append(
+                f"{_sentence(differ)}. switch took the first; pass --ckpts CKPTS (and --spec SPEC "
+                "unless CKPTS/conetool.toml exists) to use another"
+            )
     ckpts_dir = Path(ckpts)
     if lost == "damaged":
         warnings.append(
@@ -705,17 +721,26 @@ def _store_manifest(store: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, "damaged"
 
 
-def _carried_checkpoints(store: Path, lost: str | None, carried: list[dict[str, str]]) -> str:
-    """The checkpoint directory ``kernels`` read, as the kernel files of ``store`` record it
-    (their metadata ``carried``; its manifest is ``lost``: missing, damaged, or None for no
-    store there yet), when it is still there; else the error saying what to pass."""
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _carried_checkpoints(
+    store: Path, lost: str | None, carried: list[dict[str, str]], spec_hash: str | None
+) -> tuple[str, str | None]:
+    """``(directory, disagreement)``: the checkpoint directory ``kernels`` read, as the kernel
+    files of ``store`` record it (their metadata ``carried``, those of the spec ``spec_hash``
+    first when it is given: :func:`~conetool.pipeline.remembered.carried_directory`; its
+    manifest is ``lost``: missing, damaged, or None for no store there yet), when it is still
+    there, and which files decided it when those of another spec record another; else the
+    error saying what to pass."""
     if lost is None:
         raise StoreError(
             f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are. "
             "Pass --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists), or run "
             f"conetool kernels CKPTS --store {store} first."
         )
-    recorded = carried_directory(carried)
+    recorded, differ = carried_directory(store, carried, spec_hash)
     said = f"store {store}'s {paths.MANIFEST_NAME}, which says where the checkpoints are, is {lost}"
     rebuild = f"conetool kernels CKPTS --store {store} rebuilds the manifest from the kernel files"
     if recorded is None:
@@ -728,6 +753,6 @@ def _carried_checkpoints(store: Path, lost: str | None, carried: list[dict[str, 
             f"{said}, and the checkpoint directory its kernel files record (the one conetool "
             f"kernels read), {recorded}, is not there any more. If the run moved, pass its new "
             f"place: --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists); "
-            f"{rebuild}."
+            f"{rebuild}." + (f" ({_sentence(differ)}.)" if differ else "")
         )
-    return recorded
+    return recorded, differ
