@@ -605,3 +605,42 @@ def test_switch_without_manifest_takes_the_step_regex_of_its_specs_kernel_files(
         assert f"'{REGEX}' is taken from {paths.kernel(root, 5)}" in differ, differ
         assert "the spec switch runs with" in differ, differ
         assert f"while none by {copied} (spec " in differ, differ
+
+
+@pytest.mark.parametrize("held", ["kept", "another", "not a string"])
+def test_the_rebuilding_run_keeps_the_directory_a_damaged_manifest_still_records(
+    run, tmp_path, held
+):
+    # Was: a manifest damaged in another value (its steps) kept its well-typed "checkpoints",
+    # but the rebuilding run took the directory from the kernel files alone: for files written
+    # before they carried their run's selection, the folder their sources lie in (best/ of
+    # best/model.safetensors), as if that step were a run of its own. A directory that is not
+    # the one the kernel files were computed from, or not a string, is not taken.
+    hf = tmp_path / "hf"
+    (hf / "best").mkdir(parents=True)
+    shutil.copy(paths.spec(run), paths.spec(hf))
+    shutil.copy(paths.checkpoint(run, 5), hf / "best" / "model.safetensors")
+    (hf / "best" / "trainer_state.json").write_text('{"global_step": 5}')
+    root = tmp_path / "s"
+    kernels(hf, store=root, device="cpu")
+    path = paths.kernel(root, 5)
+    meta = metadata(path)
+    del meta["selection"]  # written before kernel files carried it
+    save_file(load_file(str(path)), str(path), meta)
+    other = tmp_path / "other"
+    shutil.copytree(hf, other)
+    weights = other / "best" / "model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(str(weights)).items()}, str(weights))
+    manifest = _manifest(root)
+    assert manifest["checkpoints"] == str(hf.resolve())
+    manifest["steps"] = []  # damaged: kernels rebuilds it
+    manifest["checkpoints"] = {"another": str(other.resolve()), "not a string": 5}.get(
+        held, manifest["checkpoints"]
+    )
+    paths.manifest(root).write_text(json.dumps(manifest))
+    with pytest.raises(StoreError) as refused:
+        kernels(other, store=root, device="cpu")
+    named = hf if held == "kept" else hf / "best"  # else: the guess from the sources
+    assert f"holds kernels of the checkpoints in {named.resolve()}, and {other} has" in str(
+        refused.value
+    )

@@ -112,7 +112,8 @@ def rebuilt_remembered(
     ``selection`` from the newest kernel file's metadata, ``eval`` and ``layer_groups`` from
     ``eval.safetensors`` and the layer files (as the rebuild recovers them), ``checkpoints``
     from the source files the kernel files record (``ckpts`` when all lie in it); a record the
-    damaged manifest still holds, well typed, wins. ``note``: when no ``step_regex`` is given
+    damaged manifest still holds, well typed, wins (``checkpoints`` when it is also the one the
+    kernel files were computed from: :func:`_fits`). ``note``: when no ``step_regex`` is given
     and the kernel files were written before they carried their run's selection, that the
     step regex is not known and how to pass it; else None. ``recovered``: the kept records
     (``"eval"``, ``"layer_groups"``) that are the ones the rebuild recovers from their files, and
@@ -124,7 +125,10 @@ def rebuilt_remembered(
     carried = kernel_files_metadata(store, spec.hash(), kind, dtype)
     probe_hash = carried[0].get("probe_hash", "") if carried else ""
     ident = StoreIdentity(spec.hash(), probe_hash, kind, dtype)
-    records: dict[str, Any] = {"checkpoints": _recorded_directory(carried, ckpts)}
+    held_directory = held.get("checkpoints")
+    if not isinstance(held_directory, str) or not _fits(held_directory, carried):
+        held_directory = _recorded_directory(carried, ckpts)
+    records: dict[str, Any] = {"checkpoints": held_directory}
     chosen = held.get("selection")
     if not isinstance(chosen, dict):
         chosen = _carried_selection(carried)
@@ -156,6 +160,20 @@ def rebuilt_remembered(
             "records it again"
         )
     return new_manifest(ident, records), note, recovered
+
+
+def _fits(directory: str, carried: list[dict[str, str]]) -> bool:
+    """Whether ``directory``, the checkpoint directory a damaged manifest still records, is the
+    one its kernel files (their metadata ``carried``, the newest first) were computed from: the
+    directory the newest file carrying its run's selection records, when one does, and the
+    folder (or the one file) every source they list lies in. A manifest damaged by hand may
+    hold anything there; a guess from the sources alone (files written before they carried the
+    selection) may name one step's folder: the record wins over it."""
+    place = Path(directory)
+    given = _selection_path(carried)
+    if given is not None and Path(given) != place:
+        return False
+    return all(source.is_relative_to(place) for source in _sources(carried))
 
 
 def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:
