@@ -5,7 +5,8 @@ Layout (names from :mod:`conetool.paths`)::
     STORE/manifest.json                 provenance + per-step index (see :meth:`Store.record`)
     STORE/probe.safetensors             the probe set ("inputs", "labels", "indices")
     STORE/kernels/step_002000.safetensors   tensor "kernel"; metadata step, kind, hashes, record,
-                                        store id, the writing run's checkpoint selection
+                                        store id, the writing run's checkpoint selection and
+                                        import folders
     STORE/eval.safetensors              with --eval-size: the evaluation set (like the probe set)
     STORE/eval_kernels/step_002000.safetensors   K(eval, probe); metadata step, kind, dtype,
                                         eval, probe and spec hashes, source fingerprint
@@ -33,8 +34,8 @@ Guarantees:
 * a step is recomputed only when missing or when its source checkpoint's fingerprint changed;
 * several processes may share a store (torchrun ranks, :mod:`conetool.distributed`): one owns
   ``manifest.json`` (:meth:`Store.open_for_writing`), the others :meth:`Store.join` it and write
-  kernel files only, carrying the owner's store id and selection (:meth:`Store.carry`); the owner
-  merges their records from the files (:meth:`Store.adopt_kernel_files`);
+  kernel files only, carrying the owner's store id, selection and imports (:meth:`Store.carry`);
+  the owner merges their records from the files (:meth:`Store.adopt_kernel_files`);
 * the owner holds an exclusive OS lock (``fcntl.flock`` on ``STORE/.lock``) from
   :meth:`Store.open_for_writing` to :meth:`Store.close`; the OS releases it when the process ends,
   however it ends. A second writer is refused at once with a message naming the holder (it never
@@ -142,7 +143,7 @@ _now = time.monotonic
 
 
 #: The manifest entries each kernel file carries in its metadata (:meth:`Store.carried`).
-_CARRIED = ("store_id", "selection")
+_CARRIED = ("store_id", "selection", "imports")
 
 
 class Store:
@@ -543,9 +544,10 @@ class Store:
         kernel file carries its record, so a kill before the manifest write is recovered on the
         next open. A store opened with :meth:`join` writes the kernel file only."""
         carried = self.carried()
-        store_id, selection = carried["store_id"], carried["selection"]
+        store_id, selection, imports = (carried[k] for k in _CARRIED)
         selection = selection if isinstance(selection, dict) else None
-        metadata = kernel_metadata(self.identity, record, store_id, selection)
+        imports = imports if isinstance(imports, list) else None
+        metadata = kernel_metadata(self.identity, record, store_id, selection, imports)
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
         with self._manifest_guard:
             self.manifest["steps"][str(record.step)] = asdict(record)
@@ -556,8 +558,9 @@ class Store:
 
     def carried(self) -> dict[str, Any]:
         """What each kernel file written through this store carries of its manifest besides its
-        own record: ``{"store_id": ..., "selection": ...}`` (the writing run's checkpoint
-        selection; None for a key the manifest lacks)."""
+        own record: ``{"store_id": ..., "selection": ..., "imports": ...}`` (the writing run's
+        checkpoint selection and the folders it imported a "pkg.mod:factory" spec's modules
+        from; None for a key the manifest lacks)."""
         with self._manifest_guard:
             return {key: self.manifest.get(key) for key in _CARRIED}
 

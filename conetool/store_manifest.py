@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import reprlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -395,12 +395,15 @@ def kernel_metadata(
     record: StepRecord,
     store_id: str | None = None,
     selection: Mapping[str, Any] | None = None,
+    imports: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """The metadata of a kernel file: its step, the store's identity, its own manifest record,
     the manifest's ``store_id`` (from which a lost or damaged manifest is rebuilt as the same
     store: :func:`store_id_of_kernel_files`) and the checkpoint ``selection`` of the run that
     wrote it (JSON: directory, step regex, steps, every; from which the run that rebuilds a lost
-    manifest gets the step regex it recorded: :mod:`conetool.pipeline.remembered`)."""
+    manifest gets the step regex it recorded: :mod:`conetool.pipeline.remembered`), and the
+    ``imports`` record of that run (JSON: where it imported a "pkg.mod:factory" spec's modules
+    from; from which ``switch`` on a store whose manifest is lost finds them again)."""
     meta = {
         "step": str(record.step),
         "kind": ident.kind,
@@ -413,6 +416,8 @@ def kernel_metadata(
         meta["store_id"] = store_id
     if selection is not None:
         meta["selection"] = json.dumps(dict(selection))
+    if imports is not None:
+        meta["imports"] = json.dumps([dict(record) for record in imports])
     return meta
 
 

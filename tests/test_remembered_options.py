@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_run import SPEC_TOML
 from typer.testing import CliRunner
@@ -250,3 +251,36 @@ def test_report_of_an_old_store_names_the_module_to_make_importable(
     reproduce = _reproduce(store)
     assert "# [model] arch imports 'conetool_remember_model': make it importable" in reproduce
     assert "PYTHONPATH=" not in reproduce and "--steps" not in reproduce
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated"])
+def test_switch_finds_the_recorded_import_folder_without_the_manifest(
+    tmp_path: Path, user_modules: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Was: only manifest.json recorded where kernels imported a "pkg.mod:factory" model from, so
+    # switch on a store whose manifest was deleted or damaged (which it reads around, from the
+    # kernel files) could not import it. Each kernel file carries its run's imports record too.
+    models, _ = user_modules
+    spec = tmp_path / "byo.toml"
+    spec.write_text(
+        TINY_SPEC.replace(
+            'arch = "mlp"\nnum_classes = 3\nwidths = [8]',
+            'arch = "conetool_remember_model:make"\nnum_classes = 3',
+        )
+    )
+    run, store = tmp_path / "run", tmp_path / "store"
+    _invoke("train", spec, "--out", run, "-q")
+    _invoke("kernels", run, "--store", store, "-q")
+    recorded = json.loads(paths.manifest(store).read_text())["imports"]
+    for step in (0, 5, 10):
+        with safe_open(str(paths.kernel(store, step)), framework="pt") as handle:
+            assert json.loads(handle.metadata()["imports"]) == recorded
+    manifest = paths.manifest(store)
+    if how == "deleted":
+        manifest.unlink()
+    else:
+        manifest.write_text(manifest.read_text()[:100])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p) != models])
+    monkeypatch.delitem(sys.modules, "conetool_remember_model", raising=False)
+    out = _invoke("switch", "--at", "5", "--store", store)
+    assert f"imported 'conetool_remember_model' ([model] arch) from {models.resolve()}" in out

@@ -20,6 +20,8 @@
     site-packages folder, which needs nothing). ``switch`` and ``distance`` (its noise floor
     rebuilds the model) add a recorded folder to ``sys.path`` when the module cannot be imported
     otherwise (and say so); the report puts ``PYTHONPATH=...`` on the commands that import it.
+    Each kernel file carries its run's too, from which ``switch`` on a store whose manifest is
+    missing or damaged gets it (:func:`carried_imports`).
 
 A store made before these records has neither: every reader falls back to the old behaviour.
 
@@ -50,6 +52,7 @@ from ..store_manifest import StoreIdentity, embedded_record, new_manifest
 
 __all__ = [
     "carried_directory",
+    "carried_imports",
     "carried_step_regex",
     "import_paths",
     "imports_record",
@@ -413,6 +416,22 @@ def _regex_of(carried: list[dict[str, str]]) -> str | _Unknown | None:
         return _UNKNOWN
     regex = chosen.get("step_regex")
     return regex if isinstance(regex, str) and regex else None
+
+
+def carried_imports(carried: list[dict[str, str]], spec_hash: str) -> dict[str, Any]:
+    """The ``imports`` record a store whose manifest (which records it) is missing or damaged
+    keeps in its kernel files (their metadata ``carried``, the newest first: each carries its
+    run's), as a manifest for :func:`use_recorded_imports`: ``{"imports": [...]}`` from the
+    newest file of the spec ``spec_hash`` (the one switch runs with) that carries one, else the
+    newest of another spec (whose records of other modules it leaves alone); ``{}`` when none
+    carries one (files written before they carried it)."""
+    ordered = [m for m in carried if m.get("spec_hash") == spec_hash]
+    ordered += [m for m in carried if m.get("spec_hash") != spec_hash]
+    for meta in ordered:
+        record = _json(meta.get("imports"))
+        if isinstance(record, list):
+            return {"imports": record}
+    return {}
 
 
 def spec_imports(spec: Spec) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ from ..store import kernel_file_headers, nearest_steps, read_manifest, rebuilds_
 from ..threads import limit_threads, parse_threads
 from .remembered import (
     carried_directory,
+    carried_imports,
     carried_step_regex,
     recorded_step_regex,
     use_recorded_imports,
@@ -511,11 +512,13 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     # as train --resume does: its new points stay comparable with those it holds.
     if not sweep_begun(store, spec):
         check_training_data(spec)
-    # What kernels recorded: its --step-regex (unless one is given; the kernel files carry it
-    # too, for a store whose manifest is missing or damaged) and where it imported a "pkg.mod:factory"
-    # model or data set from.
+    # What kernels recorded: its --step-regex (unless one is given) and where it imported a
+    # "pkg.mod:factory" model or data set from; the kernel files carry both, for a store whose
+    # manifest is missing or damaged.
     warnings = list(located.warnings)
+    recorded = manifest
     if manifest is None:
+        recorded = carried_imports(located.carried, spec.hash())
         lost = located.lost or "missing"
         step_regex, regex_note, differ = carried_step_regex(
             store, step_regex, located.carried, spec_hash=spec.hash(), manifest_is=lost
@@ -526,7 +529,7 @@ def _prepare(options: SwitchOptions) -> _Sweep:
             )
     else:
         step_regex, regex_note = recorded_step_regex(manifest, step_regex)
-    notes = located.notes + use_recorded_imports(manifest, spec)
+    notes = located.notes + use_recorded_imports(recorded, spec)
     notes += [regex_note] if regex_note else []
     T = spec.train.steps if until is None else until
     if T > spec.train.steps and not beyond_run:
