@@ -283,7 +283,7 @@ def _disagreement(store: Path, what: str, decided: _Decided, why: str) -> str | 
         return None
     whose = why if decided.own else f"the newest that record one: no file of {why} does"
     others = "; ".join(
-        f"{_shown(value)} by {_files(store, files)} (spec {files[0].get('spec_hash', '?')})"
+        f"{_files(store, files)} (spec {files[0].get('spec_hash', '?')}) record {_shown(value)}"
         for value, files in decided.others
     )
     return (

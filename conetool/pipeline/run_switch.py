@@ -524,9 +524,7 @@ def _prepare(options: SwitchOptions) -> _Sweep:
             store, step_regex, located.carried, spec_hash=spec.hash(), manifest_is=lost
         )
         if differ:  # a guess between runs: to check
-            warnings.append(
-                f"{_sentence(differ)}. switch took the first; pass --step-regex to use another"
-            )
+            warnings.append(f"{_sentence(differ)}. Pass --step-regex to use another")
     else:
         step_regex, regex_note = recorded_step_regex(manifest, step_regex)
     notes = located.notes + use_recorded_imports(recorded, spec)
@@ -687,8 +685,8 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
         )
         if differ:  # a guess between runs: to check
             warnings.append(
-                f"{_sentence(differ)}. switch took the first; pass --ckpts CKPTS (and --spec SPEC "
-                "unless CKPTS/conetool.toml exists) to use another"
+                f"{_sentence(differ)}. Pass --ckpts CKPTS (and --spec SPEC unless "
+                "CKPTS/conetool.toml exists) to use another"
             )
     ckpts_dir = Path(ckpts)
     if lost == "damaged":
