@@ -125,6 +125,71 @@ def test_stress1_against_a_direct_loop() -> None:
     assert stress1(coords, d) == pytest.approx(np.sqrt(num / den), rel=1e-12)
 
 
+def _stress1_direct(coords: np.ndarray, d: np.ndarray) -> float:
+    """stress1 as it was (before 2**17-pair blocks): every difference in one (K, K, dims)."""
+    diff = coords[:, None, :] - coords[None, :, :]
+    fitted = np.sqrt(np.sum(diff * diff, axis=-1))
+    iu = np.triu_indices(d.shape[0], k=1)
+    denom = float(np.sum(d[iu] ** 2))
+    return 0.0 if denom == 0.0 else float(np.sqrt(np.sum((fitted[iu] - d[iu]) ** 2) / denom))
+
+
+def _stress_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(12)
+    coords = rng.standard_normal((300, 2))
+    d = _pairwise(rng.standard_normal((300, 4)))
+    far = 1e6 + rng.standard_normal((300, 3))  # far from the origin: the Gram identity cancels
+    repeated = np.repeat(rng.standard_normal((30, 3)), 10, axis=0)  # each point 10 times
+    lopsided = np.triu(d) + 5.0 * np.tril(d, -1)  # only the upper triangle counts
+    return {
+        "random": (coords, d),
+        "3-D far from the origin": (far, _pairwise(far + 1e-3 * rng.standard_normal(far.shape))),
+        "coincident points": (repeated, _pairwise(repeated + rng.standard_normal((300, 3)))),
+        "coincident, exact fit": (repeated, _pairwise(repeated)),
+        "one point": (np.zeros((300, 2)), d),
+        "all d zero": (coords, np.zeros_like(d)),
+        "upper triangle": (coords, lopsided),
+        "1-D": (coords[:, :1], d),
+    }
+
+
+@pytest.mark.parametrize("name", list(_stress_cases()))
+@pytest.mark.parametrize("block", [2**17, 1000, 1])
+def test_stress1_equals_the_direct_formula(
+    name: str, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same value as the (K, K, dims) formula to rounding of the sums alone (each distance is
+    the same to the last bit), in one block, in blocks of a few rows and row by row; coincident
+    points at distance exactly 0 (the Gram identity gives them about 1e-8 of the scale)."""
+    import conetool.embedding as embedding
+
+    monkeypatch.setattr(embedding, "STRESS_BLOCK_ELEMENTS", block)
+    coords, d = _stress_cases()[name]
+    want = _stress1_direct(coords, d)
+    got = stress1(coords, d)
+    assert got == pytest.approx(want, rel=1e-13, abs=1e-300)
+    if name == "coincident, exact fit":
+        assert got == 0.0 and want == 0.0
+
+
+def test_stress1_builds_no_pairwise_temporary() -> None:
+    """At K = 1,500 the direct formula's (K, K, 2) differences alone are 36 MB (it peaked at
+    over 100 MB); stress1 keeps a few blocks of 2**17 pairs (1 MiB each)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(13)
+    coords = rng.standard_normal((1500, 2))
+    d = np.abs(rng.standard_normal((1500, 1500)))
+    tracemalloc.start()
+    try:
+        value = stress1(coords, d)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak
+    assert value == pytest.approx(_stress1_direct(coords, d), rel=1e-13)
+
+
 def test_coordinates_are_centred_and_oriented() -> None:
     s = 0.5 * _pairwise(_planar_points(6)) ** 2
     for method in ("pca", "mds"):
