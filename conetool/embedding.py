@@ -46,6 +46,14 @@ differ, with the same ratios and the same fit to ``B`` but another stress-1 (and
 result from that start). Either way the same input gives the same output (with the same BLAS
 threads), and an axis whose eigenvalue is rounding (``dims`` above ``B``'s rank) holds rounding,
 about the square root of ``1e-16`` of the scale, as before.
+
+The start of ``"mds"`` needs no ratios and no refusal, so from :data:`LANCZOS_MIN_K` kernels on
+it takes the top ``dims`` eigenpairs from ARPACK's Lanczos (:mod:`conetool.lanczos_top`: a few
+dozen products ``B x`` instead of the ``4/3 K^3`` of the reduction), accepted only where a
+deflation run and the residuals show each eigenvector determined to ``1e-8`` in angle (no ties,
+converged), which puts the coordinates within that of the dense path's up to the sign of each
+axis (``1e-12`` or so for trajectories; ``tests/test_lanczos_top.py``); elsewhere, ties
+included, it takes the dense path above, with the same result as below ``LANCZOS_MIN_K``.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from typing import Any, Literal
 import numpy as np
 
 from conetool.geometry import GeometryError
+from conetool.lanczos_top import lanczos_top
 from conetool.smacof import smacof
 
 __all__ = ["Embedding", "classical_mds", "embed_kernels", "embed_mds", "embed_pca", "stress1"]
@@ -75,6 +84,10 @@ NEGATIVE_TOLERANCE = 1e-6
 #: (entries within about 1e-15 of the definition, ``1 - S`` up to 1), so that kernels that
 #: hardly move (S near rounding) are not refused.
 ROUNDING = 1e-12
+
+#: From this many kernels on, the start of ``"mds"`` (which needs no ratios) takes its top
+#: eigenpairs from :func:`conetool.lanczos_top.lanczos_top`, checked, before the dense path.
+LANCZOS_MIN_K = 1000
 
 #: Pairs per block of :func:`stress1` (``rows * columns``; 1 MiB of float64 per temporary).
 STRESS_BLOCK_ELEMENTS = 2**17
@@ -368,7 +381,22 @@ def mds_problem(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     s = _check(s, dims)
     d = np.sqrt(2.0 * np.clip(s, 0.0, None))
     np.fill_diagonal(d, 0.0)
-    return d, _classical_from_b(_double_center(-s), dims)[0]
+    return d, _classical_coords(_double_center(-s), dims)
+
+
+def _classical_coords(b: np.ndarray, dims: int) -> np.ndarray:
+    """The classical coordinates ``(K, dims)`` of ``B`` ``(K, K)`` alone (no ratios, no refusal:
+    the start of ``"mds"``): from :data:`LANCZOS_MIN_K` kernels on, from ARPACK's top eigenpairs
+    where :func:`~conetool.lanczos_top.lanczos_top` accepts them (within its ``TOLERANCE`` of
+    the dense path's, up to the sign of each axis, which :func:`_orient` then picks), else
+    from :func:`_classical_from_b`'s dense path."""
+    b = 0.5 * (b + b.T)
+    if b.shape[0] >= LANCZOS_MIN_K:
+        found = lanczos_top(b, dims)
+        if found is not None:
+            values, vectors = found
+            return _orient(vectors * np.sqrt(np.clip(values, 0.0, None)))
+    return _classical_from_b(b, dims)[0]
 
 
 def embed_kernels(
