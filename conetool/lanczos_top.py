@@ -44,10 +44,11 @@ TOLERANCE = 1e-8
 #: ``max |V^T V - I|`` accepted.
 ORTHONORMAL_TOLERANCE = 1e-10
 #: ARPACK's ``maxiter`` for each run (implicit restarts, about 18 products ``B x`` each after the
-#: first 20): where the top eigenvalues stand apart it converges before the first restart (21
-#: products); this bounds the products before the dense path is taken to about 2 x 200 (a
-#: spectrum of evenly spaced eigenvalues, the slowest kind, needs over 700 at ``K`` = 1,000).
-MAX_RESTARTS = 10
+#: first 20). Where the top eigenvalues stand apart, as for trajectories, it converges before the
+#: first restart (21 products); kernels drawn at random (a flatter spectrum) need about 10. This
+#: bounds the products made before the dense path is taken to about 2 x 110 (about a fifth of
+#: the reduction's time at ``K`` = 5,000, where one product takes about 10 ms on one core).
+MAX_RESTARTS = 5
 #: Seeds of the two start vectors (random: ``B``'s rows sum to 0, so the vector of ones is in its
 #: null space and no start).
 _SEEDS = (0, 1)

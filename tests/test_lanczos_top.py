@@ -12,7 +12,7 @@ from synthetic_s import drifting_kernels_s
 
 import conetool.embedding as embedding
 from conetool.embedding import _classical_from_b, _double_center, mds_problem
-from conetool.lanczos_top import lanczos_top
+from conetool.lanczos_top import MAX_RESTARTS, lanczos_top
 
 
 def _b(s: np.ndarray) -> np.ndarray:
@@ -145,7 +145,7 @@ def test_no_convergence_falls_back() -> None:
     """Evenly spaced eigenvalues, Lanczos's slowest case: ARPACK stops at MAX_RESTARTS."""
     b = _spectrum_b(np.arange(400) / 400)
     with pytest.raises(scipy.sparse.linalg.ArpackNoConvergence):
-        scipy.sparse.linalg.eigsh(b, k=2, which="LA", tol=0, maxiter=10)
+        scipy.sparse.linalg.eigsh(b, k=2, which="LA", tol=0, maxiter=MAX_RESTARTS)
     assert lanczos_top(b, 2) is None
 
 
@@ -223,3 +223,21 @@ def test_too_few_rows_fall_back() -> None:
     b = _b(drifting_kernels_s(4, seed=11))
     assert lanczos_top(b, 3) is None
     assert lanczos_top(b, 2) is not None
+
+
+def test_the_parts_benchmark_runs_at_a_tiny_size(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/bench_embed_parts.py, with LANCZOS_MIN_K lowered so that its new start is
+    ARPACK's at these sizes."""
+    from benchmark_module import load_benchmark
+
+    monkeypatch.setattr(embedding, "LANCZOS_MIN_K", 30)
+    bench = load_benchmark("bench_embed_parts")
+    assert bench.main(["--sizes", "30,50", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "path lanczos" in out
+    assert "same start (to 1e-8 of its scale, up to axis signs) and stress1 (to 1e-12): True" in out
+    rng = np.random.default_rng(14)
+    coords, d = rng.standard_normal((40, 3)), np.abs(rng.standard_normal((40, 40)))
+    assert bench.stress1_before(coords, d) == pytest.approx(embedding.stress1(coords, d), rel=1e-13)
