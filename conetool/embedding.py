@@ -389,8 +389,9 @@ def _classical_coords(b: np.ndarray, dims: int) -> np.ndarray:
     the start of ``"mds"``): from :data:`LANCZOS_MIN_K` kernels on, from ARPACK's top eigenpairs
     where :func:`~conetool.lanczos_top.lanczos_top` accepts them (within its ``TOLERANCE`` of
     the dense path's, up to the sign of each axis, which :func:`_orient` then picks), else
-    from :func:`_classical_from_b`'s dense path."""
-    b = 0.5 * (b + b.T)
+    from :func:`_classical_from_b`'s dense path (which symmetrises ``b``; ARPACK takes the
+    products ``b x`` of the ``b`` of a symmetric ``S``, symmetric up to rounding, which the
+    residuals measure: symmetrising it would add about a third to the two Lanczos runs)."""
     if b.shape[0] >= LANCZOS_MIN_K:
         found = lanczos_top(b, dims)
         if found is not None:

@@ -59,7 +59,8 @@ def lanczos_top(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray] | Non
     by ARPACK, or ``None`` where the checks of the module docstring fail.
 
     Args:
-        b: ``(K, K)`` float64, symmetric (only products ``b @ x`` are taken).
+        b: ``(K, K)`` float64, symmetric up to rounding (only products ``b @ x`` are taken; the
+            residuals are measured with them).
         dims: how many eigenpairs, at least 1 and below ``K - 1``.
 
     Returns:
