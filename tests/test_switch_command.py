@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -28,6 +29,7 @@ from conetool.errors import (
 )
 from conetool.loop import TrainingLoop
 from conetool.pipeline import run_switch, switch_points
+from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_kernels import kernels
 from conetool.pipeline.run_switch import parse_at, switch
 from conetool.spec import save_spec, spec_from_dict
@@ -633,3 +635,37 @@ def test_the_rerun_command_names_the_flags_given_and_no_file_for_a_spec_object(t
     assert run_switch._rerun_command(sweep, replace(defaults, spec=None, threads=None)) == (
         f"conetool switch --at 0,4 --store {tmp_path / 's'}"
     )
+
+
+def test_switch_says_what_the_checkpoint_listing_says_of_the_run(tmp_path):
+    """A loop's .pt files holding an EMA of the weights beside the state dict read: kernels
+    warned which entry it read, switch said nothing (it threw the listing's warnings away), so a
+    researcher switching from them never learned which weights were linearized. switch now says
+    the listing's warnings once for the sweep; the "left out" lines of files at steps it does
+    not use stay unsaid (an unusable file there does not concern the sweep)."""
+    spec = spec_from_dict(spec_dict([8]), source="deep.toml")
+    spec_file = tmp_path / "run.toml"
+    save_spec(spec, spec_file)
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in (0, 4, 8):
+        torch.manual_seed(step)
+        model = model_for(spec)
+        ema = {k: v + 0.01 for k, v in model.state_dict().items()}
+        torch.save({"model": model.state_dict(), "ema": ema, "step": step}, ckpts / f"c_{step}.pt")
+    (ckpts / "c_12.pt").write_bytes(b"not a checkpoint")  # unusable, at a step not used
+    store = tmp_path / "s"
+    args = ["switch", "--at", "0,4", "--until", "8", "--store", str(store), "--ckpts", str(ckpts)]
+    ran = runner.invoke(app, [*args, "--spec", str(spec_file), "-q"])
+    assert ran.exit_code == 0, ran.output
+    text = " ".join(ran.output.split())
+    said = (
+        "warning: 'c_0.pt' and 2 other checkpoints hold a state dict under 'model', which is "
+        "read, and another of the same network under 'ema' (an EMA of the weights, say), which "
+        "is not"
+    )
+    assert text.count(said) == 1, text
+    assert "c_12.pt" not in text, text
+    result = switch([0, 4], until=8, store=store, ckpts=ckpts, spec=spec_file, device="cpu")
+    assert sum("under 'ema'" in w for w in result.warnings) == 1, result.warnings
+    assert not any("c_12.pt" in m for m in result.warnings + result.notes), result

@@ -537,14 +537,18 @@ def checkpoint_listing(
     skip_bad: bool = False,
     warn: Callable[[str], None] | None = None,
     note: Callable[[str], None] | None = None,
+    left_out: Callable[[str], None] | None = None,
 ) -> CheckpointListing:
     """:func:`list_checkpoints` (same arguments, same errors), also saying which files it left
     out under ``skip_bad`` and why (what ``conetool kernels`` counts as "left out").
 
     ``note`` receives what is said for information only, nothing lost or guessed (the
-    torch.save note: ``--quiet`` leaves it out); default ``warn``."""
+    torch.save note: ``--quiet`` leaves it out); default ``warn``. ``left_out`` receives the
+    ``left out ...`` lines of ``skip_bad`` (one per unusable file); default ``warn``: a caller
+    that reads only some steps (``switch``) says the problems of the files it needs itself."""
     warn = warn or default_warn
     note = note or warn
+    left_out = left_out or warn
     scan = scan_selected(
         directory,
         step_regex=step_regex,
@@ -558,7 +562,7 @@ def checkpoint_listing(
         raise _problems_error(scan.directory, bad)
     for line in _problem_lines(bad):
         # "left out", the word of kernels' table (its "left out" column counts these files)
-        warn(f"left out {line}" if line[0].isdigit() else f"left out a checkpoint: {line}")
+        left_out(f"left out {line}" if line[0].isdigit() else f"left out a checkpoint: {line}")
     refs = [c.ref() for c in scan.candidates if c.problem is None]
     if not refs:
         raise CheckpointError(

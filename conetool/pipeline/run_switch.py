@@ -27,7 +27,7 @@ import torch
 
 from .. import distributed, paths
 from ..checkpoints import CheckpointRef, fingerprint, list_checkpoints
-from ..checkpoints.discover import SKIP_BAD_ADVICE, step_problems
+from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, step_problems
 from ..choices import Reference, choice, is_count, path_argument
 from ..data import DataBundle, load_data, steps_per_epoch
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError, StoreReplacedError
@@ -65,10 +65,13 @@ REFERENCES = tuple(r.value for r in Reference)
 class SwitchResult:
     """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
     step, test_acc, test_loss, source; or None), the files written, ``notes`` (information:
-    options taken from the store, momentum starting at zero where no optimizer state was
+    options taken from the store, the checkpoint listing's (torch.save files, copies not
+    read, ...), momentum starting at zero where no optimizer state was
     saved, the standard run that ``reference="train"`` trains), and ``warnings`` (a possible
-    loss or a guess to check: what in the spec's recipe trains badly; checkpoints not written
-    by ``conetool train``; an optimizer state not used, or saved with other hyperparameters
+    loss or a guess to check: what in the spec's recipe trains badly; what the checkpoint
+    listing says of the run, as ``kernels`` says it (an EMA beside the state dict read, steps
+    that may be Unix times, ...); checkpoints not written by
+    ``conetool train``; an optimizer state not used, or saved with other hyperparameters
     than the spec's; no standard model at T; earlier points left out of results.csv; the
     training steps implausibly slow, linearized or the standard run that ``reference="train"``
     continues), each said once per sweep, as ``progress`` showed it. A momentum message is
@@ -544,16 +547,21 @@ def _prepare(options: SwitchOptions) -> _Sweep:
             f"to T, so t must be smaller. Drop it or raise --until (the spec trains to "
             f"{spec.train.steps}; beyond that with --beyond-run)."
         )
-    # Only the checkpoints the sweep needs matter: an unusable file elsewhere is left alone.
+    # Only the checkpoints the sweep needs matter: an unusable file elsewhere is left alone
+    # (unsaid: the one of a step needed is refused below). What the listing says of the run, as
+    # kernels says it (an EMA beside the state dict read, steps that may be Unix times, steps
+    # from epoch names, ...), is said once for the sweep.
     ipe = iterations_per_epoch(spec)
     try:
-        found = list_checkpoints(
+        found = checkpoint_listing(
             ckpts_dir,
             step_regex=step_regex,
             iterations_per_epoch=ipe,
             skip_bad=True,
-            warn=lambda message: None,
-        )
+            warn=warnings.append,
+            note=notes.append,
+            left_out=lambda message: None,
+        ).refs
     except CheckpointError as exc:
         try:  # no file usable: the files' own errors say why (e.g. no step in their names)
             list_checkpoints(ckpts_dir, step_regex=step_regex, iterations_per_epoch=ipe)
