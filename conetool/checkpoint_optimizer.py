@@ -31,8 +31,10 @@ matched to the model's trainable parameters by position, and they are used only 
 The hyperparameters in ``param_groups`` (lr, momentum, weight decay, ...) are never taken: the
 recipe is the spec's, one value of each for every parameter; those that differ from the spec's
 are reported, per group where the groups differ (a weight decay of 0 for biases and norms, say).
-The learning rate, which the spec's schedule sets at every step, is compared only where the
-caller gives the schedule's value there (:class:`ScheduledLr`: a Trainer's ``optimizer.pt``).
+The learning rate, which the spec's schedule sets at every step, is compared where the caller
+gives the schedule's values there (:class:`ScheduledLr`; ``switch`` does, for a loop's file as for
+a Trainer's ``optimizer.pt``): a loop saves the rate of its next update or of its last one, and an
+optimizer that has not stepped yet the rate it was made with.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +77,8 @@ _SHOWN = {
     "sgd without momentum": "SGD without momentum",
 }
 
-#: the constant hyperparameters compared with the spec's (lr follows the schedule: not compared)
+#: the constant hyperparameters compared with the spec's (lr follows the schedule: compared with
+#: its values, :class:`ScheduledLr`, where the caller gives them)
 _COMPARED = (
     "momentum",
     "dampening",
@@ -120,6 +123,7 @@ def restore_checkpoint_optimizer(
     mtime_ns: int | None = None,
     saved_names: Sequence[str] | None = None,
     entries: Mapping[str, Any] | None = None,
+    lr: ScheduledLr | None = None,
 ) -> CheckpointOptimizer:
     """Load the optimizer state inside the torch.save checkpoint ``path`` into ``optimizer`` when
     it verifiably is its state (see the module docstring); otherwise ``optimizer`` is left as it
@@ -134,7 +138,9 @@ def restore_checkpoint_optimizer(
     (:func:`names_in_file_order`); a state is not used when that order is not ``names``'.
     ``entries``: the file's :data:`ENTRIES` as read with its weights, in the same pass
     (``read_checkpoint(keep=ENTRIES)``); the file is then not read again (``size`` and
-    ``mtime_ns`` are not needed: nothing can change between two reads).
+    ``mtime_ns`` are not needed: nothing can change between two reads). ``lr``: the spec's
+    scheduled learning rates there, compared with the groups' (``differs``), as
+    :func:`conetool.trainer_optimizer.restore_trainer_optimizer` compares a Trainer's.
     """
     saved = _read_entry(path, size, mtime_ns) if entries is None else _entry_of(entries)
     if saved is None:
@@ -146,7 +152,9 @@ def restore_checkpoint_optimizer(
     own = optimizer.state_dict()["param_groups"]  # the spec's hyperparameters, kept
     optimizer.load_state_dict({"state": checked, "param_groups": own})
     groups = tuple(len(group["params"]) for group in value["param_groups"])
-    return CheckpointOptimizer(entry, used=True, differs=_differs(value, optimizer), groups=groups)
+    return CheckpointOptimizer(
+        entry, used=True, differs=_differs(value, optimizer, lr), groups=groups
+    )
 
 
 def names_in_file_order(
@@ -499,12 +507,23 @@ def _spec_name(optimizer: torch.optim.Optimizer) -> str:
 
 @dataclass(frozen=True)
 class ScheduledLr:
-    """The learning rates the spec's schedule gives the first update after the checkpoint of
-    ``step``: ``values[0]`` at ``step`` (the next update), ``values[1]`` at ``step - 1`` (the
-    last one; a loop that saved before stepping its scheduler keeps that)."""
+    """The learning rates an optimizer state saved with the checkpoint of ``step`` may hold
+    under the spec's schedule: ``values[0]`` at ``step`` (the next update), ``values[1]`` at
+    ``step - 1`` (the last one; a loop that saved before stepping its scheduler keeps that, as
+    ``conetool train`` does), at step 0 the spec's ``train.lr`` (an optimizer that has not
+    stepped yet holds the rate it was made with: ``conetool train``'s does, under warmup too).
+    :func:`scheduled_lr` makes it."""
 
     step: int
     values: tuple[float, ...]
+
+
+def scheduled_lr(step: int, at: Callable[[int], float], base: float) -> ScheduledLr:
+    """The :class:`ScheduledLr` of the checkpoint of ``step`` (a negative one: 0) under the
+    schedule ``at(step)`` (the learning rate of the update at a global step) whose optimizer was
+    made with ``base``."""
+    step = max(step, 0)
+    return ScheduledLr(step, (at(step), at(step - 1) if step else base))
 
 
 def _differs(

@@ -486,3 +486,55 @@ def test_the_checkpoint_file_is_read_once_for_weights_and_optimizer_state(tmp_pa
     (note,) = [n for n in result.notes if n.startswith("--reference train")]
     assert "momentum from the saved optimizer state" in note, note
     assert again == []
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"schedule": "cosine", "warmup_steps": 6},
+        {"schedule": "step", "milestones": [4, 8], "gamma": 0.5, "warmup_steps": 2},
+    ],
+)
+def test_a_conetool_run_resaved_as_loop_checkpoints_gives_no_lr_warning(tmp_path, schedule):
+    """conetool train's optimizer state at step t holds the learning rate of the update at t - 1
+    (its loop sets it before each update and saves before the update of t), and at step 0 the
+    spec's train.lr, the optimizer's own before any update (not the warmup's first value): the
+    loop file's learning rate, now compared with the spec's schedule as a Trainer's is, must
+    never be said of a run that followed it, under warmup, cosine decay or milestones alike."""
+    raw = spec_dict([])
+    raw["train"].update(schedule)
+    spec = spec_from_dict(raw, source="scheduled.toml")
+    run = tmp_path / "conetool_run"
+    train(spec, run)
+    ckpts = tmp_path / "loop_run"
+    ckpts.mkdir()
+    for step in (0, 4, 8, 12):
+        model = model_for(spec)
+        model.load_state_dict(load_file(paths.checkpoint(run, step)))
+        optimizer = make_optimizer(model.parameters(), spec.train)
+        load_optimizer_state(optimizer, paths.optimizer_state(run, step))
+        save_loop_checkpoint(ckpts, model, optimizer, step=step)
+    saved_at_0 = torch.load(ckpts / "step_0.pt", weights_only=True)["optimizer_state_dict"]
+    assert saved_at_0["param_groups"][0]["lr"] == LR  # not the schedule's value at step 0
+    result = switch([0, 4, 8], store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu")
+    assert [p.momentum for p in result.points] == ["saved"] * 3
+    assert not any("momentum" in m for m in result.warnings + result.notes), result
+
+
+def test_a_loop_state_saved_with_another_learning_rate_is_a_warning_naming_the_file(tmp_path):
+    """A loop that trained with lr 0.05 where the spec says 0.2: the switch replays 0.2, and the
+    researcher learns it (was: the loop file's learning rate was never compared; only a
+    Trainer's optimizer.pt's was)."""
+    model, optimizer = plain_loop(
+        lambda m: torch.optim.SGD(
+            m.parameters(), lr=0.05, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+        )
+    )
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=SPEC, device="cpu")
+    assert result.points[0].momentum == "saved"
+    (warning,) = [w for w in result.warnings if w.startswith("t=3:")]
+    assert (
+        "momentum from the optimizer_state_dict in step_3.pt, saved with lr 0.05 (the spec's "
+        "schedule: 0.2 at step 3): the model trains with the spec's values" in warning
+    ), warning

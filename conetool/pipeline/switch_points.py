@@ -19,6 +19,7 @@ from ..checkpoint_optimizer import (
     groups_of,
     names_in_file_order,
     restore_checkpoint_optimizer,
+    scheduled_lr,
 )
 from ..checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
 from ..data import DataBundle
@@ -279,10 +280,7 @@ def optimizer_at(
     if beside.is_file():
         load_optimizer_state(optimizer, beside)
         return optimizer, "saved", None
-    step = max(ref.step, 0)
-    lr = ScheduledLr(
-        step, (learning_rate(spec.train, step), learning_rate(spec.train, max(step - 1, 0)))
-    )
+    lr = scheduled_lr(ref.step, lambda step: learning_rate(spec.train, step), spec.train.lr)
     return optimizer, *_from_checkpoint_file(
         model, optimizer, [n for n, _ in named], beside, loaded, lr
     )
@@ -330,6 +328,7 @@ def _from_checkpoint_file(
         mtime_ns=loaded.mtime_ns,
         saved_names=names_in_file_order(model, loaded.state_dict, names),
         entries=loaded.entries,  # read with the weights: the file is not read again
+        lr=lr,
     )
     if found.entry is None:
         entries = f"(no {', '.join(ENTRIES)} entry); {fresh}"
