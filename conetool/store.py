@@ -44,8 +44,7 @@ Guarantees:
   kernel files, each of which carries its own record (:attr:`Store.warnings` says so), with the
   records of the evaluation set and the parameter groups recovered from ``eval.safetensors``
   and the layer files (the ``kernels`` run that rebuilds it reads them, and the step regex the
-  kernel files carry, before it opens the store: :func:`rebuilds_manifest`,
-  :func:`kernel_files_metadata`);
+  kernel files carry, before it opens the store: :mod:`conetool.store_kernel_files`);
 * :meth:`Store.open` never writes: a store on a read-only file system can be read;
 * a store replaced while a command reads it (``kernels --overwrite`` clears it and starts a new
   one, with a new ``store_id``) stops that command with a :class:`StoreReplacedError`
@@ -57,8 +56,9 @@ Guarantees:
   changed under one lock, and manifest writes are serialised by it.
 
 The manifest (format, values, reading, writing, rebuilding) and the record each kernel file
-carries are in :mod:`conetool.store_manifest`; the eval and layer kernel files in
-:mod:`conetool.store_companions`; the writer lock in :mod:`conetool.store_lock`.
+carries are in :mod:`conetool.store_manifest`; the kernel files read by their headers (before
+the store is opened too) in :mod:`conetool.store_kernel_files`; the eval and layer kernel files
+in :mod:`conetool.store_companions`; the writer lock in :mod:`conetool.store_lock`.
 """
 
 from __future__ import annotations
@@ -83,6 +83,15 @@ from . import store_companions as companions
 from .choices import path_argument, step_or_last
 from .errors import ConetoolError, StoreError, StoreReplacedError
 from .io import atomic_save_safetensors, make_dir
+from .store_kernel_files import (
+    damaged,
+    is_kernel_of,
+    kernel_file_headers,
+    kernel_files,
+    kernel_files_made_with,
+    kernel_files_metadata,
+    rebuilds_manifest,
+)
 from .store_lock import StoreLock, results_lock, writer_note
 from .store_manifest import (
     FORMAT,
@@ -91,14 +100,10 @@ from .store_manifest import (
     StepRecord,
     StoreIdentity,
     check_steps,
-    checked_manifest,
     embedded_record,
-    file_metadata,
     kernel_file_problem,
     kernel_metadata,
-    made_with,
     manifest_identity,
-    metadata_made_with,
     mixed_message,
     new_manifest,
     new_store_id,
@@ -203,7 +208,7 @@ class Store:
                     f"writing it ({writer}) and has not written its manifest (it clears a "
                     "replaced store first). Wait a moment and open it again."
                 )
-            if _kernel_files(root):
+            if kernel_files(root):
                 raise StoreError(
                     f"store {root} has kernel files but no {paths.MANIFEST_NAME} (deleted?). "
                     f"Rebuild it: conetool kernels CKPTS --store {root} rebuilds the manifest "
@@ -292,7 +297,7 @@ class Store:
                 if overwrite:
                     manifest = None
                     cleared = clear(root)
-                elif _damaged(exc, root):
+                elif damaged(exc, root):
                     manifest = None  # damaged (not foreign, not newer): rebuilt below
                     warnings.append(
                         f"{path} was damaged ({exc.__cause__}); rebuilt it from the kernel files"
@@ -303,7 +308,7 @@ class Store:
                 found = manifest_identity(manifest)
                 if found != identity and not overwrite:
                     # the kernel files too: manifest.json may lag behind them (write_kernel)
-                    held = max(len(manifest["steps"]), len(_kernel_files(root)))
+                    held = max(len(manifest["steps"]), len(kernel_files(root)))
                     specs = (manifest.get("spec"), header.get("spec"))
                     raise StoreError(mixed_message(root, found, identity, held, specs))
                 if found != identity:
@@ -318,13 +323,13 @@ class Store:
                     return store
         elif overwrite:
             cleared = clear(root)
-        elif _kernel_files(root):
+        elif kernel_files(root):
             warnings.append(f"{path} was missing; rebuilt it from the kernel files")
         manifest = new_manifest(identity, header)
         # rebuilt from the kernel files: the same store, under the id they carry (each header
         # read once, for the id and the records)
         rebuilt = bool(warnings)
-        headers = _kernel_files_metadata(root, identity) if rebuilt else {}
+        headers = kernel_files_made_with(root, identity) if rebuilt else {}
         kept = store_id_of_kernel_files(headers.values())
         if kept is not None:
             manifest["store_id"] = kept
@@ -469,7 +474,7 @@ class Store:
             if self.replaced():  # the file went with the store it belonged to
                 raise self.replaced_error() from exc
             raise
-        if not _file_of(meta, self.identity, record) and self.replaced():
+        if not is_kernel_of(meta, self.identity, record) and self.replaced():
             raise self.replaced_error()  # the new store's kernel, now at that path
         dtype = self.identity.dtype  # "float32" or "float64", as kernels --dtype wrote it
         if str(kernel.dtype) != f"torch.{dtype}":  # written or changed outside conetool
@@ -740,14 +745,14 @@ class Store:
         before its manifest write); with ``save`` (and as the owner) save the manifest if
         anything changed. Returns those steps.
         """
-        adopted = self._adopt(_kernel_files_metadata(self.root, self.identity))
+        adopted = self._adopt(kernel_files_made_with(self.root, self.identity))
         if adopted and self.owner and save:
             self._write_manifest()
         return adopted
 
     def _adopt(self, found: Mapping[Path, Mapping[str, str] | None]) -> list[int]:
         """Record in the manifest (in memory) the embedded record of each kernel file of
-        ``found`` (path -> :func:`_kernel_files_metadata`'s metadata) that is missing from it or
+        ``found`` (path -> :func:`kernel_files_made_with`'s metadata) that is missing from it or
         differs; returns those steps, sorted."""
         adopted = []
         for meta in found.values():
@@ -799,7 +804,7 @@ def clear(root: Path) -> str | None:
     say what was removed (None when there was nothing): ``--overwrite`` tells the user."""
     with results_lock(root, exclusive=True):  # after the readers' writes (Store.writing_results)
         # counted under the lock: what is removed, once the readers waited for have written
-        kernels = len(_kernel_files(root))
+        kernels = len(kernel_files(root))
         companions = [
             (len(list(folder.glob("step_*.safetensors"))) if folder.is_dir() else 0, what)
             for folder, what in (
@@ -864,87 +869,6 @@ def _remove_stale_temporaries(root: Path) -> None:
             continue
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
-
-
-def _file_of(meta: Mapping[str, str], ident: StoreIdentity, record: StepRecord) -> bool:
-    """Whether a kernel file's metadata ``meta`` says it is the kernel ``record`` describes, in a
-    store of ``ident`` (its identity, and the record it carries: a file written before kernel
-    files carried one is judged by its identity alone)."""
-    if not made_with(meta, ident):
-        return False
-    if "record" not in meta:
-        return True
-    try:
-        return same_kernel_record(json.loads(meta["record"]), asdict(record))
-    except json.JSONDecodeError:
-        return False
-
-
-def rebuilds_manifest(root: str | Path, read: Mapping[str, Any] | None = None) -> bool:
-    """Whether :meth:`Store.open_for_writing` (without ``overwrite``) rebuilds the manifest of
-    the store ``root`` from its files: it is damaged (unreadable, or not whole) in a directory
-    that holds a store, or it is missing beside kernel files. ``read``: the manifest's JSON
-    object as the caller read it, checked here instead of reading it again."""
-    root = Path(root)
-    path = paths.manifest(root)
-    if not path.is_file():
-        return bool(_kernel_files(root))
-    try:
-        read_manifest(path) if read is None else checked_manifest(path, dict(read))
-    except StoreError as exc:
-        return _damaged(exc, root)
-    return False
-
-
-def kernel_files_metadata(
-    root: str | Path, spec_hash: str, kind: str, dtype: str
-) -> list[dict[str, str]]:
-    """The metadata of each readable kernel file of the store ``root`` made with ``spec_hash``,
-    ``kind`` and ``dtype`` (of any probe set), the newest written first (header only): what a
-    manifest about to be rebuilt can still tell before the probe set is drawn."""
-    return [
-        meta
-        for meta in kernel_file_headers(root)
-        if made_with(meta, StoreIdentity(spec_hash, meta.get("probe_hash", ""), kind, dtype))
-    ]
-
-
-def kernel_file_headers(root: str | Path) -> list[dict[str, str]]:
-    """The metadata of each readable kernel file of the store ``root``, whatever it was made
-    with, the newest written first (header only)."""
-    found = []
-    for path in _kernel_files(Path(root)):
-        meta = file_metadata(path)
-        if meta is None:
-            continue
-        try:
-            written = path.stat().st_mtime_ns
-        except OSError:
-            continue
-        found.append((written, meta))
-    return [meta for _, meta in sorted(found, key=lambda pair: -pair[0])]
-
-
-def _damaged(exc: StoreError, root: Path) -> bool:
-    """Whether a manifest that :func:`read_manifest` refused with ``exc`` is a damaged one of
-    the store ``root``, which a writer rebuilds from the kernel files (a cause, in a folder that
-    looks like a store), not another tool's file or a newer format's (no cause)."""
-    return isinstance(exc.__cause__, Exception) and _looks_like_store(root)
-
-
-def _looks_like_store(root: Path) -> bool:
-    return (Path(root) / paths.KERNELS_DIR).is_dir() or paths.probe(root).is_file()
-
-
-def _kernel_files(root: Path) -> list[Path]:
-    folder = Path(root) / paths.KERNELS_DIR
-    return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
-
-
-def _kernel_files_metadata(root: Path, ident: StoreIdentity) -> dict[Path, dict[str, str] | None]:
-    """Each kernel file of store ``root`` (sorted) -> its metadata when it is readable and made
-    with ``ident``, else None (:func:`~conetool.store_manifest.metadata_made_with`; header only)."""
-    return {path: metadata_made_with(path, ident) for path in _kernel_files(root)}
 
 
 def nearest_steps(steps: list[int], step: int, count: int = 5) -> str:

@@ -47,7 +47,7 @@ from typing import Any
 from .. import paths
 from .. import store_companions as companions
 from ..spec import Spec, is_user_dataset
-from ..store import kernel_files_metadata, rebuilds_manifest
+from ..store_kernel_files import kernel_files_metadata, rebuilds_manifest
 from ..store_manifest import StoreIdentity, embedded_record, new_manifest
 
 __all__ = [
@@ -105,10 +105,11 @@ def rebuilt_remembered(
 ) -> tuple[dict[str, Any] | None, str | None, frozenset[str]]:
     """``(manifest, note, recovered)``: the manifest a ``kernels`` run reads its kept options from, given
     ``manifest``, the store's as read (None when it cannot be). Returned as it is unless that
-    run rebuilds it (damaged or deleted: :func:`conetool.store.rebuilds_manifest`); then the
-    run, which read nothing from it, would forget the options the store recorded until the next
-    run: the steps it adds would get no eval kernel or layer file, its step regex would be
-    dropped, and another run's checkpoints would not be refused.
+    run rebuilds it (damaged or deleted:
+    :func:`conetool.store_kernel_files.rebuilds_manifest`); then the run, which read nothing from
+    it, would forget the options the store recorded until the next run: the steps it adds would
+    get no eval kernel or layer file, its step regex would be dropped, and another run's
+    checkpoints would not be refused.
 
     For such a store: a manifest in memory (never written) of the identity the kernel files of
     ``spec``, ``kind`` and ``dtype`` carry, whose kept records come from the store's files:
@@ -201,10 +202,10 @@ def carried_directory(
     """``(directory, disagreement)``: the checkpoint directory ``kernels`` read, for the store
     ``store`` whose manifest (which records it) is missing or damaged, from the metadata
     ``carried`` of its kernel files (of any identity, the newest first:
-    :func:`conetool.store.kernel_file_headers`). The files that decide it are those of the spec
-    ``spec_hash`` (the one switch runs with: ``--spec``), or without one those of the spec most
-    files were made with (the store's run; stray files of another run are fewer), the newest
-    group on a tie; files of another spec only when these record none
+    :func:`conetool.store_kernel_files.kernel_file_headers`). The files that decide it are those
+    of the spec ``spec_hash`` (the one switch runs with: ``--spec``), or without one those of the
+    spec most files were made with (the store's run; stray files of another run are fewer), the
+    newest group on a tie; files of another spec only when these record none
     (:func:`_decided`). From the deciding files: the directory the newest file carrying its
     run's selection records, else (files written before they carried it) the folder all their
     sources lie in (:func:`_sources_folder`); None when no kernel file records a source.
@@ -384,13 +385,13 @@ def carried_step_regex(
 ) -> tuple[str | None, str | None, str | None]:
     """``(step_regex, note, disagreement)`` for the store ``store`` whose manifest is missing (deleted) or
     damaged (``manifest_is``, as the note says it), from the metadata ``carried`` of its kernel
-    files (the newest first: :func:`conetool.store.kernel_file_headers`): ``given`` when there
-    is one, else the step regex of the checkpoint selection that the newest kernel file of the
-    spec ``spec_hash`` (the one switch runs with) carrying one carries (each carries its run's,
-    as :func:`rebuilt_remembered` reads it for the ``kernels`` run that rebuilds the manifest;
-    files of another spec only when none of that spec carries one: :func:`_decided`), with a
-    note saying so; else None (no kernel file, none given to kernels, or files written before
-    they carried the selection). ``disagreement``: when kernel files of another spec record
+    files (the newest first: :func:`conetool.store_kernel_files.kernel_file_headers`): ``given``
+    when there is one, else the step regex of the checkpoint selection that the newest kernel
+    file of the spec ``spec_hash`` (the one switch runs with) carrying one carries (each carries
+    its run's, as :func:`rebuilt_remembered` reads it for the ``kernels`` run that rebuilds the
+    manifest; files of another spec only when none of that spec carries one: :func:`_decided`),
+    with a note saying so; else None (no kernel file, none given to kernels, or files written
+    before they carried the selection). ``disagreement``: when kernel files of another spec record
     another, which files decided and which record what (:func:`carried_directory`'s)."""
     if given is not None:
         return given, None, None
