@@ -22,6 +22,7 @@ from tiny_run import run_fixtures, tiny_spec
 
 import conetool.io
 import conetool.store
+import conetool.store_clearing
 from conetool import paths
 from conetool.errors import CheckpointError, StoreError
 from conetool.pipeline import kernels, kernels_loop
@@ -239,7 +240,7 @@ def test_a_bad_next_checkpoint_keeps_the_kernel_before_and_says_the_same(
         kernels(run, store=store, device="cpu")
     reference = store_contents(store)
     assert Store.open(store).steps() == [0, 2]
-    conetool.store.clear(store)
+    conetool.store_clearing.clear(store)
 
     with pytest.raises(CheckpointError) as found:
         kernels(run, store=store, device="cpu")
@@ -284,7 +285,7 @@ def test_a_failed_write_says_the_same_and_keeps_the_kernels_before(
     with one_by_one(monkeypatch), pytest.raises(StoreError) as expected:
         kernels(run, store=store, device="cpu")
     reference = store_contents(store)
-    conetool.store.clear(store)
+    conetool.store_clearing.clear(store)
 
     with pytest.raises(StoreError) as found:
         kernels(run, store=store, device="cpu")

@@ -28,7 +28,7 @@ from test_store import (
 )
 from tiny_run import SPEC, STEPS, metadata, run_fixtures
 
-from conetool import paths, store_manifest
+from conetool import paths, store_clearing, store_manifest
 from conetool import store as store_module
 from conetool.errors import StoreError, StoreReplacedError
 from conetool.pipeline import kernels
@@ -145,7 +145,7 @@ def test_overwrite_counts_what_it_removes_once_it_holds_the_results_lock(tmp_pat
     # kernel file a rank wrote meanwhile) is counted, not only what was there before the wait
     root = tmp_path / "s"
     store_with_kernels(root)
-    real_lock = store_module.results_lock
+    real_lock = store_clearing.results_lock
 
     @contextmanager
     def results_lock(where, *, exclusive):
@@ -155,8 +155,8 @@ def test_overwrite_counts_what_it_removes_once_it_holds_the_results_lock(tmp_pat
                 shutil.copy(paths.kernel(where, 0), paths.kernel(where, 20))
             yield
 
-    monkeypatch.setattr(store_module, "results_lock", results_lock)
-    message = store_module.clear(root)
+    monkeypatch.setattr(store_clearing, "results_lock", results_lock)
+    message = store_clearing.clear(root)
     assert message == (
         "--overwrite removed the replaced store's 3 kernel file(s) and its "
         f"{paths.DERIVED_DIRS[0]} results"

@@ -52,8 +52,7 @@ from safetensors.torch import load_file, save_file
 from test_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
 
 import conetool.io
-from conetool import paths
-from conetool import store as store_module
+from conetool import paths, store_clearing
 from conetool.errors import StoreError, StoreReplacedError
 from conetool.io import atomic_save_safetensors, atomic_write
 from conetool.pipeline import matrix_cache
@@ -409,7 +408,7 @@ def test_overwrite_is_not_stopped_by_a_file_appearing_while_it_removes_a_folder(
             raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(store_module.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(store_clearing.shutil, "rmtree", rmtree)
     with Store.open_for_writing(root, OTHER, HEADER, overwrite=True) as store:
         assert any("distance" in said for said in store.warnings)
     assert raced and not (root / "distance").exists()

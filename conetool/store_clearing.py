@@ -1,0 +1,98 @@
+"""Clearing a store: what ``--overwrite`` removes (:func:`clear`: the manifest, probe and
+evaluation sets, kernel files, derived outputs, and nothing else), counted under the results lock
+held exclusive, after the readers writing their results into the store
+(:meth:`conetool.store.Store.writing_results`); and the temporary files a killed writer left,
+which the next writer removes before it writes (:func:`remove_stale_temporaries`)."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+from . import paths
+from .store_kernel_files import kernel_files
+from .store_lock import results_lock
+
+__all__ = ["clear", "remove_stale_temporaries"]
+
+
+#: The folders only ``kernels`` (the lock's holder and its ranks) writes in.
+_WRITER_DIRS = (paths.KERNELS_DIR, paths.EVAL_KERNELS_DIR, paths.LAYER_KERNELS_DIR)
+
+
+def _own_files(root: Path) -> tuple[Path, ...]:
+    """The files ``kernels`` writes at the top of a store: the manifest, probe and eval sets."""
+    return (paths.manifest(root), paths.probe(root), paths.eval_set(root))
+
+
+def clear(root: Path) -> str | None:
+    """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs), and
+    say what was removed (None when there was nothing): ``--overwrite`` tells the user."""
+    with results_lock(root, exclusive=True):  # after the readers' writes (Store.writing_results)
+        # counted under the lock: what is removed, once the readers waited for have written
+        kernels = len(kernel_files(root))
+        companions = [
+            (len(list(folder.glob("step_*.safetensors"))) if folder.is_dir() else 0, what)
+            for folder, what in (
+                (paths.eval_kernels_dir(root), "eval kernel"),
+                (paths.layer_kernels_dir(root), "layer kernel"),
+            )
+        ]
+        derived = [name for name in paths.DERIVED_DIRS if (Path(root) / name).is_dir()]
+        for path in _own_files(root):
+            path.unlink(missing_ok=True)
+        for name in (*_WRITER_DIRS, *paths.DERIVED_DIRS):
+            folder = Path(root) / name
+            if folder.is_dir():
+                _remove_folder(folder)
+    said = [
+        f"{count} {what} file(s)" for count, what in [(kernels, "kernel"), *companions] if count
+    ]
+    if derived:
+        said.append(f"its {', '.join(derived)} results")
+    if not said:
+        return None
+    removed = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
+    return f"--overwrite removed the replaced store's {removed}"
+
+
+#: How many times :func:`_remove_folder` starts over when files appear in a folder it removes.
+_REMOVE_TRIES = 20
+
+
+def _remove_folder(folder: Path) -> None:
+    """``shutil.rmtree(folder)`` that a command reading the store cannot make fail: ``distance``
+    (say) run while ``kernels --overwrite`` clears the store may write in its result folder
+    meanwhile, and rmtree then meets a temporary file gone before its turn (renamed into place)
+    or a folder not empty at the end (a file written after rmtree listed it). Either starts the
+    removal over. (A reader of this conetool writes under the results lock, which :func:`clear`
+    holds, and never into a replaced store; this guards against older readers, and file systems
+    without ``flock``.)"""
+    for _ in range(_REMOVE_TRIES):
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            pass  # an entry went away meanwhile (or the folder itself): look again
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if not folder.exists():
+            return
+    shutil.rmtree(folder)  # still being written to: say so
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Remove the temporary files of atomic writes (``.step_000100.safetensors.x1y2.tmp``) that
+    a killed writer left in the store's own folders. Called by the lock's holder before it
+    writes: conetool's other writers (torchrun ranks) join after it, and the commands that read
+    the store write only in their own result folders."""
+    patterns = [(p.parent, f".{p.name}.*.tmp") for p in _own_files(root)]  # root: not only ours
+    patterns += [(root / name, ".*.tmp") for name in _WRITER_DIRS]
+    for folder, pattern in patterns:
+        try:
+            leftovers = [p for p in folder.glob(pattern) if p.is_file()]
+        except OSError:
+            continue
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
