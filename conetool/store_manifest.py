@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from . import paths
 from ._version import __version__
-from .checkpoints._format import BEYOND_MAX_STEP, MAX_STEP
+from .checkpoints._stored_steps import BEYOND_MAX_STEP, MAX_STEP
 from .errors import StoreError
 from .io import SAFETENSORS_DTYPES, atomic_write_text
 
@@ -176,9 +176,9 @@ def checked_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 def check_steps(path: Path, manifest: Mapping[str, Any]) -> None:
     """Refuse the manifest at ``path`` when its steps hold one above
-    :data:`~conetool.checkpoints._format.MAX_STEP`: a conetool before that refusal took one from
-    a checkpoint (a 20-digit step entry or name), and ``distance`` then failed only after its S
-    matrix was computed. A :class:`StoreError` naming the step, its kernel file and the fix."""
+    :data:`~conetool.checkpoints._stored_steps.MAX_STEP`: a conetool before that refusal took one
+    from a checkpoint (a 20-digit step entry or name), and ``distance`` then failed only after its
+    S matrix was computed. A :class:`StoreError` naming the step, its kernel file and the fix."""
     beyond = [
         r
         for r in manifest["steps"].values()

@@ -22,7 +22,7 @@ from torch import nn
 from conetool import paths
 from conetool.checkpoints import (
     CheckpointWarning,
-    _format,
+    _opening,
     checkpoint_ref,
     fingerprint,
     list_checkpoints,
@@ -798,7 +798,7 @@ def test_loading_reads_each_file_once(tmp_path: Path, monkeypatch: pytest.Monkey
     path = write_conetool(tmp_path, 3, state(3))
     (ref,) = list_checkpoints(tmp_path)
     CountingFile.bytes_read = CountingFile.opened = 0
-    monkeypatch.setattr(_format, "_open", CountingFile)
+    monkeypatch.setattr(_opening, "open_file", CountingFile)
     model = Net()
     loaded = load_checkpoint(model, ref)
     assert CountingFile.opened == 1

@@ -21,7 +21,9 @@ from torch import nn
 
 from conetool import paths
 from conetool.checkpoints import (
-    _format,
+    _hashed_reads,
+    _opening,
+    _safetensors_format,
     fingerprint,
     list_checkpoints,
     load_checkpoint,
@@ -165,7 +167,7 @@ def test_a_safetensors_header_length_that_begins_like_a_pickle_is_read(tmp_path:
             break
     head = path.read_bytes()[:9]
     assert head[0] == 0x80 and head[8:9] == b"{"
-    assert _format.read_header(path).metadata["pad"] == "x" * pad
+    assert _safetensors_format.read_header(path).metadata["pad"] == "x" * pad
     loaded = read_checkpoint(path)
     assert loaded.state_dict.keys() == sd.keys()
     assert all(torch.equal(loaded.state_dict[k], v) for k, v in sd.items())
@@ -285,13 +287,13 @@ def test_files_of_one_step_are_hashed_only_when_their_sizes_agree(
     """Same step, same size, other bytes: still refused, after hashing both; other sizes, or
     no shared step: nothing is hashed (listing reads headers only)."""
     hashed: list[str] = []
-    real = _format.stream_file
+    real = _hashed_reads.stream_file
 
     def counting(path: Path, *, keep: bool) -> object:
         hashed.append(path.name)
         return real(path, keep=keep)
 
-    monkeypatch.setattr(_format, "stream_file", counting)
+    monkeypatch.setattr(_hashed_reads, "stream_file", counting)
     good_dir(tmp_path)
     assert [r.step for r in list_checkpoints(tmp_path)] == [0, 100, 200] and hashed == []
     same_size = {"step": "100"}  # the same shapes and metadata as step_000100's: the same size
@@ -517,14 +519,14 @@ def test_symlinked_checkpoints_are_followed(tmp_path: Path):
 
 
 def deny(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
-    real_open = _format._open
+    real_open = _opening.open_file
 
     def fake_open(path: Path):
         if Path(path) == target:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path)
 
-    monkeypatch.setattr(_format, "_open", fake_open)
+    monkeypatch.setattr(_opening, "open_file", fake_open)
 
 
 def test_unreadable_file_injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -552,7 +554,7 @@ def test_unreadable_file_chmod(tmp_path: Path):
 
 def grow_while_reading(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
     """Append to ``target`` between the start and the end of a read, as a writing run would."""
-    real_stat = _format._stat
+    real_stat = _hashed_reads._stat
 
     def stat_after_growing(path: Path) -> os.stat_result:
         if Path(path) == target:
@@ -560,7 +562,7 @@ def grow_while_reading(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
                 f.write(b"\0" * 64)
         return real_stat(path)
 
-    monkeypatch.setattr(_format, "_stat", stat_after_growing)
+    monkeypatch.setattr(_hashed_reads, "_stat", stat_after_growing)
 
 
 def test_checkpoint_still_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

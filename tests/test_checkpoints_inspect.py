@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conetool import paths
-from conetool.checkpoints import _format, inspect_checkpoints, list_checkpoints
+from conetool.checkpoints import _hashed_reads, _opening, inspect_checkpoints, list_checkpoints
 from conetool.errors import CheckpointError
 
 
@@ -50,7 +50,7 @@ def forbid_data_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("tensor data was read")
 
-    monkeypatch.setattr(_format, "stream_file", boom)
+    monkeypatch.setattr(_hashed_reads, "stream_file", boom)
     monkeypatch.setattr(safetensors.torch, "load_file", boom)
     monkeypatch.setattr(safetensors.torch, "load", boom)
     monkeypatch.setattr(safetensors, "safe_open", boom)
@@ -90,7 +90,7 @@ def test_listing_1000_checkpoints_reads_headers_only(
     expected = sum(header_bytes(p) for p in tmp_path.iterdir())
     forbid_data_reads(monkeypatch)
     CountingFile.bytes_read = 0
-    monkeypatch.setattr(_format, "_open", CountingFile)
+    monkeypatch.setattr(_opening, "open_file", CountingFile)
     refs = list_checkpoints(tmp_path)
     assert [r.step for r in refs] == [10 * s for s in range(1000)]
     assert CountingFile.bytes_read == expected  # 8 + header per file, no tensor byte
@@ -169,7 +169,7 @@ def test_verify_reads_tensors_checks_finiteness_and_fingerprints(tmp_path: Path)
 def test_verify_reports_a_file_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     write(tmp_path, 0)
     growing = write(tmp_path, 100)
-    real_stat = _format._stat
+    real_stat = _hashed_reads._stat
 
     def stat_after_growing(path: Path) -> os.stat_result:
         if Path(path) == growing:
@@ -177,7 +177,7 @@ def test_verify_reports_a_file_being_written(tmp_path: Path, monkeypatch: pytest
                 f.write(b"\0")
         return real_stat(path)
 
-    monkeypatch.setattr(_format, "_stat", stat_after_growing)
+    monkeypatch.setattr(_hashed_reads, "_stat", stat_after_growing)
     rows = inspect_checkpoints(tmp_path, verify=True)
     assert [r.status for r in rows] == ["ok", "error"]
     assert "changed while conetool was reading it" in (rows[1].problem or "")

@@ -22,7 +22,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from conetool import paths
-from conetool.checkpoints import _format, inspect_checkpoints, list_checkpoints, read_state_dict
+from conetool.checkpoints import (
+    _hashed_reads,
+    _torch_save,
+    inspect_checkpoints,
+    list_checkpoints,
+    read_state_dict,
+)
 from conetool.checkpoints.discover import checkpoint_listing
 from conetool.cli import app
 from conetool.errors import CheckpointError
@@ -455,9 +461,9 @@ def test_the_listing_reads_a_torch_file_memory_mapped_and_weights_only(tmp_path,
         calls.append(kwargs)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(_format.torch, "load", load)
+    monkeypatch.setattr(_torch_save.torch, "load", load)
     streamed: list[Path] = []
-    monkeypatch.setattr(_format, "stream_file", lambda path, **kw: streamed.append(path))
+    monkeypatch.setattr(_hashed_reads, "stream_file", lambda path, **kw: streamed.append(path))
     assert listed(tmp_path) == [(1500, "run_a.pt")]
     assert len(calls) == 2 and streamed == []
     assert all(c.get("mmap") is True and c.get("weights_only") is True for c in calls), calls

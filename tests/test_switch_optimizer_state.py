@@ -467,12 +467,12 @@ def test_the_checkpoint_file_is_read_once_for_weights_and_optimizer_state(tmp_pa
     optimizer state comes from the same read as the weights. Was: the file was loaded again
     (torch.load, memory-mapped) for its optimizer_state_dict."""
     from conetool import checkpoint_optimizer
-    from conetool.checkpoints import _format
+    from conetool.checkpoints import _torch_save
 
     model, optimizer = plain_loop(sgd)
     ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)  # step 3
     again: list[object] = []
-    real = _format.load_weights_only
+    real = _torch_save.load_weights_only
 
     def counted(source, **kwargs):
         again.append(source())

@@ -19,17 +19,11 @@ from torch import nn
 
 from conetool.errors import CheckpointError, CheckpointOverflowError, FactoryMismatchError
 
-from ._format import (
-    _header_length,
-    combine_fingerprints,
-    files_fingerprint,
-    load_torch_object,
-    parse_header,
-    stream_file,
-    tensors_from_buffer,
-    unwrap_state_dict,
-)
+from ._hashed_reads import combine_fingerprints, files_fingerprint, stream_file
 from ._keys import describe_mismatch, factory_wraps, match_keys
+from ._safetensors_format import header_length, parse_header, tensors_from_buffer
+from ._state_dicts import unwrap_state_dict
+from ._torch_save import load_torch_object
 from .discover import CheckpointRef, checkpoint_ref, default_warn
 
 _FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -122,7 +116,7 @@ def read_checkpoint(
         parts.append((size, digest))
         mtime_ns = max(mtime_ns, mtime)
         if ref.format == "safetensors":
-            n = _header_length(path, bytes(buf[:9]), size)
+            n = header_length(path, bytes(buf[:9]), size)
             header = parse_header(path, size, bytes(buf[8 : 8 + n]))
             tensors = tensors_from_buffer(header, buf)
             if i == 0:

@@ -6,12 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._format import (
-    SAFETENSORS_SUFFIX,
-    TORCH_SUFFIXES,
-    BadStep,
-    SafetensorsHeader,
-)
+from ._safetensors_format import SAFETENSORS_SUFFIX, SafetensorsHeader
+from ._stored_steps import BadStep
+from ._torch_save import TORCH_SUFFIXES
 
 CHECKPOINT_SUFFIXES = (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
 
@@ -90,7 +87,7 @@ class Candidate:
     epoch: int | None = None  # set when the step was converted from an epoch in the name
     #: a flat torch.save file that holds no tensor by name (``"a list of 3 items"``): no checkpoint
     holds: str | None = None
-    #: the step entries of a flat torch.save file's dict (``_format.STEP_KEYS``), as read
+    #: the step entries of a flat torch.save file's dict (``_stored_steps.STEP_KEYS``), as read
     #: (None: the entry is None)
     stored_steps: dict[str, int | BadStep | None] = field(default_factory=dict)
     #: where the step came from when the file stores it (``"safetensors metadata step"``)

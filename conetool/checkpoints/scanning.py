@@ -15,15 +15,12 @@ import torch
 from conetool import paths
 from conetool.errors import CheckpointError
 
-from ._format import (
-    bitwise_equal,
-    check_torch_file,
-    files_fingerprint,
-    open_error,
-    read_header,
-    read_torch_contents,
-)
+from ._hashed_reads import files_fingerprint
 from ._keys import diff_keys, strip_common_prefixes
+from ._opening import open_error
+from ._safetensors_format import read_header
+from ._state_dicts import bitwise_equal
+from ._torch_save import check_torch_file, read_torch_contents
 from .records import (
     Candidate,
     Scan,

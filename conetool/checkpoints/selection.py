@@ -10,15 +10,8 @@ from pathlib import Path
 from conetool.choices import is_count
 from conetool.errors import CheckpointError
 
-from ._format import (
-    BEYOND_MAX_STEP,
-    MAX_STEP,
-    STEP_KEYS,
-    TORCH_SUFFIXES,
-    BadStep,
-    check_torch_file,
-    metadata_step,
-)
+from ._stored_steps import BEYOND_MAX_STEP, MAX_STEP, STEP_KEYS, BadStep, metadata_step
+from ._torch_save import TORCH_SUFFIXES, check_torch_file
 from .records import Candidate
 from .step_names import (
     UNIX_TIME_FIX,
