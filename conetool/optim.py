@@ -89,7 +89,25 @@ def save_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, step: int
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Load a state written by :func:`save_optimizer_state` into ``optimizer``."""
+    """Load a state written by :func:`save_optimizer_state` into ``optimizer``: its buffers and
+    its parameter groups' hyperparameters (``train --resume``: the same spec's)."""
+    _load(optimizer, path, hyperparameters=True)
+
+
+def load_optimizer_buffers(optimizer: torch.optim.Optimizer, path: Path) -> list[dict[str, Any]]:
+    """Load the per-parameter state of a state written by :func:`save_optimizer_state` into
+    ``optimizer`` (its buffers, ``momentum_buffer`` or ``exp_avg``/``exp_avg_sq``, and Adam's
+    ``step`` counts), keeping ``optimizer``'s hyperparameters (``switch``: the spec's recipe);
+    returns the saved parameter groups (``Optimizer.state_dict()["param_groups"]``, the
+    hyperparameters the state was saved with), to compare with the optimizer's."""
+    return _load(optimizer, path, hyperparameters=False)
+
+
+def _load(
+    optimizer: torch.optim.Optimizer, path: Path, *, hyperparameters: bool
+) -> list[dict[str, Any]]:
+    """:func:`load_optimizer_state` (``hyperparameters``: the saved groups' too) or
+    :func:`load_optimizer_buffers`; the saved parameter groups."""
     from safetensors import safe_open
 
     try:
@@ -119,9 +137,18 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
             state.setdefault(int(index), {})[name] = value
         for index, values in json.loads(metadata["scalar_state"]).items():
             state.setdefault(int(index), {}).update(values)
-        optimizer.load_state_dict(
-            {"state": state, "param_groups": json.loads(metadata["param_groups"])}
-        )
+        saved: list[dict[str, Any]] = json.loads(metadata["param_groups"])
+        groups = saved
+        if not hyperparameters:  # the optimizer's own, each with the saved group's indices
+            own = optimizer.state_dict()["param_groups"]
+            if len(saved) != len(own):
+                raise ValueError(f"it has {len(saved)} parameter groups, the optimizer {len(own)}")
+            groups = [
+                {**mine, "params": theirs["params"]}
+                for mine, theirs in zip(own, saved, strict=True)
+            ]
+        # (torch checks that each group lists as many parameters as the optimizer's)
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
         raise CheckpointError(
@@ -129,3 +156,4 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
             "cannot be restored. Move or delete it to restart momentum from zero, or restore the "
             "file conetool train wrote."
         ) from exc
+    return saved

@@ -99,3 +99,35 @@ def test_optimizer_state_of_another_optimizer_is_refused(tmp_path):
     adam = make_optimizer(model.parameters(), train_spec(optimizer="adam"))
     with pytest.raises(CheckpointError, match="is for SGD, but the spec's optimizer is Adam"):
         load_optimizer_state(adam, tmp_path / "o.safetensors")
+
+
+def test_train_resume_takes_the_saved_hyperparameters_switch_only_the_buffers(tmp_path):
+    """load_optimizer_state (train --resume, the same spec) restores the parameter groups too;
+    load_optimizer_buffers (switch) keeps the optimizer's and returns the saved ones."""
+    from conetool.optim import load_optimizer_buffers  # (new: here, so the others run before)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    saved = make_optimizer(model.parameters(), train_spec(lr=0.3, momentum=0.9))
+    model(torch.randn(8, 4)).square().sum().backward()
+    saved.step()
+    save_optimizer_state(saved, tmp_path / "o.safetensors", 1)
+    other = train_spec(lr=0.1, momentum=0.5, nesterov=True, weight_decay=1e-2)
+    resumed = make_optimizer(model.parameters(), other)
+    load_optimizer_state(resumed, tmp_path / "o.safetensors")
+    group = resumed.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.3, 0.9, False)
+    switched = make_optimizer(model.parameters(), other)
+    groups = load_optimizer_buffers(switched, tmp_path / "o.safetensors")
+    group = switched.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.1, 0.5, True)
+    assert group["weight_decay"] == 1e-2 and group["params"] == list(model.parameters())
+    assert [(g["lr"], g["momentum"], g["nesterov"]) for g in groups] == [(0.3, 0.9, False)]
+    for p in model.parameters():
+        buffer = switched.state[p]["momentum_buffer"]
+        assert torch.equal(buffer, saved.state[p]["momentum_buffer"])
+        assert buffer.data_ptr() != saved.state[p]["momentum_buffer"].data_ptr()
+    # a state over other parameters is refused as the whole load refuses it
+    wider = make_optimizer(torch.nn.Linear(4, 3, bias=False).parameters(), other)
+    with pytest.raises(CheckpointError, match="was not written by conetool train"):
+        load_optimizer_buffers(wider, tmp_path / "o.safetensors")
