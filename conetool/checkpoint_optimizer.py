@@ -153,7 +153,7 @@ def restore_checkpoint_optimizer(
     optimizer.load_state_dict({"state": checked, "param_groups": own})
     groups = tuple(len(group["params"]) for group in value["param_groups"])
     return CheckpointOptimizer(
-        entry, used=True, differs=_differs(value, optimizer, lr), groups=groups
+        entry, used=True, differs=hyperparameters_differ(value, optimizer, lr), groups=groups
     )
 
 
@@ -526,7 +526,7 @@ def scheduled_lr(step: int, at: Callable[[int], float], base: float) -> Schedule
     return ScheduledLr(step, (at(step), at(step - 1) if step else base))
 
 
-def _differs(
+def hyperparameters_differ(
     saved: Mapping[str, Any], optimizer: torch.optim.Optimizer, lr: ScheduledLr | None = None
 ) -> tuple[str, ...]:
     """The constant hyperparameters the saved groups have otherwise than ``optimizer``'s (one

@@ -43,10 +43,10 @@ import torch
 from .checkpoint_optimizer import (
     CheckpointOptimizer,
     ScheduledLr,
-    _differs,
     _reindexed,
     _shapes_of,
     groups_of,
+    hyperparameters_differ,
     order_differs,
     saved_groups,
 )
@@ -173,7 +173,7 @@ def restore_trainer_optimizer(
     return CheckpointOptimizer(
         OPTIMIZER_FILE,
         used=True,
-        differs=_differs(saved, optimizer, lr),
+        differs=hyperparameters_differ(saved, optimizer, lr),
         groups=tuple(len(listed) for listed in lists),
         matched=(
             "every rule transformers has had"

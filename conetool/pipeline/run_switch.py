@@ -7,7 +7,8 @@ optimizer and hyperparameters, the learning rate of the schedule at each global 
 batches (and augmentations) the standard run used from t on (:mod:`conetool.loop`). Momentum starts
 from the optimizer state saved beside the checkpoint when there is one, else from the one inside
 the checkpoint file when it verifiably is the spec's optimizer's (:mod:`conetool.checkpoint_optimizer`),
-else from zero.
+else from zero; only a saved state's buffers are taken, never its hyperparameters (a warning names
+those saved otherwise than the spec's).
 
 Each point's result is written as soon as it is done (``STORE/switch/at_XXXXXX.json`` and
 ``.csv``), so a rerun skips finished points and an interrupted sweep loses only the point in

@@ -17,6 +17,7 @@ from ..checkpoint_optimizer import (
     ENTRIES,
     ScheduledLr,
     groups_of,
+    hyperparameters_differ,
     names_in_file_order,
     restore_checkpoint_optimizer,
     scheduled_lr,
@@ -28,7 +29,7 @@ from ..io import atomic_write_csv, atomic_write_json
 from ..linearize import LinearizedModel
 from ..loop import Row, TrainingLoop, evaluate
 from ..models import output_check
-from ..optim import learning_rate, load_optimizer_state, make_optimizer
+from ..optim import learning_rate, load_optimizer_buffers, make_optimizer
 from ..plots import save_figure, switch_figure
 from ..progress import Progress, Said
 from ..spec import Spec
@@ -271,18 +272,48 @@ def optimizer_at(
     (:mod:`conetool.trainer_optimizer`), else the one inside the checkpoint file itself (a
     training loop's ``optimizer_state_dict``: :mod:`conetool.checkpoint_optimizer`), each used
     only when it verifiably is the spec's optimizer over the same parameters, else none: fresh,
-    and the note says why. The hyperparameters are the spec's either way."""
+    and the note says why. The hyperparameters are the spec's either way: a state gives its
+    buffers (and Adam's step counts), and a warning names those it was saved with otherwise
+    (the learning rate compared with the spec's schedule: :func:`scheduled_lr`)."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     optimizer = make_optimizer((p for _, p in named), spec.train)
     ref = loaded.ref
     # beside the checkpoint's own file (``ckpts`` may be that file: ``kernels FILE``)
     beside = paths.optimizer_state(ref.paths[0].parent if ref.folder is None else ckpts, ref.step)
-    if beside.is_file():
-        load_optimizer_state(optimizer, beside)
-        return optimizer, "saved", None
     lr = scheduled_lr(ref.step, lambda step: learning_rate(spec.train, step), spec.train.lr)
+    if beside.is_file():
+        return optimizer, "saved", _from_beside(optimizer, beside, ref.step, lr)
     return optimizer, *_from_checkpoint_file(
         model, optimizer, [n for n, _ in named], beside, loaded, lr
+    )
+
+
+def _from_beside(
+    optimizer: torch.optim.Optimizer, beside: Path, t: int, lr: ScheduledLr
+) -> MomentumNote | None:
+    """Load the buffers of the state ``beside`` the checkpoint of step ``t`` (as ``conetool
+    train`` writes it) into ``optimizer``, keeping its hyperparameters (the spec's): None, or a
+    warning naming those the state was saved with otherwise (a run of another recipe)."""
+    saved = load_optimizer_buffers(optimizer, beside)
+    differs = hyperparameters_differ({"param_groups": saved}, optimizer, lr)
+    if not differs:
+        return None
+    said = _saved_with(differs)
+    return MomentumNote(
+        t,
+        f"momentum from the optimizer state beside the checkpoint ({beside.name}), {said}",
+        "momentum from the optimizer states beside their checkpoints "
+        f"(step_XXXXXX.optim.safetensors), {said}",
+        warning=True,
+    )
+
+
+def _saved_with(differs: tuple[str, ...]) -> str:
+    """What a used state saved with the hyperparameters ``differs`` (``"momentum 0.9 (the spec's
+    0.5)"``, ...) says: which recipe the run used is for the user to check."""
+    return (
+        f"saved with {', '.join(differs)}: the model trains with the spec's values (its "
+        "recipe); if your run used the saved ones, give the spec your run's recipe"
     )
 
 
@@ -350,10 +381,7 @@ def _from_checkpoint_file(
             f"momentum from the {found.entry} in {file.name}, {how}",
             f"momentum from the {found.entry} in their files, {how}",
         )
-    differs = (
-        f"saved with {', '.join(found.differs)}: the model trains with the spec's values (its "
-        "recipe); if your run used the saved ones, give the spec your run's recipe"
-    )
+    differs = _saved_with(found.differs)
     how = f"{how}; " if how else ""
     return "saved", said(  # which recipe the run used: for the user to check
         f"momentum from the {found.entry} in {file.name}, {how}{differs}",
@@ -417,10 +445,7 @@ def _from_trainer_file(
         return _TrainerSaid(
             True, f"momentum from {shown}, {how}", f"momentum from {many}, {how}", False
         )
-    differs = (
-        f"saved with {', '.join(found.differs)}: the model trains with the spec's values (its "
-        "recipe); if your run used the saved ones, give the spec your run's recipe"
-    )
+    differs = _saved_with(found.differs)
     return _TrainerSaid(  # which recipe the run used: for the user to check
         True,
         f"momentum from {shown}, {how}; {differs}",
