@@ -49,8 +49,8 @@ from typing import Any
 
 import torch
 
-from .checkpoints._format import load_weights_only
 from .checkpoints._keys import match_keys
+from .checkpoints._torch_save import load_weights_only
 from .errors import CheckpointError
 
 #: the entries of a checkpoint dict looked in, in this order
@@ -177,18 +177,7 @@ def names_in_file_order(
 def _read_entry(path: Path, size: int | None, mtime_ns: int | None) -> tuple[str, Any] | None:
     """``(entry name, value)`` of the first of :data:`ENTRIES` in the checkpoint dict at ``path``
     that holds something (Lightning's list of one: its element); None when none does."""
-    failed: Exception | None = None
-    try:
-        with open(path, "rb") as handle:
-            zipped = handle.read(4) == b"PK\x03\x04"
-        obj = load_weights_only(lambda: str(path), map_location="cpu", mmap=zipped)
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot read '{path}' again for its optimizer state ({exc.strerror or exc}). Check "
-            "the file and the disk, and rerun."
-        ) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        failed = exc
+    obj, failed = load_state_file(path, again=True)
     try:
         after = os.stat(path)
     except OSError:
@@ -198,10 +187,32 @@ def _read_entry(path: Path, size: int | None, mtime_ns: int | None) -> tuple[str
     ):
         raise _changed(path)
     if failed is not None:
-        first = str(failed).splitlines()[0] if str(failed) else type(failed).__name__
         # (a reason in place of the state: _match returns it)
-        return "optimizer state", f"it cannot be read with torch.load(weights_only=True) ({first})"
+        return "optimizer state", unreadable_reason(failed)
     return _entry_of(obj)
+
+
+def load_state_file(path: Path, *, again: bool = False) -> tuple[Any, Exception | None]:
+    """``(object, None)``: what ``torch.load(weights_only=True)`` reads from ``path`` (memory-mapped
+    when it is a zip archive); ``(None, exception)`` when it cannot unpickle it. An ``OSError`` is
+    a :class:`CheckpointError` naming the file (``again``: it was read for its weights before)."""
+    try:
+        with open(path, "rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"
+        return load_weights_only(lambda: str(path), map_location="cpu", mmap=zipped), None
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read '{path}'{' again' if again else ''} for its optimizer state "
+            f"({exc.strerror or exc}). Check the file and the disk, and rerun."
+        ) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        return None, exc
+
+
+def unreadable_reason(failed: Exception) -> str:
+    """Why a state file that :func:`load_state_file` could not unpickle is not used."""
+    first = str(failed).splitlines()[0] if str(failed) else type(failed).__name__
+    return f"it cannot be read with torch.load(weights_only=True) ({first})"
 
 
 def _entry_of(obj: object) -> tuple[str, Any] | None:
@@ -248,7 +259,7 @@ def _match(
         if isinstance(placed, str):
             return placed
         position = placed
-    return _reindexed(state, set(indices), position, params, names)
+    return reindexed(state, set(indices), position, params, names)
 
 
 def order_differs(saved_names: Sequence[str], names: Sequence[str]) -> str:
@@ -328,7 +339,7 @@ def _group_params(groups: list[Any]) -> list[list[Any]] | str:
     return out
 
 
-def _reindexed(
+def reindexed(
     state: Mapping[Any, Any],
     listed: set[Any],
     position: Mapping[Any, int],
@@ -388,7 +399,7 @@ def _placements(
     two positions by two of them makes the buffers' parameters uncertain; parameters with no
     state may swap among themselves (nothing is loaded there)."""
     sizes = tuple(len(listed) for listed in lists)
-    needs = [[_shapes_of(state.get(index)) for index in listed] for listed in lists]
+    needs = [[shapes_of(state.get(index)) for index in listed] for listed in lists]
 
     def fits(j: int, c: int, i: int) -> bool:
         need = needs[j][c]
@@ -448,7 +459,7 @@ def _placements(
     return placed
 
 
-def _shapes_of(values: Any) -> set[_Shape] | None:
+def shapes_of(values: Any) -> set[_Shape] | None:
     """The shapes a saved parameter's buffers give it (``step`` gives none), or None when it has
     no state (it fits any parameter)."""
     if not isinstance(values, Mapping) or not values:

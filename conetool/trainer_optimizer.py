@@ -31,7 +31,6 @@ that the run's model listed its parameters in the spec's model's order; with
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,15 +42,15 @@ import torch
 from .checkpoint_optimizer import (
     CheckpointOptimizer,
     ScheduledLr,
-    _reindexed,
-    _shapes_of,
     groups_of,
     hyperparameters_differ,
+    load_state_file,
     order_differs,
+    reindexed,
     saved_groups,
+    shapes_of,
+    unreadable_reason,
 )
-from .checkpoints._format import load_weights_only
-from .errors import CheckpointError
 
 #: how the Trainer's optimizer file is named in its checkpoint-N/ folder
 OPTIMIZER_FILE = "optimizer.pt"
@@ -165,7 +164,7 @@ def restore_trainer_optimizer(
         return CheckpointOptimizer(OPTIMIZER_FILE, reason=placed)
     position, rules = placed
     indices = {index for listed in lists for index in listed}
-    loaded = _reindexed(state, indices, position, params, names)
+    loaded = reindexed(state, indices, position, params, names)
     if isinstance(loaded, str):
         return CheckpointOptimizer(OPTIMIZER_FILE, reason=loaded)
     own = optimizer.state_dict()["param_groups"]  # the spec's hyperparameters, kept
@@ -185,18 +184,8 @@ def restore_trainer_optimizer(
 
 def _read(path: Path) -> Any:
     """The object in ``path``, or why it cannot be read (a string)."""
-    try:
-        with open(path, "rb") as handle:
-            zipped = handle.read(4) == b"PK\x03\x04"
-        return load_weights_only(lambda: str(path), map_location="cpu", mmap=zipped)
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot read '{path}' for its optimizer state ({exc.strerror or exc}). Check the "
-            "file and the disk, and rerun."
-        ) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"it cannot be read with torch.load(weights_only=True) ({first})"
+    obj, failed = load_state_file(path)
+    return obj if failed is None else unreadable_reason(failed)
 
 
 _Shape = tuple[int, ...]
@@ -239,7 +228,7 @@ def _placed(
         position: dict[Any, int] = {}
         for j, (listed, group) in enumerate(zip(lists, layout.groups, strict=True)):
             for c, (index, name) in enumerate(zip(listed, group, strict=True)):
-                need = _shapes_of(state.get(index))
+                need = shapes_of(state.get(index))
                 i = at[name]
                 if need is not None and not need <= {shapes[i]}:
                     misfit = misfit or (
