@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_switch_optimizer_state import LR, MOMENTUM, WEIGHT_DECAY, spec_dict
 
 from conetool.loop import TrainingLoop
 from conetool.optim import make_optimizer
@@ -21,33 +22,10 @@ from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_switch import switch
 from conetool.spec import spec_from_dict
 
-LR, MOMENTUM, WEIGHT_DECAY = 0.2, 0.9, 1e-3
-
 
 def spec_of(optimizer="sgd"):
-    raw = {
-        "model": {"arch": "mlp", "num_classes": 3, "widths": [8], "activation": "tanh"},
-        "data": {
-            "dataset": "synthetic",
-            "shape": [4],
-            "num_classes": 3,
-            "train_size": 48,
-            "test_size": 24,
-            "noise": 1.5,
-        },
-        "probe": {"size": 6},
-        "train": {
-            "optimizer": optimizer,
-            "steps": 12,
-            "batch_size": 8,
-            "lr": LR if optimizer == "sgd" else 0.01,
-            "momentum": MOMENTUM,
-            "save_every": 4,
-            "eval_every": 4,
-            "weight_decay": WEIGHT_DECAY,
-        },
-    }
-    return spec_from_dict(raw, source=f"{optimizer}.toml")
+    """The loop-file tests' MLP spec (widths [8]): SGD at LR with MOMENTUM, or Adam at 0.01."""
+    return spec_from_dict(spec_dict([8], optimizer), source=f"{optimizer}.toml")
 
 
 SPEC = spec_of()
