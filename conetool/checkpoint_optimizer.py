@@ -146,14 +146,34 @@ def restore_checkpoint_optimizer(
     if saved is None:
         return CheckpointOptimizer(None)
     entry, value = saved
-    checked = _match(value, optimizer, names, saved_names)
+    return restore_state(optimizer, names, entry, value, saved_names=saved_names, lr=lr)
+
+
+def restore_state(
+    optimizer: torch.optim.Optimizer,
+    names: Sequence[str],
+    entry: str,
+    saved: Any,
+    *,
+    saved_names: Sequence[str] | None = None,
+    lr: ScheduledLr | None = None,
+) -> CheckpointOptimizer:
+    """Load the saved ``Optimizer.state_dict()`` ``saved`` (found as ``entry``) into
+    ``optimizer`` (one group: the model's trainable parameters in order, named ``names``) when
+    it verifiably is its state (the spec's optimizer's buffers, as many parameters, each buffer
+    of its parameter's shape, all finite: see the module docstring), keeping ``optimizer``'s
+    hyperparameters; otherwise ``optimizer`` is left as it was (fresh) and the result says why.
+    ``saved_names`` and ``lr``: as for :func:`restore_checkpoint_optimizer`, which reads
+    ``saved`` from a loop's file; ``switch`` gives the state ``conetool train`` saved beside the
+    checkpoint too (:func:`conetool.optim.read_optimizer_state`)."""
+    checked = _match(saved, optimizer, names, saved_names)
     if isinstance(checked, str):
         return CheckpointOptimizer(entry, reason=checked)
     own = optimizer.state_dict()["param_groups"]  # the spec's hyperparameters, kept
     optimizer.load_state_dict({"state": checked, "param_groups": own})
-    groups = tuple(len(group["params"]) for group in value["param_groups"])
+    groups = tuple(len(group["params"]) for group in saved["param_groups"])
     return CheckpointOptimizer(
-        entry, used=True, differs=hyperparameters_differ(value, optimizer, lr), groups=groups
+        entry, used=True, differs=hyperparameters_differ(saved, optimizer, lr), groups=groups
     )
 
 
