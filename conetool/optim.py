@@ -90,24 +90,36 @@ def save_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, step: int
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Load a state written by :func:`save_optimizer_state` into ``optimizer``: its buffers and
-    its parameter groups' hyperparameters (``train --resume``: the same spec's)."""
-    _load(optimizer, path, hyperparameters=True)
+    its parameter groups' hyperparameters (``train --resume``: the same spec's). A state of
+    another optimizer class, or over other parameter counts, is a :class:`CheckpointError`."""
+    metadata, tensors = _read(path)
+    if metadata.get("optimizer") != type(optimizer).__name__:
+        raise CheckpointError(
+            f"optimizer state {path} is for {metadata.get('optimizer')}, but the spec's optimizer "
+            f"is {type(optimizer).__name__}. Use the spec the run was trained with."
+        )
+    saved = _state_dict(path, metadata, tensors)
+    try:
+        # (torch checks that each group lists as many parameters as the optimizer's)
+        optimizer.load_state_dict(saved)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise _not_conetools(path, exc) from exc
 
 
-def load_optimizer_buffers(optimizer: torch.optim.Optimizer, path: Path) -> list[dict[str, Any]]:
-    """Load the per-parameter state of a state written by :func:`save_optimizer_state` into
-    ``optimizer`` (its buffers, ``momentum_buffer`` or ``exp_avg``/``exp_avg_sq``, and Adam's
-    ``step`` counts), keeping ``optimizer``'s hyperparameters (``switch``: the spec's recipe);
-    returns the saved parameter groups (``Optimizer.state_dict()["param_groups"]``, the
-    hyperparameters the state was saved with), to compare with the optimizer's."""
-    return _load(optimizer, path, hyperparameters=False)
+def read_optimizer_state(path: Path) -> dict[str, Any]:
+    """A state written by :func:`save_optimizer_state`, as ``Optimizer.state_dict()`` gives it:
+    ``{"state": {index: {name: tensor or value}}, "param_groups": [{"params": [index, ...],
+    "lr": ..., ...}]}`` (``momentum_buffer`` or ``exp_avg``/``exp_avg_sq`` of each parameter's
+    shape, Adam's ``step`` counts), checked by nothing but its format: ``switch`` decides
+    whether it is the spec's optimizer's (:func:`conetool.checkpoint_optimizer.restore_state`).
+    A file that cannot be read, or was not written by :func:`save_optimizer_state`, is a
+    :class:`CheckpointError`."""
+    metadata, tensors = _read(path)
+    return _state_dict(path, metadata, tensors)
 
 
-def _load(
-    optimizer: torch.optim.Optimizer, path: Path, *, hyperparameters: bool
-) -> list[dict[str, Any]]:
-    """:func:`load_optimizer_state` (``hyperparameters``: the saved groups' too) or
-    :func:`load_optimizer_buffers`; the saved parameter groups."""
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of the state ``path``, which has an ``optimizer`` entry."""
     from safetensors import safe_open
 
     try:
@@ -125,11 +137,14 @@ def _load(
             "'optimizer' entry), so its momentum cannot be restored. Move or delete it to restart "
             "momentum from zero, or restore the file conetool train wrote."
         )
-    if metadata.get("optimizer") != type(optimizer).__name__:
-        raise CheckpointError(
-            f"optimizer state {path} is for {metadata.get('optimizer')}, but the spec's optimizer "
-            f"is {type(optimizer).__name__}. Use the spec the run was trained with."
-        )
+    return metadata, tensors
+
+
+def _state_dict(
+    path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The ``Optimizer.state_dict()`` that :func:`save_optimizer_state` flattened into
+    ``tensors`` and ``metadata`` (read from ``path``)."""
     try:
         state: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
@@ -137,23 +152,16 @@ def _load(
             state.setdefault(int(index), {})[name] = value
         for index, values in json.loads(metadata["scalar_state"]).items():
             state.setdefault(int(index), {}).update(values)
-        saved: list[dict[str, Any]] = json.loads(metadata["param_groups"])
-        groups = saved
-        if not hyperparameters:  # the optimizer's own, each with the saved group's indices
-            own = optimizer.state_dict()["param_groups"]
-            if len(saved) != len(own):
-                raise ValueError(f"it has {len(saved)} parameter groups, the optimizer {len(own)}")
-            groups = [
-                {**mine, "params": theirs["params"]}
-                for mine, theirs in zip(own, saved, strict=True)
-            ]
-        # (torch checks that each group lists as many parameters as the optimizer's)
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        groups: list[dict[str, Any]] = json.loads(metadata["param_groups"])
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
-        raise CheckpointError(
-            f"optimizer state {path} was not written by conetool train ({what}), so its momentum "
-            "cannot be restored. Move or delete it to restart momentum from zero, or restore the "
-            "file conetool train wrote."
-        ) from exc
-    return saved
+        raise _not_conetools(path, exc) from exc
+    return {"state": state, "param_groups": groups}
+
+
+def _not_conetools(path: Path, exc: Exception) -> CheckpointError:
+    what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
+    return CheckpointError(
+        f"optimizer state {path} was not written by conetool train ({what}), so its momentum "
+        "cannot be restored. Move or delete it to restart momentum from zero, or restore the "
+        "file conetool train wrote."
+    )

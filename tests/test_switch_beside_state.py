@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conetool import paths
 from conetool.loop import TrainingLoop
-from conetool.optim import load_optimizer_state, make_optimizer
+from conetool.optim import load_optimizer_state, make_optimizer, save_optimizer_state
 from conetool.pipeline import switch_points
 from conetool.pipeline.run_switch import switch
 from conetool.spec import spec_from_dict
@@ -165,14 +165,150 @@ def test_a_run_of_the_same_spec_gives_no_warning_and_the_same_results(
     if spec.train.optimizer == "adam":
         assert float(state[0]["step"]) == 8  # its step count
 
-    def whole_state(optimizer, path):  # the code before: param_groups from the file too
+    def whole_state(optimizer, names, path, t, lr):  # the code before: param_groups too
         load_optimizer_state(optimizer, path)
-        return optimizer.state_dict()["param_groups"]
+        return "saved", None
 
-    monkeypatch.setattr(switch_points, "load_optimizer_buffers", whole_state)
+    monkeypatch.setattr(switch_points, "_from_beside", whole_state)
     before = switch(
         [0, 4, 8], store=tmp_path / "before", ckpts=run, device="cpu", reference="train"
     )
     assert [p.rows for p in before.points] == [p.rows for p in result.points]
     assert [p.test_loss for p in before.points] == [p.test_loss for p in result.points]
     assert before.reference == result.reference
+
+
+NOT_USED = (
+    "t=4, 8 (2 points): the optimizer states beside their checkpoints "
+    "(step_XXXXXX.optim.safetensors) are not used: {}; momentum starts at zero"
+)
+
+
+@pytest.mark.parametrize(
+    ("run_recipe", "spec_recipe", "reason"),
+    [
+        (  # was: a CheckpointError that stopped the sweep ("is for Adam, but ... is SGD")
+            {"optimizer": "adam"},
+            {},
+            "it is the state of Adam (exp_avg, exp_avg_sq), the spec's optimizer is sgd",
+        ),
+        (
+            {},
+            {"optimizer": "adam"},
+            "it is the state of SGD with momentum (momentum_buffer), the spec's optimizer is adam",
+        ),
+        (  # was: buffers SGD never uses loaded, and the points said momentum 'saved'
+            {},
+            {"momentum": 0.0},
+            "it is the state of SGD with momentum (momentum_buffer), the spec's optimizer is sgd "
+            "(momentum = 0)",
+        ),
+        (  # was: 'saved' (no buffer to load) and a warning of momentum 0 (the spec's 0.9)
+            {"momentum": 0.0},
+            {},
+            "it is the state of SGD without momentum, the spec's optimizer is sgd",
+        ),
+    ],
+)
+def test_a_state_of_another_optimizer_is_not_used_and_the_sweep_goes_on(
+    tmp_path, monkeypatch, run_recipe, spec_recipe, reason
+):
+    """As for a loop's own file (conetool.checkpoint_optimizer.saved_groups decides both): the
+    state is used only when it holds the spec's optimizer's buffers; else momentum starts at zero
+    and a warning says why, once for the sweep's points."""
+    run = tmp_path / "run"
+    train(spec_from_dict(spec_dict(**run_recipe), source="run.toml"), run)
+    spec = spec_from_dict(spec_dict(**spec_recipe), source="other.toml")
+    seen = watch_optimizers(monkeypatch)
+    result = switch([4, 8], store=tmp_path / "s", ckpts=run, spec=spec, device="cpu")
+    assert [p.momentum for p in result.points] == ["fresh", "fresh"]
+    assert [state for _, _, state in seen] == [[{}] * 4] * 2  # nothing loaded
+    assert [w for w in result.warnings if "momentum" in w] == [NOT_USED.format(reason)]
+
+
+def _fake_state(run, step, spec, shapes):
+    """Replace conetool train's state beside the checkpoint of ``step`` with one of the spec's
+    optimizer, one step taken, over parameters of ``shapes`` (in that order)."""
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in shapes]
+    optimizer = make_optimizer(params, spec.train)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    save_optimizer_state(optimizer, paths.optimizer_state(run, step), step)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "reason"),
+    [
+        (  # was: loaded (torch checks only the count), then a RuntimeError at the first update
+            [(3,), (3, 8), (8,), (8, 4)],
+            "its momentum_buffer of parameter 0 has shape (3,), the model's trainable parameter "
+            "0 ('{}') has (8, 4): it was saved over other parameters or in another order",
+        ),
+        (  # was: a CheckpointError that stopped the sweep
+            [(8, 4), (8,), (3, 8)],
+            "it is over 3 parameters, the model has 4 trainable ones",
+        ),
+    ],
+)
+def test_a_state_over_other_parameters_is_not_used(tmp_path, monkeypatch, shapes, reason):
+    """Each buffer must have its parameter's shape, as for a loop's file (reindexed): a state
+    saved over other parameters leaves momentum at zero, and the warning says which."""
+    spec = spec_from_dict(spec_dict(), source="run.toml")
+    run = tmp_path / "run"
+    train(spec, run)
+    for step in (4, 8):
+        _fake_state(run, step, spec, shapes)
+    seen = watch_optimizers(monkeypatch)
+    result = switch([4, 8], store=tmp_path / "s", ckpts=run, device="cpu")
+    assert [p.momentum for p in result.points] == ["fresh", "fresh"]
+    assert [state for _, _, state in seen] == [[{}] * 4] * 2
+    lin = switch_points.LinearizedModel(switch_points.model_for(spec))
+    first = next(name for name, p in lin.named_parameters() if p.requires_grad)
+    assert [w for w in result.warnings if "momentum" in w] == [
+        NOT_USED.format(reason.format(first))
+    ]
+
+
+def test_reference_train_warns_of_a_state_not_used(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(spec_from_dict(spec_dict(optimizer="adam"), source="run.toml"), run)
+    paths.checkpoint(run, 12).unlink()  # --reference train continues from step 8
+    spec = spec_from_dict(spec_dict(), source="other.toml")
+    seen = watch_optimizers(monkeypatch)
+    result = switch(
+        [4], store=tmp_path / "s", ckpts=run, spec=spec, device="cpu", reference="train"
+    )
+    assert [(d, s) for d, _, s in seen] == [("switch t=4", [{}] * 4), ("standard", [{}] * 4)]
+    assert (
+        "--reference train, from the checkpoint of step 8: the optimizer state beside the "
+        "checkpoint (step_000008.optim.safetensors) is not used: it is the state of Adam "
+        "(exp_avg, exp_avg_sq), the spec's optimizer is sgd; momentum starts at zero"
+    ) in result.warnings, result.warnings
+    assert any("momentum starting at zero" in n for n in result.notes), result.notes
+
+
+def test_a_state_holding_nan_is_not_used(tmp_path, monkeypatch):
+    """Was: loaded, and the linearized model diverged at its first update (a NaN momentum)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    spec = spec_from_dict(spec_dict(), source="run.toml")
+    run = tmp_path / "run"
+    train(spec, run)
+    for step in (4, 8):
+        path = paths.optimizer_state(run, step)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+        tensors = load_file(str(path))
+        tensors["state.1.momentum_buffer"][0] = float("nan")
+        save_file(tensors, str(path), metadata=metadata)
+    seen = watch_optimizers(monkeypatch)
+    result = switch([4, 8], store=tmp_path / "s", ckpts=run, device="cpu")
+    assert [p.momentum for p in result.points] == ["fresh", "fresh"]
+    assert [state for _, _, state in seen] == [[{}] * 4] * 2
+    lin = switch_points.LinearizedModel(switch_points.model_for(spec))
+    second = [name for name, p in lin.named_parameters() if p.requires_grad][1]
+    assert [w for w in result.warnings if "momentum" in w] == [
+        NOT_USED.format(f"its momentum_buffer of '{second}' holds NaN or Inf")
+    ]

@@ -17,9 +17,9 @@ from ..checkpoint_optimizer import (
     ENTRIES,
     ScheduledLr,
     groups_of,
-    hyperparameters_differ,
     names_in_file_order,
     restore_checkpoint_optimizer,
+    restore_state,
     scheduled_lr,
 )
 from ..checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
@@ -29,7 +29,7 @@ from ..io import atomic_write_csv, atomic_write_json
 from ..linearize import LinearizedModel
 from ..loop import Row, TrainingLoop, evaluate
 from ..models import output_check
-from ..optim import learning_rate, load_optimizer_buffers, make_optimizer
+from ..optim import learning_rate, make_optimizer, read_optimizer_state
 from ..plots import save_figure, switch_figure
 from ..progress import Progress, Said
 from ..spec import Spec
@@ -281,30 +281,33 @@ def optimizer_at(
     # beside the checkpoint's own file (``ckpts`` may be that file: ``kernels FILE``)
     beside = paths.optimizer_state(ref.paths[0].parent if ref.folder is None else ckpts, ref.step)
     lr = scheduled_lr(ref.step, lambda step: learning_rate(spec.train, step), spec.train.lr)
+    names = [n for n, _ in named]
     if beside.is_file():
-        return optimizer, "saved", _from_beside(optimizer, beside, ref.step, lr)
-    return optimizer, *_from_checkpoint_file(
-        model, optimizer, [n for n, _ in named], beside, loaded, lr
-    )
+        return optimizer, *_from_beside(optimizer, names, beside, ref.step, lr)
+    return optimizer, *_from_checkpoint_file(model, optimizer, names, beside, loaded, lr)
 
 
 def _from_beside(
-    optimizer: torch.optim.Optimizer, beside: Path, t: int, lr: ScheduledLr
-) -> MomentumNote | None:
+    optimizer: torch.optim.Optimizer, names: list[str], beside: Path, t: int, lr: ScheduledLr
+) -> tuple[str, MomentumNote | None]:
     """Load the buffers of the state ``beside`` the checkpoint of step ``t`` (as ``conetool
-    train`` writes it) into ``optimizer``, keeping its hyperparameters (the spec's): None, or a
-    warning naming those the state was saved with otherwise (a run of another recipe)."""
-    saved = load_optimizer_buffers(optimizer, beside)
-    differs = hyperparameters_differ({"param_groups": saved}, optimizer, lr)
-    if not differs:
-        return None
-    said = _saved_with(differs)
-    return MomentumNote(
-        t,
-        f"momentum from the optimizer state beside the checkpoint ({beside.name}), {said}",
-        "momentum from the optimizer states beside their checkpoints "
-        f"(step_XXXXXX.optim.safetensors), {said}",
-        warning=True,
+    train`` writes it) into ``optimizer`` (over the parameters ``names``), keeping its
+    hyperparameters (the spec's), when it is the spec's optimizer's state over these parameters
+    (:func:`restore_state`, as for a loop's own file): ("saved", None), or ("saved", a warning
+    naming the hyperparameters the state was saved with otherwise: a run of another recipe);
+    else ("fresh", a warning saying why it is not used). A file that cannot be read, or that
+    conetool train did not write, is a :class:`CheckpointError`."""
+    found = restore_state(optimizer, names, beside.name, read_optimizer_state(beside), lr=lr)
+    one = f"the optimizer state beside the checkpoint ({beside.name})"
+    many = "the optimizer states beside their checkpoints (step_XXXXXX.optim.safetensors)"
+    if not found.used:
+        why = f"not used: {found.reason}; momentum starts at zero"
+        return "fresh", MomentumNote(t, f"{one} is {why}", f"{many} are {why}", warning=True)
+    if not found.differs:
+        return "saved", None
+    said = _saved_with(found.differs)
+    return "saved", MomentumNote(
+        t, f"momentum from {one}, {said}", f"momentum from {many}, {said}", warning=True
     )
 
 
