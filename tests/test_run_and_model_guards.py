@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_store import HEADER, IDENT, manifest_reads, record
+from synthetic_store import HEADER, IDENT, record
+from test_store import manifest_reads
 
 from conetool import paths
 from conetool.checkpoints import CheckpointRef

@@ -14,35 +14,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from synthetic_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
 
 from conetool import paths
 from conetool.errors import StoreError
-from conetool.store import StepRecord, Store, StoreIdentity
+from conetool.store import Store, StoreIdentity
 from conetool.store_manifest import mixed_engines_note
-
-IDENT = StoreIdentity(spec_hash="aaaa", probe_hash="pppp", kind="trace", dtype="float32")
-HEADER = {"checkpoints": "/runs/x", "spec": {"model": {"arch": "mlp"}}}
-
-
-def record(step: int, fingerprint: str = "f1") -> StepRecord:
-    return StepRecord(
-        step=step,
-        source=[f"/runs/x/step_{step:06d}.safetensors"],
-        size=10,
-        fingerprint=fingerprint,
-        kernel=paths.kernel_relative(step),
-        norm=1.0,
-        seconds=0.5,
-    )
-
-
-#: (field, value) pairs that each make another store identity than IDENT's.
-IDENTITY_CHANGES = [
-    ("spec_hash", "bbbb"),
-    ("probe_hash", "qqqq"),
-    ("kind", "full"),
-    ("dtype", "float64"),
-]
 
 
 def manifest_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -58,16 +35,6 @@ def manifest_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(Path, "read_text", read_text)
     return reads
-
-
-def store_with_kernels(root: Path, ident: StoreIdentity = IDENT, steps=(0, 10)) -> Store:
-    """A closed store of ``ident`` holding a small kernel ``(step + 1) · I₂`` for each of
-    ``steps``."""
-    store = Store.open_for_writing(root, ident, HEADER)
-    for step in steps:
-        store.write_kernel(record(step), (step + 1) * torch.eye(2))
-    store.close()
-    return store
 
 
 def test_round_trip_is_exact(tmp_path):

@@ -17,15 +17,9 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from synthetic_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
 from test_checkpoints import write_hf_sharded
-from test_store import (
-    HEADER,
-    IDENT,
-    IDENTITY_CHANGES,
-    manifest_reads,
-    record,
-    store_with_kernels,
-)
+from test_store import manifest_reads
 from tiny_run import SPEC, STEPS, metadata, run_fixtures
 
 from conetool import paths, store_clearing, store_manifest

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from synthetic_store import HEADER, IDENT, record
 from tiny_run import run_fixtures, tiny_spec
 
 import conetool.io
@@ -21,10 +22,8 @@ import conetool.store
 from conetool import paths
 from conetool.errors import CheckpointError
 from conetool.pipeline import kernels
-from conetool.store import StepRecord, Store, StoreIdentity
+from conetool.store import Store
 
-IDENT = StoreIdentity(spec_hash="aaaa", probe_hash="pppp", kind="trace", dtype="float32")
-HEADER = {"checkpoints": "/runs/x", "spec": {"model": {"arch": "mlp"}}}
 STEPS = [0, 2, 4, 6, 8, 10]
 
 
@@ -35,18 +34,6 @@ def _every_second_step() -> dict:
 
 
 trained, run = run_fixtures(_every_second_step())
-
-
-def record(step: int) -> StepRecord:
-    return StepRecord(
-        step=step,
-        source=[f"/runs/x/step_{step:06d}.safetensors"],
-        size=10,
-        fingerprint="f1",
-        kernel=paths.kernel_relative(step),
-        norm=1.0,
-        seconds=0.5,
-    )
 
 
 class Clock:

@@ -49,7 +49,7 @@ import pytest
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from test_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
+from synthetic_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
 
 import conetool.io
 from conetool import paths, store_clearing
