@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
+from synthetic_store import make_store
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -35,28 +36,6 @@ def trajectory_kernels(steps: list[int], n: int = 5, seed: int = 0) -> list[np.n
         a = a0 + (1.0 - np.exp(-t / 30.0)) * a1 + 0.05 * np.sin(t / 50.0) * wander
         out.append(a @ a.T)
     return out
-
-
-def make_store(root: Path, steps: list[int], kernels: list[np.ndarray]) -> Path:
-    store = Store.open_for_writing(
-        root, StoreIdentity("spec0", "probe0", "trace", "float64"), {"checkpoints": "/ckpts"}
-    )
-    for step, kernel in zip(steps, kernels, strict=True):
-        tensor = torch.as_tensor(kernel)
-        store.write_kernel(
-            StepRecord(
-                step=step,
-                source=[f"/ckpts/step_{step:06d}.safetensors"],
-                size=1,
-                fingerprint=f"fp-{step}",
-                kernel=paths.kernel_relative(step),
-                norm=kernel_norm(tensor),
-                seconds=0.0,
-            ),
-            tensor,
-        )
-    store.close()  # manifest.json complete, the lock released
-    return root
 
 
 def read_coords(root: Path) -> tuple[list[str], list[int], np.ndarray]:

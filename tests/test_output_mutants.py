@@ -24,6 +24,7 @@ import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from safetensors.torch import load_file, save_file
+from synthetic_store import make_store, open_store, write_step
 from tiny_run import SPEC, STEPS, metadata, run_fixtures
 
 from conetool import paths, plots
@@ -47,7 +48,7 @@ from conetool.pipeline.switch_points import SwitchPoint, write_sweep
 from conetool.pipeline.switch_store import SwitchStore
 from conetool.probe import Probe, probe_hash, save_probe
 from conetool.spec import spec_from_dict
-from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+from conetool.store import Store
 from conetool.verdict import VerdictRules, phase_verdict
 
 # --------------------------------------------------------------------------- stores and helpers
@@ -79,42 +80,11 @@ def random_kernels(count: int, n: int = 5, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-IDENTITY = StoreIdentity("spec0", "probe0", "trace", "float64")
-
-
-def write_step(
-    store: Store, step: int, kernel: np.ndarray, fingerprint: str = "", norm: float | None = None
-) -> None:
-    """Write ``kernel`` as the kernel of ``step``; ``norm``: the record's norm (default the
-    kernel's, 1 for a non-finite one)."""
-    tensor = torch.as_tensor(kernel)
-    if norm is None:
-        norm = kernel_norm(tensor) if torch.isfinite(tensor).all() else 1.0
-    record = StepRecord(
-        step=step,
-        source=[f"/ckpts/step_{step:06d}.safetensors"],
-        size=1,
-        fingerprint=fingerprint or f"fp-{step}",
-        kernel=paths.kernel_relative(step),
-        norm=norm,
-        seconds=0.0,
-    )
-    store.write_kernel(record, tensor)
-
-
-def make_store(root: Path, steps: list[int], kernels: list[np.ndarray]) -> Path:
-    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
-    for step, kernel in zip(steps, kernels, strict=True):
-        write_step(store, step, kernel)
-    store.close()
-    return root
-
-
 def rewrite_steps(root: Path, kernels: dict[int, np.ndarray], fingerprint: str = "") -> None:
     """Replace the kernels of some steps: each a permutation P K P^T of the given kernel (another
     kernel), recorded with the norm the manifest holds for the step now (the same record but for
     ``fingerprint``: a checkpoint that changed, or with the same fingerprint a file rewritten)."""
-    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+    store = open_store(root)
     for step, kernel in kernels.items():
         record = store.record(step)
         assert record is not None
@@ -292,7 +262,7 @@ def test_per_layer_velocities_are_at_the_dt_the_verdict_reads(cone):
     dt (here 40, not the smallest --dt)."""
     root, kernels = cone
     groups = {"first": ["w1"], "second": ["w2"]}
-    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+    store = open_store(root)
     store.record_layer_groups({"patterns": None, "groups": groups, "hash": "g0"})
     for step, kernel in zip(CONE_STEPS, kernels, strict=True):
         parts = {"first": torch.as_tensor(kernel), "second": torch.as_tensor(kernel) + 1.0}
@@ -381,7 +351,7 @@ def test_embed_takes_phase1_from_distance_only_when_it_ran_on_these_kernels(cone
     paths.distance_summary(root).write_text(json.dumps(saved), encoding="utf-8")
     assert embed(root).phase1_end == 20
     # a kernel more (kernels still writing the store when distance ran): the default verdict
-    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+    store = open_store(root)
     write_step(store, 1020, kernels[-1])
     store.close()
     result = embed(root)
@@ -435,7 +405,7 @@ def labelled_probe(split: str, offset: int = 0) -> Probe:
 def add_probe_and_eval(root: Path, kernels: list[np.ndarray] | None, steps: list[int]) -> None:
     """The probe set of LABELS; with ``kernels``, an evaluation set that repeats the probe
     examples, with the cross kernel K(eval, probe) = K of each step (the same examples)."""
-    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+    store = open_store(root)
     save_probe(labelled_probe("train"), paths.probe(root))
     if kernels is not None:
         evaluated = labelled_probe("test", offset=100)
@@ -562,7 +532,7 @@ def test_report_tells_results_of_other_kernels_from_current_ones(tmp_path):
     assert _stale_notes(report(root)) == []  # the left-out step is no change
 
     # the kernel of step 10 recomputed (its checkpoint changed): results of the old kernels
-    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+    store = open_store(root)
     write_step(store, 10, kernels[2], fingerprint="fp-10-recomputed")
     store.close()
     (note,) = _stale_notes(report(root))

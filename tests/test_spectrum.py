@@ -9,13 +9,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from synthetic_store import CKPTS_HEADER, make_store
 
 from conetool import paths
 from conetool.errors import StoreError
 from conetool.kernel_spectrum import centered_alignment, one_hot, spectrum_point
 from conetool.pipeline.run_spectrum import spectrum
 from conetool.probe import Probe, probe_hash, save_probe
-from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+from conetool.store import Store
 
 
 def _direct(k: np.ndarray, y: np.ndarray, top: int) -> tuple[float, float, float, np.ndarray]:
@@ -84,27 +85,12 @@ def test_full_kind_is_read_as_an_nc_by_nc_matrix() -> None:
 
 
 def _store(root, kernels: list[np.ndarray], labels: np.ndarray):
-    identity = StoreIdentity("spec0", "probe0", "trace", "float64")
-    store = Store.open_for_writing(
-        root, identity, {"checkpoints": "/ckpts", "spec": {"model": {"num_classes": 3}}}
-    )
+    steps = range(0, 100 * len(kernels), 100)
+    make_store(root, steps, kernels, header={**CKPTS_HEADER, "spec": {"model": {"num_classes": 3}}})
     inputs = torch.zeros(labels.size, 2)
     lab = torch.as_tensor(labels)
     idx = torch.arange(labels.size)
     save_probe(Probe(inputs, lab, idx, "train", probe_hash(inputs, lab, idx)), paths.probe(root))
-    for step, k in zip(range(0, 100 * len(kernels), 100), kernels, strict=True):
-        t = torch.as_tensor(k)
-        record = StepRecord(
-            step=step,
-            source=[f"/ckpts/step_{step:06d}.safetensors"],
-            size=1,
-            fingerprint=f"fp-{step}",
-            kernel=paths.kernel_relative(step),
-            norm=kernel_norm(t),
-            seconds=0.0,
-        )
-        store.write_kernel(record, t)
-    store.close()
     return root
 
 

@@ -49,7 +49,14 @@ import pytest
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from synthetic_store import HEADER, IDENT, IDENTITY_CHANGES, record, store_with_kernels
+from synthetic_store import (
+    HEADER,
+    IDENT,
+    IDENTITY_CHANGES,
+    make_store,
+    record,
+    store_with_kernels,
+)
 
 import conetool.io
 from conetool import paths, store_clearing
@@ -58,7 +65,7 @@ from conetool.io import atomic_save_safetensors, atomic_write
 from conetool.pipeline import matrix_cache
 from conetool.pipeline.matrix_cache import kernel_matrix
 from conetool.pipeline.switch_store import SwitchStore
-from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm, store_on_disk
+from conetool.store import Store, StoreIdentity, kernel_norm, store_on_disk
 from conetool.store_lock import StoreLock, writer_note
 from conetool.store_manifest import opened_as
 
@@ -564,32 +571,14 @@ def test_tensors_sharing_storage_are_saved(tmp_path):
 
 # ------------------------------------------------------------------ the S matrix cache
 
-IDENT64 = StoreIdentity("spec0", "probe0", "trace", "float64")
-
 
 def _psd(seed: int, n: int = 4) -> torch.Tensor:
     a = torch.as_tensor(np.random.default_rng(seed).standard_normal((n, n + 1)))
     return a @ a.T
 
 
-def _step_record(step: int, kernel: torch.Tensor, tag: str = "a") -> StepRecord:
-    return StepRecord(
-        step=step,
-        source=[f"/ckpts/step_{step:06d}.safetensors"],
-        size=1,
-        fingerprint=f"{tag}-{step}",
-        kernel=paths.kernel_relative(step),
-        norm=kernel_norm(kernel),
-        seconds=0.0,
-    )
-
-
 def _s_store(root: Path, steps=(0, 10, 20), tag: str = "a", overwrite: bool = False) -> Path:
-    with Store.open_for_writing(root, IDENT64, {"checkpoints": "/ckpts"}, overwrite=overwrite) as s:
-        for step in steps:
-            kernel = _psd(step)
-            s.write_kernel(_step_record(step, kernel, tag), kernel)
-    return root
+    return make_store(root, steps, [_psd(step) for step in steps], tag=tag, overwrite=overwrite)
 
 
 def _reference_s(steps) -> np.ndarray:
