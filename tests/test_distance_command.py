@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from synthetic_store import kernel_record, open_store
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -32,7 +33,7 @@ from conetool.pipeline import (
 )
 from conetool.progress import NullProgress
 from conetool.spec import spec_from_dict
-from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+from conetool.store import Store, StoreIdentity
 from conetool.store_lock import StoreLock
 from conetool.training import train
 from conetool.verdict import REGIMES, VerdictRules, phase_verdict
@@ -85,17 +86,8 @@ def random_psd(steps: list[int], n: int = 6, seed: int = 0) -> list[np.ndarray]:
 
 def write_step(store: Store, step: int, kernel: np.ndarray | torch.Tensor) -> None:
     tensor = torch.as_tensor(kernel)
-    norm = kernel_norm(tensor) if torch.isfinite(tensor).all() else 1.0
-    record = StepRecord(
-        step=step,
-        source=[f"/ckpts/step_{step:06d}.safetensors"],
-        size=1,
-        fingerprint=f"fp-{step}-{float(tensor.flatten()[0]):.17g}",
-        kernel=paths.kernel_relative(step),
-        norm=norm,
-        seconds=0.0,
-    )
-    store.write_kernel(record, tensor)
+    fingerprint = f"fp-{step}-{float(tensor.flatten()[0]):.17g}"
+    store.write_kernel(kernel_record(step, tensor, fingerprint), tensor)
     store.flush()  # into manifest.json now, as a finished kernels run leaves it
 
 
@@ -103,7 +95,7 @@ def make_store(
     root: Path, steps: list[int], kernels: list[np.ndarray], kind: str = "trace"
 ) -> Path:
     identity = StoreIdentity("spec0", "probe0", kind, "float64")
-    store = Store.open_for_writing(root, identity, {"checkpoints": "/ckpts"})
+    store = open_store(root, identity)
     for step, kernel in zip(steps, kernels, strict=True):
         write_step(store, step, kernel)
     return root

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from synthetic_store import make_store, open_store, write_step
 from threadpoolctl import threadpool_info
 from typer.testing import CliRunner
 
@@ -22,10 +23,9 @@ from conetool.cli import app
 from conetool.errors import StoreError
 from conetool.pipeline import distance, embed, matrix_cache
 from conetool.pipeline.matrix_cache import kernel_matrix
-from conetool.store import StepRecord, Store, StoreIdentity, kernel_norm
+from conetool.store import Store
 
 STEPS = [0, 10, 20, 30, 40]
-IDENTITY = StoreIdentity("spec0", "probe0", "trace", "float64")
 
 
 def _kernel(seed: int, n: int = 6) -> torch.Tensor:
@@ -33,26 +33,8 @@ def _kernel(seed: int, n: int = 6) -> torch.Tensor:
     return torch.from_numpy(a @ a.T)
 
 
-def _write(store: Store, step: int, kernel: torch.Tensor) -> None:
-    record = StepRecord(
-        step=step,
-        source=[f"/ckpts/step_{step}.safetensors"],
-        size=1,
-        fingerprint=f"fp-{step}",
-        kernel=paths.kernel_relative(step),
-        norm=kernel_norm(kernel),
-        seconds=0.0,
-    )
-    store.write_kernel(record, kernel)
-    store.flush()
-
-
 def _store(root: Path, steps: list[int] = STEPS) -> Path:
-    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
-    for step in steps:
-        _write(store, step, _kernel(step))
-    store.close()
-    return root
+    return make_store(root, steps, [_kernel(step) for step in steps], flush=True)
 
 
 def _copy(source: Path, target: Path) -> Path:
@@ -130,9 +112,8 @@ def test_a_copy_with_one_kernel_changed_is_recomputed(tmp_path):
 def test_a_recomputed_kernel_or_a_new_step_is_never_reused(tmp_path):
     root = _store(tmp_path / "a")
     first = kernel_matrix(Store.open(root))
-    store = Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
-    _write(store, 50, _kernel(50))
-    store.close()
+    with open_store(root) as store:
+        write_step(store, 50, _kernel(50))
     added = kernel_matrix(Store.open(root))
     assert not added.reused and added.steps == [*STEPS, 50]
     np.testing.assert_array_equal(added.S[:5, :5], first.S)
@@ -167,12 +148,12 @@ def test_a_store_holding_a_step_beyond_2_53_is_refused_when_opened(tmp_path, mon
     assert str(paths.kernel(root, huge)) in text and "conetool kernels /ckpts --store" in text
     assert not paths.matrix_npz(root).exists()
     with pytest.raises(StoreError, match=message):  # kernels too, rather than adding to it
-        Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"})
+        open_store(root)
 
     # the fix the message gives: the other kernels are kept, and the store reads again
     paths.kernel(root, huge).unlink()
     paths.manifest(root).unlink()
-    Store.open_for_writing(root, IDENTITY, {"checkpoints": "/ckpts"}).close()
+    open_store(root).close()
     monkeypatch.undo()
     assert Store.open(root).steps() == [0, 10]
     assert distance(root, noise=False).steps == [0, 10]
