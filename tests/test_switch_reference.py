@@ -409,3 +409,33 @@ def test_fresh_momentum_and_a_T_that_is_no_checkpoint(
     again = switch([t], until=T, store=tmp_path / "store", ckpts=run, spec=spec, device="cpu")
     assert again.reference is None and again.points[0].reused
     assert any("no checkpoint of step 10" in w for w in again.warnings), again.warnings
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_a_cosine_schedule_past_the_run_is_said_to_train_at_lr_zero(
+    tmp_path: Path, schedule: str
+) -> None:
+    """The cosine schedule holds its end value, 0, past train.steps: with --beyond-run the
+    linearized model does not move after the run's last step, so T's result is step 4's. That
+    was silent (minutes of updates at lr 0); it is a warning now, and only for cosine."""
+    raw = raw_spec(schedule=schedule, lr=0.2, momentum=0.9, weight_decay=1e-3)
+    raw["model"] = {"arch": "mlp", "num_classes": 3, "widths": [6], "activation": "tanh"}
+    raw["train"].update(steps=4, save_every=2, augment=False)
+    spec = spec_from_dict(raw, source=f"{schedule}.toml")
+    train(spec, tmp_path / "ckpts", device="cpu")
+    result = switch(
+        [2], until=6, beyond_run=True, store=tmp_path / "s", ckpts=tmp_path / "ckpts", spec=spec
+    )
+    rows = {int(r["step"]): r for r in result.points[0].rows}
+    said = [w for w in result.warnings if "train.schedule" in w]
+    if schedule == "constant":
+        assert said == [] and rows[6]["test_loss"] != rows[4]["test_loss"]
+        return
+    assert rows[4]["lr"] == rows[5]["lr"] == 0.0
+    assert rows[6]["test_loss"] == rows[4]["test_loss"]  # nothing moved after step 4
+    (warning,) = said
+    text = " ".join(warning.split())
+    assert "--until 6 is beyond train.steps = 4" in text, text
+    assert "learning rate is 0 from step 4 on" in text and "--until 4" in text, text
+    within = switch([2], store=tmp_path / "t", ckpts=tmp_path / "ckpts", spec=spec)
+    assert not any("train.schedule" in w for w in within.warnings), within.warnings

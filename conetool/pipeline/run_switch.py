@@ -73,7 +73,8 @@ class SwitchResult:
     listing says of the run, as ``kernels`` says it (an EMA beside the state dict read, steps
     that may be Unix times, ...); checkpoints not written by
     ``conetool train``; an optimizer state not used, or saved with other hyperparameters
-    than the spec's; no standard model at T; earlier points left out of results.csv; the
+    than the spec's; no standard model at T; a T past the run under the cosine schedule, whose
+    learning rate is 0 there; earlier points left out of results.csv; the
     training steps implausibly slow, linearized or the standard run that ``reference="train"``
     continues), each said once per sweep, as ``progress`` showed it. A momentum message is
     said once, before the first point it applies to trains (naming that point), and kept here
@@ -541,6 +542,8 @@ def _prepare(options: SwitchOptions) -> _Sweep:
             f"the linearized model would train {T - spec.train.steps} steps past the run. Drop "
             f"--until (T = {spec.train.steps}), or pass --beyond-run to train to {T} anyway."
         )
+    if T > spec.train.steps and spec.train.schedule == "cosine":
+        warnings.append(_cosine_past_the_run(spec, T))
     late = [t for t in points_at if t >= T]
     if late:
         raise ConetoolError(
@@ -597,6 +600,19 @@ def _prepare(options: SwitchOptions) -> _Sweep:
     steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     target = SwitchStore.begin(store, manifest)
     return _Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, warnings)
+
+
+def _cosine_past_the_run(spec: Spec, T: int) -> str:
+    """The warning of a --beyond-run sweep under the cosine schedule, which holds its end value,
+    0, past ``train.steps`` (:func:`conetool.optim.learning_rate`): nothing moves there."""
+    steps = spec.train.steps
+    return (
+        f"--until {T} is beyond train.steps = {steps}, and {spec.source} has train.schedule = "
+        f'"cosine", whose learning rate is 0 from step {steps} on (the schedule ends there): '
+        f"the linearized model does not move after step {steps}, so each point's result at T "
+        f"is its result at step {steps}, after {T - steps} updates at lr 0. Use --until {steps}, "
+        "or a spec whose schedule goes on past train.steps (constant or step) to train further"
+    )
 
 
 def _for_switch(exc: CheckpointError) -> CheckpointError:
