@@ -357,6 +357,8 @@ def test_switch_matches_the_float64_reference(
     T = STEPS
     result = switch([0, 4, 8], store=tmp_path / "store", ckpts=ckpts, spec=spec, device="cpu")
     assert [p.at for p in result.points] == [0, 4, 8]
+    # the saved states' lr (the schedule's at t - 1, in warmup or decay) is the spec's: unsaid
+    assert result.warnings == [] and result.notes == []
     for point in result.points:
         t = point.at
         assert point.momentum == "saved"
