@@ -24,7 +24,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -359,6 +359,32 @@ def test_tied_weights_torch_save(tmp_path: Path, models: ModuleType, method: str
     check_against(store, x, refs, "trace", 1e-10)
 
 
+def test_tied_weights_safetensors_save_model(tmp_path: Path, models: ModuleType) -> None:
+    """safetensors' save_model (as Hugging Face's save_pretrained) writes a tied weight under
+    one of its names only; the model loads it under both."""
+    torch.manual_seed(0)
+    model = models.tied()
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    refs = {}
+    for step in STEPS:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+        path = ckpts / f"step_{step}.safetensors"
+        save_model(model, str(path))
+        reference = models.tied()
+        missing, unexpected = reference.load_state_dict(load_file(str(path)), strict=False)
+        assert len(missing) == 1 and not unexpected  # one name of the tied pair
+        refs[step] = reference
+    store, x, _ = run_kernels(tmp_path, ckpts, "tied")
+    check_against(store, x, refs, "trace", 1e-10)
+    # inspect agrees, from the headers and from the tensors
+    for verify in (False, True):
+        rows = conetool.inspect(ckpts, spec=tmp_path / "tied.toml", verify=verify)
+        assert [row.status for row in rows] == ["ok", "ok"], [row.problem for row in rows]
+
+
 def test_frozen_parameter_is_left_out_of_theta(tmp_path: Path, models: ModuleType) -> None:
     """The factory freezes fc.weight: the kernel is over the other parameters, with fc.weight
     (the checkpoint's value) a fixed input."""
@@ -436,3 +462,20 @@ def test_sum_and_full_kinds(tmp_path: Path, models: ModuleType, kind: str, metho
         assert full.shape == (6, 3, 6, 3)
         trace = reference_kernel(refs[20], x, "trace")
         assert relative_error(torch.einsum("iaja->ij", full), trace) < 1e-10
+
+
+def test_tied_weights_saved_apart_are_refused(tmp_path: Path, models: ModuleType) -> None:
+    """A checkpoint of an untied model holds two values for the model's one tied tensor:
+    loading would keep one of them silently, so the file is refused, naming both keys."""
+    torch.manual_seed(0)
+    state = models.tied().state_dict()
+    state = {k: v.clone() for k, v in state.items()}
+    state["b.weight"] += 0.5  # trained apart: not one tensor any more
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    save_file(state, str(ckpts / "step_10.safetensors"))
+    with pytest.raises(conetool.ConetoolError, match="'a.weight' and 'b.weight' with different"):
+        run_kernels(tmp_path, ckpts, "tied")
+    spec = tmp_path / "tied.toml"
+    rows = conetool.inspect(ckpts, spec=spec, verify=True)
+    assert rows[0].status == "error" and "tied" in (rows[0].problem or "")

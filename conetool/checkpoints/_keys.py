@@ -34,6 +34,9 @@ class KeyMatch:
     missing: list[str] = field(default_factory=list)  # model keys without a checkpoint key
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model lacks
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    #: model keys without a checkpoint key that name the same tensor as one with it (tied
+    #: weights saved under one name) -> that model key: loading it sets them, so none is missing
+    tied: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -54,12 +57,18 @@ def strip_common_prefixes(keys: Iterable[str]) -> tuple[str, list[str]]:
     return stripped, out
 
 
-def match_keys(ckpt: Shapes, model: Shapes) -> KeyMatch:
+def match_keys(
+    ckpt: Shapes, model: Shapes, tied: Mapping[str, tuple[str, ...]] | None = None
+) -> KeyMatch:
     """Pair checkpoint keys with model keys, stripping a wrapper prefix only when that helps.
 
     Tries the identity first, then each prefix chain; the first exact match wins. When none is
     exact, the mapping that pairs the most keys is returned, so messages list the true differences.
+    ``tied``: model key -> the model keys of the same tensor (``checkpoints._tied.tied_keys``); a
+    model key without a checkpoint key is then not missing when another key of its tensor has one
+    (it goes to :attr:`KeyMatch.tied`).
     """
+    tied = tied or {}
     model_keys = list(model)
     best: tuple[int, KeyMatch] | None = None
     for chain in _CHAINS:
@@ -74,11 +83,17 @@ def match_keys(ckpt: Shapes, model: Shapes) -> KeyMatch:
             target = {k[len(model_chain) :]: k for k in model_keys}
             mapping = {ck: target[nk] for ck, nk in renamed.items() if nk in target}
             hit = set(mapping.values())
+            covered = {
+                k: next((o for o in tied.get(k, ()) if o in hit), None)
+                for k in model_keys
+                if k not in hit
+            }
             match = KeyMatch(
                 mapping=mapping,
                 stripped=chain,
                 model_stripped=model_chain,
-                missing=[k for k in model_keys if k not in hit],
+                missing=[k for k, o in covered.items() if o is None],
+                tied={k: o for k, o in covered.items() if o is not None},
                 unexpected=[k for k in ckpt if k not in mapping],
                 mismatched=[
                     (mk, tuple(model[mk]), tuple(ckpt[ck]))

@@ -18,6 +18,7 @@ from torch import nn
 from conetool.errors import CheckpointError
 
 from ._keys import describe_mismatch, match_keys
+from ._tied import tied_keys
 from .discover import (
     TORCH_NOTE,
     copies_note,
@@ -115,13 +116,14 @@ def inspect_checkpoints(
         if message:
             say(message)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None
+    tied = tied_keys(model) if model is not None else {}
     from_epochs = sum(1 for c in scan.candidates if c.epoch is not None)
     rows = []
     for c in scan.candidates:
         problem, fp = c.problem, None
         count = sum(math.prod(s) for s in c.shapes.values()) if c.shapes is not None else None
         if problem is None and own is not None and c.shapes is not None:
-            match = match_keys(c.shapes, own)
+            match = match_keys(c.shapes, own, tied)
             if not match.ok:
                 problem = describe_mismatch(
                     match, str(c.folder or c.location), type(model).__name__

@@ -23,6 +23,7 @@ from ._hashed_reads import combine_fingerprints, files_fingerprint, stream_file
 from ._keys import describe_mismatch, factory_wraps, match_keys
 from ._safetensors_format import header_length, parse_header, tensors_from_buffer
 from ._state_dicts import unwrap_state_dict
+from ._tied import check_tied_values, tied_keys
 from ._torch_save import load_torch_object
 from .discover import CheckpointRef, checkpoint_ref, default_warn
 
@@ -331,31 +332,40 @@ def match_state_dict(
 
     A wrapper prefix (``module.``, ``model.``, ``_orig_mod.``) is stripped only when that makes the
     keys match. BatchNorm ``num_batches_tracked`` counters missing from old checkpoints are filled
-    from the model (they do not affect eval-mode outputs). Tensors of lower floating precision than
+    from the model (they do not affect eval-mode outputs). A tied tensor (one tensor under several
+    keys of the model) saved under one of its keys (safetensors' ``save_model``, Hugging Face's
+    ``save_pretrained``) fills the others; saved under several with different values it is
+    refused (:mod:`conetool.checkpoints._tied`). Tensors of lower floating precision than
     the model's, and tensors whose values all lie below the smallest normal number of the model's
     dtype, are accepted with a warning through ``warn`` (default :func:`warnings.warn`); values
     beyond the range of the model's dtype are refused (:func:`check_dtypes`).
 
     Raises:
         CheckpointError: missing or unexpected keys (up to ten of each listed), shape mismatches
-            (key, expected, found), or a dtype that cannot hold the parameter (key, both dtypes),
-            naming ``name`` and the likely fix; :class:`CheckpointOverflowError` for finite
+            (key, expected, found), a dtype that cannot hold the parameter (key, both dtypes),
+            or a tied tensor saved twice with different values, naming ``name`` and the likely
+            fix; :class:`CheckpointOverflowError` for finite
             values beyond the range of the model's dtype (key, dtype, largest magnitude).
     """
     own = model.state_dict()
+    tied = tied_keys(model)
     match = match_keys(
         {k: tuple(v.shape) for k, v in state_dict.items()},
         {k: tuple(v.shape) for k, v in own.items()},
+        tied,
     )
     if not match.ok:
         message = describe_mismatch(match, name, type(model).__name__)
         if factory_wraps(match):  # the factory's, not the file's: every checkpoint fails alike
             raise FactoryMismatchError(message)
         raise CheckpointError(message)
+    check_tied_values(state_dict, match.mapping, tied, name)
     check_dtypes(own, state_dict, match.mapping, name, warn)
     out = {match.mapping[k]: v for k, v in state_dict.items()}
     for key in match.missing:  # only num_batches_tracked here, since match.ok
         out[key] = own[key]
+    for key, saved in match.tied.items():  # the same tensor: load_state_dict sets it twice alike
+        out[key] = out[saved]
     return out
 
 
