@@ -479,3 +479,57 @@ def test_tied_weights_saved_apart_are_refused(tmp_path: Path, models: ModuleType
     spec = tmp_path / "tied.toml"
     rows = conetool.inspect(ckpts, spec=spec, verify=True)
     assert rows[0].status == "error" and "tied" in (rows[0].problem or "")
+
+
+def test_float64_checkpoints_with_float64_kernels(tmp_path: Path, models: ModuleType) -> None:
+    """A run trained in float64 saves float64 weights; the spec's factory builds a float32
+    model, which loading rounds them into (as plain PyTorch's load_state_dict does), so the
+    float64 kernel is that of the rounded weights: a warning says so and names the fix, once."""
+    states = two_states(models.bn)
+    g = torch.Generator().manual_seed(5)
+    doubles = {
+        step: {
+            k: v.double() + 1e-9 * torch.randn(v.shape, dtype=torch.float64, generator=g)
+            if v.is_floating_point()
+            else v
+            for k, v in state.items()
+        }
+        for step, state in states.items()
+    }
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step, state in doubles.items():
+        save_file(state, str(ckpts / f"step_{step}.safetensors"))
+    store, x, result = run_kernels(tmp_path, ckpts, "bn", dtype="float64")
+    said = [w for w in result.warnings if "higher precision" in w]
+    assert len(said) == 1 and "step_10.safetensors" in said[0], result.warnings
+    assert "rounds them to float32" in said[0] and "model.to(torch.float64)" in said[0]
+    rounded = {}
+    exact = {}
+    for step, state in doubles.items():
+        rounded[step] = loaded(models.bn, state)  # a float32 model: rounded
+        exact[step] = models.bn().double()
+        exact[step].load_state_dict(state)
+    check_against(store, x, rounded, "trace", 1e-10)
+    assert relative_error(stored(store, 10), reference_kernel(exact[10], x, "trace")) > 1e-10
+    # A float32 kernel rounds anyway: nothing to say.
+    _, _, plain = run_kernels(tmp_path, ckpts, "bn", dtype="float32")
+    assert not any("higher precision" in w for w in plain.warnings), plain.warnings
+
+
+def test_every_dtype_warning_of_the_first_file_is_said(tmp_path: Path, models: ModuleType) -> None:
+    """The first checkpoint with something to say of its dtypes says all of it (values below
+    float32's smallest normal and float16 tensors), not its first message only; later files
+    saved alike say nothing."""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step, state in two_states(models.bn).items():
+        state["fc.bias"] = torch.full((5,), 1e-40, dtype=torch.float64)  # 0 in float32
+        state["head.weight"] = state["head.weight"].half()
+        save_file(state, str(ckpts / f"step_{step}.safetensors"))
+    _, _, result = run_kernels(tmp_path, ckpts, "bn", dtype="float32")
+    said = [w for w in result.warnings if "step_" in w]
+    assert len(said) == 2, result.warnings
+    assert all("step_10.safetensors" in w for w in said), said
+    assert "below the smallest normal float32" in said[0], said
+    assert "'head.weight' (float16) in lower precision" in said[1], said

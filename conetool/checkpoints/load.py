@@ -170,6 +170,7 @@ def check_dtypes(
     mapping: Mapping[str, str],
     name: str,
     warn: Callable[[str], None] | None = None,
+    compute: torch.dtype | None = None,
 ) -> None:
     """Refuse a tensor whose dtype cannot hold the model's (integers or booleans for a floating
     parameter, complex for a real one), naming the file, the key and both dtypes; refuse finite
@@ -178,7 +179,11 @@ def check_dtypes(
     dtype that holds them; warn once per file (through ``warn``) about floating tensors of lower
     precision than the model's, which load fine but were rounded when saved, and about tensors
     whose every value lies below the smallest normal number of the model's dtype (a float32
-    tensor of 1e-6 in a float16 model), which keep few significant digits there, or none.
+    tensor of 1e-6 in a float16 model), which keep few significant digits there, or none; and,
+    when the kernel is computed in ``compute``, more precise than the model's dtype (``--dtype
+    float64`` on a float32 model), about floating tensors more precise than the model's dtype
+    (float64 weights of a run trained in float64), which loading rounds: the kernel is then that
+    of the rounded weights, not the saved ones.
 
     Costs one min/max reduction over each tensor whose dtype has a wider range than the model's
     (no cast, no copy): casting is monotonic, so the cast of the largest magnitude tells whether
@@ -186,6 +191,7 @@ def check_dtypes(
     lower: list[tuple[str, torch.dtype]] = []
     overflow: list[tuple[str, float, torch.dtype]] = []  # (key, largest magnitude lost, wanted)
     tiny: list[tuple[str, float, torch.dtype]] = []  # (key, largest magnitude, wanted)
+    rounded: list[tuple[str, torch.dtype]] = []  # (key, wanted): more digits than the model's
     for key, tensor in state_dict.items():
         target = own.get(mapping.get(key, key))
         if target is None or not target.is_floating_point():
@@ -208,6 +214,12 @@ def check_dtypes(
                 tiny.append((shown[:-1] + zero + ")", largest, wanted))
         if torch.finfo(found).eps > torch.finfo(wanted).eps:  # fewer significant digits (not
             lower.append((f"'{key}' ({_dtype(found)})", wanted))  # bits: bfloat16 vs float16)
+        elif (
+            compute is not None
+            and torch.finfo(found).eps < torch.finfo(wanted).eps
+            and torch.finfo(compute).eps < torch.finfo(wanted).eps
+        ):  # digits the model drops, in a kernel computed with more of them
+            rounded.append((f"'{key}' ({_dtype(found)})", wanted))
     if overflow:
         raise CheckpointOverflowError(_overflow_message(name, overflow))
     if tiny:
@@ -220,6 +232,24 @@ def check_dtypes(
             f"{_dtype(lower[0][1])}; they are loaded into the model's dtype and the kernel is "
             "computed in the model's dtype (the digits lost when saving do not come back)."
         )
+    if rounded and compute is not None:
+        (warn or default_warn)(_rounded_message(name, rounded, compute))
+
+
+def _rounded_message(
+    name: str, rounded: list[tuple[str, torch.dtype]], compute: torch.dtype
+) -> str:
+    """The warning of :func:`check_dtypes` for tensors more precise than the model's dtype in a
+    kernel computed in a more precise one."""
+    shown = ", ".join(k for k, _ in rounded[:3])
+    more = f" and {len(rounded) - 3} more" if len(rounded) > 3 else ""
+    wanted = rounded[0][1]
+    return (
+        f"'{name}' stores {shown}{more} in higher precision than the model's {_dtype(wanted)}: "
+        f"loading rounds them to {_dtype(wanted)}, so the {_dtype(compute)} kernel is that of "
+        "the rounded weights, not of the saved ones. For the kernel of the saved weights, "
+        + _wider_model(compute)
+    )
 
 
 def _wider_range(found: torch.dtype, wanted: torch.dtype) -> bool:
@@ -327,6 +357,7 @@ def match_state_dict(
     *,
     name: str = "the state dict",
     warn: Callable[[str], None] | None = None,
+    compute: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """``state_dict`` renamed to ``model``'s keys, ready for ``model.load_state_dict(strict=True)``.
 
@@ -338,7 +369,9 @@ def match_state_dict(
     refused (:mod:`conetool.checkpoints._tied`). Tensors of lower floating precision than
     the model's, and tensors whose values all lie below the smallest normal number of the model's
     dtype, are accepted with a warning through ``warn`` (default :func:`warnings.warn`); values
-    beyond the range of the model's dtype are refused (:func:`check_dtypes`).
+    beyond the range of the model's dtype are refused (:func:`check_dtypes`). ``compute``: the
+    dtype the caller computes in, when it may be more precise than the model's (tensors the model's
+    dtype rounds are then said through ``warn``).
 
     Raises:
         CheckpointError: missing or unexpected keys (up to ten of each listed), shape mismatches
@@ -360,7 +393,7 @@ def match_state_dict(
             raise FactoryMismatchError(message)
         raise CheckpointError(message)
     check_tied_values(state_dict, match.mapping, tied, name)
-    check_dtypes(own, state_dict, match.mapping, name, warn)
+    check_dtypes(own, state_dict, match.mapping, name, warn, compute)
     out = {match.mapping[k]: v for k, v in state_dict.items()}
     for key in match.missing:  # only num_batches_tracked here, since match.ok
         out[key] = own[key]
@@ -405,8 +438,10 @@ def apply_checkpoint(
     loaded: LoadedCheckpoint,
     *,
     warn: Callable[[str], None] | None = None,
+    compute: torch.dtype | None = None,
 ) -> None:
-    """Load a checkpoint already read by :func:`read_checkpoint` into ``model``, strictly.
+    """Load a checkpoint already read by :func:`read_checkpoint` into ``model``, strictly
+    (``compute``: as in :func:`match_state_dict`).
 
     :func:`load_checkpoint` is :func:`read_checkpoint` (file I/O, decoding, the fingerprint and
     the finiteness check; it touches no model, so another thread may run it) followed by this
@@ -417,7 +452,7 @@ def apply_checkpoint(
             hold a parameter, or values beyond its range (:class:`CheckpointOverflowError`); the
             message names the file and the fix.
     """
-    _apply(model, loaded.state_dict, str(loaded.ref.file), warn)
+    _apply(model, loaded.state_dict, str(loaded.ref.file), warn, compute)
 
 
 def _apply(
@@ -425,5 +460,7 @@ def _apply(
     state: Mapping[str, torch.Tensor],
     name: str,
     warn: Callable[[str], None] | None,
+    compute: torch.dtype | None = None,
 ) -> None:
-    model.load_state_dict(match_state_dict(model, state, name=name, warn=warn), strict=True)
+    matched = match_state_dict(model, state, name=name, warn=warn, compute=compute)
+    model.load_state_dict(matched, strict=True)

@@ -168,12 +168,16 @@ def compute_all(
     seconds: list[float] = []
     shape: tuple[int, ...] = ()
     error: tuple[ConetoolError, ConetoolError] | None = None
-    warned: list[str] = []
+    warned: list[int] = []  # the step of the first checkpoint whose loading warned
+    loading: list[int] = []  # the step being loaded
 
     def warn_once(message: str) -> None:
-        """Lower-precision checkpoints: said for the first file only (a run saves them alike)."""
+        """What loading says of the checkpoints' dtypes (lower or higher precision than the
+        model's, values below its smallest normal number): said for the first file that has
+        something to say only (a run saves them alike), every message of that file."""
         if not warned:
-            warned.append(message)
+            warned.extend(loading)
+        if warned == loading:
             warnings.append(message)
             progress.log(f"warning: {message}")
 
@@ -276,7 +280,8 @@ def compute_all(
             try:
                 began = time.perf_counter()
                 loaded = take()  # read while the step before was computed; raises its error now
-                apply_checkpoint(model, loaded, warn=warn_once)
+                loading[:] = [ref.step]
+                apply_checkpoint(model, loaded, warn=warn_once, compute=DTYPES[dtype])
                 fingerprint, size, mtime = loaded.fingerprint, loaded.size, loaded.mtime_ns
                 del loaded  # the model holds the weights: no second state dict kept
                 current = out.is_current(ref.step, fingerprint) and (
