@@ -54,6 +54,30 @@ deflation run and the residuals show each eigenvector determined to ``1e-8`` in 
 converged), which puts the coordinates within that of the dense path's up to the sign of each
 axis (``1e-12`` or so for trajectories; ``tests/test_lanczos_top.py``); elsewhere, ties
 included, it takes the dense path above, with the same result as below ``LANCZOS_MIN_K``.
+
+The ratios and the refusal of ``"pca"`` need, of the rest of the spectrum, only ``Q``, the sum of
+the magnitudes of ``B``'s negative eigenvalues: the sum of its positive ones is ``P = t + Q``,
+``t = trace(B)`` the sum of its diagonal. So from ``LANCZOS_MIN_K`` kernels on ``"pca"`` takes
+the top eigenpairs from ARPACK, checked as above, and a proven bound ``Q <= N`` from one Cholesky
+factorisation of ``B`` shifted by the largest ``delta`` the budget below allows
+(:mod:`conetool.negative_bound`: ``K^3 / 3`` flops of matrix products, about 0.9 s at 5,000
+kernels against some 11 s for the reduction; ARPACK cannot bound ``Q``, that module says why).
+``P`` lies in ``[max(t, l), t + N]`` (``l`` the sum of the top eigenvalues), and the ratios
+divide by ``max(t, l)`` (the definition's ``trace(B)``, kept at least ``l``): at most ``P`` and
+within ``N`` of it, so they sum to at most 1 and are within ``N / t + K u`` (``u = 2^-53``, the
+rounding of ``t``) of ``lambda_i / P``, relative. The path is taken only where
+``N <= (RATIO_TOLERANCE - 2 K u) t``, so the ratios are within :data:`RATIO_TOLERANCE`
+(``1e-9``) of the exact ones for ``B``'s top eigenvalues (which both paths compute to about
+``u |B|``; for kernels ``Q`` is rounding, and the two paths' ratios agree to ``1e-10`` in
+``tests/test_pca_lanczos.py``, about ``5e-12`` measured), and where ``N <= NEGATIVE_TOLERANCE t
++ ROUNDING K``, so that ``Q`` is within the refusal's tolerance (``P >= t``): the dense path,
+whose ``Q`` differs from the true one by its rounding (about ``5e-12`` of ``t`` for the
+trajectories of the tests), would not refuse either. Elsewhere it
+takes the dense path, with its result and its refusal (an S matrix not of kernels always: the
+factorisation fails on an indefinite ``B``): ties, no convergence, a factorisation that fails
+(``B``'s smallest eigenvalue below about ``-N / K``: an indefinite ``B``, or kernels so close
+that the rounding of S is a large share of it), and from about 27,000 kernels on, where the
+factorisation's own rounding (about ``2 K^1.5 u`` of ``t``) leaves no budget.
 """
 
 from __future__ import annotations
@@ -67,6 +91,7 @@ import numpy as np
 
 from conetool.geometry import GeometryError
 from conetool.lanczos_top import lanczos_top
+from conetool.negative_bound import UNIT_ROUNDOFF, negative_sum_bound
 from conetool.smacof import smacof
 
 __all__ = ["Embedding", "classical_mds", "embed_kernels", "embed_mds", "embed_pca", "stress1"]
@@ -85,9 +110,15 @@ NEGATIVE_TOLERANCE = 1e-6
 #: hardly move (S near rounding) are not refused.
 ROUNDING = 1e-12
 
-#: From this many kernels on, the start of ``"mds"`` (which needs no ratios) takes its top
-#: eigenpairs from :func:`conetool.lanczos_top.lanczos_top`, checked, before the dense path.
+#: From this many kernels on, the classical start takes its top eigenpairs from
+#: :func:`conetool.lanczos_top.lanczos_top`, checked, before the dense path (``"pca"`` with
+#: :func:`conetool.negative_bound.negative_sum_bound` for its ratios and refusal).
 LANCZOS_MIN_K = 1000
+
+#: The largest relative error of ``"pca"``'s ratios on the ARPACK path (module docstring): a
+#: thousandth of :data:`NEGATIVE_TOLERANCE`. At ``1e-10`` the factorisation's rounding alone
+#: (``2 K^1.5 u``) would use up the budget from about 6,000 kernels on.
+RATIO_TOLERANCE = 1e-9
 
 #: Pairs per block of :func:`stress1` (``rows * columns``; 1 MiB of float64 per temporary).
 STRESS_BLOCK_ELEMENTS = 2**17
@@ -309,10 +340,51 @@ def embed_pca(s: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
         GeometryError: ``s`` is not square, finite, or large enough for ``dims``; or it is not
             the S matrix of any kernels (``-C S C`` has negative eigenvalues beyond rounding,
             module docstring), whose ratios would exceed 1.
+
+    From :data:`LANCZOS_MIN_K` kernels on, where ARPACK's top eigenpairs and a proven bound on
+    ``B``'s negative eigenvalues are found (module docstring), the ratios are within
+    :data:`RATIO_TOLERANCE` of the dense path's and the coordinates as for ``"mds"``'s start;
+    elsewhere the dense path gives them (and any refusal).
     """
     s = _check(s, dims)
     # -1/2 C (2 S) C = -C S C = C G C: the Gram matrix of the centred unit kernels.
-    return _classical_from_b(_double_center(-s), dims, only_psd=True)
+    return _pca_from_b(_double_center(-s), dims)
+
+
+def _pca_from_b(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`embed_pca`'s coordinates ``(K, dims)`` and ratios ``(dims,)`` from ``B`` ``(K, K)``:
+    from :data:`LANCZOS_MIN_K` kernels on by :func:`_pca_by_lanczos` where it answers, else by
+    the dense path (:func:`_classical_from_b` with the refusal)."""
+    if b.shape[0] >= LANCZOS_MIN_K:
+        found = _pca_by_lanczos(b, dims)
+        if found is not None:
+            return found
+    return _classical_from_b(b, dims, only_psd=True)
+
+
+def _pca_by_lanczos(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``"pca"`` from ARPACK's top eigenpairs of ``B`` ``(K, K)`` and a proven bound on the sum
+    of its negative eigenvalues (module docstring), or ``None`` where either is not found within
+    its tolerance. ``B`` is symmetrised as the dense path does it, into one more ``(K, K)``
+    array, which the factorisation then overwrites."""
+    count = b.shape[0]
+    sym = 0.5 * (b + b.T)
+    trace = float(np.trace(sym))
+    if not (np.isfinite(trace) and trace > 0.0):
+        return None
+    found = lanczos_top(sym, dims)
+    if found is None:
+        return None
+    budget = min(
+        (RATIO_TOLERANCE - 2.0 * count * UNIT_ROUNDOFF) * trace,
+        NEGATIVE_TOLERANCE * trace + ROUNDING * count,
+    )
+    if negative_sum_bound(sym, trace, budget) is None:
+        return None
+    values, vectors = found
+    top = np.clip(values, 0.0, None)
+    coords = _orient(vectors * np.sqrt(top))
+    return coords, top / max(trace, float(top.sum()))
 
 
 def _sklearn_mds(d: np.ndarray, init: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, int]:
@@ -368,20 +440,28 @@ def embed_mds(s: np.ndarray, dims: int = 2, seed: int = 0) -> tuple[np.ndarray, 
         ``(coords (K, dims), stress)``: centred, oriented coordinates and their Kruskal
         Stress-1 against ``sqrt(2 S)``.
     """
-    d, start = mds_problem(s, dims)
-    if not np.any(d > 0):  # every kernel the same direction: one point (SMACOF would divide by 0)
+    s = _check(s, dims)
+    d = _chordal(s)
+    # every kernel the same direction: one point, whatever the start (SMACOF would divide by 0)
+    if not np.any(d > 0):
         return np.zeros((d.shape[0], dims)), 0.0
+    start = _classical_coords(_double_center(-s), dims)
     coords = _orient(smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS).coords)
     return coords, stress1(coords, d)
+
+
+def _chordal(s: np.ndarray) -> np.ndarray:
+    """The chordal distances ``sqrt(2 S)`` ``(K, K)`` of a checked ``s``, zero diagonal."""
+    d = np.sqrt(2.0 * np.clip(s, 0.0, None))
+    np.fill_diagonal(d, 0.0)
+    return d
 
 
 def mds_problem(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """What :func:`embed_mds` hands to SMACOF: ``(D (K, K), start (K, dims))``, the chordal
     distances ``sqrt(2 S)`` (zero diagonal) and the classical solution of ``S``."""
     s = _check(s, dims)
-    d = np.sqrt(2.0 * np.clip(s, 0.0, None))
-    np.fill_diagonal(d, 0.0)
-    return d, _classical_coords(_double_center(-s), dims)
+    return _chordal(s), _classical_coords(_double_center(-s), dims)
 
 
 def _classical_coords(b: np.ndarray, dims: int) -> np.ndarray:

@@ -233,6 +233,26 @@ def test_mds_of_equal_kernels_is_one_point_without_warnings() -> None:
     assert coords.shape == (4, 2) and not coords.any() and stress == 0.0
 
 
+@pytest.mark.parametrize("value", [0.0, -0.5])
+def test_mds_of_zero_distances_computes_no_start(
+    value: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every distance 0 (S all 0, or all at most 0: sqrt(2 S) clips it): one point, returned
+    before the classical start, which it computed and threw away before (at 1,000 kernels and
+    more, a tridiagonal reduction of B: ARPACK finds nothing in a B of zeros)."""
+    import conetool.embedding as embedding
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("start computed")
+
+    s = np.full((1000, 1000), value)
+    np.fill_diagonal(s, 0.0)
+    s[0, 1] = s[1, 0] = 2 * value  # B not 0 where value < 0: any start is thrown away
+    monkeypatch.setattr(embedding, "_classical_coords", refuse)
+    coords, stress = embed_mds(s, dims=3)
+    assert coords.shape == (1000, 3) and not coords.any() and stress == 0.0
+
+
 def _minus_c_s_c(s: np.ndarray) -> np.ndarray:
     """B = -C S C (C the centering matrix), whose eigenvalues classical MDS takes."""
     return -s + s.mean(axis=0) + s.mean(axis=1, keepdims=True) - s.mean()
