@@ -26,13 +26,14 @@ matrix (the zero distances, ``R = D / d``, ``B = -R`` plus its row sums on the d
 the stress and the convergence check; milliseconds per iteration and shares.
 
 The classical start, first (``--start-only``: nothing else): ``B = -C S C`` and its top
-``--dims`` eigenpairs as :func:`conetool.embedding.embed_pca` computes them (the explained
-variance ratios and the refusal of an S not of kernels included), ``new``, against ``before``,
-the same from a full ``np.linalg.eigh`` (:func:`classical_before`, the code before
-:func:`conetool.embedding._top_eigenpairs`), in rotating order, ``--repeat`` times each, BLAS
-limited to ``--threads``: median wall and CPU seconds, their ratios, the largest coordinate
-difference (over the largest coordinate) and the largest difference of the explained variance
-ratios.
+``--dims`` eigenpairs as :func:`conetool.embedding.embed_pca`'s dense path computes them (the
+explained variance ratios and the refusal of an S not of kernels included; all of its work below
+``LANCZOS_MIN_K`` kernels, ``benchmarks/bench_embed_parts.py`` times its ARPACK path from there
+on), ``new``, against ``before``, the same from a full ``np.linalg.eigh``
+(:func:`classical_before`, the code before :func:`conetool.embedding._top_eigenpairs`), in
+rotating order, ``--repeat`` times each, BLAS limited to ``--threads``: median wall and CPU
+seconds, their ratios, the largest coordinate difference (over the largest coordinate) and the
+largest difference of the explained variance ratios.
 
 Usage (a few minutes on 2 busy cores; the former start at 5,000 kernels takes most of a
 minute a run, scikit-learn at 2,000 half a minute):
@@ -127,7 +128,8 @@ def classical_before(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def classical_new(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """``embed_pca``'s work now (``_check``'s symmetrisation aside)."""
+    """``embed_pca``'s dense path (``_check``'s symmetrisation aside): all its work below
+    ``LANCZOS_MIN_K`` kernels."""
     return _classical_from_b(_double_center(-s), dims, only_psd=True)
 
 

@@ -1,4 +1,4 @@
-"""Benchmark: two parts of ``conetool embed`` against their former code, measured in the same run.
+"""Benchmark: three parts of ``conetool embed`` against their former code, measured in the same run.
 
 - ``start``: the classical start of ``--method mds`` (``B = -C S C``, then coordinates from its
   top ``--dims`` eigenpairs; :func:`conetool.embedding._classical_coords`, ``new``: ARPACK's
@@ -10,6 +10,13 @@
   (top eigenvalues well apart, as for real runs), and ``random``, kernels drawn at random around
   a common one (a flat spectrum: Lanczos converges slowly, so this shows what a fall-back to the
   dense path costs).
+- ``pca``: all of ``--method pca``'s work on ``B`` (coordinates, explained variance ratios and
+  the refusal of an S not of kernels; :func:`conetool.embedding._pca_from_b`, ``new``: ARPACK's
+  top eigenpairs and the bound of :mod:`conetool.negative_bound` from ``LANCZOS_MIN_K`` kernels
+  on, else the dense path) against ``before``, the dense path alone
+  (:func:`conetool.embedding._classical_from_b` with ``only_psd``, the code before), on the same
+  two S matrices; ``max |dx|`` as for the start, ``ratios`` the largest relative difference of
+  the explained variance ratios.
 - ``stress1``: :func:`conetool.embedding.stress1` (``new``: pair differences in blocks) against
   ``before``, :func:`stress1_before` (the ``(K, K, dims)`` differences at once, the code before),
   on the start's coordinates and ``sqrt(2 S)``; ``rel diff`` is their relative difference, and
@@ -17,12 +24,12 @@
 
 Each is run ``--repeat`` times in alternating order, BLAS limited to ``--threads``; the table has
 the median wall and CPU seconds and their ratios to ``before``. Exit status 0 when every ``new``
-agrees with ``before`` (coordinates to 1e-8 of their scale, up to the sign of each axis, stress to
-1e-12 relative).
+agrees with ``before`` (coordinates to 1e-8 of their scale, up to the sign of each axis, the pca
+ratios to ``RATIO_TOLERANCE`` (1e-9) relative, stress to 1e-12 relative).
 
 Usage:
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_embed_parts.py --sizes 500,5000 --repeat 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_embed_parts.py --sizes 1000,5000 --repeat 3
 """
 
 from __future__ import annotations
@@ -40,9 +47,12 @@ import numpy as np
 
 from conetool.embedding import (
     LANCZOS_MIN_K,
+    RATIO_TOLERANCE,
     _classical_coords,
     _classical_from_b,
     _double_center,
+    _pca_by_lanczos,
+    _pca_from_b,
     stress1,
 )
 from conetool.geometry import distance_matrix
@@ -74,6 +84,18 @@ def stress1_before(coords: np.ndarray, d: np.ndarray) -> float:
 
 def start_before(b: np.ndarray, dims: int) -> np.ndarray:
     return _classical_from_b(b, dims)[0]
+
+
+def pca_before(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """``embed_pca``'s work on ``B`` before the ARPACK path: the dense path with the refusal."""
+    return _classical_from_b(b, dims, only_psd=True)
+
+
+def _coordinate_diff(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest coordinate difference, up to the sign of each axis, over the largest one."""
+    scale = max(float(np.max(np.abs(want))), 1e-300)
+    signs = np.sign(np.sum(got * want, axis=0))
+    return float(np.max(np.abs(got * signs - want))) / scale
 
 
 def _timed(calls: dict[str, Callable[[], Any]], repeat: int) -> dict[str, Any]:
@@ -128,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         start_before(warm, args.dims)
         _classical_coords(warm, args.dims)
         lanczos_top(warm, args.dims)
+        _pca_by_lanczos(warm, args.dims)
         print(
             f"{'K':>5} {'S':>10} {'part':>7} {'before s':>9} {'new s':>8} {'wall x':>7} "
             f"{'cpu x':>7}  details"
@@ -144,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.repeat,
                 )
                 want, got = row["results"]["before"], row["results"]["new"]
-                scale = max(float(np.max(np.abs(want))), 1e-300)
-                signs = np.sign(np.sum(got * want, axis=0))
-                diff = float(np.max(np.abs(got * signs - want))) / scale
+                diff = _coordinate_diff(got, want)
                 path = "dense"
                 if count >= LANCZOS_MIN_K:
                     found = lanczos_top(0.5 * (b + b.T), args.dims)
@@ -158,6 +179,26 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 same = same and diff < 1e-8
+                row = _timed(
+                    {
+                        "before": lambda b=b: pca_before(b, args.dims),
+                        "new": lambda b=b: _pca_from_b(b, args.dims),
+                    },
+                    args.repeat,
+                )
+                (want_x, want_r), (got_x, got_r) = row["results"]["before"], row["results"]["new"]
+                diff = _coordinate_diff(got_x, want_x)
+                ratios = float(np.max(np.abs(got_r / want_r - 1.0)))
+                path = "dense"
+                if count >= LANCZOS_MIN_K:
+                    path = "fallback" if _pca_by_lanczos(b, args.dims) is None else "lanczos"
+                print(
+                    f"{count:>5} {name:>10} {'pca':>7} {row['wall']['before']:9.3f} "
+                    f"{row['wall']['new']:8.3f} {_ratios(row)}  path {path}, max |dx| "
+                    f"{diff:.1e}, ratios {ratios:.1e}",
+                    flush=True,
+                )
+                same = same and diff < 1e-8 and ratios <= RATIO_TOLERANCE
                 if name != "trajectory":
                     continue
                 d = np.sqrt(2.0 * np.clip(s, 0.0, None))
@@ -182,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 same = same and rel < 1e-12
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"same start (to 1e-8 of its scale, up to axis signs) and stress1 (to 1e-12): {same}")
+    print(
+        "same start and pca (coordinates to 1e-8 of their scale, up to axis signs; ratios to "
+        f"{RATIO_TOLERANCE:.0e}) and stress1 (to 1e-12): {same}"
+    )
     return 0 if same else 1
 
 

@@ -237,7 +237,13 @@ def test_the_parts_benchmark_runs_at_a_tiny_size(
     assert bench.main(["--sizes", "30,50", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "path lanczos" in out
-    assert "same start (to 1e-8 of its scale, up to axis signs) and stress1 (to 1e-12): True" in out
+    pca = [line for line in out.splitlines() if line.split()[2:3] == ["pca"]]
+    assert len(pca) == 4  # two S matrices at each size
+    assert "path lanczos" in pca[0] and "ratios" in pca[0]  # the trajectory at 30 kernels
+    assert out.rstrip().endswith(
+        "same start and pca (coordinates to 1e-8 of their scale, up to axis signs; ratios to "
+        "1e-09) and stress1 (to 1e-12): True"
+    )
     rng = np.random.default_rng(14)
     coords, d = rng.standard_normal((40, 3)), np.abs(rng.standard_normal((40, 40)))
     assert bench.stress1_before(coords, d) == pytest.approx(embedding.stress1(coords, d), rel=1e-13)
