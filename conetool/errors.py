@@ -41,6 +41,16 @@ class FactoryMismatchError(CheckpointError, ModelError):
     factory, and every checkpoint of the run fails alike (a :class:`ModelError` too)."""
 
 
+class OptimizerStateDamagedError(CheckpointError):
+    """An optimizer state file that is not one ``conetool train`` wrote, or whose bytes are not
+    safetensors: ``train --resume`` stops on it, ``switch`` starts momentum at zero and warns with
+    ``reason`` (a clause: ``it cannot be read as safetensors (...)``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class StoreError(ConetoolError):
     """The output store (or a training output directory) is missing, mixed or inconsistent."""
 

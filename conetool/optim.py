@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OptimizerStateDamagedError
 from .io import atomic_save_safetensors
 from .spec import TrainSpec
 
@@ -112,8 +112,9 @@ def read_optimizer_state(path: Path) -> dict[str, Any]:
     "lr": ..., ...}]}`` (``momentum_buffer`` or ``exp_avg``/``exp_avg_sq`` of each parameter's
     shape, Adam's ``step`` counts), checked by nothing but its format: ``switch`` decides
     whether it is the spec's optimizer's (:func:`conetool.checkpoint_optimizer.restore_state`).
-    A file that cannot be read, or was not written by :func:`save_optimizer_state`, is a
-    :class:`CheckpointError`."""
+    A file whose bytes are not safetensors, or that was not written by
+    :func:`save_optimizer_state`, is an :class:`OptimizerStateDamagedError` (its ``reason`` says
+    which); one the disk cannot read (an ``OSError``), a :class:`CheckpointError`."""
     metadata, tensors = _read(path)
     return _state_dict(path, metadata, tensors)
 
@@ -126,18 +127,28 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(
-            f"optimizer state {path} cannot be read ({exc}). Delete it to restart momentum from "
-            "zero, or restore it from the run."
+    except OSError as exc:  # the disk, not the file's bytes
+        raise CheckpointError(_cannot_read(path, exc)) from exc
+    except SafetensorError as exc:
+        raise OptimizerStateDamagedError(
+            _cannot_read(path, exc), f"it cannot be read as safetensors ({exc})"
         ) from exc
     if "optimizer" not in metadata:
-        raise CheckpointError(
-            f"optimizer state {path} was not written by conetool train (its metadata has no "
-            "'optimizer' entry), so its momentum cannot be restored. Move or delete it to restart "
-            "momentum from zero, or restore the file conetool train wrote."
+        what = "its metadata has no 'optimizer' entry"
+        raise OptimizerStateDamagedError(
+            f"optimizer state {path} was not written by conetool train ({what}), so its momentum "
+            "cannot be restored. Move or delete it to restart momentum from zero, or restore the "
+            "file conetool train wrote.",
+            f"it was not written by conetool train ({what})",
         )
     return metadata, tensors
+
+
+def _cannot_read(path: Path, exc: Exception) -> str:
+    return (
+        f"optimizer state {path} cannot be read ({exc}). Delete it to restart momentum from "
+        "zero, or restore it from the run."
+    )
 
 
 def _state_dict(
@@ -158,10 +169,11 @@ def _state_dict(
     return {"state": state, "param_groups": groups}
 
 
-def _not_conetools(path: Path, exc: Exception) -> CheckpointError:
+def _not_conetools(path: Path, exc: Exception) -> OptimizerStateDamagedError:
     what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
-    return CheckpointError(
+    return OptimizerStateDamagedError(
         f"optimizer state {path} was not written by conetool train ({what}), so its momentum "
         "cannot be restored. Move or delete it to restart momentum from zero, or restore the "
-        "file conetool train wrote."
+        "file conetool train wrote.",
+        f"it was not written by conetool train ({what})",
     )

@@ -481,12 +481,59 @@ def test_full_disk_during_distance(store, monkeypatch):
     assert cli("distance", "--store", str(store), "-q").exit_code == 0
 
 
-def test_foreign_optimizer_state_is_named(run, store):
-    path = paths.optimizer_state(run, 0)
-    save_file({"x": torch.zeros(2)}, str(path), metadata={"optimizer": "SGD"})
-    result = cli("switch", "--at", "0", "--store", str(store), "-q")
+DAMAGED_STATES = {
+    # (what is written over the state conetool train saved, what the warning and --resume say)
+    "foreign": (
+        lambda path: save_file({"x": torch.zeros(2)}, str(path), metadata={"optimizer": "SGD"}),
+        "it was not written by conetool train (not enough values to unpack",
+    ),
+    "no metadata": (
+        lambda path: save_file({"x": torch.zeros(2)}, str(path)),
+        "it was not written by conetool train (its metadata has no 'optimizer' entry)",
+    ),
+    "truncated": (
+        lambda path: path.write_bytes(path.read_bytes()[:-5]),
+        "it cannot be read as safetensors (Error while deserializing header",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_STATES))
+def test_foreign_optimizer_state_is_named(run, store, damage):
+    """A damaged state beside a checkpoint costs its point's momentum (a warning naming the file;
+    the sweep goes on, as for a loop's own file's state), not the sweep (was: exit 1)."""
+    path = paths.optimizer_state(run, 5)
+    write, reason = DAMAGED_STATES[damage]
+    write(path)
+    result = cli("switch", "--at", "0,5", "--store", str(store), "-q")
+    assert result.exit_code == 0, result.output
+    said = flat(result.output)
+    assert (
+        f"warning: t=5: the optimizer state beside the checkpoint ({path.name}) is not used: "
+        in said
+    )
+    assert reason in said and "momentum starts at zero, and a rerun reuses" in said
+    assert "delete switch/at_000005.json" in said  # to train with the file once restored
+    rows = (paths.switch_results_csv(store)).read_text().splitlines()
+    assert [row.split(",")[6] for row in rows[1:]] == ["saved", "fresh"]
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_STATES))
+def test_train_resume_still_refuses_a_damaged_optimizer_state(run, damage):
+    paths.optimizer_state(run, 10).unlink()  # resumed from step 5
+    path = paths.optimizer_state(run, 5)
+    write, _ = DAMAGED_STATES[damage]
+    write(path)
+    result = cli("train", str(paths.spec(run)), "--out", str(run), "--device", "cpu", "--resume")
     assert result.exit_code == 1
-    assert path.name in flat(result.output) and "not written by conetool train" in result.output
+    said = flat(result.output)
+    if damage == "truncated":
+        assert f"{path.name} cannot be read (Error while deserializing header" in said
+        assert "Delete it to restart momentum from zero, or restore it from the run." in said
+    else:
+        assert f"{path.name} was not written by conetool train (" in said
+        assert "so its momentum cannot be restored" in said
+    assert paths.checkpoint(run, 10).is_file()  # nothing written over
 
 
 INTERRUPT_AT_IMPORT = """

@@ -24,7 +24,7 @@ from ..checkpoint_optimizer import (
 )
 from ..checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
 from ..data import DataBundle
-from ..errors import CheckpointError, ConetoolError
+from ..errors import CheckpointError, ConetoolError, OptimizerStateDamagedError
 from ..io import atomic_write_csv, atomic_write_json
 from ..linearize import LinearizedModel
 from ..loop import Row, TrainingLoop, evaluate
@@ -295,13 +295,28 @@ def _from_beside(
     hyperparameters (the spec's), when it is the spec's optimizer's state over these parameters
     (:func:`restore_state`, as for a loop's own file): ("saved", None), or ("saved", a warning
     naming the hyperparameters the state was saved with otherwise: a run of another recipe);
-    else ("fresh", a warning saying why it is not used). A file that cannot be read, or that
-    conetool train did not write, is a :class:`CheckpointError`."""
-    found = restore_state(optimizer, names, beside.name, read_optimizer_state(beside), lr=lr)
+    else ("fresh", a warning saying why it is not used), as for a loop's own file: a file whose
+    bytes are not safetensors, or that conetool train did not write, too (its warning adds that a
+    rerun reuses what is trained without it). One the disk cannot read (an ``OSError``) is a
+    :class:`CheckpointError`, as for a loop's own file."""
     one = f"the optimizer state beside the checkpoint ({beside.name})"
     many = "the optimizer states beside their checkpoints (step_XXXXXX.optim.safetensors)"
+    fresh = "momentum starts at zero"
+    try:
+        saved = read_optimizer_state(beside)
+    except OptimizerStateDamagedError as damaged:
+        why = f"not used: {damaged.reason}; {fresh}, and a rerun reuses what is trained from zero"
+        again = "to train with the file once it is restored from the run, delete"
+        return "fresh", MomentumNote(
+            t,
+            f"{one} is {why}: {again} switch/{paths.switch_point(Path(), t).name} (or "
+            f"switch/reference.json for --reference train) first",
+            f"{many} are {why}: {again} the points' switch/at_XXXXXX.json first",
+            warning=True,
+        )
+    found = restore_state(optimizer, names, beside.name, saved, lr=lr)
     if not found.used:
-        why = f"not used: {found.reason}; momentum starts at zero"
+        why = f"not used: {found.reason}; {fresh}"
         return "fresh", MomentumNote(t, f"{one} is {why}", f"{many} are {why}", warning=True)
     if not found.differs:
         return "saved", None
