@@ -354,7 +354,12 @@ def embed_pca(s: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
 def _pca_from_b(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`embed_pca`'s coordinates ``(K, dims)`` and ratios ``(dims,)`` from ``B`` ``(K, K)``:
     from :data:`LANCZOS_MIN_K` kernels on by :func:`_pca_by_lanczos` where it answers, else by
-    the dense path (:func:`_classical_from_b` with the refusal)."""
+    the dense path (:func:`_classical_from_b` with the refusal). A ``B`` of zeros (every kernel
+    the same direction: S all 0) is one point at once, zero coordinates and zero ratios (no
+    positive eigenvalue to share), what the dense path gives it after its ``O(K^3)`` reduction
+    (ARPACK answers nothing there: ``B``'s trace is 0)."""
+    if not np.any(b):
+        return np.zeros((b.shape[0], dims)), np.zeros(dims)
     if b.shape[0] >= LANCZOS_MIN_K:
         found = _pca_by_lanczos(b, dims)
         if found is not None:

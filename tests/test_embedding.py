@@ -253,6 +253,32 @@ def test_mds_of_zero_distances_computes_no_start(
     assert coords.shape == (1000, 3) and not coords.any() and stress == 0.0
 
 
+@pytest.mark.parametrize("count", [5, 1000])
+def test_pca_of_equal_kernels_is_one_point_at_once(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S all 0 (every kernel the same direction): what the dense path gives (zero coordinates
+    and ratios, no sign bit), before any eigen-reduction, which took 11 s at 5,000 kernels."""
+    import conetool.embedding as embedding
+
+    s = np.zeros((count, count))
+    dense = {dims: embedding._classical_from_b(s.copy(), dims, only_psd=True) for dims in (1, 2, 3)}
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an eigen-reduction of B computed")
+
+    for name in ("_classical_from_b", "_pca_by_lanczos", "_top_eigenpairs", "lanczos_top"):
+        monkeypatch.setattr(embedding, name, refuse)
+    for dims, (want_coords, want_ratio) in dense.items():
+        coords, ratio = embed_pca(s, dims=dims)
+        for found, want in ((coords, want_coords), (ratio, want_ratio)):
+            assert found.shape == want.shape and found.dtype == want.dtype == np.float64
+            np.testing.assert_array_equal(found, want)
+            np.testing.assert_array_equal(np.signbit(found), np.signbit(want))
+        found_embedding = embed_kernels(s, method="pca", dims=dims)
+        assert found_embedding.stress == 0.0 and not found_embedding.coords.any()
+
+
 def _minus_c_s_c(s: np.ndarray) -> np.ndarray:
     """B = -C S C (C the centering matrix), whose eigenvalues classical MDS takes."""
     return -s + s.mean(axis=0) + s.mean(axis=1, keepdims=True) - s.mean()
