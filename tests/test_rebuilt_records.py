@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
-from conetool.errors import CheckpointError, StoreError
+from conetool.errors import CheckpointError, SpecError, StoreError
 from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_spectrum import spectrum
@@ -608,15 +608,12 @@ def test_switch_without_manifest_takes_the_step_regex_of_its_specs_kernel_files(
         assert f"while {copied} (spec " in differ and ") record none. Pass" in differ, differ
 
 
-@pytest.mark.parametrize("held", ["kept", "another", "not a string"])
-def test_the_rebuilding_run_keeps_the_directory_a_damaged_manifest_still_records(
-    run, tmp_path, held
-):
-    # Was: a manifest damaged in another value (its steps) kept its well-typed "checkpoints",
-    # but the rebuilding run took the directory from the kernel files alone: for files written
-    # before they carried their run's selection, the folder their sources lie in (best/ of
-    # best/model.safetensors), as if that step were a run of its own. A directory that is not
-    # the one the kernel files were computed from, or not a string, is not taken.
+def _best_only_store(run, tmp_path, held):
+    """``(hf, other, root)``: a run of one stored step in ``hf/best/`` (its spec in ``hf/``), a
+    copy ``other`` with other weights, and a store of ``hf`` whose kernel file was written before
+    kernel files carried their run's selection (the sources alone give ``hf/best``), its
+    manifest damaged in its steps and recording as its checkpoints ``held``: ``"kept"`` (``hf``,
+    as kernels wrote it), ``"another"`` (``other``) or ``"not a string"``."""
     hf = tmp_path / "hf"
     (hf / "best").mkdir(parents=True)
     shutil.copy(paths.spec(run), paths.spec(hf))
@@ -639,9 +636,49 @@ def test_the_rebuilding_run_keeps_the_directory_a_damaged_manifest_still_records
         held, manifest["checkpoints"]
     )
     paths.manifest(root).write_text(json.dumps(manifest))
+    return hf, other, root
+
+
+@pytest.mark.parametrize("held", ["kept", "another", "not a string"])
+def test_the_rebuilding_run_keeps_the_directory_a_damaged_manifest_still_records(
+    run, tmp_path, held
+):
+    # Was: a manifest damaged in another value (its steps) kept its well-typed "checkpoints",
+    # but the rebuilding run took the directory from the kernel files alone: for files written
+    # before they carried their run's selection, the folder their sources lie in (best/ of
+    # best/model.safetensors), as if that step were a run of its own. A directory that is not
+    # the one the kernel files were computed from, or not a string, is not taken.
+    hf, other, root = _best_only_store(run, tmp_path, held)
     with pytest.raises(StoreError) as refused:
         kernels(other, store=root, device="cpu")
     named = hf if held == "kept" else hf / "best"  # else: the guess from the sources
     assert f"holds kernels of the checkpoints in {named.resolve()}, and {other} has" in str(
         refused.value
     )
+
+
+@pytest.mark.parametrize("held", ["kept", "another", "not a string"])
+def test_switch_takes_the_directory_a_damaged_manifest_still_records(run, tmp_path, held):
+    # Was: switch without --ckpts ignored a damaged manifest whole and took the directory from
+    # the kernel files alone (best/, the guess from the sources, where no conetool.toml gives
+    # the spec), while kernels rebuilding it kept its well-typed "checkpoints" where the kernel
+    # files agree. The same rule now (remembered.held_directory).
+    hf, _, root = _best_only_store(run, tmp_path, held)
+    left = paths.manifest(root).read_bytes()
+    if held != "kept":  # the guess from the sources, as before: best/ has no spec
+        with pytest.raises(SpecError, match="conetool.toml"):
+            switch(5, store=root, device="cpu")
+        result = switch(5, store=root, spec=paths.spec(hf), device="cpu")
+        (note,) = [n for n in result.notes if n.startswith("using the checkpoint directory")]
+        assert note.startswith(f"using the checkpoint directory {(hf / 'best').resolve()}, "), note
+        assert "recorded by conetool kernels in the kernel files of" in note, note
+        return
+    result = switch(5, store=root, device="cpu")  # the spec: hf/conetool.toml
+    assert [p.at for p in result.points] == [5]
+    assert (
+        f"using the checkpoint directory {hf.resolve()}, recorded in {root}'s damaged "
+        "manifest.json, the one its kernel files were computed from (pass --ckpts to use another)"
+    ) in result.notes, result.notes
+    (warning,) = [w for w in result.warnings if "manifest.json is damaged" in w]
+    assert f"conetool kernels {hf.resolve()} --store {root} rebuilds it" in warning
+    assert paths.manifest(root).read_bytes() == left  # left as it is (kernels owns it)

@@ -11,7 +11,8 @@
     directory of the run whose kernels the store holds (below), and so does
     ``switch`` on a store whose manifest is missing or damaged (:func:`carried_step_regex`),
     which also takes the directory from them when no ``--ckpts`` is given
-    (:func:`carried_directory`).
+    (:func:`carried_directory`; a damaged manifest's own record of it wins where they agree, as
+    for the rebuild: :func:`held_directory`).
 ``imports``
     for a spec that names an import path (``[model] arch`` or ``[data] dataset`` =
     ``"pkg.mod:factory"``), where each module was imported from:
@@ -39,8 +40,8 @@ import os
 import site
 import sys
 import sysconfig
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ __all__ = [
     "carried_directory",
     "carried_imports",
     "carried_step_regex",
+    "held_directory",
     "import_paths",
     "imports_record",
     "read_manifest",
@@ -129,10 +131,8 @@ def rebuilt_remembered(
     carried = kernel_files_metadata(store, spec.hash(), kind, dtype)
     probe_hash = carried[0].get("probe_hash", "") if carried else ""
     ident = StoreIdentity(spec.hash(), probe_hash, kind, dtype)
-    held_directory = held.get("checkpoints")
-    if not isinstance(held_directory, str) or not _fits(held_directory, carried):
-        held_directory = _recorded_directory(carried, ckpts)
-    records: dict[str, Any] = {"checkpoints": held_directory}
+    directory = held_directory(held, carried) or _recorded_directory(carried, ckpts)
+    records: dict[str, Any] = {"checkpoints": directory}
     chosen = held.get("selection")
     if not isinstance(chosen, dict):
         chosen = _carried_selection(carried)
@@ -166,6 +166,17 @@ def rebuilt_remembered(
     return new_manifest(ident, records), note, recovered
 
 
+def held_directory(held: Mapping[str, Any] | None, carried: list[dict[str, str]]) -> str | None:
+    """The checkpoint directory the damaged manifest ``held`` (its JSON object as read; None when
+    it cannot be read) still records, when it is well typed (a string) and the one the kernel
+    files (their metadata ``carried``, the newest first) were computed from (:func:`_fits`);
+    else None. The ``kernels`` run that rebuilds the manifest (:func:`rebuilt_remembered`) and
+    ``switch`` reading a damaged one (:func:`carried_directory`) take it over the directory the
+    kernel files alone give."""
+    directory = (held or {}).get("checkpoints")
+    return directory if isinstance(directory, str) and _fits(directory, carried) else None
+
+
 def _fits(directory: str, carried: list[dict[str, str]]) -> bool:
     """Whether ``directory``, the checkpoint directory a damaged manifest still records, is the
     one its kernel files (their metadata ``carried``, the newest first) were computed from: the
@@ -197,10 +208,13 @@ def _recorded_directory(carried: list[dict[str, str]], ckpts: Path) -> str:
 
 
 def carried_directory(
-    store: Path, carried: list[dict[str, str]], spec_hash: str | None = None
-) -> tuple[str | None, str | None]:
-    """``(directory, disagreement)``: the checkpoint directory ``kernels`` read, for the store
-    ``store`` whose manifest (which records it) is missing or damaged, from the metadata
+    store: Path,
+    carried: list[dict[str, str]],
+    spec_hash: str | None = None,
+    held: Mapping[str, Any] | None = None,
+) -> tuple[str | None, str | None, bool]:
+    """``(directory, disagreement, held_it)``: the checkpoint directory ``kernels`` read, for the
+    store ``store`` whose manifest (which records it) is missing or damaged, from the metadata
     ``carried`` of its kernel files (of any identity, the newest first:
     :func:`conetool.store_kernel_files.kernel_file_headers`). The files that decide it are those
     of the spec ``spec_hash`` (the one switch runs with: ``--spec``), or without one those of the
@@ -208,12 +222,20 @@ def carried_directory(
     newest group on a tie; files of another spec only when these record none
     (:func:`_decided`). From the deciding files: the directory the newest file carrying its
     run's selection records, else (files written before they carried it) the folder all their
-    sources lie in (:func:`_sources_folder`); None when no kernel file records a source.
-    ``disagreement``: when kernel files of another spec record another directory, which files
-    decided and which record what (None when they all agree)."""
+    sources lie in (:func:`_sources_folder`); None when no kernel file records a source. The
+    directory the damaged manifest ``held`` (its JSON object as read, None for none) still
+    records wins when it is the one the deciding files were computed from, as for the ``kernels``
+    run that rebuilds it (:func:`held_directory`): ``held_it`` says so. ``disagreement``: when
+    kernel files of another spec record another directory, which files decided and which record
+    what (None when they all agree)."""
     why = "the spec given by --spec" if spec_hash is not None else "the spec most of them have"
     decided = _decided(carried, _directory_of, spec_hash)
-    return decided.value, _disagreement(store, "checkpoint directory", decided, why)
+    kept = held_directory(held, decided.deciding)
+    if kept is not None:
+        others = [(value, files) for value, files in decided.others if value != kept]
+        decided = replace(decided, value=kept, others=others)
+    differ = _disagreement(store, "checkpoint directory", decided, why)
+    return decided.value, differ, kept is not None
 
 
 def _directory_of(carried: list[dict[str, str]]) -> str | _Unknown:

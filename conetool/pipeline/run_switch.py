@@ -44,6 +44,7 @@ from .remembered import (
     recorded_step_regex,
     use_recorded_imports,
 )
+from .remembered import read_manifest as read_manifest_json
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_points import (
     MomentumNote,
@@ -700,14 +701,19 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
         # directory's conetool.toml gives it, and the spec most files have decides)
         if spec is not None:
             spec = resolve_spec(Path(store), spec)  # a given spec: the directory plays no part
-        ckpts, differ = _carried_checkpoints(
-            store, lost, carried, None if spec is None else spec.hash()
+        # a damaged manifest's record of it, when the kernel files agree (as kernels keeps it)
+        held = read_manifest_json(store) if lost == "damaged" else None
+        ckpts, differ, held_it = _carried_checkpoints(
+            store, lost, carried, None if spec is None else spec.hash(), held
         )
-        notes.append(
-            f"using the checkpoint directory {ckpts}, recorded by conetool kernels in the "
-            f"kernel files of {store} (its {paths.MANIFEST_NAME}, which records it, is {lost}; "
-            "pass --ckpts to use another)"
+        where = (
+            f"recorded in {store}'s damaged {paths.MANIFEST_NAME}, the one its kernel files were "
+            "computed from ("
+            if held_it
+            else f"recorded by conetool kernels in the kernel files of {store} (its "
+            f"{paths.MANIFEST_NAME}, which records it, is {lost}; "
         )
+        notes.append(f"using the checkpoint directory {ckpts}, {where}pass --ckpts to use another)")
         if differ:  # a guess between runs: to check
             warnings.append(
                 f"{_sentence(differ)}. Pass --ckpts CKPTS (and --spec SPEC unless "
@@ -752,21 +758,26 @@ def _sentence(text: str) -> str:
 
 
 def _carried_checkpoints(
-    store: Path, lost: str | None, carried: list[dict[str, str]], spec_hash: str | None
-) -> tuple[str, str | None]:
-    """``(directory, disagreement)``: the checkpoint directory ``kernels`` read, as the kernel
-    files of ``store`` record it (their metadata ``carried``, those of the spec ``spec_hash``
-    first when it is given: :func:`~conetool.pipeline.remembered.carried_directory`; its
-    manifest is ``lost``: missing, damaged, or None for no store there yet), when it is still
-    there, and which files decided it when those of another spec record another; else the
-    error saying what to pass."""
+    store: Path,
+    lost: str | None,
+    carried: list[dict[str, str]],
+    spec_hash: str | None,
+    held: dict[str, Any] | None = None,
+) -> tuple[str, str | None, bool]:
+    """``(directory, disagreement, held_it)``: the checkpoint directory ``kernels`` read, as the
+    kernel files of ``store`` record it (their metadata ``carried``, those of the spec
+    ``spec_hash`` first when it is given: :func:`~conetool.pipeline.remembered.carried_directory`;
+    its manifest is ``lost``: missing, damaged, or None for no store there yet), or as its
+    damaged manifest's JSON object ``held`` still records it where they agree (``held_it``),
+    when it is still there, and which files decided it when those of another spec record
+    another; else the error saying what to pass."""
     if lost is None:
         raise StoreError(
             f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are. "
             "Pass --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists), or run "
             f"conetool kernels CKPTS --store {store} first."
         )
-    recorded, differ = carried_directory(store, carried, spec_hash)
+    recorded, differ, held_it = carried_directory(store, carried, spec_hash, held)
     said = f"store {store}'s {paths.MANIFEST_NAME}, which says where the checkpoints are, is {lost}"
     rebuild = f"conetool kernels CKPTS --store {store} rebuilds the manifest from the kernel files"
     if recorded is None:
@@ -781,4 +792,4 @@ def _carried_checkpoints(
             f"place: --ckpts CKPTS (and --spec SPEC unless CKPTS/conetool.toml exists); "
             f"{rebuild}." + (f" ({_sentence(differ)}.)" if differ else "")
         )
-    return recorded, differ
+    return recorded, differ, held_it
