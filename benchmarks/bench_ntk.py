@@ -44,7 +44,7 @@ intervals) over the timed wall time (the profiled call itself runs slower). On t
 aten count shows; fewer, larger calls is the direction the CUDA launch count must go.
 A method with ``+square`` (``auto+square``, ``auto+square+memo``) computes the Gram matrix of
 wide dense rows on a GPU as one square product per piece, as before the triangle of sub-blocks
-(``ntk_schedule._WIDE_ROWS_GPU``): the A/B of that change.
+(``ntk_tuning.GPU.wide_rows``): the A/B of that change.
 A method with ``+memo`` (``auto+memo``, ``structured+memo``) times a kernel as ``conetool kernels``
 computes each one after the first: every call of the measurement shares one
 :class:`conetool.EngineMemo`, filled by one more untimed call on all ``n`` examples, so the timed
@@ -53,9 +53,9 @@ run, issue 15). Without it each timed call is a lone ``empirical_ntk`` call, set
 CUDA only (on the CPU the extra call would be counted in the process's peak memory).
 
 ``--gpu-calls`` (CPU only) lifts the CPU's cap on the activations of one call
-(``ntk_schedule._ACTIVATION_BYTES``), so that calls are as large as the budget allows, as on a GPU,
+(``ntk_tuning.CPU.activation_bytes``), so that calls are as large as the budget allows, as on a GPU,
 and has the structured engine copy its backward passes' output cotangents as on a GPU
-(``StructuredRows.fuses_copies``; on the CPU the "fused" copy is still one per tensor): with
+(``ntk_tuning.CPU.fuses_copies``; on the CPU the "fused" copy is still one per tensor): with
 ``--profile`` it shows on the CPU the aten calls a GPU would dispatch per call. The profile line gives all aten calls and, in brackets, the outermost ones
 that compute something (``benchmarks/profiling.py``), the closer proxy of kernel launches. The profile
 line of an engine row also gives its calls of the row source (the schedule's blocks).
@@ -195,19 +195,22 @@ def worker(args: argparse.Namespace) -> None:
         model, x = model.to(args.device), x.to(args.device)
     budget = None if args.budget == "auto" else args.budget
     if args.gpu_calls:  # calls as large as the budget allows, as on a GPU
-        from conetool import ntk_schedule
+        import dataclasses
 
-        ntk_schedule._ACTIVATION_BYTES = 2**62
-        if not cuda:  # and the cotangents of several backward passes copied as on a GPU
-            from conetool.ntk_structured import StructuredRows
+        from conetool import ntk_tuning
 
-            StructuredRows.fuses_copies = lambda self: True  # type: ignore[method-assign]
+        # and the cotangents of several backward passes copied as on a GPU
+        ntk_tuning.CPU = dataclasses.replace(
+            ntk_tuning.CPU, activation_bytes=None, fuses_copies=True
+        )
 
     method, memo = args.method, None
     if "+square" in method:  # the pre-triangle GPU schedule for wide dense rows (A/B)
-        from conetool import ntk_schedule
+        import dataclasses
 
-        ntk_schedule._WIDE_ROWS_GPU = ntk_schedule._SUB_ROWS_GPU
+        from conetool import ntk_tuning
+
+        ntk_tuning.GPU = dataclasses.replace(ntk_tuning.GPU, wide_rows=None)  # sub_rows for all
         method = method.replace("+square", "")
     if method.endswith("+memo"):  # the calls share one memo, as a `kernels` run's do
         from conetool.ntk_memo import EngineMemo

@@ -25,6 +25,7 @@ weights, CPU, calls as large as the budget allows as on a GPU):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import resource
@@ -42,7 +43,7 @@ sys.path.insert(0, str(HERE))
 import bench_ntk  # noqa: E402
 from profiling import FORWARDING_OPS, METADATA_OPS  # noqa: E402
 
-from conetool import ntk, ntk_schedule, ntk_structured  # noqa: E402
+from conetool import ntk, ntk_schedule, ntk_structured, ntk_tuning  # noqa: E402
 from conetool.ntk import empirical_ntk  # noqa: E402
 from conetool.ntk_memo import EngineMemo  # noqa: E402
 
@@ -105,7 +106,8 @@ def outer_by_phase(prof) -> tuple[Counter, int]:
 
 def setup(args):
     torch.set_num_threads(args.threads)
-    ntk_schedule._ACTIVATION_BYTES = 2**62  # calls as large as the budget allows, as on a GPU
+    # calls as large as the budget allows, as on a GPU
+    ntk_tuning.CPU = dataclasses.replace(ntk_tuning.CPU, activation_bytes=None)
     model = bench_ntk.build(args.model)
     torch.manual_seed(1)
     return model, torch.randn(args.n, *bench_ntk.SHAPES[args.model])

@@ -83,6 +83,7 @@ from .ntk_memo import EngineMemo, Learned, signature
 from .ntk_precision import no_tf32
 from .ntk_reference import JacobianRows
 from .ntk_structured import StructuredRows
+from .ntk_tuning import tuning_for
 from .units import format_bytes, parse_memory
 
 __all__ = [
@@ -110,10 +111,8 @@ _CUDA_FRACTION = 0.8
 # convolution gradients dominate both engines, and the reference computes them faster (measured
 # on a 2-core CPU, resnet20 at n = 1024 under 4 GiB: 46.0 s against 49.4 s, the fastest of three
 # processes each, README benchmark run).
-# Off the CPU auto always takes the structured engine: under vmap, cuDNN computes per-example
-# convolution weight gradients as a grouped convolution that launches a kernel per example and
-# layer (resnet20 at n = 1024 on an H200: 17,408 launches per Winograd stage, the reference engine
-# launch-bound), where the structured engine forms them with one batched matrix product per layer.
+# Off the CPU auto always takes the structured engine (the GPU tuning's auto_structured, with its
+# measurement: conetool.ntk_tuning).
 _AUTO_KRON_SHARE = 0.5
 
 
@@ -353,7 +352,7 @@ def _compute(
         layout = learned.layout if learned is not None else None
         # auto on a CPU chooses from the layers that pass the check; elsewhere the structured
         # engine is used whatever the check finds, so the check may come after the blocks.
-        whatever_the_check = method == "structured" or x.device.type != "cpu"
+        whatever_the_check = method == "structured" or tuning_for(x.device).auto_structured
         later = layout is None and _checks_later(x.device) and whatever_the_check
         structured = StructuredRows(
             model, forward, params, tensors, x, kind, pairs=pairs, layout=layout, check_later=later
@@ -419,8 +418,9 @@ def _check_independence(
 def _checks_later(device: torch.device) -> bool:
     """Whether the structured engine's set-up check runs after the blocks are dispatched rather
     than before (:mod:`conetool.ntk_structured`): off the CPU, where the device computes the blocks
-    while the host runs the check's few hundred small calls."""
-    return device.type != "cpu"
+    while the host runs the check's few hundred small calls (the tuning's ``checks_later``,
+    :mod:`conetool.ntk_tuning`)."""
+    return tuning_for(device).checks_later
 
 
 def _computed_then_checked(

@@ -40,49 +40,25 @@ from torch import Tensor
 from . import ntk_terms
 from .errors import MemoryBudgetError
 from .ntk_terms import Term
+from .ntk_tuning import tuning_for
 from .units import format_bytes
 
-# Activations in flight in one call, on the CPU. Measured on a CPU, a vmap call's time per example
-# grows with its activations (resnet20: 16 examples per call are 30% faster per example than 128,
-# the caches); small models (lenet5) take large calls, whose rows then need no copying into a
-# panel. On a GPU calls are as large as the budget allows: the device is launch-bound with small
-# calls (resnet20 at n = 1024 in chunks sized for a CPU launched 75,000 kernels, issue 15).
-_ACTIVATION_BYTES = 2**28
 # Fewest examples per call worth computing all logits at once for (else: fewer logits).
 _MIN_CHUNK = 8
-# Rows of one diagonal sub-block of a panel's self-product: only sub-block pairs on or above the
-# diagonal are multiplied. Below about 256 rows the products become memory-bound on CPUs. On a
-# GPU the saving of the triangle is not worth the launches of more, smaller products, except for
-# wide dense rows (_WIDE_ROWS_GPU).
-_SUB_ROWS = 512
-_SUB_ROWS_GPU = 4096
-# On a GPU, rows of a sub-block for the wide dense terms (at least ntk_terms._SYRK_MIN_WIDTH
-# columns: resnet20's merged per-example gradients). Their products are FLOP-bound (resnet20 at
-# n = 1024 on an H200: 96% of a call's wall with the device busy, issue 15), and one product of
-# two sub-blocks is a single batched product over its float32 pieces (ntk_terms.product), so the
-# triangle saves FLOPs without many more launches: s sub-blocks cost (s + 1) / (2 s) of the
-# square (1024 rows in four: 62.5%). Not yet timed on a GPU: benchmarks/bench_ntk.py's
-# "+square" methods are the A/B (benchmarks/gpu_session.sh runs it).
-_WIDE_ROWS_GPU = 256
-# On the CPU, rows of a panel piece, and of a sub-block for the terms multiplied by BLAS syrk (the
-# merged dense rows): one syrk is already half the work of a product, and it runs faster on taller
-# blocks (measured on a 2-core x86 CPU, resnet20's merged rows for 3 logits: 1024 rows in one
-# sub-block 132 GFLOP/s, in two of 512 114; 2048 rows in one 173, in four of 512 152). The other
-# terms (factored layers, narrow dense rows) keep sub-blocks of _SUB_ROWS and their triangle.
-_SYRK_ROWS = 2048
 
 # The panel memory of kept_panel_memory(): set only within the block.
 _KEPT_PANEL: ContextVar[ntk_terms.Spare | None] = ContextVar("conetool_kept_panel", default=None)
 
 
 def sub_rows(device: torch.device) -> int:
-    """Rows of one diagonal sub-block of a self-product on ``device`` (terms not using syrk)."""
-    return _SUB_ROWS if device.type == "cpu" else _SUB_ROWS_GPU
+    """Rows of one diagonal sub-block of a self-product on ``device`` (terms not using syrk, nor
+    wide dense rows where the tuning gives them their own: :func:`_gram_rows`)."""
+    return tuning_for(device).sub_rows
 
 
 def piece_rows(device: torch.device) -> int:
     """Rows of about which a panel is made of pieces on ``device``."""
-    return _SYRK_ROWS if device.type == "cpu" else _SUB_ROWS_GPU
+    return tuning_for(device).piece_rows
 
 
 class RowSource(Protocol):
@@ -93,7 +69,7 @@ class RowSource(Protocol):
     otherwise. ``resident(g)``: bytes of one example's rows for ``g`` cotangents.
     ``transient(g)``: bytes one example adds to a call (its activations, gradients in flight, its
     rows and a copy of them). ``activations(g)``: the part of ``transient(g)`` that is activations
-    (calls are kept below ``_ACTIVATION_BYTES`` of them). ``c``: outputs per example. ``fixed``:
+    (calls are kept below the tuning's ``activation_bytes`` of them: :mod:`conetool.ntk_tuning`). ``c``: outputs per example. ``fixed``:
     bytes the engine holds for the whole computation (parameter copies, workspaces).
     """
 
@@ -140,17 +116,19 @@ def plan(
 
     Estimated bytes: ``resident examples · resident(g) + chunk · transient(g) + fixed``, where
     ``fixed`` adds the float64 kernel with its float32 copy for the caller and the block products,
-    and 32 MiB of workspace to the source's own (on a GPU also the float32 partial products
-    that :func:`ntk_terms.product` holds at once, up to 256 MiB, where the CPU's 16 MiB fit in
-    the workspace). ``what`` names one unit in the error message.
+    and 32 MiB of workspace to the source's own (and the float32 partial products that
+    :func:`ntk_terms.product` holds at once where they do not fit in the workspace: the tuning's
+    ``held_partials``, 256 MiB on a GPU, none on the CPU). ``what`` names one unit in the error
+    message.
     ``n2``: the second set's examples of a cross kernel (panels come from the first ``n`` only).
     """
+    tuning = tuning_for(device)
     per_unit = c if kind == "full" else 1
     size = n * per_unit
     cols = size if n2 is None else n2 * per_unit
     streamed = n if n2 is None else n2  # examples streamed against a panel in all
     calls = max(n, streamed)  # examples the chunk size is balanced over
-    fixed = 2 * size * cols * 8 + source.fixed + 32 * 2**20 + ntk_terms.held_partials(device)
+    fixed = 2 * size * cols * 8 + source.fixed + 32 * 2**20 + tuning.held_partials
     eye = torch.eye(c)
     if kind == "sum":
         choices = [1]
@@ -162,11 +140,12 @@ def plan(
     avail = budget * 9 // 10 - fixed
 
     def chunk_size(g: int, room: int, rows: int) -> int:
-        """Examples per call, balanced: as many as fit in ``room``, on the CPU with at most
-        ``_ACTIVATION_BYTES`` of activations in flight (larger calls run slower per example)."""
+        """Examples per call, balanced: as many as fit in ``room``, with at most the tuning's
+        ``activation_bytes`` of activations in flight where it has a cap (the CPU's: larger calls
+        run slower per example)."""
         fit = room // source.transient(g)
-        if device.type == "cpu":
-            fit = min(fit, _ACTIVATION_BYTES // max(1, source.activations(g)))
+        if tuning.activation_bytes is not None:
+            fit = min(fit, tuning.activation_bytes // max(1, source.activations(g)))
         fit = max(1, fit)
         return math.ceil(rows / math.ceil(rows / min(rows, fit)))
 
@@ -246,7 +225,8 @@ def run(
     done = 0
     # The memory of each panel's copied pieces: one matrix, reused by the next panel, and by the
     # next call on the CPU within kept_panel_memory() (faulted in once per run, not per kernel).
-    kept = _KEPT_PANEL.get() if device.type == "cpu" else None
+    tuning = tuning_for(device)
+    kept = _KEPT_PANEL.get() if tuning.keeps_panel_memory else None
     spare = ntk_terms.Spare() if kept is None else kept
     first_take = True  # memory kept from an earlier call is checked against this call's room
 
@@ -388,10 +368,11 @@ def _add_cross(
 def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]], device: torch.device) -> None:
     """Add the Gram matrix of the rows of ``pieces`` to ``kernel`` (at each piece's first row).
 
-    The terms that BLAS ``syrk`` multiplies (wide dense rows on the CPU) go in sub-blocks of
-    ``_SYRK_ROWS``, wide dense rows on a GPU in sub-blocks of ``_WIDE_ROWS_GPU``, the others in
-    sub-blocks of :func:`sub_rows` (:func:`_add_gram`): the kernel is the sum over terms, so each
-    set of terms can take the blocking that suits it.
+    The terms that BLAS ``syrk`` multiplies (wide dense rows on the CPU) go in sub-blocks of the
+    tuning's ``syrk_rows``, other wide dense rows in sub-blocks of its ``wide_rows`` where it has
+    them (a GPU's), the others in sub-blocks of :func:`sub_rows` (:func:`_add_gram`;
+    :mod:`conetool.ntk_tuning`): the kernel is the sum over terms, so each set of terms can take
+    the blocking that suits it.
     """
     first = pieces[0][1]
     by_rows: dict[int, list[int]] = {}
@@ -403,10 +384,11 @@ def _add_self(kernel: Tensor, pieces: list[tuple[int, list[Term]]], device: torc
 
 def _gram_rows(term: Term, device: torch.device) -> int:
     """Rows of the sub-blocks in which ``term``'s Gram matrix is computed on ``device``."""
-    if ntk_terms.syrk_term(term):
-        return _SYRK_ROWS
-    if device.type != "cpu" and ntk_terms.wide_dense(term):
-        return _WIDE_ROWS_GPU
+    tuning = tuning_for(device)
+    if tuning.syrk_rows is not None and ntk_terms.syrk_term(term):
+        return tuning.syrk_rows
+    if tuning.wide_rows is not None and ntk_terms.wide_dense(term):
+        return tuning.wide_rows
     return sub_rows(device)
 
 

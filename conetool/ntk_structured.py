@@ -66,6 +66,7 @@ from .ntk_layer_grads import (
 from .ntk_memo import StructuredLayout
 from .ntk_saved import saved_activations
 from .ntk_terms import Term
+from .ntk_tuning import tuning_for
 
 # The byte counts per example that _measure sets and the schedule plans with.
 _SIZES = (
@@ -358,8 +359,8 @@ class StructuredRows:
         """Whether a call with several cotangents fills its cotangent buffers with one fused copy
         per backward pass, in the (g, b, ...) layout (off the CPU: fewer kernel launches), rather
         than one copy per layer output into the (b, g, ...) layout (on the CPU: no copy of the
-        layout later)."""
-        return self.x.device.type != "cpu"
+        layout later): the tuning's ``fuses_copies`` (:mod:`conetool.ntk_tuning`)."""
+        return tuning_for(self.x.device).fuses_copies
 
     def _layer_terms(self, layer: HookedLayer, grads: dict[int, Tensor]) -> list[Term]:
         full = self.kind == "full"

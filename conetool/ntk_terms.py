@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from . import blas_syrk, ntk_precision
+from .ntk_tuning import tuning_for
 
 # Fewest rows and columns for which a block's product with itself uses BLAS syrk (half the work of
 # a product) on the CPU. Measured on a 2-core x86 CPU: SciPy's ssyrk beats torch's product (MKL)
@@ -41,25 +42,8 @@ from . import blas_syrk, ntk_precision
 # are even.
 _SYRK_MIN_ROWS = 128
 _SYRK_MIN_WIDTH = 65536
-# Widest float32 product computed in one piece when the accuracy fixes are on (ntk_precision); wider
-# products are summed in float64 over pieces of this many columns. Measured on a 2-core x86 CPU:
-# 8 x 368,640 rows in one float32 product are 3.1e-5 off, in pieces of 2,048 columns 2.7e-8 and of
-# 8,192 1.8e-7 (as fast as one product, or faster: MKL's product of few rows is slow); 512 x
-# 368,640: 5.8e-7 in one product, 2.2e-8 in pieces of 8,192, at the same speed.
-_CHUNK = 4096
-# The same on a GPU, narrower: cuBLAS may accumulate each entry of a product of few rows as one
-# float32 chain along the whole piece. Measured on an NVIDIA H200 (f9e2ea8): the reference engine's
-# full kernel of the fresh ResNet-20 test case (tests/test_ntk_accuracy.py, 40 rows of 272,474
-# columns) was 1.01e-6 off in pieces of 4,096 columns, its rows alone (contracted in float64)
-# 2.8e-7; one sequential float32 FMA chain per entry, emulated on the CPU for the same rows, adds
-# 7.8e-7 in pieces of 4,096 columns and 7.2e-8 in pieces of 512. A product of 512 columns still
-# does 128 FLOPs per byte of float32 partial products written and read, well above the H200's
-# ratio of float32 matmul rate to memory bandwidth (about 10), so the pieces stay compute-bound.
-_CHUNK_GPU = 512
-# Partial products (elements) held at once while summing the pieces: on the CPU 16 MiB of float32
-# (cache-sized), on a GPU 256 MiB (fewer, larger batched products).
-_PIECE_ELEMENTS = 2**22
-_PIECE_ELEMENTS_GPU = 2**26
+# Columns per float32 piece of a wide product, and the partial products held at once while
+# summing them, on each device: conetool.ntk_tuning (piece_columns, piece_elements).
 # Columns per piece of the syrk path when the accuracy fixes are on (256-512 rows of 368,640
 # columns: 4e-7 in one call, 6e-8 in pieces of 32,768). The pieces are read in place.
 _SYRK_CHUNK = 32768
@@ -271,12 +255,14 @@ def wide_dense(term: Term) -> bool:
 
 def syrk_term(term: Term) -> bool:
     """Whether a term's products with itself go to BLAS ``syrk`` (:func:`use_syrk`) whenever its
-    block has enough rows: dense rows on the CPU, wide enough."""
+    block has enough rows: dense rows on the CPU, wide enough, where the device's tuning uses
+    ``syrk`` (:mod:`conetool.ntk_tuning`: the CPU's)."""
     if not wide_dense(term):
         return False
     mat = cast(Dense, term).mat
     return (
         mat.device.type == "cpu"
+        and tuning_for(mat.device).syrk_rows is not None
         and mat.dtype in (torch.float32, torch.float64)
         and blas_syrk.available()
     )
@@ -290,14 +276,15 @@ def use_syrk(mat: Tensor) -> bool:
 
 def held_partials(device: torch.device) -> int:
     """Bytes of float32 partial products :func:`product` holds at once on ``device`` beyond what
-    the schedule's 32 MiB workspace covers: none on the CPU (16 MiB), 256 MiB on a GPU."""
-    return 0 if device.type == "cpu" else _PIECE_ELEMENTS_GPU * 4
+    the schedule's 32 MiB workspace covers: none on the CPU (16 MiB), 256 MiB on a GPU
+    (:attr:`conetool.ntk_tuning.Tuning.held_partials`)."""
+    return tuning_for(device).held_partials
 
 
 def piece_columns(device: torch.device) -> int:
-    """Columns per float32 piece of :func:`product`: ``_CHUNK`` on the CPU, ``_CHUNK_GPU`` on
-    any other device."""
-    return _CHUNK if device.type == "cpu" else _CHUNK_GPU
+    """Columns per float32 piece of :func:`product` on ``device``: 4,096 on the CPU, 512 on any
+    other device (the tuning's ``piece_columns``, :mod:`conetool.ntk_tuning`)."""
+    return tuning_for(device).piece_columns
 
 
 def product(left: Tensor, right: Tensor) -> Tensor:
@@ -309,7 +296,8 @@ def product(left: Tensor, right: Tensor) -> Tensor:
     rows' dtype.
     """
     width = left.shape[1]
-    chunk = piece_columns(left.device)
+    tuning = tuning_for(left.device)
+    chunk = tuning.piece_columns
     if left.dtype == torch.float64 or width <= chunk or not ntk_precision.enabled():
         return (left @ right.T).to(torch.float64)
     m, n = left.shape[0], right.shape[0]
@@ -318,8 +306,7 @@ def product(left: Tensor, right: Tensor) -> Tensor:
     out = torch.zeros(m, n, dtype=torch.float64, device=left.device)
     lhs = left[:, :main].unflatten(1, (pieces, chunk)).transpose(0, 1)  # (pieces, m, chunk)
     rhs = right[:, :main].unflatten(1, (pieces, chunk)).permute(1, 2, 0)  # (pieces, chunk, n)
-    held = _PIECE_ELEMENTS if left.device.type == "cpu" else _PIECE_ELEMENTS_GPU
-    step = max(1, held // max(1, m * n))
+    step = max(1, tuning.piece_elements // max(1, m * n))
     for lo in range(0, pieces, step):
         out += torch.bmm(lhs[lo : lo + step], rhs[lo : lo + step]).sum(0, dtype=torch.float64)
     if main < width:

@@ -22,7 +22,15 @@ import torch
 from test_ntk import build, reference, rel
 from test_switch_command import metrics, spec_dict
 
-from conetool import blas_syrk, noise_floor, ntk_precision, ntk_schedule, ntk_terms, paths
+from conetool import (
+    blas_syrk,
+    noise_floor,
+    ntk_precision,
+    ntk_schedule,
+    ntk_terms,
+    ntk_tuning,
+    paths,
+)
 from conetool.data import load_data
 from conetool.data_order import augment_generator, batch_indices
 from conetool.errors import MemoryBudgetError
@@ -46,7 +54,7 @@ ODD = 2**24 + 1  # no float32 number is this
 
 def test_a_wide_float32_product_sums_its_pieces_in_float64() -> None:
     # Reference: by hand, 2^12 · 2^12 + 1 · 1 = 2^24 + 1, the two products in different pieces.
-    chunk = ntk_terms._CHUNK
+    chunk = ntk_tuning.CPU.piece_columns
     row = torch.zeros(1, 3 * chunk)
     row[0, 0], row[0, chunk] = 2.0**12, 1.0
     got = ntk_terms.product(row, row)
@@ -55,7 +63,7 @@ def test_a_wide_float32_product_sums_its_pieces_in_float64() -> None:
 
 def test_the_columns_after_the_last_whole_piece_are_counted() -> None:
     # Reference: by hand, 2^12 · 2^12 from the first piece plus 1 · 1 from the one column after it.
-    chunk = ntk_terms._CHUNK
+    chunk = ntk_tuning.CPU.piece_columns
     row = torch.zeros(1, chunk + 1)
     row[0, 0], row[0, chunk] = 2.0**12, 1.0
     assert ntk_terms.product(row, row).item() == ODD

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from conetool import ntk, ntk_schedule, ntk_terms
+from conetool import ntk, ntk_schedule, ntk_terms, ntk_tuning
 from conetool.errors import ConetoolError, ModelError
 from conetool.ntk import (
     MemoryBudgetError,
@@ -358,12 +359,13 @@ def test_pieces_and_sub_blocks(
     model, x = build("residual", n=13)
     expected = reference(model, x, kind)
     plans = record_plans(monkeypatch)
-    monkeypatch.setattr(ntk_schedule, "_SUB_ROWS", 4)
-    monkeypatch.setattr(ntk_schedule, "_SYRK_ROWS", 6)  # pieces, and the syrk terms' sub-blocks
+    # sub-blocks of 4 rows; pieces of 6, and the syrk terms' sub-blocks
+    small = dataclasses.replace(ntk_tuning.CPU, sub_rows=4, piece_rows=6, syrk_rows=6)
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 1 if syrk else 10**9)
     for activation_bytes in (1, 10**5, 10**9):
-        monkeypatch.setattr(ntk_schedule, "_ACTIVATION_BYTES", activation_bytes)
+        tuning = dataclasses.replace(small, activation_bytes=activation_bytes)
+        monkeypatch.setattr(ntk_tuning, "CPU", tuning)
         kernel = empirical_ntk(model, x, kind=kind, device="cpu", method=method)
         assert rel(kernel, expected) < 1e-10
         matrix = kernel.reshape(len(kernel) * (kernel.shape[1] if kind == "full" else 1), -1)

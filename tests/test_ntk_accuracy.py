@@ -32,7 +32,7 @@ from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from conetool import limit_threads, ntk_precision, ntk_terms
+from conetool import limit_threads, ntk_precision, ntk_terms, ntk_tuning
 from conetool.models import lenet5, lenet_300_100, mlp, resnet20
 from conetool.models.vgg import VGG16_PLAN, CifarVGG
 from conetool.ntk import empirical_ntk
@@ -264,7 +264,8 @@ def test_the_fixes_are_what_makes_the_wide_products_exact() -> None:
 def test_wide_product_in_pieces(rows: int) -> None:
     # Positive entries, as on a Gram matrix's diagonal, where one float32 product drifts most.
     torch.manual_seed(0)
-    width = 3 * ntk_terms._CHUNK + 123  # three pieces and a remainder
+    chunk = ntk_tuning.CPU.piece_columns
+    width = 3 * chunk + 123  # three pieces and a remainder
     a, b = torch.rand(rows, width), torch.rand(rows + 1, width)
     exact = a.double() @ b.double().T
     got = ntk_terms.product(a, b)
@@ -274,7 +275,7 @@ def test_wide_product_in_pieces(rows: int) -> None:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(ntk_terms, "_SYRK_MIN_ROWS", 1 if syrk else 10**9)
             patch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 1 if syrk else 10**9)
-            patch.setattr(ntk_terms, "_SYRK_CHUNK", ntk_terms._CHUNK)
+            patch.setattr(ntk_terms, "_SYRK_CHUNK", chunk)
             assert ntk_terms.use_syrk(a) == syrk
             gram = ntk_terms._self_product(a)
         assert rel(gram, a.double() @ a.double().T) < 5e-7

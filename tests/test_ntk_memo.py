@@ -10,7 +10,7 @@ from test_ntk_structured import Reused, ScaledMLP
 from tiny_run import train_tiny
 from torch import nn
 
-from conetool import ntk, ntk_schedule, ntk_structured, ntk_terms
+from conetool import ntk, ntk_schedule, ntk_structured, ntk_terms, ntk_tuning
 from conetool.ntk import EngineMemo, MemoryBudgetError, empirical_ntk
 from conetool.ntk_memo import signature
 from conetool.pipeline import kernels
@@ -140,12 +140,13 @@ class _Source:
 
 
 def test_calls_on_a_gpu_are_as_large_as_the_budget_allows() -> None:
-    # On the CPU a call holds at most _ACTIVATION_BYTES of activations (cache-sized); on a GPU the
+    # On the CPU a call holds at most activation_bytes of activations (cache-sized); on a GPU the
     # budget alone decides, so that the device is not launch-bound on small calls.
     budget = 64 * 2**30
     cpu = ntk_schedule.plan(_Source(), "trace", 1024, 10, budget, "row", torch.device("cpu"))
     gpu = ntk_schedule.plan(_Source(), "trace", 1024, 10, budget, "row", torch.device("cuda"))
-    assert cpu.chunk * _Source().activations(10) <= ntk_schedule._ACTIVATION_BYTES
+    cap = ntk_tuning.CPU.activation_bytes
+    assert cap is not None and cpu.chunk * _Source().activations(10) <= cap
     assert gpu.chunk == 1024 and cpu.chunk < 16
     assert gpu.panel == cpu.panel == 1024
     assert ntk_schedule.sub_rows(torch.device("cuda")) > ntk_schedule.sub_rows(torch.device("cpu"))
@@ -160,7 +161,7 @@ def test_the_gpu_plan_counts_the_partial_products_it_holds() -> None:
             ntk_schedule.plan(_Source(), "trace", 64, 10, 1, "row", torch.device(device))
         return budget_named(info.value)
 
-    held = ntk_terms._PIECE_ELEMENTS_GPU * 4
+    held = ntk_tuning.GPU.piece_elements * 4
     assert ntk_terms.held_partials(torch.device("cuda")) == held == 256 * 2**20
     assert ntk_terms.held_partials(torch.device("cpu")) == 0
     cpu, gpu = minimum("cpu"), minimum("cuda")

@@ -7,6 +7,8 @@ differences for the linearized model. Each test names the change to the code tha
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,7 +16,7 @@ from tiny_run import STEPS, run_fixtures, tiny_spec
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-from conetool import ntk, ntk_schedule, ntk_structured, paths
+from conetool import ntk, ntk_structured, ntk_tuning, paths
 from conetool.linearize import LinearizedModel, linearize
 from conetool.ntk import empirical_ntk
 from conetool.pipeline import kernels
@@ -67,7 +69,7 @@ def test_full_kind_sub_blocks_cut_at_examples_when_the_sub_block_size_is_not_a_m
     # Rules out counting the examples of a block by its rows (ntk_terms.block_examples): with
     # sub-blocks of 5 rows and 3 rows per example, the factored (kron) terms would be cut inside
     # an example. The structured engine keeps both Linear layers of an MLP as factors.
-    monkeypatch.setattr(ntk_schedule, "_SUB_ROWS", 5)
+    monkeypatch.setattr(ntk_tuning, "CPU", dataclasses.replace(ntk_tuning.CPU, sub_rows=5))
     monkeypatch.setattr(
         ntk_structured, "_choose", lambda kind, n, k, t, d_a, d_g, p, pairs=None: "kron"
     )

@@ -3,10 +3,12 @@ one matrix give the same kernel entries as the terms one by one."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from conetool import blas_syrk, ntk_schedule, ntk_terms
+from conetool import blas_syrk, ntk_schedule, ntk_terms, ntk_tuning
 from conetool.ntk_terms import Dense, FactoredGrad, Term
 
 
@@ -91,12 +93,12 @@ def test_logit_groups_run_largest_first() -> None:
 def test_wide_dense_rows_take_the_triangle_of_sub_blocks_on_a_gpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # On a GPU a wide dense term's Gram matrix is computed in sub-blocks of _WIDE_ROWS_GPU rows,
+    # On a GPU a wide dense term's Gram matrix is computed in sub-blocks of wide_rows rows,
     # pairs on or above the diagonal only; the other terms keep sub-blocks of sub_rows (4096).
     # Sizes scaled down: "wide" from 64 columns, sub-blocks of 16 rows; the device is only read
     # for its type, so CPU tensors stand in for the GPU's (syrk, a CPU routine, is off).
     monkeypatch.setattr(ntk_terms, "_SYRK_MIN_WIDTH", 64)
-    monkeypatch.setattr(ntk_schedule, "_WIDE_ROWS_GPU", 16)
+    monkeypatch.setattr(ntk_tuning, "GPU", dataclasses.replace(ntk_tuning.GPU, wide_rows=16))
     monkeypatch.setattr(blas_syrk, "available", lambda: False)
     gen = torch.Generator().manual_seed(3)
     examples = 64

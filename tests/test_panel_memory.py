@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from conetool import ntk_schedule, ntk_terms
+from conetool import ntk_schedule, ntk_terms, ntk_tuning
 from conetool.ntk import empirical_ntk
 
 
@@ -42,7 +43,8 @@ def _copy64(model: nn.Module) -> nn.Module:
 def stacked(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Small calls stacked into pieces (pieces of 16 rows, calls of 4 examples), and every take of
     panel memory recorded: the Spare, the surplus passed, the matrix's address and size."""
-    monkeypatch.setattr(ntk_schedule, "_SYRK_ROWS", 16)
+    small = dataclasses.replace(ntk_tuning.CPU, piece_rows=16, syrk_rows=16)
+    monkeypatch.setattr(ntk_tuning, "CPU", small)
     monkeypatch.setattr(ntk_schedule, "_MIN_CHUNK", 1)
     original_plan = ntk_schedule.plan
 
