@@ -143,9 +143,10 @@ GPU = Tuning(
     # n = 1024 on an H200: 96% of a call's wall with the device busy, issue 15), and one product
     # of two sub-blocks is a single batched product over its float32 pieces
     # (ntk_terms.product), so the triangle saves FLOPs without many more launches: s sub-blocks
-    # cost (s + 1) / (2 s) of the square (1024 rows in four: 62.5%). Not yet timed on a GPU:
-    # benchmarks/bench_ntk.py's "+square" methods are the A/B (benchmarks/gpu_session.sh runs
-    # it).
+    # cost (s + 1) / (2 s) of the square (1024 rows in four: 62.5%). On the H200 (f9e2ea8, the
+    # README's GPU table) resnet20 at n = 1024 took 0.289 s with the triangle against 0.341 s
+    # with the square (benchmarks/bench_ntk.py's "+square" methods, the A/B that
+    # benchmarks/gpu_session.sh runs).
     wide_rows=256,
     # BLAS syrk is a CPU routine.
     syrk_rows=None,
