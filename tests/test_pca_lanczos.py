@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from synthetic_s import drifting_kernels_s
+from test_lanczos_top import _counting_dense
 
 import conetool.embedding as embedding
 from conetool.embedding import RATIO_TOLERANCE, _classical_from_b, _double_center, embed_pca
@@ -19,18 +20,6 @@ from conetool.lanczos_top import lanczos_top
 def _dense(s: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """embed_pca's result before the ARPACK path (the dense path, with the refusal)."""
     return _classical_from_b(_double_center(-0.5 * (s + s.T)), dims, only_psd=True)
-
-
-def _counting_dense(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    real = embedding._tridiagonal_top
-    calls: list[int] = []
-
-    def counted(b: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray] | None:
-        calls.append(b.shape[0])
-        return real(b, dims)
-
-    monkeypatch.setattr(embedding, "_tridiagonal_top", counted)
-    return calls
 
 
 def _same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:

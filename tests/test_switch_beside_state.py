@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_switch_optimizer_state import spec_dict as loop_spec_dict
 
 from conetool import paths
 from conetool.loop import TrainingLoop
@@ -18,29 +19,10 @@ from conetool.training import train
 
 
 def spec_dict(optimizer="sgd", **train_values):
-    return {
-        "model": {"arch": "mlp", "num_classes": 3, "widths": [8], "activation": "tanh"},
-        "data": {
-            "dataset": "synthetic",
-            "shape": [4],
-            "num_classes": 3,
-            "train_size": 48,
-            "test_size": 24,
-            "noise": 1.5,
-        },
-        "probe": {"size": 6},
-        "train": {
-            "optimizer": optimizer,
-            "steps": 12,
-            "batch_size": 8,
-            "lr": 0.2 if optimizer == "sgd" else 0.01,
-            "momentum": 0.9,
-            "save_every": 4,
-            "eval_every": 4,
-            "weight_decay": 1e-3,
-            **train_values,
-        },
-    }
+    """The loop-file tests' MLP spec (widths [8]) with ``train_values`` over its train table."""
+    raw = loop_spec_dict([8], optimizer)
+    raw["train"].update(train_values)
+    return raw
 
 
 def watch_optimizers(monkeypatch):
