@@ -12,7 +12,8 @@ those saved otherwise than the spec's).
 
 Each point's result is written as soon as it is done (``STORE/switch/at_XXXXXX.json`` and
 ``.csv``), so a rerun skips finished points and an interrupted sweep loses only the point in
-progress.
+progress. A point records the optimizer state file beside its checkpoint that its momentum came
+from (or none), and a rerun computes again a point whose file was added, removed or changed since.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .remembered import (
 )
 from .remembered import read_manifest as read_manifest_json
 from .resolve import iterations_per_epoch, resolve_spec
+from .switch_momentum_source import momentum_source
 from .switch_points import (
     MomentumNote,
     MomentumSaid,
@@ -645,9 +647,15 @@ def _for_reference(
 
 
 def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
-    """The points of the sweep already in the store for the same spec, T and checkpoint."""
+    """The points of the sweep already in the store for the same spec, T and checkpoint, whose
+    momentum's state file is unchanged (:mod:`conetool.pipeline.switch_momentum_source`)."""
     return [
-        read_point(store, t, point_key(sweep.spec, sweep.until, fingerprint(sweep.refs[t])))
+        read_point(
+            store,
+            t,
+            point_key(sweep.spec, sweep.until, fingerprint(sweep.refs[t])),
+            momentum_source(sweep.ckpts, sweep.refs[t]),
+        )
         for t in sweep.points_at
     ]
 

@@ -40,6 +40,7 @@ from ..training import diverged_hint
 from .matrix_cache import kernels_key
 from .resolve import model_for
 from .saved_results import saved_phase1_end
+from .switch_momentum_source import SOURCE_ENTRY, momentum_source, source_changed, state_beside
 from .switch_store import SwitchStore
 
 #: A warning (a guess to check: the spec's [train] recipe stands in for the run's, and the
@@ -208,9 +209,13 @@ def run_point(
     if loaded.metadata.get("format") != "conetool" and FOREIGN_RUN not in says.warnings:
         says.warn(FOREIGN_RUN)
     key = point_key(spec, until, loaded.fingerprint)
-    done = read_point(store.root, t, key)
+    source = momentum_source(ckpts, ref)
+    done = read_point(store.root, t, key, source)
     if done is not None:
         return done
+    changed = _changed_source(store.root, t, key, source)
+    if changed is not None:
+        says.note(f"t={t}: {changed} since this point was computed: it is computed again")
     output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
     if training is not None:
         training(t)
@@ -254,6 +259,8 @@ def run_point(
         rows=rows,
     )
     payload = {**asdict(point), "key": key, "checkpoint": [str(p) for p in ref.paths]}
+    if source is not None:
+        payload[SOURCE_ENTRY] = source
     payload.pop("reused")
     with store.writing():  # into the store the sweep began with, or nowhere
         atomic_write_csv(paths.switch_point_metrics(store.root, t), list(rows[0]), rows)
@@ -278,8 +285,7 @@ def optimizer_at(
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     optimizer = make_optimizer((p for _, p in named), spec.train)
     ref = loaded.ref
-    # beside the checkpoint's own file (``ckpts`` may be that file: ``kernels FILE``)
-    beside = paths.optimizer_state(ref.paths[0].parent if ref.folder is None else ckpts, ref.step)
+    beside = state_beside(ckpts, ref)  # beside the checkpoint's own file (or in ``ckpts``)
     lr = scheduled_lr(ref.step, lambda step: learning_rate(spec.train, step), spec.train.lr)
     names = [n for n, _ in named]
     if beside.is_file():
@@ -297,7 +303,7 @@ def _from_beside(
     naming the hyperparameters the state was saved with otherwise: a run of another recipe);
     else ("fresh", a warning saying why it is not used), as for a loop's own file: a file whose
     bytes are not safetensors, or that conetool train did not write, too (its warning adds that a
-    rerun reuses what is trained without it). One the disk cannot read (an ``OSError``) is a
+    rerun trains with it once restored: the point records the file's content). One the disk cannot read (an ``OSError``) is a
     :class:`CheckpointError`, as for a loop's own file."""
     one = f"the optimizer state beside the checkpoint ({beside.name})"
     many = "the optimizer states beside their checkpoints (step_XXXXXX.optim.safetensors)"
@@ -305,14 +311,10 @@ def _from_beside(
     try:
         saved = read_optimizer_state(beside)
     except OptimizerStateDamagedError as damaged:
-        why = f"not used: {damaged.reason}; {fresh}, and a rerun reuses what is trained from zero"
-        again = "to train with the file once it is restored from the run, delete"
+        why = f"not used: {damaged.reason}; {fresh}"
+        again = "restored from the run, a rerun trains with it again"
         return "fresh", MomentumNote(
-            t,
-            f"{one} is {why}: {again} switch/{paths.switch_point(Path(), t).name} (or "
-            f"switch/reference.json for --reference train) first",
-            f"{many} are {why}: {again} the points' switch/at_XXXXXX.json first",
-            warning=True,
+            t, f"{one} is {why} (once it is {again})", f"{many} are {why} (once {again})", True
         )
     found = restore_state(optimizer, names, beside.name, saved, lr=lr)
     if not found.used:
@@ -483,19 +485,41 @@ def _groups_matched(sizes: tuple[int, ...]) -> str:
     )
 
 
-def read_point(store: Path, t: int, key: dict[str, Any]) -> SwitchPoint | None:
-    """A finished point of the same spec, T and checkpoint content, or None."""
+def read_point(
+    store: Path, t: int, key: dict[str, Any], source: dict[str, Any] | None = None
+) -> SwitchPoint | None:
+    """A finished point of the same spec, T and checkpoint content, or None; ``source``: the
+    state file its momentum would come from now (:func:`momentum_source`), None not to check:
+    a point that recorded another (an older store's records none) is None too."""
+    payload = _point_payload(store, t, key)
+    if payload is None or source_changed(payload, source) is not None:
+        return None
+    fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
+    return SwitchPoint(**{**fields, "reused": True})
+
+
+def _point_payload(store: Path, t: int, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON of the point at ``t`` in ``store`` when it has the reuse ``key``, else None (no
+    file; damaged: recomputed and rewritten; computed for another spec, T or checkpoint)."""
     path = paths.switch_point(store, t)
     if not path.is_file():
         return None
     try:
         payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # damaged: recomputed and rewritten
-    if payload.get("key") != key:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
-    return SwitchPoint(**{**fields, "reused": True})
+    if not isinstance(payload, dict) or payload.get("key") != key:
+        return None
+    return payload
+
+
+def _changed_source(
+    store: Path, t: int, key: dict[str, Any], source: dict[str, Any] | None
+) -> str | None:
+    """Why the point at ``t`` of the same ``key`` is computed again: its momentum's state file
+    changed since (:func:`source_changed`); None when there is no such point."""
+    payload = _point_payload(store, t, key)
+    return None if payload is None else source_changed(payload, source)
 
 
 def all_points(
@@ -612,9 +636,10 @@ def standard_reference(
     loaded = load_checkpoint(model, refs[start], keep=ENTRIES)
     assert loaded is not None
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
+    source = momentum_source(ckpts, refs[start])
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous.get("key") == key:
+        if previous.get("key") == key and source_changed(previous, source) is None:
             return previous["reference"]
     store.check()
     optimizer, momentum, said = optimizer_at(model, spec, ckpts, loaded)
@@ -661,7 +686,8 @@ def standard_reference(
         "source": f"trained from step {start}",
     }
     with store.writing():
-        atomic_write_json(path, {"key": key, "reference": result})
+        kept = {"key": key, "reference": result}
+        atomic_write_json(path, kept if source is None else {**kept, SOURCE_ENTRY: source})
     return result
 
 

@@ -1,0 +1,84 @@
+"""Which optimizer state file a switch point's momentum comes from, recorded with the point so
+that a rerun recomputes a point whose state file was added, removed, repaired or replaced since.
+
+A point's reuse key (:func:`conetool.pipeline.switch_points.point_key`) covers the spec, T and the
+checkpoint's content, so the state inside the checkpoint file is covered already; the files
+beside it are not: the state ``conetool train`` saves beside the checkpoint
+(``step_XXXXXX.optim.safetensors``) and a Hugging Face folder's ``optimizer.pt``. The point's
+JSON records the one :func:`~conetool.pipeline.switch_points.optimizer_at` reads first (its name
+and content fingerprint, as for checkpoints: ``"<bytes>:<sha256>"``), or that there is none; a
+point without the record (written before it was kept) is reused as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..checkpoints import CheckpointRef
+from ..checkpoints._hashed_reads import files_fingerprint
+from ..trainer_optimizer import OPTIMIZER_FILE
+
+#: The entry of a point's JSON (and of ``switch/reference.json``) that records its state file.
+SOURCE_ENTRY = "momentum_source"
+
+
+def state_beside(ckpts: Path, ref: CheckpointRef) -> Path:
+    """The optimizer state ``conetool train`` saves beside the checkpoint ``ref``
+    (``step_XXXXXX.optim.safetensors``, beside its own file: ``ckpts`` may be that file)."""
+    return paths.optimizer_state(ref.paths[0].parent if ref.folder is None else ckpts, ref.step)
+
+
+def state_files(ckpts: Path, ref: CheckpointRef) -> list[Path]:
+    """The state files a point's momentum may come from, in the order they are tried: the state
+    beside the checkpoint, then a Hugging Face folder's ``optimizer.pt`` (the checkpoint file's
+    own state comes last; the checkpoint's fingerprint covers it)."""
+    files = [state_beside(ckpts, ref)]
+    if ref.folder is not None:
+        files.append(ref.folder / OPTIMIZER_FILE)
+    return files
+
+
+def momentum_source(ckpts: Path, ref: CheckpointRef) -> dict[str, Any] | None:
+    """What a point of the checkpoint ``ref`` would take its momentum from now:
+    ``{"state": NAME, "fingerprint": "<bytes>:<sha256>"}`` for the first state file there
+    (:func:`state_files`; whether it is then used or not, which its content decides),
+    ``{"state": None}`` without one. None when the file cannot be read (not checked: the
+    training that reads it says why)."""
+    for path in state_files(ckpts, ref):
+        if path.is_file():
+            try:
+                return {"state": _shown(path, ref), "fingerprint": files_fingerprint([path])}
+            except OSError:
+                return None
+    return {"state": None}
+
+
+def source_changed(payload: Mapping[str, Any], now: Mapping[str, Any] | None) -> str | None:
+    """Why the point (or reference) ``payload`` read from the store must be computed again, its
+    momentum's state file not being the one ``now`` (:func:`momentum_source`): ``"the optimizer
+    state beside the checkpoint (step_000400.optim.safetensors) was added"`` (``changed``,
+    ``was removed``, ...; the caller says since when); else None: the same, not recorded (an
+    older store's point: reused as before), or not known now."""
+    recorded = payload.get(SOURCE_ENTRY)
+    if now is None or not isinstance(recorded, Mapping) or dict(recorded) == dict(now):
+        return None
+    was, is_now = recorded.get("state"), now.get("state")
+    beside = "the optimizer state beside the checkpoint"
+    if was is None:
+        return f"{beside} ({is_now}) was added"
+    if is_now is None:
+        return f"{beside} ({was}) was removed"
+    if was != is_now:
+        return f"{beside} ({is_now}) replaced {was}"
+    return f"{beside} ({is_now}) changed"
+
+
+def _shown(path: Path, ref: CheckpointRef) -> str:
+    """A state file's name as a point records it: ``step_000400.optim.safetensors``, or
+    ``checkpoint-400/optimizer.pt`` for a Hugging Face folder's (all share the name)."""
+    if ref.folder is not None and path.parent == ref.folder:
+        return f"{ref.folder.name}/{path.name}"
+    return path.name

@@ -1,0 +1,113 @@
+"""A switch point records the optimizer state file beside its checkpoint that its momentum came
+from, so that a rerun computes again a point whose file was added, repaired or changed since
+(was: reused, its momentum silently 'fresh' where the run's saved state is there now)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_switch_beside_state import spec_dict
+
+from conetool import paths
+from conetool.loop import TrainingLoop
+from conetool.pipeline.run_switch import switch
+from conetool.spec import spec_from_dict
+from conetool.training import train
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run conetool train wrote: checkpoints of steps 0, 4, 8, 12, the state beside each."""
+    out = tmp_path / "run"
+    train(spec_from_dict(spec_dict(), source="run.toml"), out)
+    return out
+
+
+def no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished point was trained again")
+
+    monkeypatch.setattr(TrainingLoop, "run", refuse)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_state_file_added_or_repaired_since_recomputes_the_point(
+    run, tmp_path, monkeypatch, damage
+):
+    store = tmp_path / "s"
+    beside = paths.optimizer_state(run, 4)
+    kept = beside.read_bytes()
+    if damage == "missing":
+        beside.unlink()
+    else:
+        beside.write_bytes(kept[:-5])
+    first = switch([4, 8], store=store, ckpts=run, device="cpu")
+    assert [p.momentum for p in first.points] == ["fresh", "saved"]
+    if damage == "truncated":  # no advice to delete the point's file first
+        (said,) = [w for w in first.warnings if "is not used" in w]
+        assert "delete" not in said and "a rerun trains with it again" in said, said
+    beside.write_bytes(kept)  # restored from the run
+    again = switch([4, 8], store=store, ckpts=run, device="cpu")
+    assert [(p.momentum, p.reused) for p in again.points] == [("saved", False), ("saved", True)]
+    verb = "was added" if damage == "missing" else "changed"
+    assert (
+        f"t=4: the optimizer state beside the checkpoint (step_000004.optim.safetensors) {verb} "
+        "since this point was computed: it is computed again"
+    ) in again.notes, again.notes
+    assert json.loads(paths.switch_point(store, 4).read_text())["momentum"] == "saved"
+    with open(paths.switch_results_csv(store)) as handle:
+        assert [row.split(",")[6] for row in handle.read().splitlines()[1:]] == ["saved"] * 2
+    beside.unlink()  # and back: removed since, fresh again
+    last = switch([4], store=store, ckpts=run, device="cpu")
+    assert [(p.momentum, p.reused) for p in last.points] == [("fresh", False)]
+
+
+def test_an_unchanged_rerun_reuses_every_point(run, tmp_path, monkeypatch):
+    store = tmp_path / "s"
+    paths.optimizer_state(run, 4).unlink()  # a fresh point and a saved one
+    first = switch([4, 8], store=store, ckpts=run, device="cpu")
+    recorded = [json.loads(paths.switch_point(store, t).read_text()) for t in (4, 8)]
+    assert [r["momentum_source"]["state"] for r in recorded] == [
+        None,
+        "step_000008.optim.safetensors",
+    ]
+    no_training(monkeypatch)
+    again = switch([4, 8], store=store, ckpts=run, device="cpu")
+    assert all(p.reused for p in again.points)
+    same = ("at", "test_acc", "test_loss", "train_acc", "momentum", "seconds")
+    assert [[getattr(p, k) for k in same] for p in again.points] == [
+        [getattr(p, k) for k in same] for p in first.points
+    ]
+    assert not any("computed again" in n for n in again.notes), again.notes
+
+
+def test_a_point_of_an_older_store_without_the_record_is_reused(run, tmp_path, monkeypatch):
+    store = tmp_path / "s"
+    beside = paths.optimizer_state(run, 4)
+    kept = beside.read_bytes()
+    beside.unlink()
+    first = switch([4], store=store, ckpts=run, device="cpu")
+    point = paths.switch_point(store, 4)
+    payload = json.loads(point.read_text())
+    del payload["momentum_source"]  # as written before points recorded it
+    point.write_text(json.dumps(payload))
+    beside.write_bytes(kept)
+    no_training(monkeypatch)
+    again = switch([4], store=store, ckpts=run, device="cpu")
+    assert [(p.momentum, p.reused) for p in again.points] == [("fresh", True)]
+    assert again.points[0].test_loss == first.points[0].test_loss
+
+
+def test_reference_train_is_trained_again_when_its_state_file_is_added(run, tmp_path):
+    store = tmp_path / "s"
+    paths.checkpoint(run, 12).unlink()  # --reference train continues from step 8
+    beside = paths.optimizer_state(run, 8)
+    kept = beside.read_bytes()
+    beside.unlink()
+    first = switch([4], store=store, ckpts=run, device="cpu", reference="train")
+    assert any("momentum starting at zero" in n for n in first.notes), first.notes
+    beside.write_bytes(kept)
+    again = switch([4], store=store, ckpts=run, device="cpu", reference="train")
+    assert any("momentum from the saved optimizer state" in n for n in again.notes), again.notes
+    assert again.points[0].reused
