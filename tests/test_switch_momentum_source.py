@@ -111,3 +111,25 @@ def test_reference_train_is_trained_again_when_its_state_file_is_added(run, tmp_
     again = switch([4], store=store, ckpts=run, device="cpu", reference="train")
     assert any("momentum from the saved optimizer state" in n for n in again.notes), again.notes
     assert again.points[0].reused
+
+
+def test_a_trainer_folders_optimizer_pt_is_named_as_the_trainers() -> None:
+    """A Hugging Face folder's optimizer.pt lies inside the checkpoint's folder, not beside it: the
+    reason names it as the Trainer's state (the side file keeps 'beside the checkpoint')."""
+    from conetool.pipeline.switch_momentum_source import SOURCE_ENTRY, source_changed
+
+    def payload(state):
+        return {SOURCE_ENTRY: {"state": state}}
+
+    hf = "checkpoint-400/optimizer.pt"
+    assert source_changed(payload(None), {"state": hf}) == (
+        f"the Trainer's optimizer state ({hf}) was added"
+    )
+    assert source_changed(payload(hf), {"state": None}) == (
+        f"the Trainer's optimizer state ({hf}) was removed"
+    )
+    side = "step_000400.optim.safetensors"
+    assert source_changed(payload(None), {"state": side}) == (
+        f"the optimizer state beside the checkpoint ({side}) was added"
+    )
+    assert source_changed(payload(side), {"state": side}) is None

@@ -66,7 +66,12 @@ def source_changed(payload: Mapping[str, Any], now: Mapping[str, Any] | None) ->
     if now is None or not isinstance(recorded, Mapping) or dict(recorded) == dict(now):
         return None
     was, is_now = recorded.get("state"), now.get("state")
-    beside = "the optimizer state beside the checkpoint"
+    trainer = any(
+        isinstance(name, str) and name.endswith(f"/{OPTIMIZER_FILE}") for name in (was, is_now)
+    )
+    beside = (
+        "the Trainer's optimizer state" if trainer else "the optimizer state beside the checkpoint"
+    )
     if was is None:
         return f"{beside} ({is_now}) was added"
     if is_now is None:
