@@ -210,11 +210,11 @@ def run_point(
         says.warn(FOREIGN_RUN)
     key = point_key(spec, until, loaded.fingerprint)
     source = momentum_source(ckpts, ref)
-    done = read_point(store.root, t, key, source)
-    if done is not None:
-        return done
-    changed = _changed_source(store.root, t, key, source)
-    if changed is not None:
+    payload = _point_payload(store.root, t, key)
+    if payload is not None:
+        changed = source_changed(payload, source)
+        if changed is None:
+            return _reused(payload)
         says.note(f"t={t}: {changed} since this point was computed: it is computed again")
     output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
     if training is not None:
@@ -494,6 +494,11 @@ def read_point(
     payload = _point_payload(store, t, key)
     if payload is None or source_changed(payload, source) is not None:
         return None
+    return _reused(payload)
+
+
+def _reused(payload: dict[str, Any]) -> SwitchPoint:
+    """The finished point whose JSON is ``payload``, marked reused."""
     fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
     return SwitchPoint(**{**fields, "reused": True})
 
@@ -511,15 +516,6 @@ def _point_payload(store: Path, t: int, key: dict[str, Any]) -> dict[str, Any] |
     if not isinstance(payload, dict) or payload.get("key") != key:
         return None
     return payload
-
-
-def _changed_source(
-    store: Path, t: int, key: dict[str, Any], source: dict[str, Any] | None
-) -> str | None:
-    """Why the point at ``t`` of the same ``key`` is computed again: its momentum's state file
-    changed since (:func:`source_changed`); None when there is no such point."""
-    payload = _point_payload(store, t, key)
-    return None if payload is None else source_changed(payload, source)
 
 
 def all_points(
