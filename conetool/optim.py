@@ -103,7 +103,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
         # (torch checks that each group lists as many parameters as the optimizer's)
         optimizer.load_state_dict(saved)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise _not_conetools(path, exc) from exc
+        raise _not_conetools(path, _what_failed(exc)) from exc
 
 
 def read_optimizer_state(path: Path) -> dict[str, Any]:
@@ -134,13 +134,7 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
             _cannot_read(path, exc), f"it cannot be read as safetensors ({exc})"
         ) from exc
     if "optimizer" not in metadata:
-        what = "its metadata has no 'optimizer' entry"
-        raise OptimizerStateDamagedError(
-            f"optimizer state {path} was not written by conetool train ({what}), so its momentum "
-            "cannot be restored. Move or delete it to restart momentum from zero, or restore the "
-            "file conetool train wrote.",
-            f"it was not written by conetool train ({what})",
-        )
+        raise _not_conetools(path, "its metadata has no 'optimizer' entry")
     return metadata, tensors
 
 
@@ -165,12 +159,17 @@ def _state_dict(
             state.setdefault(int(index), {}).update(values)
         groups: list[dict[str, Any]] = json.loads(metadata["param_groups"])
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise _not_conetools(path, exc) from exc
+        raise _not_conetools(path, _what_failed(exc)) from exc
     return {"state": state, "param_groups": groups}
 
 
-def _not_conetools(path: Path, exc: Exception) -> OptimizerStateDamagedError:
-    what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
+def _what_failed(exc: Exception) -> str:
+    """What about a state file ``exc`` found wrong: ``no 'param_groups' entry``, or its text."""
+    return f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
+
+
+def _not_conetools(path: Path, what: str) -> OptimizerStateDamagedError:
+    """The error of a state file that ``conetool train`` did not write (``what`` says why)."""
     return OptimizerStateDamagedError(
         f"optimizer state {path} was not written by conetool train ({what}), so its momentum "
         "cannot be restored. Move or delete it to restart momentum from zero, or restore the "
