@@ -157,6 +157,7 @@ def restore_state(
     *,
     saved_names: Sequence[str] | None = None,
     lr: ScheduledLr | None = None,
+    place: Placer | None = None,
 ) -> CheckpointOptimizer:
     """Load the saved ``Optimizer.state_dict()`` ``saved`` (found as ``entry``) into
     ``optimizer`` (one group: the model's trainable parameters in order, named ``names``) when
@@ -165,15 +166,23 @@ def restore_state(
     hyperparameters; otherwise ``optimizer`` is left as it was (fresh) and the result says why.
     ``saved_names`` and ``lr``: as for :func:`restore_checkpoint_optimizer`, which reads
     ``saved`` from a loop's file; ``switch`` gives the state ``conetool train`` saved beside the
-    checkpoint too (:func:`conetool.optim.read_optimizer_state`)."""
-    checked = _match(saved, optimizer, names, saved_names)
+    checkpoint too (:func:`conetool.optim.read_optimizer_state`). ``place``: how the saved
+    indices go to the parameters (:data:`Placer`; a Trainer's two groups:
+    :mod:`conetool.trainer_optimizer`), by default each group in the model's order, interleaved
+    by shape (:func:`_placements`); what it says of the match is the result's ``matched``."""
+    checked = _match(saved, optimizer, names, saved_names, place)
     if isinstance(checked, str):
         return CheckpointOptimizer(entry, reason=checked)
+    loaded, matched = checked
     own = optimizer.state_dict()["param_groups"]  # the spec's hyperparameters, kept
-    optimizer.load_state_dict({"state": checked, "param_groups": own})
+    optimizer.load_state_dict({"state": loaded, "param_groups": own})
     groups = tuple(len(group["params"]) for group in saved["param_groups"])
     return CheckpointOptimizer(
-        entry, used=True, differs=hyperparameters_differ(saved, optimizer, lr), groups=groups
+        entry,
+        used=True,
+        differs=hyperparameters_differ(saved, optimizer, lr),
+        groups=groups,
+        matched=matched,
     )
 
 
@@ -261,9 +270,11 @@ def _match(
     optimizer: torch.optim.Optimizer,
     names: Sequence[str],
     saved_names: Sequence[str] | None = None,
-) -> dict[int, dict[str, Any]] | str:
-    """The saved per-parameter state re-indexed as ``optimizer``'s (clones, so the file's mapped
-    memory is never written), or why it is not ``optimizer``'s state over these parameters."""
+    place: Placer | None = None,
+) -> tuple[dict[int, dict[str, Any]], str] | str:
+    """``(the saved per-parameter state re-indexed as optimizer's, how it was matched)`` (clones,
+    so the file's mapped memory is never written), or why it is not ``optimizer``'s state over
+    these parameters."""
     checked = saved_groups(saved, optimizer)
     if isinstance(checked, str):
         return checked
@@ -272,14 +283,22 @@ def _match(
     params: list[torch.Tensor] = list(optimizer.param_groups[0]["params"])
     if saved_names is not None and list(saved_names) != list(names):
         return order_differs(saved_names, names)
-    if len(lists) == 1:
-        position = {index: i for i, index in enumerate(indices)}
-    else:
-        placed = _placements(lists, state, [tuple(p.shape) for p in params], names)
+    shapes = [tuple(p.shape) for p in params]
+    matched = ""
+    if place is not None:
+        placed = place(lists, state, shapes)
         if isinstance(placed, str):
             return placed
-        position = placed
-    return reindexed(state, set(indices), position, params, names)
+        position, matched = placed
+    elif len(lists) == 1:
+        position = {index: i for i, index in enumerate(indices)}
+    else:
+        by_shape = _placements(lists, state, shapes, names)
+        if isinstance(by_shape, str):
+            return by_shape
+        position = by_shape
+    loaded = reindexed(state, set(indices), position, params, names)
+    return loaded if isinstance(loaded, str) else (loaded, matched)
 
 
 def order_differs(saved_names: Sequence[str], names: Sequence[str]) -> str:
@@ -397,6 +416,13 @@ def reindexed(
 
 
 _Shape = tuple[int, ...]
+
+#: How a saved state's indices go to the model's parameters: ``place(lists, state, shapes)``
+#: (each saved group's indices, the per-index state, the parameters' shapes) gives ``(the
+#: parameter position of each index, what to say of the match: "" for nothing)``, or why not.
+Placer = Callable[
+    [list[list[Any]], Mapping[Any, Any], list[_Shape]], tuple[Mapping[Any, int], str] | str
+]
 _At = tuple[int, ...]  # how many parameters of each group come before a position
 
 

@@ -43,11 +43,8 @@ from .checkpoint_optimizer import (
     CheckpointOptimizer,
     ScheduledLr,
     groups_of,
-    hyperparameters_differ,
     load_state_file,
-    order_differs,
-    reindexed,
-    saved_groups,
+    restore_state,
     shapes_of,
     unreadable_reason,
 )
@@ -151,34 +148,20 @@ def restore_trainer_optimizer(
     group sizes and ``matched`` the Trainer's rules that its two groups follow (``"the rule of
     PR 35927 and the later rule"``, ``"every rule transformers has had"``; "" for one group),
     when used."""
-    saved = _read(path)
-    checked = saved_groups(saved, optimizer)
-    if isinstance(checked, str):
-        return CheckpointOptimizer(OPTIMIZER_FILE, reason=checked)
-    state, lists = checked
-    if saved_names is not None and list(saved_names) != list(names):
-        return CheckpointOptimizer(OPTIMIZER_FILE, reason=order_differs(saved_names, names))
-    params: list[torch.Tensor] = list(optimizer.param_groups[0]["params"])
-    placed = _placed(lists, state, model, names, [tuple(p.shape) for p in params])
-    if isinstance(placed, str):
-        return CheckpointOptimizer(OPTIMIZER_FILE, reason=placed)
-    position, rules = placed
-    indices = {index for listed in lists for index in listed}
-    loaded = reindexed(state, indices, position, params, names)
-    if isinstance(loaded, str):
-        return CheckpointOptimizer(OPTIMIZER_FILE, reason=loaded)
-    own = optimizer.state_dict()["param_groups"]  # the spec's hyperparameters, kept
-    optimizer.load_state_dict({"state": loaded, "param_groups": own})
-    return CheckpointOptimizer(
-        OPTIMIZER_FILE,
-        used=True,
-        differs=hyperparameters_differ(saved, optimizer, lr),
-        groups=tuple(len(listed) for listed in lists),
-        matched=(
-            "every rule transformers has had"
-            if len(rules) == len(RULES)
-            else " and ".join(rule.split(" (")[0] for rule in rules)
-        ),
+
+    def place(
+        lists: list[list[Any]], state: Mapping[Any, Any], shapes: list[_Shape]
+    ) -> tuple[Mapping[Any, int], str] | str:
+        placed = _placed(lists, state, model, names, shapes)
+        if isinstance(placed, str):
+            return placed
+        position, rules = placed
+        if len(rules) == len(RULES):
+            return position, "every rule transformers has had"
+        return position, " and ".join(rule.split(" (")[0] for rule in rules)
+
+    return restore_state(
+        optimizer, names, OPTIMIZER_FILE, _read(path), saved_names=saved_names, lr=lr, place=place
     )
 
 
