@@ -18,8 +18,8 @@ entry of two rows is the sum over terms of the inner product of their rows:
 The schedule (:mod:`conetool.ntk_schedule`) contracts blocks :func:`merged`: every dense term laid
 side by side as one wide matrix, so that one product (or one ``syrk`` on the CPU) covers every
 parameter tensor with dense rows. Products are computed in the rows' dtype and summed in float64:
-across terms, and inside a dense product wider than :func:`piece_columns` across float32 pieces
-of that many columns each (4,096 on the CPU, 512 on a GPU; :func:`product`; the ``syrk`` path in
+across terms, and inside a dense product wider than the tuning's ``piece_columns`` across
+float32 pieces of that many columns each (4,096 on the CPU, 512 on a GPU; :func:`product`; the ``syrk`` path in
 pieces of up to ``_SYRK_CHUNK`` columns), because one float32 product accumulates along its
 whole inner dimension (8 rows of 368,640 columns: 3e-5 off; in pieces of 4,096: about 3e-8). :mod:`conetool.ntk_precision`
 switches the pieces off for benchmarks.
@@ -274,25 +274,12 @@ def use_syrk(mat: Tensor) -> bool:
     return mat.shape[0] >= _SYRK_MIN_ROWS and syrk_term(Dense(mat))
 
 
-def held_partials(device: torch.device) -> int:
-    """Bytes of float32 partial products :func:`product` holds at once on ``device`` beyond what
-    the schedule's 32 MiB workspace covers: none on the CPU (16 MiB), 256 MiB on a GPU
-    (:attr:`conetool.ntk_tuning.Tuning.held_partials`)."""
-    return tuning_for(device).held_partials
-
-
-def piece_columns(device: torch.device) -> int:
-    """Columns per float32 piece of :func:`product` on ``device``: 4,096 on the CPU, 512 on any
-    other device (the tuning's ``piece_columns``, :mod:`conetool.ntk_tuning`)."""
-    return tuning_for(device).piece_columns
-
-
 def product(left: Tensor, right: Tensor) -> Tensor:
     """``left @ right.T`` ``(m, n)`` in float64 from rows ``(m, w)`` and ``(n, w)`` in any dtype.
 
-    With the accuracy fixes on (:mod:`conetool.ntk_precision`) and ``w`` wider than
-    :func:`piece_columns`, float32 (or narrower) rows are multiplied in pieces of that many
-    columns, batched, whose partial products are summed in float64; otherwise one product in the
+    With the accuracy fixes on (:mod:`conetool.ntk_precision`) and ``w`` wider than the
+    tuning's ``piece_columns`` (:mod:`conetool.ntk_tuning`), float32 (or narrower) rows are
+    multiplied in pieces of that many columns, batched, whose partial products are summed in float64; otherwise one product in the
     rows' dtype.
     """
     width = left.shape[1]

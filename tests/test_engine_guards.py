@@ -88,7 +88,7 @@ def test_on_a_gpu_the_pieces_are_512_columns_wide(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch, "bmm", recorded)
     for device, chunk in (("meta", 512), ("cpu", 4096)):
         widths.clear()
-        assert ntk_terms.piece_columns(torch.device(device)) == chunk
+        assert ntk_tuning.tuning_for(torch.device(device)).piece_columns == chunk
         rows = torch.zeros(3, 5 * 4096 + 7, device=device)
         out = ntk_terms.product(rows, rows)
         assert out.shape == (3, 3) and out.dtype == torch.float64

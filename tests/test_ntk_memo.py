@@ -10,7 +10,7 @@ from test_ntk_structured import Reused, ScaledMLP
 from tiny_run import train_tiny
 from torch import nn
 
-from conetool import ntk, ntk_schedule, ntk_structured, ntk_terms, ntk_tuning
+from conetool import ntk, ntk_schedule, ntk_structured, ntk_tuning
 from conetool.ntk import EngineMemo, MemoryBudgetError, empirical_ntk
 from conetool.ntk_memo import signature
 from conetool.pipeline import kernels
@@ -162,8 +162,8 @@ def test_the_gpu_plan_counts_the_partial_products_it_holds() -> None:
         return budget_named(info.value)
 
     held = ntk_tuning.GPU.piece_elements * 4
-    assert ntk_terms.held_partials(torch.device("cuda")) == held == 256 * 2**20
-    assert ntk_terms.held_partials(torch.device("cpu")) == 0
+    assert ntk_tuning.tuning_for(torch.device("cuda")).held_partials == held == 256 * 2**20
+    assert ntk_tuning.tuning_for(torch.device("cpu")).held_partials == 0
     cpu, gpu = minimum("cpu"), minimum("cuda")
     assert gpu - cpu == pytest.approx(held * 10 / 9, abs=2)
     ntk_schedule.plan(_Source(), "trace", 64, 10, cpu, "row", torch.device("cpu"))

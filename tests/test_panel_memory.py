@@ -155,7 +155,12 @@ def test_the_plan_says_the_budget_it_leaves_unused() -> None:
     n, budget = 200, 2**27
     panels = ntk_schedule.plan(source, "trace", n, 2, budget, "x", torch.device("cpu"))
     assert panels.panel < n
-    fixed = 2 * n * n * 8 + source.fixed + 32 * 2**20 + ntk_terms.held_partials(torch.device("cpu"))
+    fixed = (
+        2 * n * n * 8
+        + source.fixed
+        + 32 * 2**20
+        + ntk_tuning.tuning_for(torch.device("cpu")).held_partials
+    )
     avail = budget * 9 // 10 - fixed
     g = len(panels.groups[0])
     used = panels.panel * source.resident(g) + panels.chunk * source.transient(g)
