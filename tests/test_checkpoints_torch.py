@@ -921,6 +921,80 @@ def test_any_entry_holding_the_networks_tensors_is_named(tmp_path: Path, name: s
     ), text
 
 
+def _lightning(step: int, ema_key: str) -> dict[str, object]:
+    """What Lightning's ``Trainer.save_checkpoint`` writes for a LightningModule holding the
+    network as ``self.net``, trained with an EMA callback whose ``state_dict()`` is
+    ``{"ema_state_dict": ..., ...}`` (Lightning keeps it under the callback's state key in
+    ``"callbacks"``, beside ModelCheckpoint's, whose key holds quotes)."""
+    return {
+        "epoch": 0,
+        "global_step": step,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {f"net.{k}": v for k, v in state(step).items()},
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 1}}}},
+        "callbacks": {
+            "ModelCheckpoint{'monitor': None, 'mode': 'min'}": {
+                "best_model_score": torch.tensor(0.25),
+                "best_model_path": "",
+            },
+            ema_key: {
+                "ema_state_dict": {f"net.{k}": v for k, v in state(step + 100).items()},
+                "decay": 0.999,
+                "num_updates": step,
+            },
+        },
+        "optimizer_states": [],
+        "lr_schedulers": [],
+    }
+
+
+def test_an_ema_a_lightning_callback_saved_is_named_once(tmp_path: Path):
+    """A Lightning .ckpt keeps an EMA callback's weights under sd['callbacks'][its state key],
+    not at the top of the dict: the reader took 'state_dict' and only an EMA at the top was
+    named. One nested further down is named the same way, once for the run, where it is (as
+    Python subscripts) and how to save it alone, with a line of Python that reads it."""
+    key = "EMA{'decay': 0.999}"  # a state key with quotes: the fix must still be Python
+    for step in (0, 5, 10):
+        torch.save(_lightning(step, key), tmp_path / f"epoch=0-step={step}.ckpt")
+    warned: list[str] = []
+    listing = checkpoint_listing(tmp_path, warn=warned.append, note=lambda _: None)
+    assert [r.step for r in listing.refs] == [0, 5, 10]
+    (text,) = _left(warned)
+    where = "['callbacks'][\"EMA{'decay': 0.999}\"]['ema_state_dict']"
+    assert text.startswith(
+        "'epoch=0-step=0.ckpt' and 2 other checkpoints hold a state dict under 'state_dict', "
+        f"which is read, and another of the same network under {where} (an EMA of the "
+        f"weights, say), which is not"
+    ), text
+    assert f"To measure {where} instead" in text, text
+    # the line of Python the warning gives reads the EMA's state dict
+    path = tmp_path / "epoch=0-step=0.ckpt"
+    assert f"sd = torch.load('{path}', weights_only=True)" in text, text
+    taken = text.split("safetensors.torch.save_file(")[1].split(", 'step_2000")[0]
+    sd = torch.load(path, weights_only=True)
+    ema = eval(taken, {"sd": sd})  # the warning's own expression
+    assert ema.keys() == {f"net.{k}" for k in state(0)}
+    assert all(torch.equal(ema[f"net.{k}"], v) for k, v in state(100).items())
+    said: list[str] = []
+    inspect_checkpoints(tmp_path, warn=said.append, note=lambda _: None)
+    assert _left(said) == [text], said
+
+
+def test_a_nested_state_dict_beside_a_top_level_ema_is_named_too(tmp_path: Path):
+    """Both an averaged copy a callback keeps and an EMA at the top of the dict are left: both
+    are named, in the dict's order, in one warning."""
+    saved = _lightning(3, "StochasticWeightAveraging")
+    saved["ema"] = {f"net.{k}": v for k, v in state(7).items()}
+    torch.save(saved, tmp_path / "a.ckpt")
+    warned: list[str] = []
+    checkpoint_listing(tmp_path, warn=warned.append, note=lambda _: None)
+    (text,) = _left(warned)
+    assert (
+        "another of the same network under ['callbacks']['StochasticWeightAveraging']"
+        "['ema_state_dict'] and 'ema' (an EMA"
+    ) in text, text
+
+
 def test_entries_of_no_network_tensors_are_not_named(tmp_path: Path):
     """Metrics kept as tensors, an optimizer state, the same state dict under 'state_dict'
     (read and compared, not left): no other state dict of the network."""

@@ -111,23 +111,43 @@ def _bare_name(key: str) -> str:
     return key
 
 
-def other_state_dicts(obj: Mapping[Any, Any], taken: Mapping[str, torch.Tensor]) -> list[str]:
-    """The entries of the dict ``obj`` that hold another state dict of the network whose state dict
-    ``taken`` is (an EMA of its weights: ``"ema"``, ``"model_ema"``, ``"ema_state_dict"``, an
-    averaged copy), which are not read: a mapping of tensors, under a string entry outside
-    :data:`STATE_DICT_ENTRIES`, that shares a tensor name with ``taken`` (each name without its
-    wrapper prefixes: timm's ``ModelEmaV2`` and ``AveragedModel`` save ``module.fc.weight``). A
-    dict of metrics (``{"loss": tensor(0.3)}``) shares none; an optimizer state is no mapping of
-    tensors."""
+#: How far below the top of a torch.save dict :func:`other_state_dicts` looks: Lightning keeps
+#: a callback's state under ``sd["callbacks"][its state key]``, an EMA callback its weights one
+#: entry further down (``sd["callbacks"]["EMA"]["ema_state_dict"]``); a level or two more for
+#: loops that nest deeper.
+OTHER_STATE_DICT_DEPTH = 4
+
+
+def other_state_dicts(
+    obj: Mapping[Any, Any], taken: Mapping[str, torch.Tensor]
+) -> list[tuple[str, ...]]:
+    """Where the dict ``obj`` holds another state dict of the network whose state dict ``taken``
+    is (an EMA of its weights: ``"ema"``, ``"model_ema"``, ``"ema_state_dict"``, an averaged
+    copy), which is not read: the keys that lead to it, ``("ema",)`` for an entry of ``obj``,
+    ``("callbacks", "EMA", "ema_state_dict")`` for one a Lightning callback saved. Such a state
+    dict is a mapping of tensors that shares a tensor name with ``taken`` (each name without its
+    wrapper prefixes: timm's ``ModelEmaV2`` and ``AveragedModel`` save ``module.fc.weight``),
+    under a string entry that is not one of :data:`STATE_DICT_ENTRIES` of ``obj`` itself (those
+    are read, or compared with the one read), found in mappings under string entries down to
+    :data:`OTHER_STATE_DICT_DEPTH` levels below ``obj``. A dict of metrics
+    (``{"loss": tensor(0.3)}``) shares no name; an optimizer state is no mapping of tensors (its
+    buffers are under the parameters' numbers)."""
     names = {_bare_name(k) for k in taken}
-    return [
-        key
-        for key, value in obj.items()
-        if isinstance(key, str)
-        and key not in STATE_DICT_ENTRIES
-        and is_state_dict(value)
-        and any(isinstance(k, str) and _bare_name(k) in names for k in value)
-    ]
+    found: list[tuple[str, ...]] = []
+
+    def look(mapping: Mapping[Any, Any], path: tuple[str, ...]) -> None:
+        for key, value in mapping.items():
+            if not isinstance(key, str) or not isinstance(value, Mapping):
+                continue
+            if is_state_dict(value):
+                read = not path and key in STATE_DICT_ENTRIES
+                if not read and any(isinstance(k, str) and _bare_name(k) in names for k in value):
+                    found.append((*path, key))
+            elif len(path) < OTHER_STATE_DICT_DEPTH:
+                look(value, (*path, key))
+
+    look(obj, ())
+    return found
 
 
 def _state_dicts_differ(

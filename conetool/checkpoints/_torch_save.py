@@ -160,9 +160,10 @@ class TorchContents:
     #: shapes, but not one in memory with the one taken: their values are compared only when the
     #: file is read in full (``kernels``, ``inspect --verify``), which refuses the file if they differ
     uncompared: tuple[str, ...] = ()
-    #: other entries holding a state dict of the same network (:func:`other_state_dicts`: an EMA
-    #: of the weights), which are not read
-    left: tuple[str, ...] = ()
+    #: where the dict holds another state dict of the same network, which is not read (an EMA
+    #: of the weights): the keys leading to each (:func:`other_state_dicts`: ``("ema",)``,
+    #: ``("callbacks", "EMA", "ema_state_dict")``)
+    left: tuple[tuple[str, ...], ...] = ()
 
 
 def read_torch_contents(path: Path) -> TorchContents:

@@ -216,31 +216,44 @@ def _one_and_others(directory: Path, held: list[Candidate]) -> tuple[str, str]:
     return f"{first} and {others} other checkpoint{'s' if others > 1 else ''}", ""
 
 
-def _quoted(keys: Sequence[str]) -> str:
-    shown = [f"'{k}'" for k in keys]
+def _listed(shown: Sequence[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + f" and {shown[-1]}"
+
+
+def _quoted(keys: Sequence[str]) -> str:
+    return _listed([f"'{k}'" for k in keys])
+
+
+def _entry_shown(path: tuple[str, ...]) -> str:
+    """How the warnings name where a dict holds a state dict: ``'ema'`` for an entry of the dict,
+    ``['callbacks']['EMA']['ema_state_dict']`` for one further down (as Python subscripts it)."""
+    return f"'{path[0]}'" if len(path) == 1 else "".join(f"[{key!r}]" for key in path)
 
 
 def left_entries_warning(directory: Path, candidates: list[Candidate]) -> str | None:
     """The warning for torch.save files whose dict holds, beside the state dict that is read
     (under ``state_dict``, ``model_state_dict`` or ``model``, the first present), another of the
     same network that is not (an EMA of the weights under ``ema``, ``model_ema``,
-    ``ema_state_dict``, ...): said once for the run, naming the first such file, the count of
-    the others, the entry read, the entries left, and how to measure one of those instead (save
-    it alone). None when no usable file holds such an entry."""
+    ``ema_state_dict``, ..., or further down: a Lightning EMA callback's under
+    ``["callbacks"]["EMA"]["ema_state_dict"]``): said once for the run, naming the first such
+    file, the count of the others, the entry read, where the others are, and how to measure one
+    of those (save it alone). None when no usable file holds such a state dict."""
     held = [c for c in candidates if c.problem is None and c.left and c.entry is not None]
     if not held:
         return None
     first = held[0]
-    left = list(dict.fromkeys(k for c in held for k in c.left))
+    left = list(dict.fromkeys(path for c in held for path in c.left))
+    shown = [_entry_shown(path) for path in left]
+    taken = "sd" + "".join(f"[{key!r}]" for key in left[0])
     who, s = _one_and_others(directory, held)
     return (
         f"{who} hold{s} a state dict under '{first.entry}', which is read, and another of the "
-        f"same network under {_quoted(left)} (an EMA of the weights, say), which is not: conetool "
+        f"same network under {_listed(shown)} (an EMA of the weights, say), which is not: conetool "
         f"reads the entry 'state_dict', 'model_state_dict' or 'model', the first present. To "
-        f"measure '{left[0]}' instead, save it alone for each checkpoint into a directory of its "
+        f"measure {shown[0]} instead, save it alone for each checkpoint into a directory of its "
         f"own and point conetool at that, in Python: sd = torch.load('{first.location}', "
-        f"weights_only=True); safetensors.torch.save_file(sd['{left[0]}'], "
+        f"weights_only=True); safetensors.torch.save_file({taken}, "
         f"'step_2000.safetensors', metadata={{'step': '2000'}}) with the file's step."
     )
 

@@ -104,8 +104,10 @@ class Candidate:
     #: the entries beside ``entry`` that hold a state dict of the same names, dtypes and shapes,
     #: not one in memory with it: their values are compared only when the file is read in full
     uncompared: tuple[str, ...] = ()
-    #: the entries holding another state dict of the same network (``"ema"``), which are not read
-    left: tuple[str, ...] = ()
+    #: where the dict holds another state dict of the same network, which is not read: the keys
+    #: leading to each (``("ema",)``, a Lightning callback's ``("callbacks", "EMA",
+    #: "ema_state_dict")``)
+    left: tuple[tuple[str, ...], ...] = ()
 
     def fail(self, message: str) -> None:
         if self.problem is None:
