@@ -8,6 +8,7 @@ checkpoint (a wrong architecture, an unreadable file).
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import types
@@ -919,6 +920,51 @@ def test_any_entry_holding_the_networks_tensors_is_named(tmp_path: Path, name: s
         f"'a.pt' holds a state dict under 'model_state_dict', which is read, and another of the "
         f"same network under '{name}'"
     ), text
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["pytorch_model.bin", "shards"])
+def test_an_ema_in_a_hugging_face_folders_bin_is_named_by_the_listing_kernels_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sharded: bool
+):
+    """kernels' listing read the pickle of flat files only: an EMA beside the state dict in a
+    Hugging Face folder's pytorch_model.bin, or in its shards, was named by inspect and not by
+    kernels. The listing reads their pickles as a flat file's (memory-mapped: no tensor data,
+    no full read of the file), and names the file to read the EMA from."""
+    for step in (10, 20):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        sd, ema = state(step), state(step + 100)
+        if not sharded:
+            torch.save({"model": sd, "ema": ema}, folder / "pytorch_model.bin")
+            continue
+        keys, weight_map = list(sd), {}
+        for k, part in enumerate((keys[:2], keys[2:]), start=1):
+            name = f"pytorch_model-{k:05d}-of-00002.bin"
+            halves = {"model": {n: sd[n] for n in part}, "ema": {n: ema[n] for n in part}}
+            torch.save(halves, folder / name)
+            weight_map.update(dict.fromkeys(part, name))
+        index = {"metadata": {}, "weight_map": weight_map}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    streamed: list[Path] = []
+    monkeypatch.setattr(_hashed_reads, "stream_file", lambda path, **kw: streamed.append(path))
+    warned: list[str] = []
+    listing = checkpoint_listing(tmp_path, warn=warned.append, note=lambda _: None)
+    assert [(r.step, r.source) for r in listing.refs] == [
+        (10, "hf-sharded" if sharded else "hf"),
+        (20, "hf-sharded" if sharded else "hf"),
+    ]
+    assert streamed == []  # the listing read no file in full
+    (text,) = _left(warned)
+    assert text.startswith(
+        "'checkpoint-10/' and 1 other checkpoint hold a state dict under 'model', which is read, "
+        "and another of the same network under 'ema' (an EMA of the weights, say), which is not"
+    ), text
+    weights = "pytorch_model-00001-of-00002.bin" if sharded else "pytorch_model.bin"
+    path = tmp_path / "checkpoint-10" / weights
+    assert f"sd = torch.load('{path}', weights_only=True)" in text, text
+    said: list[str] = []
+    inspect_checkpoints(tmp_path, warn=said.append, note=lambda _: None)
+    assert _left(said) == [text], said
 
 
 def _lightning(step: int, ema_key: str) -> dict[str, object]:

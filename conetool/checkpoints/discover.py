@@ -252,7 +252,7 @@ def left_entries_warning(directory: Path, candidates: list[Candidate]) -> str | 
         f"same network under {_listed(shown)} (an EMA of the weights, say), which is not: conetool "
         f"reads the entry 'state_dict', 'model_state_dict' or 'model', the first present. To "
         f"measure {shown[0]} instead, save it alone for each checkpoint into a directory of its "
-        f"own and point conetool at that, in Python: sd = torch.load('{first.location}', "
+        f"own and point conetool at that, in Python: sd = torch.load('{first.left_file}', "
         f"weights_only=True); safetensors.torch.save_file({taken}, "
         f"'step_2000.safetensors', metadata={{'step': '2000'}}) with the file's step."
     )

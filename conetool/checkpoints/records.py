@@ -108,6 +108,9 @@ class Candidate:
     #: leading to each (``("ema",)``, a Lightning callback's ``("callbacks", "EMA",
     #: "ema_state_dict")``)
     left: tuple[tuple[str, ...], ...] = ()
+    #: the first of ``paths`` that holds one of ``left`` (a Hugging Face folder's
+    #: pytorch_model.bin, a shard): the file to read it from
+    left_file: Path | None = None
 
     def fail(self, message: str) -> None:
         if self.problem is None:

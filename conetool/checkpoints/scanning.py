@@ -106,11 +106,14 @@ def _read_headers(c: Candidate, deep: bool) -> None:
             c.shapes = shapes
         else:
             zipped = [check_torch_file(p) for p in c.paths]
-            # A flat file's pickle is always read (memory-mapped, no tensor data): its dict may
-            # store the step, or it may hold no state dict at all (losses.pt: not a checkpoint).
-            # A legacy (non-zip) pickle cannot be memory-mapped: its contents wait for the load.
+            # Every pickle is read (memory-mapped: no tensor data), with or without ``deep``: a
+            # flat file's dict may store the step, or it may hold no state dict at all
+            # (losses.pt: not a checkpoint); any file's dict, a Hugging Face folder's
+            # pytorch_model.bin and its shards too, may hold an EMA beside the state dict read
+            # (``left``, said by kernels as by inspect). A legacy (non-zip) pickle cannot be
+            # memory-mapped: its contents wait for the load.
             flat = c.folder is None and c.index is None
-            if all(zipped) and (deep or flat):
+            if all(zipped):
                 keys: dict[str, tuple[int, ...]] = {}
                 for p in c.paths:
                     contents = read_torch_contents(p)
@@ -125,6 +128,8 @@ def _read_headers(c: Candidate, deep: bool) -> None:
                         c.entry = contents.entry
                         c.uncompared = (*dict.fromkeys(c.uncompared + contents.uncompared),)
                         c.left = (*dict.fromkeys(c.left + contents.left),)
+                        if contents.left and c.left_file is None:
+                            c.left_file = p
                 if deep:
                     c.shapes = keys
     except CheckpointError as e:
