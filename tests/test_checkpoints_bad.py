@@ -8,6 +8,7 @@ when the tests do not run as root.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pathlib
 import shutil
@@ -538,6 +539,42 @@ def test_unreadable_file_injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     skipped(tmp_path, [0, 100, 200])
     with pytest.raises(CheckpointError, match="permission denied"):
         read_checkpoint(locked)
+
+
+class _FailingRead(io.BytesIO):
+    """A file that opens and then fails to read (a disk or network file system error)."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.parametrize("fault", ["denied", "io_error"])
+def test_a_torch_file_that_cannot_be_opened_or_read_is_named_by_the_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+):
+    """The listing's first look at a torch.save file (check_torch_file: its first bytes and zip
+    directory) opens it through _opening.open_file, the one indirection every read of a
+    checkpoint goes through, and turns an OSError of opening or reading it into an error naming
+    the file and the fix; a check that opened the file another way read past the fault (the
+    memory-mapped pickle read opens it by name) and listed the file as usable."""
+    good_dir(tmp_path)
+    bad = tmp_path / "ckpt_300.pt"
+    torch.save({"model_state_dict": state(3), "step": 300}, bad)
+    if fault == "denied":
+        deny(monkeypatch, bad)
+    else:
+        real_open = _opening.open_file
+        monkeypatch.setattr(
+            _opening,
+            "open_file",
+            lambda path: _FailingRead(b"") if Path(path) == bad else real_open(path),
+        )
+    msg = problem(tmp_path)
+    if fault == "denied":
+        assert f"cannot read '{bad}': permission denied" in msg and "chmod u+r" in msg, msg
+    else:
+        assert f"cannot read '{bad}': Input/output error. Check the file and the disk." in msg
+    skipped(tmp_path, [0, 100, 200])
 
 
 @pytest.mark.skipif(READS_EVERYTHING, reason="running as root (or with CAP_DAC_OVERRIDE)")
