@@ -26,7 +26,13 @@ every buffer on the same parameter are one), after the checks of
 :func:`conetool.checkpoint_optimizer.saved_groups` (the spec's optimizer's buffers, as many
 parameters). What cannot be checked with ``model.safetensors`` (its keys are stored sorted) is
 that the run's model listed its parameters in the spec's model's order; with
-``pytorch_model.bin`` it is (the order of its state dict), as for a loop's own file.
+``pytorch_model.bin`` it is (the order of its state dict), as for a loop's own file. Nor with
+shards, ``.bin`` ones too: transformers writes the index with ``json.dumps(index,
+sort_keys=True)``, so its ``weight_map`` is sorted, and the shards in order are not the state
+dict's order either (huggingface_hub's ``split_torch_state_dict_into_shards`` puts a tensor
+larger than a shard in a shard of its own ahead of the one being filled, and tensors sharing
+storage in the shard of the first of them), so an order read from them would refuse good
+states.
 """
 
 from __future__ import annotations

@@ -339,6 +339,35 @@ def test_pytorch_model_bin_keeps_the_order_and_it_is_checked(tmp_path):
     assert "does not keep it" not in message
 
 
+def test_sharded_pytorch_model_bin_keeps_no_order_and_none_is_checked(tmp_path):
+    # Its shards, as huggingface_hub's split writes them when one tensor is larger than a shard:
+    # that tensor in a shard of its own ahead of the one being filled, so the shards in order
+    # list 'fc.weight' first, and the index lists the names sorted. Neither is the run's model's
+    # order: an order read from them would refuse this good state, so none is checked (as for
+    # model.safetensors) and the note says so.
+    model, theirs = trained(lambda m: torch.optim.SGD(trainer_groups(m), lr=LR, momentum=MOMENTUM))
+    ckpts = hf_folder(tmp_path / "run", model, theirs, weights="pytorch_model.bin")
+    folder = ckpts / "checkpoint-3"
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    (folder / "pytorch_model.bin").unlink()
+    first = ["fc.weight"]
+    shards = (first, [k for k in state if k not in first])
+    weight_map = {}
+    for k, keys in enumerate(shards, start=1):
+        name = f"pytorch_model-{k:05d}-of-00002.bin"
+        torch.save({key: state[key] for key in keys}, folder / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, sort_keys=True))
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=SPEC, device="cpu")
+    assert result.points[0].momentum == "saved"
+    message, _ = point_says(result)
+    assert (
+        "(the run's model is taken to list its parameters in the spec's model's order: "
+        "pytorch_model-00001-of-00002.bin does not keep it)"
+    ) in message, message
+
+
 def test_pytorch_model_bin_in_another_order_leaves_momentum_fresh(tmp_path):
     # Its state dict lists the head first (the run's model registered it first), so the
     # Trainer's groups, in that model's order, do not follow the spec's model's.
