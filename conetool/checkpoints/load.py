@@ -363,7 +363,11 @@ def match_state_dict(
 
     A wrapper prefix (``module.``, ``model.``, ``_orig_mod.``) is stripped only when that makes the
     keys match. BatchNorm ``num_batches_tracked`` counters missing from old checkpoints are filled
-    from the model (they do not affect eval-mode outputs). A tied tensor (one tensor under several
+    from the model as it is, as torch's own BatchNorm loading fills them: a model reused across
+    checkpoints keeps the previous one's count. That changes no eval-mode output (the only mode
+    ``kernels`` runs a reused model in); only training with ``momentum=None`` reads the count,
+    and ``switch`` (``--reference train`` too) loads each checkpoint into a freshly built model,
+    whose count it keeps. A tied tensor (one tensor under several
     keys of the model) saved under one of its keys (safetensors' ``save_model``, Hugging Face's
     ``save_pretrained``) fills the others; saved under several with different values it is
     refused (:mod:`conetool.checkpoints._tied`). Tensors of lower floating precision than
