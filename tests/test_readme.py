@@ -1,0 +1,145 @@
+"""The README against the code it describes: every flag it gives a command is one of that
+command's options, every script it runs exists with the flags it passes, and its map of the
+code ("How the code is laid out") names every module of ``conetool/``, each in its folder, and
+no module that is gone."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import typer
+
+from conetool.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "conetool"
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+
+
+def _options() -> dict[str, set[str]]:
+    """command name -> its long options (``--help`` included)."""
+    group = typer.main.get_command(app)
+    commands = getattr(group, "commands", {})
+    return {
+        name: {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+        for name, command in commands.items()
+    }
+
+
+def _code(text: str) -> list[tuple[int, str]]:
+    """(line number, text) of every line of a fenced block and every inline code span."""
+    found: list[tuple[int, str]] = []
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif fenced:
+            found.append((number, line))
+        else:
+            found.extend((number, span) for span in re.findall(r"`([^`]+)`", line))
+    return found
+
+
+def test_every_flag_written_after_a_conetool_command_is_one_of_its_options():
+    options = _options()
+    wrong = []
+    for number, code in _code(README):
+        for match in re.finditer(r"conetool (\w+)((?:[ \t]+[^\s#|;&`]+)*)", code):
+            name, rest = match.groups()
+            if name in options:
+                wrong += [(number, name, f) for f in _FLAG.findall(rest) if f not in options[name]]
+    assert not wrong, f"README line, command, flag it does not have: {wrong}"
+
+
+def test_every_flag_in_a_command_section_is_an_option_of_some_command():
+    """A ``--flag`` in backticks under ``### `conetool X``` (``--ref STEP``, or another
+    command's ``kernels --eval-size``) names an option that exists: a renamed one fails here."""
+    every = set().union(*_options().values())
+    section = None
+    wrong = []
+    for number, line in enumerate(README.splitlines(), 1):
+        heading = re.match(r"(#+) ", line)
+        if heading:
+            named = re.match(r"#{2,4} `conetool (\w+)", line)
+            section = named.group(1) if named else (section if len(heading.group(1)) > 3 else None)
+        elif section:
+            wrong += [
+                (number, f) for f in re.findall(r"`(--[a-z][a-z0-9-]*)", line) if f not in every
+            ]
+    assert not wrong, f"README line, flag no command has: {wrong}"
+
+
+def test_every_script_the_readme_runs_exists_and_takes_the_flags_given():
+    wrong = []
+    for number, line in enumerate(README.splitlines(), 1):
+        for match in re.finditer(
+            r"python ((?:benchmarks|scripts)/[\w/]+\.py)((?:[ \t]+[^\s`]+)*)", line
+        ):
+            script = ROOT / match.group(1)
+            if not script.is_file():
+                wrong.append((number, match.group(1), "missing"))
+                continue
+            source = script.read_text(encoding="utf-8")
+            wrong += [
+                (number, match.group(1), f)
+                for f in _FLAG.findall(match.group(2))
+                if not re.search(re.escape(f) + r"(?![\w-])", source)
+            ]
+    assert not wrong, f"README line, script, flag it does not take: {wrong}"
+
+
+def _layout() -> dict[Path, list[str]]:
+    """The "How the code is laid out" block: folder -> the module names written in it. A line
+    that starts in the first column opens a group: ``cli/`` the folder conetool/cli, any other
+    word (``engine``) conetool/ itself; indented lines (``  |``, ``  v``) continue it."""
+    section = README.split("## How the code is laid out", 1)[1]
+    block = section.split("```text\n", 1)[1].split("```", 1)[0]
+    groups: dict[Path, list[str]] = {}
+    folder = PACKAGE
+    for line in block.splitlines():
+        if line and not line[0].isspace():
+            head = line.split()[0]
+            folder = PACKAGE / head.rstrip("/") if head.endswith("/") else PACKAGE
+        groups.setdefault(folder, []).extend(re.findall(r"(?<![\w/.<>*])([\w<>*]+\.py)\b", line))
+    return groups
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    """``run_<command>.py`` and ``data*.py`` as patterns over file names."""
+    escaped = re.escape(name).replace(r"\*", r"\w*")
+    return re.compile(re.sub(r"<\w+>", r"\\w+", escaped) + r"\Z")
+
+
+def test_every_module_the_layout_names_is_in_its_folder():
+    wrong = []
+    for folder, names in _layout().items():
+        present = [p.name for p in folder.glob("*.py")] if folder.is_dir() else []
+        wrong += [
+            f"{folder.relative_to(ROOT)}/{name}"
+            for name in names
+            if not any(_pattern(name).match(file) for file in present)
+        ]
+    assert not wrong, f"named in the README's layout, no such module: {wrong}"
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [PACKAGE, *sorted(p.parent for p in PACKAGE.glob("*/__init__.py"))],
+    ids=lambda p: p.relative_to(ROOT).as_posix(),
+)
+def test_the_layout_names_every_module_of_the_folder(folder):
+    names = _layout().get(folder, [])
+    unnamed = [
+        p.name
+        for p in sorted(folder.glob("*.py"))
+        if p.name not in ("__init__.py", "__main__.py")
+        and not any(_pattern(name).match(p.name) for name in names)
+    ]
+    assert not unnamed, (
+        f"modules of {folder.relative_to(ROOT)}/ the README's 'How the code is laid out' does "
+        f"not name in a line of that folder: {unnamed}"
+    )
