@@ -5,6 +5,7 @@ no module that is gone."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -143,3 +144,27 @@ def test_the_layout_names_every_module_of_the_folder(folder):
         f"modules of {folder.relative_to(ROOT)}/ the README's 'How the code is laid out' does "
         f"not name in a line of that folder: {unnamed}"
     )
+
+
+def test_every_file_name_of_paths_py_is_in_the_readme():
+    """The store's and the run's file names are the tool's public format (DESIGN: documented in
+    the README): each name ``conetool/paths.py`` gives a file appears in the README."""
+    tree = ast.parse((PACKAGE / "paths.py").read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+    }
+    names = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and re.fullmatch(r"\.?\w[\w.]*\.\w+", node.value)
+    }
+    assert names, "paths.py gives no file name: the test reads it wrongly"
+    missing = sorted(n for n in names if n not in README)
+    assert not missing, f"file names of paths.py the README never gives: {missing}"
