@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from demo_run import finished_demo
 from typer.testing import CliRunner
 
 from conetool.cli import app
@@ -10,7 +11,17 @@ from conetool.cli.help_format import reflow
 from conetool.cli.progress_display import per_item
 
 runner = CliRunner()
-COMMANDS = ["train", "inspect", "kernels", "distance", "embed", "switch", "report", "demo"]
+COMMANDS = [
+    "train",
+    "inspect",
+    "kernels",
+    "distance",
+    "embed",
+    "spectrum",
+    "switch",
+    "report",
+    "demo",
+]
 
 
 @pytest.mark.parametrize("command", [*COMMANDS, None])
@@ -58,3 +69,12 @@ def test_a_command_prints_its_first_line_before_loading(tmp_path) -> None:
     assert result.output.startswith("conetool embed: loading PyTorch ...")
     quiet = runner.invoke(app, ["embed", "--store", str(tmp_path / "none"), "-q"])
     assert "loading PyTorch" not in quiet.output
+
+
+def test_demo_help_names_every_stage_the_demo_runs(tmp_path_factory) -> None:
+    """The demo's help says what it runs (it left out the spectrum stage)."""
+    stages = finished_demo(tmp_path_factory).stage_seconds
+    assert len(stages) == 7
+    said = {"train": "Trains", "distance": "distances", "embed": "embedding"}
+    text = runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "200"}).output
+    assert [s for s in stages if said.get(s, s) not in text] == []

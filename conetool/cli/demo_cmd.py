@@ -47,8 +47,8 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded digits data, then a report (one to two minutes on 2 CPU cores).
 
-    Trains examples/digits_lenet.toml, computes its kernels, distances, embedding and a switch
-    sweep, and writes the report. A second run reuses what is already done.
+    Trains examples/digits_lenet.toml, computes its kernels, distances, embedding, spectrum and a
+    switch sweep, and writes the report. A second run reuses what is already done.
 
     Example: conetool demo --out conetool-demo
     """
