@@ -78,3 +78,13 @@ def test_demo_help_names_every_stage_the_demo_runs(tmp_path_factory) -> None:
     said = {"train": "Trains", "distance": "distances", "embed": "embedding"}
     text = runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "200"}).output
     assert [s for s in stages if said.get(s, s) not in text] == []
+
+
+def test_distance_help_names_every_file_distance_writes(tmp_path_factory) -> None:
+    """distance's help listed what it writes but left out noise.json (the demo's distance
+    stage estimates the noise floor, so its folder holds one)."""
+    folder = finished_demo(tmp_path_factory).store / "distance"
+    written = {p.name for p in folder.iterdir() if p.suffix in (".csv", ".json", ".npz")}
+    assert "noise.json" in written
+    text = runner.invoke(app, ["distance", "--help"], env={"COLUMNS": "200"}).output
+    assert sorted(name for name in written if name not in text) == []

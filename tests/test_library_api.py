@@ -186,6 +186,23 @@ def test_every_error_a_call_raises_is_exported_under_conetool_error() -> None:
         assert name in conetool.__all__
 
 
+def test_every_error_class_of_conetool_errors_is_exported() -> None:
+    """OptimizerStateDamagedError, which train(resume=True) raises, was not exported."""
+    import inspect
+
+    import conetool.errors
+
+    classes = [
+        name
+        for name, value in vars(conetool.errors).items()
+        if inspect.isclass(value) and issubclass(value, conetool.ConetoolError)
+    ]
+    assert "OptimizerStateDamagedError" in classes
+    for name in classes:
+        assert name in conetool.__all__, name
+        assert getattr(conetool, name) is getattr(conetool.errors, name)
+
+
 @pytest.mark.parametrize("name", ["probe_size", "eval_size"])
 @pytest.mark.parametrize("value", ["10", 2.5, True, 0])
 def test_a_count_that_is_no_whole_number_is_named(

@@ -158,7 +158,9 @@ def distance(
     Distance to reference steps, adjacent distance and velocity, the S matrix, and a verdict:
     no-two-phase, lazy, cone, drift-after-phase-I or undetermined, with its evidence.
 
-    Writes to_ref.csv, adjacent.csv, matrix.npz, summary.json and PNG figures to STORE/distance.
+    Writes to_ref.csv, adjacent.csv, matrix.npz, summary.json and PNG figures to STORE/distance,
+    and noise.json, the noise floor of S (unless --no-noise), reused while its checkpoint, engine
+    and device type are unchanged.
 
     With the layer kernels of conetool kernels --per-layer, also per_layer.csv (each parameter
     group's distance to the references and its velocity) and per_layer.png.
