@@ -133,3 +133,55 @@ def test_a_trainer_folders_optimizer_pt_is_named_as_the_trainers() -> None:
         f"the optimizer state beside the checkpoint ({side}) was added"
     )
     assert source_changed(payload(side), {"state": side}) is None
+
+
+def results_csv(store):
+    """results.csv's rows as (at, momentum)."""
+    with open(paths.switch_results_csv(store)) as handle:
+        rows = [row.split(",") for row in handle.read().splitlines()[1:]]
+    return [(int(row[0]), row[6]) for row in rows]
+
+
+def test_an_earlier_point_whose_state_file_changed_is_left_out_of_results_csv(run, tmp_path):
+    """A point of an earlier sweep outside this --at whose momentum's state file changed since
+    kept its old momentum in results.csv until it was swept again; now it is left out, as a point
+    whose checkpoint changed is, with a warning naming it, why, and the command."""
+    store = tmp_path / "s"
+    beside4, beside8 = paths.optimizer_state(run, 4), paths.optimizer_state(run, 8)
+    kept = beside4.read_bytes()
+    beside4.unlink()
+    switch([0, 4, 8], store=store, ckpts=run, device="cpu")
+    assert results_csv(store) == [(0, "saved"), (4, "fresh"), (8, "saved")]
+    beside4.write_bytes(kept)  # restored from the run: the point at 4 would be "saved" now
+    beside8.write_bytes(beside8.read_bytes()[:-5])  # damaged: the point at 8 would be "fresh"
+    again = switch([0], store=store, ckpts=run, device="cpu")
+    assert again.points[0].reused
+    assert results_csv(store) == [(0, "saved")]
+    said = [w for w in again.warnings if w.startswith("left out of results.csv")]
+    assert said == [
+        "left out of results.csv the points of earlier sweeps at 4 8: the optimizer state file "
+        "their momentum comes from changed since they were computed (t=4: the optimizer state "
+        "beside the checkpoint (step_000004.optim.safetensors) was added; t=8: the optimizer "
+        "state beside the checkpoint (step_000008.optim.safetensors) changed). Recompute them: "
+        "conetool switch --at 4,8."
+    ], again.warnings
+    summary = json.loads(paths.switch_results_json(store).read_text())
+    assert [p["at"] for p in summary["points"]] == [0]
+    # the command it names puts them back, with the momentum they have now
+    switch([4, 8], store=store, ckpts=run, device="cpu")
+    last = switch([0], store=store, ckpts=run, device="cpu")
+    assert results_csv(store) == [(0, "saved"), (4, "saved"), (8, "fresh")]
+    assert not any(w.startswith("left out") for w in last.warnings), last.warnings
+
+
+def test_an_earlier_point_of_an_older_store_without_the_record_stays_in_results_csv(run, tmp_path):
+    store = tmp_path / "s"
+    switch([0, 4], store=store, ckpts=run, device="cpu")
+    point = paths.switch_point(store, 4)
+    payload = json.loads(point.read_text())
+    del payload["momentum_source"]  # as written before points recorded it: not known, kept
+    point.write_text(json.dumps(payload))
+    paths.optimizer_state(run, 4).unlink()
+    again = switch([0], store=store, ckpts=run, device="cpu")
+    assert results_csv(store) == [(0, "saved"), (4, "saved")]
+    assert not any(w.startswith("left out") for w in again.warnings), again.warnings

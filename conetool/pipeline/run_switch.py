@@ -383,7 +383,15 @@ def _switch(
         except CheckpointError as exc:
             raise _for_switch(exc) from exc
         left_out: list[str] = []
-        gathered = all_points(store, sweep.spec, T, points, _fingerprint_now(sweep), left_out)
+        gathered = all_points(
+            store,
+            sweep.spec,
+            T,
+            points,
+            _fingerprint_now(sweep),
+            left_out,
+            _source_now(sweep),
+        )
         for message in left_out:
             says.warn(message)
         return ref_result, write_sweep(target, gathered, ref_result, T)
@@ -497,6 +505,19 @@ def _fingerprint_now(sweep: _Sweep) -> Callable[[int], str | None]:
             return None if ref is None else fingerprint(ref)
         except (OSError, ConetoolError):
             return None
+
+    return now
+
+
+def _source_now(sweep: _Sweep) -> Callable[[int], dict[str, Any] | None]:
+    """The optimizer state file a point of a step would take its momentum from now
+    (:func:`~conetool.pipeline.switch_momentum_source.momentum_source`; None without a
+    checkpoint of that step, or when the file cannot be read), for telling the points of earlier
+    sweeps whose momentum's state file has changed since."""
+
+    def now(at: int) -> dict[str, Any] | None:
+        ref = sweep.refs.get(at)
+        return None if ref is None else momentum_source(sweep.ckpts, ref)
 
     return now
 

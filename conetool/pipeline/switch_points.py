@@ -525,14 +525,21 @@ def all_points(
     current: list[SwitchPoint],
     fingerprint_now: Callable[[int], str | None] = lambda at: None,
     warnings: list[str] | None = None,
+    source_now: Callable[[int], dict[str, Any] | None] = lambda at: None,
 ) -> list[SwitchPoint]:
     """This sweep's points plus those earlier sweeps left in the store for the same spec and T.
 
     ``fingerprint_now(t)``: the fingerprint of the run's checkpoint of step t now (None: no
     such checkpoint, or not to be checked). An earlier point whose checkpoint has changed since
-    (a run replaced under the same spec) is left out, and ``warnings`` says so (a loss)."""
+    (a run replaced under the same spec) is left out, and ``warnings`` says so (a loss).
+    ``source_now(t)``: the state file a point of step t would take its momentum from now
+    (:func:`momentum_source`; None: not to be checked). An earlier point that recorded another
+    (one a rerun of it would compute again: :func:`source_changed`) is left out too, and
+    ``warnings`` names it, why, and the command that computes it again: its ``momentum`` is
+    not the one its point would have now."""
     points = {p.at: p for p in current}
     changed: list[int] = []
+    stale: dict[int, str] = {}  # at -> how its momentum's state file changed since
     for payload in _stored_points(store):
         key = payload.get("key", {})
         if key.get("spec_hash") != spec.hash() or key.get("until") != until:
@@ -542,6 +549,10 @@ def all_points(
             if now is not None and key.get("source_fingerprint") != now:
                 changed.append(payload.get("at"))
                 continue
+            why = source_changed(payload, source_now(payload.get("at")))
+            if why is not None:
+                stale[payload["at"]] = why
+                continue
             fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
             points[payload["at"]] = SwitchPoint(**{**fields, "reused": True})
     if changed and warnings is not None:
@@ -550,6 +561,15 @@ def all_points(
             f"left out of results.csv the points of earlier sweeps at {at}: their checkpoints "
             f"changed since they were computed. Recompute them: conetool switch --at "
             f"{at.replace(' ', ',')}."
+        )
+    if stale and warnings is not None:
+        steps = sorted(stale)
+        whys = "; ".join(f"t={t}: {stale[t]}" for t in steps)
+        warnings.append(
+            f"left out of results.csv the points of earlier sweeps at {' '.join(map(str, steps))}"
+            f": the optimizer state file their momentum comes from changed since they were "
+            f"computed ({whys}). Recompute them: conetool switch --at "
+            f"{','.join(map(str, steps))}."
         )
     return [points[t] for t in sorted(points)]
 
