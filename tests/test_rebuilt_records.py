@@ -682,3 +682,79 @@ def test_switch_takes_the_directory_a_damaged_manifest_still_records(run, tmp_pa
     (warning,) = [w for w in result.warnings if "manifest.json is damaged" in w]
     assert f"conetool kernels {hf.resolve()} --store {root} rebuilds it" in warning
     assert paths.manifest(root).read_bytes() == left  # left as it is (kernels owns it)
+
+
+def _held_selection_store(run, tmp_path, held, *, carried=False):
+    """``(named, root)``: a store of the named run (``REGEX`` reads its steps) whose kernel files
+    were written before they carried their run's selection (unless ``carried``), its manifest
+    damaged in its steps and recording as its selection ``held``: ``"kept"`` (as kernels wrote
+    it), ``"another"`` (another directory's), ``"not well typed"`` (a step regex that is a
+    number) or ``"other regex"`` (``a_(\\d+)``, which reads the same steps)."""
+    named = _named_run(run, tmp_path, STEPS)
+    root = tmp_path / "s"
+    kernels(named, store=root, device="cpu", step_regex=REGEX)
+    if not carried:
+        for step in STEPS:
+            path = paths.kernel(root, step)
+            meta = metadata(path)
+            del meta["selection"]  # written before kernel files carried it
+            save_file(load_file(str(path)), str(path), meta)
+    manifest = _manifest(root)
+    assert manifest["selection"]["step_regex"] == REGEX
+    manifest["steps"] = []  # damaged: kernels rebuilds it
+    chosen = manifest["selection"]
+    if held == "another":
+        chosen["path"] = str((tmp_path / "other").resolve())
+    elif held == "not well typed":
+        chosen["step_regex"] = 5
+    elif held == "other regex":
+        chosen["step_regex"] = r"a_(\d+)"
+    paths.manifest(root).write_text(json.dumps(manifest))
+    return named, root
+
+
+@pytest.mark.parametrize("held", ["kept", "another", "not well typed"])
+def test_switch_takes_the_step_regex_of_a_damaged_manifests_consistent_selection(
+    run, tmp_path, held
+):
+    # Was: switch on a damaged manifest took its checkpoint directory where the kernel files
+    # agree, but never its selection: kernel files written before they carried their run's
+    # selection gave no step regex, and the run's names could not be read. Its selection is
+    # taken only when well typed and of the directory the kernel files were computed from
+    # (remembered.held_selection, the rule of held_directory).
+    _, root = _held_selection_store(run, tmp_path, held)
+    if held != "kept":
+        with pytest.raises(CheckpointError):
+            switch(5, store=root, device="cpu")
+        assert switch(5, store=root, device="cpu", step_regex=REGEX).points[0].at == 5
+        return
+    result = switch(5, store=root, device="cpu")
+    assert [p.at for p in result.points] == [5]
+    (note,) = [n for n in result.notes if "--step-regex" in n]
+    assert note == (
+        f"using --step-regex '{REGEX}', recorded in {root}'s damaged manifest.json, the one its "
+        "kernel files were computed from (pass --step-regex to use another)"
+    ), note
+
+
+def test_switch_keeps_the_kernel_files_step_regex_over_a_damaged_manifests_other_one(run, tmp_path):
+    # a selection whose step regex is not the one the kernel files carry is not the run's
+    _, root = _held_selection_store(run, tmp_path, "other regex", carried=True)
+    result = switch(5, store=root, device="cpu")
+    (note,) = [n for n in result.notes if "--step-regex" in n]
+    assert note.startswith(f"using --step-regex '{REGEX}', recorded by conetool kernels in the")
+
+
+@pytest.mark.parametrize("held", ["kept", "other regex", "another"])
+def test_the_rebuilding_run_keeps_a_damaged_manifests_selection_only_where_consistent(
+    run, tmp_path, held
+):
+    # Was: the kernels run that rebuilds a damaged manifest kept its well-typed selection
+    # whatever it recorded: a step regex other than the one the kernel files carry read the
+    # steps with it (and recorded it again). Now only a selection consistent with the kernel
+    # files is kept (remembered.held_selection); else the files' own is taken.
+    named, root = _held_selection_store(run, tmp_path, held, carried=True)
+    again = kernels(named, store=root, device="cpu")
+    assert again.computed == []
+    assert any(f"using --step-regex '{REGEX}', recorded in the store" in n for n in again.notes)
+    assert _manifest(root)["selection"]["step_regex"] == REGEX

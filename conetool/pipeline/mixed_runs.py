@@ -19,7 +19,7 @@ from ..checkpoints import CheckpointRef, fingerprint
 from ..errors import CheckpointError, StoreError
 from ..store import Store, StoreIdentity
 from ..store_manifest import checked_manifest, manifest_identity
-from .remembered import read_manifest
+from .remembered import manifest_json
 
 __all__ = ["another_run"]
 
@@ -41,7 +41,7 @@ def another_run(
     for its plan; it is changed here, adopting kernel files it does not list), or None to read
     it here."""
     if manifest is None:
-        manifest = read_manifest(store)
+        manifest = manifest_json(store)
     if manifest is None or not isinstance(manifest.get("steps"), dict):
         return None
     try:

@@ -11,8 +11,8 @@
     directory of the run whose kernels the store holds (below), and so does
     ``switch`` on a store whose manifest is missing or damaged (:func:`carried_step_regex`),
     which also takes the directory from them when no ``--ckpts`` is given
-    (:func:`carried_directory`; a damaged manifest's own record of it wins where they agree, as
-    for the rebuild: :func:`held_directory`).
+    (:func:`carried_directory`; a damaged manifest's own records of both win where they agree
+    with the kernel files, as for the rebuild: :func:`held_directory`, :func:`held_selection`).
 ``imports``
     for a spec that names an import path (``[model] arch`` or ``[data] dataset`` =
     ``"pkg.mod:factory"``), where each module was imported from:
@@ -56,9 +56,10 @@ __all__ = [
     "carried_imports",
     "carried_step_regex",
     "held_directory",
+    "held_selection",
     "import_paths",
     "imports_record",
-    "read_manifest",
+    "manifest_json",
     "rebuilt_remembered",
     "recorded_step_regex",
     "selection",
@@ -86,9 +87,10 @@ def selection(manifest: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def read_manifest(store: Path) -> dict[str, Any] | None:
-    """The store's manifest as JSON, or None when there is none or it cannot be read (the
-    command that opens the store says why)."""
+def manifest_json(store: Path) -> dict[str, Any] | None:
+    """The store's manifest as the JSON object it holds, unchecked, or None when there is none
+    or it cannot be read as one (the command that opens the store says why; the checked
+    manifest, or the error, is :func:`conetool.store.read_manifest`'s)."""
     try:
         manifest = json.loads(paths.manifest(store).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -118,8 +120,9 @@ def rebuilt_remembered(
     ``selection`` from the newest kernel file's metadata, ``eval`` and ``layer_groups`` from
     ``eval.safetensors`` and the layer files (as the rebuild recovers them), ``checkpoints``
     from the source files the kernel files record (``ckpts`` when all lie in it); a record the
-    damaged manifest still holds, well typed, wins (``checkpoints`` when it is also the one the
-    kernel files were computed from: :func:`_fits`). ``note``: when no ``step_regex`` is given
+    damaged manifest still holds, well typed, wins (``checkpoints`` and ``selection`` when they
+    are also the ones the kernel files were computed from: :func:`held_directory`,
+    :func:`held_selection`). ``note``: when no ``step_regex`` is given
     and the kernel files were written before they carried their run's selection, that the
     step regex is not known and how to pass it; else None. ``recovered``: the kept records
     (``"eval"``, ``"layer_groups"``) that are the ones the rebuild recovers from their files, and
@@ -133,10 +136,10 @@ def rebuilt_remembered(
     ident = StoreIdentity(spec.hash(), probe_hash, kind, dtype)
     directory = held_directory(held, carried) or _recorded_directory(carried, ckpts)
     records: dict[str, Any] = {"checkpoints": directory}
-    chosen = held.get("selection")
-    if not isinstance(chosen, dict):
+    chosen = held_selection(held, carried)
+    if chosen is None:
         chosen = _carried_selection(carried)
-    if isinstance(chosen, dict):
+    if chosen is not None:
         records["selection"] = chosen
     # the records as the rebuild gets them back from their files; one the damaged manifest
     # still holds, well typed, wins
@@ -175,6 +178,37 @@ def held_directory(held: Mapping[str, Any] | None, carried: list[dict[str, str]]
     kernel files alone give."""
     directory = (held or {}).get("checkpoints")
     return directory if isinstance(directory, str) and _fits(directory, carried) else None
+
+
+def held_selection(
+    held: Mapping[str, Any] | None, carried: list[dict[str, str]]
+) -> dict[str, Any] | None:
+    """The checkpoint selection the damaged manifest ``held`` (its JSON object as read; None when
+    it cannot be read) still records, when it is well typed (a ``path`` string, a ``step_regex``
+    string or None, ``steps`` a string or None, ``every`` a whole number or None: as
+    :func:`selection_record` writes it) and consistent with the kernel files (their metadata
+    ``carried``, the newest first): its ``path`` is the directory they were computed from
+    (:func:`_fits`, as for :func:`held_directory`), and its step regex the one the newest file
+    carrying its run's selection records, when one does; else None. The ``kernels`` run that
+    rebuilds the manifest (:func:`rebuilt_remembered`) and ``switch`` reading a damaged one
+    (:func:`carried_step_regex`) take it over what the kernel files alone give (files written
+    before they carried the selection give no step regex)."""
+    chosen = (held or {}).get("selection")
+    if not isinstance(chosen, dict):
+        return None
+    path, regex = chosen.get("path"), chosen.get("step_regex")
+    steps, every = chosen.get("steps"), chosen.get("every")
+    typed = (
+        (regex is None or isinstance(regex, str))
+        and (steps is None or isinstance(steps, str))
+        and (every is None or (isinstance(every, int) and not isinstance(every, bool)))
+    )
+    if not isinstance(path, str) or not path or not typed or not _fits(path, carried):
+        return None
+    carried_regex = _regex_of(carried)
+    if not isinstance(carried_regex, _Unknown) and carried_regex != (regex or None):
+        return None
+    return chosen
 
 
 def _fits(directory: str, carried: list[dict[str, str]]) -> bool:
@@ -279,9 +313,7 @@ def _decided(
     none), taken from the files of the spec in use: ``spec_hash``, or without one the spec most
     files have (the newest group on a tie). When those files record nothing, from the newest
     other spec's files that do (the old rule, newest first, now a fallback)."""
-    groups: dict[str, list[dict[str, str]]] = {}
-    for meta in carried:  # the newest first, so each group's files and the groups' order too
-        groups.setdefault(str(meta.get("spec_hash", "")), []).append(meta)
+    groups = _by_spec(carried)
     if spec_hash is None and groups:
         spec_hash = max(groups, key=lambda h: len(groups[h]))  # first of the largest: newest
     order = [spec_hash] if spec_hash in groups else []
@@ -297,6 +329,15 @@ def _decided(
                 others.append((said, groups[other]))
         return _Decided(value, groups[h], h == spec_hash, others)
     return _Decided(None, [], False, [])
+
+
+def _by_spec(carried: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    """The kernel file metadata ``carried`` (the newest first) by spec hash, each group's files
+    and the groups in that order."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for meta in carried:
+        groups.setdefault(str(meta.get("spec_hash", "")), []).append(meta)
+    return groups
 
 
 def _disagreement(store: Path, what: str, decided: _Decided, why: str) -> str | None:
@@ -404,6 +445,7 @@ def carried_step_regex(
     *,
     spec_hash: str | None = None,
     manifest_is: str = "missing",
+    held: Mapping[str, Any] | None = None,
 ) -> tuple[str | None, str | None, str | None]:
     """``(step_regex, note, disagreement)`` for the store ``store`` whose manifest is missing (deleted) or
     damaged (``manifest_is``, as the note says it), from the metadata ``carried`` of its kernel
@@ -413,22 +455,49 @@ def carried_step_regex(
     its run's, as :func:`rebuilt_remembered` reads it for the ``kernels`` run that rebuilds the
     manifest; files of another spec only when none of that spec carries one: :func:`_decided`),
     with a note saying so; else None (no kernel file, none given to kernels, or files written
-    before they carried the selection). ``disagreement``: when kernel files of another spec record
-    another, which files decided and which record what (:func:`carried_directory`'s)."""
+    before they carried the selection). The selection the damaged manifest ``held`` (its JSON
+    object as read, None for none) still records wins when it is consistent with the files that
+    decide the checkpoint directory (:func:`held_selection`; those of the run whose kernels the
+    store holds), as for the ``kernels`` run that rebuilds it, and the note says so.
+    ``disagreement``: when kernel files of another spec record another, which files decided and
+    which record what (:func:`carried_directory`'s)."""
     if given is not None:
         return given, None, None
     decided = _decided(carried, _regex_of, spec_hash)
+    run = _decided(carried, _directory_of, spec_hash)  # the files of the run the store holds
+    kept = held_selection(held, run.deciding)
+    if kept is not None:
+        decided = _held_decided(kept.get("step_regex") or None, run, carried, _regex_of)
     regex = decided.value
     differ = _disagreement(store, "step regex", decided, "the spec switch runs with")
     if regex is None:  # none carried, or the run was given none
         return None, None, differ
-    return (
-        regex,
-        f"using --step-regex '{regex}', recorded by conetool kernels in the kernel files of "
-        f"{store} (its {paths.MANIFEST_NAME}, which records it, is {manifest_is}; pass "
-        "--step-regex to use another)",
-        differ,
+    where = (
+        f"recorded in {store}'s damaged {paths.MANIFEST_NAME}, the one its kernel files were "
+        "computed from ("
+        if kept is not None
+        else f"recorded by conetool kernels in the kernel files of {store} (its "
+        f"{paths.MANIFEST_NAME}, which records it, is {manifest_is}; "
     )
+    return regex, f"using --step-regex '{regex}', {where}pass --step-regex to use another)", differ
+
+
+def _held_decided(
+    value: str | None,
+    run: _Decided,
+    carried: list[dict[str, str]],
+    read: Callable[[list[dict[str, str]]], str | _Unknown | None],
+) -> _Decided:
+    """``value``, which a damaged manifest records consistently with the files ``run.deciding``,
+    as a :class:`_Decided` of those files: ``others``, the other specs' files (of ``carried``)
+    that record another value, as ``read`` reads it."""
+    own = run.deciding[0].get("spec_hash", "") if run.deciding else None
+    others = []
+    for spec_hash, files in _by_spec(carried).items():
+        said = read(files) if spec_hash != own else _UNKNOWN
+        if not isinstance(said, _Unknown) and said != value:
+            others.append((said, files))
+    return _Decided(value, run.deciding, run.own, others)
 
 
 def _regex_of(carried: list[dict[str, str]]) -> str | _Unknown | None:

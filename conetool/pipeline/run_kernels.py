@@ -34,7 +34,7 @@ from .kernels_loop import KernelsOptions, KernelsPlan, KernelsResult, compute_al
 from .mixed_runs import another_run
 from .remembered import (
     imports_record,
-    read_manifest,
+    manifest_json,
     rebuilt_remembered,
     recorded_step_regex,
     selection_record,
@@ -274,7 +274,7 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
         spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
     # Read once: what the store recorded (the options a rerun keeps; None under --overwrite),
     # and, --overwrite or not, what another_run checks for a run mixed in.
-    manifest = read_manifest(Path(o.store))
+    manifest = manifest_json(Path(o.store))
     # the kept records a rebuilt manifest gets back from their files: said by the rebuild
     recovered: frozenset[str] = frozenset()
     if store is not None:  # one to be rebuilt: what its files keep of it (selection, eval, ...)

@@ -42,10 +42,10 @@ from .remembered import (
     carried_directory,
     carried_imports,
     carried_step_regex,
+    manifest_json,
     recorded_step_regex,
     use_recorded_imports,
 )
-from .remembered import read_manifest as read_manifest_json
 from .resolve import iterations_per_epoch, resolve_spec
 from .switch_momentum_source import momentum_source
 from .switch_points import (
@@ -550,7 +550,12 @@ def _prepare(options: SwitchOptions) -> _Sweep:
         recorded = carried_imports(located.carried, spec.hash())
         lost = located.lost or "missing"
         step_regex, regex_note, differ = carried_step_regex(
-            store, step_regex, located.carried, spec_hash=spec.hash(), manifest_is=lost
+            store,
+            step_regex,
+            located.carried,
+            spec_hash=spec.hash(),
+            manifest_is=lost,
+            held=located.held,
         )
         if differ:  # a guess between runs: to check
             warnings.append(f"{_sentence(differ)}. Pass --step-regex to use another")
@@ -687,7 +692,10 @@ class _Located:
     there is none, or none to read), ``lost`` says how a manifest whose records the kernel files
     stand in for is lost (``"missing"``, ``"damaged"``; None otherwise), ``carried`` the kernel
     files' metadata read then (:func:`conetool.store.kernel_file_headers`, read once; empty
-    otherwise), ``notes`` and ``warnings`` what switch says of what it took from the store."""
+    otherwise), ``held`` a damaged manifest's JSON object as read (None: none, or not JSON),
+    whose records switch takes where the kernel files agree (the checkpoint directory, the
+    selection's step regex: :mod:`conetool.pipeline.remembered`), ``notes`` and ``warnings``
+    what switch says of what it took from the store."""
 
     ckpts: Path
     spec: Spec
@@ -696,6 +704,7 @@ class _Located:
     carried: list[dict[str, str]]
     notes: list[str]
     warnings: list[str]
+    held: dict[str, Any] | None = None
 
 
 def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None) -> _Located:
@@ -706,6 +715,8 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
     manifest_path = paths.manifest(store)
     manifest, lost = _store_manifest(store)
     carried = kernel_file_headers(store) if lost is not None else []
+    # a damaged manifest's records, taken where the kernel files agree (as kernels keeps them)
+    held = manifest_json(store) if lost == "damaged" else None
     notes: list[str] = []
     warnings: list[str] = []
     if ckpts is not None:
@@ -730,8 +741,6 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
         # directory's conetool.toml gives it, and the spec most files have decides)
         if spec is not None:
             spec = resolve_spec(Path(store), spec)  # a given spec: the directory plays no part
-        # a damaged manifest's record of it, when the kernel files agree (as kernels keeps it)
-        held = read_manifest_json(store) if lost == "damaged" else None
         ckpts, differ, held_it = _carried_checkpoints(
             store, lost, carried, None if spec is None else spec.hash(), held
         )
@@ -760,7 +769,7 @@ def _locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | Non
     if spec is None and isinstance(recorded_spec, dict) and not paths.spec(ckpts_dir).is_file():
         spec = spec_from_dict(recorded_spec, source=f"{manifest_path} (spec)")
     return _Located(
-        ckpts_dir, resolve_spec(ckpts_dir, spec), manifest, lost, carried, notes, warnings
+        ckpts_dir, resolve_spec(ckpts_dir, spec), manifest, lost, carried, notes, warnings, held
     )
 
 
