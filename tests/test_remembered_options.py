@@ -284,3 +284,23 @@ def test_switch_finds_the_recorded_import_folder_without_the_manifest(
     monkeypatch.delitem(sys.modules, "conetool_remember_model", raising=False)
     out = _invoke("switch", "--at", "5", "--store", store)
     assert f"imported 'conetool_remember_model' ([model] arch) from {models.resolve()}" in out
+
+
+def test_carried_imports_falls_back_to_the_newest_other_specs_files_as_the_directory_does():
+    """Without a file of the spec in use carrying an imports record, the record comes from the
+    newest other spec's files that carry one, as the checkpoint directory and the step regex
+    are decided (remembered._decided: spec by spec); was: the newest file of any other spec, so
+    an older file of the spec whose files are newest lost to a file of a third spec between."""
+    from conetool.pipeline.remembered import carried_imports
+
+    def meta(spec_hash, folder=None):
+        record = [{"key": "[model] arch", "module": "m", "path": folder, "installed": False}]
+        return {"spec_hash": spec_hash, **({"imports": json.dumps(record)} if folder else {})}
+
+    def folder(found):
+        return found["imports"][0]["path"]
+
+    newest_first = [meta("b"), meta("c", "/c"), meta("b", "/b"), meta("a")]
+    assert folder(carried_imports(newest_first, "z")) == "/b"
+    assert folder(carried_imports([meta("a", "/a"), *newest_first], "a")) == "/a"  # its own
+    assert carried_imports([meta("a"), meta("b")], "a") == {}  # none carries one

@@ -43,7 +43,7 @@ import sysconfig
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .. import paths
 from .. import store_companions as companions
@@ -283,17 +283,20 @@ def _directory_of(carried: list[dict[str, str]]) -> str | _Unknown:
     return _sources_folder(sources) if sources else _UNKNOWN
 
 
-@dataclass(frozen=True)
-class _Decided:
-    """What kernel files record (a directory, a step regex), as :func:`_decided` takes it:
-    ``value`` from the files ``deciding`` (their metadata; empty when no file records it),
-    ``own`` whether those are of the spec in use, ``others`` each other spec's files that record
-    another value, with that value."""
+V = TypeVar("V")
 
-    value: str | None
+
+@dataclass(frozen=True)
+class _Decided(Generic[V]):
+    """What kernel files record (a directory, a step regex, the imports), as :func:`_decided`
+    takes it: ``value`` from the files ``deciding`` (their metadata; empty when no file records
+    it), ``own`` whether those are of the spec in use, ``others`` each other spec's files that
+    record another value, with that value."""
+
+    value: V | None
     deciding: list[dict[str, str]]
     own: bool
-    others: list[tuple[str | None, list[dict[str, str]]]]
+    others: list[tuple[V | None, list[dict[str, str]]]]
 
 
 class _Unknown:
@@ -305,9 +308,9 @@ _UNKNOWN = _Unknown()
 
 def _decided(
     carried: list[dict[str, str]],
-    read: Callable[[list[dict[str, str]]], str | _Unknown | None],
+    read: Callable[[list[dict[str, str]]], V | _Unknown | None],
     spec_hash: str | None,
-) -> _Decided:
+) -> _Decided[V]:
     """What the kernel files ``carried`` (the newest first) record, as ``read`` reads it from a
     group of them (:data:`_UNKNOWN`: they record nothing of it; None: they record that there is
     none), taken from the files of the spec in use: ``spec_hash``, or without one the spec most
@@ -340,7 +343,7 @@ def _by_spec(carried: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
     return groups
 
 
-def _disagreement(store: Path, what: str, decided: _Decided, why: str) -> str | None:
+def _disagreement(store: Path, what: str, decided: _Decided[str], why: str) -> str | None:
     """The sentence saying which kernel files of ``store`` decided ``what`` (``why``: of which
     spec, when ``decided.own``) and what the other specs' files record, when they disagree."""
     if not decided.others:
@@ -484,10 +487,10 @@ def carried_step_regex(
 
 def _held_decided(
     value: str | None,
-    run: _Decided,
+    run: _Decided[str],
     carried: list[dict[str, str]],
     read: Callable[[list[dict[str, str]]], str | _Unknown | None],
-) -> _Decided:
+) -> _Decided[str]:
     """``value``, which a damaged manifest records consistently with the files ``run.deciding``,
     as a :class:`_Decided` of those files: ``others``, the other specs' files (of ``carried``)
     that record another value, as ``read`` reads it."""
@@ -514,16 +517,19 @@ def carried_imports(carried: list[dict[str, str]], spec_hash: str) -> dict[str, 
     """The ``imports`` record a store whose manifest (which records it) is missing or damaged
     keeps in its kernel files (their metadata ``carried``, the newest first: each carries its
     run's), as a manifest for :func:`use_recorded_imports`: ``{"imports": [...]}`` from the
-    newest file of the spec ``spec_hash`` (the one switch runs with) that carries one, else the
-    newest of another spec (whose records of other modules it leaves alone); ``{}`` when none
+    newest file of the spec ``spec_hash`` (the one switch runs with) that carries one, else from
+    the newest other spec's files that do (whose records of other modules it leaves alone), as
+    the checkpoint directory and the step regex are decided (:func:`_decided`); ``{}`` when none
     carries one (files written before they carried it)."""
-    ordered = [m for m in carried if m.get("spec_hash") == spec_hash]
-    ordered += [m for m in carried if m.get("spec_hash") != spec_hash]
-    for meta in ordered:
-        record = _json(meta.get("imports"))
-        if isinstance(record, list):
-            return {"imports": record}
-    return {}
+    record = _decided(carried, _imports_of, spec_hash).value
+    return {} if record is None else {"imports": record}
+
+
+def _imports_of(carried: list[dict[str, str]]) -> list[Any] | _Unknown:
+    """The ``imports`` record the newest of the kernel files ``carried`` that carries one
+    carries (:data:`_UNKNOWN`: none does)."""
+    found = (_json(meta.get("imports")) for meta in carried)
+    return next((record for record in found if isinstance(record, list)), _UNKNOWN)
 
 
 def spec_imports(spec: Spec) -> list[tuple[str, str]]:
