@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from test_switch_beside_state import spec_dict
 
 from conetool import paths
@@ -185,3 +186,45 @@ def test_an_earlier_point_of_an_older_store_without_the_record_stays_in_results_
     again = switch([0], store=store, ckpts=run, device="cpu")
     assert results_csv(store) == [(0, "saved"), (4, "saved")]
     assert not any(w.startswith("left out") for w in again.warnings), again.warnings
+
+
+def test_a_point_to_do_hashes_its_state_file_once_per_run(run, tmp_path, monkeypatch):
+    """With several ranks, rank 0's look for finished points hashed each point's state file, and
+    the point to do hashed it again before training; now rank 0 hands on what it found. (A job
+    of one rank over an in-process key-value store takes the several-rank path.)"""
+    from torch.distributed import HashStore
+
+    from conetool import distributed
+    from conetool.pipeline import run_switch, switch_momentum_source
+    from conetool.progress import NullProgress
+
+    store = tmp_path / "s"
+    switch([4], store=store, ckpts=run, device="cpu")
+    hashed = []
+    real = switch_momentum_source.files_fingerprint
+
+    def counting(files):
+        hashed.extend(path.name for path in files)
+        return real(files)
+
+    monkeypatch.setattr(switch_momentum_source, "files_fingerprint", counting)
+    job = distributed.Job("switch", distributed.Ranks(), torch.device("cpu"), HashStore())
+    assert job.is_distributed
+    options = run_switch.SwitchOptions(
+        at=[4, 8], until=None, store=store, ckpts=run, spec=None, reference="checkpoint",
+        step_regex=None, beyond_run=False, device="cpu", threads=1,
+    )  # fmt: skip
+    result = run_switch._switch(job, options, 1, NullProgress())
+    assert [(p.at, p.reused) for p in result.points] == [(4, True), (8, False)]
+    assert sorted(hashed) == ["step_000004.optim.safetensors", "step_000008.optim.safetensors"]
+    recorded = json.loads(paths.switch_point(store, 8).read_text())["momentum_source"]
+    assert recorded == switch_momentum_source.momentum_source(run, result_ref(run, 8))
+    hashed.clear()  # a single process: once too (the earlier points, for results.csv)
+    switch([0], store=store, ckpts=run, device="cpu")
+    assert sorted(hashed) == [f"step_{t:06d}.optim.safetensors" for t in (0, 4, 8)]
+
+
+def result_ref(run, step):
+    from conetool.checkpoints import list_checkpoints
+
+    return next(ref for ref in list_checkpoints(run) if ref.step == step)

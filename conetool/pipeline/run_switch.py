@@ -243,13 +243,18 @@ def _switch(
     # kernels --overwrite replaced it writes nothing there either.
     target = SwitchStore(store, job.broadcast(sweep.store.opened if job.is_main else None))
 
-    # With several ranks, rank 0 finds the points already done so that only the others are dealt.
+    # With several ranks, rank 0 finds the points already done so that only the others are dealt,
+    # and hands on the momentum source it found for each of those (its state file is hashed once).
     done: list[SwitchPoint] = []
+    todo = list(sweep.points_at)
+    sources: dict[int, dict[str, Any] | None] = {}  # the momentum source of each point to do
     if job.is_distributed:
         found = job.agree(lambda: _finished_points(sweep, store) if job.is_main else [])
-        done = [p for p in found if p is not None]
-    finished = {p.at for p in done}
-    todo = job.broadcast([t for t in sweep.points_at if t not in finished] if job.is_main else None)
+        done = [p for _, p, _ in found if p is not None]
+        todo = [t for t, p, _ in found if p is None]
+        sources = {t: source for t, p, source in found if p is None}
+    todo, shared = job.broadcast([todo, list(sources.items())] if job.is_main else None)
+    sources = {t: source for t, source in shared}
 
     results: list[SwitchPoint] = list(done)
     # What the sweep says in its two channels (as it comes on rank 0, whose progress is shown;
@@ -298,6 +303,7 @@ def _switch(
                 warnings,
                 training=started.append,
                 momentum_said=momentum_said,
+                sources=sources,
             )
         except CheckpointError as exc:
             error = _for_switch(exc)
@@ -672,18 +678,19 @@ def _for_reference(
     return CheckpointError(text)
 
 
-def _finished_points(sweep: _Sweep, store: Path) -> list[SwitchPoint | None]:
-    """The points of the sweep already in the store for the same spec, T and checkpoint, whose
-    momentum's state file is unchanged (:mod:`conetool.pipeline.switch_momentum_source`)."""
-    return [
-        read_point(
-            store,
-            t,
-            point_key(sweep.spec, sweep.until, fingerprint(sweep.refs[t])),
-            momentum_source(sweep.ckpts, sweep.refs[t]),
-        )
-        for t in sweep.points_at
-    ]
+def _finished_points(
+    sweep: _Sweep, store: Path
+) -> list[tuple[int, SwitchPoint | None, dict[str, Any] | None]]:
+    """For each step t of the sweep, ``(t, point, source)``: the point already in the store for the same spec, T and
+    checkpoint whose momentum's state file is unchanged (None: to do), with that state file as
+    it is now (:func:`~conetool.pipeline.switch_momentum_source.momentum_source`), which the
+    point to do records without hashing it again."""
+    found = []
+    for t in sweep.points_at:
+        source = momentum_source(sweep.ckpts, sweep.refs[t])
+        key = point_key(sweep.spec, sweep.until, fingerprint(sweep.refs[t]))
+        found.append((t, read_point(store, t, key, source), source))
+    return found
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,7 @@ def run_point(
     training: Callable[[int], None] | None = None,
     *,
     momentum_said: Callable[[MomentumNote], None],
+    sources: Mapping[int, dict[str, Any] | None] | None = None,
 ) -> SwitchPoint:
     """Train the linearized model of the checkpoint ``ref`` from its step t to ``until`` (or read
     the finished point from ``store``) and write the point's files (holding ``store`` against a
@@ -199,7 +200,9 @@ def run_point(
     and ``warnings``,
     once per sweep: a point is watched only while ``warnings`` is empty. ``training(t)`` is
     called once the point passed that check and is to be trained (a replacement found after it
-    costs the point in progress; before it, the point was not started)."""
+    costs the point in progress; before it, the point was not started). ``sources``: the state
+    file its momentum would come from (:func:`momentum_source`) by step, where the sweep found
+    it already (hashed once per run); a step not in it is looked at here."""
     t = ref.step
     store.check()  # no minutes of training for a point that could not be written
     model = model_for(spec)
@@ -209,7 +212,7 @@ def run_point(
     if loaded.metadata.get("format") != "conetool" and FOREIGN_RUN not in says.warnings:
         says.warn(FOREIGN_RUN)
     key = point_key(spec, until, loaded.fingerprint)
-    source = momentum_source(ckpts, ref)
+    source = sources[t] if sources and t in sources else momentum_source(ckpts, ref)
     payload = _point_payload(store.root, t, key)
     if payload is not None:
         changed = source_changed(payload, source)
