@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from .errors import CheckpointError, OptimizerStateDamagedError
 from .io import atomic_save_safetensors
@@ -120,13 +119,12 @@ def read_optimizer_state(path: Path) -> dict[str, Any]:
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The metadata and tensors of the state ``path``, which has an ``optimizer`` entry."""
-    from safetensors import safe_open
-
+    """The metadata and tensors of the state ``path``, which has an ``optimizer`` entry (the file
+    opened once: its metadata and tensors from one handle, as ``load_file`` reads the tensors)."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except OSError as exc:  # the disk, not the file's bytes
         raise CheckpointError(_cannot_read(path, exc)) from exc
     except SafetensorError as exc:

@@ -12,6 +12,7 @@ from conetool.optim import (
     learning_rate,
     load_optimizer_state,
     make_optimizer,
+    read_optimizer_state,
     save_optimizer_state,
 )
 from conetool.spec import spec_from_dict
@@ -131,3 +132,35 @@ def test_train_resume_takes_the_saved_hyperparameters_switch_reads_the_state(tmp
     (tmp_path / "x.safetensors").write_bytes(b"not a state")
     with pytest.raises(CheckpointError, match="x.safetensors cannot be read"):
         read_optimizer_state(tmp_path / "x.safetensors")
+
+
+def test_a_state_file_is_opened_once(tmp_path, monkeypatch):
+    """Reading a state opened its file twice (its metadata, then its tensors with load_file); now
+    once, its metadata and tensors from one handle."""
+    import safetensors
+    import safetensors.torch
+
+    import conetool.optim as optim_module
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "step_000001.optim.safetensors"
+    save_optimizer_state(optimizer, path, 1)
+    opened = []
+    real = safetensors.safe_open
+
+    def counting(filename, *args, **kwargs):
+        opened.append(filename)
+        return real(filename, *args, **kwargs)
+
+    for module in (safetensors, safetensors.torch, optim_module):
+        monkeypatch.setattr(module, "safe_open", counting, raising=False)
+    state = read_optimizer_state(path)
+    assert opened == [str(path)]
+    assert state["param_groups"][0]["momentum"] == 0.9
+    assert sorted(state["state"]) == [0, 1]
+    assert torch.equal(
+        state["state"][0]["momentum_buffer"], optimizer.state[model.weight]["momentum_buffer"]
+    )
