@@ -4,11 +4,12 @@ after every kernel (the baseline, measured in the same run).
 Each kernel is a ``--side`` x ``--side`` float32 tensor written with :meth:`Store.write_kernel`
 (its file, then its record), as ``conetool kernels`` does once a kernel is computed; the eNTK
 itself is left out, so what is timed is the store's own cost per kernel, which is what grows with
-the number of steps. The baseline sets :data:`conetool.store.MANIFEST_INTERVAL` and
-:data:`~conetool.store.MANIFEST_COST_RATIO` to 0, which rewrites manifest.json in full after every
-kernel (conetool's behaviour before the spacing). Both runs alternate ``--repeat`` times on fresh
-stores in one temporary folder; the script prints the median seconds, the ratio, the per-kernel
-milliseconds of the first and last tenth of the run, the manifest's size and its number of writes.
+the number of steps. The baseline sets :data:`conetool.store_records.MANIFEST_INTERVAL` and
+:data:`~conetool.store_records.MANIFEST_COST_RATIO` to 0, which rewrites manifest.json in full
+after every kernel (conetool's behaviour before the spacing). Both runs alternate ``--repeat``
+times on fresh stores in one temporary folder; the script prints the median seconds, the ratio,
+the per-kernel milliseconds of the first and last tenth of the run, the manifest's size and its
+number of writes.
 
 Usage (a run of 2,000 checkpoints):
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-import conetool.store as store_module
+import conetool.store_records as store_module
 from conetool import paths
 from conetool.store import StepRecord, Store, StoreIdentity
 

@@ -6,6 +6,7 @@ manifest). :class:`conetool.store.Store` holds the manifest in memory and calls 
 from __future__ import annotations
 
 import json
+import math
 import reprlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,6 +65,15 @@ class StepRecord:
 
 #: The fields a record may lack (written by an older conetool), with the value that means.
 _OPTIONAL = {"mtime_ns": 0, "engine": None, "device": None}
+
+
+def kernel_norm(kernel: torch.Tensor) -> float:
+    """‖H‖_F of ``kernel`` (any shape) in float64, as :attr:`StepRecord.norm` records it; a
+    :class:`StoreError` when it is not finite."""
+    value = float(torch.linalg.vector_norm(kernel.double()))
+    if not math.isfinite(value):
+        raise StoreError("kernel norm is not finite")
+    return value
 
 
 def made_by(record: StepRecord) -> str:

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from tiny_run import run_fixtures, tiny_spec
 
 import conetool.io
-import conetool.store
 import conetool.store_clearing
+import conetool.store_records
 from conetool import paths
 from conetool.errors import CheckpointError, StoreError
 from conetool.pipeline import kernels, kernels_loop
@@ -260,7 +260,7 @@ def test_a_bad_next_checkpoint_keeps_the_kernel_before_and_says_the_same(
 
 def _full_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """The store's own disk-full error (and clean-up) when it writes the kernel file ``name``."""
-    real = conetool.store.atomic_save_safetensors
+    real = conetool.store_records.atomic_save_safetensors
 
     def save(path: Path, tensors: Any, metadata: Any = None) -> None:
         if path.name == name and path.parent.name == paths.KERNELS_DIR:
@@ -272,7 +272,7 @@ def _full_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
             conetool.io.atomic_write(path, write, needed=4096)
         real(path, tensors, metadata)
 
-    monkeypatch.setattr(conetool.store, "atomic_save_safetensors", save)
+    monkeypatch.setattr(conetool.store_records, "atomic_save_safetensors", save)
 
 
 @pytest.mark.parametrize("failing", [4, 10])  # 10: the last write, joined as the loop ends

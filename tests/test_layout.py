@@ -118,7 +118,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_imports() -> None:
     graph = import_graph()
-    assert "conetool.paths" in graph["conetool.store"]
+    assert "conetool.paths" in graph["conetool.store_opening"]
     assert "conetool.geometry" in graph["conetool.verdict"]
     assert "conetool._version" in graph["conetool.store_manifest"]
 

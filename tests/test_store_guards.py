@@ -22,8 +22,7 @@ from test_checkpoints import write_hf_sharded
 from test_store import manifest_reads
 from tiny_run import SPEC, STEPS, metadata, run_fixtures
 
-from conetool import paths, store_clearing, store_manifest
-from conetool import store as store_module
+from conetool import paths, store_clearing, store_manifest, store_opening
 from conetool.errors import StoreError, StoreReplacedError
 from conetool.pipeline import kernels
 from conetool.pipeline.switch_store import SwitchStore
@@ -728,13 +727,13 @@ def test_opening_a_store_that_kernels_is_clearing_says_so(tmp_path, monkeypatch)
     store_with_kernels(root)
     # the manifest goes between the check that it is there and its reading (was: "not a
     # readable conetool manifest ... edited or damaged by hand")
-    real = store_module.read_manifest
+    real = store_opening.read_manifest
 
     def read_after_clearing(path):
         path.unlink()
         return real(path)
 
-    monkeypatch.setattr(store_module, "read_manifest", read_after_clearing)
+    monkeypatch.setattr(store_opening, "read_manifest", read_after_clearing)
     with pytest.raises(StoreReplacedError, match=r"manifest.json was removed while it was being"):
         Store.open(root)
     monkeypatch.undo()

@@ -2,7 +2,7 @@
 O(N^2): at 2,000 tiny kernels most of the run went to rewriting it), yet a kill at any point
 still loses no kernel, the store stays readable, and a finished run leaves it complete.
 
-The clock of the write intervals (``conetool.store._now``) is replaced by a fake one, so the
+The clock of the write intervals (``conetool.store_records._now``) is replaced by a fake one, so the
 counts below do not depend on how fast this machine is."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from synthetic_store import HEADER, IDENT, record
 from tiny_run import run_fixtures, tiny_spec
 
 import conetool.io
-import conetool.store
+import conetool.store_records
 from conetool import paths
 from conetool.errors import CheckpointError
 from conetool.pipeline import kernels
@@ -51,7 +51,7 @@ def clock(monkeypatch):
     fake = Clock()
     # raising=False: on a conetool that rewrites the manifest after every kernel there is no
     # clock to replace, and the counts below fail instead
-    monkeypatch.setattr(conetool.store, "_now", fake, raising=False)
+    monkeypatch.setattr(conetool.store_records, "_now", fake, raising=False)
     return fake
 
 
@@ -59,13 +59,13 @@ def clock(monkeypatch):
 def writes(monkeypatch):
     """Every manifest.json write the store makes, as the number of steps written."""
     done: list[int] = []
-    real = conetool.store.write_manifest
+    real = conetool.store_records.write_manifest
 
     def counted(root, manifest):
         done.append(len(manifest["steps"]))
         real(root, manifest)
 
-    monkeypatch.setattr(conetool.store, "write_manifest", counted)
+    monkeypatch.setattr(conetool.store_records, "write_manifest", counted)
     return done
 
 
@@ -76,7 +76,7 @@ def on_disk(root) -> list[int]:
 def test_a_slow_manifest_write_waits_ten_times_its_duration(tmp_path, clock, monkeypatch):
     """The README: rewritten at most once a second and 10x its last write's time."""
     store = Store.open_for_writing(tmp_path / "s", IDENT, HEADER)
-    real = conetool.store.write_manifest
+    real = conetool.store_records.write_manifest
     done: list[int] = []
 
     def slow(root, manifest):
@@ -84,7 +84,7 @@ def test_a_slow_manifest_write_waits_ten_times_its_duration(tmp_path, clock, mon
         done.append(len(manifest["steps"]))
         real(root, manifest)
 
-    monkeypatch.setattr(conetool.store, "write_manifest", slow)
+    monkeypatch.setattr(conetool.store_records, "write_manifest", slow)
     clock.now += 1.0
     store.write_kernel(record(0), torch.eye(2))
     assert done == [1]
@@ -115,7 +115,7 @@ def test_the_manifest_is_written_again_once_the_interval_has_passed(tmp_path, cl
     root = tmp_path / "s"
     store = Store.open_for_writing(root, IDENT, HEADER)
     store.write_kernel(record(0), torch.eye(2))
-    clock.now += conetool.store.MANIFEST_INTERVAL
+    clock.now += conetool.store_records.MANIFEST_INTERVAL
     store.write_kernel(record(1), torch.eye(2))
     assert writes == [0, 2] and on_disk(root) == [0, 1]
     store.write_kernel(record(2), torch.eye(2))
@@ -132,8 +132,8 @@ def test_a_slow_manifest_write_spaces_the_next_ones_further(tmp_path, clock, mon
     many steps the manifest holds, rewriting it takes a bounded share of the run."""
     root = tmp_path / "s"
     store = Store.open_for_writing(root, IDENT, HEADER)
-    real = conetool.store.write_manifest
-    took = 3.0 * conetool.store.MANIFEST_INTERVAL
+    real = conetool.store_records.write_manifest
+    took = 3.0 * conetool.store_records.MANIFEST_INTERVAL
     done: list[int] = []
 
     def slow(root_, manifest):
@@ -141,11 +141,11 @@ def test_a_slow_manifest_write_spaces_the_next_ones_further(tmp_path, clock, mon
         done.append(len(manifest["steps"]))
         real(root_, manifest)
 
-    monkeypatch.setattr(conetool.store, "write_manifest", slow)
-    clock.now += conetool.store.MANIFEST_INTERVAL
+    monkeypatch.setattr(conetool.store_records, "write_manifest", slow)
+    clock.now += conetool.store_records.MANIFEST_INTERVAL
     store.write_kernel(record(0), torch.eye(2))
     assert done == [1]
-    clock.now += conetool.store.MANIFEST_COST_RATIO * took - 0.5
+    clock.now += conetool.store_records.MANIFEST_COST_RATIO * took - 0.5
     store.write_kernel(record(1), torch.eye(2))
     assert done == [1]  # not yet: the last write took `took`
     clock.now += 0.5
@@ -210,4 +210,4 @@ def test_the_store_writes_benchmark_measures_both_behaviours(capsys):
     spaced = next(line.split() for line in out if line.split()[0] == "spaced")
     assert every[-1] == "21"  # the creation and one per kernel
     assert 1 <= int(spaced[-1]) <= 3
-    assert conetool.store.MANIFEST_INTERVAL == 1.0  # the benchmark put the settings back
+    assert conetool.store_records.MANIFEST_INTERVAL == 1.0  # the benchmark put the settings back

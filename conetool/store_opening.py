@@ -1,0 +1,201 @@
+"""Opening a store: for reading (:meth:`StoreOpening.open`, which never writes, with a clear
+message when there is no manifest to read), as a torchrun rank beside the owner
+(:meth:`StoreOpening.join`), or for writing (:meth:`StoreOpening.open_for_writing`: created,
+reopened with the same identity, refused or cleared for another, and rebuilt from the kernel files
+when ``manifest.json`` is damaged or deleted), under the writer's lock."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import paths
+from .choices import path_argument
+from .errors import StoreError, StoreReplacedError
+from .io import make_dir
+from .store_clearing import clear, remove_stale_temporaries
+from .store_companion_records import CompanionRecords
+from .store_kernel_files import damaged, kernel_files, kernel_files_made_with
+from .store_lock import StoreLock, writer_note
+from .store_manifest import (
+    StoreIdentity,
+    check_steps,
+    manifest_identity,
+    mixed_message,
+    new_manifest,
+    new_store_id,
+    read_manifest,
+    rebuilt_note,
+    store_id_of_kernel_files,
+)
+
+__all__ = ["StoreOpening"]
+
+_S = TypeVar("_S", bound="StoreOpening")
+
+
+class StoreOpening(CompanionRecords):
+    """The ways to open a store (a base of :class:`conetool.store.Store`; its class methods
+    return the class they are called on)."""
+
+    @classmethod
+    def open(cls: type[_S], root: str | Path) -> _S:
+        """Open an existing store for reading; a clear error when there is none (or when
+        ``root`` is no path: ``None``, a number)."""
+        root = path_argument(root, "--store", "the store directory")
+        path = paths.manifest(root)
+        if not path.is_file():
+            writer = writer_note(root)
+            if writer is not None:
+                raise StoreError(
+                    f"store {root} has no {paths.MANIFEST_NAME} yet: conetool kernels is "
+                    f"writing it ({writer}) and has not written its manifest (it clears a "
+                    "replaced store first). Wait a moment and open it again."
+                )
+            if kernel_files(root):
+                raise StoreError(
+                    f"store {root} has kernel files but no {paths.MANIFEST_NAME} (deleted?). "
+                    f"Rebuild it: conetool kernels CKPTS --store {root} rebuilds the manifest "
+                    "from the kernel files (each carries its own record) and recomputes only "
+                    "what is missing."
+                )
+            where = "does not exist" if not root.exists() else f"has no {paths.MANIFEST_NAME}"
+            raise StoreError(
+                f"store {root} {where}. Compute kernels into it first: "
+                f"conetool kernels CKPTS --store {root}"
+            )
+        try:
+            manifest = read_manifest(path)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):  # gone between the check and the read
+                raise StoreReplacedError(
+                    f"store {root}'s {paths.MANIFEST_NAME} was removed while it was being opened: "
+                    "a conetool kernels --overwrite is clearing the store to start a new one "
+                    "there. Open it again once that run has stored the kernels you want."
+                ) from exc
+            raise
+        store = cls(root, manifest)
+        if store.adopt_kernel_files(save=False):  # in memory only: reading never writes
+            check_steps(path, store.manifest)  # an adopted kernel file's step too
+        return store
+
+    @classmethod
+    def join(cls: type[_S], root: str | Path) -> _S:
+        """Open a store that another process owns (rank 0 of a torchrun job), to add kernels.
+
+        The manifest is read as it is and never written: :meth:`write_kernel` writes the kernel
+        file only (it carries its own record), and the owner adopts it.
+        """
+        root = Path(root)
+        path = paths.manifest(root)
+        if not path.is_file():
+            raise StoreError(
+                f"store {root} has no {paths.MANIFEST_NAME} although rank 0 created it. Every "
+                "rank must see the same --store directory: put it on a file system that all "
+                "nodes share."
+            )
+        return cls(root, read_manifest(path), owner=False)
+
+    @classmethod
+    def open_for_writing(
+        cls: type[_S],
+        root: str | Path,
+        identity: StoreIdentity,
+        header: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> _S:
+        """Create the store, or reopen one of the same identity; refuse any other identity.
+
+        ``header`` is the provenance recorded in the manifest (checkpoint directory, resolved
+        spec, probe description, versions). With ``overwrite`` an existing store of another
+        identity is cleared first (only the files conetool writes are removed).
+        """
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"--store {root} is a file, not a directory. Choose a directory.")
+        lock = StoreLock.acquire(root)
+        try:
+            store = cls._open_locked(root, identity, header, overwrite)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        store._lock = lock
+        if lock is not None:  # a store dropped without close() gives its lock back too
+            weakref.finalize(store, lock.release)
+        return store
+
+    @classmethod
+    def _open_locked(
+        cls: type[_S],
+        root: Path,
+        identity: StoreIdentity,
+        header: Mapping[str, Any],
+        overwrite: bool,
+    ) -> _S:
+        path = paths.manifest(root)
+        warnings: list[str] = []  # the rebuild (its last item completed below), what is lost
+        cleared: str | None = None
+        remove_stale_temporaries(root)
+        if path.is_file():
+            try:
+                manifest: dict[str, Any] | None = read_manifest(path)
+            except StoreError as exc:
+                if overwrite:
+                    manifest = None
+                    cleared = clear(root)
+                elif damaged(exc, root):
+                    manifest = None  # damaged (not foreign, not newer): rebuilt below
+                    warnings.append(
+                        f"{path} was damaged ({exc.__cause__}); rebuilt it from the kernel files"
+                    )
+                else:
+                    raise
+            if manifest is not None:
+                found = manifest_identity(manifest)
+                if found != identity and not overwrite:
+                    # the kernel files too: manifest.json may lag behind them (write_kernel)
+                    held = max(len(manifest["steps"]), len(kernel_files(root)))
+                    specs = (manifest.get("spec"), header.get("spec"))
+                    raise StoreError(mixed_message(root, found, identity, held, specs))
+                if found != identity:
+                    cleared = clear(root)
+                else:
+                    manifest.update(header)  # written with the next kernel, not before
+                    manifest.setdefault("store_id", new_store_id())  # a store made before it
+                    store = cls(root, manifest)
+                    if store.adopt_kernel_files(save=False):
+                        store._write_manifest()  # only a change of the index is written now
+                    store._ensure_kernels_dir()
+                    return store
+        elif overwrite:
+            cleared = clear(root)
+        elif kernel_files(root):
+            warnings.append(f"{path} was missing; rebuilt it from the kernel files")
+        manifest = new_manifest(identity, header)
+        # rebuilt from the kernel files: the same store, under the id they carry (each header
+        # read once, for the id and the records)
+        rebuilt = bool(warnings)
+        headers = kernel_files_made_with(root, identity) if rebuilt else {}
+        kept = store_id_of_kernel_files(headers.values())
+        if kept is not None:
+            manifest["store_id"] = kept
+        store = cls(root, manifest)
+        if rebuilt:
+            adopted = store._adopt(headers)
+            warnings[-1] = rebuilt_note(
+                root, warnings[-1], len(adopted), len(headers) - len(adopted)
+            )
+            recovered, lost = store._recover_companion_records(header)
+            store.notes += recovered
+            warnings += lost
+        store.warnings = warnings + ([cleared] if cleared else [])
+        store._ensure_kernels_dir()
+        store._write_manifest()
+        return store
+
+    def _ensure_kernels_dir(self) -> None:
+        make_dir(self.root / paths.KERNELS_DIR)
