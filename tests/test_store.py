@@ -266,3 +266,31 @@ def test_overwrite_is_not_stopped_by_a_reader_writing_its_results_meanwhile(tmp_
     other = StoreIdentity(spec_hash="bbbb", probe_hash="pppp", kind="trace", dtype="float32")
     with Store.open_for_writing(root, other, HEADER, overwrite=True) as store:
         assert not results.exists() and store.identity == other
+
+
+def test_the_store_open_benchmark_times_the_header_scan_against_none(tmp_path, monkeypatch, capsys):
+    """benchmarks/bench_store_open.py: what it times as Store.open reads every kernel file's
+    header once, its baseline none (the scan is the difference it reports), and both open the
+    same steps."""
+    from benchmark_module import load_benchmark
+
+    from conetool import store_manifest
+
+    bench = load_benchmark("bench_store_open")
+    root = tmp_path / "s"
+    bench.build(root, 4, 3)
+    real_open = store_manifest.safe_open
+    opened: list[str] = []
+
+    def counted(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_manifest, "safe_open", counted)
+    assert bench.manifest_only(root).steps() == [0, 1, 2, 3] and opened == []
+    assert bench.open_store(root).steps() == [0, 1, 2, 3]
+    assert sorted(opened) == [paths.kernel(root, s).name for s in range(4)]
+    monkeypatch.setattr(bench, "process_start", lambda: 1.0)  # no fresh interpreter here
+    bench.main(["--count", "6", "--side", "3", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "Store.open / manifest only:" in out and "us per kernel file" in out
