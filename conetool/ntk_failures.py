@@ -111,7 +111,10 @@ def _no_vmap_rule(exc: RuntimeError) -> ModelError:
         f"vjp) failed inside PyTorch: {_first_line(exc)}. Some PyTorch modules have no working "
         "vmap rule (in torch 2.14 nn.PReLU, nn.GRU and nn.LSTM among them): write such a "
         "module with plain tensor operations (nn.PReLU: torch.where(x > 0, x, a * x) with a "
-        "parameter a; a recurrent layer: a loop over time steps of nn.GRUCell or nn.LSTMCell)."
+        "parameter a; nn.GRU or nn.LSTM: a subclass of it whose forward loops over the time "
+        "steps with torch.gru_cell or torch.lstm_cell on its own weight_ih_l0, weight_hh_l0, "
+        "bias_ih_l0 and bias_hh_l0, which keeps the layer's state-dict names, so that the "
+        "run's checkpoints load; the README's 'Bring your own run' shows one)."
     )
 
 

@@ -59,6 +59,8 @@ def unwrap_state_dict(
                 if why is not None:
                     raise CheckpointError(_different_entries(path, list(found), first, other, why))
             return dict(found[first])
+        if (several := several_state_dicts(obj, path)) is not None:
+            raise CheckpointError(f"'{path}' holds {several}.")
         keys = ", ".join(repr(k) for k in list(obj)[:10])
         what = f"a dict with keys {keys}" if obj else "an empty dict"
     else:
@@ -207,15 +209,44 @@ def holds_named_tensors(obj: object, depth: int = 3) -> bool:
     )
 
 
-def what_it_holds(obj: object) -> str:
+def several_state_dicts(obj: Mapping[Any, Any], path: Path) -> str | None:
+    """What a whole run saved in one file holds (``torch.save({step: model.state_dict(), ...})``,
+    or each step's loop dict): ``"3 state dicts, one under each key (0, 12, 24): a whole run in
+    one file; ..."`` with how to split it into one file per step, in Python; None when ``obj``
+    is not a dict of (two or more) state dicts or dicts holding one."""
+    if len(obj) < 2 or not all(
+        is_state_dict(v)
+        or (isinstance(v, Mapping) and any(is_state_dict(v.get(k)) for k in STATE_DICT_ENTRIES))
+        for v in obj.values()
+    ):
+        return None
+    keys = ", ".join(repr(k) for k in list(obj)[:5]) + (", ..." if len(obj) > 5 else "")
+    steps = all(isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in obj)
+    name = "step_{key}.pt" if steps else "{key}.pt"
+    folder = path.with_name(path.stem + "_steps")
+    return (
+        f"{len(obj)} state dicts, one under each key ({keys}): a whole run in one file, which "
+        "conetool does not read (it reads one checkpoint per file, and finds its step in the "
+        "file or its name). Save each as a file of its own, in Python: run = "
+        f"torch.load('{path}', weights_only=True); os.makedirs('{folder}'); "
+        f"[torch.save(sd, f'{folder}/{name}') for key, sd in run.items()], "
+        f"then pass '{folder}'"
+        + ("" if steps else " (with names that give each step: see 'Checkpoint directories')")
+    )
+
+
+def what_it_holds(obj: object, path: Path) -> str:
     """``"a list of 100 items"``, ``"a tensor of shape (60, 4)"``, ``"a dict without tensors
-    (keys 'train', 'test')"``, ``"an optimizer state (Optimizer.state_dict())"``: what a file
-    that holds no state dict holds, in a few words."""
+    (keys 'train', 'test')"``, ``"an optimizer state (Optimizer.state_dict())"``, a whole run's
+    state dicts under its steps (:func:`several_state_dicts`): what the file ``path`` that holds
+    no state dict holds, in a few words."""
     if isinstance(obj, torch.Tensor):
         return f"a tensor of shape {tuple(obj.shape)}"
     if isinstance(obj, Mapping):
         if not obj:
             return "an empty dict"
+        if (several := several_state_dicts(obj, path)) is not None:
+            return several
         if set(obj) == {"state", "param_groups"}:
             return "an optimizer state (Optimizer.state_dict())"
         keys = ", ".join(repr(k) for k in list(obj)[:5]) + (", ..." if len(obj) > 5 else "")

@@ -184,7 +184,7 @@ def read_torch_contents(path: Path) -> TorchContents:
     try:
         state = unwrap_state_dict(obj, path, compare_values=False)  # values: when read in full
     except CheckpointError as e:
-        holds = None if holds_named_tensors(obj) else what_it_holds(obj)
+        holds = None if holds_named_tensors(obj) else what_it_holds(obj, path)
         return TorchContents(None, str(e), holds, {})
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     if not isinstance(obj, Mapping) or all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -27,6 +27,7 @@ from ..spec import ModelSpec
 from ..user_modules import import_user_module, is_import_path
 from .lenet import lenet5, lenet_300_100
 from .mlp import mlp
+from .outputs import logits_returned
 from .resnet import resnet20
 from .vgg import vgg16
 
@@ -50,7 +51,10 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
     (the part after the colon may be dotted, ``"pkg.mod:Class.create"``), called with
     ``num_classes=`` and ``**spec.options``, plus ``input_shape=`` when the factory's signature
     has an ``input_shape`` parameter or ``**kwargs``. A module that is not importable from
-    ``sys.path`` is looked for in the current directory too (like ``python -m``).
+    ``sys.path`` is looked for in the current directory too (like ``python -m``). A user model
+    whose forward returns its logits inside an object (a dict's ``"logits"``, a Hugging Face
+    ``ModelOutput``, a dataclass's ``.logits``) is made to return the tensor itself, its names
+    unchanged (:func:`conetool.models.outputs.logits_returned`).
 
     The model comes back on the CPU in float32 and training mode, initialized from the global
     RNG: call ``torch.manual_seed`` first for a reproducible model. ``input_shape`` is one
@@ -132,8 +136,12 @@ def output_check(
     if not isinstance(out, torch.Tensor):
         raise ModelError(
             f"model '{name}' returned {type(out).__name__} for an input batch of shape {shape}; "
-            "conetool needs a tensor of logits of shape (batch, num_classes). Wrap the model so "
-            "that forward returns the logits tensor."
+            "conetool needs the logits: a tensor of shape (batch, num_classes), or an object "
+            "holding it under 'logits' (a dict, a Hugging Face ModelOutput, a dataclass with a "
+            "logits field). Make forward return one of them without renaming the parameters: "
+            "a subclass of the model whose forward returns the logits (class Net(MyNet): "
+            "def forward(self, x): return super().forward(x)[0]), not a module around it, "
+            "which puts a prefix before every name of the state dict."
         )
     if tuple(out.shape) != (2, num_classes):
         raise ModelError(
@@ -245,4 +253,4 @@ def _build_user_model(
             f'the factory "{arch}" returned {type(model).__name__}, not a torch.nn.Module. '
             "Make it return the model (an nn.Module instance)."
         )
-    return model
+    return logits_returned(model, input_shape)
