@@ -279,9 +279,14 @@ def test_a_file_whose_header_cannot_be_read_shows_its_size(tmp_path: Path, keep:
     [
         ([400], "note: step_400.pt is a torch.save file, read only with"),
         ([0, 400], "note: 2 checkpoints (step_0.pt, step_400.pt) are torch.save files, read only"),
-        (
+        (  # four are named: a "..." there stood for no name
             [0, 100, 200, 300],
-            "note: 4 checkpoints (step_0.pt, step_100.pt, step_200.pt, ..., step_300.pt) are "
+            "note: 4 checkpoints (step_0.pt, step_100.pt, step_200.pt, step_300.pt) are "
+            "torch.save files, read only with",
+        ),
+        (
+            [0, 100, 200, 300, 400],
+            "note: 5 checkpoints (step_0.pt, step_100.pt, step_200.pt, ..., step_400.pt) are "
             "torch.save files, read only with",
         ),
     ],

@@ -343,7 +343,7 @@ def summarize_problems(problems: list[tuple[Path, str]]) -> list[str]:
             lines.extend(message for _, message in members)
             continue
         names = [where.name or str(where) for where, _ in members]
-        shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
+        shown = _abridged(names)
         lines.append(f"{len(members)} files ({shown}): {key}")
     # A message naming two files (a duplicate step) is each file's: said once, counting both.
     counts = Counter(lines)
@@ -431,12 +431,21 @@ def default_warn(message: str) -> None:
     warnings.warn(message, CheckpointWarning, stacklevel=3)
 
 
+def _abridged(names: Sequence[str]) -> str:
+    """``a, b, c, ..., z``: the first three names and the last; all of them when they are four
+    or fewer (a ``...`` that stands for no name would say that some are left out)."""
+    if len(names) <= 4:
+        return ", ".join(names)
+    return ", ".join(names[:3]) + f", ..., {names[-1]}"
+
+
 def named_files(names: Sequence[str]) -> str:
     """The files a note is about, as the notes name them: ``ckpt_5.pt`` for one, ``3 checkpoints
-    (ckpt_0.pt, ckpt_5.pt, ckpt_10.pt)`` for several (the first three, ..., the last)."""
+    (ckpt_0.pt, ckpt_5.pt, ckpt_10.pt)`` for several (of more than four, the first three, ...,
+    the last)."""
     if len(names) == 1:
         return names[0]
-    shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
+    shown = _abridged(names)
     return f"{len(names)} checkpoints ({shown})"
 
 
