@@ -41,6 +41,7 @@ from conetool.pipeline import (
     spectrum,
     switch,
     switch_points,
+    switch_results,
 )
 from conetool.pipeline.matrix_cache import kernels_key
 from conetool.pipeline.remembered import recorded_step_regex, selection_record
@@ -627,7 +628,7 @@ def test_the_noise_floor_is_reused_only_while_its_checkpoint_is_unchanged(run, t
 def test_switch_files_and_figure_carry_each_points_numbers(tmp_path, monkeypatch):
     made: dict[str, Figure] = {}
     monkeypatch.setattr(
-        switch_points, "save_figure", lambda fig, path, **kw: made.setdefault(Path(path).name, fig)
+        switch_results, "save_figure", lambda fig, path, **kw: made.setdefault(Path(path).name, fig)
     )
     store = tmp_path / "store"
     paths.distance_summary(store).parent.mkdir(parents=True)
@@ -812,7 +813,7 @@ def test_switch_figure_shades_phase1_only_from_distance_on_the_kernels_held_now(
     kernels was still writing the store, or before a checkpoint changed) is not drawn."""
     made: dict[str, Figure] = {}
     monkeypatch.setattr(
-        switch_points, "save_figure", lambda fig, path, **kw: made.setdefault(Path(path).name, fig)
+        switch_results, "save_figure", lambda fig, path, **kw: made.setdefault(Path(path).name, fig)
     )
     root = make_store(tmp_path / "store", [0, 5, 10], random_kernels(3))
     key = (

@@ -281,7 +281,7 @@ def test_switch_goes_on_with_a_sweep_begun_with_such_a_spec(tmp_path, monkeypatc
     bad = tiny(data=synthetic(train_size=2), batch_size=2)
     begun = tmp_path / "begun"
     with monkeypatch.context() as patch:  # as an earlier conetool did: no check
-        patch.setattr("conetool.pipeline.run_switch.check_training_data", lambda spec: None)
+        patch.setattr("conetool.pipeline.switch_prepare.check_training_data", lambda spec: None)
         switch_run(0, store=begun, ckpts=run, spec=bad, device="cpu")
     more = switch_run([0, 3], store=begun, ckpts=run, spec=bad, device="cpu")
     assert [(p.at, p.reused) for p in more.points] == [(0, True), (3, False)]

@@ -12,7 +12,7 @@ from test_switch_optimizer_state import spec_dict as loop_spec_dict
 from conetool import paths
 from conetool.loop import TrainingLoop
 from conetool.optim import load_optimizer_state, make_optimizer, save_optimizer_state
-from conetool.pipeline import switch_points
+from conetool.pipeline import switch_optimizer, switch_points, switch_reference
 from conetool.pipeline.run_switch import switch
 from conetool.spec import spec_from_dict
 from conetool.training import train
@@ -40,7 +40,8 @@ def watch_optimizers(monkeypatch):
             seen.append((self.description, groups, state))
             return super().run(start, until)
 
-    monkeypatch.setattr(switch_points, "TrainingLoop", Watched)
+    monkeypatch.setattr(switch_points, "TrainingLoop", Watched)  # the points
+    monkeypatch.setattr(switch_reference, "TrainingLoop", Watched)  # --reference train's
     return seen
 
 
@@ -151,7 +152,7 @@ def test_a_run_of_the_same_spec_gives_no_warning_and_the_same_results(
         load_optimizer_state(optimizer, path)
         return "saved", None
 
-    monkeypatch.setattr(switch_points, "_from_beside", whole_state)
+    monkeypatch.setattr(switch_optimizer, "_from_beside", whole_state)
     before = switch(
         [0, 4, 8], store=tmp_path / "before", ckpts=run, device="cpu", reference="train"
     )

@@ -28,7 +28,14 @@ from conetool.errors import (
     StoreReplacedError,
 )
 from conetool.loop import TrainingLoop
-from conetool.pipeline import run_switch, switch_points
+from conetool.pipeline import (
+    run_switch,
+    switch_points,
+    switch_prepare,
+    switch_reference,
+    switch_replaced,
+    switch_results,
+)
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_kernels import kernels
 from conetool.pipeline.run_switch import parse_at, switch
@@ -235,7 +242,7 @@ def test_a_diverged_reference_run_gives_trains_hint_and_keeps_the_points(
                 spec = replace(spec, train=replace(spec.train, lr=math.inf))
             super().__init__(spec, *args, **kwargs)
 
-    monkeypatch.setattr(switch_points, "TrainingLoop", Diverging)
+    monkeypatch.setattr(switch_reference, "TrainingLoop", Diverging)
     store = tmp_path / "s"
     with pytest.raises(ConetoolError) as caught:
         switch([0], until=10, store=store, ckpts=deep_run, device="cpu", reference="train")
@@ -534,8 +541,15 @@ def test_every_file_of_a_sweep_is_written_holding_the_store_against_the_clearing
 
         return checked
 
-    for name in ("atomic_write_csv", "atomic_write_json", "save_figure"):
-        monkeypatch.setattr(switch_points, name, guarded(getattr(switch_points, name)))
+    for module, name in (
+        (switch_points, "atomic_write_csv"),  # a point's files
+        (switch_points, "atomic_write_json"),
+        (switch_reference, "atomic_write_json"),  # --reference train's reference.json
+        (switch_results, "atomic_write_csv"),  # results.csv, results.json, switch.png
+        (switch_results, "atomic_write_json"),
+        (switch_results, "save_figure"),
+    ):
+        monkeypatch.setattr(module, name, guarded(getattr(module, name)))
     switch([0, 4], until=6, store=store, device="cpu", reference="train")
     written = sorted(p.name for p in paths.switch_dir(store).iterdir())
     assert written == [
@@ -609,7 +623,7 @@ def test_the_rerun_command_names_the_flags_given_and_no_file_for_a_spec_object(t
     # Was: --device and --threads left out, and a Spec object left out without a word (so the
     # rerun read another spec: CKPTS/conetool.toml or the new store's manifest).
     spec = spec_from_dict(spec_dict([8]), source="deep.toml")
-    sweep = run_switch._Sweep([0, 4], tmp_path / "ckpts", spec, 12, {}, None, None)
+    sweep = switch_prepare.Sweep([0, 4], tmp_path / "ckpts", spec, 12, {}, None, None)
     options = run_switch.SwitchOptions(
         at=[0, 4],
         until=None,
@@ -622,17 +636,17 @@ def test_the_rerun_command_names_the_flags_given_and_no_file_for_a_spec_object(t
         device="cuda:1",
         threads="3",
     )
-    said = run_switch._rerun_command(sweep, options)
+    said = switch_replaced.rerun_command(sweep, options)
     assert said == (
         f"conetool switch --at 0,4 --store {tmp_path / 's'} --spec FILE --device cuda:1 "
         "--threads 3 (FILE: the spec this sweep was given as a Spec object, which names no file; "
         "conetool.spec.save_spec(spec, FILE) writes it)"
     )
     defaults = replace(options, spec=tmp_path / "run.toml", device="auto", threads="auto")
-    assert run_switch._rerun_command(sweep, defaults) == (
+    assert switch_replaced.rerun_command(sweep, defaults) == (
         f"conetool switch --at 0,4 --store {tmp_path / 's'} --spec {tmp_path / 'run.toml'}"
     )
-    assert run_switch._rerun_command(sweep, replace(defaults, spec=None, threads=None)) == (
+    assert switch_replaced.rerun_command(sweep, replace(defaults, spec=None, threads=None)) == (
         f"conetool switch --at 0,4 --store {tmp_path / 's'}"
     )
 

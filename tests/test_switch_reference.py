@@ -37,7 +37,7 @@ from torch import Tensor
 
 from conetool import paths, training
 from conetool.data import load_data
-from conetool.pipeline import run_switch
+from conetool.pipeline import switch_prepare
 from conetool.pipeline.run_switch import switch
 from conetool.spec import Spec, spec_from_dict
 from conetool.training import train
@@ -301,7 +301,7 @@ def augmented(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], Any]:
         return replace(load_data(spec), augment=jitter)
 
     monkeypatch.setattr(training, "load_data", load)
-    monkeypatch.setattr(run_switch, "load_data", load)
+    monkeypatch.setattr(switch_prepare, "load_data", load)
     return load
 
 

@@ -1,11 +1,11 @@
 """Which optimizer state file a switch point's momentum comes from, recorded with the point so
 that a rerun recomputes a point whose state file was added, removed, repaired or replaced since.
 
-A point's reuse key (:func:`conetool.pipeline.switch_points.point_key`) covers the spec, T and the
-checkpoint's content, so the state inside the checkpoint file is covered already; the files
-beside it are not: the state ``conetool train`` saves beside the checkpoint
+A point's reuse key (:func:`conetool.pipeline.switch_finished_points.point_key`) covers the spec,
+T and the checkpoint's content, so the state inside the checkpoint file is covered already; the
+files beside it are not: the state ``conetool train`` saves beside the checkpoint
 (``step_XXXXXX.optim.safetensors``) and a Hugging Face folder's ``optimizer.pt``. The point's
-JSON records the one :func:`~conetool.pipeline.switch_points.optimizer_at` reads first (its name
+JSON records the one :func:`~conetool.pipeline.switch_optimizer.optimizer_at` reads first (its name
 and content fingerprint, as for checkpoints: ``"<bytes>:<sha256>"``), or that there is none; a
 point without the record (written before it was kept) is reused as before.
 """

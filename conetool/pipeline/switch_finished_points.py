@@ -1,0 +1,156 @@
+"""The switch points a store holds: a point's record (:class:`SwitchPoint`) and its reuse key,
+one finished point read back for a rerun, every point of a spec and T for results.csv, and whether
+a sweep was begun with a spec. A point is reused only for the same spec, T and checkpoint content
+(its key), and only while the optimizer state file its momentum came from is unchanged
+(:mod:`conetool.pipeline.switch_momentum_source`); a damaged point file is computed again."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..loop import Row
+from ..spec import Spec
+from .switch_momentum_source import source_changed
+
+
+@dataclass(frozen=True)
+class SwitchPoint:
+    """The linearized continuation from step ``at`` to ``until``: its final test and train
+    metrics, where momentum came from ("saved" optimizer state or "fresh"), the metrics rows along
+    the way, and whether it was computed now or reused from the store."""
+
+    at: int
+    until: int
+    test_acc: float
+    test_loss: float
+    train_acc: float
+    train_loss: float
+    momentum: str
+    seconds: float
+    rows: list[Row] = field(default_factory=list)
+    reused: bool = False
+
+
+def point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
+    """The reuse key of a point: the spec (its hash), T and the content ``fingerprint`` of the
+    checkpoint it starts from; a point is reused only under the same key."""
+    return {"spec_hash": spec.hash(), "until": until, "source_fingerprint": fingerprint}
+
+
+def read_point(
+    store: Path, t: int, key: dict[str, Any], source: dict[str, Any] | None = None
+) -> SwitchPoint | None:
+    """A finished point of the same spec, T and checkpoint content, or None; ``source``: the
+    state file its momentum would come from now
+    (:func:`~conetool.pipeline.switch_momentum_source.momentum_source`), None not to check: a
+    point that recorded another (an older store's records none) is None too."""
+    payload = point_payload(store, t, key)
+    if payload is None or source_changed(payload, source) is not None:
+        return None
+    return reused_point(payload)
+
+
+def reused_point(payload: dict[str, Any]) -> SwitchPoint:
+    """The finished point whose JSON is ``payload``, marked reused."""
+    fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
+    return SwitchPoint(**{**fields, "reused": True})
+
+
+def point_payload(store: Path, t: int, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON of the point at ``t`` in ``store`` when it has the reuse ``key``, else None (no
+    file; damaged: recomputed and rewritten; computed for another spec, T or checkpoint)."""
+    path = paths.switch_point(store, t)
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(payload, dict) or payload.get("key") != key:
+        return None
+    return payload
+
+
+def all_points(
+    store: Path,
+    spec: Spec,
+    until: int,
+    current: list[SwitchPoint],
+    fingerprint_now: Callable[[int], str | None] = lambda at: None,
+    warnings: list[str] | None = None,
+    source_now: Callable[[int], dict[str, Any] | None] = lambda at: None,
+) -> list[SwitchPoint]:
+    """This sweep's points plus those earlier sweeps left in the store for the same spec and T.
+
+    ``fingerprint_now(t)``: the fingerprint of the run's checkpoint of step t now (None: no
+    such checkpoint, or not to be checked). An earlier point whose checkpoint has changed since
+    (a run replaced under the same spec) is left out, and ``warnings`` says so (a loss).
+    ``source_now(t)``: the state file a point of step t would take its momentum from now
+    (:func:`~conetool.pipeline.switch_momentum_source.momentum_source`; None: not to be
+    checked). An earlier point that recorded another (one a rerun of it would compute again:
+    :func:`source_changed`) is left out too, and ``warnings`` names it, why, and the command
+    that computes it again: its ``momentum`` is not the one its point would have now."""
+    points = {p.at: p for p in current}
+    changed: list[int] = []
+    stale: dict[int, str] = {}  # at -> how its momentum's state file changed since
+    for payload in _stored_points(store):
+        key = payload.get("key", {})
+        if key.get("spec_hash") != spec.hash() or key.get("until") != until:
+            continue
+        if payload.get("at") not in points:
+            now = fingerprint_now(payload.get("at"))
+            if now is not None and key.get("source_fingerprint") != now:
+                changed.append(payload.get("at"))
+                continue
+            why = source_changed(payload, source_now(payload.get("at")))
+            if why is not None:
+                stale[payload["at"]] = why
+                continue
+            fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
+            points[payload["at"]] = SwitchPoint(**{**fields, "reused": True})
+    if changed and warnings is not None:
+        at = " ".join(str(t) for t in sorted(changed))
+        warnings.append(
+            f"left out of results.csv the points of earlier sweeps at {at}: their checkpoints "
+            f"changed since they were computed. Recompute them: conetool switch --at "
+            f"{at.replace(' ', ',')}."
+        )
+    if stale and warnings is not None:
+        steps = sorted(stale)
+        whys = "; ".join(f"t={t}: {stale[t]}" for t in steps)
+        warnings.append(
+            f"left out of results.csv the points of earlier sweeps at {' '.join(map(str, steps))}"
+            f": the optimizer state file their momentum comes from changed since they were "
+            f"computed ({whys}). Recompute them: conetool switch --at "
+            f"{','.join(map(str, steps))}."
+        )
+    return [points[t] for t in sorted(points)]
+
+
+def _stored_points(store: Path) -> Iterator[Any]:
+    """The payload (a JSON object) of each readable point file in ``store``
+    (``switch/at_XXXXXX.json``), by ``at`` (damaged ones are left out: computed again)."""
+    for path in sorted(paths.switch_dir(store).glob("at_*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(payload, dict):
+            yield payload
+
+
+def sweep_begun(store: Path, spec: Spec) -> bool:
+    """Whether ``store`` holds a point a sweep computed with ``spec`` (the same spec hash, any
+    T): a sweep begun with the spec, which goes on with it (see
+    :func:`~conetool.pipeline.run_switch.switch`'s refusal of a spec no training could learn
+    from)."""
+    for payload in _stored_points(store):
+        key = payload.get("key")
+        if isinstance(key, dict) and key.get("spec_hash") == spec.hash():
+            return True
+    return False

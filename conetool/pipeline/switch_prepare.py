@@ -1,0 +1,193 @@
+"""A switch sweep made ready before anything is trained (on every torchrun rank): its options
+checked, its checkpoints and spec found (:mod:`conetool.pipeline.switch_locate`), what ``kernels``
+recorded taken over (the step regex, the spec's imports), T checked against the run, the
+checkpoints of the points (and of T) found or refused with the reason and the fix, the data
+loaded; checkpoint errors reworded for ``switch``, which has no ``--skip-bad``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checkpoints import CheckpointRef, list_checkpoints
+from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, step_problems
+from ..choices import Reference, choice, is_count
+from ..data import DataBundle, load_data, steps_per_epoch
+from ..errors import CheckpointError, ConetoolError, SpecError
+from ..spec import Spec, check_training_data
+from ..store import nearest_steps
+from .remembered import (
+    carried_imports,
+    carried_step_regex,
+    recorded_step_regex,
+    use_recorded_imports,
+)
+from .resolve import iterations_per_epoch
+from .switch_finished_points import sweep_begun
+from .switch_locate import locate, sentence
+from .switch_options import SwitchOptions, parse_at
+from .switch_store import SwitchStore
+
+
+@dataclass(frozen=True)
+class Sweep:
+    points_at: list[int]
+    ckpts: Path
+    spec: Spec
+    until: int
+    refs: dict[int, CheckpointRef]
+    data: DataBundle
+    store: SwitchStore  # the store as this rank began with it (rank 0's is the job's)
+    notes: list[str] = field(default_factory=list)  # what prepare_sweep took from the store
+    warnings: list[str] = field(default_factory=list)  # a damaged manifest it read around
+
+
+def prepare_sweep(options: SwitchOptions) -> Sweep:
+    """Check the options; find the checkpoints, the spec and the data (on every rank)."""
+    o = options
+    until, store, ckpts, spec = o.until, o.store, o.ckpts, o.spec
+    step_regex, beyond_run = o.step_regex, o.beyond_run
+    points_at = parse_at(o.at)
+    if until is not None and not is_count(until):
+        raise ConetoolError(
+            f"--until {until!r} is not a step. Pass the end step T as a positive whole number "
+            "(e.g. --until 2000), or leave it out for the spec's train.steps."
+        )
+    reference = choice(Reference, o.reference, "--reference").value
+    located = locate(store, ckpts, spec)
+    ckpts_dir, spec, manifest = located.ckpts, located.spec, located.manifest
+    # What train refuses of the data it trains on, refused here too before anything is written;
+    # a sweep begun with the spec (an earlier conetool's points in the store) goes on with it,
+    # as train --resume does: its new points stay comparable with those it holds.
+    if not sweep_begun(store, spec):
+        check_training_data(spec)
+    # What kernels recorded: its --step-regex (unless one is given) and where it imported a
+    # "pkg.mod:factory" model or data set from; the kernel files carry both, for a store whose
+    # manifest is missing or damaged.
+    warnings = list(located.warnings)
+    recorded = manifest
+    if manifest is None:
+        recorded = carried_imports(located.carried, spec.hash())
+        lost = located.lost or "missing"
+        step_regex, regex_note, differ = carried_step_regex(
+            store,
+            step_regex,
+            located.carried,
+            spec_hash=spec.hash(),
+            manifest_is=lost,
+            held=located.held,
+        )
+        if differ:  # a guess between runs: to check
+            warnings.append(f"{sentence(differ)}. Pass --step-regex to use another")
+    else:
+        step_regex, regex_note = recorded_step_regex(manifest, step_regex)
+    notes = located.notes + use_recorded_imports(recorded, spec)
+    notes += [regex_note] if regex_note else []
+    T = spec.train.steps if until is None else until
+    if T > spec.train.steps and not beyond_run:
+        raise ConetoolError(
+            f"--until {T} is beyond the standard run: its T is {spec.train.steps} (train.steps "
+            f"of {spec.source}), so there is no standard model at step {T} to compare with, and "
+            f"the linearized model would train {T - spec.train.steps} steps past the run. Drop "
+            f"--until (T = {spec.train.steps}), or pass --beyond-run to train to {T} anyway."
+        )
+    if T > spec.train.steps and spec.train.schedule == "cosine":
+        warnings.append(_cosine_past_the_run(spec, T))
+    late = [t for t in points_at if t >= T]
+    if late:
+        raise ConetoolError(
+            f"--at {late[0]} is not before --until {T}: the linearized model is trained from t "
+            f"to T, so t must be smaller. Drop it or raise --until (the spec trains to "
+            f"{spec.train.steps}; beyond that with --beyond-run)."
+        )
+    # Only the checkpoints the sweep needs matter: an unusable file elsewhere is left alone
+    # (unsaid: the one of a step needed is refused below). What the listing says of the run, as
+    # kernels says it (an EMA beside the state dict read, steps that may be Unix times, steps
+    # from epoch names, ...), is said once for the sweep.
+    ipe = iterations_per_epoch(spec)
+    try:
+        found = checkpoint_listing(
+            ckpts_dir,
+            step_regex=step_regex,
+            iterations_per_epoch=ipe,
+            skip_bad=True,
+            warn=warnings.append,
+            note=notes.append,
+            left_out=lambda message: None,
+        ).refs
+    except CheckpointError as exc:
+        try:  # no file usable: the files' own errors say why (e.g. no step in their names)
+            list_checkpoints(ckpts_dir, step_regex=step_regex, iterations_per_epoch=ipe)
+        except CheckpointError as reasons:
+            raise for_switch(reasons) from exc
+        raise for_switch(exc) from exc
+    refs = {ref.step: ref for ref in found}
+    needed = points_at + ([T] if reference == "checkpoint" else [])
+    for t in needed:
+        if t in refs:
+            continue
+        # The file of step t, if there is one, and why it cannot be used (a file whose step
+        # cannot be known is no step's: kernels --skip-bad left it out, and so does switch).
+        problem = step_problems(ckpts_dir, t, step_regex=step_regex, iterations_per_epoch=ipe)
+        if problem is not None and t == T and t not in points_at:
+            raise _for_reference(problem, T, refs, points_at)
+        if problem is not None:
+            raise for_switch(problem)
+        if t == T and t not in points_at:
+            continue  # no checkpoint at T: the figure goes without the standard line (a note)
+        raise CheckpointError(
+            f"--at {t}: {ckpts_dir} has no checkpoint of step {t}. Nearest: "
+            f"{nearest_steps(sorted(refs), t)}."
+        )
+    data = load_data(spec.data)
+    if len(data.test) == 0:
+        raise SpecError(
+            f"{spec.source}: data set '{spec.data.dataset}' has an empty test split, and the "
+            "switch experiment reports test accuracy and loss. Give the data set a test split."
+        )
+    # the batches of the spec's recipe: refused here, not when the first point starts
+    steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
+    target = SwitchStore.begin(store, manifest)
+    return Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, warnings)
+
+
+def _cosine_past_the_run(spec: Spec, T: int) -> str:
+    """The warning of a --beyond-run sweep under the cosine schedule, which holds its end value,
+    0, past ``train.steps`` (:func:`conetool.optim.learning_rate`): nothing moves there."""
+    steps = spec.train.steps
+    return (
+        f"--until {T} is beyond train.steps = {steps}, and {spec.source} has train.schedule = "
+        f'"cosine", whose learning rate is 0 from step {steps} on (the schedule ends there): '
+        f"the linearized model does not move after step {steps}, so each point's result at T "
+        f"is its result at step {steps}, after {T - steps} updates at lr 0. Use --until {steps}, "
+        "or a spec whose schedule goes on past train.steps (constant or step) to train further"
+    )
+
+
+def for_switch(exc: CheckpointError) -> CheckpointError:
+    """A checkpoint error reworded for ``switch``, which has no --skip-bad: the step is needed,
+    so the advice is to fix the file or choose another switch point. (Per-file messages name no
+    flag; only the listing's closing advice and its all-skipped error do.)"""
+    text = str(exc)
+    for said in (SKIP_BAD_ADVICE, "Fix or move these files."):
+        text = text.replace(said, "Fix or move these files, or choose another --at step.")
+    text = re.sub(r"\s*\(--skip-bad[^)]*\)", "", text)
+    return exc if text == str(exc) else CheckpointError(text)
+
+
+def _for_reference(
+    exc: CheckpointError, T: int, refs: dict[int, CheckpointRef], points_at: list[int]
+) -> CheckpointError:
+    """A checkpoint error at T, which no --at names: it is the standard model the sweep compares
+    with (--reference checkpoint), so the advice is the file, --until or --reference train."""
+    earlier = [s for s in refs if max(points_at, default=-1) < s < T]
+    until = f"--until {max(earlier)}" if earlier else "--until with an earlier step"
+    text = str(exc).replace(
+        "Fix or move these files.",
+        f"The checkpoint of step {T} is the standard model at T that the sweep compares with "
+        f"(--reference checkpoint, the default): fix or move these files, end the sweep at an "
+        f"earlier checkpoint ({until}), or pass --reference train to continue the standard run "
+        f"to step {T} from the last checkpoint before it.",
+    )
+    return CheckpointError(text)

@@ -1,0 +1,150 @@
+"""The standard model at T that a switch sweep compares with: the run's checkpoint of T, or
+(``--reference train``) the standard run continued to T from the last checkpoint before it,
+kept in ``STORE/switch/reference.json`` for reruns of the same spec, T and checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import paths
+from ..checkpoint_optimizer import ENTRIES
+from ..checkpoints import CheckpointRef, load_checkpoint
+from ..data import DataBundle
+from ..errors import CheckpointError
+from ..io import atomic_write_json
+from ..loop import TrainingLoop, evaluate
+from ..progress import Progress, Said
+from ..spec import Spec
+from ..threads import slow_step_watch
+from ..training import diverged_hint
+from .resolve import model_for
+from .switch_finished_points import point_key
+from .switch_momentum_source import SOURCE_ENTRY, momentum_source, source_changed
+from .switch_optimizer import optimizer_at
+from .switch_store import SwitchStore
+
+
+def standard_reference(
+    spec: Spec,
+    refs: dict[int, CheckpointRef],
+    ckpts: Path,
+    until: int,
+    data: DataBundle,
+    device: torch.device,
+    store: SwitchStore,
+    how: str,
+    threads: int,
+    progress: Progress,
+    says: Said,
+    warnings: list[str],
+) -> dict[str, Any] | None:
+    """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
+    continued from the last checkpoint before T, its result kept in ``store`` (written as
+    :func:`~conetool.pipeline.switch_points.run_point` writes a point; its steps watched as
+    it watches them).
+    A missing checkpoint of T (no standard line) is a warning to ``says``; training the
+    continuation is a note, said before it starts (minutes a user expecting a stored model did
+    not plan)."""
+    model = model_for(spec).to(device)
+    if how == "checkpoint":
+        if until not in refs:
+            final = max(refs, default=None)
+            if final is not None and final < until:
+                # A spec whose [train] steps is not the run's (its default, say): every point
+                # was trained past the run's end.
+                says.warn(
+                    f"no checkpoint of step {until} in {ckpts}: the run's checkpoints end at "
+                    f"step {final}, before T = {until}, so each point was trained past the run's "
+                    f"end and the figure has no standard-training line. If the run ended at step "
+                    f"{final} (the spec's [train] steps, {spec.train.steps}, is then not the "
+                    f"run's), rerun with --until {final}; to compare with the standard run "
+                    f"continued to T, pass --reference train."
+                )
+                return None
+            says.warn(
+                f"no checkpoint of step {until} in {ckpts}: the figure has no standard-training "
+                "line. Pass --reference train to train the standard continuation to T."
+            )
+            return None
+        load_checkpoint(model, refs[until])
+        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
+        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
+    start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
+    if start is None:
+        raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
+    if start == until:  # the checkpoint of T is the standard model at T: nothing to train
+        load_checkpoint(model, refs[until])
+        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
+        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
+    path = paths.switch_reference(store.root)
+    loaded = load_checkpoint(model, refs[start], keep=ENTRIES)
+    assert loaded is not None
+    key = {**point_key(spec, until, loaded.fingerprint), "from": start}
+    source = momentum_source(ckpts, refs[start])
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("key") == key and source_changed(previous, source) is None:
+            return previous["reference"]
+    store.check()
+    optimizer, momentum, said = optimizer_at(model, spec, ckpts, loaded)
+    del loaded  # its optimizer state is in the optimizer now (its weights in the model)
+    if said is not None and said.warning:  # a state saved and not used, or saved otherwise
+        says.warn(f"--reference train, from the checkpoint of step {start}: {said.one}")
+    says.note(
+        f"--reference train: the run has no checkpoint of step {until}, so the standard model "
+        f"at T is trained now, from the checkpoint of step {start}: {until - start} steps of "
+        f"standard training with the spec's recipe (momentum "
+        f"{'from the saved optimizer state' if momentum == 'saved' else 'starting at zero'}), "
+        f"kept in {path} for reruns of the same spec, T and checkpoint. The figure's "
+        "standard line is this continuation, not a model your run saved."
+    )
+    watch = (
+        []
+        if warnings
+        else slow_step_watch(model, data, spec, device, threads, progress, notes=warnings)
+    )
+    loop = TrainingLoop(
+        spec,
+        model,
+        optimizer,
+        data,
+        device,
+        progress,
+        description="standard",
+        on_step=watch,
+        diverged=lambda step, loss: (
+            f"the standard (non-linearized) reference run diverged at step {step}: the loss is "
+            f"{loss}. A lower train.lr or added train.warmup_steps in the spec may let it "
+            "finish, but the spec's recipe is every switch point's too: each point would be "
+            "trained again with the new recipe (points are reused only for the same spec), and "
+            "the sweep would replay a recipe other than your run's, unless your run used it "
+            "(then the spec should say so)."
+            f"{_reference_diverged_hint(ckpts, store.root, until)}"
+        ),
+    )
+    last = loop.run(start, until)[-1]
+    result = {
+        "step": until,
+        "test_acc": last["test_acc"],
+        "test_loss": last["test_loss"],
+        "source": f"trained from step {start}",
+    }
+    with store.writing():
+        kept = {"key": key, "reference": result}
+        atomic_write_json(path, kept if source is None else {**kept, SOURCE_ENTRY: source})
+    return result
+
+
+def _reference_diverged_hint(ckpts: Path, store: Path, until: int) -> str:
+    """What ``--reference train`` adds when the standard run it continues diverges: train's hint
+    (its checkpoints are valid), and that the sweep's points are kept. (The run has no checkpoint
+    of T: from one, nothing is trained.)"""
+    return (
+        f"{diverged_hint(ckpts)} So are the switch points in {paths.switch_dir(store)}, which a "
+        "rerun with the same spec reuses (--reference checkpoint keeps them without training, "
+        f"and without a standard line in the figure: the run has no checkpoint of step {until})."
+    )
