@@ -28,7 +28,7 @@ from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_spectrum import spectrum
 from conetool.pipeline.run_switch import switch
-from conetool.spec import spec_from_dict
+from conetool.spec import load_spec, spec_from_dict
 
 runner = CliRunner()
 
@@ -665,13 +665,18 @@ def test_switch_takes_the_directory_a_damaged_manifest_still_records(run, tmp_pa
     # files agree. The same rule now (remembered.held_directory).
     hf, _, root = _best_only_store(run, tmp_path, held)
     left = paths.manifest(root).read_bytes()
-    if held != "kept":  # the guess from the sources, as before: best/ has no spec
-        with pytest.raises(SpecError, match="conetool.toml"):
-            switch(5, store=root, device="cpu")
+    if held != "kept":  # the guess from the sources, as before
         result = switch(5, store=root, spec=paths.spec(hf), device="cpu")
         (note,) = [n for n in result.notes if n.startswith("using the checkpoint directory")]
         assert note.startswith(f"using the checkpoint directory {(hf / 'best').resolve()}, "), note
         assert "recorded by conetool kernels in the kernel files of" in note, note
+        # best/ has no conetool.toml: the damaged manifest's spec, the kernel files', gives it
+        # (was a SpecError asking for --spec: test_switch_takes_the_spec_of_a_damaged_manifest...)
+        alone = switch(5, store=root, device="cpu")
+        assert [p.at for p in alone.points] == [5]
+        assert any(
+            n.startswith(f"using the spec recorded in {root}'s damaged") for n in alone.notes
+        )
         return
     result = switch(5, store=root, device="cpu")  # the spec: hf/conetool.toml
     assert [p.at for p in result.points] == [5]
@@ -758,3 +763,70 @@ def test_the_rebuilding_run_keeps_a_damaged_manifests_selection_only_where_consi
     assert again.computed == []
     assert any(f"using --step-regex '{REGEX}', recorded in the store" in n for n in again.notes)
     assert _manifest(root)["selection"]["step_regex"] == REGEX
+
+
+def _spec_less_store(run, tmp_path, held):
+    """``(spec_file, root)``: a store of ``run`` whose spec was given to kernels as ``--spec``
+    (the run has no conetool.toml), its manifest damaged in its steps and recording as its spec
+    ``held``: ``"kept"`` (as kernels wrote it), ``"another"`` (another learning rate: another
+    hash) or ``"not a spec"`` (a ``model`` that is no table)."""
+    spec_file = tmp_path / "run.toml"
+    shutil.move(paths.spec(run), spec_file)
+    root = tmp_path / "s"
+    kernels(run, store=root, spec=spec_file, device="cpu")
+    manifest = _manifest(root)
+    manifest["steps"] = []  # damaged: kernels rebuilds it
+    if held == "another":
+        manifest["spec"]["train"]["lr"] *= 2
+    elif held == "not a spec":
+        manifest["spec"]["model"] = 5
+    paths.manifest(root).write_text(json.dumps(manifest))
+    return spec_file, root
+
+
+@pytest.mark.parametrize("ckpts", [False, True])
+def test_switch_takes_the_spec_of_a_damaged_manifest_where_its_kernel_files_agree(
+    run, tmp_path, ckpts
+):
+    # Was: switch on a damaged manifest took its checkpoint directory and selection where the
+    # kernel files agree, but never its spec: a run without conetool.toml needed --spec again,
+    # though the manifest records the spec the kernel files were computed from (their hash),
+    # and a readable manifest's spec is taken. Now it is, with a note (remembered.held_spec).
+    spec_file, root = _spec_less_store(run, tmp_path, "kept")
+    left = paths.manifest(root).read_bytes()
+    result = switch(5, store=root, ckpts=run if ckpts else None, device="cpu")
+    assert [p.at for p in result.points] == [5]
+    ckpts_dir = run if ckpts else run.resolve()
+    assert (
+        f"using the spec recorded in {root}'s damaged manifest.json, the one its kernel files "
+        f"were computed from ({ckpts_dir} has no conetool.toml; pass --spec to use another)"
+    ) in result.notes, result.notes
+    key = json.loads(paths.switch_point(root, 5).read_text())["key"]
+    assert key["spec_hash"] == load_spec(spec_file).hash()  # the kernels run's spec
+    assert paths.manifest(root).read_bytes() == left  # left as it is (kernels owns it)
+    # --spec wins, and no note says a spec was taken from the manifest
+    given = switch(0, store=root, spec=spec_file, device="cpu")
+    assert not any("using the spec" in n for n in given.notes), given.notes
+
+
+@pytest.mark.parametrize("held", ["another", "not a spec"])
+def test_switch_leaves_a_damaged_manifests_spec_that_is_not_its_kernel_files(run, tmp_path, held):
+    # a spec whose hash is not the kernel files' is not the run's (edited, or of another run):
+    # not taken, and the error that asks for --spec says why (was: no word of the manifest)
+    spec_file, root = _spec_less_store(run, tmp_path, held)
+    with pytest.raises(SpecError) as refused:
+        switch(5, store=root, device="cpu")
+    said = str(refused.value)
+    why = (
+        f"its spec (hash {spec_from_dict(_manifest(root)['spec']).hash()}) is not the one its "
+        f"kernel files were computed from (hash {load_spec(spec_file).hash()})"
+        if held == "another"
+        else "its spec is not one conetool reads ("
+    )
+    assert said.startswith(
+        f"{root}'s damaged manifest.json records a spec, but it is not used: {why}"
+    ), said
+    assert "has no conetool.toml and no --spec was given" in said, said
+    result = switch(5, store=root, spec=spec_file, device="cpu")
+    assert [p.at for p in result.points] == [5]
+    assert not any("using the spec" in n for n in result.notes), result.notes

@@ -12,7 +12,8 @@
     ``switch`` on a store whose manifest is missing or damaged (:func:`carried_step_regex`),
     which also takes the directory from them when no ``--ckpts`` is given
     (:func:`carried_directory`; a damaged manifest's own records of both win where they agree
-    with the kernel files, as for the rebuild: :func:`held_directory`, :func:`held_selection`).
+    with the kernel files, as for the rebuild: :func:`held_directory`, :func:`held_selection`;
+    and its spec, where it is the one they were computed from: :func:`held_spec`).
 ``imports``
     for a spec that names an import path (``[model] arch`` or ``[data] dataset`` =
     ``"pkg.mod:factory"``), where each module was imported from:
@@ -47,7 +48,8 @@ from typing import Any, Generic, TypeVar
 
 from .. import paths
 from .. import store_companions as companions
-from ..spec import Spec, is_user_dataset
+from ..errors import SpecError
+from ..spec import Spec, is_user_dataset, spec_from_dict
 from ..store_kernel_files import kernel_files_metadata, rebuilds_manifest
 from ..store_manifest import StoreIdentity, embedded_record, new_manifest
 
@@ -57,6 +59,7 @@ __all__ = [
     "carried_step_regex",
     "held_directory",
     "held_selection",
+    "held_spec",
     "import_paths",
     "imports_record",
     "manifest_json",
@@ -209,6 +212,44 @@ def held_selection(
     if not isinstance(carried_regex, _Unknown) and carried_regex != (regex or None):
         return None
     return chosen
+
+
+def held_spec(
+    held: Mapping[str, Any] | None, carried: list[dict[str, str]], source: str
+) -> tuple[Spec | None, str | None]:
+    """``(spec, not_taken)``: the spec the damaged manifest ``held`` (its JSON object as read; None
+    when it cannot be read) still records (its ``spec`` table, read as ``source``), when it is
+    the one the kernel files that decide the checkpoint directory (their metadata ``carried``,
+    the newest first: those of the spec most of them have, as :func:`carried_directory` takes
+    them without ``--spec``) were computed from: its hash is theirs. Else ``(None, why)``: what
+    the manifest records instead (not a spec, or another one), or ``(None, None)`` when it
+    records no spec table. ``switch`` takes it where no ``--spec`` and no ``CKPTS/conetool.toml``
+    give the spec, as it takes a readable manifest's."""
+    record = (held or {}).get("spec")
+    if not isinstance(record, dict):
+        return None, None
+    deciding = _decided(carried, _directory_of, None).deciding
+    deciding = deciding or _decided(carried, _spec_hash_of, None).deciding
+    theirs = deciding[0].get("spec_hash") if deciding else None
+    try:
+        spec = spec_from_dict(record, source=source)
+    except SpecError as exc:
+        return None, f"its spec is not one conetool reads ({exc})"
+    if theirs is None:
+        return None, "no kernel file of it records the spec it was computed from"
+    if spec.hash() != theirs:
+        return None, (
+            f"its spec (hash {spec.hash()}) is not the one its kernel files were computed from "
+            f"(hash {theirs})"
+        )
+    return spec, None
+
+
+def _spec_hash_of(carried: list[dict[str, str]]) -> str | _Unknown:
+    """The spec hash the kernel files ``carried`` (one spec's) were computed from; :data:`_UNKNOWN`
+    when they record none."""
+    found = carried[0].get("spec_hash") if carried else None
+    return found if found else _UNKNOWN
 
 
 def _fits(directory: str, carried: list[dict[str, str]]) -> bool:

@@ -12,10 +12,10 @@ from typing import Any
 
 from .. import paths
 from ..choices import path_argument
-from ..errors import CheckpointError, StoreError
+from ..errors import CheckpointError, SpecError, StoreError
 from ..spec import Spec, spec_from_dict
 from ..store import kernel_file_headers, read_manifest, rebuilds_manifest
-from .remembered import carried_directory, manifest_json
+from .remembered import carried_directory, held_spec, manifest_json
 from .resolve import resolve_spec
 
 
@@ -27,8 +27,8 @@ class Located:
     files' metadata read then (:func:`conetool.store.kernel_file_headers`, read once; empty
     otherwise), ``held`` a damaged manifest's JSON object as read (None: none, or not JSON),
     whose records switch takes where the kernel files agree (the checkpoint directory, the
-    selection's step regex: :mod:`conetool.pipeline.remembered`), ``notes`` and ``warnings``
-    what switch says of what it took from the store."""
+    selection's step regex, the spec: :mod:`conetool.pipeline.remembered`), ``notes`` and
+    ``warnings`` what switch says of what it took from the store."""
 
     ckpts: Path
     spec: Spec
@@ -44,7 +44,10 @@ def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
     """The checkpoint directory and spec: flags first, then the store's manifest, and for a
     store whose manifest is missing or damaged (one ``kernels`` rebuilds: kernel files without
     it, or an unreadable one in a store) the directory ``kernels`` read as its kernel files
-    record it; switch leaves the manifest as it is (``kernels`` owns it)."""
+    record it. The spec: ``--spec``, else ``CKPTS/conetool.toml``, else the manifest's, a damaged
+    one's only where it is the one the kernel files were computed from
+    (:func:`~conetool.pipeline.remembered.held_spec`; said in a note). Switch leaves the
+    manifest as it is (``kernels`` owns it)."""
     manifest_path = paths.manifest(store)
     manifest, lost = _store_manifest(store)
     carried = kernel_file_headers(store) if lost is not None else []
@@ -99,11 +102,28 @@ def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
             "the store refuse it until then)"
         )
     recorded_spec = manifest.get("spec") if manifest is not None else None
-    if spec is None and isinstance(recorded_spec, dict) and not paths.spec(ckpts_dir).is_file():
-        spec = spec_from_dict(recorded_spec, source=f"{manifest_path} (spec)")
-    return Located(
-        ckpts_dir, resolve_spec(ckpts_dir, spec), manifest, lost, carried, notes, warnings, held
-    )
+    not_taken = None  # why a damaged manifest's spec is not taken
+    if spec is None and not paths.spec(ckpts_dir).is_file():
+        if isinstance(recorded_spec, dict):
+            spec = spec_from_dict(recorded_spec, source=f"{manifest_path} (spec)")
+        elif held is not None:  # taken where it is the one the kernel files were computed from
+            spec, not_taken = held_spec(held, carried, f"{manifest_path} (spec)")
+            if spec is not None:
+                notes.append(
+                    f"using the spec recorded in {store}'s damaged {paths.MANIFEST_NAME}, the one "
+                    f"its kernel files were computed from ({ckpts_dir} has no "
+                    f"{paths.SPEC_NAME}; pass --spec to use another)"
+                )
+    try:
+        resolved = resolve_spec(ckpts_dir, spec)
+    except SpecError as exc:
+        if not_taken is None:
+            raise
+        raise SpecError(
+            f"{store}'s damaged {paths.MANIFEST_NAME} records a spec, but it is not used: "
+            f"{not_taken}. {exc}"
+        ) from exc
+    return Located(ckpts_dir, resolved, manifest, lost, carried, notes, warnings, held)
 
 
 def _store_manifest(store: Path) -> tuple[dict[str, Any] | None, str | None]:
