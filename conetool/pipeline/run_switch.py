@@ -33,9 +33,15 @@ from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
 from ..spec import Spec, recipe_warnings
 from ..threads import limit_threads
-from .switch_finished_points import SwitchPoint, all_points, point_key, read_point
+from .switch_finished_points import (
+    SwitchPoint,
+    all_points,
+    payload_to_check,
+    point_key,
+    reused_point,
+)
 from .switch_momentum_notes import MomentumNote, MomentumSaid
-from .switch_momentum_source import momentum_source
+from .switch_momentum_source import momentum_source, source_changed
 from .switch_options import SwitchOptions, parse_at
 from .switch_points import run_point
 from .switch_prepare import Sweep, for_switch, prepare_sweep
@@ -159,15 +165,16 @@ def _switch(
     target = SwitchStore(store, job.broadcast(sweep.store.opened if job.is_main else None))
 
     # With several ranks, rank 0 finds the points already done so that only the others are dealt,
-    # and hands on the momentum source it found for each of those (its state file is hashed once).
+    # and hands on the momentum source it found for those of the others it looked at (each
+    # checkpoint and state file is hashed once per run, as in a single process).
     done: list[SwitchPoint] = []
     todo = list(sweep.points_at)
-    sources: dict[int, dict[str, Any] | None] = {}  # the momentum source of each point to do
+    sources: dict[int, dict[str, Any] | None] = {}  # the momentum source of points to do, by step
     if job.is_distributed:
-        found = job.agree(lambda: _finished_points(sweep, store) if job.is_main else [])
-        done = [p for _, p, _ in found if p is not None]
-        todo = [t for t, p, _ in found if p is None]
-        sources = {t: source for t, p, source in found if p is None}
+        nothing: _Found = ([], [], {})
+        done, todo, sources = job.agree(
+            lambda: _finished_points(sweep, store) if job.is_main else nothing
+        )
     todo, shared = job.broadcast([todo, list(sources.items())] if job.is_main else None)
     sources = {t: source for t, source in shared}
 
@@ -369,16 +376,41 @@ def _source_now(sweep: Sweep) -> Callable[[int], dict[str, Any] | None]:
     return now
 
 
-def _finished_points(
-    sweep: Sweep, store: Path
-) -> list[tuple[int, SwitchPoint | None, dict[str, Any] | None]]:
-    """For each step t of the sweep, ``(t, point, source)``: the point already in the store for the same spec, T and
-    checkpoint whose momentum's state file is unchanged (None: to do), with that state file as
-    it is now (:func:`~conetool.pipeline.switch_momentum_source.momentum_source`), which the
-    point to do records without hashing it again."""
-    found = []
+#: rank 0's look for finished points: those done, the steps to do, the momentum sources found
+_Found = tuple[list[SwitchPoint], list[int], dict[int, dict[str, Any] | None]]
+
+
+def _finished_points(sweep: Sweep, store: Path) -> _Found:
+    """The points of the sweep already in the store for the same spec, T and checkpoint whose
+    momentum's state file is unchanged (reused), the steps of the others (to do), and by step
+    the momentum source (:func:`~conetool.pipeline.switch_momentum_source.momentum_source`)
+    found for those of them looked at, which such a point records without hashing its state
+    file again.
+
+    A file is hashed here only where its hash decides: where the store holds a point of the
+    step for this spec and T, computed from a checkpoint of the size the step's has now
+    (:func:`~conetool.pipeline.switch_finished_points.payload_to_check`), its state file, then,
+    while that is unchanged, its checkpoint. Every other point is to do without a read here:
+    its load hashes its checkpoint, and the point records the hash of the bytes it trained from
+    (not one taken earlier, which would miss a file replaced in between). So a checkpoint is
+    hashed once per run, but where it was replaced by one of the same size since its point was
+    computed (a run trained again into the same directory): here, finding the point to do, and
+    by its load."""
+    done: list[SwitchPoint] = []
+    todo: list[int] = []
+    sources: dict[int, dict[str, Any] | None] = {}
     for t in sweep.points_at:
-        source = momentum_source(sweep.ckpts, sweep.refs[t])
-        key = point_key(sweep.spec, sweep.until, fingerprint(sweep.refs[t]))
-        found.append((t, read_point(store, t, key, source), source))
-    return found
+        ref = sweep.refs[t]
+        payload = payload_to_check(store, t, sweep.spec, sweep.until, ref)
+        if payload is None:
+            todo.append(t)
+            continue
+        source = momentum_source(sweep.ckpts, ref)
+        if source_changed(payload, source) is None and payload["key"] == point_key(
+            sweep.spec, sweep.until, fingerprint(ref)
+        ):
+            done.append(reused_point(payload))
+        else:
+            todo.append(t)
+            sources[t] = source
+    return done, todo, sources

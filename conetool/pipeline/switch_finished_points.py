@@ -1,6 +1,7 @@
 """The switch points a store holds: a point's record (:class:`SwitchPoint`) and its reuse key,
-one finished point read back for a rerun, every point of a spec and T for results.csv, and whether
-a sweep was begun with a spec. A point is reused only for the same spec, T and checkpoint content
+one finished point read back for a rerun (and whether only its checkpoint's hash can tell, from
+the files' sizes), every point of a spec and T for results.csv, and whether a sweep was begun
+with a spec. A point is reused only for the same spec, T and checkpoint content
 (its key), and only while the optimizer state file its momentum came from is unchanged
 (:mod:`conetool.pipeline.switch_momentum_source`); a damaged point file is computed again."""
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from ..checkpoints import CheckpointRef
 from ..loop import Row
 from ..spec import Spec
 from .switch_momentum_source import source_changed
@@ -64,16 +66,42 @@ def reused_point(payload: dict[str, Any]) -> SwitchPoint:
 def point_payload(store: Path, t: int, key: dict[str, Any]) -> dict[str, Any] | None:
     """The JSON of the point at ``t`` in ``store`` when it has the reuse ``key``, else None (no
     file; damaged: recomputed and rewritten; computed for another spec, T or checkpoint)."""
-    path = paths.switch_point(store, t)
+    payload = _read_payload(paths.switch_point(store, t))
+    return payload if payload is not None and payload.get("key") == key else None
+
+
+def _read_payload(path: Path) -> dict[str, Any] | None:
+    """The JSON object of the point file ``path``; None when there is none or it is damaged."""
     if not path.is_file():
         return None
     try:
         payload = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(payload, dict) or payload.get("key") != key:
+    return payload if isinstance(payload, dict) else None
+
+
+def payload_to_check(
+    store: Path, t: int, spec: Spec, until: int, ref: CheckpointRef
+) -> dict[str, Any] | None:
+    """The JSON of the point at ``t`` in ``store`` when only the fingerprint of the checkpoint
+    ``ref`` (a hash of all its bytes) can tell whether it is finished: a point of ``spec`` and
+    ``until`` whose checkpoint had the size ``ref``'s files have now (its key's
+    ``"<bytes>:<sha256>"``). None without reading ``ref``, its files' sizes alone: no such point
+    (no file, a damaged one, another spec or T, a checkpoint of another size; or ``ref``'s files
+    cannot be looked at, as its load will say), so that the point is to do."""
+    payload = _read_payload(paths.switch_point(store, t))
+    key = None if payload is None else payload.get("key")
+    if not isinstance(key, dict) or key.get("spec_hash") != spec.hash():
         return None
-    return payload
+    recorded = key.get("source_fingerprint")
+    if key.get("until") != until or not isinstance(recorded, str):
+        return None
+    try:
+        size = sum(path.stat().st_size for path in ref.paths)
+    except OSError:
+        return None
+    return payload if recorded.split(":", 1)[0] == str(size) else None
 
 
 def all_points(
@@ -136,11 +164,8 @@ def _stored_points(store: Path) -> Iterator[Any]:
     """The payload (a JSON object) of each readable point file in ``store``
     (``switch/at_XXXXXX.json``), by ``at`` (damaged ones are left out: computed again)."""
     for path in sorted(paths.switch_dir(store).glob("at_*.json")):
-        try:
-            payload = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(payload, dict):
+        payload = _read_payload(path)
+        if payload is not None:
             yield payload
 
 

@@ -1,0 +1,127 @@
+"""A switch point's checkpoint is hashed once per run. Under torchrun, rank 0's look for finished
+points hashed every point's checkpoint, and the point to do hashed it again when it loaded it;
+now rank 0 hashes a checkpoint only where the store holds a point that its hash decides (of the
+sweep's spec and T, from a checkpoint of its size, whose momentum's state file is unchanged),
+and the point to do records its load's hash (of the bytes it trained from). A job of one rank
+over an in-process key-value store takes the several-rank path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_switch_beside_state import spec_dict
+
+from conetool import paths
+from conetool.checkpoints import fingerprint
+from conetool.pipeline.run_switch import switch
+from conetool.spec import spec_from_dict
+from conetool.training import train
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run conetool train wrote: checkpoints of steps 0, 4, 8, 12, the state beside each."""
+    out = tmp_path / "run"
+    train(spec_from_dict(spec_dict(), source="run.toml"), out)
+    return out
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """The checkpoint files hashed (a fingerprint streamed, or a load), by name, in order."""
+    from conetool.checkpoints import _hashed_reads, load
+
+    names: list[str] = []
+    real = _hashed_reads.stream_file
+
+    def counting(path, *, keep):
+        if not path.name.endswith(".optim.safetensors"):  # the state files: their own test
+            names.append(path.name)
+        return real(path, keep=keep)
+
+    monkeypatch.setattr(_hashed_reads, "stream_file", counting)
+    monkeypatch.setattr(load, "stream_file", counting)
+    return names
+
+
+def one_rank_switch(at, store, run):
+    """``switch`` as a job of one rank over an in-process store (the several-rank path)."""
+    from torch.distributed import HashStore
+
+    from conetool import distributed
+    from conetool.pipeline import run_switch
+    from conetool.progress import NullProgress
+
+    job = distributed.Job("switch", distributed.Ranks(), torch.device("cpu"), HashStore())
+    assert job.is_distributed
+    options = run_switch.SwitchOptions(
+        at=at, until=None, store=store, ckpts=run, spec=None, reference="checkpoint",
+        step_regex=None, beyond_run=False, device="cpu", threads=1,
+    )  # fmt: skip
+    return run_switch._switch(job, options, 1, NullProgress())
+
+
+def recorded_fingerprint(store, t):
+    return json.loads(paths.switch_point(store, t).read_text())["key"]["source_fingerprint"]
+
+
+def test_each_checkpoint_is_hashed_once_per_run(run, tmp_path, hashed):
+    store = tmp_path / "s"
+    switch([4], store=store, ckpts=run, device="cpu")
+    hashed.clear()
+    result = one_rank_switch([4, 8], store, run)
+    assert [(p.at, p.reused) for p in result.points] == [(4, True), (8, False)]
+    # 4: rank 0's look finds it done; 8: no point of it in the store, only its load hashes it
+    # (was: rank 0's look, then the load); 12: the standard model at T, loaded
+    assert sorted(hashed) == [f"step_{t:06d}.safetensors" for t in (4, 8, 12)]
+    assert recorded_fingerprint(store, 8) == fingerprint(paths.checkpoint(run, 8))
+    hashed.clear()  # a single process: once too (its load; the earlier points for results.csv)
+    switch([0], store=store, ckpts=run, device="cpu")
+    assert sorted(hashed) == [f"step_{t:06d}.safetensors" for t in (0, 4, 8, 12)]
+
+
+def rewrite(path, *, extra_metadata=False):
+    """Another checkpoint of the same tensors' names and shapes in ``path``: its first float
+    tensor changed (the same size), or with a metadata entry more (another size)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    tensors = load_file(str(path))
+    name = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+    tensors[name] = tensors[name] + 0.01
+    if extra_metadata:
+        metadata["rewritten"] = "yes"
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_points_whose_files_changed_are_computed_again_their_checkpoints_hashed_once_mostly(
+    run, tmp_path, hashed
+):
+    """Rank 0's look leaves a checkpoint unread where the store's point was computed from a
+    checkpoint of another size, or its state file changed; it hashes one of the same size,
+    which it needs to tell whether the point is done (then the load hashes it too, recording
+    the bytes it trained from)."""
+    store = tmp_path / "s"
+    switch([0, 4, 8], store=store, ckpts=run, device="cpu")
+    before = {t: paths.checkpoint(run, t).stat().st_size for t in (0, 4)}
+    rewrite(paths.checkpoint(run, 0))  # the same size
+    rewrite(paths.checkpoint(run, 4), extra_metadata=True)  # another size
+    assert paths.checkpoint(run, 0).stat().st_size == before[0]
+    assert paths.checkpoint(run, 4).stat().st_size != before[4]
+    paths.optimizer_state(run, 8).unlink()  # the point's momentum would start at zero now
+    hashed.clear()
+    result = one_rank_switch([0, 4, 8], store, run)
+    assert [(p.at, p.reused) for p in result.points] == [(0, False), (4, False), (8, False)]
+    assert result.points[2].momentum == "fresh"
+    assert sorted(hashed) == [
+        "step_000000.safetensors",  # rank 0: the point's checkpoint had this size
+        "step_000000.safetensors",  # its load
+        "step_000004.safetensors",
+        "step_000008.safetensors",
+        "step_000012.safetensors",  # the standard model at T
+    ]
+    for t in (0, 4, 8):  # each records the checkpoint it trained from
+        assert recorded_fingerprint(store, t) == fingerprint(paths.checkpoint(run, t))
