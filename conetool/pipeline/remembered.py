@@ -110,13 +110,12 @@ def rebuilt_remembered(
     ckpts: Path,
     step_regex: str | None,
 ) -> tuple[dict[str, Any] | None, str | None, frozenset[str]]:
-    """``(manifest, note, recovered)``: the manifest a ``kernels`` run reads its kept options from, given
-    ``manifest``, the store's as read (None when it cannot be). Returned as it is unless that
-    run rebuilds it (damaged or deleted:
-    :func:`conetool.store_kernel_files.rebuilds_manifest`); then the run, which read nothing from
-    it, would forget the options the store recorded until the next run: the steps it adds would
-    get no eval kernel or layer file, its step regex would be dropped, and another run's
-    checkpoints would not be refused.
+    """``(manifest, note, recovered)``: the manifest a ``kernels`` run reads its kept options from,
+    given ``manifest``, the store's as read (None when it cannot be). Returned as it is unless that
+    run rebuilds it (damaged or deleted: :func:`conetool.store_kernel_files.rebuilds_manifest`);
+    then the run, which read nothing from it, would forget the options the store recorded until the
+    next run: the steps it adds would get no eval kernel or layer file, its step regex would be
+    dropped, and another run's checkpoints would not be refused.
 
     For such a store: a manifest in memory (never written) of the identity the kernel files of
     ``spec``, ``kind`` and ``dtype`` carry, whose kept records come from the store's files:
@@ -491,20 +490,20 @@ def carried_step_regex(
     manifest_is: str = "missing",
     held: Mapping[str, Any] | None = None,
 ) -> tuple[str | None, str | None, str | None]:
-    """``(step_regex, note, disagreement)`` for the store ``store`` whose manifest is missing (deleted) or
-    damaged (``manifest_is``, as the note says it), from the metadata ``carried`` of its kernel
-    files (the newest first: :func:`conetool.store_kernel_files.kernel_file_headers`): ``given``
-    when there is one, else the step regex of the checkpoint selection that the newest kernel
-    file of the spec ``spec_hash`` (the one switch runs with) carrying one carries (each carries
-    its run's, as :func:`rebuilt_remembered` reads it for the ``kernels`` run that rebuilds the
-    manifest; files of another spec only when none of that spec carries one: :func:`_decided`),
-    with a note saying so; else None (no kernel file, none given to kernels, or files written
-    before they carried the selection). The selection the damaged manifest ``held`` (its JSON
-    object as read, None for none) still records wins when it is consistent with the files that
-    decide the checkpoint directory (:func:`held_selection`; those of the run whose kernels the
-    store holds), as for the ``kernels`` run that rebuilds it, and the note says so.
-    ``disagreement``: when kernel files of another spec record another, which files decided and
-    which record what (:func:`carried_directory`'s)."""
+    """``(step_regex, note, disagreement)`` for the store ``store`` whose manifest is missing
+    (deleted) or damaged (``manifest_is``, as the note says it), from the metadata ``carried`` of
+    its kernel files (the newest first: :func:`conetool.store_kernel_files.kernel_file_headers`):
+    ``given`` when there is one, else the step regex of the checkpoint selection that the newest
+    kernel file of the spec ``spec_hash`` (the one switch runs with) carrying one carries (each
+    carries its run's, as :func:`rebuilt_remembered` reads it for the ``kernels`` run that rebuilds
+    the manifest; files of another spec only when none of that spec carries one: :func:`_decided`),
+    with a note saying so; else None (no kernel file, none given to kernels, or files written before
+    they carried the selection). The selection the damaged manifest ``held`` (its JSON object as
+    read, None for none) still records wins when it is consistent with the files that decide the
+    checkpoint directory (:func:`held_selection`; those of the run whose kernels the store holds),
+    as for the ``kernels`` run that rebuilds it, and the note says so. ``disagreement``: when kernel
+    files of another spec record another, which files decided and which record what
+    (:func:`carried_directory`'s)."""
     if given is not None:
         return given, None, None
     decided = _decided(carried, _regex_of, spec_hash)

@@ -6,9 +6,9 @@ of step t, dropout off) and trained with the spec's recipe from global step t to
 optimizer and hyperparameters, the learning rate of the schedule at each global step, and the very
 batches (and augmentations) the standard run used from t on (:mod:`conetool.loop`). Momentum starts
 from the optimizer state saved beside the checkpoint when there is one, else from the one inside
-the checkpoint file when it verifiably is the spec's optimizer's (:mod:`conetool.checkpoint_optimizer`),
-else from zero; only a saved state's buffers are taken, never its hyperparameters (a warning names
-those saved otherwise than the spec's).
+the checkpoint file when it verifiably is the spec's optimizer's
+(:mod:`conetool.checkpoint_optimizer`), else from zero; only a saved state's buffers are taken,
+never its hyperparameters (a warning names those saved otherwise than the spec's).
 
 Each point's result is written as soon as it is done (``STORE/switch/at_XXXXXX.json`` and
 ``.csv``), so a rerun skips finished points and an interrupted sweep loses only the point in
@@ -27,7 +27,7 @@ import torch
 
 from .. import distributed, paths
 from ..checkpoints import fingerprint
-from ..choices import Reference, path_argument
+from ..choices import path_argument
 from ..errors import CheckpointError, ConetoolError, StoreReplacedError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
@@ -50,9 +50,7 @@ from .switch_replaced import replaced_error
 from .switch_results import write_sweep
 from .switch_store import SwitchStore
 
-__all__ = ["REFERENCES", "SwitchOptions", "SwitchResult", "parse_at", "switch"]
-
-REFERENCES = tuple(r.value for r in Reference)
+__all__ = ["SwitchOptions", "SwitchResult", "parse_at", "switch"]
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,8 @@ def _from_beside(
     naming the hyperparameters the state was saved with otherwise: a run of another recipe);
     else ("fresh", a warning saying why it is not used), as for a loop's own file: a file whose
     bytes are not safetensors, or that conetool train did not write, too (its warning adds that a
-    rerun trains with it once restored: the point records the file's content). One the disk cannot read (an ``OSError``) is a
-    :class:`CheckpointError`, as for a loop's own file."""
+    rerun trains with it once restored: the point records the file's content). One the disk cannot
+    read (an ``OSError``) is a :class:`CheckpointError`, as for a loop's own file."""
     one = f"the optimizer state beside the checkpoint ({beside.name})"
     many = "the optimizer states beside their checkpoints (step_XXXXXX.optim.safetensors)"
     fresh = "momentum starts at zero"
