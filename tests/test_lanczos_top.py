@@ -247,3 +247,24 @@ def test_the_parts_benchmark_runs_at_a_tiny_size(
     rng = np.random.default_rng(14)
     coords, d = rng.standard_normal((40, 3)), np.abs(rng.standard_normal((40, 40)))
     assert bench.stress1_before(coords, d) == pytest.approx(embedding.stress1(coords, d), rel=1e-13)
+
+
+@pytest.mark.parametrize(("angle", "accepted"), [(3e-10, True), (3e-8, False)])
+def test_a_vector_more_than_1e_8_off_in_angle_is_refused(
+    angle: float, accepted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module's promise: where it returns, each vector is within TOLERANCE (1e-8) in angle
+    of the true eigenvector. The top eigenvector turned by ``angle`` towards another one
+    (eigenvalue 1, gaps 2 to the rest): the Davis-Kahan bound is ``4 sin(angle) / 2``, 6e-10
+    (taken) or 6e-8 (refused). (mutation check: TOLERANCE 1e-6 took the second)"""
+    values = np.r_[5.0, 3.0, 1.0, np.linspace(0.5, 0.0, 197)]  # apart: ARPACK converges
+    b = _spectrum_b(values, seed=12)
+    full_values, full_vectors = np.linalg.eigh(b)
+    top, second, other = full_vectors[:, -1], full_vectors[:, -2], full_vectors[:, -3]
+    turned = np.cos(angle) * top + np.sin(angle) * other
+    _first_call_replaced(
+        monkeypatch,
+        lambda _: (full_values[[-1, -2]], np.stack([turned, second], axis=1)),
+    )
+    found = lanczos_top(b, 2)
+    assert (found is not None) == accepted

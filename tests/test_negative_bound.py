@@ -4,6 +4,9 @@ one lies below it."""
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import scipy.sparse.linalg
@@ -94,3 +97,43 @@ def test_arpack_cannot_bound_the_smallest_eigenvalue_of_the_b_of_kernels() -> No
     start = np.random.default_rng(0).standard_normal(400)
     with pytest.raises(scipy.sparse.linalg.ArpackNoConvergence):
         scipy.sparse.linalg.eigsh(b, k=1, which="SA", v0=start, tol=0, maxiter=20)
+
+
+@pytest.mark.parametrize("count", [2, 200, 1000, 5000])
+def test_the_rounding_share_is_the_documented_one(count: int) -> None:
+    """N = K delta + c trace(A), c = (u + 2 sqrt(K) g) (1 + 2 K u), g = gamma_{K+1} / (1 -
+    gamma_{K+1}), gamma_n = n u / (1 - n u), u = 2^-53 (module docstring), here in exact
+    rationals but for the square root. (mutation check: u = 2^-52, gamma_K for gamma_{K+1},
+    g = gamma, sqrt(K) g once, no 1 + 2 K u: each changes c by 1e-13 of it or more)"""
+    u = Fraction(1, 2**53)
+    gamma = (count + 1) * u / (1 - (count + 1) * u)
+    g = gamma / (1 - gamma)
+    root = Fraction(math.sqrt(count))  # sqrt(K) to rounding (1e-16 of it)
+    want = (u + 2 * root * g) * (1 + 2 * count * u)
+    assert _rounding_share(count) == pytest.approx(float(want), rel=1e-15, abs=0.0)
+
+
+def test_no_shift_below_2_to_the_minus_900_is_taken() -> None:
+    """A B of scale 1e-275: the budget (1e-9 of the trace) allows a shift of about 1e-287, below
+    2^-900 (1.2e-271), where underflow is no longer far below the rounding of the diagonal:
+    None. (mutation check: the smallest shift 2^-1000 took it)"""
+    b = 1e-275 * _spectrum_b(np.r_[np.linspace(1.0, 10.0, 20), np.zeros(30)], seed=5)
+    trace = float(np.trace(b))
+    assert _shift(50, trace, 1e-9 * trace) < 2.0**-900
+    assert negative_sum_bound(b.copy(), trace, 1e-9 * trace) is None
+    # the same B at scale 1: a shift far above 2^-900, and a bound
+    b = 1e275 * b
+    trace = float(np.trace(b))
+    assert negative_sum_bound(b.copy(), trace, 1e-9 * trace) is not None
+
+
+def test_a_bound_above_the_budget_is_never_returned() -> None:
+    """Returns "N (at most budget)": given a trace half the matrix's, the shift taken for the
+    budget leaves N = K delta + c trace(A) above it (c trace(A) / 2 more than planned, with a
+    budget of 10 c trace(A)): None. (mutation check: N returned whatever its size)"""
+    count = 200
+    b = _spectrum_b(np.r_[np.linspace(1.0, 10.0, 100), np.zeros(100)], seed=6)
+    trace = float(np.trace(b))
+    budget = 10.0 * _rounding_share(count) * trace
+    assert negative_sum_bound(b.copy(), trace, budget) is not None
+    assert negative_sum_bound(b.copy(), 0.5 * trace, budget) is None

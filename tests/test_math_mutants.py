@@ -1,0 +1,249 @@
+"""Behaviour of the embedding, spectrum and linearization math that a mutation check found
+unpinned by the other tests (a second sweep, after ``test_measure_mutants.py``).
+
+Each test names the mutant it kills (a one-line change of conetool that the rest of the suite
+let through) and checks the documented definition against numbers computed here in float64, or
+an invariant of the definition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.manifold import smacof as sklearn_smacof
+from synthetic_s import drifting_kernels_s
+from threadpoolctl import threadpool_limits
+
+import conetool.smacof as smacof_module
+from conetool.embedding import (
+    LANCZOS_MIN_K,
+    MDS_EPS,
+    NEGATIVE_TOLERANCE,
+    ROUNDING,
+    _orient,
+    _refuse_indefinite,
+    embed_kernels,
+    embed_mds,
+    embed_pca,
+    mds_problem,
+)
+from conetool.geometry import GeometryError, distance_matrix
+from conetool.kernel_spectrum import one_hot, spectrum_point
+
+# --- embedding -----------------------------------------------------------------------------------
+
+
+def _s_of_points(points: np.ndarray) -> np.ndarray:
+    """The S matrix of kernels whose centred unit vectors have Gram matrix ``points points^T``:
+    ``S_ij = |x_i - x_j|^2 / 2`` (for unit kernels, ``S = 1 - <u_i, u_j> = |u_i - u_j|^2 / 2``),
+    so ``-C S C`` is the Gram matrix of the centred ``points``."""
+    diff = points[:, None, :] - points[None, :, :]
+    return 0.5 * np.einsum("ijk,ijk->ij", diff, diff)
+
+
+def _s_with_gram_spectrum(values: list[float], seed: int = 0) -> np.ndarray:
+    """An S matrix ``(K, K)``, ``K = len(values) + 1``, whose ``B = -C S C`` has the eigenvalues
+    ``values`` (and 0 on the vector of ones): ``S_ij = (B_ii + B_jj) / 2 - B_ij``."""
+    count = len(values) + 1
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(
+        np.column_stack([np.ones(count), rng.standard_normal((count, count - 1))])
+    )[0]
+    v = basis[:, 1:]  # orthonormal, orthogonal to the ones
+    b = (v * np.asarray(values)) @ v.T
+    diagonal = np.diagonal(b)
+    s = 0.5 * (diagonal[:, None] + diagonal[None, :]) - b
+    np.fill_diagonal(s, 0.0)
+    return 0.5 * (s + s.T)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("method", ["pca", "mds"])
+def test_an_axis_beyond_the_rank_holds_rounding_not_nan(method: str, dims: int) -> None:
+    # ``dims`` kernels equal but for 1e-9 and one far kernel: B has rank 1, and its dims-th
+    # eigenvalue is rounding, negative (-4e-17 .. -3e-18) for some of these seeds. The docstring:
+    # "an axis whose eigenvalue is rounding (dims above B's rank) holds rounding".
+    # (mutant: the top eigenvalues not clipped at 0 before the square root: NaN coordinates)
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        h = rng.standard_normal((2, 6, 6))
+        kernels = [h[0] + 1e-9 * rng.standard_normal((6, 6)) for _ in range(dims)] + [h[1]]
+        s = distance_matrix(kernels.__getitem__, len(kernels))
+        got = embed_kernels(s, method=method, dims=dims)
+        assert np.all(np.isfinite(got.coords)), seed
+        np.testing.assert_allclose(got.coords[:, 1:], 0.0, atol=1e-6)
+        # the first axis: the far kernel at chordal distance sqrt(2 S) from the others
+        chord = np.sqrt(2.0 * s[-1, 0])
+        assert abs(got.coords[-1, 0] - got.coords[0, 0]) == pytest.approx(chord, rel=1e-6)
+        if got.explained_variance_ratio is not None:
+            assert np.all(got.explained_variance_ratio >= 0.0)
+            assert got.explained_variance_ratio[0] == pytest.approx(1.0, abs=1e-9)
+
+
+def _rounded_s() -> tuple[np.ndarray, np.ndarray]:
+    """An S matrix as a user may compute it, ``1 - <u_i, u_j>`` unclipped, with rounding on the
+    diagonal (``2e-16``) and entries of equal kernels at ``-1e-16``; and the S it stands for."""
+    rng = np.random.default_rng(4)
+    u = rng.standard_normal((6, 20))
+    u[3] = u[2]  # two equal kernels
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    clean = np.clip(1.0 - u @ u.T, 0.0, 2.0)
+    np.fill_diagonal(clean, 0.0)
+    clean = 0.5 * (clean + clean.T)
+    rounded = clean.copy()
+    rounded[2, 3] = rounded[3, 2] = -1.1e-16
+    np.fill_diagonal(rounded, 2.2e-16)
+    return rounded, clean
+
+
+@pytest.mark.parametrize("method", ["pca", "mds"])
+def test_rounding_below_0_and_on_the_diagonal_of_s_embeds_as_the_clean_s(method: str) -> None:
+    # D = sqrt(2 S) of S's entries clipped at 0, with a zero diagonal (the chordal distance of
+    # kernels: a kernel is at distance 0 from itself).
+    # (mutants: S not clipped at 0 before the square root, in the distances for SMACOF or in the
+    # stress of "pca": NaN distances; the diagonal of D not set to 0: SMACOF refuses D)
+    rounded, clean = _rounded_s()
+    got = embed_kernels(rounded, method=method)
+    want = embed_kernels(clean, method=method)
+    assert np.isfinite(got.stress)
+    np.testing.assert_allclose(got.coords, want.coords, atol=1e-7)
+    assert got.stress == pytest.approx(want.stress, abs=1e-7)
+
+
+def test_pca_refuses_exactly_beyond_the_documented_share_of_negative_eigenvalues() -> None:
+    # Refused when B's negative eigenvalues sum to more than NEGATIVE_TOLERANCE (1e-6: a
+    # thousand times RATIO_TOLERANCE, 1e-9) of its positive ones, plus K times ROUNDING (1e-12:
+    # a thousand times the 1e-15 that rounding leaves in S). B's positive eigenvalues sum to 1
+    # here (K = 4), so the limit is 1e-6 + 4e-12 (the ROUNDING term is negligible).
+    # (mutant: NEGATIVE_TOLERANCE 1e-5)
+    embed_kernels(_s_with_gram_spectrum([0.7, 0.3, -0.5e-6]), method="pca")
+    with pytest.raises(GeometryError, match="not that of any kernels"):
+        embed_kernels(_s_with_gram_spectrum([0.7, 0.3, -2e-6]), method="pca")
+
+
+def test_pca_refusal_allows_k_times_1e_12_where_the_kernels_hardly_move() -> None:
+    # B's positive eigenvalues sum to 1e-9 (kernels that hardly move): the limit is then
+    # 1e-15 + K * 1e-12 = 4.001e-12 (K = 4): negative eigenvalues summing to 2e-12 are rounding,
+    # 1.5e-11 are refused.
+    # (mutants: ROUNDING 1e-13, which refuses the first; ROUNDING 1e-11, which takes the second)
+    embed_kernels(_s_with_gram_spectrum([0.7e-9, 0.3e-9, -2e-12]), method="pca")
+    with pytest.raises(GeometryError, match="not that of any kernels"):
+        embed_kernels(_s_with_gram_spectrum([0.7e-9, 0.3e-9, -1.5e-11]), method="pca")
+
+
+def test_the_refusal_limit_itself_is_accepted() -> None:
+    # "refused ... when B's negative eigenvalues sum to MORE than" the limit: at it, accepted
+    # (eigenvalues whose sums are exact in float64). (mutant: `<=` -> `<` in the refusal)
+    positive = 0.75
+    limit = NEGATIVE_TOLERANCE * positive + ROUNDING * 3
+    _refuse_indefinite(np.array([-limit, 0.25, 0.5]))
+    with pytest.raises(GeometryError):
+        _refuse_indefinite(np.array([-np.nextafter(limit, 1.0), 0.25, 0.5]))
+
+
+def test_pca_ratios_on_the_arpack_path_sum_to_at_most_1() -> None:
+    # 1,000 kernels on a great circle (B of rank 2, dims 2: the two ratios hold everything):
+    # on the ARPACK path the ratios divide by max(trace(B), l), l the sum of the top
+    # eigenvalues, "so they sum to at most 1"; trace(B) alone, whose rounding puts it below l
+    # by 1e-15 here, gave 1 + 9e-16. (mutant: the ratios divided by trace(B) alone)
+    rng = np.random.default_rng(0)
+    angles = np.sort(rng.uniform(0.0, 1.2, LANCZOS_MIN_K))
+    plane = np.linalg.qr(rng.standard_normal((30, 2)))[0]
+    u = np.cos(angles)[:, None] * plane[:, 0] + np.sin(angles)[:, None] * plane[:, 1]
+    s = np.clip(1.0 - u @ u.T, 0.0, 2.0)
+    np.fill_diagonal(s, 0.0)
+    _, ratio = embed_pca(0.5 * (s + s.T), dims=2)
+    assert float(ratio.sum()) <= 1.0
+    assert float(ratio.sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_mds_runs_smacof_to_scikit_learns_stop_at_1e_9_within_1000_iterations() -> None:
+    # embed_mds: SMACOF from the classical start, at most 1000 iterations (MDS_MAX_ITER),
+    # stopping at a relative decrease below 1e-9 (MDS_EPS), as scikit-learn's smacof with those
+    # settings; this trajectory takes 195 iterations (59 % more than at 1e-8, and the result
+    # differs there by 5e-3 of the scale). (mutants: MDS_MAX_ITER 100; MDS_EPS 1e-8)
+    s = drifting_kernels_s(40, seed=2)
+    d, start = mds_problem(s, 2)
+    want, _, n_iter = sklearn_smacof(
+        d,
+        metric=True,
+        n_components=2,
+        init=start,
+        n_init=1,
+        max_iter=1000,
+        eps=1e-9,
+        normalized_stress=False,
+        return_n_iter=True,
+    )
+    assert 100 < n_iter < 1000
+    got, _ = embed_mds(s, dims=2)
+    want = _orient(want)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * float(np.abs(want).max()))
+
+
+# --- SMACOF --------------------------------------------------------------------------------------
+
+
+def test_smacof_sums_the_stress_pair_by_pair_only_near_the_stopping_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # conetool.smacof: "The stress is not summed pair by pair at each iteration": the decrease
+    # from the Guttman product decides where it is farther than the rounding bound from the
+    # threshold, and the direct sums only near it (and once for the stress returned).
+    # (mutant: the test of the margin inverted, so the direct sums decide every iteration and
+    # the cheap decrease only near the threshold: the same iterations, a third slower)
+    calls: list[int] = []
+    real = smacof_module._Walk.stress
+
+    def counted(self: smacof_module._Walk, x: np.ndarray) -> float:
+        calls.append(1)
+        return real(self, x)
+
+    monkeypatch.setattr(smacof_module._Walk, "stress", counted)
+    d, start = mds_problem(drifting_kernels_s(40), 2)
+    result = smacof_module.smacof(d, start, max_iter=1000, eps=MDS_EPS)
+    assert result.n_iter > 10
+    assert len(calls) <= 3
+
+
+def test_smacof_threads_follow_a_blas_limit_above_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # threads=None: "as many as NumPy's BLAS may use now" (test_smacof checks a limit of 1,
+    # which the mutant also gives). (mutant: the default thread count always 1)
+    seen: list[int] = []
+    real = smacof_module._Walk.__init__
+
+    def watched(self: smacof_module._Walk, *args: object) -> None:
+        real(self, *args)  # type: ignore[arg-type]
+        seen.append(self.threads)
+
+    monkeypatch.setattr(smacof_module._Walk, "__init__", watched)
+    d, start = mds_problem(drifting_kernels_s(60, seed=11), 2)
+    with threadpool_limits(limits=3, user_api="blas"):
+        smacof_module.smacof(d, start, block_elements=40, block_rows=2)
+    assert seen == [3]
+
+
+# --- spectrum ------------------------------------------------------------------------------------
+
+
+def test_one_hot_labels_of_classes_above_127() -> None:
+    # one_hot: row i has its 1 in column labels[i], for any number of classes (ImageNet's 1000).
+    # (mutant: labels cast to int8, which wraps class 150 to -106)
+    labels = np.array([150, 3, 999])
+    got = one_hot(labels, 1000)
+    want = np.zeros((3, 1000))
+    want[[0, 1, 2], [150, 3, 999]] = 1.0
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_probe_set_of_one_class_has_no_label_energy_or_alignment() -> None:
+    # Every probe example of one class: the centred labels C Y are 0, so the share of their
+    # energy in the top eigenvectors is 0 / 0, reported as 0 (as the alignment, "0 when either
+    # centered matrix is zero"), not an error. (mutant: the energy tested with >= 0: division
+    # by zero)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 12))
+    point = spectrum_point(x @ x.T, np.full(8, 2), num_classes=3, top_k=4)
+    assert point.label_energy == 0.0
+    assert point.alignment == 0.0
+    assert point.eigenvalues.shape == (4,)
