@@ -5,7 +5,9 @@ derivatives (nested torch.func.jvp) and standard training of a model that is lin
 from __future__ import annotations
 
 import copy
+import importlib
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -549,6 +551,84 @@ def test_reserved_top_level_name_is_a_model_error() -> None:
     model.add_module("_conetool_anchor", nn.Linear(2, 2))
     with pytest.raises(ModelError, match="_conetool_anchor"):
         linearize(model)
+
+
+@pytest.mark.parametrize("kind", ["parameter", "buffer"])
+def test_reserved_top_level_parameter_or_buffer_name_is_a_model_error(kind: str) -> None:
+    """The reserved names are refused on any top-level attribute, a buffer as much as a child
+    module (mutation check: buffers left out of the clash test, which then failed with
+    torch's KeyError "attribute 'params_state_dict' already exists")."""
+    model = nn.Sequential(nn.Linear(2, 2))
+    if kind == "parameter":
+        model.register_parameter("params_state_dict", nn.Parameter(torch.zeros(2)))
+    else:
+        model.register_buffer("params_state_dict", torch.zeros(2))
+    with pytest.raises(ModelError, match="params_state_dict"):
+        linearize(model)
+
+
+class _FrozenScale(nn.Module):
+    """``scale * fc(x)`` with a frozen top-level parameter ``scale``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.scale = nn.Parameter(torch.tensor(1.5), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * self.fc(x)
+
+
+def test_a_frozen_parameter_swapped_in_by_functional_call_is_the_one_used() -> None:
+    """Frozen parameters are constants read from the linearized model at each call, so
+    torch.func.functional_call(lin, {"scale": ...}) evaluates f_lin with that value (at θ = θ_t:
+    f(x; θ_t) with the new scale). (mutation check: frozen parameters not passed on, so the
+    network's own top-level tensor was used instead of the swapped one)"""
+    torch.manual_seed(0)
+    model = _FrozenScale()
+    lin = linearize(model)
+    x = torch.randn(4, 3)
+    got = functional_call(lin, {"scale": torch.tensor(3.0)}, (x,))
+    torch.testing.assert_close(got, 3.0 * model.fc(x))
+    torch.testing.assert_close(lin(x), 1.5 * model.fc(x))
+
+
+def test_a_forward_ad_level_error_falls_back_to_torch_func_jvp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """f0_and_jvp takes torch.func.jvp where the dual-number pass cannot run: a RuntimeError
+    about forward AD, in either of torch's wordings ("Nested forward mode AD is not supported",
+    or forward_ad.enter_dual_level's "Entering a new forward AD level but the current level is
+    not valid"); any other RuntimeError propagates. (mutation check: only the first wording
+    fell back)"""
+    module = importlib.import_module("conetool.linearize")  # conetool.linearize is also a function
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    primals = {name: p.detach() for name, p in net.named_parameters()}
+    tangents = {name: torch.randn_like(p) for name, p in primals.items()}
+    x = torch.randn(6, 4, dtype=torch.float64)
+    # J t from the explicit Jacobian (6, 3, *shape) of each parameter, in float64
+    jacobian = torch.func.jacrev(lambda p: functional_call(net, p, (x,)))(primals)
+    want_jt = sum((jacobian[name].flatten(2) @ tangents[name].flatten()) for name in primals)
+
+    def failing(message: str) -> Callable[..., None]:
+        def dual(*args: object) -> None:
+            raise RuntimeError(message)
+
+        return dual
+
+    for message in (
+        "Nested forward mode AD is not supported at the moment",
+        "Entering a new forward AD level but the current level is not valid. Make sure you did "
+        "not modify it directly.",
+    ):
+        monkeypatch.setattr(module, "_f0_and_jvp_dual", failing(message))
+        f, jt = f0_and_jvp(net, primals, tangents, (x,))
+        torch.testing.assert_close(f, net(x), rtol=0, atol=1e-14)
+        torch.testing.assert_close(jt, want_jt, rtol=0, atol=1e-12)
+    monkeypatch.setattr(module, "_f0_and_jvp_dual", failing("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        f0_and_jvp(net, primals, tangents, (x,))
 
 
 class Structured(nn.Module):
