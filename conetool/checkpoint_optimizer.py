@@ -39,6 +39,7 @@ optimizer that has not stepped yet the rate it was made with.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
@@ -221,10 +222,19 @@ def _read_entry(path: Path, size: int | None, mtime_ns: int | None) -> tuple[str
     return _entry_of(obj)
 
 
-def load_state_file(path: Path, *, again: bool = False) -> tuple[Any, Exception | None]:
+def load_state_file(
+    path: Path, *, again: bool = False, data: bytes | bytearray | None = None
+) -> tuple[Any, Exception | None]:
     """``(object, None)``: what ``torch.load(weights_only=True)`` reads from ``path`` (memory-mapped
-    when it is a zip archive); ``(None, exception)`` when it cannot unpickle it. An ``OSError`` is
+    when it is a zip archive), or from its bytes ``data`` where the caller read them (``switch``
+    hashes what it loads); ``(None, exception)`` when it cannot unpickle it. An ``OSError`` is
     a :class:`CheckpointError` naming the file (``again``: it was read for its weights before)."""
+    if data is not None:
+        held = data
+        try:
+            return load_weights_only(lambda: io.BytesIO(held), map_location="cpu"), None
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            return None, exc
     try:
         with open(path, "rb") as handle:
             zipped = handle.read(4) == b"PK\x03\x04"

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError, deserialize, safe_open
 
 from .errors import CheckpointError, OptimizerStateDamagedError
-from .io import atomic_save_safetensors
+from .io import SAFETENSORS_DTYPES, atomic_save_safetensors
 from .spec import TrainSpec
 
 
@@ -136,7 +136,52 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return metadata, tensors
 
 
-def _cannot_read(path: Path, exc: Exception) -> str:
+def optimizer_state_from_bytes(path: Path, data: bytes | bytearray) -> dict[str, Any]:
+    """:func:`read_optimizer_state` of the bytes ``data`` read from ``path`` (which messages name):
+    ``switch`` reads a state file once, hashing it as it reads, and records the fingerprint of the
+    bytes its momentum came from. The same errors, with the same messages: a file whose bytes are
+    not safetensors, or that was not written by :func:`save_optimizer_state`, is an
+    :class:`OptimizerStateDamagedError`. The tensors own their memory (``data`` is not kept)."""
+    try:
+        flat = deserialize(bytes(data) if isinstance(data, bytearray) else data)
+    except SafetensorError as exc:
+        raise _damaged_bytes(path, exc) from exc
+    length = int.from_bytes(data[:8], "little")  # (checked by deserialize, as the JSON after it)
+    metadata = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+    if "optimizer" not in metadata:
+        raise _not_conetools(path, "its metadata has no 'optimizer' entry")
+    tensors: dict[str, torch.Tensor] = {}
+    flat.sort(key=lambda item: item[0], reverse=True)  # popped by name, as safe_open lists them
+    while flat:  # each tensor's bytes copied into its own writable buffer (the optimizer updates
+        name, view = flat.pop()  # its buffers in place), and the library's copy let go
+        dtype = SAFETENSORS_DTYPES.get(view["dtype"])
+        if dtype is None:  # (save_optimizer_state writes the optimizer's buffers: floats)
+            raise _not_conetools(path, f"its tensor {name!r} is of dtype {view['dtype']}")
+        raw = bytearray(view["data"])
+        shape = view["shape"]
+        tensors[name] = (
+            torch.frombuffer(raw, dtype=dtype).reshape(shape)
+            if raw
+            else torch.empty(shape, dtype=dtype)
+        )
+    return _state_dict(path, metadata, tensors)
+
+
+def _damaged_bytes(path: Path, exc: SafetensorError) -> OptimizerStateDamagedError:
+    """:func:`_read`'s error for a file ``safe_open`` refuses, from the error of safetensors'
+    ``deserialize`` of its bytes: the same check of the same header, said as ``"Error while
+    deserializing: ..."`` where ``safe_open`` says ``"Error while deserializing header: ..."``
+    (the words messages have always quoted)."""
+    said = str(exc)
+    bytes_words, file_words = "Error while deserializing: ", "Error while deserializing header: "
+    if said.startswith(bytes_words):
+        said = file_words + said[len(bytes_words) :]
+    return OptimizerStateDamagedError(
+        _cannot_read(path, said), f"it cannot be read as safetensors ({said})"
+    )
+
+
+def _cannot_read(path: Path, exc: Exception | str) -> str:
     return (
         f"optimizer state {path} cannot be read ({exc}). Delete it to restart momentum from "
         "zero, or restore it from the run."

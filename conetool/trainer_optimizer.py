@@ -140,11 +140,13 @@ def restore_trainer_optimizer(
     *,
     saved_names: Sequence[str] | None = None,
     lr: ScheduledLr | None = None,
+    data: bytes | bytearray | None = None,
 ) -> CheckpointOptimizer:
     """Load the Trainer's optimizer state ``path`` (``checkpoint-N/optimizer.pt``, read with
-    ``torch.load(weights_only=True)``) into ``optimizer`` when exactly one assignment of its
-    buffers to ``model``'s trainable parameters fits (see the module docstring); otherwise
-    ``optimizer`` is left as it was (fresh) and the result says why.
+    ``torch.load(weights_only=True)``; from its bytes ``data`` where the caller read them) into
+    ``optimizer`` when exactly one assignment of its buffers to ``model``'s trainable parameters
+    fits (see the module docstring); otherwise ``optimizer`` is left as it was (fresh) and the
+    result says why.
 
     ``optimizer`` has one parameter group, the model's trainable parameters in the model's order,
     named ``names``. ``saved_names``: ``names`` in the order the checkpoint's weights file lists
@@ -167,13 +169,20 @@ def restore_trainer_optimizer(
         return position, " and ".join(rule.split(" (")[0] for rule in rules)
 
     return restore_state(
-        optimizer, names, OPTIMIZER_FILE, _read(path), saved_names=saved_names, lr=lr, place=place
+        optimizer,
+        names,
+        OPTIMIZER_FILE,
+        _read(path, data),
+        saved_names=saved_names,
+        lr=lr,
+        place=place,
     )
 
 
-def _read(path: Path) -> Any:
-    """The object in ``path``, or why it cannot be read (a string)."""
-    obj, failed = load_state_file(path)
+def _read(path: Path, data: bytes | bytearray | None) -> Any:
+    """The object in ``path`` (of the bytes ``data``, where read), or why it cannot be read (a
+    string)."""
+    obj, failed = load_state_file(path, data=data)
     return obj if failed is None else unreadable_reason(failed)
 
 
