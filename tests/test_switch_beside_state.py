@@ -148,7 +148,7 @@ def test_a_run_of_the_same_spec_gives_no_warning_and_the_same_results(
     if spec.train.optimizer == "adam":
         assert float(state[0]["step"]) == 8  # its step count
 
-    def whole_state(optimizer, names, path, t, lr):  # the code before: param_groups too
+    def whole_state(optimizer, names, path, data, t, lr):  # the code before: param_groups too
         load_optimizer_state(optimizer, path)
         return "saved", None
 

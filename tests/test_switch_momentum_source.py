@@ -5,6 +5,7 @@ from, so that a rerun computes again a point whose file was added, repaired or c
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,40 +189,67 @@ def test_an_earlier_point_of_an_older_store_without_the_record_stays_in_results_
     assert not any(w.startswith("left out") for w in again.warnings), again.warnings
 
 
-def test_a_point_to_do_hashes_its_state_file_once_per_run(run, tmp_path, monkeypatch):
-    """With several ranks, rank 0's look for finished points hashed each point's state file, and
-    the point to do hashed it again before training; now rank 0 hands on what it found. (A job
-    of one rank over an in-process key-value store takes the several-rank path.)"""
+def state_reads(monkeypatch):
+    """The state files read (a hash streamed, or a safetensors file opened), by name."""
+    import conetool.optim as optim_module
+    from conetool.checkpoints import _hashed_reads
+    from conetool.pipeline import switch_momentum_source
+
+    names: list[str] = []
+    real_stream, real_open = _hashed_reads.stream_file, optim_module.safe_open
+
+    def streamed(path, *, keep):
+        if path.name.endswith(".optim.safetensors"):
+            names.append(path.name)
+        return real_stream(path, keep=keep)
+
+    def opened(filename, *args, **kwargs):
+        names.append(Path(filename).name)
+        return real_open(filename, *args, **kwargs)
+
+    monkeypatch.setattr(_hashed_reads, "stream_file", streamed)
+    monkeypatch.setattr(switch_momentum_source, "stream_file", streamed, raising=False)
+    monkeypatch.setattr(optim_module, "safe_open", opened)
+    return names
+
+
+def one_rank_switch(at, store, run):
+    """``switch`` as a job of one rank over an in-process key-value store (which takes the
+    several-rank path: rank 0 looks for finished points and deals the others)."""
     from torch.distributed import HashStore
 
     from conetool import distributed
-    from conetool.pipeline import run_switch, switch_momentum_source
+    from conetool.pipeline import run_switch
     from conetool.progress import NullProgress
 
-    store = tmp_path / "s"
-    switch([4], store=store, ckpts=run, device="cpu")
-    hashed = []
-    real = switch_momentum_source.files_fingerprint
-
-    def counting(files):
-        hashed.extend(path.name for path in files)
-        return real(files)
-
-    monkeypatch.setattr(switch_momentum_source, "files_fingerprint", counting)
     job = distributed.Job("switch", distributed.Ranks(), torch.device("cpu"), HashStore())
     assert job.is_distributed
     options = run_switch.SwitchOptions(
-        at=[4, 8], until=None, store=store, ckpts=run, spec=None, reference="checkpoint",
+        at=at, until=None, store=store, ckpts=run, spec=None, reference="checkpoint",
         step_regex=None, beyond_run=False, device="cpu", threads=1,
     )  # fmt: skip
-    result = run_switch._switch(job, options, 1, NullProgress())
+    return run_switch._switch(job, options, 1, NullProgress())
+
+
+def test_a_point_to_do_reads_its_state_file_once_per_run(run, tmp_path, monkeypatch):
+    """With several ranks, rank 0's look for finished points hashed each point's state file, and
+    the point to do hashed it again before training; then rank 0 handed on what it found, and the
+    point read the file again to load it. Now a point not in the store reads its state file once,
+    hashing the bytes it loads; rank 0 hashes only where the store holds the point."""
+    from conetool.pipeline import switch_momentum_source
+
+    store = tmp_path / "s"
+    switch([4], store=store, ckpts=run, device="cpu")
+    read = state_reads(monkeypatch)
+    result = one_rank_switch([4, 8], store, run)
     assert [(p.at, p.reused) for p in result.points] == [(4, True), (8, False)]
-    assert sorted(hashed) == ["step_000004.optim.safetensors", "step_000008.optim.safetensors"]
+    # 4: rank 0 hashes it (the store's point is current); 8: its load, once
+    assert sorted(read) == ["step_000004.optim.safetensors", "step_000008.optim.safetensors"]
     recorded = json.loads(paths.switch_point(store, 8).read_text())["momentum_source"]
     assert recorded == switch_momentum_source.momentum_source(run, result_ref(run, 8))
-    hashed.clear()  # a single process: once too (the earlier points, for results.csv)
+    read.clear()  # a single process: once too (its load; the earlier points, for results.csv)
     switch([0], store=store, ckpts=run, device="cpu")
-    assert sorted(hashed) == [f"step_{t:06d}.optim.safetensors" for t in (0, 4, 8)]
+    assert sorted(read) == [f"step_{t:06d}.optim.safetensors" for t in (0, 4, 8)]
 
 
 def result_ref(run, step):

@@ -164,7 +164,9 @@ def _switch(
 
     # With several ranks, rank 0 finds the points already done so that only the others are dealt,
     # and hands on the momentum source it found for those of the others it looked at (each
-    # checkpoint and state file is hashed once per run, as in a single process).
+    # checkpoint and state file is hashed once per run, as in a single process, but where the
+    # store's point needs its hash to tell: then the point's load hashes it again, and the point
+    # records the bytes it loaded).
     done: list[SwitchPoint] = []
     todo = list(sweep.points_at)
     sources: dict[int, dict[str, Any] | None] = {}  # the momentum source of points to do, by step
@@ -382,8 +384,10 @@ def _finished_points(sweep: Sweep, store: Path) -> _Found:
     """The points of the sweep already in the store for the same spec, T and checkpoint whose
     momentum's state file is unchanged (reused), the steps of the others (to do), and by step
     the momentum source (:func:`~conetool.pipeline.switch_momentum_source.momentum_source`)
-    found for those of them looked at, which such a point records without hashing its state
-    file again.
+    found for those of them looked at, with which such a point tells whether the store's is
+    current without hashing its state file again (a point computed records the hash of the
+    state bytes its own load read, not this one: a file replaced in between is recorded as
+    loaded).
 
     A file is hashed here only where its hash decides: where the store holds a point of the
     step for this spec and T, computed from a checkpoint of the size the step's has now

@@ -8,17 +8,24 @@ files beside it are not: the state ``conetool train`` saves beside the checkpoin
 JSON records the one :func:`~conetool.pipeline.switch_optimizer.optimizer_at` reads first (its name
 and content fingerprint, as for checkpoints: ``"<bytes>:<sha256>"``), or that there is none; a
 point without the record (written before it was kept) is reused as before.
+
+A computed point records the fingerprint of the bytes its momentum was loaded from: the file is
+read once, hashed as it is read (:func:`read_state`), and the optimizer is given those bytes, as a
+checkpoint's fingerprint is of the bytes loaded into the model. :func:`momentum_source` hashes the
+file only to tell whether a stored point is current (rank 0's look for finished points under
+torchrun, or a point found in the store): a file replaced after that is recorded as loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import paths
 from ..checkpoints import CheckpointRef
-from ..checkpoints._hashed_reads import files_fingerprint
+from ..checkpoints._hashed_reads import combine_fingerprints, files_fingerprint, stream_file
 from ..trainer_optimizer import OPTIMIZER_FILE
 
 #: The entry of a point's JSON (and of ``switch/reference.json``) that records its state file.
@@ -41,8 +48,35 @@ def state_files(ckpts: Path, ref: CheckpointRef) -> list[Path]:
     return files
 
 
+@dataclass(frozen=True)
+class StateRead:
+    """The state file a point's momentum comes from, read once (:func:`read_state`): its ``path``
+    and bytes ``data`` (None and None without one), and the ``source`` the point records (the
+    fingerprint of these bytes, as :func:`momentum_source` gives it: ``{"state": None}`` without
+    one)."""
+
+    path: Path | None
+    data: bytearray | None
+    source: dict[str, Any]
+
+
+def read_state(ckpts: Path, ref: CheckpointRef) -> StateRead:
+    """The first of :func:`state_files` there, read once and hashed as it is read (the bytes the
+    optimizer is given, whether they are then used or not); nothing without one. One the disk
+    cannot read, or that changes while it is read, is a :class:`CheckpointError` naming it."""
+    for path in state_files(ckpts, ref):
+        if path.is_file():
+            streamed = stream_file(path, keep=True)
+            fingerprint = combine_fingerprints([(streamed.size, streamed.sha256)])
+            return StateRead(
+                path, streamed.data, {"state": _shown(path, ref), "fingerprint": fingerprint}
+            )
+    return StateRead(None, None, {"state": None})
+
+
 def momentum_source(ckpts: Path, ref: CheckpointRef) -> dict[str, Any] | None:
-    """What a point of the checkpoint ``ref`` would take its momentum from now:
+    """What a point of the checkpoint ``ref`` would take its momentum from now (for telling whether
+    a stored point is current; a computed point records :func:`read_state`'s):
     ``{"state": NAME, "fingerprint": "<bytes>:<sha256>"}`` for the first state file there
     (:func:`state_files`; whether it is then used or not, which its content decides),
     ``{"state": None}`` without one. None when the file cannot be read (not checked: the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,18 +22,20 @@ from ..checkpoint_optimizer import (
 )
 from ..checkpoints import LoadedCheckpoint
 from ..errors import OptimizerStateDamagedError
-from ..optim import learning_rate, make_optimizer, read_optimizer_state
+from ..optim import learning_rate, make_optimizer, optimizer_state_from_bytes
 from ..spec import Spec
-from ..trainer_optimizer import OPTIMIZER_FILE, restore_trainer_optimizer
+from ..trainer_optimizer import restore_trainer_optimizer
 from .switch_momentum_notes import MomentumNote
-from .switch_momentum_source import state_beside
+from .switch_momentum_source import StateRead, read_state, state_beside
 
 
 def optimizer_at(
     model: torch.nn.Module, spec: Spec, ckpts: Path, loaded: LoadedCheckpoint
-) -> tuple[torch.optim.Optimizer, str, MomentumNote | None]:
+) -> tuple[torch.optim.Optimizer, str, MomentumNote | None, dict[str, Any]]:
     """The spec's optimizer over ``model``'s trainable parameters, where momentum comes from
-    ("saved" or "fresh"), and what a note says about it (None for nothing).
+    ("saved" or "fresh"), what a note says about it (None for nothing), and the state file read
+    for it, as a point records it (:func:`~conetool.pipeline.switch_momentum_source.read_state`:
+    the fingerprint of the bytes read, once, and given to the optimizer).
 
     The state is the one saved beside the checkpoint ``loaded`` (``step_XXXXXX.optim.safetensors``,
     as ``conetool train`` writes it), else a Hugging Face folder's ``optimizer.pt``
@@ -48,28 +51,36 @@ def optimizer_at(
     beside = state_beside(ckpts, ref)  # beside the checkpoint's own file (or in ``ckpts``)
     lr = scheduled_lr(ref.step, lambda step: learning_rate(spec.train, step), spec.train.lr)
     names = [n for n, _ in named]
-    if beside.is_file():
-        return optimizer, *_from_beside(optimizer, names, beside, ref.step, lr)
-    return optimizer, *_from_checkpoint_file(model, optimizer, names, beside, loaded, lr)
+    read = read_state(ckpts, ref)  # the first state file there, read once with its hash
+    if read.path == beside and read.data is not None:
+        momentum, said = _from_beside(optimizer, names, beside, read.data, ref.step, lr)
+    else:
+        momentum, said = _from_checkpoint_file(model, optimizer, names, beside, loaded, lr, read)
+    return optimizer, momentum, said, read.source
 
 
 def _from_beside(
-    optimizer: torch.optim.Optimizer, names: list[str], beside: Path, t: int, lr: ScheduledLr
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    beside: Path,
+    data: bytearray,
+    t: int,
+    lr: ScheduledLr,
 ) -> tuple[str, MomentumNote | None]:
     """Load the buffers of the state ``beside`` the checkpoint of step ``t`` (as ``conetool
-    train`` writes it) into ``optimizer`` (over the parameters ``names``), keeping its
-    hyperparameters (the spec's), when it is the spec's optimizer's state over these parameters
-    (:func:`restore_state`, as for a loop's own file): ("saved", None), or ("saved", a warning
-    naming the hyperparameters the state was saved with otherwise: a run of another recipe);
-    else ("fresh", a warning saying why it is not used), as for a loop's own file: a file whose
-    bytes are not safetensors, or that conetool train did not write, too (its warning adds that a
-    rerun trains with it once restored: the point records the file's content). One the disk cannot
-    read (an ``OSError``) is a :class:`CheckpointError`, as for a loop's own file."""
+    train`` writes it; its bytes ``data``) into ``optimizer`` (over the parameters ``names``),
+    keeping its hyperparameters (the spec's), when it is the spec's optimizer's state over these
+    parameters (:func:`restore_state`, as for a loop's own file): ("saved", None), or ("saved", a
+    warning naming the hyperparameters the state was saved with otherwise: a run of another
+    recipe); else ("fresh", a warning saying why it is not used), as for a loop's own file: a
+    file whose bytes are not safetensors, or that conetool train did not write, too (its warning
+    adds that a rerun trains with it once restored: the point records the file's content). (One
+    the disk cannot read is a :class:`CheckpointError` from its read: ``read_state``.)"""
     one = f"the optimizer state beside the checkpoint ({beside.name})"
     many = "the optimizer states beside their checkpoints (step_XXXXXX.optim.safetensors)"
     fresh = "momentum starts at zero"
     try:
-        saved = read_optimizer_state(beside)
+        saved = optimizer_state_from_bytes(beside, data)
     except OptimizerStateDamagedError as damaged:
         why = f"not used: {damaged.reason}; {fresh}"
         again = "restored from the run, a rerun trains with it again"
@@ -104,11 +115,12 @@ def _from_checkpoint_file(
     beside: Path,
     loaded: LoadedCheckpoint,
     lr: ScheduledLr,
+    read: StateRead,
 ) -> tuple[str, MomentumNote | None]:
     """:func:`optimizer_at` without a state beside the checkpoint: ("saved", note or None) when
-    the checkpoint file's own state (or a Hugging Face folder's optimizer.pt) was loaded into
-    ``optimizer``, else ("fresh", why). ``lr``: the spec's schedule there, compared with the
-    saved learning rates."""
+    the checkpoint file's own state (or a Hugging Face folder's optimizer.pt: ``read``, where
+    there is one) was loaded into ``optimizer``, else ("fresh", why). ``lr``: the spec's schedule
+    there, compared with the saved learning rates."""
     ref = loaded.ref
 
     def said(one: str, many: str, *, warning: bool = False) -> MomentumNote:
@@ -120,9 +132,8 @@ def _from_checkpoint_file(
         "conetool train writes it)"
     )
     fresh = "momentum starts at zero"
-    hf_state = ref.folder / OPTIMIZER_FILE if ref.folder is not None else None
-    if hf_state is not None and hf_state.is_file():
-        trainer = _from_trainer_file(model, optimizer, names, hf_state, loaded, lr)
+    if read.path is not None and read.data is not None:  # a Hugging Face folder's optimizer.pt
+        trainer = _from_trainer_file(model, optimizer, names, read.path, read.data, loaded, lr)
         if not trainer.used:
             return "fresh", said(  # a state the run saved, not used: a warning
                 f"{none}, and {trainer.one}", f"{nones}, and {trainer.many}", warning=True
@@ -186,12 +197,13 @@ def _from_trainer_file(
     optimizer: torch.optim.Optimizer,
     names: list[str],
     path: Path,
+    data: bytearray,
     loaded: LoadedCheckpoint,
     lr: ScheduledLr,
 ) -> _TrainerSaid:
-    """:func:`_from_checkpoint_file` for a Hugging Face folder's ``optimizer.pt`` ``path``
-    (:mod:`conetool.trainer_optimizer`): used, with how it was matched (a warning when saved
-    with other hyperparameters than the spec's), or why not."""
+    """:func:`_from_checkpoint_file` for a Hugging Face folder's ``optimizer.pt`` ``path`` (its
+    bytes ``data``: :mod:`conetool.trainer_optimizer`): used, with how it was matched (a warning
+    when saved with other hyperparameters than the spec's), or why not."""
     ref = loaded.ref
     shown = f"Hugging Face's {path.parent.name}/{path.name}"
     many = f"Hugging Face's {path.name} in their folders"
@@ -203,6 +215,7 @@ def _from_trainer_file(
         path,
         saved_names=names_in_file_order(model, loaded.state_dict, names) if ordered else None,
         lr=lr,
+        data=data,
     )
     if not found.used:
         why = f"is not used: {found.reason}; momentum starts at zero"

@@ -100,7 +100,10 @@ def run_point(
     called once the point passed that check and is to be trained (a replacement found after it
     costs the point in progress; before it, the point was not started). ``sources``: the state
     file its momentum would come from (:func:`momentum_source`) by step, where the sweep found
-    it already (hashed once per run); a step not in it is looked at here."""
+    it already (hashed once per run); a step not in it is looked at here, only where the store
+    holds the point (its hash decides whether it is current). A point computed records the state
+    file its momentum was loaded from: the hash of the bytes its load read
+    (:func:`optimizer_at`), not of those looked at before."""
     t = ref.step
     store.check()  # no minutes of training for a point that could not be written
     model = model_for(spec)
@@ -110,10 +113,10 @@ def run_point(
     if loaded.metadata.get("format") != "conetool" and FOREIGN_RUN not in says.warnings:
         says.warn(FOREIGN_RUN)
     key = point_key(spec, until, loaded.fingerprint)
-    source = sources[t] if sources and t in sources else momentum_source(ckpts, ref)
     payload = point_payload(store.root, t, key)
-    if payload is not None:
-        changed = source_changed(payload, source)
+    if payload is not None:  # its state file hashed only here, where the hash decides
+        now = sources[t] if sources and t in sources else momentum_source(ckpts, ref)
+        changed = source_changed(payload, now)
         if changed is None:
             return reused_point(payload)
         says.note(f"t={t}: {changed} since this point was computed: it is computed again")
@@ -122,7 +125,9 @@ def run_point(
         training(t)
     began = time.perf_counter()
     lin = LinearizedModel(model).to(device)
-    optimizer, momentum, said = optimizer_at(lin, spec, ckpts, loaded)
+    # the point records the state file its momentum was loaded from (the hash of the bytes
+    # read, not the one above, which would miss a file replaced in between)
+    optimizer, momentum, said, source = optimizer_at(lin, spec, ckpts, loaded)
     del loaded  # its optimizer state is in the optimizer now (its weights in the model)
     if said is not None:
         momentum_said(said)
@@ -159,9 +164,12 @@ def run_point(
         seconds=round(time.perf_counter() - began, 3),
         rows=rows,
     )
-    payload = {**asdict(point), "key": key, "checkpoint": [str(p) for p in ref.paths]}
-    if source is not None:
-        payload[SOURCE_ENTRY] = source
+    payload = {
+        **asdict(point),
+        "key": key,
+        "checkpoint": [str(p) for p in ref.paths],
+        SOURCE_ENTRY: source,
+    }
     payload.pop("reused")
     with store.writing():  # into the store the sweep began with, or nowhere
         atomic_write_csv(paths.switch_point_metrics(store.root, t), list(rows[0]), rows)

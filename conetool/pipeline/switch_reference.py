@@ -84,13 +84,15 @@ def standard_reference(
     loaded = load_checkpoint(model, refs[start], keep=ENTRIES)
     assert loaded is not None
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
-    source = momentum_source(ckpts, refs[start])
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous.get("key") == key and source_changed(previous, source) is None:
+        if previous.get("key") == key and (
+            source_changed(previous, momentum_source(ckpts, refs[start])) is None
+        ):
             return previous["reference"]
     store.check()
-    optimizer, momentum, said = optimizer_at(model, spec, ckpts, loaded)
+    # it records the state file its momentum was loaded from (the hash of the bytes read)
+    optimizer, momentum, said, source = optimizer_at(model, spec, ckpts, loaded)
     del loaded  # its optimizer state is in the optimizer now (its weights in the model)
     if said is not None and said.warning:  # a state saved and not used, or saved otherwise
         says.warn(f"--reference train, from the checkpoint of step {start}: {said.one}")
@@ -135,7 +137,7 @@ def standard_reference(
     }
     with store.writing():
         kept = {"key": key, "reference": result}
-        atomic_write_json(path, kept if source is None else {**kept, SOURCE_ENTRY: source})
+        atomic_write_json(path, {**kept, SOURCE_ENTRY: source})
     return result
 
 
