@@ -256,3 +256,29 @@ def result_ref(run, step):
     from conetool.checkpoints import list_checkpoints
 
     return next(ref for ref in list_checkpoints(run) if ref.step == step)
+
+
+def test_an_earlier_points_unreadable_state_file_does_not_stop_the_sweep(
+    run, tmp_path, monkeypatch
+):
+    """momentum_source caught OSError, which stream_file had already turned into a
+    CheckpointError: a state file of a point outside --at that could not be read now (a
+    permission, a disk error) stopped the sweep in the results.csv check, where its docstring
+    says such a file is 'not known now' and the point stays."""
+    from conetool.errors import CheckpointError
+    from conetool.pipeline import switch_momentum_source
+
+    store = tmp_path / "s"
+    switch([0, 4], store=store, ckpts=run, device="cpu")
+    unreadable = paths.optimizer_state(run, 4)
+    real = switch_momentum_source.files_fingerprint
+
+    def denied(files):
+        if Path(files[0]) == unreadable:
+            raise CheckpointError(f"cannot read '{unreadable}': permission denied")
+        return real(files)
+
+    monkeypatch.setattr(switch_momentum_source, "files_fingerprint", denied)
+    again = switch([0], store=store, ckpts=run, device="cpu")
+    assert again.points[0].reused
+    assert results_csv(store) == [(0, "saved"), (4, "saved")]

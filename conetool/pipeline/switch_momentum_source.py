@@ -26,6 +26,7 @@ from typing import Any
 from .. import paths
 from ..checkpoints import CheckpointRef
 from ..checkpoints._hashed_reads import combine_fingerprints, files_fingerprint, stream_file
+from ..errors import CheckpointError
 from ..trainer_optimizer import OPTIMIZER_FILE
 
 #: The entry of a point's JSON (and of ``switch/reference.json``) that records its state file.
@@ -85,7 +86,7 @@ def momentum_source(ckpts: Path, ref: CheckpointRef) -> dict[str, Any] | None:
         if path.is_file():
             try:
                 return {"state": _shown(path, ref), "fingerprint": files_fingerprint([path])}
-            except OSError:
+            except (OSError, CheckpointError):  # stream_file says an OSError as the latter
                 return None
     return {"state": None}
 
