@@ -76,6 +76,7 @@ from .ntk_checks import (
     check_modules,
     check_per_example,
     eval_mode,
+    logits_of,
     perturbed,
 )
 from .ntk_failures import FORWARD_ERRORS, explained, input_refused
@@ -271,14 +272,10 @@ def empirical_ntk(
         def forward(batch: Tensor, p: dict[str, Tensor] = params) -> Tensor:
             # Each evaluation gets its own copy of the examples: a model that changes its input
             # in place (x.sub_(mean)) changes neither the probe set nor the caller's tensor.
-            out = functional_call(model, (p, consts), (batch.clone(),))
-            if not isinstance(out, Tensor):
-                raise ConetoolError(
-                    "the eNTK needs a model that returns one tensor of outputs (batch, c), but "
-                    f"it returned a {type(out).__name__}. Wrap the model in a module that returns "
-                    "the logits."
-                )
-            return out
+            # A forward that returns its logits inside an object (a dict's "logits", a Hugging
+            # Face ModelOutput, a dataclass's .logits) is read for them here: the caller's model
+            # is left as it is.
+            return logits_of(functional_call(model, (p, consts), (batch.clone(),)))
 
         key = signature(model, x, n2, kind, method, device, dtype) if memo is not None else None
         learned = memo.find(key) if memo is not None and key is not None else None

@@ -1,4 +1,5 @@
-"""Checks that a model's examples are independent, and the eval mode the eNTK is computed in."""
+"""Checks that a model's examples are independent, and the eval mode the eNTK is computed in; the
+logits read from what a model's forward returns (:func:`logits_of`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ModelError
+from .models.outputs import logits_in
 
-__all__ = ["check_independence", "check_modules", "check_per_example", "eval_mode", "perturbed"]
+__all__ = [
+    "check_independence",
+    "check_modules",
+    "check_per_example",
+    "eval_mode",
+    "logits_of",
+    "perturbed",
+]
 
 #: The perturbation's size, relative to each parameter's root mean square (:func:`perturbed`).
 PERTURBATION = 0.01
@@ -36,7 +45,30 @@ def check_per_example(model: nn.Module, inputs: Tensor | None = None) -> None:
     check_modules(model)
     if inputs is not None and inputs.shape[0] >= 2:
         with torch.no_grad():
-            check_independence(model, inputs[:2])
+            check_independence(lambda batch: logits_of(model(batch)), inputs[:2])
+
+
+def logits_of(out: object) -> Tensor:
+    """The logits in what a model's forward returned: ``out`` itself when it is a tensor, else
+    the tensor it holds under ``"logits"`` (a dict, a Hugging Face ``ModelOutput``) or as
+    ``.logits`` (a dataclass; :func:`conetool.models.outputs.logits_in`).
+
+    Raises:
+        ModelError: ``out`` is neither (a tuple, say), naming its type and the fix.
+    """
+    if isinstance(out, Tensor):
+        return out
+    found = logits_in(out)
+    if found is not None:
+        return found
+    raise ModelError(
+        "the eNTK needs a model that returns its logits: a tensor of outputs (batch, c), or an "
+        "object holding it under 'logits' (a dict, a Hugging Face ModelOutput, a dataclass with "
+        f"a logits field), but it returned a {type(out).__name__}. Wrap the model in a module "
+        "whose forward returns the logits (for a model of a spec, a subclass whose forward "
+        "returns them keeps the parameters' names: class Net(MyNet): def forward(self, x): "
+        "return super().forward(x)[0])."
+    )
 
 
 def check_modules(model: nn.Module) -> None:
@@ -78,14 +110,7 @@ def check_independence(
     if outputs is not None:
         together, alone = outputs
     else:
-        together = forward(pair)
-        if not isinstance(together, Tensor):
-            raise ModelError(
-                "the eNTK needs a model that returns one tensor of outputs (batch, c), but it "
-                f"returned a {type(together).__name__}. Wrap the model in a module that returns "
-                "the logits."
-            )
-        together = together.reshape(pair.shape[0], -1)
+        together = logits_of(forward(pair)).reshape(pair.shape[0], -1)
         alone = torch.cat([forward(pair[i : i + 1]).reshape(1, -1) for i in range(pair.shape[0])])
     scale = float(together.abs().max()) if together.numel() else 0.0
     if together.is_floating_point():
