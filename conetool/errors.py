@@ -35,7 +35,14 @@ class CheckpointOverflowError(CheckpointError):
     checkpoint's 1e5 in a float16 model): the fix is the model's dtype, not the file."""
 
 
-class FactoryMismatchError(CheckpointError, ModelError):
+class KeyMismatchError(CheckpointError):
+    """A checkpoint's tensors do not fit the model's: missing or unexpected keys, or shapes that
+    differ. The file's fault when it alone was saved from another network; the model's (the
+    spec's ``[model]`` arch or factory) when the run's other checkpoints do not fit it either,
+    which ``conetool kernels`` checks at a second checkpoint."""
+
+
+class FactoryMismatchError(KeyMismatchError, ModelError):
     """A checkpoint fits the network it was saved from, but the spec's factory returns that
     network wrapped (every model key is a checkpoint key with one more prefix): the fix is the
     factory, and every checkpoint of the run fails alike (a :class:`ModelError` too)."""

@@ -1,8 +1,9 @@
 """Clearing a store: what ``--overwrite`` removes (:func:`clear`: the manifest, probe and
 evaluation sets, kernel files, derived outputs, and nothing else), counted under the results lock
 held exclusive, after the readers writing their results into the store
-(:meth:`conetool.store.Store.writing_results`); and the temporary files a killed writer left,
-which the next writer removes before it writes (:func:`remove_stale_temporaries`)."""
+(:meth:`conetool.store.Store.writing_results`); the temporary files a killed writer left,
+which the next writer removes before it writes (:func:`remove_stale_temporaries`); and a store
+that a failed ``kernels`` run created and left without a kernel (:func:`remove_unused`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from . import paths
 from .store_kernel_files import kernel_files
 from .store_lock import results_lock
 
-__all__ = ["clear", "remove_stale_temporaries"]
+__all__ = ["clear", "remove_stale_temporaries", "remove_unused"]
 
 
 #: The folders only ``kernels`` (the lock's holder and its ranks) writes in.
@@ -96,3 +97,34 @@ def remove_stale_temporaries(root: Path) -> None:
             continue
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
+
+
+#: The files a ``kernels`` run writes at the top of a store before its first kernel.
+_BEFORE_A_KERNEL = (paths.MANIFEST_NAME, paths.PROBE_NAME, paths.EVAL_NAME, paths.LOCK_NAME)
+_READERS_LOCKS = (paths.RESULTS_LOCK_NAME, paths.RESULTS_GATE_NAME)
+
+
+def remove_unused(root: Path, *, keep_folder: bool) -> bool:
+    """Remove a store that a ``kernels`` run created and that holds no kernel (the run failed
+    before its first): its manifest, probe and evaluation sets, lock file and empty kernel
+    folders, then the folder itself unless ``keep_folder`` (it was there before the run). The
+    readers' lock files stay (a reader may hold one). Anything else in it (a kernel file, a file
+    of the user's) keeps the store as it is. Called by the writer's lock holder before it
+    releases the lock. True when it was removed."""
+    remove_stale_temporaries(root)
+    try:
+        # the readers' locks (--overwrite's clearing takes them too) stay: a reader may hold one
+        entries = [p for p in root.iterdir() if p.name not in _READERS_LOCKS]
+        for entry in entries:
+            if entry.name in _WRITER_DIRS and entry.is_dir() and not entry.is_symlink():
+                if any(entry.iterdir()):
+                    return False
+            elif entry.name not in _BEFORE_A_KERNEL or entry.is_symlink() or not entry.is_file():
+                return False
+        for entry in entries:
+            entry.rmdir() if entry.is_dir() else entry.unlink()
+        if not keep_folder:
+            root.rmdir()
+    except OSError:
+        return False  # a file appeared meanwhile, or the store cannot be written: kept
+    return True

@@ -78,8 +78,10 @@ __all__ = [
     "CheckpointListing",
     "CheckpointRef",
     "CheckpointWarning",
+    "abridged",
     "checkpoint_listing",
     "checkpoint_ref",
+    "each_file",
     "list_checkpoints",
     "parse_step_range",
     "scan_selected",
@@ -328,6 +330,12 @@ def empty_error(scan: Scan) -> CheckpointError:
 _COLLAPSE_AT = 3
 
 
+def each_file(where: Path, message: str) -> str:
+    """``message`` about the file ``where`` with the file named "each file": the same text for
+    every file that has the same problem (what :func:`summarize_problems` groups by)."""
+    return message.replace(f"'{where}'", "each file").replace(str(where), "each file")
+
+
 def summarize_problems(problems: list[tuple[Path, str]]) -> list[str]:
     """One line per distinct problem: three or more ``(file, message)`` pairs whose messages
     differ only by the file become ``"61 files (epoch_0.pt, epoch_1.pt, epoch_2.pt, ...,
@@ -335,15 +343,14 @@ def summarize_problems(problems: list[tuple[Path, str]]) -> list[str]:
     to fix it). Fewer are listed as they are."""
     groups: dict[str, list[tuple[Path, str]]] = {}
     for where, message in problems:
-        key = message.replace(f"'{where}'", "each file").replace(str(where), "each file")
-        groups.setdefault(key, []).append((where, message))
+        groups.setdefault(each_file(where, message), []).append((where, message))
     lines: list[str] = []
     for key, members in groups.items():
         if len(members) < _COLLAPSE_AT:
             lines.extend(message for _, message in members)
             continue
         names = [where.name or str(where) for where, _ in members]
-        shown = _abridged(names)
+        shown = abridged(names)
         lines.append(f"{len(members)} files ({shown}): {key}")
     # A message naming two files (a duplicate step) is each file's: said once, counting both.
     counts = Counter(lines)
@@ -431,7 +438,7 @@ def default_warn(message: str) -> None:
     warnings.warn(message, CheckpointWarning, stacklevel=3)
 
 
-def _abridged(names: Sequence[str]) -> str:
+def abridged(names: Sequence[str]) -> str:
     """``a, b, c, ..., z``: the first three names and the last; all of them when they are four
     or fewer (a ``...`` that stands for no name would say that some are left out)."""
     if len(names) <= 4:
@@ -445,7 +452,7 @@ def named_files(names: Sequence[str]) -> str:
     the last)."""
     if len(names) == 1:
         return names[0]
-    shown = _abridged(names)
+    shown = abridged(names)
     return f"{len(names)} checkpoints ({shown})"
 
 

@@ -17,7 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from conetool.errors import CheckpointError, CheckpointOverflowError, FactoryMismatchError
+from conetool.errors import (
+    CheckpointError,
+    CheckpointOverflowError,
+    FactoryMismatchError,
+    KeyMismatchError,
+)
 
 from ._hashed_reads import combine_fingerprints, files_fingerprint, stream_file
 from ._keys import describe_mismatch, factory_wraps, match_keys
@@ -378,8 +383,10 @@ def match_state_dict(
     dtype rounds are then said through ``warn``).
 
     Raises:
-        CheckpointError: missing or unexpected keys (up to ten of each listed), shape mismatches
-            (key, expected, found), a dtype that cannot hold the parameter (key, both dtypes),
+        KeyMismatchError: missing or unexpected keys (up to ten of each listed), shape
+            mismatches (key, expected, found) (:class:`FactoryMismatchError` when the model is
+            the checkpoint's network wrapped);
+        CheckpointError: a dtype that cannot hold the parameter (key, both dtypes),
             or a tied tensor saved twice with different values, naming ``name`` and the likely
             fix; :class:`CheckpointOverflowError` for finite
             values beyond the range of the model's dtype (key, dtype, largest magnitude).
@@ -395,7 +402,7 @@ def match_state_dict(
         message = describe_mismatch(match, name, type(model).__name__)
         if factory_wraps(match):  # the factory's, not the file's: every checkpoint fails alike
             raise FactoryMismatchError(message)
-        raise CheckpointError(message)
+        raise KeyMismatchError(message)
     check_tied_values(state_dict, match.mapping, tied, name)
     check_dtypes(own, state_dict, match.mapping, name, warn, compute)
     out = {match.mapping[k]: v for k, v in state_dict.items()}

@@ -194,6 +194,6 @@ def kernels(
             highlight=False,
             markup=False,
         )
-    for step, problem in result.failed.items():
-        console.print(f"- step {step} failed: {problem}", highlight=False, markup=False)
+    for line in result.failed_lines:  # steps that failed alike: said once
+        console.print(f"- failed {line}", highlight=False, markup=False)
     warned_at_the_end(result.warnings, quiet)

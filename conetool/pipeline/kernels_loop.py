@@ -27,13 +27,7 @@ from ..checkpoints import (
 )
 from ..checkpoints.selection import is_selected
 from ..data import DataBundle
-from ..errors import (
-    CheckpointOverflowError,
-    ConetoolError,
-    MemoryBudgetError,
-    ModelError,
-    StoreError,
-)
+from ..errors import ConetoolError, KeyMismatchError
 from ..heap import kept_freed_memory
 from ..layer_groups import group_kernels, groups_hash
 from ..ntk import empirical_ntk
@@ -43,6 +37,15 @@ from ..probe import Probe
 from ..progress import CountBar, Progress
 from ..spec import Spec
 from ..store import StepRecord, Store, StoreIdentity, kernel_norm
+from .kernels_failures import (
+    MODEL,
+    Failure,
+    every_checkpoint_failed,
+    fault_of,
+    grouped_failures,
+    skipped_warning,
+    stop_message,
+)
 from .prefetch import ReadAhead, Writer
 from .retrained_run import retrained_warning
 
@@ -79,6 +82,9 @@ class KernelsResult:
     layer_groups: list[str] | None = None
     left_out: dict[Path, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: ``failed`` said once per distinct problem: ``step 5 (file): why``, or for steps whose
+    #: problems differ only by their file ``steps 0, 5, 10 (files): each file ...``
+    failed_lines: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,7 @@ def compute_all(
     failed: dict[int, str] = {}
     seconds: list[float] = []
     shape: tuple[int, ...] = ()
-    error: tuple[ConetoolError, ConetoolError] | None = None
+    error: tuple[ConetoolError, str, str] | None = None  # the error, what happened, the fix
     warned: list[int] = []  # the step of the first checkpoint whose loading warned
     loading: list[int] = []  # the step being loaded
 
@@ -202,42 +208,27 @@ def compute_all(
             memo=memo,
         )
 
+    first_said: dict[str, int] = {}  # a --skip-bad problem (its file aside) -> its first step
+    files: dict[int, str] = {}  # a failed step -> its file
+    mismatched: list[int] = []  # the failed steps whose keys or shapes do not fit the model
+
     def give_up(ref: CheckpointRef, exc: ConetoolError) -> bool:
         """A step that failed: True to stop (the error is raised once the ranks have met), False
         to go on without it (--skip-bad). An error of the model or the options (a module
-        torch.func cannot vmap, examples that interact, a budget too small) is no checkpoint's:
-        every step would fail alike, so it stops the run even with --skip-bad."""
+        torch.func cannot vmap, examples that interact, a budget too small, a model that does
+        not fit a second checkpoint either) is no checkpoint's: every step would fail alike, so
+        it stops the run even with --skip-bad (.kernels_failures)."""
         nonlocal error
-        message = f"step {ref.step} ({ref.file}): {exc}"
-        if isinstance(exc, ModelError | MemoryBudgetError):
-            error = (
-                type(exc)(
-                    f"{message} This is the model's (or the options'), not this checkpoint's: "
-                    "every checkpoint would fail alike, so the run stops here (with --skip-bad "
-                    f"too). Kernels already computed are kept in {out.root}; rerun after the fix."
-                ),
-                exc,
-            )
-            job.fail()
-            return True
-        if not skip_bad:
-            fix = (
-                "the fix is the model's dtype (above), not this file: rerun once the model is "
-                "built in a dtype that holds these values"
-                if isinstance(exc, CheckpointOverflowError)
-                else "fix this checkpoint and rerun"
-            )
-            error = (
-                type(exc)(
-                    f"{message} Kernels already computed are kept in {out.root}; {fix}, or pass "
-                    "--skip-bad to go on without it."
-                ),
-                exc,
-            )
+        fault = fault_of(exc, model, ref, plan.refs)
+        if fault.whose == MODEL or not skip_bad:
+            error = (exc, *stop_message(exc, ref, fault, plan.spec))
             job.fail()
             return True
         failed[ref.step] = str(exc)
-        progress.log(f"warning: skipped {message}")
+        files[ref.step] = str(ref.file)
+        if isinstance(exc, KeyMismatchError):
+            mismatched.append(ref.step)
+        progress.log(f"warning: {skipped_warning(exc, ref, first_said)}")
         bar.advance(1, step=ref.step)
         return False
 
@@ -357,18 +348,20 @@ def compute_all(
         "layer_computed": layer_computed,
         "skipped": skipped,
         "failed": {str(k): v for k, v in failed.items()},
+        "failed_files": {str(k): v for k, v in files.items()},
+        "mismatched": mismatched,
         "seconds": seconds,
         "shape": list(shape),
         "peak_memory": _peak_memory(dev),
         "device": str(dev),
-        "error": None if error is None else str(error[0]),
+        "error": None if error is None else _stop_text(error, out, job),
     }
     shares = job.gather(share, while_waiting=bar.poll)  # rank 0 shows progress while it waits
     bar.close()
     # Rank 0 records every rank's kernel files in the manifest; the others wait for it.
     job.agree(lambda: out.adopt_kernel_files() if job.is_main and job.is_distributed else None)
     if error is not None:
-        raise error[0] from error[1]
+        raise type(error[0])(_stop_text(error, out, job)) from error[0]
     for rank, other in enumerate(shares):
         if other["error"] is not None:
             raise distributed.PeerFailedError(f"rank {rank} failed: {other['error']}")
@@ -377,13 +370,10 @@ def compute_all(
     all_failed = {int(k): v for other in shares for k, v in other["failed"].items()}
     done = sum(len(other["computed"]) + len(other["skipped"]) for other in shares) + len(unchanged)
     if all_failed and not done:
-        listed = "; ".join(f"step {s}: {m}" for s, m in sorted(all_failed.items())[:3])
-        more = f" (and {len(all_failed) - 3} more)" if len(all_failed) > 3 else ""
-        raise StoreError(
-            f"every checkpoint failed ({len(all_failed)} of {len(plan.refs)}); no kernel was "
-            f"computed into {out.root}. {listed}{more}. Fix the checkpoints (or the options) "
-            "and rerun."
-        )
+        failures = _failures(shares, all_failed)
+        held = len(out.steps()) if job.is_main else 0
+        kept = f"{out.root} keeps the {held} kernel(s) it held before." if held else ""
+        raise every_checkpoint_failed(failures, len(plan.refs), plan.spec, kept)
     all_computed = sorted(s for other in shares for s in other["computed"])
     if job.is_main:
         present = {ref.step for ref in plan.refs}
@@ -401,6 +391,7 @@ def compute_all(
         computed=all_computed,
         skipped=sorted(unchanged + [s for other in shares for s in other["skipped"]]),
         failed=dict(sorted(all_failed.items())),
+        failed_lines=grouped_failures(_failures(shares, all_failed)),
         kernel_shape=found_shape or _stored_shape(out),
         seconds_per_kernel=sum(all_seconds) / len(all_seconds) if all_seconds else None,
         peak_memory=max(other["peak_memory"] for other in shares),
@@ -412,6 +403,27 @@ def compute_all(
         layer_computed=sorted(s for other in shares for s in other["layer_computed"]),
         layer_groups=list(layers) if layers is not None else None,
     )
+
+
+def _failures(shares: list[dict[str, Any]], failed: dict[int, str]) -> list[Failure]:
+    """The steps every rank went on without (``failed``: step -> message), by step."""
+    files = {int(k): Path(v) for other in shares for k, v in other["failed_files"].items()}
+    alike = {step for other in shares for step in other["mismatched"]}
+    return [
+        Failure(step, files[step], text, step in alike) for step, text in sorted(failed.items())
+    ]
+
+
+def _stop_text(error: tuple[ConetoolError, str, str], out: Store, job: distributed.Job) -> str:
+    """The message of the error that stopped the run (:func:`.kernels_failures.stop_message`'s
+    two parts), with what the store keeps between them."""
+    _, what, fix = error
+    kept = (
+        f"Kernels already computed are kept in {out.root}"
+        if out.steps() or job.is_distributed  # (a rank does not know the others' kernels yet)
+        else "No kernel was computed"
+    )
+    return f"{what} {kept}; {fix}."
 
 
 def _fingerprints(store: Store) -> dict[int, str]:

@@ -29,6 +29,7 @@ from ..probe import Probe, load_probe, make_probe, save_probe
 from ..progress import NullProgress, Progress, Said
 from ..spec import ProbeSpec, Spec
 from ..store import Store, StoreIdentity
+from ..store_clearing import remove_unused
 from ..threads import limit_threads
 from .kernels_loop import KernelsOptions, KernelsPlan, KernelsResult, compute_all
 from .mixed_runs import another_run
@@ -150,11 +151,14 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         listed = job.broadcast([ref.step for ref in plan.refs])
         job.agree(lambda: _same_steps(listed, [ref.step for ref in plan.refs], ckpts))
     holder: list[Store] = []  # the store rank 0 opened (and locked), closed whatever happens
+    # how the store's folder was before the run: "absent", "empty" or "used" (rank 0 only)
+    before: list[str] = []
 
     def open_store() -> tuple[Store, nn.Module]:
         # The model first: its import (a "pkg.mod:factory" arch) is recorded in the header.
         model = model_for(plan.spec)
         if job.is_main:
+            before.append(_folder_state(Path(store)))
             selected = selection_record(ckpts, plan.step_regex, steps, every)
             mixed = another_run(
                 Path(store), ckpts, plan.identity, plan.refs, manifest=plan.manifest
@@ -203,9 +207,28 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             out.carry(job.broadcast(out.carried()))
         result = compute_all(job, plan, out, model, options, progress, said.warnings)
         return dataclasses.replace(result, left_out=left_out, notes=said.notes)
+    except ConetoolError:
+        # A store this run created (or emptied: --overwrite) and failed before its first kernel
+        # in: removed, so that the rerun after the fix (another spec, say) starts afresh instead
+        # of meeting a store of this spec (whose --overwrite would delete nothing). A folder
+        # that was there stays, and a store that holds kernels or other files is kept whole.
+        if before and (before[0] != "used" or overwrite) and not job.is_distributed:
+            for opened in holder:
+                remove_unused(opened.root, keep_folder=before[0] != "absent")
+        raise
     finally:
         for opened in holder:
             opened.close()  # releases the store's lock
+
+
+def _folder_state(root: Path) -> str:
+    """``"absent"`` (no such folder), ``"empty"`` (a folder with nothing in it) or ``"used"``."""
+    try:
+        return "empty" if not any(root.iterdir()) else "used"
+    except FileNotFoundError:
+        return "absent"
+    except OSError:  # a file, or unreadable: open_for_writing says what is wrong
+        return "used"
 
 
 def _arguments(options: KernelsOptions) -> dict[str, str | None]:

@@ -1,0 +1,51 @@
+"""Whether a model fits a checkpoint, from the checkpoint's headers alone (no tensor data read):
+what ``conetool kernels`` asks of a second checkpoint when the first does not fit the spec's
+model, to tell the model's fault (every checkpoint fails alike) from one file's."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from conetool.errors import CheckpointError
+
+from ._keys import match_keys
+from ._safetensors_format import read_header
+from ._tied import tied_keys
+from ._torch_save import check_torch_file, read_torch_contents
+from .records import CheckpointRef
+
+__all__ = ["model_fits", "stored_shapes"]
+
+
+def stored_shapes(ref: CheckpointRef) -> dict[str, tuple[int, ...]] | None:
+    """Key -> shape of the tensors ``ref``'s file(s) store, keys as stored (a torch.save dict
+    unwrapped as loading unwraps it): from safetensors headers, or from a zip-format torch.save
+    file's pickle with its tensors memory-mapped (none of their data read). None when that
+    cannot be had cheaply (a legacy, non-zip pickle is read whole) or a file cannot be read."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        for path in ref.paths:
+            if ref.format == "safetensors":
+                shapes.update(read_header(path).shapes)
+                continue
+            if not check_torch_file(path):
+                return None
+            contents = read_torch_contents(path)
+            if contents.shapes is None:
+                return None
+            shapes.update(contents.shapes)
+    except (CheckpointError, OSError):
+        return None
+    return shapes
+
+
+def model_fits(model: nn.Module, ref: CheckpointRef) -> bool | None:
+    """Whether the keys and shapes of ``ref`` fit ``model`` as loading matches them
+    (:func:`conetool.checkpoints._keys.match_keys`: wrapper prefixes, tied weights, BatchNorm's
+    step counter), read cheaply (:func:`stored_shapes`); None when that cannot be told cheaply.
+    Dtypes and values are not looked at."""
+    shapes = stored_shapes(ref)
+    if shapes is None:
+        return None
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return match_keys(shapes, own, tied_keys(model)).ok

@@ -1,0 +1,205 @@
+"""What ``conetool kernels`` says when a step fails: whose fault it is (the model's, which every
+checkpoint shares, or one checkpoint's; a key or shape mismatch is told apart at a second
+checkpoint, read by its headers only), the message of an error that stops the run, the warning
+of a step ``--skip-bad`` goes on without (a problem said once, its repeats by step), and the error
+when every checkpoint failed, its problems grouped.
+
+:mod:`conetool.pipeline.kernels_loop` calls these from its loop over the checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..checkpoints import CheckpointRef
+from ..checkpoints.discover import abridged, each_file
+from ..checkpoints.fit import model_fits
+from ..errors import (
+    CheckpointOverflowError,
+    ConetoolError,
+    KeyMismatchError,
+    MemoryBudgetError,
+    ModelError,
+    StoreError,
+)
+from ..spec import Spec
+
+__all__ = [
+    "Failure",
+    "Fault",
+    "every_checkpoint_failed",
+    "fault_of",
+    "grouped_failures",
+    "skipped_warning",
+    "stop_message",
+]
+
+#: The fault is the model's (or the options'): every checkpoint fails alike.
+MODEL = "model"
+#: The fault is this checkpoint's: the others may load.
+CHECKPOINT = "checkpoint"
+#: A key or shape mismatch that no second checkpoint could tell apart (none, or none read cheaply).
+EITHER = "either"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Whose fault a step's error is (:data:`MODEL`, :data:`CHECKPOINT` or :data:`EITHER`), and
+    the second checkpoint that told it (a key or shape mismatch only)."""
+
+    whose: str
+    other: CheckpointRef | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A step ``--skip-bad`` went on without: its file, its error's message, and whether that is a
+    key or shape mismatch with the model."""
+
+    step: int
+    file: Path
+    message: str
+    mismatch: bool = False
+
+
+def fault_of(
+    exc: ConetoolError, model: nn.Module, ref: CheckpointRef, refs: Sequence[CheckpointRef]
+) -> Fault:
+    """Whose fault ``exc``, raised at ``ref``, is. An error of the model or the options (a module
+    torch.func cannot vmap, examples that interact, a budget too small, a factory that wraps the
+    saved network) is the model's. A checkpoint whose keys or shapes do not fit the model is the
+    model's when a second checkpoint of the run (``refs``) does not fit it either, this one's when
+    that one fits, and either's when there is no other or it cannot be read by its headers alone.
+    Anything else is the checkpoint's."""
+    if isinstance(exc, ModelError | MemoryBudgetError):
+        return Fault(MODEL)
+    if not isinstance(exc, KeyMismatchError):
+        return Fault(CHECKPOINT)
+    other = _second(ref, refs)
+    fits = None if other is None else model_fits(model, other)
+    if fits is None:
+        return Fault(EITHER)
+    return Fault(CHECKPOINT if fits else MODEL, other)
+
+
+def _second(ref: CheckpointRef, refs: Sequence[CheckpointRef]) -> CheckpointRef | None:
+    """The checkpoint to compare with: the run's last, or its first when ``ref`` is the last."""
+    others = [r for r in refs if r.step != ref.step]
+    if not others:
+        return None
+    return others[-1] if others[-1].step > ref.step else others[0]
+
+
+def _spec_model(spec: Spec) -> str:
+    """The spec's model as the user wrote it: ``[model] arch = 'pkg.mod:make' in run.toml``."""
+    where = "" if spec.source == "<spec>" else f" in {spec.source}"
+    return f"[model] arch = {spec.model.arch!r}{where}"
+
+
+def stop_message(
+    exc: ConetoolError, ref: CheckpointRef, fault: Fault, spec: Spec
+) -> tuple[str, str]:
+    """The error that stops the run at ``ref``, in two parts: what happened and whose fault it
+    is, and the fix. The caller puts between them what the store keeps (known once the run has
+    stopped)."""
+    head = f"step {ref.step} ({ref.file}): {exc}"
+    other = fault.other
+    if fault.whose == MODEL and other is not None:  # a key mismatch the other shares
+        return (
+            f"{head} Step {other.step} ({other.file}) does not fit it either: the spec's model "
+            "does not fit this run's checkpoints (the fault is not this checkpoint's), so every "
+            "checkpoint would fail alike and the run stops here (with --skip-bad too). The "
+            f"spec's {_spec_model(spec)} must build the network they were saved from.",
+            "fix that arch or its factory (or their options), or pass the spec of the run that "
+            "wrote the checkpoints with --spec, and rerun",
+        )
+    if fault.whose == MODEL:
+        return (
+            f"{head} This is the model's (or the options'), not this checkpoint's: every "
+            "checkpoint would fail alike, so the run stops here (with --skip-bad too).",
+            "rerun after the fix",
+        )
+    if fault.whose == EITHER:
+        return (
+            f"{head} If the run's other checkpoints were saved like this one, the spec's model "
+            "does not fit them (the fault is not this checkpoint's): the spec's "
+            f"{_spec_model(spec)} must build the network they were saved from.",
+            "fix that arch or its factory (or their options), or pass the spec of the run that "
+            "wrote the checkpoints with --spec, and rerun; if this checkpoint alone comes from "
+            "another network, move it out and rerun, or pass --skip-bad to go on without it",
+        )
+    if isinstance(exc, CheckpointOverflowError):
+        fix = (
+            "the fix is the model's dtype (above), not this file: rerun once the model is built "
+            "in a dtype that holds these values"
+        )
+    elif other is not None:  # a key mismatch that the run's other checkpoint does not share
+        return (
+            f"{head} Step {other.step} ({other.file}) fits the model: this checkpoint alone was "
+            "saved from another network.",
+            "move it out and rerun, or pass --skip-bad to go on without it",
+        )
+    else:
+        fix = "fix this checkpoint and rerun"
+    return head, f"{fix}, or pass --skip-bad to go on without it"
+
+
+def skipped_warning(exc: ConetoolError, ref: CheckpointRef, first: dict[str, int]) -> str:
+    """The warning of a step ``--skip-bad`` goes on without: the problem in full the first time,
+    then, for another step with the same problem (its file aside), the step it is the same as.
+    ``first`` (problem -> its first step) is kept by the caller across steps."""
+    message = str(exc)
+    seen = first.setdefault(each_file(ref.file, message), ref.step)
+    if seen != ref.step:
+        return f"skipped step {ref.step} ({ref.file}): the same problem as step {seen} (above)"
+    return f"skipped step {ref.step} ({ref.file}): {message}"
+
+
+def grouped_failures(failures: Sequence[Failure]) -> list[str]:
+    """One line per distinct problem: steps whose messages differ only by their file are said
+    once, ``steps 0, 5, 10, ..., 100 (step_000000.pt, ..., step_000100.pt): each file ...``
+    (:func:`conetool.checkpoints.discover.each_file`); a step alone keeps its message."""
+    groups: dict[str, list[Failure]] = {}
+    for failure in failures:
+        groups.setdefault(each_file(failure.file, failure.message), []).append(failure)
+    lines = []
+    for key, members in groups.items():
+        if len(members) == 1:
+            one = members[0]
+            lines.append(f"step {one.step} ({one.file}): {one.message}")
+            continue
+        steps = abridged([str(m.step) for m in members])
+        names = abridged([m.file.name or str(m.file) for m in members])
+        lines.append(f"steps {steps} ({names}): {key}")
+    return lines
+
+
+#: How many lines of problems the error of :func:`every_checkpoint_failed` lists.
+_LISTED = 10
+
+
+def every_checkpoint_failed(
+    failures: Sequence[Failure], total: int, spec: Spec, kept: str
+) -> StoreError:
+    """The error when ``--skip-bad`` went on without every one of the ``total`` checkpoints:
+    each distinct problem once (:func:`grouped_failures`), the fix (the spec's model when none
+    of the checkpoints fits it), and ``kept``: what the store keeps, a sentence, or ""."""
+    lines = grouped_failures(failures)
+    shown = "\n".join(f"  - {line}" for line in lines[:_LISTED])
+    more = f"\n  ... and {len(lines) - _LISTED} more" if len(lines) > _LISTED else ""
+    if all(f.mismatch for f in failures):
+        fix = (
+            "None of them fits the spec's model: its "
+            f"{_spec_model(spec)} must build the network this run's checkpoints were saved "
+            "from. Fix that arch or its factory (or their options), or pass the spec of the run "
+            "that wrote them with --spec, and rerun."
+        )
+    else:
+        fix = "Fix the checkpoints (or the options) and rerun."
+    return StoreError(
+        f"every checkpoint failed ({len(failures)} of {total}), so no kernel was computed:\n"
+        f"{shown}{more}\n{fix}" + (f" {kept}" if kept else "")
+    )

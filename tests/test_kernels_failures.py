@@ -1,0 +1,252 @@
+"""What ``conetool kernels`` says when steps fail (:mod:`conetool.pipeline.kernels_failures`): a
+spec's model that fits none of the run's checkpoints is named as the fault (not "this
+checkpoint", not --skip-bad), a checkpoint alone from another network as its own, identical
+problems are said once with the steps they apply to, and a store the failed run created without
+a kernel is not left behind (one that was there is kept, and said so)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_run import SPEC, STEPS, metadata, run_fixtures
+from typer.testing import CliRunner
+
+import conetool
+from conetool import paths
+from conetool.cli import app
+from conetool.errors import CheckpointError, StoreError
+from conetool.pipeline import kernels
+from conetool.spec import Spec, spec_from_dict, spec_to_toml
+from conetool.store import Store
+
+runner = CliRunner()
+trained, run = run_fixtures()
+
+#: The tiny run's MLP (4 -> 6 -> 3, tanh) with its layers renamed: a model rewritten by the user,
+#: whose keys none of the run's checkpoints has.
+RENAMED = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+
+def make(num_classes):
+    return Net(num_classes)
+"""
+
+
+@pytest.fixture
+def renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Spec:
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    (folder / "conetool_kf_renamed.py").write_text(RENAMED)
+    monkeypatch.syspath_prepend(str(folder))
+    model = {"arch": "conetool_kf_renamed:make", "num_classes": 3}
+    return spec_from_dict({**SPEC, "model": model}, source="renamed.toml")
+
+
+def plain() -> Spec:
+    return spec_from_dict(SPEC, source="tiny.toml")
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def as_torch(run: Path, folder: Path, legacy: bool = False) -> Path:
+    """The run's checkpoints as torch.save files ``step_N.pt`` (zip, or legacy pickles)."""
+    folder.mkdir()
+    for step in STEPS:
+        state = load_file(str(paths.checkpoint(run, step)))
+        torch.save(state, folder / f"step_{step}.pt", _use_new_zipfile_serialization=not legacy)
+    return folder
+
+
+def as_int64(path: Path) -> None:
+    """Every floating tensor of the safetensors file ``path`` saved as int64."""
+    state = {k: (100 * v).to(torch.int64) for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata=metadata(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# the spec's model, not the checkpoint
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+@pytest.mark.parametrize("form", ["safetensors", "torch"])
+def test_a_spec_model_that_fits_none_of_the_checkpoints_is_named_as_the_fault(
+    run: Path, renamed: Spec, tmp_path: Path, form: str, skip_bad: bool
+) -> None:
+    # It said "fix this checkpoint and rerun, or pass --skip-bad", and with --skip-bad "every
+    # checkpoint failed", the same message once per checkpoint; the store it created (manifest
+    # and probe of the wrong spec) was left, and refused the rerun with the right spec.
+    ckpts = run if form == "safetensors" else as_torch(run, tmp_path / "pt")
+    store = tmp_path / "store"
+    with pytest.raises(CheckpointError) as stopped:
+        kernels(ckpts, spec=renamed, store=store, device="cpu", skip_bad=skip_bad)
+    assert isinstance(stopped.value, conetool.KeyMismatchError)
+    text = flat(str(stopped.value))
+    assert text.startswith("step 0 ") and "4 unexpected key(s)" in text, text
+    assert "does not fit it either: the spec's model does not fit this run's checkpoints" in text
+    assert "so every checkpoint would fail alike and the run stops here" in text, text
+    assert "[model] arch = 'conetool_kf_renamed:make' in renamed.toml" in text, text
+    assert "fix that arch or its factory" in text, text
+    assert "fix this checkpoint" not in text and "every checkpoint failed" not in text, text
+    assert text.count("--skip-bad") == 1 and "(with --skip-bad too)" in text, text
+    assert "No kernel was computed;" in text and text.endswith("and rerun."), text
+    assert not store.exists()  # nothing computed: the store it created is not left
+    done = kernels(ckpts, spec=plain(), store=store, device="cpu")  # the fix: not refused
+    assert done.computed == STEPS
+
+
+def test_the_command_says_it_without_a_traceback_and_leaves_no_store(
+    run: Path, renamed: Spec, tmp_path: Path
+) -> None:
+    spec = tmp_path / "renamed.toml"
+    spec.write_text(spec_to_toml(renamed))
+    paths.spec(run).unlink()  # a run of one's own: the spec comes with --spec
+    store = tmp_path / "s"
+    args = ["kernels", str(run), "--spec", str(spec), "--store", str(store), "--skip-bad"]
+    result = runner.invoke(app, args)
+    text = flat(result.output)
+    assert result.exit_code == 1 and "Traceback" not in text, text
+    assert "the spec's model does not fit this run's checkpoints" in text, text
+    assert "skipped step" not in text and "every checkpoint failed" not in text, text
+    assert not store.exists()
+
+
+def test_a_checkpoint_alone_from_another_network_is_its_own_fault(
+    run: Path, tmp_path: Path
+) -> None:
+    # torch.save files: listing does not read their keys, so the loop meets the odd one
+    ckpts = as_torch(run, tmp_path / "pt")
+    odd = ckpts / "step_5.pt"
+    state = torch.load(odd, weights_only=True)
+    torch.save({"x" + k if k.startswith("fc.") else k: v for k, v in state.items()}, odd)
+    store = tmp_path / "store"
+    with pytest.raises(CheckpointError) as stopped:
+        kernels(ckpts, spec=plain(), store=store, device="cpu")
+    text = flat(str(stopped.value))
+    assert text.startswith("step 5 "), text
+    assert (
+        f"Step 10 ({ckpts / 'step_10.pt'}) fits the model: this checkpoint alone was saved " in text
+    )
+    assert f"Kernels already computed are kept in {store}; move it out and rerun, or pass " in text
+    assert "--skip-bad to go on without it." in text, text
+    assert Store.open(store).steps() == [0]
+    result = kernels(ckpts, spec=plain(), store=store, device="cpu", skip_bad=True)
+    assert list(result.failed) == [5] and result.computed == [10]
+
+
+# --------------------------------------------------------------------------------------------------
+# every checkpoint failed: each problem once
+
+
+def test_every_checkpoint_failed_says_each_problem_once(run: Path, tmp_path: Path) -> None:
+    for step in STEPS:
+        as_int64(paths.checkpoint(run, step))
+    store = tmp_path / "s"
+    result = runner.invoke(app, ["kernels", str(run), "--store", str(store), "--skip-bad"])
+    text = flat(result.output)
+    assert result.exit_code == 1 and "Traceback" not in text, text
+    assert "every checkpoint failed (3 of 3), so no kernel was computed:" in text, text
+    names = ", ".join(paths.checkpoint(run, s).name for s in STEPS)
+    assert f"- steps 0, 5, 10 ({names}): each file stores tensor " in text, text
+    # said in full once as it came (the later steps name the first), and once in the error
+    assert text.count("cannot hold its values") == 2, text
+    assert text.count("the same problem as step 0 (above)") == 2, text
+    assert "Fix the checkpoints (or the options) and rerun." in text, text
+    error = text[text.index("error: ") :]
+    assert ".;" not in error and ".." not in error, error
+    assert not store.exists()
+
+
+def test_the_steps_that_failed_alike_are_listed_once_after_the_table(
+    run: Path, tmp_path: Path
+) -> None:
+    for step in (5, 10):
+        as_int64(paths.checkpoint(run, step))
+    result = runner.invoke(app, ["kernels", str(run), "--store", str(tmp_path / "s"), "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    names = ", ".join(paths.checkpoint(run, s).name for s in (5, 10))
+    assert f"- failed steps 5, 10 ({names}): each file stores tensor " in text, text
+    assert text.count("cannot hold its values") == 2, text  # as it came, and after the table
+
+
+def test_a_legacy_pickle_run_that_fits_no_model_is_told_either_way(
+    run: Path, renamed: Spec, tmp_path: Path
+) -> None:
+    # A legacy pickle's keys cannot be read without reading the whole file: no second
+    # checkpoint tells whose fault it is, so the message gives both fixes, and with --skip-bad
+    # the end says that none of them fits the spec's model.
+    ckpts = as_torch(run, tmp_path / "legacy", legacy=True)
+    store = tmp_path / "s"
+    with pytest.raises(CheckpointError) as stopped:
+        kernels(ckpts, spec=renamed, store=store, device="cpu")
+    text = flat(str(stopped.value))
+    assert "If the run's other checkpoints were saved like this one, the spec's model " in text
+    assert "if this checkpoint alone comes from another network, move it out" in text, text
+    with pytest.raises(StoreError) as failed:
+        kernels(ckpts, spec=renamed, store=store, device="cpu", skip_bad=True)
+    text = str(failed.value)
+    assert "every checkpoint failed (3 of 3)" in text and text.count("does not fit") == 1, text
+    assert "- steps 0, 5, 10 (step_0.pt, step_5.pt, step_10.pt): each file does not fit" in text
+    assert "None of them fits the spec's model: its [model] arch = 'conetool_kf_renamed:make'" in (
+        flat(text)
+    )
+    assert not store.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# what the store keeps
+
+
+def test_a_store_that_was_there_is_kept_and_said_so(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu", steps=(0, 5))
+    as_int64(paths.checkpoint(run, 10))
+    with pytest.raises(StoreError) as failed:
+        kernels(run, store=store, device="cpu", steps=(10, None), skip_bad=True)
+    assert f"{store} keeps the 2 kernel(s) it held before." in str(failed.value)
+    assert Store.open(store).steps() == [0, 5]
+    # an empty folder made for the store stays, empty: the run's files are not left in it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StoreError):
+        kernels(run, store=empty, device="cpu", steps=(10, None), skip_bad=True)
+    assert empty.is_dir() and not any(empty.iterdir())
+    # and a folder holding a file of the user's is left as it is
+    shutil.rmtree(empty)
+    empty.mkdir()
+    (empty / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError):
+        kernels(run, store=empty, device="cpu", steps=(10, None), skip_bad=True)
+    assert (empty / "notes.txt").read_text() == "mine" and paths.manifest(empty).is_file()
+
+
+def test_a_store_emptied_by_overwrite_is_not_left_holding_the_wrong_spec(
+    run: Path, renamed: Spec, tmp_path: Path
+) -> None:
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu", steps=(0, 0))
+    with pytest.raises(CheckpointError):
+        kernels(run, spec=renamed, store=store, device="cpu", overwrite=True)
+    # --overwrite removed the other spec's kernel, as it does; the failed run's manifest is not
+    # left in its place (a rerun with the run's own spec would have needed --overwrite again)
+    assert store.is_dir() and not paths.manifest(store).exists()
+    assert not any(p.name in ("kernels", "probe.safetensors", ".lock") for p in store.iterdir())
+    assert kernels(run, spec=plain(), store=store, device="cpu").computed == STEPS
