@@ -570,3 +570,19 @@ def test_the_logits_forward_keeps_the_model_as_it_was(models: ModuleType) -> Non
     assert type(logits_returned(models.hf_dict(), (6,))) is type(model)  # one subclass
     plain = models.buffers()
     assert type(logits_returned(plain, (6,))) is models.Buffers
+
+
+def test_the_readmes_loop_gru_is_the_one_tested_here() -> None:
+    """The README's LoopGRU is the one in MODELS, line for line (bar the comments), so the kernels
+    checked here against the float64 reference are of the code the README gives."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("class LoopGRU(nn.GRU):", 1)[1].split("```", 1)[0]
+
+    def code(text: str) -> list[str]:
+        return [s for s in (re.sub(r"#.*", "", line).rstrip() for line in text.splitlines()) if s]
+
+    tested = MODELS.split("class LoopGRU(nn.GRU):", 1)[1].split("\n\n\n", 1)[0]
+    assert len(code(tested)) == 8
+    assert code(block) == code(tested)
