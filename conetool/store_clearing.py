@@ -121,7 +121,9 @@ def remove_unused(root: Path, *, keep_folder: bool) -> bool:
                     return False
             elif entry.name not in _BEFORE_A_KERNEL or entry.is_symlink() or not entry.is_file():
                 return False
-        for entry in entries:
+        # the lock file last: once it is unlinked, another writer can lock a new one at once
+        # (flock is per inode) and write its own store here, which nothing after may delete
+        for entry in sorted(entries, key=lambda p: p.name == paths.LOCK_NAME):
             entry.rmdir() if entry.is_dir() else entry.unlink()
         if not keep_folder:
             root.rmdir()
