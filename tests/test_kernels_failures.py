@@ -250,3 +250,21 @@ def test_a_store_emptied_by_overwrite_is_not_left_holding_the_wrong_spec(
     assert store.is_dir() and not paths.manifest(store).exists()
     assert not any(p.name in ("kernels", "probe.safetensors", ".lock") for p in store.iterdir())
     assert kernels(run, spec=plain(), store=store, device="cpu").computed == STEPS
+
+
+def test_a_folder_a_failed_overwrite_left_holding_only_readers_locks_is_no_store_of_it(
+    run: Path, renamed: Spec, tmp_path: Path
+) -> None:
+    # --overwrite into a new folder clears it under the readers' lock, which leaves
+    # .results.lock and .results.gate there (remove_unused keeps them: a reader may hold one).
+    # That folder was then "used": the next failed run's manifest of the wrong spec was left in
+    # it, and the rerun with the right spec was refused as another spec's store.
+    store = tmp_path / "s"
+    with pytest.raises(CheckpointError):
+        kernels(run, spec=renamed, store=store, device="cpu", overwrite=True)
+    assert not paths.manifest(store).exists()
+    assert {p.name for p in store.iterdir()} <= {".results.lock", ".results.gate"}
+    with pytest.raises(CheckpointError):
+        kernels(run, spec=renamed, store=store, device="cpu")
+    assert not paths.manifest(store).exists()
+    assert kernels(run, spec=plain(), store=store, device="cpu").computed == STEPS

@@ -222,9 +222,12 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
 
 
 def _folder_state(root: Path) -> str:
-    """``"absent"`` (no such folder), ``"empty"`` (a folder with nothing in it) or ``"used"``."""
+    """``"absent"`` (no such folder), ``"empty"`` (a folder with nothing in it but the readers'
+    lock files, which a failed ``--overwrite`` leaves: :func:`remove_unused` keeps them) or
+    ``"used"``."""
+    readers = (paths.RESULTS_LOCK_NAME, paths.RESULTS_GATE_NAME)
     try:
-        return "empty" if not any(root.iterdir()) else "used"
+        return "used" if any(p.name not in readers for p in root.iterdir()) else "empty"
     except FileNotFoundError:
         return "absent"
     except OSError:  # a file, or unreadable: open_for_writing says what is wrong
