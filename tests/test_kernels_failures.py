@@ -151,6 +151,27 @@ def test_a_checkpoint_alone_from_another_network_is_its_own_fault(
     assert list(result.failed) == [5] and result.computed == [10]
 
 
+def test_a_model_that_loaded_a_checkpoint_is_not_blamed_for_two_odd_ones(
+    run: Path, tmp_path: Path
+) -> None:
+    # Steps 5 and 10 from another network, step 0 loaded and computed: step 5 was compared with
+    # step 10 alone, which does not fit either, so the run stopped under --skip-bad saying that
+    # the spec's model fits none of the run's checkpoints, though it had just loaded step 0's.
+    ckpts = as_torch(run, tmp_path / "pt")
+    for step in (5, 10):
+        odd = ckpts / f"step_{step}.pt"
+        state = torch.load(odd, weights_only=True)
+        torch.save({"x" + k if k.startswith("fc.") else k: v for k, v in state.items()}, odd)
+    store = tmp_path / "store"
+    result = kernels(ckpts, spec=plain(), store=store, device="cpu", skip_bad=True)
+    assert result.computed == [0] and list(result.failed) == [5, 10]
+    with pytest.raises(CheckpointError) as stopped:  # without --skip-bad: step 5's own fault
+        kernels(ckpts, spec=plain(), store=tmp_path / "other", device="cpu")
+    text = flat(str(stopped.value))
+    assert f"Step 0 ({ckpts / 'step_0.pt'}) fits the model: this checkpoint alone" in text, text
+    assert "does not fit this run's checkpoints" not in text, text
+
+
 # --------------------------------------------------------------------------------------------------
 # every checkpoint failed: each problem once
 

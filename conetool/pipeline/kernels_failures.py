@@ -66,20 +66,27 @@ class Failure:
 
 
 def fault_of(
-    exc: ConetoolError, model: nn.Module, ref: CheckpointRef, refs: Sequence[CheckpointRef]
+    exc: ConetoolError,
+    model: nn.Module,
+    ref: CheckpointRef,
+    refs: Sequence[CheckpointRef],
+    loaded: CheckpointRef | None = None,
 ) -> Fault:
     """Whose fault ``exc``, raised at ``ref``, is. An error of the model or the options (a module
     torch.func cannot vmap, examples that interact, a budget too small, a factory that wraps the
-    saved network) is the model's. A checkpoint whose keys or shapes do not fit the model is the
-    model's when a second checkpoint of the run (``refs``) does not fit it either, this one's when
-    that one fits, and either's when there is no other or it cannot be read by its headers alone.
-    Anything else is the checkpoint's."""
+    saved network) is the model's. A checkpoint whose keys or shapes do not fit the model is
+    the model's when a second checkpoint of the run (``refs``) does not fit it either, this one's
+    when that one fits, and either's when there is no other or it cannot be read by its headers
+    alone; but this one's whenever the model was loaded from another checkpoint in this run
+    (``loaded``, named when the second does not fit). Anything else is the checkpoint's."""
     if isinstance(exc, ModelError | MemoryBudgetError):
         return Fault(MODEL)
     if not isinstance(exc, KeyMismatchError):
         return Fault(CHECKPOINT)
     other = _second(ref, refs)
     fits = None if other is None else model_fits(model, other)
+    if not fits and loaded is not None:  # the model fits that one: this checkpoint alone does not
+        return Fault(CHECKPOINT, loaded)
     if fits is None:
         return Fault(EITHER)
     return Fault(CHECKPOINT if fits else MODEL, other)

@@ -211,6 +211,7 @@ def compute_all(
     first_said: dict[str, int] = {}  # a --skip-bad problem (its file aside) -> its first step
     files: dict[int, str] = {}  # a failed step -> its file
     mismatched: list[int] = []  # the failed steps whose keys or shapes do not fit the model
+    fitted: list[CheckpointRef] = []  # the last checkpoint loaded into the model, once there is one
 
     def give_up(ref: CheckpointRef, exc: ConetoolError) -> bool:
         """A step that failed: True to stop (the error is raised once the ranks have met), False
@@ -219,7 +220,7 @@ def compute_all(
         not fit a second checkpoint either) is no checkpoint's: every step would fail alike, so
         it stops the run even with --skip-bad (.kernels_failures)."""
         nonlocal error
-        fault = fault_of(exc, model, ref, plan.refs)
+        fault = fault_of(exc, model, ref, plan.refs, fitted[-1] if fitted else None)
         if fault.whose == MODEL or not skip_bad:
             error = (exc, *stop_message(exc, ref, fault, plan.spec))
             job.fail()
@@ -273,6 +274,7 @@ def compute_all(
                 loaded = take()  # read while the step before was computed; raises its error now
                 loading[:] = [ref.step]
                 apply_checkpoint(model, loaded, warn=warn_once, compute=DTYPES[dtype])
+                fitted[:] = [ref]  # the model fits it: another's key mismatch is that one's
                 fingerprint, size, mtime = loaded.fingerprint, loaded.size, loaded.mtime_ns
                 del loaded  # the model holds the weights: no second state dict kept
                 current = out.is_current(ref.step, fingerprint) and (
