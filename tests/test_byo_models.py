@@ -586,3 +586,26 @@ def test_the_readmes_loop_gru_is_the_one_tested_here() -> None:
     tested = MODELS.split("class LoopGRU(nn.GRU):", 1)[1].split("\n\n\n", 1)[0]
     assert len(code(tested)) == 8
     assert code(block) == code(tested)
+
+
+def test_several_networks_in_one_file_are_not_called_a_run_and_the_python_given_runs(
+    tmp_path: Path,
+) -> None:
+    """A GAN's {"generator", "discriminator"} was called 'a whole run in one file'; and the Python
+    the message gives broke on a path holding a quote or a brace (its paths were pasted in
+    quotes, not repr'd)."""
+    from conetool.checkpoints._state_dicts import several_state_dicts
+
+    sd = {"w": torch.arange(3.0)}
+    gan = several_state_dicts({"generator": sd, "discriminator": sd}, tmp_path / "gan.pt")
+    assert gan is not None and "several networks" in gan and "a whole run in one file" not in gan
+    assert "torch.save(run[KEY], 'step_2000.pt')" in gan, gan
+
+    odd = tmp_path / "it's {a} run"
+    odd.mkdir()
+    torch.save({0: sd, 12: sd}, odd / "run.pt")
+    text = several_state_dicts(torch.load(odd / "run.pt", weights_only=True), odd / "run.pt")
+    assert text is not None and "a whole run in one file" in text
+    code = text.split("in Python: ")[1].split(", then pass")[0]
+    exec(code, {"torch": torch, "os": __import__("os")})
+    assert sorted(p.name for p in (odd / "run_steps").iterdir()) == ["step_0.pt", "step_12.pt"]

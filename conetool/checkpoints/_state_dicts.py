@@ -210,10 +210,12 @@ def holds_named_tensors(obj: object, depth: int = 3) -> bool:
 
 
 def several_state_dicts(obj: Mapping[Any, Any], path: Path) -> str | None:
-    """What a whole run saved in one file holds (``torch.save({step: model.state_dict(), ...})``,
-    or each step's loop dict): ``"3 state dicts, one under each key (0, 12, 24): a whole run in
-    one file; ..."`` with how to split it into one file per step, in Python; None when ``obj``
-    is not a dict of (two or more) state dicts or dicts holding one."""
+    """What a file of several state dicts holds: a whole run saved in one file
+    (``torch.save({step: model.state_dict(), ...})``, or each step's loop dict) when every key
+    is a step, ``"3 state dicts, one under each key (0, 12, 24): a whole run in one file; ..."``
+    with how to split it into one file per step, in Python; else several networks or a run under
+    names (``{"generator": ..., "discriminator": ...}``), said as such, with both fixes. None when
+    ``obj`` is not a dict of (two or more) state dicts or dicts holding one."""
     if len(obj) < 2 or not all(
         is_state_dict(v)
         or (isinstance(v, Mapping) and any(is_state_dict(v.get(k)) for k in STATE_DICT_ENTRIES))
@@ -222,16 +224,30 @@ def several_state_dicts(obj: Mapping[Any, Any], path: Path) -> str | None:
         return None
     keys = ", ".join(repr(k) for k in list(obj)[:5]) + (", ..." if len(obj) > 5 else "")
     steps = all(isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in obj)
-    name = "step_{key}.pt" if steps else "{key}.pt"
     folder = path.with_name(path.stem + "_steps")
+    name = "f'step_{key}.pt'" if steps else "f'{key}.pt'"
+    # repr() quotes the paths, so that one holding a quote or a brace stays valid Python
+    split = (
+        f"run = torch.load({str(path)!r}, weights_only=True); os.makedirs({str(folder)!r}); "
+        f"[torch.save(sd, os.path.join({str(folder)!r}, {name})) for key, sd in "
+        f"run.items()], then pass '{folder}'"
+    )
+    if steps:
+        return (
+            f"{len(obj)} state dicts, one under each key ({keys}): a whole run in one file, "
+            "which conetool does not read (it reads one checkpoint per file, and finds its step "
+            f"in the file or its name). Save each as a file of its own, in Python: {split}"
+        )
+    # keys that are no steps: several networks (a GAN's generator and discriminator) as likely
+    # as a run under names
     return (
-        f"{len(obj)} state dicts, one under each key ({keys}): a whole run in one file, which "
-        "conetool does not read (it reads one checkpoint per file, and finds its step in the "
-        "file or its name). Save each as a file of its own, in Python: run = "
-        f"torch.load('{path}', weights_only=True); os.makedirs('{folder}'); "
-        f"[torch.save(sd, f'{folder}/{name}') for key, sd in run.items()], "
-        f"then pass '{folder}'"
-        + ("" if steps else " (with names that give each step: see 'Checkpoint directories')")
+        f"{len(obj)} state dicts, one under each key ({keys}): several networks, or a whole run "
+        "under names that are no steps, in one file; conetool reads one network's state dict "
+        "per checkpoint file, and finds its step in the file or its name. For one network of "
+        "several, save its state dict alone for each checkpoint (torch.save(run[KEY], "
+        "'step_2000.pt') with the file's step) into a directory of its own and pass that; for "
+        f"a run, save each as a file of its own, in Python: {split}, with names that give each "
+        "step (see 'Checkpoint directories')"
     )
 
 
