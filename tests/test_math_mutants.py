@@ -1,5 +1,5 @@
-"""Behaviour of the embedding, spectrum and linearization math that a mutation check found
-unpinned by the other tests (a second sweep, after ``test_measure_mutants.py``).
+"""Behaviour of the embedding, spectrum, linearization and noise-floor math that a mutation
+check found unpinned by the other tests (a second sweep, after ``test_measure_mutants.py``).
 
 Each test names the mutant it kills (a one-line change of conetool that the rest of the suite
 let through) and checks the documented definition against numbers computed here in float64, or
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.manifold import smacof as sklearn_smacof
 from synthetic_s import drifting_kernels_s
 from threadpoolctl import threadpool_limits
 
 import conetool.smacof as smacof_module
+from conetool import noise_floor
 from conetool.embedding import (
     LANCZOS_MIN_K,
     MDS_EPS,
@@ -29,6 +31,7 @@ from conetool.embedding import (
 )
 from conetool.geometry import GeometryError, distance_matrix
 from conetool.kernel_spectrum import one_hot, spectrum_point
+from conetool.ntk import empirical_ntk
 
 # --- embedding -----------------------------------------------------------------------------------
 
@@ -247,3 +250,35 @@ def test_a_probe_set_of_one_class_has_no_label_energy_or_alignment() -> None:
     assert point.label_energy == 0.0
     assert point.alignment == 0.0
     assert point.eigenvalues.shape == (4,)
+
+
+# --- noise floor ---------------------------------------------------------------------------------
+
+
+def test_uncertainty_of_a_distance_rounded_below_0_is_that_of_0() -> None:
+    # The bound 2·sqrt(2·s)·ε + 2ε² is for a distance s >= 0; a measured S a rounding below 0 is
+    # a distance of 0, which moves by 2ε² (mutant: |s| read, the bound of a distance of 1e-4).
+    noise = noise_floor.NoiseEstimate(1e-3, 0.0, 4, "trace", "auto", "float32")
+    assert noise.uncertainty(-1e-4) == pytest.approx(2e-6, rel=1e-12, abs=0)
+    assert noise.uncertainty(-1e-4) == noise.uncertainty(0.0)
+
+
+@pytest.mark.parametrize("kind", ["full", "sum"])
+def test_noise_records_its_kind_and_computes_both_routes_on_the_given_device(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # "kind, method and dtype say which computation was checked", and both kernels are computed
+    # as the run computes them: its kind, on its device (mutants: kind recorded as "trace";
+    # either route sent to the default device instead of the one given)
+    calls: list[dict[str, object]] = []
+
+    def spy(model, inputs, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs)
+        return empirical_ntk(model, inputs, **kwargs)
+
+    monkeypatch.setattr(noise_floor, "empirical_ntk", spy)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    noise = noise_floor.kernel_noise(net, torch.randn(5, 4), kind=kind, device="cpu")
+    assert noise.kind == kind
+    assert [(c["kind"], c["device"]) for c in calls] == [(kind, "cpu"), (kind, "cpu")]
