@@ -32,6 +32,7 @@ from conetool.embedding import (
 from conetool.geometry import GeometryError, distance_matrix
 from conetool.kernel_spectrum import one_hot, spectrum_point
 from conetool.ntk import empirical_ntk
+from conetool.trajectories import CLASSES, _angle, trajectory
 
 # --- embedding -----------------------------------------------------------------------------------
 
@@ -282,3 +283,49 @@ def test_noise_records_its_kind_and_computes_both_routes_on_the_given_device(
     noise = noise_floor.kernel_noise(net, torch.randn(5, 4), kind=kind, device="cpu")
     assert noise.kind == kind
     assert [(c["kind"], c["device"]) for c in calls] == [(kind, "cpu"), (kind, "cpu")]
+
+
+# --- labelled trajectories -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_a_labelled_s_matrix_keeps_the_contract_of_a_measured_one(name: str) -> None:
+    # What phase_verdict reads is an S matrix as distance_matrix gives it: exactly symmetric,
+    # diagonal exactly 0, values in [0, 2]. Without noise a frozen kernel's late steps are one
+    # unit vector, and 1 - <u, u> rounds to -2e-16 there (mutant: S not clipped to [0, 2]).
+    for seed in range(3):
+        for noise in (0.0, 1e-4):
+            s = trajectory(name, seed=seed, noise=noise).S
+            np.testing.assert_array_equal(s, s.T)
+            np.testing.assert_array_equal(np.diagonal(s), 0.0)
+            assert s.min() >= 0.0 and s.max() <= 2.0, (seed, noise)
+
+
+def test_the_bounded_phase_two_walk_is_stationary_with_s_about_radius_squared() -> None:
+    # The Ornstein-Uhlenbeck walk of the bounded class: stationary spread 0.05, so S between
+    # states many correlation times (100 steps) apart is about 0.05**2 (|x - x'|**2 / 2 for two
+    # independent states of variance 0.05**2 / dims per coordinate); Phase I adds under 5 % after
+    # step 1000. (mutants: the OU step scaled by 1 - decay instead of sqrt(1 - decay**2), which
+    # shrinks the stationary spread to 0.46x; the Phase II process embedded at half its size)
+    ratios = []
+    for seed in range(4):
+        t = trajectory("bounded", seed=seed)
+        lag = t.steps[None, :] - t.steps[:, None]
+        pairs = (t.steps[:, None] >= 1000) & (lag >= 500)
+        ratios.append(t.S[pairs].mean() / 0.05**2)
+    assert 0.8 < np.mean(ratios) < 1.25, ratios
+
+
+def test_late_phase_one_turns_at_0_3_rad_per_100_steps_then_slows_down_without_a_jump() -> None:
+    # late-phase-I: ~0.3 rad per 100 steps through a long fast stretch, then an angular speed that
+    # decays exponentially; the speed is continuous where the decay starts (mutant: the decaying
+    # part's amplitude without its time scale, a 100-fold drop in speed from one step to the next)
+    t = np.arange(0.0, 5001.0)
+    speed = np.diff(_angle("late-phase-I", t, 5000))  # rad per step
+    assert speed[0] * 100 == pytest.approx(0.3, rel=1e-9)
+    assert np.max(np.abs(np.diff(speed))) < 0.02 * speed[0]
+    assert np.all(speed[-2000:] < 1e-3 * speed[0])
+    decay = slice(2300, 3000)  # past the fast stretch, before the speed reaches rounding
+    log_speed = np.log(speed[decay])
+    fit = np.polyval(np.polyfit(t[decay], log_speed, 1), t[decay])
+    assert np.max(np.abs(log_speed - fit)) < 1e-6
