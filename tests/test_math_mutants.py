@@ -33,6 +33,8 @@ from conetool.geometry import GeometryError, distance_matrix
 from conetool.kernel_spectrum import one_hot, spectrum_point
 from conetool.ntk import empirical_ntk
 from conetool.trajectories import CLASSES, _angle, trajectory
+from conetool.verdict_phase2 import Reading, judge_reference, user_references
+from conetool.verdict_rules import VerdictRules
 
 # --- embedding -----------------------------------------------------------------------------------
 
@@ -329,3 +331,33 @@ def test_late_phase_one_turns_at_0_3_rad_per_100_steps_then_slows_down_without_a
     log_speed = np.log(speed[decay])
     fit = np.polyval(np.polyfit(t[decay], log_speed, 1), t[decay])
     assert np.max(np.abs(log_speed - fit)) < 1e-6
+
+
+# --- verdict, Phase II ---------------------------------------------------------------------------
+
+
+def test_a_reference_with_exactly_min_window_points_in_each_third_is_judged() -> None:
+    # min_window_points: the fewest stored steps in each third a reference curve is judged on.
+    # Steps 0..50 by 10, reference 0: the middle third [16.7, 33.3) holds 20 and 30, the last
+    # third 40 and 50, two each (mutants: at least one more needed, default and user references)
+    steps = np.arange(0, 60, 10)
+    s = np.abs(steps[:, None] - steps[None, :]) / 1000.0  # S(0, t) = t / 1000
+    rules = VerdictRules()
+    assert rules.min_window_points == 2
+    record = judge_reference(s, steps, 0, rules)
+    assert (record["middle_third_points"], record["last_third_points"]) == (2, 2)
+    # last third's mean 0.045 over the middle's 0.025: growth 0.444, above the tolerance 0.15
+    assert record["status"] == "rising"
+    assert record["growth"] == pytest.approx((0.045 - 0.025) / 0.045, rel=1e-12)
+    assert user_references([0], steps, 0, rules) == [{"ref": 0, "used": True, "why": ""}]
+    # steps 0..60: the middle third [20, 40) starts on a stored step, which counts (mutant: the
+    # user reference's middle third open at its start, 1 point)
+    assert user_references([0], np.arange(0, 70, 10), 0, rules)[0]["used"]
+
+
+def test_a_reading_at_exactly_three_times_the_noise_floor_is_at_the_floor() -> None:
+    # "Readings at or below three times it say so" (mutants: strictly below; twice the floor)
+    reading = Reading(np.arange(0, 100, 10), VerdictRules(), 0.5)
+    assert reading.at_noise(1.5) and reading.at_noise(1.2)
+    assert not reading.at_noise(1.5000001)
+    assert not Reading(np.arange(0, 100, 10), VerdictRules(), None).at_noise(0.0)
