@@ -136,8 +136,11 @@ def _stub_figures(request, monkeypatch):
         path.write_bytes(b"figure not rendered in this test")
         return path
 
-    monkeypatch.setattr(distance_outputs, "save_figure", save)
-    monkeypatch.setattr(run_embed, "save_figure", save)
+    def write(path, draw, *args, **kwargs):
+        return save(draw(*args, **kwargs), path)
+
+    monkeypatch.setattr(distance_outputs, "write_figure", write)
+    monkeypatch.setattr(run_embed, "write_figure", write)
 
 
 @pytest.fixture(scope="module")

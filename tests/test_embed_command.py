@@ -61,8 +61,11 @@ def _stub_figures(request, monkeypatch):
         path.write_bytes(b"figure not rendered in this test")
         return path
 
-    monkeypatch.setattr(run_embed, "save_figure", save)
-    monkeypatch.setattr("conetool.pipeline.distance_outputs.save_figure", save)
+    def write(path, draw, *args, **kwargs):
+        return save(draw(*args, **kwargs), path)
+
+    monkeypatch.setattr(run_embed, "write_figure", write)
+    monkeypatch.setattr("conetool.pipeline.distance_outputs.write_figure", write)
 
 
 @pytest.fixture

@@ -383,7 +383,7 @@ def test_distance_and_matrix_are_scale_invariant_over_the_float64_range(scale: f
 @pytest.fixture
 def uneven(tmp_path, monkeypatch) -> tuple[Path, list[np.ndarray]]:
     """A store of kernels at steps 0, 5, 10, 15, 20, 40, 60, 80; figures are not rendered."""
-    monkeypatch.setattr(distance_outputs, "save_figure", lambda fig, path, **kw: Path(path))
+    monkeypatch.setattr(distance_outputs, "write_figure", lambda path, draw, *a, **kw: Path(path))
     kernels_ = random_psd(UNEVEN_STEPS)
     return make_store(tmp_path / "uneven", UNEVEN_STEPS, kernels_), kernels_
 

@@ -121,8 +121,11 @@ def figures(monkeypatch) -> dict[str, Figure]:
         made[path.name] = fig
         return path
 
-    monkeypatch.setattr(distance_outputs, "save_figure", keep)
-    monkeypatch.setattr(run_embed, "save_figure", keep)
+    def write(path: Path | str, draw: Any, *args: Any, **kwargs: Any) -> Path:
+        return keep(draw(*args, **kwargs), path)
+
+    monkeypatch.setattr(distance_outputs, "write_figure", write)
+    monkeypatch.setattr(run_embed, "write_figure", write)
     return made
 
 
@@ -714,7 +717,9 @@ def test_spectrum_figure_draws_the_csv_columns_and_the_summary_counts_its_eigenv
 ):
     made: dict[str, Figure] = {}
     monkeypatch.setattr(
-        run_spectrum, "save_figure", lambda fig, path, **kw: made.setdefault(Path(path).name, fig)
+        run_spectrum,
+        "write_figure",
+        lambda path, draw, *a, **kw: made.setdefault(Path(path).name, draw(*a, **kw)),
     )
     steps = [0, 20, 40, 60]
     kernels = random_kernels(len(steps), n=LABELS.size, seed=5)

@@ -23,7 +23,7 @@ from ..plots import (
     distance_to_reference_figure,
     matrix_figure,
     per_layer_figure,
-    save_figure,
+    write_figure,
 )
 from ..store import Store
 from ..store_manifest import kernel_header
@@ -60,28 +60,31 @@ def write_figures(
     logy: bool,
     noise_floor: float | None = None,
 ) -> list[Path]:
+    """The three figures of ``distance``, each drawn only when its PNG does not already hold it
+    (:func:`~conetool.plots.write_figure`)."""
     curves = {dt: ([p.step for p in ps], [p.distance for p in ps]) for dt, ps in pairs.items()}
-    figures = [
-        (
+    return [
+        write_figure(
             paths.to_ref_png(root),
-            distance_to_reference_figure(
-                steps, to_ref, logx=logx, logy=logy, phase1_end=phase1_end
-            ),
+            distance_to_reference_figure,
+            steps,
+            to_ref,
+            logx=logx,
+            logy=logy,
+            phase1_end=phase1_end,
         ),
-        (
+        write_figure(
             paths.adjacent_png(root),
-            adjacent_figure(
-                curves,
-                velocity="both",
-                logx=logx,
-                logy=True,
-                phase1_end=phase1_end,
-                noise_floor=noise_floor,
-            ),
+            adjacent_figure,
+            curves,
+            velocity="both",
+            logx=logx,
+            logy=True,
+            phase1_end=phase1_end,
+            noise_floor=noise_floor,
         ),
-        (paths.matrix_png(root), matrix_figure(steps, s, log_color=logy)),
+        write_figure(paths.matrix_png(root), matrix_figure, steps, s, log_color=logy),
     ]
-    return [save_figure(figure, path) for path, figure in figures]
 
 
 @dataclass(frozen=True)
@@ -305,6 +308,12 @@ def write_per_layer(
                 output(root).unlink(missing_ok=True)
         return None
     csv_path = atomic_write_csv(paths.per_layer_csv(root), table.header, table.rows)
-    figure = per_layer_figure(table.curves, dt=table.dt, logx=logx, phase1_end=phase1_end)
-    png = save_figure(figure, paths.per_layer_png(root))
+    png = write_figure(
+        paths.per_layer_png(root),
+        per_layer_figure,
+        table.curves,
+        dt=table.dt,
+        logx=logx,
+        phase1_end=phase1_end,
+    )
     return [csv_path, png], table.info

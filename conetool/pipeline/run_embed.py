@@ -30,7 +30,7 @@ from ..embedding import Embedding, Method, embed_kernels
 from ..errors import ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
 from ..library_call import library_call
-from ..plots import embedding_figure, save_figure
+from ..plots import embedding_figure, write_figure
 from ..progress import NullProgress, Progress, Said
 from ..store import Store
 from ..threads import limit_threads
@@ -156,10 +156,17 @@ def embed(
                 quality = f"explained variance {float(np.sum(ratio)):.0%}"
             else:
                 quality = f"stress {embedding.stress:.3f}"
-            figure = embedding_figure(
-                embedding.coords, steps, method=method, quality=quality, phase1_end=phase1_end
+            files.append(
+                write_figure(
+                    paths.embedding_png(root),
+                    embedding_figure,
+                    embedding.coords,
+                    steps,
+                    method=method,
+                    quality=quality,
+                    phase1_end=phase1_end,
+                )
             )
-            files.append(save_figure(figure, paths.embedding_png(root)))
             summary: dict[str, Any] = {
                 "command": "embed",
                 "conetool_version": __version__,

@@ -26,7 +26,7 @@ from .._version import __version__
 from ..choices import path_argument
 from ..errors import ConetoolError
 from ..io import atomic_write_text
-from ..plots import save_figure, training_curves_figure
+from ..plots import training_curves_figure, write_figure
 from ..progress import NullProgress, Progress, Said
 from ..report_html import (
     Document,
@@ -178,7 +178,7 @@ def _training_curves(gathered: ReportBuilder, out_dir: Path) -> Path | None:
     if not rows:
         return None
     target = out_dir / paths.report_training_png(gathered.root).name
-    save_figure(training_curves_figure(rows), target)
+    write_figure(target, training_curves_figure, rows)
     return target
 
 

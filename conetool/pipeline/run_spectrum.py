@@ -35,7 +35,7 @@ from ..io import atomic_write_csv, atomic_write_json
 from ..kernel_regression import DEFAULT_RIDGE, kernel_regression
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
 from ..library_call import library_call
-from ..plots import save_figure, spectrum_figure
+from ..plots import spectrum_figure, write_figure
 from ..probe import Probe, load_probe
 from ..progress import NullProgress, Progress, Said
 from ..store import Store
@@ -196,17 +196,20 @@ def spectrum(
                 files = [atomic_write_csv(paths.spectrum_csv(root), header, rows)]
                 key = kernels_key(opened)
                 end = saved_phase1_end(root, kernels_key=key)  # from distance on these same kernels
-                figure = spectrum_figure(
-                    kept,
-                    [p.alignment for p in points],
-                    [p.effective_rank for p in points],
-                    [p.label_energy for p in points],
-                    top_k=k,
-                    phase1_end=end,
-                    logx=logx,
-                    eval_accuracy=accuracy if has_eval else None,
+                files.append(
+                    write_figure(
+                        paths.spectrum_png(root),
+                        spectrum_figure,
+                        kept,
+                        [p.alignment for p in points],
+                        [p.effective_rank for p in points],
+                        [p.label_energy for p in points],
+                        top_k=k,
+                        phase1_end=end,
+                        logx=logx,
+                        eval_accuracy=accuracy if has_eval else None,
+                    )
                 )
-                files.append(save_figure(figure, paths.spectrum_png(root)))
                 summary = {
                     "command": "spectrum",
                     "conetool_version": __version__,

@@ -4,7 +4,7 @@ curves: pure functions from arrays to a :class:`matplotlib.figure.Figure`, and t
 Figures are built with the object-oriented API (``Figure()`` directly, never ``pyplot``), so they
 need no GUI backend, never touch pyplot's global figure manager and work on a headless machine
 (each call builds its own figure; rcParams are read, never changed). Nothing but
-:func:`save_figure` writes. A ``Figure`` made this way is not
+:func:`save_figure` (and :func:`write_figure`, through it) writes. A ``Figure`` made this way is not
 registered with pyplot, so it needs no ``plt.close``. The conventions every figure follows are in
 :mod:`conetool.plots.style`.
 
@@ -13,13 +13,15 @@ registered with pyplot, so it needs no ``plt.close``. The conventions every figu
 - :mod:`~conetool.plots.switch`: Fig. 2 and the training curves;
 - :mod:`~conetool.plots.per_layer`: the velocity of each parameter group against step;
 - :mod:`~conetool.plots.spectrum`: alignment, effective rank and label energy against step;
-- :mod:`~conetool.plots.save`: writing a figure to a file.
+- :mod:`~conetool.plots.save`: writing a figure to a file (a PNG only when the file does not
+  already hold it: :func:`write_figure`);
+- :mod:`~conetool.plots.figure_key`: the key of what a figure shows, recorded in its PNG.
 """
 
 from .distance import adjacent_figure, distance_to_reference_figure, matrix_figure
 from .embedding import embedding_figure
 from .per_layer import per_layer_figure
-from .save import save_figure
+from .save import save_figure, write_figure
 from .spectrum import spectrum_figure
 from .switch import switch_figure, training_curves_figure
 
@@ -33,4 +35,5 @@ __all__ = [
     "spectrum_figure",
     "switch_figure",
     "training_curves_figure",
+    "write_figure",
 ]
