@@ -14,14 +14,22 @@ three commands' own wall and CPU seconds with ``save_figure`` writing each way (
 median of ``--repeat``). ``--phases`` adds where the new way's CPU time goes, per figure:
 building it, the layout, the draw and the PNG encoding.
 
+``--reruns``: a rerun of ``distance``, ``spectrum``, ``embed`` and ``report`` on the same store,
+as it is now (:func:`conetool.plots.save.write_figure` finds each PNG already holds its figure
+and draws nothing) against the old path (every figure drawn again: ``recorded_key`` made to find
+no key), alternating, in the same run: each command's median wall and CPU seconds and the CPU
+ratio, and the CPU seconds of the figures' functions in the old path.
+
 Usage (about a minute on 2 busy cores):
 
     python benchmarks/bench_figures.py --repeat 5 --phases
+    python benchmarks/bench_figures.py --repeat 5 --reruns
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import statistics
@@ -42,7 +50,9 @@ from conetool.pipeline import (
     distance,
     distance_outputs,
     embed,
+    report,
     run_embed,
+    run_report,
     run_spectrum,
     spectrum,
 )
@@ -107,7 +117,7 @@ def record_figures(store: Path) -> list[FigureCall]:
 def png_writer(way: Callable[[Figure, io.BytesIO], None]) -> Iterator[None]:
     """``save_figure`` writing PNGs ``way`` for the duration."""
 
-    def render(fig: Figure, target: Any, *, dpi: int = DPI) -> None:
+    def render(fig: Figure, target: Any, *, dpi: int = DPI, metadata: Any = None) -> None:
         way(fig, target)
 
     save_module.render_png = render  # type: ignore[assignment]
@@ -247,6 +257,87 @@ def print_command_rows(commands: dict[tuple[str, str], tuple[float, float]]) -> 
         )
 
 
+RERUN_COMMANDS: dict[str, Callable[[Path], Any]] = {**COMMANDS, "report": report}
+RECORDED_KEY = save_module.recorded_key
+
+
+@contextmanager
+def figures_timed(cpu: list[float]) -> Iterator[None]:
+    """The figure functions of the four commands, wrapped to add their CPU seconds to
+    ``cpu[0]`` (building the figure; writing it is timed by ``save_figure``'s wrapper)."""
+    saved: list[tuple[Any, str, Any]] = []
+    wrapped_modules = {**FIGURE_FUNCTIONS, run_report: ("training_curves_figure",)}
+    targets = [(m, n) for m, names in wrapped_modules.items() for n in names]
+    targets.append((save_module, "save_figure"))
+    for module, name in targets:
+        function = getattr(module, name)
+
+        @functools.wraps(function)  # its module and name: the figure's key is unchanged
+        def wrapped(*args: Any, _f: Any = function, **kwargs: Any) -> Any:
+            start = time.process_time()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                cpu[0] += time.process_time() - start
+
+        saved.append((module, name, function))
+        setattr(module, name, wrapped)
+    try:
+        yield
+    finally:
+        for module, name, function in saved:
+            setattr(module, name, function)
+
+
+def rerun_rows(store: Path, repeat: int) -> dict[str, dict[str, float]]:
+    """Each command rerun on ``store``: the median wall and CPU seconds with the figures reused
+    (``reuse``) and with every figure drawn again (``redraw``, the old path), alternating; and
+    the median CPU seconds in the figure functions and ``save_figure`` in the old path."""
+    for run in RERUN_COMMANDS.values():
+        run(store)  # the PNGs record their keys (a store made before did not)
+    times: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for r in range(repeat):
+        order = ["reuse", "redraw"] if r % 2 == 0 else ["redraw", "reuse"]
+        for way in order:
+            if way == "redraw":
+                save_module.recorded_key = lambda path: None  # type: ignore[assignment]
+            try:
+                for command, run in RERUN_COMMANDS.items():
+                    drawing = [0.0]
+                    with figures_timed(drawing):
+                        wall, cpu = timed(lambda: run(store))  # noqa: B023
+                    times.setdefault((command, way), []).append((wall, cpu, drawing[0]))
+            finally:
+                save_module.recorded_key = RECORDED_KEY
+    return {
+        f"{command} {way}": {
+            part: statistics.median(t[i] for t in ts)
+            for i, part in enumerate(("wall", "cpu", "figures"))
+        }
+        for (command, way), ts in times.items()
+    }
+
+
+def print_rerun_rows(rows: dict[str, dict[str, float]]) -> None:
+    print(
+        f"{'rerun':>10} {'redraw s':>9} {'cpu s':>7} {'figures':>8} {'share':>6} "
+        f"{'reuse s':>8} {'cpu s':>7} {'cpu x':>6}"
+    )
+    for command in RERUN_COMMANDS:
+        old, new = rows[f"{command} redraw"], rows[f"{command} reuse"]
+        print(
+            f"{command:>10} {old['wall']:9.3f} {old['cpu']:7.3f} {old['figures']:8.3f} "
+            f"{old['figures'] / old['cpu']:6.0%} {new['wall']:8.3f} {new['cpu']:7.3f} "
+            f"{new['cpu'] / old['cpu']:6.3f}"
+        )
+    old_cpu = sum(rows[f"{c} redraw"]["cpu"] for c in RERUN_COMMANDS)
+    new_cpu = sum(rows[f"{c} reuse"]["cpu"] for c in RERUN_COMMANDS)
+    print(
+        f"{'all':>10} {'':>9} {old_cpu:7.3f} {'':>8} {'':>6} {'':>8} {new_cpu:7.3f} "
+        f"{new_cpu / old_cpu:6.3f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, help="an existing store (default: a tiny demo)")
@@ -254,14 +345,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each way (median shown)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (limit_threads)")
     parser.add_argument("--phases", action="store_true", help="where the new way's time goes")
+    parser.add_argument(
+        "--reruns", action="store_true", help="only: reruns reusing the PNGs against redrawing"
+    )
     args = parser.parse_args(argv)
     with limit_threads(args.threads), tempfile.TemporaryDirectory() as folder:
         store = args.store
         if store is None:
             made = demo(Path(folder) / "out", device="cpu", steps=args.steps, probe_size=10)
             store = made.store
-        calls = record_figures(store)
         where = store if args.store else f"a demo of {args.steps} steps"
+        if args.reruns:
+            print(
+                f"reruns of distance, spectrum, embed and report on {where}, median of "
+                f"{args.repeat}; load average {os.getloadavg()[0]:.2f} at the start"
+            )
+            print_rerun_rows(rerun_rows(store, args.repeat))
+            print(f"load average {os.getloadavg()[0]:.2f} at the end")
+            return 0
+        calls = record_figures(store)
         print(
             f"PNG figures of distance, spectrum and embed on {where}, {DPI} dpi, median of "
             f"{args.repeat}; load average {os.getloadavg()[0]:.2f} at the start"
