@@ -115,7 +115,8 @@ def record_figures(store: Path) -> list[FigureCall]:
 
 @contextmanager
 def png_writer(way: Callable[[Figure, io.BytesIO], None]) -> Iterator[None]:
-    """``save_figure`` writing PNGs ``way`` for the duration."""
+    """``save_figure`` writing PNGs ``way`` for the duration. The PNGs it writes record no key
+    (``metadata`` is dropped), so that each command run under it draws every figure again."""
 
     def render(fig: Figure, target: Any, *, dpi: int = DPI, metadata: Any = None) -> None:
         way(fig, target)
