@@ -295,3 +295,39 @@ def test_report_rerun_draws_the_training_curves_once(run, tmp_path, drawn):
     paths.metrics(run).write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")  # a row less
     report(store)
     assert drawn["training_curves_figure"] == 3
+
+
+def test_switch_rerun_draws_its_figure_only_when_a_point_changed(tmp_path, monkeypatch):
+    """switch.png was drawn on every switch run; now as the other figures: a sweep whose
+    points are the same leaves it, another point's number draws it again."""
+    from test_output_mutants import SWITCH_POINTS, SWITCH_REFERENCE
+
+    from conetool.pipeline import switch_results
+    from conetool.pipeline.switch_finished_points import SwitchPoint
+    from conetool.pipeline.switch_store import SwitchStore
+
+    calls: Counter[str] = Counter()
+    function = switch_results.switch_figure
+
+    @functools.wraps(function)
+    def counted(*args: Any, **kwargs: Any) -> Figure:
+        calls["switch_figure"] += 1
+        return function(*args, **kwargs)
+
+    monkeypatch.setattr(switch_results, "switch_figure", counted)
+    store = tmp_path / "store"
+    points = [
+        SwitchPoint(at, 1000, acc, loss, tacc, tloss, "fresh", sec)
+        for at, acc, loss, tacc, tloss, sec in SWITCH_POINTS
+    ]
+    for _ in range(2):
+        switch_results.write_sweep(
+            SwitchStore.begin(store, None), points, dict(SWITCH_REFERENCE), 1000
+        )
+    assert calls["switch_figure"] == 1
+    assert paths.switch_png(store).is_file()
+    changed = [*points[:-1], SwitchPoint(points[-1].at, 1000, 0.5, 1.0, 0.5, 1.0, "fresh", 1.0)]
+    switch_results.write_sweep(
+        SwitchStore.begin(store, None), changed, dict(SWITCH_REFERENCE), 1000
+    )
+    assert calls["switch_figure"] == 2

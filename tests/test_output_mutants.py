@@ -631,7 +631,9 @@ def test_the_noise_floor_is_reused_only_while_its_checkpoint_is_unchanged(run, t
 def test_switch_files_and_figure_carry_each_points_numbers(tmp_path, monkeypatch):
     made: dict[str, Figure] = {}
     monkeypatch.setattr(
-        switch_results, "save_figure", lambda fig, path, **kw: made.setdefault(Path(path).name, fig)
+        switch_results,
+        "write_figure",
+        lambda path, draw, *a, **kw: made.setdefault(Path(path).name, draw(*a, **kw)),
     )
     store = tmp_path / "store"
     paths.distance_summary(store).parent.mkdir(parents=True)
@@ -818,7 +820,9 @@ def test_switch_figure_shades_phase1_only_from_distance_on_the_kernels_held_now(
     kernels was still writing the store, or before a checkpoint changed) is not drawn."""
     made: dict[str, Figure] = {}
     monkeypatch.setattr(
-        switch_results, "save_figure", lambda fig, path, **kw: made.setdefault(Path(path).name, fig)
+        switch_results,
+        "write_figure",
+        lambda path, draw, *a, **kw: made.setdefault(Path(path).name, draw(*a, **kw)),
     )
     root = make_store(tmp_path / "store", [0, 5, 10], random_kernels(3))
     key = (

@@ -10,7 +10,7 @@ from typing import Any
 from .. import paths
 from ..errors import ConetoolError
 from ..io import atomic_write_csv, atomic_write_json
-from ..plots import save_figure, switch_figure
+from ..plots import switch_figure, write_figure
 from ..store import Store
 from .matrix_cache import kernels_key
 from .saved_results import saved_phase1_end
@@ -49,17 +49,20 @@ def write_sweep(
     root = store.root
     rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
     summary = {"until": until, "reference": reference, "points": rows}
-    figure = switch_figure(
-        [p.at for p in points],
-        [p.test_acc for p in points],
-        [p.test_loss for p in points],
-        reference_acc=reference["test_acc"] if reference else None,
-        reference_loss=reference["test_loss"] if reference else None,
-        until=until,
-        phase1_end=saved_phase1_end(root, kernels_key=_kernels_now(root)),
-    )
+    phase1_end = saved_phase1_end(root, kernels_key=_kernels_now(root))
     with store.writing():
         atomic_write_csv(paths.switch_results_csv(root), RESULT_COLUMNS, rows)
         atomic_write_json(paths.switch_results_json(root), summary)
-        save_figure(figure, paths.switch_png(root))
+        # drawn only when it would differ from the PNG there (write_figure)
+        write_figure(
+            paths.switch_png(root),
+            switch_figure,
+            [p.at for p in points],
+            [p.test_acc for p in points],
+            [p.test_loss for p in points],
+            reference_acc=reference["test_acc"] if reference else None,
+            reference_loss=reference["test_loss"] if reference else None,
+            until=until,
+            phase1_end=phase1_end,
+        )
     return [paths.switch_results_csv(root), paths.switch_results_json(root), paths.switch_png(root)]
