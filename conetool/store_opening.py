@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from . import paths
 from .choices import path_argument
 from .errors import StoreError, StoreReplacedError
+from .folder_roles import checkpoint_contents
 from .io import make_dir
 from .store_clearing import clear, remove_stale_temporaries
 from .store_companion_records import CompanionRecords
@@ -62,6 +63,14 @@ class StoreOpening(CompanionRecords):
                     "what is missing."
                 )
             where = "does not exist" if not root.exists() else f"has no {paths.MANIFEST_NAME}"
+            run = checkpoint_contents(root)
+            if run is not None:
+                raise StoreError(
+                    f"store {root} {where}: it is a checkpoint directory (it holds {run}), not a "
+                    "store. Pass the --store that conetool kernels wrote the kernels into "
+                    f"({paths.DEFAULT_STORE} unless it was given another), or compute them into "
+                    f"a folder of their own: conetool kernels {root} --store {paths.DEFAULT_STORE}"
+                )
             raise StoreError(
                 f"store {root} {where}. Compute kernels into it first: "
                 f"conetool kernels CKPTS --store {root}"

@@ -21,6 +21,7 @@ from ..checkpoints.discover import checkpoint_listing
 from ..choices import Dtype, Kind, Method, choice, is_count, path_argument
 from ..data import load_data
 from ..errors import ConetoolError, DataError, StoreError
+from ..folder_roles import checkpoint_contents, same_folder, store_holding
 from ..layer_groups import groups_hash, parameter_groups, parse_groups
 from ..library_call import library_call
 from ..models import output_check
@@ -293,6 +294,7 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
         parse_memory(max_memory)  # names --max-memory; before any file is touched
     if not ckpts.exists():
         raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
+    _check_folders(ckpts, Path(o.store))
     spec = resolve_spec(ckpts, spec)
     progress.log(f"loading data '{spec.data.dataset}' and listing {ckpts} ...")
     if probe_size is not None:
@@ -372,6 +374,42 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
         patterns,
         selection,
         manifest,
+    )
+
+
+def _check_folders(ckpts: Path, store: Path) -> None:
+    """Refuse, before anything is written, a store that is the checkpoint directory itself (its
+    probe set would be listed as a checkpoint by the next run) and a store given as CKPTS (its
+    kernel files are no model weights)."""
+    if same_folder(ckpts, store):
+        raise StoreError(
+            f"--store {store} is the checkpoint directory {ckpts} itself: the store's "
+            f"{paths.MANIFEST_NAME}, {paths.PROBE_NAME} and {paths.KERNELS_DIR}/ would lie among "
+            f"the checkpoints, and the next listing of {ckpts} would take {paths.PROBE_NAME} for "
+            f"a checkpoint. Give the store a folder of its own: --store {paths.DEFAULT_STORE} "
+            "(the default) or another."
+        )
+    held = store_holding(ckpts)
+    if held is None:
+        return
+    root, recorded = held
+    if root == ckpts and checkpoint_contents(ckpts) is not None:
+        return  # checkpoints too: the listing names what it cannot read (--skip-bad)
+    what = (
+        f"CKPTS {ckpts} is a conetool store"
+        if root == ckpts
+        else f"CKPTS {ckpts} is the {ckpts.name}/ folder of the conetool store {root}"
+    )
+    fix = (
+        f"Its kernels were computed from {recorded}; to add to them: conetool kernels "
+        f"{recorded} --store {root}"
+        if recorded is not None
+        else "Pass the checkpoint directory of the run (the --out of conetool train) as CKPTS, "
+        f"and the store as --store {root}"
+    )
+    raise StoreError(
+        f"{what} (it holds {paths.MANIFEST_NAME}), not a checkpoint directory: its files are "
+        f"kernels, not model weights. {fix}."
     )
 
 

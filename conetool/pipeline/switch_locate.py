@@ -13,6 +13,7 @@ from typing import Any
 from .. import paths
 from ..choices import path_argument
 from ..errors import CheckpointError, SpecError, StoreError
+from ..folder_roles import checkpoint_contents
 from ..spec import Spec, spec_from_dict
 from ..store import kernel_file_headers, read_manifest, rebuilds_manifest
 from .remembered import carried_directory, held_spec, manifest_json
@@ -163,6 +164,14 @@ def _carried_checkpoints(
     damaged manifest's JSON object ``held`` still records it where they agree (``held_it``),
     when it is still there, and which files decided it when those of another spec record
     another; else the error saying what to pass."""
+    run = checkpoint_contents(store) if lost is None else None
+    if run is not None:
+        raise StoreError(
+            f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are: it is "
+            f"a checkpoint directory (it holds {run}), not a store. Pass it as --ckpts, and --store the "
+            f"folder conetool kernels wrote ({paths.DEFAULT_STORE} unless it was given another) "
+            f"or a new one: conetool switch --ckpts {store} --store {paths.DEFAULT_STORE} ..."
+        )
     if lost is None:
         raise StoreError(
             f"store {store} has no {paths.MANIFEST_NAME} to say where the checkpoints are. "
