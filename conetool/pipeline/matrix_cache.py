@@ -155,7 +155,11 @@ def require_kernels(
     needed_by: str = "the kernel distance",
 ) -> None:
     """Refuse a store with fewer than ``at_least`` usable kernels (a distance needs two, the
-    spectrum one); ``needed_by`` names what needs them in the message."""
+    spectrum one); ``needed_by`` names what needs them in the message. A distance also
+    refuses 1 x 1 kernels (a probe set of one example, kind trace or sum: S is 0 between any
+    two of them), which a store made before ``kernels`` refused them may hold."""
+    if at_least >= 2:
+        _require_two_examples(store, needed_by)
     if len(steps) >= at_least:
         return
     fix = f"Compute more: conetool kernels {_checkpoints(store)} --store {store.root}"
@@ -173,6 +177,21 @@ def require_kernels(
         f"{needed_by} needs at least {_KERNEL_COUNTS.get(at_least, f'{at_least} kernels')}; "
         f"store {store.root} {held}{left_out}. "
         f"{fix}"
+    )
+
+
+def _require_two_examples(store: Store, needed_by: str) -> None:
+    probe = store.manifest.get("probe")
+    size = probe.get("size") if isinstance(probe, dict) else None
+    kind = store.identity.kind
+    if size != 1 or kind == "full":
+        return
+    raise StoreError(
+        f"{needed_by} cannot be read from store {store.root}: its kernels are 1 x 1 (a probe "
+        f"set of one example, kind {kind}), and the distance S of two positive numbers is 0 "
+        "whatever the training did. Compute kernels on a larger probe set: conetool kernels "
+        f"{_checkpoints(store)} --store {store.root} --probe-size 100 --overwrite (or a new "
+        "--store to keep these), or --kind full."
     )
 
 

@@ -300,6 +300,21 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     if probe_size is not None:
         _check_count(probe_size, "--probe-size")
         spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=probe_size))
+    if spec.probe.size == 1 and kind != "full":
+        given, fix = (
+            ("--probe-size 1", "Pass --probe-size 2 or more")
+            if probe_size is not None
+            else (
+                f"[probe] size = 1 in {spec.source}",
+                "Set it to 2 or more (or pass --probe-size N)",
+            )
+        )
+        raise ConetoolError(
+            f"{given}: a probe set of one example gives 1 x 1 kernels (--kind {kind}), and the "
+            "distance S of two positive numbers is 0 whatever the training did, so every verdict "
+            f"would read 'lazy'. {fix} (the paper uses 500), or pass --kind full (a c x c kernel "
+            "per step)."
+        )
     # Read once: what the store recorded (the options a rerun keeps; None under --overwrite),
     # and, --overwrite or not, what another_run checks for a run mixed in.
     manifest = manifest_json(Path(o.store))
