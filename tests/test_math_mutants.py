@@ -8,11 +8,14 @@ an invariant of the definition.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from sklearn.manifold import smacof as sklearn_smacof
 from synthetic_s import drifting_kernels_s
+from test_verdict_parts import FALL_THEN_FLAT, STEPS_3000, built_s, knots, phase_two_far
 from threadpoolctl import threadpool_limits
 
 import conetool.smacof as smacof_module
@@ -33,7 +36,9 @@ from conetool.geometry import GeometryError, distance_matrix
 from conetool.kernel_spectrum import one_hot, spectrum_point
 from conetool.ntk import empirical_ntk
 from conetool.trajectories import CLASSES, _angle, trajectory
-from conetool.verdict_phase2 import Reading, judge_reference, user_references
+from conetool.verdict import phase_verdict
+from conetool.verdict_measures import LagGrowth
+from conetool.verdict_phase2 import Reading, criteria_readings, judge_reference, user_references
 from conetool.verdict_rules import VerdictRules
 
 # --- embedding -----------------------------------------------------------------------------------
@@ -361,3 +366,81 @@ def test_a_reading_at_exactly_three_times_the_noise_floor_is_at_the_floor() -> N
     assert reading.at_noise(1.5) and reading.at_noise(1.2)
     assert not reading.at_noise(1.5000001)
     assert not Reading(np.arange(0, 100, 10), VerdictRules(), None).at_noise(0.0)
+
+
+def _criterion(criteria: list[dict], name: str) -> dict:
+    return next(c for c in criteria if c["name"] == name)
+
+
+def test_the_velocity_trend_is_read_at_the_smallest_lag_dt() -> None:
+    # README: "the Phase II velocity's first quarter over its last quarter (at the smallest lag
+    # whose S is 10x above the noise floor)"; with no floor, the smallest lag: dt = 100, not the
+    # 3 dt = 300 the fit also uses. log10 v falls 0.5 over Phase II (1,000..3,000), so the pairs
+    # (t, t + 100), t = 1,000..2,900, give 20 velocities, 5 per quarter, v(midpoint) exactly:
+    # medians at the midpoints 1,250 and 2,750, a fall of 10^(0.5 * 1,500 / 2,000). At lag 300
+    # (18 pairs, quarters of 4) the medians average v at 1,250 and 1,350, and at 2,650 and 2,750,
+    # another fall (mutant: the trend read at the largest lag, dts[-1])
+    log_v = knots((0, -2.0), (1000, -4.0), (3000, -4.5))
+    v = phase_verdict(STEPS_3000, built_s(STEPS_3000, log_v))
+    assert v.phase1_end == 1000 and v.numbers["velocity"]["lags"] == [100, 200, 300]
+    trend = _criterion(v.numbers["criteria"], "velocity trend")
+    assert trend["value"] == pytest.approx(10**0.375, rel=1e-9)
+    assert trend["rests_on"] == "20 Phase II velocities (5 per quarter)"
+    assert "Phase II velocity at lag 100 falls" in trend["sentence"]
+
+    def at(m: float) -> float:
+        return float(10.0 ** log_v(np.array(m)))
+
+    at_300 = (at(1250) + at(1350)) / (at(2650) + at(2750))
+    assert abs(at_300 - 10**0.375) > 1e-3  # the test tells the two lags apart
+
+
+def test_a_lazy_verdict_whose_reference_curves_do_not_read_frozen_does_not_agree() -> None:
+    # README: numbers.agree of a lazy verdict is "whether the spread and the reference curves
+    # both read frozen". Phase II S = 2e-4 beyond lag 300 with a noise floor of 1e-4: the spread
+    # is frozen (its largest lags' median within 3x the floor), the references' level 2e-4 is
+    # above lazy_level 1e-4 and flat: plateau, not frozen (mutant: agree when either reads frozen)
+    law = phase_two_far(lambda d: np.full_like(d, 2e-4))
+    v = phase_verdict(STEPS_3000, built_s(STEPS_3000, FALL_THEN_FLAT, law), noise_floor=1e-4)
+    reads = {c["name"]: c["reads"] for c in v.numbers["criteria"]}
+    assert v.regime == "lazy"
+    assert reads["spread"] == "frozen" and reads["reference curves"] == "plateau"
+    assert v.numbers["agree"] is False
+
+
+def test_an_unsettled_lag_growth_advises_training_until_phase_two_is_twice_as_long() -> None:
+    # "Train about 2x longer (to step N) so that Phase II spans more lags": Phase II is
+    # 1,000..3,000, so twice its length ends at 5,000 (mutant: twice the last step, 6,000)
+    law = phase_two_far(lambda d: 0.03 * (d / 300.0) ** 0.35)
+    v = phase_verdict(STEPS_3000, built_s(STEPS_3000, FALL_THEN_FLAT, law))
+    assert v.regime == "undetermined" and v.phase1_end == 1000
+    match = re.search(r"Train about 2x longer \(to step (\d+)\)", v.explanation)
+    assert match is not None, v.explanation
+    assert int(match.group(1)) - v.phase1_end == 2 * (3000 - v.phase1_end)
+
+
+def test_the_lag_growth_is_at_the_noise_floor_by_its_smallest_lags() -> None:
+    # "its small-lag values at the noise floor": S at the smallest lags, 2e-4, is within 3x the
+    # floor 1e-4 while S at the largest lags, 1e-2, is not (mutant: read at the largest lags)
+    r = Reading(STEPS_3000, VerdictRules(), noise=1e-4)
+    growth = LagGrowth(0.9, 100, 6, 200, 600, 2e-4, 1e-2, 2e-2)
+    lag = _criterion(criteria_readings(r, growth, None, [], None), "lag growth")
+    assert lag["at_noise_floor"] and "small-lag values at the noise floor" in lag["sentence"]
+    growth = LagGrowth(0.9, 100, 6, 200, 600, 4e-4, 1e-2, 2e-2)  # 4e-4 > 3e-4
+    lag = _criterion(criteria_readings(r, growth, None, [], None), "lag growth")
+    assert not lag["at_noise_floor"] and "noise floor" not in lag["sentence"]
+
+
+def test_the_reference_curves_are_at_the_noise_floor_when_one_reference_level_is() -> None:
+    # The reading rests on every judged reference: one level within 3x the floor 1e-4 (2e-4)
+    # flags it though the other's (1e-2) is far above (mutant: only when every level is)
+    r = Reading(STEPS_3000, VerdictRules(), noise=1e-4)
+    judged = [
+        {"ref": 1200, "level": 2e-4, "growth": 0.0, "status": "plateau"},
+        {"ref": 1600, "level": 1e-2, "growth": 0.0, "status": "plateau"},
+    ]
+    refs = _criterion(criteria_readings(r, None, None, judged, "plateau"), "reference curves")
+    assert refs["at_noise_floor"]
+    judged[0]["level"] = 4e-4
+    refs = _criterion(criteria_readings(r, None, None, judged, "plateau"), "reference curves")
+    assert not refs["at_noise_floor"]
