@@ -32,7 +32,17 @@ from conetool.embedding import (
     embed_pca,
     mds_problem,
 )
-from conetool.geometry import GeometryError, distance_matrix
+from conetool.geometry import (
+    GeometryError,
+    KernelError,
+    adjacent,
+    block_size_for,
+    check_steps,
+    distance_matrix,
+    distance_to_reference,
+    kernel_distance,
+    step_index,
+)
 from conetool.kernel_spectrum import one_hot, spectrum_point
 from conetool.ntk import empirical_ntk
 from conetool.trajectories import CLASSES, _angle, trajectory
@@ -444,3 +454,93 @@ def test_the_reference_curves_are_at_the_noise_floor_when_one_reference_level_is
     judged[0]["level"] = 4e-4
     refs = _criterion(criteria_readings(r, None, None, judged, "plateau"), "reference curves")
     assert not refs["at_noise_floor"]
+
+
+# --- geometry ------------------------------------------------------------------------------------
+
+
+def test_opposite_kernels_are_at_distance_at_most_2() -> None:
+    # S is in [0, 2] and S(H, -cH) = 2: 1 - <H, -cH> / (||H|| ||cH||) rounds above 2 for some H,
+    # both in kernel_distance and in the matrix's 1 - <u, u'> (mutants: no clip at 2 in either)
+    rng = np.random.default_rng(0)
+    above = [0, 0]
+    for _ in range(300):
+        h = rng.standard_normal(int(rng.integers(2, 50)))
+        c = float(rng.uniform(0.1, 10.0))
+        raw = 1.0 - float(np.dot(h, -c * h)) / (np.linalg.norm(h) * np.linalg.norm(-c * h))
+        u = h / np.linalg.norm(h)
+        above[0] += raw > 2.0
+        above[1] += 1.0 + float(np.dot(u, u)) > 2.0
+        assert kernel_distance(h, -c * h) == pytest.approx(2.0, abs=1e-15)
+        assert kernel_distance(h, -c * h) <= 2.0
+        s = distance_matrix(lambda i, h=h, c=c: h if i == 0 else -c * h, 2)
+        assert s[0, 1] == pytest.approx(2.0, abs=1e-15) and s.max() <= 2.0
+    assert min(above) > 0  # rounding does take the unclipped value above 2 on these draws
+
+
+def test_a_one_entry_kernel_of_any_magnitude_has_a_distance() -> None:
+    # S(aH, bH') = S(H, H') for a, b > 0 over the float64 range: a (1, 1) kernel (one probe
+    # example, one output) of 1e-200 is rescaled like any other, not read as all zeros (mutant:
+    # the rescaling skips one-entry kernels)
+    tiny = np.array([[1e-200]])
+    assert kernel_distance(tiny, 3.0 * tiny) == 0.0
+    assert kernel_distance(tiny, -tiny) == 2.0
+    with pytest.raises(KernelError, match="all zeros"):
+        kernel_distance(np.zeros((1, 1)), tiny)
+
+
+def test_the_memory_error_states_three_kernels_worth_of_bytes() -> None:
+    # the budget holds two blocks of one kernel plus the kernel being loaded: 3 * numel * 8 bytes
+    # (mutant: the message asks for two kernels' worth, which is still refused)
+    assert block_size_for(1000, 24_000) == 1
+    with pytest.raises(GeometryError, match=r"at least 24000 bytes"):
+        block_size_for(1000, 23_999)
+
+
+def test_a_block_size_above_the_kernel_count_holds_only_the_kernels() -> None:
+    # blocks of block_size kernels, but never more than K of them exist: a block size of 10**15
+    # (a large --max-memory over few kernels) allocates K rows, not 10**15 (mutant: the buffers
+    # sized by block_size, which cannot be allocated)
+    h = [np.eye(3), np.diag([1.0, 2.0, 3.0]), np.ones((3, 3))]
+    s = distance_matrix(lambda i: h[i], 3, block_size=10**15)
+    assert s[0, 1] == pytest.approx(kernel_distance(h[0], h[1]), abs=1e-15)
+    assert s[0, 2] == pytest.approx(1.0 - 3.0 / (np.sqrt(3.0) * 3.0), abs=1e-15)
+
+
+def test_steps_must_be_one_dimensional_and_s_square_in_their_order() -> None:
+    # "steps must be a 1-D sequence" (mutant: a 0-d array accepted); S must be (K, K) (mutant:
+    # only its number of rows checked)
+    with pytest.raises(GeometryError, match="1-D"):
+        check_steps(np.array(7))
+    with pytest.raises(GeometryError, match=r"shape \(3, 4\)"):
+        check_steps([0, 10, 20], np.zeros((3, 4)))
+
+
+def test_a_step_outside_the_stored_ones_names_the_nearest_or_says_none_are_stored() -> None:
+    # before the first stored step: the first one (mutant: position 0 left out of the search,
+    # "none"); no stored steps at all: says so (mutant: an empty hint)
+    with pytest.raises(GeometryError, match=r"nearest stored step is 10\."):
+        step_index([10, 20, 30], 5)
+    with pytest.raises(GeometryError, match=r"none \(no steps are stored\)"):
+        step_index([], 5)
+
+
+def test_a_reference_curve_is_a_float64_copy_of_its_row() -> None:
+    # "float64 (K,)": an S matrix in float32 gives float64 (mutant: the input's dtype), and the
+    # curve is a copy, so writing to it leaves S alone (mutant: a view of S's row)
+    s = np.array([[0.0, 0.25, 0.5], [0.25, 0.0, 0.125], [0.5, 0.125, 0.0]], dtype=np.float32)
+    curve = distance_to_reference(s, [0, 10, 20], 10)
+    assert curve.dtype == np.float64
+    np.testing.assert_array_equal(curve, [0.25, 0.0, 0.125])
+    s64 = s.astype(np.float64)
+    curve = distance_to_reference(s64, [0, 10, 20], 10)
+    curve[0] = 9.0
+    assert s64[1, 0] == 0.25
+
+
+def test_a_fractional_dt_is_refused() -> None:
+    # "dt must be a positive integer number of steps" (mutant: 1.5 truncated to 1, pairs at 1)
+    s = np.zeros((3, 3))
+    with pytest.raises(GeometryError, match="positive integer"):
+        adjacent(s, [0, 1, 2], 1.5)  # type: ignore[arg-type]
+    assert [p.step for p in adjacent(s, [0, 1, 2], 1.0)] == [0, 1]  # type: ignore[arg-type]
