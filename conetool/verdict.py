@@ -30,9 +30,11 @@ function of the lag ``t' - t``. Three readings:
 
 The regime: ``lazy`` when the kernel froze (velocity falling by ``freeze_factor`` [5x] across
 Phase II, or no two Phase II kernels farther apart than ``lazy_level`` [1e-4], or the median S at
-Phase II's largest lags within three times the numerical noise floor when it is known); else
-``cone`` when the lag growth says bounded and ``drift-after-phase-I`` when it says growing (the
-lag growth decides: when the reference curves' majority says the opposite, the explanation says
+Phase II's largest lags within three times the numerical noise floor when it is known, or the
+reference curves' majority reading frozen: a single pair of Phase II kernels apart beyond
+``lazy_level`` does not outvote them, and ``numbers["agree"]`` then says the spread did not
+read frozen); else ``cone`` when the lag growth says bounded and ``drift-after-phase-I`` when it
+says growing (the lag growth decides: when the reference curves' majority says the opposite, the explanation says
 so and ``numbers["agree"]`` is false); else ``undetermined``, naming what is missing and how to
 get it. A run whose kernels never moved farther than ``lazy_level`` is ``lazy`` with no Phase I.
 

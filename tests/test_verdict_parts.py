@@ -489,3 +489,20 @@ def test_too_few_kernels_names_both_fixes_every_checkpoint_and_more_checkpoints(
     assert verdict.regime == "undetermined"
     assert "without `--steps` or `--every`" in verdict.explanation
     assert "`save_every`" in verdict.explanation
+
+
+def test_the_reference_curves_majority_reading_frozen_makes_phase_two_lazy_alone() -> None:
+    """The code's route to lazy that the README's regime table left out (found by helper 110's
+    mutation check): every Phase II pair at 5e-5 (under lazy_level) but one, S(1000, 3000) =
+    1e-3, so the spread reads moving; the reference curves read frozen and decide, and
+    numbers['agree'] says the spread did not agree."""
+    log_v = knots((0, -2.0), (1000, -7.0), (3000, -7.0))
+    far = phase_two_far(lambda d: np.full_like(d, 5e-5), log_v)
+    s = built_s(STEPS_3000, log_v, far)
+    s[10, 30] = s[30, 10] = 1e-3  # steps 1000 and 3000
+    v = phase_verdict(STEPS_3000, s)
+    reads = {c["name"]: c["reads"] for c in v.numbers["criteria"]}
+    assert reads["spread"] == "moving" and reads["reference curves"] == "frozen", reads
+    assert reads["lag growth"] == "bounded" and reads["velocity trend"] == "steady", reads
+    assert v.regime == "lazy" and v.numbers["agree"] is False
+    assert "the kernel froze (reference curves)" in v.explanation
