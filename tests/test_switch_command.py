@@ -547,7 +547,7 @@ def test_every_file_of_a_sweep_is_written_holding_the_store_against_the_clearing
         (switch_reference, "atomic_write_json"),  # --reference train's reference.json
         (switch_results, "atomic_write_csv"),  # results.csv, results.json, switch.png
         (switch_results, "atomic_write_json"),
-        (switch_results, "save_figure"),
+        (switch_results, "write_figure"),
     ):
         monkeypatch.setattr(module, name, guarded(getattr(module, name)))
     switch([0, 4], until=6, store=store, device="cpu", reference="train")
