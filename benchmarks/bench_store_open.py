@@ -34,23 +34,12 @@ from pathlib import Path
 import torch
 
 from conetool import paths
-from conetool.store import StepRecord, Store, StoreIdentity, read_manifest
+from conetool.store import Store, read_manifest
 
-IDENTITY = StoreIdentity(spec_hash="bench", probe_hash="bench", kind="trace", dtype="float32")
-
-
-def _record(step: int) -> StepRecord:
-    source = f"/runs/bench/step_{step:06d}.safetensors"  # the length of a real record's path
-    return StepRecord(
-        step=step,
-        source=[source],
-        size=85_000,
-        fingerprint=f"85000:{step:064x}",
-        kernel=paths.kernel_relative(step),
-        norm=1.0,
-        seconds=0.01,
-        mtime_ns=1_700_000_000_000_000_000 + step,
-    )
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/ is no package: found through sys.path. The same store identity and kernel records
+# as bench_store_writes.py's run.
+from bench_store_writes import IDENTITY, _record
 
 
 def build(root: Path, count: int, side: int) -> None:
