@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_switch_beside_state import spec_dict
+from test_switch_momentum_source import one_rank_switch
 
 from conetool import paths
 from conetool.checkpoints import fingerprint
@@ -46,23 +46,6 @@ def hashed(monkeypatch):
     monkeypatch.setattr(_hashed_reads, "stream_file", counting)
     monkeypatch.setattr(load, "stream_file", counting)
     return names
-
-
-def one_rank_switch(at, store, run):
-    """``switch`` as a job of one rank over an in-process store (the several-rank path)."""
-    from torch.distributed import HashStore
-
-    from conetool import distributed
-    from conetool.pipeline import run_switch
-    from conetool.progress import NullProgress
-
-    job = distributed.Job("switch", distributed.Ranks(), torch.device("cpu"), HashStore())
-    assert job.is_distributed
-    options = run_switch.SwitchOptions(
-        at=at, until=None, store=store, ckpts=run, spec=None, reference="checkpoint",
-        step_regex=None, beyond_run=False, device="cpu", threads=1,
-    )  # fmt: skip
-    return run_switch._switch(job, options, 1, NullProgress())
 
 
 def recorded_fingerprint(store, t):
