@@ -177,3 +177,22 @@ def test_python_dash_m_runs_the_cli():
     )
     assert done.returncode == 0
     assert "train" in done.stdout
+
+
+def test_unknown_option_names_the_commands_that_take_it(tmp_path):
+    # `--ref` belongs to distance: say so, instead of Typer's "Possible options: --store"
+    result = runner.invoke(app, ["kernels", str(tmp_path), "--ref", "3"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "No such option: --ref" in text and "it is an option of conetool distance" in text
+    assert "Possible options" not in text
+    # `--out=...` (the joined form) is taken by three commands, named in the app's order
+    result = runner.invoke(app, ["distance", f"--out={tmp_path}"])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2
+    assert "conetool train, conetool report and conetool demo" in text
+    # an option no command takes keeps Typer's own message and suggestions
+    result = runner.invoke(app, ["kernels", str(tmp_path), "--refx", "3"])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "No such option: --refx" in text
+    assert "is an option of" not in text

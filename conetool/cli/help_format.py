@@ -3,6 +3,9 @@
 - Typer labels every option with its type; for a flag (``--quiet``, ``--overwrite``, ``--help``)
   ``<bool>`` reads as if it took a value. :func:`tidy_help` gives every command of the app (and
   the app itself) a command class whose flags have an empty label.
+- An option given to a command that does not take it gets Typer's "No such option"; when another
+  command takes it (``conetool kernels --ref 3``), :class:`FlagsCommand` says which one
+  (:func:`_name_other_commands`), instead of suggesting an unrelated option of this command.
 - Typer keeps the docstring's own line breaks after the first paragraph, so a help page broke
   lines mid-sentence wherever the source did (and again at the terminal's width).
   :func:`reflow` joins the lines of each paragraph, keeping a line break only before a command
@@ -30,6 +33,39 @@ def _blank_flag_labels(params: list[Any]) -> list[Any]:
 class FlagsCommand(TyperCommand):
     def get_params(self, ctx: Any) -> list[Any]:
         return _blank_flag_labels(super().get_params(ctx))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as error:
+            _name_other_commands(error, ctx)
+            raise
+
+
+def _name_other_commands(error: Exception, ctx: Any) -> None:
+    """Reword Typer's "No such option" (``error``, raised while parsing ``ctx``'s command line) to
+    name the commands of the app that take the option, in the app's order, when there are any.
+
+    The error is recognised by its ``option_name`` (Typer's exception class is private); its type,
+    and so its exit code (2), stay Typer's."""
+    option = getattr(error, "option_name", None)
+    group = getattr(ctx.parent, "command", None)
+    if not isinstance(option, str) or not option.startswith("--") or group is None:
+        return
+    owners = [
+        f"conetool {name}"
+        for name, command in getattr(group, "commands", {}).items()
+        if name != ctx.info_name
+        and any(option in (*param.opts, *param.secondary_opts) for param in command.params)
+    ]
+    if not owners or not hasattr(error, "message"):
+        return
+    listed = owners[0] if len(owners) == 1 else ", ".join(owners[:-1]) + " and " + owners[-1]
+    error.message = (
+        f"No such option: {option}. conetool {ctx.info_name} does not take it; it is an "
+        f"option of {listed} (see conetool {ctx.info_name} --help for this command's options)."
+    )
+    error.possibilities = None  # type: ignore[attr-defined]
 
 
 class FlagsGroup(TyperGroup):
