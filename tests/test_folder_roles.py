@@ -8,6 +8,7 @@ CKPTS``."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,30 @@ def test_same_folder_through_a_link_and_for_a_folder_not_made_yet(tmp_path: Path
 
 def test_the_suffixes_are_those_the_checkpoint_reader_reads() -> None:
     assert folder_roles.CHECKPOINT_SUFFIXES == CHECKPOINT_SUFFIXES
+
+
+def test_a_store_an_older_conetool_wrote_among_the_checkpoints_is_left_out_of_the_listing(
+    run: Path, tmp_path: Path
+) -> None:
+    # What `kernels CKPTS --store CKPTS` left before it was refused: the store's manifest, probe
+    # set and kernel files beside the checkpoints. The listing took probe.safetensors for a
+    # checkpoint ("no step recoverable", the run refused without --skip-bad) and kernels/ for a
+    # subfolder of checkpoints to point at.
+    old = tmp_path / "old"
+    kernels(run, store=old, device="cpu")
+    for name in (paths.MANIFEST_NAME, paths.PROBE_NAME):
+        shutil.copy(old / name, run / name)
+    shutil.copytree(old / paths.KERNELS_DIR, run / paths.KERNELS_DIR)
+    before = listing(run)
+    result = runner.invoke(app, ["kernels", str(run), "--store", str(tmp_path / "new")])
+    text = flat(result.output)
+    assert result.exit_code == 0, text
+    assert "not read: kernels/, manifest.json and probe.safetensors of" in text, text
+    assert f"mkdir S && mv '{run / paths.KERNELS_DIR}'" in text and "--store S" in text, text
+    assert "no step recoverable" not in text and "point at it" not in text, text
+    assert sorted(p.name for p in (tmp_path / "new" / paths.KERNELS_DIR).iterdir()) == sorted(
+        p.name for p in (old / paths.KERNELS_DIR).iterdir()
+    )  # the run's three steps, from the checkpoints only
+    assert listing(run) == before
+    result = runner.invoke(app, ["inspect", str(run)])
+    assert result.exit_code == 0 and "are a conetool store's files" in flat(result.output)

@@ -96,7 +96,8 @@ __all__ = [
 
 def _describe_contents(scan: Scan) -> str:
     held = scan.not_state_dicts
-    names = scan.others + [f"{n} ({held[n]})" if n in held else n for n in scan.ignored]
+    names = scan.store_files + scan.others
+    names += [f"{n} ({held[n]})" if n in held else n for n in scan.ignored]
     if not names:
         return "it is empty"
     shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
@@ -121,6 +122,22 @@ def nested_warning(scan: Scan) -> str | None:
         f"'{scan.directory}' (conetool reads a directory's own checkpoint files and checkpoint-N/ "
         f"folders, not other subfolders). To use {'them' if plural else 'it'}, point at "
         f"{'each' if plural else 'it'}: '{first}'."
+    )
+
+
+def store_files_warning(scan: Scan) -> str | None:
+    """The warning for a conetool store lying among the checkpoints (``kernels CKPTS --store
+    CKPTS`` wrote it there before that was refused), whose files are not read as checkpoints;
+    None when there is none."""
+    if not scan.store_files:
+        return None
+    files = scan.store_files
+    shown = ", ".join(files[:-1]) + " and " + files[-1] if len(files) > 1 else files[0]
+    moved = " ".join(f"'{scan.directory / name.rstrip('/')}'" for name in files)
+    return (
+        f"not read: {shown} of '{scan.directory}' are a conetool store's files (an older "
+        "conetool wrote the store into the checkpoint directory), not checkpoints. Give the store "
+        f"a folder of its own: mkdir S && mv {moved} S/, then pass --store S."
     )
 
 
@@ -618,6 +635,8 @@ def checkpoint_listing(
     if said := copies_note(scan):  # the same bytes or tensors as a file read: nothing lost
         note(said)
     if said := nested_warning(scan):  # checkpoints in subfolders are not read: a warning
+        warn(said)
+    if said := store_files_warning(scan):  # a store's files among the checkpoints
         warn(said)
     return CheckpointListing(refs, {c.folder or c.location: c.problem or "" for c in bad})
 

@@ -28,6 +28,7 @@ from .discover import (
     not_state_dicts_note,
     scan_selected,
     shown_name,
+    store_files_warning,
     stored_step_note,
     uncompared_warning,
     unix_time_warning,
@@ -111,6 +112,7 @@ def inspect_checkpoints(
         (not_state_dicts_note(scan), note),
         (copies_note(scan), note),  # the same bytes or tensors as a file read: nothing lost
         (nested_warning(scan), warn),  # checkpoints in subfolders are not read
+        (store_files_warning(scan), warn),  # a store's files among the checkpoints
     )
     for message, say in said_of_the_directory:
         if message:

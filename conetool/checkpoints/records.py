@@ -143,3 +143,6 @@ class Scan:
     copies: list[tuple[str, str, int, str]] = field(default_factory=list)
     # torch.save files that hold no tensor by name, not read: name -> what ("a list of 3 items")
     not_state_dicts: dict[str, str] = field(default_factory=dict)
+    # a conetool store's own files and folders lying among the checkpoints (an older conetool
+    # wrote a store into its checkpoint directory): manifest.json, probe.safetensors, kernels/
+    store_files: list[str] = field(default_factory=list)

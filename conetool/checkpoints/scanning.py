@@ -272,14 +272,40 @@ def _list_directory(directory: Path) -> list[os.DirEntry[str]]:
         raise CheckpointError(f"cannot list checkpoint directory '{directory}': {e}.") from None
 
 
+#: A store's own files and folders, never checkpoints where its manifest.json lies beside them
+#: (its kernel files are named like checkpoints: ``kernels/step_000100.safetensors``).
+_STORE_ENTRIES = (
+    paths.MANIFEST_NAME,
+    paths.PROBE_NAME,
+    paths.EVAL_NAME,
+    paths.KERNELS_DIR + "/",
+    paths.EVAL_KERNELS_DIR + "/",
+    paths.LAYER_KERNELS_DIR + "/",
+)
+
+
+def _holds_a_store(entries: list[os.DirEntry[str]]) -> bool:
+    """Whether the listed folder holds a store's ``manifest.json`` and ``probe.safetensors`` (the
+    two files :func:`conetool.folder_roles.store_holding` recognises a store by)."""
+    names = {e.name for e in entries}
+    return paths.MANIFEST_NAME in names and paths.PROBE_NAME in names
+
+
 def _collect(directory: Path, deep: bool) -> Scan:
     scan = Scan(directory, [])
     shards: dict[tuple[str, str], list[Path]] = {}
-    for entry in _list_directory(directory):
+    entries = _list_directory(directory)
+    store_here = _holds_a_store(entries)
+    for entry in entries:
         name, path = entry.name, Path(entry.path)
         if name.startswith("."):
             scan.ignored.append(name)
             continue
+        if store_here:
+            listed = name + "/" if _entry_kind(entry)[0] == "dir" else name
+            if listed in _STORE_ENTRIES:
+                scan.store_files.append(listed)
+                continue
         kind, error = _entry_kind(entry)
         if kind == "broken":
             if _looks_like_checkpoint(name):

@@ -409,7 +409,7 @@ def _check_folders(ckpts: Path, store: Path) -> None:
         return
     root, recorded = held
     if root == ckpts and checkpoint_contents(ckpts) is not None:
-        return  # checkpoints too: the listing names what it cannot read (--skip-bad)
+        return  # checkpoints too: the listing leaves the store's files out, with a warning
     what = (
         f"CKPTS {ckpts} is a conetool store"
         if root == ckpts
