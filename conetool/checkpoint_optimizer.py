@@ -395,10 +395,12 @@ def reindexed(
     params: list[torch.Tensor],
     names: Sequence[str],
 ) -> dict[int, dict[str, Any]] | str:
-    """The saved state ``state`` keyed by the model's positions ``position[index]`` (clones), or
-    why not: an entry for no parameter its groups list, a buffer of another shape than its
-    parameter's, NaN or Inf. An entry whose index has no position holds no state (several
-    groups: where it goes is not known, and nothing is loaded there)."""
+    """The saved state ``state`` keyed by the model's positions ``position[index]`` (clones; each
+    buffer but ``step`` converted to its floating-point parameter's dtype, as
+    ``Optimizer.load_state_dict`` converts it: bfloat16 or float8 buffers of float32 parameters,
+    say), or why not: an entry for no parameter its groups list, a buffer of another shape than
+    its parameter's, NaN or Inf (once converted). An entry whose index has no position holds no
+    state (several groups: where it goes is not known, and nothing is loaded there)."""
     out: dict[int, dict[str, Any]] = {}
     for index, values in state.items():
         if index not in listed or not isinstance(values, Mapping):
@@ -418,7 +420,10 @@ def reindexed(
                     f"trainable parameter {i} ('{name}') has {tuple(param.shape)}: it was saved "
                     "over other parameters or in another order"
                 )
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            if key != "step" and param.is_floating_point():
+                value = value.detach().to(param.dtype)
+            checked = value if value.dtype.itemsize > 1 else value.float()  # (isfinite: no float8)
+            if value.is_floating_point() and not bool(torch.isfinite(checked).all()):
                 return f"its {key} of '{name}' holds NaN or Inf"
             loaded[key] = value.detach().clone()
         out[i] = loaded

@@ -49,9 +49,10 @@ class FactoryMismatchError(KeyMismatchError, ModelError):
 
 
 class OptimizerStateDamagedError(CheckpointError):
-    """An optimizer state file that is not one ``conetool train`` wrote, or whose bytes are not
-    safetensors: ``train --resume`` stops on it, ``switch`` starts momentum at zero and warns with
-    ``reason`` (a clause: ``it cannot be read as safetensors (...)``)."""
+    """An optimizer state file that is not one ``conetool train`` wrote, whose bytes are not
+    safetensors, or with a tensor of a dtype torch cannot convert to its parameter's: ``train
+    --resume`` stops on it, ``switch`` starts momentum at zero and warns with ``reason`` (a
+    clause: ``it cannot be read as safetensors (...)``)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)

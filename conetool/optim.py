@@ -19,6 +19,19 @@ from .errors import CheckpointError, OptimizerStateDamagedError
 from .io import SAFETENSORS_DTYPES, atomic_save_safetensors
 from .spec import TrainSpec
 
+#: The dtypes of a state file's tensors that are read (safetensors' codes): those torch converts
+#: to a parameter's dtype, as ``Optimizer.load_state_dict`` converts a buffer (the checkpoints',
+#: and the float8 kinds safetensors reads besides); not its 4-bit floats (two to a byte: a buffer
+#: of half its parameter's size, which torch cannot convert) nor its 6-bit ones (no torch dtype).
+STATE_DTYPES: dict[str, torch.dtype] = dict(SAFETENSORS_DTYPES)
+for _code, _attr in [
+    ("F8_E4M3FNUZ", "float8_e4m3fnuz"),
+    ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
+    ("F8_E8M0", "float8_e8m0fnu"),
+]:
+    if hasattr(torch, _attr):  # newer dtypes, absent from older torch builds
+        STATE_DTYPES[_code] = getattr(torch, _attr)
+
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainSpec) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or Adam with the spec's hyperparameters.
@@ -111,9 +124,11 @@ def read_optimizer_state(path: Path) -> dict[str, Any]:
     "lr": ..., ...}]}`` (``momentum_buffer`` or ``exp_avg``/``exp_avg_sq`` of each parameter's
     shape, Adam's ``step`` counts), checked by nothing but its format: ``switch`` decides
     whether it is the spec's optimizer's (:func:`conetool.checkpoint_optimizer.restore_state`).
-    A file whose bytes are not safetensors, or that was not written by
-    :func:`save_optimizer_state`, is an :class:`OptimizerStateDamagedError` (its ``reason`` says
-    which); one the disk cannot read (an ``OSError``), a :class:`CheckpointError`."""
+    A file whose bytes are not safetensors, that was not written by :func:`save_optimizer_state`,
+    or with a tensor of a dtype not in :data:`STATE_DTYPES` (4-bit floats, ...: torch cannot
+    convert it to its parameter's) is an :class:`OptimizerStateDamagedError` (its ``reason`` says
+    which); one the disk cannot read (an ``OSError``), a :class:`CheckpointError`. Tensors of
+    other dtypes than the parameters' are kept as stored (loading converts them)."""
     metadata, tensors = _read(path)
     return _state_dict(path, metadata, tensors)
 
@@ -124,7 +139,9 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            codes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
+            refused = next(((k, c) for k, c in codes.items() if c not in STATE_DTYPES), None)
+            tensors = {} if refused else {key: handle.get_tensor(key) for key in codes}
     except OSError as exc:  # the disk, not the file's bytes
         raise CheckpointError(_cannot_read(path, exc)) from exc
     except SafetensorError as exc:
@@ -133,6 +150,8 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
         ) from exc
     if "optimizer" not in metadata:
         raise _not_conetools(path, "its metadata has no 'optimizer' entry")
+    if refused is not None:
+        raise _refused_dtype(path, *refused)
     return metadata, tensors
 
 
@@ -154,9 +173,9 @@ def optimizer_state_from_bytes(path: Path, data: bytes | bytearray) -> dict[str,
     flat.sort(key=lambda item: item[0], reverse=True)  # popped by name, as safe_open lists them
     while flat:  # each tensor's bytes copied into its own writable buffer (the optimizer updates
         name, view = flat.pop()  # its buffers in place), and the library's copy let go
-        dtype = SAFETENSORS_DTYPES.get(view["dtype"])
-        if dtype is None:  # (save_optimizer_state writes the optimizer's buffers: floats)
-            raise _not_conetools(path, f"its tensor {name!r} is of dtype {view['dtype']}")
+        dtype = STATE_DTYPES.get(view["dtype"])
+        if dtype is None:
+            raise _refused_dtype(path, name, view["dtype"])
         raw = bytearray(view["data"])
         shape = view["shape"]
         tensors[name] = (
@@ -209,6 +228,22 @@ def _state_dict(
 def _what_failed(exc: Exception) -> str:
     """What about a state file ``exc`` found wrong: ``no 'param_groups' entry``, or its text."""
     return f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
+
+
+def _refused_dtype(path: Path, name: str, code: str) -> OptimizerStateDamagedError:
+    """The error of a state file whose tensor ``name`` is of the safetensors dtype ``code``, not
+    one of :data:`STATE_DTYPES` (``F4``, ``F6_E2M3``, ...): torch cannot convert it to its
+    parameter's dtype."""
+    what = (
+        f"its tensor {name!r} is of dtype {code}, which torch cannot convert to its parameter's "
+        "dtype"
+    )
+    return OptimizerStateDamagedError(
+        f"optimizer state {path}: {what}, so its momentum cannot be restored. Save the state "
+        "with float32 buffers (or another dtype torch converts: float64, float16, bfloat16, "
+        "float8), or move the file away to restart momentum from zero.",
+        f"{what} (save its buffers as float32 to use them)",
+    )
 
 
 def _not_conetools(path: Path, what: str) -> OptimizerStateDamagedError:
