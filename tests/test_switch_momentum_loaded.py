@@ -4,7 +4,9 @@ took and handed on), and the optimizer read the file again later: a state file r
 between was recorded with the hash of bytes that were not used, and the point was later reused as
 if computed from them. Now the file is read once, hashed as it is read, and those bytes are
 loaded. Each test replaces the file where the old code had hashed it and not yet loaded it (the
-output check, before the training starts)."""
+output check, before the training starts). --reference train's standard run reads its state
+through the same optimizer_at: its tests replace the file just after that read (which it must not
+read again) and just before it (after the look that told its stored result out of date)."""
 
 from __future__ import annotations
 
@@ -166,3 +168,85 @@ def test_the_record_is_what_momentum_source_says_of_the_file_loaded(run, tmp_pat
     assert read_state(run, ref).source == momentum_source(run, ref)
     paths.optimizer_state(run, 4).unlink()
     assert read_state(run, ref).source == momentum_source(run, ref) == {"state": None}
+
+
+def reference_buffers(seen):
+    """The momentum buffers --reference train's standard run started from, in parameter order."""
+    (state,) = [state for description, _, state in seen if description == "standard"]
+    return [buffers["momentum_buffer"] for buffers in state]
+
+
+def reference_source(store):
+    return json.loads(paths.switch_reference(store).read_text())["momentum_source"]
+
+
+def state_of(data: bytes, tmp_path):
+    """The momentum buffers of the state file whose bytes are ``data``, in parameter order."""
+    path = tmp_path / "state.safetensors"
+    path.write_bytes(data)
+    state = read_optimizer_state(path)["state"]
+    return [state[i]["momentum_buffer"] for i in sorted(state)]
+
+
+def test_reference_train_trains_from_the_state_bytes_it_hashed(run, tmp_path, monkeypatch):
+    """--reference train reads the state beside its starting checkpoint once (optimizer_at, as a
+    point does): a file replaced after that read is neither trained from nor recorded."""
+    from test_switch_beside_state import watch_optimizers
+
+    from conetool.pipeline import switch_optimizer
+
+    store = tmp_path / "s"
+    paths.checkpoint(run, 12).unlink()  # --reference train continues from step 8
+    beside = paths.optimizer_state(run, 8)
+    kept, other = beside.read_bytes(), rescaled(beside, 2.0)
+    real = switch_optimizer.read_state
+
+    def read_then_replaced(ckpts, ref):
+        read = real(ckpts, ref)
+        if ref.step == 8:
+            beside.write_bytes(other)
+        return read
+
+    monkeypatch.setattr(switch_optimizer, "read_state", read_then_replaced)
+    seen = watch_optimizers(monkeypatch)
+    result = switch([4], store=store, ckpts=run, device="cpu", reference="train")
+    assert result.reference is not None and result.reference["source"] == "trained from step 8"
+    assert beside.read_bytes() == other
+    for mine, theirs in zip(reference_buffers(seen), state_of(kept, tmp_path), strict=True):
+        assert torch.equal(mine, theirs)  # the bytes read, not the file as it is now
+    assert reference_source(store) == {"state": beside.name, "fingerprint": content(kept)}
+    monkeypatch.undo()  # the file now is other bytes than those recorded: trained again
+    seen = watch_optimizers(monkeypatch)
+    again = switch([4], store=store, ckpts=run, device="cpu", reference="train")
+    assert [d for d, _, _ in seen] == ["standard"]  # the point is reused, the reference not
+    assert again.points[0].reused
+    for mine, theirs in zip(reference_buffers(seen), state_of(other, tmp_path), strict=True):
+        assert torch.equal(mine, theirs)
+    assert reference_source(store) == {"state": beside.name, "fingerprint": content(other)}
+
+
+def test_reference_train_records_its_own_load_not_the_hash_it_compared(run, tmp_path, monkeypatch):
+    """A stored reference whose state file changed is trained again: the file hashed to tell
+    (momentum_source) and replaced before the load is recorded as loaded."""
+    from test_switch_beside_state import watch_optimizers
+
+    from conetool.pipeline import switch_reference
+
+    store = tmp_path / "s"
+    paths.checkpoint(run, 12).unlink()  # --reference train continues from step 8
+    switch([4], store=store, ckpts=run, device="cpu", reference="train")
+    beside = paths.optimizer_state(run, 8)
+    changed, later = rescaled(beside, 2.0), rescaled(beside, 3.0)
+    beside.write_bytes(changed)  # the stored reference is found out of date: trained again
+    real = switch_reference.optimizer_at
+
+    def replaced_then_read(*args, **kwargs):
+        beside.write_bytes(later)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(switch_reference, "optimizer_at", replaced_then_read)
+    seen = watch_optimizers(monkeypatch)
+    switch([4], store=store, ckpts=run, device="cpu", reference="train")
+    for mine, theirs in zip(reference_buffers(seen), state_of(later, tmp_path), strict=True):
+        assert torch.equal(mine, theirs)
+    assert reference_source(store) == {"state": beside.name, "fingerprint": content(later)}
