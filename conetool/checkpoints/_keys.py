@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from conetool.errors import FactoryMismatchError, KeyMismatchError
+
 KNOWN_PREFIXES = ("module.", "model.", "_orig_mod.")
 # "", each prefix, and each pair of prefixes (e.g. "module._orig_mod."), simplest first.
 _CHAINS = ("", *KNOWN_PREFIXES, *(a + b for a in KNOWN_PREFIXES for b in KNOWN_PREFIXES if a != b))
@@ -150,6 +152,16 @@ def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
         )
     )
     return f"'{name}' does not fit the model ({model_name}){how}: " + "; ".join(parts) + f". {fix}."
+
+
+def mismatch_error(match: KeyMatch, name: str, model_name: str) -> KeyMismatchError:
+    """The error of keys or shapes that do not fit (:func:`describe_mismatch`): a
+    :class:`FactoryMismatchError` when the spec's factory wraps the saved network (every
+    checkpoint fails alike: the model's fault), else a :class:`KeyMismatchError`."""
+    message = describe_mismatch(match, name, model_name)
+    if factory_wraps(match):
+        return FactoryMismatchError(message)
+    return KeyMismatchError(message)
 
 
 _STATISTICS = (".running_mean", ".running_var")

@@ -1,20 +1,22 @@
 """Whether a model fits a checkpoint, from the checkpoint's headers alone (no tensor data read):
 what ``conetool kernels`` asks of a second checkpoint when the first does not fit the spec's
-model, to tell the model's fault (every checkpoint fails alike) from one file's."""
+model, to tell the model's fault (every checkpoint fails alike) from one file's; and, before
+``--overwrite`` clears a store, of the first checkpoint it would load (:func:`fit_error`)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from conetool.errors import CheckpointError
+from conetool.errors import CheckpointError, KeyMismatchError
 
-from ._keys import match_keys
+from ._keys import match_keys, mismatch_error
 from ._safetensors_format import read_header
 from ._tied import tied_keys
 from ._torch_save import check_torch_file, read_torch_contents
+from .load import read_checkpoint
 from .records import CheckpointRef
 
-__all__ = ["model_fits", "stored_shapes"]
+__all__ = ["fit_error", "model_fits", "stored_shapes"]
 
 
 def stored_shapes(ref: CheckpointRef) -> dict[str, tuple[int, ...]] | None:
@@ -49,3 +51,23 @@ def model_fits(model: nn.Module, ref: CheckpointRef) -> bool | None:
         return None
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return match_keys(shapes, own, tied_keys(model)).ok
+
+
+def fit_error(model: nn.Module, ref: CheckpointRef) -> KeyMismatchError | None:
+    """The error loading ``ref`` into ``model`` would raise for its keys or shapes (the same
+    message; a :class:`~conetool.errors.FactoryMismatchError` when the factory wraps the saved
+    network), or None when they fit. Read by the headers when they tell (:func:`stored_shapes`),
+    else in full, as loading would read it (a legacy, non-zip torch.save pickle). Dtypes and
+    values are not looked at.
+
+    Raises:
+        CheckpointError: ``ref`` cannot be read (the loading of it says the same).
+    """
+    shapes = stored_shapes(ref)
+    if shapes is None:
+        state = read_checkpoint(ref, check_finite=False).state_dict
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        del state
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    match = match_keys(shapes, own, tied_keys(model))
+    return None if match.ok else mismatch_error(match, str(ref.file), type(model).__name__)

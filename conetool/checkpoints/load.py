@@ -17,15 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from conetool.errors import (
-    CheckpointError,
-    CheckpointOverflowError,
-    FactoryMismatchError,
-    KeyMismatchError,
-)
+from conetool.errors import CheckpointError, CheckpointOverflowError
 
 from ._hashed_reads import combine_fingerprints, files_fingerprint, stream_file
-from ._keys import describe_mismatch, factory_wraps, match_keys
+from ._keys import match_keys, mismatch_error
 from ._safetensors_format import header_length, parse_header, tensors_from_buffer
 from ._state_dicts import unwrap_state_dict
 from ._tied import check_tied_values, tied_keys
@@ -398,11 +393,8 @@ def match_state_dict(
         {k: tuple(v.shape) for k, v in own.items()},
         tied,
     )
-    if not match.ok:
-        message = describe_mismatch(match, name, type(model).__name__)
-        if factory_wraps(match):  # the factory's, not the file's: every checkpoint fails alike
-            raise FactoryMismatchError(message)
-        raise KeyMismatchError(message)
+    if not match.ok:  # FactoryMismatchError: the factory's, not the file's (every one fails)
+        raise mismatch_error(match, name, type(model).__name__)
     check_tied_values(state_dict, match.mapping, tied, name)
     check_dtypes(own, state_dict, match.mapping, name, warn, compute)
     out = {match.mapping[k]: v for k, v in state_dict.items()}
