@@ -23,6 +23,7 @@ from .store_lock import StoreLock, writer_note
 from .store_manifest import (
     StoreIdentity,
     check_steps,
+    checked_manifest,
     manifest_identity,
     mixed_message,
     new_manifest,
@@ -136,6 +137,24 @@ class StoreOpening(CompanionRecords):
         if lock is not None:  # a store dropped without close() gives its lock back too
             weakref.finalize(store, lock.release)
         return store
+
+    @staticmethod
+    def overwrite_clears(
+        root: str | Path, identity: StoreIdentity, manifest: dict[str, Any] | None
+    ) -> bool:
+        """Whether :meth:`open_for_writing` with ``overwrite`` would clear ``root`` for a store of
+        ``identity``, given ``manifest``, the store's ``manifest.json`` as the caller read it, as
+        JSON unchecked (None: there is none, or it cannot be read as a JSON object): no manifest,
+        a damaged one, or one of another identity (nothing read or written here; the clearing may
+        find nothing to remove). ``kernels --overwrite`` makes the checks it can before a store
+        that holds something is cleared."""
+        if manifest is None:
+            return True
+        try:
+            found = manifest_identity(checked_manifest(paths.manifest(Path(root)), manifest))
+        except StoreError:
+            return True
+        return found != identity
 
     @classmethod
     def _open_locked(

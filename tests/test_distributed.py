@@ -30,7 +30,7 @@ from conetool.distributed import Job, PeerFailedError, PeerInterruptedError, Ran
 from conetool.errors import ConetoolError, StoreError
 from conetool.pipeline import kernels
 from conetool.pipeline.run_switch import switch
-from conetool.spec import spec_from_dict
+from conetool.spec import spec_from_dict, spec_to_toml
 from conetool.store import StepRecord, Store, StoreIdentity
 from conetool.training import train
 
@@ -551,6 +551,29 @@ def test_error_on_one_rank_surfaces_once_and_the_store_stays_valid(run, tmp_path
     assert "conetool kernels ->" not in done.stdout
     kept = Store.open(tmp_path / "s").steps()
     assert set(kept) <= {0, 4, 8}  # rank 1 stopped at step 2, rank 0 after its current unit
+
+
+def test_overwrite_refused_before_clearing_stops_both_ranks_and_keeps_the_store(run, tmp_path):
+    # Rank 0 clears a store for --overwrite before the others join it: the spec's model that
+    # fits none of the checkpoints (SLOW_MODEL's one layer) is refused there, before the
+    # clearing, and the other rank stops with it. It cleared the store, then failed at step 0.
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu", steps=(0, 2))
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    (tmp_path / "conetool_slow_model.py").write_text(SLOW_MODEL)
+    model = {"arch": "conetool_slow_model:make", "num_classes": 3}
+    spec = tmp_path / "slow.toml"
+    spec.write_text(spec_to_toml(spec_from_dict({**SPEC, "model": model}, source="slow.toml")))
+    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    args = ["--spec", str(spec), "--store", str(store), "--device", "cpu", "--overwrite"]
+    done = run_torchrun("kernels", str(run), *args, cwd=tmp_path, PYTHONPATH=pythonpath)
+    assert done.returncode != 0
+    kept = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    assert sorted(map(str, kept)) == sorted(map(str, before)) and kept == before
+    assert done.stderr.count(f"--overwrite removed nothing: {store} is as it was") == 1, (
+        done.stderr[-3000:]
+    )
+    assert "does not fit it either" in done.stderr, done.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------- by hand

@@ -260,16 +260,23 @@ def test_a_store_that_was_there_is_kept_and_said_so(run: Path, tmp_path: Path) -
 
 
 def test_a_store_emptied_by_overwrite_is_not_left_holding_the_wrong_spec(
-    run: Path, renamed: Spec, tmp_path: Path
+    run: Path, tmp_path: Path
 ) -> None:
+    # A failure that the checks before the clearing cannot see (.overwrite_checks): values of
+    # the first checkpoint beyond the model's dtype, met when it is read in full.
     store = tmp_path / "s"
     kernels(run, store=store, device="cpu", steps=(0, 0))
+    first = paths.checkpoint(run, 0)
+    saved = first.read_bytes()
+    as_int64(first)
     with pytest.raises(CheckpointError):
-        kernels(run, spec=renamed, store=store, device="cpu", overwrite=True)
-    # --overwrite removed the other spec's kernel, as it does; the failed run's manifest is not
-    # left in its place (a rerun with the run's own spec would have needed --overwrite again)
+        kernels(run, store=store, device="cpu", probe_size=4, overwrite=True)
+    # --overwrite removed the other probe set's kernel, as it does; the failed run's manifest is
+    # not left in its place (a rerun with the store's own options would have needed --overwrite
+    # again)
     assert store.is_dir() and not paths.manifest(store).exists()
     assert not any(p.name in ("kernels", "probe.safetensors", ".lock") for p in store.iterdir())
+    first.write_bytes(saved)
     assert kernels(run, spec=plain(), store=store, device="cpu").computed == STEPS
 
 

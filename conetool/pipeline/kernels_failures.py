@@ -33,7 +33,9 @@ __all__ = [
     "every_checkpoint_failed",
     "fault_of",
     "grouped_failures",
+    "second_checkpoint",
     "skipped_warning",
+    "spec_model",
     "stop_message",
 ]
 
@@ -83,7 +85,7 @@ def fault_of(
         return Fault(MODEL)
     if not isinstance(exc, KeyMismatchError):
         return Fault(CHECKPOINT)
-    other = _second(ref, refs)
+    other = second_checkpoint(ref, refs)
     fits = None if other is None else model_fits(model, other)
     if not fits and loaded is not None:  # the model fits that one: this checkpoint alone does not
         return Fault(CHECKPOINT, loaded)
@@ -92,7 +94,7 @@ def fault_of(
     return Fault(CHECKPOINT if fits else MODEL, other)
 
 
-def _second(ref: CheckpointRef, refs: Sequence[CheckpointRef]) -> CheckpointRef | None:
+def second_checkpoint(ref: CheckpointRef, refs: Sequence[CheckpointRef]) -> CheckpointRef | None:
     """The checkpoint to compare with: the run's last, or its first when ``ref`` is the last."""
     others = [r for r in refs if r.step != ref.step]
     if not others:
@@ -100,7 +102,7 @@ def _second(ref: CheckpointRef, refs: Sequence[CheckpointRef]) -> CheckpointRef 
     return others[-1] if others[-1].step > ref.step else others[0]
 
 
-def _spec_model(spec: Spec) -> str:
+def spec_model(spec: Spec) -> str:
     """The spec's model as the user wrote it: ``[model] arch = 'pkg.mod:make' in run.toml``."""
     where = "" if spec.source == "<spec>" else f" in {spec.source}"
     return f"[model] arch = {spec.model.arch!r}{where}"
@@ -119,7 +121,7 @@ def stop_message(
             f"{head} Step {other.step} ({other.file}) does not fit it either: the spec's model "
             "does not fit this run's checkpoints (the fault is not this checkpoint's), so every "
             "checkpoint would fail alike and the run stops here (with --skip-bad too). The "
-            f"spec's {_spec_model(spec)} must build the network they were saved from.",
+            f"spec's {spec_model(spec)} must build the network they were saved from.",
             "fix that arch or its factory (or their options), or pass the spec of the run that "
             "wrote the checkpoints with --spec, and rerun",
         )
@@ -133,7 +135,7 @@ def stop_message(
         return (
             f"{head} If the run's other checkpoints were saved like this one, the spec's model "
             "does not fit them (the fault is not this checkpoint's): the spec's "
-            f"{_spec_model(spec)} must build the network they were saved from.",
+            f"{spec_model(spec)} must build the network they were saved from.",
             "fix that arch or its factory (or their options), or pass the spec of the run that "
             "wrote the checkpoints with --spec, and rerun; if this checkpoint alone comes from "
             "another network, move it out and rerun, or pass --skip-bad to go on without it",
@@ -200,7 +202,7 @@ def every_checkpoint_failed(
     if all(f.mismatch for f in failures):
         fix = (
             "None of them fits the spec's model: its "
-            f"{_spec_model(spec)} must build the network this run's checkpoints were saved "
+            f"{spec_model(spec)} must build the network this run's checkpoints were saved "
             "from. Fix that arch or its factory (or their options), or pass the spec of the run "
             "that wrote them with --spec, and rerun."
         )

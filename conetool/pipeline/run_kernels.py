@@ -34,6 +34,7 @@ from ..store_clearing import remove_unused
 from ..threads import limit_threads
 from .kernels_loop import KernelsOptions, KernelsPlan, KernelsResult, compute_all
 from .mixed_runs import another_run
+from .overwrite_checks import check_before_clearing
 from .remembered import (
     imports_record,
     manifest_json,
@@ -169,6 +170,12 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             header = _header(ckpts, plan.spec, plan.probe, method, selected, o.skip_bad)
             # what a reader says of a store still being written: "37 of 100 kernels so far"
             header["selected_steps"] = sorted({ref.step for ref in plan.refs})
+            if (
+                overwrite
+                and before[0] == "used"
+                and Store.overwrite_clears(store, plan.identity, plan.manifest)
+            ):  # what would fail after the clearing is refused before it (.overwrite_checks)
+                check_before_clearing(model, plan, Path(store), o.skip_bad)
             out = Store.open_for_writing(store, plan.identity, header, overwrite=overwrite)
             holder.append(out)
             # Warnings: a manifest rebuilt (it was missing or damaged: kernel files left out,
