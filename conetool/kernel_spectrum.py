@@ -17,7 +17,12 @@ Definitions (``n`` probe examples, ``c`` classes, ``Y`` the ``(n, c)`` one-hot l
   (Roy and Vetterli 2007): ``N`` for a multiple of the identity, 1 for rank one;
 - **label energy in the top k**: the share of the centered labels' energy in the span of the top
   ``k`` eigenvectors, ``||U_k^T C Y||_F^2 / ||C Y||_F^2``, in ``[0, 1]`` (Kopitkov and Indelman
-  2020 follow how fast it grows during training).
+  2020 follow how fast it grows during training). Eigenvectors whose eigenvalue is zero to the
+  kernel's precision (``|lambda| <= N eps max|lambda|``, ``eps`` of the kernel's dtype, as
+  ``numpy.linalg.matrix_rank``) are left out of ``U_k``: they are any basis of the null space the
+  eigensolver returns, so a singular kernel's label energy would depend on the scale, the order
+  of the examples and the dtype; it is the labels' share in the kernel's range when ``k``
+  reaches its rank.
 
 Example::
 
@@ -41,7 +46,8 @@ class SpectrumPoint:
     Attributes:
         alignment: centered kernel-target alignment.
         effective_rank: ``exp`` of the entropy of the normalised eigenvalues.
-        label_energy: share of the centered labels' energy in the top ``top_k`` eigenvectors.
+        label_energy: share of the centered labels' energy in the top ``top_k`` eigenvectors
+            (those of eigenvalue zero to the kernel's precision left out).
         eigenvalues: ``(top_k,)`` the largest eigenvalues, descending.
         trace: the sum of all eigenvalues (the kernel's trace).
     """
@@ -114,6 +120,12 @@ def spectrum_point(
         top_k: how many eigenvalues (and eigenvectors, for the label energy) to keep.
     """
     k = as_matrix(kernel)
+    given = np.asarray(kernel).dtype
+    eps = (
+        float(np.finfo(given).eps)
+        if np.issubdtype(given, np.floating)
+        else float(np.finfo(float).eps)
+    )
     y = one_hot(labels, num_classes)
     if k.shape[0] != y.shape[0]:
         y = y.reshape(-1, 1)
@@ -131,7 +143,10 @@ def spectrum_point(
         effective_rank = 0.0
     tc = _center(t)
     energy = float(np.sum(tc * tc))
-    captured = float(np.sum((vectors[:, :top].T @ tc) ** 2))
+    # eigenvectors of eigenvalue zero to the kernel's precision: an arbitrary null-space basis
+    zero = k.shape[0] * eps * float(np.max(np.abs(values), initial=0.0))
+    spanned = vectors[:, :top][:, np.abs(values[:top]) > zero]
+    captured = float(np.sum((spanned.T @ tc) ** 2))
     return SpectrumPoint(
         alignment=centered_alignment(k, t),
         effective_rank=effective_rank,

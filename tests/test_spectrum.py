@@ -322,3 +322,32 @@ def test_a_kernels_run_still_writing_is_said_from_python_and_with_quiet(tmp_path
     assert cli.exit_code == 0, cli.output
     assert said in " ".join(cli.output.split())
     assert not any("still writing" in w for w in spectrum(root, top_k=3).warnings)
+
+
+def test_label_energy_of_a_singular_kernel_is_its_range_s_share_not_that_of_null_vectors() -> None:
+    """A kernel of rank 2 with --top-k 4: the top 4 eigenvectors were the 2 of the kernel's range
+    and 2 of its null space, whichever ones the eigensolver returned, so the label energy
+    changed with the kernel's scale, the order of the examples and its dtype (0.17 to 0.46 for
+    one kernel). Eigenvalues zero to the kernel's precision are left out: the label energy is
+    the labels' share in the span of the kernel's top eigenvectors of nonzero eigenvalue."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    a = rng.standard_normal((8, 2))
+    k = a @ a.T  # rank 2
+    q, _ = np.linalg.qr(a)  # its range
+    yc = one_hot(labels, 3) - one_hot(labels, 3).mean(axis=0)
+    want = np.linalg.norm(q.T @ yc) ** 2 / np.linalg.norm(yc) ** 2
+    for scale in (1.0, 1e-3, 7.0):
+        for dtype in (np.float64, np.float32):
+            point = spectrum_point((scale * k).astype(dtype), labels, 3, top_k=4)
+            assert point.label_energy == pytest.approx(want, rel=1e-5)
+    for _ in range(3):
+        order = rng.permutation(8)
+        point = spectrum_point(k[np.ix_(order, order)], labels[order], 3, top_k=4)
+        assert point.label_energy == pytest.approx(want, rel=1e-9)
+    # every eigenvalue kept (top_k beyond n): the same share, not 1
+    assert spectrum_point(k, labels, 3, top_k=20).label_energy == pytest.approx(want, rel=1e-9)
+    # below the rank, the top eigenvectors as before
+    _, v = np.linalg.eigh(k)
+    top1 = np.linalg.norm(v[:, -1:].T @ yc) ** 2 / np.linalg.norm(yc) ** 2
+    assert spectrum_point(k, labels, 3, top_k=1).label_energy == pytest.approx(top1, rel=1e-9)

@@ -258,11 +258,13 @@ def spectrum(
 
 
 def _all_eigenvalues_warning(top_k: int, size: int) -> str:
-    """Why the label energy is 1 at every step when ``top_k`` reaches the kernel's size."""
+    """Why the label energy is 1 at every step (the share in the range of a singular kernel) when
+    ``top_k`` reaches the kernel's size."""
     return (
         f"--top-k {top_k} is not below the {size} eigenvalues of each kernel: all {size} are "
-        f"kept, and the label energy in all the eigenvectors is 1 at every step. Pass a --top-k "
-        f"below {size} for a label energy that can change."
+        f"kept, and the label energy in all the eigenvectors is 1 at every step (for a singular "
+        f"kernel, the labels' share in its range). Pass a --top-k below {size} for a label "
+        f"energy that can change."
     )
 
 
