@@ -785,3 +785,28 @@ def test_report_writes_nothing_into_a_store_replaced_while_it_was_read(run, tmp_
     with pytest.raises(StoreReplacedError, match="conetool report stopped and wrote nothing"):
         report(copy)
     assert not paths.report_dir(copy).exists()
+
+
+def test_results_that_left_out_a_kernel_readable_now_are_noted(tmp_path):
+    """distance --skip-bad left out step 20 (its file was damaged); kernels then recomputed it
+    (same checkpoint: the same fingerprint and norm, so the same kernels key, the same steps).
+    The report said nothing, though distance's verdict and curves still lack step 20 and its
+    verdict section named a file that can be read now."""
+    steps = [0, 10, 20, 30]
+    kernels_ = random_psd(steps, n=4, seed=3)
+    root = make_store(tmp_path / "s", steps, kernels_)
+    kernel_file = root / "kernels" / "step_000020.safetensors"
+    good = kernel_file.read_bytes()
+    kernel_file.write_bytes(good[:40])  # damaged
+    left = distance(root, skip_bad=True, noise=False)
+    assert list(left.excluded) == [20]
+    assert not any("left out" in w for w in report(root).warnings)  # it is still unreadable
+    kernel_file.write_bytes(good)  # recomputed: the same kernel as before
+    warnings = report(root).warnings
+    assert any(
+        "the conetool distance results left out step 20 (--skip-bad), whose kernel file can "
+        "be used now" in w
+        for w in warnings
+    ), warnings
+    assert distance(root, skip_bad=True, noise=False).excluded == {}
+    assert not any("left out" in w for w in report(root).warnings)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import paths
-from ..errors import ConetoolError
+from ..errors import ConetoolError, StoreError, StoreReplacedError
 from ..spec import spec_from_dict, spec_to_toml
 from ..store import Store
 from ..store_lock import writer_note
@@ -252,12 +252,14 @@ class ReportInputs:
         holds now (made while ``kernels`` was still writing it, say): another store identity,
         another set of steps, or kernels recomputed since (a changed checkpoint: the summaries'
         ``kernels_key``, which file times do not change; summaries written before it was
-        recorded are not checked for this).
+        recorded are not checked for this), or a step left out with ``--skip-bad`` whose kernel
+        file can be used now (a damaged file recomputed: the same key and steps).
         """
         if not self.steps:
             return
         identity = asdict(self.store.identity)
         current_key = kernels_key(self.store)
+        usable_now: dict[int, bool] = {}  # step -> its kernel file can be used (read once)
         for summary, command in (
             (self.distance, "conetool distance"),
             (self.embed, "conetool embed"),
@@ -285,6 +287,17 @@ class ReportInputs:
                     f"the {command} results were computed from kernels that have been "
                     f"recomputed since (a checkpoint changed, or a kernel was recomputed): {rerun}"
                 )
+            elif usable := [
+                step for step in sorted(excluded) if self._usable_now(step, usable_now)
+            ]:
+                # a damaged kernel file recomputed since: the same checkpoint gives the same
+                # kernels key and steps, but the results still lack the step
+                listed = ", ".join(str(step) for step in usable)
+                self.warnings.append(
+                    f"the {command} results left out step{'s' if len(usable) > 1 else ''} "
+                    f"{listed} (--skip-bad), whose kernel file{'s' if len(usable) > 1 else ''} "
+                    f"can be used now (recomputed since): {rerun}"
+                )
         spec_hash = self.manifest.get("spec_hash")
         other = sorted(
             at
@@ -296,5 +309,19 @@ class ReportInputs:
                 f"switch points {_steps_text(other)} were trained with another spec than the "
                 f"store's (hash {spec_hash}); their command needs that spec (--spec)."
             )
+
+    def _usable_now(self, step: int, known: dict[int, bool]) -> bool:
+        """Whether the kernel of ``step``, left out of a result by ``--skip-bad``, can be used
+        now: stored, readable, finite and not all zeros (``known`` caches the answer)."""
+        if step not in known:
+            try:
+                kernel = self.store.load_kernel(step)
+            except StoreReplacedError:
+                raise
+            except StoreError:
+                known[step] = False
+            else:
+                known[step] = bool(kernel.any())
+        return known[step]
 
     # ----------------------------------------------------------------- document
