@@ -810,3 +810,14 @@ def test_results_that_left_out_a_kernel_readable_now_are_noted(tmp_path):
     ), warnings
     assert distance(root, skip_bad=True, noise=False).excluded == {}
     assert not any("left out" in w for w in report(root).warnings)
+
+
+def test_the_embedding_figure_s_alt_text_names_its_dimensions(run, tmp_path):
+    _, _, store, result = run
+    alts = [image["alt"] for image in Page(result.html.read_text(encoding="utf-8")).images]
+    assert "Fig. 1c: the kernel trajectory embedded in the plane" in alts
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    embed(copy, method="pca", dims=3, seed=3)  # was: "embedded in the plane" for 3-D too
+    alts = [image["alt"] for image in Page(report(copy).html.read_text(encoding="utf-8")).images]
+    assert "Fig. 1c: the kernel trajectory embedded in three dimensions" in alts

@@ -301,12 +301,13 @@ class ResultSections(ExperimentSections):
         )
         end = summary.get("phase1_end")
         ring = f" The red ring marks the end of Phase I (step {end})." if end is not None else ""
+        space = "three dimensions" if summary.get("dims") == 3 else "the plane"
         shown = self._figures(
             [
                 (
                     "Fig. 1c",
                     paths.embedding_png(self.root),
-                    "Fig. 1c: the kernel trajectory embedded in the plane",
+                    f"Fig. 1c: the kernel trajectory embedded in {space}",
                     f"Fig. 1c. Every stored kernel H(t) as a point, placed by {how}; H(0) black, "
                     f"later steps darker.{ring} Coordinates: embed/coords.csv.",
                 )
