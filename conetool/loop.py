@@ -80,6 +80,16 @@ class TrainingLoop:
         if step % self.spec.train.eval_every == 0 or step == until:
             self.evaluate(step)
 
+    def train_sums(self) -> tuple[float, int, int]:
+        """What the next metrics row averages: the training loss summed over examples, the
+        correct predictions and the examples seen since the previous row."""
+        return self._loss_sum, self._correct, self._seen
+
+    def resume_train_sums(self, loss_sum: float, correct: int, seen: int) -> None:
+        """Continue from the :meth:`train_sums` a run saved at the step it resumes from, so that
+        its next row averages over every step since the previous row, as an uninterrupted run's."""
+        self._loss_sum, self._correct, self._seen = loss_sum, correct, seen
+
     def update(self, step: int) -> float:
         """One optimizer step on the batch of global ``step``; returns the batch loss."""
         t = self.spec.train

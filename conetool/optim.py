@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -79,9 +79,12 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def save_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
+def save_optimizer_state(
+    optimizer: torch.optim.Optimizer, path: Path, step: int, extra: Mapping[str, str] | None = None
+) -> None:
     """Write the optimizer's state dict as safetensors: tensors ``state.<param>.<name>``, the
-    parameter groups and any non-tensor state as JSON metadata."""
+    parameter groups and any non-tensor state as JSON metadata; ``extra`` adds metadata entries
+    (``conetool train``: its running train sums, :data:`conetool.training.TRAIN_SUMS`)."""
     state_dict = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -96,6 +99,7 @@ def save_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, step: int
         "optimizer": type(optimizer).__name__,
         "param_groups": json.dumps(state_dict["param_groups"]),
         "scalar_state": json.dumps(scalars),
+        **(extra or {}),
     }
     atomic_save_safetensors(path, tensors, metadata)
 

@@ -11,6 +11,7 @@ The checkpoint of step s holds the weights after s updates (step 0 = the initial
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ from .spec import (
 from .threads import limit_threads, slow_step_watch
 
 METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+#: The optimizer state's metadata entry that holds, as a JSON list, the training loss summed
+#: over examples, the correct predictions and the examples seen since the last metrics row (before
+#: the update of its step): ``--resume`` continues them, so that its metrics.csv is the
+#: uninterrupted run's.
+TRAIN_SUMS = "train_sums"
 
 
 @dataclass(frozen=True)
@@ -149,12 +155,6 @@ def _train(
         return _finished(out, spec)
     model.to(dev)
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
-    if start:
-        _load_state(model, optimizer, out, start, dev)
-        progress.log(f"resuming {out} from step {start}")
-    else:
-        save_spec(spec, paths.spec(out))
-
     loop = TrainingLoop(
         spec,
         model,
@@ -162,13 +162,23 @@ def _train(
         data,
         dev,
         progress,
-        on_step=[
-            _saver(spec, model, optimizer, out, per_epoch),
-            *slow_step_watch(model, data, spec, dev, threads, progress, notes=said.warnings),
-        ],
         on_eval=lambda row: _append_metrics(paths.metrics(out), row),
         diverged_hint=diverged_hint(out),
     )
+    loop.on_step.extend(
+        [
+            _saver(spec, model, optimizer, out, per_epoch, loop.train_sums),
+            *slow_step_watch(model, data, spec, dev, threads, progress, notes=said.warnings),
+        ]
+    )
+    if start:
+        sums = _load_state(model, optimizer, out, start, dev)
+        if sums is not None:  # (a run saved by an older conetool has none: its next row
+            loop.resume_train_sums(*sums)  # averages the steps since the resume only)
+        progress.log(f"resuming {out} from step {start}")
+    else:
+        save_spec(spec, paths.spec(out))
+
     began = time.perf_counter()
     rows = loop.run(start, spec.train.steps)
     last = rows[-1]
@@ -194,9 +204,15 @@ def diverged_hint(ckpts: Path) -> str:
 
 
 def _saver(
-    spec: Spec, model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, per_epoch: int
+    spec: Spec,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    out: Path,
+    per_epoch: int,
+    sums: Callable[[], tuple[float, int, int]],
 ) -> Callable[[int], None]:
-    """The on_step callback that writes the checkpoints of :func:`save_steps`."""
+    """The on_step callback that writes the checkpoints of :func:`save_steps`; beside the
+    optimizer state, ``sums()`` (:meth:`TrainingLoop.train_sums`) as :data:`TRAIN_SUMS`."""
     saves = set(save_steps(spec))
 
     def save(step: int) -> None:
@@ -212,7 +228,8 @@ def _saver(
         }
         state = {k: v.cpu() for k, v in model.state_dict().items()}
         # The optimizer state goes first: a checkpoint file present means its state is too.
-        save_optimizer_state(optimizer, paths.optimizer_state(out, step), step)
+        extra = {TRAIN_SUMS: json.dumps(list(sums()))}  # (JSON floats round-trip exactly)
+        save_optimizer_state(optimizer, paths.optimizer_state(out, step), step, extra)
         atomic_save_safetensors(paths.checkpoint(out, step), state, metadata)
 
     return save
@@ -333,7 +350,9 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
 
 def _load_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, step: int, device: torch.device
-) -> None:
+) -> tuple[float, int, int] | None:
+    """Load the weights and optimizer state of ``step``; return the train sums saved with them
+    (None: a state written before conetool saved them, or not readable as such)."""
     path = paths.checkpoint(out, step)
     with safe_open(str(path), framework="pt") as handle:
         found = int((handle.metadata() or {}).get("step", step))
@@ -341,3 +360,21 @@ def _load_state(
         raise StoreError(f"{path} says it holds step {found}, not {step}. Remove it and rerun.")
     model.load_state_dict({k: v.to(device) for k, v in load_file(str(path)).items()})
     load_optimizer_state(optimizer, paths.optimizer_state(out, step))
+    return _train_sums(paths.optimizer_state(out, step))
+
+
+def _train_sums(path: Path) -> tuple[float, int, int] | None:
+    """The :data:`TRAIN_SUMS` entry of the optimizer state ``path`` (None when it has none)."""
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get(TRAIN_SUMS)
+    if text is None:
+        return None
+    try:
+        loss_sum, correct, seen = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(loss_sum, float | int) or not all(
+        isinstance(n, int) and n >= 0 for n in (correct, seen)
+    ):
+        return None
+    return float(loss_sum), correct, seen

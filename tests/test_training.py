@@ -132,6 +132,22 @@ def test_resume_gives_bit_identical_weights(tmp_path, recipe):
     assert steps == [0, 5, 10, 15, 20]
 
 
+@pytest.mark.parametrize(("cut_at", "resumed_from"), [(13, 10), (4, 3)])
+def test_resume_writes_the_metrics_of_an_uninterrupted_run(tmp_path, cut_at, resumed_from):
+    """metrics.csv of a resumed run is the uninterrupted run's, train numbers included. Resumed
+    at an evaluation step (10) its row had train_loss and train_acc NaN (nothing trained since
+    the resume); resumed between two (save_at 3) the next row (5) averaged only the steps since
+    the resume (3 and 4), not since the previous row (0 to 4)."""
+    spec = tiny_spec()
+    train(spec, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "cut", progress=_Interrupt(at=cut_at))
+    assert train(spec, tmp_path / "cut", resume=True).resumed_from == resumed_from
+    assert (
+        paths.metrics(tmp_path / "cut").read_text() == paths.metrics(tmp_path / "whole").read_text()
+    )
+
+
 def test_refuses_to_write_over_a_run(tmp_path):
     spec = tiny_spec()
     train(spec, tmp_path / "run")
