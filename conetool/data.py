@@ -35,6 +35,7 @@ import inspect
 import io
 import math
 import os
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any
 
 import torch
 
+from .data_files import check_mnist_files, cifar_problem, mnist_label_problem
 from .data_order import augment_generator, batch_indices, mix_seed, steps_per_epoch
 from .data_split import CropFlip, DataBundle, Split
 from .errors import DataError
@@ -204,13 +206,38 @@ def _listing(root: Path) -> str:
     return f" {root} holds: {shown}."
 
 
-def _torchvision(cls: type, root: Path, spec: DataSpec, train: bool, expected: str) -> Any:
-    """Instantiate a torchvision data set class, turning its errors into DataErrors."""
+# What torchvision raises on files it cannot read: a bad IDX magic number is an AssertionError, a
+# damaged CIFAR-10 batch an UnpicklingError, EOFError, KeyError or TypeError.
+_READ_ERRORS = (
+    RuntimeError,
+    OSError,
+    ValueError,
+    AssertionError,
+    KeyError,
+    TypeError,
+    IndexError,
+    EOFError,
+    pickle.UnpicklingError,
+)
+
+
+def _torchvision(
+    cls: type,
+    root: Path,
+    spec: DataSpec,
+    train: bool,
+    expected: str,
+    diagnose: Callable[[], str | None] = lambda: None,
+) -> Any:
+    """Instantiate a torchvision data set class, turning its errors into DataErrors; when it
+    fails, ``diagnose()`` may name the file at fault (a sentence that says the fix)."""
     quiet = contextlib.redirect_stdout(io.StringIO()) if spec.download else contextlib.nullcontext()
     try:
         with quiet:
             return cls(str(root), train=train, download=spec.download)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except _READ_ERRORS as exc:
+        if (problem := diagnose()) is not None:
+            raise DataError(problem) from exc
         if spec.download:
             raise DataError(
                 f"could not download {spec.dataset} into {root} ({exc}). Check the network "
@@ -233,8 +260,13 @@ def _mnist(spec: DataSpec) -> DataBundle:
         "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte"
     )
 
+    raw = root / "MNIST" / "raw"
+
     def split(train: bool) -> Split:
+        check_mnist_files(raw, train)  # (headers only: names the file torchvision would fail on)
         ds = _torchvision(MNIST, root, spec, train, expected)
+        if (problem := mnist_label_problem(raw, train, ds.targets)) is not None:
+            raise DataError(problem)
         inputs = (ds.data.to(torch.float32).unsqueeze(1) / 255.0 - MNIST_MEAN) / MNIST_STD
         return Split.from_tensors(inputs, ds.targets)
 
@@ -252,11 +284,25 @@ def _cifar10(spec: DataSpec) -> DataBundle:
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
 
+    folder = root / "cifar-10-batches-py"
+
     def split(train: bool) -> Split:
-        ds = _torchvision(CIFAR10, root, spec, train, expected)
+        ds = _torchvision(
+            CIFAR10, root, spec, train, expected, lambda: cifar_problem(folder, train)
+        )
+        labels = torch.tensor(ds.targets, dtype=torch.int64)
+        if len(labels) != len(ds.data) or not bool(((labels >= 0) & (labels < 10)).all()):
+            # (torchvision reads a batch with more or fewer labels than images, or a label
+            # beyond 9, without a word)
+            raise DataError(
+                cifar_problem(folder, train)
+                or f"the CIFAR-10 batches in {folder} hold {len(ds.data)} images and "
+                f"{len(labels)} labels, some outside 0..9. Replace them with the originals "
+                "from the extracted cifar-10-python.tar.gz."
+            )
         pixels = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
         inputs = (pixels.to(torch.float32) / 255.0 - mean) / std
-        return Split.from_tensors(inputs, torch.tensor(ds.targets, dtype=torch.int64))
+        return Split.from_tensors(inputs, labels)
 
     # Padding fill: the normalized value of pixel 0, as torchvision pads before normalizing.
     fill = tuple(-m / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD, strict=True))

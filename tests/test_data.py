@@ -244,6 +244,78 @@ def test_cifar10_from_pickled_batches(tmp_path: Path, monkeypatch: pytest.Monkey
     assert torch.allclose(fill, (0 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD))
 
 
+def _damage_bytes(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "magic":
+        data[2] = 0x09  # not unsigned bytes
+    elif how == "truncated":
+        data = data[:-5]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "said"),
+    [
+        ("train-images-idx3-ubyte", "magic", "magic number"),  # was a bare AssertionError
+        ("t10k-labels-idx1-ubyte", "magic", "magic number"),
+        ("train-images-idx3-ubyte", "truncated", "is truncated"),  # named no file
+        ("train-labels-idx1-ubyte", "count", "12 images but 7 labels"),  # named no file
+        ("t10k-labels-idx1-ubyte", "label", "holds label 10"),  # loaded; training crashed
+    ],
+)
+def test_a_damaged_mnist_file_is_named(tmp_path: Path, name: str, damage: str, said: str) -> None:
+    _write_mnist(tmp_path)
+    path = tmp_path / "MNIST" / "raw" / name
+    if damage == "count":
+        _write_idx(path, np.zeros(7, dtype=np.uint8))
+    elif damage == "label":
+        _write_idx(path, np.array([1, 2, 10, 3, 4], dtype=np.uint8))
+    else:
+        _damage_bytes(path, damage)
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(dataset="mnist", root=str(tmp_path)))
+    message = str(info.value)
+    assert str(path) in message and said in message, message
+    assert "download = true" in message
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("truncated", "cannot be read as a pickled batch"),  # was an UnpicklingError
+        ("no labels", "not a batch with 'data' and 'labels'"),  # was a KeyError
+        ("fewer labels", "holds 4 images but 3 labels"),  # named no file
+        ("more labels", "holds 4 images but 5 labels"),
+        ("label 10", "holds label 10"),  # loaded; training crashed
+    ],
+)
+def test_a_damaged_cifar10_batch_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str, said: str
+) -> None:
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    batches = _write_cifar(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    entry = dict(batches["data_batch_3"])
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-20])
+    else:
+        if damage == "no labels":
+            del entry["labels"]
+        elif damage == "fewer labels":
+            entry["labels"] = entry["labels"][:-1]
+        elif damage == "more labels":
+            entry["labels"] = [*entry["labels"], 1]
+        else:
+            entry["labels"] = [10, *entry["labels"][1:]]
+        path.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(dataset="cifar10", root=str(tmp_path)))
+    message = str(info.value)
+    assert str(path) in message and said in message, message
+
+
 # ---------------------------------------------------------------------------------------------
 # Augmentation
 # ---------------------------------------------------------------------------------------------
