@@ -594,6 +594,31 @@ def _check_semantics(spec: Spec) -> None:
         )
 
 
+def spec_differences(old: Spec, new: Spec, limit: int = 5) -> list[str]:
+    """The keys whose resolved values differ between ``old`` and ``new``, each as
+    ``"train.lr = 0.1 (now 0.05)"`` (a key only one has: ``(not set)``), at most ``limit`` of them
+    and then ``"and N more"``."""
+    a, b = old.to_dict(), new.to_dict()
+    said = []
+    for section in _SECTIONS:
+        before, after = a.get(section, {}), b.get(section, {})
+        for key in [*before, *(k for k in after if k not in before)]:
+            if before.get(key) != after.get(key):
+                was, now = (_shown(d[key]) if key in d else "(not set)" for d in (before, after))
+                said.append(f"{section}.{key} = {was} (now {now})")
+    if len(said) > limit:
+        said = [*said[:limit], f"and {len(said) - limit} more"]
+    return said
+
+
+def _shown(value: Any) -> str:
+    """``value`` as the spec file writes it (a value TOML cannot hold: its repr)."""
+    try:
+        return _toml_value(value)
+    except SpecError:
+        return repr(value)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

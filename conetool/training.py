@@ -40,6 +40,7 @@ from .spec import (
     load_spec,
     save_spec,
     save_steps,
+    spec_differences,
     train_warnings,
 )
 from .threads import limit_threads, slow_step_watch
@@ -315,7 +316,8 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
         )
     if not ours and not spec_file.exists():
         return 0
-    previous = load_spec(spec_file).hash() if spec_file.exists() else "unknown"
+    previous_spec = load_spec(spec_file) if spec_file.exists() else None
+    previous = previous_spec.hash() if previous_spec is not None else "unknown"
     if overwrite:
         for step in ours:
             paths.checkpoint(out, step).unlink(missing_ok=True)
@@ -331,10 +333,15 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
             "Pass --resume to continue it, --overwrite to replace it, or choose another --out."
         )
     if previous != spec.hash():
+        changed = (
+            f" It differs in {'; '.join(spec_differences(previous_spec, spec))}."
+            if previous_spec is not None
+            else ""
+        )
         raise StoreError(
             f"--out {out} holds a run made with another spec (hash {previous}; {spec.source} has "
-            f"hash {spec.hash()}). --resume needs the same spec: compare with {spec_file}. "
-            "Use another --out, or --overwrite to replace that run."
+            f"hash {spec.hash()}).{changed} --resume needs the same spec: compare with "
+            f"{spec_file}. Use another --out, or --overwrite to replace that run."
         )
     resumable = [s for s in ours if paths.optimizer_state(out, s).exists()]
     # Without any optimizer state the run restarts from step 0 (its checkpoints come out the same).

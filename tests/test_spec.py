@@ -13,7 +13,9 @@ from conetool.spec import (
     load_spec,
     recipe_warnings,
     save_spec,
+    spec_differences,
     spec_from_dict,
+    spec_from_toml,
     spec_to_toml,
 )
 
@@ -201,3 +203,19 @@ def test_the_readme_spec_block_shows_every_key_at_its_default():
         for key in vars(getattr(defaults, name)):
             if key != "options":
                 assert f"{key} =" in block, (name, key)
+
+
+def test_spec_differences_name_each_changed_key():
+    """What train --resume's refusal of another spec names (it named only the two hashes)."""
+    old = spec_from_toml('[model]\narch = "mlp"\nwidths = [8]\n[train]\nlr = 0.1\n', "a.toml")
+    new = spec_from_toml('[model]\narch = "mlp"\n[train]\nlr = 0.05\nsteps = 7\n', "b.toml")
+    assert spec_differences(old, new) == [
+        "model.widths = [8] (now (not set))",
+        "train.steps = 1000 (now 7)",
+        "train.lr = 0.1 (now 0.05)",
+    ]
+    assert spec_differences(old, new, limit=1) == [
+        "model.widths = [8] (now (not set))",
+        "and 2 more",
+    ]
+    assert spec_differences(old, old) == []

@@ -154,8 +154,10 @@ def test_refuses_to_write_over_a_run(tmp_path):
     with pytest.raises(StoreError, match="already holds a run.*--resume.*--overwrite"):
         train(spec, tmp_path / "run")
     other = tiny_spec(lr=0.05)
-    with pytest.raises(StoreError, match="another spec"):
+    with pytest.raises(StoreError, match="another spec") as info:
         train(other, tmp_path / "run", resume=True)
+    # it said only the two hashes: which key differs was left to a diff of the two files
+    assert "It differs in train.lr = 0.1 (now 0.05). --resume" in str(info.value)
     result = train(other, tmp_path / "run", overwrite=True)
     assert result.resumed_from is None
     with safe_open(str(paths.checkpoint(tmp_path / "run", 20)), framework="pt") as handle:
