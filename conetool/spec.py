@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -229,6 +230,7 @@ def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> Spec:
         raise SpecError(
             f"{source}: unknown section [{unknown[0]}]. Valid sections: "
             f"{', '.join(f'[{s}]' for s in _SECTIONS)}."
+            + _did_you_mean(unknown[0], list(_SECTIONS), "[{}]")
         )
     sections = {}
     for name, cls in _SECTIONS.items():
@@ -257,11 +259,18 @@ def _build_section(cls: type, name: str, values: dict[str, Any], source: str) ->
         else:
             raise SpecError(
                 f"{source}: unknown key '{key}' in [{name}]. Valid keys: {', '.join(known)}."
+                + _did_you_mean(key, known, "'{}'")
                 + _open_hint(name)
             )
     if "options" in hints:
         kwargs["options"] = extra
     return cls(**kwargs)
+
+
+def _did_you_mean(name: str, valid: list[str], form: str) -> str:
+    """`` Did you mean 'steps'?`` for the valid name closest to a misspelt one (none: "")."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return f" Did you mean {form.format(close[0])}?" if close else ""
 
 
 def _open_hint(section: str) -> str:

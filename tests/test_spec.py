@@ -219,3 +219,25 @@ def test_spec_differences_name_each_changed_key():
         "and 2 more",
     ]
     assert spec_differences(old, old) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "suggested"),
+    [
+        ("[train]\nsave_evry = 3\n", "Did you mean 'save_every'?"),
+        ("[train]\nwarmup = 3\n", "Did you mean 'warmup_steps'?"),
+        ("[probe]\nsplits = 'test'\n", "Did you mean 'split'?"),
+        ("[trian]\nsteps = 3\n", "Did you mean [train]?"),
+    ],
+)
+def test_a_misspelt_key_or_section_gets_the_closest_valid_one(text, suggested):
+    """An unknown key listed every valid one but not the one meant."""
+    with pytest.raises(SpecError) as info:
+        spec_from_toml(text, "typo.toml")
+    assert suggested in str(info.value)
+
+
+def test_an_unknown_key_like_no_valid_one_gets_no_guess():
+    with pytest.raises(SpecError) as info:
+        spec_from_toml("[train]\nlearning_rate = 0.1\n", "typo.toml")
+    assert "Did you mean" not in str(info.value)
