@@ -10,7 +10,7 @@ import pytest
 import torch
 from flushed_dirs import flushed_dirs
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conetool import paths
 from conetool.errors import ConetoolError, StoreError
@@ -146,6 +146,36 @@ def test_resume_writes_the_metrics_of_an_uninterrupted_run(tmp_path, cut_at, res
     assert (
         paths.metrics(tmp_path / "cut").read_text() == paths.metrics(tmp_path / "whole").read_text()
     )
+
+
+def test_resume_from_a_state_saved_before_train_sums_keeps_the_weights_of_an_uninterrupted_run(
+    tmp_path,
+):
+    """An optimizer state an older conetool wrote has no train_sums: the run resumes from it, its
+    weights are still the uninterrupted run's, and only the train numbers of the row at the
+    resume step (nothing trained since the resume) are missing, as the README says."""
+    spec = tiny_spec()
+    train(spec, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "cut", progress=_Interrupt(at=13))
+    state = paths.optimizer_state(tmp_path / "cut", 10)
+    with safe_open(str(state), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    assert metadata.pop("train_sums")
+    save_file(tensors, str(state), metadata=metadata)
+    assert train(spec, tmp_path / "cut", resume=True).resumed_from == 10
+    for step in (15, 20):
+        a, b = weights(tmp_path / "whole", step), weights(tmp_path / "cut", step)
+        assert all(torch.equal(a[name], b[name]) for name in a), step
+    rows = {}
+    for run in ("whole", "cut"):
+        with open(paths.metrics(tmp_path / run)) as handle:
+            rows[run] = {int(r["step"]): r for r in csv.DictReader(handle)}
+    assert rows["cut"].keys() == rows["whole"].keys()
+    assert rows["cut"][10]["train_loss"] == "nan" != rows["whole"][10]["train_loss"]
+    for step in (10, 15, 20):  # evaluated on the test split from the same weights
+        assert rows["cut"][step]["test_acc"] == rows["whole"][step]["test_acc"]
 
 
 def test_refuses_to_write_over_a_run(tmp_path):
