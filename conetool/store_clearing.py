@@ -8,6 +8,8 @@ that a failed ``kernels`` run created and left without a kernel (:func:`remove_u
 from __future__ import annotations
 
 import errno
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -87,16 +89,38 @@ def remove_stale_temporaries(root: Path) -> None:
     """Remove the temporary files of atomic writes (``.step_000100.safetensors.x1y2.tmp``) that
     a killed writer left in the store's own folders. Called by the lock's holder before it
     writes: conetool's other writers (torchrun ranks) join after it, and the commands that read
-    the store write only in their own result folders."""
-    patterns = [(p.parent, f".{p.name}.*.tmp") for p in _own_files(root)]  # root: not only ours
-    patterns += [(root / name, ".*.tmp") for name in _WRITER_DIRS]
-    for folder, pattern in patterns:
+    the store write only in their own result folders.
+
+    Only the names :func:`conetool.io.atomic_write_text` and its kin give a temporary of a file
+    conetool writes there, and only regular files directly in each folder: a ``kernels/`` that
+    is a symlink to a shared disk is the store's (its kernels are written through it), but
+    nothing nested under it, no symlink, and no other program's ``.*.tmp`` there is touched."""
+    own = "|".join(re.escape(p.name) for p in _own_files(root))  # root: not only ours
+    targets = [(root, _temporary_of(own))]
+    targets += [(root / name, _temporary_of(_STEP_FILE)) for name in _WRITER_DIRS]
+    for folder, pattern in targets:
         try:
-            leftovers = [p for p in folder.glob(pattern) if p.is_file()]
+            with os.scandir(folder) as entries:
+                leftovers = [
+                    Path(entry.path)
+                    for entry in entries
+                    if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+                ]
         except OSError:
             continue
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
+
+
+#: The name of a step's file in a kernel folder (``step_000100.safetensors``), as a regex.
+_STEP_FILE = r"step_\d+" + re.escape(paths.CHECKPOINT_SUFFIX)
+
+
+def _temporary_of(name: str) -> re.Pattern[str]:
+    """The names of the temporary files that an atomic write of a file named like the regex
+    ``name`` makes (``tempfile.mkstemp``'s prefix ``.NAME.``, random letters, digits or ``_``,
+    ``.tmp``)."""
+    return re.compile(rf"\.(?:{name})\.[A-Za-z0-9_]+\.tmp")
 
 
 #: The files a ``kernels`` run writes at the top of a store before its first kernel.

@@ -213,6 +213,39 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_writer(tmp_p
     assert all(path.exists() for path in kept)  # not conetool's, or another command's folder
 
 
+def test_temporaries_are_removed_through_a_symlinked_kernels_folder_and_nothing_else(tmp_path):
+    # kernels/ on a shared disk (a symlink) is the store's: a killed writer's temporary there
+    # goes, but not another program's .*.tmp beside it, a file nested below it, or a symlink
+    shared = tmp_path / "shared"
+    (shared / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"the user's")
+    root = tmp_path / "s"
+    root.mkdir()
+    (root / paths.KERNELS_DIR).symlink_to(shared, target_is_directory=True)
+    store = Store.open_for_writing(root, IDENT, HEADER)
+    store.write_kernel(record(0), torch.eye(2))
+    store.close()
+    stale = shared / ".step_000010.safetensors.k3j2h1.tmp"
+    kept = [
+        shared / "sub" / ".step_000020.safetensors.abc.tmp",  # nested: not a store's folder
+        shared / ".notes.tmp",  # another program's temporaries
+        shared / ".data.csv.x1y2.tmp",
+        shared / ".step_000010.safetensors.tmp",  # no random part: not mkstemp's name
+        shared / "readme.txt",
+        root / ".my.manifest.json.a1.tmp",
+    ]
+    for path in [stale, *kept]:
+        path.write_bytes(b"partial")
+    link = shared / ".step_000030.safetensors.lnk.tmp"
+    link.symlink_to(outside)
+    Store.open_for_writing(root, IDENT, HEADER).close()
+    assert not stale.exists()
+    assert [path.name for path in kept if not path.exists()] == []
+    assert link.is_symlink() and outside.read_bytes() == b"the user's"
+    assert Store.open(root).steps() == [0]
+
+
 def test_written_files_get_the_usual_permissions(tmp_path):
     import os
 
