@@ -118,6 +118,34 @@ def test_spectrum_command_writes_one_row_per_step(tmp_path) -> None:
     assert paths.spectrum_png(root).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_spectrum_failing_midway_leaves_no_summary_of_the_run_before(
+    tmp_path, monkeypatch
+) -> None:
+    # a full disk at the figure: the new CSV (top 2) is written, the old summary (top 3) would
+    # describe it wrongly beside it; the summary is gone until a run writes all three again
+    import errno
+
+    from conetool.pipeline import run_spectrum
+
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((12, 6))
+    root = _store(tmp_path / "store", [a @ a.T] * 2, np.repeat(np.arange(3), 4))
+    spectrum(root, top_k=3)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(run_spectrum, "write_figure", full)
+        with pytest.raises(OSError, match="No space"):
+            spectrum(root, top_k=2)
+    with open(paths.spectrum_csv(root), newline="") as handle:
+        assert list(next(csv.reader(handle)))[-2:] == ["eig_1", "eig_2"]  # the new run's
+    assert not paths.spectrum_summary(root).exists()
+    spectrum(root, top_k=2)
+    assert json.loads(paths.spectrum_summary(root).read_text())["top_k"] == 2
+
+
 def test_spectrum_of_a_store_with_one_kernel(tmp_path) -> None:
     # The measures are of each kernel alone: one kernel is enough (a distance needs two).
     rng = np.random.default_rng(8)

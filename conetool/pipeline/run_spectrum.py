@@ -12,6 +12,9 @@ Outputs (names from :mod:`conetool.paths`)::
     spectrum/spectrum.png   the three measures against step (and a 4th panel, the kernel
                             machine's test accuracy, with eval kernels), Phase I shaded
 
+``summary.json`` is removed before the CSV and the PNG are written, and written after them: a run
+that fails midway (a full disk) leaves no summary beside outputs of another run.
+
 The measures are defined in :mod:`conetool.kernel_spectrum`. With the eval kernels of
 ``conetool kernels --eval-size m``, each step's kernel machine (:mod:`conetool.kernel_regression`,
 kernel ridge regression on the probe set with the eNTK frozen at that step and the stated default
@@ -43,7 +46,7 @@ from ..threads import limit_threads
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernels_key, require_kernels
 from .recompute_notes import DELETE, recompute_note
-from .saved_results import said_in_summary, saved_phase1_end
+from .saved_results import remove_old_summary, said_in_summary, saved_phase1_end
 
 __all__ = ["SpectrumResult", "spectrum"]
 
@@ -193,6 +196,7 @@ def spectrum(
                     for step, p, acc, loss in zip(kept, points, accuracy, losses, strict=True)
                 ]
                 has_eval = any(np.isfinite(accuracy))
+                remove_old_summary(paths.spectrum_summary(root))  # written again last
                 files = [atomic_write_csv(paths.spectrum_csv(root), header, rows)]
                 key = kernels_key(opened)
                 end = saved_phase1_end(root, kernels_key=key)  # from distance on these same kernels

@@ -1,5 +1,6 @@
 """Results that one command leaves for the next to read: Phase I's end from
-``distance/summary.json``; what a command said, in its ``summary.json``."""
+``distance/summary.json``; what a command said, in its ``summary.json``; the summary of the run
+before, removed before a command writes its outputs (:func:`remove_old_summary`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,25 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from ..io import write_error
 
-__all__ = ["said_in_summary", "saved_phase1_end", "summary_said"]
+__all__ = ["remove_old_summary", "said_in_summary", "saved_phase1_end", "summary_said"]
+
+
+def remove_old_summary(path: Path) -> None:
+    """Remove the ``summary.json`` at ``path`` that the run before wrote, before this run writes
+    the first of the outputs it describes (the new summary is written after them, last): a run
+    that fails or is killed midway leaves a folder without a summary (which its readers take as
+    not computed), never an old summary beside a CSV it does not describe (another ``--top-k``,
+    other steps). A full, read-only or forbidden file system is :func:`~conetool.io.write_error`'s
+    one-paragraph error."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        error = write_error(path, exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def saved_phase1_end(
