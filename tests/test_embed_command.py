@@ -4,6 +4,7 @@ S matrix saved by `conetool distance`, bad input and the command line."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 from pathlib import Path
@@ -112,6 +113,33 @@ def test_mds_in_three_dimensions(store):
     assert summary["stress"] == pytest.approx(direct.stress, abs=1e-10)
     assert 0.0 <= summary["stress"] < 1.0
     assert summary["explained_variance_ratio"] is None and summary["seed"] == 3
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_distance_or_embed_failing_midway_leaves_no_summary_of_the_run_before(store, monkeypatch):
+    # a full disk at the figures: the new CSV is written, the old summary (other dts, other
+    # dims) would describe it wrongly beside it; it is gone until a run writes them all again
+    root, _ = store
+    distance(root, dts=10)
+    embed(root, dims=2)
+    with monkeypatch.context() as patched:
+        patched.setattr("conetool.pipeline.run_distance.write_figures", _full_disk)
+        patched.setattr(run_embed, "write_figure", _full_disk)
+        with pytest.raises(OSError, match="No space"):
+            distance(root, dts=20)
+        with pytest.raises(OSError, match="No space"):
+            embed(root, dims=3)
+    with open(paths.adjacent_csv(root), newline="") as handle:
+        assert {row["dt"] for row in csv.DictReader(handle)} == {"20"}  # the new run's
+    assert read_coords(root)[0] == ["step", "x", "y", "z"]
+    assert not paths.distance_summary(root).exists() and not paths.embed_summary(root).exists()
+    distance(root, dts=20)
+    embed(root, dims=3)
+    assert json.loads(paths.distance_summary(root).read_text())["dts"] == [20]
+    assert json.loads(paths.embed_summary(root).read_text())["dims"] == 3
 
 
 def test_embed_reuses_the_matrix_that_distance_saved(store, monkeypatch):

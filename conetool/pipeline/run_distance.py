@@ -15,6 +15,9 @@ Outputs (names from :mod:`conetool.paths`)::
                             kernels of ``kernels --per-layer``: each group's distance to each
                             reference and its adjacent distance and velocity at the verdict's dt
     distance/per_layer.png  the velocity of each group against step (log y, Phase I shaded)
+
+``summary.json`` is removed before the other outputs are written, and written after them: a run
+that fails midway (a full disk) leaves no summary beside outputs of another run.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from .kernels_running import kernels_running
 from .matrix_cache import kernel_matrix, kernels_key, require_kernels
 from .noise_estimate import estimate_noise_floor
 from .resolve import moved_run
-from .saved_results import said_in_summary
+from .saved_results import remove_old_summary, said_in_summary
 
 __all__ = ["UNUSED_REF", "AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
 
@@ -275,6 +278,7 @@ def distance(
 
             with opened.writing_results("distance"):
                 root = opened.root
+                remove_old_summary(paths.distance_summary(root))  # written again last
                 files = [write_to_ref(root, steps, to_ref), write_adjacent(root, pairs)]
                 if matrix.saved:
                     files.append(paths.matrix_npz(root))

@@ -12,6 +12,8 @@ Outputs (names from :mod:`conetool.paths`)::
 The S matrix is read back from ``distance/matrix.npz`` (or ``embed/matrix.npz``) when it matches
 the store's kernels, else computed exactly as ``conetool distance`` does; it is saved in
 ``embed/matrix.npz``, never into ``distance/``, whose matrix stays that of its summary.
+``summary.json`` is removed before ``coords.csv`` and the PNG are written, and written after them:
+a run that fails midway (a full disk) leaves no summary beside outputs of another run.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..threads import limit_threads
 from ..verdict import phase_verdict
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernel_matrix, kernels_key
-from .saved_results import said_in_summary, saved_phase1_end
+from .saved_results import remove_old_summary, said_in_summary, saved_phase1_end
 
 __all__ = ["METHODS", "EmbedResult", "embed"]
 
@@ -149,6 +151,7 @@ def embed(
                 [step, *(csv_number(v) for v in embedding.coords[i])]
                 for i, step in enumerate(steps)
             ]
+            remove_old_summary(paths.embed_summary(root))  # written again last
             files = [atomic_write_csv(paths.coords_csv(root), ["step", *axes], rows)]
             if method == "pca":
                 ratio = embedding.explained_variance_ratio
