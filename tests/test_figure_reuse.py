@@ -280,6 +280,59 @@ def test_embed_and_spectrum_reruns_draw_nothing_and_another_option_draws(store, 
     assert drawn == Counter(embedding_figure=2, spectrum_figure=2)
 
 
+_RERUNS = """
+import json, sys
+from conetool.cli import main
+
+store, emptied = sys.argv[1:]
+
+def run(*args):
+    sys.argv = ["conetool", *args, "--store", store, "-q"]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, (args, exc.code)
+    return sorted(m for m in sys.modules if m.startswith("matplotlib"))
+
+for command in ("distance", "embed", "spectrum", "report"):
+    loaded = run(command)
+print("loaded:", json.dumps(loaded))
+open(emptied, "wb").close()
+print("loaded:", json.dumps(run("spectrum")))
+"""
+
+#: What drawing loads, and a rerun that draws nothing need not (0.5-1 s).
+_DRAWING = ("matplotlib.figure", "matplotlib.axes", "matplotlib.backends.backend_agg")
+
+
+def test_reruns_that_draw_nothing_do_not_load_matplotlibs_drawing_modules(store):
+    # only matplotlib itself, whose version and settings the figures' key reads; a PNG made
+    # empty is drawn again, loading them (so the names checked are the ones drawing loads)
+    import json
+    import os
+    import subprocess
+    import sys
+
+    distance(store)
+    embed(store)
+    spectrum(store)
+    report(store)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", _RERUNS, str(store), str(paths.spectrum_png(store))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stdout.splitlines() if line.startswith("loaded: ")]
+    rerun, drawn_again = (json.loads(line.removeprefix("loaded: ")) for line in said)
+    assert "matplotlib" in rerun and [m for m in _DRAWING if m in rerun] == []
+    assert [m for m in _DRAWING if m not in drawn_again] == []
+
+
 def test_report_rerun_draws_the_training_curves_once(run, tmp_path, drawn):
     store = tmp_path / "store"
     kernels(run, store=store, device="cpu")

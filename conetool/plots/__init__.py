@@ -6,7 +6,9 @@ need no GUI backend, never touch pyplot's global figure manager and work on a he
 (each call builds its own figure; rcParams are read, never changed). Nothing but
 :func:`save_figure` (and :func:`write_figure`, through it) writes. A ``Figure`` made this way is not
 registered with pyplot, so it needs no ``plt.close``. The conventions every figure follows are in
-:mod:`conetool.plots.style`.
+:mod:`conetool.plots.style`. Importing this package loads ``matplotlib`` itself (the key of a
+figure reads its settings) but not ``matplotlib.figure``, ``matplotlib.axes`` or the Agg backend:
+they load when a figure is drawn, so a rerun that draws nothing skips them.
 
 - :mod:`~conetool.plots.distance`: Fig. 1a, Fig. 1b, the S matrix;
 - :mod:`~conetool.plots.embedding`: Fig. 1c;

@@ -5,12 +5,11 @@ distance and velocity (Fig. 1b), and the S matrix heatmap.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
 
 from .style import (
     MATRIX_CMAP,
@@ -28,6 +27,9 @@ from .style import (
     step_label,
     style_axes,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # --------------------------------------------------------------------------- Fig. 1a
 

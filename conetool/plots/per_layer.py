@@ -6,9 +6,9 @@ Phase I and which keep moving in Phase II.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from .style import (
     as_vector,
@@ -23,6 +23,9 @@ from .style import (
     shade_phase1,
     style_axes,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def per_layer_figure(

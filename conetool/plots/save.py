@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from conetool.io import atomic_write
 
 from .figure_key import KEY_FIELD, figure_key, recorded_key
+
+if TYPE_CHECKING:  # matplotlib.figure loads when a figure is drawn: a rerun drawing none skips it
+    from matplotlib.figure import Figure
 
 #: The dpi of every figure conetool writes.
 DPI = 150
@@ -84,6 +84,8 @@ def render_png(
     if engine is None:
         fig.savefig(target, format="png", dpi=dpi, metadata=metadata)
         return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas, figure_dpi = fig.canvas, fig.dpi
     FigureCanvasAgg(fig)  # attaches itself; savefig then draws on it with its cached renderer
     try:

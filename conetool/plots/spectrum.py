@@ -6,11 +6,14 @@ Built like the other figures (object-oriented matplotlib, returned, saved by the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from .style import new_figure, set_logx, shade_phase1, style_axes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["spectrum_figure"]
 

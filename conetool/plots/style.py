@@ -15,13 +15,15 @@ Conventions (every figure follows them):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.colors import Colormap, ListedColormap
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib.figure and .axes load when a figure is drawn (0.5-1 s)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 PANEL_SIZE = (6.0, 4.0)
 #: Colormap of families of curves (one per reference step or per dt); cut before its pale end.
@@ -38,6 +40,8 @@ MAX_TICKS = 8
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = PANEL_SIZE) -> Figure:
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
 
 
