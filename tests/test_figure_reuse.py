@@ -5,6 +5,7 @@ plot code, matplotlib's settings, conetool's version; a missing, truncated or da
 from __future__ import annotations
 
 import functools
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from matplotlib.figure import Figure
 from synthetic_store import make_store
 from test_output_mutants import add_probe_and_eval, random_kernels
 from tiny_run import run_fixtures
+from typer.testing import CliRunner
 
 from conetool import paths
+from conetool.cli import app
 from conetool.pipeline import (
     distance,
     distance_outputs,
@@ -333,13 +336,40 @@ def test_reruns_that_draw_nothing_do_not_load_matplotlibs_drawing_modules(store)
     assert [m for m in _DRAWING if m not in drawn_again] == []
 
 
+def test_the_command_line_says_kept_for_a_figure_a_rerun_left_as_it_was(store):
+    # was: "wrote to_ref.csv, ..., to_ref.png, adjacent.png, matrix.png" on every rerun
+    def said(*args: str) -> str:
+        result = CliRunner().invoke(app, [*args, "--store", str(store), "-q"])
+        assert result.exit_code == 0, result.output
+        return re.sub(r"\s+", "", result.output)  # rich wraps lines at the terminal's width
+
+    figures = {
+        "distance": "to_ref.png,adjacent.png,matrix.png",
+        "embed": "embedding.png",
+        "spectrum": "spectrum.png",
+    }
+    for command, pngs in figures.items():
+        assert "(unchanged)" not in said(command)
+        again = said(command)
+        assert f"kept{pngs}(unchanged)" in again, (command, again)
+        assert not re.search(r"wrote[^;]*\.png", again), (command, again)
+    paths.matrix_png(store).unlink()
+    redrawn = said("distance")
+    assert re.search(r"wrote[^;]*matrix\.png", redrawn)  # drawn again
+    assert "keptto_ref.png,adjacent.png(unchanged)" in redrawn
+    assert "keptmatrix.png(unchanged)" in said("distance", "--logx")  # to_ref, adjacent drawn
+
+
 def test_report_rerun_draws_the_training_curves_once(run, tmp_path, drawn):
     store = tmp_path / "store"
     kernels(run, store=store, device="cpu")
-    report(store)
+    assert report(store).kept == []
     assert drawn["training_curves_figure"] == 1
-    report(store)
+    assert report(store).kept == [paths.report_training_png(store)]
     assert drawn["training_curves_figure"] == 1
+    said = CliRunner().invoke(app, ["report", "--store", str(store), "-q"])
+    assert said.exit_code == 0, said.output
+    assert "kepttraining.png(unchanged)" in re.sub(r"\s+", "", said.output)  # was: under wrote
     png = paths.report_training_png(store)
     png.write_bytes(png.read_bytes()[:100])  # truncated
     report(store)

@@ -718,11 +718,12 @@ def test_spectrum_figure_draws_the_csv_columns_and_the_summary_counts_its_eigenv
     tmp_path, monkeypatch
 ):
     made: dict[str, Figure] = {}
-    monkeypatch.setattr(
-        run_spectrum,
-        "write_figure",
-        lambda path, draw, *a, **kw: made.setdefault(Path(path).name, draw(*a, **kw)),
-    )
+
+    def write(path: Path, draw: Any, *args: Any, **kwargs: Any) -> Path:
+        made[Path(path).name] = draw(*args, **kwargs)
+        return Path(path)  # as write_figure
+
+    monkeypatch.setattr(run_spectrum, "write_figure", write)
     steps = [0, 20, 40, 60]
     kernels = random_kernels(len(steps), n=LABELS.size, seed=5)
     root = make_store(tmp_path / "store", steps, kernels)

@@ -586,7 +586,8 @@ def test_cli_report_and_missing_store(run, tmp_path):
     assert outcome.exit_code == 0, outcome.output
     assert "verdict" in outcome.output and "report.html" in outcome.output
     wrote = " ".join(outcome.output.split())  # rich wraps the line at the terminal's width
-    assert "7 figures embedded), report.md, spec.toml, training.png" in wrote
+    # the fixture's report drew training.png: this rerun leaves it, and says so apart
+    assert "7 figures embedded), report.md, spec.toml; kept training.png (unchanged)" in wrote
     missing = tmp_path / "nowhere"
     outcome = runner.invoke(app, ["report", "--store", str(missing)])
     assert outcome.exit_code == 1

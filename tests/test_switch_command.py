@@ -374,6 +374,13 @@ def test_cli_switch(deep_run, tmp_path):
     )
     assert ok.exit_code == 0, ok.output
     assert "standard 12" in ok.output and "results.csv" in ok.output
+    png = str(paths.switch_png(store))
+    assert f"wrote{png}" in re.sub(r"\s+", "", ok.output)  # rich wraps at the terminal's width
+    again = runner.invoke(
+        app, ["switch", "--at", "0:12:4", "--store", str(store), "--ckpts", str(deep_run), "-q"]
+    )
+    assert again.exit_code == 0, again.output
+    assert f"kept{png}(unchanged)" in re.sub(r"\s+", "", again.output)  # was: "wrote"
     bad = runner.invoke(
         app, ["switch", "--at", "7", "--store", str(store), "--ckpts", str(deep_run), "-q"]
     )

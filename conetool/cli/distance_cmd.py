@@ -18,7 +18,7 @@ from .options import (
     StoreCkpts,
     StoreOpt,
 )
-from .runtime import Threads, starting, warned_at_the_end
+from .runtime import Threads, files_line, starting, warned_at_the_end
 
 _RULES = VERDICT_DEFAULTS
 
@@ -229,7 +229,7 @@ def distance(
     # The notes and warnings were said as they came (not with --quiet); the warnings again now.
     warned_at_the_end(result.warnings, quiet)
     console.print(
-        f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'distance'}",
+        files_line(result.files, result.kept, result.store / "distance"),
         highlight=False,
         markup=False,
     )

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..choices import EmbedMethod
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
-from .runtime import Threads, starting, warned_at_the_end
+from .runtime import Threads, files_line, starting, warned_at_the_end
 
 
 @app.command()
@@ -83,7 +83,7 @@ def embed(
     # The notes and warnings were said as they came (not with --quiet); the warnings again now.
     warned_at_the_end(result.warnings, quiet)
     console.print(
-        f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'embed'}",
+        files_line(result.files, result.kept, result.store / "embed"),
         highlight=False,
         markup=False,
     )

@@ -70,10 +70,12 @@ def report(
     # The notes and warnings were said as they came (not with --quiet); the warnings again now.
     warned_at_the_end(result.warnings, quiet)
     size = format_bytes(result.html.stat().st_size, smallest="KiB", largest="MiB")
-    beside = [p.name for p in (result.markdown, result.spec, result.training_png) if p]
+    beside = [p for p in (result.markdown, result.spec, result.training_png) if p]
+    kept = [p.name for p in beside if p in result.kept]
     console.print(
         f"wrote {result.html.name} ({size}, {len(result.figures)} figures embedded), "
-        + ", ".join(beside),
+        + ", ".join(p.name for p in beside if p not in result.kept)
+        + (f"; kept {', '.join(kept)} (unchanged)" if kept else ""),
         highlight=False,
         markup=False,
     )

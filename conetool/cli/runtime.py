@@ -8,6 +8,8 @@ first line (PyTorch and a user's data factory can take many seconds to load).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -44,3 +46,12 @@ def warned_at_the_end(warnings: list[str], quiet: bool) -> None:
     if quiet:
         for message in warnings:
             console.print(f"warning: {message}", highlight=False, markup=False)
+
+
+def files_line(files: Sequence[Path], kept: Sequence[Path], folder: Path) -> str:
+    """``wrote a.csv, summary.json in FOLDER``, and ``; kept a.png (unchanged)`` for those of
+    ``files`` the command left as they were (a figure the PNG there already held)."""
+    wrote = [p.name for p in files if p not in kept]
+    left = [p.name for p in files if p in kept]
+    line = f"wrote {', '.join(wrote)} in {folder}" if wrote else f"wrote nothing in {folder}"
+    return f"{line}; kept {', '.join(left)} (unchanged)" if left else line

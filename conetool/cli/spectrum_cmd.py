@@ -9,7 +9,7 @@ from rich.table import Table
 
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, SkipBadKernels, StoreOpt
-from .runtime import Threads, starting, warned_at_the_end
+from .runtime import Threads, files_line, starting, warned_at_the_end
 
 
 def _g(x: float) -> str:
@@ -92,7 +92,7 @@ def spectrum(
     # The notes and warnings were said as they came (not with --quiet); the warnings again now.
     warned_at_the_end(result.warnings, quiet)
     console.print(
-        f"wrote {', '.join(p.name for p in result.files)} in {result.store / 'spectrum'}",
+        files_line(result.files, result.kept, result.store / "spectrum"),
         highlight=False,
         markup=False,
     )

@@ -131,4 +131,5 @@ def switch(
     # The notes and warnings were said as they came (not with --quiet); the warnings again now.
     warned_at_the_end(result.warnings, quiet)
     for path in result.files:
-        console.print(f"wrote {path}", highlight=False, markup=False)
+        said = f"kept {path} (unchanged)" if path in result.kept else f"wrote {path}"
+        console.print(said, highlight=False, markup=False)

@@ -58,6 +58,7 @@ from .distance_outputs import (
     write_per_layer,
     write_to_ref,
 )
+from .kept_files import file_states, unchanged
 from .kernels_running import kernels_running
 from .matrix_cache import kernel_matrix, kernels_key, require_kernels
 from .noise_estimate import estimate_noise_floor
@@ -114,6 +115,8 @@ class DistanceResult:
         excluded: steps left out with ``skip_bad`` -> why.
         matrix_reused: the S matrix was read back from ``distance/matrix.npz`` (kernels unchanged).
         files: every file written.
+        kept: those of ``files`` left as they were, not written: a PNG that already held
+            its figure (:func:`~conetool.plots.write_figure`).
         warnings: what changes how the numbers read or asks for a rerun: a ``kernels`` run still
             writing the store, kernels made by more than one engine, the noise floor not
             estimated, a ``refs`` step the verdict does not use, per-layer outputs left out or
@@ -139,6 +142,7 @@ class DistanceResult:
     files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
 
 
 @library_call
@@ -279,6 +283,8 @@ def distance(
             with opened.writing_results("distance"):
                 root = opened.root
                 remove_old_summary(paths.distance_summary(root))  # written again last
+                figures = [p(root) for p in (*_OUTPUTS, *PER_LAYER_OUTPUTS)]
+                before = file_states(p for p in figures if p.suffix == ".png")  # matrix.npz: saved
                 files = [write_to_ref(root, steps, to_ref), write_adjacent(root, pairs)]
                 if matrix.saved:
                     files.append(paths.matrix_npz(root))
@@ -334,6 +340,7 @@ def distance(
             files=files,
             warnings=said.warnings,
             notes=said.notes,
+            kept=unchanged(files, before),
         )
 
 

@@ -37,6 +37,7 @@ from ..progress import NullProgress, Progress, Said
 from ..store import Store
 from ..threads import limit_threads
 from ..verdict import phase_verdict
+from .kept_files import file_states, unchanged
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernel_matrix, kernels_key
 from .saved_results import remove_old_summary, said_in_summary, saved_phase1_end
@@ -61,6 +62,8 @@ class EmbedResult:
         matrix_reused: the S matrix was read back from ``distance/matrix.npz`` or
             ``embed/matrix.npz`` instead of computed.
         files: every file written.
+        kept: those of ``files`` left as they were, not written: a PNG that already held
+            its figure (:func:`~conetool.plots.write_figure`).
         warnings: what changes how the picture reads (a ``kernels`` run still writing the
             store: the embedding is of the kernels stored so far). Said as ``warning: ...``
             through ``progress`` as they come.
@@ -77,6 +80,7 @@ class EmbedResult:
     files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
 
 
 @library_call
@@ -152,6 +156,7 @@ def embed(
                 for i, step in enumerate(steps)
             ]
             remove_old_summary(paths.embed_summary(root))  # written again last
+            before = file_states([paths.embedding_png(root)])
             files = [atomic_write_csv(paths.coords_csv(root), ["step", *axes], rows)]
             if method == "pca":
                 ratio = embedding.explained_variance_ratio
@@ -209,6 +214,7 @@ def embed(
         files=files,
         warnings=said.warnings,
         notes=said.notes,
+        kept=unchanged(files, before),
     )
 
 

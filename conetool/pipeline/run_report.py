@@ -35,6 +35,7 @@ from ..report_html import (
     to_markdown,
 )
 from ..store import Store
+from .kept_files import file_states, unchanged
 
 __all__ = ["ReportResult", "report"]
 
@@ -66,6 +67,8 @@ class ReportResult:
         notes: information only (none at present).
         training_png: the training curves written beside the page (``None`` when the run has no
             ``metrics.csv``).
+        kept: those of the files beside the page left as they were, not written: the training
+            curves when ``training_png`` already held them (:func:`~conetool.plots.write_figure`).
     """
 
     store: Path
@@ -79,6 +82,7 @@ class ReportResult:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     training_png: Path | None = None
+    kept: list[Path] = field(default_factory=list)
 
 
 @library_call
@@ -131,6 +135,7 @@ def report(
             said.warn(message)
         for message in gathered.notes:
             said.note(message)
+        before = file_states([out_dir / paths.report_training_png(opened.root).name])
         gathered.training_png = _training_curves(gathered, out_dir)
         spec_path = None
         if gathered.spec_toml is not None:
@@ -163,6 +168,7 @@ def report(
         warnings=gathered.warnings,
         notes=gathered.notes,
         training_png=gathered.training_png,
+        kept=unchanged([gathered.training_png] if gathered.training_png else [], before),
     )
 
 

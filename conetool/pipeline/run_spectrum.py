@@ -43,6 +43,7 @@ from ..probe import Probe, load_probe
 from ..progress import NullProgress, Progress, Said
 from ..store import Store
 from ..threads import limit_threads
+from .kept_files import file_states, unchanged
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernels_key, require_kernels
 from .recompute_notes import DELETE, recompute_note
@@ -63,6 +64,8 @@ class SpectrumResult:
         phase1_end: Phase I's end from ``distance/summary.json`` (``None`` before ``distance``).
         excluded: steps left out with ``skip_bad`` -> why.
         files: every file written.
+        kept: those of ``files`` left as they were, not written: a PNG that already held
+            its figure (:func:`~conetool.plots.write_figure`).
         eval_acc, eval_loss: per step, the kernel machine's accuracy and loss on the evaluation
             set (NaN for a step without a current eval kernel; all NaN without an eval set).
         eval_size: the evaluation set's size (``None`` without one).
@@ -88,6 +91,7 @@ class SpectrumResult:
     ridge: float = DEFAULT_RIDGE
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
 
 
 @library_call
@@ -200,6 +204,7 @@ def spectrum(
                 files = [atomic_write_csv(paths.spectrum_csv(root), header, rows)]
                 key = kernels_key(opened)
                 end = saved_phase1_end(root, kernels_key=key)  # from distance on these same kernels
+                before = file_states([paths.spectrum_png(root)])
                 files.append(
                     write_figure(
                         paths.spectrum_png(root),
@@ -258,6 +263,7 @@ def spectrum(
             len(evaluated) if evaluated is not None else None,
             warnings=said.warnings,
             notes=said.notes,
+            kept=unchanged(files, before),
         )
 
 

@@ -33,6 +33,7 @@ from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
 from ..spec import Spec, recipe_warnings
 from ..threads import limit_threads
+from .kept_files import file_states, unchanged
 from .switch_finished_points import (
     SwitchPoint,
     all_points,
@@ -56,7 +57,8 @@ __all__ = ["SwitchOptions", "SwitchResult", "parse_at", "switch"]
 @dataclass(frozen=True)
 class SwitchResult:
     """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
-    step, test_acc, test_loss, source; or None), the files written, ``notes`` (information:
+    step, test_acc, test_loss, source; or None), the files written (``kept``: those of them left
+    as they were, switch.png when it already held the figure), ``notes`` (information:
     options taken from the store, the checkpoint listing's (torch.save files, copies not
     read, ...), momentum starting at zero where no optimizer state was
     saved, the standard run that ``reference="train"`` trains), and ``warnings`` (a possible
@@ -81,6 +83,7 @@ class SwitchResult:
     files: list[Path]
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
 
 
 @library_call
@@ -324,6 +327,7 @@ def _switch(
             says.warn(message)
         return ref_result, write_sweep(target, gathered, ref_result, T)
 
+    before = file_states([paths.switch_png(target.root)])  # drawn only when it would differ
     ref_result, files = job.agree(write_all)  # the other ranks wait for rank 0's files
     if error is not None:
         if str(error) in [message for rank, message in failures if rank < job.rank]:
@@ -332,7 +336,16 @@ def _switch(
     if failures:
         rank, message = failures[0]
         raise distributed.PeerFailedError(f"rank {rank} failed: {message}")
-    return SwitchResult(store, T, points, ref_result, files, says.notes, says.warnings + warnings)
+    return SwitchResult(
+        store,
+        T,
+        points,
+        ref_result,
+        files,
+        says.notes,
+        says.warnings + warnings,
+        kept=unchanged(files, before),
+    )
 
 
 def _sweep_arguments(sweep: Sweep, options: SwitchOptions) -> dict[str, str | None]:
