@@ -7,6 +7,7 @@ carry, before it opens the store (:func:`rebuilds_manifest`, :func:`kernel_files
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -110,7 +111,16 @@ def _looks_like_store(root: Path) -> bool:
 def kernel_files(root: Path) -> list[Path]:
     """The kernel files of the store ``root`` (``kernels/step_*.safetensors``), sorted."""
     folder = Path(root) / paths.KERNELS_DIR
-    return sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    # by name: the order of the paths themselves (one folder's), without comparing Path objects
+    return sorted(folder.glob("step_*.safetensors"), key=_path_order)
+
+
+def _path_order(path: Path) -> str:
+    """What orders paths of one folder as ``Path`` objects compare: their names, lower-cased
+    on Windows (whose paths compare case-insensitively)."""
+    return path.name.lower() if os.name == "nt" else path.name
 
 
 def kernel_files_made_with(root: Path, ident: StoreIdentity) -> dict[Path, dict[str, str] | None]:

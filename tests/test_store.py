@@ -246,6 +246,36 @@ def test_temporaries_are_removed_through_a_symlinked_kernels_folder_and_nothing_
     assert Store.open(root).steps() == [0]
 
 
+def test_kernel_files_are_in_the_order_of_their_paths(tmp_path, monkeypatch):
+    # sorted by name (faster than comparing Path objects): the same order, padded or not
+    import types
+    from pathlib import PureWindowsPath
+
+    from conetool import store_kernel_files
+
+    names = [
+        "step_000100.safetensors",
+        "step_1000000.safetensors",
+        "step_999999.safetensors",
+        "step_10.safetensors",
+        "step_000010.safetensors",
+        "step_B.safetensors",
+        "step_a.safetensors",
+        "step__.safetensors",
+    ]
+    folder = tmp_path / "s" / paths.KERNELS_DIR
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    found = store_kernel_files.kernel_files(tmp_path / "s")
+    assert found == sorted(folder.iterdir()) and [p.name for p in found] == sorted(names)
+    # Windows paths compare lower-cased: step__ < step_a < step_B there
+    monkeypatch.setattr(store_kernel_files, "os", types.SimpleNamespace(name="nt"))
+    windows = [p.name for p in sorted(PureWindowsPath(folder / name) for name in names)]
+    assert [p.name for p in store_kernel_files.kernel_files(tmp_path / "s")] == windows
+    assert windows != sorted(names)
+
+
 def test_written_files_get_the_usual_permissions(tmp_path):
     import os
 
