@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 import operator
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
@@ -207,15 +208,17 @@ def _whole(value: object) -> int | None:
 
 def step_or_last(value: object) -> int | str | None:
     """A step as the library takes it where ``--ref`` does: an ``int`` (a numpy integer too, not
-    a ``bool``), its digits as text (``"100"``), or ``"last"`` (any case); ``None`` for anything
-    else, for the caller to refuse naming its flag or argument."""
+    a ``bool``), its digits as text (``"100"``, ``"-10"``: a negative one is the caller's to
+    refuse as such), or ``"last"`` (any case); ``None`` for anything else, for the caller to
+    refuse naming its flag or argument."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
         text = value.strip().lower()
         if text == "last":
             return "last"
-        return int(text) if text.lstrip("+").isdigit() else None
+        # a signed whole number too: "-10" is a step the caller refuses as negative, not text
+        return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
     try:
         return operator.index(value)  # type: ignore[arg-type]  # int, numpy integer
     except TypeError:

@@ -502,6 +502,30 @@ def test_cli_bad_input_is_one_message_and_exit_1(uneven_store, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("ref", [-10, "-10", " -10 ", np.int64(-10)])
+def test_a_negative_ref_is_refused_as_negative(uneven_store, ref):
+    # --ref -10 on the command line said "'-10' is not a step ... (an integer ...)", and
+    # refs=-10 named the nearest stored step and `conetool kernels` to compute it: a negative
+    # step is never stored, and both say so
+    root, _ = uneven_store
+    with pytest.raises(GeometryError) as caught:
+        distance(root, refs=[0, ref], noise=False)
+    message = str(caught.value)
+    assert message.startswith("--ref -10: steps count from 0, so a negative step is never stored")
+    assert f"this store holds steps {UNEVEN_STEPS[0]} to {UNEVEN_STEPS[-1]}" in message
+    assert "conetool kernels" not in message and "not a step" not in message
+    assert not paths.distance_dir(root).exists()
+
+
+def test_cli_a_negative_ref_is_refused_as_negative(uneven_store):
+    root, _ = uneven_store
+    result = runner.invoke(app, ["distance", "--store", str(root), "--ref", "-10"])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "--ref -10: steps count from 0, so a negative step is never stored" in out, out
+    assert "is not a step" not in out and "Traceback" not in result.output
+
+
 def test_cli_missing_store_and_usage_errors(tmp_path):
     result = runner.invoke(app, ["distance", "--store", str(tmp_path / "none")])
     assert result.exit_code == 1 and "does not exist" in result.output

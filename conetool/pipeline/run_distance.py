@@ -216,7 +216,7 @@ def distance(
         with opened.reading("distance"):
             stored = opened.steps()
             require_kernels(opened, stored)
-            wanted = _parse_refs(refs)
+            wanted = _parse_refs(refs, stored)
             dts = _parse_dts(dts)
             for ref in wanted:  # before any kernel is read: a typo fails at once
                 if ref != "last":
@@ -362,9 +362,12 @@ _OUTPUTS = (
 # --------------------------------------------------------------------------- options
 
 
-def _parse_refs(refs: int | str | Sequence[int | str] | None) -> list[int | str]:
+def _parse_refs(
+    refs: int | str | Sequence[int | str] | None, stored: Sequence[int] = ()
+) -> list[int | str]:
     """``--ref`` values as ints or ``"last"`` (one, or a sequence of them); an error naming
-    ``--ref`` on anything else."""
+    ``--ref`` on anything else, and on a negative step (never stored: steps count from 0),
+    which names the ``stored`` steps' range."""
     if refs is None:
         return []
     if isinstance(refs, str) or not isinstance(refs, Iterable):
@@ -372,12 +375,18 @@ def _parse_refs(refs: int | str | Sequence[int | str] | None) -> list[int | str]
     parsed: list[int | str] = []
     for raw in refs:
         step = step_or_last(raw)
+        if isinstance(step, int) and step < 0:
+            held = f" (this store holds steps {stored[0]} to {stored[-1]})" if stored else ""
+            raise GeometryError(
+                f"--ref {step}: steps count from 0, so a negative step is never stored. Pass a "
+                f"stored step{held} or --ref last."
+            )
         if step is not None:
             parsed.append(step)
         else:
             raise ConetoolError(
-                f"--ref {raw!r} is not a step. Pass a stored step (an integer, e.g. --ref 100) "
-                "or --ref last; repeat --ref for several references."
+                f"--ref {raw!r} is not a step. Pass a stored step (an integer, e.g. "
+                "--ref 100) or --ref last; repeat --ref for several references."
             )
     return parsed
 
