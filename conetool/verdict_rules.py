@@ -3,6 +3,7 @@ result (:class:`Verdict`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -46,16 +47,19 @@ class VerdictRules:
     """Thresholds of :func:`phase_verdict`; the module docstring states the rule that uses them.
 
     Attributes:
-        min_drop: the velocity must fall by at least this factor across Phase I's end.
+        min_drop: the velocity must fall by at least this factor across Phase I's end
+            (finite, > 1).
         velocity_dt: the paper's ``dt``; ``None`` picks the spacing that covers the run best.
         freeze_factor: a Phase II velocity falling by this factor (first quarter over last)
-            means the kernel is freezing.
-        bounded_exponent: ``S ~ lag^a`` with ``a`` at most this reads as bounded motion.
-        drift_exponent: ``a`` at least this reads as drift.
+            means the kernel is freezing (finite, > 1).
+        bounded_exponent: ``S ~ lag^a`` with ``a`` at most this reads as bounded motion
+            (finite, >= 0, below ``drift_exponent``).
+        drift_exponent: ``a`` at least this reads as drift (finite).
         plateau_tolerance: largest growth ``(last - middle) / last`` of a reference curve's
-            mean S over its last and middle thirds that still counts as a plateau.
+            mean S over its last and middle thirds that still counts as a plateau (in (0, 1):
+            the growth is at most 1).
         lazy_level: S at or below this between any two kernels (of Phase II, or of the run)
-            means frozen.
+            means frozen (in [0, 2): S is at most 2).
         reference_fractions: default Phase II references, as fractions of Phase II's length.
         min_steps: fewest stored steps for any verdict.
         min_phase2_steps: fewest stored steps in Phase II to judge it.
@@ -87,13 +91,23 @@ class VerdictRules:
                 else f"{name}={value} (needs {need})"
             )
 
-        if not self.min_drop > 1.0:
-            bad("min_drop", "> 1")
+        # the ranges in which each threshold still tells runs apart (NaN fails every test):
+        # a factor of at most 1 or inf, a tolerance that every curve meets, a level that every
+        # S is under (S is at most 2) make the reading trivial or meaningless
+        if not 1.0 < self.min_drop < math.inf:
+            bad("min_drop", "a finite factor > 1")
         if self.velocity_dt is not None and self.velocity_dt < 1:
             bad("velocity_dt", "a positive step count")
-        if not self.freeze_factor > 1.0:
-            bad("freeze_factor", "> 1")
-        if not self.bounded_exponent < self.drift_exponent:
+        if not 1.0 < self.freeze_factor < math.inf:
+            bad("freeze_factor", "a finite factor > 1")
+        exponents_finite = True
+        if not 0.0 <= self.bounded_exponent < math.inf:
+            exponents_finite = False
+            bad("bounded_exponent", "a finite exponent >= 0 (S growing like lag^0 is bounded)")
+        if not math.isfinite(self.drift_exponent):
+            exponents_finite = False
+            bad("drift_exponent", "a finite exponent")
+        if exponents_finite and not self.bounded_exponent < self.drift_exponent:
             problems.append(
                 f"bounded_exponent={self.bounded_exponent} (--bounded-exponent "
                 f"{self.bounded_exponent}), drift_exponent={self.drift_exponent} "
@@ -103,10 +117,17 @@ class VerdictRules:
             0.0 <= f < 1.0 for f in self.reference_fractions
         ):
             bad("reference_fractions", "values in [0, 1)")
-        if not self.plateau_tolerance > 0.0:
-            bad("plateau_tolerance", "> 0")
-        if not self.lazy_level >= 0.0:
-            bad("lazy_level", ">= 0")
+        if not 0.0 < self.plateau_tolerance < 1.0:
+            bad(
+                "plateau_tolerance",
+                "a fraction in (0, 1): a curve's growth (last - middle) / last is at most 1, "
+                "so 1 or more reads every curve as a plateau",
+            )
+        if not 0.0 <= self.lazy_level < 2.0:
+            bad(
+                "lazy_level",
+                "an S in [0, 2): S is at most 2, so 2 or more reads every run as lazy",
+            )
         if self.min_steps < 3:
             bad("min_steps", ">= 3")
         if self.min_phase2_steps < 4:

@@ -421,9 +421,13 @@ def test_kernel_of_another_shape_is_refused(uneven_store):
 def test_bad_verdict_rule_is_a_clean_error():
     # the message names the Python argument and the flag (it named min_drop= alone, which is
     # no flag of conetool distance); a rule with no flag keeps its Python name alone
-    with pytest.raises(GeometryError, match=r"min_drop=0\.5 \(--min-drop 0\.5\): needs > 1"):
+    with pytest.raises(
+        GeometryError, match=r"min_drop=0\.5 \(--min-drop 0\.5\): needs a finite factor > 1"
+    ):
         VerdictRules(min_drop=0.5)
-    with pytest.raises(GeometryError, match=r"lazy_level=-1\.0 \(--lazy-level -1\.0\): needs >= 0"):
+    with pytest.raises(
+        GeometryError, match=r"lazy_level=-1\.0 \(--lazy-level -1\.0\): needs an S in \[0, 2\)"
+    ):
         VerdictRules(lazy_level=-1.0)
     with pytest.raises(GeometryError, match=r"min_steps=2 \(needs >= 3\)"):
         VerdictRules(min_steps=2)
@@ -491,6 +495,10 @@ def test_cli_verdict_options_reach_the_rules(cone_store):
         (["--ref", "12"], "nearest stored steps are 10 or 15"),
         (["--dt", "7"], "spacings between consecutive stored steps: 5, 20"),
         (["--min-drop", "0.5"], "min_drop=0.5"),
+        # a tolerance every curve meets, a level every S is under: refused with the flag
+        (["--plateau-tolerance", "2"], "(--plateau-tolerance 2.0): needs a fraction in (0, 1)"),
+        (["--lazy-level", "inf"], "(--lazy-level inf): needs an S in [0, 2)"),
+        (["--bounded-exponent", "-1"], "(--bounded-exponent -1.0): needs a finite exponent >= 0"),
         (["--max-memory", "lots"], "--max-memory"),
     ],
 )

@@ -10,6 +10,7 @@ or lie inside the range the verdict reports.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -182,9 +183,50 @@ def test_bad_rules_are_rejected(kwargs: dict, match: str) -> None:
         VerdictRules(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # values that passed and made the reading trivial: every curve a plateau (growth is at
+        # most 1), every run lazy (S is at most 2), no drop or fall ever enough (inf), nothing
+        # bounded unless S shrinks with lag (a negative exponent)
+        ({"plateau_tolerance": 1.0}, r"plateau_tolerance=1\.0 \(--plateau-tolerance 1\.0\)"),
+        ({"plateau_tolerance": 2.0}, r"needs a fraction in \(0, 1\)"),
+        ({"plateau_tolerance": math.inf}, r"plateau_tolerance=inf"),
+        ({"plateau_tolerance": math.nan}, r"plateau_tolerance=nan"),
+        ({"lazy_level": 2.0}, r"lazy_level=2\.0 \(--lazy-level 2\.0\): needs an S in \[0, 2\)"),
+        ({"lazy_level": math.inf}, r"lazy_level=inf \(--lazy-level inf\)"),
+        ({"lazy_level": math.nan}, r"lazy_level=nan"),
+        ({"min_drop": math.inf}, r"min_drop=inf \(--min-drop inf\): needs a finite factor > 1"),
+        ({"min_drop": math.nan}, r"min_drop=nan"),
+        ({"freeze_factor": math.inf}, r"freeze_factor=inf \(--freeze-factor inf\): needs a finite"),
+        ({"freeze_factor": -5.0}, r"freeze_factor=-5\.0"),
+        ({"bounded_exponent": -0.1}, r"bounded_exponent=-0\.1 \(--bounded-exponent -0\.1\)"),
+        ({"bounded_exponent": -math.inf}, r"bounded_exponent=-inf.*needs a finite exponent >= 0"),
+        ({"bounded_exponent": math.nan}, r"bounded_exponent=nan.*needs a finite exponent >= 0"),
+        ({"drift_exponent": math.inf}, r"drift_exponent=inf \(--drift-exponent inf\)"),
+        ({"drift_exponent": math.nan}, r"drift_exponent=nan.*needs a finite exponent"),
+    ],
+)
+def test_rules_that_make_the_reading_trivial_are_rejected(kwargs: dict, match: str) -> None:
+    with pytest.raises(GeometryError, match=match):
+        VerdictRules(**kwargs)
+
+
 def test_rules_at_the_edge_of_their_range_are_accepted() -> None:
     rules = VerdictRules(velocity_dt=1, reference_fractions=(0.0, 0.99), min_window_points=1)
     assert rules.velocity_dt == 1 and rules.reference_fractions == (0.0, 0.99)
+    # the edges the README's ranges include: a level of 0 (frozen only when identical), a
+    # bounded exponent of 0 (S flat with lag), a tolerance just under 1, factors just over 1
+    edge = VerdictRules(
+        lazy_level=0.0,
+        bounded_exponent=0.0,
+        drift_exponent=3.0,
+        plateau_tolerance=0.999,
+        min_drop=1.001,
+        freeze_factor=1.001,
+    )
+    assert (edge.lazy_level, edge.bounded_exponent, edge.plateau_tolerance) == (0.0, 0.0, 0.999)
+    assert VerdictRules(lazy_level=1.999).lazy_level == 1.999
 
 
 def test_verdict_checks_its_inputs() -> None:

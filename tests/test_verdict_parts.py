@@ -256,9 +256,10 @@ def test_a_reference_curve_compares_the_mean_of_its_last_third_with_its_middle_t
         "growth": pytest.approx(3.0 / 7.0, rel=1e-12),
         "status": "rising",
     }
-    # growth 3/7 is at most a tolerance of 0.5: a plateau; a level of 3.5 at most 4: frozen
+    # growth 3/7 is at most a tolerance of 0.5: a plateau; a level of 0.35 (S a tenth of the
+    # above) at most 0.4: frozen (a lazy level is an S, below 2)
     assert judge_reference(s, steps, 0, VerdictRules(plateau_tolerance=0.5))["status"] == "plateau"
-    assert judge_reference(s, steps, 0, VerdictRules(lazy_level=4.0))["status"] == "frozen"
+    assert judge_reference(s / 10, steps, 0, VerdictRules(lazy_level=0.4))["status"] == "frozen"
 
 
 def test_default_references_sit_ten_thirty_and_fifty_percent_into_phase_two() -> None:
