@@ -344,6 +344,45 @@ def test_dt_without_a_pair_lists_the_spacings(uneven_store):
     assert "other differences that occur: 10, 15, 25" in str(info.value)
 
 
+def test_a_velocity_dt_with_no_pair_is_refused_like_a_dt(uneven_store):
+    # --velocity-dt 7 (no two stored steps 7 apart) gave an "undetermined" verdict and wrote
+    # every file, while --dt 7 is an error listing the spacings: a typo now fails the same way,
+    # before a kernel is read
+    root, _ = uneven_store
+    with pytest.raises(GeometryError) as info:
+        distance(root, rules=VerdictRules(velocity_dt=7), noise=False)
+    message = str(info.value)
+    assert message.startswith("velocity_dt=7 (--velocity-dt 7) matches no pair of stored steps")
+    assert "consecutive stored steps: 5, 20" in message
+    assert "other differences that occur: 10, 15, 25" in message
+    assert "Pass one of them as --velocity-dt" in message
+    assert not paths.distance_dir(root).exists()
+    # a spacing that occurs, even between non-consecutive steps, is taken
+    assert distance(root, rules=VerdictRules(velocity_dt=25), noise=False).verdict is not None
+
+
+def test_a_velocity_dt_whose_pairs_skip_bad_left_out_is_refused(uneven_store):
+    # 25 apart: 15 and 40 only; with step 40 left out no pair is left
+    root, _ = uneven_store
+    paths.kernel(root, 40).write_bytes(b"not a safetensors file at all")
+    with pytest.raises(GeometryError) as info:
+        distance(root, rules=VerdictRules(velocity_dt=25), skip_bad=True, noise=False)
+    message = str(info.value)
+    assert "velocity_dt=25 (--velocity-dt 25) matches no pair" in message
+    assert "(steps 40 were left out by --skip-bad)" in message
+    assert not paths.distance_summary(root).exists()
+
+
+def test_cli_a_velocity_dt_with_no_pair_is_one_message_and_exit_1(uneven_store):
+    root, _ = uneven_store
+    args = ["distance", "--store", str(root), "--velocity-dt", "7", "--no-noise"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert "--velocity-dt 7) matches no pair of stored steps" in out, out
+    assert "consecutive stored steps: 5, 20" in out and "Traceback" not in result.output
+
+
 def test_corrupt_kernel_is_named_and_skipped_only_with_skip_bad(uneven_store):
     root, _ = uneven_store
     bad = paths.kernel(root, 15)

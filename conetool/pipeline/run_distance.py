@@ -172,7 +172,9 @@ def distance(
             plus the ``dt`` the verdict's velocity uses when that is another one. A ``dt`` with no
             stored pair is an error that lists the spacings that exist.
         rules: the verdict's thresholds (:class:`conetool.verdict.VerdictRules`). When ``refs``
-            is given, its steps in Phase II are the verdict's references.
+            is given, its steps in Phase II are the verdict's references. A
+            ``rules.velocity_dt`` with no stored pair is an error that lists the spacings that
+            exist, as a ``dt`` is.
         logx: symmetric-log step axis on the curve figures (keeps step 0).
         logy: log distance axis on the distance-to-reference figure and log colours on the S
             matrix heatmap (the adjacent figure always has a log axis, as in the paper).
@@ -224,6 +226,8 @@ def distance(
             if dts is not None:
                 for dt in dts:
                     _check_dt(dt, stored)
+            if rules.velocity_dt is not None:  # a typo fails at once, as a --dt does
+                _check_dt(rules.velocity_dt, stored, velocity=True)
             given_spec = _store_spec(opened, spec)
             given_ckpts = moved_run(ckpts)
 
@@ -246,6 +250,8 @@ def distance(
             if mixed is not None:  # a kernel recomputed by another engine or on another device
                 said.warn(mixed)
             ref_steps = _resolve_refs(wanted, steps, matrix.excluded, said.note)
+            if rules.velocity_dt is not None:  # its pairs may have lost a step to --skip-bad
+                _check_dt(rules.velocity_dt, steps, excluded=matrix.excluded, velocity=True)
 
             dt_list = (
                 _default_dts(s, steps, rules) if dts is None else sorted({int(dt) for dt in dts})
@@ -468,10 +474,18 @@ def _near(steps: list[int], step: int) -> str:
     return " or ".join(str(s) for s in near)
 
 
-def _check_dt(dt: int, steps: list[int], excluded: dict[int, str] | None = None) -> None:
-    """Raise when no two of ``steps`` are ``dt`` apart, listing the spacings that occur."""
+def _check_dt(
+    dt: int,
+    steps: list[int],
+    excluded: dict[int, str] | None = None,
+    *,
+    velocity: bool = False,
+) -> None:
+    """Raise when no two of ``steps`` are ``dt`` apart, listing the spacings that occur;
+    ``velocity``: ``dt`` is the verdict's (``--velocity-dt``, ``rules.velocity_dt``)."""
+    given = f"velocity_dt={dt} (--velocity-dt {dt})" if velocity else f"--dt {dt}"
     if int(dt) != dt or dt < 1:
-        raise GeometryError(f"--dt {dt} is not a positive number of steps.")
+        raise GeometryError(f"{given} is not a positive number of steps.")
     present = set(steps)
     if any(t + dt in present for t in steps):
         return
@@ -484,10 +498,16 @@ def _check_dt(dt: int, steps: list[int], excluded: dict[int, str] | None = None)
         left_out = (
             f" (steps {', '.join(str(s) for s in sorted(excluded))} were left out by --skip-bad)"
         )
+    fix = (
+        "Pass one of them as --velocity-dt (rules=VerdictRules(velocity_dt=...)), or leave it "
+        "out: the verdict then picks the spacing that covers the run."
+        if velocity
+        else "Pass one of them as --dt."
+    )
     raise GeometryError(
-        f"--dt {dt} matches no pair of stored steps: no two stored steps are {dt} apart"
+        f"{given} matches no pair of stored steps: no two stored steps are {dt} apart"
         f"{left_out}. Spacings between consecutive stored steps: "
-        f"{', '.join(str(d) for d in consecutive)}{also}. Pass one of them as --dt."
+        f"{', '.join(str(d) for d in consecutive)}{also}. {fix}"
     )
 
 
