@@ -510,6 +510,29 @@ def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
     assert "\\<b>bold?\\</b> & more" in result.markdown.read_text(encoding="utf-8")
 
 
+def test_a_deleted_kernel_file_is_named_with_the_command_that_recomputes_it(run, tmp_path):
+    # distance, embed and spectrum each stop at a kernel file deleted from the store, naming
+    # it; the report said nothing about it
+    _, ckpts, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    paths.kernel(copy, 4).unlink()
+    warnings = report(copy).warnings
+    command = f"conetool kernels {shlex.quote(str(ckpts))} --store {shlex.quote(str(copy))}"
+    said = [w for w in warnings if "missing" in w]
+    assert len(said) == 1, warnings
+    assert said[0].startswith(
+        f"the kernel file of stored step 4 is missing ({paths.kernel(copy, 4)}): conetool "
+        "distance, embed and spectrum stop at it (--skip-bad leaves it out); recompute it: "
+        f"{command}"
+    ), said
+    notes = Page(paths.report_html(copy).read_text(encoding="utf-8")).section("missing")
+    assert "Warning: the kernel file of stored step 4 is missing" in notes
+    # the command it names recomputes the step, and the warning goes
+    assert kernels(ckpts, store=copy, device="cpu").computed == [4]
+    assert not any("missing" in w for w in report(copy).warnings)
+
+
 def test_warnings_alone_get_a_notes_section(run, tmp_path):
     # the section of missing parts is there for the report's warnings too, titled Notes when
     # no part is missing (README: "Missing parts, or Notes when no part is missing")

@@ -111,6 +111,9 @@ class ReportCommands(ReportInputs):
                 parts.append("--per-layer")
         return " ".join(parts)
 
+    def _completing_kernels_command(self) -> str:
+        return self._kernels_command(minimal=True)
+
     def _distance_command(self) -> tuple[str, list[str]]:
         s = self.distance or {}
         parts = [f"{self._env()}conetool distance", self._store_flag()]

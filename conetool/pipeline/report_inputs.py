@@ -165,6 +165,7 @@ class ReportInputs:
             moved_ckpts=ckpts,
         )
         gathered._check_current()
+        gathered._check_kernel_files()
         mixed = mixed_engines_note(store.records())
         if mixed is not None:  # a kernel recomputed by another engine or on another device
             gathered.warnings.append(mixed)
@@ -309,6 +310,33 @@ class ReportInputs:
                 f"switch points {_steps_text(other)} were trained with another spec than the "
                 f"store's (hash {spec_hash}); their command needs that spec (--spec)."
             )
+
+    def _check_kernel_files(self) -> None:
+        """Warn about kernel files the manifest records that are not in the store (deleted):
+        ``distance``, ``embed`` and ``spectrum`` stop at them. One ``stat`` per step, no
+        kernel read (a damaged file is theirs to name)."""
+        missing = {
+            step: self.root / record.kernel
+            for step, record in self.store.records().items()
+            if not (self.root / record.kernel).is_file()
+        }
+        if not missing:
+            return
+        steps = list(missing)
+        listed = ", ".join(str(step) for step in steps[:12]) + (" ..." if len(steps) > 12 else "")
+        one = len(steps) == 1
+        files, are, them = ("file", "is", "it") if one else ("files", "are", "them")
+        self.warnings.append(
+            f"the kernel {files} of stored step{'' if one else 's'} {listed} {are} missing "
+            f"({missing[steps[0]]}{'' if one else ' ...'}): conetool distance, embed and "
+            f"spectrum stop at {them} (--skip-bad leaves {them} out); recompute {them}: "
+            f"{self._completing_kernels_command()}"
+        )
+
+    def _completing_kernels_command(self) -> str:
+        """The ``conetool kernels`` command that recomputes what the store lacks (the report
+        builder's names every option the store needs: kind, dtype, probe size, ...)."""
+        return f"conetool kernels {_q(self.ckpts)} {self._store_flag()}"
 
     def _usable_now(self, step: int, known: dict[int, bool]) -> bool:
         """Whether the kernel of ``step``, left out of a result by ``--skip-bad``, can be used

@@ -60,7 +60,8 @@ class ReportResult:
         missing: (part, the command that makes it), for each part the store lacks.
         figures: the PNG files embedded in the HTML, in page order.
         warnings: what changes how the report reads or asks for a rerun (results computed from
-            other kernels than the store holds now, files that cannot be read, a ``kernels``
+            other kernels than the store holds now, files that cannot be read, kernel files
+            missing from the store (the steps, and the command that recomputes them), a ``kernels``
             run still writing the store, kernels made by more than one engine). Said as
             ``warning: ...`` through ``progress`` once the store is read, and listed in the
             report's Notes.
