@@ -191,6 +191,11 @@ def _real(value: object) -> float | None:
         return None
 
 
+#: The text of a whole number: one optional sign, ASCII digits (``"--5"`` and ``"²"``, which
+#: ``str.isdigit`` passes, are not).
+_SIGNED_DIGITS = re.compile(r"[+-]?[0-9]+")
+
+
 def _whole(value: object) -> int | None:
     """The int a float, text or numpy integer of a whole number stands for (None otherwise)."""
     if isinstance(value, bool):
@@ -199,7 +204,7 @@ def _whole(value: object) -> int | None:
         return int(value) if value.is_integer() else None
     if isinstance(value, str):
         text = value.strip()
-        return int(text) if text.lstrip("+-").isdigit() else None
+        return int(text) if _SIGNED_DIGITS.fullmatch(text) else None
     try:
         return operator.index(value)  # type: ignore[arg-type]  # a numpy integer
     except TypeError:

@@ -409,6 +409,15 @@ def test_a_whole_number_of_another_type_gets_the_int_to_pass() -> None:
         conetool.inspect("nowhere", every="4")
 
 
+@pytest.mark.parametrize("text", ["--5", "+-5", "\u00b2", "5-"])
+def test_text_that_is_no_whole_number_gets_the_message_not_a_value_error(text: str) -> None:
+    # "--5".lstrip("+-") and "²" pass str.isdigit: int() of them raised a bare ValueError
+    with pytest.raises(conetool.ConetoolError, match=r"pass a whole number as an int\.$"):
+        conetool.embed("nowhere", dims=text)
+    with pytest.raises(conetool.ConetoolError, match=r"pass every=-5 \(or every=None\)\.$"):
+        conetool.inspect("nowhere", every=" -5 ")
+
+
 # ------------------------------------------------------------- numpy numbers and mixed arguments
 
 
