@@ -309,6 +309,10 @@ class StructuredRows:
         eps = [call.eps for layer in self.layers for call in layer.calls]
         b = out.shape[0]
         g = cot.shape[0]
+        if not out.requires_grad:  # no recorded call reaches the outputs (a layer whose result
+            # forward discards, in a group of kernels --per-layer): every cotangent is zero,
+            # which autograd refuses to compute
+            return {id(e): e.new_zeros((b, g, *e.shape[1:])) for e in eps}
         # One batched backward pass per cotangent. Measured on a CPU, this is faster than one pass
         # vmap-ed over the cotangents (torch 2.14's vmap loops over them for convolution_backward
         # and native_batch_norm_backward anyway) and than one pass over the batch repeated g times.
@@ -420,7 +424,14 @@ class StructuredRows:
         reference: list[dict[str, Tensor | None]] = []
         with torch.enable_grad():
             for single in outs:
-                alone = torch.autograd.grad(single, list(live.values()), cot, allow_unused=True)
+                # An output no trainable parameter reaches (a group of parameters forward never
+                # uses, such as an auxiliary head in eval mode: kernels --per-layer) has zero
+                # gradients, which autograd refuses to compute.
+                alone = (
+                    torch.autograd.grad(single, list(live.values()), cot, allow_unused=True)
+                    if single.requires_grad
+                    else (None,) * len(live)
+                )
                 reference.append(dict(zip(live, alone, strict=True)))
         tol = 10 * math.sqrt(torch.finfo(dtype).eps)
         out, saved = self._hooked_pass(batch, at)

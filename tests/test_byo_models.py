@@ -119,6 +119,25 @@ class Buffers(nn.Module):
         return self.head(torch.tanh(self.fc(x * self.scale + self.shift)))
 
 
+class AuxHead(nn.Module):
+    """An auxiliary head that forward calls every time but adds to the logits only in training
+    mode (as GoogLeNet's), after a BatchNorm, and a parameter forward never uses: in eval mode
+    neither reaches the logits."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+        self.bn = nn.BatchNorm1d(5)
+        self.head = nn.Linear(5, num_classes)
+        self.aux = nn.Linear(5, num_classes)
+        self.spare = nn.Parameter(torch.randn(num_classes))
+
+    def forward(self, x):
+        h = torch.tanh(self.bn(self.fc(x)))
+        out, aux = self.head(h), self.aux(h)
+        return out + 0.3 * aux if self.training else out
+
+
 class Recurrent(nn.Module):
     """6 time steps of 1 feature through a one-layer nn.GRU; the last hidden state to a head."""
 
@@ -165,6 +184,10 @@ def frozen(num_classes=3):
 
 def buffers(num_classes=3):
     return Buffers(num_classes)
+
+
+def aux_head(num_classes=3):
+    return AuxHead(num_classes)
 
 
 def gru(num_classes=3):
@@ -475,6 +498,45 @@ def test_non_persistent_buffers_and_unused_parameters_from_a_loops_dicts(
         raw = torch.load(ckpts / f"ckpt_{step}.pt", weights_only=True)["model_state_dict"]
         refs[step] = loaded(models.buffers, raw)
     check_kernels(store, refs)
+
+
+def test_per_layer_kernels_of_parameters_that_do_not_reach_the_logits_are_zero(
+    tmp_path: Path, models: ModuleType
+) -> None:
+    """kernels --per-layer on a model whose auxiliary head (called, its output discarded in eval
+    mode) and spare parameter (never used) do not reach the logits: their groups' kernels are
+    zero, every other group's is its explicit Jacobian product, and the groups sum to the kernel.
+    The structured engine raised autograd's "element 0 of tensors does not require grad" on a
+    group whose outputs no trainable parameter reaches."""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+
+    def save(model: nn.Module, optimizer: Any, step: int) -> None:
+        save_file(state_of(model), str(ckpts / f"step_{step}.safetensors"))
+
+    plain_run(models.aux_head, [6], save)
+    spec, store = spec_file(tmp_path, "aux_head"), tmp_path / "store"
+    ran = invoke(
+        "kernels", str(ckpts), "--spec", str(spec), "--store", str(store), "--dtype", "float64",
+        "--per-layer",
+    )  # fmt: skip
+    assert "groups root, fc, bn, head, aux: 3 computed" in ran, ran
+    x = load_file(str(paths.probe(store)))["inputs"]
+    for step in STEPS:
+        state = load_file(str(ckpts / f"step_{step}.safetensors"))
+        kernel = load_file(str(paths.kernel(store, step)))["kernel"]
+        layers = load_file(str(paths.layer_kernel(store, step)))
+        assert torch.equal(layers["root"], torch.zeros_like(kernel))
+        assert torch.equal(layers["aux"], torch.zeros_like(kernel))
+        for group in ("fc", "bn", "head"):
+            model = loaded(models.aux_head, state)
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith(f"{group}."))
+            want = reference_kernel(model, x)
+            error = float((layers[group] - want).norm() / want.norm())
+            assert error < 1e-10, (step, group, error)
+        total = sum(layers.values())
+        assert float((total - kernel).norm() / kernel.norm()) < 1e-10
 
 
 # --------------------------------------------------------------------------------------------------
