@@ -96,6 +96,7 @@ __all__ = [
     "check_per_example",
     "default_memory_budget",
     "empirical_ntk",
+    "is_auto",
     "parse_memory",
     "resolve_device",
 ]
@@ -226,7 +227,7 @@ def empirical_ntk(
     device = resolve_device(device)
     budget = (
         default_memory_budget(device)
-        if max_memory is None or (isinstance(max_memory, str) and max_memory.strip() == "auto")
+        if max_memory is None or is_auto(max_memory)
         else parse_memory(max_memory)
     )
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -451,6 +452,12 @@ def _computed_then_checked(
         assert failure is not None
         raise failure
     return kernel
+
+
+def is_auto(max_memory: object) -> bool:
+    """Whether ``max_memory`` is ``"auto"`` (:func:`default_memory_budget` of the device), as
+    ``--max-memory auto`` gives it."""
+    return isinstance(max_memory, str) and max_memory.strip().lower() == "auto"
 
 
 def default_memory_budget(device: str | torch.device | None = None) -> int:

@@ -420,6 +420,18 @@ def test_cli_kernels_and_inspect(run, tmp_path):
     assert bad.exit_code == 1 and "--overwrite" in bad.output and "Traceback" not in bad.output
 
 
+def test_max_memory_auto_as_the_help_names_it_is_the_default_budget(run, tmp_path):
+    """--help says "default auto"; `--max-memory auto` was refused as "not a memory size"."""
+    plain, auto = tmp_path / "plain", tmp_path / "auto"
+    for store, extra in ((plain, []), (auto, ["--max-memory", "auto"])):
+        ran = runner.invoke(app, ["kernels", str(run), "--store", str(store), "-q", *extra])
+        assert ran.exit_code == 0, ran.output
+    for step in (0, 5, 10):
+        same = load_file(str(paths.kernel(auto, step)))["kernel"]
+        assert torch.equal(same, load_file(str(paths.kernel(plain, step)))["kernel"])
+    assert kernels(run, store=tmp_path / "lib", max_memory="Auto").computed == [0, 5, 10]
+
+
 def test_method_option_gives_the_same_kernels(run, tmp_path):
     stores = {}
     for method in ("structured", "jacobian"):

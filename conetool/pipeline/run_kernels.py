@@ -25,7 +25,7 @@ from ..folder_roles import checkpoint_contents, same_folder, store_holding
 from ..layer_groups import groups_hash, parameter_groups, parse_groups
 from ..library_call import library_call
 from ..models import output_check
-from ..ntk import parse_memory
+from ..ntk import is_auto, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
 from ..progress import NullProgress, Progress, Said
 from ..spec import ProbeSpec, Spec
@@ -297,7 +297,7 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     )
     progress = said.progress
     store = None if o.overwrite else Path(o.store)
-    if max_memory is not None:
+    if max_memory is not None and not is_auto(max_memory):  # auto: the device's default
         parse_memory(max_memory)  # names --max-memory; before any file is touched
     if not ckpts.exists():
         raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
