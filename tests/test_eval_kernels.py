@@ -123,6 +123,20 @@ def test_another_eval_size_replaces_the_eval_kernels(run, tmp_path):
         assert metadata(paths.eval_kernel(root, step))["eval_hash"] == new
 
 
+def test_a_replaced_eval_set_says_which_steps_a_narrower_run_leaves_without(run, tmp_path):
+    """The warning said every deleted eval kernel "is recomputed" while --steps or --every
+    recomputed only the selected ones."""
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", eval_size=3)
+    narrow = kernels(run, store=root, device="cpu", eval_size=4, steps="0:5")
+    assert narrow.eval_computed == [0, 5]
+    [warning] = [w for w in narrow.warnings if "evaluation set changed" in w]
+    assert "1 stored step(s) (10) have no eval kernels until a run selects them" in warning
+    assert kernels(run, store=root, device="cpu").eval_computed == [10]
+    wide = kernels(run, store=root, device="cpu", eval_size=5)
+    assert not [w for w in wide.warnings if "selects them" in w]  # every step recomputed
+
+
 def test_changed_checkpoint_recomputes_both(run, tmp_path):
     root = tmp_path / "s"
     kernels(run, store=root, device="cpu", eval_size=3)

@@ -119,8 +119,16 @@ def test_adding_per_layer_later_keeps_the_kernels_and_regrouping_replaces(run, t
     assert other.computed == [] and other.layer_computed == STEPS
     assert any("parameter groups changed" in n for n in other.warnings)
     assert other.layer_groups == ["last", OTHER]
+    assert not [w for w in other.warnings if "selects them" in w]  # every step recomputed
     assert {s: paths.kernel(root, s).read_bytes() for s in STEPS} == before
     _check_sums(root, Store.open(root).layer_record["groups"])  # type: ignore[index]
+    # regrouped by a run that selects some steps: the warning names the steps it leaves
+    narrow = kernels(run, store=root, dtype="float64", device="cpu", per_layer=True, every=5)
+    assert narrow.layer_computed == [0, 5, 10]
+    narrow = kernels(run, store=root, dtype="float64", device="cpu", groups="a=*", steps="5:")
+    assert narrow.layer_computed == [5, 10]
+    [warning] = [w for w in narrow.warnings if "parameter groups changed" in w]
+    assert "1 stored step(s) (0) have no layer files until a run selects them" in warning
 
 
 def test_distance_per_layer_csv_matches_kernel_distance(run, tmp_path):

@@ -13,6 +13,7 @@ from torch import nn
 from .. import distributed, paths
 from .._version import __version__
 from ..checkpoints import (
+    CheckpointRef,
     StepRange,
     parse_step_range,
     step_range_text,
@@ -187,14 +188,16 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             for message in out.notes:
                 said.note(message)
             _ensure_probe(out.root, plan.probe)
+            # a replaced set's files are recomputed at the steps this run selects only
+            left = _not_selected(out.steps(), plan.refs)
             if plan.eval_set is not None:
                 _ensure_probe(out.root, plan.eval_set, paths.eval_set(out.root))
                 for message in out.record_eval(_eval_record(plan.spec, plan.eval_set)):
-                    said.warn(message)
+                    said.warn(message + _left_out_of_recomputing(left, "eval kernels"))
             if plan.layer_groups is not None:
                 record = _layer_record(plan.layer_groups, plan.layer_patterns)
                 for message in out.record_layer_groups(record):
-                    said.warn(message)
+                    said.warn(message + _left_out_of_recomputing(left, "layer files"))
         else:
             out = Store.join(store)
             if out.identity != plan.identity:
@@ -227,6 +230,26 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
     finally:
         for opened in holder:
             opened.close()  # releases the store's lock
+
+
+def _not_selected(stored: list[int], refs: list[CheckpointRef]) -> list[int]:
+    """The stored steps that this run does not compute (outside ``--steps``/``--every``, or
+    their checkpoint gone)."""
+    selected = {ref.step for ref in refs}
+    return [step for step in stored if step not in selected]
+
+
+def _left_out_of_recomputing(left: list[int], what: str) -> str:
+    """What a note of a replaced evaluation set or grouping adds when the run recomputes its
+    ``what`` at some of the stored steps only: which are left, and what computes them."""
+    if not left:
+        return ""
+    shown = ", ".join(map(str, left[:5])) + (" ..." if len(left) > 5 else "")
+    return (
+        f" at the checkpoints this run selects only: {len(left)} stored step(s) ({shown}) have "
+        f"no {what} until a run selects them (one without --steps or --every; a step whose "
+        "checkpoint is gone gets none again)"
+    )
 
 
 def _folder_state(root: Path) -> str:
