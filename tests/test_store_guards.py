@@ -636,6 +636,32 @@ def test_a_touched_checkpoint_is_read_once_then_skipped_by_its_new_mtime(
     assert _kernel_bytes(root) == before  # the kernel files are not rewritten for this
 
 
+def test_a_touched_unchanged_checkpoint_is_not_loaded_into_the_model(run, tmp_path, monkeypatch):
+    # a touched checkpoint whose fingerprint is its kernel's is read (to hash it) but not loaded
+    # into the model: nothing is computed from it; one whose eval kernel is missing still is
+    import conetool.pipeline.kernels_loop as loop
+
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", eval_size=4)
+    applied: list[int] = []
+    real = loop.apply_checkpoint
+    monkeypatch.setattr(
+        loop,
+        "apply_checkpoint",
+        lambda model, loaded, **kw: applied.append(loaded.ref.step) or real(model, loaded, **kw),
+    )
+    for step in (0, 5, 10):
+        path = paths.checkpoint(run, step)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    paths.eval_kernel(root, 5).unlink()
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [] and again.skipped == [0, 5, 10]
+    assert again.eval_computed == [5] and applied == [5]
+    records = Store.open(root).records()
+    for step in (0, 5, 10):
+        assert records[step].mtime_ns == paths.checkpoint(run, step).stat().st_mtime_ns
+
+
 def test_another_run_with_the_same_spec_is_refused_before_anything_changes(run, tmp_path):
     # guards: the identity (spec, probe, kind, dtype) does not tell two runs of one spec apart;
     # their checkpoints do: recomputing the differing steps from the other directory and keeping

@@ -273,22 +273,32 @@ def compute_all(
                 began = time.perf_counter()
                 loaded = take()  # read while the step before was computed; raises its error now
                 loading[:] = [ref.step]
-                apply_checkpoint(model, loaded, warn=warn_once, compute=DTYPES[dtype])
-                fitted[:] = [ref]  # the model fits it: another's key mismatch is that one's
                 fingerprint, size, mtime = loaded.fingerprint, loaded.size, loaded.mtime_ns
-                del loaded  # the model holds the weights: no second state dict kept
                 current = out.is_current(ref.step, fingerprint) and (
                     out.kernel_file_problem(ref.step) is None
                 )
-                cross = None
-                if evaluated is not None and (
+                eval_missing = evaluated is not None and (
                     out.eval_kernel_problem(ref.step, eval_hash, fingerprint) is not None
-                ):
+                )
+                layers_missing = layers is not None and (
+                    out.layer_kernel_problem(ref.step, layer_hash, fingerprint) is not None
+                )
+                if current and not eval_missing and not layers_missing:
+                    # the same bytes as its stored kernel's (a checkpoint touched or copied):
+                    # nothing to compute, so the model is not loaded with it
+                    del loaded
+                    skipped.append(ref.step)
+                    touched[ref.step] = mtime  # read and found unchanged: skipped unread next time
+                    bar.advance(1, step=ref.step)
+                    continue
+                apply_checkpoint(model, loaded, warn=warn_once, compute=DTYPES[dtype])
+                fitted[:] = [ref]  # the model fits it: another's key mismatch is that one's
+                del loaded  # the model holds the weights: no second state dict kept
+                cross = None
+                if evaluated is not None and eval_missing:
                     cross = ntk(evaluated.inputs, plan.probe.inputs)
                 per_group = None
-                if layers is not None and (
-                    out.layer_kernel_problem(ref.step, layer_hash, fingerprint) is not None
-                ):
+                if layers is not None and layers_missing:
                     per_group = group_kernels(model, layers, lambda: ntk(plan.probe.inputs))
                 kernel = (
                     None
