@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from .errors import StoreError
 from .units import format_bytes
@@ -222,6 +222,51 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, needed: int | N
         write(tmp)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, as :func:`atomic_write` does, but into the
+    temporary file's own descriptor: one file made, written, given its mode and flushed, then
+    renamed into place and its directory flushed (:func:`atomic_write` with a writer that opens
+    the file by name makes it, reopens it to flush it, and for safetensors' ``save_file``
+    replaces it with another file: three more opens, and another inode, per write).
+
+    Raises:
+        StoreError: the file system is full, read-only or not writable; ``path`` is left as
+            it was.
+    """
+    path = Path(path)
+    try:
+        _atomic_bytes_raw(path, data)
+    except OSError as exc:
+        error = write_error(path, exc, len(data))
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _atomic_bytes_raw(path: Path, data: bytes) -> None:
+    if not path.parent.is_dir():
+        create_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_path = Path(tmp)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode open() would
+                os.fchmod(fd, 0o666 & ~_UMASK)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not hasattr(os, "fchmod"):
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> str:
     """CSV with ``header`` then one line per row (a sequence in header order, or a mapping by
     column), ``\n`` line ends; numbers as ``str`` gives them (``repr`` for floats)."""
@@ -243,8 +288,7 @@ def atomic_write_csv(
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    data = text.encode("utf-8")
-    atomic_write(path, lambda tmp: tmp.write_bytes(data), needed=len(data))
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def json_safe(value: Any) -> Any:
@@ -270,9 +314,14 @@ def atomic_save_safetensors(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
     """Save ``tensors`` (made contiguous; shared storage is copied) as safetensors, atomically,
-    with the same bytes for the same tensors and metadata (:func:`_sort_metadata`)."""
+    with the same bytes for the same tensors and metadata (:func:`_sort_metadata`), whether they
+    are serialized in memory (up to :data:`IN_MEMORY_MAX` bytes: a kernel of n up to 4,096 in
+    float32) or by ``save_file``."""
     flat = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     needed = sum(t.numel() * t.element_size() for t in flat.values())
+    if needed <= IN_MEMORY_MAX:  # serialized in memory, written through one descriptor
+        atomic_write_bytes(path, _sorted_metadata(save(flat, metadata=dict(metadata or {}))))
+        return
 
     def write(tmp: Path) -> None:
         try:
@@ -286,6 +335,27 @@ def atomic_save_safetensors(
         _sort_metadata(tmp)
 
     atomic_write(path, write, needed=needed)
+
+
+#: :func:`atomic_save_safetensors` serializes tensors of up to this many bytes in memory (one more
+#: copy of them) and writes the bytes through the temporary file's descriptor; larger ones are
+#: written by safetensors' ``save_file`` straight to the file, their header sorted in place.
+IN_MEMORY_MAX = 64 * 2**20
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` (a whole safetensors file) with its ``__metadata__`` keys sorted, as
+    :func:`_sort_metadata` rewrites a file."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or len(meta) < 2:
+        return data
+    header["__metadata__"] = dict(sorted(meta.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > size:  # cannot happen for the same keys and values; leave it unsorted
+        return data
+    return b"".join((data[:8], text.ljust(size, b" "), memoryview(data)[8 + size :]))
 
 
 def _sort_metadata(path: Path) -> None:
