@@ -542,15 +542,59 @@ def test_error_on_one_rank_surfaces_once_and_the_store_stays_valid(run, tmp_path
     name = next(k for k, v in state.items() if v.is_floating_point())
     state[name].view(-1)[0] = float("nan")
     save_file(state, str(target), metadata=meta)
-    done = run_torchrun(
-        "kernels", str(bad), "--store", str(tmp_path / "s"), "--device", "cpu", cwd=tmp_path
-    )
-    assert done.returncode != 0
+    store = tmp_path / "s"
+    done = run_torchrun("kernels", str(bad), "--store", str(store), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 1
     assert done.stderr.count("error: rank 1: step 2 ") == 1, done.stderr[-3000:]
+    assert "error: step" not in done.stderr  # rank 0 stops silently
     assert "--skip-bad" in done.stderr
     assert "conetool kernels ->" not in done.stdout
-    kept = Store.open(tmp_path / "s").steps()
+    # Rank 0 stops after its current unit: step 0, or none when it saw rank 1's error first;
+    # the message says which.
+    kept = Store.open(store).steps()
     assert set(kept) <= {0, 4, 8}  # rank 1 stopped at step 2, rank 0 after its current unit
+    said = " ".join(done.stderr.split())
+    assert (f"Kernels already computed are kept in {store};" in said) == bool(kept), said[-3000:]
+    assert ("No kernel was computed;" in said) == (not kept)
+    shutil.copy(paths.checkpoint(run, 2), target)  # fixed: the rerun computes only the rest
+    rerun = kernels(bad, store=store, device="cpu")
+    assert rerun.skipped == kept and sorted(rerun.computed + kept) == STEPS
+
+
+def test_an_error_of_the_model_on_every_rank_is_said_once_and_truly(run, tmp_path):
+    # A --max-memory too small for the model fails every rank's first step alike. Was: each
+    # rank printed it, and both said "Kernels already computed are kept in" the store though
+    # none was.
+    store = tmp_path / "s"
+    args = ["--store", str(store), "--device", "cpu", "--max-memory", "1"]
+    done = run_torchrun("kernels", str(run), *args, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    said = " ".join(done.stderr.split())
+    assert said.count("--max-memory 1 B is too small for this model") == 1, said[-3000:]
+    assert "error: step " in said and "error: rank 1" not in said  # rank 0 says it
+    assert "No kernel was computed; rerun after the fix." in said
+    assert "already computed are kept" not in said
+    assert "conetool/pipeline" not in said  # no traceback of conetool's (torchrun prints its own)
+
+
+def test_every_checkpoint_failing_under_torchrun_is_said_once(run, tmp_path):
+    # --skip-bad goes on without every checkpoint (each holds a NaN): every rank knows that no
+    # kernel was computed. Was: both ranks printed the error.
+    bad = tmp_path / "ckpts"
+    shutil.copytree(run, bad)
+    for step in STEPS:
+        target = paths.checkpoint(bad, step)
+        with safe_open(str(target), framework="pt") as handle:
+            meta = handle.metadata()
+        state = load_file(str(target))
+        next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+        save_file(state, str(target), metadata=meta)
+    store = tmp_path / "s"
+    args = ["--store", str(store), "--device", "cpu", "--skip-bad"]
+    done = run_torchrun("kernels", str(bad), *args, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.count("every checkpoint failed (6 of 6)") == 1, done.stderr[-3000:]
+    assert "error: rank 1" not in done.stderr
 
 
 def test_overwrite_refused_before_clearing_stops_both_ranks_and_keeps_the_store(run, tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +25,7 @@ from ..checkpoints import (
     apply_checkpoint,
     read_checkpoint,
 )
+from ..checkpoints.discover import each_file
 from ..checkpoints.selection import is_selected
 from ..data import DataBundle
 from ..errors import ConetoolError, KeyMismatchError
@@ -138,6 +139,10 @@ def compute_all(
     progress: Progress,
     warnings: list[str],
 ) -> KernelsResult:
+    """Compute every step of ``plan`` that ``out`` lacks (this rank's share of them) and hand
+    back the whole job's :class:`KernelsResult`; an error that stops the run is raised once the
+    ranks have met, by the first rank that hit it (the others raise
+    :class:`~conetool.distributed.PeerFailedError`)."""
     kind, dtype, max_memory = options.kind, options.dtype, options.max_memory
     method, skip_bad = options.method, options.skip_bad
     dev = job.device
@@ -173,7 +178,9 @@ def compute_all(
     failed: dict[int, str] = {}
     seconds: list[float] = []
     shape: tuple[int, ...] = ()
-    error: tuple[ConetoolError, str, str] | None = None  # the error, what happened, the fix
+    # the error, what happened, the fix, and for the model's fault (every rank's steps fail
+    # alike) the problem with the step's file left out: the ranks that hit it too stay silent
+    error: tuple[ConetoolError, str, str, str | None] | None = None
     warned: list[int] = []  # the step of the first checkpoint whose loading warned
     loading: list[int] = []  # the step being loaded
 
@@ -222,7 +229,8 @@ def compute_all(
         nonlocal error
         fault = fault_of(exc, model, ref, plan.refs, fitted[-1] if fitted else None)
         if fault.whose == MODEL or not skip_bad:
-            error = (exc, *stop_message(exc, ref, fault, plan.spec))
+            alike = each_file(ref.file, str(exc)) if fault.whose == MODEL else None
+            error = (exc, *stop_message(exc, ref, fault, plan.spec), alike)
             job.fail()
             return True
         failed[ref.step] = str(exc)
@@ -366,26 +374,43 @@ def compute_all(
         "shape": list(shape),
         "peak_memory": _peak_memory(dev),
         "device": str(dev),
-        "error": None if error is None else _stop_text(error, out, job),
+        "error": None if error is None else list(error[1:]),
+        # whether the store holds a kernel, as this rank knows it (a joined store's manifest
+        # as rank 0 last wrote it, this rank's own kernels)
+        "held": bool(out.steps()) or bool(computed),
     }
     shares = job.gather(share, while_waiting=bar.poll)  # rank 0 shows progress while it waits
     bar.close()
     # Rank 0 records every rank's kernel files in the manifest; the others wait for it.
     job.agree(lambda: out.adopt_kernel_files() if job.is_main and job.is_distributed else None)
+    held = any(other["held"] for other in shares)
     if error is not None:
-        raise type(error[0])(_stop_text(error, out, job)) from error[0]
+        alike = error[3]
+        said = [
+            rank
+            for rank, other in enumerate(shares[: job.rank])
+            if alike is not None and other["error"] is not None and other["error"][2] == alike
+        ]
+        if said:  # the model's fault, which a rank before this one hit too, says it
+            stopped = _stop_text(shares[said[0]]["error"], out.root, held)
+            raise distributed.PeerFailedError(f"rank {said[0]} failed: {stopped}") from error[0]
+        raise type(error[0])(_stop_text(error[1:3], out.root, held)) from error[0]
     for rank, other in enumerate(shares):
         if other["error"] is not None:
-            raise distributed.PeerFailedError(f"rank {rank} failed: {other['error']}")
+            stopped = _stop_text(other["error"], out.root, held)
+            raise distributed.PeerFailedError(f"rank {rank} failed: {stopped}")
 
     all_seconds = [t for other in shares for t in other["seconds"]]
     all_failed = {int(k): v for other in shares for k, v in other["failed"].items()}
     done = sum(len(other["computed"]) + len(other["skipped"]) for other in shares) + len(unchanged)
     if all_failed and not done:
         failures = _failures(shares, all_failed)
-        held = len(out.steps()) if job.is_main else 0
-        kept = f"{out.root} keeps the {held} kernel(s) it held before." if held else ""
-        raise every_checkpoint_failed(failures, len(plan.refs), plan.spec, kept)
+        count = len(out.steps()) if job.is_main else 0
+        kept = f"{out.root} keeps the {count} kernel(s) it held before." if count else ""
+        failure = every_checkpoint_failed(failures, len(plan.refs), plan.spec, kept)
+        if not job.is_main:  # every rank knows it: rank 0 alone says it
+            raise distributed.PeerFailedError(f"rank 0 failed: {failure}") from failure
+        raise failure
     all_computed = sorted(s for other in shares for s in other["computed"])
     if job.is_main:
         present = {ref.step for ref in plan.refs}
@@ -426,15 +451,13 @@ def _failures(shares: list[dict[str, Any]], failed: dict[int, str]) -> list[Fail
     ]
 
 
-def _stop_text(error: tuple[ConetoolError, str, str], out: Store, job: distributed.Job) -> str:
-    """The message of the error that stopped the run (:func:`.kernels_failures.stop_message`'s
-    two parts), with what the store keeps between them."""
-    _, what, fix = error
-    kept = (
-        f"Kernels already computed are kept in {out.root}"
-        if out.steps() or job.is_distributed  # (a rank does not know the others' kernels yet)
-        else "No kernel was computed"
-    )
+def _stop_text(stopped: Sequence[str | None], root: Path, held: bool) -> str:
+    """The message of the error that stopped the run (``stopped`` starts with
+    :func:`.kernels_failures.stop_message`'s two parts, what happened and the fix), with what
+    the store at ``root`` keeps between them: ``held``, whether it holds a kernel (any rank's,
+    once the ranks have met)."""
+    what, fix = stopped[0], stopped[1]
+    kept = f"Kernels already computed are kept in {root}" if held else "No kernel was computed"
     return f"{what} {kept}; {fix}."
 
 
