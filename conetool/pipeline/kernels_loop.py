@@ -138,11 +138,14 @@ def compute_all(
     options: KernelsOptions,
     progress: Progress,
     warnings: list[str],
+    settled: list[bool] | None = None,
 ) -> KernelsResult:
     """Compute every step of ``plan`` that ``out`` lacks (this rank's share of them) and hand
     back the whole job's :class:`KernelsResult`; an error that stops the run is raised once the
     ranks have met, by the first rank that hit it (the others raise
-    :class:`~conetool.distributed.PeerFailedError`)."""
+    :class:`~conetool.distributed.PeerFailedError`). ``settled`` (one flag) is set to True once
+    every rank has met after its last write: from then on no rank writes a kernel, so rank 0 may
+    remove a store that holds none (:func:`conetool.store_clearing.remove_unused`)."""
     kind, dtype, max_memory = options.kind, options.dtype, options.max_memory
     method, skip_bad = options.method, options.skip_bad
     dev = job.device
@@ -380,6 +383,8 @@ def compute_all(
         "held": bool(out.steps()) or bool(computed),
     }
     shares = job.gather(share, while_waiting=bar.poll)  # rank 0 shows progress while it waits
+    if settled is not None:
+        settled[:] = [True]  # every rank is past its loop, its writes done
     bar.close()
     # Rank 0 records every rank's kernel files in the manifest; the others wait for it.
     job.agree(lambda: out.adopt_kernel_files() if job.is_main and job.is_distributed else None)

@@ -156,6 +156,9 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
     holder: list[Store] = []  # the store rank 0 opened (and locked), closed whatever happens
     # how the store's folder was before the run: "absent", "empty" or "used" (rank 0 only)
     before: list[str] = []
+    # whether no other rank can be writing a kernel (under torchrun): not before rank 0 deals
+    # the steps, and again once every rank has met after its last write (compute_all says when)
+    settled = [True]
 
     def open_store() -> tuple[Store, nn.Module]:
         # The model first: its import (a "pkg.mod:factory" arch) is recorded in the header.
@@ -216,14 +219,17 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         if job.is_distributed:  # the others joined through manifest.json, which rank 0 rewrites
             # with this run's selection only with its next kernel: their files carry rank 0's
             out.carry(job.broadcast(out.carried()))
-        result = compute_all(job, plan, out, model, options, progress, said.warnings)
+        settled[:] = [not job.is_distributed]
+        result = compute_all(job, plan, out, model, options, progress, said.warnings, settled)
         return dataclasses.replace(result, left_out=left_out, notes=said.notes)
     except ConetoolError:
         # A store this run created (or emptied: --overwrite) and failed before its first kernel
         # in: removed, so that the rerun after the fix (another spec, say) starts afresh instead
         # of meeting a store of this spec (whose --overwrite would delete nothing). A folder
         # that was there stays, and a store that holds kernels or other files is kept whole.
-        if before and (before[0] != "used" or overwrite) and not job.is_distributed:
+        # Under torchrun rank 0 (which alone knows ``before``) does it once no rank can write
+        # a kernel any more; one still at work after an unexpected stop keeps the store.
+        if before and (before[0] != "used" or overwrite) and settled[0]:
             for opened in holder:
                 remove_unused(opened.root, keep_folder=before[0] != "absent")
         raise
