@@ -479,6 +479,12 @@ def test_two_ranks_share_a_switch_sweep(run, tmp_path):
     assert paths.switch_png(two).is_file() and paths.switch_results_json(two).is_file()
     for t in (4, 8):
         assert json.loads(paths.switch_point(two, t).read_text())["at"] == t
+    # The rerun reuses every point, whichever rank trained it, and writes the same results.
+    csv_before = paths.switch_results_csv(two).read_bytes()
+    again = run_torchrun("switch", "--at", "0,4,8", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reused") == 3, again.stdout[-3000:]
+    assert paths.switch_results_csv(two).read_bytes() == csv_before
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the rank's process in /proc")
