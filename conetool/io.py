@@ -91,6 +91,15 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
             "already written is kept. Free some space (or write to another directory) and rerun: "
             "the rerun continues from what is there (conetool train: with --resume)."
         )
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a folder to make where a file is
+        blocking = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            return StoreError(
+                f"cannot write {path}: {blocking} is a file, not a folder. Nothing was changed. "
+                "Choose a path whose folders are folders (another --store / --out), or move "
+                f"{blocking} away and rerun."
+            )
+        return None
     if exc.errno in NOT_WRITABLE:
         why = "is on a read-only file system" if exc.errno == errno.EROFS else "is not writable"
         return StoreError(

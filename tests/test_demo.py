@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from demo_run import finished_demo
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
-from conetool.errors import ConetoolError
+from conetool.errors import ConetoolError, StoreError
 from conetool.loop import TrainingLoop
 from conetool.pipeline import demo
 from conetool.pipeline.run_demo import default_switch_points, demo_spec
-from conetool.spec import load_spec, save_steps
+from conetool.spec import load_spec, save_spec, save_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -184,3 +185,50 @@ def test_switch_at_a_step_the_demo_does_not_save_is_refused_before_training(tmp_
     with pytest.raises(ConetoolError, match=r"saves no checkpoint at step 7.*such as 6 or 8"):
         demo(out, steps=40, switch_at=[0, 7], threads=1)
     assert not (out / "ckpts").exists()  # nothing trained
+
+
+def test_a_rerun_with_other_settings_names_the_flags_that_reuse_the_run(tmp_path):
+    """demo --steps 24 into the --out of a demo --steps 40 --probe-size 20 run failed with conetool
+    train's message, which names --resume and --overwrite (flags the demo has not) and
+    '--out DIR/ckpts'; it names the demo's --out, what differs and the flags that reuse the run."""
+    out = tmp_path / "demo"
+    paths.spec(out / "ckpts").parent.mkdir(parents=True)
+    save_spec(demo_spec(steps=40, probe_size=20), paths.spec(out / "ckpts"))
+    with pytest.raises(StoreError) as caught:
+        demo(out, device="cpu", steps=24, probe_size=10)
+    text = str(caught.value)
+    assert f"--out {out} holds a run made with other settings" in text, text
+    assert "train.steps = 40 (now 24)" in text, text
+    assert "Pass --steps 40 --probe-size 20 to reuse it" in text, text
+    assert "--resume" not in text and "--overwrite" not in text, text
+    assert not paths.checkpoint_steps(out / "ckpts")  # nothing trained
+
+
+def test_checkpoints_the_demo_did_not_write_are_refused_naming_its_out(tmp_path):
+    """Checkpoints without the demo's conetool.toml in DIR/ckpts: the demo names --out, keeps the
+    files and does not advise conetool train's --resume or --overwrite (which deletes them)."""
+    out = tmp_path / "demo"
+    (out / "ckpts").mkdir(parents=True)
+    mine = paths.checkpoint(out / "ckpts", 5)
+    save_file({"w": torch.ones(2)}, str(mine))
+    before = mine.read_bytes()
+    with pytest.raises(StoreError) as caught:
+        demo(out, device="cpu", steps=24, probe_size=10)
+    text = str(caught.value)
+    assert f"--out {out} holds 1 checkpoint(s) in {out / 'ckpts'}" in text, text
+    assert "Pass another --out" in text, text
+    assert "--resume" not in text and "--overwrite" not in text, text
+    assert mine.read_bytes() == before and sorted(p.name for p in (out / "ckpts").iterdir()) == [
+        mine.name
+    ]
+
+
+def test_an_out_that_is_a_file_is_refused_naming_it(tmp_path):
+    """demo --out FILE (and train --out FILE/sub) stopped with FileExistsError's traceback."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    result = runner.invoke(app, ["demo", "--out", str(taken), "--steps", "8", "--probe-size", "4"])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert f"cannot write {taken / 'ckpts'}: {taken} is a file, not a folder" in text, text
+    assert "Traceback" not in text and taken.read_text() == "mine"

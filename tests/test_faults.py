@@ -373,6 +373,18 @@ def test_an_atomic_write_flushes_the_directory_after_the_rename(tmp_path, monkey
     assert json.loads(target.read_text()) == {"new": 1}
 
 
+def test_a_folder_to_make_where_a_file_is_names_the_file(tmp_path):
+    """make_dir under a path that is a file (train --out FILE/run, demo --out FILE) raised
+    FileExistsError with a traceback; it is a StoreError naming the file, which is kept."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    for folder in (taken / "run", taken / "run" / "ckpts"):
+        with pytest.raises(StoreError, match="notes.txt is a file, not a folder") as caught:
+            conetool.io.make_dir(folder)
+        assert f"cannot write {folder}" in str(caught.value)
+    assert taken.read_text() == "mine"
+
+
 def test_a_new_folder_is_flushed_into_its_parent_once(tmp_path, monkeypatch):
     # a folder made by mkdir is an entry of its parent: unflushed, a power loss may take it away
     # with the files renamed (and flushed) into it. Was: no flush of any parent after a mkdir.

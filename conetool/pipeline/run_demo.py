@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
+from .. import paths
 from ..choices import is_count, path_argument
 from ..data import load_data
-from ..errors import ConetoolError, DataError
+from ..errors import ConetoolError, DataError, StoreError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, ProgressTask
-from ..spec import Spec, dense_only_steps, save_steps, spec_from_dict
+from ..spec import Spec, dense_only_steps, load_spec, save_steps, spec_differences, spec_from_dict
 from ..threads import limit_threads
 from ..training import train
 from .run_distance import UNUSED_REF, distance
@@ -153,6 +154,7 @@ def _demo(
     spec = demo_spec(steps=steps, probe_size=probe_size)
     if probe_size is not None:
         _check_probe_size(spec)
+    _check_earlier_run(out, ckpts, spec)
     T = spec.train.steps
     saved = save_steps(spec)
     points = (
@@ -306,6 +308,49 @@ def _check_probe_size(spec: Spec) -> None:
             f"({sizes[spec.probe.split]} examples) and an evaluation set of the same size from "
             f"its {EVAL_SPLIT} split ({sizes[EVAL_SPLIT]} examples). Pass --probe-size {most} "
             "or less."
+        )
+
+
+def _check_earlier_run(out: Path, ckpts: Path, spec: Spec) -> None:
+    """Refuse, before anything is trained, an ``--out`` whose run the demo cannot reuse: a run of
+    other settings (another ``--steps`` or ``--probe-size``), naming the differences and the flags
+    that reuse it, or checkpoints the demo did not write (no ``conetool.toml`` beside them). The
+    demo has no ``--resume`` or ``--overwrite`` (what ``conetool train`` would advise) and never
+    deletes a run."""
+    spec_file = paths.spec(ckpts)
+    if spec_file.is_file():
+        earlier = load_spec(spec_file)
+        if earlier.hash() == spec.hash():
+            return
+        default = demo_spec()
+        given = [
+            f"{flag} {value}"
+            for flag, value, usual in (
+                ("--steps", earlier.train.steps, default.train.steps),
+                ("--probe-size", earlier.probe.size, default.probe.size),
+            )
+            if value != usual
+        ]
+        flags = " ".join(given) if given else "no --steps or --probe-size"
+        try:
+            ours = (
+                earlier.hash()
+                == demo_spec(steps=earlier.train.steps, probe_size=earlier.probe.size).hash()
+            )
+        except ConetoolError:
+            ours = False
+        reuse = f"Pass {flags} to reuse it, or" if ours else "Pass"
+        raise StoreError(
+            f"--out {out} holds a run made with other settings than this demo's "
+            f"({'; '.join(spec_differences(earlier, spec))}; see {spec_file}). {reuse} another "
+            "--out for a new run: the demo never deletes a run."
+        )
+    steps = paths.checkpoint_steps(ckpts) if ckpts.is_dir() else []
+    if steps:
+        raise StoreError(
+            f"--out {out} holds {len(steps)} checkpoint(s) in {ckpts} without the conetool.toml "
+            "the demo writes beside its run: not a run of this demo, which it does not reuse "
+            "or delete. Pass another --out."
         )
 
 
