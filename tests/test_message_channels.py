@@ -181,6 +181,26 @@ def test_inspect_warns_of_lower_precision_as_kernels_does(run):
     assert row.notes == () and len(row.warnings) == 1, row
 
 
+def test_inspect_says_a_warning_every_checkpoint_shares_once_naming_the_files(run):
+    """Every checkpoint of a run saved in float16 under a float32 model: inspect --verify said the
+    lower-precision warning once per file (44 lines on the demo's run; kernels says it of the first
+    file alone); it is one line naming the files, as a problem of several files is."""
+    for step in (0, 5, 10):
+        path = paths.checkpoint(run, step)
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata()
+        save_file({k: v.half() for k, v in load_file(str(path)).items()}, str(path), metadata=meta)
+    looked = runner.invoke(app, ["inspect", str(run), "--verify"])
+    assert looked.exit_code == 0, looked.output
+    text = flat(looked.output)
+    names = "step_000000.safetensors, step_000005.safetensors, step_000010.safetensors"
+    assert text.count("lower precision") == 1, text
+    assert f"warning: 3 files ({names}): each file stores 'fc.bias' (float16)" in text, text
+    rows = conetool.inspect(run, verify=True)  # each row keeps its own, naming its file
+    assert [sum("lower precision" in w for w in r.warnings) for r in rows] == [1, 1, 1], rows
+    assert all(r.file in r.warnings[0] for r in rows), rows
+
+
 # ------------------------------------------------------------------------------------------------
 # switch: one momentum note for the points it applies to
 

@@ -137,9 +137,9 @@ def inspect_checkpoints(
                 fp = loaded.fingerprint
                 count = sum(t.numel() for t in loaded.state_dict.values())
                 if model is not None:
-                    match_state_dict(
-                        model, loaded.state_dict, name=str(loaded.ref.file), warn=warned.append
-                    )
+                    # the file (a Hugging Face folder) as the row and its problems name it
+                    where = str(c.folder or c.location)
+                    match_state_dict(model, loaded.state_dict, name=where, warn=warned.append)
             except CheckpointError as e:
                 problem = str(e)
         notes = [TORCH_NOTE] if c.paths and c.format == "torch" else []

@@ -84,7 +84,7 @@ def inspect(
         )
     console.print(table)
     # each once, on its own line; a row's note naming the files it is about
-    warnings = sorted({said for row in rows for said in row.warnings}) + directory_warnings
+    warnings = _row_warnings(ckpts, rows) + directory_warnings
     notes = [] if quiet else _row_notes(rows) + directory_notes
     for channel, messages in (("warning", warnings), ("note", notes)):
         for message in messages:
@@ -120,3 +120,23 @@ def _row_notes(rows: list[InspectRow]) -> list[str]:
         torch_note(names) if note == TORCH_NOTE else f"{named_files(names)}: {note}"
         for note, names in sorted(files.items())
     ]
+
+
+def _row_warnings(ckpts: Path, rows: list[InspectRow]) -> list[str]:
+    """The rows' warnings, each once: one that names no file (steps from epoch names) as it is;
+    those that name their row's file (tensors of lower precision than the model's, under its
+    smallest normal number) as the problems are listed, the same warning of three or more files
+    in one line naming them (``44 files (step_0.safetensors, ...): each file stores ...``), not
+    one line per file."""
+    from ..checkpoints.discover import summarize_problems
+
+    shared: set[str] = set()
+    per_file: list[tuple[Path, str]] = []
+    for row in rows:
+        where = ckpts.expanduser() / row.file
+        for said in row.warnings:
+            if str(where) in said:
+                per_file.append((where, said))
+            else:
+                shared.add(said)
+    return sorted(shared) + summarize_problems(per_file)
