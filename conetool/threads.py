@@ -221,8 +221,12 @@ class SlowStepWatch:
             f"training steps take {seconds * 1000:.0f} ms each, over {SLOW_FACTOR:.0f}x what a "
             f"model of this size needs on one CPU core ({self.limit / SLOW_FACTOR * 1000:.1f} ms "
             f"for {self.step_flops / 1e6:.0f} MFLOP). The cores are probably shared with other "
-            f"work while conetool runs {self.threads} thread(s): pass --threads 1 (or "
-            f"threads=1 in Python), or stop the other work."
+            f"work while conetool runs {self.threads} thread(s): "
+            + (
+                "stop the other work (conetool already runs one thread)."
+                if self.threads == 1
+                else "pass --threads 1 (or threads=1 in Python), or stop the other work."
+            )
         )
 
 

@@ -83,6 +83,16 @@ def test_slow_steps_warn_once_with_the_fix() -> None:
     assert "2 thread(s)" in warnings[0]
 
 
+def test_slow_steps_on_one_thread_do_not_advise_one_thread() -> None:
+    """demo --threads 1 on a busy machine warned 'conetool runs 1 thread(s): pass --threads 1'."""
+    warnings: list[str] = []
+    watch = th.SlowStepWatch(1e8, warnings.append, threads=1, clock=_Clock(0.2))
+    for step in range(100):
+        watch(step)
+    assert len(warnings) == 1 and "1 thread(s): stop the other work" in warnings[0]
+    assert "--threads" not in warnings[0], warnings[0]
+
+
 def test_plausible_steps_do_not_warn() -> None:
     warnings: list[str] = []
     watch = th.SlowStepWatch(1e8, warnings.append, threads=2, clock=_Clock(0.1))
