@@ -316,6 +316,15 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
         )
     if not ours and not spec_file.exists():
         return 0
+    if ours and not spec_file.exists():  # train writes it before its first checkpoint
+        raise StoreError(
+            f"--out {out} holds {len(ours)} checkpoint(s) named as conetool train names them "
+            f"({paths.checkpoint(out, ours[0]).name}, ...) but no {spec_file.name}, which train "
+            "writes before its first checkpoint: not a run conetool train wrote (or its "
+            f"{spec_file.name} was removed). conetool never deletes or continues files it did "
+            f"not write: choose an empty --out (to continue the run, put its {spec_file.name} "
+            "back and pass --resume)."
+        )
     previous_spec = load_spec(spec_file) if spec_file.exists() else None
     previous = previous_spec.hash() if previous_spec is not None else "unknown"
     if overwrite:

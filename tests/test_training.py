@@ -216,6 +216,21 @@ def test_never_touches_foreign_checkpoints(tmp_path):
     assert (out / "model_ep3_it0.pth").read_bytes() == b"not ours"
 
 
+@pytest.mark.parametrize("flags", [{}, {"resume": True}, {"overwrite": True}])
+def test_never_touches_step_named_checkpoints_without_its_spec(tmp_path, flags):
+    """step_000005.safetensors with no conetool.toml beside it (which train writes before its
+    first checkpoint) is not train's: --overwrite deleted it ('conetool never deletes files it
+    did not write'), and the other messages advised --overwrite or a conetool.toml not there."""
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = paths.checkpoint(out, 5)
+    mine.write_bytes(b"not ours")
+    with pytest.raises(StoreError, match="but no conetool.toml") as info:
+        train(tiny_spec(), out, **flags)
+    assert "--overwrite" not in str(info.value), info.value
+    assert mine.read_bytes() == b"not ours" and [p.name for p in out.iterdir()] == [mine.name]
+
+
 def test_num_classes_mismatch_is_a_spec_error(tmp_path):
     raw = {k: dict(v) for k, v in TINY.items()}
     raw["model"]["num_classes"] = 5
