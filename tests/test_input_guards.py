@@ -181,6 +181,47 @@ def test_switch_on_a_directory_of_bad_checkpoints_does_not_advise_skip_bad(
     assert "--skip-bad" not in text and "choose another --at step" in text, text
 
 
+@pytest.mark.parametrize(
+    ("at", "options", "advice"),
+    [
+        # a switch point at the step
+        ([5], {}, "a switch point from such weights is meaningless: choose another --at step."),
+        # the standard run continued from it (the last checkpoint before --until 8)
+        (
+            [0],
+            {"until": 8, "reference": "train"},
+            "the standard run cannot be continued from such weights (--reference train "
+            "continues it from this checkpoint, the last at or before --until 8): choose another "
+            "--until, one whose last checkpoint at or before it has finite weights.",
+        ),
+        # the standard model at T = 5 the sweep compares with
+        (
+            [0],
+            {"until": 5},
+            "such weights make no standard model at T to compare the switch points with (this "
+            "is the checkpoint of --until 5): choose another --until.",
+        ),
+    ],
+)
+def test_switch_on_a_non_finite_checkpoint_advises_another_at_or_until(
+    run: Path, tmp_path: Path, at: list[int], options: dict[str, Any], advice: str
+) -> None:
+    """kernels' advice for NaN weights ("leave this step out") is not switch's: the step is
+    needed, as a point or as the standard model at T, so the fix is another --at or --until."""
+    path = paths.checkpoint(run, 5)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = load_file(str(path))
+    next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(CheckpointError) as e:
+        conetool.switch(at, store=tmp_path / "s", ckpts=run, threads=1, device="cpu", **options)
+    text = " ".join(str(e.value).split())
+    assert f"'{path}' holds non-finite values" in text and "the run had diverged" in text, text
+    assert text.endswith(f"by this step, and {advice}"), text
+    assert "leave this step out" not in text and "kernels" not in text, text
+
+
 # --------------------------------------------------------------------------------------------------
 # spectrum's --top-k beyond the kernel's size, on the command line
 

@@ -29,6 +29,10 @@ from .discover import CheckpointRef, checkpoint_ref, default_warn
 
 _FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
+#: The closing advice of :func:`check_finite_tensors`' error (kernels' and inspect's); ``switch``,
+#: which needs the step, replaces it with its own (another --at or --until).
+NON_FINITE_ADVICE = "kernels of such weights are meaningless; leave this step out."
+
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
@@ -85,8 +89,7 @@ def check_finite_tensors(
             )
             raise CheckpointError(
                 f"'{name}' holds non-finite values in tensor '{key}' ({nan} NaN, {inf} Inf of "
-                f"{x.numel()}): {cause}, and kernels of such weights are "
-                f"meaningless; leave this step out."
+                f"{x.numel()}): {cause}, and {NON_FINITE_ADVICE}"
             )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..checkpoints import CheckpointRef, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, step_problems
+from ..checkpoints.load import NON_FINITE_ADVICE
 from ..choices import Reference, choice, is_count
 from ..data import DataBundle, load_data, steps_per_epoch
 from ..errors import CheckpointError, ConetoolError, SpecError
@@ -167,9 +168,14 @@ def _cosine_past_the_run(spec: Spec, T: int) -> str:
 
 def for_switch(exc: CheckpointError) -> CheckpointError:
     """A checkpoint error reworded for ``switch``, which has no --skip-bad: the step is needed,
-    so the advice is to fix the file or choose another switch point. (Per-file messages name no
-    flag; only the listing's closing advice and its all-skipped error do.)"""
-    text = str(exc)
+    so the advice is to fix the file or choose another switch point (for NaN or Inf weights,
+    kernels' "leave this step out": another --at). (Per-file messages name no flag; only the
+    listing's closing advice and its all-skipped error do.) The standard model at T words its
+    own (:func:`conetool.pipeline.switch_reference.standard_reference`)."""
+    text = str(exc).replace(
+        NON_FINITE_ADVICE,
+        "a switch point from such weights is meaningless: choose another --at step.",
+    )
     for said in (SKIP_BAD_ADVICE, "Fix or move these files."):
         text = text.replace(said, "Fix or move these files, or choose another --at step.")
     text = re.sub(r"\s*\(--skip-bad[^)]*\)", "", text)

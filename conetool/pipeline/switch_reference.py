@@ -12,7 +12,8 @@ import torch
 
 from .. import paths
 from ..checkpoint_optimizer import ENTRIES
-from ..checkpoints import CheckpointRef, load_checkpoint
+from ..checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
+from ..checkpoints.load import NON_FINITE_ADVICE
 from ..data import DataBundle
 from ..errors import CheckpointError
 from ..io import atomic_write_json
@@ -70,19 +71,25 @@ def standard_reference(
                 "line. Pass --reference train to train the standard continuation to T."
             )
             return None
-        load_checkpoint(model, refs[until])
+        _load(model, refs[until], _at_t(until))
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
     if start == until:  # the checkpoint of T is the standard model at T: nothing to train
-        load_checkpoint(model, refs[until])
+        _load(model, refs[until], _at_t(until))
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     path = paths.switch_reference(store.root)
-    loaded = load_checkpoint(model, refs[start], keep=ENTRIES)
-    assert loaded is not None
+    loaded = _load(
+        model,
+        refs[start],
+        "the standard run cannot be continued from such weights (--reference train continues "
+        f"it from this checkpoint, the last at or before --until {until}): choose another "
+        "--until, one whose last checkpoint at or before it has finite weights.",
+        keep=ENTRIES,
+    )
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -150,3 +157,27 @@ def _reference_diverged_hint(ckpts: Path, store: Path, until: int) -> str:
         "rerun with the same spec reuses (--reference checkpoint keeps them without training, "
         f"and without a standard line in the figure: the run has no checkpoint of step {until})."
     )
+
+
+def _at_t(until: int) -> str:
+    """The advice for NaN or Inf in the checkpoint of T (no --at names T: another --until)."""
+    return (
+        "such weights make no standard model at T to compare the switch points with (this is "
+        f"the checkpoint of --until {until}): choose another --until."
+    )
+
+
+def _load(
+    model: torch.nn.Module, ref: CheckpointRef, advice: str, keep: tuple[str, ...] = ()
+) -> LoadedCheckpoint:
+    """:func:`load_checkpoint` of ``ref`` into ``model``, a checkpoint holding NaN or Inf said
+    with ``advice`` (switch's fix) in place of kernels' "leave this step out"."""
+    try:
+        loaded = load_checkpoint(model, ref, keep=keep)
+    except CheckpointError as exc:
+        text = str(exc).replace(NON_FINITE_ADVICE, advice)
+        if text == str(exc):
+            raise
+        raise CheckpointError(text) from exc
+    assert loaded is not None
+    return loaded
