@@ -47,6 +47,7 @@ import torch
 
 from .device import resolve_device
 from .errors import ConetoolError
+from .io import said_os_error
 from .progress import ProgressTask
 
 if TYPE_CHECKING:
@@ -379,7 +380,11 @@ class Job:
         if self._store is None:
             return
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        said = isinstance(error, ConetoolError)  # printed by this rank; a crash or Ctrl-C not
+        # printed by this rank (an OSError as the command line words it: a full, read-only or
+        # forbidden file system, naming the path); a crash or Ctrl-C not
+        said = isinstance(error, ConetoolError) or (
+            isinstance(error, OSError) and said_os_error(error) is not None
+        )
         interrupted = isinstance(error, KeyboardInterrupt)
         try:
             if not isinstance(error, PeerInterruptedError):  # (the interrupted rank's record stays)

@@ -110,6 +110,13 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
     return None
 
 
+def said_os_error(exc: OSError) -> StoreError | None:
+    """The one paragraph the command line says for an ``OSError`` met outside conetool's own
+    writers (:func:`write_error` at the path it names), or None when it is a bug, which keeps
+    its traceback. (Under torchrun, a rank ending on one that has a paragraph said it itself.)"""
+    return write_error(Path(exc.filename or "."), exc)
+
+
 def make_dir(folder: Path) -> None:
     """Create ``folder`` (and its parents) if missing, durably (:func:`create_dirs`); a full,
     read-only or forbidden file system is the one-paragraph :func:`write_error`, anything else

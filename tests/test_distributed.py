@@ -77,6 +77,11 @@ class Slow(nn.Module):
             while not os.path.exists(gate):
                 time.sleep(0.01)
         time.sleep(float(os.environ.get("SLOW_MODEL_DELAY", "0")))
+        forbidden = os.environ.get("SLOW_MODEL_FORBIDDEN")  # rank 1's kernels (not the model
+        if forbidden and os.environ.get("RANK") == "1" and x.shape[0] != 2:  # check's batch)
+            while not os.path.exists(forbidden + ".go"):  # meet a forbidden file system
+                time.sleep(0.01)
+            raise PermissionError(13, "Permission denied", forbidden)
         return self.fc(x.flatten(1))
 
 def make(num_classes):
@@ -737,6 +742,33 @@ def start_slow_ranks(slow_run, tmp_path, **extra: str) -> tuple[list, Path]:
             pytest.fail("no kernel written")
         time.sleep(0.02)
     return procs, store
+
+
+def test_a_forbidden_file_system_on_one_rank_is_said_once_by_that_rank(slow_run, tmp_path):
+    # A plain OSError (not conetool's) on rank 1, once rank 0 has written its kernels and waits
+    # for it. Was: rank 1 said the forbidden path and its fix, and rank 0 said it again as
+    # "rank 1 stopped (PermissionError: ...)".
+    ckpts, pythonpath = slow_run
+    store, forbidden = tmp_path / "store", tmp_path / "cache.bin"
+    args = ["kernels", str(ckpts), "--store", str(store), "--device", "cpu"]
+    env = environment(PYTHONPATH=pythonpath, SLOW_MODEL_FORBIDDEN=str(forbidden))
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(torchrun(*args), cwd=tmp_path, env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 90
+        while len(list((store / paths.KERNELS_DIR).glob("step_*.safetensors"))) < 4:  # rank 0's
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        time.sleep(0.5)  # rank 0 waits for rank 1 now
+        Path(f"{forbidden}.go").touch()
+        assert proc.wait(timeout=90) == 1
+    finally:
+        proc.kill()
+    said = " ".join(log.read_text().split())
+    assert said.count("Permission denied") == 1, said[-3000:]
+    assert f"error: rank 1: cannot write {forbidden}: " in said, said[-3000:]
+    assert "rank 1 stopped" not in said and "conetool/pipeline" not in said
 
 
 def test_a_rank_interrupted_alone_stops_the_other(slow_run, tmp_path):

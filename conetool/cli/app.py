@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -139,15 +138,17 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     except OSError as exc:
         # A full, read-only or forbidden file system met outside conetool's own writers (which
         # raise StoreError for it): still one paragraph naming the path. Anything else is a bug.
-        from ..io import write_error  # torch-free --help: conetool.io loads safetensors.torch
+        # (Under torchrun the other ranks stop silently: conetool.distributed knows it is said.)
+        from ..io import said_os_error  # torch-free --help: conetool.io loads safetensors.torch
 
-        error = write_error(Path(exc.filename or "."), exc)
+        error = said_os_error(exc)
         if error is None:
             raise
         if debug:
             err_console.print_exception()
+        where = f"rank {ranks.rank}: " if ranks.is_distributed and not ranks.is_main else ""
         err_console.print(
-            f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {escape(where + str(error))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
