@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..checkpoints import CheckpointRef, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, step_problems
-from ..checkpoints.load import NON_FINITE_ADVICE
+from ..checkpoints.load import NON_FINITE_ADVICE, read_checkpoint
 from ..choices import Reference, choice, is_count
 from ..data import DataBundle, load_data, steps_per_epoch
 from ..errors import CheckpointError, ConetoolError, SpecError
@@ -28,6 +28,7 @@ from .resolve import iterations_per_epoch
 from .switch_finished_points import sweep_begun
 from .switch_locate import locate, sentence
 from .switch_options import SwitchOptions, parse_at
+from .switch_reference import non_finite_advice, reference_step
 from .switch_store import SwitchStore
 
 
@@ -141,6 +142,7 @@ def prepare_sweep(options: SwitchOptions) -> Sweep:
             f"--at {t}: {ckpts_dir} has no checkpoint of step {t}. Nearest: "
             f"{nearest_steps(sorted(refs), t)}."
         )
+    _check_reference_weights(reference, T, refs, points_at)
     data = load_data(spec.data)
     if len(data.test) == 0:
         raise SpecError(
@@ -151,6 +153,24 @@ def prepare_sweep(options: SwitchOptions) -> Sweep:
     steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     target = SwitchStore.begin(store, manifest)
     return Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, warnings)
+
+
+def _check_reference_weights(
+    reference: str, T: int, refs: dict[int, CheckpointRef], points_at: list[int]
+) -> None:
+    """Refuse NaN or Inf in the checkpoint the standard model at T is read from before any point
+    trains: the reference is read after the sweep, and points trained to this T are of no use to
+    the other --until a fix needs. A point's own checkpoint is checked when it is loaded."""
+    step = reference_step(reference, T, refs)
+    if step is None or step in points_at:
+        return
+    try:
+        read_checkpoint(refs[step])  # its finiteness checked, as the reference's load checks it
+    except CheckpointError as exc:
+        text = str(exc).replace(NON_FINITE_ADVICE, non_finite_advice(T, step))
+        if text == str(exc):
+            raise
+        raise CheckpointError(text) from exc
 
 
 def _cosine_past_the_run(spec: Spec, T: int) -> str:

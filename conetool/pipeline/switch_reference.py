@@ -5,6 +5,7 @@ kept in ``STORE/switch/reference.json`` for reruns of the same spec, T and check
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -71,25 +72,18 @@ def standard_reference(
                 "line. Pass --reference train to train the standard continuation to T."
             )
             return None
-        _load(model, refs[until], _at_t(until))
+        _load(model, refs[until], non_finite_advice(until, until))
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
     if start == until:  # the checkpoint of T is the standard model at T: nothing to train
-        _load(model, refs[until], _at_t(until))
+        _load(model, refs[until], non_finite_advice(until, until))
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     path = paths.switch_reference(store.root)
-    loaded = _load(
-        model,
-        refs[start],
-        "the standard run cannot be continued from such weights (--reference train continues "
-        f"it from this checkpoint, the last at or before --until {until}): choose another "
-        "--until, one whose last checkpoint at or before it has finite weights.",
-        keep=ENTRIES,
-    )
+    loaded = _load(model, refs[start], non_finite_advice(until, start), keep=ENTRIES)
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -159,11 +153,27 @@ def _reference_diverged_hint(ckpts: Path, store: Path, until: int) -> str:
     )
 
 
-def _at_t(until: int) -> str:
-    """The advice for NaN or Inf in the checkpoint of T (no --at names T: another --until)."""
+def reference_step(how: str, until: int, steps: Collection[int]) -> int | None:
+    """The step of the checkpoint the standard model at T (``until``) is read from: T's own
+    (``how`` ``"checkpoint"``, or ``"train"`` with a checkpoint at T), the last before T that
+    ``--reference train`` continues from, or None when ``steps`` has none."""
+    if how == "checkpoint":
+        return until if until in steps else None
+    return max((s for s in steps if s <= until), default=None)
+
+
+def non_finite_advice(until: int, step: int) -> str:
+    """The advice for NaN or Inf in the checkpoint of ``step`` that the standard model at T
+    (``until``) comes from (no --at names it: another --until)."""
+    if step == until:
+        return (
+            "such weights make no standard model at T to compare the switch points with (this "
+            f"is the checkpoint of --until {until}): choose another --until."
+        )
     return (
-        "such weights make no standard model at T to compare the switch points with (this is "
-        f"the checkpoint of --until {until}): choose another --until."
+        "the standard run cannot be continued from such weights (--reference train continues "
+        f"it from this checkpoint, the last at or before --until {until}): choose another "
+        "--until, one whose last checkpoint at or before it has finite weights."
     )
 
 
