@@ -196,3 +196,13 @@ def test_unknown_option_names_the_commands_that_take_it(tmp_path):
     text = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and "No such option: --refx" in text
     assert "is an option of" not in text
+
+
+def test_an_option_of_this_command_missing_its_value_is_not_called_unknown(tmp_path):
+    # `distance --store` (no value) is Click's "requires an argument", which also carries the
+    # option's name: it must not be reworded as "No such option ... does not take it"
+    result = runner.invoke(app, ["distance", "--store"])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2
+    assert "requires an argument" in text
+    assert "No such option" not in text and "does not take it" not in text

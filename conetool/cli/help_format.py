@@ -47,10 +47,13 @@ def _name_other_commands(error: Exception, ctx: Any) -> None:
     name the commands of the app that take the option, in the app's order, when there are any.
 
     The error is recognised by its ``option_name`` (Typer's exception class is private); its type,
-    and so its exit code (2), stay Typer's."""
+    and so its exit code (2), stay Typer's. An option this command takes is left alone: its
+    error (``--store`` given no value: "requires an argument") carries the name too."""
     option = getattr(error, "option_name", None)
     group = getattr(ctx.parent, "command", None)
     if not isinstance(option, str) or not option.startswith("--") or group is None:
+        return
+    if any(option in (*param.opts, *param.secondary_opts) for param in ctx.command.params):
         return
     owners = [
         f"conetool {name}"
