@@ -77,7 +77,7 @@ def check_finite_tensors(
     for key, t in state_dict.items():
         if not (t.is_floating_point() or t.is_complex()):
             continue
-        x = t.float() if t.dtype in _FLOAT8 else t
+        x = _summable(t)
         if bool(torch.isfinite(x.sum())):
             continue
         if not bool(torch.isfinite(x).all()):
@@ -91,6 +91,16 @@ def check_finite_tensors(
                 f"'{name}' holds non-finite values in tensor '{key}' ({nan} NaN, {inf} Inf of "
                 f"{x.numel()}): {cause}, and {NON_FINITE_ADVICE}"
             )
+
+
+def _summable(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it in a dtype that torch sums and checks on the CPU, holding the same
+    values: float32 for a float8 (none has a CPU sum), complex64 for a complex32."""
+    if t.is_floating_point() and t.element_size() == 1:
+        return t.float()
+    if t.dtype == torch.complex32:
+        return t.to(torch.complex64)
+    return t
 
 
 def read_checkpoint(
