@@ -612,12 +612,20 @@ def spec_differences(old: Spec, new: Spec, limit: int = 5) -> list[str]:
     for section in _SECTIONS:
         before, after = a.get(section, {}), b.get(section, {})
         for key in [*before, *(k for k in after if k not in before)]:
-            if before.get(key) != after.get(key):
+            if (key in before) != (key in after) or _canonical(before[key]) != _canonical(
+                after[key]
+            ):
                 was, now = (_shown(d[key]) if key in d else "(not set)" for d in (before, after))
                 said.append(f"{section}.{key} = {was} (now {now})")
     if len(said) > limit:
         said = [*said[:limit], f"and {len(said) - limit} more"]
     return said
+
+
+def _canonical(value: Any) -> str:
+    """``value`` as :meth:`Spec.hash` sees it (2 and 2.0, or true and 1, differ there, not
+    under ``==``)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _shown(value: Any) -> str:

@@ -241,3 +241,17 @@ def test_an_unknown_key_like_no_valid_one_gets_no_guess():
     with pytest.raises(SpecError) as info:
         spec_from_toml("[train]\nlearning_rate = 0.1\n", "typo.toml")
     assert "Did you mean" not in str(info.value)
+
+
+def test_spec_differences_name_values_equal_in_python_but_not_in_the_hash():
+    """A factory option given as 2 in one spec and 2.0 (or true and 1) in the other: the hashes
+    differ (canonical JSON), so the key is named; == found nothing and train --resume said
+    'It differs in .'."""
+    head = '[model]\narch = "pkg.mod:make"\nnum_classes = 3\n'
+    old = spec_from_toml(head + "depth = 2\nwide = true\n", "a.toml")
+    new = spec_from_toml(head + "depth = 2.0\nwide = 1\n", "b.toml")
+    assert old.hash() != new.hash()
+    assert spec_differences(old, new) == [
+        "model.depth = 2 (now 2.0)",
+        "model.wide = true (now 1)",
+    ]
