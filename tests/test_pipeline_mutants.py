@@ -1,0 +1,133 @@
+"""What a mutation check of the pipeline modules that decide what is recomputed and what is reused
+found unpinned: kernels_loop (which steps a rerun computes), matrix_cache (when the S matrix is
+reused), remembered (what a rerun keeps of the last run), recompute_notes, and the checks by
+which distance, embed, spectrum and report tell results of the kernels held now from others.
+
+Each test names the mutants it kills (a one-line change the rest of the suite let through) and
+checks the documented behaviour (README "The store" and each command's section, DESIGN.md), not
+the code's present output. The mutants, and those left as equivalent, are listed in the
+report of the session that wrote this file (helper 116).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_run import SPEC, STEPS, metadata, run_fixtures
+
+from conetool import paths
+from conetool.pipeline import distance, kernels
+from conetool.pipeline.resolve import model_for
+from conetool.pipeline.run_switch import switch
+from conetool.spec import spec_from_dict
+from conetool.store import Store
+
+trained, run = run_fixtures(SPEC)
+
+
+def _kernel_bytes(root: Path) -> dict[int, bytes]:
+    return {step: paths.kernel(root, step).read_bytes() for step in (0, 5, 10)}
+
+
+def _kernels(root: Path) -> dict[int, torch.Tensor]:
+    store = Store.open(root)
+    return {step: store.load_kernel(step) for step in store.steps()}
+
+
+# --------------------------------------------------------------------------- kernels: the rerun
+
+
+def test_a_kernel_file_deleted_as_told_is_recomputed_without_a_warning(run, tmp_path):
+    # K05 (kernels_loop._unchanged without its "kernel file is there" check): a deleted kernel
+    # file was taken for a damaged one, and the rerun warned "step 5: kernel file ... recomputing
+    # it" to a user who did what the store's messages say ("delete that file and rerun")
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _kernels(root)
+    paths.kernel(root, 5).unlink()
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [5] and again.skipped == [0, 10]
+    assert again.warnings == []
+    after = _kernels(root)
+    assert all(torch.equal(after[s], before[s]) for s in before)  # the same checkpoint's kernel
+    assert Store.open(root).kernel_file_problem(5) is None
+
+
+# --------------------------------------------------------------------------- the S matrix
+
+
+def test_a_kernel_recomputed_after_skip_bad_left_it_out_joins_the_distances(run, tmp_path):
+    # Y12 (matrix_cache._current without its "a file that appeared or went" check): the kernel
+    # file of a step --skip-bad left out (missing) was recomputed as the warning says, with the
+    # same record values (same checkpoint), and distance --skip-bad reused the saved matrix that
+    # leaves the step out, warning again that it is missing
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    paths.kernel(root, 5).unlink()
+    first = distance(root, skip_bad=True, noise=False)
+    assert first.steps == [0, 10] and list(first.excluded) == [5]
+    assert kernels(run, store=root, device="cpu").computed == [5]
+    again = distance(root, skip_bad=True, noise=False)
+    assert again.steps == [0, 5, 10] and again.excluded == {} and not again.matrix_reused
+    store = Store.open(root)
+    flat = [store.load_kernel(s).double().flatten() for s in (0, 5, 10)]
+    expected = [[1 - float(a @ b / (a.norm() * b.norm())) for b in flat] for a in flat]
+    np.testing.assert_allclose(again.S, expected, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- a rebuilt manifest
+
+
+def test_a_damaged_manifest_naming_a_folder_above_the_run_is_not_taken_for_its_directory(
+    run, tmp_path
+):
+    # R03 (remembered._fits without comparing the directory the kernel files record): a damaged
+    # manifest whose "checkpoints" names a folder that holds the run (every source lies in it)
+    # was taken for the run's directory, though each kernel file records the one kernels read:
+    # the rerun that rebuilds it refused the very run it holds as "another run's checkpoints",
+    # and switch without --ckpts looked for the checkpoints in that folder
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    manifest = json.loads(paths.manifest(root).read_text())
+    assert manifest["checkpoints"] == str(run.resolve())
+    manifest["steps"] = []  # damaged: kernels rebuilds it
+    manifest["checkpoints"] = str(tmp_path.resolve())  # holds the run (and the store)
+    paths.manifest(root).write_text(json.dumps(manifest))
+    result = switch(5, store=root, device="cpu")
+    assert [p.at for p in result.points] == [5]
+    (note,) = [n for n in result.notes if n.startswith("using the checkpoint directory")]
+    assert note.startswith(f"using the checkpoint directory {run.resolve()}, recorded by"), note
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [] and again.skipped == STEPS
+    assert json.loads(paths.manifest(root).read_text())["checkpoints"] == str(run.resolve())
+
+
+def test_a_damaged_manifest_keeps_groups_its_old_layer_files_cannot_give_back(run, tmp_path):
+    # R05 (remembered.rebuilt_remembered took the record recovered from the files only): a
+    # manifest damaged in its steps still records the --groups of its layer files, which were
+    # written before layer files carried their patterns (so the files alone give no record);
+    # the run that rebuilds it dropped the groups: the manifest it wrote records none (new steps
+    # get no layer file, and distance leaves its per-layer outputs as they were)
+    root = tmp_path / "s"
+    names = [n for n, _ in model_for(spec_from_dict(SPEC)).named_parameters()]
+    groups = f"head={names[-2]}*,first={names[0].rpartition('.')[0]}.*"  # not leaf modules
+    kernels(run, store=root, device="cpu", groups=groups)
+    recorded = json.loads(paths.manifest(root).read_text())["layer_groups"]
+    for step in STEPS:
+        path = paths.layer_kernel(root, step)
+        meta = {k: v for k, v in metadata(path).items() if k != "patterns"}
+        save_file(load_file(str(path)), str(path), meta)  # as an older conetool wrote it
+    manifest = json.loads(paths.manifest(root).read_text())
+    manifest["steps"] = []  # damaged: kernels rebuilds it
+    paths.manifest(root).write_text(json.dumps(manifest))
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [] and again.layer_computed == []
+    assert again.layer_groups == ["head", "first", "other"]
+    assert "keeping the store's per-layer kernels (--per-layer; groups head, first, other)" in (
+        again.notes
+    )
+    assert json.loads(paths.manifest(root).read_text())["layer_groups"] == recorded
