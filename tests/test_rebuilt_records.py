@@ -765,6 +765,20 @@ def test_the_rebuilding_run_keeps_a_damaged_manifests_selection_only_where_consi
     assert _manifest(root)["selection"]["step_regex"] == REGEX
 
 
+def test_the_rebuilding_run_keeps_a_damaged_manifests_selection_its_old_kernel_files_lack(
+    run, tmp_path
+):
+    # Mutant R07 (remembered.rebuilt_remembered took the selection from the kernel files only):
+    # kernel files written before they carried their run's selection give no step regex, and
+    # the rebuilding run forgot the one its damaged manifest still records (consistent with
+    # them): the run's names could not be read without --step-regex again
+    named, root = _held_selection_store(run, tmp_path, "kept")
+    again = kernels(named, store=root, device="cpu")
+    assert again.computed == [] and again.skipped == STEPS
+    assert any(f"using --step-regex '{REGEX}', recorded in the store" in n for n in again.notes)
+    assert _manifest(root)["selection"]["step_regex"] == REGEX
+
+
 def _spec_less_store(run, tmp_path, held):
     """``(spec_file, root)``: a store of ``run`` whose spec was given to kernels as ``--spec``
     (the run has no conetool.toml), its manifest damaged in its steps and recording as its spec
