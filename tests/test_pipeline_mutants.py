@@ -11,7 +11,10 @@ report of the session that wrote this file (helper 116).
 
 from __future__ import annotations
 
+import importlib
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +23,11 @@ from safetensors.torch import load_file, save_file
 from tiny_run import SPEC, STEPS, metadata, run_fixtures
 
 from conetool import paths
-from conetool.pipeline import distance, kernels
+from conetool.pipeline import distance, kernels, report, spectrum
+from conetool.pipeline.remembered import import_paths, use_recorded_imports
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_switch import switch
-from conetool.spec import spec_from_dict
+from conetool.spec import Spec, spec_from_dict
 from conetool.store import Store
 
 trained, run = run_fixtures(SPEC)
@@ -131,3 +135,84 @@ def test_a_damaged_manifest_keeps_groups_its_old_layer_files_cannot_give_back(ru
         again.notes
     )
     assert json.loads(paths.manifest(root).read_text())["layer_groups"] == recorded
+
+
+def test_switch_without_manifest_takes_the_directory_of_the_newest_kernels_run(run, tmp_path):
+    # R09 (remembered._carried_selection read the oldest kernel file's selection, not the
+    # newest's): a run moved and given to kernels again (the same run: its kernels are kept, the
+    # new step computed) left the store's kernel files recording two directories; with the
+    # manifest deleted, switch without --ckpts took the directory the run had left
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", steps="0:5")
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    again = kernels(moved, store=root, device="cpu")
+    assert again.computed == [10] and again.skipped == [0, 5]
+    paths.manifest(root).unlink()
+    result = switch(5, store=root, device="cpu")
+    assert [p.at for p in result.points] == [5]
+    (note,) = [n for n in result.notes if n.startswith("using the checkpoint directory")]
+    assert note.startswith(f"using the checkpoint directory {moved.resolve()}, "), note
+
+
+# --------------------------------------------------------------------------- results of other kernels
+
+
+def test_report_tells_spectrum_results_of_kernels_recomputed_since(run, tmp_path):
+    # C10 (run_spectrum recorded no kernels_key in spectrum/summary.json): the report presented
+    # the alignment and spectrum of kernels that had been recomputed since (a checkpoint
+    # changed: same steps, same identity) without a word, as it does not for distance and embed
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    spectrum(root, top_k=2)
+    assert not [w for w in report(root).warnings if "conetool spectrum" in w]
+    path = paths.checkpoint(run, 5)
+    changed = {k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(changed, str(path), metadata=metadata(path))
+    assert kernels(run, store=root, device="cpu").computed == [5]
+    (stale,) = [w for w in report(root).warnings if "conetool spectrum" in w]
+    assert "recomputed since" in stale
+    spectrum(root, top_k=2)
+    assert not [w for w in report(root).warnings if "conetool spectrum" in w]
+
+
+# --------------------------------------------------------------------------- recorded imports
+
+
+def _factory_spec(module: str) -> Spec:
+    return spec_from_dict({**SPEC, "model": {**SPEC["model"], "arch": f"{module}:make"}})
+
+
+def test_a_module_that_imports_as_it_is_is_not_taken_from_the_recorded_folder(
+    tmp_path, monkeypatch
+):
+    # R11 (remembered.use_recorded_imports without its "imports as it is" check): the folder
+    # kernels recorded was put first on sys.path even when the user's PYTHONPATH finds the
+    # module, so the recorded copy shadowed the user's (and a note claimed it was needed)
+    name = "conetool_h116_shadowed"
+    mine, recorded = tmp_path / "mine", tmp_path / "recorded"
+    for folder in (mine, recorded):
+        folder.mkdir()
+        (folder / f"{name}.py").write_text(f"WHERE = {str(folder)!r}\n")
+    monkeypatch.syspath_prepend(str(mine))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    manifest = {
+        "imports": [
+            {"key": "[model] arch", "module": name, "path": str(recorded), "installed": False}
+        ]
+    }
+    assert use_recorded_imports(manifest, _factory_spec(name)) == []
+    assert str(recorded) not in sys.path
+    assert importlib.import_module(name).WHERE == str(mine)
+
+
+def test_installed_modules_need_no_pythonpath(tmp_path):
+    # R12 (remembered.import_paths without its "installed" check): the report's Reproduce
+    # commands put site-packages folders on PYTHONPATH
+    manifest = {
+        "imports": [
+            {"key": "[model] arch", "module": "a", "path": "/site", "installed": True},
+            {"key": "[data] dataset", "module": "b", "path": str(tmp_path), "installed": False},
+        ]
+    }
+    assert import_paths(manifest) == [str(tmp_path)]
