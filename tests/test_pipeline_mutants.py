@@ -11,6 +11,7 @@ report of the session that wrote this file (helper 116).
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import shutil
@@ -20,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from synthetic_store import store_with_kernels
 from tiny_run import SPEC, STEPS, metadata, run_fixtures
 
 from conetool import paths
 from conetool.pipeline import distance, kernels, report, spectrum
+from conetool.pipeline.recompute_notes import DELETE, recompute_note
 from conetool.pipeline.remembered import import_paths, use_recorded_imports
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_switch import switch
@@ -216,3 +219,46 @@ def test_installed_modules_need_no_pythonpath(tmp_path):
         ]
     }
     assert import_paths(manifest) == [str(tmp_path)]
+
+
+# --------------------------------------------------------------------------- the recompute note
+
+
+def test_the_recompute_note_names_the_first_steps_and_the_first_steps_reason(tmp_path):
+    # N01-N05 (recompute_notes.recompute_note): five steps shown, then "..."; the count of all;
+    # the reason of the smallest step, whatever the order the steps were found in; "Delete the
+    # files said to" when any one reason says to delete its file
+    store = store_with_kernels(tmp_path / "s")
+    why = {step: f"reason {step}" for step in (50, 40, 30, 20, 10)}
+    five = recompute_note(store, why, lost="kernel-machine accuracy", files="eval kernels")
+    assert five == (
+        "no kernel-machine accuracy at 5 step(s) (10, 20, 30, 40, 50): reason 10. Rerun "
+        f"conetool kernels /runs/x --store {store.root}, which recomputes the eval kernels "
+        "that are missing, stale or unreadable."
+    )
+    why[60] = f"its values are not finite; {DELETE}"
+    six = recompute_note(store, why, lost="per-layer numbers", files="layer files", aside=", x")
+    assert six.startswith(
+        "no per-layer numbers at 6 step(s) (10, 20, 30, 40, 50, ...), x: reason 10. Delete the "
+        "files said to, then rerun conetool kernels /runs/x --store "
+    ), six
+
+
+def test_distance_never_reads_a_layer_file_of_the_checkpoint_before(run, tmp_path):
+    # C18 (distance_outputs.per_layer_table took any readable layer file, without its groups hash
+    # and checkpoint fingerprint): a kernels run killed between a step's kernel and its layer
+    # file (the store's order) leaves the layer file of the old checkpoint, and distance put its
+    # per-layer numbers beside the new kernels'
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", per_layer=True)
+    old = paths.layer_kernel(root, 5).read_bytes()
+    path = paths.checkpoint(run, 5)
+    changed = {k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(changed, str(path), metadata=metadata(path))
+    assert kernels(run, store=root, device="cpu").layer_computed == [5]
+    paths.layer_kernel(root, 5).write_bytes(old)  # as the killed run left it
+    distance(root, noise=False)
+    per_layer = json.loads(paths.distance_summary(root).read_text())["per_layer"]
+    assert per_layer["steps"] == 2 and per_layer["missing_steps"] == [5]
+    with open(paths.per_layer_csv(root), newline="") as handle:
+        assert {int(row["step"]) for row in csv.DictReader(handle)} == {0, 10}
