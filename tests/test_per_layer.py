@@ -220,3 +220,34 @@ def test_groups_with_an_empty_item_are_refused(text: str) -> None:
         parse_groups(text)
     kept = ",".join(item for item in text.split(",") if item)
     assert (f"(--groups '{kept}')" in str(info.value)) == bool(kept)
+
+
+def test_distance_warns_of_steps_without_a_current_layer_file(run, tmp_path):
+    # a missing layer file and one of another grouping went silently into missing_steps, where
+    # spectrum warns of the steps without a current eval kernel, naming them and the command
+    root, other = tmp_path / "s", tmp_path / "other"
+    names = _names()
+    text = f"head={names[-2]}*"
+    kernels(run, store=root, device="cpu", groups=text)
+    kernels(run, store=other, device="cpu", per_layer=True)  # leaf modules: another grouping
+    paths.layer_kernel(root, 5).unlink()
+    paths.layer_kernel(root, 10).write_bytes(paths.layer_kernel(other, 10).read_bytes())
+    result = distance(root, noise=False)
+    [warning] = [w for w in result.warnings if "per-layer distances" in w]
+    command = f"conetool kernels {run} --store {root} --groups '{text}'"
+    assert warning == (
+        f"no per-layer distances at 2 step(s) (5, 10): no layer kernel file "
+        f"{paths.layer_kernel(root, 5)}. Rerun {command}, which recomputes the layer kernels "
+        "that are missing, stale or unreadable."
+    )
+    summary = json.loads(paths.distance_summary(root).read_text())
+    assert summary["per_layer"]["missing_steps"] == [5, 10] and warning in summary["warnings"]
+    # the command it names recomputes just those, with the store's groups
+    again = kernels(run, store=root, device="cpu", groups=text)
+    assert again.computed == [] and again.layer_computed == [5, 10]
+    assert not [w for w in distance(root, noise=False).warnings if "per-layer" in w]
+    # leaf-module groups: --per-layer (a bare rerun would keep them too)
+    paths.layer_kernel(other, 0).unlink()
+    [warning] = [w for w in distance(other, noise=False).warnings if "per-layer" in w]
+    assert f"(0): no layer kernel file {paths.layer_kernel(other, 0)}" in warning
+    assert f"Rerun conetool kernels {run} --store {other} --per-layer, which" in warning

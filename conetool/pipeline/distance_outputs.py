@@ -6,6 +6,7 @@ written atomically into ``STORE/distance/`` (names from :mod:`conetool.paths`).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,9 @@ class PerLayerTable:
         keep: with no rows, keep the per-layer outputs of an earlier run (the store has layer
             files but its manifest no record of their groups), rather than remove them.
         warnings: what ``distance`` says as warnings (per-layer numbers lost or stale): the
-            steps whose layer file was left out (``skip_bad``), per-layer outputs kept as they
-            were.
+            steps without a current layer file (missing, or stale: of another checkpoint or
+            grouping), the steps whose layer file was left out (``skip_bad``), per-layer outputs
+            kept as they were.
     """
 
     rows: list[list[object]] | None
@@ -125,7 +127,9 @@ def per_layer_table(
     A layer file that cannot be read, holds NaN or inf, or a kernel of another shape than the
     step's kernel is an error naming it and the fix, as a kernel file is; with ``skip_bad`` its
     step is left out (its cells empty) and one warning names the steps, the reason and the command
-    that recomputes them."""
+    that recomputes them. A step without a current layer file (none, or one of another
+    checkpoint or grouping: ``missing_steps`` in ``info``) is named in a warning too, with the
+    command that recomputes it, as ``spectrum`` names the steps without a current eval kernel."""
     record = store.layer_record
     if record is None:
         return _no_record(store)
@@ -133,16 +137,22 @@ def per_layer_table(
     records = store.records()
     have: set[int] = set()
     bad: dict[int, str] = {}  # step -> why its layer file cannot be used
+    missing: dict[int, str] = {}  # step -> why it has no current layer file (missing_steps)
     for step in steps:
         rec = records.get(step)
         if rec is None:
             continue
-        if store.layer_kernel_problem(step, wanted, rec.fingerprint) is None:
+        problem = store.layer_kernel_problem(step, wanted, rec.fingerprint)
+        if problem is None:
             have.add(step)
-        elif paths.layer_kernel(store.root, step).is_file():
-            unreadable = _unreadable(store, step)  # else stale: missing_steps
-            if unreadable is not None:
-                bad[step] = unreadable
+            continue
+        unreadable = (
+            _unreadable(store, step) if paths.layer_kernel(store.root, step).is_file() else None
+        )
+        if unreadable is not None:
+            bad[step] = unreadable
+        else:  # no layer file, or a stale one
+            missing[step] = problem
     groups = list(record.get("groups") or {})
     cache: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -220,7 +230,8 @@ def per_layer_table(
                 curves[g][1].append(s_adj / dt)
         for old in [k for k in cache if k <= step and k not in refs]:
             del cache[old]
-    warned = [_left_out_warning(store, bad)] if bad else []
+    warned = [_missing_warning(store, record, missing)] if missing else []
+    warned += [_left_out_warning(store, bad)] if bad else []
     layer_steps = sorted(have - set(bad))
     if not layer_steps:  # the outputs of an earlier run are kept while files are bad
         return PerLayerTable(None, keep=bool(bad), warnings=warned)
@@ -231,7 +242,7 @@ def per_layer_table(
         "refs": refs,
         "dt": dt,
         "steps": len(layer_steps),
-        "missing_steps": [s for s in steps if s not in have and s not in bad],
+        "missing_steps": sorted(missing),
         "left_out": {str(s): why for s, why in sorted(bad.items())},
     }
     return PerLayerTable(rows, header, curves, dt, info, warnings=warned)
@@ -256,6 +267,27 @@ def _kernel_shape(store: Store, step: int) -> tuple[int, ...] | None:
         return None
     header = kernel_header(store.root / record.kernel, "kernel file")
     return None if isinstance(header, str) else header[1]
+
+
+def _layers_command(store: Store, record: dict[str, Any]) -> str:
+    """The ``conetool kernels`` command that recomputes the layer files of the recorded grouping
+    ``record``: ``--per-layer`` for leaf modules, else ``--groups`` with its patterns (a bare
+    ``--per-layer`` would regroup by leaf modules and delete the store's layer files)."""
+    patterns = record.get("patterns")
+    if isinstance(patterns, dict) and patterns:
+        text = ",".join(f"{name}={pattern}" for name, pattern in patterns.items())
+        return f"{store.kernels_command()} --groups {shlex.quote(text)}"
+    return f"{store.kernels_command()} --per-layer"
+
+
+def _missing_warning(store: Store, record: dict[str, Any], why: dict[int, str]) -> str:
+    """The warning naming the steps without a current layer file (``why``: step -> no file, or
+    why it is stale), with the command that recomputes them (the wording of spectrum's warning
+    on eval kernels)."""
+    command = _layers_command(store, record)
+    return recompute_note(
+        store, why, lost="per-layer distances", files="layer kernels", command=command
+    )
 
 
 def _left_out_warning(store: Store, why: dict[int, str]) -> str:

@@ -11,7 +11,13 @@ DELETE = "delete it (conetool kernels reads only its header)"
 
 
 def recompute_note(
-    store: Store, why: dict[int, str], *, lost: str, files: str, aside: str = ""
+    store: Store,
+    why: dict[int, str],
+    *,
+    lost: str,
+    files: str,
+    aside: str = "",
+    command: str | None = None,
 ) -> str:
     """``"no {lost} at N step(s) (s1, s2, ...){aside}: {first reason}. Rerun {command}, which
     recomputes the {files} that are missing, stale or unreadable."``, asking to delete first when
@@ -23,6 +29,8 @@ def recompute_note(
         lost: what those steps lack, e.g. ``"kernel-machine accuracy"``.
         files: the files the command recomputes, e.g. ``"eval kernels"``.
         aside: said after the steps, e.g. ``", left out (--skip-bad)"``.
+        command: the command to advise (default: the store's
+            :meth:`~conetool.store.Store.kernels_command`).
     """
     steps = sorted(why)
     shown = ", ".join(str(s) for s in steps[:5]) + (", ..." if len(steps) > 5 else "")
@@ -33,6 +41,6 @@ def recompute_note(
     )
     return (
         f"no {lost} at {len(steps)} step(s) ({shown}){aside}: {why[steps[0]]}. "
-        f"{delete} {store.kernels_command()}, which recomputes the {files} that are "
+        f"{delete} {command or store.kernels_command()}, which recomputes the {files} that are "
         "missing, stale or unreadable."
     )
