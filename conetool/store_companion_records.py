@@ -174,7 +174,8 @@ class CompanionRecords(StoreRecords):
         ``header``: the run's provenance (its spec gives the probe seed the eval record keeps).
         Returns ``(notes, warnings)``: what was recovered (information: each record is the
         one its files carry), and what could not be, with the command that records it again
-        (a loss: until then its files are not kept complete)."""
+        (a loss: until then its files are not kept complete; also in :attr:`unrecovered`, by
+        record)."""
         spec = header.get("spec")
         probe = spec.get("probe") if isinstance(spec, Mapping) else None
         seed = probe.get("seed") if isinstance(probe, Mapping) else None
@@ -185,7 +186,8 @@ class CompanionRecords(StoreRecords):
                 self.manifest["eval"] = evaluated
             if layers is not None:
                 self.manifest["layer_groups"] = layers
-        notes, warnings = [], []
+        notes: list[str] = []
+        warnings: list[str] = []
         kept = []
         if evaluated is not None:
             kept.append(f"the evaluation set of {evaluated['size']} examples (--eval-size)")
@@ -198,17 +200,18 @@ class CompanionRecords(StoreRecords):
             )
         if eval_problem is not None:
             size = companions.eval_size_of_kernels(self.root, self.identity)
-            warnings.append(
+            self.unrecovered["eval"] = (
                 f"no evaluation set was recovered: {eval_problem}. Rerun "
                 f"{self.kernels_command()} --eval-size {size or 'M'} (the size it had), which "
                 "draws it again and keeps the eval kernels made with it"
             )
         if layer_problem is not None:
-            warnings.append(
+            self.unrecovered["layer_groups"] = (
                 f"no parameter groups were recovered: {layer_problem}. Rerun "
                 f"{self.kernels_command()} --per-layer, or --groups 'NAME=PATTERN,...' with the "
                 "patterns that made them, which records them again and keeps the layer files "
                 "made with the same groups; until then distance keeps its per-layer outputs "
                 "as they are"
             )
+        warnings += self.unrecovered.values()
         return notes, warnings

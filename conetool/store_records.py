@@ -64,6 +64,9 @@ class StoreRecords:
         # replaced store removed); notes, information only (records recovered from their files).
         self.warnings: list[str] = []
         self.notes: list[str] = []
+        # Of those warnings, the one of each kept record a rebuilt manifest could not get back
+        # (``"eval"``, ``"layer_groups"`` -> its warning): moot for a run that records it anyway.
+        self.unrecovered: dict[str, str] = {}
         self._lock: StoreLock | None = None
         # Guards self.manifest (and manifest.json's writes) between a writer thread and readers.
         self._manifest_guard = threading.RLock()

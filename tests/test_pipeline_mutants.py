@@ -138,6 +138,8 @@ def test_a_damaged_manifest_keeps_groups_its_old_layer_files_cannot_give_back(ru
         again.notes
     )
     assert json.loads(paths.manifest(root).read_text())["layer_groups"] == recorded
+    # and the rebuild does not ask to rerun with --groups: the run kept them (the note says so)
+    assert not [w for w in again.warnings if "parameter groups" in w], again.warnings
 
 
 def test_switch_without_manifest_takes_the_directory_of_the_newest_kernels_run(run, tmp_path):

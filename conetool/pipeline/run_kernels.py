@@ -186,8 +186,12 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             # records not recovered) or a replaced store removed (--overwrite); files of an
             # evaluation set or grouping that another one replaced, deleted. Notes: the records
             # a rebuilt manifest got back from their files.
+            # a record the rebuild could not get back, which this run records all the same (the
+            # groups the damaged manifest still held, said in a note): no rerun to ask for
+            moot = out.unrecovered.get("layer_groups") if plan.layer_groups is not None else None
             for message in out.warnings:
-                said.warn(message)
+                if message != moot:
+                    said.warn(message)
             for message in out.notes:
                 said.note(message)
             _ensure_probe(out.root, plan.probe)
