@@ -174,7 +174,9 @@ def _train(
     )
     if start:
         sums = _load_state(model, optimizer, out, start, dev)
-        if sums is not None:  # (a run saved by an older conetool has none: its next row
+        if isinstance(sums, str):  # damaged: the weights are resumed all the same
+            said.warn(_damaged_sums_warning(out, start, sums))
+        elif sums is not None:  # (a run saved by an older conetool has none: its next row
             loop.resume_train_sums(*sums)  # averages the steps since the resume only)
         progress.log(f"resuming {out} from step {start}")
     else:
@@ -366,9 +368,10 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
 
 def _load_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, step: int, device: torch.device
-) -> tuple[float, int, int] | None:
+) -> tuple[float, int, int] | str | None:
     """Load the weights and optimizer state of ``step``; return the train sums saved with them
-    (None: a state written before conetool saved them, or not readable as such)."""
+    (None: a state written before conetool saved them; a string: why its entry cannot be
+    read as such)."""
     path = paths.checkpoint(out, step)
     with safe_open(str(path), framework="pt") as handle:
         found = int((handle.metadata() or {}).get("step", step))
@@ -379,18 +382,38 @@ def _load_state(
     return _train_sums(paths.optimizer_state(out, step))
 
 
-def _train_sums(path: Path) -> tuple[float, int, int] | None:
-    """The :data:`TRAIN_SUMS` entry of the optimizer state ``path`` (None when it has none)."""
+def _train_sums(path: Path) -> tuple[float, int, int] | str | None:
+    """The :data:`TRAIN_SUMS` entry of the optimizer state ``path``: None when it has none (a
+    state an older conetool wrote), why not when it is damaged (not three numbers: a loss sum,
+    and whole numbers of correct predictions and examples seen, none negative)."""
     with safe_open(str(path), framework="pt") as handle:
         text = (handle.metadata() or {}).get(TRAIN_SUMS)
     if text is None:
         return None
+    damaged = f"its {TRAIN_SUMS} entry {text[:60]!r} is not [loss_sum, correct, seen]"
     try:
         loss_sum, correct, seen = json.loads(text)
     except (ValueError, TypeError):
-        return None
-    if not isinstance(loss_sum, float | int) or not all(
-        isinstance(n, int) and n >= 0 for n in (correct, seen)
+        return damaged
+    if (
+        isinstance(loss_sum, bool)
+        or not isinstance(loss_sum, float | int)
+        or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (correct, seen)
+        )
     ):
-        return None
+        return damaged
     return float(loss_sum), correct, seen
+
+
+def _damaged_sums_warning(out: Path, step: int, why: str) -> str:
+    """What a damaged :data:`TRAIN_SUMS` entry of the optimizer state of ``step`` means: the
+    weights and optimizer state resume as saved; only the first metrics row from ``step`` on
+    loses the train numbers of the steps before the resume."""
+    return (
+        f"--resume: {paths.optimizer_state(out, step)}: {why}, so the first row of "
+        f"{paths.metrics(out)} from step {step} on has the train_loss and train_acc of the "
+        f"steps trained since the resume only (NaN for a row at step {step} itself), not of "
+        "every step since the row before. The weights and optimizer state are resumed as "
+        "saved, unaffected."
+    )

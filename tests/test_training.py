@@ -178,6 +178,29 @@ def test_resume_from_a_state_saved_before_train_sums_keeps_the_weights_of_an_uni
         assert rows["cut"][step]["test_acc"] == rows["whole"][step]["test_acc"]
 
 
+def test_resume_warns_of_a_damaged_train_sums_entry(tmp_path):
+    """A damaged train_sums entry was ignored without a word, and the resumed row's train numbers
+    covered only the steps since the resume: a warning names the file and what it means for
+    metrics.csv (the weights are the uninterrupted run's all the same)."""
+    spec = tiny_spec()
+    train(spec, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "cut", progress=_Interrupt(at=13))
+    state = paths.optimizer_state(tmp_path / "cut", 10)
+    with safe_open(str(state), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    metadata["train_sums"] = "[1.5, -2"
+    save_file(tensors, str(state), metadata=metadata)
+    result = train(spec, tmp_path / "cut", resume=True)
+    assert result.resumed_from == 10
+    [warning] = [w for w in result.warnings if "train_sums" in w]
+    assert warning.startswith(f"--resume: {state}: its train_sums entry '[1.5, -2' is not ")
+    assert str(paths.metrics(tmp_path / "cut")) in warning and "unaffected" in warning
+    a, b = weights(tmp_path / "whole", 20), weights(tmp_path / "cut", 20)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
 def test_refuses_to_write_over_a_run(tmp_path):
     spec = tiny_spec()
     train(spec, tmp_path / "run")
