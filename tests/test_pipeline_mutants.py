@@ -142,6 +142,25 @@ def test_a_damaged_manifest_keeps_groups_its_old_layer_files_cannot_give_back(ru
     assert not [w for w in again.warnings if "parameter groups" in w], again.warnings
 
 
+def test_a_damaged_manifest_whose_evaluation_set_the_run_draws_again_asks_for_no_rerun(
+    run, tmp_path
+):
+    # as for --groups above: the run kept the evaluation set the damaged manifest records (and
+    # drew eval.safetensors again), but the rebuild still warned "no evaluation set was
+    # recovered ... Rerun ... --eval-size 4, which draws it again"
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu", eval_size=4)
+    paths.eval_set(root).write_bytes(b"damaged")
+    manifest = json.loads(paths.manifest(root).read_text())
+    manifest["steps"] = []  # damaged: kernels rebuilds it
+    paths.manifest(root).write_text(json.dumps(manifest))
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [] and again.eval_size == 4
+    assert "keeping the store's evaluation set of 4 examples (--eval-size)" in again.notes
+    assert not [w for w in again.warnings if "evaluation set" in w], again.warnings
+    assert any("was damaged" in w for w in again.warnings)  # the rebuild itself is still said
+
+
 def test_switch_without_manifest_takes_the_directory_of_the_newest_kernels_run(run, tmp_path):
     # R09 (remembered._carried_selection read the oldest kernel file's selection, not the
     # newest's): a run moved and given to kernels again (the same run: its kernels are kept, the

@@ -187,10 +187,15 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             # evaluation set or grouping that another one replaced, deleted. Notes: the records
             # a rebuilt manifest got back from their files.
             # a record the rebuild could not get back, which this run records all the same (the
-            # groups the damaged manifest still held, said in a note): no rerun to ask for
-            moot = out.unrecovered.get("layer_groups") if plan.layer_groups is not None else None
+            # groups or evaluation set the damaged manifest still held, or given again, said in a
+            # note): no rerun to ask for
+            moot = {
+                out.unrecovered.get(name)
+                for name, kept in (("layer_groups", plan.layer_groups), ("eval", plan.eval_set))
+                if kept is not None
+            }
             for message in out.warnings:
-                if message != moot:
+                if message not in moot:
                     said.warn(message)
             for message in out.notes:
                 said.note(message)
