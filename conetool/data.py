@@ -46,9 +46,9 @@ import torch
 from .data_files import check_mnist_files, cifar_problem, mnist_label_problem
 from .data_order import augment_generator, batch_indices, mix_seed, steps_per_epoch
 from .data_split import CropFlip, DataBundle, Split
-from .errors import DataError
+from .errors import ConetoolError, DataError
 from .spec import BUILTIN_DATASETS, DataSpec
-from .user_modules import import_user_module, is_import_path
+from .user_modules import import_user_module, is_import_path, raised_at
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -376,7 +376,17 @@ def _user_factory(spec: DataSpec) -> DataBundle:
                 f"{sorted(spec.options)} ({exc}). Its parameters are: {', '.join(params)}; "
                 "fix the extra keys in [data]."
             ) from exc
-    result = factory(**kwargs)
+    try:
+        result = factory(**kwargs)
+    except ConetoolError:
+        raise
+    except Exception as exc:
+        where = raised_at(exc)
+        raise DataError(
+            f"the data factory {path!r} ([data] dataset) raised {type(exc).__name__}"
+            f"{f' at {where}' if where else ''} when called with the keys "
+            f"{', '.join(kwargs) or '(none)'}: {exc}. Fix the [data] keys or the factory."
+        ) from exc
     if not isinstance(result, Sequence) or len(result) != 2:
         raise DataError(
             f"'data.dataset' = {path!r} returned {type(result).__name__}; a data factory must "
@@ -393,5 +403,12 @@ def _user_factory(spec: DataSpec) -> DataBundle:
     if isinstance(classes, Sequence) and not isinstance(classes, str) and len(classes) > 0:
         num_classes = len(classes)
     else:
+        lowest = int(min(train.labels().min(), test.labels().min()))
+        if lowest < 0:
+            split_name = "train" if int(train.labels().min()) < 0 else "test"
+            raise DataError(
+                f"the {split_name} set of {path} has the label {lowest}: labels must be class "
+                "indices 0, 1, ..., num_classes - 1. Map them to 0.. in your data factory."
+            )
         num_classes = int(max(train.labels().max(), test.labels().max())) + 1
     return DataBundle(path, train, test, train.input_shape, num_classes)

@@ -70,10 +70,10 @@ class Split:
                 f"{name} is a {type(dataset).__name__}, not a map-style dataset (one with "
                 "__len__ and __getitem__). Return a torch.utils.data.Dataset or TensorDataset."
             )
-        if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-            return cls.from_tensors(*dataset.tensors)
         if len(dataset) == 0:
             raise DataError(f"{name} is empty: it has no examples.")
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+            return cls.from_tensors(*dataset.tensors)
         x, _ = dataset_item(dataset, 0, name)
         return cls(input_shape=tuple(x.shape), dataset=dataset)
 
@@ -211,9 +211,19 @@ def dataset_item(dataset: Any, index: int, name: str) -> tuple[Tensor, int]:
             "torchvision.transforms.ToTensor() (and your normalization) to the dataset."
         ) from exc
     try:
-        label = int(y)
+        as_tensor = torch.as_tensor(y)
+        if as_tensor.numel() != 1:
+            raise ValueError("not one value")
+        label = int(as_tensor)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise DataError(
             f"{name}: label {index} is {y!r}; labels must be integer class indices."
         ) from exc
+    if as_tensor.is_floating_point() or as_tensor.is_complex() or as_tensor.dtype == torch.bool:
+        # int() would truncate 0.5 to 0 and train on other labels than the data set's
+        raise DataError(
+            f"{name}: label {index} is {y!r} ({as_tensor.dtype}); labels must be integer class "
+            "indices, as in a TensorDataset. Return int(label) (or a long tensor) from your "
+            "dataset's __getitem__."
+        )
     return x, label

@@ -11,7 +11,7 @@ from types import ModuleType
 
 from .errors import ConetoolError
 
-__all__ = ["import_user_module", "is_import_path"]
+__all__ = ["import_user_module", "is_import_path", "raised_at"]
 
 
 def is_import_path(module_name: str, attribute: str) -> bool:
@@ -57,9 +57,10 @@ def _is_missing(module_name: str, exc: ModuleNotFoundError) -> bool:
     )
 
 
-def _where(exc: BaseException) -> str | None:
-    """``FILE:LINE`` of the user's code where an import failed: a syntax error's own place, else
-    the innermost frame of the traceback outside Python's import machinery."""
+def raised_at(exc: BaseException) -> str | None:
+    """``FILE:LINE`` of the user's code where an import or a factory call failed: a syntax
+    error's own place, else the innermost frame of the traceback outside Python's import
+    machinery and conetool's own top-level modules."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{exc.filename}:{exc.lineno}"
     frames = [
@@ -80,7 +81,7 @@ def _import_error(
             "folder to PYTHONPATH, or run conetool from the folder that contains it."
         )
     else:
-        where = _where(exc)
+        where = raised_at(exc)
         at = f" at {where}" if where else ""
         fix = (
             f"The module '{module_name}' was found but importing it failed{at}; fix it there "

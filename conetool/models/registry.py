@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ConetoolError, ModelError
 from ..spec import ModelSpec
-from ..user_modules import import_user_module, is_import_path
+from ..user_modules import import_user_module, is_import_path, raised_at
 from .lenet import lenet5, lenet_300_100
 from .mlp import mlp
 from .outputs import logits_returned
@@ -212,6 +212,12 @@ def _accepts_input_shape(factory: Callable[..., Any]) -> bool | None:
     )
 
 
+def _at(exc: BaseException) -> str:
+    """`` at FILE:LINE`` of the user's code that raised ``exc``; empty when unknown."""
+    where = raised_at(exc)
+    return f" at {where}" if where else ""
+
+
 def _build_user_model(
     arch: str, num_classes: int, options: dict[str, Any], input_shape: tuple[int, ...]
 ) -> nn.Module:
@@ -240,13 +246,14 @@ def _build_user_model(
         raise
     except TypeError as exc:
         raise ModelError(
-            f'the factory "{arch}" raised TypeError when called with the keys {passed}: {exc}. '
-            "Check the [model] keys against the factory's parameters and the types it expects."
+            f'the factory "{arch}" raised TypeError{_at(exc)} when called with the keys '
+            f"{passed}: {exc}. Check the [model] keys against the factory's parameters and the "
+            "types it expects."
         ) from exc
     except Exception as exc:
         raise ModelError(
-            f'the factory "{arch}" raised {type(exc).__name__} when called with the keys '
-            f"{passed}: {exc}. Fix the [model] keys or the factory."
+            f'the factory "{arch}" raised {type(exc).__name__}{_at(exc)} when called with the '
+            f"keys {passed}: {exc}. Fix the [model] keys or the factory."
         ) from exc
     if not isinstance(model, nn.Module):
         raise ModelError(
