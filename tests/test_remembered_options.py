@@ -4,6 +4,7 @@ from, reused by `switch` and `distance` and written into the report's Reproduce 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -50,6 +51,10 @@ def _invoke(*args: str) -> str:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return " ".join(result.output.split())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _reproduce(store: Path) -> str:
@@ -183,12 +188,14 @@ def test_import_paths_are_recorded_and_reproduced_with_pythonpath(
             "module": "conetool_remember_model",
             "path": str(models.resolve()),
             "installed": False,
+            "sha256": _sha256(models / "conetool_remember_model.py"),
         },
         {
             "key": "[data] dataset",
             "module": "conetool_remember_data",
             "path": str(data.resolve()),
             "installed": False,
+            "sha256": _sha256(data / "conetool_remember_data.py"),
         },
     ]
 
@@ -304,3 +311,33 @@ def test_carried_imports_falls_back_to_the_newest_other_specs_files_as_the_direc
     assert folder(carried_imports(newest_first, "z")) == "/b"
     assert folder(carried_imports([meta("a", "/a"), *newest_first], "a")) == "/a"  # its own
     assert carried_imports([meta("a"), meta("b")], "a") == {}  # none carries one
+
+
+def test_a_module_edited_after_kernels_is_warned_of_by_kernels_distance_and_switch(
+    tmp_path: Path, user_modules: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same parameters, another function (ReLU -> Tanh): the checkpoints still load, so
+    nothing else would tell that the noise floor, switch or new kernels use another model."""
+    models, _ = user_modules
+    spec = tmp_path / "byo.toml"
+    spec.write_text(
+        TINY_SPEC.replace(
+            'arch = "mlp"\nnum_classes = 3\nwidths = [8]',
+            'arch = "conetool_remember_model:make"\nnum_classes = 3',
+        )
+    )
+    run, store = tmp_path / "run", tmp_path / "store"
+    _invoke("train", spec, "--out", run, "-q")
+    _invoke("kernels", run, "--store", store, "--steps", "0:5")
+    source = models / "conetool_remember_model.py"
+    source.write_text(source.read_text().replace("nn.ReLU()", "nn.Tanh()"))
+    monkeypatch.delitem(sys.modules, "conetool_remember_model", raising=False)
+    changed = "the module 'conetool_remember_model' ([model] arch, "
+    assert changed in _invoke("distance", "--store", store)  # its noise floor rebuilds the model
+    assert changed in _invoke("switch", "--at", "5", "--store", store)
+    source.write_text(source.read_text().replace("nn.Tanh()", "nn.ReLU()"))  # as it was
+    monkeypatch.delitem(sys.modules, "conetool_remember_model", raising=False)
+    assert changed not in _invoke("switch", "--at", "5", "--store", store)
+    source.write_text(source.read_text().replace("nn.ReLU()", "nn.Tanh()"))
+    monkeypatch.delitem(sys.modules, "conetool_remember_model", raising=False)
+    assert changed in _invoke("kernels", run, "--store", store)  # adds steps to the old ones

@@ -33,7 +33,7 @@ from ..noise_floor import kernel_noise
 from ..probe import load_probe
 from ..spec import Spec, spec_from_dict
 from ..store import Store
-from .remembered import use_recorded_imports
+from .remembered import changed_imports, use_recorded_imports
 from .resolve import model_for
 
 __all__ = ["SUBSET", "estimate_noise_floor"]
@@ -129,6 +129,7 @@ def estimate_noise_floor(
         # A "pkg.mod:factory" model comes from where kernels imported it when it is not
         # importable now; the step is the recorded one (no --step-regex needed).
         imported = use_recorded_imports(store.manifest, spec)
+        imported += changed_imports(store.manifest, spec)  # an edited model: said, not hidden
         model = model_for(spec)
         load_checkpoint(model, checkpoint_ref(source, step=step))
         inputs = load_probe(paths.probe(store.root)).inputs

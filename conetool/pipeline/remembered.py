@@ -34,6 +34,7 @@ carries its run's), the evaluation set and the parameter groups from their files
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -57,6 +58,7 @@ __all__ = [
     "carried_directory",
     "carried_imports",
     "carried_step_regex",
+    "changed_imports",
     "held_directory",
     "held_selection",
     "held_spec",
@@ -590,10 +592,61 @@ def imports_record(spec: Spec) -> list[dict[str, Any]]:
         folder = _import_root(module)
         if folder is None:
             continue
-        records.append(
-            {"key": key, "module": module, "path": str(folder), "installed": _installed(folder)}
-        )
+        record = {
+            "key": key,
+            "module": module,
+            "path": str(folder),
+            "installed": _installed(folder),
+        }
+        digest = _module_digest(module)
+        if digest is not None:
+            record["sha256"] = digest
+        records.append(record)
     return records
+
+
+def changed_imports(manifest: dict[str, Any] | None, spec: Spec) -> list[str]:
+    """A warning for each of the spec's modules whose file is not the one ``conetool kernels``
+    imported (its recorded ``sha256``): the model or data built now may not be the ones the
+    kernels were computed with. Call it after :func:`use_recorded_imports`; a record without a
+    digest (a store made before conetool recorded it) says nothing."""
+    if manifest is None:
+        return []
+    wanted = {module for _, module in spec_imports(spec)}
+    warnings = []
+    for record in _imports(manifest):
+        module, recorded = record.get("module"), record.get("sha256")
+        if module not in wanted or not isinstance(recorded, str):
+            continue
+        now = _module_digest(str(module))
+        if now is not None and now != recorded:
+            warnings.append(
+                f"the module '{module}' ({record.get('key')}, {_module_file(str(module))}) "
+                "changed since conetool kernels imported it: what is built from it now may not "
+                "be what the kernels were computed with. Restore the file as it was, or compute "
+                "the kernels again (into a new store, or with --overwrite)"
+            )
+    return warnings
+
+
+def _module_file(module: str) -> str | None:
+    """The file ``module`` is imported from now; ``None`` when it has none."""
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return found.origin if found is not None and found.has_location else None
+
+
+def _module_digest(module: str) -> str | None:
+    """SHA-256 of the file ``module`` is imported from (a package: its ``__init__.py``)."""
+    origin = _module_file(module)
+    if origin is None:
+        return None
+    try:
+        return hashlib.sha256(Path(origin).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def import_paths(manifest: dict[str, Any]) -> list[str]:

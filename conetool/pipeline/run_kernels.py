@@ -37,6 +37,7 @@ from .kernels_loop import KernelsOptions, KernelsPlan, KernelsResult, compute_al
 from .mixed_runs import another_run
 from .overwrite_checks import check_before_clearing
 from .remembered import (
+    changed_imports,
     imports_record,
     manifest_json,
     rebuilt_remembered,
@@ -164,6 +165,9 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         # The model first: its import (a "pkg.mod:factory" arch) is recorded in the header.
         model = model_for(plan.spec)
         if job.is_main:
+            if not overwrite:  # kept kernels from the module as it was, new ones from it now
+                for message in changed_imports(plan.manifest, plan.spec):
+                    said.warn(message)
             before.append(_folder_state(Path(store)))
             selected = selection_record(ckpts, plan.step_regex, steps, every)
             mixed = another_run(

@@ -21,6 +21,7 @@ from ..store import nearest_steps
 from .remembered import (
     carried_imports,
     carried_step_regex,
+    changed_imports,
     recorded_step_regex,
     use_recorded_imports,
 )
@@ -85,6 +86,7 @@ def prepare_sweep(options: SwitchOptions) -> Sweep:
     else:
         step_regex, regex_note = recorded_step_regex(manifest, step_regex)
     notes = located.notes + use_recorded_imports(recorded, spec)
+    warnings += changed_imports(recorded, spec)
     notes += [regex_note] if regex_note else []
     T = spec.train.steps if until is None else until
     if T > spec.train.steps and not beyond_run:
