@@ -48,7 +48,7 @@ from .data_order import augment_generator, batch_indices, mix_seed, steps_per_ep
 from .data_split import CropFlip, DataBundle, Split
 from .errors import ConetoolError, DataError
 from .spec import BUILTIN_DATASETS, DataSpec
-from .user_modules import import_user_module, is_import_path, raised_at
+from .user_modules import import_user_module, is_import_path, raised_at, shadowed_note
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -321,6 +321,7 @@ def _import_factory(path: str) -> Callable[..., Any]:
         if not hasattr(obj, part):
             raise DataError(
                 f"'data.dataset' = {path!r}: module {module_name!r} has no attribute {attr!r}."
+                + shadowed_note(module_name)
             )
         obj = getattr(obj, part)
     if not callable(obj):

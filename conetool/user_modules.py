@@ -11,7 +11,7 @@ from types import ModuleType
 
 from .errors import ConetoolError
 
-__all__ = ["import_user_module", "is_import_path", "raised_at"]
+__all__ = ["import_user_module", "is_import_path", "raised_at", "shadowed_note"]
 
 
 def is_import_path(module_name: str, attribute: str) -> bool:
@@ -48,6 +48,25 @@ def import_user_module(module_name: str, what: str, error: type[ConetoolError]) 
         if isinstance(exc, ModuleNotFoundError) and _is_missing(module_name, exc):
             raise _import_error(module_name, what, first, error) from first
         raise _import_error(module_name, what, exc, error) from exc
+
+
+def shadowed_note(module_name: str) -> str:
+    """A sentence for a name missing from the imported ``module_name`` when the current directory
+    holds a file or package of the same top-level name that is not the one imported (``random.py``
+    beside the spec, shadowed by Python's ``random``); empty otherwise."""
+    top = module_name.split(".")[0]
+    imported = getattr(sys.modules.get(top), "__file__", None)
+    cwd = os.getcwd()
+    for mine in (os.path.join(cwd, f"{top}.py"), os.path.join(cwd, top, "__init__.py")):
+        if os.path.isfile(mine) and (
+            imported is None or os.path.realpath(imported) != os.path.realpath(mine)
+        ):
+            return (
+                f" The module '{top}' imported is {imported or 'a built-in module'}, not your "
+                f"{mine}: a module of Python or of an installed package has that name and comes "
+                "first. Rename your file (and the spec's module name)."
+            )
+    return ""
 
 
 def _is_missing(module_name: str, exc: ModuleNotFoundError) -> bool:

@@ -124,3 +124,30 @@ def test_a_model_factory_that_raises_names_the_users_line(user_module: Path) -> 
         build_model(spec.model, (4,))
     assert f"raised ValueError at {user_module}:" in str(caught.value)
     assert "depth must be even" in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["model", "data"])
+def test_a_file_shadowed_by_pythons_module_of_its_name_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    # random.py beside the user: the `conetool` command imports Python's random instead, and the
+    # old message only listed random's functions ("Fix the name after the colon")
+    (tmp_path / "random.py").write_text("def make(num_classes=3):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    error = ModelError if key == "model" else DataError
+    with pytest.raises(error) as caught:
+        if key == "model":
+            spec = spec_from_dict({"model": {"arch": "random:make", "num_classes": 3}, "data": {}})
+            build_model(spec.model, (4,))
+        else:
+            spec = spec_from_dict({"model": {"arch": "mlp"}, "data": {"dataset": "random:make"}})
+            load_data(spec.data)
+    text = str(caught.value)
+    assert f"not your {tmp_path / 'random.py'}" in text and "Rename your file" in text
+
+
+def test_no_shadowing_is_said_for_a_misspelt_factory(user_module: Path) -> None:
+    spec = spec_from_dict({"model": {"arch": "conetool_byo_checks:nett", "num_classes": 3}})
+    with pytest.raises(ModelError, match="has no attribute 'nett'") as caught:
+        build_model(spec.model, (4,))
+    assert "Rename your file" not in str(caught.value)

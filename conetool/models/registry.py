@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ConetoolError, ModelError
 from ..spec import ModelSpec
-from ..user_modules import import_user_module, is_import_path, raised_at
+from ..user_modules import import_user_module, is_import_path, raised_at, shadowed_note
 from .lenet import lenet5, lenet_300_100
 from .mlp import mlp
 from .outputs import logits_returned
@@ -188,7 +188,7 @@ def _resolve(arch: str) -> Callable[..., Any]:
             listing = ", ".join(found) if found else "no public callables"
             raise ModelError(
                 f"module '{where}' has no attribute '{part}' (from [model] arch = \"{arch}\"). "
-                f"It defines: {listing}. Fix the name after the colon."
+                f"It defines: {listing}. Fix the name after the colon.{shadowed_note(module_name)}"
             )
         target = getattr(target, part)
     if not callable(target):
