@@ -27,7 +27,26 @@ from ._tied import check_tied_values, tied_keys
 from ._torch_save import load_torch_object
 from .discover import CheckpointRef, checkpoint_ref, default_warn
 
-_FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+def _one_byte_floats() -> tuple[frozenset[torch.dtype], frozenset[torch.dtype]]:
+    """(the 1-byte floating dtypes of this torch that it converts to float32: every float8 kind,
+    none of which has a CPU min/max, sum or, for most, isfinite; the packed ones it does not
+    convert, such as float4_e2m1fn_x2, which hold two values per byte and have no finfo)."""
+    found = {d for d in vars(torch).values() if isinstance(d, torch.dtype)}
+    small = {d for d in found if d.is_floating_point and d.itemsize == 1}
+    packed = set()
+    for d in small:
+        try:
+            float(torch.finfo(d).max)
+            torch.zeros(1, dtype=torch.uint8).view(d).float()
+        except (TypeError, RuntimeError):  # NotImplementedError is a RuntimeError
+            packed.add(d)
+    return frozenset(small - packed), frozenset(packed)
+
+
+#: every float8 kind of this torch (computed, so that a new one is not missed), and the packed
+#: 1-byte floating dtypes (float4_e2m1fn_x2) that torch neither converts nor describes
+_FLOAT8, _PACKED = _one_byte_floats()
 
 #: The closing advice of :func:`check_finite_tensors`' error (kernels' and inspect's); ``switch``,
 #: which needs the step, replaces it with its own (another --at or --until).
@@ -75,8 +94,8 @@ def check_finite_tensors(
     sum clears it, 10-40x faster than ``isfinite(x).all()``. Only a sum that is not finite
     (a non-finite value, or finite values whose sum overflows) gets the exact check."""
     for key, t in state_dict.items():
-        if not (t.is_floating_point() or t.is_complex()):
-            continue
+        if not (t.is_floating_point() or t.is_complex()) or t.dtype in _PACKED:
+            continue  # a packed dtype holds no value torch can read: loading it is refused
         x = _summable(t)
         if bool(torch.isfinite(x.sum())):
             continue
@@ -96,7 +115,7 @@ def check_finite_tensors(
 def _summable(t: torch.Tensor) -> torch.Tensor:
     """``t``, or a copy of it in a dtype that torch sums and checks on the CPU, holding the same
     values: float32 for a float8 (none has a CPU sum), complex64 for a complex32."""
-    if t.is_floating_point() and t.element_size() == 1:
+    if t.dtype in _FLOAT8:
         return t.float()
     if t.dtype == torch.complex32:
         return t.to(torch.complex64)
@@ -217,6 +236,12 @@ def check_dtypes(
         if target is None or not target.is_floating_point():
             continue
         found, wanted = tensor.dtype, target.dtype
+        if found in _PACKED:
+            raise CheckpointError(
+                f"'{name}' stores tensor '{key}' as {_dtype(found)} for the model's "
+                f"{_dtype(wanted)} parameter: torch cannot convert {_dtype(found)} (packed values, "
+                "several to a byte) to load it. Re-save the checkpoint in the model's dtype."
+            )
         if not tensor.is_floating_point() or tensor.is_complex():
             raise CheckpointError(
                 f"'{name}' stores tensor '{key}' as {_dtype(found)}, but the model's parameter is "
