@@ -80,7 +80,7 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
 
     ``needed`` is the size of what was being written, when known, for the full-disk message.
     """
-    where = Path(exc.filename) if exc.filename else Path(path)
+    where = os_error_path(exc) or Path(path)
     if exc.errno in NO_SPACE:
         free = _free_space(where)
         size = f"about {format_bytes(needed)} is needed" if needed else "more space is needed"
@@ -114,7 +114,17 @@ def said_os_error(exc: OSError) -> StoreError | None:
     """The one paragraph the command line says for an ``OSError`` met outside conetool's own
     writers (:func:`write_error` at the path it names), or None when it is a bug, which keeps
     its traceback. (Under torchrun, a rank ending on one that has a paragraph said it itself.)"""
-    return write_error(Path(exc.filename or "."), exc)
+    return write_error(os_error_path(exc) or Path("."), exc)
+
+
+def os_error_path(exc: OSError) -> Path | None:
+    """The path an ``OSError`` names, or None: its ``filename`` may be a str, bytes (decoded as
+    the file system does, :func:`os.fsdecode`), a path-like, or a file descriptor (an int, from
+    ``os.fdopen``, ``os.fstat`` and the like), which names no path."""
+    name = exc.filename
+    if isinstance(name, (str, bytes, os.PathLike)) and name:
+        return Path(os.fsdecode(name))
+    return None
 
 
 def make_dir(folder: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from conetool import paths
 from conetool.errors import CheckpointError
+from conetool.io import os_error_path
 
 from ._hashed_reads import files_fingerprint
 from ._keys import diff_keys, strip_common_prefixes
@@ -135,7 +136,7 @@ def _read_headers(c: Candidate, deep: bool) -> None:
     except CheckpointError as e:
         c.fail(str(e))
     except OSError as e:
-        c.fail(str(open_error(Path(e.filename or c.location), e)))
+        c.fail(str(open_error(os_error_path(e) or Path(c.location), e)))
 
 
 def _file_candidate(path: Path, deep: bool) -> Candidate:
