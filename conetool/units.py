@@ -29,7 +29,7 @@ _UNITS = {
     "tib": 2**40,
     "tb": 10**12,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*$")
 # The units format_bytes prints, largest first.
 _BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
 
@@ -46,6 +46,8 @@ def parse_memory(value: float | str) -> int:
 
     >>> parse_memory("4GiB"), parse_memory("500MB"), parse_memory("2G"), parse_memory(1024)
     (4294967296, 500000000, 2147483648, 1024)
+    >>> parse_memory("2e9"), parse_memory(2e9)
+    (2000000000, 2000000000)
     """
     if isinstance(value, bool):
         raise MemoryBudgetError(_memory_syntax_message(value))
@@ -59,10 +61,11 @@ def parse_memory(value: float | str) -> int:
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
         raise MemoryBudgetError(_memory_syntax_message(value))
-    size = int(float(match.group(1)) * _UNITS[unit])
-    if size <= 0:
+    number = float(match.group(1)) * _UNITS[unit]
+    whole = unit not in ("", "b") or number.is_integer()  # no fraction of a byte, as for 1.5
+    if not math.isfinite(number) or not whole or int(number) <= 0:
         raise MemoryBudgetError(_memory_syntax_message(value))
-    return size
+    return int(number)
 
 
 def _memory_syntax_message(value: object) -> str:

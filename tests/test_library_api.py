@@ -588,3 +588,16 @@ def test_verdict_rules_take_numpy_numbers_and_name_a_wrong_type() -> None:
     ]:
         with pytest.raises(conetool.ConetoolError, match=refused):
             VerdictRules(**given)
+
+
+def test_a_memory_size_in_scientific_notation_is_bytes_on_the_command_line_too() -> None:
+    """--max-memory 2e9 (as parse_memory's docstring writes a size) was refused as text; a
+    fraction of a byte stays refused as text as it is as a number ("1.5" was 1 byte)."""
+    from conetool.units import parse_memory
+
+    assert parse_memory("2e9") == parse_memory(2e9) == 2_000_000_000
+    assert parse_memory("2.5E8") == parse_memory(" 1e3B ") * 250_000 == 250_000_000
+    assert parse_memory("1.5GiB") == 3 * 2**29 and parse_memory("1e0KiB") == 1024
+    for wrong in ("1.5", "2.5e-1", "1e999", "1e999GiB", "0e5", "2e", "e9", "1e9.5"):
+        with pytest.raises(conetool.MemoryBudgetError, match=r"^--max-memory .* is not a memory"):
+            parse_memory(wrong)
