@@ -227,6 +227,18 @@ def test_blocked_computation_gives_the_same_matrix(cone_store):
     assert not result.matrix_reused
 
 
+def test_max_memory_auto_is_the_matrix_default_as_for_kernels(cone_store):
+    # kernels --max-memory auto is the device's default budget; distance and embed refused
+    # "auto" as "not a memory size"
+    root, kernels_ = cone_store
+    result = distance(root, max_memory="auto")
+    np.testing.assert_allclose(result.S, reference_s(kernels_), rtol=0, atol=1e-12)
+    out = runner.invoke(app, ["distance", "--store", str(root), "--max-memory", "Auto", "-q"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["embed", "--store", str(root), "--max-memory", "auto", "-q"])
+    assert out.exit_code == 0, out.output
+
+
 def test_uneven_steps_default_dts_and_velocities(uneven_store):
     root, kernels_ = uneven_store
     result = distance(root)

@@ -68,7 +68,7 @@ MatrixMemory = Annotated[
     typer.Option(
         "--max-memory",
         metavar="SIZE",
-        help="Memory for the S matrix's kernel blocks (default 1GiB).",
+        help="Memory for the S matrix's kernel blocks (default auto: 1GiB).",
     ),
 ]
 DEFAULT_STORE = Path(paths.DEFAULT_STORE)

@@ -49,6 +49,7 @@ from .. import paths
 from ..errors import StoreError, StoreReplacedError
 from ..geometry import KernelError, distance_matrix
 from ..io import atomic_write
+from ..ntk import is_auto
 from ..progress import CountBar, NullProgress, Progress
 from ..store import StepRecord, Store
 from ..store_manifest import kernel_header
@@ -408,7 +409,8 @@ def kernel_matrix(
             store; without ``skip_bad``, a kernel file that cannot be used (named).
     """
     progress = progress or NullProgress()
-    budget = None if max_memory is None else parse_memory(max_memory)
+    # "auto" (as kernels --max-memory takes it): the matrix's default, 1 GiB
+    budget = None if max_memory is None or is_auto(max_memory) else parse_memory(max_memory)
     records = store.records()  # the steps of the matrix, and their files' key
     stored = list(records)
     require_kernels(store, stored)
