@@ -302,3 +302,31 @@ def test_embed_says_when_kernels_is_still_writing_the_store(store):
     assert f"these results are of the {len(STEPS)} kernels stored so far" in text
     again = runner.invoke(app, ["embed", "--store", str(root), "--method", "pca"])
     assert "still writing" not in again.output
+
+
+@pytest.mark.parametrize("method", ["mds", "pca"])
+def test_seed_and_a_rerun_on_the_saved_matrix_leave_every_bit_of_the_coordinates(store, method):
+    """--seed is recorded only (README): seeds 0 and 12345 give the same coordinates bit for bit,
+    and a rerun that reads its S matrix back from embed/matrix.npz gives them again; coords.csv
+    holds them to the last bit, and summary.json's stress is Kruskal's stress-1 of those
+    coordinates against sqrt(2 S) of the saved matrix (a plain loop, no conetool helper)."""
+    root, _ = store
+    first = embed(root, method=method, dims=2, seed=0)
+    assert not first.matrix_reused
+    again = embed(root, method=method, dims=2, seed=12345)
+    assert again.matrix_reused
+    np.testing.assert_array_equal(again.embedding.coords, first.embedding.coords)
+    assert again.embedding.stress == first.embedding.stress
+    _, _, written = read_coords(root)
+    np.testing.assert_array_equal(written, first.embedding.coords)
+    summary = json.loads(paths.embed_summary(root).read_text())
+    assert summary["seed"] == 12345
+    with np.load(paths.embed_matrix_npz(root)) as data:
+        target = np.sqrt(2.0 * np.clip(data["S"], 0.0, None))
+    num = den = 0.0
+    for i in range(len(written)):
+        for j in range(i + 1, len(written)):
+            num += (float(np.linalg.norm(written[i] - written[j])) - target[i, j]) ** 2
+            den += target[i, j] ** 2
+    assert summary["stress"] == pytest.approx(np.sqrt(num / den), rel=1e-12)
+    assert 0.0 < summary["stress"] < 1.0
