@@ -447,6 +447,22 @@ def test_reproduce_repeats_the_top_k_given_beyond_the_kernels_size(run, tmp_path
     assert f"conetool spectrum --store {s} --top-k 1000" in reproduce_lines(report(copy))
 
 
+def test_reproduce_repeats_the_beyond_run_of_a_switch_past_the_run(run, tmp_path):
+    """switch --until T beyond the spec's train.steps needs --beyond-run; the block gave
+    --until T without it, which switch refuses ("--until 20 is beyond the standard run")."""
+    _, _, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    shutil.rmtree(paths.switch_dir(copy))
+    switch(["8"], store=copy, device="cpu", until=18, beyond_run=True)
+    s = shlex.quote(str(copy))
+    (line,) = [x for x in reproduce_lines(report(copy)) if x.startswith("conetool switch")]
+    assert line == f"conetool switch --at 8 --until 18 --beyond-run --store {s}"
+    shutil.rmtree(paths.switch_dir(copy))
+    outcome = runner.invoke(app, [*shlex.split(line)[1:], "-q"])
+    assert outcome.exit_code == 0, outcome.output
+
+
 def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path):
     _, ckpts, _, _ = run
     store = tmp_path / "only-kernels"

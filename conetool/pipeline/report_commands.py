@@ -173,6 +173,8 @@ class ReportCommands(ReportInputs):
         at = [int(p["at"]) for p in s.get("points", [])]
         parts = [f"{self._env()}conetool switch --at {_steps_text(at)}"]
         parts += _flag("--until", s.get("until"))
+        if self._beyond_run(s.get("until")):  # else switch refuses that T
+            parts.append("--beyond-run")
         parts.append(self._store_flag())
         source = str((s.get("reference") or {}).get("source", "checkpoint"))
         if source != "checkpoint":
@@ -181,6 +183,12 @@ class ReportCommands(ReportInputs):
         if ckpt_dir is not None:
             parts.append(f"--ckpts {_q(ckpt_dir)}")
         return " ".join(parts)
+
+    def _beyond_run(self, until: object) -> bool:
+        """Whether the switch's T is past the spec's train.steps (switch --beyond-run)."""
+        train = (self.manifest.get("spec") or {}).get("train") or {}
+        steps = train.get("steps") if isinstance(train, dict) else None
+        return isinstance(until, int) and isinstance(steps, int) and until > steps
 
     def _switch_checkpoint_dir(self) -> str | None:
         """The checkpoint directory switch read, when it is not the store's (``--ckpts``)."""
