@@ -463,6 +463,21 @@ def test_reproduce_repeats_the_beyond_run_of_a_switch_past_the_run(run, tmp_path
     assert outcome.exit_code == 0, outcome.output
 
 
+def test_fig_2_caption_promises_no_standard_line_when_there_is_no_standard_model(run, tmp_path):
+    """Switch results without a standard model at T (a T past the run, no checkpoint of T):
+    the figure draws no horizontal line, but its caption said "the horizontal line is the
+    standard model at T"."""
+    _, _, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    assert "horizontal line is the standard model" in report(copy).markdown.read_text()
+    switched = json.loads(paths.switch_results_json(copy).read_text())
+    switched["reference"] = None
+    paths.switch_results_json(copy).write_text(json.dumps(switched))
+    (caption,) = [c for c in Page(report(copy).html.read_text()).captions if "Fig. 2" in c]
+    assert "horizontal line" not in caption and "no standard model at T" in caption, caption
+
+
 def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path):
     _, ckpts, _, _ = run
     store = tmp_path / "only-kernels"

@@ -198,8 +198,13 @@ class ExperimentSections(RunSections):
                     paths.switch_png(self.root),
                     "Fig. 2: test accuracy and loss of the linearized model against the switch step",
                     f"Fig. 2. Test accuracy and loss at T = {until} of the model trained normally "
-                    "to step t and linearized from t on, against t; the horizontal line is the "
-                    "standard model at T. Numbers: switch/results.csv.",
+                    "to step t and linearized from t on, against t; "
+                    + (
+                        "the horizontal line is the standard model at T."
+                        if ref
+                        else "no standard model at T to draw beside them."
+                    )
+                    + " Numbers: switch/results.csv.",
                 )
             ],
             self._switch_command_default(),
