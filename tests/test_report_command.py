@@ -478,6 +478,14 @@ def test_fig_2_caption_promises_no_standard_line_when_there_is_no_standard_model
     assert "horizontal line" not in caption and "no standard model at T" in caption, caption
 
 
+def test_the_spectrum_caption_says_the_label_energy_is_of_the_centered_labels(run):
+    """spectrum's label energy is ‖U_kᵀ C Y‖² / ‖C Y‖² (kernel_spectrum, README); the caption
+    said "the labels' energy", which a reader computes from the one-hot Y (another number)."""
+    _, _, _, result = run
+    (caption,) = [c for c in Page(result.html.read_text()).captions if "spectrum" in c[:30]]
+    assert "share of the centered labels' energy in the top 3 eigenvectors" in caption, caption
+
+
 def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path):
     _, ckpts, _, _ = run
     store = tmp_path / "only-kernels"

@@ -100,8 +100,8 @@ class ExperimentSections(RunSections):
                     "Alignment and spectrum. Centered kernel-target alignment with the probe "
                     "set's one-hot labels, the "
                     "effective rank (exp of the entropy of the normalised eigenvalues) and the "
-                    f"share of the labels' energy in the top {top} eigenvectors, per stored "
-                    "kernel"
+                    f"share of the centered labels' energy in the top {top} eigenvectors "
+                    "(‖U_kᵀ C Y‖²_F / ‖C Y‖²_F), per stored kernel"
                     + (
                         "; last panel: the kernel machine's test accuracy with the eNTK frozen "
                         "at each step"
