@@ -135,6 +135,19 @@ def test_distance_to_reference_nan_single_point_and_empty():
         plots.distance_to_reference_figure(STEPS, {0: [0.1, 0.2]})
 
 
+def test_per_layer_figure_says_which_groups_have_no_velocity():
+    """A group whose kernel is zero has blank velocity cells (NaN): the legend named it beside
+    the drawn groups as if it had a line, and with no drawable group the axes were empty."""
+    nan = np.full(3, np.nan)
+    fig = plots.per_layer_figure({"a": ([0, 2, 4], nan), "b": ([0, 2, 4], [0.1, 0.2, 0.3])}, dt=2)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["a (no finite velocity)", "b"]
+    _render(fig)
+    fig = plots.per_layer_figure({"a": ([0, 2, 4], nan)}, dt=2, logx=True, phase1_end=2)
+    assert "no finite velocity in any group" in [t.get_text() for t in fig.axes[0].texts]
+    _render(fig)
+
+
 # --------------------------------------------------------------------------- Fig. 1b
 
 

@@ -40,7 +40,8 @@ def per_layer_figure(
 
     Args:
         curves: group -> ``(t, velocity)``, two aligned 1-D arrays (``NaN`` where undefined);
-            one line per group, in the mapping's order (the model's order of its parameters).
+            one line per group, in the mapping's order (the model's order of its parameters);
+            a group with no finite velocity (a zero kernel) is labelled so.
         dt: the spacing of the pairs (for the axis label).
         logx: symmetric-log x axis that keeps t = 0.
         phase1_end: shade ``t < phase1_end`` as Phase I.
@@ -56,11 +57,16 @@ def per_layer_figure(
     for (group, (t, v)), color in zip(curves.items(), curve_colors(len(curves)), strict=True):
         x, y = as_vector(t, f"curves[{group!r}][0]"), as_vector(v, f"curves[{group!r}][1]")
         same_length(x, y, f"curves[{group!r}] (t, velocity)")
-        ax.plot(x, y, color=color, linewidth=1.5, label=group, **marker_for(x.size))
+        # a group whose kernel is zero (or whose layer files are missing) has no velocity: its
+        # legend entry says so rather than naming a line that is not there
+        label = group if np.isfinite(y).any() else f"{group} (no finite velocity)"
+        ax.plot(x, y, color=color, linewidth=1.5, label=label, **marker_for(x.size))
         xs.append(x)
         ys.append(y)
     if not curves:
         no_data(ax, "no per-layer kernels")
+    elif not any(np.isfinite(y).any() for y in ys):
+        no_data(ax, "no finite velocity in any group")
     ax.set_xlabel("training step t")
     ax.set_ylabel(f"velocity S(H_g(t), H_g(t + {dt})) / {dt}")
     if logx:
