@@ -23,7 +23,7 @@ from conetool import paths
 from conetool.cli import app
 from conetool.errors import StoreError, StoreReplacedError
 from conetool.pipeline import distance, embed, kernels, report, run_report, spectrum, switch
-from conetool.spec import spec_from_dict
+from conetool.spec import spec_from_dict, spec_to_toml
 from conetool.store import Store, StoreIdentity
 from conetool.training import train
 from conetool.verdict import VerdictRules
@@ -344,6 +344,28 @@ def test_reproduce_names_the_kernels_engine_when_it_was_chosen(run, tmp_path):
     kernels(ckpts, store=store, device="cpu", method="jacobian", steps="0:4")
     (line,) = [x for x in reproduce_lines(report(store)) if x.startswith("conetool kernels")]
     assert line.endswith("--probe-size 6 --method jacobian") and "--steps 0:4" in line
+
+
+def test_reproduce_gives_kernels_the_spec_of_the_store_when_the_run_s_differs(run, tmp_path):
+    """kernels --spec alt.toml (another [probe] seed than the run's conetool.toml): the block's
+    kernels command on the run's directory gave no --spec, so it read the run's spec and drew
+    another probe set."""
+    _, ckpts, _, _ = run
+    raw = tomllib.loads((ckpts / "conetool.toml").read_text())
+    raw["probe"] = {**raw.get("probe", {}), "seed": 7}
+    alt = tmp_path / "alt.toml"
+    alt.write_text(spec_to_toml(spec_from_dict(raw)))
+    store = tmp_path / "store"
+    kernels(ckpts, spec=alt, store=store, device="cpu", steps="0:2")
+    result = report(store)
+    (line,) = [x for x in reproduce_lines(result) if x.startswith("conetool kernels")]
+    assert f"--spec {shlex.quote(str(result.spec))}" in line
+    again = tmp_path / "again"
+    line = line.replace(f"--store {shlex.quote(str(store))}", f"--store {again}")
+    outcome = runner.invoke(app, [*shlex.split(line)[1:], "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    old, new = Store.open(store).manifest, Store.open(again).manifest
+    assert new["probe_hash"] == old["probe_hash"] and new["spec_hash"] == old["spec_hash"]
 
 
 def test_reproduce_repeats_the_skip_bad_of_kernels(run, tmp_path):

@@ -5,7 +5,7 @@ files recorded, that rebuild the store from nothing.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import paths
@@ -17,7 +17,7 @@ from ..report_html import (
     code,
     text,
 )
-from ..spec import spec_from_dict
+from ..spec import load_spec, spec_from_dict
 from ..verdict import VerdictRules
 from .remembered import import_paths, selection, spec_imports
 from .report_inputs import ReportInputs, _q, _rule_value, _steps_text
@@ -86,7 +86,7 @@ class ReportCommands(ReportInputs):
         m = self.manifest
         parts = [f"{self._env()}conetool kernels {_q(self.ckpts)}", self._store_flag()]
         parts += self._selection_flags(all_steps=all_steps)
-        if not paths.spec(Path(self.ckpts)).is_file() and self.spec_toml is not None:
+        if self.spec_toml is not None and not self._run_spec_is_the_stores():
             parts.append(f"--spec {_q(self.out_dir / paths.report_spec(self.root).name)}")
         probe = m.get("probe")
         parts += _flag("--kind", m.get("kind"))
@@ -110,6 +110,20 @@ class ReportCommands(ReportInputs):
             else:
                 parts.append("--per-layer")
         return " ".join(parts)
+
+    def _run_spec_is_the_stores(self) -> bool:
+        """Whether the run's CKPTS/conetool.toml, which kernels reads without --spec, is the
+        spec the store's kernels were computed with (kernels --spec another.toml, with another
+        [probe] for instance, makes a store whose spec is not the run's)."""
+        try:
+            run_spec = load_spec(paths.spec(Path(self.ckpts)))
+        except ConetoolError:  # absent or unreadable: kernels would not find the store's spec
+            return False
+        probe = self.manifest.get("probe")
+        size = probe.get("size") if isinstance(probe, dict) else None
+        if isinstance(size, int):  # --probe-size, which the command carries, is not the spec's
+            run_spec = replace(run_spec, probe=replace(run_spec.probe, size=size))
+        return bool(run_spec.hash() == self.manifest.get("spec_hash"))
 
     def _completing_kernels_command(self) -> str:
         return self._kernels_command(minimal=True)
