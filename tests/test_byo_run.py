@@ -430,7 +430,7 @@ def test_threads_option_and_slow_step_warning(
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert text.count("warning: training steps take") == 1
-    assert "1 thread(s): pass --threads 1" in text
+    assert "1 thread(s): stop the other work (conetool already runs one thread)" in text
     assert (
         runner.invoke(app, ["train", str(tiny), "--out", str(out), "--threads", "0"]).exit_code == 2
     )
