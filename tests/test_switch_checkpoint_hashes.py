@@ -1,4 +1,5 @@
-"""A switch point's checkpoint is hashed once per run. Under torchrun, rank 0's look for finished
+"""A switch point's checkpoint is hashed once per run (the standard model's at T twice: read
+before any point trains, for NaN or Inf, and loaded after the sweep). Under torchrun, rank 0's look for finished
 points hashed every point's checkpoint, and the point to do hashed it again when it loaded it;
 now rank 0 hashes a checkpoint only where the store holds a point that its hash decides (of the
 sweep's spec and T, from a checkpoint of its size, whose momentum's state file is unchanged),
@@ -59,12 +60,14 @@ def test_each_checkpoint_is_hashed_once_per_run(run, tmp_path, hashed):
     result = one_rank_switch([4, 8], store, run)
     assert [(p.at, p.reused) for p in result.points] == [(4, True), (8, False)]
     # 4: rank 0's look finds it done; 8: no point of it in the store, only its load hashes it
-    # (was: rank 0's look, then the load); 12: the standard model at T, loaded
-    assert sorted(hashed) == [f"step_{t:06d}.safetensors" for t in (4, 8, 12)]
+    # (was: rank 0's look, then the load); 12: the standard model at T, read before any point
+    # trains (NaN or Inf there would waste the sweep: 703c9bb) and loaded after the sweep
+    standard = ["step_000012.safetensors"] * 2
+    assert sorted(hashed) == [f"step_{t:06d}.safetensors" for t in (4, 8)] + standard
     assert recorded_fingerprint(store, 8) == fingerprint(paths.checkpoint(run, 8))
     hashed.clear()  # a single process: once too (its load; the earlier points for results.csv)
     switch([0], store=store, ckpts=run, device="cpu")
-    assert sorted(hashed) == [f"step_{t:06d}.safetensors" for t in (0, 4, 8, 12)]
+    assert sorted(hashed) == [f"step_{t:06d}.safetensors" for t in (0, 4, 8)] + standard
 
 
 def rewrite(path, *, extra_metadata=False):
@@ -104,7 +107,8 @@ def test_points_whose_files_changed_are_computed_again_their_checkpoints_hashed_
         "step_000000.safetensors",  # its load
         "step_000004.safetensors",
         "step_000008.safetensors",
-        "step_000012.safetensors",  # the standard model at T
+        "step_000012.safetensors",  # the standard model at T, read before the points train
+        "step_000012.safetensors",  # and loaded after them
     ]
     for t in (0, 4, 8):  # each records the checkpoint it trained from
         assert recorded_fingerprint(store, t) == fingerprint(paths.checkpoint(run, t))
