@@ -1,6 +1,7 @@
 """A switch point's checkpoint is hashed once per run (the standard model's at T twice: read
-before any point trains, for NaN or Inf, and loaded after the sweep). Under torchrun, rank 0's look for finished
-points hashed every point's checkpoint, and the point to do hashed it again when it loaded it;
+before any point trains, for NaN or Inf, and loaded after the sweep). Under torchrun, rank 0's
+look for finished points hashed every point's checkpoint, and the point to do hashed it again
+when it loaded it;
 now rank 0 hashes a checkpoint only where the store holds a point that its hash decides (of the
 sweep's spec and T, from a checkpoint of its size, whose momentum's state file is unchanged),
 and the point to do records its load's hash (of the bytes it trained from). A job of one rank
