@@ -29,7 +29,7 @@ from .resolve import iterations_per_epoch
 from .switch_finished_points import sweep_begun
 from .switch_locate import locate, sentence
 from .switch_options import SwitchOptions, parse_at
-from .switch_reference import non_finite_advice, reference_step
+from .switch_reference import non_finite_advice, non_finite_said, reference_step
 from .switch_store import SwitchStore
 
 
@@ -166,13 +166,8 @@ def _check_reference_weights(
     step = reference_step(reference, T, refs)
     if step is None or step in points_at:
         return
-    try:
+    with non_finite_said(non_finite_advice(T, step)):
         read_checkpoint(refs[step])  # its finiteness checked, as the reference's load checks it
-    except CheckpointError as exc:
-        text = str(exc).replace(NON_FINITE_ADVICE, non_finite_advice(T, step))
-        if text == str(exc):
-            raise
-        raise CheckpointError(text) from exc
 
 
 def _cosine_past_the_run(spec: Spec, T: int) -> str:

@@ -5,7 +5,8 @@ kept in ``STORE/switch/reference.json`` for reruns of the same spec, T and check
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def standard_reference(
         _load(model, refs[until], non_finite_advice(until, until))
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
-    start = max(s for s in refs if s <= until) if any(s <= until for s in refs) else None
+    start = reference_step(how, until, refs)
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
     if start == until:  # the checkpoint of T is the standard model at T: nothing to train
@@ -177,17 +178,24 @@ def non_finite_advice(until: int, step: int) -> str:
     )
 
 
-def _load(
-    model: torch.nn.Module, ref: CheckpointRef, advice: str, keep: tuple[str, ...] = ()
-) -> LoadedCheckpoint:
-    """:func:`load_checkpoint` of ``ref`` into ``model``, a checkpoint holding NaN or Inf said
-    with ``advice`` (switch's fix) in place of kernels' "leave this step out"."""
+@contextmanager
+def non_finite_said(advice: str) -> Iterator[None]:
+    """A checkpoint read inside that holds NaN or Inf is said with ``advice`` (switch's fix) in
+    place of kernels' "leave this step out"; any other error is raised as it is."""
     try:
-        loaded = load_checkpoint(model, ref, keep=keep)
+        yield
     except CheckpointError as exc:
         text = str(exc).replace(NON_FINITE_ADVICE, advice)
         if text == str(exc):
             raise
         raise CheckpointError(text) from exc
+
+
+def _load(
+    model: torch.nn.Module, ref: CheckpointRef, advice: str, keep: tuple[str, ...] = ()
+) -> LoadedCheckpoint:
+    """:func:`load_checkpoint` of ``ref`` into ``model``, NaN or Inf said with ``advice``."""
+    with non_finite_said(advice):
+        loaded = load_checkpoint(model, ref, keep=keep)
     assert loaded is not None
     return loaded
