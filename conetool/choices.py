@@ -223,7 +223,7 @@ def step_or_last(value: object) -> int | str | None:
         if text == "last":
             return "last"
         # a signed whole number too: "-10" is a step the caller refuses as negative, not text
-        return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
+        return int(text) if _SIGNED_DIGITS.fullmatch(text) else None
     try:
         return operator.index(value)  # type: ignore[arg-type]  # int, numpy integer
     except TypeError:
