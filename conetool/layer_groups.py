@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,6 +63,17 @@ def parse_groups(text: str) -> dict[str, str]:
     if not mapping:
         raise ConetoolError("--groups is empty. Pass e.g. --groups 'stage1=layer1.*'.")
     return mapping
+
+
+def groups_flag(record: Mapping[str, Any]) -> str:
+    """The ``conetool kernels`` flag that makes the grouping of a ``layer_groups`` record again:
+    ``--groups 'NAME=PATTERN,...'`` with its patterns (what :func:`parse_groups` reads back), or
+    ``--per-layer`` for leaf modules (a record without patterns)."""
+    patterns = record.get("patterns")
+    if isinstance(patterns, Mapping) and patterns:
+        text = ",".join(f"{name}={pattern}" for name, pattern in patterns.items())
+        return f"--groups {shlex.quote(text)}"
+    return "--per-layer"
 
 
 def parameter_groups(

@@ -6,7 +6,6 @@ written atomically into ``STORE/distance/`` (names from :mod:`conetool.paths`).
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from .. import paths
 from ..errors import StoreError, StoreReplacedError
 from ..geometry import AdjacentPair, KernelError, kernel_distance
 from ..io import atomic_write_csv
+from ..layer_groups import groups_flag
 from ..plots import (
     adjacent_figure,
     distance_to_reference_figure,
@@ -273,11 +273,7 @@ def _layers_command(store: Store, record: dict[str, Any]) -> str:
     """The ``conetool kernels`` command that recomputes the layer files of the recorded grouping
     ``record``: ``--per-layer`` for leaf modules, else ``--groups`` with its patterns (a bare
     ``--per-layer`` would regroup by leaf modules and delete the store's layer files)."""
-    patterns = record.get("patterns")
-    if isinstance(patterns, dict) and patterns:
-        text = ",".join(f"{name}={pattern}" for name, pattern in patterns.items())
-        return f"{store.kernels_command()} --groups {shlex.quote(text)}"
-    return f"{store.kernels_command()} --per-layer"
+    return f"{store.kernels_command()} {groups_flag(record)}"
 
 
 def _missing_warning(store: Store, record: dict[str, Any], why: dict[int, str]) -> str:

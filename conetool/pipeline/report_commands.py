@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import paths
 from ..errors import ConetoolError
+from ..layer_groups import groups_flag
 from ..report_html import (
     Block,
     Code,
@@ -103,12 +104,7 @@ class ReportCommands(ReportInputs):
             parts.append(f"--eval-size {evaluation['size']}")
         layers = m.get("layer_groups")
         if isinstance(layers, dict):
-            patterns = layers.get("patterns")
-            if isinstance(patterns, dict) and patterns:
-                spec = ",".join(f"{name}={pattern}" for name, pattern in patterns.items())
-                parts.append(f"--groups {_q(spec)}")
-            else:
-                parts.append("--per-layer")
+            parts.append(groups_flag(layers))
         return " ".join(parts)
 
     def _run_spec_is_the_stores(self) -> bool:
