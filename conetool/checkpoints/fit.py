@@ -9,7 +9,7 @@ from torch import nn
 
 from conetool.errors import CheckpointError, KeyMismatchError
 
-from ._keys import match_keys, mismatch_error
+from ._keys import KeyMatch, match_keys, mismatch_error
 from ._safetensors_format import read_header
 from ._tied import tied_keys
 from ._torch_save import check_torch_file, read_torch_contents
@@ -49,8 +49,7 @@ def model_fits(model: nn.Module, ref: CheckpointRef) -> bool | None:
     shapes = stored_shapes(ref)
     if shapes is None:
         return None
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return match_keys(shapes, own, tied_keys(model)).ok
+    return _matched(model, shapes).ok
 
 
 def fit_error(model: nn.Module, ref: CheckpointRef) -> KeyMismatchError | None:
@@ -68,6 +67,11 @@ def fit_error(model: nn.Module, ref: CheckpointRef) -> KeyMismatchError | None:
         state = read_checkpoint(ref, check_finite=False).state_dict
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         del state
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    match = match_keys(shapes, own, tied_keys(model))
+    match = _matched(model, shapes)
     return None if match.ok else mismatch_error(match, str(ref.file), type(model).__name__)
+
+
+def _matched(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> KeyMatch:
+    """The stored keys' ``shapes`` matched to ``model``'s as loading matches them."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return match_keys(shapes, own, tied_keys(model))
