@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_run import SPEC, STEPS, metadata, run_fixtures
+from tiny_run import RENAMED_MODELS, SPEC, STEPS, as_torch, metadata, run_fixtures
 from typer.testing import CliRunner
 
 import conetool
@@ -26,33 +26,12 @@ from conetool.store import Store
 runner = CliRunner()
 trained, run = run_fixtures()
 
-#: The tiny run's MLP (4 -> 6 -> 3, tanh) with its layers renamed: a model rewritten by the user,
-#: whose keys none of the run's checkpoints has.
-RENAMED = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, num_classes):
-        super().__init__()
-        self.body = nn.Linear(4, 6)
-        self.head = nn.Linear(6, num_classes)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.body(x)))
-
-
-def make(num_classes):
-    return Net(num_classes)
-"""
-
 
 @pytest.fixture
 def renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Spec:
     folder = tmp_path / "modules"
     folder.mkdir()
-    (folder / "conetool_kf_renamed.py").write_text(RENAMED)
+    (folder / "conetool_kf_renamed.py").write_text(RENAMED_MODELS)
     monkeypatch.syspath_prepend(str(folder))
     model = {"arch": "conetool_kf_renamed:make", "num_classes": 3}
     return spec_from_dict({**SPEC, "model": model}, source="renamed.toml")
@@ -64,15 +43,6 @@ def plain() -> Spec:
 
 def flat(text: str) -> str:
     return " ".join(text.split())
-
-
-def as_torch(run: Path, folder: Path, legacy: bool = False) -> Path:
-    """The run's checkpoints as torch.save files ``step_N.pt`` (zip, or legacy pickles)."""
-    folder.mkdir()
-    for step in STEPS:
-        state = load_file(str(paths.checkpoint(run, step)))
-        torch.save(state, folder / f"step_{step}.pt", _use_new_zipfile_serialization=not legacy)
-    return folder
 
 
 def as_int64(path: Path) -> None:

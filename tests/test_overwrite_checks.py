@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from tiny_run import SPEC, STEPS, run_fixtures
+from tiny_run import RENAMED_MODELS, SPEC, STEPS, as_torch, run_fixtures
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -24,38 +23,12 @@ from conetool.store import Store
 runner = CliRunner()
 trained, run = run_fixtures()
 
-#: The tiny run's MLP (4 -> 6 -> 3, tanh) with its layers renamed (``body``, ``head``): a model
-#: rewritten by the user, whose keys none of the run's checkpoints has; ``make_four`` gives 4
-#: logits whatever the data's classes.
-MODELS = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, outputs):
-        super().__init__()
-        self.body = nn.Linear(4, 6)
-        self.head = nn.Linear(6, outputs)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.body(x)))
-
-
-def make(num_classes):
-    return Net(num_classes)
-
-
-def make_four(num_classes):
-    return Net(4)
-"""
-
 
 @pytest.fixture
 def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "modules"
     folder.mkdir()
-    (folder / "conetool_ow_models.py").write_text(MODELS)
+    (folder / "conetool_ow_models.py").write_text(RENAMED_MODELS)
     monkeypatch.syspath_prepend(str(folder))
 
 
@@ -81,15 +54,6 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 def flat(text: str) -> str:
     return " ".join(text.split())
-
-
-def as_torch(run: Path, folder: Path, legacy: bool = False) -> Path:
-    """The run's checkpoints as torch.save files ``step_N.pt`` (zip, or legacy pickles)."""
-    folder.mkdir()
-    for step in STEPS:
-        state = load_file(str(paths.checkpoint(run, step)))
-        torch.save(state, folder / f"step_{step}.pt", _use_new_zipfile_serialization=not legacy)
-    return folder
 
 
 def renamed_keys(path: Path) -> None:

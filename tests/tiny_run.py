@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
+from conetool import paths
 from conetool.spec import spec_from_dict
 from conetool.training import train
 
@@ -96,3 +99,39 @@ def metadata(path: Path) -> dict[str, str]:
     """The metadata of a safetensors file."""
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata()
+
+
+#: The tiny run's MLP (4 -> 6 -> 3, tanh) with its layers renamed (``body``, ``head``): a model
+#: rewritten by the user, whose keys none of the run's checkpoints has; ``make_four`` gives 4
+#: logits whatever the data's classes. Tests write it as a module of a name of their own.
+RENAMED_MODELS = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, outputs):
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.head = nn.Linear(6, outputs)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+
+def make(num_classes):
+    return Net(num_classes)
+
+
+def make_four(num_classes):
+    return Net(4)
+"""
+
+
+def as_torch(run: Path, folder: Path, legacy: bool = False) -> Path:
+    """The run's checkpoints as torch.save files ``step_N.pt`` (zip, or legacy pickles)."""
+    folder.mkdir()
+    for step in STEPS:
+        state = load_file(str(paths.checkpoint(run, step)))
+        torch.save(state, folder / f"step_{step}.pt", _use_new_zipfile_serialization=not legacy)
+    return folder
