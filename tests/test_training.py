@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -148,13 +149,10 @@ def test_resume_writes_the_metrics_of_an_uninterrupted_run(tmp_path, cut_at, res
     )
 
 
-def test_resume_from_a_state_saved_before_train_sums_keeps_the_weights_of_an_uninterrupted_run(
-    tmp_path,
-):
-    """An optimizer state an older conetool wrote has no train_sums: the run resumes from it, its
-    weights are still the uninterrupted run's, and only the train numbers of the row at the
-    resume step (nothing trained since the resume) are missing, as the README says."""
-    spec = tiny_spec()
+def _cut_with_train_sums(spec: Any, tmp_path: Path, entry: str | None) -> Path:
+    """``spec`` trained whole into ``tmp_path / "whole"`` and cut at step 13 into ``.../cut``,
+    whose optimizer state of step 10 (the one a resume starts from) then has the train_sums
+    entry ``entry`` (None: none, as an older conetool wrote it); that state's path."""
     train(spec, tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
         train(spec, tmp_path / "cut", progress=_Interrupt(at=13))
@@ -163,7 +161,20 @@ def test_resume_from_a_state_saved_before_train_sums_keeps_the_weights_of_an_uni
         metadata = dict(handle.metadata() or {})
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     assert metadata.pop("train_sums")
+    if entry is not None:
+        metadata["train_sums"] = entry
     save_file(tensors, str(state), metadata=metadata)
+    return state
+
+
+def test_resume_from_a_state_saved_before_train_sums_keeps_the_weights_of_an_uninterrupted_run(
+    tmp_path,
+):
+    """An optimizer state an older conetool wrote has no train_sums: the run resumes from it, its
+    weights are still the uninterrupted run's, and only the train numbers of the row at the
+    resume step (nothing trained since the resume) are missing, as the README says."""
+    spec = tiny_spec()
+    _cut_with_train_sums(spec, tmp_path, None)
     assert train(spec, tmp_path / "cut", resume=True).resumed_from == 10
     for step in (15, 20):
         a, b = weights(tmp_path / "whole", step), weights(tmp_path / "cut", step)
@@ -183,15 +194,7 @@ def test_resume_warns_of_a_damaged_train_sums_entry(tmp_path):
     covered only the steps since the resume: a warning names the file and what it means for
     metrics.csv (the weights are the uninterrupted run's all the same)."""
     spec = tiny_spec()
-    train(spec, tmp_path / "whole")
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, tmp_path / "cut", progress=_Interrupt(at=13))
-    state = paths.optimizer_state(tmp_path / "cut", 10)
-    with safe_open(str(state), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    metadata["train_sums"] = "[1.5, -2"
-    save_file(tensors, str(state), metadata=metadata)
+    state = _cut_with_train_sums(spec, tmp_path, "[1.5, -2")
     result = train(spec, tmp_path / "cut", resume=True)
     assert result.resumed_from == 10
     [warning] = [w for w in result.warnings if "train_sums" in w]
