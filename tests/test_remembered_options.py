@@ -149,6 +149,18 @@ def test_a_store_without_the_record_still_works(
     assert "conetool kernels" in reproduce and "--step-regex" not in reproduce
 
 
+def _model_spec(folder: Path) -> Path:
+    """``folder / "byo.toml"``: the tiny spec with the model factory of :func:`user_modules`."""
+    spec = folder / "byo.toml"
+    spec.write_text(
+        TINY_SPEC.replace(
+            'arch = "mlp"\nnum_classes = 3\nwidths = [8]',
+            'arch = "conetool_remember_model:make"\nnum_classes = 3',
+        )
+    )
+    return spec
+
+
 @pytest.fixture
 def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """A model factory and a data factory, each in its own folder on sys.path."""
@@ -240,13 +252,7 @@ def test_import_paths_are_recorded_and_reproduced_with_pythonpath(
 def test_report_of_an_old_store_names_the_module_to_make_importable(
     tmp_path: Path, user_modules: tuple[Path, Path]
 ) -> None:
-    spec = tmp_path / "byo.toml"
-    spec.write_text(
-        TINY_SPEC.replace(
-            'arch = "mlp"\nnum_classes = 3\nwidths = [8]',
-            'arch = "conetool_remember_model:make"\nnum_classes = 3',
-        )
-    )
+    spec = _model_spec(tmp_path)
     run, store = tmp_path / "run", tmp_path / "store"
     _invoke("train", spec, "--out", run, "-q", "--threads", "1")
     _invoke("kernels", run, "--store", store, "-q", "--steps", "0:5")
@@ -268,13 +274,7 @@ def test_switch_finds_the_recorded_import_folder_without_the_manifest(
     # switch on a store whose manifest was deleted or damaged (which it reads around, from the
     # kernel files) could not import it. Each kernel file carries its run's imports record too.
     models, _ = user_modules
-    spec = tmp_path / "byo.toml"
-    spec.write_text(
-        TINY_SPEC.replace(
-            'arch = "mlp"\nnum_classes = 3\nwidths = [8]',
-            'arch = "conetool_remember_model:make"\nnum_classes = 3',
-        )
-    )
+    spec = _model_spec(tmp_path)
     run, store = tmp_path / "run", tmp_path / "store"
     _invoke("train", spec, "--out", run, "-q")
     _invoke("kernels", run, "--store", store, "-q")
@@ -319,13 +319,7 @@ def test_a_module_edited_after_kernels_is_warned_of_by_kernels_distance_and_swit
     """The same parameters, another function (ReLU -> Tanh): the checkpoints still load, so
     nothing else would tell that the noise floor, switch or new kernels use another model."""
     models, _ = user_modules
-    spec = tmp_path / "byo.toml"
-    spec.write_text(
-        TINY_SPEC.replace(
-            'arch = "mlp"\nnum_classes = 3\nwidths = [8]',
-            'arch = "conetool_remember_model:make"\nnum_classes = 3',
-        )
-    )
+    spec = _model_spec(tmp_path)
     run, store = tmp_path / "run", tmp_path / "store"
     _invoke("train", spec, "--out", run, "-q")
     _invoke("kernels", run, "--store", store, "--steps", "0:5")
