@@ -22,25 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_distance_command import reference_s
 
 from conetool.geometry import adjacent, distance_matrix, distance_to_reference, kernel_distance
 from conetool.verdict import phase_verdict
 from conetool.verdict_measures import lag_growth
 
 # ------------------------------------------------------------------------ reference formulas
-
-
-def ref_s(kernels: list[np.ndarray]) -> np.ndarray:
-    """DESIGN's S between every two kernels, one pair at a time, in float64."""
-    flat = [np.asarray(k, dtype=np.float64).ravel() for k in kernels]
-    k = len(flat)
-    s = np.zeros((k, k))
-    for i in range(k):
-        for j in range(k):
-            if i != j:
-                cos = flat[i] @ flat[j] / (np.sqrt(flat[i] @ flat[i]) * np.sqrt(flat[j] @ flat[j]))
-                s[i, j] = 1.0 - cos
-    return s
 
 
 def ref_lag_exponent(steps: np.ndarray, s: np.ndarray, start: int, bins: int = 6) -> float:
@@ -105,7 +93,7 @@ def full_kernels(count: int, seed: int = 3) -> list[np.ndarray]:
 
 def test_matrix_reference_curves_and_every_adjacent_pair_follow_design() -> None:
     kernels = full_kernels(UNEVEN.size)
-    expected = ref_s(kernels)
+    expected = reference_s(kernels)  # DESIGN's S, one pair at a time, in float64
     s = distance_matrix(lambda i: kernels[i], UNEVEN.size, block_size=3)
     np.testing.assert_allclose(s, expected, rtol=0, atol=1e-13)
     for i, j in ((0, 5), (7, 12), (15, 2)):
