@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_ntk import TupleOutput
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -153,15 +154,6 @@ def test_the_checks_read_the_logits() -> None:
     ):
         with pytest.raises(ModelError, match="depends on the other examples"):
             check()
-
-
-class TupleOutput(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.fc(x), x
 
 
 def test_an_object_without_logits_is_refused_naming_what_is_taken() -> None:
