@@ -30,7 +30,9 @@ Guarantees:
   ``manifest.json`` carry their records (the point above), so a kill loses nothing and
   :meth:`Store.open` (in memory) and :meth:`Store.open_for_writing` (on disk) pick them up;
 * a store is identified by (spec hash, probe hash, kernel kind, dtype). Opening it for another
-  identity is refused; ``overwrite=True`` deletes what conetool wrote there and starts afresh;
+  identity is refused; ``overwrite=True`` deletes what conetool wrote there and starts afresh
+  (with ``defer_clearing``, only at :meth:`Store.clear_deferred`: ``kernels --overwrite`` calls it
+  once its first kernel is computed, so a run that fails before leaves the old store whole);
 * a step is recomputed only when missing or when its source checkpoint's fingerprint changed;
 * several processes may share a store (torchrun ranks, :mod:`conetool.distributed`): one owns
   ``manifest.json`` (:meth:`Store.open_for_writing`), the others :meth:`Store.join` it and write

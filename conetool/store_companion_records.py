@@ -20,6 +20,9 @@ from .store_records import StoreRecords
 
 __all__ = ["CompanionRecords"]
 
+#: Why no file of a store whose clearing is deferred is current: it is the replaced store's.
+_REPLACED = "the replaced store's file, cleared before this store's first write (--overwrite)"
+
 
 class CompanionRecords(StoreRecords):
     """A store's evaluation set and parameter groups, and the per-step files made with them (a
@@ -77,6 +80,8 @@ class CompanionRecords(StoreRecords):
     def eval_kernel_problem(self, step: int, eval_hash: str, fingerprint: str) -> str | None:
         """Why the eval kernel of ``step`` cannot be used with the evaluation set ``eval_hash``
         and the source checkpoint ``fingerprint``, or None when it can (header only)."""
+        if self._clearing_deferred:
+            return _REPLACED
         expected = self._companion_metadata(step, fingerprint, "eval_hash", eval_hash)
         size = (self.eval_record or {}).get("size")
         return companions.eval_kernel_problem(self.root, step, expected, size)
@@ -87,6 +92,7 @@ class CompanionRecords(StoreRecords):
         """Write the cross kernel K(eval, probe) of ``step`` atomically. It carries what makes it
         current (evaluation set, probe set, spec, kind, dtype, source fingerprint), so the manifest
         is not touched: any rank may write it."""
+        self._refuse_while_deferred(f"writing the eval kernel of step {step}")
         metadata = self._companion_metadata(step, fingerprint, "eval_hash", eval_hash)
         return companions.write_eval_kernel(self.root, step, kernel, metadata)
 
@@ -121,6 +127,8 @@ class CompanionRecords(StoreRecords):
     def layer_kernel_problem(self, step: int, groups_hash: str, fingerprint: str) -> str | None:
         """Why the layer file of ``step`` cannot be used with the grouping ``groups_hash`` and
         the source checkpoint ``fingerprint``, or None when it can (header only)."""
+        if self._clearing_deferred:
+            return _REPLACED
         expected = self._companion_metadata(step, fingerprint, "groups_hash", groups_hash)
         return companions.layer_kernel_problem(self.root, step, expected)
 
@@ -135,6 +143,7 @@ class CompanionRecords(StoreRecords):
         """Write the per-group kernels of ``step`` atomically. The file carries what makes it
         current (grouping, probe set, spec, kind, dtype, source fingerprint), so the manifest is
         not touched: any rank may write it."""
+        self._refuse_while_deferred(f"writing the layer kernels of step {step}")
         metadata = self._companion_metadata(step, fingerprint, "groups_hash", groups_hash)
         record = self.layer_record or {}
         patterns = record.get("patterns")  # of the recorded groups: a rebuilt manifest's record

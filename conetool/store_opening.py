@@ -116,19 +116,27 @@ class StoreOpening(CompanionRecords):
         header: Mapping[str, Any],
         *,
         overwrite: bool = False,
+        defer_clearing: bool = False,
     ) -> _S:
         """Create the store, or reopen one of the same identity; refuse any other identity.
 
         ``header`` is the provenance recorded in the manifest (checkpoint directory, resolved
         spec, probe description, versions). With ``overwrite`` an existing store of another
         identity is cleared first (only the files conetool writes are removed).
+
+        With ``defer_clearing`` too, a store that ``overwrite`` would clear is left as it is for
+        now, under the lock: the store returned is the new one in memory
+        (:attr:`clearing_deferred`; no file of the old one counts as its, and every write is
+        refused) until :meth:`clear_deferred` clears the old one and writes the new manifest.
+        ``kernels --overwrite`` calls it once its first kernel is computed, so that a run that
+        fails before never costs the old store anything.
         """
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise StoreError(f"--store {root} is a file, not a directory. Choose a directory.")
         lock = StoreLock.acquire(root)
         try:
-            store = cls._open_locked(root, identity, header, overwrite)
+            store = cls._open_locked(root, identity, header, overwrite, defer_clearing)
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -163,10 +171,11 @@ class StoreOpening(CompanionRecords):
         identity: StoreIdentity,
         header: Mapping[str, Any],
         overwrite: bool,
+        defer_clearing: bool = False,
     ) -> _S:
         path = paths.manifest(root)
         warnings: list[str] = []  # the rebuild (its last item completed below), what is lost
-        cleared: str | None = None
+        clears = False  # overwrite: what is there is cleared (or left until clear_deferred)
         remove_stale_temporaries(root)
         if path.is_file():
             try:
@@ -174,7 +183,7 @@ class StoreOpening(CompanionRecords):
             except StoreError as exc:
                 if overwrite:
                     manifest = None
-                    cleared = clear(root)
+                    clears = True
                 elif damaged(exc, root):
                     manifest = None  # damaged (not foreign, not newer): rebuilt below
                     warnings.append(
@@ -190,7 +199,7 @@ class StoreOpening(CompanionRecords):
                     specs = (manifest.get("spec"), header.get("spec"))
                     raise StoreError(mixed_message(root, found, identity, held, specs))
                 if found != identity:
-                    cleared = clear(root)
+                    clears = True
                 else:
                     manifest.update(header)  # written with the next kernel, not before
                     manifest.setdefault("store_id", new_store_id())  # a store made before it
@@ -200,10 +209,15 @@ class StoreOpening(CompanionRecords):
                     store._ensure_kernels_dir()
                     return store
         elif overwrite:
-            cleared = clear(root)
+            clears = True
         elif kernel_files(root):
             warnings.append(f"{path} was missing; rebuilt it from the kernel files")
         manifest = new_manifest(identity, header)
+        if clears and defer_clearing:  # the old store stays until clear_deferred
+            store = cls(root, manifest)
+            store._clearing_deferred = True
+            return store
+        cleared = clear(root) if clears else None
         # rebuilt from the kernel files: the same store, under the id they carry (each header
         # read once, for the id and the records)
         rebuilt = bool(warnings)
@@ -224,6 +238,21 @@ class StoreOpening(CompanionRecords):
         store._ensure_kernels_dir()
         store._write_manifest()
         return store
+
+    def clear_deferred(self) -> None:
+        """Clear the replaced store that :meth:`open_for_writing` with ``defer_clearing`` left
+        in place (:attr:`clearing_deferred`; nothing to do otherwise), then write this store's
+        manifest: from here on it is the store on disk. What was removed is added to
+        :attr:`warnings`. A kill meanwhile leaves what a kill during an ``overwrite`` opening
+        leaves (:func:`conetool.store_clearing.clear`)."""
+        if not self._clearing_deferred:
+            return
+        cleared = clear(self.root)
+        self._clearing_deferred = False
+        if cleared:
+            self.warnings.append(cleared)
+        self._ensure_kernels_dir()
+        self._write_manifest()
 
     def _ensure_kernels_dir(self) -> None:
         make_dir(self.root / paths.KERNELS_DIR)

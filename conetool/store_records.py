@@ -72,6 +72,25 @@ class StoreRecords:
         self._manifest_guard = threading.RLock()
         self._unsaved = False  # steps recorded in self.manifest since manifest.json was written
         self._next_save = 0.0  # _now() from which write_kernel writes manifest.json again
+        # Opened with the clearing of a replaced store put off (``kernels --overwrite``,
+        # :meth:`~conetool.store.Store.clear_deferred`): the manifest in memory is the new
+        # store's, the files on disk still the old one's, and nothing is written until it clears.
+        self._clearing_deferred = False
+
+    @property
+    def clearing_deferred(self) -> bool:
+        """True while the replaced store this one was opened over is still on disk: nothing of it
+        counts as this store's, and nothing is written (see
+        :meth:`~conetool.store.Store.open_for_writing`'s ``defer_clearing``)."""
+        return self._clearing_deferred
+
+    def _refuse_while_deferred(self, what: str) -> None:
+        """Guard of every write: none may land in the replaced store before it is cleared."""
+        if self._clearing_deferred:
+            raise RuntimeError(
+                f"{what} in {self.root} before the replaced store there was cleared "
+                "(Store.clear_deferred): it would mix into the old store"
+            )
 
     def flush(self) -> None:
         """Write ``manifest.json`` now if kernels were recorded since its last write
@@ -129,6 +148,7 @@ class StoreRecords:
         kernel file carries its record, so a kill before the manifest write is recovered on the
         next open. A store opened with :meth:`~conetool.store.Store.join` writes the kernel file
         only."""
+        self._refuse_while_deferred(f"writing the kernel of step {record.step}")
         carried = self.carried()
         store_id, selection, imports = (carried[k] for k in _CARRIED)
         selection = selection if isinstance(selection, dict) else None
@@ -186,8 +206,11 @@ class StoreRecords:
         """Record in the manifest every kernel file of this store's identity whose embedded
         record is missing from it or differs (written by another process, or by a run killed
         before its manifest write); with ``save`` (and as the owner) save the manifest if
-        anything changed. Returns those steps.
+        anything changed. Returns those steps (none while the clearing is deferred: the files
+        there are the replaced store's).
         """
+        if self._clearing_deferred:
+            return []
         adopted = self._adopt(kernel_files_made_with(self.root, self.identity))
         if adopted and self.owner and save:
             self._write_manifest()
@@ -210,6 +233,7 @@ class StoreRecords:
         return sorted(adopted)
 
     def _write_manifest(self) -> None:
+        self._refuse_while_deferred("writing manifest.json")
         with self._manifest_guard:
             began = _now()
             write_manifest(self.root, self.manifest)

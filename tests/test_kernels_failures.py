@@ -16,7 +16,7 @@ from tiny_run import RENAMED_MODELS, SPEC, STEPS, as_torch, metadata, run_fixtur
 from typer.testing import CliRunner
 
 import conetool
-from conetool import paths
+from conetool import paths, store_records
 from conetool.cli import app
 from conetool.errors import CheckpointError, StoreError
 from conetool.pipeline import kernels
@@ -229,24 +229,46 @@ def test_a_store_that_was_there_is_kept_and_said_so(run: Path, tmp_path: Path) -
     assert (empty / "notes.txt").read_text() == "mine" and paths.manifest(empty).is_file()
 
 
-def test_a_store_emptied_by_overwrite_is_not_left_holding_the_wrong_spec(
+def test_a_first_checkpoint_beyond_the_dtype_leaves_the_store_overwrite_would_replace(
     run: Path, tmp_path: Path
 ) -> None:
     # A failure that the checks before the clearing cannot see (.overwrite_checks): values of
-    # the first checkpoint beyond the model's dtype, met when it is read in full.
+    # the first checkpoint beyond the model's dtype, met when it is read in full. The store is
+    # cleared only once the first kernel is computed, so it is left as it was.
     store = tmp_path / "s"
     kernels(run, store=store, device="cpu", steps=(0, 0))
+    kept = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     first = paths.checkpoint(run, 0)
     saved = first.read_bytes()
     as_int64(first)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as failed:
         kernels(run, store=store, device="cpu", probe_size=4, overwrite=True)
+    assert f"--overwrite removed nothing: {store} is as it was" in flat(str(failed.value))
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == kept
+    first.write_bytes(saved)
+    result = kernels(run, spec=plain(), store=store, device="cpu")
+    assert result.computed == [5, 10] and result.skipped == [0]
+
+
+def test_a_store_emptied_by_overwrite_is_not_left_holding_the_wrong_spec(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first kernel computed, the store is cleared; its write fails (a full disk, say).
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu", steps=(0, 0))
+
+    def full(path: Path, *args: object, **kwargs: object) -> None:
+        raise StoreError(f"no space left on the device to write {path}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store_records, "atomic_save_safetensors", full)
+        with pytest.raises(StoreError):
+            kernels(run, store=store, device="cpu", probe_size=4, overwrite=True)
     # --overwrite removed the other probe set's kernel, as it does; the failed run's manifest is
     # not left in its place (a rerun with the store's own options would have needed --overwrite
     # again)
     assert store.is_dir() and not paths.manifest(store).exists()
     assert not any(p.name in ("kernels", "probe.safetensors", ".lock") for p in store.iterdir())
-    first.write_bytes(saved)
     assert kernels(run, spec=plain(), store=store, device="cpu").computed == STEPS
 
 

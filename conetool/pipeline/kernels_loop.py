@@ -139,13 +139,21 @@ def compute_all(
     progress: Progress,
     warnings: list[str],
     settled: list[bool] | None = None,
+    clear_first: Callable[[], None] | None = None,
 ) -> KernelsResult:
     """Compute every step of ``plan`` that ``out`` lacks (this rank's share of them) and hand
     back the whole job's :class:`KernelsResult`; an error that stops the run is raised once the
     ranks have met, by the first rank that hit it (the others raise
     :class:`~conetool.distributed.PeerFailedError`). ``settled`` (one flag) is set to True once
     every rank has met after its last write: from then on no rank writes a kernel, so rank 0 may
-    remove a store that holds none (:func:`conetool.store_clearing.remove_unused`)."""
+    remove a store that holds none (:func:`conetool.store_clearing.remove_unused`).
+
+    ``clear_first``, for an ``out`` whose clearing is deferred (``--overwrite`` of a store that
+    holds something, one process: :attr:`conetool.store.Store.clearing_deferred`), clears the old
+    store and writes the new one's manifest, probe and evaluation sets: it is called once the
+    first kernel is computed, before its files are written (or at the end of a run that computed
+    none and failed in nothing), so a run that stops before that leaves the old store as it was,
+    and its error says so."""
     kind, dtype, max_memory = options.kind, options.dtype, options.max_memory
     method, skip_bad = options.method, options.skip_bad
     dev = job.device
@@ -244,6 +252,11 @@ def compute_all(
         bar.advance(1, step=ref.step)
         return False
 
+    def clear_once() -> None:
+        """The deferred clearing, before the run's first write (none: nothing to do)."""
+        if clear_first is not None and out.clearing_deferred:
+            clear_first()
+
     def save(
         ref: CheckpointRef,
         fingerprint: str,
@@ -323,6 +336,7 @@ def compute_all(
                 continue
             if kernel is None:  # current: only its eval or layer kernels were missing
                 writer.join()  # the step before's files first; a failed write raises as it did
+                clear_once()
                 try:
                     if cross is not None:
                         out.write_eval_kernel(ref.step, cross, eval_hash, fingerprint)
@@ -353,6 +367,7 @@ def compute_all(
                 engine=engine,
                 device=dev.type,
             )
+            clear_once()  # the old store goes only now, the first kernel computed (--overwrite)
             writer.submit(partial(save, ref, fingerprint, record, kernel, cross, per_group))
             if cross is not None:
                 eval_computed.append(ref.step)
@@ -389,6 +404,8 @@ def compute_all(
     # Rank 0 records every rank's kernel files in the manifest; the others wait for it.
     job.agree(lambda: out.adopt_kernel_files() if job.is_main and job.is_distributed else None)
     held = any(other["held"] for other in shares)
+    # --overwrite's clearing still deferred: the old store was not touched, which errors say
+    kept_old = job.is_main and out.clearing_deferred
     if error is not None:
         alike = error[3]
         said = [
@@ -399,7 +416,7 @@ def compute_all(
         if said:  # the model's fault, which a rank before this one hit too, says it
             stopped = _stop_text(shares[said[0]]["error"], out.root, held)
             raise distributed.PeerFailedError(f"rank {said[0]} failed: {stopped}") from error[0]
-        raise type(error[0])(_stop_text(error[1:3], out.root, held)) from error[0]
+        raise type(error[0])(_stop_text(error[1:3], out.root, held, kept_old)) from error[0]
     for rank, other in enumerate(shares):
         if other["error"] is not None:
             stopped = _stop_text(other["error"], out.root, held)
@@ -412,10 +429,13 @@ def compute_all(
         failures = _failures(shares, all_failed)
         count = len(out.steps()) if job.is_main else 0
         kept = f"{out.root} keeps the {count} kernel(s) it held before." if count else ""
+        if kept_old:
+            kept = f"{_removed_nothing(out.root)}."
         failure = every_checkpoint_failed(failures, len(plan.refs), plan.spec, kept)
         if not job.is_main:  # every rank knows it: rank 0 alone says it
             raise distributed.PeerFailedError(f"rank 0 failed: {failure}") from failure
         raise failure
+    clear_once()  # a run with nothing to compute replaces the store all the same
     all_computed = sorted(s for other in shares for s in other["computed"])
     if job.is_main:
         present = {ref.step for ref in plan.refs}
@@ -456,14 +476,26 @@ def _failures(shares: list[dict[str, Any]], failed: dict[int, str]) -> list[Fail
     ]
 
 
-def _stop_text(stopped: Sequence[str | None], root: Path, held: bool) -> str:
+def _stop_text(
+    stopped: Sequence[str | None], root: Path, held: bool, kept_old: bool = False
+) -> str:
     """The message of the error that stopped the run (``stopped`` starts with
     :func:`.kernels_failures.stop_message`'s two parts, what happened and the fix), with what
     the store at ``root`` keeps between them: ``held``, whether it holds a kernel (any rank's,
-    once the ranks have met)."""
+    once the ranks have met); ``kept_old``, whether ``--overwrite`` has not cleared it yet."""
     what, fix = stopped[0], stopped[1]
     kept = f"Kernels already computed are kept in {root}" if held else "No kernel was computed"
+    if kept_old:
+        kept = f"No kernel was computed, and {_removed_nothing(root)}"
     return f"{what} {kept}; {fix}."
+
+
+def _removed_nothing(root: Path) -> str:
+    """What an error of an ``--overwrite`` run that stopped before its deferred clearing says."""
+    return (
+        f"--overwrite removed nothing: {root} is as it was (a store is cleared only once the "
+        "run has computed its first kernel)"
+    )
 
 
 def _fingerprints(store: Store) -> dict[int, str]:

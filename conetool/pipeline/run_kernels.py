@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -178,42 +179,28 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
             header = _header(ckpts, plan.spec, plan.probe, method, selected, o.skip_bad)
             # what a reader says of a store still being written: "37 of 100 kernels so far"
             header["selected_steps"] = sorted({ref.step for ref in plan.refs})
-            if (
+            clears = (
                 overwrite
                 and before[0] == "used"
                 and Store.overwrite_clears(store, plan.identity, plan.manifest)
-            ):  # what would fail after the clearing is refused before it (.overwrite_checks)
+            )
+            # What would fail after the clearing is refused before it (.overwrite_checks). What
+            # only the values or the engine tell is met before the first kernel: one process
+            # clears the store once that kernel is computed (compute_all's clear_first); under
+            # torchrun the other ranks join the store through its new manifest, so it is
+            # cleared now.
+            if clears:
                 check_before_clearing(model, plan, Path(store), o.skip_bad)
-            out = Store.open_for_writing(store, plan.identity, header, overwrite=overwrite)
+            out = Store.open_for_writing(
+                store,
+                plan.identity,
+                header,
+                overwrite=overwrite,
+                defer_clearing=clears and not job.is_distributed,
+            )
             holder.append(out)
-            # Warnings: a manifest rebuilt (it was missing or damaged: kernel files left out,
-            # records not recovered) or a replaced store removed (--overwrite); files of an
-            # evaluation set or grouping that another one replaced, deleted. Notes: the records
-            # a rebuilt manifest got back from their files.
-            # a record the rebuild could not get back, which this run records all the same (the
-            # groups or evaluation set the damaged manifest still held, or given again, said in a
-            # note): no rerun to ask for
-            moot = {
-                out.unrecovered.get(name)
-                for name, kept in (("layer_groups", plan.layer_groups), ("eval", plan.eval_set))
-                if kept is not None
-            }
-            for message in out.warnings:
-                if message not in moot:
-                    said.warn(message)
-            for message in out.notes:
-                said.note(message)
-            _ensure_probe(out.root, plan.probe)
-            # a replaced set's files are recomputed at the steps this run selects only
-            left = _not_selected(out.steps(), plan.refs)
-            if plan.eval_set is not None:
-                _ensure_probe(out.root, plan.eval_set, paths.eval_set(out.root))
-                for message in out.record_eval(_eval_record(plan.spec, plan.eval_set)):
-                    said.warn(message + _left_out_of_recomputing(left, "eval kernels"))
-            if plan.layer_groups is not None:
-                record = _layer_record(plan.layer_groups, plan.layer_patterns)
-                for message in out.record_layer_groups(record):
-                    said.warn(message + _left_out_of_recomputing(left, "layer files"))
+            if not out.clearing_deferred:
+                fill(out)
         else:
             out = Store.join(store)
             if out.identity != plan.identity:
@@ -227,13 +214,53 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         )
         return out, model
 
+    def fill(out: Store) -> None:
+        """Rank 0's first writes into the store it opened: what opening did said, the probe and
+        evaluation sets written and recorded with the parameter groups."""
+        # Warnings: a manifest rebuilt (it was missing or damaged: kernel files left out,
+        # records not recovered) or a replaced store removed (--overwrite); files of an
+        # evaluation set or grouping that another one replaced, deleted. Notes: the records
+        # a rebuilt manifest got back from their files.
+        # a record the rebuild could not get back, which this run records all the same (the
+        # groups or evaluation set the damaged manifest still held, or given again, said in a
+        # note): no rerun to ask for
+        moot = {
+            out.unrecovered.get(name)
+            for name, kept in (("layer_groups", plan.layer_groups), ("eval", plan.eval_set))
+            if kept is not None
+        }
+        for message in out.warnings:
+            if message not in moot:
+                said.warn(message)
+        for message in out.notes:
+            said.note(message)
+        _ensure_probe(out.root, plan.probe)
+        # a replaced set's files are recomputed at the steps this run selects only
+        left = _not_selected(out.steps(), plan.refs)
+        if plan.eval_set is not None:
+            _ensure_probe(out.root, plan.eval_set, paths.eval_set(out.root))
+            for message in out.record_eval(_eval_record(plan.spec, plan.eval_set)):
+                said.warn(message + _left_out_of_recomputing(left, "eval kernels"))
+        if plan.layer_groups is not None:
+            record = _layer_record(plan.layer_groups, plan.layer_patterns)
+            for message in out.record_layer_groups(record):
+                said.warn(message + _left_out_of_recomputing(left, "layer files"))
+
+    def clear_first(out: Store) -> None:
+        """The deferred clearing (``--overwrite``), once the first kernel is computed."""
+        out.clear_deferred()
+        fill(out)
+
     try:
         out, model = job.agree(open_store, main_first=True)
         if job.is_distributed:  # the others joined through manifest.json, which rank 0 rewrites
             # with this run's selection only with its next kernel: their files carry rank 0's
             out.carry(job.broadcast(out.carried()))
         settled[:] = [not job.is_distributed]
-        result = compute_all(job, plan, out, model, options, progress, said.warnings, settled)
+        deferred = partial(clear_first, out) if out.clearing_deferred else None
+        result = compute_all(
+            job, plan, out, model, options, progress, said.warnings, settled, deferred
+        )
         return dataclasses.replace(result, left_out=left_out, notes=said.notes)
     except ConetoolError:
         # A store this run created (or emptied: --overwrite) and failed before its first kernel
@@ -242,9 +269,11 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         # that was there stays, and a store that holds kernels or other files is kept whole.
         # Under torchrun rank 0 (which alone knows ``before``) does it once no rank can write
         # a kernel any more; one still at work after an unexpected stop keeps the store.
+        # A store whose clearing --overwrite still defers is the old one, untouched: kept.
         if before and (before[0] != "used" or overwrite) and settled[0]:
             for opened in holder:
-                remove_unused(opened.root, keep_folder=before[0] != "absent")
+                if not opened.clearing_deferred:
+                    remove_unused(opened.root, keep_folder=before[0] != "absent")
         raise
     finally:
         for opened in holder:
