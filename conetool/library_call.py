@@ -19,6 +19,9 @@ integer and a numpy float a real number: the function gets them as a plain ``int
 (its JSON files refuse numpy scalars); a ``bool`` or numpy bool is neither. The annotations are
 the functions' own signatures, so a new argument is checked without more code; ranges and mixed
 types (``threads: int | str``, ``refs``, ``dts``, ``at``) stay with each function's own parser.
+A ``progress`` argument must be None or a progress display (:class:`conetool.progress.Progress`:
+``task`` and ``log`` methods); ``progress=True`` or ``progress=print`` is refused naming it,
+before the function runs, instead of failing with an ``AttributeError`` once it reports.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from .choices import bool_argument, float_argument, int_argument
+from .progress import progress_argument
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,6 +44,8 @@ def library_call(func: Callable[P, R]) -> Callable[P, R]:
     ``int`` and ``float`` arguments are checked (module docstring)."""
     signature = inspect.signature(func)
     typed = typed_parameters(signature)
+    if "progress" in signature.parameters:
+        typed["progress"] = "progress"
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -91,8 +97,10 @@ def check_types(
         kind = typed.get(name)
         if kind is None:
             continue
-        if kind == "bool":
-            checked: object = bool_argument(value, name)
+        if kind == "progress":
+            checked: object = progress_argument(value, name)
+        elif kind == "bool":
+            checked = bool_argument(value, name)
         elif kind.startswith("int"):
             checked = int_argument(value, name, optional=kind == "int?")
         else:

@@ -25,6 +25,25 @@ class Progress(Protocol):
     def log(self, message: str) -> None: ...
 
 
+def progress_argument(value: object, name: str = "progress") -> Progress | None:
+    """``value`` when it is None or a :class:`Progress` (an object with ``task`` and ``log``
+    methods); ``name`` is the Python argument.
+
+    Raises:
+        ConetoolError: anything else (``True``, ``print``, a tqdm bar), naming ``name`` and what
+            to pass, rather than an ``AttributeError`` at the first report.
+    """
+    if value is None or all(callable(getattr(value, m, None)) for m in ("task", "log")):
+        return value  # type: ignore[return-value]
+    from .errors import ConetoolError
+
+    raise ConetoolError(
+        f"{name}={value!r} is not a progress display: pass an object with the methods "
+        "task(description, total) -> a bar with advance(amount, **fields) and close(), and "
+        f"log(message) (conetool.progress.Progress), or leave {name} out (None: silent)."
+    )
+
+
 class _NullTask:
     def advance(self, amount: int = 1, **fields: Any) -> None:
         pass
