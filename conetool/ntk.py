@@ -185,9 +185,11 @@ def empirical_ntk(
         NonFiniteKernelError: the kernel has NaN or infinite entries.
         ModelError: inputs the model cannot take (``x1`` of shape ``(3, 5)`` for an
             ``nn.Linear(2, 2)``), naming their shape and what its forward pass of one raised.
-        ConetoolError: an unknown ``kind`` or ``dtype`` name, a model without trainable parameters, ``x2`` whose
-            examples do not have ``x1``'s shape, or examples that interact (see
-            :func:`check_per_example`).
+        ConetoolError: an unknown ``kind`` or ``dtype`` name, a ``dtype`` that is not a
+            floating-point one, a ``model`` that is no ``nn.Module``, inputs that are no tensors
+            (a numpy array: ``torch.as_tensor`` it), a ``memo`` that is no ``EngineMemo``, a model
+            without trainable parameters, ``x2`` whose examples do not have ``x1``'s shape, or
+            examples that interact (see :func:`check_per_example`).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
@@ -211,6 +213,28 @@ def empirical_ntk(
             choice(Dtype, dtype, "dtype")
         ]
     )
+    if not isinstance(model, nn.Module):
+        raise ConetoolError(
+            f"empirical_ntk needs a torch.nn.Module as model, got {type(model).__name__}. Pass "
+            "the network itself (a function of the inputs has no parameters to differentiate)."
+        )
+    if compute is not None and not compute.is_floating_point:
+        raise ConetoolError(
+            f"dtype={compute} is not a floating-point dtype: the eNTK is computed in one. Pass "
+            "dtype=torch.float64 (or 'float64') for exact kernels, torch.float32, or leave dtype "
+            "out for the dtype of the model's parameters."
+        )
+    if memo is not None and not isinstance(memo, EngineMemo):
+        raise ConetoolError(
+            f"memo={memo!r} is not a conetool.EngineMemo. Pass memo=conetool.EngineMemo() (one "
+            "per architecture, shared by its calls), or leave memo out."
+        )
+    for name, given in (("x1", x1), ("x2", x2)):
+        if given is not None and not isinstance(given, Tensor):
+            raise ConetoolError(
+                f"empirical_ntk needs {name} as a torch.Tensor, got {type(given).__name__}. Pass "
+                f"torch.as_tensor({name}) (examples along the first dimension)."
+            )
     if not isinstance(x1, Tensor) or x1.dim() < 1 or x1.shape[0] < 1:
         raise ConetoolError("empirical_ntk needs inputs of shape (n, ...) with n >= 1 examples.")
     if x2 is not None:
@@ -309,17 +333,42 @@ def empirical_ntk(
             if named is None:
                 raise
             raise named from exc
-    if memo is not None and key is not None and learned is None:
-        memo.remember(key, found)
     if not bool(torch.isfinite(kernel).all()):
         bad = int((~torch.isfinite(kernel)).sum())
+        inputs = _non_finite_inputs(x1, x2)
         raise NonFiniteKernelError(
-            f"the eNTK has {bad} non-finite entries (NaN or infinity): the model's outputs or their "
-            "gradients overflow at these weights. Check the weights for NaN or huge values, or "
-            "compute in float64 (--dtype float64)."
+            f"the eNTK has {bad} non-finite entries (NaN or infinity): "
+            + (
+                f"{inputs}. Fix the inputs (or leave those examples out)."
+                if inputs
+                else "the model's outputs or their gradients overflow at these weights. Check the "
+                "weights for NaN or huge values, or compute in float64 (--dtype float64)."
+            )
         )
+    # Only a call that gave a kernel teaches the memo: its checks (the independence check, which
+    # NaN outputs leave undecided) run again on the next call otherwise.
+    if memo is not None and key is not None and learned is None:
+        memo.remember(key, found)
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return kernel.to(device="cpu", dtype=out_dtype)
+
+
+def _non_finite_inputs(x1: Tensor, x2: Tensor | None) -> str | None:
+    """``x1 holds NaN or infinite values (3 examples, the first at index 4)``, for the inputs
+    that hold any (floating inputs only); None when they are all finite."""
+    said = []
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is None or not x.is_floating_point():
+            continue
+        bad = (~torch.isfinite(x.detach())).reshape(x.shape[0], -1).any(dim=1).nonzero()
+        if bad.numel():
+            count = bad.numel()
+            plural = "s, the first" if count > 1 else ""
+            said.append(
+                f"{name} holds NaN or infinite values ({count} example{plural} at index "
+                f"{int(bad[0])})"
+            )
+    return "; ".join(said) or None
 
 
 def _compute(
