@@ -75,8 +75,18 @@ class KernelError(GeometryError):
 
 def _as_float64_vector(h: Any, name: str) -> np.ndarray:
     if isinstance(h, torch.Tensor):
+        if h.is_complex():
+            raise KernelError(f"{name} is a complex tensor ({h.dtype}); a kernel is real.")
         return h.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
-    return np.asarray(h, dtype=np.float64).reshape(-1)
+    array = np.asarray(h)
+    if array.dtype.kind not in "biuf":  # None, text, complex or objects: no kernel
+        raise KernelError(
+            f"{name} is not a kernel: got {type(h).__name__}"
+            + (f" of dtype {array.dtype}" if isinstance(h, np.ndarray) else "")
+            + ". Pass a torch.Tensor or a numpy array of real numbers (a kernel from "
+            "conetool.empirical_ntk or Store.load_kernel)."
+        )
+    return array.astype(np.float64).reshape(-1)
 
 
 # Norms in this range are computed, and multiplied in pairs, without overflow or subnormals; a
@@ -115,8 +125,8 @@ def kernel_distance(h1: torch.Tensor | np.ndarray, h2: torch.Tensor | np.ndarray
     """Kernel distance ``S(H1, H2) = 1 - <H1, H2>_F / (||H1||_F ||H2||_F)`` in float64.
 
     Args:
-        h1, h2: kernels of the same shape, any dtype (tensors on any device, or arrays); they
-            are flattened and converted to float64.
+        h1, h2: kernels of the same shape, any real dtype (tensors on any device, or arrays);
+            they are flattened and converted to float64.
 
     Returns:
         ``S`` in ``[0, 2]``, exactly symmetric. Below ``1e-3`` it is recomputed as
@@ -124,7 +134,8 @@ def kernel_distance(h1: torch.Tensor | np.ndarray, h2: torch.Tensor | np.ndarray
         full relative precision for small distances, and exactly 0 for identical kernels.
 
     Raises:
-        KernelError: the shapes differ, or a kernel is all zeros or not finite.
+        KernelError: the shapes differ, or a kernel is all zeros or not finite, or it is no
+            array of real numbers (``None``, text, a complex tensor).
 
     Example:
         >>> kernel_distance(np.eye(3), 2 * np.eye(3))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from conetool.geometry import GeometryError
 from conetool.kernel_spectrum import one_hot
 
 __all__ = ["DEFAULT_RIDGE", "KernelRegression", "kernel_regression"]
@@ -53,9 +54,22 @@ class KernelRegression:
     ridge: float
 
 
-def _matrix(kernel: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def _matrix(kernel: np.ndarray, shape: tuple[int, ...], name: str, what: str) -> np.ndarray:
+    """``kernel`` as a float64 matrix, refused unless its shape is ``shape`` exactly (a reshape
+    would take a transposed ``(n, m)`` cross kernel for ``(m, n)`` without a word)."""
     k = np.asarray(kernel, dtype=np.float64)
-    return k.reshape(rows, cols)
+    if k.shape != shape:
+        raise GeometryError(
+            f"{name} has shape {k.shape}, but {what} it must be {shape}. "
+            + (
+                "Pass the cross kernel with the evaluation examples first: "
+                "empirical_ntk(model, x_eval, x_probe), or the transpose of K(x_probe, x_eval)."
+                if name == "k_eval" and k.shape == shape[::-1] and k.ndim == 2
+                else "Check that the kernels and labels are of the same examples and kind."
+            )
+        )
+    half = len(shape) // 2
+    return k.reshape(int(np.prod(shape[:half])), int(np.prod(shape[half:])))
 
 
 def kernel_regression(
@@ -74,20 +88,27 @@ def kernel_regression(
         train_labels, eval_labels: ``(n,)`` and ``(m,)`` integer classes.
         num_classes: ``c``.
         ridge: relative ridge (see the module docstring); must be positive.
+
+    Raises:
+        GeometryError (a ``ValueError`` too): a ridge that is not positive, labels that are no
+            whole numbers in ``[0, num_classes)``, or kernels whose shapes are not those above
+            for the labels given (a cross kernel ``(n, m)`` of the probe set against the
+            evaluation set, as ``empirical_ntk(model, x_probe, x_eval)`` gives it, included).
     """
     if not ridge > 0.0:
-        raise ValueError(f"ridge must be positive, got {ridge}")
+        raise GeometryError(f"ridge must be positive, got {ridge}")
     n, m, c = len(train_labels), len(eval_labels), int(num_classes)
     full = np.ndim(k_train) == 4
-    y = one_hot(train_labels, c) - 1.0 / c
-    y_eval = one_hot(eval_labels, c) - 1.0 / c
+    y = one_hot(train_labels, c, "train_labels") - 1.0 / c
+    y_eval = one_hot(eval_labels, c, "eval_labels") - 1.0 / c
+    labels = f"for {n} train_labels, {m} eval_labels and num_classes={c}"
     if full:
-        k = _matrix(k_train, n * c, n * c)
-        ke = _matrix(k_eval, m * c, n * c)
+        k = _matrix(k_train, (n, c, n, c), "k_train", f"{labels} (the full kind)")
+        ke = _matrix(k_eval, (m, c, n, c), "k_eval", f"{labels} (the full kind)")
         target = y.reshape(n * c, 1)
     else:
-        k = _matrix(k_train, n, n)
-        ke = _matrix(k_eval, m, n)
+        k = _matrix(k_train, (n, n), "k_train", labels)
+        ke = _matrix(k_eval, (m, n), "k_eval", labels)
         target = y
     k = (k + k.T) / 2.0
     lam = ridge * float(np.trace(k)) / k.shape[0]

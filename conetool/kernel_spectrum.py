@@ -60,9 +60,29 @@ class SpectrumPoint:
     trace: float
 
 
-def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(n, num_classes)`` float64 one-hot rows of the integer ``labels`` ``(n,)``."""
-    labels = np.asarray(labels, dtype=np.int64)
+def one_hot(labels: np.ndarray, num_classes: int, name: str = "labels") -> np.ndarray:
+    """``(n, num_classes)`` float64 one-hot rows of the integer ``labels`` ``(n,)`` (``name``:
+    the argument they came as, for the error).
+
+    Raises:
+        GeometryError: a label that is no whole number in ``[0, num_classes)`` (``-1`` would
+            index the last class, ``0.5`` be cut to ``0``).
+    """
+    given = np.asarray(labels)
+    wrong = given.dtype.kind not in "biuf" or (
+        given.size > 0
+        and not bool(np.all((given == np.round(given)) & (given >= 0) & (given < int(num_classes))))
+    )
+    if wrong:
+        from .geometry import GeometryError  # imports torch: only on this error
+
+        shown = given.reshape(-1)[:8].tolist() if given.dtype.kind in "biuf" else given
+        raise GeometryError(
+            f"{name} must be whole numbers in [0, {int(num_classes)}) (num_classes="
+            f"{int(num_classes)}), got {shown}{' ...' if given.size > 8 else ''}. Pass the "
+            "integer classes of the examples, as conetool's probe set holds them."
+        )
+    labels = given.astype(np.int64)
     out = np.zeros((labels.size, num_classes))
     out[np.arange(labels.size), labels] = 1.0
     return out

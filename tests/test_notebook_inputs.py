@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 import conetool
+from conetool.geometry import GeometryError, kernel_distance
+from conetool.kernel_regression import kernel_regression
+from conetool.kernel_spectrum import spectrum_point
 
 _WITH_PROGRESS = [
     name
@@ -114,3 +117,49 @@ def test_a_memo_learns_nothing_from_a_call_that_failed_on_nan() -> None:
         conetool.empirical_ntk(model, bad, memo=memo)
     with pytest.raises(conetool.ModelError, match="depends on the other examples"):
         conetool.empirical_ntk(model, x, memo=memo)
+
+
+@pytest.mark.parametrize("value", [None, "kernel"])
+def test_kernel_distance_of_no_kernel_is_named(value: object) -> None:
+    """None was "kernels of different shapes: h1 has shape (1,)"; text a raw ValueError."""
+    with pytest.raises(GeometryError, match="h1 is not a kernel"):
+        kernel_distance(value, torch.eye(3))  # type: ignore[arg-type]
+
+
+def test_kernel_distance_refuses_a_complex_kernel() -> None:
+    """Its imaginary part was dropped with a UserWarning from PyTorch."""
+    with pytest.raises(GeometryError, match="complex"):
+        kernel_distance(torch.eye(3, dtype=torch.complex64), torch.eye(3))
+
+
+def _regression_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 10)), rng.standard_normal((4, 10))
+    return a @ a.T, b @ a.T, np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1, 2, 0])
+
+
+def test_kernel_regression_refuses_the_cross_kernel_transposed() -> None:
+    """K(x_probe, x_eval) (n, m), as empirical_ntk(model, x_probe, x_eval) gives it, was
+    reshaped to (m, n) without a word: a wrong accuracy."""
+    k, ke, y, ye = _regression_inputs()
+    kernel_regression(k, ke, y, ye, 3)  # (m, n): fine
+    with pytest.raises(
+        GeometryError, match=r"k_eval has shape \(6, 4\).*\(4, 6\).*x_eval, x_probe"
+    ):
+        kernel_regression(k, ke.T, y, ye, 3)
+    with pytest.raises(GeometryError, match=r"k_train has shape \(6, 6\).*\(5, 5\)"):
+        kernel_regression(k, ke[:, :5], y[:5], ye, 3)
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 0.5])
+def test_labels_outside_the_classes_are_refused(bad: float) -> None:
+    """-1 was read as the last class and 0.5 as class 0; 3 an IndexError from one_hot."""
+    k, ke, y, ye = _regression_inputs()
+    wrong = y.astype(np.float64)
+    wrong[2] = bad
+    with pytest.raises(GeometryError, match=r"train_labels must be whole numbers in \[0, 3\)"):
+        kernel_regression(k, ke, wrong, ye, 3)
+    with pytest.raises(GeometryError, match=r"eval_labels must be whole numbers in \[0, 3\)"):
+        kernel_regression(k, ke, y, wrong[:4], 3)
+    with pytest.raises(GeometryError, match=r"labels must be whole numbers in \[0, 3\)"):
+        spectrum_point(k, wrong, 3)
