@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from . import paths
 from .errors import SpecError
 
 if sys.version_info >= (3, 11):
@@ -200,6 +201,14 @@ def load_spec(path: str | Path) -> Spec:
             "pathlib.Path), or a conetool.Spec (conetool.load_spec reads one)."
         )
     path = Path(path)
+    if path.is_dir():
+        inside = paths.spec(path)  # a run directory's resolved spec
+        hint = (
+            f"pass {inside}, the spec of the run in it"
+            if inside.is_file()
+            else "pass the path of a TOML spec file"
+        )
+        raise SpecError(f"spec file {path} is a directory, not a spec file: {hint}.")
     if not path.is_file():
         raise SpecError(
             f"spec file {path} does not exist. Pass the path of a TOML spec, for example "

@@ -63,6 +63,12 @@ class StoreOpening(CompanionRecords):
                     "from the kernel files (each carries its own record) and recomputes only "
                     "what is missing."
                 )
+            if root.is_file():
+                raise StoreError(
+                    f"store {root} is a file, not a store directory. Pass the folder that "
+                    f"conetool kernels wrote the kernels into ({paths.DEFAULT_STORE} unless it "
+                    "was given another --store)."
+                )
             where = "does not exist" if not root.exists() else f"has no {paths.MANIFEST_NAME}"
             run = checkpoint_contents(root)
             if run is not None:

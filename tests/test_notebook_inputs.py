@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_run import run_fixtures
 from torch import nn
 
 import conetool
 from conetool.geometry import GeometryError, kernel_distance
 from conetool.kernel_regression import kernel_regression
 from conetool.kernel_spectrum import spectrum_point
+
+trained, run = run_fixtures()
 
 _WITH_PROGRESS = [
     name
@@ -163,3 +166,32 @@ def test_labels_outside_the_classes_are_refused(bad: float) -> None:
         kernel_regression(k, ke, y, wrong[:4], 3)
     with pytest.raises(GeometryError, match=r"labels must be whole numbers in \[0, 3\)"):
         spectrum_point(k, wrong, 3)
+
+
+def test_a_directory_given_as_the_spec_is_no_missing_file(run: Path) -> None:
+    """load_spec(run_dir) said 'spec file ... does not exist'."""
+    with pytest.raises(
+        conetool.SpecError, match=r"is a directory, not a spec file: pass .*conetool"
+    ):
+        conetool.load_spec(run)
+    with pytest.raises(conetool.SpecError, match=r"is a directory, not a spec file"):
+        conetool.train(run.parent, out=run.parent / "other")
+
+
+def test_a_file_given_as_the_store_is_no_store_to_compute_into(run: Path) -> None:
+    """It said 'has no manifest.json. Compute kernels into it first: ... --store FILE'."""
+    file = run / "conetool.toml"
+    for call in (conetool.Store.open, conetool.distance, conetool.report):
+        with pytest.raises(conetool.StoreError, match="is a file, not a store directory") as info:
+            call(file)
+        assert "Compute kernels into it" not in str(info.value)
+
+
+def test_a_file_of_the_run_that_is_no_checkpoint_is_named(run: Path) -> None:
+    """inspect(run / 'conetool.toml') said "no checkpoints in RUN (it holds: conetool.toml)" of
+    a directory that holds three."""
+    with pytest.raises(conetool.CheckpointError) as info:
+        conetool.inspect(run / "metrics.csv")
+    message = str(info.value)
+    assert f"'{run / 'metrics.csv'}' is not a checkpoint" in message, message
+    assert f"Pass the directory of the checkpoints ('{run}')" in message, message

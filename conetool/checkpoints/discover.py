@@ -506,6 +506,13 @@ def scan_selected(
     if not scan.candidates and scan.unselected:
         raise _none_selected(scan, steps, every)
     if not scan.candidates:
+        given = Path(directory).expanduser()
+        if given.is_file():  # one file given, and not a checkpoint (conetool.toml, metrics.csv)
+            raise CheckpointError(
+                f"'{given}' is not a checkpoint: conetool reads *.safetensors and "
+                "*.pt/*.pth/*.bin/*.ckpt files and Hugging Face checkpoint-N/ folders. Pass the "
+                f"directory of the checkpoints ('{given.parent}'), or one checkpoint file."
+            )
         raise empty_error(scan)
     return scan
 
