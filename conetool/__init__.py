@@ -34,6 +34,7 @@ _EXPORTS = {
     "OptimizerStateDamagedError": "errors",
     "GeometryError": "geometry",
     "NonFiniteKernelError": "ntk",
+    "KernelUnderflowError": "ntk",
     "SpecError": "errors",
     "StoreError": "errors",
     "StoreReplacedError": "errors",
@@ -82,7 +83,7 @@ if TYPE_CHECKING:
     )
     from .geometry import GeometryError
     from .linearize import LinearizedModel, linearize
-    from .ntk import NonFiniteKernelError, empirical_ntk
+    from .ntk import KernelUnderflowError, NonFiniteKernelError, empirical_ntk
     from .ntk_memo import EngineMemo
     from .pipeline import (
         DemoResult,
@@ -135,6 +136,7 @@ __all__ = [
     "EngineMemo",
     "FactoryMismatchError",
     "GeometryError",
+    "KernelUnderflowError",
     "KernelsResult",
     "KeyMismatchError",
     "LinearizedModel",

@@ -82,6 +82,7 @@ from .ntk_checks import (
 from .ntk_failures import FORWARD_ERRORS, explained, input_refused
 from .ntk_memo import EngineMemo, Learned, signature
 from .ntk_precision import no_tf32
+from .ntk_range import KernelUnderflowError, NonFiniteKernelError, check_range, outputs_move
 from .ntk_reference import JacobianRows
 from .ntk_structured import StructuredRows
 from .ntk_tuning import tuning_for
@@ -91,6 +92,7 @@ __all__ = [
     "KINDS",
     "METHODS",
     "EngineMemo",
+    "KernelUnderflowError",
     "MemoryBudgetError",
     "NonFiniteKernelError",
     "check_per_example",
@@ -116,10 +118,6 @@ _CUDA_FRACTION = 0.8
 # Off the CPU auto always takes the structured engine (the GPU tuning's auto_structured, with its
 # measurement: conetool.ntk_tuning).
 _AUTO_KRON_SHARE = 0.5
-
-
-class NonFiniteKernelError(ConetoolError):
-    """The kernel has NaN or infinite entries (the caller adds which checkpoint it was)."""
 
 
 @library_call
@@ -182,7 +180,11 @@ def empirical_ntk(
     Raises:
         MemoryBudgetError: the budget cannot hold even one example (the message gives the
             minimum), or CUDA ran out of memory.
-        NonFiniteKernelError: the kernel has NaN or infinite entries.
+        NonFiniteKernelError: the kernel has NaN or infinite entries, or, computed in float32,
+            entries beyond float32's largest number (3.4e38; :mod:`conetool.ntk_range`).
+        KernelUnderflowError: computed in float32, the kernel's largest entry is below the number
+            of trainable parameters times 1.2e-38, float32's smallest normal number: it is made of
+            subnormal products, which keep fewer digits (:mod:`conetool.ntk_range`).
         ModelError: inputs the model cannot take (``x1`` of shape ``(3, 5)`` for an
             ``nn.Linear(2, 2)``), naming their shape and what its forward pass of one raised.
         ConetoolError: an unknown ``kind`` or ``dtype`` name, a ``dtype`` that is not a
@@ -333,17 +335,24 @@ def empirical_ntk(
             if named is None:
                 raise
             raise named from exc
-    if not bool(torch.isfinite(kernel).all()):
-        bad = int((~torch.isfinite(kernel)).sum())
-        inputs = _non_finite_inputs(x1, x2)
-        raise NonFiniteKernelError(
-            f"the eNTK has {bad} non-finite entries (NaN or infinity): "
-            + (
-                f"{inputs}. Fix the inputs (or leave those examples out)."
-                if inputs
-                else "the model's outputs or their gradients overflow at these weights. Check the "
-                "weights for NaN or huge values, or compute in float64 (--dtype float64)."
+        if not bool(torch.isfinite(kernel).all()):
+            bad = int((~torch.isfinite(kernel)).sum())
+            inputs = _non_finite_inputs(x1, x2)
+            raise NonFiniteKernelError(
+                f"the eNTK has {bad} non-finite entries (NaN or infinity): "
+                + (
+                    f"{inputs}. Fix the inputs (or leave those examples out)."
+                    if inputs
+                    else "the model's outputs or their gradients overflow at these weights. Check the "
+                    "weights for NaN or huge values, or compute in float64 (--dtype float64)."
+                )
             )
+        # in the block: a float32 kernel of zeros is told from a zero eNTK by one gradient
+        check_range(
+            kernel,
+            float32=dtype == torch.float32,
+            parameters=sum(p.numel() for p in params.values()),
+            outputs_move=lambda: outputs_move(forward, params, x),
         )
     # Only a call that gave a kernel teaches the memo: its checks (the independence check, which
     # NaN outputs leave undecided) run again on the next call otherwise.

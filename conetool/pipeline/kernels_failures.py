@@ -25,6 +25,7 @@ from ..errors import (
     ModelError,
     StoreError,
 )
+from ..ntk_range import KernelUnderflowError, NonFiniteKernelError
 from ..spec import Spec
 
 __all__ = [
@@ -144,6 +145,11 @@ def stop_message(
         fix = (
             "the fix is the model's dtype (above), not this file: rerun once the model is built "
             "in a dtype that holds these values"
+        )
+    elif isinstance(exc, KernelUnderflowError | NonFiniteKernelError):
+        fix = (
+            "the fix is the dtype the kernels are computed in (above), not this file: rerun with "
+            "--dtype float64 (with --overwrite once the store holds float32 kernels)"
         )
     elif other is not None:  # a key mismatch that the run's other checkpoint does not share
         return (

@@ -1,0 +1,174 @@
+"""Float32 kernels at the ends of float32's range: entries beyond 3.4e38, and kernels made of
+subnormal products (below 1.2e-38), are refused with the fix (--dtype float64) instead of being
+returned infinite or with lost digits; float64 computes both, a zero eNTK stays a zero kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny_run import SPEC
+
+from conetool import paths
+from conetool.errors import ConetoolError
+from conetool.ntk import KernelUnderflowError, NonFiniteKernelError, empirical_ntk
+from conetool.ntk_range import smallest_float32_kernel
+from conetool.pipeline import distance, kernels
+from conetool.pipeline.resolve import model_for
+from conetool.spec import spec_from_dict
+from conetool.store import Store
+
+METHODS = ["jacobian", "structured"]
+
+
+class Scaled(torch.nn.Module):
+    """A small MLP whose logits are multiplied by ``scale``: its eNTK is ``scale**2`` times the
+    MLP's."""
+
+    def __init__(self, scale: float, inputs: int = 8, classes: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(inputs, 32), torch.nn.Tanh(), torch.nn.Linear(32, classes)
+        )
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale
+
+
+def _relative(kernel: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((kernel.double() - reference).norm() / reference.norm())
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["trace", "sum"])
+def test_entries_beyond_float32_are_refused_and_float64_holds_them(method: str, kind: str) -> None:
+    """A linear model whose inputs have norm 1.2e19: each logit's kernel is 1.44e38 on the
+    diagonal, the trace over 3 logits 4.3e38. The structured engine summed its float32 products in
+    float64 and returned the float32 kernel with those entries infinite, silently."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3, bias=False)
+    x = torch.randn(5, 4)
+    x = x / x.norm(dim=1, keepdim=True) * 1.2e19
+    with pytest.raises(NonFiniteKernelError, match="--dtype float64") as raised:
+        empirical_ntk(model, x, kind=kind, device="cpu", method=method)
+    assert "beyond the largest float32" in str(raised.value) or "non-finite" in str(raised.value)
+    exact = empirical_ntk(model, x, kind=kind, device="cpu", method=method, dtype="float64")
+    x64 = x.double()
+    closed = 3 * x64 @ x64.T  # both kinds: 3 logits (trace), or g = sum_k w_k.x (sum)
+    assert torch.isfinite(exact).all() and _relative(exact, closed) < 1e-12
+
+
+def test_the_structured_trace_kernel_beyond_float32_names_its_largest_entry() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3, bias=False)
+    x = torch.randn(5, 4)
+    x = x / x.norm(dim=1, keepdim=True) * 1.2e19
+    with pytest.raises(NonFiniteKernelError) as raised:
+        empirical_ntk(model, x, device="cpu", method="structured")
+    message = str(raised.value)
+    assert "entries up to 4.32e+38, beyond the largest float32 number (3.4e+38)" in message
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scale", [1e-20, 1e-25])
+def test_a_kernel_of_subnormal_products_is_refused(method: str, scale: float) -> None:
+    """Logits scaled by 1e-20: a largest entry of 1.8e-39, returned 3e-5 off the float64 kernel
+    (documented: 1e-6); by 1e-25 every product is 0 and the kernel was all zeros."""
+    model = Scaled(scale)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(KernelUnderflowError, match=r"--dtype float64") as raised:
+        empirical_ntk(model, x, device="cpu", method=method)
+    assert ("all zeros" in str(raised.value)) == (scale == 1e-25)
+    exact = empirical_ntk(model, x, device="cpu", method=method, dtype="float64")
+    reference = empirical_ntk(Scaled(1.0), x, device="cpu", method="jacobian", dtype="float64")
+    assert _relative(exact / scale**2, reference) < 1e-12
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_small_kernels_above_the_bound_are_returned_to_float32_precision(method: str) -> None:
+    """Logits scaled by 1e-17 (a largest entry of 1.8e-33, above 1,476 parameters times
+    1.2e-38): float32 still holds the kernel to its usual precision, and it is returned."""
+    model = Scaled(1e-17)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    kernel = empirical_ntk(model, x, device="cpu", method=method)
+    exact = empirical_ntk(model, x, device="cpu", method="jacobian", dtype="float64")
+    assert float(exact.abs().max()) > smallest_float32_kernel(1476)
+    assert kernel.dtype == torch.float32 and _relative(kernel, exact) < 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_zero_entk_is_a_zero_kernel_not_an_error(method: str) -> None:
+    """Every weight zero and no bias: the outputs do not depend on the parameters at all, the
+    eNTK is exactly 0 in any dtype (the distance step says what that means)."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 6, bias=False), torch.nn.ReLU(), torch.nn.Linear(6, 3, bias=False)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    kernel = empirical_ntk(model, torch.randn(5, 4), device="cpu", method=method)
+    assert kernel.dtype == torch.float32 and not kernel.any()
+
+
+SCALED_FACTORY = """
+import torch
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self, num_classes, input_shape, scale):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(input_shape[0], 6), torch.nn.Tanh(), torch.nn.Linear(6, num_classes)
+        )
+        self.scale = scale
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+def make(num_classes, input_shape, scale=1.0):
+    return Scaled(num_classes, input_shape, scale)
+"""
+
+
+def test_kernels_names_the_step_and_the_flag_and_float64_computes_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose logits are scaled by 1e-22 (a user's factory): `kernels` stored float32
+    kernels 1e-4 to 1 off (or zeros), and distance compared them as if exact."""
+    (tmp_path / "scaled_factory.py").write_text(SCALED_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {**SPEC, "model": {"arch": "scaled_factory:make", "num_classes": 3, "scale": 1e-22}}
+    spec = spec_from_dict(raw, source="scaled.toml")
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in (0, 5, 10):
+        torch.manual_seed(step)
+        save_file(model_for(spec).state_dict(), str(paths.checkpoint(ckpts, step)))
+    store = tmp_path / "store"
+    with pytest.raises(ConetoolError) as stopped:
+        kernels(ckpts, spec=spec, store=store, device="cpu")
+    message = " ".join(str(stopped.value).split())
+    assert "step 0 " in message and "--dtype float64" in message
+    # the fix is the dtype, not the file
+    assert "fix this checkpoint" not in message and "rerun with --dtype float64" in message
+    assert isinstance(stopped.value, KernelUnderflowError)
+    kernels(ckpts, spec=spec, store=store, device="cpu", dtype="float64")
+    opened = Store.open(store)
+    assert opened.steps() == [0, 5, 10]
+    distance(store, noise=False)
+    s = np.load(store / "distance" / "matrix.npz")["S"]
+    assert np.isfinite(s).all() and s[0, 2] > 0
+
+
+def test_the_docstring_examples_run() -> None:
+    import doctest
+
+    from conetool import ntk_range
+
+    assert doctest.testmod(ntk_range, raise_on_error=False).failed == 0
