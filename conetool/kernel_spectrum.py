@@ -120,6 +120,12 @@ def centered_alignment(kernel: np.ndarray, y: np.ndarray) -> float:
     k = as_matrix(kernel)
     t = _target(np.asarray(y, dtype=np.float64), k.shape[0])
     kc = _center(_center(k).T)  # C K C (K symmetric)
+    peak = float(np.max(np.abs(kc))) if kc.size else 0.0
+    if 0.0 < peak < math.inf:
+        # Rescaled by a power of two, exactly (A does not depend on the scale): the squares behind the
+        # norm and the inner product of a float64 kernel beyond 1e154 overflowed (A was 0) and
+        # below 1e-154 fell among the subnormals.
+        kc = np.ldexp(kc, -math.frexp(peak)[1])
     tc = _center(t)  # C Y; C T C = (C Y)(C Y)^T
     inner = float(np.sum(tc * (kc @ tc)))  # <C K C, C Y Y^T C> = tr(Y^T C K C Y)
     norm_t = float(np.linalg.norm(tc.T @ tc))  # ||C Y Y^T C||_F = ||Y^T C Y||_F

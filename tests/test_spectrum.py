@@ -51,6 +51,27 @@ def test_measures_match_textbook_formulas(seed: int) -> None:
     assert point.trace == pytest.approx(np.trace(k), rel=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e-300, 1e-160, 1e160, 1e300])
+def test_the_measures_of_a_float64_kernel_do_not_depend_on_its_scale(scale: float) -> None:
+    """A float64 kernel (--dtype float64) far from 1: the alignment's norms squared its entries,
+    which overflowed beyond 1e154 (alignment 0, silently) and lost digits below 1e-154 (3.7e-5
+    off at 1e-160, 0 at 1e-300)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 12)
+    a = rng.standard_normal((12, 12))
+    k = a @ a.T / np.abs(a @ a.T).max()
+    base = spectrum_point(k, labels, 3, top_k=5)
+    point = spectrum_point(k * scale, labels, 3, top_k=5)
+    assert base.alignment != 0.0
+    assert point.alignment == pytest.approx(base.alignment, rel=1e-12)
+    assert point.effective_rank == pytest.approx(base.effective_rank, rel=1e-12)
+    assert point.label_energy == pytest.approx(base.label_energy, rel=1e-12)
+    np.testing.assert_allclose(point.eigenvalues / scale, base.eigenvalues, rtol=1e-12)
+    assert centered_alignment(k * scale, one_hot(labels, 3)) == pytest.approx(
+        base.alignment, rel=1e-12
+    )
+
+
 def test_closed_forms() -> None:
     labels = np.repeat(np.arange(3), 5)
     y = one_hot(labels, 3)
