@@ -31,6 +31,7 @@ from conetool.errors import ConetoolError
 
 __all__ = [
     "DEFAULT_MAX_MEMORY",
+    "ZERO_KERNEL",
     "AdjacentPair",
     "GeometryError",
     "KernelError",
@@ -62,12 +63,22 @@ class KernelError(GeometryError):
     """One kernel cannot be compared: zero or non-finite norm, or a shape unlike the others.
 
     ``index`` is the loader index of the kernel at fault in :func:`distance_matrix` (``None``
-    for :func:`kernel_distance`), so a caller can re-raise with the file name.
+    for :func:`kernel_distance`), so a caller can re-raise with the file name; ``zero``: the
+    kernel is all zeros (which recomputing it gives again: :data:`ZERO_KERNEL`).
     """
 
-    def __init__(self, message: str, index: int | None = None) -> None:
+    def __init__(self, message: str, index: int | None = None, zero: bool = False) -> None:
         super().__init__(message)
         self.index = index
+        self.zero = zero
+
+
+#: What a kernel of zeros is, for the messages that refuse one (a sentence, no final stop).
+ZERO_KERNEL = (
+    "A kernel of zeros is the eNTK of a model whose outputs do not depend on its parameters at "
+    "that checkpoint (every weight zero, or every unit dead with no bias after it), and "
+    "recomputing it gives zeros again"
+)
 
 
 # --------------------------------------------------------------------------- single distance
@@ -110,8 +121,8 @@ def _normed(x: np.ndarray, name: str) -> tuple[np.ndarray, float]:
     if scale == 0.0:
         raise KernelError(
             f"{name} is all zeros (Frobenius norm 0), so its kernel distance is undefined. "
-            "A zero eNTK means the model's outputs do not depend on its parameters; check the "
-            "model and the checkpoint."
+            f"{ZERO_KERNEL}; check the model and the checkpoint.",
+            zero=True,
         )
     x = x / scale
     return x, float(np.linalg.norm(x))
@@ -263,6 +274,7 @@ def distance_matrix(
                     "other kernels is undefined. Recompute it from a checkpoint with finite "
                     "weights (`conetool kernels`), or leave that step out.",
                     index,
+                    zero=norm == 0.0,
                 )
             target.div_(norm)
             loaded += 1

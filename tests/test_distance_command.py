@@ -425,6 +425,21 @@ def test_non_finite_kernel_is_named_and_skipped_only_with_skip_bad(uneven_store)
         distance(root, refs=[10], skip_bad=True)
 
 
+@pytest.mark.parametrize("command", [distance, embed])
+def test_a_zero_kernel_is_named_as_the_models_and_skipped_only_with_skip_bad(uneven_store, command):
+    """A kernel of zeros (every weight zero at that checkpoint, no bias): the advice was to
+    delete the file and recompute it, which gives the same zeros and the same error."""
+    root, kernels_ = uneven_store
+    write_step(Store.open(root), 10, np.zeros_like(kernels_[2]))
+    with pytest.raises(StoreError, match="step 10: kernel file .*step_000010.safetensors") as info:
+        command(root)
+    message = str(info.value)
+    assert "all zeros" in message and "recomputing it gives zeros again" in message
+    assert "Delete that file" not in message and "--skip-bad" in message
+    result = command(root, skip_bad=True)
+    assert result.steps == [s for s in UNEVEN_STEPS if s != 10]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int32])
 def test_kernel_of_another_dtype_is_named_and_skipped_only_with_skip_bad(uneven_store, dtype):
     """A kernel file whose tensor is not of the store's dtype (float64 here; written outside

@@ -207,9 +207,10 @@ def test_spectrum_names_a_kernel_file_it_cannot_measure_and_skip_bad_leaves_it_o
     with pytest.raises(StoreError, match=said) as refused:
         spectrum(root, top_k=2)
     assert f"kernel file {paths.kernel(root, 100)}" in str(refused.value)
-    assert f"Delete that file and rerun conetool kernels /ckpts --store {root}" in str(
-        refused.value
-    )
+    # a kernel of zeros is what the model gives: recomputing it would give it again
+    recompute = f"Delete that file and rerun conetool kernels /ckpts --store {root}"
+    assert (recompute in str(refused.value)) == (odd.any() or odd.shape != (12, 12))
+    assert ("recomputing it gives zeros again" in str(refused.value)) == (not odd.any())
     assert "--skip-bad" in str(refused.value)
     result = spectrum(root, top_k=2, skip_bad=True)
     assert result.steps == [0, 200] and list(result.excluded) == [100]

@@ -47,7 +47,7 @@ import torch
 
 from .. import paths
 from ..errors import StoreError, StoreReplacedError
-from ..geometry import KernelError, distance_matrix
+from ..geometry import ZERO_KERNEL, KernelError, distance_matrix
 from ..io import atomic_write
 from ..ntk import is_auto
 from ..progress import CountBar, NullProgress, Progress
@@ -442,7 +442,7 @@ def kernel_matrix(
             s = _compute(store, steps, budget, progress, digests)
             break
         except _BadKernel as bad:
-            _exclude(store, excluded, bad.step, bad.reason, skip_bad, progress)
+            _exclude(store, excluded, bad.step, bad.reason, skip_bad, progress, bad.zero)
     files: dict[int, FileState] = {
         step: None if stamp is None else (*stamp, digests.get(step) if step in steps else None)
         for step, stamp in stamps.items()
@@ -454,9 +454,9 @@ def kernel_matrix(
 
 
 class _BadKernel(Exception):
-    def __init__(self, step: int, reason: str) -> None:
+    def __init__(self, step: int, reason: str, zero: bool = False) -> None:
         super().__init__(reason)
-        self.step, self.reason = step, reason
+        self.step, self.reason, self.zero = step, reason, zero
 
 
 def _exclude(
@@ -466,7 +466,12 @@ def _exclude(
     reason: str,
     skip_bad: bool,
     progress: Progress,
+    zero: bool = False,
 ) -> None:
+    if not skip_bad and zero:  # recomputing gives the same zeros: leaving it out is the fix
+        raise StoreError(
+            f"step {step}: {reason}. {ZERO_KERNEL}: pass --skip-bad to leave the step out."
+        )
     if not skip_bad:
         record = store.record(step)
         missing = record is not None and not (store.root / record.kernel).exists()
@@ -513,7 +518,7 @@ def _compute(
         step = steps[exc.index]
         path = store.root / records[step].kernel
         what = _strip_fix(str(exc)).replace(f"kernel {exc.index} ", "its kernel ", 1)
-        raise _BadKernel(step, f"kernel file {path}: {what}") from exc
+        raise _BadKernel(step, f"kernel file {path}: {what}", exc.zero) from exc
     finally:
         report.close()
 

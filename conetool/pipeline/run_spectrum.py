@@ -34,6 +34,7 @@ from .. import paths
 from .._version import __version__
 from ..choices import is_count
 from ..errors import ConetoolError, DataError, StoreError, StoreReplacedError
+from ..geometry import ZERO_KERNEL
 from ..io import atomic_write_csv, atomic_write_json
 from ..kernel_regression import DEFAULT_RIDGE, kernel_regression
 from ..kernel_spectrum import SpectrumPoint, spectrum_point
@@ -318,6 +319,11 @@ def _check_kernel(store: Store, step: int, kernel: np.ndarray, n: int) -> None:
     )
     record = store.record(step)
     path = store.root / record.kernel if record is not None else paths.kernel(store.root, step)
+    if fits:  # all zeros: recomputing gives the same zeros, leaving it out is the fix
+        raise StoreError(
+            f"step {step}: kernel file {path} {problem}. {ZERO_KERNEL}: pass --skip-bad to leave "
+            "the step out."
+        )
     raise StoreError(
         f"step {step}: kernel file {path} {problem}. Delete that file and rerun "
         f"{store.kernels_command()} to recompute it, or pass --skip-bad to leave the step out."
