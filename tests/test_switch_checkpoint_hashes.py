@@ -1,5 +1,6 @@
-"""A switch point's checkpoint is hashed once per run (the standard model's at T twice: read
-before any point trains, for NaN or Inf, and loaded after the sweep). Under torchrun, rank 0's
+"""A switch point's checkpoint is hashed once per run, and so is the standard model's at T: read
+before any point trains, for NaN or Inf, and kept for the standard model after the sweep (it was
+read again there from 703c9bb on). Under torchrun, rank 0's
 look for finished points hashed every point's checkpoint, and the point to do hashed it again
 when it loaded it;
 now rank 0 hashes a checkpoint only where the store holds a point that its hash decides (of the
@@ -62,8 +63,8 @@ def test_each_checkpoint_is_hashed_once_per_run(run, tmp_path, hashed):
     assert [(p.at, p.reused) for p in result.points] == [(4, True), (8, False)]
     # 4: rank 0's look finds it done; 8: no point of it in the store, only its load hashes it
     # (was: rank 0's look, then the load); 12: the standard model at T, read before any point
-    # trains (NaN or Inf there would waste the sweep: 703c9bb) and loaded after the sweep
-    standard = ["step_000012.safetensors"] * 2
+    # trains (NaN or Inf there would waste the sweep: 703c9bb), not again after the sweep
+    standard = ["step_000012.safetensors"]
     assert sorted(hashed) == [f"step_{t:06d}.safetensors" for t in (4, 8)] + standard
     assert recorded_fingerprint(store, 8) == fingerprint(paths.checkpoint(run, 8))
     hashed.clear()  # a single process: once too (its load; the earlier points for results.csv)
@@ -109,7 +110,50 @@ def test_points_whose_files_changed_are_computed_again_their_checkpoints_hashed_
         "step_000004.safetensors",
         "step_000008.safetensors",
         "step_000012.safetensors",  # the standard model at T, read before the points train
-        "step_000012.safetensors",  # and loaded after them
     ]
     for t in (0, 4, 8):  # each records the checkpoint it trained from
         assert recorded_fingerprint(store, t) == fingerprint(paths.checkpoint(run, t))
+
+
+def test_reference_train_reads_the_checkpoint_it_continues_from_once(run, tmp_path, hashed):
+    """--reference train's checkpoint (the last before T) is read before any point trains, for
+    NaN or Inf, and that read is the one it trains from, or whose hash finds the stored
+    reference current. Was: read again after the sweep (twice per run, in a rerun too)."""
+    paths.checkpoint(run, 12).unlink()  # --reference train continues from step 8
+    store = tmp_path / "s"
+    result = switch([0], store=store, ckpts=run, device="cpu", reference="train")
+    assert result.reference is not None and result.reference["source"] == "trained from step 8"
+    assert sorted(hashed) == ["step_000000.safetensors", "step_000008.safetensors"]
+    hashed.clear()
+    again = switch([0], store=store, ckpts=run, device="cpu", reference="train")
+    assert again.reference == result.reference  # reference.json reused: nothing trained
+    assert sorted(hashed) == ["step_000000.safetensors", "step_000008.safetensors"]
+
+
+@pytest.mark.parametrize("reference", ["checkpoint", "train"])
+def test_the_standard_model_from_the_read_before_the_sweep_is_bit_identical(
+    run, tmp_path, monkeypatch, reference
+):
+    """The standard model at T made from the checkpoint read before the sweep gives the very
+    results (and reference.json) of one read again after it, as before."""
+    from conetool.pipeline import switch_prepare
+
+    if reference == "train":
+        paths.checkpoint(run, 12).unlink()  # continued from step 8, its state beside it
+    kept = switch([0], store=tmp_path / "kept", ckpts=run, device="cpu", reference=reference)
+    real = switch_prepare._read_reference
+
+    def checked_then_dropped(*args):
+        real(*args)  # the NaN check as before; the standard model reads its checkpoint itself
+        return None
+
+    monkeypatch.setattr(switch_prepare, "_read_reference", checked_then_dropped)
+    again = switch([0], store=tmp_path / "read", ckpts=run, device="cpu", reference=reference)
+    assert kept.reference is not None and kept.reference == again.reference
+    results = [
+        json.loads(paths.switch_results_json(tmp_path / s).read_text()) for s in ("kept", "read")
+    ]
+    assert results[0]["reference"] == results[1]["reference"]
+    if reference == "train":
+        stored = [paths.switch_reference(tmp_path / s).read_bytes() for s in ("kept", "read")]
+        assert stored[0] == stored[1]

@@ -156,7 +156,8 @@ def _switch(
     job: distributed.Job, options: SwitchOptions, threads: int, progress: Progress
 ) -> SwitchResult:
     store, reference = options.store, options.reference
-    sweep = job.agree(lambda: prepare_sweep(options))
+    # rank 0 alone makes the standard model at T: it alone reads its checkpoint before the sweep
+    sweep = job.agree(lambda: prepare_sweep(options, read_reference=job.is_main))
     dev, T = job.device, sweep.until
     # A rank started with other --at, --until, ... (or seeing other checkpoints) would train
     # other points, or fail to find the checkpoint of a point dealt to it.
@@ -310,6 +311,7 @@ def _switch(
                 progress,
                 says,
                 warnings,
+                read=sweep.reference,  # read before the sweep: not read again
             )
         except CheckpointError as exc:
             raise for_switch(exc) from exc

@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoints import CheckpointRef, list_checkpoints
+from ..checkpoint_optimizer import ENTRIES
+from ..checkpoints import CheckpointRef, LoadedCheckpoint, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, step_problems
 from ..checkpoints.load import NON_FINITE_ADVICE, read_checkpoint
 from ..choices import Reference, choice, is_count
@@ -44,10 +45,19 @@ class Sweep:
     store: SwitchStore  # the store as this rank began with it (rank 0's is the job's)
     notes: list[str] = field(default_factory=list)  # what prepare_sweep took from the store
     warnings: list[str] = field(default_factory=list)  # a damaged manifest it read around
+    #: the checkpoint the standard model at T comes from, read (its weights checked finite)
+    #: before any point trains, and kept for the standard model after the sweep, which so does
+    #: not read it again; None where no checkpoint is read for it here (a point's own, read by
+    #: its point; none at all; or ``prepare_sweep(read_reference=False)``)
+    reference: LoadedCheckpoint | None = None
 
 
-def prepare_sweep(options: SwitchOptions) -> Sweep:
-    """Check the options; find the checkpoints, the spec and the data (on every rank)."""
+def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Sweep:
+    """Check the options; find the checkpoints, the spec and the data (on every rank).
+
+    ``read_reference``: read the checkpoint the standard model at T comes from (refused with
+    NaN or Inf before any point trains) and keep it in :attr:`Sweep.reference`; a torchrun
+    job reads it on rank 0 only, which alone makes the standard model."""
     o = options
     until, store, ckpts, spec = o.until, o.store, o.ckpts, o.spec
     step_regex, beyond_run = o.step_regex, o.beyond_run
@@ -144,7 +154,7 @@ def prepare_sweep(options: SwitchOptions) -> Sweep:
             f"--at {t}: {ckpts_dir} has no checkpoint of step {t}. Nearest: "
             f"{nearest_steps(sorted(refs), t)}."
         )
-    _check_reference_weights(reference, T, refs, points_at)
+    read = _read_reference(reference, T, refs, points_at) if read_reference else None
     data = load_data(spec.data)
     if len(data.test) == 0:
         raise SpecError(
@@ -154,20 +164,23 @@ def prepare_sweep(options: SwitchOptions) -> Sweep:
     # the batches of the spec's recipe: refused here, not when the first point starts
     steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     target = SwitchStore.begin(store, manifest)
-    return Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, warnings)
+    return Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, warnings, read)
 
 
-def _check_reference_weights(
+def _read_reference(
     reference: str, T: int, refs: dict[int, CheckpointRef], points_at: list[int]
-) -> None:
-    """Refuse NaN or Inf in the checkpoint the standard model at T is read from before any point
-    trains: the reference is read after the sweep, and points trained to this T are of no use to
-    the other --until a fix needs. A point's own checkpoint is checked when it is loaded."""
+) -> LoadedCheckpoint | None:
+    """The checkpoint the standard model at T comes from, read before any point trains, NaN or
+    Inf in it refused: the standard model is made after the sweep, and points trained to this T
+    are of no use to the other --until a fix needs. It is kept for that standard model (with the
+    optimizer state inside a torch.save file, which --reference train continues with), so that
+    the file is read once. A point's own checkpoint is checked (and read) by its point: None."""
     step = reference_step(reference, T, refs)
     if step is None or step in points_at:
-        return
+        return None
+    keep = ENTRIES if step < T else ()  # --reference train continues from it
     with non_finite_said(non_finite_advice(T, step)):
-        read_checkpoint(refs[step])  # its finiteness checked, as the reference's load checks it
+        return read_checkpoint(refs[step], keep=keep)
 
 
 def _cosine_past_the_run(spec: Spec, T: int) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from .. import paths
 from ..checkpoint_optimizer import ENTRIES
-from ..checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
+from ..checkpoints import CheckpointRef, LoadedCheckpoint, apply_checkpoint, load_checkpoint
 from ..checkpoints.load import NON_FINITE_ADVICE
 from ..data import DataBundle
 from ..errors import CheckpointError
@@ -44,6 +44,7 @@ def standard_reference(
     progress: Progress,
     says: Said,
     warnings: list[str],
+    read: LoadedCheckpoint | None = None,
 ) -> dict[str, Any] | None:
     """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
     continued from the last checkpoint before T, its result kept in ``store`` (written as
@@ -51,7 +52,9 @@ def standard_reference(
     it watches them).
     A missing checkpoint of T (no standard line) is a warning to ``says``; training the
     continuation is a note, said before it starts (minutes a user expecting a stored model did
-    not plan)."""
+    not plan). ``read``: the checkpoint it comes from, already read (with the optimizer state
+    inside a torch.save file, for ``train``: :attr:`~conetool.pipeline.switch_prepare.Sweep.
+    reference`), which is then not read again; None to read it here."""
     model = model_for(spec).to(device)
     if how == "checkpoint":
         if until not in refs:
@@ -73,18 +76,18 @@ def standard_reference(
                 "line. Pass --reference train to train the standard continuation to T."
             )
             return None
-        _load(model, refs[until], non_finite_advice(until, until))
+        _load(model, refs[until], non_finite_advice(until, until), read)
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     start = reference_step(how, until, refs)
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
     if start == until:  # the checkpoint of T is the standard model at T: nothing to train
-        _load(model, refs[until], non_finite_advice(until, until))
+        _load(model, refs[until], non_finite_advice(until, until), read)
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     path = paths.switch_reference(store.root)
-    loaded = _load(model, refs[start], non_finite_advice(until, start), keep=ENTRIES)
+    loaded = _load(model, refs[start], non_finite_advice(until, start), read, keep=ENTRIES)
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -192,9 +195,18 @@ def non_finite_said(advice: str) -> Iterator[None]:
 
 
 def _load(
-    model: torch.nn.Module, ref: CheckpointRef, advice: str, keep: tuple[str, ...] = ()
+    model: torch.nn.Module,
+    ref: CheckpointRef,
+    advice: str,
+    read: LoadedCheckpoint | None,
+    keep: tuple[str, ...] = (),
 ) -> LoadedCheckpoint:
-    """:func:`load_checkpoint` of ``ref`` into ``model``, NaN or Inf said with ``advice``."""
+    """:func:`load_checkpoint` of ``ref`` into ``model``, NaN or Inf said with ``advice``; or
+    ``read``, when it is ``ref`` already read (its weights checked finite, and ``keep`` kept),
+    applied to ``model`` without reading the file again."""
+    if read is not None and read.ref == ref:
+        apply_checkpoint(model, read)
+        return read
     with non_finite_said(advice):
         loaded = load_checkpoint(model, ref, keep=keep)
     assert loaded is not None
