@@ -11,8 +11,10 @@ over an in-process key-value store takes the several-rank path."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_switch_beside_state import spec_dict
@@ -157,3 +159,66 @@ def test_the_standard_model_from_the_read_before_the_sweep_is_bit_identical(
     if reference == "train":
         stored = [paths.switch_reference(tmp_path / s).read_bytes() for s in ("kept", "read")]
         assert stored[0] == stored[1]
+
+
+def copied_run(run, tmp_path, how):
+    """``run`` as it is ("conetool"), or its checkpoints re-saved by a loop of one's own: as
+    safetensors without conetool's metadata, or torch.save files (neither with a state)."""
+    if how == "conetool":
+        return run
+    out = tmp_path / how
+    out.mkdir()
+    shutil.copy(paths.spec(run), paths.spec(out))
+    for step in (0, 4, 8, 12):
+        state = load_file(str(paths.checkpoint(run, step)))
+        if how == "safetensors":
+            save_file(state, str(out / checkpoint_name(how, step)))
+        else:
+            torch.save({"model_state_dict": state, "step": step}, out / checkpoint_name(how, step))
+    return out
+
+
+def checkpoint_name(how, step):
+    """The name of the checkpoint of ``step`` in :func:`copied_run`'s run ``how``."""
+    if how == "conetool":
+        return f"step_{step:06d}.safetensors"
+    return f"ckpt_{step}.{'safetensors' if how == 'safetensors' else 'pt'}"
+
+
+@pytest.mark.parametrize("how", ["conetool", "safetensors", "torch"])
+def test_a_reused_point_is_hashed_not_loaded(run, tmp_path, monkeypatch, hashed, how):
+    """A finished point of the same spec, T, checkpoint bytes and state file is reused from its
+    checkpoint's hash (streamed) and header: no model is built, nothing is loaded into one, and
+    what the sweep says is what it said when the point loaded its checkpoint (the warning of
+    checkpoints conetool train did not write). Was: loaded in full (its tensors kept, checked
+    finite, matched to a model built for it, a loop's optimizer state kept) only for the hash."""
+    from conetool.pipeline import switch_points
+    from conetool.pipeline.switch_points import FOREIGN_RUN
+
+    ckpts = copied_run(run, tmp_path, how)
+    store = tmp_path / "s"
+    first = switch([0, 4], store=store, ckpts=ckpts, device="cpu")
+    loads: list[int] = []
+    real_load, real_build = switch_points.load_checkpoint, switch_points.model_for
+
+    def load(model, ref, *args, **kwargs):
+        loads.append(ref.step)
+        return real_load(model, ref, *args, **kwargs)
+
+    def build(spec):
+        loads.append(-1)
+        return real_build(spec)
+
+    monkeypatch.setattr(switch_points, "load_checkpoint", load)
+    monkeypatch.setattr(switch_points, "model_for", build)
+    hashed.clear()
+    again = switch([0, 4], store=store, ckpts=ckpts, device="cpu")
+    assert [p.reused for p in again.points] == [True, True]
+    assert loads == []
+    # the points' checkpoints and the standard model's at T, once each
+    assert sorted(hashed) == sorted(checkpoint_name(how, t) for t in (0, 4, 12))
+    fields = ["at", "until", "test_acc", "test_loss", "train_acc", "train_loss", "momentum"]
+    for mine, theirs in zip(again.points, first.points, strict=True):
+        assert {f: getattr(mine, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
+    assert again.reference == first.reference
+    assert (FOREIGN_RUN in again.warnings) == (how != "conetool") == (FOREIGN_RUN in first.warnings)

@@ -21,7 +21,7 @@ from conetool.errors import CheckpointError, CheckpointOverflowError
 
 from ._hashed_reads import combine_fingerprints, files_fingerprint, stream_file
 from ._keys import match_keys, mismatch_error
-from ._safetensors_format import header_length, parse_header, tensors_from_buffer
+from ._safetensors_format import header_length, parse_header, read_header, tensors_from_buffer
 from ._state_dicts import unwrap_state_dict
 from ._tied import check_tied_values, tied_keys
 from ._torch_save import load_torch_object
@@ -201,6 +201,14 @@ def fingerprint(source: CheckpointRef | str | Path) -> str:
     :attr:`LoadedCheckpoint.fingerprint`, so a store can tell later when a source file changed.
     """
     return files_fingerprint(_as_ref(source).paths)
+
+
+def checkpoint_metadata(source: CheckpointRef | str | Path) -> dict[str, str]:
+    """The metadata :func:`read_checkpoint` gives (:attr:`LoadedCheckpoint.metadata`) from the
+    header of the first file alone, no tensor read: a safetensors checkpoint's, {} for a torch
+    file's."""
+    ref = _as_ref(source)
+    return read_header(ref.paths[0]).metadata if ref.format == "safetensors" else {}
 
 
 def check_dtypes(

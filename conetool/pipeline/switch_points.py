@@ -21,7 +21,7 @@ import torch
 
 from .. import paths
 from ..checkpoint_optimizer import ENTRIES
-from ..checkpoints import CheckpointRef, load_checkpoint
+from ..checkpoints import CheckpointRef, checkpoint_metadata, fingerprint, load_checkpoint
 from ..data import DataBundle
 from ..io import atomic_write_csv, atomic_write_json
 from ..linearize import LinearizedModel
@@ -35,6 +35,7 @@ from .resolve import model_for
 from .switch_finished_points import (
     SwitchPoint,
     all_points,
+    payload_to_check,
     point_key,
     point_payload,
     read_point,
@@ -106,16 +107,21 @@ def run_point(
     (:func:`optimizer_at`), not of those looked at before."""
     t = ref.step
     store.check()  # no minutes of training for a point that could not be written
+    found = dict(sources or {})
+    if t not in found:  # (else the sweep looked already, and found it to do)
+        stored = _finished(spec, ref, ckpts, until, store, found)
+        if stored is not None:
+            _said_if_foreign(checkpoint_metadata(ref), says)
+            return stored
     model = model_for(spec)
     # refuses non-finite weights, names the file; keeps a loop's optimizer state, read with them
     loaded = load_checkpoint(model, ref, keep=ENTRIES)
     assert loaded is not None
-    if loaded.metadata.get("format") != "conetool" and FOREIGN_RUN not in says.warnings:
-        says.warn(FOREIGN_RUN)
+    _said_if_foreign(loaded.metadata, says)
     key = point_key(spec, until, loaded.fingerprint)
     payload = point_payload(store.root, t, key)
     if payload is not None:  # its state file hashed only here, where the hash decides
-        now = sources[t] if sources and t in sources else momentum_source(ckpts, ref)
+        now = found[t] if t in found else momentum_source(ckpts, ref)
         changed = source_changed(payload, now)
         if changed is None:
             return reused_point(payload)
@@ -175,6 +181,39 @@ def run_point(
         atomic_write_csv(paths.switch_point_metrics(store.root, t), list(rows[0]), rows)
         atomic_write_json(paths.switch_point(store.root, t), payload)
     return point
+
+
+def _finished(
+    spec: Spec,
+    ref: CheckpointRef,
+    ckpts: Path,
+    until: int,
+    store: SwitchStore,
+    found: dict[int, dict[str, Any] | None],
+) -> SwitchPoint | None:
+    """The store's finished point of ``ref``'s step for ``spec`` and ``until``, when its
+    checkpoint's bytes (its fingerprint, streamed: nothing kept, nothing loaded) and its
+    momentum's state file are those it was computed from; else None (to do: its load tells
+    again, and says why where the checkpoint is the same). Read only where the store holds a
+    point whose checkpoint had the size ``ref``'s has now; the state file's source looked at
+    (hashed) is put in ``found`` by step, for that load, which so does not hash it again."""
+    t = ref.step
+    payload = payload_to_check(store.root, t, spec, until, ref)
+    if payload is None:
+        return None
+    found[t] = now = momentum_source(ckpts, ref)
+    if source_changed(payload, now) is not None:
+        return None
+    if payload["key"] != point_key(spec, until, fingerprint(ref)):
+        return None
+    return reused_point(payload)
+
+
+def _said_if_foreign(metadata: dict[str, str], says: Said) -> None:
+    """:data:`FOREIGN_RUN`, once per sweep, for a checkpoint whose (safetensors) ``metadata``
+    is not conetool train's."""
+    if metadata.get("format") != "conetool" and FOREIGN_RUN not in says.warnings:
+        says.warn(FOREIGN_RUN)
 
 
 def _linearized_diverged(spec: Spec, t: int, store: Path) -> Callable[[int, float], str]:
