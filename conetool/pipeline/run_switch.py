@@ -19,7 +19,7 @@ from (or none), and a rerun computes again a point whose file was added, removed
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from .switch_finished_points import (
     all_points,
     payload_to_check,
     point_key,
+    points_replaced,
     reused_point,
 )
 from .switch_momentum_notes import MomentumNote, MomentumSaid
@@ -47,7 +48,7 @@ from .switch_options import SwitchOptions, parse_at
 from .switch_points import run_point
 from .switch_prepare import Sweep, for_switch, prepare_sweep
 from .switch_reference import standard_reference
-from .switch_replaced import replaced_error
+from .switch_replaced import replaced_error, rerun_command
 from .switch_results import write_sweep
 from .switch_store import SwitchStore
 
@@ -66,7 +67,8 @@ class SwitchResult:
     listing says of the run, as ``kernels`` says it (an EMA beside the state dict read, steps
     that may be Unix times, ...); checkpoints not written by
     ``conetool train``; an optimizer state not used, or saved with other hyperparameters
-    than the spec's; no standard model at T; a T past the run under the cosine schedule, whose
+    than the spec's; points of another sweep (another T or spec) that this one overwrites, said
+    before any point trains; no standard model at T; a T past the run under the cosine schedule, whose
     learning rate is 0 there; earlier points left out of results.csv; the
     training steps implausibly slow, linearized or the standard run that ``reference="train"``
     continues), each said once per sweep, as ``progress`` showed it. A momentum message is
@@ -190,6 +192,11 @@ def _switch(
         says.note(note)
     for warning in sweep.warnings if job.is_main else []:
         says.warn(warning)
+    # points of another T or spec that this sweep's would overwrite, said before any is
+    if job.is_main:
+        replacing = points_replaced(store, sweep.spec, T, todo, _own_store_command(sweep, options))
+        if replacing is not None:
+            says.warn(replacing)
     # what in the recipe trains badly (momentum >= 1), said once before any point is trained
     for concern in recipe_warnings(sweep.spec):
         says.warn(concern)
@@ -348,6 +355,17 @@ def _switch(
         says.warnings + warnings,
         kept=unchanged(files, before),
     )
+
+
+def _own_store_command(sweep: Sweep, options: SwitchOptions) -> str:
+    """This sweep's ``conetool switch`` command into a store of its own (``OTHER_STORE``, which
+    has no manifest: the checkpoint directory and the spec file named)."""
+    spec = options.spec
+    source = Path(sweep.spec.source)
+    if spec is None and source.is_file() and source != paths.spec(sweep.ckpts):
+        spec = sweep.spec.source
+    own = replace(options, store=Path("OTHER_STORE"), ckpts=sweep.ckpts, spec=spec)
+    return rerun_command(sweep, own)
 
 
 def _sweep_arguments(sweep: Sweep, options: SwitchOptions) -> dict[str, str | None]:
