@@ -303,6 +303,19 @@ def test_fresh_momentum_without_optimizer_state(deep_run, tmp_path):
     assert not any("momentum" in w for w in result.warnings), result.warnings
 
 
+def test_every_at_step_the_run_did_not_save_is_said_at_once(deep_run, tmp_path):
+    """A range whose stride is not the run's saving interval (or a list of several steps it did
+    not save) is refused naming every such step, each with its nearest stored steps. Was: only
+    the first, so each fix met the next refusal."""
+    with pytest.raises(CheckpointError) as caught:
+        switch("0:12:2", store=tmp_path / "s", ckpts=deep_run, device="cpu")
+    said = str(caught.value)
+    assert said.startswith(f"--at 2, 6, 10: {deep_run} has no checkpoint of these 3 steps"), said
+    assert "Nearest stored steps (2: 0, 4, 8; 6: 0, 4, 8; 10: 4, 8, 12)" in said, said
+    assert said.endswith("Pass --at steps the run saved.")
+    assert not (tmp_path / "s").exists()  # nothing written
+
+
 def test_bad_input(deep_run, tmp_path):
     with pytest.raises(CheckpointError, match=r"no checkpoint of step 5\. Nearest: 0, 4, 8, 12"):
         switch([5], store=tmp_path / "s", ckpts=deep_run, device="cpu")

@@ -138,6 +138,7 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
         raise for_switch(exc) from exc
     refs = {ref.step: ref for ref in found}
     needed = points_at + ([T] if reference == "checkpoint" else [])
+    missing: list[int] = []  # points with no file of their step: said together below
     for t in needed:
         if t in refs:
             continue
@@ -150,10 +151,9 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
             raise for_switch(problem)
         if t == T and t not in points_at:
             continue  # no checkpoint at T: the figure goes without the standard line (a note)
-        raise CheckpointError(
-            f"--at {t}: {ckpts_dir} has no checkpoint of step {t}. Nearest: "
-            f"{nearest_steps(sorted(refs), t)}."
-        )
+        missing.append(t)
+    if missing:
+        raise _not_stored(missing, ckpts_dir, sorted(refs))
     read = _read_reference(reference, T, refs, points_at) if read_reference else None
     data = load_data(spec.data)
     if len(data.test) == 0:
@@ -181,6 +181,24 @@ def _read_reference(
     keep = ENTRIES if step < T else ()  # --reference train continues from it
     with non_finite_said(non_finite_advice(T, step)):
         return read_checkpoint(refs[step], keep=keep)
+
+
+def _not_stored(missing: list[int], ckpts: Path, stored: list[int]) -> CheckpointError:
+    """The error of --at steps the run has no checkpoint of: every one of them at once (a range
+    whose stride is not the run's saving interval misses many), each with the stored steps
+    nearest to it (the first 5; then how many more)."""
+    if len(missing) == 1:
+        t = missing[0]
+        return CheckpointError(
+            f"--at {t}: {ckpts} has no checkpoint of step {t}. Nearest: {nearest_steps(stored, t)}."
+        )
+    shown = "; ".join(f"{t}: {nearest_steps(stored, t, 3)}" for t in missing[:5])
+    more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return CheckpointError(
+        f"--at {', '.join(map(str, missing[:5]))}{'...' if len(missing) > 5 else ''}: {ckpts} "
+        f"has no checkpoint of these {len(missing)} steps. Nearest stored steps ({shown}{more}). "
+        "Pass --at steps the run saved."
+    )
 
 
 def _cosine_past_the_run(spec: Spec, T: int) -> str:
