@@ -8,6 +8,7 @@ with a spec. A point is reused only for the same spec, T and checkpoint content
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +59,27 @@ def read_point(
 
 
 def reused_point(payload: dict[str, Any]) -> SwitchPoint:
-    """The finished point whose JSON is ``payload``, marked reused."""
+    """The finished point whose JSON is ``payload``, marked reused. Strict JSON holds a NaN
+    (the train loss at step t, which the linearized model does not measure; a diverged
+    point's metrics) as null: those come back as NaN, as the point held them when computed."""
     fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
+    for name in _METRICS:
+        if name in fields and fields[name] is None:
+            fields[name] = math.nan
+    if isinstance(fields.get("rows"), list):
+        fields["rows"] = [_row(row) for row in fields["rows"]]
     return SwitchPoint(**{**fields, "reused": True})
+
+
+#: the float fields of a point that a NaN may fill
+_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss")
+
+
+def _row(row: Any) -> Any:
+    """A metrics row read back from JSON, its nulls NaN again (anything else as it was)."""
+    if not isinstance(row, dict):
+        return row
+    return {k: math.nan if v is None else v for k, v in row.items()}
 
 
 def point_payload(store: Path, t: int, key: dict[str, Any]) -> dict[str, Any] | None:
