@@ -55,8 +55,35 @@ TRAIN_SUMS = "train_sums"
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train` did: where, which steps it saved (``saved_steps``: this call; resumed,
-    ``run_steps`` holds every step of the run's checkpoints), and the final test metrics."""
+    """What :func:`train` did: where, which steps it saved, and the final test metrics.
+
+    Attributes:
+        out: the checkpoint directory (``--out``).
+        steps: the run's length, the spec's ``train.steps`` (the last step, not this call's count).
+        saved_steps: the steps whose checkpoint this call wrote, ascending (resumed: those from
+            ``resumed_from`` on; ``[]`` when ``out`` already held the finished run).
+        resumed_from: the step this call resumed from (``resume=True`` and an optimizer state
+            saved there); ``None`` when it trained from step 0; ``steps`` when ``out`` already
+            held the finished run and nothing was trained.
+        test_loss: mean cross-entropy of the final model (after ``steps`` updates) over the whole
+            test split: the last row of ``metrics``. NaN when the run was already finished and
+            its ``metrics.csv`` holds no row.
+        test_acc: accuracy of that model on the test split, a fraction in ``[0, 1]`` (not a
+            percentage), from the same row; NaN alike.
+        seconds: wall-clock seconds of this call's training loop (updates, evaluations and
+            checkpoint writes; not loading the data or building the model); ``0.0`` when
+            nothing was trained.
+        metrics: the metrics rows this call evaluated, in step order, each a dict of
+            ``step, epoch, lr, train_loss, train_acc, test_loss, test_acc`` (floats; the train
+            numbers averaged over the steps since the row before, NaN when there were none, as
+            in the row of step 0); resumed, the rows from ``resumed_from`` on; a finished run's,
+            every row of its ``metrics.csv``.
+        run_steps: every step the run saves a checkpoint at (the spec's), ascending, resumed
+            or not.
+        warnings: what may train badly or was guessed, as said through ``progress``
+            (``warning: ...``): the spec's recipe, the probe, a resume that restarts from step 0,
+            training steps implausibly slow.
+    """
 
     out: Path
     steps: int
@@ -67,7 +94,7 @@ class TrainResult:
     seconds: float
     metrics: list[dict[str, float]] = field(default_factory=list)
     run_steps: list[int] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # e.g. training steps implausibly slow
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Module, DataBundle]:

@@ -41,18 +41,37 @@ STATUSES = ("ok", "error")
 
 @dataclass(frozen=True)
 class InspectRow:
-    """One checkpoint candidate of a directory and its verdict."""
+    """One checkpoint candidate of a directory and its verdict.
 
-    step: int | None  # None when no step could be recovered
-    file: str  # path relative to the directory ("checkpoint-2000/" for Hugging Face folders)
-    size: int  # bytes, all shards together (0 when unreadable, -1 when not a regular file)
-    num_params: int | None  # elements over all tensors (parameters and buffers); None if unknown
-    status: str  # "ok" | "error"
-    problem: str | None = None  # the one-paragraph message when status == "error"
-    source: str | None = None  # "safetensors" | "torch" | "hf" | "hf-sharded"
-    fingerprint: str | None = None  # "<bytes>:<sha256>", with verify=True only
-    notes: tuple[str, ...] = ()  # each note on its own: information (a torch.save file)
-    # each warning on its own: what to check (dtypes below the model's, steps from epoch names)
+    Attributes:
+        step: the training step (from the file's name, its stored step, or the spec's
+            iterations per epoch for epoch names); ``None`` when no step could be recovered.
+        file: the path relative to the directory (``"checkpoint-2000/"`` for a Hugging Face
+            folder, the index file for shards).
+        size: bytes, all shards together; ``0`` when unreadable, ``-1`` when not a regular file.
+        num_params: elements over all tensors (parameters and buffers, not bytes), from the
+            headers (with ``verify``, of the tensors read); ``None`` when unknown (unreadable).
+        status: ``"ok"`` or ``"error"``.
+        problem: the one-paragraph message when ``status == "error"``; ``None`` otherwise.
+        source: the format: ``"safetensors"``, ``"torch"``, ``"hf"`` (a Hugging Face folder) or
+            ``"hf-sharded"``; ``None`` when the file could not be opened.
+        fingerprint: ``"<bytes>:<sha256>"`` of the file(s), as the store records it
+            (:func:`conetool.checkpoints.load.fingerprint`); only with ``verify=True`` and
+            ``status == "ok"``, else ``None``.
+        notes: each note on its own: information (a torch.save file).
+        warnings: each warning on its own: what to check (dtypes below the model's, steps from
+            epoch names).
+    """
+
+    step: int | None
+    file: str
+    size: int
+    num_params: int | None
+    status: str
+    problem: str | None = None
+    source: str | None = None
+    fingerprint: str | None = None
+    notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
     @property

@@ -55,17 +55,51 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass(frozen=True)
 class KernelsResult:
-    """What :func:`kernels` did, step lists sorted. ``computed``: the steps whose kernel this run
-    computed; ``skipped``: the steps already stored (checkpoint unchanged), not recomputed (the
-    table's "stored before"); ``failed`` maps a step whose checkpoint could not be read or whose
-    kernel could not be computed to its error (with ``skip_bad``); ``left_out`` maps a file that
-    listing the directory refused (no step, damaged, a duplicate step, ...; with ``skip_bad``,
-    the "left out" warnings) to why: it has no step in the other three. ``warnings``: what may
-    have lost something or was guessed (said as ``warning: ...``, again at the end with
-    ``--quiet``); ``notes``: what was said for information only (``note: ...``; a rerun keeping
-    the store's options, torch.save files, copies). Under torchrun it covers the whole job
-    (every rank's steps; ``peak_memory`` is the largest of the ranks'; ``device`` reads like
-    ``cuda x8``)."""
+    """What :func:`kernels` did. Under torchrun it covers the whole job (every rank's steps).
+
+    Attributes:
+        store: the store directory.
+        computed: the steps whose kernel this call computed, ascending.
+        skipped: the steps already stored (checkpoint unchanged), not recomputed (the table's
+            "stored before"), ascending; it includes those that got only a missing eval or
+            layer kernel (``eval_computed``, ``layer_computed``).
+        failed: step -> its error message, for each step whose checkpoint could not be read or
+            whose kernel could not be computed (``skip_bad`` only; without it the call raises).
+        kernel_shape: the shape of the probe kernel: ``(n, n)`` for ``kind`` ``"trace"`` and
+            ``"sum"``, ``(n, c, n, c)`` for ``"full"`` (``n`` the probe size, ``c`` the classes);
+            with nothing computed, that of the store's last kernel; ``()`` when the store holds
+            none.
+        seconds_per_kernel: mean wall-clock seconds per computed kernel, from taking its
+            checkpoint (read ahead in the background) to the kernel in memory, its eval and
+            layer kernels included, its files' writing not; ``None`` when none was computed.
+        peak_memory: bytes. On a GPU, the most this call's kernels allocated on it at once
+            (``torch.cuda.max_memory_allocated``, reset when the computation starts); on the
+            CPU, the peak resident memory of the whole Python process since it started
+            (``getrusage``: it includes what came before the call). Under torchrun the largest
+            of the ranks'.
+        device: where the kernels were computed: ``"cpu"``, ``"cuda:0"``, ...; under torchrun
+            the device type and the rank count, ``"cuda x8"``.
+        warnings: what may have lost something or was guessed (said as ``warning: ...``, again
+            at the end with ``--quiet``).
+        ranks: the processes of the job (torchrun's world size; 1 without it).
+        eval_computed: the steps whose eval kernel K(eval, probe) this call computed
+            (``eval_size``), ascending.
+        eval_size: the evaluation set's size ``m`` (given, or recorded by the store); ``None``
+            when the store has no evaluation set.
+        layer_computed: the steps whose per-layer kernels this call computed (``per_layer``),
+            ascending.
+        layer_groups: the parameter groups' names (``per_layer``/``groups``, given or recorded
+            by the store); ``None`` without per-layer kernels.
+        left_out: a file that listing the directory refused (no step, damaged, a duplicate step,
+            ...; with ``skip_bad``, the "left out" warnings) -> why: it has no step in
+            ``computed``, ``skipped`` or ``failed``. The file is the Hugging Face folder, the
+            shard index or the checkpoint file.
+        notes: what was said for information only (``note: ...``; a rerun keeping the store's
+            options, torch.save files, copies).
+        failed_lines: ``failed`` said once per distinct problem: ``step 5 (file): why``, or for
+            steps whose problems differ only by their file ``steps 0, 5, 10 (files): each file
+            ...``.
+    """
 
     store: Path
     computed: list[int]
@@ -83,8 +117,6 @@ class KernelsResult:
     layer_groups: list[str] | None = None
     left_out: dict[Path, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    #: ``failed`` said once per distinct problem: ``step 5 (file): why``, or for steps whose
-    #: problems differ only by their file ``steps 0, 5, 10 (files): each file ...``
     failed_lines: list[str] = field(default_factory=list)
 
 

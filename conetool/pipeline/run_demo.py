@@ -97,9 +97,23 @@ def _saved_near(t: int, saved: Sequence[int], steps: int) -> list[int]:
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Where everything went, the verdict, the seconds each stage took, and what the stages
-    said: ``warnings`` and ``notes``, ``"stage: message"`` each, a message said by an earlier
-    stage left out (see the module's docstring)."""
+    """Where everything went, the verdict, the seconds each stage took, and what the stages said.
+
+    Attributes:
+        out: the demo's folder (``--out``).
+        ckpts: the trained run's checkpoint directory, ``out/ckpts``.
+        store: the store, ``out/store``.
+        report_html: the report's HTML page (:attr:`ReportResult.html`).
+        report_md: its Markdown version (:attr:`ReportResult.markdown`).
+        verdict: the phase verdict of ``distance`` as a JSON-ready dict: ``regime``,
+            ``phase1_end``, ``numbers``, ``explanation`` (:meth:`conetool.verdict.Verdict.to_dict`).
+        test_acc: the trained model's test accuracy at the run's last step, a fraction in
+            ``[0, 1]`` (:attr:`TrainResult.test_acc`).
+        stage_seconds: stage name (``train``, ``kernels``, ``distance``, ``embed``, ``spectrum``,
+            ``switch``, ``report``) -> wall-clock seconds it took, rounded to 0.01.
+        warnings, notes: what the stages said, ``"stage: message"`` each, a message said by an
+            earlier stage left out (see the module's docstring).
+    """
 
     out: Path
     ckpts: Path

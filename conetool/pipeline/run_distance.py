@@ -74,7 +74,14 @@ UNUSED_REF = "the verdict does not use --ref"
 
 @dataclass(frozen=True)
 class ReferenceCurve:
-    """Summary of ``S(θ(t), θ(ref))`` over the stored steps: its last value and its maximum."""
+    """Summary of ``S(θ(t), θ(ref))`` over the stored steps.
+
+    Attributes:
+        ref: the reference step τ.
+        final: ``S`` at the last stored step (dimensionless, in ``[0, 2]``).
+        max: its largest value over the stored steps.
+        max_step: the step where it is largest.
+    """
 
     ref: int
     final: float
@@ -84,9 +91,17 @@ class ReferenceCurve:
 
 @dataclass(frozen=True)
 class AdjacentCurve:
-    """Summary of the pairs ``(t, t + dt)``: count, last and largest ``S``, peak velocity
-    ``S / dt`` and the step ``t`` where it peaks; ``verdict`` marks the ``dt`` the verdict's
-    velocity uses."""
+    """Summary of the pairs ``(t, t + dt)``.
+
+    Attributes:
+        dt: the spacing in steps.
+        pairs: how many stored pairs ``(t, t + dt)`` there are.
+        final: ``S`` of the last pair.
+        max: the largest ``S`` of the pairs.
+        peak_velocity: the largest ``S / dt`` (per step).
+        peak_step: the step ``t`` where it peaks.
+        verdict: whether this ``dt`` is the one the verdict's velocity uses.
+    """
 
     dt: int
     pairs: int

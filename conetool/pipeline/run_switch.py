@@ -57,12 +57,28 @@ __all__ = ["SwitchOptions", "SwitchResult", "parse_at", "switch"]
 
 @dataclass(frozen=True)
 class SwitchResult:
-    """A whole sweep: the points in order of ``at``, the standard model at T (``reference``:
-    step, test_acc, test_loss, source; or None), the files written (``kept``: those of them left
-    as they were, switch.png when it already held the figure), ``notes`` (information:
-    options taken from the store, the checkpoint listing's (torch.save files, copies not
-    read, ...), momentum starting at zero where no optimizer state was
-    saved, the standard run that ``reference="train"`` trains), and ``warnings`` (a possible
+    """A whole sweep.
+
+    Attributes:
+        store: the store directory the sweep wrote into.
+        until: T, the step every point is trained to.
+        points: one :class:`~conetool.pipeline.switch_finished_points.SwitchPoint` per step of
+            ``at``, ascending.
+        reference: the standard model at T, ``{"step": T, "test_acc": ..., "test_loss": ...,
+            "source": ...}``: ``test_acc`` a fraction in ``[0, 1]``, ``test_loss`` the mean
+            cross-entropy on the test split, ``source`` ``"checkpoint"`` (the run's checkpoint
+            of T) or ``"trained from step s"`` (``reference="train"``). ``None`` when the run
+            has no checkpoint of T and ``reference="checkpoint"``, and on torchrun ranks other
+            than 0.
+        files: the files the sweep wrote, ``switch/results.csv``, ``switch/results.json`` and
+            ``switch/switch.png`` in the store (every finished point of the spec and T);
+            ``[]`` on torchrun ranks other than 0.
+        kept: those of ``files`` left as they were, switch.png when it already held the figure.
+        notes, warnings: what the sweep said, each message once (below).
+
+    ``notes`` (information: options taken from the store, the checkpoint listing's (torch.save
+    files, copies not read, ...), momentum starting at zero where no optimizer state was saved,
+    the standard run that ``reference="train"`` trains), and ``warnings`` (a possible
     loss or a guess to check: what in the spec's recipe trains badly; what the checkpoint
     listing says of the run, as ``kernels`` says it (an EMA beside the state dict read, steps
     that may be Unix times, ...); checkpoints not written by

@@ -23,9 +23,23 @@ from .switch_momentum_source import source_changed
 
 @dataclass(frozen=True)
 class SwitchPoint:
-    """The linearized continuation from step ``at`` to ``until``: its final test and train
-    metrics, where momentum came from ("saved" optimizer state or "fresh"), the metrics rows along
-    the way, and whether it was computed now or reused from the store."""
+    """The linearized continuation from step ``at`` to ``until``.
+
+    Attributes:
+        at: t, the step of the checkpoint the linearized model starts from.
+        until: T, the step it is trained to.
+        test_acc, test_loss: the linearized model's accuracy (a fraction in ``[0, 1]``) and mean
+            cross-entropy on the test split at T.
+        train_acc, train_loss: the same on the training batches, averaged over the steps since
+            the metrics row before T's (the last row that trained a step); NaN when no step was
+            trained (``at == until``).
+        momentum: where the optimizer's momentum came from: ``"saved"`` (the optimizer state
+            saved beside the checkpoint) or ``"fresh"`` (starting at zero).
+        seconds: wall-clock seconds the point's training took (a reused point: when it was
+            computed), rounded to 0.001.
+        rows: the metrics rows along the way (as :attr:`conetool.TrainResult.metrics`).
+        reused: read back from the store (same spec, T and checkpoint), not computed now.
+    """
 
     at: int
     until: int
