@@ -27,7 +27,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from conetool.choices import int_argument
+from conetool.device import resolve_device
 from conetool.errors import ConetoolError
+from conetool.units import parse_memory
 
 __all__ = [
     "DEFAULT_MAX_MEMORY",
@@ -41,6 +44,7 @@ __all__ = [
     "distance_matrix",
     "distance_to_reference",
     "kernel_distance",
+    "memory_budget",
     "spacings",
     "step_index",
     "velocity_dt",
@@ -173,22 +177,41 @@ def kernel_distance(h1: torch.Tensor | np.ndarray, h2: torch.Tensor | np.ndarray
 # --------------------------------------------------------------------------- the S matrix
 
 
-def block_size_for(kernel_numel: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
-    """Number of kernels per block so that :func:`distance_matrix` stays within ``max_memory``.
+def memory_budget(max_memory: int | str | None) -> int:
+    """``max_memory`` in bytes as :func:`distance_matrix` takes it: ``None`` or ``"auto"`` ->
+    :data:`DEFAULT_MAX_MEMORY`; else a whole number of bytes or text like ``"1GiB"``, as
+    ``--max-memory`` takes it (:func:`conetool.units.parse_memory`).
+
+    Raises:
+        GeometryError: anything else (``"1 gigs"``, ``0``, ``1.5``), naming ``max_memory`` and
+            what to pass.
+    """
+    if max_memory is None or (isinstance(max_memory, str) and max_memory.strip().lower() == "auto"):
+        return DEFAULT_MAX_MEMORY
+    try:
+        return parse_memory(max_memory, "max_memory")
+    except ConetoolError as exc:
+        raise GeometryError(str(exc)) from exc
+
+
+def block_size_for(kernel_numel: int, max_memory: int | str = DEFAULT_MAX_MEMORY) -> int:
+    """Number of kernels per block so that :func:`distance_matrix` stays within ``max_memory``
+    (bytes, or text like ``"1GiB"``: :func:`memory_budget`).
 
     The budget covers two float64 blocks of flattened kernels (``2 * b * numel * 8`` bytes) plus
     one kernel as the loader returns it (counted as float64, ``numel * 8``). The ``(K, K)``
     result and the loader's own caches are not counted.
 
     Raises:
-        GeometryError: ``max_memory`` cannot hold even one kernel per block.
+        GeometryError: ``max_memory`` is no memory size, or cannot hold even one kernel per block.
     """
+    budget = memory_budget(max_memory)
     per_kernel = kernel_numel * _FLOAT64_BYTES
-    size = (int(max_memory) - per_kernel) // (2 * per_kernel)
+    size = (budget - per_kernel) // (2 * per_kernel)
     if size < 1:
         need = 3 * per_kernel
         raise GeometryError(
-            f"max_memory={int(max_memory)} bytes is too small for kernels of {kernel_numel} "
+            f"max_memory={budget} bytes is too small for kernels of {kernel_numel} "
             f"entries: the S matrix needs at least {need} bytes ({need / 2**20:.1f} MiB: two "
             "float64 kernels plus one being loaded). Raise max_memory (`--max-memory`)."
         )
@@ -200,7 +223,7 @@ def distance_matrix(
     count: int,
     *,
     block_size: int | None = None,
-    max_memory: int | None = None,
+    max_memory: int | str | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
@@ -215,13 +238,16 @@ def distance_matrix(
 
     Args:
         load: ``load(i) -> kernel`` (a tensor or array of any shape and float dtype; all the
-            same shape). Called in no particular order, possibly more than once per index.
-        count: ``K``, the number of kernels.
-        block_size: kernels per block; by default the largest that fits ``max_memory``
-            (see :func:`block_size_for`).
-        max_memory: memory budget in bytes for the two blocks and one loaded kernel; default
+            same shape). Called in no particular order, possibly more than once per index. For
+            kernels already in a list, pass ``kernels.__getitem__``.
+        count: ``K``, the number of kernels (an int).
+        block_size: kernels per block (an int); by default the largest that fits
+            ``max_memory`` (see :func:`block_size_for`).
+        max_memory: memory budget for the two blocks and one loaded kernel, in bytes or as
+            text like ``"1GiB"`` (as ``--max-memory`` takes it); ``None`` or ``"auto"``:
             :data:`DEFAULT_MAX_MEMORY` (1 GiB). Ignored when ``block_size`` is given.
-        device: where the float64 blocks live and the products run (``"cpu"``, ``"cuda"``).
+        device: where the float64 blocks live and the products run: ``"cpu"``, ``"cuda"``,
+            ``"cuda:k"``, ``"auto"`` (CUDA when present) or a ``torch.device``.
         progress: called as ``progress(loaded, total)`` after each kernel load, ``total`` being
             the number of loads the whole computation makes.
 
@@ -233,19 +259,42 @@ def distance_matrix(
     Raises:
         KernelError: a kernel is all zeros or non-finite, or its shape differs from kernel 0
             (``.index`` names it).
-        GeometryError: ``count < 1``, ``block_size < 1``, or ``max_memory`` too small.
+        GeometryError: ``load`` or ``progress`` is not callable, ``count`` or ``block_size``
+            is no int or below 1, ``max_memory`` is no memory size or too small, or ``device``
+            is no device this machine has (``"cuda"`` without CUDA); the message names the
+            argument and what to pass.
     """
+    if not callable(load):
+        raise GeometryError(
+            f"load={type(load).__name__} is not callable: pass a function load(i) -> kernel, "
+            "e.g. kernels.__getitem__ for a list of kernels."
+        )
+    if progress is not None and not callable(progress):
+        raise GeometryError(
+            f"progress={progress!r} is not callable: pass a function progress(loaded, total), "
+            "or None."
+        )
+    count = _int_argument(count, "count")
     if count < 1:
         raise GeometryError(f"distance_matrix needs at least one kernel, got count={count}.")
-    if block_size is not None and block_size < 1:
-        raise GeometryError(f"block_size must be a positive integer, got {block_size}.")
-    device = torch.device(device)
+    if block_size is not None:
+        block_size = _int_argument(block_size, "block_size")
+        if block_size < 1:
+            raise GeometryError(f"block_size must be a positive integer, got {block_size}.")
+    budget = memory_budget(max_memory) if block_size is None else None
+    try:
+        # a torch.device is checked as its name is: torch.device("cuda") on a machine without
+        device = resolve_device(
+            str(device) if isinstance(device, torch.device) else device, argument="device"
+        )
+    except ConetoolError as exc:
+        raise GeometryError(str(exc)) from exc
 
     first = _as_tensor(load(0))
     shape = tuple(first.shape)
     numel = first.numel()
     if block_size is None:
-        budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+        assert budget is not None
         block_size = block_size_for(numel, budget)
     b = min(block_size, count)
     blocks = [range(start, min(start + b, count)) for start in range(0, count, b)]
@@ -304,6 +353,17 @@ def distance_matrix(
             held, other = other, held
             rows = cols
     return _gram_to_distance(gram)
+
+
+def _int_argument(value: object, name: str) -> int:
+    """``value`` as an int (an int or numpy integer); else a :class:`GeometryError` naming
+    ``name`` and the int to pass (``count=3.0``: pass ``count=3``)."""
+    try:
+        checked = int_argument(value, name)
+    except ConetoolError as exc:
+        raise GeometryError(str(exc)) from exc
+    assert checked is not None
+    return checked
 
 
 def _rescaled_norm(target: torch.Tensor) -> float:

@@ -90,13 +90,35 @@ def one_hot(labels: np.ndarray, num_classes: int, name: str = "labels") -> np.nd
 
 def as_matrix(kernel: np.ndarray) -> np.ndarray:
     """The kernel as a square float64 matrix: ``(n, n)`` as it is, ``(n, c, n, c)`` reshaped to
-    ``(n c, n c)``, symmetrised (it is symmetric up to rounding)."""
-    k = np.asarray(kernel, dtype=np.float64)
+    ``(n c, n c)``, symmetrised (it is symmetric up to rounding).
+
+    Raises:
+        GeometryError: any other shape (a cross kernel ``(n, m)``, ``(n, c, m, c)``), or no
+            array of real numbers; the message names ``kernel`` and what to pass.
+    """
+    try:
+        k = np.asarray(kernel, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        from .geometry import GeometryError  # imports torch: only on this error
+
+        raise GeometryError(
+            f"kernel={type(kernel).__name__} is not an array of real numbers ({exc}). Pass the "
+            "(n, n) or (n, c, n, c) kernel as a numpy array or a CPU tensor (Store.load_kernel)."
+        ) from exc
+    shape = k.shape
+    square = (k.ndim == 2 and shape[0] == shape[1]) or (k.ndim == 4 and shape[:2] == shape[2:])
+    if not square:
+        from .geometry import GeometryError  # imports torch: only on this error
+
+        raise GeometryError(
+            f"kernel has shape {shape}, but a kernel here is the square (n, n) of the trace or "
+            "sum kind or (n, c, n, c) of the full kind: the kernel of the probe set with itself. "
+            "A cross kernel (n, m) of two example sets has no spectrum; pass the probe kernel "
+            "(Store.load_kernel(step))."
+        )
     if k.ndim == 4:
-        n, c = k.shape[0], k.shape[1]
+        n, c = shape[0], shape[1]
         k = k.reshape(n * c, n * c)
-    if k.ndim != 2 or k.shape[0] != k.shape[1]:
-        raise ValueError(f"a kernel is (n, n) or (n, c, n, c), got shape {k.shape}")
     return (k + k.T) / 2.0
 
 
@@ -106,7 +128,12 @@ def _target(y: np.ndarray, size: int) -> np.ndarray:
         return y
     if y.size == size:
         return y.reshape(size, 1)
-    raise ValueError(f"labels of shape {y.shape} do not match a kernel with {size} rows")
+    from .geometry import GeometryError  # imports torch: only on this error
+
+    raise GeometryError(
+        f"labels of shape {y.shape} do not match a kernel with {size} rows: pass one label per "
+        "probe example, in the kernel's order (the probe set's labels)."
+    )
 
 
 def _center(m: np.ndarray) -> np.ndarray:
@@ -161,6 +188,10 @@ def spectrum_point(
         labels: ``(n,)`` integer classes of the probe examples.
         num_classes: ``c``.
         top_k: how many eigenvalues (and eigenvectors, for the label energy) to keep.
+
+    Raises:
+        GeometryError: a kernel that is not square (``(n, m)``), labels that are not one per
+            example or not whole numbers in ``[0, num_classes)``.
     """
     k = as_matrix(kernel)
     given = np.asarray(kernel).dtype

@@ -68,7 +68,7 @@ from . import ntk_schedule
 from .attention import composite_attention
 from .choices import Dtype, Kind, Method, choice
 from .device import resolve_device
-from .errors import ConetoolError, MemoryBudgetError
+from .errors import ConetoolError, MemoryBudgetError, ModelError
 from .heap import kept_freed_memory
 from .library_call import library_call
 from .ntk_checks import (
@@ -118,6 +118,24 @@ _CUDA_FRACTION = 0.8
 # Off the CPU auto always takes the structured engine (the GPU tuning's auto_structured, with its
 # measurement: conetool.ntk_tuning).
 _AUTO_KRON_SHARE = 0.5
+
+
+def _refuse_meta_weights(model: nn.Module) -> None:
+    """A :class:`ModelError` naming the first parameter or buffer of ``model`` on the meta device
+    (shapes without values: a model built under ``torch.device("meta")``), and how to give it
+    weights; nothing for a model whose tensors all hold values."""
+    for what, tensors in (
+        ("parameter", model.named_parameters()),
+        ("buffer", model.named_buffers()),
+    ):
+        for name, tensor in tensors:
+            if tensor.is_meta:
+                raise ModelError(
+                    f"the model's {what} '{name}' is on the meta device (a shape without values: "
+                    "a model built under torch.device('meta') or with device='meta'), but the "
+                    "eNTK needs its weights. Give it values first: model.to_empty(device='cpu') "
+                    "then model.load_state_dict(weights), or build it on 'cpu'."
+                )
 
 
 @library_call
@@ -186,10 +204,12 @@ def empirical_ntk(
             of trainable parameters times 1.2e-38, float32's smallest normal number: it is made of
             subnormal products, which keep fewer digits (:mod:`conetool.ntk_range`).
         ModelError: inputs the model cannot take (``x1`` of shape ``(3, 5)`` for an
-            ``nn.Linear(2, 2)``), naming their shape and what its forward pass of one raised.
+            ``nn.Linear(2, 2)``), naming their shape and what its forward pass of one raised;
+            a parameter or buffer on the meta device (no weights), naming it.
         ConetoolError: an unknown ``kind`` or ``dtype`` name, a ``dtype`` that is not a
             floating-point one, a ``model`` that is no ``nn.Module``, inputs that are no tensors
-            (a numpy array: ``torch.as_tensor`` it), a ``memo`` that is no ``EngineMemo``, a model
+            (a numpy array: ``torch.as_tensor`` it) or meta tensors (no values), a ``memo`` that
+            is no ``EngineMemo``, a model
             without trainable parameters, ``x2`` whose examples do not have ``x1``'s shape, or
             examples that interact (see :func:`check_per_example`).
 
@@ -237,6 +257,14 @@ def empirical_ntk(
                 f"empirical_ntk needs {name} as a torch.Tensor, got {type(given).__name__}. Pass "
                 f"torch.as_tensor({name}) (examples along the first dimension)."
             )
+    for name, given in (("x1", x1), ("x2", x2)):
+        if isinstance(given, Tensor) and given.is_meta:
+            raise ConetoolError(
+                f"{name} is a meta tensor (shape {tuple(given.shape)}, no values), but the eNTK "
+                f"needs the examples' values. Pass {name} as a tensor with data, on 'cpu' or "
+                "'cuda' (not made with device='meta')."
+            )
+    _refuse_meta_weights(model)
     if not isinstance(x1, Tensor) or x1.dim() < 1 or x1.shape[0] < 1:
         raise ConetoolError("empirical_ntk needs inputs of shape (n, ...) with n >= 1 examples.")
     if x2 is not None:

@@ -34,15 +34,16 @@ _SIZE = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*
 _BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
 
 
-def parse_memory(value: float | str) -> int:
+def parse_memory(value: float | str, argument: str = "--max-memory") -> int:
     """A memory size in bytes from ``--max-memory``: a whole number of bytes (an int, a float
     such as ``2e9``, a numpy number; ``1.5`` is refused: bytes, or a slip for ``"1.5GiB"``?), or a
     string like ``"4GiB"``.
 
     Units (case-insensitive): none or ``B`` for bytes; ``KiB/MiB/GiB/TiB`` and the single letters
     ``K/M/G/T`` are powers of 1024; ``KB/MB/GB/TB`` are powers of 1000. Fractions are allowed
-    (``"1.5GiB"``). Raises :class:`~conetool.errors.MemoryBudgetError` naming ``--max-memory`` on
-    anything else.
+    (``"1.5GiB"``). Raises :class:`~conetool.errors.MemoryBudgetError` naming ``argument`` on
+    anything else: the flag (``--max-memory 4GiB``) or a Python argument (``"max_memory"``:
+    ``max_memory='4GiB'``).
 
     >>> parse_memory("4GiB"), parse_memory("500MB"), parse_memory("2G"), parse_memory(1024)
     (4294967296, 500000000, 2147483648, 1024)
@@ -50,28 +51,34 @@ def parse_memory(value: float | str) -> int:
     (2000000000, 2000000000)
     """
     if isinstance(value, bool):
-        raise MemoryBudgetError(_memory_syntax_message(value))
+        raise MemoryBudgetError(_memory_syntax_message(value, argument))
     if isinstance(value, numbers.Real):  # an int, a float (2e9) or a numpy number of bytes
         if not math.isfinite(value) or value <= 0 or not float(value).is_integer():
-            raise MemoryBudgetError(_memory_syntax_message(value))
+            raise MemoryBudgetError(_memory_syntax_message(value, argument))
         return int(value)
     if not isinstance(value, str):
-        raise MemoryBudgetError(_memory_syntax_message(value))
+        raise MemoryBudgetError(_memory_syntax_message(value, argument))
     match = _SIZE.match(value)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
-        raise MemoryBudgetError(_memory_syntax_message(value))
+        raise MemoryBudgetError(_memory_syntax_message(value, argument))
     number = float(match.group(1)) * _UNITS[unit]
     whole = unit not in ("", "b") or number.is_integer()  # no fraction of a byte, as for 1.5
     if not math.isfinite(number) or not whole or int(number) <= 0:
-        raise MemoryBudgetError(_memory_syntax_message(value))
+        raise MemoryBudgetError(_memory_syntax_message(value, argument))
     return int(number)
 
 
-def _memory_syntax_message(value: object) -> str:
+def _memory_syntax_message(value: object, argument: str = "--max-memory") -> str:
+    if not argument.startswith("-"):
+        return (
+            f"{argument}={value!r} is not a memory size. Pass a positive whole number of bytes or "
+            f"text with a unit, e.g. {argument}='4GiB', '500MB', '2G' or 1073741824 (bytes); "
+            "KiB/MiB/GiB and K/M/G are powers of 1024, KB/MB/GB powers of 1000."
+        )
     return (
-        f"--max-memory {value!r} is not a memory size. Write a positive number with an optional "
-        "unit, e.g. --max-memory 4GiB, 500MB, 2G or 1073741824 (bytes); KiB/MiB/GiB and K/M/G are "
+        f"{argument} {value!r} is not a memory size. Write a positive number with an optional "
+        f"unit, e.g. {argument} 4GiB, 500MB, 2G or 1073741824 (bytes); KiB/MiB/GiB and K/M/G are "
         "powers of 1024, KB/MB/GB powers of 1000."
     )
 

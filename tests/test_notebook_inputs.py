@@ -16,7 +16,7 @@ from tiny_run import run_fixtures
 from torch import nn
 
 import conetool
-from conetool.geometry import GeometryError, kernel_distance
+from conetool.geometry import GeometryError, block_size_for, distance_matrix, kernel_distance
 from conetool.kernel_regression import kernel_regression
 from conetool.kernel_spectrum import spectrum_point
 
@@ -195,3 +195,84 @@ def test_a_file_of_the_run_that_is_no_checkpoint_is_named(run: Path) -> None:
     message = str(info.value)
     assert f"'{run / 'metrics.csv'}' is not a checkpoint" in message, message
     assert f"Pass the directory of the checkpoints ('{run}')" in message, message
+
+
+def _kernels() -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [torch.randn(4, 4) + 4 * torch.eye(4) for _ in range(3)]
+
+
+def test_distance_matrix_on_cuda_without_it_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kernels = _kernels()
+    for device in ("cuda", torch.device("cuda")):
+        with pytest.raises(GeometryError, match=r"device='cuda' asks for CUDA.*device='cpu'"):
+            distance_matrix(kernels.__getitem__, 3, device=device)
+    with pytest.raises(GeometryError, match=r"device='gpu' is not a device"):
+        distance_matrix(kernels.__getitem__, 3, device="gpu")
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"count": 3.0}, r"count=3\.0 is a float, not an int: pass count=3\."),
+        ({"count": "3"}, r"count='3' is a str, not an int: pass count=3\."),
+        ({"count": 3, "block_size": 2.0}, r"block_size=2\.0 is a float.*pass block_size=2\."),
+        ({"count": 3, "max_memory": "1 gigs"}, r"max_memory='1 gigs' is not a memory size"),
+        ({"count": 3, "max_memory": 0}, r"max_memory=0 is not a memory size"),
+    ],
+)
+def test_distance_matrix_names_a_count_or_budget_of_the_wrong_type(
+    given: dict[str, Any], said: str
+) -> None:
+    kernels = _kernels()
+    with pytest.raises(GeometryError, match=said):
+        distance_matrix(kernels.__getitem__, **given)
+
+
+def test_distance_matrix_takes_max_memory_as_the_command_line_does() -> None:
+    kernels = _kernels()
+    expected = distance_matrix(kernels.__getitem__, 3)
+    for budget in ("1GiB", "auto", "2e9", 2**20):
+        np.testing.assert_array_equal(
+            distance_matrix(kernels.__getitem__, 3, max_memory=budget), expected
+        )
+    assert block_size_for(16, "1KiB") == block_size_for(16, 1024) == 3
+    with pytest.raises(GeometryError, match="max_memory=240 bytes is too small"):
+        distance_matrix(kernels.__getitem__, 3, max_memory="240B")
+
+
+def test_distance_matrix_of_a_list_says_to_pass_its_getitem() -> None:
+    kernels = _kernels()
+    with pytest.raises(GeometryError, match=r"load=list is not callable.*__getitem__"):
+        distance_matrix(kernels, 3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4, 4, 2), (4, 2, 3, 2)])
+def test_spectrum_point_of_a_kernel_that_is_not_square_is_named(shape: tuple[int, ...]) -> None:
+    with pytest.raises(GeometryError, match=r"kernel has shape .* cross kernel"):
+        spectrum_point(np.ones(shape), np.array([0, 1, 0, 1]), 2)
+
+
+def test_spectrum_point_with_labels_not_one_per_example_is_named() -> None:
+    with pytest.raises(GeometryError, match=r"labels of shape .* one label per probe example"):
+        spectrum_point(np.eye(4), np.array([0, 1, 0]), 2)
+
+
+def test_empirical_ntk_of_meta_inputs_is_named() -> None:
+    model = _mlp()
+    with pytest.raises(conetool.ConetoolError, match=r"x1 is a meta tensor"):
+        conetool.empirical_ntk(model, torch.empty(5, 4, device="meta"), device="cpu")
+    with pytest.raises(conetool.ConetoolError, match=r"x2 is a meta tensor"):
+        conetool.empirical_ntk(
+            model, torch.randn(5, 4), torch.empty(2, 4, device="meta"), device="cpu"
+        )
+
+
+def test_empirical_ntk_of_a_model_on_the_meta_device_says_to_give_it_weights() -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    with pytest.raises(
+        conetool.ModelError, match=r"parameter '0\.weight' is on the meta.*to_empty"
+    ):
+        conetool.empirical_ntk(model, torch.randn(5, 4), device="cpu")
