@@ -16,6 +16,7 @@ from tiny_run import run_fixtures
 from torch import nn
 
 import conetool
+from conetool import paths
 from conetool.geometry import GeometryError, block_size_for, distance_matrix, kernel_distance
 from conetool.kernel_regression import kernel_regression
 from conetool.kernel_spectrum import spectrum_point
@@ -195,6 +196,41 @@ def test_a_file_of_the_run_that_is_no_checkpoint_is_named(run: Path) -> None:
     message = str(info.value)
     assert f"'{run / 'metrics.csv'}' is not a checkpoint" in message, message
     assert f"Pass the directory of the checkpoints ('{run}')" in message, message
+
+
+def test_an_optimizer_state_given_as_the_checkpoint_says_which_file_to_pass(
+    run: Path, tmp_path: Path
+) -> None:
+    """inspect(run / 'step_000005.optim.safetensors') listed it as an 'ok' checkpoint of step 5
+    (its momentum buffers as the model's weights), and kernels(it, spec=...) read it as one."""
+    state = paths.optimizer_state(run, 5)
+    beside = f"Pass the checkpoint beside it ('{paths.checkpoint(run, 5)}') or the run's directory"
+    calls = {
+        "inspect": lambda: conetool.inspect(state),
+        "inspect with a spec": lambda: conetool.inspect(state, spec=paths.spec(run)),
+        "kernels": lambda: conetool.kernels(state, store=tmp_path / "store", device="cpu"),
+        "kernels with a spec": lambda: conetool.kernels(
+            state, spec=paths.spec(run), store=tmp_path / "store", device="cpu"
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(conetool.CheckpointError) as info:
+            call()
+        message = str(info.value)
+        assert f"'{state}' is an optimizer state" in message, (name, message)
+        assert beside in message, (name, message)
+    assert not (tmp_path / "store").exists()
+    paths.checkpoint(run, 5).unlink()  # no checkpoint beside it: the run's directory
+    with pytest.raises(conetool.CheckpointError, match=r"Pass the run's directory \('"):
+        conetool.inspect(state)
+
+
+def test_a_trainers_optimizer_state_says_to_pass_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "checkpoint-200"
+    folder.mkdir(parents=True)
+    torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
+    with pytest.raises(conetool.CheckpointError, match=r"Pass the checkpoint folder \('"):
+        conetool.inspect(folder / "optimizer.pt")
 
 
 def _kernels() -> list[torch.Tensor]:
