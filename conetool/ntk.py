@@ -209,9 +209,9 @@ def empirical_ntk(
         ConetoolError: an unknown ``kind`` or ``dtype`` name, a ``dtype`` that is not a
             floating-point one, a ``model`` that is no ``nn.Module``, inputs that are no tensors
             (a numpy array: ``torch.as_tensor`` it) or meta tensors (no values), a ``memo`` that
-            is no ``EngineMemo``, a model
-            without trainable parameters, ``x2`` whose examples do not have ``x1``'s shape, or
-            examples that interact (see :func:`check_per_example`).
+            is no ``EngineMemo``, a model without trainable parameters, ``x2`` whose examples
+            do not have ``x1``'s shape, or examples that interact (see
+            :func:`check_per_example`).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
