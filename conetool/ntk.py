@@ -76,7 +76,7 @@ from .ntk_checks import (
     check_modules,
     check_per_example,
     eval_mode,
-    logits_of,
+    logits_of_batch,
     perturbed,
 )
 from .ntk_failures import FORWARD_ERRORS, explained, input_refused
@@ -330,7 +330,8 @@ def empirical_ntk(
             # A forward that returns its logits inside an object (a dict's "logits", a Hugging
             # Face ModelOutput, a dataclass's .logits) is read for them here: the caller's model
             # is left as it is.
-            return logits_of(functional_call(model, (p, consts), (batch.clone(),)))
+            # It must hold one row of floating-point logits per example (logits_of_batch).
+            return logits_of_batch(functional_call(model, (p, consts), (batch.clone(),)), batch)
 
         key = signature(model, x, n2, kind, method, device, dtype) if memo is not None else None
         learned = memo.find(key) if memo is not None and key is not None else None
@@ -446,7 +447,7 @@ def _compute(
     if independence and not later:
         _check_independence(forward, params, x, structured)
     if source is None:
-        source = JacobianRows(forward, params, x, kind)
+        source = JacobianRows(forward, params, x, kind, model)
     dtype = next(iter(params.values())).dtype
 
     def computed() -> Tensor:

@@ -19,6 +19,7 @@ __all__ = [
     "check_per_example",
     "eval_mode",
     "logits_of",
+    "logits_of_batch",
     "perturbed",
 ]
 
@@ -69,6 +70,35 @@ def logits_of(out: object) -> Tensor:
         "returns them keeps the parameters' names: class Net(MyNet): def forward(self, x): "
         "return super().forward(x)[0])."
     )
+
+
+def logits_of_batch(out: object, batch: Tensor) -> Tensor:
+    """:func:`logits_of` ``out``, the output of a forward pass of ``batch`` ``(m, *shape)``,
+    checked to be what the eNTK is defined on: floating-point outputs ``(m, ...)``, the examples
+    along the first dimension (the engines flatten the rest into the ``c`` logits).
+
+    Raises:
+        ModelError: an output without the batch dimension (a scalar such as a loss, or a tensor
+            whose first dimension is not ``m``), or integer or boolean outputs (predicted classes
+            from ``argmax``), whose eNTK is not defined: naming what was returned and the fix.
+    """
+    logits = logits_of(out)
+    m = batch.shape[0]
+    if logits.dim() == 0 or logits.shape[0] != m:
+        raise ModelError(
+            f"the model's forward maps a batch of {m} example{'s' if m != 1 else ''} of shape "
+            f"{tuple(batch.shape[1:])} to an output of shape {tuple(logits.shape)}, which is not "
+            "one row of logits per example: the eNTK needs outputs (batch, c) with the examples "
+            "along the first dimension. Return the logits themselves (not a loss or another "
+            "reduction over the batch), with the batch first."
+        )
+    if not (logits.is_floating_point() or logits.is_complex()):
+        raise ModelError(
+            f"the model's forward returns {logits.dtype} outputs, which have no gradient, so its "
+            "eNTK is not defined (it would be zero). Return the logits as a floating-point "
+            "tensor (batch, c), not the predicted classes (argmax) or another integer result."
+        )
+    return logits
 
 
 def check_modules(model: nn.Module) -> None:

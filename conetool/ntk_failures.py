@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.utils.checkpoint
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import ModelError
 
@@ -92,23 +92,70 @@ def input_refused(
     return None
 
 
+#: Modules that have no working vmap rule in torch 2.14: named when an error raised in the
+#: backward pass (which no module's code is on) leaves nothing else to name.
+_NO_VMAP_RULE = (nn.PReLU, nn.RNNBase)
+_PROBABLY = "probably in "
+
+
 @contextlib.contextmanager
-def vmap_failures_named() -> Iterator[None]:
+def vmap_failures_named(model: nn.Module | None = None) -> Iterator[None]:
     """Turn an error PyTorch raises inside ``vmap`` over examples of ``vjp`` of the model into a
-    :class:`~conetool.errors.ModelError` that says what it means and what to do (running out of
-    memory stays what it is: the callers name the budget)."""
+    :class:`~conetool.errors.ModelError` that says what it means, where (:func:`failing_module`)
+    and what to do (running out of memory stays what it is: the callers name the budget)."""
     try:
         yield
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as exc:
-        raise (explained(exc) or _no_vmap_rule(exc)) from exc
+        where = failing_module(exc, model)
+        known = explained(exc)
+        probable = where.removeprefix(_PROBABLY)
+        if known is None:
+            place = "" if not where else f", {where}" if probable != where else f" in {where}"
+            raise _no_vmap_rule(exc, place) from exc
+        if where:
+            was = "was probably" if probable != where else "was"
+            raise ModelError(f"{known} It {was} raised in {probable}.") from exc
+        raise known from exc
 
 
-def _no_vmap_rule(exc: RuntimeError) -> ModelError:
+def failing_module(exc: BaseException, model: nn.Module | None = None) -> str:
+    """``module 'NAME' (Type)``, or ``the forward of the model itself (Type)``: the innermost
+    module whose code was running when ``exc`` was raised, named by its path in the outermost
+    module on the traceback (the model). An error raised in the backward pass has no module's code
+    on its traceback: then ``model``'s modules that have no working vmap rule (nn.PReLU, the
+    recurrent layers), ``probably in module 'NAME' (Type)``; else empty.
+
+    Read from the traceback's frames (their ``self``), so that naming it costs nothing until
+    something has failed.
+    """
+    modules: list[nn.Module] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and (not modules or modules[-1] is not owner):
+            modules.append(owner)
+        tb = tb.tb_next
+    if not modules:
+        suspects = [
+            f"module '{name}' ({type(module).__name__})"
+            for name, module in (model.named_modules() if model is not None else ())
+            if isinstance(module, _NO_VMAP_RULE)
+        ]
+        return f"{_PROBABLY}{' or '.join(suspects)}" if suspects else ""
+    root, innermost = modules[0], modules[-1]
+    name = next((n for n, m in root.named_modules() if m is innermost), None)
+    label = type(innermost).__name__
+    if name is None or name == "":
+        return f"the forward of the model itself ({label})" if innermost is root else f"a {label}"
+    return f"module '{name}' ({label})"
+
+
+def _no_vmap_rule(exc: RuntimeError, place: str = "") -> ModelError:
     return ModelError(
         "computing the model's per-example gradients with torch.func (vmap over examples of "
-        f"vjp) failed inside PyTorch: {_first_line(exc)}. Some PyTorch modules have no working "
+        f"vjp) failed inside PyTorch{place}: {_first_line(exc)}. Some PyTorch modules have no working "
         "vmap rule (in torch 2.14 nn.PReLU, nn.GRU and nn.LSTM among them): write such a "
         "module with plain tensor operations (nn.PReLU: torch.where(x > 0, x, a * x) with a "
         "parameter a; nn.GRU or nn.LSTM: a subclass of it whose forward loops over the time "

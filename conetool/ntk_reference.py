@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from .ntk_failures import vmap_failures_named
@@ -38,9 +38,15 @@ class JacobianRows:
     """
 
     def __init__(
-        self, forward: Callable[..., Tensor], params: dict[str, Tensor], x: Tensor, kind: str
+        self,
+        forward: Callable[..., Tensor],
+        params: dict[str, Tensor],
+        x: Tensor,
+        kind: str,
+        model: nn.Module | None = None,
     ) -> None:
         self.params = params
+        self.model = model  # named in an error torch.func raises (ntk_failures.failing_module)
         self.x = x
         self.full = kind == "full"
         self.c, self.saved, self.largest = _measure(forward, params, x[:1])
@@ -56,7 +62,7 @@ class JacobianRows:
 
     def rows(self, cot: Tensor, lo: int, hi: int) -> list[Term]:
         """Dense rows of examples ``lo:hi``: ``(b·g, p_t)`` for ``full``, else ``(b, g·p_t)``."""
-        with vmap_failures_named():
+        with vmap_failures_named(self.model):
             block = self._rows_of(self.params, self.x[lo:hi], cot)  # name -> (b, g, *shape)
         b = hi - lo
         per = cot.shape[0] if self.full else 1

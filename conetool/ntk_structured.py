@@ -388,7 +388,7 @@ class StructuredRows:
             _, pullback = cast("tuple[Tensor, Callable[..., Any]]", pair)  # no has_aux: two
             return vmap(pullback)(cot)[0]
 
-        with vmap_failures_named():
+        with vmap_failures_named(self.model):
             out = vmap(single)(batch)
         return [out[name] for name in names]
 

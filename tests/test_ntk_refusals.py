@@ -1,0 +1,120 @@
+"""Models whose eNTK is not defined or cannot be computed are refused, on every engine, with a
+message that says what the model returned or which of its modules failed, and the fix: a forward
+returning a scalar (a loss) or integer outputs (argmax), and a module without a working vmap rule
+(named by its path in the model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conetool.errors import ModelError
+from conetool.ntk import empirical_ntk
+
+METHODS = ("auto", "structured", "jacobian")
+
+
+class Summed(nn.Module):
+    """Returns the sum over the batch of its logits: a scalar, as a loss would be."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).sum()
+
+
+class Predicted(nn.Module):
+    """Returns the predicted classes (argmax), integers without a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).argmax(dim=1, keepdim=True)
+
+
+class Recurrent(nn.Module):
+    """An nn.LSTM (no working vmap rule in torch 2.14) inside a Sequential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 3))
+        self.encoder = nn.ModuleDict({"rnn": nn.LSTM(3, 4, batch_first=True)})
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder["rnn"](self.body(x))[0][:, -1])
+
+
+class Activated(nn.Module):
+    """An nn.PReLU (no working vmap rule in torch 2.14; it fails in the backward pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.blocks = nn.Sequential(nn.Identity(), nn.PReLU())
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.fc(x)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_scalar_output_is_refused_naming_its_shape(method: str) -> None:
+    with pytest.raises(ModelError) as caught:
+        empirical_ntk(Summed(), torch.randn(4, 4), device="cpu", method=method)
+    message = str(caught.value)
+    assert "to an output of shape ()" in message
+    assert "one row of logits per example" in message and "not a loss" in message
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_integer_outputs_are_refused_not_given_a_zero_kernel(method: str) -> None:
+    with pytest.raises(ModelError) as caught:
+        empirical_ntk(Predicted(), torch.randn(4, 4), device="cpu", method=method)
+    message = str(caught.value)
+    assert "torch.int64 outputs" in message and "argmax" in message
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_module_without_a_vmap_rule_is_named_by_its_path(method: str, dtype: torch.dtype) -> None:
+    # The LSTM fails in its forward in float32 (named from the traceback) and in the backward
+    # pass in float64 (named as the model's module without a vmap rule), the PReLU in the
+    # backward pass. If a later torch gives them a working vmap rule, the kernel is computed.
+    torch.manual_seed(0)
+    cases = [
+        (Recurrent(), torch.randn(4, 5, 3), "module 'encoder.rnn' (LSTM): "),
+        (Activated(), torch.randn(4, 4), ", probably in module 'blocks.1' (PReLU): "),
+    ]
+    for model, x, named in cases:
+        try:
+            empirical_ntk(model.to(dtype), x.to(dtype), device="cpu", method=method)
+        except ModelError as exc:
+            assert named in str(exc)
+            assert "torch.lstm_cell" in str(exc) and "\n" not in str(exc)
+
+
+def test_a_failure_in_the_models_own_forward_names_the_model() -> None:
+    from conetool.ntk_failures import failing_module  # here: the other tests run without it
+
+    class Own(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("no rule")
+
+    try:
+        Own()(torch.zeros(1, 2))
+    except RuntimeError as exc:
+        assert failing_module(exc) == "the forward of the model itself (Own)"
+    try:
+        raise RuntimeError("outside any module")
+    except RuntimeError as exc:
+        assert failing_module(exc) == ""
