@@ -72,6 +72,7 @@ from .errors import ConetoolError, MemoryBudgetError, ModelError
 from .heap import kept_freed_memory
 from .library_call import library_call
 from .ntk_checks import (
+    check_branches,
     check_independence,
     check_modules,
     check_per_example,
@@ -446,6 +447,8 @@ def _compute(
             source = structured
     if independence and not later:
         _check_independence(forward, params, x, structured)
+        if source is not None:  # batched passes: a branch on the batch's values changes them
+            check_branches(forward, x)
     if source is None:
         source = JacobianRows(forward, params, x, kind, model)
     dtype = next(iter(params.values())).dtype
@@ -532,6 +535,7 @@ def _computed_then_checked(
     changed = structured.check_later_found_changes()
     if independence:
         _check_independence(forward, structured.params, x, structured)
+        check_branches(forward, x)
     if changed:
         del kernel
         return computed()

@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.func import vmap
 
 from .errors import ModelError
 from .models.outputs import logits_in
 
 __all__ = [
+    "check_branches",
     "check_independence",
     "check_modules",
     "check_per_example",
@@ -159,7 +161,8 @@ def check_independence(
         drift = float((first - second).abs().max())
         if not drift <= tol:
             raise ModelError(
-                "the model's output is random in eval mode: the same two examples evaluated twice "
+                f"the model's output is random in eval mode: the same {_count(pair.shape[0])} "
+                "examples evaluated twice "
                 f"differ by up to {drift:.3g} (output scale {scale:.3g}). A functional dropout "
                 "(F.dropout(x, p) is on unless given training=self.training) or a random draw "
                 "(torch.rand, torch.randn) in the forward pass does this; make it follow the "
@@ -167,11 +170,48 @@ def check_independence(
             )
         raise ModelError(
             "the model's output for one example depends on the other examples in the batch: in "
-            f"eval mode, two examples evaluated together differ from the same examples evaluated "
+            f"eval mode, {_count(pair.shape[0])} examples evaluated together differ from the same "
+            "examples evaluated "
             f"one at a time by up to {diff:.3g} (output scale {scale:.3g}). The eNTK is defined per "
-            "example; remove the batch dependency (batch statistics, batch-wise normalization or "
-            "attention across the batch) from the model's eval-mode forward pass."
+            "example; remove the batch dependency (batch statistics, batch-wise normalization, "
+            "attention across the batch, or a branch on values of the whole batch such as "
+            "if x.max() > 1: ...) from the model's eval-mode forward pass."
         )
+
+
+#: Examples per batched pass of :func:`check_branches` (its memory, not its result).
+BRANCH_CHUNK = 64
+
+
+def check_branches(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
+    """Every example of ``x`` ``(n, ...)``, evaluated in batches as the structured engine does,
+    must give its output evaluated alone, when the forward pass branches on tensor values.
+
+    A branch on values of the whole batch (``if x.sum() > 0:``, ``if x.max() > 1: x = x / 255``)
+    is a batch dependency that :func:`check_independence` sees only when its two examples happen
+    to take different branches; the structured engine's batched passes would silently give the
+    kernel of another function. Such a forward pass cannot be ``vmap``-ed (torch.func refuses
+    data-dependent control flow), so one ``vmap`` of the forward pass over ``x[:2]`` tells, at the
+    cost of one small pass, whether the slow check is needed: only then is every example run alone
+    and compared with batches of up to :data:`BRANCH_CHUNK` (``n`` more forward passes, once per
+    run).
+
+    Raises:
+        ModelError: an example's output evaluated in a batch differs from its output alone.
+    """
+    try:
+        vmap(lambda example: forward(example.unsqueeze(0)))(x[:2])
+        return
+    except Exception:  # any failure: the forward pass is not plain tensor code
+        pass
+    for lo in range(0, x.shape[0], BRANCH_CHUNK):
+        batch = x[lo : lo + BRANCH_CHUNK]
+        if batch.shape[0] >= 2:
+            check_independence(forward, batch)
+
+
+def _count(k: int) -> str:
+    return "two" if k == 2 else str(k)
 
 
 def perturbed(params: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+# tests/ has no __init__.py, so pytest's default ("prepend") import mode puts it on sys.path.
+from test_ntk import reference, rel
 from torch import nn
 
 from conetool.errors import ModelError
@@ -61,6 +64,61 @@ class Activated(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.fc(x)))
+
+
+class SignOfTheBatch(nn.Module):
+    """Branches on a value of the whole batch: every example's sign follows the batch's sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+class GuardedInput(nn.Module):
+    """Branches on the whole batch too, but every batch takes the same branch (a guard)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("non-finite input")
+        return self.head(torch.tanh(self.fc(x)))
+
+
+def _signed_inputs() -> torch.Tensor:
+    """Six examples: the first two (what the pair check sees) and their sum positive, the
+    fourth negative, so that a batch's sum and an example's differ in sign only beyond the pair."""
+    torch.manual_seed(0)
+    x = torch.rand(6, 4, dtype=torch.float64)  # every example's sum positive
+    x[3] = -x[3]
+    assert float(x[3].sum()) < 0 < float(x[:2].sum(1).min()) and float(x.sum()) > 0
+    return x
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_branch_on_the_whole_batch_is_refused_not_computed_batched(method: str) -> None:
+    # The structured engine's batched passes took the batch's branch for every example (a
+    # kernel 72% off the per-example one); torch.func (the reference) cannot vmap the branch.
+    with pytest.raises(ModelError) as caught:
+        empirical_ntk(SignOfTheBatch().double(), _signed_inputs(), device="cpu", method=method)
+    if method != "jacobian":
+        assert "depends on the other examples in the batch" in str(caught.value)
+        assert "a branch on values of the whole batch" in str(caught.value)
+
+
+@pytest.mark.parametrize("method", ["auto", "structured"])
+def test_a_branch_every_batch_takes_alike_gives_the_exact_kernel(method: str) -> None:
+    torch.manual_seed(0)
+    model = GuardedInput().double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    got = empirical_ntk(model, x, device="cpu", method=method)
+    assert rel(got, reference(model, x, "trace")) < 1e-12
 
 
 @pytest.mark.parametrize("method", METHODS)
