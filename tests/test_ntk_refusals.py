@@ -112,6 +112,19 @@ def test_a_branch_on_the_whole_batch_is_refused_not_computed_batched(method: str
         assert "a branch on values of the whole batch" in str(caught.value)
 
 
+def test_a_branch_on_the_whole_batch_is_refused_where_the_check_comes_after_the_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Off the CPU the structured set-up's check runs after the blocks: the branch check with it.
+    from conetool import ntk
+
+    monkeypatch.setattr(ntk, "_checks_later", lambda device: True)
+    with pytest.raises(ModelError, match="a branch on values of the whole batch"):
+        empirical_ntk(
+            SignOfTheBatch().double(), _signed_inputs(), device="cpu", method="structured"
+        )
+
+
 @pytest.mark.parametrize("method", ["auto", "structured"])
 def test_a_branch_every_batch_takes_alike_gives_the_exact_kernel(method: str) -> None:
     torch.manual_seed(0)
