@@ -506,19 +506,25 @@ def velocity_dt(steps: Sequence[int]) -> int | None:
     """The ``dt`` whose adjacent pairs best cover the run: the default ``dt`` of the velocity.
 
     Among the consecutive spacings of ``steps``, the one whose pairs ``(t, t + dt)`` (both
-    stored) span the longest range of steps, from the first pair's ``t`` to the last pair's
-    ``t + dt``; ties go to the smaller ``dt``. With checkpoints every 100 steps plus extra early
-    ones (``save_at``) this is 100, not the early spacing. ``None`` with fewer than two steps.
+    stored) cover the most steps: the total length of the union of the intervals
+    ``[t, t + dt]``, so that a spacing found only once at the start and once at the end (a run
+    thinned to every other checkpoint: ``(0, 100)`` and ``(4900, 5000)`` among pairs 200 apart)
+    does not count as covering what lies between; ties go to the smaller ``dt``. With
+    checkpoints every 100 steps plus extra early ones (``save_at``) this is 100, not the early
+    spacing. ``None`` with fewer than two steps.
     """
     arr = check_steps(steps)
     if arr.size < 2:
         return None
     stored = set(arr.tolist())
-    best: tuple[int, int] | None = None  # (-span, dt)
+    best: tuple[int, int] | None = None  # (-covered, dt)
     for dt in Counter(np.diff(arr).tolist()):
-        starts = [t for t in arr.tolist() if t + dt in stored]
-        span = starts[-1] + dt - starts[0]
-        key = (-span, dt)
+        covered, end = 0, None
+        for t in arr.tolist():  # ascending: the intervals [t, t + dt] in order
+            if t + dt in stored:
+                covered += t + dt - (t if end is None else max(t, end))
+                end = t + dt
+        key = (-covered, dt)
         if best is None or key < best:
             best = key
     assert best is not None

@@ -17,7 +17,8 @@ reads. A trajectory is the sum of
 
 ``CLASSES`` maps each class to the regime the verdict must return. ``truth_phase1_end`` is where
 the Phase I motion's velocity falls to the Phase II process's median velocity at ``dt = 100``
-(``None`` where that is not defined: no two phases, or a kernel that freezes).
+(``None`` where that is not defined: no two phases, a kernel that freezes, or steps with too
+few multiples of 100).
 
 Example::
 
@@ -142,12 +143,20 @@ def trajectory(
     last: int = 5000,
     phase2_dims: int = 16,
     dim: int = 64,
+    steps: np.ndarray | None = None,
 ) -> Trajectory:
-    """Draw one trajectory of class ``name`` (see :data:`CLASSES`) with its S matrix."""
+    """Draw one trajectory of class ``name`` (see :data:`CLASSES`) with its S matrix.
+
+    ``steps`` ``(K,)``, ascending integers, replaces the checkpoint schedule
+    :func:`default_steps` ``(last)`` (``last`` still sets the run's time scales). The Phase II
+    processes are drawn with their exact transition laws between the given steps, so the rows
+    and columns of ``S`` at a subset of them are a sample of the same trajectory at that subset:
+    draw once at the union of several schedules to compare those schedules on one run.
+    """
     if name not in CLASSES:
         raise ValueError(f"no trajectory class {name!r}; choose from {', '.join(CLASSES)}")
     rng = np.random.default_rng(seed)
-    t = default_steps(last).astype(np.float64)
+    t = (default_steps(last) if steps is None else np.asarray(steps)).astype(np.float64)
     phi = _angle(name, t, last)
     q = _phase2(name, t, last, phase2_dims, rng)
     u = _embed(phi, q, dim)
@@ -166,6 +175,8 @@ def _truth(name: str, t: np.ndarray, phi: np.ndarray, q: np.ndarray, dim: int) -
         return None
     on_grid = (t % _DT) == 0
     tg = t[on_grid]
+    if tg.size < 3 or not np.any(tg[:-1] >= 0.6 * tg[-1]):
+        return None  # a schedule with too few steps on the grid of dt = 100
     s1 = _s_matrix(_embed(phi[on_grid], np.zeros((tg.size, 1)), dim))
     s2 = _s_matrix(_embed(np.zeros(tg.size), q[on_grid], dim))
     v1 = np.diagonal(s1, offset=1)

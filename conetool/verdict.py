@@ -24,7 +24,8 @@ function of the lag ``t' - t``. Three readings:
   stored steps 10%, 30% and 50% into Phase II), the mean of ``S(τ, t)`` over the last third of
   ``[τ, T]`` against the middle third: *plateau* when its growth (last − middle) / last is at
   most ``plateau_tolerance`` [0.15], *rising* above, *frozen* when the level is at most ``lazy_level``.
-- *velocity trend*: the Phase II velocity's first quarter over its last quarter. A kernel that
+- *velocity trend*: the Phase II velocity's first quarter over its last quarter, quarters of its
+  steps (not of its stored pairs, which a schedule dense early would put all in one). A kernel that
   freezes because the loss goes to zero slows down by orders of magnitude; one that moves inside
   a cone does not.
 

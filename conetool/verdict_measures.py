@@ -17,8 +17,9 @@ a sentence. Nothing reads files or prints.
   exponent ``a`` of ``S ~ lag^a`` fitted to the median S of log-spaced lag bins between 1/5 and
   3/5 of Phase II's length. About 0 when the kernel moves inside a bounded region (S saturates),
   1 for a random walk (diffusive drift), 2 for motion in a straight line.
-- :func:`velocity_trend`: the velocity's fall across Phase II, first quarter over last quarter (a
-  kernel that freezes because the loss goes to zero slows down by orders of magnitude).
+- :func:`velocity_trend`: the velocity's fall across Phase II, first quarter of its steps over
+  the last quarter (a kernel that freezes because the loss goes to zero slows down by orders of
+  magnitude).
 """
 
 from __future__ import annotations
@@ -391,14 +392,36 @@ def lag_growth(
     )
 
 
+def _step_quarters(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, last)``, boolean ``(N,)``: the pairs in the first and the last quarter of the
+    steps their ascending ``starts`` ``(N,)`` span, at least one each.
+
+    Each pair stands for the steps up to the next pair's start (the last one for as many as the
+    one before it), so that a quarter is a quarter of the steps, not of the stored pairs: with
+    checkpoints every 10 steps early in Phase II and every 500 later, the last quarter of the
+    pairs would lie in the dense early stretch. Evenly spaced starts give ``N // 4`` each, the
+    first and the last ``N // 4`` pairs.
+    """
+    gaps = np.diff(starts)
+    cells = np.append(gaps, gaps[-1]) if gaps.size else np.ones(1, dtype=np.int64)
+    total = int(cells.sum())
+    end = np.cumsum(cells)
+    first = 4 * end <= total
+    last = 4 * (end - cells) >= 3 * total
+    first[0] = last[-1] = True
+    return first, last
+
+
 @dataclass(frozen=True)
 class VelocityTrend:
     """The ``dt`` velocity's fall across Phase II.
 
     Attributes:
-        fall: median of the first quarter of Phase II's velocities over that of the last quarter
-            (above 1: slowing down).
-        points: velocities in Phase II; per_quarter: how many each quarter's median rests on.
+        fall: median of the velocities in the first quarter of Phase II's steps over that of
+            the last quarter (above 1: slowing down).
+        points: velocities in Phase II; per_quarter: how many velocities the smaller of the two
+            quarters' medians rests on (the quarters are of Phase II's steps, not of its stored
+            pairs: see :func:`_step_quarters`).
         head, tail: the first and last quarter's median velocity; dt: their lag.
     """
 
@@ -426,32 +449,28 @@ def velocity_trend(
     arr = check_steps(steps, s)
     position = {int(t): i for i, t in enumerate(arr)}
     length = int(arr[-1]) - int(start)
-    chosen: tuple[int, np.ndarray] | None = None
+    chosen: tuple[int, np.ndarray, np.ndarray] | None = None
     for m in range(1, max(1, length // (4 * dt)) + 1):
         lag = m * dt
-        v = np.array(
-            [
-                float(s[i, position[int(t) + lag]]) / lag
-                for i, t in enumerate(arr)
-                if t >= start and int(t) + lag in position
-            ]
-        )
+        pairs = [(i, int(t)) for i, t in enumerate(arr) if t >= start and int(t) + lag in position]
+        v = np.array([float(s[i, position[t + lag]]) / lag for i, t in pairs])
+        starts = np.array([t for _, t in pairs], dtype=np.int64)
         if v.size < 4:
             break
         if chosen is None or noise_floor is None or chosen[1].size == 0:
-            chosen = (lag, v)
+            chosen = (lag, v, starts)
         if noise_floor is None or float(np.median(v)) * lag >= 10.0 * noise_floor:
-            chosen = (lag, v)
+            chosen = (lag, v, starts)
             break
     if chosen is None:
         return None
-    lag, v = chosen
-    q = max(1, v.size // 4)
-    head, tail = float(np.median(v[:q])), float(np.median(v[-q:]))
+    lag, v, t = chosen
+    first, last = _step_quarters(t)
+    head, tail = float(np.median(v[first])), float(np.median(v[last]))
     return VelocityTrend(
         fall=head / max(tail, _TINY),
         points=int(v.size),
-        per_quarter=q,
+        per_quarter=int(min(first.sum(), last.sum())),
         head=head,
         tail=tail,
         dt=int(lag),

@@ -327,32 +327,45 @@ def test_a_repeated_step_is_refused() -> None:
 
 
 def _velocity_dt_by_hand(steps: list[int]) -> int | None:
-    """The docstring's rule, by brute force over the pairs (t, t + dt) of stored steps."""
+    """The docstring's rule, by brute force: the unit steps ``[u, u + 1]`` inside some pair
+    ``(t, t + dt)`` of stored steps, counted one by one."""
     stored = set(steps)
     best = None
     for dt in sorted({b - a for a, b in itertools.pairwise(steps)}):
-        pairs = [(t, t + dt) for t in steps if t + dt in stored]
-        span = max(end for _, end in pairs) - min(start for start, _ in pairs)
-        if best is None or span > best[0]:  # ascending dt: ties keep the smaller one
-            best = (span, dt)
+        covered = {u for t in steps if t + dt in stored for u in range(t, t + dt)}
+        if best is None or len(covered) > best[0]:  # ascending dt: ties keep the smaller one
+            best = (len(covered), dt)
     return None if best is None else best[1]
 
 
-def test_velocity_dt_spans_from_the_first_start_to_the_last_end() -> None:
-    # reference: spans worked out by hand from the docstring, and a brute-force reading of it
-    # [0, 1, 3]: dt=1 has the pair (0, 1), span 1; dt=2 has (1, 3), span 2 -> 2
+def test_velocity_dt_counts_the_steps_its_pairs_cover() -> None:
+    # reference: coverage worked out by hand from the docstring, and a brute-force reading of it
+    # [0, 1, 3]: dt=1 has the pair (0, 1), covers 1; dt=2 has (1, 3), covers 2 -> 2
     assert _velocity_dt_by_hand([0, 1, 3]) == 2
     assert velocity_dt([0, 1, 3]) == 2
-    # [0, 2, 3, 5]: dt=2 pairs (0, 2), (3, 5), span 5; dt=1 (2, 3), span 1 -> 2
+    # [0, 2, 3, 5]: dt=2 pairs (0, 2), (3, 5), covers 4; dt=1 (2, 3), covers 1 -> 2
     assert velocity_dt([0, 2, 3, 5]) == 2
-    # [0, 1, 2, 4]: dt=1 (0, 1), (1, 2), span 2; dt=2 (0, 2), (2, 4), span 4 -> 2
+    # [0, 1, 2, 4]: dt=1 (0, 1), (1, 2), covers 2; dt=2 (0, 2), (2, 4), covers 4 -> 2
     assert velocity_dt([0, 1, 2, 4]) == 2
-    # [0, 1, 2, 3, 5]: dt=1 spans 3, dt=2 (1, 3), (3, 5) spans 4 -> 2
+    # [0, 1, 2, 3, 5]: dt=1 covers 3, dt=2 (0, 2), (1, 3), (3, 5) covers 5 -> 2
     assert velocity_dt([0, 1, 2, 3, 5]) == 2
+    # [0, 3, 4, 7, 8, 11]: the consecutive spacings are 3 and 1 (4, the lag of (0, 4) and
+    # (3, 7), is none of them); dt=1 (3, 4), (7, 8) covers 2; dt=3 (0, 3), (4, 7), (8, 11)
+    # covers 9 -> 3
+    assert velocity_dt([0, 3, 4, 7, 8, 11]) == 3
     rng = np.random.default_rng(11)
-    for _ in range(200):
-        steps = sorted(rng.choice(40, size=int(rng.integers(2, 9)), replace=False).tolist())
+    for _ in range(300):
+        steps = sorted(rng.choice(40, size=int(rng.integers(2, 12)), replace=False).tolist())
         assert velocity_dt(steps) == _velocity_dt_by_hand(steps), steps
+
+
+def test_velocity_dt_of_a_thinned_run_is_not_a_spacing_seen_only_at_its_two_ends() -> None:
+    # every 10 steps up to 100, then every 200 from 100 to 4900, and the last step 5000: the
+    # spacing 100 occurs at (0, 100) and (4900, 5000) only, which span the run from its first
+    # step to its last but cover 200 of its 5000 steps; 200 covers 4800 of them
+    steps = [*range(0, 100, 10), *range(100, 5000, 200), 5000]
+    assert velocity_dt(steps) == 200
+    assert _velocity_dt_by_hand(steps) == 200
 
 
 def _exact_distance(a: np.ndarray, b: np.ndarray) -> float:
