@@ -385,7 +385,12 @@ def _as_tensor(kernel: torch.Tensor | np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         # A read-only array (memory-mapped file) is fine: it is only ever read from.
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        return torch.from_numpy(np.asarray(kernel))
+        arr = np.asarray(kernel)
+        if any(stride < 0 for stride in arr.strides):
+            # a reversed view (``k[::-1]``, the probe examples in the opposite order), which
+            # torch.from_numpy refuses: copied, as only such a view is
+            arr = np.ascontiguousarray(arr)
+        return torch.from_numpy(arr)
 
 
 def _gram_to_distance(gram: np.ndarray) -> np.ndarray:

@@ -389,3 +389,13 @@ def test_small_distances_keep_their_relative_precision(seed: int, eps: float) ->
     assert 1e-9 < expected < 1e-6  # where 1 - cos has lost about half its digits
     assert kernel_distance(a, b) == pytest.approx(expected, rel=1e-11, abs=0)
     assert kernel_distance(b, a) == pytest.approx(expected, rel=1e-11, abs=0)
+
+
+def test_reversed_views_of_kernels_are_read_like_their_copies() -> None:
+    # probe examples in the opposite order (k[::-1, ::-1], negative strides): S is unchanged;
+    # torch.from_numpy refused such a view ("At least one stride ... is negative")
+    rng = np.random.default_rng(3)
+    kernels = [rng.standard_normal((5, 5)) for _ in range(4)]
+    reversed_views = [k[::-1, ::-1] for k in kernels]
+    s = distance_matrix(kernels.__getitem__, 4)
+    np.testing.assert_allclose(distance_matrix(reversed_views.__getitem__, 4), s, atol=1e-15)
