@@ -169,7 +169,7 @@ def _train(
     said = Said(progress)  # its warnings in the result, so that --quiet prints them at the end
     if probe_warning := _check_probe(spec, data):
         said.warn(probe_warning)
-    start = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+    start, finished = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
     if start < spec.train.steps:  # what in the spec trains badly or does nothing, said first
         for concern in train_warnings(spec):
             said.warn(concern)
@@ -178,7 +178,7 @@ def _train(
             f"--resume: {out} holds checkpoints but no optimizer state (step_*.optim.safetensors), "
             "so training restarts from step 0 and writes every checkpoint again."
         )
-    if start == spec.train.steps:
+    if finished:
         progress.log(f"{out} already holds the finished run (step {start}); nothing to train")
         return _finished(out, spec)
     model.to(dev)
@@ -325,8 +325,10 @@ def _check_probe(spec: Spec, data: DataBundle) -> str | None:
     return None
 
 
-def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int:
-    """Check (and if asked, clear) the output directory; return the step to start from."""
+def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> tuple[int, bool]:
+    """Check (and if asked, clear) the output directory; return the step to start from and
+    whether the run there is finished (its last checkpoint and its last metrics row written:
+    a run stopped between the two is resumed at its last step, which evaluates it)."""
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file, not a directory. Choose a directory path.")
     make_dir(out)  # flushed into its parent: a power loss cannot take the folder from its files
@@ -344,7 +346,7 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
             f"({', '.join(foreign[:5])}). conetool never deletes them; choose an empty --out."
         )
     if not ours and not spec_file.exists():
-        return 0
+        return 0, False
     if ours and not spec_file.exists():  # train writes it before its first checkpoint
         raise StoreError(
             f"--out {out} holds {len(ours)} checkpoint(s) named as conetool train names them "
@@ -364,7 +366,7 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
             path.unlink()
         spec_file.unlink(missing_ok=True)
         paths.metrics(out).unlink(missing_ok=True)
-        return 0
+        return 0, False
     if not resume:
         raise StoreError(
             f"--out {out} already holds a run ({len(ours)} checkpoints, spec hash {previous}). "
@@ -384,13 +386,14 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> int
     resumable = [s for s in ours if paths.optimizer_state(out, s).exists()]
     # Without any optimizer state the run restarts from step 0 (its checkpoints come out the same).
     start = resumable[-1] if resumable else 0
-    if start == spec.train.steps:
-        return start  # already finished: nothing to redo, nothing rewritten
+    rows = _read_metrics(paths.metrics(out))
+    if start == spec.train.steps and any(float(r["step"]) == start for r in rows):
+        return start, True  # already finished: nothing to redo, nothing rewritten
     # Metrics rows at or after the resume step are recomputed by the resumed run (all of them when
-    # it restarts from 0: they were appended to the old rows).
-    rows = [r for r in _read_metrics(paths.metrics(out)) if float(r["step"]) < start]
-    _write_metrics(paths.metrics(out), rows)
-    return start
+    # it restarts from 0: they were appended to the old rows; none when it stopped between its
+    # last checkpoint and its last evaluation, which the resumed run makes).
+    _write_metrics(paths.metrics(out), [r for r in rows if float(r["step"]) < start])
+    return start, False
 
 
 def _load_state(

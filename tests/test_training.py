@@ -276,6 +276,41 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == stamps
 
 
+def test_resume_of_a_run_stopped_before_its_last_evaluation_writes_its_last_row(
+    tmp_path, monkeypatch
+):
+    """A run stopped after its last checkpoint but before the evaluation of its last step (a
+    kill, Ctrl-C) was taken as finished by --resume: metrics.csv kept no row of the last step
+    and the result (the table's final test accuracy) was the row before's."""
+    from conetool.loop import TrainingLoop
+
+    spec = tiny_spec()
+    whole = train(spec, tmp_path / "whole")
+    evaluate = TrainingLoop.evaluate
+
+    def stopped(self: TrainingLoop, step: int) -> None:
+        if step == spec.train.steps:
+            raise KeyboardInterrupt
+        evaluate(self, step)
+
+    monkeypatch.setattr(TrainingLoop, "evaluate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "cut")
+    monkeypatch.setattr(TrainingLoop, "evaluate", evaluate)
+    assert paths.optimizer_state(tmp_path / "cut", spec.train.steps).exists()
+    result = train(spec, tmp_path / "cut", resume=True)
+    assert (result.test_loss, result.test_acc) == (whole.test_loss, whole.test_acc)
+    assert (
+        paths.metrics(tmp_path / "cut").read_text() == paths.metrics(tmp_path / "whole").read_text()
+    )
+    for step in save_steps(spec):
+        for path in (paths.checkpoint, paths.optimizer_state):
+            assert (
+                path(tmp_path / "cut", step).read_bytes()
+                == path(tmp_path / "whole", step).read_bytes()
+            )
+
+
 def test_resume_without_any_optimizer_state_writes_each_metrics_row_once(tmp_path):
     """A run whose optimizer states were all deleted restarts from step 0 on --resume; its
     metrics.csv kept the old rows and appended the new ones (each step twice)."""
