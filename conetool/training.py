@@ -155,6 +155,12 @@ def _train(
     threads: int,
     progress: Progress | None,
 ) -> TrainResult:
+    if resume and overwrite:  # (overwrite would win: the run --resume asks to continue, deleted)
+        raise StoreError(
+            f"--resume and --overwrite contradict each other: --resume continues the run in "
+            f"--out {out} from its last checkpoint, --overwrite deletes it and trains again from "
+            "step 0. Pass only one of them."
+        )
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     if not (resume and out.is_dir() and paths.checkpoint_steps(out)):
         check_for_training(spec)  # (a run begun with the spec goes on with it: --resume)

@@ -220,6 +220,18 @@ def test_refuses_to_write_over_a_run(tmp_path):
         assert handle.metadata()["spec_hash"] == other.hash()
 
 
+def test_resume_with_overwrite_is_refused_and_keeps_the_run(tmp_path):
+    """--resume --overwrite deleted the run --resume asked to continue and trained it again
+    from step 0, without a word: both together are refused before anything is touched."""
+    spec = tiny_spec()
+    train(spec, tmp_path / "run")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(StoreError, match="--resume and --overwrite contradict") as info:
+        train(spec, tmp_path / "run", resume=True, overwrite=True)
+    assert "Pass only one of them" in str(info.value)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == stamps
+
+
 def test_a_new_checkpoint_folder_is_flushed_into_its_parent(tmp_path, monkeypatch):
     """--out made by train is an entry of its parent: it was made by mkdir without flushing the
     parent, so a power loss could take the folder away with the checkpoints renamed into it.
