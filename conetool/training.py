@@ -107,7 +107,7 @@ def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Modul
             f"{data.num_classes} in [model]."
         )
     torch.manual_seed(spec.train.seed)
-    model = build_model(spec.model, tuple(data.input_shape))
+    model = build_model(spec.model, tuple(data.input_shape), source=spec.source)
     output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
     return model, data
 

@@ -269,6 +269,35 @@ def test_never_touches_step_named_checkpoints_without_its_spec(tmp_path, flags):
     assert mine.read_bytes() == b"not ours" and [p.name for p in out.iterdir()] == [mine.name]
 
 
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ({"arch": "lenet"}, "unknown architecture 'lenet' in [model] arch."),
+        ({"widht": 4}, "unknown key 'widht' in [model] for arch 'mlp'."),
+        ({"activation": "sigmoid"}, "[model] activation = 'sigmoid' is not supported"),
+    ],
+)
+def test_a_bad_model_key_is_an_error_naming_the_spec_file(tmp_path, model, said):
+    """An invalid [model] key or choice was an error naming the key but not the spec file (the
+    README: an error naming the file, the key, the value and the valid choices), in train as in
+    the commands that rebuild the model from a run's conetool.toml or --spec."""
+    from conetool.errors import ModelError
+    from conetool.pipeline.resolve import model_for
+    from conetool.spec import load_spec, save_spec
+
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["model"].update(model)
+    path = tmp_path / "run.toml"
+    save_spec(spec_from_dict(raw), path)
+    with pytest.raises(ModelError) as info:
+        train(path, tmp_path / "run")
+    assert str(info.value).startswith(f"{path}: {said}")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ModelError) as info:
+        model_for(load_spec(path))
+    assert str(info.value).startswith(f"{path}: {said}")
+
+
 def test_num_classes_mismatch_is_a_spec_error(tmp_path):
     raw = {k: dict(v) for k, v in TINY.items()}
     raw["model"]["num_classes"] = 5

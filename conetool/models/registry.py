@@ -43,7 +43,9 @@ BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
 _FIXED = ("input_shape", "num_classes")
 
 
-def build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
+def build_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], *, source: str | None = None
+) -> nn.Module:
     """Build the model that ``spec`` describes, for examples of shape ``input_shape``.
 
     ``spec.arch`` is a key of :data:`BUILTIN_MODELS`, called as
@@ -62,10 +64,23 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
     (CIFAR-10); the model maps ``(batch, *input_shape)`` to ``(batch, num_classes)``
     (check it with :func:`output_check`).
 
+    ``source``: the spec file ``spec`` was read from, which every error then begins with, as
+    the spec's own errors do (``run.toml: unknown key 'widht' in [model] ...``).
+
     Raises:
         ModelError: unknown architecture, unknown option, bad option value, or a user factory
             that cannot be imported, called, or does not return an ``nn.Module``.
     """
+    if source is None:
+        return _build_model(spec, input_shape)
+    try:
+        return _build_model(spec, input_shape)
+    except ModelError as exc:
+        raise type(exc)(f"{source}: {exc}") from exc
+
+
+def _build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
+    """:func:`build_model` without the spec file in its errors."""
     arch, options = spec.arch, dict(spec.options)
     input_shape = tuple(input_shape)
     if not isinstance(arch, str):

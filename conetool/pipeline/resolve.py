@@ -75,4 +75,4 @@ def iterations_per_epoch(spec: Spec) -> int:
 
 def model_for(spec: Spec) -> nn.Module:
     """The spec's architecture (freshly initialized; checkpoints are loaded into it)."""
-    return build_model(spec.model, describe_data(spec.data).input_shape)
+    return build_model(spec.model, describe_data(spec.data).input_shape, source=spec.source)
