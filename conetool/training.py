@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -365,6 +367,7 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> tup
     previous_spec = load_spec(spec_file) if spec_file.exists() else None
     previous = previous_spec.hash() if previous_spec is not None else "unknown"
     if overwrite:
+        _remove_stale_temporaries(out)
         for step in ours:
             paths.checkpoint(out, step).unlink(missing_ok=True)
             paths.optimizer_state(out, step).unlink(missing_ok=True)
@@ -389,6 +392,7 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> tup
             f"hash {spec.hash()}).{changed} --resume needs the same spec: compare with "
             f"{spec_file}. Use another --out, or --overwrite to replace that run."
         )
+    _remove_stale_temporaries(out)
     resumable = [s for s in ours if paths.optimizer_state(out, s).exists()]
     # Without any optimizer state the run restarts from step 0 (its checkpoints come out the same).
     start = resumable[-1] if resumable else 0
@@ -400,6 +404,33 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> tup
     # last checkpoint and its last evaluation, which the resumed run makes).
     _write_metrics(paths.metrics(out), [r for r in rows if float(r["step"]) < start])
     return start, False
+
+
+#: The names of the temporary files that train's atomic writes make in ``--out`` (``mkstemp``'s
+#: ``.NAME.`` prefix, random letters, digits or ``_``, ``.tmp``): ``.step_000100.safetensors.x1y2.tmp``.
+_TEMPORARY = re.compile(
+    r"\.(?:step_\d+(?:"
+    + "|".join(re.escape(s) for s in (paths.OPTIMIZER_SUFFIX, paths.CHECKPOINT_SUFFIX))
+    + ")|"
+    + "|".join(re.escape(n) for n in (paths.METRICS_NAME, paths.SPEC_NAME))
+    + r")\.[A-Za-z0-9_]+\.tmp"
+)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove the temporary files that a train killed while writing (SIGKILL, a job's time limit,
+    a power loss) left in ``out``: a whole checkpoint or optimizer state each, never renamed into
+    place, which --resume and --overwrite then kept forever. Only :data:`_TEMPORARY`'s names, only
+    regular files directly in ``out``; called once --resume or --overwrite goes on with the run
+    there (never by a train refused, which another train writing there would not survive)."""
+    with os.scandir(out) as entries:
+        leftovers = [
+            Path(entry.path)
+            for entry in entries
+            if _TEMPORARY.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+        ]
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
 
 
 def _load_state(

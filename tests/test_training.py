@@ -204,6 +204,40 @@ def test_resume_warns_of_a_damaged_train_sums_entry(tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+def _killed_while_writing(out: Path, step: int) -> list[Path]:
+    """The temporary files a train killed during its atomic writes of ``step`` (SIGKILL: no
+    ``finally`` removes them) leaves in ``out``, and a file of the user's named alike."""
+    made = [
+        out / f".{paths.checkpoint(out, step).name}.k1_x9.tmp",
+        out / f".{paths.optimizer_state(out, step).name}.Zq0ab.tmp",
+        out / f".{paths.metrics(out).name}.o4nkghvf.tmp",
+        out / ".notes.txt.ab12.tmp",  # not train's: kept
+    ]
+    for path in made:
+        path.write_bytes(b"half a file")
+    return made
+
+
+@pytest.mark.parametrize("flag", ["resume", "overwrite"])
+def test_resume_and_overwrite_remove_the_temporaries_of_a_killed_train(tmp_path, flag):
+    """A train killed while writing (a job's time limit, SIGKILL) left its temporary files
+    (.step_000015.safetensors.XXXX.tmp: a whole checkpoint, and its optimizer state) in --out,
+    and neither --resume nor --overwrite ever removed them. A train refused removes nothing:
+    another train may be writing them."""
+    spec = tiny_spec()
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, out, progress=_Interrupt(at=13))
+    *ours, theirs = _killed_while_writing(out, 15)
+    with pytest.raises(StoreError, match="already holds a run"):
+        train(spec, out)
+    assert all(path.exists() for path in [*ours, theirs])
+    train(spec, out, **{flag: True})
+    assert not any(path.exists() for path in ours)
+    assert theirs.exists()
+    assert paths.checkpoint(out, 20).exists()
+
+
 def test_refuses_to_write_over_a_run(tmp_path):
     spec = tiny_spec()
     train(spec, tmp_path / "run")
