@@ -46,6 +46,7 @@ import torch
 from .data_files import check_mnist_files, cifar_problem, mnist_label_problem
 from .data_order import augment_generator, batch_indices, mix_seed, steps_per_epoch
 from .data_split import CropFlip, DataBundle, Split
+from .digits import digits_arrays, stratified_split
 from .errors import ConetoolError, DataError
 from .spec import BUILTIN_DATASETS, DataSpec
 from .user_modules import import_user_module, is_import_path, raised_at, shadowed_note
@@ -137,13 +138,12 @@ def describe_data(spec: DataSpec) -> DataInfo:
 
 
 def _digits() -> DataBundle:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x / 16.0, y, test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=DIGITS_RANDOM_STATE
-    )
+    # scikit-learn's load_digits and train_test_split(x / 16, y, stratify=y), without importing
+    # scikit-learn (conetool.digits says why)
+    x, y = digits_arrays()
+    train, test = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_RANDOM_STATE)
+    x = x / 16.0
+    x_train, x_test, y_train, y_test = x[train], x[test], y[train], y[test]
     # Standardize with the train split's statistics (scalars; population std, ddof=0).
     mean, std = float(x_train.mean()), float(x_train.std())
 
