@@ -15,8 +15,8 @@ the end of the run.
 function of the lag ``t' - t``. Three readings:
 
 - *lag growth* (Fig. 1b: "upper-bounded by the same value for different dt"): the exponent ``a``
-  of ``S ~ lag^a`` over lags between 1/5 and 3/5 of Phase II's length
-  (:func:`conetool.verdict_measures.lag_growth`). ``a <= bounded_exponent`` [0.25]: S saturates,
+  of ``S ~ lag^a`` over lags between 1/5 and 3/5 of Phase II's length, each stored pair counted
+  for the pairs of steps it stands for (:func:`conetool.verdict_measures.lag_growth`). ``a <= bounded_exponent`` [0.25]: S saturates,
   the kernel moves inside a bounded region; ``a >= drift_exponent`` [0.5]: S keeps growing
   (about 1 for a random walk, 2 for a straight line); in between: not settled.
 - *reference curves* (Fig. 1a: the distance from a Phase II reference "first increases and then

@@ -15,8 +15,10 @@ a sentence. Nothing reads files or prints.
   largest velocities before the break) over the Phase II level (median after it).
 - :func:`lag_growth`: how S grows with the lag ``t' - t`` over every pair of Phase II steps: the
   exponent ``a`` of ``S ~ lag^a`` fitted to the median S of log-spaced lag bins between 1/5 and
-  3/5 of Phase II's length. About 0 when the kernel moves inside a bounded region (S saturates),
-  1 for a random walk (diffusive drift), 2 for motion in a straight line.
+  3/5 of Phase II's length, each stored pair counted for the pairs of steps it stands for (a
+  stretch of dense checkpoints does not outvote a sparse one; evenly spaced ones count alike).
+  About 0 when the kernel moves inside a bounded region (S saturates), 1 for a random walk
+  (diffusive drift), 2 for motion in a straight line.
 - :func:`velocity_trend`: the velocity's fall across Phase II, first quarter of its steps over
   the last quarter (a kernel that freezes because the loss goes to zero slows down by orders of
   magnitude).
@@ -320,7 +322,8 @@ class LagGrowth:
         exponent: slope of ``log S`` against ``log lag`` over the lag bins (``S ~ lag^exponent``).
         pairs: Phase II pairs whose lag lies in the fitted range; bins: non-empty bins fitted.
         lag_low, lag_high: the fitted range of lags (steps).
-        s_low, s_high: median S in the first and last bin.
+        s_low, s_high: median S in the first and last bin (pairs counted as in
+            :func:`lag_growth`).
         s_max: the largest S between any two Phase II steps.
     """
 
@@ -332,6 +335,26 @@ class LagGrowth:
     s_low: float
     s_high: float
     s_max: float
+
+
+def _cells(steps: np.ndarray) -> np.ndarray:
+    """``(N,)`` int64: how many steps each of the ascending ``steps`` ``(N,)`` stands for, those
+    up to the next one (the last one as many as the one before it; a single step, 1)."""
+    gaps = np.diff(np.asarray(steps).astype(np.int64))
+    return np.append(gaps, gaps[-1]) if gaps.size else np.ones(1, dtype=np.int64)
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The median of ``values`` ``(N,)`` with integer ``weights`` ``(N,)``: the value at half of
+    the total weight, the mean of the two values on either side when half falls between them.
+    Equal weights give ``np.median``, the mean of the two middle values included."""
+    order = np.argsort(values, kind="stable")
+    v, cum = values[order], np.cumsum(weights[order])
+    total = int(cum[-1])
+    k = int(np.searchsorted(2 * cum, total, side="left"))  # first with 2 * cum >= total
+    if 2 * int(cum[k]) == total and k + 1 < v.size:
+        return float((v[k] + v[k + 1]) / 2.0)
+    return float(v[k])
 
 
 def lag_growth(
@@ -346,8 +369,15 @@ def lag_growth(
     """Fit ``S ~ lag^a`` over the pairs of stored steps at or after ``start``.
 
     Lags between ``low`` and ``high`` times Phase II's length ``T - start`` are put into ``bins``
-    log-spaced bins; the median S of each non-empty bin is fitted in log-log, each bin weighted
-    by the square root of its pair count. ``None`` when fewer than 3 bins hold pairs.
+    log-spaced bins; the median S of each non-empty bin (at its median lag) is fitted in
+    log-log, each bin weighted by the square root of its pair count. Each stored step stands
+    for the steps up to the next one (the last for as many as the one before it), and each
+    stored pair ``(t, t')`` is counted in the medians and the counts as the pairs of steps it
+    stands for, ``c(t) c(t')`` (the counts in units of the largest ``c`` squared): the median of
+    a bin is that over every pair of steps, not over the stored pairs, so that checkpoints
+    every 10 steps early in Phase II and every 500 later do not fill the small-lag bins with
+    one dense stretch. Evenly spaced Phase II steps count every pair once: plain medians and
+    pair counts. ``None`` when fewer than 3 bins hold pairs.
     """
     arr = check_steps(steps, s)
     keep = arr >= start
@@ -366,15 +396,18 @@ def lag_growth(
         return None
     edges = np.geomspace(max(lo, lag[sel].min()), hi, bins + 1)
     edges[-1] = np.nextafter(edges[-1], np.inf)
+    cells = _cells(t)
+    weight = cells[i] * cells[j]  # (P,) the pairs of steps each stored pair stands for
+    unit = int(cells.max()) ** 2
     xs, ys, ws, counts = [], [], [], 0
     for a, b in itertools.pairwise(edges):
         inbin = sel & (lag >= a) & (lag < b)
         if not np.any(inbin):
             continue
         counts += int(inbin.sum())
-        xs.append(math.log(float(np.median(lag[inbin]))))
-        ys.append(math.log(max(float(np.median(values[inbin])), _TINY)))
-        ws.append(math.sqrt(float(inbin.sum())))
+        xs.append(math.log(_weighted_median(lag[inbin], weight[inbin])))
+        ys.append(math.log(max(_weighted_median(values[inbin], weight[inbin]), _TINY)))
+        ws.append(math.sqrt(int(weight[inbin].sum()) / unit))
     if len(xs) < 3:
         return None
     x, y, w = np.array(xs), np.array(ys), np.array(ws)
@@ -402,8 +435,7 @@ def _step_quarters(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pairs would lie in the dense early stretch. Evenly spaced starts give ``N // 4`` each, the
     first and the last ``N // 4`` pairs.
     """
-    gaps = np.diff(starts)
-    cells = np.append(gaps, gaps[-1]) if gaps.size else np.ones(1, dtype=np.int64)
+    cells = _cells(starts)
     total = int(cells.sum())
     end = np.cumsum(cells)
     first = 4 * end <= total

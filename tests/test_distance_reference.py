@@ -12,13 +12,18 @@ uneven step spacings, so that a number read at the wrong pair or the wrong lag s
   or before the bend, over the median of those after it.
 - lag growth: Phase II pairs (stored steps at or after the end of Phase I) whose lag lies in
   ``[L/5, 3L/5]`` (``L`` Phase II's length), in 6 log-spaced bins from the smallest such lag to
-  ``3L/5``; the slope of ln(median S) on ln(median lag) per non-empty bin, weighted least
-  squares with weights sqrt(pairs in the bin).
+  ``3L/5``; each pair ``(t_a, t_b)`` counted as many times as the pairs of steps it stands for,
+  ``c_a c_b`` (``c``: the steps up to the next stored step, the last one as many as the one
+  before it); the slope of ln(median S) on ln(median lag) per non-empty bin, each median over
+  the pairs so counted, weighted least squares with weights sqrt(pairs so counted in the bin
+  over the largest ``c`` squared). Evenly spaced Phase II steps count each pair once.
 - reference curve from ``tau``: mean S(tau, t) over the stored ``t`` of the last third of
   ``[tau, T]`` against the middle third; growth ``(last - middle) / last``.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -35,14 +40,18 @@ def ref_lag_exponent(steps: np.ndarray, s: np.ndarray, start: int, bins: int = 6
     """The lag-growth exponent as README and ``lag_growth``'s docstring define it."""
     keep = np.flatnonzero(steps >= start)
     length = float(steps[keep[-1]] - steps[keep[0]])
-    lags, values = [], []
+    phase2 = [int(steps[k]) for k in keep]
+    cell = [b - a for a, b in itertools.pairwise(phase2)]
+    cell.append(cell[-1])
+    lags, values, counted = [], [], []
     for a in range(keep.size):
         for b in range(a + 1, keep.size):
             lag = float(steps[keep[b]] - steps[keep[a]])
             if length / 5 <= lag <= 3 * length / 5:
                 lags.append(lag)
                 values.append(float(s[keep[a], keep[b]]))
-    lag_arr, val_arr = np.array(lags), np.array(values)
+                counted.append(cell[a] * cell[b])
+    lag_arr, val_arr, times = np.array(lags), np.array(values), np.array(counted)
     edges = np.exp(np.linspace(np.log(lag_arr.min()), np.log(3 * length / 5), bins + 1))
     xs, ys, ws = [], [], []
     for k in range(bins):
@@ -51,9 +60,10 @@ def ref_lag_exponent(steps: np.ndarray, s: np.ndarray, start: int, bins: int = 6
             (lag_arr <= edges[k + 1]) if last else (lag_arr < edges[k + 1])
         )
         if inbin.any():
-            xs.append(np.log(np.median(lag_arr[inbin])))
-            ys.append(np.log(np.median(val_arr[inbin])))
-            ws.append(np.sqrt(inbin.sum()))
+            reps = times[inbin] // np.gcd.reduce(times[inbin])  # the same medians, fewer copies
+            xs.append(np.log(np.median(np.repeat(lag_arr[inbin], reps))))
+            ys.append(np.log(np.median(np.repeat(val_arr[inbin], reps))))
+            ws.append(np.sqrt(times[inbin].sum() / max(cell) ** 2))
     x, y, w = np.array(xs), np.array(ys), np.array(ws)
     # weighted least squares y = c + a x: solve the 2x2 normal equations
     design = np.stack([np.ones_like(x), x], axis=1) * np.sqrt(w)[:, None]

@@ -81,13 +81,14 @@ def test_thinning_the_checkpoints_keeps_the_regime(name: str) -> None:
             assert v.regime == CLASSES[name], (seed, schedule, v.explanation)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: at 19 checkpoints (14 in Phase II, 400 apart) a cone's lag exponent rests on "
-    "30 pairs and Phase I's end is read early (900), and reads 0.51: drift, not undetermined",
-)
 def test_a_cone_thinned_twice_is_a_cone_or_undetermined() -> None:
-    assert read("bounded", 0, "thinned twice").regime in ("cone", "undetermined")
+    # 19 checkpoints, 14 in Phase II (900, 1300, ..., 4900, 400 apart, and 5000): the lag
+    # exponent rests on 30 pairs. Counted by stored pairs, seed 0 read 0.51 (drift): the last
+    # checkpoint, 100 steps after the one before, counted as much as any other; counted by the
+    # steps each stands for, it reads 0.45 (undetermined: close to the drift threshold, 0.5)
+    for seed in (0, 1, 2, 3):
+        v = read("bounded", seed, "thinned twice")
+        assert v.regime in ("cone", "undetermined"), (seed, v.explanation)
 
 
 @pytest.mark.parametrize("name", CLEAR)
@@ -114,22 +115,19 @@ def test_dense_early_sparse_late_schedules_never_give_another_regime(
 ) -> None:
     # a sparse Phase II may leave the question open (undetermined, with the reason), never
     # answer it wrongly
-    if (name, schedule) == ("diffusive", "dense half"):
-        pytest.skip("known to fail: test_a_random_walk_saved_densely_early_is_drift")
     for seed in (0, 1):
         v = read(name, seed, schedule)
         assert v.regime in (CLASSES[name], "undetermined"), (seed, v.explanation)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the lag growth takes each lag bin's median over stored pairs, and with "
-    "checkpoints every 10 steps up to 2500 and every 500 after, its small-lag bins hold only "
-    "pairs of the dense stretch: one stretch of one random walk, read S ~ lag^-0.15 (0.74 at the "
-    "default schedule)",
-)
 def test_a_random_walk_saved_densely_early_is_drift() -> None:
-    assert read("diffusive", 0, "dense half").regime in ("drift-after-phase-I", "undetermined")
+    # checkpoints every 10 steps up to 2500 and every 500 after: the small-lag bins hold mostly
+    # pairs of the dense stretch. Their medians over stored pairs read one stretch of one random
+    # walk (seed 0: S ~ lag^-0.15, a cone; 0.74 at the default schedule); over pairs of steps,
+    # each stored pair counted for the steps it stands for, they read 0.53
+    for seed in (0, 1, 2):
+        v = read("diffusive", seed, "dense half")
+        assert v.regime == "drift-after-phase-I", (seed, v.explanation)
 
 
 def test_a_freezing_kernel_saved_densely_early_in_phase_two_is_lazy() -> None:
