@@ -26,8 +26,8 @@ seconds (``CONETOOL_PEER_TIMEOUT``, default 300; also how long the ranks wait fo
 start) stops with :class:`PeerLostError`, as does a rank that loses the key-value store itself.
 
 Every rank must call the coordinating methods of :class:`Job` (:meth:`~Job.agree`,
-:meth:`~Job.broadcast`, :meth:`~Job.gather`, :meth:`~Job.bar`) in the same order; the library
-functions do.
+:meth:`~Job.broadcast`, :meth:`~Job.gather`, :meth:`~Job.settle`, :meth:`~Job.bar`) in the
+same order; the library functions do.
 """
 
 from __future__ import annotations
@@ -348,6 +348,33 @@ class Job:
             self._wait_json(f"{seq}/gather/{r}", while_waiting, rank=r)
             for r in range(self.world_size)
         ]
+
+    def settle(
+        self,
+        value: Any,
+        decide: Callable[[list[Any]], Any],
+        *,
+        while_waiting: Callable[[], None] | None = None,
+    ) -> Any:
+        """Every rank's ``value`` (JSON data) to rank 0, which calls ``decide`` with them (in
+        rank order) once all are there; rank 0's decision (JSON data) on every rank. Unlike
+        :meth:`gather`, each rank calls it when it is ready, at its own point of its work (once,
+        between the same two other calls of every rank): a rank waits for rank 0's decision only,
+        as long as rank 0 lives. ``decide`` raising on rank 0 stops every rank (rank 0 ends
+        with that error, and the others stop with it)."""
+        if not self.is_distributed:
+            return decide([value])
+        seq = next(self._calls)
+        self._set_json(f"{seq}/settle/{self.rank}", value)
+        if not self.is_main:
+            return self._wait_json(f"{seq}/settled", while_waiting, rank=0)
+        values = [
+            self._wait_json(f"{seq}/settle/{r}", while_waiting, rank=r)
+            for r in range(self.world_size)
+        ]
+        decision = decide(values)
+        self._set_json(f"{seq}/settled", decision)
+        return decision
 
     def finish(self) -> None:
         """The job ended well on this rank: rank 0 waits until every rank has said so, so that

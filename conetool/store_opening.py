@@ -98,13 +98,22 @@ class StoreOpening(CompanionRecords):
         return store
 
     @classmethod
-    def join(cls: type[_S], root: str | Path) -> _S:
+    def join(cls: type[_S], root: str | Path, replacing: Mapping[str, Any] | None = None) -> _S:
         """Open a store that another process owns (rank 0 of a torchrun job), to add kernels.
 
         The manifest is read as it is and never written: :meth:`write_kernel` writes the kernel
         file only (it carries its own record), and the owner adopts it.
+
+        ``replacing``: the owner's new manifest, its clearing of a replaced store deferred
+        (``kernels --overwrite``: :meth:`open_for_writing`'s ``defer_clearing``). The store is
+        that manifest in memory, :attr:`clearing_deferred` and writing nothing, until
+        :meth:`join_cleared` once the owner has cleared the old one.
         """
         root = Path(root)
+        if replacing is not None:
+            store = cls(root, dict(replacing), owner=False)
+            store._clearing_deferred = True
+            return store
         path = paths.manifest(root)
         if not path.is_file():
             raise StoreError(
@@ -259,6 +268,24 @@ class StoreOpening(CompanionRecords):
             self.warnings.append(cleared)
         self._ensure_kernels_dir()
         self._write_manifest()
+
+    def join_cleared(self) -> None:
+        """For a store joined with ``replacing`` (:meth:`join`), once the owner has cleared the
+        replaced store (:meth:`clear_deferred`) and written its manifest: read that manifest,
+        and write kernels from here on. Nothing to do for any other store."""
+        if not self._clearing_deferred or self.owner:
+            return
+        joined = type(self).join(self.root)
+        if joined.identity != self.identity:
+            raise StoreError(
+                f"store {self.root}'s {paths.MANIFEST_NAME} is not the one rank 0 wrote when it "
+                f"cleared the store ({joined.identity} against {self.identity}): every rank must "
+                "see the same --store directory, on a file system that all nodes share."
+            )
+        with self._manifest_guard:
+            self.manifest = joined.manifest
+            self._opened_as = joined._opened_as
+        self._clearing_deferred = False
 
     def _ensure_kernels_dir(self) -> None:
         make_dir(self.root / paths.KERNELS_DIR)

@@ -300,6 +300,26 @@ def test_ranks_stopped_by_an_interrupted_rank_say_which_one_was():
     assert isinstance(first, PeerFailedError)  # a library caller's except PeerFailedError holds
 
 
+def test_settle_hands_every_ranks_word_to_rank_0_and_its_decision_to_all():
+    def body(job):
+        if job.rank == 1:
+            time.sleep(0.2)  # the slow rank: rank 0 decides only once it has spoken too
+        return job.settle(f"r{job.rank}", lambda words: "+".join(words))
+
+    assert on_threads(3, body) == ["r0+r1+r2"] * 3
+
+    def failing(job):  # rank 0's decision fails: it raises, and the others stop with it
+        try:
+            return job.settle(job.rank, lambda words: fail("cannot clear"))
+        except ConetoolError as exc:
+            job.abandon(exc)  # as distributed.job does on its way out
+            raise
+
+    first, second = on_threads(2, failing)
+    assert str(first) == "cannot clear"
+    assert isinstance(second, PeerFailedError) and "rank 0 failed" in str(second)
+
+
 def test_single_process_job_is_plain():
     job = Job("t", Ranks(), torch.device("cpu"), None)
     assert job.agree(lambda: 7) == 7 and job.broadcast([1]) == [1] and job.gather(3) == [3]
@@ -633,6 +653,63 @@ def test_overwrite_refused_before_clearing_stops_both_ranks_and_keeps_the_store(
         done.stderr[-3000:]
     )
     assert "does not fit it either" in done.stderr, done.stderr[-3000:]
+
+
+def _with_nan(run: Path, folder: Path, steps: list[int]) -> Path:
+    """A copy of ``run`` into ``folder`` whose checkpoints at ``steps`` hold a NaN."""
+    shutil.copytree(run, folder)
+    for step in steps:
+        target = paths.checkpoint(folder, step)
+        with safe_open(str(target), framework="pt") as handle:
+            meta = handle.metadata()
+        state = load_file(str(target))
+        next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+        save_file(state, str(target), metadata=meta)
+    return folder
+
+
+def test_overwrite_under_torchrun_keeps_the_old_store_when_a_rank_fails_before_clearing(
+    run, tmp_path
+):
+    # Step 2, rank 1's first checkpoint, holds a NaN: rank 1 fails before its first kernel, so
+    # no rank writes one and the old store (float64 kernels) must stay byte for byte. Was: rank 0
+    # cleared it when it opened it, before any rank had computed anything.
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu", dtype="float64", steps=(0, 4))
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    bad = _with_nan(run, tmp_path / "ckpts", [2])
+    args = ["--store", str(store), "--device", "cpu", "--overwrite"]
+    done = run_torchrun("kernels", str(bad), *args, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    kept = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    assert sorted(map(str, kept)) == sorted(map(str, before)) and kept == before
+    said = " ".join(done.stderr.split())
+    assert said.count("error: rank 1: step 2 ") == 1, said[-3000:]
+    assert said.count(f"--overwrite removed nothing: {store} is as it was") == 1, said[-3000:]
+    assert "--overwrite removed the replaced store" not in said + done.stdout
+    assert "conetool/pipeline" not in said  # no traceback of conetool's (torchrun prints its own)
+
+
+def test_overwrite_under_torchrun_replaces_the_store_once_the_ranks_have_kernels(run, tmp_path):
+    # --skip-bad: rank 1's first checkpoint (step 2) is left out, its next one computed; the
+    # old store is cleared once both ranks have a kernel, and the new one is the store a single
+    # process makes of the same checkpoints.
+    store, one = tmp_path / "s", tmp_path / "one"
+    kernels(run, store=store, device="cpu", dtype="float64", steps=(0, 4))
+    bad = _with_nan(run, tmp_path / "ckpts", [2])
+    args = ["--store", str(store), "--device", "cpu", "--overwrite", "--skip-bad"]
+    done = run_torchrun("kernels", str(bad), *args, "--eval-size", "4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kernels(bad, store=one, device="cpu", skip_bad=True, eval_size=4)
+    assert records(store) == records(one)
+    stored = Store.open(store)
+    assert stored.steps() == [0, 4, 6, 8, 10] and stored.identity == Store.open(one).identity
+    for step in stored.steps():
+        assert torch.equal(stored.load_kernel(step), Store.open(one).load_kernel(step)), step
+        assert torch.equal(stored.load_eval_kernel(step), Store.open(one).load_eval_kernel(step))
+    said = " ".join((done.stdout + done.stderr).split())
+    assert said.count("--overwrite removed the replaced store's 3 kernel file(s)") == 1, said
+    assert said.count("conetool kernels ->") == 1
 
 
 # ---------------------------------------------------------------------------------- by hand

@@ -181,11 +181,14 @@ def compute_all(
     remove a store that holds none (:func:`conetool.store_clearing.remove_unused`).
 
     ``clear_first``, for an ``out`` whose clearing is deferred (``--overwrite`` of a store that
-    holds something, one process: :attr:`conetool.store.Store.clearing_deferred`), clears the old
-    store and writes the new one's manifest, probe and evaluation sets: it is called once the
-    first kernel is computed, before its files are written (or at the end of a run that computed
-    none and failed in nothing), so a run that stops before that leaves the old store as it was,
-    and its error says so."""
+    holds something: :attr:`conetool.store.Store.clearing_deferred`), clears the old store and
+    writes the new one's manifest, probe and evaluation sets: it is called once the first kernel
+    is computed, before its files are written (or at the end of a run that computed none and
+    failed in nothing), so a run that stops before that leaves the old store as it was, and its
+    error says so. Under torchrun rank 0 alone is given it, and calls it once every rank has
+    computed its first kernel or ended its share without one, none failing (:meth:`Job.settle
+    <conetool.distributed.Job.settle>`); the other ranks (their ``out`` joined with rank 0's new
+    manifest in memory) write nothing until then, and join the new store after it."""
     kind, dtype, max_memory = options.kind, options.dtype, options.max_memory
     method, skip_bad = options.method, options.skip_bad
     dev = job.device
@@ -284,10 +287,33 @@ def compute_all(
         bar.advance(1, step=ref.step)
         return False
 
-    def clear_once() -> None:
-        """The deferred clearing, before the run's first write (none: nothing to do)."""
-        if clear_first is not None and out.clearing_deferred:
+    # Under torchrun every rank meets at the deferred clearing once (Job.settle), at its first
+    # kernel or the end of its share, whichever comes first.
+    unsettled = [job.is_distributed and out.clearing_deferred]
+
+    def clear_once(ready: str = "kernel") -> bool:
+        """The deferred clearing, before the run's first write (none: nothing to do); False when
+        the run stops with the old store kept. One process clears at its first kernel. Under
+        torchrun each rank says it is ``ready`` (``"kernel"``: it computed its first;
+        ``"none"``: its share ended without one; ``"failed"``), and rank 0 clears once every
+        rank has, when none failed and one has a kernel; the others then join the new store."""
+        if not unsettled[0]:
+            if clear_first is not None and out.clearing_deferred and not job.is_distributed:
+                clear_first()
+            return True
+        unsettled[0] = False
+
+        def decide(readiness: list[str]) -> dict[str, Any]:
+            if "failed" in readiness or "kernel" not in readiness or clear_first is None:
+                return {"cleared": False}
             clear_first()
+            return {"cleared": True, "carried": out.carried()}
+
+        decision = job.settle(ready, decide, while_waiting=bar.poll)
+        if decision["cleared"] and not job.is_main:
+            out.join_cleared()
+            out.carry(decision["carried"])
+        return bool(decision["cleared"])
 
     def save(
         ref: CheckpointRef,
@@ -368,7 +394,8 @@ def compute_all(
                 continue
             if kernel is None:  # current: only its eval or layer kernels were missing
                 writer.join()  # the step before's files first; a failed write raises as it did
-                clear_once()
+                if not clear_once():
+                    break  # a rank failed before the clearing: the old store stays
                 try:
                     if cross is not None:
                         out.write_eval_kernel(ref.step, cross, eval_hash, fingerprint)
@@ -399,7 +426,9 @@ def compute_all(
                 engine=engine,
                 device=dev.type,
             )
-            clear_once()  # the old store goes only now, the first kernel computed (--overwrite)
+            # the old store goes only now, the first kernel computed (--overwrite)
+            if not clear_once():
+                break  # a rank failed before the clearing: the old store stays
             writer.submit(partial(save, ref, fingerprint, record, kernel, cross, per_group))
             if cross is not None:
                 eval_computed.append(ref.step)
@@ -409,6 +438,8 @@ def compute_all(
             seconds.append(took)
             shape = tuple(kernel.shape)
             bar.advance(1, step=ref.step, per_kernel=f"{took:.2f}s")
+    if unsettled[0]:  # this rank's share ended before a kernel (or failed): the others may wait
+        clear_once("failed" if error is not None else "none")
     out.refresh_mtimes(touched)
     out.flush()  # the records write_kernel left out of manifest.json (it spaces its writes out)
 
@@ -437,7 +468,7 @@ def compute_all(
     job.agree(lambda: out.adopt_kernel_files() if job.is_main and job.is_distributed else None)
     held = any(other["held"] for other in shares)
     # --overwrite's clearing still deferred: the old store was not touched, which errors say
-    kept_old = job.is_main and out.clearing_deferred
+    kept_old = out.clearing_deferred
     if error is not None:
         alike = error[3]
         said = [
@@ -446,12 +477,12 @@ def compute_all(
             if alike is not None and other["error"] is not None and other["error"][2] == alike
         ]
         if said:  # the model's fault, which a rank before this one hit too, says it
-            stopped = _stop_text(shares[said[0]]["error"], out.root, held)
+            stopped = _stop_text(shares[said[0]]["error"], out.root, held, kept_old)
             raise distributed.PeerFailedError(f"rank {said[0]} failed: {stopped}") from error[0]
         raise type(error[0])(_stop_text(error[1:3], out.root, held, kept_old)) from error[0]
     for rank, other in enumerate(shares):
         if other["error"] is not None:
-            stopped = _stop_text(other["error"], out.root, held)
+            stopped = _stop_text(other["error"], out.root, held, kept_old)
             raise distributed.PeerFailedError(f"rank {rank} failed: {stopped}")
 
     all_seconds = [t for other in shares for t in other["seconds"]]
@@ -467,7 +498,8 @@ def compute_all(
         if not job.is_main:  # every rank knows it: rank 0 alone says it
             raise distributed.PeerFailedError(f"rank 0 failed: {failure}") from failure
         raise failure
-    clear_once()  # a run with nothing to compute replaces the store all the same
+    if job.is_main and out.clearing_deferred and clear_first is not None:
+        clear_first()  # a run with nothing to compute replaces the store all the same
     all_computed = sorted(s for other in shares for s in other["computed"])
     if job.is_main:
         present = {ref.step for ref in plan.refs}

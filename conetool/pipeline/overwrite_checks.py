@@ -13,10 +13,10 @@ refused without it (it would stop at that checkpoint, the store already cleared)
 :mod:`conetool.pipeline.run_kernels` calls :func:`check_before_clearing` on rank 0, before
 :meth:`conetool.store.Store.open_for_writing`. What these checks cannot tell (a first checkpoint
 holding NaN, one that cannot be read, a memory budget too small, an interrupt) is met by the run
-itself, and a run of one process clears the store only once its first kernel is computed
-(``defer_clearing``; :func:`conetool.pipeline.kernels_loop.compute_all`'s ``clear_first``), so
-it stops with the store as it was too; under torchrun rank 0 clears it when it opens it, after
-these checks (the other ranks join the new store through its manifest).
+itself, and the run clears the store only once its first kernel is computed (under torchrun:
+once every rank has computed its first or ended its share, none failing; ``defer_clearing``,
+:func:`conetool.pipeline.kernels_loop.compute_all`'s ``clear_first``), so it stops with the
+store as it was too.
 """
 
 from __future__ import annotations

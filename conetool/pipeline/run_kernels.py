@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -162,7 +163,7 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
     # the steps, and again once every rank has met after its last write (compute_all says when)
     settled = [True]
 
-    def open_store() -> tuple[Store, nn.Module]:
+    def open_store() -> tuple[Store | None, nn.Module]:
         # The model first: its import (a "pkg.mod:factory" arch) is recorded in the header.
         model = model_for(plan.spec)
         if job.is_main:
@@ -185,34 +186,36 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
                 and Store.overwrite_clears(store, plan.identity, plan.manifest)
             )
             # What would fail after the clearing is refused before it (.overwrite_checks). What
-            # only the values or the engine tell is met before the first kernel: one process
-            # clears the store once that kernel is computed (compute_all's clear_first); under
-            # torchrun the other ranks join the store through its new manifest, so it is
-            # cleared now.
+            # only the values or the engine tell is met before the first kernel: the store is
+            # cleared once that kernel is computed (compute_all's clear_first; under torchrun
+            # once every rank has computed its first kernel or ended its share, none failing).
             if clears:
                 check_before_clearing(model, plan, Path(store), o.skip_bad)
-            out = Store.open_for_writing(
-                store,
-                plan.identity,
-                header,
-                overwrite=overwrite,
-                defer_clearing=clears and not job.is_distributed,
+            written = Store.open_for_writing(
+                store, plan.identity, header, overwrite=overwrite, defer_clearing=clears
             )
-            holder.append(out)
-            if not out.clearing_deferred:
-                fill(out)
+            holder.append(written)
+            if not written.clearing_deferred:
+                fill(written)
+            out: Store | None = written
         else:
-            out = Store.join(store)
-            if out.identity != plan.identity:
-                raise StoreError(
-                    f"rank {job.rank} made another spec, probe set or kernel kind than rank 0 "
-                    f"for store {out.root} ({out.identity} against {plan.identity}). Every node "
-                    "must run the same conetool, spec and data files."
-                )
+            out = None  # joined below, once rank 0 has said whether its clearing waits
         output_check(
             model, tuple(plan.data.input_shape), plan.data.num_classes, arch=plan.spec.model.arch
         )
         return out, model
+
+    def join_store(replacing: dict[str, Any] | None) -> Store:
+        """The store rank 0 opened, joined by another rank: through its manifest.json, or with
+        ``replacing`` (rank 0's new manifest, its clearing deferred) in memory until it clears."""
+        out = Store.join(store, replacing)
+        if out.identity != plan.identity:
+            raise StoreError(
+                f"rank {job.rank} made another spec, probe set or kernel kind than rank 0 "
+                f"for store {out.root} ({out.identity} against {plan.identity}). Every node "
+                "must run the same conetool, spec and data files."
+            )
+        return out
 
     def fill(out: Store) -> None:
         """Rank 0's first writes into the store it opened: what opening did said, the probe and
@@ -252,12 +255,22 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         fill(out)
 
     try:
-        out, model = job.agree(open_store, main_first=True)
+        opened, model = job.agree(open_store, main_first=True)
+        if job.is_distributed:
+            # --overwrite's clearing deferred: the others take rank 0's new manifest in memory
+            # (on disk is the old store's until rank 0 clears it: compute_all's clear_first)
+            main = opened if job.is_main else None
+            replacing = job.broadcast(
+                main.manifest if main is not None and main.clearing_deferred else None
+            )
+            opened = job.agree(lambda: main if main is not None else join_store(replacing))
+        assert opened is not None
+        out = opened
         if job.is_distributed:  # the others joined through manifest.json, which rank 0 rewrites
             # with this run's selection only with its next kernel: their files carry rank 0's
             out.carry(job.broadcast(out.carried()))
         settled[:] = [not job.is_distributed]
-        deferred = partial(clear_first, out) if out.clearing_deferred else None
+        deferred = partial(clear_first, out) if out.clearing_deferred and job.is_main else None
         result = compute_all(
             job, plan, out, model, options, progress, said.warnings, settled, deferred
         )
