@@ -421,6 +421,23 @@ def test_unknown_option_names_key_arch_and_valid_keys(arch, options, culprit) ->
 
 
 @pytest.mark.parametrize(
+    ("arch", "options", "suggested"),
+    [("mlp", {"widthz": [8]}, "widths"), ("lenet5", {"activaton": "tanh"}, "activation")],
+)
+def test_a_misspelt_model_option_gets_the_closest_valid_one(arch, options, suggested) -> None:
+    """A misspelt [model] key of a built-in arch listed the valid ones but not the one meant,
+    as a misspelt key of the other sections names it (the README's 'The spec')."""
+    with pytest.raises(ModelError, match=re.escape(f"Did you mean '{suggested}'?")):
+        _build(arch, CIFAR, **options)
+
+
+def test_a_model_option_like_no_valid_one_gets_no_guess() -> None:
+    with pytest.raises(ModelError) as info:
+        _build("mlp", CIFAR, depth=3)
+    assert "Did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("arch", "shape", "options", "culprit"),
     [
         ("mlp", DIGITS, {"activation": "sigmoid"}, r"activation = 'sigmoid'.*relu, tanh, gelu"),

@@ -98,11 +98,13 @@ def _build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
     valid = [name for name in inspect.signature(factory).parameters if name not in _FIXED]
     for key in options:
         if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
             raise ModelError(
                 f"unknown key '{key}' in [model] for arch '{arch}'. "
                 f"Valid keys for '{arch}': arch, num_classes"
                 + "".join(f", {name}" for name in valid)
                 + ". Remove the key or fix its spelling."
+                + (f" Did you mean '{close[0]}'?" if close else "")
             )
     return factory(input_shape=input_shape, num_classes=spec.num_classes, **options)
 
