@@ -442,14 +442,52 @@ def _dense_saves(t: TrainSpec) -> set[int]:
 
 
 def dense_only_steps(train: TrainSpec) -> list[int]:
-    """The steps that only the dense checkpoints save (none: ``dense_every`` adds nothing)."""
+    """The steps that only the dense checkpoints save (none: ``dense_every`` adds nothing).
+    A list of them all: :func:`dense_only_count` counts them without making it."""
     return sorted(_dense_saves(train) - _regular_saves(train))
 
 
 def save_steps(spec: Spec) -> list[int]:
     """The steps the run saves: 0, every ``save_every``, every ``dense_every`` before
-    ``dense_until``, each of ``save_at``, and the last."""
+    ``dense_until``, each of ``save_at``, and the last. A list of them all, as long as the
+    checkpoints written: :func:`is_save_step` and :func:`save_count` answer for a run of any
+    length (``steps`` up to TOML's 2**63 - 1) without making it."""
     return sorted(_regular_saves(spec.train) | _dense_saves(spec.train))
+
+
+def is_save_step(train: TrainSpec, step: int) -> bool:
+    """Whether the run saves a checkpoint at ``step`` (one of :func:`save_steps`), in O(1)."""
+    t = train
+    if not 0 <= step <= t.steps:
+        return False
+    if step == t.steps or step % t.save_every == 0 or step in t.save_at:
+        return True
+    return bool(t.dense_every) and step < t.dense_until and step % t.dense_every == 0
+
+
+def _multiples_below(every: int, end: int) -> int:
+    """How many of 0, every, 2 every, ... lie below ``end``."""
+    return -(-end // every) if end > 0 else 0
+
+
+def dense_only_count(train: TrainSpec) -> int:
+    """``len(dense_only_steps(train))``, counted without listing the steps."""
+    t = train
+    if not t.dense_every:
+        return 0
+    end = min(t.dense_until, t.steps + 1)  # the dense steps: multiples of dense_every below it
+    both = math.lcm(t.dense_every, t.save_every)  # the dense steps that save_every saves too
+    listed = {  # the dense steps that only save_at or the last step saves besides
+        s for s in (*t.save_at, t.steps) if s < end and s % t.dense_every == 0 and s % both
+    }
+    return _multiples_below(t.dense_every, end) - _multiples_below(both, end) - len(listed)
+
+
+def save_count(spec: Spec) -> int:
+    """``len(save_steps(spec))``, counted without listing the steps."""
+    t = spec.train
+    off_grid = {s for s in (*t.save_at, t.steps) if s % t.save_every}
+    return t.steps // t.save_every + 1 + len(off_grid) + dense_only_count(t)
 
 
 def check_for_training(spec: Spec) -> None:
@@ -518,7 +556,7 @@ def train_warnings(spec: Spec) -> list[str]:
             "every 10 steps before dense_until) for dense checkpoints, or remove dense_until."
         )
     elif t.dense_every and t.dense_until > t.dense_every:
-        if not dense_only_steps(t):
+        if not dense_only_count(t):
             said.append(
                 f"{src}: 'train.dense_every' = {t.dense_every} (with 'train.dense_until' = "
                 f"{t.dense_until}) adds no checkpoint: each of its steps is saved anyway "
@@ -531,7 +569,7 @@ def train_warnings(spec: Spec) -> list[str]:
             said.append(
                 f"{src}: 'train.dense_until' = {t.dense_until} is beyond 'train.steps' = "
                 f"{t.steps}, so the whole run is saved every dense_every = {t.dense_every} "
-                f"steps ({len(save_steps(spec))} checkpoints). Set dense_until to the step "
+                f"steps ({save_count(spec)} checkpoints). Set dense_until to the step "
                 "where the dense checkpoints should stop, at most train.steps."
             )
     if d.dataset == "synthetic" and d.test_size < d.num_classes:

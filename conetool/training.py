@@ -39,6 +39,7 @@ from .progress import NullProgress, Progress, Said
 from .spec import (
     Spec,
     check_for_training,
+    is_save_step,
     load_spec,
     save_spec,
     save_steps,
@@ -249,12 +250,12 @@ def _saver(
     per_epoch: int,
     sums: Callable[[], tuple[float, int, int]],
 ) -> Callable[[int], None]:
-    """The on_step callback that writes the checkpoints of :func:`save_steps`; beside the
-    optimizer state, ``sums()`` (:meth:`TrainingLoop.train_sums`) as :data:`TRAIN_SUMS`."""
-    saves = set(save_steps(spec))
+    """The on_step callback that writes the checkpoints of :func:`save_steps` (asked step by
+    step, :func:`is_save_step`: a run of any length starts at once); beside the optimizer
+    state, ``sums()`` (:meth:`TrainingLoop.train_sums`) as :data:`TRAIN_SUMS`."""
 
     def save(step: int) -> None:
-        if step not in saves:
+        if not is_save_step(spec.train, step):
             return
         metadata = {
             "step": str(step),

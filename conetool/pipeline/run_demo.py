@@ -31,7 +31,7 @@ from ..data import load_data
 from ..errors import ConetoolError, DataError, StoreError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, ProgressTask
-from ..spec import Spec, dense_only_steps, load_spec, save_steps, spec_differences, spec_from_dict
+from ..spec import Spec, dense_only_count, load_spec, save_steps, spec_differences, spec_from_dict
 from ..threads import limit_threads
 from ..training import train
 from .run_distance import UNUSED_REF, distance
@@ -71,7 +71,7 @@ def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spe
             dense_every=max(1, round(t.dense_every * scale)) if t.dense_every else 0,
             dense_until=round(t.dense_until * scale),
         )
-        if not dense_only_steps(t):  # scaled down to nothing: conetool train would say so
+        if not dense_only_count(t):  # scaled down to nothing: conetool train would say so
             t = dataclasses.replace(t, dense_every=0, dense_until=0)
     probe = spec.probe if probe_size is None else dataclasses.replace(spec.probe, size=probe_size)
     return dataclasses.replace(spec, train=t, probe=probe)
