@@ -12,7 +12,7 @@ import re
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,10 +45,13 @@ class StoreLock:
         self.path, self._key, self._released = path, key, False
 
     @classmethod
-    def acquire(cls, root: Path) -> StoreLock | None:
+    def acquire(
+        cls, root: Path, refusal: Callable[[str, Path], str] | None = None
+    ) -> StoreLock | None:
         """Take the lock of store ``root`` (created if need be), or raise :class:`StoreError`
-        naming the process that holds it. None where locking is impossible (read-only store,
-        no ``fcntl``)."""
+        naming the process that holds it: ``refusal(holder, lock_file)`` when given (another
+        folder that one process at a time writes: ``train``'s ``--out``), else the store's
+        message. None where locking is impossible (read-only store, no ``fcntl``)."""
         if fcntl is None:
             return None
         root = Path(root)
@@ -78,6 +81,8 @@ class StoreLock:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
+            if refusal is not None:
+                raise StoreError(refusal(holder, path)) from None
             raise StoreError(
                 f"store {root} is being written by another conetool process ({holder}); it "
                 f"holds the lock {path}. conetool refuses a second writer rather than wait: two "

@@ -47,6 +47,7 @@ from .spec import (
     train_warnings,
 )
 from .threads import limit_threads, slow_step_watch
+from .train_lock import train_out_lock
 
 METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
 #: The optimizer state's metadata entry that holds, as a JSON list, the training loss summed
@@ -178,61 +179,65 @@ def _train(
     said = Said(progress)  # its warnings in the result, so that --quiet prints them at the end
     if probe_warning := _check_probe(spec, data):
         said.warn(probe_warning)
-    start, finished = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
-    if start < spec.train.steps:  # what in the spec trains badly or does nothing, said first
-        for concern in train_warnings(spec):
-            said.warn(concern)
-    if resume and not start and paths.checkpoint_steps(out):
-        said.warn(
-            f"--resume: {out} holds checkpoints but no optimizer state (step_*.optim.safetensors), "
-            "so training restarts from step 0 and writes every checkpoint again."
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} is a file, not a directory. Choose a directory path.")
+    with train_out_lock(out):  # one train writes a folder at a time (a kill leaves no lock)
+        start, finished = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+        if start < spec.train.steps:  # what in the spec trains badly or does nothing, said first
+            for concern in train_warnings(spec):
+                said.warn(concern)
+        if resume and not start and paths.checkpoint_steps(out):
+            said.warn(
+                f"--resume: {out} holds checkpoints but no optimizer state "
+                "(step_*.optim.safetensors), so training restarts from step 0 and writes every "
+                "checkpoint again."
+            )
+        if finished:
+            progress.log(f"{out} already holds the finished run (step {start}); nothing to train")
+            return _finished(out, spec)
+        model.to(dev)
+        optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
+        loop = TrainingLoop(
+            spec,
+            model,
+            optimizer,
+            data,
+            dev,
+            progress,
+            on_eval=lambda row: _append_metrics(paths.metrics(out), row),
+            diverged_hint=diverged_hint(out),
         )
-    if finished:
-        progress.log(f"{out} already holds the finished run (step {start}); nothing to train")
-        return _finished(out, spec)
-    model.to(dev)
-    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), spec.train)
-    loop = TrainingLoop(
-        spec,
-        model,
-        optimizer,
-        data,
-        dev,
-        progress,
-        on_eval=lambda row: _append_metrics(paths.metrics(out), row),
-        diverged_hint=diverged_hint(out),
-    )
-    loop.on_step.extend(
-        [
-            _saver(spec, model, optimizer, out, per_epoch, loop.train_sums),
-            *slow_step_watch(model, data, spec, dev, threads, progress, notes=said.warnings),
-        ]
-    )
-    if start:
-        sums = _load_state(model, optimizer, out, start, dev)
-        if isinstance(sums, str):  # damaged: the weights are resumed all the same
-            said.warn(_damaged_sums_warning(out, start, sums))
-        elif sums is not None:  # (a run saved by an older conetool has none: its next row
-            loop.resume_train_sums(*sums)  # averages the steps since the resume only)
-        progress.log(f"resuming {out} from step {start}")
-    else:
-        save_spec(spec, paths.spec(out))
+        loop.on_step.extend(
+            [
+                _saver(spec, model, optimizer, out, per_epoch, loop.train_sums),
+                *slow_step_watch(model, data, spec, dev, threads, progress, notes=said.warnings),
+            ]
+        )
+        if start:
+            sums = _load_state(model, optimizer, out, start, dev)
+            if isinstance(sums, str):  # damaged: the weights are resumed all the same
+                said.warn(_damaged_sums_warning(out, start, sums))
+            elif sums is not None:  # (a run saved by an older conetool has none: its next row
+                loop.resume_train_sums(*sums)  # averages the steps since the resume only)
+            progress.log(f"resuming {out} from step {start}")
+        else:
+            save_spec(spec, paths.spec(out))
 
-    began = time.perf_counter()
-    rows = loop.run(start, spec.train.steps)
-    last = rows[-1]
-    return TrainResult(
-        out=out,
-        steps=spec.train.steps,
-        saved_steps=[s for s in save_steps(spec) if s >= start],
-        resumed_from=start or None,
-        test_loss=last["test_loss"],
-        test_acc=last["test_acc"],
-        seconds=time.perf_counter() - began,
-        metrics=rows,
-        run_steps=save_steps(spec),
-        warnings=said.warnings,
-    )
+        began = time.perf_counter()
+        rows = loop.run(start, spec.train.steps)
+        last = rows[-1]
+        return TrainResult(
+            out=out,
+            steps=spec.train.steps,
+            saved_steps=[s for s in save_steps(spec) if s >= start],
+            resumed_from=start or None,
+            test_loss=last["test_loss"],
+            test_acc=last["test_acc"],
+            seconds=time.perf_counter() - began,
+            metrics=rows,
+            run_steps=save_steps(spec),
+            warnings=said.warnings,
+        )
 
 
 def diverged_hint(ckpts: Path) -> str:
@@ -338,8 +343,6 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> tup
     """Check (and if asked, clear) the output directory; return the step to start from and
     whether the run there is finished (its last checkpoint and its last metrics row written:
     a run stopped between the two is resumed at its last step, which evaluates it)."""
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"--out {out} is a file, not a directory. Choose a directory path.")
     make_dir(out)  # flushed into its parent: a power loss cannot take the folder from its files
     ours = paths.checkpoint_steps(out)
     spec_file = paths.spec(out)

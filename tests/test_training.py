@@ -300,7 +300,8 @@ def test_never_touches_step_named_checkpoints_without_its_spec(tmp_path, flags):
     with pytest.raises(StoreError, match="but no conetool.toml") as info:
         train(tiny_spec(), out, **flags)
     assert "--overwrite" not in str(info.value), info.value
-    assert mine.read_bytes() == b"not ours" and [p.name for p in out.iterdir()] == [mine.name]
+    others = [p.name for p in out.iterdir() if p.name != ".lock"]  # (train's lock, held meanwhile)
+    assert mine.read_bytes() == b"not ours" and others == [mine.name]
 
 
 @pytest.mark.parametrize(
@@ -344,11 +345,17 @@ def test_num_classes_mismatch_is_a_spec_error(tmp_path):
 def test_resuming_a_finished_run_changes_nothing(tmp_path):
     spec = tiny_spec()
     first = train(spec, tmp_path / "run")
-    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+
+    def stamps() -> dict[str, int]:  # the run's files (train's .lock names each train's pid)
+        return {
+            p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.name != ".lock"
+        }
+
+    before = stamps()
     again = train(spec, tmp_path / "run", resume=True)
     assert again.saved_steps == [] and again.test_acc == first.test_acc  # read back exactly
     assert again.test_loss == first.test_loss
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == stamps
+    assert stamps() == before
 
 
 def test_resume_of_a_run_stopped_before_its_last_evaluation_writes_its_last_row(

@@ -1,0 +1,64 @@
+"""One ``conetool train`` writes an ``--out`` at a time: a second is refused at once, naming the
+folder and the process that writes it, and the lock goes away with that process."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_run import SPEC, STEPS, train_tiny
+
+from conetool import paths
+from conetool.errors import StoreError
+from conetool.spec import spec_from_dict
+from conetool.training import train
+
+#: Takes the lock ``OUT/.lock`` as a train writing the folder does (with its note), then waits
+#: to be killed.
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"pid {os.getpid()} on testhost: conetool train tiny.toml".encode())
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".lock"}
+
+
+def test_a_second_train_into_one_out_is_refused_until_the_first_ends(tmp_path: Path) -> None:
+    out = train_tiny(tmp_path)
+    before = _files(out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(paths.lock(out))], stdout=subprocess.PIPE
+    )
+    spec = spec_from_dict(SPEC, source="tiny.toml")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        for flags in ({"overwrite": True}, {"resume": True}, {}):
+            with pytest.raises(StoreError) as refused:
+                train(spec, out, **flags)
+            text = " ".join(str(refused.value).split())
+            assert f"--out {out} is being written by another conetool process" in text
+            assert (
+                f"pid {holder.pid} on testhost: conetool train" in text
+                and str(paths.lock(out)) in text
+            )
+            assert _files(out) == before  # --overwrite cleared nothing, --resume wrote nothing
+    finally:
+        holder.kill()  # the OS drops the lock with the process, however it ends
+        holder.wait()
+    again = train(spec, out, overwrite=True)  # no stale lock after the kill
+    assert again.saved_steps == STEPS
+    fd = os.open(paths.lock(out), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # given back when train returned
+    finally:
+        os.close(fd)
