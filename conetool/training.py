@@ -11,6 +11,7 @@ The checkpoint of step s holds the weights after s updates (step 0 = the initial
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -182,7 +183,10 @@ def _train(
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file, not a directory. Choose a directory path.")
     with train_out_lock(out):  # one train writes a folder at a time (a kill leaves no lock)
+        had_metrics = paths.metrics(out).is_file()
         start, finished = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+        if start and not finished and (lost := _lost_rows_warning(out, spec, start, had_metrics)):
+            said.warn(lost)
         if start < spec.train.steps:  # what in the spec trains badly or does nothing, said first
             for concern in train_warnings(spec):
                 said.warn(concern)
@@ -475,6 +479,37 @@ def _train_sums(path: Path) -> tuple[float, int, int] | str | None:
     ):
         return damaged
     return float(loss_sum), correct, seen
+
+
+def _lost_rows_warning(out: Path, spec: Spec, start: int, had_file: bool) -> str | None:
+    """What a run resumed at ``start`` lacks in its ``metrics.csv`` (``had_file``: whether the file
+    was there), once :func:`_prepare_out` has kept its rows before ``start``: the rows of the
+    steps before ``start`` that ``eval_every`` evaluated, deleted since (the file removed, rows
+    cut), which the resumed run does not write again; None when none is missing. Found without
+    listing every evaluated step: the scans stop at the first missing rows."""
+    every = spec.train.eval_every
+    present = {
+        int(step)
+        for row in _read_metrics(paths.metrics(out))
+        if (step := float(row["step"])).is_integer() and step % every == 0
+    }
+    expected = -(-start // every)  # rows of 0, every, 2 every, ... below start
+    missing = expected - len(present)
+    if missing <= 0:
+        return None
+    first = list(itertools.islice((s for s in range(0, start, every) if s not in present), 3))
+    last = next(s for s in range(every * (expected - 1), -1, -every) if s not in present)
+    shown = ", ".join(map(str, first)) + (f", ..., {last}" if last > first[-1] else "")
+    file = paths.metrics(out)
+    held = "was missing" if not had_file else "lacks rows"
+    return (
+        f"--resume: {file} {held}: {missing} of the {expected} rows that the run evaluated "
+        f"before step {start}, where it resumes, are missing (step{'s' * (missing > 1)} "
+        f"{shown}), and the resumed run writes only the rows from step {start} on. They cannot "
+        "be rebuilt (a row's train numbers average the batches trained since the row before). "
+        "To keep them, put a copy of the file back and pass --resume again, or pass "
+        "--overwrite to train the whole run again with every row."
+    )
 
 
 def _damaged_sums_warning(out: Path, step: int, why: str) -> str:
