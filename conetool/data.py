@@ -85,12 +85,23 @@ DIGITS_RANDOM_STATE = 0
 # --------------------------------------------------------------------------------------------
 
 
-def load_data(spec: DataSpec) -> DataBundle:
+def load_data(spec: DataSpec, *, source: str | None = None) -> DataBundle:
     """Build the data set that ``spec`` (the ``[data]`` section) names.
 
     Nothing is downloaded unless ``spec.download`` is true; missing files raise a
-    :class:`DataError` that says where conetool looked and how to get them.
+    :class:`DataError` that says where conetool looked and how to get them. ``source``: the spec
+    file the section is from, which each :class:`DataError` then names first, as the spec's own
+    errors do (``spec.toml: 'data.root' = ...``).
     """
+    try:
+        return _load(spec)
+    except DataError as exc:
+        if source is not None and not str(exc).startswith(f"{source}: "):
+            exc.args = (f"{source}: {exc}", *exc.args[1:])
+        raise
+
+
+def _load(spec: DataSpec) -> DataBundle:
     name = spec.dataset
     if name == "digits":
         return _digits()
@@ -126,14 +137,15 @@ _KNOWN = {
 }
 
 
-def describe_data(spec: DataSpec) -> DataInfo:
+def describe_data(spec: DataSpec, *, source: str | None = None) -> DataInfo:
     """Shape, class count and training-set size of ``spec``'s data set; reads no data files for
-    the built-in data sets (a user factory is called, since only it knows)."""
+    the built-in data sets (a user factory is called, since only it knows; ``source`` as
+    :func:`load_data`'s)."""
     if spec.dataset in _KNOWN:
         return _KNOWN[spec.dataset]
     if spec.dataset == "synthetic":
         return DataInfo(tuple(int(s) for s in spec.shape), spec.num_classes, spec.train_size)
-    bundle = load_data(spec)
+    bundle = load_data(spec, source=source)
     return DataInfo(tuple(bundle.input_shape), bundle.num_classes, len(bundle.train))
 
 

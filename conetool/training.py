@@ -104,7 +104,7 @@ class TrainResult:
 
 def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Module, DataBundle]:
     """The spec's data and its freshly initialized model (parameters seeded by ``train.seed``)."""
-    data = data or load_data(spec.data)
+    data = data or load_data(spec.data, source=spec.source)
     if spec.model.num_classes != data.num_classes:
         raise SpecError(
             f"{spec.source}: [model] num_classes = {spec.model.num_classes}, but data set "

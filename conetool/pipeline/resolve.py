@@ -70,9 +70,11 @@ def moved_run(ckpts: str | Path | None) -> Path | None:
 
 def iterations_per_epoch(spec: Spec) -> int:
     """open_lth's iterations per epoch, ceil(n_train / batch_size), for ``model_epE_itI`` names."""
-    return math.ceil(describe_data(spec.data).n_train / spec.train.batch_size)
+    return math.ceil(describe_data(spec.data, source=spec.source).n_train / spec.train.batch_size)
 
 
 def model_for(spec: Spec) -> nn.Module:
     """The spec's architecture (freshly initialized; checkpoints are loaded into it)."""
-    return build_model(spec.model, describe_data(spec.data).input_shape, source=spec.source)
+    return build_model(
+        spec.model, describe_data(spec.data, source=spec.source).input_shape, source=spec.source
+    )

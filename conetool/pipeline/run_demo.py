@@ -311,7 +311,7 @@ def _check_probe_size(spec: Spec) -> None:
     """``--probe-size`` must fit the digits twice over, checked before anything is trained: the
     probe set is drawn from the train split, and kernels' evaluation set, of the same size, from
     the test split (both named by ``--probe-size``, the flag the user passed)."""
-    data = load_data(spec.data)
+    data = load_data(spec.data, source=spec.source)
     splits = (spec.probe.split, EVAL_SPLIT)
     sizes = {name: int(data.split(name).labels().shape[0]) for name in splits}
     most = min(sizes.values())

@@ -453,7 +453,7 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     )
     left_out.update(listing.left_out)
     refs = listing.refs
-    data = load_data(spec.data)
+    data = load_data(spec.data, source=spec.source)
     probe = make_probe(data, spec.probe, size_flag=None if probe_size is None else "--probe-size")
     evaluated = None
     if eval_size is not None:

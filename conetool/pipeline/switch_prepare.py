@@ -155,7 +155,7 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     if missing:
         raise _not_stored(missing, ckpts_dir, sorted(refs))
     read = _read_reference(reference, T, refs, points_at) if read_reference else None
-    data = load_data(spec.data)
+    data = load_data(spec.data, source=spec.source)
     if len(data.test) == 0:
         raise SpecError(
             f"{spec.source}: data set '{spec.data.dataset}' has an empty test split, and the "
