@@ -545,8 +545,9 @@ def _classes_left(size: int, num_classes: int) -> str:
 
 def train_warnings(spec: Spec) -> list[str]:
     """What ``conetool train`` says at its start: :func:`recipe_warnings`, then the keys only the
-    training run reads (its checkpoints, its data) that the spec sets to no effect, or to an
-    effect probably not meant. Each a sentence naming the keys, their values and the fix."""
+    training run reads (its checkpoints, its data) that the spec sets to no effect (the
+    synthetic-only keys with another data set; root and download with digits or synthetic), or
+    to an effect probably not meant. Each a sentence naming the keys, their values and the fix."""
     src, t, d = spec.source, spec.train, spec.data
     said = recipe_warnings(spec)
     if t.dense_until and not t.dense_every:
@@ -589,6 +590,20 @@ def train_warnings(spec: Spec) -> list[str]:
                     f"{src}: 'data.{key}' = {getattr(d, key)!r} has no effect: it applies to "
                     f'dataset = "synthetic" only, and {d.dataset} is used whole, as it is. '
                     f"Remove data.{key}."
+                )
+    if d.dataset in ("digits", "synthetic"):
+        made = {
+            "digits": "read from the copy inside scikit-learn",
+            "synthetic": "generated from data.seed",
+        }[d.dataset]
+        for key in ("root", "download"):
+            if (value := getattr(d, key)) != getattr(DataSpec(), key):
+                shown = _toml_value(value) if isinstance(value, bool) else repr(value)  # true
+                said.append(
+                    f"{src}: 'data.{key}' = {shown} has no effect: it applies to "
+                    'dataset = "mnist" and "cifar10" (torchvision\'s files under root), and '
+                    f"{d.dataset} is {made}: nothing is read from root or downloaded. Remove "
+                    f"data.{key}."
                 )
     return said
 

@@ -207,6 +207,27 @@ def test_synthetic_keys_with_a_built_in_data_set_are_said():
     ]
 
 
+@pytest.mark.parametrize(
+    ("dataset", "made"),
+    [
+        ("digits", "read from the copy inside scikit-learn"),
+        ("synthetic", "generated from data.seed"),
+    ],
+)
+def test_root_and_download_without_torchvision_files_are_said(dataset, made):
+    spec = tiny(data={**synthetic(), "dataset": dataset, "root": "/data", "download": True})
+    assert [w for w in train_warnings(spec) if "'data.r" in w or "'data.d" in w] == [
+        f"c.toml: 'data.{key}' = {value} has no effect: it applies to dataset = \"mnist\" and "
+        f'"cifar10" (torchvision\'s files under root), and {dataset} is {made}: nothing is read '
+        f"from root or downloaded. Remove data.{key}."
+        for key, value in (("root", "'/data'"), ("download", "true"))
+    ]
+    for used in ({"dataset": "mnist"}, {"dataset": "cifar10"}, {"dataset": "mod:make"}):
+        spec = tiny(data={"root": "/data", "download": True, **used})
+        assert not [w for w in train_warnings(spec) if "'data.r" in w or "'data.d" in w]
+    assert not train_warnings(tiny(data={**synthetic(), "root": "~/data", "download": False}))
+
+
 # --- a synthetic split smaller than its class count -----------------------------------------------
 
 
