@@ -382,7 +382,7 @@ def empirical_ntk(
             kernel,
             float32=dtype == torch.float32,
             parameters=sum(p.numel() for p in params.values()),
-            outputs_move=lambda: outputs_move(forward, params, x),
+            outputs_move=lambda: outputs_move(forward, params, x, kind=kind, n2=n2),
         )
     # Only a call that gave a kernel teaches the memo: its checks (the independence check, which
     # NaN outputs leave undecided) run again on the next call otherwise.

@@ -15,9 +15,11 @@ off by at most 2^-150, ``p`` of them by at most the largest entry times 2^-24). 
 refused with the fix, the float64 kernel (``--dtype float64``), which holds either.
 
 A float32 kernel that is exactly zero is the eNTK of a model whose outputs do not depend on its
-parameters (every weight zero, no bias), which float64 gives too, or one whose products all fell
-below 1.4e-45: :func:`outputs_move` tells them apart (one gradient of the first examples' summed
-outputs, which is zero exactly when their Jacobians are), and the second is refused too.
+parameters (every weight zero, no bias), or a cross kernel between examples whose Jacobians are
+orthogonal (they move other parameters), which float64 gives too, or one whose products all fell
+below 1.4e-45: :func:`outputs_move` tells them apart (one gradient of a random combination of the
+first examples' outputs per side, and their dot product in float64, which is zero when the
+kernel is, and almost surely not otherwise), and the last is refused too.
 """
 
 from __future__ import annotations
@@ -61,14 +63,36 @@ def smallest_float32_kernel(parameters: int) -> float:
 
 
 def outputs_move(
-    forward: Callable[[Tensor, dict[str, Tensor]], Tensor], params: dict[str, Tensor], x: Tensor
+    forward: Callable[[Tensor, dict[str, Tensor]], Tensor],
+    params: dict[str, Tensor],
+    x: Tensor,
+    *,
+    kind: str = "trace",
+    n2: int | None = None,
 ) -> bool:
-    """Whether the outputs of the first :data:`MOVING_EXAMPLES` examples of ``x`` ``(n, ...)``
-    move with ``params``: the gradient of their sum, ``forward(x[:8], params).sum()``, is not all
-    zero. It is the sum over those examples of each one's Jacobian summed over the logits, zero
-    when their eNTK is."""
-    gradients = torch.func.grad(lambda p: forward(x[:MOVING_EXAMPLES], p).sum())(params)
-    return any(bool(g.ne(0).any()) for g in gradients.values())
+    """Whether the ``kind`` eNTK of the first :data:`MOVING_EXAMPLES` examples of ``x``
+    ``(n, ...)`` (with ``n2``: of ``x[:-n2]`` against those of ``x[-n2:]``, the cross kernel) is
+    not zero in exact arithmetic, told from one gradient per side: ``g = J^T w`` for seeded
+    Gaussian weights ``w`` of the outputs (for ``"sum"``, one weight per example, shared by its
+    logits), and ``g1 . g2`` summed in float64. With ``J1 J2^T`` zero (every output constant, or
+    a cross kernel between examples that move other parameters) it is zero; otherwise it is
+    almost surely not (for a ``"trace"`` cross kernel, whose logits are paired, ``w`` couples the
+    logits too: a block of ``J1 J2^T`` off its diagonal alone counts as moving)."""
+
+    def gradient(examples: Tensor) -> dict[str, Tensor]:
+        def combined(p: dict[str, Tensor]) -> Tensor:
+            out = forward(examples, p)
+            shape = out.shape if kind != "sum" else out.shape[:1] + (1,) * (out.dim() - 1)
+            seeded = torch.Generator().manual_seed(0)
+            weights = torch.randn(shape, generator=seeded, dtype=torch.float64)
+            return (out * weights.to(device=out.device, dtype=out.dtype)).sum()
+
+        return dict(torch.func.grad(combined)(params))
+
+    first = gradient(x[:MOVING_EXAMPLES] if n2 is None else x[:-n2][:MOVING_EXAMPLES])
+    second = first if n2 is None else gradient(x[-n2:][:MOVING_EXAMPLES])
+    dot = sum((first[name].double() * second[name].double()).sum().cpu().item() for name in first)
+    return dot != 0.0
 
 
 def check_range(
@@ -86,8 +110,8 @@ def check_range(
         kernel: the kernel, any shape and device.
         float32: whether it was computed in float32 and is returned as float32.
         parameters: ``p``, the number of trainable values of the model.
-        outputs_move: for a float32 kernel that is all zeros, whether the model's outputs move
-            with its parameters (:func:`outputs_move`); ``None``: such a kernel is returned.
+        outputs_move: for a float32 kernel that is all zeros, whether that kernel is not zero in
+            exact arithmetic (:func:`outputs_move`); ``None``: such a kernel is returned.
 
     Raises:
         NonFiniteKernelError: NaN or infinite entries, or (``float32``) entries beyond 3.4e38.

@@ -115,6 +115,52 @@ def test_a_zero_entk_is_a_zero_kernel_not_an_error(method: str) -> None:
     assert kernel.dtype == torch.float32 and not kernel.any()
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["trace", "sum"])
+def test_a_cross_kernel_of_orthogonal_jacobians_is_a_zero_kernel_not_an_error(
+    method: str, kind: str
+) -> None:
+    """A bias-free linear model and two input sets on disjoint inputs: their Jacobians move other
+    weights, so the cross kernel is exactly 0 (float64 says so) while each set's outputs move.
+    The float32 kernel was refused as underflowed (the gradient of x1's outputs is not zero)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3, bias=False)
+    x1 = torch.zeros(3, 4)
+    x1[:, :2] = torch.randn(3, 2)
+    x2 = torch.zeros(5, 4)
+    x2[:, 2:] = torch.randn(5, 2)
+    exact = empirical_ntk(model, x1, x2, device="cpu", method=method, kind=kind, dtype="float64")
+    assert not exact.any()
+    kernel = empirical_ntk(model, x1, x2, device="cpu", method=method, kind=kind)
+    assert kernel.dtype == torch.float32 and kernel.shape == (3, 5) and not kernel.any()
+
+
+class Centered(torch.nn.Module):
+    """:class:`Scaled`'s logits minus their mean: they sum to 0 over the logits for any weights."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scaled = Scaled(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.scaled(x)
+        return z - z.mean(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_underflowed_kernel_of_logits_summing_to_zero_is_refused(method: str) -> None:
+    """Centered logits scaled by 1e-25: every float32 product is 0 but the float64 kernel is not;
+    the gradient of the outputs' plain sum is 0 for any weights, so the zeros were returned as
+    a zero eNTK. The "sum" kernel of those logits is a zero eNTK: returned."""
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    model = Centered(1e-25)
+    assert empirical_ntk(model, x, device="cpu", method=method, dtype="float64").any()
+    with pytest.raises(KernelUnderflowError, match="all zeros"):
+        empirical_ntk(model, x, device="cpu", method=method)
+    summed = empirical_ntk(Centered(1.0), x, device="cpu", method=method, kind="sum")
+    assert summed.dtype == torch.float32 and not summed.any()
+
+
 SCALED_FACTORY = """
 import torch
 
