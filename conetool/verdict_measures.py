@@ -345,14 +345,16 @@ def _cells(steps: np.ndarray) -> np.ndarray:
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """The median of ``values`` ``(N,)`` with integer ``weights`` ``(N,)``: the value at half of
-    the total weight, the mean of the two values on either side when half falls between them.
-    Equal weights give ``np.median``, the mean of the two middle values included."""
+    """The median of ``values`` ``(N,)`` with positive whole-number ``weights`` ``(N,)``
+    (float64: exact while their sum is below 2**53): the value at half of the total weight, the
+    mean of the two values on either side when half falls between them. Equal weights give
+    ``np.median``, the mean of the two middle values included."""
     order = np.argsort(values, kind="stable")
-    v, cum = values[order], np.cumsum(weights[order])
-    total = int(cum[-1])
+    v, cum = values[order], np.cumsum(np.asarray(weights, dtype=np.float64)[order])
+    total = float(cum[-1])
     k = int(np.searchsorted(2 * cum, total, side="left"))  # first with 2 * cum >= total
-    if 2 * int(cum[k]) == total and k + 1 < v.size:
+    k = min(k, v.size - 1)  # rounding of a sum past 2**53
+    if 2 * float(cum[k]) == total and k + 1 < v.size:
         return float((v[k] + v[k + 1]) / 2.0)
     return float(v[k])
 
@@ -397,8 +399,11 @@ def lag_growth(
     edges = np.geomspace(max(lo, lag[sel].min()), hi, bins + 1)
     edges[-1] = np.nextafter(edges[-1], np.inf)
     cells = _cells(t)
+    # in units of their greatest common divisor, as float64: the products of steps a billion
+    # apart overflowed int64 (a raw IndexError, or a square root of a negative sum)
+    cells = (cells // np.gcd.reduce(cells)).astype(np.float64)
     weight = cells[i] * cells[j]  # (P,) the pairs of steps each stored pair stands for
-    unit = int(cells.max()) ** 2
+    unit = float(cells.max()) ** 2
     xs, ys, ws, counts = [], [], [], 0
     for a, b in itertools.pairwise(edges):
         inbin = sel & (lag >= a) & (lag < b)
@@ -407,7 +412,7 @@ def lag_growth(
         counts += int(inbin.sum())
         xs.append(math.log(_weighted_median(lag[inbin], weight[inbin])))
         ys.append(math.log(max(_weighted_median(values[inbin], weight[inbin]), _TINY)))
-        ws.append(math.sqrt(int(weight[inbin].sum()) / unit))
+        ws.append(math.sqrt(float(weight[inbin].sum()) / unit))
     if len(xs) < 3:
         return None
     x, y, w = np.array(xs), np.array(ys), np.array(ws)

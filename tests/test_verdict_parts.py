@@ -196,6 +196,22 @@ def test_lag_bins_start_at_the_smallest_lag_in_range_not_at_a_fifth_of_phase_two
     assert g.exponent == pytest.approx(1.5, abs=1e-12)
 
 
+def test_lag_growth_reads_steps_billions_apart_as_their_spacing_in_units() -> None:
+    # Steps counted in examples or tokens seen: spacings of 3e9 and more, whose products overflowed
+    # int64 (IndexError from the weighted median, or a square root of a negative count). The
+    # same uneven schedule in any unit is the same reading.
+    small = np.array([0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40])
+    for unit in (1, 10**9, 3 * 10**10, 2 * 10**11):
+        steps = small * unit
+        s = lag_only_s(steps, lambda d, u=unit: 0.01 * (d / u) ** 0.8)
+        g = lag_growth(steps, s, 0)
+        assert g is not None
+        if unit == 1:
+            want = g
+        assert g.exponent == pytest.approx(want.exponent, rel=1e-9)
+        assert (g.pairs, g.bins) == (want.pairs, want.bins)
+
+
 # --- velocity_trend ------------------------------------------------------------------------------
 
 
