@@ -222,3 +222,21 @@ def test_a_reused_point_is_hashed_not_loaded(run, tmp_path, monkeypatch, hashed,
         assert {f: getattr(mine, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
     assert again.reference == first.reference
     assert (FOREIGN_RUN in again.warnings) == (how != "conetool") == (FOREIGN_RUN in first.warnings)
+
+
+@pytest.mark.parametrize("how", ["conetool", "safetensors", "torch"])
+def test_reused_points_under_torchrun_warn_of_a_foreign_run_as_one_process_does(run, tmp_path, how):
+    """Checkpoints conetool train did not write are warned of once per sweep, also when every
+    point is reused: a single process said so from each point it read back, but with several
+    ranks rank 0 found the store's points itself and nothing said it (only points a rank
+    trained did)."""
+    from conetool.pipeline.switch_points import FOREIGN_RUN
+
+    ckpts = copied_run(run, tmp_path, how)
+    store = tmp_path / "s"
+    switch([0, 4], store=store, ckpts=ckpts, device="cpu")
+    single = switch([0, 4], store=store, ckpts=ckpts, device="cpu")
+    ranks = one_rank_switch([0, 4], store, ckpts)
+    assert [p.reused for p in single.points] == [p.reused for p in ranks.points] == [True, True]
+    assert single.warnings.count(FOREIGN_RUN) == (how != "conetool")
+    assert ranks.warnings.count(FOREIGN_RUN) == (how != "conetool"), ranks.warnings

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .. import distributed, paths
-from ..checkpoints import fingerprint
+from ..checkpoints import checkpoint_metadata, fingerprint
 from ..choices import path_argument
 from ..errors import CheckpointError, ConetoolError, StoreReplacedError
 from ..library_call import library_call
@@ -45,7 +45,7 @@ from .switch_finished_points import (
 from .switch_momentum_notes import MomentumNote, MomentumSaid
 from .switch_momentum_source import momentum_source, source_changed
 from .switch_options import SwitchOptions, parse_at
-from .switch_points import run_point
+from .switch_points import run_point, said_if_foreign
 from .switch_prepare import Sweep, for_switch, prepare_sweep
 from .switch_reference import standard_reference
 from .switch_replaced import replaced_error, rerun_command
@@ -216,6 +216,10 @@ def _switch(
     # what in the recipe trains badly (momentum >= 1), said once before any point is trained
     for concern in recipe_warnings(sweep.spec):
         says.warn(concern)
+    # checkpoints not written by conetool train, said as a single process says it when it reads
+    # back a finished point (rank 0 found these itself: no rank's run_point sees them)
+    for point in done:
+        said_if_foreign(checkpoint_metadata(sweep.refs[point.at]), says)
     # the slow-step warning, one per rank at most: kept apart from says.warnings, since the
     # watch runs only while this list is empty
     warnings: list[str] = []

@@ -59,6 +59,7 @@ __all__ = [
     "point_key",
     "read_point",
     "run_point",
+    "said_if_foreign",
     "write_sweep",
 ]
 
@@ -111,13 +112,13 @@ def run_point(
     if t not in found:  # (else the sweep looked already, and found it to do)
         stored = _finished(spec, ref, ckpts, until, store, found)
         if stored is not None:
-            _said_if_foreign(checkpoint_metadata(ref), says)
+            said_if_foreign(checkpoint_metadata(ref), says)
             return stored
     model = model_for(spec)
     # refuses non-finite weights, names the file; keeps a loop's optimizer state, read with them
     loaded = load_checkpoint(model, ref, keep=ENTRIES)
     assert loaded is not None
-    _said_if_foreign(loaded.metadata, says)
+    said_if_foreign(loaded.metadata, says)
     key = point_key(spec, until, loaded.fingerprint)
     payload = point_payload(store.root, t, key)
     if payload is not None:  # its state file hashed only here, where the hash decides
@@ -209,7 +210,7 @@ def _finished(
     return reused_point(payload)
 
 
-def _said_if_foreign(metadata: dict[str, str], says: Said) -> None:
+def said_if_foreign(metadata: dict[str, str], says: Said) -> None:
     """:data:`FOREIGN_RUN`, once per sweep, for a checkpoint whose (safetensors) ``metadata``
     is not conetool train's."""
     if metadata.get("format") != "conetool" and FOREIGN_RUN not in says.warnings:
