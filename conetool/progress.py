@@ -106,9 +106,12 @@ class Said:
         self.warnings: list[str] = []
         self.notes: list[str] = []
 
-    def warn(self, message: str) -> None:
+    def warn(self, message: str, *, as_it_comes: str | None = None) -> None:
+        """Say ``message``; ``as_it_comes``: the text shown now in its place, where advice holds
+        only while the command runs ("stop now"), which ``message``, kept for the end (what
+        ``--quiet`` prints after the results, and the caller reads), does not give."""
         self.warnings.append(message)
-        self.progress.log(f"warning: {message}")
+        self.progress.log(f"warning: {message if as_it_comes is None else as_it_comes}")
 
     def note(self, message: str) -> None:
         self.notes.append(message)

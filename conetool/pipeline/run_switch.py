@@ -27,7 +27,7 @@ import torch
 
 from .. import distributed, paths
 from ..checkpoints import checkpoint_metadata, fingerprint
-from ..choices import path_argument
+from ..choices import Reference, choice, path_argument
 from ..errors import CheckpointError, ConetoolError, StoreReplacedError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
@@ -39,15 +39,15 @@ from .switch_finished_points import (
     all_points,
     payload_to_check,
     point_key,
-    points_replaced,
     reused_point,
 )
 from .switch_momentum_notes import MomentumNote, MomentumSaid
 from .switch_momentum_source import momentum_source, source_changed
 from .switch_options import SwitchOptions, parse_at
+from .switch_other_sweeps import other_sweeps_replaced
 from .switch_points import run_point, said_if_foreign
 from .switch_prepare import Sweep, for_switch, prepare_sweep
-from .switch_reference import standard_reference
+from .switch_reference import reference_step, standard_reference
 from .switch_replaced import replaced_error, rerun_command
 from .switch_results import write_sweep
 from .switch_store import SwitchStore
@@ -83,9 +83,10 @@ class SwitchResult:
     listing says of the run, as ``kernels`` says it (an EMA beside the state dict read, steps
     that may be Unix times, ...); checkpoints not written by
     ``conetool train``; an optimizer state not used, or saved with other hyperparameters
-    than the spec's; points of another sweep (another T or spec) that this one overwrites, said
-    before any point trains; no standard model at T; a T past the run under the cosine schedule, whose
-    learning rate is 0 there; earlier points left out of results.csv; the
+    than the spec's; points and the ``reference="train"`` standard model of another sweep
+    (another T or spec) that this one overwrites, said before any point trains (with "stop now")
+    and kept here as what was replaced; no standard model at T; a T past the run under the
+    cosine schedule, whose learning rate is 0 there; earlier points left out of results.csv; the
     training steps implausibly slow, linearized or the standard run that ``reference="train"``
     continues), each said once per sweep, as ``progress`` showed it. A momentum message is
     said once, before the first point it applies to trains (naming that point), and kept here
@@ -208,11 +209,16 @@ def _switch(
         says.note(note)
     for warning in sweep.warnings if job.is_main else []:
         says.warn(warning)
-    # points of another T or spec that this sweep's would overwrite, said before any is
+    # points (and the reference) of another T or spec that this sweep would overwrite, said
+    # before any is; kept for the end worded as done (--quiet prints it after the points)
     if job.is_main:
-        replacing = points_replaced(store, sweep.spec, T, todo, _own_store_command(sweep, options))
+        trains = choice(Reference, reference, "--reference") is Reference.train
+        trains_reference = trains and reference_step("train", T, sweep.refs) != T
+        replacing = other_sweeps_replaced(
+            store, sweep.spec, T, todo, trains_reference, _own_store_command(sweep, options)
+        )
         if replacing is not None:
-            says.warn(replacing)
+            says.warn(replacing.after, as_it_comes=replacing.now)
     # what in the recipe trains badly (momentum >= 1), said once before any point is trained
     for concern in recipe_warnings(sweep.spec):
         says.warn(concern)

@@ -99,11 +99,11 @@ def _row(row: Any) -> Any:
 def point_payload(store: Path, t: int, key: dict[str, Any]) -> dict[str, Any] | None:
     """The JSON of the point at ``t`` in ``store`` when it has the reuse ``key``, else None (no
     file; damaged: recomputed and rewritten; computed for another spec, T or checkpoint)."""
-    payload = _read_payload(paths.switch_point(store, t))
+    payload = read_payload(paths.switch_point(store, t))
     return payload if payload is not None and payload.get("key") == key else None
 
 
-def _read_payload(path: Path) -> dict[str, Any] | None:
+def read_payload(path: Path) -> dict[str, Any] | None:
     """The JSON object of the point file ``path``; None when there is none or it is damaged."""
     if not path.is_file():
         return None
@@ -123,7 +123,7 @@ def payload_to_check(
     ``"<bytes>:<sha256>"``). None without reading ``ref``, its files' sizes alone: no such point
     (no file, a damaged one, another spec or T, a checkpoint of another size; or ``ref``'s files
     cannot be looked at, as its load will say), so that the point is to do."""
-    payload = _read_payload(paths.switch_point(store, t))
+    payload = read_payload(paths.switch_point(store, t))
     key = None if payload is None else payload.get("key")
     if not isinstance(key, dict) or key.get("spec_hash") != spec.hash():
         return None
@@ -197,7 +197,7 @@ def _stored_points(store: Path) -> Iterator[Any]:
     """The payload (a JSON object) of each readable point file in ``store``
     (``switch/at_XXXXXX.json``), by ``at`` (damaged ones are left out: computed again)."""
     for path in sorted(paths.switch_dir(store).glob("at_*.json")):
-        payload = _read_payload(path)
+        payload = read_payload(path)
         if payload is not None:
             yield payload
 
@@ -212,35 +212,3 @@ def sweep_begun(store: Path, spec: Spec) -> bool:
         if isinstance(key, dict) and key.get("spec_hash") == spec.hash():
             return True
     return False
-
-
-def points_replaced(
-    store: Path, spec: Spec, until: int, steps: list[int], command: str
-) -> str | None:
-    """The warning of a sweep that would replace points another sweep left in ``store``: one
-    point file per step (``switch/at_XXXXXX.json``), so a point of ``steps`` computed for
-    ``spec`` and ``until`` overwrites the store's point of its step computed for another T or
-    another spec (minutes of training a rerun of that sweep spends again). ``command``: this
-    sweep in a store of its own, the way round. None where there is none (a point of this spec
-    and T from another checkpoint is stale: replaced unsaid, as before)."""
-    other: dict[str, list[int]] = {}  # how it was computed -> its steps
-    for t in steps:
-        payload = _read_payload(paths.switch_point(store, t))
-        key = None if payload is None else payload.get("key")
-        if not isinstance(key, dict):
-            continue
-        same_spec = key.get("spec_hash") == spec.hash()
-        if same_spec and key.get("until") == until:
-            continue
-        how = f"--until {key.get('until')}" if same_spec else "another spec"
-        other.setdefault(how, []).append(t)
-    if not other:
-        return None
-    said = "; ".join(f"t={', '.join(map(str, ts))}: {how}" for how, ts in other.items())
-    return (
-        f"this sweep (--until {until}) would replace points that {paths.switch_dir(store)} "
-        f"holds from another sweep ({said}): it keeps one point per t (at_XXXXXX.json), each "
-        "overwritten when this sweep's point of its t is written, and a rerun of that sweep "
-        "would train them again. To keep them, stop now (none is replaced yet) and run this "
-        f"sweep in a store of its own: {command}"
-    )
