@@ -538,3 +538,41 @@ def test_a_loop_state_saved_with_another_learning_rate_is_a_warning_naming_the_f
         "momentum from the optimizer_state_dict in step_3.pt, saved with lr 0.05 (the spec's "
         "schedule: 0.2 at step 3): the model trains with the spec's values" in warning
     ), warning
+
+
+@pytest.mark.parametrize("suffix", ["pth", "bin", "ckpt"])
+def test_the_state_inside_any_torch_save_checkpoint_is_read(tmp_path, suffix):
+    """README: the state inside your own torch.save checkpoint (.pt, .pth, .bin, .ckpt)."""
+    model, optimizer = plain_loop(sgd)
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()}
+    torch.save({**state, "step": 3}, folder / f"step_3.{suffix}")
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=folder, spec=SPEC, device="cpu")
+    assert result.points[0].momentum == "saved", result.notes
+
+
+@pytest.mark.parametrize("name", ["step_3.optim.pt", "step_3.optim.safetensors"])
+def test_a_state_file_of_ones_own_beside_the_checkpoint_is_not_read(tmp_path, name):
+    """README: switch looks beside the checkpoint only under conetool's name for the step
+    (step_000003.optim.safetensors, whatever the checkpoint's name), and the note names it."""
+    from conetool.optim import save_optimizer_state
+
+    model, optimizer = plain_loop(sgd)
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, folder / "step_3.safetensors"
+    )
+    if name.endswith(".pt"):
+        torch.save(optimizer.state_dict(), folder / name)
+    else:
+        save_optimizer_state(optimizer, folder / name, 3)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=folder, spec=SPEC, device="cpu")
+    assert result.points[0].momentum == "fresh"
+    looked = "t=3: no optimizer state beside the checkpoint (step_000003.optim.safetensors, as"
+    assert any(note.startswith(looked) for note in result.notes), result.notes
+    if name.endswith(".safetensors"):  # as conetool train writes it: used under its name
+        (folder / name).rename(folder / "step_000003.optim.safetensors")
+        again = switch([3], until=4, store=tmp_path / "t", ckpts=folder, spec=SPEC, device="cpu")
+        assert again.points[0].momentum == "saved", again.notes
