@@ -2,7 +2,8 @@
 evaluation sets, kernel files, derived outputs, and nothing else), counted under the results lock
 held exclusive, after the readers writing their results into the store
 (:meth:`conetool.store.Store.writing_results`); the temporary files a killed writer left,
-which the next writer removes before it writes (:func:`remove_stale_temporaries`); and a store
+which the next writer removes before it writes (:func:`remove_stale_temporaries`; in the result
+folders, the next reader alone writing results: :func:`remove_stale_result_temporaries`); and a store
 that a failed ``kernels`` run created and left without a kernel (:func:`remove_unused`)."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from . import paths
 from .store_kernel_files import kernel_files
 from .store_lock import results_lock
 
-__all__ = ["clear", "remove_stale_temporaries", "remove_unused"]
+__all__ = ["clear", "remove_stale_result_temporaries", "remove_stale_temporaries", "remove_unused"]
 
 
 #: The folders only ``kernels`` (the lock's holder and its ranks) writes in.
@@ -110,6 +111,37 @@ def remove_stale_temporaries(root: Path) -> None:
             continue
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
+
+
+def remove_stale_result_temporaries(root: Path) -> None:
+    """Remove the temporary files of atomic writes (``.to_ref.csv.x1y2.tmp``) that a command
+    killed while writing its results left in the store's result folders (``distance/``,
+    ``embed/``, ``spectrum/``, ``switch/``, ``report/``). Called under the results lock held by
+    the caller alone (:func:`conetool.store_lock.results_lock`): every result file is written
+    under that lock, so none of these temporaries is being written. Only regular files directly
+    in each folder whose names ``mkstemp`` gives are touched."""
+    pattern = _temporary_of(r"[^/]+")
+    for name in paths.DERIVED_DIRS:
+        _remove_matching(Path(root) / name, pattern)
+
+
+def _remove_matching(folder: Path, pattern: re.Pattern[str]) -> None:
+    """Unlink the regular files directly in ``folder`` whose names match ``pattern`` (no folder,
+    or one that cannot be read or written: nothing)."""
+    try:
+        with os.scandir(folder) as entries:
+            leftovers = [
+                Path(entry.path)
+                for entry in entries
+                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+            ]
+    except OSError:
+        return
+    for leftover in leftovers:
+        try:
+            leftover.unlink(missing_ok=True)
+        except OSError:
+            return  # a read-only folder: left for a writer that can
 
 
 #: The name of a step's file in a kernel folder (``step_000100.safetensors``), as a regex.

@@ -177,7 +177,12 @@ def results_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
     (exclusive, for a moment) before it takes the lock shared: the readers that arrive while a
     clearing waits queue behind it. A thread that already holds the lock shared takes it again
     without the gate (waiting there would wait for itself: the clearing at the gate waits for its
-    first hold)."""
+    first hold).
+
+    A reader that finds no one else holding the lock (taken exclusive without waiting, then
+    lowered to shared) first removes the temporary files that a writer killed midway left in the
+    result folders (:func:`~conetool.store_clearing.remove_stale_result_temporaries`): every
+    result file is written under this lock, so none of them is being written then."""
     fd = gate = None
     key = ""
     if fcntl is not None:
@@ -195,7 +200,12 @@ def results_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
             if gate is not None and not _flock(gate, fcntl.LOCK_EX):
                 os.close(gate)
                 gate = None
-            _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            if not exclusive and not nested and _alone(fd):
+                # no one writes results now: what a killed writer left is stale
+                from .store_clearing import remove_stale_result_temporaries  # imports this
+
+                remove_stale_result_temporaries(root)
+            _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)  # (from LOCK_EX: lowered)
             if gate is not None and not exclusive:  # in: let the next one through the gate
                 os.close(gate)
                 gate = None
@@ -225,6 +235,15 @@ def _open_lock_file(path: Path) -> int | None:
             return os.open(path, os.O_RDONLY)
         except OSError:
             return None
+
+
+def _alone(fd: int) -> bool:
+    """Whether ``flock(fd, LOCK_EX)`` was granted without waiting: no other holder now."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by another (EWOULDBLOCK), or no flock here: not known to be alone
+        return False
+    return True
 
 
 def _flock(fd: int, operation: int) -> bool:

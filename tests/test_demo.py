@@ -232,3 +232,19 @@ def test_an_out_that_is_a_file_is_refused_naming_it(tmp_path):
     text = " ".join(result.output.split())
     assert f"cannot write {taken / 'ckpts'}: {taken} is a file, not a folder" in text, text
     assert "Traceback" not in text and taken.read_text() == "mine"
+
+
+def test_a_rerun_removes_what_a_killed_demo_left_in_the_result_folders(finished):
+    """A demo killed (SIGKILL) while distance, spectrum or report wrote left .NAME.XXXX.tmp
+    files in the store's result folders, and the rerun that finished the report kept them."""
+    store = finished.store
+    left = [
+        store / paths.DISTANCE_DIR / ".to_ref.csv.cgreee55.tmp",
+        store / paths.SPECTRUM_DIR / ".spectrum.png.4gggt_2v.tmp",
+        store / paths.REPORT_DIR / ".training.png.7fihwrzg.tmp",
+    ]
+    for path in left:
+        path.write_bytes(b"half")
+    demo(finished.out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8])
+    assert not [path for path in left if path.exists()]
+    assert not list(store.glob("*/.*.tmp"))

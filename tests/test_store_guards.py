@@ -157,6 +157,53 @@ def test_overwrite_counts_what_it_removes_once_it_holds_the_results_lock(tmp_pat
     assert not (root / paths.KERNELS_DIR).exists()
 
 
+def _leftovers(root: Path) -> dict[str, Path]:
+    """A temporary file of an atomic write that a killed writer left in each result folder,
+    and files of the user's there that only look like one."""
+    made = {}
+    for name in paths.DERIVED_DIRS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        made[name] = root / name / ".summary.json.k1ll_3d9.tmp"
+        made[name].write_text("half")
+    made["mine"] = root / paths.DISTANCE_DIR / ".notes.tmp"
+    made["mine"].write_text("mine")
+    (root / paths.EMBED_DIR / ".x.abc.tmp").mkdir(exist_ok=True)  # not a file
+    return made
+
+
+def test_a_reader_alone_removes_what_a_killed_writer_left_in_the_result_folders(tmp_path):
+    """A distance, embed, spectrum, switch or report run killed while writing (SIGKILL) left its
+    .NAME.XXXX.tmp files in the store's result folders for good: the next writer of results
+    (conetool demo run again) left them there."""
+    root = tmp_path / "s"
+    store_with_kernels(root)
+    made = _leftovers(root)
+    with results_lock(root, exclusive=False):
+        pass
+    assert [name for name, path in made.items() if path.exists()] == ["mine"]
+    assert (root / paths.EMBED_DIR / ".x.abc.tmp").is_dir()
+
+
+def test_a_reader_leaves_the_temporaries_while_another_holds_the_results_lock(tmp_path):
+    # guards: another reader writing its results now may be writing those files
+    root = tmp_path / "s"
+    store_with_kernels(root)
+    made = _leftovers(root)
+    other = os.open(paths.results_lock(root), os.O_RDWR | os.O_CREAT)  # another process's hold
+    try:
+        fcntl.flock(other, fcntl.LOCK_SH)
+        with results_lock(root, exclusive=False):
+            pass
+    finally:
+        os.close(other)
+    assert all(path.exists() for path in made.values())
+    with results_lock(root, exclusive=False):  # alone: removes them
+        made = _leftovers(root)
+        with results_lock(root, exclusive=False):  # nested in this thread: not alone
+            pass
+    assert all(path.exists() for path in made.values())
+
+
 # ------------------------------------------------------------------ checking a kernel file
 
 
