@@ -519,7 +519,9 @@ def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path
         f"conetool distance --store {s}"
     )
     assert parts["cone embedding (Fig. 1c)"] == f"conetool embed --store {s}"
-    assert parts["alignment and spectrum"] == f"conetool spectrum --store {s} --top-k 10"
+    # one fewer than the probe set's 6: --top-k 10 kept every eigenvalue, and spectrum warned
+    # to pass a --top-k below 6 (a label energy of 1 at every step)
+    assert parts["alignment and spectrum"] == f"conetool spectrum --store {s} --top-k 5"
     switch_command = parts["switch results (Fig. 2)"]
     assert switch_command.startswith("conetool switch --at 0,") and switch_command.endswith(
         f"--store {s}"
@@ -540,6 +542,7 @@ def test_kernels_only_store_lists_missing_parts_and_their_commands(run, tmp_path
     ):
         outcome = runner.invoke(app, [*shlex.split(command)[1:], "-q"])
         assert outcome.exit_code == 0, outcome.output
+        assert "warning" not in outcome.output, outcome.output
     again = report(store)
     assert [part for part, _ in again.missing] == [
         "kernel distance and verdict (Fig. 1a, 1b, S matrix)"

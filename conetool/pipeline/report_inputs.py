@@ -223,8 +223,8 @@ class ReportInputs:
         options = s.get("options") or {}
         # --top-k as given (a value above the kernel's size keeps every eigenvalue, and the
         # summary's top_k is the number kept); a summary from before it was recorded has only
-        # the number kept
-        top_k = options.get("top_k", s.get("top_k", 10))
+        # the number kept; without a summary, spectrum's default below the kernel's size
+        top_k = options.get("top_k", s.get("top_k", self._default_top_k()))
         command = f"conetool spectrum {self._store_flag()} --top-k {top_k}"
         if options.get("logx"):
             command += " --logx"
@@ -233,6 +233,16 @@ class ReportInputs:
         if options.get("skip_bad") or s.get("excluded"):
             command += " --skip-bad"
         return command
+
+    def _default_top_k(self) -> int:
+        """``spectrum``'s default ``--top-k`` (10), one fewer than a probe set of 10 or less (as
+        the demo does): keeping every eigenvalue makes the label energy 1 at every step, and
+        ``spectrum`` warns to pass a smaller ``--top-k``."""
+        probe = self.manifest.get("probe")
+        size = probe.get("size") if isinstance(probe, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool) and 2 <= size <= 10:
+            return size - 1
+        return 10
 
     def _switch_command_default(self) -> str:
         return f"conetool switch --at {_steps_text(self._suggested_switch_points())} {self._store_flag()}"
