@@ -735,6 +735,33 @@ def test_a_moved_run_is_found_with_ckpts(run, tmp_path):
     assert refused.exit_code == 1 and "--ckpts" in refused.output
 
 
+def test_a_run_gone_from_where_kernels_read_it_is_said_with_the_ckpts_flag(run, tmp_path):
+    """After the run moved (the demo's --out renamed, say), report without --ckpts said nothing:
+    the training curves were gone under "No metrics.csv in the checkpoint directory (written by
+    conetool train)" and the Reproduce commands named a directory that is not there."""
+    _, ckpts, _, _ = run
+    was = tmp_path / "run"
+    shutil.copytree(ckpts, was)
+    store = tmp_path / "store"
+    kernels(was, store=store, device="cpu")
+    moved = tmp_path / "moved"
+    was.rename(moved)
+    lost = report(store)
+    s = shlex.quote(str(store))
+    (said,) = [w for w in lost.warnings if "is not there" in w]
+    assert said == (
+        f"the run's checkpoint directory {was}, where conetool kernels read it, is not there "
+        "(moved or deleted): the report has no training curves, and its Reproduce commands name "
+        f"that directory. If the run moved, pass where it is now: conetool report --store {s} "
+        "--ckpts DIR"
+    )
+    page = Page(lost.html.read_text(encoding="utf-8"))
+    assert f"Warning: {said}" in page.section("missing")
+    assert f"The checkpoint directory {was} is not there" in page.section("training")
+    found = report(store, ckpts=moved)  # the command it names
+    assert not [w for w in found.warnings if "is not there" in w] and found.training_png
+
+
 def test_a_moved_run_keeps_its_checkpoint_names_in_folders(run, tmp_path):
     # Checkpoints in folders (the Hugging Face layout, checkpoint-N/model.safetensors): the table
     # names each file relative to the checkpoint directory, the same with --ckpts after the run

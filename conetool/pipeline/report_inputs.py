@@ -166,6 +166,9 @@ class ReportInputs:
         )
         gathered._check_current()
         gathered._check_kernel_files()
+        gone = gathered.run_gone()
+        if gone is not None:
+            gathered.warnings.append(gone)
         mixed = mixed_engines_note(store.records())
         if mixed is not None:  # a kernel recomputed by another engine or on another device
             gathered.warnings.append(mixed)
@@ -208,6 +211,24 @@ class ReportInputs:
         if self.moved_ckpts is not None:
             return str(self.moved_ckpts)
         return self.recorded_ckpts
+
+    def run_gone(self) -> str | None:
+        """Why the report cannot read the run, when no ``--ckpts`` was given and the checkpoint
+        directory the manifest records is not there (the run moved or was deleted since
+        ``kernels``): no training curves, and the commands name that directory as it was."""
+        recorded = self.manifest.get("checkpoints")
+        if self.moved_ckpts is not None or not isinstance(recorded, str):
+            return None
+        if Path(recorded).is_dir():
+            return None
+        again = f"conetool report {self._store_flag()} --ckpts DIR"
+        if self.out_dir != paths.report_dir(self.root):
+            again += f" --out {_q(self.out_dir)}"
+        return (
+            f"the run's checkpoint directory {recorded}, where conetool kernels read it, is not "
+            "there (moved or deleted): the report has no training curves, and its Reproduce "
+            f"commands name that directory. If the run moved, pass where it is now: {again}"
+        )
 
     def _store_flag(self) -> str:
         return f"--store {_q(self.store_arg)}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -201,11 +202,14 @@ class RunSections(ReportCommands):
         """The run's loss and accuracy (from ``metrics.csv``), when ``conetool train`` wrote it."""
         title = "Training"
         if self.training_png is None:
-            return Section(
-                "training",
-                title,
-                (text("No metrics.csv in the checkpoint directory (written by conetool train)."),),
-            )
+            if not Path(self.ckpts).is_dir():
+                said = (
+                    f"The checkpoint directory {self.ckpts} is not there (moved or deleted): no "
+                    "metrics.csv to draw (pass --ckpts DIR where the run is now)."
+                )
+            else:
+                said = "No metrics.csv in the checkpoint directory (written by conetool train)."
+            return Section("training", title, (text(said),))
         self.present.add("training")
         self.details["training"] = "training curves"
         return Section(
