@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,19 @@ def test_a_rerun_removes_what_a_killed_demo_left_in_the_result_folders(finished)
     demo(finished.out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8])
     assert not [path for path in left if path.exists()]
     assert not list(store.glob("*/.*.tmp"))
+
+
+def test_a_store_of_another_run_in_its_out_is_refused_before_training(finished, tmp_path):
+    """demo --out DIR whose DIR/store held kernels of another spec (and no DIR/ckpts) trained
+    the whole run, then failed with kernels' message advising --store and --overwrite (flags the
+    demo has not; --overwrite deletes those kernels)."""
+    out = tmp_path / "demo"
+    shutil.copytree(finished.store, out / "store")
+    before = sorted(p.name for p in (out / "store" / paths.KERNELS_DIR).iterdir())
+    with pytest.raises(StoreError) as caught:
+        demo(out, device="cpu", steps=32, probe_size=10, switch_at=[0, 8])
+    text = str(caught.value)
+    assert f"--out {out} holds a store, {out / 'store'}, of kernels made with another spec" in text
+    assert "Pass another --out." in text and "--overwrite" not in text, text
+    assert not (out / "ckpts").exists()  # nothing trained
+    assert sorted(p.name for p in (out / "store" / paths.KERNELS_DIR).iterdir()) == before

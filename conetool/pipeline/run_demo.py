@@ -32,6 +32,7 @@ from ..errors import ConetoolError, DataError, StoreError
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, ProgressTask
 from ..spec import Spec, dense_only_count, load_spec, save_steps, spec_differences, spec_from_dict
+from ..store_manifest import read_manifest
 from ..threads import limit_threads
 from ..training import train
 from .run_distance import UNUSED_REF, distance
@@ -169,6 +170,7 @@ def _demo(
     if probe_size is not None:
         _check_probe_size(spec)
     _check_earlier_run(out, ckpts, spec)
+    _check_earlier_store(out, store, spec)
     T = spec.train.steps
     saved = save_steps(spec)
     points = (
@@ -365,6 +367,23 @@ def _check_earlier_run(out: Path, ckpts: Path, spec: Spec) -> None:
             f"--out {out} holds {len(steps)} checkpoint(s) in {ckpts} without the conetool.toml "
             "the demo writes beside its run: not a run of this demo, which it does not reuse "
             "or delete. Pass another --out."
+        )
+
+
+def _check_earlier_store(out: Path, store: Path, spec: Spec) -> None:
+    """Refuse, before anything is trained, an ``--out`` whose ``store/`` holds kernels of another
+    spec (a store copied or made there by hand): ``kernels`` would refuse it after training,
+    advising ``--store`` and ``--overwrite``, flags the demo has not. A store without a readable
+    manifest is left to ``kernels`` (which rebuilds a damaged one)."""
+    try:
+        held = read_manifest(paths.manifest(store)).get("spec_hash")
+    except (ConetoolError, OSError):
+        return
+    if isinstance(held, str) and held != spec.hash():
+        raise StoreError(
+            f"--out {out} holds a store, {store}, of kernels made with another spec "
+            f"(spec_hash {held}; this demo's run: {spec.hash()}): the demo neither mixes nor "
+            "deletes them. Pass another --out."
         )
 
 
