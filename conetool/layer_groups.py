@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConetoolError
+from .ntk_range import KernelUnderflowError, NonFiniteKernelError
 
 #: The group of the parameters that no ``--groups`` pattern matches.
 OTHER = "other"
@@ -131,7 +132,13 @@ def group_kernels(
 ) -> dict[str, torch.Tensor]:
     """The kernel of each group: ``compute()`` (an :func:`conetool.empirical_ntk` call on
     ``model``) with only that group's parameters trainable. Every parameter's ``requires_grad``
-    is restored afterwards."""
+    is restored afterwards.
+
+    Raises:
+        KernelUnderflowError, NonFiniteKernelError: a group's kernel is beyond what float32
+            holds (:mod:`conetool.ntk_range`), checked against that group's own parameters: the
+            same error, naming the group (the model's kernel may be fine).
+    """
     params = dict(model.named_parameters())
     saved = {name: p.requires_grad for name, p in params.items()}
     out: dict[str, torch.Tensor] = {}
@@ -140,7 +147,14 @@ def group_kernels(
             chosen = set(members)
             for name, p in params.items():
                 p.requires_grad_(name in chosen)
-            out[group] = compute()
+            try:
+                out[group] = compute()
+            except (KernelUnderflowError, NonFiniteKernelError) as exc:
+                count = sum(params[name].numel() for name in members)
+                raise type(exc)(
+                    f"the per-layer kernel of group '{group}' (--per-layer: the eNTK with only "
+                    f"its {count:,} parameters as θ): {exc}"
+                ) from exc
     finally:
         for name, p in params.items():
             p.requires_grad_(saved[name])

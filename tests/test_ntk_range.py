@@ -218,3 +218,52 @@ def test_the_docstring_examples_run() -> None:
     from conetool import ntk_range
 
     assert doctest.testmod(ntk_range, raise_on_error=False).failed == 0
+
+
+TINY_HEAD_FACTORY = """
+import torch
+
+
+class TinyHead(torch.nn.Module):
+    def __init__(self, num_classes, input_shape, scale):
+        super().__init__()
+        self.body = torch.nn.Linear(input_shape[0], 6)
+        self.head = torch.nn.Linear(6, num_classes)
+        self.aux = torch.nn.Linear(6, num_classes)
+        self.scale = scale
+
+    def forward(self, x):
+        h = torch.tanh(self.body(x))
+        return self.head(h) + self.scale * self.aux(h)
+
+
+def make(num_classes, input_shape, scale=1.0):
+    return TinyHead(num_classes, input_shape, scale)
+"""
+
+
+def test_a_per_layer_group_of_subnormal_products_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head scaled by 1e-22 next to a normal one: the model's kernel is fine in float32, the
+    head's group kernel (--per-layer) is not, and the error said 'the eNTK's largest entry is
+    1e-43' with no word of which kernel, as if the model's outputs hardly moved."""
+    (tmp_path / "tiny_head_factory.py").write_text(TINY_HEAD_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {**SPEC, "model": {"arch": "tiny_head_factory:make", "num_classes": 3, "scale": 1e-22}}
+    spec = spec_from_dict(raw, source="tiny_head.toml")
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in (0, 5):
+        torch.manual_seed(step)
+        save_file(model_for(spec).state_dict(), str(paths.checkpoint(ckpts, step)))
+    kernels(ckpts, spec=spec, store=tmp_path / "whole", device="cpu")  # the model's: fine
+    with pytest.raises(KernelUnderflowError) as stopped:
+        kernels(ckpts, spec=spec, store=tmp_path / "groups", device="cpu", per_layer=True)
+    message = " ".join(str(stopped.value).split())
+    assert "step 0 " in message and "group 'aux'" in message and "21 parameters" in message
+    assert "rerun with --dtype float64" in message
+    done = kernels(
+        ckpts, spec=spec, store=tmp_path / "exact", device="cpu", per_layer=True, dtype="float64"
+    )
+    assert done.layer_computed == [0, 5]
