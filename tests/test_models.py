@@ -475,6 +475,37 @@ def test_output_check_wrong_num_classes() -> None:
         output_check(model, DIGITS, 3, arch="mlp")
 
 
+class _Reduced(nn.Module):
+    """An MLP on DIGITS whose forward returns ``reduce`` of its logits."""
+
+    def __init__(self, reduce) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.reduce = reduce
+
+    def forward(self, x):
+        return self.reduce(self.fc(x.flatten(1)))
+
+
+@pytest.mark.parametrize(
+    ("reduce", "said"),
+    [
+        (
+            lambda out: out.sum(),
+            r"output of shape \(\), which is not one row of logits per example",
+        ),
+        (lambda out: out.T, r"output of shape \(10, 2\), which is not one row .* batch first"),
+        (lambda out: out.argmax(1), r"returns torch.int64 outputs .* not the predicted classes"),
+    ],
+)
+def test_output_check_names_a_loss_a_transpose_and_argmax(reduce, said) -> None:
+    """A loss, logits with the classes first, or predicted classes: the check said 'Set [model]
+    num_classes = 10 to match the data set' of a model whose num_classes was 10 already."""
+    with pytest.raises(ModelError, match=said) as refused:
+        output_check(_Reduced(reduce), DIGITS, 10, arch="mine")
+    assert "num_classes = 10" not in str(refused.value)
+
+
 def test_output_check_forward_fails() -> None:
     model = _build("lenet_300_100", DIGITS)  # built for 64 features, fed 784
     with pytest.raises(ModelError, match=r"'lenet_300_100' fails.*\(2, 1, 28, 28\)"):

@@ -124,7 +124,9 @@ def output_check(
 
     Raises:
         ModelError: the forward pass fails, or returns something other than a
-            ``(2, num_classes)`` tensor. The message names ``arch`` (default: the class name).
+            ``(2, num_classes)`` tensor: a scalar (a loss) or an output without the batch first,
+            integer outputs (argmax), another number of classes, each with its own fix. The
+            message names ``arch`` (default: the class name).
     """
     name = arch if arch is not None else type(model).__name__
     shape = (2, *tuple(input_shape))
@@ -159,6 +161,22 @@ def output_check(
             "a subclass of the model whose forward returns the logits (class Net(MyNet): "
             "def forward(self, x): return super().forward(x)[0]), not a module around it, "
             "which puts a prefix before every name of the state dict."
+        )
+    if out.dim() == 0 or out.shape[0] != shape[0]:
+        raise ModelError(
+            f"model '{name}' maps an input batch of shape {shape} to an output of shape "
+            f"{tuple(out.shape)}, which is not one row of logits per example: conetool needs "
+            f"(batch, num_classes), here (2, {num_classes}), with the examples along the first "
+            "dimension. Return the logits themselves (not a loss or another reduction over the "
+            "batch), with the batch first."
+        )
+    if not (out.is_floating_point() or out.is_complex()):
+        raise ModelError(
+            f"model '{name}' returns {out.dtype} outputs of shape {tuple(out.shape)} for an "
+            f"input batch of shape {shape}, which have no gradient, so their eNTK is not "
+            "defined (it would be zero) and they cannot be trained. Return the logits as a "
+            f"floating-point tensor (batch, num_classes), here (2, {num_classes}), not the "
+            "predicted classes (argmax) or another integer result."
         )
     if tuple(out.shape) != (2, num_classes):
         raise ModelError(
