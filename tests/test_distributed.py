@@ -609,6 +609,50 @@ def test_an_error_of_the_model_on_every_rank_is_said_once_and_removes_the_new_st
     assert not store.exists()
 
 
+BRANCHING_FACTORY = """
+import torch
+
+
+class Branching(torch.nn.Module):
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        self.fc = torch.nn.Linear(input_shape[0], num_classes)
+
+    def forward(self, x):
+        if x.max() > 1:  # a branch on the whole batch: a batch dependency
+            x = x / 255
+        return self.fc(x)
+
+
+def make(num_classes, input_shape):
+    return Branching(num_classes, input_shape)
+"""
+
+
+def test_a_batch_dependency_on_every_rank_is_said_once(tmp_path, monkeypatch):
+    """The model's fault, with numbers of each rank's own checkpoint in its message (how far a
+    batch's outputs differ from one example's). Was: both ranks said it, rank 1 as 'error: rank
+    1: step 5 ...', since the ranks' messages were compared with their numbers."""
+    (tmp_path / "branching_factory.py").write_text(BRANCHING_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from conetool.pipeline.resolve import model_for
+
+    spec = spec_from_dict({**SPEC, "model": {"arch": "branching_factory:make", "num_classes": 3}})
+    (tmp_path / "run.toml").write_text(spec_to_toml(spec))
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in (0, 5):
+        torch.manual_seed(step)
+        save_file(model_for(spec).state_dict(), str(paths.checkpoint(ckpts, step)))
+    args = ["--spec", "run.toml", "--store", "s", "--device", "cpu", "--skip-bad"]
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    done = run_torchrun("kernels", str(ckpts), *args, cwd=tmp_path, PYTHONPATH=path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    said = " ".join(done.stderr.split())
+    assert said.count("depends on the other examples in the batch") == 1, said[-3000:]
+    assert "error: step 0 " in said and "error: rank 1" not in said  # rank 0 says it
+
+
 def test_every_checkpoint_failing_under_torchrun_is_said_once_and_removes_the_new_store(
     run, tmp_path
 ):

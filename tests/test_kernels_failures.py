@@ -288,3 +288,20 @@ def test_a_folder_a_failed_overwrite_left_holding_only_readers_locks_is_no_store
         kernels(run, spec=renamed, store=store, device="cpu")
     assert not paths.manifest(store).exists()
     assert kernels(run, spec=plain(), store=store, device="cpu").computed == STEPS
+
+
+def test_a_problem_whose_numbers_are_each_checkpoints_is_said_once_then_by_step() -> None:
+    """--skip-bad's warnings: the same problem at another step, with numbers of that step's
+    weights (a kernel's largest entry), is said as the same as the first. Was: in full each time,
+    since the messages were compared with their numbers."""
+    from conetool.checkpoints import CheckpointRef
+    from conetool.ntk_range import KernelUnderflowError
+    from conetool.pipeline.kernels_failures import skipped_warning
+
+    first: dict[str, int] = {}
+    for step, peak in ((0, "1.13e-43"), (5, "1.33e-43")):
+        file = Path(f"ckpts/step_{step:06d}.safetensors")
+        ref = CheckpointRef(step=step, paths=(file,), source="safetensors")
+        exc = KernelUnderflowError(f"the eNTK's largest entry is {peak}, below 2.47e-37")
+        said = skipped_warning(exc, ref, first)
+    assert said.endswith("the same problem as step 0 (above)"), said

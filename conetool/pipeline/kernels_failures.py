@@ -8,6 +8,7 @@ when every checkpoint failed, its problems grouped.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "every_checkpoint_failed",
     "fault_of",
     "grouped_failures",
+    "same_problem",
     "second_checkpoint",
     "skipped_warning",
     "spec_model",
@@ -162,12 +164,25 @@ def stop_message(
     return head, f"{fix}, or pass --skip-bad to go on without it"
 
 
+#: A number in a message (``0.278``, ``1.13e-43``, ``21``): what :func:`same_problem` leaves out.
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?")
+
+
+def same_problem(where: Path, message: str) -> str:
+    """``message`` about the file ``where`` as a key that is the same for every checkpoint with
+    the same problem: the file named "each file" (:func:`each_file`) and every number left out,
+    since the numbers an error gives (the largest entry of a kernel, how far a batch's outputs
+    differ from one example's) are of the weights of the checkpoint it was raised at."""
+    return _NUMBER.sub("#", each_file(where, message))
+
+
 def skipped_warning(exc: ConetoolError, ref: CheckpointRef, first: dict[str, int]) -> str:
     """The warning of a step ``--skip-bad`` goes on without: the problem in full the first time,
-    then, for another step with the same problem (its file aside), the step it is the same as.
-    ``first`` (problem -> its first step) is kept by the caller across steps."""
+    then, for another step with the same problem (its file and numbers aside,
+    :func:`same_problem`), the step it is the same as. ``first`` (problem -> its first step) is
+    kept by the caller across steps."""
     message = str(exc)
-    seen = first.setdefault(each_file(ref.file, message), ref.step)
+    seen = first.setdefault(same_problem(ref.file, message), ref.step)
     if seen != ref.step:
         return f"skipped step {ref.step} ({ref.file}): the same problem as step {seen} (above)"
     return f"skipped step {ref.step} ({ref.file}): {message}"

@@ -25,7 +25,6 @@ from ..checkpoints import (
     apply_checkpoint,
     read_checkpoint,
 )
-from ..checkpoints.discover import each_file
 from ..checkpoints.selection import is_selected
 from ..data import DataBundle
 from ..errors import ConetoolError, KeyMismatchError
@@ -44,6 +43,7 @@ from .kernels_failures import (
     every_checkpoint_failed,
     fault_of,
     grouped_failures,
+    same_problem,
     skipped_warning,
     stop_message,
 )
@@ -275,7 +275,7 @@ def compute_all(
         nonlocal error
         fault = fault_of(exc, model, ref, plan.refs, fitted[-1] if fitted else None)
         if fault.whose == MODEL or not skip_bad:
-            alike = each_file(ref.file, str(exc)) if fault.whose == MODEL else None
+            alike = same_problem(ref.file, str(exc)) if fault.whose == MODEL else None
             error = (exc, *stop_message(exc, ref, fault, plan.spec), alike)
             job.fail()
             return True
