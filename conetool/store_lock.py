@@ -29,6 +29,11 @@ except ImportError:  # Windows: no flock; the store is then not locked (document
 
 __all__ = ["StoreLock", "results_lock", "writer_note"]
 
+#: What ``flock`` raises on a file system that does not support it (NFS without its lock
+#: daemon: ENOLCK; Lustre mounted without ``flock``, some FUSE file systems: ENOSYS or
+#: EOPNOTSUPP; EINVAL): nothing is locked there, as where the folder cannot be written.
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
+
 
 class StoreLock:
     """An exclusive ``fcntl.flock`` on ``STORE/.lock`` held by the process writing the store.
@@ -51,7 +56,8 @@ class StoreLock:
         """Take the lock of store ``root`` (created if need be), or raise :class:`StoreError`
         naming the process that holds it: ``refusal(holder, lock_file)`` when given (another
         folder that one process at a time writes: ``train``'s ``--out``), else the store's
-        message. None where locking is impossible (read-only store, no ``fcntl``)."""
+        message. None where locking is impossible (read-only store, no ``fcntl``, a file system
+        without ``flock``: :data:`_NO_FLOCK`)."""
         if fcntl is None:
             return None
         root = Path(root)
@@ -77,6 +83,9 @@ class StoreLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno in _NO_FLOCK:
+                os.close(fd)
+                return None  # a file system without flock: nothing can be locked there
             holder = _read_holder(fd)
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -252,7 +261,7 @@ def _flock(fd: int, operation: int) -> bool:
     try:
         fcntl.flock(fd, operation)
     except OSError as exc:
-        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+        if exc.errno not in _NO_FLOCK:
             raise
         return False
     return True

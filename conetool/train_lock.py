@@ -3,7 +3,8 @@
 It is the store's writer lock (:class:`~conetool.store_lock.StoreLock`, an exclusive
 ``fcntl.flock`` on ``OUT/.lock``, which names the holder's pid, host and command): the OS releases
 it when the process ends, however it ends, so a killed train leaves no stale lock. Where the
-folder cannot be written, or without ``fcntl`` (Windows), nothing is locked.
+folder cannot be written, on a file system without ``flock`` (NFS without its lock daemon,
+Lustre without the ``flock`` mount option), or without ``fcntl`` (Windows), nothing is locked.
 """
 
 from __future__ import annotations

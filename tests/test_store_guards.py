@@ -5,6 +5,7 @@ recomputes, and the order of the writes that makes a kill lose at most the kerne
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -1020,3 +1021,19 @@ def test_a_refused_identity_names_the_flag_that_matches_the_store(tmp_path, fiel
         assert f"To add to it, pass --{field} {getattr(IDENT, field)}. " in message
     else:  # the spec or the probe set: no flag to name
         assert "To add to it" not in message
+
+
+def test_a_store_on_a_file_system_without_flock_is_opened_unlocked(tmp_path, monkeypatch):
+    """NFS without its lock daemon refuses flock with ENOLCK (Lustre without the flock mount
+    option, with ENOSYS): the store is written unlocked, as the readers' results lock already
+    is there, not refused with a raw OSError 'No locks available'."""
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    store = Store.open_for_writing(tmp_path / "store", IDENT, HEADER)
+    try:
+        assert paths.manifest(tmp_path / "store").is_file()
+    finally:
+        store.close()

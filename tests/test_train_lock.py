@@ -3,6 +3,7 @@ folder and the process that writes it, and the lock goes away with that process.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -62,3 +63,20 @@ def test_a_second_train_into_one_out_is_refused_until_the_first_ends(tmp_path: P
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # given back when train returned
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS])
+def test_a_folder_whose_file_system_has_no_flock_is_trained_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """NFS without lockd (ENOLCK), Lustre or a FUSE file system without flock (ENOSYS,
+    EOPNOTSUPP): train ran there before it locked --out, and runs there still, unlocked (as a
+    store's readers' lock does on such a file system), not failing with a raw OSError."""
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    result = train(spec_from_dict(SPEC, source="tiny.toml"), tmp_path / "run")
+    assert result.saved_steps == STEPS
+    assert paths.checkpoint_steps(tmp_path / "run") == STEPS
