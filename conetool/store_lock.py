@@ -51,18 +51,30 @@ class StoreLock:
 
     @classmethod
     def acquire(
-        cls, root: Path, refusal: Callable[[str, Path], str] | None = None
+        cls,
+        root: Path,
+        refusal: Callable[[str, Path], str] | None = None,
+        *,
+        shared: bool = True,
     ) -> StoreLock | None:
         """Take the lock of store ``root`` (created if need be), or raise :class:`StoreError`
         naming the process that holds it: ``refusal(holder, lock_file)`` when given (another
         folder that one process at a time writes: ``train``'s ``--out``), else the store's
         message. None where locking is impossible (read-only store, no ``fcntl``, a file system
-        without ``flock``: :data:`_NO_FLOCK`)."""
+        without ``flock``: :data:`_NO_FLOCK`). ``shared=False``: refused too where this process
+        holds it already (another thread's or call's ``train`` writing the folder), not counted."""
         if fcntl is None:
             return None
         root = Path(root)
         path = paths.lock(root)
         key = os.path.realpath(path)
+        if key in cls._held and not shared:
+            holder = f"{_read_holder(cls._held[key][0])}; this process, in another call or thread"
+            raise StoreError(
+                refusal(holder, path)
+                if refusal is not None
+                else f"store {root} is being written by {holder}; it holds the lock {path}."
+            )
         if key in cls._held:
             cls._held[key][1] += 1
             return cls(path, key)

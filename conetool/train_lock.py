@@ -34,7 +34,7 @@ def train_out_lock(out: Path) -> Iterator[None]:
         )
 
     make_dir(out)  # (a folder that cannot be made is named, not its lock file)
-    lock = StoreLock.acquire(out, refusal)
+    lock = StoreLock.acquire(out, refusal, shared=False)  # (a second train in this process too)
     try:
         yield
     finally:

@@ -80,3 +80,38 @@ def test_a_folder_whose_file_system_has_no_flock_is_trained_unlocked(
     result = train(spec_from_dict(SPEC, source="tiny.toml"), tmp_path / "run")
     assert result.saved_steps == STEPS
     assert paths.checkpoint_steps(tmp_path / "run") == STEPS
+
+
+def test_a_second_train_in_the_same_process_is_refused_too(tmp_path: Path) -> None:
+    """The lock is the process's: a notebook's second train into the folder a first one (in
+    another thread) is writing was let in, and its --overwrite deleted the first's files."""
+    import threading
+
+    from conetool.progress import NullProgress, ProgressTask
+
+    out = tmp_path / "run"
+    inside, release = threading.Event(), threading.Event()
+
+    class Waits(NullProgress):  # holds the first train inside its lock, before its first step
+        def task(self, description: str, total: int | None) -> ProgressTask:
+            inside.set()
+            release.wait(60)
+            return super().task(description, total)
+
+    spec = spec_from_dict(SPEC, source="tiny.toml")
+    first: list[object] = []
+    thread = threading.Thread(target=lambda: first.append(train(spec, out, progress=Waits())))
+    thread.start()
+    try:
+        assert inside.wait(60)
+        written = _files(out)
+        with pytest.raises(StoreError) as refused:
+            train(spec, out, overwrite=True)
+        text = " ".join(str(refused.value).split())
+        assert f"--out {out} is being written by another conetool process" in text
+        assert f"pid {os.getpid()} " in text and "this process" in text
+        assert _files(out) == written  # the first train's conetool.toml is still there
+    finally:
+        release.set()
+        thread.join(60)
+    assert len(first) == 1 and paths.checkpoint_steps(out) == STEPS  # the first one finished
