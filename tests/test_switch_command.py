@@ -316,6 +316,28 @@ def test_every_at_step_the_run_did_not_save_is_said_at_once(deep_run, tmp_path):
     assert not (tmp_path / "s").exists()  # nothing written
 
 
+def test_at_steps_the_run_did_not_save_are_refused_after_one_scan_of_the_folder(
+    deep_run, tmp_path, monkeypatch
+):
+    """--at 0:12:1 (the stride forgotten) misses most steps: the folder is scanned once for the
+    problems of their files, not once per step (a run of 1000 checkpoints and --at 0:20000 took
+    minutes before the refusal, each of 19000 scans listing 1000 files)."""
+    from conetool.checkpoints import discover
+
+    scans: list[object] = []
+    real = discover.scan_selected
+
+    def counted(*args, **kwargs):
+        scans.append(kwargs.get("steps"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(discover, "scan_selected", counted)
+    with pytest.raises(CheckpointError) as caught:
+        switch("0:12:1", store=tmp_path / "s", ckpts=deep_run, device="cpu")
+    assert "has no checkpoint of these 9 steps" in str(caught.value)  # 0, 4, 8 saved
+    assert len(scans) <= 2, scans  # the listing's, and one for the problems of the steps missing
+
+
 def test_bad_input(deep_run, tmp_path):
     with pytest.raises(CheckpointError, match=r"no checkpoint of step 5\. Nearest: 0, 4, 8, 12"):
         switch([5], store=tmp_path / "s", ckpts=deep_run, device="cpu")

@@ -659,19 +659,43 @@ def step_problems(
     and its fix), or None when none of them has a problem or there is none. Files whose step
     cannot be known, and files of other steps, are left out: their problems are not this step's.
     """
+    return steps_problems(
+        directory, [step], step_regex=step_regex, iterations_per_epoch=iterations_per_epoch
+    ).get(step)
+
+
+def steps_problems(
+    directory: str | Path,
+    steps: Sequence[int],
+    *,
+    step_regex: str | None = None,
+    iterations_per_epoch: int | None = None,
+) -> dict[int, CheckpointError]:
+    """:func:`step_problems` of each of ``steps`` that has one, by step, from one scan of
+    ``directory`` (``switch --at 0:20000`` asks for thousands of steps: a scan each listed the
+    folder as often)."""
+    wanted = set(steps)
+    if not wanted:
+        return {}
     try:
         scan = scan_selected(
             directory,
             step_regex=step_regex,
             iterations_per_epoch=iterations_per_epoch,
-            steps=(step, step),
+            steps=(min(wanted), max(wanted)),
             every=None,
             deep=False,
         )
     except CheckpointError:
-        return None  # no file of this step at all
-    mine = [c for c in scan.candidates if c.problem is not None and c.step == step]
-    return _problems_error(scan.directory, mine, "Fix or move these files.") if mine else None
+        return {}  # no file of these steps at all
+    bad: dict[int, list[Candidate]] = {}
+    for c in scan.candidates:
+        if c.problem is not None and c.step in wanted:
+            bad.setdefault(c.step, []).append(c)
+    return {
+        step: _problems_error(scan.directory, mine, "Fix or move these files.")
+        for step, mine in bad.items()
+    }
 
 
 def checkpoint_ref(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..checkpoint_optimizer import ENTRIES
 from ..checkpoints import CheckpointRef, LoadedCheckpoint, list_checkpoints
-from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, step_problems
+from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, steps_problems
 from ..checkpoints.load import NON_FINITE_ADVICE, read_checkpoint
 from ..choices import Reference, choice, is_count
 from ..data import DataBundle, load_data, steps_per_epoch
@@ -139,12 +139,13 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     refs = {ref.step: ref for ref in found}
     needed = points_at + ([T] if reference == "checkpoint" else [])
     missing: list[int] = []  # points with no file of their step: said together below
-    for t in needed:
-        if t in refs:
-            continue
-        # The file of step t, if there is one, and why it cannot be used (a file whose step
-        # cannot be known is no step's: kernels --skip-bad left it out, and so does switch).
-        problem = step_problems(ckpts_dir, t, step_regex=step_regex, iterations_per_epoch=ipe)
+    absent = [t for t in needed if t not in refs]
+    # The files of those steps, if there are any, and why they cannot be used (a file whose step
+    # cannot be known is no step's: kernels --skip-bad left it out, and so does switch); one
+    # scan of the folder for them all.
+    problems = steps_problems(ckpts_dir, absent, step_regex=step_regex, iterations_per_epoch=ipe)
+    for t in absent:
+        problem = problems.get(t)
         if problem is not None and t == T and t not in points_at:
             raise _for_reference(problem, T, refs, points_at)
         if problem is not None:
