@@ -297,8 +297,8 @@ def reference_rows(
 def augmented(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], Any]:
     """Give the spec's data set the augmentation :func:`jitter` (for train and switch alike)."""
 
-    def load(spec: Any) -> Any:
-        return replace(load_data(spec), augment=jitter)
+    def load(spec: Any, **options: Any) -> Any:  # (source=: the spec file, for its errors)
+        return replace(load_data(spec, **options), augment=jitter)
 
     monkeypatch.setattr(training, "load_data", load)
     monkeypatch.setattr(switch_prepare, "load_data", load)
