@@ -111,8 +111,8 @@ def metrics(run: Path) -> dict[int, dict[str, str]]:
 def test_a_model_linear_in_theta_lands_on_the_runs_checkpoint_of_T(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    def load(spec: Any) -> Any:
-        return replace(load_data(spec), augment=jitter)
+    def load(spec: Any, **options: Any) -> Any:  # (source=: the spec file, for its errors)
+        return replace(load_data(spec, **options), augment=jitter)
 
     monkeypatch.setattr(training, "load_data", load)  # the run and the switch: the same batches
     monkeypatch.setattr(switch_prepare, "load_data", load)
