@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.table import Table
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
 from .distance_cmd import verdict_line
 from .runtime import Threads, starting, warned_at_the_end
+
+if TYPE_CHECKING:  # (conetool.pipeline imports PyTorch: the command imports it in its body)
+    from ..pipeline.demo_reuse import StageWork
 
 
 @app.command()
@@ -48,7 +51,8 @@ def demo(
     """The whole pipeline on the embedded digits data, then a report (one to two minutes on 2 CPU cores).
 
     Trains examples/digits_lenet.toml, computes its kernels, distances, embedding, spectrum and a
-    switch sweep, and writes the report. A second run reuses what is already done.
+    switch sweep, and writes the report. A second run reuses what is already done, and says
+    what each stage reused.
 
     Example: conetool demo --out conetool-demo
     """
@@ -73,6 +77,9 @@ def demo(
         f"{sum(result.stage_seconds.values()):.1f}s",
     )
     console.print(table)
+    if any(work.reused for work in result.stage_work.values()):  # a rerun: say what it reused
+        for name, work in result.stage_work.items():
+            console.print(work_line(name, work), highlight=False, markup=False)
     verdict = result.verdict
     line = verdict_line(verdict["regime"], verdict.get("phase1_end"), verdict.get("numbers", {}))
     console.print(line, highlight=False)
@@ -80,3 +87,14 @@ def demo(
     console.print(f"report: {result.report_html}", highlight=False, markup=False)
     console.print(f"        {result.report_md}", highlight=False, markup=False)
     warned_at_the_end(result.warnings, quiet)
+
+
+def work_line(stage: str, work: StageWork) -> str:
+    """One line of what a stage of the demo reused and made: ``kernels: 44 steps reused, 0
+    computed``, ``spectrum: 44 spectra computed`` (nothing reused), ``distance: S matrix
+    reused``."""
+    if work.reused + work.made == 1:
+        return f"{stage}: {work.what} {'reused' if work.reused else work.verb}"
+    if not work.reused:
+        return f"{stage}: {work.made} {work.what} {work.verb}"
+    return f"{stage}: {work.reused} {work.what} reused, {work.made} {work.verb}"

@@ -4,7 +4,9 @@ It is the pipeline a user would run by hand, through the same library functions:
 small conv net of ``examples/digits_lenet.toml`` (shipped inside the package as ``demo.toml``),
 ``kernels``, ``distance`` (several references, several dt), ``embed``, ``spectrum``, a ``switch``
 sweep, then
-``report``. Every stage skips what is already done, so a second run only rewrites the report.
+``report``. Every stage skips what is already done, so a second run only rewrites the report
+(and recomputes the embedding and the spectra, which are quick); :attr:`DemoResult.stage_work`
+says what each stage reused.
 
 Each stage says its warnings and notes through the demo's ``progress`` as the stand-alone command
 does (after the stage's ``[3/7] distance`` line), except a message an earlier stage already said
@@ -35,6 +37,7 @@ from ..spec import Spec, dense_only_count, load_spec, save_steps, spec_differenc
 from ..store_manifest import read_manifest
 from ..threads import limit_threads
 from ..training import train
+from .demo_reuse import StageWork, work_of
 from .run_distance import UNUSED_REF, distance
 from .run_embed import embed
 from .run_kernels import EVAL_SPLIT, kernels
@@ -112,6 +115,11 @@ class DemoResult:
             ``[0, 1]`` (:attr:`TrainResult.test_acc`).
         stage_seconds: stage name (``train``, ``kernels``, ``distance``, ``embed``, ``spectrum``,
             ``switch``, ``report``) -> wall-clock seconds it took, rounded to 0.01.
+        stage_work: stage name -> what it reused from an earlier run into ``out`` and what it
+            made now (:class:`~conetool.pipeline.demo_reuse.StageWork`, read from the stage's
+            result by :func:`~conetool.pipeline.demo_reuse.work_of`). A first run reuses
+            nothing; a second one every checkpoint, step's kernels, the S matrix and every
+            switch point, computing the embedding and the spectra and writing the report again.
         warnings, notes: what the stages said, ``"stage: message"`` each, a message said by an
             earlier stage left out (see the module's docstring).
     """
@@ -124,6 +132,7 @@ class DemoResult:
     verdict: dict[str, Any]
     test_acc: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_work: dict[str, StageWork] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -232,6 +241,7 @@ def _demo(
         verdict=results["distance"].verdict.to_dict(),
         test_acc=results["train"].test_acc,
         stage_seconds=seconds,
+        stage_work={name: work_of(name, result) for name, result in results.items()},
         warnings=warnings,
         notes=notes,
     )
