@@ -13,7 +13,7 @@ from .collector import defer_collection
 # isort: off
 # Each command module registers itself on the app; --help lists them in this (pipeline) order.
 try:
-    from .app import app
+    from .app import INTERRUPT_ADVICE, app
     from . import train_cmd  # noqa: F401
     from . import inspect_cmd  # noqa: F401
     from . import kernels_cmd  # noqa: F401
@@ -110,10 +110,13 @@ def _importing(frame: FrameType | None) -> bool:
 
 def _exit_interrupted(*, announce: bool) -> NoReturn:
     """Say so (unless a command already did, or this is a torchrun rank other than 0), flush, and
-    end the process with 130."""
+    end the process with 130. Inside a command (an import it runs), ``interrupted.`` is followed
+    by the command's advice, as the command says it (:func:`~conetool.cli.app.handle_errors`);
+    before one starts, by nothing: nothing was written."""
     try:
         if announce and speaks_for_the_job():
-            print("interrupted.", file=sys.stderr)
+            advice = "".join(f" {line}" for line in INTERRUPT_ADVICE)
+            print(f"interrupted.{advice}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
     finally:

@@ -41,6 +41,10 @@ console = Console()
 err_console = Console(stderr=True)
 #: Set when a command has said it was interrupted, so that ``main`` does not say it again.
 INTERRUPT_ANNOUNCED: list[bool] = []
+#: What a Ctrl-C advises while a command runs (``handle_errors``), for ``main`` to say when the
+#: interrupt ends the process itself (inside an import, or surfacing as another error): empty
+#: before a command starts and once it ended normally.
+INTERRUPT_ADVICE: list[str] = []
 
 Quiet = Annotated[
     bool,
@@ -109,6 +113,8 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     imports_done()  # (the command's modules are imported: see conetool.cli.collector)
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
+    advice = interrupt_advice(continue_with)
+    INTERRUPT_ADVICE[:] = [advice]  # (kept when the command ends by an error: main may say it)
     try:
         yield
     except PeerInterruptedError as exc:
@@ -155,16 +161,20 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
         INTERRUPT_ANNOUNCED.append(True)
         if ranks.is_main:
             err_console.print(
-                "[yellow]interrupted.[/] Everything already written is complete and valid; "
-                + (
-                    "rerun the same command to continue."
-                    if continue_with is None
-                    else f"continue with: {escape(continue_with)}"
-                ),
-                highlight=False,
-                soft_wrap=True,
+                f"[yellow]interrupted.[/] {escape(advice)}", highlight=False, soft_wrap=True
             )
         raise typer.Exit(130) from None
+    INTERRUPT_ADVICE.clear()
+
+
+def interrupt_advice(continue_with: str | None = None) -> str:
+    """What ``interrupted.`` is followed by inside a command (:func:`handle_errors`): nothing
+    written is lost, and the command to continue with (by default the same command)."""
+    return "Everything already written is complete and valid; " + (
+        "rerun the same command to continue."
+        if continue_with is None
+        else f"continue with: {continue_with}"
+    )
 
 
 @contextmanager
