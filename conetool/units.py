@@ -52,8 +52,14 @@ def parse_memory(value: float | str, argument: str = "--max-memory") -> int:
     """
     if isinstance(value, bool):
         raise MemoryBudgetError(_memory_syntax_message(value, argument))
-    if isinstance(value, numbers.Real):  # an int, a float (2e9) or a numpy number of bytes
+    if isinstance(value, numbers.Integral):  # an int or a numpy integer (10**400 has no float)
+        if not 0 < int(value) <= _LARGEST_MEMORY:
+            raise MemoryBudgetError(_memory_syntax_message(value, argument))
+        return int(value)
+    if isinstance(value, numbers.Real):  # a float (2e9) or a numpy floating number of bytes
         if not math.isfinite(value) or value <= 0 or not float(value).is_integer():
+            raise MemoryBudgetError(_memory_syntax_message(value, argument))
+        if int(value) > _LARGEST_MEMORY:
             raise MemoryBudgetError(_memory_syntax_message(value, argument))
         return int(value)
     if not isinstance(value, str):
@@ -64,9 +70,14 @@ def parse_memory(value: float | str, argument: str = "--max-memory") -> int:
         raise MemoryBudgetError(_memory_syntax_message(value, argument))
     number = float(match.group(1)) * _UNITS[unit]
     whole = unit not in ("", "b") or number.is_integer()  # no fraction of a byte, as for 1.5
-    if not math.isfinite(number) or not whole or int(number) <= 0:
+    if not math.isfinite(number) or not whole or not 0 < int(number) <= _LARGEST_MEMORY:
         raise MemoryBudgetError(_memory_syntax_message(value, argument))
     return int(number)
+
+
+#: The largest memory size taken: 2**63 - 1 bytes (8 EiB), beyond any machine; a larger number
+#: (``10**400``, ``"1e30GiB"``) is a slip, and has no float for the arithmetic of the budgets.
+_LARGEST_MEMORY = 2**63 - 1
 
 
 def _memory_syntax_message(value: object, argument: str = "--max-memory") -> str:

@@ -695,7 +695,12 @@ def test_parse_memory(text: str | int, size: int) -> None:
     assert parse_memory(text) == size
 
 
-@pytest.mark.parametrize("text", ["lots", "4 bananas", "-1GB", "0", "", "GB", 0, True, 1.5])
+@pytest.mark.parametrize(
+    "text",
+    # 10**400 has no float (a raw OverflowError before), 1e30GiB and 2**63 no int64
+    ["lots", "4 bananas", "-1GB", "0", "", "GB", 0, True, 1.5, 10**400, "1e30GiB", 2**63],
+    ids=lambda value: repr(value)[:12],
+)
 def test_parse_memory_rejects_bad_sizes(text: object) -> None:
     with pytest.raises(ConetoolError, match="--max-memory"):
         parse_memory(text)  # type: ignore[arg-type]
