@@ -100,17 +100,7 @@ def remove_stale_temporaries(root: Path) -> None:
     targets = [(root, _temporary_of(own))]
     targets += [(root / name, _temporary_of(_STEP_FILE)) for name in _WRITER_DIRS]
     for folder, pattern in targets:
-        try:
-            with os.scandir(folder) as entries:
-                leftovers = [
-                    Path(entry.path)
-                    for entry in entries
-                    if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
-                ]
-        except OSError:
-            continue
-        for leftover in leftovers:
-            leftover.unlink(missing_ok=True)
+        _remove_matching(folder, pattern)
 
 
 def remove_stale_result_temporaries(root: Path) -> None:

@@ -149,11 +149,13 @@ def build(name: str, n: int = 6, seed: int = 0) -> tuple[nn.Module, torch.Tensor
 
 
 def explicit_jacobian(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """``(n, c, p)`` w.r.t. the unique trainable parameters, in the model's dtype."""
+    """``(n, c, p)`` w.r.t. the unique trainable parameters, in the model's dtype (a dict
+    output: its ``"logits"``)."""
     params = [p for p in model.parameters() if p.requires_grad]  # unique: tied weights once
     rows = []
     for i in range(inputs.shape[0]):
-        out = model(inputs[i : i + 1]).reshape(-1)
+        out = model(inputs[i : i + 1])
+        out = (out["logits"] if isinstance(out, dict) else out).reshape(-1)
         per_logit = []
         for k in range(out.shape[0]):
             grads = torch.autograd.grad(out[k], params, retain_graph=True, allow_unused=True)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from test_ntk import explicit_jacobian
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -421,25 +422,7 @@ def explicit_kernels(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
     float64 copy in eval mode, over the trainable parameters (tied ones once), nothing of
     conetool's."""
     model = copy.deepcopy(model).double().eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    x = x.double() if x.is_floating_point() else x
-    rows = []
-    for i in range(x.shape[0]):
-        out = model(x[i : i + 1])
-        out = (out["logits"] if isinstance(out, dict) else out).reshape(-1)
-        per_logit = []
-        for k in range(out.shape[0]):
-            grads = torch.autograd.grad(out[k], params, retain_graph=True, allow_unused=True)
-            per_logit.append(
-                torch.cat(
-                    [
-                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                        for g, p in zip(grads, params, strict=True)
-                    ]
-                )
-            )
-        rows.append(torch.stack(per_logit))
-    jac = torch.stack(rows)
+    jac = explicit_jacobian(model, x.double() if x.is_floating_point() else x)
     summed = jac.sum(dim=1)
     return {
         "trace": torch.einsum("iap,jap->ij", jac, jac),

@@ -357,3 +357,25 @@ def test_the_store_open_benchmark_times_the_header_scan_against_none(tmp_path, m
     bench.main(["--count", "6", "--side", "3", "--repeat", "1"])
     out = capsys.readouterr().out
     assert "Store.open / manifest only:" in out and "us per kernel file" in out
+
+
+def test_a_temporary_that_cannot_be_removed_does_not_stop_the_writer(tmp_path, monkeypatch):
+    # a folder the writer may not change (another user's kernels/ on a shared disk): the
+    # killed writer's temporary is left, and the store opens as before (was: a raw
+    # PermissionError from the clean-up, before anything was written)
+    root = tmp_path / "s"
+    Store.open_for_writing(root, IDENT, HEADER).close()
+    stale = root / paths.KERNELS_DIR / ".step_000010.safetensors.k3j2h1.tmp"
+    stale.write_bytes(b"partial")
+    unlink = Path.unlink
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        if self.name.endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(self))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    store = Store.open_for_writing(root, IDENT, HEADER)
+    store.write_kernel(record(0), torch.eye(2))
+    store.close()
+    assert stale.exists() and Store.open(root).steps() == [0]
