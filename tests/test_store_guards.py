@@ -10,7 +10,10 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -203,6 +206,63 @@ def test_a_reader_leaves_the_temporaries_while_another_holds_the_results_lock(tm
         with results_lock(root, exclusive=False):  # nested in this thread: not alone
             pass
     assert all(path.exists() for path in made.values())
+
+
+# A command of another process writing its results: its atomic write of distance/to_ref.csv
+# holds its temporary file until the test lets it finish (GO appears).
+_WRITING_RESULTS = """
+import sys, time
+from pathlib import Path
+from conetool.io import atomic_write
+from conetool.store_lock import results_lock
+
+root, go = Path(sys.argv[1]), Path(sys.argv[2])
+
+def write(tmp):
+    tmp.write_text("mine")
+    go.with_suffix(".writing").touch()
+    while not go.exists():
+        time.sleep(0.01)
+
+with results_lock(root, exclusive=False):
+    atomic_write(root / "distance" / "to_ref.csv", write)
+"""
+
+
+def test_a_reader_never_removes_the_temporary_of_a_command_writing_its_results(tmp_path):
+    # Two processes: the one writing distance/to_ref.csv holds the results lock shared while its
+    # temporary file exists; a reader that starts then is not alone, so it leaves that file and
+    # the write completes. The next reader alone removes a temporary left by a killed writer.
+    root, go = tmp_path / "s", tmp_path / "go"
+    store_with_kernels(root)
+    (root / paths.DISTANCE_DIR).mkdir()
+    script = tmp_path / "writing_results.py"
+    script.write_text(_WRITING_RESULTS)
+    import conetool
+
+    env = {**os.environ, "PYTHONPATH": str(Path(conetool.__file__).parents[1])}
+    writer = subprocess.Popen([sys.executable, str(script), str(root), str(go)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not go.with_suffix(".writing").exists():
+            assert writer.poll() is None and time.monotonic() < deadline, "the writer stopped"
+            time.sleep(0.01)
+        (temporary,) = (root / paths.DISTANCE_DIR).glob(".to_ref.csv.*.tmp")
+        with results_lock(root, exclusive=False):  # a reader starting now: not alone
+            pass
+        assert temporary.is_file()
+        go.touch()
+        assert writer.wait(timeout=60) == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert (root / paths.DISTANCE_DIR / "to_ref.csv").read_text() == "mine"
+    left = root / paths.DISTANCE_DIR / ".to_ref.csv.k1ll_3d9.tmp"
+    left.write_text("half")
+    with results_lock(root, exclusive=False):  # alone now
+        pass
+    assert not left.exists() and sorted(p.name for p in left.parent.iterdir()) == ["to_ref.csv"]
 
 
 # ------------------------------------------------------------------ checking a kernel file
