@@ -892,6 +892,34 @@ def test_a_forbidden_file_system_on_one_rank_is_said_once_by_that_rank(slow_run,
     assert "rank 1 stopped" not in said and "conetool/pipeline" not in said
 
 
+def test_overwrite_keeps_the_old_store_when_a_rank_crashes_before_its_first_kernel(
+    slow_run, tmp_path, monkeypatch
+):
+    # Ranks started by hand (nothing but conetool stops rank 0): rank 1 raises a plain OSError,
+    # not conetool's, at its first kernel while rank 0 waits to clear the store. Both stop at
+    # once and the old store stays byte for byte. Was: rank 0 cleared it when it opened it.
+    ckpts, pythonpath = slow_run
+    monkeypatch.syspath_prepend(str(ckpts.parent))  # the slow model's module
+    store, forbidden = tmp_path / "store", tmp_path / "cache.bin"
+    kernels(ckpts, store=store, device="cpu", dtype="float64", steps=(0, 4))
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != ".lock"}
+    Path(f"{forbidden}.go").touch()
+    args = ["kernels", str(ckpts), "--store", str(store), "--device", "cpu", "--overwrite"]
+    procs = start_ranks(
+        [args, args],
+        [tmp_path] * 2,
+        PYTHONPATH=pythonpath,
+        SLOW_MODEL_FORBIDDEN=str(forbidden),
+        CONETOOL_PEER_TIMEOUT="60",  # a hang fails the test (finish_ranks' 60 s) before it
+    )
+    (code0, log0), (code1, log1) = finish_ranks(procs, [tmp_path] * 2)
+    assert (code0, code1) == (1, 1), (log0, log1)
+    kept = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert sorted(map(str, kept)) == sorted(map(str, before)) and kept == before
+    assert f"cannot write {forbidden}" in " ".join(log1.split()), log1[-2000:]
+    assert "Traceback" not in log0 + log1
+
+
 def test_a_rank_interrupted_alone_stops_the_other(slow_run, tmp_path):
     procs, _ = start_slow_ranks(slow_run, tmp_path)
     procs[1].send_signal(signal.SIGINT)  # Ctrl-C reaching one rank only (one node's terminal)
