@@ -203,7 +203,8 @@ def results_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
     A reader that finds no one else holding the lock (taken exclusive without waiting, then
     lowered to shared) first removes the temporary files that a writer killed midway left in the
     result folders (:func:`~conetool.store_clearing.remove_stale_result_temporaries`): every
-    result file is written under this lock, so none of them is being written then."""
+    result file is written under this lock, so none of them is being written then. The ranks of
+    a torchrun job leave them (:func:`_in_torchrun_job`)."""
     fd = gate = None
     key = ""
     if fcntl is not None:
@@ -221,7 +222,7 @@ def results_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
             if gate is not None and not _flock(gate, fcntl.LOCK_EX):
                 os.close(gate)
                 gate = None
-            if not exclusive and not nested and _alone(fd):
+            if not exclusive and not nested and not _in_torchrun_job() and _alone(fd):
                 # no one writes results now: what a killed writer left is stale
                 from .store_clearing import remove_stale_result_temporaries  # imports this
 
@@ -256,6 +257,18 @@ def _open_lock_file(path: Path) -> int | None:
             return os.open(path, os.O_RDONLY)
         except OSError:
             return None
+
+
+def _in_torchrun_job() -> bool:
+    """Whether this process is one rank of several (torchrun's ``WORLD_SIZE`` above 1): its ranks
+    may run on several machines, where a lock on a file system that holds locks only within one
+    machine (NFS mounted ``nolock``, Lustre ``localflock``) does not tell a rank that a rank
+    elsewhere is writing a result, so no rank removes temporaries (the next command run alone
+    does)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
 
 
 def _alone(fd: int) -> bool:

@@ -188,6 +188,23 @@ def test_a_reader_alone_removes_what_a_killed_writer_left_in_the_result_folders(
     assert (root / paths.EMBED_DIR / ".x.abc.tmp").is_dir()
 
 
+def test_a_rank_of_a_torchrun_job_leaves_the_temporaries(tmp_path, monkeypatch):
+    # its ranks may run on several machines, whose locks on a file system that holds them only
+    # within one machine (NFS nolock, Lustre localflock) would let a rank alone on its machine
+    # remove a temporary another machine's rank is writing (a switch point, after its training)
+    root = tmp_path / "s"
+    store_with_kernels(root)
+    made = _leftovers(root)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with results_lock(root, exclusive=False):
+        pass
+    assert all(path.exists() for path in made.values())
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: removes them, as alone
+    with results_lock(root, exclusive=False):
+        pass
+    assert [name for name, path in made.items() if path.exists()] == ["mine"]
+
+
 def test_a_reader_leaves_the_temporaries_while_another_holds_the_results_lock(tmp_path):
     # guards: another reader writing its results now may be writing those files
     root = tmp_path / "s"
