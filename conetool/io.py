@@ -403,3 +403,31 @@ def _sort_metadata(path: Path) -> None:
             return
         handle.seek(8)
         handle.write(text.ljust(size, b" "))
+
+
+# ------------------------------------------------- what a killed atomic write leaves
+def temporaries_of(name: str) -> re.Pattern[str]:
+    """The names of the temporary files that an atomic write here of a file named like the regex
+    ``name`` makes (``tempfile.mkstemp``'s prefix ``.NAME.``, random letters, digits or ``_``,
+    ``.tmp``): ``.step_000100.safetensors.x1y2.tmp`` for ``step_\\d+\\.safetensors``."""
+    return re.compile(rf"\.(?:{name})\.[A-Za-z0-9_]+\.tmp")
+
+
+def remove_temporaries(folder: Path, pattern: re.Pattern[str]) -> None:
+    """Unlink the regular files directly in ``folder`` whose names match ``pattern`` (of
+    :func:`temporaries_of`: what a writer killed midway left): no symlink, nothing nested. No
+    folder, or one that cannot be read or written: nothing (left for a writer that can)."""
+    try:
+        with os.scandir(folder) as entries:
+            leftovers = [
+                Path(entry.path)
+                for entry in entries
+                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+            ]
+    except OSError:
+        return
+    for leftover in leftovers:
+        try:
+            leftover.unlink(missing_ok=True)
+        except OSError:
+            return  # a read-only folder

@@ -9,12 +9,12 @@ that a failed ``kernels`` run created and left without a kernel (:func:`remove_u
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
 from pathlib import Path
 
 from . import paths
+from .io import remove_temporaries, temporaries_of
 from .store_kernel_files import kernel_files
 from .store_lock import results_lock
 
@@ -97,10 +97,10 @@ def remove_stale_temporaries(root: Path) -> None:
     is a symlink to a shared disk is the store's (its kernels are written through it), but
     nothing nested under it, no symlink, and no other program's ``.*.tmp`` there is touched."""
     own = "|".join(re.escape(p.name) for p in _own_files(root))  # root: not only ours
-    targets = [(root, _temporary_of(own))]
-    targets += [(root / name, _temporary_of(_STEP_FILE)) for name in _WRITER_DIRS]
+    targets = [(root, temporaries_of(own))]
+    targets += [(root / name, temporaries_of(_STEP_FILE)) for name in _WRITER_DIRS]
     for folder, pattern in targets:
-        _remove_matching(folder, pattern)
+        remove_temporaries(folder, pattern)
 
 
 def remove_stale_result_temporaries(root: Path) -> None:
@@ -110,39 +110,13 @@ def remove_stale_result_temporaries(root: Path) -> None:
     the caller alone (:func:`conetool.store_lock.results_lock`): every result file is written
     under that lock, so none of these temporaries is being written. Only regular files directly
     in each folder whose names ``mkstemp`` gives are touched."""
-    pattern = _temporary_of(r"[^/]+")
+    pattern = temporaries_of(r"[^/]+")
     for name in paths.DERIVED_DIRS:
-        _remove_matching(Path(root) / name, pattern)
-
-
-def _remove_matching(folder: Path, pattern: re.Pattern[str]) -> None:
-    """Unlink the regular files directly in ``folder`` whose names match ``pattern`` (no folder,
-    or one that cannot be read or written: nothing)."""
-    try:
-        with os.scandir(folder) as entries:
-            leftovers = [
-                Path(entry.path)
-                for entry in entries
-                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
-            ]
-    except OSError:
-        return
-    for leftover in leftovers:
-        try:
-            leftover.unlink(missing_ok=True)
-        except OSError:
-            return  # a read-only folder: left for a writer that can
+        remove_temporaries(Path(root) / name, pattern)
 
 
 #: The name of a step's file in a kernel folder (``step_000100.safetensors``), as a regex.
 _STEP_FILE = r"step_\d+" + re.escape(paths.CHECKPOINT_SUFFIX)
-
-
-def _temporary_of(name: str) -> re.Pattern[str]:
-    """The names of the temporary files that an atomic write of a file named like the regex
-    ``name`` makes (``tempfile.mkstemp``'s prefix ``.NAME.``, random letters, digits or ``_``,
-    ``.tmp``)."""
-    return re.compile(rf"\.(?:{name})\.[A-Za-z0-9_]+\.tmp")
 
 
 #: The files a ``kernels`` run writes at the top of a store before its first kernel.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -31,7 +30,13 @@ from .choices import path_argument
 from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
 from .errors import DataError, SpecError, StoreError
-from .io import atomic_save_safetensors, atomic_write_csv, make_dir
+from .io import (
+    atomic_save_safetensors,
+    atomic_write_csv,
+    make_dir,
+    remove_temporaries,
+    temporaries_of,
+)
 from .library_call import library_call
 from .loop import TrainingLoop
 from .models import build_model, output_check
@@ -230,16 +235,17 @@ def _train(
         began = time.perf_counter()
         rows = loop.run(start, spec.train.steps)
         last = rows[-1]
+        run_steps = save_steps(spec)  # built once the run is trained (a list as long as it saved)
         return TrainResult(
             out=out,
             steps=spec.train.steps,
-            saved_steps=[s for s in save_steps(spec) if s >= start],
+            saved_steps=[s for s in run_steps if s >= start],
             resumed_from=start or None,
             test_loss=last["test_loss"],
             test_acc=last["test_acc"],
             seconds=time.perf_counter() - began,
             metrics=rows,
-            run_steps=save_steps(spec),
+            run_steps=run_steps,
             warnings=said.warnings,
         )
 
@@ -414,14 +420,13 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> tup
     return start, False
 
 
-#: The names of the temporary files that train's atomic writes make in ``--out`` (``mkstemp``'s
-#: ``.NAME.`` prefix, random letters, digits or ``_``, ``.tmp``): ``.step_000100.safetensors.x1y2.tmp``.
-_TEMPORARY = re.compile(
-    r"\.(?:step_\d+(?:"
+#: The names of the temporary files that train's atomic writes make in ``--out``
+#: (``.step_000100.safetensors.x1y2.tmp``, :func:`conetool.io.temporaries_of`).
+_TEMPORARY = temporaries_of(
+    r"step_\d+(?:"
     + "|".join(re.escape(s) for s in (paths.OPTIMIZER_SUFFIX, paths.CHECKPOINT_SUFFIX))
     + ")|"
     + "|".join(re.escape(n) for n in (paths.METRICS_NAME, paths.SPEC_NAME))
-    + r")\.[A-Za-z0-9_]+\.tmp"
 )
 
 
@@ -429,16 +434,10 @@ def _remove_stale_temporaries(out: Path) -> None:
     """Remove the temporary files that a train killed while writing (SIGKILL, a job's time limit,
     a power loss) left in ``out``: a whole checkpoint or optimizer state each, never renamed into
     place, which --resume and --overwrite then kept forever. Only :data:`_TEMPORARY`'s names, only
-    regular files directly in ``out``; called once --resume or --overwrite goes on with the run
-    there (never by a train refused, which another train writing there would not survive)."""
-    with os.scandir(out) as entries:
-        leftovers = [
-            Path(entry.path)
-            for entry in entries
-            if _TEMPORARY.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
-        ]
-    for leftover in leftovers:
-        leftover.unlink(missing_ok=True)
+    regular files directly in ``out`` (:func:`conetool.io.remove_temporaries`); called once
+    --resume or --overwrite goes on with the run there (never by a train refused, which another
+    train writing there would not survive)."""
+    remove_temporaries(out, _TEMPORARY)
 
 
 def _load_state(
