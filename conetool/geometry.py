@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch
 from conetool.choices import int_argument
 from conetool.device import resolve_device
 from conetool.errors import ConetoolError
-from conetool.units import parse_memory
+from conetool.units import is_auto, parse_memory
 
 __all__ = [
     "DEFAULT_MAX_MEMORY",
@@ -186,12 +187,10 @@ def memory_budget(max_memory: int | str | None) -> int:
         GeometryError: anything else (``"1 gigs"``, ``0``, ``1.5``), naming ``max_memory`` and
             what to pass.
     """
-    if max_memory is None or (isinstance(max_memory, str) and max_memory.strip().lower() == "auto"):
+    if max_memory is None or is_auto(max_memory):
         return DEFAULT_MAX_MEMORY
-    try:
+    with _as_geometry_error():
         return parse_memory(max_memory, "max_memory")
-    except ConetoolError as exc:
-        raise GeometryError(str(exc)) from exc
 
 
 def block_size_for(kernel_numel: int, max_memory: int | str = DEFAULT_MAX_MEMORY) -> int:
@@ -282,13 +281,11 @@ def distance_matrix(
         if block_size < 1:
             raise GeometryError(f"block_size must be a positive integer, got {block_size}.")
     budget = memory_budget(max_memory) if block_size is None else None
-    try:
+    with _as_geometry_error():
         # a torch.device is checked as its name is: torch.device("cuda") on a machine without
         device = resolve_device(
             str(device) if isinstance(device, torch.device) else device, argument="device"
         )
-    except ConetoolError as exc:
-        raise GeometryError(str(exc)) from exc
 
     first = _as_tensor(load(0))
     shape = tuple(first.shape)
@@ -358,12 +355,23 @@ def distance_matrix(
 def _int_argument(value: object, name: str) -> int:
     """``value`` as an int (an int or numpy integer); else a :class:`GeometryError` naming
     ``name`` and the int to pass (``count=3.0``: pass ``count=3``)."""
-    try:
+    with _as_geometry_error():
         checked = int_argument(value, name)
-    except ConetoolError as exc:
-        raise GeometryError(str(exc)) from exc
     assert checked is not None
     return checked
+
+
+@contextmanager
+def _as_geometry_error() -> Iterator[None]:
+    """Re-raise the :class:`ConetoolError` of a check shared with the commands (a memory size,
+    a device, an int argument) as a :class:`GeometryError`, this module's error, which is also a
+    ``ValueError``; its message unchanged."""
+    try:
+        yield
+    except GeometryError:
+        raise
+    except ConetoolError as exc:
+        raise GeometryError(str(exc)) from exc
 
 
 def _rescaled_norm(target: torch.Tensor) -> float:

@@ -87,7 +87,7 @@ from .ntk_range import KernelUnderflowError, NonFiniteKernelError, check_range, 
 from .ntk_reference import JacobianRows
 from .ntk_structured import StructuredRows
 from .ntk_tuning import tuning_for
-from .units import format_bytes, parse_memory
+from .units import format_bytes, is_auto, parse_memory
 
 __all__ = [
     "KINDS",
@@ -543,12 +543,6 @@ def _computed_then_checked(
         assert failure is not None
         raise failure
     return kernel
-
-
-def is_auto(max_memory: object) -> bool:
-    """Whether ``max_memory`` is ``"auto"`` (:func:`default_memory_budget` of the device), as
-    ``--max-memory auto`` gives it."""
-    return isinstance(max_memory, str) and max_memory.strip().lower() == "auto"
 
 
 def default_memory_budget(device: str | torch.device | None = None) -> int:

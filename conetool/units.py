@@ -34,6 +34,14 @@ _SIZE = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*
 _BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
 
 
+def is_auto(max_memory: object) -> bool:
+    """Whether ``max_memory`` is ``"auto"`` (the command's default budget:
+    :func:`conetool.ntk.default_memory_budget` of the device for the eNTK,
+    :data:`conetool.geometry.DEFAULT_MAX_MEMORY` for the distances), as ``--max-memory auto``
+    gives it."""
+    return isinstance(max_memory, str) and max_memory.strip().lower() == "auto"
+
+
 def parse_memory(value: float | str, argument: str = "--max-memory") -> int:
     """A memory size in bytes from ``--max-memory``: a whole number of bytes (an int, a float
     such as ``2e9``, a numpy number; ``1.5`` is refused: bytes, or a slip for ``"1.5GiB"``?), or a
