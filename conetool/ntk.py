@@ -365,24 +365,13 @@ def empirical_ntk(
             if named is None:
                 raise
             raise named from exc
-        if not bool(torch.isfinite(kernel).all()):
-            bad = int((~torch.isfinite(kernel)).sum())
-            inputs = _non_finite_inputs(x1, x2)
-            raise NonFiniteKernelError(
-                f"the eNTK has {bad} non-finite entries (NaN or infinity): "
-                + (
-                    f"{inputs}. Fix the inputs (or leave those examples out)."
-                    if inputs
-                    else "the model's outputs or their gradients overflow at these weights. Check the "
-                    "weights for NaN or huge values, or compute in float64 (--dtype float64)."
-                )
-            )
         # in the block: a float32 kernel of zeros is told from a zero eNTK by one gradient
         check_range(
             kernel,
             float32=dtype == torch.float32,
             parameters=sum(p.numel() for p in params.values()),
             outputs_move=lambda: outputs_move(forward, params, x, kind=kind, n2=n2),
+            non_finite_inputs=lambda: _non_finite_inputs(x1, x2),
         )
     # Only a call that gave a kernel teaches the memo: its checks (the independence check, which
     # NaN outputs leave undecided) run again on the next call otherwise.

@@ -101,6 +101,7 @@ def check_range(
     float32: bool,
     parameters: int,
     outputs_move: Callable[[], bool] | None = None,
+    non_finite_inputs: Callable[[], str | None] | None = None,
 ) -> None:
     """Raise when ``kernel`` (any shape, as the engine computed it, usually float64) is not finite,
     or, for a kernel computed and returned in float32 (``float32``), when it is beyond float32's
@@ -112,6 +113,9 @@ def check_range(
         parameters: ``p``, the number of trainable values of the model.
         outputs_move: for a float32 kernel that is all zeros, whether that kernel is not zero in
             exact arithmetic (:func:`outputs_move`); ``None``: such a kernel is returned.
+        non_finite_inputs: for a kernel that is not finite, which inputs hold NaN or infinite
+            values (``"x1 holds NaN or infinite values (1 example at index 4)"``), named as its
+            cause; ``None`` (or no callable): the weights are blamed.
 
     Raises:
         NonFiniteKernelError: NaN or infinite entries, or (``float32``) entries beyond 3.4e38.
@@ -128,10 +132,15 @@ def check_range(
     """
     if not bool(torch.isfinite(kernel).all()):
         bad = int((~torch.isfinite(kernel)).sum())
+        inputs = non_finite_inputs() if non_finite_inputs is not None else None
         raise NonFiniteKernelError(
-            f"the eNTK has {bad} non-finite entries (NaN or infinity): the model's outputs or their "
-            "gradients overflow at these weights. Check the weights for NaN or huge values, or "
-            "compute in float64 (--dtype float64)."
+            f"the eNTK has {bad} non-finite entries (NaN or infinity): "
+            + (
+                f"{inputs}. Fix the inputs (or leave those examples out)."
+                if inputs
+                else "the model's outputs or their gradients overflow at these weights. Check the "
+                "weights for NaN or huge values, or compute in float64 (--dtype float64)."
+            )
         )
     if not float32 or kernel.numel() == 0:
         return
