@@ -37,15 +37,12 @@ from .kept_files import file_states, unchanged
 from .switch_finished_points import (
     SwitchPoint,
     all_points,
-    payload_to_check,
-    point_key,
-    reused_point,
 )
 from .switch_momentum_notes import MomentumNote, MomentumSaid
-from .switch_momentum_source import momentum_source, source_changed
+from .switch_momentum_source import momentum_source
 from .switch_options import SwitchOptions, parse_at
 from .switch_other_sweeps import other_sweeps_replaced
-from .switch_points import run_point, said_if_foreign
+from .switch_points import finished_point, run_point, said_if_foreign
 from .switch_prepare import Sweep, for_switch, prepare_sweep
 from .switch_reference import reference_step, standard_reference
 from .switch_replaced import replaced_error, rerun_command
@@ -461,17 +458,10 @@ def _finished_points(sweep: Sweep, store: Path) -> _Found:
     todo: list[int] = []
     sources: dict[int, dict[str, Any] | None] = {}
     for t in sweep.points_at:
-        ref = sweep.refs[t]
-        payload = payload_to_check(store, t, sweep.spec, sweep.until, ref)
-        if payload is None:
-            todo.append(t)
-            continue
-        source = momentum_source(sweep.ckpts, ref)
-        if source_changed(payload, source) is None and payload["key"] == point_key(
-            sweep.spec, sweep.until, fingerprint(ref)
-        ):
-            done.append(reused_point(payload))
+        point = finished_point(sweep.spec, sweep.refs[t], sweep.ckpts, sweep.until, store, sources)
+        if point is not None:
+            done.append(point)
+            sources.pop(t, None)  # (kept for the points to do only)
         else:
             todo.append(t)
-            sources[t] = source
     return done, todo, sources

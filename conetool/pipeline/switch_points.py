@@ -54,6 +54,7 @@ __all__ = [
     "MomentumSaid",
     "SwitchPoint",
     "all_points",
+    "finished_point",
     "momentum_notes",
     "optimizer_at",
     "point_key",
@@ -110,7 +111,7 @@ def run_point(
     store.check()  # no minutes of training for a point that could not be written
     found = dict(sources or {})
     if t not in found:  # (else the sweep looked already, and found it to do)
-        stored = _finished(spec, ref, ckpts, until, store, found)
+        stored = finished_point(spec, ref, ckpts, until, store.root, found)
         if stored is not None:
             said_if_foreign(checkpoint_metadata(ref), says)
             return stored
@@ -184,12 +185,12 @@ def run_point(
     return point
 
 
-def _finished(
+def finished_point(
     spec: Spec,
     ref: CheckpointRef,
     ckpts: Path,
     until: int,
-    store: SwitchStore,
+    store: Path,
     found: dict[int, dict[str, Any] | None],
 ) -> SwitchPoint | None:
     """The store's finished point of ``ref``'s step for ``spec`` and ``until``, when its
@@ -197,9 +198,11 @@ def _finished(
     momentum's state file are those it was computed from; else None (to do: its load tells
     again, and says why where the checkpoint is the same). Read only where the store holds a
     point whose checkpoint had the size ``ref``'s has now; the state file's source looked at
-    (hashed) is put in ``found`` by step, for that load, which so does not hash it again."""
+    (hashed) is put in ``found`` by step, for that load, which so does not hash it again. Rank 0's
+    look over a sweep (:mod:`conetool.pipeline.run_switch`) and a point's own (:func:`run_point`)
+    both ask it."""
     t = ref.step
-    payload = payload_to_check(store.root, t, spec, until, ref)
+    payload = payload_to_check(store, t, spec, until, ref)
     if payload is None:
         return None
     found[t] = now = momentum_source(ckpts, ref)
