@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from demo_run import finished_demo
+from demo_run import fake_demo, finished_demo
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -146,22 +146,9 @@ def test_every_stage_runs_with_the_demos_threads(finished, monkeypatch):
 def test_the_demo_prints_the_verdict_line_distance_prints(monkeypatch, tmp_path, end, span, shown):
     """demo's verdict line dropped a Phase I ending at step 0 (``if phase1_end``) and the fit's
     range that distance prints: both now come from one function."""
-    import conetool.pipeline.run_demo as run_demo
-
-    def fake(out, **_):  # type: ignore[no-untyped-def]
-        numbers = {"velocity": {"phase1_range": span}} if span else {}
-        return run_demo.DemoResult(
-            out=Path(out),
-            ckpts=tmp_path,
-            store=tmp_path,
-            report_html=tmp_path / "report.html",
-            report_md=tmp_path / "report.md",
-            verdict={"regime": "lazy", "phase1_end": end, "numbers": numbers, "explanation": ""},
-            test_acc=0.9,
-            stage_seconds={"train": 1.0},
-        )
-
-    monkeypatch.setattr(run_demo, "demo", fake)
+    numbers = {"velocity": {"phase1_range": span}} if span else {}
+    verdict = {"regime": "lazy", "phase1_end": end, "numbers": numbers, "explanation": ""}
+    fake_demo(monkeypatch, tmp_path, verdict=verdict, stage_seconds={"train": 1.0})
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "-q"])
     assert result.exit_code == 0, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("verdict: ")]

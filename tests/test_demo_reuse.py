@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from demo_run import finished_demo
+from demo_run import fake_demo, finished_demo
 from typer.testing import CliRunner
 
 from conetool.cli import app
@@ -78,22 +78,7 @@ def test_a_cli_rerun_says_per_stage_what_it_reused(finished):
 
 
 def _fake_demo(monkeypatch, tmp_path: Path, work: dict[str, StageWork]) -> None:
-    import conetool.pipeline.run_demo as run_demo
-
-    def fake(out, **_):  # type: ignore[no-untyped-def]
-        return run_demo.DemoResult(
-            out=Path(out),
-            ckpts=tmp_path,
-            store=tmp_path,
-            report_html=tmp_path / "report.html",
-            report_md=tmp_path / "report.md",
-            verdict={"regime": "lazy", "phase1_end": 5, "numbers": {}, "explanation": ""},
-            test_acc=0.9,
-            stage_seconds=dict.fromkeys(work, 1.0),
-            stage_work=work,
-        )
-
-    monkeypatch.setattr(run_demo, "demo", fake)
+    fake_demo(monkeypatch, tmp_path, stage_seconds=dict.fromkeys(work, 1.0), stage_work=work)
 
 
 def test_a_first_run_says_nothing_of_reuse(monkeypatch, tmp_path):

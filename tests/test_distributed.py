@@ -658,15 +658,7 @@ def test_every_checkpoint_failing_under_torchrun_is_said_once_and_removes_the_ne
 ):
     # --skip-bad goes on without every checkpoint (each holds a NaN): every rank knows that no
     # kernel was computed. Was: both ranks printed the error, and the empty store stayed.
-    bad = tmp_path / "ckpts"
-    shutil.copytree(run, bad)
-    for step in STEPS:
-        target = paths.checkpoint(bad, step)
-        with safe_open(str(target), framework="pt") as handle:
-            meta = handle.metadata()
-        state = load_file(str(target))
-        next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
-        save_file(state, str(target), metadata=meta)
+    bad = _with_nan(run, tmp_path / "ckpts", STEPS)
     store = tmp_path / "s"
     args = ["--store", str(store), "--device", "cpu", "--skip-bad"]
     done = run_torchrun("kernels", str(bad), *args, cwd=tmp_path)

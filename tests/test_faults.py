@@ -120,13 +120,16 @@ def test_damaged_manifest_overwrite_advice_works(run, store):
 # ------------------------------------------------------------------ 2. lock, verified skips
 
 
+#: Takes the lock file ``argv[1]`` as a conetool writer does, with its note (``argv[2]``, the
+#: command: ``conetool kernels`` unless given), then waits to be killed.
 LOCK_HOLDER = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
 fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, f"pid {os.getpid()} on testhost: conetool kernels".encode())
+command = sys.argv[2] if len(sys.argv) > 2 else "conetool kernels"
+os.write(fd, f"pid {os.getpid()} on testhost: {command}".encode())
 print("locked", flush=True)
-time.sleep(60)
+time.sleep(120)
 """
 
 

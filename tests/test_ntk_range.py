@@ -18,7 +18,7 @@ from conetool.ntk import KernelUnderflowError, NonFiniteKernelError, empirical_n
 from conetool.ntk_range import smallest_float32_kernel
 from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
-from conetool.spec import spec_from_dict
+from conetool.spec import Spec, spec_from_dict
 from conetool.store import Store
 
 METHODS = ["jacobian", "structured"]
@@ -182,20 +182,30 @@ def make(num_classes, input_shape, scale=1.0):
 """
 
 
+def _factory_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, text: str, steps: tuple[int, ...]
+) -> tuple[Spec, Path]:
+    """A spec whose model is ``module:make`` (its source ``text`` written into ``tmp_path``, put
+    on the path) with ``scale = 1e-22``, and a folder of its checkpoints at ``steps``, each
+    initialised with its step as the seed."""
+    (tmp_path / f"{module}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {**SPEC, "model": {"arch": f"{module}:make", "num_classes": 3, "scale": 1e-22}}
+    spec = spec_from_dict(raw, source=f"{module}.toml")
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in steps:
+        torch.manual_seed(step)
+        save_file(model_for(spec).state_dict(), str(paths.checkpoint(ckpts, step)))
+    return spec, ckpts
+
+
 def test_kernels_names_the_step_and_the_flag_and_float64_computes_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model whose logits are scaled by 1e-22 (a user's factory): `kernels` stored float32
     kernels 1e-4 to 1 off (or zeros), and distance compared them as if exact."""
-    (tmp_path / "scaled_factory.py").write_text(SCALED_FACTORY)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    raw = {**SPEC, "model": {"arch": "scaled_factory:make", "num_classes": 3, "scale": 1e-22}}
-    spec = spec_from_dict(raw, source="scaled.toml")
-    ckpts = tmp_path / "ckpts"
-    ckpts.mkdir()
-    for step in (0, 5, 10):
-        torch.manual_seed(step)
-        save_file(model_for(spec).state_dict(), str(paths.checkpoint(ckpts, step)))
+    spec, ckpts = _factory_run(tmp_path, monkeypatch, "scaled_factory", SCALED_FACTORY, (0, 5, 10))
     store = tmp_path / "store"
     with pytest.raises(ConetoolError) as stopped:
         kernels(ckpts, spec=spec, store=store, device="cpu")
@@ -248,15 +258,9 @@ def test_a_per_layer_group_of_subnormal_products_is_named(
     """A head scaled by 1e-22 next to a normal one: the model's kernel is fine in float32, the
     head's group kernel (--per-layer) is not, and the error said 'the eNTK's largest entry is
     1e-43' with no word of which kernel, as if the model's outputs hardly moved."""
-    (tmp_path / "tiny_head_factory.py").write_text(TINY_HEAD_FACTORY)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    raw = {**SPEC, "model": {"arch": "tiny_head_factory:make", "num_classes": 3, "scale": 1e-22}}
-    spec = spec_from_dict(raw, source="tiny_head.toml")
-    ckpts = tmp_path / "ckpts"
-    ckpts.mkdir()
-    for step in (0, 5):
-        torch.manual_seed(step)
-        save_file(model_for(spec).state_dict(), str(paths.checkpoint(ckpts, step)))
+    spec, ckpts = _factory_run(
+        tmp_path, monkeypatch, "tiny_head_factory", TINY_HEAD_FACTORY, (0, 5)
+    )
     kernels(ckpts, spec=spec, store=tmp_path / "whole", device="cpu")  # the model's: fine
     with pytest.raises(KernelUnderflowError) as stopped:
         kernels(ckpts, spec=spec, store=tmp_path / "groups", device="cpu", per_layer=True)

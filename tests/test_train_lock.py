@@ -11,23 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_faults import LOCK_HOLDER
 from tiny_run import SPEC, STEPS, train_tiny
 
 from conetool import paths
 from conetool.errors import StoreError
 from conetool.spec import spec_from_dict
 from conetool.training import train
-
-#: Takes the lock ``OUT/.lock`` as a train writing the folder does (with its note), then waits
-#: to be killed.
-LOCK_HOLDER = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, f"pid {os.getpid()} on testhost: conetool train tiny.toml".encode())
-print("locked", flush=True)
-time.sleep(120)
-"""
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -38,7 +28,8 @@ def test_a_second_train_into_one_out_is_refused_until_the_first_ends(tmp_path: P
     out = train_tiny(tmp_path)
     before = _files(out)
     holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_HOLDER, str(paths.lock(out))], stdout=subprocess.PIPE
+        [sys.executable, "-c", LOCK_HOLDER, str(paths.lock(out)), "conetool train tiny.toml"],
+        stdout=subprocess.PIPE,
     )
     spec = spec_from_dict(SPEC, source="tiny.toml")
     try:
