@@ -71,6 +71,7 @@ from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError, ModelError
 from .heap import kept_freed_memory
 from .library_call import library_call
+from .low_precision import is_low_precision
 from .ntk_checks import (
     check_branches,
     check_independence,
@@ -171,9 +172,12 @@ def empirical_ntk(
         max_memory: budget in bytes or a string like ``"4GiB"`` (:func:`parse_memory`); ``None``
             or ``"auto"``: :func:`default_memory_budget` of the device.
         device: ``"auto"`` (default: CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:k"``.
-        dtype: compute dtype; default the dtype of the model's trainable parameters. Floating
-            parameters, buffers and inputs are cast to it (``torch.float64``, or ``"float64"`` as
-            ``kernels`` takes it, for exact kernels).
+        dtype: compute dtype, float32 or float64; default the dtype of the model's trainable
+            parameters, and float32 for a model held in fewer than 32 bits (float16, bfloat16:
+            its kernel in its own dtype would keep few digits, :mod:`conetool.low_precision`).
+            Floating parameters, buffers and inputs are cast to it, as copies: the model keeps its
+            own (``torch.float64``, or ``"float64"`` as ``kernels`` takes it, for exact
+            kernels). A dtype of fewer than 32 bits is refused.
         on_block: called as ``on_block(done, total)`` after each block of the schedule (a block of
             Jacobian rows computed and contracted with every resident block it pairs with). Off
             the CPU, on a call that sets up the structured engine, the blocks are computed a
@@ -208,11 +212,11 @@ def empirical_ntk(
             ``nn.Linear(2, 2)``), naming their shape and what its forward pass of one raised;
             a parameter or buffer on the meta device (no weights), naming it.
         ConetoolError: an unknown ``kind`` or ``dtype`` name, a ``dtype`` that is not a
-            floating-point one, a ``model`` that is no ``nn.Module``, inputs that are no tensors
-            (a numpy array: ``torch.as_tensor`` it) or meta tensors (no values), a ``memo`` that
-            is no ``EngineMemo``, a model without trainable parameters, ``x2`` whose examples
-            do not have ``x1``'s shape, or examples that interact (see
-            :func:`check_per_example`).
+            floating-point one or has fewer than 32 bits, a ``model`` that is no ``nn.Module``,
+            inputs that are no tensors (a numpy array: ``torch.as_tensor`` it) or meta tensors
+            (no values), a ``memo`` that is no ``EngineMemo``, a model without trainable
+            parameters, ``x2`` whose examples do not have ``x1``'s shape, or examples that
+            interact (see :func:`check_per_example`).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
@@ -246,6 +250,13 @@ def empirical_ntk(
             f"dtype={compute} is not a floating-point dtype: the eNTK is computed in one. Pass "
             "dtype=torch.float64 (or 'float64') for exact kernels, torch.float32, or leave dtype "
             "out for the dtype of the model's parameters."
+        )
+    if compute is not None and is_low_precision(compute):
+        raise ConetoolError(
+            f"dtype={compute}: the eNTK is computed in float32 or float64, not in fewer than 32 "
+            "bits (whose kernels keep few digits, and are zero for small outputs). Pass "
+            "dtype=torch.float32, or leave dtype out: a float16 or bfloat16 model's kernel is "
+            "then computed in float32 from its weights upcast."
         )
     if memo is not None and not isinstance(memo, EngineMemo):
         raise ConetoolError(
@@ -291,7 +302,10 @@ def empirical_ntk(
             "the model has no trainable parameters (every parameter has requires_grad=False), so "
             "its eNTK is zero. Unfreeze the parameters the kernel should be taken with respect to."
         )
-    dtype = next(iter(trainable.values())).dtype if compute is None else compute
+    held = next(iter(trainable.values())).dtype
+    # a float16 or bfloat16 model: computed in float32, from copies of its weights upcast (cast)
+    dtype = compute if compute is not None else torch.float32 if is_low_precision(held) else held
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
     def cast(t: Tensor) -> Tensor:
         t = t.detach()
@@ -368,7 +382,7 @@ def empirical_ntk(
         # in the block: a float32 kernel of zeros is told from a zero eNTK by one gradient
         check_range(
             kernel,
-            float32=dtype == torch.float32,
+            float32=out_dtype == torch.float32,  # the dtype returned, whatever was computed
             parameters=sum(p.numel() for p in params.values()),
             outputs_move=lambda: outputs_move(forward, params, x, kind=kind, n2=n2),
             non_finite_inputs=lambda: _non_finite_inputs(x1, x2),
@@ -377,7 +391,6 @@ def empirical_ntk(
     # NaN outputs leave undecided) run again on the next call otherwise.
     if memo is not None and key is not None and learned is None:
         memo.remember(key, found)
-    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return kernel.to(device="cpu", dtype=out_dtype)
 
 

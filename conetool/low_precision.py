@@ -1,0 +1,82 @@
+"""Models held in fewer than 32 bits (float16, bfloat16, float8): the dtype their eNTK is computed
+in, and what the commands that train them say.
+
+- **The eNTK** is computed in at least float32: :func:`conetool.ntk.empirical_ntk` with
+  ``dtype=None`` computes the kernel of a float16 or bfloat16 model in float32, from its weights
+  upcast exactly (a copy: the model keeps its own), and range-checks the float32 kernel it returns
+  (:mod:`conetool.ntk_range`). Computed in the model's own dtype, as it was, a tiny MLP's and a
+  small convolutional net's kernels were 2e-4 (float16) and 1e-3 to 3e-3 (bfloat16) off the
+  float64 kernel of the same weights (relative Frobenius error), and the float16 MLP's was all
+  zeros, unchecked, for outputs scaled by 1e-6; in float32 they are within 1e-6
+  (``tests/test_half_precision.py``). ``conetool kernels``
+  always passed its ``--dtype`` (float32 by default), so its kernels were float32 already; it says
+  in a note that the model is upcast (:func:`upcast_note`).
+- **Training** (``conetool train``, ``conetool switch``) feeds float32 batches to the model and
+  steps its weights in place, in their own dtype: a float16 or bfloat16 model failed on its first
+  batch with PyTorch's dtype mismatch. It is refused before anything is written, naming the spec's
+  ``[model] arch`` and the fix (:func:`refuse_for_training`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+__all__ = ["is_low_precision", "low_precision_parameter", "refuse_for_training", "upcast_note"]
+
+
+def is_low_precision(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is a floating dtype of fewer than 32 bits (float16, bfloat16, float8)."""
+    return dtype.is_floating_point and torch.finfo(dtype).bits < 32
+
+
+def low_precision_parameter(model: nn.Module) -> tuple[str, torch.dtype] | None:
+    """The name and dtype of the first trainable parameter of ``model`` held in fewer than 32
+    bits; ``None`` when there is none."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and is_low_precision(p.dtype):
+            return name, p.dtype
+    return None
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def upcast_note(model: nn.Module, arch: str, source: str, compute: torch.dtype) -> str | None:
+    """``conetool kernels``' note for a spec whose model (``[model] arch`` of the spec file
+    ``source``) holds trainable parameters in fewer than 32 bits: its kernels are computed in
+    ``compute`` (float32 or float64) from its weights upcast; ``None`` for any other model."""
+    found = low_precision_parameter(model)
+    if found is None:
+        return None
+    name, dtype = found
+    return (
+        f'{source}: [model] arch = "{arch}" builds a {_dtype(dtype)} model (parameter '
+        f"'{name}'): its kernels are computed in {_dtype(compute)} from its {_dtype(dtype)} "
+        f"weights, upcast exactly (checkpoints are loaded into the model's {_dtype(dtype)} first)."
+    )
+
+
+def refuse_for_training(model: nn.Module, arch: str, source: str, command: str) -> None:
+    """Refuse a model with trainable parameters in fewer than 32 bits for ``command``
+    (``"conetool train"``, ``"conetool switch"``), which trains it on float32 batches.
+
+    Raises:
+        ModelError: naming the spec file ``source``, its ``[model] arch``, the first such
+            parameter and its dtype, and the fix (a factory that returns the model in float32).
+    """
+    found = low_precision_parameter(model)
+    if found is None:
+        return
+    name, dtype = found
+    raise ModelError(
+        f'{source}: [model] arch = "{arch}" builds a {_dtype(dtype)} model (parameter '
+        f"'{name}'), but {command} trains in float32: it feeds float32 batches to the model and "
+        f"steps its weights in their own dtype, without the float32 master weights and loss "
+        f"scaling of mixed-precision training. Make the factory return the model in float32 "
+        f"(drop its .half() / .bfloat16() / .to({dtype})): {_dtype(dtype)} checkpoints load "
+        "into it exactly, and conetool kernels computes float32 kernels of either."
+    )
