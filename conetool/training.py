@@ -39,6 +39,7 @@ from .io import (
 )
 from .library_call import library_call
 from .loop import TrainingLoop
+from .low_precision import refuse_for_training
 from .models import build_model, output_check
 from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
 from .progress import NullProgress, Progress, Said
@@ -180,6 +181,7 @@ def _train(
     # conetool kernels uses, but a bad probe found after training would cost the run).
     progress.log(f"loading data '{spec.data.dataset}' and building '{spec.model.arch}' ...")
     model, data = build_for_spec(spec)
+    refuse_for_training(model, spec.model.arch, spec.source, "conetool train")
     # batch_size fits the data
     per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     said = Said(progress)  # its warnings in the result, so that --quiet prints them at the end

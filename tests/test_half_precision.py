@@ -6,13 +6,24 @@ model before writing anything, naming the spec and the fix."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from test_ntk import explicit_jacobian
+from tiny_run import SPEC
+from typer.testing import CliRunner
 
-from conetool.errors import ConetoolError
+from conetool import paths
+from conetool.cli import app
+from conetool.errors import ConetoolError, ModelError
 from conetool.ntk import KernelUnderflowError, empirical_ntk
+from conetool.pipeline import switch
+from conetool.pipeline.resolve import model_for
+from conetool.spec import save_spec, spec_from_dict
+from conetool.store import Store
+from conetool.training import train
 
 HALVES = [torch.float16, torch.bfloat16]
 METHODS = ["jacobian", "structured"]
@@ -114,3 +125,93 @@ def test_a_half_precision_compute_dtype_is_refused(half: torch.dtype) -> None:
     model = Scaled(1.0)
     with pytest.raises(ConetoolError, match=rf"dtype={half}: the eNTK is computed in float32"):
         empirical_ntk(model, torch.randn(4, 8), device="cpu", dtype=half)
+
+
+FACTORY = """
+import torch
+
+
+def make(num_classes, input_shape, half="float16"):
+    model = torch.nn.Sequential(
+        torch.nn.Linear(input_shape[0], 6), torch.nn.Tanh(), torch.nn.Linear(6, num_classes)
+    )
+    return model.to(getattr(torch, half)) if half else model
+"""
+
+
+def _factory_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, half: str
+) -> tuple[dict[str, object], Path]:
+    """A spec dict whose model is ``half_factory:make`` in ``half`` (``""``: float32), and a folder
+    of checkpoints of the model at steps 0, 5 and 10 (in its own dtype)."""
+    (tmp_path / "half_factory.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {**SPEC, "model": {"arch": "half_factory:make", "num_classes": 3, "half": half}}
+    spec = spec_from_dict(raw, source="half.toml")
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in (0, 5, 10):
+        torch.manual_seed(step)
+        save_file(model_for(spec).state_dict(), str(paths.checkpoint(ckpts, step)))
+    return raw, ckpts
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_kernels_says_it_upcasts_a_half_precision_factory_and_stores_float32_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, half: str
+) -> None:
+    raw, ckpts = _factory_spec(tmp_path, monkeypatch, half)
+    spec_file = tmp_path / "half.toml"
+    save_spec(spec_from_dict(raw, source=str(spec_file)), spec_file)
+    store = tmp_path / "store"
+    args = ["kernels", str(ckpts), "--spec", str(spec_file), "--store", str(store)]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert (
+        f'note: {spec_file}: [model] arch = "half_factory:make" builds a {half} model '
+        f"(parameter '0.weight'): its kernels are computed in float32 from its {half} weights"
+    ) in text, result.output
+    opened = Store.open(store)
+    assert opened.identity.dtype == "float32" and opened.steps() == [0, 5, 10]
+    x = load_file(str(paths.probe(store)))["inputs"]
+    for step in (0, 10):
+        kernel = opened.load_kernel(step)
+        weights = load_file(str(paths.checkpoint(ckpts, step)))
+        assert next(iter(weights.values())).dtype == getattr(torch, half)
+        exact = model_for(spec_from_dict({**raw, "model": {**raw["model"], "half": ""}}))
+        exact.load_state_dict(weights)  # the saved half-precision weights, upcast exactly
+        assert kernel.dtype == torch.float32
+        assert _relative(kernel, _reference(exact, x, "trace")) < 1e-6
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_train_refuses_a_half_precision_factory_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, half: str
+) -> None:
+    """It failed on its first batch with PyTorch's 'mat1 and mat2 must have the same dtype'."""
+    raw, _ = _factory_spec(tmp_path, monkeypatch, half)
+    out = tmp_path / "run"
+    with pytest.raises(ModelError) as refused:
+        train(spec_from_dict(raw, source="half.toml"), out, device="cpu", threads=1)
+    message = " ".join(str(refused.value).split())
+    assert message.startswith(f'half.toml: [model] arch = "half_factory:make" builds a {half}')
+    assert "conetool train trains in float32" in message
+    assert "Make the factory return the model in float32" in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_switch_refuses_a_half_precision_factory_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, half: str
+) -> None:
+    """It failed in its first point with PyTorch's dtype mismatch."""
+    raw, ckpts = _factory_spec(tmp_path, monkeypatch, half)
+    store = tmp_path / "store"
+    spec = spec_from_dict(raw, source="half.toml")
+    with pytest.raises(ModelError) as refused:
+        switch([0], store=store, ckpts=ckpts, spec=spec, device="cpu", threads=1)
+    message = " ".join(str(refused.value).split())
+    assert message.startswith(f'half.toml: [model] arch = "half_factory:make" builds a {half}')
+    assert "conetool switch trains in float32" in message
+    assert not store.exists()

@@ -27,6 +27,7 @@ from ..errors import ConetoolError, DataError, StoreError
 from ..folder_roles import checkpoint_contents, same_folder, store_holding
 from ..layer_groups import groups_hash, parameter_groups, parse_groups
 from ..library_call import library_call
+from ..low_precision import upcast_note
 from ..models import output_check
 from ..ntk import is_auto, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
@@ -35,7 +36,7 @@ from ..spec import ProbeSpec, Spec
 from ..store import Store, StoreIdentity
 from ..store_clearing import remove_unused
 from ..threads import limit_threads
-from .kernels_loop import KernelsOptions, KernelsPlan, KernelsResult, compute_all
+from .kernels_loop import DTYPES, KernelsOptions, KernelsPlan, KernelsResult, compute_all
 from .mixed_runs import another_run
 from .overwrite_checks import check_before_clearing
 from .remembered import (
@@ -167,6 +168,10 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         # The model first: its import (a "pkg.mod:factory" arch) is recorded in the header.
         model = model_for(plan.spec)
         if job.is_main:
+            spec = plan.spec
+            upcast = upcast_note(model, spec.model.arch, spec.source, DTYPES[o.dtype])
+            if upcast is not None:  # a float16 or bfloat16 model: its kernels are float32
+                said.note(upcast)
             if not overwrite:  # kept kernels from the module as it was, new ones from it now
                 for message in changed_imports(plan.manifest, plan.spec):
                     said.warn(message)

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..checkpoint_optimizer import ENTRIES
 from ..checkpoints import CheckpointRef, LoadedCheckpoint, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, steps_problems
@@ -17,6 +19,7 @@ from ..checkpoints.load import NON_FINITE_ADVICE, read_checkpoint
 from ..choices import Reference, choice, is_count
 from ..data import DataBundle, load_data, steps_per_epoch
 from ..errors import CheckpointError, ConetoolError, SpecError
+from ..low_precision import refuse_for_training
 from ..spec import Spec, check_training_data
 from ..store import nearest_steps
 from .remembered import (
@@ -26,7 +29,7 @@ from .remembered import (
     recorded_step_regex,
     use_recorded_imports,
 )
-from .resolve import iterations_per_epoch
+from .resolve import iterations_per_epoch, model_for
 from .switch_finished_points import sweep_begun
 from .switch_locate import locate, sentence
 from .switch_options import SwitchOptions, parse_at
@@ -98,6 +101,7 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     notes = located.notes + use_recorded_imports(recorded, spec)
     warnings += changed_imports(recorded, spec)
     notes += [regex_note] if regex_note else []
+    _refuse_low_precision(spec)
     T = spec.train.steps if until is None else until
     if T > spec.train.steps and not beyond_run:
         raise ConetoolError(
@@ -182,6 +186,18 @@ def _read_reference(
     keep = ENTRIES if step < T else ()  # --reference train continues from it
     with non_finite_said(non_finite_advice(T, step)):
         return read_checkpoint(refs[step], keep=keep)
+
+
+def _refuse_low_precision(spec: Spec) -> None:
+    """Refuse a ``"pkg.mod:factory"`` model held in fewer than 32 bits before anything is
+    written: the points train it on float32 batches (:func:`conetool.low_precision.refuse_for_training`).
+    A built-in model is float32 and is not built; a factory's is built once, the global RNG
+    left as it was."""
+    if ":" not in spec.model.arch:
+        return
+    with torch.random.fork_rng(devices=[]):
+        model = model_for(spec)
+    refuse_for_training(model, spec.model.arch, spec.source, "conetool switch")
 
 
 def _not_stored(missing: list[int], ckpts: Path, stored: list[int]) -> CheckpointError:
