@@ -178,6 +178,23 @@ def zero_level(values: np.ndarray, eps: float) -> float:
     return math.sqrt(values.size) * eps * float(np.max(np.abs(values)))
 
 
+def _int_argument(value: object, name: str) -> int:
+    """``value`` as an int (an int or numpy integer: :func:`conetool.choices.int_argument`);
+    else a :class:`~conetool.geometry.GeometryError` naming ``name`` and the int to pass, as
+    :func:`conetool.geometry.distance_matrix` refuses its ``count``."""
+    from .choices import int_argument
+    from .errors import ConetoolError
+
+    try:
+        checked = int_argument(value, name)
+    except ConetoolError as exc:
+        from .geometry import GeometryError  # imports torch: only on this error
+
+        raise GeometryError(str(exc)) from exc
+    assert checked is not None
+    return checked
+
+
 def spectrum_point(
     kernel: np.ndarray, labels: np.ndarray, num_classes: int, top_k: int = 10
 ) -> SpectrumPoint:
@@ -187,12 +204,22 @@ def spectrum_point(
         kernel: ``(n, n)`` or ``(n, c, n, c)``.
         labels: ``(n,)`` integer classes of the probe examples.
         num_classes: ``c``.
-        top_k: how many eigenvalues (and eigenvectors, for the label energy) to keep.
+        top_k: how many eigenvalues (and eigenvectors, for the label energy) to keep, at least 1
+            (all of them when the kernel has fewer).
 
     Raises:
         GeometryError: a kernel that is not square (``(n, m)``), labels that are not one per
-            example or not whole numbers in ``[0, num_classes)``.
+            example or not whole numbers in ``[0, num_classes)``, a ``num_classes`` or
+            ``top_k`` that is no int (``top_k="3"``, ``2.5``, ``True``), a ``top_k`` below 1.
     """
+    num_classes = _int_argument(num_classes, "num_classes")
+    top_k = _int_argument(top_k, "top_k")
+    if top_k < 1:
+        from .geometry import GeometryError  # imports torch: only on this error
+
+        raise GeometryError(
+            f"top_k={top_k}: pass a positive number of eigenvalues to keep, e.g. top_k=10."
+        )
     k = as_matrix(kernel)
     given = np.asarray(kernel).dtype
     eps = (
@@ -207,7 +234,7 @@ def spectrum_point(
     values, vectors = np.linalg.eigh(k)
     order = np.argsort(values)[::-1]
     values, vectors = values[order], vectors[:, order]
-    top = max(1, min(int(top_k), values.size))
+    top = min(top_k, values.size)
     positive = np.clip(values, 0.0, None)
     total = float(positive.sum())
     if total > 0.0:

@@ -295,6 +295,28 @@ def test_spectrum_point_with_labels_not_one_per_example_is_named() -> None:
         spectrum_point(np.eye(4), np.array([0, 1, 0]), 2)
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"top_k": "3"}, r"^top_k='3' is a str, not an int: pass top_k=3\.$"),
+        ({"top_k": 2.5}, r"^top_k=2\.5 is a float, not an int: pass a whole number as an int\.$"),
+        ({"top_k": True}, r"^top_k=True is a bool, not an int"),
+        ({"top_k": 0}, r"^top_k=0: pass a positive number of eigenvalues"),
+        ({"num_classes": "2"}, r"^num_classes='2' is a str, not an int: pass num_classes=2\.$"),
+    ],
+)
+def test_spectrum_point_names_a_count_of_the_wrong_type(given: dict[str, Any], said: str) -> None:
+    """top_k="3" was taken as 3, 2.5 as 2 and True or 0 as 1; num_classes="2" ended in a raw
+    TypeError from numpy: each is refused as distance_matrix refuses its count."""
+    arguments: dict[str, Any] = {"num_classes": 2, "top_k": 2, **given}
+    with pytest.raises(GeometryError, match=said):
+        spectrum_point(np.eye(4), np.array([0, 1, 0, 1]), **arguments)
+    assert (
+        spectrum_point(np.eye(4), np.array([0, 1, 0, 1]), np.int64(2), np.int64(3)).eigenvalues.size
+        == 3
+    )
+
+
 def test_empirical_ntk_of_meta_inputs_is_named() -> None:
     model = _mlp()
     with pytest.raises(conetool.ConetoolError, match=r"x1 is a meta tensor"):
