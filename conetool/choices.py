@@ -26,6 +26,7 @@ __all__ = [
     "choice",
     "float_argument",
     "int_argument",
+    "integer",
     "is_count",
     "path_argument",
     "step_or_last",
@@ -135,12 +136,13 @@ def bool_argument(value: object, name: str) -> bool:
 
 
 def int_argument(value: object, name: str, *, optional: bool = False) -> int | None:
-    """``value`` as an ``int`` when it is an integer (an ``int`` or a numpy integer, any
-    :class:`numbers.Integral` but a ``bool``), or None when ``optional``; ``name`` is the Python
-    argument (``"dims"``). The range (positive, 2 or 3, ...) is the caller's to check.
+    """``value`` as an ``int`` when it is an integer (:func:`integer`: an ``int``, a numpy
+    integer or a 0-d integer array or tensor, not a bool), or None when ``optional``; ``name`` is
+    the Python argument (``"dims"``). The range (positive, 2 or 3, ...) is the caller's to check.
 
-    A numpy integer (``np.arange(...)[i]``, a shape) comes back a plain ``int``: the functions
-    write their arguments into JSON files, which refuse ``np.int64``.
+    A numpy integer (``np.arange(...)[i]``, a shape) or a 0-d tensor (``labels.max()``) comes
+    back a plain ``int``: the functions write their arguments into JSON files, which refuse
+    ``np.int64``.
 
     Raises:
         ConetoolError: anything else (``2.0``, ``"10"``, ``True``, a numpy bool); the message
@@ -148,8 +150,8 @@ def int_argument(value: object, name: str, *, optional: bool = False) -> int | N
     """
     if value is None and optional:
         return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
+    if (checked := integer(value)) is not None:
+        return checked
     from .errors import ConetoolError
 
     whole = _whole(value)
@@ -196,9 +198,36 @@ def _real(value: object) -> float | None:
 _SIGNED_DIGITS = re.compile(r"[+-]?[0-9]+")
 
 
+def integer(value: object) -> int | None:
+    """The ``int`` ``value`` is when it is an integer, None otherwise: what every integer
+    argument of the library takes, so that each takes the same values.
+
+    An integer is an ``int``, a numpy integer (``np.int64``: ``np.arange(...)[i]``, a shape) or a
+    0-d array or tensor of an integer dtype (``np.array(3)``, ``torch.tensor(3)``,
+    ``labels.max()``). Not one: a ``bool`` or a 0-d array or tensor of bools (``True`` is no
+    count), a float of any kind (``3.0``, ``torch.tensor(3.0)``), text (``"3"``), an array or
+    tensor of one element that is not 0-d (``torch.tensor([3])``, which PyTorch would take as
+    its element). Standard library only: a tensor is known by its ``ndim`` and ``dtype``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):  # int, numpy integers (np.bool_ is not Integral)
+        return int(value)
+    if getattr(value, "ndim", None) != 0 or _bool_dtype(value):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]  # a 0-d integer array or tensor
+    except (TypeError, RuntimeError):  # a float; a tensor without data (meta)
+        return None
+
+
+def _bool_dtype(value: object) -> bool:
+    """Whether ``value`` is an array or tensor of bools (numpy's ``bool``, ``torch.bool``)."""
+    return str(getattr(value, "dtype", "")).endswith("bool")
+
+
 def _whole(value: object) -> int | None:
     """The int a float, text or numpy integer of a whole number stands for (None otherwise)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or _bool_dtype(value):
         return None
     if isinstance(value, float):
         return int(value) if value.is_integer() else None
@@ -207,13 +236,13 @@ def _whole(value: object) -> int | None:
         return int(text) if _SIGNED_DIGITS.fullmatch(text) else None
     try:
         return operator.index(value)  # type: ignore[arg-type]  # a numpy integer
-    except TypeError:
+    except (TypeError, RuntimeError):  # a float; a tensor without data (meta)
         return None
 
 
 def step_or_last(value: object) -> int | str | None:
-    """A step as the library takes it where ``--ref`` does: an ``int`` (a numpy integer too, not
-    a ``bool``), its digits as text (``"100"``, ``"-10"``: a negative one is the caller's to
+    """A step as the library takes it where ``--ref`` does: an integer (:func:`integer`: an
+    ``int``, a numpy integer or a 0-d integer tensor, not a ``bool``), its digits as text (``"100"``, ``"-10"``: a negative one is the caller's to
     refuse as such), or ``"last"`` (any case); ``None`` for anything else, for the caller to
     refuse naming its flag or argument."""
     if isinstance(value, bool):
@@ -224,7 +253,4 @@ def step_or_last(value: object) -> int | str | None:
             return "last"
         # a signed whole number too: "-10" is a step the caller refuses as negative, not text
         return int(text) if _SIGNED_DIGITS.fullmatch(text) else None
-    try:
-        return operator.index(value)  # type: ignore[arg-type]  # int, numpy integer
-    except TypeError:
-        return None
+    return integer(value)

@@ -14,9 +14,11 @@ integers, and those annotated ``float`` (or ``float | None``) real numbers**, ch
 function runs (:func:`conetool.choices.bool_argument`, :func:`conetool.choices.int_argument`,
 :func:`conetool.choices.float_argument`). Python takes any value by its truth, so
 ``kernels(..., overwrite="no")`` would overwrite, and ``embed(dims=2.0)`` passed ``dims in (2, 3)``
-and failed later with a raw ``TypeError``. A numpy integer (``np.int64`` from ``np.arange``) is an
-integer and a numpy float a real number: the function gets them as a plain ``int`` or ``float``
-(its JSON files refuse numpy scalars); a ``bool`` or numpy bool is neither. The annotations are
+and failed later with a raw ``TypeError``. A numpy integer (``np.int64`` from ``np.arange``) or a
+0-d integer tensor (``labels.max()``) is an integer (:func:`conetool.choices.integer`, which every
+integer argument of the library asks) and a numpy float a real number: the function gets them as
+a plain ``int`` or ``float`` (its JSON files refuse numpy scalars); a ``bool`` or numpy bool is
+neither. The annotations are
 the functions' own signatures, so a new argument is checked without more code; ranges and mixed
 types (``threads: int | str``, ``refs``, ``dts``, ``at``) stay with each function's own parser.
 A ``progress`` argument must be None or a progress display (:class:`conetool.progress.Progress`:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .choices import is_count
+from .choices import integer
 from .errors import ConetoolError
 from .geometry import kernel_distance
 from .ntk import empirical_ntk
@@ -96,9 +96,10 @@ def kernel_noise(
         >>> noise.n, noise.dtype, noise.relative_error < 1e-6, 0 <= noise.S < 1e-12
         (6, 'float32', True, True)
     """
-    if not is_count(subset):
+    count = integer(subset)
+    if count is None or count < 1:
         raise ConetoolError(f"subset must be a positive number of examples, got {subset!r}.")
-    probe = inputs[:subset]
+    probe = inputs[:count]
     kernel = empirical_ntk(
         model, probe, method=method, dtype=dtype, kind=kind, max_memory=max_memory, device=device
     )

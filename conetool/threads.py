@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .choices import integer
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -106,8 +108,8 @@ def parse_threads(threads: int | str | None) -> int | None:
     """``threads`` as a count, None for "auto". Raises ValueError for anything else."""
     if threads is None:
         return None
-    if isinstance(threads, int) and not isinstance(threads, bool):
-        value = threads
+    if (count := integer(threads)) is not None:
+        value = count
     else:
         text = str(threads).strip().lower()
         if text == "auto":

@@ -9,6 +9,7 @@ import math
 import numbers
 import re
 
+from .choices import integer
 from .errors import MemoryBudgetError
 
 __all__ = ["format_bytes", "parse_memory"]
@@ -43,8 +44,8 @@ def is_auto(max_memory: object) -> bool:
 
 
 def parse_memory(value: float | str, argument: str = "--max-memory") -> int:
-    """A memory size in bytes from ``--max-memory``: a whole number of bytes (an int, a float
-    such as ``2e9``, a numpy number; ``1.5`` is refused: bytes, or a slip for ``"1.5GiB"``?), or a
+    """A memory size in bytes from ``--max-memory``: a whole number of bytes (an integer,
+    :func:`conetool.choices.integer`; a float such as ``2e9``, a numpy number; ``1.5`` is refused: bytes, or a slip for ``"1.5GiB"``?), or a
     string like ``"4GiB"``.
 
     Units (case-insensitive): none or ``B`` for bytes; ``KiB/MiB/GiB/TiB`` and the single letters
@@ -60,10 +61,10 @@ def parse_memory(value: float | str, argument: str = "--max-memory") -> int:
     """
     if isinstance(value, bool):
         raise MemoryBudgetError(_memory_syntax_message(value, argument))
-    if isinstance(value, numbers.Integral):  # an int or a numpy integer (10**400 has no float)
-        if not 0 < int(value) <= _LARGEST_MEMORY:
+    if (whole := integer(value)) is not None:  # int, numpy integer, 0-d integer tensor
+        if not 0 < whole <= _LARGEST_MEMORY:  # (10**400 has no float)
             raise MemoryBudgetError(_memory_syntax_message(value, argument))
-        return int(value)
+        return whole
     if isinstance(value, numbers.Real):  # a float (2e9) or a numpy floating number of bytes
         if not math.isfinite(value) or value <= 0 or not float(value).is_integer():
             raise MemoryBudgetError(_memory_syntax_message(value, argument))

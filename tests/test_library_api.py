@@ -448,6 +448,71 @@ def test_numpy_numbers_arrive_as_plain_ints_and_floats() -> None:
             call()
 
 
+def test_a_0d_integer_tensor_is_an_integer_for_every_integer_argument() -> None:
+    """distance_matrix(count=torch.tensor(3)) was refused while np.int64(3) was taken, and
+    load_kernel(step=torch.tensor(True)) read step 1: every integer argument asks
+    choices.integer, which takes an int, a numpy integer or a 0-d integer tensor or array, and
+    refuses bools of any kind, floats and tensors of one element that are not 0-d."""
+    from conetool.checkpoints.selection import step_range_text
+    from conetool.choices import integer, step_or_last
+    from conetool.geometry import GeometryError, distance_matrix
+    from conetool.kernel_spectrum import spectrum_point
+    from conetool.library_call import library_call
+    from conetool.noise_floor import kernel_noise
+    from conetool.threads import parse_threads
+    from conetool.units import parse_memory
+
+    seen: dict[str, object] = {}
+
+    @library_call
+    def f(a: int, b: int | None = None) -> None:
+        seen.update(a=a, b=b)
+
+    three = torch.tensor(3)
+    for given in (3, np.int64(3), three, torch.tensor(3, dtype=torch.uint8), np.array(3)):
+        assert integer(given) == 3 and type(integer(given)) is int, given
+        f(given, given)
+        assert seen == {"a": 3, "b": 3} and type(seen["a"]) is int
+        assert step_or_last(given) == 3 and step_range_text((given, None)) == "3:"
+        assert parse_threads(given) == 3 and parse_memory(given) == 3
+    for refused in (
+        True,
+        np.bool_(True),
+        torch.tensor(True),
+        np.array(True),
+        3.0,
+        torch.tensor(3.0),
+        torch.tensor([3]),
+        torch.empty((), dtype=torch.int64, device="meta"),
+    ):
+        assert integer(refused) is None and step_or_last(refused) is None, refused
+        with pytest.raises(conetool.ConetoolError, match=r"^a=.* is a \w+, not an int: pass "):
+            f(refused)
+    # a bool tensor is no whole number to pass instead (it read as 1)
+    with pytest.raises(conetool.ConetoolError, match=r"pass a whole number as an int\.$"):
+        f(torch.tensor(True))
+    with pytest.raises(ValueError, match=r"threads must be a whole number"):
+        parse_threads(torch.tensor(True))
+    with pytest.raises(conetool.ConetoolError, match=r"max_memory=tensor\(True\) is not a memory"):
+        parse_memory(torch.tensor(True), "max_memory")
+
+    kernels = [torch.eye(3) * (i + 1) + i for i in range(3)]
+    expected = distance_matrix(kernels.__getitem__, 3)
+    np.testing.assert_array_equal(
+        distance_matrix(kernels.__getitem__, three, block_size=three), expected
+    )
+    with pytest.raises(GeometryError, match=r"^count=tensor\(True\) is a Tensor, not an int"):
+        distance_matrix(kernels.__getitem__, torch.tensor(True))
+    labels = torch.tensor([0, 1, 0, 1])
+    point = spectrum_point(np.eye(4), labels.numpy(), labels.max() + 1, top_k=three)
+    assert point.eigenvalues.size == 3
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    assert kernel_noise(net, torch.randn(6, 4), subset=three, device="cpu").n == 3
+    with pytest.raises(conetool.ConetoolError, match=r"subset must be a positive number"):
+        kernel_noise(net, torch.randn(6, 4), subset=torch.tensor(True), device="cpu")
+
+
 def test_numpy_integers_work_for_every_int_and_step_argument(run: Path, tmp_path: Path) -> None:
     """A researcher's np.int64 for a count, a step, a memory size or a step pair: refused before
     (int arguments, max_memory, kernels(steps=)), or taken by refs, dts and at."""

@@ -4,10 +4,9 @@ recovers from ``--step-regex``, its metadata or its name."""
 from __future__ import annotations
 
 import re
-from numbers import Integral
 from pathlib import Path
 
-from conetool.choices import is_count
+from conetool.choices import integer, is_count
 from conetool.errors import CheckpointError
 
 from ._stored_steps import BEYOND_MAX_STEP, MAX_STEP, STEP_KEYS, BadStep, metadata_step
@@ -63,9 +62,10 @@ def step_range_text(steps: StepRange | None) -> str | None:
     ``"first:last"``; ``(0, 5000)`` -> ``"0:5000"``, ``(2000, None)`` -> ``"2000:"``."""
     if steps is None or isinstance(steps, str):
         return steps
-    if isinstance(steps, (tuple, list)) and len(steps) == 2:  # ints, numpy integers or None
-        if all(v is None or (isinstance(v, Integral) and not isinstance(v, bool)) for v in steps):
-            return ":".join("" if v is None else str(int(v)) for v in steps)
+    if isinstance(steps, (tuple, list)) and len(steps) == 2:  # integers (choices.integer) or None
+        ends = [None if v is None else integer(v) for v in steps]
+        if all(e is not None or v is None for e, v in zip(ends, steps, strict=True)):
+            return ":".join("" if e is None else str(e) for e in ends)
     raise CheckpointError(
         f"--steps {steps!r} is not a step range: pass a pair (first, last) of steps, both "
         "included, with None for an open end ((0, 5000), (2000, None)), or the text "
