@@ -8,7 +8,6 @@ the store) and calls :func:`compute_all`.
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from ..layer_groups import group_kernels, groups_hash
 from ..ntk import empirical_ntk
 from ..ntk_memo import EngineMemo
 from ..ntk_schedule import kept_panel_memory
+from ..peak_memory import peak_resident_memory
 from ..probe import Probe
 from ..progress import CountBar, Progress
 from ..spec import Spec
@@ -633,4 +633,4 @@ def _stored_shape(store: Store) -> tuple[int, ...]:
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak_resident_memory()  # (ru_maxrss: KiB on Linux, bytes on macOS)
