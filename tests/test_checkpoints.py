@@ -291,7 +291,10 @@ def write_hf(
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
     torch.save({"state": {}}, folder / "optimizer.pt")
     torch.save({"last_epoch": 1}, folder / "scheduler.pt")
+    torch.save({"scale": 65536.0}, folder / "scaler.pt")
     torch.save({"python": 1}, folder / "rng_state.pth")
+    torch.save({"python": 1}, folder / "rng_state_1.pth")  # one per process
+    torch.save({"output_dir": str(root)}, folder / "training_args.bin")
     write_trainer_state(folder, step if trainer_step is None else trainer_step)
     return folder
 

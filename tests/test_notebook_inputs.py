@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from tiny_run import run_fixtures
 from torch import nn
 
@@ -225,12 +226,50 @@ def test_an_optimizer_state_given_as_the_checkpoint_says_which_file_to_pass(
         conetool.inspect(state)
 
 
-def test_a_trainers_optimizer_state_says_to_pass_its_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "out" / "checkpoint-200"
+@pytest.mark.parametrize(
+    ("name", "held", "what"),
+    [
+        ("optimizer.pt", {"state": {}, "param_groups": []}, "an optimizer state"),
+        ("scheduler.pt", {"last_epoch": 200, "_step_count": 201}, "a learning-rate scheduler's"),
+        ("scaler.pt", {"scale": 65536.0, "growth_factor": 2.0}, "a gradient scaler's state"),
+        ("rng_state.pth", {"python": 1, "cpu": torch.zeros(4)}, "the random number generators'"),
+        ("rng_state_1.pth", {"python": 1, "cpu": torch.zeros(4)}, "the random number generators'"),
+        ("training_args.bin", {"output_dir": "out", "learning_rate": 0.1}, "the Trainer's arg"),
+    ],
+)
+def test_a_trainers_file_beside_the_weights_says_to_pass_the_weights(
+    tmp_path: Path, name: str, held: dict[str, Any], what: str
+) -> None:
+    """scheduler.pt, scaler.pt, rng_state.pth and training_args.bin given as the checkpoint were
+    listed as an unusable checkpoint, "not a state dict ... re-save the model's state dict":
+    each is refused as optimizer.pt is, naming what it holds and the weights beside it."""
+    out = tmp_path / "out"
+    folder = out / "checkpoint-200"
     folder.mkdir(parents=True)
-    torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
-    with pytest.raises(conetool.CheckpointError, match=r"Pass the checkpoint folder \('"):
-        conetool.inspect(folder / "optimizer.pt")
+    given = folder / name
+    torch.save(held, given)
+    weights = folder / "model.safetensors"
+    calls = {
+        "inspect": lambda: conetool.inspect(given),
+        "kernels": lambda: conetool.kernels(given, store=tmp_path / "store", device="cpu"),
+    }
+    for weights_beside in (False, True):
+        if weights_beside:
+            save_file({"w": torch.zeros(2)}, str(weights))
+            instead = (
+                f"Pass the model's weights beside it ('{weights}'), the folder ('{folder}') or "
+                f"the run's directory ('{out}')."
+            )
+        else:
+            instead = "Pass the model's weights file (model.safetensors or pytorch_model.bin,"
+        for call_name, call in calls.items():
+            with pytest.raises(conetool.CheckpointError) as info:
+                call()
+            message = str(info.value)
+            assert message.startswith(f"'{given}' holds {what}"), (call_name, message)
+            assert "a Hugging Face Trainer saves beside the model's weights" in message, message
+            assert instead in message, (call_name, message)
+    assert not (tmp_path / "store").exists()
 
 
 def _kernels() -> list[torch.Tensor]:

@@ -19,10 +19,10 @@ from conetool.io import os_error_path
 from ._hashed_reads import files_fingerprint
 from ._keys import diff_keys, strip_common_prefixes
 from ._opening import open_error
-from ._optimizer_given import refuse_optimizer_state
 from ._safetensors_format import read_header
 from ._state_dicts import bitwise_equal
 from ._torch_save import check_torch_file, read_torch_contents
+from ._training_state_given import refuse_training_state
 from .records import (
     Candidate,
     Scan,
@@ -523,7 +523,7 @@ def scan_directory(
             f"checkpoint directory '{directory}' does not exist; pass the --out directory of "
             f"`conetool train`, or a directory of checkpoint files."
         )
-    refuse_optimizer_state(directory)  # a file beside a checkpoint, given as the one to read
+    refuse_training_state(directory)  # a file beside a checkpoint, given as the one to read
     whole = not (directory.is_file() or single or _is_hf_folder(directory))
     scan = _collect(directory, deep) if whole else _single(directory, deep)
     for c in scan.candidates:

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from .. import paths
-from ..checkpoints._optimizer_given import refuse_optimizer_state
+from ..checkpoints._training_state_given import refuse_training_state
 from ..choices import path_argument
 from ..data import describe_data
 from ..errors import SpecError, StoreError
@@ -25,7 +25,7 @@ def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
     found = paths.spec(ckpts)
     if found.is_file():
         return load_spec(found)
-    refuse_optimizer_state(ckpts)  # the file's fault first: a --spec would not make it readable
+    refuse_training_state(ckpts)  # the file's fault first: a --spec would not make it readable
     if Path(ckpts).is_file():  # one checkpoint file: no conetool.toml of its own
         raise SpecError(
             f"{ckpts} is a file, and no --spec was given: the spec is the {paths.SPEC_NAME} of "
