@@ -5,6 +5,12 @@ It is the store's writer lock (:class:`~conetool.store_lock.StoreLock`, an exclu
 it when the process ends, however it ends, so a killed train leaves no stale lock. Where the
 folder cannot be written, on a file system without ``flock`` (NFS without its lock daemon,
 Lustre without the ``flock`` mount option), or without ``fcntl`` (Windows), nothing is locked.
+
+A train that fails or is refused inside the lock (a value found bad once the lock is taken, an
+interrupt) before it writes anything leaves ``--out`` as it found it: the lock file it created is
+removed, and so are the folders it created for ``--out`` (a refused train into ``runs/new`` left
+``runs/new/.lock`` behind). Once it has written anything there (``conetool.toml``, a checkpoint)
+the folder is a run's and stays, its lock file with it, as a store's does.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import paths
 from .io import make_dir
 from .store_lock import StoreLock
 
@@ -33,10 +40,43 @@ def train_out_lock(out: Path) -> Iterator[None]:
             "another --out. The lock goes away with that process."
         )
 
+    made = _missing_folders(out)
+    lock_file = paths.lock(out)
+    had_lock_file = lock_file.exists()
     make_dir(out)  # (a folder that cannot be made is named, not its lock file)
     lock = StoreLock.acquire(out, refusal, shared=False)  # (a second train in this process too)
     try:
         yield
+    except BaseException:
+        if not had_lock_file:
+            _remove_untouched(out, made)  # (the lock still held: no other train is inside)
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist, innermost first: what
+    :func:`~conetool.io.make_dir` will create."""
+    missing = []
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_untouched(out: Path, made: list[Path]) -> None:
+    """When ``out`` holds nothing but the lock file this train created, remove that file and
+    then the folders of ``made`` (innermost first) that are empty; anything else is left as it
+    is (a file written, another process's folder), and so is whatever cannot be removed."""
+    lock_file = paths.lock(out)
+    try:
+        if [p.name for p in out.iterdir()] != [lock_file.name]:
+            return
+        lock_file.unlink()
+        for folder in made:
+            folder.rmdir()  # OSError once a folder is not empty (something else was put there)
+    except OSError:
+        return

@@ -15,7 +15,7 @@ from test_faults import LOCK_HOLDER
 from tiny_run import SPEC, STEPS, train_tiny
 
 from conetool import paths
-from conetool.errors import StoreError
+from conetool.errors import ConetoolError, SpecError, StoreError
 from conetool.spec import spec_from_dict
 from conetool.training import train
 
@@ -106,3 +106,44 @@ def test_a_second_train_in_the_same_process_is_refused_too(tmp_path: Path) -> No
         release.set()
         thread.join(60)
     assert len(first) == 1 and paths.checkpoint_steps(out) == STEPS  # the first one finished
+
+
+@pytest.mark.parametrize(
+    "failure", [SpecError("tiny.toml: a value found bad"), KeyboardInterrupt()]
+)
+def test_a_train_refused_before_it_writes_leaves_no_folder_nor_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    """A train refused (or interrupted) inside its lock, before writing anything, left the
+    folders it made for --out behind with an empty .lock in them; a folder that was there is
+    kept, without the lock file this train made."""
+    from conetool import training
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(training, "make_optimizer", refused)
+    spec = spec_from_dict(SPEC, source="tiny.toml")
+    with pytest.raises(type(failure)):
+        train(spec, tmp_path / "runs" / "new")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(type(failure)):
+        train(spec, tmp_path / "mine")
+    assert list((tmp_path / "mine").iterdir()) == []
+
+
+def test_a_train_that_fails_once_it_has_written_keeps_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once conetool.toml is written the folder is a run's (--resume continues it): kept whole."""
+    from conetool import training
+
+    def diverged(*args: object, **kwargs: object) -> None:
+        raise ConetoolError("the loss diverged")
+
+    monkeypatch.setattr(training.TrainingLoop, "run", diverged)
+    out = tmp_path / "new"
+    with pytest.raises(ConetoolError, match="diverged"):
+        train(spec_from_dict(SPEC, source="tiny.toml"), out)
+    assert sorted(p.name for p in out.iterdir()) == [".lock", paths.spec(out).name]
