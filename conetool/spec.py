@@ -546,10 +546,24 @@ def _classes_left(size: int, num_classes: int) -> str:
 def train_warnings(spec: Spec) -> list[str]:
     """What ``conetool train`` says at its start: :func:`recipe_warnings`, then the keys only the
     training run reads (its checkpoints, its data) that the spec sets to no effect (the
-    synthetic-only keys with another data set; root and download with digits or synthetic), or
+    synthetic-only keys with another data set; root and download with digits or synthetic; step
+    schedule milestones all at or beyond train.steps, which only ``switch --beyond-run``
+    reaches), or
     to an effect probably not meant. Each a sentence naming the keys, their values and the fix."""
     src, t, d = spec.source, spec.train, spec.data
     said = recipe_warnings(spec)
+    # A milestone beyond the run with one inside it is for switch --beyond-run: said nothing of.
+    # With none inside, the step schedule does nothing in this run (gamma = 1: recipe_warnings).
+    if t.schedule == "step" and t.milestones and min(t.milestones) >= t.steps and t.gamma != 1:
+        are = "is" if len(t.milestones) == 1 else "are all"
+        said.append(
+            f"{src}: 'train.milestones' = {list(t.milestones)} {are} at or beyond "
+            f"'train.steps' = {t.steps}, so schedule = \"step\" does nothing in this run: its "
+            f"learning rate never drops by gamma (its last update is at step {t.steps - 1}); "
+            "only `conetool switch --beyond-run`, which trains past train.steps, reaches them. "
+            f'Set a milestone below {t.steps} for the run to decay, or schedule = "constant" '
+            "if a constant rate is meant."
+        )
     if t.dense_until and not t.dense_every:
         said.append(
             f"{src}: 'train.dense_until' = {t.dense_until} has no effect: 'train.dense_every' "

@@ -174,6 +174,18 @@ def test_the_shortened_demo_drops_dense_checkpoints_scaled_to_nothing(steps):
             "c.toml: 'train.warmup_steps' = 12 is longer than 'train.steps' = 6, so the "
             "learning rate never reaches train.lr = 0.1: it ends the run at 0.5 x lr.",
         ),
+        (
+            {"schedule": "step", "milestones": [6, 9], "gamma": 0.5},  # 6: no update at step 6
+            "c.toml: 'train.milestones' = [6, 9] are all at or beyond 'train.steps' = 6, so "
+            'schedule = "step" does nothing in this run: its learning rate never drops by gamma '
+            "(its last update is at step 5); only `conetool switch --beyond-run`, which trains "
+            "past train.steps, reaches them. Set a milestone below 6 for the run to decay, or "
+            'schedule = "constant"',
+        ),
+        (
+            {"schedule": "step", "milestones": [10]},
+            "c.toml: 'train.milestones' = [10] is at or beyond 'train.steps' = 6",
+        ),
     ],
 )
 def test_keys_set_to_no_effect_are_said_naming_them(values, said):
@@ -190,6 +202,7 @@ def test_keys_set_to_no_effect_are_said_naming_them(values, said):
         ({"milestones": [3]}, True),
         ({"warmup_steps": 12}, True),
         ({"dense_until": 4}, False),  # checkpoints: only train saves them
+        ({"schedule": "step", "milestones": [10]}, False),  # switch --beyond-run uses them
     ],
 )
 def test_switch_says_the_recipe_ones_only(values, recipe):
