@@ -450,6 +450,16 @@ def test_a_torch_alias_storing_its_step_is_still_a_copy_left_out(tmp_path: Path)
     assert listed(tmp_path / "last.pt") == [(10, "last.pt")]
 
 
+def test_a_torch_alias_storing_a_step_no_other_file_gives_is_read(tmp_path: Path):
+    # Was: final.pt, the loop's last step saved under no other name, was left out without a
+    # word, and the run lost its last kernel.
+    for step in (0, 10):
+        torch.save({"model_state_dict": state(step), "step": step}, tmp_path / f"ckpt_{step}.pt")
+    torch.save({"model_state_dict": state(20), "step": 20}, tmp_path / "final.pt")
+    torch.save({"model_state_dict": state(10), "step": 10}, tmp_path / "best.pt")  # a copy
+    assert listed(tmp_path) == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt"), (20, "final.pt")]
+
+
 def test_the_listing_reads_a_torch_file_memory_mapped_and_weights_only(tmp_path, monkeypatch):
     """Reading the stored step costs the pickle only: torch.load with mmap and weights_only,
     never a full read of the file (stream_file) nor a load without weights_only."""

@@ -30,7 +30,8 @@ The step of each checkpoint, in order of precedence:
    (a plain loop's ``{"model_state_dict": ..., "step": 1500}``, Lightning's ``global_step``; an
    ``epoch`` entry is no step). It wins over the name; files whose name gives another step get a
    warning naming ``--step-regex``. A torch.save copy named without a step (``best.pt``,
-   ``last.pt``: the dict of a step saved under its own name too) is left out all the same;
+   ``last.pt``: the dict of a step saved under its own name too) is left out all the same
+   when another file gives its step (one that no other file gives is read as that step);
 3. the name: ``step_2000``, ``step=2000``, ``epoch=3-step=2000``, ``global_step2000``,
    ``ckpt-2000``, ``checkpoint-2000``, ``model_2000``, ``iter_2000``, a bare ``2000``; or an epoch
    name, ``epoch_3``, ``epoch=3``, ``ep3`` (step = 3 × iterations per epoch) or open_lth's

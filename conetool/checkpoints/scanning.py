@@ -544,13 +544,17 @@ def scan_directory(
     if whole:
         # best.pt, last.pt: a copy of another step's weights, not a step of its own (a file of
         # this name that gives a step, by its metadata or --step-regex, is read as any other).
-        # A torch.save alias is left out even when its dict stores the step: it is the dict of
-        # a step saved under its own name too, and torch.save writes the file's name into its
-        # bytes, so the two are never the same bytes (as copies must be) but two of one step.
+        # A torch.save alias is left out even when its dict stores the step, when another file
+        # gives that step: it is the dict of a step saved under its own name too, and
+        # torch.save writes the file's name into its bytes, so the two are never the same bytes
+        # (as copies must be) but two of one step. One whose step no other file gives (the
+        # loop's final.pt, its last step saved under no other name) is that step's checkpoint.
+        named = {c.step for c in scan.candidates if not _is_alias(c) and c.step is not None}
         aliases = [
             c
             for c in scan.candidates
-            if _is_alias(c) and (c.step is None or (c.format == "torch" and c.step_inside))
+            if _is_alias(c)
+            and (c.step is None or (c.format == "torch" and c.step_inside and c.step in named))
         ]
         for c in aliases:
             scan.candidates.remove(c)
