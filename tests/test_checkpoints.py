@@ -388,6 +388,21 @@ def test_hf_final_model_beside_checkpoint_folders_is_skipped(tmp_path: Path):
     assert [(r.step, r.source) for r in refs] == [(500, "hf"), (1000, "hf")]
 
 
+def test_hf_output_dir_with_its_trainer_state_beside_checkpoint_folders(tmp_path: Path):
+    # Was: trainer.save_model() + trainer.save_state() put trainer_state.json in the output
+    # directory too, which was then read as one checkpoint folder: its final model only, every
+    # checkpoint-N/ folder left out without a word.
+    write_hf(tmp_path, 500, state(5))
+    write_hf(tmp_path, 1000, state(10))
+    save_file(state(10), str(tmp_path / "model.safetensors"))
+    write_trainer_state(tmp_path, 1000)
+    refs = list_checkpoints(tmp_path)
+    assert [(r.step, r.file) for r in refs] == [
+        (500, tmp_path / "checkpoint-500"),
+        (1000, tmp_path / "checkpoint-1000"),
+    ]
+
+
 def test_hf_step_from_trainer_state_when_the_folder_name_has_none(tmp_path: Path):
     folder = tmp_path / "best"
     folder.mkdir()

@@ -469,12 +469,22 @@ def _flag_mixed_runs(cands: list[Candidate]) -> None:
 
 
 def _is_hf_folder(directory: Path) -> bool:
-    """True when ``directory`` is itself one Hugging Face checkpoint folder."""
-    if not _is_file(directory / "trainer_state.json") and not paths.is_hf_checkpoint_folder(
-        directory.name
-    ):
-        return False
+    """True when ``directory`` is itself one Hugging Face checkpoint folder: named
+    ``checkpoint-N``, or holding ``trainer_state.json`` but no ``checkpoint-N/`` folders (the
+    Trainer's output directory holds its final model and ``trainer_state.json`` beside them)."""
+    if not paths.is_hf_checkpoint_folder(directory.name):
+        if not _is_file(directory / "trainer_state.json") or _has_checkpoint_folders(directory):
+            return False
     return any(_is_file(directory / n) for pair in _HF_WEIGHTS for n in pair)
+
+
+def _has_checkpoint_folders(directory: Path) -> bool:
+    """Whether ``directory`` holds a ``checkpoint-N/`` folder (a Trainer's output directory)."""
+    try:
+        with os.scandir(directory) as it:
+            return any(paths.is_hf_checkpoint_folder(e.name) and e.is_dir() for e in it)
+    except OSError:
+        return False
 
 
 def _is_alias(c: Candidate) -> bool:
