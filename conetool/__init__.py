@@ -25,6 +25,7 @@ guard_start_up()
 _EXPORTS = {
     "CheckpointError": "errors",
     "CheckpointOverflowError": "errors",
+    "ExtraModulesError": "errors",
     "FactoryMismatchError": "errors",
     "KeyMismatchError": "errors",
     "ConetoolError": "errors",
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
         CheckpointOverflowError,
         ConetoolError,
         DataError,
+        ExtraModulesError,
         FactoryMismatchError,
         KeyMismatchError,
         MemoryBudgetError,
@@ -134,6 +136,7 @@ __all__ = [
     "DistanceResult",
     "EmbedResult",
     "EngineMemo",
+    "ExtraModulesError",
     "FactoryMismatchError",
     "GeometryError",
     "KernelUnderflowError",

@@ -48,6 +48,12 @@ class FactoryMismatchError(KeyMismatchError, ModelError):
     factory, and every checkpoint of the run fails alike (a :class:`ModelError` too)."""
 
 
+class ExtraModulesError(KeyMismatchError):
+    """A checkpoint holds the model under a wrapper prefix (``model.``) and, beside it, keys of
+    other modules (a LightningModule's loss with a class weight): the spec's model fits, the
+    file holds more than it, and the fix is the file's (re-save the network's keys alone)."""
+
+
 class OptimizerStateDamagedError(CheckpointError):
     """An optimizer state file that is not one ``conetool train`` wrote, whose bytes are not
     safetensors, or with a tensor of a dtype torch cannot convert to its parameter's: ``train

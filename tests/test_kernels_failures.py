@@ -305,3 +305,25 @@ def test_a_problem_whose_numbers_are_each_checkpoints_is_said_once_then_by_step(
         exc = KernelUnderflowError(f"the eNTK's largest entry is {peak}, below 2.47e-37")
         said = skipped_warning(exc, ref, first)
     assert said.endswith("the same problem as step 0 (above)"), said
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_lightning_file_with_a_loss_weight_beside_the_model_is_not_blamed_on_the_spec(
+    run: Path, tmp_path: Path, skip_bad: bool
+) -> None:
+    # Was: a LightningModule's state_dict ('model.' keys and its loss's 'criterion.weight') was
+    # said not to fit "the spec's model", with the fix "fix that arch or its factory", though
+    # the arch was right and the file held more than the network.
+    ckpts = tmp_path / "lightning"
+    ckpts.mkdir()
+    for path in sorted(run.glob("*.safetensors")):
+        state = {"model." + k: v for k, v in load_file(str(path)).items()}
+        state["criterion.weight"] = torch.ones(3)
+        save_file(state, str(ckpts / path.name), metadata=metadata(path))
+    with pytest.raises(conetool.ExtraModulesError) as stopped:
+        kernels(ckpts, spec=plain(), store=tmp_path / "s", device="cpu", skip_bad=skip_bad)
+    text = flat(str(stopped.value))
+    assert text.startswith("step 0 ") and "1 unexpected key(s): 'criterion.weight'" in text, text
+    assert "The spec's model is right: re-save each checkpoint with the keys under 'model.'" in text
+    assert "fix that arch" not in text and "does not fit this run's" not in text, text
+    assert "so the run stops here (with --skip-bad too)" in text, text

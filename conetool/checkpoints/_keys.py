@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from conetool.errors import FactoryMismatchError, KeyMismatchError
+from conetool.errors import (
+    ExtraModulesError,
+    FactoryMismatchError,
+    KeyMismatchError,
+)
 
 KNOWN_PREFIXES = ("module.", "model.", "_orig_mod.")
 # "", each prefix, and each pair of prefixes (e.g. "module._orig_mod."), simplest first.
@@ -145,6 +149,7 @@ def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
         how = f" (after stripping the prefix '{match.stripped}' from its keys)"
     fix = (
         _prefix_hint(match)
+        or _beside_hint(match)
         or _statistics_hint(missing, match)
         or (
             "Check that the spec's [model] arch, num_classes and options are those of the run "
@@ -157,11 +162,44 @@ def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
 def mismatch_error(match: KeyMatch, name: str, model_name: str) -> KeyMismatchError:
     """The error of keys or shapes that do not fit (:func:`describe_mismatch`): a
     :class:`FactoryMismatchError` when the spec's factory wraps the saved network (every
-    checkpoint fails alike: the model's fault), else a :class:`KeyMismatchError`."""
+    checkpoint fails alike: the model's fault), an :class:`ExtraModulesError` when the model
+    fits and the file holds other modules beside it (the file's), else a
+    :class:`KeyMismatchError`."""
     message = describe_mismatch(match, name, model_name)
     if factory_wraps(match):
         return FactoryMismatchError(message)
+    if modules_beside(match):
+        return ExtraModulesError(message)
     return KeyMismatchError(message)
+
+
+def modules_beside(match: KeyMatch) -> bool:
+    """Whether every model key is a checkpoint key under the stripped wrapper prefix, with equal
+    shapes, and every other checkpoint key lies outside that prefix: the file holds the network
+    (a LightningModule's ``self.model``) and other modules beside it (its loss's class weight)."""
+    return (
+        bool(match.stripped)
+        and bool(match.unexpected)
+        and not match.mismatched
+        and all(map(_lenient, match.missing))
+        and not any(k.startswith(match.stripped) for k in match.unexpected)
+    )
+
+
+def _beside_hint(match: KeyMatch) -> str:
+    """When the file holds the model under a prefix and other modules beside it: the fix."""
+    if not modules_beside(match):
+        return ""
+    prefix = match.stripped
+    return (
+        f"Every key of the model is in the file under '{prefix}'; the other keys belong to "
+        "modules saved beside the network (a LightningModule's loss with a class weight, say), "
+        "which conetool does not leave out. The spec's model is right: re-save each "
+        f"checkpoint with the keys under '{prefix}' alone (in Python: sd = torch.load(path, "
+        "weights_only=True)['state_dict']; torch.save({k: v for k, v in sd.items() if "
+        f"k.startswith('{prefix}')}}, out_path) with out_path named by the step, as in "
+        "step_2000.pt) into a directory of its own and point conetool at that"
+    )
 
 
 _STATISTICS = (".running_mean", ".running_var")

@@ -21,6 +21,7 @@ from ..checkpoints.fit import model_fits
 from ..errors import (
     CheckpointOverflowError,
     ConetoolError,
+    ExtraModulesError,
     KeyMismatchError,
     MemoryBudgetError,
     ModelError,
@@ -119,6 +120,12 @@ def stop_message(
     stopped)."""
     head = f"step {ref.step} ({ref.file}): {exc}"
     other = fault.other
+    if isinstance(exc, ExtraModulesError) and fault.whose != CHECKPOINT:
+        return (
+            f"{head} Every checkpoint of this run saved like this one fails alike, so the run "
+            "stops here (with --skip-bad too).",
+            "re-save the checkpoints as said above and rerun with that directory",
+        )
     if fault.whose == MODEL and other is not None:  # a key mismatch the other shares
         return (
             f"{head} Step {other.step} ({other.file}) does not fit it either: the spec's model "
