@@ -49,9 +49,10 @@ class FactoryMismatchError(KeyMismatchError, ModelError):
 
 
 class ExtraModulesError(KeyMismatchError):
-    """A checkpoint holds the model under a wrapper prefix (``model.``) and, beside it, keys of
-    other modules (a LightningModule's loss with a class weight): the spec's model fits, the
-    file holds more than it, and the fix is the file's (re-save the network's keys alone)."""
+    """A checkpoint holds the spec's network inside a wrapper: under a prefix conetool does not
+    strip (``net.``), or under ``model.`` with other modules' keys beside it (a LightningModule's
+    loss with a class weight). The spec's model is right; the fix is the file's (re-save the
+    network's keys alone)."""
 
 
 class OptimizerStateDamagedError(CheckpointError):

@@ -327,3 +327,20 @@ def test_a_lightning_file_with_a_loss_weight_beside_the_model_is_not_blamed_on_t
     assert "The spec's model is right: re-save each checkpoint with the keys under 'model.'" in text
     assert "fix that arch" not in text and "does not fit this run's" not in text, text
     assert "so the run stops here (with --skip-bad too)" in text, text
+
+
+def test_a_file_saved_from_a_wrapper_the_prefix_of_which_is_not_stripped_is_the_files(
+    run: Path, tmp_path: Path
+) -> None:
+    # Was: the message named the prefix 'net.' and the fix (re-save without it), then said the
+    # spec's model does not fit the run and to "fix that arch or its factory".
+    ckpts = tmp_path / "net"
+    ckpts.mkdir()
+    for path in sorted(run.glob("*.safetensors")):
+        state = {"net." + k: v for k, v in load_file(str(path)).items()}
+        save_file(state, str(ckpts / path.name), metadata=metadata(path))
+    with pytest.raises(conetool.ExtraModulesError) as stopped:
+        kernels(ckpts, spec=plain(), store=tmp_path / "s", device="cpu")
+    text = flat(str(stopped.value))
+    assert "re-save the file with 'net.' taken off its keys" in text, text
+    assert "fix that arch" not in text and "does not fit this run's" not in text, text

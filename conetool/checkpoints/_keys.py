@@ -168,7 +168,7 @@ def mismatch_error(match: KeyMatch, name: str, model_name: str) -> KeyMismatchEr
     message = describe_mismatch(match, name, model_name)
     if factory_wraps(match):
         return FactoryMismatchError(message)
-    if modules_beside(match):
+    if modules_beside(match) or _saved_from_wrapper(match):
         return ExtraModulesError(message)
     return KeyMismatchError(message)
 
@@ -184,6 +184,16 @@ def modules_beside(match: KeyMatch) -> bool:
         and all(map(_lenient, match.missing))
         and not any(k.startswith(match.stripped) for k in match.unexpected)
     )
+
+
+def _saved_from_wrapper(match: KeyMatch) -> bool:
+    """Whether every checkpoint key is the model's with one more dotted prefix (``net.``): the
+    file was saved from a wrapper of the spec's network (the file's to re-save, not the spec's)."""
+    if not match.missing or not match.unexpected:
+        return False
+    ckpt_keys = [*match.mapping, *match.unexpected]
+    model_keys = [*match.mapping.values(), *match.missing]
+    return _other_prefix(ckpt_keys, model_keys) is not None
 
 
 def _beside_hint(match: KeyMatch) -> str:
