@@ -16,6 +16,7 @@ from torch import nn
 
 from .data import DataBundle, Split, augment_generator, batch_indices, steps_per_epoch
 from .errors import ConetoolError
+from .model_inputs import model_batch
 from .optim import learning_rate, set_learning_rate
 from .progress import Progress
 from .spec import Spec
@@ -99,7 +100,7 @@ class TrainingLoop:
         x, y = self.data.train.batch(index)
         if t.augment and self.data.augment is not None:
             x = self.data.augment(x, augment_generator(t.seed, step))
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = model_batch(self.model, x, self.device), y.to(self.device)
         torch.manual_seed(step_seed(t.seed, step))  # dropout and any other randomness of step s
         logits = self.model(x)
         loss = nn.functional.cross_entropy(logits, y)
@@ -154,7 +155,7 @@ def evaluate(
     for begin in range(0, len(split), batch_size):
         index = torch.arange(begin, min(begin + batch_size, len(split)))
         x, y = split.batch(index)
-        x, y = x.to(device), y.to(device)
+        x, y = model_batch(model, x, device), y.to(device)
         logits = model(x)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())

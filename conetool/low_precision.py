@@ -11,10 +11,12 @@ in, and what the commands that train them say.
   (``tests/test_half_precision.py``). ``conetool kernels``
   always passed its ``--dtype`` (float32 by default), so its kernels were float32 already; it says
   in a note that the model is upcast (:func:`upcast_note`).
-- **Training** (``conetool train``, ``conetool switch``) feeds float32 batches to the model and
-  steps its weights in place, in their own dtype: a float16 or bfloat16 model failed on its first
-  batch with PyTorch's dtype mismatch. It is refused before anything is written, naming the spec's
-  ``[model] arch`` and the fix (:func:`refuse_for_training`).
+- **Training** (``conetool train``, ``conetool switch``) steps the model's weights in place, in
+  their own dtype, on batches in that dtype (:mod:`conetool.model_inputs`: a float64 model trains
+  in float64), without the float32 master weights and loss scaling of mixed-precision training: a
+  float16 or bfloat16 model (which failed on its first batch with PyTorch's dtype mismatch, when
+  the batches were float32 whatever the model) is refused before anything is written, naming the
+  spec's ``[model] arch`` and the fix (:func:`refuse_for_training`).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def upcast_note(model: nn.Module, arch: str, source: str, compute: torch.dtype) 
 
 def refuse_for_training(model: nn.Module, arch: str, source: str, command: str) -> None:
     """Refuse a model with trainable parameters in fewer than 32 bits for ``command``
-    (``"conetool train"``, ``"conetool switch"``), which trains it on float32 batches.
+    (``"conetool train"``, ``"conetool switch"``), which would step its weights in their own
+    dtype, without mixed precision (float32 and float64 models train in their own dtype).
 
     Raises:
         ModelError: naming the spec file ``source``, its ``[model] arch``, the first such
@@ -74,9 +77,9 @@ def refuse_for_training(model: nn.Module, arch: str, source: str, command: str) 
     name, dtype = found
     raise ModelError(
         f'{source}: [model] arch = "{arch}" builds a {_dtype(dtype)} model (parameter '
-        f"'{name}'), but {command} trains in float32: it feeds float32 batches to the model and "
-        f"steps its weights in their own dtype, without the float32 master weights and loss "
-        f"scaling of mixed-precision training. Make the factory return the model in float32 "
+        f"'{name}'), but {command} trains in float32 (or float64): it steps the model's weights "
+        f"in their own dtype, without the float32 master weights and loss scaling of "
+        f"mixed-precision training. Make the factory return the model in float32 "
         f"(drop its .half() / .bfloat16() / .to({dtype})): {_dtype(dtype)} checkpoints load "
         "into it exactly, and conetool kernels computes float32 kernels of either."
     )

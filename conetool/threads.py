@@ -284,9 +284,11 @@ def slow_step_watch(
     forward passes of the batch (3: forward, backward for inputs and for weights)."""
     import torch
 
+    from .model_inputs import model_batch
+
     if torch.device(device).type != "cpu":
         return []
-    example = data.train.batch(torch.arange(1))[0].to(device)
+    example = model_batch(model, data.train.batch(torch.arange(1))[0], device)
     step_flops = passes * spec.train.batch_size * forward_flops(model, example)
 
     def warn(message: str) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..model_inputs import model_device, model_dtype
+
 __all__ = ["logits_in", "logits_returned"]
 
 #: Marks a class :func:`logits_returned` made, so that a model is never given the forward twice.
@@ -53,17 +55,13 @@ def logits_returned(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module
     cls = type(model)
     if getattr(cls, _MARK, False):
         return model
-    first: torch.Tensor | None = next(iter(model.parameters()), None)
-    if first is None:
-        first = next(iter(model.buffers()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    dtype = model_dtype(model) or torch.float32
     x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            out = model(x.to(device))
+            out = model(x.to(model_device(model)))
     except Exception:
         return model  # output_check runs it again and says what is wrong
     finally:

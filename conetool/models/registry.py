@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConetoolError, ModelError
+from ..model_inputs import model_device, model_dtype
 from ..spec import ModelSpec
 from ..user_modules import import_user_module, is_import_path, raised_at, shadowed_note
 from .lenet import lenet5, lenet_300_100
@@ -58,10 +59,12 @@ def build_model(
     ``ModelOutput``, a dataclass's ``.logits``) is made to return the tensor itself, its names
     unchanged (:func:`conetool.models.outputs.logits_returned`).
 
-    The model comes back on the CPU in float32 and training mode, initialized from the global
-    RNG: call ``torch.manual_seed`` first for a reproducible model. ``input_shape`` is one
-    example's shape, e.g. ``(1, 8, 8)`` (digits), ``(1, 28, 28)`` (MNIST), ``(3, 32, 32)``
-    (CIFAR-10); the model maps ``(batch, *input_shape)`` to ``(batch, num_classes)``
+    A built-in model comes back on the CPU in float32 and training mode; a factory's model as the
+    factory returned it, in its dtype, on its device and in its mode (``model.double()``: a
+    float64 model, whose batches conetool casts to float64, :mod:`conetool.model_inputs`). Both are
+    initialized from the global RNG: call ``torch.manual_seed`` first for a reproducible model.
+    ``input_shape`` is one example's shape, e.g. ``(1, 8, 8)`` (digits), ``(1, 28, 28)``
+    (MNIST), ``(3, 32, 32)`` (CIFAR-10); the model maps ``(batch, *input_shape)`` to ``(batch, num_classes)``
     (check it with :func:`output_check`).
 
     ``source``: the spec file ``spec`` was read from, which every error then begins with, as
@@ -130,13 +133,9 @@ def output_check(
     """
     name = arch if arch is not None else type(model).__name__
     shape = (2, *tuple(input_shape))
-    first: torch.Tensor | None = next(iter(model.parameters()), None)
-    if first is None:
-        first = next(iter(model.buffers()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    dtype = model_dtype(model) or torch.float32
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    x = torch.randn(shape, generator=generator, dtype=dtype).to(model_device(model))
     was_training = model.training
     model.eval()
     try:

@@ -190,7 +190,8 @@ def _read_reference(
 
 def _refuse_low_precision(spec: Spec) -> None:
     """Refuse a ``"pkg.mod:factory"`` model held in fewer than 32 bits before anything is
-    written: the points train it on float32 batches (:func:`conetool.low_precision.refuse_for_training`).
+    written: the points would step its weights in their own dtype, without mixed precision
+    (:func:`conetool.low_precision.refuse_for_training`).
     A built-in model is float32 and is not built; a factory's is built once, the global RNG
     left as it was."""
     if ":" not in spec.model.arch:

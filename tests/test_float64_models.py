@@ -1,0 +1,152 @@
+"""A factory that returns its model in float64 (``model.double()``, as in NTK studies done in
+double precision): ``conetool train`` and ``switch`` feed it their float32 batches cast to float64
+(conetool.model_inputs) and save float64 checkpoints, whose kernels ``conetool kernels`` computes
+in --dtype. Both commands crashed on the first batch with PyTorch's "mat1 and mat2 must have the
+same dtype, but got Float and Double"."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_ntk import explicit_jacobian
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.model_inputs import model_batch
+from conetool.pipeline.resolve import model_for
+from conetool.spec import load_spec
+from conetool.store import Store
+
+FACTORY = """
+import torch
+
+
+def make(num_classes, input_shape):
+    return torch.nn.Sequential(
+        torch.nn.Linear(input_shape[0], 6), torch.nn.Tanh(), torch.nn.Linear(6, num_classes)
+    ).double()
+"""
+
+SPEC = """
+[model]
+arch = "float64_factory:make"
+num_classes = 3
+[data]
+dataset = "synthetic"
+shape = [4]
+num_classes = 3
+train_size = 48
+test_size = 12
+[probe]
+size = 6
+[train]
+steps = 10
+batch_size = 8
+save_every = 5
+eval_every = 1
+"""
+
+CPU = ["--device", "cpu", "--threads", "1"]
+
+
+def _invoke(*args: str) -> str:
+    result = CliRunner().invoke(app, [*args, *CPU])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder holding the factory, the spec ``float64.toml`` and the run trained by
+    ``conetool train`` in ``ckpts`` (checkpoints at steps 0, 5 and 10)."""
+    folder = tmp_path_factory.mktemp("float64")
+    (folder / "float64_factory.py").write_text(FACTORY)
+    (folder / "float64.toml").write_text(SPEC)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        _invoke("train", str(folder / "float64.toml"), "--out", str(folder / "ckpts"))
+        yield folder
+
+
+def _metrics(ckpts: Path) -> dict[int, dict[str, float]]:
+    with paths.metrics(ckpts).open() as handle:
+        return {
+            int(row["step"]): {k: float(v) for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        }
+
+
+def test_train_trains_a_float64_model_into_float64_checkpoints(run: Path) -> None:
+    ckpts = run / "ckpts"
+    assert paths.checkpoint_steps(ckpts) == [0, 5, 10]
+    for step in (0, 5, 10):
+        weights = load_file(str(paths.checkpoint(ckpts, step)))
+        assert {t.dtype for t in weights.values()} == {torch.float64}, step
+        if step:  # (momentum buffers from the first update on)
+            state = load_file(str(paths.optimizer_state(ckpts, step)))
+            assert {t.dtype for t in state.values()} == {torch.float64}, step
+    first, last = (load_file(str(paths.checkpoint(ckpts, s))) for s in (0, 10))
+    assert not torch.equal(first["0.weight"], last["0.weight"])  # it trained
+    rows = _metrics(ckpts)
+    assert sorted(rows) == list(range(11))
+    assert all(torch.isfinite(torch.tensor(row["test_loss"])) for row in rows.values())
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float64", 1e-12), ("float32", 1e-6)])
+def test_kernels_of_a_float64_run_match_the_float64_jacobian(
+    run: Path, tmp_path: Path, dtype: str, tolerance: float
+) -> None:
+    store = tmp_path / "store"
+    _invoke("kernels", str(run / "ckpts"), "--store", str(store), "--dtype", dtype)
+    opened = Store.open(store)
+    assert opened.identity.dtype == dtype and opened.steps() == [0, 5, 10]
+    x = load_file(str(paths.probe(store)))["inputs"]
+    model = model_for(load_spec(run / "ckpts" / "conetool.toml"))
+    assert next(model.parameters()).dtype == torch.float64
+    for step in (0, 5, 10):
+        model.load_state_dict(load_file(str(paths.checkpoint(run / "ckpts", step))))
+        jac = explicit_jacobian(model.eval(), x.double())
+        reference = torch.einsum("iap,jap->ij", jac, jac)
+        kernel = opened.load_kernel(step)
+        assert kernel.dtype == getattr(torch, dtype)
+        error = float((kernel.double() - reference).norm() / reference.norm())
+        assert error < tolerance, (step, error)
+
+
+@pytest.mark.parametrize("reference", ["checkpoint", "train"])
+def test_switch_trains_a_float64_model_linearized(
+    run: Path, tmp_path: Path, reference: str
+) -> None:
+    """The standard line: the checkpoint of T = 10 evaluated (--reference checkpoint), or the run
+    continued in float64 from the checkpoint of step 5 to T = 8 (--reference train): the test
+    loss the run itself logged at T, to float64 rounding."""
+    store = tmp_path / "store"
+    until = "10" if reference == "checkpoint" else "8"
+    spec = str(run / "ckpts" / "conetool.toml")
+    _invoke(
+        "switch", "--at", "0,5", "--until", until, "--reference", reference,
+        "--store", str(store), "--ckpts", str(run / "ckpts"), "--spec", spec,
+    )  # fmt: skip
+    results = json.loads((store / "switch" / "results.json").read_text())
+    assert [point["at"] for point in results["points"]] == [0, 5]
+    for point in results["points"]:
+        assert 0.0 < point["test_loss"] < 10.0 and 0.0 < point["train_loss"] < 10.0
+    logged = _metrics(run / "ckpts")[int(until)]
+    assert results["reference"]["test_loss"] == pytest.approx(logged["test_loss"], rel=1e-12)
+    assert results["reference"]["test_acc"] == logged["test_acc"]
+
+
+def test_a_batch_is_cast_to_the_models_floating_dtype_only() -> None:
+    double = torch.nn.Linear(4, 2).double()
+    assert model_batch(double, torch.ones(3, 4), "cpu").dtype == torch.float64
+    assert model_batch(torch.nn.Linear(4, 2), torch.ones(3, 4), "cpu").dtype == torch.float32
+    tokens = torch.ones(3, 4, dtype=torch.int64)  # token ids are moved, never cast
+    assert model_batch(torch.nn.Embedding(5, 2).double(), tokens, "cpu").dtype == torch.int64
+    assert model_batch(torch.nn.ReLU(), torch.ones(3, 4), "cpu").dtype == torch.float32
