@@ -26,8 +26,6 @@ A quick check:
 from __future__ import annotations
 
 import argparse
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,12 +40,7 @@ from conetool.geometry import (
     distance_matrix,
     kernel_distance,
 )
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+from conetool.peak_memory import peak_resident_memory
 
 
 def write_kernels(folder: Path, count: int, side: int, seed: int) -> list[Path]:
@@ -85,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             f"wrote {args.count} kernels of {args.side} x {args.side} float32 "
             f"({size / mib:.0f} MiB) in {written:.1f} s"
         )
-        rss_before = peak_rss_bytes()
+        rss_before = peak_resident_memory()
 
         loads = 0
 
@@ -100,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         s = distance_matrix(load, args.count, max_memory=args.max_memory)
         blocked = time.perf_counter() - t0
-        rss_blocked = peak_rss_bytes()
+        rss_blocked = peak_resident_memory()
         print(
             f"blocked S matrix ({args.count} x {args.count}): {blocked:.2f} s; block size "
             f"{block} ({blocks} blocks), {loads} kernel loads ({loads / args.count:.2f} per kernel)"

@@ -83,7 +83,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -182,6 +181,8 @@ def engine(model, x, kind, max_memory, method, device="cpu", memo=None, on_block
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    from conetool.peak_memory import peak_resident_memory
+
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = args.device != "cpu"
@@ -251,11 +252,11 @@ def worker(args: argparse.Namespace) -> None:
 
             blas_syrk.available()  # SciPy's BLAS, imported once per process on first use
         run(x[:2])  # warm-up: lazy imports and first-call costs
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        before = peak_resident_memory()
         start, cpu = time.perf_counter(), time.process_time()
         kernel = run(x)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_resident_memory()
     torch.save(kernel.to(torch.float64).contiguous(), args.out)
     result = {"seconds": seconds, "cpu": cpu, "peak": peak, "before": before}
     if args.profile:

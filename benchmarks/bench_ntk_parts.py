@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ntk import MARK  # the worker's result line, as bench_ntk.py's workers write it
 
+from conetool.peak_memory import peak_resident_memory
+
 
 def cpu_vendor() -> str | None:
     """The CPU's vendor as Linux names it (``vendor_id`` in ``/proc/cpuinfo``: ``"GenuineIntel"``,
@@ -153,7 +155,7 @@ def report(
         **parts,
         "faults": after.ru_minflt - before.ru_minflt,
         "system": after.ru_stime - before.ru_stime,
-        "peak": after.ru_maxrss * 1024,
+        "peak": peak_resident_memory(),
         "params": params,
         "logits": logits,
     }

@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import resource
 import subprocess
 import sys
 from collections import Counter
@@ -46,6 +45,7 @@ from profiling import FORWARDING_OPS, METADATA_OPS  # noqa: E402
 from conetool import ntk, ntk_schedule, ntk_structured, ntk_tuning  # noqa: E402
 from conetool.ntk import empirical_ntk  # noqa: E402
 from conetool.ntk_memo import EngineMemo  # noqa: E402
+from conetool.peak_memory import peak_resident_memory  # noqa: E402
 
 PHASES = {  # (owner, method): phase
     (ntk_structured.StructuredRows, "_check"): "set-up check",
@@ -144,11 +144,11 @@ def layout_worker(args) -> None:
         ntk_structured.StructuredRows.fuses_copies = lambda self: True
     with torch.no_grad():
         call(model, x[:2], args.max_memory)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = peak_resident_memory()
         kernel = call(model, x, args.max_memory)
-        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        grew = peak_resident_memory() - before
     torch.save(kernel, args.out)
-    print(json.dumps({"grew_kib": grew}))
+    print(json.dumps({"grew_bytes": grew}))
 
 
 def layouts(args, tmp: Path) -> None:
@@ -159,7 +159,7 @@ def layouts(args, tmp: Path) -> None:
         command += ["--max-memory", args.max_memory, "--threads", str(args.threads)]
         command += ["--layout", layout, "--out", str(out)]
         result = subprocess.run(command, capture_output=True, text=True, check=True)
-        grew = json.loads(result.stdout.strip().splitlines()[-1])["grew_kib"] * 1024
+        grew = json.loads(result.stdout.strip().splitlines()[-1])["grew_bytes"]
         kernels[layout] = torch.load(out)
         print(f"{args.model} n={args.n} {layout} layout: grew {grew / 2**30:.2f} GiB")
     print(f"kernels equal to the bit: {torch.equal(kernels['cpu'], kernels['gpu'])}")

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 import conetool.verdict_measures as vm
+from conetool.peak_memory import peak_resident_memory
 from conetool.verdict_measures import PhaseBreak, VelocityPoints, fit_phase_break
 
 
@@ -80,13 +80,13 @@ def measure(checkpoints: int, which: str, repeat: int) -> dict[str, Any]:
     points = curves(checkpoints)
     if which == "baseline":
         vm._two_bend_fits = baseline_fits
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_resident_memory()
     seconds = math.inf
     for _ in range(repeat):
         began = time.perf_counter()
         fit = fit_phase_break(points)
         seconds = min(seconds, time.perf_counter() - began)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_resident_memory()
     tracemalloc.start()
     fit_phase_break(points)
     traced = tracemalloc.get_traced_memory()[1]
