@@ -31,11 +31,35 @@ class SwitchOptions:
     threads: int | str | None = "auto"
 
 
+#: The most switch points one ``--at`` may name (each is a whole linearized training run): a
+#: range past it (``0:10000000000:1``, a stride left out) is refused before it is expanded,
+#: which would fill the memory, uninterruptibly, before any step is checked.
+MAX_POINTS = 100_000
+
+
+def _refuse_too_many(value: object, steps: range, held: int) -> None:
+    """Refuse ``--at value``, the range ``steps``, when its steps with the ``held`` ones of the
+    earlier values are more than :data:`MAX_POINTS`."""
+    try:
+        count = len(steps)
+    except OverflowError:  # past sys.maxsize
+        count = -1
+    if count < 0 or count + held > MAX_POINTS:
+        many = f"{count}" if count >= 0 else f"more than {MAX_POINTS}"
+        raise ConetoolError(
+            f"--at {value!r} names {many} switch points, each a linearized training run; at "
+            f"most {MAX_POINTS} are taken. Give the range a stride, the third number of "
+            "start:stop:stride (--at 0:10000:1000)."
+        )
+
+
 def parse_at(values: int | str | Sequence[int | str]) -> list[int]:
     """Switch steps from ``--at`` values: ``2000``, ``0,1000,2000`` or ``0:10000:1000`` (start,
     stop, stride as Python's range: the stop is excluded), one of them or a sequence of them
-    (a ``range`` too). Sorted, duplicates removed."""
+    (a ``range`` too). Sorted, duplicates removed; at most :data:`MAX_POINTS` of them."""
     steps: set[int] = set()
+    if isinstance(values, range):
+        _refuse_too_many(values, values, 0)
     if isinstance(values, str) or not isinstance(values, Iterable):
         values = [values]
     for value in values:
@@ -55,7 +79,9 @@ def parse_at(values: int | str | Sequence[int | str]) -> list[int]:
                     bounds = [int(x) for x in part.split(":")]
                     if len(bounds) not in (2, 3) or (len(bounds) == 3 and bounds[2] <= 0):
                         raise ValueError
-                    steps.update(range(*bounds))
+                    span = range(*bounds)
+                    _refuse_too_many(value, span, len(steps))
+                    steps.update(span)
                 else:
                     steps.add(int(part))
             except ValueError:
