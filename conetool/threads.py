@@ -60,6 +60,17 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: Threads per logical CPU of the machine past which a count is refused: more only wait on
+#: each other, and a count such as 9999999 (a typo) had OpenMP start threads until the machine
+#: could start no more process (the command then crashed, and other programs could not fork).
+THREADS_PER_CPU = 4
+
+
+def most_threads() -> int:
+    """The largest thread count taken: :data:`THREADS_PER_CPU` per logical CPU of the machine."""
+    return THREADS_PER_CPU * max(1, os.cpu_count() or 1)
+
+
 def _busy_cpus() -> float:
     try:
         return os.getloadavg()[0]
@@ -87,15 +98,15 @@ def auto_threads(*, cpus: int | None = None, busy: float | None = None) -> int:
                 value = int(raw)
             except ValueError:
                 value = 0
-            if value >= 1:
-                return value
+            if value >= 1 and (value <= most_threads() or name != THREADS_ENV):
+                return value  # OMP_NUM_THREADS: PyTorch's own, whatever conetool does
             if name == THREADS_ENV:
                 from .errors import ConetoolError
 
                 raise ConetoolError(
                     f"environment variable {THREADS_ENV}={raw!r} is not a thread count. Set it "
-                    "to a whole number of at least 1 (1 on a shared machine), or unset it for "
-                    "the idle cores; --threads N overrides it."
+                    f"to a whole number from 1 to {most_threads()} (1 on a shared machine), or "
+                    "unset it for the idle cores; --threads N overrides it."
                 )
             break  # a bad OMP_NUM_THREADS is PyTorch's to report
     cpus = usable_cpus() if cpus is None else cpus
@@ -122,6 +133,11 @@ def parse_threads(threads: int | str | None) -> int | None:
             ) from None
     if value < 1:
         raise ValueError(f"threads must be at least 1 (or 'auto'), not {value}")
+    if value > most_threads():
+        raise ValueError(
+            f"threads must be at most {most_threads()} ({THREADS_PER_CPU} per CPU of this "
+            f"machine), not {value}"
+        )
     return value
 
 

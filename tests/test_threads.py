@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from threadpoolctl import threadpool_info
@@ -108,3 +111,30 @@ def test_forward_flops_counts_linear_and_conv_layers() -> None:
     linear = 2 * (2 * 10) * (4 * 6 * 6)
     assert flops == conv + linear
     assert model.training  # its mode is restored
+
+
+def test_a_thread_count_past_four_per_cpu_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--threads 9999999 (a typo) was taken: OpenMP started threads until the machine could fork
+    no more, and the command crashed with a traceback. Past 4 per CPU it is refused, naming it."""
+    from typer.testing import CliRunner
+
+    from conetool.cli import app
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv(th.THREADS_ENV, raising=False)
+    assert th.resolve_threads(8) == 8
+    for value in (9, "9", "9999999"):
+        with pytest.raises(ConetoolError, match=rf"^threads must be at most 8 .* not {value}\."):
+            th.resolve_threads(value)
+    monkeypatch.setenv(th.THREADS_ENV, "9")
+    with pytest.raises(ConetoolError, match=rf"{th.THREADS_ENV}='9' is not a thread count"):
+        th.resolve_threads("auto")
+    monkeypatch.delenv(th.THREADS_ENV)
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["distance", "--threads", "9", "--store", str(store), "-q"])
+    text = " ".join(result.output.replace("│", " ").split())  # the usage error's box
+    assert result.exit_code == 2, text
+    assert "--threads" in text and "at most 8 (4 per CPU of this machine), not 9" in text, text
+    assert not store.exists()
