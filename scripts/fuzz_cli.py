@@ -16,7 +16,10 @@ reverse, steps not stored, duplicated flags, options of other commands). A call 
 ``--timeout`` seconds gets a Ctrl-C (SIGINT), then a kill. After each call it checks:
 
 - ``traceback``: no Python traceback in the output (``--debug`` is never passed);
-- ``exit-code``: the exit code is 0, 1, 2 or 130 (Ctrl-C);
+- ``exit-code``: the exit code is 0, 1, 2, or 130 after a Ctrl-C; ``timeout``: the call ran
+  past ``--timeout`` (a share ``--interrupt`` of the calls get a Ctrl-C after a random 0.3 to 8
+  seconds on purpose: those must exit 130 or finish, leave no temporary file and lose no
+  checkpoint or kernel, though results being rewritten may be gone);
 - ``unnamed``: a failing call's output names a flag, an argument, a file or a value it was given;
 - ``changed`` / ``lost``: every file of the folder before a failing call (but the lock files) is
   still there with the same bytes afterwards; ``lost-on-success``: a successful call without
@@ -221,6 +224,7 @@ class Outcome:
     output: str = ""
     seconds: float = 0.0
     timed_out: bool = False
+    interrupt: float | None = None
     failures: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -247,9 +251,12 @@ def commands() -> dict[str, list[Param]]:
     return found
 
 
-def conetool(folder: Path, argv: list[str], timeout: float) -> tuple[int, str, float, bool]:
-    """Run ``python -m conetool *argv`` in ``folder``: (exit code, output, seconds, timed out).
-    Past ``timeout`` seconds: SIGINT to its process group, 30 s later SIGKILL."""
+def conetool(
+    folder: Path, argv: list[str], timeout: float, interrupt: float | None = None
+) -> tuple[int, str, float, bool]:
+    """Run ``python -m conetool *argv`` in ``folder``: (exit code, output, seconds, stopped).
+    Past ``interrupt`` seconds when given, else past ``timeout``: SIGINT to its process group (a
+    Ctrl-C; ``stopped`` is then true), 30 s later SIGKILL."""
     env = {k: v for k, v in os.environ.items() if k != "CONETOOL_DEBUG"}
     env.update(OMP_NUM_THREADS="1", COLUMNS="100", PYTHONIOENCODING="utf-8")
     start = time.monotonic()
@@ -264,7 +271,7 @@ def conetool(folder: Path, argv: list[str], timeout: float) -> tuple[int, str, f
     )
     timed_out = False
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, _ = proc.communicate(timeout=timeout if interrupt is None else interrupt)
     except subprocess.TimeoutExpired:
         timed_out = True
         os.killpg(proc.pid, signal.SIGINT)
@@ -386,13 +393,20 @@ def check(outcome: Outcome, before: dict[str, str], after: dict[str, str], table
     rc, out, argv = outcome.rc, outcome.output, outcome.argv
     if "Traceback (most recent call last)" in out:
         outcome.failures.append("traceback")
-    if rc not in (0, 1, 2, 130):
+    if rc == -signal.SIGINT and outcome.timed_out:
+        rc = 130  # killed by the Ctrl-C itself (Python's shutdown restores SIGINT's default)
+    if rc not in (0, 1, 2, 130) or (rc == 130 and not outcome.timed_out):
         outcome.failures.append("exit-code")
+    if outcome.timed_out and outcome.interrupt is None:
+        outcome.failures.append("timeout")
     if rc not in (0, 130) and not named(out, argv, table):
         outcome.failures.append("unnamed")
     lost = [p for p in before if p not in after]
     changed = [p for p, h in before.items() if p in after and after[p] != h]
     kept = (f"{CKPTS}/step_", f"{STORE}/kernels/")
+    if rc == 130:  # Ctrl-C: results being rewritten may be gone, what was computed may not
+        lost = [p for p in lost if p.startswith(kept) and "--overwrite" not in argv]
+        changed = []
     if rc != 0:
         outcome.failures += ["lost"] * bool(lost) + ["changed"] * bool(changed)
         outcome.paths += lost + changed
@@ -405,18 +419,19 @@ def check(outcome: Outcome, before: dict[str, str], after: dict[str, str], table
         outcome.paths += temporary
 
 
-def call(index: int, seed: int, pristine: Path, work: Path, table: Any, timeout: float) -> Outcome:
-    """Fuzz call ``index``: a fresh copy of ``pristine`` in ``work``, one command, the checks."""
+def call(index: int, seed: int, pristine: Path, work: Path, table: Any, options: Any) -> Outcome:
+    """Fuzz call ``index``: a fresh copy of ``pristine`` in ``work``, one command (a Ctrl-C after
+    a random time in a share ``options.interrupt`` of the calls), the checks."""
     rng = random.Random(f"{seed}-{index}")
     argv = invocation(rng, table)
+    interrupt = rng.uniform(0.3, 8.0) if rng.random() < options.interrupt else None
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(pristine, work, symlinks=True)
     before = snapshot(work)
-    outcome = Outcome(index, argv)
-    outcome.rc, outcome.output, outcome.seconds, outcome.timed_out = conetool(work, argv, timeout)
-    if outcome.timed_out:
-        outcome.failures.append("timeout")
+    outcome = Outcome(index, argv, interrupt=interrupt)
+    ran = conetool(work, argv, options.timeout, interrupt)
+    outcome.rc, outcome.output, outcome.seconds, outcome.timed_out = ran
     check(outcome, before, snapshot(work), table)
     return outcome
 
@@ -428,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=0, help="index of the first call")
     parser.add_argument("--only", type=int, help="run only the call of this index")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per call")
+    parser.add_argument(
+        "--interrupt", type=float, default=0.15, help="share of calls given a Ctrl-C (0.15)"
+    )
     parser.add_argument("--log", type=Path, help="JSON lines of the failing calls")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--folder", type=Path, help="use (and keep) this folder instead")
@@ -445,10 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     failing = 0
     try:
         for i in indices:
-            outcome = call(i, args.seed, pristine, work, table, args.timeout)
+            outcome = call(i, args.seed, pristine, work, table, args)
             status = ",".join(outcome.failures) or "ok"
             shown = " ".join(repr(a) if not a or " " in a else a for a in outcome.argv)
-            print(f"[{i}] exit {outcome.rc} {outcome.seconds:.1f}s {status}: {shown}", flush=True)
+            ctrl_c = "" if outcome.interrupt is None else f" ctrl-c@{outcome.interrupt:.1f}s"
+            print(
+                f"[{i}] exit {outcome.rc} {outcome.seconds:.1f}s{ctrl_c} {status}: {shown}",
+                flush=True,
+            )
             if outcome.paths:
                 print(f"    files: {', '.join(outcome.paths)}", flush=True)
             if outcome.failures:
