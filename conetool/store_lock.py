@@ -78,39 +78,45 @@ class StoreLock:
         if key in cls._held:
             cls._held[key][1] += 1
             return cls(path, key)
-        try:
-            if not root.is_dir():
-                create_dirs(root)  # the store's folder, flushed into its parent
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            if exc.errno not in NOT_WRITABLE:
-                error = write_error(path, exc)
-                if error is None:
-                    raise
-                raise error from exc
-            try:  # read-only: lock an existing file anyway (flock needs no write access)
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                return None  # nothing can write this store, so there is nothing to guard
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in _NO_FLOCK:
+        while True:  # (again where the file locked was removed meanwhile: _is_lock_file)
+            try:
+                if not root.is_dir():
+                    create_dirs(root)  # the store's folder, flushed into its parent
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and not root.exists():
+                    continue  # a refused train removed the folder it made (train_lock): again
+                if exc.errno not in NOT_WRITABLE:
+                    error = write_error(path, exc)
+                    if error is None:
+                        raise
+                    raise error from exc
+                try:  # read-only: lock an existing file anyway (flock needs no write access)
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    return None  # nothing can write this store, so there is nothing to guard
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in _NO_FLOCK:
+                    os.close(fd)
+                    return None  # a file system without flock: nothing can be locked there
+                holder = _read_holder(fd)
                 os.close(fd)
-                return None  # a file system without flock: nothing can be locked there
-            holder = _read_holder(fd)
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            if refusal is not None:
-                raise StoreError(refusal(holder, path)) from None
-            raise StoreError(
-                f"store {root} is being written by another conetool process ({holder}); it "
-                f"holds the lock {path}. conetool refuses a second writer rather than wait: two "
-                "writers would duplicate the work, and an --overwrite run would replace the "
-                "other's kernels. Wait until it ends and rerun (the rerun computes only what is "
-                "missing), or use another --store. The lock goes away with that process."
-            ) from None
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                if refusal is not None:
+                    raise StoreError(refusal(holder, path)) from None
+                raise StoreError(
+                    f"store {root} is being written by another conetool process ({holder}); it "
+                    f"holds the lock {path}. conetool refuses a second writer rather than wait: two "
+                    "writers would duplicate the work, and an --overwrite run would replace the "
+                    "other's kernels. Wait until it ends and rerun (the rerun computes only what is "
+                    "missing), or use another --store. The lock goes away with that process."
+                ) from None
+            if _is_lock_file(fd, path):
+                break
+            os.close(fd)  # a refused train removed it (train_lock): lock the one there now
         try:
             os.ftruncate(fd, 0)
             command = " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])
@@ -140,6 +146,18 @@ class StoreLock:
             fcntl.flock(entry[0], fcntl.LOCK_UN)
         finally:
             os.close(entry[0])
+
+
+def _is_lock_file(fd: int, path: Path) -> bool:
+    """Whether ``fd``, just locked, is still the file at ``path``: a train refused before it
+    wrote anything removes the lock file it created (and its folder) while holding the lock, so
+    a process that opened the file before that removal and locked it after holds a lock no one
+    else sees; it must lock the file that is there now instead."""
+    try:
+        here, locked = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
 
 
 def _read_holder(fd: int) -> str:

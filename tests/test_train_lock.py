@@ -147,3 +147,58 @@ def test_a_train_that_fails_once_it_has_written_keeps_the_folder(
     with pytest.raises(ConetoolError, match="diverged"):
         train(spec_from_dict(SPEC, source="tiny.toml"), out)
     assert sorted(p.name for p in out.iterdir()) == [".lock", paths.spec(out).name]
+
+
+#: Opens the lock file ``argv[1]`` as StoreLock.acquire does, says "opened", waits for the file
+#: ``argv[2]`` before its flock, then says whether it holds the lock and sleeps until killed.
+_LATE_LOCKER = """
+import fcntl, os, sys, time
+from pathlib import Path
+from conetool import store_lock
+real = fcntl.flock
+def late(fd, operation):
+    print("opened", flush=True)
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.01)
+    store_lock.fcntl.flock = real
+    real(fd, operation)
+store_lock.fcntl.flock = late
+lock = store_lock.StoreLock.acquire(Path(sys.argv[1]), shared=False)
+print("locked" if lock is not None else "none", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_train_that_opened_the_lock_file_a_refused_train_removes_locks_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second train that opened --out/.lock while a refused first held it, and locked it after
+    the first removed it, held a lock on a removed file: a third train (or the second, trained
+    into a folder the first had removed) was let in beside it. It locks the file there now."""
+    from conetool import training
+
+    out, go = tmp_path / "new", tmp_path / "go"
+    second: list[subprocess.Popen[bytes]] = []
+
+    def refused(*args: object, **kwargs: object) -> None:
+        late = subprocess.Popen(
+            [sys.executable, "-c", _LATE_LOCKER, str(out), str(go)], stdout=subprocess.PIPE
+        )
+        second.append(late)
+        assert late.stdout is not None and late.stdout.readline().strip() == b"opened"
+        raise SpecError("tiny.toml: a value found bad")
+
+    monkeypatch.setattr(training, "make_optimizer", refused)
+    try:
+        with pytest.raises(SpecError):
+            train(spec_from_dict(SPEC, source="tiny.toml"), out)
+        go.touch()
+        late = second[0]
+        assert late.stdout is not None and late.stdout.readline().strip() == b"locked"
+        assert out.is_dir()  # the second train's folder is there for it to write
+        with pytest.raises(StoreError, match=f"pid {late.pid}"):
+            train(spec_from_dict(SPEC, source="tiny.toml"), out)  # a third is refused
+    finally:
+        for late in second:
+            late.kill()
+            late.wait()
