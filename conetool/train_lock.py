@@ -8,8 +8,8 @@ Lustre without the ``flock`` mount option), or without ``fcntl`` (Windows), noth
 
 A train that fails or is refused inside the lock (a value found bad once the lock is taken, an
 interrupt) before it writes anything leaves ``--out`` as it found it: the lock file it created is
-removed, and so are the folders it created for ``--out`` (a refused train into ``runs/new`` left
-``runs/new/.lock`` behind). Once it has written anything there (``conetool.toml``, a checkpoint)
+removed (from beside the files of a folder that held some), and so are the folders it created for
+``--out`` (a refused train into ``runs/new`` left ``runs/new/.lock`` behind). Once it has written anything there (``conetool.toml``, a checkpoint)
 the folder is a run's and stays, its lock file with it, as a store's does.
 """
 
@@ -43,13 +43,14 @@ def train_out_lock(out: Path) -> Iterator[None]:
     made = _missing_folders(out)
     lock_file = paths.lock(out)
     had_lock_file = lock_file.exists()
+    found = _names(out)  # what was there (a folder of the user's files: they stay, alone)
     make_dir(out)  # (a folder that cannot be made is named, not its lock file)
     lock = StoreLock.acquire(out, refusal, shared=False)  # (a second train in this process too)
     try:
         yield
     except BaseException:
         if not had_lock_file:
-            _remove_untouched(out, made)  # (the lock still held: no other train is inside)
+            _remove_untouched(out, made, found)  # (the lock held: no other train is inside)
         raise
     finally:
         if lock is not None:
@@ -67,13 +68,22 @@ def _missing_folders(out: Path) -> list[Path]:
     return missing
 
 
-def _remove_untouched(out: Path, made: list[Path]) -> None:
-    """When ``out`` holds nothing but the lock file this train created, remove that file and
-    then the folders of ``made`` (innermost first) that are empty; anything else is left as it
-    is (a file written, another process's folder), and so is whatever cannot be removed."""
+def _names(out: Path) -> set[str]:
+    """The names of the entries of ``out``; none when it is no folder (yet)."""
+    try:
+        return {p.name for p in out.iterdir()}
+    except OSError:
+        return set()
+
+
+def _remove_untouched(out: Path, made: list[Path], found: set[str]) -> None:
+    """When ``out`` holds nothing but what it held before (``found``) and the lock file this
+    train created, remove that file and then the folders of ``made`` (innermost first) that are
+    empty; anything else is left as it is (a file written, another process's folder), and so is
+    whatever cannot be removed."""
     lock_file = paths.lock(out)
     try:
-        if [p.name for p in out.iterdir()] != [lock_file.name]:
+        if {p.name for p in out.iterdir()} != found | {lock_file.name}:
             return
         lock_file.unlink()
         for folder in made:

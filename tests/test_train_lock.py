@@ -133,6 +133,25 @@ def test_a_train_refused_before_it_writes_leaves_no_folder_nor_lock(
     assert list((tmp_path / "mine").iterdir()) == []
 
 
+def test_a_train_refused_in_a_folder_of_other_files_leaves_them_without_a_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused train into a folder that held files of the user's (none of a run) left its
+    .lock among them, where the README says a refused train leaves no .lock in --out."""
+    from conetool import training
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise SpecError("tiny.toml: a value found bad")
+
+    monkeypatch.setattr(training, "make_optimizer", refused)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    with pytest.raises(SpecError):
+        train(spec_from_dict(SPEC, source="tiny.toml"), out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 def test_a_train_that_fails_once_it_has_written_keeps_the_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
