@@ -9,6 +9,10 @@ Layouts accepted without configuration (one directory level, plus Hugging Face f
   ``pytorch_model.bin``, or shards ``model-00001-of-00002.safetensors`` with
   ``model.safetensors.index.json`` (also shards with their index directly in the directory).
 
+Accelerate's ``save_state`` folders with automatic naming (``checkpoint_3/`` beside its
+``random_states_0.pkl``) are numbered by the count of saves, not by step: each is an error naming
+the fixes (:func:`conetool.checkpoints.selection.save_count_error`).
+
 Never taken for model checkpoints: optimizer states (``*.optim.safetensors``, ``*.optim.pt``),
 Hugging Face Trainer extras (``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state*.pth``,
 ``training_args.bin``), open_lth's ``checkpoint.pth`` (resume state) and ``mask.pth``, Lightning's

@@ -84,6 +84,10 @@ class Candidate:
     headers: tuple[SafetensorsHeader, ...] = ()
     shapes: dict[str, tuple[int, ...]] | None = None  # key -> shape, when known without loading
     global_step: int | None = None  # trainer_state.json
+    #: a folder of Accelerate's ``save_state`` with automatic checkpoint naming
+    #: (``checkpoint_3/`` holding ``random_states_0.pkl``): its number counts the saves, not
+    #: training steps
+    save_count: bool = False
     epoch: int | None = None  # set when the step was converted from an epoch in the name
     #: a flat torch.save file that holds no tensor by name (``"a list of 3 items"``): no checkpoint
     holds: str | None = None

@@ -49,6 +49,10 @@ _HF_WEIGHTS = (
     ("model.safetensors.index.json", "model.safetensors"),
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
+# Accelerate's save_state with automatic checkpoint naming: checkpoints/checkpoint_0, _1, ...
+# numbered by the count of saves; each holds its RNG states random_states_<process>.pkl.
+_ACCELERATE_FOLDER = re.compile(r"^checkpoint_\d+$")
+_ACCELERATE_RNG = re.compile(r"^random_states_\d+\.pkl$")
 _HF_FINAL = re.compile(r"^(model\.safetensors|pytorch_model\.bin)(\.index\.json)?$")
 # A copy of some step's weights kept under a fixed name by a training loop (best.pt, last.pt,
 # latest.pth, model_best.pt, final_model.safetensors, Lightning's last-v1): no step in the name.
@@ -201,6 +205,8 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
             return None
         c.fail(str(open_error(folder, e)))
         return c
+    if _ACCELERATE_FOLDER.match(folder.name):
+        c.save_count = any(_ACCELERATE_RNG.match(n) for n in names)
     for index_name, single in _HF_WEIGHTS:
         if index_name in names:
             _sharded(c, folder / index_name, deep)

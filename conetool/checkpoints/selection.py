@@ -130,6 +130,25 @@ def no_step_error(path: Path, empty: str = "") -> CheckpointError:
     )
 
 
+def save_count_error(folder: Path) -> CheckpointError:
+    """The error for a folder of Accelerate's ``save_state`` with automatic checkpoint naming
+    (``checkpoint_3/`` holding ``random_states_0.pkl``), whose number counts the saves, not the
+    training steps (the same text for every such folder but the path, so that a run of them
+    reads as one line)."""
+    return CheckpointError(
+        f"'{folder}' is a folder of Accelerate's save_state with automatic checkpoint naming "
+        f"(checkpoint_N beside its random_states_*.pkl): its number counts the saves "
+        f"(checkpoint_0, checkpoint_1, ...), not training steps, so it gives no step (taken for "
+        f"one, it would make the distances per step, the velocities and every step axis wrong). "
+        f"Rename each such folder for the training step it was saved at (checkpoint_1 saved at "
+        f"step 2000 -> step_2000: conetool reads the folder's model.safetensors or "
+        f"pytorch_model.bin with the step of the folder's name), or save with "
+        f"accelerator.save_state(f'checkpoints/step_{{step}}'); if the numbers are steps (the "
+        f"loop set accelerator.project_configuration.iteration to the step before each save), "
+        f"pass --step-regex 'checkpoint_(\\d+)'."
+    )
+
+
 def _legacy_pickle(path: Path) -> bool:
     """Whether ``path`` is a torch.save file in the legacy (non-zip) format."""
     try:
@@ -210,6 +229,8 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
             fix = "correct --step-regex so that its group holds the step only"
             raise _beyond_steps(c, "by --step-regex", fix)
         return
+    if c.save_count and c.global_step is None:
+        raise save_count_error(where)
     stored = _stored_step(c)
     if stored is not None:  # the file's own record wins over its name, as --step-regex does not
         c.step_inside, c.step = stored
