@@ -403,6 +403,51 @@ def test_hf_output_dir_with_its_trainer_state_beside_checkpoint_folders(tmp_path
     ]
 
 
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_hf_final_model_of_a_step_no_folder_gives_is_read_as_that_step(tmp_path: Path, weights):
+    # Was: save_steps=500 on a run of 1500 steps saves checkpoint-500/ and checkpoint-1000/;
+    # save_model() + save_state() put the weights of step 1500 and trainer_state.json (global_step
+    # 1500) beside them, and that final model was left out without a word: the run's last kernel
+    # lost, as a loop's final.pt was.
+    write_hf(tmp_path, 500, state(5))
+    write_hf(tmp_path, 1000, state(10))
+    if weights == "model.safetensors":
+        save_file(state(15), str(tmp_path / weights), metadata={"format": "pt"})
+    else:
+        torch.save(state(15), tmp_path / weights)
+    write_trainer_state(tmp_path, 1500)
+    torch.save({"output_dir": str(tmp_path)}, tmp_path / "training_args.bin")
+    refs = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.file) for r in refs] == [
+        (500, tmp_path / "checkpoint-500"),
+        (1000, tmp_path / "checkpoint-1000"),
+        (1500, tmp_path / weights),
+    ]
+    assert_same(read_state_dict(refs[2]), state(15))
+    # a --step-regex made for the folders leaves the final model to its global_step
+    refs = list_checkpoints(tmp_path, step_regex="checkpoint-(\\d+)", warn=lambda _: None)
+    assert [r.step for r in refs] == [500, 1000, 1500]
+
+
+def test_hf_final_model_beside_a_best_model_checkpoint_is_left_out_with_a_warning(
+    tmp_path: Path,
+):
+    # load_best_model_at_end saves the best checkpoint's weights as the final model, so its step
+    # is not trainer_state.json's global_step: not read, and the warning says why and the fix
+    write_hf(tmp_path, 500, state(5))
+    write_hf(tmp_path, 1000, state(10))
+    save_file(state(5), str(tmp_path / "model.safetensors"))
+    state_file = tmp_path / "trainer_state.json"
+    best = str(tmp_path / "checkpoint-500")
+    state_file.write_text(json.dumps({"global_step": 1500, "best_model_checkpoint": best}))
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=said.append)
+    assert [r.step for r in refs] == [500, 1000]
+    (warning,) = [w for w in said if "final model" in w]
+    assert "'model.safetensors'" in warning and f"best_model_checkpoint '{best}'" in warning
+    assert f"mkdir '{tmp_path / 'checkpoint-1500'}'" in warning, warning
+
+
 def test_hf_step_from_trainer_state_when_the_folder_name_has_none(tmp_path: Path):
     folder = tmp_path / "best"
     folder.mkdir()

@@ -13,13 +13,17 @@ Accelerate's ``save_state`` folders with automatic naming (``checkpoint_3/`` bes
 ``random_states_0.pkl``) are numbered by the count of saves, not by step: each is an error naming
 the fixes (:func:`conetool.checkpoints.selection.save_count_error`).
 
+Beside ``checkpoint-N/`` folders, the final model that ``Trainer.save_model`` writes into the
+output directory is read as the ``global_step`` of that directory's ``trainer_state.json``
+(``Trainer.save_state``) when no folder gives that step; it is left out when one does (the same
+weights again), when there is no such ``trainer_state.json`` (no step known), and, with a warning,
+when that file names a ``best_model_checkpoint`` (the final model may be its weights).
+
 Never taken for model checkpoints: optimizer states (``*.optim.safetensors``, ``*.optim.pt``),
 Hugging Face Trainer extras (``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state*.pth``,
 ``training_args.bin``), open_lth's ``checkpoint.pth`` (resume state) and ``mask.pth``, Lightning's
-``last*.ckpt`` (a copy of the latest checkpoint, without a step in its name), hidden files
-(``.step_002000.safetensors.tmp``: a write in progress), and, beside ``checkpoint-N/`` folders, the
-final model that ``Trainer.save_model`` writes into the output directory (it has no step; it is
-usually the last checkpoint again). Torch.save files that hold no tensor by name at all (a list of
+``last*.ckpt`` (a copy of the latest checkpoint, without a step in its name) and hidden files
+(``.step_002000.safetensors.tmp``: a write in progress). Torch.save files that hold no tensor by name at all (a list of
 losses, a cached data tensor, a dict of numbers, an optimizer state) are not checkpoints either:
 they are left out with a note saying what each holds. A file that holds tensors by name stays a
 checkpoint, with its errors (another architecture, an unknown wrapping).
@@ -143,6 +147,26 @@ def store_files_warning(scan: Scan) -> str | None:
         f"not read: {shown} of '{scan.directory}' are a conetool store's files (an older "
         "conetool wrote the store into the checkpoint directory), not checkpoints. Give the store "
         f"a folder of its own: mkdir S && mv {moved} S/, then pass --store S."
+    )
+
+
+def final_model_warning(scan: Scan) -> str | None:
+    """The warning for a Hugging Face Trainer's final model (``model.safetensors`` beside the
+    ``checkpoint-N/`` folders) left out though no folder gives the ``global_step`` of the output
+    directory's ``trainer_state.json``: that file names a ``best_model_checkpoint``, so the final
+    model may be that checkpoint's weights (``load_best_model_at_end``), not the last step's.
+    None when no final model was left out so."""
+    if not scan.final_left:
+        return None
+    name, step = scan.final_left[0]
+    folder = scan.directory / f"checkpoint-{step}"
+    return (
+        f"not read: '{name}' in '{scan.directory}', the Trainer's final model: its "
+        f"trainer_state.json gives global_step {step}, which no checkpoint-N/ folder has, but "
+        f"also best_model_checkpoint '{scan.best_model}', so the final model may be that "
+        f"checkpoint's weights (load_best_model_at_end), not step {step}'s. If it is step "
+        f"{step}'s, move it (with its shards, if any) into a folder named for the step: mkdir "
+        f"'{folder}' && mv '{scan.directory / name}' '{folder}/'."
     )
 
 
@@ -647,6 +671,8 @@ def checkpoint_listing(
     if said := copies_note(scan):  # the same bytes or tensors as a file read: nothing lost
         note(said)
     if said := nested_warning(scan):  # checkpoints in subfolders are not read: a warning
+        warn(said)
+    if said := final_model_warning(scan):  # a Trainer's final model whose step is not known
         warn(said)
     if said := store_files_warning(scan):  # a store's files among the checkpoints
         warn(said)

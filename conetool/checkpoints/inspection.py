@@ -23,6 +23,7 @@ from .discover import (
     TORCH_NOTE,
     copies_note,
     default_warn,
+    final_model_warning,
     left_entries_warning,
     nested_warning,
     not_state_dicts_note,
@@ -131,6 +132,7 @@ def inspect_checkpoints(
         (not_state_dicts_note(scan), note),
         (copies_note(scan), note),  # the same bytes or tensors as a file read: nothing lost
         (nested_warning(scan), warn),  # checkpoints in subfolders are not read
+        (final_model_warning(scan), warn),  # a Trainer's final model whose step is not known
         (store_files_warning(scan), warn),  # a store's files among the checkpoints
     )
     for message, say in said_of_the_directory:

@@ -88,6 +88,10 @@ class Candidate:
     #: (``checkpoint_3/`` holding ``random_states_0.pkl``): its number counts the saves, not
     #: training steps
     save_count: bool = False
+    #: a Hugging Face Trainer's final model (``Trainer.save_model``: ``model.safetensors`` in the
+    #: output directory beside its ``checkpoint-N/`` folders), ``global_step`` from the output
+    #: directory's ``trainer_state.json``
+    trainer_final: bool = False
     epoch: int | None = None  # set when the step was converted from an epoch in the name
     #: a flat torch.save file that holds no tensor by name (``"a list of 3 items"``): no checkpoint
     holds: str | None = None
@@ -150,3 +154,7 @@ class Scan:
     # a conetool store's own files and folders lying among the checkpoints (an older conetool
     # wrote a store into its checkpoint directory): manifest.json, probe.safetensors, kernels/
     store_files: list[str] = field(default_factory=list)
+    # the top-level trainer_state.json's best_model_checkpoint beside a Trainer's final model
+    best_model: str | None = None
+    # a Trainer's final model not read, as its step is not known: (name, global_step)
+    final_left: list[tuple[str, int]] = field(default_factory=list)

@@ -356,12 +356,33 @@ def _collect(directory: Path, deep: bool) -> Scan:
             )
         scan.candidates.append(c)
     if any(c.folder is not None for c in scan.candidates):
-        # Trainer.save_model's final model beside the checkpoint-N/ folders: it has no step.
+        # Trainer.save_model's final model beside the checkpoint-N/ folders: its step is the
+        # global_step of the output directory's trainer_state.json (save_state), if there is one
+        # (scan_directory leaves it out when a checkpoint-N/ folder gives that step)
         final = [c for c in scan.candidates if c.folder is None and _HF_FINAL.match(c.name)]
+        state = _output_state(directory) if final else None
         for c in final:
-            scan.candidates.remove(c)
-            scan.ignored.append(c.name)
+            if state is not None:
+                c.trainer_final, c.global_step = True, state[0]
+                scan.best_model = state[1]
+            else:  # no step known
+                scan.candidates.remove(c)
+                scan.ignored.append(c.name)
     return scan
+
+
+def _output_state(directory: Path) -> tuple[int, str | None] | None:
+    """``(global_step, best_model_checkpoint)`` of a Trainer output directory's own
+    ``trainer_state.json`` (``trainer.save_state()``); None when it has none, or one without an
+    integer global_step."""
+    try:
+        state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+        step, best = state["global_step"], state.get("best_model_checkpoint")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return None
+    return step, best if isinstance(best, str) and best else None
 
 
 def _same_content(group: list[Candidate]) -> bool:
@@ -575,6 +596,21 @@ def scan_directory(
         for c in aliases:
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
+        # A Trainer's final model is read as the output directory's global_step when no
+        # checkpoint-N/ folder gives that step (save_steps does not divide the run's length);
+        # when one does, it is that folder's weights again, left out as final.pt is. A run
+        # that names a best_model_checkpoint may have saved that checkpoint's weights as its
+        # final model (load_best_model_at_end): its step is not known, and a warning says so.
+        folders = {c.step for c in scan.candidates if c.folder is not None and c.step is not None}
+        for c in [c for c in scan.candidates if c.trainer_final]:
+            step = c.step if c.step is not None else c.global_step
+            assert step is not None
+            if step not in folders and scan.best_model is None:
+                continue
+            scan.candidates.remove(c)
+            scan.ignored.append(c.name)
+            if step not in folders:
+                scan.final_left.append((c.name, step))
     kept = []
     for c in scan.candidates:
         if c.step is None or is_selected(c.step, steps, every):

@@ -222,8 +222,10 @@ def _beyond_steps(c: Candidate, how: str, fix: str) -> CheckpointError:
 
 def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None) -> None:
     where = c.folder or c.location
-    if pattern is not None:
-        name = c.folder.name if c.folder is not None else c.location.name
+    name = c.folder.name if c.folder is not None else c.location.name
+    # (a Trainer's final model, model.safetensors, is not named for a step: a regex made for
+    # the checkpoint-N/ folders leaves it to its trainer_state.json global_step)
+    if pattern is not None and not (c.trainer_final and pattern.search(name) is None):
         c.step, c.epoch = regex_step(pattern, name, ipe, where)
         if c.step is not None and c.step > MAX_STEP:
             fix = "correct --step-regex so that its group holds the step only"
@@ -246,10 +248,10 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
     c.step_by_name_rule = (
         c.folder is None and c.step is not None and c.epoch is None and not is_open_lth_name(stem)
     )
-    if c.folder is not None and c.global_step is not None:
+    if c.global_step is not None:  # a Trainer's folder, or its final model beside them
         if c.step is None:
             c.step = c.global_step
-        elif c.step != c.global_step:
+        elif c.folder is not None and c.step != c.global_step:
             raise CheckpointError(
                 f"'{c.folder}' is named for step {c.step} but its trainer_state.json says "
                 f"global_step {c.global_step}; rename the folder to checkpoint-{c.global_step} if "
