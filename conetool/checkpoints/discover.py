@@ -7,7 +7,9 @@ Layouts accepted without configuration (one directory level, plus Hugging Face f
   Lightning's dict with ``state_dict``), read only with ``torch.load(weights_only=True)``;
 - Hugging Face Trainer folders ``checkpoint-2000/`` holding ``model.safetensors`` or
   ``pytorch_model.bin``, or shards ``model-00001-of-00002.safetensors`` with
-  ``model.safetensors.index.json`` (also shards with their index directly in the directory).
+  ``model.safetensors.index.json`` (also shards with their index directly in the directory);
+- a plain loop's folder per step, ``step_2000/`` holding ``model.pt`` or ``model.pth`` (or any
+  of the Hugging Face weights above), read as a Hugging Face folder: the step is the folder's.
 
 Accelerate's ``save_state`` folders with automatic naming (``checkpoint_3/`` beside its
 ``random_states_0.pkl``) are numbered by the count of saves, not by step: each is an error naming
@@ -71,7 +73,7 @@ from .records import (
     CheckpointWarning,
     Scan,
 )
-from .scanning import scan_directory
+from .scanning import FOLDER_WEIGHTS, only_checkpoint_file, scan_directory
 from .selection import is_selected, parse_step_range, step_from_name
 from .step_names import (
     UNIX_TIME_FIX,
@@ -352,8 +354,37 @@ def copies_note(scan: Scan) -> str | None:
     )
 
 
+def _step_folders_error(scan: Scan) -> CheckpointError | None:
+    """The error for a directory whose subfolders are each named for a step and hold one
+    checkpoint file under a name a folder per step is not read by (``step_0/weights.pt``): the
+    file to rename, and to what. None when some subfolder is not so."""
+    folders = list(scan.nested)
+    if any(count != 1 for count in scan.nested.values()):
+        return None
+    try:
+        if any(step_from_name(name.rstrip("/")) is None for name in folders):
+            return None
+    except CheckpointError:  # an epoch name, a date: not a step
+        return None
+    first = scan.directory / folders[0]
+    held = only_checkpoint_file(first)
+    if held is None:
+        return None
+    to = "model.safetensors" if held.lower().endswith(".safetensors") else "model.pt"
+    return CheckpointError(
+        f"no checkpoints in '{scan.directory}' itself: its "
+        f"{'subfolders' if len(folders) > 1 else 'subfolder'} {_nested_list(scan)} "
+        f"{'are each' if len(folders) > 1 else 'is'} named for a step and "
+        f"hold{'' if len(folders) > 1 else 's'} one checkpoint ('{first / held}'), and conetool reads a folder per step only when its checkpoint is "
+        f"named {FOLDER_WEIGHTS} (the step is the folder's). Rename each so: mv '{first / held}' "
+        f"'{first / to}'; then pass '{scan.directory}'."
+    )
+
+
 def empty_error(scan: Scan) -> CheckpointError:
     """The error for a directory without checkpoint candidates, listing what is there."""
+    if scan.nested and (per_step := _step_folders_error(scan)) is not None:
+        return per_step
     if scan.nested:
         first = scan.directory / next(iter(scan.nested))
         which = "one run's folder, such as" if len(scan.nested) > 1 else "that folder,"

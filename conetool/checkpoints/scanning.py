@@ -53,6 +53,14 @@ _HF_WEIGHTS = (
 # numbered by the count of saves; each holds its RNG states random_states_<process>.pkl.
 _ACCELERATE_FOLDER = re.compile(r"^checkpoint_\d+$")
 _ACCELERATE_RNG = re.compile(r"^random_states_\d+\.pkl$")
+# A plain loop's folder per step (step_2000/model.pt), read as a Hugging Face folder is: the
+# torch.save file of the weights, when the folder holds none of _HF_WEIGHTS.
+_FOLDER_TORCH = ("model.pt", "model.pth")
+#: The names of the weights a checkpoint folder is read by, as the messages say them.
+FOLDER_WEIGHTS = (
+    "model.safetensors (or its shards with model.safetensors.index.json), pytorch_model.bin, "
+    "model.pt or model.pth"
+)
 _HF_FINAL = re.compile(r"^(model\.safetensors|pytorch_model\.bin)(\.index\.json)?$")
 # A copy of some step's weights kept under a fixed name by a training loop (best.pt, last.pt,
 # latest.pth, model_best.pt, final_model.safetensors, Lightning's last-v1): no step in the name.
@@ -196,7 +204,8 @@ def _sharded(c: Candidate, index: Path, deep: bool) -> None:
 
 
 def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
-    """A Hugging Face checkpoint folder, or None when the folder holds no model weights."""
+    """A Hugging Face checkpoint folder, or a plain loop's folder of one step (``step_2000/``
+    holding ``model.pt`` or ``model.pth``), or None when the folder holds no model weights."""
     c = Candidate(folder.name + "/", folder, folder=folder, source="hf")
     try:
         names = set(os.listdir(folder))
@@ -216,15 +225,20 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
             _read_headers(c, deep)
             break
     else:
-        if not paths.is_hf_checkpoint_folder(folder.name):
+        torch_file = next((n for n in _FOLDER_TORCH if n in names), None)
+        if torch_file is not None:
+            c.paths = (folder / torch_file,)
+            _read_headers(c, deep)
+        elif not paths.is_hf_checkpoint_folder(folder.name):
             return None
-        listed = ", ".join(sorted(names)[:10]) or "nothing"
-        c.fail(
-            f"'{folder}' holds no model weights (model.safetensors, its shards with "
-            f"model.safetensors.index.json, or pytorch_model.bin); it has: {listed}. If the run "
-            f"is still saving it, wait and rerun; otherwise remove the folder."
-        )
-        return c
+        else:
+            listed = ", ".join(sorted(names)[:10]) or "nothing"
+            c.fail(
+                f"'{folder}' holds no model weights (model.safetensors, its shards with "
+                f"model.safetensors.index.json, or pytorch_model.bin); it has: {listed}. If the "
+                f"run is still saving it, wait and rerun; otherwise remove the folder."
+            )
+            return c
     if "trainer_state.json" in names:
         state = folder / "trainer_state.json"
         try:
@@ -265,6 +279,24 @@ def _nested_checkpoints(folder: Path) -> int:
         except OSError:
             continue
     return count
+
+
+def only_checkpoint_file(folder: Path) -> str | None:
+    """The name of the one checkpoint file at the top of ``folder`` (as
+    :func:`_nested_checkpoints` counts them); None when it holds none or several, or cannot be
+    listed."""
+    try:
+        names = [
+            e.name
+            for e in os.scandir(folder)
+            if not e.name.startswith(".")
+            and has_checkpoint_suffix(e.name)
+            and not _skipped_on_purpose(e.name)
+            and e.is_file()
+        ]
+    except OSError:
+        return None
+    return names[0] if len(names) == 1 else None
 
 
 def _list_directory(directory: Path) -> list[os.DirEntry[str]]:
