@@ -655,6 +655,21 @@ def test_loading_casts_into_the_model_dtype_exactly():
     assert torch.equal(model.fc1.weight, sd["fc1.weight"].double())
 
 
+@pytest.mark.parametrize("compute", [None, torch.float32, torch.float64])
+def test_lower_precision_warning_says_the_dtype_the_kernel_is_computed_in(compute):
+    """It said "the kernel is computed in the model's dtype" whatever the kernel's: a float64
+    model's kernel under kernels' default --dtype float32 is computed in float32."""
+    said: list[str] = []
+    match_state_dict(Net().double(), state(2), warn=said.append, compute=compute)
+    (warning,) = said
+    assert "lower precision than the model's float64" in warning, warning
+    assert "computed in the model's dtype" not in warning, warning
+    if compute is None:  # a plain load: no kernel to speak of
+        assert "kernel" not in warning, warning
+    else:
+        assert f"the kernel is computed in {str(compute).removeprefix('torch.')}" in warning
+
+
 @pytest.mark.parametrize(
     ("saved", "model_dtype", "warned"),
     [

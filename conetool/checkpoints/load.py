@@ -280,10 +280,11 @@ def check_dtypes(
     if lower:
         shown = ", ".join(k for k, _ in lower[:3])
         more = f" and {len(lower) - 3} more" if len(lower) > 3 else ""
+        computed = "" if compute is None else f", and the kernel is computed in {_dtype(compute)}"
         (warn or default_warn)(
             f"'{name}' stores {shown}{more} in lower precision than the model's "
-            f"{_dtype(lower[0][1])}; they are loaded into the model's dtype and the kernel is "
-            "computed in the model's dtype (the digits lost when saving do not come back)."
+            f"{_dtype(lower[0][1])}; they are loaded into the model's dtype{computed} (the "
+            "digits lost when saving do not come back)."
         )
     if rounded and compute is not None:
         (warn or default_warn)(_rounded_message(name, rounded, compute))
