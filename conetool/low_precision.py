@@ -1,5 +1,6 @@
 """Models held in fewer than 32 bits (float16, bfloat16, float8): the dtype their eNTK is computed
-in, and what the commands that train them say.
+in, and what the commands that train them say; and the note for a model held in more digits than
+the kernels' dtype (a float64 model under ``conetool kernels --dtype float32``).
 
 - **The eNTK** is computed in at least float32: :func:`conetool.ntk.empirical_ntk` with
   ``dtype=None`` computes the kernel of a float16 or bfloat16 model in float32, from its weights
@@ -17,6 +18,10 @@ in, and what the commands that train them say.
   float16 or bfloat16 model (which failed on its first batch with PyTorch's dtype mismatch, when
   the batches were float32 whatever the model) is refused before anything is written, naming the
   spec's ``[model] arch`` and the fix (:func:`refuse_for_training`).
+- **A float64 model** (``model.double()``) under ``conetool kernels --dtype float32`` (the
+  default) has its kernels computed from copies of its weights rounded to float32: the kernels
+  are those of the rounded weights, which ``kernels`` says in a note naming ``--dtype float64``,
+  which keeps them (:func:`rounded_note`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ from torch import nn
 
 from .errors import ModelError
 
-__all__ = ["is_low_precision", "low_precision_parameter", "refuse_for_training", "upcast_note"]
+__all__ = [
+    "is_low_precision",
+    "low_precision_parameter",
+    "refuse_for_training",
+    "rounded_note",
+    "upcast_note",
+]
 
 
 def is_low_precision(dtype: torch.dtype) -> bool:
@@ -60,6 +71,26 @@ def upcast_note(model: nn.Module, arch: str, source: str, compute: torch.dtype) 
         f"'{name}'): its kernels are computed in {_dtype(compute)} from its {_dtype(dtype)} "
         f"weights, upcast exactly (checkpoints are loaded into the model's {_dtype(dtype)} first)."
     )
+
+
+def rounded_note(model: nn.Module, arch: str, source: str, compute: torch.dtype) -> str | None:
+    """``conetool kernels``' note for a spec whose model (``[model] arch`` of the spec file
+    ``source``) holds a trainable parameter in more significant digits than ``compute``, the
+    dtype its kernels are computed in (a float64 model, ``--dtype float32``): they are computed
+    from its weights rounded to ``compute``; ``None`` for any other model."""
+    for name, p in model.named_parameters():
+        if (
+            p.requires_grad
+            and p.dtype.is_floating_point
+            and torch.finfo(p.dtype).eps < torch.finfo(compute).eps
+        ):
+            held, wanted = _dtype(p.dtype), _dtype(compute)
+            return (
+                f'{source}: [model] arch = "{arch}" builds a {held} model (parameter '
+                f"'{name}'): its kernels are computed in {wanted} (--dtype {wanted}) from its "
+                f"{held} weights rounded to {wanted}; --dtype {held} keeps them."
+            )
+    return None
 
 
 def refuse_for_training(model: nn.Module, arch: str, source: str, command: str) -> None:

@@ -120,6 +120,26 @@ def test_kernels_of_a_float64_run_match_the_float64_jacobian(
         assert error < tolerance, (step, error)
 
 
+def test_kernels_says_in_a_note_that_float32_rounds_a_float64_models_weights(
+    run: Path, tmp_path: Path
+) -> None:
+    """--dtype float32 (the default) rounded a float64 model's weights without a word, where a
+    float16 model's upcast is said in a note: once, left out by --quiet, none under float64."""
+    spec_file = run / "ckpts" / "conetool.toml"
+    note = (
+        f'note: {spec_file}: [model] arch = "float64_factory:make" builds a float64 model '
+        "(parameter '0.weight'): its kernels are computed in float32 (--dtype float32) from its "
+        "float64 weights rounded to float32; --dtype float64 keeps them."
+    )
+    args = ["kernels", str(run / "ckpts"), "--store"]
+    text = " ".join(_invoke(*args, str(tmp_path / "a")).split())
+    assert text.count(note) == 1, text
+    quiet = _invoke(*args, str(tmp_path / "b"), "--quiet")
+    assert "float64 model" not in quiet and "note:" not in quiet, quiet
+    exact = _invoke(*args, str(tmp_path / "c"), "--dtype", "float64")
+    assert "float64 model" not in exact and "rounded" not in exact, exact
+
+
 @pytest.mark.parametrize("reference", ["checkpoint", "train"])
 def test_switch_trains_a_float64_model_linearized(
     run: Path, tmp_path: Path, reference: str

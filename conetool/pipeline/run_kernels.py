@@ -27,7 +27,7 @@ from ..errors import ConetoolError, DataError, StoreError
 from ..folder_roles import checkpoint_contents, same_folder, store_holding
 from ..layer_groups import groups_hash, parameter_groups, parse_groups
 from ..library_call import library_call
-from ..low_precision import upcast_note
+from ..low_precision import rounded_note, upcast_note
 from ..models import output_check
 from ..ntk import is_auto, parse_memory
 from ..probe import Probe, load_probe, make_probe, save_probe
@@ -169,9 +169,13 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         model = model_for(plan.spec)
         if job.is_main:
             spec = plan.spec
-            upcast = upcast_note(model, spec.model.arch, spec.source, DTYPES[o.dtype])
+            compute = DTYPES[o.dtype]
+            upcast = upcast_note(model, spec.model.arch, spec.source, compute)
             if upcast is not None:  # a float16 or bfloat16 model: its kernels are float32
                 said.note(upcast)
+            rounded = rounded_note(model, spec.model.arch, spec.source, compute)
+            if rounded is not None:  # a float64 model, --dtype float32: its weights rounded
+                said.note(rounded)
             if not overwrite:  # kept kernels from the module as it was, new ones from it now
                 for message in changed_imports(plan.manifest, plan.spec):
                     said.warn(message)
