@@ -252,3 +252,36 @@ def test_a_store_of_another_run_in_its_out_is_refused_before_training(finished, 
     assert "Pass another --out." in text and "--overwrite" not in text, text
     assert not (out / "ckpts").exists()  # nothing trained
     assert sorted(p.name for p in (out / "store" / paths.KERNELS_DIR).iterdir()) == before
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` -> (size, mtime in ns)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("copied", "given", "said"),
+    [
+        ("store", ".", "is a store (it holds kernels conetool kernels wrote)"),
+        ("store", paths.KERNELS_DIR, "is a folder of the store "),
+        ("ckpts", ".", "is a checkpoint directory (it holds conetool.toml and "),
+    ],
+)
+def test_an_out_that_is_itself_a_store_or_a_run_is_refused_untouched(
+    finished, tmp_path, copied, given, said
+):
+    """demo --out STORE (conetool-out) or --out CKPTS trained into DIR/ckpts and computed into
+    DIR/store, two runs mixed in one folder."""
+    folder = tmp_path / copied
+    shutil.copytree(getattr(finished, copied), folder)
+    out = folder / given
+    before = _listing(folder)
+    with pytest.raises(StoreError) as caught:
+        demo(out, device="cpu", steps=24, probe_size=10, switch_at=[0, 8])
+    text = str(caught.value)
+    assert text.startswith(f"--out {out} {said}"), text
+    assert "mixing two runs in one folder. Pass another --out" in text, text
+    assert _listing(folder) == before

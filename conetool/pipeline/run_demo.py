@@ -17,6 +17,7 @@ and ``distance``'s warnings on the references the verdict does not use (see :fun
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,10 +32,11 @@ from .. import paths
 from ..choices import is_count, path_argument
 from ..data import load_data
 from ..errors import ConetoolError, DataError, StoreError
+from ..folder_roles import checkpoint_contents, same_folder, store_holding
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, ProgressTask
 from ..spec import Spec, dense_only_count, load_spec, save_steps, spec_differences, spec_from_dict
-from ..store_manifest import read_manifest
+from ..store_manifest import FORMAT, read_manifest
 from ..threads import limit_threads
 from ..training import train
 from .demo_reuse import StageWork, work_of
@@ -178,6 +180,7 @@ def _demo(
     spec = demo_spec(steps=steps, probe_size=probe_size)
     if probe_size is not None:
         _check_probe_size(spec)
+    _check_out_itself(out)
     _check_earlier_run(out, ckpts, spec)
     _check_earlier_store(out, store, spec)
     T = spec.train.steps
@@ -335,6 +338,41 @@ def _check_probe_size(spec: Spec) -> None:
             f"its {EVAL_SPLIT} split ({sizes[EVAL_SPLIT]} examples). Pass --probe-size {most} "
             "or less."
         )
+
+
+def _check_out_itself(out: Path) -> None:
+    """Refuse, before anything is written, an ``--out`` that is itself a store (it holds a store
+    manifest, or is one of a store's folders of kernel files) or a run's checkpoint directory:
+    the demo would add its ``ckpts/`` and ``store/`` inside it, two runs in one folder. Nothing
+    in ``out`` is touched."""
+    held = store_holding(out)
+    if held is None and _holds_store_manifest(out):
+        held = (out, None)
+    if held is not None:
+        store = held[0]
+        what = "a store" if same_folder(store, out) else f"a folder of the store {store}"
+        raise StoreError(
+            f"--out {out} is {what} (it holds kernels conetool kernels wrote): the demo would "
+            "write its run and its store into ckpts/ and store/ inside it, mixing two runs in "
+            "one folder. Pass another --out: a new or empty folder (or an earlier demo's)."
+        )
+    run = checkpoint_contents(out)
+    if run is not None:
+        raise StoreError(
+            f"--out {out} is a checkpoint directory (it holds {run}): the demo would write its "
+            "run and its store into ckpts/ and store/ inside it, mixing two runs in one folder. "
+            "Pass another --out: a new or empty folder (or an earlier demo's)."
+        )
+
+
+def _holds_store_manifest(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``manifest.json`` of conetool's store format (readable as JSON;
+    a store whose probe set is gone is still a store)."""
+    try:
+        manifest = json.loads(paths.manifest(folder).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def _check_earlier_run(out: Path, ckpts: Path, spec: Spec) -> None:
