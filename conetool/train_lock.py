@@ -7,10 +7,14 @@ folder cannot be written, on a file system without ``flock`` (NFS without its lo
 Lustre without the ``flock`` mount option), or without ``fcntl`` (Windows), nothing is locked.
 
 A train that fails or is refused inside the lock (a value found bad once the lock is taken, an
-interrupt) before it writes anything leaves ``--out`` as it found it: the lock file it created is
-removed (from beside the files of a folder that held some), and so are the folders it created for
-``--out`` (a refused train into ``runs/new`` left ``runs/new/.lock`` behind). Once it has written anything there (``conetool.toml``, a checkpoint)
-the folder is a run's and stays, its lock file with it, as a store's does.
+interrupt) before it writes its run's ``conetool.toml`` removes the lock file it created, whatever
+else the folder holds (a store's files, the user's, a file another program put there meanwhile,
+what ``--overwrite`` left of a run it cleared), and then the folders it created for ``--out`` that
+are empty (a refused train into ``runs/new`` left ``runs/new/.lock`` behind); that cleanup
+removes nothing else. It does so while it still holds the lock (a train that opened the file
+meanwhile locks the one at the path once it is free: ``store_lock``), and never removes a lock
+file that was there before the call (a run's, another train's). Once it has written
+``conetool.toml`` the folder is a run's and stays, its lock file with it, as a store's does.
 """
 
 from __future__ import annotations
@@ -43,14 +47,15 @@ def train_out_lock(out: Path) -> Iterator[None]:
     made = _missing_folders(out)
     lock_file = paths.lock(out)
     had_lock_file = lock_file.exists()
-    found = _names(out)  # what was there (a folder of the user's files: they stay, alone)
+    spec_file = _file_identity(paths.spec(out))  # (rewritten by this train: a new file)
     make_dir(out)  # (a folder that cannot be made is named, not its lock file)
     lock = StoreLock.acquire(out, refusal, shared=False)  # (a second train in this process too)
     try:
         yield
     except BaseException:
-        if not had_lock_file:
-            _remove_untouched(out, made, found)  # (the lock held: no other train is inside)
+        written = _file_identity(paths.spec(out))
+        if not had_lock_file and (written is None or written == spec_file):
+            _remove_created(out, made)  # (the lock held: no other train is inside)
         raise
     finally:
         if lock is not None:
@@ -68,25 +73,23 @@ def _missing_folders(out: Path) -> list[Path]:
     return missing
 
 
-def _names(out: Path) -> set[str]:
-    """The names of the entries of ``out``; none when it is no folder (yet)."""
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """``path``'s device, inode and modification time in ns; None when there is no such file.
+    An atomic write (conetool.toml's) gives the path a new inode."""
     try:
-        return {p.name for p in out.iterdir()}
+        st = path.stat()
     except OSError:
-        return set()
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
-def _remove_untouched(out: Path, made: list[Path], found: set[str]) -> None:
-    """When ``out`` holds nothing but what it held before (``found``) and the lock file this
-    train created, remove that file and then the folders of ``made`` (innermost first) that are
-    empty; anything else is left as it is (a file written, another process's folder), and so is
-    whatever cannot be removed."""
-    lock_file = paths.lock(out)
+def _remove_created(out: Path, made: list[Path]) -> None:
+    """Remove ``out``'s lock file, which this train created, and then the folders of ``made``
+    (innermost first) while they are empty; nothing else (the folder's other files, a folder
+    another process put something in) is touched, and what cannot be removed is left."""
     try:
-        if {p.name for p in out.iterdir()} != found | {lock_file.name}:
-            return
-        lock_file.unlink()
+        paths.lock(out).unlink()
         for folder in made:
-            folder.rmdir()  # OSError once a folder is not empty (something else was put there)
+            folder.rmdir()  # OSError once a folder is not empty (it holds anything but the lock)
     except OSError:
         return

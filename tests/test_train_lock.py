@@ -152,6 +152,69 @@ def test_a_train_refused_in_a_folder_of_other_files_leaves_them_without_a_lock(
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+def test_a_refused_train_removes_the_lock_it_created_whatever_else_its_out_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused train left the .lock it created in a folder where a file had appeared meanwhile
+    (another program's): it was removed only when the folder held what it held before. The
+    other files stay as they are."""
+    from conetool import training
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+
+    def refused(*args: object, **kwargs: object) -> None:
+        (out / "log.txt").write_text("another program's")
+        raise SpecError("tiny.toml: a value found bad")
+
+    monkeypatch.setattr(training, "make_optimizer", refused)
+    with pytest.raises(SpecError):
+        train(spec_from_dict(SPEC, source="tiny.toml"), out)
+    assert _files(out) == {"log.txt": b"another program's", "notes.txt": b"the user's"}
+    assert not paths.lock(out).exists()
+
+
+def test_an_overwrite_interrupted_before_it_writes_removes_the_lock_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite of a run copied without its .lock, interrupted once it had cleared the run and
+    before it wrote conetool.toml, left the .lock it created in the cleared folder."""
+    from conetool import training
+
+    out = train_tiny(tmp_path / "trained")
+    paths.lock(out).unlink()
+    (out / "notes.txt").write_text("the user's")
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "make_optimizer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec_from_dict(SPEC, source="tiny.toml"), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_refused_train_keeps_a_lock_file_that_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock file of a folder an earlier train wrote (or any there before the call) stays."""
+    from conetool import training
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    paths.lock(out).write_text("")
+
+    def refused(*args: object, **kwargs: object) -> None:
+        (out / "log.txt").write_text("another program's")
+        raise SpecError("tiny.toml: a value found bad")
+
+    monkeypatch.setattr(training, "make_optimizer", refused)
+    with pytest.raises(SpecError):
+        train(spec_from_dict(SPEC, source="tiny.toml"), out)
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "log.txt"]
+
+
 def test_a_train_that_fails_once_it_has_written_keeps_the_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
