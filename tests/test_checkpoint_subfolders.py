@@ -147,3 +147,54 @@ def test_a_missing_spec_names_at_most_three_run_folders(tmp_path: Path) -> None:
     text = str(e.value)
     assert f"subfolders '{runs / 'seed0'}', '{runs / 'seed1'}', '{runs / 'seed2'}' ... " in text
     assert "seed3" not in text and "hold runs" in text
+
+
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        ("old", "model.pt"),
+        ("best", "model.pth"),
+        ("backup", "model.pt"),
+        ("old", "model.safetensors"),
+        ("old", "pytorch_model.bin"),
+    ],
+)
+def test_a_subfolder_not_named_for_a_step_is_noted_whatever_its_weights_are_named(
+    tmp_path: Path, folder: str, name: str
+) -> None:
+    """``old/model.pt`` beside a run's flat files broke the run ("no step recoverable") once a
+    folder's model.pt was read (step_N/model.pt); ``old/model.safetensors`` did before. A folder
+    whose name gives no step and that holds no trainer_state.json is a subfolder not read, said
+    in a warning, whatever its weights file is called; step_N/model.pt is still read."""
+    run = tmp_path / "run"
+    write(run, 0, 10)
+    (run / folder).mkdir()
+    weights = {"w": torch.full((2,), 5.0)}
+    if name.endswith(".safetensors"):
+        save_file(weights, str(run / folder / name))
+    else:
+        torch.save(weights, run / folder / name)
+    notes: list[str] = []
+    assert [r.step for r in list_checkpoints(run, warn=notes.append)] == [0, 10]
+    assert len(notes) == 1 and f"not read: subfolder {folder}/ (1 checkpoint)" in notes[0], notes
+    assert "step_N/" in notes[0], notes
+    (run / "step_20").mkdir()  # a folder named for its step is one step, as before
+    torch.save({"w": torch.full((2,), 20.0)}, run / "step_20" / "model.pt")
+    assert [r.step for r in list_checkpoints(run, warn=notes.append)] == [0, 10, 20]
+
+
+def test_a_subfolder_not_named_for_a_step_is_read_by_its_trainer_state_or_step_regex(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    write(run, 0, 10)
+    (run / "final").mkdir()
+    save_file({"w": torch.full((2,), 30.0)}, str(run / "final" / "model.safetensors"))
+    (run / "final" / "trainer_state.json").write_text(json.dumps({"global_step": 30}))
+    assert [r.step for r in list_checkpoints(run, warn=lambda _: None)] == [0, 10, 30]
+    runs = tmp_path / "runs"  # a loop's run500/, read by the regex given for it
+    for step in (500, 1000):
+        (runs / f"run{step}").mkdir(parents=True)
+        torch.save({"w": torch.full((2,), 1.0)}, runs / f"run{step}" / "model.pt")
+    refs = list_checkpoints(runs, step_regex=r"run(\d+)", warn=lambda _: None)
+    assert [r.step for r in refs] == [500, 1000]

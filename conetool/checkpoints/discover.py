@@ -10,6 +10,9 @@ Layouts accepted without configuration (one directory level, plus Hugging Face f
   ``model.safetensors.index.json`` (also shards with their index directly in the directory);
 - a plain loop's folder per step, ``step_2000/`` holding ``model.pt`` or ``model.pth`` (or any
   of the Hugging Face weights above), read as a Hugging Face folder: the step is the folder's.
+  A subfolder whose name gives no step (nor ``--step-regex``) and that holds no
+  ``trainer_state.json`` (``old/model.pt``, ``best/model.safetensors``) is not read: a warning
+  names it (:func:`nested_warning`).
 
 Accelerate's ``save_state`` folders with automatic naming (``checkpoint_3/`` beside its
 ``random_states_0.pkl``) are numbered by the count of saves, not by step: each is an error naming
@@ -130,8 +133,8 @@ def nested_warning(scan: Scan) -> str | None:
     plural = len(scan.nested) > 1
     return (
         f"not read: {'subfolders' if plural else 'subfolder'} {_nested_list(scan)} of "
-        f"'{scan.directory}' (conetool reads a directory's own checkpoint files and checkpoint-N/ "
-        f"folders, not other subfolders). To use {'them' if plural else 'it'}, point at "
+        f"'{scan.directory}' (conetool reads a directory's own checkpoint files and the folders "
+        f"named for a step, checkpoint-N/ and step_N/, not other subfolders). To use {'them' if plural else 'it'}, point at "
         f"{'each' if plural else 'it'}: '{first}'."
     )
 

@@ -30,9 +30,7 @@ from .records import (
     is_safetensors,
 )
 from .selection import candidate_stem, check_selection, is_selected, recover_step, step_from_name
-from .step_names import (
-    compile_step_regex,
-)
+from .step_names import compile_step_regex, name_step
 
 # --------------------------------------------------------------------------------------------------
 # candidates
@@ -203,9 +201,14 @@ def _sharded(c: Candidate, index: Path, deep: bool) -> None:
         )
 
 
-def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
+def _folder_candidate(folder: Path, deep: bool, *, subfolder: bool = False) -> Candidate | None:
     """A Hugging Face checkpoint folder, or a plain loop's folder of one step (``step_2000/``
-    holding ``model.pt`` or ``model.pth``), or None when the folder holds no model weights."""
+    holding ``model.pt`` or ``model.pth``), or None when the folder holds no model weights.
+
+    ``subfolder``: the folder is one of a directory scanned whole, read only when it gives a
+    step: named for one (``step_2000``, ``checkpoint-2000``; :func:`step_named` tells; --step-regex
+    too) or holding ``trainer_state.json``; else (``old/``, ``best/``, ``backup/`` beside the
+    run's own files) None, a subfolder not read, whatever its weights are named."""
     c = Candidate(folder.name + "/", folder, folder=folder, source="hf")
     try:
         names = set(os.listdir(folder))
@@ -214,6 +217,8 @@ def _folder_candidate(folder: Path, deep: bool) -> Candidate | None:
             return None
         c.fail(str(open_error(folder, e)))
         return c
+    if subfolder and "trainer_state.json" not in names:
+        return None
     if _ACCELERATE_FOLDER.match(folder.name):
         c.save_count = any(_ACCELERATE_RNG.match(n) for n in names)
     for index_name, single in _HF_WEIGHTS:
@@ -331,7 +336,20 @@ def _holds_a_store(entries: list[os.DirEntry[str]]) -> bool:
     return paths.MANIFEST_NAME in names and paths.PROBE_NAME in names
 
 
-def _collect(directory: Path, deep: bool) -> Scan:
+def step_named(name: str, pattern: re.Pattern[str] | None) -> bool:
+    """Whether a subfolder's ``name`` gives a step, so that it is read as a folder of one step:
+    a Hugging Face ``checkpoint-2000``, a name a built-in rule reads (``step_2000``, ``2000``;
+    an epoch name or a date too, whose error the folder then gets) or one ``pattern``
+    (--step-regex) matches. ``old``, ``best``, ``backup`` give none."""
+    if paths.is_hf_checkpoint_folder(name) or (pattern is not None and pattern.search(name)):
+        return True
+    try:
+        return name_step(name, None, Path(name), dates=False) != (None, None)
+    except CheckpointError:  # an epoch name without the iterations per epoch
+        return True
+
+
+def _collect(directory: Path, deep: bool, pattern: re.Pattern[str] | None = None) -> Scan:
     scan = Scan(directory, [])
     shards: dict[tuple[str, str], list[Path]] = {}
     entries = _list_directory(directory)
@@ -354,7 +372,8 @@ def _collect(directory: Path, deep: bool) -> Scan:
             else:
                 scan.others.append(name)
         elif kind == "dir":
-            c = _folder_candidate(path, deep)
+            named = step_named(name, pattern)
+            c = _folder_candidate(path, deep, subfolder=not named)
             if c is None:
                 scan.others.append(name + "/")
                 if count := _nested_checkpoints(path):
@@ -594,7 +613,7 @@ def scan_directory(
         )
     refuse_training_state(directory)  # a file beside a checkpoint, given as the one to read
     whole = not (directory.is_file() or single or _is_hf_folder(directory))
-    scan = _collect(directory, deep) if whole else _single(directory, deep)
+    scan = _collect(directory, deep, pattern) if whole else _single(directory, deep)
     for c in scan.candidates:
         if c.problem is None and fixed_step is not None:
             c.step = fixed_step
