@@ -560,6 +560,37 @@ def test_lightning_ckpt_with_state_dict_and_model_prefix(tmp_path: Path):
     assert_loaded(model, sd)
 
 
+def test_lightning_last_ckpt_holding_the_only_copy_of_the_final_step_is_read(tmp_path: Path):
+    """ModelCheckpoint(save_top_k=2, monitor=..., save_last=True): the top-k files keep the best
+    steps, and the run's final step may be only in last.ckpt. It was always skipped by name, the
+    last kernel lost without a word; it is read as its stored global_step when no other file
+    gives that step (as last.pt and final.pt are), and left out without a word when one does."""
+
+    def lightning(step: int, seed: int) -> dict[str, object]:
+        sd = {"model." + k: v for k, v in state(seed).items()}
+        return {"epoch": step // 100, "global_step": step, "state_dict": sd}
+
+    torch.save(lightning(100, 1), tmp_path / "epoch=0-step=100.ckpt")
+    torch.save(lightning(200, 2), tmp_path / "epoch=1-step=200.ckpt")
+    torch.save(lightning(300, 3), tmp_path / "last.ckpt")
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=said.append)
+    assert [(r.step, r.paths[0].name) for r in refs] == [
+        (100, "epoch=0-step=100.ckpt"),
+        (200, "epoch=1-step=200.ckpt"),
+        (300, "last.ckpt"),
+    ]
+    model = Net()
+    load_checkpoint(model, refs[-1])
+    assert_loaded(model, state(3))
+    torch.save(lightning(300, 3), tmp_path / "epoch=2-step=300.ckpt")  # top-k kept it too
+    torch.save(lightning(300, 3), tmp_path / "last-v1.ckpt")  # a second fit's last, same step
+    said.clear()
+    refs = list_checkpoints(tmp_path, warn=said.append)
+    assert [r.paths[0].name for r in refs][-1] == "epoch=2-step=300.ckpt" and len(refs) == 3
+    assert not [m for m in said if "last" in m], said
+
+
 def test_copies_named_best_or_last_are_not_taken_for_steps(tmp_path: Path):
     """A plain loop's best.pt / last.pt beside its step files is a copy of some step, not an
     unusable file: the directory lists cleanly without --skip-bad. Such a file that gives a step

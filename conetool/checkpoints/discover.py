@@ -26,9 +26,8 @@ when that file names a ``best_model_checkpoint`` (the final model may be its wei
 
 Never taken for model checkpoints: optimizer states (``*.optim.safetensors``, ``*.optim.pt``),
 Hugging Face Trainer extras (``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state*.pth``,
-``training_args.bin``), open_lth's ``checkpoint.pth`` (resume state) and ``mask.pth``, Lightning's
-``last*.ckpt`` (a copy of the latest checkpoint, without a step in its name) and hidden files
-(``.step_002000.safetensors.tmp``: a write in progress). Torch.save files that hold no tensor by name at all (a list of
+``training_args.bin``), open_lth's ``checkpoint.pth`` (resume state) and ``mask.pth``, and hidden
+files (``.step_002000.safetensors.tmp``: a write in progress). Torch.save files that hold no tensor by name at all (a list of
 losses, a cached data tensor, a dict of numbers, an optimizer state) are not checkpoints either:
 they are left out with a note saying what each holds. A file that holds tensors by name stays a
 checkpoint, with its errors (another architecture, an unknown wrapping).
@@ -43,7 +42,8 @@ The step of each checkpoint, in order of precedence:
    (a plain loop's ``{"model_state_dict": ..., "step": 1500}``, Lightning's ``global_step``; an
    ``epoch`` entry is no step). It wins over the name; files whose name gives another step get a
    warning naming ``--step-regex``. A torch.save copy named without a step (``best.pt``,
-   ``last.pt``: the dict of a step saved under its own name too) is left out all the same
+   ``last.pt``, Lightning's ``last.ckpt``: the dict of a step saved under its own name too) is
+   left out all the same
    when another file gives its step (one that no other file gives is read as that step);
 3. the name: ``step_2000``, ``step=2000``, ``epoch=3-step=2000``, ``global_step2000``,
    ``ckpt-2000``, ``checkpoint-2000``, ``model_2000``, ``iter_2000``, a bare ``2000``; or an epoch

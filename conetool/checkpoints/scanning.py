@@ -37,7 +37,7 @@ from .step_names import compile_step_regex, name_step
 
 _NOT_MODEL = re.compile(
     r"^(optimizer\.(pt|bin)|scheduler\.pt|scaler\.pt|training_args\.bin|rng_state.*\.pth"
-    r"|checkpoint\.pth|mask\.pth|last(-v\d+)?\.ckpt)$",
+    r"|checkpoint\.pth|mask\.pth)$",
     re.IGNORECASE,
 )
 _SHARD = re.compile(
@@ -258,7 +258,8 @@ def _folder_candidate(folder: Path, deep: bool, *, subfolder: bool = False) -> C
 
 def _skipped_on_purpose(name: str) -> bool:
     """A file with a checkpoint's extension that is never a model checkpoint (optimizer and
-    scheduler states, RNG states, open_lth's mask, Lightning's last.ckpt)."""
+    scheduler states, RNG states, open_lth's mask). Lightning's last.ckpt is a copy named without a
+    step (``_ALIAS``), read when it stores a step no other file gives."""
     return paths.is_optimizer_state(Path(name)) or bool(_NOT_MODEL.match(name))
 
 
