@@ -460,6 +460,36 @@ def test_a_torch_alias_storing_a_step_no_other_file_gives_is_read(tmp_path: Path
     assert listed(tmp_path) == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt"), (20, "final.pt")]
 
 
+def test_an_alias_stands_in_for_its_step_when_the_file_of_that_step_is_unusable(tmp_path: Path):
+    # Was: --skip-bad left out the truncated ckpt_20.pt, and final.pt, which stores step 20,
+    # stayed left out as its copy: step 20 lost though final.pt held its weights.
+    for step in (0, 10, 20):
+        torch.save({"model_state_dict": state(step), "step": step}, tmp_path / f"ckpt_{step}.pt")
+    whole = (tmp_path / "ckpt_20.pt").read_bytes()
+    (tmp_path / "ckpt_20.pt").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    torch.save({"model_state_dict": state(20), "step": 20}, tmp_path / "final.pt")
+    with pytest.raises(CheckpointError, match="ckpt_20.pt"):  # without --skip-bad: its error
+        list_checkpoints(tmp_path, warn=lambda _: None)
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, skip_bad=True, warn=said.append)
+    assert [(r.step, r.paths[0].name) for r in refs] == [
+        (0, "ckpt_0.pt"),
+        (10, "ckpt_10.pt"),
+        (20, "final.pt"),
+    ]
+    read = read_state_dict(refs[2])
+    assert all(torch.equal(read[k], v) for k, v in state(20).items())
+    (stand_in,) = [m for m in said if "in place of" in m]
+    assert "'final.pt'" in stand_in and "'ckpt_20.pt'" in stand_in and "step 20" in stand_in
+    notes: list[str] = []
+    rows = inspect_checkpoints(tmp_path, warn=notes.append)  # both rows of step 20, and why
+    assert [(r.step, r.file, r.status) for r in rows if r.step == 20] == [
+        (20, "ckpt_20.pt", "error"),
+        (20, "final.pt", "ok"),
+    ]
+    assert stand_in in notes
+
+
 def test_the_listing_reads_a_torch_file_memory_mapped_and_weights_only(tmp_path, monkeypatch):
     """Reading the stored step costs the pickle only: torch.load with mmap and weights_only,
     never a full read of the file (stream_file) nor a load without weights_only."""

@@ -44,7 +44,8 @@ The step of each checkpoint, in order of precedence:
    warning naming ``--step-regex``. A torch.save copy named without a step (``best.pt``,
    ``last.pt``, Lightning's ``last.ckpt``: the dict of a step saved under its own name too) is
    left out all the same
-   when another file gives its step (one that no other file gives is read as that step);
+   when another file gives its step (one that no other file gives is read as that step, and
+   so is one whose step only unusable files give: it stands in for them, with a warning);
 3. the name: ``step_2000``, ``step=2000``, ``epoch=3-step=2000``, ``global_step2000``,
    ``ckpt-2000``, ``checkpoint-2000``, ``model_2000``, ``iter_2000``, a bare ``2000``; or an epoch
    name, ``epoch_3``, ``epoch=3``, ``ep3`` (step = 3 × iterations per epoch) or open_lth's
@@ -173,6 +174,26 @@ def final_model_warning(scan: Scan) -> str | None:
         f"{step}'s, move it (with its shards, if any) into a folder named for the step: mkdir "
         f"'{folder}' && mv '{scan.directory / name}' '{folder}/'."
     )
+
+
+def stand_in_warning(scan: Scan) -> str | None:
+    """The warning for a copy named without a step (``final.pt``, Lightning's ``last.ckpt``) or
+    a Hugging Face Trainer's final model read for a step whose own file or ``checkpoint-N/``
+    folder is unusable (left out under ``skip_bad``; ``inspect`` shows its row): the step's
+    weights come from the copy, which stores that step. None when no file stands in so."""
+    if not scan.stand_ins:
+        return None
+    lines = []
+    for name, broken, step, how in scan.stand_ins:
+        quoted = _quoted(broken)
+        lines.append(
+            f"'{name}' in '{scan.directory}' is read for step {step} ({how}) in place "
+            f"of {quoted}, {'their' if len(broken) > 1 else 'its'} own "
+            f"{'checkpoints' if len(broken) > 1 else 'checkpoint'}, unusable (see "
+            f"{'their errors' if len(broken) > 1 else 'its error'}). If '{name}' does not hold "
+            f"step {step}'s weights, fix {quoted} or move '{name}' out of the directory."
+        )
+    return " ".join(lines)
 
 
 def not_state_dicts_note(scan: Scan) -> str | None:
@@ -707,6 +728,8 @@ def checkpoint_listing(
     if said := nested_warning(scan):  # checkpoints in subfolders are not read: a warning
         warn(said)
     if said := final_model_warning(scan):  # a Trainer's final model whose step is not known
+        warn(said)
+    if said := stand_in_warning(scan):  # a copy read for a step whose own file is unusable
         warn(said)
     if said := store_files_warning(scan):  # a store's files among the checkpoints
         warn(said)

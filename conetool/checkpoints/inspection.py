@@ -29,6 +29,7 @@ from .discover import (
     not_state_dicts_note,
     scan_selected,
     shown_name,
+    stand_in_warning,
     store_files_warning,
     stored_step_note,
     uncompared_warning,
@@ -133,6 +134,7 @@ def inspect_checkpoints(
         (copies_note(scan), note),  # the same bytes or tensors as a file read: nothing lost
         (nested_warning(scan), warn),  # checkpoints in subfolders are not read
         (final_model_warning(scan), warn),  # a Trainer's final model whose step is not known
+        (stand_in_warning(scan), warn),  # a copy read for a step whose own file is unusable
         (store_files_warning(scan), warn),  # a store's files among the checkpoints
     )
     for message, say in said_of_the_directory:

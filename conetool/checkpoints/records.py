@@ -158,3 +158,7 @@ class Scan:
     best_model: str | None = None
     # a Trainer's final model not read, as its step is not known: (name, global_step)
     final_left: list[tuple[str, int]] = field(default_factory=list)
+    # a copy named without a step (final.pt) or a Trainer's final model read for a step whose
+    # own file or checkpoint-N/ folder is unusable: (name read, names of the unusable, step, how
+    # its step is known: "which it stores", "the global_step of ...")
+    stand_ins: list[tuple[str, list[str], int, str]] = field(default_factory=list)

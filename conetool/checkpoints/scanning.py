@@ -571,6 +571,37 @@ def _is_alias(c: Candidate) -> bool:
     return c.folder is None and c.index is None and bool(_ALIAS.match(candidate_stem(c)))
 
 
+def _usable_step(c: Candidate) -> bool:
+    """Whether ``c`` gives its step to the run: it has one, and no problem so far."""
+    return c.step is not None and c.problem is None
+
+
+def _note_stand_ins(
+    scan: Scan, kept: list[Candidate], given: set[int | None], *, folders: bool
+) -> None:
+    """Record in ``scan.stand_ins`` each of ``kept`` (copies named without a step, or a
+    Trainer's final model, read for their step) whose step only unusable files (``folders``:
+    checkpoint-N/ folders) of the directory give, none of ``given``."""
+    for c in kept:
+        if c.problem is not None or c.step is None or c.step in given:
+            continue
+        broken = [
+            o.name
+            for o in scan.candidates
+            if o.problem is not None
+            and o.step == c.step
+            and not _is_alias(o)
+            and (o.folder is not None if folders else not o.trainer_final)
+        ]
+        if broken:
+            how = (
+                "the global_step of the directory's trainer_state.json"
+                if folders
+                else "the step it stores"
+            )
+            scan.stand_ins.append((c.name, broken, c.step, how))
+
+
 def _single(path: Path, deep: bool) -> Scan:
     scan = Scan(path.parent, [])
     if path.is_dir():
@@ -638,7 +669,9 @@ def scan_directory(
         # torch.save writes the file's name into its bytes, so the two are never the same bytes
         # (as copies must be) but two of one step. One whose step no other file gives (the
         # loop's final.pt, its last step saved under no other name) is that step's checkpoint.
-        named = {c.step for c in scan.candidates if not _is_alias(c) and c.step is not None}
+        # A file of the step that is unusable (truncated, no checkpoint) gives it to no one:
+        # the alias stands in for it, said by the listing (--skip-bad leaves that file out).
+        named = {c.step for c in scan.candidates if not _is_alias(c) and _usable_step(c)}
         aliases = [
             c
             for c in scan.candidates
@@ -648,16 +681,19 @@ def scan_directory(
         for c in aliases:
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
+        _note_stand_ins(scan, [c for c in scan.candidates if _is_alias(c)], named, folders=False)
         # A Trainer's final model is read as the output directory's global_step when no
         # checkpoint-N/ folder gives that step (save_steps does not divide the run's length);
         # when one does, it is that folder's weights again, left out as final.pt is. A run
         # that names a best_model_checkpoint may have saved that checkpoint's weights as its
         # final model (load_best_model_at_end): its step is not known, and a warning says so.
         folders = {c.step for c in scan.candidates if c.folder is not None and c.step is not None}
+        finals: list[Candidate] = []
         for c in [c for c in scan.candidates if c.trainer_final]:
             step = c.step if c.step is not None else c.global_step
             assert step is not None
             if step not in folders and scan.best_model is None:
+                finals.append(c)
                 continue
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
