@@ -429,6 +429,25 @@ def test_hf_final_model_of_a_step_no_folder_gives_is_read_as_that_step(tmp_path:
     assert [r.step for r in refs] == [500, 1000, 1500]
 
 
+def test_hf_final_model_is_read_when_the_folder_of_its_step_holds_no_weights(tmp_path: Path):
+    # Was: checkpoint-N/ folders still being saved (no weights yet) beside save_model's final
+    # model and trainer_state.json: the empty checkpoint-1000/ gave step 1000, so the final model
+    # was dropped as its copy, and --skip-bad ended in "no usable checkpoint left".
+    (tmp_path / "checkpoint-500").mkdir()
+    (tmp_path / "checkpoint-1000").mkdir()
+    save_file(state(10), str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    write_trainer_state(tmp_path, 1000)
+    with pytest.raises(CheckpointError, match="holds no model weights"):
+        list_checkpoints(tmp_path, warn=lambda _: None)
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, skip_bad=True, warn=said.append)
+    assert [(r.step, r.file) for r in refs] == [(1000, tmp_path / "model.safetensors")]
+    assert_same(read_state_dict(refs[0]), state(10))
+    (stand_in,) = [m for m in said if "in place of" in m]
+    assert "'model.safetensors'" in stand_in and "'checkpoint-1000/'" in stand_in, stand_in
+    assert "trainer_state.json" in stand_in, stand_in
+
+
 def test_hf_final_model_beside_a_best_model_checkpoint_is_left_out_with_a_warning(
     tmp_path: Path,
 ):

@@ -20,7 +20,8 @@ the fixes (:func:`conetool.checkpoints.selection.save_count_error`).
 
 Beside ``checkpoint-N/`` folders, the final model that ``Trainer.save_model`` writes into the
 output directory is read as the ``global_step`` of that directory's ``trainer_state.json``
-(``Trainer.save_state``) when no folder gives that step; it is left out when one does (the same
+(``Trainer.save_state``) when no usable folder gives that step (one without its weights yet, a
+save in progress, gives none); it is left out when one does (the same
 weights again), when there is no such ``trainer_state.json`` (no step known), and, with a warning,
 when that file names a ``best_model_checkpoint`` (the final model may be its weights).
 
@@ -168,8 +169,8 @@ def final_model_warning(scan: Scan) -> str | None:
     folder = scan.directory / f"checkpoint-{step}"
     return (
         f"not read: '{name}' in '{scan.directory}', the Trainer's final model: its "
-        f"trainer_state.json gives global_step {step}, which no checkpoint-N/ folder has, but "
-        f"also best_model_checkpoint '{scan.best_model}', so the final model may be that "
+        f"trainer_state.json gives global_step {step}, which no usable checkpoint-N/ folder "
+        f"has, but also best_model_checkpoint '{scan.best_model}', so the final model may be that "
         f"checkpoint's weights (load_best_model_at_end), not step {step}'s. If it is step "
         f"{step}'s, move it (with its shards, if any) into a folder named for the step: mkdir "
         f"'{folder}' && mv '{scan.directory / name}' '{folder}/'."

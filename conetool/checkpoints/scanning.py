@@ -682,12 +682,14 @@ def scan_directory(
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
         _note_stand_ins(scan, [c for c in scan.candidates if _is_alias(c)], named, folders=False)
-        # A Trainer's final model is read as the output directory's global_step when no
-        # checkpoint-N/ folder gives that step (save_steps does not divide the run's length);
+        # A Trainer's final model is read as the output directory's global_step when no usable
+        # checkpoint-N/ folder gives that step (save_steps does not divide the run's length; a
+        # folder without its weights yet, a save in progress, gives none: the final model
+        # stands in for it, said by the listing);
         # when one does, it is that folder's weights again, left out as final.pt is. A run
         # that names a best_model_checkpoint may have saved that checkpoint's weights as its
         # final model (load_best_model_at_end): its step is not known, and a warning says so.
-        folders = {c.step for c in scan.candidates if c.folder is not None and c.step is not None}
+        folders = {c.step for c in scan.candidates if c.folder is not None and _usable_step(c)}
         finals: list[Candidate] = []
         for c in [c for c in scan.candidates if c.trainer_final]:
             step = c.step if c.step is not None else c.global_step
@@ -699,6 +701,7 @@ def scan_directory(
             scan.ignored.append(c.name)
             if step not in folders:
                 scan.final_left.append((c.name, step))
+        _note_stand_ins(scan, finals, folders, folders=True)
     kept = []
     for c in scan.candidates:
         if c.step is None or is_selected(c.step, steps, every):
