@@ -92,6 +92,13 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
             "the rerun continues from what is there (conetool train: with --resume)."
         )
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a folder to make where a file is
+        if (link := dangling_link(where)) is not None:
+            return StoreError(
+                f"cannot write {path}: {link} is a symbolic link to {os.readlink(link)}, which "
+                "does not exist. Nothing was changed. Create the folder it points to (mkdir -p "
+                f"'{link.resolve()}'), or choose another path (another --store / --out), or "
+                "remove the link, and rerun."
+            )
         blocking = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             return StoreError(
@@ -108,6 +115,13 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
             "--out) and rerun there; commands that only read a store never write to it."
         )
     return None
+
+
+def dangling_link(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that is a symbolic link to nothing (a folder
+    removed, a disk not mounted), where making the folder fails with ``FileExistsError``; None
+    when there is none."""
+    return next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
 
 
 def said_os_error(exc: OSError) -> StoreError | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from .errors import DataError, SpecError, StoreError
 from .io import (
     atomic_save_safetensors,
     atomic_write_csv,
+    dangling_link,
     make_dir,
     remove_temporaries,
     temporaries_of,
@@ -189,6 +191,14 @@ def _train(
         said.warn(probe_warning)
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file, not a directory. Choose a directory path.")
+    if (link := dangling_link(out)) is not None:
+        what = f"--out {out} is" if link == out else f"--out {out} lies under {link},"
+        raise StoreError(
+            f"{what} a symbolic link to {os.readlink(link)}, which does not exist (a folder "
+            f"removed, a disk not mounted). Nothing was written. Create the folder it "
+            f"points to (mkdir -p '{link.resolve()}') and rerun, or pass another --out (or "
+            f"remove the link)."
+        )
     with train_out_lock(out):  # one train writes a folder at a time (a kill leaves no lock)
         had_metrics = paths.metrics(out).is_file()
         start, finished = _prepare_out(out, spec, resume=resume, overwrite=overwrite)

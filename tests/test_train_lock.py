@@ -284,3 +284,40 @@ def test_a_train_that_opened_the_lock_file_a_refused_train_removes_locks_the_new
         for late in second:
             late.kill()
             late.wait()
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_an_out_through_a_dangling_symlink_is_refused_naming_out_and_the_fix(
+    tmp_path: Path, below: bool
+) -> None:
+    """``--out LINK`` where LINK points at a folder removed (or a disk not mounted): making the
+    folder met the link and stopped with a raw FileExistsError traceback."""
+    from tiny_run import SPEC_TOML
+    from typer.testing import CliRunner
+
+    from conetool.cli import app
+
+    spec_file = tmp_path / "tiny.toml"
+    spec_file.write_text(SPEC_TOML)
+    link = tmp_path / "runs"
+    link.symlink_to(tmp_path / "gone" / "runs")
+    out = link / "run1" if below else link
+    result = CliRunner().invoke(app, ["train", str(spec_file), "--out", str(out)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in text, text
+    said = f"--out {out} lies under {link}, a" if below else f"--out {out} is a"
+    assert f"{said} symbolic link to {tmp_path / 'gone' / 'runs'}, which" in text, text
+    assert f"mkdir -p '{tmp_path / 'gone' / 'runs'}'" in text, text
+    assert link.is_symlink() and not (tmp_path / "gone").exists()  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tiny.toml"]
+
+
+def test_write_error_names_a_dangling_symlink_in_the_path(tmp_path: Path) -> None:
+    from conetool.io import write_error
+
+    link = tmp_path / "store"
+    link.symlink_to(tmp_path / "unmounted")
+    exc = FileExistsError(errno.EEXIST, "File exists", str(link))
+    error = write_error(link / "kernels", exc)
+    assert error is not None, "a dangling link kept its traceback"
+    assert f"{link} is a symbolic link to {tmp_path / 'unmounted'}" in str(error), error
