@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from conetool.checkpoints import checkpoint_ref, list_checkpoints
+from conetool.checkpoints import checkpoint_ref, inspect_checkpoints, list_checkpoints
 from conetool.errors import CheckpointError
 
 
@@ -75,3 +75,20 @@ def test_a_checkpoint_underscore_folder_without_accelerate_rng_states_keeps_its_
     folder.mkdir()
     save_file(_state(0), str(folder / "model.safetensors"))
     assert [r.step for r in list_checkpoints(tmp_path)] == [40]
+
+
+def test_one_save_counted_folder_given_to_kernels_or_inspect_gets_the_accelerate_error(
+    tmp_path: Path,
+):
+    # Was: the folder's contents were listed as a run, and the error was "no step recoverable
+    # from .../checkpoint_3/model.safetensors", which said nothing of the save count.
+    folder = write_accelerate(tmp_path / "checkpoints" / "checkpoint_3", 3)
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(folder)
+    (row,) = inspect_checkpoints(folder)
+    assert row.status == "error" and row.problem is not None
+    for text in (str(e.value), row.problem):
+        assert "counts the saves" in text and str(folder) in text, text
+        assert "model.safetensors'" not in text, text
+    refs = list_checkpoints(folder, step_regex="checkpoint_(\\d+)")  # the fix it names
+    assert [(r.step, r.paths) for r in refs] == [(3, (folder / "model.safetensors",))]

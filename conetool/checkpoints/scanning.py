@@ -557,6 +557,21 @@ def _is_hf_folder(directory: Path) -> bool:
     return any(_is_file(directory / n) for pair in _HF_WEIGHTS for n in pair)
 
 
+def _is_accelerate_folder(directory: Path) -> bool:
+    """True when ``directory`` is one folder of Accelerate's ``save_state`` with automatic
+    naming (``checkpoint_3/`` holding ``random_states_0.pkl`` beside its weights), given as the
+    one to read: read as one folder, so that it gets the error of its save count (or its step
+    from --step-regex, searched in the folder's name), not "no step" for its weights file."""
+    if not _ACCELERATE_FOLDER.match(directory.name):
+        return False
+    try:
+        names = set(os.listdir(directory))
+    except OSError:
+        return False
+    weights = {n for pair in _HF_WEIGHTS for n in pair} | set(_FOLDER_TORCH)
+    return bool(names & weights) and any(_ACCELERATE_RNG.match(n) for n in names)
+
+
 def _has_checkpoint_folders(directory: Path) -> bool:
     """Whether ``directory`` holds a ``checkpoint-N/`` folder (a Trainer's output directory)."""
     try:
@@ -644,7 +659,8 @@ def scan_directory(
             f"`conetool train`, or a directory of checkpoint files."
         )
     refuse_training_state(directory)  # a file beside a checkpoint, given as the one to read
-    whole = not (directory.is_file() or single or _is_hf_folder(directory))
+    one = _is_hf_folder(directory) or _is_accelerate_folder(directory)
+    whole = not (directory.is_file() or single or one)
     scan = _collect(directory, deep, pattern) if whole else _single(directory, deep)
     for c in scan.candidates:
         if c.problem is None and fixed_step is not None:
