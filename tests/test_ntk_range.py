@@ -15,7 +15,7 @@ from tiny_run import SPEC
 from conetool import paths
 from conetool.errors import ConetoolError
 from conetool.ntk import KernelUnderflowError, NonFiniteKernelError, empirical_ntk
-from conetool.ntk_range import smallest_float32_kernel
+from conetool.ntk_range import check_range, smallest_float32_kernel
 from conetool.pipeline import distance, kernels
 from conetool.pipeline.resolve import model_for
 from conetool.spec import Spec, spec_from_dict
@@ -271,3 +271,108 @@ def test_a_per_layer_group_of_subnormal_products_is_named(
         ckpts, spec=spec, store=tmp_path / "exact", device="cpu", per_layer=True, dtype="float64"
     )
     assert done.layer_computed == [0, 5]
+
+
+# --------------------------------------------------------------------------------------------------
+# check_range's bounds, by hand (float32's largest number M = 3.4028e38, smallest normal number
+# tiny = 1.1755e-38; a model of p parameters needs a largest entry of at least p * tiny)
+
+M32 = float(torch.finfo(torch.float32).max)
+TINY32 = float(torch.finfo(torch.float32).tiny)
+
+
+def test_the_underflow_bound_is_p_times_float32s_smallest_normal_number() -> None:
+    """A largest entry of 5 tiny, for 10 parameters: above tiny itself, but its products (5 tiny
+    shared among 10 of them, each half of tiny) are subnormal: refused. Exactly 10 tiny is the
+    bound, which is returned (the docstring: "at least p times")."""
+    assert smallest_float32_kernel(10) == 10 * TINY32
+    with pytest.raises(KernelUnderflowError, match="below 1.18e-37"):
+        check_range(torch.eye(2, dtype=torch.float64) * 5 * TINY32, float32=True, parameters=10)
+    check_range(torch.eye(2, dtype=torch.float64) * 10 * TINY32, float32=True, parameters=10)
+    # float64 kernels hold either
+    check_range(torch.eye(2, dtype=torch.float64) * 5 * TINY32, float32=False, parameters=10)
+
+
+def test_float32s_largest_number_itself_is_within_range() -> None:
+    """An entry of exactly M is a finite float32 number: returned; the next float64 past M
+    is refused (float32 would round it to M, so the check is on the safe side there)."""
+    exact = torch.tensor([[M32, 1.0]], dtype=torch.float64)
+    check_range(exact, float32=True, parameters=10)
+    assert torch.isfinite(exact.float()).all()
+    beyond = torch.tensor([[float(np.nextafter(M32, np.inf)), 1.0]], dtype=torch.float64)
+    with pytest.raises(NonFiniteKernelError, match="beyond the largest float32 number"):
+        check_range(beyond, float32=True, parameters=10)
+
+
+def test_an_empty_kernel_and_a_zero_kernel_without_a_gradient_test_are_returned() -> None:
+    """A kernel of no entries has no largest entry (torch's max of nothing raised); an all-zero
+    float32 kernel with no outputs_move given is returned (the docstring's ``None``)."""
+    check_range(torch.empty(0, 3, dtype=torch.float64), float32=True, parameters=10)
+    check_range(torch.zeros(2, 2, dtype=torch.float64), float32=True, parameters=10)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("float32", [True, False])
+def test_infinite_entries_are_refused_in_float64_too(value: float, float32: bool) -> None:
+    kernel = torch.eye(3, dtype=torch.float64)
+    kernel[1, 2] = value
+    with pytest.raises(NonFiniteKernelError, match="the eNTK has 1 non-finite entries"):
+        check_range(kernel, float32=float32, parameters=10)
+
+
+class Tiny(torch.nn.Module):
+    """A bias-free linear model whose logits are scaled by 1e-25: its trace kernel is
+    ``3e-50 x1 . x2`` (1e-50 per product of Jacobian entries: 0 in float32)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * 1e-25
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["trace", "sum"])
+def test_an_underflowed_cross_kernel_of_opposite_examples_is_refused(
+    method: str, kind: str
+) -> None:
+    """x2 = -x1: the exact cross kernel is minus x1's own (negative on its diagonal), every
+    float32 product 0, and the random combinations' gradients of the two sides point opposite
+    ways: their dot product is negative, not zero, so the zeros are refused."""
+    x1 = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
+    x2 = -x1
+    exact = empirical_ntk(Tiny(), x1, x2, kind=kind, device="cpu", method=method, dtype="float64")
+    x64 = x1.double()
+    closed = -3e-50 * x64 @ x64.T  # trace: 3 logits; sum: g = 1e-25 sum_k w_k . x, 3 of them
+    assert _relative(exact, closed) < 1e-12
+    with pytest.raises(KernelUnderflowError, match="all zeros"):
+        empirical_ntk(Tiny(), x1, x2, kind=kind, device="cpu", method=method)
+
+
+class ZeroFirst(torch.nn.Module):
+    """A bias-free tanh MLP whose logits are scaled by 1e-25: an example of zeros has outputs 0
+    at any weights (its Jacobian is 0), any other example's move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 6, bias=False), torch.nn.Tanh(), torch.nn.Linear(6, 3, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * 1e-25
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_underflowed_kernel_whose_first_example_does_not_move_is_refused(method: str) -> None:
+    """The first probe example is all zeros (its kernel row is exactly 0): the gradient test
+    combines the first 8 examples' outputs, so the others tell that the zeros underflowed."""
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+    x[0] = 0.0
+    exact = empirical_ntk(ZeroFirst(), x, device="cpu", method=method, dtype="float64")
+    assert not exact[0].any() and exact[1:, 1:].diagonal().min() > 0
+    with pytest.raises(KernelUnderflowError, match="all zeros"):
+        empirical_ntk(ZeroFirst(), x, device="cpu", method=method)
