@@ -125,6 +125,45 @@ def test_a_branch_on_the_whole_batch_is_refused_where_the_check_comes_after_the_
         )
 
 
+def _one_negative_among(n: int, where: int) -> torch.Tensor:
+    """``n`` examples of positive sum but the one at ``where``, small and negative: every batch
+    of the examples around it has a positive sum, so that example alone takes the other branch."""
+    torch.manual_seed(0)
+    x = torch.rand(n, 4, dtype=torch.float64) + 0.1
+    x[where] = -0.01 * x[where]
+    return x
+
+
+@pytest.mark.parametrize("where", [63, 65])
+@pytest.mark.parametrize("method", ["auto", "structured"])
+def test_a_branch_is_found_at_the_end_of_each_batch_of_the_check(method: str, where: int) -> None:
+    # 66 examples are checked in batches of 64 and 2 (BRANCH_CHUNK): the odd example is the last
+    # of the first batch (63), or of the batch of two that ends the set (65)
+    from conetool.ntk_checks import BRANCH_CHUNK
+
+    assert BRANCH_CHUNK == 64
+    x = _one_negative_among(66, where)
+    assert float(x[64:].sum()) > 0 and float(x[where].sum()) < 0
+    with pytest.raises(ModelError, match="depends on the other examples in the batch"):
+        empirical_ntk(SignOfTheBatch().double(), x, device="cpu", method=method)
+
+
+def test_a_forward_pass_without_branches_is_not_run_example_by_example() -> None:
+    # one vmap over two examples tells that no branch is there: none of the n passes alone
+    from conetool.ntk_checks import check_branches
+
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    calls: list[int] = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch.shape[0])
+        return model(batch)
+
+    with torch.no_grad():
+        check_branches(forward, torch.randn(5, 4, dtype=torch.float64))
+    assert calls == [1]  # the vmapped pass over x[:2] (each example seen as a batch of 1)
+
+
 @pytest.mark.parametrize("method", ["auto", "structured"])
 def test_a_branch_every_batch_takes_alike_gives_the_exact_kernel(method: str) -> None:
     torch.manual_seed(0)
