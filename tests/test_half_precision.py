@@ -215,3 +215,17 @@ def test_switch_refuses_a_half_precision_factory_before_writing(
     assert message.startswith(f'half.toml: [model] arch = "half_factory:make" builds a {half}')
     assert "conetool switch trains in float32" in message
     assert not store.exists()
+
+
+def test_a_half_precision_parameter_after_float32_ones_is_found() -> None:
+    """A float32 model whose head alone was made float16 (``model[2].half()``): training it fails
+    on the first batch as a whole float16 model does, so it is refused, naming the head's weight
+    (the first parameter alone is float32)."""
+    from conetool.low_precision import low_precision_parameter, refuse_for_training
+
+    model = Scaled(1.0).net
+    model[2].half()
+    assert next(model.parameters()).dtype == torch.float32
+    assert low_precision_parameter(model) == ("2.weight", torch.float16)
+    with pytest.raises(ModelError, match=r"float16 model \(parameter '2.weight'\)"):
+        refuse_for_training(model, "m:make", "m.toml", "conetool train")
