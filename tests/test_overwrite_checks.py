@@ -187,6 +187,7 @@ def replaced(root: Path, result: KernelsResult, computed: list[int]) -> None:
     assert not paths.distance_dir(root).exists()
     removed = [w for w in result.warnings if "--overwrite removed the replaced store's" in w]
     assert removed and "3 kernel file(s), 3 eval kernel file(s), 3 layer kernel" in removed[0]
+    assert len(removed) == 1, removed  # said once, not again at each kernel
 
 
 AGAIN = {"device": "cpu", "overwrite": True, "probe_size": 4, "eval_size": 3, "per_layer": True}
@@ -339,3 +340,59 @@ def test_a_store_opened_with_its_clearing_deferred_writes_nothing_until_cleared(
     reopened = Store.open(store)
     assert reopened.identity == other and reopened.steps() == []
     assert not paths.distance_dir(store).exists()
+
+
+def test_a_damaged_manifest_replaced_by_overwrite_gets_every_eval_and_layer_kernel_anew(
+    run: Path, full_store: Path
+) -> None:
+    # A store whose manifest.json is damaged is cleared by --overwrite (deferred) even for the
+    # same spec, probe set, kind and dtype: its old eval and layer files are of the same identity
+    # and checkpoints, but none counts as the new store's (it would be skipped, then cleared)
+    paths.manifest(full_store).write_text("{")
+    again = {"device": "cpu", "overwrite": True, "eval_size": 3, "per_layer": True}
+    result = kernels(run, store=full_store, **again)
+    assert result.computed == STEPS
+    assert result.eval_computed == STEPS and result.layer_computed == STEPS
+    store = Store.open(full_store)
+    assert store.current_layer_steps() == STEPS
+    for step in STEPS:
+        assert paths.eval_kernel(full_store, step).is_file()
+        assert paths.layer_kernel(full_store, step).is_file()
+
+
+def test_overwrite_clears_a_store_of_another_identity_or_without_a_readable_manifest(
+    store: Path,
+) -> None:
+    manifest = json.loads(paths.manifest(store).read_text())
+    same = Store.open(store).identity
+    other = StoreIdentity("spec1", "probe0", "trace", "float64")
+    assert Store.overwrite_clears(store, same, manifest) is False  # reopened, not cleared
+    assert Store.overwrite_clears(store, other, manifest) is True
+    assert Store.overwrite_clears(store, same, None) is True
+    assert Store.overwrite_clears(store, same, {"steps": "damaged"}) is True
+
+
+def test_a_deferred_clearing_leaves_what_clearing_at_opening_leaves(
+    store: Path, tmp_path: Path
+) -> None:
+    # the same folders and files (by name) as Store.open_for_writing with overwrite alone
+    import shutil
+
+    other = StoreIdentity("spec1", "probe0", "trace", "float64")
+    header = {"checkpoints": "/ckpts"}
+    twin = tmp_path / "twin"
+    shutil.copytree(store, twin)
+    at_once = Store.open_for_writing(twin, other, header, overwrite=True)
+    at_once.close()
+    deferred = Store.open_for_writing(store, other, header, overwrite=True, defer_clearing=True)
+    try:
+        deferred.clear_deferred()
+    finally:
+        deferred.close()
+
+    def names(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.rglob("*") if p.name != paths.LOCK_NAME}
+
+    assert names(store) == names(twin) and (store / paths.KERNELS_DIR).is_dir()
+    assert at_once.warnings == deferred.warnings
+    assert Store.open(store).identity == Store.open(twin).identity == other
