@@ -25,6 +25,8 @@ from conetool.verdict_measures import (
     VelocityPoints,
     VelocityTrend,
     _candidates,
+    _step_quarters,
+    _weighted_median,
     fit_phase_break,
     lag_growth,
     velocity_drop,
@@ -212,6 +214,42 @@ def test_lag_growth_reads_steps_billions_apart_as_their_spacing_in_units() -> No
         assert (g.pairs, g.bins) == (want.pairs, want.bins)
 
 
+def test_the_weighted_median_is_the_median_of_each_value_repeated_by_its_weight() -> None:
+    # reference: np.median of the values each repeated as often as its whole-number weight (the
+    # mean of the two middle ones where half the weight falls between two values)
+    assert _weighted_median(np.array([1.0, 2.0, 3.0, 4.0]), np.ones(4)) == 2.5
+    assert (
+        _weighted_median(np.array([3.0, 1.0, 2.0]), np.array([2, 1, 1])) == 2.5
+    )  # 1 2 | 3 3: (2 + 3) / 2
+    assert _weighted_median(np.array([3.0, 1.0, 2.0]), np.array([3, 1, 1])) == 3.0  # 1 2 (3) 3 3
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        n = int(rng.integers(1, 7))
+        values = rng.integers(0, 5, size=n).astype(np.float64)  # ties included
+        weights = rng.integers(1, 4, size=n)
+        expected = float(np.median(np.repeat(values, weights)))
+        assert _weighted_median(values, weights) == expected, (values, weights)
+
+
+def test_trend_quarters_are_quarters_of_the_steps_the_pairs_stand_for() -> None:
+    # evenly spaced: the first and the last N // 4 pairs
+    first, last = _step_quarters(np.arange(0, 80, 10))
+    assert first.tolist() == [True, True] + [False] * 6
+    assert last.tolist() == [False] * 6 + [True, True]
+    # starts 0, 10, 20, 30, 1000 stand for 10, 10, 10, 970, 970 steps (1,970): the first quarter
+    # (up to step 492.5) holds the first three pairs whole; none starts in the last quarter (from
+    # step 1,477.5), so the last pair stands for it
+    first, last = _step_quarters(np.array([0, 10, 20, 30, 1000]))
+    assert first.tolist() == [True, True, True, False, False]
+    assert last.tolist() == [False, False, False, False, True]
+    # 0, 1000, 1010, 1020, 1030 (1,000, then 10 each: 1,040 steps): no pair ends in the first
+    # quarter (by step 260), the first pair stands for it; the last quarter (from step 780)
+    # holds the four pairs from 1,000 on
+    first, last = _step_quarters(np.array([0, 1000, 1010, 1020, 1030]))
+    assert first.tolist() == [True, False, False, False, False]
+    assert last.tolist() == [False, True, True, True, True]
+
+
 # --- velocity_trend ------------------------------------------------------------------------------
 
 
@@ -251,6 +289,21 @@ def test_velocity_trend_looks_no_further_than_a_quarter_of_phase_two_then_keeps_
     assert trend is not None
     assert (trend.dt, trend.points) == (100, 16)
     assert trend.fall == pytest.approx(2.0, rel=1e-12)
+
+
+def test_the_trend_of_uneven_steps_rests_on_its_smaller_quarter() -> None:
+    # steps 0..40 every 10, then 200 and 210: the pairs 10 apart start at 0, 10, 20, 30 and 200
+    # (10, 10, 10, 170 and 170 steps: 370); the first quarter (to step 92.5) holds three of them,
+    # the last quarter the last one alone: per_quarter 1. S = 1e-3 before step 100, 1e-4 after
+    steps = np.array([0, 10, 20, 30, 40, 200, 210])
+    s = lag_only_s(steps, lambda d: np.ones_like(d, dtype=np.float64))
+    s *= np.where(np.minimum.outer(steps, steps) < 100, 1e-3, 1e-4)
+    trend = velocity_trend(steps, s, 0, 10)
+    assert trend is not None
+    assert (trend.dt, trend.points, trend.per_quarter) == (10, 5, 1)
+    assert trend.head == pytest.approx(1e-4, rel=1e-12)  # S / lag: 1e-3 / 10
+    assert trend.tail == pytest.approx(1e-5, rel=1e-12)
+    assert trend.fall == pytest.approx(10.0, rel=1e-12)
 
 
 # --- judge_reference, default_references, user_references ----------------------------------------
