@@ -59,6 +59,7 @@ STEPS = [0, 2, 4, 6, 8, 10]
 # known time in the torchrun processes, so that a rank can be killed in the middle of the run.
 SLOW_MODEL = """
 import os, time
+import torch
 from torch import nn
 
 if os.environ.get("SLOW_MODEL_IMPORT_MARK"):  # the import itself blocks, after saying so
@@ -72,7 +73,9 @@ class Slow(nn.Module):
 
     def forward(self, x):
         gate = os.environ.get("SLOW_MODEL_GATE")
-        if gate and not os.path.exists(gate):  # the first pass waits for the gate, saying so
+        # the first pass with gradients (a point's training, not the no-grad look at a factory's
+        # outputs when the sweep is prepared) waits for the gate, saying so
+        if gate and torch.is_grad_enabled() and not os.path.exists(gate):
             open(gate + ".waiting" + os.environ.get("RANK", ""), "w").close()
             while not os.path.exists(gate):
                 time.sleep(0.01)
