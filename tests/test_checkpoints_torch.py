@@ -1100,3 +1100,26 @@ def test_entries_of_no_network_tensors_are_not_named(tmp_path: Path):
     warned: list[str] = []
     checkpoint_listing(tmp_path, warn=warned.append, note=lambda _: None)
     assert not _left(warned), warned
+
+
+def test_no_stand_in_is_said_of_a_copy_that_is_not_read(tmp_path: Path):
+    # Was: "'final.pt' ... is read for step 20 in place of 'ckpt_20.pt'" under --steps 0:10,
+    # which leaves step 20 out, and of a final.pt from another run, which inspect shows as an
+    # error row: neither is read.
+    for step in (0, 10, 20):
+        torch.save({"model_state_dict": state(step), "step": step}, tmp_path / f"ckpt_{step}.pt")
+    whole = (tmp_path / "ckpt_20.pt").read_bytes()
+    (tmp_path / "ckpt_20.pt").write_bytes(whole[: len(whole) // 2])
+    torch.save({"model_state_dict": state(20), "step": 20}, tmp_path / "final.pt")
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, skip_bad=True, steps=(0, 10), warn=said.append)
+    assert [r.step for r in refs] == [0, 10]
+    assert not [m for m in said if "in place of" in m], said
+    torch.save({"model_state_dict": state(20, classes=7), "step": 20}, tmp_path / "final.pt")
+    notes: list[str] = []
+    rows = inspect_checkpoints(tmp_path, warn=notes.append)
+    assert [(r.file, r.status) for r in rows if r.step == 20] == [
+        ("ckpt_20.pt", "error"),
+        ("final.pt", "error"),
+    ]
+    assert not [m for m in notes if "in place of" in m], notes

@@ -729,6 +729,10 @@ def scan_directory(
         assert copy.step is not None
         scan.copies.append((copy.name, original.name, copy.step, how))
     _flag_mixed_runs(kept)
+    # a copy stands in only where it is read: within the selection, and usable itself (not of
+    # another run, not a step that files of other content give too)
+    read = {c.name for c in kept if c.problem is None}
+    scan.stand_ins = [entry for entry in scan.stand_ins if entry[0] in read]
     kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))
     scan.candidates = kept
     return scan
