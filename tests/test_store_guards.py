@@ -610,6 +610,37 @@ def test_a_checkpoint_replaced_under_its_old_mtime_is_recomputed(run, tmp_path):
     assert after[5] != before[5] and (after[0], after[10]) == (before[0], before[10])
 
 
+def test_a_step_read_from_another_file_of_the_same_size_and_mtime_is_recomputed(
+    run, tmp_path, monkeypatch
+):
+    # Was: skipped, its kernel the old file's: the cheap skip compared size and mtime only, and
+    # final.safetensors (which stores step 10, read for it once step_000010 is gone: a copy
+    # standing in) has both of the old file's (rsync -t, tar: times to the second).
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _kernel_bytes(root)
+    path = paths.checkpoint(run, 10)
+    old = path.stat()
+    state = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    final = run / "final.safetensors"
+    save_file(state, str(final), metadata=metadata(path))
+    os.utime(final, ns=(old.st_atime_ns, old.st_mtime_ns))
+    path.rename(tmp_path / path.name)
+    assert final.stat().st_size == old.st_size and final.stat().st_mtime_ns == old.st_mtime_ns
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [10] and again.skipped == [0, 5]
+    assert _kernel_bytes(root)[10] != before[10]
+    assert [Path(p).name for p in Store.open(root).record(10).source] == ["final.safetensors"]
+    import conetool.pipeline.kernels_loop as loop
+
+    read = []
+    real = loop.read_checkpoint
+    monkeypatch.setattr(loop, "read_checkpoint", lambda ref: read.append(ref.step) or real(ref))
+    moved = tmp_path / "moved"  # the same files elsewhere: still skipped unread
+    run.rename(moved)
+    assert kernels(moved, store=root, device="cpu").skipped == [0, 5, 10] and read == []
+
+
 def test_a_touched_checkpoint_whose_kernel_file_does_not_match_is_recomputed(run, tmp_path):
     # guards: after reading a touched checkpoint, the kernel file's header is still checked
     root, other = tmp_path / "s", tmp_path / "other"

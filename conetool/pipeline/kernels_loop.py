@@ -604,6 +604,8 @@ def _unchanged(
     record = store.record(ref.step)
     if record is None or not record.mtime_ns or not (store.root / record.kernel).is_file():
         return False
+    if not _same_files(record.source, ref):
+        return False  # another file gives the step now (a copy standing in for it): read it
     try:
         if ref.file_state() != (record.size, record.mtime_ns):
             return False
@@ -618,6 +620,19 @@ def _unchanged(
             progress.log(f"warning: {message}")
         return False
     return True
+
+
+def _same_files(recorded: Sequence[str], ref: CheckpointRef) -> bool:
+    """Whether a record's ``source`` names the files ``ref`` reads: the same file names (and
+    the folder's name, for a checkpoint folder's files), wherever the directory lies now (a run
+    moved or copied with its store keeps them). Another file of the step (``final.pt`` read for
+    step 20 in place of ``ckpt_20.pt``; its size and modification time may be the same) is
+    not."""
+    now = [p.resolve() for p in ref.paths]
+    depth = 1 if ref.folder is None else 2
+    return len(now) == len(recorded) and all(
+        Path(r).parts[-depth:] == n.parts[-depth:] for r, n in zip(recorded, now, strict=True)
+    )
 
 
 def _inner_bar(progress: Progress, step: int) -> CountBar:
