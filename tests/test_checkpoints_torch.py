@@ -1123,3 +1123,26 @@ def test_no_stand_in_is_said_of_a_copy_that_is_not_read(tmp_path: Path):
         ("final.pt", "error"),
     ]
     assert not [m for m in notes if "in place of" in m], notes
+
+
+def test_a_copy_of_a_step_no_file_gives_that_step_regex_does_not_match_is_warned_of(
+    tmp_path: Path,
+):
+    # Was: left out without a word under --step-regex 'ckpt_(\d+)', the run's last step (kept
+    # only in final.pt, read as step 20 without the regex) lost.
+    for step in (0, 10):
+        torch.save(state(step), tmp_path / f"ckpt_{step}.pt")
+    torch.save({"model_state_dict": state(20), "step": 20}, tmp_path / "final.pt")
+    torch.save({"model_state_dict": state(10), "step": 10}, tmp_path / "best.pt")  # step 10's
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, step_regex=r"ckpt_(\d+)", warn=said.append)
+    assert [(r.step, r.paths[0].name) for r in refs] == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    (left,) = [m for m in said if "--step-regex" in m]
+    assert "'final.pt'" in left and "step 20" in left and "rename it" in left
+    assert "best.pt" not in left
+    notes: list[str] = []
+    inspect_checkpoints(tmp_path, step_regex=r"ckpt_(\d+)", warn=notes.append)
+    assert left in notes
+    quiet: list[str] = []  # step 20 not selected: nothing lost
+    list_checkpoints(tmp_path, step_regex=r"ckpt_(\d+)", steps=(0, 10), warn=quiet.append)
+    assert not [m for m in quiet if "--step-regex" in m], quiet

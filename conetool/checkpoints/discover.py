@@ -197,6 +197,24 @@ def stand_in_warning(scan: Scan) -> str | None:
     return " ".join(lines)
 
 
+def regex_left_warning(scan: Scan) -> str | None:
+    """The warning for copies named without a step (``final.pt``) that ``--step-regex`` does not
+    match, left out though each stores a step that no file read gives (a loop's last step saved
+    under no other name): that step's kernel is lost unless the copy is renamed. None when
+    there is none."""
+    if not scan.regex_left:
+        return None
+    lines = []
+    for name, step, regex in scan.regex_left:
+        lines.append(
+            f"not read: '{name}' in '{scan.directory}' stores step {step}, which no checkpoint "
+            f"read gives, but --step-regex '{regex}' does not match its name (under --step-regex "
+            f"the steps come from the names). To read it, rename it so that the regex reads step "
+            f"{step} from its name, or leave --step-regex out."
+        )
+    return " ".join(lines)
+
+
 def not_state_dicts_note(scan: Scan) -> str | None:
     """The note for torch.save files left out because they hold no tensor by name (a cached
     data tensor, a list of losses): not checkpoints. None when there are none."""
@@ -731,6 +749,8 @@ def checkpoint_listing(
     if said := final_model_warning(scan):  # a Trainer's final model whose step is not known
         warn(said)
     if said := stand_in_warning(scan):  # a copy read for a step whose own file is unusable
+        warn(said)
+    if said := regex_left_warning(scan):  # a copy of a step no file gives, not matched
         warn(said)
     if said := store_files_warning(scan):  # a store's files among the checkpoints
         warn(said)

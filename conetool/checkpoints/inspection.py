@@ -27,6 +27,7 @@ from .discover import (
     left_entries_warning,
     nested_warning,
     not_state_dicts_note,
+    regex_left_warning,
     scan_selected,
     shown_name,
     stand_in_warning,
@@ -135,6 +136,7 @@ def inspect_checkpoints(
         (nested_warning(scan), warn),  # checkpoints in subfolders are not read
         (final_model_warning(scan), warn),  # a Trainer's final model whose step is not known
         (stand_in_warning(scan), warn),  # a copy read for a step whose own file is unusable
+        (regex_left_warning(scan), warn),  # a copy of a step no file gives, not matched
         (store_files_warning(scan), warn),  # a store's files among the checkpoints
     )
     for message, say in said_of_the_directory:

@@ -162,3 +162,6 @@ class Scan:
     # own file or checkpoint-N/ folder is unusable: (name read, names of the unusable, step, how
     # its step is known: "which it stores", "the global_step of ...")
     stand_ins: list[tuple[str, list[str], int, str]] = field(default_factory=list)
+    # a copy named without a step that --step-regex does not match, left out though it stores a
+    # step no file read gives: (name, the step it stores, the regex)
+    regex_left: list[tuple[str, int, str]] = field(default_factory=list)

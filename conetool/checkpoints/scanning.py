@@ -29,7 +29,14 @@ from .records import (
     has_checkpoint_suffix,
     is_safetensors,
 )
-from .selection import candidate_stem, check_selection, is_selected, recover_step, step_from_name
+from .selection import (
+    candidate_stem,
+    check_selection,
+    is_selected,
+    recover_step,
+    step_from_name,
+    stored_step,
+)
 from .step_names import compile_step_regex, name_step
 
 # --------------------------------------------------------------------------------------------------
@@ -662,7 +669,11 @@ def scan_directory(
     one = _is_hf_folder(directory) or _is_accelerate_folder(directory)
     whole = not (directory.is_file() or single or one)
     scan = _collect(directory, deep, pattern) if whole else _single(directory, deep)
+    unmatched: dict[str, int] = {}  # aliases --step-regex does not match -> the step they store
     for c in scan.candidates:
+        if whole and pattern is not None and c.problem is None and _is_alias(c):
+            if not pattern.search(c.location.name) and (held := stored_step(c)) is not None:
+                unmatched[c.name] = held
         if c.problem is None and fixed_step is not None:
             c.step = fixed_step
         elif c.problem is None:
@@ -697,6 +708,9 @@ def scan_directory(
         for c in aliases:
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
+            held = unmatched.get(c.name)
+            if pattern is not None and held is not None and held not in named:
+                scan.regex_left.append((c.name, held, pattern.pattern))
         _note_stand_ins(scan, [c for c in scan.candidates if _is_alias(c)], named, folders=False)
         # A Trainer's final model is read as the output directory's global_step when no usable
         # checkpoint-N/ folder gives that step (save_steps does not divide the run's length; a
@@ -731,6 +745,7 @@ def scan_directory(
     _flag_mixed_runs(kept)
     # a copy stands in only where it is read: within the selection, and usable itself (not of
     # another run, not a step that files of other content give too)
+    scan.regex_left = [e for e in scan.regex_left if is_selected(e[1], steps, every)]
     read = {c.name for c in kept if c.problem is None}
     scan.stand_ins = [entry for entry in scan.stand_ins if entry[0] in read]
     kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))

@@ -189,6 +189,16 @@ def _stored_step(c: Candidate) -> tuple[str, int] | None:
     return None
 
 
+def stored_step(c: Candidate) -> int | None:
+    """The step a flat file stores (:func:`_stored_step`), None when it stores none or one
+    that is no step."""
+    try:
+        stored = _stored_step(c)
+    except CheckpointError:
+        return None
+    return None if stored is None else stored[1]
+
+
 def _whole_step(c: Candidate, what: str, step: int | BadStep, resave: str) -> int:
     if isinstance(step, BadStep):
         raise CheckpointError(
