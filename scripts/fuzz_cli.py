@@ -4,6 +4,7 @@ loses what was already computed.
 
     OMP_NUM_THREADS=1 python scripts/fuzz_cli.py --runs 200 --seed 0
     OMP_NUM_THREADS=1 python scripts/fuzz_cli.py --seed 0 --only 17 --keep   # one call again
+    OMP_NUM_THREADS=1 python scripts/fuzz_cli.py --mode spec --runs 100 --seed 0
 
 It trains once, in a temporary folder, a tiny MLP on the embedded digits (12 steps, checkpoints at
 0, 4, 8 and 12), computes its kernels (10 x 10), distances, embedding and one switch point into the
@@ -27,7 +28,25 @@ reverse, steps not stored, duplicated flags, options of other commands). A call 
 - ``temporary``: no temporary file is left (a name starting with ``.`` and holding ``tmp`` or
   ``partial``, as :func:`conetool.io.temporaries_of` names them).
 
-Each call's random choices come from ``(seed, index)`` only, so ``--only INDEX`` replays one.
+``--mode`` fuzzes other inputs than the flags (``scripts/fuzz_inputs.py`` makes them), with the
+same checks plus ``unnamed-input``: a failing call's output names the input that was broken.
+
+- ``spec``: a copy of the run's resolved spec with one or two keys given a value of another type,
+  out of range, huge, non-finite or unicode, removed, misspelt or unknown (or a section removed,
+  unknown, or not a table), passed to train, kernels, switch, inspect or distance; a refusal
+  names the spec file and, for one broken key, that key;
+- ``env``: a call that works, under one to three odd environment variables (CONETOOL_THREADS,
+  CONETOOL_PEER_TIMEOUT, CONETOOL_DEBUG (tracebacks are then asked for), RANK, WORLD_SIZE,
+  LOCAL_RANK, OMP_NUM_THREADS, COLUMNS, LC_ALL, HOME, TMPDIR, ...), sometimes without the
+  fuzz's PYTHONIOENCODING;
+- ``store``: one file of the store or run (a kernel, manifest.json, probe.safetensors, a results
+  CSV or JSON, a checkpoint, conetool.toml, metrics.csv) emptied, truncated, bit-flipped,
+  extended, deleted or, for JSON and CSV, given one wrong value or row; then a command that
+  reads it; a refusal names the file.
+
+Every call runs with its data segment limited to 6 GiB (a spec asking for a huge model fails to
+allocate instead of filling the machine). Each call's random choices come from ``(seed, index)``
+(and the mode) only, so ``--only INDEX`` replays one.
 Failures go to ``--log`` (JSON lines) with the command, exit code and output; a summary by kind
 ends the run (exit 1 when any call failed). This script is not part of the test suite.
 """
@@ -50,6 +69,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fuzz_inputs import Plan, env_plan, spec_plan, store_plan
 
 SPEC = """\
 [model]
@@ -227,6 +248,8 @@ class Outcome:
     interrupt: float | None = None
     failures: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    about: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def commands() -> dict[str, list[Param]]:
@@ -251,14 +274,33 @@ def commands() -> dict[str, list[Param]]:
     return found
 
 
+#: The data segment a call may use (bytes): a spec asking for a huge model fails to allocate
+#: instead of filling the shared machine's memory.
+MEMORY_LIMIT = 6 << 30
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def conetool(
-    folder: Path, argv: list[str], timeout: float, interrupt: float | None = None
+    folder: Path,
+    argv: list[str],
+    timeout: float,
+    interrupt: float | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[int, str, float, bool]:
     """Run ``python -m conetool *argv`` in ``folder``: (exit code, output, seconds, stopped).
     Past ``interrupt`` seconds when given, else past ``timeout``: SIGINT to its process group (a
-    Ctrl-C; ``stopped`` is then true), 30 s later SIGKILL."""
+    Ctrl-C; ``stopped`` is then true), 30 s later SIGKILL. ``extra_env`` is added to the
+    environment (an empty value of PYTHONIOENCODING removes it)."""
     env = {k: v for k, v in os.environ.items() if k != "CONETOOL_DEBUG"}
     env.update(OMP_NUM_THREADS="1", COLUMNS="100", PYTHONIOENCODING="utf-8")
+    env.update(extra_env or {})
+    if env.get("PYTHONIOENCODING") == "":
+        del env["PYTHONIOENCODING"]
     start = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "conetool", *argv],
@@ -268,6 +310,7 @@ def conetool(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_limit_memory,
     )
     timed_out = False
     try:
@@ -388,10 +431,12 @@ def named(output: str, argv: list[str], table: dict[str, list[Param]]) -> bool:
     return any(w in output for w in words)
 
 
-def check(outcome: Outcome, before: dict[str, str], after: dict[str, str], table: Any) -> None:
+def check(
+    outcome: Outcome, before: dict[str, str], after: dict[str, str], table: Any, plan: Plan
+) -> None:
     """Fill ``outcome.failures`` from the call's result and the folder before and after."""
     rc, out, argv = outcome.rc, outcome.output, outcome.argv
-    if "Traceback (most recent call last)" in out:
+    if "Traceback (most recent call last)" in out and not plan.debug:
         outcome.failures.append("traceback")
     if rc == -signal.SIGINT and outcome.timed_out:
         rc = 130  # killed by the Ctrl-C itself (Python's shutdown restores SIGINT's default)
@@ -401,6 +446,10 @@ def check(outcome: Outcome, before: dict[str, str], after: dict[str, str], table
         outcome.failures.append("timeout")
     if rc not in (0, 130) and not named(out, argv, table):
         outcome.failures.append("unnamed")
+    missing = [n for n in plan.names if n not in out]
+    if rc not in (0, 130) and missing:
+        outcome.failures.append("unnamed-input")
+        outcome.paths += missing
     lost = [p for p in before if p not in after]
     changed = [p for p, h in before.items() if p in after and after[p] != h]
     kept = (f"{CKPTS}/step_", f"{STORE}/kernels/")
@@ -422,17 +471,30 @@ def check(outcome: Outcome, before: dict[str, str], after: dict[str, str], table
 def call(index: int, seed: int, pristine: Path, work: Path, table: Any, options: Any) -> Outcome:
     """Fuzz call ``index``: a fresh copy of ``pristine`` in ``work``, one command (a Ctrl-C after
     a random time in a share ``options.interrupt`` of the calls), the checks."""
-    rng = random.Random(f"{seed}-{index}")
-    argv = invocation(rng, table)
+    mode = options.mode
+    rng = random.Random(f"{seed}-{index}" if mode == "flags" else f"{mode}-{seed}-{index}")
+    if mode == "flags":
+        plan = Plan(invocation(rng, table))
+    elif mode == "spec":
+        plan = spec_plan(rng, (pristine / CKPTS / "conetool.toml").read_text(encoding="utf-8"))
+    elif mode == "env":
+        plan = env_plan(rng)
+    else:
+        plan = store_plan(rng, pristine)
     interrupt = rng.uniform(0.3, 8.0) if rng.random() < options.interrupt else None
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(pristine, work, symlinks=True)
+    for name, data in plan.files.items():
+        if data is None:
+            (work / name).unlink()
+        else:
+            (work / name).write_bytes(data)
     before = snapshot(work)
-    outcome = Outcome(index, argv, interrupt=interrupt)
-    ran = conetool(work, argv, options.timeout, interrupt)
+    outcome = Outcome(index, plan.argv, interrupt=interrupt, about=plan.about, env=plan.env)
+    ran = conetool(work, plan.argv, options.timeout, interrupt, plan.env)
     outcome.rc, outcome.output, outcome.seconds, outcome.timed_out = ran
-    check(outcome, before, snapshot(work), table)
+    check(outcome, before, snapshot(work), table, plan)
     return outcome
 
 
@@ -445,6 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per call")
     parser.add_argument(
         "--interrupt", type=float, default=0.15, help="share of calls given a Ctrl-C (0.15)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["flags", "spec", "env", "store"],
+        default="flags",
+        help="what is fuzzed: the flags (default), spec files, environment variables, or "
+        "corrupted store and run files",
     )
     parser.add_argument("--log", type=Path, help="JSON lines of the failing calls")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -471,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"[{i}] exit {outcome.rc} {outcome.seconds:.1f}s{ctrl_c} {status}: {shown}",
                 flush=True,
             )
+            if outcome.about:
+                print(f"    input: {outcome.about}", flush=True)
             if outcome.paths:
                 print(f"    files: {', '.join(outcome.paths)}", flush=True)
             if outcome.failures:
