@@ -712,3 +712,47 @@ def test_factory_returns_non_module(user_mod: str) -> None:
         ModelError, match=r'"[^"]*:not_a_module" returned str, not a torch.nn.Module'
     ):
         _build(f"{user_mod}:not_a_module", DIGITS)
+
+
+@pytest.mark.parametrize(
+    "widths",
+    [[2**62], [10**30]],  # "Storage size calculation overflowed"; "Overflow when unpacking"
+)
+def test_a_builtin_model_too_large_to_build_is_a_model_error_naming_the_spec_and_key(widths):
+    # Found by scripts/fuzz_cli.py --mode spec: widths = [2147483648] ended in PyTorch's
+    # RuntimeError and a traceback.
+    spec = ModelSpec(arch="mlp", num_classes=10, options={"widths": widths})
+    with pytest.raises(ModelError) as caught:
+        build_model(spec, (1, 8, 8), source="run.toml")
+    message = str(caught.value)
+    assert message.startswith("run.toml: [model] arch 'mlp' with num_classes = 10, widths = ")
+    assert "too large to build" in message and "widths = [512, 512]" in message
+    assert "\n" not in message
+
+
+def test_a_builtin_model_the_allocator_cannot_make_is_a_model_error(monkeypatch):
+    def refused(input_shape, num_classes, widths=(512,)):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 549755813888 bytes. Error code 12\nframe #0: ..."
+        )
+
+    monkeypatch.setitem(BUILTIN_MODELS, "mlp", refused)
+    spec = ModelSpec(arch="mlp", num_classes=10, options={"widths": [2**31]})
+    with pytest.raises(ModelError, match=r"widths = \[2147483648\] is too large.*549755813888"):
+        build_model(spec, (1, 8, 8), source="run.toml")
+
+
+def test_a_builtin_factory_bug_keeps_its_traceback(monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setitem(BUILTIN_MODELS, "mlp", broken)
+    with pytest.raises(RuntimeError, match="mat1"):
+        build_model(ModelSpec(arch="mlp", num_classes=10), (1, 8, 8))
+
+
+def test_a_builtin_model_too_large_for_its_class_count_names_num_classes():
+    spec = ModelSpec(arch="mlp", num_classes=2**63 - 1, options={"widths": [8]})
+    with pytest.raises(ModelError, match=r"num_classes = 9223372036854775807, widths = \[8\] is"):
+        build_model(spec, (1, 8, 8), source="run.toml")

@@ -109,7 +109,37 @@ def _build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
                 + ". Remove the key or fix its spelling."
                 + (f" Did you mean '{close[0]}'?" if close else "")
             )
-    return factory(input_shape=input_shape, num_classes=spec.num_classes, **options)
+    try:
+        return factory(input_shape=input_shape, num_classes=spec.num_classes, **options)
+    except (MemoryError, RuntimeError, TypeError, OverflowError) as exc:
+        if not _too_large(exc):
+            raise
+        sizes = {"num_classes": spec.num_classes, **options}
+        shown = ", ".join(f"{key} = {value!r}" for key, value in sizes.items())
+        raise ModelError(
+            f"[model] arch '{arch}' with {shown} is too large to build: its weights do not fit "
+            f"in memory ({_first_line(exc)}). Use smaller sizes in [model] (a few hundred to a "
+            "few thousand units per layer, e.g. widths = [512, 512] for 'mlp')."
+        ) from exc
+
+
+#: What PyTorch says when a tensor of a model cannot be made for its size: the allocator found
+#: no memory ("can't allocate memory", an out-of-memory error), or the size overflows (a width
+#: of 2**62: "Storage size calculation overflowed"; of 10**30: "Overflow when unpacking long").
+_TOO_LARGE = ("can't allocate memory", "out of memory", "overflow")
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while a built-in model is made, says its tensors are too large."""
+    if isinstance(exc, MemoryError):
+        return True
+    return any(words in str(exc).lower() for words in _TOO_LARGE)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (PyTorch's C++ errors add a stack after it)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def output_check(
