@@ -9,12 +9,13 @@ loses what was already computed.
 It trains once, in a temporary folder, a tiny MLP on the embedded digits (12 steps, checkpoints at
 0, 4, 8 and 12), computes its kernels (10 x 10), distances, embedding and one switch point into the
 store ``conetool-out`` (the default ``--store``, as the calls run in that folder). Each fuzz call
-starts from a fresh copy of that folder and runs ``python -m conetool CMD ...`` in a subprocess:
-a random command (every command of the app; its options are the ones ``conetool CMD --help``
-lists, read from the Typer app) with random flags and values (negative, zero, huge, NaN, inf,
-empty, non-numeric, unicode, paths that do not exist, a file where a folder is expected and the
-reverse, steps not stored, duplicated flags, options of other commands). A call running past
-``--timeout`` seconds gets a Ctrl-C (SIGINT), then a kill. After each call it checks:
+starts from a fresh copy of that folder, at the path it was built in (the store names the
+checkpoint folder by its absolute path: a copy elsewhere would read the original's), and runs
+``python -m conetool CMD ...`` in a subprocess: a random command (every command of the app; its
+options are the ones ``conetool CMD --help`` lists, read from the Typer app) with random flags and
+values (negative, zero, huge, NaN, inf, empty, non-numeric, unicode, paths that do not exist, a
+file where a folder is expected and the reverse, steps not stored, duplicated flags, options of
+other commands). A call running past ``--timeout`` seconds gets a Ctrl-C (SIGINT), then a kill. After each call it checks:
 
 - ``traceback``: no Python traceback in the output (``--debug`` is never passed);
 - ``exit-code``: the exit code is 0, 1, 2, or 130 after a Ctrl-C; ``timeout``: the call ran
@@ -469,7 +470,7 @@ def check(
 
 
 def call(index: int, seed: int, pristine: Path, work: Path, table: Any, options: Any) -> Outcome:
-    """Fuzz call ``index``: a fresh copy of ``pristine`` in ``work``, one command (a Ctrl-C after
+    """Fuzz call ``index``: a fresh copy of ``pristine`` (built in ``work``) in ``work``, one command (a Ctrl-C after
     a random time in a share ``options.interrupt`` of the calls), the checks."""
     mode = options.mode
     rng = random.Random(f"{seed}-{index}" if mode == "flags" else f"{mode}-{seed}-{index}")
@@ -498,6 +499,17 @@ def call(index: int, seed: int, pristine: Path, work: Path, table: Any, options:
     return outcome
 
 
+def built_for(pristine: Path, work: Path) -> bool:
+    """Whether ``pristine`` holds the run and store built in ``work`` (the store's manifest names
+    the checkpoint folder by its absolute path: built elsewhere, the calls in ``work`` would read
+    and be checked against the checkpoints of that other folder, not their own copy)."""
+    try:
+        manifest = json.loads((pristine / STORE / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(manifest.get("checkpoints") == str((work / CKPTS).resolve()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="fuzz calls (default 100)")
@@ -522,11 +534,13 @@ def main(argv: list[str] | None = None) -> int:
     table = commands()
     base = args.folder or Path(tempfile.mkdtemp(prefix="conetool-fuzz-"))
     pristine, work = base / "pristine", base / "work"
-    if not (pristine / STORE / "manifest.json").exists():
-        if pristine.exists():
-            shutil.rmtree(pristine)
-        pristine.mkdir(parents=True)
-        build(pristine, timeout=600)
+    if not built_for(pristine, work):
+        for folder in (pristine, work):
+            if folder.exists():
+                shutil.rmtree(folder)
+        work.mkdir(parents=True)
+        build(work, timeout=600)
+        work.rename(pristine)
     indices = [args.only] if args.only is not None else range(args.start, args.start + args.runs)
     kinds: Counter[str] = Counter()
     failing = 0
