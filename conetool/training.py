@@ -45,6 +45,7 @@ from .low_precision import refuse_for_training
 from .models import build_model, output_check
 from .optim import load_optimizer_state, make_optimizer, save_optimizer_state
 from .progress import NullProgress, Progress, Said
+from .resume_fit import refuse_unfit_resume
 from .spec import (
     Spec,
     check_for_training,
@@ -201,7 +202,7 @@ def _train(
         )
     with train_out_lock(out):  # one train writes a folder at a time (a kill leaves no lock)
         had_metrics = paths.metrics(out).is_file()
-        start, finished = _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+        start, finished = _prepare_out(out, spec, resume=resume, overwrite=overwrite, model=model)
         if start and not finished and (lost := _lost_rows_warning(out, spec, start, had_metrics)):
             said.warn(lost)
         if start < spec.train.steps:  # what in the spec trains badly or does nothing, said first
@@ -361,10 +362,13 @@ def _check_probe(spec: Spec, data: DataBundle) -> str | None:
     return None
 
 
-def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> tuple[int, bool]:
+def _prepare_out(
+    out: Path, spec: Spec, *, resume: bool, overwrite: bool, model: nn.Module | None = None
+) -> tuple[int, bool]:
     """Check (and if asked, clear) the output directory; return the step to start from and
     whether the run there is finished (its last checkpoint and its last metrics row written:
-    a run stopped between the two is resumed at its last step, which evaluates it)."""
+    a run stopped between the two is resumed at its last step, which evaluates it). A resume
+    checks first that the checkpoint it starts from fits ``model`` (when given)."""
     make_dir(out)  # flushed into its parent: a power loss cannot take the folder from its files
     ours = paths.checkpoint_steps(out)
     spec_file = paths.spec(out)
@@ -425,6 +429,8 @@ def _prepare_out(out: Path, spec: Spec, *, resume: bool, overwrite: bool) -> tup
     rows = _read_metrics(paths.metrics(out))
     if start == spec.train.steps and any(float(r["step"]) == start for r in rows):
         return start, True  # already finished: nothing to redo, nothing rewritten
+    if start and model is not None:  # before its metrics rows from start on are cut
+        refuse_unfit_resume(model, out, start, spec.source)
     # Metrics rows at or after the resume step are recomputed by the resumed run (all of them when
     # it restarts from 0: they were appended to the old rows; none when it stopped between its
     # last checkpoint and its last evaluation, which the resumed run makes).

@@ -1,0 +1,54 @@
+"""train --resume of a run whose conetool.toml was edited to another [model] since it was trained
+(found by scripts/fuzz_cli.py --mode store): refused before anything in the run is touched."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from conetool import paths
+from conetool.errors import CheckpointError
+from conetool.spec import load_spec, spec_from_dict
+from conetool.training import train
+
+TINY = {
+    "model": {"arch": "mlp", "num_classes": 3, "widths": [8]},
+    "data": {"dataset": "synthetic", "shape": [4], "num_classes": 3, "train_size": 40},
+    "probe": {"size": 6},
+    "train": {"steps": 10, "batch_size": 8, "save_every": 5, "eval_every": 5, "seed": 1},
+}
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.iterdir()
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+@pytest.mark.parametrize("widths", ["[16]", "[8, 8]"])  # shapes that differ; keys missing
+def test_resume_of_a_run_whose_spec_file_now_builds_another_model_is_refused(tmp_path, widths):
+    out = tmp_path / "run"
+    train(spec_from_dict(TINY, source="tiny.toml"), out)
+    text = paths.spec(out).read_text(encoding="utf-8").replace("steps = 10", "steps = 20")
+    text = text.replace("widths = [8]", f"widths = {widths}")
+    paths.spec(out).write_text(text, encoding="utf-8")
+    before = _files(out)
+    with pytest.raises(CheckpointError) as caught:
+        train(load_spec(paths.spec(out)), out, resume=True)
+    message = str(caught.value)
+    assert message.startswith("--resume: ")
+    assert "step_000010.safetensors" in message and "does not fit the model" in message
+    assert "(was conetool.toml edited since?)" in message and "--overwrite" in message
+    assert _files(out) == before  # metrics.csv kept its rows (they were cut before the load failed)
+
+
+def test_resume_of_a_run_whose_model_is_unchanged_goes_on(tmp_path):
+    out = tmp_path / "run"
+    train(spec_from_dict(TINY, source="tiny.toml"), out)
+    text = paths.spec(out).read_text(encoding="utf-8").replace("steps = 10", "steps = 15")
+    paths.spec(out).write_text(text, encoding="utf-8")
+    assert train(load_spec(paths.spec(out)), out, resume=True).resumed_from == 10
