@@ -156,7 +156,8 @@ _SECTIONS: dict[str, type] = {
 # Sections whose unknown keys are passed on to a user's factory instead of being rejected.
 _OPEN_SECTIONS = {
     "model": lambda values: True,
-    "data": lambda values: ":" in values.get("dataset", ""),
+    # (a dataset that is not a string is refused by name as [data]'s closed keys are checked)
+    "data": lambda values: ":" in str(values.get("dataset", "")),
 }
 
 

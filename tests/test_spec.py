@@ -255,3 +255,13 @@ def test_spec_differences_name_values_equal_in_python_but_not_in_the_hash():
         "model.depth = 2 (now 2.0)",
         "model.wide = true (now 1)",
     ]
+
+
+@pytest.mark.parametrize("value", ["1e308", "3", "[1]", "true", "{a = 1}"])
+def test_a_dataset_that_is_not_a_string_is_refused_naming_the_key(tmp_path, value):
+    """dataset = 1e308 (found by scripts/fuzz_cli.py --mode spec) ended in TypeError 'argument of
+    type 'float' is not iterable' and a traceback, before the key's type was checked."""
+    path = write(tmp_path, f"[data]\ndataset = {value}\n")
+    with pytest.raises(SpecError, match=r"'data\.dataset' must be a string, got ") as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}: ")
