@@ -356,6 +356,21 @@ def _in_float32(source: str, key: str, value: float, usual: str) -> None:
         )
 
 
+#: The seeds PyTorch takes (``torch.manual_seed``, ``torch.Generator.manual_seed``), inclusive.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _in_seed_range(source: str, key: str, value: int) -> None:
+    """A seed PyTorch takes: beyond :data:`SEED_RANGE`, ``manual_seed`` raised "Overflow when
+    unpacking long long" once training or the probe drew from it."""
+    low, high = SEED_RANGE
+    if not low <= value <= high:
+        raise SpecError(
+            f"{source}: '{key}' = {value} is beyond the seeds PyTorch takes ({low} to {high}). "
+            "Set a smaller whole number (seed = 0)."
+        )
+
+
 def _check_schedule_peak(source: str, t: TrainSpec) -> None:
     """A step schedule with gamma > 1 raises the learning rate at each milestone: its largest
     (every milestone counted, as switch --beyond-run may pass them all) must fit float32 too."""
@@ -638,6 +653,8 @@ def _check_semantics(spec: Spec) -> None:
         _in_float32(src, "data.noise", d.noise, "the default: noise = 1.0")
     _positive(src, "probe.size", p.size)
     _choice(src, "probe.split", p.split, SPLITS)
+    for key, seed in (("train.seed", t.seed), ("probe.seed", p.seed), ("data.seed", d.seed)):
+        _in_seed_range(src, key, seed)
     _positive(src, "train.steps", t.steps)
     _positive(src, "train.batch_size", t.batch_size)
     _choice(src, "train.optimizer", t.optimizer, OPTIMIZERS)

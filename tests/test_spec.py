@@ -265,3 +265,25 @@ def test_a_dataset_that_is_not_a_string_is_refused_naming_the_key(tmp_path, valu
     with pytest.raises(SpecError, match=r"'data\.dataset' must be a string, got ") as info:
         load_spec(path)
     assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("train", "seed", 10**30),
+        ("train", "seed", 2**64),
+        ("probe", "seed", -(2**63) - 1),
+        ("data", "seed", 10**30),
+    ],
+)
+def test_a_seed_beyond_pytorchs_is_refused_naming_its_key(tmp_path, section, key, value):
+    """train.seed = 10**30 (found by scripts/fuzz_cli.py --mode spec) passed the spec check and
+    ended train with torch.manual_seed's "Overflow when unpacking long long" traceback."""
+    extra = 'dataset = "synthetic"\n' if section == "data" else ""
+    text = f"[{section}]\n{extra}{key} = {value}\n"
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}: '{section}.{key}' = {value} is beyond the seeds")
+    for taken in (2**64 - 1, -(2**63), 0):
+        assert load_spec(write(tmp_path, text.replace(f"= {value}", f"= {taken}")))
