@@ -529,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log", type=Path, help="JSON lines of the failing calls")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--show", action="store_true", help="print every call's output")
     parser.add_argument("--folder", type=Path, help="use (and keep) this folder instead")
     args = parser.parse_args(argv)
     table = commands()
@@ -558,10 +559,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    input: {outcome.about}", flush=True)
             if outcome.paths:
                 print(f"    files: {', '.join(outcome.paths)}", flush=True)
+            if args.show and not outcome.failures:
+                print("    " + outcome.output[-2000:].replace("\n", "\n    "), flush=True)
             if outcome.failures:
                 failing += 1
                 kinds.update(outcome.failures)
-                if args.only is not None or args.log is None:
+                if args.only is not None or args.log is None or args.show:
                     print("    " + outcome.output[-2000:].replace("\n", "\n    "), flush=True)
                 if args.log is not None:
                     with args.log.open("a", encoding="utf-8") as log:
