@@ -701,10 +701,17 @@ def spec_differences(old: Spec, new: Spec, limit: int = 5) -> list[str]:
     """The keys whose resolved values differ between ``old`` and ``new``, each as
     ``"train.lr = 0.1 (now 0.05)"`` (a key only one has: ``(not set)``), at most ``limit`` of them
     and then ``"and N more"``."""
-    a, b = old.to_dict(), new.to_dict()
+    return resolved_differences(old.to_dict(), new.to_dict(), limit)
+
+
+def resolved_differences(a: Mapping[str, Any], b: Mapping[str, Any], limit: int = 5) -> list[str]:
+    """:func:`spec_differences` of two resolved specs as plain data (:meth:`Spec.to_dict`, or a
+    store manifest's ``spec``); a section that is not a table counts as empty."""
     said = []
     for section in _SECTIONS:
-        before, after = a.get(section, {}), b.get(section, {})
+        before, after = (d.get(section) for d in (a, b))
+        before = before if isinstance(before, Mapping) else {}
+        after = after if isinstance(after, Mapping) else {}
         for key in [*before, *(k for k in after if k not in before)]:
             if (key in before) != (key in after) or _canonical(before[key]) != _canonical(
                 after[key]

@@ -22,6 +22,7 @@ from ._version import __version__
 from .checkpoints._stored_steps import BEYOND_MAX_STEP, MAX_STEP
 from .errors import StoreError
 from .io import SAFETENSORS_DTYPES, atomic_write_text
+from .spec import resolved_differences
 
 FORMAT = "conetool-store"
 FORMAT_VERSION = 1
@@ -353,11 +354,15 @@ def mixed_message(
     add_to_it = ""
     if matching and same_spec:
         add_to_it = f"To add to it, pass {' '.join(matching)}. "
+    changed = ""
+    if found.spec_hash != wanted.spec_hash and all(isinstance(d, Mapping) for d in specs):
+        if keys := resolved_differences(*specs):
+            changed = f" This run's spec differs from the store's in {'; '.join(keys)}."
     return (
         f"store {root} holds {count} kernels made with another "
-        f"{', '.join(differences)}; conetool never mixes them. {add_to_it}Use another --store, "
-        f"or pass --overwrite to replace that store (it deletes those {count} kernels and the "
-        "results made from them)."
+        f"{', '.join(differences)}; conetool never mixes them.{changed} {add_to_it}Use another "
+        f"--store, or pass --overwrite to replace that store (it deletes those {count} kernels "
+        "and the results made from them)."
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from conetool.pipeline import run_kernels as run_kernels_module
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.retrained_run import retrained_warning
 from conetool.probe import load_probe
-from conetool.spec import spec_from_dict
+from conetool.spec import load_spec, save_spec, spec_from_dict
 from conetool.store import Store
 
 runner = CliRunner()
@@ -537,3 +538,17 @@ def test_a_kernel_recomputed_by_another_engine_is_recorded_and_noted(run, tmp_pa
     assert "Made by more than one engine or device type (see Notes)." in page
     # said once, in the Notes, not again as distance's own note
     assert page.count("made by more than one engine or device type: steps 0, 5") == 1
+
+
+def test_a_store_of_another_spec_names_the_keys_that_differ(run, tmp_path):
+    """kernels --spec with one key changed (found by scripts/fuzz_cli.py --mode spec: data.seed)
+    was refused naming two spec hashes only, not the spec file's key that made them differ."""
+    kernels(run, store=tmp_path / "s", device="cpu")
+    spec = load_spec(paths.spec(run))
+    edited = tmp_path / "edited.toml"
+    save_spec(dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, seed=3)), edited)
+    with pytest.raises(StoreError) as refused:
+        kernels(run, store=tmp_path / "s", device="cpu", spec=edited)
+    message = str(refused.value)
+    assert "conetool never mixes them. This run's spec differs from the store's in " in message
+    assert "probe.seed = 0 (now 3). Use another --store" in message
