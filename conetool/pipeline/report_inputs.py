@@ -140,10 +140,17 @@ class ReportInputs:
         spectrum = _read_json(paths.spectrum_summary(root), "conetool spectrum", warnings)
         switch = _read_json(paths.switch_results_json(root), "conetool switch", warnings)
         points: dict[int, dict[str, Any]] = {}
-        for point in (switch or {}).get("points", []):
-            saved = _read_json(paths.switch_point(root, int(point["at"])), "", [])
-            if saved is not None:
-                points[int(point["at"])] = saved
+        try:
+            for point in (switch or {}).get("points", []):
+                saved = _read_json(paths.switch_point(root, int(point["at"])), "", [])
+                if saved is not None:
+                    points[int(point["at"])] = saved
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # not what switch writes
+            warnings.append(
+                f"{paths.switch_results_json(root)} holds a value the report cannot read "
+                f"({type(exc).__name__}: {exc}); rerun conetool switch to rewrite it"
+            )
+            switch, points = None, {}
         try:
             spec_toml: str | None = spec_to_toml(
                 spec_from_dict(store.manifest["spec"], source=f"{paths.manifest(root)} (spec)")

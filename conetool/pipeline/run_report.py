@@ -17,6 +17,7 @@ the store's own PNG files, embedded byte for byte, never re-rendered.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..progress import NullProgress, Progress, Said
 from ..report_html import (
     Document,
     Figure,
+    Section,
     to_html,
     to_markdown,
 )
@@ -189,8 +191,41 @@ def _training_curves(gathered: ReportBuilder, out_dir: Path) -> Path | None:
     return target
 
 
+#: The results each guarded section reads (:meth:`ReportBuilder._read_through`): attribute ->
+#: (its file in the store, the command that rewrites it).
+_RESULTS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "distance": (paths.distance_summary, "conetool distance"),
+    "embed": (paths.embed_summary, "conetool embed"),
+    "spectrum": (paths.spectrum_summary, "conetool spectrum"),
+    "switch": (paths.switch_results_json, "conetool switch"),
+}
+#: What a section raises on a results file that holds a value of another type or shape than
+#: conetool writes there (``"rules": 1e30`` for a table of rules).
+_SHAPE_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError)
+
+
 class ReportBuilder(ResultSections):
     """Reads the store once and builds the document, section by section."""
+
+    def _read_through(self, build: Callable[[], Section], part: str) -> Section:
+        """``build()``; when it fails on the results of ``part`` (``distance``, ``embed``,
+        ``spectrum`` or ``switch``: a JSON file edited or damaged into another shape), that part
+        is left out, as a file that cannot be read is, with a warning naming the file and the
+        command that rewrites it. A failure with no such results to blame keeps its traceback."""
+        try:
+            return build()
+        except _SHAPE_ERRORS as exc:
+            if getattr(self, part) is None:
+                raise
+            path, command = _RESULTS[part]
+            self.warnings.append(
+                f"{path(self.root)} holds a value the report cannot read "
+                f"({type(exc).__name__}: {exc}); rerun {command} to rewrite it"
+            )
+            setattr(self, part, None)
+            if part == "switch":
+                self.switch_points = {}
+            return build()
 
     def document(self) -> Document:
         manifest = self.manifest
@@ -202,17 +237,17 @@ class ReportBuilder(ResultSections):
             f" · conetool {__version__} · {stamp}"
         )
         body = [
-            self._verdict_section(),
+            self._read_through(self._verdict_section, "distance"),
             self._training_section(),
-            self._distance_section(),
-            self._embed_section(),
-            self._spectrum_section(),
-            self._switch_section(),
+            self._read_through(self._distance_section, "distance"),
+            self._read_through(self._embed_section, "embed"),
+            self._read_through(self._spectrum_section, "spectrum"),
+            self._read_through(self._switch_section, "switch"),
             self._checkpoints_section(),
             self._run_section(),
             self._reproduce_section(),
         ]
-        sections = [self._summary_section()]
+        sections = [self._read_through(self._summary_section, "distance")]
         if self.missing or self.warnings or self.notes:
             sections.append(self._missing_section())
         sections += body
