@@ -83,18 +83,26 @@ def _class_counts(available: list[int], size: int) -> list[int]:
     return counts
 
 
-def make_probe(bundle: DataBundle, spec: ProbeSpec, *, size_flag: str | None = None) -> Probe:
+def make_probe(
+    bundle: DataBundle,
+    spec: ProbeSpec,
+    *,
+    size_flag: str | None = None,
+    source: str | None = None,
+) -> Probe:
     """Draw the probe set of ``spec`` from ``bundle`` (identical on every call; see the module doc).
 
     Raises :class:`DataError` when ``probe.size`` exceeds the split or a label lies outside
     ``0..num_classes-1``. ``size_flag`` is the flag that set ``spec.size``
-    (``"--probe-size"``), named in that error in place of the spec's key.
+    (``"--probe-size"``), named in that error in place of the spec's key; ``source``, the spec
+    file, begins the errors that name its ``probe.size``.
     """
     split = bundle.split(spec.split)
     labels = split.labels().cpu()
     n, classes = int(labels.shape[0]), bundle.num_classes
+    where = f"{source}: " if source else ""
     if spec.size <= 0:
-        raise DataError(f"'probe.size' must be positive, got {spec.size}.")
+        raise DataError(f"{where}'probe.size' must be positive, got {spec.size}.")
     if spec.size > n and size_flag is not None:
         raise DataError(
             f"{size_flag} {spec.size} is larger than the {spec.split} split of {bundle.name}, "
@@ -102,7 +110,7 @@ def make_probe(bundle: DataBundle, spec: ProbeSpec, *, size_flag: str | None = N
         )
     if spec.size > n:
         raise DataError(
-            f"'probe.size' = {spec.size} is larger than the {spec.split} split of "
+            f"{where}'probe.size' = {spec.size} is larger than the {spec.split} split of "
             f"{bundle.name}, which has {n} examples. Set probe.size to at most {n}."
         )
     if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):

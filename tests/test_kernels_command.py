@@ -552,3 +552,15 @@ def test_a_store_of_another_spec_names_the_keys_that_differ(run, tmp_path):
     message = str(refused.value)
     assert "conetool never mixes them. This run's spec differs from the store's in " in message
     assert "probe.seed = 0 (now 3). Use another --store" in message
+
+
+def test_a_spec_probe_size_beyond_the_data_names_the_spec_file(run, tmp_path):
+    """kernels --spec with [probe] size beyond the split (found by scripts/fuzz_cli.py --mode
+    spec) was refused naming 'probe.size' but not the file it is a key of."""
+    spec = load_spec(paths.spec(run))
+    edited = tmp_path / "edited.toml"
+    save_spec(dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, size=1000)), edited)
+    with pytest.raises(conetool.errors.DataError) as refused:
+        kernels(run, store=tmp_path / "s", device="cpu", spec=edited)
+    assert str(refused.value).startswith(f"{edited}: 'probe.size' = 1000 is larger than the ")
+    assert not (tmp_path / "s").exists()

@@ -463,7 +463,8 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     left_out.update(listing.left_out)
     refs = listing.refs
     data = load_data(spec.data, source=spec.source)
-    probe = make_probe(data, spec.probe, size_flag=None if probe_size is None else "--probe-size")
+    flag = None if probe_size is None else "--probe-size"
+    probe = make_probe(data, spec.probe, size_flag=flag, source=spec.source)
     evaluated = None
     if eval_size is not None:
         available = int(data.split(EVAL_SPLIT).labels().shape[0])
