@@ -22,7 +22,7 @@ that fails midway (a full disk) leaves no summary beside outputs of another run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from ..geometry import (
 from ..io import atomic_write_json
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
-from ..spec import Spec, load_spec
+from ..spec import Spec, load_spec, resolved_differences
 from ..store import Store
 from ..store_manifest import mixed_engines_note
 from ..threads import limit_threads
@@ -439,11 +439,14 @@ def _store_spec(store: Store, spec: str | Path | Spec | None) -> Spec | None:
         return None
     loaded = spec if isinstance(spec, Spec) else load_spec(spec)
     if loaded.hash() != store.identity.spec_hash:
+        stored = store.manifest.get("spec")
+        keys = resolved_differences(stored, loaded.to_dict()) if isinstance(stored, Mapping) else []
+        differs = f" It differs from the store's in {'; '.join(keys)}." if keys else ""
         raise StoreError(
             f"--spec {loaded.source}: its hash is {loaded.hash()}, but the kernels of store "
-            f"{store.root} were computed with spec hash {store.identity.spec_hash}. Pass the "
-            "spec of that run (conetool report writes it to STORE/report/spec.toml), or leave "
-            "--spec out: the store's manifest records it."
+            f"{store.root} were computed with spec hash {store.identity.spec_hash}.{differs} "
+            "Pass the spec of that run (conetool report writes it to STORE/report/spec.toml), "
+            "or leave --spec out: the store's manifest records it."
         )
     return loaded
 
