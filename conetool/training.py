@@ -327,10 +327,31 @@ def _append_metrics(path: Path, row: dict[str, float]) -> None:
 
 
 def _read_metrics(path: Path) -> list[dict[str, str]]:
+    """The rows of ``metrics.csv`` (none when it is absent), each cell a number as train writes
+    it (``nan`` included).
+
+    Raises:
+        StoreError: a cell that is not a number, or a row of another length (a damaged or
+            edited file), naming the file, the line and the fix.
+    """
     if not path.exists():
         return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        rows = list(csv.DictReader(handle))
+    for line, row in enumerate(rows, start=2):
+        for column, value in row.items():
+            try:
+                float(value)  # (None: a short row; a list: a long one)
+                continue
+            except (TypeError, ValueError):
+                pass
+            raise StoreError(
+                f"{path} line {line} is damaged: {column or 'a cell past the header'} = "
+                f"{value!r} is not a number (conetool train writes numbers only). Put back the "
+                f"run's {path.name}, or remove that line (--resume then says which rows are "
+                "missing)."
+            )
+    return rows
 
 
 def _write_metrics(path: Path, rows: list[dict[str, str]]) -> None:

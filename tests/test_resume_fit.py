@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conetool import paths
-from conetool.errors import CheckpointError
+from conetool.errors import CheckpointError, StoreError
 from conetool.spec import load_spec, spec_from_dict
 from conetool.training import train
 
@@ -52,3 +52,27 @@ def test_resume_of_a_run_whose_model_is_unchanged_goes_on(tmp_path):
     text = paths.spec(out).read_text(encoding="utf-8").replace("steps = 10", "steps = 15")
     paths.spec(out).write_text(text, encoding="utf-8")
     assert train(load_spec(paths.spec(out)), out, resume=True).resumed_from == 10
+
+
+@pytest.mark.parametrize("steps", [10, 15])  # the run finished; the run resumed
+@pytest.mark.parametrize("cell", ["", "abc"])
+def test_resume_with_a_damaged_metrics_file_names_its_line(tmp_path, steps, cell):
+    """A metrics.csv cell that is not a number (found by scripts/fuzz_cli.py --mode store: an
+    empty train_loss) ended train --resume of the finished run in float()'s ValueError and a
+    traceback; it is refused naming the file, the line and the fix, the run untouched."""
+    out = tmp_path / "run"
+    train(spec_from_dict(TINY, source="tiny.toml"), out)
+    lines = paths.metrics(out).read_text(encoding="utf-8").splitlines()
+    cells = lines[1].split(",")
+    cells[3] = cell
+    lines[1] = ",".join(cells)
+    paths.metrics(out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = paths.spec(out).read_text(encoding="utf-8").replace("steps = 10", f"steps = {steps}")
+    paths.spec(out).write_text(text, encoding="utf-8")
+    before = _files(out)
+    with pytest.raises(StoreError) as caught:
+        train(load_spec(paths.spec(out)), out, resume=True)
+    message = str(caught.value)
+    assert message.startswith(f"{paths.metrics(out)} line 2 is damaged: train_loss = {cell!r}")
+    assert "Put back the run's metrics.csv, or remove that line" in message
+    assert _files(out) == before
