@@ -486,20 +486,24 @@ def kernel_file_problem(
 def same_kernel_record(embedded: Any, recorded: Mapping[str, Any] | None) -> bool:
     """Whether a kernel file's embedded record and a manifest record describe the same kernel:
     equal but perhaps for ``mtime_ns``, the source's modification time when it was last read,
-    which the manifest refreshes when a touched checkpoint's content is found unchanged
-    (:meth:`conetool.store.Store.refresh_mtimes`; the kernel file keeps the time it was
-    computed from), a field missing from either counting as its default."""
+    which the manifest refreshes when a touched checkpoint's content is found unchanged, and
+    ``source``, the files, which it refreshes when other files now give the step (a run moved
+    with its store: :meth:`conetool.store.Store.refresh_mtimes`; the kernel file keeps the
+    time and files it was computed from), a field missing from either counting as its
+    default."""
     if not isinstance(embedded, dict) or recorded is None:
         return False
     return _compared(embedded) == _compared(recorded)
 
 
 def _compared(record: Mapping[str, Any]) -> dict[str, Any]:
-    """``record`` as :func:`same_kernel_record` compares it: without ``mtime_ns``, and with the
-    fields an older conetool did not write (``engine``, ``device``) at their defaults, so that a
-    kernel file written before them matches its record read back with them."""
+    """``record`` as :func:`same_kernel_record` compares it: without ``mtime_ns`` and
+    ``source``, and with the fields an older conetool did not write (``engine``, ``device``) at
+    their defaults, so that a kernel file written before them matches its record read back with
+    them."""
     full = {**_OPTIONAL, **record}
     del full["mtime_ns"]
+    full.pop("source", None)
     return full
 
 

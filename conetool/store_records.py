@@ -181,13 +181,18 @@ class StoreRecords:
                 if carried.get(key) is not None:
                     self.manifest[key] = carried[key]
 
-    def refresh_mtimes(self, mtimes: Mapping[int, int]) -> None:
+    def refresh_mtimes(
+        self, mtimes: Mapping[int, int], sources: Mapping[int, list[str]] | None = None
+    ) -> None:
         """Record new modification times (step -> ns) of checkpoints that were read and found
         unchanged (the fingerprint of their record): a rerun then skips them without reading
-        them again. One manifest write; the kernel files keep the records they were written with
-        (see :func:`conetool.store_manifest.same_kernel_record`). A store opened with
-        :meth:`~conetool.store.Store.join` leaves the manifest to its owner (those steps are read
-        again next time)."""
+        them again; and the files (step -> ``source``, resolved paths) that now give steps whose
+        kernel is current (a run moved or copied with its store, a copy of the same bytes read in
+        place of a file gone), so that the records name files that are there (the noise floor
+        reads the last step's). One manifest write; the kernel files keep the records they were
+        written with (see :func:`conetool.store_manifest.same_kernel_record`). A store opened
+        with :meth:`~conetool.store.Store.join` leaves the manifest to its owner (those steps
+        are read again next time)."""
         if not self.owner:
             return
         with self._manifest_guard:
@@ -197,6 +202,11 @@ class StoreRecords:
                 held = steps.get(str(step))
                 if held is not None and held.get("mtime_ns") != mtime:
                     steps[str(step)] = {**held, "mtime_ns": mtime}
+                    changed = True
+            for step, source in (sources or {}).items():
+                held = steps.get(str(step))
+                if held is not None and held.get("source") != list(source):
+                    steps[str(step)] = {**held, "source": list(source)}
                     changed = True
             if changed:
                 self._write_manifest()

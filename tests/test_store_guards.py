@@ -641,6 +641,39 @@ def test_a_step_read_from_another_file_of_the_same_size_and_mtime_is_recomputed(
     assert kernels(moved, store=root, device="cpu").skipped == [0, 5, 10] and read == []
 
 
+def test_a_skipped_step_records_the_file_that_gives_it_now(run, tmp_path, monkeypatch):
+    # Was: a step skipped as unchanged kept the record's old path: a run moved with its store
+    # kept naming the old place (the noise floor of S, read from the last step's record, was
+    # "not there to rebuild the model from" after kernels had just read the new place), and a
+    # copy of the same bytes read in place of a file gone was read again at every rerun.
+    import conetool.pipeline.kernels_loop as loop
+    from conetool.pipeline.noise_estimate import estimate_noise_floor
+
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _kernel_bytes(root)
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    read: list[int] = []
+    real = loop.read_checkpoint
+    monkeypatch.setattr(loop, "read_checkpoint", lambda ref: read.append(ref.step) or real(ref))
+    assert kernels(moved, store=root, device="cpu").skipped == [0, 5, 10] and read == []
+    records = Store.open(root).records()
+    assert {s: r.source for s, r in records.items()} == {
+        s: [str(paths.checkpoint(moved, s).resolve())] for s in (0, 5, 10)
+    }
+    noise, why = estimate_noise_floor(Store.open(root), device="cpu")
+    assert why is None and noise is not None
+    assert noise["checkpoint"] == str(paths.checkpoint(moved, 10).resolve())
+    final = moved / "final.safetensors"  # the same bytes under another name: read once
+    paths.checkpoint(moved, 10).rename(final)
+    again = kernels(moved, store=root, device="cpu")
+    assert again.skipped == [0, 5, 10] and again.warnings == [] and read == [10]
+    assert Store.open(root).record(10).source == [str(final.resolve())]
+    assert kernels(moved, store=root, device="cpu").skipped == [0, 5, 10] and read == [10]
+    assert _kernel_bytes(root) == before
+
+
 def test_a_touched_checkpoint_whose_kernel_file_does_not_match_is_recomputed(run, tmp_path):
     # guards: after reading a touched checkpoint, the kernel file's header is still checked
     root, other = tmp_path / "s", tmp_path / "other"

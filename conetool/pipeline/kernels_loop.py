@@ -214,6 +214,9 @@ def compute_all(
     )
     pending = set(todo)
     unchanged = [ref.step for ref in plan.refs if ref.step not in pending]
+    # the files that give each step now, for the records of those skipped (read or not) to name
+    # them: a run moved or copied with its store, a copy read in place of a file gone
+    now_files = {ref.step: [str(p.resolve()) for p in ref.paths] for ref in plan.refs}
     before = _fingerprints(out) if job.is_main else {}
     by_step = {ref.step: ref for ref in plan.refs}
 
@@ -416,7 +419,7 @@ def compute_all(
             took = time.perf_counter() - began
             record = StepRecord(
                 step=ref.step,
-                source=[str(p.resolve()) for p in ref.paths],
+                source=now_files[ref.step],
                 size=size,
                 fingerprint=fingerprint,
                 kernel=paths.kernel_relative(ref.step),
@@ -440,7 +443,7 @@ def compute_all(
             bar.advance(1, step=ref.step, per_kernel=f"{took:.2f}s")
     if unsettled[0]:  # this rank's share ended before a kernel (or failed): the others may wait
         clear_once("failed" if error is not None else "none")
-    out.refresh_mtimes(touched)
+    out.refresh_mtimes(touched, {step: now_files[step] for step in unchanged + skipped})
     out.flush()  # the records write_kernel left out of manifest.json (it spaces its writes out)
 
     share = {
