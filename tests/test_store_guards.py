@@ -674,6 +674,37 @@ def test_a_skipped_step_records_the_file_that_gives_it_now(run, tmp_path, monkey
     assert _kernel_bytes(root) == before
 
 
+def test_a_trainers_final_model_of_the_same_size_and_mtime_as_its_folder_is_recomputed(
+    run, tmp_path
+):
+    # Was: skipped, its kernel the old folder's: the cheap skip compared the file name only for
+    # a flat file, and the final model.safetensors (global_step 10, read once checkpoint-10/ is
+    # gone) is named as checkpoint-10/model.safetensors, with its size and mtime (rsync -t, tar).
+    for step in STEPS:  # the run as a Trainer's output directory
+        folder = run / f"checkpoint-{step}"
+        folder.mkdir()
+        paths.checkpoint(run, step).rename(folder / "model.safetensors")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _kernel_bytes(root)
+    path = run / "checkpoint-10" / "model.safetensors"
+    old = path.stat()
+    state = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    final = run / "model.safetensors"
+    save_file(state, str(final), metadata=metadata(path))
+    os.utime(final, ns=(old.st_atime_ns, old.st_mtime_ns))
+    (run / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    shutil.rmtree(path.parent)
+    assert final.stat().st_size == old.st_size and final.stat().st_mtime_ns == old.st_mtime_ns
+    again = kernels(run, store=root, device="cpu")
+    assert again.computed == [10] and again.skipped == [0, 5]
+    assert _kernel_bytes(root)[10] != before[10]
+    moved = tmp_path / "moved"  # the same files elsewhere: still skipped
+    run.rename(moved)
+    assert kernels(moved, store=root, device="cpu").skipped == [0, 5, 10]
+
+
 def test_a_touched_checkpoint_whose_kernel_file_does_not_match_is_recomputed(run, tmp_path):
     # guards: after reading a touched checkpoint, the kernel file's header is still checked
     root, other = tmp_path / "s", tmp_path / "other"

@@ -201,11 +201,13 @@ def compute_all(
     eval_hash = evaluated.hash if evaluated is not None else ""
     layers = plan.layer_groups
     layer_hash = groups_hash(layers) if layers is not None else ""
+    recorded_dir = (plan.manifest or {}).get("checkpoints")
+    dirs = (Path(recorded_dir), options.ckpts.resolve()) if isinstance(recorded_dir, str) else None
     todo = job.broadcast(
         [
             ref.step
             for ref in plan.refs
-            if not _unchanged(out, ref, warnings, progress)
+            if not _unchanged(out, ref, warnings, progress, dirs)
             or (evaluated is not None and not _eval_unchanged(out, ref.step, eval_hash))
             or (layers is not None and not _layers_unchanged(out, ref.step, layer_hash))
         ]
@@ -601,13 +603,16 @@ def _unchanged(
     ref: CheckpointRef,
     warnings: list[str] | None = None,
     progress: Progress | None = None,
+    dirs: tuple[Path, Path] | None = None,
 ) -> bool:
-    """Cheap check before reading the file: same size and modification time as when stored, and
-    a kernel file whose header matches its manifest record (else it is recomputed, said once)."""
+    """Cheap check before reading the file: the same files (:func:`_same_files`; ``dirs``: the
+    checkpoint directory the manifest records and the one read now), the same size and
+    modification time as when stored, and a kernel file whose header matches its manifest
+    record (else it is recomputed, said once)."""
     record = store.record(ref.step)
     if record is None or not record.mtime_ns or not (store.root / record.kernel).is_file():
         return False
-    if not _same_files(record.source, ref):
+    if not _same_files(record.source, ref, dirs):
         return False  # another file gives the step now (a copy standing in for it): read it
     try:
         if ref.file_state() != (record.size, record.mtime_ns):
@@ -625,17 +630,37 @@ def _unchanged(
     return True
 
 
-def _same_files(recorded: Sequence[str], ref: CheckpointRef) -> bool:
+def _same_files(
+    recorded: Sequence[str], ref: CheckpointRef, dirs: tuple[Path, Path] | None = None
+) -> bool:
     """Whether a record's ``source`` names the files ``ref`` reads: the same file names (and
     the folder's name, for a checkpoint folder's files), wherever the directory lies now (a run
-    moved or copied with its store keeps them). Another file of the step (``final.pt`` read for
-    step 20 in place of ``ckpt_20.pt``; its size and modification time may be the same) is
-    not."""
+    moved or copied with its store keeps them); and, given ``dirs`` (the checkpoint directory
+    the manifest records, the one read now), the same paths below them where both lie below
+    them (a Trainer's final ``model.safetensors`` is not ``checkpoint-10/model.safetensors``).
+    Another file of the step (``final.pt`` read for step 20 in place of ``ckpt_20.pt``; its
+    size and modification time may be the same) is not."""
     now = [p.resolve() for p in ref.paths]
     depth = 1 if ref.folder is None else 2
-    return len(now) == len(recorded) and all(
-        Path(r).parts[-depth:] == n.parts[-depth:] for r, n in zip(recorded, now, strict=True)
+    if len(now) != len(recorded) or any(
+        Path(r).parts[-depth:] != n.parts[-depth:] for r, n in zip(recorded, now, strict=True)
+    ):
+        return False
+    if dirs is None:
+        return True
+    return all(
+        _below(Path(r), dirs[0]) == _below(n, dirs[1])
+        for r, n in zip(recorded, now, strict=True)
+        if _below(Path(r), dirs[0]) is not None and _below(n, dirs[1]) is not None
     )
+
+
+def _below(path: Path, directory: Path) -> Path | None:
+    """``path`` relative to ``directory``, or None when it is not below it."""
+    try:
+        return path.relative_to(directory)
+    except ValueError:
+        return None
 
 
 def _inner_bar(progress: Progress, step: int) -> CountBar:
