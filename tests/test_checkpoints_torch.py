@@ -1146,3 +1146,25 @@ def test_a_copy_of_a_step_no_file_gives_that_step_regex_does_not_match_is_warned
     quiet: list[str] = []  # step 20 not selected: nothing lost
     list_checkpoints(tmp_path, step_regex=r"ckpt_(\d+)", steps=(0, 10), warn=quiet.append)
     assert not [m for m in quiet if "--step-regex" in m], quiet
+
+
+def test_a_copy_named_without_a_step_that_cannot_be_read_is_warned_of(tmp_path: Path):
+    # Was: a truncated final.pt (its step, stored inside, unknown) was left out without a word,
+    # by kernels (--skip-bad or not) and inspect: a loop's last step, kept only there, lost.
+    for step in (0, 10):
+        torch.save(state(step), tmp_path / f"ckpt_{step}.pt")
+    torch.save({"model_state_dict": state(20), "step": 20}, tmp_path / "final.pt")
+    data = (tmp_path / "final.pt").read_bytes()
+    (tmp_path / "final.pt").write_bytes(data[: len(data) // 2])
+    torch.save(state(10), tmp_path / "best.pt")  # readable, no step stored: a copy, unsaid
+    for skip_bad in (False, True):
+        said: list[str] = []
+        refs = list_checkpoints(tmp_path, skip_bad=skip_bad, warn=said.append)
+        assert [r.step for r in refs] == [0, 10]
+        (left,) = [m for m in said if "final.pt" in m]
+        assert "not read" in left and "truncated or corrupt" in left and "re-save" in left
+        assert not [m for m in said if "best.pt" in m], said
+    shown: list[str] = []
+    rows = inspect_checkpoints(tmp_path, warn=shown.append)
+    assert [r.file for r in rows] == ["ckpt_0.pt", "ckpt_10.pt"]
+    assert left in shown

@@ -215,6 +215,20 @@ def regex_left_warning(scan: Scan) -> str | None:
     return " ".join(lines)
 
 
+def unreadable_alias_warning(scan: Scan) -> str | None:
+    """The warning for copies named without a step (``final.pt``) that cannot be read
+    (truncated, corrupt): left out, their step unknown, though one may hold a step no other file
+    gives (a loop's last step saved under no other name). None when there is none."""
+    if not scan.unreadable_aliases:
+        return None
+    return " ".join(
+        f"not read: '{name}' in '{scan.directory}', a file named without a step, cannot be read, "
+        f"so its step is not known: {problem} If it holds a step that no other file gives (a "
+        f"training loop's last step), that step has no kernel until it is re-saved."
+        for name, problem in scan.unreadable_aliases
+    )
+
+
 def not_state_dicts_note(scan: Scan) -> str | None:
     """The note for torch.save files left out because they hold no tensor by name (a cached
     data tensor, a list of losses): not checkpoints. None when there are none."""
@@ -751,6 +765,8 @@ def checkpoint_listing(
     if said := stand_in_warning(scan):  # a copy read for a step whose own file is unusable
         warn(said)
     if said := regex_left_warning(scan):  # a copy of a step no file gives, not matched
+        warn(said)
+    if said := unreadable_alias_warning(scan):  # a copy whose step cannot be known
         warn(said)
     if said := store_files_warning(scan):  # a store's files among the checkpoints
         warn(said)

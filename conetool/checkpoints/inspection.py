@@ -35,6 +35,7 @@ from .discover import (
     stored_step_note,
     uncompared_warning,
     unix_time_warning,
+    unreadable_alias_warning,
 )
 from .load import match_state_dict, read_checkpoint
 from .step_names import epoch_note
@@ -137,6 +138,7 @@ def inspect_checkpoints(
         (final_model_warning(scan), warn),  # a Trainer's final model whose step is not known
         (stand_in_warning(scan), warn),  # a copy read for a step whose own file is unusable
         (regex_left_warning(scan), warn),  # a copy of a step no file gives, not matched
+        (unreadable_alias_warning(scan), warn),  # a copy whose step cannot be known
         (store_files_warning(scan), warn),  # a store's files among the checkpoints
     )
     for message, say in said_of_the_directory:

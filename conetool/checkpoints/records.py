@@ -165,3 +165,6 @@ class Scan:
     # a copy named without a step that --step-regex does not match, left out though it stores a
     # step no file read gives: (name, the step it stores, the regex)
     regex_left: list[tuple[str, int, str]] = field(default_factory=list)
+    # a copy named without a step (final.pt) that cannot be read (truncated, corrupt), so its
+    # step is not known and it is left out: (name, its problem)
+    unreadable_aliases: list[tuple[str, str]] = field(default_factory=list)

@@ -670,6 +670,7 @@ def scan_directory(
     whole = not (directory.is_file() or single or one)
     scan = _collect(directory, deep, pattern) if whole else _single(directory, deep)
     unmatched: dict[str, int] = {}  # aliases --step-regex does not match -> the step they store
+    unreadable = {c.name for c in scan.candidates if c.problem is not None}  # before any step
     for c in scan.candidates:
         if whole and pattern is not None and c.problem is None and _is_alias(c):
             if not pattern.search(c.location.name) and (held := stored_step(c)) is not None:
@@ -711,6 +712,8 @@ def scan_directory(
             held = unmatched.get(c.name)
             if pattern is not None and held is not None and held not in named:
                 scan.regex_left.append((c.name, held, pattern.pattern))
+            if c.name in unreadable and c.problem is not None:  # its step cannot be known
+                scan.unreadable_aliases.append((c.name, c.problem))
         _note_stand_ins(scan, [c for c in scan.candidates if _is_alias(c)], named, folders=False)
         # A Trainer's final model is read as the output directory's global_step when no usable
         # checkpoint-N/ folder gives that step (save_steps does not divide the run's length; a
