@@ -25,6 +25,7 @@ from conetool.checkpoints import (
     _opening,
     checkpoint_ref,
     fingerprint,
+    inspect_checkpoints,
     list_checkpoints,
     load_checkpoint,
     match_state_dict,
@@ -946,3 +947,25 @@ def test_read_by_path_without_a_recoverable_step(tmp_path: Path):
         bad = tmp_path / "other.safetensors"
         bad.write_bytes(b"\x05" + b"\0" * 7 + b"{bad}")
         read_checkpoint(bad)  # a problem with the file itself is still raised
+
+
+def test_hf_final_model_that_cannot_be_read_has_its_global_step(tmp_path: Path):
+    # Was: its inspect row said step None though trainer_state.json gives global_step 1500, and
+    # --steps could not leave it out: kernels --steps 0:1000 stopped at the damaged final model.
+    write_hf(tmp_path, 500, state(5))
+    write_hf(tmp_path, 1000, state(10))
+    final = tmp_path / "model.safetensors"
+    save_file(state(15), str(final), metadata={"format": "pt"})
+    final.write_bytes(final.read_bytes()[:-20])
+    write_trainer_state(tmp_path, 1500)
+    rows = inspect_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.file, r.status) for r in rows] == [
+        (500, "checkpoint-500/", "ok"),
+        (1000, "checkpoint-1000/", "ok"),
+        (1500, "model.safetensors", "error"),
+    ]
+    assert "truncated" in (rows[2].problem or "")
+    with pytest.raises(CheckpointError, match="truncated"):
+        list_checkpoints(tmp_path, warn=lambda _: None)
+    refs = list_checkpoints(tmp_path, steps=(0, 1000), warn=lambda _: None)
+    assert [r.step for r in refs] == [500, 1000]

@@ -689,6 +689,8 @@ def scan_directory(
                 )
             except CheckpointError:
                 pass
+            if c.step is None:  # a Trainer's final model: its output directory's global_step
+                c.step = c.global_step
     if whole:
         # best.pt, last.pt: a copy of another step's weights, not a step of its own (a file of
         # this name that gives a step, by its metadata or --step-regex, is read as any other).
