@@ -70,7 +70,7 @@ def test_the_fixes_it_names_read_the_run(tmp_path: Path):
 def test_a_checkpoint_underscore_folder_without_accelerate_rng_states_keeps_its_name_step(
     tmp_path: Path,
 ):
-    # conservative: only a checkpoint_N folder beside random_states_*.pkl is Accelerate's
+    # conservative: only a checkpoint_N folder holding random_states_*.pkl is Accelerate's
     folder = tmp_path / "checkpoint_40"
     folder.mkdir()
     save_file(_state(0), str(folder / "model.safetensors"))

@@ -137,9 +137,9 @@ def save_count_error(folder: Path) -> CheckpointError:
     reads as one line)."""
     return CheckpointError(
         f"'{folder}' is a folder of Accelerate's save_state with automatic checkpoint naming "
-        f"(checkpoint_N beside its random_states_*.pkl): its number counts the saves "
-        f"(checkpoint_0, checkpoint_1, ...), not training steps, so it gives no step (taken for "
-        f"one, it would make the distances per step, the velocities and every step axis wrong). "
+        f"(checkpoint_N holding random_states_*.pkl beside its weights): its number counts the "
+        f"saves (checkpoint_0, checkpoint_1, ...), not training steps, so it gives no step (taken "
+        f"for one, it would make the distances per step, the velocities and every step axis wrong). "
         f"Rename each such folder for the training step it was saved at (checkpoint_1 saved at "
         f"step 2000 -> step_2000: conetool reads the folder's model.safetensors or "
         f"pytorch_model.bin with the step of the folder's name), or save with "
