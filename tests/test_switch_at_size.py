@@ -24,6 +24,17 @@ def test_parse_at_refuses_more_points_than_it_takes():
         parse_at([f"0:{stop}:1"])
     with pytest.raises(ConetoolError, match=r"stride.*\(--at 0:10000:1000\)"):
         parse_at([f"0:{MAX_POINTS}", f"{MAX_POINTS}:{stop}"])  # together past the bound
+
+
+def test_a_range_past_the_bound_with_the_points_before_it_says_their_total():
+    """The second range names 60000 points, under the bound: the message says the total it
+    makes with the first's, not only its own count beside the bound it does not pass alone;
+    and a range that has a stride of 1 is asked for a larger one, not for "a stride"."""
+    with pytest.raises(ConetoolError) as raised:
+        parse_at(["0:60000", "60000:120000"])
+    message = str(raised.value)
+    assert "names 60000 switch points (120000 with the 60000 named before it)" in message
+    assert "a larger stride" in message
     assert len(parse_at([f"0:{MAX_POINTS}"])) == MAX_POINTS
     assert parse_at(range(0, 12, 4)) == [0, 4, 8]
 

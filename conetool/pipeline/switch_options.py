@@ -46,10 +46,11 @@ def _refuse_too_many(value: object, steps: range, held: int) -> None:
         count = -1
     if count < 0 or count + held > MAX_POINTS:
         many = f"{count}" if count >= 0 else f"more than {MAX_POINTS}"
+        total = f" ({count + held} with the {held} named before it)" if held and count >= 0 else ""
         raise ConetoolError(
-            f"--at {value!r} names {many} switch points, each a linearized training run; at "
-            f"most {MAX_POINTS} are taken. Give the range a stride, the third number of "
-            "start:stop:stride (--at 0:10000:1000)."
+            f"--at {value!r} names {many} switch points{total}, each a linearized training run; "
+            f"at most {MAX_POINTS} are taken. Give the range a larger stride, the third number "
+            "of start:stop:stride (--at 0:10000:1000)."
         )
 
 
