@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from synthetic_store import kernel_record, open_store
 from typer.testing import CliRunner
 
@@ -789,6 +789,32 @@ def test_the_noise_floor_of_another_device_type_is_not_reused(tmp_path, monkeypa
     assert on_gpu["floor"] == pytest.approx(2 * 9e-14)
     again, _ = noise_estimate.estimate_noise_floor(opened, device=torch.device("cuda"))
     assert again == on_gpu and estimated == ["cpu", "cuda"]  # its own device's: reused
+
+
+def test_the_noise_floor_is_not_estimated_on_another_file_at_the_checkpoints_path(tmp_path):
+    # The floor rebuilt the model from whatever file now lies at the path the last step's record
+    # names (a run re-trained into the same folder, a copy), unchecked: a floor of another model.
+    # The file is checked against the record (its size, then the fingerprint of the read).
+    ckpts = tmp_path / "ckpts"
+    train(spec_from_dict(TINY, source="tiny.toml"), ckpts)
+    store = tmp_path / "store"
+    kernels(ckpts, store=store, device="cpu", steps="0:4")
+    last = paths.checkpoint(ckpts, 4)
+    original = last.read_bytes()
+    shutil.copyfile(paths.checkpoint(ckpts, 2), last)  # the same size, other weights
+    opened = Store.open(store)
+    for bigger in (False, True):  # then another size (a tensor more)
+        if bigger:
+            save_file({**load_file(last), "extra": torch.zeros(3)}, last)
+        said: list[str] = []
+        noise, note = noise_estimate.estimate_noise_floor(opened, device="cpu", log=said.append)
+        assert noise is None and note is not None, note
+        assert str(last) in note and "conetool kernels" in note, note
+        assert not paths.noise_json(store).exists()
+    assert said == []  # another size: told before anything is read
+    last.write_bytes(original)  # the recorded file back (another mtime): estimated
+    noise, note = noise_estimate.estimate_noise_floor(opened, device="cpu")
+    assert noise is not None and noise["step"] == 4, note
 
 
 class _Logged(NullProgress):

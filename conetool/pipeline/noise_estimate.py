@@ -9,10 +9,12 @@ each carry such an error, so the floor under a measured S between two of them is
 ``2 * S_est`` (about ``relative_error**2`` for unstructured errors).
 
 Rebuilding the model needs the checkpoint the manifest names and the spec it records (``ckpts``
-and ``spec`` override them: a run moved since ``conetool kernels``); when the checkpoint is gone
-the floor is not estimated and a note says so. The result is reused while the store's identity,
-that engine, that checkpoint's fingerprint and the device type it is estimated on (``cpu``,
-``cuda``: float32 rounds differently on each) stay the same.
+and ``spec`` override them: a run moved since ``conetool kernels``); when the checkpoint is gone,
+or the file there is not the one the kernel was computed from (its size, then the fingerprint of
+the read, against the step's record: a run re-trained into the same folder), the floor is not
+estimated and a note says so. The result is reused while the store's identity, that engine, that
+checkpoint's fingerprint and the device type it is estimated on (``cpu``, ``cuda``: float32
+rounds differently on each) stay the same.
 """
 
 from __future__ import annotations
@@ -121,6 +123,13 @@ def estimate_noise_floor(
             f"the noise floor of S was not estimated: the checkpoint of step {step} ({source}) "
             "is not there to rebuild the model from"
         )
+    try:
+        ref = checkpoint_ref(source, step=step)
+        size = ref.file_state()[0]
+    except (ConetoolError, OSError) as exc:
+        return None, f"the noise floor of S was not estimated: {str(exc).splitlines()[0]}"
+    if size != record.size:  # another file at its path: told before reading it
+        return None, _replaced(source, step)
     if log is not None:  # only when it estimates: not for a cached floor or a missing checkpoint
         log("estimating the noise floor of S on the run's model ...")
     try:
@@ -131,7 +140,9 @@ def estimate_noise_floor(
         imported = use_recorded_imports(store.manifest, spec)
         imported += changed_imports(store.manifest, spec)  # an edited model: said, not hidden
         model = model_for(spec)
-        load_checkpoint(model, checkpoint_ref(source, step=step))
+        loaded = load_checkpoint(model, ref)
+        if loaded is None or loaded.fingerprint != record.fingerprint:
+            return None, _replaced(source, step)  # the same size, other bytes
         inputs = load_probe(paths.probe(store.root)).inputs
         estimate = kernel_noise(
             model,
@@ -161,6 +172,17 @@ def estimate_noise_floor(
     except ConetoolError:
         pass  # a read-only (or replaced) store still gets the estimate, only not the cache
     return noise, "; ".join(imported) or None
+
+
+def _replaced(source: Path, step: int) -> str:
+    """The note when the file at ``source`` is not the checkpoint step ``step``'s kernel was
+    computed from (its size or fingerprint differs from the store's record)."""
+    return (
+        f"the noise floor of S was not estimated: {source} is not the checkpoint the kernel of "
+        f"step {step} was computed from (its size or content differs from the store's record: "
+        "re-trained or replaced since). Rerun conetool kernels on the checkpoints to recompute "
+        "the changed kernels, or pass --ckpts with the directory that holds the run's own"
+    )
 
 
 def moved(source: Path, recorded: str | None, ckpts: Path) -> Path:
