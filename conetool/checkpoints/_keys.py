@@ -126,8 +126,9 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
-    """A one-paragraph message: what does not fit, up to ten keys of each kind, and the fix."""
+def describe_mismatch(match: KeyMatch, name: str, model_name: str, spec: str | None = None) -> str:
+    """A one-paragraph message: what does not fit, up to ten keys of each kind, and the fix
+    (``spec``: the spec file that built the model, named there)."""
     missing = [k for k in match.missing if not _lenient(k)]
     parts = []
     if missing:
@@ -152,20 +153,23 @@ def describe_mismatch(match: KeyMatch, name: str, model_name: str) -> str:
         or _beside_hint(match)
         or _statistics_hint(missing, match)
         or (
-            "Check that the spec's [model] arch, num_classes and options are those of the run "
-            "that wrote this checkpoint"
+            "Check that the spec's [model] arch, num_classes and options"
+            + (f" (in {spec})" if spec else "")
+            + " are those of the run that wrote this checkpoint"
         )
     )
     return f"'{name}' does not fit the model ({model_name}){how}: " + "; ".join(parts) + f". {fix}."
 
 
-def mismatch_error(match: KeyMatch, name: str, model_name: str) -> KeyMismatchError:
+def mismatch_error(
+    match: KeyMatch, name: str, model_name: str, spec: str | None = None
+) -> KeyMismatchError:
     """The error of keys or shapes that do not fit (:func:`describe_mismatch`): a
     :class:`FactoryMismatchError` when the spec's factory wraps the saved network (every
     checkpoint fails alike: the model's fault), an :class:`ExtraModulesError` when the model
     fits and the file holds other modules beside it (the file's), else a
     :class:`KeyMismatchError`."""
-    message = describe_mismatch(match, name, model_name)
+    message = describe_mismatch(match, name, model_name, spec)
     if factory_wraps(match):
         return FactoryMismatchError(message)
     if modules_beside(match) or _saved_from_wrapper(match):

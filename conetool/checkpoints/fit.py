@@ -52,12 +52,14 @@ def model_fits(model: nn.Module, ref: CheckpointRef) -> bool | None:
     return _matched(model, shapes).ok
 
 
-def fit_error(model: nn.Module, ref: CheckpointRef) -> KeyMismatchError | None:
+def fit_error(
+    model: nn.Module, ref: CheckpointRef, spec: str | None = None
+) -> KeyMismatchError | None:
     """The error loading ``ref`` into ``model`` would raise for its keys or shapes (the same
     message; a :class:`~conetool.errors.FactoryMismatchError` when the factory wraps the saved
     network), or None when they fit. Read by the headers when they tell (:func:`stored_shapes`),
     else in full, as loading would read it (a legacy, non-zip torch.save pickle). Dtypes and
-    values are not looked at.
+    values are not looked at. ``spec``: the spec file that built ``model``, named in the fix.
 
     Raises:
         CheckpointError: ``ref`` cannot be read (the loading of it says the same).
@@ -68,7 +70,7 @@ def fit_error(model: nn.Module, ref: CheckpointRef) -> KeyMismatchError | None:
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         del state
     match = _matched(model, shapes)
-    return None if match.ok else mismatch_error(match, str(ref.file), type(model).__name__)
+    return None if match.ok else mismatch_error(match, str(ref.file), type(model).__name__, spec)
 
 
 def _matched(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> KeyMatch:

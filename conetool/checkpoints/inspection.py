@@ -95,13 +95,15 @@ def inspect_checkpoints(
     every: int | None = None,
     warn: Callable[[str], None] | None = None,
     note: Callable[[str], None] | None = None,
+    spec: str | None = None,
 ) -> list[InspectRow]:
     """One row per checkpoint candidate of ``directory``, sorted by step (unknown steps last).
 
     Per-file problems (everything :func:`list_checkpoints` would refuse, plus a key or shape
     mismatch with ``model`` read from the headers, plus with ``verify`` NaN/Inf, unreadable data or
     a file that changes while read) become rows with ``status="error"``; nothing is raised for them.
-    Other arguments as in :func:`list_checkpoints`. What the directory holds but is not read,
+    ``spec``: the spec file that built ``model``, named in a mismatch's fix. Other arguments as
+    in :func:`list_checkpoints`. What the directory holds but is not read,
     which gets no row, and files whose stored step differs from their name's are said as
     :func:`~conetool.checkpoints.discover.checkpoint_listing` says them to ``kernels``: ``warn``
     receives the warnings (checkpoints in subfolders; a stored step the name contradicts; steps
@@ -155,7 +157,7 @@ def inspect_checkpoints(
             match = match_keys(c.shapes, own, tied)
             if not match.ok:
                 problem = describe_mismatch(
-                    match, str(c.folder or c.location), type(model).__name__
+                    match, str(c.folder or c.location), type(model).__name__, spec
                 )
         warned: list[str] = []
         if problem is None and verify:
@@ -166,7 +168,9 @@ def inspect_checkpoints(
                 if model is not None:
                     # the file (a Hugging Face folder) as the row and its problems name it
                     where = str(c.folder or c.location)
-                    match_state_dict(model, loaded.state_dict, name=where, warn=warned.append)
+                    match_state_dict(
+                        model, loaded.state_dict, name=where, warn=warned.append, spec=spec
+                    )
             except CheckpointError as e:
                 problem = str(e)
         notes = [TORCH_NOTE] if c.paths and c.format == "torch" else []

@@ -412,6 +412,7 @@ def match_state_dict(
     name: str = "the state dict",
     warn: Callable[[str], None] | None = None,
     compute: torch.dtype | None = None,
+    spec: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """``state_dict`` renamed to ``model``'s keys, ready for ``model.load_state_dict(strict=True)``.
 
@@ -429,7 +430,8 @@ def match_state_dict(
     dtype, are accepted with a warning through ``warn`` (default :func:`warnings.warn`); values
     beyond the range of the model's dtype are refused (:func:`check_dtypes`). ``compute``: the
     dtype the caller computes in, when it may be more precise than the model's (tensors the model's
-    dtype rounds are then said through ``warn``).
+    dtype rounds are then said through ``warn``). ``spec``: the spec file that built ``model``,
+    named in a key mismatch's fix.
 
     Raises:
         KeyMismatchError: missing or unexpected keys (up to ten of each listed), shape
@@ -448,7 +450,7 @@ def match_state_dict(
         tied,
     )
     if not match.ok:  # FactoryMismatchError: the factory's, not the file's (every one fails)
-        raise mismatch_error(match, name, type(model).__name__)
+        raise mismatch_error(match, name, type(model).__name__, spec)
     check_tied_values(state_dict, match.mapping, tied, name)
     check_dtypes(own, state_dict, match.mapping, name, warn, compute)
     out = {match.mapping[k]: v for k, v in state_dict.items()}
@@ -466,9 +468,10 @@ def load_checkpoint(
     check_finite: bool = True,
     warn: Callable[[str], None] | None = None,
     keep: Collection[str] = (),
+    spec: str | None = None,
 ) -> LoadedCheckpoint | None:
     """Load a checkpoint (a ref, a path, or a state dict) into ``model``, strictly (``keep``:
-    as in :func:`read_checkpoint`).
+    as in :func:`read_checkpoint`; ``spec``: as in :func:`match_state_dict`).
 
     Keys are matched as in :func:`match_state_dict`; tensors are copied into the model's own
     parameters and buffers (keeping their device and dtype). Returns the :class:`LoadedCheckpoint`
@@ -483,10 +486,10 @@ def load_checkpoint(
         name = "the state dict"
         if check_finite:
             check_finite_tensors(source, name)
-        _apply(model, source, name, warn)
+        _apply(model, source, name, warn, spec=spec)
         return None
     loaded = read_checkpoint(source, check_finite=check_finite, keep=keep)
-    apply_checkpoint(model, loaded, warn=warn)
+    apply_checkpoint(model, loaded, warn=warn, spec=spec)
     return loaded
 
 
@@ -496,9 +499,10 @@ def apply_checkpoint(
     *,
     warn: Callable[[str], None] | None = None,
     compute: torch.dtype | None = None,
+    spec: str | None = None,
 ) -> None:
     """Load a checkpoint already read by :func:`read_checkpoint` into ``model``, strictly
-    (``compute``: as in :func:`match_state_dict`).
+    (``compute``, ``spec``: as in :func:`match_state_dict`).
 
     :func:`load_checkpoint` is :func:`read_checkpoint` (file I/O, decoding, the fingerprint and
     the finiteness check; it touches no model, so another thread may run it) followed by this
@@ -509,7 +513,7 @@ def apply_checkpoint(
             hold a parameter, or values beyond its range (:class:`CheckpointOverflowError`); the
             message names the file and the fix.
     """
-    _apply(model, loaded.state_dict, str(loaded.ref.file), warn, compute)
+    _apply(model, loaded.state_dict, str(loaded.ref.file), warn, compute, spec)
 
 
 def _apply(
@@ -518,6 +522,7 @@ def _apply(
     name: str,
     warn: Callable[[str], None] | None,
     compute: torch.dtype | None = None,
+    spec: str | None = None,
 ) -> None:
-    matched = match_state_dict(model, state, name=name, warn=warn, compute=compute)
+    matched = match_state_dict(model, state, name=name, warn=warn, compute=compute, spec=spec)
     model.load_state_dict(matched, strict=True)

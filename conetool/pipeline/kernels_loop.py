@@ -378,7 +378,9 @@ def compute_all(
                     touched[ref.step] = mtime  # read and found unchanged: skipped unread next time
                     bar.advance(1, step=ref.step)
                     continue
-                apply_checkpoint(model, loaded, warn=warn_once, compute=DTYPES[dtype])
+                apply_checkpoint(
+                    model, loaded, warn=warn_once, compute=DTYPES[dtype], spec=plan.spec.source
+                )
                 fitted[:] = [ref]  # the model fits it: another's key mismatch is that one's
                 del loaded  # the model holds the weights: no second state dict kept
                 cross = None

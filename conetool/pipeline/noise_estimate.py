@@ -140,7 +140,7 @@ def estimate_noise_floor(
         imported = use_recorded_imports(store.manifest, spec)
         imported += changed_imports(store.manifest, spec)  # an edited model: said, not hidden
         model = model_for(spec)
-        loaded = load_checkpoint(model, ref)
+        loaded = load_checkpoint(model, ref, spec=spec.source)
         if loaded is None or loaded.fingerprint != record.fingerprint:
             return None, _replaced(source, step)  # the same size, other bytes
         inputs = load_probe(paths.probe(store.root)).inputs

@@ -66,14 +66,14 @@ def check_before_clearing(model: nn.Module, plan: KernelsPlan, store: Path, skip
     if not plan.refs:
         return
     first = plan.refs[0]
-    error = _fit(model, first)[1]
+    error = _fit(model, first, spec.source)[1]
     if error is None:
         return  # it fits, or cannot be read: the run says what is wrong with it, as before
     if isinstance(error, ModelError):  # the factory wraps the saved network: every one fails
         fault = Fault(MODEL)
     else:
         other = second_checkpoint(first, plan.refs)
-        other_fits = None if other is None else _fit(model, other)[0]
+        other_fits = None if other is None else _fit(model, other, spec.source)[0]
         if skip_bad and other is not None and other_fits is not False:
             return  # this checkpoint's own fault (or not told): --skip-bad goes on without it
         if other_fits is None:
@@ -84,10 +84,13 @@ def check_before_clearing(model: nn.Module, plan: KernelsPlan, store: Path, skip
     raise type(error)(f"{what} {kept}; {fix}.") from error
 
 
-def _fit(model: nn.Module, ref: CheckpointRef) -> tuple[bool | None, KeyMismatchError | None]:
-    """Whether ``model`` fits ``ref`` (None: ``ref`` cannot be read), and the error when not."""
+def _fit(
+    model: nn.Module, ref: CheckpointRef, spec: str
+) -> tuple[bool | None, KeyMismatchError | None]:
+    """Whether ``model`` (built by the spec file ``spec``) fits ``ref`` (None: ``ref`` cannot be
+    read), and the error when not."""
     try:
-        error = fit_error(model, ref)
+        error = fit_error(model, ref, spec)
     except (CheckpointError, OSError):
         return None, None
     return error is None, error

@@ -53,8 +53,9 @@ def inspect(
     if spec is not None or paths.spec(ckpts).is_file():
         resolved = resolve_spec(ckpts, spec)
         model, ipe = model_for(resolved), iterations_per_epoch(resolved)
+        source: str | None = resolved.source
     else:
-        model, ipe = None, None
+        model, ipe, source = None, None, None
     return inspect_checkpoints(
         ckpts,
         model=model,
@@ -65,4 +66,5 @@ def inspect(
         every=every,
         warn=warn,
         note=note,
+        spec=source,
     )

@@ -117,7 +117,7 @@ def run_point(
             return stored
     model = model_for(spec)
     # refuses non-finite weights, names the file; keeps a loop's optimizer state, read with them
-    loaded = load_checkpoint(model, ref, keep=ENTRIES)
+    loaded = load_checkpoint(model, ref, keep=ENTRIES, spec=spec.source)
     assert loaded is not None
     said_if_foreign(loaded.metadata, says)
     key = point_key(spec, until, loaded.fingerprint)

@@ -76,18 +76,20 @@ def standard_reference(
                 "line. Pass --reference train to train the standard continuation to T."
             )
             return None
-        _load(model, refs[until], non_finite_advice(until, until), read)
+        _load(model, refs[until], non_finite_advice(until, until), read, spec=spec.source)
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     start = reference_step(how, until, refs)
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
     if start == until:  # the checkpoint of T is the standard model at T: nothing to train
-        _load(model, refs[until], non_finite_advice(until, until), read)
+        _load(model, refs[until], non_finite_advice(until, until), read, spec=spec.source)
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     path = paths.switch_reference(store.root)
-    loaded = _load(model, refs[start], non_finite_advice(until, start), read, keep=ENTRIES)
+    loaded = _load(
+        model, refs[start], non_finite_advice(until, start), read, keep=ENTRIES, spec=spec.source
+    )
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -200,14 +202,16 @@ def _load(
     advice: str,
     read: LoadedCheckpoint | None,
     keep: tuple[str, ...] = (),
+    spec: str | None = None,
 ) -> LoadedCheckpoint:
     """:func:`load_checkpoint` of ``ref`` into ``model``, NaN or Inf said with ``advice``; or
     ``read``, when it is ``ref`` already read (its weights checked finite, and ``keep`` kept),
-    applied to ``model`` without reading the file again."""
+    applied to ``model`` without reading the file again (``spec``: the spec file that built
+    ``model``, named when it does not fit)."""
     if read is not None and read.ref == ref:
-        apply_checkpoint(model, read)
+        apply_checkpoint(model, read, spec=spec)
         return read
     with non_finite_said(advice):
-        loaded = load_checkpoint(model, ref, keep=keep)
+        loaded = load_checkpoint(model, ref, keep=keep, spec=spec)
     assert loaded is not None
     return loaded
