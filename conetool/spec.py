@@ -356,6 +356,21 @@ def _in_float32(source: str, key: str, value: float, usual: str) -> None:
         )
 
 
+#: The longest run: ``train.steps`` (and ``conetool demo --steps``) up to TOML's largest integer,
+#: 2**63 - 1; a larger count (99999999999999999999, which Python's TOML reader takes) trained
+#: without end.
+MAX_STEPS = 2**63 - 1
+
+
+def _at_most_steps(source: str, key: str, value: int) -> None:
+    """A step count of at most :data:`MAX_STEPS`."""
+    if value > MAX_STEPS:
+        raise SpecError(
+            f"{source}: '{key}' = {value} is beyond the longest run conetool trains "
+            f"({MAX_STEPS}, TOML's largest integer). Set the number of steps to train."
+        )
+
+
 #: The seeds PyTorch takes (``torch.manual_seed``, ``torch.Generator.manual_seed``), inclusive.
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
@@ -656,6 +671,7 @@ def _check_semantics(spec: Spec) -> None:
     for key, seed in (("train.seed", t.seed), ("probe.seed", p.seed), ("data.seed", d.seed)):
         _in_seed_range(src, key, seed)
     _positive(src, "train.steps", t.steps)
+    _at_most_steps(src, "train.steps", t.steps)
     _positive(src, "train.batch_size", t.batch_size)
     _choice(src, "train.optimizer", t.optimizer, OPTIMIZERS)
     _positive(src, "train.lr", t.lr)

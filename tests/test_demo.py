@@ -35,6 +35,14 @@ def test_shortened_spec_scales_the_checkpoints():
     assert default_switch_points(2400) == [0, 100, 400, 1200]
 
 
+def test_a_run_longer_than_a_toml_integer_is_refused():
+    """demo --steps 99999999999999999999 trained without end; a spec's train.steps is refused
+    beyond 2**63 - 1 (TOML's largest integer), and --steps is too, naming the flag."""
+    with pytest.raises(ConetoolError, match=r"^--steps 9223372036854775808: .* at most 9223"):
+        demo_spec(steps=2**63)
+    assert demo_spec(steps=2**63 - 1).train.steps == 2**63 - 1
+
+
 @pytest.mark.parametrize("size", [400, 2000])
 def test_a_probe_size_beyond_the_digits_is_refused_before_training(tmp_path, size):
     """demo --probe-size 400 trained the whole run, then failed naming --eval-size (never

@@ -267,6 +267,18 @@ def test_a_dataset_that_is_not_a_string_is_refused_naming_the_key(tmp_path, valu
     assert str(info.value).startswith(f"{path}: ")
 
 
+@pytest.mark.parametrize("value", [2**63, 99999999999999999999])
+def test_a_run_longer_than_a_toml_integer_is_refused_naming_its_key(tmp_path, value):
+    """train.steps = 99999999999999999999 (Python's TOML reader takes it) passed the spec check
+    and conetool train trained without end; TOML's largest integer, 2**63 - 1, is the bound."""
+    path = write(tmp_path, f"[train]\nsteps = {value}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}: 'train.steps' = {value} is beyond the longest")
+    write(tmp_path, f"[train]\nsteps = {2**63 - 1}\n")
+    assert load_spec(path).train.steps == 2**63 - 1
+
+
 @pytest.mark.parametrize(
     ("section", "key", "value"),
     [

@@ -35,7 +35,15 @@ from ..errors import ConetoolError, DataError, StoreError
 from ..folder_roles import checkpoint_contents, same_folder, store_holding
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, ProgressTask
-from ..spec import Spec, dense_only_count, load_spec, save_steps, spec_differences, spec_from_dict
+from ..spec import (
+    MAX_STEPS,
+    Spec,
+    dense_only_count,
+    load_spec,
+    save_steps,
+    spec_differences,
+    spec_from_dict,
+)
 from ..store_manifest import FORMAT, read_manifest
 from ..threads import limit_threads
 from ..training import train
@@ -64,6 +72,11 @@ def demo_spec(*, steps: int | None = None, probe_size: int | None = None) -> Spe
             raise ConetoolError(
                 f"{flag} {value!r}: the demo needs a whole number of at least {least}."
             )
+    if steps is not None and steps > MAX_STEPS:  # (it trained without end)
+        raise ConetoolError(
+            f"--steps {steps}: the demo needs a whole number of at most {MAX_STEPS} (the longest "
+            "run conetool trains, as for train.steps in a spec)."
+        )
     text = resources.files("conetool").joinpath(DEMO_SPEC).read_text(encoding="utf-8")
     spec = spec_from_dict(tomllib.loads(text), source=f"conetool/{DEMO_SPEC}")
     t = spec.train
