@@ -39,6 +39,8 @@ from conetool.pipeline import (
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.run_kernels import kernels
 from conetool.pipeline.run_switch import parse_at, switch
+from conetool.pipeline.switch_options import SwitchOptions
+from conetool.pipeline.switch_prepare import prepare_sweep
 from conetool.spec import save_spec, spec_from_dict
 from conetool.store import Store
 from conetool.training import train
@@ -97,6 +99,15 @@ def test_parse_at():
         parse_at(["x"])
     with pytest.raises(ConetoolError, match="is not a step list"):
         parse_at(["0:10:0"])
+
+
+def test_an_until_longer_than_a_toml_integer_is_refused(deep_run, tmp_path):
+    """switch --until 99999999999999999999 --beyond-run trained without end; it is refused beyond
+    2**63 - 1, as train.steps in a spec and demo --steps are, before anything is trained."""
+    options = SwitchOptions([0], 2**63, tmp_path / "s", deep_run, None, "checkpoint", None, True)
+    with pytest.raises(ConetoolError, match=r"^--until 9223372036854775808: T must be at most"):
+        prepare_sweep(options)
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from ..choices import Reference, choice, is_count
 from ..data import DataBundle, load_data, steps_per_epoch
 from ..errors import CheckpointError, ConetoolError, SpecError
 from ..low_precision import refuse_for_training
-from ..spec import Spec, check_training_data
+from ..spec import MAX_STEPS, Spec, check_training_data
 from ..store import nearest_steps
 from .remembered import (
     carried_imports,
@@ -69,6 +69,12 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
         raise ConetoolError(
             f"--until {until!r} is not a step. Pass the end step T as a positive whole number "
             "(e.g. --until 2000), or leave it out for the spec's train.steps."
+        )
+    if until is not None and until > MAX_STEPS:  # (with --beyond-run it trained without end)
+        raise ConetoolError(
+            f"--until {until}: T must be at most {MAX_STEPS} (the longest run conetool trains, "
+            "as for train.steps in a spec). Pass a smaller end step, or leave it out for the "
+            "spec's train.steps."
         )
     reference = choice(Reference, o.reference, "--reference").value
     located = locate(store, ckpts, spec)
