@@ -25,6 +25,7 @@ from conetool.errors import (
     ConetoolError,
     DataError,
     ModelError,
+    StoreError,
     StoreReplacedError,
 )
 from conetool.loop import TrainingLoop
@@ -736,3 +737,28 @@ def test_switch_says_what_the_checkpoint_listing_says_of_the_run(tmp_path):
     result = switch([0, 4], until=8, store=store, ckpts=ckpts, spec=spec_file, device="cpu")
     assert sum("under 'ema'" in w for w in result.warnings) == 1, result.warnings
     assert not any("c_12.pt" in m for m in result.warnings + result.notes), result
+
+
+def test_a_sweep_of_another_spec_than_the_stores_kernels_is_refused(deep_run, linear_run, tmp_path):
+    # Was: --ckpts of a run trained with another [model] (its own conetool.toml) finished a sweep
+    # into the store of deep_run's kernels, and --spec with other widths was accepted and failed
+    # only at the checkpoint's load; refused now before anything is written, as kernels and
+    # distance --spec refuse another spec, naming the keys that differ and the way round.
+    store = tmp_path / "s"
+    kernels(deep_run, store=store, device="cpu")
+    with pytest.raises(StoreError, match="never mixes specs in a store") as caught:
+        switch([0, 4], store=store, ckpts=linear_run, device="cpu")
+    said = str(caught.value)
+    assert "model.widths = [8] (now [])" in said, said
+    assert f"the spec {paths.spec(linear_run)}: its hash is " in said, said
+    assert "--store OTHER_STORE" in said, said
+    assert not paths.switch_dir(store).exists()
+    other = tmp_path / "other.toml"
+    save_spec(spec_from_dict(spec_dict([6]), source=str(other)), other)
+    ran = runner.invoke(app, ["switch", "--at", "0", "--store", str(store), "--spec", str(other)])
+    text = " ".join(ran.output.split())
+    assert ran.exit_code != 0 and "Traceback" not in ran.output, ran.output
+    assert f"--spec {other}: its hash is " in text and "model.widths = [8] (now [6])" in text, text
+    assert not paths.switch_dir(store).exists()
+    # the store's own spec, given or found, still sweeps there
+    assert [p.at for p in switch([0], store=store, device="cpu").points] == [0]

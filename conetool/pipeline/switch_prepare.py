@@ -7,20 +7,23 @@ loaded; checkpoint errors reworded for ``switch``, which has no ``--skip-bad``."
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .. import paths
 from ..checkpoint_optimizer import ENTRIES
 from ..checkpoints import CheckpointRef, LoadedCheckpoint, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, steps_problems
 from ..checkpoints.load import NON_FINITE_ADVICE, read_checkpoint
 from ..choices import Reference, choice, is_count
 from ..data import DataBundle, load_data, steps_per_epoch
-from ..errors import CheckpointError, ConetoolError, SpecError
+from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
 from ..low_precision import refuse_for_training
-from ..spec import MAX_STEPS, Spec, check_training_data
+from ..spec import MAX_STEPS, Spec, check_training_data, resolved_differences
 from ..store import nearest_steps
 from .remembered import (
     carried_imports,
@@ -79,6 +82,7 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     reference = choice(Reference, o.reference, "--reference").value
     located = locate(store, ckpts, spec)
     ckpts_dir, spec, manifest = located.ckpts, located.spec, located.manifest
+    _refuse_another_spec(store, manifest, spec, given_spec=o.spec is not None)
     # What train refuses of the data it trains on, refused here too before anything is written;
     # a sweep begun with the spec (an earlier conetool's points in the store) goes on with it,
     # as train --resume does: its new points stay comparable with those it holds.
@@ -192,6 +196,29 @@ def _read_reference(
     keep = ENTRIES if step < T else ()  # --reference train continues from it
     with non_finite_said(non_finite_advice(T, step)):
         return read_checkpoint(refs[step], keep=keep)
+
+
+def _refuse_another_spec(
+    store: Path, manifest: Mapping[str, Any] | None, spec: Spec, *, given_spec: bool
+) -> None:
+    """Refuse a sweep whose spec is not the one the store's kernels were computed with (its
+    manifest's ``spec_hash``), before anything is written, as ``kernels`` and ``distance --spec``
+    refuse it: conetool never mixes specs in a store, and its sweep would sit beside kernels of
+    another run (Fig. 2 shaded from their verdict, the report showing both). A store without a
+    manifest (switch alone) has no kernels' spec to keep."""
+    if manifest is None or manifest.get("spec_hash") in (None, spec.hash()):
+        return
+    stored = manifest.get("spec")
+    keys = resolved_differences(stored, spec.to_dict()) if isinstance(stored, Mapping) else []
+    differs = f" It differs from the store's in {'; '.join(keys)}." if keys else ""
+    flag = f"--spec {spec.source}" if given_spec else f"the spec {spec.source}"
+    raise StoreError(
+        f"{flag}: its hash is {spec.hash()}, but the kernels of store {store} were computed "
+        f"with spec hash {manifest.get('spec_hash')} ({paths.MANIFEST_NAME}).{differs} conetool "
+        "never mixes specs in a store: a switch sweep there would be read beside the kernels of "
+        "another run. Leave --spec and --ckpts out to sweep the run the store's kernels were "
+        "computed from, or give this sweep a store of its own: --store OTHER_STORE."
+    )
 
 
 def _refuse_low_precision(spec: Spec) -> None:
