@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .io import atomic_save_safetensors
+from .errors import StoreError
+from .io import NOT_WRITABLE, atomic_save_safetensors
 from .store_kernel_files import kernel_files_made_with
 from .store_lock import StoreLock
 from .store_manifest import (
@@ -189,7 +190,9 @@ class StoreRecords:
         them again; and the files (step -> ``source``, resolved paths) that now give steps whose
         kernel is current (a run moved or copied with its store, a copy of the same bytes read in
         place of a file gone), so that the records name files that are there (the noise floor
-        reads the last step's). One manifest write; the kernel files keep the records they were
+        reads the last step's). One manifest write, left out on a store that cannot be written
+        (read-only media, a copy not ours): a rerun with nothing to compute writes nothing, and
+        the records keep their old times and files. The kernel files keep the records they were
         written with (see :func:`conetool.store_manifest.same_kernel_record`). A store opened
         with :meth:`~conetool.store.Store.join` leaves the manifest to its owner (those steps
         are read again next time)."""
@@ -209,7 +212,12 @@ class StoreRecords:
                     steps[str(step)] = {**held, "source": list(source)}
                     changed = True
             if changed:
-                self._write_manifest()
+                try:
+                    self._write_manifest()
+                except StoreError as exc:
+                    cause = exc.__cause__
+                    if not (isinstance(cause, OSError) and cause.errno in NOT_WRITABLE):
+                        raise
 
     # ----------------------------------------------------------------- the records kernel files carry
     def adopt_kernel_files(self, *, save: bool = True) -> list[int]:
