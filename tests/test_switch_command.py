@@ -762,3 +762,17 @@ def test_a_sweep_of_another_spec_than_the_stores_kernels_is_refused(deep_run, li
     assert not paths.switch_dir(store).exists()
     # the store's own spec, given or found, still sweeps there
     assert [p.at for p in switch([0], store=store, device="cpu").points] == [0]
+
+
+def test_a_store_whose_kernels_used_another_probe_set_of_the_run_still_sweeps(deep_run, tmp_path):
+    # kernels computed with a spec that differs from the run's conetool.toml in [probe] alone
+    # (another probe seed): the sweep is of the same run. Was (0ff489a): refused, telling the
+    # user to leave out --spec and --ckpts, which they had; with --spec of that probe set too
+    probe7 = spec_dict([8])
+    probe7["probe"] = {**probe7["probe"], "seed": 7}
+    other = tmp_path / "probe7.toml"
+    save_spec(spec_from_dict(probe7, source=str(other)), other)
+    store = tmp_path / "s"
+    kernels(deep_run, store=store, spec=other, device="cpu")
+    assert [p.at for p in switch([0], store=store, device="cpu").points] == [0]
+    assert [p.at for p in switch([4], store=store, spec=other, device="cpu").points] == [4]

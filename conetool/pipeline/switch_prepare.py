@@ -82,7 +82,8 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     reference = choice(Reference, o.reference, "--reference").value
     located = locate(store, ckpts, spec)
     ckpts_dir, spec, manifest = located.ckpts, located.spec, located.manifest
-    _refuse_another_spec(store, manifest, spec, given_spec=o.spec is not None)
+    if o.spec is not None or o.ckpts is not None:  # (else the run the store's kernels read)
+        _refuse_another_spec(store, manifest, spec, given_spec=o.spec is not None)
     # What train refuses of the data it trains on, refused here too before anything is written;
     # a sweep begun with the spec (an earlier conetool's points in the store) goes on with it,
     # as train --resume does: its new points stay comparable with those it holds.
@@ -205,11 +206,16 @@ def _refuse_another_spec(
     manifest's ``spec_hash``), before anything is written, as ``kernels`` and ``distance --spec``
     refuse it: conetool never mixes specs in a store, and its sweep would sit beside kernels of
     another run (Fig. 2 shaded from their verdict, the report showing both). A store without a
-    manifest (switch alone) has no kernels' spec to keep."""
+    manifest (switch alone) has no kernels' spec to keep; a spec that differs in its ``[probe]``
+    alone is the same run's (kernels computed on another probe set; the sweep does not use it).
+    Asked only where ``--spec`` or ``--ckpts`` chose the spec: without them the sweep is of the
+    run the store's kernels read, with its own ``conetool.toml``."""
     if manifest is None or manifest.get("spec_hash") in (None, spec.hash()):
         return
     stored = manifest.get("spec")
     keys = resolved_differences(stored, spec.to_dict()) if isinstance(stored, Mapping) else []
+    if keys and all(key.startswith("probe.") for key in keys):
+        return
     differs = f" It differs from the store's in {'; '.join(keys)}." if keys else ""
     flag = f"--spec {spec.source}" if given_spec else f"the spec {spec.source}"
     raise StoreError(
