@@ -41,13 +41,15 @@ def test_a_model_that_does_not_fit_names_the_spec_file(tmp_path: Path) -> None:
     assert runner.invoke(app, ["kernels", str(ckpts), "--store", str(store), "-q"]).exit_code == 0
     other = tmp_path / "other.toml"
     other.write_text(RUN.replace("widths = [8]", "widths = [9]"))
+    sweep = tmp_path / "sweep"
     named = f"Check that the spec's [model] arch, num_classes and options (in {other}) are"
     unnamed = []
     for args in (
         ["kernels", str(ckpts), "--spec", str(other), "--store", str(tmp_path / "new")],
         ["inspect", str(ckpts), "--spec", str(other)],
         ["inspect", str(ckpts), "--spec", str(other), "--verify"],
-        ["switch", "--at", "2", "--store", str(store), "--spec", str(other)],
+        # (a store of its own: in the store of the run's kernels another spec is refused first)
+        ["switch", "--at", "2", "--store", str(sweep), "--ckpts", str(ckpts), "--spec", str(other)],
     ):
         result = runner.invoke(app, args)
         assert "does not fit the model (MLP)" in result.output, (args, result.output)

@@ -206,11 +206,13 @@ def _refuse_another_spec(
     manifest's ``spec_hash``), before anything is written, as ``kernels`` and ``distance --spec``
     refuse it: conetool never mixes specs in a store, and its sweep would sit beside kernels of
     another run (Fig. 2 shaded from their verdict, the report showing both). A store without a
-    manifest (switch alone) has no kernels' spec to keep; a spec that differs in its ``[probe]``
+    manifest (switch alone) or without kernels has no kernels' spec to keep; a spec that differs in its ``[probe]``
     alone is the same run's (kernels computed on another probe set; the sweep does not use it).
     Asked only where ``--spec`` or ``--ckpts`` chose the spec: without them the sweep is of the
     run the store's kernels read, with its own ``conetool.toml``."""
     if manifest is None or manifest.get("spec_hash") in (None, spec.hash()):
+        return
+    if not manifest.get("steps"):  # no kernels (yet): nothing a sweep would be read beside
         return
     stored = manifest.get("spec")
     keys = resolved_differences(stored, spec.to_dict()) if isinstance(stored, Mapping) else []
