@@ -15,13 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_ntk import explicit_jacobian
+from tiny_run import tiny_spec
 from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
 from conetool.model_inputs import model_batch
 from conetool.pipeline.resolve import model_for
-from conetool.spec import load_spec
+from conetool.spec import load_spec, save_spec, spec_from_dict
 from conetool.store import Store
 
 FACTORY = """
@@ -34,24 +35,6 @@ def make(num_classes, input_shape):
     ).double()
 """
 
-SPEC = """
-[model]
-arch = "float64_factory:make"
-num_classes = 3
-[data]
-dataset = "synthetic"
-shape = [4]
-num_classes = 3
-train_size = 48
-test_size = 12
-[probe]
-size = 6
-[train]
-steps = 10
-batch_size = 8
-save_every = 5
-eval_every = 1
-"""
 
 CPU = ["--device", "cpu", "--threads", "1"]
 
@@ -68,9 +51,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ``conetool train`` in ``ckpts`` (checkpoints at steps 0, 5 and 10)."""
     folder = tmp_path_factory.mktemp("float64")
     (folder / "float64_factory.py").write_text(FACTORY)
-    (folder / "float64.toml").write_text(SPEC)
+    spec = tiny_spec()  # tests/tiny_run.py's run, its model the float64 factory's
+    spec["model"] = {"arch": "float64_factory:make", "num_classes": 3}
+    spec["train"]["eval_every"] = 1
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(folder))
+        toml = folder / "float64.toml"
+        save_spec(spec_from_dict(spec, source=str(toml)), toml)
         _invoke("train", str(folder / "float64.toml"), "--out", str(folder / "ckpts"))
         yield folder
 
