@@ -43,7 +43,12 @@ from typing import Any
 
 import torch
 
-from .data_files import check_mnist_files, cifar_problem, mnist_label_problem
+from .data_files import (
+    check_mnist_files,
+    cifar_checksum_problem,
+    cifar_problem,
+    mnist_label_problem,
+)
 from .data_order import augment_generator, batch_indices, mix_seed, steps_per_epoch
 from .data_split import CropFlip, DataBundle, Split
 from .digits import digits_arrays, stratified_split
@@ -300,7 +305,12 @@ def _cifar10(spec: DataSpec) -> DataBundle:
 
     def split(train: bool) -> Split:
         ds = _torchvision(
-            CIFAR10, root, spec, train, expected, lambda: cifar_problem(folder, train)
+            CIFAR10,
+            root,
+            spec,
+            train,
+            expected,
+            lambda: cifar_problem(folder, train) or cifar_checksum_problem(folder),
         )
         labels = torch.tensor(ds.targets, dtype=torch.int64)
         if len(labels) != len(ds.data) or not bool(((labels >= 0) & (labels < 10)).all()):

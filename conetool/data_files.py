@@ -9,7 +9,9 @@ outside 0..9, loads without complaint and fails later. These functions find the 
   torchvision reads the files);
 - :func:`mnist_label_problem` and :func:`cifar_problem` look at what was read, or at the files
   after torchvision failed (:func:`cifar_problem` unpickles the batches, with an unpickler that
-  builds numpy arrays and nothing else).
+  builds numpy arrays and nothing else);
+- :func:`cifar_checksum_problem` names a CIFAR-10 file whose md5 is not the original's, which
+  torchvision refuses as "not found or corrupted" although every file is there.
 
 Each returns, or raises as a :class:`~conetool.errors.DataError`, a sentence that names the file
 and what is wrong with it.
@@ -28,7 +30,13 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["CLASSES", "check_mnist_files", "cifar_problem", "mnist_label_problem"]
+__all__ = [
+    "CLASSES",
+    "check_mnist_files",
+    "cifar_checksum_problem",
+    "cifar_problem",
+    "mnist_label_problem",
+]
 
 #: The class count of MNIST and CIFAR-10: their labels are 0 to 9.
 CLASSES = 10
@@ -122,6 +130,35 @@ def cifar_problem(folder: Path, train: bool) -> str | None:
         path = folder / name
         if path.is_file() and (problem := _batch_problem(path)) is not None:
             return f"CIFAR-10 file {path} {problem}. {_CIFAR_FIX}"
+    return None
+
+
+def cifar_checksum_problem(folder: Path) -> str | None:
+    """A sentence naming the first CIFAR-10 file in ``folder`` whose md5 is not the one
+    torchvision checks it against (a batch written or cut down by hand), when every file
+    torchvision checks is there; None when one is missing (the data set is incomplete: the
+    caller says so) or every file is the original."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    files = [
+        *CIFAR10.train_list,
+        *CIFAR10.test_list,
+        [CIFAR10.meta["filename"], CIFAR10.meta["md5"]],
+    ]
+    if not all((folder / name).is_file() for name, _ in files):
+        return None
+    for name, md5 in files:
+        path = folder / name
+        if not check_integrity(str(path), md5):
+            return (
+                f"CIFAR-10 file {path} is not the original: torchvision checks every file of "
+                f"cifar-10-batches-py against the md5 of the released data set ({md5} for "
+                f"{name}) and refuses the whole data set when one differs, so a subset or "
+                'batches written by hand cannot be read as `dataset = "cifar10"`. '
+                f'{_CIFAR_FIX} For images of your own, give a "package.module:factory" as '
+                '[data] dataset (the README\'s "Bring your own run").'
+            )
     return None
 
 

@@ -244,6 +244,26 @@ def test_cifar10_from_pickled_batches(tmp_path: Path, monkeypatch: pytest.Monkey
     assert torch.allclose(fill, (0 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD))
 
 
+def test_cifar10_batches_written_by_hand_are_named_as_not_the_originals(tmp_path: Path) -> None:
+    # torchvision checks every file's md5 against the released data set's and then says only
+    # "Dataset not found or corrupted", which conetool passed on with the list of the files
+    # it expects, every one of them there: the file at fault and why are named now.
+    _write_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(dataset="cifar10", root=str(tmp_path)))
+    message = str(info.value)
+    assert f"{folder / 'data_batch_1'} is not the original" in message, message
+    assert "md5" in message and '"package.module:factory"' in message
+    assert "was not found" not in message
+
+    (folder / "test_batch").unlink()  # a file missing: the data set is incomplete, as before
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(dataset="cifar10", root=str(tmp_path)))
+    assert "was not found (or is incomplete" in str(info.value)
+    assert "not the original" not in str(info.value)
+
+
 def _damage_bytes(path: Path, how: str) -> None:
     data = bytearray(path.read_bytes())
     if how == "magic":
