@@ -141,7 +141,7 @@ def phase_verdict(
             f"Too few pairs of stored steps are {dt} steps apart ({int((points.lag == dt).sum())}) "
             "to follow the kernel velocity; the fit needs pairs at 6 or more distinct steps. "
             "Store kernels at evenly spaced steps over the whole run, or choose another "
-            "velocity_dt.",
+            "velocity_dt (`conetool distance --velocity-dt`).",
         )
     drop = velocity_drop(points, fit.step)
     assert drop is not None  # the fit leaves points on both sides of its bends

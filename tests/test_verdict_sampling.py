@@ -145,6 +145,8 @@ def test_log_spaced_checkpoints_say_what_is_missing_rather_than_guess() -> None:
     assert v.regime == "undetermined" and v.phase1_end is None
     assert "Too few pairs of stored steps" in v.explanation
     assert "evenly spaced steps" in v.explanation and "velocity_dt" in v.explanation
+    # the fix named as the command line gives it too: the rule's name alone was a guess there
+    assert "--velocity-dt" in v.explanation, v.explanation
 
 
 def kernel_run(kind: str, steps: np.ndarray, n: int = 8, seed: int = 0) -> np.ndarray:
