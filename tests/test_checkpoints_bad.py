@@ -233,6 +233,20 @@ def test_pickles_with_arbitrary_objects_are_never_unpickled(tmp_path: Path):
     assert not marker.exists()
 
 
+def test_a_whole_model_saved_with_torch_save_is_told_how_to_take_its_state_dict(tmp_path: Path):
+    # torch.save(model, path), not model.state_dict(): the advice said only "take the model's
+    # state dict (sd['state_dict'] for Lightning)", and torch's reason, ending with a period,
+    # was followed by another ("... if you trust this class/function.. conetool never ...")
+    path = tmp_path / "step_5.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(CheckpointError) as e:
+        read_state_dict(path)
+    msg = str(e.value)
+    assert "torch.nn.modules.linear.Linear" in msg, msg
+    assert "sd.state_dict() for a whole model saved with torch.save(model)" in msg, msg
+    assert ".." not in msg, msg
+
+
 # ------------------------------------------------------------------------------------------------
 # steps
 

@@ -76,6 +76,7 @@ def check_torch_file(path: Path) -> bool:
 
 def _unsafe_pickle_error(path: Path, error: Exception) -> CheckpointError:
     reason = next((ln.strip() for ln in str(error).splitlines() if "Unsupported" in ln), "")
+    reason = reason.rstrip(".")  # (torch's ends with one: the sentence below gives its own)
     if "numpy" in reason and not _numpy_scalar_globals():
         reason += (
             " (a numpy scalar, such as a step saved as np.int64(1500), is read with torch 2.5 or "
@@ -86,7 +87,8 @@ def _unsafe_pickle_error(path: Path, error: Exception) -> CheckpointError:
         f"{': ' + reason if reason else ''}. conetool never unpickles arbitrary objects (a pickle "
         f"can run code). If you trust the file, convert it once in Python: "
         f"sd = torch.load('{path}', weights_only=False); take the model's state dict "
-        f"(sd['state_dict'] for Lightning) and save it with "
+        f"(sd.state_dict() for a whole model saved with torch.save(model), sd['state_dict'] "
+        f"for Lightning) and save it with "
         f"safetensors.torch.save_file(sd, 'step_2000.safetensors', "
         f"metadata={{'step': '2000'}}); safetensors is the preferred format."
     )
