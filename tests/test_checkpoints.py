@@ -969,3 +969,26 @@ def test_hf_final_model_that_cannot_be_read_has_its_global_step(tmp_path: Path):
         list_checkpoints(tmp_path, warn=lambda _: None)
     refs = list_checkpoints(tmp_path, steps=(0, 1000), warn=lambda _: None)
     assert [r.step for r in refs] == [500, 1000]
+
+
+def test_hf_best_model_warning_only_when_the_selection_reads_its_step(tmp_path: Path):
+    # Was: "not read: 'model.safetensors' ... the Trainer's final model" under --steps 0:1000 too,
+    # which leaves step 1500 (its trainer_state.json global_step) out anyway: nothing lost there.
+    write_hf(tmp_path, 500, state(5))
+    write_hf(tmp_path, 1000, state(10))
+    save_file(state(5), str(tmp_path / "model.safetensors"))
+    best = str(tmp_path / "checkpoint-500")
+    (tmp_path / "trainer_state.json").write_text(
+        json.dumps({"global_step": 1500, "best_model_checkpoint": best})
+    )
+
+    def final_said(**selection: object) -> bool:
+        said: list[str] = []
+        list_checkpoints(tmp_path, warn=said.append, **selection)  # type: ignore[arg-type]
+        return any("final model" in w for w in said)
+
+    assert final_said() and final_said(steps=(1000, None)) and final_said(every=500)
+    assert not final_said(steps=(0, 1000)) and not final_said(every=1000)
+    notes: list[str] = []  # inspect, which shares the scan, alike
+    inspect_checkpoints(tmp_path, steps=(0, 1000), warn=notes.append)
+    assert not [w for w in notes if "final model" in w], notes

@@ -162,7 +162,8 @@ def final_model_warning(scan: Scan) -> str | None:
     ``checkpoint-N/`` folders) left out though no folder gives the ``global_step`` of the output
     directory's ``trainer_state.json``: that file names a ``best_model_checkpoint``, so the final
     model may be that checkpoint's weights (``load_best_model_at_end``), not the last step's.
-    None when no final model was left out so."""
+    None when no final model was left out so, or its step is not selected (``--steps``,
+    ``--every``: nothing is lost)."""
     if not scan.final_left:
         return None
     name, step = scan.final_left[0]

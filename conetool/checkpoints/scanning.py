@@ -751,6 +751,8 @@ def scan_directory(
     # a copy stands in only where it is read: within the selection, and usable itself (not of
     # another run, not a step that files of other content give too)
     scan.regex_left = [e for e in scan.regex_left if is_selected(e[1], steps, every)]
+    # a final model left out is said only when its step is one the selection reads
+    scan.final_left = [e for e in scan.final_left if is_selected(e[1], steps, every)]
     read = {c.name for c in kept if c.problem is None}
     scan.stand_ins = [entry for entry in scan.stand_ins if entry[0] in read]
     kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))
