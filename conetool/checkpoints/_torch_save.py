@@ -13,6 +13,7 @@ import io
 import pickle
 import threading
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,19 @@ def check_torch_file(path: Path) -> bool:
     if len(head) == 8 and 0 < int.from_bytes(head, "little") <= MAX_HEADER:
         hint = f"if it is a safetensors file, rename it to '{path.stem}.safetensors'."
     raise CheckpointError(f"'{path}' is not a torch.save checkpoint (unknown file format); {hint}")
+
+
+def storage_records(path: Path) -> Counter[tuple[int, int]] | None:
+    """The ``(crc32, bytes)`` of each tensor storage record (``archive/data/0``, ...) of a
+    zip-format torch.save file, read from its zip central directory only (no tensor data): two
+    files with the same records hold the same storages, bit for bit. None when it cannot be
+    read as a zip archive (a legacy pickle, a file gone)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return None
+    return Counter((i.CRC, i.file_size) for i in infos if "/data/" in i.filename)
 
 
 def _unsafe_pickle_error(path: Path, error: Exception) -> CheckpointError:

@@ -198,6 +198,27 @@ def stand_in_warning(scan: Scan) -> str | None:
     return " ".join(lines)
 
 
+def other_copy_warning(scan: Scan) -> str | None:
+    """The warning for copies named without a step (``final.pt``, ``last.ckpt``) left out because
+    another file gives the step they store, though they hold other tensors than that file (a
+    loop that saved later weights with a stale step counter): the file read, and how to read
+    the copy. None when every such copy holds its step's tensors (or there is none)."""
+    if not scan.other_copies:
+        return None
+    lines = []
+    for copy, kept, step in scan.other_copies:
+        where = scan.directory / copy
+        lines.append(
+            f"not read: '{copy}' in '{scan.directory}' stores step {step}, as '{kept}' does, but "
+            f"holds other tensors: '{kept}' is read for step {step}. If '{copy}' holds the "
+            f"weights of a later step saved with a stale step counter, move it into a folder "
+            f"named for its step, which gives the step (mkdir '{scan.directory / 'step_N'}' && "
+            f"mv '{where}' '{scan.directory / 'step_N' / 'model.pt'}', N its step); to read it "
+            f"for step {step} instead, move '{kept}' out of the directory."
+        )
+    return " ".join(lines)
+
+
 def regex_left_warning(scan: Scan) -> str | None:
     """The warning for copies named without a step (``final.pt``) that ``--step-regex`` does not
     match, left out though each stores a step that no file read gives (a loop's last step saved
@@ -644,6 +665,9 @@ class CheckpointListing:
     #: file (the Hugging Face folder, the shard index or the file) -> why it was left out; the
     #: files of the "left out ..." warnings, one entry each (both files of a duplicate step)
     left_out: dict[Path, str] = field(default_factory=dict)
+    #: step read -> the files left out as its copies though they are no file of it (``final.pt``
+    #: storing the step, a Trainer's final model): read in its place if its file were moved out
+    copies: dict[int, list[Path]] = field(default_factory=dict)
 
 
 def list_checkpoints(
@@ -765,13 +789,17 @@ def checkpoint_listing(
         warn(said)
     if said := stand_in_warning(scan):  # a copy read for a step whose own file is unusable
         warn(said)
+    if said := other_copy_warning(scan):  # a copy of a step with other tensors, not read
+        warn(said)
     if said := regex_left_warning(scan):  # a copy of a step no file gives, not matched
         warn(said)
     if said := unreadable_alias_warning(scan):  # a copy whose step cannot be known
         warn(said)
     if said := store_files_warning(scan):  # a store's files among the checkpoints
         warn(said)
-    return CheckpointListing(refs, {c.folder or c.location: c.problem or "" for c in bad})
+    read = {ref.step for ref in refs}
+    copies = {step: files for step, files in scan.left_copies.items() if step in read}
+    return CheckpointListing(refs, {c.folder or c.location: c.problem or "" for c in bad}, copies)
 
 
 def step_problems(

@@ -27,6 +27,7 @@ from .discover import (
     left_entries_warning,
     nested_warning,
     not_state_dicts_note,
+    other_copy_warning,
     regex_left_warning,
     scan_selected,
     shown_name,
@@ -139,6 +140,7 @@ def inspect_checkpoints(
         (nested_warning(scan), warn),  # checkpoints in subfolders are not read
         (final_model_warning(scan), warn),  # a Trainer's final model whose step is not known
         (stand_in_warning(scan), warn),  # a copy read for a step whose own file is unusable
+        (other_copy_warning(scan), warn),  # a copy of a step with other tensors, not read
         (regex_left_warning(scan), warn),  # a copy of a step no file gives, not matched
         (unreadable_alias_warning(scan), warn),  # a copy whose step cannot be known
         (store_files_warning(scan), warn),  # a store's files among the checkpoints

@@ -168,3 +168,10 @@ class Scan:
     # a copy named without a step (final.pt) that cannot be read (truncated, corrupt), so its
     # step is not known and it is left out: (name, its problem)
     unreadable_aliases: list[tuple[str, str]] = field(default_factory=list)
+    # a copy named without a step (final.pt, last.ckpt) left out because another file gives the
+    # step it stores, though it holds other tensors than that file (a loop that saved later
+    # weights with a stale step counter): (copy's name, the read file's name, step)
+    other_copies: list[tuple[str, str, int]] = field(default_factory=list)
+    # every file left out as a copy of a step another file gives (final.pt, a Trainer's final
+    # model): step -> their paths, for a step whose file fails when it is read to name them
+    left_copies: dict[int, list[Path]] = field(default_factory=dict)

@@ -21,7 +21,7 @@ from ._keys import diff_keys, strip_common_prefixes
 from ._opening import open_error
 from ._safetensors_format import read_header
 from ._state_dicts import bitwise_equal
-from ._torch_save import check_torch_file, read_torch_contents
+from ._torch_save import check_torch_file, read_torch_contents, storage_records
 from ._training_state_given import refuse_training_state
 from .records import (
     Candidate,
@@ -493,6 +493,19 @@ def _same_tensors(group: list[Candidate]) -> bool:
     return True
 
 
+def _same_weights(copy: Candidate, kept: Candidate) -> bool:
+    """Whether ``copy`` (``final.pt``, storing ``kept``'s step) holds what ``kept`` does. Two
+    torch.save files whose storage records have the same CRC-32s and sizes (their zip
+    directories, no tensor data read: one dict saved twice, Lightning's ``last.ckpt`` beside its
+    step's file) are the same; others are read in full and compared (:func:`_same_tensors`),
+    which only a copy that differs, or a dict of other entries, costs."""
+    if copy.format == "torch" and kept.format == "torch" and len(kept.paths) == 1:
+        records = storage_records(copy.paths[0])
+        if records is not None and records == storage_records(kept.paths[0]):
+            return True
+    return _same_tensors([kept, copy])
+
+
 def _flag_duplicates(cands: list[Candidate]) -> list[tuple[Candidate, Candidate, str]]:
     """Refuse every file of a step that several files give, unless they are copies of each
     other: the same bytes, then the first by name is kept (a file named for its step before a
@@ -577,6 +590,21 @@ def _is_accelerate_folder(directory: Path) -> bool:
         return False
     weights = {n for pair in _HF_WEIGHTS for n in pair} | set(_FOLDER_TORCH)
     return bool(names & weights) and any(_ACCELERATE_RNG.match(n) for n in names)
+
+
+def _one_step_folder(directory: Path, scan: Scan, pattern: re.Pattern[str] | None) -> bool:
+    """Whether ``directory``, given as the one to read and listed whole (``scan``), is one
+    folder of one step: its name gives a step (``step_0``; :func:`step_named`, ``--step-regex``
+    too) and all it holds is the weights a folder per step is read by (:data:`FOLDER_WEIGHTS`),
+    usable but storing no step, which read as a file of its own would give none ("no step
+    recoverable"). It is then read as it is inside its run's directory: the step is the
+    folder's. A file that stores its step keeps it, as before."""
+    if len(scan.candidates) != 1 or not step_named(directory.name, pattern):
+        return False
+    (c,) = scan.candidates
+    weights = {n for pair in _HF_WEIGHTS for n in pair} | set(_FOLDER_TORCH)
+    name = (c.index or c.location).name
+    return c.folder is None and c.problem is None and name in weights and stored_step(c) is None
 
 
 def _has_checkpoint_folders(directory: Path) -> bool:
@@ -669,6 +697,8 @@ def scan_directory(
     one = _is_hf_folder(directory) or _is_accelerate_folder(directory)
     whole = not (directory.is_file() or single or one)
     scan = _collect(directory, deep, pattern) if whole else _single(directory, deep)
+    if whole and _one_step_folder(directory, scan, pattern):  # step_0/ given alone
+        whole, scan = False, _single(directory, deep)
     unmatched: dict[str, int] = {}  # aliases --step-regex does not match -> the step they store
     unreadable = {c.name for c in scan.candidates if c.problem is not None}  # before any step
     for c in scan.candidates:
@@ -708,9 +738,19 @@ def scan_directory(
             if _is_alias(c)
             and (c.step is None or (c.format == "torch" and c.step_inside and c.step in named))
         ]
+        stepped: dict[int | None, Candidate] = {}  # the file of each step, the first by name
+        for c in scan.candidates:
+            if not _is_alias(c) and _usable_step(c):
+                stepped.setdefault(c.step, c)
         for c in aliases:
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
+            if c.step is not None and c.step in named and c.problem is None:
+                scan.left_copies.setdefault(c.step, []).append(c.location)
+                # later weights saved with a stale step would be lost without a word: a copy
+                # of a selected step that holds other tensors than its file is said
+                if is_selected(c.step, steps, every) and not _same_weights(c, stepped[c.step]):
+                    scan.other_copies.append((c.name, stepped[c.step].name, c.step))
             held = unmatched.get(c.name)
             if pattern is not None and held is not None and held not in named:
                 scan.regex_left.append((c.name, held, pattern.pattern))
@@ -736,6 +776,8 @@ def scan_directory(
             scan.ignored.append(c.name)
             if step not in folders:
                 scan.final_left.append((c.name, step))
+            elif scan.best_model is None:  # (with one, it would not be read in the folder's place)
+                scan.left_copies.setdefault(step, []).append(c.location)
         _note_stand_ins(scan, finals, folders, folders=True)
     kept = []
     for c in scan.candidates:
@@ -755,6 +797,7 @@ def scan_directory(
     scan.final_left = [e for e in scan.final_left if is_selected(e[1], steps, every)]
     read = {c.name for c in kept if c.problem is None}
     scan.stand_ins = [entry for entry in scan.stand_ins if entry[0] in read]
+    scan.other_copies = [entry for entry in scan.other_copies if entry[1] in read]
     kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))
     scan.candidates = kept
     return scan

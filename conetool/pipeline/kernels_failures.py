@@ -195,6 +195,22 @@ def skipped_warning(exc: ConetoolError, ref: CheckpointRef, first: dict[str, int
     return f"skipped step {ref.step} ({ref.file}): {message}"
 
 
+def copies_hint(ref: CheckpointRef, copies: Sequence[Path]) -> str:
+    """What follows the problem of a step ``--skip-bad`` goes on without when the listing left
+    out ``copies`` of it (``final.pt`` storing the step: not read while the step's own file is
+    there): that they exist, and how to read one in its place. "" when there are none."""
+    if not copies:
+        return ""
+    one = len(copies) == 1
+    names = " and ".join(f"'{p}'" for p in copies)
+    return (
+        f" {names}, named without a step, store{'s' if one else ''} step {ref.step} too and "
+        f"{'was' if one else 'were'} left out as {'its copy' if one else 'its copies'}: to read "
+        f"{'it' if one else 'one of them'} for step {ref.step}, move '{ref.file}' out of the "
+        f"directory and rerun."
+    )
+
+
 def grouped_failures(failures: Sequence[Failure]) -> list[str]:
     """One line per distinct problem: steps whose messages differ only by their file are said
     once, ``steps 0, 5, 10, ..., 100 (step_000000.pt, ..., step_000100.pt): each file ...``

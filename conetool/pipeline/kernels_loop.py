@@ -40,6 +40,7 @@ from ..store import StepRecord, Store, StoreIdentity, kernel_norm
 from .kernels_failures import (
     MODEL,
     Failure,
+    copies_hint,
     every_checkpoint_failed,
     fault_of,
     grouped_failures,
@@ -137,6 +138,9 @@ class KernelsPlan:
     # the store's manifest.json as the plan read it (None: none, or unreadable), --overwrite or
     # not: mixed_runs.another_run checks it without reading it again
     manifest: dict[str, Any] | None = None
+    # step -> the files the listing left out as its copies (final.pt storing the step), named
+    # when the step's own file fails as it is read (--skip-bad)
+    copies: Mapping[int, Sequence[Path]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -284,11 +288,12 @@ def compute_all(
             error = (exc, *stop_message(exc, ref, fault, plan.spec), alike)
             job.fail()
             return True
-        failed[ref.step] = str(exc)
+        hint = copies_hint(ref, plan.copies.get(ref.step, ()))
+        failed[ref.step] = str(exc) + hint
         files[ref.step] = str(ref.file)
         if isinstance(exc, KeyMismatchError):
             mismatched.append(ref.step)
-        progress.log(f"warning: {skipped_warning(exc, ref, first_said)}")
+        progress.log(f"warning: {skipped_warning(exc, ref, first_said)}{hint}")
         bar.advance(1, step=ref.step)
         return False
 

@@ -490,6 +490,7 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
         patterns,
         selection,
         manifest,
+        listing.copies,
     )
 
 

@@ -1,0 +1,196 @@
+"""Copies named without a step (``final.pt``, ``last.ckpt``) that store the step of another file,
+a step folder passed alone, and a step whose file fails when ``kernels`` reads it: what is read,
+what is said, on real layouts in tmp_path and the real CLI.
+
+References: the tensors the tests write, loaded by hand into the spec's model, and
+:func:`conetool.ntk.empirical_ntk` on them against the kernels ``kernels`` stored.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_run import SPEC_TOML
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.checkpoints import _hashed_reads, inspect_checkpoints, list_checkpoints, load
+from conetool.cli import app
+from conetool.ntk import empirical_ntk
+from conetool.pipeline.resolve import model_for
+from conetool.spec import spec_from_toml
+
+runner = CliRunner()
+SPEC = spec_from_toml(SPEC_TOML)
+
+
+def weights(seed: int) -> dict[str, torch.Tensor]:
+    """A distinct state dict of the spec's model."""
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in model_for(SPEC).state_dict().items()}
+
+
+def loop_save(path: Path, seed: int, step: int, **extra: object) -> None:
+    """A plain loop's checkpoint: its state dict and step in one torch.save dict."""
+    torch.save({"model_state_dict": weights(seed), "step": step, **extra}, path)
+
+
+def said(directory: Path, **kwargs: object) -> tuple[list[tuple[int, str]], list[str]]:
+    """The listing's ``(step, file name)`` pairs and everything it said."""
+    told: list[str] = []
+    refs = list_checkpoints(directory, warn=told.append, **kwargs)  # type: ignore[arg-type]
+    return [(r.step, r.file.name) for r in refs], told
+
+
+def run_kernels(tmp_path: Path, ckpts: Path, *more: str) -> tuple[Path, str]:
+    """``conetool kernels CKPTS`` into a fresh store (float64, CPU): the store and the output."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC_TOML)
+    store = tmp_path / f"store{len(list(tmp_path.glob('store*')))}"
+    args = ["kernels", str(ckpts), "--spec", str(spec), "--store", str(store)]
+    result = runner.invoke(app, [*args, "--dtype", "float64", "--device", "cpu", *more])
+    assert result.exit_code == 0, result.output
+    return store, " ".join(result.output.split())
+
+
+def assert_kernel_of(store: Path, step: int, seed: int) -> None:
+    """The kernel stored for ``step`` is the empirical NTK of ``weights(seed)``, loaded by hand."""
+    model = model_for(SPEC).double()
+    model.load_state_dict(weights(seed))
+    probe = load_file(str(paths.probe(store)))["inputs"].double()
+    want = empirical_ntk(model, probe, kind="trace", dtype=torch.float64)
+    got = load_file(str(paths.kernel(store, step)))["kernel"].double()
+    assert float((got - want).norm() / want.norm()) < 1e-10, step
+
+
+# ------------------------------------------------------------------------------------------------
+# a copy that stores the step of another file
+
+
+def test_a_copy_with_other_weights_than_its_steps_file_is_warned_of(tmp_path: Path):
+    # Was: final.pt, later weights saved with a stale step counter (step 10), was left out as a
+    # copy of ckpt_10.pt without a word: the run's last weights lost.
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        loop_save(run / f"ckpt_{step}.pt", step, step)
+    loop_save(run / "final.pt", 20, 10)  # the weights after step 20, the counter still at 10
+    listed, told = said(run)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    (warning,) = [m for m in told if "final.pt" in m]
+    assert "'ckpt_10.pt' is read for step 10" in warning and "other tensors" in warning, warning
+    assert f"mv '{run / 'final.pt'}' '{run / 'step_N' / 'model.pt'}'" in warning, warning
+    shown: list[str] = []
+    inspect_checkpoints(run, warn=shown.append)
+    assert warning in shown
+    store, out = run_kernels(tmp_path, run)
+    assert "'final.pt'" in out and "other tensors" in out, out
+    assert_kernel_of(store, 10, 10)  # step 10's own file, not the copy
+    # the fix it names reads the copy as its step
+    (run / "step_20").mkdir()
+    shutil.move(run / "final.pt", run / "step_20" / "model.pt")
+    listed, told = said(run)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt"), (20, "step_20")]
+    assert not [m for m in told if "other tensors" in m], told
+    store, _ = run_kernels(tmp_path, run)
+    assert_kernel_of(store, 20, 20)
+
+
+def test_a_copy_of_its_steps_tensors_stays_silent_and_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    for step in (0, 10):
+        loop_save(tmp_path / f"ckpt_{step}.pt", step, step)
+    loop_save(tmp_path / "last.pt", 10, 10)  # the same dict saved again
+    streamed: list[Path] = []
+    real = _hashed_reads.stream_file
+
+    def counted(path: Path, **kwargs: bool) -> _hashed_reads.Streamed:
+        streamed.append(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(_hashed_reads, "stream_file", counted)  # hashes
+    monkeypatch.setattr(load, "stream_file", counted)  # full reads
+    listed, told = said(tmp_path)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    assert not [m for m in told if "last.pt" in m], told
+    assert streamed == []  # told apart by their zip directories: no tensor data read
+    # the same weights in another dict (an optimizer state beside them): read in full, silent
+    loop_save(
+        tmp_path / "ckpt_10.pt",
+        10,
+        10,
+        optimizer_state_dict={"state": {0: {"momentum_buffer": torch.ones(3)}}},
+    )
+    listed, told = said(tmp_path)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    assert not [m for m in told if "last.pt" in m], told
+    assert streamed, "compared in full"
+    # a step the selection leaves out is not compared, nor said
+    loop_save(tmp_path / "last.pt", 20, 10)
+    streamed.clear()
+    listed, told = said(tmp_path, steps=(0, 5))
+    assert listed == [(0, "ckpt_0.pt")] and streamed == []
+    assert not [m for m in told if "last.pt" in m], told
+
+
+# ------------------------------------------------------------------------------------------------
+# one folder of one step, given alone
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_one_step_folder_given_alone_is_read_as_its_step(tmp_path: Path, name: str):
+    # Was: `conetool kernels run/step_0/` listed the folder as a run, and its model file gave
+    # "no step recoverable"; the run folder holding only step_0/ read it as step 0.
+    folder = tmp_path / "run" / "step_0"
+    folder.mkdir(parents=True)
+    if name.endswith(".safetensors"):
+        save_file(weights(3), str(folder / name))
+    else:
+        torch.save(weights(3), folder / name)
+    torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")  # not read
+    for given in (folder, tmp_path / "run"):
+        listed, _ = said(given)
+        assert listed == [(0, "step_0")], given
+    store, _ = run_kernels(tmp_path, folder)
+    assert_kernel_of(store, 0, 3)
+    # a model file that stores its step keeps it, as before
+    save_file(weights(3), str(folder / "model.safetensors"), metadata={"step": "7"})
+    (folder / "model.pt").unlink(missing_ok=True)
+    assert said(folder)[0] == [(7, "model.safetensors")]
+
+
+# ------------------------------------------------------------------------------------------------
+# a step whose file fails as it is read, beside a copy of that step
+
+
+def test_a_step_lost_at_load_names_its_copy_and_how_to_read_it(tmp_path: Path):
+    # Was: ckpt_10.pt, refused as it was read (non-finite weights), was skipped under --skip-bad
+    # without a word of final.pt, which stores step 10 too and was left out as its copy: the
+    # step lost though a usable copy of it was there.
+    run = tmp_path / "run"
+    run.mkdir()
+    loop_save(run / "ckpt_0.pt", 0, 0)
+    broken = weights(10)
+    next(iter(broken.values()))[0] = float("nan")  # a diverged save
+    torch.save({"model_state_dict": broken, "step": 10}, run / "ckpt_10.pt")
+    loop_save(run / "final.pt", 10, 10)
+    _, out = run_kernels(tmp_path, run, "--skip-bad")
+    assert "skipped step 10" in out and "non-finite" in out.lower(), out
+    hint = f"'{run / 'final.pt'}', named without a step, stores step 10 too"
+    assert hint in out and f"move '{run / 'ckpt_10.pt'}' out of the directory" in out, out
+    # the fix it names: the copy is read for step 10
+    (tmp_path / "aside").mkdir()
+    shutil.move(run / "ckpt_10.pt", tmp_path / "aside" / "ckpt_10.pt")
+    store, out = run_kernels(tmp_path, run)
+    assert "skipped" not in out, out
+    assert_kernel_of(store, 0, 0)
+    assert_kernel_of(store, 10, 10)
+    # a step read without trouble names no copy
+    loop_save(run / "ckpt_10.pt", 10, 10)
+    _, out = run_kernels(tmp_path, run, "--skip-bad")
+    assert "named without a step" not in out, out
