@@ -8,6 +8,7 @@ checkpoints of its own notes the ones it does not read (``kernels``, ``inspect``
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,35 @@ def test_a_subfolder_not_named_for_a_step_is_read_by_its_trainer_state_or_step_r
         torch.save({"w": torch.full((2,), 1.0)}, runs / f"run{step}" / "model.pt")
     refs = list_checkpoints(runs, step_regex=r"run(\d+)", warn=lambda _: None)
     assert [r.step for r in refs] == [500, 1000]
+
+
+def test_runs_saved_as_folders_per_step_are_counted_and_named(tmp_path: Path) -> None:
+    # Was: runs/seed0/step_0/model.pt counted as no checkpoint, so `runs` got "no checkpoints
+    # in 'runs' (it holds: seed0/, seed1/)" instead of the run folders to pass; a folder read by
+    # its trainer_state.json was not counted either, nor named among the folders read.
+    runs = tmp_path / "runs"
+    for step in (0, 10):
+        (runs / "seed0" / f"step_{step}").mkdir(parents=True)
+        torch.save(
+            {"w": torch.full((2,), float(step))}, runs / "seed0" / f"step_{step}" / "model.pt"
+        )
+    final = runs / "seed1" / "final"  # read by its trainer_state.json
+    final.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(final / "model.safetensors"))
+    (final / "trainer_state.json").write_text(json.dumps({"global_step": 30}))
+    (runs / "seed1" / "logs").mkdir()  # no checkpoint
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(runs)
+    text = str(e.value)
+    assert "subfolders seed0/ (2 checkpoints), seed1/ (1 checkpoint)" in text, text
+    assert "holding trainer_state.json" in text, text
+    assert [r.step for r in list_checkpoints(runs / "seed0", warn=lambda _: None)] == [0, 10]
+    assert [r.step for r in list_checkpoints(runs / "seed1", warn=lambda _: None)] == [30]
+    run = tmp_path / "run"  # beside a run's own files: the warning counts them alike
+    write(run, 0)
+    shutil.copytree(runs / "seed0", run / "old")
+    notes: list[str] = []
+    assert [r.step for r in list_checkpoints(run, warn=notes.append)] == [0]
+    (note,) = notes
+    assert "not read: subfolder old/ (2 checkpoints)" in note, note
+    assert "checkpoint-N/ and step_N/, or holding trainer_state.json" in note, note

@@ -136,7 +136,8 @@ def nested_warning(scan: Scan) -> str | None:
     return (
         f"not read: {'subfolders' if plural else 'subfolder'} {_nested_list(scan)} of "
         f"'{scan.directory}' (conetool reads a directory's own checkpoint files and the folders "
-        f"named for a step, checkpoint-N/ and step_N/, not other subfolders). To use {'them' if plural else 'it'}, point at "
+        f"named for a step, checkpoint-N/ and step_N/, or holding trainer_state.json, not other "
+        f"subfolders). To use {'them' if plural else 'it'}, point at "
         f"{'each' if plural else 'it'}: '{first}'."
     )
 
@@ -470,8 +471,9 @@ def empty_error(scan: Scan) -> CheckpointError:
         return CheckpointError(
             f"no checkpoints in '{scan.directory}' itself: they are in "
             f"{'subfolders' if len(scan.nested) > 1 else 'its subfolder'} {_nested_list(scan)}, "
-            f"and conetool reads a directory's own checkpoint files and checkpoint-N/ folders, "
-            f"not other subfolders. Pass {which} '{first}'."
+            f"and conetool reads a directory's own checkpoint files and the folders named for a "
+            f"step (checkpoint-N/, step_N/) or holding trainer_state.json, not other "
+            f"subfolders. Pass {which} '{first}'."
         )
     return CheckpointError(
         f"no checkpoints in '{scan.directory}' ({_describe_contents(scan)}). conetool reads "

@@ -270,9 +270,24 @@ def _skipped_on_purpose(name: str) -> bool:
     return paths.is_optimizer_state(Path(name)) or bool(_NOT_MODEL.match(name))
 
 
+def _holds_folder_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds the weights a checkpoint folder is read by
+    (:data:`FOLDER_WEIGHTS`) and gives a step: named for one (``step_0``) or holding
+    ``trainer_state.json``, as :func:`_folder_candidate` reads it (headers not read)."""
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return False
+    weights = {n for pair in _HF_WEIGHTS for n in pair} | set(_FOLDER_TORCH)
+    gives = step_named(folder.name, None) or "trainer_state.json" in names
+    return gives and bool(names & weights)
+
+
 def _nested_checkpoints(folder: Path) -> int:
-    """How many checkpoints (files and checkpoint-N/ folders) a subfolder that is not itself a
-    checkpoint folder holds at its top level; 0 for a conetool store or an unreadable folder."""
+    """How many checkpoints (files, checkpoint-N/ folders, and folders read as one step:
+    ``step_0/model.pt``, a folder holding ``trainer_state.json`` beside its weights) a subfolder
+    that is not itself a checkpoint folder holds at its top level; 0 for a conetool store or an
+    unreadable folder."""
     try:
         with os.scandir(folder) as it:
             entries = list(it)
@@ -286,7 +301,8 @@ def _nested_checkpoints(folder: Path) -> int:
             if e.name.startswith("."):
                 continue
             if e.is_dir():
-                count += paths.is_hf_checkpoint_folder(e.name)
+                held = paths.is_hf_checkpoint_folder(e.name) or _holds_folder_weights(Path(e.path))
+                count += held
             elif e.is_file() and has_checkpoint_suffix(e.name) and not _skipped_on_purpose(e.name):
                 count += 1
         except OSError:
