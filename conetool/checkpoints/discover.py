@@ -45,7 +45,8 @@ The step of each checkpoint, in order of precedence:
    warning naming ``--step-regex``. A torch.save copy named without a step (``best.pt``,
    ``last.pt``, Lightning's ``last.ckpt``: the dict of a step saved under its own name too) is
    left out all the same
-   when another file gives its step (one that no other file gives is read as that step, and
+   when another file gives its step (with a warning when it holds other tensors than that
+   file: :func:`other_copy_warning`; one that no other file gives is read as that step, and
    so is one whose step only unusable files give: it stands in for them, with a warning);
 3. the name: ``step_2000``, ``step=2000``, ``epoch=3-step=2000``, ``global_step2000``,
    ``ckpt-2000``, ``checkpoint-2000``, ``model_2000``, ``iter_2000``, a bare ``2000``; or an epoch
