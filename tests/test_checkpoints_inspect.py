@@ -16,7 +16,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conetool import paths
-from conetool.checkpoints import _hashed_reads, _opening, inspect_checkpoints, list_checkpoints
+from conetool.checkpoints import (
+    _hashed_reads,
+    _opening,
+    inspect_checkpoints,
+    list_checkpoints,
+    load,
+)
 from conetool.errors import CheckpointError
 
 
@@ -51,6 +57,7 @@ def forbid_data_reads(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("tensor data was read")
 
     monkeypatch.setattr(_hashed_reads, "stream_file", boom)
+    monkeypatch.setattr(load, "stream_file", boom)  # read_checkpoint's own name for it
     monkeypatch.setattr(safetensors.torch, "load_file", boom)
     monkeypatch.setattr(safetensors.torch, "load", boom)
     monkeypatch.setattr(safetensors, "safe_open", boom)

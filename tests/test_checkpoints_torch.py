@@ -30,6 +30,7 @@ from conetool.checkpoints import (
     list_checkpoints,
     read_state_dict,
 )
+from conetool.checkpoints import load as checkpoint_load
 from conetool.checkpoints.discover import checkpoint_listing
 from conetool.cli import app
 from conetool.errors import CheckpointError
@@ -504,7 +505,8 @@ def test_the_listing_reads_a_torch_file_memory_mapped_and_weights_only(tmp_path,
 
     monkeypatch.setattr(_torch_save.torch, "load", load)
     streamed: list[Path] = []
-    monkeypatch.setattr(_hashed_reads, "stream_file", lambda path, **kw: streamed.append(path))
+    for module in (_hashed_reads, checkpoint_load):  # (load.py holds its own name for it)
+        monkeypatch.setattr(module, "stream_file", lambda path, **kw: streamed.append(path))
     assert listed(tmp_path) == [(1500, "run_a.pt")]
     assert len(calls) == 2 and streamed == []
     assert all(c.get("mmap") is True and c.get("weights_only") is True for c in calls), calls
@@ -986,7 +988,8 @@ def test_an_ema_in_a_hugging_face_folders_bin_is_named_by_the_listing_kernels_re
         index = {"metadata": {}, "weight_map": weight_map}
         (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     streamed: list[Path] = []
-    monkeypatch.setattr(_hashed_reads, "stream_file", lambda path, **kw: streamed.append(path))
+    for module in (_hashed_reads, checkpoint_load):  # (load.py holds its own name for it)
+        monkeypatch.setattr(module, "stream_file", lambda path, **kw: streamed.append(path))
     warned: list[str] = []
     listing = checkpoint_listing(tmp_path, warn=warned.append, note=lambda _: None)
     assert [(r.step, r.source) for r in listing.refs] == [
