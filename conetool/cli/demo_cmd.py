@@ -11,6 +11,7 @@ from rich.table import Table
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
 from .distance_cmd import verdict_line
 from .runtime import Threads, starting, warned_at_the_end
+from .table_output import print_table
 
 if TYPE_CHECKING:  # (conetool.pipeline imports PyTorch: the command imports it in its body)
     from ..pipeline.demo_reuse import StageWork
@@ -76,7 +77,7 @@ def demo(
         *(f"{s:.1f}s" for s in result.stage_seconds.values()),
         f"{sum(result.stage_seconds.values()):.1f}s",
     )
-    console.print(table)
+    print_table(console, table)
     if any(work.reused for work in result.stage_work.values()):  # a rerun: say what it reused
         for name, work in result.stage_work.items():
             console.print(work_line(name, work), highlight=False, markup=False)

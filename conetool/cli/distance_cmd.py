@@ -19,6 +19,7 @@ from .options import (
     StoreOpt,
 )
 from .runtime import Threads, files_line, starting, warned_at_the_end
+from .table_output import print_table
 
 _RULES = VERDICT_DEFAULTS
 
@@ -210,7 +211,7 @@ def distance(
             _g(a.peak_velocity),
             str(a.peak_step),
         )
-    console.print(table)
+    print_table(console, table)
     if any(a.verdict for a in result.adjacent_curves):
         console.print("* the velocity the verdict reads", highlight=False)
     how = "reused: kernels unchanged" if result.matrix_reused else "computed"

@@ -11,6 +11,7 @@ from ..choices import EmbedMethod
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
 from .runtime import Threads, files_line, starting, warned_at_the_end
+from .table_output import print_table
 
 
 @app.command()
@@ -77,7 +78,7 @@ def embed(
         "-" if ratio is None else " + ".join(f"{r:.1%}" for r in ratio),
         "reused" if result.matrix_reused else "computed",
     )
-    console.print(table)
+    print_table(console, table)
     for step, why in result.excluded.items():
         console.print(f"- step {step} left out: {why}", highlight=False, markup=False)
     # The notes and warnings were said as they came (not with --quiet); the warnings again now.

@@ -11,6 +11,7 @@ from rich.table import Table
 from .app import Debug, Quiet, app, console, handle_errors
 from .options import Every, SpecOpt, StepRegex, Steps
 from .runtime import starting
+from .table_output import print_table
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -82,7 +83,7 @@ def inspect(
             "?" if row.num_params is None else f"{row.num_params:,}",
             status,
         )
-    console.print(table)
+    print_table(console, table)
     # each once, on its own line; a row's note naming the files it is about
     warnings = _row_warnings(ckpts, rows) + directory_warnings
     notes = [] if quiet else _row_notes(rows) + directory_notes

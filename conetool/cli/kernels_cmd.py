@@ -22,6 +22,7 @@ from .app import (
 )
 from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
 from .runtime import Threads, starting, warned_at_the_end
+from .table_output import print_table
 
 
 @app.command()
@@ -179,7 +180,7 @@ def kernels(
         format_bytes(result.peak_memory, digits=2, smallest="MiB", largest="GiB"),
         result.device,
     )
-    console.print(table)
+    print_table(console, table)
     if result.eval_size is not None:
         console.print(
             f"eval kernels K(eval, probe), {result.eval_size} test examples: "

@@ -13,6 +13,7 @@ from ..units import format_bytes
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, StoreCkpts, StoreOpt
 from .runtime import starting, warned_at_the_end
+from .table_output import print_table
 
 _TITLES = {
     "summary": "summary",
@@ -66,7 +67,7 @@ def report(
         table.add_row(_TITLES.get(name, name), escape(result.details.get(name, "")))
     for part, command in result.missing:
         table.add_row(f"[yellow]missing[/] {escape(part)}", f"run: {escape(command)}")
-    console.print(table, highlight=False)
+    print_table(console, table, highlight=False)
     # The notes and warnings were said as they came (not with --quiet); the warnings again now.
     warned_at_the_end(result.warnings, quiet)
     size = format_bytes(result.html.stat().st_size, smallest="KiB", largest="MiB")

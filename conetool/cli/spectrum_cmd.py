@@ -10,6 +10,7 @@ from rich.table import Table
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, SkipBadKernels, StoreOpt
 from .runtime import Threads, files_line, starting, warned_at_the_end
+from .table_output import print_table
 
 
 def _g(x: float) -> str:
@@ -77,7 +78,7 @@ def spectrum(
         if machine:
             row.append("-" if acc != acc else _g(acc))  # NaN: no current eval kernel
         table.add_row(*row)
-    console.print(table)
+    print_table(console, table)
     if machine:
         console.print(
             f"kernel machine: kernel regression on the probe set, eNTK frozen at each step, "

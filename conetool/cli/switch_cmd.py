@@ -21,6 +21,7 @@ from .app import (
 )
 from .options import DEFAULT_STORE, StepRegex, StoreCkpts, StoreOpt
 from .runtime import Threads, starting, warned_at_the_end
+from .table_output import print_table
 
 
 @app.command()
@@ -127,7 +128,7 @@ def switch(
         table.add_row(
             f"standard {r['step']}", f"{r['test_acc']:.4f}", f"{r['test_loss']:.4f}", "", "", ""
         )
-    console.print(table)
+    print_table(console, table)
     # The notes and warnings were said as they came (not with --quiet); the warnings again now.
     warned_at_the_end(result.warnings, quiet)
     for path in result.files:

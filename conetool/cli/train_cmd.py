@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
 from .runtime import Threads, starting, warned_at_the_end
+from .table_output import print_table
 
 if TYPE_CHECKING:
     from ..training import TrainResult
@@ -67,7 +68,7 @@ def train(
         f"{result.test_acc:.4f}",
         f"{result.seconds:.1f}",
     )
-    console.print(table)
+    print_table(console, table)
     console.print(f"final test accuracy: {result.test_acc:.4f}", highlight=False)
     warned_at_the_end(result.warnings, quiet)
 

@@ -1,0 +1,80 @@
+"""Results tables where the output is not a terminal (a log, a pipe): printed whole, not cut to
+rich's 80 columns (the kernels table's first header read ``comput…``); ``COLUMNS`` and a
+terminal still fold them to their width."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+from tiny_run import run_fixtures
+from typer.testing import CliRunner
+
+from conetool.cli import app
+from conetool.cli.table_output import print_table
+
+trained, run = run_fixtures()
+HEADERS = ["computed", "stored before", "left out", "failed", "kernel", "s / kernel"]
+HEADERS += ["peak memory", "device", "one more header"]
+
+
+def wide_table() -> Table:
+    table = Table(title="a table wider than 80 columns")
+    for header in HEADERS:
+        table.add_column(header, justify="right")
+    table.add_row(*["12345"] * len(HEADERS))
+    return table
+
+
+def header_line(text: str) -> str:
+    (line,) = [line for line in text.splitlines() if "computed" in line]
+    return line
+
+
+def test_a_log_gets_the_whole_table(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = io.StringIO()
+    print_table(Console(file=out), wide_table())  # a StringIO is no terminal: 80 columns
+    line = header_line(out.getvalue())
+    assert all(header in line for header in HEADERS), line
+    assert "…" not in out.getvalue()
+    assert len(line) > 80
+
+
+def test_columns_and_terminals_fold_it(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    out = io.StringIO()
+    print_table(Console(file=out), wide_table())
+    assert max(len(line) for line in out.getvalue().splitlines()) <= 60
+    monkeypatch.delenv("COLUMNS")
+    out = io.StringIO()
+    terminal = Console(file=out, force_terminal=True, width=70, color_system=None)
+    print_table(terminal, wide_table())
+    assert max(len(line) for line in out.getvalue().splitlines()) <= 70
+
+
+def test_a_narrow_table_is_printed_as_before(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    table = Table()
+    table.add_column("step")
+    table.add_row("10")
+    printed, plain = io.StringIO(), io.StringIO()
+    print_table(Console(file=printed), table)
+    Console(file=plain).print(table)
+    assert printed.getvalue() == plain.getvalue()
+
+
+def test_the_kernels_table_of_a_log_names_every_column(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = CliRunner().invoke(
+        app, ["kernels", str(run), "--store", str(tmp_path / "store"), "--threads", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    line = header_line(result.output)
+    for header in ("computed", "stored before", "left out", "s / kernel", "peak memory"):
+        assert header in line, line
