@@ -352,8 +352,10 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values, kind="stable")
     v, cum = values[order], np.cumsum(np.asarray(weights, dtype=np.float64)[order])
     total = float(cum[-1])
-    k = int(np.searchsorted(2 * cum, total, side="left"))  # first with 2 * cum >= total
-    k = min(k, v.size - 1)  # rounding of a sum past 2**53
+    # first with 2 * cum >= total; always < N, rounded sums past 2**53 included: a binary search
+    # ends at N only when the last entry is below the key, and 2 * cum[-1] = 2 * total (exact, or
+    # inf) is not below total for the total >= 0 of non-negative weights
+    k = int(np.searchsorted(2 * cum, total, side="left"))
     if 2 * float(cum[k]) == total and k + 1 < v.size:
         return float((v[k] + v[k + 1]) / 2.0)
     return float(v[k])

@@ -222,6 +222,10 @@ def test_the_weighted_median_is_the_median_of_each_value_repeated_by_its_weight(
         _weighted_median(np.array([3.0, 1.0, 2.0]), np.array([2, 1, 1])) == 2.5
     )  # 1 2 | 3 3: (2 + 3) / 2
     assert _weighted_median(np.array([3.0, 1.0, 2.0]), np.array([3, 1, 1])) == 3.0  # 1 2 (3) 3 3
+    # sums past 2**53 round (2**60 + 1 is 2**60): the search still ends on a value, the heavy one
+    heavy = [2.0**60, 1.0, 1.0]
+    assert _weighted_median(np.array([1.0, 2.0, 3.0]), np.array(heavy)) == 1.0
+    assert _weighted_median(np.array([1.0, 2.0, 3.0]), np.array(heavy[::-1])) == 3.0
     rng = np.random.default_rng(5)
     for _ in range(400):
         n = int(rng.integers(1, 7))
