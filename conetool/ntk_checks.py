@@ -179,7 +179,9 @@ def check_independence(
         )
 
 
-#: Examples per batched pass of :func:`check_branches` (its memory, not its result).
+#: Examples per batched pass of :func:`check_branches`. It sets the check's memory and also what
+#: the check can find: examples are compared only with the others of their chunk, while the
+#: structured engine's passes hold as many examples as its memory budget allows (more or fewer).
 BRANCH_CHUNK = 64
 
 
@@ -193,8 +195,16 @@ def check_branches(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
     kernel of another function. Such a forward pass cannot be ``vmap``-ed (torch.func refuses
     data-dependent control flow), so one ``vmap`` of the forward pass over ``x[:2]`` tells, at the
     cost of one small pass, whether the slow check is needed: only then is every example run alone
-    and compared with batches of up to :data:`BRANCH_CHUNK` (``n`` more forward passes, once per
-    run).
+    and compared with its output in consecutive chunks of up to :data:`BRANCH_CHUNK` examples
+    (``n`` more forward passes, once per run).
+
+    A dependence is found only where it shows within one chunk: a branch that one example turns
+    for the whole batch is missed when no other example of its chunk takes the other branch alone
+    (every example of the chunk takes the same branch, or the example is alone in a last chunk of
+    one), though an engine pass holding it with examples of another chunk would take it. A
+    dependence that shows in any pair (batch statistics, as a batch-norm in training mode gives;
+    attention or other mixing across the batch) is found by :func:`check_independence` on the
+    first two examples already.
 
     Raises:
         ModelError: an example's output evaluated in a batch differs from its output alone.
