@@ -106,7 +106,7 @@ def auto_threads(*, cpus: int | None = None, busy: float | None = None) -> int:
                 raise ConetoolError(
                     f"environment variable {THREADS_ENV}={raw!r} is not a thread count. Set it "
                     f"to a whole number from 1 to {most_threads()} (1 on a shared machine), or "
-                    "unset it for the idle cores; --threads N overrides it."
+                    "unset it for the idle cores; --threads N (threads=N in Python) overrides it."
                 )
             break  # a bad OMP_NUM_THREADS is PyTorch's to report
     cpus = usable_cpus() if cpus is None else cpus
@@ -142,13 +142,18 @@ def parse_threads(threads: int | str | None) -> int | None:
 
 
 def resolve_threads(threads: int | str | None = "auto") -> int:
-    """The number of threads ``threads`` (a count, ``"auto"`` or None = auto) stands for."""
+    """The number of threads ``threads`` (a count, ``"auto"`` or None = auto) stands for.
+
+    Raises:
+        ConetoolError: ``threads`` is no count; the fix names the Python argument (``threads=1``):
+            the command line refuses a bad ``--threads`` itself, naming the flag, before this
+            runs (:mod:`conetool.cli.runtime`)."""
     from .errors import ConetoolError
 
     try:
         value = parse_threads(threads)
     except ValueError as e:
-        raise ConetoolError(f"{e}. Pass --threads 1 on a shared machine.") from None
+        raise ConetoolError(f"{e}. Pass threads=1 on a shared machine.") from None
     return auto_threads() if value is None else value
 
 

@@ -43,16 +43,16 @@ def is_auto(max_memory: object) -> bool:
     return isinstance(max_memory, str) and max_memory.strip().lower() == "auto"
 
 
-def parse_memory(value: float | str, argument: str = "--max-memory") -> int:
-    """A memory size in bytes from ``--max-memory``: a whole number of bytes (an integer,
-    :func:`conetool.choices.integer`; a float such as ``2e9``, a numpy number; ``1.5`` is refused: bytes, or a slip for ``"1.5GiB"``?), or a
-    string like ``"4GiB"``.
+def parse_memory(value: float | str, argument: str = "max_memory") -> int:
+    """A memory size in bytes from ``max_memory=`` or ``--max-memory``: a whole number of bytes
+    (an integer, :func:`conetool.choices.integer`; a float such as ``2e9``, a numpy number;
+    ``1.5`` is refused: bytes, or a slip for ``"1.5GiB"``?), or a string like ``"4GiB"``.
 
     Units (case-insensitive): none or ``B`` for bytes; ``KiB/MiB/GiB/TiB`` and the single letters
     ``K/M/G/T`` are powers of 1024; ``KB/MB/GB/TB`` are powers of 1000. Fractions are allowed
     (``"1.5GiB"``). Raises :class:`~conetool.errors.MemoryBudgetError` naming ``argument`` on
-    anything else: the flag (``--max-memory 4GiB``) or a Python argument (``"max_memory"``:
-    ``max_memory='4GiB'``).
+    anything else: a Python argument (``"max_memory"``, the default: ``max_memory='4GiB'``) or
+    the flag (``"--max-memory"``: ``--max-memory 4GiB``, as the command line checks its own).
 
     >>> parse_memory("4GiB"), parse_memory("500MB"), parse_memory("2G"), parse_memory(1024)
     (4294967296, 500000000, 2147483648, 1024)
@@ -89,7 +89,7 @@ def parse_memory(value: float | str, argument: str = "--max-memory") -> int:
 _LARGEST_MEMORY = 2**63 - 1
 
 
-def _memory_syntax_message(value: object, argument: str = "--max-memory") -> str:
+def _memory_syntax_message(value: object, argument: str) -> str:
     if not argument.startswith("-"):
         return (
             f"{argument}={value!r} is not a memory size. Pass a positive whole number of bytes or "

@@ -237,6 +237,11 @@ def test_max_memory_auto_is_the_matrix_default_as_for_kernels(cone_store):
     assert out.exit_code == 0, out.output
     out = runner.invoke(app, ["embed", "--store", str(root), "--max-memory", "auto", "-q"])
     assert out.exit_code == 0, out.output
+    # a size that is none: the flag named (from Python, max_memory= is: test_library_api)
+    out = runner.invoke(app, ["embed", "--store", str(root), "--max-memory", "lots", "-q"])
+    said = " ".join(out.output.split())
+    assert out.exit_code == 1 and "--max-memory 'lots' is not a memory size" in said, said
+    assert "max_memory=" not in said
 
 
 def test_uneven_steps_default_dts_and_velocities(uneven_store):
@@ -565,7 +570,8 @@ def test_cli_verdict_options_reach_the_rules(cone_store):
         (["--plateau-tolerance", "2"], "(--plateau-tolerance 2.0): needs a fraction in (0, 1)"),
         (["--lazy-level", "inf"], "(--lazy-level inf): needs an S in [0, 2)"),
         (["--bounded-exponent", "-1"], "(--bounded-exponent -1.0): needs a finite exponent >= 0"),
-        (["--max-memory", "lots"], "--max-memory"),
+        # the flag, as the command line has it (the library names max_memory=)
+        (["--max-memory", "lots"], "--max-memory 'lots' is not a memory size"),
     ],
 )
 def test_cli_bad_input_is_one_message_and_exit_1(uneven_store, args, message):

@@ -713,7 +713,8 @@ def test_real_ctrl_c_exits_130(run, tmp_path):
 def test_max_memory_checked_before_anything(run, tmp_path, budget):
     target = tmp_path / "s"
     result = cli("kernels", str(run), "--store", str(target), "--max-memory", budget, "--skip-bad")
-    assert result.exit_code == 1 and "--max-memory" in result.output
+    assert result.exit_code == 1 and f"--max-memory '{budget}' is not a memory" in result.output
+    assert "max_memory=" not in result.output  # the flag, not the library's argument
     assert not target.exists()
 
 

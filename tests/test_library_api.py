@@ -155,7 +155,8 @@ def test_distance_and_spectrum_take_threads(run: Path, tmp_path: Path) -> None:
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {1}
-    with pytest.raises(conetool.ConetoolError, match="--threads"):
+    # the Python argument, not the flag (it said "Pass --threads 1", which Python has not)
+    with pytest.raises(conetool.ConetoolError, match=r"^threads must .* not 0\. Pass threads=1 "):
         conetool.spectrum(store, threads=0)
 
 
@@ -548,7 +549,8 @@ def test_numpy_integers_work_for_every_int_and_step_argument(run: Path, tmp_path
 
 def test_a_memory_budget_is_any_positive_number_of_bytes(run: Path, tmp_path: Path) -> None:
     """max_memory=2.5e8 (Python's way to write 250 MB) was refused as "not a memory size", which
-    takes "250000000.0" as text; a number that is no size is refused naming --max-memory."""
+    takes "250000000.0" as text; a number that is no size is refused naming max_memory= (the
+    command line checks --max-memory itself, naming it)."""
     from conetool.units import parse_memory
 
     assert parse_memory(2.5e8) == 250_000_000 == parse_memory("250MB")
@@ -566,7 +568,7 @@ def test_a_memory_budget_is_any_positive_number_of_bytes(run: Path, tmp_path: Pa
         [5],
         None,
     ):
-        with pytest.raises(conetool.MemoryBudgetError, match=r"^--max-memory .* is not a memory"):
+        with pytest.raises(conetool.MemoryBudgetError, match=r"^max_memory=.* is not a memory"):
             parse_memory(wrong)  # type: ignore[arg-type]
     store = tmp_path / "store"
     conetool.kernels(run, store=store, threads=1)
@@ -582,8 +584,12 @@ def test_mixed_arguments_of_the_wrong_type_are_named(run: Path, tmp_path: Path) 
     refused: list[tuple[Any, str]] = [
         (lambda: conetool.distance(store, threads=1.5), r"^threads must be a whole .* not 1\.5"),
         (lambda: conetool.spectrum(store, threads=[1]), r"^threads must be a whole .* not \[1\]"),
-        (lambda: conetool.distance(store, max_memory=[5]), r"^--max-memory \[5\] is not a memory"),
-        (lambda: conetool.embed(store, max_memory="abc"), r"^--max-memory 'abc' is not a memory"),
+        (lambda: conetool.distance(store, max_memory=[5]), r"^max_memory=\[5\] is not a memory"),
+        (lambda: conetool.embed(store, max_memory="abc"), r"^max_memory='abc' is not a memory"),
+        (
+            lambda: conetool.kernels(run, store=tmp_path / "k", max_memory="lots"),
+            r"^max_memory='lots' is not a memory size\. Pass .* max_memory='4GiB'",
+        ),
         (
             lambda: conetool.kernels(run, store=store, steps=[0.5, 5]),
             r"^--steps \[0\.5, 5\] is not",
@@ -665,4 +671,4 @@ def test_a_memory_size_in_scientific_notation_is_bytes_on_the_command_line_too()
     assert parse_memory("1.5GiB") == 3 * 2**29 and parse_memory("1e0KiB") == 1024
     for wrong in ("1.5", "2.5e-1", "1e999", "1e999GiB", "0e5", "2e", "e9", "1e9.5"):
         with pytest.raises(conetool.MemoryBudgetError, match=r"^--max-memory .* is not a memory"):
-            parse_memory(wrong)
+            parse_memory(wrong, "--max-memory")

@@ -704,8 +704,12 @@ def test_parse_memory(text: str | int, size: int) -> None:
     ids=lambda value: repr(value)[:12],
 )
 def test_parse_memory_rejects_bad_sizes(text: object) -> None:
-    with pytest.raises(ConetoolError, match="--max-memory"):
+    # the Python argument by default (empirical_ntk(max_memory=...) has no flag), the flag when
+    # the command line asks
+    with pytest.raises(ConetoolError, match=r"^max_memory=.* is not a memory size"):
         parse_memory(text)  # type: ignore[arg-type]
+    with pytest.raises(ConetoolError, match=r"^--max-memory .* is not a memory size"):
+        parse_memory(text, "--max-memory")  # type: ignore[arg-type]
 
 
 class _FakeMeminfo:

@@ -18,7 +18,7 @@ from .options import (
     StoreCkpts,
     StoreOpt,
 )
-from .runtime import Threads, files_line, starting, warned_at_the_end
+from .runtime import Threads, check_max_memory, files_line, starting, warned_at_the_end
 from .table_output import print_table
 
 _RULES = VERDICT_DEFAULTS
@@ -173,6 +173,7 @@ def distance(
     from ..verdict import VerdictRules
 
     with handle_errors(debug), progress_display(quiet) as progress:
+        check_max_memory(max_memory)
         rules = VerdictRules(
             min_drop=min_drop,
             velocity_dt=velocity_dt,

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..choices import EmbedMethod
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
-from .runtime import Threads, files_line, starting, warned_at_the_end
+from .runtime import Threads, check_max_memory, files_line, starting, warned_at_the_end
 from .table_output import print_table
 
 
@@ -55,6 +55,7 @@ def embed(
     from ..pipeline import embed as embed_run
 
     with handle_errors(debug), progress_display(quiet) as progress:
+        check_max_memory(max_memory)
         result = embed_run(
             store,
             method=method.value,

@@ -21,7 +21,7 @@ from .app import (
     progress_display,
 )
 from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
-from .runtime import Threads, starting, warned_at_the_end
+from .runtime import Threads, check_max_memory, starting, warned_at_the_end
 from .table_output import print_table
 
 
@@ -132,6 +132,7 @@ def kernels(
     from ..pipeline import kernels as kernels_run
 
     with handle_errors(debug), progress_display(quiet) as progress:
+        check_max_memory(max_memory)
         result = kernels_run(
             ckpts,
             spec=spec,

@@ -1,4 +1,5 @@
-"""What every computing command shares: ``--threads``, and a first line printed at once.
+"""What every computing command shares: ``--threads`` (and ``--max-memory``, where taken),
+and a first line printed at once.
 
 Nothing here imports PyTorch: ``conetool --help``, each command's ``--help`` and usage errors
 answer from Typer alone, and a command imports the library inside its body, after printing its
@@ -30,6 +31,20 @@ Threads = Annotated[
     str,
     typer.Option("--threads", metavar="N|auto", help=THREADS_HELP, callback=_check_threads),
 ]
+
+
+def check_max_memory(value: str | None) -> None:
+    """Refuse a ``--max-memory`` that is no memory size, naming the flag: the library names its
+    argument (``max_memory='lots' is not a memory size``), which the command line has not.
+    ``None`` and ``auto`` are the command's default.
+
+    Raises:
+        MemoryBudgetError: ``value`` is no memory size (:func:`conetool.units.parse_memory`).
+    """
+    from ..units import is_auto, parse_memory
+
+    if value is not None and not is_auto(value):
+        parse_memory(value, "--max-memory")
 
 
 def starting(command: str, quiet: bool, what: str = "loading PyTorch") -> None:

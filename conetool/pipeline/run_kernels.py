@@ -391,7 +391,7 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     progress = said.progress
     store = None if o.overwrite else Path(o.store)
     if max_memory is not None and not is_auto(max_memory):  # auto: the device's default
-        parse_memory(max_memory)  # names --max-memory; before any file is touched
+        parse_memory(max_memory)  # names max_memory=; before any file is touched
     if not ckpts.exists():
         raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
     _check_folders(ckpts, Path(o.store))
