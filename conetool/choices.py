@@ -25,6 +25,7 @@ __all__ = [
     "bool_argument",
     "choice",
     "float_argument",
+    "holds_no_number",
     "int_argument",
     "integer",
     "is_count",
@@ -163,8 +164,8 @@ def int_argument(value: object, name: str, *, optional: bool = False) -> int | N
 
 def float_argument(value: object, name: str, *, optional: bool = False) -> float | None:
     """``value`` as a ``float`` when it is a real number (an ``int``, ``float`` or numpy number,
-    any :class:`numbers.Real` but a ``bool``), or None when ``optional``; ``name`` is the Python
-    argument. The range is the caller's to check.
+    any :class:`numbers.Real` but a ``bool`` and a time span, :func:`holds_no_number`), or None
+    when ``optional``; ``name`` is the Python argument. The range is the caller's to check.
 
     Raises:
         ConetoolError: anything else (``"0.5"``, ``True``, ``None``, a numpy bool); the message
@@ -172,7 +173,11 @@ def float_argument(value: object, name: str, *, optional: bool = False) -> float
     """
     if value is None and optional:
         return None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and not holds_no_number(value)
+    ):
         return float(value)
     from .errors import ConetoolError
 
@@ -207,8 +212,10 @@ def integer(value: object) -> int | None:
     ``labels.max()``). Not one: a ``bool`` or a 0-d array or tensor of bools (``True`` is no
     count), a float of any kind (``3.0``, ``torch.tensor(3.0)``), text (``"3"``), an array or
     tensor of one element that is not 0-d (``torch.tensor([3])``, which PyTorch would take as
-    its element). Standard library only: a tensor is known by its ``ndim`` and ``dtype``."""
-    if isinstance(value, bool):
+    its element), a time span or date (``np.timedelta64(3)``, which numpy counts among its
+    integers), a masked value (``np.ma.masked``, a 0-d masked array whose mask is set: its data
+    is no value). Standard library only: a tensor is known by its ``ndim`` and ``dtype``."""
+    if isinstance(value, bool) or holds_no_number(value):
         return None
     if isinstance(value, numbers.Integral):  # int, numpy integers (np.bool_ is not Integral)
         return int(value)
@@ -225,9 +232,19 @@ def _bool_dtype(value: object) -> bool:
     return str(getattr(value, "dtype", "")).endswith("bool")
 
 
+def holds_no_number(value: object) -> bool:
+    """Whether ``value`` holds no number though numpy's types say integer: a time span or a date
+    (``np.timedelta64``, a ``numpy.signedinteger``; ``np.datetime64``), or a masked value
+    (``np.ma.masked``, or a 0-d masked array whose mask is set: its data is a placeholder)."""
+    if str(getattr(value, "dtype", "")).startswith(("timedelta64", "datetime64")):
+        return True
+    mask = getattr(value, "mask", None)
+    return getattr(mask, "ndim", None) == 0 and bool(mask)
+
+
 def _whole(value: object) -> int | None:
     """The int a float, text or numpy integer of a whole number stands for (None otherwise)."""
-    if isinstance(value, bool) or _bool_dtype(value):
+    if isinstance(value, bool) or _bool_dtype(value) or holds_no_number(value):
         return None
     if isinstance(value, float):
         return int(value) if value.is_integer() else None

@@ -9,7 +9,7 @@ import math
 import numbers
 import re
 
-from .choices import integer
+from .choices import holds_no_number, integer
 from .errors import MemoryBudgetError
 
 __all__ = ["format_bytes", "parse_memory"]
@@ -59,7 +59,7 @@ def parse_memory(value: float | str, argument: str = "max_memory") -> int:
     >>> parse_memory("2e9"), parse_memory(2e9)
     (2000000000, 2000000000)
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool) or holds_no_number(value):  # np.timedelta64 is a numbers.Real
         raise MemoryBudgetError(_memory_syntax_message(value, argument))
     if (whole := integer(value)) is not None:  # int, numpy integer, 0-d integer tensor
         if not 0 < whole <= _LARGEST_MEMORY:  # (10**400 has no float)

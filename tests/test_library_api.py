@@ -453,9 +453,10 @@ def test_a_0d_integer_tensor_is_an_integer_for_every_integer_argument() -> None:
     """distance_matrix(count=torch.tensor(3)) was refused while np.int64(3) was taken, and
     load_kernel(step=torch.tensor(True)) read step 1: every integer argument asks
     choices.integer, which takes an int, a numpy integer or a 0-d integer tensor or array, and
-    refuses bools of any kind, floats and tensors of one element that are not 0-d."""
+    refuses bools of any kind, floats, tensors of one element that are not 0-d, time spans and
+    masked values."""
     from conetool.checkpoints.selection import step_range_text
-    from conetool.choices import integer, step_or_last
+    from conetool.choices import float_argument, integer, step_or_last
     from conetool.geometry import GeometryError, distance_matrix
     from conetool.kernel_spectrum import spectrum_point
     from conetool.library_call import library_call
@@ -496,6 +497,29 @@ def test_a_0d_integer_tensor_is_an_integer_for_every_integer_argument() -> None:
         parse_threads(torch.tensor(True))
     with pytest.raises(conetool.ConetoolError, match=r"max_memory=tensor\(True\) is not a memory"):
         parse_memory(torch.tensor(True), "max_memory")
+
+    # numpy counts a time span among its integers (np.timedelta64(3, 's') then failed with a raw
+    # TypeError, np.timedelta64(3) was 3), and a masked value's data (np.ma.array(3, mask=True))
+    # is a placeholder: no integer, no float, no memory size, refused as any other non-integer
+    for refused in (
+        np.timedelta64(3),
+        np.timedelta64(3, "s"),
+        np.datetime64(3, "s"),
+        np.ma.masked,
+        np.ma.array(3, mask=True),
+    ):
+        assert integer(refused) is None and step_or_last(refused) is None, refused
+        with pytest.raises(conetool.ConetoolError, match=r"pass a whole number as an int\.$"):
+            f(refused)
+        with pytest.raises(conetool.ConetoolError, match=r"(?s)^x=.* not a float: pass a number"):
+            float_argument(refused, "x")
+        with pytest.raises(
+            conetool.ConetoolError, match=r"(?s)^max_memory=.* is not a memory size"
+        ):
+            parse_memory(refused)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"threads must be a whole number"):
+            parse_threads(refused)  # type: ignore[arg-type]
+    assert integer(np.ma.array(3)) == 3  # a masked array's value that is not masked
 
     kernels = [torch.eye(3) * (i + 1) + i for i in range(3)]
     expected = distance_matrix(kernels.__getitem__, 3)
