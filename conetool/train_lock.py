@@ -10,10 +10,11 @@ A train that fails or is refused inside the lock (a value found bad once the loc
 interrupt) before it writes its run's ``conetool.toml`` removes the lock file it created, whatever
 else the folder holds (a store's files, the user's, a file another program put there meanwhile,
 what ``--overwrite`` left of a run it cleared), and then the folders it created for ``--out`` that
-are empty (a refused train into ``runs/new`` left ``runs/new/.lock`` behind); that cleanup
-removes nothing else. It does so while it still holds the lock (a train that opened the file
-meanwhile locks the one at the path once it is free: ``store_lock``), and never removes a lock
-file that was there before the call (a run's, another train's). Once it has written
+are empty (a refused train into ``runs/new`` left ``runs/new/.lock`` behind; one into
+``runs/../new`` left ``runs``); that cleanup removes nothing else. It does so while it still
+holds the lock (a train that opened the file meanwhile locks the one at the path once it is
+free: ``store_lock``), and never removes a lock file that was there before the call (a run's,
+another train's). Once it has written
 ``conetool.toml`` the folder is a run's and stays, its lock file with it, as a store's does.
 """
 
@@ -64,12 +65,15 @@ def train_out_lock(out: Path) -> Iterator[None]:
 
 def _missing_folders(out: Path) -> list[Path]:
     """``out`` and those of its parents that do not exist, innermost first: what
-    :func:`~conetool.io.make_dir` will create."""
+    :func:`~conetool.io.make_dir` will create. A parent that ends in ``..`` (``runs/..`` of
+    ``runs/../new``) is no folder made but one on the way out of it: it is left out, so that
+    ``runs``, which is made, is removed in its turn."""
     missing = []
     for folder in (out, *out.parents):
         if folder.exists():
             break
-        missing.append(folder)
+        if folder.name != "..":
+            missing.append(folder)
     return missing
 
 

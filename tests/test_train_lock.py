@@ -133,6 +133,54 @@ def test_a_train_refused_before_it_writes_leaves_no_folder_nor_lock(
     assert list((tmp_path / "mine").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("given", "made"),
+    [
+        ("runs/../new", "new"),  # left runs/ behind: rmdir of runs/.. failed, runs was not tried
+        ("runs/a/../../new", "new"),
+        ("runs/../runs2/new", "runs2/new"),
+    ],
+)
+def test_a_refused_train_into_a_path_through_new_folders_and_dotdot_removes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, made: str
+) -> None:
+    """--out runs/../new, where runs does not exist, makes runs/ on the way (mkdir -p): a
+    refused train left it, empty, since its cleanup stopped at runs/.., no folder it made."""
+    from conetool import training
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise SpecError("tiny.toml: a value found bad")
+
+    monkeypatch.setattr(training, "make_optimizer", refused)
+    monkeypatch.chdir(tmp_path)
+    spec = spec_from_dict(SPEC, source="tiny.toml")
+    with pytest.raises(SpecError):
+        train(spec, Path(given))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "runs").mkdir()  # a folder that was there is kept
+    with pytest.raises(SpecError):
+        train(spec, Path(given))
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"] and not (tmp_path / made).exists()
+
+
+def test_a_refused_demo_into_a_path_through_new_folders_and_dotdot_removes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """demo --out runs/../new: its train makes runs/../new/ckpts, and a refusal there left runs/
+    (and new/) behind, as train's own did."""
+    from conetool import training
+    from conetool.pipeline import demo
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise SpecError("demo: a value found bad")
+
+    monkeypatch.setattr(training, "make_optimizer", refused)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError):
+        demo(Path("runs/../new"), steps=8, probe_size=4, threads=1, device="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_train_refused_in_a_folder_of_other_files_leaves_them_without_a_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
