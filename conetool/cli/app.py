@@ -41,10 +41,23 @@ console = Console()
 err_console = Console(stderr=True)
 #: Set when a command has said it was interrupted, so that ``main`` does not say it again.
 INTERRUPT_ANNOUNCED: list[bool] = []
-#: What a Ctrl-C advises while a command runs (``handle_errors``), for ``main`` to say when the
-#: interrupt ends the process itself (inside an import, or surfacing as another error): empty
-#: before a command starts and once it ended normally.
+#: What a Ctrl-C advises while a command runs (from its first line on: ``runtime.starting``,
+#: ``handle_errors``), for ``main`` to say when the interrupt ends the process itself (inside an
+#: import, as the command loads its modules, or surfacing as another error): empty before a
+#: command starts and once it ended normally.
 INTERRUPT_ADVICE: list[str] = []
+#: The command running, from its first line on (``runtime.starting``).
+RUNNING: list[str] = []
+#: What an interrupted command keeps, said in its ``interrupted.`` line (:func:`interrupt_advice`);
+#: the commands not named write their results only at the end.
+INTERRUPT_KEEPS = {
+    "train": "the checkpoints saved so far are kept",
+    "kernels": "the store and its finished kernels are kept; only the kernel in progress is lost",
+    "switch": "the sweep's finished points are kept; only the point in progress is lost",
+    "demo": "the run's checkpoints, the store and its finished kernels, and the stages done are "
+    "kept",
+    "report": "the store's kernels and results are as they were",
+}
 
 Quiet = Annotated[
     bool,
@@ -113,7 +126,7 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     imports_done()  # (the command's modules are imported: see conetool.cli.collector)
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
-    advice = interrupt_advice(continue_with)
+    advice = interrupt_advice(continue_with, RUNNING[-1] if RUNNING else None)
     INTERRUPT_ADVICE[:] = [advice]  # (kept when the command ends by an error: main may say it)
     try:
         yield
@@ -167,13 +180,20 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     INTERRUPT_ADVICE.clear()
 
 
-def interrupt_advice(continue_with: str | None = None) -> str:
+def interrupt_advice(continue_with: str | None = None, command: str | None = None) -> str:
     """What ``interrupted.`` is followed by inside a command (:func:`handle_errors`): nothing
-    written is lost, and the command to continue with (by default the same command)."""
-    return "Everything already written is complete and valid; " + (
-        "rerun the same command to continue."
-        if continue_with is None
-        else f"continue with: {continue_with}"
+    written is lost, what ``command`` keeps (:data:`INTERRUPT_KEEPS`), and the command to
+    continue with (by default the same command)."""
+    keeps = INTERRUPT_KEEPS.get(command or "")
+    return (
+        "Everything already written is complete and valid"
+        + (f" ({keeps})" if keeps else "")
+        + "; "
+        + (
+            "rerun the same command to continue."
+            if continue_with is None
+            else f"continue with: {continue_with}"
+        )
     )
 
 

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from ..threads import THREADS_HELP, parse_threads
-from .app import console
+from .app import INTERRUPT_ADVICE, RUNNING, console, interrupt_advice
 
 
 def _check_threads(value: str) -> str:
@@ -49,7 +49,11 @@ def check_max_memory(value: str | None) -> None:
 
 def starting(command: str, quiet: bool, what: str = "loading PyTorch") -> None:
     """Print ``conetool COMMAND: WHAT ...`` at once (not with --quiet, nor on torchrun ranks
-    other than 0)."""
+    other than 0). From here on a Ctrl-C says what the command keeps and how to continue
+    (:func:`~conetool.cli.app.interrupt_advice`), the imports that follow included: it said a
+    bare ``interrupted.`` while the command loaded PyTorch (most of a short ``report``)."""
+    RUNNING[:] = [command]
+    INTERRUPT_ADVICE[:] = [interrupt_advice(command=command)]
     if quiet or os.environ.get("RANK", "0").strip() not in ("", "0"):
         return
     console.print(f"conetool {command}: {what} ...", highlight=False, markup=False)
