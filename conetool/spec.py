@@ -371,6 +371,25 @@ def _at_most_steps(source: str, key: str, value: int) -> None:
         )
 
 
+def _steps_within_toml(source: str, t: TrainSpec) -> None:
+    """The step keys besides ``train.steps`` (intervals, the warmup, milestones, save_at) at most
+    :data:`MAX_STEPS`: larger ones trained, and their run's conetool.toml held integers beyond
+    TOML's (which other TOML readers refuse)."""
+    keys: list[tuple[str, int]] = [
+        (key, getattr(t, key))
+        for key in ("warmup_steps", "save_every", "eval_every", "dense_every", "dense_until")
+    ]
+    keys += [(key, max(getattr(t, key), default=0)) for key in ("milestones", "save_at")]
+    for key, value in keys:
+        if value > MAX_STEPS:
+            held = f"holds {value}" if key in ("milestones", "save_at") else f"= {value}"
+            raise SpecError(
+                f"{source}: 'train.{key}' {held}, beyond the largest step conetool takes "
+                f"({MAX_STEPS}, TOML's largest integer, which the run's conetool.toml must "
+                f"hold). Set steps within the run (train.steps = {t.steps})."
+            )
+
+
 #: The seeds PyTorch takes (``torch.manual_seed``, ``torch.Generator.manual_seed``), inclusive.
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
@@ -693,6 +712,7 @@ def _check_semantics(spec: Spec) -> None:
     _positive(src, "train.dense_every", t.dense_every, allow_zero=True)
     _positive(src, "train.dense_until", t.dense_until, allow_zero=True)
     _positive(src, "train.eval_batch_size", t.eval_batch_size)
+    _steps_within_toml(src, t)
     if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
         raise SpecError(f"{src}: 'train.nesterov' needs optimizer = \"sgd\" and momentum > 0.")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):

@@ -280,6 +280,33 @@ def test_a_run_longer_than_a_toml_integer_is_refused_naming_its_key(tmp_path, va
 
 
 @pytest.mark.parametrize(
+    ("key", "line", "said"),
+    [
+        ("save_every", "save_every = {big}", "= {big}"),
+        ("eval_every", "eval_every = {big}", "= {big}"),
+        ("warmup_steps", "warmup_steps = {big}", "= {big}"),
+        ("dense_until", "dense_every = 2\ndense_until = {big}", "= {big}"),
+        ("dense_every", "dense_every = {big}\ndense_until = {big}", "= {big}"),
+        ("milestones", 'schedule = "step"\nmilestones = [5, {big}]', "holds {big}"),
+        ("save_at", "save_at = [5, {big}]", "holds {big}"),
+    ],
+)
+def test_step_keys_beyond_a_toml_integer_are_refused_naming_their_key(tmp_path, key, line, said):
+    """save_every, warmup_steps, milestones, ... = 10**30 (Python's TOML reader takes it) passed
+    the spec check, as train.steps did before; the run trained and wrote them into its
+    conetool.toml, beyond the integers of TOML. Bounded as train.steps is."""
+    big = 10**30
+    path = write(tmp_path, "[train]\nsteps = 10\n" + line.format(big=big) + "\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: 'train.{key}' {said.format(big=big)}, beyond the largest"), (
+        text
+    )
+    assert f"({2**63 - 1}, TOML's largest integer" in text
+
+
+@pytest.mark.parametrize(
     ("section", "key", "value"),
     [
         ("train", "seed", 10**30),
