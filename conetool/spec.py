@@ -117,13 +117,19 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class Spec:
-    """A whole spec. ``source`` is the file it was read from (for error messages), not part of it."""
+    """A whole spec. ``source`` is the file it was read from (for error messages), not part of it.
+
+    ``written``: the keys the file (or dict) wrote, as ``"train.lr"``, the others taken from
+    conetool's defaults; None for a spec built in Python (not known). Like ``source`` it is no
+    part of the spec: not in :meth:`to_dict`, :meth:`hash` or ``==``, so a file that writes a
+    default value and one that leaves it out are the same spec (and the same store)."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     probe: ProbeSpec = field(default_factory=ProbeSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     source: str = field(default="<spec>", compare=False)
+    written: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The resolved spec as plain TOML-ready data (``options`` folded into their section)."""
@@ -248,7 +254,13 @@ def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> Spec:
         if not isinstance(values, Mapping):
             raise SpecError(f"{source}: '{name}' must be a table ([{name}]), got {values!r}.")
         sections[name] = _build_section(cls, name, dict(values), source)
-    spec = Spec(**sections, source=source)
+    written = frozenset(
+        f"{name}.{key}"
+        for name in _SECTIONS
+        if isinstance(raw.get(name), Mapping)
+        for key in raw[name]
+    )
+    spec = Spec(**sections, source=source, written=written)
     _check_semantics(spec)
     return spec
 
@@ -763,6 +775,12 @@ def _canonical(value: Any) -> str:
     """``value`` as :meth:`Spec.hash` sees it (2 and 2.0, or true and 1, differ there, not
     under ``==``)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def toml_text(value: Any) -> str:
+    """``value`` as a spec file writes it (``0.1``, ``true``, ``[0.9, 0.999]``; a value TOML
+    cannot hold: its repr), for messages that name a key's value."""
+    return _shown(value)
 
 
 def _shown(value: Any) -> str:

@@ -631,6 +631,9 @@ def _header(
         "skip_bad": skip_bad,
         "spec_source": spec.source,
         "spec": spec.to_dict(),
+        # the keys the spec file wrote (the rest conetool's defaults): switch names the recipe
+        # keys a run of one's own leaves to them (None: a spec built in Python)
+        "spec_written": None if spec.written is None else sorted(spec.written),
         "probe": {
             "size": len(probe),
             "split": probe.split,

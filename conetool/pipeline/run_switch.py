@@ -44,6 +44,7 @@ from .switch_options import SwitchOptions, parse_at
 from .switch_other_sweeps import other_sweeps_replaced
 from .switch_points import finished_point, run_point, said_if_foreign
 from .switch_prepare import Sweep, for_switch, prepare_sweep
+from .switch_recipe import defaults_warning, is_foreign_run
 from .switch_reference import reference_step, standard_reference
 from .switch_replaced import replaced_error, rerun_command
 from .switch_results import write_sweep
@@ -219,6 +220,14 @@ def _switch(
     # what in the recipe trains badly (momentum >= 1), said once before any point is trained
     for concern in recipe_warnings(sweep.spec):
         says.warn(concern)
+    # a run conetool train did not write: the recipe keys its spec file left to conetool's
+    # defaults, which the sweep replays as the run's (its conetool.toml, if any, writes them all)
+    if job.is_main:
+        defaulted = defaults_warning(
+            sweep.spec, until_given=options.until is not None, read_from=sweep.kernels_spec
+        )
+        if defaulted is not None and is_foreign_run(sweep.refs[t] for t in sweep.points_at):
+            says.warn(defaulted)
     # checkpoints not written by conetool train, said as a single process says it when it reads
     # back a finished point (rank 0 found these itself: no rank's run_point sees them)
     for point in done:

@@ -6,7 +6,7 @@ owns it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ..spec import Spec, spec_from_dict
 from ..store import kernel_file_headers, read_manifest, rebuilds_manifest
 from .remembered import carried_directory, held_spec, manifest_json
 from .resolve import resolve_spec
+from .switch_recipe import recorded_written
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Located:
     notes: list[str]
     warnings: list[str]
     held: dict[str, Any] | None = None
+    #: the spec file ``conetool kernels`` read, when ``spec`` is the manifest's record of it
+    #: (which also says which keys that file wrote); else None
+    kernels_spec: str | None = None
 
 
 def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None) -> Located:
@@ -104,9 +108,13 @@ def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
         )
     recorded_spec = manifest.get("spec") if manifest is not None else None
     not_taken = None  # why a damaged manifest's spec is not taken
+    kernels_spec: str | None = None
     if spec is None and not paths.spec(ckpts_dir).is_file():
         if isinstance(recorded_spec, dict):
             spec = spec_from_dict(recorded_spec, source=f"{manifest_path} (spec)")
+            record = manifest or {}
+            spec = replace(spec, written=recorded_written(record))
+            kernels_spec = str(record.get("spec_source") or "the spec conetool kernels read")
         elif held is not None:  # taken where it is the one the kernel files were computed from
             spec, not_taken = held_spec(held, carried, f"{manifest_path} (spec)")
             if spec is not None:
@@ -124,7 +132,9 @@ def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
             f"{store}'s damaged {paths.MANIFEST_NAME} records a spec, but it is not used: "
             f"{not_taken}. {exc}"
         ) from exc
-    return Located(ckpts_dir, resolved, manifest, lost, carried, notes, warnings, held)
+    return Located(
+        ckpts_dir, resolved, manifest, lost, carried, notes, warnings, held, kernels_spec
+    )
 
 
 def _store_manifest(store: Path) -> tuple[dict[str, Any] | None, str | None]:

@@ -56,6 +56,9 @@ class Sweep:
     #: not read it again; None where no checkpoint is read for it here (a point's own, read by
     #: its point; none at all; or ``prepare_sweep(read_reference=False)``)
     reference: LoadedCheckpoint | None = None
+    #: the spec file ``conetool kernels`` read, when the sweep's spec is the store manifest's
+    #: record of it (:attr:`~conetool.pipeline.switch_locate.Located.kernels_spec`); else None
+    kernels_spec: str | None = None
 
 
 def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Sweep:
@@ -180,7 +183,19 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     # the batches of the spec's recipe: refused here, not when the first point starts
     steps_per_epoch(len(data.train), spec.train.batch_size, spec_file=spec.source)
     target = SwitchStore.begin(store, manifest)
-    return Sweep(points_at, ckpts_dir, spec, T, refs, data, target, notes, warnings, read)
+    return Sweep(
+        points_at,
+        ckpts_dir,
+        spec,
+        T,
+        refs,
+        data,
+        target,
+        notes,
+        warnings,
+        read,
+        located.kernels_spec,
+    )
 
 
 def _read_reference(

@@ -1,0 +1,152 @@
+"""``conetool switch`` on a researcher's own run (checkpoints not written by ``conetool train``):
+the recipe keys its spec file leaves to conetool's defaults are named, a run other than the
+store's is refused, and ``--quiet`` keeps the warnings of a sweep that fails."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from tiny_run import SPEC, run_fixtures
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.pipeline.run_switch import switch
+from conetool.pipeline.switch_recipe import defaulted_recipe
+from conetool.spec import load_spec, save_spec, spec_from_dict, toml_text
+
+runner = CliRunner()
+trained, run = run_fixtures(SPEC)
+
+DEFAULTED = "does not write these keys of the [train] recipe"
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    """``spec`` (a dict as :data:`tiny_run.SPEC`) written as a researcher writes a TOML spec:
+    only its keys."""
+    lines = []
+    for section, values in spec.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_text(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def own_loop_copy(run: Path, folder: Path, steps: tuple[int, ...] = (0, 5, 10)) -> Path:
+    """``run``'s checkpoints as a loop of one's own saves them (torch.save dicts, no conetool
+    metadata, no optimizer state) in ``folder``, with no conetool.toml."""
+    folder.mkdir()
+    for step in steps:
+        state = load_file(str(paths.checkpoint(run, step)))
+        torch.save({"model_state_dict": state, "step": step}, folder / f"ckpt_{step}.pt")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# the recipe keys a spec file leaves to conetool's defaults
+
+
+def test_the_spec_remembers_the_keys_its_file_wrote_without_changing_its_identity(tmp_path):
+    """A file that leaves [train] keys out and the resolved spec of it (conetool.toml, which
+    writes every key) are the same spec: equal, with the same hash and to_dict (stores made
+    with either keep their identity); only ``written`` tells them apart."""
+    partial = load_spec(write_spec(tmp_path / "mine.toml", SPEC))
+    save_spec(partial, tmp_path / "resolved.toml")
+    resolved = load_spec(tmp_path / "resolved.toml")
+    assert partial == resolved and partial.hash() == resolved.hash()
+    assert partial.to_dict() == resolved.to_dict()
+    assert partial.written is not None and "train.steps" in partial.written
+    assert "train.lr" not in partial.written and "train.lr" in (resolved.written or ())
+    assert spec_from_dict(SPEC).written == partial.written
+
+
+def test_switch_names_the_recipe_keys_an_own_runs_spec_leaves_to_conetools_defaults(run, tmp_path):
+    """A run trained by the researcher's own loop, swept with a spec file that writes no lr,
+    momentum, weight decay, ...: the sweep replayed conetool's defaults (lr 0.1, momentum 0.9,
+    weight decay 1e-4) as the run's recipe and said nothing of it. It is a warning naming the
+    keys, their values, the spec file and the fix, said once, before the first point trains."""
+    pts = own_loop_copy(run, tmp_path / "pts")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    args = ["switch", "--at", "0,5", "--until", "10", "--ckpts", str(pts), "--spec", str(spec)]
+    loud = runner.invoke(app, [*args, "--store", str(tmp_path / "a"), "--device", "cpu"])
+    assert loud.exit_code == 0, loud.output
+    text = flat(loud.output)
+    assert text.count(DEFAULTED) == 1, text
+    warning = text[text.index(f"warning: {spec}") :]
+    keys = warning.split("conetool's defaults: ")[1].split(". These")[0].split("; ")
+    # batch_size is written; --until is given (T is not train.steps); the seed is no recipe key
+    assert keys == [
+        'optimizer = "sgd"',
+        "lr = 0.1",
+        "momentum = 0.9",
+        "nesterov = false",
+        "weight_decay = 0.0001",
+        'schedule = "constant"',
+        "warmup_steps = 0",
+    ], warning
+    assert f"Write your run's recipe into [train] of {spec}" in warning
+    assert text.index(DEFAULTED) < text.index("switch t=0"), text  # before the points
+    # which keys count: steps where it is T (no --until) or shapes the cosine schedule, Adam's
+    # betas instead of SGD's momentum, the step schedule's milestones and gamma
+    nosteps = copy.deepcopy(SPEC)
+    del nosteps["train"]["steps"]
+    mine = spec_from_dict(nosteps, source="mine.toml")
+    assert "steps = 1000" in defaulted_recipe(mine, until_given=False)
+    assert "steps = 1000" not in defaulted_recipe(mine, until_given=True)
+    nosteps["train"].update(optimizer="adam", schedule="step", milestones=[5])
+    adam = defaulted_recipe(spec_from_dict(nosteps), until_given=True)
+    assert "betas = [0.9, 0.999]" in adam and "gamma = 0.1" in adam, adam
+    assert not [k for k in adam if k.startswith(("momentum", "milestones", "seed"))], adam
+
+
+def test_no_defaults_warning_for_a_whole_recipe_or_a_run_conetool_trained(run, tmp_path):
+    """A spec that writes every recipe key says nothing of defaults; nor does a run conetool
+    train wrote (its checkpoints carry conetool's metadata), even swept with a partial
+    --spec."""
+    pts = own_loop_copy(run, tmp_path / "pts")
+    whole = copy.deepcopy(SPEC)
+    whole["train"].update(
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=1e-4,
+        schedule="constant",
+        warmup_steps=0,
+    )
+    spec = write_spec(tmp_path / "whole.toml", whole)
+    result = switch([0], until=10, store=tmp_path / "a", ckpts=pts, spec=spec, device="cpu")
+    assert not [w for w in result.warnings if DEFAULTED in w], result.warnings
+    partial = write_spec(tmp_path / "mine.toml", SPEC)
+    result = switch([0], until=10, store=tmp_path / "b", ckpts=run, spec=partial, device="cpu")
+    assert not [w for w in result.warnings if DEFAULTED in w], result.warnings
+    # the run's own conetool.toml (resolved) beside foreign checkpoints: every key written
+    shutil.copy(paths.spec(run), paths.spec(pts))
+    result = switch([0], until=10, store=tmp_path / "c", ckpts=pts, device="cpu")
+    assert not [w for w in result.warnings if DEFAULTED in w], result.warnings
+
+
+def test_a_sweep_of_the_store_names_the_keys_the_spec_kernels_read_left_out(run, tmp_path):
+    """The README's flow for one's own run: kernels with --spec, then switch on the store alone,
+    whose spec is the manifest's resolved record (every key in it): the keys the file kernels
+    read left to conetool's defaults were not named. The manifest records them (spec_written):
+    named with that file and the fix (the store's kernels are of the spec as it was)."""
+    pts = own_loop_copy(run, tmp_path / "pts")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    store = tmp_path / "s"
+    made = runner.invoke(app, ["kernels", str(pts), "--spec", str(spec), "--store", str(store)])
+    assert made.exit_code == 0, made.output
+    result = switch([0], until=10, store=store, device="cpu")
+    (said,) = [w for w in result.warnings if DEFAULTED in w]
+    assert said.startswith(f"{spec} (the spec conetool kernels read) does not write"), said
+    assert "lr = 0.1" in said and "batch_size" not in said.split(". These")[0], said
+    assert f"--spec {spec} --store OTHER_STORE" in said, said
