@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from tiny_run import SPEC, run_fixtures
+from tiny_run import SPEC, run_fixtures, train_tiny
 from typer.testing import CliRunner
 
 from conetool import paths
@@ -150,3 +150,60 @@ def test_a_sweep_of_the_store_names_the_keys_the_spec_kernels_read_left_out(run,
     assert said.startswith(f"{spec} (the spec conetool kernels read) does not write"), said
     assert "lr = 0.1" in said and "batch_size" not in said.split(". These")[0], said
     assert f"--spec {spec} --store OTHER_STORE" in said, said
+
+
+# --------------------------------------------------------------------------------------------------
+# a run other than the store's
+
+
+def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, tmp_path):
+    """A second seed of the same spec trained by one's own loop (no conetool.toml), swept with
+    --ckpts into the store of the first run's kernels: same spec hash, so nothing refused it,
+    and its points sat beside the first run's in switch/results.csv and the figure. Refused
+    before anything is written, naming both folders and the fix."""
+    store = tmp_path / "s"
+    first = own_loop_copy(run, tmp_path / "first")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    made = runner.invoke(app, ["kernels", str(first), "--spec", str(spec), "--store", str(store)])
+    assert made.exit_code == 0, made.output
+    seed1 = copy.deepcopy(SPEC)
+    seed1["train"]["seed"] = 1
+    other = train_tiny(tmp_path / "seed1", seed1)  # the same sizes, other weights
+    second = own_loop_copy(other, tmp_path / "second")
+    args = ["switch", "--at", "5", "--until", "10", "--store", str(store), "--device", "cpu"]
+    refused = runner.invoke(app, [*args, "--ckpts", str(second), "--spec", str(spec)])
+    assert refused.exit_code == 1, refused.output
+    text = flat(refused.output)
+    assert f"--ckpts {second} is another run than the one the store's kernels" in text, text
+    assert f"({first.resolve()})" in text and "--store OTHER_STORE" in text, text
+    assert f"{second / 'ckpt_10.pt'}" in text, text  # the latest step both hold
+    assert not paths.switch_dir(store).exists()  # nothing written
+    # the same files in a folder moved and renamed since kernels: the store's run, accepted
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    ok = runner.invoke(app, [*args, "--ckpts", str(moved), "--spec", str(spec), "-q"])
+    assert ok.exit_code == 0, ok.output
+    # the same weights retrained into the store's own folder after its kernels: told as changed
+    shutil.rmtree(paths.switch_dir(store))
+    shutil.rmtree(moved)
+    own_loop_copy(other, first)
+    again = runner.invoke(app, [*args, "--ckpts", str(first), "--spec", str(spec)])
+    assert again.exit_code == 1, again.output
+    text = flat(again.output)
+    assert f"the checkpoints in {first} changed since conetool kernels read them" in text, text
+    assert f"rerun conetool kernels {first} --store {store}" in text, text
+
+
+def test_a_store_without_kernels_takes_any_run(run, tmp_path):
+    """A store holding only switch points (no kernels) has no run to keep: another run's sweep
+    goes in, as before."""
+    store = tmp_path / "s"
+    pts = own_loop_copy(run, tmp_path / "pts")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    switch([5], until=10, store=store, ckpts=pts, spec=spec, device="cpu")
+    seed1 = copy.deepcopy(SPEC)
+    seed1["train"]["seed"] = 1
+    second = own_loop_copy(train_tiny(tmp_path / "seed1", seed1), tmp_path / "second")
+    result = switch([0], until=10, store=store, ckpts=second, spec=spec, device="cpu")
+    assert [p.at for p in result.points] == [0]

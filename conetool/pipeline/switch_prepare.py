@@ -16,7 +16,7 @@ import torch
 
 from .. import paths
 from ..checkpoint_optimizer import ENTRIES
-from ..checkpoints import CheckpointRef, LoadedCheckpoint, list_checkpoints
+from ..checkpoints import CheckpointRef, LoadedCheckpoint, fingerprint, list_checkpoints
 from ..checkpoints.discover import SKIP_BAD_ADVICE, checkpoint_listing, steps_problems
 from ..checkpoints.load import NON_FINITE_ADVICE, read_checkpoint
 from ..choices import Reference, choice, is_count
@@ -174,6 +174,8 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     if missing:
         raise _not_stored(missing, ckpts_dir, sorted(refs))
     read = _read_reference(reference, T, refs, points_at) if read_reference else None
+    if o.ckpts is not None and manifest is not None:  # (else the run the store's kernels read)
+        _refuse_another_run(store, manifest, ckpts_dir, refs, read)
     data = load_data(spec.data, source=spec.source)
     if len(data.test) == 0:
         raise SpecError(
@@ -241,6 +243,69 @@ def _refuse_another_spec(
         "never mixes specs in a store: a switch sweep there would be read beside the kernels of "
         "another run. Leave --spec and --ckpts out to sweep the run the store's kernels were "
         "computed from, or give this sweep a store of its own: --store OTHER_STORE."
+    )
+
+
+def _refuse_another_run(
+    store: Path,
+    manifest: Mapping[str, Any],
+    ckpts: Path,
+    refs: Mapping[int, CheckpointRef],
+    read: LoadedCheckpoint | None,
+) -> None:
+    """Refuse a ``--ckpts`` run whose checkpoints are not those the store's kernels were computed
+    from (another run of the same spec: a second seed, trained by one's own loop), before
+    anything is written: its points would sit beside the store's run's in switch/results.csv
+    and the figure, shaded from that run's verdict. Told at the latest step both hold (two runs
+    that share their initial weights still differ there): its file's size, then its fingerprint,
+    against the store's record of that step (the fingerprint of the reference checkpoint read
+    already when it is that step, else one streamed hash of the file). A run moved or renamed
+    since ``conetool kernels``, holding the same files, passes; a store without kernels, or with
+    no step in common, has nothing to tell it by."""
+    records = manifest.get("steps")
+    if not isinstance(records, Mapping):
+        return
+    common = sorted(set(refs) & {int(step) for step in records})
+    if not common:
+        return
+    step = common[-1]
+    record, ref = records[str(step)], refs[step]
+    if not isinstance(record, Mapping):
+        return
+    try:
+        same = ref.file_state()[0] == record.get("size")
+        if same:
+            now = read.fingerprint if read is not None and read.ref.step == step else None
+            same = (now or fingerprint(ref)) == record.get("fingerprint")
+    except OSError:
+        return  # a file gone since the listing: its point's load says so
+    if same:
+        return
+    recorded = manifest.get("checkpoints")
+    sources = record.get("source")
+    was = ", ".join(map(str, sources)) if isinstance(sources, list) and sources else "its record"
+    files = ", ".join(str(p) for p in ref.paths)
+    in_place = isinstance(recorded, str) and Path(recorded).resolve() == ckpts.resolve()
+    other = (
+        f"the checkpoints in {ckpts} changed since conetool kernels read them (the run was "
+        "trained again into the same folder?)"
+        if in_place
+        else f"--ckpts {ckpts} is another run than the one the store's kernels were computed "
+        f"from ({recorded or 'recorded in ' + paths.MANIFEST_NAME})"
+    )
+    raise StoreError(
+        f"{other}: its checkpoint of step {step} ({files}) is not the file the kernel of step "
+        f"{step} in store {store} was computed from ({was}: its size or content differs from "
+        f"the record in {paths.MANIFEST_NAME}). A switch sweep there would put this run's points "
+        "beside the store's run's (switch/results.csv, the figure, the report). Give this sweep "
+        "a store of its own: --store OTHER_STORE"
+        + (
+            f"; or rerun conetool kernels {ckpts} --store {store} first to recompute the "
+            "changed kernels."
+            if in_place
+            else "; or leave --ckpts out to sweep the store's run. (A run moved or renamed "
+            "since conetool kernels, holding the same files, is accepted.)"
+        )
     )
 
 
