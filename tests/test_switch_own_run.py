@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
+from conetool.errors import ConetoolError
+from conetool.loop import TrainingLoop
 from conetool.pipeline.run_switch import switch
 from conetool.pipeline.switch_recipe import defaulted_recipe
 from conetool.spec import load_spec, save_spec, spec_from_dict, toml_text
@@ -207,3 +209,34 @@ def test_a_store_without_kernels_takes_any_run(run, tmp_path):
     second = own_loop_copy(train_tiny(tmp_path / "seed1", seed1), tmp_path / "second")
     result = switch([0], until=10, store=store, ckpts=second, spec=spec, device="cpu")
     assert [p.at for p in result.points] == [0]
+
+
+# --------------------------------------------------------------------------------------------------
+# --quiet and a sweep that fails
+
+
+def test_quiet_keeps_the_warnings_of_a_sweep_that_fails(run, tmp_path, monkeypatch):
+    """--quiet prints the warnings after the results: a sweep that failed at its second point
+    had no results, and the warnings said before the failure (checkpoints conetool train did
+    not write, the recipe keys left to defaults, which may explain it) were lost, only the error
+    printed. They reach stderr before the error; the progress and the notes stay out."""
+    pts = own_loop_copy(run, tmp_path / "pts")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    real = TrainingLoop.run
+
+    def run_loop(self, start, stop):
+        if start == 5:
+            raise ConetoolError("the point of step 5 failed")
+        return real(self, start, stop)
+
+    monkeypatch.setattr(TrainingLoop, "run", run_loop)
+    args = ["switch", "--at", "0,5", "--until", "10", "--ckpts", str(pts), "--spec", str(spec)]
+    quiet = runner.invoke(app, [*args, "--store", str(tmp_path / "s"), "--device", "cpu", "-q"])
+    assert quiet.exit_code == 1, quiet.output
+    text = flat(quiet.stderr)
+    foreign = "warning: these checkpoints were not written by `conetool train`"
+    assert text.count(foreign) == 1 and text.count(DEFAULTED) == 1, text
+    assert text.index(foreign) < text.index("error: the point of step 5 failed"), text
+    assert text.index(DEFAULTED) < text.index("error: the point of step 5 failed"), text
+    assert "note:" not in quiet.output and "switch t=" not in quiet.output, quiet.output
+    assert paths.switch_point(tmp_path / "s", 0).is_file()  # the point done is kept

@@ -21,7 +21,7 @@ from rich.markup import escape
 from ..errors import ConetoolError
 from ..progress import NullProgress
 from .collector import imports_done
-from .progress_display import PlainProgress, RichProgress
+from .progress_display import PlainProgress, QuietProgress, RichProgress
 
 if TYPE_CHECKING:  # conetool.distributed imports torch: only commands that run load it
     from ..distributed import Ranks
@@ -198,11 +198,24 @@ def interrupt_advice(continue_with: str | None = None, command: str | None = Non
 
 
 @contextmanager
-def progress_display(quiet: bool) -> Iterator[RichProgress | PlainProgress | NullProgress]:
+def progress_display(
+    quiet: bool,
+) -> Iterator[RichProgress | PlainProgress | QuietProgress | NullProgress]:
     """A rich display on a terminal, plain lines otherwise, nothing with ``--quiet`` (nor on
-    torchrun ranks other than 0: rank 0 shows the progress of the whole job)."""
-    if quiet or not is_main_process():
+    torchrun ranks other than 0: rank 0 shows the progress of the whole job). ``--quiet`` hides
+    the progress and the notes, never the warnings: when the command fails (an error, Ctrl-C),
+    those said before the failure go to stderr ahead of its error, as a run without ``--quiet``
+    showed them (a command that ends well prints its result's warnings after its table)."""
+    if not is_main_process():
         yield NullProgress()
+    elif quiet:
+        kept = QuietProgress()
+        try:
+            yield kept
+        except (Exception, KeyboardInterrupt):
+            for line in kept.warnings:
+                err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+            raise
     elif console.is_terminal:
         with RichProgress(console) as display:
             yield display
