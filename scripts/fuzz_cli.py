@@ -5,6 +5,7 @@ loses what was already computed.
     OMP_NUM_THREADS=1 python scripts/fuzz_cli.py --runs 200 --seed 0
     OMP_NUM_THREADS=1 python scripts/fuzz_cli.py --seed 0 --only 17 --keep   # one call again
     OMP_NUM_THREADS=1 python scripts/fuzz_cli.py --mode spec --runs 100 --seed 0
+    OMP_NUM_THREADS=1 python scripts/fuzz_cli.py --mode ckpts --runs 300 --seed 0 --interrupt 0
 
 It trains once, in a temporary folder, a tiny MLP on the embedded digits (12 steps, checkpoints at
 0, 4, 8 and 12), computes its kernels (10 x 10), distances, embedding and one switch point into the
@@ -44,6 +45,25 @@ same checks plus ``unnamed-input``: a failing call's output names the input that
   CSV or JSON, a checkpoint, conetool.toml, metrics.csv) emptied, truncated, bit-flipped,
   extended, deleted or, for JSON and CSV, given one wrong value or row; then a command that
   reads it; a refusal names the file.
+- ``ckpts``: a checkpoint folder written the way researchers' own tools write them
+  (``scripts/fuzz_ckpts.py``), from the tiny run's weights perturbed per step: safetensors
+  (metadata ``step``/``global_step`` or none) or torch.save files (``.pt``, ``.pth``, ``.bin``,
+  ``.ckpt``: a plain state dict, a loop's dict under ``model``/``state_dict``/
+  ``model_state_dict`` with ``step``/``global_step``/``epoch``/``iteration``, Lightning's),
+  ``module.``/``_orig_mod.`` prefixes, names ``step_N``, ``ckpt-N``, ``epoch=E-step=N``,
+  ``model_N``, ... (zero-padded or not) or ``checkpoint-N/`` and ``step_N/`` folders, plus one to
+  three of: a copy named without a step (``final.pt``, ``last.ckpt``: the same weights, others,
+  a new step, no step), junk beside (optimizer state, tfevents, ``.DS_Store``, README, symlinks,
+  an empty file), a step's file truncated, emptied, with a NaN, in float16 or float64, with an
+  extra, missing, wrongly shaped or zero-length tensor, an EMA beside the model or alone, a
+  nested subfolder; folder names with spaces and unicode. Then ``kernels`` into a fresh store
+  (sometimes ``--skip-bad``, ``--steps``, ``--step-regex``, ``--dtype float64``), ``inspect`` or
+  ``switch --ckpts``. The fuzz knows which weights it wrote under which step, so beside the
+  checks above: ``wrong-kernel``: a stored kernel is not, within 1e-5 relative, the float64
+  :func:`conetool.ntk.empirical_ntk` of those weights; ``wrong-step``: a step stored (or shown by
+  ``inspect``) that was not written, or a step written but left out without its file named;
+  ``wrong-source``: a step read from another file than its own; ``refused-good``: a folder of
+  documented-good files only (no broken file, no ``--step-regex``) refused.
 
 Every call runs with its data segment limited to 6 GiB (a spec asking for a huge model fails to
 allocate instead of filling the machine). Each call's random choices come from ``(seed, index)``
@@ -480,6 +500,14 @@ def call(index: int, seed: int, pristine: Path, work: Path, table: Any, options:
         plan = spec_plan(rng, (pristine / CKPTS / "conetool.toml").read_text(encoding="utf-8"))
     elif mode == "env":
         plan = env_plan(rng)
+    elif mode == "ckpts":
+        from fuzz_ckpts import base_weights, ckpts_plan
+
+        global _BASE
+        _BASE = _BASE or base_weights(pristine)
+        layout, argv = ckpts_plan(rng, _BASE)
+        files: dict[str, bytes | None] = dict(layout.files)
+        plan = Plan(argv, files, about="; ".join(layout.about), links=layout.links, layout=layout)
     else:
         plan = store_plan(rng, pristine)
     interrupt = rng.uniform(0.3, 8.0) if rng.random() < options.interrupt else None
@@ -490,13 +518,26 @@ def call(index: int, seed: int, pristine: Path, work: Path, table: Any, options:
         if data is None:
             (work / name).unlink()
         else:
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
             (work / name).write_bytes(data)
+    for name, target in plan.links.items():
+        (work / name).symlink_to(target)
     before = snapshot(work)
     outcome = Outcome(index, plan.argv, interrupt=interrupt, about=plan.about, env=plan.env)
     ran = conetool(work, plan.argv, options.timeout, interrupt, plan.env)
     outcome.rc, outcome.output, outcome.seconds, outcome.timed_out = ran
     check(outcome, before, snapshot(work), table, plan)
+    if plan.layout is not None and not outcome.timed_out:
+        from fuzz_ckpts import check_ckpts
+
+        for found in check_ckpts(plan.argv, outcome.rc, outcome.output, work, plan.layout):
+            outcome.failures.append(found.split(":")[0])
+            outcome.paths.append(found)
     return outcome
+
+
+#: The tiny run's weights (``--mode ckpts``), read once.
+_BASE: Any = None
 
 
 def built_for(pristine: Path, work: Path) -> bool:
@@ -522,10 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--mode",
-        choices=["flags", "spec", "env", "store"],
+        choices=["flags", "spec", "env", "store", "ckpts"],
         default="flags",
-        help="what is fuzzed: the flags (default), spec files, environment variables, or "
-        "corrupted store and run files",
+        help="what is fuzzed: the flags (default), spec files, environment variables, "
+        "corrupted store and run files, or checkpoint folders written as other tools do",
     )
     parser.add_argument("--log", type=Path, help="JSON lines of the failing calls")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")

@@ -29,7 +29,8 @@ class Plan:
     None to delete) written into the call's folder first; ``env`` added to its environment;
     ``names`` the words a failing call's output must hold (the spec file and key, the corrupted
     file); ``about`` what was broken, for the log; ``debug`` when CONETOOL_DEBUG asks for
-    tracebacks."""
+    tracebacks; ``links`` (relative path -> target) symbolic links made after the files;
+    ``layout`` the ground truth of a checkpoint folder (``--mode ckpts``)."""
 
     argv: list[str]
     files: dict[str, bytes | None] = field(default_factory=dict)
@@ -37,6 +38,8 @@ class Plan:
     names: list[str] = field(default_factory=list)
     about: str = ""
     debug: bool = False
+    links: dict[str, str] = field(default_factory=dict)
+    layout: Any = None
 
 
 # --- spec files -------------------------------------------------------------------------------
