@@ -138,6 +138,42 @@ def test_a_copy_of_its_steps_tensors_stays_silent_and_unread(
     assert not [m for m in told if "last.pt" in m], told
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_final_copy_storing_no_step_with_other_weights_is_warned_of(tmp_path: Path, suffix: str):
+    # Was (found by scripts/fuzz_cli.py --mode ckpts): a loop's final.pt, its final weights
+    # saved as a plain state dict after the last ckpt_N.pt, was left out without a word: the
+    # run's last weights lost. Now a warning names it, the last file read and the fixes.
+    for step in (0, 10):
+        torch.save(weights(step), tmp_path / f"ckpt_{step}.pt")
+    final = tmp_path / f"final{suffix}"
+    if suffix == ".pt":
+        torch.save(weights(20), final)
+    else:
+        save_file(weights(20), str(final))
+    listed, told = said(tmp_path)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    (warning,) = [m for m in told if final.name in m]
+    assert "stores no step" in warning and "'ckpt_10.pt'" in warning, warning
+    assert f"mv '{final}' '{tmp_path / 'step_N' / 'model.pt'}'" in warning, warning
+    shown: list[str] = []
+    inspect_checkpoints(tmp_path, warn=shown.append)
+    assert warning in shown
+    _, out = run_kernels(tmp_path, tmp_path)
+    assert final.name in out and "stores no step" in out, out
+    # the last step's weights saved again, or a best.pt (an earlier step's): silent
+    for name, seed in (("final", 10), ("best", 20)):
+        final.unlink(missing_ok=True)
+        torch.save(weights(seed), tmp_path / f"{name}.pt")
+        listed, told = said(tmp_path)
+        assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+        assert not [m for m in told if f"{name}.pt" in m], told
+        (tmp_path / f"{name}.pt").unlink()
+    # a selection that leaves out the last step does not compare it, nor say it
+    torch.save(weights(20), tmp_path / "final.pt")
+    listed, told = said(tmp_path, steps=(0, 5))
+    assert listed == [(0, "ckpt_0.pt")] and not [m for m in told if "final.pt" in m], told
+
+
 # ------------------------------------------------------------------------------------------------
 # one folder of one step, given alone
 

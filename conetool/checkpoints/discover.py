@@ -47,7 +47,9 @@ The step of each checkpoint, in order of precedence:
    left out all the same
    when another file gives its step (with a warning when it holds other tensors than that
    file: :func:`other_copy_warning`; one that no other file gives is read as that step, and
-   so is one whose step only unusable files give: it stands in for them, with a warning);
+   so is one whose step only unusable files give: it stands in for them, with a warning); a
+   copy that stores no step is not read, with a warning when it holds other tensors than the
+   last step's file (:func:`stepless_copy_warning`; ``best`` copies excepted);
 3. the name: ``step_2000``, ``step=2000``, ``epoch=3-step=2000``, ``global_step2000``,
    ``ckpt-2000``, ``checkpoint-2000``, ``model_2000``, ``iter_2000``, a bare ``2000``; or an epoch
    name, ``epoch_3``, ``epoch=3``, ``ep3`` (step = 3 × iterations per epoch) or open_lth's
@@ -217,6 +219,28 @@ def other_copy_warning(scan: Scan) -> str | None:
             f"named for its step, which gives the step (mkdir '{scan.directory / 'step_N'}' && "
             f"mv '{where}' '{scan.directory / 'step_N' / 'model.pt'}', N its step); to read it "
             f"for step {step} instead, move '{kept}' out of the directory."
+        )
+    return " ".join(lines)
+
+
+def stepless_copy_warning(scan: Scan) -> str | None:
+    """The warning for copies named without a step (``final.pt``, ``last.pt``) that store no
+    step, left out though they hold other tensors than the last step's file (a loop's final
+    weights, saved after its last numbered checkpoint): the file read last, and how to read the
+    copy. None when every such copy holds the last step's tensors (or there is none)."""
+    if not scan.stepless_copies:
+        return None
+    lines = []
+    for copy, last, step in scan.stepless_copies:
+        where = scan.directory / copy
+        lines.append(
+            f"not read: '{copy}' in '{scan.directory}' stores no step, and holds other tensors "
+            f"than the last checkpoint read, '{last}' (step {step}). If it holds the weights of "
+            f"a step no file gives (a loop's final weights), move it into a folder named for "
+            f"its step, which gives the step (mkdir '{scan.directory / 'step_N'}' && mv "
+            f"'{where}' '{scan.directory / 'step_N' / 'model.pt'}', N its step), or save it "
+            f"with its step (a 'step' entry of the torch.save dict, or safetensors metadata "
+            f"'step')."
         )
     return " ".join(lines)
 
@@ -793,6 +817,8 @@ def checkpoint_listing(
     if said := stand_in_warning(scan):  # a copy read for a step whose own file is unusable
         warn(said)
     if said := other_copy_warning(scan):  # a copy of a step with other tensors, not read
+        warn(said)
+    if said := stepless_copy_warning(scan):  # a final.pt of no step, other tensors
         warn(said)
     if said := regex_left_warning(scan):  # a copy of a step no file gives, not matched
         warn(said)

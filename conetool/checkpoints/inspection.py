@@ -32,6 +32,7 @@ from .discover import (
     scan_selected,
     shown_name,
     stand_in_warning,
+    stepless_copy_warning,
     store_files_warning,
     stored_step_note,
     uncompared_warning,
@@ -141,6 +142,7 @@ def inspect_checkpoints(
         (final_model_warning(scan), warn),  # a Trainer's final model whose step is not known
         (stand_in_warning(scan), warn),  # a copy read for a step whose own file is unusable
         (other_copy_warning(scan), warn),  # a copy of a step with other tensors, not read
+        (stepless_copy_warning(scan), warn),  # a final.pt of no step, other tensors
         (regex_left_warning(scan), warn),  # a copy of a step no file gives, not matched
         (unreadable_alias_warning(scan), warn),  # a copy whose step cannot be known
         (store_files_warning(scan), warn),  # a store's files among the checkpoints

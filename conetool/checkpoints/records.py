@@ -172,6 +172,10 @@ class Scan:
     # step it stores, though it holds other tensors than that file (a loop that saved later
     # weights with a stale step counter): (copy's name, the read file's name, step)
     other_copies: list[tuple[str, str, int]] = field(default_factory=list)
+    # a copy named without a step (final.pt, last.pt) that stores no step, left out though it
+    # holds other tensors than the last step's file (a loop's final weights, saved after its
+    # last numbered checkpoint): (copy's name, the last file read, its step)
+    stepless_copies: list[tuple[str, str, int]] = field(default_factory=list)
     # every file left out as a copy of a step another file gives (final.pt, a Trainer's final
     # model): step -> their paths, for a step whose file fails when it is read to name them
     left_copies: dict[int, list[Path]] = field(default_factory=dict)

@@ -8,6 +8,7 @@ import os
 import re
 import stat
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -758,6 +759,8 @@ def scan_directory(
         for c in scan.candidates:
             if not _is_alias(c) and _usable_step(c):
                 stepped.setdefault(c.step, c)
+        last_step = max((k for k in stepped if k is not None), default=None)
+        last = None if last_step is None else stepped[last_step]
         for c in aliases:
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
@@ -772,6 +775,19 @@ def scan_directory(
                 scan.regex_left.append((c.name, held, pattern.pattern))
             if c.name in unreadable and c.problem is not None:  # its step cannot be known
                 scan.unreadable_aliases.append((c.name, c.problem))
+            # a final.pt that stores no step is not read: said when it holds other tensors than
+            # the last step's file (a loop's final weights, saved after its last ckpt_N.pt);
+            # best.pt is some earlier step's weights by its name, and stays silent
+            if (
+                c.step is None
+                and c.name not in unreadable  # (its only problem: no step, none stored)
+                and last is not None
+                and last_step is not None
+                and "best" not in candidate_stem(c).lower()
+                and is_selected(last_step, steps, every)
+                and not _same_weights(replace(c, step=last_step, problem=None), last)
+            ):
+                scan.stepless_copies.append((c.name, last.name, last_step))
         _note_stand_ins(scan, [c for c in scan.candidates if _is_alias(c)], named, folders=False)
         # A Trainer's final model is read as the output directory's global_step when no usable
         # checkpoint-N/ folder gives that step (save_steps does not divide the run's length; a
@@ -814,6 +830,7 @@ def scan_directory(
     read = {c.name for c in kept if c.problem is None}
     scan.stand_ins = [entry for entry in scan.stand_ins if entry[0] in read]
     scan.other_copies = [entry for entry in scan.other_copies if entry[1] in read]
+    scan.stepless_copies = [entry for entry in scan.stepless_copies if entry[1] in read]
     kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))
     scan.candidates = kept
     return scan
