@@ -76,7 +76,8 @@ class Layout:
     (relative to ``folder``) that holds it; ``maybe``: steps that may be read (then with these
     weights) or be left out with a message naming their file; ``broken``: step -> the unusable
     file written for it (never read; named when left out); ``never``: steps that must not be read;
-    ``copies``: step -> the copy named without a step that alone gives it (not read under
+    ``stepless``: (copy storing no step with other weights than the last step's, that step),
+    to be warned of when that step is read; ``copies``: step -> the copy named without a step that alone gives it (not read under
     --step-regex); ``regex``: a --step-regex that reads the main files' steps from their names; ``about``: what
     was done."""
 
@@ -89,6 +90,7 @@ class Layout:
     broken: dict[int, str] = field(default_factory=dict)
     never: set[int] = field(default_factory=set)
     copies: dict[int, str] = field(default_factory=dict)
+    stepless: list[tuple[str, int]] = field(default_factory=list)
     regex: str = ""
     about: list[str] = field(default_factory=list)
 
@@ -272,6 +274,8 @@ class Maker:
             self.copies[step] = name
         elif kind != "nostep":
             self.copied.append((step, exact(state), name))
+        elif "best" not in name:
+            layout.stepless.append((name, step))
 
     def finish(self) -> None:
         """A copy storing the step of a file that is broken, or whose file may be refused, may be
@@ -497,14 +501,15 @@ def check_ckpts(argv: list[str], rc: int, output: str, work: Path, layout: Layou
         for step in layout.copies:
             truth.pop(step, None)
             never.add(step)
+    lo, hi = selection(argv)
     benign = not layout.broken and not layout.maybe and not regex
+    benign = benign and any(lo <= step <= hi for step in truth)  # (else nothing is selected)
     command = argv[0]
     at = argv[argv.index("--at") + 1] if "--at" in argv else ""
     if rc == 1 and benign and (command != "switch" or (at.isdigit() and int(at) in truth)):
         found.append("refused-good: a layout of documented-good files was refused")
     if rc != 0:
         return found
-    lo, hi = selection(argv)
     if command == "kernels":
         import json
 
@@ -536,6 +541,10 @@ def check_ckpts(argv: list[str], rc: int, output: str, work: Path, layout: Layou
                 name = layout.sources.get(step) or layout.broken.get(step) or layout.maybe[step][1]
                 if not said(output, name):
                     found.append(f"wrong-step: step {step} ({name}) missing without a word")
+    if command in ("kernels", "inspect") and not regex:
+        for name, step in layout.stepless:
+            if step in truth and lo <= step <= hi and not said(output, name):
+                found.append(f"wrong-step: {name} (no step, other weights) left out without a word")
     if command == "inspect":
         import re
 
