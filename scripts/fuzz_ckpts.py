@@ -76,7 +76,8 @@ class Layout:
     (relative to ``folder``) that holds it; ``maybe``: steps that may be read (then with these
     weights) or be left out with a message naming their file; ``broken``: step -> the unusable
     file written for it (never read; named when left out); ``never``: steps that must not be read;
-    ``stepless``: (copy storing no step with other weights than the last step's, that step),
+    ``refusable``: junk a call may refuse, naming it (a dangling ``.pt`` link: a checkpoint
+    being rotated, as conetool cannot tell); ``stepless``: (copy storing no step with other weights than the last step's, that step),
     to be warned of when that step is read; ``copies``: step -> the copy named without a step that alone gives it (not read under
     --step-regex); ``regex``: a --step-regex that reads the main files' steps from their names; ``about``: what
     was done."""
@@ -91,6 +92,7 @@ class Layout:
     never: set[int] = field(default_factory=set)
     copies: dict[int, str] = field(default_factory=dict)
     stepless: list[tuple[str, int]] = field(default_factory=list)
+    refusable: list[str] = field(default_factory=list)
     regex: str = ""
     about: list[str] = field(default_factory=list)
 
@@ -311,6 +313,8 @@ class Maker:
         if name == "current":
             target = self.main[n].split("/")[0] if self.folder_scheme else self.main[n]
         self.layout.links[f"{self.layout.folder}/{name}"] = target
+        if name == "dangling.pt":
+            self.layout.refusable.append(name)
         self.layout.about.append(f"symlink {name} -> {target}")
 
     def vary_empty(self) -> None:
@@ -502,7 +506,7 @@ def check_ckpts(argv: list[str], rc: int, output: str, work: Path, layout: Layou
             truth.pop(step, None)
             never.add(step)
     lo, hi = selection(argv)
-    benign = not layout.broken and not layout.maybe and not regex
+    benign = not layout.broken and not layout.maybe and not regex and not layout.refusable
     benign = benign and any(lo <= step <= hi for step in truth)  # (else nothing is selected)
     command = argv[0]
     at = argv[argv.index("--at") + 1] if "--at" in argv else ""
