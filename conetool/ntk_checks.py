@@ -200,8 +200,9 @@ def check_branches(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
 
     A dependence is found only where it shows within one chunk: a branch that one example turns
     for the whole batch is missed when no other example of its chunk takes the other branch alone
-    (every example of the chunk takes the same branch, or the example is alone in a last chunk of
-    one), though an engine pass holding it with examples of another chunk would take it. A
+    (every example of the chunk takes the same branch), though an engine pass holding it with
+    examples of another chunk would take it; a last chunk of one example is checked together with
+    the example before it, so that no example is compared with nothing. A
     dependence that shows in any pair (batch statistics, as a batch-norm in training mode gives;
     attention or other mixing across the batch) is found by :func:`check_independence` on the
     first two examples already.
@@ -214,8 +215,11 @@ def check_branches(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
         return
     except Exception:  # any failure: the forward pass is not plain tensor code
         pass
-    for lo in range(0, x.shape[0], BRANCH_CHUNK):
-        batch = x[lo : lo + BRANCH_CHUNK]
+    n = x.shape[0]
+    for lo in range(0, n, BRANCH_CHUNK):
+        # A last chunk of one example overlaps the chunk before it by one: alone, the example
+        # would be compared with nothing.
+        batch = x[min(lo, max(n - 2, 0)) : lo + BRANCH_CHUNK]
         if batch.shape[0] >= 2:
             check_independence(forward, batch)
 

@@ -148,6 +148,21 @@ def test_a_branch_is_found_at_the_end_of_each_batch_of_the_check(method: str, wh
         empirical_ntk(SignOfTheBatch().double(), x, device="cpu", method=method)
 
 
+@pytest.mark.parametrize("method", ["auto", "structured"])
+def test_a_branch_one_example_turns_alone_in_the_last_batch_of_the_check_is_found(
+    method: str,
+) -> None:
+    # 65 examples are checked in batches of 64 and 1 (BRANCH_CHUNK): the last example, alone in
+    # its batch, was compared with nothing, so the branch it turns for an engine pass went unseen
+    from conetool.ntk_checks import BRANCH_CHUNK
+
+    assert BRANCH_CHUNK == 64
+    x = _one_negative_among(65, 64)
+    assert float(x[:64].sum()) > 0 and float(x[63:].sum()) > 0 > float(x[64].sum())
+    with pytest.raises(ModelError, match="depends on the other examples in the batch"):
+        empirical_ntk(SignOfTheBatch().double(), x, device="cpu", method=method)
+
+
 def test_a_forward_pass_without_branches_is_not_run_example_by_example() -> None:
     # one vmap over two examples tells that no branch is there: none of the n passes alone
     from conetool.ntk_checks import check_branches
