@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from . import paths
+from .step_folders import read_as_one_step
 
 __all__ = ["checkpoint_contents", "same_folder", "store_holding"]
 
@@ -23,8 +24,10 @@ _KERNEL_FOLDERS = (paths.KERNELS_DIR, paths.EVAL_KERNELS_DIR, paths.LAYER_KERNEL
 def checkpoint_contents(folder: Path) -> str | None:
     """What makes ``folder`` a checkpoint directory, said in a few words (``"conetool.toml and
     25 checkpoint files such as step_000000.safetensors"``), or None when it holds neither a spec
-    nor checkpoint files nor ``checkpoint-N/`` folders (or cannot be listed). A store's own files
-    (its probe and evaluation sets) and optimizer states are not counted."""
+    nor checkpoint files nor folders read as one checkpoint each (``checkpoint-N/``, a plain
+    loop's ``step_N/model.pt``: :func:`conetool.step_folders.read_as_one_step`), or cannot be
+    listed. A store's own files (its probe and evaluation sets) and optimizer states are not
+    counted."""
     try:
         with os.scandir(folder) as entries:
             listed = [(e.name, e.is_dir(), e.is_file()) for e in entries]
@@ -41,7 +44,7 @@ def checkpoint_contents(folder: Path) -> str | None:
         and not paths.is_optimizer_state(Path(name))
     )
     folders = sorted(
-        name for name, is_dir, _ in listed if is_dir and paths.is_hf_checkpoint_folder(name)
+        name for name, is_dir, _ in listed if is_dir and read_as_one_step(Path(folder) / name)
     )
     parts = [paths.SPEC_NAME] if spec else []
     if files:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,10 @@ from typer.testing import CliRunner
 
 from conetool import folder_roles, paths
 from conetool.checkpoints.records import CHECKPOINT_SUFFIXES
+from conetool.checkpoints.scanning import scan_directory
 from conetool.cli import app
 from conetool.pipeline import kernels
+from conetool.step_folders import read_as_one_step
 
 runner = CliRunner()
 trained, run = run_fixtures()
@@ -139,3 +143,118 @@ def test_a_store_an_older_conetool_wrote_among_the_checkpoints_is_left_out_of_th
     assert listing(run) == before
     result = runner.invoke(app, ["inspect", str(run)])
     assert result.exit_code == 0 and "are a conetool store's files" in flat(result.output)
+
+
+def _saved_as_step_folders(run: Path, folder: Path) -> Path:
+    """The tiny run's checkpoints as a plain loop saves them: ``step_N/model.safetensors``, no
+    spec beside them."""
+    for file in sorted(run.glob("step_*.safetensors")):
+        if paths.is_optimizer_state(file):
+            continue
+        step = int(file.name.removeprefix("step_").removesuffix(".safetensors"))
+        (folder / f"step_{step}").mkdir(parents=True)
+        shutil.copy(file, folder / f"step_{step}" / "model.safetensors")
+    return folder
+
+
+def test_a_run_saved_as_folders_per_step_given_as_the_store_is_a_checkpoint_directory(
+    run: Path, tmp_path: Path
+) -> None:
+    # Only checkpoint-N/ folders were counted: --store RUN of a run saved as step_N/ folders was
+    # taken for a store without kernels ('Compute kernels into it first: conetool kernels CKPTS
+    # --store RUN')
+    ckpts = _saved_as_step_folders(run, tmp_path / "loop")
+    before = listing(ckpts)
+    text = invoke("distance", "--store", str(ckpts))
+    assert "it is a checkpoint directory" in text, text
+    assert "3 checkpoint folders such as step_0/" in text, text
+    assert listing(ckpts) == before
+
+
+def test_a_store_an_older_conetool_wrote_among_step_folders_is_left_out_of_the_listing(
+    run: Path, tmp_path: Path
+) -> None:
+    # A run saved as step_N/ folders holding an old store's files was refused as 'a conetool
+    # store, not a checkpoint directory': its step folders did not count as checkpoints
+    ckpts = _saved_as_step_folders(run, tmp_path / "loop")
+    old = tmp_path / "old"
+    kernels(run, store=old, device="cpu")
+    for name in (paths.MANIFEST_NAME, paths.PROBE_NAME):
+        shutil.copy(old / name, ckpts / name)
+    shutil.copytree(old / paths.KERNELS_DIR, ckpts / paths.KERNELS_DIR)
+    before = listing(ckpts)
+    spec = shutil.copy(run / paths.SPEC_NAME, tmp_path / "spec.toml")
+    result = runner.invoke(
+        app, ["kernels", str(ckpts), "--spec", str(spec), "--store", str(tmp_path / "new")]
+    )
+    text = flat(result.output)
+    assert result.exit_code == 0, text
+    assert "not read: kernels/, manifest.json and probe.safetensors of" in text, text
+    assert len(list((tmp_path / "new" / paths.KERNELS_DIR).iterdir())) == 3
+    assert listing(ckpts) == before
+
+
+#: Subfolder names, read as one step or not: named for a step (built-in rules, an epoch name),
+#: a Hugging Face folder, and names that give none.
+FOLDER_NAMES = (
+    "step_0",
+    "step_000010",
+    "2000",
+    "ckpt-5",
+    "model_12",
+    "global_step30",
+    "epoch_3",
+    "checkpoint-7",
+    "checkpoint_2",
+    "old",
+    "best",
+    "backup",
+    "final",
+    "weights",
+    "run-2026-12-01",
+)
+
+
+@pytest.mark.parametrize("held", ["model.safetensors", "model.pt", "weights.pt", "nothing"])
+@pytest.mark.parametrize("trainer_state", [False, True])
+def test_folder_roles_counts_the_subfolders_the_checkpoint_listing_reads(
+    tmp_path: Path, held: str, trainer_state: bool
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    for i, name in enumerate(FOLDER_NAMES):  # each of another step and weights: no copies
+        folder = tmp_path / name
+        folder.mkdir()
+        if held.endswith(".safetensors"):
+            save_file({"w": torch.full((2,), float(i))}, str(folder / held))
+        elif held != "nothing":
+            torch.save({"w": torch.full((2,), float(i))}, folder / held)
+        if trainer_state:
+            (folder / "trainer_state.json").write_text(f'{{"global_step": {100 + i}}}')
+    scan = scan_directory(
+        tmp_path, step_regex=None, iterations_per_epoch=None, steps=None, every=None, deep=False
+    )
+    read = {c.name.rstrip("/") for c in scan.candidates if c.folder is not None}
+    counted = {n for n in FOLDER_NAMES if read_as_one_step(tmp_path / n)}
+    assert counted == read
+    assert ("step_0" in read) == (held in ("model.safetensors", "model.pt"))
+
+
+def test_checkpoint_contents_imports_no_torch(tmp_path: Path) -> None:
+    (tmp_path / "step_0").mkdir()
+    (tmp_path / "step_0" / "model.pt").write_bytes(b"")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom conetool import folder_roles\n"
+        "print(folder_roles.checkpoint_contents(Path(sys.argv[1])))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["the checkpoint folder step_0/", "False"]

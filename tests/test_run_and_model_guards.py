@@ -19,13 +19,13 @@ from test_store import manifest_reads
 from conetool import paths
 from conetool.checkpoints import CheckpointRef
 from conetool.checkpoints.discover import step_problems
-from conetool.checkpoints.step_names import compile_step_regex
 from conetool.errors import CheckpointError, ModelError, StoreError
 from conetool.ntk_checks import perturbed
 from conetool.ntk_failures import ACTIVATION_CHECKPOINTING, explained, vmap_failures_named
 from conetool.pipeline.matrix_cache import kernels_key
 from conetool.pipeline.mixed_runs import another_run
 from conetool.pipeline.report_inputs import ReportInputs
+from conetool.step_names import compile_step_regex
 from conetool.store import Store
 from conetool.store_manifest import same_kernel_record
 from conetool.user_modules import import_user_module

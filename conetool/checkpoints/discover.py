@@ -55,7 +55,7 @@ The step of each checkpoint, in order of precedence:
    name, ``epoch_3``, ``epoch=3``, ``ep3`` (step = 3 × iterations per epoch) or open_lth's
    ``model_ep3_it17`` (3 × iterations per epoch + 17), with iterations per epoch = ceil(training
    examples / batch size) from the spec; without it, an error says what to give (the rules are in
-   :mod:`conetool.checkpoints.step_names`). A name whose number is a date and time is refused;
+   :mod:`conetool.step_names`). A name whose number is a date and time is refused;
    one that reads as a Unix time is kept, with a warning when every step read from a name does
    (:func:`unix_time_warning`);
 4. for Hugging Face folders, ``trainer_state.json`` ``global_step``, which is also checked against
@@ -72,6 +72,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conetool.errors import CheckpointError
+from conetool.step_names import (
+    UNIX_TIME_FIX,
+    epoch_note,
+    name_regex,
+    unix_time_text,
+    unix_time_unit,
+)
 
 from .records import (
     CHECKPOINT_SUFFIXES,
@@ -83,13 +90,6 @@ from .records import (
 )
 from .scanning import FOLDER_WEIGHTS, only_checkpoint_file, scan_directory
 from .selection import is_selected, parse_step_range, step_from_name
-from .step_names import (
-    UNIX_TIME_FIX,
-    epoch_note,
-    name_regex,
-    unix_time_text,
-    unix_time_unit,
-)
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -337,9 +337,9 @@ def stored_step_note(
 def unix_time_warning(directory: Path, candidates: list[Candidate]) -> str | None:
     """The warning for a run whose every step read from a name by a built-in rule (the files
     that store no step, without ``--step-regex``, not Hugging Face folders: at least one) is a
-    Unix time of 2001-2039 (:data:`~conetool.checkpoints.step_names.UNIX_TIMES`), or every one
+    Unix time of 2001-2039 (:data:`~conetool.step_names.UNIX_TIMES`), or every one
     such a time in milliseconds or microseconds (one unit for all,
-    :data:`~conetool.checkpoints.step_names.UNIX_TIME_UNITS`): the files were probably named by
+    :data:`~conetool.step_names.UNIX_TIME_UNITS`): the files were probably named by
     when they were saved. Their steps are kept (a long run may count that
     many); the warning names the files as the other notes do (relative to ``directory``) and the
     fixes. None when there is no such file or one step is no such time."""
@@ -716,7 +716,7 @@ def list_checkpoints(
             folder name for Hugging Face folders); its group ``step``, or its first group.
         iterations_per_epoch: for names that give an epoch (``epoch_3``: step = 3 x this;
             open_lth's ``model_ep{E}_it{I}``: E x this + I; see
-            :mod:`conetool.checkpoints.step_names`): ceil(training examples / batch size).
+            :mod:`conetool.step_names`): ceil(training examples / batch size).
         steps: ``(first, last)``, both included, either may be None (``--steps``; see
             :func:`parse_step_range`). Files outside the range are not checked.
         every: keep only steps that are multiples of ``every`` (``--every``).

@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from conetool.errors import CheckpointError
+from conetool.step_names import epoch_note
 
 from ._keys import describe_mismatch, match_keys
 from ._tied import tied_keys
@@ -40,7 +41,6 @@ from .discover import (
     unreadable_alias_warning,
 )
 from .load import match_state_dict, read_checkpoint
-from .step_names import epoch_note
 
 STATUSES = ("ok", "error")
 

@@ -16,6 +16,14 @@ import torch
 from conetool import paths
 from conetool.errors import CheckpointError
 from conetool.io import os_error_path
+from conetool.step_folders import (
+    FOLDER_TORCH,
+    FOLDER_WEIGHT_NAMES,
+    HF_WEIGHTS,
+    read_as_one_step,
+    step_named,
+)
+from conetool.step_names import compile_step_regex
 
 from ._hashed_reads import files_fingerprint
 from ._keys import diff_keys, strip_common_prefixes
@@ -38,7 +46,6 @@ from .selection import (
     step_from_name,
     stored_step,
 )
-from .step_names import compile_step_regex, name_step
 
 # --------------------------------------------------------------------------------------------------
 # candidates
@@ -51,17 +58,10 @@ _NOT_MODEL = re.compile(
 _SHARD = re.compile(
     r"^(?P<prefix>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})(?P<suffix>\.safetensors|\.bin)$", re.IGNORECASE
 )
-_HF_WEIGHTS = (
-    ("model.safetensors.index.json", "model.safetensors"),
-    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-)
 # Accelerate's save_state with automatic checkpoint naming: checkpoints/checkpoint_0, _1, ...
 # numbered by the count of saves; each holds its RNG states random_states_<process>.pkl.
 _ACCELERATE_FOLDER = re.compile(r"^checkpoint_\d+$")
 _ACCELERATE_RNG = re.compile(r"^random_states_\d+\.pkl$")
-# A plain loop's folder per step (step_2000/model.pt), read as a Hugging Face folder is: the
-# torch.save file of the weights, when the folder holds none of _HF_WEIGHTS.
-_FOLDER_TORCH = ("model.pt", "model.pth")
 #: The names of the weights a checkpoint folder is read by, as the messages say them.
 FOLDER_WEIGHTS = (
     "model.safetensors (or its shards with model.safetensors.index.json), pytorch_model.bin, "
@@ -229,7 +229,7 @@ def _folder_candidate(folder: Path, deep: bool, *, subfolder: bool = False) -> C
         return None
     if _ACCELERATE_FOLDER.match(folder.name):
         c.save_count = any(_ACCELERATE_RNG.match(n) for n in names)
-    for index_name, single in _HF_WEIGHTS:
+    for index_name, single in HF_WEIGHTS:
         if index_name in names:
             _sharded(c, folder / index_name, deep)
             break
@@ -238,7 +238,7 @@ def _folder_candidate(folder: Path, deep: bool, *, subfolder: bool = False) -> C
             _read_headers(c, deep)
             break
     else:
-        torch_file = next((n for n in _FOLDER_TORCH if n in names), None)
+        torch_file = next((n for n in FOLDER_TORCH if n in names), None)
         if torch_file is not None:
             c.paths = (folder / torch_file,)
             _read_headers(c, deep)
@@ -271,19 +271,6 @@ def _skipped_on_purpose(name: str) -> bool:
     return paths.is_optimizer_state(Path(name)) or bool(_NOT_MODEL.match(name))
 
 
-def _holds_folder_weights(folder: Path) -> bool:
-    """Whether ``folder`` holds the weights a checkpoint folder is read by
-    (:data:`FOLDER_WEIGHTS`) and gives a step: named for one (``step_0``) or holding
-    ``trainer_state.json``, as :func:`_folder_candidate` reads it (headers not read)."""
-    try:
-        names = set(os.listdir(folder))
-    except OSError:
-        return False
-    weights = {n for pair in _HF_WEIGHTS for n in pair} | set(_FOLDER_TORCH)
-    gives = step_named(folder.name, None) or "trainer_state.json" in names
-    return gives and bool(names & weights)
-
-
 def _nested_checkpoints(folder: Path) -> int:
     """How many checkpoints (files, checkpoint-N/ folders, and folders read as one step:
     ``step_0/model.pt``, a folder holding ``trainer_state.json`` beside its weights) a subfolder
@@ -302,8 +289,7 @@ def _nested_checkpoints(folder: Path) -> int:
             if e.name.startswith("."):
                 continue
             if e.is_dir():
-                held = paths.is_hf_checkpoint_folder(e.name) or _holds_folder_weights(Path(e.path))
-                count += held
+                count += read_as_one_step(Path(e.path))
             elif e.is_file() and has_checkpoint_suffix(e.name) and not _skipped_on_purpose(e.name):
                 count += 1
         except OSError:
@@ -359,19 +345,6 @@ def _holds_a_store(entries: list[os.DirEntry[str]]) -> bool:
     two files :func:`conetool.folder_roles.store_holding` recognises a store by)."""
     names = {e.name for e in entries}
     return paths.MANIFEST_NAME in names and paths.PROBE_NAME in names
-
-
-def step_named(name: str, pattern: re.Pattern[str] | None) -> bool:
-    """Whether a subfolder's ``name`` gives a step, so that it is read as a folder of one step:
-    a Hugging Face ``checkpoint-2000``, a name a built-in rule reads (``step_2000``, ``2000``;
-    an epoch name or a date too, whose error the folder then gets) or one ``pattern``
-    (--step-regex) matches. ``old``, ``best``, ``backup`` give none."""
-    if paths.is_hf_checkpoint_folder(name) or (pattern is not None and pattern.search(name)):
-        return True
-    try:
-        return name_step(name, None, Path(name), dates=False) != (None, None)
-    except CheckpointError:  # an epoch name without the iterations per epoch
-        return True
 
 
 def _collect(directory: Path, deep: bool, pattern: re.Pattern[str] | None = None) -> Scan:
@@ -591,7 +564,7 @@ def _is_hf_folder(directory: Path) -> bool:
     if not paths.is_hf_checkpoint_folder(directory.name):
         if not _is_file(directory / "trainer_state.json") or _has_checkpoint_folders(directory):
             return False
-    return any(_is_file(directory / n) for pair in _HF_WEIGHTS for n in pair)
+    return any(_is_file(directory / n) for pair in HF_WEIGHTS for n in pair)
 
 
 def _is_accelerate_folder(directory: Path) -> bool:
@@ -605,8 +578,7 @@ def _is_accelerate_folder(directory: Path) -> bool:
         names = set(os.listdir(directory))
     except OSError:
         return False
-    weights = {n for pair in _HF_WEIGHTS for n in pair} | set(_FOLDER_TORCH)
-    return bool(names & weights) and any(_ACCELERATE_RNG.match(n) for n in names)
+    return bool(names & FOLDER_WEIGHT_NAMES) and any(_ACCELERATE_RNG.match(n) for n in names)
 
 
 def _one_step_folder(directory: Path, scan: Scan, pattern: re.Pattern[str] | None) -> bool:
@@ -619,9 +591,13 @@ def _one_step_folder(directory: Path, scan: Scan, pattern: re.Pattern[str] | Non
     if len(scan.candidates) != 1 or not step_named(directory.name, pattern):
         return False
     (c,) = scan.candidates
-    weights = {n for pair in _HF_WEIGHTS for n in pair} | set(_FOLDER_TORCH)
     name = (c.index or c.location).name
-    return c.folder is None and c.problem is None and name in weights and stored_step(c) is None
+    return (
+        c.folder is None
+        and c.problem is None
+        and name in FOLDER_WEIGHT_NAMES
+        and stored_step(c) is None
+    )
 
 
 def _has_checkpoint_folders(directory: Path) -> bool:

@@ -8,11 +8,7 @@ from pathlib import Path
 
 from conetool.choices import integer, is_count
 from conetool.errors import CheckpointError
-
-from ._stored_steps import BEYOND_MAX_STEP, MAX_STEP, STEP_KEYS, BadStep, metadata_step
-from ._torch_save import TORCH_SUFFIXES, check_torch_file
-from .records import Candidate
-from .step_names import (
+from conetool.step_names import (
     UNIX_TIME_FIX,
     is_open_lth_name,
     name_regex,
@@ -21,6 +17,10 @@ from .step_names import (
     unix_time_text,
     unix_time_unit,
 )
+
+from ._stored_steps import BEYOND_MAX_STEP, MAX_STEP, STEP_KEYS, BadStep, metadata_step
+from ._torch_save import TORCH_SUFFIXES, check_torch_file
+from .records import Candidate
 
 # --------------------------------------------------------------------------------------------------
 # flags
@@ -98,7 +98,7 @@ def is_selected(step: int, steps: tuple[int | None, int | None] | None, every: i
 
 def step_from_name(name: str, *, iterations_per_epoch: int | None = None) -> int | None:
     """The step a checkpoint's name (without suffix) gives, or None (see
-    :mod:`conetool.checkpoints.step_names`).
+    :mod:`conetool.step_names`).
 
     Raises :class:`CheckpointError` for a name that gives an epoch (``epoch_3``, open_lth's
     ``model_ep3_it17``) without ``iterations_per_epoch``, and for a name whose number is a date
