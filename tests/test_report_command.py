@@ -762,6 +762,28 @@ def test_a_run_gone_from_where_kernels_read_it_is_said_with_the_ckpts_flag(run, 
     assert not [w for w in found.warnings if "is not there" in w] and found.training_png
 
 
+@pytest.mark.parametrize("how", ["kernels rerun there", "report --ckpts"])
+def test_the_switch_command_of_a_moved_run_names_no_old_place(run, tmp_path, how):
+    # switch read the store's run; after the run moved (and kernels was rerun there, which
+    # moves the manifest's record, or report was given --ckpts), the Reproduce block's switch
+    # command said --ckpts <where the run was>, from the checkpoint files its points recorded
+    _, ckpts, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    moved = tmp_path / "moved"
+    shutil.copytree(ckpts, moved)
+    if how == "kernels rerun there":
+        kernels(moved, store=copy, device="cpu")
+        result = report(copy)
+    else:
+        result = report(copy, ckpts=moved)
+    reproduce = Page(result.html.read_text(encoding="utf-8")).section("reproduce")
+    assert str(ckpts) not in reproduce, reproduce
+    (line,) = [c for c in reproduce.split("conetool ")[1:] if c.startswith("switch ")]
+    assert "--ckpts" not in line, reproduce
+    assert f"conetool kernels {shlex.quote(str(moved))}" in reproduce, reproduce
+
+
 def test_a_moved_run_keeps_its_checkpoint_names_in_folders(run, tmp_path):
     # Checkpoints in folders (the Hugging Face layout, checkpoint-N/model.safetensors): the table
     # names each file relative to the checkpoint directory, the same with --ckpts after the run

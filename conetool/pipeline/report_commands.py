@@ -201,11 +201,20 @@ class ReportCommands(ReportInputs):
         return isinstance(until, int) and isinstance(steps, int) and until > steps
 
     def _switch_checkpoint_dir(self) -> str | None:
-        """The checkpoint directory switch read, when it is not the store's (``--ckpts``)."""
-        for point in self.switch_points.values():
+        """The checkpoint directory switch read, when it is not the store's (``--ckpts``). A
+        point trained from the very checkpoint the store's kernel of its step was computed from
+        (the same fingerprint) read the store's run, wherever that lies now: a run moved since
+        switch (kernels rerun there, or report --ckpts) is named where it is, not where it was."""
+        records = self.store.records()
+        for at, point in self.switch_points.items():
             files = point.get("checkpoint") or []
             if not files:
                 continue
+            key = point.get("key")
+            used = key.get("source_fingerprint") if isinstance(key, dict) else None
+            record = records.get(at)
+            if used is not None and record is not None and used == record.fingerprint:
+                return None
             where = Path(files[0]).resolve().parent
             if where.name.startswith("checkpoint-"):  # Hugging Face layout
                 where = where.parent
