@@ -711,6 +711,33 @@ def test_training_curves_come_from_metrics_csv_and_are_left_out_without_it(run, 
     assert "No metrics.csv" in Page(again.html.read_text(encoding="utf-8")).section("training")
 
 
+def test_training_curves_of_an_earlier_report_are_removed_when_no_longer_drawn(run, tmp_path):
+    # report/training.png of an earlier report stayed beside a page that no longer links it
+    # (the run lost its metrics.csv); a user's own file of that name is left as it is
+    _, ckpts, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    drawn = paths.report_training_png(copy)
+    assert drawn.is_file()
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / drawn.name).write_bytes(b"not conetool's")
+    paths.metrics(ckpts).rename(tmp_path / "metrics.csv")
+    try:
+        again = report(copy)
+        result = runner.invoke(app, ["report", "--store", str(copy), "--out", str(own)])
+    finally:
+        (tmp_path / "metrics.csv").rename(paths.metrics(ckpts))
+    assert again.training_png is None and not drawn.exists()
+    assert again.removed == [drawn]
+    assert drawn.name not in (copy / "report" / "report.md").read_text(encoding="utf-8")
+    assert result.exit_code == 0, result.output
+    assert (own / drawn.name).read_bytes() == b"not conetool's"
+    assert "removed" not in result.output
+    back = runner.invoke(app, ["report", "--store", str(copy)])  # drawn again; nothing removed
+    assert back.exit_code == 0 and drawn.is_file() and "removed" not in back.output
+
+
 def test_a_moved_run_is_found_with_ckpts(run, tmp_path):
     # The manifest names the checkpoint directory kernels read; after the run moved, --ckpts says
     # where it is now: its metrics.csv gives the training curves, and the reproduce commands

@@ -76,7 +76,12 @@ def report(
     console.print(
         f"wrote {result.html.name} ({size}, {len(result.figures)} figures embedded), "
         + ", ".join(p.name for p in beside if p not in result.kept)
-        + (f"; kept {', '.join(kept)} (unchanged)" if kept else ""),
+        + (f"; kept {', '.join(kept)} (unchanged)" if kept else "")
+        + (
+            f"; removed {', '.join(p.name for p in result.removed)} (not in this report)"
+            if result.removed
+            else ""
+        ),
         highlight=False,
         markup=False,
     )

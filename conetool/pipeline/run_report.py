@@ -72,6 +72,10 @@ class ReportResult:
             ``metrics.csv``).
         kept: those of the files beside the page left as they were, not written: the training
             curves when ``training_png`` already held them (:func:`~conetool.plots.write_figure`).
+        removed: the report's own files from an earlier report that this one no longer links,
+            removed so that the folder holds only what the report shows: ``training.png`` when
+            the run has no ``metrics.csv`` now (removed only when it is a figure conetool drew,
+            which records its figure key; a user's own file of that name is left).
     """
 
     store: Path
@@ -86,6 +90,7 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
     training_png: Path | None = None
     kept: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
 
 
 @library_call
@@ -140,6 +145,10 @@ def report(
             said.note(message)
         before = file_states([out_dir / paths.report_training_png(opened.root).name])
         gathered.training_png = _training_curves(gathered, out_dir)
+        removed = []
+        if gathered.training_png is None:
+            stale = _drawn_figure(out_dir / paths.report_training_png(opened.root).name)
+            removed += [stale] if stale is not None else []
         spec_path = None
         if gathered.spec_toml is not None:
             spec_path = out_dir / paths.report_spec(opened.root).name
@@ -172,7 +181,23 @@ def report(
         notes=gathered.notes,
         training_png=gathered.training_png,
         kept=unchanged([gathered.training_png] if gathered.training_png else [], before),
+        removed=removed,
     )
+
+
+def _drawn_figure(path: Path) -> Path | None:
+    """Remove ``path`` when it is a PNG conetool drew (it records a figure key: an earlier
+    report's training curves, which this one does not link); returns it when removed, None when
+    there is none or it is not conetool's (a user's file of that name is left as it is)."""
+    from ..plots.figure_key import recorded_key
+
+    if recorded_key(path) is None:
+        return None
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return path
 
 
 def _training_curves(gathered: ReportBuilder, out_dir: Path) -> Path | None:
