@@ -574,6 +574,45 @@ def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
     assert "\\<b>bold?\\</b> & more" in result.markdown.read_text(encoding="utf-8")
 
 
+def test_a_truncated_figure_is_left_out_with_a_warning_naming_it(run, tmp_path):
+    # a PNG cut short was embedded byte for byte: a broken image, said nowhere
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    png = paths.to_ref_png(copy)
+    png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    result = report(copy)
+    said = [w for w in result.warnings if str(png) in w]
+    assert said and "not a whole PNG" in said[0], result.warnings
+    assert f"rerun conetool distance --store {shlex.quote(str(copy))}" in said[0], said
+    assert png not in result.figures and paths.adjacent_png(copy) in result.figures
+    assert f"Warning: {said[0]}" in Page(result.html.read_text(encoding="utf-8")).section("missing")
+
+
+@pytest.mark.parametrize("cut", ["a row cut short", "a last row lost"])
+def test_a_damaged_spectrum_csv_is_named_not_its_summary(run, tmp_path, cut):
+    # the report shows spectrum.csv's first and last rows: a row cut short ended the spectrum
+    # section with a warning blaming summary.json; a lost last row showed another step as the
+    # last, said nowhere
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    table = paths.spectrum_csv(copy)
+    lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
+    if cut == "a row cut short":
+        lines[-1] = lines[-1][:5] + "\n"
+    else:
+        lines = lines[:-1]
+    table.write_text("".join(lines), encoding="utf-8")
+    result = report(copy)
+    said = [w for w in result.warnings if "spectrum" in w]
+    assert len(said) == 1 and said[0].startswith(f"{table} "), result.warnings
+    assert "rerun conetool spectrum --store" in said[0], said
+    assert "spectrum" in result.sections and paths.spectrum_png(copy) in result.figures
+    page = Page(result.html.read_text(encoding="utf-8"))
+    assert "First and last stored step" not in page.section("spectrum")
+
+
 def test_a_deleted_kernel_file_is_named_with_the_command_that_recomputes_it(run, tmp_path):
     # distance, embed and spectrum each stop at a kernel file deleted from the store, naming
     # it; the report said nothing about it

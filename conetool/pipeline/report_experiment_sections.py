@@ -29,10 +29,19 @@ class ExperimentSections(RunSections):
         self, figures: list[tuple[str, Path, str, str]], command: str, blocks: list[Block]
     ) -> list[str]:
         """Append each figure (label, PNG, alt text, caption) that exists; a missing PNG is a
-        missing part with the command that makes it. Returns the labels shown."""
+        missing part with the command that makes it. A PNG that is not whole (truncated or
+        damaged: it would show as a broken image) is left out with a warning naming the file and
+        that command. Returns the labels shown."""
         shown = []
         for label, path, alt, caption in figures:
-            if path.is_file():
+            if path.is_file() and not _whole_png(path):
+                self.warnings.append(
+                    f"{path} is not a whole PNG (truncated or damaged), so {label} is left out "
+                    f"of the report; rerun {command} to draw it again"
+                )
+                rel = path.relative_to(self.root).as_posix()
+                blocks.append(self._absent(f"{label} ({rel})", command, register=False))
+            elif path.is_file():
                 blocks.append(Figure(path, alt, caption))
                 shown.append(label)
             else:
@@ -52,7 +61,7 @@ class ExperimentSections(RunSections):
                 title,
                 (self._absent("alignment and spectrum", self._spectrum_command()),),
             )
-        rows = _spectrum_rows(paths.spectrum_csv(self.root))
+        rows = self._spectrum_rows()
         top = summary.get("top_k", "k")
         machine = _kernel_machine(summary, rows)
         blocks: list[Block] = []
@@ -224,7 +233,7 @@ class ExperimentSections(RunSections):
         summary = self.spectrum
         if summary is None:
             return None
-        rows = _spectrum_rows(paths.spectrum_csv(self.root))
+        rows = self._spectrum_rows()
         if not _kernel_machine(summary, rows):
             return None
         measured = [r for r in rows if r.get("eval_acc")]
@@ -236,6 +245,25 @@ class ExperimentSections(RunSections):
             f"step {first['step']} and {_g(float(last['eval_acc']))} at step {last['step']}, in "
             "seconds per checkpoint where a switch point costs a training run."
         )
+
+    def _spectrum_rows(self) -> list[dict[str, str]]:
+        """The rows of ``spectrum/spectrum.csv``, checked against ``spectrum/summary.json``
+        (its steps: count, first and last) and for the numbers the report shows; a file that
+        fails either (truncated, edited, from another run) gives no rows and, once, a warning
+        naming it and the command that rewrites it (the spectrum figure stays: spectrum draws
+        it from its own numbers, not from the file)."""
+        if self.checked_spectrum_rows is not None:
+            return self.checked_spectrum_rows
+        path = paths.spectrum_csv(self.root)
+        rows = _spectrum_rows(path)
+        problem = _spectrum_problem(rows, (self.spectrum or {}).get("steps"))
+        if problem is not None and path.is_file():
+            self.warnings.append(
+                f"{path} {problem}, so the report leaves its table out; rerun "
+                f"{self._spectrum_command()} to rewrite it"
+            )
+        self.checked_spectrum_rows = [] if problem is not None else rows
+        return self.checked_spectrum_rows
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -269,5 +297,47 @@ def _spectrum_rows(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
-    except OSError:
+    except (OSError, UnicodeDecodeError, csv.Error):
         return []
+
+
+#: The columns of ``spectrum.csv`` the report shows, each a number on every row.
+_SPECTRUM_NUMBERS = ("alignment", "effective_rank", "label_energy")
+
+
+def _spectrum_problem(rows: list[dict[str, str]], steps: object) -> str | None:
+    """What is wrong with the rows of ``spectrum.csv`` given the summary's ``steps`` (``{"count",
+    "first", "last"}``), in words; None when they are what spectrum writes."""
+    if not rows:
+        return "holds no rows (or cannot be read)"
+    for row in rows:
+        try:
+            int(row["step"])
+            for column in _SPECTRUM_NUMBERS:
+                float(row[column])
+            if row.get("eval_acc"):
+                float(row["eval_acc"])
+        except (KeyError, TypeError, ValueError):
+            return f"has a row that is cut short or not numbers ({row.get('step')!r} ...)"
+    if isinstance(steps, dict):
+        found = (len(rows), int(rows[0]["step"]), int(rows[-1]["step"]))
+        wanted = (steps.get("count"), steps.get("first"), steps.get("last"))
+        if found != wanted:
+            return (
+                f"covers {found[0]} steps ({found[1]} to {found[2]}), its summary.json "
+                f"{wanted[0]} ({wanted[1]} to {wanted[2]})"
+            )
+    return None
+
+
+def _whole_png(path: Path) -> bool:
+    """Whether ``path`` is a whole, undamaged PNG: every chunk's CRC up to its end (no pixel
+    decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=["PNG"]) as image:
+            image.verify()
+    except Exception:  # any file that cannot be read as a whole PNG
+        return False
+    return True

@@ -124,6 +124,8 @@ class ReportInputs:
     moved_ckpts: Path | None = None
     #: the ``kernels`` run still writing the store (its lock's note), else None
     writer: str | None = None
+    #: the rows of ``spectrum.csv`` once read and checked (the spectrum section's)
+    checked_spectrum_rows: list[dict[str, str]] | None = field(default=None, init=False)
 
     @classmethod
     def read(
