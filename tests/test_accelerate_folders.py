@@ -92,3 +92,12 @@ def test_one_save_counted_folder_given_to_kernels_or_inspect_gets_the_accelerate
         assert "model.safetensors'" not in text, text
     refs = list_checkpoints(folder, step_regex="checkpoint_(\\d+)")  # the fix it names
     assert [(r.step, r.paths) for r in refs] == [(3, (folder / "model.safetensors",))]
+
+
+def test_a_save_counted_folder_with_a_trainer_state_takes_its_global_step(tmp_path: Path):
+    # trainer_state.json beside the weights gives the step: no save-count error (the folder's
+    # number is then checked against it, as a checkpoint-N/ folder's is)
+    folder = write_accelerate(tmp_path / "checkpoint_3", 3)
+    (folder / "trainer_state.json").write_text('{"global_step": 3}')
+    refs = list_checkpoints(tmp_path)
+    assert [(r.step, r.file) for r in refs] == [(3, folder)]

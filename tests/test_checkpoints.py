@@ -992,3 +992,49 @@ def test_hf_best_model_warning_only_when_the_selection_reads_its_step(tmp_path: 
     notes: list[str] = []  # inspect, which shares the scan, alike
     inspect_checkpoints(tmp_path, steps=(0, 1000), warn=notes.append)
     assert not [w for w in notes if "final model" in w], notes
+
+
+def test_hf_final_model_of_the_step_a_folder_gives_is_left_out_without_a_warning(tmp_path: Path):
+    # the same weights as checkpoint-1000/: no "final model" warning (that is for a
+    # best_model_checkpoint, whose step is not known)
+    write_hf(tmp_path, 500, state(5))
+    write_hf(tmp_path, 1000, state(10))
+    save_file(state(10), str(tmp_path / "model.safetensors"))
+    write_trainer_state(tmp_path, 1000)
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=said.append)
+    assert [r.step for r in refs] == [500, 1000]
+    assert not [w for w in said if "final model" in w], said
+
+
+def test_hf_final_model_at_global_step_0_stands_in_for_an_empty_checkpoint_0(tmp_path: Path):
+    (tmp_path / "checkpoint-0").mkdir()  # being saved
+    save_file(state(0), str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    write_trainer_state(tmp_path, 0)  # step 0 is a step
+    refs = list_checkpoints(tmp_path, skip_bad=True, warn=lambda _: None)
+    assert [(r.step, r.file) for r in refs] == [(0, tmp_path / "model.safetensors")]
+
+
+def test_hf_final_model_storing_its_step_is_read_as_that_step(tmp_path: Path):
+    # a step in the final model's own metadata wins over trainer_state.json's global_step, as
+    # for any file; the folder-name check against global_step is for checkpoint-N/ folders only
+    write_hf(tmp_path, 500, state(5))
+    save_file(state(7), str(tmp_path / "model.safetensors"), metadata={"step": "700"})
+    write_trainer_state(tmp_path, 1000)
+    refs = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.file) for r in refs] == [
+        (500, tmp_path / "checkpoint-500"),
+        (700, tmp_path / "model.safetensors"),
+    ]
+
+
+def test_a_file_named_like_a_checkpoint_folder_does_not_hide_the_output_dirs_model(
+    tmp_path: Path,
+):
+    # only checkpoint-N/ folders make a directory with trainer_state.json a Trainer's output
+    # directory to scan: a file of that name beside its final model leaves it one HF folder
+    save_file(state(10), str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    write_trainer_state(tmp_path, 1000)
+    (tmp_path / "checkpoint-500").write_text("notes")
+    refs = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.file) for r in refs] == [(1000, tmp_path)]
