@@ -157,3 +157,44 @@ def test_a_batch_is_cast_to_the_models_floating_dtype_only() -> None:
     tokens = torch.ones(3, 4, dtype=torch.int64)  # token ids are moved, never cast
     assert model_batch(torch.nn.Embedding(5, 2).double(), tokens, "cpu").dtype == torch.int64
     assert model_batch(torch.nn.ReLU(), torch.ones(3, 4), "cpu").dtype == torch.float32
+
+
+class _Buffered(torch.nn.Module):
+    """A model without parameters whose first buffer is ``buffer``."""
+
+    def __init__(self, buffer: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", buffer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_a_model_without_parameters_takes_its_batch_in_its_first_buffers_dtype() -> None:
+    double = _Buffered(torch.zeros(2, dtype=torch.float64))
+    assert model_batch(double, torch.ones(3, 4), "cpu").dtype == torch.float64
+    # an integer first buffer (a lookup table of ids) gives no floating dtype: nothing is cast
+    ids = _Buffered(torch.zeros(2, dtype=torch.int64))
+    assert model_batch(ids, torch.ones(3, 4), "cpu").dtype == torch.float32
+
+
+def test_a_float64_model_returning_its_logits_in_a_dict_is_made_to_return_the_tensor() -> None:
+    from conetool.models.outputs import logits_returned
+
+    class Dicted(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+            return {"logits": super().forward(x)}
+
+    model = logits_returned(Dicted(4, 2).double(), (4,))  # its check batch in float64 too
+    out = model(torch.ones(3, 4, dtype=torch.float64))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
+
+
+def test_the_rounded_note_is_of_trainable_parameters_only() -> None:
+    from conetool.low_precision import rounded_note
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2).double())
+    model[1].requires_grad_(False)  # a frozen float64 head: no kernel is computed for it
+    assert rounded_note(model, "m:make", "m.toml", torch.float32) is None
+    model[1].requires_grad_(True)
+    assert "parameter '1.weight'" in str(rounded_note(model, "m:make", "m.toml", torch.float32))

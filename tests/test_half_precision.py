@@ -229,3 +229,26 @@ def test_a_half_precision_parameter_after_float32_ones_is_found() -> None:
     assert low_precision_parameter(model) == ("2.weight", torch.float16)
     with pytest.raises(ModelError, match=r"float16 model \(parameter '2.weight'\)"):
         refuse_for_training(model, "m:make", "m.toml", "conetool train")
+
+
+def test_a_frozen_half_precision_parameter_is_not_refused() -> None:
+    """Only trainable parameters are stepped in their own dtype: a frozen float16 one is not
+    found (``low_precision_parameter``), and training does not refuse the model for it."""
+    from conetool.low_precision import low_precision_parameter, refuse_for_training
+
+    model = Scaled(1.0).net
+    model[2].half().requires_grad_(False)
+    assert low_precision_parameter(model) is None
+    refuse_for_training(model, "m:make", "m.toml", "conetool train")  # no error
+
+
+def test_switch_checks_a_factorys_precision_leaving_the_global_rng_as_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conetool.pipeline.switch_prepare import _refuse_low_precision
+
+    raw, _ = _factory_spec(tmp_path, monkeypatch, "")
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    _refuse_low_precision(spec_from_dict(raw, source="f.toml"))  # builds the model: no error
+    assert torch.equal(torch.get_rng_state(), before)
