@@ -76,3 +76,15 @@ def test_resume_with_a_damaged_metrics_file_names_its_line(tmp_path, steps, cell
     assert message.startswith(f"{paths.metrics(out)} line 2 is damaged: train_loss = {cell!r}")
     assert "Put back the run's metrics.csv, or remove that line" in message
     assert _files(out) == before
+
+
+def test_resume_that_starts_at_step_0_loads_no_checkpoint_and_checks_none(tmp_path):
+    # a new --out (no checkpoint at all), and a run without optimizer states (restarted from 0,
+    # its checkpoints rewritten): no checkpoint is loaded, so none is checked against the model
+    out = tmp_path / "run"
+    assert train(spec_from_dict(TINY, source="tiny.toml"), out, resume=True).resumed_from is None
+    for state in out.glob("*.optim.safetensors"):
+        state.unlink()
+    text = paths.spec(out).read_text(encoding="utf-8").replace("widths = [8]", "widths = [16]")
+    paths.spec(out).write_text(text, encoding="utf-8")
+    assert train(load_spec(paths.spec(out)), out, resume=True).resumed_from is None

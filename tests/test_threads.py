@@ -138,3 +138,14 @@ def test_a_thread_count_past_four_per_cpu_is_refused(
     assert result.exit_code == 2, text
     assert "--threads" in text and "at most 8 (4 per CPU of this machine), not 9" in text, text
     assert not store.exists()
+
+
+def test_the_thread_cap_is_on_conetools_variable_only_and_takes_four_per_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")  # PyTorch's own setting: taken as it is
+    monkeypatch.delenv(th.THREADS_ENV, raising=False)
+    assert th.auto_threads(cpus=2, busy=0.0) == 64
+    monkeypatch.setenv(th.THREADS_ENV, "8")  # 4 per CPU: at the cap, taken
+    assert th.auto_threads(cpus=2, busy=0.0) == 8
