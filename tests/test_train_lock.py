@@ -369,3 +369,50 @@ def test_write_error_names_a_dangling_symlink_in_the_path(tmp_path: Path) -> Non
     error = write_error(link / "kernels", exc)
     assert error is not None, "a dangling link kept its traceback"
     assert f"{link} is a symbolic link to {tmp_path / 'unmounted'}" in str(error), error
+
+
+def test_a_refused_train_removes_the_lock_it_created_beside_an_unchanged_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder holding a run's conetool.toml but no lock file (another copy of the run): a
+    train refused inside the lock, which did not rewrite conetool.toml, removes its lock file."""
+    from conetool import training
+
+    out = tmp_path / "copy"
+    out.mkdir()
+    spec = spec_from_dict(SPEC, source="tiny.toml")
+    paths.spec(out).write_text("# a run's spec\n")
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise SpecError("tiny.toml: a value found bad")
+
+    monkeypatch.setattr(training, "_prepare_out", refused)
+    with pytest.raises(SpecError):
+        train(spec, out)
+    assert sorted(p.name for p in out.iterdir()) == ["conetool.toml"]
+
+
+def test_a_lock_whose_folder_a_refused_train_removed_meanwhile_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder removed between its check and the lock file's opening (a refused train's
+    cleanup): the folder is made again and locked, not refused as not writable."""
+    from conetool import store_lock
+
+    out = tmp_path / "new"
+    real_open = os.open
+    calls: list[str] = []
+
+    def racing_open(path: str, flags: int, *args: int) -> int:
+        if not calls:  # the first open: the folder is gone, as a refused train left it
+            calls.append(path)
+            os.rmdir(out)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(store_lock.os, "open", racing_open)
+    lock = store_lock.StoreLock.acquire(out, None, shared=False)
+    try:
+        assert lock is not None and paths.lock(out).is_file() and calls
+    finally:
+        if lock is not None:
+            lock.release()
