@@ -904,3 +904,17 @@ def test_distance_notes_that_kernels_is_still_writing_the_store(uneven_store):
         for n in notes
     ), notes
     assert distance(root, noise=False).warnings == []  # it ended
+
+
+def test_the_noise_floor_is_not_estimated_on_a_file_that_is_no_checkpoint_now(tmp_path):
+    # a damaged file at the recorded path: its header cannot be read (a CheckpointError, not an
+    # OSError): a note naming the file, not an error ending the command
+    ckpts = tmp_path / "ckpts"
+    train(spec_from_dict(TINY, source="tiny.toml"), ckpts)
+    store = tmp_path / "store"
+    kernels(ckpts, store=store, device="cpu", steps="0:4")
+    last = paths.checkpoint(ckpts, 4)
+    last.write_bytes(b"\xff" * 16)
+    noise, note = noise_estimate.estimate_noise_floor(Store.open(store), device="cpu")
+    assert noise is None and note is not None
+    assert note.startswith("the noise floor of S was not estimated: ") and str(last) in note, note
