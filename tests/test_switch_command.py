@@ -776,3 +776,22 @@ def test_a_store_whose_kernels_used_another_probe_set_of_the_run_still_sweeps(de
     kernels(deep_run, store=store, spec=other, device="cpu")
     assert [p.at for p in switch([0], store=store, device="cpu").points] == [0]
     assert [p.at for p in switch([4], store=store, spec=other, device="cpu").points] == [4]
+
+
+def test_ckpts_of_the_run_whose_probe_alone_differs_from_the_stores_still_sweeps(
+    deep_run, tmp_path
+):
+    # --ckpts of the run (its conetool.toml, probe seed 0) into a store whose kernels used probe
+    # seed 7: the same run, swept; a spec differing in [model] too is refused all the same
+    probe7 = spec_dict([8])
+    probe7["probe"] = {**probe7["probe"], "seed": 7}
+    other = tmp_path / "probe7.toml"
+    save_spec(spec_from_dict(probe7, source=str(other)), other)
+    store = tmp_path / "s"
+    kernels(deep_run, store=store, spec=other, device="cpu")
+    assert [p.at for p in switch([0], store=store, ckpts=deep_run, device="cpu").points] == [0]
+    both = spec_dict([6])  # [model] and [probe] (seed 0) differ from the store's
+    both_file = tmp_path / "both.toml"
+    save_spec(spec_from_dict(both, source=str(both_file)), both_file)
+    with pytest.raises(StoreError, match="never mixes specs in a store"):
+        switch([4], store=store, spec=both_file, device="cpu")
