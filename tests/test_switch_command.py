@@ -109,6 +109,14 @@ def test_an_until_longer_than_a_toml_integer_is_refused(deep_run, tmp_path):
     with pytest.raises(ConetoolError, match=r"^--until 9223372036854775808: T must be at most"):
         prepare_sweep(options)
     assert not (tmp_path / "s").exists()
+    # 2**63 - 1 itself is a step T may be: past the run, it needs --beyond-run (no cap error)
+    options = SwitchOptions(
+        [0], 2**63 - 1, tmp_path / "s", deep_run, None, "checkpoint", None, False
+    )
+    with pytest.raises(ConetoolError) as refused:
+        prepare_sweep(options)
+    assert "must be at most" not in str(refused.value) and "--beyond-run" in str(refused.value)
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(
