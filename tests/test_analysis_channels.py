@@ -172,6 +172,10 @@ def distance_results_of_two_steps(store: Path) -> None:
     summary = json.loads(summary_path.read_text())
     summary["steps"]["count"] = 2
     summary_path.write_text(json.dumps(summary))
+    # to_ref.csv as distance writes it with the summary: a row per step it counts (the report
+    # names a file that holds another number of rows)
+    to_ref = paths.to_ref_csv(store)
+    to_ref.write_text("".join(to_ref.read_text().splitlines(keepends=True)[:3]))
 
 
 def test_report_warns_of_results_computed_from_other_kernels(store):

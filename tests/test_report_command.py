@@ -1051,3 +1051,83 @@ def test_a_results_file_of_another_shape_is_a_warning_naming_it(
     said = [w for w in result.warnings if str(copy / file) in w]
     assert said and f"rerun {command} to rewrite it" in said[0], result.warnings
     assert result.html.is_file()
+
+
+def _cut_last_line(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def _lose_last_row(path: Path) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "said", "command"),
+    [
+        (paths.to_ref_csv, Path.unlink, "is missing", "distance"),
+        (paths.adjacent_csv, _cut_last_line, "is cut short", "distance"),
+        (
+            paths.adjacent_csv,
+            _lose_last_row,
+            "holds 14 rows, where its summary.json says 15",
+            "distance",
+        ),
+        (paths.matrix_npz, _cut_in_half, "cannot be opened as .npz", "distance"),
+        (paths.coords_csv, _lose_last_row, "holds 8 rows, where its summary.json says 9", "embed"),
+        (paths.switch_results_csv, Path.unlink, "is missing", "switch"),
+    ],
+)
+def test_a_file_a_caption_points_to_that_is_missing_or_cut_short_is_named(
+    run, tmp_path, file, damage, said, command
+):
+    # the captions send a reader to distance/to_ref.csv, adjacent.csv, matrix.npz,
+    # embed/coords.csv and switch/results.csv; the report never looked at them, so it pointed
+    # to a file that was not there or cut short, said nowhere
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    damage(file(copy))
+    result = report(copy)
+    named = [w for w in result.warnings if w.startswith(f"{file(copy)} ")]
+    assert len(named) == 1 and said in named[0], result.warnings
+    assert len(result.warnings) == 1, result.warnings
+    assert f"Warning: {named[0]}" in Page(result.html.read_text(encoding="utf-8")).section(
+        "missing"
+    )
+    rerun = named[0].split("; rerun ", 1)[1].removesuffix(" to rewrite it")
+    argv = shlex.split(rerun)
+    assert argv[:2] == ["conetool", command] and f"--store {shlex.quote(str(copy))}" in rerun
+    outcome = runner.invoke(app, [*argv[1:], "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    assert report(copy).warnings == []  # the command named rewrote it
+
+
+@pytest.mark.parametrize("damage", ["damaged", "missing", "without its key"])
+def test_a_switch_point_s_own_file_that_cannot_be_read_is_named(run, tmp_path, damage):
+    # switch/at_<t>.json records the spec and checkpoint a point was trained from (the note on
+    # points trained with another spec and the Reproduce block's --ckpts read it); one that
+    # could not be read was skipped without a word
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    point = paths.switch_point(copy, 8)
+    if damage == "damaged":
+        point.write_text(point.read_text()[:40])
+    elif damage == "missing":
+        point.unlink()
+    else:
+        point.write_text(json.dumps({**json.loads(point.read_text()), "key": None}))
+    result = report(copy)
+    assert len(result.warnings) == 1, result.warnings
+    said = result.warnings[0]
+    assert said.startswith(f"switch point 8's file ({point}) is missing or cannot be read"), said
+    assert "trained with another spec" in said and "--ckpts" in said, said
+    rerun = said.split("; rerun ", 1)[1].split(" to train it again")[0]
+    assert rerun == f"conetool switch --at 0,8 --until 16 --store {shlex.quote(str(copy))}"
+    outcome = runner.invoke(app, [*shlex.split(rerun)[1:], "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    assert report(copy).warnings == []  # the point trained again, its file rewritten

@@ -16,8 +16,10 @@ from ..report_html import (
     Table,
     text,
 )
-from .report_inputs import _g
+from .report_file_checks import csv_problem
+from .report_inputs import _g, _steps_text
 from .report_run_sections import RunSections
+from .switch_results import RESULT_COLUMNS
 
 __all__ = ["ExperimentSections"]
 
@@ -48,6 +50,17 @@ class ExperimentSections(RunSections):
                 rel = path.relative_to(self.root).as_posix()
                 blocks.append(self._absent(f"{label} ({rel})", command))
         return shown
+
+    def _named_files(self, files: list[tuple[Path, str | None, str]], command: str) -> None:
+        """Warn about each store file a caption points the reader to (its path, what is wrong
+        with it or None, the caption that names it) that is missing or not whole, naming it and
+        ``command``, which rewrites it (:mod:`.report_file_checks` looks; no array is read)."""
+        for path, problem, label in files:
+            if problem is not None:
+                self.warnings.append(
+                    f"{path} {problem}, though {label} points to it for its numbers; rerun "
+                    f"{command} to rewrite it"
+                )
 
     # ----------------------------------------------------------------- spectrum
     def _spectrum_section(self) -> Section:
@@ -219,6 +232,10 @@ class ExperimentSections(RunSections):
             self._switch_command_default(),
             blocks,
         )
+        table = paths.switch_results_csv(self.root)
+        problem = csv_problem(table, RESULT_COLUMNS, len(results["points"]), "results.json")
+        self._named_files([(table, problem, "Fig. 2's caption")], self._switch_command())
+        self._unread_switch_points()
         machine = self._kernel_machine_beside_fig2()
         if machine is not None:
             blocks.append(text(machine))
@@ -227,6 +244,28 @@ class ExperimentSections(RunSections):
             ", ".join(shown) + f", {len(results['points'])} switch points, T = {until}"
         )
         return Section("switch", title, tuple(blocks))
+
+    def _unread_switch_points(self) -> None:
+        """Warn about the points of ``switch/results.json`` whose own ``switch/at_<t>.json`` is
+        missing or cannot be read: it records the spec and checkpoint each point was trained
+        from, which the note on points trained with another spec and the Reproduce block's
+        ``--ckpts`` read, so those say nothing of such a point. Rerunning the sweep's command
+        trains the point again and rewrites its file (the others are reused)."""
+        unread = self.unread_switch_points
+        if not unread:
+            return
+        one = len(unread) == 1
+        listed = f"point {unread[0]}'s file" if one else f"points {_steps_text(unread)}' files"
+        first = paths.switch_point(self.root, unread[0])
+        they, it, was = ("it", "it", "was") if one else ("they", "them", "were")
+        self.warnings.append(
+            f"switch {listed} ({first}{'' if one else ' ...'}) {'is' if one else 'are'} missing "
+            f"or cannot be read, so the report cannot tell which spec and checkpoints {they} "
+            f"{was} trained from (nor name {it} among points trained with another spec, nor "
+            f"choose the Reproduce block's --ckpts by {it}); rerun {self._switch_command()} to "
+            f"train {it} again and rewrite {'its file' if one else 'their files'} (with the "
+            "--spec and --ckpts of that training, when not the store's)"
+        )
 
     def _kernel_machine_beside_fig2(self) -> str | None:
         """One sentence naming the kernel machine's accuracy (``spectrum``) beside Fig. 2."""

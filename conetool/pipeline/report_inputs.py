@@ -124,6 +124,9 @@ class ReportInputs:
     moved_ckpts: Path | None = None
     #: the ``kernels`` run still writing the store (its lock's note), else None
     writer: str | None = None
+    #: the switch points of ``switch/results.json`` whose ``switch/at_<t>.json`` is missing or
+    #: cannot be read (the switch section names them)
+    unread_switch_points: list[int] = field(default_factory=list)
     #: the rows of ``spectrum.csv`` once read and checked (the spectrum section's)
     checked_spectrum_rows: list[dict[str, str]] | None = field(default=None, init=False)
 
@@ -142,17 +145,20 @@ class ReportInputs:
         spectrum = _read_json(paths.spectrum_summary(root), "conetool spectrum", warnings)
         switch = _read_json(paths.switch_results_json(root), "conetool switch", warnings)
         points: dict[int, dict[str, Any]] = {}
+        unread: list[int] = []  # points whose own file is missing, damaged or without its key
         try:
             for point in (switch or {}).get("points", []):
                 saved = _read_json(paths.switch_point(root, int(point["at"])), "", [])
-                if saved is not None:
+                if saved is not None and isinstance(saved.get("key"), dict):
                     points[int(point["at"])] = saved
+                else:
+                    unread.append(int(point["at"]))
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # not what switch writes
             warnings.append(
                 f"{paths.switch_results_json(root)} holds a value the report cannot read "
                 f"({type(exc).__name__}: {exc}); rerun conetool switch to rewrite it"
             )
-            switch, points = None, {}
+            switch, points, unread = None, {}, []
         try:
             spec_toml: str | None = spec_to_toml(
                 spec_from_dict(store.manifest["spec"], source=f"{paths.manifest(root)} (spec)")
@@ -172,6 +178,7 @@ class ReportInputs:
             spectrum,
             warnings=warnings,
             moved_ckpts=ckpts,
+            unread_switch_points=unread,
         )
         gathered._check_current()
         gathered._check_kernel_files()

@@ -5,6 +5,9 @@ are in :mod:`.report_experiment_sections`.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from .. import paths
 from ..report_html import (
     Block,
@@ -16,6 +19,7 @@ from ..report_html import (
 )
 from ..store_manifest import MIXED_ENGINES
 from .report_experiment_sections import ExperimentSections
+from .report_file_checks import csv_problem, npz_problem
 from .report_inputs import _REGIMES, _g, _pct, _rule_value
 from .saved_results import summary_said
 
@@ -250,9 +254,50 @@ class ResultSections(ExperimentSections):
                 )
             )
         shown = self._figures(figures, self._distance_command_default(), blocks)
+        self._named_files(self._distance_files(summary), self._distance_command()[0])
         self.present.add("distance")
         self.details["distance"] = ", ".join(shown) or "tables only"
         return Section("distance", title, tuple(blocks))
+
+    def _distance_files(self, summary: dict[str, Any]) -> list[tuple[Path, str | None, str]]:
+        """The files the distance captions name, each with what is wrong with it (or None):
+        ``to_ref.csv`` (a row per step the summary counts, a column per reference),
+        ``adjacent.csv`` (a row per pair of the summary's curves) and ``matrix.npz`` (its
+        index)."""
+        refs = summary.get("refs")
+        to_ref_header = (
+            ["step", *(f"ref_{r}" for r in sorted(refs))]
+            if isinstance(refs, list) and all(_count(r) is not None for r in refs)
+            else None  # not what distance writes there: the file's own header is checked
+        )
+        curves = summary.get("adjacent_curves")
+        pairs = [
+            _count(c.get("pairs")) if isinstance(c, dict) else None
+            for c in (curves if isinstance(curves, list) else [None])
+        ]
+        known = [p for p in pairs if p is not None]
+        to_ref, adjacent, matrix = (
+            paths.to_ref_csv(self.root),
+            paths.adjacent_csv(self.root),
+            paths.matrix_npz(self.root),
+        )
+        return [
+            (
+                to_ref,
+                csv_problem(to_ref, to_ref_header, _count(summary.get("steps", {}).get("count"))),
+                "Fig. 1a's caption",
+            ),
+            (
+                adjacent,
+                csv_problem(
+                    adjacent,
+                    ["step", "dt", "S", "velocity"],
+                    sum(known) if len(known) == len(pairs) else None,
+                ),
+                "Fig. 1b's caption",
+            ),
+            (matrix, npz_problem(matrix, ("steps", "S")), "the S matrix's caption"),
+        ]
 
     # ----------------------------------------------------------------- embed
     def _embed_section(self) -> Section:
@@ -315,6 +360,14 @@ class ResultSections(ExperimentSections):
             self._embed_command_default(),
             blocks,
         )
+        coords = paths.coords_csv(self.root)
+        dims = summary.get("dims")
+        problem = csv_problem(
+            coords,
+            ["step", *"xyz"[: dims if isinstance(dims, int) else 2]],
+            _count(summary.get("steps", {}).get("count")),
+        )
+        self._named_files([(coords, problem, "Fig. 1c's caption")], self._embed_command())
         self.present.add("embed")
         stress = summary.get("stress")
         self.details["embed"] = (
@@ -323,3 +376,9 @@ class ResultSections(ExperimentSections):
             + (f", stress {stress:.3f})" if method == "mds" and stress is not None else ")")
         )
         return Section("embed", title, tuple(blocks))
+
+
+def _count(value: object) -> int | None:
+    """A count a summary records (``steps.count``, a curve's ``pairs``); None when it is not a
+    count (a summary written before it was recorded, or edited)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
