@@ -196,7 +196,10 @@ def check_branches(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
     data-dependent control flow), so one ``vmap`` of the forward pass over ``x[:2]`` tells, at the
     cost of one small pass, whether the slow check is needed: only then is every example run alone
     and compared with its output in consecutive chunks of up to :data:`BRANCH_CHUNK` examples
-    (``n`` more forward passes, once per run).
+    (once per run: one pass of each example alone, and one more of the example before a last
+    chunk of one, which is checked with it (below), so ``n`` or ``n + 1`` single-example passes,
+    plus one batched pass per chunk; none for a single example, which has nothing to be compared
+    with).
 
     A dependence is found only where it shows within one chunk: a branch that one example turns
     for the whole batch is missed when no other example of its chunk takes the other branch alone
