@@ -44,7 +44,8 @@ INTERRUPT_ANNOUNCED: list[bool] = []
 #: What a Ctrl-C advises while a command runs (from its first line on: ``runtime.starting``,
 #: ``handle_errors``), for ``main`` to say when the interrupt ends the process itself (inside an
 #: import, as the command loads its modules, or surfacing as another error): empty before a
-#: command starts and once it ended normally.
+#: command starts; once its work ended normally, :func:`finished_advice` (a Ctrl-C as it prints
+#: its results, after ``handle_errors``, reaches ``main`` only).
 INTERRUPT_ADVICE: list[str] = []
 #: The command running, from its first line on (``runtime.starting``).
 RUNNING: list[str] = []
@@ -57,6 +58,12 @@ INTERRUPT_KEEPS = {
     "demo": "the run's checkpoints, the store and its finished kernels, and the stages done are "
     "kept",
     "report": "the store's kernels and results are as they were",
+}
+#: What a command interrupted as it prints its results (its work done) has done, where that is
+#: not :func:`finished_advice`'s default (everything written).
+INTERRUPT_DONE = {
+    "inspect": "every checkpoint was read (inspect writes nothing); only the printing of its "
+    "results was cut short: rerun it to see them",
 }
 
 Quiet = Annotated[
@@ -177,7 +184,21 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
                 f"[yellow]interrupted.[/] {escape(advice)}", highlight=False, soft_wrap=True
             )
         raise typer.Exit(130) from None
-    INTERRUPT_ADVICE.clear()
+    # the work is done: a Ctrl-C from here on (the results table) cuts short the printing only
+    INTERRUPT_ADVICE[:] = [finished_advice(RUNNING[-1] if RUNNING else None)]
+
+
+def finished_advice(command: str | None = None) -> str:
+    """What ``interrupted.`` is followed by once ``command``'s work ended normally (as it prints
+    its results): its work is complete and written, nothing to rerun (:data:`INTERRUPT_DONE`
+    for a command that writes nothing)."""
+    done = INTERRUPT_DONE.get(command or "")
+    if done is not None:
+        return f"The command had finished: {done}."
+    return (
+        "The command had finished: everything it writes is complete and written; only the "
+        "printing of its results was cut short (nothing to rerun)."
+    )
 
 
 def interrupt_advice(continue_with: str | None = None, command: str | None = None) -> str:

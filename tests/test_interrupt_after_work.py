@@ -1,0 +1,78 @@
+"""A Ctrl-C while a command prints its results table, its work done and written, said a bare
+"interrupted." (handle_errors had cleared the advice, and the interrupt reached main): now it says
+that the command had finished and that there is nothing to rerun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_distance_command import make_store, random_psd
+from tiny_run import train_tiny
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app, inspect_cmd, report_cmd
+from conetool.cli.app import INTERRUPT_ADVICE
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+FINISHED = (
+    "The command had finished: everything it writes is complete and written; only the printing "
+    "of its results was cut short (nothing to rerun)."
+)
+INSPECT_FINISHED = (
+    "The command had finished: every checkpoint was read (inspect writes nothing); only the "
+    "printing of its results was cut short: rerun it to see them."
+)
+
+
+def _interrupted(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command", ["report", "inspect"])
+def test_ctrl_c_while_the_results_are_printed_says_the_work_is_done(tmp_path, monkeypatch, command):
+    # what main says once the interrupt reaches it (Typer turns it into exit 130 on the way)
+    module = report_cmd if command == "report" else inspect_cmd
+    monkeypatch.setattr(module, "print_table", _interrupted)
+    if command == "report":
+        store = make_store(tmp_path / "store", [0, 1, 2], random_psd([0, 1, 2]))
+        argv = ["report", "--store", str(store), "-q"]
+    else:
+        argv = ["inspect", str(train_tiny(tmp_path)), "-q"]
+    outcome = runner.invoke(app, argv)
+    assert outcome.exit_code == 130, outcome.output
+    assert INTERRUPT_ADVICE == [FINISHED if command == "report" else INSPECT_FINISHED]
+    if command == "report":
+        assert paths.report_html(store).is_file()
+
+
+# The results table printed as a real SIGINT arrives (the report's work done): main says it.
+INTERRUPT_AS_THE_TABLE_PRINTS = """
+import signal, sys
+sys.argv = ["conetool", *sys.argv[1:]]
+from conetool.cli import main, report_cmd
+
+report_cmd.print_table = lambda *args, **kwargs: signal.raise_signal(signal.SIGINT)
+main()
+"""
+
+
+def test_a_real_ctrl_c_as_the_report_table_prints_says_the_report_was_written(tmp_path):
+    store = make_store(tmp_path / "store", [0, 1, 2], random_psd([0, 1, 2]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_AS_THE_TABLE_PRINTS, "report", "--store", str(store)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == f"interrupted. {FINISHED}\n", done.stderr
+    assert paths.report_html(store).is_file()
