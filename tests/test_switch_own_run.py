@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tiny_run import SPEC, run_fixtures, train_tiny
@@ -195,6 +196,42 @@ def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, tmp_pat
     text = flat(again.output)
     assert f"the checkpoints in {first} changed since conetool kernels read them" in text, text
     assert f"rerun conetool kernels {first} --store {store}" in text, text
+
+
+@pytest.mark.parametrize("lost", ["missing", "damaged"])
+def test_another_run_is_refused_by_the_kernel_files_records_when_the_manifest_is_lost(
+    run, tmp_path, lost
+):
+    """A store whose manifest.json is deleted or damaged: the refusal of another run of the
+    same spec read the manifest alone, so a second seed's sweep went in beside the kernels of
+    the first run. Each kernel file carries its record (source, size, fingerprint): told by
+    them, as by the manifest; the same files moved since kernels still pass."""
+    store = tmp_path / "s"
+    first = own_loop_copy(run, tmp_path / "first")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    made = runner.invoke(app, ["kernels", str(first), "--spec", str(spec), "--store", str(store)])
+    assert made.exit_code == 0, made.output
+    if lost == "missing":
+        paths.manifest(store).unlink()
+    else:
+        paths.manifest(store).write_text("{")
+    seed1 = copy.deepcopy(SPEC)
+    seed1["train"]["seed"] = 1
+    second = own_loop_copy(train_tiny(tmp_path / "seed1", seed1), tmp_path / "second")
+    args = ["switch", "--at", "5", "--until", "10", "--store", str(store), "--device", "cpu"]
+    refused = runner.invoke(app, [*args, "--ckpts", str(second), "--spec", str(spec)])
+    assert refused.exit_code == 1, refused.output
+    text = flat(refused.output)
+    assert f"--ckpts {second} is another run than the one the store's kernels" in text, text
+    assert f"({first.resolve()})" in text and f"{second / 'ckpt_10.pt'}" in text, text
+    assert f"the record its kernel file carries ({paths.MANIFEST_NAME} is {lost})" in text, text
+    assert not paths.switch_dir(store).exists()  # nothing written
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    ok = runner.invoke(app, [*args, "--ckpts", str(moved), "--spec", str(spec), "-q"])
+    assert ok.exit_code == 0, ok.output
+    assert paths.switch_point(store, 5).is_file()
 
 
 def test_a_store_without_kernels_takes_any_run(run, tmp_path):

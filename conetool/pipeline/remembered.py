@@ -57,6 +57,7 @@ from ..store_manifest import StoreIdentity, embedded_record, new_manifest
 __all__ = [
     "carried_directory",
     "carried_imports",
+    "carried_run",
     "carried_step_regex",
     "changed_imports",
     "held_directory",
@@ -312,6 +313,25 @@ def carried_directory(
         decided = replace(decided, value=kept, others=others)
     differ = _disagreement(store, "checkpoint directory", decided, why)
     return decided.value, differ, kept is not None
+
+
+def carried_run(carried: list[dict[str, str]], spec_hash: str) -> dict[str, Any] | None:
+    """What a manifest records of the run a store's kernels were computed from, as the kernel
+    files of the spec ``spec_hash`` carry it (their metadata ``carried``, the newest first: the
+    store's manifest is missing or damaged): ``{"steps": {step: its record (source files, size,
+    fingerprint)}, "checkpoints": the directory kernels was given, or None}``, the newest file's
+    record of a step where several carry one; None when none of them carries a record (no kernel
+    file of that spec, or files written before they carried one). Header metadata only: no
+    kernel is read."""
+    steps: dict[str, dict[str, Any]] = {}
+    own = [meta for meta in carried if meta.get("spec_hash") == spec_hash]
+    for meta in own:
+        found = embedded_record(meta)
+        if found is not None and found[0].isdigit() and isinstance(found[1], dict):
+            steps.setdefault(found[0], found[1])
+    if not steps:
+        return None
+    return {"steps": steps, "checkpoints": _selection_path(own)}
 
 
 def _directory_of(carried: list[dict[str, str]]) -> str | _Unknown:

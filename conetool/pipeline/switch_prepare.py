@@ -27,6 +27,7 @@ from ..spec import MAX_STEPS, Spec, check_training_data, resolved_differences
 from ..store import nearest_steps
 from .remembered import (
     carried_imports,
+    carried_run,
     carried_step_regex,
     changed_imports,
     recorded_step_regex,
@@ -174,8 +175,13 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     if missing:
         raise _not_stored(missing, ckpts_dir, sorted(refs))
     read = _read_reference(reference, T, refs, points_at) if read_reference else None
-    if o.ckpts is not None and manifest is not None:  # (else the run the store's kernels read)
-        _refuse_another_run(store, manifest, ckpts_dir, refs, read)
+    if o.ckpts is not None:  # (else the run the store's kernels read)
+        if manifest is not None:
+            _refuse_another_run(store, manifest, ckpts_dir, refs, read)
+        elif (kept := carried_run(located.carried, spec.hash())) is not None:
+            # a manifest missing or damaged: the records the kernel files carry stand in for it
+            lost = f"the record its kernel file carries ({paths.MANIFEST_NAME} is {located.lost})"
+            _refuse_another_run(store, kept, ckpts_dir, refs, read, lost)
     data = load_data(spec.data, source=spec.source)
     if len(data.test) == 0:
         raise SpecError(
@@ -252,6 +258,7 @@ def _refuse_another_run(
     ckpts: Path,
     refs: Mapping[int, CheckpointRef],
     read: LoadedCheckpoint | None,
+    recorded_in: str = f"the record in {paths.MANIFEST_NAME}",
 ) -> None:
     """Refuse a ``--ckpts`` run whose checkpoints are not those the store's kernels were computed
     from (another run of the same spec: a second seed, trained by one's own loop), before
@@ -261,7 +268,9 @@ def _refuse_another_run(
     against the store's record of that step (the fingerprint of the reference checkpoint read
     already when it is that step, else one streamed hash of the file). A run moved or renamed
     since ``conetool kernels``, holding the same files, passes; a store without kernels, or with
-    no step in common, has nothing to tell it by."""
+    no step in common, has nothing to tell it by. ``manifest``: the store's, or where it is
+    missing or damaged what its kernel files carry of it
+    (:func:`~conetool.pipeline.remembered.carried_run`; ``recorded_in`` then says so)."""
     records = manifest.get("steps")
     if not isinstance(records, Mapping):
         return
@@ -291,12 +300,12 @@ def _refuse_another_run(
         "trained again into the same folder?)"
         if in_place
         else f"--ckpts {ckpts} is another run than the one the store's kernels were computed "
-        f"from ({recorded or 'recorded in ' + paths.MANIFEST_NAME})"
+        f"from ({recorded or 'its directory is not recorded'})"
     )
     raise StoreError(
         f"{other}: its checkpoint of step {step} ({files}) is not the file the kernel of step "
         f"{step} in store {store} was computed from ({was}: its size or content differs from "
-        f"the record in {paths.MANIFEST_NAME}). A switch sweep there would put this run's points "
+        f"{recorded_in}). A switch sweep there would put this run's points "
         "beside the store's run's (switch/results.csv, the figure, the report). Give this sweep "
         "a store of its own: --store OTHER_STORE"
         + (
