@@ -163,6 +163,30 @@ def test_a_refused_train_into_a_path_through_new_folders_and_dotdot_removes_them
     assert [p.name for p in tmp_path.iterdir()] == ["runs"] and not (tmp_path / made).exists()
 
 
+@pytest.mark.parametrize("held", [(), (".lock",), (".lock", "mine.txt")])
+def test_a_refused_train_through_a_new_folder_and_dotdot_keeps_a_folder_that_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: tuple[str, ...]
+) -> None:
+    """--out runs/../new where runs does not exist but new does: new (and a lock file it held)
+    was there before the call. The checks before make_dir looked at runs/../new, which does not
+    resolve while runs is missing, so a refused train took new for a folder it made (removing
+    it when empty) and its lock file for its own (removing it, and leaving runs behind)."""
+    from conetool import training
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise SpecError("tiny.toml: a value found bad")
+
+    monkeypatch.setattr(training, "make_optimizer", refused)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "new").mkdir()
+    for name in held:
+        (tmp_path / "new" / name).write_text("x")
+    with pytest.raises(SpecError):
+        train(spec_from_dict(SPEC, source="tiny.toml"), Path("runs/../new"))
+    assert [p.name for p in tmp_path.iterdir()] == ["new"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == sorted(held)
+
+
 def test_a_refused_demo_into_a_path_through_new_folders_and_dotdot_removes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
