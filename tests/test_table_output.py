@@ -78,3 +78,33 @@ def test_the_kernels_table_of_a_log_names_every_column(
     line = header_line(result.output)
     for header in ("computed", "stored before", "left out", "s / kernel", "peak memory"):
         assert header in line, line
+
+
+@pytest.mark.parametrize("columns", ["0", "00"])
+def test_columns_zero_loses_no_line_of_the_command_line(tmp_path: Path, columns: str):
+    """COLUMNS=0 (a width unknown, as shutil reads it) made rich print every line at width 0,
+    that is nothing: the error of a failing command and --help were lost, exit status alone."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": columns}
+    missing = tmp_path / "missing"
+    done = subprocess.run(
+        [sys.executable, "-m", "conetool", "inspect", str(missing), "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "does not exist" in done.stderr and "missing" in done.stderr, done.stderr
+    helped = subprocess.run(
+        [sys.executable, "-m", "conetool", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert helped.returncode == 0 and "inspect" in helped.stdout, helped.stdout

@@ -37,6 +37,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _forget_zero_columns() -> None:
+    """Drop ``COLUMNS=0`` from the environment: a width unknown (``shutil.get_terminal_size``
+    reads it so), which rich, and Typer's help through it, took for 0 columns and printed nothing
+    at, every line lost: results, errors, ``--help``. Without it the terminal's width, or 80."""
+    columns = os.environ.get("COLUMNS")
+    if columns is not None and columns.isdigit() and int(columns) == 0:  # (as rich reads it)
+        del os.environ["COLUMNS"]
+
+
+_forget_zero_columns()  # (before the consoles, which read COLUMNS once made)
 console = Console()
 err_console = Console(stderr=True)
 #: Set when a command has said it was interrupted, so that ``main`` does not say it again.
