@@ -777,6 +777,25 @@ def test_training_curves_of_an_earlier_report_are_removed_when_no_longer_drawn(r
     assert back.exit_code == 0 and drawn.is_file() and "removed" not in back.output
 
 
+def test_training_curves_are_kept_when_the_run_is_not_there_to_tell(run, tmp_path):
+    # the run's folder moved (or a disk not mounted): its metrics.csv is not known to be gone,
+    # and the earlier report's training.png may be the only copy of its curves; it was removed
+    _, ckpts, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    drawn = paths.report_training_png(copy)
+    assert drawn.is_file()
+    away = tmp_path / "away"
+    ckpts.rename(away)
+    try:
+        again = report(copy)
+    finally:
+        away.rename(ckpts)
+    assert again.training_png is None and again.removed == []
+    assert drawn.is_file()
+    assert any("is not there (moved or deleted)" in w for w in again.warnings), again.warnings
+
+
 def test_a_moved_run_is_found_with_ckpts(run, tmp_path):
     # The manifest names the checkpoint directory kernels read; after the run moved, --ckpts says
     # where it is now: its metrics.csv gives the training curves, and the reproduce commands

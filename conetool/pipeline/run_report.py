@@ -74,8 +74,9 @@ class ReportResult:
             curves when ``training_png`` already held them (:func:`~conetool.plots.write_figure`).
         removed: the report's own files from an earlier report that this one no longer links,
             removed so that the folder holds only what the report shows: ``training.png`` when
-            the run has no ``metrics.csv`` now (removed only when it is a figure conetool drew,
-            which records its figure key; a user's own file of that name is left).
+            the run's folder holds no ``metrics.csv`` now (not when the folder is not there:
+            moved, unmounted; removed only when it is a figure conetool drew, which records its
+            figure key; a user's own file of that name is left).
     """
 
     store: Path
@@ -146,7 +147,7 @@ def report(
         before = file_states([out_dir / paths.report_training_png(opened.root).name])
         gathered.training_png = _training_curves(gathered, out_dir)
         removed = []
-        if gathered.training_png is None:
+        if gathered.training_png is None and _without_metrics(Path(gathered.ckpts)):
             stale = _drawn_figure(out_dir / paths.report_training_png(opened.root).name)
             removed += [stale] if stale is not None else []
         spec_path = None
@@ -183,6 +184,17 @@ def report(
         kept=unchanged([gathered.training_png] if gathered.training_png else [], before),
         removed=removed,
     )
+
+
+def _without_metrics(ckpts: Path) -> bool:
+    """Whether the run's folder ``ckpts`` is there and holds no ``metrics.csv``: only then are an
+    earlier report's training curves no longer the run's. A folder that is not there (moved,
+    deleted, a disk not mounted) or a metrics.csv that cannot be read tells nothing, and the
+    figure may be the only copy of its curves left."""
+    try:
+        return ckpts.is_dir() and not paths.metrics(ckpts).exists()
+    except OSError:
+        return False
 
 
 def _drawn_figure(path: Path) -> Path | None:
