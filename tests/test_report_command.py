@@ -566,9 +566,13 @@ def test_missing_figure_and_stale_results_are_reported(run, tmp_path):
     paths.distance_summary(copy).write_text(json.dumps(summary))
     result = report(copy)
     s = shlex.quote(str(copy))
-    assert ("S matrix (distance/matrix.png)", f"conetool distance --store {s}") in result.missing
+    # the store's own distance command (its references, dts, rule and --logx), as the
+    # Reproduce block gives it: the default one would draw other curves
+    own = f"conetool distance --store {s} --ref 0 --ref 4 --dt 2 --dt 4 --min-drop 3.0 --logx"
+    assert ("S matrix (distance/matrix.png)", own) in result.missing
     assert paths.matrix_png(copy) not in result.figures and len(result.figures) == 6
-    assert any("conetool distance results cover 8 steps" in n for n in result.warnings)
+    stale = [n for n in result.warnings if "conetool distance results cover 8 steps" in n]
+    assert len(stale) == 1 and f"rerun {own} to bring them up to date" in stale[0], stale
     markup = result.html.read_text(encoding="utf-8")
     assert "&lt;b&gt;bold?&lt;/b&gt; &amp; more" in markup and "<b>bold?" not in markup
     assert "\\<b>bold?\\</b> & more" in result.markdown.read_text(encoding="utf-8")
@@ -1150,3 +1154,113 @@ def test_a_switch_point_s_own_file_that_cannot_be_read_is_named(run, tmp_path, d
     outcome = runner.invoke(app, [*shlex.split(rerun)[1:], "-q"])
     assert outcome.exit_code == 0, outcome.output
     assert report(copy).warnings == []  # the point trained again, its file rewritten
+
+
+@pytest.mark.parametrize(
+    ("figure", "damage", "command"),
+    [
+        (paths.switch_png, _cut_in_half, "switch"),
+        (paths.switch_png, Path.unlink, "switch"),
+        (paths.to_ref_png, Path.unlink, "distance"),
+        (paths.adjacent_png, _cut_in_half, "distance"),
+        (paths.embedding_png, Path.unlink, "embed"),
+    ],
+)
+def test_a_figure_is_drawn_again_by_the_command_that_made_the_store_s_results(
+    run, tmp_path, figure, damage, command
+):
+    # a missing or damaged figure was named with the default command (switch at suggested
+    # steps, distance from step 0 at its default dts, embed by MDS), which rewrote the store's
+    # results as others: now the Reproduce block's, with the store's own --at, T, references,
+    # dts and options
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    png = figure(copy)
+    damage(png)
+    result = report(copy)
+    (own,) = [line for line in reproduce_lines(result) if line.startswith(f"conetool {command} ")]
+    warned = [w for w in result.warnings if str(png) in w]
+    listed = [c for part, c in result.missing if png.relative_to(copy).as_posix() in part]
+    named = [w.split("; rerun ", 1)[1].removesuffix(" to draw it again") for w in warned] + listed
+    assert named == [own], (named, result.warnings, result.missing)
+    summary = {
+        "switch": paths.switch_results_json,
+        "distance": paths.distance_summary,
+        "embed": paths.embed_summary,
+    }[command](copy)
+    kept = ("points", "until", "refs", "dts", "rules", "options", "method", "dims", "seed")
+    before = {k: v for k, v in json.loads(summary.read_text()).items() if k in kept}
+    outcome = runner.invoke(app, [*shlex.split(own)[1:], "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    after = {k: v for k, v in json.loads(summary.read_text()).items() if k in kept}
+    if command == "switch":  # a point's seconds are its own run's
+        for points in (before["points"], after["points"]):
+            for point in points:
+                point.pop("seconds", None)
+    assert after == before  # the same results, drawn again
+    again = report(copy)
+    assert again.warnings == [] and again.missing == [], (again.warnings, again.missing)
+
+
+def test_a_stale_result_s_rerun_keeps_its_options(run, tmp_path):
+    # results that cover other steps than the store now holds were to be brought up to date by
+    # the default command (embed by MDS in two dimensions, seed 0)
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    summary = json.loads(paths.embed_summary(copy).read_text())
+    summary["steps"]["count"] -= 1
+    paths.embed_summary(copy).write_text(json.dumps(summary))
+    result = report(copy)
+    stale = [w for w in result.warnings if "conetool embed results cover" in w]
+    own = f"conetool embed --store {shlex.quote(str(copy))} --method pca --dims 2 --seed 3"
+    assert len(stale) == 1 and stale[0].endswith(f"rerun {own} to bring them up to date"), stale
+
+
+def test_a_store_without_switch_points_is_still_given_suggested_steps(run, tmp_path):
+    # the fallback where the store holds no sweep: the stored steps nearest the start, 5%, 20%
+    # and 50% of the run
+    _, _, store, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    shutil.rmtree(paths.switch_dir(copy))
+    result = report(copy)
+    s = shlex.quote(str(copy))
+    assert ("switch results (Fig. 2)", f"conetool switch --at 0,4,8 --store {s}") in result.missing
+
+
+def _per_layer_store(run, folder: Path) -> Path:
+    """A store of the run's kernels with their per-layer kernels, and distance's results of
+    them (references 4 and 0, given out of order)."""
+    _, ckpts, _, _ = run
+    store = folder / "layers"
+    kernels(ckpts, store=store, device="cpu", per_layer=True)
+    distance(store, refs=[4, 0], dts=[2])
+    return store
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (Path.unlink, "is missing"),
+        (_cut_last_line, "is cut short"),
+        (_lose_last_row, "holds 17 rows, where its summary.json says 18"),
+    ],
+)
+def test_the_per_layer_csv_its_caption_points_to_is_checked(run, tmp_path, damage, said):
+    # the per-layer figure's caption sends a reader to distance/per_layer.csv, which the report
+    # never looked at (the other CSVs the captions name are checked)
+    store = _per_layer_store(run, tmp_path)
+    assert report(store).warnings == []
+    table = paths.per_layer_csv(store)
+    damage(table)
+    result = report(store)
+    named = [w for w in result.warnings if w.startswith(f"{table} ")]
+    assert len(named) == 1 and said in named[0], result.warnings
+    assert "the per-layer figure's caption points to it" in named[0], named
+    own = f"conetool distance --store {shlex.quote(str(store))} --ref 0 --ref 4 --dt 2"
+    assert named[0].endswith(f"rerun {own} to rewrite it"), named
+    outcome = runner.invoke(app, [*shlex.split(own)[1:], "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    assert report(store).warnings == []

@@ -178,9 +178,28 @@ class ReportCommands(ReportInputs):
             parts.append("--skip-bad")
         return " ".join(parts)
 
+    def _results_command(self, part: str) -> str:
+        """The command that rewrites the results of ``part`` as the store holds them: the one
+        of the Reproduce block, with the options they recorded (a figure, a file or results
+        rewritten with the default options would be other results); the default where the store
+        holds none, or results of another shape than conetool writes (their section says so)."""
+        commands = {
+            "distance": lambda: self._distance_command()[0],
+            "embed": self._embed_command,
+            "spectrum": self._spectrum_command,
+            "switch": self._switch_command,
+        }
+        try:
+            return commands[part]()
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            return f"conetool {part} {self._store_flag()}"
+
     def _switch_command(self) -> str:
+        """The sweep that made the store's switch points: their --at steps, T, reference and
+        checkpoint directory; for a store without points, a few suggested steps
+        (:meth:`_suggested_switch_points`)."""
         s = self.switch or {}
-        at = [int(p["at"]) for p in s.get("points", [])]
+        at = [int(p["at"]) for p in s.get("points", [])] or self._suggested_switch_points()
         parts = [f"{self._env()}conetool switch --at {_steps_text(at)}"]
         parts += _flag("--until", s.get("until"))
         if self._beyond_run(s.get("until")):  # else switch refuses that T

@@ -148,7 +148,7 @@ class ExperimentSections(RunSections):
             return Section(
                 "switch",
                 title,
-                (self._absent("switch results (Fig. 2)", self._switch_command_default()),),
+                (self._absent("switch results (Fig. 2)", self._results_command("switch")),),
             )
         until = results.get("until")
         rows = [
@@ -229,12 +229,12 @@ class ExperimentSections(RunSections):
                     + " Numbers: switch/results.csv.",
                 )
             ],
-            self._switch_command_default(),
+            self._results_command("switch"),
             blocks,
         )
         table = paths.switch_results_csv(self.root)
         problem = csv_problem(table, RESULT_COLUMNS, len(results["points"]), "results.json")
-        self._named_files([(table, problem, "Fig. 2's caption")], self._switch_command())
+        self._named_files([(table, problem, "Fig. 2's caption")], self._results_command("switch"))
         self._unread_switch_points()
         machine = self._kernel_machine_beside_fig2()
         if machine is not None:
@@ -262,7 +262,7 @@ class ExperimentSections(RunSections):
             f"switch {listed} ({first}{'' if one else ' ...'}) {'is' if one else 'are'} missing "
             f"or cannot be read, so the report cannot tell which spec and checkpoints {they} "
             f"{was} trained from (nor name {it} among points trained with another spec, nor "
-            f"choose the Reproduce block's --ckpts by {it}); rerun {self._switch_command()} to "
+            f"choose the Reproduce block's --ckpts by {it}); rerun {self._results_command('switch')} to "
             f"train {it} again and rewrite {'its file' if one else 'their files'} (with the "
             "--spec and --ckpts of that training, when not the store's)"
         )

@@ -249,12 +249,6 @@ class ReportInputs:
     def _store_flag(self) -> str:
         return f"--store {_q(self.store_arg)}"
 
-    def _distance_command_default(self) -> str:
-        return f"conetool distance {self._store_flag()}"
-
-    def _embed_command_default(self) -> str:
-        return f"conetool embed {self._store_flag()}"
-
     def _spectrum_command(self) -> str:
         s = self.spectrum or {}
         options = s.get("options") or {}
@@ -281,9 +275,6 @@ class ReportInputs:
             return size - 1
         return 10
 
-    def _switch_command_default(self) -> str:
-        return f"conetool switch --at {_steps_text(self._suggested_switch_points())} {self._store_flag()}"
-
     def _suggested_switch_points(self) -> list[int]:
         """A few stored steps to switch at: the start, early Phase I, its end, mid-run."""
         steps = self.steps[:-1] or [0]
@@ -308,14 +299,16 @@ class ReportInputs:
         identity = asdict(self.store.identity)
         current_key = kernels_key(self.store)
         usable_now: dict[int, bool] = {}  # step -> its kernel file can be used (read once)
-        for summary, command in (
-            (self.distance, "conetool distance"),
-            (self.embed, "conetool embed"),
-            (self.spectrum, "conetool spectrum"),
+        for summary, part in (
+            (self.distance, "distance"),
+            (self.embed, "embed"),
+            (self.spectrum, "spectrum"),
         ):
             if summary is None:
                 continue
-            rerun = f"rerun {command} {self._store_flag()} to bring them up to date"
+            command = f"conetool {part}"
+            # with the options the results were made with: the default ones would change them
+            rerun = f"rerun {self._results_command(part)} to bring them up to date"
             counted = summary.get("steps", {})
             excluded = {int(k) for k in summary.get("excluded", {})}
             current = [s for s in self.steps if s not in excluded]
@@ -357,6 +350,12 @@ class ReportInputs:
                 f"switch points {_steps_text(other)} were trained with another spec than the "
                 f"store's (hash {spec_hash}); their command needs that spec (--spec)."
             )
+
+    def _results_command(self, part: str) -> str:
+        """The command that rewrites the results of ``part`` (``distance``, ``embed``,
+        ``spectrum``, ``switch``) as the store holds them, with the options they recorded (the
+        Reproduce block's: :meth:`.report_commands.ReportCommands._results_command`)."""
+        raise NotImplementedError
 
     def _check_kernel_files(self) -> None:
         """Warn about kernel files the manifest records that are not in the store (deleted):

@@ -40,7 +40,7 @@ class ResultSections(ExperimentSections):
             return Section(
                 "verdict",
                 "Verdict",
-                (self._absent("verdict", self._distance_command_default(), register=False),),
+                (self._absent("verdict", self._results_command("distance"), register=False),),
             )
         verdict = summary["verdict"]
         numbers = verdict.get("numbers", {})
@@ -172,7 +172,7 @@ class ResultSections(ExperimentSections):
                 (
                     self._absent(
                         "kernel distance and verdict (Fig. 1a, 1b, S matrix)",
-                        self._distance_command_default(),
+                        self._results_command("distance"),
                     ),
                 ),
             )
@@ -240,8 +240,8 @@ class ResultSections(ExperimentSections):
                 "(steps on both axes). Numbers: distance/matrix.npz.",
             ),
         ]
-        per_layer = summary.get("per_layer")
-        if isinstance(per_layer, dict) and paths.per_layer_png(self.root).is_file():
+        per_layer = self._per_layer_shown(summary)
+        if per_layer is not None:
             groups = ", ".join(str(g) for g in per_layer.get("groups", {})) or "?"
             figures.append(
                 (
@@ -253,17 +253,26 @@ class ResultSections(ExperimentSections):
                     "moving after it. Numbers: distance/per_layer.csv.",
                 )
             )
-        shown = self._figures(figures, self._distance_command_default(), blocks)
-        self._named_files(self._distance_files(summary), self._distance_command()[0])
+        shown = self._figures(figures, self._results_command("distance"), blocks)
+        self._named_files(self._distance_files(summary), self._results_command("distance"))
         self.present.add("distance")
         self.details["distance"] = ", ".join(shown) or "tables only"
         return Section("distance", title, tuple(blocks))
 
+    def _per_layer_shown(self, summary: dict[str, Any]) -> dict[str, Any] | None:
+        """The summary's ``per_layer`` record when the report shows the per-layer figure (the
+        summary records it and ``per_layer.png`` is there), else None."""
+        per_layer = summary.get("per_layer")
+        if isinstance(per_layer, dict) and paths.per_layer_png(self.root).is_file():
+            return per_layer
+        return None
+
     def _distance_files(self, summary: dict[str, Any]) -> list[tuple[Path, str | None, str]]:
         """The files the distance captions name, each with what is wrong with it (or None):
         ``to_ref.csv`` (a row per step the summary counts, a column per reference),
-        ``adjacent.csv`` (a row per pair of the summary's curves) and ``matrix.npz`` (its
-        index)."""
+        ``adjacent.csv`` (a row per pair of the summary's curves), ``matrix.npz`` (its
+        index) and, when the per-layer figure is shown, ``per_layer.csv`` (a row per group at
+        each step its ``per_layer`` record counts, a column per reference)."""
         refs = summary.get("refs")
         to_ref_header = (
             ["step", *(f"ref_{r}" for r in sorted(refs))]
@@ -297,7 +306,27 @@ class ResultSections(ExperimentSections):
                 "Fig. 1b's caption",
             ),
             (matrix, npz_problem(matrix, ("steps", "S")), "the S matrix's caption"),
+            *self._per_layer_file(summary),
         ]
+
+    def _per_layer_file(self, summary: dict[str, Any]) -> list[tuple[Path, str | None, str]]:
+        """``per_layer.csv`` with what is wrong with it, when the per-layer caption names it
+        (none otherwise): its header (``step, group, S_ref_<τ> ..., S_adjacent, velocity``, the
+        references of the ``per_layer`` record in their order) and its rows (one per group at
+        each of the record's steps)."""
+        record = self._per_layer_shown(summary)
+        if record is None:
+            return []
+        refs, groups = record.get("refs"), record.get("groups")
+        header = (
+            ["step", "group", *(f"S_ref_{r}" for r in refs), "S_adjacent", "velocity"]
+            if isinstance(refs, list) and all(_count(r) is not None for r in refs)
+            else None  # not what distance writes there: the file's own header is checked
+        )
+        steps = _count(record.get("steps"))
+        rows = steps * len(groups) if steps is not None and isinstance(groups, list) else None
+        path = paths.per_layer_csv(self.root)
+        return [(path, csv_problem(path, header, rows), "the per-layer figure's caption")]
 
     # ----------------------------------------------------------------- embed
     def _embed_section(self) -> Section:
@@ -316,7 +345,7 @@ class ResultSections(ExperimentSections):
             return Section(
                 "embed",
                 title,
-                (self._absent("cone embedding (Fig. 1c)", self._embed_command_default()),),
+                (self._absent("cone embedding (Fig. 1c)", self._results_command("embed")),),
             )
         method = str(summary.get("method", "?"))
         ratio = summary.get("explained_variance_ratio")
@@ -357,7 +386,7 @@ class ResultSections(ExperimentSections):
                     f"later steps darker.{ring} Coordinates: embed/coords.csv.",
                 )
             ],
-            self._embed_command_default(),
+            self._results_command("embed"),
             blocks,
         )
         coords = paths.coords_csv(self.root)
@@ -367,7 +396,7 @@ class ResultSections(ExperimentSections):
             ["step", *"xyz"[: dims if isinstance(dims, int) else 2]],
             _count(summary.get("steps", {}).get("count")),
         )
-        self._named_files([(coords, problem, "Fig. 1c's caption")], self._embed_command())
+        self._named_files([(coords, problem, "Fig. 1c's caption")], self._results_command("embed"))
         self.present.add("embed")
         stress = summary.get("stress")
         self.details["embed"] = (

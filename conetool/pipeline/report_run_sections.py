@@ -83,7 +83,7 @@ class RunSections(ReportCommands):
                 " computes the others). ",
             ]
         else:
-            parts += ["No verdict yet (", code(self._distance_command_default()), " makes it). "]
+            parts += ["No verdict yet (", code(self._results_command("distance")), " makes it). "]
         span = f"steps {steps[0]} to {steps[-1]}" if steps else "no steps yet"
         at = f"{len(steps)} checkpoints"
         if self.writer is not None:
