@@ -258,11 +258,12 @@ class ExperimentSections(RunSections):
         listed = f"point {unread[0]}'s file" if one else f"points {_steps_text(unread)}' files"
         first = paths.switch_point(self.root, unread[0])
         they, it, was = ("it", "it", "was") if one else ("they", "them", "were")
+        rerun = self._results_command("switch")
         self.warnings.append(
             f"switch {listed} ({first}{'' if one else ' ...'}) {'is' if one else 'are'} missing "
             f"or cannot be read, so the report cannot tell which spec and checkpoints {they} "
             f"{was} trained from (nor name {it} among points trained with another spec, nor "
-            f"choose the Reproduce block's --ckpts by {it}); rerun {self._results_command('switch')} to "
+            f"choose the Reproduce block's --ckpts by {it}); rerun {rerun} to "
             f"train {it} again and rewrite {'its file' if one else 'their files'} (with the "
             "--spec and --ckpts of that training, when not the store's)"
         )

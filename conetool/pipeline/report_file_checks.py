@@ -1,7 +1,7 @@
 """Cheap checks of the store files a report's captions point a reader to (``distance/to_ref.csv``,
-``distance/adjacent.csv``, ``distance/matrix.npz``, ``distance/per_layer.csv``, ``embed/coords.csv``,
-``switch/results.csv``):
-that each is there and whole, without reading a large array.
+``distance/adjacent.csv``, ``distance/matrix.npz``, ``distance/per_layer.csv``,
+``embed/coords.csv``, ``switch/results.csv``): that each is there and whole, without reading a
+large array.
 
 A CSV is read as text (one row per line: these files are small beside the kernels): its header,
 that every row has the header's number of fields, that the file ends with a line end (a file cut
