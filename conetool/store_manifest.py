@@ -411,6 +411,7 @@ def kernel_metadata(
     store_id: str | None = None,
     selection: Mapping[str, Any] | None = None,
     imports: Sequence[Mapping[str, Any]] | None = None,
+    spec: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The metadata of a kernel file: its step, the store's identity, its own manifest record,
     the manifest's ``store_id`` (from which a lost or damaged manifest is rebuilt as the same
@@ -418,7 +419,9 @@ def kernel_metadata(
     wrote it (JSON: directory, step regex, steps, every; from which the run that rebuilds a lost
     manifest gets the step regex it recorded: :mod:`conetool.pipeline.remembered`), and the
     ``imports`` record of that run (JSON: where it imported a "pkg.mod:factory" spec's modules
-    from; from which ``switch`` on a store whose manifest is lost finds them again)."""
+    from; from which ``switch`` on a store whose manifest is lost finds them again), and the
+    resolved ``spec`` the kernels were computed with (JSON, as the manifest records it; from
+    which ``switch`` on such a store tells a spec differing in ``[probe]`` alone from another)."""
     meta = {
         "step": str(record.step),
         "kind": ident.kind,
@@ -433,6 +436,8 @@ def kernel_metadata(
         meta["selection"] = json.dumps(dict(selection))
     if imports is not None:
         meta["imports"] = json.dumps([dict(record) for record in imports])
+    if spec is not None:
+        meta["spec"] = json.dumps(dict(spec), sort_keys=True)
     return meta
 
 

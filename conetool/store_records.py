@@ -48,7 +48,7 @@ _now = time.monotonic
 
 
 #: The manifest entries each kernel file carries in its metadata (:meth:`StoreRecords.carried`).
-_CARRIED = ("store_id", "selection", "imports")
+_CARRIED = ("store_id", "selection", "imports", "spec")
 
 
 class StoreRecords:
@@ -151,10 +151,11 @@ class StoreRecords:
         only."""
         self._refuse_while_deferred(f"writing the kernel of step {record.step}")
         carried = self.carried()
-        store_id, selection, imports = (carried[k] for k in _CARRIED)
+        store_id, selection, imports, spec = (carried[k] for k in _CARRIED)
         selection = selection if isinstance(selection, dict) else None
         imports = imports if isinstance(imports, list) else None
-        metadata = kernel_metadata(self.identity, record, store_id, selection, imports)
+        spec = spec if isinstance(spec, dict) else None
+        metadata = kernel_metadata(self.identity, record, store_id, selection, imports, spec)
         atomic_save_safetensors(self.root / record.kernel, {"kernel": kernel.cpu()}, metadata)
         with self._manifest_guard:
             self.manifest["steps"][str(record.step)] = asdict(record)
@@ -165,9 +166,9 @@ class StoreRecords:
 
     def carried(self) -> dict[str, Any]:
         """What each kernel file written through this store carries of its manifest besides its
-        own record: ``{"store_id": ..., "selection": ..., "imports": ...}`` (the writing run's
-        checkpoint selection and the folders it imported a "pkg.mod:factory" spec's modules
-        from; None for a key the manifest lacks)."""
+        own record: ``{"store_id": ..., "selection": ..., "imports": ..., "spec": ...}`` (the
+        writing run's checkpoint selection, the folders it imported a "pkg.mod:factory" spec's
+        modules from, and the resolved spec; None for a key the manifest lacks)."""
         with self._manifest_guard:
             return {key: self.manifest.get(key) for key in _CARRIED}
 

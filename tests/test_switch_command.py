@@ -786,6 +786,87 @@ def test_a_store_whose_kernels_used_another_probe_set_of_the_run_still_sweeps(de
     assert [p.at for p in switch([4], store=store, spec=other, device="cpu").points] == [4]
 
 
+def _lose_manifest(store: Path, lost: str) -> None:
+    """Delete the store's manifest.json, or damage it (not JSON any more)."""
+    if lost == "missing":
+        paths.manifest(store).unlink()
+    else:
+        paths.manifest(store).write_text("{")
+
+
+def _carry_no_spec(store: Path) -> None:
+    """Rewrite the store's kernel files as a conetool from before they carried their spec wrote
+    them (the same tensors and metadata, without ``spec``)."""
+    for path in sorted((store / paths.KERNELS_DIR).glob("step_*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            meta = dict(handle.metadata() or {})
+        assert "spec" in meta, meta  # the files kernels writes now carry it
+        del meta["spec"]
+        save_file(load_file(str(path)), str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("lost", ["missing", "damaged"])
+def test_another_spec_is_refused_by_the_kernel_files_when_the_manifest_is_lost(
+    deep_run, linear_run, tmp_path, lost
+):
+    # a store whose manifest.json is deleted or damaged: the check of the sweep's spec read the
+    # manifest alone, so --ckpts of a run with another [model] (or --spec of another) swept into
+    # the store beside deep_run's kernels. The kernel files carry their spec: told by it, as by
+    # the manifest, naming where the record comes from
+    store = tmp_path / "s"
+    kernels(deep_run, store=store, device="cpu")
+    _lose_manifest(store, lost)
+    with pytest.raises(StoreError, match="never mixes specs in a store") as caught:
+        switch([0, 4], store=store, ckpts=linear_run, device="cpu")
+    said = str(caught.value)
+    assert f"(the record its kernel files carry: {paths.MANIFEST_NAME} is {lost})" in said, said
+    assert "model.widths = [8] (now [])" in said, said
+    assert not paths.switch_dir(store).exists()
+    other = tmp_path / "other.toml"
+    save_spec(spec_from_dict(spec_dict([6]), source=str(other)), other)
+    ran = runner.invoke(app, ["switch", "--at", "0", "--store", str(store), "--spec", str(other)])
+    text = " ".join(ran.output.split())
+    assert ran.exit_code == 1 and "Traceback" not in ran.output, ran.output
+    assert f"--spec {other}: its hash is " in text and "model.widths = [8] (now [6])" in text, text
+    assert f"{paths.MANIFEST_NAME} is {lost})" in text, text
+    assert not paths.switch_dir(store).exists()
+
+
+@pytest.mark.parametrize("lost", ["missing", "damaged"])
+def test_a_probe_alone_differing_spec_still_sweeps_a_store_whose_manifest_is_lost(
+    deep_run, tmp_path, lost
+):
+    # as with the manifest (test_ckpts_of_the_run_whose_probe_alone_differs_from_the_stores_...):
+    # kernels of probe seed 7, --ckpts of the run (its conetool.toml, seed 0) sweeps
+    probe7 = spec_dict([8])
+    probe7["probe"] = {**probe7["probe"], "seed": 7}
+    other = tmp_path / "probe7.toml"
+    save_spec(spec_from_dict(probe7, source=str(other)), other)
+    store = tmp_path / "s"
+    kernels(deep_run, store=store, spec=other, device="cpu")
+    _lose_manifest(store, lost)
+    assert [p.at for p in switch([0], store=store, ckpts=deep_run, device="cpu").points] == [0]
+
+
+def test_kernel_files_carrying_their_spec_s_hash_alone_still_refuse_another_spec(
+    deep_run, linear_run, tmp_path
+):
+    # kernel files from before they carried their spec: the hash tells another spec; a spec whose
+    # [probe] size alone differs (kernels --probe-size) is the run's, by the store's probe file
+    store = tmp_path / "s"
+    kernels(deep_run, store=store, probe_size=4, device="cpu")
+    paths.manifest(store).unlink()
+    _carry_no_spec(store)
+    with pytest.raises(StoreError, match="never mixes specs in a store") as caught:
+        switch([0, 4], store=store, ckpts=linear_run, device="cpu")
+    said = " ".join(str(caught.value).split())
+    assert f"(the record its kernel files carry: {paths.MANIFEST_NAME} is missing)" in said, said
+    assert "carry the hash of that spec, not the spec" in said, said
+    assert f"conetool kernels CKPTS --store {store} --spec THAT_SPEC" in said, said
+    assert not paths.switch_dir(store).exists()
+    assert [p.at for p in switch([0], store=store, ckpts=deep_run, device="cpu").points] == [0]
+
+
 def test_ckpts_of_the_run_whose_probe_alone_differs_from_the_stores_still_sweeps(
     deep_run, tmp_path
 ):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from .remembered import (
     use_recorded_imports,
 )
 from .resolve import iterations_per_epoch, model_for
+from .switch_carried_spec import carried_spec
 from .switch_finished_points import sweep_begun
 from .switch_locate import locate, sentence
 from .switch_options import SwitchOptions, parse_at
@@ -87,7 +88,12 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     located = locate(store, ckpts, spec)
     ckpts_dir, spec, manifest = located.ckpts, located.spec, located.manifest
     if o.spec is not None or o.ckpts is not None:  # (else the run the store's kernels read)
-        _refuse_another_spec(store, manifest, spec, given_spec=o.spec is not None)
+        if manifest is not None:
+            _refuse_another_spec(store, manifest, spec, given_spec=o.spec is not None)
+        elif (kept := carried_spec(store, located.carried, spec.hash(), located.held)) is not None:
+            # a manifest missing or damaged: what the kernel files carry stands in for it
+            lost = f"the record its kernel files carry: {paths.MANIFEST_NAME} is {located.lost}"
+            _refuse_another_spec(store, kept, spec, given_spec=o.spec is not None, recorded_in=lost)
     # What train refuses of the data it trains on, refused here too before anything is written;
     # a sweep begun with the spec (an earlier conetool's points in the store) goes on with it,
     # as train --resume does: its new points stay comparable with those it holds.
@@ -223,7 +229,12 @@ def _read_reference(
 
 
 def _refuse_another_spec(
-    store: Path, manifest: Mapping[str, Any] | None, spec: Spec, *, given_spec: bool
+    store: Path,
+    manifest: Mapping[str, Any] | None,
+    spec: Spec,
+    *,
+    given_spec: bool,
+    recorded_in: str = paths.MANIFEST_NAME,
 ) -> None:
     """Refuse a sweep whose spec is not the one the store's kernels were computed with (its
     manifest's ``spec_hash``), before anything is written, as ``kernels`` and ``distance --spec``
@@ -232,7 +243,12 @@ def _refuse_another_spec(
     manifest (switch alone) or without kernels has no kernels' spec to keep; a spec that differs in its ``[probe]``
     alone is the same run's (kernels computed on another probe set; the sweep does not use it).
     Asked only where ``--spec`` or ``--ckpts`` chose the spec: without them the sweep is of the
-    run the store's kernels read, with its own ``conetool.toml``."""
+    run the store's kernels read, with its own ``conetool.toml``. ``manifest``: the store's, or
+    where it is missing or damaged what its kernel files carry of it
+    (:func:`~conetool.pipeline.switch_carried_spec.carried_spec`; ``recorded_in`` then says so):
+    files written before they carried their spec carry its hash alone, and then a spec whose
+    ``[probe]`` size and split alone differ (those of the store's probe file give the hash) is
+    told as the same run's; one differing in another key of ``[probe]`` cannot be told there."""
     if manifest is None or manifest.get("spec_hash") in (None, spec.hash()):
         return
     if not manifest.get("steps"):  # no kernels (yet): nothing a sweep would be read beside
@@ -241,15 +257,38 @@ def _refuse_another_spec(
     keys = resolved_differences(stored, spec.to_dict()) if isinstance(stored, Mapping) else []
     if keys and all(key.startswith("probe.") for key in keys):
         return
+    if not isinstance(stored, Mapping) and _probe_alone(spec, manifest):
+        return
     differs = f" It differs from the store's in {'; '.join(keys)}." if keys else ""
+    if not isinstance(stored, Mapping):
+        differs = (
+            " Its kernel files carry the hash of that spec, not the spec (written before they "
+            "carried it), so a spec differing from it in [probe] alone (a probe set the sweep "
+            "does not use) cannot be told from another here: if yours does, rebuild the manifest "
+            f"first with the spec the kernels were computed with (conetool kernels CKPTS --store "
+            f"{store} --spec THAT_SPEC), and switch tells by it."
+        )
     flag = f"--spec {spec.source}" if given_spec else f"the spec {spec.source}"
     raise StoreError(
         f"{flag}: its hash is {spec.hash()}, but the kernels of store {store} were computed "
-        f"with spec hash {manifest.get('spec_hash')} ({paths.MANIFEST_NAME}).{differs} conetool "
+        f"with spec hash {manifest.get('spec_hash')} ({recorded_in}).{differs} conetool "
         "never mixes specs in a store: a switch sweep there would be read beside the kernels of "
         "another run. Leave --spec and --ckpts out to sweep the run the store's kernels were "
         "computed from, or give this sweep a store of its own: --store OTHER_STORE."
     )
+
+
+def _probe_alone(spec: Spec, manifest: Mapping[str, Any]) -> bool:
+    """Whether ``spec`` with the ``[probe]`` size and split the record ``manifest`` gives
+    (``{"probe": {"size", "split"}}``) is the spec of its ``spec_hash``."""
+    probe = manifest.get("probe")
+    if not isinstance(probe, Mapping):
+        return False
+    size, split = probe.get("size"), probe.get("split")
+    if not isinstance(size, int) or not isinstance(split, str):
+        return False
+    alike = replace(spec, probe=replace(spec.probe, size=size, split=split))
+    return bool(alike.hash() == manifest.get("spec_hash"))
 
 
 def _refuse_another_run(
