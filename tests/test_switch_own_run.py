@@ -5,6 +5,7 @@ store's is refused, and ``--quiet`` keeps the warnings of a sweep that fails."""
 from __future__ import annotations
 
 import copy
+import errno
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from tiny_run import SPEC, run_fixtures, train_tiny
 from typer.testing import CliRunner
 
 from conetool import paths
+from conetool.checkpoints import _hashed_reads
+from conetool.checkpoints._opening import open_error
 from conetool.cli import app
 from conetool.errors import ConetoolError
 from conetool.loop import TrainingLoop
@@ -177,7 +180,7 @@ def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, tmp_pat
     refused = runner.invoke(app, [*args, "--ckpts", str(second), "--spec", str(spec)])
     assert refused.exit_code == 1, refused.output
     text = flat(refused.output)
-    assert f"--ckpts {second} is another run than the one the store's kernels" in text, text
+    assert f"--ckpts {second} holds other checkpoint files than the run the store's" in text, text
     assert f"({first.resolve()})" in text and "--store OTHER_STORE" in text, text
     assert f"{second / 'ckpt_10.pt'}" in text, text  # the latest step both hold
     assert not paths.switch_dir(store).exists()  # nothing written
@@ -195,6 +198,7 @@ def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, tmp_pat
     assert again.exit_code == 1, again.output
     text = flat(again.output)
     assert f"the checkpoints in {first} changed since conetool kernels read them" in text, text
+    assert "its bytes differ (sha256), against the record in" in text, text
     assert f"rerun conetool kernels {first} --store {store}" in text, text
 
 
@@ -222,7 +226,7 @@ def test_another_run_is_refused_by_the_kernel_files_records_when_the_manifest_is
     refused = runner.invoke(app, [*args, "--ckpts", str(second), "--spec", str(spec)])
     assert refused.exit_code == 1, refused.output
     text = flat(refused.output)
-    assert f"--ckpts {second} is another run than the one the store's kernels" in text, text
+    assert f"--ckpts {second} holds other checkpoint files than the run the store's" in text, text
     assert f"({first.resolve()})" in text and f"{second / 'ckpt_10.pt'}" in text, text
     assert f"the record its kernel file carries ({paths.MANIFEST_NAME} is {lost})" in text, text
     assert not paths.switch_dir(store).exists()  # nothing written
@@ -232,6 +236,76 @@ def test_another_run_is_refused_by_the_kernel_files_records_when_the_manifest_is
     ok = runner.invoke(app, [*args, "--ckpts", str(moved), "--spec", str(spec), "-q"])
     assert ok.exit_code == 0, ok.output
     assert paths.switch_point(store, 5).is_file()
+
+
+def test_the_same_run_converted_to_other_files_is_refused_with_a_true_message(run, tmp_path):
+    """The store's run converted from .safetensors to torch.save files (the same tensors): the
+    refusal said '--ckpts is another run' and 'its size or content differs', neither true. No
+    identity of the weights is recorded, so it stays refused; the message says the files
+    differ, that a converted or re-saved copy is refused too, and what to do (its own store,
+    whose kernels the command named computes, or the store's run without --ckpts): both work."""
+    store = tmp_path / "s"
+    made = runner.invoke(app, ["kernels", str(run), "--store", str(store)])
+    assert made.exit_code == 0, made.output
+    converted = own_loop_copy(run, tmp_path / "converted")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    args = ["switch", "--at", "5", "--until", "10", "--device", "cpu"]
+    given = ["--ckpts", str(converted), "--spec", str(spec)]
+    refused = runner.invoke(app, [*args, *given, "--store", str(store)])
+    assert refused.exit_code == 1, refused.output
+    text = flat(refused.output)
+    assert "another run than" not in text and "content differs" not in text, text
+    assert f"--ckpts {converted} holds other checkpoint files than the run" in text, text
+    assert "another run, or that run converted or saved again" in text, text
+    size = (converted / "ckpt_10.pt").stat().st_size
+    recorded = paths.checkpoint(run, 10).stat().st_size
+    assert f"it has {size} bytes, the record {recorded}, against the record in" in text, text
+    assert "converted to other files (.safetensors to .pt) or saved again is refused too" in text
+    other = tmp_path / "other"
+    assert f"conetool kernels {converted} --store OTHER_STORE computes its kernels" in text, text
+    assert not paths.switch_dir(store).exists()  # nothing written
+    # what it says to do works: kernels of the copy into a store of its own, then the sweep
+    made = runner.invoke(
+        app, ["kernels", str(converted), "--spec", str(spec), "--store", str(other)]
+    )
+    assert made.exit_code == 0, made.output
+    ok = runner.invoke(app, [*args, *given, "--store", str(other), "-q"])
+    assert ok.exit_code == 0, ok.output
+    ok = runner.invoke(app, [*args, "--store", str(store), "-q"])  # the store's run, no --ckpts
+    assert ok.exit_code == 0, ok.output
+
+
+def test_a_checkpoint_unreadable_where_the_run_is_told_is_named_with_why_it_is_read(
+    run, tmp_path, monkeypatch
+):
+    """The checkpoint of the latest step both --ckpts and the store hold is hashed in full to
+    tell the run (the listing read its header alone): an I/O error there escaped as the file's
+    bare error, about a step the sweep does not use (--at 0 --until 5, step 10 read). Its
+    error, naming the file and the fix, now says why switch reads it; nothing is written."""
+    store = tmp_path / "s"
+    made = runner.invoke(app, ["kernels", str(run), "--store", str(store)])
+    assert made.exit_code == 0, made.output
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    bad = moved / paths.checkpoint(run, 10).name
+    real = _hashed_reads.stream_file
+
+    def stream_file(path: Path, *, keep: bool) -> Any:
+        if Path(path) == bad:
+            raise open_error(Path(path), OSError(errno.EIO, "Input/output error"))
+        return real(path, keep=keep)
+
+    monkeypatch.setattr(_hashed_reads, "stream_file", stream_file)
+    args = ["switch", "--at", "0", "--until", "5", "--store", str(store), "--device", "cpu"]
+    refused = runner.invoke(app, [*args, "--ckpts", str(moved)])
+    assert refused.exit_code == 1, refused.output
+    text = flat(refused.output)
+    assert f"cannot read '{bad}': Input/output error. Check the file and the disk." in text, text
+    assert f"reads the checkpoint of step 10, the latest step both --ckpts {moved}" in text, text
+    assert not paths.switch_dir(store).exists()
+    monkeypatch.setattr(_hashed_reads, "stream_file", real)
+    ok = runner.invoke(app, [*args, "--ckpts", str(moved), "-q"])  # the same files: accepted
+    assert ok.exit_code == 0, ok.output
 
 
 def test_a_store_without_kernels_takes_any_run(run, tmp_path):

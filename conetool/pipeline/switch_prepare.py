@@ -306,8 +306,11 @@ def _refuse_another_run(
     that share their initial weights still differ there): its file's size, then its fingerprint,
     against the store's record of that step (the fingerprint of the reference checkpoint read
     already when it is that step, else one streamed hash of the file). A run moved or renamed
-    since ``conetool kernels``, holding the same files, passes; a store without kernels, or with
-    no step in common, has nothing to tell it by. ``manifest``: the store's, or where it is
+    since ``conetool kernels``, holding the same files, passes; the same run converted to other
+    files (``.safetensors`` to ``.pt``) or saved again is refused too, and the message says so
+    (no identity of the weights themselves is recorded to tell it by); a store without kernels,
+    or with no step in common, has nothing to tell it by. A file that cannot be read in full
+    there is named with why switch reads it. ``manifest``: the store's, or where it is
     missing or damaged what its kernel files carry of it
     (:func:`~conetool.pipeline.remembered.carried_run`; ``recorded_in`` then says so)."""
     records = manifest.get("steps")
@@ -321,39 +324,60 @@ def _refuse_another_run(
     if not isinstance(record, Mapping):
         return
     try:
-        same = ref.file_state()[0] == record.get("size")
-        if same:
-            now = read.fingerprint if read is not None and read.ref.step == step else None
-            same = (now or fingerprint(ref)) == record.get("fingerprint")
+        size = ref.file_state()[0]
+        now = read.fingerprint if read is not None and read.ref.step == step else None
+        if size == record.get("size") and (now or fingerprint(ref)) == record.get("fingerprint"):
+            return
     except OSError:
         return  # a file gone since the listing: its point's load says so
-    if same:
-        return
+    except CheckpointError as exc:  # unreadable, or changed while it was read
+        raise _unreadable_for_the_check(exc, step, ckpts) from None
     recorded = manifest.get("checkpoints")
     sources = record.get("source")
     was = ", ".join(map(str, sources)) if isinstance(sources, list) and sources else "its record"
     files = ", ".join(str(p) for p in ref.paths)
+    differs = (
+        f"it has {size} bytes, the record {record.get('size')}"
+        if size != record.get("size")
+        else "its bytes differ (sha256)"
+    )
     in_place = isinstance(recorded, str) and Path(recorded).resolve() == ckpts.resolve()
     other = (
-        f"the checkpoints in {ckpts} changed since conetool kernels read them (the run was "
-        "trained again into the same folder?)"
+        f"the checkpoints in {ckpts} changed since conetool kernels read them (the run trained "
+        "again into the same folder, or its files converted or saved again?)"
         if in_place
-        else f"--ckpts {ckpts} is another run than the one the store's kernels were computed "
-        f"from ({recorded or 'its directory is not recorded'})"
+        else f"--ckpts {ckpts} holds other checkpoint files than the run the store's kernels "
+        f"were computed from ({recorded or 'its directory is not recorded'}): another run, or "
+        "that run converted or saved again"
     )
     raise StoreError(
         f"{other}: its checkpoint of step {step} ({files}) is not the file the kernel of step "
-        f"{step} in store {store} was computed from ({was}: its size or content differs from "
-        f"{recorded_in}). A switch sweep there would put this run's points "
-        "beside the store's run's (switch/results.csv, the figure, the report). Give this sweep "
-        "a store of its own: --store OTHER_STORE"
+        f"{step} in store {store} was computed from ({was}): {differs}, against "
+        f"{recorded_in}. conetool tells a run by its files' bytes, not by the weights in them, "
+        "so a copy of the same run converted to other files (.safetensors to .pt) or saved "
+        "again is refused too. A switch sweep there would put this run's points beside the "
+        "store's run's (switch/results.csv, the figure, the report). Give this sweep a store of "
+        "its own: --store OTHER_STORE"
         + (
             f"; or rerun conetool kernels {ckpts} --store {store} first to recompute the "
             "changed kernels."
             if in_place
-            else "; or leave --ckpts out to sweep the store's run. (A run moved or renamed "
-            "since conetool kernels, holding the same files, is accepted.)"
+            else f" (conetool kernels {ckpts} --store OTHER_STORE computes its kernels there); "
+            "or leave --ckpts out to sweep the store's run from the files its kernels read. (A "
+            "run moved or renamed since conetool kernels, holding the same files, is accepted.)"
         )
+    )
+
+
+def _unreadable_for_the_check(exc: CheckpointError, step: int, ckpts: Path) -> CheckpointError:
+    """The error of a checkpoint that cannot be read in full when ``switch --ckpts`` hashes it
+    to tell the run from the store's (its listing read no more than its header): the file's own
+    error (named, with its fix), then why switch reads that step, which the sweep may not
+    otherwise need."""
+    return CheckpointError(
+        f"{exc} (conetool switch reads the checkpoint of step {step}, the latest step both "
+        f"--ckpts {ckpts} and the store's kernels hold, to tell whether it is the run those "
+        "kernels were computed from; nothing was written.)"
     )
 
 
