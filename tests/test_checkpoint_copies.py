@@ -18,7 +18,13 @@ from tiny_run import SPEC_TOML
 from typer.testing import CliRunner
 
 from conetool import paths
-from conetool.checkpoints import _hashed_reads, inspect_checkpoints, list_checkpoints, load
+from conetool.checkpoints import (
+    _hashed_reads,
+    _torch_save,
+    inspect_checkpoints,
+    list_checkpoints,
+    load,
+)
 from conetool.cli import app
 from conetool.ntk import empirical_ntk
 from conetool.pipeline.resolve import model_for
@@ -119,7 +125,8 @@ def test_a_copy_of_its_steps_tensors_stays_silent_and_unread(
     assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
     assert not [m for m in told if "last.pt" in m], told
     assert streamed == []  # told apart by their zip directories: no tensor data read
-    # the same weights in another dict (an optimizer state beside them): read in full, silent
+    # the same weights in another dict (an optimizer state beside them): told by the records
+    # of the state dict's own tensors, silent and unread (was: both files read in full)
     loop_save(
         tmp_path / "ckpt_10.pt",
         10,
@@ -129,6 +136,11 @@ def test_a_copy_of_its_steps_tensors_stays_silent_and_unread(
     listed, told = said(tmp_path)
     assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
     assert not [m for m in told if "last.pt" in m], told
+    assert streamed == []
+    # other weights there: read in full, and said
+    loop_save(tmp_path / "last.pt", 20, 10)
+    listed, told = said(tmp_path)
+    assert [m for m in told if "last.pt" in m and "other tensors" in m], told
     assert streamed, "compared in full"
     # a step the selection leaves out is not compared, nor said
     loop_save(tmp_path / "last.pt", 20, 10)
@@ -172,6 +184,55 @@ def test_a_final_copy_storing_no_step_with_other_weights_is_warned_of(tmp_path: 
     torch.save(weights(20), tmp_path / "final.pt")
     listed, told = said(tmp_path, steps=(0, 5))
     assert listed == [(0, "ckpt_0.pt")] and not [m for m in told if "final.pt" in m], told
+
+
+def test_a_final_copy_with_an_optimizer_state_beside_the_last_steps_weights_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Was: a final.pt saved as {"model": sd, "optimizer": ...} beside ckpt_N.pt holding sd alone
+    # differs in its zip records, so every listing read both files in full to compare them
+    # (seconds for big checkpoints). The records of the state dict's own tensors (told from the
+    # pickle, read onto the meta device, and the zip directory) are the same: silent, unread.
+    for step in (0, 10):
+        torch.save(weights(step), tmp_path / f"ckpt_{step}.pt")
+    momentum = {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"params": [0]}]}
+    torch.save({"model": weights(10), "optimizer": momentum}, tmp_path / "final.pt")
+    streamed: list[Path] = []
+    real = _hashed_reads.stream_file
+
+    def counted(path: Path, **kwargs: bool) -> _hashed_reads.Streamed:
+        streamed.append(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(_hashed_reads, "stream_file", counted)
+    monkeypatch.setattr(load, "stream_file", counted)
+    listed, told = said(tmp_path)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    assert not [m for m in told if "final.pt" in m], told
+    assert streamed == []
+    # a torch that records no storage offset on the meta device: compared in full, as before
+    monkeypatch.setattr(_torch_save, "_meta_offsets", lambda: False)
+    listed, told = said(tmp_path)
+    assert not [m for m in told if "final.pt" in m], told
+    assert {p.name for p in streamed} == {"final.pt", "ckpt_10.pt"}, streamed
+    monkeypatch.undo()
+    monkeypatch.setattr(_hashed_reads, "stream_file", counted)
+    monkeypatch.setattr(load, "stream_file", counted)
+    streamed.clear()
+    # DDP's prefix on the final copy's keys: the same weights all the same
+    wrapped = {f"module.{k}": v for k, v in weights(10).items()}
+    torch.save({"model": wrapped, "optimizer": momentum}, tmp_path / "final.pt")
+    listed, told = said(tmp_path)
+    assert not [m for m in told if "final.pt" in m] and streamed == [], told
+    # one tensor of the weights other: its record differs, so both are read in full, and said
+    other = weights(10)
+    first = next(iter(other))
+    other[first] = other[first] + 1
+    torch.save({"model": other, "optimizer": momentum}, tmp_path / "final.pt")
+    listed, told = said(tmp_path)
+    (warning,) = [m for m in told if "final.pt" in m]
+    assert "stores no step" in warning and "other tensors" in warning, warning
+    assert {p.name for p in streamed} == {"final.pt", "ckpt_10.pt"}, streamed
 
 
 # ------------------------------------------------------------------------------------------------

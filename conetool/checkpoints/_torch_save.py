@@ -9,6 +9,8 @@ file and the fix; discovery turns those errors into per-file problems.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import io
 import pickle
 import threading
@@ -25,6 +27,7 @@ import torch
 from conetool.errors import CheckpointError
 
 from . import _opening
+from ._keys import strip_common_prefixes
 from ._opening import MAX_HEADER, ZIP_MAGIC, open_error
 from ._state_dicts import (
     STATE_DICT_ENTRIES,
@@ -86,6 +89,77 @@ def storage_records(path: Path) -> Counter[tuple[int, int]] | None:
     except (OSError, zipfile.BadZipFile, EOFError):
         return None
     return Counter((i.CRC, i.file_size) for i in infos if "/data/" in i.filename)
+
+
+#: one tensor of a state dict as its torch.save file stores it: dtype, shape, strides, offset
+#: in its storage, and the ``(crc32, bytes)`` of the zip record holding that storage
+TensorRecord = tuple[str, tuple[int, ...], tuple[int, ...], int, int, int]
+
+
+def state_dict_records(path: Path) -> dict[str, TensorRecord] | None:
+    """Each tensor of the state dict a zip-format torch.save file holds (the one the listing
+    takes: :func:`unwrap_state_dict`), under its name without a wrapper prefix all share
+    (``module.``), with its storage's zip record (:data:`TensorRecord`): what the file holds of
+    the weights alone, told from the pickle and the zip directory, no tensor data read. Two
+    files with equal records hold the same state dict, bit for bit, whatever else they hold
+    (an optimizer state beside the weights in one of them).
+
+    The pickle is read onto the ``meta`` device, where torch records each storage's offset in
+    the file. None when that cannot be told: a torch that records no offset there, a file that
+    cannot be read so, an offset inside no data record."""
+    if not _meta_offsets():
+        return None
+    try:
+        obj = load_weights_only(lambda: str(path), map_location="meta")
+        state = unwrap_state_dict(obj, path, compare_values=False)
+        with zipfile.ZipFile(path) as z:
+            infos = sorted(z.infolist(), key=lambda i: i.header_offset)
+    except (CheckpointError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        return None
+    except (OSError, zipfile.BadZipFile):
+        return None  # (a file gone or cut short since the listing read it)
+    starts = [i.header_offset for i in infos]
+    records: dict[str, TensorRecord] = {}
+    for key, t in zip(strip_common_prefixes(state)[1], state.values(), strict=True):
+        storage = t.untyped_storage()
+        offset = getattr(storage, "_checkpoint_offset", None)
+        if not isinstance(offset, int):
+            return None
+        at = bisect.bisect_right(starts, offset) - 1
+        info = infos[at] if at >= 0 else None
+        end = starts[at + 1] if at + 1 < len(starts) else None
+        if (
+            info is None
+            or "/data/" not in info.filename
+            or info.file_size != storage.nbytes()
+            or offset < info.header_offset + 30 + len(info.orig_filename.encode())
+            or (end is not None and offset + info.file_size > end)
+        ):
+            return None  # not where a record of this storage's data lies
+        records[key] = (
+            str(t.dtype),
+            tuple(t.shape),
+            tuple(t.stride()),
+            int(t.storage_offset()),
+            info.CRC,
+            info.file_size,
+        )
+    return records
+
+
+@functools.cache
+def _meta_offsets() -> bool:
+    """Whether this torch, loading a file onto the ``meta`` device, reads no tensor data and
+    records each storage's offset in the file (``_checkpoint_offset``; torch before it read
+    the data): tried once on a file of one tensor."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    buf.seek(0)
+    try:
+        loaded = torch.load(buf, map_location="meta", weights_only=True)
+        return isinstance(getattr(loaded["w"].untyped_storage(), "_checkpoint_offset", None), int)
+    except Exception:  # (any failure: no such load here)
+        return False
 
 
 def _unsafe_pickle_error(path: Path, error: Exception) -> CheckpointError:

@@ -30,7 +30,12 @@ from ._keys import diff_keys, strip_common_prefixes
 from ._opening import open_error
 from ._safetensors_format import read_header
 from ._state_dicts import bitwise_equal
-from ._torch_save import check_torch_file, read_torch_contents, storage_records
+from ._torch_save import (
+    check_torch_file,
+    read_torch_contents,
+    state_dict_records,
+    storage_records,
+)
 from ._training_state_given import refuse_training_state
 from .records import (
     Candidate,
@@ -484,15 +489,22 @@ def _same_tensors(group: list[Candidate]) -> bool:
 
 
 def _same_weights(copy: Candidate, kept: Candidate) -> bool:
-    """Whether ``copy`` (``final.pt``, storing ``kept``'s step) holds what ``kept`` does. Two
-    torch.save files whose storage records have the same CRC-32s and sizes (their zip
-    directories, no tensor data read: one dict saved twice, Lightning's ``last.ckpt`` beside its
-    step's file) are the same; others are read in full and compared (:func:`_same_tensors`),
-    which only a copy that differs, or a dict of other entries, costs."""
+    """Whether ``copy`` (``final.pt``, storing ``kept``'s step, or no step) holds what ``kept``
+    does, told cheaply where it can be: two torch.save files whose storage records have the same
+    CRC-32s and sizes (their zip directories, no tensor data read: one dict saved twice,
+    Lightning's ``last.ckpt`` beside its step's file) are the same; so are two whose state
+    dicts' own tensors have the same records (:func:`state_dict_records`: a ``final.pt`` saving
+    the optimizer state beside the weights that ``ckpt_N.pt`` holds alone). Others are read in
+    full and compared (:func:`_same_tensors`), which only a copy whose weights' records differ,
+    or a file not told so (safetensors, shards, a torch that cannot tell), costs."""
     if copy.format == "torch" and kept.format == "torch" and len(kept.paths) == 1:
-        records = storage_records(copy.paths[0])
-        if records is not None and records == storage_records(kept.paths[0]):
-            return True
+        if len(copy.paths) == 1:
+            records = storage_records(copy.paths[0])
+            if records is not None and records == storage_records(kept.paths[0]):
+                return True
+            weights = state_dict_records(copy.paths[0])
+            if weights is not None and weights == state_dict_records(kept.paths[0]):
+                return True
     return _same_tensors([kept, copy])
 
 
