@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_checkpoints import write_hf, write_trainer_state
 from tiny_run import SPEC_TOML
 from typer.testing import CliRunner
 
@@ -61,6 +62,11 @@ def run_kernels(tmp_path: Path, ckpts: Path, *more: str) -> tuple[Path, str]:
     result = runner.invoke(app, [*args, "--dtype", "float64", "--device", "cpu", *more])
     assert result.exit_code == 0, result.output
     return store, " ".join(result.output.split())
+
+
+def squeezed(text: str) -> str:
+    """``text`` without whitespace: what the console said, wherever it broke its lines."""
+    return "".join(text.split())
 
 
 def assert_kernel_of(store: Path, step: int, seed: int) -> None:
@@ -291,3 +297,40 @@ def test_a_step_lost_at_load_names_its_copy_and_how_to_read_it(tmp_path: Path):
     loop_save(run / "ckpt_10.pt", 10, 10)
     _, out = run_kernels(tmp_path, run, "--skip-bad")
     assert "named without a step" not in out, out
+
+
+def test_a_trainer_folder_lost_at_load_names_the_final_model_by_its_global_step(tmp_path: Path):
+    # Was: a Trainer's output directory (checkpoint-N/ folders, its final model.safetensors and
+    # trainer_state.json at the top), checkpoint-10/ refused as it was read under --skip-bad:
+    # the hint called the final model a copy 'named without a step' that 'stores step 10', but
+    # it stores none: the global_step of the top trainer_state.json gives it.
+    out = tmp_path / "out"
+    for step in (5, 10):
+        write_hf(out, step, weights(step))
+    broken = weights(10)
+    next(iter(broken.values()))[0] = float("nan")  # a diverged save
+    save_file(broken, str(out / "checkpoint-10" / "model.safetensors"))
+    save_file(weights(10), str(out / "model.safetensors"))  # Trainer.save_model
+    write_trainer_state(out, 10)
+    _, said = run_kernels(tmp_path, out, "--skip-bad")
+    assert "skipped step 10" in said and "non-finite" in said.lower(), said
+    assert "storesstep10" not in squeezed(said), said
+    hint = (
+        f"'{out / 'model.safetensors'}', the Trainer's final model (Trainer.save_model), stores "
+        f"no step; the global_step of '{out / 'trainer_state.json'}' makes it step 10, which "
+        f"'{out / 'checkpoint-10'}' gives, so it was left out: to read it for step 10, move "
+        f"'{out / 'checkpoint-10'}' out of the directory and rerun."
+    )
+    assert squeezed(hint) in squeezed(said), said  # (rich breaks a long path where it wraps)
+    # the fix it names: the final model is read for step 10
+    shutil.move(out / "checkpoint-10", tmp_path / "checkpoint-10")
+    store, said = run_kernels(tmp_path, out)
+    assert "skipped" not in said, said
+    assert_kernel_of(store, 5, 5)
+    assert_kernel_of(store, 10, 10)
+    # a final model whose own metadata stores the step is still said to store it
+    shutil.move(tmp_path / "checkpoint-10", out / "checkpoint-10")
+    save_file(weights(10), str(out / "model.safetensors"), metadata={"step": "10"})
+    _, said = run_kernels(tmp_path, out, "--skip-bad")
+    stored = f"'{out / 'model.safetensors'}', named without a step, stores step 10 too"
+    assert squeezed(stored) in squeezed(said), said

@@ -86,6 +86,7 @@ from .records import (
     Candidate,
     CheckpointRef,
     CheckpointWarning,
+    LeftCopy,
     Scan,
 )
 from .scanning import FOLDER_WEIGHTS, only_checkpoint_file, scan_directory
@@ -694,7 +695,7 @@ class CheckpointListing:
     left_out: dict[Path, str] = field(default_factory=dict)
     #: step read -> the files left out as its copies though they are no file of it (``final.pt``
     #: storing the step, a Trainer's final model): read in its place if its file were moved out
-    copies: dict[int, list[Path]] = field(default_factory=dict)
+    copies: dict[int, list[LeftCopy]] = field(default_factory=dict)
 
 
 def list_checkpoints(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ._safetensors_format import SAFETENSORS_SUFFIX, SafetensorsHeader
 from ._stored_steps import BadStep
@@ -68,6 +69,16 @@ class CheckpointRef:
     def format(self) -> str:
         """``"safetensors"`` or ``"torch"`` (pickle-based, read with ``weights_only=True``)."""
         return "safetensors" if is_safetensors(self.paths[0]) else "torch"
+
+
+class LeftCopy(NamedTuple):
+    """A file left out as a copy of a step another file gives: ``final.pt`` storing the step,
+    or a Hugging Face Trainer's final model of a step a ``checkpoint-N/`` folder gives."""
+
+    path: Path
+    #: the ``trainer_state.json`` whose ``global_step`` gives its step (a Trainer's final model
+    #: that stores none); None when the file stores its step
+    state_file: Path | None = None
 
 
 @dataclass
@@ -177,5 +188,5 @@ class Scan:
     # last numbered checkpoint): (copy's name, the last file read, its step)
     stepless_copies: list[tuple[str, str, int]] = field(default_factory=list)
     # every file left out as a copy of a step another file gives (final.pt, a Trainer's final
-    # model): step -> their paths, for a step whose file fails when it is read to name them
-    left_copies: dict[int, list[Path]] = field(default_factory=dict)
+    # model): step -> them, for a step whose file fails when it is read to name them
+    left_copies: dict[int, list[LeftCopy]] = field(default_factory=dict)

@@ -39,6 +39,7 @@ from ._torch_save import (
 from ._training_state_given import refuse_training_state
 from .records import (
     Candidate,
+    LeftCopy,
     Scan,
     has_checkpoint_suffix,
     is_safetensors,
@@ -753,7 +754,7 @@ def scan_directory(
             scan.candidates.remove(c)
             scan.ignored.append(c.name)
             if c.step is not None and c.step in named and c.problem is None:
-                scan.left_copies.setdefault(c.step, []).append(c.location)
+                scan.left_copies.setdefault(c.step, []).append(LeftCopy(c.location))
                 # later weights saved with a stale step would be lost without a word: a copy
                 # of a selected step that holds other tensors than its file is said
                 if is_selected(c.step, steps, every) and not _same_weights(c, stepped[c.step]):
@@ -797,7 +798,10 @@ def scan_directory(
             if step not in folders:
                 scan.final_left.append((c.name, step))
             elif scan.best_model is None:  # (with one, it would not be read in the folder's place)
-                scan.left_copies.setdefault(step, []).append(c.location)
+                # its step the file's own, else the global_step of the directory's state file
+                by_state = c.step_inside is None and step == c.global_step
+                state = scan.directory / "trainer_state.json" if by_state else None
+                scan.left_copies.setdefault(step, []).append(LeftCopy(c.location, state))
         _note_stand_ins(scan, finals, folders, folders=True)
     kept = []
     for c in scan.candidates:

@@ -18,6 +18,7 @@ from torch import nn
 from ..checkpoints import CheckpointRef
 from ..checkpoints.discover import abridged, each_file
 from ..checkpoints.fit import model_fits
+from ..checkpoints.records import LeftCopy
 from ..errors import (
     CheckpointOverflowError,
     ConetoolError,
@@ -195,19 +196,33 @@ def skipped_warning(exc: ConetoolError, ref: CheckpointRef, first: dict[str, int
     return f"skipped step {ref.step} ({ref.file}): {message}"
 
 
-def copies_hint(ref: CheckpointRef, copies: Sequence[Path]) -> str:
+def copies_hint(ref: CheckpointRef, copies: Sequence[LeftCopy]) -> str:
     """What follows the problem of a step ``--skip-bad`` goes on without when the listing left
-    out ``copies`` of it (``final.pt`` storing the step: not read while the step's own file is
-    there): that they exist, and how to read one in its place. "" when there are none."""
+    out ``copies`` of it (``final.pt`` storing the step; a Hugging Face Trainer's final model,
+    whose step is the output directory's global_step: not read while the step's own file or
+    ``checkpoint-N/`` folder is there): that they exist, how each gives the step, and how to
+    read one in its place. "" when there are none."""
     if not copies:
         return ""
-    one = len(copies) == 1
-    names = " and ".join(f"'{p}'" for p in copies)
+    said = []
+    stored = [c.path for c in copies if c.state_file is None]
+    if stored:
+        one = len(stored) == 1
+        names = " and ".join(f"'{p}'" for p in stored)
+        said.append(
+            f"{names}, named without a step, store{'s' if one else ''} step {ref.step} too and "
+            f"{'was' if one else 'were'} left out as {'its copy' if one else 'its copies'}"
+        )
+    said += [
+        f"'{c.path}', the Trainer's final model (Trainer.save_model), stores no step; the "
+        f"global_step of '{c.state_file}' makes it step {ref.step}, which '{ref.file}' gives, "
+        "so it was left out"
+        for c in copies
+        if c.state_file is not None
+    ]
     return (
-        f" {names}, named without a step, store{'s' if one else ''} step {ref.step} too and "
-        f"{'was' if one else 'were'} left out as {'its copy' if one else 'its copies'}: to read "
-        f"{'it' if one else 'one of them'} for step {ref.step}, move '{ref.file}' out of the "
-        f"directory and rerun."
+        f" {'; '.join(said)}: to read {'it' if len(copies) == 1 else 'one of them'} for step "
+        f"{ref.step}, move '{ref.file}' out of the directory and rerun."
     )
 
 

@@ -24,6 +24,7 @@ from ..checkpoints import (
     apply_checkpoint,
     read_checkpoint,
 )
+from ..checkpoints.records import LeftCopy
 from ..checkpoints.selection import is_selected
 from ..data import DataBundle
 from ..errors import ConetoolError, KeyMismatchError
@@ -138,9 +139,9 @@ class KernelsPlan:
     # the store's manifest.json as the plan read it (None: none, or unreadable), --overwrite or
     # not: mixed_runs.another_run checks it without reading it again
     manifest: dict[str, Any] | None = None
-    # step -> the files the listing left out as its copies (final.pt storing the step), named
-    # when the step's own file fails as it is read (--skip-bad)
-    copies: Mapping[int, Sequence[Path]] = field(default_factory=dict)
+    # step -> the files the listing left out as its copies (final.pt storing the step, a
+    # Trainer's final model), named when the step's own file fails as it is read (--skip-bad)
+    copies: Mapping[int, Sequence[LeftCopy]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
