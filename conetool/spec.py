@@ -764,7 +764,7 @@ def resolved_differences(a: Mapping[str, Any], b: Mapping[str, Any], limit: int 
             if (key in before) != (key in after) or _canonical(before[key]) != _canonical(
                 after[key]
             ):
-                was, now = (_shown(d[key]) if key in d else "(not set)" for d in (before, after))
+                was, now = (toml_text(d[key]) if key in d else "(not set)" for d in (before, after))
                 said.append(f"{section}.{key} = {was} (now {now})")
     if len(said) > limit:
         said = [*said[:limit], f"and {len(said) - limit} more"]
@@ -780,11 +780,6 @@ def _canonical(value: Any) -> str:
 def toml_text(value: Any) -> str:
     """``value`` as a spec file writes it (``0.1``, ``true``, ``[0.9, 0.999]``; a value TOML
     cannot hold: its repr), for messages that name a key's value."""
-    return _shown(value)
-
-
-def _shown(value: Any) -> str:
-    """``value`` as the spec file writes it (a value TOML cannot hold: its repr)."""
     try:
         return _toml_value(value)
     except SpecError:
