@@ -237,8 +237,9 @@ class Maker:
         return layout
 
     def pick(self) -> int:
-        """One of the layout's steps whose main file is still good."""
-        good = sorted(self.layout.truth)
+        """One of the layout's steps whose main file is still good (not a step a copy named
+        without a step alone gives: that has no main file to vary)."""
+        good = sorted(step for step in self.layout.truth if step in self.main)
         return self.rng.choice(good) if good else sorted(self.main)[0]
 
     def replace(self, n: int, data: bytes, why: str, *, broken: bool) -> None:
