@@ -112,6 +112,35 @@ def test_a_copy_with_other_weights_than_its_steps_file_is_warned_of(tmp_path: Pa
     assert_kernel_of(store, 20, 20)
 
 
+@pytest.mark.parametrize("copy", ["final.safetensors", "last.safetensors"])
+def test_a_safetensors_copy_with_other_weights_than_its_steps_file_is_warned_of(
+    tmp_path: Path, copy: str
+):
+    # Was: final.safetensors storing step 10 in its metadata, with other weights than
+    # ckpt_10.pt, was read as a second file of step 10: both refused ('two checkpoints have
+    # step 10'), and under --skip-bad both left out, step 10's own good file lost with the copy
+    # (found by fuzz_cli --mode ckpts, seed 4, call 83). A torch.save copy was left out with a
+    # warning; so is this one.
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        loop_save(run / f"ckpt_{step}.pt", step, step)
+    save_file(weights(20), str(run / copy), metadata={"step": "10"})
+    listed, told = said(run)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    (warning,) = [m for m in told if copy in m]
+    assert "'ckpt_10.pt' is read for step 10" in warning and "other tensors" in warning, warning
+    for more in ([], ["--skip-bad"]):
+        store, out = run_kernels(tmp_path, run, *more)
+        assert f"'{copy}'" in out and "other tensors" in out, out
+        assert_kernel_of(store, 10, 10)  # step 10's own file, not the copy
+    # the same tensors again (an export of the step's weights): left out, its note as before
+    save_file(weights(10), str(run / copy), metadata={"step": "10"})
+    listed, told = said(run)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    assert not [m for m in told if "other tensors" in m], told
+
+
 def test_a_copy_of_its_steps_tensors_stays_silent_and_unread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

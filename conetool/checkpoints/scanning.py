@@ -737,17 +737,28 @@ def scan_directory(
         # loop's final.pt, its last step saved under no other name) is that step's checkpoint.
         # A file of the step that is unusable (truncated, no checkpoint) gives it to no one:
         # the alias stands in for it, said by the listing (--skip-bad leaves that file out).
+        # A safetensors alias storing such a step is left out so when it holds other tensors
+        # (a loop's later weights under a stale step counter, as final.pt): read beside that
+        # step's file, both were refused as two files of one step, and --skip-bad lost the
+        # step; one of the same tensors is left to the duplicates' check, whose note names it.
         named = {c.step for c in scan.candidates if not _is_alias(c) and _usable_step(c)}
-        aliases = [
-            c
-            for c in scan.candidates
-            if _is_alias(c)
-            and (c.step is None or (c.format == "torch" and c.step_inside and c.step in named))
-        ]
         stepped: dict[int | None, Candidate] = {}  # the file of each step, the first by name
         for c in scan.candidates:
             if not _is_alias(c) and _usable_step(c):
                 stepped.setdefault(c.step, c)
+        aliases = [
+            c
+            for c in scan.candidates
+            if _is_alias(c)
+            and (
+                c.step is None
+                or (
+                    c.step_inside
+                    and c.step in named
+                    and (c.format == "torch" or not _same_weights(c, stepped[c.step]))
+                )
+            )
+        ]
         last_step = max((k for k in stepped if k is not None), default=None)
         last = None if last_step is None else stepped[last_step]
         for c in aliases:
@@ -757,7 +768,10 @@ def scan_directory(
                 scan.left_copies.setdefault(c.step, []).append(LeftCopy(c.location))
                 # later weights saved with a stale step would be lost without a word: a copy
                 # of a selected step that holds other tensors than its file is said
-                if is_selected(c.step, steps, every) and not _same_weights(c, stepped[c.step]):
+                # (a safetensors one is left out only when it holds other tensors: known)
+                if is_selected(c.step, steps, every) and (
+                    c.format != "torch" or not _same_weights(c, stepped[c.step])
+                ):
                     scan.other_copies.append((c.name, stepped[c.step].name, c.step))
             held = unmatched.get(c.name)
             if pattern is not None and held is not None and held not in named:
