@@ -332,10 +332,15 @@ def mixed_message(
     wanted: StoreIdentity,
     count: int,
     specs: tuple[Any, Any] = (None, None),
+    source: Any = None,
+    written: Any = None,
 ) -> str:
     """The refusal to open the store ``root`` of identity ``found`` for ``wanted``. ``specs``:
     the store's resolved spec and this run's (as dicts, when known), so that a store whose spec
-    differs from this run's in the probe size alone names the ``--probe-size`` that adds to it."""
+    differs from this run's in the probe size alone names the ``--probe-size`` that adds to it.
+    ``source`` and ``written``: this run's spec file and the keys it sets (a manifest header's
+    ``spec_source`` and ``spec_written``), named when the specs differ: a run's own
+    ``conetool.toml``, read without ``--spec``, is otherwise nowhere in the message."""
     differences = [
         f"{name} {getattr(found, name)} (this run: {getattr(wanted, name)})"
         for name in ("spec_hash", "probe_hash", "kind", "dtype")
@@ -355,9 +360,16 @@ def mixed_message(
     if matching and same_spec:
         add_to_it = f"To add to it, pass {' '.join(matching)}. "
     changed = ""
+    named = ""
+    if isinstance(source, str) and source:
+        named = f", {source}," + (
+            " which sets no key (conetool's defaults all)," if written == [] else ""
+        )
     if found.spec_hash != wanted.spec_hash and all(isinstance(d, Mapping) for d in specs):
         if keys := resolved_differences(*specs):
-            changed = f" This run's spec differs from the store's in {'; '.join(keys)}."
+            changed = f" This run's spec{named} differs from the store's in {'; '.join(keys)}."
+    if found.spec_hash != wanted.spec_hash and not changed and named:
+        changed = f" This run's spec is {named.strip(' ,')}."
     return (
         f"store {root} holds {count} kernels made with another "
         f"{', '.join(differences)}; conetool never mixes them.{changed} {add_to_it}Use another "

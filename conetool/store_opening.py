@@ -212,7 +212,10 @@ class StoreOpening(CompanionRecords):
                     # the kernel files too: manifest.json may lag behind them (write_kernel)
                     held = max(len(manifest["steps"]), len(kernel_files(root)))
                     specs = (manifest.get("spec"), header.get("spec"))
-                    raise StoreError(mixed_message(root, found, identity, held, specs))
+                    source, written = header.get("spec_source"), header.get("spec_written")
+                    raise StoreError(
+                        mixed_message(root, found, identity, held, specs, source, written)
+                    )
                 if found != identity:
                     clears = True
                 else:

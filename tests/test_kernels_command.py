@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -550,8 +551,24 @@ def test_a_store_of_another_spec_names_the_keys_that_differ(run, tmp_path):
     with pytest.raises(StoreError) as refused:
         kernels(run, store=tmp_path / "s", device="cpu", spec=edited)
     message = str(refused.value)
-    assert "conetool never mixes them. This run's spec differs from the store's in " in message
+    said = f"conetool never mixes them. This run's spec, {edited}, differs from the store's in "
+    assert said in message, message
     assert "probe.seed = 0 (now 3). Use another --store" in message
+
+
+def test_a_store_of_another_spec_names_the_spec_file_read(run, tmp_path):
+    """The run's own conetool.toml, read without --spec, emptied: kernels took it for conetool's
+    defaults (LeNet-5 ...) and was refused as another spec, naming keys but not the file they
+    came from (found by scripts/fuzz_cli.py --mode store, seed 12, call 23)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    kernels(copy, store=tmp_path / "s", device="cpu")
+    paths.spec(copy).write_text("")
+    with pytest.raises(StoreError) as refused:
+        kernels(copy, store=tmp_path / "s", device="cpu")
+    message = " ".join(str(refused.value).split())
+    said = f"This run's spec, {paths.spec(copy)}, which sets no key (conetool's defaults all),"
+    assert said + " differs from the store's in model.arch" in message, message
 
 
 def test_a_spec_probe_size_beyond_the_data_names_the_spec_file(run, tmp_path):
