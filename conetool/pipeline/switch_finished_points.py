@@ -99,8 +99,41 @@ def _row(row: Any) -> Any:
 def point_payload(store: Path, t: int, key: dict[str, Any]) -> dict[str, Any] | None:
     """The JSON of the point at ``t`` in ``store`` when it has the reuse ``key``, else None (no
     file; damaged: recomputed and rewritten; computed for another spec, T or checkpoint)."""
-    payload = read_payload(paths.switch_point(store, t))
+    payload = read_point_payload(paths.switch_point(store, t))
     return payload if payload is not None and payload.get("key") == key else None
+
+
+def _number(value: Any, *, nan: bool = False) -> bool:
+    """Whether ``value`` is a JSON number (no ``true``/``false``), or null where ``nan``."""
+    if value is None:
+        return nan
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_point(payload: dict[str, Any]) -> bool:
+    """Whether ``payload`` is a point's record: a key object, ``at`` and ``until`` whole
+    numbers, the metrics numbers or null (NaN), the momentum's origin a string, the seconds a
+    number, the rows (when there) a list. A point file edited or damaged into another shape is
+    no finished point: computed again, not read into a sweep or results.csv."""
+    if not isinstance(payload.get("key"), dict):
+        return False
+    if not all(
+        isinstance(payload.get(k), int) and not isinstance(payload.get(k), bool)
+        for k in ("at", "until")
+    ):
+        return False
+    if not all(_number(payload.get(k), nan=True) and k in payload for k in _METRICS):
+        return False
+    if not isinstance(payload.get("momentum"), str) or not _number(payload.get("seconds")):
+        return False
+    return isinstance(payload.get("rows", []), list)
+
+
+def read_point_payload(path: Path) -> dict[str, Any] | None:
+    """The JSON object of the point file ``path`` when it is a point's record (:func:`is_point`);
+    None when there is none or it is damaged."""
+    payload = read_payload(path)
+    return payload if payload is not None and is_point(payload) else None
 
 
 def read_payload(path: Path) -> dict[str, Any] | None:
@@ -123,7 +156,7 @@ def payload_to_check(
     ``"<bytes>:<sha256>"``). None without reading ``ref``, its files' sizes alone: no such point
     (no file, a damaged one, another spec or T, a checkpoint of another size; or ``ref``'s files
     cannot be looked at, as its load will say), so that the point is to do."""
-    payload = read_payload(paths.switch_point(store, t))
+    payload = read_point_payload(paths.switch_point(store, t))
     key = None if payload is None else payload.get("key")
     if not isinstance(key, dict) or key.get("spec_hash") != spec.hash():
         return None
@@ -197,7 +230,7 @@ def _stored_points(store: Path) -> Iterator[Any]:
     """The payload (a JSON object) of each readable point file in ``store``
     (``switch/at_XXXXXX.json``), by ``at`` (damaged ones are left out: computed again)."""
     for path in sorted(paths.switch_dir(store).glob("at_*.json")):
-        payload = read_payload(path)
+        payload = read_point_payload(path)
         if payload is not None:
             yield payload
 
