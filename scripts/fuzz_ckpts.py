@@ -78,7 +78,9 @@ class Layout:
     file written for it (never read; named when left out); ``never``: steps that must not be read;
     ``refusable``: junk a call may refuse, naming it (a dangling ``.pt`` link: a checkpoint
     being rotated, as conetool cannot tell); ``stepless``: (copy storing no step with other weights than the last step's, that step),
-    to be warned of when that step is read; ``copies``: step -> the copy named without a step that alone gives it (not read under
+    to be warned of when that step is read; ``others``: (copy storing a step another file
+    gives, with other weights than that file's, that step): to be warned of, and that file read,
+    when it is good; ``copies``: step -> the copy named without a step that alone gives it (not read under
     --step-regex); ``regex``: a --step-regex that reads the main files' steps from their names; ``about``: what
     was done."""
 
@@ -92,6 +94,7 @@ class Layout:
     never: set[int] = field(default_factory=set)
     copies: dict[int, str] = field(default_factory=dict)
     stepless: list[tuple[str, int]] = field(default_factory=list)
+    others: list[tuple[str, int]] = field(default_factory=list)
     refusable: list[str] = field(default_factory=list)
     regex: str = ""
     about: list[str] = field(default_factory=list)
@@ -277,6 +280,8 @@ class Maker:
             self.copies[step] = name
         elif kind != "nostep":
             self.copied.append((step, exact(state), name))
+            if kind == "other":
+                layout.others.append((name, step))
         elif "best" not in name:
             layout.stepless.append((name, step))
 
@@ -510,6 +515,7 @@ def check_ckpts(argv: list[str], rc: int, output: str, work: Path, layout: Layou
     benign = not layout.broken and not layout.maybe and not regex and not layout.refusable
     benign = benign and any(lo <= step <= hi for step in truth)  # (else nothing is selected)
     command = argv[0]
+    stored: dict[int, dict[str, object]] = {}
     at = argv[argv.index("--at") + 1] if "--at" in argv else ""
     if rc == 1 and benign and (command != "switch" or (at.isdigit() and int(at) in truth)):
         found.append("refused-good: a layout of documented-good files was refused")
@@ -550,6 +556,11 @@ def check_ckpts(argv: list[str], rc: int, output: str, work: Path, layout: Layou
         for name, step in layout.stepless:
             if step in truth and lo <= step <= hi and not said(output, name):
                 found.append(f"wrong-step: {name} (no step, other weights) left out without a word")
+        for name, step in layout.others:
+            if step in truth and lo <= step <= hi and not said(output, name):
+                found.append(f"wrong-step: {name} (step {step}, other weights) left out unsaid")
+            if step in truth and lo <= step <= hi and command == "kernels" and step not in stored:
+                found.append(f"wrong-step: step {step}'s own file lost beside its copy {name}")
     if command == "inspect":
         import re
 

@@ -61,7 +61,9 @@ same checks plus ``unnamed-input``: a failing call's output names the input that
   ``switch --ckpts``. The fuzz knows which weights it wrote under which step, so beside the
   checks above: ``wrong-kernel``: a stored kernel is not, within 1e-5 relative, the float64
   :func:`conetool.ntk.empirical_ntk` of those weights; ``wrong-step``: a step stored (or shown by
-  ``inspect``) that was not written, or a step written but left out without its file named;
+  ``inspect``) that was not written, or a step written but left out without its file named, or
+  a copy named without a step that stores a good file's step with other weights left out
+  unnamed, or that file not read beside it;
   ``wrong-source``: a step read from another file than its own; ``refused-good``: a folder of
   documented-good files only (no broken file, no ``--step-regex``) refused.
 
