@@ -238,6 +238,41 @@ def test_another_run_is_refused_by_the_kernel_files_records_when_the_manifest_is
     assert paths.switch_point(store, 5).is_file()
 
 
+@pytest.mark.parametrize("lost", [None, "missing", "damaged"])
+def test_another_run_given_with_a_spec_differing_in_probe_alone_is_refused_without_a_manifest(
+    run, tmp_path, lost
+):
+    """--spec differing from the kernels' spec in [probe] alone (a probe set the sweep does not
+    use) sweeps the store's run, and another run given with it is refused by the manifest's
+    records. Without the manifest, the kernel files' records were looked up under the sweep's
+    own spec hash, which no kernel file carries: the second run's points went in beside the
+    kernels of the first. Now told by the records of the kernels' spec, as with the manifest."""
+    store = tmp_path / "s"
+    first = own_loop_copy(run, tmp_path / "first")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    made = runner.invoke(app, ["kernels", str(first), "--spec", str(spec), "--store", str(store)])
+    assert made.exit_code == 0, made.output
+    if lost == "missing":
+        paths.manifest(store).unlink()
+    elif lost == "damaged":
+        paths.manifest(store).write_text("{")
+    probe = copy.deepcopy(SPEC)
+    probe["probe"]["size"] = SPEC["probe"]["size"] - 1
+    other_probe = write_spec(tmp_path / "probe.toml", probe)
+    seed1 = copy.deepcopy(SPEC)
+    seed1["train"]["seed"] = 1
+    second = own_loop_copy(train_tiny(tmp_path / "seed1", seed1), tmp_path / "second")
+    args = ["switch", "--at", "5", "--until", "10", "--store", str(store), "--device", "cpu"]
+    refused = runner.invoke(app, [*args, "--ckpts", str(second), "--spec", str(other_probe)])
+    assert refused.exit_code == 1, refused.output
+    text = flat(refused.output)
+    assert f"--ckpts {second} holds other checkpoint files than the run the store's" in text, text
+    assert not paths.switch_dir(store).exists()  # nothing written
+    ok = runner.invoke(app, [*args, "--ckpts", str(first), "--spec", str(other_probe), "-q"])
+    assert ok.exit_code == 0, ok.output  # the store's own run, with that spec, still sweeps
+    assert paths.switch_point(store, 5).is_file()
+
+
 def test_the_same_run_converted_to_other_files_is_refused_with_a_true_message(run, tmp_path):
     """The store's run converted from .safetensors to torch.save files (the same tensors): the
     refusal said '--ckpts is another run' and 'its size or content differs', neither true. No

@@ -87,10 +87,12 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     reference = choice(Reference, o.reference, "--reference").value
     located = locate(store, ckpts, spec)
     ckpts_dir, spec, manifest = located.ckpts, located.spec, located.manifest
+    kernels_hash = spec.hash()  # the spec of the kernels a lost manifest's records are of
     if o.spec is not None or o.ckpts is not None:  # (else the run the store's kernels read)
         if manifest is not None:
             _refuse_another_spec(store, manifest, spec, given_spec=o.spec is not None)
         elif (kept := carried_spec(store, located.carried, spec.hash(), located.held)) is not None:
+            kernels_hash = str(kept["spec_hash"])  # (a spec differing in [probe] alone sweeps)
             # a manifest missing or damaged: what the kernel files carry stands in for it
             lost = f"the record its kernel files carry: {paths.MANIFEST_NAME} is {located.lost}"
             _refuse_another_spec(store, kept, spec, given_spec=o.spec is not None, recorded_in=lost)
@@ -184,7 +186,7 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     if o.ckpts is not None:  # (else the run the store's kernels read)
         if manifest is not None:
             _refuse_another_run(store, manifest, ckpts_dir, refs, read)
-        elif (kept := carried_run(located.carried, spec.hash())) is not None:
+        elif (kept := carried_run(located.carried, kernels_hash)) is not None:
             # a manifest missing or damaged: the records the kernel files carry stand in for it
             lost = f"the record its kernel file carries ({paths.MANIFEST_NAME} is {located.lost})"
             _refuse_another_run(store, kept, ckpts_dir, refs, read, lost)
