@@ -185,6 +185,56 @@ def test_a_copy_of_its_steps_tensors_stays_silent_and_unread(
     assert not [m for m in told if "last.pt" in m], told
 
 
+def test_a_copy_beside_a_zero_size_tensor_is_told_by_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Was: a state dict holding a tensor of no elements (torch gives its empty storage an offset
+    # that lands in the next record) had no records at all, so a copy of it was read in full on
+    # every listing. Its record is its dtype and shape alone now: equal copies are told the same
+    # unread, and a copy differing in a non-empty tensor beside it is still told apart.
+    def with_empty(seed: int) -> dict[str, torch.Tensor]:
+        return {**weights(seed), "empty": torch.zeros(0), "empty2": torch.zeros(0, 4)}
+
+    optimizer = {"state": {0: {"momentum_buffer": torch.ones(3)}}}
+    for step in (0, 10):
+        torch.save(
+            {"model_state_dict": with_empty(step), "step": step}, tmp_path / f"ckpt_{step}.pt"
+        )
+    # the same weights beside an optimizer state: the storage records differ, the weights' do not
+    torch.save(
+        {"model_state_dict": with_empty(10), "step": 10, "optimizer_state_dict": optimizer},
+        tmp_path / "last.pt",
+    )
+    assert _torch_save.state_dict_records(tmp_path / "last.pt") is not None
+    streamed: list[Path] = []
+    real = _hashed_reads.stream_file
+
+    def counted(path: Path, **kwargs: bool) -> _hashed_reads.Streamed:
+        streamed.append(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(_hashed_reads, "stream_file", counted)  # hashes
+    monkeypatch.setattr(load, "stream_file", counted)  # full reads
+    listed, told = said(tmp_path)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    assert not [m for m in told if "last.pt" in m], told
+    assert streamed == []  # told the same by the records: no tensor data read
+    # one non-empty tensor differs beside the empty ones: told apart, and said
+    other = with_empty(10)
+    name = next(k for k, v in other.items() if v.numel())
+    other[name] = other[name] + 1
+    torch.save(
+        {"model_state_dict": other, "step": 10, "optimizer_state_dict": optimizer},
+        tmp_path / "last.pt",
+    )
+    assert _torch_save.state_dict_records(tmp_path / "last.pt") != _torch_save.state_dict_records(
+        tmp_path / "ckpt_10.pt"
+    )
+    listed, told = said(tmp_path)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    assert [m for m in told if "last.pt" in m and "other tensors" in m], told
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_a_final_copy_storing_no_step_with_other_weights_is_warned_of(tmp_path: Path, suffix: str):
     # Was (found by scripts/fuzz_cli.py --mode ckpts): a loop's final.pt, its final weights

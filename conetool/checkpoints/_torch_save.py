@@ -106,7 +106,8 @@ def state_dict_records(path: Path) -> dict[str, TensorRecord] | None:
 
     The pickle is read onto the ``meta`` device, where torch records each storage's offset in
     the file. None when that cannot be told: a torch that records no offset there, a file that
-    cannot be read so, an offset inside no data record."""
+    cannot be read so, an offset inside no data record. A tensor of no elements is recorded
+    by its dtype and shape alone (``(dtype, shape, (), 0, 0, 0)``): it has no bytes to compare."""
     if not _meta_offsets():
         return None
     try:
@@ -121,6 +122,9 @@ def state_dict_records(path: Path) -> dict[str, TensorRecord] | None:
     starts = [i.header_offset for i in infos]
     records: dict[str, TensorRecord] = {}
     for key, t in zip(strip_common_prefixes(state)[1], state.values(), strict=True):
+        if t.numel() == 0:  # no bytes to compare: its dtype and shape are all it holds
+            records[key] = (str(t.dtype), tuple(t.shape), (), 0, 0, 0)
+            continue  # (torch gives an empty storage an offset in the next record)
         storage = t.untyped_storage()
         offset = getattr(storage, "_checkpoint_offset", None)
         if not isinstance(offset, int):
