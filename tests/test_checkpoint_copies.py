@@ -378,6 +378,35 @@ def test_a_step_lost_at_load_names_its_copy_and_how_to_read_it(tmp_path: Path):
     assert "named without a step" not in out, out
 
 
+def test_a_step_lost_at_load_with_two_copies_says_to_move_all_but_one(tmp_path: Path):
+    # Was: ckpt_10.pt refused as it was read under --skip-bad, with final.pt and last.pt both
+    # storing step 10 (other weights in last.pt), said 'to read one of them for step 10, move
+    # ckpt_10.pt out of the directory and rerun': done so, the rerun refused both copies ('two
+    # checkpoints have step 10'). The hint says the others go too.
+    run = tmp_path / "run"
+    run.mkdir()
+    loop_save(run / "ckpt_0.pt", 0, 0)
+    broken = weights(10)
+    next(iter(broken.values()))[0] = float("nan")  # a diverged save
+    torch.save({"model_state_dict": broken, "step": 10}, run / "ckpt_10.pt")
+    loop_save(run / "final.pt", 10, 10)
+    loop_save(run / "last.pt", 20, 10)  # later weights, a stale step counter
+    _, out = run_kernels(tmp_path, run, "--skip-bad")
+    hint = (
+        f"'{run / 'final.pt'}' and '{run / 'last.pt'}', named without a step, store step 10 too "
+        f"and were left out as its copies: to read one of them for step 10, move "
+        f"'{run / 'ckpt_10.pt'}' out of the directory with all of them but that one, and rerun."
+    )
+    assert squeezed(hint) in squeezed(out), out
+    # the fix it names: final.pt is read for step 10
+    (tmp_path / "aside").mkdir()
+    for name in ("ckpt_10.pt", "last.pt"):
+        shutil.move(run / name, tmp_path / "aside" / name)
+    store, out = run_kernels(tmp_path, run)
+    assert "skipped" not in out, out
+    assert_kernel_of(store, 10, 10)
+
+
 def test_a_trainer_folder_lost_at_load_names_the_final_model_by_its_global_step(tmp_path: Path):
     # Was: a Trainer's output directory (checkpoint-N/ folders, its final model.safetensors and
     # trainer_state.json at the top), checkpoint-10/ refused as it was read under --skip-bad:

@@ -201,7 +201,8 @@ def copies_hint(ref: CheckpointRef, copies: Sequence[LeftCopy]) -> str:
     out ``copies`` of it (``final.pt`` storing the step; a Hugging Face Trainer's final model,
     whose step is the output directory's global_step: not read while the step's own file or
     ``checkpoint-N/`` folder is there): that they exist, how each gives the step, and how to
-    read one in its place. "" when there are none."""
+    read one in its place (of several, the others moved out too: two files of one step that
+    hold other tensors are refused). "" when there are none."""
     if not copies:
         return ""
     said = []
@@ -220,9 +221,13 @@ def copies_hint(ref: CheckpointRef, copies: Sequence[LeftCopy]) -> str:
         for c in copies
         if c.state_file is not None
     ]
+    if len(copies) == 1:
+        move = f"move '{ref.file}' out of the directory and rerun"
+        return f" {said[0]}: to read it for step {ref.step}, {move}."
+    # (the others stay: two files of one step, not copies of each other, are both refused)
     return (
-        f" {'; '.join(said)}: to read {'it' if len(copies) == 1 else 'one of them'} for step "
-        f"{ref.step}, move '{ref.file}' out of the directory and rerun."
+        f" {'; '.join(said)}: to read one of them for step {ref.step}, move '{ref.file}' out of "
+        f"the directory with all of them but that one, and rerun."
     )
 
 
