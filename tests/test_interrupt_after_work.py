@@ -76,3 +76,52 @@ def test_a_real_ctrl_c_as_the_report_table_prints_says_the_report_was_written(tm
     assert done.returncode == 130, done.stderr
     assert done.stderr == f"interrupted. {FINISHED}\n", done.stderr
     assert paths.report_html(store).is_file()
+
+
+# Two commands in one process (a test, a program calling main again): the first one's work done,
+# a Ctrl-C before the second one's first line (as its options are read).
+INTERRUPT_BEFORE_THE_SECOND_COMMAND = """
+import signal, sys
+from conetool.cli import main, report_cmd
+
+args = sys.argv[1:]
+sys.argv = ["conetool", *args]
+try:
+    main()
+except SystemExit as done:
+    assert done.code == 0, done.code
+report_cmd.starting = lambda *a, **k: signal.raise_signal(signal.SIGINT)
+sys.argv = ["conetool", *args]
+main()
+"""
+
+
+def test_a_ctrl_c_before_a_second_command_starts_is_not_said_to_be_after_the_first(tmp_path):
+    # Was: the first command's 'The command had finished: ... (nothing to rerun).' stayed in
+    # INTERRUPT_ADVICE, and main said it of a second command interrupted before it had begun.
+    store = make_store(tmp_path / "store", [0, 1, 2], random_psd([0, 1, 2]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            INTERRUPT_BEFORE_THE_SECOND_COMMAND,
+            "report",
+            "--store",
+            str(store),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted.\n", done.stderr
+
+
+def test_a_command_that_fails_keeps_its_own_advice(tmp_path):
+    # a command ended by an error (exit 1) had not finished: a Ctrl-C after it says what it
+    # keeps and how to continue, never that it had finished
+    outcome = runner.invoke(app, ["report", "--store", str(tmp_path / "no-store"), "-q"])
+    assert outcome.exit_code == 1, outcome.output
+    assert INTERRUPT_ADVICE and "had finished" not in INTERRUPT_ADVICE[0], INTERRUPT_ADVICE

@@ -13,7 +13,7 @@ from .collector import defer_collection
 # isort: off
 # Each command module registers itself on the app; --help lists them in this (pipeline) order.
 try:
-    from .app import INTERRUPT_ADVICE, app
+    from .app import INTERRUPT_ADVICE, app, forget_last_command
     from . import train_cmd  # noqa: F401
     from . import inspect_cmd  # noqa: F401
     from . import kernels_cmd  # noqa: F401
@@ -45,6 +45,7 @@ def main() -> None:
     (a command imports PyTorch in its body) ends the process on the spot, without raising
     KeyboardInterrupt into the import (``_importing``).
     """
+    forget_last_command()  # (a command run before in this process: its advice is not this one's)
     interrupted: list[int] = []
 
     def on_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -60,6 +60,19 @@ INTERRUPT_ANNOUNCED: list[bool] = []
 INTERRUPT_ADVICE: list[str] = []
 #: The command running, from its first line on (``runtime.starting``).
 RUNNING: list[str] = []
+
+
+def forget_last_command() -> None:
+    """Clear what the previous command in this process left (:data:`INTERRUPT_ADVICE`,
+    :data:`RUNNING`, :data:`INTERRUPT_ANNOUNCED`), as ``main`` starts another: a Ctrl-C before
+    the new command's first line then says a bare ``interrupted.``, not the last command's
+    advice (``The command had finished``, of a command run before it in a test or a program
+    that calls ``main`` again)."""
+    INTERRUPT_ADVICE.clear()
+    RUNNING.clear()
+    INTERRUPT_ANNOUNCED.clear()
+
+
 #: What an interrupted command keeps, said in its ``interrupted.`` line (:func:`interrupt_advice`);
 #: the commands not named write their results only at the end.
 INTERRUPT_KEEPS = {
