@@ -442,3 +442,29 @@ def test_a_trainer_folder_lost_at_load_names_the_final_model_by_its_global_step(
     _, said = run_kernels(tmp_path, out, "--skip-bad")
     stored = f"'{out / 'model.safetensors'}', named without a step, stores step 10 too"
     assert squeezed(stored) in squeezed(said), said
+
+
+def test_two_copies_of_one_step_with_other_tensors_are_each_told_to_move_the_other_too(
+    tmp_path: Path,
+):
+    # final.pt and last.pt both store step 10 beside ckpt_10.pt, each with its own weights: the
+    # advice to read one of them for step 10 named ckpt_10.pt alone, after whose move the two
+    # copies were both refused as two checkpoints of step 10 (none read)
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    loop_save(ckpts / "ckpt_0.pt", 0, 0)
+    loop_save(ckpts / "ckpt_10.pt", 10, 10)
+    loop_save(ckpts / "final.pt", 11, 10)
+    loop_save(ckpts / "last.pt", 12, 10)
+    listed, told = said(ckpts)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    text = squeezed(" ".join(told))
+    assert squeezed("for step 10 instead, move 'ckpt_10.pt' with 'last.pt' out of") in text
+    assert squeezed("for step 10 instead, move 'ckpt_10.pt' with 'final.pt' out of") in text
+    # the advice followed for final.pt: it is read as step 10
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("ckpt_10.pt", "last.pt"):
+        shutil.move(str(ckpts / name), str(aside / name))
+    store, _ = run_kernels(tmp_path, ckpts)
+    assert_kernel_of(store, 10, 11)

@@ -213,13 +213,18 @@ def other_copy_warning(scan: Scan) -> str | None:
     lines = []
     for copy, kept, step in scan.other_copies:
         where = scan.directory / copy
+        # the step's other copies go too: two files of one step that are not copies of each
+        # other are both refused (a rerun would lose the step)
+        others = [_relative(c.path, scan.directory) for c in scan.left_copies.get(step, [])]
+        others = [name for name in others if name != copy]
+        also = f" with {_quoted(others)}" if others else ""
         lines.append(
             f"not read: '{copy}' in '{scan.directory}' stores step {step}, as '{kept}' does, but "
             f"holds other tensors: '{kept}' is read for step {step}. If '{copy}' holds the "
             f"weights of a later step saved with a stale step counter, move it into a folder "
             f"named for its step, which gives the step (mkdir '{scan.directory / 'step_N'}' && "
             f"mv '{where}' '{scan.directory / 'step_N' / 'model.pt'}', N its step); to read it "
-            f"for step {step} instead, move '{kept}' out of the directory."
+            f"for step {step} instead, move '{kept}'{also} out of the directory."
         )
     return " ".join(lines)
 
@@ -375,6 +380,14 @@ def _one_and_others(directory: Path, held: list[Candidate]) -> tuple[str, str]:
 def _listed(shown: Sequence[str]) -> str:
     """``"a"``, ``"a and b"``, ``"a, b and c"``."""
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + f" and {shown[-1]}"
+
+
+def _relative(path: Path, directory: Path) -> str:
+    """``path`` as the warnings name a file of ``directory``: relative to it where inside."""
+    try:
+        return str(path.relative_to(directory))
+    except ValueError:
+        return str(path)
 
 
 def _quoted(keys: Sequence[str]) -> str:
