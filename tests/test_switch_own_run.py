@@ -386,3 +386,30 @@ def test_quiet_keeps_the_warnings_of_a_sweep_that_fails(run, tmp_path, monkeypat
     assert text.index(DEFAULTED) < text.index("error: the point of step 5 failed"), text
     assert "note:" not in quiet.output and "switch t=" not in quiet.output, quiet.output
     assert paths.switch_point(tmp_path / "s", 0).is_file()  # the point done is kept
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["shown", "quiet"])
+def test_a_warning_of_the_sweeps_preparation_is_said_before_its_refusal(run, tmp_path, quiet):
+    """What prepare_sweep warned of (here a T past the run under the cosine schedule, whose
+    learning rate is 0 there) was kept in a list said only once it returned: a sweep it then
+    refused (--at 3, a step with no checkpoint) printed the error alone, without the warning
+    that may explain it. It is said before the error, once, with and without --quiet (and once
+    by a sweep that goes on)."""
+    cosine = copy.deepcopy(SPEC)
+    cosine["train"]["schedule"] = "cosine"
+    spec = write_spec(tmp_path / "cosine.toml", cosine)
+    args = ["switch", "--at", "3", "--until", "12", "--beyond-run", "--ckpts", str(run)]
+    args += ["--spec", str(spec), "--store", str(tmp_path / "s"), "--device", "cpu"]
+    result = runner.invoke(app, args + (["--quiet"] if quiet else []))
+    assert result.exit_code == 1, result.output
+    text = flat(result.output)
+    warning = "warning: --until 12 is beyond train.steps = 10"
+    error = f"error: --at 3: {run} has no checkpoint of step 3"
+    assert text.count(warning) == 1 and text.count(error) == 1, text
+    assert text.index(warning) < text.index(error), text
+    assert not (tmp_path / "s" / "switch").exists()
+    # a sweep that goes on says it once too (as it comes; --quiet: after the points)
+    args[args.index("3")] = "5"
+    done = runner.invoke(app, args + (["--quiet"] if quiet else []))
+    assert done.exit_code == 0, done.output
+    assert flat(done.output).count(warning) == 1, done.output

@@ -173,8 +173,13 @@ def _switch(
     job: distributed.Job, options: SwitchOptions, threads: int, progress: Progress
 ) -> SwitchResult:
     store, reference = options.store, options.reference
+    # What the sweep says in its two channels (as it comes on rank 0, whose progress is shown;
+    # gathered from every rank below). What the sweep's preparation says (the store's options, a
+    # damaged manifest read around, ...) is said as it comes: before its refusal, which it may
+    # explain, if it refuses.
+    says = Said(progress)
     # rank 0 alone makes the standard model at T: it alone reads its checkpoint before the sweep
-    sweep = job.agree(lambda: prepare_sweep(options, read_reference=job.is_main))
+    sweep = job.agree(lambda: prepare_sweep(options, read_reference=job.is_main, said=says))
     dev, T = job.device, sweep.until
     # A rank started with other --at, --until, ... (or seeing other checkpoints) would train
     # other points, or fail to find the checkpoint of a point dealt to it.
@@ -200,13 +205,6 @@ def _switch(
     sources = {t: source for t, source in shared}
 
     results: list[SwitchPoint] = list(done)
-    # What the sweep says in its two channels (as it comes on rank 0, whose progress is shown;
-    # gathered from every rank below). The store's options: said once, not per rank.
-    says = Said(progress)
-    for note in sweep.notes if job.is_main else []:
-        says.note(note)
-    for warning in sweep.warnings if job.is_main else []:
-        says.warn(warning)
     # points (and the reference) of another T or spec that this sweep would overwrite, said
     # before any is; kept for the end worded as done (--quiet prints it after the points)
     if job.is_main:

@@ -14,6 +14,7 @@ from .. import paths
 from ..choices import path_argument
 from ..errors import CheckpointError, SpecError, StoreError
 from ..folder_roles import checkpoint_contents
+from ..progress import Said
 from ..spec import Spec, spec_from_dict
 from ..store import kernel_file_headers, read_manifest, rebuilds_manifest
 from .remembered import carried_directory, held_spec, manifest_json
@@ -29,37 +30,36 @@ class Located:
     files' metadata read then (:func:`conetool.store.kernel_file_headers`, read once; empty
     otherwise), ``held`` a damaged manifest's JSON object as read (None: none, or not JSON),
     whose records switch takes where the kernel files agree (the checkpoint directory, the
-    selection's step regex, the spec: :mod:`conetool.pipeline.remembered`), ``notes`` and
-    ``warnings`` what switch says of what it took from the store."""
+    selection's step regex, the spec: :mod:`conetool.pipeline.remembered`). What switch says of
+    what it took from the store is said by :func:`locate` as it comes."""
 
     ckpts: Path
     spec: Spec
     manifest: dict[str, Any] | None
     lost: str | None
     carried: list[dict[str, str]]
-    notes: list[str]
-    warnings: list[str]
     held: dict[str, Any] | None = None
     #: the spec file ``conetool kernels`` read, when ``spec`` is the manifest's record of it
     #: (which also says which keys that file wrote); else None
     kernels_spec: str | None = None
 
 
-def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None) -> Located:
+def locate(
+    store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None, said: Said
+) -> Located:
     """The checkpoint directory and spec: flags first, then the store's manifest, and for a
     store whose manifest is missing or damaged (one ``kernels`` rebuilds: kernel files without
     it, or an unreadable one in a store) the directory ``kernels`` read as its kernel files
     record it. The spec: ``--spec``, else ``CKPTS/conetool.toml``, else the manifest's, a damaged
     one's only where it is the one the kernel files were computed from
     (:func:`~conetool.pipeline.remembered.held_spec`; said in a note). Switch leaves the
-    manifest as it is (``kernels`` owns it)."""
+    manifest as it is (``kernels`` owns it). ``said``: where what it took from the store is said,
+    as it comes (a damaged manifest's warning before a spec that then cannot be read)."""
     manifest_path = paths.manifest(store)
     manifest, lost = _store_manifest(store)
     carried = kernel_file_headers(store) if lost is not None else []
     # a damaged manifest's records, taken where the kernel files agree (as kernels keeps them)
     held = manifest_json(store) if lost == "damaged" else None
-    notes: list[str] = []
-    warnings: list[str] = []
     if ckpts is not None:
         ckpts = path_argument(ckpts, "--ckpts", "the run's checkpoint directory")
     elif manifest is not None:
@@ -92,15 +92,15 @@ def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
             else f"recorded by conetool kernels in the kernel files of {store} (its "
             f"{paths.MANIFEST_NAME}, which records it, is {lost}; "
         )
-        notes.append(f"using the checkpoint directory {ckpts}, {where}pass --ckpts to use another)")
+        said.note(f"using the checkpoint directory {ckpts}, {where}pass --ckpts to use another)")
         if differ:  # a guess between runs: to check
-            warnings.append(
+            said.warn(
                 f"{sentence(differ)}. Pass --ckpts CKPTS (and --spec SPEC unless "
                 "CKPTS/conetool.toml exists) to use another"
             )
     ckpts_dir = Path(ckpts)
     if lost == "damaged":
-        warnings.append(
+        said.warn(
             f"{manifest_path} is damaged: switch read what it needs from the kernel files of "
             f"{store} (each carries its own record) and left it as it is; conetool kernels "
             f"{ckpts_dir} --store {store} rebuilds it from them (the other commands that read "
@@ -118,7 +118,7 @@ def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
         elif held is not None:  # taken where it is the one the kernel files were computed from
             spec, not_taken = held_spec(held, carried, f"{manifest_path} (spec)")
             if spec is not None:
-                notes.append(
+                said.note(
                     f"using the spec recorded in {store}'s damaged {paths.MANIFEST_NAME}, the one "
                     f"its kernel files were computed from ({ckpts_dir} has no "
                     f"{paths.SPEC_NAME}; pass --spec to use another)"
@@ -132,9 +132,7 @@ def locate(store: Path, ckpts: str | Path | None, spec: Spec | str | Path | None
             f"{store}'s damaged {paths.MANIFEST_NAME} records a spec, but it is not used: "
             f"{not_taken}. {exc}"
         ) from exc
-    return Located(
-        ckpts_dir, resolved, manifest, lost, carried, notes, warnings, held, kernels_spec
-    )
+    return Located(ckpts_dir, resolved, manifest, lost, carried, held, kernels_spec)
 
 
 def _store_manifest(store: Path) -> tuple[dict[str, Any] | None, str | None]:

@@ -23,6 +23,7 @@ from ..choices import Reference, choice, is_count
 from ..data import DataBundle, load_data, steps_per_epoch
 from ..errors import CheckpointError, ConetoolError, SpecError, StoreError
 from ..low_precision import refuse_for_training
+from ..progress import NullProgress, Said
 from ..spec import MAX_STEPS, Spec, check_training_data, resolved_differences
 from ..store import nearest_steps
 from .remembered import (
@@ -63,12 +64,21 @@ class Sweep:
     kernels_spec: str | None = None
 
 
-def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Sweep:
+def prepare_sweep(
+    options: SwitchOptions, *, read_reference: bool = True, said: Said | None = None
+) -> Sweep:
     """Check the options; find the checkpoints, the spec and the data (on every rank).
 
     ``read_reference``: read the checkpoint the standard model at T comes from (refused with
     NaN or Inf before any point trains) and keep it in :attr:`Sweep.reference`; a torchrun
-    job reads it on rank 0 only, which alone makes the standard model."""
+    job reads it on rank 0 only, which alone makes the standard model.
+
+    ``said``: where its notes and warnings are said as they come (a damaged manifest read
+    around, a step regex guessed between runs, ...), so that those said before a refusal reach
+    the user ahead of its error, which they may explain (``--quiet`` prints them then too);
+    :attr:`Sweep.notes` and :attr:`Sweep.warnings` keep what it said. None: said nowhere."""
+    said = Said(NullProgress()) if said is None else said
+    notes_from, warnings_from = len(said.notes), len(said.warnings)  # (what it said before)
     o = options
     until, store, ckpts, spec = o.until, o.store, o.ckpts, o.spec
     step_regex, beyond_run = o.step_regex, o.beyond_run
@@ -85,7 +95,7 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
             "spec's train.steps."
         )
     reference = choice(Reference, o.reference, "--reference").value
-    located = locate(store, ckpts, spec)
+    located = locate(store, ckpts, spec, said)
     ckpts_dir, spec, manifest = located.ckpts, located.spec, located.manifest
     kernels_hash = spec.hash()  # the spec of the kernels a lost manifest's records are of
     if o.spec is not None or o.ckpts is not None:  # (else the run the store's kernels read)
@@ -104,7 +114,6 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
     # What kernels recorded: its --step-regex (unless one is given) and where it imported a
     # "pkg.mod:factory" model or data set from; the kernel files carry both, for a store whose
     # manifest is missing or damaged.
-    warnings = list(located.warnings)
     recorded = manifest
     if manifest is None:
         recorded = carried_imports(located.carried, spec.hash())
@@ -118,12 +127,15 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
             held=located.held,
         )
         if differ:  # a guess between runs: to check
-            warnings.append(f"{sentence(differ)}. Pass --step-regex to use another")
+            said.warn(f"{sentence(differ)}. Pass --step-regex to use another")
     else:
         step_regex, regex_note = recorded_step_regex(manifest, step_regex)
-    notes = located.notes + use_recorded_imports(recorded, spec)
-    warnings += changed_imports(recorded, spec)
-    notes += [regex_note] if regex_note else []
+    for note in use_recorded_imports(recorded, spec):
+        said.note(note)
+    for warning in changed_imports(recorded, spec):
+        said.warn(warning)
+    if regex_note:
+        said.note(regex_note)
     _refuse_low_precision(spec)
     T = spec.train.steps if until is None else until
     if T > spec.train.steps and not beyond_run:
@@ -134,7 +146,7 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
             f"--until (T = {spec.train.steps}), or pass --beyond-run to train to {T} anyway."
         )
     if T > spec.train.steps and spec.train.schedule == "cosine":
-        warnings.append(_cosine_past_the_run(spec, T))
+        said.warn(_cosine_past_the_run(spec, T))
     late = [t for t in points_at if t >= T]
     if late:
         raise ConetoolError(
@@ -153,8 +165,8 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
             step_regex=step_regex,
             iterations_per_epoch=ipe,
             skip_bad=True,
-            warn=warnings.append,
-            note=notes.append,
+            warn=said.warn,
+            note=said.note,
             left_out=lambda message: None,
         ).refs
     except CheckpointError as exc:
@@ -207,8 +219,8 @@ def prepare_sweep(options: SwitchOptions, *, read_reference: bool = True) -> Swe
         refs,
         data,
         target,
-        notes,
-        warnings,
+        said.notes[notes_from:],
+        said.warnings[warnings_from:],
         read,
         located.kernels_spec,
     )
