@@ -368,6 +368,42 @@ def test_reproduce_gives_kernels_the_spec_of_the_store_when_the_run_s_differs(ru
     assert new["probe_hash"] == old["probe_hash"] and new["spec_hash"] == old["spec_hash"]
 
 
+def test_reproduce_gives_switch_the_spec_its_points_were_trained_with(run, tmp_path):
+    """switch --spec alt.toml, the store's kernels' spec (another [probe] seed than the run's
+    conetool.toml): the block's switch command gave no --spec, so it swept with the run's spec
+    (accepted: it differs in [probe] alone) and replaced the points by those of another spec.
+    It names the report's spec.toml; a sweep whose spec no file of the store holds (another
+    [probe] seed again) gets a comment saying so, and no file made up."""
+    _, ckpts, _, _ = run
+    raw = tomllib.loads((ckpts / "conetool.toml").read_text())
+    specs = {}
+    for seed in (7, 9):
+        raw["probe"] = {**raw.get("probe", {}), "seed": seed}
+        specs[seed] = tmp_path / f"alt{seed}.toml"
+        specs[seed].write_text(spec_to_toml(spec_from_dict(raw)))
+    store = tmp_path / "store"
+    kernels(ckpts, spec=specs[7], store=store, device="cpu", steps="0:2")
+    switch([8], store=store, spec=specs[7], device="cpu")
+    result = report(store)
+    (line,) = [x for x in reproduce_lines(result) if x.startswith("conetool switch")]
+    assert line.endswith(f"--spec {shlex.quote(str(result.spec))}"), line
+    swept = json.loads(paths.switch_point(store, 8).read_text())["key"]["spec_hash"]
+    assert swept == Store.open(store).manifest["spec_hash"]
+    outcome = runner.invoke(app, [*shlex.split(line)[1:], "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    assert json.loads(paths.switch_point(store, 8).read_text())["key"]["spec_hash"] == swept
+    assert "reused" in outcome.output  # the point of that spec, not one trained anew
+    # a spec that no file of the store holds: said, not invented
+    switch([8], store=store, spec=specs[9], device="cpu")
+    page = Page(report(store).html.read_text(encoding="utf-8"))
+    (block,) = page.pre["reproduce"]
+    (line,) = [x for x in block.splitlines() if x.startswith("conetool switch")]
+    assert "--spec" not in line, line
+    comment = block.splitlines()[block.splitlines().index(line) - 1]
+    assert comment.startswith("# the switch points were trained with a spec (hash "), comment
+    assert "no file the store holds has it: add --spec with that spec file" in comment, comment
+
+
 def test_reproduce_repeats_the_skip_bad_of_kernels(run, tmp_path):
     """kernels --skip-bad went on without an unreadable checkpoint, but the manifest did not
     record it, so the Reproduce block's kernels command stopped at that checkpoint."""

@@ -195,9 +195,9 @@ class ReportCommands(ReportInputs):
             return f"conetool {part} {self._store_flag()}"
 
     def _switch_command(self) -> str:
-        """The sweep that made the store's switch points: their --at steps, T, reference and
-        checkpoint directory; for a store without points, a few suggested steps
-        (:meth:`_suggested_switch_points`)."""
+        """The sweep that made the store's switch points: their --at steps, T, reference,
+        checkpoint directory and spec (:meth:`_switch_spec`); for a store without points, a few
+        suggested steps (:meth:`_suggested_switch_points`)."""
         s = self.switch or {}
         at = [int(p["at"]) for p in s.get("points", [])] or self._suggested_switch_points()
         parts = [f"{self._env()}conetool switch --at {_steps_text(at)}"]
@@ -211,7 +211,48 @@ class ReportCommands(ReportInputs):
         ckpt_dir = self._switch_checkpoint_dir()
         if ckpt_dir is not None:
             parts.append(f"--ckpts {_q(ckpt_dir)}")
+        spec_file, _ = self._switch_spec(ckpt_dir)
+        if spec_file is not None:
+            parts.append(f"--spec {_q(spec_file)}")
         return " ".join(parts)
+
+    def _switch_spec(self, ckpt_dir: str | None) -> tuple[str | None, str | None]:
+        """The spec file the switch command needs (``--spec``), or why none can be named: the
+        points' spec (their ``key.spec_hash``), where it is not the one switch reads without
+        ``--spec`` (``CKPTS/conetool.toml`` of the directory the command names, else the
+        manifest's spec). The store's kernels' spec is the report's own spec.toml; another
+        (``switch --spec`` with another ``[probe]``) is in no file the store holds: the comment
+        (second) says so. ``(None, None)``: no --spec needed, or the points' spec not known."""
+        keys = [point["key"] for point in self.switch_points.values()]  # (each a dict)
+        hashes = {key.get("spec_hash") for key in keys} - {None}
+        if len(hashes) != 1:
+            return None, None
+        (swept,) = hashes
+        folder = Path(ckpt_dir if ckpt_dir is not None else self.ckpts)
+        stores = self.manifest.get("spec_hash")
+        read = None  # the hash of the spec switch reads without --spec (None: none it can read)
+        if paths.spec(folder).is_file():
+            try:
+                read = load_spec(paths.spec(folder)).hash()
+            except ConetoolError:  # unreadable: switch refuses it without --spec
+                pass
+        elif isinstance(self.manifest.get("spec"), dict):
+            read = stores  # (no conetool.toml there: switch takes the manifest's spec)
+        if swept == read:
+            return None, None
+        if swept == stores and self.spec_toml is not None:
+            return str(self.out_dir / paths.report_spec(self.root).name), None
+        which = (
+            "the store's kernels' spec, which its manifest does not hold as a spec the report "
+            "can write out"
+            if swept == stores
+            else f"neither the store's kernels' spec nor {paths.spec(folder)}, and no file the "
+            "store holds has it"
+        )
+        return None, (
+            f"# the switch points were trained with a spec (hash {swept}) that is {which}: add "
+            "--spec with that spec file to the switch command"
+        )
 
     def _beyond_run(self, until: object) -> bool:
         """Whether the switch's T is past the spec's train.steps (switch --beyond-run)."""
@@ -270,6 +311,8 @@ class ReportCommands(ReportInputs):
             if self.spectrum is not None:
                 lines.append(self._spectrum_command())
         if self.switch is not None and self.switch.get("points"):
+            _, unnamed = self._switch_spec(self._switch_checkpoint_dir())
+            lines += [unnamed] if unnamed is not None else []
             lines.append(self._switch_command())
         lines.append(
             f"conetool report {self._store_flag()}"
