@@ -490,7 +490,7 @@ def test_the_rebuilding_run_refuses_another_runs_checkpoints(run, tmp_path):
         kernels(other, store=root, device="cpu")
     message = str(refused.value)
     assert f"holds kernels of the checkpoints in {run.resolve()}" in message
-    assert f"{other} has other checkpoints at 1 of the steps it holds (5)" in message
+    assert f"{other} has other checkpoint files at 1 of the steps it holds (5; step 5: " in message
     assert {p: p.read_bytes() for p in files} == files
     assert kernels(run, store=root, device="cpu").computed == []  # its own run rebuilds it
 

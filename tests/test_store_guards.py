@@ -895,11 +895,47 @@ def test_another_run_with_the_same_spec_is_refused_before_anything_changes(run, 
     state = {k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     save_file(state, str(path), metadata=metadata(path))  # the same size, other weights
     for overwrite in (False, True):  # --overwrite replaces only a store of another identity
-        with pytest.raises(StoreError, match=r"another run.*own --store.*delete") as caught:
+        with pytest.raises(
+            StoreError, match=r"another run.*store of its own: --store OTHER_STORE.*delete"
+        ) as caught:
             kernels(other, store=root, device="cpu", overwrite=overwrite)
-        assert str(run.resolve()) in str(caught.value) and "(5)" in str(caught.value)
+        assert str(run.resolve()) in str(caught.value)
+        assert f"(5; step 5: {path}, its bytes differ (sha256))" in str(caught.value)
         assert _files(root) == before  # nothing was changed
     assert kernels(other, store=tmp_path / "own", device="cpu").computed == [0, 5, 10]
+
+
+def test_the_same_run_converted_to_other_files_is_refused_with_a_true_message(run, tmp_path):
+    # the store's run converted from .safetensors to torch.save files (the same tensors) was
+    # refused as 'another run, whose kernels would mix with that run's': runs are told by their
+    # files' bytes (no identity of the weights is recorded), so it stays refused, --overwrite or
+    # not, and the message says the files differ and how, that a converted copy is refused too,
+    # and what works (a store of its own; deleting the store), not --overwrite
+    root = tmp_path / "s"
+    kernels(run, store=root, device="cpu")
+    before = _files(root)
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    shutil.copy(paths.spec(run), paths.spec(converted))
+    for step in STEPS:
+        state = load_file(str(paths.checkpoint(run, step)))
+        torch.save({"model_state_dict": state, "step": step}, converted / f"ckpt_{step}.pt")
+    for overwrite in (False, True):
+        with pytest.raises(StoreError) as caught:
+            kernels(converted, store=root, device="cpu", overwrite=overwrite)
+        said = " ".join(str(caught.value).split())
+        assert "whose kernels would mix" not in said, said
+        size = (converted / "ckpt_0.pt").stat().st_size
+        recorded = paths.checkpoint(run, 0).stat().st_size
+        assert "has other checkpoint files at 3 of the steps it holds (0, 5, 10; step 0: " in said
+        assert f"ckpt_0.pt, it has {size} bytes, the record {recorded}): another run, or" in said
+        assert (
+            "converted to other files (.safetensors to .pt) or saved again is refused too" in said
+        )
+        assert "--store OTHER_STORE" in said and f"or delete {root} to compute" in said, said
+        assert "(--overwrite does not: it replaces only a store of another spec" in said, said
+        assert _files(root) == before  # nothing was changed
+    assert kernels(converted, store=tmp_path / "own", device="cpu").computed == STEPS
 
 
 def test_a_kernels_run_reads_the_manifest_once_before_opening_the_store(run, tmp_path, monkeypatch):

@@ -6,7 +6,9 @@ recomputes a step whose checkpoint changed. But two runs with the same spec (ano
 retrained elsewhere) have different checkpoints at the same steps: recomputing those steps from the
 other directory, and keeping the steps it does not have, would leave a store of kernels from two
 runs, and a verdict across both. A run that only moved (the same files elsewhere, with or without
-their modification times) is the same run.
+their modification times) is the same run. A run is told by its files' bytes, not by the weights
+in them (no identity of the weights is recorded), so the same run converted to other files
+(``.safetensors`` to ``.pt``) or saved again is refused too, and the message says so.
 """
 
 from __future__ import annotations
@@ -53,16 +55,25 @@ def another_run(
     if not isinstance(recorded, str) or Path(recorded) == ckpts.resolve():
         return None
     held = _held_records(store, manifest)
-    differ = [ref.step for ref in refs if _differs(ref, held.get(str(ref.step)))]
+    differ = [(ref, _difference(ref, held.get(str(ref.step)))) for ref in refs]
+    differ = [(ref, why) for ref, why in differ if why is not None]
     if not differ:
         return None
-    shown = ", ".join(str(step) for step in differ[:5]) + (", ..." if len(differ) > 5 else "")
+    steps = [ref.step for ref, _ in differ]
+    shown = ", ".join(str(step) for step in steps[:5]) + (", ..." if len(steps) > 5 else "")
+    first, why = differ[0]
+    files = ", ".join(str(path) for path in first.paths)
     return StoreError(
         f"store {store} holds kernels of the checkpoints in {recorded}, and {ckpts} has other "
-        f"checkpoints at {len(differ)} of the steps it holds ({shown}): another run, whose kernels "
-        f"would mix with that run's. Give this run its own --store, or delete {store} to compute "
-        "it afresh from this run (--overwrite replaces only a store of another spec, probe set, "
-        "kind or dtype). Nothing was changed."
+        f"checkpoint files at {len(steps)} of the steps it holds ({shown}; step {first.step}: "
+        f"{files}, {why}): another run, or that run converted or saved again. conetool tells a "
+        "run by its files' bytes, not by the weights in them, so a copy of the same run "
+        "converted to other files (.safetensors to .pt) or saved again is refused too: its "
+        f"kernels would be computed beside those of the files in {recorded}. Give this run a "
+        f"store of its own: --store OTHER_STORE; or delete {store} to compute its kernels "
+        "afresh from these files (--overwrite does not: it replaces only a store of another "
+        "spec, probe set, kind or dtype). A run moved or renamed since, holding the same files, "
+        "is accepted. Nothing was changed."
     )
 
 
@@ -79,19 +90,21 @@ def _held_records(store: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return dict(held.manifest["steps"])
 
 
-def _differs(ref: CheckpointRef, record: Any) -> bool:
-    """Whether the checkpoint ``ref`` has other content than the stored ``record`` describes."""
+def _difference(ref: CheckpointRef, record: Any) -> str | None:
+    """How the checkpoint ``ref``'s bytes differ from those the stored ``record`` describes
+    (``"it has N bytes, the record M"``, ``"its bytes differ (sha256)"``), or None: the same."""
     if not isinstance(record, dict):
-        return False
+        return None
     try:
         size, mtime_ns = ref.file_state()
     except OSError:
-        return False  # kernels names the file itself
+        return None  # kernels names the file itself
     if size != record.get("size"):
-        return True
+        return f"it has {size} bytes, the record {record.get('size')}"
     if mtime_ns == record.get("mtime_ns"):
-        return False
+        return None
     try:
-        return fingerprint(ref) != record.get("fingerprint")
+        same = fingerprint(ref) == record.get("fingerprint")
     except CheckpointError:
-        return False  # unreadable: kernels says why
+        return None  # unreadable: kernels says why
+    return None if same else "its bytes differ (sha256)"
