@@ -68,7 +68,8 @@ def test_another_run_whose_file_differs_in_size_under_the_recorded_mtime_is_refu
     _store(root, steps=(0, 10), mtime_ns=MTIME)
     ckpts, refs = _other_run(tmp_path, (0, 10), size=11, mtime_ns=MTIME)  # records say 10
     refused = another_run(root, ckpts, IDENT, refs)
-    assert isinstance(refused, StoreError) and "at 2 of the steps it holds (0, 10)" in str(refused)
+    assert isinstance(refused, StoreError)
+    assert "at 2 of the steps it holds (0, 10; step 0: " in str(refused)
     same_size = tmp_path / "same"
     same_size.mkdir()
     path = same_size / "step_000000.safetensors"
@@ -83,9 +84,9 @@ def test_another_run_names_five_differing_steps_then_elides_the_rest(tmp_path):
     _store(root, steps=range(7))
     ckpts, refs = _other_run(tmp_path, range(7), size=11, mtime_ns=MTIME)
     message = str(another_run(root, ckpts, IDENT, refs))
-    assert "at 7 of the steps it holds (0, 1, 2, 3, 4, ...)" in message
+    assert "at 7 of the steps it holds (0, 1, 2, 3, 4, ...; step 0: " in message
     five = another_run(root, ckpts, IDENT, refs[:5])
-    assert "(0, 1, 2, 3, 4):" in str(five)
+    assert "(0, 1, 2, 3, 4; step 0: " in str(five)
 
 
 def test_another_run_sees_kernel_files_the_manifest_does_not_list_yet(tmp_path):
@@ -99,7 +100,8 @@ def test_another_run_sees_kernel_files_the_manifest_does_not_list_yet(tmp_path):
     paths.manifest(root).write_text(json.dumps(manifest))
     ckpts, refs = _other_run(tmp_path, (0, 10), size=11, mtime_ns=MTIME)
     refused = another_run(root, ckpts, IDENT, refs)
-    assert isinstance(refused, StoreError) and "at 2 of the steps it holds (0, 10)" in str(refused)
+    assert isinstance(refused, StoreError)
+    assert "at 2 of the steps it holds (0, 10; step 0: " in str(refused)
 
 
 def test_another_run_reads_the_manifest_once(tmp_path, monkeypatch):
@@ -113,7 +115,8 @@ def test_another_run_reads_the_manifest_once(tmp_path, monkeypatch):
     ckpts, refs = _other_run(tmp_path, (10,), size=11, mtime_ns=MTIME)
     reads = manifest_reads(monkeypatch)
     refused = another_run(root, ckpts, IDENT, refs)
-    assert isinstance(refused, StoreError) and "at 1 of the steps it holds (10)" in str(refused)
+    assert isinstance(refused, StoreError)
+    assert "at 1 of the steps it holds (10; step 10: " in str(refused)
     assert reads == [paths.manifest(root)]
 
 
@@ -128,7 +131,8 @@ def test_another_run_of_a_manifest_from_a_newer_conetool_uses_the_steps_it_lists
     paths.manifest(root).write_text(json.dumps(manifest))
     ckpts, refs = _other_run(tmp_path, (0, 10), size=11, mtime_ns=MTIME)
     refused = another_run(root, ckpts, IDENT, refs)
-    assert isinstance(refused, StoreError) and "at 1 of the steps it holds (0):" in str(refused)
+    assert isinstance(refused, StoreError)
+    assert "at 1 of the steps it holds (0; step 0: " in str(refused)
 
 
 def test_another_run_leaves_a_store_of_another_identity_to_opening_it(tmp_path):

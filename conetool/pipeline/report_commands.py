@@ -192,7 +192,7 @@ class ReportCommands(ReportInputs):
         try:
             return commands[part]()
         except (AttributeError, IndexError, KeyError, TypeError, ValueError):
-            return f"conetool {part} {self._store_flag()}"
+            return super()._results_command(part)
 
     def _switch_command(self) -> str:
         """The sweep that made the store's switch points: their --at steps, T, reference,

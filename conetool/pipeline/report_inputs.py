@@ -353,9 +353,10 @@ class ReportInputs:
 
     def _results_command(self, part: str) -> str:
         """The command that rewrites the results of ``part`` (``distance``, ``embed``,
-        ``spectrum``, ``switch``) as the store holds them, with the options they recorded (the
-        Reproduce block's: :meth:`.report_commands.ReportCommands._results_command`)."""
-        raise NotImplementedError
+        ``spectrum``, ``switch``): here its default options, which a report refines into the
+        Reproduce block's command with the options the results recorded
+        (:meth:`.report_commands.ReportCommands._results_command`)."""
+        return f"conetool {part} {self._store_flag()}"
 
     def _check_kernel_files(self) -> None:
         """Warn about kernel files the manifest records that are not in the store (deleted):
