@@ -28,6 +28,16 @@ from conetool.spec import load_spec, save_spec, spec_from_dict, toml_text
 
 runner = CliRunner()
 trained, run = run_fixtures(SPEC)
+#: the same spec with another seed: a second run of the same sizes, with other weights
+SEED1 = copy.deepcopy(SPEC)
+SEED1["train"]["seed"] = 1
+
+
+@pytest.fixture(scope="module")
+def seed1_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:data:`SEED1` trained once for the module (tests copy it: ``own_loop_copy``)."""
+    return train_tiny(tmp_path_factory.mktemp("seed1"), SEED1)
+
 
 DEFAULTED = "does not write these keys of the [train] recipe"
 
@@ -162,7 +172,7 @@ def test_a_sweep_of_the_store_names_the_keys_the_spec_kernels_read_left_out(run,
 # a run other than the store's
 
 
-def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, tmp_path):
+def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, seed1_run, tmp_path):
     """A second seed of the same spec trained by one's own loop (no conetool.toml), swept with
     --ckpts into the store of the first run's kernels: same spec hash, so nothing refused it,
     and its points sat beside the first run's in switch/results.csv and the figure. Refused
@@ -172,10 +182,7 @@ def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, tmp_pat
     spec = write_spec(tmp_path / "mine.toml", SPEC)
     made = runner.invoke(app, ["kernels", str(first), "--spec", str(spec), "--store", str(store)])
     assert made.exit_code == 0, made.output
-    seed1 = copy.deepcopy(SPEC)
-    seed1["train"]["seed"] = 1
-    other = train_tiny(tmp_path / "seed1", seed1)  # the same sizes, other weights
-    second = own_loop_copy(other, tmp_path / "second")
+    second = own_loop_copy(seed1_run, tmp_path / "second")  # the same sizes, other weights
     args = ["switch", "--at", "5", "--until", "10", "--store", str(store), "--device", "cpu"]
     refused = runner.invoke(app, [*args, "--ckpts", str(second), "--spec", str(spec)])
     assert refused.exit_code == 1, refused.output
@@ -193,7 +200,7 @@ def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, tmp_pat
     # the same weights retrained into the store's own folder after its kernels: told as changed
     shutil.rmtree(paths.switch_dir(store))
     shutil.rmtree(moved)
-    own_loop_copy(other, first)
+    own_loop_copy(seed1_run, first)
     again = runner.invoke(app, [*args, "--ckpts", str(first), "--spec", str(spec)])
     assert again.exit_code == 1, again.output
     text = flat(again.output)
@@ -204,7 +211,7 @@ def test_switch_refuses_another_run_of_the_same_spec_before_writing(run, tmp_pat
 
 @pytest.mark.parametrize("lost", ["missing", "damaged"])
 def test_another_run_is_refused_by_the_kernel_files_records_when_the_manifest_is_lost(
-    run, tmp_path, lost
+    run, seed1_run, tmp_path, lost
 ):
     """A store whose manifest.json is deleted or damaged: the refusal of another run of the
     same spec read the manifest alone, so a second seed's sweep went in beside the kernels of
@@ -219,9 +226,7 @@ def test_another_run_is_refused_by_the_kernel_files_records_when_the_manifest_is
         paths.manifest(store).unlink()
     else:
         paths.manifest(store).write_text("{")
-    seed1 = copy.deepcopy(SPEC)
-    seed1["train"]["seed"] = 1
-    second = own_loop_copy(train_tiny(tmp_path / "seed1", seed1), tmp_path / "second")
+    second = own_loop_copy(seed1_run, tmp_path / "second")
     args = ["switch", "--at", "5", "--until", "10", "--store", str(store), "--device", "cpu"]
     refused = runner.invoke(app, [*args, "--ckpts", str(second), "--spec", str(spec)])
     assert refused.exit_code == 1, refused.output
@@ -240,7 +245,7 @@ def test_another_run_is_refused_by_the_kernel_files_records_when_the_manifest_is
 
 @pytest.mark.parametrize("lost", [None, "missing", "damaged"])
 def test_another_run_given_with_a_spec_differing_in_probe_alone_is_refused_without_a_manifest(
-    run, tmp_path, lost
+    run, seed1_run, tmp_path, lost
 ):
     """--spec differing from the kernels' spec in [probe] alone (a probe set the sweep does not
     use) sweeps the store's run, and another run given with it is refused by the manifest's
@@ -259,9 +264,7 @@ def test_another_run_given_with_a_spec_differing_in_probe_alone_is_refused_witho
     probe = copy.deepcopy(SPEC)
     probe["probe"]["size"] = SPEC["probe"]["size"] - 1
     other_probe = write_spec(tmp_path / "probe.toml", probe)
-    seed1 = copy.deepcopy(SPEC)
-    seed1["train"]["seed"] = 1
-    second = own_loop_copy(train_tiny(tmp_path / "seed1", seed1), tmp_path / "second")
+    second = own_loop_copy(seed1_run, tmp_path / "second")
     args = ["switch", "--at", "5", "--until", "10", "--store", str(store), "--device", "cpu"]
     refused = runner.invoke(app, [*args, "--ckpts", str(second), "--spec", str(other_probe)])
     assert refused.exit_code == 1, refused.output
@@ -343,16 +346,14 @@ def test_a_checkpoint_unreadable_where_the_run_is_told_is_named_with_why_it_is_r
     assert ok.exit_code == 0, ok.output
 
 
-def test_a_store_without_kernels_takes_any_run(run, tmp_path):
+def test_a_store_without_kernels_takes_any_run(run, seed1_run, tmp_path):
     """A store holding only switch points (no kernels) has no run to keep: another run's sweep
     goes in, as before."""
     store = tmp_path / "s"
     pts = own_loop_copy(run, tmp_path / "pts")
     spec = write_spec(tmp_path / "mine.toml", SPEC)
     switch([5], until=10, store=store, ckpts=pts, spec=spec, device="cpu")
-    seed1 = copy.deepcopy(SPEC)
-    seed1["train"]["seed"] = 1
-    second = own_loop_copy(train_tiny(tmp_path / "seed1", seed1), tmp_path / "second")
+    second = own_loop_copy(seed1_run, tmp_path / "second")
     result = switch([0], until=10, store=store, ckpts=second, spec=spec, device="cpu")
     assert [p.at for p in result.points] == [0]
 
