@@ -64,6 +64,21 @@ def run_kernels(tmp_path: Path, ckpts: Path, *more: str) -> tuple[Path, str]:
     return store, " ".join(result.output.split())
 
 
+def files_read(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files read whole from now on, in order: hashed (``_hashed_reads``) or loaded
+    (``load``, which holds its own name for ``stream_file``)."""
+    streamed: list[Path] = []
+    real = _hashed_reads.stream_file
+
+    def counted(path: Path, **kwargs: bool) -> _hashed_reads.Streamed:
+        streamed.append(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(_hashed_reads, "stream_file", counted)
+    monkeypatch.setattr(load, "stream_file", counted)
+    return streamed
+
+
 def squeezed(text: str) -> str:
     """``text`` without whitespace: what the console said, wherever it broke its lines."""
     return "".join(text.split())
@@ -147,15 +162,7 @@ def test_a_copy_of_its_steps_tensors_stays_silent_and_unread(
     for step in (0, 10):
         loop_save(tmp_path / f"ckpt_{step}.pt", step, step)
     loop_save(tmp_path / "last.pt", 10, 10)  # the same dict saved again
-    streamed: list[Path] = []
-    real = _hashed_reads.stream_file
-
-    def counted(path: Path, **kwargs: bool) -> _hashed_reads.Streamed:
-        streamed.append(path)
-        return real(path, **kwargs)
-
-    monkeypatch.setattr(_hashed_reads, "stream_file", counted)  # hashes
-    monkeypatch.setattr(load, "stream_file", counted)  # full reads
+    streamed = files_read(monkeypatch)
     listed, told = said(tmp_path)
     assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
     assert not [m for m in told if "last.pt" in m], told
@@ -206,15 +213,7 @@ def test_a_copy_beside_a_zero_size_tensor_is_told_by_its_records(
         tmp_path / "last.pt",
     )
     assert _torch_save.state_dict_records(tmp_path / "last.pt") is not None
-    streamed: list[Path] = []
-    real = _hashed_reads.stream_file
-
-    def counted(path: Path, **kwargs: bool) -> _hashed_reads.Streamed:
-        streamed.append(path)
-        return real(path, **kwargs)
-
-    monkeypatch.setattr(_hashed_reads, "stream_file", counted)  # hashes
-    monkeypatch.setattr(load, "stream_file", counted)  # full reads
+    streamed = files_read(monkeypatch)
     listed, told = said(tmp_path)
     assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
     assert not [m for m in told if "last.pt" in m], told
@@ -282,15 +281,7 @@ def test_a_final_copy_with_an_optimizer_state_beside_the_last_steps_weights_is_n
         torch.save(weights(step), tmp_path / f"ckpt_{step}.pt")
     momentum = {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"params": [0]}]}
     torch.save({"model": weights(10), "optimizer": momentum}, tmp_path / "final.pt")
-    streamed: list[Path] = []
-    real = _hashed_reads.stream_file
-
-    def counted(path: Path, **kwargs: bool) -> _hashed_reads.Streamed:
-        streamed.append(path)
-        return real(path, **kwargs)
-
-    monkeypatch.setattr(_hashed_reads, "stream_file", counted)
-    monkeypatch.setattr(load, "stream_file", counted)
+    streamed = files_read(monkeypatch)
     listed, told = said(tmp_path)
     assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
     assert not [m for m in told if "final.pt" in m], told
@@ -301,9 +292,7 @@ def test_a_final_copy_with_an_optimizer_state_beside_the_last_steps_weights_is_n
     assert not [m for m in told if "final.pt" in m], told
     assert {p.name for p in streamed} == {"final.pt", "ckpt_10.pt"}, streamed
     monkeypatch.undo()
-    monkeypatch.setattr(_hashed_reads, "stream_file", counted)
-    monkeypatch.setattr(load, "stream_file", counted)
-    streamed.clear()
+    streamed = files_read(monkeypatch)
     # DDP's prefix on the final copy's keys: the same weights all the same
     wrapped = {f"module.{k}": v for k, v in weights(10).items()}
     torch.save({"model": wrapped, "optimizer": momentum}, tmp_path / "final.pt")
