@@ -747,29 +747,42 @@ def test_switch_says_what_the_checkpoint_listing_says_of_the_run(tmp_path):
     assert not any("c_12.pt" in m for m in result.warnings + result.notes), result
 
 
-def test_a_sweep_of_another_spec_than_the_stores_kernels_is_refused(deep_run, linear_run, tmp_path):
+@pytest.mark.parametrize("lost", [None, "missing", "damaged"])
+def test_a_sweep_of_another_spec_than_the_stores_kernels_is_refused(
+    deep_run, linear_run, tmp_path, lost
+):
     # Was: --ckpts of a run trained with another [model] (its own conetool.toml) finished a sweep
     # into the store of deep_run's kernels, and --spec with other widths was accepted and failed
     # only at the checkpoint's load; refused now before anything is written, as kernels and
-    # distance --spec refuse another spec, naming the keys that differ and the way round.
+    # distance --spec refuse another spec, naming the keys that differ and the way round. With
+    # the store's manifest.json deleted or damaged, the check read the manifest alone and let
+    # both in: the kernel files carry their spec, told by it as by the manifest, naming where the
+    # record comes from.
     store = tmp_path / "s"
     kernels(deep_run, store=store, device="cpu")
+    if lost is not None:
+        _lose_manifest(store, lost)
     with pytest.raises(StoreError, match="never mixes specs in a store") as caught:
         switch([0, 4], store=store, ckpts=linear_run, device="cpu")
     said = str(caught.value)
     assert "model.widths = [8] (now [])" in said, said
     assert f"the spec {paths.spec(linear_run)}: its hash is " in said, said
     assert "--store OTHER_STORE" in said, said
+    if lost is not None:
+        record = f"(the record its kernel files carry: {paths.MANIFEST_NAME} is {lost})"
+        assert record in said, said
     assert not paths.switch_dir(store).exists()
     other = tmp_path / "other.toml"
     save_spec(spec_from_dict(spec_dict([6]), source=str(other)), other)
     ran = runner.invoke(app, ["switch", "--at", "0", "--store", str(store), "--spec", str(other)])
     text = " ".join(ran.output.split())
-    assert ran.exit_code != 0 and "Traceback" not in ran.output, ran.output
+    assert ran.exit_code == 1 and "Traceback" not in ran.output, ran.output
     assert f"--spec {other}: its hash is " in text and "model.widths = [8] (now [6])" in text, text
+    if lost is not None:
+        assert f"{paths.MANIFEST_NAME} is {lost})" in text, text
     assert not paths.switch_dir(store).exists()
-    # the store's own spec, given or found, still sweeps there
-    assert [p.at for p in switch([0], store=store, device="cpu").points] == [0]
+    if lost is None:  # the store's own spec, given or found, still sweeps there
+        assert [p.at for p in switch([0], store=store, device="cpu").points] == [0]
 
 
 def test_a_store_whose_kernels_used_another_probe_set_of_the_run_still_sweeps(deep_run, tmp_path):
@@ -803,33 +816,6 @@ def _carry_no_spec(store: Path) -> None:
         assert "spec" in meta, meta  # the files kernels writes now carry it
         del meta["spec"]
         save_file(load_file(str(path)), str(path), metadata=meta)
-
-
-@pytest.mark.parametrize("lost", ["missing", "damaged"])
-def test_another_spec_is_refused_by_the_kernel_files_when_the_manifest_is_lost(
-    deep_run, linear_run, tmp_path, lost
-):
-    # a store whose manifest.json is deleted or damaged: the check of the sweep's spec read the
-    # manifest alone, so --ckpts of a run with another [model] (or --spec of another) swept into
-    # the store beside deep_run's kernels. The kernel files carry their spec: told by it, as by
-    # the manifest, naming where the record comes from
-    store = tmp_path / "s"
-    kernels(deep_run, store=store, device="cpu")
-    _lose_manifest(store, lost)
-    with pytest.raises(StoreError, match="never mixes specs in a store") as caught:
-        switch([0, 4], store=store, ckpts=linear_run, device="cpu")
-    said = str(caught.value)
-    assert f"(the record its kernel files carry: {paths.MANIFEST_NAME} is {lost})" in said, said
-    assert "model.widths = [8] (now [])" in said, said
-    assert not paths.switch_dir(store).exists()
-    other = tmp_path / "other.toml"
-    save_spec(spec_from_dict(spec_dict([6]), source=str(other)), other)
-    ran = runner.invoke(app, ["switch", "--at", "0", "--store", str(store), "--spec", str(other)])
-    text = " ".join(ran.output.split())
-    assert ran.exit_code == 1 and "Traceback" not in ran.output, ran.output
-    assert f"--spec {other}: its hash is " in text and "model.widths = [8] (now [6])" in text, text
-    assert f"{paths.MANIFEST_NAME} is {lost})" in text, text
-    assert not paths.switch_dir(store).exists()
 
 
 @pytest.mark.parametrize("lost", ["missing", "damaged"])
