@@ -58,6 +58,7 @@ its exact check, and slow on convolutions on a CPU (:mod:`conetool.ntk_reference
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -73,6 +74,7 @@ from .heap import kept_freed_memory
 from .library_call import library_call
 from .low_precision import is_low_precision
 from .ntk_checks import (
+    UnreachedParametersWarning,
     check_branches,
     check_independence,
     check_modules,
@@ -80,6 +82,8 @@ from .ntk_checks import (
     eval_mode,
     logits_of_batch,
     perturbed,
+    unreached_parameters,
+    unreached_warning,
 )
 from .ntk_failures import FORWARD_ERRORS, explained, input_refused
 from .ntk_memo import EngineMemo, Learned, signature
@@ -154,6 +158,7 @@ def empirical_ntk(
     check: bool = True,
     method: str = "auto",
     memo: EngineMemo | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Tensor:
     """The empirical NTK of ``model`` on ``x1`` (or between ``x1`` and ``x2``), exact, within a
     memory budget.
@@ -194,6 +199,14 @@ def empirical_ntk(
         memo: an :class:`~conetool.ntk_memo.EngineMemo` shared by the calls of a run: the
             independence check, the structured engine's set-up and ``auto``'s choice run on the
             first call of each architecture and input shape only (:mod:`conetool.ntk_memo`).
+        warn: receives what the call warns of; default :func:`warnings.warn` (category
+            :class:`~conetool.ntk_checks.UnreachedParametersWarning`). With ``check``, on the
+            first call of each signature of ``memo`` (every call without one): trainable
+            parameters that no gradient of the outputs reaches (used under ``torch.no_grad()``,
+            through ``.detach()`` or ``.data``, or never used), named, whose contribution the
+            kernel leaves out (:func:`~conetool.ntk_checks.unreached_parameters`: one more
+            forward and backward pass of two examples). Parameters with ``requires_grad=False``
+            are not named, nor ones whose gradient is zero.
 
     Returns:
         The kernel on the CPU: float64 when computing in float64, else float32. Products are
@@ -387,6 +400,13 @@ def empirical_ntk(
             outputs_move=lambda: outputs_move(forward, params, x, kind=kind, n2=n2),
             non_finite_inputs=lambda: _non_finite_inputs(x1, x2),
         )
+        # trainable parameters the kernel leaves out: once per signature, after a kernel
+        if check and learned is None and (unreached := unreached_parameters(forward, params, x)):
+            message = unreached_warning(unreached)
+            if warn is None:
+                warnings.warn(message, UnreachedParametersWarning, stacklevel=3)
+            else:
+                warn(message)
     # Only a call that gave a kernel teaches the memo: its checks (the independence check, which
     # NaN outputs leave undecided) run again on the next call otherwise.
     if memo is not None and key is not None and learned is None:

@@ -15,6 +15,7 @@ from .errors import ModelError
 from .models.outputs import logits_in
 
 __all__ = [
+    "UnreachedParametersWarning",
     "check_branches",
     "check_independence",
     "check_modules",
@@ -23,6 +24,8 @@ __all__ = [
     "logits_of",
     "logits_of_batch",
     "perturbed",
+    "unreached_parameters",
+    "unreached_warning",
 ]
 
 #: The perturbation's size, relative to each parameter's root mean square (:func:`perturbed`).
@@ -225,6 +228,68 @@ def check_branches(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
         batch = x[min(lo, max(n - 2, 0)) : lo + BRANCH_CHUNK]
         if batch.shape[0] >= 2:
             check_independence(forward, batch)
+
+
+class UnreachedParametersWarning(UserWarning):
+    """What :func:`conetool.empirical_ntk` warns of, without a ``warn`` of the caller's, when
+    trainable parameters get no gradient (:func:`unreached_parameters`)."""
+
+
+#: Parameters named in :func:`unreached_warning` before the rest are counted.
+NAMED_UNREACHED = 5
+
+
+def unreached_parameters(
+    forward: Callable[[Tensor, dict[str, Tensor]], Tensor],
+    params: dict[str, Tensor],
+    x: Tensor,
+) -> list[str]:
+    """The names of the trainable parameters that no gradient of the outputs reaches: those the
+    model's forward pass uses only under ``torch.no_grad()``, through a ``.detach()``-ed tensor or
+    ``.data``, or not at all (an auxiliary head it never calls). The engines' kernel has no
+    contribution from them (autograd sees none), though the model has ``requires_grad=True`` on
+    them. A parameter whose gradient is zero (behind a dead ReLU) is reached, and not named.
+
+    One forward pass of ``x[:2]`` ``(<= 2, *shape)`` at ``params`` and one backward pass of its
+    outputs summed: a parameter is unreached when autograd gives no gradient for it (``None``, not
+    a zero tensor). A diagnostic only: a forward or backward pass that fails here (the engines
+    computed the kernel already) names nothing.
+    """
+    live = {name: t.detach().requires_grad_() for name, t in params.items()}
+    try:
+        with torch.enable_grad():
+            out = forward(x[:2], live)
+            if not out.requires_grad:  # no parameter reaches the outputs at all
+                return list(live)
+            grads = torch.autograd.grad(
+                out, list(live.values()), torch.ones_like(out), allow_unused=True
+            )
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError):
+        return []
+    return [name for name, grad in zip(live, grads, strict=True) if grad is None]
+
+
+def unreached_warning(names: list[str]) -> str:
+    """What is said of the trainable parameters :func:`unreached_parameters` found (non-empty
+    ``names``): the first :data:`NAMED_UNREACHED` named, the count, why they are not in the
+    kernel and the two fixes."""
+    count = len(names)
+    shown = ", ".join(f"'{name}'" for name in names[:NAMED_UNREACHED])
+    more = f" and {count - NAMED_UNREACHED} more" if count > NAMED_UNREACHED else ""
+    one = count == 1
+    tensors, get, its, them = (
+        ("tensor", "gets", "its", "it") if one else ("tensors", "get", "their", "them")
+    )
+    return (
+        f"{count} trainable parameter {tensors} (requires_grad=True) {get} no gradient from the "
+        f"model's outputs, so the eNTK leaves {its} contribution out: {shown}{more}. The "
+        f"forward pass uses {them} under torch.no_grad(), through .detach() or .data, or not at "
+        "all (an auxiliary head it never calls, or whose output it discards). If "
+        f"{'it' if one else 'they'} should count, remove the no_grad, detach or .data from the "
+        f"forward pass; if {'it is' if one else 'they are'} frozen or unused on purpose, set "
+        f"requires_grad=False on {them} in the model (module.requires_grad_(False)), which says "
+        "so and silences this warning."
+    )
 
 
 def _count(k: int) -> str:

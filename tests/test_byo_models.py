@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call, jacrev
 from typer.testing import CliRunner
 
+import conetool
 from conetool import paths
 from conetool.cli import app
 
@@ -456,7 +457,10 @@ def test_a_frozen_trunk_in_hugging_face_pytorch_model_bin_folders(
 
     plain_run(models.frozen, [6], save)
     spec, store = spec_file(tmp_path, "frozen"), tmp_path / "store"
-    invoke("kernels", str(ckpts), "--spec", str(spec), "--store", str(store), "--dtype", "float64")
+    ran = invoke(
+        "kernels", str(ckpts), "--spec", str(spec), "--store", str(store), "--dtype", "float64"
+    )
+    assert "get no gradient" not in ran, ran  # frozen on purpose: requires_grad=False says so
     refs = {}
     for step in STEPS:
         state = torch.load(ckpts / f"checkpoint-{step}" / "pytorch_model.bin", weights_only=True)
@@ -492,7 +496,16 @@ def test_non_persistent_buffers_and_unused_parameters_from_a_loops_dicts(
     spec, store = spec_file(tmp_path, "buffers"), tmp_path / "store"
     listed = invoke("inspect", str(ckpts), "--spec", str(spec), "--verify")
     assert "3 of 3 checkpoints usable" in listed, listed
-    invoke("kernels", str(ckpts), "--spec", str(spec), "--store", str(store), "--dtype", "float64")
+    ran = invoke(
+        "kernels", str(ckpts), "--spec", str(spec), "--store", str(store), "--dtype", "float64"
+    )
+    assert ran.count("get no gradient") == 1, ran
+    assert "3 trainable parameter tensors" in ran, ran
+    assert "leaves their contribution out: 'aux', 'unused.weight', 'unused.bias'." in ran, ran
+    result = conetool.kernels(ckpts, spec=spec, store=tmp_path / "again", dtype="float64")
+    assert [w for w in result.warnings if "get no gradient" in w] == [
+        next(w for w in result.warnings if "'aux', 'unused.weight'" in w)
+    ]
     refs = {}
     for step in STEPS:
         raw = torch.load(ckpts / f"ckpt_{step}.pt", weights_only=True)["model_state_dict"]
@@ -521,6 +534,13 @@ def test_per_layer_kernels_of_parameters_that_do_not_reach_the_logits_are_zero(
         "--per-layer",
     )  # fmt: skip
     assert "groups root, fc, bn, head, aux: 3 computed" in ran, ran
+    # said once for the run (not per checkpoint, nor per group with only its own parameters)
+    assert ran.count("get no gradient") == 1, ran
+    assert (
+        "warning: 3 trainable parameter tensors (requires_grad=True) get no gradient from the "
+        "model's outputs, so the eNTK leaves their contribution out: 'spare', 'aux.weight', "
+        "'aux.bias'. "
+    ) in ran, ran
     x = load_file(str(paths.probe(store)))["inputs"]
     for step in STEPS:
         state = load_file(str(ckpts / f"step_{step}.safetensors"))

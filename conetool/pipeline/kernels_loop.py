@@ -251,13 +251,25 @@ def compute_all(
             progress.log(f"warning: {message}")
 
     memo = EngineMemo()  # the checks and the engine's set-up run once per run, not per checkpoint
+    said_of_model: set[str] = set()
+
+    def warn_of_model(message: str) -> None:
+        """What the engine says of the model (trainable parameters no gradient reaches): once
+        per run, though the probe and evaluation kernels' calls each find it."""
+        if message not in said_of_model:
+            said_of_model.add(message)
+            warnings.append(message)
+            progress.log(f"warning: {message}")
 
     def ntk(
         x1: torch.Tensor,
         x2: torch.Tensor | None = None,
         on_block: Callable[[int, int], None] | None = None,
+        whole: bool = True,
     ) -> torch.Tensor:
-        """The run's kernel of ``x1`` (with ``x2``: the cross kernel) on the current weights."""
+        """The run's kernel of ``x1`` (with ``x2``: the cross kernel) on the current weights.
+        ``whole``: False for a group's kernel (--per-layer), whose call sees the other groups'
+        parameters frozen, so it says nothing of the model (the whole model's calls do)."""
         return empirical_ntk(
             model,
             x1,
@@ -269,6 +281,7 @@ def compute_all(
             dtype=DTYPES[dtype],
             on_block=on_block,
             memo=memo,
+            warn=warn_of_model if whole else _silent,
         )
 
     first_said: dict[str, int] = {}  # a --skip-bad problem (its file aside) -> its first step
@@ -394,7 +407,9 @@ def compute_all(
                     cross = ntk(evaluated.inputs, plan.probe.inputs)
                 per_group = None
                 if layers is not None and layers_missing:
-                    per_group = group_kernels(model, layers, lambda: ntk(plan.probe.inputs))
+                    per_group = group_kernels(
+                        model, layers, lambda: ntk(plan.probe.inputs, whole=False)
+                    )
                 kernel = (
                     None
                     if current
@@ -542,6 +557,10 @@ def compute_all(
         layer_computed=sorted(s for other in shares for s in other["layer_computed"]),
         layer_groups=list(layers) if layers is not None else None,
     )
+
+
+def _silent(message: str) -> None:
+    """A ``warn`` that says nothing."""
 
 
 def _failures(shares: list[dict[str, Any]], failed: dict[int, str]) -> list[Failure]:
