@@ -17,6 +17,7 @@ __all__ = [
     "FORWARD_ERRORS",
     "explained",
     "input_refused",
+    "untransformable_function",
     "vmap_failures_named",
 ]
 
@@ -62,6 +63,24 @@ def explained(exc: RuntimeError) -> ModelError | None:
     if "mutate a captured Tensor" in message:
         return ModelError(IN_PLACE_UPDATE)
     return None
+
+
+def untransformable_function(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (an error :func:`vmap_failures_named` turned into a
+    :class:`ModelError`, or its cause) is torch.func refusing a custom
+    ``torch.autograd.Function`` of the model: one without ``setup_context`` (the old style, with
+    ``ctx`` in ``forward``), or one without a vmap rule (neither a ``vmap`` staticmethod nor
+    ``generate_vmap_rule = True``). Ordinary autograd differentiates it all the same, one example
+    at a time (:func:`conetool.ntk_reference.looped_grads`). Activation checkpointing's is not
+    one of them: it refuses ``torch.autograd.grad`` too (:data:`ACTIVATION_CHECKPOINTING`)."""
+    if isinstance(exc, ModelError):
+        exc = exc.__cause__
+    if not isinstance(exc, RuntimeError):
+        return False
+    known = explained(exc)
+    if known is not None:
+        return str(known) == CUSTOM_FUNCTION
+    return "does not have vmap support" in str(exc)
 
 
 #: What a model's forward pass raises on inputs it cannot take: PyTorch's shape errors are

@@ -2,7 +2,9 @@
 
 One forward pass per example and one reverse pass ``vmap``-ed over a set of cotangent vectors, for
 every trainable parameter; rows are kept per parameter tensor, never concatenated into a ``p``-wide
-matrix. It is the exact check of the structured engine (:mod:`conetool.ntk_structured`), and the
+matrix. A model with a custom ``torch.autograd.Function`` that torch.func cannot transform (no
+``setup_context``, or no vmap rule) gets the same rows from ordinary autograd instead, one example
+and one cotangent at a time (:func:`looped_grads`: slower, exact). It is the exact check of the structured engine (:mod:`conetool.ntk_structured`), and the
 path that engine falls back to for parameters it cannot see.
 
 Time: it costs what ``vmap(jacrev)`` costs, and on a CPU per-example gradients of convolutions
@@ -19,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp, vmap
 
-from .ntk_failures import vmap_failures_named
+from .errors import ModelError
+from .ntk_failures import untransformable_function, vmap_failures_named
 from .ntk_saved import saved_activations
 from .ntk_terms import Dense, Term
 
-__all__ = ["JacobianRows"]
+__all__ = ["JacobianRows", "looped_grads", "vmapped_or_looped"]
 
 
 class JacobianRows:
@@ -46,6 +49,8 @@ class JacobianRows:
         model: nn.Module | None = None,
     ) -> None:
         self.params = params
+        self.forward = forward
+        self.looped = False  # vmap refused a custom autograd.Function: ordinary autograd instead
         self.model = model  # named in an error torch.func raises (ntk_failures.failing_module)
         self.x = x
         self.full = kind == "full"
@@ -62,8 +67,13 @@ class JacobianRows:
 
     def rows(self, cot: Tensor, lo: int, hi: int) -> list[Term]:
         """Dense rows of examples ``lo:hi``: ``(b·g, p_t)`` for ``full``, else ``(b, g·p_t)``."""
-        with vmap_failures_named(self.model):
-            block = self._rows_of(self.params, self.x[lo:hi], cot)  # name -> (b, g, *shape)
+        batch = self.x[lo:hi]
+        block, self.looped = vmapped_or_looped(
+            lambda: self._rows_of(self.params, batch, cot),
+            lambda: looped_grads(self.forward, self.params, list(self.params), batch, cot),
+            self.looped,
+            self.model,
+        )  # name -> (b, g, *shape)
         b = hi - lo
         per = cot.shape[0] if self.full else 1
         mats: list[Term] = []
@@ -81,6 +91,69 @@ class JacobianRows:
 
     def activations(self, g: int) -> int:
         return 3 * self.saved + 4 * g * self.largest
+
+
+def vmapped_or_looped(
+    vmapped: Callable[[], dict[str, Tensor]],
+    looped: Callable[[], dict[str, Tensor]],
+    loop: bool,
+    model: nn.Module | None,
+) -> tuple[dict[str, Tensor], bool]:
+    """``(grads, loop)``: ``vmapped()`` (its errors named by :func:`vmap_failures_named`), or
+    ``looped()`` once torch.func refused a custom autograd.Function of the model
+    (:func:`~conetool.ntk_failures.untransformable_function`), and from then on (``loop``
+    returned True, to be passed back): the same per-example gradients by ordinary autograd."""
+    if not loop:
+        try:
+            with vmap_failures_named(model):
+                return vmapped(), False
+        except ModelError as exc:
+            if not untransformable_function(exc):
+                raise
+    return looped(), True
+
+
+def looped_grads(
+    forward: Callable[..., Tensor],
+    params: dict[str, Tensor],
+    names: list[str],
+    batch: Tensor,
+    cot: Tensor,
+) -> dict[str, Tensor]:
+    """Per-example gradients ``name -> (b, g, *shape)`` of ``params[name]`` for ``names``, the
+    other parameters fixed: for each example of ``batch`` ``(b, *shape)`` one ordinary forward
+    pass ``forward(example, params)`` and one backward pass per cotangent of ``cot`` ``(g, c)``.
+
+    What ``vmap`` over examples of ``vjp`` gives, for a model that torch.func cannot transform (a
+    custom ``torch.autograd.Function`` without ``setup_context`` or a vmap rule), whose own
+    ``backward`` ordinary autograd calls. ``b·g`` backward passes: slower than ``vmap``.
+    """
+    fixed = {k: v for k, v in params.items() if k not in names}
+    g = cot.shape[0]
+    rows: dict[str, list[Tensor]] = {name: [] for name in names}
+    with torch.enable_grad():
+        for example in batch:
+            live = {name: params[name].detach().requires_grad_() for name in names}
+            out = forward(example.unsqueeze(0), {**fixed, **live}).reshape(-1)
+            per: dict[str, list[Tensor]] = {name: [] for name in names}
+            for j in range(g):
+                if out.requires_grad:
+                    grads = torch.autograd.grad(
+                        out,
+                        list(live.values()),
+                        cot[j],
+                        retain_graph=j + 1 < g,
+                        allow_unused=True,
+                        materialize_grads=True,
+                    )
+                else:  # no parameter reaches the outputs: every gradient is zero
+                    grads = tuple(torch.zeros_like(t) for t in live.values())
+                for name, grad in zip(names, grads, strict=True):
+                    per[name].append(grad)
+            for name in names:
+                rows[name].append(torch.stack(per[name]))
+            del out, per
+    return {name: torch.stack(rows[name]) for name in names}
 
 
 def _measure(

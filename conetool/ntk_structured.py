@@ -50,7 +50,6 @@ from torch.func import vjp, vmap
 from . import ntk_precision
 from .errors import ConetoolError
 from .ntk_checks import perturbed
-from .ntk_failures import vmap_failures_named
 from .ntk_layer_grads import (
     HookedLayer,
     RecordedCall,
@@ -64,6 +63,7 @@ from .ntk_layer_grads import (
     per_example_grads,
 )
 from .ntk_memo import StructuredLayout
+from .ntk_reference import looped_grads, vmapped_or_looped
 from .ntk_saved import saved_activations
 from .ntk_terms import Term
 from .ntk_tuning import tuning_for
@@ -106,6 +106,7 @@ class StructuredRows:
     ) -> None:
         self.model = model
         self.forward = forward
+        self._looped = False  # the fallback's vmap refused a custom autograd.Function
         self.params = params
         self.tensors = tensors
         self.x = x
@@ -375,7 +376,8 @@ class StructuredRows:
 
     def _fallback(self, batch: Tensor, cot: Tensor) -> list[Tensor]:
         """Per-example gradients ``(b, g, *shape)`` of the fallback parameters: ``vmap`` over the
-        examples of ``vjp`` of the whole model (the reference engine's path)."""
+        examples of ``vjp`` of the whole model (the reference engine's path; ordinary autograd one
+        example at a time for a custom autograd.Function torch.func cannot transform)."""
         names = self.fallback
         chosen = {k: self.params[k] for k in names}
         fixed = {k: v for k, v in self.params.items() if k not in chosen}
@@ -388,8 +390,12 @@ class StructuredRows:
             _, pullback = cast("tuple[Tensor, Callable[..., Any]]", pair)  # no has_aux: two
             return vmap(pullback)(cot)[0]
 
-        with vmap_failures_named(self.model):
-            out = vmap(single)(batch)
+        out, self._looped = vmapped_or_looped(
+            lambda: vmap(single)(batch),
+            lambda: looped_grads(self.forward, self.params, names, batch, cot),
+            self._looped,
+            self.model,
+        )
         return [out[name] for name in names]
 
     # ----------------------------------------------------------------------------------------------
