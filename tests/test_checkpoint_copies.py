@@ -329,10 +329,14 @@ def test_one_step_folder_given_alone_is_read_as_its_step(tmp_path: Path, name: s
         assert listed == [(0, "step_0")], given
     store, _ = run_kernels(tmp_path, folder)
     assert_kernel_of(store, 0, 3)
-    # a model file that stores its step keeps it, as before
+    # a model file that stores another step: the folder's step all the same, as from the run's
+    # directory (was: 7, the stored step, given alone), with a warning naming both
     save_file(weights(3), str(folder / "model.safetensors"), metadata={"step": "7"})
     (folder / "model.pt").unlink(missing_ok=True)
-    assert said(folder)[0] == [(7, "model.safetensors")]
+    for given in (folder, tmp_path / "run"):
+        listed, told = said(given)
+        assert listed == [(0, "step_0")], given
+        assert any("stores step 7" in m and "gives step 0" in m for m in told), told
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ give it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from conetool.checkpoints import list_checkpoints, read_state_dict
+from conetool.checkpoints import (
+    CheckpointRef,
+    inspect_checkpoints,
+    list_checkpoints,
+    read_state_dict,
+)
 from conetool.errors import CheckpointError
 
 
@@ -134,11 +140,75 @@ def test_a_trainer_output_dir_named_for_a_step_is_still_scanned_whole(tmp_path: 
         assert [(r.step, r.file) for r in refs] == [(5, run / sub)], sub
 
 
-def test_one_folder_per_step_given_on_its_own_whose_file_stores_a_step_keeps_that_step(
+def _listed(given: Path) -> tuple[list[CheckpointRef], list[str]]:
+    said: list[str] = []
+    return list_checkpoints(given, warn=said.append), said
+
+
+def test_a_folder_per_step_whose_file_stores_another_step_gives_the_folders_step_either_way(
     tmp_path: Path,
 ):
+    # Was: step 7 read from the run's directory (the folder's name), 700 given alone (the
+    # file's stored step), silently both times: one folder, two steps
     folder = tmp_path / "step_7"
     folder.mkdir()
     torch.save({"model_state_dict": _state(7), "step": 700}, folder / "model.pt")
-    refs = list_checkpoints(folder, warn=lambda _: None)
-    assert [(r.step, r.paths) for r in refs] == [(700, (folder / "model.pt",))]
+    (from_run, said_run), (alone, said_alone) = _listed(tmp_path), _listed(folder)
+    assert from_run == alone, (from_run, alone)
+    assert [(r.step, r.folder, r.paths) for r in alone] == [(7, folder, (folder / "model.pt",))]
+    for said in (said_run, said_alone):
+        (warning,) = [w for w in said if "stores step 700" in w]
+        assert "'step_7/model.pt' stores step 700 (the 'step' entry of its torch.save dict)" in (
+            warning
+        ), warning
+        assert "its folder gives step 7 (by its name), which is taken" in warning, warning
+        assert f"mv '{folder}' '{tmp_path / 'step_700'}'" in warning, warning
+    for given in (tmp_path, folder):  # inspect shows the same step and says the same
+        warned: list[str] = []
+        rows = inspect_checkpoints(given, warn=warned.append, note=lambda _: None)
+        assert [(r.step, r.file, r.status) for r in rows] == [(7, "step_7/", "ok")], rows
+        assert any("stores step 700" in w and "step 7" in w for w in warned), warned
+
+
+def test_a_folder_per_step_whose_file_stores_its_own_step_is_said_nothing(tmp_path: Path):
+    _write(tmp_path, "model.pt", (0, 10), wrapped=True)  # {"model_state_dict": ..., "step": N}
+    for given in (tmp_path, tmp_path / "step_10"):
+        refs, said = _listed(given)
+        assert not [w for w in said if "stores step" in w], said
+    assert [r.step for r in refs] == [10]
+
+
+def _sharded(folder: Path, metadata: dict[str, str] | None) -> None:
+    folder.mkdir(parents=True)
+    state = _state(7)
+    weight_map = {}
+    for k, name in enumerate(state):
+        shard = f"model-0000{k + 1}-of-00002.safetensors"
+        save_file({name: state[name].contiguous()}, str(folder / shard), metadata=metadata)
+        weight_map[name] = shard
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")
+
+
+@pytest.mark.parametrize("stored", [None, "7", "700"])
+def test_a_sharded_folder_per_step_given_alone_is_read_as_its_parent_reads_it(
+    tmp_path: Path, stored: str | None
+):
+    # Was: shards storing a step (metadata step) given alone were read as a directory of shards
+    # (the index for the file, no folder) and took the stored step, 700 where the folder said 7
+    folder = tmp_path / "step_7"
+    _sharded(folder, None if stored is None else {"step": stored})
+    (from_run, said_run), (alone, said_alone) = _listed(tmp_path), _listed(folder)
+    assert from_run == alone, (from_run, alone)
+    (ref,) = alone
+    assert (ref.step, ref.folder, ref.index) == (7, folder, folder / "model.safetensors.index.json")
+    assert ref.source == "hf-sharded"
+    for said in (said_run, said_alone):
+        differ = [w for w in said if "stores step" in w]
+        if stored == "700":
+            (warning,) = differ
+            shard = "step_7/model-00001-of-00002.safetensors"
+            assert f"'{shard}' stores step 700 (safetensors metadata step)" in warning, warning
+        else:
+            assert not differ, said
+    assert read_state_dict(ref).keys() == _state(7).keys()

@@ -9,7 +9,9 @@ Layouts accepted without configuration (one directory level, plus Hugging Face f
   ``pytorch_model.bin``, or shards ``model-00001-of-00002.safetensors`` with
   ``model.safetensors.index.json`` (also shards with their index directly in the directory);
 - a plain loop's folder per step, ``step_2000/`` holding ``model.pt`` or ``model.pth`` (or any
-  of the Hugging Face weights above), read as a Hugging Face folder: the step is the folder's.
+  of the Hugging Face weights above), read as a Hugging Face folder: the step is the folder's,
+  whatever its file stores (read from the run's directory or given alone; a stored step that
+  differs is warned of: :func:`folder_step_warning`).
   A subfolder whose name gives no step (nor ``--step-regex``) and that holds no
   ``trainer_state.json`` (``old/model.pt``, ``best/model.safetensors``) is not read: a warning
   names it (:func:`nested_warning`).
@@ -65,6 +67,7 @@ The step of each checkpoint, in order of precedence:
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -338,6 +341,48 @@ def stored_step_note(
         f"step of the name) to take theirs.",
         True,
     )
+
+
+def folder_step_warning(directory: Path, candidates: list[Candidate]) -> str | None:
+    """The warning for folders of one step (``step_7/``, ``checkpoint-7/``) whose weights file
+    stores another step (``step_7/model.pt`` whose dict's ``step`` is 700): the folder's step
+    is taken, from the run's directory as from the folder given alone, and the stored one may be
+    the right one. Names the first such file (relative to ``directory``, as the other notes
+    name files), where it stores its step, both steps, the one taken and the fix; counts the
+    others. None when every stored step agrees with its folder's (or none is stored)."""
+    differ = [c for c in candidates if c.problem is None and c.folder_file_step is not None]
+    if not differ:
+        return None
+    c = differ[0]
+    assert c.folder_file_step is not None and c.folder is not None and c.step is not None
+    file, where, stored, how = c.folder_file_step
+    if c.global_step is not None and c.global_step == c.step:
+        fix = f"correct the global_step of '{c.folder / 'trainer_state.json'}'"
+        if "name" in how:
+            fix = f"rename the folder ({_renamed(c.folder, c.step, stored)}) and {fix}"
+    else:
+        fix = f"rename the folder: {_renamed(c.folder, c.step, stored)}"
+    others = len(differ) - 1
+    also = ""
+    if others:
+        also = f" So do {others} other checkpoint folders." if others > 1 else " So does 1 other."
+    return (
+        f"'{_relative(file, directory)}' stores step {stored} ({where}), but its folder gives "
+        f"step {c.step} ({how}), which is taken: a folder's step wins over its file's, read "
+        f"from the run's directory or given alone. If step {stored} is the right one, {fix}."
+        f"{also}"
+    )
+
+
+def _renamed(folder: Path, step: int, stored: int) -> str:
+    """``mv 'run/step_7' 'run/step_700'``: renaming ``folder``, named for ``step``, for
+    ``stored`` (its last number that is ``step`` replaced; else ``step_{stored}``)."""
+    numbers = [m for m in re.finditer(r"\d+", folder.name) if int(m.group()) == step]
+    name = f"step_{stored}"
+    if numbers:
+        m = numbers[-1]
+        name = folder.name[: m.start()] + str(stored) + folder.name[m.end() :]
+    return f"mv '{folder}' '{folder.parent / name}'"
 
 
 def unix_time_warning(directory: Path, candidates: list[Candidate]) -> str | None:
@@ -813,6 +858,8 @@ def checkpoint_listing(
         warn(epoch_note(iterations_per_epoch, from_epochs))
     if stored := stored_step_note(scan.directory, scan.candidates, iterations_per_epoch):
         (warn if stored[1] else note)(stored[0])
+    if said := folder_step_warning(scan.directory, scan.candidates):  # step_7/ storing 700
+        warn(said)
     if said := unix_time_warning(scan.directory, scan.candidates):  # steps that may be times
         warn(said)
     if said := left_entries_warning(scan.directory, scan.candidates):  # an EMA not read

@@ -25,6 +25,7 @@ from .discover import (
     copies_note,
     default_warn,
     final_model_warning,
+    folder_step_warning,
     left_entries_warning,
     nested_warning,
     not_state_dicts_note,
@@ -108,8 +109,8 @@ def inspect_checkpoints(
     in :func:`list_checkpoints`. What the directory holds but is not read,
     which gets no row, and files whose stored step differs from their name's are said as
     :func:`~conetool.checkpoints.discover.checkpoint_listing` says them to ``kernels``: ``warn``
-    receives the warnings (checkpoints in subfolders; a stored step the name contradicts; steps
-    that read as Unix times; an EMA or other state dict of the network beside the one read in
+    receives the warnings (checkpoints in subfolders; a stored step the name or folder
+    contradicts; steps that read as Unix times; an EMA or other state dict of the network beside the one read in
     a torch.save dict; and, without ``verify``, entries of such a dict whose values kernels
     compares and a headers-only reading does not), default :func:`warnings.warn`; ``note`` the notes, information only (copies of another file
     of the same step, torch.save files that hold no state dict, names counting epochs that the
@@ -132,6 +133,7 @@ def inspect_checkpoints(
     stored = stored_step_note(scan.directory, scan.candidates, iterations_per_epoch)
     said_of_the_directory = (
         (stored[0] if stored else None, warn if stored and stored[1] else note),
+        (folder_step_warning(scan.directory, scan.candidates), warn),  # step_7/ storing 700
         (unix_time_warning(scan.directory, scan.candidates), warn),  # steps that may be times
         (left_entries_warning(scan.directory, scan.candidates), warn),  # an EMA not read
         # entries whose values kernels compares, which a headers-only reading does not

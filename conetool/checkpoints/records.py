@@ -106,13 +106,17 @@ class Candidate:
     epoch: int | None = None  # set when the step was converted from an epoch in the name
     #: a flat torch.save file that holds no tensor by name (``"a list of 3 items"``): no checkpoint
     holds: str | None = None
-    #: the step entries of a flat torch.save file's dict (``_stored_steps.STEP_KEYS``), as read
-    #: (None: the entry is None)
+    #: the step entries of the torch.save dict of a flat file or a folder's one file
+    #: (``_stored_steps.STEP_KEYS``), as read (None: the entry is None)
     stored_steps: dict[str, int | BadStep | None] = field(default_factory=dict)
     #: where the step came from when the file stores it (``"safetensors metadata step"``)
     step_inside: str | None = None
     #: the step the name gives when it differs from the one stored in the file (which is taken)
     named_step: int | None = None
+    #: a folder of one step whose weights file stores another step than the folder gives (the
+    #: folder's is taken): (the file, where it stores the step, the step stored, how the
+    #: folder gives its step: "by its name", "by its trainer_state.json global_step")
+    folder_file_step: tuple[Path, str, int, str] | None = None
     #: the step was read from a file's name by a built-in step rule (``ckpt_2000``): not by
     #: --step-regex, from an epoch name or open_lth's, stored in the file, or a Hugging Face
     #: folder's (the Trainer names it by its step)

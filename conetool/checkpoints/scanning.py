@@ -137,7 +137,9 @@ def _read_headers(c: Candidate, deep: bool) -> None:
             # (losses.pt: not a checkpoint); any file's dict, a Hugging Face folder's
             # pytorch_model.bin and its shards too, may hold an EMA beside the state dict read
             # (``left``, said by kernels as by inspect). A legacy (non-zip) pickle cannot be
-            # memory-mapped: its contents wait for the load.
+            # memory-mapped: its contents wait for the load. The step a folder's one file
+            # (step_7/model.pt) stores is kept too: the folder gives the step, and a stored
+            # step that differs is said.
             flat = c.folder is None and c.index is None
             if all(zipped):
                 keys: dict[str, tuple[int, ...]] = {}
@@ -149,7 +151,7 @@ def _read_headers(c: Candidate, deep: bool) -> None:
                         return
                     assert contents.shapes is not None
                     keys.update(contents.shapes)
-                    c.stored_steps = contents.steps if flat else {}
+                    c.stored_steps = contents.steps if c.index is None else {}
                     if contents.entry is not None:
                         c.entry = contents.entry
                         c.uncompared = (*dict.fromkeys(c.uncompared + contents.uncompared),)
@@ -597,20 +599,16 @@ def _is_accelerate_folder(directory: Path) -> bool:
 def _one_step_folder(directory: Path, scan: Scan, pattern: re.Pattern[str] | None) -> bool:
     """Whether ``directory``, given as the one to read and listed whole (``scan``), is one
     folder of one step: its name gives a step (``step_0``; :func:`step_named`, ``--step-regex``
-    too) and all it holds is the weights a folder per step is read by (:data:`FOLDER_WEIGHTS`),
-    usable but storing no step, which read as a file of its own would give none ("no step
-    recoverable"). It is then read as it is inside its run's directory: the step is the
-    folder's. A file that stores its step keeps it, as before."""
+    too) and all it holds is the usable weights a folder per step is read by
+    (:data:`FOLDER_WEIGHTS`: ``model.pt``, or shards with ``model.safetensors.index.json``),
+    which read as a file of its own would give no step ("no step recoverable") or the one it
+    stores. It is then read as it is inside its run's directory: the step is the folder's,
+    whatever its file stores (a stored step that differs is said, as from the parent)."""
     if len(scan.candidates) != 1 or not step_named(directory.name, pattern):
         return False
     (c,) = scan.candidates
     name = (c.index or c.location).name
-    return (
-        c.folder is None
-        and c.problem is None
-        and name in FOLDER_WEIGHT_NAMES
-        and stored_step(c) is None
-    )
+    return c.folder is None and c.problem is None and name in FOLDER_WEIGHT_NAMES
 
 
 def _has_checkpoint_folders(directory: Path) -> bool:

@@ -169,10 +169,17 @@ def candidate_stem(c: Candidate) -> str:
 def _stored_step(c: Candidate) -> tuple[str, int] | None:
     """The step a flat file stores, and where: its safetensors metadata ``step`` (else
     ``global_step``), or the ``step`` (else ``global_step``) entry of its torch.save dict; None
-    when it stores none (an entry that is None, or metadata "None", is none). Hugging Face
-    folders have their own rule (trainer_state.json)."""
+    when it stores none (an entry that is None, or metadata "None", is none). A folder's step is
+    its own (its name, else its trainer_state.json), whatever its file stores: None for them
+    (:func:`_file_step` reads what a folder's file stores)."""
     if c.folder is not None:
         return None
+    return _file_step(c)
+
+
+def _file_step(c: Candidate) -> tuple[str, int] | None:
+    """:func:`_stored_step` of ``c``'s file, a folder's too (``step_7/model.pt``, its first
+    shard's metadata)."""
     meta = c.metadata
     for key in STEP_KEYS:
         if key in meta:
@@ -255,6 +262,7 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
         return
     stem = candidate_stem(c)
     c.step, c.epoch = name_step(stem, ipe, where, dates=c.folder is None)
+    by_name = c.step is not None
     c.step_by_name_rule = (
         c.folder is None and c.step is not None and c.epoch is None and not is_open_lth_name(stem)
     )
@@ -285,3 +293,19 @@ def recover_step(c: Candidate, pattern: re.Pattern[str] | None, ipe: int | None)
             "part of the name that is the step"
         )
         raise _beyond_steps(c, "by its name", fix)
+    if c.folder is not None and c.paths:
+        _note_folder_file_step(
+            c, "by its name" if by_name else "by its trainer_state.json global_step"
+        )
+
+
+def _note_folder_file_step(c: Candidate, how: str) -> None:
+    """Record in ``folder_file_step`` that a folder's weights file stores another step than the
+    folder gives (``how``), which is taken: said by the listing (the stored one may be right).
+    An entry that is no step (``'last'``) is not said: the folder gives the step."""
+    try:
+        stored = _file_step(c)
+    except CheckpointError:
+        return
+    if stored is not None and stored[1] != c.step:
+        c.folder_file_step = (c.paths[0], stored[0], stored[1], how)
