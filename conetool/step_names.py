@@ -335,7 +335,9 @@ def regex_step(
     pattern: re.Pattern[str], name: str, ipe: int | None, where: Path
 ) -> tuple[int, int | None]:
     """``(step, epoch)`` from ``--step-regex`` searched in ``name`` (``epoch`` as in
-    :func:`name_step`)."""
+    :func:`name_step`). Raises :class:`CheckpointError` naming the flag, the file and the fix
+    when it does not match, when it matches but its group takes no part in the match (captured
+    no number: ``'ckpt_(\\d+)|final'`` on ``final.pt``), and when its group holds other text."""
     m = pattern.search(name)
     if m is None:
         raise CheckpointError(
@@ -343,6 +345,9 @@ def regex_step(
             f"searched in the file name, or the folder name of a checkpoint-N folder); change the "
             f"regex, or move the file out of the directory."
         )
+    group = next((g for g in ("epoch", "step") if g in pattern.groupindex), None)
+    if m.group(group or 1) is None:
+        raise _captured_no_number(pattern, m, name, where, group)
     try:
         if "epoch" in pattern.groupindex:
             epoch = int(m.group("epoch"))
@@ -352,8 +357,23 @@ def regex_step(
             return epoch * ipe + it, None if "it" in pattern.groupindex else epoch
         value = m.group("step") if "step" in pattern.groupindex else m.group(1)
         return int(value), None
-    except (TypeError, ValueError):
+    except ValueError:
         raise CheckpointError(
             f"--step-regex '{pattern.pattern}' matched '{name}' ({where}) but its group is not a "
             f"whole number; put the group around the digits only, as in {STEP_REGEX_EXAMPLE}."
         ) from None
+
+
+def _captured_no_number(
+    pattern: re.Pattern[str], m: re.Match[str], name: str, where: Path, group: str | None
+) -> CheckpointError:
+    """The error for ``--step-regex`` matching ``name`` without its step group taking part (an
+    alternative without it, ``'ckpt_(\\d+)|final'`` on ``final.pt``, or an optional group): no
+    number was captured, so no step."""
+    which = f"its group '{group}'" if group else "its group"
+    return CheckpointError(
+        f"--step-regex '{pattern.pattern}' matched '{name}' ({where}) but captured no number: "
+        f"{which} took no part in the match ('{m.group(0)}'). Make every match capture the "
+        f"step's digits, with a group around them in each alternative, as in "
+        f"{STEP_REGEX_EXAMPLE}, and let the regex not match a name that holds no step."
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conetool.checkpoints import list_checkpoints, step_from_name
+from conetool.checkpoints import inspect_checkpoints, list_checkpoints, step_from_name
 from conetool.checkpoints.discover import summarize_problems
 from conetool.errors import CheckpointError
 
@@ -116,3 +116,47 @@ def test_step_regex_named_groups(tmp_path: Path) -> None:
     assert [r.step for r in as_steps] == [1, 2]  # the user says they are steps
     plain = list_checkpoints(tmp_path, step_regex=r"_(\d+)", warn=print)  # no "epoch" before it
     assert [r.step for r in plain] == [1, 2]
+
+
+@pytest.mark.parametrize("stored", [10, 20])
+def test_step_regex_matching_a_copy_without_capturing_a_number_says_so(
+    tmp_path: Path, stored: int
+) -> None:
+    # Was: 'ckpt_(\d+)|final' matched final.pt with its group empty; that error ("its group is
+    # not a whole number") was dropped with final.pt, left out as a copy named without a step,
+    # without a word: even final.pt storing step 20, which no other file gives, was lost.
+    for step in (0, 10):
+        torch.save(_state(step), tmp_path / f"ckpt_{step}.pt")
+    torch.save({"model_state_dict": _state(stored), "step": stored}, tmp_path / "final.pt")
+    regex = r"ckpt_(\d+)|final"
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(tmp_path, step_regex=regex, warn=lambda _: None)
+    text = str(e.value)
+    said = f"--step-regex '{regex}' matched 'final.pt' ({tmp_path / 'final.pt'}) but captured no"
+    assert said in text, text
+    assert "number" in text and r"--step-regex 'it(\d+)'" in text, text
+    left: list[str] = []  # --skip-bad: left out, and said so
+    refs = list_checkpoints(tmp_path, step_regex=regex, skip_bad=True, warn=left.append)
+    assert [r.step for r in refs] == [0, 10]
+    assert any("final.pt" in m and "captured no number" in m for m in left), left
+    rows = inspect_checkpoints(tmp_path, step_regex=regex, warn=lambda _: None)
+    (row,) = [r for r in rows if r.file == "final.pt"]
+    assert row.status == "error" and "captured no number" in (row.problem or ""), row
+
+
+@pytest.mark.parametrize(
+    ("regex", "group"),
+    [(r"(\d+)?\.pt", "its group"), (r"it(?P<step>\d+)|ckpt", "its group 'step'")],
+)
+def test_step_regex_whose_group_takes_no_part_names_the_flag_the_file_and_the_fix(
+    tmp_path: Path, regex: str, group: str
+) -> None:
+    # Was: "its group is not a whole number; put the group around the digits only", though the
+    # group held nothing at all
+    torch.save(_state(0), tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError) as e:
+        list_checkpoints(tmp_path, step_regex=regex, warn=lambda _: None)
+    text = str(e.value)
+    assert f"--step-regex '{regex}' matched 'ckpt.pt'" in text, text
+    assert f"captured no number: {group} took no part in the match" in text, text
+    assert "not a whole number" not in text, text

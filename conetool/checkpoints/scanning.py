@@ -705,9 +705,12 @@ def scan_directory(
         whole, scan = False, _single(directory, deep)
     unmatched: dict[str, int] = {}  # aliases --step-regex does not match -> the step they store
     unreadable = {c.name for c in scan.candidates if c.problem is not None}  # before any step
+    matched_bad: set[str] = set()  # aliases --step-regex matches but reads no step from
     for c in scan.candidates:
+        matched = None
         if whole and pattern is not None and c.problem is None and _is_alias(c):
-            if not pattern.search(c.location.name) and (held := stored_step(c)) is not None:
+            matched = pattern.search(c.location.name)
+            if matched is None and (held := stored_step(c)) is not None:
                 unmatched[c.name] = held
         if c.problem is None and fixed_step is not None:
             c.step = fixed_step
@@ -716,6 +719,8 @@ def scan_directory(
                 recover_step(c, pattern, iterations_per_epoch)
             except CheckpointError as e:
                 c.fail(str(e))
+                if matched is not None:  # its error is the regex's: said, not left out
+                    matched_bad.add(c.name)
         elif c.step is None:  # best effort, so that --steps can leave a bad file out
             try:
                 c.step = step_from_name(
@@ -744,10 +749,13 @@ def scan_directory(
         for c in scan.candidates:
             if not _is_alias(c) and _usable_step(c):
                 stepped.setdefault(c.step, c)
+        # (an alias --step-regex matches without reading a step from it, 'ckpt_(\d+)|final'
+        # on final.pt, keeps the regex's error: left out, it would be lost without a word)
         aliases = [
             c
             for c in scan.candidates
             if _is_alias(c)
+            and c.name not in matched_bad
             and (
                 c.step is None
                 or (
