@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,36 @@ def test_the_cli_names_the_torch_save_files_of_its_note(tmp_path: Path, steps, s
     ), text
     quiet = CliRunner().invoke(app, ["inspect", str(tmp_path), "-q"])
     assert quiet.exit_code == 0 and "torch.save" not in quiet.output, quiet.output
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.pth"])
+def test_the_torch_save_note_of_a_folder_per_step_names_the_file_inside(tmp_path: Path, name):
+    """`conetool inspect run/step_0/` (and `run/`) said 'step_0/ is a torch.save file': the
+    folder, where the torch.save file is the one inside it; so did kernels' listing."""
+    from typer.testing import CliRunner
+
+    from conetool.cli import app
+
+    run = tmp_path / "run"
+    for step in (0, 10):
+        (run / f"step_{step}").mkdir(parents=True)
+        torch.save(state(step), run / f"step_{step}" / name)
+    cases = [
+        (run / "step_0", f"note: step_0/{name} is a torch.save file, read only"),
+        (run, f"note: 2 checkpoints (step_0/{name}, step_10/{name}) are torch.save files"),
+    ]
+    for given, said in cases:
+        shown = CliRunner().invoke(app, ["inspect", str(given)])
+        assert shown.exit_code == 0, shown.output
+        text = " ".join(shown.output.split())
+        assert said in text, text
+        assert "step_0/ is a torch.save" not in text, text
+        assert re.search(r"│ step_0/ +│", shown.output), shown.output  # the row: the folder
+        notes: list[str] = []
+        list_checkpoints(given, warn=notes.append)
+        assert any(f"step_0/{name} is" in n or f"(step_0/{name}," in n for n in notes), notes
+    (row,) = inspect_checkpoints(run / "step_0", note=lambda _: None)
+    assert (row.file, row.weights_file) == ("step_0/", f"step_0/{name}"), row
 
 
 def test_the_torch_save_note_counts_only_usable_checkpoints(tmp_path: Path):

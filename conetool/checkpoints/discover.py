@@ -676,6 +676,15 @@ def shown_name(directory: Path, c: Candidate) -> str:
         return c.location.name
 
 
+def weights_name(directory: Path, c: Candidate) -> str:
+    """How the notes about a checkpoint's file name it (the torch.save note): as
+    :func:`shown_name`, but the file inside a folder read for its one weights file
+    (``step_0/model.pt``, not ``step_0/``, which is no torch.save file)."""
+    if c.folder is not None and c.index is None and len(c.paths) == 1:
+        return _relative(c.paths[0], directory)
+    return shown_name(directory, c)
+
+
 def default_warn(message: str) -> None:
     warnings.warn(message, CheckpointWarning, stacklevel=3)
 
@@ -866,7 +875,7 @@ def checkpoint_listing(
         warn(said)
     pickled = [c for c in scan.candidates if c.problem is None and c.paths and c.format == "torch"]
     if pickled:  # named as conetool inspect names them
-        note(torch_note([shown_name(scan.directory, c) for c in pickled]))
+        note(torch_note([weights_name(scan.directory, c) for c in pickled]))
     if said := not_state_dicts_note(scan):
         note(said)
     if said := copies_note(scan):  # the same bytes or tensors as a file read: nothing lost

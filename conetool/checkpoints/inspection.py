@@ -40,6 +40,7 @@ from .discover import (
     uncompared_warning,
     unix_time_warning,
     unreadable_alias_warning,
+    weights_name,
 )
 from .load import match_state_dict, read_checkpoint
 
@@ -66,6 +67,9 @@ class InspectRow:
             (:func:`conetool.checkpoints.load.fingerprint`); only with ``verify=True`` and
             ``status == "ok"``, else ``None``.
         notes: each note on its own: information (a torch.save file).
+        weights_file: the file the notes are about where it is not ``file``: the weights
+            file inside a folder read for its one file (``"step_0/model.pt"``, relative to the
+            directory as ``file``); ``None`` when it is ``file``.
         warnings: each warning on its own: what to check (dtypes below the model's, steps from
             epoch names).
     """
@@ -80,6 +84,7 @@ class InspectRow:
     fingerprint: str | None = None
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    weights_file: str | None = None
 
     @property
     def note(self) -> str | None:
@@ -183,10 +188,11 @@ def inspect_checkpoints(
         if c.epoch is not None and iterations_per_epoch is not None:
             # a step computed from the spec's batch size: a warning, as kernels says it
             warned.append(epoch_note(iterations_per_epoch, from_epochs))
+        shown, weights = shown_name(scan.directory, c), weights_name(scan.directory, c)
         rows.append(
             InspectRow(
                 step=c.step,
-                file=shown_name(scan.directory, c),
+                file=shown,
                 size=c.size,
                 num_params=count,
                 status="ok" if problem is None else "error",
@@ -195,6 +201,7 @@ def inspect_checkpoints(
                 fingerprint=fp,
                 notes=tuple(notes),
                 warnings=tuple(warned),
+                weights_file=None if weights == shown else weights,
             )
         )
     return rows

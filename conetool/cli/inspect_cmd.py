@@ -115,8 +115,8 @@ def _row_notes(rows: list[InspectRow]) -> list[str]:
     for row in rows:
         if row.status != "ok":
             continue
-        for note in row.notes:
-            files.setdefault(note, []).append(row.file)
+        for note in row.notes:  # (the file inside a folder: step_0/model.pt)
+            files.setdefault(note, []).append(row.weights_file or row.file)
     return [
         torch_note(names) if note == TORCH_NOTE else f"{named_files(names)}: {note}"
         for note, names in sorted(files.items())
