@@ -6,6 +6,8 @@ rich progress display (or plain lines when stdout is not a terminal).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 
@@ -116,3 +118,13 @@ class Said:
     def note(self, message: str) -> None:
         self.notes.append(message)
         self.progress.log(f"note: {message}")
+
+
+def warn_python(messages: Iterable[str], *, stacklevel: int) -> None:
+    """Give ``messages`` (what a call warned of, :attr:`Said.warnings`) to a Python caller that
+    passed no ``progress``, through :func:`warnings.warn` (a ``UserWarning`` each): for a call
+    that raises, whose result, which keeps them, the caller never gets. ``stacklevel``: as the
+    function calling this one would pass it to :func:`warnings.warn` (1: that function's line),
+    so that the warning names the user's line."""
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)

@@ -224,7 +224,7 @@ def one_rank_switch(at, store, run):
 
     from conetool import distributed
     from conetool.pipeline import run_switch
-    from conetool.progress import NullProgress
+    from conetool.progress import NullProgress, Said
 
     job = distributed.Job("switch", distributed.Ranks(), torch.device("cpu"), HashStore())
     assert job.is_distributed
@@ -232,7 +232,7 @@ def one_rank_switch(at, store, run):
         at=at, until=None, store=store, ckpts=run, spec=None, reference="checkpoint",
         step_regex=None, beyond_run=False, device="cpu", threads=1,
     )  # fmt: skip
-    return run_switch._switch(job, options, 1, NullProgress())
+    return run_switch._switch(job, options, 1, Said(NullProgress()))
 
 
 def test_a_point_to_do_reads_its_state_file_once_per_run(run, tmp_path, monkeypatch):

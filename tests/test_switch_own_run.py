@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import errno
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from conetool.errors import ConetoolError
 from conetool.loop import TrainingLoop
 from conetool.pipeline.run_switch import switch
 from conetool.pipeline.switch_recipe import defaulted_recipe
+from conetool.progress import NullProgress
 from conetool.spec import load_spec, save_spec, spec_from_dict, toml_text
 
 runner = CliRunner()
@@ -414,3 +417,72 @@ def test_a_warning_of_the_sweeps_preparation_is_said_before_its_refusal(run, tmp
     done = runner.invoke(app, args + (["--quiet"] if quiet else []))
     assert done.exit_code == 0, done.output
     assert flat(done.output).count(warning) == 1, done.output
+
+
+# --------------------------------------------------------------------------------------------------
+# a library call that raises: its warnings through Python's warnings module
+
+
+def test_a_library_sweep_that_fails_gives_its_warnings_to_python(run, tmp_path, monkeypatch):
+    """conetool.switch(...) without a progress that failed at its second point raised, and the
+    warnings said before (checkpoints conetool train did not write, the recipe keys left to
+    defaults, which may explain it) went to the progress it was not given: lost. They reach
+    the caller through Python's warnings module (a UserWarning each, naming the caller's
+    line), before the error; given a progress, they are said there and not again."""
+    pts = own_loop_copy(run, tmp_path / "pts")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    real = TrainingLoop.run
+
+    def run_loop(self, start, stop):
+        if start == 5:
+            raise ConetoolError("the point of step 5 failed")
+        return real(self, start, stop)
+
+    monkeypatch.setattr(TrainingLoop, "run", run_loop)
+    sweep = {"until": 10, "ckpts": pts, "spec": spec, "device": "cpu"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ConetoolError, match="the point of step 5 failed"):
+            switch([0, 5], store=tmp_path / "s", **sweep)
+    ours = [w for w in caught if issubclass(w.category, UserWarning) and w.filename == __file__]
+    texts = [str(w.message) for w in ours]
+    assert sum(DEFAULTED in text for text in texts) == 1, texts
+    foreign = "these checkpoints were not written by `conetool train`"
+    assert sum(text.startswith(foreign) for text in texts) == 1, texts
+    # given a progress, the warnings are said there, once, and not again through Python's
+    logged: list[str] = []
+
+    class Lines:
+        def task(self, description: str, total: int | None) -> Any:
+            return NullProgress().task(description, total)
+
+        def log(self, message: str) -> None:
+            logged.append(message)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ConetoolError, match="the point of step 5 failed"):
+            switch([0, 5], store=tmp_path / "t", progress=Lines(), **sweep)
+    assert not [w for w in caught if DEFAULTED in str(w.message)], caught
+    assert sum(DEFAULTED in line for line in logged) == 1, logged
+
+
+def test_a_library_sweep_refused_by_its_preparation_gives_its_warnings_to_python(run, tmp_path):
+    """What prepare_sweep warned of (a T past the run under the cosine schedule, whose learning
+    rate is 0 there) before it refused the sweep (a step with no checkpoint) reaches a caller
+    without a progress through Python's warnings module; a sweep that goes on keeps it in its
+    result, not said through Python's."""
+    cosine = copy.deepcopy(SPEC)
+    cosine["train"]["schedule"] = "cosine"
+    spec = write_spec(tmp_path / "cosine.toml", cosine)
+    sweep = {"until": 12, "beyond_run": True, "ckpts": run, "spec": spec, "device": "cpu"}
+    beyond = "--until 12 is beyond train.steps = 10"
+    with pytest.warns(UserWarning, match=re.escape(beyond)) as caught:
+        with pytest.raises(ConetoolError, match="has no checkpoint of step 3"):
+            switch(3, store=tmp_path / "s", **sweep)
+    assert [w.filename for w in caught if beyond in str(w.message)] == [__file__]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = switch(5, store=tmp_path / "s", **sweep)
+    assert sum(beyond in message for message in result.warnings) == 1, result.warnings
+    assert not [w for w in caught if beyond in str(w.message)], caught

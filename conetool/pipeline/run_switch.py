@@ -30,7 +30,7 @@ from ..checkpoints import checkpoint_metadata, fingerprint
 from ..choices import Reference, choice, path_argument
 from ..errors import CheckpointError, ConetoolError, StoreReplacedError
 from ..library_call import library_call
-from ..progress import NullProgress, Progress, Said
+from ..progress import NullProgress, Progress, Said, warn_python
 from ..spec import Spec, recipe_warnings
 from ..threads import limit_threads
 from .kept_files import file_states, unchanged
@@ -147,6 +147,11 @@ def switch(
     ``threads`` sets the CPU threads of PyTorch and BLAS for the call: a count, or ``"auto"``
     (the idle cores; :func:`conetool.limit_threads`).
 
+    Without a ``progress``, a call that raises gives the warnings it said before (those of the
+    sweep's preparation among them, which may explain the error, and which
+    :attr:`SwitchResult.warnings` would have kept) through :func:`warnings.warn`, a
+    ``UserWarning`` each.
+
     Example::
 
         result = conetool.switch([0, 100, 200], store="conetool-out")
@@ -166,18 +171,24 @@ def switch(
     )
     with limit_threads(threads) as count, distributed.job("switch", device) as job:
         shown = (progress or NullProgress()) if job.is_main else NullProgress()
-        return _switch(job, options, count, shown)
+        # What the sweep says in its two channels (as it comes on rank 0, whose progress is
+        # shown; gathered from every rank in _switch). What the sweep's preparation says (the
+        # store's options, a damaged manifest read around, the recipe keys left to defaults, ...)
+        # is said as it comes: before its refusal, which it may explain, if it refuses. A caller
+        # without a progress, who gets no result then, gets those warnings through Python's
+        # warnings module.
+        says = Said(shown)
+        try:
+            return _switch(job, options, count, says)
+        except BaseException:
+            if progress is None:
+                warn_python(says.warnings, stacklevel=3)  # (switch, library_call, the caller)
+            raise
 
 
-def _switch(
-    job: distributed.Job, options: SwitchOptions, threads: int, progress: Progress
-) -> SwitchResult:
+def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Said) -> SwitchResult:
     store, reference = options.store, options.reference
-    # What the sweep says in its two channels (as it comes on rank 0, whose progress is shown;
-    # gathered from every rank below). What the sweep's preparation says (the store's options, a
-    # damaged manifest read around, ...) is said as it comes: before its refusal, which it may
-    # explain, if it refuses.
-    says = Said(progress)
+    progress = says.progress
     # rank 0 alone makes the standard model at T: it alone reads its checkpoint before the sweep
     sweep = job.agree(lambda: prepare_sweep(options, read_reference=job.is_main, said=says))
     dev, T = job.device, sweep.until
