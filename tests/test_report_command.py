@@ -909,6 +909,32 @@ def test_the_switch_command_of_a_moved_run_names_no_old_place(run, tmp_path, how
     assert f"conetool kernels {shlex.quote(str(moved))}" in reproduce, reproduce
 
 
+def test_the_switch_command_of_a_run_gone_from_its_recorded_place_names_where_it_is(run, tmp_path):
+    """report --ckpts NEW of a run moved from where kernels read it (the manifest's folder gone):
+    the switch command, in the Reproduce block and in the rewrite command of a missing figure,
+    had no --ckpts, so switch read the manifest's folder, and refused. It names NEW, and runs."""
+    _, ckpts, store, _ = run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    paths.switch_png(copy).unlink()  # so that its rewrite command is given too
+    moved = tmp_path / "moved"
+    shutil.copytree(ckpts, moved)
+    gone = tmp_path / "gone"
+    ckpts.rename(gone)  # the fixture's run is not where the manifest records it
+    try:
+        result = report(copy, ckpts=moved)
+        (own,) = [line for line in reproduce_lines(result) if line.startswith("conetool switch ")]
+        outcome = runner.invoke(app, [*shlex.split(own)[1:], "-q"])
+    finally:
+        gone.rename(ckpts)
+    assert outcome.exit_code == 0, (own, outcome.output)
+    assert paths.switch_png(copy).is_file()
+    s, m = shlex.quote(str(copy)), shlex.quote(str(moved))
+    assert own == f"conetool switch --at 0,8 --until 16 --store {s} --ckpts {m}", own
+    listed = [c for part, c in result.missing if "switch.png" in part]
+    assert listed == [own], result.missing
+
+
 def test_a_moved_run_keeps_its_checkpoint_names_in_folders(run, tmp_path):
     # Checkpoints in folders (the Hugging Face layout, checkpoint-N/model.safetensors): the table
     # names each file relative to the checkpoint directory, the same with --ckpts after the run

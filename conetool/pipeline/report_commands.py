@@ -264,7 +264,26 @@ class ReportCommands(ReportInputs):
         """The checkpoint directory switch read, when it is not the store's (``--ckpts``). A
         point trained from the very checkpoint the store's kernel of its step was computed from
         (the same fingerprint) read the store's run, wherever that lies now: a run moved since
-        switch (kernels rerun there, or report --ckpts) is named where it is, not where it was."""
+        switch (kernels rerun there, or report --ckpts) is named where it is, not where it was.
+        Where switch would read the store's run, which is gone from where the manifest records
+        it, the directory given to report (``--ckpts``, where the run moved) is named: switch
+        without ``--ckpts`` reads the manifest's, and would find no checkpoint."""
+        read = self._switch_read_dir()
+        return read if read is not None else self._moved_run_dir()
+
+    def _moved_run_dir(self) -> str | None:
+        """``report --ckpts``'s directory, when the checkpoint directory the manifest records
+        is another that is not there (the run moved); else None."""
+        recorded = self.manifest.get("checkpoints")
+        if self.moved_ckpts is None or not isinstance(recorded, str) or Path(recorded).is_dir():
+            return None
+        if Path(recorded).resolve() == Path(self.moved_ckpts).resolve():
+            return None
+        return str(self.moved_ckpts)
+
+    def _switch_read_dir(self) -> str | None:
+        """The checkpoint directory the store's switch points were trained from, when it is not
+        the store's run (:meth:`_switch_checkpoint_dir`); else None."""
         records = self.store.records()
         for at, point in self.switch_points.items():
             files = point.get("checkpoint") or []
