@@ -125,3 +125,53 @@ def test_a_command_that_fails_keeps_its_own_advice(tmp_path):
     outcome = runner.invoke(app, ["report", "--store", str(tmp_path / "no-store"), "-q"])
     assert outcome.exit_code == 1, outcome.output
     assert INTERRUPT_ADVICE and "had finished" not in INTERRUPT_ADVICE[0], INTERRUPT_ADVICE
+
+
+# inspect exits 1 after its listing when a checkpoint is unusable: a real SIGINT as it exits
+INTERRUPT_AS_INSPECT_EXITS = """
+import signal, sys
+import typer
+sys.argv = ["conetool", *sys.argv[1:]]
+from conetool.cli import main
+
+
+class Exit(typer.Exit):
+    def __init__(self, code=0):
+        signal.raise_signal(signal.SIGINT)
+        super().__init__(code)
+
+
+typer.Exit = Exit  # (as inspect_cmd raises it: typer.Exit(1))
+main()
+"""
+
+INSPECT_PRINTED = (
+    "The command had finished: every checkpoint was read and its listing printed in full "
+    "(inspect writes nothing); nothing is lost and nothing to rerun (it exits 130, not 1 for the "
+    "unusable checkpoints listed)."
+)
+
+
+def test_a_ctrl_c_as_inspect_exits_after_its_listing_says_nothing_was_cut_short(tmp_path):
+    # inspect printed its whole listing and exited 1 (a checkpoint unusable); a Ctrl-C then said
+    # 'only the printing of its results was cut short: rerun it to see them', which it was not
+    run = train_tiny(tmp_path)
+    cut = paths.checkpoint(run, 5)
+    cut.write_bytes(cut.read_bytes()[:100])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_AS_INSPECT_EXITS, "inspect", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == f"interrupted. {INSPECT_PRINTED}\n", done.stderr
+    assert "checkpoints usable (headers checked)." in done.stdout, done.stdout
+    # what main says of one that exits 0, all usable: nothing cut short either
+    cut.unlink()
+    outcome = runner.invoke(app, ["inspect", str(run), "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    exits_0 = INSPECT_PRINTED.replace("not 1 for the unusable checkpoints listed)", "not 0)")
+    assert INTERRUPT_ADVICE == [exits_0], INTERRUPT_ADVICE

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from .app import Debug, Quiet, app, console, handle_errors
+from .app import INTERRUPT_ADVICE, Debug, Quiet, app, console, handle_errors
 from .options import Every, SpecOpt, StepRegex, Steps
 from .runtime import starting
 from .table_output import print_table
@@ -98,8 +98,23 @@ def inspect(
     ok = len(rows) - len(bad)
     checked = "headers and tensors" if verify else "headers"
     console.print(f"{ok} of {len(rows)} checkpoints usable ({checked} checked).", highlight=False)
+    # every line printed: a Ctrl-C as inspect exits cuts short nothing (INTERRUPT_DONE's "the
+    # printing of its results was cut short" holds only until here)
+    INTERRUPT_ADVICE[:] = [printed_advice(len(bad))]
     if bad:
         raise typer.Exit(1)
+
+
+def printed_advice(unusable: int) -> str:
+    """What ``interrupted.`` is followed by once inspect has printed its listing in full, as it
+    exits (1 when ``unusable`` checkpoints are, else 0): nothing is lost, and the exit status is
+    the interrupt's (130), not the one the listing would have given."""
+    status = "1 for the unusable checkpoints listed" if unusable else "0"
+    return (
+        "The command had finished: every checkpoint was read and its listing printed in full "
+        f"(inspect writes nothing); nothing is lost and nothing to rerun (it exits 130, not "
+        f"{status})."
+    )
 
 
 def _row_notes(rows: list[InspectRow]) -> list[str]:
