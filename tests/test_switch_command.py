@@ -42,7 +42,7 @@ from conetool.pipeline.run_kernels import kernels
 from conetool.pipeline.run_switch import parse_at, switch
 from conetool.pipeline.switch_options import SwitchOptions
 from conetool.pipeline.switch_prepare import prepare_sweep
-from conetool.spec import save_spec, spec_from_dict
+from conetool.spec import load_spec, save_spec, spec_from_dict
 from conetool.store import Store
 from conetool.training import train
 
@@ -462,6 +462,35 @@ def test_points_of_earlier_sweeps_whose_checkpoint_changed_are_left_out(deep_run
     with open(paths.switch_results_csv(store)) as handle:
         assert [int(r["at"]) for r in csv.DictReader(handle)] == [0, 8]
     assert any("at 4: their checkpoints changed" in w and "--at 4" in w for w in result.warnings)
+
+
+def test_an_earlier_sweeps_null_metrics_are_gathered_as_nan(deep_run, tmp_path):
+    """A point file holds a NaN as null (strict JSON): its first metrics row's train loss and
+    accuracy (step t, which the linearized model does not measure), and any metric that was NaN.
+    A later sweep of the same T gathered the earlier points with None there, not NaN: an empty
+    results.csv cell where the sweep that computed the point wrote nan, and rows unlike those
+    of the point read back for reuse."""
+    store = tmp_path / "s"
+    switch(["0,4"], store=store, ckpts=deep_run, device="cpu")
+    file = paths.switch_point(store, 4)
+    payload = json.loads(file.read_text())
+    assert payload["rows"][0]["train_loss"] is None  # NaN, as JSON holds it
+    payload["test_loss"] = None  # a metric that was NaN
+    file.write_text(json.dumps(payload))
+    switch([8], store=store, ckpts=deep_run, device="cpu")  # gathers 0 and 4 from their files
+    with open(paths.switch_results_csv(store)) as handle:
+        rows = {r["at"]: r for r in csv.DictReader(handle)}
+    assert list(rows) == ["0", "4", "8"], rows
+    assert rows["4"]["test_loss"] == "nan", rows["4"]
+    spec = load_spec(paths.spec(deep_run))
+    gathered = {p.at: p for p in switch_points.all_points(store, spec, 12, [])}
+    assert math.isnan(gathered[4].test_loss), gathered[4]
+    first = gathered[4].rows[0]
+    assert math.isnan(first["train_loss"]) and math.isnan(first["train_acc"]), first
+    # as the point read back for reuse holds them
+    key = payload["key"]
+    reused = switch_points.read_point(store, 4, key)
+    assert reused is not None and reused.rows[1:] == gathered[4].rows[1:]
 
 
 # ------------------------------------------------------------------ a store replaced meanwhile

@@ -188,7 +188,9 @@ def all_points(
     (:func:`~conetool.pipeline.switch_momentum_source.momentum_source`; None: not to be
     checked). An earlier point that recorded another (one a rerun of it would compute again:
     :func:`source_changed`) is left out too, and ``warnings`` names it, why, and the command
-    that computes it again: its ``momentum`` is not the one its point would have now."""
+    that computes it again: its ``momentum`` is not the one its point would have now. An earlier
+    point's metrics that JSON holds as null (a NaN) are NaN again (:func:`reused_point`), as in
+    a point of this sweep: results.csv writes them as the sweep that computed them did."""
     points = {p.at: p for p in current}
     changed: list[int] = []
     stale: dict[int, str] = {}  # at -> how its momentum's state file changed since
@@ -205,8 +207,7 @@ def all_points(
             if why is not None:
                 stale[payload["at"]] = why
                 continue
-            fields = {k: payload[k] for k in SwitchPoint.__dataclass_fields__ if k in payload}
-            points[payload["at"]] = SwitchPoint(**{**fields, "reused": True})
+            points[payload["at"]] = reused_point(payload)  # (its nulls NaN again)
     if changed and warnings is not None:
         at = " ".join(str(t) for t in sorted(changed))
         warnings.append(
