@@ -181,8 +181,8 @@ class ExperimentSections(RunSections):
         blocks: list[Block] = [
             text(
                 f"For each switch step t, the checkpoint of step t was linearized, "
-                "f_lin(x; θ) = f(x; θ_t) + J(x; θ_t)(θ − θ_t), and trained with the spec's recipe "
-                f"from t to T = {until}; its test accuracy and loss are compared with the "
+                "f_lin(x; θ) = f(x; θ_t) + J(x; θ_t)(θ − θ_t), and trained with the spec's "
+                f"recipe from t to T = {until}; its test accuracy and loss are compared with the "
                 "standard model at T."
             ),
             Table(
@@ -203,14 +203,15 @@ class ExperimentSections(RunSections):
         if ref:
             blocks.append(
                 text(
-                    f"Standard model at T = {ref.get('step')} ({ref.get('source')}): test accuracy "
-                    f"{_g(ref.get('test_acc'))}, test loss {_g(ref.get('test_loss'))}."
+                    f"Standard model at T = {ref.get('step')} ({ref.get('source')}): test "
+                    f"accuracy {_g(ref.get('test_acc'))}, test loss {_g(ref.get('test_loss'))}."
                 )
             )
         else:
             blocks.append(
                 text(
-                    "No standard model at T (no checkpoint of step T; --reference train trains one)."
+                    "No standard model at T (no checkpoint of step T; --reference train trains "
+                    "one)."
                 )
             )
         shown = self._figures(
@@ -218,7 +219,8 @@ class ExperimentSections(RunSections):
                 (
                     "Fig. 2",
                     paths.switch_png(self.root),
-                    "Fig. 2: test accuracy and loss of the linearized model against the switch step",
+                    "Fig. 2: test accuracy and loss of the linearized model against the switch "
+                    "step",
                     f"Fig. 2. Test accuracy and loss at T = {until} of the model trained normally "
                     "to step t and linearized from t on, against t; "
                     + (

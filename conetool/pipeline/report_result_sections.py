@@ -119,7 +119,8 @@ class ResultSections(ExperimentSections):
                             _g(r.get("middle_third_mean")),
                             _pct(r.get("growth")),
                             str(r.get("status")),
-                            f"{r.get('middle_third_points', '-')}, {r.get('last_third_points', '-')}",
+                            f"{r.get('middle_third_points', '-')}, "
+                            f"{r.get('last_third_points', '-')}",
                         )
                         for r in refs
                     ),

@@ -87,7 +87,10 @@ class RunSections(ReportCommands):
         span = f"steps {steps[0]} to {steps[-1]}" if steps else "no steps yet"
         at = f"{len(steps)} checkpoints"
         if self.writer is not None:
-            at = f"the {self.stored_so_far()} checkpoints stored so far (conetool kernels is still running)"
+            at = (
+                f"the {self.stored_so_far()} checkpoints stored so far (conetool kernels is still "
+                "running)"
+            )
         parts.append(
             f"{str(m.get('kind', '?')).capitalize()} kernels ({m.get('dtype', '?')}) of "
             f"{probe.get('size', '?')} probe examples ({probe.get('split', '?')} split, seed "
@@ -164,8 +167,8 @@ class RunSections(ReportCommands):
                 f": {self.stored_so_far()} kernels"
                 f"{' stored so far (conetool kernels is still running)' if self.writer else ''}"
                 f" of shape {shape} ({kind}, {self.manifest.get('dtype')}), "
-                f"{total:.1f} s of kernel computation in all. Layout: {self.manifest.get('layout', '-')}."
-                + _engines_text(records),
+                f"{total:.1f} s of kernel computation in all. Layout: "
+                f"{self.manifest.get('layout', '-')}." + _engines_text(records),
             )
         ]
         if records:
