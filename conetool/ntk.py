@@ -73,7 +73,9 @@ from .errors import ConetoolError, MemoryBudgetError, ModelError
 from .heap import kept_freed_memory
 from .library_call import library_call
 from .low_precision import is_low_precision
+from .ntk_buffers import evaluated_with, unchanged_in_eval, updated_in_place, updating_buffers
 from .ntk_checks import (
+    ExamplesInteractError,
     UnreachedParametersWarning,
     check_branches,
     check_independence,
@@ -341,7 +343,7 @@ def empirical_ntk(
         consts = {name: cast(p) for name, p in model.named_parameters() if not p.requires_grad}
         # Copies of the buffers that a forward pass in eval mode might update, so that the model's
         # stay as they are (BatchNorm's, which eval mode leaves alone, are not copied).
-        kept = _unchanged_in_eval(model)
+        kept = unchanged_in_eval(model)
         consts.update(
             {
                 name: cast(b) if name in kept else cast(b).clone()
@@ -351,6 +353,13 @@ def empirical_ntk(
         # A cross kernel's row source sees both sets as one: examples 0:n1 are x1, the rest x2.
         x = cast(x1) if x2 is None else torch.cat([cast(x1), cast(x2)])
         n2 = None if x2 is None else x2.shape[0]
+        # The buffers a forward pass updates in place (a call counter): every evaluation gets its
+        # own copy of them, so that each starts from the model's state (ntk_buffers).
+        updated = updated_in_place(
+            lambda state, batch: functional_call(model, (params, {**consts, **state}), (batch,)),
+            {name: consts[name] for name, _ in model.named_buffers() if name not in kept},
+            x[:1],
+        )
 
         def forward(batch: Tensor, p: dict[str, Tensor] = params) -> Tensor:
             # Each evaluation gets its own copy of the examples: a model that changes its input
@@ -359,25 +368,31 @@ def empirical_ntk(
             # Face ModelOutput, a dataclass's .logits) is read for them here: the caller's model
             # is left as it is.
             # It must hold one row of floating-point logits per example (logits_of_batch).
-            return logits_of_batch(functional_call(model, (p, consts), (batch.clone(),)), batch)
+            state = evaluated_with(consts, updated)
+            return logits_of_batch(functional_call(model, (p, state), (batch.clone(),)), batch)
 
         key = signature(model, x, n2, kind, method, device, dtype) if memo is not None else None
         learned = memo.find(key) if memo is not None and key is not None else None
         try:
-            kernel, found = _compute(
-                model,
-                forward,
-                params,
-                {**params, **consts},
-                x,
-                kind,
-                budget,
-                on_block,
-                method,
-                n2,
-                learned,
-                independence=check and x.shape[0] >= 2 and learned is None,
-            )
+            with updating_buffers(updated):
+                kernel, found = _compute(
+                    model,
+                    forward,
+                    params,
+                    {**params, **consts},
+                    x,
+                    kind,
+                    budget,
+                    on_block,
+                    method,
+                    n2,
+                    learned,
+                    independence=check and x.shape[0] >= 2 and learned is None,
+                )
+        except ExamplesInteractError as exc:
+            if not updated:
+                raise
+            raise ModelError(f"{exc} {_updated_buffers_mix(updated)}") from exc
         except torch.OutOfMemoryError as exc:
             raise MemoryBudgetError(
                 f"the device ran out of memory computing the eNTK with a budget of "
@@ -496,16 +511,17 @@ def _compute(
     return kernel, Learned(engine="jacobian")
 
 
-def _unchanged_in_eval(model: nn.Module) -> set[str]:
-    """The names of the buffers that a forward pass in eval mode does not change: BatchNorm's
-    running statistics and batch count."""
-    return {
-        f"{prefix}.{name}" if prefix else name
-        for prefix, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm)
-        for name, buffer in module.named_buffers(recurse=False)
-        if buffer is not None
-    }
+def _updated_buffers_mix(updated: list[str]) -> str:
+    """What an update of the buffers ``updated`` in place has to do with examples that interact,
+    and the fix."""
+    names = ", ".join(f"'{name}'" for name in updated)
+    one = len(updated) == 1
+    return (
+        f"The model's forward pass updates the buffer{'' if one else 's'} {names} in place in eval mode: "
+        f"an update from the batch (a running statistic kept by hand) that the same call reads "
+        "mixes the examples. Update it only in training (if self.training: ...), and read it as "
+        "it is in eval mode, as BatchNorm does with its running statistics."
+    )
 
 
 def _check_independence(

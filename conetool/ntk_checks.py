@@ -15,6 +15,7 @@ from .errors import ModelError
 from .models.outputs import logits_in
 
 __all__ = [
+    "ExamplesInteractError",
     "UnreachedParametersWarning",
     "check_branches",
     "check_independence",
@@ -30,6 +31,11 @@ __all__ = [
 
 #: The perturbation's size, relative to each parameter's root mean square (:func:`perturbed`).
 PERTURBATION = 0.01
+
+
+class ExamplesInteractError(ModelError):
+    """The model's output for one example depends on the other examples of its batch
+    (:func:`check_independence`)."""
 
 
 def check_per_example(model: nn.Module, inputs: Tensor | None = None) -> None:
@@ -171,7 +177,7 @@ def check_independence(
                 "(torch.rand, torch.randn) in the forward pass does this; make it follow the "
                 "module's mode, or use nn.Dropout, which eval mode turns off."
             )
-        raise ModelError(
+        raise ExamplesInteractError(
             "the model's output for one example depends on the other examples in the batch: in "
             f"eval mode, {_count(pair.shape[0])} examples evaluated together differ from the same "
             "examples evaluated "

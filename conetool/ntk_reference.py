@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from .errors import ModelError
+from .ntk_buffers import updates_buffers
 from .ntk_failures import untransformable_function, vmap_failures_named
 from .ntk_saved import saved_activations
 from .ntk_terms import Dense, Term
@@ -101,16 +102,25 @@ def vmapped_or_looped(
 ) -> tuple[dict[str, Tensor], bool]:
     """``(grads, loop)``: ``vmapped()`` (its errors named by :func:`vmap_failures_named`), or
     ``looped()`` once torch.func refused a custom autograd.Function of the model
-    (:func:`~conetool.ntk_failures.untransformable_function`), and from then on (``loop``
-    returned True, to be passed back): the same per-example gradients by ordinary autograd."""
+    (:func:`~conetool.ntk_failures.untransformable_function`) or failed on a model that updates
+    a buffer in place (:mod:`conetool.ntk_buffers`), and from then on (``loop`` returned True, to
+    be passed back): the same per-example gradients by ordinary autograd."""
     if not loop:
         try:
             with vmap_failures_named(model):
                 return vmapped(), False
         except ModelError as exc:
-            if not untransformable_function(exc):
+            if not (untransformable_function(exc) or _in_place(exc)):
                 raise
     return looped(), True
+
+
+def _in_place(exc: ModelError) -> bool:
+    """Whether ``vmap`` failed (a RuntimeError inside PyTorch) on a model that updates a buffer
+    in place: a value that differs between examples written into its copy, which ``vmap`` holds
+    once for all of them (``self.peak.copy_(h.max())``, ``self.mean.add_(h.mean(0))``), raises
+    one of several errors. Ordinary autograd, one example at a time, computes it."""
+    return bool(updates_buffers()) and isinstance(exc.__cause__, RuntimeError)
 
 
 def looped_grads(
