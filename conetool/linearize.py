@@ -62,6 +62,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .attention import composite_attention
 from .errors import ModelError
+from .linearize_reverse import custom_function_refused, f0_and_jvp_reverse, refused
+from .ntk_buffers import unchanged_in_eval
 
 __all__ = ["LinearizedModel", "f0_and_jvp", "linearize"]
 
@@ -73,6 +75,7 @@ _RESERVED = frozenset(
         "_network",
         "_trainable_names",
         "_eval_modules",
+        "_unchanged_buffers",
         "anchor_parameters",
         "params_state_dict",
     }
@@ -112,13 +115,22 @@ def f0_and_jvp(
         warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
         # Under torch.inference_mode() dual tensors carry no tangent: the dual path would return
         # f(x; θ_t) with a zero J t, silently. torch.func.jvp computes it there.
-        if not torch.is_inference_mode_enabled():
+        try:
+            if not torch.is_inference_mode_enabled():
+                try:
+                    return _f0_and_jvp_dual(model, primals, tangents, args, kwargs, consts)
+                except RuntimeError as exc:
+                    if "forward mode AD" not in str(exc) and "forward AD" not in str(exc):
+                        raise
+            return _f0_and_jvp_func(model, primals, tangents, args, kwargs, consts)
+        except (RuntimeError, NotImplementedError) as exc:
+            # a custom autograd.Function without a jvp (or setup_context): two reverse passes
+            if not custom_function_refused(exc):
+                raise
             try:
-                return _f0_and_jvp_dual(model, primals, tangents, args, kwargs, consts)
-            except RuntimeError as exc:
-                if "forward mode AD" not in str(exc) and "forward AD" not in str(exc):
-                    raise
-        return _f0_and_jvp_func(model, primals, tangents, args, kwargs, consts)
+                return f0_and_jvp_reverse(model, primals, tangents, args, kwargs, consts)
+            except RuntimeError as again:
+                raise refused(exc, again, model) from again
 
 
 def _f0_and_jvp_dual(
@@ -197,6 +209,7 @@ class LinearizedModel(nn.Module):
     _network: nn.Module
     _trainable_names: tuple[str, ...]
     _eval_modules: tuple[nn.Module, ...]
+    _unchanged_buffers: frozenset[str]
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -228,6 +241,7 @@ class LinearizedModel(nn.Module):
         self._trainable_names = tuple(
             name for name, param in network.named_parameters() if param.requires_grad
         )
+        self._unchanged_buffers = frozenset(unchanged_in_eval(network))
         anchor = nn.Module()
         for index, name in enumerate(self._trainable_names):
             theta_t = network.get_parameter(name).detach().clone()
@@ -286,7 +300,9 @@ class LinearizedModel(nn.Module):
                 consts[name] = param
         for name, buffer in self.named_buffers():
             if not name.startswith(_ANCHOR + "."):
-                consts[name] = buffer
+                # a copy of a buffer the forward pass may update in place (a call counter): the
+                # buffers are part of the linearization point, and each call starts from them
+                consts[name] = buffer if name in self._unchanged_buffers else buffer.clone()
         f0, tangent = f0_and_jvp(self._network, primals, tangents, args, kwargs, consts)
         if isinstance(f0, Tensor):
             return f0 + tangent
