@@ -24,6 +24,15 @@ types (``threads: int | str``, ``refs``, ``dts``, ``at``) stay with each functio
 A ``progress`` argument must be None or a progress display (:class:`conetool.progress.Progress`:
 ``task`` and ``log`` methods); ``progress=True`` or ``progress=print`` is refused naming it,
 before the function runs, instead of failing with an ``AttributeError`` once it reports.
+
+**A call without a progress that raises gives the warnings it said before to Python's warnings
+module**, a ``UserWarning`` each naming the caller's line. The result keeps a call's warnings
+(``result.warnings``), but a call that raises returns none, and a silent one said them to no one:
+those said before the error (a checkpoint read from a copy, recipe keys left to defaults,
+checkpoints ``--skip-bad`` left out, ...) may explain it. The function runs with a
+:class:`conetool.progress.Heard` for its progress, which shows nothing and keeps them, as
+``--quiet`` keeps them for a command that fails (and prints them before its error). Given a
+progress, or for a call that returns, nothing more is said.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from .choices import bool_argument, float_argument, int_argument
-from .progress import progress_argument
+from .progress import Heard, progress_argument, warn_python
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,17 +55,44 @@ def library_call(func: Callable[P, R]) -> Callable[P, R]:
     ``int`` and ``float`` arguments are checked (module docstring)."""
     signature = inspect.signature(func)
     typed = typed_parameters(signature)
-    if "progress" in signature.parameters:
+    hears = "progress" in signature.parameters
+    if hears:
         typed["progress"] = "progress"
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if typed:
             args, kwargs = check_types(signature, typed, args, kwargs)  # type: ignore[assignment]
+        heard = None
+        if hears:
+            args, kwargs, heard = given_heard(signature, args, kwargs)  # type: ignore[assignment]
         with kept_global_rng():
-            return func(*args, **kwargs)
+            if heard is None:
+                return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except BaseException:
+                warn_python(heard.warnings, stacklevel=2)  # (wrapper, the caller)
+                raise
 
     return wrapper
+
+
+def given_heard(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], Heard | None]:
+    """The arguments to call with and the :class:`~conetool.progress.Heard` they pass as
+    ``progress`` where the caller passed none (module docstring); ``None`` where the caller
+    passed one, or the arguments do not bind (the call raises its TypeError)."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return args, kwargs, None
+    if bound.arguments.get("progress") is not None:
+        return args, kwargs, None
+    heard = Heard()
+    bound.arguments["progress"] = heard
+    return bound.args, bound.kwargs, heard
 
 
 def typed_parameters(signature: inspect.Signature) -> dict[str, str]:

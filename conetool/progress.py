@@ -1,7 +1,9 @@
 """Progress reporting, injected into the library so that only the CLI knows about rich.
 
 A library function takes ``progress: Progress | None``; ``None`` means silent. The CLI passes a
-rich progress display (or plain lines when stdout is not a terminal).
+rich progress display (or plain lines when stdout is not a terminal). A call given ``None`` runs
+with a :class:`Heard` instead (:func:`conetool.library_call.library_call`), which shows nothing
+and keeps the warnings, for the caller to get through :func:`warn_python` if the call raises.
 """
 
 from __future__ import annotations
@@ -120,8 +122,32 @@ class Said:
         self.progress.log(f"note: {message}")
 
 
+#: What begins each warning line a :class:`Progress` is given (:meth:`Said.warn`).
+WARNING = "warning: "
+
+
+class Heard(NullProgress):
+    """The progress of a library call given none: shows nothing, and keeps the warnings said
+    along the way (the lines that begin with ``warning: ``, as :class:`Said` says them, the
+    ``warning: `` cut off), in order and each once, as ``--quiet`` keeps them for a command
+    that fails. A call that raises has no result to keep them:
+    :func:`~conetool.library_call.library_call` gives them to the caller through
+    :func:`warn_python`."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self._heard: set[str] = set()  # (a --skip-bad run may leave out thousands of files)
+
+    def log(self, message: str) -> None:
+        if message.startswith(WARNING):
+            told = message[len(WARNING) :]
+            if told not in self._heard:
+                self._heard.add(told)
+                self.warnings.append(told)
+
+
 def warn_python(messages: Iterable[str], *, stacklevel: int) -> None:
-    """Give ``messages`` (what a call warned of, :attr:`Said.warnings`) to a Python caller that
+    """Give ``messages`` (what a call warned of, :attr:`Heard.warnings`) to a Python caller that
     passed no ``progress``, through :func:`warnings.warn` (a ``UserWarning`` each): for a call
     that raises, whose result, which keeps them, the caller never gets. ``stacklevel``: as the
     function calling this one would pass it to :func:`warnings.warn` (1: that function's line),

@@ -30,7 +30,7 @@ from ..checkpoints import checkpoint_metadata, fingerprint
 from ..choices import Reference, choice, path_argument
 from ..errors import CheckpointError, ConetoolError, StoreReplacedError
 from ..library_call import library_call
-from ..progress import NullProgress, Progress, Said, warn_python
+from ..progress import NullProgress, Progress, Said
 from ..spec import Spec, recipe_warnings
 from ..threads import limit_threads
 from .kept_files import file_states, unchanged
@@ -148,9 +148,8 @@ def switch(
     (the idle cores; :func:`conetool.limit_threads`).
 
     Without a ``progress``, a call that raises gives the warnings it said before (those of the
-    sweep's preparation among them, which may explain the error, and which
-    :attr:`SwitchResult.warnings` would have kept) through :func:`warnings.warn`, a
-    ``UserWarning`` each.
+    sweep's preparation among them, which may explain the error) through :func:`warnings.warn`,
+    a ``UserWarning`` each, as every library function does (:mod:`conetool.library_call`).
 
     Example::
 
@@ -174,16 +173,10 @@ def switch(
         # What the sweep says in its two channels (as it comes on rank 0, whose progress is
         # shown; gathered from every rank in _switch). What the sweep's preparation says (the
         # store's options, a damaged manifest read around, the recipe keys left to defaults, ...)
-        # is said as it comes: before its refusal, which it may explain, if it refuses. A caller
-        # without a progress, who gets no result then, gets those warnings through Python's
-        # warnings module.
-        says = Said(shown)
-        try:
-            return _switch(job, options, count, says)
-        except BaseException:
-            if progress is None:
-                warn_python(says.warnings, stacklevel=3)  # (switch, library_call, the caller)
-            raise
+        # is said as it comes: before its refusal, which it may explain, if it refuses (a caller
+        # without a progress, who gets no result then, gets it through Python's warnings module:
+        # library_call).
+        return _switch(job, options, count, Said(shown))
 
 
 def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Said) -> SwitchResult:
