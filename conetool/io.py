@@ -76,7 +76,8 @@ _UMASK = _read_umask()
 
 def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreError | None:
     """The one-paragraph error for an ``OSError`` met while writing ``path``, or None when it is
-    not a full, read-only or forbidden file system (then it is a bug, and keeps its traceback).
+    not a full, read-only or forbidden file system, a file in the way of a folder or a folder in
+    the way of the file (then it is a bug, and keeps its traceback).
 
     ``needed`` is the size of what was being written, when known, for the full-disk message.
     """
@@ -107,6 +108,12 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
                 f"{blocking} away and rerun."
             )
         return None
+    if exc.errno == errno.EISDIR and Path(path).is_dir():  # a file to write where a folder is
+        return StoreError(
+            f"cannot write {path}: a folder of that name is there, where conetool writes a "
+            "file. Nothing was changed. Move or rename that folder (or choose another --store / "
+            "--out) and rerun."
+        )
     if exc.errno in NOT_WRITABLE:
         why = "is on a read-only file system" if exc.errno == errno.EROFS else "is not writable"
         return StoreError(

@@ -51,3 +51,28 @@ def test_os_error_path_reads_every_kind_of_filename():
     assert os_error_path(OSError(errno.EACCES, "x")) is None
     error = write_error(Path("out.csv"), OSError(errno.EACCES, "Permission denied", 3))
     assert error is not None and "cannot write out.csv: out.csv is not writable" in str(error)
+
+
+@pytest.mark.parametrize("writer", ["text", "json", "bytes", "atomic_write"])
+def test_a_folder_where_a_file_is_written_is_said_and_kept(writer, tmp_path):
+    # report's index.html, embed's coords.csv...: a folder of that name was a raw
+    # IsADirectoryError traceback
+    from conetool import io
+    from conetool.errors import StoreError
+
+    target = tmp_path / "out" / "coords.csv"
+    target.mkdir(parents=True)
+    (target / "mine.txt").write_text("kept")
+    write = {
+        "text": lambda: io.atomic_write_text(target, "a,b\n"),
+        "json": lambda: io.atomic_write_json(target, {"a": 1}),
+        "bytes": lambda: io.atomic_write_bytes(target, b"a,b\n"),
+        "atomic_write": lambda: io.atomic_write(target, lambda tmp: tmp.write_text("a,b\n")),
+    }[writer]
+    with pytest.raises(StoreError) as refused:
+        write()
+    said = " ".join(str(refused.value).split())
+    assert f"cannot write {target}: a folder of that name is there" in said
+    assert "Move or rename that folder" in said
+    assert (target / "mine.txt").read_text() == "kept"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["coords.csv"]  # no temporary left
