@@ -37,7 +37,7 @@ import math
 import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,10 @@ class DataInfo:
     input_shape: tuple[int, ...]
     num_classes: int
     n_train: int
+    #: a user factory's first two training inputs (:meth:`DataBundle.examples`), on which a
+    #: model of token ids is first run (:func:`conetool.model_inputs.check_batch`); ``None`` for
+    #: the built-in data sets
+    examples: torch.Tensor | None = field(default=None, compare=False)
 
 
 # The built-in data sets' shapes and sizes (digits: the fixed 80/20 split of 1,797 images).
@@ -151,7 +155,9 @@ def describe_data(spec: DataSpec, *, source: str | None = None) -> DataInfo:
     if spec.dataset == "synthetic":
         return DataInfo(tuple(int(s) for s in spec.shape), spec.num_classes, spec.train_size)
     bundle = load_data(spec, source=source)
-    return DataInfo(tuple(bundle.input_shape), bundle.num_classes, len(bundle.train))
+    return DataInfo(
+        tuple(bundle.input_shape), bundle.num_classes, len(bundle.train), bundle.examples()
+    )
 
 
 def _digits() -> DataBundle:

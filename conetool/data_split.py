@@ -15,10 +15,23 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .errors import DataError
 
-__all__ = ["Augment", "CropFlip", "DataBundle", "Split", "dataset_item"]
+__all__ = ["TOKEN_DTYPES", "Augment", "CropFlip", "DataBundle", "Split", "as_input", "dataset_item"]
 
 #: A batched augmentation: ``(batch, generator) -> batch``.
 Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+#: The input dtypes kept as they are: integer ids (tokens), as ``nn.Embedding`` takes them. Every
+#: other input (floating point, ``uint8`` pixels, bool) is held in float32.
+TOKEN_DTYPES = (torch.int64, torch.int32)
+
+
+def as_input(x: Any) -> Tensor:
+    """``x`` (a tensor, an array or nested numbers) as conetool holds an input: unchanged when
+    its dtype is one of :data:`TOKEN_DTYPES` (token ids, which a cast to float would break:
+    ``nn.Embedding`` refuses float indices), else float32."""
+    t = torch.as_tensor(x)
+    return t if t.dtype in TOKEN_DTYPES else t.to(torch.float32)
+
 
 # --------------------------------------------------------------------------------------------
 # Splits and bundles
@@ -29,8 +42,8 @@ Augment = Callable[[Tensor, torch.Generator], Tensor]
 class Split:
     """One split of a data set, backed by in-memory tensors or by a torch ``Dataset``.
 
-    Build one with :meth:`from_tensors` (inputs ``(N, *shape)`` float32, already normalized, and
-    labels ``(N,)`` int64) or :meth:`from_dataset` (any map-style dataset whose items are
+    Build one with :meth:`from_tensors` (inputs ``(N, *shape)`` float32, already normalized, or
+    int64 / int32 token ids, kept as they are (:func:`as_input`); labels ``(N,)`` int64) or :meth:`from_dataset` (any map-style dataset whose items are
     ``(x, y)`` with ``x`` a tensor or array and ``y`` an integer).
     """
 
@@ -42,7 +55,8 @@ class Split:
 
     @classmethod
     def from_tensors(cls, inputs: Tensor, labels: Tensor) -> Split:
-        """A split held in memory: ``inputs`` (N, *shape) -> float32, ``labels`` (N,) -> int64."""
+        """A split held in memory: ``inputs`` (N, *shape) -> float32 (int64 and int32 token ids
+        kept as they are), ``labels`` (N,) -> int64."""
         if labels.ndim != 1 or inputs.ndim < 1 or inputs.shape[0] != labels.shape[0]:
             raise DataError(
                 f"a data split needs inputs (N, ...) and labels (N,); got inputs of shape "
@@ -55,7 +69,7 @@ class Split:
             )
         return cls(
             input_shape=tuple(inputs.shape[1:]),
-            inputs=inputs.to(torch.float32).contiguous(),
+            inputs=as_input(inputs).contiguous(),
             targets=labels.to(torch.int64).contiguous(),
         )
 
@@ -83,7 +97,8 @@ class Split:
         return len(cast(Sized, self.dataset))  # no targets: a map-style dataset (from_dataset)
 
     def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """The examples at ``indices`` (B,): inputs (B, *input_shape) float32, labels (B,) int64.
+        """The examples at ``indices`` (B,): inputs (B, *input_shape) float32 (or the data set's
+        integer token ids, :func:`as_input`), labels (B,) int64.
 
         In-memory splits return tensors on the split's device (see :meth:`to`).
         """
@@ -143,6 +158,12 @@ class DataBundle:
     num_classes: int
     augment: Augment | None = None
 
+    def examples(self, count: int = 2) -> Tensor:
+        """The first ``count`` training inputs, (min(count, N), *input_shape), as the split
+        holds them (for a model's output check, :func:`conetool.models.output_check`)."""
+        n = min(count, len(self.train))
+        return self.train.batch(torch.arange(n))[0]
+
     def split(self, name: str) -> Split:
         """The split called ``name`` ("train" or "test")."""
         if name == "train":
@@ -196,7 +217,8 @@ class CropFlip:
 
 
 def dataset_item(dataset: Any, index: int, name: str) -> tuple[Tensor, int]:
-    """Item ``index`` of a user dataset as (float32 tensor, int label)."""
+    """Item ``index`` of a user dataset as (input tensor, int label): the input in float32, or
+    as it is when it holds int64 or int32 token ids (:func:`as_input`)."""
     item = dataset[index]
     if not isinstance(item, tuple | list) or len(item) < 2:
         raise DataError(
@@ -204,7 +226,7 @@ def dataset_item(dataset: Any, index: int, name: str) -> tuple[Tensor, int]:
         )
     x, y = item[0], item[1]
     try:
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = as_input(x)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise DataError(
             f"{name}: input {index} is a {type(x).__name__}, not a tensor or array. Add "

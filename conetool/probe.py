@@ -33,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from .data import DataBundle
+from .data_split import as_input
 from .errors import DataError
 from .io import atomic_save_safetensors
 from .spec import ProbeSpec
@@ -44,7 +45,8 @@ _TENSORS = ("inputs", "labels", "indices")
 
 @dataclass(frozen=True, eq=False)
 class Probe:
-    """A probe set: inputs (n, *shape) float32, labels (n,) int64, indices (n,) int64 (positions
+    """A probe set: inputs (n, *shape) float32 (int64 or int32 for token ids, as the data set
+    holds them), labels (n,) int64, indices (n,) int64 (positions
     in ``split`` of the data set), and ``hash``, the content hash of the three tensors."""
 
     inputs: Tensor
@@ -128,7 +130,7 @@ def make_probe(
     chosen = [m[:k].sort().values for m, k in zip(members, counts, strict=True)]
     indices = torch.cat(chosen).to(torch.int64)
     inputs, probe_labels = split.batch(indices)
-    inputs = inputs.detach().cpu().to(torch.float32).contiguous()
+    inputs = as_input(inputs.detach().cpu()).contiguous()
     probe_labels = probe_labels.cpu().to(torch.int64).contiguous()
     return Probe(
         inputs=inputs,

@@ -121,8 +121,11 @@ def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Modul
             f"{data.num_classes} in [model]."
         )
     torch.manual_seed(spec.train.seed)
-    model = build_model(spec.model, tuple(data.input_shape), source=spec.source)
-    output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
+    examples = data.examples()
+    model = build_model(spec.model, tuple(data.input_shape), source=spec.source, examples=examples)
+    output_check(
+        model, tuple(data.input_shape), data.num_classes, spec.model.arch, examples=examples
+    )
     return model, data
 
 

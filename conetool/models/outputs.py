@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model_inputs import model_device, model_dtype
+from ..model_inputs import check_batch
 
 __all__ = ["logits_in", "logits_returned"]
 
@@ -40,13 +40,16 @@ def logits_in(out: object) -> torch.Tensor | None:
     return found if isinstance(found, torch.Tensor) else None
 
 
-def logits_returned(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+def logits_returned(
+    model: nn.Module, input_shape: tuple[int, ...], examples: torch.Tensor | None = None
+) -> nn.Module:
     """``model`` itself, made to return its logits tensor when its forward returns them inside an
     object (see :func:`logits_in`); any other model is returned unchanged.
 
     Runs one batch of 2 standard-normal examples of ``input_shape`` (a private generator; the
     global random state, the training flag and BatchNorm statistics are left as found; eval mode,
-    no gradients) to see what forward returns. A forward that fails is left to
+    no gradients) to see what forward returns; of 2 of ``examples``, the data set's inputs, when
+    they are token ids (:func:`conetool.model_inputs.check_batch`). A forward that fails is left to
     :func:`~conetool.models.output_check` to report. The model keeps its parameters, buffers,
     names and hooks: its class is replaced by a subclass of the same name whose ``forward``
     returns ``logits_in(<the class's forward>(...))``, so ``state_dict`` keys, ``isinstance``
@@ -55,13 +58,12 @@ def logits_returned(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module
     cls = type(model)
     if getattr(cls, _MARK, False):
         return model
-    dtype = model_dtype(model) or torch.float32
-    x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
+    x = check_batch(model, input_shape, examples)
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            out = model(x.to(model_device(model)))
+            out = model(x)
     except Exception:
         return model  # output_check runs it again and says what is wrong
     finally:

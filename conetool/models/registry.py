@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConetoolError, ModelError
-from ..model_inputs import model_device, model_dtype
+from ..model_inputs import check_batch, is_token_batch
 from ..spec import ModelSpec
 from ..user_modules import import_user_module, is_import_path, raised_at, shadowed_note
 from .lenet import lenet5, lenet_300_100
@@ -45,7 +45,11 @@ _FIXED = ("input_shape", "num_classes")
 
 
 def build_model(
-    spec: ModelSpec, input_shape: tuple[int, ...], *, source: str | None = None
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    *,
+    source: str | None = None,
+    examples: torch.Tensor | None = None,
 ) -> nn.Module:
     """Build the model that ``spec`` describes, for examples of shape ``input_shape``.
 
@@ -68,28 +72,32 @@ def build_model(
     (check it with :func:`output_check`).
 
     ``source``: the spec file ``spec`` was read from, which every error then begins with, as
-    the spec's own errors do (``run.toml: unknown key 'widht' in [model] ...``).
+    the spec's own errors do (``run.toml: unknown key 'widht' in [model] ...``). ``examples``:
+    the data set's first inputs, ``(k, *input_shape)``, on which a model of token ids (integer
+    inputs) is run to see what its forward returns (:func:`conetool.model_inputs.check_batch`).
 
     Raises:
         ModelError: unknown architecture, unknown option, bad option value, or a user factory
             that cannot be imported, called, or does not return an ``nn.Module``.
     """
     if source is None:
-        return _build_model(spec, input_shape)
+        return _build_model(spec, input_shape, examples)
     try:
-        return _build_model(spec, input_shape)
+        return _build_model(spec, input_shape, examples)
     except ModelError as exc:
         raise type(exc)(f"{source}: {exc}") from exc
 
 
-def _build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Module:
+def _build_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], examples: torch.Tensor | None = None
+) -> nn.Module:
     """:func:`build_model` without the spec file in its errors."""
     arch, options = spec.arch, dict(spec.options)
     input_shape = tuple(input_shape)
     if not isinstance(arch, str):
         raise ModelError(f"[model] arch = {arch!r} must be a string. {_choices_text()}")
     if ":" in arch:
-        return _build_user_model(arch, spec.num_classes, options, input_shape)
+        return _build_user_model(arch, spec.num_classes, options, input_shape, examples)
     if arch not in BUILTIN_MODELS:
         close = difflib.get_close_matches(arch, BUILTIN_MODELS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -147,13 +155,17 @@ def output_check(
     input_shape: Sequence[int],
     num_classes: int,
     arch: str | None = None,
+    *,
+    examples: torch.Tensor | None = None,
 ) -> None:
     """Run one batch of 2 examples of ``input_shape`` through ``model``; the output must be
     ``(2, num_classes)``.
 
     The inputs are standard normal from a private generator (the global RNG is untouched), on
-    the model's device and in its dtype. The model runs in eval mode under ``torch.no_grad()``
-    and gets its training flag back afterwards; BatchNorm statistics do not change.
+    the model's device and in its dtype; or, when ``examples`` (k, *input_shape), inputs of the
+    data set, are token ids, their first two as they are (:func:`conetool.model_inputs.check_batch`).
+    The model runs in eval mode under ``torch.no_grad()`` and gets
+    its training flag back afterwards; BatchNorm statistics do not change.
 
     Raises:
         ModelError: the forward pass fails, or returns something other than a
@@ -163,9 +175,8 @@ def output_check(
     """
     name = arch if arch is not None else type(model).__name__
     shape = (2, *tuple(input_shape))
-    dtype = model_dtype(model) or torch.float32
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(model_device(model))
+    x = check_batch(model, input_shape, examples)
+    tokens = is_token_batch(x)
     was_training = model.training
     model.eval()
     try:
@@ -174,8 +185,15 @@ def output_check(
     except ConetoolError:
         raise
     except Exception as exc:
+        given = (
+            f" of the data set's {x.dtype} inputs (integer ids, given to the model as they are: "
+            "if they are not token ids but numbers such as pixel values, return them as floats, "
+            "x.float(), from the data factory)"
+            if tokens
+            else ""
+        )
         raise ModelError(
-            f"model '{name}' fails on an input batch of shape {shape} "
+            f"model '{name}' fails on an input batch of shape {shape}{given} "
             f"({type(exc).__name__}: {exc}). Check that [model] fits the data set: its examples "
             f"have shape {tuple(input_shape)} and {num_classes} classes."
         ) from exc
@@ -283,7 +301,11 @@ def _at(exc: BaseException) -> str:
 
 
 def _build_user_model(
-    arch: str, num_classes: int, options: dict[str, Any], input_shape: tuple[int, ...]
+    arch: str,
+    num_classes: int,
+    options: dict[str, Any],
+    input_shape: tuple[int, ...],
+    examples: torch.Tensor | None = None,
 ) -> nn.Module:
     factory = _resolve(arch)
     kwargs: dict[str, Any] = {"num_classes": num_classes, **options}
@@ -324,4 +346,4 @@ def _build_user_model(
             f'the factory "{arch}" returned {type(model).__name__}, not a torch.nn.Module. '
             "Make it return the model (an nn.Module instance)."
         )
-    return logits_returned(model, input_shape)
+    return logits_returned(model, input_shape, examples)

@@ -60,7 +60,13 @@ def check_before_clearing(model: nn.Module, plan: KernelsPlan, store: Path, skip
         "run can start)"
     )
     try:
-        output_check(model, tuple(plan.data.input_shape), plan.data.num_classes, spec.model.arch)
+        output_check(
+            model,
+            tuple(plan.data.input_shape),
+            plan.data.num_classes,
+            spec.model.arch,
+            examples=plan.data.examples(),
+        )
     except ModelError as exc:
         raise type(exc)(f"{spec_model(spec)}: {exc} {kept}.") from exc
     if not plan.refs:

@@ -75,6 +75,5 @@ def iterations_per_epoch(spec: Spec) -> int:
 
 def model_for(spec: Spec) -> nn.Module:
     """The spec's architecture (freshly initialized; checkpoints are loaded into it)."""
-    return build_model(
-        spec.model, describe_data(spec.data, source=spec.source).input_shape, source=spec.source
-    )
+    info = describe_data(spec.data, source=spec.source)
+    return build_model(spec.model, info.input_shape, source=spec.source, examples=info.examples)

@@ -210,7 +210,11 @@ def _kernels(job: distributed.Job, options: KernelsOptions, progress: Progress) 
         else:
             out = None  # joined below, once rank 0 has said whether its clearing waits
         output_check(
-            model, tuple(plan.data.input_shape), plan.data.num_classes, arch=plan.spec.model.arch
+            model,
+            tuple(plan.data.input_shape),
+            plan.data.num_classes,
+            plan.spec.model.arch,
+            examples=plan.data.examples(),
         )
         return out, model
 

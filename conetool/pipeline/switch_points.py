@@ -128,7 +128,9 @@ def run_point(
         if changed is None:
             return reused_point(payload)
         says.note(f"t={t}: {changed} since this point was computed: it is computed again")
-    output_check(model, tuple(data.input_shape), data.num_classes, arch=spec.model.arch)
+    output_check(
+        model, tuple(data.input_shape), data.num_classes, spec.model.arch, examples=data.examples()
+    )
     if training is not None:
         training(t)
     began = time.perf_counter()
