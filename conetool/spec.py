@@ -704,7 +704,15 @@ def _check_semantics(spec: Spec) -> None:
     _positive(src, "train.steps", t.steps)
     _at_most_steps(src, "train.steps", t.steps)
     _positive(src, "train.batch_size", t.batch_size)
-    _choice(src, "train.optimizer", t.optimizer, OPTIMIZERS)
+    adamw = (
+        " (conetool's recipes have no AdamW, whose weight decay is decoupled: for a run of "
+        'your own trained with AdamW write "adam", which kernels, distance and the others '
+        "that read the run do not train with; switch does, adding weight_decay to the "
+        "gradient, a coupled L2 term, not your run's decoupled decay)"
+        if isinstance(t.optimizer, str) and t.optimizer.lower() == "adamw"
+        else ""
+    )
+    _choice(src, "train.optimizer", t.optimizer, OPTIMIZERS, adamw)
     _positive(src, "train.lr", t.lr)
     _positive(src, "train.momentum", t.momentum, allow_zero=True)
     _positive(src, "train.weight_decay", t.weight_decay, allow_zero=True)

@@ -22,7 +22,7 @@ from conetool.data import load_data
 from conetool.data_split import Split
 from conetool.models import build_model, output_check
 from conetool.probe import load_probe
-from conetool.spec import DataSpec, ModelSpec
+from conetool.spec import DataSpec, ModelSpec, load_spec
 
 MODULE = '''
 import torch
@@ -232,3 +232,24 @@ def test_a_failing_token_model_is_told_its_inputs_are_integer_ids(tok: ModuleTyp
         conetool.ModelError, match=r"torch\.int64 inputs \(integer ids.*x\.float\(\)"
     ):
         output_check(model, (5,), 2, examples=tok.tokens(3, 0)[0])
+
+
+def test_an_adamw_run_is_told_that_no_spec_key_gives_its_decoupled_decay(
+    tok: ModuleType, tmp_path: Path
+) -> None:
+    asked = _spec(tmp_path).read_text().replace('optimizer = "adam"', 'optimizer = "adamw"')
+    (tmp_path / "adamw.toml").write_text(asked)
+    with pytest.raises(
+        conetool.SpecError,
+        match=r"Choices: sgd, adam \(conetool's recipes have no AdamW.*write \"adam\"",
+    ):
+        load_spec(tmp_path / "adamw.toml")
+    run, store = tmp_path / "ckpt", tmp_path / "store"
+    _own_run(tok, run)  # AdamW, weight decay 0.01 (its default)
+    spec = _spec(tmp_path).read_text().replace("lr = 0.01", "lr = 0.05\nweight_decay = 0.01")
+    (tmp_path / "own.toml").write_text(spec)
+    conetool.kernels(run, spec=tmp_path / "own.toml", store=store, threads=1)
+    swept = conetool.switch(at=[1], until=2, store=store, threads=1)
+    said = [w for w in swept.warnings if "decoupled_weight_decay True (the spec's False)" in w]
+    assert len(said) == 1 and "no spec key gives" in said[0] and "[train] has no AdamW" in said[0]
+    assert "give the spec your run's recipe (but for decoupled_weight_decay" in said[0]

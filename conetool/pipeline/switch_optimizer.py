@@ -102,10 +102,17 @@ def _from_beside(
 def _saved_with(differs: tuple[str, ...]) -> str:
     """What a used state saved with the hyperparameters ``differs`` (``"momentum 0.9 (the spec's
     0.5)"``, ...) says: which recipe the run used is for the user to check."""
-    return (
+    said = (
         f"saved with {', '.join(differs)}: the model trains with the spec's values (its "
         "recipe); if your run used the saved ones, give the spec your run's recipe"
     )
+    if any(d.startswith("decoupled_weight_decay True") for d in differs):  # AdamW's state
+        said += (
+            " (but for decoupled_weight_decay, which no spec key gives: [train] has no AdamW, "
+            "and its Adam adds weight_decay to the gradient, a coupled L2 term, so with a "
+            "weight_decay other than 0 the sweep's decay is not your run's)"
+        )
+    return said
 
 
 def _from_checkpoint_file(
