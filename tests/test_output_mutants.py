@@ -451,6 +451,24 @@ def reported(tmp_path_factory) -> tuple[Path, Any]:
     return root, report(root)
 
 
+def test_a_phase1_range_without_an_end_of_phase1_is_not_shown(reported, tmp_path):
+    """An undetermined verdict keeps the velocity fit's candidate end (phase1_range) in its
+    numbers; without an end of Phase I the report's 'its range' row read as the velocity
+    drop's range (280 to 280 under 'velocity drop', the text saying there is no measured end)."""
+    root = tmp_path / "store"
+    shutil.copytree(reported[0], root)
+    path = paths.distance_summary(root)
+    summary = read_json(path)
+    verdict = summary["verdict"]
+    assert verdict["numbers"]["velocity"]["phase1_range"]
+    verdict["phase1_end"], verdict["regime"] = None, "undetermined"
+    path.write_text(json.dumps(summary))
+    text = Page(report(root).html.read_text(encoding="utf-8")).section("verdict")
+    assert "Phase I has no measured end." in text
+    assert "velocity drop" in text
+    assert "its range" not in text and "end of Phase I" not in text
+
+
 def test_report_quotes_the_numbers_of_the_summaries_it_reads(reported):
     root, result = reported
     page = Page(result.html.read_text(encoding="utf-8"))

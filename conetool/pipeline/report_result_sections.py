@@ -58,7 +58,9 @@ class ResultSections(ExperimentSections):
             text(str(verdict.get("explanation", ""))),
         ]
         velocity = numbers.get("velocity", {})
-        span = velocity.get("phase1_range") or ["-", "-"]
+        # the range of the end of Phase I: without an end (an undetermined verdict keeps the
+        # fit's candidate) it would read as the velocity drop's range
+        span = (velocity.get("phase1_range") if end is not None else None) or ["-", "-"]
         rows = [
             ("stored steps", _g(numbers.get("stored_steps"))),
             ("steps", f"{numbers.get('first_step', '-')} to {numbers.get('last_step', '-')}"),
