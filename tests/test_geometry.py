@@ -21,6 +21,7 @@ from conetool.geometry import (
     adjacent,
     block_size_for,
     check_steps,
+    default_velocity_dt,
     distance_matrix,
     distance_to_reference,
     kernel_distance,
@@ -366,6 +367,59 @@ def test_velocity_dt_of_a_thinned_run_is_not_a_spacing_seen_only_at_its_two_ends
     steps = [*range(0, 100, 10), *range(100, 5000, 200), 5000]
     assert velocity_dt(steps) == 200
     assert _velocity_dt_by_hand(steps) == 200
+
+
+def test_the_default_dt_is_at_least_an_80th_of_the_run_whatever_the_spacing() -> None:
+    # reference: the smallest multiple of the covering spacing that is at least 1/80 of the run
+    # (last step less first); the spacing itself when it is
+    for every, dt in ((10, 70), (20, 80), (25, 75), (50, 100), (100, 100), (250, 250)):
+        steps = list(range(0, 5001, every))
+        assert velocity_dt(steps) == every
+        assert default_velocity_dt(steps) == dt, every
+    # 1/80 of 10,000 steps is 125: the paper's T, saved every 100 steps after 1,000 (every 10
+    # before, as examples/cifar10_resnet20.toml does) or every 100 throughout
+    assert default_velocity_dt([*range(0, 1000, 10), *range(1000, 10_001, 100)]) == 200
+    assert default_velocity_dt(list(range(0, 10_001, 100))) == 200
+    # the length is the run's, from its first stored step: 2,000 steps, not 4,000
+    assert default_velocity_dt(list(range(2000, 4001, 10))) == 30
+    # the other fraction asked for, exact: 1/50 of 5,000 is 100, not 100.00000000000001 -> 120
+    assert default_velocity_dt(list(range(0, 5001, 20)), Fraction(1, 50)) == 100
+    assert default_velocity_dt(list(range(0, 5001, 30)), Fraction(1, 50)) == 120
+    assert default_velocity_dt(list(range(0, 5001, 20)), Fraction(1, 100)) == 60
+
+
+def test_the_default_dt_of_irregular_schedules() -> None:
+    # extra early checkpoints (save_at) among checkpoints every 20: the spacing is still 20
+    with_extras = sorted({1, 2, 3, 7, 13, *range(0, 5001, 20)})
+    assert (velocity_dt(with_extras), default_velocity_dt(with_extras)) == (20, 80)
+    # every 5 up to 100, then every 100 (the labelled trajectories): 100 covers the run, and
+    # is more than 1/80 of it
+    dense_early = [*range(0, 100, 5), *range(100, 5001, 100)]
+    assert default_velocity_dt(dense_early) == 100
+    # a thinned run: 200 covers it (100 only at its two ends), and is kept
+    thinned = [*range(0, 100, 10), *range(100, 5000, 200), 5000]
+    assert default_velocity_dt(thinned) == 200
+    # a last step off the grid (training ended between two saves): pairs 80 apart cover what
+    # pairs 20 apart cover, up to 4,980
+    assert default_velocity_dt([*range(0, 4981, 20), 4990]) == 80
+    # a checkpoint lost (deleted, or left out by --skip-bad): the spacing 40 of the hole
+    # covers the whole run and 20 all but the hole; 80 is a multiple of both
+    holed = [t for t in range(0, 5001, 20) if t != 2500]
+    assert (velocity_dt(holed), default_velocity_dt(holed)) == (40, 80)
+    # spacings 20 and 21 in turn: 21 covers the most, and no two steps are 63 or any other
+    # multiple of 21 apart, so the spacing stays
+    alternating = list(itertools.accumulate([0] + [20, 21] * 120))
+    assert velocity_dt(alternating) == 21
+    assert default_velocity_dt(alternating) == 21
+    # every 21 up to 2,520, then 20 and 21 in turn: pairs 63 apart cover the first half only
+    # (2,520 steps), fewer than pairs 21 apart do (3,780), so the spacing stays
+    half = [*range(0, 2500, 21), *itertools.accumulate([2520] + [20, 21] * 60)]
+    assert (velocity_dt(half), default_velocity_dt(half)) == (21, 21)
+    # fewer than two steps: no dt; two: their spacing (1/80 of 10 steps rounds up to 1)
+    assert default_velocity_dt([3]) is None
+    assert default_velocity_dt([0, 10]) == 10
+    with pytest.raises(GeometryError, match="strictly increasing"):
+        default_velocity_dt([0, 20, 20, 40])
 
 
 def _exact_distance(a: np.ndarray, b: np.ndarray) -> float:
