@@ -1,15 +1,18 @@
 """Read a run's kernel distances the way the paper does, in two questions, with their evidence.
 
 **1. Is there a two-phase pattern (Fort et al. 2020)?** The kernel velocity
-``v(t) = S(t, t + dt) / dt`` of every stored pair at the lags ``dt``, ``2 dt`` and ``3 dt`` is
-fitted in ``log10`` by a continuous line with two bends (:func:`conetool.verdict_measures.
-fit_phase_break`); Phase I ends at the bend where the fall stops, with a range from the fit's
-profile likelihood. There is a two-phase pattern when, at the paper's ``dt``, the velocity falls
-across that bend by at least ``min_drop`` [5x] (early level: the two largest velocities before
-it; Phase II level: the median after it), the fitted slope after the bend is at most half as
-steep as before it, and the velocity does not climb back. Otherwise the answer is
-``no-two-phase`` (the paper's Fig. 3), or ``undetermined`` when the velocity is still falling at
-the end of the run.
+``v(t) = S(t, t + dt) / dt`` of every stored pair at the lags ``dt``, ``2 dt`` and ``3 dt``
+(``dt``: ``rules.velocity_dt``, or :func:`conetool.geometry.default_velocity_dt`, at least 1/80
+of the run whatever the checkpoint spacing: the velocity of a smooth Phase I grows with ``dt``
+while a noisy Phase II's does not, so a ``dt`` that followed the spacing read a cone saved often
+as no two phases) is fitted in ``log10`` by a continuous line with two bends
+(:func:`conetool.verdict_measures.fit_phase_break`); Phase I ends at the bend where the fall
+stops, with a range from the fit's profile likelihood. There is a two-phase pattern when, at
+the paper's ``dt``, the velocity falls across that bend by at least ``min_drop`` [5x] (early
+level: the two largest velocities before it; Phase II level: the median after it), the fitted
+slope after the bend is at most half as steep as before it, and the velocity does not climb
+back. Otherwise the answer is ``no-two-phase`` (the paper's Fig. 3), or ``undetermined`` when
+the velocity is still falling at the end of the run.
 
 **2. What does the kernel do in Phase II?** Every pair of Phase II steps ``(t, t')`` gives S as a
 function of the lag ``t' - t``. Three readings:
@@ -53,7 +56,13 @@ from typing import Any
 
 import numpy as np
 
-from conetool.geometry import check_steps, step_index, velocity_dt
+from conetool.geometry import (
+    VELOCITY_DT_FRACTION,
+    check_steps,
+    default_velocity_dt,
+    step_index,
+    velocity_dt,
+)
 from conetool.verdict_measures import (
     PhaseBreak,
     VelocityDrop,
@@ -129,16 +138,39 @@ def phase_verdict(
             f"{arr[0]} to {arr[-1]}) are farther apart than S = {fmt(max_distance)}, at or below "
             f"lazy_level {fmt(rules.lazy_level)}; there is no Phase I.",
         )
-    dt = rules.velocity_dt if rules.velocity_dt is not None else velocity_dt(arr.tolist())
-    assert dt is not None
+    spacing = velocity_dt(arr.tolist())
+    dt = rules.velocity_dt if rules.velocity_dt is not None else default_velocity_dt(arr.tolist())
+    assert dt is not None and spacing is not None
+    dt_from = (
+        "velocity_dt"
+        if rules.velocity_dt is not None
+        else "spacing"
+        if dt == spacing
+        else "multiple of spacing"
+    )
+    # a default dt that is not the checkpoint spacing says why (the README's "How to read the
+    # verdict"): the spacing follows how densely the checkpoints were saved, the verdict must not
+    why_dt = (
+        f"{dt // spacing}x the checkpoint spacing {spacing}: the default dt is at least "
+        f"{VELOCITY_DT_FRACTION} of the run's {arr[-1] - arr[0]} steps; "
+        if dt_from == "multiple of spacing"
+        else ""
+    )
     points = velocity_points(arr, s, dt)
     fit = fit_phase_break(points, min_fall=0.5 * float(np.log10(rules.min_drop)))
-    n["velocity"] = {"dt": int(dt), "lags": list(points.dts), "points": int(points.start.size)}
+    n["velocity"] = {
+        "dt": int(dt),
+        "dt_from": dt_from,
+        "spacing": int(spacing),
+        "lags": list(points.dts),
+        "points": int(points.start.size),
+    }
     if fit is None:
         return r.done(
             "undetermined",
             None,
-            f"Too few pairs of stored steps are {dt} steps apart ({int((points.lag == dt).sum())}) "
+            f"Too few pairs of stored steps are {dt} steps apart ({why_dt}"
+            f"{int((points.lag == dt).sum())}) "
             "to follow the kernel velocity; the fit needs pairs at 6 or more distinct steps. "
             "Store kernels at evenly spaced steps over the whole run, or choose another "
             "velocity_dt (`conetool distance --velocity-dt`).",
@@ -148,7 +180,7 @@ def phase_verdict(
     phase1_end = nearest_step(arr, fit.step)
     n["velocity"].update(fit_numbers(fit, drop, arr))
     fit_text = (
-        f"the velocity at dt = {dt} ({fit.points} velocities at lags "
+        f"the velocity at dt = {dt} ({why_dt}{fit.points} velocities at lags "
         f"{', '.join(str(d) for d in points.dts)}, fitted in log scale by a line with two "
         f"bends)"
     )

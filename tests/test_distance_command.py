@@ -504,6 +504,34 @@ def test_bad_verdict_rule_is_a_clean_error():
         VerdictRules(min_steps=2)
 
 
+def test_a_run_saved_often_is_read_at_an_80th_of_it_and_that_curve_is_drawn(tmp_path):
+    # every 10 steps over 2,000: the verdict's default dt is the smallest multiple of the
+    # spacing at least 2,000 / 80 = 25, 30 (it was 10); the default dts are the smallest spacing
+    # and that one, so that the curve the verdict reads is in adjacent.csv and starred
+    steps = list(range(0, 2001, 10))
+    root = make_store(tmp_path / "store", steps, psd_kernels(cone_vectors(steps)))
+    result = distance(root, noise=False)
+    velocity = result.verdict.numbers["velocity"]
+    assert (velocity["dt"], velocity["spacing"], velocity["dt_from"]) == (
+        30,
+        10,
+        "multiple of spacing",
+    )
+    assert result.verdict.regime == "cone", result.verdict.explanation
+    assert result.dts == [10, 30]
+    assert [c.dt for c in result.adjacent_curves if c.verdict] == [30]
+    summary = json.loads(paths.distance_summary(root).read_text())
+    assert summary["dts"] == [10, 30] and summary["verdict_dt"] == 30
+    rows = read_csv(paths.adjacent_csv(root))
+    assert sorted({int(r["dt"]) for r in rows}) == [10, 30]
+    assert sum(int(r["dt"]) == 30 for r in rows) == len(steps) - 3
+    out = runner.invoke(app, ["distance", "--store", str(root), "--no-noise"])
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.output.split())
+    assert "S(t, t+30) *" in said and "S(t, t+10) " in said and "S(t, t+10) *" not in said
+    assert "3x the checkpoint spacing 10: the default dt is at least 1/80 of the run's 2000" in said
+
+
 # --------------------------------------------------------------------------- the command line
 
 

@@ -125,7 +125,8 @@ def distance(
             "--velocity-dt",
             metavar="DT",
             min=1,
-            help="Verdict: the dt of its velocity (default: the spacing that covers the run).",
+            help="Verdict: the dt of its velocity (default: the spacing that covers the run, or "
+            "its smallest multiple that is at least 1/80 of the run).",
         ),
     ] = None,
     no_noise: Annotated[

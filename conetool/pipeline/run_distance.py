@@ -37,10 +37,10 @@ from ..geometry import (
     AdjacentPair,
     GeometryError,
     adjacent,
+    default_velocity_dt,
     distance_to_reference,
     spacings,
     step_index,
-    velocity_dt,
 )
 from ..io import atomic_write_json
 from ..library_call import library_call
@@ -518,7 +518,8 @@ def _check_dt(
         )
     fix = (
         "Pass one of them as --velocity-dt (rules=VerdictRules(velocity_dt=...)), or leave it "
-        "out: the verdict then picks the spacing that covers the run."
+        "out: the verdict then picks the spacing that covers the run (or its smallest multiple "
+        "that is at least 1/80 of the run)."
         if velocity
         else "Pass one of them as --dt."
     )
@@ -530,9 +531,10 @@ def _check_dt(
 
 
 def _default_dts(s: np.ndarray, steps: list[int], rules: VerdictRules) -> list[int]:
-    """The smallest consecutive spacing, plus the verdict's velocity dt when it has pairs."""
+    """The smallest consecutive spacing, plus the verdict's velocity dt when it has pairs: the
+    curve the verdict reads is drawn (``*`` in the table) and written to adjacent.csv."""
     chosen = {min(spacings(steps))}
-    verdict_dt = rules.velocity_dt if rules.velocity_dt is not None else velocity_dt(steps)
+    verdict_dt = rules.velocity_dt if rules.velocity_dt is not None else default_velocity_dt(steps)
     if verdict_dt is not None and adjacent(s, steps, verdict_dt):
         chosen.add(int(verdict_dt))
     return sorted(chosen)
