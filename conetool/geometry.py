@@ -555,12 +555,14 @@ def velocity_dt(steps: Sequence[int]) -> int | None:
 
 
 #: The velocity's default ``dt`` is at least this fraction of the run (its last stored step less
-#: its first). 1/80 is the largest fraction that keeps the ``dt`` of the runs whose verdicts
-#: the tests and the README pin: 5,000 steps saved every 100 (the labelled trajectories of
-#: :mod:`conetool.trajectories`: 1/50), 2,000 steps every 25 (the cone store of
-#: tests/test_distance_command.py: 1/80) and the README's digits runs (2,400 steps every 100,
-#: 6,000 every 150, 10,000 every 250). The paper's T = 10^4 steps give at least 125.
-VELOCITY_DT_FRACTION = Fraction(1, 80)
+#: its first). At 1/50 one 5,000-step run saved every 10, 20, 50 or 100 steps is read at
+#: ``dt = 100`` at all four, and one of 10,000 steps at 200; at 1/80 (``dt`` 130, 140 and 150
+#: every 10, 20 and 50 steps) a 10,000-step ``hover`` run of :mod:`conetool.trajectories` read
+#: ``no-two-phase`` (tests/test_verdict_sampling.py). 1/50 keeps the ``dt`` of the labelled
+#: trajectories (5,000 steps saved every 100) and of the README's digits runs (2,400 steps every
+#: 100, 6,000 every 150, 10,000 every 250); the cone store of tests/test_distance_command.py
+#: (2,000 steps every 25) is read at 50. The paper's T = 10^4 steps give at least 200.
+VELOCITY_DT_FRACTION = Fraction(1, 50)
 
 
 def default_velocity_dt(
@@ -573,13 +575,12 @@ def default_velocity_dt(
     the run's length (last stored step less first), it is the ``dt``. Otherwise the ``dt`` is
     the smallest multiple of ``b`` that is, when the pairs ``(t, t + dt)`` of that multiple
     cover at least as many steps as those of ``b`` do (checkpoints every 20 steps cover a run
-    with pairs 80 apart as well as with pairs 20 apart), else ``b`` (a schedule whose stored
+    with pairs 100 apart as well as with pairs 20 apart), else ``b`` (a schedule whose stored
     steps are seldom that multiple apart). The velocity ``S / dt`` of a smooth Phase I grows
     with ``dt`` while that of a noisy Phase II does not, and a ``dt`` that followed the
     checkpoint spacing read a cone saved every 20 steps as no two-phase pattern (its velocity
-    fell under the 5x of ``min_drop`` at ``dt = 20``, 17x at 80). A 5,000-step run saved every 10,
-    20, 50 or 100 steps is read at ``dt`` 70, 80, 100 and 100. ``None`` with fewer than two
-    steps.
+    fell under the 5x of ``min_drop`` at ``dt = 20``, 21x at 100). A 5,000-step run saved every 10,
+    20, 50 or 100 steps is read at ``dt = 100`` at all four. ``None`` with fewer than two steps.
     """
     base = velocity_dt(steps)
     if base is None:

@@ -2,7 +2,7 @@
 
 **1. Is there a two-phase pattern (Fort et al. 2020)?** The kernel velocity
 ``v(t) = S(t, t + dt) / dt`` of every stored pair at the lags ``dt``, ``2 dt`` and ``3 dt``
-(``dt``: ``rules.velocity_dt``, or :func:`conetool.geometry.default_velocity_dt`, at least 1/80
+(``dt``: ``rules.velocity_dt``, or :func:`conetool.geometry.default_velocity_dt`, at least 1/50
 of the run whatever the checkpoint spacing: the velocity of a smooth Phase I grows with ``dt``
 while a noisy Phase II's does not, so a ``dt`` that followed the spacing read a cone saved often
 as no two phases) is fitted in ``log10`` by a continuous line with two bends

@@ -51,7 +51,7 @@ class VerdictRules:
             (finite, > 1).
         velocity_dt: the paper's ``dt``; ``None`` picks
             :func:`conetool.geometry.default_velocity_dt`: the spacing that covers the run best,
-            or its smallest multiple that is at least 1/80 of the run.
+            or its smallest multiple that is at least 1/50 of the run.
         freeze_factor: a Phase II velocity falling by this factor (first quarter over last)
             means the kernel is freezing (finite, > 1).
         bounded_exponent: ``S ~ lag^a`` with ``a`` at most this reads as bounded motion

@@ -190,21 +190,28 @@ def test_outputs_match_a_float64_reference_and_the_verdict_says_cone(cone_store,
             assert float(row[f"ref_{ref}"]) == pytest.approx(direct, abs=1e-12)
     assert result.refs == [0, 500, 2000]
 
-    # Fig. 1b: uniform spacing 25 -> one dt; every consecutive pair, velocity = S / dt
+    # Fig. 1b: uniform spacing 25 -> the dts 25 (the spacing) and 50 (the verdict's: the
+    # smallest multiple of 25 at least 1/50 of the 2,000 steps); every pair of stored steps
+    # that far apart, in dt order, velocity = S / dt
     adjacent_rows = read_csv(paths.adjacent_csv(root))
-    assert result.dts == [25]
-    assert [int(r["step"]) for r in adjacent_rows] == CONE_STEPS[:-1]
-    for i, row in enumerate(adjacent_rows):
-        assert int(row["dt"]) == 25
-        assert float(row["S"]) == pytest.approx(s_ref[i, i + 1], abs=1e-12)
-        assert float(row["velocity"]) == pytest.approx(s_ref[i, i + 1] / 25, abs=1e-14)
+    assert result.dts == [25, 50]
+    assert [(int(r["step"]), int(r["dt"])) for r in adjacent_rows] == [
+        *((t, 25) for t in CONE_STEPS[:-1]),
+        *((t, 50) for t in CONE_STEPS[:-2]),
+    ]
+    for row in adjacent_rows:
+        gap = int(row["dt"]) // 25  # the pair (i, i + gap)
+        i = CONE_STEPS.index(int(row["step"]))
+        assert float(row["S"]) == pytest.approx(s_ref[i, i + gap], abs=1e-12)
+        assert float(row["velocity"]) == pytest.approx(s_ref[i, i + gap] / (25 * gap), abs=1e-14)
 
     # the verdict: the same as phase_verdict on the reference matrix, and "cone"
     summary = json.loads(paths.distance_summary(root).read_text())
     expected = phase_verdict(CONE_STEPS, s_ref, refs=[0, 500, 2000])
     assert summary["verdict"]["regime"] == expected.regime == "cone"
     assert summary["verdict"]["phase1_end"] == expected.phase1_end == result.verdict.phase1_end
-    assert summary["refs"] == [0, 500, 2000] and summary["dts"] == [25]
+    assert summary["refs"] == [0, 500, 2000] and summary["dts"] == [25, 50]
+    assert summary["verdict_dt"] == 50 == expected.numbers["velocity"]["dt"]
     assert summary["identity"]["kind"] == "trace"
     assert summary["rules"]["min_drop"] == VerdictRules().min_drop
     assert summary["steps"] == {"count": 81, "first": 0, "last": 2000}
@@ -504,32 +511,32 @@ def test_bad_verdict_rule_is_a_clean_error():
         VerdictRules(min_steps=2)
 
 
-def test_a_run_saved_often_is_read_at_an_80th_of_it_and_that_curve_is_drawn(tmp_path):
+def test_a_run_saved_often_is_read_at_a_50th_of_it_and_that_curve_is_drawn(tmp_path):
     # every 10 steps over 2,000: the verdict's default dt is the smallest multiple of the
-    # spacing at least 2,000 / 80 = 25, 30 (it was 10); the default dts are the smallest spacing
-    # and that one, so that the curve the verdict reads is in adjacent.csv and starred
+    # spacing at least 2,000 / 50 = 40: 40 itself (it was 10); the default dts are the smallest
+    # spacing and that one, so that the curve the verdict reads is in adjacent.csv and starred
     steps = list(range(0, 2001, 10))
     root = make_store(tmp_path / "store", steps, psd_kernels(cone_vectors(steps)))
     result = distance(root, noise=False)
     velocity = result.verdict.numbers["velocity"]
     assert (velocity["dt"], velocity["spacing"], velocity["dt_from"]) == (
-        30,
+        40,
         10,
         "multiple of spacing",
     )
     assert result.verdict.regime == "cone", result.verdict.explanation
-    assert result.dts == [10, 30]
-    assert [c.dt for c in result.adjacent_curves if c.verdict] == [30]
+    assert result.dts == [10, 40]
+    assert [c.dt for c in result.adjacent_curves if c.verdict] == [40]
     summary = json.loads(paths.distance_summary(root).read_text())
-    assert summary["dts"] == [10, 30] and summary["verdict_dt"] == 30
+    assert summary["dts"] == [10, 40] and summary["verdict_dt"] == 40
     rows = read_csv(paths.adjacent_csv(root))
-    assert sorted({int(r["dt"]) for r in rows}) == [10, 30]
-    assert sum(int(r["dt"]) == 30 for r in rows) == len(steps) - 3
+    assert sorted({int(r["dt"]) for r in rows}) == [10, 40]
+    assert sum(int(r["dt"]) == 40 for r in rows) == len(steps) - 4
     out = runner.invoke(app, ["distance", "--store", str(root), "--no-noise"])
     assert out.exit_code == 0, out.output
     said = " ".join(out.output.split())
-    assert "S(t, t+30) *" in said and "S(t, t+10) " in said and "S(t, t+10) *" not in said
-    assert "3x the checkpoint spacing 10: the default dt is at least 1/80 of the run's 2000" in said
+    assert "S(t, t+40) *" in said and "S(t, t+10) " in said and "S(t, t+10) *" not in said
+    assert "4x the checkpoint spacing 10: the default dt is at least 1/50 of the run's 2000" in said
 
 
 # --------------------------------------------------------------------------- the command line
@@ -540,7 +547,8 @@ def test_cli_prints_the_table_and_the_verdict(cone_store):
     result = runner.invoke(app, ["distance", "--store", str(root), "--ref", "0", "--ref", "last"])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
-    assert "S(t, τ=0)" in out and "S(t, τ=2000)" in out and "S(t, t+25) *" in out
+    assert "S(t, τ=0)" in out and "S(t, τ=2000)" in out and "S(t, t+50) *" in out
+    assert "S(t, t+25) " in out and "S(t, t+25) *" not in out
     assert "verdict: cone (two phases, then a cone), Phase I ends at step" in out
     assert "Cone: in Phase II" in out
     assert "to_ref.png" in out and "summary.json" in out

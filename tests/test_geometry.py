@@ -369,21 +369,37 @@ def test_velocity_dt_of_a_thinned_run_is_not_a_spacing_seen_only_at_its_two_ends
     assert _velocity_dt_by_hand(steps) == 200
 
 
-def test_the_default_dt_is_at_least_an_80th_of_the_run_whatever_the_spacing() -> None:
-    # reference: the smallest multiple of the covering spacing that is at least 1/80 of the run
-    # (last step less first); the spacing itself when it is
-    for every, dt in ((10, 70), (20, 80), (25, 75), (50, 100), (100, 100), (250, 250)):
+def test_the_default_dt_is_at_least_a_50th_of_the_run_whatever_the_spacing() -> None:
+    # reference: the smallest multiple of the covering spacing that is at least 1/50 of the run
+    # (last step less first); the spacing itself when it is. Every 30 and 70 steps the run ends
+    # at 4,980 and 4,970, so 1/50 of it is 100 (99.6 and 99.4 rounded up)
+    for every, dt in (
+        (10, 100),
+        (20, 100),
+        (25, 100),
+        (30, 120),
+        (40, 120),
+        (50, 100),
+        (70, 140),
+        (100, 100),
+        (250, 250),
+    ):
         steps = list(range(0, 5001, every))
         assert velocity_dt(steps) == every
         assert default_velocity_dt(steps) == dt, every
-    # 1/80 of 10,000 steps is 125: the paper's T, saved every 100 steps after 1,000 (every 10
+    # 1/50 of 10,000 steps is 200: the paper's T, saved every 100 steps after 1,000 (every 10
     # before, as examples/cifar10_resnet20.toml does) or every 100 throughout
     assert default_velocity_dt([*range(0, 1000, 10), *range(1000, 10_001, 100)]) == 200
     assert default_velocity_dt(list(range(0, 10_001, 100))) == 200
-    # the length is the run's, from its first stored step: 2,000 steps, not 4,000
-    assert default_velocity_dt(list(range(2000, 4001, 10))) == 30
-    # the other fraction asked for, exact: 1/50 of 5,000 is 100, not 100.00000000000001 -> 120
+    # and saved every 10, 20 or 50 steps throughout (1/80 read them at 130, 140 and 150)
+    for every in (10, 20, 50):
+        assert default_velocity_dt(list(range(0, 10_001, every))) == 200, every
+    # the length is the run's, from its first stored step: 2,000 steps, not 4,000 (40, not 80)
+    assert default_velocity_dt(list(range(2000, 4001, 10))) == 40
+    # the fraction given, exact: 1/50 of 5,000 is 100, not 100.00000000000001 -> 120; 1/80
+    # (the default before) and 1/100 give 80 and 60 every 20 steps
     assert default_velocity_dt(list(range(0, 5001, 20)), Fraction(1, 50)) == 100
+    assert default_velocity_dt(list(range(0, 5001, 20)), Fraction(1, 80)) == 80
     assert default_velocity_dt(list(range(0, 5001, 30)), Fraction(1, 50)) == 120
     assert default_velocity_dt(list(range(0, 5001, 20)), Fraction(1, 100)) == 60
 
@@ -391,31 +407,32 @@ def test_the_default_dt_is_at_least_an_80th_of_the_run_whatever_the_spacing() ->
 def test_the_default_dt_of_irregular_schedules() -> None:
     # extra early checkpoints (save_at) among checkpoints every 20: the spacing is still 20
     with_extras = sorted({1, 2, 3, 7, 13, *range(0, 5001, 20)})
-    assert (velocity_dt(with_extras), default_velocity_dt(with_extras)) == (20, 80)
+    assert (velocity_dt(with_extras), default_velocity_dt(with_extras)) == (20, 100)
     # every 5 up to 100, then every 100 (the labelled trajectories): 100 covers the run, and
-    # is more than 1/80 of it
+    # is 1/50 of it
     dense_early = [*range(0, 100, 5), *range(100, 5001, 100)]
     assert default_velocity_dt(dense_early) == 100
     # a thinned run: 200 covers it (100 only at its two ends), and is kept
     thinned = [*range(0, 100, 10), *range(100, 5000, 200), 5000]
     assert default_velocity_dt(thinned) == 200
-    # a last step off the grid (training ended between two saves): pairs 80 apart cover what
-    # pairs 20 apart cover, up to 4,980
-    assert default_velocity_dt([*range(0, 4981, 20), 4990]) == 80
+    # a last step off the grid (training ended between two saves): pairs 100 apart cover what
+    # pairs 20 apart cover, up to 4,980 (1/50 of 4,990 is 99.8, rounded up)
+    assert default_velocity_dt([*range(0, 4981, 20), 4990]) == 100
     # a checkpoint lost (deleted, or left out by --skip-bad): the spacing 40 of the hole
-    # covers the whole run and 20 all but the hole; 80 is a multiple of both
+    # covers the whole run and 20 all but the hole; the dt is a multiple of 40, the covering
+    # spacing: 120, not the 100 of the same run without the hole
     holed = [t for t in range(0, 5001, 20) if t != 2500]
-    assert (velocity_dt(holed), default_velocity_dt(holed)) == (40, 80)
-    # spacings 20 and 21 in turn: 21 covers the most, and no two steps are 63 or any other
-    # multiple of 21 apart, so the spacing stays
+    assert (velocity_dt(holed), default_velocity_dt(holed)) == (40, 120)
+    # spacings 20 and 21 in turn: 21 covers the most, and no two steps are 105 (the smallest
+    # multiple of 21 at least 1/50 of the 4,920 steps) apart, so the spacing stays
     alternating = list(itertools.accumulate([0] + [20, 21] * 120))
     assert velocity_dt(alternating) == 21
     assert default_velocity_dt(alternating) == 21
-    # every 21 up to 2,520, then 20 and 21 in turn: pairs 63 apart cover the first half only
+    # every 21 up to 2,520, then 20 and 21 in turn: pairs 105 apart cover the first half only
     # (2,520 steps), fewer than pairs 21 apart do (3,780), so the spacing stays
     half = [*range(0, 2500, 21), *itertools.accumulate([2520] + [20, 21] * 60)]
     assert (velocity_dt(half), default_velocity_dt(half)) == (21, 21)
-    # fewer than two steps: no dt; two: their spacing (1/80 of 10 steps rounds up to 1)
+    # fewer than two steps: no dt; two: their spacing (1/50 of 10 steps rounds up to 1)
     assert default_velocity_dt([3]) is None
     assert default_velocity_dt([0, 10]) == 10
     with pytest.raises(GeometryError, match="strictly increasing"):

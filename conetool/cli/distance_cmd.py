@@ -126,7 +126,7 @@ def distance(
             metavar="DT",
             min=1,
             help="Verdict: the dt of its velocity (default: the spacing that covers the run, or "
-            "its smallest multiple that is at least 1/80 of the run).",
+            "its smallest multiple that is at least 1/50 of the run).",
         ),
     ] = None,
     no_noise: Annotated[

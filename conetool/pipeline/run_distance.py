@@ -519,7 +519,7 @@ def _check_dt(
     fix = (
         "Pass one of them as --velocity-dt (rules=VerdictRules(velocity_dt=...)), or leave it "
         "out: the verdict then picks the spacing that covers the run (or its smallest multiple "
-        "that is at least 1/80 of the run)."
+        "that is at least 1/50 of the run)."
         if velocity
         else "Pass one of them as --dt."
     )
