@@ -1,6 +1,6 @@
 """Results tables where the output is not a terminal (a log, a pipe): printed whole, not cut to
 rich's 80 columns (the kernels table's first header read ``comput…``); ``COLUMNS`` and a
-terminal still fold them to their width."""
+terminal still fold them to their width. Messages there are one line each (a path never cut)."""
 
 from __future__ import annotations
 
@@ -108,3 +108,20 @@ def test_columns_zero_loses_no_line_of_the_command_line(tmp_path: Path, columns:
         timeout=120,
     )
     assert helped.returncode == 0 and "inspect" in helped.stdout, helped.stdout
+
+
+def test_a_log_gets_each_message_whole_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # rich folded notes and warnings to 80 columns where there is no terminal, cutting a path
+    # longer than that in two: neither copied nor found by grep in a log
+    import torch
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    deep = tmp_path / ("a_folder_with_a_long_name_" * 4) / "checkpoints_of_the_run"
+    deep.mkdir(parents=True)
+    torch.save({"weight": torch.zeros(2)}, deep / "ckpt_10.pt")
+    result = CliRunner().invoke(app, ["inspect", str(deep)])
+    (line,) = [line for line in result.output.splitlines() if "torch.save" in line]
+    assert line.startswith("note: ") and len(line) > 80, result.output
+    assert "ckpt_10.pt is a torch.save file" in line, result.output
+    # the listed folder's path, longer than 80 columns, whole on the command's first line
+    assert any(str(deep) in each for each in result.output.splitlines()), result.output

@@ -50,6 +50,17 @@ def _forget_zero_columns() -> None:
 _forget_zero_columns()  # (before the consoles, which read COLUMNS once made)
 console = Console()
 err_console = Console(stderr=True)
+
+
+def unfold_where_no_terminal() -> None:
+    """Messages printed whole, one line each, where the output is not a terminal (a log file, a
+    pipe, a CI job): rich folds them to 80 columns there, having no terminal to measure, and cut
+    a path longer than that in two, so that it could be neither copied nor searched for. A
+    terminal keeps its width and its folding."""
+    for each in (console, err_console):
+        each.soft_wrap = not each.is_terminal
+
+
 #: Set when a command has said it was interrupted, so that ``main`` does not say it again.
 INTERRUPT_ANNOUNCED: list[bool] = []
 #: What a Ctrl-C advises while a command runs (from its first line on: ``runtime.starting``,
@@ -155,6 +166,7 @@ def handle_errors(debug: bool = False, continue_with: str | None = None) -> Iter
     from ..distributed import PeerFailedError, PeerInterruptedError
 
     imports_done()  # (the command's modules are imported: see conetool.cli.collector)
+    unfold_where_no_terminal()
     debug = debug or os.environ.get("CONETOOL_DEBUG", "") not in ("", "0")
     ranks = _ranks()
     advice = interrupt_advice(continue_with, RUNNING[-1] if RUNNING else None)
