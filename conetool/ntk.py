@@ -73,7 +73,13 @@ from .errors import ConetoolError, MemoryBudgetError, ModelError
 from .heap import kept_freed_memory
 from .library_call import library_call
 from .low_precision import is_low_precision
-from .ntk_buffers import evaluated_with, unchanged_in_eval, updated_in_place, updating_buffers
+from .ntk_buffers import (
+    evaluated_with,
+    plain_tensors,
+    unchanged_in_eval,
+    updated_in_place,
+    updating_buffers,
+)
 from .ntk_checks import (
     ExamplesInteractError,
     UnreachedParametersWarning,
@@ -350,14 +356,23 @@ def empirical_ntk(
                 for name, b in model.named_buffers()
             }
         )
+        # Tensors held as plain attributes of the modules (self.count = torch.zeros(()), not a
+        # registered buffer) are state too: every evaluation is handed copies of them, so that
+        # what it writes or assigns reaches neither the model nor the next evaluation.
+        plain = _held(plain_tensors(model), device)
+        consts.update(plain)
         # A cross kernel's row source sees both sets as one: examples 0:n1 are x1, the rest x2.
         x = cast(x1) if x2 is None else torch.cat([cast(x1), cast(x2)])
         n2 = None if x2 is None else x2.shape[0]
-        # The buffers a forward pass updates in place (a call counter): every evaluation gets its
-        # own copy of them, so that each starts from the model's state (ntk_buffers).
+        # The buffers and attributes a forward pass updates in place (a call counter): every
+        # evaluation gets its own copy of them, so that each starts from the model's state
+        # (ntk_buffers).
         updated = updated_in_place(
             lambda state, batch: functional_call(model, (params, {**consts, **state}), (batch,)),
-            {name: consts[name] for name, _ in model.named_buffers() if name not in kept},
+            {
+                **{name: consts[name] for name, _ in model.named_buffers() if name not in kept},
+                **plain,
+            },
             x[:1],
         )
 
@@ -392,7 +407,7 @@ def empirical_ntk(
         except ExamplesInteractError as exc:
             if not updated:
                 raise
-            raise ModelError(f"{exc} {_updated_buffers_mix(updated)}") from exc
+            raise ModelError(f"{exc} {_updated_buffers_mix(updated, set(plain))}") from exc
         except torch.OutOfMemoryError as exc:
             raise MemoryBudgetError(
                 f"the device ran out of memory computing the eNTK with a budget of "
@@ -511,14 +526,39 @@ def _compute(
     return kernel, Learned(engine="jacobian")
 
 
-def _updated_buffers_mix(updated: list[str]) -> str:
-    """What an update of the buffers ``updated`` in place has to do with examples that interact,
-    and the fix."""
-    names = ", ".join(f"'{name}'" for name in updated)
-    one = len(updated) == 1
+def _held(tensors: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Copies on ``device`` of ``tensors`` (a module's plain tensor attributes, by name), detached,
+    of their own dtype (``model.double()`` leaves such an attribute as it was, and the model
+    computes with it so); names that hold one tensor get one copy."""
+    copies: dict[int, Tensor] = {}
+    held: dict[str, Tensor] = {}
+    for name, tensor in tensors.items():
+        if id(tensor) not in copies:
+            copies[id(tensor)] = tensor.detach().to(device, copy=True)
+        held[name] = copies[id(tensor)]
+    return held
+
+
+def _updated_buffers_mix(updated: list[str], plain: set[str]) -> str:
+    """What an update of the buffers ``updated`` in place (those in ``plain`` tensors held as plain
+    attributes) has to do with examples that interact, and the fix."""
+    said = []
+    for names, what in (
+        ([name for name in updated if name not in plain], "buffer"),
+        ([name for name in updated if name in plain], "tensor attribute"),
+    ):
+        if names:
+            listed = ", ".join(f"'{name}'" for name in names)
+            said.append(f"the {what}{'' if len(names) == 1 else 's'} {listed}")
+    attribute = (
+        " (a plain attribute: hold it with self.register_buffer(name, tensor) to have it saved "
+        "and moved with the model)"
+        if any(name in plain for name in updated)
+        else ""
+    )
     return (
-        f"The model's forward pass updates the buffer{'' if one else 's'} {names} in place in eval mode: "
-        f"an update from the batch (a running statistic kept by hand) that the same call reads "
+        f"The model's forward pass updates {' and '.join(said)} in place in eval mode{attribute}: "
+        "an update from the batch (a running statistic kept by hand) that the same call reads "
         "mixes the examples. Update it only in training (if self.training: ...), and read it as "
         "it is in eval mode, as BatchNorm does with its running statistics."
     )

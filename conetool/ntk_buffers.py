@@ -1,5 +1,5 @@
 """The buffers a model's forward pass updates in place, and the copies the eNTK engines evaluate it
-with.
+with; tensors held as plain attributes of its modules (not registered buffers) likewise.
 
 A forward pass that updates a buffer in place in eval mode (a call counter ``self.calls += 1``, a
 running statistic kept by hand and not gated by ``if self.training:``, a monitor of its largest
@@ -15,6 +15,14 @@ never written to.
 for all of them (``self.peak.copy_(h.max())``): where the model updates a buffer, the engines'
 ``vmap`` path computes the per-example gradients it refuses by ordinary autograd instead, one
 example at a time (:func:`conetool.ntk_reference.vmapped_or_looped`; exact, slower).
+
+A tensor held as a plain attribute of a module (``self.count = torch.zeros(())`` in
+``__init__``, not ``register_buffer``) is state all the same: the engines hand every evaluation
+the attributes :func:`plain_tensors` finds in place of the module's own (``functional_call`` puts
+the module's back after the call), so that an update in place (``self.count += 1``) is made to a
+copy, as a buffer's is, and one that replaces the attribute (``self.mean = 0.9 * self.mean +
+...``) is undone after each evaluation. A tensor held inside a list, a dict or another object is
+not found.
 
 An update that mixes the examples (a statistic of the batch, read in the same call) makes each
 output depend on the others: the independence check refuses it, naming the buffers found here.
@@ -33,6 +41,7 @@ from .ntk_failures import FORWARD_ERRORS
 
 __all__ = [
     "evaluated_with",
+    "plain_tensors",
     "unchanged_in_eval",
     "updated_in_place",
     "updates_buffers",
@@ -57,14 +66,28 @@ def unchanged_in_eval(model: nn.Module) -> set[str]:
     }
 
 
+def plain_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """The tensors held as plain attributes of ``model``'s modules, by their dotted names
+    (``block.count`` for ``self.count = torch.zeros(())`` in ``block``'s ``__init__``): tensors in a
+    module's ``__dict__``, where neither ``register_buffer`` nor ``nn.Parameter`` puts them. A
+    module reached by several names is listed under the first, as ``named_buffers`` does."""
+    return {
+        f"{prefix}.{name}" if prefix else name: value
+        for prefix, module in model.named_modules()
+        for name, value in vars(module).items()
+        if isinstance(value, Tensor)
+    }
+
+
 def updated_in_place(
     call: Callable[[dict[str, Tensor], Tensor], object],
     buffers: dict[str, Tensor],
     example: Tensor,
 ) -> list[str]:
-    """The names of ``buffers`` that one forward pass ``call(state, example)`` (``example``
-    ``(1, *shape)``, ``state`` copies of ``buffers`` by name) updates in place, in their order;
-    none when the pass fails (the engine that runs it next says why).
+    """The names of ``buffers`` (buffers, or tensors held as plain attributes) that one forward
+    pass ``call(state, example)`` (``example`` ``(1, *shape)``, ``state`` copies of ``buffers`` by
+    name) updates in place, in their order; none when the pass fails (the engine that runs it next
+    says why).
 
     Told by each copy's version counter, which every in-place operation moves (even one that
     writes the value the buffer held). A buffer the forward pass replaces (``self.calls =
@@ -84,10 +107,18 @@ def updated_in_place(
 
 def evaluated_with(consts: dict[str, Tensor], updated: list[str]) -> dict[str, Tensor]:
     """``consts`` with a fresh copy of each buffer named in ``updated``, for one evaluation of the
-    model: each starts from the buffers as given, and what it writes to them reaches no other."""
+    model: each starts from the buffers as given, and what it writes to them reaches no other.
+    Names that hold one tensor (an attribute that is another module's too) get one copy."""
     if not updated:
         return consts
-    return {**consts, **{name: consts[name].clone() for name in updated}}
+    copies: dict[int, Tensor] = {}
+    state = dict(consts)
+    for name in updated:
+        held = consts[name]
+        if id(held) not in copies:
+            copies[id(held)] = held.clone()
+        state[name] = copies[id(held)]
+    return state
 
 
 @contextlib.contextmanager

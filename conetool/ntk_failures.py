@@ -40,12 +40,15 @@ CUSTOM_FUNCTION = (
 )
 
 
-#: A model whose forward pass updates a buffer (or another tensor it did not create) in place.
+#: A model whose forward pass updates in place a tensor it did not create that the engines do not
+#: hand every evaluation a copy of (buffers and tensor attributes they do: conetool.ntk_buffers).
 IN_PLACE_UPDATE = (
-    "the model's forward pass updates a buffer or another tensor it did not create in place "
-    "(self.count += 1, self.buffer.copy_(...)), which torch.func cannot do one example at a time "
-    "(the reference engine, and the structured engine's fallback path). Skip the update in eval "
-    "mode (if self.training: ...), which the eNTK is computed in."
+    "the model's forward pass updates in place a tensor it did not create that is neither a "
+    "buffer nor a tensor attribute of a module (one held in a list, a dict or another object, or "
+    "a global: self.counts[0] += 1), which torch.func cannot do one example at a time (the "
+    "reference engine, and the structured engine's fallback path). Hold it with "
+    "self.register_buffer(name, tensor), which every evaluation gets its own copy of, or skip "
+    "the update in eval mode (if self.training: ...), which the eNTK is computed in."
 )
 
 

@@ -606,23 +606,27 @@ def test_activation_checkpointing_is_named_with_its_fix(method: str, reentrant: 
 
 
 class CountsCalls(nn.Module):
-    """Updates a buffer in every forward pass, eval mode too."""
+    """Updates a tensor held in a list in every forward pass, eval mode too: neither a buffer nor
+    a tensor attribute, whose updates the engines make on copies (test_ntk_buffer_updates.py,
+    test_ntk_tensor_attributes.py)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(4, 3)
-        self.register_buffer("calls", torch.zeros(()))
+        self.counts = [torch.zeros(())]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls.add_(1)
+        self.counts[0].add_(1)
         return self.lin(x)
 
 
-def test_a_buffer_updated_in_place_is_named_where_torch_func_cannot_run_it() -> None:
-    # The reference engine (torch.func) cannot; the structured engine can (on its own copy of the
-    # buffer: tests/test_ntk_hidden_paths.py).
-    with pytest.raises(ModelError, match=r"updates a buffer.*if self\.training") as caught:
+def test_a_tensor_in_a_list_updated_in_place_is_named_where_torch_func_cannot_run_it() -> None:
+    # The reference engine (torch.func) cannot; it said 'updates a buffer', whose update it
+    # computes since (on a copy), and skipping the update in eval mode as the only fix.
+    with pytest.raises(ModelError, match=r"neither a buffer nor a tensor attribute") as caught:
         empirical_ntk(CountsCalls(), torch.randn(4, 4), device="cpu", method="jacobian")
+    assert "self.register_buffer(name, tensor)" in str(caught.value)
+    assert "if self.training" in str(caught.value)
     assert isinstance(caught.value.__cause__, RuntimeError)
 
 
