@@ -19,6 +19,7 @@ __all__ = [
     "input_refused",
     "untransformable_function",
     "vmap_failures_named",
+    "written_in_place",
 ]
 
 #: A model that uses activation checkpointing.
@@ -84,6 +85,47 @@ def untransformable_function(exc: BaseException | None) -> bool:
     if known is not None:
         return str(known) == CUSTOM_FUNCTION
     return "does not have vmap support" in str(exc)
+
+
+#: What vmap says when a forward pass writes a value that differs between examples into a tensor
+#: it made once for all of them (:func:`written_in_place`).
+_WRITTEN_IN_PLACE = (
+    # acc.copy_(h), out[:, :3] = h, acc.mul_(h), acc.index_add_(1, i, h), acc.masked_fill_(h > 0, 1)
+    "in extra_args that has more elements than `self`",
+    # acc += h: "output with shape [1, 6] doesn't match the broadcast shape [5, 1, 6]"
+    "doesn't match the broadcast shape",
+)
+
+
+def written_in_place(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (an error :func:`vmap_failures_named` turned into a :class:`ModelError`,
+    or its cause) is ``vmap`` refusing an in-place write of a value that differs between examples
+    into a tensor the forward pass made once for all of them: ``acc = torch.zeros(x.shape[0], k)``
+    (a factory that is not told of the examples, unlike ``torch.zeros_like(h)`` or
+    ``h.new_zeros(...)``) then ``acc += h``, ``acc[:, 0] = h.sum(1)`` or ``acc.index_add_(...)``.
+    The model is plain tensor code that ordinary autograd differentiates exactly, one
+    example at a time (:func:`conetool.ntk_reference.looped_grads`); a real shape error raises
+    there again, in the model's own words.
+
+    Not one raised inside nn.GRU, nn.LSTM or nn.PReLU (whose hidden state PyTorch makes so): those
+    keep their refusal, which names the subclass that ``vmap`` runs (the README's 'Bring your own
+    run'), far faster than one example and one logit at a time."""
+    if isinstance(exc, ModelError):
+        exc = exc.__cause__
+    if not isinstance(exc, RuntimeError) or _raised_in(exc, _NO_VMAP_RULE):
+        return False
+    return any(part in str(exc) for part in _WRITTEN_IN_PLACE)
+
+
+def _raised_in(exc: BaseException, kinds: tuple[type[nn.Module], ...]) -> bool:
+    """Whether the code of a module of one of ``kinds`` was running when ``exc`` was raised (a
+    frame on its traceback whose ``self`` is one)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if isinstance(tb.tb_frame.f_locals.get("self"), kinds):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 #: What a model's forward pass raises on inputs it cannot take: PyTorch's shape errors are

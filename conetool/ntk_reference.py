@@ -4,7 +4,9 @@ One forward pass per example and one reverse pass ``vmap``-ed over a set of cota
 every trainable parameter; rows are kept per parameter tensor, never concatenated into a ``p``-wide
 matrix. A model with a custom ``torch.autograd.Function`` that torch.func cannot transform (no
 ``setup_context``, or no vmap rule) gets the same rows from ordinary autograd instead, one example
-and one cotangent at a time (:func:`looped_grads`: slower, exact). It is the exact check of the structured engine (:mod:`conetool.ntk_structured`), and the
+and one cotangent at a time (:func:`looped_grads`: slower, exact), as does one that writes each
+example's values in place into a tensor its forward pass made for the whole batch
+(``torch.zeros(n, k)`` then ``acc += h``; :func:`~conetool.ntk_failures.written_in_place`). It is the exact check of the structured engine (:mod:`conetool.ntk_structured`), and the
 path that engine falls back to for parameters it cannot see.
 
 Time: it costs what ``vmap(jacrev)`` costs, and on a CPU per-example gradients of convolutions
@@ -23,7 +25,7 @@ from torch.func import vjp, vmap
 
 from .errors import ModelError
 from .ntk_buffers import updates_buffers
-from .ntk_failures import untransformable_function, vmap_failures_named
+from .ntk_failures import untransformable_function, vmap_failures_named, written_in_place
 from .ntk_saved import saved_activations
 from .ntk_terms import Dense, Term
 
@@ -102,15 +104,17 @@ def vmapped_or_looped(
 ) -> tuple[dict[str, Tensor], bool]:
     """``(grads, loop)``: ``vmapped()`` (its errors named by :func:`vmap_failures_named`), or
     ``looped()`` once torch.func refused a custom autograd.Function of the model
-    (:func:`~conetool.ntk_failures.untransformable_function`) or failed on a model that updates
-    a buffer in place (:mod:`conetool.ntk_buffers`), and from then on (``loop`` returned True, to
-    be passed back): the same per-example gradients by ordinary autograd."""
+    (:func:`~conetool.ntk_failures.untransformable_function`), failed on a model that updates
+    a buffer in place (:mod:`conetool.ntk_buffers`) or refused to write a value of each example
+    into a tensor the forward pass made for all of them
+    (:func:`~conetool.ntk_failures.written_in_place`), and from then on (``loop`` returned True,
+    to be passed back): the same per-example gradients by ordinary autograd."""
     if not loop:
         try:
             with vmap_failures_named(model):
                 return vmapped(), False
         except ModelError as exc:
-            if not (untransformable_function(exc) or _in_place(exc)):
+            if not (untransformable_function(exc) or _in_place(exc) or written_in_place(exc)):
                 raise
     return looped(), True
 
