@@ -26,7 +26,9 @@ from conetool.checkpoints import (
     list_checkpoints,
     load,
 )
+from conetool.checkpoints.discover import checkpoint_listing
 from conetool.cli import app
+from conetool.errors import CheckpointError
 from conetool.ntk import empirical_ntk
 from conetool.pipeline.resolve import model_for
 from conetool.spec import spec_from_toml
@@ -461,3 +463,111 @@ def test_two_copies_of_one_step_with_other_tensors_are_each_told_to_move_the_oth
         shutil.move(str(ckpts / name), str(aside / name))
     store, _ = run_kernels(tmp_path, ckpts)
     assert_kernel_of(store, 10, 11)
+
+
+# ------------------------------------------------------------------------------------------------
+# a copy named without a step whose stored step entry is no step
+
+
+NO_STEPS = [
+    ({"step": "last"}, "a 'step' entry of 'last' in its torch.save dict"),
+    ({"step": 2.5}, "a 'step' entry of 2.5 in its torch.save dict"),
+    ({"global_step": -1}, "a 'global_step' entry of -1 in its torch.save dict"),
+    ({"step": torch.tensor([10, 20])}, "a 'step' entry of a tensor of shape (2,) in its torch"),
+]
+
+
+def listing(directory: Path, **kwargs: object) -> tuple[list[int], list[str], list[str]]:
+    """The steps listed, the warnings and the notes, as ``kernels`` and ``switch`` list."""
+    warned: list[str] = []
+    noted: list[str] = []
+    found = checkpoint_listing(directory, warn=warned.append, note=noted.append, **kwargs)  # type: ignore[arg-type]
+    return [r.step for r in found.refs], warned, noted
+
+
+@pytest.mark.parametrize(("entry", "shown"), NO_STEPS)
+def test_a_copy_storing_a_step_entry_that_is_no_step_is_said_with_that_entry(
+    tmp_path: Path, entry: dict[str, object], shown: str
+):
+    # Was: final.pt storing {"step": "last"} (2.5, -1, a tensor of two values) failed to give a
+    # step, and that error was dropped with the copy: with the last step's weights, not a word;
+    # with other weights, 'stores no step ... save it with its step (a 'step' entry of the
+    # torch.save dict ...)', which it had done.
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        loop_save(run / f"ckpt_{step}.pt", step, step)
+    torch.save({"model_state_dict": weights(20), **entry}, run / "final.pt")
+    steps, warned, noted = listing(run)
+    assert steps == [0, 10]
+    (warning,) = [m for m in warned if "final.pt" in m]
+    assert f"'final.pt' in '{run}' is named without a step and stores {shown}" in warning
+    assert "so its step is not known" in warning and "stores no step" not in warning, warning
+    assert "other tensors than the last checkpoint read, 'ckpt_10.pt' (step 10)" in warning
+    assert "re-save it with its step as an int" in warning, warning
+    assert f"mv '{run / 'final.pt'}' '{run / 'step_N' / 'model.pt'}'" in warning, warning
+    assert not [m for m in noted if "final.pt" in m], noted
+    shown_by_inspect: list[str] = []
+    inspect_checkpoints(run, warn=shown_by_inspect.append, note=lambda _: None)
+    assert warning in shown_by_inspect
+    # the last step's weights saved again so: nothing lost, a note naming the entry
+    torch.save({"model_state_dict": weights(10), **entry}, run / "final.pt")
+    steps, warned, noted = listing(run)
+    assert steps == [0, 10] and not [m for m in warned if "final.pt" in m], warned
+    (note,) = [m for m in noted if "final.pt" in m]
+    assert f"stores {shown}" in note and "so nothing is lost" in note, note
+    assert "the same tensors as the last checkpoint read, 'ckpt_10.pt' (step 10)" in note, note
+    noted_by_inspect: list[str] = []
+    inspect_checkpoints(run, warn=lambda _: None, note=noted_by_inspect.append)
+    assert note in noted_by_inspect
+
+
+def test_copies_storing_a_step_entry_that_is_no_step_agree_in_kernels_and_inspect(
+    tmp_path: Path,
+):
+    # the commands: kernels and inspect say the warning (switch: test_switch_own_run); a best.pt
+    # (an earlier step's weights by its name) and a selection without the last step are not
+    # compared, and noted with the entry; a directory of such copies alone is refused naming it
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        loop_save(run / f"ckpt_{step}.pt", step, step)
+    torch.save({"model_state_dict": weights(20), "step": "last"}, run / "final.pt")
+    warned = listing(run)[1]
+    (warning,) = [m for m in warned if "final.pt" in m]
+    store, out = run_kernels(tmp_path, run)
+    assert squeezed(f"warning: {warning}") in squeezed(out), out
+    assert_kernel_of(store, 10, 10)
+    inspected = runner.invoke(app, ["inspect", str(run)])
+    assert inspected.exit_code == 0, inspected.output
+    assert squeezed(warning) in squeezed(inspected.output), inspected.output
+    # not compared: said as a note, with the entry and the fixes
+    steps, warned, noted = listing(run, steps=(0, 5))
+    assert steps == [0] and not [m for m in warned if "final.pt" in m], warned
+    (note,) = [m for m in noted if "final.pt" in m]
+    assert "stores a 'step' entry of 'last'" in note and "re-save it with its step" in note, note
+    (run / "final.pt").rename(run / "best.pt")
+    steps, warned, noted = listing(run)
+    assert not [m for m in warned if "best.pt" in m], warned
+    assert [m for m in noted if "'best.pt'" in m and "'step' entry of 'last'" in m], noted
+    # only such copies: the refusal names the entry
+    for step in (0, 10):
+        (run / f"ckpt_{step}.pt").unlink()
+    with pytest.raises(CheckpointError) as refused:
+        list_checkpoints(run, warn=lambda _: None)
+    text = str(refused.value)
+    assert "no checkpoints in" in text and "'best.pt' stores a 'step' entry of 'last'" in text
+    assert "re-save it with its step as an int" in text, text
+
+
+def test_a_safetensors_copy_storing_metadata_that_is_no_step_names_it(tmp_path: Path):
+    for step in (0, 10):
+        loop_save(tmp_path / f"ckpt_{step}.pt", step, step)
+    save_file(weights(20), str(tmp_path / "final.safetensors"), metadata={"step": "last"})
+    steps, warned, _ = listing(tmp_path)
+    assert steps == [0, 10]
+    (warning,) = [m for m in warned if "final.safetensors" in m]
+    assert "stores safetensors metadata step 'last', which is not a whole number" in warning
+    assert "re-save it with its step," in warning, warning
+    where = tmp_path / "final.safetensors"
+    assert f"mv '{where}' '{tmp_path / 'step_N' / 'model.safetensors'}'" in warning, warning

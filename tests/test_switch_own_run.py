@@ -486,3 +486,38 @@ def test_a_library_sweep_refused_by_its_preparation_gives_its_warnings_to_python
         result = switch(5, store=tmp_path / "s", **sweep)
     assert sum(beyond in message for message in result.warnings) == 1, result.warnings
     assert not [w for w in caught if beyond in str(w.message)], caught
+
+
+def test_switch_says_a_copy_whose_step_entry_is_no_step_as_kernels_does(run, tmp_path):
+    """A loop's final.pt saved as {"model_state_dict": ..., "step": "last"} after its last
+    ckpt_N.pt, holding other weights: switch --ckpts said it 'stores no step' (or, with the last
+    step's weights, nothing), as kernels did; now both name the entry and the fix."""
+    pts = own_loop_copy(run, tmp_path / "pts")
+    state = load_file(str(paths.checkpoint(run, 10)))
+    later = {k: v + 0.5 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save({"model_state_dict": later, "step": "last"}, pts / "final.pt")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    said = "is named without a step and stores a 'step' entry of 'last' in its torch.save dict"
+    args = ["--spec", str(spec), "--device", "cpu"]
+    made = runner.invoke(app, ["kernels", str(pts), "--store", str(tmp_path / "k"), *args])
+    assert made.exit_code == 0, made.output
+    swept = runner.invoke(
+        app,
+        [
+            "switch",
+            "--at",
+            "5",
+            "--until",
+            "10",
+            "--ckpts",
+            str(pts),
+            "--store",
+            str(tmp_path / "s"),
+            *args,
+        ],
+    )
+    assert swept.exit_code == 0, swept.output
+    for output in (made.output, swept.output):
+        text = flat(output)
+        assert text.count(said) == 1, text
+        assert "other tensors than the last checkpoint read, 'ckpt_10.pt' (step 10)" in text, text

@@ -86,6 +86,7 @@ from conetool.step_names import (
 from .records import (
     CHECKPOINT_SUFFIXES,
     TORCH_NOTE,
+    BadStepCopy,
     Candidate,
     CheckpointRef,
     CheckpointWarning,
@@ -252,6 +253,62 @@ def stepless_copy_warning(scan: Scan) -> str | None:
             f"'step')."
         )
     return " ".join(lines)
+
+
+def _folder_fix(scan: Scan, name: str) -> str:
+    """How to read ``name`` (a copy named without a step) for a step of its own: move it into a
+    folder named for the step, under the weights name of its format."""
+    to = "model.safetensors" if name.lower().endswith(".safetensors") else "model.pt"
+    return (
+        f"move it into a folder named for its step, which gives the step (mkdir "
+        f"'{scan.directory / 'step_N'}' && mv '{scan.directory / name}' "
+        f"'{scan.directory / 'step_N' / to}', N its step)"
+    )
+
+
+def _bad_step_text(scan: Scan, copy: BadStepCopy) -> str:
+    return (
+        f"not read: '{copy.name}' in '{scan.directory}' is named without a step and stores "
+        f"{copy.entry}, so its step is not known"
+    )
+
+
+def bad_step_copy_warning(scan: Scan) -> str | None:
+    """The warning for copies named without a step (``final.pt``) whose stored step entry is no
+    step (``{"step": "last"}``, ``2.5``, ``-1``), left out though they hold other tensors than
+    the last step's file (a loop's final weights): the entry, the file read last, and the fixes.
+    None when there is none."""
+    told = [
+        f"{_bad_step_text(scan, c)}, and it holds other tensors than the last checkpoint read, "
+        f"'{c.last}' (step {c.last_step}). If it holds the weights of a step no file gives (a "
+        f"loop's final weights), re-save it with {c.resave}, or {_folder_fix(scan, c.name)}."
+        for c in scan.bad_step_copies
+        if c.other
+    ]
+    return " ".join(told) or None
+
+
+def bad_step_copy_note(scan: Scan) -> str | None:
+    """The note for the other copies named without a step whose stored step entry is no step:
+    those holding the last step's tensors (nothing lost), and those not compared (a ``best.pt``,
+    an earlier step's weights by its name; a selection without the last step). It names the
+    entry, which the copy's loop saves so, and the fixes. None when there is none."""
+    told = []
+    for c in scan.bad_step_copies:
+        if c.other:
+            continue
+        if c.last is not None:
+            told.append(
+                f"{_bad_step_text(scan, c)}; it holds the same tensors as the last checkpoint "
+                f"read, '{c.last}' (step {c.last_step}), so nothing is lost. To have such a copy "
+                f"read for the step it stores, re-save it with {c.resave}."
+            )
+        else:
+            told.append(
+                f"{_bad_step_text(scan, c)}. If it holds the weights of a step no file gives, "
+                f"re-save it with {c.resave}, or {_folder_fix(scan, c.name)}."
+            )
+    return " ".join(told) or None
 
 
 def regex_left_warning(scan: Scan) -> str | None:
@@ -559,13 +616,18 @@ def empty_error(scan: Scan) -> CheckpointError:
             f"step (checkpoint-N/, step_N/) or holding trainer_state.json, not other "
             f"subfolders. Pass {which} '{first}'."
         )
+    # a final.pt storing {"step": "last"}: the entry that kept it from being read for a step
+    entries = " ".join(
+        f"'{c.name}' stores {c.entry}: re-save it with {c.resave} to have it read for its step."
+        for c in scan.bad_step_copies
+    )
     return CheckpointError(
         f"no checkpoints in '{scan.directory}' ({_describe_contents(scan)}). conetool reads "
         f"*.safetensors and *.pt/*.pth/*.bin/*.ckpt files and Hugging Face checkpoint-N/ folders, "
         f"and skips optimizer states (*.optim.safetensors, optimizer.pt), hidden files, and "
         f"copies named without a step (Lightning's last.ckpt, best.pt, last.pt: to read one, "
         f"give it its step, as in step_2000.pt); pass the --out directory of `conetool train` "
-        f"or the folder holding the checkpoint files."
+        f"or the folder holding the checkpoint files.{' ' if entries else ''}{entries}"
     )
 
 
@@ -890,6 +952,10 @@ def checkpoint_listing(
         warn(said)
     if said := stepless_copy_warning(scan):  # a final.pt of no step, other tensors
         warn(said)
+    if said := bad_step_copy_warning(scan):  # a final.pt of a step entry 'last', other tensors
+        warn(said)
+    if said := bad_step_copy_note(scan):  # one of the last step's tensors, or not compared
+        note(said)
     if said := regex_left_warning(scan):  # a copy of a step no file gives, not matched
         warn(said)
     if said := unreadable_alias_warning(scan):  # a copy whose step cannot be known

@@ -22,6 +22,8 @@ from ._keys import describe_mismatch, match_keys
 from ._tied import tied_keys
 from .discover import (
     TORCH_NOTE,
+    bad_step_copy_note,
+    bad_step_copy_warning,
     copies_note,
     default_warn,
     final_model_warning,
@@ -150,6 +152,8 @@ def inspect_checkpoints(
         (stand_in_warning(scan), warn),  # a copy read for a step whose own file is unusable
         (other_copy_warning(scan), warn),  # a copy of a step with other tensors, not read
         (stepless_copy_warning(scan), warn),  # a final.pt of no step, other tensors
+        (bad_step_copy_warning(scan), warn),  # a final.pt of a step entry 'last', other tensors
+        (bad_step_copy_note(scan), note),  # one of the last step's tensors, or not compared
         (regex_left_warning(scan), warn),  # a copy of a step no file gives, not matched
         (unreadable_alias_warning(scan), warn),  # a copy whose step cannot be known
         (store_files_warning(scan), warn),  # a store's files among the checkpoints

@@ -152,6 +152,22 @@ class Candidate:
         return CheckpointRef(self.step, self.paths, self.source, self.folder, self.index, self.size)
 
 
+@dataclass(frozen=True)
+class BadStepCopy:
+    """A copy named without a step (``final.pt``) whose stored step entry is no step
+    (``{"step": "last"}``, ``2.5``, ``-1``): left out as such copies are, its step not known.
+    ``last``: the last checkpoint read, with which it was compared (as a copy that stores no step
+    is), and its step; None when it was not compared (a ``best.pt``, a selection without the
+    last step, no checkpoint read)."""
+
+    name: str
+    entry: str  # "a 'step' entry of 'last' in its torch.save dict, which is not a whole ..."
+    resave: str  # what to re-save it with: "its step as an int"
+    last: str | None = None
+    last_step: int | None = None
+    other: bool = False  # it holds other tensors than ``last``
+
+
 @dataclass
 class Scan:
     directory: Path
@@ -191,6 +207,9 @@ class Scan:
     # holds other tensors than the last step's file (a loop's final weights, saved after its
     # last numbered checkpoint): (copy's name, the last file read, its step)
     stepless_copies: list[tuple[str, str, int]] = field(default_factory=list)
+    # a copy named without a step whose stored step entry is no step ('last', 2.5, -1), left out
+    # as such copies are, with what it stores and, where compared, the last step's file
+    bad_step_copies: list[BadStepCopy] = field(default_factory=list)
     # every file left out as a copy of a step another file gives (final.pt, a Trainer's final
     # model): step -> them, for a step whose file fails when it is read to name them
     left_copies: dict[int, list[LeftCopy]] = field(default_factory=dict)

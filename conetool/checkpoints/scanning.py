@@ -38,6 +38,7 @@ from ._torch_save import (
 )
 from ._training_state_given import refuse_training_state
 from .records import (
+    BadStepCopy,
     Candidate,
     LeftCopy,
     Scan,
@@ -45,6 +46,7 @@ from .records import (
     is_safetensors,
 )
 from .selection import (
+    bad_stored_step,
     candidate_stem,
     check_selection,
     is_selected,
@@ -787,15 +789,28 @@ def scan_directory(
             # a final.pt that stores no step is not read: said when it holds other tensors than
             # the last step's file (a loop's final weights, saved after its last ckpt_N.pt);
             # best.pt is some earlier step's weights by its name, and stays silent
-            if (
-                c.step is None
-                and c.name not in unreadable  # (its only problem: no step, none stored)
+            stepless = c.step is None and c.name not in unreadable  # (no step: its problem)
+            compared = (
+                last
+                if stepless
                 and last is not None
                 and last_step is not None
                 and "best" not in candidate_stem(c).lower()
                 and is_selected(last_step, steps, every)
-                and not _same_weights(replace(c, step=last_step, problem=None), last)
-            ):
+                else None
+            )
+            other = compared is not None and not _same_weights(
+                replace(c, step=last_step, problem=None), compared
+            )
+            # one that stores a step entry that is no step ({"step": "last"}) is said with that
+            # entry, whatever it holds: its error, dropped with it, was lost without a word
+            # (under --step-regex the steps come from the names: not its entry's to give)
+            bad = bad_stored_step(c) if stepless and pattern is None else None
+            if bad is not None:
+                at, at_step = (None, None) if compared is None else (compared.name, last_step)
+                told = BadStepCopy(c.name, *bad, at, at_step, other)
+                scan.bad_step_copies.append(told)
+            elif other and last is not None and last_step is not None:
                 scan.stepless_copies.append((c.name, last.name, last_step))
         _note_stand_ins(scan, [c for c in scan.candidates if _is_alias(c)], named, folders=False)
         # A Trainer's final model is read as the output directory's global_step when no usable
@@ -843,6 +858,12 @@ def scan_directory(
     scan.stand_ins = [entry for entry in scan.stand_ins if entry[0] in read]
     scan.other_copies = [entry for entry in scan.other_copies if entry[1] in read]
     scan.stepless_copies = [entry for entry in scan.stepless_copies if entry[1] in read]
+    scan.bad_step_copies = [  # compared with a file not read after all: not compared
+        e
+        if e.last is None or e.last in read
+        else replace(e, last=None, last_step=None, other=False)
+        for e in scan.bad_step_copies
+    ]
     kept.sort(key=lambda c: (c.step is None, c.step or 0, c.name))
     scan.candidates = kept
     return scan

@@ -177,9 +177,11 @@ def _stored_step(c: Candidate) -> tuple[str, int] | None:
     return _file_step(c)
 
 
-def _file_step(c: Candidate) -> tuple[str, int] | None:
-    """:func:`_stored_step` of ``c``'s file, a folder's too (``step_7/model.pt``, its first
-    shard's metadata)."""
+def _stored_entry(c: Candidate) -> tuple[str, str, int | BadStep, str] | None:
+    """The step entry ``c``'s file stores, the first of :data:`STEP_KEYS` that is not None:
+    ``(label, what, value, resave)`` ("the 'step' entry of its torch.save dict", "a 'step'
+    entry of 'last' in its torch.save dict", its value, "its step as an int": how to re-save
+    it); None when it stores none."""
     meta = c.metadata
     for key in STEP_KEYS:
         if key in meta:
@@ -187,13 +189,34 @@ def _file_step(c: Candidate) -> tuple[str, int] | None:
             step = metadata_step(text)
             if step is None:
                 continue
-            return label, _whole_step(c, f"{label} '{text}'", step, "its step")
+            return label, f"{label} '{text}'", step, "its step"
         value = c.stored_steps.get(key)
         if value is not None:
             what = f"a '{key}' entry of {value} in its torch.save dict"
             label = f"the '{key}' entry of its torch.save dict"
-            return label, _whole_step(c, what, value, "its step as an int")
+            return label, what, value, "its step as an int"
     return None
+
+
+def _file_step(c: Candidate) -> tuple[str, int] | None:
+    """:func:`_stored_step` of ``c``'s file, a folder's too (``step_7/model.pt``, its first
+    shard's metadata)."""
+    entry = _stored_entry(c)
+    if entry is None:
+        return None
+    label, what, step, resave = entry
+    return label, _whole_step(c, what, step, resave)
+
+
+def bad_stored_step(c: Candidate) -> tuple[str, str] | None:
+    """For a file whose stored step entry is no step (``{"step": "last"}``, ``2.5``, ``-1``, a
+    tensor of two values): what it stores and why it is no step ("a 'step' entry of 'last' in
+    its torch.save dict, which is not a whole number of steps (0 or more)"), and what to re-save
+    it with ("its step as an int"). None when it stores a step, or none."""
+    entry = _stored_entry(c)
+    if entry is None or not isinstance(entry[2], BadStep):
+        return None
+    return f"{entry[1]}, {entry[2].why}", entry[3]
 
 
 def stored_step(c: Candidate) -> int | None:
