@@ -23,6 +23,7 @@ from conetool.cli import app
 from conetool.errors import StoreError
 from conetool.pipeline import distance, embed, matrix_cache
 from conetool.pipeline.matrix_cache import kernel_matrix
+from conetool.progress import NullProgress, ProgressTask
 from conetool.store import Store
 
 STEPS = [0, 10, 20, 30, 40]
@@ -190,3 +191,67 @@ def test_smacof_runs_under_the_thread_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(embedding, "smacof", watched)
     embed(_store(tmp_path / "s"), method="mds", threads=1)
     assert seen == [{1}]
+
+
+# ------------------------------------------------------------------------------------------------
+# the steps --skip-bad left out, said again by a rerun that reuses the matrix
+
+LEFT_OUT = "step 20 left out (--skip-bad): kernel file"
+
+
+class Lines:
+    """A progress display that keeps the lines said (no bars)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def task(self, description: str, total: int | None = None) -> ProgressTask:
+        return NullProgress().task(description, total)
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def _bad_store(root: Path) -> Path:
+    """A store whose step 20 kernel file is no safetensors file."""
+    _store(root)
+    paths.kernel(root, 20).write_bytes(b"not a safetensors file at all")
+    return root
+
+
+def test_a_rerun_reusing_the_matrix_says_the_steps_skip_bad_left_out(tmp_path, monkeypatch):
+    # Was: the run that computed S warned 'step 20 left out (--skip-bad)' as it came, and a rerun
+    # reading the saved matrix did not: its distances and verdict without step 20, said only
+    # in the list under the table
+    root = _bad_store(tmp_path / "a")
+    runs = [
+        ["distance", "--store", str(root), "--skip-bad", "--no-noise"],  # computes S
+        ["distance", "--store", str(root), "--skip-bad", "--no-noise"],  # its own file
+        ["embed", "--store", str(root), "--skip-bad"],  # distance's file, saved as its own
+        ["embed", "--store", str(root), "--skip-bad"],  # its own file
+    ]
+    for i, args in enumerate(runs):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        text = "".join(result.output.split())
+        assert text.count("".join(f"warning: {LEFT_OUT}".split())) == 1, (args, result.output)
+        if i == 0:
+            _no_compute(monkeypatch)  # every later run reads the saved matrix
+
+
+@pytest.mark.parametrize("command", ["distance", "embed"])
+def test_a_python_rerun_reusing_the_matrix_says_the_steps_skip_bad_left_out(
+    tmp_path, monkeypatch, command
+):
+    root = _bad_store(tmp_path / "a")
+    run = distance if command == "distance" else embed
+    kwargs: dict[str, object] = {"noise": False} if command == "distance" else {}
+    said = []
+    for _ in range(2):
+        shown = Lines()
+        result = run(root, skip_bad=True, progress=shown, **kwargs)
+        said.append([line for line in shown.lines if LEFT_OUT in line])
+        assert list(result.excluded) == [20] and 20 not in result.steps, result
+        _no_compute(monkeypatch)
+    assert result.matrix_reused
+    assert len(said[1]) == 1 and said[1] == said[0], said  # the same warning, once

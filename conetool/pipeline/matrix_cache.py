@@ -22,7 +22,8 @@ Before any kernel is read in full, every kernel file's safetensors header is che
 its metadata ``kind``, ``probe_hash``, ``spec_hash``, ``dtype`` and ``step`` must match the
 manifest, and its shape must match the other kernels'. A mismatch is refused (a store never mixes
 kernels). A file that cannot be read, or whose kernel is non-finite or zero, is an error naming
-it; with ``skip_bad`` it is left out instead, with a warning.
+it; with ``skip_bad`` it is left out instead, with a warning, which a command reusing the
+saved matrix (whose ``excluded`` and ``excluded_reasons`` keep the steps and why) says again.
 
 The small CSV / JSON writers at the end are shared by ``distance`` and ``embed``.
 """
@@ -394,7 +395,8 @@ def kernel_matrix(
             (``distance/matrix.npz``, ``embed/matrix.npz``) is read first, then the other's, and
             only its own is written (with the matrix it returns, when that file held another).
         skip_bad: leave out (with a warning through ``progress.log``) kernel files that cannot be
-            read or hold a non-finite or zero kernel, instead of raising.
+            read or hold a non-finite or zero kernel, instead of raising. A saved matrix reused
+            says again the warning of each step it left out.
         max_memory: budget for the two float64 blocks of kernels (``"2GiB"`` or bytes);
             default 1 GiB (:data:`conetool.geometry.DEFAULT_MAX_MEMORY`).
         reuse: read the saved matrix back when its key matches the store (default).
@@ -421,6 +423,9 @@ def kernel_matrix(
             now = None if cached is None else _current(store, cached, progress)
             if cached is None or now is None:
                 continue
+            # the steps left out as the run that made it said (their files are as they were)
+            for step, reason in sorted(cached.excluded.items()):
+                _say_left_out(progress, step, reason)
             if cache is own and now == cached.files:
                 return cached
             # the other command's file, or this one's with the times of a copy: save it anew
@@ -482,6 +487,13 @@ def _exclude(
             "leave the step out."
         )
     excluded[step] = reason
+    _say_left_out(progress, step, reason)
+
+
+def _say_left_out(progress: Progress, step: int, reason: str) -> None:
+    """The warning for a step whose kernel ``skip_bad`` left out, said when the matrix is
+    computed and again by every command that reuses it (a rerun of ``distance`` reads its results
+    from the saved matrix, without that step)."""
     progress.log(f"warning: step {step} left out (--skip-bad): {reason}")
 
 
