@@ -147,6 +147,8 @@ def test_a_safetensors_copy_with_other_weights_than_its_steps_file_is_warned_of(
     assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
     (warning,) = [m for m in told if copy in m]
     assert "'ckpt_10.pt' is read for step 10" in warning and "other tensors" in warning, warning
+    to = run / "step_N" / "model.safetensors"  # (was model.pt, then refused as no torch.save)
+    assert f"mv '{run / copy}' '{to}'" in warning, warning
     for more in ([], ["--skip-bad"]):
         store, out = run_kernels(tmp_path, run, *more)
         assert f"'{copy}'" in out and "other tensors" in out, out
@@ -252,7 +254,10 @@ def test_a_final_copy_storing_no_step_with_other_weights_is_warned_of(tmp_path: 
     assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
     (warning,) = [m for m in told if final.name in m]
     assert "stores no step" in warning and "'ckpt_10.pt'" in warning, warning
-    assert f"mv '{final}' '{tmp_path / 'step_N' / 'model.pt'}'" in warning, warning
+    # the folder's weights file of the copy's format (was model.pt for a safetensors copy too,
+    # which is then refused: 'not a torch.save checkpoint')
+    to = tmp_path / "step_N" / ("model.safetensors" if suffix == ".safetensors" else "model.pt")
+    assert f"mv '{final}' '{to}'" in warning, warning
     shown: list[str] = []
     inspect_checkpoints(tmp_path, warn=shown.append)
     assert warning in shown

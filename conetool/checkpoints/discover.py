@@ -216,7 +216,6 @@ def other_copy_warning(scan: Scan) -> str | None:
         return None
     lines = []
     for copy, kept, step in scan.other_copies:
-        where = scan.directory / copy
         # the step's other copies go too: two files of one step that are not copies of each
         # other are both refused (a rerun would lose the step)
         others = [_relative(c.path, scan.directory) for c in scan.left_copies.get(step, [])]
@@ -225,9 +224,8 @@ def other_copy_warning(scan: Scan) -> str | None:
         lines.append(
             f"not read: '{copy}' in '{scan.directory}' stores step {step}, as '{kept}' does, but "
             f"holds other tensors: '{kept}' is read for step {step}. If '{copy}' holds the "
-            f"weights of a later step saved with a stale step counter, move it into a folder "
-            f"named for its step, which gives the step (mkdir '{scan.directory / 'step_N'}' && "
-            f"mv '{where}' '{scan.directory / 'step_N' / 'model.pt'}', N its step); to read it "
+            f"weights of a later step saved with a stale step counter, "
+            f"{_folder_fix(scan, copy)}; to read it "
             f"for step {step} instead, move '{kept}'{also} out of the directory."
         )
     return " ".join(lines)
@@ -242,14 +240,11 @@ def stepless_copy_warning(scan: Scan) -> str | None:
         return None
     lines = []
     for copy, last, step in scan.stepless_copies:
-        where = scan.directory / copy
         lines.append(
             f"not read: '{copy}' in '{scan.directory}' stores no step, and holds other tensors "
             f"than the last checkpoint read, '{last}' (step {step}). If it holds the weights of "
-            f"a step no file gives (a loop's final weights), move it into a folder named for "
-            f"its step, which gives the step (mkdir '{scan.directory / 'step_N'}' && mv "
-            f"'{where}' '{scan.directory / 'step_N' / 'model.pt'}', N its step), or save it "
-            f"with its step (a 'step' entry of the torch.save dict, or safetensors metadata "
+            f"a step no file gives (a loop's final weights), {_folder_fix(scan, copy)}, or "
+            f"save it with its step (a 'step' entry of the torch.save dict, or safetensors metadata "
             f"'step')."
         )
     return " ".join(lines)
