@@ -149,3 +149,12 @@ def test_the_thread_cap_is_on_conetools_variable_only_and_takes_four_per_cpu(
     assert th.auto_threads(cpus=2, busy=0.0) == 64
     monkeypatch.setenv(th.THREADS_ENV, "8")  # 4 per CPU: at the cap, taken
     assert th.auto_threads(cpus=2, busy=0.0) == 8
+
+
+@pytest.mark.skipif(not os.environ.get("PYTEST_XDIST_WORKER"), reason="not an xdist worker")
+def test_an_xdist_worker_computes_with_one_thread() -> None:
+    # tests/conftest.py: workers of two threads each on 2 cores wait on each other
+    import scipy.linalg  # noqa: F401  (its BLAS, loaded after the conftest's limits)
+
+    assert torch.get_num_threads() == 1
+    assert _blas_threads() <= {1}
