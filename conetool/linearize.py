@@ -63,7 +63,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from .attention import composite_attention
 from .errors import ModelError
 from .linearize_reverse import custom_function_refused, f0_and_jvp_reverse, refused
-from .ntk_buffers import unchanged_in_eval
+from .ntk_buffers import evaluated_with, plain_tensors, unchanged_in_eval
 
 __all__ = ["LinearizedModel", "f0_and_jvp", "linearize"]
 
@@ -198,7 +198,9 @@ class LinearizedModel(nn.Module):
         The network is **always evaluated in eval mode**: BatchNorm uses its running statistics at
         ``t`` and never updates them, dropout is off. ``.train()`` / ``.eval()`` set only this
         module's flag (for code that checks it) and never change an output. Buffers are part of the
-        linearization point: ``load_state_dict`` with other buffers moves the point.
+        linearization point: ``load_state_dict`` with other buffers moves the point. Each call
+        starts from the buffers, and from the tensors held as plain attributes of the modules,
+        as they are: what it writes to them in place (a call counter) or assigns is dropped.
 
     The parameters that are trainable (``requires_grad``) at construction are ``θ``; which ones they
     are is fixed then. Frozen parameters and all buffers are constants.
@@ -303,6 +305,11 @@ class LinearizedModel(nn.Module):
                 # a copy of a buffer the forward pass may update in place (a call counter): the
                 # buffers are part of the linearization point, and each call starts from them
                 consts[name] = buffer if name in self._unchanged_buffers else buffer.clone()
+        # tensors held as plain attributes of the modules (self.count = torch.zeros(()), not a
+        # registered buffer) are state too: each call gets its own copies of them, so that what
+        # it writes in place or assigns is dropped, as it is for a buffer
+        plain = plain_tensors(self._network)
+        consts.update(evaluated_with(plain, list(plain)))
         f0, tangent = f0_and_jvp(self._network, primals, tangents, args, kwargs, consts)
         if isinstance(f0, Tensor):
             return f0 + tangent

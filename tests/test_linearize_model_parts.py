@@ -22,6 +22,10 @@ from test_ntk_buffer_updates import Pure
 from test_ntk_buffer_updates import _built as buffer_model
 from test_ntk_custom_function import FUNCTIONS, MODELS, Activated
 from test_ntk_custom_function import _built as function_model
+from test_ntk_tensor_attributes import MODELS as ATTRIBUTE_MODELS
+from test_ntk_tensor_attributes import Pure as AttributePure
+from test_ntk_tensor_attributes import _attribute as attribute_of
+from test_ntk_tensor_attributes import _built as attribute_model
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.func import functional_call
@@ -130,3 +134,23 @@ def test_a_buffer_the_forward_pass_updates_stays_at_t(name: str) -> None:
     saved = lin.params_state_dict()
     assert all(torch.equal(saved[k], v) for k, v in before.items() if k not in theta)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", list(ATTRIBUTE_MODELS))
+def test_a_tensor_attribute_the_forward_pass_updates_stays_at_t(name: str) -> None:
+    """A tensor held as a plain attribute (not a registered buffer) that the forward pass updates
+    in place or replaces: each call starts from it as it was at t, as the kernels' engines
+    evaluate it (test_ntk_tensor_attributes.py). Before, the linearized model's own attribute was
+    updated by every call, which moved its linearization point (a running mean drifted)."""
+    net, x = attribute_model(name)
+    attribute = ATTRIBUTE_MODELS[name][1]
+    held = attribute_of(net, attribute).clone()
+    lin, theta = _moved(net)
+    named = {f"net.{k}": v for k, v in theta.items()}  # Pure keeps the model as .net
+    expected = _finite_differences(AttributePure(net), named, x)
+    for _ in range(3):  # each call from the attribute at t
+        out = lin(x)
+        assert rel(out.detach(), expected) < 1e-8
+        out.sum().backward()
+    assert torch.equal(attribute_of(lin._network, attribute), held)
+    assert torch.equal(attribute_of(net, attribute), held)
