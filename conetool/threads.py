@@ -198,6 +198,15 @@ def expected_step_seconds(step_flops: float) -> float:
     return step_flops / SLOW_FLOPS_PER_SECOND + SLOW_OVERHEAD_SECONDS
 
 
+def flops_text(flops: float) -> str:
+    """``flops`` in the unit that shows it: ``'15 kFLOP'``, ``'26 MFLOP'``, ``'3.6 GFLOP'``."""
+    for scale, unit in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP")):
+        if flops >= scale:
+            value = flops / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{flops:.0f} FLOP"
+
+
 class SlowStepWatch:
     """Warns once when training steps run implausibly slowly for the model's size.
 
@@ -208,6 +217,10 @@ class SlowStepWatch:
     is more than 10 times that, ``warn`` is called once with the measured and expected times and
     the fix (``--threads 1`` on a busy machine). Only on the CPU: GPUs are not oversubscribed by
     threads. ``clock`` is injectable for tests.
+
+    A ``step_flops`` of 0 is no estimate (:func:`forward_flops` found no operation it counts: the
+    model's work is in others), not a step that costs nothing: such a watch never warns, since
+    any step time would look implausible against 2 ms of overhead.
     """
 
     def __init__(
@@ -224,7 +237,7 @@ class SlowStepWatch:
         self.clock, self.window = clock, window
         self._last: float | None = None
         self._times: list[float] = []
-        self.warned = False
+        self.warned = step_flops <= 0  # no estimate: nothing to compare the steps with
 
     def __call__(self, step: int) -> None:
         """Call at the start of every step (an ``on_step`` callback of the training loop)."""
@@ -243,7 +256,7 @@ class SlowStepWatch:
         return (
             f"training steps take {seconds * 1000:.0f} ms each, over {SLOW_FACTOR:.0f}x what a "
             f"model of this size needs on one CPU core ({self.limit / SLOW_FACTOR * 1000:.1f} ms "
-            f"for {self.step_flops / 1e6:.0f} MFLOP). The cores are probably shared with other "
+            f"for {flops_text(self.step_flops)}). The cores are probably shared with other "
             f"work while conetool runs {self.threads} thread(s): "
             + (
                 "stop the other work (conetool already runs one thread)."
@@ -254,11 +267,68 @@ class SlowStepWatch:
 
 
 def forward_flops(model: nn.Module, example: torch.Tensor) -> float:
-    """Floating-point operations of one forward pass of ``model`` on the batch ``example``:
-    2 x the multiply-adds of its Linear and Conv layers (the layers that dominate), counted with
-    forward hooks during one no-grad pass in eval mode."""
+    """Floating-point operations of one forward pass of ``model`` on the batch ``example``
+    (``(batch, *input_shape)``): those of its matrix products, convolutions and attention (the
+    operations that dominate), wherever they are made (``nn.Linear`` and ``nn.Conv2d`` modules,
+    ``nn.MultiheadAttention``'s projections, ``F.linear``, ``torch.matmul``, ``torch.einsum``), as
+    PyTorch's ``torch.utils.flop_counter.FlopCounterMode`` counts them in one pass, in eval mode.
+
+    The pass runs with gradients on, as in training: without them, ``nn.MultiheadAttention`` and
+    ``nn.TransformerEncoderLayer`` in eval mode take a fused kernel that the counter does not see
+    into. It runs on copies of the model's buffers and tensor attributes
+    (:func:`conetool.ntk_buffers.plain_tensors`): a forward pass that updates its state (a call
+    counter) leaves the model as it was. Where the counter fails, the Linear and Conv modules
+    called as modules are counted with forward hooks instead. 0 when neither finds an operation it
+    counts (a model whose work is elementwise): no estimate (:class:`SlowStepWatch`)."""
+    import torch
+    from torch.func import functional_call
+
+    from .ntk_buffers import plain_tensors
+
+    state = {**dict(model.named_buffers()), **plain_tensors(model)}
+    copies = {name: tensor.clone() for name, tensor in state.items()}
+    was_training = model.training
+    try:
+        model.eval()
+        try:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention())
+            with counter, torch.enable_grad():
+                functional_call(model, copies, (example,))
+            return float(counter.get_total_flops())
+        except Exception:  # the counter failed (or the model: the hooks run it again to say so)
+            copies = {name: tensor.clone() for name, tensor in state.items()}
+            return _module_flops(model, copies, example)
+    finally:
+        model.train(was_training)
+
+
+def _cpu_attention() -> dict[Any, Callable[..., float]]:
+    """The counter's formula for the CPU's fused attention (``F.scaled_dot_product_attention``,
+    ``nn.MultiheadAttention`` with ``need_weights=False``), which PyTorch's counter lists only for
+    the GPU's kernels: ``2 x`` the multiply-adds of ``Q K^T`` and of the weights times ``V``."""
+    import torch
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None:  # pragma: no cover - an older PyTorch
+        return {}
+
+    def flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> float:
+        # shapes (batch, heads, L, E), (batch, heads, S, E), (batch, heads, S, Ev); a PyTorch
+        # that hands the formula tensors rather than shapes gives their shapes here
+        q, k, v = (tuple(getattr(t, "shape", t)) for t in (query, key, value))
+        return 2.0 * math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+    return {op: flops}
+
+
+def _module_flops(model: nn.Module, state: dict[str, torch.Tensor], example: torch.Tensor) -> float:
+    """2 x the multiply-adds of ``model``'s Linear and Conv modules in one no-grad pass of
+    ``example`` with the buffers and tensor attributes ``state``, counted with forward hooks."""
     import torch
     from torch import nn
+    from torch.func import functional_call
 
     total = 0.0
 
@@ -276,13 +346,10 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> float:
         for m in model.modules()
         if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
     ]
-    was_training = model.training
     try:
-        model.eval()
         with torch.no_grad():
-            model(example)
+            functional_call(model, state, (example,))
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return total
@@ -302,7 +369,9 @@ def slow_step_watch(
     """The ``on_step`` callbacks that watch a training loop's speed: one :class:`SlowStepWatch`
     on the CPU (its warning goes to ``progress.log`` and to ``notes``, which the command's result
     carries to a Python caller who passed no progress), none on a GPU. A step costs ``passes``
-    forward passes of the batch (3: forward, backward for inputs and for weights)."""
+    forward passes of the batch (3: forward, backward for inputs and for weights), counted by
+    :func:`forward_flops` on the first training example; a model whose operations it does not
+    count (0) gets a watch that never warns."""
     import torch
 
     from .model_inputs import model_batch

@@ -158,3 +158,111 @@ def test_an_xdist_worker_computes_with_one_thread() -> None:
 
     assert torch.get_num_threads() == 1
     assert _blas_threads() <= {1}
+
+
+# --------------------------------------------------------------------------------------------------
+# the estimate of a model whose work is not in Linear and Conv modules
+
+
+class _Attention(nn.Module):
+    """Token embedding, self-attention, a functional head (F.linear): no Linear or Conv module is
+    called as a module (the attention's out_proj is a Linear that it only reads the weight of).
+    It counts its calls in a buffer and a plain tensor attribute."""
+
+    def __init__(self, vocab: int = 50, d: int = 32, heads: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.head = nn.Parameter(torch.randn(classes, d) / d**0.5)
+        self.register_buffer("calls", torch.zeros(()))
+        self.seen = torch.zeros(())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.seen += 1
+        h = self.emb(x)
+        a, _ = self.attn(h, h, h)
+        return torch.nn.functional.linear(torch.einsum("bld->bd", a), self.head)
+
+
+def _attention_flops(batch: int, length: int, d: int, classes: int) -> tuple[float, float]:
+    """The attention model's matrix products: its projections and head, and those plus the two
+    products of the attention itself (Q K^T, then the weights times V)."""
+    projections = 2.0 * batch * length * d * (3 * d + d) + 2.0 * batch * d * classes
+    return projections, projections + 2 * (2.0 * batch * length * length * d)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_forward_flops_counts_attention_and_functional_products(mode: str) -> None:
+    """An attention model's forward pass was estimated at 0 FLOP: only Linear and Conv modules
+    called as modules were counted, and nn.MultiheadAttention calls none (nor F.linear, einsum).
+    Its matrix products are counted now, and its call counters are left as they were."""
+    torch.manual_seed(0)
+    model = _Attention().train(mode == "train")
+    x = torch.randint(0, 50, (2, 16))
+    flops = th.forward_flops(model, x)
+    projections, total = _attention_flops(2, 16, 32, 3)
+    assert projections <= flops <= total, (flops, projections, total)
+    assert model.training == (mode == "train")  # its mode is restored
+    assert float(model.calls) == 0 and float(model.seen) == 0  # its state is unchanged
+
+
+def test_a_slow_step_of_an_attention_model_is_warned_of_with_its_work() -> None:
+    """The warning said '2.0 ms for 0 MFLOP' of an attention model, and warned of any step over
+    20 ms however large the model: the estimate counted none of its work."""
+    model = _Attention(vocab=100, d=256, heads=4)
+    example = torch.randint(0, 100, (1, 64))
+    step_flops = 3 * 32 * th.forward_flops(model, example)  # batch 32: about 3.7 GFLOP
+    expected = th.expected_step_seconds(step_flops)  # about 0.37 s
+    assert expected > 0.3
+    plausible: list[str] = []  # 0.5 s a step: slower than 10 GFLOP/s, not 10x slower
+    watch = th.SlowStepWatch(step_flops, plausible.append, threads=2, clock=_Clock(0.5))
+    for step in range(100):
+        watch(step)
+    assert plausible == []
+    slow: list[str] = []  # 20 s a step: over 10x what it needs
+    watch = th.SlowStepWatch(step_flops, slow.append, threads=2, clock=_Clock(20.0))
+    for step in range(100):
+        watch(step)
+    assert len(slow) == 1 and "20000 ms each" in slow[0], slow
+    assert " GFLOP)" in slow[0] and "0 MFLOP" not in slow[0], slow[0]
+
+
+def test_a_step_of_no_counted_work_is_not_judged() -> None:
+    """A model whose forward pass has no matrix product or convolution (elementwise work only)
+    has no estimate: its steps are not compared with 2 ms of overhead, nor said to be '0 MFLOP'."""
+    model = nn.Sequential(nn.Tanh(), nn.Softplus())
+    assert th.forward_flops(model, torch.zeros(4, 3)) == 0
+    warnings: list[str] = []
+    watch = th.SlowStepWatch(0.0, warnings.append, threads=2, clock=_Clock(1.0))
+    for step in range(100):
+        watch(step)
+    assert warnings == []
+
+
+def test_the_work_is_said_in_the_unit_that_shows_it() -> None:
+    """A small model's step was said to cost '0 MFLOP'."""
+    assert th.flops_text(15_360) == "15 kFLOP"
+    assert th.flops_text(2.6e7) == "26 MFLOP" and th.flops_text(3.7e9) == "3.7 GFLOP"
+    assert th.flops_text(640) == "640 FLOP"
+    watch = th.SlowStepWatch(15_360, print, threads=1)
+    assert "for 15 kFLOP)" in watch.message(1.0)
+
+
+def test_the_modules_are_counted_where_the_flop_counter_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where PyTorch's counter cannot run, the Linear and Conv modules are counted by hooks, and
+    the model's state is left as it was there too."""
+    import torch.utils.flop_counter
+
+    class Broken:
+        def __init__(self, **kwargs: object) -> None:
+            raise RuntimeError("no counter here")
+
+    monkeypatch.setattr(torch.utils.flop_counter, "FlopCounterMode", Broken)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    assert th.forward_flops(model, torch.zeros(2, 1, 8, 8)) == 10944
+    attention = _Attention()
+    assert th.forward_flops(attention, torch.randint(0, 50, (2, 16))) == 0  # no module called
+    assert float(attention.calls) == 0 and float(attention.seen) == 0

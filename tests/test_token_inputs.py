@@ -253,3 +253,25 @@ def test_an_adamw_run_is_told_that_no_spec_key_gives_its_decoupled_decay(
     said = [w for w in swept.warnings if "decoupled_weight_decay True (the spec's False)" in w]
     assert len(said) == 1 and "no spec key gives" in said[0] and "[train] has no AdamW" in said[0]
     assert "give the spec your run's recipe (but for decoupled_weight_decay" in said[0]
+
+
+def test_a_slow_token_run_is_told_its_attention_work(
+    tok: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slow-step warning of an attention model said '2.0 ms for 0 MFLOP': the estimate saw
+    its head only (one Linear module called as a module), not the attention's projections and
+    products. Every step made implausibly slow, the warning comes, with the work counted."""
+    from conetool import threads
+
+    monkeypatch.setattr(threads, "SLOW_FLOPS_PER_SECOND", 1e30)
+    monkeypatch.setattr(threads, "SLOW_OVERHEAD_SECONDS", 1e-9)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(_spec(tmp_path).read_text().replace("steps = 4", "steps = 24"))
+    model, x = tok.make_model().eval(), tok.tokens(1, 0)[0]
+    made = conetool.train(spec, out=tmp_path / "run", threads=1)
+    assert len(made.warnings) == 1 and made.warnings[0].startswith("training steps take")
+    assert "0 MFLOP" not in made.warnings[0], made.warnings[0]
+    # batch 8, 3 passes; one example: in_proj 5x4x12, out_proj 5x4x4, 2 products of 5x5x4, head
+    work = 3 * 8 * 2 * (5 * 4 * 12 + 5 * 4 * 4 + 2 * 5 * 5 * 4 + 4 * 2)
+    assert threads.forward_flops(model, x) == work / 24
+    assert f"for {threads.flops_text(work)})" in made.warnings[0], made.warnings[0]
