@@ -24,6 +24,11 @@ copy, as a buffer's is, and one that replaces the attribute (``self.mean = 0.9 *
 ...``) is undone after each evaluation. A tensor held inside a list, a dict or another object is
 not found.
 
+The one-off forward passes conetool makes of a model outside the engines (the output check, the
+look at what forward returns, :func:`conetool.ntk.check_per_example`, the slow-step warning's
+count) run it the same way (:func:`called_on_copies`): a model that counts its calls is left
+with the count it had.
+
 An update that mixes the examples (a statistic of the batch, read in the same call) makes each
 output depend on the others: the independence check refuses it, naming the buffers found here.
 """
@@ -40,8 +45,10 @@ from torch import Tensor, nn
 from .ntk_failures import FORWARD_ERRORS
 
 __all__ = [
+    "called_on_copies",
     "evaluated_with",
     "plain_tensors",
+    "state_copies",
     "unchanged_in_eval",
     "updated_in_place",
     "updates_buffers",
@@ -77,6 +84,29 @@ def plain_tensors(model: nn.Module) -> dict[str, Tensor]:
         for name, value in vars(module).items()
         if isinstance(value, Tensor)
     }
+
+
+def state_copies(model: nn.Module) -> dict[str, Tensor]:
+    """Copies of ``model``'s buffers and of the tensors held as plain attributes of its modules
+    (:func:`plain_tensors`), by name: one copy per tensor (names that hold one tensor share it)."""
+    copies: dict[int, Tensor] = {}
+    state: dict[str, Tensor] = {}
+    for name, held in [*model.named_buffers(), *plain_tensors(model).items()]:
+        if id(held) not in copies:
+            copies[id(held)] = held.clone()
+        state[name] = copies[id(held)]
+    return state
+
+
+def called_on_copies(model: nn.Module, *args: object) -> object:
+    """``model(*args)`` with :func:`state_copies` in place of its buffers and tensor attributes
+    (``torch.func.functional_call``): what the call writes to them, in place (``self.count +=
+    1``) or by assignment (``self.mean = ...``), is dropped, and the model keeps its own tensors
+    with their values. For the one-off passes conetool makes of a model (its checks), not for
+    training, whose updates are the model's."""
+    from torch.func import functional_call
+
+    return functional_call(model, state_copies(model), args)
 
 
 def updated_in_place(

@@ -53,11 +53,17 @@ def check_per_example(model: nn.Module, inputs: Tensor | None = None) -> None:
       batch must equal their outputs computed one at a time (to ``10·sqrt(eps)`` of the output
       scale). This catches explicit batch dependencies (``x - x.mean(0)``, attention across the
       batch). ``inputs`` must be on the model's device.
+
+    Each forward pass of the check runs on copies of the model's buffers and tensor attributes
+    (:func:`conetool.ntk_buffers.called_on_copies`), as the engines' do: a model that updates its
+    state in forward (a call counter) is left as it was, and each pass starts from that state.
     """
+    from .ntk_buffers import called_on_copies
+
     check_modules(model)
     if inputs is not None and inputs.shape[0] >= 2:
         with torch.no_grad():
-            check_independence(lambda batch: logits_of(model(batch)), inputs[:2])
+            check_independence(lambda batch: logits_of(called_on_copies(model, batch)), inputs[:2])
 
 
 def logits_of(out: object) -> Tensor:

@@ -276,17 +276,15 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> float:
     The pass runs with gradients on, as in training: without them, ``nn.MultiheadAttention`` and
     ``nn.TransformerEncoderLayer`` in eval mode take a fused kernel that the counter does not see
     into. It runs on copies of the model's buffers and tensor attributes
-    (:func:`conetool.ntk_buffers.plain_tensors`): a forward pass that updates its state (a call
+    (:func:`conetool.ntk_buffers.state_copies`): a forward pass that updates its state (a call
     counter) leaves the model as it was. Where the counter fails, the Linear and Conv modules
     called as modules are counted with forward hooks instead. 0 when neither finds an operation it
     counts (a model whose work is elementwise): no estimate (:class:`SlowStepWatch`)."""
     import torch
     from torch.func import functional_call
 
-    from .ntk_buffers import plain_tensors
+    from .ntk_buffers import state_copies
 
-    state = {**dict(model.named_buffers()), **plain_tensors(model)}
-    copies = {name: tensor.clone() for name, tensor in state.items()}
     was_training = model.training
     try:
         model.eval()
@@ -295,11 +293,10 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> float:
 
             counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention())
             with counter, torch.enable_grad():
-                functional_call(model, copies, (example,))
+                functional_call(model, state_copies(model), (example,))
             return float(counter.get_total_flops())
         except Exception:  # the counter failed (or the model: the hooks run it again to say so)
-            copies = {name: tensor.clone() for name, tensor in state.items()}
-            return _module_flops(model, copies, example)
+            return _module_flops(model, state_copies(model), example)
     finally:
         model.train(was_training)
 

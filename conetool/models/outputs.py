@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..model_inputs import check_batch
+from ..ntk_buffers import called_on_copies
 
 __all__ = ["logits_in", "logits_returned"]
 
@@ -47,8 +48,9 @@ def logits_returned(
     object (see :func:`logits_in`); any other model is returned unchanged.
 
     Runs one batch of 2 standard-normal examples of ``input_shape`` (a private generator; the
-    global random state, the training flag and BatchNorm statistics are left as found; eval mode,
-    no gradients) to see what forward returns; of 2 of ``examples``, the data set's inputs, when
+    global random state, the training flag, BatchNorm statistics and any state the forward pass
+    updates are left as found; eval mode, no gradients, copies of the buffers and tensor
+    attributes: :func:`conetool.ntk_buffers.called_on_copies`) to see what forward returns; of 2 of ``examples``, the data set's inputs, when
     they are token ids (:func:`conetool.model_inputs.check_batch`). A forward that fails is left to
     :func:`~conetool.models.output_check` to report. The model keeps its parameters, buffers,
     names and hooks: its class is replaced by a subclass of the same name whose ``forward``
@@ -63,7 +65,7 @@ def logits_returned(
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            out = model(x)
+            out = called_on_copies(model, x)
     except Exception:
         return model  # output_check runs it again and says what is wrong
     finally:

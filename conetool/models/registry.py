@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ConetoolError, ModelError
 from ..model_inputs import check_batch, is_token_batch
+from ..ntk_buffers import called_on_copies
 from ..spec import ModelSpec
 from ..user_modules import import_user_module, is_import_path, raised_at, shadowed_note
 from .lenet import lenet5, lenet_300_100
@@ -165,7 +166,9 @@ def output_check(
     the model's device and in its dtype; or, when ``examples`` (k, *input_shape), inputs of the
     data set, are token ids, their first two as they are (:func:`conetool.model_inputs.check_batch`).
     The model runs in eval mode under ``torch.no_grad()`` and gets
-    its training flag back afterwards; BatchNorm statistics do not change.
+    its training flag back afterwards, on copies of its buffers and tensor attributes
+    (:func:`conetool.ntk_buffers.called_on_copies`): BatchNorm statistics do not change, nor
+    does a state its forward pass updates (a call counter).
 
     Raises:
         ModelError: the forward pass fails, or returns something other than a
@@ -181,7 +184,7 @@ def output_check(
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = called_on_copies(model, x)
     except ConetoolError:
         raise
     except Exception as exc:
