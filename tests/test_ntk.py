@@ -14,6 +14,7 @@ from torch import nn
 from conetool import ntk, ntk_schedule, ntk_terms, ntk_tuning
 from conetool.errors import ConetoolError, ModelError
 from conetool.ntk import (
+    EngineMemo,
     MemoryBudgetError,
     NonFiniteKernelError,
     check_per_example,
@@ -321,6 +322,28 @@ def minimum_budget(
     with pytest.raises(MemoryBudgetError) as info:
         empirical_ntk(model, x, kind=kind, max_memory=1, device=device, method=method)
     return budget_named(info.value)
+
+
+def full_kernels_in_blocks_and_with_a_memo_match(
+    model: nn.Module,
+    x: torch.Tensor,
+    expected: torch.Tensor,
+    method: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ``full`` kernel of ``model`` on ``x`` equals ``expected`` within 1e-10: twice under
+    one :class:`EngineMemo` (the second call reusing the first's set-up) and at the smallest
+    budget, in panels of fewer than ``n`` examples."""
+    memo = EngineMemo()
+    for _ in range(2):
+        got = empirical_ntk(model, x, kind="full", device="cpu", method=method, memo=memo)
+        assert rel(got, expected) < 1e-10
+    assert memo.reused == 1
+    plans = record_plans(monkeypatch)
+    low = minimum_budget(model, x, "full", method)
+    small = empirical_ntk(model, x, kind="full", device="cpu", method=method, max_memory=low)
+    assert plans[-1].panel < x.shape[0]
+    assert rel(small, expected) < 1e-10
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_ntk import KINDS, minimum_budget, record_plans, reference, rel
+from test_ntk import KINDS, full_kernels_in_blocks_and_with_a_memo_match, reference, rel
 from torch import nn
 
-from conetool.ntk import EngineMemo, empirical_ntk
+from conetool.ntk import empirical_ntk
 
 METHODS = ("structured", "jacobian", "auto")
 
@@ -147,14 +147,5 @@ def test_in_blocks_and_with_a_memo(method: str, monkeypatch: pytest.MonkeyPatch)
     """Panels smaller than n (the loop runs again for each block), and the memo's second call
     (its layout restored)."""
     net, x = _built("on_weight", "no_vmap", n=8)
-    memo = EngineMemo()
     expected = reference(net, x, "full")
-    for _ in range(2):
-        got = empirical_ntk(net, x, kind="full", device="cpu", method=method, memo=memo)
-        assert rel(got, expected) < 1e-10
-    assert memo.reused == 1
-    plans = record_plans(monkeypatch)
-    low = minimum_budget(net, x, "full", method)
-    small = empirical_ntk(net, x, kind="full", device="cpu", method=method, max_memory=low)
-    assert plans[-1].panel < 8
-    assert rel(small, expected) < 1e-10
+    full_kernels_in_blocks_and_with_a_memo_match(net, x, expected, method, monkeypatch)

@@ -16,11 +16,11 @@ import copy
 
 import pytest
 import torch
-from test_ntk import KINDS, minimum_budget, record_plans, reference, rel
+from test_ntk import KINDS, full_kernels_in_blocks_and_with_a_memo_match, reference, rel
 from torch import Tensor, nn
 
 from conetool.errors import ModelError
-from conetool.ntk import EngineMemo, empirical_ntk
+from conetool.ntk import empirical_ntk
 
 METHODS = ("structured", "jacobian", "auto")
 
@@ -187,17 +187,8 @@ def test_in_blocks_and_with_a_memo(name: str, method: str, monkeypatch: pytest.M
     the memo's second call."""
     model, x = _built(name, n=8)
     before = model.mean.clone()
-    memo = EngineMemo()
     expected = reference(Pure(model).eval(), x, "full")
-    for _ in range(2):
-        got = empirical_ntk(model, x, kind="full", device="cpu", method=method, memo=memo)
-        assert rel(got, expected) < 1e-10
-    assert memo.reused == 1
-    plans = record_plans(monkeypatch)
-    low = minimum_budget(model, x, "full", method)
-    small = empirical_ntk(model, x, kind="full", device="cpu", method=method, max_memory=low)
-    assert plans[-1].panel < 8
-    assert rel(small, expected) < 1e-10
+    full_kernels_in_blocks_and_with_a_memo_match(model, x, expected, method, monkeypatch)
     assert torch.equal(model.mean, before)
 
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from test_ntk import KINDS, minimum_budget, record_plans, reference, rel
+from test_ntk import KINDS, full_kernels_in_blocks_and_with_a_memo_match, reference, rel
 from torch import Tensor, nn
 
-from conetool.ntk import EngineMemo, empirical_ntk
+from conetool.ntk import empirical_ntk
 
 METHODS = ("structured", "jacobian", "auto")
 
@@ -142,14 +142,5 @@ def test_every_kind_and_the_cross_kernel(kind: str, method: str) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_in_blocks_and_with_a_memo(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     net, x = _built("inside", "setitem", n=8)
-    memo = EngineMemo()
     expected = reference(Pure(net).eval(), x, "full")
-    for _ in range(2):
-        got = empirical_ntk(net, x, kind="full", device="cpu", method=method, memo=memo)
-        assert rel(got, expected) < 1e-10
-    assert memo.reused == 1
-    plans = record_plans(monkeypatch)
-    low = minimum_budget(net, x, "full", method)
-    small = empirical_ntk(net, x, kind="full", device="cpu", method=method, max_memory=low)
-    assert plans[-1].panel < 8
-    assert rel(small, expected) < 1e-10
+    full_kernels_in_blocks_and_with_a_memo_match(net, x, expected, method, monkeypatch)
