@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 
@@ -322,6 +323,19 @@ def minimum_budget(
     with pytest.raises(MemoryBudgetError) as info:
         empirical_ntk(model, x, kind=kind, max_memory=1, device=device, method=method)
     return budget_named(info.value)
+
+
+class Pure(nn.Module):
+    """The function one call of ``net`` computes from its state, without the update or in-place
+    write its forward pass makes: ``net``'s class's own ``pure(x)``, on a copy of ``net`` (the
+    reference of the tests of models that update their state)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.net).pure(self.net, x)  # type: ignore[attr-defined, no-any-return]
 
 
 def full_kernels_in_blocks_and_with_a_memo_match(

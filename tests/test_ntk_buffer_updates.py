@@ -12,11 +12,15 @@ buffers a forward pass updates (:mod:`conetool.ntk_buffers`)."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from test_ntk import KINDS, full_kernels_in_blocks_and_with_a_memo_match, reference, rel
+from test_ntk import (
+    KINDS,
+    Pure,
+    full_kernels_in_blocks_and_with_a_memo_match,
+    reference,
+    rel,
+)
 from torch import Tensor, nn
 
 from conetool.errors import ModelError
@@ -120,17 +124,6 @@ class BatchMean(Running):
         h = self.a(x)
         self.mean.mul_(0.5).add_(0.5 * h.mean(0))
         return self.b(torch.tanh(h - self.mean))
-
-
-class Pure(nn.Module):
-    """The function one call of ``net`` computes from its state, without the update."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = copy.deepcopy(net)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return type(self.net).pure(self.net, x)  # type: ignore[attr-defined, no-any-return]
 
 
 MODELS = {

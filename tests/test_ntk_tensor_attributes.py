@@ -12,11 +12,15 @@ tensor) and called a running mean random."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from test_ntk import KINDS, full_kernels_in_blocks_and_with_a_memo_match, reference, rel
+from test_ntk import (
+    KINDS,
+    Pure,
+    full_kernels_in_blocks_and_with_a_memo_match,
+    reference,
+    rel,
+)
 from torch import Tensor, nn
 
 from conetool.errors import ModelError
@@ -111,17 +115,6 @@ class Monitored(nn.Module):
 
     def pure(self, x: Tensor) -> Tensor:
         return self.b(torch.tanh(self.a(x) * self.scale.s))
-
-
-class Pure(nn.Module):
-    """The function one call of ``net`` computes from its state, without the update."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = copy.deepcopy(net)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return type(self.net).pure(self.net, x)  # type: ignore[attr-defined, no-any-return]
 
 
 MODELS = {

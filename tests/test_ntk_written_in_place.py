@@ -12,12 +12,17 @@ example at a time (ntk_failures.written_in_place), as it does for a custom autog
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import pytest
 import torch
-from test_ntk import KINDS, full_kernels_in_blocks_and_with_a_memo_match, reference, rel
+from test_ntk import (
+    KINDS,
+    Pure,
+    full_kernels_in_blocks_and_with_a_memo_match,
+    reference,
+    rel,
+)
 from torch import Tensor, nn
 
 from conetool.ntk import empirical_ntk
@@ -95,17 +100,6 @@ class Inside(Between):
 
     def pure(self, x: Tensor) -> Tensor:
         return self.b(torch.tanh(self.scale.pure(self.a(x))))
-
-
-class Pure(nn.Module):
-    """The function ``net`` computes, without the in-place write."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = copy.deepcopy(net)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return type(self.net).pure(self.net, x)  # type: ignore[attr-defined, no-any-return]
 
 
 MODELS = {"between": Between, "inside": Inside}
