@@ -365,13 +365,8 @@ def test_a_store_without_kernels_takes_any_run(run, seed1_run, tmp_path):
 # --quiet and a sweep that fails
 
 
-def test_quiet_keeps_the_warnings_of_a_sweep_that_fails(run, tmp_path, monkeypatch):
-    """--quiet prints the warnings after the results: a sweep that failed at its second point
-    had no results, and the warnings said before the failure (checkpoints conetool train did
-    not write, the recipe keys left to defaults, which may explain it) were lost, only the error
-    printed. They reach stderr before the error; the progress and the notes stay out."""
-    pts = own_loop_copy(run, tmp_path / "pts")
-    spec = write_spec(tmp_path / "mine.toml", SPEC)
+def the_point_of_step_5_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's point at step 5 raises "the point of step 5 failed" as its training starts."""
     real = TrainingLoop.run
 
     def run_loop(self, start, stop):
@@ -380,6 +375,16 @@ def test_quiet_keeps_the_warnings_of_a_sweep_that_fails(run, tmp_path, monkeypat
         return real(self, start, stop)
 
     monkeypatch.setattr(TrainingLoop, "run", run_loop)
+
+
+def test_quiet_keeps_the_warnings_of_a_sweep_that_fails(run, tmp_path, monkeypatch):
+    """--quiet prints the warnings after the results: a sweep that failed at its second point
+    had no results, and the warnings said before the failure (checkpoints conetool train did
+    not write, the recipe keys left to defaults, which may explain it) were lost, only the error
+    printed. They reach stderr before the error; the progress and the notes stay out."""
+    pts = own_loop_copy(run, tmp_path / "pts")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    the_point_of_step_5_fails(monkeypatch)
     args = ["switch", "--at", "0,5", "--until", "10", "--ckpts", str(pts), "--spec", str(spec)]
     quiet = runner.invoke(app, [*args, "--store", str(tmp_path / "s"), "--device", "cpu", "-q"])
     assert quiet.exit_code == 1, quiet.output
@@ -431,14 +436,7 @@ def test_a_library_sweep_that_fails_gives_its_warnings_to_python(run, tmp_path, 
     line), before the error; given a progress, they are said there and not again."""
     pts = own_loop_copy(run, tmp_path / "pts")
     spec = write_spec(tmp_path / "mine.toml", SPEC)
-    real = TrainingLoop.run
-
-    def run_loop(self, start, stop):
-        if start == 5:
-            raise ConetoolError("the point of step 5 failed")
-        return real(self, start, stop)
-
-    monkeypatch.setattr(TrainingLoop, "run", run_loop)
+    the_point_of_step_5_fails(monkeypatch)
     sweep = {"until": 10, "ckpts": pts, "spec": spec, "device": "cpu"}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
