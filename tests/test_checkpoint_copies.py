@@ -277,6 +277,35 @@ def test_a_final_copy_storing_no_step_with_other_weights_is_warned_of(tmp_path: 
     assert listed == [(0, "ckpt_0.pt")] and not [m for m in told if "final.pt" in m], told
 
 
+@pytest.mark.parametrize("entry", [None, "last"])
+def test_under_step_regex_a_final_copy_with_other_weights_is_told_a_name_the_regex_reads(
+    tmp_path: Path, entry: str | None
+):
+    # Was: under --step-regex, a final.pt holding other weights than the last step's file was
+    # told it 'stores no step' (one storing {"step": "last"} too, which it had done) and to move
+    # it into step_N/model.pt or save it with its step: under the regex neither is read (the
+    # folder is refused as not matched, the stored step ignored). Now it is told the regex does
+    # not match its name, and to rename it so that it does, or to leave --step-regex out.
+    for step in (0, 10):
+        torch.save(weights(step), tmp_path / f"ckpt_{step}.pt")
+    final = tmp_path / "final.pt"
+    torch.save(weights(20) if entry is None else {"model": weights(20), "step": entry}, final)
+    regex = r"ckpt_(\d+)"
+    listed, told = said(tmp_path, step_regex=regex)
+    assert listed == [(0, "ckpt_0.pt"), (10, "ckpt_10.pt")]
+    (warning,) = [m for m in told if "final.pt" in m]
+    assert "stores no step" not in warning and "step_N" not in warning, warning
+    assert f"--step-regex '{regex}' does not match its name" in warning, warning
+    assert "rename it so that the regex reads its step" in warning, warning
+    shown: list[str] = []
+    inspect_checkpoints(tmp_path, step_regex=regex, warn=shown.append)
+    assert warning in shown
+    # the fix it gives: a name the regex reads (here step 20)
+    final.rename(tmp_path / "ckpt_20.pt")
+    listed, told = said(tmp_path, step_regex=regex)
+    assert listed[-1] == (20, "ckpt_20.pt"), listed
+
+
 def test_a_final_copy_with_an_optimizer_state_beside_the_last_steps_weights_is_not_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

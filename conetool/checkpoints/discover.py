@@ -235,11 +235,24 @@ def stepless_copy_warning(scan: Scan) -> str | None:
     """The warning for copies named without a step (``final.pt``, ``last.pt``) that store no
     step, left out though they hold other tensors than the last step's file (a loop's final
     weights, saved after its last numbered checkpoint): the file read last, and how to read the
-    copy. None when every such copy holds the last step's tensors (or there is none)."""
+    copy (under ``--step-regex``, which does not match its name: by a name the regex reads, not
+    a step folder or a stored step, neither of which it reads). None when every such copy holds
+    the last step's tensors (or there is none)."""
     if not scan.stepless_copies:
         return None
     lines = []
     for copy, last, step in scan.stepless_copies:
+        if scan.step_regex is not None:  # (its step entry, if any, is not read under a regex)
+            lines.append(
+                f"not read: '{copy}' in '{scan.directory}' is named without a step, and "
+                f"--step-regex '{scan.step_regex}' does not match its name (under --step-regex "
+                f"the steps come from the names); it holds other tensors than the last "
+                f"checkpoint read, '{last}' (step {step}). If it holds the weights of a step no "
+                f"file gives (a loop's final weights), rename it so that the regex reads its "
+                f"step from its name, or leave --step-regex out and save it with its step (a "
+                f"'step' entry of the torch.save dict, an int, or safetensors metadata 'step')."
+            )
+            continue
         lines.append(
             f"not read: '{copy}' in '{scan.directory}' stores no step, and holds other tensors "
             f"than the last checkpoint read, '{last}' (step {step}). If it holds the weights of "

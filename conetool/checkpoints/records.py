@@ -207,6 +207,9 @@ class Scan:
     # holds other tensors than the last step's file (a loop's final weights, saved after its
     # last numbered checkpoint): (copy's name, the last file read, its step)
     stepless_copies: list[tuple[str, str, int]] = field(default_factory=list)
+    # the --step-regex the scan read steps by (None: the built-in rules): under it a copy named
+    # without a step is read only if the regex reads its step from its name
+    step_regex: str | None = None
     # a copy named without a step whose stored step entry is no step ('last', 2.5, -1), left out
     # as such copies are, with what it stores and, where compared, the last step's file
     bad_step_copies: list[BadStepCopy] = field(default_factory=list)

@@ -708,6 +708,7 @@ def scan_directory(
     unmatched: dict[str, int] = {}  # aliases --step-regex does not match -> the step they store
     unreadable = {c.name for c in scan.candidates if c.problem is not None}  # before any step
     matched_bad: set[str] = set()  # aliases --step-regex matches but reads no step from
+    scan.step_regex = None if pattern is None else pattern.pattern
     for c in scan.candidates:
         matched = None
         if whole and pattern is not None and c.problem is None and _is_alias(c):
