@@ -61,7 +61,24 @@ VARIATIONS = [
     "zero_length",
     "nested",
     "ema",
+    "folder_other_step",
 ]
+
+#: The variations that rewrite one good step's file (:meth:`Maker.pick`): a README instead when
+#: every step's file is broken already (extra_key on a truncated step raised KeyError).
+VARY_A_STEP = {
+    "empty",
+    "truncated",
+    "nan",
+    "float16",
+    "float64",
+    "extra_key",
+    "missing_key",
+    "wrong_shape",
+    "zero_length",
+    "ema",
+    "folder_other_step",
+}
 
 State = dict[str, torch.Tensor]
 
@@ -82,7 +99,10 @@ class Layout:
     gives, with other weights than that file's, that step): to be warned of, and that file read,
     when it is good; ``copies``: step -> the copy named without a step that alone gives it (not read under
     --step-regex); ``regex``: a --step-regex that reads the main files' steps from their names; ``about``: what
-    was done."""
+    was done; ``folder_steps``: (folder, its step, the other step its file stores): the folder's
+    step is read, and the stored one is to be warned of (naming the folder and the stored step);
+    ``bad_entries``: copies named without a step whose step entry is no step (``'last'``): never
+    read, always named (a warning or a note) by kernels and inspect without ``--step-regex``."""
 
     folder: str
     files: dict[str, bytes] = field(default_factory=dict)
@@ -96,6 +116,8 @@ class Layout:
     stepless: list[tuple[str, int]] = field(default_factory=list)
     others: list[tuple[str, int]] = field(default_factory=list)
     refusable: list[str] = field(default_factory=list)
+    folder_steps: list[tuple[str, int, int]] = field(default_factory=list)
+    bad_entries: list[str] = field(default_factory=list)
     regex: str = ""
     about: list[str] = field(default_factory=list)
 
@@ -234,16 +256,21 @@ class Maker:
                 self.put(f"{self.main[n].split('/')[0]}/trainer_state.json", state_json)
             layout.about.append("trainer_state.json in each checkpoint-N/")
         for variation in rng.sample(VARIATIONS, k=rng.choice([1, 1, 2, 3])):
+            if variation in VARY_A_STEP and not self.good():  # every step's file broken
+                variation = "readme"
             getattr(self, "vary_" + variation)()
         self.finish()
         layout.copies = dict(self.copies)
         return layout
 
+    def good(self) -> list[int]:
+        """The layout's steps whose main file is still good (not a step a copy named without a
+        step alone gives: that has no main file to vary)."""
+        return sorted(step for step in self.layout.truth if step in self.main)
+
     def pick(self) -> int:
-        """One of the layout's steps whose main file is still good (not a step a copy named
-        without a step alone gives: that has no main file to vary)."""
-        good = sorted(step for step in self.layout.truth if step in self.main)
-        return self.rng.choice(good) if good else sorted(self.main)[0]
+        """One of :meth:`good` (build gives a variation of a step only when there is one)."""
+        return self.rng.choice(self.good())
 
     def replace(self, n: int, data: bytes, why: str, *, broken: bool) -> None:
         """Step ``n``'s main file rewritten as ``data``; a broken one is never read."""
@@ -261,20 +288,26 @@ class Maker:
         rng, layout = self.rng, self.layout
         name = rng.choice([c for c in COPIES if f"{layout.folder}/{c}" not in layout.files])
         last = max(self.main)
-        kind = rng.choice(["same", "other", "new", "nostep"])
+        kind = rng.choice(["same", "other", "new", "nostep", "last same", "last other"])
         step = max(STEP_POOL) + rng.choice([4, 500]) if kind == "new" else last
-        salt = {"same": 0, "other": 1, "new": 0, "nostep": 2}[kind]
-        state = weights_for(self.base, step, salt=salt)
+        salt = {"same": 0, "other": 1, "new": 0, "nostep": 2, "last same": 0, "last other": 4}
+        state = weights_for(self.base, step, salt=salt[kind])
+        # "last ...": a step entry that is no step, {"step": "last"}
+        entry: object = "last" if kind.startswith("last ") else step
         if name.endswith(".safetensors"):
-            meta = {} if kind == "nostep" else {"step": str(step)}
+            meta = {} if kind == "nostep" else {"step": str(entry)}
             self.put(name, safetensors_bytes(state, metadata=meta))
         else:
             doc: dict[str, object] = {"model_state_dict": state}
             if kind != "nostep":
-                doc["step"] = step
+                doc["step"] = entry
             self.put(name, torch_bytes(doc))
         layout.about.append(f"{name}: copy ({kind}) of step {step}")
-        if kind == "new":
+        if kind.startswith("last "):
+            layout.bad_entries.append(name)
+            if kind == "last other" and "best" not in name:
+                layout.stepless.append((name, step))
+        elif kind == "new":
             layout.truth[step] = exact(state)
             layout.sources[step] = name
             self.copies[step] = name
@@ -413,6 +446,26 @@ class Maker:
             self.layout.truth.pop(n, None)
             self.layout.maybe[n] = ([exact(ema)], self.layout.sources[n])
         self.stores_step[n] = True
+        return None
+
+    def vary_folder_other_step(self) -> None:
+        """A step folder (``step_4/model.pt``) whose file stores another step (a loop's stale
+        counter, or another folder's step): the folder's step is read, with a warning."""
+        n = self.pick()
+        name = self.main[n]
+        if not self.folder_scheme or name.endswith("pytorch_model.bin"):
+            return self.vary_readme()
+        others = [s for s in self.layout.truth if s != n]
+        stored = self.rng.choice([n * 100 + 3, n + 1, *others])
+        state = weights_for(self.base, n)
+        if name.endswith(".safetensors"):
+            data = safetensors_bytes(state, metadata={self.meta or "step": str(stored)})
+        else:
+            data = torch_bytes({"model_state_dict": state, "step": stored})
+        self.replace(n, data, f"stores step {stored}", broken=False)
+        self.layout.truth[n] = exact(state)
+        self.stores_step[n] = True
+        self.layout.folder_steps.append((name.split("/")[0], n, stored))
         return None
 
 
@@ -561,6 +614,18 @@ def check_ckpts(argv: list[str], rc: int, output: str, work: Path, layout: Layou
                 found.append(f"wrong-step: {name} (step {step}, other weights) left out unsaid")
             if step in truth and lo <= step <= hi and command == "kernels" and step not in stored:
                 found.append(f"wrong-step: step {step}'s own file lost beside its copy {name}")
+    if command in ("kernels", "inspect"):
+        for folder, step, stored in layout.folder_steps:
+            if (
+                step in truth
+                and lo <= step <= hi
+                and not (said(output, folder) and f"storesstep{stored}" in squeezed(output))
+            ):
+                found.append(f"wrong-step: {folder} (storing step {stored}) not warned of")
+    if command in ("kernels", "inspect") and not regex:
+        for name in layout.bad_entries:
+            if "-q" not in argv and not (said(output, name) and "'last'" in output):
+                found.append(f"wrong-step: {name} (step entry 'last') left out, entry unsaid")
     if command == "inspect":
         import re
 
