@@ -783,8 +783,10 @@ def scan_directory(
                 ):
                     scan.other_copies.append((c.name, stepped[c.step].name, c.step))
             held = unmatched.get(c.name)
+            told_by_regex = False
             if pattern is not None and held is not None and held not in named:
                 scan.regex_left.append((c.name, held, pattern.pattern))
+                told_by_regex = True
             if c.name in unreadable and c.problem is not None:  # its step cannot be known
                 scan.unreadable_aliases.append((c.name, c.problem))
             # a final.pt that stores no step is not read: said when it holds other tensors than
@@ -811,7 +813,8 @@ def scan_directory(
                 at, at_step = (None, None) if compared is None else (compared.name, last_step)
                 told = BadStepCopy(c.name, *bad, at, at_step, other)
                 scan.bad_step_copies.append(told)
-            elif other and last is not None and last_step is not None:
+            elif other and last is not None and last_step is not None and not told_by_regex:
+                # (one told of above, storing a step no file gives, is said once, by that step)
                 scan.stepless_copies.append((c.name, last.name, last_step))
         _note_stand_ins(scan, [c for c in scan.candidates if _is_alias(c)], named, folders=False)
         # A Trainer's final model is read as the output directory's global_step when no usable
