@@ -74,6 +74,7 @@ from .heap import kept_freed_memory
 from .library_call import library_call
 from .low_precision import is_low_precision
 from .ntk_buffers import (
+    copies_by_name,
     evaluated_with,
     plain_tensors,
     unchanged_in_eval,
@@ -359,7 +360,11 @@ def empirical_ntk(
         # Tensors held as plain attributes of the modules (self.count = torch.zeros(()), not a
         # registered buffer) are state too: every evaluation is handed copies of them, so that
         # what it writes or assigns reaches neither the model nor the next evaluation.
-        plain = _held(plain_tensors(model), device)
+        # (on the device, detached, of their own dtype: model.double() leaves such an attribute
+        # as it was, and the model computes with it so)
+        plain = copies_by_name(
+            plain_tensors(model).items(), lambda t: t.detach().to(device, copy=True)
+        )
         consts.update(plain)
         # A cross kernel's row source sees both sets as one: examples 0:n1 are x1, the rest x2.
         x = cast(x1) if x2 is None else torch.cat([cast(x1), cast(x2)])
@@ -524,19 +529,6 @@ def _compute(
     if source is structured and structured is not None:
         return kernel, Learned(engine="structured", layout=structured.layout())
     return kernel, Learned(engine="jacobian")
-
-
-def _held(tensors: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    """Copies on ``device`` of ``tensors`` (a module's plain tensor attributes, by name), detached,
-    of their own dtype (``model.double()`` leaves such an attribute as it was, and the model
-    computes with it so); names that hold one tensor get one copy."""
-    copies: dict[int, Tensor] = {}
-    held: dict[str, Tensor] = {}
-    for name, tensor in tensors.items():
-        if id(tensor) not in copies:
-            copies[id(tensor)] = tensor.detach().to(device, copy=True)
-        held[name] = copies[id(tensor)]
-    return held
 
 
 def _updated_buffers_mix(updated: list[str], plain: set[str]) -> str:

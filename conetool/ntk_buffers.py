@@ -36,7 +36,7 @@ output depend on the others: the independence check refuses it, naming the buffe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 
 import torch
@@ -46,6 +46,7 @@ from .ntk_failures import FORWARD_ERRORS
 
 __all__ = [
     "called_on_copies",
+    "copies_by_name",
     "evaluated_with",
     "plain_tensors",
     "state_copies",
@@ -86,16 +87,24 @@ def plain_tensors(model: nn.Module) -> dict[str, Tensor]:
     }
 
 
+def copies_by_name(
+    tensors: Iterable[tuple[str, Tensor]], copy: Callable[[Tensor], Tensor] = Tensor.clone
+) -> dict[str, Tensor]:
+    """``copy`` of each of ``tensors``, by name: one copy per tensor (names that hold one tensor
+    share it, as they shared the tensor)."""
+    copies: dict[int, Tensor] = {}
+    state: dict[str, Tensor] = {}
+    for name, held in tensors:
+        if id(held) not in copies:
+            copies[id(held)] = copy(held)
+        state[name] = copies[id(held)]
+    return state
+
+
 def state_copies(model: nn.Module) -> dict[str, Tensor]:
     """Copies of ``model``'s buffers and of the tensors held as plain attributes of its modules
     (:func:`plain_tensors`), by name: one copy per tensor (names that hold one tensor share it)."""
-    copies: dict[int, Tensor] = {}
-    state: dict[str, Tensor] = {}
-    for name, held in [*model.named_buffers(), *plain_tensors(model).items()]:
-        if id(held) not in copies:
-            copies[id(held)] = held.clone()
-        state[name] = copies[id(held)]
-    return state
+    return copies_by_name([*model.named_buffers(), *plain_tensors(model).items()])
 
 
 def called_on_copies(model: nn.Module, *args: object) -> object:
