@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import ConetoolError
-from ..progress import NullProgress
+from ..progress import WARNING, Heard, NullProgress
 from .collector import imports_done
-from .progress_display import PlainProgress, QuietProgress, RichProgress
+from .progress_display import PlainProgress, RichProgress
 
 if TYPE_CHECKING:  # conetool.distributed imports torch: only commands that run load it
     from ..distributed import Ranks
@@ -257,7 +257,7 @@ def interrupt_advice(continue_with: str | None = None, command: str | None = Non
 @contextmanager
 def progress_display(
     quiet: bool,
-) -> Iterator[RichProgress | PlainProgress | QuietProgress | NullProgress]:
+) -> Iterator[RichProgress | PlainProgress | Heard | NullProgress]:
     """A rich display on a terminal, plain lines otherwise, nothing with ``--quiet`` (nor on
     torchrun ranks other than 0: rank 0 shows the progress of the whole job). ``--quiet`` hides
     the progress and the notes, never the warnings: when the command fails (an error, Ctrl-C),
@@ -266,12 +266,12 @@ def progress_display(
     if not is_main_process():
         yield NullProgress()
     elif quiet:
-        kept = QuietProgress()
+        kept = Heard()  # (keeps the warnings, as for a library call given no progress)
         try:
             yield kept
         except (Exception, KeyboardInterrupt):
             for line in kept.warnings:
-                err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+                err_console.print(f"{WARNING}{line}", highlight=False, markup=False, soft_wrap=True)
             raise
     elif console.is_terminal:
         with RichProgress(console) as display:

@@ -1,5 +1,6 @@
 """Progress displays for the CLI: rich bars on a terminal, plain lines in logs, or nothing
-(``--quiet``: :class:`QuietProgress`, which keeps the warnings for a command that fails)."""
+(``--quiet``: :class:`conetool.progress.Heard`, which keeps the warnings for a command that
+fails)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-from ..progress import NullProgress
 
 
 def _fields_text(fields: dict[str, Any]) -> str:
@@ -146,18 +145,3 @@ class PlainProgress:
 
     def log(self, message: str) -> None:
         self._console.print(message, highlight=False, markup=False)
-
-
-class QuietProgress(NullProgress):
-    """``--quiet``: no bars and no lines, but the warnings said along the way (the lines that
-    begin with ``warning: ``, as :class:`conetool.progress.Said` says them) are kept, in order and
-    each once, so that a command that fails prints them before its error
-    (:func:`conetool.cli.app.progress_display`): a command that ends well prints its result's
-    warnings after its table instead."""
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def log(self, message: str) -> None:
-        if message.startswith("warning: ") and message not in self.warnings:
-            self.warnings.append(message)
