@@ -79,6 +79,7 @@ from conetool.verdict_phase2 import (
     user_references,
 )
 from conetool.verdict_rules import REGIMES, Regime, Verdict, VerdictRules
+from conetool.verdict_schedule import LrClock, longer_run_note, per_unit_lr
 
 __all__ = ["REGIMES", "Regime", "Verdict", "VerdictRules", "phase_verdict"]
 
@@ -90,6 +91,7 @@ def phase_verdict(
     refs: Sequence[int] | None = None,
     rules: VerdictRules | None = None,
     noise_floor: float | None = None,
+    schedule: LrClock | None = None,
 ) -> Verdict:
     """Classify a run's kernel trajectory; the rule is in this module's docstring.
 
@@ -104,6 +106,11 @@ def phase_verdict(
         noise_floor: the numerical noise of S on this run (:mod:`conetool.noise_floor`), or
             ``None`` when unknown. Readings at or below three times it say so, and a Phase II
             whose median S at its largest lags is no more than that is frozen.
+        schedule: the run's decaying learning rate (:func:`conetool.verdict_schedule.lr_clock`,
+            covering the last stored step), or ``None`` (constant, or unknown). Given, every S
+            after the check that the kernel moved at all is read per unit of learning rate
+            (:mod:`conetool.verdict_schedule`), and the explanation says where the rate fell and
+            how far the velocity itself fell.
 
     Returns:
         A :class:`Verdict`.
@@ -137,6 +144,17 @@ def phase_verdict(
             f"Lazy: the kernel never moved. No two of the {arr.size} stored kernels (steps "
             f"{arr[0]} to {arr[-1]}) are farther apart than S = {fmt(max_distance)}, at or below "
             f"lazy_level {fmt(rules.lazy_level)}; there is no Phase I.",
+        )
+    raw = s
+    if schedule is not None:
+        s = per_unit_lr(arr, s, schedule)
+        n["schedule"] = schedule.numbers()
+        r.advice = longer_run_note(schedule)
+        r.prefix = (
+            f"Read per unit of learning rate ({schedule.describe()}; the store's spec records "
+            "it): each S is divided by the mean learning rate, relative to train.lr, of the "
+            "updates between its two steps, so that the slowing the schedule makes is not read "
+            "as the kernel's. "
         )
     spacing = velocity_dt(arr.tolist())
     dt = rules.velocity_dt if rules.velocity_dt is not None else default_velocity_dt(arr.tolist())
@@ -179,12 +197,18 @@ def phase_verdict(
     assert drop is not None  # the fit leaves points on both sides of its bends
     phase1_end = nearest_step(arr, fit.step)
     n["velocity"].update(fit_numbers(fit, drop, arr))
+    per_lr = " per unit of learning rate" if schedule is not None else ""
     fit_text = (
-        f"the velocity at dt = {dt} ({why_dt}{fit.points} velocities at lags "
+        f"the velocity{per_lr} at dt = {dt} ({why_dt}{fit.points} velocities at lags "
         f"{', '.join(str(d) for d in points.dts)}, fitted in log scale by a line with two "
         f"bends)"
     )
     falls = f"falls {fmt(drop.factor)}x, from {fmt(drop.early)} to {fmt(drop.late)} per step"
+    if schedule is not None:
+        plain = velocity_drop(velocity_points(arr, raw, dt), fit.step)
+        if plain is not None:
+            n["schedule"]["raw_drop_factor"] = plain.factor
+            falls += f" (the velocity S / dt itself falls {fmt(plain.factor)}x there)"
     low, high = n["velocity"]["phase1_range"]
     where = f"at step {phase1_end}" + (f" (range {low} to {high})" if low != high else "")
     steepening = fit.slope_after - fit.slope_before
@@ -214,7 +238,8 @@ def phase_verdict(
             f"Phase I has not ended by the end of the run: {fit_text} {falls} but is still "
             f"falling at the end ({fmt(fit.slope_after)} decades per 1,000 steps after the last "
             f"bend, against {fmt(fit.slope_before)} before it). Train longer, about twice as "
-            f"long (to step {2 * int(arr[-1])}), and compute its kernels.{unused_text(user)}",
+            f"long (to step {2 * int(arr[-1])}), and compute its kernels.{r.advice}"
+            f"{unused_text(user)}",
         )
 
     head = f"Two phases: {fit_text} {falls}; Phase I ends {where}."
@@ -230,7 +255,7 @@ def phase_verdict(
             f"{head} Phase II holds only {phase2.size} stored steps ({phase1_end} to "
             f"{arr[-1]}); judging it needs {rules.min_phase2_steps} (min_phase2_steps). Train "
             f"about {factor:.1f}x longer (to about step {needed}) at this checkpoint spacing, or "
-            f"save checkpoints more often after step {phase1_end}.{unused_text(user)}",
+            f"save checkpoints more often after step {phase1_end}.{r.advice}{unused_text(user)}",
         )
     return phase_two(r, s, arr, phase1_end, head, points, given, user)
 

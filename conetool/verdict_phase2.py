@@ -75,6 +75,10 @@ class Reading:
         self.arr = arr
         self.rules = rules
         self.noise = noise
+        #: said before the explanation (the schedule's reading), and after any advice to train
+        #: longer (what a longer run does to that schedule); empty without a decaying schedule
+        self.prefix = ""
+        self.advice = ""
         self.numbers: dict[str, Any] = {
             "rules": rules.to_dict(),
             "stored_steps": int(arr.size),
@@ -96,7 +100,7 @@ class Reading:
                 else "no reading is within 3x of it"
             )
             text += f" Noise floor of S on this run: {fmt(self.noise)}; {where}."
-        return Verdict(regime, phase1_end, self.numbers, text)
+        return Verdict(regime, phase1_end, self.numbers, self.prefix + text)
 
 
 def user_references(
@@ -218,7 +222,7 @@ def phase_two(
         "undetermined",
         phase1_end,
         f"{head} {missing} {detail} Train about 2x longer (to step {int(arr[-1]) + length}) so "
-        f"that Phase II spans more lags, and compute its kernels.{unused}",
+        f"that Phase II spans more lags, and compute its kernels.{r.advice}{unused}",
     )
 
 

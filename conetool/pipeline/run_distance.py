@@ -45,11 +45,12 @@ from ..geometry import (
 from ..io import atomic_write_json
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
-from ..spec import Spec, load_spec, resolved_differences
+from ..spec import Spec, load_spec, resolved_differences, spec_from_dict
 from ..store import Store
 from ..store_manifest import mixed_engines_note
 from ..threads import limit_threads
 from ..verdict import Verdict, VerdictRules, phase_verdict
+from ..verdict_schedule import LrClock, lr_clock
 from .distance_outputs import (
     PER_LAYER_OUTPUTS,
     per_layer_table,
@@ -288,8 +289,9 @@ def distance(
                 elif why:  # estimated, the model's module imported from where kernels found it
                     said.note(why)
             floor = None if noise_record is None else float(noise_record["floor"])
+            clock = _schedule(opened, given_spec, steps[-1])
             verdict = _read_verdict(
-                s, steps, ref_steps if wanted else None, rules, said.warn, floor
+                s, steps, ref_steps if wanted else None, rules, said.warn, floor, clock
             )
             ref_curves = [_reference_curve(ref, to_ref[ref], steps) for ref in ref_steps]
             used = verdict.numbers.get("velocity", {}).get("dt")
@@ -547,14 +549,32 @@ def _read_verdict(
     rules: VerdictRules,
     warn: Callable[[str], None],
     noise_floor: float | None = None,
+    schedule: LrClock | None = None,
 ) -> Verdict:
     """The phase verdict; each of the user's references it cannot use is told to ``warn`` (the
     verdict reads other steps than the user asked for)."""
-    verdict = phase_verdict(steps, s, refs=refs, rules=rules, noise_floor=noise_floor)
+    verdict = phase_verdict(
+        steps, s, refs=refs, rules=rules, noise_floor=noise_floor, schedule=schedule
+    )
     for u in verdict.numbers.get("user_references", []):
         if not u["used"]:
             warn(f"{UNUSED_REF} {u['ref']}: {u['why']}")
     return verdict
+
+
+def _schedule(store: Store, spec: Spec | None, last: int) -> LrClock | None:
+    """The decaying learning rate that ``spec`` (or the store's manifest) records for the run,
+    over its updates up to ``last``; None for a constant rate or a manifest without a readable
+    spec (the verdict then reads S as it is)."""
+    if spec is None:
+        recorded = store.manifest.get("spec")
+        if not isinstance(recorded, Mapping):
+            return None
+        try:
+            spec = spec_from_dict(recorded, source=f"{paths.manifest(store.root)} (spec)")
+        except ConetoolError:
+            return None
+    return lr_clock(spec.train, last)
 
 
 def _rules_dict(rules: VerdictRules) -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""The verdict under a decaying learning rate: S read per unit of learning rate.
+
+Under a step or cosine schedule the kernel moves more slowly because the learning rate falls,
+whatever the dynamics do: read in steps, a milestone's drop looked like the end of Phase I (the
+fit put its bend on the milestone) and a cosine's last quarter like a kernel that froze (the
+velocity trend fell with the rate), which the verdict called ``lazy``. When the run's spec
+records such a schedule (``[train] schedule = "step"`` with a milestone in the run and
+``gamma < 1``, or ``"cosine"``), the verdict reads every S per unit of learning rate instead:
+
+    S_lr(t, t') = S(t, t') / (mean of lr(u) / train.lr over the updates u = t .. t' - 1)
+
+(steps counted in the schedule's own time, gradient-flow time, rather than in steps), so that a
+fall of the velocity that the schedule alone makes is not read as the kernel's, and one that
+exceeds the rate's is. A constant schedule gives ``S_lr = S``.
+
+Example::
+
+    clock = lr_clock(spec.train, last=2400)          # None for a constant rate
+    v = phase_verdict(steps, s, schedule=clock)      # v.numbers["schedule"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from conetool.optim import learning_rate
+from conetool.spec import TrainSpec
+
+__all__ = ["LrClock", "longer_run_note", "lr_clock", "per_unit_lr"]
+
+
+@dataclass(frozen=True)
+class LrClock:
+    """The learning rate of a run's updates, relative to ``train.lr``.
+
+    Attributes:
+        schedule: ``"step"`` or ``"cosine"``; base: ``train.lr``; steps: ``train.steps``.
+        relative: ``(last + 1,)`` float64, ``lr(u) / train.lr`` for the update at step ``u``.
+        milestones: the step schedule's milestones up to ``last``, each with the factor the
+            rate falls there (``1 / gamma``); empty for cosine.
+    """
+
+    schedule: str
+    base: float
+    steps: int
+    relative: np.ndarray
+    milestones: tuple[tuple[int, float], ...]
+
+    def describe(self) -> str:
+        """Where the rate falls: ``'train.schedule = "step": the learning rate falls 10x at step
+        1200'`` (or the cosine's values at the run's quarters)."""
+        if self.schedule == "step":
+            where = ", ".join(f"{fmt_factor(f)}x at step {m}" for m, f in self.milestones)
+            return f'train.schedule = "step": the learning rate falls {where}'
+        last = self.relative.size - 1
+        marks = [t for t in (self.steps // 4, self.steps // 2, 3 * self.steps // 4) if t <= last]
+        values = "".join(f"{self.relative[t]:.2g}x at step {t}, " for t in marks)
+        return (
+            f'train.schedule = "cosine": the learning rate falls from train.lr at step 0 to '
+            f"{values}0 at step {self.steps}"
+        )
+
+    def numbers(self) -> dict[str, Any]:
+        """What ``numbers["schedule"]`` records."""
+        return {
+            "schedule": self.schedule,
+            "lr": self.base,
+            "milestones": [[m, f] for m, f in self.milestones],
+            "read": "per unit of learning rate",
+        }
+
+
+def fmt_factor(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def longer_run_note(clock: LrClock) -> str:
+    """What a longer run does to the schedule, said after the verdict's advice to train longer
+    (empty for a step schedule, whose rate after the last milestone just goes on)."""
+    if clock.schedule != "cosine":
+        return ""
+    return (
+        f' Under train.schedule = "cosine" a larger train.steps stretches the decay too (the '
+        f"learning rate reaches 0 at train.steps = {clock.steps} now): the longer run decays "
+        "more slowly, another run rather than this one continued."
+    )
+
+
+def lr_clock(train: TrainSpec, last: int) -> LrClock | None:
+    """The relative learning rate of ``train``'s schedule over the updates ``0 .. last``, or
+    ``None`` when the rate does not decay there (a constant schedule, a warmup alone, a step
+    schedule without a milestone in ``1 .. last`` or with ``gamma >= 1``)."""
+    if train.lr <= 0 or last < 1:
+        return None
+    if train.schedule == "step":
+        milestones = tuple(
+            (int(m), 1.0 / train.gamma)
+            for m in sorted(set(train.milestones))
+            if 0 < m <= last and 0 < train.gamma < 1
+        )
+        if not milestones:
+            return None
+    elif train.schedule == "cosine":
+        milestones = ()
+    else:
+        return None
+    rel = np.array([learning_rate(train, u) / train.lr for u in range(last + 1)])
+    return LrClock(train.schedule, float(train.lr), int(train.steps), rel, milestones)
+
+
+def per_unit_lr(steps: Sequence[int] | np.ndarray, s: np.ndarray, clock: LrClock) -> np.ndarray:
+    """``(K, K)`` ``S / (mean relative learning rate of the updates between the two steps)``;
+    ``s`` is ``(K, K)`` with rows in the order of the ascending ``steps`` ``(K,)``."""
+    arr = np.asarray(steps, dtype=np.int64)
+    if arr.size and int(arr[-1]) >= clock.relative.size:
+        raise ValueError(f"the clock ends at step {clock.relative.size - 1}, before {arr[-1]}")
+    cum = np.concatenate([[0.0], np.cumsum(clock.relative)])
+    a = np.minimum.outer(arr, arr)
+    b = np.maximum.outer(arr, arr)
+    span = (b - a).astype(np.float64)
+    # a cosine's rate is 0 from train.steps on: pairs there (a store past the run's end) are
+    # divided by 1e-12 of train.lr, not by zero
+    mean = np.where(span > 0, (cum[b] - cum[a]) / np.maximum(span, 1.0), 1.0)
+    mean = np.maximum(mean, 1e-12)
+    out = np.asarray(s, dtype=np.float64) / mean
+    np.fill_diagonal(out, 0.0)
+    return out

@@ -1,0 +1,115 @@
+"""The verdict under a decaying learning rate (conetool.verdict_schedule): S read per unit of
+learning rate when the run's spec records a step or cosine schedule.
+
+Reference: a labelled trajectory (conetool.trajectories) drawn in the schedule's own time,
+tau(t) = sum of lr(u) / train.lr over the updates u < t, is the class's motion slowed by the
+schedule and nothing else; read per unit of learning rate it must get the class's regime. Read
+in steps (the verdict before), these runs read `lazy` (a cone or a drift slowed by the rate) or
+`undetermined` with the advice to train about twice as long.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import conetool
+from conetool.optim import learning_rate
+from conetool.spec import TrainSpec
+from conetool.trajectories import CLASSES, default_steps, trajectory
+from conetool.verdict import phase_verdict
+from conetool.verdict_schedule import lr_clock, per_unit_lr
+from tests.synthetic_store import make_store
+
+LAST = 5000
+STEP = {"schedule": "step", "milestones": [LAST // 2], "gamma": 0.1}
+COSINE = {"schedule": "cosine"}
+#: classes whose motion the schedule only slows (the rate-dependence a random walk or an
+#: Ornstein-Uhlenbeck walk has); `freezing` and `late-phase-I` have time scales tied to the run's
+#: length in steps, `constant-velocity` moves smoothly (its S grows like the square of the rate)
+SLOWED = ("bounded", "diffusive", "linear", "constant-diffusion")
+
+
+def warped(name: str, seed: int, train: TrainSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, S)``: ``name`` drawn at the schedule's time of the default checkpoints."""
+    steps = default_steps(LAST)
+    rel = np.array([learning_rate(train, u) / train.lr for u in range(LAST)])
+    tau = np.concatenate([[0.0], np.cumsum(rel)])[steps]
+    return steps, trajectory(name, seed=seed, noise=1e-3, last=LAST, steps=tau).S
+
+
+@pytest.mark.parametrize("schedule", [STEP, COSINE], ids=["step", "cosine"])
+@pytest.mark.parametrize("name", SLOWED)
+def test_a_motion_the_schedule_only_slows_gets_its_class_regime(name, schedule):
+    train = TrainSpec(steps=LAST, lr=0.1, **schedule)
+    clock = lr_clock(train, LAST)
+    assert clock is not None
+    for seed in range(3):
+        steps, s = warped(name, seed, train)
+        v = phase_verdict(steps, s, schedule=clock)
+        assert v.regime == CLASSES[name], (seed, v.explanation)
+        assert "Train longer" not in v.explanation
+        assert v.explanation.startswith("Read per unit of learning rate (train.schedule = ")
+        assert v.numbers["schedule"]["schedule"] == schedule["schedule"]
+
+
+def test_the_step_reading_says_where_the_rate_fell_and_how_far_the_velocity_fell():
+    train = TrainSpec(steps=LAST, lr=0.1, **STEP)
+    steps, s = warped("bounded", 0, train)
+    v = phase_verdict(steps, s, schedule=lr_clock(train, LAST))
+    assert "the learning rate falls 10x at step 2500" in v.explanation
+    raw = v.numbers["schedule"]["raw_drop_factor"]
+    assert raw > v.numbers["velocity"]["drop_factor"]  # the milestone's fall is in the raw one
+    assert f"itself falls {raw:.3g}x there" in v.explanation
+
+
+def test_a_constant_rate_is_no_schedule_and_per_unit_lr_matches_its_definition():
+    assert lr_clock(TrainSpec(steps=100, lr=0.1), 100) is None
+    assert lr_clock(TrainSpec(steps=100, lr=0.1, warmup_steps=10), 100) is None
+    assert lr_clock(TrainSpec(steps=100, lr=0.1, schedule="step", milestones=[200]), 100) is None
+    train = TrainSpec(steps=100, lr=0.3, schedule="cosine", warmup_steps=7)
+    steps = [0, 3, 10, 40, 99, 100]
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0.0, 1e-3, (6, 6))
+    s = s + s.T
+    np.fill_diagonal(s, 0.0)
+    got = per_unit_lr(steps, s, lr_clock(train, 100))
+    for i, a in enumerate(steps):
+        for j, b in enumerate(steps):
+            lo, hi = min(a, b), max(a, b)
+            want = (
+                0.0
+                if i == j
+                else s[i, j] * (hi - lo) * 0.3 / sum(learning_rate(train, u) for u in range(lo, hi))
+            )
+            assert got[i, j] == pytest.approx(want, rel=1e-9)  # prefix sums
+
+
+def _kernels(s: np.ndarray) -> list[np.ndarray]:
+    """Kernels whose S matrix is ``s``: rows of a factor of the Gram matrix 1 - S, each
+    reshaped into a square matrix (S reads only the flattened kernel)."""
+    w, q = np.linalg.eigh(1.0 - s)
+    v = q * np.sqrt(np.maximum(w, 0.0))
+    side = int(np.ceil(np.sqrt(v.shape[1])))
+    padded = np.zeros((v.shape[0], side * side))
+    padded[:, : v.shape[1]] = v
+    return [row.reshape(side, side) for row in padded]
+
+
+def test_distance_reads_the_schedule_the_stores_spec_records(tmp_path):
+    train = TrainSpec(steps=LAST, lr=0.1, **COSINE)
+    steps, s = warped("bounded", 0, train)
+    header = {"checkpoints": "/ckpts", "spec": {"train": {"steps": LAST, "lr": 0.1, **COSINE}}}
+    root = make_store(tmp_path / "cos", steps.tolist(), _kernels(s), header=header)
+    result = conetool.distance(root, noise=False)
+    assert result.verdict.regime == "cone", result.verdict.explanation
+    summary = json.loads((root / "distance" / "summary.json").read_text())
+    assert summary["verdict"]["numbers"]["schedule"]["schedule"] == "cosine"
+    # the same S with a constant rate recorded is read as it is: the schedule's slowing is lazy
+    plain = {"checkpoints": "/ckpts", "spec": {"train": {"steps": LAST, "lr": 0.1}}}
+    other = make_store(tmp_path / "const", steps.tolist(), _kernels(s), header=plain)
+    v = conetool.distance(other, noise=False).verdict
+    assert "schedule" not in v.numbers
+    assert v.regime == phase_verdict(steps, s).regime == "lazy"
