@@ -113,3 +113,18 @@ def test_distance_reads_the_schedule_the_stores_spec_records(tmp_path):
     v = conetool.distance(other, noise=False).verdict
     assert "schedule" not in v.numbers
     assert v.regime == phase_verdict(steps, s).regime == "lazy"
+
+
+def test_embed_reads_phase_one_end_under_the_schedule_distance_reads(tmp_path):
+    # embed without a distance summary about these kernels reads Phase I's end itself; under the
+    # spec's cosine it must be the end distance reads (per unit of learning rate), not the raw one
+    train = TrainSpec(steps=LAST, lr=0.1, **COSINE)
+    steps, s = warped("bounded", 0, train)
+    header = {"checkpoints": "/ckpts", "spec": {"train": {"steps": LAST, "lr": 0.1, **COSINE}}}
+    root = make_store(tmp_path / "cos", steps.tolist(), _kernels(s), header=header)
+    per_lr = phase_verdict(steps, s, schedule=lr_clock(train, LAST)).phase1_end
+    raw = phase_verdict(steps, s).phase1_end
+    assert per_lr != raw  # (else this test could not tell the two readings apart)
+    result = conetool.embed(root)
+    assert result.phase1_end == per_lr
+    assert result.phase1_end == conetool.distance(root, noise=False).verdict.phase1_end

@@ -45,12 +45,12 @@ from ..geometry import (
 from ..io import atomic_write_json
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
-from ..spec import Spec, load_spec, resolved_differences, spec_from_dict
+from ..spec import Spec, load_spec, resolved_differences
 from ..store import Store
 from ..store_manifest import mixed_engines_note
 from ..threads import limit_threads
 from ..verdict import Verdict, VerdictRules, phase_verdict
-from ..verdict_schedule import LrClock, lr_clock
+from ..verdict_schedule import LrClock
 from .distance_outputs import (
     PER_LAYER_OUTPUTS,
     per_layer_table,
@@ -64,7 +64,7 @@ from .kernels_running import kernels_running
 from .matrix_cache import kernel_matrix, kernels_key, require_kernels
 from .noise_estimate import estimate_noise_floor
 from .resolve import moved_run
-from .saved_results import remove_old_summary, said_in_summary
+from .saved_results import recorded_schedule, remove_old_summary, said_in_summary
 
 __all__ = ["UNUSED_REF", "AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
 
@@ -289,7 +289,7 @@ def distance(
                 elif why:  # estimated, the model's module imported from where kernels found it
                     said.note(why)
             floor = None if noise_record is None else float(noise_record["floor"])
-            clock = _schedule(opened, given_spec, steps[-1])
+            clock = recorded_schedule(opened, given_spec, steps[-1])
             verdict = _read_verdict(
                 s, steps, ref_steps if wanted else None, rules, said.warn, floor, clock
             )
@@ -560,21 +560,6 @@ def _read_verdict(
         if not u["used"]:
             warn(f"{UNUSED_REF} {u['ref']}: {u['why']}")
     return verdict
-
-
-def _schedule(store: Store, spec: Spec | None, last: int) -> LrClock | None:
-    """The decaying learning rate that ``spec`` (or the store's manifest) records for the run,
-    over its updates up to ``last``; None for a constant rate or a manifest without a readable
-    spec (the verdict then reads S as it is)."""
-    if spec is None:
-        recorded = store.manifest.get("spec")
-        if not isinstance(recorded, Mapping):
-            return None
-        try:
-            spec = spec_from_dict(recorded, source=f"{paths.manifest(store.root)} (spec)")
-        except ConetoolError:
-            return None
-    return lr_clock(spec.train, last)
 
 
 def _rules_dict(rules: VerdictRules) -> dict[str, Any]:

@@ -40,7 +40,12 @@ from ..verdict import phase_verdict
 from .kept_files import file_states, unchanged
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernel_matrix, kernels_key
-from .saved_results import remove_old_summary, said_in_summary, saved_phase1_end
+from .saved_results import (
+    recorded_schedule,
+    remove_old_summary,
+    said_in_summary,
+    saved_phase1_end,
+)
 
 __all__ = ["METHODS", "EmbedResult", "embed"]
 
@@ -226,7 +231,8 @@ def _phase1_end(store: Store, key: str, steps: list[int], s: np.ndarray) -> tupl
         summary_about_these = _summary_key(store.root) == key
         if summary_about_these:
             return end, "distance/summary.json"
-    return phase_verdict(steps, s).phase1_end, "verdict with default rules"
+    schedule = recorded_schedule(store, None, steps[-1])
+    return phase_verdict(steps, s, schedule=schedule).phase1_end, "verdict with default rules"
 
 
 def _summary_key(root: Path) -> str | None:

@@ -1,5 +1,6 @@
 """Results that one command leaves for the next to read: Phase I's end from
-``distance/summary.json``; what a command said, in its ``summary.json``; the summary of the run
+``distance/summary.json``; the decaying learning rate the store's spec records, which the verdict
+reads S per unit of (:func:`recorded_schedule`); what a command said, in its ``summary.json``; the summary of the run
 before, removed before a command writes its outputs (:func:`remove_old_summary`)."""
 
 from __future__ import annotations
@@ -10,9 +11,35 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from ..errors import ConetoolError
 from ..io import write_error
+from ..spec import Spec, spec_from_dict
+from ..store import Store
+from ..verdict_schedule import LrClock, lr_clock
 
-__all__ = ["remove_old_summary", "said_in_summary", "saved_phase1_end", "summary_said"]
+__all__ = [
+    "recorded_schedule",
+    "remove_old_summary",
+    "said_in_summary",
+    "saved_phase1_end",
+    "summary_said",
+]
+
+
+def recorded_schedule(store: Store, spec: Spec | None, last: int) -> LrClock | None:
+    """The decaying learning rate that ``spec`` (or the store's manifest) records for the run,
+    over its updates up to step ``last``; None for a constant rate or a manifest without a
+    readable spec (the verdict then reads S as it is). ``distance`` and ``embed`` (its Phase I
+    end when no ``distance/summary.json`` is about these kernels) read the same schedule."""
+    if spec is None:
+        recorded = store.manifest.get("spec")
+        if not isinstance(recorded, Mapping):
+            return None
+        try:
+            spec = spec_from_dict(recorded, source=f"{paths.manifest(store.root)} (spec)")
+        except ConetoolError:
+            return None
+    return lr_clock(spec.train, last)
 
 
 def remove_old_summary(path: Path) -> None:
