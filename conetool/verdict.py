@@ -109,8 +109,9 @@ def phase_verdict(
         schedule: the run's decaying learning rate (:func:`conetool.verdict_schedule.lr_clock`,
             covering the last stored step), or ``None`` (constant, or unknown). Given, every S
             after the check that the kernel moved at all is read per unit of learning rate
-            (:mod:`conetool.verdict_schedule`), and the explanation says where the rate fell and
-            how far the velocity itself fell.
+            (:mod:`conetool.verdict_schedule`; with ``noise_floor``, only the part of each S above
+            it), and the explanation says where the rate fell and how far the velocity itself
+            fell.
 
     Returns:
         A :class:`Verdict`.
@@ -147,12 +148,13 @@ def phase_verdict(
         )
     raw = s
     if schedule is not None:
-        s = per_unit_lr(arr, s, schedule)
+        s = per_unit_lr(arr, s, schedule, noise_floor)
         n["schedule"] = schedule.numbers()
         r.advice = longer_run_note(schedule)
+        above = "" if noise_floor is None else " (its part above the noise floor)"
         r.prefix = (
             f"Read per unit of learning rate ({schedule.describe()}; the store's spec records "
-            "it): each S is divided by the mean learning rate, relative to train.lr, of the "
+            f"it): each S{above} is divided by the mean learning rate, relative to train.lr, of the "
             "updates between its two steps, so that the slowing the schedule makes is not read "
             "as the kernel's. "
         )

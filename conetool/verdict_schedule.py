@@ -112,9 +112,20 @@ def lr_clock(train: TrainSpec, last: int) -> LrClock | None:
     return LrClock(train.schedule, float(train.lr), int(train.steps), rel, milestones)
 
 
-def per_unit_lr(steps: Sequence[int] | np.ndarray, s: np.ndarray, clock: LrClock) -> np.ndarray:
+def per_unit_lr(
+    steps: Sequence[int] | np.ndarray,
+    s: np.ndarray,
+    clock: LrClock,
+    noise_floor: float | None = None,
+) -> np.ndarray:
     """``(K, K)`` ``S / (mean relative learning rate of the updates between the two steps)``;
-    ``s`` is ``(K, K)`` with rows in the order of the ascending ``steps`` ``(K,)``."""
+    ``s`` is ``(K, K)`` with rows in the order of the ascending ``steps`` ``(K,)``.
+
+    With the numerical ``noise_floor`` ``n`` of S known (S between two computations of one
+    kernel: that much of any S is rounding, whatever the rate), only the rest is divided by the
+    rate: ``min(S, n) + max(S - n, 0) / mean``. Rounding does not shrink with the learning rate;
+    divided by a cosine's near-zero rate it read as fast motion (a frozen kernel's noise as a
+    velocity climbing back at the run's end: ``no-two-phase``)."""
     arr = np.asarray(steps, dtype=np.int64)
     if arr.size and int(arr[-1]) >= clock.relative.size:
         raise ValueError(f"the clock ends at step {clock.relative.size - 1}, before {arr[-1]}")
@@ -126,6 +137,11 @@ def per_unit_lr(steps: Sequence[int] | np.ndarray, s: np.ndarray, clock: LrClock
     # divided by 1e-12 of train.lr, not by zero
     mean = np.where(span > 0, (cum[b] - cum[a]) / np.maximum(span, 1.0), 1.0)
     mean = np.maximum(mean, 1e-12)
-    out = np.asarray(s, dtype=np.float64) / mean
+    raw = np.asarray(s, dtype=np.float64)
+    if noise_floor is None:
+        out = raw / mean
+    else:
+        held = max(float(noise_floor), 0.0)
+        out = np.minimum(raw, held) + np.maximum(raw - held, 0.0) / mean
     np.fill_diagonal(out, 0.0)
     return out

@@ -128,3 +128,43 @@ def test_embed_reads_phase_one_end_under_the_schedule_distance_reads(tmp_path):
     result = conetool.embed(root)
     assert result.phase1_end == per_lr
     assert result.phase1_end == conetool.distance(root, noise=False).verdict.phase1_end
+
+
+@pytest.mark.parametrize(("name", "seed"), [("frozen", 0), ("bounded", 1), ("linear", 2)])
+def test_rounding_noise_is_not_divided_by_a_cosines_near_zero_rate(name, seed):
+    # float32 rounding adds about the noise floor n to every S whatever the rate; divided by the
+    # cosine's last rates (down to 1e-7 of train.lr at the run's end) it read as a velocity
+    # climbing back (no-two-phase) for a kernel that froze, a cone or a drift. Only S above n is
+    # motion the rate scales; with the floor known each class gets its regime again.
+    train = TrainSpec(steps=LAST, lr=0.1, **COSINE)
+    clock = lr_clock(train, LAST)
+    assert clock is not None and clock.relative[LAST - 1] < 1e-6
+    steps = default_steps(LAST)
+    rel = np.array([learning_rate(train, u) / train.lr for u in range(LAST)])
+    tau = np.concatenate([[0.0], np.cumsum(rel)])[steps]
+    noise = 3e-3  # S between two noisy copies of one kernel: about noise**2
+    s = trajectory(name, seed=seed, noise=noise, last=LAST, steps=tau).S
+    v = phase_verdict(steps, s, schedule=clock, noise_floor=noise**2)
+    assert v.regime == CLASSES[name], v.explanation
+
+
+def test_per_unit_lr_divides_only_the_part_of_s_above_the_noise_floor():
+    train = TrainSpec(steps=100, lr=0.3, schedule="cosine")
+    clock = lr_clock(train, 100)
+    steps = [0, 50, 99, 100]
+    n = 1e-6
+    s = np.array(
+        [[0, 5e-6, 3e-6, 4e-6], [5e-6, 0, 5e-7, 2e-6], [3e-6, 5e-7, 0, 1e-6], [4e-6, 2e-6, 1e-6, 0]]
+    )
+    got = per_unit_lr(steps, s, clock, noise_floor=n)
+    for i, a in enumerate(steps):
+        for j, b in enumerate(steps):
+            if i == j:
+                continue
+            lo, hi = min(a, b), max(a, b)
+            mean = sum(learning_rate(train, u) for u in range(lo, hi)) / 0.3 / (hi - lo)
+            want = min(s[i, j], n) + max(s[i, j] - n, 0.0) / mean
+            assert got[i, j] == pytest.approx(want, rel=1e-9)
+    # the constant rate's reading is S itself, with or without the floor
+    flat = lr_clock(TrainSpec(steps=100, lr=0.3, schedule="step", milestones=[99], gamma=0.5), 100)
+    assert per_unit_lr([0, 50], s[:2, :2], flat, noise_floor=n) == pytest.approx(s[:2, :2])
