@@ -30,7 +30,7 @@ import numpy as np
 from conetool.optim import learning_rate
 from conetool.spec import TrainSpec
 
-__all__ = ["LrClock", "longer_run_note", "lr_clock", "per_unit_lr"]
+__all__ = ["LrClock", "longer_run_note", "lr_clock", "past_the_cosine", "per_unit_lr"]
 
 
 @dataclass(frozen=True)
@@ -93,23 +93,41 @@ def longer_run_note(clock: LrClock) -> str:
 def lr_clock(train: TrainSpec, last: int) -> LrClock | None:
     """The relative learning rate of ``train``'s schedule over the updates ``0 .. last``, or
     ``None`` when the rate does not decay there (a constant schedule, a warmup alone, a step
-    schedule without a milestone in ``1 .. last`` or with ``gamma >= 1``)."""
+    schedule without a milestone in ``1 .. last - 1`` or with ``gamma >= 1``) or when ``train``
+    does not describe those updates (a cosine with ``last`` past ``train.steps``, where its rate
+    is 0: :func:`past_the_cosine` says so)."""
     if train.lr <= 0 or last < 1:
         return None
     if train.schedule == "step":
         milestones = tuple(
             (int(m), 1.0 / train.gamma)
             for m in sorted(set(train.milestones))
-            if 0 < m <= last and 0 < train.gamma < 1
+            if 0 < m < last and 0 < train.gamma < 1  # update `last` is past every stored pair
         )
         if not milestones:
             return None
     elif train.schedule == "cosine":
+        if last > train.steps:  # the spec's rate is 0 there: not the run these steps come from
+            return None
         milestones = ()
     else:
         return None
     rel = np.array([learning_rate(train, u) / train.lr for u in range(last + 1)])
     return LrClock(train.schedule, float(train.lr), int(train.steps), rel, milestones)
+
+
+def past_the_cosine(train: TrainSpec, last: int, where: str) -> str | None:
+    """Why the verdict does not read S per unit of learning rate when stored steps go past a
+    cosine's end (``None`` otherwise); ``where`` names the spec."""
+    if train.schedule != "cosine" or last <= train.steps:
+        return None
+    return (
+        f'{where} records train.schedule = "cosine" over train.steps = {train.steps}, but '
+        f"kernels are stored up to step {last}: that spec's learning rate is 0 past step "
+        f"{train.steps}, so it is not the run these checkpoints come from. The verdict reads S "
+        "as it is, not per unit of learning rate; compute kernels with the spec the run was "
+        "trained with to read its schedule."
+    )
 
 
 def per_unit_lr(
@@ -133,8 +151,7 @@ def per_unit_lr(
     a = np.minimum.outer(arr, arr)
     b = np.maximum.outer(arr, arr)
     span = (b - a).astype(np.float64)
-    # a cosine's rate is 0 from train.steps on: pairs there (a store past the run's end) are
-    # divided by 1e-12 of train.lr, not by zero
+    # (a cosine's rate is 0 only from train.steps on, past the clock: lr_clock ends there)
     mean = np.where(span > 0, (cum[b] - cum[a]) / np.maximum(span, 1.0), 1.0)
     mean = np.maximum(mean, 1e-12)
     raw = np.asarray(s, dtype=np.float64)

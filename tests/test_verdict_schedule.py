@@ -168,3 +168,27 @@ def test_per_unit_lr_divides_only_the_part_of_s_above_the_noise_floor():
     # the constant rate's reading is S itself, with or without the floor
     flat = lr_clock(TrainSpec(steps=100, lr=0.3, schedule="step", milestones=[99], gamma=0.5), 100)
     assert per_unit_lr([0, 50], s[:2, :2], flat, noise_floor=n) == pytest.approx(s[:2, :2])
+
+
+def test_kernels_past_a_cosines_end_are_not_read_at_its_zero_rate(tmp_path):
+    # the store's spec says the cosine reaches 0 at step 4000, yet the kernels go on to 5000 (a
+    # run of one's own trained past the spec's steps): its rate there is not the run's, and
+    # dividing by it (clamped at 1e-12 of train.lr) multiplied those S by up to 1e12
+    steps, s = warped("bounded", 0, TrainSpec(steps=LAST, lr=0.1, **COSINE))
+    assert lr_clock(TrainSpec(steps=LAST - 1000, lr=0.1, **COSINE), LAST) is None
+    train = {"steps": LAST - 1000, "lr": 0.1, **COSINE}
+    header = {"checkpoints": "/ckpts", "spec": {"train": train}}
+    root = make_store(tmp_path / "past", steps.tolist(), _kernels(s), header=header)
+    result = conetool.distance(root, noise=False)
+    assert "schedule" not in result.verdict.numbers
+    assert not result.verdict.explanation.startswith("Read per unit of learning rate")
+    assert result.verdict.regime == phase_verdict(steps, s).regime
+    (said,) = [w for w in result.warnings if "train.steps = 4000" in w]
+    assert "kernels are stored up to step 5000" in said and "manifest" in said
+
+
+def test_a_milestone_on_the_last_stored_step_changes_no_stored_pair():
+    # the update at the last stored step is after every stored kernel: no S is slowed by it
+    assert lr_clock(TrainSpec(steps=100, lr=0.1, schedule="step", milestones=[100]), 100) is None
+    clock = lr_clock(TrainSpec(steps=100, lr=0.1, schedule="step", milestones=[99]), 100)
+    assert clock is not None and clock.milestones == ((99, 10.0),)

@@ -289,7 +289,7 @@ def distance(
                 elif why:  # estimated, the model's module imported from where kernels found it
                     said.note(why)
             floor = None if noise_record is None else float(noise_record["floor"])
-            clock = recorded_schedule(opened, given_spec, steps[-1])
+            clock = recorded_schedule(opened, given_spec, steps[-1], said.warn)
             verdict = _read_verdict(
                 s, steps, ref_steps if wanted else None, rules, said.warn, floor, clock
             )

@@ -6,7 +6,7 @@ before, removed before a command writes its outputs (:func:`remove_old_summary`)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from ..errors import ConetoolError
 from ..io import write_error
 from ..spec import Spec, spec_from_dict
 from ..store import Store
-from ..verdict_schedule import LrClock, lr_clock
+from ..verdict_schedule import LrClock, lr_clock, past_the_cosine
 
 __all__ = [
     "recorded_schedule",
@@ -26,19 +26,30 @@ __all__ = [
 ]
 
 
-def recorded_schedule(store: Store, spec: Spec | None, last: int) -> LrClock | None:
+def recorded_schedule(
+    store: Store,
+    spec: Spec | None,
+    last: int,
+    warn: Callable[[str], None] | None = None,
+) -> LrClock | None:
     """The decaying learning rate that ``spec`` (or the store's manifest) records for the run,
     over its updates up to step ``last``; None for a constant rate or a manifest without a
-    readable spec (the verdict then reads S as it is). ``distance`` and ``embed`` (its Phase I
-    end when no ``distance/summary.json`` is about these kernels) read the same schedule."""
+    readable spec (the verdict then reads S as it is), and, told to ``warn``, for a cosine that
+    ends before ``last`` (:func:`conetool.verdict_schedule.past_the_cosine`). ``distance`` and
+    ``embed`` (its Phase I end when no ``distance/summary.json`` is about these kernels) read
+    the same schedule."""
+    where = f"--spec {spec.source}" if spec is not None else f"{paths.manifest(store.root)} (spec)"
     if spec is None:
         recorded = store.manifest.get("spec")
         if not isinstance(recorded, Mapping):
             return None
         try:
-            spec = spec_from_dict(recorded, source=f"{paths.manifest(store.root)} (spec)")
+            spec = spec_from_dict(recorded, source=where)
         except ConetoolError:
             return None
+    gap = past_the_cosine(spec.train, last, where)
+    if gap is not None and warn is not None:
+        warn(gap)
     return lr_clock(spec.train, last)
 
 
