@@ -469,6 +469,37 @@ def test_a_phase1_range_without_an_end_of_phase1_is_not_shown(reported, tmp_path
     assert "its range" not in text and "end of Phase I" not in text
 
 
+def test_the_report_says_the_verdicts_velocities_are_per_unit_of_a_decaying_rate(
+    reported, tmp_path
+):
+    """Under a step or cosine schedule the verdict's velocities and their drop are per unit of
+    learning rate (numbers.schedule); the key-numbers table called them 'S per step' and left
+    out the velocity's own drop, which summary.json records."""
+    root = tmp_path / "store"
+    shutil.copytree(reported[0], root)
+    path = paths.distance_summary(root)
+    summary = read_json(path)
+    numbers = summary["verdict"]["numbers"]
+    numbers["schedule"] = {
+        "schedule": "cosine",
+        "lr": 0.1,
+        "milestones": [],
+        "read": "per unit of learning rate",
+        "raw_drop_factor": 731.5,
+    }
+    path.write_text(json.dumps(summary))
+    text = Page(report(root).html.read_text(encoding="utf-8")).section("verdict")
+    velocity = numbers["velocity"]
+    for quantity, value in (
+        ("early velocity (S per step, per unit of learning rate)", velocity["early_level"]),
+        ("Phase II velocity (S per step, per unit of learning rate)", velocity["phase2_level"]),
+        ("velocity drop (per unit of learning rate)", velocity["drop_factor"]),
+        ("drop of the velocity S / dt itself", 731.5),
+    ):
+        assert f"{quantity} {g4(value)} " in text, quantity
+    assert "S read per unit of learning rate (cosine schedule)" in text
+
+
 def test_report_quotes_the_numbers_of_the_summaries_it_reads(reported):
     root, result = reported
     page = Page(result.html.read_text(encoding="utf-8"))

@@ -61,15 +61,26 @@ class ResultSections(ExperimentSections):
         # the range of the end of Phase I: without an end (an undetermined verdict keeps the
         # fit's candidate) it would read as the velocity drop's range
         span = (velocity.get("phase1_range") if end is not None else None) or ["-", "-"]
+        # under a decaying learning rate the verdict's velocities are per unit of it (its
+        # numbers.schedule); the velocity S / dt itself falls by the schedule's own factor too
+        schedule = numbers.get("schedule") or {}
+        per_lr = ", per unit of learning rate" if schedule else ""
         rows = [
             ("stored steps", _g(numbers.get("stored_steps"))),
             ("steps", f"{numbers.get('first_step', '-')} to {numbers.get('last_step', '-')}"),
             ("largest distance S", _g(numbers.get("max_distance"))),
+            ("S read", f"per unit of learning rate ({schedule.get('schedule')} schedule)")
+            if schedule
+            else ("S read", "-"),
             ("velocity dt (lags fitted)", _g(velocity.get("dt"))),
             ("velocities fitted", _g(velocity.get("points"))),
-            ("early velocity (S per step)", _g(velocity.get("early_level"))),
-            ("Phase II velocity (S per step)", _g(velocity.get("phase2_level"))),
-            ("velocity drop", _g(velocity.get("drop_factor"))),
+            (f"early velocity (S per step{per_lr})", _g(velocity.get("early_level"))),
+            (f"Phase II velocity (S per step{per_lr})", _g(velocity.get("phase2_level"))),
+            (
+                f"velocity drop{' (per unit of learning rate)' if schedule else ''}",
+                _g(velocity.get("drop_factor")),
+            ),
+            ("drop of the velocity S / dt itself", _g(schedule.get("raw_drop_factor"))),
             ("end of Phase I", _g(end)),
             ("its range (profile likelihood)", f"{span[0]} to {span[1]}"),
             ("steps in Phase II", _g(numbers.get("phase2", {}).get("steps"))),
