@@ -260,6 +260,31 @@ def test_a_numpy_step_is_read_weights_only(tmp_path: Path):
     assert "test_checkpoints_torch.Recipe" in msg and "_reconstruct" in msg, msg
 
 
+def test_timms_saved_arguments_are_read_weights_only(tmp_path: Path):
+    """timm's train.py saves {"epoch", "arch", "state_dict", "optimizer", "version", "args":
+    argparse.Namespace(...), ...}: the Namespace made every such file "cannot be read with
+    torch.load(weights_only=True)", and the run had no checkpoint. A Namespace is a bag of
+    attributes whose values pass the same allowlist: it is read, its state dict taken."""
+    import argparse
+
+    args = argparse.Namespace(model="net", lr=0.1, batch_size=25, sched="cosine", aa=None)
+    for step in (0, 10):
+        torch.save(
+            {"state_dict": state(step), "step": step, "args": args, "version": 2},
+            tmp_path / f"run_{step}.pt",
+        )
+    refs = list_checkpoints(tmp_path, warn=lambda _: None)
+    assert [(r.step, r.file.name) for r in refs] == [(0, "run_0.pt"), (10, "run_10.pt")]
+    torch.testing.assert_close(read_state_dict(refs[1]), state(10))  # the full load, too
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()  # not left allowed
+    # a Namespace holding any other object is still refused, naming that object
+    args.recipe = Recipe()
+    torch.save({"state_dict": state(0), "step": 0, "args": args}, tmp_path / "run_0.pt")
+    msg = " ".join(problem(tmp_path).split())
+    assert "cannot be read with torch.load(weights_only=True)" in msg, msg
+    assert "test_checkpoints_torch.Recipe" in msg, msg
+
+
 try:
     from numpy._core import multiarray as np_multiarray
 except ImportError:  # numpy before 1.26

@@ -1,7 +1,8 @@
 """torch.save files, read only with ``torch.load(weights_only=True)``: a cheap validity check,
 what a file holds read from its pickle alone (memory-mapped: state dict shapes, stored steps,
 the entries taken and left), and the object of a file read whole. A pickle that needs a global
-beyond torch's allowlist is refused, but for numpy scalars (a step saved as ``np.int64(1500)``).
+beyond torch's allowlist is refused, but for numpy scalars (a step saved as ``np.int64(1500)``)
+and ``argparse.Namespace`` (timm's saved arguments).
 
 Everything here works on one file and raises :class:`CheckpointError` with a message that names the
 file and the fix; discovery turns those errors into per-file problems.
@@ -9,6 +10,7 @@ file and the fix; discovery turns those errors into per-file problems.
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import functools
 import io
@@ -215,20 +217,32 @@ def _numpy_scalar_globals() -> list[Any]:
 
 def load_weights_only(source: Callable[[], str | io.BytesIO], **kwargs: Any) -> Any:
     """``torch.load(source(), weights_only=True, **kwargs)``. A pickle that holds a numpy scalar
-    (a step saved as ``np.int64(1500)`` or ``np.float64(1500.0)``) is read again with only
-    :func:`_numpy_scalar_globals` allowed; any other global stays refused."""
+    (a step saved as ``np.int64(1500)`` or ``np.float64(1500.0)``) or an ``argparse.Namespace``
+    (timm's ``train.py`` saves its arguments as ``"args"`` beside the state dict) is read again
+    with only :func:`_safe_extra_globals` allowed; any other global stays refused."""
     try:
         return torch.load(source(), weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
-        if "numpy" not in str(e):
+        if "numpy" not in str(e) and "argparse.Namespace" not in str(e):
             raise
         refused = e
     with _numpy_lock:
-        allowed = _numpy_scalar_globals()
-        if not allowed:  # torch before 2.5, or the user allowed them already: not numpy scalars
+        allowed = _safe_extra_globals()
+        if not allowed:  # torch before 2.5, or the user allowed them already
             raise refused
         with torch.serialization.safe_globals(allowed):
             return torch.load(source(), weights_only=True, **kwargs)
+
+
+def _safe_extra_globals() -> list[Any]:
+    """:func:`_numpy_scalar_globals` and ``argparse.Namespace``: a plain bag of attributes,
+    built by ``object.__new__`` and filled by updating its ``__dict__`` with what the
+    restricted unpickler reads (its values pass the same allowlist), so no code of the file
+    runs. Empty where torch has no ``safe_globals`` (before 2.5)."""
+    if not hasattr(torch.serialization, "safe_globals"):
+        return []
+    held = torch.serialization.get_safe_globals()
+    return _numpy_scalar_globals() + [g for g in (argparse.Namespace,) if g not in held]
 
 
 @dataclass(frozen=True)
