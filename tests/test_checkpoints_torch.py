@@ -285,6 +285,26 @@ def test_timms_saved_arguments_are_read_weights_only(tmp_path: Path):
     assert "test_checkpoints_torch.Recipe" in msg, msg
 
 
+def test_timms_pth_tar_files_are_named_with_what_their_numbers_count(tmp_path: Path):
+    """A timm run folder (checkpoint-0.pth.tar, ..., last.pth.tar) was "no checkpoints" with
+    the list of suffixes read: renamed to .pth, checkpoint-3.pth would be read as step 3, while
+    it holds the weights after epoch 4. The error now says so and how to save each with its
+    step."""
+    for epoch in (0, 1):
+        torch.save(
+            {"epoch": epoch, "state_dict": state(epoch)}, tmp_path / f"checkpoint-{epoch}.pth.tar"
+        )
+    torch.save({"epoch": 1, "state_dict": state(1)}, tmp_path / "last.pth.tar")
+    msg = " ".join(problem(tmp_path).split())
+    assert (
+        "'checkpoint-0.pth.tar', 'checkpoint-1.pth.tar', 'last.pth.tar' are .pth.tar files" in msg
+    ), msg
+    assert "renaming is not enough, as their numbers count epochs, not steps" in msg, msg
+    assert "after epoch E + 1, E counting from 0, under 'state_dict'" in msg, msg
+    assert f"sd = torch.load('{tmp_path / 'checkpoint-0.pth.tar'}', weights_only=True)" in msg, msg
+    assert "N = (E + 1) x iterations per epoch" in msg, msg
+
+
 try:
     from numpy._core import multiarray as np_multiarray
 except ImportError:  # numpy before 1.26

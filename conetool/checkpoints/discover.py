@@ -629,6 +629,9 @@ def empty_error(scan: Scan) -> CheckpointError:
         f"'{c.name}' stores {c.entry}: re-save it with {c.resave} to have it read for its step."
         for c in scan.bad_step_copies
     )
+    tars = _tar_named(scan)
+    if tars:
+        entries = f"{_tar_advice(scan.directory, tars)}{' ' if entries else ''}{entries}"
     return CheckpointError(
         f"no checkpoints in '{scan.directory}' ({_describe_contents(scan)}). conetool reads "
         f"*.safetensors and *.pt/*.pth/*.bin/*.ckpt files and Hugging Face checkpoint-N/ folders, "
@@ -636,6 +639,35 @@ def empty_error(scan: Scan) -> CheckpointError:
         f"copies named without a step (Lightning's last.ckpt, best.pt, last.pt: to read one, "
         f"give it its step, as in step_2000.pt); pass the --out directory of `conetool train` "
         f"or the folder holding the checkpoint files.{' ' if entries else ''}{entries}"
+    )
+
+
+def _tar_named(scan: Scan) -> list[str]:
+    """The directory's ``*.pth.tar`` (or ``*.pt.tar``) files: timm's ``train.py`` and the PyTorch
+    ImageNet example name their torch.save files so."""
+    names = [*scan.others, *scan.ignored]
+    return [n for n in names if n.lower().endswith((".pth.tar", ".pt.tar"))]
+
+
+def _tar_advice(directory: Path, tars: list[str]) -> str:
+    """What to do with ``.pth.tar`` files: their number counts epochs (timm's
+    ``checkpoint-E.pth.tar`` holds the weights after epoch E + 1, E counting from 0), which no
+    name conetool reads can say, so each is re-saved with its step."""
+    shown = ", ".join(f"'{n}'" for n in tars[:3]) + (
+        f" and {len(tars) - 3} more" if len(tars) > 3 else ""
+    )
+    first = directory / tars[0]
+    return (
+        f"{shown} {'are' if len(tars) > 1 else 'is a'} .pth.tar file{'s' if len(tars) > 1 else ''} "
+        f"(timm's train.py, the PyTorch ImageNet example), not read by that name: renaming is not "
+        f"enough, as their numbers count epochs, not steps (timm's checkpoint-E.pth.tar holds the "
+        f"weights after epoch E + 1, E counting from 0, under 'state_dict', its EMA under "
+        f"'state_dict_ema'; last.pth.tar and model_best.pth.tar are copies). Save each one's "
+        f"weights with its step N = (E + 1) x iterations per epoch into a folder of their own, "
+        f"in Python: import argparse; torch.serialization.add_safe_globals([argparse.Namespace]); "
+        f"sd = torch.load('{first}', weights_only=True); "
+        f"safetensors.torch.save_file(sd['state_dict'], 'steps/step_N.safetensors', "
+        f"metadata={{'step': 'N'}}); then pass that folder."
     )
 
 
