@@ -305,6 +305,21 @@ def test_timms_pth_tar_files_are_named_with_what_their_numbers_count(tmp_path: P
     assert "N = (E + 1) x iterations per epoch" in msg, msg
 
 
+def test_an_ema_file_beside_each_checkpoint_is_named_as_such(tmp_path: Path):
+    """torch.save(model.state_dict(), f"ep{E}.pth") with torch.save(ema.state_dict(),
+    f"ep{E}_ema.pth"): two files of one step were "keep one of them, or pass --step-regex",
+    and no regex can leave the EMA files out. The message now says which is the EMA and to
+    move those files into a folder of their own."""
+    torch.save({"model": state(1), "step": 10}, tmp_path / "run_10.pt")
+    torch.save({"model": state(2), "step": 10}, tmp_path / "run_10_ema.pt")
+    msg = " ".join(problem(tmp_path).split())
+    assert "two checkpoints have step 10" in msg, msg
+    assert "'run_10_ema.pt' is named as an EMA of the weights" in msg, msg
+    assert "move the EMA files (each step's) into a folder of their own" in msg, msg
+    (tmp_path / "run_10_ema.pt").rename(tmp_path / "run_10_theme.pt")  # no EMA by its name
+    assert "EMA" not in problem(tmp_path)
+
+
 try:
     from numpy._core import multiarray as np_multiarray
 except ImportError:  # numpy before 1.26

@@ -513,6 +513,11 @@ def _same_weights(copy: Candidate, kept: Candidate) -> bool:
     return _same_tensors([kept, copy])
 
 
+#: a name that says its file holds an exponential moving average of the weights: ``ep3_ema.pth``,
+#: ``model-ema-2000.pt``, ``ema.step_100.pt``
+_EMA_NAME = re.compile(r"(?:^|[_.-])ema(?:[_.-]|$)", re.IGNORECASE)
+
+
 def _flag_duplicates(cands: list[Candidate]) -> list[tuple[Candidate, Candidate, str]]:
     """Refuse every file of a step that several files give, unless they are copies of each
     other: the same bytes, then the first by name is kept (a file named for its step before a
@@ -538,11 +543,20 @@ def _flag_duplicates(cands: list[Candidate]) -> list[tuple[Candidate, Candidate,
             names = ", ".join(quoted[:-1]) + f" and {quoted[-1]}"
             count = "two" if len(group) == 2 else str(len(group))
             others = "the other" if len(group) == 2 else "the others"
+            averaged = [c for c in group if _EMA_NAME.search(c.name)]
+            ema = (
+                f" {', '.join(repr(c.name) for c in averaged)} "
+                f"{'is' if len(averaged) == 1 else 'are'} named as an EMA of the weights: "
+                "conetool reads one set of weights per step, so move the EMA files (each step's) "
+                "into a folder of their own, which conetool measures apart with the same spec."
+                if 0 < len(averaged) < len(group)
+                else ""
+            )
             for c in group:
                 c.fail(
                     f"{count} checkpoints have step {step}: {names}. Keep one of them (move "
                     f"{others} out of the directory), or pass --step-regex if the steps come out "
-                    "wrong."
+                    f"wrong.{ema}"
                 )
     return copies
 
