@@ -320,6 +320,37 @@ def test_an_ema_file_beside_each_checkpoint_is_named_as_such(tmp_path: Path):
     assert "EMA" not in problem(tmp_path)
 
 
+def test_names_that_are_the_epoch_each_file_stores_are_warned_of(tmp_path: Path):
+    """timm's {"epoch": 3, "state_dict": ...} saved as checkpoint-3.pth was read as step 3
+    without a word: the step axis counted epochs, and switch would start its points at the
+    wrong place of the schedule. A warning now says so, with the regex that reads epochs."""
+    for epoch in (0, 1, 2):
+        torch.save(
+            {"epoch": epoch, "state_dict": state(epoch)}, tmp_path / f"checkpoint-{epoch}.pth"
+        )
+    said: list[str] = []
+    refs = list_checkpoints(tmp_path, warn=said.append)
+    assert [r.step for r in refs] == [0, 1, 2]  # the names' numbers, as before
+    msg = " ".join(" ".join(said).split())
+    assert "checkpoint-2.pth) are numbered by epoch, not by step" in msg, msg
+    assert "('checkpoint-2.pth' stores 'epoch': 2)" in msg, msg
+    assert "pass --step-regex 'checkpoint-(?P<epoch>\\d+)'" in msg, msg
+    # the regex given: steps from the epochs, and nothing said
+    said.clear()
+    refs = list_checkpoints(
+        tmp_path, warn=said.append, step_regex=r"checkpoint-(?P<epoch>\d+)", iterations_per_epoch=8
+    )
+    assert [r.step for r in refs] == [0, 8, 16] and not any("numbered by epoch" in w for w in said)
+    # a loop naming its files by step, with the epoch beside: nothing said
+    for path in tmp_path.iterdir():
+        path.unlink()
+    for epoch in (0, 1, 2):
+        torch.save({"epoch": epoch, "state_dict": state(epoch)}, tmp_path / f"ckpt_{10 * epoch}.pt")
+    said.clear()
+    assert [r.step for r in list_checkpoints(tmp_path, warn=said.append)] == [0, 10, 20]
+    assert not any("numbered by epoch" in w for w in said), said
+
+
 try:
     from numpy._core import multiarray as np_multiarray
 except ImportError:  # numpy before 1.26

@@ -272,6 +272,9 @@ class TorchContents:
     #: of the weights): the keys leading to each (:func:`other_state_dicts`: ``("ema",)``,
     #: ``("callbacks", "EMA", "ema_state_dict")``)
     left: tuple[tuple[str, ...], ...] = ()
+    #: the dict's ``epoch`` entry when it is a whole number (timm's and Lightning's dicts
+    #: store one): no step, but a name whose number it is counts epochs; else None
+    epoch: int | None = None
 
 
 def read_torch_contents(path: Path) -> TorchContents:
@@ -301,7 +304,9 @@ def read_torch_contents(path: Path) -> TorchContents:
     first, *others = (key for key in STATE_DICT_ENTRIES if is_state_dict(obj.get(key)))
     uncompared = tuple(key for key in others if not one_in_memory(obj[first], obj[key]))
     left = tuple(other_state_dicts(obj, state))
-    return TorchContents(shapes, None, None, steps, first, uncompared, left)
+    epoch = step_value(obj["epoch"]) if "epoch" in obj else None
+    held = epoch if isinstance(epoch, int) else None
+    return TorchContents(shapes, None, None, steps, first, uncompared, left, held)
 
 
 def load_torch_object(path: Path, buf: bytearray) -> Any:

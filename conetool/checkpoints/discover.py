@@ -408,6 +408,33 @@ def stored_step_note(
     )
 
 
+def epoch_entry_warning(directory: Path, candidates: list[Candidate]) -> str | None:
+    """The warning for files whose name's number, read as their step, is the ``epoch`` entry
+    each stores (``checkpoint-3.pth`` holding ``{"epoch": 3, "state_dict": ...}``, as timm's
+    and the PyTorch ImageNet example's loops save): the step axis then counts epochs. Said
+    when every such file read by a name rule stores an epoch equal to its step and they give
+    two steps or more (one ``ckpt_0.pt`` storing epoch 0 is no sign); None otherwise."""
+    named = [
+        c
+        for c in candidates
+        if c.problem is None and c.step_by_name_rule and c.stored_epoch is not None
+    ]
+    if len({c.step for c in named}) < 2 or any(c.step != c.stored_epoch for c in named):
+        return None
+    c = max(named, key=lambda d: d.step or 0)
+    regex = name_regex(c.location.name).replace("(\\d+)", "(?P<epoch>\\d+)")
+    return (
+        f"{named_files([shown_name(directory, d) for d in named])} are numbered by epoch, not "
+        f"by step: each stores no step and an 'epoch' entry that is the number of its name "
+        f"('{shown_name(directory, c)}' stores 'epoch': {c.stored_epoch}), which is taken as "
+        f"its step, so the step axis counts epochs (and `switch` would start each point at the "
+        f"wrong step of the [train] schedule). Save each file's step in its dict "
+        f'("step": ...), or pass {regex} to take step = epoch x the iterations per epoch of '
+        f"the spec (a loop that saves epoch E after E + 1 epochs, as timm's does, then comes "
+        f"out one epoch early: save the step instead)."
+    )
+
+
 def folder_step_warning(directory: Path, candidates: list[Candidate]) -> str | None:
     """The warning for folders of one step (``step_7/``, ``checkpoint-7/``) whose weights file
     stores another step (``step_7/model.pt`` whose dict's ``step`` is 700): the folder's step
@@ -970,6 +997,8 @@ def checkpoint_listing(
     if stored := stored_step_note(scan.directory, scan.candidates, iterations_per_epoch):
         (warn if stored[1] else note)(stored[0])
     if said := folder_step_warning(scan.directory, scan.candidates):  # step_7/ storing 700
+        warn(said)
+    if said := epoch_entry_warning(scan.directory, scan.candidates):  # timm's checkpoint-3
         warn(said)
     if said := unix_time_warning(scan.directory, scan.candidates):  # steps that may be times
         warn(said)

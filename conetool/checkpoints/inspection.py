@@ -26,6 +26,7 @@ from .discover import (
     bad_step_copy_warning,
     copies_note,
     default_warn,
+    epoch_entry_warning,
     final_model_warning,
     folder_step_warning,
     left_entries_warning,
@@ -141,6 +142,7 @@ def inspect_checkpoints(
     said_of_the_directory = (
         (stored[0] if stored else None, warn if stored and stored[1] else note),
         (folder_step_warning(scan.directory, scan.candidates), warn),  # step_7/ storing 700
+        (epoch_entry_warning(scan.directory, scan.candidates), warn),  # timm's checkpoint-3
         (unix_time_warning(scan.directory, scan.candidates), warn),  # steps that may be times
         (left_entries_warning(scan.directory, scan.candidates), warn),  # an EMA not read
         # entries whose values kernels compares, which a headers-only reading does not

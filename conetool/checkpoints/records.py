@@ -111,6 +111,8 @@ class Candidate:
     stored_steps: dict[str, int | BadStep | None] = field(default_factory=dict)
     #: where the step came from when the file stores it (``"safetensors metadata step"``)
     step_inside: str | None = None
+    #: the torch.save dict's ``epoch`` entry (a whole number), which gives no step
+    stored_epoch: int | None = None
     #: the step the name gives when it differs from the one stored in the file (which is taken)
     named_step: int | None = None
     #: a folder of one step whose weights file stores another step than the folder gives (the

@@ -154,6 +154,7 @@ def _read_headers(c: Candidate, deep: bool) -> None:
                     assert contents.shapes is not None
                     keys.update(contents.shapes)
                     c.stored_steps = contents.steps if c.index is None else {}
+                    c.stored_epoch = contents.epoch if c.index is None else None
                     if contents.entry is not None:
                         c.entry = contents.entry
                         c.uncompared = (*dict.fromkeys(c.uncompared + contents.uncompared),)
