@@ -13,6 +13,7 @@ from torch.func import vmap
 
 from .errors import ModelError
 from .models.outputs import logits_in
+from .random_calls import random_calls
 
 __all__ = [
     "ExamplesInteractError",
@@ -175,13 +176,20 @@ def check_independence(
         first, second = (forward(pair).reshape(pair.shape[0], -1) for _ in range(2))
         drift = float((first - second).abs().max())
         if not drift <= tol:
+            calls = random_calls(lambda: forward(pair))
+            cause = (
+                f"Its forward pass calls {'; '.join(calls)}: make each follow the module's "
+                "mode, or use nn.Dropout, which eval mode turns off."
+                if calls
+                else "A functional dropout (F.dropout(x, p) is on unless given "
+                "training=self.training, as F.scaled_dot_product_attention's dropout_p is) or a "
+                "random draw (torch.rand, torch.randn) in the forward pass does this; make it "
+                "follow the module's mode, or use nn.Dropout, which eval mode turns off."
+            )
             raise ModelError(
                 f"the model's output is random in eval mode: the same {_count(pair.shape[0])} "
                 "examples evaluated twice "
-                f"differ by up to {drift:.3g} (output scale {scale:.3g}). A functional dropout "
-                "(F.dropout(x, p) is on unless given training=self.training) or a random draw "
-                "(torch.rand, torch.randn) in the forward pass does this; make it follow the "
-                "module's mode, or use nn.Dropout, which eval mode turns off."
+                f"differ by up to {drift:.3g} (output scale {scale:.3g}). {cause}"
             )
         raise ExamplesInteractError(
             "the model's output for one example depends on the other examples in the batch: in "
