@@ -17,6 +17,7 @@ __all__ = [
     "FORWARD_ERRORS",
     "explained",
     "input_refused",
+    "random_in_vmap",
     "untransformable_function",
     "vmap_failures_named",
     "written_in_place",
@@ -115,6 +116,22 @@ def written_in_place(exc: BaseException | None) -> bool:
     if not isinstance(exc, RuntimeError) or _raised_in(exc, _NO_VMAP_RULE):
         return False
     return any(part in str(exc) for part in _WRITTEN_IN_PLACE)
+
+
+def random_in_vmap(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (an error :func:`vmap_failures_named` turned into a :class:`ModelError`,
+    or its cause) is ``vmap`` refusing a random operation in the forward pass. It is raised only
+    for a model whose output passed the check that it is not random (the same examples
+    evaluated twice agree, :func:`conetool.ntk_checks.check_independence`): a draw from a
+    generator seeded in ``forward`` (``torch.randn(k, generator=torch.Generator().manual_seed(0))``,
+    a fixed random projection made anew on each call), a deterministic function that ordinary
+    autograd differentiates exactly, one example at a time
+    (:func:`conetool.ntk_reference.looped_grads`)."""
+    if isinstance(exc, ModelError):
+        exc = exc.__cause__
+    return isinstance(exc, RuntimeError) and "called random operation while in randomness" in str(
+        exc
+    )
 
 
 def _raised_in(exc: BaseException, kinds: tuple[type[nn.Module], ...]) -> bool:

@@ -25,7 +25,12 @@ from torch.func import vjp, vmap
 
 from .errors import ModelError
 from .ntk_buffers import updates_buffers
-from .ntk_failures import untransformable_function, vmap_failures_named, written_in_place
+from .ntk_failures import (
+    random_in_vmap,
+    untransformable_function,
+    vmap_failures_named,
+    written_in_place,
+)
 from .ntk_saved import saved_activations
 from .ntk_terms import Dense, Term
 
@@ -107,16 +112,44 @@ def vmapped_or_looped(
     (:func:`~conetool.ntk_failures.untransformable_function`), failed on a model that updates
     a buffer in place (:mod:`conetool.ntk_buffers`) or refused to write a value of each example
     into a tensor the forward pass made for all of them
-    (:func:`~conetool.ntk_failures.written_in_place`), and from then on (``loop`` returned True,
+    (:func:`~conetool.ntk_failures.written_in_place`) or to make a random draw that the model seeds
+    itself (:func:`~conetool.ntk_failures.random_in_vmap`), and from then on (``loop`` returned True,
     to be passed back): the same per-example gradients by ordinary autograd."""
     if not loop:
         try:
             with vmap_failures_named(model):
                 return vmapped(), False
         except ModelError as exc:
-            if not (untransformable_function(exc) or _in_place(exc) or written_in_place(exc)):
+            if not (
+                untransformable_function(exc)
+                or _in_place(exc)
+                or written_in_place(exc)
+                or random_in_vmap(exc)
+            ):
                 raise
+            if random_in_vmap(exc):
+                return _drawn_alike(looped, exc), True
     return looped(), True
+
+
+def _drawn_alike(looped: Callable[[], dict[str, Tensor]], exc: ModelError) -> dict[str, Tensor]:
+    """``looped()`` for a model whose forward pass makes a random draw that ``vmap`` refused:
+    computed twice, which must agree bit for bit (a generator the model seeds itself draws the
+    same values on every call). Where they differ (the draws are random, and no check of two
+    examples ran before: a single example, or ``check=False``) the model is refused: its kernel
+    would be random."""
+    first = looped()
+    second = looped()
+    if any(not torch.equal(first[name], second[name]) for name in first):
+        raise ModelError(
+            "the model's output is random in eval mode: its forward pass makes a random draw "
+            f"({exc.__cause__}), and two evaluations of the same examples give other gradients. "
+            "A functional dropout (F.dropout(x, p) is on unless given training=self.training, as "
+            "F.scaled_dot_product_attention's dropout_p is) or a random draw (torch.rand, "
+            "torch.randn) in the forward pass does this; make it follow the module's mode, or "
+            "use nn.Dropout, which eval mode turns off."
+        ) from exc
+    return first
 
 
 def _in_place(exc: ModelError) -> bool:
