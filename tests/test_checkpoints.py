@@ -508,7 +508,19 @@ def test_top_level_shards_with_their_index(tmp_path: Path):
 # loading: key prefixes, Lightning, torch files, exact weights
 
 
-@pytest.mark.parametrize("prefix", ["", "module.", "model.", "_orig_mod.", "module._orig_mod."])
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "",
+        "module.",
+        "model.",
+        "_orig_mod.",
+        "module._orig_mod.",
+        # a LightningModule's compiled DDP network: all three
+        "model._orig_mod.module.",
+        "model.module._orig_mod.",
+    ],
+)
 def test_prefixes_are_stripped_when_that_makes_keys_match(tmp_path: Path, prefix: str):
     sd = state(3)
     save_file({prefix + k: v for k, v in sd.items()}, str(tmp_path / "step_1.safetensors"))

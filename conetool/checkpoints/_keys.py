@@ -2,12 +2,13 @@
 
 Training wrappers prefix every key: ``module.`` (DistributedDataParallel / DataParallel),
 ``model.`` (a LightningModule holding the network as ``self.model``), ``_orig_mod.``
-(``torch.compile``), sometimes two of them. A prefix is stripped only when that makes the keys
+(``torch.compile``), sometimes two or all three of them. A prefix is stripped only when that makes the keys
 match the model exactly, so a model whose own keys start with ``model.`` is never mangled.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,8 +19,12 @@ from conetool.errors import (
 )
 
 KNOWN_PREFIXES = ("module.", "model.", "_orig_mod.")
-# "", each prefix, and each pair of prefixes (e.g. "module._orig_mod."), simplest first.
-_CHAINS = ("", *KNOWN_PREFIXES, *(a + b for a in KNOWN_PREFIXES for b in KNOWN_PREFIXES if a != b))
+# "", each prefix, each pair of prefixes (e.g. "module._orig_mod.") and each order of all three
+# (a LightningModule's compiled DDP network, "model._orig_mod.module."), simplest first.
+_CHAINS = (
+    "",
+    *("".join(chain) for n in (1, 2, 3) for chain in itertools.permutations(KNOWN_PREFIXES, n)),
+)
 _LIST_AT_MOST = 10
 
 Shapes = Mapping[str, tuple[int, ...]]
