@@ -519,3 +519,15 @@ def test_switch_says_a_copy_whose_step_entry_is_no_step_as_kernels_does(run, tmp
         text = flat(output)
         assert text.count(said) == 1, text
         assert "other tensors than the last checkpoint read, 'ckpt_10.pt' (step 10)" in text, text
+
+
+def test_augment_is_named_only_where_the_data_set_augments() -> None:
+    """conetool augments CIFAR-10 alone (crop and flip); a user's factory's batches are never
+    augmented, so a spec that leaves augment out replays nothing of it and the warning on the
+    recipe's defaults does not name it (it read 'augment = true', as if conetool would augment
+    the researcher's data)."""
+    own = {"model": {"arch": "mlp", "num_classes": 10}, "train": {"batch_size": 64}}
+    mine = spec_from_dict({**own, "data": {"dataset": "mypkg.data:make_datasets"}})
+    cifar = spec_from_dict({**own, "data": {"dataset": "cifar10"}})
+    assert not [k for k in defaulted_recipe(mine, until_given=True) if k.startswith("augment")]
+    assert "augment = true" in defaulted_recipe(cifar, until_given=True)

@@ -14,7 +14,7 @@ from typing import Any
 from .. import paths
 from ..checkpoints import CheckpointRef, checkpoint_metadata
 from ..errors import ConetoolError
-from ..spec import Spec, is_user_dataset, toml_text
+from ..spec import Spec, toml_text
 
 __all__ = ["defaulted_recipe", "defaults_warning", "is_foreign_run", "recorded_written"]
 
@@ -27,7 +27,7 @@ def defaulted_recipe(spec: Spec, *, until_given: bool) -> list[str]:
     Only the keys the linearized training uses count: the optimizer, lr, weight decay, batch size,
     schedule and warmup; SGD's momentum and nesterov, Adam's betas; the step schedule's milestones
     and gamma; ``steps`` where it is T (no ``--until``: ``until_given`` False) or shapes the
-    cosine schedule; ``augment`` where the data set may augment (cifar10, a user's factory). Not
+    cosine schedule; ``augment`` where the data set augments (cifar10 alone: a user's factory's batches never are). Not
     ``seed``: the batches are conetool's seeded order whatever it is, never the run's."""
     if spec.written is None:
         return []
@@ -38,7 +38,7 @@ def defaulted_recipe(spec: Spec, *, until_given: bool) -> list[str]:
     used += ["momentum", "nesterov"] if t.optimizer == "sgd" else ["betas"]
     if t.schedule == "step":
         used += ["milestones", "gamma"]
-    if spec.data.dataset == "cifar10" or is_user_dataset(spec.data.dataset):
+    if spec.data.dataset == "cifar10":  # the one data set conetool augments (a factory's: never)
         used.append("augment")
     order = list(type(t).__dataclass_fields__)
     left = sorted((k for k in used if f"train.{k}" not in spec.written), key=order.index)
