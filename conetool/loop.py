@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .attention import composite_attention
 from .data import DataBundle, Split, augment_generator, batch_indices, steps_per_epoch
 from .errors import ConetoolError
 from .model_inputs import model_batch
@@ -148,17 +149,23 @@ class TrainingLoop:
 def evaluate(
     model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000
 ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` (in eval mode) on a whole split."""
+    """Mean cross-entropy loss and accuracy of ``model`` (in eval mode) on a whole split.
+
+    Attention runs by its composite formula (:func:`conetool.attention.composite_attention`), as
+    in training, the kernels and the linearized model: PyTorch's eval-mode fast path of
+    ``nn.TransformerEncoder`` with a padding mask, taken without gradients, gives padded positions
+    zeros where the formula gives values, another function for a model that pools over them."""
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
-    for begin in range(0, len(split), batch_size):
-        index = torch.arange(begin, min(begin + batch_size, len(split)))
-        x, y = split.batch(index)
-        x, y = model_batch(model, x, device), y.to(device)
-        logits = model(x)
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+    with composite_attention():
+        for begin in range(0, len(split), batch_size):
+            index = torch.arange(begin, min(begin + batch_size, len(split)))
+            x, y = split.batch(index)
+            x, y = model_batch(model, x, device), y.to(device)
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
     model.train(was_training)
     return loss_sum / len(split), correct / len(split)
 
