@@ -597,6 +597,38 @@ def check_training_data(spec: Spec) -> None:
         )
 
 
+def check_model_classes(spec: Spec, data_classes: int, *, builtin_model: bool = True) -> None:
+    """Refuse a spec whose ``[model] num_classes`` is not the data set's class count
+    ``data_classes`` (``[data] num_classes`` for ``synthetic``): the model needs one logit per
+    class, and a model of another count would fail later, on its output or on the checkpoints,
+    with a message naming neither key.
+
+    ``builtin_model``: whether ``[model]`` is a built-in architecture, whose output count is
+    ``num_classes``. A user factory may ignore it (its output is checked instead, by
+    :func:`conetool.models.output_check`), so only a spec contradicting itself (synthetic data
+    with another ``[data] num_classes``) is refused then.
+
+    Raises:
+        SpecError: naming the spec file, both keys and values, and the fix.
+    """
+    src, m, d = spec.source, spec.model, spec.data
+    if m.num_classes == data_classes:
+        return
+    if d.dataset == "synthetic":
+        raise SpecError(
+            f"{src}: [model] num_classes = {m.num_classes}, but [data] num_classes = "
+            f"{d.num_classes}: the synthetic data set has {d.num_classes} classes and the model "
+            f"needs one output (logit) per class. Make the two agree: set [model] num_classes = "
+            f"{d.num_classes}, or [data] num_classes = {m.num_classes}."
+        )
+    if builtin_model:
+        raise SpecError(
+            f"{src}: [model] num_classes = {m.num_classes}, but data set '{d.dataset}' has "
+            f"{data_classes} classes, and the model needs one output (logit) per class. Set "
+            f"num_classes = {data_classes} in [model]."
+        )
+
+
 def _classes_left(size: int, num_classes: int) -> str:
     """The classes a synthetic split of ``size`` < ``num_classes`` examples has no example of
     (its labels are ``arange(size) % num_classes``)."""

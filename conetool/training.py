@@ -49,6 +49,7 @@ from .resume_fit import refuse_unfit_resume
 from .spec import (
     Spec,
     check_for_training,
+    check_model_classes,
     is_save_step,
     load_spec,
     save_spec,
@@ -114,12 +115,7 @@ class TrainResult:
 def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Module, DataBundle]:
     """The spec's data and its freshly initialized model (parameters seeded by ``train.seed``)."""
     data = data or load_data(spec.data, source=spec.source)
-    if spec.model.num_classes != data.num_classes:
-        raise SpecError(
-            f"{spec.source}: [model] num_classes = {spec.model.num_classes}, but data set "
-            f"'{spec.data.dataset}' has {data.num_classes} classes. Set num_classes = "
-            f"{data.num_classes} in [model]."
-        )
+    check_model_classes(spec, data.num_classes)
     torch.manual_seed(spec.train.seed)
     examples = data.examples()
     model = build_model(spec.model, tuple(data.input_shape), source=spec.source, examples=examples)

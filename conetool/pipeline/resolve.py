@@ -12,8 +12,8 @@ from ..checkpoints._training_state_given import refuse_training_state
 from ..choices import path_argument
 from ..data import describe_data
 from ..errors import SpecError, StoreError
-from ..models import build_model
-from ..spec import Spec, load_spec
+from ..models import BUILTIN_MODELS, build_model
+from ..spec import Spec, check_model_classes, load_spec
 
 
 def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
@@ -76,4 +76,5 @@ def iterations_per_epoch(spec: Spec) -> int:
 def model_for(spec: Spec) -> nn.Module:
     """The spec's architecture (freshly initialized; checkpoints are loaded into it)."""
     info = describe_data(spec.data, source=spec.source)
+    check_model_classes(spec, info.num_classes, builtin_model=spec.model.arch in BUILTIN_MODELS)
     return build_model(spec.model, info.input_shape, source=spec.source, examples=info.examples)
