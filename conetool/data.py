@@ -209,6 +209,12 @@ def _synthetic(spec: DataSpec) -> DataBundle:
 
 def _root(spec: DataSpec) -> Path:
     root = Path(os.path.expanduser(spec.root))
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"'data.root' = {spec.root!r} ({root}) is a file, not a folder. Point data.root at "
+            f"the folder that holds the {spec.dataset} files (or, with `download = true` in "
+            "[data], the folder to download them into)."
+        )
     if not spec.download and not root.is_dir():
         raise DataError(
             f"'data.root' = {spec.root!r} ({root}) does not exist. Point data.root at the folder "

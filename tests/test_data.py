@@ -200,6 +200,23 @@ def test_missing_data_says_where_and_how(tmp_path: Path) -> None:
     assert not missing.exists()  # nothing was created or downloaded
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+@pytest.mark.parametrize("download", [False, True])
+def test_a_data_root_that_is_a_file_is_said_to_be_a_file(
+    tmp_path: Path, dataset: str, download: bool
+) -> None:
+    """'data.root' naming a file was said not to exist (or, with download = true, to fail for
+    want of a network); it is said to be a file, and nothing is downloaded or changed."""
+    root = tmp_path / "notes.txt"
+    root.write_text("x")
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(dataset=dataset, root=str(root), download=download))
+    message = str(info.value)
+    assert f"'data.root' = {str(root)!r} ({root}) is a file, not a folder" in message
+    assert "does not exist" not in message and "network" not in message
+    assert root.read_text() == "x" and sorted(tmp_path.iterdir()) == [root]
+
+
 def _write_cifar(root: Path, per_batch: int = 4, n_test: int = 3) -> dict[str, dict]:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
