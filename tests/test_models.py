@@ -442,7 +442,9 @@ def test_a_model_option_like_no_valid_one_gets_no_guess() -> None:
     [
         ("mlp", DIGITS, {"activation": "sigmoid"}, r"activation = 'sigmoid'.*relu, tanh, gelu"),
         ("mlp", DIGITS, {"widths": 512}, r"widths = 512"),
-        ("mlp", DIGITS, {"widths": [512, 0]}, r"widths = 0"),
+        ("mlp", DIGITS, {"widths": [512, 0]}, r"widths = \[512, 0\].*the 2nd, 0, is not"),
+        ("mlp", DIGITS, {"widths": [0]}, r"widths = \[0\].*the 1st, 0, is not"),
+        ("mlp", DIGITS, {"widths": [8, 8, -3]}, r"widths = \[8, 8, -3\].*the 3rd, -3, is not"),
         ("mlp", DIGITS, {"bias": "yes"}, r"bias = 'yes'"),
         ("lenet5", DIGITS, {"activation": "elu"}, r"activation = 'elu'"),
         ("lenet5", DIGITS, {"pool": "l2"}, r"pool = 'l2'.*max, avg"),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..choices import is_count
 from ..errors import ModelError
 from ._common import activation, check_bool, flat_features, open_lth_init, positive_int
 
@@ -53,7 +54,21 @@ def _widths(arch: str, widths: object) -> list[int]:
             f"[model] widths = {widths!r} is invalid for arch '{arch}': write a list of hidden "
             "layer sizes, e.g. widths = [512, 512] (or [] for a linear model)."
         )
-    return [positive_int(arch, "widths", w) for w in widths]
+    for i, width in enumerate(widths):
+        if not is_count(width):
+            raise ModelError(
+                f"[model] widths = {list(widths)!r} is invalid for arch '{arch}': each hidden "
+                f"layer size must be a positive integer, and the {_ordinal(i + 1)}, {width!r}, "
+                "is not. Write positive sizes, e.g. widths = [512, 512] (or [] for a linear "
+                "model)."
+            )
+    return list(widths)
+
+
+def _ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ..., ``11th``, ``21st``."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def mlp(
