@@ -12,6 +12,7 @@ import math
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ from torch import nn
 
 from conetool.errors import ModelError
 from conetool.models import BUILTIN_MODELS, build_model, output_check
-from conetool.spec import ModelSpec
+from conetool.pipeline.resolve import model_for
+from conetool.spec import ModelSpec, load_spec
 
 DIGITS, MNIST, CIFAR = (1, 8, 8), (1, 28, 28), (3, 32, 32)
 
@@ -429,6 +431,31 @@ def test_a_misspelt_model_option_gets_the_closest_valid_one(arch, options, sugge
     as a misspelt key of the other sections names it (the README's 'The spec')."""
     with pytest.raises(ModelError, match=re.escape(f"Did you mean '{suggested}'?")):
         _build(arch, CIFAR, **options)
+
+
+def test_a_key_of_another_arch_names_that_arch(tmp_path: Path) -> None:
+    """A [model] without arch (the default, lenet5) but with mlp's widths was told only that
+    'widths' is unknown for 'lenet5' (fuzz_cli --mode spec --seed 101 --only 18); now that it is
+    a key of 'mlp', the arch to set, and that lenet5 is the default when none is set."""
+    spec = tmp_path / "run.toml"
+    spec.write_text('[model]\nnum_classes = 10\nwidths = [8]\n[data]\ndataset = "digits"\n')
+    with pytest.raises(ModelError) as info:
+        model_for(load_spec(spec))
+    message = str(info.value)
+    assert message.startswith(f"{spec}: unknown key 'widths' in [model] for arch 'lenet5'")
+    assert (
+        "'widths' is a key of arch 'mlp': set [model] arch = \"mlp\" if that model is meant "
+        "('lenet5' is the default arch, used when [model] sets none)." in message
+    )
+    with pytest.raises(ModelError) as info:  # resnet20's width on vgg16: no default said
+        _build("vgg16", CIFAR, width=2)
+    assert str(info.value).endswith(
+        "'width' is a key of arch 'resnet20': set [model] arch = \"resnet20\" if that model is "
+        "meant."
+    )
+    with pytest.raises(ModelError) as info:  # a key of no arch: nothing added
+        _build("mlp", CIFAR, depth=3)
+    assert "is a key of arch" not in str(info.value)
 
 
 def test_a_model_option_like_no_valid_one_gets_no_guess() -> None:

@@ -117,6 +117,7 @@ def _build_model(
                 + "".join(f", {name}" for name in valid)
                 + ". Remove the key or fix its spelling."
                 + (f" Did you mean '{close[0]}'?" if close else "")
+                + _key_of_another_arch(key, arch)
             )
     try:
         return factory(input_shape=input_shape, num_classes=spec.num_classes, **options)
@@ -130,6 +131,28 @@ def _build_model(
             f"in memory ({_first_line(exc)}). Use smaller sizes in [model] (a few hundred to a "
             "few thousand units per layer, e.g. widths = [512, 512] for 'mlp')."
         ) from exc
+
+
+def _key_of_another_arch(key: str, arch: str) -> str:
+    """`` 'widths' is a key of arch 'mlp': ...`` when ``key``, unknown to ``arch``, is an option
+    of other built-in architectures (the arch written wrong, or not written: the default)."""
+    others = [
+        name
+        for name, factory in BUILTIN_MODELS.items()
+        if name != arch and key in inspect.signature(factory).parameters and key not in _FIXED
+    ]
+    if not others:
+        return ""
+    shown = " or ".join(f"'{name}'" for name in sorted(others)[:3])
+    default = (
+        f" ('{arch}' is the default arch, used when [model] sets none)"
+        if arch == ModelSpec().arch
+        else ""
+    )
+    return (
+        f" '{key}' is a key of arch {shown}: set [model] arch = \"{sorted(others)[0]}\" if "
+        f"that model is meant{default}."
+    )
 
 
 #: What PyTorch says when a tensor of a model cannot be made for its size: the allocator found
