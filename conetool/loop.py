@@ -112,9 +112,11 @@ class TrainingLoop:
         if not math.isfinite(value):
             if self.diverged is not None:
                 raise ConetoolError(self.diverged(step, value))
+            where = "the spec" if self.spec.source == "<spec>" else self.spec.source
             raise ConetoolError(
                 f"{self.description} diverged at step {step}: the loss is {value}. Lower "
-                f"train.lr or add train.warmup_steps in the spec.{self.diverged_hint}"
+                f"train.lr (now {self.spec.train.lr!r}) or add train.warmup_steps in "
+                f"{where}.{self.diverged_hint}"
             )
         self._loss_sum += value * len(y)
         self._correct += int((logits.argmax(1) == y).sum())

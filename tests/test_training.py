@@ -444,5 +444,7 @@ def test_a_diverged_run_says_what_to_change_and_that_its_checkpoints_are_valid(t
         train(tiny_spec(lr=1e20), out)
     said = str(caught.value)
     assert "train diverged at step" in said and "Lower train.lr" in said, said
+    # Was "Lower train.lr or add train.warmup_steps in the spec.": neither the file nor the rate.
+    assert "Lower train.lr (now 1e+20) or add train.warmup_steps in tiny.toml." in said, said
     assert said.endswith(f"The checkpoints already in {out} are valid."), said
     assert paths.checkpoint(out, 0).is_file()  # written before the divergence, kept
