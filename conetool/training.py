@@ -30,7 +30,7 @@ from ._version import __version__
 from .choices import path_argument
 from .data import DataBundle, load_data, steps_per_epoch
 from .device import resolve_device
-from .errors import DataError, SpecError, StoreError
+from .errors import DataError, ModelError, SpecError, StoreError
 from .io import (
     atomic_save_safetensors,
     atomic_write_csv,
@@ -50,6 +50,7 @@ from .spec import (
     Spec,
     check_for_training,
     check_model_classes,
+    default_arch_note,
     is_save_step,
     load_spec,
     save_spec,
@@ -118,7 +119,14 @@ def build_for_spec(spec: Spec, data: DataBundle | None = None) -> tuple[nn.Modul
     check_model_classes(spec, data.num_classes)
     torch.manual_seed(spec.train.seed)
     examples = data.examples()
-    model = build_model(spec.model, tuple(data.input_shape), source=spec.source, examples=examples)
+    try:
+        model = build_model(
+            spec.model, tuple(data.input_shape), source=spec.source, examples=examples
+        )
+    except ModelError as exc:
+        if note := default_arch_note(spec):
+            raise type(exc)(f"{exc} {note}") from exc
+        raise
     output_check(
         model, tuple(data.input_shape), data.num_classes, spec.model.arch, examples=examples
     )

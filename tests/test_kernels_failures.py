@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 import conetool
 from conetool import paths, store_records
 from conetool.cli import app
-from conetool.errors import CheckpointError, StoreError
+from conetool.errors import CheckpointError, ModelError, StoreError
 from conetool.pipeline import kernels
 from conetool.spec import Spec, spec_from_dict, spec_to_toml
 from conetool.store import Store
+from conetool.training import train
 
 runner = CliRunner()
 trained, run = run_fixtures()
@@ -344,3 +345,32 @@ def test_a_file_saved_from_a_wrapper_the_prefix_of_which_is_not_stripped_is_the_
     text = flat(str(stopped.value))
     assert "re-save the file with 'net.' taken off its keys" in text, text
     assert "fix that arch" not in text and "does not fit this run's" not in text, text
+
+
+def test_a_spec_without_arch_says_its_model_is_the_default(run: Path, tmp_path: Path) -> None:
+    """A spec whose [model] sets no arch (as with the section removed, fuzz_cli --mode spec
+    --seed 103 --only 25) builds the default lenet5, which fits no checkpoint of an mlp run; the
+    message said "[model] arch = 'lenet5' in spec.toml", an arch the file does not hold. It says
+    that lenet5 is the default the file left in place; and a lenet5 that cannot be built for the
+    data (flat inputs) says so too."""
+    images = {
+        **SPEC,
+        "data": {**SPEC["data"], "shape": [1, 8, 8]},
+        "train": {**SPEC["train"], "steps": 2, "save_every": 1},
+    }
+    ckpts = tmp_path / "images"
+    train(spec_from_dict(images, source="images.toml"), ckpts)
+    spec = spec_from_dict({**images, "model": {"num_classes": 3}}, source="nomodel.toml")
+    with pytest.raises(CheckpointError) as stopped:
+        kernels(ckpts, spec=spec, store=tmp_path / "store", device="cpu")
+    text = flat(str(stopped.value))
+    assert "[model] arch = 'lenet5' (the default: nomodel.toml sets no arch) must build" in text
+    assert "in nomodel.toml must build" not in text, text
+    spec = spec_from_dict({**SPEC, "model": {"num_classes": 3}}, source="flat.toml")
+    with pytest.raises(ModelError) as built:
+        kernels(run, spec=spec, store=tmp_path / "store2", device="cpu")
+    assert str(built.value).startswith("flat.toml: arch 'lenet5' is a convolutional network")
+    assert str(built.value).endswith(
+        "flat.toml sets no [model] arch, so the default 'lenet5' was built: set arch to the "
+        "model meant."
+    )

@@ -436,7 +436,7 @@ def test_a_misspelt_model_option_gets_the_closest_valid_one(arch, options, sugge
 def test_a_key_of_another_arch_names_that_arch(tmp_path: Path) -> None:
     """A [model] without arch (the default, lenet5) but with mlp's widths was told only that
     'widths' is unknown for 'lenet5' (fuzz_cli --mode spec --seed 101 --only 18); now that it is
-    a key of 'mlp', the arch to set, and that lenet5 is the default when none is set."""
+    a key of 'mlp', the arch to set, and that the file sets no arch: lenet5 is the default."""
     spec = tmp_path / "run.toml"
     spec.write_text('[model]\nnum_classes = 10\nwidths = [8]\n[data]\ndataset = "digits"\n')
     with pytest.raises(ModelError) as info:
@@ -444,8 +444,9 @@ def test_a_key_of_another_arch_names_that_arch(tmp_path: Path) -> None:
     message = str(info.value)
     assert message.startswith(f"{spec}: unknown key 'widths' in [model] for arch 'lenet5'")
     assert (
-        "'widths' is a key of arch 'mlp': set [model] arch = \"mlp\" if that model is meant "
-        "('lenet5' is the default arch, used when [model] sets none)." in message
+        "'widths' is a key of arch 'mlp': set [model] arch = \"mlp\" if that model is meant. "
+        f"{spec} sets no [model] arch, so the default 'lenet5' was built: set arch to the model "
+        "meant." in message
     )
     with pytest.raises(ModelError) as info:  # resnet20's width on vgg16: no default said
         _build("vgg16", CIFAR, width=2)

@@ -448,3 +448,20 @@ def test_a_diverged_run_says_what_to_change_and_that_its_checkpoints_are_valid(t
     assert "Lower train.lr (now 1e+20) or add train.warmup_steps in tiny.toml." in said, said
     assert said.endswith(f"The checkpoints already in {out} are valid."), said
     assert paths.checkpoint(out, 0).is_file()  # written before the divergence, kept
+
+
+def test_a_model_the_default_arch_cannot_make_says_the_spec_sets_no_arch(tmp_path):
+    """A spec without [model] arch builds lenet5, the default, which needs images: train said
+    only that 'lenet5' needs them, an arch the file does not write."""
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["model"] = {"num_classes": 3}
+    from conetool.errors import ModelError
+
+    with pytest.raises(ModelError) as info:
+        train(spec_from_dict(raw, source="x.toml"), tmp_path / "run")
+    assert str(info.value).startswith("x.toml: arch 'lenet5' is a convolutional network")
+    assert str(info.value).endswith(
+        "x.toml sets no [model] arch, so the default 'lenet5' was built: set arch to the model "
+        "meant."
+    )
+    assert not (tmp_path / "run").exists()

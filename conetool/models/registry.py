@@ -135,7 +135,8 @@ def _build_model(
 
 def _key_of_another_arch(key: str, arch: str) -> str:
     """`` 'widths' is a key of arch 'mlp': ...`` when ``key``, unknown to ``arch``, is an option
-    of other built-in architectures (the arch written wrong, or not written: the default)."""
+    of other built-in architectures (the arch written wrong, or not written: the default, which
+    the commands then say, :func:`conetool.spec.default_arch_note`)."""
     others = [
         name
         for name, factory in BUILTIN_MODELS.items()
@@ -144,15 +145,7 @@ def _key_of_another_arch(key: str, arch: str) -> str:
     if not others:
         return ""
     shown = " or ".join(f"'{name}'" for name in sorted(others)[:3])
-    default = (
-        f" ('{arch}' is the default arch, used when [model] sets none)"
-        if arch == ModelSpec().arch
-        else ""
-    )
-    return (
-        f" '{key}' is a key of arch {shown}: set [model] arch = \"{sorted(others)[0]}\" if "
-        f"that model is meant{default}."
-    )
+    return f" '{key}' is a key of arch {shown}: set [model] arch = \"{sorted(others)[0]}\" if that model is meant."
 
 
 #: What PyTorch says when a tensor of a model cannot be made for its size: the allocator found

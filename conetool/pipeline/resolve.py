@@ -11,9 +11,9 @@ from .. import paths
 from ..checkpoints._training_state_given import refuse_training_state
 from ..choices import path_argument
 from ..data import describe_data
-from ..errors import SpecError, StoreError
+from ..errors import ModelError, SpecError, StoreError
 from ..models import BUILTIN_MODELS, build_model
-from ..spec import Spec, check_model_classes, load_spec
+from ..spec import Spec, check_model_classes, default_arch_note, load_spec
 
 
 def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
@@ -77,4 +77,9 @@ def model_for(spec: Spec) -> nn.Module:
     """The spec's architecture (freshly initialized; checkpoints are loaded into it)."""
     info = describe_data(spec.data, source=spec.source)
     check_model_classes(spec, info.num_classes, builtin_model=spec.model.arch in BUILTIN_MODELS)
-    return build_model(spec.model, info.input_shape, source=spec.source, examples=info.examples)
+    try:
+        return build_model(spec.model, info.input_shape, source=spec.source, examples=info.examples)
+    except ModelError as exc:
+        if note := default_arch_note(spec):
+            raise type(exc)(f"{exc} {note}") from exc
+        raise
