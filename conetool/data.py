@@ -47,6 +47,7 @@ from .data_files import (
     check_mnist_files,
     cifar_checksum_problem,
     cifar_problem,
+    misplaced_problem,
     mnist_label_problem,
 )
 from .data_order import augment_generator, batch_indices, mix_seed, steps_per_epoch
@@ -293,7 +294,9 @@ def _mnist(spec: DataSpec) -> DataBundle:
 
     def split(train: bool) -> Split:
         check_mnist_files(raw, train)  # (headers only: names the file torchvision would fail on)
-        ds = _torchvision(MNIST, root, spec, train, expected)
+        ds = _torchvision(
+            MNIST, root, spec, train, expected, lambda: misplaced_problem(root, "mnist")
+        )
         if (problem := mnist_label_problem(raw, train, ds.targets)) is not None:
             raise DataError(problem)
         inputs = (ds.data.to(torch.float32).unsqueeze(1) / 255.0 - MNIST_MEAN) / MNIST_STD
@@ -322,7 +325,11 @@ def _cifar10(spec: DataSpec) -> DataBundle:
             spec,
             train,
             expected,
-            lambda: cifar_problem(folder, train) or cifar_checksum_problem(folder),
+            lambda: (
+                cifar_problem(folder, train)
+                or cifar_checksum_problem(folder)
+                or misplaced_problem(root, "cifar10")
+            ),
         )
         labels = torch.tensor(ds.targets, dtype=torch.int64)
         if len(labels) != len(ds.data) or not bool(((labels >= 0) & (labels < 10)).all()):

@@ -11,7 +11,9 @@ outside 0..9, loads without complaint and fails later. These functions find the 
   after torchvision failed (:func:`cifar_problem` unpickles the batches, with an unpickler that
   builds numpy arrays and nothing else);
 - :func:`cifar_checksum_problem` names a CIFAR-10 file whose md5 is not the original's, which
-  torchvision refuses as "not found or corrupted" although every file is there.
+  torchvision refuses as "not found or corrupted" although every file is there;
+- :func:`misplaced_problem` finds files torchvision says are not found under ``root`` although
+  they are there, elsewhere (``root`` set to the data set's own folder, files still compressed).
 
 Each returns, or raises as a :class:`~conetool.errors.DataError`, a sentence that names the file
 and what is wrong with it.
@@ -35,6 +37,7 @@ __all__ = [
     "check_mnist_files",
     "cifar_checksum_problem",
     "cifar_problem",
+    "misplaced_problem",
     "mnist_label_problem",
 ]
 
@@ -160,6 +163,75 @@ def cifar_checksum_problem(folder: Path) -> str | None:
                 '[data] dataset (the README\'s "Bring your own run").'
             )
     return None
+
+
+#: The files of CIFAR-10's extracted archive, all in ``ROOT/cifar-10-batches-py``.
+CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+
+
+def misplaced_problem(root: Path, dataset: str) -> str | None:
+    """A sentence when ``dataset``'s files (``"mnist"`` or ``"cifar10"``) are under ``root`` but
+    not where torchvision looks for them (``ROOT/MNIST/raw/``, ``ROOT/cifar-10-batches-py/``):
+    ``root`` is the data set's own folder (the fix: its parent as root), or the files are still
+    compressed (MNIST's ``.gz``, CIFAR-10's ``cifar-10-python.tar.gz``: the fix, extracting
+    them). None when no such file is found (the data set is missing: the caller says so)."""
+    if dataset == "mnist":
+        names = [name for pair in MNIST_FILES.values() for name in pair]
+        target = root / "MNIST" / "raw"
+        for folder in (target, root / "raw", root):
+            found = [n for n in names if (folder / n).is_file()]
+            packed = [f"{n}.gz" for n in names if (folder / f"{n}.gz").is_file() and n not in found]
+            if folder == target:
+                if packed:
+                    return (
+                        f"MNIST's files in {folder} are still compressed ({', '.join(packed)}): "
+                        "torchvision reads them extracted. Extract them where they are "
+                        f"(gunzip {folder}/*.gz), or set `download = true` in [data] on a "
+                        "machine with a network."
+                    )
+                continue
+            if found or packed:
+                listed = [*found, *packed]
+                shown = ", ".join(listed[:2]) + (", ..." if len(listed) > 2 else "")
+                fix = _parent_root(root, folder, ("MNIST", "raw"))
+                extract = ", and extract the .gz files (gunzip)" if packed else ""
+                return (
+                    f"MNIST's files are in {folder} ({shown}), but torchvision looks for them "
+                    f"in ROOT/MNIST/raw/, here {target}/: {fix}{extract}."
+                )
+        return None
+    folder = root / "cifar-10-batches-py"
+    if folder.is_dir():
+        return None
+    archive = root / "cifar-10-python.tar.gz"
+    if archive.is_file():
+        return (
+            f"{archive} is not extracted: torchvision reads the folder cifar-10-batches-py "
+            f"it holds. Extract it where it is (tar -xzf {archive} -C {root})."
+        )
+    found = [n for n in CIFAR_FILES if (root / n).is_file()]
+    if found:
+        shown = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+        fix = _parent_root(root, root, ("cifar-10-batches-py",))
+        return (
+            f"CIFAR-10's files are in {root} ({shown}), but torchvision looks for them in "
+            f"ROOT/cifar-10-batches-py/, here {folder}/: {fix}."
+        )
+    return None
+
+
+def _parent_root(root: Path, folder: Path, layout: tuple[str, ...]) -> str:
+    """The fix for files found in ``folder`` (``root`` or below it) rather than in
+    ``ROOT/*layout``: the root that puts ``folder`` there, when ``folder``'s path ends in
+    ``layout``; else moving the files there."""
+    depth = len(layout)
+    tail = folder.parts[-depth:] if len(folder.parts) > depth else ()
+    if tail == layout:
+        parent = folder
+        for _ in layout:
+            parent = parent.parent
+        return f"set data.root = {str(parent)!r} in [data] (the folder above {'/'.join(layout)})"
+    return f"move them into {root.joinpath(*layout)}/"
 
 
 def _batch_problem(path: Path) -> str | None:

@@ -217,6 +217,79 @@ def test_a_data_root_that_is_a_file_is_said_to_be_a_file(
     assert root.read_text() == "x" and sorted(tmp_path.iterdir()) == [root]
 
 
+_MNIST_NAMES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+_CIFAR_NAMES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "folder", "names", "root", "said"),
+    [
+        # root one or two levels too deep: the fix is the folder above
+        ("mnist", "d/MNIST/raw", _MNIST_NAMES, "d/MNIST", "set data.root = '{t}/d' in [data]"),
+        ("mnist", "d/MNIST/raw", _MNIST_NAMES, "d/MNIST/raw", "set data.root = '{t}/d' in [data]"),
+        (
+            "cifar10",
+            "d/cifar-10-batches-py",
+            _CIFAR_NAMES,
+            "d/cifar-10-batches-py",
+            "set data.root = '{t}/d' in [data]",
+        ),
+        # the files in a folder of another name: moved to where torchvision looks
+        ("mnist", "d", _MNIST_NAMES, "d", "move them into {t}/d/MNIST/raw/"),
+        ("cifar10", "d", _CIFAR_NAMES, "d", "move them into {t}/d/cifar-10-batches-py/"),
+        # still compressed
+        (
+            "mnist",
+            "d/MNIST/raw",
+            [f"{n}.gz" for n in _MNIST_NAMES],
+            "d",
+            "are still compressed (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz): torchvision reads them "
+            "extracted. Extract them where they are (gunzip {t}/d/MNIST/raw/*.gz)",
+        ),
+        (
+            "mnist",
+            "d/MNIST/raw",
+            [f"{n}.gz" for n in _MNIST_NAMES],
+            "d/MNIST/raw",
+            "set data.root = '{t}/d' in [data] (the folder above MNIST/raw), and extract the "
+            ".gz files (gunzip)",
+        ),
+        (
+            "cifar10",
+            "d",
+            ["cifar-10-python.tar.gz"],
+            "d",
+            "{t}/d/cifar-10-python.tar.gz is not extracted: torchvision reads the folder "
+            "cifar-10-batches-py it holds. Extract it where it is "
+            "(tar -xzf {t}/d/cifar-10-python.tar.gz -C {t}/d)",
+        ),
+    ],
+)
+def test_files_not_where_torchvision_looks_are_found_and_the_fix_said(
+    tmp_path: Path, dataset: str, folder: str, names: list[str], root: str, said: str
+) -> None:
+    """The data set's files under 'data.root' but not where torchvision looks (root set to the
+    data set's own folder, files in a folder of another name, MNIST's .gz or CIFAR-10's archive
+    not extracted) got "not found ... set `download = true` or copy the files there": they
+    were there. Now where they are and the fix; nothing is moved, extracted or downloaded."""
+    (tmp_path / folder).mkdir(parents=True)
+    for name in names:
+        (tmp_path / folder / name).write_bytes(b"x")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(dataset=dataset, root=str(tmp_path / root)), source="s.toml")
+    message = " ".join(str(info.value).split())
+    assert message.startswith("s.toml: ") and said.format(t=tmp_path) in message, message
+    assert "was not found" not in message and "copy the files there" not in message
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def _write_cifar(root: Path, per_batch: int = 4, n_test: int = 3) -> dict[str, dict]:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
