@@ -252,7 +252,9 @@ def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> Spec:
     for name, cls in _SECTIONS.items():
         values = raw.get(name, {})
         if not isinstance(values, Mapping):
-            raise SpecError(f"{source}: '{name}' must be a table ([{name}]), got {values!r}.")
+            raise SpecError(
+                f"{source}: '{name}' must be a table ([{name}]), got {_as_written(values)}."
+            )
         sections[name] = _build_section(cls, name, dict(values), source)
     written = frozenset(
         f"{name}.{key}"
@@ -311,9 +313,22 @@ def _type_name(tp: Any) -> str:
     )
 
 
+def _as_written(value: Any) -> str:
+    """A value of the spec file for a message, as TOML writes it (``true``, ``"ten"``,
+    ``{ a = 1 }``, ``[1, "a"]``, not Python's ``True``, ``'ten'`` or ``{'a': 1}``), its
+    letters as they are (``"ünï"``, not ``"\\u00fcn\\u00ef"``)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_as_written(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_as_written(v)}" for k, v in value.items()) + " }"
+    return toml_text(value)
+
+
 def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
     def bad() -> SpecError:
-        return SpecError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}.")
+        return SpecError(f"{source}: '{key}' must be {_type_name(tp)}, got {_as_written(value)}.")
 
     if get_origin(tp) is list:
         if not isinstance(value, list):

@@ -55,7 +55,11 @@ def test_model_extra_keys_become_factory_options(tmp_path):
             r"unknown key 'stepz' in \[train\]\. Valid keys: steps, batch_size",
         ),
         ("[trian]\nsteps = 3\n", r"unknown section \[trian\]\. Valid sections: \[model\]"),
-        ('[train]\nsteps = "ten"\n', r"'train\.steps' must be an integer, got 'ten'"),
+        ('[train]\nsteps = "ten"\n', r"'train\.steps' must be an integer, got \"ten\"\."),
+        ("[train]\nsteps = true\n", r"'train\.steps' must be an integer, got true\."),
+        ("[train]\nsteps = { a = 1 }\n", r"'train\.steps' must be an integer, got \{ a = 1 \}\."),
+        ('[probe]\nseed = "ünï"\n', r"'probe\.seed' must be an integer, got \"ünï\"\."),
+        ("[data]\ntrain_size = [nan]\n", r"'data\.train_size' must be an integer, got \[nan\]\."),
         ("[train]\nsteps = 1.5\n", r"'train\.steps' must be an integer, got 1\.5"),
         ("[train]\naugment = 1\n", r"'train\.augment' must be true or false, got 1"),
         (
@@ -80,9 +84,10 @@ def test_model_extra_keys_become_factory_options(tmp_path):
         ("[train]\nlr = -0.1\n", r"'train\.lr' must be positive"),
         (
             "[train]\nsave_at = [1, 'a']\n",
-            r"'train\.save_at' must be a list of integers, got \[1, 'a'\]",
+            r"'train\.save_at' must be a list of integers, got \[1, \"a\"\]",
         ),
         ("model = 3\n", r"'model' must be a table"),
+        ('model = "x"\n', r"'model' must be a table \(\[model\]\), got \"x\"\."),
     ],
 )
 def test_validation_names_file_key_value_and_choices(tmp_path, text, match):

@@ -276,7 +276,7 @@ def test_evaluate_runs_the_model_in_eval_mode_on_every_example():
         ({"betas": [0.9, 1.0]}, r"'train\.betas' must be two numbers in \[0, 1\)"),
         ({"milestones": [0, 5]}, r"'train\.milestones' must be increasing positive steps"),
         ({"milestones": [5, 5]}, r"'train\.milestones' must be increasing positive steps"),
-        ({"steps": True}, r"'train\.steps' must be an integer, got True"),
+        ({"steps": True}, r"'train\.steps' must be an integer, got true\."),
         ({"lr": math.nan}, r"'train\.lr' must be a number, got nan"),
         ({"lr": math.inf}, r"'train\.lr' must be a number, got inf"),
         ({"optimizer": "sgd", "momentum": 0, "nesterov": True}, r"'train\.nesterov' needs"),
