@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from . import paths
 from .choices import path_argument
 from .errors import StoreError, StoreReplacedError
-from .folder_roles import checkpoint_contents
+from .folder_roles import checkpoint_contents, store_holding
 from .io import make_dir
 from .store_clearing import clear, remove_stale_temporaries
 from .store_companion_records import CompanionRecords
@@ -70,6 +70,13 @@ class StoreOpening(CompanionRecords):
                     "was given another --store)."
                 )
             where = "does not exist" if not root.exists() else f"has no {paths.MANIFEST_NAME}"
+            held = store_holding(root) if root.is_dir() else None
+            if held is not None and held[0] != root:  # a folder of kernel files of a store
+                raise StoreError(
+                    f"store {root} {where}: it is the {root.name}/ folder of the conetool store "
+                    f"{held[0]} (which holds {paths.MANIFEST_NAME}), not a store. Pass that "
+                    f"store: --store {held[0]}"
+                )
             run = checkpoint_contents(root)
             if run is not None:
                 raise StoreError(

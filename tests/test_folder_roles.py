@@ -171,6 +171,27 @@ def test_a_run_saved_as_folders_per_step_given_as_the_store_is_a_checkpoint_dire
     assert listing(ckpts) == before
 
 
+@pytest.mark.parametrize("command", ["distance", "embed", "report", "spectrum"])
+def test_the_kernels_folder_of_a_store_given_as_the_store_names_the_store(
+    run: Path, tmp_path: Path, command: str
+) -> None:
+    # --store STORE/kernels (fuzz_cli --mode flags --seed 201 --only 20) was said to be 'a
+    # checkpoint directory (it holds 3 checkpoint files such as step_000000.safetensors)', its
+    # kernel files taken for checkpoints, with the advice 'conetool kernels STORE/kernels
+    # --store conetool-out', which kernels refuses
+    store = tmp_path / "store"
+    kernels(run, store=store, device="cpu")
+    before = listing(store)
+    text = invoke(command, "--store", str(store / paths.KERNELS_DIR))
+    assert (
+        f"store {store / paths.KERNELS_DIR} has no manifest.json: it is the kernels/ folder of "
+        f"the conetool store {store} (which holds manifest.json), not a store. Pass that store: "
+        f"--store {store}" in text
+    ), text
+    assert "checkpoint" not in text, text
+    assert listing(store) == before
+
+
 def test_a_store_an_older_conetool_wrote_among_step_folders_is_left_out_of_the_listing(
     run: Path, tmp_path: Path
 ) -> None:
