@@ -123,10 +123,15 @@ class Ranks:
                 ) from None
         ranks = cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
         if ranks.world_size < 1 or not 0 <= ranks.rank < ranks.world_size or ranks.local_rank < 0:
+            shown = ", ".join(
+                f"{name}={values[name]}" if env.get(name, "").strip() else f"{name} unset"
+                for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+            )
             raise ConetoolError(
-                f"environment RANK={ranks.rank}, WORLD_SIZE={ranks.world_size}, LOCAL_RANK="
-                f"{ranks.local_rank} is not a valid torchrun placement (0 <= RANK < WORLD_SIZE). "
-                "Start conetool with torchrun, or unset these variables for a single process."
+                f"environment {shown} is not a valid torchrun placement (WORLD_SIZE >= 1, "
+                "0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0; unset: RANK 0, WORLD_SIZE 1, "
+                "LOCAL_RANK 0). Start conetool with torchrun, or unset these variables for a "
+                "single process."
             )
         return ranks
 

@@ -192,6 +192,14 @@ def test_ranks_from_environment():
         Ranks.from_env({"RANK": "x"})
     with pytest.raises(ConetoolError, match="not a valid torchrun placement"):
         Ranks.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    # Was "environment RANK=0, WORLD_SIZE=0, LOCAL_RANK=0 is not ...": values never set shown as
+    # set (fuzz_cli --mode env --seed 300 --only 4)
+    with pytest.raises(ConetoolError) as info:
+        Ranks.from_env({"WORLD_SIZE": "0"})
+    assert str(info.value).startswith(
+        "environment RANK unset, WORLD_SIZE=0, LOCAL_RANK unset is not a valid torchrun placement "
+        "(WORLD_SIZE >= 1,"
+    ), str(info.value)
     if not torch.cuda.is_available():
         assert ranks.device("auto") == torch.device("cpu")
         with pytest.raises(ConetoolError, match="no usable CUDA"):
