@@ -37,6 +37,12 @@ same checks plus ``unnamed-input``: a failing call's output names the input that
   out of range, huge, non-finite or unicode, removed, misspelt or unknown (or a section removed,
   unknown, or not a table), passed to train, kernels, switch, inspect or distance; a refusal
   names the spec file and, for one broken key, that key;
+- ``semantic``: the run's spec with one or two mistakes of meaning, each value of the right
+  type (``fuzz_inputs.SEMANTIC``: a model of other classes than the data, a probe set larger
+  than its split, mnist/cifar10 ``root`` empty, missing or a file, a batch larger than the train
+  set, a hidden width of 0, no arch beside mlp's widths, milestones, save_every, eval_every or
+  warmup beyond the run, dense steps swapped, a diverging learning rate), passed to train,
+  kernels, switch or inspect; a refusal names the spec file and, for one mistake, its key;
 - ``env``: a call that works, under one to three odd environment variables (CONETOOL_THREADS,
   CONETOOL_PEER_TIMEOUT, CONETOOL_DEBUG (tracebacks are then asked for), RANK, WORLD_SIZE,
   LOCAL_RANK, OMP_NUM_THREADS, COLUMNS, LC_ALL, HOME, TMPDIR, ...), sometimes without the
@@ -93,7 +99,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuzz_inputs import Plan, env_plan, spec_plan, store_plan
+from fuzz_inputs import Plan, env_plan, semantic_plan, spec_plan, store_plan
 
 SPEC = """\
 [model]
@@ -500,6 +506,8 @@ def call(index: int, seed: int, pristine: Path, work: Path, table: Any, options:
         plan = Plan(invocation(rng, table))
     elif mode == "spec":
         plan = spec_plan(rng, (pristine / CKPTS / "conetool.toml").read_text(encoding="utf-8"))
+    elif mode == "semantic":
+        plan = semantic_plan(rng, (pristine / CKPTS / "conetool.toml").read_text(encoding="utf-8"))
     elif mode == "env":
         plan = env_plan(rng)
     elif mode == "ckpts":
@@ -565,9 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--mode",
-        choices=["flags", "spec", "env", "store", "ckpts"],
+        choices=["flags", "spec", "semantic", "env", "store", "ckpts"],
         default="flags",
-        help="what is fuzzed: the flags (default), spec files, environment variables, "
+        help="what is fuzzed: the flags (default), spec files (values of the wrong type or "
+        "range; semantic: well-typed values wrong in meaning), environment variables, "
         "corrupted store and run files, or checkpoint folders written as other tools do",
     )
     parser.add_argument("--log", type=Path, help="JSON lines of the failing calls")

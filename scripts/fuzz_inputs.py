@@ -184,6 +184,92 @@ def spec_plan(rng: random.Random, resolved: str) -> Plan:
     return Plan(argv, files, names=names, about="; ".join(done))
 
 
+# --- spec files wrong in meaning -------------------------------------------------------------
+
+#: Mistakes of meaning a spec of well-typed values can make, each (what is done, the word a
+#: refusal must name, the change: section -> key -> value, None removing the key). A call that
+#: succeeds (a warning, or a spec that works) is fine; one that fails must name the word.
+SEMANTIC: list[tuple[str, str, dict[str, dict[str, Any]]]] = [
+    (
+        "synthetic data of 2 classes, a model of 10",
+        "num_classes",
+        {"data": {"dataset": "synthetic", "num_classes": 2}},
+    ),
+    ("a model of 3 classes on digits (10)", "num_classes", {"model": {"num_classes": 3}}),
+    ("a probe set larger than the train split", "probe.size", {"probe": {"size": 5000}}),
+    (
+        "a probe set larger than the test split",
+        "probe.size",
+        {"probe": {"size": 400, "split": "test"}},
+    ),
+    (
+        "a synthetic probe set larger than its test split",
+        "probe.size",
+        {"data": {"dataset": "synthetic", "test_size": 20}, "probe": {"size": 30, "split": "test"}},
+    ),
+    ("mnist under an empty folder", "root", {"data": {"dataset": "mnist", "root": "empty_dir"}}),
+    (
+        "cifar10 under a folder that does not exist",
+        "root",
+        {"data": {"dataset": "cifar10", "root": "no_such_dir"}},
+    ),
+    ("mnist with root a file", "root", {"data": {"dataset": "mnist", "root": "note.txt"}}),
+    (
+        "cifar10 with root a file, download = true",
+        "root",
+        {"data": {"dataset": "cifar10", "root": "note.txt", "download": True}},
+    ),
+    ("a batch larger than the train set", "batch_size", {"train": {"batch_size": 5000}}),
+    ("a hidden layer of width 0", "widths", {"model": {"widths": [0]}}),
+    ("a negative hidden width", "widths", {"model": {"widths": [8, -2]}}),
+    ("no arch, mlp's widths", "arch", {"model": {"arch": None}}),
+    ("lenet5 with mlp's widths", "widths", {"model": {"arch": "lenet5"}}),
+    (
+        "milestones beyond the run",
+        "milestones",
+        {"train": {"schedule": "step", "milestones": [100]}},
+    ),
+    ("save_every beyond the run", "save_every", {"train": {"save_every": 100}}),
+    ("eval_every beyond the run", "eval_every", {"train": {"eval_every": 100}}),
+    ("warmup longer than the run", "warmup_steps", {"train": {"warmup_steps": 100}}),
+    (
+        "dense_every and dense_until swapped",
+        "dense_until",
+        {"train": {"dense_every": 8, "dense_until": 4}},
+    ),
+    ("a learning rate that diverges", "train.lr", {"train": {"lr": 1e30}}),
+    ("save_at beyond the run", "save_at", {"train": {"save_at": [50]}}),
+]
+
+
+def semantic_plan(rng: random.Random, resolved: str) -> Plan:
+    """The run's resolved spec (``resolved``) with one or two mistakes of meaning from
+    :data:`SEMANTIC`, passed to train, kernels (into a store of its own), switch (a sweep of its
+    own) or inspect; a refusal names the spec file and, for one mistake, its word."""
+    doc: dict[str, Any] = tomllib.loads(resolved)
+    picked = rng.sample(SEMANTIC, rng.choices([1, 2], [0.8, 0.2])[0])
+    for _, _, change in picked:
+        for section, values in change.items():
+            for key, value in values.items():
+                if value is None:
+                    doc[section].pop(key, None)
+                else:
+                    doc[section][key] = value
+    spec = rng.choice(["fuzz.toml", "fuzz ünï.toml", "spec.toml"])
+    files: dict[str, bytes | None] = {spec: toml_text(doc).encode("utf-8")}
+    command = rng.choice(["train"] * 3 + ["kernels"] * 3 + ["switch", "inspect"])
+    cpu = ["--device", "cpu"]
+    sweep = ["--ckpts", CKPTS, "--spec", spec, "--store", "sweep"]
+    argv = {
+        "train": ["train", spec, "--out", "new_out", "-q", *cpu],
+        "kernels": ["kernels", CKPTS, "--spec", spec, "--store", "new_store", "-q", *cpu],
+        "switch": ["switch", "--at", "4", *sweep, "-q", *cpu],
+        "inspect": ["inspect", CKPTS, "--spec", spec],
+    }[command]
+    names = [spec] + ([picked[0][1]] if len(picked) == 1 else [])
+    return Plan(argv, files, names=names, about="; ".join(what for what, _, _ in picked))
+
+
 # --- environment variables --------------------------------------------------------------------
 
 #: Commands that work in the fuzz folder, run under a broken environment.
