@@ -97,3 +97,25 @@ def test_a_built_in_model_of_another_class_count_than_the_data_names_the_key(
         result.output
     )
     assert "Set num_classes = 10 in [model]." in text
+
+
+def test_a_spec_of_another_data_set_names_the_data_set_among_the_causes(tmp_path: Path) -> None:
+    """A spec of the run but with another data set (inputs of shape (1, 28, 28) for MNIST
+    instead of the run's 4 features) builds a model whose first layer does not fit the
+    checkpoints; the message named [model] only (fuzz_cli --mode semantic --seed 0 --only 23),
+    though the model's [model] keys were those of the run. It names [data] dataset too."""
+    ckpts = tmp_path / "ckpts"
+    train(spec_from_dict(tiny_spec(), source="run.toml"), ckpts)
+    raw = tiny_spec()
+    raw["data"] = {"dataset": "mnist", "root": str(tmp_path / "nowhere")}
+    raw["model"]["num_classes"] = 10
+    other = tmp_path / "other.toml"
+    save_spec(spec_from_dict(raw, source=str(other)), other)
+    result = runner.invoke(app, ["inspect", str(ckpts), "--spec", str(other)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "'fc_layers.0.weight' expected (6, 784), found (6, 4)" in text, text
+    assert (
+        "are those of the run that wrote this checkpoint, and its [data] dataset too (the data "
+        "set gives the model's input shape)" in text
+    ), text

@@ -161,6 +161,11 @@ def describe_mismatch(match: KeyMatch, name: str, model_name: str, spec: str | N
             "Check that the spec's [model] arch, num_classes and options"
             + (f" (in {spec})" if spec else "")
             + " are those of the run that wrote this checkpoint"
+            + (
+                ", and its [data] dataset too (the data set gives the model's input shape)"
+                if match.mismatched
+                else ""
+            )
         )
     )
     return f"'{name}' does not fit the model ({model_name}){how}: " + "; ".join(parts) + f". {fix}."
