@@ -224,7 +224,15 @@ def load_spec(path: str | Path) -> Spec:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"spec file {path} is not UTF-8 text: {exc}.") from exc
+        weights = path.suffix.lower() in {".safetensors", ".pt", ".pth", ".bin", ".ckpt"}
+        hint = (
+            f" It is a checkpoint ({path.suffix}), not a spec: pass the TOML spec that builds "
+            f"its model (a run of conetool train has one, {paths.SPEC_NAME}, beside its "
+            "checkpoints)."
+            if weights
+            else " Pass the path of a TOML spec file."
+        )
+        raise SpecError(f"spec file {path} is not UTF-8 text: {exc}.{hint}") from exc
     return spec_from_toml(text, source=str(path))
 
 

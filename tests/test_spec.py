@@ -331,3 +331,21 @@ def test_a_seed_beyond_pytorchs_is_refused_naming_its_key(tmp_path, section, key
     assert str(info.value).startswith(f"{path}: '{section}.{key}' = {value} is beyond the seeds")
     for taken in (2**64 - 1, -(2**63), 0):
         assert load_spec(write(tmp_path, text.replace(f"= {value}", f"= {taken}")))
+
+
+@pytest.mark.parametrize("name", ["step_000004.safetensors", "model.pt", "notes.bin.txt"])
+def test_a_spec_file_that_is_not_text_says_what_to_pass(tmp_path, name):
+    """A checkpoint passed as the spec (--spec ckpts/step_000004.safetensors, fuzz_cli --mode
+    flags --seed 201) got only the UTF-8 decoder's words, no fix; now it is named a checkpoint
+    and the spec beside a run's checkpoints is named, and any other binary file gets the fix."""
+    path = tmp_path / name
+    path.write_bytes(b"\xa0\x00\xff binary")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"spec file {path} is not UTF-8 text: ")
+    if name.endswith(".txt"):
+        assert message.endswith(". Pass the path of a TOML spec file."), message
+    else:
+        assert f"It is a checkpoint ({path.suffix}), not a spec: pass the TOML spec" in message
+        assert "conetool.toml, beside its checkpoints" in message, message
