@@ -13,6 +13,7 @@ Trainer run keeps each step in a folder of its own: ``CKPTS/checkpoint-2000/mode
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -362,6 +363,26 @@ def report_training_png(store: Path) -> Path:
 
 #: The store's folders of derived results, which ``kernels --overwrite`` clears with the kernels.
 DERIVED_DIRS = (DISTANCE_DIR, EMBED_DIR, SPECTRUM_DIR, SWITCH_DIR, REPORT_DIR)
+
+#: The prefix of the folder in a store that ``kernels --overwrite`` moves the replaced store's
+#: files into before it deletes them (``STORE/.conetool-replaced-x1y2/``): the replaced store is
+#: gone the moment its ``manifest.json`` is moved there, whatever stops the clearing after.
+REPLACED_PREFIX = ".conetool-replaced-"
+
+
+def replaced_folders(store: Path) -> list[Path]:
+    """The folders ``STORE/.conetool-replaced-*`` a clearing made (real folders, no symlink),
+    sorted; empty where there are none or the store cannot be listed."""
+    try:
+        with os.scandir(store) as entries:
+            found = [
+                Path(entry.path)
+                for entry in entries
+                if entry.name.startswith(REPLACED_PREFIX) and entry.is_dir(follow_symlinks=False)
+            ]
+    except OSError:
+        return []
+    return sorted(found, key=lambda path: path.name)
 
 
 def report_spec(store: Path) -> Path:

@@ -1,5 +1,7 @@
 """Clearing a store: what ``--overwrite`` removes (:func:`clear`: the manifest, probe and
-evaluation sets, kernel files, derived outputs, and nothing else), counted under the results lock
+evaluation sets, kernel files, derived outputs, and nothing else; moved into
+``STORE/.conetool-replaced-*`` first, the manifest first, so that a clearing stopped at any moment
+leaves the old store whole or gone, and :func:`finish_clearing` removes the rest), counted under the results lock
 held exclusive, after the readers writing their results into the store
 (:meth:`conetool.store.Store.writing_results`); the temporary files a killed writer left,
 which the next writer removes before it writes (:func:`remove_stale_temporaries`; in the result
@@ -9,16 +11,25 @@ that a failed ``kernels`` run created and left without a kernel (:func:`remove_u
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from . import paths
 from .io import remove_temporaries, temporaries_of
-from .store_kernel_files import kernel_files
+from .store_kernel_files import clearing_stopped, kernel_files
 from .store_lock import results_lock
 
-__all__ = ["clear", "remove_stale_result_temporaries", "remove_stale_temporaries", "remove_unused"]
+__all__ = [
+    "clear",
+    "clearing_stopped",
+    "finish_clearing",
+    "remove_stale_result_temporaries",
+    "remove_stale_temporaries",
+    "remove_unused",
+]
 
 
 #: The folders only ``kernels`` (the lock's holder and its ranks) writes in.
@@ -32,7 +43,15 @@ def _own_files(root: Path) -> tuple[Path, ...]:
 
 def clear(root: Path) -> str | None:
     """Remove what conetool writes in a store (manifest, probe, kernels, derived outputs), and
-    say what was removed (None when there was nothing): ``--overwrite`` tells the user."""
+    say what was removed (None when there was nothing): ``--overwrite`` tells the user.
+
+    Atomic for a reader and for the next run, whatever stops it: the files are first moved into
+    a folder of their own in the store (``STORE/.conetool-replaced-x1y2/``, renames on one file
+    system), ``manifest.json`` first, then deleted there. Before that first rename the old store
+    is whole; after it the old store is gone: no command reads what is left of it
+    (:func:`clearing_stopped`), and the next writer finishes the clearing
+    (:func:`finish_clearing`) before it writes anything."""
+    root = Path(root)
     with results_lock(root, exclusive=True):  # after the readers' writes (Store.writing_results)
         # counted under the lock: what is removed, once the readers waited for have written
         kernels = len(kernel_files(root))
@@ -43,22 +62,93 @@ def clear(root: Path) -> str | None:
                 (paths.layer_kernels_dir(root), "layer kernel"),
             )
         ]
-        derived = [name for name in paths.DERIVED_DIRS if (Path(root) / name).is_dir()]
-        for path in _own_files(root):
-            path.unlink(missing_ok=True)
-        for name in (*_WRITER_DIRS, *paths.DERIVED_DIRS):
-            folder = Path(root) / name
-            if folder.is_dir():
-                _remove_folder(folder)
+        derived = [name for name in paths.DERIVED_DIRS if (root / name).is_dir()]
+        if _conetool_entries(root):
+            aside = Path(tempfile.mkdtemp(prefix=paths.REPLACED_PREFIX, dir=root))
+            _move_aside(root, aside)
+        for folder in paths.replaced_folders(root):  # this one, and any a kill left
+            _remove_folder(folder)
     said = [
         f"{count} {what} file(s)" for count, what in [(kernels, "kernel"), *companions] if count
     ]
     if derived:
-        said.append(f"its {', '.join(derived)} results")
+        said.append(f"{'its ' if said else ''}{', '.join(derived)} results")
     if not said:
         return None
     removed = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
     return f"--overwrite removed the replaced store's {removed}"
+
+
+def finish_clearing(root: Path) -> str | None:
+    """Finish what a stopped clearing (:func:`clear`) left in store ``root``: the replaced
+    store's files still in place are moved aside (only where no ``manifest.json`` was written
+    since: :func:`clearing_stopped`), and the ``STORE/.conetool-replaced-*`` folders are deleted.
+    The caller holds the store's writer lock. Says what it removed (None: nothing of the
+    replaced store was left in place)."""
+    root = Path(root)
+    if not paths.replaced_folders(root):
+        return None
+    said = None
+    with results_lock(root, exclusive=True):
+        folders = paths.replaced_folders(root)
+        if folders and clearing_stopped(root):
+            kernels = len(_step_files(root / paths.KERNELS_DIR))
+            left = [
+                f"{p.name}/" if p.is_dir() else p.name
+                for p in _conetool_entries(root)
+                if not p.is_symlink() or (p.name == paths.KERNELS_DIR and kernels)
+            ]
+            _move_aside(root, folders[0])
+            if left:
+                if kernels and f"{paths.KERNELS_DIR}/" in left:
+                    left[left.index(f"{paths.KERNELS_DIR}/")] += f" ({kernels} kernel file(s))"
+                said = (
+                    f"a conetool kernels --overwrite was stopped while it cleared store {root}: "
+                    "the store it replaced was already gone (its manifest.json moved aside), "
+                    f"and what was left of it is now removed too: {', '.join(left)}"
+                )
+        for folder in folders:
+            _remove_folder(folder)
+    return said
+
+
+def _conetool_entries(root: Path) -> list[Path]:
+    """What a store's writers put at its top (manifest, probe and eval sets, kernel folders,
+    result folders) that is there now, the manifest first."""
+    names = [p.name for p in _own_files(root)] + [*_WRITER_DIRS, *paths.DERIVED_DIRS]
+    return [root / name for name in names if os.path.lexists(root / name)]
+
+
+def _move_aside(root: Path, aside: Path) -> None:
+    """Move the store's own files and folders into ``aside`` (a folder in ``root``), the
+    manifest first. A folder that is a symlink (``kernels/`` on a shared disk) stays, as the
+    link; the files conetool wrote directly in it are deleted there instead (a rename would
+    cross file systems): kernel files in the kernel folders, every file in a result folder."""
+    for entry in _conetool_entries(root):
+        if entry.is_symlink() and entry.is_dir():
+            own = _step_files(entry) if entry.name in _WRITER_DIRS else _plain_files(entry)
+            for path in own:
+                path.unlink(missing_ok=True)
+            continue
+        try:
+            os.replace(entry, aside / entry.name)
+        except FileNotFoundError:
+            pass  # gone meanwhile
+
+
+def _step_files(folder: Path) -> list[Path]:
+    """The kernel files and their temporaries directly in ``folder`` (regular files only)."""
+    pattern = re.compile(rf"{_STEP_FILE}|{temporaries_of(_STEP_FILE).pattern}")
+    return [p for p in _plain_files(folder) if pattern.fullmatch(p.name)]
+
+
+def _plain_files(folder: Path) -> list[Path]:
+    """The regular files directly in ``folder`` (no symlink, nothing nested)."""
+    try:
+        with os.scandir(folder) as entries:
+            return [Path(e.path) for e in entries if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 #: How many times :func:`_remove_folder` starts over when files appear in a folder it removes.

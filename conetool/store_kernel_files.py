@@ -27,6 +27,7 @@ from .store_manifest import (
 )
 
 __all__ = [
+    "clearing_stopped",
     "damaged",
     "is_kernel_of",
     "kernel_file_headers",
@@ -109,12 +110,24 @@ def _looks_like_store(root: Path) -> bool:
 
 
 def kernel_files(root: Path) -> list[Path]:
-    """The kernel files of the store ``root`` (``kernels/step_*.safetensors``), sorted."""
+    """The kernel files of the store ``root`` (``kernels/step_*.safetensors``), sorted. None
+    where a ``kernels --overwrite`` was stopped while it cleared the store
+    (:func:`clearing_stopped`): those files are the replaced store's, which is gone."""
     folder = Path(root) / paths.KERNELS_DIR
-    if not folder.is_dir():
+    if not folder.is_dir() or clearing_stopped(root):
         return []
     # by name: the order of the paths themselves (one folder's), without comparing Path objects
     return sorted(folder.glob("step_*.safetensors"), key=_path_order)
+
+
+def clearing_stopped(root: Path) -> bool:
+    """Whether a clearing (:func:`conetool.store_clearing.clear`) was stopped after it moved the
+    replaced store's ``manifest.json`` aside (into ``STORE/.conetool-replaced-*``) and before a
+    new one was written: the conetool files left in ``root`` are the replaced store's, which no
+    command may read (the next writer removes them:
+    :func:`conetool.store_clearing.finish_clearing`)."""
+    manifest = paths.manifest(root)
+    return not (manifest.is_symlink() or manifest.exists()) and bool(paths.replaced_folders(root))
 
 
 def _path_order(path: Path) -> str:

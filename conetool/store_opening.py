@@ -16,7 +16,7 @@ from .choices import path_argument
 from .errors import StoreError, StoreReplacedError
 from .folder_roles import checkpoint_contents, store_holding
 from .io import make_dir
-from .store_clearing import clear, remove_stale_temporaries
+from .store_clearing import clear, clearing_stopped, finish_clearing, remove_stale_temporaries
 from .store_companion_records import CompanionRecords
 from .store_kernel_files import damaged, kernel_files, kernel_files_made_with
 from .store_lock import StoreLock, writer_note
@@ -55,6 +55,14 @@ class StoreOpening(CompanionRecords):
                     f"store {root} has no {paths.MANIFEST_NAME} yet: conetool kernels is "
                     f"writing it ({writer}) and has not written its manifest (it clears a "
                     "replaced store first). Wait a moment and open it again."
+                )
+            if clearing_stopped(root):
+                raise StoreError(
+                    f"store {root} has no {paths.MANIFEST_NAME}: a conetool kernels --overwrite "
+                    "was stopped while it cleared the store it replaced there. That store is "
+                    "gone, and the new one has no kernels yet. Rerun that conetool kernels "
+                    f"CKPTS --store {root} --overwrite: it removes what is left of the replaced "
+                    "store and computes the new kernels."
                 )
             if kernel_files(root):
                 raise StoreError(
@@ -198,6 +206,8 @@ class StoreOpening(CompanionRecords):
         path = paths.manifest(root)
         warnings: list[str] = []  # the rebuild (its last item completed below), what is lost
         clears = False  # overwrite: what is there is cleared (or left until clear_deferred)
+        # what a stopped --overwrite left of the store it replaced, removed before anything else
+        finished = finish_clearing(root)
         remove_stale_temporaries(root)
         if path.is_file():
             try:
@@ -241,6 +251,7 @@ class StoreOpening(CompanionRecords):
         if clears and defer_clearing:  # the old store stays until clear_deferred
             store = cls(root, manifest)
             store._clearing_deferred = True
+            store.warnings = [finished] if finished else []
             return store
         cleared = clear(root) if clears else None
         # rebuilt from the kernel files: the same store, under the id they carry (each header
@@ -259,7 +270,7 @@ class StoreOpening(CompanionRecords):
             recovered, lost = store._recover_companion_records(header)
             store.notes += recovered
             warnings += lost
-        store.warnings = warnings + ([cleared] if cleared else [])
+        store.warnings = [m for m in (finished, *warnings, cleared) if m]
         store._ensure_kernels_dir()
         store._write_manifest()
         return store
