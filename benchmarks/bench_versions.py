@@ -9,7 +9,9 @@ subprocesses whose ``PYTHONPATH`` points at one version, with ``--threads`` torc
 
 - ``empirical_ntk``: ``conetool.ntk.empirical_ntk(model, x, kind="trace", device="cpu")`` of the
   built-in models (``conetool.models``: mlp, lenet5, resnet20, vgg16 at MNIST/CIFAR shapes, 10
-  classes, random weights, non-trivial BatchNorm statistics), three calls in one process:
+  classes, random weights, non-trivial BatchNorm statistics) and ``lenet5+state`` (lenet5 behind
+  an input normalisation reading a registered buffer and a plain tensor attribute, the state
+  the engines copy for every evaluation), three calls in one process:
   ``first`` (a fresh ``EngineMemo``: the checks and the engine's set-up, as the first kernel of a
   run, plus the process's first-use costs), ``repeat`` (a lone call without a memo: what a
   library user's second call costs) and ``memo`` (the first call's memo again: the checks skipped,
@@ -53,9 +55,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 
-SHAPES = {"mlp": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32), "vgg16": (3, 32, 32)}
-SIZES = {"mlp": 256, "lenet5": 256, "resnet20": 32, "vgg16": 16}
-QUICK_SIZES = {"mlp": 64, "lenet5": 64, "resnet20": 8, "vgg16": 4}
+SHAPES = {
+    "mlp": (1, 28, 28),
+    "lenet5": (1, 28, 28),
+    "lenet5+state": (1, 28, 28),
+    "resnet20": (3, 32, 32),
+    "vgg16": (3, 32, 32),
+}
+SIZES = {"mlp": 256, "lenet5": 256, "lenet5+state": 256, "resnet20": 32, "vgg16": 16}
+QUICK_SIZES = {"mlp": 64, "lenet5": 64, "lenet5+state": 64, "resnet20": 8, "vgg16": 4}
 NUM_CLASSES = 10
 CALLS = ("first", "repeat", "memo")
 
@@ -65,20 +73,45 @@ CALLS = ("first", "repeat", "memo")
 
 
 def build(name: str) -> Any:
-    """The built-in model ``name``, seeded, in eval mode, with non-trivial BatchNorm statistics."""
+    """The built-in model ``name``, seeded, in eval mode, with non-trivial BatchNorm statistics
+    (``lenet5+state``: lenet5 behind :func:`with_state`)."""
     import torch
 
     from conetool.models import lenet5, mlp, resnet20, vgg16
 
     factories = {"mlp": mlp, "lenet5": lenet5, "resnet20": resnet20, "vgg16": vgg16}
     torch.manual_seed(0)
-    model = factories[name](SHAPES[name], NUM_CLASSES)
+    base = name.split("+")[0]
+    model = factories[base](SHAPES[name], NUM_CLASSES)
+    if name.endswith("+state"):
+        model = with_state(model, SHAPES[name])
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+def with_state(model: Any, shape: tuple[int, ...]) -> Any:
+    """``model`` behind an input normalisation that reads a registered buffer (``mean``, not
+    BatchNorm's) and a tensor held as a plain attribute (``scale``), as many models of one's own
+    do: the state the engines look at on every call since a70e72c and 8e6fff4 (``ntk_buffers``: one
+    more forward pass of one example per kernel; the built-in models have neither)."""
+    import torch
+    from torch import nn
+
+    class Normalised(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", 0.1 * torch.randn(1, *shape))
+            self.scale = torch.full((1, *shape), 1.5)
+            self.net = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net((x - self.mean) * self.scale)
+
+    return Normalised()
 
 
 def timed(call: Any) -> tuple[Any, float, float]:
@@ -233,7 +266,7 @@ def main() -> None:
     parser.add_argument("--new", default="HEAD", help="the revision compared ('.': this checkout)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the two versions")
-    parser.add_argument("--models", default="mlp,lenet5,resnet20,vgg16")
+    parser.add_argument("--models", default="mlp,lenet5,lenet5+state,resnet20,vgg16")
     parser.add_argument("--n", default=None, help="examples per model: 'mlp=256,vgg16=16'")
     parser.add_argument("--checkpoints", type=int, default=6, help="lenet5 checkpoints of the run")
     parser.add_argument("--run-n", type=int, default=128, help="the run's probe size")
@@ -265,7 +298,7 @@ def main() -> None:
         args.rounds = min(args.rounds, 2)
         args.checkpoints, args.run_n = min(args.checkpoints, 3), min(args.run_n, 32)
         if args.models == parser.get_default("models"):
-            models = ["mlp", "lenet5"]
+            models = ["mlp", "lenet5", "lenet5+state"]
     for item in (args.n or "").split(","):
         if item:
             name, _, value = item.partition("=")
