@@ -192,3 +192,36 @@ def test_a_milestone_on_the_last_stored_step_changes_no_stored_pair():
     assert lr_clock(TrainSpec(steps=100, lr=0.1, schedule="step", milestones=[100]), 100) is None
     clock = lr_clock(TrainSpec(steps=100, lr=0.1, schedule="step", milestones=[99]), 100)
     assert clock is not None and clock.milestones == ((99, 10.0),)
+
+
+def test_embed_reads_the_noise_floor_distance_cached_under_a_cosine(tmp_path):
+    # distance divides only the part of S above its noise floor by a cosine's near-zero rate
+    # (824c692); embed's own Phase I end read every S divided, so with float32-level noise it
+    # found no Phase I (the noise at the run's end read as a velocity climbing back) where
+    # distance marks one. With distance's floor cached in distance/noise.json, embed reads it.
+    train = TrainSpec(steps=LAST, lr=0.1, **COSINE)
+    clock = lr_clock(train, LAST)
+    steps = default_steps(LAST)
+    rel = np.array([learning_rate(train, u) / train.lr for u in range(LAST)])
+    tau = np.concatenate([[0.0], np.cumsum(rel)])[steps]
+    noise = 3e-3
+    s = trajectory("bounded", seed=0, noise=noise, last=LAST, steps=tau).S
+    header = {"checkpoints": "/ckpts", "spec": {"train": {"steps": LAST, "lr": 0.1, **COSINE}}}
+    root = make_store(tmp_path / "cos", steps.tolist(), _kernels(s), header=header)
+    with_floor = phase_verdict(steps, s, schedule=clock, noise_floor=noise**2)
+    assert with_floor.regime == "cone" and with_floor.phase1_end is not None
+    assert phase_verdict(steps, s, schedule=clock).phase1_end != with_floor.phase1_end
+    store = conetool.Store.open(root)
+    ident = store.identity
+    key = {
+        "identity": [ident.spec_hash, ident.probe_hash, ident.kind, ident.dtype],
+        "method": "auto",
+        "step": int(steps[-1]),
+        "fingerprint": store.record(int(steps[-1])).fingerprint,
+        "subset": 0,
+        "device": "cpu",
+    }
+    (root / "distance").mkdir(exist_ok=True)
+    noise_json = {"key": key, "noise": {"floor": noise**2}}
+    (root / "distance" / "noise.json").write_text(json.dumps(noise_json), encoding="utf-8")
+    assert conetool.embed(root).phase1_end == with_floor.phase1_end

@@ -44,6 +44,7 @@ from .saved_results import (
     recorded_schedule,
     remove_old_summary,
     said_in_summary,
+    saved_noise_floor,
     saved_phase1_end,
 )
 
@@ -232,7 +233,10 @@ def _phase1_end(store: Store, key: str, steps: list[int], s: np.ndarray) -> tupl
         if summary_about_these:
             return end, "distance/summary.json"
     schedule = recorded_schedule(store, None, steps[-1])
-    return phase_verdict(steps, s, schedule=schedule).phase1_end, "verdict with default rules"
+    # distance's noise floor, when cached: under a schedule it changes which S are divided
+    floor = saved_noise_floor(store) if schedule is not None else None
+    verdict = phase_verdict(steps, s, schedule=schedule, noise_floor=floor)
+    return verdict.phase1_end, "verdict with default rules"
 
 
 def _summary_key(root: Path) -> str | None:
