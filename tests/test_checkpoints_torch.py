@@ -285,6 +285,28 @@ def test_timms_saved_arguments_are_read_weights_only(tmp_path: Path):
     assert "test_checkpoints_torch.Recipe" in msg, msg
 
 
+class _NamespaceWithAClass:
+    """Pickles as an argparse.Namespace whose build state sets ``__class__`` (a crafted file)."""
+
+    def __reduce__(self):
+        import argparse
+        import collections
+
+        return (argparse.Namespace, (), (None, {"__class__": collections.OrderedDict, "x": 1}))
+
+
+def test_a_namespace_built_with_odd_state_is_refused_naming_the_file(tmp_path: Path):
+    """A Namespace whose pickled state sets ``__class__`` escaped the retry of
+    load_weights_only as a bare TypeError (a traceback, no file named); it is a file that
+    cannot be read with weights_only=True, said like any other, and builds nothing."""
+    torch.save(
+        {"state_dict": state(0), "step": 0, "args": _NamespaceWithAClass()}, tmp_path / "a.pt"
+    )
+    torch.save({"state_dict": state(1), "step": 1}, tmp_path / "b.pt")
+    msg = " ".join(problem(tmp_path).split())
+    assert "a.pt" in msg and "cannot be read with torch.load(weights_only=True)" in msg, msg
+
+
 def test_timms_pth_tar_files_are_named_with_what_their_numbers_count(tmp_path: Path):
     """A timm run folder (checkpoint-0.pth.tar, ..., last.pth.tar) was "no checkpoints" with
     the list of suffixes read: renamed to .pth, checkpoint-3.pth would be read as step 3, while

@@ -231,7 +231,12 @@ def load_weights_only(source: Callable[[], str | io.BytesIO], **kwargs: Any) -> 
         if not allowed:  # torch before 2.5, or the user allowed them already
             raise refused
         with torch.serialization.safe_globals(allowed):
-            return torch.load(source(), weights_only=True, **kwargs)
+            try:
+                return torch.load(source(), weights_only=True, **kwargs)
+            except (TypeError, AttributeError) as e:  # a Namespace built with odd state
+                raise pickle.UnpicklingError(
+                    f"its pickle builds an object it may not (weights_only=True): {e}"
+                ) from e
 
 
 def _safe_extra_globals() -> list[Any]:
