@@ -39,7 +39,9 @@ class LrClock:
 
     Attributes:
         schedule: ``"step"`` or ``"cosine"``; base: ``train.lr``; steps: ``train.steps``.
-        relative: ``(last + 1,)`` float64, ``lr(u) / train.lr`` for the update at step ``u``.
+        relative: ``(last + 1,)`` float64, ``lr(u) / train.lr`` for the update at step ``u``
+            (divided again by the fall of any milestone at step 0, which sets the rate the run
+            starts at, not a fall within it).
         milestones: the step schedule's milestones up to ``last``, each with the factor the
             rate falls there (``1 / gamma``); empty for cosine.
     """
@@ -113,6 +115,8 @@ def lr_clock(train: TrainSpec, last: int) -> LrClock | None:
     else:
         return None
     rel = np.array([learning_rate(train, u) / train.lr for u in range(last + 1)])
+    if train.schedule == "step":  # milestones at step 0 set the run's own starting rate
+        rel /= train.gamma ** sum(1 for m in train.milestones if m <= 0)
     return LrClock(train.schedule, float(train.lr), int(train.steps), rel, milestones)
 
 

@@ -225,3 +225,19 @@ def test_embed_reads_the_noise_floor_distance_cached_under_a_cosine(tmp_path):
     noise_json = {"key": key, "noise": {"floor": noise**2}}
     (root / "distance" / "noise.json").write_text(json.dumps(noise_json), encoding="utf-8")
     assert conetool.embed(root).phase1_end == with_floor.phase1_end
+
+
+def test_a_milestone_at_step_zero_sets_the_starting_rate_and_scales_nothing():
+    # milestones [0, 2500] at lr 1 is the run of milestones [2500] at lr 0.1: its S per unit of
+    # learning rate was scaled by 1/gamma throughout (the step-0 fall counted as a slowing)
+    steps = [0, 100, 1000, 2400, 2600, 4000, LAST]
+    rng = np.random.default_rng(1)
+    s = rng.uniform(1e-4, 1e-2, (7, 7))
+    s = s + s.T
+    np.fill_diagonal(s, 0.0)
+    at_zero = TrainSpec(steps=LAST, lr=1.0, schedule="step", milestones=[0, 2500], gamma=0.1)
+    plain = TrainSpec(steps=LAST, lr=0.1, schedule="step", milestones=[2500], gamma=0.1)
+    got = per_unit_lr(steps, s, lr_clock(at_zero, LAST))
+    want = per_unit_lr(steps, s, lr_clock(plain, LAST))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert np.abs(got - s).max() > 0  # (the milestone at 2500 still slows the later pairs)
