@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 import pytest
+from synthetic_store import make_store
 
 import conetool
 from conetool.optim import learning_rate
@@ -21,7 +22,6 @@ from conetool.spec import TrainSpec
 from conetool.trajectories import CLASSES, default_steps, trajectory
 from conetool.verdict import phase_verdict
 from conetool.verdict_schedule import lr_clock, per_unit_lr
-from tests.synthetic_store import make_store
 
 LAST = 5000
 STEP = {"schedule": "step", "milestones": [LAST // 2], "gamma": 0.1}
