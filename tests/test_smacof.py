@@ -65,6 +65,11 @@ def _reference(d: np.ndarray, start: np.ndarray, max_iter: int) -> tuple[np.ndar
     return coords, float(stress), int(n_iter)
 
 
+def _pairwise(coords: np.ndarray) -> np.ndarray:
+    """(K, K) Euclidean distances between the rows of ``coords`` (K, dims)."""
+    return np.linalg.norm(coords[:, None, :] - coords[None, :, :], axis=-1)
+
+
 def _assert_same(
     d: np.ndarray,
     start: np.ndarray,
@@ -103,9 +108,25 @@ def test_the_same_iterations_as_scikit_learn(name: str, dims: int) -> None:
         "not of kernels": _not_of_kernels,
     }[name]()
     d, start = mds_problem(s, dims)
-    # all distances tied: the start is one of many equal eigenvector bases, and SMACOF from
-    # such a symmetric configuration amplifies rounding (2e-11 of the scale after 47 steps)
-    result = _assert_same(d, start, tolerance=1e-10 if name == "ties" else 1e-12)
+    if name == "ties":
+        # All distances tied: the start is one of many equal eigenvector bases, and SMACOF from
+        # such a symmetric configuration amplifies rounding about 4e4-fold per iteration. The
+        # coordinates matched scikit-learn's to 2e-11 of the scale only while both rounded
+        # every operation alike; with scikit-learn 1.9.1 and numpy 2.4.6 they differ by 1e-9
+        # after the second iteration (2.6e-14 after the first) and by 7e-5 at the end, along
+        # the flat valley of equal stress. What the two solvers must share there: the
+        # iteration count, the stress, and the configuration up to that valley's motions
+        # (its distances within 1e-5 of the scale: 7e-7 seen).
+        coords, stress, n_iter = _reference(d, start, MDS_MAX_ITER)
+        result = smacof(d, start, max_iter=MDS_MAX_ITER, eps=MDS_EPS)
+        assert result.n_iter == n_iter
+        assert result.stress == pytest.approx(stress, rel=1e-9)
+        scale = float(np.max(np.abs(coords)))
+        np.testing.assert_allclose(
+            _pairwise(result.coords), _pairwise(coords), rtol=0, atol=1e-5 * scale
+        )
+    else:
+        result = _assert_same(d, start)
     assert result.n_iter >= 2
     if name == "repeated kernels":  # repeated kernels stay one point
         np.testing.assert_allclose(result.coords[3], result.coords[4], atol=1e-12)
