@@ -261,7 +261,7 @@ def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> Spec:
         values = raw.get(name, {})
         if not isinstance(values, Mapping):
             raise SpecError(
-                f"{source}: '{name}' must be a table ([{name}]), got {_as_written(values)}."
+                f"{source}: '{name}' must be a table ([{name}]), got {toml_text(values)}."
             )
         sections[name] = _build_section(cls, name, dict(values), source)
     written = frozenset(
@@ -321,22 +321,9 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _as_written(value: Any) -> str:
-    """A value of the spec file for a message, as TOML writes it (``true``, ``"ten"``,
-    ``{ a = 1 }``, ``[1, "a"]``, not Python's ``True``, ``'ten'`` or ``{'a': 1}``), its
-    letters as they are (``"ünï"``, not ``"\\u00fcn\\u00ef"``)."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_as_written(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_as_written(v)}" for k, v in value.items()) + " }"
-    return toml_text(value)
-
-
 def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
     def bad() -> SpecError:
-        return SpecError(f"{source}: '{key}' must be {_type_name(tp)}, got {_as_written(value)}.")
+        return SpecError(f"{source}: '{key}' must be {_type_name(tp)}, got {toml_text(value)}.")
 
     if get_origin(tp) is list:
         if not isinstance(value, list):
@@ -854,25 +841,30 @@ def _canonical(value: Any) -> str:
 
 
 def toml_text(value: Any) -> str:
-    """``value`` as a spec file writes it (``0.1``, ``true``, ``[0.9, 0.999]``; a value TOML
-    cannot hold: its repr), for messages that name a key's value."""
+    """``value`` as a spec file writes it, for messages that name a key's value: ``0.1``,
+    ``true``, ``"ten"``, ``[0.9, 0.999]``, ``{ a = 1 }`` (not Python's ``True``, ``'ten'`` or
+    ``{'a': 1}``), its letters as they are (``"ünï"``, not ``"\\u00fcn\\u00ef"``); a value TOML
+    cannot hold: its repr."""
     try:
-        return _toml_value(value)
+        return _toml_value(value, ascii_only=False)
     except SpecError:
         return repr(value)
 
 
-def _toml_value(value: Any) -> str:
+def _toml_value(value: Any, *, ascii_only: bool = True) -> str:
+    """``value`` in TOML; ``ascii_only``: letters beyond ASCII as escapes (``spec_to_toml``'s
+    bytes, kept as they were written)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, str):  # a JSON string is a valid TOML basic string
+        return json.dumps(value, ensure_ascii=ascii_only)
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(_toml_value(v, ascii_only=ascii_only) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        items = (f"{k} = {_toml_value(v, ascii_only=ascii_only)}" for k, v in value.items())
+        return "{ " + ", ".join(items) + " }"
     raise SpecError(f"cannot write {value!r} to TOML")
 
 
