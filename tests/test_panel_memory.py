@@ -62,8 +62,16 @@ def stacked(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         self: ntk_terms.Spare, like: Tensor, rows: int, width: int, surplus: int | None = None
     ) -> Tensor:
         got = original_take(self, like, rows, width, surplus)
+        # "held" keeps each Spare alive while its take is recorded: two calls' Spares whose
+        # lifetimes did not overlap could otherwise share an id (CPython reuses the address)
         takes.append(
-            {"spare": id(self), "surplus": surplus, "ptr": got.data_ptr(), "shape": got.shape}
+            {
+                "spare": id(self),
+                "held": self,
+                "surplus": surplus,
+                "ptr": got.data_ptr(),
+                "shape": got.shape,
+            }
         )
         return got
 
