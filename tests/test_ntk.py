@@ -338,6 +338,18 @@ class Pure(nn.Module):
         return type(self.net).pure(self.net, x)  # type: ignore[attr-defined, no-any-return]
 
 
+def kernel_and_cross_kernel_match(
+    model: nn.Module, x: torch.Tensor, whole: torch.Tensor, kind: str, method: str
+) -> None:
+    """The ``kind`` kernel of ``model`` on ``x`` (n >= 5 examples) equals ``whole`` (the
+    reference on all of ``x``) within 1e-10, and the cross kernel of the first 4 examples with
+    the rest equals its off-diagonal block."""
+    assert rel(empirical_ntk(model, x, kind=kind, device="cpu", method=method), whole) < 1e-10
+    cross = empirical_ntk(model, x[:4], x[4:], kind=kind, device="cpu", method=method)
+    expected = whole[:4, 4:] if kind != "full" else whole[:4, :, 4:, :]
+    assert rel(cross, expected) < 1e-10
+
+
 def full_kernels_in_blocks_and_with_a_memo_match(
     model: nn.Module,
     x: torch.Tensor,

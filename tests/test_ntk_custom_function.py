@@ -12,7 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_ntk import KINDS, full_kernels_in_blocks_and_with_a_memo_match, reference, rel
+from test_ntk import (
+    KINDS,
+    full_kernels_in_blocks_and_with_a_memo_match,
+    kernel_and_cross_kernel_match,
+    reference,
+    rel,
+)
 from torch import nn
 
 from conetool.ntk import empirical_ntk
@@ -136,10 +142,7 @@ def test_every_engine_gives_the_kernel_of_the_models_backward(
 def test_every_kind_and_the_cross_kernel(kind: str, method: str) -> None:
     net, x = _built("on_weight", "ctx", n=6)
     whole = reference(net, x, kind)
-    assert rel(empirical_ntk(net, x, kind=kind, device="cpu", method=method), whole) < 1e-10
-    cross = empirical_ntk(net, x[:4], x[4:], kind=kind, device="cpu", method=method)
-    expected = whole[:4, 4:] if kind != "full" else whole[:4, :, 4:, :]
-    assert rel(cross, expected) < 1e-10
+    kernel_and_cross_kernel_match(net, x, whole, kind, method)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -18,6 +18,7 @@ from test_ntk import (
     KINDS,
     Pure,
     full_kernels_in_blocks_and_with_a_memo_match,
+    kernel_and_cross_kernel_match,
     reference,
     rel,
 )
@@ -166,10 +167,7 @@ def test_every_engine_gives_the_kernel_of_one_call_and_leaves_the_attribute(
 def test_every_kind_and_the_cross_kernel(kind: str, method: str) -> None:
     model, x = _built("monitored", n=6)
     whole = reference(Pure(model).eval(), x, kind)
-    assert rel(empirical_ntk(model, x, kind=kind, device="cpu", method=method), whole) < 1e-10
-    cross = empirical_ntk(model, x[:4], x[4:], kind=kind, device="cpu", method=method)
-    expected = whole[:4, 4:] if kind != "full" else whole[:4, :, 4:, :]
-    assert rel(cross, expected) < 1e-10
+    kernel_and_cross_kernel_match(model, x, whole, kind, method)
     assert float(_attribute(model, "scale.peak").abs().sum()) == 0.0
 
 

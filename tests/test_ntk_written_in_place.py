@@ -20,6 +20,7 @@ from test_ntk import (
     KINDS,
     Pure,
     full_kernels_in_blocks_and_with_a_memo_match,
+    kernel_and_cross_kernel_match,
     reference,
     rel,
 )
@@ -127,10 +128,7 @@ def test_every_engine_gives_the_kernel(model: str, write: str, method: str) -> N
 def test_every_kind_and_the_cross_kernel(kind: str, method: str) -> None:
     net, x = _built("inside", "add", n=6)
     whole = reference(Pure(net).eval(), x, kind)
-    assert rel(empirical_ntk(net, x, kind=kind, device="cpu", method=method), whole) < 1e-10
-    cross = empirical_ntk(net, x[:4], x[4:], kind=kind, device="cpu", method=method)
-    expected = whole[:4, 4:] if kind != "full" else whole[:4, :, 4:, :]
-    assert rel(cross, expected) < 1e-10
+    kernel_and_cross_kernel_match(net, x, whole, kind, method)
 
 
 @pytest.mark.parametrize("method", METHODS)
