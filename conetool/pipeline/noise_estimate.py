@@ -20,6 +20,7 @@ rounds differently on each) stay the same.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from ..store import Store
 from .remembered import changed_imports, use_recorded_imports
 from .resolve import model_for
 
-__all__ = ["SUBSET", "estimate_noise_floor"]
+__all__ = ["SUBSET", "estimate_noise_floor", "saved_noise_floor"]
 
 #: Probe examples in each of the two kernels (one of them in float64).
 SUBSET = 32
@@ -92,15 +93,8 @@ def estimate_noise_floor(
     except ConetoolError as exc:
         return None, f"the noise floor of S was not estimated: {str(exc).splitlines()[0]}"
     key = {
-        "identity": [
-            store.identity.spec_hash,
-            store.identity.probe_hash,
-            store.identity.kind,
-            store.identity.dtype,
-        ],
+        **_kernels_key(store, step, record.fingerprint),
         "method": method,
-        "step": step,
-        "fingerprint": record.fingerprint,
         "subset": SUBSET,
         # float32 rounds differently on a GPU than on a CPU: a floor is reused on its own only
         "device": dev.type,
@@ -172,6 +166,39 @@ def estimate_noise_floor(
     except ConetoolError:
         pass  # a read-only (or replaced) store still gets the estimate, only not the cache
     return noise, "; ".join(imported) or None
+
+
+def _kernels_key(store: Store, step: int, fingerprint: Any) -> dict[str, Any]:
+    """The part of ``noise.json``'s key that says which kernels its floor is about: the
+    store's identity, the step it was estimated on and that step's kernel fingerprint."""
+    identity = store.identity
+    return {
+        "identity": [identity.spec_hash, identity.probe_hash, identity.kind, identity.dtype],
+        "step": step,
+        "fingerprint": fingerprint,
+    }
+
+
+def saved_noise_floor(store: Store) -> float | None:
+    """The noise floor of S that ``distance`` estimated on this store and cached in
+    ``distance/noise.json``, when it is about the store's kernels as they are now
+    (:func:`_kernels_key`: its identity, and the kernel of its last stored step; any engine or
+    device); else None. Reads the cache only, estimates nothing. ``embed``'s own verdict reads it
+    as ``distance``'s does: under a decaying learning rate, S up to the floor is not divided by
+    the rate."""
+    try:
+        saved = json.loads(paths.noise_json(store.root).read_text(encoding="utf-8"))
+        key, floor = saved["key"], float(saved["noise"]["floor"])
+        steps = store.steps()
+        record = store.record(steps[-1]) if steps else None
+        if record is None:
+            return None
+        wanted = _kernels_key(store, steps[-1], record.fingerprint)
+        if any(key[name] != value for name, value in wanted.items()):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return floor if floor >= 0 and math.isfinite(floor) else None
 
 
 def _replaced(source: Path, step: int) -> str:

@@ -40,11 +40,11 @@ from ..verdict import phase_verdict
 from .kept_files import file_states, unchanged
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernel_matrix, kernels_key
+from .noise_estimate import saved_noise_floor
 from .saved_results import (
     recorded_schedule,
     remove_old_summary,
     said_in_summary,
-    saved_noise_floor,
     saved_phase1_end,
 )
 

@@ -1,7 +1,9 @@
 """Results that one command leaves for the next to read: Phase I's end from
 ``distance/summary.json``; the decaying learning rate the store's spec records, which the verdict
-reads S per unit of (:func:`recorded_schedule`); what a command said, in its ``summary.json``; the summary of the run
-before, removed before a command writes its outputs (:func:`remove_old_summary`)."""
+reads S per unit of (:func:`recorded_schedule`); what a command said, in its ``summary.json``;
+the summary of the run before, removed before a command writes its outputs
+(:func:`remove_old_summary`). (The noise floor ``distance`` cached is read by
+:func:`conetool.pipeline.noise_estimate.saved_noise_floor`, beside the code that writes it.)"""
 
 from __future__ import annotations
 
@@ -9,8 +11,6 @@ import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .. import paths
 from ..errors import ConetoolError
@@ -23,7 +23,6 @@ __all__ = [
     "recorded_schedule",
     "remove_old_summary",
     "said_in_summary",
-    "saved_noise_floor",
     "saved_phase1_end",
     "summary_said",
 ]
@@ -54,32 +53,6 @@ def recorded_schedule(
     if gap is not None and warn is not None:
         warn(gap)
     return lr_clock(spec.train, last)
-
-
-def saved_noise_floor(store: Store) -> float | None:
-    """The noise floor of S that ``distance`` estimated on this store and cached in
-    ``distance/noise.json`` (:mod:`conetool.pipeline.noise_estimate`), when it is about the
-    store as it is now (its identity, and the kernel of its last stored step it was estimated
-    on); else None. ``embed``'s own verdict reads it as ``distance``'s does: under a decaying
-    learning rate, S up to the floor is not divided by the rate."""
-    try:
-        saved = json.loads(paths.noise_json(store.root).read_text(encoding="utf-8"))
-        key, floor = saved["key"], float(saved["noise"]["floor"])
-        steps = store.steps()
-        record = store.record(steps[-1]) if steps else None
-        identity = [
-            store.identity.spec_hash,
-            store.identity.probe_hash,
-            store.identity.kind,
-            store.identity.dtype,
-        ]
-        if record is None or key["identity"] != identity or key["step"] != steps[-1]:
-            return None
-        if key["fingerprint"] != record.fingerprint:
-            return None
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-    return floor if floor >= 0 and np.isfinite(floor) else None
 
 
 def remove_old_summary(path: Path) -> None:
