@@ -29,6 +29,7 @@ import numpy as np
 
 from conetool.optim import learning_rate
 from conetool.spec import TrainSpec
+from conetool.verdict_phase2 import fmt
 
 __all__ = ["LrClock", "longer_run_note", "lr_clock", "past_the_cosine", "per_unit_lr"]
 
@@ -56,7 +57,7 @@ class LrClock:
         """Where the rate falls: ``'train.schedule = "step": the learning rate falls 10x at step
         1200'`` (or the cosine's values at the run's quarters)."""
         if self.schedule == "step":
-            where = ", ".join(f"{fmt_factor(f)}x at step {m}" for m, f in self.milestones)
+            where = ", ".join(f"{fmt(f)}x at step {m}" for m, f in self.milestones)
             return f'train.schedule = "step": the learning rate falls {where}'
         last = self.relative.size - 1
         marks = [t for t in (self.steps // 4, self.steps // 2, 3 * self.steps // 4) if t <= last]
@@ -74,10 +75,6 @@ class LrClock:
             "milestones": [[m, f] for m, f in self.milestones],
             "read": "per unit of learning rate",
         }
-
-
-def fmt_factor(x: float) -> str:
-    return f"{x:.3g}"
 
 
 def longer_run_note(clock: LrClock) -> str:
