@@ -51,6 +51,7 @@ __all__ = [
     "spacings",
     "step_index",
     "velocity_dt",
+    "velocity_lag",
 ]
 
 #: Default memory budget of :func:`distance_matrix` for its two float64 kernel blocks (1 GiB).
@@ -568,19 +569,35 @@ VELOCITY_DT_FRACTION = Fraction(1, 50)
 def default_velocity_dt(
     steps: Sequence[int], fraction: Fraction = VELOCITY_DT_FRACTION
 ) -> int | None:
-    """The verdict's default ``dt``: a multiple of the covering spacing, at least ``fraction``
-    of the run, so that it does not follow how densely the checkpoints were saved.
+    """The verdict's default ``dt``: a multiple of a checkpoint spacing, at least ``fraction``
+    of the run, so that it does not follow how densely the checkpoints were saved (the first of
+    :func:`velocity_lag`'s two numbers). ``None`` with fewer than two steps."""
+    lag = velocity_lag(steps, fraction)
+    return None if lag is None else lag[0]
+
+
+def velocity_lag(
+    steps: Sequence[int], fraction: Fraction = VELOCITY_DT_FRACTION
+) -> tuple[int, int] | None:
+    """``(dt, spacing)``: the verdict's default ``dt`` and the consecutive spacing it is a
+    multiple of.
 
     The covering spacing ``b`` is :func:`velocity_dt`. When ``b`` is at least ``fraction`` of
-    the run's length (last stored step less first), it is the ``dt``. Otherwise the ``dt`` is
-    the smallest multiple of ``b`` that is, when the pairs ``(t, t + dt)`` of that multiple
-    cover at least as many steps as those of ``b`` do (checkpoints every 20 steps cover a run
-    with pairs 100 apart as well as with pairs 20 apart), else ``b`` (a schedule whose stored
-    steps are seldom that multiple apart). The velocity ``S / dt`` of a smooth Phase I grows
-    with ``dt`` while that of a noisy Phase II does not, and a ``dt`` that followed the
-    checkpoint spacing read a cone saved every 20 steps as no two-phase pattern (its velocity
-    fell under the 5x of ``min_drop`` at ``dt = 20``, 21x at 100). A 5,000-step run saved every 10,
-    20, 50 or 100 steps is read at ``dt = 100`` at all four. ``None`` with fewer than two steps.
+    the run's length (last stored step less first), it is the ``dt`` (and the spacing).
+    Otherwise the ``dt`` is the smallest lag, among the smallest multiple of each consecutive
+    spacing that is at least ``fraction`` of the run, whose pairs ``(t, t + dt)`` cover at
+    least as many steps as those of ``b`` do (checkpoints every 20 steps cover a run with
+    pairs 100 apart as well as with pairs 20 apart); the spacing is the one of those that
+    covers the most (``b`` when its multiple is that lag). Without such a lag, ``b`` (a
+    schedule whose stored steps are seldom that multiple apart). Every consecutive spacing is a
+    candidate, not ``b`` alone: a run saved every 20 steps with one checkpoint lost has the
+    spacing 40 at the hole, whose pairs cover the whole run (20's all but the hole), and the
+    multiples of 40 gave it dt = 120 where the whole run gets 100; pairs 100 apart cover it
+    whole, so it is read at 100 too. The velocity ``S / dt`` of a smooth Phase I grows with
+    ``dt`` while that of a noisy Phase II does not, and a ``dt`` that followed the checkpoint
+    spacing read a cone saved every 20 steps as no two-phase pattern (its velocity fell under
+    the 5x of ``min_drop`` at ``dt = 20``, 21x at 100). A 5,000-step run saved every 10, 20,
+    50 or 100 steps is read at ``dt = 100`` at all four. ``None`` with fewer than two steps.
     """
     base = velocity_dt(steps)
     if base is None:
@@ -588,7 +605,19 @@ def default_velocity_dt(
     ordered = check_steps(steps).tolist()
     target = math.ceil(fraction * (ordered[-1] - ordered[0]))  # a Fraction: exact
     if base >= target:
-        return base
+        return base, base
+    stored = set(ordered)
+    needed = _covered(ordered, stored, base)
+    # each consecutive spacing, the most covering first (base among the first: velocity_dt)
+    ranked = sorted(
+        {int(d) for d in np.diff(ordered)}, key=lambda d: (-_covered(ordered, stored, d), d)
+    )
+    best: tuple[int, int] | None = None  # (dt, spacing)
+    for spacing in ranked:
+        multiple = -(-target // spacing) * spacing  # its smallest multiple at least target
+        if (best is None or multiple < best[0]) and _covered(ordered, stored, multiple) >= needed:
+            best = (multiple, spacing)
+    return (base, base) if best is None else best
     multiple = -(-target // base) * base  # the smallest multiple of base at least target
     stored = set(ordered)
     if _covered(ordered, stored, multiple) >= _covered(ordered, stored, base):

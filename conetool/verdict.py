@@ -59,9 +59,9 @@ import numpy as np
 from conetool.geometry import (
     VELOCITY_DT_FRACTION,
     check_steps,
-    default_velocity_dt,
     step_index,
     velocity_dt,
+    velocity_lag,
 )
 from conetool.verdict_measures import (
     PhaseBreak,
@@ -158,9 +158,13 @@ def phase_verdict(
             "updates between its two steps, so that the slowing the schedule makes is not read "
             "as the kernel's. "
         )
-    spacing = velocity_dt(arr.tolist())
-    dt = rules.velocity_dt if rules.velocity_dt is not None else default_velocity_dt(arr.tolist())
-    assert dt is not None and spacing is not None
+    # the default dt with the spacing it is a multiple of: not always the covering spacing
+    # (velocity_dt), which a lost checkpoint's hole can make twice the run's own
+    lag = velocity_lag(arr.tolist())
+    assert lag is not None
+    dt, spacing = lag
+    if rules.velocity_dt is not None:
+        dt, spacing = rules.velocity_dt, velocity_dt(arr.tolist()) or lag[1]
     dt_from = (
         "velocity_dt"
         if rules.velocity_dt is not None

@@ -51,7 +51,8 @@ class VerdictRules:
             (finite, > 1).
         velocity_dt: the paper's ``dt``; ``None`` picks
             :func:`conetool.geometry.default_velocity_dt`: the spacing that covers the run best,
-            or its smallest multiple that is at least 1/50 of the run.
+            or the smallest multiple of a checkpoint spacing that is at least 1/50 of the run
+            and covers it as well.
         freeze_factor: a Phase II velocity falling by this factor (first quarter over last)
             means the kernel is freezing (finite, > 1).
         bounded_exponent: ``S ~ lag^a`` with ``a`` at most this reads as bounded motion

@@ -28,6 +28,7 @@ from conetool.geometry import (
     spacings,
     step_index,
     velocity_dt,
+    velocity_lag,
 )
 
 FAST = settings(max_examples=60, deadline=None)
@@ -419,10 +420,22 @@ def test_the_default_dt_of_irregular_schedules() -> None:
     # pairs 20 apart cover, up to 4,980 (1/50 of 4,990 is 99.8, rounded up)
     assert default_velocity_dt([*range(0, 4981, 20), 4990]) == 100
     # a checkpoint lost (deleted, or left out by --skip-bad): the spacing 40 of the hole
-    # covers the whole run and 20 all but the hole; the dt is a multiple of 40, the covering
-    # spacing: 120, not the 100 of the same run without the hole
+    # covers the whole run and 20 all but the hole, so 40 is the covering spacing; but pairs
+    # 100 apart (5x 20) cover the whole run too, hole included ((2380, 2480), (2420, 2520)):
+    # the dt is 100, a multiple of 20, as for the same run without the hole (the multiples of
+    # 40 alone gave 120)
     holed = [t for t in range(0, 5001, 20) if t != 2500]
-    assert (velocity_dt(holed), default_velocity_dt(holed)) == (40, 120)
+    assert (velocity_dt(holed), default_velocity_dt(holed)) == (40, 100)
+    assert velocity_lag(holed) == (100, 20)
+    assert velocity_lag(list(range(0, 5001, 20))) == (100, 20)
+    # two checkpoints lost far apart, and the last one: still 100, every 20
+    for lost in ({1000, 3000}, {4980}, {20}):
+        steps = [t for t in range(0, 5001, 20) if t not in lost]
+        assert velocity_lag(steps) == (100, 20), lost
+    # with a run short enough that the covering spacing is itself 1/50 of it, the hole's 40
+    # stays: no lag under 40 covers the hole (1/50 of 1,000 steps is 20)
+    short = [t for t in range(0, 1001, 20) if t != 500]
+    assert velocity_lag(short) == (40, 40)
     # spacings 20 and 21 in turn: 21 covers the most, and no two steps are 105 (the smallest
     # multiple of 21 at least 1/50 of the 4,920 steps) apart, so the spacing stays
     alternating = list(itertools.accumulate([0] + [20, 21] * 120))

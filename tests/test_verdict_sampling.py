@@ -106,6 +106,28 @@ def test_a_cone_saved_every_20_steps_is_still_a_cone() -> None:
     assert [read("bounded", seed, "every 20").regime for seed in (0, 1, 2)] == ["cone"] * 3
 
 
+def test_a_run_saved_every_20_steps_with_one_checkpoint_lost_is_read_as_the_whole_run() -> None:
+    # step 2500 lost (deleted, or left out by --skip-bad): its hole is a spacing of 40 whose
+    # pairs cover the whole run, 20's all but the hole, so the dt was the multiple of 40 at
+    # least 1/50 of the run, 120 ("3x the checkpoint spacing 40"), where the same run saved
+    # whole is read at 100, 5x 20; pairs 100 apart cover the holed run whole too
+    keep = np.isin(UNION, SCHEDULES["every 20"]) & (UNION != 2500)
+    whole = np.isin(UNION, SCHEDULES["every 20"])
+    for seed in (0, 1, 2):
+        run = _run("bounded", seed, 1e-3)
+        v = phase_verdict(UNION[keep], run[np.ix_(keep, keep)])
+        velocity = v.numbers["velocity"]
+        assert (velocity["dt"], velocity["spacing"], velocity["dt_from"]) == (
+            100,
+            20,
+            "multiple of spacing",
+        ), v.explanation
+        assert "5x the checkpoint spacing 20" in v.explanation
+        full = phase_verdict(UNION[whole], run[np.ix_(whole, whole)])
+        assert v.regime == full.regime == "cone", (seed, v.explanation)
+        assert abs(v.phase1_end - full.phase1_end) <= 100, (seed, v.phase1_end, full.phase1_end)
+
+
 #: One 5,000-step run saved every 10, 20, 50 and 100 steps (the default dt: 100 at all four).
 EVERY = (10, 20, 50, 100)
 
