@@ -11,14 +11,18 @@ in steps (the verdict before), these runs read `lazy` (a cone or a drift slowed 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from synthetic_store import make_store
+from tiny_run import tiny_spec, train_tiny
 
 import conetool
+from conetool.noise_floor import NoiseEstimate
 from conetool.optim import learning_rate
-from conetool.spec import TrainSpec
+from conetool.pipeline import noise_estimate
+from conetool.spec import TrainSpec, spec_from_dict
 from conetool.trajectories import CLASSES, default_steps, trajectory
 from conetool.verdict import phase_verdict
 from conetool.verdict_schedule import lr_clock, per_unit_lr
@@ -241,3 +245,60 @@ def test_a_milestone_at_step_zero_sets_the_starting_rate_and_scales_nothing():
     want = per_unit_lr(steps, s, lr_clock(plain, LAST))
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert np.abs(got - s).max() > 0  # (the milestone at 2500 still slows the later pairs)
+
+
+def test_embed_before_distance_marks_the_phase_one_end_distance_marks(tmp_path, monkeypatch):
+    # embed on a store that distance had not read took no noise floor (only one distance had
+    # cached), so under a cosine it divided every S by the rate, rounding included, and ringed
+    # another Phase I end than distance, which estimates the floor, marked afterwards on the same
+    # kernels. embed now estimates it as distance does and caches it for distance: in either
+    # order both mark one end. (The tiny run's float32 floor is about 1e-14, too small to move
+    # anything; the two kernels of the estimate are stood in for with a floor of 1e-8.)
+    spec = tiny_spec()
+    spec["train"].update(steps=200, save_every=5, eval_every=200, lr=0.2, **COSINE)
+    ckpts = train_tiny(tmp_path, spec)
+    root = tmp_path / "store"
+    conetool.kernels(ckpts, store=root, device="cpu")
+    estimated: list[str] = []
+
+    def stand_in(model, inputs, *, method, dtype, device, **kwargs):
+        estimated.append(method)
+        return NoiseEstimate(1e-4, 5e-9, int(inputs.shape[0]), "trace", method, "float32")
+
+    monkeypatch.setattr(noise_estimate, "kernel_noise", stand_in)
+    embed_first = conetool.embed(root)
+    then_distance = conetool.distance(root)
+    assert then_distance.verdict.numbers["noise_floor"] == pytest.approx(1e-8)
+    assert embed_first.phase1_end == then_distance.verdict.phase1_end
+    assert len(estimated) == 1  # estimated by embed, read from distance/noise.json by distance
+    assert not embed_first.warnings and not embed_first.notes
+
+    for folder in ("distance", "embed"):
+        shutil.rmtree(root / folder)
+    distance_first = conetool.distance(root)
+    then_embed = conetool.embed(root)
+    assert len(estimated) == 2
+    assert then_embed.phase1_end == distance_first.verdict.phase1_end == embed_first.phase1_end
+
+    # (the floor moves Phase I's end on these kernels: else this test could not tell)
+    clock = lr_clock(spec_from_dict(spec, source="tiny.toml").train, then_embed.steps[-1])
+    assert (
+        then_embed.phase1_end
+        != phase_verdict(then_embed.steps, distance_first.S, schedule=clock).phase1_end
+    )
+
+
+def test_embed_says_when_the_noise_floor_its_phase_one_end_needs_is_not_estimated(tmp_path):
+    # a store whose checkpoints are gone (the synthetic store's /ckpts): embed reads Phase I's
+    # end without a floor, as distance then does, and says why in a note
+    train = TrainSpec(steps=LAST, lr=0.1, **COSINE)
+    steps, s = warped("bounded", 0, train)
+    header = {"checkpoints": "/ckpts", "spec": {"train": {"steps": LAST, "lr": 0.1, **COSINE}}}
+    root = make_store(tmp_path / "cos", steps.tolist(), _kernels(s), header=header)
+    result = conetool.embed(root)
+    (note,) = result.notes
+    assert "the noise floor of S was not estimated" in note
+    assert note.endswith("Phase I's end is read without it, as distance reads it then")
+    assert result.phase1_end == conetool.distance(root).verdict.phase1_end
+    summary = json.loads((root / "embed" / "summary.json").read_text())
+    assert summary["notes"] == [note]

@@ -19,6 +19,7 @@ a run that fails midway (a full disk) leaves no summary beside outputs of anothe
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -40,7 +41,7 @@ from ..verdict import phase_verdict
 from .kept_files import file_states, unchanged
 from .kernels_running import kernels_running
 from .matrix_cache import csv_number, kernel_matrix, kernels_key
-from .noise_estimate import saved_noise_floor
+from .noise_estimate import estimate_noise_floor, saved_noise_floor
 from .saved_results import (
     recorded_schedule,
     remove_old_summary,
@@ -63,7 +64,10 @@ class EmbedResult:
         embedding: coordinates ``(K, dims)`` (row k for ``steps[k]``), stress, explained variance.
         seed: the seed given (recorded only: MDS draws nothing at random).
         phase1_end: the end of Phase I ringed on the picture (from ``distance/summary.json`` when
-            it belongs to the same kernels, else the verdict with default rules), or ``None``.
+            it belongs to the same kernels, else the verdict with default rules, read as
+            ``distance`` reads it: under a decaying learning rate the store's spec records, with
+            the noise floor of S ``distance`` cached, or estimated as it estimates it and cached
+            for it), or ``None``.
         excluded: steps left out with ``skip_bad`` -> why.
         matrix_reused: the S matrix was read back from ``distance/matrix.npz`` or
             ``embed/matrix.npz`` instead of computed.
@@ -73,7 +77,9 @@ class EmbedResult:
         warnings: what changes how the picture reads (a ``kernels`` run still writing the
             store: the embedding is of the kernels stored so far). Said as ``warning: ...``
             through ``progress`` as they come.
-        notes: information only (none at present).
+        notes: information only: the noise floor of S that Phase I's end needs could not be
+            estimated (and why), or the model's module was imported from where ``kernels``
+            found it to estimate it.
     """
 
     store: Path
@@ -148,9 +154,8 @@ def embed(
             steps, s = matrix.steps, matrix.S
             chosen = cast(Method, method)  # one of METHODS: checked above
             embedding = embed_kernels(s, method=chosen, dims=dims, seed=seed)
-        phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s)
-
         said = Said(progress)
+        phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s, said, progress.log)
         running = kernels_running(opened, "conetool embed")
         if running is not None:
             said.warn(running)
@@ -224,19 +229,47 @@ def embed(
     )
 
 
-def _phase1_end(store: Store, key: str, steps: list[int], s: np.ndarray) -> tuple[int | None, str]:
+def _phase1_end(
+    store: Store,
+    key: str,
+    steps: list[int],
+    s: np.ndarray,
+    said: Said,
+    log: Callable[[str], None],
+) -> tuple[int | None, str]:
     """The end of Phase I: from ``distance/summary.json`` when it is about these kernels (so the
-    user's verdict options count), else from the verdict with default rules."""
+    user's verdict options count), else from the verdict with default rules, read as
+    ``distance`` reads it by default: under the decaying learning rate the store's spec
+    records, with the noise floor of S (:func:`_noise_floor`)."""
     if paths.distance_summary(store.root).is_file():
         end = saved_phase1_end(store.root, matrix_key=key)
         summary_about_these = _summary_key(store.root) == key
         if summary_about_these:
             return end, "distance/summary.json"
     schedule = recorded_schedule(store, None, steps[-1])
-    # distance's noise floor, when cached: under a schedule it changes which S are divided
-    floor = saved_noise_floor(store) if schedule is not None else None
+    # under a schedule the floor changes which S are divided by the rate, and so Phase I's end
+    floor = _noise_floor(store, said, log) if schedule is not None else None
     verdict = phase_verdict(steps, s, schedule=schedule, noise_floor=floor)
     return verdict.phase1_end, "verdict with default rules"
+
+
+def _noise_floor(store: Store, said: Said, log: Callable[[str], None]) -> float | None:
+    """The noise floor of S that ``distance`` reads: the one it cached in
+    ``distance/noise.json`` (any engine or device: :func:`saved_noise_floor`), else estimated
+    here exactly as ``distance`` estimates it (:func:`estimate_noise_floor`, on ``"auto"``'s
+    device) and cached there for it, so that ``embed`` run before ``distance`` marks the Phase I
+    end ``distance`` marks later. None, told to ``said`` as a note, when it cannot be estimated
+    (``distance`` then reads no floor either and warns)."""
+    floor = saved_noise_floor(store)
+    if floor is not None:
+        return floor
+    record, why = estimate_noise_floor(store, device="auto", log=log)
+    if record is None:
+        said.note(f"{why}; Phase I's end is read without it, as distance reads it then")
+        return None
+    if why:  # the model's module imported from where kernels found it
+        said.note(why)
+    return float(record["floor"])
 
 
 def _summary_key(root: Path) -> str | None:
