@@ -126,7 +126,8 @@ def distance(
             metavar="DT",
             min=1,
             help="Verdict: the dt of its velocity (default: the spacing that covers the run, or "
-            "its smallest multiple that is at least 1/50 of the run).",
+            "the smallest multiple of a spacing that is at least 1/50 of the run and covers it "
+            "as well).",
         ),
     ] = None,
     no_noise: Annotated[

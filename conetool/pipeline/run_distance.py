@@ -520,8 +520,8 @@ def _check_dt(
         )
     fix = (
         "Pass one of them as --velocity-dt (rules=VerdictRules(velocity_dt=...)), or leave it "
-        "out: the verdict then picks the spacing that covers the run (or its smallest multiple "
-        "that is at least 1/50 of the run)."
+        "out: the verdict then picks the spacing that covers the run (or the smallest multiple "
+        "of a spacing that is at least 1/50 of the run and covers it as well)."
         if velocity
         else "Pass one of them as --dt."
     )
