@@ -366,19 +366,39 @@ DERIVED_DIRS = (DISTANCE_DIR, EMBED_DIR, SPECTRUM_DIR, SWITCH_DIR, REPORT_DIR)
 
 #: The prefix of the folder in a store that ``kernels --overwrite`` moves the replaced store's
 #: files into before it deletes them (``STORE/.conetool-replaced-x1y2/``): the replaced store is
-#: gone the moment its ``manifest.json`` is moved there, whatever stops the clearing after.
+#: gone the moment its ``manifest.json`` is moved there, whatever stops the clearing after. While
+#: such a folder is there, the clearing has not moved everything yet, and nothing was written
+#: into the store since it began.
 REPLACED_PREFIX = ".conetool-replaced-"
+
+#: The prefix that folder is renamed to once every file of the replaced store is in it
+#: (``STORE/.conetool-cleared-x1y2/``), before it is deleted: what is in the store beside it
+#: is never the replaced store's (a deletion that fails leaves it, and the new store is written).
+CLEARED_PREFIX = ".conetool-cleared-"
 
 
 def replaced_folders(store: Path) -> list[Path]:
-    """The folders ``STORE/.conetool-replaced-*`` a clearing made (real folders, no symlink),
-    sorted; empty where there are none or the store cannot be listed."""
+    """The folders ``STORE/.conetool-replaced-*`` a clearing made and has not finished moving
+    the replaced store into (real folders, no symlink), sorted; empty where there are none or
+    the store cannot be listed."""
+    return _folders_named(store, REPLACED_PREFIX)
+
+
+def cleared_folders(store: Path) -> list[Path]:
+    """The folders ``STORE/.conetool-cleared-*`` holding a replaced store's files, all moved out
+    of the store, which a clearing has not deleted yet (real folders, no symlink), sorted."""
+    return _folders_named(store, CLEARED_PREFIX)
+
+
+def _folders_named(store: Path, prefix: str) -> list[Path]:
+    """The real folders (no symlink) directly in ``store`` whose names start with ``prefix``,
+    sorted; empty where there are none or ``store`` cannot be listed."""
     try:
         with os.scandir(store) as entries:
             found = [
                 Path(entry.path)
                 for entry in entries
-                if entry.name.startswith(REPLACED_PREFIX) and entry.is_dir(follow_symlinks=False)
+                if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)
             ]
     except OSError:
         return []

@@ -1,7 +1,8 @@
 """Clearing a store: what ``--overwrite`` removes (:func:`clear`: the manifest, probe and
 evaluation sets, kernel files, derived outputs, and nothing else; moved into
 ``STORE/.conetool-replaced-*`` first, the manifest first, so that a clearing stopped at any moment
-leaves the old store whole or gone, and :func:`finish_clearing` removes the rest), counted under the results lock
+leaves the old store whole or gone, and :func:`finish_clearing` removes the rest; that folder is
+renamed ``STORE/.conetool-cleared-*`` once all is in it, then deleted), counted under the results lock
 held exclusive, after the readers writing their results into the store
 (:meth:`conetool.store.Store.writing_results`); the temporary files a killed writer left,
 which the next writer removes before it writes (:func:`remove_stale_temporaries`; in the result
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,10 +49,13 @@ def clear(root: Path) -> str | None:
 
     Atomic for a reader and for the next run, whatever stops it: the files are first moved into
     a folder of their own in the store (``STORE/.conetool-replaced-x1y2/``, renames on one file
-    system), ``manifest.json`` first, then deleted there. Before that first rename the old store
-    is whole; after it the old store is gone: no command reads what is left of it
-    (:func:`clearing_stopped`), and the next writer finishes the clearing
-    (:func:`finish_clearing`) before it writes anything."""
+    system), ``manifest.json`` first, then that folder is renamed ``.conetool-cleared-x1y2/``
+    and deleted. Before that first rename the old store is whole; after it the old store is
+    gone: no command reads what is left of it (:func:`clearing_stopped`), and the next writer
+    finishes the clearing (:func:`finish_clearing`) before it writes anything. Once the folder
+    is renamed, nothing of the old store is left in place: a deletion that fails (a file held
+    open on NFS, a file the user cannot delete) is said in the message, and the new store is
+    written beside that folder; the next writer deletes it, never anything in the store."""
     root = Path(root)
     with results_lock(root, exclusive=True):  # after the readers' writes (Store.writing_results)
         # counted under the lock: what is removed, once the readers waited for have written
@@ -66,27 +71,31 @@ def clear(root: Path) -> str | None:
         if _conetool_entries(root):
             aside = Path(tempfile.mkdtemp(prefix=paths.REPLACED_PREFIX, dir=root))
             _move_aside(root, aside)
-        for folder in paths.replaced_folders(root):  # this one, and any a kill left
-            _remove_folder(folder)
+        failed = _delete_cleared(
+            root, paths.replaced_folders(root)
+        )  # this one, and any a kill left
     said = [
         f"{count} {what} file(s)" for count, what in [(kernels, "kernel"), *companions] if count
     ]
     if derived:
         said.append(f"{'its ' if said else ''}{', '.join(derived)} results")
-    if not said:
-        return None
-    removed = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
-    return f"--overwrite removed the replaced store's {removed}"
+    removed = None
+    if said:
+        listed = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
+        removed = f"--overwrite removed the replaced store's {listed}"
+    return "; ".join(m for m in (removed, failed) if m) or None
 
 
 def finish_clearing(root: Path) -> str | None:
     """Finish what a stopped clearing (:func:`clear`) left in store ``root``: the replaced
-    store's files still in place are moved aside (only where no ``manifest.json`` was written
-    since: :func:`clearing_stopped`), and the ``STORE/.conetool-replaced-*`` folders are deleted.
-    The caller holds the store's writer lock. Says what it removed (None: nothing of the
-    replaced store was left in place)."""
+    store's files still in place are moved aside (only where a ``STORE/.conetool-replaced-*``
+    folder says that the clearing had not moved them all, and no ``manifest.json`` was written
+    since: :func:`clearing_stopped`), and the replaced stores' folders are deleted. What is in
+    the store beside a ``STORE/.conetool-cleared-*`` folder (one whose deletion failed) is never
+    touched: it was written after that clearing. The caller holds the store's writer lock. Says
+    what it removed, and a deletion that failed (None: neither)."""
     root = Path(root)
-    if not paths.replaced_folders(root):
+    if not paths.replaced_folders(root) and not paths.cleared_folders(root):
         return None
     said = None
     with results_lock(root, exclusive=True):
@@ -107,9 +116,43 @@ def finish_clearing(root: Path) -> str | None:
                     "the store it replaced was already gone (its manifest.json moved aside), "
                     f"and what was left of it is now removed too: {', '.join(left)}"
                 )
-        for folder in folders:
+        failed = _delete_cleared(root, folders)
+    return "; ".join(m for m in (said, failed) if m) or None
+
+
+def _delete_cleared(root: Path, moved: list[Path]) -> str | None:
+    """Rename the folders ``moved`` (``STORE/.conetool-replaced-*``, every file of the replaced
+    store in them now) ``STORE/.conetool-cleared-*``, then delete every such folder in
+    ``root``. Says which could not be deleted, and why (None: all were): the store is written
+    all the same, and the next writer tries again."""
+    for folder in moved:
+        _mark_cleared(folder)
+    failed = []
+    for folder in paths.cleared_folders(root):
+        try:
             _remove_folder(folder)
-    return said
+        except OSError as exc:
+            failed.append(f"{folder} ({exc.strerror or exc}: {exc.filename or folder})")
+    if not failed:
+        return None
+    return (
+        f"could not delete {', '.join(failed)}, which holds the files of the store that "
+        "--overwrite replaced, all moved out of the store (no command reads them). The next "
+        "conetool kernels on this store tries again; or delete that folder yourself"
+    )
+
+
+def _mark_cleared(folder: Path) -> None:
+    """Rename ``folder`` (``STORE/.conetool-replaced-x1y2``) ``STORE/.conetool-cleared-x1y2``
+    (another suffix where that name is taken): from then on, no file in the store beside it is
+    the replaced store's."""
+    suffix = folder.name.removeprefix(paths.REPLACED_PREFIX)
+    while True:
+        target = folder.with_name(paths.CLEARED_PREFIX + suffix)
+        if not os.path.lexists(target):
+            os.rename(folder, target)
+            return
+        suffix = secrets.token_hex(4)
 
 
 def _conetool_entries(root: Path) -> list[Path]:

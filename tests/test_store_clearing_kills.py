@@ -5,7 +5,9 @@ first: from then on the old store is gone), then deletes them; the next writer f
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic_store import HEADER, IDENT, store_with_kernels
+from synthetic_store import HEADER, IDENT, record, store_with_kernels
 from tiny_run import STEPS, run_fixtures
 
-from conetool import paths
+from conetool import paths, store_clearing
 from conetool.errors import StoreError
 from conetool.pipeline import distance, kernels
 from conetool.store import Store, StoreIdentity, clear
@@ -215,3 +217,57 @@ def test_overwrite_says_what_it_removed_in_plain_words(tmp_path: Path) -> None:
     assert clear(root) == (
         "--overwrite removed the replaced store's 2 kernel file(s) and its distance, embed results"
     )
+
+
+@pytest.mark.parametrize("linked", [False, True], ids=["kernels", "kernels-symlink"])
+def test_a_failed_deletion_of_the_replaced_store_keeps_what_was_computed_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked: bool
+) -> None:
+    # Before: a deletion of STORE/.conetool-replaced-* that failed (a file held open on NFS,
+    # EBUSY) stopped kernels --overwrite with an OSError, the old store gone already; and such a
+    # folder beside a new store meant, once its manifest.json was deleted, that the next kernels
+    # removed the new store's kernel files as the replaced store's instead of rebuilding the
+    # manifest from them.
+    root = tmp_path / "s"
+    shared = tmp_path / "shared"
+    if linked:
+        shared.mkdir()
+        root.mkdir()
+        (root / paths.KERNELS_DIR).symlink_to(shared, target_is_directory=True)
+    old_store(root)
+    real = shutil.rmtree
+
+    def busy(path: Path, *args: object, **kwargs: object) -> None:
+        if Path(path).name.startswith(".conetool-"):  # the replaced store's folder
+            held = Path(path) / paths.KERNELS_DIR / ".nfs000001"
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(held))
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_clearing.shutil, "rmtree", busy)
+    with Store.open_for_writing(root, NEW, HEADER, overwrite=True) as store:
+        store.write_kernel(record(20), 21 * torch.eye(2))
+    [left] = paths.cleared_folders(root)
+    said = " ".join(" ".join(store.warnings).split())
+    assert "--overwrite removed the replaced store's 2 kernel file(s)" in said, said
+    assert f"could not delete {left} (Device or resource busy: {left}/kernels/.nfs000001)" in said
+    assert "The next conetool kernels on this store tries again" in said
+    assert Store.open(root).steps() == [20]
+
+    paths.manifest(root).unlink()  # by the user
+    with pytest.raises(StoreError, match="has kernel files but no manifest.json"):
+        Store.open(root)
+    store = Store.open_for_writing(root, NEW, HEADER)  # the folder still cannot be deleted
+    store.close()
+    said = " ".join(" ".join(store.warnings).split())
+    assert "was missing; rebuilt it from the kernel files" in said, said
+    assert f"could not delete {left}" in said and "was stopped" not in said
+    assert Store.open(root).steps() == [20]
+    assert torch.equal(Store.open(root).load_kernel(20), 21 * torch.eye(2))
+    assert (root / paths.KERNELS_DIR).is_symlink() == linked
+
+    monkeypatch.undo()  # the file is closed: the next run deletes the folder, and only it
+    Store.open_for_writing(root, NEW, HEADER).close()
+    assert paths.cleared_folders(root) == [] and Store.open(root).steps() == [20]
+    assert conetool_entries(root) == {paths.MANIFEST_NAME, paths.KERNELS_DIR}
+    if linked:
+        assert [p.name for p in shared.iterdir()] == ["step_000020.safetensors"]

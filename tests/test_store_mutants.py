@@ -402,7 +402,8 @@ def test_overwrite_is_not_stopped_by_a_file_appearing_while_it_removes_a_folder(
 ):
     # S50: rmtree's "directory not empty" (a reader's file renamed into place after rmtree
     # listed the folder) stopped --overwrite with an OSError instead of starting over. The
-    # clearing moves the store's folders into STORE/.conetool-replaced-*, then removes that.
+    # clearing moves the store's folders into STORE/.conetool-replaced-*, renames that
+    # STORE/.conetool-cleared-*, then removes it.
     root = tmp_path / "s"
     store_with_kernels(root)
     (root / "distance").mkdir()
@@ -411,7 +412,7 @@ def test_overwrite_is_not_stopped_by_a_file_appearing_while_it_removes_a_folder(
     raced: list[Path] = []
 
     def rmtree(path, *args, **kwargs):
-        if Path(path).name.startswith(paths.REPLACED_PREFIX) and not raced:
+        if Path(path).name.startswith(paths.CLEARED_PREFIX) and not raced:
             raced.append(Path(path))
             raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(path))
         return real(path, *args, **kwargs)
