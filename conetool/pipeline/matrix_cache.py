@@ -55,6 +55,7 @@ from ..progress import CountBar, NullProgress, Progress
 from ..store import StepRecord, Store
 from ..store_manifest import kernel_header
 from ..units import parse_memory
+from .saved_results import remove_old_summary
 
 __all__ = [
     "KernelMatrix",
@@ -63,6 +64,7 @@ __all__ = [
     "kernels_key",
     "require_kernels",
     "store_key",
+    "summary_matrix_key",
 ]
 
 
@@ -263,6 +265,14 @@ CACHES: dict[str, Callable[[Path], Path]] = {
 }
 
 
+#: command -> its ``summary.json``, which records the matrix its outputs were computed from
+#: (``matrix_key``) and lists the matrix file among them.
+SUMMARIES: dict[str, Callable[[Path], Path]] = {
+    "distance": paths.distance_summary,
+    "embed": paths.embed_summary,
+}
+
+
 def _save(store: Store, matrix: KernelMatrix, command: str) -> None:
     excluded = sorted(matrix.excluded)
     arrays: dict[str, Any] = {
@@ -279,7 +289,22 @@ def _save(store: Store, matrix: KernelMatrix, command: str) -> None:
     data = buffer.getvalue()
     target = CACHES[command](store.root)
     with store.writing_results(command):  # never into a store replaced meanwhile
+        # the command's summary of another matrix goes first (it writes it again last): a run
+        # stopped after this write leaves no summary beside a matrix it does not describe
+        summary = SUMMARIES[command](store.root)
+        if summary_matrix_key(summary) != matrix.key:
+            remove_old_summary(summary)
         atomic_write(target, lambda tmp: tmp.write_bytes(data), needed=len(data))
+
+
+def summary_matrix_key(path: Path) -> str | None:
+    """The ``matrix_key`` the summary at ``path`` records; None when there is none, or the file
+    cannot be read as a JSON object."""
+    try:
+        key = json.loads(path.read_text(encoding="utf-8")).get("matrix_key")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
 
 
 def _load_cached(path: Path, skip_bad: bool) -> KernelMatrix | None:

@@ -18,7 +18,6 @@ a run that fails midway (a full disk) leaves no summary beside outputs of anothe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from ..threads import limit_threads
 from ..verdict import phase_verdict
 from .kept_files import file_states, unchanged
 from .kernels_running import kernels_running
-from .matrix_cache import csv_number, kernel_matrix, kernels_key
+from .matrix_cache import csv_number, kernel_matrix, kernels_key, summary_matrix_key
 from .noise_estimate import estimate_noise_floor, saved_noise_floor
 from .saved_results import (
     recorded_schedule,
@@ -243,7 +242,7 @@ def _phase1_end(
     records, with the noise floor of S (:func:`_noise_floor`)."""
     if paths.distance_summary(store.root).is_file():
         end = saved_phase1_end(store.root, matrix_key=key)
-        summary_about_these = _summary_key(store.root) == key
+        summary_about_these = summary_matrix_key(paths.distance_summary(store.root)) == key
         if summary_about_these:
             return end, "distance/summary.json"
     schedule = recorded_schedule(store, None, steps[-1])
@@ -270,12 +269,3 @@ def _noise_floor(store: Store, said: Said, log: Callable[[str], None]) -> float 
     if why:  # the model's module imported from where kernels found it
         said.note(why)
     return float(record["floor"])
-
-
-def _summary_key(root: Path) -> str | None:
-    try:
-        return json.loads(paths.distance_summary(root).read_text(encoding="utf-8")).get(
-            "matrix_key"
-        )
-    except (OSError, ValueError, AttributeError):
-        return None
