@@ -119,8 +119,8 @@ class StoreLock:
             os.close(fd)  # a refused train removed it (train_lock): lock the one there now
         try:
             os.ftruncate(fd, 0)
-            command = " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {command}\n".encode())
+            note = f"pid {os.getpid()} on {socket.gethostname()}: {_command_line()}\n"
+            os.write(fd, note.encode())
         except OSError:
             pass  # the lock itself is what matters; the note is for the message only
         cls._held[key] = [fd, 1]
@@ -146,6 +146,17 @@ class StoreLock:
             fcntl.flock(entry[0], fcntl.LOCK_UN)
         finally:
             os.close(entry[0])
+
+
+def _command_line() -> str:
+    """This process's command line for the lock's note: ``conetool kernels ...`` for the
+    ``conetool`` script and for ``python -m conetool`` alike (whose ``sys.argv[0]`` is this
+    package's ``__main__.py``), else the program's name (a script's, a notebook kernel's) and
+    its arguments."""
+    first = sys.argv[0] if sys.argv else ""
+    main = os.path.join(os.path.dirname(os.path.realpath(__file__)), "__main__.py")
+    name = "conetool" if first and os.path.realpath(first) == main else os.path.basename(first)
+    return " ".join([name or "python", *sys.argv[1:]])
 
 
 def _is_lock_file(fd: int, path: Path) -> bool:

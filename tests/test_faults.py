@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from conetool.pipeline import kernels
 from conetool.pipeline.resolve import model_for
 from conetool.spec import spec_from_dict
 from conetool.store import Store
+from conetool.store_lock import StoreLock, writer_note
 from conetool.training import train
 
 runner = CliRunner()
@@ -154,6 +156,33 @@ def test_second_writer_is_refused_while_the_first_holds_the_lock(run, store):
     after = cli("kernels", str(run), "--store", str(store), "--device", "cpu")
     assert after.exit_code == 0, after.output
     assert snapshot(store) == before
+
+
+@pytest.mark.parametrize(
+    ("program", "named"),
+    [
+        (str(Path(conetool.__file__).resolve().with_name("__main__.py")), "conetool"),
+        ("/home/me/.venv/bin/conetool", "conetool"),
+        ("/home/me/sweep.py", "sweep.py"),  # a script calling conetool.kernels
+    ],
+    ids=["python -m conetool", "conetool script", "a script"],
+)
+def test_the_lock_names_python_m_conetool_as_the_conetool_command(
+    tmp_path, monkeypatch, program, named
+):
+    # Before: under `python -m conetool kernels` (whose sys.argv[0] is conetool/__main__.py)
+    # the lock's note, and so a second writer's refusal, named the holder "__main__.py kernels"
+    root = tmp_path / "s"
+    monkeypatch.setattr(sys, "argv", [program, "kernels", "runs/a", "--store", str(root)])
+    lock = StoreLock.acquire(root)
+    assert lock is not None
+    try:
+        command = f"{named} kernels runs/a --store {root}"
+        assert writer_note(root) == f"pid {os.getpid()} on {socket.gethostname()}: {command}"
+        with pytest.raises(StoreError, match=f": {re.escape(command)}; this process"):
+            StoreLock.acquire(root, shared=False)  # the refusal reads the same note
+    finally:
+        lock.release()
 
 
 def test_lock_is_shared_by_the_library_and_released(run, store):
