@@ -94,8 +94,9 @@ def check_whole_or_gone(root: Path) -> str:
     return "gone"
 
 
+@pytest.mark.parametrize("linked", [False, True], ids=["kernels", "kernels-symlink"])
 def test_a_kill_at_any_moment_of_overwrite_leaves_the_old_store_whole_or_none_of_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked: bool
 ) -> None:
     # Before: killed after the manifest was deleted, the store had the old kernel files and no
     # manifest: Store.open said to rebuild it from them, a kernels run of the new spec was
@@ -104,6 +105,10 @@ def test_a_kill_at_any_moment_of_overwrite_leaves_the_old_store_whole_or_none_of
     seen = set()
     for k in range(1, 200):
         root = tmp_path / f"s{k}"
+        if linked:  # kernels/ on another disk: its kernel files are deleted there
+            (tmp_path / f"shared{k}").mkdir()
+            root.mkdir()
+            (root / paths.KERNELS_DIR).symlink_to(tmp_path / f"shared{k}", target_is_directory=True)
         old_store(root)
         with monkeypatch.context() as patched:
             calls = killed_at(patched, k)
@@ -126,6 +131,7 @@ def test_a_kill_at_any_moment_of_overwrite_leaves_the_old_store_whole_or_none_of
         assert Store.open(root).identity == NEW and Store.open(root).steps() == []
         assert conetool_entries(root) == {paths.MANIFEST_NAME, paths.KERNELS_DIR}
         assert not any((root / paths.KERNELS_DIR).iterdir())
+        assert (root / paths.KERNELS_DIR).is_symlink() == linked
     else:
         pytest.fail("the overwrite never ended")
     assert seen == {"old", "gone"}  # (the new manifest is the last write: then it is "new")
