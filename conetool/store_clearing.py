@@ -132,13 +132,14 @@ def _delete_cleared(root: Path, moved: list[Path]) -> str | None:
         try:
             _remove_folder(folder)
         except OSError as exc:
-            failed.append(f"{folder} ({exc.strerror or exc}: {exc.filename or folder})")
+            named = exc.filename and Path(exc.filename) != folder  # a file in it
+            failed.append(f"{folder} ({exc.strerror or exc}{f': {exc.filename}' if named else ''})")
     if not failed:
         return None
     return (
         f"could not delete {', '.join(failed)}, which holds the files of the store that "
         "--overwrite replaced, all moved out of the store (no command reads them). The next "
-        "conetool kernels on this store tries again; or delete that folder yourself"
+        "conetool kernels on this store tries again; or delete that folder yourself."
     )
 
 
