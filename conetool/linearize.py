@@ -130,7 +130,7 @@ def f0_and_jvp(
             try:
                 return f0_and_jvp_reverse(model, primals, tangents, args, kwargs, consts)
             except RuntimeError as again:
-                raise refused(exc, again, model) from again
+                raise refused(exc, again) from again
 
 
 def _f0_and_jvp_dual(

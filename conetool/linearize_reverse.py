@@ -137,12 +137,12 @@ def _recordable(value: Any) -> Any:
     return value
 
 
-def refused(forward_mode: BaseException, reverse: BaseException, model: nn.Module) -> ModelError:
+def refused(forward_mode: BaseException, reverse: BaseException) -> ModelError:
     """The :class:`ModelError` for a custom autograd.Function that forward mode refused
     (``forward_mode``) and whose ``backward`` the fallback could not differentiate
     (``reverse``): naming the Function and the module it runs in, and the fixes."""
     function = _function_in(forward_mode)
-    where = failing_module(forward_mode, model)
+    where = failing_module(forward_mode)
     what = (
         f"the custom torch.autograd.Function '{function}'"
         if function

@@ -26,6 +26,7 @@ __all__ = [
     "logits_of",
     "logits_of_batch",
     "perturbed",
+    "recurrent_outside_cudnn",
     "unreached_parameters",
     "unreached_warning",
 ]
@@ -352,11 +353,50 @@ def perturbed(params: dict[str, Tensor]) -> dict[str, Tensor]:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every module in eval mode and restore each module's own mode afterwards."""
+    """Put every module in eval mode and restore each module's own mode afterwards.
+
+    Its recurrent layers (nn.GRU, nn.LSTM, nn.RNN) run outside cuDNN meanwhile
+    (:func:`recurrent_outside_cudnn`): cuDNN's RNN refuses a backward pass in eval mode."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        yield
+        with recurrent_outside_cudnn(model):
+            yield
     finally:
         for module, training in modes:
             module.training = training
+
+
+@contextlib.contextmanager
+def recurrent_outside_cudnn(model: nn.Module) -> Iterator[None]:
+    """cuDNN off (``torch.backends.cudnn.enabled``) while the forward of one of ``model``'s
+    recurrent layers (nn.RNNBase: nn.GRU, nn.LSTM, nn.RNN) runs, and as it was everywhere else.
+
+    cuDNN's RNN refuses a backward pass in eval mode ('cudnn RNN backward can only be called in
+    training mode', a cuDNN rule), which every eNTK engine takes: on CUDA the layer then runs
+    PyTorch's own RNN kernels, which compute the same function and differentiate in any mode; the
+    convolutions and the rest of the model keep cuDNN. Nothing changes on a CPU, nor for a model
+    without recurrent layers."""
+    recurrent = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    if not recurrent:
+        yield
+        return
+    before: list[bool] = []
+
+    def off(module: nn.Module, args: object) -> None:
+        before.append(torch.backends.cudnn.enabled)
+        torch.backends.cudnn.enabled = False
+
+    def back(module: nn.Module, args: object, output: object) -> None:
+        if before:
+            torch.backends.cudnn.enabled = before.pop()
+
+    outermost = torch.backends.cudnn.enabled
+    handles = [m.register_forward_pre_hook(off) for m in recurrent]
+    handles += [m.register_forward_hook(back, always_call=True) for m in recurrent]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        torch.backends.cudnn.enabled = outermost

@@ -16,6 +16,7 @@ __all__ = [
     "ACTIVATION_CHECKPOINTING",
     "FORWARD_ERRORS",
     "explained",
+    "held_without_vmap_rule",
     "input_refused",
     "random_in_vmap",
     "untransformable_function",
@@ -106,16 +107,31 @@ def written_in_place(exc: BaseException | None) -> bool:
     ``h.new_zeros(...)``) then ``acc += h``, ``acc[:, 0] = h.sum(1)`` or ``acc.index_add_(...)``.
     The model is plain tensor code that ordinary autograd differentiates exactly, one
     example at a time (:func:`conetool.ntk_reference.looped_grads`); a real shape error raises
-    there again, in the model's own words.
-
-    Not one raised inside nn.GRU, nn.LSTM or nn.PReLU (whose hidden state PyTorch makes so): those
-    keep their refusal, which names the subclass that ``vmap`` runs (the README's 'Bring your own
-    run'), far faster than one example and one logit at a time."""
+    there again, in the model's own words."""
     if isinstance(exc, ModelError):
         exc = exc.__cause__
-    if not isinstance(exc, RuntimeError) or _raised_in(exc, _NO_VMAP_RULE):
+    if not isinstance(exc, RuntimeError):
         return False
     return any(part in str(exc) for part in _WRITTEN_IN_PLACE)
+
+
+def held_without_vmap_rule(exc: BaseException | None, model: nn.Module | None) -> bool:
+    """Whether ``exc`` (an error :func:`vmap_failures_named` turned into a :class:`ModelError`,
+    or its cause) is an error PyTorch raised inside ``vmap`` over examples of ``vjp`` of a
+    ``model`` that holds a module without a working vmap rule (:data:`NO_VMAP_RULE`: nn.PReLU,
+    and nn.GRU, nn.LSTM and nn.RNN, which write their hidden state in place into a tensor made
+    for the whole batch), and not one of a known cause (:func:`explained`: activation
+    checkpointing stays refused). In torch 2.14.1 they fail in several ways: nn.PReLU in the
+    backward pass (a size mismatch, no module on the traceback), the recurrent layers in their
+    forward ('doesn't match the broadcast shape'), and nn.LSTM in float32 on a CPU in the
+    backward pass ('workspace'). Ordinary autograd differentiates them exactly, one example at a
+    time (:func:`conetool.ntk_reference.looped_grads`); a real error of the model raises there
+    again, in its own words."""
+    if model is None or not any(isinstance(m, NO_VMAP_RULE) for m in model.modules()):
+        return False
+    if isinstance(exc, ModelError):
+        exc = exc.__cause__
+    return isinstance(exc, RuntimeError) and explained(exc) is None
 
 
 def random_in_vmap(exc: BaseException | None) -> bool:
@@ -132,17 +148,6 @@ def random_in_vmap(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and "called random operation while in randomness" in str(
         exc
     )
-
-
-def _raised_in(exc: BaseException, kinds: tuple[type[nn.Module], ...]) -> bool:
-    """Whether the code of a module of one of ``kinds`` was running when ``exc`` was raised (a
-    frame on its traceback whose ``self`` is one)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if isinstance(tb.tb_frame.f_locals.get("self"), kinds):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 #: What a model's forward pass raises on inputs it cannot take: PyTorch's shape errors are
@@ -173,14 +178,13 @@ def input_refused(
     return None
 
 
-#: Modules that have no working vmap rule in torch 2.14: named when an error raised in the
-#: backward pass (which no module's code is on) leaves nothing else to name.
-_NO_VMAP_RULE = (nn.PReLU, nn.RNNBase)
-_PROBABLY = "probably in "
+#: Modules that have no working vmap rule in torch 2.14.1, whose per-example gradients ordinary
+#: autograd computes instead (:func:`held_without_vmap_rule`).
+NO_VMAP_RULE = (nn.PReLU, nn.RNNBase)
 
 
 @contextlib.contextmanager
-def vmap_failures_named(model: nn.Module | None = None) -> Iterator[None]:
+def vmap_failures_named() -> Iterator[None]:
     """Turn an error PyTorch raises inside ``vmap`` over examples of ``vjp`` of the model into a
     :class:`~conetool.errors.ModelError` that says what it means, where (:func:`failing_module`)
     and what to do (running out of memory stays what it is: the callers name the budget)."""
@@ -189,24 +193,20 @@ def vmap_failures_named(model: nn.Module | None = None) -> Iterator[None]:
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as exc:
-        where = failing_module(exc, model)
+        where = failing_module(exc)
         known = explained(exc)
-        probable = where.removeprefix(_PROBABLY)
         if known is None:
-            place = "" if not where else f", {where}" if probable != where else f" in {where}"
-            raise _no_vmap_rule(exc, place) from exc
+            raise _no_vmap_rule(exc, f" in {where}" if where else "") from exc
         if where:
-            was = "was probably" if probable != where else "was"
-            raise ModelError(f"{known} It {was} raised in {probable}.") from exc
+            raise ModelError(f"{known} It was raised in {where}.") from exc
         raise known from exc
 
 
-def failing_module(exc: BaseException, model: nn.Module | None = None) -> str:
+def failing_module(exc: BaseException) -> str:
     """``module 'NAME' (Type)``, or ``the forward of the model itself (Type)``: the innermost
     module whose code was running when ``exc`` was raised, named by its path in the outermost
-    module on the traceback (the model). An error raised in the backward pass has no module's code
-    on its traceback: then ``model``'s modules that have no working vmap rule (nn.PReLU, the
-    recurrent layers), ``probably in module 'NAME' (Type)``; else empty.
+    module on the traceback (the model); empty for an error raised in the backward pass, which
+    no module's code is on.
 
     Read from the traceback's frames (their ``self``), so that naming it costs nothing until
     something has failed.
@@ -219,12 +219,7 @@ def failing_module(exc: BaseException, model: nn.Module | None = None) -> str:
             modules.append(owner)
         tb = tb.tb_next
     if not modules:
-        suspects = [
-            f"module '{name}' ({type(module).__name__})"
-            for name, module in (model.named_modules() if model is not None else ())
-            if isinstance(module, _NO_VMAP_RULE)
-        ]
-        return f"{_PROBABLY}{' or '.join(suspects)}" if suspects else ""
+        return ""
     root, innermost = modules[0], modules[-1]
     name = next((n for n, m in root.named_modules() if m is innermost), None)
     label = type(innermost).__name__
@@ -236,13 +231,12 @@ def failing_module(exc: BaseException, model: nn.Module | None = None) -> str:
 def _no_vmap_rule(exc: RuntimeError, place: str = "") -> ModelError:
     return ModelError(
         "computing the model's per-example gradients with torch.func (vmap over examples of "
-        f"vjp) failed inside PyTorch{place}: {_first_line(exc)}. Some PyTorch modules have no working "
-        "vmap rule (in torch 2.14 nn.PReLU, nn.GRU and nn.LSTM among them): write such a "
-        "module with plain tensor operations (nn.PReLU: torch.where(x > 0, x, a * x) with a "
-        "parameter a; nn.GRU or nn.LSTM: a subclass of it whose forward loops over the time "
-        "steps with torch.gru_cell or torch.lstm_cell on its own weight_ih_l0, weight_hh_l0, "
-        "bias_ih_l0 and bias_hh_l0, which keeps the layer's state-dict names, so that the "
-        "run's checkpoints load; the README's 'Bring your own run' shows one)."
+        f"vjp) failed inside PyTorch{place}: {_first_line(exc)}. Some PyTorch operations have no "
+        "working vmap rule (in torch 2.14 F.prelu and the recurrent functions that nn.GRU, "
+        "nn.LSTM and nn.RNN call among them): write such an operation with plain tensor "
+        "operations (F.prelu(x, a): torch.where(x > 0, x, a * x)), or call it through its module "
+        "(nn.PReLU, nn.GRU, nn.LSTM, nn.RNN), whose per-example gradients conetool computes by "
+        "ordinary autograd, one example at a time."
     )
 
 

@@ -6,8 +6,11 @@ matrix. A model with a custom ``torch.autograd.Function`` that torch.func cannot
 ``setup_context``, or no vmap rule) gets the same rows from ordinary autograd instead, one example
 and one cotangent at a time (:func:`looped_grads`: slower, exact), as does one that writes each
 example's values in place into a tensor its forward pass made for the whole batch
-(``torch.zeros(n, k)`` then ``acc += h``; :func:`~conetool.ntk_failures.written_in_place`). It is the exact check of the structured engine (:mod:`conetool.ntk_structured`), and the
-path that engine falls back to for parameters it cannot see.
+(``torch.zeros(n, k)`` then ``acc += h``; :func:`~conetool.ntk_failures.written_in_place`), and
+one that holds nn.PReLU or a recurrent layer (nn.GRU, nn.LSTM, nn.RNN), which have no working
+vmap rule (:func:`~conetool.ntk_failures.held_without_vmap_rule`). It is the exact check of the
+structured engine (:mod:`conetool.ntk_structured`), and the path that engine falls back to for
+parameters it cannot see.
 
 Time: it costs what ``vmap(jacrev)`` costs, and on a CPU per-example gradients of convolutions
 under ``vmap`` are slow (grouped convolutions): vgg16 (15M parameters) with n = 500 under an 8 GiB
@@ -26,6 +29,7 @@ from torch.func import vjp, vmap
 from .errors import ModelError
 from .ntk_buffers import updates_buffers
 from .ntk_failures import (
+    held_without_vmap_rule,
     random_in_vmap,
     untransformable_function,
     vmap_failures_named,
@@ -59,7 +63,7 @@ class JacobianRows:
         self.params = params
         self.forward = forward
         self.looped = False  # vmap refused a custom autograd.Function: ordinary autograd instead
-        self.model = model  # named in an error torch.func raises (ntk_failures.failing_module)
+        self.model = model  # whether it holds a module without a vmap rule (ntk_failures)
         self.x = x
         self.full = kind == "full"
         self.c, self.saved, self.largest = _measure(forward, params, x[:1])
@@ -113,11 +117,13 @@ def vmapped_or_looped(
     a buffer in place (:mod:`conetool.ntk_buffers`) or refused to write a value of each example
     into a tensor the forward pass made for all of them
     (:func:`~conetool.ntk_failures.written_in_place`) or to make a random draw that the model seeds
-    itself (:func:`~conetool.ntk_failures.random_in_vmap`), and from then on (``loop`` returned True,
-    to be passed back): the same per-example gradients by ordinary autograd."""
+    itself (:func:`~conetool.ntk_failures.random_in_vmap`), or failed on a model that holds
+    nn.PReLU or a recurrent layer, which have no working vmap rule
+    (:func:`~conetool.ntk_failures.held_without_vmap_rule`), and from then on (``loop`` returned
+    True, to be passed back): the same per-example gradients by ordinary autograd."""
     if not loop:
         try:
-            with vmap_failures_named(model):
+            with vmap_failures_named():
                 return vmapped(), False
         except ModelError as exc:
             if not (
@@ -125,6 +131,7 @@ def vmapped_or_looped(
                 or _in_place(exc)
                 or written_in_place(exc)
                 or random_in_vmap(exc)
+                or held_without_vmap_rule(exc, model)
             ):
                 raise
             if random_in_vmap(exc):
