@@ -17,7 +17,8 @@ rows here:
   ``x̂`` computed from the recorded input.
 - Any other module with parameters of its own that is called with one tensor (mode ``"local"``):
   :func:`torch.func` on that module alone (``vmap`` over examples of ``vjp``), from its recorded
-  input and output cotangents.
+  input and output cotangents; for ``nn.PReLU``, which has no working vmap rule, ``Σ g·min(x, 0)``
+  per slope.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def per_example_grads(
     ``grads``: id of each call's ``eps`` -> its output cotangents ``(b, k, *output shape[1:])``;
     ``params`` the trainable parameters and ``tensors`` every parameter and buffer (name -> tensor).
     """
+    if layer.mode == "local" and is_prelu(layer.module):
+        return _prelu_grads(layer, grads)
     if layer.mode == "local":
         return _local_grads(layer, grads, params, tensors)
     if layer.mode == "norm":
@@ -132,6 +135,31 @@ def _norm_grads(
                 value = value.sum(dims)
             total[local] = total[local] + value if local in total else value
     return {name: total[local] for local, name in layer.names.items()}
+
+
+def _prelu_grads(layer: HookedLayer, grads: dict[int, Tensor]) -> dict[str, Tensor]:
+    """Per-example gradients of an nn.PReLU's slopes, ``y = max(x, 0) + a·min(x, 0)``:
+    ``Σ g·min(x, 0)`` over every position of a slope (its channel, dimension 1 of the input, or
+    everything for one slope), which torch.func cannot give (nn.PReLU has no working vmap rule in
+    torch 2.14)."""
+    slopes = cast(Tensor, layer.module.weight).numel()
+    total: Tensor | None = None
+    for call in layer.calls:
+        g = grads[id(call.eps)]  # (b, k, *x.shape[1:])
+        b, k = g.shape[:2]
+        value = g * call.inp.clamp(max=0).unsqueeze(1)
+        if slopes == 1:
+            value = value.reshape(b, k, -1).sum(2, keepdim=True)
+        else:
+            value = value.reshape(b, k, slopes, -1).sum(3)
+        total = value if total is None else total + value
+    assert total is not None  # a hooked layer that was not called is dropped before
+    return {name: total for name in layer.names.values()}
+
+
+def is_prelu(module: nn.Module) -> bool:
+    """An nn.PReLU whose forward is the standard one."""
+    return isinstance(module, nn.PReLU) and type(module).forward is nn.PReLU.forward
 
 
 def _local_grads(

@@ -225,3 +225,26 @@ def test_f_prelu_called_outside_its_module_is_refused_with_the_fix(method: str) 
     assert "F.prelu(x, a): torch.where(x > 0, x, a * x)" in message, message
     assert "through its module (nn.PReLU" in message, message
     assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("name", ["prelu", "prelu_channels"])
+def test_the_structured_engine_takes_prelu_slopes_from_its_passes(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Σ g·min(x, 0) per slope, from the recorded input and output cotangents: no per-example
+    # autograd of the whole model (its fallback), which it took for nn.PReLU before.
+    from conetool import ntk_structured
+
+    looped: list[list[str]] = []
+    original = ntk_structured.looped_grads
+
+    def spy(forward, params, names, batch, cot):  # type: ignore[no-untyped-def]
+        looped.append(names)
+        return original(forward, params, names, batch, cot)
+
+    monkeypatch.setattr(ntk_structured, "looped_grads", spy)
+    model, x = _built(name, n=6)
+    for kind in KINDS:
+        kernel = empirical_ntk(model, x, kind=kind, device="cpu", method="structured")
+        assert rel(kernel, reference(model, x, kind)) < 1e-10
+    assert looped == []
