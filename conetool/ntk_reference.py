@@ -19,6 +19,7 @@ budget takes tens of minutes on two cores with it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -176,38 +177,73 @@ def looped_grads(
 ) -> dict[str, Tensor]:
     """Per-example gradients ``name -> (b, g, *shape)`` of ``params[name]`` for ``names``, the
     other parameters fixed: for each example of ``batch`` ``(b, *shape)`` one ordinary forward
-    pass ``forward(example, params)`` and one backward pass per cotangent of ``cot`` ``(g, c)``.
+    pass ``forward(example, params)`` and one backward pass for all the cotangents of ``cot``
+    ``(g, c)`` (``is_grads_batched``: the backward graph ``vmap``-ed over them), or one backward
+    pass per cotangent where ``vmap`` refuses that graph (a custom ``torch.autograd.Function``
+    without a vmap rule).
 
     What ``vmap`` over examples of ``vjp`` gives, for a model that torch.func cannot transform (a
-    custom ``torch.autograd.Function`` without ``setup_context`` or a vmap rule), whose own
-    ``backward`` ordinary autograd calls. ``b·g`` backward passes: slower than ``vmap``.
+    custom ``torch.autograd.Function`` without ``setup_context`` or a vmap rule, nn.GRU), whose
+    own ``backward`` ordinary autograd calls. ``b`` forward passes and ``b`` (or ``b·g``) backward
+    passes: slower than ``vmap``.
     """
     fixed = {k: v for k, v in params.items() if k not in names}
-    g = cot.shape[0]
     rows: dict[str, list[Tensor]] = {name: [] for name in names}
+    batched = cot.shape[0] > 1  # until vmap refuses the backward graph
     with torch.enable_grad():
         for example in batch:
             live = {name: params[name].detach().requires_grad_() for name in names}
             out = forward(example.unsqueeze(0), {**fixed, **live}).reshape(-1)
-            per: dict[str, list[Tensor]] = {name: [] for name in names}
-            for j in range(g):
-                if out.requires_grad:
-                    grads = torch.autograd.grad(
-                        out,
-                        list(live.values()),
-                        cot[j],
-                        retain_graph=j + 1 < g,
-                        allow_unused=True,
-                        materialize_grads=True,
-                    )
-                else:  # no parameter reaches the outputs: every gradient is zero
-                    grads = tuple(torch.zeros_like(t) for t in live.values())
-                for name, grad in zip(names, grads, strict=True):
-                    per[name].append(grad)
-            for name in names:
-                rows[name].append(torch.stack(per[name]))
-            del out, per
+            if out.requires_grad:
+                grads, batched = _pulled_back(out, list(live.values()), cot, batched)
+            else:  # no parameter reaches the outputs: every gradient is zero
+                grads = [t.new_zeros((cot.shape[0], *t.shape)) for t in live.values()]
+            for name, grad in zip(names, grads, strict=True):
+                rows[name].append(grad)
+            del out, grads
     return {name: torch.stack(rows[name]) for name in names}
+
+
+def _pulled_back(
+    out: Tensor, tensors: list[Tensor], cot: Tensor, batched: bool
+) -> tuple[list[Tensor], bool]:
+    """``(grads, batched)``: the gradients ``(g, *shape)`` of ``<cot[j], out>`` for each tensor
+    and cotangent, from one backward pass ``vmap``-ed over the ``g`` cotangents while
+    ``batched``, else (and from then on, ``batched`` returned False) one backward pass per
+    cotangent."""
+    g = cot.shape[0]
+    if batched:
+        try:
+            with warnings.catch_warnings():
+                # torch's note that vmap loops over the cotangents for an operation without a
+                # batching rule (nn.LSTM's backward on a CPU): still one call, and exact
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                grads = torch.autograd.grad(
+                    out,
+                    tensors,
+                    cot,
+                    retain_graph=True,  # the loop below needs it if this fails
+                    allow_unused=True,
+                    materialize_grads=True,
+                    is_grads_batched=True,
+                )
+            return list(grads), True
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError):
+            pass
+    per: list[tuple[Tensor, ...]] = [
+        torch.autograd.grad(
+            out,
+            tensors,
+            cot[j],
+            retain_graph=j + 1 < g,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        for j in range(g)
+    ]
+    return [torch.stack(grads) for grads in zip(*per, strict=True)], False
 
 
 def _measure(

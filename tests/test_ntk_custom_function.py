@@ -112,7 +112,29 @@ class Convolved(nn.Module):
         return self.head(h.mean(dim=(2, 3)))
 
 
-FUNCTIONS = {"ctx": CtxSquare, "no_vmap": NoVmapSquare, "straight_through": StraightThrough}
+class ReadsItsGradient(torch.autograd.Function):
+    """``x·|x|``, old style, whose backward reads a number from the gradient (a clip that never
+    bites here): ``vmap`` cannot run that backward over the cotangents at once
+    (``is_grads_batched``), so it runs once per cotangent."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(x)
+        return x * x.abs()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        (x,) = ctx.saved_tensors
+        norm = float(grad.norm())
+        return 2 * grad * x.abs() * (1.0 if norm < 1e6 else 1e6 / norm)
+
+
+FUNCTIONS = {
+    "ctx": CtxSquare,
+    "no_vmap": NoVmapSquare,
+    "straight_through": StraightThrough,
+    "reads_its_gradient": ReadsItsGradient,
+}
 MODELS = {
     "activated": (Activated, (4,)),
     "on_weight": (OnWeight, (4,)),

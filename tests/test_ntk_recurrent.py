@@ -248,3 +248,19 @@ def test_the_structured_engine_takes_prelu_slopes_from_its_passes(
         kernel = empirical_ntk(model, x, kind=kind, device="cpu", method="structured")
         assert rel(kernel, reference(model, x, kind)) < 1e-10
     assert looped == []
+
+
+# torch's note that a module's full backward hook sees no input that requires a gradient
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
+@pytest.mark.parametrize("kind", ("trace", "full"))
+@pytest.mark.parametrize("method", ("structured", "jacobian"))
+def test_one_backward_pass_per_example_for_all_its_logits(method: str, kind: str) -> None:
+    # Ordinary autograd ran one backward pass per example and logit (3 logits: 18 for 6
+    # examples); now one per example, vmap-ed over the logits (is_grads_batched), and a few of
+    # the checks'.
+    model, x = _built("gru", n=6)
+    passes: list[int] = []
+    model.rnn.register_full_backward_hook(lambda *_: passes.append(1))
+    kernel = empirical_ntk(model, x, kind=kind, device="cpu", method=method)
+    assert len(passes) < 2 * x.shape[0], len(passes)
+    assert rel(kernel, reference(model, x, kind)) < 1e-10
