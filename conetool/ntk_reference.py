@@ -4,7 +4,7 @@ One forward pass per example and one reverse pass ``vmap``-ed over a set of cota
 every trainable parameter; rows are kept per parameter tensor, never concatenated into a ``p``-wide
 matrix. A model with a custom ``torch.autograd.Function`` that torch.func cannot transform (no
 ``setup_context``, or no vmap rule) gets the same rows from ordinary autograd instead, one example
-and one cotangent at a time (:func:`looped_grads`: slower, exact), as does one that writes each
+at a time (:func:`looped_grads`: slower, exact), as does one that writes each
 example's values in place into a tensor its forward pass made for the whole batch
 (``torch.zeros(n, k)`` then ``acc += h``; :func:`~conetool.ntk_failures.written_in_place`), and
 one that holds nn.PReLU or a recurrent layer (nn.GRU, nn.LSTM, nn.RNN), which have no working

@@ -8,8 +8,8 @@ fails in the backward pass under vmap (a size mismatch), the recurrent layers in
 broadcast shape'), nn.LSTM in float32 on a CPU in the backward pass ('workspace'). Now the vmap
 path falls back to ordinary autograd, one example at a time
 (ntk_failures.held_without_vmap_rule), and the recurrent layers run outside cuDNN, whose RNN
-refuses a backward pass in eval mode (ntk_checks.recurrent_outside_cudnn). Packed sequences
-(nn.utils.rnn.pack_padded_sequence inside forward) are not covered here."""
+refuses a backward pass in eval mode (ntk_checks.recurrent_outside_cudnn), packed sequences
+(nn.utils.rnn.pack_padded_sequence inside forward) among them."""
 
 from __future__ import annotations
 
@@ -160,6 +160,40 @@ def test_in_blocks_and_with_a_memo(method: str, monkeypatch: pytest.MonkeyPatch)
     model, x = _built("gru_time_first", n=8)
     expected = reference(model, x, "full")
     full_kernels_in_blocks_and_with_a_memo_match(model, x, expected, method, monkeypatch)
+
+
+class Packed(nn.Module):
+    """Sequences of 1 to ``STEPS`` steps, padded with zero steps at the end, packed by their
+    lengths (read from the padding, per example) for the recurrent layer; its last state (of
+    each sequence's own last step) to a head."""
+
+    def __init__(self, cell: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.rnn = cell(FEATURES, HIDDEN, batch_first=True)
+        self.head = nn.Linear(HIDDEN, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        seq = x.view(x.shape[0], STEPS, FEATURES)
+        lengths = (seq.abs().sum(2) > 0).sum(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(
+            seq, lengths, batch_first=True, enforce_sorted=False
+        )
+        state = self.rnn(packed)[1]
+        return self.head((state[0] if isinstance(state, tuple) else state)[-1])
+
+
+# torch's note, before vmap fails, that it loops over the examples to pack them
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_packed_sequences_of_several_lengths(cell: str, method: str) -> None:
+    torch.manual_seed(0)
+    model = Packed(CELLS[cell]).double()
+    x = torch.randn(6, STEPS * FEATURES, dtype=torch.float64)
+    for i, length in enumerate([5, 3, 1, 4, 2, 5]):
+        x[i, length * FEATURES :] = 0  # the padding
+    kernel = empirical_ntk(model, x, device="cpu", method=method)
+    assert rel(kernel, reference(model, x, "trace")) < 1e-10
 
 
 class SeesCudnn(nn.GRU):
