@@ -567,13 +567,15 @@ def _kind(state: Mapping[Any, Any], groups: list[Mapping[str, Any]]) -> tuple[st
 
 
 def _spec_kind(optimizer: torch.optim.Optimizer) -> str:
-    if isinstance(optimizer, torch.optim.Adam):
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):  # (AdamW: Adam's buffers)
         return "adam"
     return "sgd" if optimizer.defaults.get("momentum") else "sgd without momentum"
 
 
 def _spec_name(optimizer: torch.optim.Optimizer) -> str:
     kind = _spec_kind(optimizer)
+    if isinstance(optimizer, torch.optim.AdamW):
+        return "adamw"
     return "sgd (momentum = 0)" if kind == "sgd without momentum" else kind
 
 

@@ -34,9 +34,11 @@ for _code, _attr in [
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainSpec) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or Adam with the spec's hyperparameters.
+    """SGD (momentum, optional Nesterov), Adam or AdamW with the spec's hyperparameters.
 
-    Weight decay is the coupled L2 penalty of ``torch.optim.SGD``/``Adam`` (open_lth's choice).
+    Weight decay is the coupled L2 penalty of ``torch.optim.SGD``/``Adam`` (open_lth's choice),
+    and AdamW's decoupled decay (each update also multiplies θ by ``1 - lr · weight_decay``) with
+    ``optimizer = "adamw"``.
     """
     params = list(params)
     if train.optimizer == "sgd":
@@ -47,7 +49,8 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainSpec) -> to
             nesterov=train.nesterov,
             weight_decay=train.weight_decay,
         )
-    return torch.optim.Adam(
+    adam = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return adam(
         params,
         lr=train.lr,
         betas=cast("tuple[float, float]", tuple(train.betas)),  # two: the spec checks it

@@ -39,7 +39,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 BUILTIN_DATASETS = ("digits", "mnist", "cifar10", "synthetic")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 SPLITS = ("train", "test")
 #: The largest float32 (``torch.finfo(torch.float32).max``): the optimizer computes in the
@@ -461,10 +461,10 @@ def recipe_warnings(spec: Spec) -> list[str]:
             "torch.optim.SGD accepts it, conetool trains with it as asked. Momentum is usually "
             "0.9 (0: none)."
         )
-    if t.optimizer == "adam" and t.momentum not in (0, default.momentum):  # 0: says "none"
+    if t.optimizer != "sgd" and t.momentum not in (0, default.momentum):  # 0: says "none"
         said.append(
             f"{src}: 'train.momentum' = {t.momentum!r} has no effect with optimizer = "
-            "\"adam\": it is SGD's. Adam's momentum is the first of 'train.betas' (now "
+            f"\"{t.optimizer}\": it is SGD's. Adam's momentum is the first of 'train.betas' (now "
             f"{t.betas!r}): set betas if that was meant, and remove momentum."
         )
     if t.optimizer == "sgd" and t.betas != default.betas:
@@ -759,15 +759,7 @@ def _check_semantics(spec: Spec) -> None:
     _positive(src, "train.steps", t.steps)
     _at_most_steps(src, "train.steps", t.steps)
     _positive(src, "train.batch_size", t.batch_size)
-    adamw = (
-        " (conetool's recipes have no AdamW, whose weight decay is decoupled: for a run of "
-        'your own trained with AdamW write "adam", which kernels, distance and the others '
-        "that read the run do not train with; switch does, adding weight_decay to the "
-        "gradient, a coupled L2 term, not your run's decoupled decay)"
-        if isinstance(t.optimizer, str) and t.optimizer.lower() == "adamw"
-        else ""
-    )
-    _choice(src, "train.optimizer", t.optimizer, OPTIMIZERS, adamw)
+    _choice(src, "train.optimizer", t.optimizer, OPTIMIZERS)
     _positive(src, "train.lr", t.lr)
     _positive(src, "train.momentum", t.momentum, allow_zero=True)
     _positive(src, "train.weight_decay", t.weight_decay, allow_zero=True)

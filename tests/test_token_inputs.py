@@ -234,16 +234,13 @@ def test_a_failing_token_model_is_told_its_inputs_are_integer_ids(tok: ModuleTyp
         output_check(model, (5,), 2, examples=tok.tokens(3, 0)[0])
 
 
-def test_an_adamw_run_is_told_that_no_spec_key_gives_its_decoupled_decay(
+def test_an_adamw_run_is_swept_with_optimizer_adamw_and_an_adam_spec_is_told_to_write_it(
     tok: ModuleType, tmp_path: Path
 ) -> None:
-    asked = _spec(tmp_path).read_text().replace('optimizer = "adam"', 'optimizer = "adamw"')
-    (tmp_path / "adamw.toml").write_text(asked)
-    with pytest.raises(
-        conetool.SpecError,
-        match=r"Choices: sgd, adam \(conetool's recipes have no AdamW.*write \"adam\"",
-    ):
-        load_spec(tmp_path / "adamw.toml")
+    """[train] had no AdamW (optimizer = "adamw" was refused), so a run trained with it was swept
+    with Adam's coupled decay, and the warning said no spec key gives it. Now "adamw" is a
+    choice: its sweep takes the run's AdamW state with no hyperparameter differing, and a spec
+    that says "adam" is told to write "adamw"."""
     run, store = tmp_path / "ckpt", tmp_path / "store"
     _own_run(tok, run)  # AdamW, weight decay 0.01 (its default)
     spec = _spec(tmp_path).read_text().replace("lr = 0.01", "lr = 0.05\nweight_decay = 0.01")
@@ -251,8 +248,16 @@ def test_an_adamw_run_is_told_that_no_spec_key_gives_its_decoupled_decay(
     conetool.kernels(run, spec=tmp_path / "own.toml", store=store, threads=1)
     swept = conetool.switch(at=[1], until=2, store=store, threads=1)
     said = [w for w in swept.warnings if "decoupled_weight_decay True (the spec's False)" in w]
-    assert len(said) == 1 and "no spec key gives" in said[0] and "[train] has no AdamW" in said[0]
-    assert "give the spec your run's recipe (but for decoupled_weight_decay" in said[0]
+    assert len(said) == 1 and 'write optimizer = "adamw" in [train]' in said[0], said
+    assert "give the spec your run's recipe (for decoupled_weight_decay" in said[0]
+    adamw = spec.replace('optimizer = "adam"', 'optimizer = "adamw"')
+    (tmp_path / "adamw.toml").write_text(adamw)
+    assert load_spec(tmp_path / "adamw.toml").train.optimizer == "adamw"
+    swept = conetool.switch(
+        at=[1], until=2, store=tmp_path / "s2", ckpts=run, spec=tmp_path / "adamw.toml", threads=1
+    )
+    assert swept.points[0].momentum == "saved"
+    assert not [w for w in swept.warnings if "decoupled_weight_decay" in w], swept.warnings
 
 
 def test_a_slow_token_run_is_told_its_attention_work(

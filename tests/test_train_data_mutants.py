@@ -1,7 +1,7 @@
 """Behaviour a mutation check of training, data and checkpoint reading found unpinned, each
 against a reference that does not come from the code under test.
 
-The references: SGD (momentum, Nesterov, coupled weight decay) and Adam written out by hand in
+The references: SGD (momentum, Nesterov, coupled weight decay), Adam and AdamW written out by hand in
 float64, learning rates written down as numbers, open_lth's normalization constants and
 initialization, scikit-learn's own split of the digits, safetensors files written byte by byte.
 Each test names the change to the code that it rules out.
@@ -82,7 +82,8 @@ def _hand_run(spec: Any, lrs: list[float], init: dict[str, Tensor]) -> dict[str,
         losses.append(float(loss.detach()))
         hits.append(int((logits.argmax(1) == y).sum()))
         for k, w in p.items():
-            g = grads[k] + t.weight_decay * w  # coupled L2, as torch.optim.SGD / Adam
+            decoupled = t.optimizer == "adamw"  # AdamW: w * (1 - lr * wd), not in the gradient
+            g = grads[k] + (0.0 if decoupled else t.weight_decay) * w  # coupled L2: SGD / Adam
             st = state[k]
             if t.optimizer == "sgd":
                 st["buf"] = g.clone() if s == 0 else t.momentum * st["buf"] + g
@@ -93,7 +94,8 @@ def _hand_run(spec: Any, lrs: list[float], init: dict[str, Tensor]) -> dict[str,
                 st["m"] = b1 * st.get("m", torch.zeros_like(w)) + (1 - b1) * g
                 st["v"] = b2 * st.get("v", torch.zeros_like(w)) + (1 - b2) * g * g
                 m_hat, v_hat = st["m"] / (1 - b1 ** (s + 1)), st["v"] / (1 - b2 ** (s + 1))
-                p[k] = w - lr * m_hat / (v_hat.sqrt() + 1e-8)
+                shrunk = w * (1 - lr * t.weight_decay) if decoupled else w
+                p[k] = shrunk - lr * m_hat / (v_hat.sqrt() + 1e-8)
         weights.append({k: v.clone() for k, v in p.items()})
     return {"weights": weights, "losses": losses, "hits": hits, "data": data}
 
@@ -116,6 +118,10 @@ _RECIPES = {
         {"optimizer": "adam", "lr": 0.02, "betas": [0.8, 0.95], "weight_decay": 0.05},
         [0.02] * (_STEPS + 1),
     ),
+    "adamw": (
+        {"optimizer": "adamw", "lr": 0.02, "betas": [0.8, 0.95], "weight_decay": 0.5},
+        [0.02] * (_STEPS + 1),
+    ),
 }
 
 
@@ -123,7 +129,7 @@ _RECIPES = {
 def test_every_checkpoint_holds_the_weights_of_the_hand_written_optimizer(tmp_path, recipe):
     """Rules out: the lr of step s+1 used at step s; the batch of another step; a checkpoint
     taken after its step's update; momentum, Nesterov, betas or weight decay dropped or fixed to a
-    default; Adam's decoupled weight decay (AdamW); gradients accumulated across steps; one
+    default; Adam's decoupled weight decay (AdamW) or AdamW's coupled one; gradients accumulated across steps; one
     permutation reused for every epoch."""
     values, lrs = _RECIPES[recipe]
     spec = _spec(**values)

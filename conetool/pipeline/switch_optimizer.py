@@ -108,9 +108,10 @@ def _saved_with(differs: tuple[str, ...]) -> str:
     )
     if any(d.startswith("decoupled_weight_decay True") for d in differs):  # AdamW's state
         said += (
-            " (but for decoupled_weight_decay, which no spec key gives: [train] has no AdamW, "
-            "and its Adam adds weight_decay to the gradient, a coupled L2 term, so with a "
-            "weight_decay other than 0 the sweep's decay is not your run's)"
+            " (for decoupled_weight_decay: your run used AdamW, whose weight decay is decoupled; "
+            'write optimizer = "adamw" in [train], as the spec\'s optimizer = "adam" adds '
+            "weight_decay to the gradient, a coupled L2 term, so with a weight_decay other than 0 "
+            "the sweep's decay is not your run's)"
         )
     return said
 
