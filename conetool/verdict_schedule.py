@@ -45,6 +45,7 @@ class LrClock:
             starts at, not a fall within it).
         milestones: the step schedule's milestones up to ``last``, each with the factor the
             rate falls there (``1 / gamma``); empty for cosine.
+        warmup: ``train.warmup_steps`` (0: none), whose rise ``relative`` holds too.
     """
 
     schedule: str
@@ -52,19 +53,31 @@ class LrClock:
     steps: int
     relative: np.ndarray
     milestones: tuple[tuple[int, float], ...]
+    warmup: int = 0
 
     def describe(self) -> str:
         """Where the rate falls: ``'train.schedule = "step": the learning rate falls 10x at step
-        1200'`` (or the cosine's values at the run's quarters)."""
+        1200'`` (or the cosine's values at the run's quarters), after its warmup's rise where
+        the spec has one (``'rises from 0.02x train.lr at step 0 to 0.88x at step 49
+        (train.warmup_steps = 50), then falls to 0.5x at step 75, ...'``)."""
+        last = self.relative.size - 1
+        top = min(self.warmup, last + 1) - 1  # the warmup's last update
+        rise = (
+            f"rises from {self.relative[0]:.2g}x train.lr at step 0 to "
+            f"{self.relative[top]:.2g}x at step {top} (train.warmup_steps = {self.warmup}), then "
+            if top > 0
+            else ""
+        )
         if self.schedule == "step":
             where = ", ".join(f"{fmt(f)}x at step {m}" for m, f in self.milestones)
-            return f'train.schedule = "step": the learning rate falls {where}'
-        last = self.relative.size - 1
-        marks = [t for t in (self.steps // 4, self.steps // 2, 3 * self.steps // 4) if t <= last]
+            return f'train.schedule = "step": the learning rate {rise}falls {where}'
+        quarters = (self.steps // 4, self.steps // 2, 3 * self.steps // 4)
+        marks = [t for t in quarters if max(top, 0) < t <= last]
         values = "".join(f"{self.relative[t]:.2g}x at step {t}, " for t in marks)
+        start = "falls to " if rise else "falls from train.lr at step 0 to "
         return (
-            f'train.schedule = "cosine": the learning rate falls from train.lr at step 0 to '
-            f"{values}0 at step {self.steps}"
+            f'train.schedule = "cosine": the learning rate {rise}{start}{values}0 at step '
+            f"{self.steps}"
         )
 
     def numbers(self) -> dict[str, Any]:
@@ -114,7 +127,9 @@ def lr_clock(train: TrainSpec, last: int) -> LrClock | None:
     rel = np.array([learning_rate(train, u) / train.lr for u in range(last + 1)])
     if train.schedule == "step":  # milestones at step 0 set the run's own starting rate
         rel /= train.gamma ** sum(1 for m in train.milestones if m <= 0)
-    return LrClock(train.schedule, float(train.lr), int(train.steps), rel, milestones)
+    return LrClock(
+        train.schedule, float(train.lr), int(train.steps), rel, milestones, int(train.warmup_steps)
+    )
 
 
 def past_the_cosine(train: TrainSpec, last: int, where: str) -> str | None:

@@ -302,3 +302,46 @@ def test_embed_says_when_the_noise_floor_its_phase_one_end_needs_is_not_estimate
     assert result.phase1_end == conetool.distance(root).verdict.phase1_end
     summary = json.loads((root / "embed" / "summary.json").read_text())
     assert summary["notes"] == [note]
+
+
+def test_a_warmup_is_said_as_a_rise_before_the_fall():
+    """The reading said 'falls from train.lr at step 0' under a warmup, whose rate at step 0 is
+    train.lr / warmup_steps and rises first (the clock's values held it, the words did not)."""
+    train = TrainSpec(steps=150, lr=1e-3, schedule="cosine", warmup_steps=50)
+    said = lr_clock(train, 150).describe()
+    assert "falls from train.lr at step 0" not in said
+    assert said.startswith(
+        'train.schedule = "cosine": the learning rate rises from 0.02x train.lr at step 0 to '
+        "0.76x at step 49 (train.warmup_steps = 50), then falls to 0.5x at step 75, 0.15x at "
+        "step 112, 0 at step 150"
+    ), said
+    step = TrainSpec(steps=150, lr=1e-3, schedule="step", milestones=[60], warmup_steps=20)
+    assert lr_clock(step, 150).describe() == (
+        'train.schedule = "step": the learning rate rises from 0.05x train.lr at step 0 to 1x '
+        "at step 19 (train.warmup_steps = 20), then falls 10x at step 60"
+    )
+
+
+def test_a_spec_file_that_leaves_the_schedule_out_is_told_how_to_record_it(tmp_path):
+    """A researcher's own spec that leaves train.schedule out is read as a constant rate, and
+    the verdict reads S per step, so a run's own cosine read as the end of Phase I; nothing said
+    so. distance now warns, naming the file, the keys and how to record them; a spec file that
+    writes the schedule (constant too), and a spec whose written keys are not known, are not."""
+    steps, s = warped("bounded", 0, TrainSpec(steps=LAST, lr=0.1, **COSINE))
+
+    def swept(name: str, written: list[str] | None) -> list[str]:
+        header = {
+            "checkpoints": "/ckpts",
+            "spec": {"train": {"steps": LAST, "lr": 0.1}},
+            "spec_source": f"{name}.toml",
+            "spec_written": written,
+        }
+        root = make_store(tmp_path / name, steps.tolist(), _kernels(s), header=header)
+        return conetool.distance(root, noise=False).warnings
+
+    (said,) = [w for w in swept("own", ["model.arch", "train.lr"]) if "train.schedule" in w]
+    assert said.startswith("own.toml does not write train.schedule, so the verdict reads the ")
+    assert "Write the run's schedule into [train]" in said
+    assert "conetool kernels CKPTS --spec FILE --store OTHER_STORE" in said
+    assert not [w for w in swept("written", ["train.schedule"]) if "train.schedule" in w]
+    assert not [w for w in swept("unknown", None) if "train.schedule" in w]

@@ -64,7 +64,12 @@ from .kernels_running import kernels_running
 from .matrix_cache import kernel_matrix, kernels_key, require_kernels
 from .noise_estimate import estimate_noise_floor
 from .resolve import moved_run
-from .saved_results import recorded_schedule, remove_old_summary, said_in_summary
+from .saved_results import (
+    recorded_schedule,
+    remove_old_summary,
+    said_in_summary,
+    unrecorded_schedule,
+)
 
 __all__ = ["UNUSED_REF", "AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
 
@@ -290,6 +295,9 @@ def distance(
                     said.note(why)
             floor = None if noise_record is None else float(noise_record["floor"])
             clock = recorded_schedule(opened, given_spec, steps[-1], said.warn)
+            unrecorded = unrecorded_schedule(opened, given_spec)
+            if unrecorded is not None:
+                said.warn(unrecorded)
             verdict = _read_verdict(
                 s, steps, ref_steps if wanted else None, rules, said.warn, floor, clock
             )

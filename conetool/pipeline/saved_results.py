@@ -25,6 +25,7 @@ __all__ = [
     "said_in_summary",
     "saved_phase1_end",
     "summary_said",
+    "unrecorded_schedule",
 ]
 
 
@@ -53,6 +54,41 @@ def recorded_schedule(
     if gap is not None and warn is not None:
         warn(gap)
     return lr_clock(spec.train, last)
+
+
+def unrecorded_schedule(store: Store, spec: Spec | None) -> str | None:
+    """What to say when the spec of the store's kernels (``spec``, else the manifest's record)
+    reads a constant learning rate only because its file does not write ``train.schedule`` (a
+    researcher's own spec: ``conetool train``'s ``conetool.toml`` writes every key), so that the
+    verdict reads S per step whatever rate the run trained with; None when the file writes it,
+    the schedule decays, or which keys it wrote is not known (a spec built in Python, a store of
+    an older conetool)."""
+    from .switch_recipe import recorded_written  # (pipeline: switch's, a sibling)
+
+    where = spec.source if spec is not None else None
+    written = spec.written if spec is not None else recorded_written(store.manifest)
+    if spec is None:
+        recorded = store.manifest.get("spec")
+        if not isinstance(recorded, Mapping):
+            return None
+        try:
+            spec = spec_from_dict(recorded, source="<manifest>")
+        except ConetoolError:
+            return None
+        source = store.manifest.get("spec_source")
+        where = source if isinstance(source, str) else f"{paths.manifest(store.root)} (spec)"
+    if written is None or "train.schedule" in written or spec.train.schedule != "constant":
+        return None
+    return (
+        f"{where} does not write train.schedule, so the verdict reads the learning rate as "
+        f"constant (conetool's default) and S per step: if your run's rate fell (a cosine, "
+        "steps, a scheduler of your own loop), the slowing it makes reads as the kernel's, "
+        "and can look like the end of Phase I. Write the run's schedule into [train] (schedule "
+        '= "cosine" or "step" with milestones and gamma, steps, warmup_steps; the README\'s '
+        "'The spec') and compute the kernels with it into a store of its own (conetool kernels "
+        "CKPTS --spec FILE --store OTHER_STORE): the verdict then reads S per unit of learning "
+        'rate. A rate that was constant needs no change (write schedule = "constant" to say so).'
+    )
 
 
 def remove_old_summary(path: Path) -> None:
