@@ -127,6 +127,19 @@ def test_switch_names_the_recipe_keys_an_own_runs_spec_leaves_to_conetools_defau
     assert not [k for k in adam if k.startswith(("momentum", "milestones", "seed"))], adam
 
 
+def test_an_own_runs_sweep_names_what_of_its_loop_no_spec_key_replays(run, tmp_path):
+    """A run trained with label smoothing (or class weights, mixup, clipping, its own
+    scheduler) was swept with plain cross-entropy and the spec's schedule, and nothing said
+    so: the warning of a run conetool did not train names them, as what is not replayed."""
+    pts = own_loop_copy(run, tmp_path / "pts")
+    spec = write_spec(tmp_path / "mine.toml", SPEC)
+    result = switch([0], until=10, store=tmp_path / "s", ckpts=pts, spec=spec, device="cpu")
+    (said,) = [w for w in result.warnings if w.startswith("these checkpoints were not written")]
+    assert "Its loss is plain cross-entropy of the logits" in said, said
+    assert "no spec key gives it (label smoothing, class weights, mixup or cutmix" in said, said
+    assert "a scheduler other than [train]'s schedule and warmup_steps" in said, said
+
+
 def test_no_defaults_warning_for_a_whole_recipe_or_a_run_conetool_trained(run, tmp_path):
     """A spec that writes every recipe key says nothing of defaults; nor does a run conetool
     train wrote (its checkpoints carry conetool's metadata), even swept with a partial
