@@ -104,7 +104,7 @@ class TrainingLoop:
         x, y = model_batch(self.model, x, self.device), y.to(self.device)
         torch.manual_seed(step_seed(t.seed, step))  # dropout and any other randomness of step s
         logits = self.model(x)
-        loss = nn.functional.cross_entropy(logits, y)
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

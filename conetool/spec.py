@@ -101,6 +101,7 @@ class TrainSpec:
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4
+    label_smoothing: float = 0.0  # the training loss's, as nn.CrossEntropyLoss(label_smoothing=)
     schedule: str = "constant"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
@@ -113,6 +114,11 @@ class TrainSpec:
     dense_until: int = 0
     eval_every: int = 100
     eval_batch_size: int = 1000
+
+
+#: ``(section, key, default)`` of the keys added after specs had hashes (:meth:`Spec.hash` leaves
+#: each out at its default): ``train.label_smoothing``.
+LATER_KEYS: tuple[tuple[str, str, Any], ...] = (("train", "label_smoothing", 0.0),)
 
 
 @dataclass(frozen=True)
@@ -148,8 +154,16 @@ class Spec:
         return out
 
     def hash(self) -> str:
-        """A short content hash of the resolved spec (16 hex digits of sha256 over canonical JSON)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A short content hash of the resolved spec (16 hex digits of sha256 over canonical JSON).
+
+        A key added after runs and stores were made (:data:`LATER_KEYS`) is left out at its
+        default, so that every spec keeps the hash it had before the key existed (and its
+        stores and runs their identity)."""
+        values = self.to_dict()
+        for section, key, default in LATER_KEYS:
+            if values[section].get(key) == default:
+                del values[section][key]
+        text = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -763,6 +777,12 @@ def _check_semantics(spec: Spec) -> None:
     _positive(src, "train.lr", t.lr)
     _positive(src, "train.momentum", t.momentum, allow_zero=True)
     _positive(src, "train.weight_decay", t.weight_decay, allow_zero=True)
+    if not 0 <= t.label_smoothing < 1:
+        raise SpecError(
+            f"{src}: 'train.label_smoothing' must be at least 0 and below 1 (the share of each "
+            f"target spread over the classes, as nn.CrossEntropyLoss takes it; 0: none), got "
+            f"{t.label_smoothing!r}."
+        )
     _choice(src, "train.schedule", t.schedule, SCHEDULES)
     _positive(src, "train.gamma", t.gamma)  # 0 stops training at a milestone; < 0 ascends
     for key, value, usual in (

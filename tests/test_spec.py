@@ -349,3 +349,20 @@ def test_a_spec_file_that_is_not_text_says_what_to_pass(tmp_path, name):
     else:
         assert f"It is a checkpoint ({path.suffix}), not a spec: pass the TOML spec" in message
         assert "conetool.toml, beside its checkpoints" in message, message
+
+
+def test_label_smoothing_is_a_train_key_that_leaves_every_earlier_hash_as_it_was():
+    """[train] had no label_smoothing (an unknown key, refused), so a run trained with it could
+    not say so. It is a key now; at its default 0 it is left out of the hash, so that every spec,
+    and the stores and runs made with it, keep the hash they had before the key existed."""
+    from conetool.spec import Spec, spec_from_dict
+
+    assert Spec().hash() == "92b16c94fc5d204f"  # its hash before the key existed
+    adam = {"optimizer": "adam", "lr": 1e-3}
+    assert spec_from_dict({"train": adam}).hash() == "46c4950a4d89178b"
+    zero = spec_from_dict({"train": {**adam, "label_smoothing": 0.0}})
+    assert zero.hash() == "46c4950a4d89178b" and zero.to_dict()["train"]["label_smoothing"] == 0
+    smoothed = spec_from_dict({"train": {**adam, "label_smoothing": 0.1}})
+    assert smoothed.train.label_smoothing == 0.1 and smoothed.hash() != zero.hash()
+    with pytest.raises(SpecError, match=r"s\.toml: 'train\.label_smoothing' must be at least 0"):
+        spec_from_dict({"train": {"label_smoothing": 1.0}}, source="s.toml")

@@ -109,6 +109,7 @@ def test_switch_names_the_recipe_keys_an_own_runs_spec_leaves_to_conetools_defau
         "momentum = 0.9",
         "nesterov = false",
         "weight_decay = 0.0001",
+        "label_smoothing = 0.0",
         'schedule = "constant"',
         "warmup_steps = 0",
     ], warning
@@ -128,15 +129,15 @@ def test_switch_names_the_recipe_keys_an_own_runs_spec_leaves_to_conetools_defau
 
 
 def test_an_own_runs_sweep_names_what_of_its_loop_no_spec_key_replays(run, tmp_path):
-    """A run trained with label smoothing (or class weights, mixup, clipping, its own
-    scheduler) was swept with plain cross-entropy and the spec's schedule, and nothing said
-    so: the warning of a run conetool did not train names them, as what is not replayed."""
+    """A run trained with class weights, mixup, clipping or its own scheduler was swept with
+    the spec's cross-entropy and schedule, and nothing said so: the warning of a run conetool
+    did not train names them, as what is not replayed (label smoothing: its [train] key)."""
     pts = own_loop_copy(run, tmp_path / "pts")
     spec = write_spec(tmp_path / "mine.toml", SPEC)
     result = switch([0], until=10, store=tmp_path / "s", ckpts=pts, spec=spec, device="cpu")
     (said,) = [w for w in result.warnings if w.startswith("these checkpoints were not written")]
-    assert "Its loss is plain cross-entropy of the logits" in said, said
-    assert "no spec key gives it (label smoothing, class weights, mixup or cutmix" in said, said
+    assert "Its loss is cross-entropy of the logits (with [train] label_smoothing)" in said
+    assert "no spec key gives it (class weights, mixup or cutmix" in said, said
     assert "a scheduler other than [train]'s schedule and warmup_steps" in said, said
 
 

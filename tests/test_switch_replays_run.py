@@ -54,6 +54,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "schedule": "cosine",
         "warmup_steps": 6,
     },
+    "adamw-label-smoothing-cosine-warmup": {  # a torchvision-style recipe of one's own
+        "optimizer": "adamw",
+        "lr": 0.05,
+        "weight_decay": 0.5,
+        "label_smoothing": 0.1,
+        "schedule": "cosine",
+        "warmup_steps": 6,
+    },
 }
 
 

@@ -77,7 +77,7 @@ def _hand_run(spec: Any, lrs: list[float], init: dict[str, Tensor]) -> dict[str,
         x, y = data.train.batch(batch_indices(_N_TRAIN, _BATCH, t.seed, s))
         leaves = {k: v.clone().requires_grad_(True) for k, v in p.items()}
         logits = _forward(leaves, x.double())
-        loss = nn.functional.cross_entropy(logits, y)
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
         grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
         losses.append(float(loss.detach()))
         hits.append(int((logits.argmax(1) == y).sum()))
@@ -118,6 +118,10 @@ _RECIPES = {
         {"optimizer": "adam", "lr": 0.02, "betas": [0.8, 0.95], "weight_decay": 0.05},
         [0.02] * (_STEPS + 1),
     ),
+    "sgd-label-smoothing": (
+        {"lr": 0.3, "momentum": 0.8, "weight_decay": 0.05, "label_smoothing": 0.2},
+        [0.3] * (_STEPS + 1),
+    ),
     "adamw": (
         {"optimizer": "adamw", "lr": 0.02, "betas": [0.8, 0.95], "weight_decay": 0.5},
         [0.02] * (_STEPS + 1),
@@ -129,7 +133,8 @@ _RECIPES = {
 def test_every_checkpoint_holds_the_weights_of_the_hand_written_optimizer(tmp_path, recipe):
     """Rules out: the lr of step s+1 used at step s; the batch of another step; a checkpoint
     taken after its step's update; momentum, Nesterov, betas or weight decay dropped or fixed to a
-    default; Adam's decoupled weight decay (AdamW) or AdamW's coupled one; gradients accumulated across steps; one
+    default; Adam's decoupled weight decay (AdamW) or AdamW's coupled one; label smoothing
+    dropped; gradients accumulated across steps; one
     permutation reused for every epoch."""
     values, lrs = _RECIPES[recipe]
     spec = _spec(**values)

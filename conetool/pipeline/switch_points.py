@@ -70,9 +70,9 @@ FOREIGN_RUN = (
     "these checkpoints were not written by `conetool train` (no conetool metadata): the "
     "linearized model is trained on conetool's seeded batch order (the spec's [train] seed, "
     "batch_size and augment), not on the batches of the loop that wrote them, so the switch "
-    "replays the spec's recipe, not your run's exact data order. Its loss is plain "
-    "cross-entropy of the logits, with the learning rate of the spec's schedule at each step: "
-    "what your loop added is not replayed and no spec key gives it (label smoothing, class "
+    "replays the spec's recipe, not your run's exact data order. Its loss is cross-entropy of "
+    "the logits (with [train] label_smoothing), with the learning rate of the spec's schedule "
+    "at each step: what else your loop added is not replayed and no spec key gives it (class "
     "weights, mixup or cutmix, gradient clipping or accumulation, an auxiliary loss, a "
     "scheduler other than [train]'s schedule and warmup_steps, an EMA of the weights)."
 )

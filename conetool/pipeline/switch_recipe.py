@@ -24,15 +24,16 @@ def defaulted_recipe(spec: Spec, *, until_given: bool) -> list[str]:
     (so conetool's defaults), each as ``"lr = 0.1"``, in :class:`~conetool.spec.TrainSpec`'s
     order; ``[]`` for a spec whose written keys are not known (built in Python).
 
-    Only the keys the linearized training uses count: the optimizer, lr, weight decay, batch size,
-    schedule and warmup; SGD's momentum and nesterov, Adam's betas; the step schedule's milestones
+    Only the keys the linearized training uses count: the optimizer, lr, weight decay, label
+    smoothing, batch size, schedule and warmup; SGD's momentum and nesterov, Adam's betas; the step schedule's milestones
     and gamma; ``steps`` where it is T (no ``--until``: ``until_given`` False) or shapes the
     cosine schedule; ``augment`` where the data set augments (cifar10 alone: a user's factory's batches never are). Not
     ``seed``: the batches are conetool's seeded order whatever it is, never the run's."""
     if spec.written is None:
         return []
     t = spec.train
-    used = ["batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps"]
+    used = ["batch_size", "optimizer", "lr", "weight_decay", "label_smoothing", "schedule"]
+    used.append("warmup_steps")
     if not until_given or t.schedule == "cosine":
         used.append("steps")
     used += ["momentum", "nesterov"] if t.optimizer == "sgd" else ["betas"]
