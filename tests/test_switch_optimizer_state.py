@@ -576,3 +576,27 @@ def test_a_state_file_of_ones_own_beside_the_checkpoint_is_not_read(tmp_path, na
         (folder / name).rename(folder / "step_000003.optim.safetensors")
         again = switch([3], until=4, store=tmp_path / "t", ckpts=folder, spec=SPEC, device="cpu")
         assert again.points[0].momentum == "saved", again.notes
+
+
+def test_an_adam_count_other_than_the_files_step_is_told_as_an_epoch_early(tmp_path):
+    """A loop that names each file by the epoch just finished, counting from 0 (epoch_0 after the
+    first epoch), has every step read one epoch early: the sweep trained from the wrong step of
+    the schedule, and said only that the saved learning rate was not the spec's (or nothing, under
+    a constant rate). Adam's step count in the file's state says how many updates the run took:
+    a count other than the file's step is a warning naming both and the fixes; a count equal to
+    it (the file named by the epochs done) says nothing of it."""
+    spec = spec_from_dict(spec_dict([8], optimizer="adam"), source="adam.toml")  # 6 steps/epoch
+    model, optimizer = plain_loop(lambda m: torch.optim.Adam(m.parameters(), lr=0.01), steps=6)
+    late, done = tmp_path / "late", tmp_path / "done"
+    for folder, epoch in ((late, 0), (done, 1)):  # the weights after the first epoch
+        folder.mkdir()
+        state = {"model_state_dict": model.state_dict(), "optimizer": optimizer.state_dict()}
+        torch.save(state, folder / f"epoch_{epoch}.pt")
+    result = switch([0], until=4, store=tmp_path / "a", ckpts=late, spec=spec, device="cpu")
+    (said,) = [w for w in result.warnings if w.startswith("t=0:")]
+    took = "its step count says the run's optimizer took 6 updates, but epoch_0.pt reads as step 0"
+    assert took in said, said
+    assert "every step reads one epoch early" in said and "(epoch_1 after the first)" in said
+    assert result.points[0].momentum == "saved"
+    result = switch([6], until=8, store=tmp_path / "b", ckpts=done, spec=spec, device="cpu")
+    assert not [w for w in result.warnings if "step count" in w], result.warnings

@@ -173,19 +173,51 @@ def _from_checkpoint_file(
             warning=True,
         )
     how = _groups_matched(found.groups)
-    if not found.differs:
+    counted = _updates_counted(optimizer, ref.step, file.name)
+    if not found.differs and counted is None:
         if not how:
             return "saved", None
         return "saved", said(  # how its positions were matched: information
             f"momentum from the {found.entry} in {file.name}, {how}",
             f"momentum from the {found.entry} in their files, {how}",
         )
-    differs = _saved_with(found.differs)
-    how = f"{how}; " if how else ""
-    return "saved", said(  # which recipe the run used: for the user to check
-        f"momentum from the {found.entry} in {file.name}, {how}{differs}",
-        f"momentum from the {found.entry} in their files, {how}{differs}",
+    told = [how] if how else []
+    told += [_saved_with(found.differs)] if found.differs else []
+    one = "; ".join(told if counted is None else [*told, counted])
+    many = "; ".join(told if counted is None else [*told, _updates_counted_many()])
+    return "saved", said(  # which recipe the run used, or which step it is: for the user to check
+        f"momentum from the {found.entry} in {file.name}, {one}",
+        f"momentum from the {found.entry} in their files, {many}",
         warning=True,
+    )
+
+
+def _updates_counted(optimizer: torch.optim.Optimizer, t: int, name: str) -> str | None:
+    """What a loop's own state loaded into ``optimizer`` says when Adam's step count (the updates
+    the run's optimizer took) is not ``t``, the step its file ``name`` reads as: a loop that names
+    each file by the epoch just finished, counting from 0 (``epoch_0`` after the first epoch),
+    gives every step one epoch early, and the sweep trains from the wrong step of the schedule;
+    None when the count is ``t`` or there is none (SGD keeps no count)."""
+    counts = {int(float(values["step"])) for values in optimizer.state.values() if "step" in values}
+    if len(counts) != 1 or counts == {t}:  # (several counts: not one optimizer's history)
+        return None
+    (taken,) = counts
+    return (
+        f"its step count says the run's optimizer took {taken} updates, but {name} reads as "
+        f"step {t}: if your loop names a file by the epoch it just finished, counting from 0 "
+        "(epoch_0 after the first epoch), every step reads one epoch early and each point "
+        "trains from the wrong step of the schedule. Store each file's step in it (a 'step' "
+        "entry of the torch.save dict) or name it by the epochs done (epoch_1 after the first); "
+        "a run resumed with a fresh optimizer counts fewer, and is right as it is"
+    )
+
+
+def _updates_counted_many() -> str:
+    """:func:`_updates_counted` for the points of several files, named once."""
+    return (
+        "their step counts say the run's optimizer took another number of updates than the "
+        "step each file reads as (a loop naming files by the epoch just finished, counting from "
+        "0, reads one epoch early: store each file's step in it, or name it by the epochs done)"
     )
 
 
