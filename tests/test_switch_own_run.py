@@ -129,9 +129,10 @@ def test_switch_names_the_recipe_keys_an_own_runs_spec_leaves_to_conetools_defau
 
 
 def test_an_own_runs_sweep_names_what_of_its_loop_no_spec_key_replays(run, tmp_path):
-    """A run trained with class weights, mixup, clipping or its own scheduler was swept with
-    the spec's cross-entropy and schedule, and nothing said so: the warning of a run conetool
-    did not train names them, as what is not replayed (label smoothing: its [train] key)."""
+    """A run trained with class weights, mixup, clipping, its own scheduler or augmentation of
+    its own data was swept with the spec's cross-entropy and schedule and unaugmented batches,
+    and nothing said so: the warning of a run conetool did not train names them, as what is not
+    replayed (label smoothing: its [train] key)."""
     pts = own_loop_copy(run, tmp_path / "pts")
     spec = write_spec(tmp_path / "mine.toml", SPEC)
     result = switch([0], until=10, store=tmp_path / "s", ckpts=pts, spec=spec, device="cpu")
@@ -139,6 +140,7 @@ def test_an_own_runs_sweep_names_what_of_its_loop_no_spec_key_replays(run, tmp_p
     assert "Its loss is cross-entropy of the logits (with [train] label_smoothing)" in said
     assert "no spec key gives it (class weights, mixup or cutmix" in said, said
     assert "a scheduler other than [train]'s schedule and warmup_steps" in said, said
+    assert "a data set of your own is never augmented" in said, said
 
 
 def test_no_defaults_warning_for_a_whole_recipe_or_a_run_conetool_trained(run, tmp_path):

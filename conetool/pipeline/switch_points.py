@@ -74,7 +74,9 @@ FOREIGN_RUN = (
     "the logits (with [train] label_smoothing), with the learning rate of the spec's schedule "
     "at each step: what else your loop added is not replayed and no spec key gives it (class "
     "weights, mixup or cutmix, gradient clipping or accumulation, an auxiliary loss, a "
-    "scheduler other than [train]'s schedule and warmup_steps, an EMA of the weights)."
+    "scheduler other than [train]'s schedule and warmup_steps, an EMA of the weights, an "
+    "augmentation other than [train] augment's crop and flip of cifar10: a data set of your "
+    "own is never augmented)."
 )
 
 
