@@ -57,6 +57,12 @@ _CIFAR_FIX = (
     "Replace it with the original from the extracted cifar-10-python.tar.gz, or delete the "
     "folder and set `download = true` in [data] on a machine with a network."
 )
+#: said of a batch that is not CIFAR-10's: one written by hand is refused however well formed
+_CIFAR_OWN = (
+    "A batch written by hand is refused even when well formed (torchvision checks every file "
+    "against the released data set's md5): for images of your own, give a \"package.module:"
+    'factory" as [data] dataset (the README\'s "Bring your own run").'
+)
 
 
 def check_mnist_files(raw: Path, train: bool) -> None:
@@ -132,7 +138,7 @@ def cifar_problem(folder: Path, train: bool) -> str | None:
     for name in names:
         path = folder / name
         if path.is_file() and (problem := _batch_problem(path)) is not None:
-            return f"CIFAR-10 file {path} {problem}. {_CIFAR_FIX}"
+            return f"CIFAR-10 file {path} {problem}. {_CIFAR_FIX} {_CIFAR_OWN}"
     return None
 
 
@@ -245,7 +251,14 @@ def _batch_problem(path: Path) -> str | None:
     if not isinstance(entry, dict) or "data" not in entry or "labels" not in entry:
         keys = sorted(map(str, entry)) if isinstance(entry, dict) else None
         held = f"a dict with keys {keys}" if keys is not None else f"a {type(entry).__name__}"
-        return f"holds {held}, not a batch with 'data' and 'labels'"
+        said = f"holds {held}, not a batch with 'data' and 'labels'"
+        if isinstance(entry, dict) and {b"data", b"labels"} <= set(entry):
+            said += (
+                " (its keys are bytes, b'data' and b'labels', as a dict read with "
+                "pickle.load(..., encoding='bytes') and written again has them; the released "
+                "files' are read as text)"
+            )
+        return said
     data, labels = entry["data"], entry["labels"]
     shape = getattr(data, "shape", None)
     if shape is None or len(shape) != 2 or shape[1] != 3 * 32 * 32:

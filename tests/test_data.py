@@ -397,6 +397,7 @@ def test_a_damaged_mnist_file_is_named(tmp_path: Path, name: str, damage: str, s
         ("fewer labels", "holds 4 images but 3 labels"),  # named no file
         ("more labels", "holds 4 images but 5 labels"),
         ("label 10", "holds label 10"),  # loaded; training crashed
+        ("bytes keys", "(its keys are bytes, b'data' and b'labels', as a dict read with"),
     ],
 )
 def test_a_damaged_cifar10_batch_is_named(
@@ -417,6 +418,8 @@ def test_a_damaged_cifar10_batch_is_named(
             entry["labels"] = entry["labels"][:-1]
         elif damage == "more labels":
             entry["labels"] = [*entry["labels"], 1]
+        elif damage == "bytes keys":  # written from Python 3 after reading with encoding="bytes"
+            entry = {key.encode(): value for key, value in entry.items()}
         else:
             entry["labels"] = [10, *entry["labels"][1:]]
         path.write_bytes(pickle.dumps(entry, protocol=2))
@@ -424,6 +427,9 @@ def test_a_damaged_cifar10_batch_is_named(
         load_data(DataSpec(dataset="cifar10", root=str(tmp_path)))
     message = str(info.value)
     assert str(path) in message and said in message, message
+    # each such batch is one written or cut down by hand as often as a damaged one: the way to
+    # images of one's own is named, as the md5 refusal of a well-formed one names it
+    assert 'give a "package.module:factory" as [data] dataset' in message, message
 
 
 # ---------------------------------------------------------------------------------------------
