@@ -11,7 +11,8 @@ spec gives as ceil(training examples / batch size):
 - ``epoch_3``, ``epoch=3``, ``epoch-3``, ``epoch3``, ``model_epoch_3``, ``ep3``, ``ep_3``:
   step = 3 x iterations per epoch, the weights after 3 whole epochs (``epoch_0`` is the
   initialization). A loop that counts epochs from 0 *after* the first epoch gives steps one epoch
-  early; distances and the verdict compare kernels, so only the step axis shifts.
+  early; distances and the verdict compare kernels, so only their step axis shifts (``switch``
+  trains from the wrong step of the schedule, and warns where an Adam state's step count tells).
 
 Without the iterations per epoch (no spec), an epoch name is an error that says what to give.
 
@@ -202,12 +203,42 @@ def unix_time_text(step: int, unit: str, per_second: int) -> str:
     return f"{unit} since 1970: {step} is {when:%Y-%m-%d %H:%M:%S} UTC"
 
 
+class IterationsPerEpoch(int):
+    """The iterations per epoch, ceil(``examples`` / ``batch_size``), an ``int`` that also keeps
+    how the spec gave it, for :func:`epoch_note` to show: ``examples`` (the training split's
+    size), ``batch_size`` and ``batch_written`` (False: the spec file leaves ``train.batch_size``
+    to conetool's default, which a loader of one's own rarely shares)."""
+
+    examples: int
+    batch_size: int
+    batch_written: bool
+
+    def __new__(cls, examples: int, batch_size: int, batch_written: bool) -> IterationsPerEpoch:
+        made = super().__new__(cls, -(-examples // batch_size))
+        made.examples, made.batch_size, made.batch_written = examples, batch_size, batch_written
+        return made
+
+    def __reduce__(self) -> tuple[type[IterationsPerEpoch], tuple[int, int, bool]]:
+        return IterationsPerEpoch, (self.examples, self.batch_size, self.batch_written)
+
+
 def epoch_note(iterations_per_epoch: int, count: int) -> str:
-    """What the listing says when steps came from epoch names."""
+    """What the listing says when steps came from epoch names (the numbers the spec gave them
+    from, when ``iterations_per_epoch`` is an :class:`IterationsPerEpoch`)."""
+    how = "ceil(training examples / batch size)"
+    if isinstance(iterations_per_epoch, IterationsPerEpoch):
+        unwritten = (
+            ", which the spec file does not write: conetool's default; set it to your loader's"
+            if not iterations_per_epoch.batch_written
+            else ""
+        )
+        how = (
+            f"ceil({iterations_per_epoch.examples} training examples / train.batch_size "
+            f"{iterations_per_epoch.batch_size}{unwritten})"
+        )
     return (
         f"{count} checkpoint(s) are named by epoch: step = epoch x {iterations_per_epoch} "
-        f"iterations per epoch (from the spec: ceil(training examples / batch size)), the "
-        f"weights after that many whole epochs."
+        f"iterations per epoch (from the spec: {how}), the weights after that many whole epochs."
     )
 
 

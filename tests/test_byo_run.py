@@ -131,6 +131,28 @@ def test_epoch_named_directory_end_to_end(tmp_path: Path, tiny: Path) -> None:
     assert "Name the group 'epoch'" in as_steps.output
 
 
+def test_the_epoch_note_shows_the_numbers_and_a_batch_size_left_to_the_default(
+    tmp_path: Path, tiny: Path
+) -> None:
+    """The note said 'step = epoch x 8 iterations per epoch (from the spec: ceil(training
+    examples / batch size))' without the two numbers, so a spec that left batch_size to the
+    default 128 (another number of steps per epoch than the run's loader) read as right. It shows
+    the examples and the batch size, and says when the spec file does not write batch_size."""
+    epochs = _epoch_dir(tmp_path, tiny)
+    said = " ".join(w for row in conetool.inspect(epochs, spec=tiny) for w in row.warnings)
+    shown = "step = epoch x 8 iterations per epoch (from the spec: ceil(60 training examples / "
+    assert shown + "train.batch_size 8))" in said, said
+    unset = tmp_path / "unset.toml"
+    unset.write_text(tiny.read_text().replace("batch_size = 8\n", ""))
+    said = " ".join(w for row in conetool.inspect(epochs, spec=unset) for w in row.warnings)
+    shown = (
+        "step = epoch x 1 iterations per epoch (from the spec: ceil(60 training examples / "
+        "train.batch_size 128, which the spec file does not write: conetool's default; set it "
+        "to your loader's))"
+    )
+    assert shown in said, said
+
+
 def test_switch_on_foreign_checkpoints_says_it_replays_conetools_batches(
     tmp_path: Path, tiny: Path
 ) -> None:

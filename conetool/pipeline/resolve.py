@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from torch import nn
@@ -14,6 +13,7 @@ from ..data import describe_data
 from ..errors import ModelError, SpecError, StoreError
 from ..models import BUILTIN_MODELS, build_model
 from ..spec import Spec, check_model_classes, default_arch_note, load_spec
+from ..step_names import IterationsPerEpoch
 
 
 def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
@@ -68,9 +68,12 @@ def moved_run(ckpts: str | Path | None) -> Path | None:
     return ckpts
 
 
-def iterations_per_epoch(spec: Spec) -> int:
-    """open_lth's iterations per epoch, ceil(n_train / batch_size), for ``model_epE_itI`` names."""
-    return math.ceil(describe_data(spec.data, source=spec.source).n_train / spec.train.batch_size)
+def iterations_per_epoch(spec: Spec) -> IterationsPerEpoch:
+    """open_lth's iterations per epoch, ceil(n_train / batch_size), for ``model_epE_itI`` names
+    (and ``epoch_3``), keeping the numbers it came from for the listing's note."""
+    examples = describe_data(spec.data, source=spec.source).n_train
+    written = spec.written is None or "train.batch_size" in spec.written
+    return IterationsPerEpoch(examples, spec.train.batch_size, written)
 
 
 def model_for(spec: Spec) -> nn.Module:
