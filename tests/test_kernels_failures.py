@@ -73,7 +73,7 @@ def test_a_spec_model_that_fits_none_of_the_checkpoints_is_named_as_the_fault(
     assert text.startswith("step 0 ") and "4 unexpected key(s)" in text, text
     assert "does not fit it either: the spec's model does not fit this run's checkpoints" in text
     assert "so every checkpoint would fail alike and the run stops here" in text, text
-    assert "[model] arch = 'conetool_kf_renamed:make' in renamed.toml" in text, text
+    assert '[model] arch = "conetool_kf_renamed:make" in renamed.toml' in text, text
     assert "fix that arch or its factory" in text, text
     assert "fix this checkpoint" not in text and "every checkpoint failed" not in text, text
     assert text.count("--skip-bad") == 1 and "(with --skip-bad too)" in text, text
@@ -197,7 +197,7 @@ def test_a_legacy_pickle_run_that_fits_no_model_is_told_either_way(
     text = str(failed.value)
     assert "every checkpoint failed (3 of 3)" in text and text.count("does not fit") == 1, text
     assert "- steps 0, 5, 10 (step_0.pt, step_5.pt, step_10.pt): each file does not fit" in text
-    assert "None of them fits the spec's model: its [model] arch = 'conetool_kf_renamed:make'" in (
+    assert 'None of them fits the spec\'s model: its [model] arch = "conetool_kf_renamed:make"' in (
         flat(text)
     )
     assert not store.exists()
@@ -364,7 +364,7 @@ def test_a_spec_without_arch_says_its_model_is_the_default(run: Path, tmp_path: 
     with pytest.raises(CheckpointError) as stopped:
         kernels(ckpts, spec=spec, store=tmp_path / "store", device="cpu")
     text = flat(str(stopped.value))
-    assert "[model] arch = 'lenet5' (the default: nomodel.toml sets no arch) must build" in text
+    assert '[model] arch = "lenet5" (the default: nomodel.toml sets no arch) must build' in text
     assert "in nomodel.toml must build" not in text, text
     spec = spec_from_dict({**SPEC, "model": {"num_classes": 3}}, source="flat.toml")
     with pytest.raises(ModelError) as built:

@@ -87,7 +87,7 @@ def test_a_model_whose_output_does_not_fit_the_data_removes_nothing(
     text = flat(result.output)
     assert snapshot(store) == before, text  # its kernels and results were deleted
     assert result.exit_code == 1 and "Traceback" not in text, text
-    assert f"[model] arch = 'conetool_ow_models:make_four' in {spec}: " in text, text
+    assert f'[model] arch = "conetool_ow_models:make_four" in {spec}: ' in text, text
     assert "to an output of shape (2, 4), expected (2, 3)" in text, text
     assert f"--overwrite removed nothing: {store} is as it was" in text, text
     assert "--overwrite removed the replaced store's" not in text, text
@@ -121,7 +121,7 @@ def test_a_model_that_fits_none_of_the_checkpoints_removes_nothing(
         first, last = ckpts / "step_0.pt", ckpts / "step_10.pt"
     assert text.startswith(f"step 0 ({first}): '{first}' does not fit the model (Net)"), text
     assert f"Step 10 ({last}) does not fit it either: the spec's model does not fit " in text
-    assert "[model] arch = 'conetool_ow_models:make' in make.toml must build" in text, text
+    assert '[model] arch = "conetool_ow_models:make" in make.toml must build' in text, text
     assert f"--overwrite removed nothing: {store} is as it was (a store is cleared only " in text
     assert text.endswith("and rerun."), text
     assert Store.open(store).steps() == STEPS

@@ -309,7 +309,7 @@ def test_never_touches_step_named_checkpoints_without_its_spec(tmp_path, flags):
     [
         ({"arch": "lenet"}, "unknown architecture 'lenet' in [model] arch."),
         ({"widht": 4}, "unknown key 'widht' in [model] for arch 'mlp'."),
-        ({"activation": "sigmoid"}, "[model] activation = 'sigmoid' is not supported"),
+        ({"activation": "sigmoid"}, '[model] activation = "sigmoid" is not supported'),
     ],
 )
 def test_a_bad_model_key_is_an_error_naming_the_spec_file(tmp_path, model, said):

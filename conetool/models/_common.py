@@ -11,6 +11,7 @@ from torch import nn
 
 from ..choices import is_count
 from ..errors import ModelError
+from ..spec import toml_text
 
 # Activation name -> module class. Modules (not functionals) so that per-layer engines can see them.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -20,7 +21,7 @@ def activation(arch: str, name: Any) -> nn.Module:
     """A fresh activation module for ``[model] activation = name``; ModelError for unknown names."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ModelError(
-            f"[model] activation = {name!r} is not supported by arch '{arch}'. "
+            f"[model] activation = {toml_text(name)} is not supported by arch '{arch}'. "
             f"Use one of: {', '.join(ACTIVATIONS)}."
         )
     return ACTIVATIONS[name]()
@@ -30,7 +31,7 @@ def positive_int(arch: str, key: str, value: Any) -> int:
     """``value`` as a positive int, or ModelError naming ``[model] key``."""
     if not is_count(value):
         raise ModelError(
-            f"[model] {key} = {value!r} is invalid for arch '{arch}': "
+            f"[model] {key} = {toml_text(value)} is invalid for arch '{arch}': "
             "it must be a positive integer."
         )
     return value
@@ -40,7 +41,7 @@ def check_bool(arch: str, key: str, value: Any) -> bool:
     """``value`` as a bool, or ModelError naming ``[model] key``."""
     if not isinstance(value, bool):
         raise ModelError(
-            f"[model] {key} = {value!r} is invalid for arch '{arch}': write true or false."
+            f"[model] {key} = {toml_text(value)} is invalid for arch '{arch}': write true or false."
         )
     return value
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..spec import toml_text
 from ._common import activation as make_activation
 from ._common import flat_features, image_shape, open_lth_init, positive_int
 from .mlp import MLP
@@ -97,7 +98,7 @@ def lenet5(
     arch = "lenet5"
     if not isinstance(pool, str) or pool not in _POOLS:
         raise ModelError(
-            f"[model] pool = {pool!r} is not supported by arch '{arch}'. "
+            f"[model] pool = {toml_text(pool)} is not supported by arch '{arch}'. "
             f"Use one of: {', '.join(_POOLS)}."
         )
     return LeNet5(

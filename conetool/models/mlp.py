@@ -9,6 +9,7 @@ from torch import nn
 
 from ..choices import is_count
 from ..errors import ModelError
+from ..spec import toml_text
 from ._common import activation, check_bool, flat_features, open_lth_init, positive_int
 
 
@@ -51,14 +52,14 @@ class MLP(nn.Module):
 def _widths(arch: str, widths: object) -> list[int]:
     if not isinstance(widths, list | tuple):
         raise ModelError(
-            f"[model] widths = {widths!r} is invalid for arch '{arch}': write a list of hidden "
+            f"[model] widths = {toml_text(widths)} is invalid for arch '{arch}': write a list of hidden "
             "layer sizes, e.g. widths = [512, 512] (or [] for a linear model)."
         )
     for i, width in enumerate(widths):
         if not is_count(width):
             raise ModelError(
-                f"[model] widths = {list(widths)!r} is invalid for arch '{arch}': each hidden "
-                f"layer size must be a positive integer, and the {_ordinal(i + 1)}, {width!r}, "
+                f"[model] widths = {toml_text(list(widths))} is invalid for arch '{arch}': each hidden "
+                f"layer size must be a positive integer, and the {_ordinal(i + 1)}, {toml_text(width)}, "
                 "is not. Write positive sizes, e.g. widths = [512, 512] (or [] for a linear "
                 "model)."
             )

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import ConetoolError, ModelError
 from ..model_inputs import check_batch, is_token_batch
 from ..ntk_buffers import called_on_copies
-from ..spec import ModelSpec
+from ..spec import ModelSpec, toml_text
 from ..user_modules import import_user_module, is_import_path, raised_at, shadowed_note
 from .lenet import lenet5, lenet_300_100
 from .mlp import mlp
@@ -96,7 +96,7 @@ def _build_model(
     arch, options = spec.arch, dict(spec.options)
     input_shape = tuple(input_shape)
     if not isinstance(arch, str):
-        raise ModelError(f"[model] arch = {arch!r} must be a string. {_choices_text()}")
+        raise ModelError(f"[model] arch = {toml_text(arch)} must be a string. {_choices_text()}")
     if ":" in arch:
         return _build_user_model(arch, spec.num_classes, options, input_shape, examples)
     if arch not in BUILTIN_MODELS:
@@ -125,7 +125,7 @@ def _build_model(
         if not _too_large(exc):
             raise
         sizes = {"num_classes": spec.num_classes, **options}
-        shown = ", ".join(f"{key} = {value!r}" for key, value in sizes.items())
+        shown = ", ".join(f"{key} = {toml_text(value)}" for key, value in sizes.items())
         raise ModelError(
             f"[model] arch '{arch}' with {shown} is too large to build: its weights do not fit "
             f"in memory ({_first_line(exc)}). Use smaller sizes in [model] (a few hundred to a "

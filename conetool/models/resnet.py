@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from ..spec import toml_text
 from ._common import image_shape, open_lth_init, positive_int
 
 
@@ -96,7 +97,7 @@ def resnet20(input_shape: Sequence[int], num_classes: int, width: float = 1) -> 
     filters = width * 16 if isinstance(width, int | float) and not isinstance(width, bool) else 0
     if not (filters >= 1 and float(filters).is_integer()):
         raise ModelError(
-            f"[model] width = {width!r} is invalid for arch '{arch}': the first stage has "
+            f"[model] width = {toml_text(width)} is invalid for arch '{arch}': the first stage has "
             "16 * width filters, which must be a positive whole number (e.g. width = 1, 2, 4, "
             "or 0.5)."
         )

@@ -29,7 +29,7 @@ from ..errors import (
     StoreError,
 )
 from ..ntk_range import KernelUnderflowError, NonFiniteKernelError
-from ..spec import Spec
+from ..spec import Spec, toml_text
 
 __all__ = [
     "Failure",
@@ -108,14 +108,14 @@ def second_checkpoint(ref: CheckpointRef, refs: Sequence[CheckpointRef]) -> Chec
 
 
 def spec_model(spec: Spec) -> str:
-    """The spec's model as the user wrote it: ``[model] arch = 'pkg.mod:make' in run.toml``;
-    an arch the file does not write is said to be the default (``[model] arch = 'lenet5' (the
+    """The spec's model as the user wrote it: ``[model] arch = "pkg.mod:make" in run.toml``;
+    an arch the file does not write is said to be the default (``[model] arch = "lenet5" (the
     default: run.toml sets no arch)``)."""
     if spec.written is not None and "model.arch" not in spec.written:
         file = "the spec" if spec.source == "<spec>" else spec.source
-        return f"[model] arch = {spec.model.arch!r} (the default: {file} sets no arch)"
+        return f"[model] arch = {toml_text(spec.model.arch)} (the default: {file} sets no arch)"
     where = "" if spec.source == "<spec>" else f" in {spec.source}"
-    return f"[model] arch = {spec.model.arch!r}{where}"
+    return f"[model] arch = {toml_text(spec.model.arch)}{where}"
 
 
 def stop_message(
