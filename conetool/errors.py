@@ -75,5 +75,12 @@ class StoreReplacedError(StoreError):
     removed while a command was reading it; the command wrote nothing into the new store."""
 
 
+class OptionError(ConetoolError):
+    """A command-line value that cannot mean what its option takes: an empty path (the current
+    folder, as a shell variable left unset gives), a file where a folder is wanted or a folder
+    where a file is. Raised as the command line is read, before anything is loaded; the CLI says
+    it as a usage error (exit 2, ``conetool.cli.help_format``)."""
+
+
 class MemoryBudgetError(ConetoolError):
     """The memory budget (``--max-memory``) is too small, or the device ran out of memory."""

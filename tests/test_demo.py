@@ -224,10 +224,16 @@ def test_an_out_that_is_a_file_is_refused_naming_it(tmp_path):
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")
     result = runner.invoke(app, ["demo", "--out", str(taken), "--steps", "8", "--probe-size", "4"])
-    assert result.exit_code == 1, result.output
-    text = " ".join(result.output.split())
-    assert f"cannot write {taken / 'ckpts'}: {taken} is a file, not a folder" in text, text
+    # refused as the command line is read (a usage error, exit 2), naming the flag and the fix
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert f"--out {taken} is a file, not a folder: --out takes the demo's folder" in text, text
     assert "Traceback" not in text and taken.read_text() == "mine"
+    with pytest.raises(ConetoolError) as caught:  # the library says it too, at the write
+        demo(taken, steps=8, probe_size=4, device="cpu")
+    text = " ".join(str(caught.value).split())
+    assert f"cannot write {taken / 'ckpts'}: {taken} is a file, not a folder" in text, text
+    assert taken.read_text() == "mine"
 
 
 def test_a_rerun_removes_what_a_killed_demo_left_in_the_result_folders(finished):

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
 from .distance_cmd import verdict_line
+from .options import path_parser
 from .runtime import Threads, starting, warned_at_the_end
 from .table_output import print_table
 
@@ -22,7 +23,11 @@ def demo(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", "-o", metavar="DIR", help="Folder for the run, its store and the report."
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Folder for the run, its store and the report.",
+            parser=path_parser("--out", "folder", "the demo's folder", "--out conetool-demo"),
         ),
     ] = Path("conetool-demo"),
     device: DeviceOpt = "auto",

@@ -12,6 +12,7 @@ from rich.table import Table
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import (
     DEFAULT_STORE,
+    SPEC_FILE,
     VERDICT_DEFAULTS,
     MatrixMemory,
     SkipBadKernels,
@@ -147,7 +148,7 @@ def distance(
         typer.Option(
             "--spec",
             metavar="FILE",
-            dir_okay=False,
+            parser=SPEC_FILE,
             help="The run's TOML spec (default: the one the store's manifest records); it must "
             "be the store's.",
         ),

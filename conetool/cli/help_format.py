@@ -6,6 +6,9 @@
 - An option given to a command that does not take it gets Typer's "No such option"; when another
   command takes it (``conetool kernels --ref 3``), :class:`FlagsCommand` says which one
   (:func:`_name_other_commands`), instead of suggesting an unrelated option of this command.
+- A path option's value that cannot be what the option takes (``--store ''``, a file given to
+  ``--store``: :class:`~conetool.errors.OptionError`, raised by its parser) is a usage error
+  (exit 2), said as conetool words it, naming the flag and the fix.
 - Typer keeps the docstring's own line breaks after the first paragraph, so a help page broke
   lines mid-sentence wherever the source did (and again at the terminal's width).
   :func:`reflow` joins the lines of each paragraph, keeping a line break only before a command
@@ -22,6 +25,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
+from ..errors import OptionError
+
 
 def _blank_flag_labels(params: list[Any]) -> list[Any]:
     for param in params:
@@ -37,6 +42,8 @@ class FlagsCommand(TyperCommand):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
+        except OptionError as error:  # a path option's value (conetool.cli.options.path_problem)
+            raise typer.BadParameter(str(error), ctx=ctx) from None
         except Exception as error:
             _name_other_commands(error, ctx)
             raise

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .app import INTERRUPT_ADVICE, Debug, Quiet, app, console, handle_errors
-from .options import Every, SpecOpt, StepRegex, Steps
+from .options import Every, SpecOpt, StepRegex, Steps, ckpts_argument
 from .runtime import starting
 from .table_output import print_table
 
@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 @app.command()
 def inspect(
     ckpts: Annotated[
-        Path, typer.Argument(help="A checkpoint directory (or one checkpoint).", metavar="CKPTS")
+        Path,
+        typer.Argument(
+            help="A checkpoint directory (or one checkpoint).",
+            metavar="CKPTS",
+            parser=ckpts_argument("inspect"),
+        ),
     ],
     spec: SpecOpt = None,
     verify: Annotated[

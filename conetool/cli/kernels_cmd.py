@@ -20,7 +20,15 @@ from .app import (
     is_main_process,
     progress_display,
 )
-from .options import DEFAULT_STORE, Every, SpecOpt, StepRegex, Steps, StoreOpt
+from .options import (
+    DEFAULT_STORE,
+    Every,
+    SpecOpt,
+    StepRegex,
+    Steps,
+    StoreOpt,
+    ckpts_argument,
+)
 from .runtime import Threads, check_max_memory, starting, warned_at_the_end
 from .table_output import print_table
 
@@ -28,7 +36,12 @@ from .table_output import print_table
 @app.command()
 def kernels(
     ckpts: Annotated[
-        Path, typer.Argument(help="The checkpoint directory of the run.", metavar="CKPTS")
+        Path,
+        typer.Argument(
+            help="The checkpoint directory of the run.",
+            metavar="CKPTS",
+            parser=ckpts_argument("kernels"),
+        ),
     ],
     spec: SpecOpt = None,
     store: StoreOpt = DEFAULT_STORE,

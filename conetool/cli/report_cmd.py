@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..units import format_bytes
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
-from .options import DEFAULT_STORE, StoreCkpts, StoreOpt
+from .options import DEFAULT_STORE, StoreCkpts, StoreOpt, path_parser
 from .runtime import starting, warned_at_the_end
 from .table_output import print_table
 
@@ -36,7 +36,7 @@ def report(
             "--out",
             help="Directory for report.html, report.md, spec.toml and training.png (default: "
             "STORE/report).",
-            file_okay=False,
+            parser=path_parser("--out", "folder", "the folder for the report", "--out report"),
             metavar="DIR",
         ),
     ] = None,

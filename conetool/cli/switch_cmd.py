@@ -19,7 +19,7 @@ from .app import (
     is_main_process,
     progress_display,
 )
-from .options import DEFAULT_STORE, StepRegex, StoreCkpts, StoreOpt
+from .options import DEFAULT_STORE, SPEC_FILE, StepRegex, StoreCkpts, StoreOpt
 from .runtime import Threads, starting, warned_at_the_end
 from .table_output import print_table
 
@@ -61,7 +61,7 @@ def switch(
             "--spec",
             help="The run's TOML spec (default: CKPTS/conetool.toml, else the spec recorded in "
             "the store's manifest).",
-            dir_okay=False,
+            parser=SPEC_FILE,
             metavar="FILE",
         ),
     ] = None,

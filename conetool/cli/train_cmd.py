@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from .app import Debug, DeviceOpt, Quiet, app, console, handle_errors, progress_display
+from .options import path_parser
 from .runtime import Threads, starting, warned_at_the_end
 from .table_output import print_table
 
@@ -20,10 +21,29 @@ if TYPE_CHECKING:
 @app.command()
 def train(
     spec: Annotated[
-        Path, typer.Argument(help="The TOML spec of the run.", dir_okay=False, metavar="SPEC")
+        Path,
+        typer.Argument(
+            help="The TOML spec of the run.",
+            parser=path_parser(
+                "SPEC",
+                "spec",
+                "the TOML spec of the run",
+                "conetool train examples/digits_lenet.toml --out runs/digits",
+            ),
+            metavar="SPEC",
+        ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Directory for the checkpoints.", metavar="DIR")
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for the checkpoints.",
+            parser=path_parser(
+                "--out", "folder", "the folder for the checkpoints", "--out runs/digits"
+            ),
+            metavar="DIR",
+        ),
     ],
     device: DeviceOpt = "auto",
     resume: Annotated[
