@@ -107,14 +107,21 @@ def path_argument(value: object, name: str, what: str) -> Path:
     argument, the Python argument (``"ckpts"``); ``what`` says what the path is for.
 
     Raises:
-        ConetoolError: ``value`` is no path (``None``, a number, a list of paths); the message
-            names ``name`` and what to pass.
+        ConetoolError: ``value`` is no path (``None``, a number, a list of paths), or the empty
+            path ``""`` (which Path reads as the current folder: a store, a run or its
+            checkpoints would be written or read there unasked); the message names ``name`` and
+            what to pass.
     """
-    if isinstance(value, str | os.PathLike) and isinstance(os.fspath(value), str):
-        return Path(value)
     from .errors import ConetoolError
 
     lead = f"{name} {value!r}" if name.startswith("--") else f"{name}={value!r}"
+    if isinstance(value, str | os.PathLike) and isinstance(os.fspath(value), str):
+        if not os.fspath(value).strip():
+            raise ConetoolError(
+                f"{lead} is an empty path, which would mean the current folder. Pass {what} "
+                "(an empty value usually comes from a variable that is not set)."
+            )
+        return Path(value)
     several = " (one path: call once per directory)" if isinstance(value, list | tuple) else ""
     raise ConetoolError(f"{lead} is not a path. Pass {what} as a str or pathlib.Path{several}.")
 

@@ -221,6 +221,12 @@ def load_spec(path: str | Path) -> Spec:
             f"spec={path!r} is not a spec. Pass the path of a TOML spec file (a str or "
             "pathlib.Path), or a conetool.Spec (conetool.load_spec reads one)."
         )
+    if not os.fspath(path).strip():  # Path("") is the current folder
+        raise SpecError(
+            f"spec={os.fspath(path)!r} is an empty path. Pass the path of a TOML spec file, for "
+            "example examples/digits_lenet.toml (an empty value usually comes from a variable "
+            "that is not set)."
+        )
     path = Path(path)
     if path.is_dir():
         inside = paths.spec(path)  # a run directory's resolved spec

@@ -248,6 +248,36 @@ def test_a_path_argument_that_is_no_path_is_named(
     assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
 
 
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda run, tmp: conetool.kernels("", store=tmp / "s", threads=1), r"^ckpts=''"),
+        (lambda run, tmp: conetool.kernels(run, store="", threads=1), r"^--store ''"),
+        (lambda run, tmp: conetool.kernels(run, spec="", store=tmp / "s"), r"^spec=''"),
+        (lambda run, tmp: conetool.inspect(" "), r"^ckpts=' '"),
+        (lambda run, tmp: conetool.train(run / "conetool.toml", ""), r"^--out ''"),
+        (lambda run, tmp: conetool.train("", tmp / "t"), r"^spec=''"),
+        (lambda run, tmp: conetool.load_spec(""), r"^spec=''"),
+        (lambda run, tmp: conetool.distance(""), r"^--store ''"),
+        (lambda run, tmp: conetool.switch(5, store=tmp / "s", ckpts=""), r"^--ckpts ''"),
+        (lambda run, tmp: conetool.demo("", steps=8), r"^--out ''"),
+        (lambda run, tmp: conetool.Store.open(""), r"^--store ''"),
+    ],
+)
+def test_an_empty_path_argument_is_refused_not_taken_as_the_current_folder(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: Any, named: str
+) -> None:
+    """Path("") is Path("."): kernels(run, store="") made its store in the current folder, and
+    train(spec, "") wrote its checkpoints there."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(conetool.ConetoolError, match=named) as e:
+        call(run, tmp_path)
+    assert "is an empty path" in str(e.value)
+    assert list(here.iterdir()) == [] and not (tmp_path / "s").exists()
+
+
 def test_load_kernel_takes_a_step_as_ref_does(run: Path, tmp_path: Path) -> None:
     """load_kernel("last") raised a TypeError from the nearest-steps hint; "last" is what --ref
     takes for the last stored step, so it is the last stored kernel here too."""
