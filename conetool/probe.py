@@ -38,7 +38,14 @@ from .errors import DataError
 from .io import atomic_save_safetensors
 from .spec import ProbeSpec
 
-__all__ = ["Probe", "load_probe", "make_probe", "probe_hash", "save_probe"]
+__all__ = [
+    "Probe",
+    "load_probe",
+    "make_probe",
+    "missing_classes_warning",
+    "probe_hash",
+    "save_probe",
+]
 
 _TENSORS = ("inputs", "labels", "indices")
 
@@ -138,6 +145,54 @@ def make_probe(
         indices=indices,
         split=spec.split,
         hash=probe_hash(inputs, probe_labels, indices),
+    )
+
+
+def _classes_text(classes: list[int]) -> str:
+    """``class 4``, ``classes 5 to 9`` (a run of them) or ``classes 2, 5 and 7``."""
+    if len(classes) == 1:
+        return f"class {classes[0]}"
+    if classes == list(range(classes[0], classes[-1] + 1)):
+        return f"classes {classes[0]} to {classes[-1]}"
+    return f"classes {', '.join(map(str, classes[:-1]))} and {classes[-1]}"
+
+
+def missing_classes_warning(
+    probe: Probe,
+    num_classes: int,
+    *,
+    size_flag: str | None = None,
+    source: str | None = None,
+) -> str | None:
+    """A warning when a probe set of fewer examples than ``num_classes`` leaves classes out (its
+    quotas are one example each for the first ``size`` classes: :func:`make_probe`), or None.
+    Such a probe set is drawn as asked, but every kernel (and the distance, embedding and
+    spectrum read from them) sees only the classes it holds: the message names the classes left
+    out and the fix, ``size_flag`` (``"--probe-size"``) when that set the size, else the spec's
+    ``probe.size`` (``source``, the spec file, before it)."""
+    size = len(probe)
+    if size >= num_classes:
+        return None
+    held = set(probe.labels.tolist())
+    missing = [c for c in range(num_classes) if c not in held]
+    if not missing:
+        return None
+    given = (
+        f"{size_flag} {size}"
+        if size_flag is not None
+        else f"{f'{source}: ' if source else ''}'probe.size' = {size}"
+    )
+    fix = (
+        f"Pass {size_flag} {num_classes} or more"
+        if size_flag is not None
+        else f"Set probe.size to {num_classes} or more (or pass --probe-size N)"
+    )
+    return (
+        f"{given} is smaller than the {num_classes} classes of the data: the probe set, one "
+        f"example per class in class order, holds no example of {_classes_text(missing)}, so "
+        "the kernels (and the distance, embedding and spectrum read from them) see only the "
+        f"others. {fix}: the paper uses 500, and a multiple of {num_classes} gives every class "
+        "as many."
     )
 
 

@@ -30,7 +30,7 @@ from ..library_call import library_call
 from ..low_precision import rounded_note, upcast_note
 from ..models import output_check
 from ..ntk import is_auto, parse_memory
-from ..probe import Probe, load_probe, make_probe, save_probe
+from ..probe import Probe, load_probe, make_probe, missing_classes_warning, save_probe
 from ..progress import NullProgress, Progress, Said
 from ..spec import ProbeSpec, Spec
 from ..store import Store, StoreIdentity
@@ -469,6 +469,11 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     data = load_data(spec.data, source=spec.source)
     flag = None if probe_size is None else "--probe-size"
     probe = make_probe(data, spec.probe, size_flag=flag, source=spec.source)
+    left_out_classes = missing_classes_warning(
+        probe, data.num_classes, size_flag=flag, source=spec.source
+    )
+    if left_out_classes is not None:
+        said.warn(left_out_classes)
     evaluated = None
     if eval_size is not None:
         available = int(data.split(EVAL_SPLIT).labels().shape[0])
