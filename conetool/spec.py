@@ -672,6 +672,13 @@ def default_arch_note(spec: Spec) -> str:
     )
 
 
+def _steps_text(steps: list[int]) -> str:
+    """``step 5`` or ``steps 5 and 9`` (``steps 1, 5 and 9``)."""
+    if len(steps) == 1:
+        return f"step {steps[0]}"
+    return f"steps {', '.join(map(str, steps[:-1]))} and {steps[-1]}"
+
+
 def _classes_left(size: int, num_classes: int) -> str:
     """The classes a synthetic split of ``size`` < ``num_classes`` examples has no example of
     (its labels are ``arange(size) % num_classes``)."""
@@ -700,6 +707,30 @@ def train_warnings(spec: Spec) -> list[str]:
             "only `conetool switch --beyond-run`, which trains past train.steps, reaches them. "
             f'Set a milestone below {t.steps} for the run to decay, or schedule = "constant" '
             "if a constant rate is meant."
+        )
+    if t.steps >= 2 and save_count(spec) == 2:
+        every = max(1, t.steps // 10)
+        than = "larger than" if t.save_every > t.steps else "equal to"
+        said.append(
+            f"{src}: 'train.save_every' = {t.save_every} is {than} 'train.steps' = {t.steps}, "
+            f"so the run saves 2 checkpoints only, step 0 and the last ({t.steps}): their "
+            "kernels give one distance, and distance reads no verdict from fewer than 8 "
+            f"(its min_steps). Set save_every to a part of train.steps (for example "
+            f"save_every = {every}: {t.steps // every + 1 + bool(t.steps % every)} checkpoints), "
+            "or list the steps to save in save_at."
+        )
+    if list(t.save_at) != sorted(set(t.save_at)):
+        repeated = sorted({s for s in t.save_at if t.save_at.count(s) > 1})
+        how = (
+            f"lists {_steps_text(repeated)} more than once"
+            if repeated
+            else "is not in increasing order"
+        )
+        said.append(
+            f"{src}: 'train.save_at' = {list(t.save_at)} {how}: the run saves each listed step "
+            "once, in step order, whatever the order written (a step written twice may stand "
+            f"for another one meant). Write save_at = {sorted(set(t.save_at))}, with any "
+            "step missing from it."
         )
     if t.dense_until and not t.dense_every:
         said.append(

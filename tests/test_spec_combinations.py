@@ -26,6 +26,7 @@ from conetool.spec import (
     check_for_training,
     load_spec,
     recipe_warnings,
+    save_count,
     save_spec,
     spec_from_dict,
     train_warnings,
@@ -363,9 +364,64 @@ def test_a_synthetic_split_of_one_example_per_class_is_said_nothing_of():
 
 
 @pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        (
+            {"save_every": 100},
+            "c.toml: 'train.save_every' = 100 is larger than 'train.steps' = 6, so the run saves "
+            "2 checkpoints only, step 0 and the last (6): their kernels give one distance, and "
+            "distance reads no verdict from fewer than 8 (its min_steps). Set save_every to a "
+            "part of train.steps (for example save_every = 1: 7 checkpoints), or list the steps "
+            "to save in save_at.",
+        ),
+        ({"save_every": 6}, "'train.save_every' = 6 is equal to 'train.steps' = 6, so the run "),
+        (
+            {"steps": 25, "save_every": 100},
+            "(for example save_every = 2: 14 checkpoints)",
+        ),
+    ],
+)
+def test_a_run_saving_only_its_first_and_last_step_is_warned_of(values, said):
+    """save_every at or beyond train.steps saved step 0 and the last without a word: one S
+    between them, no verdict."""
+    spec = tiny(**values)
+    check_for_training(spec)
+    assert save_count(spec) == 2
+    (warning,) = train_warnings(spec)
+    assert said in warning, warning
+    every = int(warning.split("for example save_every = ")[1].split(":")[0])
+    fixed = tiny(**{**values, "save_every": every})
+    assert f"{save_count(fixed)} checkpoints)" in warning and train_warnings(fixed) == []
+
+
+@pytest.mark.parametrize(
+    ("save_at", "said"),
+    [
+        (
+            [4, 2],
+            "c.toml: 'train.save_at' = [4, 2] is not in increasing order: the run saves each "
+            "listed step once, in step order, whatever the order written (a step written twice "
+            "may stand for another one meant). Write save_at = [2, 4], with any step missing "
+            "from it.",
+        ),
+        ([2, 2, 4], "'train.save_at' = [2, 2, 4] lists step 2 more than once: "),
+        ([5, 1, 5, 1], "lists steps 1 and 5 more than once: the run saves each listed step once"),
+    ],
+)
+def test_save_at_out_of_order_or_repeated_is_warned_of(save_at, said):
+    spec = tiny(save_at=save_at)
+    check_for_training(spec)
+    (warning,) = train_warnings(spec)
+    assert said in warning, warning
+    assert save_steps(spec) == save_steps(tiny(save_at=sorted(set(save_at))))  # as it saves
+
+
+@pytest.mark.parametrize(
     "values",
     [
         {},
+        {"steps": 1, "save_every": 100},  # a one-step run: 0 and 1 are all there is
+        {"save_every": 100, "save_at": [2, 4]},
         {"optimizer": "adam", "lr": 1e-3, "momentum": 0.0},  # 0: "no SGD momentum", true
         {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9},  # the default, in every saved spec
         {"schedule": "step", "milestones": [3, 100], "gamma": 0.5},  # 100: switch --beyond-run
