@@ -379,7 +379,8 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
 def _choice(source: str, key: str, value: Any, choices: tuple[str, ...], extra: str = "") -> None:
     if value not in choices:
         raise SpecError(
-            f"{source}: '{key}' = {value!r} is not valid. Choices: {', '.join(choices)}{extra}."
+            f"{source}: '{key}' = {toml_text(value)} is not valid. Choices: "
+            f"{', '.join(choices)}{extra}."
         )
 
 

@@ -156,7 +156,8 @@ def test_bad_eval_sizes_are_refused(run, tmp_path):
     with pytest.raises(ConetoolError, match="--eval-size must be a positive whole number"):
         kernels(run, store=tmp_path / "b", device="cpu", eval_size=0)
     on_test = {**SPEC, "probe": {"size": 6, "split": "test"}}
-    with pytest.raises(ConetoolError, match="would overlap"):
+    overlap = r"\(\[probe\] split = \"test\"\), so the two would overlap"
+    with pytest.raises(ConetoolError, match=overlap):
         kernels(
             run,
             spec=spec_from_dict(on_test, source="t.toml"),

@@ -64,15 +64,18 @@ def test_model_extra_keys_become_factory_options(tmp_path):
         ("[train]\naugment = 1\n", r"'train\.augment' must be true or false, got 1"),
         (
             '[train]\noptimizer = "rmsprop"\n',
-            r"'train\.optimizer' = 'rmsprop' is not valid\. Choices: sgd, adam",
+            r"'train\.optimizer' = \"rmsprop\" is not valid\. Choices: sgd, adam",
         ),
         ('[train]\nschedule = "linear"\n', r"Choices: constant, step, cosine"),
         (
             '[data]\ndataset = "imagenet"\n',
-            r"'data\.dataset' = 'imagenet' is not valid\. Choices: digits, mnist, cifar10, synthetic",
+            r"'data\.dataset' = \"imagenet\" is not valid\. Choices: digits, mnist, cifar10, synthetic",
         ),
         ("[data]\nsize = 3\n", r"unknown key 'size' in \[data\].*user factory"),
-        ('[probe]\nsplit = "val"\n', r"'probe\.split' = 'val' is not valid\. Choices: train, test"),
+        (
+            '[probe]\nsplit = "val"\n',
+            r"'probe\.split' = \"val\" is not valid\. Choices: train, test",
+        ),
         ("[probe]\nsize = 0\n", r"'probe\.size' must be positive, got 0"),
         ('[train]\nschedule = "step"\n', r"needs 'train\.milestones'"),
         ("[train]\nmilestones = [300, 200]\n", r"'train\.milestones' must be increasing"),

@@ -32,7 +32,7 @@ from ..models import output_check
 from ..ntk import is_auto, parse_memory
 from ..probe import Probe, load_probe, make_probe, missing_classes_warning, save_probe
 from ..progress import NullProgress, Progress, Said
-from ..spec import ProbeSpec, Spec
+from ..spec import ProbeSpec, Spec, toml_text
 from ..store import Store, StoreIdentity
 from ..store_clearing import remove_unused
 from ..threads import limit_threads
@@ -445,8 +445,8 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     if eval_size is not None and spec.probe.split == EVAL_SPLIT:
         raise ConetoolError(
             f"--eval-size draws a held-out evaluation set from the {EVAL_SPLIT} split, but the "
-            f"probe set is drawn from it too ([probe] split = {EVAL_SPLIT!r}), so the two would "
-            "overlap. Draw the probe set from the train split, or leave out --eval-size."
+            f"probe set is drawn from it too ([probe] split = {toml_text(EVAL_SPLIT)}), so the two "
+            "would overlap. Draw the probe set from the train split, or leave out --eval-size."
         )
 
     per_layer, patterns, kept = _layer_patterns(o, recorded)
