@@ -54,7 +54,7 @@ from .data_order import augment_generator, batch_indices, mix_seed, steps_per_ep
 from .data_split import CropFlip, DataBundle, Split
 from .digits import digits_arrays, stratified_split
 from .errors import ConetoolError, DataError
-from .spec import BUILTIN_DATASETS, DataSpec
+from .spec import BUILTIN_DATASETS, DataSpec, toml_text
 from .user_modules import import_user_module, is_import_path, raised_at, shadowed_note
 
 __all__ = [
@@ -120,7 +120,7 @@ def _load(spec: DataSpec) -> DataBundle:
     if ":" in name:
         return _user_factory(spec)
     raise DataError(
-        f"unknown data set 'data.dataset' = {name!r}. Choices: {', '.join(BUILTIN_DATASETS)}, "
+        f"unknown data set 'data.dataset' = {toml_text(name)}. Choices: {', '.join(BUILTIN_DATASETS)}, "
         'or "package.module:factory" for your own.'
     )
 
@@ -212,13 +212,13 @@ def _root(spec: DataSpec) -> Path:
     root = Path(os.path.expanduser(spec.root))
     if root.exists() and not root.is_dir():
         raise DataError(
-            f"'data.root' = {spec.root!r} ({root}) is a file, not a folder. Point data.root at "
+            f"'data.root' = {toml_text(spec.root)} ({root}) is a file, not a folder. Point data.root at "
             f"the folder that holds the {spec.dataset} files (or, with `download = true` in "
             "[data], the folder to download them into)."
         )
     if not spec.download and not root.is_dir():
         raise DataError(
-            f"'data.root' = {spec.root!r} ({root}) does not exist. Point data.root at the folder "
+            f"'data.root' = {toml_text(spec.root)} ({root}) does not exist. Point data.root at the folder "
             f"that holds the {spec.dataset} files, or set `download = true` in [data] to "
             "download them there (needs a network)."
         )
@@ -355,18 +355,20 @@ def _cifar10(spec: DataSpec) -> DataBundle:
 def _import_factory(path: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
     if not is_import_path(module_name, attr):
-        raise DataError(f"'data.dataset' = {path!r} is not of the form \"package.module:factory\".")
-    module = import_user_module(module_name, f"[data] dataset = {path!r}", DataError)
+        raise DataError(
+            f"'data.dataset' = {toml_text(path)} is not of the form \"package.module:factory\"."
+        )
+    module = import_user_module(module_name, f"[data] dataset = {toml_text(path)}", DataError)
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise DataError(
-                f"'data.dataset' = {path!r}: module {module_name!r} has no attribute {attr!r}."
+                f"'data.dataset' = {toml_text(path)}: module {module_name!r} has no attribute {attr!r}."
                 + shadowed_note(module_name)
             )
         obj = getattr(obj, part)
     if not callable(obj):
-        raise DataError(f"'data.dataset' = {path!r}: {attr!r} is not callable.")
+        raise DataError(f"'data.dataset' = {toml_text(path)}: {attr!r} is not callable.")
     return obj
 
 
@@ -414,7 +416,7 @@ def _user_factory(spec: DataSpec) -> DataBundle:
             inspect.signature(factory).bind(**kwargs)
         except TypeError as exc:
             raise DataError(
-                f"'data.dataset' = {path!r} cannot be called with the [data] options "
+                f"'data.dataset' = {toml_text(path)} cannot be called with the [data] options "
                 f"{sorted(spec.options)} ({exc}). Its parameters are: {', '.join(params)}; "
                 "fix the extra keys in [data]."
             ) from exc
@@ -431,7 +433,7 @@ def _user_factory(spec: DataSpec) -> DataBundle:
         ) from exc
     if not isinstance(result, Sequence) or len(result) != 2:
         raise DataError(
-            f"'data.dataset' = {path!r} returned {type(result).__name__}; a data factory must "
+            f"'data.dataset' = {toml_text(path)} returned {type(result).__name__}; a data factory must "
             "return a pair (train, test) of torch Datasets whose items are (input, label)."
         )
     train = Split.from_dataset(result[0], f"the train set of {path}")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .errors import DataError
+from .spec import toml_text
 
 __all__ = [
     "CLASSES",
@@ -236,7 +237,7 @@ def _parent_root(root: Path, folder: Path, layout: tuple[str, ...]) -> str:
         parent = folder
         for _ in layout:
             parent = parent.parent
-        return f"set data.root = {str(parent)!r} in [data] (the folder above {'/'.join(layout)})"
+        return f"set data.root = {toml_text(str(parent))} in [data] (the folder above {'/'.join(layout)})"
     return f"move them into {root.joinpath(*layout)}/"
 
 

@@ -212,7 +212,7 @@ def test_a_data_root_that_is_a_file_is_said_to_be_a_file(
     with pytest.raises(DataError) as info:
         load_data(DataSpec(dataset=dataset, root=str(root), download=download))
     message = str(info.value)
-    assert f"'data.root' = {str(root)!r} ({root}) is a file, not a folder" in message
+    assert f"'data.root' = \"{root}\" ({root}) is a file, not a folder" in message
     assert "does not exist" not in message and "network" not in message
     assert root.read_text() == "x" and sorted(tmp_path.iterdir()) == [root]
 
@@ -230,14 +230,14 @@ _CIFAR_NAMES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batche
     ("dataset", "folder", "names", "root", "said"),
     [
         # root one or two levels too deep: the fix is the folder above
-        ("mnist", "d/MNIST/raw", _MNIST_NAMES, "d/MNIST", "set data.root = '{t}/d' in [data]"),
-        ("mnist", "d/MNIST/raw", _MNIST_NAMES, "d/MNIST/raw", "set data.root = '{t}/d' in [data]"),
+        ("mnist", "d/MNIST/raw", _MNIST_NAMES, "d/MNIST", 'set data.root = "{t}/d" in [data]'),
+        ("mnist", "d/MNIST/raw", _MNIST_NAMES, "d/MNIST/raw", 'set data.root = "{t}/d" in [data]'),
         (
             "cifar10",
             "d/cifar-10-batches-py",
             _CIFAR_NAMES,
             "d/cifar-10-batches-py",
-            "set data.root = '{t}/d' in [data]",
+            'set data.root = "{t}/d" in [data]',
         ),
         # the files in a folder of another name: moved to where torchvision looks
         ("mnist", "d", _MNIST_NAMES, "d", "move them into {t}/d/MNIST/raw/"),
@@ -257,7 +257,7 @@ _CIFAR_NAMES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batche
             "d/MNIST/raw",
             [f"{n}.gz" for n in _MNIST_NAMES],
             "d/MNIST/raw",
-            "set data.root = '{t}/d' in [data] (the folder above MNIST/raw), and extract the "
+            'set data.root = "{t}/d" in [data] (the folder above MNIST/raw), and extract the '
             ".gz files (gunzip)",
         ),
         (
@@ -697,3 +697,12 @@ def test_describe_data_agrees_with_loading():
         assert info.input_shape == tuple(bundle.input_shape)
         assert info.num_classes == bundle.num_classes
         assert info.n_train == len(bundle.train)
+
+
+def test_data_messages_write_the_value_as_the_spec_does() -> None:
+    """'data.dataset' = 'no module:x' (Python's quotes) where the spec file writes TOML."""
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(dataset="no module:x"))
+    assert str(info.value).startswith(
+        '\'data.dataset\' = "no module:x" is not of the form "package.module:factory".'
+    ), info.value
