@@ -71,6 +71,20 @@ def test_a_store_given_as_ckpts_names_the_run_it_was_computed_from(
     assert not (tmp_path / "other").exists()
 
 
+def test_inspect_of_a_store_names_the_run_it_was_computed_from(run: Path, tmp_path: Path) -> None:
+    """inspect STORE/kernels listed the store's kernel files as checkpoints, each "ok" (found by
+    scripts/fuzz_cli.py --seed 2810, call 37)."""
+    store = tmp_path / "s"
+    kernels(run, store=store, device="cpu")
+    for given in (store, store / paths.KERNELS_DIR):
+        text = invoke("inspect", str(given), "--verify")
+        assert f"CKPTS {given} is" in text and "not a checkpoint directory" in text, text
+        assert "its files are kernels, not model weights" in text, text
+        assert f"Its kernels were computed from {run.resolve()}: conetool inspect " in text, text
+        assert "checkpoints usable" not in text, text
+    assert runner.invoke(app, ["inspect", str(run)]).exit_code == 0  # the run itself is read
+
+
 @pytest.mark.parametrize("command", ["distance", "embed", "spectrum", "report"])
 def test_reading_a_checkpoint_directory_as_the_store_says_so(run: Path, command: str) -> None:
     before = listing(run)

@@ -14,6 +14,8 @@ from ..checkpoints import (
     step_range_text,
 )
 from ..choices import path_argument
+from ..errors import StoreError
+from ..folder_roles import checkpoint_contents, store_holding
 from ..library_call import library_call
 from ..spec import Spec
 from .resolve import iterations_per_epoch, model_for, resolve_spec
@@ -49,6 +51,7 @@ def inspect(
         bad = [r for r in rows if r.status != "ok"]
     """
     ckpts = path_argument(ckpts, "ckpts", "the checkpoint directory (or one checkpoint)")
+    _refuse_a_store(ckpts)
     steps = step_range_text(steps)
     if spec is not None or paths.spec(ckpts).is_file():
         resolved = resolve_spec(ckpts, spec)
@@ -67,4 +70,31 @@ def inspect(
         warn=warn,
         note=note,
         spec=source,
+    )
+
+
+def _refuse_a_store(ckpts: Path) -> None:
+    """Refuse a store, or a store's folder of kernel files (``STORE/kernels``), given as CKPTS:
+    its kernel files are named as checkpoints are (``step_000000.safetensors``), and inspect
+    listed them as checkpoints, every one "ok". A store that holds checkpoints too is read (the
+    listing leaves the store's own files out)."""
+    held = store_holding(ckpts)
+    if held is None:
+        return
+    root, recorded = held
+    if root == ckpts and checkpoint_contents(ckpts) is not None:
+        return
+    what = (
+        f"CKPTS {ckpts} is a conetool store"
+        if root == ckpts
+        else f"CKPTS {ckpts} is the {ckpts.name}/ folder of the conetool store {root}"
+    )
+    fix = (
+        f"Its kernels were computed from {recorded}: conetool inspect {recorded}"
+        if recorded is not None
+        else "Pass the checkpoint directory of the run (the --out of conetool train) as CKPTS"
+    )
+    raise StoreError(
+        f"{what} (it holds {paths.MANIFEST_NAME}), not a checkpoint directory: its files are "
+        f"kernels, not model weights. {fix}."
     )
