@@ -108,6 +108,17 @@ def write_error(path: Path, exc: OSError, needed: int | None = None) -> StoreErr
                 f"{blocking} away and rerun."
             )
         return None
+    if exc.errno == errno.ENAMETOOLONG:  # (a path given on the command line, 5,000 letters)
+        shown = (
+            str(path)
+            if len(str(path)) <= 200
+            else f"{str(path)[:200]}... ({len(str(path))} characters)"
+        )
+        return StoreError(
+            f"cannot use {shown}: a name in it is longer than the file system allows "
+            f"({exc.strerror}). Nothing was changed. Choose a shorter path (another --store / "
+            "--out / CKPTS) and rerun."
+        )
     if exc.errno == errno.EISDIR and Path(path).is_dir():  # a file to write where a folder is
         return StoreError(
             f"cannot write {path}: a folder of that name is there, where conetool writes a "

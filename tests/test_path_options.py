@@ -145,3 +145,26 @@ def test_paths_that_can_be_meant_pass(place: Path) -> None:
 
 def test_option_error_is_a_conetool_error() -> None:
     assert issubclass(OptionError, ConetoolError)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["distance", "--store", "a" * 5000],
+        ["inspect", "a" * 5000],
+        ["kernels", "run", "--spec", f"{'a' * 300}/s.toml"],
+    ],
+    ids=["distance --store", "inspect CKPTS", "kernels --spec"],
+)
+def test_a_path_too_long_for_the_file_system_is_said_not_a_traceback(
+    place: Path, args: list[str]
+) -> None:
+    """A name longer than the file system allows: the parser's checks (os.stat) raised
+    OSError('File name too long') out of Click with a traceback; they leave such a path to the
+    command, which says it in one paragraph (distance and inspect had a traceback there too)."""
+    assert path_problem("--store", "a" * 5000, "folder", "it", "--store s") is None
+    result = runner.invoke(app, args)
+    text = flat(result.output)
+    assert result.exit_code == 1, text
+    assert "Traceback" not in text and not isinstance(result.exception, OSError), text
+    assert "longer than the file system allows" in text, text

@@ -35,6 +35,17 @@ def path_problem(flag: str, value: str | Path, takes: Takes, what: str, example:
             f"for example {example}. (An empty value usually comes from a shell variable that "
             "is not set.)"
         )
+    try:
+        return _kind_problem(flag, raw, given, takes, what, example)
+    except OSError:  # a name too long, a folder not searchable: the command says it, naming it
+        return None
+
+
+def _kind_problem(
+    flag: str, raw: str, given: str, takes: Takes, what: str, example: str
+) -> str | None:
+    """:func:`path_problem` for a path given (``raw``, said as ``given``): the wrong kind."""
+    option = flag.startswith("-")
     path = Path(raw)
     if takes == "folder":
         if path.exists() and not path.is_dir():
