@@ -168,3 +168,26 @@ def test_a_path_too_long_for_the_file_system_is_said_not_a_traceback(
     assert result.exit_code == 1, text
     assert "Traceback" not in text and not isinstance(result.exception, OSError), text
     assert "longer than the file system allows" in text, text
+
+
+def test_kernels_of_a_checkpoint_directory_that_does_not_exist_says_what_to_pass(
+    place: Path,
+) -> None:
+    """It said "Check the CKPTS path." and no more."""
+    for given, said in [
+        ("runs/missing", ""),
+        (
+            "missing.toml",
+            " (missing.toml would be a spec: pass it as --spec missing.toml, and the "
+            "checkpoints as CKPTS)",
+        ),
+    ]:
+        result = runner.invoke(app, ["kernels", given, "--store", "s"])
+        text = flat(result.output)
+        assert result.exit_code == 1, text
+        assert (
+            f"error: checkpoint directory {given} does not exist{said}. Pass the run's checkpoint "
+            "directory as CKPTS: the --out of conetool train, or the folder holding the "
+            "checkpoint files (conetool kernels runs/digits)." in text
+        ), text
+        assert not (place / "s").exists()

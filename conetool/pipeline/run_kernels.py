@@ -397,7 +397,17 @@ def _plan(options: KernelsOptions, said: Said, left_out: dict[Path, str]) -> Ker
     if max_memory is not None and not is_auto(max_memory):  # auto: the device's default
         parse_memory(max_memory)  # names max_memory=; before any file is touched
     if not ckpts.exists():
-        raise StoreError(f"checkpoint directory {ckpts} does not exist. Check the CKPTS path.")
+        spec_given = (
+            f" ({ckpts.name} would be a spec: pass it as --spec {ckpts}, and the checkpoints as "
+            "CKPTS)"
+            if ckpts.suffix == ".toml"
+            else ""
+        )
+        raise StoreError(
+            f"checkpoint directory {ckpts} does not exist{spec_given}. Pass the run's checkpoint "
+            "directory as CKPTS: the --out of conetool train, or the folder holding the "
+            "checkpoint files (conetool kernels runs/digits)."
+        )
     _check_folders(ckpts, Path(o.store))
     spec = resolve_spec(ckpts, spec)
     progress.log(f"loading data '{spec.data.dataset}' and listing {ckpts} ...")
