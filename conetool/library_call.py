@@ -9,6 +9,14 @@ seed the user chose. The CPU generator is restored on return (however the call e
 that of every CUDA device that was initialized before the call. The thread count is kept the same
 way by :func:`conetool.limit_threads`.
 
+**The commands' functions run under PyTorch's default dtype float32**, the command line's, and
+give the caller's back on return: a notebook's ``torch.set_default_dtype(torch.float64)`` would
+otherwise build the spec's model in float64, so that ``train`` drew another initialization from
+the same seed and saved float64 checkpoints, and ``switch`` trained a float32 run's continuations
+in float64 and warned that its checkpoints were of lower precision than the model. A float64 model
+is the factory's to build (``model.double()``). ``empirical_ntk`` (:func:`library_call_on_model`)
+keeps the caller's default: the model is the caller's, and so is what its forward creates.
+
 **Arguments annotated ``bool`` must be bools, those annotated ``int`` (or ``int | None``)
 integers, and those annotated ``float`` (or ``float | None``) real numbers**, checked before the
 function runs (:func:`conetool.choices.bool_argument`, :func:`conetool.choices.int_argument`,
@@ -51,8 +59,20 @@ R = TypeVar("R")
 
 
 def library_call(func: Callable[P, R]) -> Callable[P, R]:
-    """Wrap a public function so that the caller's random state is kept and its ``bool``,
-    ``int`` and ``float`` arguments are checked (module docstring)."""
+    """Wrap a command's public function so that the caller's random state is kept, its ``bool``,
+    ``int`` and ``float`` arguments are checked and it runs under the default dtype float32
+    (module docstring)."""
+    return wrapped_call(func, float32_default=True)
+
+
+def library_call_on_model(func: Callable[P, R]) -> Callable[P, R]:
+    """:func:`library_call` for a function given the caller's model (``empirical_ntk``): the
+    caller's default dtype is kept for it."""
+    return wrapped_call(func, float32_default=False)
+
+
+def wrapped_call(func: Callable[P, R], *, float32_default: bool) -> Callable[P, R]:
+    """The wrapper of :func:`library_call` and :func:`library_call_on_model`."""
     signature = inspect.signature(func)
     typed = typed_parameters(signature)
     hears = "progress" in signature.parameters
@@ -66,7 +86,7 @@ def library_call(func: Callable[P, R]) -> Callable[P, R]:
         heard = None
         if hears:
             args, kwargs, heard = given_heard(signature, args, kwargs)  # type: ignore[assignment]
-        with kept_global_rng():
+        with kept_global_rng(), default_float32(float32_default):
             if heard is None:
                 return func(*args, **kwargs)
             try:
@@ -158,3 +178,20 @@ def kept_global_rng() -> Iterator[None]:
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         yield
+
+
+@contextmanager
+def default_float32(pinned: bool = True) -> Iterator[None]:
+    """Run the block under PyTorch's default dtype float32 (``pinned``) and restore the
+    caller's on exit, however the block ends; with ``pinned`` False, do nothing."""
+    import torch
+
+    before = torch.get_default_dtype()
+    if not pinned or before == torch.float32:
+        yield
+        return
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)

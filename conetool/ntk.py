@@ -71,7 +71,7 @@ from .choices import Dtype, Kind, Method, choice
 from .device import resolve_device
 from .errors import ConetoolError, MemoryBudgetError, ModelError
 from .heap import kept_freed_memory
-from .library_call import library_call
+from .library_call import library_call_on_model
 from .low_precision import is_low_precision
 from .ntk_buffers import (
     copies_by_name,
@@ -153,7 +153,7 @@ def _refuse_meta_weights(model: nn.Module) -> None:
                 )
 
 
-@library_call
+@library_call_on_model
 def empirical_ntk(
     model: nn.Module,
     x1: Tensor,
