@@ -16,9 +16,42 @@ MESSAGE = "interrupted while conetool was starting; nothing was written."
 
 
 def is_command_line() -> bool:
-    """True when this process is the ``conetool`` command (console script or ``python -m``)."""
+    """True when this process is the ``conetool`` command (console script or ``python -m``).
+
+    ``sys.argv[0]`` is ``"-m"`` while ``python -m X`` imports X's packages, whatever X is: a
+    script run as ``python -m mypkg.script``, whose ``mypkg/__init__.py`` imports conetool, is
+    a library user, whose Ctrl-C must stay Python's KeyboardInterrupt. The module run is read
+    from the interpreter's own command line (:func:`main_module`)."""
     first = sys.argv[0] if sys.argv else ""
-    return first == "-m" or os.path.basename(first) in ("conetool", "conetool.exe")
+    if first == "-m":
+        return main_module(getattr(sys, "orig_argv", [])) in ("conetool", "conetool.__main__")
+    return os.path.basename(first) in ("conetool", "conetool.exe")
+
+
+def main_module(orig_argv: list[str]) -> str | None:
+    """The module ``python -m MODULE`` runs, read from the interpreter's arguments
+    (``sys.orig_argv``: ``["python", "-X", "importtime", "-m", "conetool", ...]``, or ``-mconetool``
+    and ``-Im conetool`` as Python takes them); ``None`` for a script or ``-c``."""
+    args = orig_argv[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-") or arg in ("-", "--"):
+            return None  # a script, stdin, or the end of the options
+        if arg.startswith("--"):
+            i += 2 if arg == "--check-hash-based-pycs" else 1
+            continue
+        for j, letter in enumerate(arg[1:], start=2):
+            if letter in "cmWX":  # the options that take a value, joined or the next argument
+                value = arg[j:] or (args[i + 1] if i + 1 < len(args) else "")
+                if letter == "c":
+                    return None
+                if letter == "m":
+                    return value or None
+                i += 0 if arg[j:] else 1
+                break
+        i += 1
+    return None
 
 
 def speaks_for_the_job() -> bool:

@@ -1,8 +1,12 @@
 """conetool from a researcher's script or notebook: what the caller set up around a call is
-neither changed by it nor read into its results (the default dtype)."""
+neither changed by it nor read into its results (the default dtype), and importing conetool from
+a package run with ``python -m`` leaves Python's Ctrl-C alone."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +17,10 @@ from safetensors.torch import load_file
 from tiny_run import SPEC, run_fixtures
 
 import conetool
+from conetool import _startup
 from conetool.spec import spec_from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
 
 trained, run = run_fixtures()
 
@@ -85,3 +92,70 @@ def test_empirical_ntk_keeps_the_callers_default_dtype(float64_default: None) ->
     net = Net(3, 2)
     kernel = conetool.empirical_ntk(net, torch.randn(4, 3), device="cpu")
     assert kernel.dtype == torch.float64 and set(seen) == {torch.float64}
+
+
+@pytest.mark.parametrize(
+    ("argv", "module"),
+    [
+        (["python", "-m", "conetool", "kernels"], "conetool"),
+        (["python", "-mconetool"], "conetool"),
+        (["python", "-Im", "conetool"], "conetool"),
+        (["python", "-X", "importtime", "-W", "error", "-m", "conetool"], "conetool"),
+        (["python", "-Ximporttime", "-m", "conetool.__main__"], "conetool.__main__"),
+        (["python", "--check-hash-based-pycs", "always", "-m", "conetool"], "conetool"),
+        (["python", "-m", "mypkg.script", "-m", "conetool"], "mypkg.script"),
+        (["python", "-c", "import conetool", "-m", "conetool"], None),
+        (["python", "script.py", "-m", "conetool"], None),
+        (["python"], None),
+    ],
+)
+def test_the_module_python_m_runs(argv: list[str], module: str | None) -> None:
+    assert _startup.main_module(argv) == module
+
+
+@pytest.mark.parametrize(("module", "command_line"), [("conetool", True), ("mypkg.script", False)])
+def test_only_python_m_conetool_is_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, module: str, command_line: bool
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["-m"])  # as it is while python -m imports the packages
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", module], raising=False)
+    assert _startup.is_command_line() is command_line
+
+
+@pytest.mark.parametrize("module", ["mypkg", "mypkg.script"])
+def test_a_package_run_with_python_m_keeps_its_ctrl_c(tmp_path: Path, module: str) -> None:
+    """A researcher's package imports conetool in its ``__init__`` and is run as ``python -m``:
+    conetool took itself for the command line and replaced the SIGINT handler with its start-up
+    guard, so that a Ctrl-C anywhere later (in a long ``kernels`` call, in the user's own code)
+    ended the process at once saying 'interrupted while conetool was starting', skipping the
+    script's ``finally`` blocks, instead of raising KeyboardInterrupt."""
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("import conetool\n")
+    probe = "import signal\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    (package / "__main__.py").write_text(probe)
+    (package / "script.py").write_text(probe)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run(
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
+def test_python_m_conetool_still_guards_its_start_up() -> None:
+    """The command line's own start-up keeps its guard (a Ctrl-C while PyTorch loads: exit 130
+    at once): ``python -m conetool`` is read as the command line while it imports."""
+    code = (
+        "import signal, sys\n"
+        "sys.argv = ['-m']\n"
+        "sys.orig_argv = [sys.executable, '-m', 'conetool', '--help']\n"
+        "import conetool\n"
+        "print(signal.getsignal(signal.SIGINT) is not signal.default_int_handler)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
