@@ -5,6 +5,7 @@ a package run with ``python -m`` leaves Python's Ctrl-C alone."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tiny_run import SPEC, run_fixtures
 
 import conetool
@@ -159,3 +161,37 @@ def test_python_m_conetool_still_guards_its_start_up() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def _in_bfloat16(trained: Path, folder: Path) -> Path:
+    """A copy of the tiny run whose checkpoints hold bfloat16 tensors (a run saved in half
+    precision), with their conetool metadata."""
+    out = folder / "bf16"
+    shutil.copytree(trained, out)
+    for path in sorted(out.glob("step_*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+        state = {k: v.to(torch.bfloat16) for k, v in load_file(path).items()}
+        save_file(state, str(path), metadata=metadata)
+    return out
+
+
+def test_checkpoint_dtype_warnings_are_the_calls_not_pythons(trained: Path, tmp_path: Path) -> None:
+    """distance's noise floor and switch loaded the checkpoints with no ``warn``: what loading
+    says of a bfloat16 checkpoint went to Python's warnings module (and on the command line a
+    raw ``CheckpointWarning`` with its source line), not to the result's warnings as kernels
+    says it. Now switch says it once, of the first such file, as kernels does; distance, whose
+    kernels' call said it, says nothing more."""
+    run = _in_bfloat16(trained, tmp_path)
+    store = tmp_path / "store"
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        kernels = conetool.kernels(run, store=store, threads=1)
+        distance = conetool.distance(store, threads=1)
+        switch = conetool.switch([0, 5], store=store, threads=1)
+    assert [str(w.message) for w in said] == []
+    lower = [w for w in kernels.warnings if "in lower precision than" in w]
+    assert len(lower) == 1 and "step_000000.safetensors" in lower[0]
+    assert not [w for w in distance.warnings if "in lower precision than" in w]
+    lower = [w for w in switch.warnings if "in lower precision than" in w]
+    assert len(lower) == 1 and "step_000000.safetensors" in lower[0], switch.warnings

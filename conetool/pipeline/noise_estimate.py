@@ -134,7 +134,9 @@ def estimate_noise_floor(
         imported = use_recorded_imports(store.manifest, spec)
         imported += changed_imports(store.manifest, spec)  # an edited model: said, not hidden
         model = model_for(spec)
-        loaded = load_checkpoint(model, ref, spec=spec.source)
+        # A checkpoint of lower precision than the model was warned of by kernels, which
+        # computed this step's kernel from it: not again, through Python's warnings module.
+        loaded = load_checkpoint(model, ref, spec=spec.source, warn=_said_by_kernels)
         if loaded is None or loaded.fingerprint != record.fingerprint:
             return None, _replaced(source, step)  # the same size, other bytes
         inputs = load_probe(paths.probe(store.root)).inputs
@@ -166,6 +168,10 @@ def estimate_noise_floor(
     except ConetoolError:
         pass  # a read-only (or replaced) store still gets the estimate, only not the cache
     return noise, "; ".join(imported) or None
+
+
+def _said_by_kernels(message: str) -> None:
+    """Drop a warning of the checkpoint's dtypes: ``kernels`` said it of the same file."""
 
 
 def _kernels_key(store: Store, step: int, fingerprint: Any) -> dict[str, Any]:

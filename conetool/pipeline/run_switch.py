@@ -42,7 +42,7 @@ from .switch_momentum_notes import MomentumNote, MomentumSaid
 from .switch_momentum_source import momentum_source
 from .switch_options import SwitchOptions, parse_at
 from .switch_other_sweeps import other_sweeps_replaced
-from .switch_points import finished_point, run_point, said_if_foreign
+from .switch_points import DtypesSaid, finished_point, run_point, said_if_foreign
 from .switch_prepare import Sweep, for_switch, prepare_sweep
 from .switch_recipe import defaults_warning, is_foreign_run
 from .switch_reference import reference_step, standard_reference
@@ -239,6 +239,8 @@ def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Sa
     warnings: list[str] = []
     # what each point says of its momentum, as it is known; one message per reason kept at the end
     momentum_said = MomentumSaid(says)
+    # what loading says of the checkpoints' dtypes: of the sweep's first such file only
+    dtypes_said = DtypesSaid(says)
     error: ConetoolError | None = None
     replaced = False  # this rank found the store replaced: before a point, or during it
     in_progress: int | None = None  # (during: the point it was training or writing)
@@ -271,6 +273,7 @@ def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Sa
                 training=started.append,
                 momentum_said=momentum_said,
                 sources=sources,
+                dtypes_said=dtypes_said,
             )
         except CheckpointError as exc:
             error = for_switch(exc)
@@ -353,6 +356,7 @@ def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Sa
                 says,
                 warnings,
                 read=sweep.reference,  # read before the sweep: not read again
+                dtypes_said=dtypes_said,
             )
         except CheckpointError as exc:
             raise for_switch(exc) from exc

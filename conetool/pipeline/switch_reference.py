@@ -5,7 +5,7 @@ kept in ``STORE/switch/reference.json`` for reruns of the same spec, T and check
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from .resolve import model_for
 from .switch_finished_points import point_key
 from .switch_momentum_source import SOURCE_ENTRY, momentum_source, source_changed
 from .switch_optimizer import optimizer_at
+from .switch_points import DtypesSaid
 from .switch_store import SwitchStore
 
 
@@ -45,6 +46,7 @@ def standard_reference(
     says: Said,
     warnings: list[str],
     read: LoadedCheckpoint | None = None,
+    dtypes_said: DtypesSaid | None = None,
 ) -> dict[str, Any] | None:
     """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
     continued from the last checkpoint before T, its result kept in ``store`` (written as
@@ -55,6 +57,7 @@ def standard_reference(
     not plan). ``read``: the checkpoint it comes from, already read (with the optimizer state
     inside a torch.save file, for ``train``: :attr:`~conetool.pipeline.switch_prepare.Sweep.
     reference`), which is then not read again; None to read it here."""
+    dtypes = DtypesSaid(says) if dtypes_said is None else dtypes_said
     model = model_for(spec).to(device)
     if how == "checkpoint":
         if until not in refs:
@@ -76,19 +79,39 @@ def standard_reference(
                 "line. Pass --reference train to train the standard continuation to T."
             )
             return None
-        _load(model, refs[until], non_finite_advice(until, until), read, spec=spec.source)
+        _load(
+            model,
+            refs[until],
+            non_finite_advice(until, until),
+            read,
+            dtypes.of(refs[until]),
+            spec=spec.source,
+        )
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     start = reference_step(how, until, refs)
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
     if start == until:  # the checkpoint of T is the standard model at T: nothing to train
-        _load(model, refs[until], non_finite_advice(until, until), read, spec=spec.source)
+        _load(
+            model,
+            refs[until],
+            non_finite_advice(until, until),
+            read,
+            dtypes.of(refs[until]),
+            spec=spec.source,
+        )
         loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
         return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
     path = paths.switch_reference(store.root)
     loaded = _load(
-        model, refs[start], non_finite_advice(until, start), read, keep=ENTRIES, spec=spec.source
+        model,
+        refs[start],
+        non_finite_advice(until, start),
+        read,
+        dtypes.of(refs[start]),
+        keep=ENTRIES,
+        spec=spec.source,
     )
     key = {**point_key(spec, until, loaded.fingerprint), "from": start}
     if path.is_file():
@@ -201,17 +224,20 @@ def _load(
     ref: CheckpointRef,
     advice: str,
     read: LoadedCheckpoint | None,
+    warn: Callable[[str], None],
     keep: tuple[str, ...] = (),
     spec: str | None = None,
 ) -> LoadedCheckpoint:
     """:func:`load_checkpoint` of ``ref`` into ``model``, NaN or Inf said with ``advice``; or
     ``read``, when it is ``ref`` already read (its weights checked finite, and ``keep`` kept),
     applied to ``model`` without reading the file again (``spec``: the spec file that built
-    ``model``, named when it does not fit)."""
+    ``model``, named when it does not fit). What it says of the checkpoint's dtypes goes to
+    ``warn`` (:class:`~conetool.pipeline.switch_points.DtypesSaid`), not to Python's warnings
+    module."""
     if read is not None and read.ref == ref:
-        apply_checkpoint(model, read, spec=spec)
+        apply_checkpoint(model, read, warn=warn, spec=spec)
         return read
     with non_finite_said(advice):
-        loaded = load_checkpoint(model, ref, keep=keep, spec=spec)
+        loaded = load_checkpoint(model, ref, keep=keep, spec=spec, warn=warn)
     assert loaded is not None
     return loaded
