@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -210,3 +211,45 @@ def test_the_package_is_typed_for_its_users() -> None:
     with open(ROOT / "pyproject.toml", "rb") as f:
         pyproject = tomllib.load(f)
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["conetool"]
+
+
+def _state() -> dict[str, object]:
+    """What a notebook sets up around a call that a library call must neither change nor read."""
+    return {
+        "threads": torch.get_num_threads(),
+        "dtype": torch.get_default_dtype(),
+        "grad": torch.is_grad_enabled(),
+        "cwd": os.getcwd(),
+        "sys.path": list(sys.path),
+        "filters": list(warnings.filters),
+        "sigint": signal.getsignal(signal.SIGINT),
+    }
+
+
+def test_every_command_leaves_the_notebook_as_it_found_it(
+    trained: Path, tmp_path: Path, float64_default: None
+) -> None:
+    """Each command's function, called as a notebook calls it (default threads, the caller's own
+    thread count and float64 default), leaves them, the working directory, ``sys.path``, the
+    warnings filters and Ctrl-C's handler as it found them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    store = tmp_path / "store"
+    run = tmp_path / "run"
+    calls = {
+        "train": lambda: conetool.train(spec_from_dict(SPEC, source="tiny.toml"), run),
+        "inspect": lambda: conetool.inspect(run),
+        "kernels": lambda: conetool.kernels(run, store=store),
+        "distance": lambda: conetool.distance(store),
+        "embed": lambda: conetool.embed(store),
+        "spectrum": lambda: conetool.spectrum(store),
+        "switch": lambda: conetool.switch([5], store=store),
+        "report": lambda: conetool.report(store),
+    }
+    try:
+        for name, call in calls.items():
+            before = _state()
+            call()
+            assert _state() == before, name
+    finally:
+        torch.set_num_threads(threads)
