@@ -34,9 +34,9 @@ _EXPORTS = {
     "ModelError": "errors",
     "OptimizerStateDamagedError": "errors",
     "OptionError": "errors",
-    "GeometryError": "geometry",
-    "NonFiniteKernelError": "ntk",
-    "KernelUnderflowError": "ntk",
+    "GeometryError": "errors",
+    "NonFiniteKernelError": "errors",
+    "KernelUnderflowError": "errors",
     "SpecError": "errors",
     "StoreError": "errors",
     "StoreReplacedError": "errors",
@@ -76,18 +76,20 @@ if TYPE_CHECKING:
         DataError,
         ExtraModulesError,
         FactoryMismatchError,
+        GeometryError,
+        KernelUnderflowError,
         KeyMismatchError,
         MemoryBudgetError,
         ModelError,
+        NonFiniteKernelError,
         OptimizerStateDamagedError,
         OptionError,
         SpecError,
         StoreError,
         StoreReplacedError,
     )
-    from .geometry import GeometryError
     from .linearize import LinearizedModel, linearize
-    from .ntk import KernelUnderflowError, NonFiniteKernelError, empirical_ntk
+    from .ntk import empirical_ntk
     from .ntk_memo import EngineMemo
     from .pipeline import (
         DemoResult,

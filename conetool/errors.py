@@ -84,3 +84,21 @@ class OptionError(ConetoolError):
 
 class MemoryBudgetError(ConetoolError):
     """The memory budget (``--max-memory``) is too small, or the device ran out of memory."""
+
+
+class GeometryError(ConetoolError, ValueError):
+    """Kernels, steps or options that the geometry functions cannot work with.
+
+    Also a :class:`ValueError`, so plain-Python callers can catch it the usual way.
+    """
+
+
+class NonFiniteKernelError(ConetoolError):
+    """The kernel has NaN or infinite entries, or a float32 kernel has entries beyond float32's
+    range (the caller adds which checkpoint it was)."""
+
+
+class KernelUnderflowError(ConetoolError):
+    """A kernel computed in float32 whose entries are all so small that the products summed into
+    them are subnormal float32 numbers, which keep fewer digits (the caller adds which checkpoint
+    it was)."""

@@ -31,7 +31,7 @@ import torch
 
 from conetool.choices import int_argument
 from conetool.device import resolve_device
-from conetool.errors import ConetoolError
+from conetool.errors import ConetoolError, GeometryError
 from conetool.units import is_auto, parse_memory
 
 __all__ = [
@@ -58,13 +58,6 @@ __all__ = [
 DEFAULT_MAX_MEMORY = 1 << 30
 
 _FLOAT64_BYTES = 8
-
-
-class GeometryError(ConetoolError, ValueError):
-    """Kernels, steps or options that the geometry functions cannot work with.
-
-    Also a :class:`ValueError`, so plain-Python callers can catch it the usual way.
-    """
 
 
 class KernelError(GeometryError):

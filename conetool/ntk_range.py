@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .errors import ConetoolError
+from .errors import KernelUnderflowError, NonFiniteKernelError
 
 __all__ = [
     "KernelUnderflowError",
@@ -43,17 +43,6 @@ __all__ = [
 MOVING_EXAMPLES = 8
 
 _FLOAT32 = torch.finfo(torch.float32)
-
-
-class NonFiniteKernelError(ConetoolError):
-    """The kernel has NaN or infinite entries, or a float32 kernel has entries beyond float32's
-    range (the caller adds which checkpoint it was)."""
-
-
-class KernelUnderflowError(ConetoolError):
-    """A kernel computed in float32 whose entries are all so small that the products summed into
-    them are subnormal float32 numbers, which keep fewer digits (the caller adds which checkpoint
-    it was)."""
 
 
 def smallest_float32_kernel(parameters: int) -> float:

@@ -253,3 +253,40 @@ def test_every_command_leaves_the_notebook_as_it_found_it(
             assert _state() == before, name
     finally:
         torch.set_num_threads(threads)
+
+
+def test_every_exported_error_is_defined_in_conetool_errors() -> None:
+    """GeometryError, NonFiniteKernelError and KernelUnderflowError lived in geometry and
+    ntk_range: ``from conetool.errors import GeometryError`` failed, and reading
+    ``conetool.GeometryError`` for an ``except`` clause loaded PyTorch (seconds). The family
+    is whole in :mod:`conetool.errors`; the old modules still give the same classes."""
+    import inspect
+
+    import conetool.errors
+    import conetool.geometry
+    import conetool.ntk
+
+    errors = [
+        name
+        for name in conetool.__all__
+        if inspect.isclass(getattr(conetool, name))
+        and issubclass(getattr(conetool, name), BaseException)
+    ]
+    assert {"GeometryError", "NonFiniteKernelError", "KernelUnderflowError"} <= set(errors)
+    for name in errors:
+        assert getattr(conetool, name) is getattr(conetool.errors, name), name
+    assert conetool.geometry.GeometryError is conetool.errors.GeometryError
+    assert conetool.ntk.NonFiniteKernelError is conetool.errors.NonFiniteKernelError
+    assert conetool.ntk.KernelUnderflowError is conetool.errors.KernelUnderflowError
+    code = (
+        "import sys, conetool\n"
+        "errors = (conetool.GeometryError, conetool.NonFiniteKernelError,"
+        " conetool.KernelUnderflowError)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
