@@ -2,7 +2,10 @@
 
 The public API mirrors the command line: each ``conetool <command>`` is a thin layer over the
 function of the same name here (``conetool.train``, ``conetool.inspect``, ``conetool.kernels``,
-``conetool.distance``, ``conetool.embed``, ``conetool.switch``, ``conetool.report``).
+``conetool.distance``, ``conetool.embed``, ``conetool.spectrum``, ``conetool.switch``,
+``conetool.report``, ``conetool.demo``), which returns a result object and prints nothing;
+``conetool.empirical_ntk(model, x)`` computes one eNTK of any module in memory. Every error they
+raise for a user's mistake is a :class:`conetool.ConetoolError` (:mod:`conetool.errors`).
 
 The names are imported on first use (PEP 562), so that ``import conetool`` and the command
 line's ``--help`` do not load PyTorch.
