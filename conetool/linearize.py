@@ -62,8 +62,14 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .attention import composite_attention
 from .errors import ModelError
-from .linearize_reverse import custom_function_refused, f0_and_jvp_reverse, refused
+from .linearize_reverse import (
+    custom_function_refused,
+    f0_and_jvp_reverse,
+    forward_ad_missing,
+    refused,
+)
 from .ntk_buffers import evaluated_with, plain_tensors, unchanged_in_eval
+from .ntk_checks import recurrent_outside_cudnn
 
 __all__ = ["LinearizedModel", "f0_and_jvp", "linearize"]
 
@@ -109,7 +115,14 @@ def f0_and_jvp(
     """
     kwargs = dict(kwargs or {})
     consts = dict(consts or {})
-    with warnings.catch_warnings(), composite_attention():
+    # Recurrent layers outside cuDNN and oneDNN: their RNNs have no forward-mode derivative
+    # (oneDNN's LSTM, nn.LSTM in float32 on a CPU) and cuDNN's refuses a backward pass in eval
+    # mode, which the reverse passes below would take; PyTorch's own RNN kernels have both.
+    with (
+        warnings.catch_warnings(),
+        composite_attention(),
+        recurrent_outside_cudnn(model, onednn=True),
+    ):
         # PyTorch scripts its forward-AD decompositions on first use and warns, from inside
         # torch, that torch.jit.script is deprecated: nothing a user can act on.
         warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
@@ -124,8 +137,9 @@ def f0_and_jvp(
                         raise
             return _f0_and_jvp_func(model, primals, tangents, args, kwargs, consts)
         except (RuntimeError, NotImplementedError) as exc:
-            # a custom autograd.Function without a jvp (or setup_context): two reverse passes
-            if not custom_function_refused(exc):
+            # a custom autograd.Function without a jvp (or setup_context), or a PyTorch operation
+            # without a forward-mode derivative (nn.EmbeddingBag, torch.cdist): two reverse passes
+            if not (custom_function_refused(exc) or forward_ad_missing(exc)):
                 raise
             try:
                 return f0_and_jvp_reverse(model, primals, tangents, args, kwargs, consts)

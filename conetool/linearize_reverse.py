@@ -3,7 +3,8 @@
 A custom ``torch.autograd.Function`` in the model (a straight-through estimator, a fused
 activation) without a ``jvp`` staticmethod has no forward-mode derivative, and one without
 ``setup_context`` cannot enter ``torch.func.jvp`` either; ordinary autograd calls its ``backward``
-all the same. The directional derivative then comes from two reverse passes (the "double-vjp
+all the same. So do some of PyTorch's own operations (:func:`forward_ad_missing`: nn.EmbeddingBag,
+torch.cdist, F.grid_sample in torch 2.14). The directional derivative then comes from two reverse passes (the "double-vjp
 trick"): with ``u`` a dummy cotangent of the outputs, ``v(u) = J^T u`` is linear in ``u``, and
 ``J t = ∂<v(u), t>/∂u``, the reverse pass of ``v`` with cotangent ``t``. Both passes keep their
 graph, so that autograd flows through ``J t`` to the tangents (the gradient of a loss of ``f_lin``
@@ -17,6 +18,7 @@ needs the Function's ``backward`` to be differentiable itself (written in torch 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
@@ -28,7 +30,10 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from .errors import ModelError
 from .ntk_failures import failing_module
 
-__all__ = ["custom_function_refused", "f0_and_jvp_reverse", "refused"]
+__all__ = ["custom_function_refused", "f0_and_jvp_reverse", "forward_ad_missing", "refused"]
+
+#: How PyTorch names an operation without a forward-mode derivative (group 1: the operation).
+_NO_FORWARD_AD = re.compile(r"Trying to use forward AD with (\S+) that does not support it")
 
 
 def custom_function_refused(exc: BaseException) -> bool:
@@ -42,6 +47,14 @@ def custom_function_refused(exc: BaseException) -> bool:
         and "autograd.Function" in message
         and "setup_context" in message
     )
+
+
+def forward_ad_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch refusing forward-mode AD through one of its own operations that
+    has no forward-mode derivative in this version (torch 2.14: ``_embedding_bag`` of
+    nn.EmbeddingBag, ``_cdist_forward`` of torch.cdist, ``grid_sampler_2d`` of F.grid_sample,
+    ``_ctc_loss``), which reverse mode differentiates."""
+    return isinstance(exc, NotImplementedError) and _NO_FORWARD_AD.search(str(exc)) is not None
 
 
 def f0_and_jvp_reverse(
@@ -141,14 +154,23 @@ def refused(forward_mode: BaseException, reverse: BaseException) -> ModelError:
     """The :class:`ModelError` for a custom autograd.Function that forward mode refused
     (``forward_mode``) and whose ``backward`` the fallback could not differentiate
     (``reverse``): naming the Function and the module it runs in, and the fixes."""
-    function = _function_in(forward_mode)
     where = failing_module(forward_mode)
+    place = f" (in {where})" if where else ""
+    operation = _NO_FORWARD_AD.search(str(forward_mode))
+    if operation is not None:
+        return ModelError(
+            f"the linearized model cannot differentiate PyTorch's operation "
+            f"'{operation.group(1)}'{place}: it has no forward-mode derivative in torch "
+            f"{torch.__version__}, and its backward cannot be differentiated again "
+            f"({_first_line(reverse)}), which the fallback by two reverse passes needs. Write "
+            "that step of the model with other torch operations."
+        )
+    function = _function_in(forward_mode)
     what = (
         f"the custom torch.autograd.Function '{function}'"
         if function
         else "a custom torch.autograd.Function"
     )
-    place = f" (in {where})" if where else ""
     return ModelError(
         f"the linearized model cannot differentiate {what}{place}: it has no forward-mode "
         "derivative (a jvp staticmethod, with setup_context), and its backward cannot be "

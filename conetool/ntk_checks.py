@@ -368,30 +368,37 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def recurrent_outside_cudnn(model: nn.Module) -> Iterator[None]:
+def recurrent_outside_cudnn(model: nn.Module, onednn: bool = False) -> Iterator[None]:
     """cuDNN off (``torch.backends.cudnn.enabled``) while the forward of one of ``model``'s
-    recurrent layers (nn.RNNBase: nn.GRU, nn.LSTM, nn.RNN) runs, and as it was everywhere else.
+    recurrent layers (nn.RNNBase: nn.GRU, nn.LSTM, nn.RNN) runs, and as it was everywhere else;
+    with ``onednn``, oneDNN too (``torch.backends.mkldnn.enabled``).
 
     cuDNN's RNN refuses a backward pass in eval mode ('cudnn RNN backward can only be called in
     training mode', a cuDNN rule), which every eNTK engine takes: on CUDA the layer then runs
     PyTorch's own RNN kernels, which compute the same function and differentiate in any mode; the
-    convolutions and the rest of the model keep cuDNN. Nothing changes on a CPU, nor for a model
-    without recurrent layers."""
+    convolutions and the rest of the model keep cuDNN. Without ``onednn`` nothing changes on a
+    CPU; nothing changes for a model without recurrent layers. ``onednn`` is for forward-mode AD (the linearized model,
+    :func:`conetool.linearize.f0_and_jvp`): oneDNN's LSTM (``mkldnn_rnn_layer``, nn.LSTM in
+    float32 on a CPU) has no forward-mode derivative in torch 2.14, PyTorch's own LSTM has."""
     recurrent = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
     if not recurrent:
         yield
         return
-    before: list[bool] = []
+    before: list[tuple[bool, bool]] = []
 
     def off(module: nn.Module, args: object) -> None:
-        before.append(torch.backends.cudnn.enabled)
+        before.append((torch.backends.cudnn.enabled, bool(torch.backends.mkldnn.enabled)))
         torch.backends.cudnn.enabled = False
+        if onednn:
+            # torch's stubs type the flag as its ContextProp descriptor; a bool is how it is set
+            torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
 
     def back(module: nn.Module, args: object, output: object) -> None:
         if before:
-            torch.backends.cudnn.enabled = before.pop()
+            torch.backends.cudnn.enabled, mkldnn = before.pop()
+            torch.backends.mkldnn.enabled = mkldnn  # type: ignore[assignment]
 
-    outermost = torch.backends.cudnn.enabled
+    outermost = torch.backends.cudnn.enabled, bool(torch.backends.mkldnn.enabled)
     handles = [m.register_forward_pre_hook(off) for m in recurrent]
     handles += [m.register_forward_hook(back, always_call=True) for m in recurrent]
     try:
@@ -399,4 +406,5 @@ def recurrent_outside_cudnn(model: nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-        torch.backends.cudnn.enabled = outermost
+        torch.backends.cudnn.enabled = outermost[0]
+        torch.backends.mkldnn.enabled = outermost[1]  # type: ignore[assignment]
