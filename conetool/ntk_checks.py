@@ -13,6 +13,7 @@ from torch.func import vmap
 
 from .errors import ModelError
 from .models.outputs import logits_in
+from .ntk_failures import loop_notes_dropped
 from .random_calls import random_calls
 
 __all__ = [
@@ -238,7 +239,9 @@ def check_branches(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
         ModelError: an example's output evaluated in a batch differs from its output alone.
     """
     try:
-        vmap(lambda example: forward(example.unsqueeze(0)))(x[:2])
+        # its result is not used: torch's note that vmap loops over the examples is no news
+        with loop_notes_dropped():
+            vmap(lambda example: forward(example.unsqueeze(0)))(x[:2])
         return
     except Exception:  # any failure: the forward pass is not plain tensor code
         pass

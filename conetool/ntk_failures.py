@@ -4,6 +4,7 @@ what to do about it: a :class:`~conetool.errors.ModelError` instead of PyTorch's
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -17,7 +18,9 @@ __all__ = [
     "FORWARD_ERRORS",
     "explained",
     "held_without_vmap_rule",
+    "holds_module_without_vmap_rule",
     "input_refused",
+    "loop_notes_dropped",
     "random_in_vmap",
     "untransformable_function",
     "vmap_failures_named",
@@ -127,7 +130,7 @@ def held_without_vmap_rule(exc: BaseException | None, model: nn.Module | None) -
     backward pass ('workspace'). Ordinary autograd differentiates them exactly, one example at a
     time (:func:`conetool.ntk_reference.looped_grads`); a real error of the model raises there
     again, in its own words."""
-    if model is None or not any(isinstance(m, NO_VMAP_RULE) for m in model.modules()):
+    if not holds_module_without_vmap_rule(model):
         return False
     if isinstance(exc, ModelError):
         exc = exc.__cause__
@@ -181,6 +184,38 @@ def input_refused(
 #: Modules that have no working vmap rule in torch 2.14.1, whose per-example gradients ordinary
 #: autograd computes instead (:func:`held_without_vmap_rule`).
 NO_VMAP_RULE = (nn.PReLU, nn.RNNBase)
+
+
+def holds_module_without_vmap_rule(model: nn.Module | None) -> bool:
+    """Whether ``model`` holds a module of :data:`NO_VMAP_RULE` (nn.PReLU, nn.GRU, nn.LSTM,
+    nn.RNN), under which ``vmap`` over examples of ``vjp`` fails."""
+    return model is not None and any(isinstance(m, NO_VMAP_RULE) for m in model.modules())
+
+
+#: The start of torch's note that ``vmap`` loops over the examples for an operation without a
+#: batching rule ('... for aten::mkldnn_rnn_layer. Please file us an issue on GitHub ...').
+PERFORMANCE_DROP = (
+    "There is a performance drop because we have not yet implemented the batching rule"
+)
+
+
+@contextlib.contextmanager
+def loop_notes_dropped(drop: bool = True) -> Iterator[None]:
+    """torch's :data:`PERFORMANCE_DROP` note (a UserWarning) ignored inside the block when
+    ``drop``; every other warning, and the note outside the block, as they are.
+
+    For a ``vmap`` that is an attempt expected to fail or whose result is not used: over a model
+    holding a module without a working vmap rule (:func:`holds_module_without_vmap_rule`),
+    ``vmap`` loops over the examples through oneDNN's LSTM (``aten::mkldnn_rnn_layer``, nn.LSTM
+    in float32 on a CPU) or ``pack_padded_sequence`` and says so, then fails, and the engines
+    compute those gradients by ordinary autograd: the note told users of a slowness that the
+    kernel they get does not have, and asked them to file an issue with PyTorch."""
+    if not drop:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PERFORMANCE_DROP, category=UserWarning)
+        yield
 
 
 @contextlib.contextmanager

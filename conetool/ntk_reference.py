@@ -30,7 +30,10 @@ from torch.func import vjp, vmap
 from .errors import ModelError
 from .ntk_buffers import updates_buffers
 from .ntk_failures import (
+    PERFORMANCE_DROP,
     held_without_vmap_rule,
+    holds_module_without_vmap_rule,
+    loop_notes_dropped,
     random_in_vmap,
     untransformable_function,
     vmap_failures_named,
@@ -124,7 +127,8 @@ def vmapped_or_looped(
     True, to be passed back): the same per-example gradients by ordinary autograd."""
     if not loop:
         try:
-            with vmap_failures_named():
+            # torch's note that vmap loops over the examples where it is bound to fail
+            with vmap_failures_named(), loop_notes_dropped(holds_module_without_vmap_rule(model)):
                 return vmapped(), False
         except ModelError as exc:
             if not (
@@ -217,7 +221,7 @@ def _pulled_back(
             with warnings.catch_warnings():
                 # torch's note that vmap loops over the cotangents for an operation without a
                 # batching rule (nn.LSTM's backward on a CPU): still one call, and exact
-                warnings.filterwarnings("ignore", message="There is a performance drop")
+                warnings.filterwarnings("ignore", message=PERFORMANCE_DROP)
                 grads = torch.autograd.grad(
                     out,
                     tensors,

@@ -206,8 +206,6 @@ def test_integer_outputs_are_refused_not_given_a_zero_kernel(method: str) -> Non
     assert "torch.int64 outputs" in message and "argmax" in message
 
 
-# torch's own warning, on the LSTM's float32 path, that vmap falls back to a loop before it fails
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("method", METHODS)
 def test_a_module_without_a_vmap_rule_has_its_exact_kernel(method: str, dtype: torch.dtype) -> None:
