@@ -491,6 +491,7 @@ def _compute(
     source: ntk_schedule.RowSource | None = None
     structured: StructuredRows | None = None
     later = False  # the structured set-up's check left for after the blocks are dispatched
+    looped = learned is not None and learned.looped  # vmap failed on an earlier call: not again
     if method != "jacobian" and (learned is None or learned.engine == "structured"):
         layout = learned.layout if learned is not None else None
         # auto on a CPU chooses from the layers that pass the check; elsewhere the structured
@@ -498,7 +499,16 @@ def _compute(
         whatever_the_check = method == "structured" or tuning_for(x.device).auto_structured
         later = layout is None and _checks_later(x.device) and whatever_the_check
         structured = StructuredRows(
-            model, forward, params, tensors, x, kind, pairs=pairs, layout=layout, check_later=later
+            model,
+            forward,
+            params,
+            tensors,
+            x,
+            kind,
+            pairs=pairs,
+            layout=layout,
+            check_later=later,
+            looped=looped,
         )
         if whatever_the_check or structured.kron_share() >= _AUTO_KRON_SHARE:
             source = structured
@@ -507,7 +517,7 @@ def _compute(
         if source is not None:  # batched passes: a branch on the batch's values changes them
             check_branches(forward, x)
     if source is None:
-        source = JacobianRows(forward, params, x, kind, model)
+        source = JacobianRows(forward, params, x, kind, model, looped=looped)
     dtype = next(iter(params.values())).dtype
 
     def computed() -> Tensor:
@@ -527,8 +537,11 @@ def _compute(
     else:
         kernel = computed()
     if source is structured and structured is not None:
-        return kernel, Learned(engine="structured", layout=structured.layout())
-    return kernel, Learned(engine="jacobian")
+        return kernel, Learned(
+            engine="structured", layout=structured.layout(), looped=structured.looped
+        )
+    assert isinstance(source, JacobianRows)
+    return kernel, Learned(engine="jacobian", looped=source.looped)
 
 
 def _updated_buffers_mix(updated: list[str], plain: set[str]) -> str:

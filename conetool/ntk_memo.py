@@ -20,7 +20,9 @@ those findings per *signature* (:func:`signature`): the module tree (names, type
 parameter's and buffer's name, shape and ``requires_grad``, the inputs' shape, the kind, the
 method, the device and the dtype. A call whose signature it has seen skips the independence check,
 skips the structured engine's check and measurements (its layout is restored from the memo), and
-uses the engine chosen the first time. A call with another signature (a new architecture, another
+uses the engine chosen the first time, and where ``vmap`` over examples failed on the model
+(nn.LSTM, a custom autograd.Function without a vmap rule) goes to ordinary autograd without
+trying ``vmap`` again. A call with another signature (a new architecture, another
 probe size, the cross kernel beside the probe kernel) learns its own entry. The structural check
 of each module's mode (BatchNorm in training mode, dropout on) still runs on every call: it is
 cheap and depends on the model object, not on its architecture.
@@ -59,11 +61,15 @@ class StructuredLayout:
 
 @dataclass
 class Learned:
-    """What one signature's first call found: ``engine`` (``structured`` or ``jacobian``) and,
-    when the structured engine was set up, its ``layout``."""
+    """What one signature's first call found: ``engine`` (``structured`` or ``jacobian``),
+    when the structured engine was set up its ``layout``, and ``looped``: whether ``vmap`` over
+    examples of ``vjp`` failed on the model (nn.LSTM, a custom autograd.Function without a vmap
+    rule: :func:`conetool.ntk_reference.vmapped_or_looped`), so that the calls after it compute
+    those per-example gradients by ordinary autograd without trying ``vmap`` again."""
 
     engine: str
     layout: StructuredLayout | None = None
+    looped: bool = False
 
 
 @dataclass

@@ -63,10 +63,13 @@ class JacobianRows:
         x: Tensor,
         kind: str,
         model: nn.Module | None = None,
+        looped: bool = False,
     ) -> None:
         self.params = params
         self.forward = forward
-        self.looped = False  # vmap refused a custom autograd.Function: ordinary autograd instead
+        # vmap failed on the model (in this call, or an earlier one of its signature: looped):
+        # ordinary autograd instead
+        self.looped = looped
         self.model = model  # whether it holds a module without a vmap rule (ntk_failures)
         self.x = x
         self.full = kind == "full"

@@ -103,10 +103,13 @@ class StructuredRows:
         pairs: float | None = None,
         layout: StructuredLayout | None = None,
         check_later: bool = False,
+        looped: bool = False,
     ) -> None:
         self.model = model
         self.forward = forward
-        self._looped = False  # the fallback's vmap refused a custom autograd.Function
+        # the fallback's vmap failed on the model (in this call, or an earlier one of its
+        # signature: looped): ordinary autograd instead
+        self.looped = looped
         self.params = params
         self.tensors = tensors
         self.x = x
@@ -390,10 +393,10 @@ class StructuredRows:
             _, pullback = cast("tuple[Tensor, Callable[..., Any]]", pair)  # no has_aux: two
             return vmap(pullback)(cot)[0]
 
-        out, self._looped = vmapped_or_looped(
+        out, self.looped = vmapped_or_looped(
             lambda: vmap(single)(batch),
             lambda: looped_grads(self.forward, self.params, names, batch, cot),
-            self._looped,
+            self.looped,
             self.model,
         )
         return [out[name] for name in names]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from test_ntk import MODELS, Counter, budget_named, build, reference, rel
+from test_ntk_recurrent import _built as recurrent_model
 from test_ntk_structured import Reused, ScaledMLP
 from tiny_run import train_tiny
 from torch import nn
 
-from conetool import ntk, ntk_schedule, ntk_structured, ntk_tuning
+from conetool import ntk, ntk_reference, ntk_schedule, ntk_structured, ntk_tuning
 from conetool.ntk import EngineMemo, MemoryBudgetError, empirical_ntk
 from conetool.ntk_memo import signature
 from conetool.pipeline import kernels
@@ -43,6 +44,43 @@ def test_remembered_set_up_gives_the_exact_kernel_of_new_weights(
     assert (memo.calls, memo.reused) == (3, 2)
     assert checks.count == 1
     assert setups.count == measures.count == (0 if method == "jacobian" else 1)
+
+
+@pytest.mark.parametrize("method", ["auto", "structured", "jacobian"])
+@pytest.mark.parametrize("name", ["gru", "lstm_initial_state", "prelu_channels"])
+def test_vmap_that_failed_on_a_signature_is_not_tried_again(
+    name: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each call (each checkpoint of a kernels run) tried vmap over examples of vjp once more,
+    # a forward (and for nn.LSTM in float32 a backward) pass of the whole probe that fails,
+    # before ordinary autograd; the memo now remembers that it failed.
+    model, x = recurrent_model(name)
+    memo = EngineMemo()
+    attempts = Counter(monkeypatch, ntk_reference, "vmap_failures_named")
+    counts = []
+    for seed in range(3):
+        perturb(model, seed)
+        before = attempts.count
+        kernel = empirical_ntk(model, x, device="cpu", method=method, memo=memo)
+        counts.append(attempts.count - before)
+        assert rel(kernel, reference(model, x, "trace")) < 1e-10
+    (learned,) = memo.entries.values()
+    # the structured engine takes a PReLU's slopes from its own passes: no vmap to try
+    tried = not (name == "prelu_channels" and learned.engine == "structured")
+    assert counts == ([1, 0, 0] if tried else [0, 0, 0]), counts
+    assert learned.looped == tried
+
+
+def test_vmap_that_works_is_used_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = build("mlp", n=5)
+    memo = EngineMemo()
+    attempts = Counter(monkeypatch, ntk_reference, "vmap_failures_named")
+    for seed in range(3):
+        perturb(model, seed)
+        empirical_ntk(model, x, device="cpu", method="jacobian", memo=memo)
+    assert attempts.count == 3
+    (learned,) = memo.entries.values()
+    assert not learned.looped
 
 
 @pytest.mark.parametrize("module", [Reused, ScaledMLP])
