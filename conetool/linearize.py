@@ -82,6 +82,7 @@ _RESERVED = frozenset(
         "_trainable_names",
         "_eval_modules",
         "_unchanged_buffers",
+        "_reverse",
         "anchor_parameters",
         "params_state_dict",
     }
@@ -113,8 +114,25 @@ def f0_and_jvp(
     ``torch.autograd.forward_ad.dual_level`` neither can run: PyTorch does not nest forward mode
     AD there.
     """
-    kwargs = dict(kwargs or {})
-    consts = dict(consts or {})
+    f0, tangent, _ = _f0_and_jvp(
+        model, primals, tangents, args, dict(kwargs or {}), dict(consts or {}), reverse=False
+    )
+    return f0, tangent
+
+
+def _f0_and_jvp(
+    model: nn.Module,
+    primals: Mapping[str, Tensor],
+    tangents: Mapping[str, Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    consts: dict[str, Tensor],
+    reverse: bool,
+) -> tuple[Any, Any, bool]:
+    """:func:`f0_and_jvp` as ``(f, J t, reverse)``: ``reverse`` (given and returned) is whether
+    forward mode refused the model (:func:`~conetool.linearize_reverse.custom_function_refused`,
+    :func:`~conetool.linearize_reverse.forward_ad_missing`), so that the two reverse passes are
+    taken at once: a :class:`LinearizedModel` keeps it for its next calls."""
     # Recurrent layers outside cuDNN and oneDNN: their RNNs have no forward-mode derivative
     # (oneDNN's LSTM, nn.LSTM in float32 on a CPU) and cuDNN's refuses a backward pass in eval
     # mode, which the reverse passes below would take; PyTorch's own RNN kernels have both.
@@ -126,25 +144,33 @@ def f0_and_jvp(
         # PyTorch scripts its forward-AD decompositions on first use and warns, from inside
         # torch, that torch.jit.script is deprecated: nothing a user can act on.
         warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+        if reverse:
+            return (*f0_and_jvp_reverse(model, primals, tangents, args, kwargs, consts), True)
         # Under torch.inference_mode() dual tensors carry no tangent: the dual path would return
         # f(x; θ_t) with a zero J t, silently. torch.func.jvp computes it there.
         try:
             if not torch.is_inference_mode_enabled():
                 try:
-                    return _f0_and_jvp_dual(model, primals, tangents, args, kwargs, consts)
+                    return (
+                        *_f0_and_jvp_dual(model, primals, tangents, args, kwargs, consts),
+                        False,
+                    )
                 except RuntimeError as exc:
+                    if forward_ad_missing(exc):  # torch.func.jvp has no derivative for it either
+                        raise
                     if "forward mode AD" not in str(exc) and "forward AD" not in str(exc):
                         raise
-            return _f0_and_jvp_func(model, primals, tangents, args, kwargs, consts)
+            return (*_f0_and_jvp_func(model, primals, tangents, args, kwargs, consts), False)
         except (RuntimeError, NotImplementedError) as exc:
             # a custom autograd.Function without a jvp (or setup_context), or a PyTorch operation
-            # without a forward-mode derivative (nn.EmbeddingBag, torch.cdist): two reverse passes
+            # without a forward-mode derivative (torch.cdist, F.grid_sample): two reverse passes
             if not (custom_function_refused(exc) or forward_ad_missing(exc)):
                 raise
             try:
-                return f0_and_jvp_reverse(model, primals, tangents, args, kwargs, consts)
+                pair = f0_and_jvp_reverse(model, primals, tangents, args, kwargs, consts)
             except RuntimeError as again:
                 raise refused(exc, again) from again
+            return (*pair, True)
 
 
 def _f0_and_jvp_dual(
@@ -226,6 +252,7 @@ class LinearizedModel(nn.Module):
     _trainable_names: tuple[str, ...]
     _eval_modules: tuple[nn.Module, ...]
     _unchanged_buffers: frozenset[str]
+    _reverse: bool
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -258,6 +285,9 @@ class LinearizedModel(nn.Module):
             name for name, param in network.named_parameters() if param.requires_grad
         )
         self._unchanged_buffers = frozenset(unchanged_in_eval(network))
+        # forward mode refused the network (a custom autograd.Function without a jvp, an
+        # operation without a forward-mode derivative): J t by two reverse passes at once
+        self._reverse = False
         anchor = nn.Module()
         for index, name in enumerate(self._trainable_names):
             theta_t = network.get_parameter(name).detach().clone()
@@ -324,7 +354,9 @@ class LinearizedModel(nn.Module):
         # it writes in place or assigns is dropped, as it is for a buffer
         plain = plain_tensors(self._network)
         consts.update(evaluated_with(plain, list(plain)))
-        f0, tangent = f0_and_jvp(self._network, primals, tangents, args, kwargs, consts)
+        f0, tangent, self._reverse = _f0_and_jvp(
+            self._network, primals, tangents, args, kwargs, consts, self._reverse
+        )
         if isinstance(f0, Tensor):
             return f0 + tangent
         leaves, spec = tree_flatten(f0)

@@ -129,6 +129,22 @@ def test_an_operation_without_a_forward_mode_derivative_takes_two_reverse_passes
     assert rel(lin32(x.to(dtype)).detach(), expected) < (1e-10 if dtype == torch.float64 else 1e-5)
 
 
+def test_forward_mode_is_tried_on_the_first_call_only() -> None:
+    # Each call tried dual numbers, then torch.func.jvp, before the two reverse passes: three
+    # forward passes of the network where one is needed.
+    torch.manual_seed(0)
+    lin = linearize(Distances().double())
+    passes: list[int] = []
+    lin._network.register_forward_pre_hook(lambda *_: passes.append(1))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    counts = []
+    for _ in range(3):
+        before = len(passes)
+        lin(x).sum().backward()
+        counts.append(len(passes) - before)
+    assert counts == [2, 1, 1], counts  # dual numbers and the reverse passes, then the latter
+
+
 class Bag(nn.Module):
     def __init__(self) -> None:
         super().__init__()
