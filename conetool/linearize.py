@@ -113,6 +113,12 @@ def f0_and_jvp(
     does under ``torch.inference_mode()``, where dual numbers carry no tangent. Inside an outer
     ``torch.autograd.forward_ad.dual_level`` neither can run: PyTorch does not nest forward mode
     AD there.
+
+    The model's recurrent layers (nn.GRU, nn.LSTM, nn.RNN) run outside oneDNN and cuDNN meanwhile
+    (:func:`~conetool.ntk_checks.recurrent_outside_cudnn`): oneDNN's LSTM has no forward-mode
+    derivative. Where forward mode refuses the model all the same (a custom autograd.Function
+    without a ``jvp``, a PyTorch operation without a forward-mode derivative: torch.cdist,
+    F.grid_sample), ``J t`` comes from two reverse passes (:mod:`conetool.linearize_reverse`).
     """
     f0, tangent, _ = _f0_and_jvp(
         model, primals, tangents, args, dict(kwargs or {}), dict(consts or {}), reverse=False
