@@ -3,17 +3,19 @@
 A custom ``torch.autograd.Function`` in the model (a straight-through estimator, a fused
 activation) without a ``jvp`` staticmethod has no forward-mode derivative, and one without
 ``setup_context`` cannot enter ``torch.func.jvp`` either; ordinary autograd calls its ``backward``
-all the same. So do some of PyTorch's own operations (:func:`forward_ad_missing`: nn.EmbeddingBag,
-torch.cdist, F.grid_sample in torch 2.14). The directional derivative then comes from two reverse passes (the "double-vjp
-trick"): with ``u`` a dummy cotangent of the outputs, ``v(u) = J^T u`` is linear in ``u``, and
-``J t = ∂<v(u), t>/∂u``, the reverse pass of ``v`` with cotangent ``t``. Both passes keep their
-graph, so that autograd flows through ``J t`` to the tangents (the gradient of a loss of ``f_lin``
-is ``J^T ∂L/∂f_lin``, as on the dual-number path) and, second order, to the primals.
+all the same. Some of PyTorch's own operations have no forward-mode derivative either
+(:func:`forward_ad_missing`: torch.cdist, F.grid_sample in torch 2.14), and reverse mode
+differentiates them. The directional derivative then comes from two reverse passes (the
+"double-vjp trick"): with ``u`` a dummy cotangent of the outputs, ``v(u) = J^T u`` is linear in
+``u``, and ``J t = ∂<v(u), t>/∂u``, the reverse pass of ``v`` with cotangent ``t``. Both passes
+keep their graph, so that autograd flows through ``J t`` to the tangents (the gradient of a loss
+of ``f_lin`` is ``J^T ∂L/∂f_lin``, as on the dual-number path) and, second order, to the primals.
 
 It costs a forward pass and two reverse passes (and a training step's backward runs through both),
 against one forward pass with dual numbers: a fallback, used only once forward mode refused. It
-needs the Function's ``backward`` to be differentiable itself (written in torch operations, not
-``@once_differentiable``); :func:`refused` names the Function and the fix where it is not.
+needs the Function's (or the operation's) ``backward`` to be differentiable itself (written in
+torch operations, not ``@once_differentiable``); :func:`refused` names the Function (or the
+operation: nn.EmbeddingBag's) and the fix where it is not.
 """
 
 from __future__ import annotations

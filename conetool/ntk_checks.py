@@ -380,9 +380,10 @@ def recurrent_outside_cudnn(model: nn.Module, onednn: bool = False) -> Iterator[
     training mode', a cuDNN rule), which every eNTK engine takes: on CUDA the layer then runs
     PyTorch's own RNN kernels, which compute the same function and differentiate in any mode; the
     convolutions and the rest of the model keep cuDNN. Without ``onednn`` nothing changes on a
-    CPU; nothing changes for a model without recurrent layers. ``onednn`` is for forward-mode AD (the linearized model,
-    :func:`conetool.linearize.f0_and_jvp`): oneDNN's LSTM (``mkldnn_rnn_layer``, nn.LSTM in
-    float32 on a CPU) has no forward-mode derivative in torch 2.14, PyTorch's own LSTM has."""
+    CPU; nothing changes for a model without recurrent layers. ``onednn`` is for forward-mode AD
+    (the linearized model, :func:`conetool.linearize.f0_and_jvp`): oneDNN's LSTM
+    (``mkldnn_rnn_layer``, nn.LSTM in float32 on a CPU) has no forward-mode derivative in torch
+    2.14, PyTorch's own LSTM has."""
     recurrent = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
     if not recurrent:
         yield
