@@ -24,11 +24,14 @@ from conetool.errors import ModelError
 from conetool.linearize import linearize
 
 
-def _checked(net: nn.Module, x: Tensor) -> None:
+def _checked(net: nn.Module, x: Tensor, reverse: bool = False) -> None:
     """``lin(x)`` and its gradient against the explicit Jacobian (1e-10) and finite differences
-    (1e-8), ``net`` and ``x`` in float64; the flags of cuDNN and oneDNN as they were."""
+    (1e-8), ``net`` and ``x`` in float64; the flags of cuDNN and oneDNN as they were.
+    ``reverse``: ``J t`` by the two reverse passes, the path taken where forward mode refuses
+    the model (on CUDA, an RNN kernel without a forward-mode derivative would take it)."""
     flags = torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled
     lin, theta = _moved(net)
+    lin._reverse = reverse
     out = lin(x)
     expected, jac = _explicit(net, theta, x)
     assert rel(out.detach(), expected) < 1e-10
@@ -40,10 +43,11 @@ def _checked(net: nn.Module, x: Tensor) -> None:
     assert (torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled) == flags
 
 
+@pytest.mark.parametrize("path", ["dual", "reverse"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_module_is_linearized_exactly(name: str) -> None:
+def test_every_module_is_linearized_exactly(name: str, path: str) -> None:
     net, x = _built(name)
-    _checked(net, x)
+    _checked(net, x, reverse=path == "reverse")
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
