@@ -404,7 +404,9 @@ def recurrent_outside_cudnn(model: nn.Module, onednn: bool = False) -> Iterator[
 
     outermost = torch.backends.cudnn.enabled, bool(torch.backends.mkldnn.enabled)
     handles = [m.register_forward_pre_hook(off) for m in recurrent]
-    handles += [m.register_forward_hook(back, always_call=True) for m in recurrent]
+    # prepended: the hooks of an outer block on the same layer (the eNTK engines' around a
+    # linearized model's) restore after these, in the order opposite to the one they turned off in
+    handles += [m.register_forward_hook(back, always_call=True, prepend=True) for m in recurrent]
     try:
         yield
     finally:

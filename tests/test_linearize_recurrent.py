@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from conetool.errors import ModelError
 from conetool.linearize import linearize
+from conetool.ntk import empirical_ntk
 
 
 def _checked(net: nn.Module, x: Tensor, reverse: bool = False) -> None:
@@ -204,3 +205,19 @@ def test_only_the_recurrent_layers_leave_onednn_and_cudnn() -> None:
     assert network.rnn.seen == [(False, False)]
     assert network.seen == [(True, True)]  # the rest of the model keeps them
     assert not network.rnn._forward_hooks and not network.rnn._forward_pre_hooks  # let go
+
+
+def test_the_kernels_of_a_linearized_model_leave_the_flags_as_they_were_after_its_layer() -> None:
+    # The eNTK engines hook the recurrent layers too (cuDNN off); the hooks of both, on the same
+    # layer, restore in the order opposite to the one they turned off in. The restoring hooks ran
+    # in the order they were registered: the rest of the model ran with cuDNN off.
+    torch.manual_seed(0)
+    net = Watched().double()
+    lin = linearize(net)
+    network = lin._network
+    x = torch.randn(4, STEPS * FEATURES, dtype=torch.float64)
+    kernel = empirical_ntk(lin, x, device="cpu", method="jacobian")
+    assert network.rnn.seen and set(network.rnn.seen) == {(False, False)}
+    assert network.seen and set(network.seen) == {(True, True)}
+    assert (torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled) == (True, True)
+    assert rel(kernel, empirical_ntk(net, x, device="cpu")) < 1e-10  # at θ = θ_t: the model's
