@@ -153,9 +153,11 @@ def _recordable(value: Any) -> Any:
 
 
 def refused(forward_mode: BaseException, reverse: BaseException) -> ModelError:
-    """The :class:`ModelError` for a custom autograd.Function that forward mode refused
+    """The :class:`ModelError` for a custom autograd.Function (or a PyTorch operation without a
+    forward-mode derivative, :func:`forward_ad_missing`) that forward mode refused
     (``forward_mode``) and whose ``backward`` the fallback could not differentiate
-    (``reverse``): naming the Function and the module it runs in, and the fixes."""
+    (``reverse``): naming the Function (or the operation) and the module it runs in, and the
+    fixes."""
     where = failing_module(forward_mode)
     place = f" (in {where})" if where else ""
     operation = _NO_FORWARD_AD.search(str(forward_mode))
