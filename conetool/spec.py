@@ -869,19 +869,36 @@ def resolved_differences(a: Mapping[str, Any], b: Mapping[str, Any], limit: int 
     """:func:`spec_differences` of two resolved specs as plain data (:meth:`Spec.to_dict`, or a
     store manifest's ``spec``); a section that is not a table counts as empty."""
     said = []
+    for name in differing_keys(a, b):
+        section, key = name.split(".", 1)
+        before, after = (_section(d, section) for d in (a, b))
+        was, now = (toml_text(d[key]) if key in d else "(not set)" for d in (before, after))
+        said.append(f"{name} = {was} (now {now})")
+    if len(said) > limit:
+        said = [*said[:limit], f"and {len(said) - limit} more"]
+    return said
+
+
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The keys (``"train.lr"``) whose values differ between two resolved specs as plain data
+    (:meth:`Spec.to_dict`, or a store manifest's ``spec``), in section order, each key once: set
+    in one and not the other, or another value as :meth:`Spec.hash` sees it; a section that is
+    not a table counts as empty."""
+    keys = []
     for section in _SECTIONS:
-        before, after = (d.get(section) for d in (a, b))
-        before = before if isinstance(before, Mapping) else {}
-        after = after if isinstance(after, Mapping) else {}
+        before, after = _section(a, section), _section(b, section)
         for key in [*before, *(k for k in after if k not in before)]:
             if (key in before) != (key in after) or _canonical(before[key]) != _canonical(
                 after[key]
             ):
-                was, now = (toml_text(d[key]) if key in d else "(not set)" for d in (before, after))
-                said.append(f"{section}.{key} = {was} (now {now})")
-    if len(said) > limit:
-        said = [*said[:limit], f"and {len(said) - limit} more"]
-    return said
+                keys.append(f"{section}.{key}")
+    return keys
+
+
+def _section(spec: Mapping[str, Any], section: str) -> Mapping[str, Any]:
+    """``spec[section]`` of a resolved spec as plain data, or empty where it is not a table."""
+    values = spec.get(section)
+    return values if isinstance(values, Mapping) else {}
 
 
 def _canonical(value: Any) -> str:

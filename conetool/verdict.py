@@ -153,8 +153,8 @@ def phase_verdict(
         r.advice = longer_run_note(schedule)
         above = "" if noise_floor is None else " (its part above the noise floor)"
         r.prefix = (
-            f"Read per unit of learning rate ({schedule.describe()}; the store's spec records "
-            f"it): each S{above} is divided by the mean learning rate, relative to train.lr, of the "
+            f"Read per unit of learning rate ({schedule.describe()}; {schedule.recorded_in} "
+            f"records it): each S{above} is divided by the mean learning rate, relative to train.lr, of the "
             "updates between its two steps, so that the slowing the schedule makes is not read "
             "as the kernel's. "
         )

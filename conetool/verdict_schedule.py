@@ -46,6 +46,8 @@ class LrClock:
         milestones: the step schedule's milestones up to ``last``, each with the factor the
             rate falls there (``1 / gamma``); empty for cosine.
         warmup: ``train.warmup_steps`` (0: none), whose rise ``relative`` holds too.
+        recorded_in: the spec the schedule was read from, as the verdict names it (``"the
+            store's spec"``, or ``"--spec FILE"`` differing from it in ``[train]`` alone).
     """
 
     schedule: str
@@ -54,6 +56,7 @@ class LrClock:
     relative: np.ndarray
     milestones: tuple[tuple[int, float], ...]
     warmup: int = 0
+    recorded_in: str = "the store's spec"
 
     def describe(self) -> str:
         """Where the rate falls: ``'train.schedule = "step": the learning rate falls 10x at step

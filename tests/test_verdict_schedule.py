@@ -341,7 +341,10 @@ def test_a_spec_file_that_leaves_the_schedule_out_is_told_how_to_record_it(tmp_p
 
     (said,) = [w for w in swept("own", ["model.arch", "train.lr"]) if "train.schedule" in w]
     assert said.startswith("own.toml does not write train.schedule, so the verdict reads the ")
-    assert "Write the run's schedule into [train]" in said
-    assert "conetool kernels CKPTS --spec FILE --store OTHER_STORE" in said
+    assert "Write the run's schedule into the [train] of a copy of that file" in said
+    assert (
+        "pass it: conetool distance --spec FILE (and embed --spec FILE). No kernel depends on "
+        "those keys, so none is recomputed" in said
+    )
     assert not [w for w in swept("written", ["train.schedule"]) if "train.schedule" in w]
     assert not [w for w in swept("unknown", None) if "train.schedule" in w]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,12 +11,12 @@ from rich.table import Table
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
 from .options import (
     DEFAULT_STORE,
-    SPEC_FILE,
     VERDICT_DEFAULTS,
     MatrixMemory,
     SkipBadKernels,
     StoreCkpts,
     StoreOpt,
+    VerdictSpec,
 )
 from .runtime import Threads, check_max_memory, files_line, starting, warned_at_the_end
 from .table_output import print_table
@@ -143,16 +142,7 @@ def distance(
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
     ckpts: StoreCkpts = None,
-    spec: Annotated[
-        Path | None,
-        typer.Option(
-            "--spec",
-            metavar="FILE",
-            parser=SPEC_FILE,
-            help="The run's TOML spec (default: the one the store's manifest records); it must "
-            "be the store's.",
-        ),
-    ] = None,
+    spec: VerdictSpec = None,
     threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..choices import EmbedMethod
 from .app import Debug, Quiet, app, console, handle_errors, progress_display
-from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt
+from .options import DEFAULT_STORE, MatrixMemory, SkipBadKernels, StoreOpt, VerdictSpec
 from .runtime import Threads, check_max_memory, files_line, starting, warned_at_the_end
 from .table_output import print_table
 
@@ -38,6 +38,7 @@ def embed(
     ] = 0,
     skip_bad: SkipBadKernels = False,
     max_memory: MatrixMemory = None,
+    spec: VerdictSpec = None,
     threads: Threads = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
@@ -63,6 +64,7 @@ def embed(
             seed=seed,
             skip_bad=skip_bad,
             max_memory=max_memory,
+            spec=spec,
             threads=threads,
             progress=progress,
         )

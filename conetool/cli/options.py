@@ -123,6 +123,18 @@ StoreCkpts = Annotated[
         ),
     ),
 ]
+VerdictSpec = Annotated[
+    Path | None,
+    typer.Option(
+        "--spec",
+        metavar="FILE",
+        parser=SPEC_FILE,
+        help="The run's TOML spec (default: the one the store's manifest records): the store's, "
+        "or one differing from it only in [train] keys no kernel depends on (the schedule, lr, "
+        "steps, ...; not batch_size), whose learning-rate schedule the verdict then reads. No "
+        "kernel is recomputed.",
+    ),
+]
 StoreOpt = Annotated[
     Path,
     typer.Option(

@@ -5,8 +5,10 @@ files recorded, that rebuild the store from nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from .. import paths
 from ..errors import ConetoolError
@@ -167,6 +169,7 @@ class ReportCommands(ReportInputs):
         ]
         if options.get("noise") is False:  # not recorded before: the default, the estimate
             parts.append("--no-noise")
+        parts += _schedule_flag(s)
         return " ".join(parts), comments
 
     def _embed_command(self) -> str:
@@ -176,6 +179,7 @@ class ReportCommands(ReportInputs):
             parts += _flag(flag, s.get(key))
         if s.get("excluded"):
             parts.append("--skip-bad")
+        parts += _schedule_flag(s)
         return " ".join(parts)
 
     def _results_command(self, part: str) -> str:
@@ -356,3 +360,13 @@ def _flag(flag: str, value: object) -> list[str]:
     written by other code than kernels, or an older conetool): the command then takes the
     default, where ``--probe-size None`` would be refused."""
     return [] if value is None else [f"{flag} {_q(value)}"]
+
+
+def _schedule_flag(summary: Mapping[str, Any]) -> list[str]:
+    """``["--spec FILE"]`` when the command's summary read the schedule from a spec that
+    differs from the store's in ``[train]`` (its ``schedule_spec``), so that the command
+    reproduces the verdict it read; else none."""
+    record = summary.get("schedule_spec")
+    if not isinstance(record, Mapping) or not record.get("differs"):
+        return []
+    return [f"--spec {_q(record.get('source'))}"]

@@ -5,6 +5,7 @@ are in :mod:`.report_experiment_sections`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ class ResultSections(ExperimentSections):
             ("S read", f"per unit of learning rate ({schedule.get('schedule')} schedule)")
             if schedule
             else ("S read", "-"),
+            ("schedule read from", _schedule_file(summary)),
             ("velocity dt (lags fitted)", _g(velocity.get("dt"))),
             ("velocities fitted", _g(velocity.get("points"))),
             (f"early velocity (S per step{per_lr})", _g(velocity.get("early_level"))),
@@ -425,3 +427,14 @@ def _count(value: object) -> int | None:
     """A count a summary records (``steps.count``, a curve's ``pairs``); None when it is not a
     count (a summary written before it was recorded, or edited)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _schedule_file(summary: Mapping[str, Any]) -> str:
+    """The spec file the verdict read ``[train]`` from, when it was not the store's spec (its
+    ``schedule_spec``: ``distance --spec`` differing in ``[train]`` alone), with the keys it
+    differs in; ``"-"`` otherwise."""
+    record = summary.get("schedule_spec")
+    if not isinstance(record, Mapping) or not record.get("differs"):
+        return "-"
+    keys = ", ".join(str(k) for k in record["differs"])
+    return f"{record.get('source')} (differs from the store's spec in {keys})"

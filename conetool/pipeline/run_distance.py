@@ -22,7 +22,7 @@ that fails midway (a full disk) leaves no summary beside outputs of another run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from ..geometry import (
 from ..io import atomic_write_json
 from ..library_call import library_call
 from ..progress import NullProgress, Progress, Said
-from ..spec import Spec, load_spec, resolved_differences
+from ..spec import Spec
 from ..store import Store
 from ..store_manifest import mixed_engines_note
 from ..threads import limit_threads
@@ -70,6 +70,7 @@ from .saved_results import (
     said_in_summary,
     unrecorded_schedule,
 )
+from .schedule_spec import read_from_note, schedule_record, schedule_source, verdict_spec
 
 __all__ = ["UNUSED_REF", "AdjacentCurve", "DistanceResult", "ReferenceCurve", "distance"]
 
@@ -210,7 +211,11 @@ def distance(
         ckpts: the run's checkpoint directory, when it is no longer where the store's manifest
             says (the noise floor's checkpoint is looked up there); default the manifest's.
         spec: the run's spec (a TOML path or a :class:`~conetool.spec.Spec`) instead of the one
-            the manifest records; it must be the store's (same hash).
+            the manifest records: the store's (same hash), or one that differs from it only in
+            ``[train]`` keys no kernel depends on (the schedule, ``lr``, ``steps``, ...; not
+            ``batch_size``), whose ``[train]`` the verdict then reads (a note says so, and
+            ``summary.json``'s ``schedule_spec`` records the file;
+            :func:`conetool.pipeline.schedule_spec.verdict_spec`).
         threads: CPU threads of PyTorch and BLAS for the call, a count or ``"auto"`` (the idle
             cores; :func:`conetool.limit_threads`).
         progress: progress display (a bar over kernel loads, and the warnings and notes as they
@@ -249,7 +254,7 @@ def distance(
                     _check_dt(dt, stored)
             if rules.velocity_dt is not None:  # a typo fails at once, as a --dt does
                 _check_dt(rules.velocity_dt, stored, velocity=True)
-            given_spec = _store_spec(opened, spec)
+            given_spec, train_differs = verdict_spec(opened, spec)
             given_ckpts = moved_run(ckpts)
 
             matrix = kernel_matrix(
@@ -294,7 +299,11 @@ def distance(
                 elif why:  # estimated, the model's module imported from where kernels found it
                     said.note(why)
             floor = None if noise_record is None else float(noise_record["floor"])
-            clock = recorded_schedule(opened, given_spec, steps[-1], said.warn)
+            if train_differs and given_spec is not None:
+                said.note(read_from_note(given_spec, train_differs))
+            clock = recorded_schedule(
+                opened, given_spec, steps[-1], said.warn, schedule_source(given_spec, train_differs)
+            )
             unrecorded = unrecorded_schedule(opened, given_spec)
             if unrecorded is not None:
                 said.warn(unrecorded)
@@ -340,6 +349,7 @@ def distance(
                     "dts": dt_list,
                     "verdict_dt": used,
                     "rules": _rules_dict(rules),
+                    "schedule_spec": schedule_record(opened, given_spec, train_differs),
                     "noise": noise_record,
                     "verdict": verdict.to_dict(),
                     "reference_curves": [asdict(c) for c in ref_curves],
@@ -441,24 +451,6 @@ def _parse_dts(dts: int | Sequence[int] | None) -> list[int] | None:
                 "(e.g. --dt 5, dts=5); repeat --dt (a sequence, dts=[5, 50]) for several."
             )
     return parsed
-
-
-def _store_spec(store: Store, spec: str | Path | Spec | None) -> Spec | None:
-    """``spec`` loaded, and checked to be the one the store's kernels were computed with."""
-    if spec is None:
-        return None
-    loaded = spec if isinstance(spec, Spec) else load_spec(spec)
-    if loaded.hash() != store.identity.spec_hash:
-        stored = store.manifest.get("spec")
-        keys = resolved_differences(stored, loaded.to_dict()) if isinstance(stored, Mapping) else []
-        differs = f" It differs from the store's in {'; '.join(keys)}." if keys else ""
-        raise StoreError(
-            f"--spec {loaded.source}: its hash is {loaded.hash()}, but the kernels of store "
-            f"{store.root} were computed with spec hash {store.identity.spec_hash}.{differs} "
-            "Pass the spec of that run (conetool report writes it to STORE/report/spec.toml), "
-            "or leave --spec out: the store's manifest records it."
-        )
-    return loaded
 
 
 def _resolve_refs(

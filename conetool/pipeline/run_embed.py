@@ -18,6 +18,7 @@ a run that fails midway (a full disk) leaves no summary beside outputs of anothe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from ..io import atomic_write_csv, atomic_write_json
 from ..library_call import library_call
 from ..plots import embedding_figure, write_figure
 from ..progress import NullProgress, Progress, Said
+from ..spec import Spec
 from ..store import Store
 from ..threads import limit_threads
 from ..verdict import phase_verdict
@@ -46,6 +48,13 @@ from .saved_results import (
     remove_old_summary,
     said_in_summary,
     saved_phase1_end,
+)
+from .schedule_spec import (
+    read_from_note,
+    same_schedule,
+    schedule_record,
+    schedule_source,
+    verdict_spec,
 )
 
 __all__ = ["METHODS", "EmbedResult", "embed"]
@@ -103,6 +112,7 @@ def embed(
     seed: int = 0,
     skip_bad: bool = False,
     max_memory: int | str | None = None,
+    spec: str | Path | Spec | None = None,
     threads: int | str | None = "auto",
     progress: Progress | None = None,
 ) -> EmbedResult:
@@ -117,6 +127,12 @@ def embed(
         seed: recorded only (MDS starts from the PCA solution and draws nothing at random).
         skip_bad: leave out kernel files that cannot be read or are non-finite.
         max_memory: budget for the S matrix's kernel blocks when it must be computed (default 1 GiB).
+        spec: the spec whose ``[train]`` (learning-rate schedule) Phase I's end is read under,
+            as ``distance``'s ``spec``: the store's, or one differing from it only in ``[train]``
+            keys no kernel depends on (:func:`conetool.pipeline.schedule_spec.verdict_spec`);
+            ``distance/summary.json``'s Phase I end is then taken only when distance read the
+            same spec. Default: the spec distance read (its summary names it), else the
+            store's.
         threads: CPU threads (PyTorch, BLAS, the MDS's products): a count or ``"auto"``
             (:func:`conetool.limit_threads`).
         progress: progress display; default silent.
@@ -146,6 +162,7 @@ def embed(
     opened = Store.open(store)
     # a store replaced meanwhile (kernels --overwrite) stops it, and gets none of its files
     with opened.reading("embed"):
+        given_spec, train_differs = verdict_spec(opened, spec)
         with limit_threads(threads):
             matrix = kernel_matrix(
                 opened, command="embed", skip_bad=skip_bad, max_memory=max_memory, progress=progress
@@ -154,7 +171,11 @@ def embed(
             chosen = cast(Method, method)  # one of METHODS: checked above
             embedding = embed_kernels(s, method=chosen, dims=dims, seed=seed)
         said = Said(progress)
-        phase1_end, phase1_from = _phase1_end(opened, matrix.key, steps, s, said, progress.log)
+        if train_differs and given_spec is not None:
+            said.note(read_from_note(given_spec, train_differs))
+        phase1_end, phase1_from, read_under = _phase1_end(
+            opened, matrix.key, steps, s, said, progress.log, given_spec, train_differs
+        )
         running = kernels_running(opened, "conetool embed")
         if running is not None:
             said.warn(running)
@@ -200,6 +221,7 @@ def embed(
                 "excluded": {str(k): v for k, v in sorted(matrix.excluded.items())},
                 "phase1_end": phase1_end,
                 "phase1_end_from": phase1_from,
+                "schedule_spec": read_under,
                 "files": [
                     paths.coords_csv(root).name,
                     paths.embedding_png(root).name,
@@ -235,21 +257,51 @@ def _phase1_end(
     s: np.ndarray,
     said: Said,
     log: Callable[[str], None],
-) -> tuple[int | None, str]:
+    spec: Spec | None = None,
+    differs: list[str] | None = None,
+) -> tuple[int | None, str, dict[str, Any]]:
     """The end of Phase I: from ``distance/summary.json`` when it is about these kernels (so the
-    user's verdict options count), else from the verdict with default rules, read as
-    ``distance`` reads it by default: under the decaying learning rate the store's spec
-    records, with the noise floor of S (:func:`_noise_floor`)."""
-    if paths.distance_summary(store.root).is_file():
+    user's verdict options count) and, given a ``spec``, was read under that spec's ``[train]``
+    (:func:`~conetool.pipeline.schedule_spec.same_schedule`); else from the verdict with
+    default rules, read as ``distance`` reads it by default: under the decaying learning rate
+    ``spec`` (else the store's spec) records, with the noise floor of S (:func:`_noise_floor`).
+    The second value says where it came from, and names the spec file distance read the
+    schedule from when it was not the store's; the third is the record of the spec whose
+    ``[train]`` it was read under (:func:`~conetool.pipeline.schedule_spec.schedule_record`,
+    distance's own where its summary's is taken), for ``embed/summary.json``."""
+    summary_path = paths.distance_summary(store.root)
+    if summary_path.is_file():
         end = saved_phase1_end(store.root, matrix_key=key)
-        summary_about_these = summary_matrix_key(paths.distance_summary(store.root)) == key
-        if summary_about_these:
-            return end, "distance/summary.json"
-    schedule = recorded_schedule(store, None, steps[-1])
+        summary_about_these = summary_matrix_key(summary_path) == key
+        summary = _read_summary(summary_path)
+        if summary_about_these and same_schedule(summary, store, spec):
+            record = summary.get("schedule_spec")
+            if not isinstance(record, dict):  # distance before it recorded one: the store's
+                return end, "distance/summary.json", schedule_record(store, None, [])
+            if record.get("differs"):
+                return (
+                    end,
+                    f"distance/summary.json (the schedule of {record.get('source')})",
+                    record,
+                )
+            return end, "distance/summary.json", record
+    read_under = schedule_record(store, spec, differs or [])
+    schedule = recorded_schedule(
+        store, spec, steps[-1], recorded_in=schedule_source(spec, differs or [])
+    )
     # under a schedule the floor changes which S are divided by the rate, and so Phase I's end
     floor = _noise_floor(store, said, log) if schedule is not None else None
     verdict = phase_verdict(steps, s, schedule=schedule, noise_floor=floor)
-    return verdict.phase1_end, "verdict with default rules"
+    return verdict.phase1_end, "verdict with default rules", read_under
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """``distance/summary.json`` as a dict; empty where it cannot be read as one."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _noise_floor(store: Store, said: Said, log: Callable[[str], None]) -> float | None:

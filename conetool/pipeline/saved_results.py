@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,15 @@ def recorded_schedule(
     spec: Spec | None,
     last: int,
     warn: Callable[[str], None] | None = None,
+    recorded_in: str | None = None,
 ) -> LrClock | None:
     """The decaying learning rate that ``spec`` (or the store's manifest) records for the run,
     over its updates up to step ``last``; None for a constant rate or a manifest without a
     readable spec (the verdict then reads S as it is), and, told to ``warn``, for a cosine that
     ends before ``last`` (:func:`conetool.verdict_schedule.past_the_cosine`). ``distance`` and
     ``embed`` (its Phase I end when no ``distance/summary.json`` is about these kernels) read
-    the same schedule."""
+    the same schedule. ``recorded_in``: how the verdict names the spec it came from (default
+    the store's; ``"--spec FILE"`` for a spec differing from it in ``[train]`` alone)."""
     where = f"--spec {spec.source}" if spec is not None else f"{paths.manifest(store.root)} (spec)"
     if spec is None:
         recorded = store.manifest.get("spec")
@@ -53,7 +56,10 @@ def recorded_schedule(
     gap = past_the_cosine(spec.train, last, where)
     if gap is not None and warn is not None:
         warn(gap)
-    return lr_clock(spec.train, last)
+    clock = lr_clock(spec.train, last)
+    if clock is None or recorded_in is None:
+        return clock
+    return replace(clock, recorded_in=recorded_in)
 
 
 def unrecorded_schedule(store: Store, spec: Spec | None) -> str | None:
@@ -83,11 +89,12 @@ def unrecorded_schedule(store: Store, spec: Spec | None) -> str | None:
         f"{where} does not write train.schedule, so the verdict reads the learning rate as "
         f"constant (conetool's default) and S per step: if your run's rate fell (a cosine, "
         "steps, a scheduler of your own loop), the slowing it makes reads as the kernel's, "
-        "and can look like the end of Phase I. Write the run's schedule into [train] (schedule "
-        '= "cosine" or "step" with milestones and gamma, steps, warmup_steps; the README\'s '
-        "'The spec') and compute the kernels with it into a store of its own (conetool kernels "
-        "CKPTS --spec FILE --store OTHER_STORE): the verdict then reads S per unit of learning "
-        'rate. A rate that was constant needs no change (write schedule = "constant" to say so).'
+        "and can look like the end of Phase I. Write the run's schedule into the [train] of a "
+        'copy of that file (schedule = "cosine" or "step" with milestones and gamma, lr, '
+        "steps, warmup_steps; the README's 'The spec') and pass it: conetool distance --spec "
+        "FILE (and embed --spec FILE). No kernel depends on those keys, so none is recomputed, "
+        "and the verdict reads S per unit of learning rate. A rate that was constant needs no "
+        'change (write schedule = "constant" to say so).'
     )
 
 

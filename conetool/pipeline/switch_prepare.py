@@ -251,8 +251,9 @@ def _refuse_another_spec(
     recorded_in: str = paths.MANIFEST_NAME,
 ) -> None:
     """Refuse a sweep whose spec is not the one the store's kernels were computed with (its
-    manifest's ``spec_hash``), before anything is written, as ``kernels`` and ``distance --spec``
-    refuse it: conetool never mixes specs in a store, and its sweep would sit beside kernels of
+    manifest's ``spec_hash``), before anything is written, as ``kernels`` refuses it (and
+    ``distance --spec`` any spec differing in more than the ``[train]`` it reads the schedule
+    from; a sweep trains with ``[train]``, so that differs too here): conetool never mixes specs in a store, and its sweep would sit beside kernels of
     another run (Fig. 2 shaded from their verdict, the report showing both). A store without a
     manifest (switch alone) or without kernels has no kernels' spec to keep; a spec that differs in its ``[probe]``
     alone is the same run's (kernels computed on another probe set; the sweep does not use it).

@@ -1,0 +1,191 @@
+"""``--spec`` of distance and embed: a spec differing from the store's in [train] keys alone that
+no kernel depends on (a researcher's own spec completed with the run's schedule) is read for the
+verdict with the stored kernels as they are; one differing in a key that changes kernels is
+refused, naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conetool import paths
+from conetool.cli import app
+from conetool.errors import StoreError
+from conetool.pipeline import distance, embed, kernels, report
+from conetool.pipeline.schedule_spec import KERNEL_FREE_TRAIN_KEYS
+from conetool.spec import TrainSpec, load_spec, spec_from_dict
+from conetool.training import train
+
+runner = CliRunner()
+
+RUN = {
+    "model": {"arch": "mlp", "num_classes": 3, "widths": [8], "activation": "tanh"},
+    "data": {
+        "dataset": "synthetic",
+        "shape": [4],
+        "num_classes": 3,
+        "train_size": 48,
+        "test_size": 12,
+    },
+    "probe": {"size": 6},
+    "train": {
+        "steps": 20,
+        "batch_size": 8,
+        "lr": 0.2,
+        "schedule": "step",
+        "milestones": [10],
+        "save_every": 2,
+        "eval_every": 20,
+    },
+}
+
+# The researcher's own spec file: the run's keys but its schedule (their loop had one).
+OWN = """\
+[model]
+arch = "mlp"
+num_classes = 3
+widths = [8]
+activation = "tanh"
+
+[data]
+dataset = "synthetic"
+shape = [4]
+num_classes = 3
+train_size = 48
+test_size = 12
+
+[probe]
+size = 6
+
+[train]
+steps = 20
+batch_size = 8
+lr = 0.2
+save_every = 2
+eval_every = 20
+"""
+SCHEDULE = 'schedule = "step"\nmilestones = [10]\n'
+
+
+@pytest.fixture(scope="module")
+def own_store(tmp_path_factory):
+    """A run trained with a step schedule, its kernels computed with a spec file that does not
+    write it (``own.toml``); ``sched.toml`` is that file with the schedule written in."""
+    root = tmp_path_factory.mktemp("own")
+    train(spec_from_dict(RUN, source="run.toml"), root / "ckpts")
+    (root / "own.toml").write_text(OWN)
+    (root / "sched.toml").write_text(OWN + SCHEDULE)
+    store = root / "store"
+    kernels(root / "ckpts", store=store, device="cpu", spec=root / "own.toml")
+    return root, store
+
+
+def _kernel_states(store):
+    return {p: p.stat().st_mtime_ns for p in sorted(store.rglob("*.safetensors"))} | {
+        paths.manifest(store): paths.manifest(store).stat().st_mtime_ns
+    }
+
+
+def test_a_spec_completed_with_the_schedule_is_read_without_recomputing_kernels(own_store):
+    """The own-run warning said to write the schedule into [train] and compute every kernel
+    again into another store, since --spec had to be the store's (its hash covers [train]); no
+    kernel depends on the schedule. distance --spec now reads it over the stored kernels."""
+    root, store = own_store
+    bare = distance(store, noise=False)
+    (said,) = [w for w in bare.warnings if "does not write train.schedule" in w]
+    assert "conetool distance --spec FILE" in said and "none is recomputed" in said
+    assert "OTHER_STORE" not in said
+    assert "schedule" not in bare.verdict.numbers  # S per step
+    before = _kernel_states(store)
+
+    sched = root / "sched.toml"
+    read = distance(store, spec=sched, noise=False)
+    assert _kernel_states(store) == before  # no kernel (nor the manifest) written again
+    assert read.verdict.numbers["schedule"]["schedule"] == "step"  # S per unit of rate
+    assert f"falls 10x at step 10; --spec {sched} records it)" in read.verdict.explanation
+    assert not [w for w in read.warnings if "does not write train.schedule" in w]
+    (note,) = [n for n in read.notes if "reads [train]" in n]
+    assert note.startswith(
+        f"the verdict reads [train] (the learning-rate schedule) from --spec {sched}"
+    )
+    assert "train.schedule, train.milestones" in note
+    summary = json.loads(paths.distance_summary(store).read_text())
+    assert summary["schedule_spec"] == {
+        "source": str(sched),
+        "spec_hash": load_spec(sched).hash(),
+        "differs": ["train.schedule", "train.milestones"],
+    }
+    assert summary["schedule_spec"]["spec_hash"] != summary["identity"]["spec_hash"]
+
+    # the command line, and its note
+    out = runner.invoke(
+        app, ["distance", "--store", str(store), "--spec", str(sched), "--no-noise"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "reads [train] (the learning-rate schedule) from --spec" in " ".join(out.output.split())
+
+
+def test_embed_and_report_read_the_schedule_distance_read(own_store):
+    """A later embed (without --spec) takes the Phase I end distance read under the given
+    schedule and says so; given the store's own spec it does not reuse that summary (read under
+    another schedule); the report names the file and its distance command passes it."""
+    root, store = own_store
+    sched = root / "sched.toml"
+    read = distance(store, spec=sched, noise=False)
+    later = embed(store)
+    assert later.phase1_end == read.verdict.phase1_end
+    summary = json.loads(paths.embed_summary(store).read_text())
+    assert summary["phase1_end_from"] == f"distance/summary.json (the schedule of {sched})"
+    assert summary["schedule_spec"]["source"] == str(sched)
+
+    embed(store, spec=root / "own.toml")  # the store's spec: its own, constant, schedule
+    summary = json.loads(paths.embed_summary(store).read_text())
+    assert summary["phase1_end_from"] == "verdict with default rules"
+    assert summary["schedule_spec"]["differs"] == []
+
+    out = runner.invoke(app, ["embed", "--store", str(store), "--spec", str(sched)])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(paths.embed_summary(store).read_text())
+    assert summary["phase1_end_from"] == f"distance/summary.json (the schedule of {sched})"
+
+    md = " ".join(report(store).markdown.read_text().split())
+    assert f"conetool distance --store {store}" in md
+    assert f"--spec {sched}" in md
+    assert f"{sched} (differs from the store's spec in train.schedule, train.milestones)" in md
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("widths = [8]", "widths = [9]", "model.widths"),
+        ("size = 6", "size = 5", "probe.size"),
+        ("batch_size = 8", "batch_size = 16", "train.batch_size"),
+    ],
+)
+def test_a_spec_differing_in_a_key_that_changes_kernels_is_refused(own_store, old, new, key):
+    """[model], [probe] (and train.batch_size, which sets the steps of checkpoints named by
+    epoch) change the kernels: such a spec is refused as before, naming the key, with or
+    without the schedule written in."""
+    root, store = own_store
+    other = root / f"{key}.toml"
+    other.write_text((OWN + SCHEDULE).replace(old, new))
+    before = _kernel_states(store)
+    for run in (lambda: distance(store, spec=other, noise=False), lambda: embed(store, spec=other)):
+        with pytest.raises(StoreError) as refused:
+            run()
+        said = " ".join(str(refused.value).split())
+        assert f"--spec {other}: its hash is" in said
+        assert f"The kernels depend on {key}" in said
+        assert "train.schedule" in said  # the whole difference is still listed
+    assert _kernel_states(store) == before
+
+
+def test_every_train_key_is_judged():
+    """A key added to [train] later is refused by --spec until it is judged: every key is
+    either one no kernel depends on or batch_size."""
+    keys = {f"train.{f.name}" for f in dataclasses.fields(TrainSpec)}
+    assert keys - KERNEL_FREE_TRAIN_KEYS == {"train.batch_size"}
+    assert KERNEL_FREE_TRAIN_KEYS <= keys
