@@ -9,14 +9,16 @@ import dataclasses
 import json
 
 import pytest
+from synthetic_store import open_store
 from typer.testing import CliRunner
 
 from conetool import paths
 from conetool.cli import app
 from conetool.errors import StoreError
 from conetool.pipeline import distance, embed, kernels, report
-from conetool.pipeline.schedule_spec import KERNEL_FREE_TRAIN_KEYS
+from conetool.pipeline.schedule_spec import KERNEL_FREE_TRAIN_KEYS, verdict_spec
 from conetool.spec import TrainSpec, load_spec, spec_from_dict
+from conetool.store import Store, StoreIdentity
 from conetool.training import train
 
 runner = CliRunner()
@@ -189,3 +191,18 @@ def test_every_train_key_is_judged():
     keys = {f"train.{f.name}" for f in dataclasses.fields(TrainSpec)}
     assert keys - KERNEL_FREE_TRAIN_KEYS == {"train.batch_size"}
     assert KERNEL_FREE_TRAIN_KEYS <= keys
+
+
+def test_a_key_added_after_the_store_is_no_difference(tmp_path):
+    """A store made before train.label_smoothing existed records a spec without it; a spec at
+    its default is the same spec (the hash leaves it out), so only the schedule differs."""
+    train = {k: v for k, v in RUN["train"].items() if k not in ("schedule", "milestones")}
+    bare = spec_from_dict({**RUN, "train": train}, source="own.toml")
+    recorded = bare.to_dict()
+    del recorded["train"]["label_smoothing"]
+    identity = StoreIdentity(bare.hash(), "probe0", "trace", "float64")
+    with open_store(tmp_path / "old", identity, {"checkpoints": "/ckpts", "spec": recorded}):
+        pass
+    sched = spec_from_dict(RUN, source="sched.toml")
+    _, keys = verdict_spec(Store.open(tmp_path / "old"), sched)
+    assert keys == ["train.schedule", "train.milestones"]
