@@ -98,6 +98,7 @@ CASES = [
     (["distance", "--spec", "empty"], "--spec empty is a folder, not a file"),
     (["distance", "--ckpts", ""], "--ckpts '' is an empty path"),
     (["embed", "--store", "notes.toml"], "--store notes.toml is a file, not a folder"),
+    (["embed", "--spec", "empty"], "--spec empty is a folder, not a file"),
     (["spectrum", "--store", ""], "--store '' is an empty path"),
     (["switch", "--at", "0", "--store", "notes.toml"], "--store notes.toml is a file"),
     (["switch", "--at", "0", "--spec", ""], "--spec '' is an empty path"),
