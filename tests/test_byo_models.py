@@ -661,6 +661,52 @@ def test_a_gru_run_is_measured_with_the_readmes_subclass(
     check_kernels(store, refs)
 
 
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+        ),
+    ],
+)
+def test_a_gru_run_is_measured_on_the_device_it_names(
+    tmp_path: Path, models: ModuleType, device: str
+) -> None:
+    # `conetool kernels --device cuda` on nn.GRU as it is: the layer runs outside cuDNN (whose
+    # RNN refuses the backward pass of eval mode), every kernel against the float64 reference
+    # computed here on the CPU. The "cpu" case checks this test's body where no GPU is.
+    ckpts = tmp_path / "epochs"
+    ckpts.mkdir()
+    plain_run(
+        models.gru,
+        [6],
+        lambda model, _, step: torch.save(
+            state_of(model), ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt"
+        ),
+    )
+    refs = {
+        step: loaded(
+            models.gru,
+            torch.load(ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt", weights_only=True),
+        )
+        for step in STEPS
+    }
+    spec = spec_file(tmp_path, "gru")
+    flags = torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32
+    for dtype, tolerance in (("float64", 1e-10), ("float32", 1e-5)):
+        store = tmp_path / f"store_{dtype}"
+        invoke(
+            "kernels", str(ckpts), "--spec", str(spec), "--store", str(store), "--dtype", dtype,
+            "--device", device,
+        )  # fmt: skip
+        check_kernels(store, refs, tolerance)
+        records = json.loads(paths.manifest(store).read_text())["steps"].values()
+        assert sorted(r["step"] for r in records) == list(STEPS)
+        assert {r["device"] for r in records} == {device}, records  # computed there
+    assert (torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32) == flags
+
+
 # --------------------------------------------------------------------------------------------------
 # a whole run in one file
 
