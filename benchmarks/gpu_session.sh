@@ -7,8 +7,10 @@
 #
 # It installs the project, prints the device and torch version, then runs, in this order, each
 # under `timeout` within one overall budget (TOTAL seconds, default 540 = 9 minutes):
-#   1. the CUDA tests (tests/test_ntk_cuda.py and the *cuda* tests elsewhere)  -> $OUT/tests.txt,
-#      each test's outcome and any failure's traceback the moment it is known -> $OUT/tests_live.txt
+#   1. the CUDA tests (tests/test_ntk_cuda.py and the *cuda* tests elsewhere:  -> $OUT/tests.txt,
+#      nn.PReLU/GRU/LSTM/RNN in tests/test_recurrent_devices.py, a `conetool
+#      kernels --device cuda` run of a GRU in tests/test_byo_models.py), each
+#      test's outcome and any failure's traceback the moment it is known     -> $OUT/tests_live.txt
 #   2. cuda_accuracy_diag.py: the float32 error of the test's ResNet-20 case, -> $OUT/diag.txt
 #      the rows' against the contraction's, and the schedule's waits
 #   3. bench_ntk.py --device cuda for the issue's rows (baseline vs engine;    -> $OUT/bench_ntk.txt
@@ -22,7 +24,9 @@
 # budget has less than 20 s left. PARTS chooses the parts. On 2026-12-01 (f9e2ea8) the CUDA tests
 # took 188 s with 8 workers, the rows up to vgg16 n = 500 254 s, the whole run 18 s, the machine's
 # start about 30 s: in a 15-minute lease, PARTS="tests diag rows" TOTAL=600 and then, while the
-# machine is still warm, PARTS="kernels profile" TOTAL=150.
+# machine is still warm, PARTS="kernels profile" TOTAL=150. The 159 cases of nn.PReLU and the
+# recurrent layers (tests/test_recurrent_devices.py, one in tests/test_byo_models.py), added on
+# 2026-12-02, have not run on a GPU yet: each takes under 1.5 s on a CPU.
 #
 # Environment overrides:
 #   DEVICE=cpu     a dry run on a CPU: tiny sizes everywhere (the CUDA tests then skip)
@@ -131,7 +135,8 @@ if wants tests; then
         run_part "tests (cuda)" "$TESTS" 240 "$PYTHON" -m pytest -q -p no:cacheprovider \
         -p pytest_live_report ${PARALLEL[@]+"${PARALLEL[@]}"} --tb=short -o faulthandler_timeout=100 \
         --durations=15 tests/test_ntk_cuda.py tests/test_ntk_accuracy.py tests/test_ntk.py \
-        tests/test_ntk_memo.py tests/test_ntk_layer_grads.py -k "cuda or gpu"
+        tests/test_ntk_memo.py tests/test_ntk_layer_grads.py tests/test_recurrent_devices.py \
+        tests/test_byo_models.py -k "cuda or gpu"
 fi
 
 # 2. Where the float32 error of the test's ResNet-20 case comes from (rows or contraction).
