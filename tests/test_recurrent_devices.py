@@ -16,9 +16,9 @@ name here says cuda, only the device's id), so that the bodies the GPU session r
 - cuDNN off inside the GRU only: the convolutions before and after it see it on (on CUDA, cuDNN
   accepts their inputs), torch.backends.cudnn's flags are as they were after the call, and a
   forward pass after it runs the GRU with cuDNN again; for the model and its linearized model;
-- the linearized model moved to the device: ``f_lin`` and its gradient against the CPU's (1e-10),
-  ``f_lin`` against central finite differences computed on the device (1e-8), on the path it takes
-  and by the two reverse passes, and in float32 within 1e-5 of float64.
+- the linearized model moved to the device: ``J t = f_lin − f(θ_t)`` and the gradient against the
+  CPU's (1e-10), ``J t`` against central finite differences computed on the device (1e-8), on the
+  path it takes and by the two reverse passes, and in float32 within 1e-5 of float64.
 
 Sizes: at most 6 examples of 5 steps of 3 features, hidden size 4 (the GPU session's tests have
 240 s in all).
@@ -195,6 +195,8 @@ def test_the_linearized_model_on_the_device_matches_the_cpus_and_finite_differen
     net, x = _variant(name)
     lin, theta = _moved(net)  # θ moved away from θ_t, on the CPU
     want = lin(x)
+    with torch.no_grad():
+        f0 = copy.deepcopy(net).eval()(x)  # f(θ_t): f_lin − f0 is J t
     w = torch.randn(want.shape, generator=torch.Generator().manual_seed(2), dtype=want.dtype)
     (w * want).sum().backward()
     want_grad = torch.cat([p.grad.flatten() for p in lin.parameters()])  # type: ignore[union-attr]
@@ -206,11 +208,12 @@ def test_the_linearized_model_on_the_device_matches_the_cpus_and_finite_differen
     out = on_device(x.to(device))
     taken = "reverse" if on_device._reverse else "dual"
     assert out.device.type == device and out.dtype == torch.float64
-    assert rel(out.detach().cpu(), want.detach()) < 1e-10, taken
+    jt = out.detach().cpu() - f0
+    assert rel(jt, want.detach() - f0) < 1e-10, taken
     differences = _finite_differences(
         copy.deepcopy(net).to(device), {k: v.to(device) for k, v in theta.items()}, x.to(device)
     )
-    assert rel(out.detach(), differences) < 1e-8, taken
+    assert rel(jt, differences.cpu() - f0) < 1e-8, taken
     (w.to(device) * out).sum().backward()
     grad = torch.cat([p.grad.flatten() for p in on_device.parameters()])  # type: ignore[union-attr]
     assert rel(grad.cpu(), want_grad) < 1e-10, taken
@@ -225,5 +228,6 @@ def test_the_linearized_model_on_the_device_matches_the_cpus_and_finite_differen
         out32.sum().backward()  # a linearized training step's backward pass
     assert out32.dtype == torch.float32
     assert rel(out32.detach().cpu(), want.detach()) < 1e-5, taken
+    assert rel(out32.detach().cpu() - f0, want.detach() - f0) < 1e-5, taken
     assert all(p.grad is not None and p.grad.isfinite().all() for p in lin32.parameters())
     assert (_cudnn_flags(), torch.backends.mkldnn.enabled) == flags
