@@ -26,7 +26,8 @@
 # start about 30 s: in a 15-minute lease, PARTS="tests diag rows" TOTAL=600 and then, while the
 # machine is still warm, PARTS="kernels profile" TOTAL=150. The 159 cases of nn.PReLU and the
 # recurrent layers (tests/test_recurrent_devices.py, one in tests/test_byo_models.py), added on
-# 2026-12-02, have not run on a GPU yet: each takes under 1.5 s on a CPU.
+# 2026-12-02, have not run on a GPU yet: their "cpu" twins take 15 s in all, in one process on a
+# shared 2-core CPU.
 #
 # Environment overrides:
 #   DEVICE=cpu     a dry run on a CPU: tiny sizes everywhere (the CUDA tests then skip)
