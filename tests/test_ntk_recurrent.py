@@ -207,7 +207,9 @@ def _notes(compute: object) -> list[str]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", ["lstm", "lstm_two_layers", "packed_gru", "packed_lstm"])
+@pytest.mark.parametrize(
+    "name", ["lstm", "lstm_two_layers", "lstm_initial_state", "packed_gru", "packed_lstm"]
+)
 def test_no_note_of_torchs_from_the_vmap_attempt_that_fails(name: str, method: str) -> None:
     # Users saw torch's 'There is a performance drop because we have not yet implemented the
     # batching rule for aten::mkldnn_rnn_layer' (nn.LSTM in float32 on a CPU) or
