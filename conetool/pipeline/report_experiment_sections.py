@@ -19,6 +19,7 @@ from ..report_html import (
 from .report_file_checks import csv_problem
 from .report_inputs import _g, _steps_text
 from .report_run_sections import RunSections
+from .saved_results import summary_said
 from .switch_results import RESULT_COLUMNS
 
 __all__ = ["ExperimentSections"]
@@ -234,6 +235,13 @@ class ExperimentSections(RunSections):
             self._results_command("switch"),
             blocks,
         )
+        # what the sweep said (its points' momentum among it): results.json keeps it; one that
+        # an older conetool wrote keeps none
+        warnings, notes = summary_said(results)
+        for kind, said in (("Warning", warnings), ("Note", notes)):
+            for message in said:
+                end = "" if message.endswith(".") else "."
+                blocks.append(text(f"{kind} from conetool switch: {message}{end}"))
         table = paths.switch_results_csv(self.root)
         problem = csv_problem(table, RESULT_COLUMNS, len(results["points"]), "results.json")
         self._named_files([(table, problem, "Fig. 2's caption")], self._results_command("switch"))

@@ -12,7 +12,8 @@ never its hyperparameters (a warning names those saved otherwise than the spec's
 
 Each point's result is written as soon as it is done (``STORE/switch/at_XXXXXX.json`` and
 ``.csv``), so a rerun skips finished points and an interrupted sweep loses only the point in
-progress. A point records the optimizer state file beside its checkpoint that its momentum came
+progress; a point's record keeps what it said of its momentum, which a rerun reusing it says
+again, and ``results.json`` what the sweep said (for ``conetool report``). A point records the optimizer state file beside its checkpoint that its momentum came
 from (or none), and a rerun computes again a point whose file was added, removed or changed since.
 """
 
@@ -42,7 +43,7 @@ from .switch_momentum_notes import MomentumNote, MomentumSaid
 from .switch_momentum_source import momentum_source
 from .switch_options import SwitchOptions, parse_at
 from .switch_other_sweeps import other_sweeps_replaced
-from .switch_points import DtypesSaid, finished_point, run_point, said_if_foreign
+from .switch_points import DtypesSaid, finished_point, run_point, said_again, said_if_foreign
 from .switch_prepare import Sweep, for_switch, prepare_sweep
 from .switch_recipe import defaults_warning, is_foreign_run
 from .switch_reference import reference_step, standard_reference
@@ -87,7 +88,8 @@ class SwitchResult:
     cosine schedule, whose learning rate is 0 there; earlier points left out of results.csv; the
     training steps implausibly slow, linearized or the standard run that ``reference="train"``
     continues), each said once per sweep, as ``progress`` showed it. A momentum message is
-    said once, before the first point it applies to trains (naming that point), and kept here
+    said once, before the first point it applies to trains (naming that point; a point reused
+    from the store says what its record keeps, as it said it when computed), and kept here
     as one message for all the points it applies to (``t=0, 100 (2 points): ...``), which
     ``progress`` does not say again (``--quiet``, which showed nothing, prints the warnings
     among them at the end); a reason only other torchrun ranks met is said at the end
@@ -247,6 +249,7 @@ def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Sa
     started: list[int] = []  # the points that passed run_point's own check of the store
     bar = job.bar(progress.task("switch points", total=len(sweep.points_at)))
     for point in done:
+        said_again(point, momentum_said)  # what it said of its momentum when computed
         bar.advance_here(1, at=point.at, test_acc=f"{point.test_acc:.4f}")
     for t in job.shard(todo, weights=[T - t for t in todo]):
         if job.peer_failed():
@@ -372,7 +375,8 @@ def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Sa
         )
         for message in left_out:
             says.warn(message)
-        return ref_result, write_sweep(target, gathered, ref_result, T)
+        said = {"warnings": says.warnings + warnings, "notes": says.notes}  # for the report
+        return ref_result, write_sweep(target, gathered, ref_result, T, **said)
 
     before = file_states([paths.switch_png(target.root)])  # drawn only when it would differ
     ref_result, files = job.agree(write_all)  # the other ranks wait for rank 0's files

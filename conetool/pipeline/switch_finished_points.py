@@ -39,6 +39,13 @@ class SwitchPoint:
             computed), rounded to 0.001.
         rows: the metrics rows along the way (as :attr:`conetool.TrainResult.metrics`).
         reused: read back from the store (same spec, T and checkpoint), not computed now.
+        momentum_said: what the point said of its momentum when it was computed (why it starts
+            at zero, or the hyperparameters its saved state was saved with otherwise than the
+            spec's), as its record keeps it for the reruns that reuse it: ``{"one": ..., "many":
+            ..., "warning": bool}``, a
+            :class:`~conetool.pipeline.switch_momentum_notes.MomentumNote` without its step;
+            None when it said nothing, or when its record is an older conetool's (which did not
+            keep it).
     """
 
     at: int
@@ -51,6 +58,7 @@ class SwitchPoint:
     seconds: float
     rows: list[Row] = field(default_factory=list)
     reused: bool = False
+    momentum_said: dict[str, Any] | None = None
 
 
 def point_key(spec: Spec, until: int, fingerprint: str) -> dict[str, Any]:
@@ -82,7 +90,21 @@ def reused_point(payload: dict[str, Any]) -> SwitchPoint:
             fields[name] = math.nan
     if isinstance(fields.get("rows"), list):
         fields["rows"] = [_row(row) for row in fields["rows"]]
+    fields["momentum_said"] = recorded_said(payload.get("momentum_said"))
     return SwitchPoint(**{**fields, "reused": True})
+
+
+def recorded_said(value: Any) -> dict[str, Any] | None:
+    """What a point's record says it said of its momentum (:attr:`SwitchPoint.momentum_said`),
+    when it has that shape; None for nothing said, a record an older conetool wrote (no such
+    entry) or one edited into another shape (the point is reused all the same: what it said
+    is not part of what makes it reusable)."""
+    if not isinstance(value, dict):
+        return None
+    one, many, warning = value.get("one"), value.get("many"), value.get("warning")
+    if not (isinstance(one, str) and isinstance(many, str) and isinstance(warning, bool)):
+        return None
+    return {"one": one, "many": many, "warning": warning}
 
 
 #: the float fields of a point that a NaN may fill

@@ -60,6 +60,7 @@ __all__ = [
     "point_key",
     "read_point",
     "run_point",
+    "said_again",
     "said_if_foreign",
     "write_sweep",
 ]
@@ -103,7 +104,8 @@ def run_point(
     replacement: a :class:`~conetool.errors.StoreReplacedError`, checked before the training
     too). Checkpoints not written by ``conetool train`` are said to ``says`` (a warning, once
     per sweep), what it says of its momentum to ``momentum_said`` before the point trains (a
-    :class:`MomentumSaid`: one message for the points of the sweep it applies to); the slow-step
+    :class:`MomentumSaid`: one message for the points of the sweep it applies to; a point read back
+    from ``store`` says what its record keeps of it: :func:`said_again`); the slow-step
     warning goes to ``progress``
     and ``warnings``,
     once per sweep: a point is watched only while ``warnings`` is empty. ``training(t)`` is
@@ -121,6 +123,7 @@ def run_point(
         stored = finished_point(spec, ref, ckpts, until, store.root, found)
         if stored is not None:
             said_if_foreign(checkpoint_metadata(ref), says)
+            said_again(stored, momentum_said)
             return stored
     model = model_for(spec)
     # refuses non-finite weights, names the file; keeps a loop's optimizer state, read with them
@@ -136,7 +139,9 @@ def run_point(
         now = found[t] if t in found else momentum_source(ckpts, ref)
         changed = source_changed(payload, now)
         if changed is None:
-            return reused_point(payload)
+            reused = reused_point(payload)
+            said_again(reused, momentum_said)
+            return reused
         says.note(f"t={t}: {changed} since this point was computed: it is computed again")
     output_check(
         model, tuple(data.input_shape), data.num_classes, spec.model.arch, examples=data.examples()
@@ -183,6 +188,10 @@ def run_point(
         momentum=momentum,
         seconds=round(time.perf_counter() - began, 3),
         rows=rows,
+        # kept in its record: a rerun that reuses the point says it again
+        momentum_said=None
+        if said is None
+        else {k: v for k, v in asdict(said).items() if k != "at"},
     )
     payload = {
         **asdict(point),
@@ -245,6 +254,17 @@ class DtypesSaid:
                 self.says.warn(message)
 
         return warn
+
+
+def said_again(point: SwitchPoint, momentum_said: Callable[[MomentumNote], None]) -> None:
+    """Say to ``momentum_said`` what the reused ``point`` said of its momentum when it was
+    computed (:attr:`SwitchPoint.momentum_said`, from its record), as a point computed now says
+    it: a rerun that reuses every point says, and keeps in its summary, what the sweep that
+    computed them did. Nothing for a point that said nothing, or whose record an older conetool
+    wrote."""
+    said = point.momentum_said
+    if said is not None:
+        momentum_said(MomentumNote(point.at, said["one"], said["many"], said["warning"]))
 
 
 def said_if_foreign(metadata: dict[str, str], says: Said) -> None:

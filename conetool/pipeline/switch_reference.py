@@ -54,7 +54,8 @@ def standard_reference(
     it watches them).
     A missing checkpoint of T (no standard line) is a warning to ``says``; training the
     continuation is a note, said before it starts (minutes a user expecting a stored model did
-    not plan). ``read``: the checkpoint it comes from, already read (with the optimizer state
+    not plan); the warning its momentum gives (a saved state not used, or saved with other
+    hyperparameters) is kept in ``reference.json`` and said again by a rerun that reuses it. ``read``: the checkpoint it comes from, already read (with the optimizer state
     inside a torch.save file, for ``train``: :attr:`~conetool.pipeline.switch_prepare.Sweep.
     reference`), which is then not read again; None to read it here."""
     dtypes = DtypesSaid(says) if dtypes_said is None else dtypes_said
@@ -119,13 +120,18 @@ def standard_reference(
         if previous.get("key") == key and (
             source_changed(previous, momentum_source(ckpts, refs[start])) is None
         ):
+            kept = previous.get(_SAID)  # (an older conetool's record has none: nothing said)
+            if isinstance(kept, str):
+                says.warn(kept)  # as the sweep that trained it warned
             return previous["reference"]
     store.check()
     # it records the state file its momentum was loaded from (the hash of the bytes read)
     optimizer, momentum, said, source = optimizer_at(model, spec, ckpts, loaded)
     del loaded  # its optimizer state is in the optimizer now (its weights in the model)
+    warned = None
     if said is not None and said.warning:  # a state saved and not used, or saved otherwise
-        says.warn(f"--reference train, from the checkpoint of step {start}: {said.one}")
+        warned = f"--reference train, from the checkpoint of step {start}: {said.one}"
+        says.warn(warned)
     says.note(
         f"--reference train: the run has no checkpoint of step {until}, so the standard model "
         f"at T is trained now, from the checkpoint of step {start}: {until - start} steps of "
@@ -167,8 +173,13 @@ def standard_reference(
     }
     with store.writing():
         kept = {"key": key, "reference": result}
-        atomic_write_json(path, {**kept, SOURCE_ENTRY: source})
+        atomic_write_json(path, {**kept, SOURCE_ENTRY: source, _SAID: warned})
     return result
+
+
+#: The entry of ``reference.json`` that keeps the warning its momentum gave (or null), which a
+#: rerun that reuses the standard model says again.
+_SAID = "momentum_warning"
 
 
 def _reference_diverged_hint(ckpts: Path, store: Path, until: int) -> str:

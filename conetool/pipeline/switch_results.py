@@ -4,6 +4,7 @@ the store holds now)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from ..io import atomic_write_csv, atomic_write_json
 from ..plots import switch_figure, write_figure
 from ..store import Store
 from .matrix_cache import kernels_key
-from .saved_results import saved_phase1_end
+from .saved_results import said_in_summary, saved_phase1_end
 from .switch_finished_points import SwitchPoint
 from .switch_store import SwitchStore
 
@@ -39,16 +40,30 @@ def _kernels_now(store: Path) -> str | None:
 
 
 def write_sweep(
-    store: SwitchStore, points: list[SwitchPoint], reference: dict[str, Any] | None, until: int
+    store: SwitchStore,
+    points: list[SwitchPoint],
+    reference: dict[str, Any] | None,
+    until: int,
+    *,
+    warnings: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> list[Path]:
     """results.csv / results.json / switch.png over ``points`` (every finished point of this
     spec and T in the store), written as
     :func:`~conetool.pipeline.switch_points.run_point` writes a point; the figure shades
     Phase I from ``distance``'s verdict when it was computed on the kernels the store holds
-    now."""
+    now. ``warnings`` and ``notes``: what the sweep said (its points' momentum among them,
+    those of reused points as their records keep it), kept in results.json as ``distance``
+    keeps its own (:func:`~conetool.pipeline.saved_results.said_in_summary`), for
+    ``conetool report``."""
     root = store.root
     rows = [{k: getattr(p, k) for k in RESULT_COLUMNS} for p in points]
-    summary = {"until": until, "reference": reference, "points": rows}
+    summary = {
+        "until": until,
+        "reference": reference,
+        "points": rows,
+        **said_in_summary(list(warnings), list(notes)),
+    }
     phase1_end = saved_phase1_end(root, kernels_key=_kernels_now(root))
     with store.writing():
         atomic_write_csv(paths.switch_results_csv(root), RESULT_COLUMNS, rows)
