@@ -523,6 +523,23 @@ def test_two_ranks_share_a_switch_sweep(run, tmp_path):
     assert paths.switch_results_csv(two).read_bytes() == csv_before
 
 
+def test_a_torchrun_rerun_reusing_every_switch_point_says_their_momentum_again(run, tmp_path):
+    # Was: rank 0 found the points done and said nothing of their momentum: a rerun that reused
+    # every point dropped the warning the sweep that trained them gave, results.json with it.
+    other = tmp_path / "other.toml"  # the run trained with momentum 0.9: each point warns
+    raw = {**SPEC, "train": {**SPEC["train"], "momentum": 0.5}}
+    other.write_text(spec_to_toml(spec_from_dict(raw, source="other.toml")))
+    store = tmp_path / "s"
+    first = switch([0, 4, 8], store=store, ckpts=run, spec=other, device="cpu")
+    (warned,) = [w for w in first.warnings if "saved with momentum 0.9 (the spec's 0.5)" in w]
+    args = ["--ckpts", str(run), "--spec", str(other), "--store", str(store), "--device", "cpu"]
+    again = run_torchrun("switch", "--at", "0,4,8", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reused") == 3, again.stdout[-3000:]
+    kept = json.loads(paths.switch_results_json(store).read_text())["warnings"]
+    assert warned in kept and kept == first.warnings, kept
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the rank's process in /proc")
 def test_killed_rank_leaves_a_store_a_single_process_completes(tmp_path, monkeypatch):
     (tmp_path / "conetool_slow_model.py").write_text(SLOW_MODEL)
