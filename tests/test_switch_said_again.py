@@ -102,3 +102,22 @@ def test_a_rerun_reusing_the_trained_standard_model_warns_of_its_momentum_again(
         w for w in first.warnings if w.startswith(said)
     ], again.warnings
     assert not any(n.startswith("--reference train: the run has no") for n in again.notes)
+
+
+def test_results_json_keeps_what_the_points_of_earlier_sweeps_said(tmp_path):
+    # Was: results.csv held the point of an earlier sweep (--at 4) beside this one's (--at 8),
+    # and results.json (so the report) said nothing of what that point warned of.
+    _, store, spec = swept(tmp_path)
+    switch([4], store=store, spec=spec, device="cpu")
+    later = switch([8], store=store, spec=spec, device="cpu")
+    earlier = (
+        "earlier sweeps' points in results.csv: t=4: momentum from the optimizer state beside "
+        f"the checkpoint (step_000004.optim.safetensors), {SAVED_WITH}"
+    )
+    assert any(w.startswith(earlier) for w in later.warnings), later.warnings
+    results = json.loads(paths.switch_results_json(store).read_text())
+    assert [p["at"] for p in results["points"]] == [4, 8]
+    assert [w for w in results["warnings"] if SAVED_WITH in w] == [
+        w for w in later.warnings if SAVED_WITH in w
+    ]
+    assert len([w for w in later.warnings if SAVED_WITH in w]) == 2  # t=8's, t=4's

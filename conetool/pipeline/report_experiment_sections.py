@@ -215,6 +215,13 @@ class ExperimentSections(RunSections):
                     "one)."
                 )
             )
+        # what the sweep said (its points' momentum among it): results.json keeps it; one that
+        # an older conetool wrote keeps none
+        warnings, notes = summary_said(results)
+        for kind, said in (("Warning", warnings), ("Note", notes)):
+            for message in said:
+                end = "" if message.endswith(".") else "."
+                blocks.append(text(f"{kind} from conetool switch: {message}{end}"))
         shown = self._figures(
             [
                 (
@@ -235,13 +242,6 @@ class ExperimentSections(RunSections):
             self._results_command("switch"),
             blocks,
         )
-        # what the sweep said (its points' momentum among it): results.json keeps it; one that
-        # an older conetool wrote keeps none
-        warnings, notes = summary_said(results)
-        for kind, said in (("Warning", warnings), ("Note", notes)):
-            for message in said:
-                end = "" if message.endswith(".") else "."
-                blocks.append(text(f"{kind} from conetool switch: {message}{end}"))
         table = paths.switch_results_csv(self.root)
         problem = csv_problem(table, RESULT_COLUMNS, len(results["points"]), "results.json")
         self._named_files([(table, problem, "Fig. 2's caption")], self._results_command("switch"))

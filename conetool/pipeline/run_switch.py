@@ -19,7 +19,7 @@ from (or none), and a rerun computes again a point whose file was added, removed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from .switch_finished_points import (
     SwitchPoint,
     all_points,
 )
-from .switch_momentum_notes import MomentumNote, MomentumSaid
+from .switch_momentum_notes import MomentumNote, MomentumSaid, momentum_notes
 from .switch_momentum_source import momentum_source
 from .switch_options import SwitchOptions, parse_at
 from .switch_other_sweeps import other_sweeps_replaced
@@ -85,7 +85,8 @@ class SwitchResult:
     than the spec's; points and the ``reference="train"`` standard model of another sweep
     (another T or spec) that this one overwrites, said before any point trains (with "stop now")
     and kept here as what was replaced; no standard model at T; a T past the run under the
-    cosine schedule, whose learning rate is 0 there; earlier points left out of results.csv; the
+    cosine schedule, whose learning rate is 0 there; earlier points left out of results.csv, and
+    what those kept in it said of their momentum (from their records); the
     training steps implausibly slow, linearized or the standard run that ``reference="train"``
     continues), each said once per sweep, as ``progress`` showed it. A momentum message is
     said once, before the first point it applies to trains (naming that point; a point reused
@@ -375,8 +376,24 @@ def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Sa
         )
         for message in left_out:
             says.warn(message)
+        # results.csv's points of earlier sweeps (not in this one's --at): what they said of
+        # their momentum, from their records, so that results.json (the report) has it too
+        earlier(p for p in gathered if p.at not in sweep.points_at)
         said = {"warnings": says.warnings + warnings, "notes": says.notes}  # for the report
         return ref_result, write_sweep(target, gathered, ref_result, T, **said)
+
+    def earlier(others: Iterable[SwitchPoint]) -> None:
+        """Say what the points of earlier sweeps said of their momentum, one message per reason,
+        warnings apart (as :class:`MomentumSaid` keeps this sweep's)."""
+        notes = [
+            MomentumNote(p.at, p.momentum_said["one"], p.momentum_said["many"], w)
+            for p in others
+            if p.momentum_said is not None
+            for w in [bool(p.momentum_said["warning"])]
+        ]
+        for warning, say in ((True, says.warn), (False, says.note)):
+            for message in momentum_notes([n for n in notes if n.warning == warning]):
+                say(f"earlier sweeps' points in results.csv: {message}")
 
     before = file_states([paths.switch_png(target.root)])  # drawn only when it would differ
     ref_result, files = job.agree(write_all)  # the other ranks wait for rank 0's files
