@@ -13,8 +13,9 @@ never its hyperparameters (a warning names those saved otherwise than the spec's
 Each point's result is written as soon as it is done (``STORE/switch/at_XXXXXX.json`` and
 ``.csv``), so a rerun skips finished points and an interrupted sweep loses only the point in
 progress; a point's record keeps what it said of its momentum, which a rerun reusing it says
-again, and ``results.json`` what the sweep said (for ``conetool report``). A point records the optimizer state file beside its checkpoint that its momentum came
-from (or none), and a rerun computes again a point whose file was added, removed or changed since.
+again, and ``results.json`` what the sweep said (for ``conetool report``). A point records the
+optimizer state file beside its checkpoint that its momentum came from (or none), and a rerun
+computes again a point whose file was added, removed or changed since.
 """
 
 from __future__ import annotations
