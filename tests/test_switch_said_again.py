@@ -80,6 +80,14 @@ def test_a_point_an_older_conetool_wrote_is_reused_and_says_nothing(tmp_path):
     assert again.points[0].momentum_said is None
     (warned,) = [w for w in again.warnings if SAVED_WITH in w]
     assert warned.startswith("t=8: momentum from the optimizer state beside the checkpoint"), warned
+    # an entry edited into another shape: the point is reused all the same, and says nothing
+    edited = paths.switch_point(store, 8)
+    record = json.loads(edited.read_text())
+    record["momentum_said"] = {"one": 1, "many": "x", "warning": "yes"}
+    edited.write_text(json.dumps(record))
+    third = switch([4, 8], store=store, spec=spec, device="cpu")
+    assert [p.reused for p in third.points] == [True, True]
+    assert not [w for w in third.warnings if "momentum" in w], third.warnings
     # results.json of an older conetool (no warnings, no notes): the report says nothing of them
     results = paths.switch_results_json(store)
     summary = json.loads(results.read_text())
