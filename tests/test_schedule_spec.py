@@ -206,3 +206,26 @@ def test_a_key_added_after_the_store_is_no_difference(tmp_path):
     sched = spec_from_dict(RUN, source="sched.toml")
     _, keys = verdict_spec(Store.open(tmp_path / "old"), sched)
     assert keys == ["train.schedule", "train.milestones"]
+
+
+def test_a_relative_spec_is_recorded_where_it_is(own_store, tmp_path, monkeypatch):
+    """distance --spec sched.toml, given relative to the folder distance ran in, was recorded
+    as 'sched.toml', so the report's Reproduce command passed --spec sched.toml, a file the
+    report's own note says to look for from the folder the report was made in (or, with
+    absolute store paths, from nowhere in particular): it is recorded where it is now."""
+    root, store = own_store
+    monkeypatch.chdir(root)
+    read = distance(store, spec="sched.toml", noise=False)
+    assert read.verdict.numbers["schedule"]["schedule"] == "step"
+    later = embed(store)
+    where = str(root / "sched.toml")
+    for summary in (paths.distance_summary(store), paths.embed_summary(store)):
+        assert json.loads(summary.read_text())["schedule_spec"]["source"] == where
+    assert later.phase1_end == read.verdict.phase1_end
+
+    monkeypatch.chdir(tmp_path)  # the report made elsewhere
+    md = " ".join(report(store).markdown.read_text().split())
+    assert f"--no-noise --spec {where}" in md  # the Reproduce commands: distance's, embed's
+    assert f"--method mds --dims 2 --seed 0 --spec {where}" in md
+    assert "--no-noise --spec sched.toml" not in md
+    assert f"{where} (differs from the store's spec in train.schedule, train.milestones)" in md

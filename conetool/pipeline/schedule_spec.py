@@ -127,11 +127,14 @@ def schedule_record(store: Store, spec: Spec | None, keys: list[str]) -> dict[st
     """What ``summary.json`` records of the spec whose ``[train]`` the verdict read:
     ``{"source": file, "spec_hash": its hash, "differs": keys}`` (``differs``: the ``[train]``
     keys it differs from the store's spec in; empty for the store's own), the manifest's spec
-    when ``spec`` is None."""
+    when ``spec`` is None. A file given by a relative path is recorded by its absolute one: the
+    report passes it to its Reproduce commands, which may run from another folder."""
     if spec is None:
         source = f"{paths.manifest(store.root)} (spec)"
         return {"source": source, "spec_hash": store.identity.spec_hash, "differs": []}
-    return {"source": spec.source, "spec_hash": spec.hash(), "differs": list(keys)}
+    given = Path(spec.source)
+    source = str(given.absolute()) if given.is_file() else spec.source
+    return {"source": source, "spec_hash": spec.hash(), "differs": list(keys)}
 
 
 def same_schedule(summary: Mapping[str, Any], store: Store, spec: Spec | None) -> bool:
