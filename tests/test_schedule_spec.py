@@ -229,3 +229,28 @@ def test_a_relative_spec_is_recorded_where_it_is(own_store, tmp_path, monkeypatc
     assert f"--method mds --dims 2 --seed 0 --spec {where}" in md
     assert "--no-noise --spec sched.toml" not in md
     assert f"{where} (differs from the store's spec in train.schedule, train.milestones)" in md
+
+
+def test_a_record_without_the_stores_hash_is_said_to_be_why(tmp_path):
+    """A manifest whose spec record does not have the store's spec hash (edited by hand, say)
+    cannot tell which keys the kernels depend on, so a spec differing from it only in
+    [train] is refused; the message listed those [train] keys and then said to pass the
+    run's spec 'with the run's schedule written into its [train] if you like', which is what
+    was refused, and not why. It says why now, and not that."""
+    train = {k: v for k, v in RUN["train"].items() if k not in ("schedule", "milestones")}
+    bare = spec_from_dict({**RUN, "train": train}, source="own.toml")
+    recorded = bare.to_dict()
+    recorded["train"]["lr"] = 0.3  # the record edited; the hash is the kernels'
+    identity = StoreIdentity(bare.hash(), "probe0", "trace", "float64")
+    with open_store(tmp_path / "edited", identity, {"checkpoints": "/ckpts", "spec": recorded}):
+        pass
+    sched = spec_from_dict(RUN, source="sched.toml")
+    with pytest.raises(StoreError) as refused:
+        verdict_spec(Store.open(tmp_path / "edited"), sched)
+    said = " ".join(str(refused.value).split())
+    manifest = paths.manifest(tmp_path / "edited")
+    assert f"The spec {manifest} records does not have the store's spec hash {bare.hash()}" in said
+    assert "only a spec of that hash is taken" in said
+    assert "if you like" not in said
+    # the record as written: the schedule is the verdict's to read
+    assert verdict_spec(Store.open(tmp_path / "edited"), bare) == (bare, [])

@@ -77,11 +77,8 @@ def verdict_spec(store: Store, spec: str | Path | Spec | None) -> tuple[Spec | N
     stored = store.manifest.get("spec")
     keys = differing_keys(stored, loaded.to_dict()) if isinstance(stored, Mapping) else []
     keys = [key for key in keys if not _later_key_at_default(key, stored, loaded)]
-    if (
-        keys
-        and _is_the_stores(stored, store.identity.spec_hash)
-        and all(key in KERNEL_FREE_TRAIN_KEYS for key in keys)
-    ):
+    trusted = _is_the_stores(stored, store.identity.spec_hash)
+    if keys and trusted and all(key in KERNEL_FREE_TRAIN_KEYS for key in keys):
         return loaded, keys
     kernel_keys = [key for key in keys if key not in KERNEL_FREE_TRAIN_KEYS]
     shown = resolved_differences(stored, loaded.to_dict()) if isinstance(stored, Mapping) else []
@@ -98,12 +95,18 @@ def verdict_spec(store: Store, spec: str | Path | Spec | None) -> tuple[Spec | N
         if kernel_keys
         else ""
     )
+    if isinstance(stored, Mapping) and not trusted:  # its keys tell nothing of the kernels'
+        which += (
+            f" The spec {paths.manifest(store.root)} records does not have the store's spec hash "
+            f"{store.identity.spec_hash} (edited, or written by another conetool), so it cannot "
+            "tell which keys the kernels depend on: only a spec of that hash is taken."
+        )
+    schedule = ", with the run's schedule written into its [train] if you like," if trusted else ""
     raise StoreError(
         f"--spec {loaded.source}: its hash is {loaded.hash()}, but the kernels of store "
         f"{store.root} were computed with spec hash {store.identity.spec_hash}.{differs}{which} "
-        "Pass the spec of that run (conetool report writes it to STORE/report/spec.toml), with "
-        "the run's schedule written into its [train] if you like, or leave --spec out: the "
-        "store's manifest records it."
+        f"Pass the spec of that run (conetool report writes it to STORE/report/spec.toml)"
+        f"{schedule} or leave --spec out: the store's manifest records it."
     )
 
 
