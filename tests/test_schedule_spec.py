@@ -17,7 +17,7 @@ from conetool.cli import app
 from conetool.errors import StoreError
 from conetool.pipeline import distance, embed, kernels, report
 from conetool.pipeline.schedule_spec import KERNEL_FREE_TRAIN_KEYS, verdict_spec
-from conetool.spec import TrainSpec, load_spec, spec_from_dict
+from conetool.spec import TrainSpec, load_spec, spec_from_dict, spec_from_toml
 from conetool.store import Store, StoreIdentity
 from conetool.training import train
 
@@ -254,3 +254,35 @@ def test_a_record_without_the_stores_hash_is_said_to_be_why(tmp_path):
     assert "if you like" not in said
     # the record as written: the schedule is the verdict's to read
     assert verdict_spec(Store.open(tmp_path / "edited"), bare) == (bare, [])
+
+
+def test_the_report_passes_a_schedule_spec_only_while_its_file_holds_it(own_store, tmp_path):
+    """The report's Reproduce commands passed --spec FILE as summary.json recorded it, though
+    the file had been edited since (the commands then read another schedule, silently), was
+    gone, or had never been one (a Spec built in Python: --spec '<spec>'); where the file does
+    not hold the spec of the recorded hash, a comment says to add it instead."""
+    root, store = own_store
+    edited = tmp_path / "edited.toml"
+    edited.write_text(OWN + SCHEDULE)
+    distance(store, spec=edited, noise=False)
+    embed(store)
+    edited.write_text(OWN + 'schedule = "step"\nmilestones = [15]\n')
+    held = load_spec(edited).hash()
+    md = " ".join(report(store).markdown.read_text().split())
+    assert f"--no-noise --spec {edited}" not in md and f"--seed 0 --spec {edited}" not in md
+    wanted = load_spec(root / "sched.toml").hash()
+    said = (
+        f"# the verdict read [train] from --spec {edited} (spec hash {wanted}), which holds "
+        f"another spec now (hash {held}): add --spec with a file of that spec"
+    )
+    assert md.count(said) == 1  # once, for the distance and embed commands
+
+    built = spec_from_toml(OWN + SCHEDULE)  # source "<spec>"
+    distance(store, spec=built, noise=False)
+    md = " ".join(report(store).markdown.read_text().split())
+    assert "--spec '<spec>'" not in md
+    assert f"from --spec <spec> (spec hash {wanted}), which is not there now" in md
+    distance(store, spec=root / "sched.toml", noise=False)
+    embed(store)  # its summary named edited.toml until it read distance's again
+    md = " ".join(report(store).markdown.read_text().split())
+    assert f"--no-noise --spec {root / 'sched.toml'}" in md and "# the verdict read" not in md

@@ -169,7 +169,9 @@ class ReportCommands(ReportInputs):
         ]
         if options.get("noise") is False:  # not recorded before: the default, the estimate
             parts.append("--no-noise")
-        parts += _schedule_flag(s)
+        schedule, unnamed = _schedule_flag(s)
+        parts += schedule
+        comments += [unnamed] if unnamed is not None else []
         return " ".join(parts), comments
 
     def _embed_command(self) -> str:
@@ -179,7 +181,7 @@ class ReportCommands(ReportInputs):
             parts += _flag(flag, s.get(key))
         if s.get("excluded"):
             parts.append("--skip-bad")
-        parts += _schedule_flag(s)
+        parts += _schedule_flag(s)[0]
         return " ".join(parts)
 
     def _results_command(self, part: str) -> str:
@@ -330,6 +332,8 @@ class ReportCommands(ReportInputs):
                 lines += comments
                 lines.append(command)
             if self.embed is not None:
+                unnamed = _schedule_flag(self.embed)[1]
+                lines += [unnamed] if unnamed is not None and unnamed not in lines else []
                 lines.append(self._embed_command())
             if self.spectrum is not None:
                 lines.append(self._spectrum_command())
@@ -362,11 +366,25 @@ def _flag(flag: str, value: object) -> list[str]:
     return [] if value is None else [f"{flag} {_q(value)}"]
 
 
-def _schedule_flag(summary: Mapping[str, Any]) -> list[str]:
-    """``["--spec FILE"]`` when the command's summary read the schedule from a spec that
-    differs from the store's in ``[train]`` (its ``schedule_spec``), so that the command
-    reproduces the verdict it read; else none."""
+def _schedule_flag(summary: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    """``(["--spec FILE"], None)`` when the command's summary read the schedule from a spec
+    that differs from the store's in ``[train]`` (its ``schedule_spec``), so that the command
+    reproduces the verdict it read; ``([], comment)`` when no file there holds that spec now
+    (moved, edited since, or a spec built in Python: the command would read another schedule,
+    or fail), the comment saying to add it; else ``([], None)``."""
     record = summary.get("schedule_spec")
     if not isinstance(record, Mapping) or not record.get("differs"):
-        return []
-    return [f"--spec {_q(record.get('source'))}"]
+        return [], None
+    source, wanted = record.get("source"), record.get("spec_hash")
+    try:
+        held = load_spec(str(source)).hash()
+    except (ConetoolError, OSError):
+        held = None
+    if held is not None and held == wanted:
+        return [f"--spec {_q(source)}"], None
+    now = "is not there now" if held is None else f"holds another spec now (hash {held})"
+    return [], (
+        f"# the verdict read [train] from --spec {source} (spec hash {wanted}), which {now}: "
+        "add --spec with a file of that spec (the store's with the schedule the verdict read "
+        "in its [train]) to the distance and embed commands"
+    )
