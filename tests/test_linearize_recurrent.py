@@ -221,3 +221,40 @@ def test_the_kernels_of_a_linearized_model_leave_the_flags_as_they_were_after_it
     assert network.seen and set(network.seen) == {(True, True)}
     assert (torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled) == (True, True)
     assert rel(kernel, empirical_ntk(net, x, device="cpu")) < 1e-10  # at θ = θ_t: the model's
+
+
+class FailsInside(SeesFlags):
+    """A recurrent layer whose forward raises ``error`` once it has seen the flags."""
+
+    error: BaseException | None = None
+
+    def forward(self, x: Tensor, hx: object = None) -> tuple[Tensor, object]:  # type: ignore[override]
+        out = super().forward(x, hx)
+        if self.error is not None:
+            raise self.error
+        return out
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the model's own error"), KeyboardInterrupt()])
+def test_an_error_inside_the_layer_leaves_the_flags_as_they_were(error: BaseException) -> None:
+    # A guard (passes on the code before too): the restoring hooks are called by torch for an
+    # Exception only (always_call), not for a KeyboardInterrupt, where the blocks' own exit
+    # restores the flags; the linearized model's block alone, and inside the eNTK engines'.
+    torch.manual_seed(0)
+    net = Watched()
+    net.rnn = FailsInside(FEATURES, 4, batch_first=True)
+    lin = linearize(net)
+    layer = lin._network.rnn
+    layer.error = error
+    x = torch.randn(4, STEPS * FEATURES)
+    for call in (lambda: lin(x), lambda: empirical_ntk(lin, x, device="cpu", method="jacobian")):
+        seen = len(layer.seen)
+        with pytest.raises(BaseException) as caught:
+            call()
+        assert caught.type is type(error) or isinstance(caught.value.__cause__, type(error))
+        assert len(layer.seen) > seen and layer.seen[-1] == (False, False)  # it ran outside them
+        assert (torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled) == (True, True)
+        assert not layer._forward_hooks and not layer._forward_pre_hooks
+    layer.error = None
+    lin(x)  # and runs again as before
+    assert lin._network.seen[-1] == (True, True)
