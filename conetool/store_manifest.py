@@ -22,7 +22,7 @@ from ._version import __version__
 from .checkpoints._stored_steps import BEYOND_MAX_STEP, MAX_STEP
 from .errors import StoreError
 from .io import SAFETENSORS_DTYPES, atomic_write_text
-from .spec import resolved_differences
+from .spec import differing_keys, resolved_differences
 
 FORMAT = "conetool-store"
 FORMAT_VERSION = 1
@@ -370,11 +370,34 @@ def mixed_message(
             changed = f" This run's spec{named} differs from the store's in {'; '.join(keys)}."
     if found.spec_hash != wanted.spec_hash and not changed and named:
         changed = f" This run's spec is {named.strip(' ,')}."
+    cheaper = ""
+    if len(differences) == 1 and found.spec_hash != wanted.spec_hash:  # the spec alone
+        cheaper = _schedule_alone(specs, source)
     return (
         f"store {root} holds {count} kernels made with another "
         f"{', '.join(differences)}; conetool never mixes them.{changed} {add_to_it}Use another "
         f"--store, or pass --overwrite to replace that store (it deletes those {count} kernels "
-        "and the results made from them)."
+        f"and the results made from them).{cheaper}"
+    )
+
+
+def _schedule_alone(specs: tuple[Any, Any], source: Any) -> str:
+    """The note that ``distance --spec`` reads this run's spec over the store's kernels, when it
+    differs from the store's spec (``specs``: the store's and this run's, as dicts) only in
+    ``[train]`` keys no kernel depends on (the schedule written into a run's own spec after
+    ``kernels``); else ``""``. ``source``: this run's spec file."""
+    from .pipeline.schedule_spec import KERNEL_FREE_TRAIN_KEYS  # (the pipeline's judgement)
+
+    if not all(isinstance(d, Mapping) for d in specs):
+        return ""
+    keys = differing_keys(*specs)
+    if not keys or not all(key in KERNEL_FREE_TRAIN_KEYS for key in keys):
+        return ""
+    file = source if isinstance(source, str) and source else "FILE"
+    return (
+        " No kernel depends on those [train] keys: to read the verdict under its schedule over "
+        f"these kernels, pass it to conetool distance --spec {file} (and embed --spec {file}) "
+        "instead; none is recomputed."
     )
 
 

@@ -286,3 +286,29 @@ def test_the_report_passes_a_schedule_spec_only_while_its_file_holds_it(own_stor
     embed(store)  # its summary named edited.toml until it read distance's again
     md = " ".join(report(store).markdown.read_text().split())
     assert f"--no-noise --spec {root / 'sched.toml'}" in md and "# the verdict read" not in md
+
+
+def test_kernels_with_the_schedule_written_in_names_the_cheaper_way(own_store):
+    """kernels over the store with the spec completed by the run's schedule (what the README
+    said to do before kernels) is refused as another spec, rightly, and said only to use
+    another --store or --overwrite: every kernel computed again, though none depends on
+    those [train] keys; it names distance --spec FILE too now. A spec differing in a key
+    that changes kernels is not told so."""
+    root, store = own_store
+    before = _kernel_states(store)
+    sched = root / "sched.toml"
+    with pytest.raises(StoreError) as refused:
+        kernels(root / "ckpts", store=store, device="cpu", spec=sched)
+    said = " ".join(str(refused.value).split())
+    assert "Use another --store, or pass --overwrite" in said
+    assert (
+        "No kernel depends on those [train] keys: to read the verdict under its schedule over "
+        f"these kernels, pass it to conetool distance --spec {sched} (and embed --spec {sched}) "
+        "instead; none is recomputed."
+    ) in said
+    other = root / "wider.toml"
+    other.write_text((OWN + SCHEDULE).replace("widths = [8]", "widths = [9]"))
+    with pytest.raises(StoreError) as refused:
+        kernels(root / "ckpts", store=store, device="cpu", spec=other)
+    assert "No kernel depends on" not in str(refused.value)
+    assert _kernel_states(store) == before
