@@ -376,13 +376,16 @@ def _schedule_flag(summary: Mapping[str, Any]) -> tuple[list[str], str | None]:
     if not isinstance(record, Mapping) or not record.get("differs"):
         return [], None
     source, wanted = record.get("source"), record.get("spec_hash")
-    try:
-        held = load_spec(str(source)).hash()
-    except (ConetoolError, OSError):
-        held = None
+    held, now = None, "is not there now"
+    if Path(str(source)).is_file():
+        try:
+            held = load_spec(str(source)).hash()
+            now = f"holds another spec now (hash {held})"
+        except (ConetoolError, OSError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            now = f"cannot be read as a spec now ({first})"
     if held is not None and held == wanted:
         return [f"--spec {_q(source)}"], None
-    now = "is not there now" if held is None else f"holds another spec now (hash {held})"
     return [], (
         f"# the verdict read [train] from --spec {source} (spec hash {wanted}), which {now}: "
         "add --spec with a file of that spec (the store's with the schedule the verdict read "
