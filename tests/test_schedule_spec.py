@@ -276,6 +276,9 @@ def test_the_report_passes_a_schedule_spec_only_while_its_file_holds_it(own_stor
         f"another spec now (hash {held}): add --spec with a file of that spec"
     )
     assert md.count(said) == 1  # once, for the distance and embed commands
+    edited.write_text("[train\n")  # there, but no spec
+    md = " ".join(report(store).markdown.read_text().split())
+    assert f"from --spec {edited} (spec hash {wanted}), which cannot be read as a spec now" in md
 
     built = spec_from_toml(OWN + SCHEDULE)  # source "<spec>"
     distance(store, spec=built, noise=False)
