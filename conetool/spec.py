@@ -896,9 +896,13 @@ def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 
 def _section(spec: Mapping[str, Any], section: str) -> Mapping[str, Any]:
-    """``spec[section]`` of a resolved spec as plain data, or empty where it is not a table."""
+    """``spec[section]`` of a resolved spec as plain data, or empty where it is not a table; a
+    key of :data:`LATER_KEYS` that it leaves out (a manifest written before the key existed) at
+    its default, as :meth:`Spec.hash` counts it."""
     values = spec.get(section)
-    return values if isinstance(values, Mapping) else {}
+    values = values if isinstance(values, Mapping) else {}
+    later = {k: v for where, k, v in LATER_KEYS if where == section and k not in values}
+    return {**values, **later} if later else values
 
 
 def _canonical(value: Any) -> str:

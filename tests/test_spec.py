@@ -369,3 +369,21 @@ def test_label_smoothing_is_a_train_key_that_leaves_every_earlier_hash_as_it_was
     assert smoothed.train.label_smoothing == 0.1 and smoothed.hash() != zero.hash()
     with pytest.raises(SpecError, match=r"s\.toml: 'train\.label_smoothing' must be at least 0"):
         spec_from_dict({"train": {"label_smoothing": 1.0}}, source="s.toml")
+
+
+def test_a_manifest_written_before_label_smoothing_is_not_said_to_differ_in_it():
+    """A store's manifest from before train.label_smoothing existed has no such key; its hash
+    counts it as the default 0, but the differences a refusal names (another spec's kernels in
+    the store, distance --spec, switch --spec) said 'train.label_smoothing = (not set) (now
+    0.0)' beside the key that did differ."""
+    from conetool.spec import Spec, resolved_differences
+
+    earlier = Spec().to_dict()
+    del earlier["train"]["label_smoothing"]  # as a manifest of an earlier conetool holds it
+    now = Spec().to_dict()
+    now["train"]["lr"] = 0.5
+    assert resolved_differences(earlier, now) == ["train.lr = 0.1 (now 0.5)"]
+    assert resolved_differences(now, earlier) == ["train.lr = 0.5 (now 0.1)"]
+    smoothed = Spec().to_dict()
+    smoothed["train"]["label_smoothing"] = 0.1
+    assert resolved_differences(earlier, smoothed) == ["train.label_smoothing = 0.0 (now 0.1)"]
