@@ -611,8 +611,3 @@ def velocity_lag(
         if (best is None or multiple < best[0]) and _covered(ordered, stored, multiple) >= needed:
             best = (multiple, spacing)
     return (base, base) if best is None else best
-    multiple = -(-target // base) * base  # the smallest multiple of base at least target
-    stored = set(ordered)
-    if _covered(ordered, stored, multiple) >= _covered(ordered, stored, base):
-        return multiple
-    return base
