@@ -600,3 +600,18 @@ def test_an_adam_count_other_than_the_files_step_is_told_as_an_epoch_early(tmp_p
     assert result.points[0].momentum == "saved"
     result = switch([6], until=8, store=tmp_path / "b", ckpts=done, spec=spec, device="cpu")
     assert not [w for w in result.warnings if "step count" in w], result.warnings
+
+
+def test_an_adam_state_for_an_adamw_spec_names_the_optimizer_to_write(tmp_path):
+    """optimizer = "adamw" (e123277) over a loop's plain Adam state: the note said only 'saved
+    with decoupled_weight_decay False (the spec's True) ... give the spec your run's recipe',
+    where an "adam" spec over an AdamW state is told to write "adamw"; it names "adam" now."""
+    spec = spec_from_dict(spec_dict([8], optimizer="adamw"), source="adamw.toml")
+    model, optimizer = plain_loop(lambda m: torch.optim.Adam(m.parameters(), lr=0.01))
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu")
+    assert result.points[0].momentum == "saved"
+    (note,) = [n for n in result.warnings if n.startswith("t=3:")]
+    assert "decoupled_weight_decay False (the spec's True)" in note, note
+    assert "your run used Adam, whose weight decay is the coupled L2 term" in note, note
+    assert 'write optimizer = "adam" in [train]' in note, note

@@ -113,6 +113,13 @@ def _saved_with(differs: tuple[str, ...]) -> str:
             "weight_decay to the gradient, a coupled L2 term, so with a weight_decay other than 0 "
             "the sweep's decay is not your run's)"
         )
+    if any(d.startswith("decoupled_weight_decay False") for d in differs):  # Adam's, not AdamW's
+        said += (
+            " (for decoupled_weight_decay: your run used Adam, whose weight decay is the coupled "
+            'L2 term added to the gradient; write optimizer = "adam" in [train], as the spec\'s '
+            'optimizer = "adamw" decays the weights decoupled, so with a weight_decay other than '
+            "0 the sweep's decay is not your run's)"
+        )
     return said
 
 
