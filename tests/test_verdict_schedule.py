@@ -15,6 +15,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from synthetic_store import make_store
 from tiny_run import tiny_spec, train_tiny
 
@@ -348,3 +349,25 @@ def test_a_spec_file_that_leaves_the_schedule_out_is_told_how_to_record_it(tmp_p
     )
     assert not [w for w in swept("written", ["train.schedule"]) if "train.schedule" in w]
     assert not [w for w in swept("unknown", None) if "train.schedule" in w]
+
+
+def test_embed_estimates_the_noise_floor_with_the_threads_it_is_given(tmp_path, monkeypatch):
+    # embed's own estimate of the noise floor (051f6e4: a kernel of the run's model in float32
+    # and one in float64) ran after its `with limit_threads(threads)` block, so `embed --threads
+    # 1` on a shared machine computed it with every core PyTorch had; distance's runs under its
+    # threads=. (The caller's count is 2 here, so that 1 inside tells.)
+    spec = tiny_spec()
+    spec["train"].update(steps=40, save_every=5, eval_every=40, lr=0.2, **COSINE)
+    ckpts = train_tiny(tmp_path, spec)
+    root = tmp_path / "store"
+    conetool.kernels(ckpts, store=root, device="cpu")
+    counts: list[int] = []
+
+    def stand_in(model, inputs, *, method, dtype, device, **kwargs):
+        counts.append(torch.get_num_threads())
+        return NoiseEstimate(1e-4, 5e-9, int(inputs.shape[0]), "trace", method, "float32")
+
+    monkeypatch.setattr(noise_estimate, "kernel_noise", stand_in)
+    with conetool.limit_threads(2):
+        conetool.embed(root, threads=1)
+    assert counts == [1]

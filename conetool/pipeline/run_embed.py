@@ -170,12 +170,13 @@ def embed(
             steps, s = matrix.steps, matrix.S
             chosen = cast(Method, method)  # one of METHODS: checked above
             embedding = embed_kernels(s, method=chosen, dims=dims, seed=seed)
-        said = Said(progress)
-        if train_differs and given_spec is not None:
-            said.note(read_from_note(given_spec, train_differs))
-        phase1_end, phase1_from, read_under = _phase1_end(
-            opened, matrix.key, steps, s, said, progress.log, given_spec, train_differs
-        )
+            said = Said(progress)
+            if train_differs and given_spec is not None:
+                said.note(read_from_note(given_spec, train_differs))
+            # (its noise floor may be estimated here: a kernel of the run's model, on threads=)
+            phase1_end, phase1_from, read_under = _phase1_end(
+                opened, matrix.key, steps, s, said, progress.log, given_spec, train_differs
+            )
         running = kernels_running(opened, "conetool embed")
         if running is not None:
             said.warn(running)
