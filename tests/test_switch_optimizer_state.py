@@ -615,3 +615,17 @@ def test_an_adam_state_for_an_adamw_spec_names_the_optimizer_to_write(tmp_path):
     assert "decoupled_weight_decay False (the spec's True)" in note, note
     assert "your run used Adam, whose weight decay is the coupled L2 term" in note, note
     assert 'write optimizer = "adam" in [train]' in note, note
+
+
+def test_an_adam_count_below_the_files_step_is_no_epoch_warning(tmp_path):
+    """An Adam state whose step count is below the file's step (a mixed-precision GradScaler
+    skipped a few steps, or the run resumed with a fresh optimizer) was warned of as a loop that
+    names its files one epoch early, a warning that every point of such a run got; only a count
+    above the file's step means that (tests above: 6 updates in epoch_0.pt)."""
+    spec = spec_from_dict(spec_dict([8], optimizer="adam"), source="adam.toml")
+    model, optimizer = plain_loop(lambda m: torch.optim.Adam(m.parameters(), lr=0.01), steps=3)
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer, step=5)  # 2 steps skipped
+    result = switch([5], until=6, store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu")
+    assert result.points[0].momentum == "saved"
+    said = [*result.warnings, *result.notes]
+    assert not [w for w in said if "step count" in w or "epoch early" in w], said

@@ -201,12 +201,14 @@ def _from_checkpoint_file(
 
 def _updates_counted(optimizer: torch.optim.Optimizer, t: int, name: str) -> str | None:
     """What a loop's own state loaded into ``optimizer`` says when Adam's step count (the updates
-    the run's optimizer took) is not ``t``, the step its file ``name`` reads as: a loop that names
-    each file by the epoch just finished, counting from 0 (``epoch_0`` after the first epoch),
-    gives every step one epoch early, and the sweep trains from the wrong step of the schedule;
-    None when the count is ``t`` or there is none (SGD keeps no count)."""
+    the run's optimizer took) is more than ``t``, the step its file ``name`` reads as: a loop that
+    names each file by the epoch just finished, counting from 0 (``epoch_0`` after the first
+    epoch), gives every step one epoch early, and the sweep trains from the wrong step of the
+    schedule; None when the count is at most ``t`` or there is none (SGD keeps no count). A count
+    below ``t`` is no sign of it: an optimizer made fresh when the run resumed, the steps a
+    mixed-precision GradScaler skipped, gradient accumulation."""
     counts = {int(float(values["step"])) for values in optimizer.state.values() if "step" in values}
-    if len(counts) != 1 or counts == {t}:  # (several counts: not one optimizer's history)
+    if len(counts) != 1 or max(counts) <= t:  # (several counts: not one optimizer's history)
         return None
     (taken,) = counts
     return (
@@ -214,16 +216,15 @@ def _updates_counted(optimizer: torch.optim.Optimizer, t: int, name: str) -> str
         f"step {t}: if your loop names a file by the epoch it just finished, counting from 0 "
         "(epoch_0 after the first epoch), every step reads one epoch early and each point "
         "trains from the wrong step of the schedule. Store each file's step in it (a 'step' "
-        "entry of the torch.save dict) or name it by the epochs done (epoch_1 after the first); "
-        "a run resumed with a fresh optimizer counts fewer, and is right as it is"
+        "entry of the torch.save dict) or name it by the epochs done (epoch_1 after the first)"
     )
 
 
 def _updates_counted_many() -> str:
     """:func:`_updates_counted` for the points of several files, named once."""
     return (
-        "their step counts say the run's optimizer took another number of updates than the "
-        "step each file reads as (a loop naming files by the epoch just finished, counting from "
+        "their step counts say the run's optimizer took more updates than the step each file "
+        "reads as (a loop naming files by the epoch just finished, counting from "
         "0, reads one epoch early: store each file's step in it, or name it by the epochs done)"
     )
 
