@@ -262,6 +262,20 @@ def test_a_checkpoint_file_for_ckpts_without_spec_names_the_directory(run, tmp_p
     assert one.computed == [5]
 
 
+def test_a_spec_file_given_as_ckpts_is_said_to_be_a_spec(run, tmp_path):
+    # `conetool kernels spec.toml` (the spec where the run's folder goes) was told "spec.toml
+    # is a file, and no --spec was given ... or --spec SPEC.toml with the file", as if the
+    # TOML file were a checkpoint to compute; 38a98d6 said so only of a .toml that is not there
+    spec = tmp_path / "mine.toml"
+    spec.write_text(paths.spec(run).read_text())
+    with pytest.raises(SpecError) as refused:
+        kernels(spec, store=tmp_path / "s", device="cpu")
+    said = " ".join(str(refused.value).split())
+    assert f"{spec} is a TOML file, a spec, not a checkpoint: pass it as --spec {spec}," in said
+    assert "and as the checkpoints the run's checkpoint directory (the --out of" in said
+    assert not (tmp_path / "s").exists()
+
+
 def test_bad_checkpoint_stops_or_is_skipped(run, tmp_path):
     path = paths.checkpoint(run, 5)
     with safe_open(str(path), framework="pt") as handle:

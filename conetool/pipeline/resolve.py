@@ -26,6 +26,12 @@ def resolve_spec(ckpts: Path, spec: Spec | str | Path | None) -> Spec:
     if found.is_file():
         return load_spec(found)
     refuse_training_state(ckpts)  # the file's fault first: a --spec would not make it readable
+    if Path(ckpts).is_file() and Path(ckpts).suffix.lower() == ".toml":  # a spec, not weights
+        raise SpecError(
+            f"{ckpts} is a TOML file, a spec, not a checkpoint: pass it as --spec {ckpts}, and "
+            "as the checkpoints the run's checkpoint directory (the --out of conetool train, or "
+            "the folder holding the checkpoint files)."
+        )
     if Path(ckpts).is_file():  # one checkpoint file: no conetool.toml of its own
         raise SpecError(
             f"{ckpts} is a file, and no --spec was given: the spec is the {paths.SPEC_NAME} of "
