@@ -375,6 +375,9 @@ def test_switch_without_ckpts_takes_the_directory_the_kernel_files_record(run, t
         assert f"conetool kernels {named.resolve()} --store {root} rebuilds it" in warning
     else:
         assert damaged == [], result.warnings
+    # not kept for the report, which reads the store once kernels has rebuilt its manifest
+    kept = json.loads(paths.switch_results_json(root).read_text())
+    assert not [m for m in kept["notes"] if paths.MANIFEST_NAME in m], kept["notes"]
     # with --ckpts (which a damaged manifest refused): no note on the directory
     given = switch(0, store=root, ckpts=named, device="cpu")
     assert [p.at for p in given.points] == [0]

@@ -129,3 +129,25 @@ def test_results_json_keeps_what_the_points_of_earlier_sweeps_said(tmp_path):
         w for w in later.warnings if SAVED_WITH in w
     ]
     assert len([w for w in later.warnings if SAVED_WITH in w]) == 2  # t=8's, t=4's
+
+
+def test_what_switch_said_of_a_damaged_manifest_is_not_kept_for_the_report(tmp_path):
+    # Was: results.json kept "STORE/manifest.json is damaged: ... conetool kernels ... rebuilds
+    # it" and "using the checkpoint directory ..., recorded ... (its manifest.json ... is
+    # damaged; ...)", and the report, which refuses the store until kernels has rebuilt it, said
+    # both of a manifest that was whole again. They are said, and in the result, as before.
+    run, store, spec = swept(tmp_path)
+    manifest = paths.manifest(store)
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) // 2])
+    result = switch([4], store=store, spec=spec, device="cpu")
+    lost = [m for m in result.warnings + result.notes if paths.MANIFEST_NAME in m]
+    assert len(lost) == 2 and any("is damaged: switch read" in m for m in lost), lost
+    results = json.loads(paths.switch_results_json(store).read_text())
+    assert not [m for m in results["notes"] if paths.MANIFEST_NAME in m], results["notes"]
+    assert [w for w in results["warnings"] if SAVED_WITH in w] == [
+        w for w in result.warnings if SAVED_WITH in w
+    ]  # what it said of the sweep is kept
+    kernels(run, store=store, spec=spec, device="cpu")  # rebuilds the manifest
+    page = report(store).markdown.read_text(encoding="utf-8")
+    assert "is damaged" not in page and "Warning from conetool switch: t=4" in page

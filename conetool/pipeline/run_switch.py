@@ -380,7 +380,11 @@ def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Sa
         # results.csv's points of earlier sweeps (not in this one's --at): what they said of
         # their momentum, from their records, so that results.json (the report) has it too
         earlier(p for p in gathered if p.at not in sweep.points_at)
-        said = {"warnings": says.warnings + warnings, "notes": says.notes}  # for the report
+        # for the report: all but what it said of a lost manifest, whole again by then
+        said = {
+            key: [m for m in messages if m not in sweep.of_lost_manifest]
+            for key, messages in (("warnings", says.warnings + warnings), ("notes", says.notes))
+        }
         return ref_result, write_sweep(target, gathered, ref_result, T, **said)
 
     def earlier(others: Iterable[SwitchPoint]) -> None:

@@ -42,6 +42,10 @@ class Located:
     #: the spec file ``conetool kernels`` read, when ``spec`` is the manifest's record of it
     #: (which also says which keys that file wrote); else None
     kernels_spec: str | None = None
+    #: what :func:`locate` said of the manifest being lost (where it took the run and spec from
+    #: instead, and that ``kernels`` rebuilds it): true of the store as the sweep found it only
+    #: (``conetool report``, which refuses the store until then, is made after the rebuild)
+    of_lost_manifest: tuple[str, ...] = ()
 
 
 def locate(
@@ -56,6 +60,7 @@ def locate(
     manifest as it is (``kernels`` owns it). ``said``: where what it took from the store is said,
     as it comes (a damaged manifest's warning before a spec that then cannot be read)."""
     manifest_path = paths.manifest(store)
+    of_lost: list[str] = []  # what it says of a lost manifest (Located.of_lost_manifest)
     manifest, lost = _store_manifest(store)
     carried = kernel_file_headers(store) if lost is not None else []
     # a damaged manifest's records, taken where the kernel files agree (as kernels keeps them)
@@ -92,7 +97,9 @@ def locate(
             else f"recorded by conetool kernels in the kernel files of {store} (its "
             f"{paths.MANIFEST_NAME}, which records it, is {lost}; "
         )
-        said.note(f"using the checkpoint directory {ckpts}, {where}pass --ckpts to use another)")
+        taken = f"using the checkpoint directory {ckpts}, {where}pass --ckpts to use another)"
+        of_lost.append(taken)
+        said.note(taken)
         if differ:  # a guess between runs: to check
             said.warn(
                 f"{sentence(differ)}. Pass --ckpts CKPTS (and --spec SPEC unless "
@@ -100,12 +107,14 @@ def locate(
             )
     ckpts_dir = Path(ckpts)
     if lost == "damaged":
-        said.warn(
+        damaged = (
             f"{manifest_path} is damaged: switch read what it needs from the kernel files of "
             f"{store} (each carries its own record) and left it as it is; conetool kernels "
             f"{ckpts_dir} --store {store} rebuilds it from them (the other commands that read "
             "the store refuse it until then)"
         )
+        of_lost.append(damaged)
+        said.warn(damaged)
     recorded_spec = manifest.get("spec") if manifest is not None else None
     not_taken = None  # why a damaged manifest's spec is not taken
     kernels_spec: str | None = None
@@ -118,11 +127,12 @@ def locate(
         elif held is not None:  # taken where it is the one the kernel files were computed from
             spec, not_taken = held_spec(held, carried, f"{manifest_path} (spec)")
             if spec is not None:
-                said.note(
+                of_lost.append(
                     f"using the spec recorded in {store}'s damaged {paths.MANIFEST_NAME}, the one "
                     f"its kernel files were computed from ({ckpts_dir} has no "
                     f"{paths.SPEC_NAME}; pass --spec to use another)"
                 )
+                said.note(of_lost[-1])
     try:
         resolved = resolve_spec(ckpts_dir, spec)
     except SpecError as exc:
@@ -132,7 +142,7 @@ def locate(
             f"{store}'s damaged {paths.MANIFEST_NAME} records a spec, but it is not used: "
             f"{not_taken}. {exc}"
         ) from exc
-    return Located(ckpts_dir, resolved, manifest, lost, carried, held, kernels_spec)
+    return Located(ckpts_dir, resolved, manifest, lost, carried, held, kernels_spec, tuple(of_lost))
 
 
 def _store_manifest(store: Path) -> tuple[dict[str, Any] | None, str | None]:

@@ -62,6 +62,11 @@ class Sweep:
     #: the spec file ``conetool kernels`` read, when the sweep's spec is the store manifest's
     #: record of it (:attr:`~conetool.pipeline.switch_locate.Located.kernels_spec`); else None
     kernels_spec: str | None = None
+    #: of :attr:`notes` and :attr:`warnings`, what it said of the store's manifest being lost
+    #: (:attr:`~conetool.pipeline.switch_locate.Located.of_lost_manifest`, and the step regex
+    #: read from the kernel files instead): not kept in ``results.json``, since ``conetool
+    #: report`` reads it once ``kernels`` has rebuilt the manifest
+    of_lost_manifest: tuple[str, ...] = ()
 
 
 def prepare_sweep(
@@ -223,6 +228,7 @@ def prepare_sweep(
         said.warnings[warnings_from:],
         read,
         located.kernels_spec,
+        (*located.of_lost_manifest, *([regex_note] if manifest is None and regex_note else [])),
     )
 
 
