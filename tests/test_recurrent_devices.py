@@ -78,8 +78,13 @@ def test_every_variant_and_engine_on_the_device_against_the_float64_reference(
     model, x = copy.deepcopy(model64).to(dtype), x64.to(dtype)
     model.train()  # evaluated in eval mode: the dropout between two layers is off
     flags = _cudnn_flags()
+    # the device of each forward pass's inputs: the kernel comes back on the CPU either way
+    ran_on: set[str] = set()
+    model.register_forward_pre_hook(lambda _, args: ran_on.add(args[0].device.type))
     for kind in KINDS:
+        ran_on.clear()
         kernel = empirical_ntk(model, x, kind=kind, device=device, method=method)
+        assert ran_on == {device}, (kind, ran_on)  # computed there
         assert kernel.device.type == "cpu" and kernel.dtype == dtype
         assert kernel.shape == want[kind].shape
         err = rel(kernel, want[kind])
