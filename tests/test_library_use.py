@@ -145,10 +145,22 @@ def test_a_package_run_with_python_m_keeps_its_ctrl_c(tmp_path: Path, module: st
     (package / "script.py").write_text(probe)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     done = subprocess.run(
-        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", module],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_sigint_as_at_a_terminal,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def _sigint_as_at_a_terminal() -> None:
+    """SIGINT's default action in the child, as a terminal's shell starts it: a suite run as a
+    background job (``pytest &`` in a script, as CI may) starts with SIGINT ignored, which the
+    child inherits, and Python then leaves the ignoring in place of its own handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_python_m_conetool_still_guards_its_start_up() -> None:
