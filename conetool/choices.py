@@ -109,17 +109,22 @@ def path_argument(value: object, name: str, what: str) -> Path:
     Raises:
         ConetoolError: ``value`` is no path (``None``, a number, a list of paths), or the empty
             path ``""`` (which Path reads as the current folder: a store, a run or its
-            checkpoints would be written or read there unasked); the message names ``name`` and
-            what to pass.
+            checkpoints would be written or read there unasked), or a path of only spaces; the
+            message names ``name`` and what to pass.
     """
     from .errors import ConetoolError
 
     lead = f"{name} {value!r}" if name.startswith("--") else f"{name}={value!r}"
     if isinstance(value, str | os.PathLike) and isinstance(os.fspath(value), str):
-        if not os.fspath(value).strip():
+        if not os.fspath(value):
             raise ConetoolError(
                 f"{lead} is an empty path, which would mean the current folder. Pass {what} "
                 "(an empty value usually comes from a variable that is not set)."
+            )
+        if not os.fspath(value).strip():
+            raise ConetoolError(
+                f"{lead} is a path of only spaces, which would name a file or folder "
+                f"{os.fspath(value)!r} in the current folder. Pass {what}."
             )
         return Path(value)
     several = " (one path: call once per directory)" if isinstance(value, list | tuple) else ""

@@ -77,8 +77,8 @@ class StoreReplacedError(StoreError):
 
 class OptionError(ConetoolError):
     """A command-line value that cannot mean what its option takes: an empty path (the current
-    folder, as a shell variable left unset gives), a file where a folder is wanted or a folder
-    where a file is. Raised as the command line is read, before anything is loaded; the CLI says
+    folder, as a shell variable left unset gives) or one of only spaces, a file where a folder is
+    wanted or a folder where a file is. Raised as the command line is read, before anything is loaded; the CLI says
     it as a usage error (exit 2, ``conetool.cli.help_format``)."""
 
 

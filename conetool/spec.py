@@ -221,11 +221,16 @@ def load_spec(path: str | Path) -> Spec:
             f"spec={path!r} is not a spec. Pass the path of a TOML spec file (a str or "
             "pathlib.Path), or a conetool.Spec (conetool.load_spec reads one)."
         )
-    if not os.fspath(path).strip():  # Path("") is the current folder
+    if not os.fspath(path):  # Path("") is the current folder
         raise SpecError(
-            f"spec={os.fspath(path)!r} is an empty path. Pass the path of a TOML spec file, for "
-            "example examples/digits_lenet.toml (an empty value usually comes from a variable "
-            "that is not set)."
+            "spec='' is an empty path. Pass the path of a TOML spec file, for example "
+            "examples/digits_lenet.toml (an empty value usually comes from a variable that is "
+            "not set)."
+        )
+    if not os.fspath(path).strip():
+        raise SpecError(
+            f"spec={os.fspath(path)!r} is a path of only spaces. Pass the path of a TOML spec "
+            "file, for example examples/digits_lenet.toml."
         )
     path = Path(path)
     if path.is_dir():

@@ -254,7 +254,7 @@ def test_a_path_argument_that_is_no_path_is_named(
         (lambda run, tmp: conetool.kernels("", store=tmp / "s", threads=1), r"^ckpts=''"),
         (lambda run, tmp: conetool.kernels(run, store="", threads=1), r"^--store ''"),
         (lambda run, tmp: conetool.kernels(run, spec="", store=tmp / "s"), r"^spec=''"),
-        (lambda run, tmp: conetool.inspect(" "), r"^ckpts=' '"),
+        (lambda run, tmp: conetool.inspect(""), r"^ckpts=''"),
         (lambda run, tmp: conetool.train(run / "conetool.toml", ""), r"^--out ''"),
         (lambda run, tmp: conetool.train("", tmp / "t"), r"^spec=''"),
         (lambda run, tmp: conetool.load_spec(""), r"^spec=''"),
@@ -276,6 +276,40 @@ def test_an_empty_path_argument_is_refused_not_taken_as_the_current_folder(
         call(run, tmp_path)
     assert "is an empty path" in str(e.value)
     assert list(here.iterdir()) == [] and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("call", "said"),
+    [
+        (
+            lambda run, tmp: conetool.kernels(run, store="  "),
+            "--store '  ' is a path of only spaces, which would name a file or folder '  ' in "
+            "the current folder. Pass ",
+        ),
+        (
+            lambda run, tmp: conetool.inspect(" "),
+            "ckpts=' ' is a path of only spaces, which would name a file or folder ' ' in the "
+            "current folder. Pass the checkpoint directory (or one checkpoint).",
+        ),
+        (
+            lambda run, tmp: conetool.load_spec(" "),
+            "spec=' ' is a path of only spaces. Pass the path of a TOML spec file",
+        ),
+    ],
+)
+def test_a_path_of_only_spaces_is_said_to_be_that_not_empty(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: Any, said: str
+) -> None:
+    """A path of spaces was refused as 'an empty path, which would mean the current folder':
+    it is neither; it would name a folder of spaces here."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(conetool.ConetoolError) as e:
+        call(run, tmp_path)
+    assert str(e.value).startswith(said), str(e.value)
+    assert "empty" not in str(e.value)
+    assert list(here.iterdir()) == []
 
 
 def test_load_kernel_takes_a_step_as_ref_does(run: Path, tmp_path: Path) -> None:

@@ -92,6 +92,16 @@ CASES = [
         "or move notes.toml away.",
     ),
     (["kernels", "run", "--store", ""], "--store '' is an empty path"),
+    (
+        ["kernels", "run", "--store", " "],
+        "--store ' ' is a path of only spaces, which would name a file or folder ' ' in the "
+        "current folder. Give the store's folder, for example --store conetool-out.",
+    ),
+    (
+        ["train", " ", "--out", "o"],
+        "SPEC ' ' is a path of only spaces, which would name a file or folder ' ' in the "
+        "current folder. Give the TOML spec of the run, for example conetool train",
+    ),
     (["inspect", "run", "--spec", "empty"], "--spec empty is a folder, not a file"),
     (["distance", "--store", ""], "--store '' is an empty path"),
     (["distance", "--store", "notes.toml"], "--store notes.toml is a file, not a folder"),

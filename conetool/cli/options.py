@@ -22,18 +22,24 @@ def path_problem(flag: str, value: str | Path, takes: Takes, what: str, example:
     ``SPEC``), cannot be what it takes (:data:`Takes`; ``what``, in words, and an ``example`` of
     it for the fix: ``--store conetool-out``), or None. Refused: an empty path (``--store ''``, as
     a shell variable that is not set gives: Python reads it as the current folder, where a store,
-    a run or its checkpoints would have been written or read unasked); a file where a folder is
+    a run or its checkpoints would have been written or read unasked); a path of only spaces
+    (``--store ' '``: a folder named by spaces, never meant); a file where a folder is
     wanted, or under which one would have to be made; a folder where a spec file is wanted. A
     path that does not exist yet is left to the command (a folder is made; a missing spec or
     checkpoint folder is its error)."""
     raw = os.fspath(value)
     option = flag.startswith("-")
     given = f"{flag} {raw}" if option else f"{flag} {raw!r}"
-    if not raw.strip():
+    if not raw:
         return (
             f"{flag} {raw!r} is an empty path, which would mean the current folder. Give {what}, "
             f"for example {example}. (An empty value usually comes from a shell variable that "
             "is not set.)"
+        )
+    if not raw.strip():
+        return (
+            f"{flag} {raw!r} is a path of only spaces, which would name a file or folder "
+            f"{raw!r} in the current folder. Give {what}, for example {example}."
         )
     try:
         return _kind_problem(flag, raw, given, takes, what, example)
