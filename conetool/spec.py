@@ -666,15 +666,15 @@ def check_model_classes(spec: Spec, data_classes: int, *, builtin_model: bool = 
 
 
 def default_arch_note(spec: Spec) -> str:
-    """``"model.toml sets no [model] arch, so the default 'lenet5' was built: set arch to the
-    model meant."`` when the spec's file does not write ``arch`` (its ``written`` keys known),
-    for messages about the model built; else ``""``."""
+    """``'model.toml sets no [model] arch, so the default "lenet5" was built: set arch to the
+    model meant.'`` (the arch as the file would write it) when the spec's file does not write
+    ``arch`` (its ``written`` keys known), for messages about the model built; else ``""``."""
     if spec.written is None or "model.arch" in spec.written:
         return ""
     file = "the spec" if spec.source == "<spec>" else spec.source
     return (
-        f"{file} sets no [model] arch, so the default {spec.model.arch!r} was built: set arch "
-        "to the model meant."
+        f"{file} sets no [model] arch, so the default {toml_text(spec.model.arch)} was built: "
+        "set arch to the model meant."
     )
 
 

@@ -371,6 +371,6 @@ def test_a_spec_without_arch_says_its_model_is_the_default(run: Path, tmp_path: 
         kernels(run, spec=spec, store=tmp_path / "store2", device="cpu")
     assert str(built.value).startswith("flat.toml: arch 'lenet5' is a convolutional network")
     assert str(built.value).endswith(
-        "flat.toml sets no [model] arch, so the default 'lenet5' was built: set arch to the "
+        'flat.toml sets no [model] arch, so the default "lenet5" was built: set arch to the '
         "model meant."
     )

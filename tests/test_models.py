@@ -398,12 +398,12 @@ def test_output_check_uses_model_dtype() -> None:
 
 def test_unknown_arch_message() -> None:
     expected = (
-        "unknown architecture 'x' in [model] arch. Built-in: lenet5, lenet_300_100, mlp, "
+        '[model] arch = "x" is not a known architecture. Built-in: lenet5, lenet_300_100, mlp, '
         'resnet20, vgg16, or "package.module:factory" for your own model.'
     )
     with pytest.raises(ModelError, match=re.escape(expected)):
         _build("x", DIGITS)
-    with pytest.raises(ModelError, match="Did you mean 'resnet20'"):
+    with pytest.raises(ModelError, match=re.escape('Did you mean "resnet20"?')):
         _build("resnet", DIGITS)
 
 
@@ -445,7 +445,7 @@ def test_a_key_of_another_arch_names_that_arch(tmp_path: Path) -> None:
     assert message.startswith(f"{spec}: unknown key 'widths' in [model] for arch 'lenet5'")
     assert (
         "'widths' is a key of arch 'mlp': set [model] arch = \"mlp\" if that model is meant. "
-        f"{spec} sets no [model] arch, so the default 'lenet5' was built: set arch to the model "
+        f'{spec} sets no [model] arch, so the default "lenet5" was built: set arch to the model '
         "meant." in message
     )
     with pytest.raises(ModelError) as info:  # resnet20's width on vgg16: no default said
@@ -667,7 +667,8 @@ def test_user_factory_found_in_current_directory(tmp_path, monkeypatch) -> None:
     [
         (
             "mypkg.models.build",
-            r"unknown architecture 'mypkg.models.build'.* Did you mean 'mypkg.models:build'",
+            r'\[model\] arch = "mypkg.models.build" is not a known architecture.* Did you mean '
+            r'"mypkg.models:build" \(a factory is "package.module:factory"\)\?',
         ),
         ("mymodels:", r'"mymodels:" is not a valid import path.*package.module:factory'),
         (":factory", r'":factory" is not a valid import path'),

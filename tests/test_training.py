@@ -307,7 +307,7 @@ def test_never_touches_step_named_checkpoints_without_its_spec(tmp_path, flags):
 @pytest.mark.parametrize(
     ("model", "said"),
     [
-        ({"arch": "lenet"}, "unknown architecture 'lenet' in [model] arch."),
+        ({"arch": "lenet"}, '[model] arch = "lenet" is not a known architecture.'),
         ({"widht": 4}, "unknown key 'widht' in [model] for arch 'mlp'."),
         ({"activation": "sigmoid"}, '[model] activation = "sigmoid" is not supported'),
     ],
@@ -461,7 +461,7 @@ def test_a_model_the_default_arch_cannot_make_says_the_spec_sets_no_arch(tmp_pat
         train(spec_from_dict(raw, source="x.toml"), tmp_path / "run")
     assert str(info.value).startswith("x.toml: arch 'lenet5' is a convolutional network")
     assert str(info.value).endswith(
-        "x.toml sets no [model] arch, so the default 'lenet5' was built: set arch to the model "
+        'x.toml sets no [model] arch, so the default "lenet5" was built: set arch to the model '
         "meant."
     )
     assert not (tmp_path / "run").exists()

@@ -101,11 +101,14 @@ def _build_model(
         return _build_user_model(arch, spec.num_classes, options, input_shape, examples)
     if arch not in BUILTIN_MODELS:
         close = difflib.get_close_matches(arch, BUILTIN_MODELS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = f" Did you mean {toml_text(close[0])}?" if close else ""
         if "." in arch and not close:  # "pkg.mod.factory": a factory is named with a colon
             module, _, name = arch.rpartition(".")
-            hint = f" Did you mean '{module}:{name}' (a factory is \"package.module:factory\")?"
-        raise ModelError(f"unknown architecture '{arch}' in [model] arch. {_choices_text()}{hint}")
+            meant = toml_text(f"{module}:{name}")
+            hint = f' Did you mean {meant} (a factory is "package.module:factory")?'
+        raise ModelError(
+            f"[model] arch = {toml_text(arch)} is not a known architecture. {_choices_text()}{hint}"
+        )
     factory = BUILTIN_MODELS[arch]
     valid = [name for name in inspect.signature(factory).parameters if name not in _FIXED]
     for key in options:
