@@ -204,12 +204,15 @@ def loop_notes_dropped(drop: bool = True) -> Iterator[None]:
     """torch's :data:`PERFORMANCE_DROP` note (a UserWarning) ignored inside the block when
     ``drop``; every other warning, and the note outside the block, as they are.
 
-    For a ``vmap`` that is an attempt expected to fail or whose result is not used: over a model
-    holding a module without a working vmap rule (:func:`holds_module_without_vmap_rule`),
-    ``vmap`` loops over the examples through oneDNN's LSTM (``aten::mkldnn_rnn_layer``, nn.LSTM
-    in float32 on a CPU) or ``pack_padded_sequence`` and says so, then fails, and the engines
-    compute those gradients by ordinary autograd: the note told users of a slowness that the
-    kernel they get does not have, and asked them to file an issue with PyTorch."""
+    For a ``vmap`` over a model or layer holding a module without a working vmap rule
+    (:func:`holds_module_without_vmap_rule`), where ``vmap`` loops over the examples through
+    oneDNN's LSTM (``aten::mkldnn_rnn_layer``, nn.LSTM in float32 on a CPU) or
+    ``pack_padded_sequence`` and says so. Two such uses: the engines' attempt, which then fails
+    (or whose result is not used) and whose gradients ordinary autograd computes, so the note
+    told users of a slowness that the kernel they get does not have; and the structured engine's
+    per-layer ``vmap`` (:func:`conetool.ntk_layer_grads._local_grads`, an nn.LSTM with a state of
+    its own), whose result is used and whose loop is real, but is PyTorch's missing rule, which
+    a conetool user cannot act on: the note asked them to file an issue with PyTorch."""
     if not drop:
         yield
         return
