@@ -607,7 +607,9 @@ def hyperparameters_differ(
     group: its value). Where the saved groups' values differ among themselves (a weight decay of
     0 for the no-decay group), each group's, beside the spec's for every parameter, when any is
     not the spec's. With ``lr``, first the groups' learning rate when it is none of the spec's
-    schedule's ``lr.values`` (a relative 1e-6 apart)."""
+    schedule's ``lr.values`` (a relative 1e-6 apart). ``decoupled_weight_decay`` (AdamW's, where
+    the spec's optimizer is Adam, or Adam's where it is AdamW) only where a group whose flag is
+    not the spec's was saved with a weight decay: with none, the two are the same update."""
     groups = saved["param_groups"]
     own = optimizer.param_groups[0]
     out = []
@@ -620,6 +622,11 @@ def hyperparameters_differ(
         mine, theirs = own[key], [group[key] for group in groups]
         if all(_same(mine, value) for value in theirs):
             continue
+        if key == "decoupled_weight_decay" and all(
+            _same(mine, value) or _same(0, group.get("weight_decay"))
+            for value, group in zip(theirs, groups, strict=True)
+        ):
+            continue  # saved with no weight decay: Adam's update and AdamW's are the same
         if all(_same(theirs[0], value) for value in theirs):
             out.append(f"{key} {_show(theirs[0])} (the spec's {_show(mine)})")
             continue

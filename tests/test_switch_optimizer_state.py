@@ -607,7 +607,10 @@ def test_an_adam_state_for_an_adamw_spec_names_the_optimizer_to_write(tmp_path):
     with decoupled_weight_decay False (the spec's True) ... give the spec your run's recipe',
     where an "adam" spec over an AdamW state is told to write "adamw"; it names "adam" now."""
     spec = spec_from_dict(spec_dict([8], optimizer="adamw"), source="adamw.toml")
-    model, optimizer = plain_loop(lambda m: torch.optim.Adam(m.parameters(), lr=0.01))
+    # (with a weight decay: with none, Adam's update is AdamW's, and nothing is said of it below)
+    model, optimizer = plain_loop(
+        lambda m: torch.optim.Adam(m.parameters(), lr=0.01, weight_decay=WEIGHT_DECAY)
+    )
     ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
     result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu")
     assert result.points[0].momentum == "saved"
@@ -615,6 +618,27 @@ def test_an_adam_state_for_an_adamw_spec_names_the_optimizer_to_write(tmp_path):
     assert "decoupled_weight_decay False (the spec's True)" in note, note
     assert "your run used Adam, whose weight decay is the coupled L2 term" in note, note
     assert 'write optimizer = "adam" in [train]' in note, note
+
+
+@pytest.mark.parametrize(
+    ("spec_optimizer", "run_optimizer"),
+    [("adam", torch.optim.AdamW), ("adamw", torch.optim.Adam)],
+)
+def test_adam_and_adamw_saved_with_no_weight_decay_are_not_told_apart(
+    tmp_path, spec_optimizer, run_optimizer
+):
+    """An optimizer = "adam" spec over an AdamW state saved with weight_decay 0 was told 'your
+    run used AdamW ... write optimizer = "adamw"' (and an "adamw" spec over such an Adam state
+    to write "adam"): with no decay the two are the same update, so only the weight decay the
+    spec adds (the spec's 0.001, the run's 0) is said."""
+    spec = spec_from_dict(spec_dict([8], optimizer=spec_optimizer), source="run.toml")
+    model, optimizer = plain_loop(lambda m: run_optimizer(m.parameters(), lr=0.01, weight_decay=0))
+    ckpts = save_loop_checkpoint(tmp_path / "run", model, optimizer)
+    result = switch([3], until=4, store=tmp_path / "s", ckpts=ckpts, spec=spec, device="cpu")
+    assert result.points[0].momentum == "saved"
+    (note,) = [n for n in result.warnings if n.startswith("t=3:")]
+    assert "saved with weight_decay 0 (the spec's 0.001): the model trains with" in note, note
+    assert "decoupled_weight_decay" not in note and "write optimizer" not in note, note
 
 
 def test_an_adam_count_below_the_files_step_is_no_epoch_warning(tmp_path):
