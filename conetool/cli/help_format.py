@@ -8,7 +8,8 @@
   (:func:`_name_other_commands`), instead of suggesting an unrelated option of this command.
 - A path option's value that cannot be what the option takes (``--store ''``, a file given to
   ``--store``: :class:`~conetool.errors.OptionError`, raised by its parser) is a usage error
-  (exit 2), said as conetool words it, naming the flag and the fix.
+  (exit 2), said as conetool words it, naming the flag and the fix; so is a number option's
+  value that Typer refused (``--top-k abc``: :func:`~conetool.cli.number_options.number_problem`).
 - Typer keeps the docstring's own line breaks after the first paragraph, so a help page broke
   lines mid-sentence wherever the source did (and again at the terminal's width).
   :func:`reflow` joins the lines of each paragraph, keeping a line break only before a command
@@ -26,6 +27,7 @@ from typer.core import TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
 from ..errors import OptionError
+from .number_options import number_problem
 
 
 def _blank_flag_labels(params: list[Any]) -> list[Any]:
@@ -44,6 +46,11 @@ class FlagsCommand(TyperCommand):
             return super().parse_args(ctx, args)
         except OptionError as error:  # a path option's value (conetool.cli.options.path_problem)
             raise typer.BadParameter(str(error), ctx=ctx) from None
+        except typer.BadParameter as error:  # a number option's, as Typer checked it
+            said = number_problem(error)
+            if said is None:
+                raise
+            raise typer.BadParameter(said, ctx=ctx) from None
         except Exception as error:
             _name_other_commands(error, ctx)
             raise
