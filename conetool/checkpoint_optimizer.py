@@ -143,7 +143,7 @@ def restore_checkpoint_optimizer(
     scheduled learning rates there, compared with the groups' (``differs``), as
     :func:`conetool.trainer_optimizer.restore_trainer_optimizer` compares a Trainer's.
     """
-    saved = _read_entry(path, size, mtime_ns) if entries is None else _entry_of(entries)
+    saved = _read_entry(path, size, mtime_ns) if entries is None else entry_of(entries)
     if saved is None:
         return CheckpointOptimizer(None)
     entry, value = saved
@@ -219,7 +219,7 @@ def _read_entry(path: Path, size: int | None, mtime_ns: int | None) -> tuple[str
     if failed is not None:
         # (a reason in place of the state: _match returns it)
         return "optimizer state", unreadable_reason(failed)
-    return _entry_of(obj)
+    return entry_of(obj)
 
 
 def load_state_file(
@@ -254,7 +254,7 @@ def unreadable_reason(failed: Exception) -> str:
     return f"it cannot be read with torch.load(weights_only=True) ({first})"
 
 
-def _entry_of(obj: object) -> tuple[str, Any] | None:
+def entry_of(obj: object) -> tuple[str, Any] | None:
     """``(entry name, value)`` of the first of :data:`ENTRIES` in a checkpoint dict ``obj`` that
     holds something (Lightning's list of one: its element); None when none does."""
     if not isinstance(obj, Mapping):

@@ -304,9 +304,9 @@ def distance(
             clock = recorded_schedule(
                 opened, given_spec, steps[-1], said.warn, schedule_source(given_spec, train_differs)
             )
-            unrecorded = unrecorded_schedule(opened, given_spec)
-            if unrecorded is not None:
-                said.warn(unrecorded)
+            unrecorded = unrecorded_schedule(opened, given_spec, steps, given_ckpts)
+            if unrecorded is not None:  # a note when the run's saved rates were one rate
+                (said.warn if unrecorded.warning else said.note)(unrecorded.message)
             verdict = _read_verdict(
                 s, steps, ref_steps if wanted else None, rules, said.warn, floor, clock
             )

@@ -8,8 +8,8 @@ the summary of the run before, removed before a command writes its outputs
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..store import Store
 from ..verdict_schedule import LrClock, lr_clock, past_the_cosine
 
 __all__ = [
+    "UnrecordedSchedule",
     "recorded_schedule",
     "remove_old_summary",
     "said_in_summary",
@@ -62,13 +63,34 @@ def recorded_schedule(
     return replace(clock, recorded_in=recorded_in)
 
 
-def unrecorded_schedule(store: Store, spec: Spec | None) -> str | None:
+@dataclass(frozen=True)
+class UnrecordedSchedule:
+    """What :func:`unrecorded_schedule` says: its ``message``, and whether it is a ``warning``
+    (else a note: the rates the run saved were one rate, as the verdict reads it)."""
+
+    message: str
+    warning: bool = True
+
+
+def unrecorded_schedule(
+    store: Store,
+    spec: Spec | None,
+    steps: Sequence[int] = (),
+    ckpts: Path | None = None,
+) -> UnrecordedSchedule | None:
     """What to say when the spec of the store's kernels (``spec``, else the manifest's record)
     reads a constant learning rate only because its file does not write ``train.schedule`` (a
     researcher's own spec: ``conetool train``'s ``conetool.toml`` writes every key), so that the
     verdict reads S per step whatever rate the run trained with; None when the file writes it,
     the schedule decays, or which keys it wrote is not known (a spec built in Python, a store of
-    an older conetool)."""
+    an older conetool).
+
+    Only then are the optimizer states saved with the checkpoints of ``steps`` read, for their
+    learning rates (:func:`conetool.pipeline.saved_lr.saved_rates`; ``ckpts``: the run's
+    directory when it moved): one rate at every checkpoint read is a note (the verdict's
+    reading is the run's); rates that change are the warning with them as its evidence; no
+    state read, the warning that the rate may have changed."""
+    from .saved_lr import saved_rates  # (reads checkpoints: only when it would be said)
     from .switch_recipe import recorded_written  # (pipeline: switch's, a sibling)
 
     where = spec.source if spec is not None else None
@@ -85,17 +107,40 @@ def unrecorded_schedule(store: Store, spec: Spec | None) -> str | None:
         where = source if isinstance(source, str) else f"{paths.manifest(store.root)} (spec)"
     if written is None or "train.schedule" in written or spec.train.schedule != "constant":
         return None
-    return (
-        f"{where} does not write train.schedule, so the verdict reads the learning rate as "
-        f"constant (conetool's default) and S per step: if your run's rate fell (a cosine, "
-        "steps, a scheduler of your own loop), the slowing it makes reads as the kernel's, "
-        "and can look like the end of Phase I. Write the run's schedule into the [train] of a "
-        'copy of that file (schedule = "cosine" or "step" with milestones and gamma, lr, '
-        "steps, warmup_steps; the README's 'The spec') and pass it: conetool distance --spec "
-        "FILE (and embed --spec FILE). No kernel depends on those keys, so none is recomputed, "
-        "and the verdict reads S per unit of learning rate. A rate that was constant needs no "
-        'change (write schedule = "constant" to say so).'
+    read = "so the verdict reads the learning rate as constant (conetool's default) and S per step"
+    rates = saved_rates(store, steps, ckpts) if steps else None
+    if rates is not None and rates.constant:
+        return UnrecordedSchedule(
+            f"{where} does not write train.schedule, {read}, and the optimizer states saved in "
+            f"{rates.where} ({rates.steps_read()}) hold {rates.shown()}: one rate, the run's as "
+            'the verdict reads it (write schedule = "constant" to say so)',
+            warning=False,
+        )
+    if rates is not None:
+        said = (
+            f"{where} does not write train.schedule, {read}, but the run's rate changed: the "
+            f"optimizer states saved in {rates.where} ({rates.steps_read()}) hold "
+            f"{rates.shown()}. The slowing a falling rate makes reads as the kernel's, and can look like the "
+            "end of Phase I."
+        )
+    else:
+        said = (
+            f"{where} does not write train.schedule, {read}: if your run's rate fell (a cosine, "
+            "steps, a scheduler of your own loop), the slowing it makes reads as the kernel's, "
+            "and can look like the end of Phase I."
+        )
+    advice = (
+        " Write the run's schedule into the [train] of a copy of that file (schedule = "
+        '"cosine" or "step" with milestones and gamma, lr, steps, warmup_steps; the README\'s '
+        "'The spec') and pass it: conetool distance --spec FILE (and embed --spec FILE). No "
+        "kernel depends on those keys, so none is recomputed, and the verdict reads S per unit "
+        "of learning rate."
     )
+    if rates is None:
+        advice += (
+            ' A rate that was constant needs no change (write schedule = "constant" to say so).'
+        )
+    return UnrecordedSchedule(said + advice)
 
 
 def remove_old_summary(path: Path) -> None:
