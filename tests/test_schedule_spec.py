@@ -100,6 +100,8 @@ def test_a_spec_completed_with_the_schedule_is_read_without_recomputing_kernels(
     (said,) = [w for w in bare.warnings if "does not write train.schedule" in w]
     assert "conetool distance --spec FILE" in said and "none is recomputed" in said
     assert "OTHER_STORE" not in said
+    # the rates conetool train's states beside the checkpoints hold (their headers): the evidence
+    assert "hold lr 0.2 at steps 0 to 8, 0.02 at steps 12 to 20 (x0.1)." in said, said
     assert "schedule" not in bare.verdict.numbers  # S per step
     before = _kernel_states(store)
 

@@ -118,6 +118,10 @@ def test_a_rate_the_run_cut_is_warned_of_with_the_saved_rates(tmp_path):
     assert "A rate that was constant needs no change" not in said
     assert not said_of_schedule(result.notes)
 
+    moved = ckpts.rename(tmp_path / "moved")  # the run moved since kernels: --ckpts
+    (said,) = said_of_schedule(distance(store, ckpts=moved, noise=False).warnings)
+    assert f"saved in {moved} (10 of its 11 checkpoints read) hold lr 0.2 at steps 0 to 8" in said
+
 
 def test_without_a_saved_state_the_warning_is_as_before(tmp_path):
     """No optimizer state in the checkpoints: nothing tells, and the warning is the one distance
