@@ -5,9 +5,13 @@ evidence, and without a state the warning is today's."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from synthetic_store import make_store
 
+from conetool import paths
+from conetool.optim import save_optimizer_state
 from conetool.pipeline import distance, kernels, saved_lr
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.saved_lr import SavedRates
@@ -158,3 +162,41 @@ def test_the_saved_rates_are_shown_compactly(rates, shown):
     saved = SavedRates(tuple(rates), len(rates), "/run")
     assert not saved.constant
     assert saved.shown() == shown
+
+
+def _beside_states(folder, groups_at):
+    """conetool train's states beside the checkpoints of a synthetic store (``/ckpts`` moved to
+    ``folder``): at each step, SGD over ``groups_at[step]`` parameter groups, each at lr 0.1."""
+    folder.mkdir()
+    for step, groups in groups_at.items():
+        params = [[torch.nn.Parameter(torch.zeros(2))] for _ in range(groups)]
+        optimizer = torch.optim.SGD([{"params": p} for p in params], lr=0.1)
+        save_optimizer_state(optimizer, paths.optimizer_state(folder, step), step)
+    return folder
+
+
+def _synthetic_distance(root, groups_at):
+    steps = sorted(groups_at)
+    header = {
+        "checkpoints": "/ckpts",
+        "spec": {"train": {"steps": steps[-1], "lr": 0.1}},
+        "spec_source": "own.toml",
+        "spec_written": ["model.arch", "train.lr"],
+    }
+    kernels = [np.eye(3) * (1 + 0.01 * i) for i in range(len(steps))]
+    store = make_store(root / "store", steps, kernels, header=header)
+    ckpts = _beside_states(root / "ckpts", groups_at)
+    return distance(store, ckpts=ckpts, noise=False)
+
+
+def test_the_states_beside_the_checkpoints_are_read_and_groups_that_change_tell_nothing(tmp_path):
+    """The state conetool train saves beside each checkpoint is read from its header; a run
+    whose states hold other numbers of parameter groups at other steps (groups added midway)
+    has no one rate of each group to compare: the warning is today's."""
+    one = _synthetic_distance(tmp_path / "one", {s: 1 for s in range(0, 100, 10)})
+    (note,) = said_of_schedule(one.notes)
+    assert "(10 of its 10 checkpoints read) hold lr 0.1 at steps 0 to 90: one rate" in note
+    assert not said_of_schedule(one.warnings)
+    changed = _synthetic_distance(tmp_path / "two", {s: 1 + (s >= 50) for s in range(0, 100, 10)})
+    (said,) = said_of_schedule(changed.warnings)
+    assert said.endswith(TODAYS_END), said

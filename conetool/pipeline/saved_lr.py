@@ -99,7 +99,8 @@ def saved_rates(store: Store, steps: Sequence[int], ckpts: Path | None = None) -
     """The learning rates held by the optimizer states saved with the checkpoints of ``steps``
     (the stored steps the verdict reads; at most :data:`MOST_READ` of them read, spread evenly,
     the first and the last among them); ``ckpts``: the checkpoint directory when the run moved
-    since ``kernels`` (``--ckpts``). None when fewer than two of those read hold one."""
+    since ``kernels`` (``--ckpts``). None when fewer than two of those read hold one, or when
+    they hold different numbers of parameter groups."""
     chosen = _spread(sorted(steps))
     recorded = store.manifest.get("checkpoints")
     base = ckpts if ckpts is not None else Path(recorded) if isinstance(recorded, str) else None
@@ -116,8 +117,8 @@ def saved_rates(store: Store, steps: Sequence[int], ckpts: Path | None = None) -
         if lrs is not None:
             rates.append((step, lrs))
             where = where if where is not None else source.parent
-    if len(rates) < 2 or where is None:
-        return None
+    if len(rates) < 2 or where is None or len({len(lrs) for _, lrs in rates}) > 1:
+        return None  # (groups added or removed midway: no one rate of each to compare)
     return SavedRates(tuple(rates), len(steps), str(where))
 
 
