@@ -5,7 +5,8 @@ leaves ``train.schedule`` out (the verdict then reads the rate as constant).
 A loop that saves ``{"model": ..., "optimizer": optimizer.state_dict()}`` keeps, in each
 ``param_groups[i]["lr"]``, the rate its optimizer had at that step (a scheduler writes it there).
 Only those numbers are read: from a ``torch.save`` file's pickle with its tensors memory-mapped
-(a zip archive, as torch saves by default: no buffer is read), from the metadata of the state
+(a zip archive, as torch saves by default: no buffer is read; a file of the old non-zip
+format is read whole), from the metadata of the state
 ``conetool train`` saves beside a checkpoint (``step_XXXXXX.optim.safetensors``: its header
 alone), or from a Hugging Face folder's ``optimizer.pt``; at most :data:`MOST_READ` checkpoints,
 spread over the stored steps. A file that cannot be read, holds no state, or is no longer the
