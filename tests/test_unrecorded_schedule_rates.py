@@ -50,9 +50,9 @@ TODAYS_END = (
 )
 
 
-def own_run(root, milestones, save_state=True):
+def own_run(root, milestones, save_state=True, warmup=0):
     """A loop of one's own: SGD at lr 0.2 for 20 steps, its rate cut 10x at ``milestones`` by
-    torch's MultiStepLR, ``{"model_state_dict", "optimizer_state_dict", "step"}`` saved every 2
+    torch's MultiStepLR (after a linear warmup from 0.1x over ``warmup`` steps), ``{"model_state_dict", "optimizer_state_dict", "step"}`` saved every 2
     steps (the optimizer's state left out without ``save_state``); kernels computed with
     ``own.toml``. Returns the store."""
     spec_file = root / "own.toml"
@@ -62,6 +62,12 @@ def own_run(root, milestones, save_state=True):
     model = model_for(spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    if warmup:
+        scheduler = torch.optim.lr_scheduler.SequentialLR(
+            optimizer,
+            [torch.optim.lr_scheduler.LinearLR(optimizer, 0.1, 1.0, warmup), scheduler],
+            [warmup],
+        )
     ckpts = root / "ckpts"
     ckpts.mkdir()
     for step in range(21):
@@ -125,6 +131,30 @@ def test_a_rate_the_run_cut_is_warned_of_with_the_saved_rates(tmp_path):
     moved = ckpts.rename(tmp_path / "moved")  # the run moved since kernels: --ckpts
     (said,) = said_of_schedule(distance(store, ckpts=moved, noise=False).warnings)
     assert f"saved in {moved} (10 of its 11 checkpoints read) hold lr 0.2 at steps 0 to 8" in said
+
+
+def test_a_warmup_alone_is_a_note_and_a_warmup_then_a_cut_the_warning(tmp_path):
+    """A warmup then one rate was warned of as "the run's rate changed ... the slowing a falling
+    rate makes", though the rate never fell and the verdict reads a warmup alone as a constant
+    rate (lr_clock): it is a note. A warmup followed by a cut is still the warning."""
+    (tmp_path / "up").mkdir()
+    store, ckpts = own_run(tmp_path / "up", milestones=[], warmup=4)
+    result = distance(store, noise=False)
+    assert not said_of_schedule(result.warnings), result.warnings
+    (note,) = said_of_schedule(result.notes)
+    assert (
+        f"saved in {ckpts} (10 of its 11 checkpoints read) hold lr 0.02 at step 0, 0.11 at step "
+        "2 (x5.5), 0.2 at steps 4 to 20 (x10): a rate that rose (a warmup) and never fell, which "
+        'the verdict reads as it reads a constant one (write schedule = "constant" with '
+        "warmup_steps to say so)" in note
+    ), note
+    (tmp_path / "cut").mkdir()
+    store, _ = own_run(tmp_path / "cut", milestones=[10], warmup=4)
+    (said,) = said_of_schedule(distance(store, noise=False).warnings)
+    assert (
+        "but the run's rate changed" in said
+        and "0.2 at steps 4 to 12 (x10), 0.02 at steps 14 to 20" in said
+    ), said
 
 
 def test_without_a_saved_state_the_warning_is_as_before(tmp_path):

@@ -63,6 +63,17 @@ class SavedRates:
             for _, lrs in self.rates
         )
 
+    @property
+    def fell(self) -> bool:
+        """Whether any parameter group's rate is below (past :data:`SAME`) one it held at an
+        earlier step read; rates that only rose (a warmup, then one rate) did not fall."""
+        return any(
+            lrs[g] < before[g] and not _same(lrs[g], before[g])
+            for i, (_, lrs) in enumerate(self.rates)
+            for _, before in self.rates[:i]
+            for g in range(len(lrs))
+        )
+
     def shown(self) -> str:
         """The rates read, compactly: ``"lr 0.1 at steps 0 to 2000, 0.01 at step 3000 (x0.1),
         0.001 at steps 6000 to 9000 (x0.01)"``: the first parameter group whose rate changes

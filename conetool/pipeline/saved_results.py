@@ -88,7 +88,8 @@ def unrecorded_schedule(
     Only then are the optimizer states saved with the checkpoints of ``steps`` read, for their
     learning rates (:func:`conetool.pipeline.saved_lr.saved_rates`; ``ckpts``: the run's
     directory when it moved): one rate at every checkpoint read is a note (the verdict's
-    reading is the run's); rates that change are the warning with them as its evidence; no
+    reading is the run's), as are rates that rose and never fell (a warmup, which the verdict
+    reads as a constant rate); rates that fell are the warning with them as its evidence; no
     state read, the warning that the rate may have changed."""
     from .saved_lr import saved_rates  # (reads checkpoints: only when it would be said)
     from .switch_recipe import recorded_written  # (pipeline: switch's, a sibling)
@@ -114,6 +115,14 @@ def unrecorded_schedule(
             f"{where} does not write train.schedule, {read}, and the optimizer states saved in "
             f"{rates.where} ({rates.steps_read()}) hold {rates.shown()}: one rate, the run's as "
             'the verdict reads it (write schedule = "constant" to say so)',
+            warning=False,
+        )
+    if rates is not None and not rates.fell:  # a warmup: lr_clock reads it as a constant rate
+        return UnrecordedSchedule(
+            f"{where} does not write train.schedule, {read}, and the optimizer states saved in "
+            f"{rates.where} ({rates.steps_read()}) hold {rates.shown()}: a rate that rose (a "
+            "warmup) and never fell, which the verdict reads as it reads a constant one (write "
+            'schedule = "constant" with warmup_steps to say so)',
             warning=False,
         )
     if rates is not None:
