@@ -143,8 +143,8 @@ def test_a_warmup_alone_is_a_note_and_a_warmup_then_a_cut_the_warning(tmp_path):
     assert not said_of_schedule(result.warnings), result.warnings
     (note,) = said_of_schedule(result.notes)
     assert (
-        f"saved in {ckpts} (10 of its 11 checkpoints read) hold lr 0.02 at step 0, 0.11 at step "
-        "2 (x5.5), 0.2 at steps 4 to 20 (x10): a rate that rose (a warmup) and never fell, which "
+        f"saved in {ckpts} (10 of its 11 checkpoints read) hold lr 0.02 at step 0 (x0.1), 0.11 at "
+        "step 2 (x0.55), 0.2 at steps 4 to 20: a rate that rose (a warmup) and never fell, which "
         'the verdict reads as it reads a constant one (write schedule = "constant" with '
         "warmup_steps to say so)" in note
     ), note
@@ -153,7 +153,7 @@ def test_a_warmup_alone_is_a_note_and_a_warmup_then_a_cut_the_warning(tmp_path):
     (said,) = said_of_schedule(distance(store, noise=False).warnings)
     assert (
         "but the run's rate changed" in said
-        and "0.2 at steps 4 to 12 (x10), 0.02 at steps 14 to 20" in said
+        and "0.2 at steps 4 to 12, 0.02 at steps 14 to 20 (x0.1)" in said
     ), said
 
 
@@ -185,6 +185,10 @@ def test_without_a_saved_state_the_warning_is_as_before(tmp_path):
         (  # a second group's rate changes: it is the one shown
             [(0, (0.1, 0.2)), (10, (0.1, 0.02))],
             "param_groups[1]'s lr 0.2 at step 0, 0.02 at step 10 (x0.1)",
+        ),
+        (  # a warmup, then a cut: each rate's factor is to the largest, not to the warmup's first
+            [(0, (0.01,)), (10, (0.1,)), (20, (0.1,)), (30, (0.01,))],
+            "lr 0.01 at step 0 (x0.1), 0.1 at steps 10 to 20, 0.01 at step 30 (x0.1)",
         ),
     ],
 )

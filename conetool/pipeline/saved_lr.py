@@ -77,7 +77,8 @@ class SavedRates:
     def shown(self) -> str:
         """The rates read, compactly: ``"lr 0.1 at steps 0 to 2000, 0.01 at step 3000 (x0.1),
         0.001 at steps 6000 to 9000 (x0.01)"``: the first parameter group whose rate changes
-        (``param_groups[1]``'s named), each run of one rate once, its factor to the first."""
+        (``param_groups[1]``'s named), each run of one rate once, its factor to the largest rate
+        read (a warmup's first rates below it too; none beside the largest)."""
         group = next(
             (
                 g
@@ -95,8 +96,8 @@ class SavedRates:
                 runs[-1].append((step, lr))
             else:
                 runs.append([(step, lr)])
-        first = values[0][1]
-        said = [_run(run, first, at_first=i == 0) for i, run in enumerate(runs)]
+        top = max(lr for _, lr in values)
+        said = [_run(run, top) for run in runs]
         if len(said) > _MOST_SHOWN:
             said = [*said[: _MOST_SHOWN - 2], "...", said[-1]]
         name = "lr" if group == 0 else f"param_groups[{group}]'s lr"
@@ -209,9 +210,9 @@ def _same(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=SAME, abs_tol=0.0)
 
 
-def _run(run: list[tuple[int, float]], first: float, *, at_first: bool) -> str:
+def _run(run: list[tuple[int, float]], top: float) -> str:
     """One run of a rate: ``"0.01 at steps 3000 to 5000 (x0.1)"``."""
     lr = run[0][1]
     at = f"step {run[0][0]}" if len(run) == 1 else f"steps {run[0][0]} to {run[-1][0]}"
-    factor = "" if at_first or first == 0 else f" (x{lr / first:.3g})"
+    factor = "" if top <= 0 or _same(lr, top) else f" (x{lr / top:.3g})"
     return f"{lr:.3g} at {at}{factor}"
