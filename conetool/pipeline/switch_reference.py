@@ -55,11 +55,26 @@ def standard_reference(
     A missing checkpoint of T (no standard line) is a warning to ``says``; training the
     continuation is a note, said before it starts (minutes a user expecting a stored model did
     not plan); the warning its momentum gives (a saved state not used, or saved with other
-    hyperparameters) is kept in ``reference.json`` and said again by a rerun that reuses it. ``read``: the checkpoint it comes from, already read (with the optimizer state
-    inside a torch.save file, for ``train``: :attr:`~conetool.pipeline.switch_prepare.Sweep.
-    reference`), which is then not read again; None to read it here."""
+    hyperparameters) is kept in ``reference.json`` and said again by a rerun that reuses it.
+    ``read``: the checkpoint it comes from, already read (with the optimizer state inside a
+    torch.save file, for ``train``: :attr:`~conetool.pipeline.switch_prepare.Sweep.reference`),
+    which is then not read again; None to read it here."""
     dtypes = DtypesSaid(says) if dtypes_said is None else dtypes_said
     model = model_for(spec).to(device)
+
+    def stored_at_t() -> dict[str, Any]:
+        """The stored checkpoint of T, evaluated: the standard model at T."""
+        _load(
+            model,
+            refs[until],
+            non_finite_advice(until, until),
+            read,
+            dtypes.of(refs[until]),
+            spec=spec.source,
+        )
+        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
+        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
+
     if how == "checkpoint":
         if until not in refs:
             final = max(refs, default=None)
@@ -80,30 +95,12 @@ def standard_reference(
                 "line. Pass --reference train to train the standard continuation to T."
             )
             return None
-        _load(
-            model,
-            refs[until],
-            non_finite_advice(until, until),
-            read,
-            dtypes.of(refs[until]),
-            spec=spec.source,
-        )
-        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
-        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
+        return stored_at_t()
     start = reference_step(how, until, refs)
     if start is None:
         raise CheckpointError(f"{ckpts} has no checkpoint at or before step {until}.")
     if start == until:  # the checkpoint of T is the standard model at T: nothing to train
-        _load(
-            model,
-            refs[until],
-            non_finite_advice(until, until),
-            read,
-            dtypes.of(refs[until]),
-            spec=spec.source,
-        )
-        loss, acc = evaluate(model, data.test, device, spec.train.eval_batch_size)
-        return {"step": until, "test_acc": acc, "test_loss": loss, "source": "checkpoint"}
+        return stored_at_t()
     path = paths.switch_reference(store.root)
     loaded = _load(
         model,
