@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from synthetic_store import make_store
+from test_schedule_spec import OWN  # the researcher's own spec file: no train.schedule
 
 from conetool import paths
 from conetool.optim import save_optimizer_state
@@ -16,32 +17,6 @@ from conetool.pipeline import distance, kernels, saved_lr
 from conetool.pipeline.resolve import model_for
 from conetool.pipeline.saved_lr import SavedRates
 from conetool.spec import spec_from_toml
-
-# The researcher's own spec file: it leaves train.schedule out.
-OWN = """\
-[model]
-arch = "mlp"
-num_classes = 3
-widths = [8]
-activation = "tanh"
-
-[data]
-dataset = "synthetic"
-shape = [4]
-num_classes = 3
-train_size = 48
-test_size = 12
-
-[probe]
-size = 6
-
-[train]
-steps = 20
-batch_size = 8
-lr = 0.2
-save_every = 2
-eval_every = 20
-"""
 
 TODAYS_END = (
     "No kernel depends on those keys, so none is recomputed, and the verdict reads S per unit "
