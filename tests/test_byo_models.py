@@ -566,6 +566,30 @@ def test_per_layer_kernels_of_parameters_that_do_not_reach_the_logits_are_zero(
         assert float((total - kernel).norm() / kernel.norm()) < 1e-10
 
 
+def epoch_run(
+    tmp_path: Path, factory: Callable[[], nn.Module]
+) -> tuple[Path, dict[int, nn.Module]]:
+    """A loop's run of ``factory``'s model saved by epoch (``epochs/epoch_E.pt``, state dicts
+    alone), and each stored step's model loaded from its file for the reference kernel."""
+    ckpts = tmp_path / "epochs"
+    ckpts.mkdir()
+    plain_run(
+        factory,
+        [6],
+        lambda model, _, step: torch.save(
+            state_of(model), ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt"
+        ),
+    )
+    refs = {
+        step: loaded(
+            factory,
+            torch.load(ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt", weights_only=True),
+        )
+        for step in STEPS
+    }
+    return ckpts, refs
+
+
 # --------------------------------------------------------------------------------------------------
 # nn.GRU and nn.LSTM as they are, and the README's faster subclass on the same checkpoints
 
@@ -576,22 +600,7 @@ def test_a_recurrent_run_is_measured_as_it_is(
 ) -> None:
     # Refused before (no working vmap rule in torch 2.14), naming a rewrite; now computed by
     # ordinary autograd one example at a time, in float64 and in the default float32.
-    ckpts = tmp_path / "epochs"
-    ckpts.mkdir()
-    plain_run(
-        getattr(models, factory),
-        [6],
-        lambda model, _, step: torch.save(
-            state_of(model), ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt"
-        ),
-    )
-    refs = {
-        step: loaded(
-            getattr(models, factory),
-            torch.load(ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt", weights_only=True),
-        )
-        for step in STEPS
-    }
+    ckpts, refs = epoch_run(tmp_path, getattr(models, factory))
     spec = spec_file(tmp_path, factory)
     for dtype, tolerance in (("float64", 1e-10), ("float32", 1e-5)):
         store = tmp_path / f"store_{dtype}"
@@ -638,26 +647,11 @@ def test_a_recurrent_run_is_switched_to_its_linearized_model(
 def test_a_gru_run_is_measured_with_the_readmes_subclass(
     tmp_path: Path, models: ModuleType
 ) -> None:
-    ckpts = tmp_path / "epochs"
-    ckpts.mkdir()
-    plain_run(
-        models.gru,
-        [6],
-        lambda model, _, step: torch.save(
-            state_of(model), ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt"
-        ),
-    )
+    # the reference is the plain nn.GRU model (jacrev one example at a time needs no vmap rule)
+    ckpts, refs = epoch_run(tmp_path, models.gru)
     store = tmp_path / "store"
     spec = spec_file(tmp_path, "loop_gru")
     invoke("kernels", str(ckpts), "--spec", str(spec), "--store", str(store), "--dtype", "float64")
-    # the reference is the plain nn.GRU model (jacrev one example at a time needs no vmap rule)
-    refs = {
-        step: loaded(
-            models.gru,
-            torch.load(ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt", weights_only=True),
-        )
-        for step in STEPS
-    }
     check_kernels(store, refs)
 
 
@@ -676,22 +670,7 @@ def test_a_gru_run_is_measured_on_the_device_it_names(
     # `conetool kernels --device cuda` on nn.GRU as it is: the layer runs outside cuDNN (whose
     # RNN refuses the backward pass of eval mode), every kernel against the float64 reference
     # computed here on the CPU. The "cpu" case checks this test's body where no GPU is.
-    ckpts = tmp_path / "epochs"
-    ckpts.mkdir()
-    plain_run(
-        models.gru,
-        [6],
-        lambda model, _, step: torch.save(
-            state_of(model), ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt"
-        ),
-    )
-    refs = {
-        step: loaded(
-            models.gru,
-            torch.load(ckpts / f"epoch_{step // ITERATIONS_PER_EPOCH}.pt", weights_only=True),
-        )
-        for step in STEPS
-    }
+    ckpts, refs = epoch_run(tmp_path, models.gru)
     spec = spec_file(tmp_path, "gru")
     flags = torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32
     for dtype, tolerance in (("float64", 1e-10), ("float32", 1e-5)):
