@@ -143,17 +143,24 @@ def test_a_package_run_with_python_m_keeps_its_ctrl_c(tmp_path: Path, module: st
     probe = "import signal\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
     (package / "__main__.py").write_text(probe)
     (package / "script.py").write_text(probe)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    assert _python("-m", module, path=tmp_path) == "True"
+
+
+def _python(*args: str, path: Path | None = None) -> str:
+    """What a fresh Python given ``args`` prints (stripped), with this checkout (and ``path``)
+    on its import path and SIGINT's default action (:func:`_sigint_as_at_a_terminal`); it must
+    exit 0."""
+    where = [str(ROOT)] if path is None else [str(ROOT), str(path)]
     done = subprocess.run(
-        [sys.executable, "-m", module],
-        env=env,
+        [sys.executable, *args],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(where)},
         capture_output=True,
         text=True,
         timeout=120,
         preexec_fn=_sigint_as_at_a_terminal,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True"
+    return done.stdout.strip()
 
 
 def _sigint_as_at_a_terminal() -> None:
@@ -173,12 +180,7 @@ def test_python_m_conetool_still_guards_its_start_up() -> None:
         "import conetool\n"
         "print(signal.getsignal(signal.SIGINT) is not signal.default_int_handler)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True"
+    assert _python("-c", code) == "True"
 
 
 def _in_bfloat16(trained: Path, folder: Path) -> Path:
@@ -296,9 +298,4 @@ def test_every_exported_error_is_defined_in_conetool_errors() -> None:
         " conetool.KernelUnderflowError)\n"
         "print('torch' in sys.modules)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert _python("-c", code) == "False"
