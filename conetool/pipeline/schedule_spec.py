@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import paths
 from ..errors import ConetoolError, StoreError
-from ..spec import LATER_KEYS, Spec, differing_keys, load_spec, resolved_differences, spec_from_dict
+from ..spec import Spec, differing_keys, load_spec, resolved_differences, spec_from_dict
 from ..store import Store
 
 __all__ = [
@@ -76,7 +76,6 @@ def verdict_spec(store: Store, spec: str | Path | Spec | None) -> tuple[Spec | N
         return loaded, []
     stored = store.manifest.get("spec")
     keys = differing_keys(stored, loaded.to_dict()) if isinstance(stored, Mapping) else []
-    keys = [key for key in keys if not _later_key_at_default(key, stored, loaded)]
     trusted = _is_the_stores(stored, store.identity.spec_hash)
     if keys and trusted and all(key in KERNEL_FREE_TRAIN_KEYS for key in keys):
         return loaded, keys
@@ -161,15 +160,3 @@ def _is_the_stores(stored: Any, spec_hash: str) -> bool:
         return bool(spec_from_dict(stored, source="<manifest>").hash() == spec_hash)
     except ConetoolError:
         return False
-
-
-def _later_key_at_default(key: str, stored: Any, spec: Spec) -> bool:
-    """Whether ``key`` differs only as a key added after specs had hashes
-    (:data:`~conetool.spec.LATER_KEYS`) does: absent from the manifest's record of an older
-    store and at its default in ``spec`` (the same spec, which the hash leaves it out of)."""
-    for section, name, default in LATER_KEYS:
-        if key == f"{section}.{name}" and isinstance(stored, Mapping):
-            recorded = stored.get(section)
-            if isinstance(recorded, Mapping) and name not in recorded:
-                return bool(spec.to_dict()[section].get(name) == default)
-    return False
