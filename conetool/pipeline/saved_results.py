@@ -47,12 +47,8 @@ def recorded_schedule(
     the store's; ``"--spec FILE"`` for a spec differing from it in ``[train]`` alone)."""
     where = f"--spec {spec.source}" if spec is not None else f"{paths.manifest(store.root)} (spec)"
     if spec is None:
-        recorded = store.manifest.get("spec")
-        if not isinstance(recorded, Mapping):
-            return None
-        try:
-            spec = spec_from_dict(recorded, source=where)
-        except ConetoolError:
+        spec = _manifest_spec(store, where)
+        if spec is None:
             return None
     gap = past_the_cosine(spec.train, last, where)
     if gap is not None and warn is not None:
@@ -61,6 +57,18 @@ def recorded_schedule(
     if clock is None or recorded_in is None:
         return clock
     return replace(clock, recorded_in=recorded_in)
+
+
+def _manifest_spec(store: Store, source: str) -> Spec | None:
+    """The spec the store's manifest records (named ``source`` in messages); None without a
+    readable one."""
+    recorded = store.manifest.get("spec")
+    if not isinstance(recorded, Mapping):
+        return None
+    try:
+        return spec_from_dict(recorded, source=source)
+    except ConetoolError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -97,12 +105,8 @@ def unrecorded_schedule(
     where = spec.source if spec is not None else None
     written = spec.written if spec is not None else recorded_written(store.manifest)
     if spec is None:
-        recorded = store.manifest.get("spec")
-        if not isinstance(recorded, Mapping):
-            return None
-        try:
-            spec = spec_from_dict(recorded, source="<manifest>")
-        except ConetoolError:
+        spec = _manifest_spec(store, "<manifest>")
+        if spec is None:
             return None
         source = store.manifest.get("spec_source")
         where = source if isinstance(source, str) else f"{paths.manifest(store.root)} (spec)"
