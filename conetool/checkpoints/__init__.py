@@ -35,6 +35,7 @@ from .discover import (
 )
 from .inspection import InspectRow, inspect_checkpoints
 from .load import (
+    DtypeWarnings,
     LoadedCheckpoint,
     apply_checkpoint,
     check_finite_tensors,
@@ -51,6 +52,7 @@ __all__ = [
     "CHECKPOINT_SUFFIXES",
     "CheckpointRef",
     "CheckpointWarning",
+    "DtypeWarnings",
     "InspectRow",
     "LoadedCheckpoint",
     "StepRange",

@@ -461,6 +461,28 @@ def match_state_dict(
     return out
 
 
+class DtypeWarnings:
+    """What loading says of a run's checkpoints' dtypes (lower or higher precision than the
+    model's, values below its smallest normal number), told to ``say`` of the first file that
+    has something to say only (a run saves its checkpoints alike), every message of that file:
+    ``kernels`` and ``switch`` say it so."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.file: Path | None = None
+
+    def of(self, ref: CheckpointRef) -> Callable[[str], None]:
+        """The ``warn`` of :func:`load_checkpoint` (:func:`apply_checkpoint`) for ``ref``."""
+
+        def warn(message: str) -> None:
+            if self.file is None:
+                self.file = ref.file
+            if self.file == ref.file:
+                self.say(message)
+
+        return warn
+
+
 def load_checkpoint(
     model: nn.Module,
     source: CheckpointRef | str | Path | Mapping[str, torch.Tensor],

@@ -21,6 +21,7 @@ from torch import nn
 from .. import distributed, paths
 from ..checkpoints import (
     CheckpointRef,
+    DtypeWarnings,
     apply_checkpoint,
     read_checkpoint,
 )
@@ -237,18 +238,12 @@ def compute_all(
     # the error, what happened, the fix, and for the model's fault (every rank's steps fail
     # alike) the problem with the step's file left out: the ranks that hit it too stay silent
     error: tuple[ConetoolError, str, str, str | None] | None = None
-    warned: list[int] = []  # the step of the first checkpoint whose loading warned
-    loading: list[int] = []  # the step being loaded
 
-    def warn_once(message: str) -> None:
-        """What loading says of the checkpoints' dtypes (lower or higher precision than the
-        model's, values below its smallest normal number): said for the first file that has
-        something to say only (a run saves them alike), every message of that file."""
-        if not warned:
-            warned.extend(loading)
-        if warned == loading:
-            warnings.append(message)
-            progress.log(f"warning: {message}")
+    def warn(message: str) -> None:
+        warnings.append(message)
+        progress.log(f"warning: {message}")
+
+    dtypes_said = DtypeWarnings(warn)  # of the first checkpoint that has something to say
 
     memo = EngineMemo()  # the checks and the engine's set-up run once per run, not per checkpoint
     said_of_model: set[str] = set()
@@ -378,7 +373,6 @@ def compute_all(
             try:
                 began = time.perf_counter()
                 loaded = take()  # read while the step before was computed; raises its error now
-                loading[:] = [ref.step]
                 fingerprint, size, mtime = loaded.fingerprint, loaded.size, loaded.mtime_ns
                 current = out.is_current(ref.step, fingerprint) and (
                     out.kernel_file_problem(ref.step) is None
@@ -398,7 +392,11 @@ def compute_all(
                     bar.advance(1, step=ref.step)
                     continue
                 apply_checkpoint(
-                    model, loaded, warn=warn_once, compute=DTYPES[dtype], spec=plan.spec.source
+                    model,
+                    loaded,
+                    warn=dtypes_said.of(ref),
+                    compute=DTYPES[dtype],
+                    spec=plan.spec.source,
                 )
                 fitted[:] = [ref]  # the model fits it: another's key mismatch is that one's
                 del loaded  # the model holds the weights: no second state dict kept

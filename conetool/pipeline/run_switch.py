@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .. import distributed, paths
-from ..checkpoints import checkpoint_metadata, fingerprint
+from ..checkpoints import DtypeWarnings, checkpoint_metadata, fingerprint
 from ..choices import Reference, choice, path_argument
 from ..errors import CheckpointError, ConetoolError, StoreReplacedError
 from ..library_call import library_call
@@ -44,7 +44,7 @@ from .switch_momentum_notes import MomentumNote, MomentumSaid, momentum_notes
 from .switch_momentum_source import momentum_source
 from .switch_options import SwitchOptions, parse_at
 from .switch_other_sweeps import other_sweeps_replaced
-from .switch_points import DtypesSaid, finished_point, run_point, said_again, said_if_foreign
+from .switch_points import finished_point, run_point, said_again, said_if_foreign
 from .switch_prepare import Sweep, for_switch, prepare_sweep
 from .switch_recipe import defaults_warning, is_foreign_run
 from .switch_reference import reference_step, standard_reference
@@ -244,7 +244,7 @@ def _switch(job: distributed.Job, options: SwitchOptions, threads: int, says: Sa
     # what each point says of its momentum, as it is known; one message per reason kept at the end
     momentum_said = MomentumSaid(says)
     # what loading says of the checkpoints' dtypes: of the sweep's first such file only
-    dtypes_said = DtypesSaid(says)
+    dtypes_said = DtypeWarnings(says.warn)
     error: ConetoolError | None = None
     replaced = False  # this rank found the store replaced: before a point, or during it
     in_progress: int | None = None  # (during: the point it was training or writing)

@@ -21,7 +21,13 @@ import torch
 
 from .. import paths
 from ..checkpoint_optimizer import ENTRIES
-from ..checkpoints import CheckpointRef, checkpoint_metadata, fingerprint, load_checkpoint
+from ..checkpoints import (
+    CheckpointRef,
+    DtypeWarnings,
+    checkpoint_metadata,
+    fingerprint,
+    load_checkpoint,
+)
 from ..data import DataBundle
 from ..io import atomic_write_csv, atomic_write_json
 from ..linearize import LinearizedModel
@@ -97,7 +103,7 @@ def run_point(
     *,
     momentum_said: Callable[[MomentumNote], None],
     sources: Mapping[int, dict[str, Any] | None] | None = None,
-    dtypes_said: DtypesSaid | None = None,
+    dtypes_said: DtypeWarnings | None = None,
 ) -> SwitchPoint:
     """Train the linearized model of the checkpoint ``ref`` from its step t to ``until`` (or read
     the finished point from ``store``) and write the point's files (holding ``store`` against a
@@ -129,7 +135,7 @@ def run_point(
     # refuses non-finite weights, names the file; keeps a loop's optimizer state, read with them
     # a checkpoint of lower precision than the model: a warning of the sweep (its result's,
     # `warning:` on the command line), not one of Python's warnings module
-    warn = (DtypesSaid(says) if dtypes_said is None else dtypes_said).of(ref)
+    warn = (DtypeWarnings(says.warn) if dtypes_said is None else dtypes_said).of(ref)
     loaded = load_checkpoint(model, ref, keep=ENTRIES, spec=spec.source, warn=warn)
     assert loaded is not None
     said_if_foreign(loaded.metadata, says)
@@ -232,28 +238,6 @@ def finished_point(
     if payload["key"] != point_key(spec, until, fingerprint(ref)):
         return None
     return reused_point(payload)
-
-
-class DtypesSaid:
-    """What loading says of a sweep's checkpoints' dtypes (lower precision than the model's,
-    values below its smallest normal number), as ``kernels`` says it: of the first file that has
-    something to say only (a run saves its checkpoints alike), every message of that file, each
-    a warning of the sweep (``says``)."""
-
-    def __init__(self, says: Said) -> None:
-        self.says = says
-        self.file: Path | None = None
-
-    def of(self, ref: CheckpointRef) -> Callable[[str], None]:
-        """The ``warn`` of :func:`~conetool.checkpoints.load_checkpoint` for ``ref``."""
-
-        def warn(message: str) -> None:
-            if self.file is None:
-                self.file = ref.file
-            if self.file == ref.file:
-                self.says.warn(message)
-
-        return warn
 
 
 def said_again(point: SwitchPoint, momentum_said: Callable[[MomentumNote], None]) -> None:

@@ -14,7 +14,13 @@ import torch
 
 from .. import paths
 from ..checkpoint_optimizer import ENTRIES
-from ..checkpoints import CheckpointRef, LoadedCheckpoint, apply_checkpoint, load_checkpoint
+from ..checkpoints import (
+    CheckpointRef,
+    DtypeWarnings,
+    LoadedCheckpoint,
+    apply_checkpoint,
+    load_checkpoint,
+)
 from ..checkpoints.load import NON_FINITE_ADVICE
 from ..data import DataBundle
 from ..errors import CheckpointError
@@ -28,7 +34,6 @@ from .resolve import model_for
 from .switch_finished_points import point_key
 from .switch_momentum_source import SOURCE_ENTRY, momentum_source, source_changed
 from .switch_optimizer import optimizer_at
-from .switch_points import DtypesSaid
 from .switch_store import SwitchStore
 
 
@@ -46,7 +51,7 @@ def standard_reference(
     says: Said,
     warnings: list[str],
     read: LoadedCheckpoint | None = None,
-    dtypes_said: DtypesSaid | None = None,
+    dtypes_said: DtypeWarnings | None = None,
 ) -> dict[str, Any] | None:
     """The standard model at T: the stored checkpoint of T, or (``train``) the standard run
     continued from the last checkpoint before T, its result kept in ``store`` (written as
@@ -59,7 +64,7 @@ def standard_reference(
     ``read``: the checkpoint it comes from, already read (with the optimizer state inside a
     torch.save file, for ``train``: :attr:`~conetool.pipeline.switch_prepare.Sweep.reference`),
     which is then not read again; None to read it here."""
-    dtypes = DtypesSaid(says) if dtypes_said is None else dtypes_said
+    dtypes = DtypeWarnings(says.warn) if dtypes_said is None else dtypes_said
     model = model_for(spec).to(device)
 
     def stored_at_t() -> dict[str, Any]:
@@ -240,7 +245,7 @@ def _load(
     ``read``, when it is ``ref`` already read (its weights checked finite, and ``keep`` kept),
     applied to ``model`` without reading the file again (``spec``: the spec file that built
     ``model``, named when it does not fit). What it says of the checkpoint's dtypes goes to
-    ``warn`` (:class:`~conetool.pipeline.switch_points.DtypesSaid`), not to Python's warnings
+    ``warn`` (:class:`~conetool.checkpoints.DtypeWarnings`), not to Python's warnings
     module."""
     if read is not None and read.ref == ref:
         apply_checkpoint(model, read, warn=warn, spec=spec)
